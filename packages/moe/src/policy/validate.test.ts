@@ -1,0 +1,78 @@
+import { describe, expect, it } from "vitest";
+import { defaultRoutingPolicy } from "./policy.js";
+import { PolicyError, parseDurationMs, resolveRoutingPolicy } from "./validate.js";
+
+function errorOf(input: unknown): PolicyError {
+  try {
+    resolveRoutingPolicy(input);
+  } catch (e) {
+    if (e instanceof PolicyError) return e;
+    throw e;
+  }
+  throw new Error("expected a PolicyError");
+}
+
+describe("resolveRoutingPolicy", () => {
+  it("fills defaults: dropless, batching on", () => {
+    const p = resolveRoutingPolicy({});
+    expect(p).toEqual(defaultRoutingPolicy());
+    expect(p.gating.capacityFactor).toBeNull();
+    expect(resolveRoutingPolicy(undefined)).toEqual(defaultRoutingPolicy());
+  });
+
+  it("keeps given values and parses durations", () => {
+    const p = resolveRoutingPolicy({
+      gating: { topK: 4, topP: 0.6, maxK: 6, capacityFactor: 1.25, overflow: "spill" },
+      batching: { maxBatchTokens: 64, maxWait: "5ms" },
+      placement: { cacheAffinity: 2, load: 0.5, latency: 0 },
+      loadSignals: { prometheusUrl: "http://prom:9090", refresh: "1s", staleness: "10s" },
+    });
+    expect(p.gating).toEqual({ topK: 4, topP: 0.6, maxK: 6, capacityFactor: 1.25, overflow: "spill" });
+    expect(p.batching.maxWaitMs).toBe(5);
+    expect(p.loadSignals.refreshMs).toBe(1000);
+    expect(p.loadSignals.stalenessMs).toBe(10000);
+    expect(p.placement.cacheAffinity).toBe(2);
+  });
+
+  it("treats capacityFactor 0 as dropless", () => {
+    expect(resolveRoutingPolicy({ gating: { capacityFactor: 0 } }).gating.capacityFactor).toBeNull();
+  });
+
+  it.each([
+    [{ gating: { topP: 1.5 } }, "policy.gating.topP"],
+    [{ gating: { topP: 0 } }, "policy.gating.topP"],
+    [{ gating: { topK: 2.5 } }, "policy.gating.topK"],
+    [{ gating: { overflow: "evict" } }, "policy.gating.overflow"],
+    [{ gating: { maxK: 4 } }, "policy.gating.maxK"],
+    [{ gating: { topK: 4, topP: 0.5, maxK: 2 } }, "policy.gating.maxK"],
+    [{ gating: { capacityFactor: -1 } }, "policy.gating.capacityFactor"],
+    [{ gating: { tokK: 2 } }, "policy.gating.tokK"],
+    [{ batching: { maxBatchTokens: 0 } }, "policy.batching.maxBatchTokens"],
+    [{ batching: { maxWait: "soon" } }, "policy.batching.maxWait"],
+    [{ batching: { maxWait: "1ms", maxWaitMs: 1 } }, "policy.batching.maxWait"],
+    [{ batching: { maxBatchTokens: 512, maxQueueTokens: 100 } }, "policy.batching.maxQueueTokens"],
+    [{ batching: { enabled: "yes" } }, "policy.batching.enabled"],
+    [{ placement: { load: -1 } }, "policy.placement.load"],
+    [{ loadSignals: { prometheusUrl: "ftp://x" } }, "policy.loadSignals.prometheusUrl"],
+    [{ loadSignals: { prometheusUrl: "not a url" } }, "policy.loadSignals.prometheusUrl"],
+    [{ loadSignals: { refreshMs: 5000, stalenessMs: 1000 } }, "policy.loadSignals.stalenessMs"],
+    [{ loadSignals: { queries: { depth: "x" } } }, "policy.loadSignals.queries.depth"],
+    [{ extra: 1 }, "policy.extra"],
+    [[1], "policy"],
+    [{ gating: 3 }, "policy.gating"],
+  ])("rejects %j naming %s", (input, field) => {
+    const e = errorOf(input);
+    expect(e.field).toBe(field);
+    expect(e.message.startsWith(`${field}: `)).toBe(true);
+  });
+});
+
+describe("parseDurationMs", () => {
+  it("parses ms, s, m and numbers", () => {
+    expect(parseDurationMs("250ms", "f")).toBe(250);
+    expect(parseDurationMs("1.5s", "f")).toBe(1500);
+    expect(parseDurationMs("2m", "f")).toBe(120000);
+    expect(parseDurationMs(7, "f")).toBe(7);
+    expect(() => parseDurationMs("2h", "f")).toThrow(/^f: /);
+  });
+});
