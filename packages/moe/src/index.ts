@@ -1,1 +1,2 @@
-export {};
+// Public surface of the pure MoE library.
+export * from "./policy/index.js";
