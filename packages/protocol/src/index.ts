@@ -1,5 +1,6 @@
 // Wire protocol of Switchyard (package switchyard.v1): generated messages and services, plus the tensor codec.
 
+export * from "./errors.js";
 export {
   Assignment,
   ForwardRequest,
@@ -32,3 +33,4 @@ export {
   StatusRequest,
   WorkerStatus,
 } from "./gen/switchyard/v1/worker.js";
+export * from "./tensor.js";
