@@ -1,0 +1,89 @@
+// Expert-aware batching, the timing half: requests for the same key (pool, layer, dtype) queue up and leave
+// together when maxBatchTokens is reached or maxWaitMs after the first one arrived, whichever comes first.
+// The flush callback then regroups the merged tokens by expert (plan-flush.ts). With batching disabled every
+// request flushes alone, at once: the baseline the batching speedup is measured against.
+
+export interface BatcherOptions {
+  enabled: boolean;
+  maxBatchTokens: number;
+  maxWaitMs: number;
+}
+
+export interface Batchable {
+  tokens: number;
+  /** Arrival time (performance.now()); the flush reports each item's queue wait from it. */
+  enqueuedAt: number;
+}
+
+interface Queue<T> {
+  items: T[];
+  tokens: number;
+  timer: NodeJS.Timeout | NodeJS.Immediate | null;
+}
+
+export class Batcher<T extends Batchable> {
+  private readonly queues = new Map<string, Queue<T>>();
+
+  constructor(
+    private options: BatcherOptions,
+    private readonly flush: (key: string, items: T[]) => void,
+  ) {}
+
+  setOptions(options: BatcherOptions): void {
+    this.options = options;
+  }
+
+  /** Tokens waiting (not yet flushed) across all keys. */
+  get queuedTokens(): number {
+    let n = 0;
+    for (const q of this.queues.values()) n += q.tokens;
+    return n;
+  }
+
+  add(key: string, item: T): void {
+    if (!this.options.enabled) {
+      this.flush(key, [item]);
+      return;
+    }
+    let q = this.queues.get(key);
+    if (!q) {
+      q = { items: [], tokens: 0, timer: null };
+      this.queues.set(key, q);
+    }
+    // A request that would overflow the budget flushes what is queued first, so batches stay <= maxBatchTokens
+    // (a single request larger than the budget goes alone).
+    if (q.items.length > 0 && q.tokens + item.tokens > this.options.maxBatchTokens) this.flushKey(key);
+    q.items.push(item);
+    q.tokens += item.tokens;
+    if (q.tokens >= this.options.maxBatchTokens) {
+      this.flushKey(key);
+      return;
+    }
+    if (q.timer === null) {
+      const fire = () => {
+        q.timer = null;
+        this.flushKey(key);
+      };
+      q.timer = this.options.maxWaitMs <= 0 ? setImmediate(fire) : setTimeout(fire, this.options.maxWaitMs);
+    }
+  }
+
+  /** Flushes everything now (shutdown, config change). */
+  flushAll(): void {
+    for (const key of [...this.queues.keys()]) this.flushKey(key);
+  }
+
+  private flushKey(key: string): void {
+    const q = this.queues.get(key);
+    if (!q || q.items.length === 0) return;
+    if (q.timer !== null) {
+      clearTimeout(q.timer as NodeJS.Timeout);
+      clearImmediate(q.timer as NodeJS.Immediate);
+      q.timer = null;
+    }
+    const items = q.items;
+    q.items = [];
+    q.tokens = 0;
+    this.flush(key, items);
+  }
+}

@@ -1,0 +1,113 @@
+// Capacity factor and overflow policies (GShard / Switch style), applied to the assignments of one flush.
+// capacity = ceil(capacityFactor * assignments / experts). Dropless (capacityFactor null) returns one round
+// holding everything.
+
+import type { OverflowPolicy } from "@switchyard/moe";
+import type { Assignment, TokenRouting } from "./routing.js";
+
+export interface CapacityResult {
+  /** Dispatch rounds, run one after another. Only `queue` produces more than one. */
+  rounds: Assignment[][];
+  /** Assignments dropped (their expert contributes nothing; the other experts of the token keep their weight). */
+  dropped: Assignment[];
+  capacity: number | null;
+}
+
+export function expertCapacity(assignments: number, experts: number, capacityFactor: number | null): number | null {
+  if (capacityFactor === null || capacityFactor <= 0) return null;
+  return Math.max(1, Math.ceil((capacityFactor * assignments) / experts));
+}
+
+/** Priority inside an over-full expert: higher gate weight first, then earlier in the flush. */
+function byPriority(a: Assignment, b: Assignment): number {
+  return b.weight - a.weight || a.order - b.order;
+}
+
+export function applyCapacity(
+  assignments: Assignment[],
+  experts: number,
+  capacityFactor: number | null,
+  overflow: OverflowPolicy,
+  routings: readonly TokenRouting[],
+): CapacityResult {
+  const capacity = expertCapacity(assignments.length, experts, capacityFactor);
+  if (capacity === null) return { rounds: [assignments], dropped: [], capacity };
+
+  if (overflow === "queue") {
+    // Round r holds each expert's assignments ranked [r*capacity, (r+1)*capacity) by priority.
+    const byExpert = groupByExpert(assignments);
+    const rounds: Assignment[][] = [];
+    for (const list of byExpert.values()) {
+      list.sort(byPriority);
+      for (let i = 0; i < list.length; i++) {
+        const r = Math.floor(i / capacity);
+        if (!rounds[r]) rounds[r] = [];
+        rounds[r].push(list[i]);
+      }
+    }
+    for (const r of rounds) r.sort((a, b) => a.order - b.order);
+    return { rounds, dropped: [], capacity };
+  }
+
+  // drop and spill: visit assignments by priority; full experts reject.
+  const load = new Int32Array(experts);
+  const kept: Assignment[] = [];
+  const dropped: Assignment[] = [];
+  const sorted = assignments.slice().sort(byPriority);
+  const overflowed: Assignment[] = [];
+  for (const a of sorted) {
+    if (load[a.expert] < capacity) {
+      load[a.expert]++;
+      kept.push(a);
+    } else overflowed.push(a);
+  }
+  if (overflow === "drop") {
+    dropped.push(...overflowed);
+  } else {
+    // spill: the next expert in the token's ranking that it does not already use and that has room.
+    const used = new Map<string, Set<number>>();
+    const tokenKey = (a: Assignment) => `${a.item}:${a.token}`;
+    for (const a of kept) {
+      const k = tokenKey(a);
+      let s = used.get(k);
+      if (!s) used.set(k, (s = new Set()));
+      s.add(a.expert);
+    }
+    for (const a of overflowed) {
+      const s = used.get(tokenKey(a)) ?? new Set<number>();
+      const ranking = routings[a.item].ranking;
+      let target = -1;
+      if (ranking) {
+        const base = a.token * experts;
+        for (let j = 0; j < experts; j++) {
+          const e = ranking[base + j];
+          if (e !== a.expert && !s.has(e) && load[e] < capacity) {
+            target = e;
+            break;
+          }
+        }
+      }
+      if (target < 0) {
+        dropped.push(a);
+        continue;
+      }
+      load[target]++;
+      s.add(target);
+      used.set(tokenKey(a), s);
+      // The spilled assignment keeps its gate weight: the token's mixture stays normalised as the gate made it.
+      kept.push({ ...a, expert: target });
+    }
+  }
+  kept.sort((a, b) => a.order - b.order);
+  return { rounds: [kept], dropped, capacity };
+}
+
+export function groupByExpert(assignments: readonly Assignment[]): Map<number, Assignment[]> {
+  const m = new Map<number, Assignment[]>();
+  for (const a of assignments) {
+    let l = m.get(a.expert);
+    if (!l) m.set(a.expert, (l = []));
+    l.push(a);
+  }
+  return m;
+}

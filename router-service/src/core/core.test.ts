@@ -1,0 +1,248 @@
+import { DType, f32ToBf16 } from "@switchyard/protocol";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { Batcher } from "./batcher.js";
+import { applyCapacity, expertCapacity } from "./capacity.js";
+import { combineF32 } from "./combine.js";
+import { layoutRound } from "./plan-flush.js";
+import type { ReplicaChooser, WorkerLoadView } from "./replicas.js";
+import { collectAssignments, type TokenRouting } from "./routing.js";
+
+function routing(experts: number[][], weights: number[][], ranking?: number[][]): TokenRouting {
+  const slots = experts[0].length;
+  return {
+    tokens: experts.length,
+    slots,
+    experts: Int32Array.from(experts.flat()),
+    weights: Float32Array.from(weights.flat()),
+    ranking: ranking ? Int32Array.from(ranking.flat()) : undefined,
+  };
+}
+
+describe("capacity", () => {
+  it("computes ceil(cf * assignments / experts), null when dropless", () => {
+    expect(expertCapacity(10, 4, 1)).toBe(3);
+    expect(expertCapacity(10, 4, null)).toBeNull();
+    expect(expertCapacity(1, 64, 1)).toBe(1);
+  });
+
+  it("dropless keeps everything in one round", () => {
+    const r = routing(
+      [
+        [0, 1],
+        [0, 1],
+        [0, 1],
+      ],
+      [
+        [0.6, 0.4],
+        [0.7, 0.3],
+        [0.5, 0.5],
+      ],
+    );
+    const res = applyCapacity(collectAssignments([r]), 4, null, "drop", [r]);
+    expect(res.rounds).toHaveLength(1);
+    expect(res.rounds[0]).toHaveLength(6);
+    expect(res.dropped).toHaveLength(0);
+  });
+
+  it("drop keeps the highest-weight assignments, earlier token on ties", () => {
+    // 4 tokens top-1 all to expert 0, 2 experts, cf 1 -> capacity 2.
+    const r = routing([[0], [0], [0], [0]], [[0.5], [0.9], [0.5], [0.7]]);
+    const res = applyCapacity(collectAssignments([r]), 2, 1, "drop", [r]);
+    expect(res.capacity).toBe(2);
+    expect(res.rounds[0].map((a) => a.token)).toEqual([1, 3]);
+    expect(res.dropped.map((a) => a.token).sort()).toEqual([0, 2]);
+  });
+
+  it("spill moves overflow to the next-best expert with room", () => {
+    const rank = [0, 1, 2];
+    const r = routing([[0], [0], [0]], [[0.9], [0.8], [0.7]], [rank, rank, rank]);
+    // 3 assignments, 3 experts, cf 1 -> capacity 1
+    const res = applyCapacity(collectAssignments([r]), 3, 1, "spill", [r]);
+    expect(res.dropped).toHaveLength(0);
+    expect(res.rounds[0].map((a) => [a.token, a.expert])).toEqual([
+      [0, 0],
+      [1, 1],
+      [2, 2],
+    ]);
+  });
+
+  it("spill without a ranking drops", () => {
+    const r = routing([[0], [0]], [[0.9], [0.8]]);
+    const res = applyCapacity(collectAssignments([r]), 2, 1, "spill", [r]);
+    expect(res.dropped.map((a) => a.token)).toEqual([1]);
+  });
+
+  it("queue runs overflow in later rounds without drops", () => {
+    const r = routing([[0], [0], [0], [1]], [[0.9], [0.8], [0.7], [1]]);
+    const res = applyCapacity(collectAssignments([r]), 4, 1, "queue", [r]);
+    expect(res.capacity).toBe(1);
+    expect(res.dropped).toHaveLength(0);
+    expect(res.rounds.map((rd) => rd.map((a) => a.token))).toEqual([[0, 3], [1], [2]]);
+  });
+});
+
+function view(partial: Partial<WorkerLoadView> = {}): WorkerLoadView {
+  return {
+    outstanding: () => 0,
+    latencyMs: () => 0,
+    resident: () => true,
+    healthy: () => true,
+    ...partial,
+  };
+}
+
+function chooser(v: WorkerLoadView): ReplicaChooser {
+  return { weights: { cacheAffinity: 1, load: 1, latency: 0.5 }, loadScale: 16, view: v };
+}
+
+describe("layoutRound", () => {
+  it("groups rows by expert into contiguous slices, one batch per worker", () => {
+    const r1 = routing(
+      [
+        [0, 1],
+        [1, 2],
+      ],
+      [
+        [0.5, 0.5],
+        [0.5, 0.5],
+      ],
+    );
+    const r2 = routing([[2, 0]], [[0.5, 0.5]]);
+    const as = collectAssignments([r1, r2]);
+    const lay = layoutRound(as, {
+      layer: 0,
+      replicas: [[0], [1], [0]],
+      workers: 2,
+      chooser: chooser(view()),
+      splitTokens: 64,
+    });
+    expect(lay.expertsTouched).toBe(3);
+    expect(lay.batches.map((b) => b.worker)).toEqual([0, 1]);
+    const b0 = lay.batches[0];
+    expect(b0.slices).toEqual([
+      { expert: 0, offset: 0, count: 2 },
+      { expert: 2, offset: 2, count: 2 },
+    ]);
+    expect(b0.rows.map((a) => [a.item, a.token])).toEqual([
+      [0, 0],
+      [1, 0],
+      [0, 1],
+      [1, 0],
+    ]);
+    expect(lay.batches[1].slices).toEqual([{ expert: 1, offset: 0, count: 2 }]);
+  });
+
+  it("prefers a resident replica, then the less loaded one", () => {
+    const r = routing([[0]], [[1]]);
+    const as = collectAssignments([r]);
+    const opts = (v: WorkerLoadView) => ({
+      layer: 3,
+      replicas: [[0, 1]],
+      workers: 2,
+      chooser: chooser(v),
+      splitTokens: 64,
+    });
+    expect(layoutRound(as, opts(view({ resident: (w) => w === 1 }))).batches[0].worker).toBe(1);
+    expect(layoutRound(as, opts(view({ outstanding: (w) => (w === 0 ? 100 : 0) }))).batches[0].worker).toBe(1);
+    expect(layoutRound(as, opts(view({ latencyMs: (w) => (w === 0 ? 50 : 5) }))).batches[0].worker).toBe(1);
+    expect(layoutRound(as, opts(view())).batches[0].worker).toBe(0); // tie -> lower index
+    // A cache miss (1) outweighs small load differences (16 tokens = 1).
+    expect(
+      layoutRound(as, opts(view({ resident: (w) => w === 0, outstanding: (w) => (w === 0 ? 8 : 0) }))).batches[0]
+        .worker,
+    ).toBe(0);
+  });
+
+  it("water-fills groups across replicas and splits hot groups", () => {
+    const r = routing(
+      Array.from({ length: 8 }, (_, t) => [t < 6 ? 0 : 1]),
+      Array.from({ length: 8 }, () => [1]),
+    );
+    const lay = layoutRound(collectAssignments([r]), {
+      layer: 0,
+      replicas: [
+        [0, 1],
+        [0, 1],
+      ],
+      workers: 2,
+      chooser: chooser(view()),
+      splitTokens: 4,
+    });
+    // expert 0 (6 rows) splits 3/3 over both workers; expert 1 (2 rows) goes to either.
+    const rowsPer = lay.batches.map((b) => b.rows.length).sort();
+    expect(rowsPer.reduce((a, b) => a + b, 0)).toBe(8);
+    expect(lay.batches.every((b) => b.slices.some((s) => s.expert === 0 && s.count === 3))).toBe(true);
+  });
+
+  it("reports assignments with no healthy replica as unplaced", () => {
+    const r = routing([[0], [1]], [[1], [1]]);
+    const lay = layoutRound(collectAssignments([r]), {
+      layer: 0,
+      replicas: [[0], [1]],
+      workers: 2,
+      chooser: chooser(view({ healthy: (w) => w !== 1 })),
+      splitTokens: 64,
+    });
+    expect(lay.unplaced.map((a) => a.expert)).toEqual([1]);
+    expect(lay.batches).toHaveLength(1);
+  });
+});
+
+describe("combineF32", () => {
+  it("sums weighted rows in slot order for fp32 and bf16", () => {
+    const d = 3;
+    const resA = Float32Array.from([1, 2, 3, 10, 20, 30]); // rows 0, 1
+    const resB = Float32Array.from([-1, 0.5, 4]);
+    const input = {
+      tokens: 2,
+      d,
+      slots: 2,
+      weights: Float32Array.from([0.75, 0.25, 1, 0]),
+      // token 0: slot0 -> A row 1, slot1 -> B row 0; token 1: slot0 -> A row 0, slot1 empty
+      locations: Int32Array.from([0, 1, 1, 0, 0, 0, -1, 0]),
+    };
+    const f = combineF32({ ...input, dtype: DType.FLOAT32, results: [resA, resB] });
+    expect(Array.from(f)).toEqual([0.75 * 10 - 0.25, 0.75 * 20 + 0.125, 0.75 * 30 + 1, 1, 2, 3]);
+    const b = combineF32({ ...input, dtype: DType.BFLOAT16, results: [f32ToBf16(resA), f32ToBf16(resB)] });
+    expect(Array.from(b)).toEqual(Array.from(f)); // all inputs are exact in bf16
+  });
+});
+
+describe("Batcher", () => {
+  afterEach(() => vi.useRealTimers());
+
+  it("merges within maxWait and flushes at maxBatchTokens", () => {
+    vi.useFakeTimers();
+    const flushed: number[][] = [];
+    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
+      { enabled: true, maxBatchTokens: 4, maxWaitMs: 5 },
+      (_k, items) => flushed.push(items.map((i) => i.id)),
+    );
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
+    b.add("other", { tokens: 1, enqueuedAt: 0, id: 9 });
+    expect(flushed).toEqual([]);
+    vi.advanceTimersByTime(5);
+    expect(flushed).toEqual([[1, 2], [9]]);
+    b.add("k", { tokens: 3, enqueuedAt: 0, id: 3 });
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 4 }); // reaches 4 -> flush now
+    expect(flushed.at(-1)).toEqual([3, 4]);
+    b.add("k", { tokens: 3, enqueuedAt: 0, id: 5 });
+    b.add("k", { tokens: 3, enqueuedAt: 0, id: 6 }); // would overflow -> 5 leaves first
+    expect(flushed.at(-1)).toEqual([5]);
+    expect(b.queuedTokens).toBe(3);
+    vi.advanceTimersByTime(5);
+    expect(flushed.at(-1)).toEqual([6]);
+  });
+
+  it("flushes each request alone when disabled", () => {
+    const flushed: number[][] = [];
+    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
+      { enabled: false, maxBatchTokens: 4, maxWaitMs: 5 },
+      (_k, items) => flushed.push(items.map((i) => i.id)),
+    );
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
+    expect(flushed).toEqual([[1], [2]]);
+  });
+});
