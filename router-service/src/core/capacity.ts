@@ -70,7 +70,10 @@ export function applyCapacity(
     for (const a of kept) {
       const k = tokenKey(a);
       let s = used.get(k);
-      if (!s) used.set(k, (s = new Set()));
+      if (!s) {
+        s = new Set();
+        used.set(k, s);
+      }
       s.add(a.expert);
     }
     for (const a of overflowed) {
@@ -106,7 +109,10 @@ export function groupByExpert(assignments: readonly Assignment[]): Map<number, A
   const m = new Map<number, Assignment[]>();
   for (const a of assignments) {
     let l = m.get(a.expert);
-    if (!l) m.set(a.expert, (l = []));
+    if (!l) {
+      l = [];
+      m.set(a.expert, l);
+    }
     l.push(a);
   }
   return m;

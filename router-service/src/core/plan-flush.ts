@@ -40,7 +40,10 @@ export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions
   const groups = new Map<number, Assignment[]>();
   for (const a of assignments) {
     let g = groups.get(a.expert);
-    if (!g) groups.set(a.expert, (g = []));
+    if (!g) {
+      g = [];
+      groups.set(a.expert, g);
+    }
     g.push(a);
   }
   // Biggest groups choose first: they move the load picture most (LPT order); ties by expert id.
@@ -70,7 +73,10 @@ export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions
       used.add(w);
       assigned[w] += chunk.length;
       let list = perWorker.get(w);
-      if (!list) perWorker.set(w, (list = []));
+      if (!list) {
+        list = [];
+        perWorker.set(w, list);
+      }
       list.push({ expert: e, rows: chunk });
     }
   }
