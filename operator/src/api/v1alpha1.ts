@@ -1,0 +1,499 @@
+// switchyard.dev/v1alpha1: ExpertPool and RoutingPolicy. These definitions are the single source of truth:
+// crds/*.yaml are generated from them (`npm run gen:crds`) and the TypeScript types are inferred from them.
+import { arr, bool, enm, type Infer, int, type JsonSchema, map, num, obj, quantity, str } from "./schema.js";
+
+export const GROUP = "switchyard.dev";
+export const VERSION = "v1alpha1";
+export const API_VERSION = `${GROUP}/${VERSION}`;
+
+const DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+// ---------- shared pieces ----------
+
+export const conditionSchema = obj(
+  "A metav1.Condition: one aspect of the object's observed state.",
+  {
+    type: str("Condition type: Ready, Progressing or Degraded (CamelCase).", { maxLength: 316, minLength: 1 }),
+    status: enm("True, False or Unknown.", ["True", "False", "Unknown"] as const),
+    observedGeneration: int("metadata.generation the condition was computed from.", { minimum: 0, format: "int64" }),
+    lastTransitionTime: str("Last time the status changed (RFC 3339).", { format: "date-time" }),
+    reason: str("One CamelCase word saying why the condition has its status.", {
+      maxLength: 1024,
+      minLength: 1,
+      pattern: "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+    }),
+    message: str("Human-readable detail.", { maxLength: 32768 }),
+  },
+  { required: ["type", "status", "lastTransitionTime", "reason", "message"] },
+);
+export type Condition = Infer<typeof conditionSchema>;
+
+const conditions = arr("Observed conditions, keyed by type.", conditionSchema, {
+  maxItems: 8,
+  listMapKeys: ["type"],
+});
+
+const tolerationSchema = obj("A core/v1 Toleration copied onto worker pods.", {
+  key: str("Taint key the toleration applies to; empty matches all keys.", { maxLength: 316 }),
+  operator: enm("Exists or Equal (default Equal).", ["Exists", "Equal"] as const),
+  value: str("Taint value the toleration matches (operator Equal).", { maxLength: 63 }),
+  effect: enm("Taint effect to match; empty matches all.", ["NoSchedule", "PreferNoSchedule", "NoExecute"] as const),
+  tolerationSeconds: int("For NoExecute: how long the pod stays bound after the taint appears.", { format: "int64" }),
+});
+export type Toleration = Infer<typeof tolerationSchema>;
+
+const resourceList = (what: string) =>
+  map(
+    `${what}, by resource name (cpu, memory, ...); nvidia.com/gpu is set from gpusPerWorker.`,
+    quantity("A quantity."),
+    {
+      maxProperties: 16,
+    },
+  );
+
+// ---------- ExpertPool ----------
+
+const checkpointSchema = obj(
+  "Where the safetensors checkpoint (Hugging Face key names) is read from. Exactly one source.",
+  {
+    pvc: obj(
+      "A PersistentVolumeClaim mounted read-only at /checkpoint.",
+      {
+        claimName: str("Name of the PVC in the pool's namespace.", { maxLength: 253, minLength: 1 }),
+        subPath: str("Directory inside the volume holding the checkpoint.", { maxLength: 1024 }),
+      },
+      { required: ["claimName"] },
+    ),
+    hostPath: obj(
+      "A directory on the node mounted read-only at /checkpoint (single-node and test setups).",
+      { path: str("Absolute path on the node.", { maxLength: 1024, pattern: "^/" }) },
+      { required: ["path"] },
+    ),
+    uri: str("A URI the worker downloads from at start (s3://, gs://, https://, hf://).", {
+      maxLength: 2048,
+      pattern: "^(s3|gs|https?|hf)://.+",
+    }),
+  },
+  {
+    validations: [
+      {
+        rule: "[has(self.pvc), has(self.hostPath), has(self.uri)].filter(x, x).size() == 1",
+        message: "exactly one of checkpoint.pvc, checkpoint.hostPath, checkpoint.uri must be set",
+      },
+    ],
+  },
+);
+
+export const modelSchema = obj(
+  "The MoE model whose routed experts this pool serves.",
+  {
+    architecture: enm("Model family; selects expert key names and gate semantics.", [
+      "mixtral",
+      "qwen2-moe",
+      "qwen3-moe",
+      "deepseek-v3",
+      "custom",
+    ] as const),
+    layers: int("Number of MoE layers.", { minimum: 1, maximum: 512 }),
+    experts: int("Routed experts per MoE layer.", { minimum: 1, maximum: 1024 }),
+    topK: int("Experts each token is routed to (the model's num_experts_per_tok).", { minimum: 1, maximum: 64 }),
+    hiddenSize: int("Model hidden size d (rows of a token matrix).", { minimum: 1, maximum: 65536 }),
+    intermediateSize: int("Per-expert FFN intermediate size.", { minimum: 1, maximum: 131072 }),
+    sharedExperts: int("Shared (always-on) experts per layer, served beside the routed ones.", {
+      minimum: 0,
+      maximum: 16,
+      default: 0,
+    }),
+    dtype: enm("Weight and activation dtype on the workers.", ["bfloat16", "float16", "float32"] as const, {
+      default: "bfloat16",
+    }),
+    checkpoint: checkpointSchema,
+  },
+  {
+    required: ["architecture", "layers", "experts", "topK", "hiddenSize", "intermediateSize", "checkpoint"],
+    validations: [
+      { rule: "self.topK <= self.experts", message: "model.topK must be <= model.experts", fieldPath: ".topK" },
+    ],
+  },
+);
+
+export const workerSchema = obj(
+  "Template for the worker pods (one StatefulSet per pool).",
+  {
+    image: str("Worker container image.", { default: "switchyard/expert-worker:0.1.0", maxLength: 1024, minLength: 1 }),
+    imagePullPolicy: enm("Image pull policy.", ["Always", "IfNotPresent", "Never"] as const, {
+      default: "IfNotPresent",
+    }),
+    gpusPerWorker: int("nvidia.com/gpu requested by each worker pod; 0 runs CPU workers.", {
+      minimum: 0,
+      maximum: 16,
+      default: 1,
+    }),
+    backend: enm("Expert kernel backend; auto picks cuda when a GPU is visible.", ["auto", "cpu", "cuda"] as const, {
+      default: "auto",
+    }),
+    queueCapacity: int("Tokens a worker queues before answering RESOURCE_EXHAUSTED.", {
+      minimum: 1,
+      maximum: 16777216,
+      default: 65536,
+    }),
+    resources: obj("CPU and memory for the worker container.", {
+      requests: resourceList("Requests"),
+      limits: resourceList("Limits"),
+    }),
+    nodeSelector: map("Node labels the worker pods must match.", str("Label value.", { maxLength: 63 }), {
+      maxProperties: 32,
+    }),
+    tolerations: arr("Tolerations added to the worker pods (GPU nodes are often tainted).", tolerationSchema, {
+      maxItems: 32,
+    }),
+    priorityClassName: str("PriorityClass of the worker pods.", { maxLength: 253 }),
+  },
+  {
+    default: {},
+    validations: [
+      {
+        rule: "self.gpusPerWorker > 0 || self.backend != 'cuda'",
+        message: "worker.backend cuda needs worker.gpusPerWorker >= 1",
+        fieldPath: ".backend",
+      },
+    ],
+  },
+);
+
+export const cacheSchema = obj(
+  "Expert cache sizing on each worker.",
+  {
+    residentExperts: int(
+      "GPU-resident (layer, expert) slots per worker. Unset: exactly the worker's planned share, so every expert stays resident.",
+      { minimum: 1, maximum: 1048576 },
+    ),
+    hostTier: obj(
+      "Host-memory tier behind the GPU tier (ExpertFlow-style offloading).",
+      {
+        enabled: bool("Keep non-resident experts in host memory and load them on demand.", { default: false }),
+        capacity: int("Host-tier slots per worker; unset = unbounded.", { minimum: 1, maximum: 1048576 }),
+      },
+      { default: {} },
+    ),
+  },
+  { default: {} },
+);
+
+export const placementSchema = obj(
+  "How experts are placed on workers (the plan is published in ConfigMap <pool>-placement).",
+  {
+    strategy: enm(
+      "balanced: EPLB-style greedy replication and load-balanced packing, stable across replans; contiguous: expert e on worker e mod replicas.",
+      ["balanced", "contiguous"] as const,
+      { default: "balanced" },
+    ),
+    redundantExperts: int("Extra expert copies per layer given to the hottest experts (EPLB redundant slots).", {
+      minimum: 0,
+      maximum: 4096,
+      default: 0,
+    }),
+  },
+  { default: {} },
+);
+
+export const expertPoolSpecSchema = obj(
+  "Desired state of an ExpertPool.",
+  {
+    model: modelSchema,
+    replicas: int("Number of worker pods (scale subresource: kubectl scale, HPA).", {
+      minimum: 0,
+      maximum: 1024,
+      default: 2,
+    }),
+    worker: workerSchema,
+    cache: cacheSchema,
+    placement: placementSchema,
+  },
+  {
+    required: ["model"],
+    validations: [
+      {
+        rule: "self.replicas == 0 || self.placement.redundantExperts <= self.model.experts * (self.replicas - 1)",
+        message:
+          "placement.redundantExperts must be <= model.experts * (replicas - 1): each redundant copy needs a worker that does not already hold that expert",
+        fieldPath: ".placement.redundantExperts",
+      },
+      {
+        rule: "self.replicas == 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= self.model.layers * (self.model.experts + self.placement.redundantExperts)",
+        message:
+          "cache.residentExperts * replicas must hold every expert slot, layers * (experts + placement.redundantExperts), unless cache.hostTier.enabled",
+        fieldPath: ".cache.residentExperts",
+      },
+      {
+        rule: "!has(self.cache.residentExperts) || !has(self.cache.hostTier.capacity) || self.cache.hostTier.capacity >= self.cache.residentExperts",
+        message: "cache.hostTier.capacity must be >= cache.residentExperts",
+        fieldPath: ".cache.hostTier.capacity",
+      },
+    ],
+  },
+);
+export type ExpertPoolSpec = Infer<typeof expertPoolSpecSchema>;
+
+export const expertPoolStatusSchema = obj("Observed state of an ExpertPool, rebuilt by the operator on every pass.", {
+  observedGeneration: int("metadata.generation this status describes.", { format: "int64" }),
+  replicas: int("Worker pods that exist.", { minimum: 0 }),
+  readyReplicas: int("Worker pods passing readiness (gRPC health SERVING).", { minimum: 0 }),
+  updatedReplicas: int("Worker pods at the current spec revision.", { minimum: 0 }),
+  selector: str("Label selector of the worker pods, serialized (for the scale subresource and HPA).", {
+    maxLength: 1024,
+  }),
+  conditions,
+  placement: obj("Summary of the published placement plan.", {
+    version: int("Plan version; bumps on every change.", { format: "int64", minimum: 0 }),
+    configMap: str("ConfigMap holding plan.json.", { maxLength: 253 }),
+    workers: int("Workers in the plan.", { minimum: 0 }),
+    slotsPerWorker: arr("(layer, expert) copies assigned to each worker, in plan order.", int("Slots."), {
+      maxItems: 1024,
+    }),
+    replicatedExperts: int("(layer, expert) pairs holding more than one copy.", { minimum: 0 }),
+    loadImbalance: num("Expected max/mean worker load under the plan's load estimate (1 = perfect).", {
+      minimum: 0,
+    }),
+    movedExperts: int("Expert copies that changed worker in the last replan.", { minimum: 0 }),
+  }),
+  endpoints: arr(
+    "Worker gRPC endpoints (StatefulSet pod DNS names through the headless Service).",
+    obj(
+      "One worker.",
+      {
+        worker: str("Worker id (pod name).", { maxLength: 253 }),
+        address: str("host:port.", { maxLength: 512 }),
+      },
+      { required: ["worker", "address"] },
+    ),
+    { maxItems: 1024, listMapKeys: ["worker"] },
+  ),
+});
+export type ExpertPoolStatus = Infer<typeof expertPoolStatusSchema>;
+
+export const expertPoolRootValidations = [
+  {
+    rule: "self.metadata.name.size() <= 52",
+    message: "ExpertPool name must be at most 52 characters (it prefixes StatefulSet pod names and labels)",
+  },
+  {
+    rule: `self.metadata.name.matches('${DNS_LABEL}')`,
+    message: "ExpertPool name must be a DNS label (lower-case letters, digits, '-') because it names a Service",
+  },
+];
+
+// ---------- RoutingPolicy ----------
+
+export const gatingSchema = obj(
+  "How tokens choose experts.",
+  {
+    topK: int("Experts per token; unset = the model's topK. Must not exceed the pool's experts.", {
+      minimum: 1,
+      maximum: 64,
+    }),
+    topP: num("Top-p dynamic routing: smallest set of experts whose probability reaches topP; unset = off.", {
+      minimum: 0,
+      exclusiveMinimum: true,
+      maximum: 1,
+    }),
+    maxK: int("Cap on experts per token under topP; unset = 2 × topK.", { minimum: 1, maximum: 64 }),
+    capacityFactor: num(
+      "Capacity per expert per flush = ceil(capacityFactor × assignments / experts); unset = dropless.",
+      {
+        minimum: 0,
+        exclusiveMinimum: true,
+        maximum: 64,
+      },
+    ),
+    overflow: enm(
+      "Assignments over capacity: drop them, spill to the next-best expert, or queue them for a later round.",
+      ["drop", "spill", "queue"] as const,
+      { default: "drop" },
+    ),
+  },
+  {
+    default: {},
+    validations: [
+      {
+        rule: "!has(self.maxK) || has(self.topP)",
+        message: "gating.maxK only applies with gating.topP",
+        fieldPath: ".maxK",
+      },
+      {
+        rule: "!has(self.maxK) || !has(self.topK) || self.maxK >= self.topK",
+        message: "gating.maxK must be >= gating.topK",
+        fieldPath: ".maxK",
+      },
+      {
+        rule: "self.overflow == 'drop' || has(self.capacityFactor)",
+        message: "gating.overflow spill or queue needs gating.capacityFactor (without it routing is dropless)",
+        fieldPath: ".overflow",
+      },
+    ],
+  },
+);
+
+export const batchingSchema = obj(
+  "Expert-aware batching in the router.",
+  {
+    enabled: bool("false dispatches every request alone (the baseline).", { default: true }),
+    maxBatchTokens: int("Flush a (pool, layer) queue once this many tokens wait.", {
+      minimum: 1,
+      maximum: 1048576,
+      default: 256,
+    }),
+    maxWaitMs: num("... or this long after the first queued request (milliseconds; 0 = next tick).", {
+      minimum: 0,
+      maximum: 1000,
+      default: 2,
+    }),
+    maxQueueTokens: int("Queued plus in-flight tokens per pool above which requests fail RESOURCE_EXHAUSTED.", {
+      minimum: 1,
+      maximum: 67108864,
+      default: 65536,
+    }),
+  },
+  {
+    default: {},
+    validations: [
+      {
+        rule: "self.maxQueueTokens >= self.maxBatchTokens",
+        message: "batching.maxQueueTokens must be >= batching.maxBatchTokens",
+        fieldPath: ".maxQueueTokens",
+      },
+    ],
+  },
+);
+
+export const placementWeightsSchema = obj(
+  "Weights of the router's replica choice (lower score wins).",
+  {
+    cacheAffinity: num("Penalty for a replica that does not hold the expert resident.", { minimum: 0, default: 1 }),
+    load: num("Penalty per unit of normalised outstanding work.", { minimum: 0, default: 1 }),
+    latency: num("Penalty per unit of normalised dispatch latency.", { minimum: 0, default: 0.5 }),
+  },
+  { default: {} },
+);
+
+export const loadSignalsSchema = obj(
+  "Prometheus load signals the router reads.",
+  {
+    prometheusUrl: str("Base URL of the Prometheus HTTP API; unset = the router's own counters only.", {
+      maxLength: 2048,
+      pattern: "^https?://",
+    }),
+    queries: obj(
+      "PromQL queries; `$pool` is replaced by the pool name. Unset = the chart's defaults.",
+      {
+        queueDepth: str("One sample per worker (label worker): queued work.", { maxLength: 4096 }),
+        latencySeconds: str("One sample per worker (label worker): recent run latency in seconds.", {
+          maxLength: 4096,
+        }),
+      },
+      { default: {} },
+    ),
+    refreshMs: int("Interval between query rounds (ms).", { minimum: 100, maximum: 3600000, default: 5000 }),
+    stalenessMs: int("Signals older than this are stale and ignored (ms).", {
+      minimum: 100,
+      maximum: 86400000,
+      default: 30000,
+    }),
+    timeoutMs: int("Per-query HTTP timeout (ms).", { minimum: 10, maximum: 600000, default: 2000 }),
+  },
+  {
+    default: {},
+    validations: [
+      {
+        rule: "self.stalenessMs >= self.refreshMs",
+        message: "loadSignals.stalenessMs must be >= loadSignals.refreshMs",
+        fieldPath: ".stalenessMs",
+      },
+      {
+        rule: "self.timeoutMs <= self.refreshMs",
+        message: "loadSignals.timeoutMs must be <= loadSignals.refreshMs",
+        fieldPath: ".timeoutMs",
+      },
+    ],
+  },
+);
+
+export const routingPolicySpecSchema = obj(
+  "How the router treats one ExpertPool.",
+  {
+    poolRef: obj(
+      "The ExpertPool (same namespace) this policy applies to.",
+      { name: str("ExpertPool name.", { maxLength: 253, minLength: 1 }) },
+      { required: ["name"] },
+    ),
+    gating: gatingSchema,
+    batching: batchingSchema,
+    placement: placementWeightsSchema,
+    loadSignals: loadSignalsSchema,
+  },
+  {
+    required: ["poolRef"],
+    validations: [
+      {
+        rule: "self.poolRef.name == oldSelf.poolRef.name",
+        message: "poolRef.name is immutable; create a new RoutingPolicy instead",
+        fieldPath: ".poolRef.name",
+      },
+    ],
+  },
+);
+export type RoutingPolicySpec = Infer<typeof routingPolicySpecSchema>;
+
+export const routingPolicyStatusSchema = obj("Observed state of a RoutingPolicy.", {
+  observedGeneration: int("metadata.generation this status describes.", { format: "int64" }),
+  conditions,
+  configMap: str("ConfigMap holding the resolved router config (key policy.json).", { maxLength: 253 }),
+  effective: {
+    json: {
+      description: "The resolved policy the router uses: spec with defaults and the pool's model filled in.",
+      type: "object",
+      "x-kubernetes-preserve-unknown-fields": true,
+    } satisfies JsonSchema,
+  } as { json: JsonSchema; __type?: Record<string, unknown> },
+});
+export type RoutingPolicyStatus = Infer<typeof routingPolicyStatusSchema>;
+
+// ---------- object types ----------
+
+export interface ObjectMeta {
+  name: string;
+  namespace?: string;
+  uid?: string;
+  generation?: number;
+  resourceVersion?: string;
+  creationTimestamp?: string;
+  deletionTimestamp?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  ownerReferences?: OwnerReference[];
+}
+
+export interface OwnerReference {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+  controller?: boolean;
+  blockOwnerDeletion?: boolean;
+}
+
+export interface ExpertPool {
+  apiVersion: typeof API_VERSION;
+  kind: "ExpertPool";
+  metadata: ObjectMeta;
+  spec: ExpertPoolSpec;
+  status?: ExpertPoolStatus;
+}
+
+export interface RoutingPolicy {
+  apiVersion: typeof API_VERSION;
+  kind: "RoutingPolicy";
+  metadata: ObjectMeta;
+  spec: RoutingPolicySpec;
+  status?: RoutingPolicyStatus;
+}

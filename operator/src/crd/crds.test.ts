@@ -1,0 +1,109 @@
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { applyDefaults, type JsonSchema } from "../api/schema.js";
+import { expertPoolSpecSchema, routingPolicySpecSchema } from "../api/v1alpha1.js";
+import { expertPoolCrd, renderCrdFiles, routingPolicyCrd } from "./crds.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+
+/** Every property path under a schema, with the schema found there. */
+function walk(s: JsonSchema, path: string, out: [string, JsonSchema][]): [string, JsonSchema][] {
+  out.push([path, s]);
+  for (const [k, v] of Object.entries(s.properties ?? {})) walk(v, `${path}.${k}`, out);
+  if (s.items) walk(s.items, `${path}[]`, out);
+  if (s.additionalProperties) walk(s.additionalProperties, `${path}{}`, out);
+  return out;
+}
+
+function openApi(crd: Record<string, unknown>): JsonSchema {
+  // biome-ignore lint/suspicious/noExplicitAny: walking a generated document
+  return (crd as any).spec.versions[0].schema.openAPIV3Schema;
+}
+
+describe("CRD YAML", () => {
+  it("committed crds/*.yaml equal what the TypeScript schema generates (run `npm run gen:crds`)", () => {
+    for (const [path, content] of Object.entries(renderCrdFiles())) {
+      const committed = readFileSync(join(root, path), "utf8");
+      expect(committed, `${path} is stale: run npm run gen:crds`).toBe(content);
+    }
+  });
+
+  it("every field under spec and status has a description; every list and map is bounded", () => {
+    for (const crd of [expertPoolCrd(), routingPolicyCrd()]) {
+      const fields = walk(openApi(crd), "", []).filter(([p]) => p.startsWith(".spec") || p.startsWith(".status"));
+      expect(fields.length).toBeGreaterThan(20);
+      for (const [p, s] of fields) {
+        if (p.endsWith("{}") && s.anyOf) continue; // quantity values inside a described map
+        expect(s.description, `${p} lacks a description`).toBeTruthy();
+        if (s.type === "array") expect(s.maxItems, `${p} lacks maxItems`).toBeGreaterThan(0);
+        if (s.additionalProperties) expect(s.maxProperties, `${p} lacks maxProperties`).toBeGreaterThan(0);
+      }
+    }
+  });
+
+  it("declares status and scale subresources, category, short names that are not built in", () => {
+    // biome-ignore lint/suspicious/noExplicitAny: generated document
+    const xp = expertPoolCrd() as any;
+    expect(xp.spec.versions[0].subresources.scale).toEqual({
+      specReplicasPath: ".spec.replicas",
+      statusReplicasPath: ".status.replicas",
+      labelSelectorPath: ".status.selector",
+    });
+    // Short names of built-in kinds (kubectl api-resources on 1.34) must not be reused.
+    const builtIn = new Set(
+      "cs cm ep ev limits ns no pvc pv po podtemplates rc quota sa svc mwc vwc crd crds apisvc deploy ds rs sts hpa cj csr ing netpol pdb pc sc csinode csidrivers vac".split(
+        " ",
+      ),
+    );
+    for (const crd of [xp, routingPolicyCrd() as typeof xp]) {
+      expect(crd.spec.names.categories).toEqual(["switchyard"]);
+      expect(crd.spec.versions[0].subresources.status).toEqual({});
+      for (const n of crd.spec.names.shortNames) expect(builtIn.has(n), n).toBe(false);
+    }
+  });
+
+  it("every default validates against its own schema's enum and bounds", () => {
+    for (const crd of [expertPoolCrd(), routingPolicyCrd()]) {
+      for (const [p, s] of walk(openApi(crd), "", [])) {
+        if (s.default === undefined) continue;
+        if (s.enum) expect(s.enum, p).toContain(s.default);
+        if (typeof s.default === "number") {
+          if (s.minimum !== undefined) expect(s.default, p).toBeGreaterThanOrEqual(s.minimum);
+          if (s.maximum !== undefined) expect(s.default, p).toBeLessThanOrEqual(s.maximum);
+        }
+      }
+    }
+  });
+});
+
+describe("applyDefaults mirrors structural defaulting", () => {
+  it("fills nested defaults under objects defaulted to {}", () => {
+    const spec = applyDefaults(expertPoolSpecSchema.json, {
+      model: {
+        architecture: "mixtral",
+        layers: 2,
+        experts: 8,
+        topK: 2,
+        hiddenSize: 64,
+        intermediateSize: 128,
+        checkpoint: { uri: "hf://x" },
+      },
+    }) as Record<string, Record<string, unknown>>;
+    expect(spec.replicas).toBe(2);
+    expect(spec.worker).toMatchObject({ gpusPerWorker: 1, backend: "auto", image: "switchyard/expert-worker:0.1.0" });
+    expect(spec.cache).toEqual({ hostTier: { enabled: false } });
+    expect(spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0 });
+    expect(spec.model).toMatchObject({ dtype: "bfloat16", sharedExperts: 0 });
+  });
+
+  it("keeps given values", () => {
+    const spec = applyDefaults(routingPolicySpecSchema.json, {
+      poolRef: { name: "p" },
+      batching: { maxBatchTokens: 512 },
+    }) as Record<string, Record<string, unknown>>;
+    expect(spec.batching).toEqual({ enabled: true, maxBatchTokens: 512, maxWaitMs: 2, maxQueueTokens: 65536 });
+    expect(spec.gating).toEqual({ overflow: "drop" });
+  });
+});

@@ -1,0 +1,177 @@
+// Builds the two CustomResourceDefinitions from the schema definitions in ../api/v1alpha1.ts.
+import { dumpYaml } from "@kubernetes/client-node";
+import { clean, type JsonSchema } from "../api/schema.js";
+import {
+  expertPoolRootValidations,
+  expertPoolSpecSchema,
+  expertPoolStatusSchema,
+  GROUP,
+  routingPolicySpecSchema,
+  routingPolicyStatusSchema,
+  VERSION,
+} from "../api/v1alpha1.js";
+
+export const CATEGORY = "switchyard";
+
+interface Column {
+  name: string;
+  type: "string" | "integer" | "number" | "boolean" | "date";
+  jsonPath: string;
+  description: string;
+  priority?: number;
+}
+
+interface CrdInput {
+  kind: string;
+  plural: string;
+  singular: string;
+  shortNames: string[];
+  description: string;
+  spec: JsonSchema;
+  status: JsonSchema;
+  rootValidations?: { rule: string; message: string }[];
+  columns: Column[];
+  scale?: boolean;
+}
+
+function crd(i: CrdInput): Record<string, unknown> {
+  const root: JsonSchema = {
+    description: i.description,
+    type: "object",
+    required: ["spec"],
+    properties: {
+      apiVersion: { type: "string", description: "APIVersion of this object: switchyard.dev/v1alpha1." },
+      kind: { type: "string", description: `Kind of this object: ${i.kind}.` },
+      metadata: { type: "object" },
+      spec: i.spec,
+      status: i.status,
+    },
+    "x-kubernetes-validations": i.rootValidations,
+  };
+  return clean({
+    apiVersion: "apiextensions.k8s.io/v1",
+    kind: "CustomResourceDefinition",
+    metadata: {
+      name: `${i.plural}.${GROUP}`,
+      labels: { "app.kubernetes.io/name": "switchyard", "app.kubernetes.io/component": "crd" },
+    },
+    spec: {
+      group: GROUP,
+      names: {
+        kind: i.kind,
+        listKind: `${i.kind}List`,
+        plural: i.plural,
+        singular: i.singular,
+        shortNames: i.shortNames,
+        categories: [CATEGORY],
+      },
+      scope: "Namespaced",
+      versions: [
+        {
+          name: VERSION,
+          served: true,
+          storage: true,
+          schema: { openAPIV3Schema: root },
+          subresources: {
+            status: {},
+            scale: i.scale
+              ? {
+                  specReplicasPath: ".spec.replicas",
+                  statusReplicasPath: ".status.replicas",
+                  labelSelectorPath: ".status.selector",
+                }
+              : undefined,
+          },
+          additionalPrinterColumns: i.columns,
+        },
+      ],
+    },
+  });
+}
+
+const READY = '.status.conditions[?(@.type=="Ready")]';
+
+export function expertPoolCrd(): Record<string, unknown> {
+  return crd({
+    kind: "ExpertPool",
+    plural: "expertpools",
+    singular: "expertpool",
+    shortNames: ["xp", "xpool"],
+    description:
+      "ExpertPool: one MoE model's routed experts served by a set of GPU workers (a StatefulSet, a headless Service and a placement plan).",
+    spec: expertPoolSpecSchema.json,
+    status: expertPoolStatusSchema.json,
+    rootValidations: expertPoolRootValidations,
+    scale: true,
+    columns: [
+      { name: "Ready", type: "string", jsonPath: `${READY}.status`, description: "Ready condition." },
+      { name: "Replicas", type: "integer", jsonPath: ".spec.replicas", description: "Desired workers." },
+      { name: "Available", type: "integer", jsonPath: ".status.readyReplicas", description: "Ready workers." },
+      { name: "Model", type: "string", jsonPath: ".spec.model.architecture", description: "Model family." },
+      {
+        name: "Experts",
+        type: "integer",
+        jsonPath: ".spec.model.experts",
+        description: "Routed experts per layer.",
+        priority: 1,
+      },
+      { name: "Layers", type: "integer", jsonPath: ".spec.model.layers", description: "MoE layers.", priority: 1 },
+      {
+        name: "Plan",
+        type: "integer",
+        jsonPath: ".status.placement.version",
+        description: "Placement plan version.",
+        priority: 1,
+      },
+      {
+        name: "Reason",
+        type: "string",
+        jsonPath: `${READY}.reason`,
+        description: "Why Ready is what it is.",
+        priority: 1,
+      },
+      { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp", description: "Time since creation." },
+    ],
+  });
+}
+
+export function routingPolicyCrd(): Record<string, unknown> {
+  return crd({
+    kind: "RoutingPolicy",
+    plural: "routingpolicies",
+    singular: "routingpolicy",
+    shortNames: ["xrp", "rpol"],
+    description:
+      "RoutingPolicy: how the router treats one ExpertPool (gating, batching, replica choice, load signals). The operator resolves it into the router's config.",
+    spec: routingPolicySpecSchema.json,
+    status: routingPolicyStatusSchema.json,
+    columns: [
+      { name: "Pool", type: "string", jsonPath: ".spec.poolRef.name", description: "Target ExpertPool." },
+      { name: "Ready", type: "string", jsonPath: `${READY}.status`, description: "Ready condition." },
+      {
+        name: "TopK",
+        type: "integer",
+        jsonPath: ".status.effective.gating.topK",
+        description: "Effective experts per token.",
+      },
+      {
+        name: "Reason",
+        type: "string",
+        jsonPath: `${READY}.reason`,
+        description: "Why Ready is what it is.",
+        priority: 1,
+      },
+      { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp", description: "Time since creation." },
+    ],
+  });
+}
+
+const HEADER = "# Generated by `npm run gen:crds` from operator/src/api/v1alpha1.ts. Do not edit.\n";
+
+/** The committed files, path (relative to the repo root) -> content. */
+export function renderCrdFiles(): Record<string, string> {
+  return {
+    "crds/switchyard.dev_expertpools.yaml": HEADER + dumpYaml(expertPoolCrd(), { lineWidth: 120, noRefs: true }),
+    "crds/switchyard.dev_routingpolicies.yaml": HEADER + dumpYaml(routingPolicyCrd(), { lineWidth: 120, noRefs: true }),
+  };
+}
