@@ -1,2 +1,3 @@
 // Public surface of the pure MoE library.
 export * from "./policy/index.js";
+export * from "./placement/index.js";

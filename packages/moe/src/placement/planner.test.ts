@@ -1,0 +1,180 @@
+import { describe, expect, it } from "vitest";
+import { movedCopies, PlacementError, validatePlan } from "./plan.js";
+import { planPlacement, replicateExperts } from "./planner.js";
+
+/** Deterministic PRNG (mulberry32) so figures are reproducible. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Zipf(s) expert popularity, a different random expert order per layer (skew differs by layer). */
+function zipfLoad(layers: number, experts: number, s: number, seed: number): number[][] {
+  const r = rng(seed);
+  return Array.from({ length: layers }, () => {
+    const order = Array.from({ length: experts }, (_, i) => i);
+    for (let i = experts - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [order[i], order[j]] = [order[j], order[i]];
+    }
+    const row = new Array<number>(experts);
+    order.forEach((e, rank) => {
+      row[e] = 1000 / (rank + 1) ** s;
+    });
+    return row;
+  });
+}
+
+const ids = (n: number) => Array.from({ length: n }, (_, i) => `pool-${i}`);
+
+describe("replicateExperts (EPLB greedy)", () => {
+  it("gives redundant copies to the experts with the largest load per copy", () => {
+    // 10/1 -> 10/2=5 -> 10/3=3.3 < 4/1 -> expert 2 gets the third.
+    expect(replicateExperts([10, 1, 4], 3, 8)).toEqual([3, 1, 2]);
+    expect(replicateExperts([10, 1, 4], 3, 2)).toEqual([2, 2, 2]); // at most one copy per worker (2 workers)
+  });
+});
+
+describe("planPlacement", () => {
+  it("places every expert, copies on distinct workers, slots within one of the mean and within capacity", () => {
+    const layers = 6;
+    const { plan, stats } = planPlacement({
+      pool: "p",
+      layers,
+      experts: 10,
+      workers: ids(4),
+      redundantExperts: 3,
+      capacityPerWorker: 20,
+      load: zipfLoad(layers, 10, 1, 1),
+    });
+    validatePlan(plan, { layers, experts: 10 });
+    for (const layer of plan.replicas) {
+      expect(layer.reduce((s, h) => s + h.length, 0)).toBe(13);
+      for (const hs of layer) expect(new Set(hs).size).toBe(hs.length);
+    }
+    // 6 × 13 = 78 copies on 4 workers: 19 or 20 each.
+    expect(stats.slotsPerWorker.reduce((a, b) => a + b, 0)).toBe(78);
+    expect(Math.max(...stats.slotsPerWorker) - Math.min(...stats.slotsPerWorker)).toBeLessThanOrEqual(1);
+    expect(Math.max(...stats.slotsPerWorker)).toBeLessThanOrEqual(20);
+    // 3 redundant copies per layer, each on an expert that already had one.
+    const extra = plan.replicas.flat().reduce((s, hs) => s + hs.length - 1, 0);
+    expect(extra).toBe(18);
+    expect(stats.replicatedExperts).toBeGreaterThan(0);
+    expect(stats.replicatedExperts).toBeLessThanOrEqual(18);
+  });
+
+  it("Zipf(0.6), 256 experts + 32 redundant on 32 workers: max/mean load near EPLB's 1.08-1.10", () => {
+    const layers = 8;
+    const load = zipfLoad(layers, 256, 0.6, 7);
+    const base = { pool: "p", layers, experts: 256, workers: ids(32), load };
+    const contiguous = planPlacement({ ...base, strategy: "contiguous" }).stats;
+    const noRedundancy = planPlacement(base).stats;
+    const eplb = planPlacement({ ...base, redundantExperts: 32 }).stats;
+    console.log(
+      `[placement] Zipf 0.6, 256e+32r/32w: contiguous max/mean ${contiguous.meanImbalance.toFixed(3)}, ` +
+        `balanced no redundancy ${noRedundancy.meanImbalance.toFixed(3)}, balanced+32 redundant ` +
+        `${eplb.meanImbalance.toFixed(3)} (worst layer ${eplb.maxImbalance.toFixed(3)})`,
+    );
+    expect(contiguous.meanImbalance).toBeGreaterThan(1.3);
+    expect(eplb.meanImbalance).toBeLessThan(1.12);
+    expect(eplb.maxImbalance).toBeLessThan(1.2);
+    expect(eplb.meanImbalance).toBeLessThan(noRedundancy.meanImbalance);
+  });
+
+  it("Zipf(1.2), 64 experts + 16 redundant on 8 workers stays under 1.1", () => {
+    const load = zipfLoad(4, 64, 1.2, 3);
+    const { stats } = planPlacement({ pool: "p", layers: 4, experts: 64, workers: ids(8), redundantExperts: 16, load });
+    console.log(`[placement] Zipf 1.2, 64e+16r/8w: max/mean ${stats.meanImbalance.toFixed(3)}`);
+    expect(stats.meanImbalance).toBeLessThan(1.1);
+  });
+
+  it("replanning with the same input moves nothing and keeps the version", () => {
+    const load = zipfLoad(4, 64, 0.8, 5);
+    const input = { pool: "p", layers: 4, experts: 64, workers: ids(8), redundantExperts: 8, load };
+    const first = planPlacement(input).plan;
+    const again = planPlacement({ ...input, previous: first });
+    expect(again.stats.moved).toBe(0);
+    expect(again.plan.version).toBe(first.version);
+  });
+
+  it("adding one worker to 8 moves about the new worker's share (1/9 of the copies), bumps the version", () => {
+    const load = zipfLoad(4, 64, 0.8, 5);
+    const input = { pool: "p", layers: 4, experts: 64, redundantExperts: 8, load };
+    const before = planPlacement({ ...input, workers: ids(8) }).plan;
+    const after = planPlacement({ ...input, workers: ids(9), previous: before });
+    const total = 4 * 72;
+    const ideal = Math.ceil(total / 9); // the new worker's share has to come from somewhere
+    const fresh = planPlacement({ ...input, workers: ids(9) });
+    console.log(
+      `[placement] add worker 8->9: moved ${after.stats.moved}/${total} copies (ideal ${ideal}; from scratch ${movedCopies(before, fresh.plan)}), max/mean ${after.stats.meanImbalance.toFixed(3)}`,
+    );
+    expect(after.plan.version).toBe(before.version + 1);
+    expect(after.stats.moved).toBeGreaterThanOrEqual(ideal);
+    expect(after.stats.moved).toBeLessThanOrEqual(Math.ceil(ideal * 1.5));
+    expect(after.stats.meanImbalance).toBeLessThan(1.25);
+  });
+
+  it("keeps every copy when the per-layer slot caps corner the packer (uniform load, 8 -> 9 workers)", () => {
+    const input = { pool: "p", layers: 4, experts: 64, redundantExperts: 8 };
+    const before = planPlacement({ ...input, workers: ids(8) }).plan;
+    const after = planPlacement({ ...input, workers: ids(9), previous: before });
+    for (const layer of after.plan.replicas) {
+      expect(layer.reduce((s, hs) => s + hs.length, 0)).toBe(72);
+      for (const hs of layer) expect(new Set(hs).size).toBe(hs.length);
+    }
+    expect(after.stats.slotsPerWorker).toEqual(new Array(9).fill(32));
+    // 32 = the new worker's share; a few more move to keep max/mean within the 10% keep tolerance.
+    expect(after.stats.moved).toBeGreaterThanOrEqual(32);
+    expect(after.stats.moved).toBeLessThanOrEqual(48);
+  });
+
+  it("removing a worker moves only that worker's copies (plus little rebalancing)", () => {
+    const input = { pool: "p", layers: 2, experts: 32, redundantExperts: 0 };
+    const before = planPlacement({ ...input, workers: ids(4) }).plan;
+    const after = planPlacement({ ...input, workers: ids(3), previous: before });
+    const lost = before.replicas.flat().filter((hs) => hs.includes(3)).length;
+    expect(after.stats.moved).toBeLessThanOrEqual(Math.ceil(lost * 1.25));
+  });
+
+  it("refuses a plan that does not fit the cache, naming the field", () => {
+    const input = { pool: "p", layers: 4, experts: 16, workers: ids(2), capacityPerWorker: 31 };
+    expect(() => planPlacement(input)).toThrow(PlacementError);
+    expect(() => planPlacement(input)).toThrow(/capacityPerWorker: 31 slots per worker cannot hold/);
+    expect(planPlacement({ ...input, capacityIsSoft: true }).stats.slotsPerWorker).toEqual([32, 32]);
+    expect(() => planPlacement({ ...input, load: [[1]] })).toThrow(/^load: has 1 layers, want 4/);
+  });
+
+  it("with no workers publishes an empty plan", () => {
+    const { plan } = planPlacement({ pool: "p", layers: 2, experts: 4, workers: [] });
+    expect(plan.replicas).toEqual([
+      [[], [], [], []],
+      [[], [], [], []],
+    ]);
+  });
+});
+
+describe("validatePlan", () => {
+  const good = { version: 3, pool: "p", workers: ["a", "b"], replicas: [[[0], [1, 0]]] };
+  it("accepts a well-formed plan", () => {
+    expect(validatePlan(structuredClone(good), { layers: 1, experts: 2 }).version).toBe(3);
+  });
+  it.each([
+    [{ ...good, version: -1 }, /plan.version/],
+    [{ ...good, workers: ["a", "a"] }, /plan.workers: has duplicate ids/],
+    [{ ...good, replicas: [[[0], [2]]] }, /plan.replicas\[0\]\[1\]: worker index 2 is outside/],
+    [{ ...good, replicas: [[[0], []]] }, /plan.replicas\[0\]\[1\]: has no worker/],
+    [{ ...good, replicas: [[[0, 0], [1]]] }, /appears twice/],
+    [{ ...good, endpoints: { c: "x:1" } }, /plan.endpoints.c/],
+  ])("rejects %j", (plan, msg) => {
+    expect(() => validatePlan(plan, { layers: 1, experts: 2 })).toThrow(msg);
+  });
+  it("checks the model shape", () => {
+    expect(() => validatePlan(good, { layers: 2, experts: 2 })).toThrow(/has 1 layers, the model has 2/);
+  });
+});
