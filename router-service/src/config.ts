@@ -1,0 +1,98 @@
+// Router config file (docs/CONTRACTS.md "Router config"): pools, each with a checkpoint, a placement plan (inline or
+// a watched file), worker endpoints and a RoutingPolicy. Parsing is pure; loading and watching are in main.ts.
+
+import { type RoutingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
+import { invalidArgument } from "@switchyard/protocol";
+
+export type { RoutingPolicy };
+
+/** As in docs/CONTRACTS.md; the placement planner produces it. */
+export interface PlacementPlan {
+  version: number;
+  pool: string;
+  workers: string[];
+  endpoints?: Record<string, string>;
+  /** replicas[layer][expert] = indices into workers holding that expert. */
+  replicas: number[][][];
+}
+
+export interface PoolConfig {
+  name: string;
+  checkpoint: string;
+  planFile: string | null;
+  plan: PlacementPlan | null;
+  endpoints: Record<string, string>;
+  policy: RoutingPolicy;
+}
+
+export interface RouterConfig {
+  pools: PoolConfig[];
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** Validates the router config JSON; errors name the field (`pools[0].policy.gating.topP`). */
+export function parseRouterConfig(json: unknown): RouterConfig {
+  if (!isObj(json)) throw invalidArgument("config", "must be a JSON object with a pools array");
+  for (const k of Object.keys(json))
+    if (k !== "pools") throw invalidArgument(`config.${k}`, "unknown field (allowed: pools)");
+  if (!Array.isArray(json.pools)) throw invalidArgument("pools", "must be an array");
+  const names = new Set<string>();
+  const pools = json.pools.map((p: unknown, i: number): PoolConfig => {
+    const f = `pools[${i}]`;
+    if (!isObj(p)) throw invalidArgument(f, "must be an object");
+    for (const k of Object.keys(p)) {
+      if (!["name", "checkpoint", "planFile", "plan", "endpoints", "policy"].includes(k)) {
+        throw invalidArgument(
+          `${f}.${k}`,
+          "unknown field (allowed: name, checkpoint, planFile, plan, endpoints, policy)",
+        );
+      }
+    }
+    if (typeof p.name !== "string" || p.name === "") throw invalidArgument(`${f}.name`, "required string");
+    if (names.has(p.name)) throw invalidArgument(`${f}.name`, `duplicate pool ${JSON.stringify(p.name)}`);
+    names.add(p.name);
+    if (typeof p.checkpoint !== "string" || p.checkpoint === "")
+      throw invalidArgument(`${f}.checkpoint`, "required string (checkpoint directory)");
+    const planFile = p.planFile === undefined || p.planFile === null ? null : p.planFile;
+    if (planFile !== null && typeof planFile !== "string") throw invalidArgument(`${f}.planFile`, "must be a path");
+    const plan = p.plan === undefined || p.plan === null ? null : parsePlan(p.plan, `${f}.plan`);
+    if ((planFile === null) === (plan === null))
+      throw invalidArgument(`${f}.plan`, "set exactly one of plan and planFile");
+    const endpoints: Record<string, string> = {};
+    if (p.endpoints !== undefined) {
+      if (!isObj(p.endpoints)) throw invalidArgument(`${f}.endpoints`, "must map worker id to host:port");
+      for (const [id, a] of Object.entries(p.endpoints)) {
+        if (typeof a !== "string" || !/^[^\s:]+:\d+$/.test(a))
+          throw invalidArgument(`${f}.endpoints.${id}`, `must be host:port, got ${JSON.stringify(a)}`);
+        endpoints[id] = a;
+      }
+    }
+    let policy: RoutingPolicy;
+    try {
+      policy = resolveRoutingPolicy(p.policy, `${f}.policy`);
+    } catch (e) {
+      const pe = e as { field?: string; message: string };
+      throw invalidArgument(pe.field ?? `${f}.policy`, pe.message.replace(/^[^:]*: /, ""));
+    }
+    return { name: p.name, checkpoint: p.checkpoint, planFile, plan, endpoints, policy };
+  });
+  return { pools };
+}
+
+/** Validates the shape of a PlacementPlan (sizes against the model are checked when the pool is set up). */
+export function parsePlan(json: unknown, f = "plan"): PlacementPlan {
+  if (!isObj(json)) throw invalidArgument(f, "must be a PlacementPlan object");
+  if (!Number.isInteger(json.version) || (json.version as number) < 0)
+    throw invalidArgument(`${f}.version`, "must be a non-negative integer");
+  if (typeof json.pool !== "string") throw invalidArgument(`${f}.pool`, "required string");
+  if (!Array.isArray(json.workers) || json.workers.some((w) => typeof w !== "string")) {
+    throw invalidArgument(`${f}.workers`, "must be an array of worker ids");
+  }
+  if (!Array.isArray(json.replicas))
+    throw invalidArgument(`${f}.replicas`, "must be replicas[layer][expert] = worker indices");
+  if (json.endpoints !== undefined && !isObj(json.endpoints))
+    throw invalidArgument(`${f}.endpoints`, "must map worker id to host:port");
+  return json as unknown as PlacementPlan;
+}

@@ -1,0 +1,123 @@
+// Router metrics, names as in docs/CONTRACTS.md (the chart's rules and dashboards use exactly these).
+// One Registry per Router instance, so tests and the local mode can run several routers in one process.
+
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** Heat series are bounded: at most this many layer x expert series, the rest fold into expert="other". */
+export const MAX_HEAT_SERIES = 4096;
+
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+export class RouterMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: "switchyard_router_requests_total",
+    help: "Forward requests by method and gRPC status code name.",
+    labelNames: ["pool", "method", "code"],
+    registers: [this.registry],
+  });
+  readonly tokens = new Counter({
+    name: "switchyard_router_tokens_total",
+    help: "Tokens forwarded.",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
+  readonly requestDuration = new Histogram({
+    name: "switchyard_router_request_duration_seconds",
+    help: "End-to-end Forward latency inside the router.",
+    labelNames: ["pool"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly queueWait = new Histogram({
+    name: "switchyard_router_queue_wait_seconds",
+    help: "Time a request waited in the batcher before its flush.",
+    labelNames: ["pool"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly expertsPerBatch = new Histogram({
+    name: "switchyard_router_experts_per_batch",
+    help: "Distinct experts touched by one flush.",
+    labelNames: ["pool"],
+    buckets: COUNT_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly tokensPerExpertCall = new Histogram({
+    name: "switchyard_router_tokens_per_expert_call",
+    help: "Rows per expert slice sent to a worker.",
+    labelNames: ["pool"],
+    buckets: COUNT_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly batchTokens = new Histogram({
+    name: "switchyard_router_batch_tokens",
+    help: "Tokens in one flush (merged requests).",
+    labelNames: ["pool"],
+    buckets: COUNT_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly dispatchDuration = new Histogram({
+    name: "switchyard_router_dispatch_duration_seconds",
+    help: "Round trip of one ExpertBatch to a worker.",
+    labelNames: ["pool", "worker"],
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly dispatchErrors = new Counter({
+    name: "switchyard_router_dispatch_errors_total",
+    help: "Failed ExpertBatch dispatches per worker.",
+    labelNames: ["pool", "worker"],
+    registers: [this.registry],
+  });
+  readonly workerTokens = new Counter({
+    name: "switchyard_router_worker_tokens_total",
+    help: "Rows sent to each worker.",
+    labelNames: ["pool", "worker"],
+    registers: [this.registry],
+  });
+  readonly workerOutstanding = new Gauge({
+    name: "switchyard_router_worker_outstanding_tokens",
+    help: "Rows sent to a worker and not yet answered.",
+    labelNames: ["pool", "worker"],
+    registers: [this.registry],
+  });
+  readonly expertTokens = new Counter({
+    name: "switchyard_router_expert_tokens_total",
+    help: "Expert heat: (token, expert) assignments per layer and expert (bounded; overflow as expert=other).",
+    labelNames: ["pool", "layer", "expert"],
+    registers: [this.registry],
+  });
+  readonly dropped = new Counter({
+    name: "switchyard_router_dropped_assignments_total",
+    help: "(token, expert) assignments dropped by the capacity limit.",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
+  readonly loadSignalStale = new Gauge({
+    name: "switchyard_router_load_signal_stale",
+    help: "1 while Prometheus load signals are stale or off and the router uses its own counters.",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
+  readonly planVersion = new Gauge({
+    name: "switchyard_router_placement_plan_version",
+    help: "Version of the placement plan in use.",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
+
+  private readonly heatSeries = new Set<string>();
+
+  /** Adds heat for (layer, expert), folding into expert="other" past MAX_HEAT_SERIES distinct series. */
+  heat(pool: string, layer: number, expert: number, n: number): void {
+    const key = `${pool}/${layer}/${expert}`;
+    let e = String(expert);
+    if (!this.heatSeries.has(key)) {
+      if (this.heatSeries.size >= MAX_HEAT_SERIES) e = "other";
+      else this.heatSeries.add(key);
+    }
+    this.expertTokens.inc({ pool, layer: String(layer), expert: e }, n);
+  }
+}

@@ -1,0 +1,428 @@
+import { credentials, Metadata } from "@grpc/grpc-js";
+import { type GatingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
+import {
+  bytesToFloat32,
+  DType,
+  encodeTensor,
+  type ForwardRequest,
+  type ForwardResponse,
+  fromGrpcError,
+  fromRpcError,
+  RouterClient,
+  type SwitchyardError,
+} from "@switchyard/protocol";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { PlacementPlan } from "./config.js";
+import type { TokenRouting } from "./core/routing.js";
+import type { PoolModel } from "./model.js";
+import { Router } from "./router.js";
+import { type StartedRouter, serveRouter } from "./server.js";
+import { FakeWorker } from "./testing/fake-worker.js";
+
+// A toy pool: linear gate, softmax top-2 renormalised, expert e of layer l maps x -> (e + 1) * x + l,
+// one shared expert (id E) with weight sigmoid(sum(x)) mapping x -> -x.
+const L = 2;
+const E = 4;
+const D = 8;
+const K = 2;
+
+function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32 - 0.5;
+  };
+}
+const r0 = rng(7);
+const gateW = Array.from({ length: L }, () => Float32Array.from({ length: D * E }, () => r0()));
+
+const toy: PoolModel = {
+  family: "toy",
+  layers: L,
+  experts: E,
+  hiddenSize: D,
+  sharedExperts: 1,
+  sharedGateNeedsHidden: true,
+  logits(layer, h, T) {
+    const out = new Float32Array(T * E);
+    for (let t = 0; t < T; t++)
+      for (let e = 0; e < E; e++) {
+        let s = 0;
+        for (let j = 0; j < D; j++) s += h[t * D + j] * gateW[layer][j * E + e];
+        out[t * E + e] = s;
+      }
+    return out;
+  },
+  route(_layer, logits, T, g: GatingPolicy): TokenRouting {
+    const k = g.topK ?? K;
+    const experts = new Int32Array(T * k);
+    const weights = new Float32Array(T * k);
+    const ranking = new Int32Array(T * E);
+    for (let t = 0; t < T; t++) {
+      const row = Array.from(logits.subarray(t * E, (t + 1) * E));
+      const order = row
+        .map((v, i) => [v, i])
+        .sort((a, b) => b[0] - a[0] || a[1] - b[1])
+        .map((x) => x[1]);
+      ranking.set(order, t * E);
+      const top = order.slice(0, k);
+      const ex = top.map((i) => Math.exp(row[i] - row[order[0]]));
+      const z = ex.reduce((a, b) => a + b, 0);
+      top.forEach((e, s) => {
+        experts[t * k + s] = e;
+        weights[t * k + s] = ex[s] / z;
+      });
+    }
+    return { tokens: T, slots: k, experts, weights, ranking };
+  },
+  sharedWeights(_layer, h, T) {
+    const w = new Float32Array(T);
+    for (let t = 0; t < T; t++) {
+      let s = 0;
+      for (let j = 0; j < D; j++) s += h[t * D + j];
+      w[t] = 1 / (1 + Math.exp(-s));
+    }
+    return w;
+  },
+};
+
+const expertFn = (layer: number, e: number, x: Float32Array) =>
+  e === E ? x.map((v) => -v) : x.map((v) => (e + 1) * v + layer);
+
+function reference(
+  layer: number,
+  h: Float32Array,
+  T: number,
+  routing?: { ids: number[][]; w: number[][] },
+): Float32Array {
+  const r = routing
+    ? (() => {
+        const k = routing.ids[0].length;
+        return { slots: k, experts: Int32Array.from(routing.ids.flat()), weights: Float32Array.from(routing.w.flat()) };
+      })()
+    : toy.route(layer, toy.logits(layer, h, T), T, resolveRoutingPolicy({}).gating);
+  const sw = toy.sharedWeights(layer, h, T)!;
+  const out = new Float32Array(T * D);
+  for (let t = 0; t < T; t++) {
+    const x = h.subarray(t * D, (t + 1) * D);
+    for (let s = 0; s < r.slots; s++) {
+      const e = r.experts[t * r.slots + s];
+      if (e < 0) continue;
+      const y = expertFn(layer, e, x);
+      for (let j = 0; j < D; j++) out[t * D + j] += r.weights[t * r.slots + s] * y[j];
+    }
+    const y = expertFn(layer, E, x);
+    for (let j = 0; j < D; j++) out[t * D + j] += sw[t] * y[j];
+  }
+  return out;
+}
+
+function hidden(T: number, seed: number): Float32Array {
+  const g = rng(seed);
+  return Float32Array.from({ length: T * D }, () => g() * 2);
+}
+
+function plan(replicas: number[][][]): PlacementPlan {
+  return { version: 1, pool: "toy", workers: ["w0", "w1", "w2"], replicas };
+}
+// every expert on two of three workers
+const twoReplicas = Array.from({ length: L }, () => Array.from({ length: E }, (_, e) => [e % 3, (e + 1) % 3]));
+
+function maxRelErr(a: Float32Array, b: Float32Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / Math.max(den, 1e-30);
+}
+
+describe("router end to end (fake workers)", () => {
+  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
+  let router: Router;
+  let served: StartedRouter;
+  let client: RouterClient;
+
+  const setPool = (policy: unknown = {}, replicas = twoReplicas) =>
+    router.setPool({
+      name: "toy",
+      model: toy,
+      plan: plan(replicas),
+      endpoints: Object.fromEntries(workers.map((w) => [w.o.id, `127.0.0.1:${w.port}`])),
+      policy: resolveRoutingPolicy(policy),
+    });
+
+  beforeAll(async () => {
+    for (const w of workers) await w.start();
+    router = new Router({ statusIntervalMs: 0 });
+    setPool();
+    served = await serveRouter(router, { port: 0, host: "127.0.0.1", metricsPort: 0 });
+    client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    client?.close();
+    await served?.close();
+    router?.close();
+    for (const w of workers) w.stop();
+  });
+
+  const call = (req: Partial<ForwardRequest>, deadlineMs = 5000) =>
+    new Promise<ForwardResponse>((resolve, reject) =>
+      client.forward(
+        { pool: "toy", layer: 0, hidden: undefined, gate: undefined, requestId: 0n, ...req },
+        new Metadata(),
+        { deadline: Date.now() + deadlineMs },
+        (e, r) => (e ? reject(fromGrpcError(e)) : resolve(r)),
+      ),
+    );
+  const callErr = async (req: Partial<ForwardRequest>, deadlineMs = 5000): Promise<SwitchyardError> => {
+    try {
+      await call(req, deadlineMs);
+    } catch (e) {
+      return e as SwitchyardError;
+    }
+    throw new Error("expected an error");
+  };
+
+  it("computes the gate, dispatches, combines (fp32 parity)", async () => {
+    for (const layer of [0, 1]) {
+      const h = hidden(5, 11 + layer);
+      const res = await call({ layer, hidden: encodeTensor(h, [5, D], DType.FLOAT32) });
+      const got = bytesToFloat32(res.hidden!.data, DType.FLOAT32, true);
+      expect(res.hidden!.shape).toEqual([5, D]);
+      expect(maxRelErr(got, reference(layer, h, 5))).toBeLessThanOrEqual(1e-6);
+      expect(res.stats!.expertsTouched).toBeGreaterThan(0);
+      expect(res.stats!.workersUsed).toBeGreaterThan(0);
+    }
+  });
+
+  it("returns the request dtype (bf16 within 1e-2)", async () => {
+    const h = hidden(7, 3);
+    const res = await call({ hidden: encodeTensor(h, [7, D], DType.BFLOAT16) });
+    expect(res.hidden!.dtype).toBe(DType.BFLOAT16);
+    const hb = bytesToFloat32(encodeTensor(h, [7, D], DType.BFLOAT16).data, DType.BFLOAT16);
+    expect(maxRelErr(bytesToFloat32(res.hidden!.data, DType.BFLOAT16), reference(0, hb, 7))).toBeLessThanOrEqual(1e-2);
+  });
+
+  it("accepts explicit assignments and router logits", async () => {
+    const h = hidden(3, 5);
+    const ids = [
+      [1, 3],
+      [0, -1],
+      [2, 1],
+    ];
+    const w = [
+      [0.7, 0.3],
+      [1, 0],
+      [0.5, 0.5],
+    ];
+    const res = await call({
+      hidden: encodeTensor(h, [3, D], DType.FLOAT32),
+      gate: {
+        $case: "assignment",
+        value: {
+          expertIds: encodeTensor(Int32Array.from(ids.flat()), [3, 2], DType.INT32),
+          weights: encodeTensor(Float32Array.from(w.flat()), [3, 2], DType.FLOAT32),
+        },
+      },
+    });
+    expect(
+      maxRelErr(bytesToFloat32(res.hidden!.data, DType.FLOAT32, true), reference(0, h, 3, { ids, w })),
+    ).toBeLessThanOrEqual(1e-6);
+    const logits = toy.logits(1, h, 3);
+    const res2 = await call({
+      layer: 1,
+      hidden: encodeTensor(h, [3, D], DType.FLOAT32),
+      gate: { $case: "routerLogits", value: encodeTensor(logits, [3, E], DType.FLOAT32) },
+    });
+    expect(maxRelErr(bytesToFloat32(res2.hidden!.data, DType.FLOAT32, true), reference(1, h, 3))).toBeLessThanOrEqual(
+      1e-6,
+    );
+  });
+
+  it("merges concurrent stream requests into one flush, answers each correctly", async () => {
+    setPool({ batching: { maxWaitMs: 20, maxBatchTokens: 1024 } });
+    const stream = client.forwardStream();
+    const N = 24;
+    const hs = Array.from({ length: N }, (_, i) => hidden(1 + (i % 3), 100 + i));
+    const got = new Map<bigint, ForwardResponse>();
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on("data", (r: ForwardResponse) => {
+        got.set(r.requestId, r);
+        if (got.size === N) resolve();
+      });
+      stream.on("error", reject);
+    });
+    for (const [i, h] of hs.entries()) {
+      stream.write({
+        pool: "toy",
+        layer: i % 2,
+        hidden: encodeTensor(h, [h.length / D, D], DType.FLOAT32),
+        gate: undefined,
+        requestId: BigInt(i + 1),
+      });
+    }
+    await done;
+    stream.end();
+    let maxMerged = 0;
+    hs.forEach((h, i) => {
+      const r = got.get(BigInt(i + 1))!;
+      expect(r.error).toBeUndefined();
+      expect(
+        maxRelErr(bytesToFloat32(r.hidden!.data, DType.FLOAT32, true), reference(i % 2, h, h.length / D)),
+      ).toBeLessThanOrEqual(1e-6);
+      maxMerged = Math.max(maxMerged, r.stats!.batchRequests);
+    });
+    expect(maxMerged).toBeGreaterThan(1);
+    setPool();
+  });
+
+  it("reports per-item errors on the stream without closing it", async () => {
+    const stream = client.forwardStream();
+    const replies: ForwardResponse[] = [];
+    const done = new Promise<void>((resolve) =>
+      stream.on("data", (r: ForwardResponse) => replies.push(r) === 2 && resolve()),
+    );
+    stream.write({
+      pool: "toy",
+      layer: 9,
+      hidden: encodeTensor(hidden(1, 1), [1, D], DType.FLOAT32),
+      gate: undefined,
+      requestId: 1n,
+    });
+    stream.write({
+      pool: "toy",
+      layer: 0,
+      hidden: encodeTensor(hidden(1, 1), [1, D], DType.FLOAT32),
+      gate: undefined,
+      requestId: 2n,
+    });
+    await done;
+    stream.end();
+    const bad = replies.find((r) => r.requestId === 1n)!;
+    expect(bad.error?.code).toBe(3);
+    expect(fromRpcError(bad.error!).message).toMatch(/^layer: /);
+    expect(replies.find((r) => r.requestId === 2n)!.error).toBeUndefined();
+  });
+
+  it("answers INVALID_ARGUMENT naming the field", async () => {
+    const h = hidden(2, 1);
+    expect((await callErr({ hidden: encodeTensor(h, [4, 4], DType.FLOAT32) })).message).toMatch(
+      /^hidden\.shape\[1\]: expected hidden size 8, got 4/,
+    );
+    expect((await callErr({ layer: 2, hidden: encodeTensor(h, [2, D], DType.FLOAT32) })).field).toBe("layer");
+    expect((await callErr({})).field).toBe("hidden");
+    const e = await callErr({
+      hidden: encodeTensor(h, [2, D], DType.FLOAT32),
+      gate: {
+        $case: "assignment",
+        value: {
+          expertIds: encodeTensor(Int32Array.from([0, 9]), [2, 1], DType.INT32),
+          weights: encodeTensor(Float32Array.from([1, 1]), [2, 1], DType.FLOAT32),
+        },
+      },
+    });
+    expect(e.code).toBe("INVALID_ARGUMENT");
+    expect(e.field).toBe("assignment.expert_ids[1][0]");
+    const e2 = await callErr({
+      hidden: encodeTensor(h, [2, D], DType.FLOAT32),
+      gate: { $case: "routerLogits", value: encodeTensor(new Float32Array(2 * 3), [2, 3], DType.FLOAT32) },
+    });
+    expect(e2.field).toBe("router_logits.shape[1]");
+    expect((await callErr({ pool: "nope", hidden: encodeTensor(h, [2, D], DType.FLOAT32) })).code).toBe("NOT_FOUND");
+  });
+
+  it("retries a failed worker's rows on another replica", async () => {
+    workers[1].mode = "fail";
+    try {
+      const h = hidden(16, 21);
+      const res = await call({ hidden: encodeTensor(h, [16, D], DType.FLOAT32) });
+      expect(maxRelErr(bytesToFloat32(res.hidden!.data, DType.FLOAT32, true), reference(0, h, 16))).toBeLessThanOrEqual(
+        1e-6,
+      );
+    } finally {
+      workers[1].mode = "ok";
+    }
+  });
+
+  it("fails UNAVAILABLE naming the expert when no replica is left", async () => {
+    // expert 2 only on w1, which fails
+    const only = Array.from({ length: L }, () => Array.from({ length: E }, (_, e) => (e === 2 ? [1] : [0, 2])));
+    setPool({}, only);
+    workers[1].mode = "fail";
+    try {
+      const ids = [[2]];
+      const e = await callErr({
+        hidden: encodeTensor(hidden(1, 2), [1, D], DType.FLOAT32),
+        gate: {
+          $case: "assignment",
+          value: {
+            expertIds: encodeTensor(Int32Array.from(ids.flat()), [1, 1], DType.INT32),
+            weights: encodeTensor(Float32Array.from([1]), [1, 1], DType.FLOAT32),
+          },
+        },
+      });
+      expect(e.code).toBe("UNAVAILABLE");
+      expect(e.message).toMatch(/layer 0 expert 2/);
+    } finally {
+      workers[1].mode = "ok";
+      setPool();
+    }
+  });
+
+  it("never hangs: a stalled worker ends in DEADLINE_EXCEEDED at the caller's deadline", async () => {
+    for (const w of workers) w.mode = "stall";
+    try {
+      const t0 = Date.now();
+      const e = await callErr({ hidden: encodeTensor(hidden(2, 4), [2, D], DType.FLOAT32) }, 300);
+      expect(e.code).toBe("DEADLINE_EXCEEDED");
+      expect(Date.now() - t0).toBeLessThan(2000);
+    } finally {
+      for (const w of workers) w.mode = "ok";
+    }
+  });
+
+  it("answers RESOURCE_EXHAUSTED when the queue is full", async () => {
+    setPool({ batching: { maxBatchTokens: 4, maxQueueTokens: 4 } });
+    try {
+      const e = await callErr({ hidden: encodeTensor(hidden(5, 4), [5, D], DType.FLOAT32) });
+      expect(e.code).toBe("RESOURCE_EXHAUSTED");
+    } finally {
+      setPool();
+    }
+  });
+
+  it("drops over capacity and counts the drops", async () => {
+    setPool({ gating: { capacityFactor: 0.5, overflow: "drop" } });
+    try {
+      const res = await call({ hidden: encodeTensor(hidden(32, 9), [32, D], DType.FLOAT32) });
+      expect(res.stats!.droppedAssignments).toBeGreaterThan(0);
+      const text = await router.metrics.registry.getSingleMetricAsString("switchyard_router_dropped_assignments_total");
+      expect(text).toMatch(/pool="toy"} [1-9]/);
+    } finally {
+      setPool();
+    }
+  });
+
+  it("serves /metrics with the contract names", async () => {
+    const text = await (await fetch(`http://127.0.0.1:${served.metricsPort}/metrics`)).text();
+    for (const name of [
+      "switchyard_router_requests_total",
+      "switchyard_router_tokens_total",
+      "switchyard_router_request_duration_seconds",
+      "switchyard_router_queue_wait_seconds",
+      "switchyard_router_experts_per_batch",
+      "switchyard_router_tokens_per_expert_call",
+      "switchyard_router_batch_tokens",
+      "switchyard_router_dispatch_duration_seconds",
+      "switchyard_router_worker_tokens_total",
+      "switchyard_router_expert_tokens_total",
+      "switchyard_router_load_signal_stale",
+      "switchyard_router_placement_plan_version",
+    ]) {
+      expect(text).toContain(name);
+    }
+    expect(text).toMatch(/switchyard_router_requests_total\{pool="toy",method="Forward",code="OK"\} \d+/);
+  });
+});

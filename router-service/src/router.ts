@@ -1,0 +1,669 @@
+// The router: gate -> batcher -> capacity -> replica choice -> dispatch -> combine, per pool.
+//
+// A request is gated when it arrives (the gate is per token), queued per (pool, layer, dtype), and merged with
+// concurrent requests at flush. A flush regroups all merged (token, expert) assignments by expert and sends each
+// worker one ExpertBatch per round on its long-lived stream. Rows whose worker fails are re-laid onto the other
+// replicas of their expert (the failed worker excluded); with no replica left the requests holding them fail
+// UNAVAILABLE naming the expert. Every request has a deadline timer, so none hangs whatever the workers do.
+
+import {
+  DType,
+  deadlineExceeded,
+  decodeTensor,
+  dtypeSize,
+  type ForwardRequest,
+  type ForwardResponse,
+  invalidArgument,
+  isRetryable,
+  notFound,
+  resourceExhausted,
+  SwitchyardError,
+  unavailable,
+} from "@switchyard/protocol";
+import type { PlacementPlan, RoutingPolicy } from "./config.js";
+import { Batcher } from "./core/batcher.js";
+import { applyCapacity } from "./core/capacity.js";
+import { alignedRows, combine } from "./core/combine.js";
+import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
+import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
+import { type Assignment, collectAssignments, type TokenRouting } from "./core/routing.js";
+import { WorkerConn } from "./dispatch/worker-conn.js";
+import { RouterMetrics } from "./metrics.js";
+import type { PoolModel } from "./model.js";
+import { PrometheusSignals } from "./signals/prometheus.js";
+
+/** Upper bound on tokens x hidden per request, protecting the router from huge allocations. */
+const MAX_REQUEST_ELEMENTS = 64 << 20;
+/** Default deadline for calls that carry none: no call waits forever. */
+export const DEFAULT_DEADLINE_MS = 30_000;
+const MAX_DISPATCH_ATTEMPTS = 3;
+
+export interface PoolSetup {
+  name: string;
+  model: PoolModel;
+  plan: PlacementPlan;
+  /** worker id -> host:port (overrides plan.endpoints). */
+  endpoints?: Record<string, string>;
+  policy: RoutingPolicy;
+}
+
+interface Item {
+  tokens: number;
+  enqueuedAt: number;
+  layer: number;
+  dtype: DType;
+  /** Raw hidden rows in the request dtype, [tokens, d]. */
+  hidden: Uint8Array;
+  routing: TokenRouting;
+  /** Slots per token including shared experts. */
+  slots: number;
+  weights: Float32Array;
+  locations: Int32Array;
+  results: (Float32Array | Uint16Array)[];
+  workers: Set<number>;
+  dropped: number;
+  deadline: number;
+  done: boolean;
+  timer: NodeJS.Timeout | null;
+  batchTokens: number;
+  batchRequests: number;
+  queueWaitMs: number;
+  resolve: (r: ForwardResponse) => void;
+  reject: (e: unknown) => void;
+}
+
+class Pool {
+  conns: WorkerConn[] = [];
+  replicas: number[][][] = [];
+  planVersion = 0;
+  pendingTokens = 0;
+  readonly batcher: Batcher<Item>;
+  readonly signals: PrometheusSignals;
+
+  constructor(
+    readonly name: string,
+    public model: PoolModel,
+    public policy: RoutingPolicy,
+    flush: (pool: Pool, items: Item[]) => void,
+  ) {
+    this.batcher = new Batcher<Item>(policy.batching, (_k, items) => flush(this, items));
+    this.signals = new PrometheusSignals(policy.loadSignals, name);
+    this.signals.start();
+  }
+
+  view(): WorkerLoadView {
+    const fresh = this.signals.fresh();
+    return {
+      outstanding: (i) => {
+        const c = this.conns[i];
+        const q = fresh?.queueDepth.get(c.id);
+        // Prometheus queue depth is what the worker has not yet run; add what the router put on the wire since.
+        return q !== undefined ? q + c.outstandingTokens : c.outstandingTokens;
+      },
+      latencyMs: (i) => {
+        const c = this.conns[i];
+        return fresh?.latencyMs.get(c.id) ?? c.latencyMs;
+      },
+      resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
+      healthy: (i) => this.conns[i].healthy,
+    };
+  }
+
+  chooser(): ReplicaChooser {
+    return {
+      weights: this.policy.placement,
+      loadScale: Math.max(1, this.policy.batching.maxBatchTokens / 4),
+      view: this.view(),
+    };
+  }
+}
+
+export interface RouterOptions {
+  metrics?: RouterMetrics;
+  /** Status poll interval for worker connections (ms); 0 disables (tests). */
+  statusIntervalMs?: number;
+}
+
+export class Router {
+  readonly metrics: RouterMetrics;
+  private readonly pools = new Map<string, Pool>();
+  private readonly statusIntervalMs: number;
+
+  constructor(o: RouterOptions = {}) {
+    this.metrics = o.metrics ?? new RouterMetrics();
+    this.statusIntervalMs = o.statusIntervalMs ?? 1000;
+  }
+
+  poolNames(): string[] {
+    return [...this.pools.keys()];
+  }
+
+  /** Worker connections of a pool (local mode and tests read counters from them). */
+  workers(pool: string): readonly WorkerConn[] {
+    return this.pools.get(pool)?.conns ?? [];
+  }
+
+  /** Whether a pool runs on its own counters (Prometheus off, down or stale). */
+  signalsStale(pool: string): boolean {
+    return this.pools.get(pool)?.signals.stale ?? true;
+  }
+
+  /** Adds or updates a pool: model, plan, endpoints and policy take effect for the next flush. */
+  setPool(s: PoolSetup): void {
+    validatePlan(s.plan, s.model, s.name);
+    let p = this.pools.get(s.name);
+    if (!p) {
+      p = new Pool(s.name, s.model, s.policy, (pool, items) => void this.flush(pool, items));
+      this.pools.set(s.name, p);
+    } else {
+      p.model = s.model;
+      p.policy = s.policy;
+      p.batcher.setOptions(s.policy.batching);
+      p.signals.setPolicy(s.policy.loadSignals);
+    }
+    const old = new Map(p.conns.map((c) => [`${c.id}@${c.address}`, c]));
+    const conns: WorkerConn[] = [];
+    for (const id of s.plan.workers) {
+      const address = s.endpoints?.[id] ?? s.plan.endpoints?.[id];
+      if (!address) throw invalidArgument(`pools[${s.name}].endpoints.${id}`, "no endpoint for worker in plan");
+      const key = `${id}@${address}`;
+      const c = old.get(key) ?? new WorkerConn({ id, address, statusIntervalMs: this.statusIntervalMs });
+      old.delete(key);
+      conns.push(c);
+    }
+    for (const c of old.values()) c.close();
+    p.conns = conns;
+    p.replicas = s.plan.replicas.map((l) => l.map((r) => r.slice()));
+    // Shared experts are held by every worker unless the plan lists them (layers' arrays longer than E).
+    const E = s.model.experts;
+    for (const layer of p.replicas) {
+      for (let j = 0; j < s.model.sharedExperts; j++) {
+        if (!layer[E + j] || layer[E + j].length === 0) layer[E + j] = conns.map((_c, i) => i);
+      }
+    }
+    p.planVersion = s.plan.version;
+    this.metrics.planVersion.set({ pool: s.name }, s.plan.version);
+  }
+
+  removePool(name: string): void {
+    const p = this.pools.get(name);
+    if (!p) return;
+    p.batcher.flushAll();
+    p.signals.stop();
+    for (const c of p.conns) c.close();
+    this.pools.delete(name);
+  }
+
+  close(): void {
+    for (const name of [...this.pools.keys()]) this.removePool(name);
+  }
+
+  /**
+   * One Forward. `deadline` is absolute (Date.now() ms); Infinity means DEFAULT_DEADLINE_MS from now.
+   * Rejects with SwitchyardError (INVALID_ARGUMENT naming the field, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
+   * DEADLINE_EXCEEDED).
+   */
+  forward(req: ForwardRequest, deadline = Number.POSITIVE_INFINITY): Promise<ForwardResponse> {
+    const started = performance.now();
+    const p = this.pools.get(req.pool);
+    if (!p) {
+      return Promise.reject(
+        req.pool
+          ? notFound(
+              `unknown pool ${JSON.stringify(req.pool)} (serving: ${this.poolNames().join(", ") || "none"})`,
+              "pool",
+            )
+          : invalidArgument("pool", "required"),
+      );
+    }
+    try {
+      const m = p.model;
+      if (!Number.isInteger(req.layer) || req.layer < 0 || req.layer >= m.layers) {
+        throw invalidArgument("layer", `must be in [0, ${m.layers}), got ${req.layer}`);
+      }
+      const hiddenT = req.hidden;
+      const h = hiddenT
+        ? checkHidden(hiddenT, m.hiddenSize)
+        : (() => {
+            throw invalidArgument("hidden", "required");
+          })();
+      const T = h.tokens;
+      if (T === 0) {
+        return Promise.resolve({
+          requestId: req.requestId,
+          hidden: { dtype: h.dtype, shape: [0, m.hiddenSize], data: Buffer.alloc(0) },
+          stats: emptyStats(),
+          error: undefined,
+        });
+      }
+      if (p.pendingTokens + T > p.policy.batching.maxQueueTokens) {
+        throw resourceExhausted(
+          `pool ${p.name}: ${p.pendingTokens} tokens queued or in flight, ${T} more exceed maxQueueTokens ${p.policy.batching.maxQueueTokens}`,
+        );
+      }
+      let hiddenF32: Float32Array | null = null;
+      const hidden32 = () => {
+        hiddenF32 ??= decodeTensor(hiddenT, "hidden").values as Float32Array;
+        return hiddenF32;
+      };
+      const routing = this.gate(p, req, T, hidden32);
+      const S = m.sharedExperts;
+      const slots = routing.slots + (routing.shared ? S : 0);
+      const weights = new Float32Array(T * slots);
+      for (let t = 0; t < T; t++) {
+        for (let s = 0; s < routing.slots; s++) weights[t * slots + s] = routing.weights[t * routing.slots + s];
+        if (routing.shared) {
+          for (let j = 0; j < S; j++) weights[t * slots + routing.slots + j] = routing.shared.weights[t * S + j];
+        }
+      }
+      const now = Date.now();
+      const dl = Number.isFinite(deadline) ? deadline : now + DEFAULT_DEADLINE_MS;
+      p.pendingTokens += T;
+      this.metrics.tokens.inc({ pool: p.name }, T);
+      return new Promise<ForwardResponse>((resolve, reject) => {
+        const item: Item = {
+          tokens: T,
+          enqueuedAt: started,
+          layer: req.layer,
+          dtype: h.dtype,
+          hidden: h.data,
+          routing,
+          slots,
+          weights,
+          locations: new Int32Array(T * slots * 2).fill(-1),
+          results: [],
+          workers: new Set(),
+          dropped: 0,
+          deadline: dl,
+          done: false,
+          timer: null,
+          batchTokens: 0,
+          batchRequests: 0,
+          queueWaitMs: 0,
+          resolve: (r) => {
+            this.metrics.requestDuration.observe({ pool: p.name }, (performance.now() - started) / 1000);
+            r.requestId = req.requestId;
+            resolve(r);
+          },
+          reject,
+        };
+        item.timer = setTimeout(
+          () =>
+            this.finish(
+              p,
+              item,
+              deadlineExceeded(
+                `deadline exceeded after ${Math.round(performance.now() - started)} ms (pool ${p.name}, layer ${req.layer})`,
+              ),
+            ),
+          Math.max(0, dl - now),
+        );
+        p.batcher.add(`${req.layer}/${h.dtype}`, item);
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private gate(p: Pool, req: ForwardRequest, T: number, hidden32: () => Float32Array): TokenRouting {
+    const m = p.model;
+    const g = req.gate;
+    let routing: TokenRouting;
+    if (g?.$case === "assignment") {
+      routing = explicitRouting(g.value, T, m.experts);
+    } else {
+      let logits: Float32Array;
+      if (g?.$case === "routerLogits") {
+        logits = decodeTensor(g.value, "router_logits", { dtype: DType.FLOAT32, shape: [T, m.experts] })
+          .values as Float32Array;
+      } else {
+        logits = m.logits(req.layer, hidden32(), T);
+      }
+      routing = m.route(req.layer, logits, T, p.policy.gating);
+    }
+    if (m.sharedExperts > 0) {
+      const w = m.sharedWeights(req.layer, m.sharedGateNeedsHidden ? hidden32() : new Float32Array(0), T);
+      if (w) routing.shared = { count: m.sharedExperts, weights: w };
+    }
+    return routing;
+  }
+
+  private finish(p: Pool, item: Item, err: unknown | null, res?: ForwardResponse): void {
+    if (item.done) return;
+    item.done = true;
+    if (item.timer) clearTimeout(item.timer);
+    p.pendingTokens -= item.tokens;
+    if (err) item.reject(err);
+    else item.resolve(res!);
+  }
+
+  private async flush(p: Pool, all: Item[]): Promise<void> {
+    const items = all.filter((i) => !i.done);
+    if (items.length === 0) return;
+    const flushStart = performance.now();
+    const name = p.name;
+    const m = p.model;
+    const layer = items[0].layer;
+    let batchTokens = 0;
+    for (const it of items) {
+      it.queueWaitMs = flushStart - it.enqueuedAt;
+      batchTokens += it.tokens;
+      this.metrics.queueWait.observe({ pool: name }, it.queueWaitMs / 1000);
+    }
+    for (const it of items) {
+      it.batchTokens = batchTokens;
+      it.batchRequests = items.length;
+    }
+    this.metrics.batchTokens.observe({ pool: name }, batchTokens);
+    try {
+      const routings = items.map((i) => i.routing);
+      const routed = collectAssignments(routings);
+      const cap = applyCapacity(routed, m.experts, p.policy.gating.capacityFactor, p.policy.gating.overflow, routings);
+      for (const a of cap.dropped) items[a.item].dropped++;
+      if (cap.dropped.length > 0) this.metrics.dropped.inc({ pool: name }, cap.dropped.length);
+      // Spill may have moved an assignment to another expert: the combine weight stays with its slot.
+      const rounds = cap.rounds;
+      const shared = sharedAssignments(items, m.experts, routed.length);
+      if (shared.length > 0) {
+        if (rounds.length === 0) rounds.push([]);
+        rounds[0] = rounds[0].concat(shared);
+      }
+      const touched = new Set<number>();
+      for (const r of rounds) for (const a of r) touched.add(a.expert);
+      this.metrics.expertsPerBatch.observe({ pool: name }, touched.size);
+      const heat = new Map<number, number>();
+      for (const r of rounds)
+        for (const a of r) if (a.expert < m.experts) heat.set(a.expert, (heat.get(a.expert) ?? 0) + 1);
+      for (const [e, n] of heat) this.metrics.heat(name, layer, e, n);
+      for (const round of rounds) {
+        await this.dispatchRound(p, layer, items, round);
+        if (items.every((i) => i.done)) return;
+      }
+      for (const it of items) {
+        if (it.done) continue;
+        const data = combine({
+          tokens: it.tokens,
+          d: m.hiddenSize,
+          dtype: it.dtype,
+          slots: it.slots,
+          weights: it.weights,
+          locations: it.locations,
+          results: it.results,
+        });
+        this.finish(p, it, null, {
+          requestId: 0n,
+          hidden: { dtype: it.dtype, shape: [it.tokens, m.hiddenSize], data },
+          stats: {
+            expertsTouched: distinctExperts(it),
+            workersUsed: it.workers.size,
+            queueWaitMs: it.queueWaitMs,
+            totalMs: performance.now() - it.enqueuedAt,
+            droppedAssignments: it.dropped,
+            batchTokens: it.batchTokens,
+            batchRequests: it.batchRequests,
+          },
+          error: undefined,
+        });
+      }
+    } catch (e) {
+      for (const it of items) this.finish(p, it, e);
+    }
+  }
+
+  /** Dispatches one round; retries failed workers' rows on other replicas. */
+  private async dispatchRound(p: Pool, layer: number, items: Item[], round: Assignment[]): Promise<void> {
+    const exclude = new Set<number>();
+    let todo = round.filter((a) => !items[a.item].done);
+    for (let attempt = 0; attempt < MAX_DISPATCH_ATTEMPTS && todo.length > 0; attempt++) {
+      const lay = layoutRound(todo, {
+        layer,
+        replicas: p.replicas[layer] ?? [],
+        workers: p.conns.length,
+        chooser: p.chooser(),
+        splitTokens: Math.max(16, p.policy.batching.maxBatchTokens / Math.max(1, p.conns.length)),
+        exclude,
+      });
+      this.failUnplaced(p, layer, items, lay.unplaced, exclude);
+      const retry: Assignment[] = [];
+      await Promise.all(
+        lay.batches.map(async (b) => {
+          const live = b.rows.some((a) => !items[a.item].done);
+          if (!live) return;
+          try {
+            await this.send(p, layer, items, b);
+          } catch (e) {
+            this.metrics.dispatchErrors.inc({ pool: p.name, worker: p.conns[b.worker].id });
+            if (
+              isRetryable(e) ||
+              (e instanceof SwitchyardError && e.code === "DEADLINE_EXCEEDED" && !allExpired(items, b))
+            ) {
+              exclude.add(b.worker);
+              retry.push(...b.rows.filter((a) => !items[a.item].done));
+            } else {
+              for (const a of b.rows) this.finish(p, items[a.item], e);
+            }
+          }
+        }),
+      );
+      todo = retry;
+    }
+    if (todo.length > 0) this.failUnplaced(p, layer, items, todo, exclude);
+  }
+
+  private failUnplaced(p: Pool, layer: number, items: Item[], unplaced: Assignment[], exclude: Set<number>): void {
+    for (const a of unplaced) {
+      const it = items[a.item];
+      if (it.done) continue;
+      const reps = (p.replicas[layer]?.[a.expert] ?? []).map((w) => p.conns[w]?.id ?? `#${w}`);
+      const what = a.expert >= p.model.experts ? `shared expert ${a.expert - p.model.experts}` : `expert ${a.expert}`;
+      const why =
+        reps.length === 0
+          ? "no worker in the placement plan holds it"
+          : `replicas ${reps.join(", ")} ${exclude.size > 0 ? "failed or are" : "are"} unavailable`;
+      this.finish(p, it, unavailable(`pool ${p.name} layer ${layer} ${what}: ${why}`));
+    }
+  }
+
+  private async send(p: Pool, layer: number, items: Item[], b: WorkerBatchLayout): Promise<void> {
+    const conn = p.conns[b.worker];
+    const first = items[b.rows[0].item];
+    const d = p.model.hiddenSize;
+    const dtype = first.dtype;
+    const rowBytes = d * dtypeSize(dtype);
+    const n = b.rows.length;
+    const buf = Buffer.allocUnsafe(n * rowBytes);
+    for (let r = 0; r < n; r++) {
+      const a = b.rows[r];
+      const src = items[a.item].hidden;
+      buf.set(src.subarray(a.token * rowBytes, (a.token + 1) * rowBytes), r * rowBytes);
+    }
+    let deadline = 0;
+    for (const a of b.rows) deadline = Math.max(deadline, items[a.item].deadline);
+    const timeout = Math.max(1, deadline - Date.now());
+    for (const s of b.slices) this.metrics.tokensPerExpertCall.observe({ pool: p.name }, s.count);
+    this.metrics.workerTokens.inc({ pool: p.name, worker: conn.id }, n);
+    this.metrics.workerOutstanding.set({ pool: p.name, worker: conn.id }, conn.outstandingTokens + n);
+    const t0 = performance.now();
+    let res: Awaited<ReturnType<WorkerConn["run"]>>;
+    try {
+      res = await conn.run(
+        { pool: p.name, layer, tokens: { dtype, shape: [n, d], data: buf }, slices: b.slices, rowWeights: undefined },
+        timeout,
+        n,
+      );
+    } finally {
+      this.metrics.workerOutstanding.set({ pool: p.name, worker: conn.id }, conn.outstandingTokens);
+    }
+    this.metrics.dispatchDuration.observe({ pool: p.name, worker: conn.id }, (performance.now() - t0) / 1000);
+    const out = res.output;
+    if (!out || out.dtype !== dtype || out.data.byteLength !== n * rowBytes) {
+      throw unavailable(
+        `worker ${conn.id}: malformed result (expected ${n}x${d} ${DType[dtype]}, got ${out ? `${out.shape.join("x")} ${DType[out.dtype]}, ${out.data.byteLength} bytes` : "no output"})`,
+      );
+    }
+    const rows = alignedRows({ data: out.data, dtype });
+    const perItem = new Map<number, number>();
+    for (let r = 0; r < n; r++) {
+      const a = b.rows[r];
+      const it = items[a.item];
+      if (it.done) continue;
+      let ri = perItem.get(a.item);
+      if (ri === undefined) {
+        ri = it.results.length;
+        it.results.push(rows);
+        it.workers.add(b.worker);
+        perItem.set(a.item, ri);
+      }
+      const li = (a.token * it.slots + a.slot) * 2;
+      it.locations[li] = ri;
+      it.locations[li + 1] = r;
+    }
+  }
+}
+
+function allExpired(items: Item[], b: WorkerBatchLayout): boolean {
+  const now = Date.now();
+  return b.rows.every((a) => items[a.item].deadline <= now);
+}
+
+function distinctExperts(it: Item): number {
+  const s = new Set<number>();
+  const r = it.routing;
+  for (let t = 0; t < r.tokens; t++) {
+    for (let k = 0; k < r.slots; k++) {
+      const li = (t * it.slots + k) * 2;
+      if (it.locations[li] >= 0) s.add(r.experts[t * r.slots + k]);
+    }
+  }
+  return s.size;
+}
+
+/** Shared experts: every token, slots after the routed ones, expert ids E + j; not subject to capacity. */
+function sharedAssignments(items: Item[], E: number, orderBase: number): Assignment[] {
+  const out: Assignment[] = [];
+  let order = orderBase;
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
+    const sh = it.routing.shared;
+    if (!sh) continue;
+    for (let t = 0; t < it.tokens; t++) {
+      for (let j = 0; j < sh.count; j++) {
+        out.push({
+          item: i,
+          token: t,
+          slot: it.routing.slots + j,
+          expert: E + j,
+          weight: sh.weights[t * sh.count + j],
+          order: order++,
+        });
+      }
+    }
+  }
+  return out;
+}
+
+function emptyStats() {
+  return {
+    expertsTouched: 0,
+    workersUsed: 0,
+    queueWaitMs: 0,
+    totalMs: 0,
+    droppedAssignments: 0,
+    batchTokens: 0,
+    batchRequests: 0,
+  };
+}
+
+interface HiddenView {
+  tokens: number;
+  dtype: DType;
+  data: Uint8Array;
+}
+
+/** Validates hidden [T, d] without widening it: the data path moves raw rows. */
+function checkHidden(t: NonNullable<ForwardRequest["hidden"]>, d: number): HiddenView {
+  if (t.dtype !== DType.FLOAT32 && t.dtype !== DType.BFLOAT16 && t.dtype !== DType.FLOAT16) {
+    throw invalidArgument("hidden.dtype", `expected FLOAT32, BFLOAT16 or FLOAT16, got ${DType[t.dtype] ?? t.dtype}`);
+  }
+  if (t.shape.length !== 2)
+    throw invalidArgument("hidden.shape", `expected [tokens, ${d}], got [${t.shape.join(", ")}]`);
+  if (t.shape[1] !== d) throw invalidArgument("hidden.shape[1]", `expected hidden size ${d}, got ${t.shape[1]}`);
+  const T = t.shape[0];
+  if (T * d > MAX_REQUEST_ELEMENTS)
+    throw invalidArgument("hidden.shape", `${T} x ${d} elements exceed the limit of ${MAX_REQUEST_ELEMENTS}`);
+  const want = T * d * dtypeSize(t.dtype);
+  if (!t.data || t.data.byteLength !== want) {
+    throw invalidArgument(
+      "hidden.data",
+      `expected ${want} bytes for [${T}, ${d}] ${DType[t.dtype]}, got ${t.data?.byteLength ?? 0}`,
+    );
+  }
+  return { tokens: T, dtype: t.dtype, data: t.data };
+}
+
+/** An explicit top-k assignment: expert ids INT32 [T, k] and weights FLOAT32 [T, k]. */
+function explicitRouting(
+  a: { expertIds?: ForwardRequest["hidden"]; weights?: ForwardRequest["hidden"] },
+  T: number,
+  E: number,
+): TokenRouting {
+  const ids = decodeTensor(a.expertIds, "assignment.expert_ids", { dtype: DType.INT32, rank: 2 });
+  if (ids.shape[0] !== T)
+    throw invalidArgument("assignment.expert_ids.shape[0]", `expected ${T} tokens (hidden rows), got ${ids.shape[0]}`);
+  const k = ids.shape[1];
+  const w = decodeTensor(a.weights, "assignment.weights", { dtype: DType.FLOAT32, shape: [T, k] });
+  const experts = Int32Array.from(ids.values as Int32Array);
+  const weights = Float32Array.from(w.values as Float32Array);
+  for (let i = 0; i < experts.length; i++) {
+    const e = experts[i];
+    if (e < -1 || e >= E) {
+      throw invalidArgument(
+        `assignment.expert_ids[${Math.floor(i / k)}][${i % k}]`,
+        `expert ${e} out of range [0, ${E}) (-1 = empty slot)`,
+      );
+    }
+    if (!Number.isFinite(weights[i]))
+      throw invalidArgument(`assignment.weights[${Math.floor(i / k)}][${i % k}]`, `must be finite, got ${weights[i]}`);
+  }
+  for (let t = 0; t < T; t++) {
+    for (let s = 0; s < k; s++) {
+      const e = experts[t * k + s];
+      if (e < 0) continue;
+      for (let s2 = 0; s2 < s; s2++) {
+        if (experts[t * k + s2] === e) throw invalidArgument(`assignment.expert_ids[${t}]`, `expert ${e} listed twice`);
+      }
+    }
+  }
+  return { tokens: T, slots: k, experts, weights };
+}
+
+function validatePlan(plan: PlacementPlan, m: PoolModel, pool: string): void {
+  const f = `pools[${pool}].plan`;
+  if (!Array.isArray(plan.workers) || plan.workers.length === 0)
+    throw invalidArgument(`${f}.workers`, "must list at least one worker");
+  if (!Array.isArray(plan.replicas) || plan.replicas.length !== m.layers) {
+    throw invalidArgument(`${f}.replicas`, `must have one entry per layer (${m.layers}), got ${plan.replicas?.length}`);
+  }
+  for (let l = 0; l < plan.replicas.length; l++) {
+    const layer = plan.replicas[l];
+    if (!Array.isArray(layer) || layer.length < m.experts || layer.length > m.experts + m.sharedExperts) {
+      throw invalidArgument(
+        `${f}.replicas[${l}]`,
+        `must have one entry per expert (${m.experts}), got ${layer?.length}`,
+      );
+    }
+    for (let e = 0; e < layer.length; e++) {
+      const reps = layer[e];
+      if (!Array.isArray(reps))
+        throw invalidArgument(`${f}.replicas[${l}][${e}]`, "must be an array of worker indices");
+      for (const w of reps) {
+        if (!Number.isInteger(w) || w < 0 || w >= plan.workers.length) {
+          throw invalidArgument(
+            `${f}.replicas[${l}][${e}]`,
+            `worker index ${w} out of range [0, ${plan.workers.length})`,
+          );
+        }
+      }
+    }
+  }
+}

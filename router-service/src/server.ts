@@ -1,0 +1,166 @@
+// gRPC shell around Router: Forward (unary) and ForwardStream (bidi; replies matched by request_id, per-item
+// errors inside the reply so one bad request does not tear the stream down), health service, and the HTTP
+// side (/metrics, /healthz, /readyz).
+
+import type { AddressInfo } from "node:net";
+import {
+  Server,
+  ServerCredentials,
+  type ServerDuplexStream,
+  type ServerOptions,
+  type ServerUnaryCall,
+  type sendUnaryData,
+  status,
+} from "@grpc/grpc-js";
+import {
+  errorCodeOf,
+  type ForwardRequest,
+  type ForwardResponse,
+  RouterService,
+  toGrpcStatus,
+  toRpcError,
+} from "@switchyard/protocol";
+import express from "express";
+import { HealthImplementation } from "grpc-health-check";
+import type { Router } from "./router.js";
+
+export const SERVER_OPTIONS: ServerOptions = {
+  "grpc.max_receive_message_length": 512 << 20,
+  "grpc.max_send_message_length": 512 << 20,
+  "grpc.keepalive_permit_without_calls": 1,
+  "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+};
+
+/**
+ * grpc-js servers advertise the HTTP/2 default 64 KiB stream window, which stalls large client->server messages
+ * (shared/bench/TRANSPORT.md). grpc-js has no option for it; its http2 server options object is where the
+ * settings go, so we raise initialWindowSize there before bind. Used by the router, and by the benchmark's
+ * baseline forwarder so both sides ride the same transport.
+ */
+export function raiseServerWindow(server: Server, bytes = 16 << 20): void {
+  const s = server as unknown as { commonServerOptions?: { settings?: Record<string, unknown> } };
+  if (s.commonServerOptions) {
+    s.commonServerOptions.settings = { ...(s.commonServerOptions.settings ?? {}), initialWindowSize: bytes };
+  }
+}
+
+function deadlineOf(call: { getDeadline(): Date | number }): number {
+  const d = call.getDeadline();
+  const ms = d instanceof Date ? d.getTime() : d;
+  return Number.isFinite(ms) ? ms : Number.POSITIVE_INFINITY;
+}
+
+export function routerHandlers(router: Router) {
+  const m = router.metrics;
+  const count = (pool: string, method: string, err: unknown | null) =>
+    m.requests.inc({ pool, method, code: err ? errorCodeOf(err) : "OK" });
+  return {
+    forward(call: ServerUnaryCall<ForwardRequest, ForwardResponse>, cb: sendUnaryData<ForwardResponse>) {
+      const req = call.request;
+      router.forward(req, deadlineOf(call)).then(
+        (res) => {
+          count(req.pool, "Forward", null);
+          cb(null, res);
+        },
+        (err) => {
+          count(req.pool, "Forward", err);
+          cb(toGrpcStatus(err));
+        },
+      );
+    },
+    forwardStream(call: ServerDuplexStream<ForwardRequest, ForwardResponse>) {
+      const deadline = deadlineOf(call);
+      let open = 0;
+      let ended = false;
+      const done = () => {
+        if (ended && open === 0) call.end();
+      };
+      call.on("data", (req: ForwardRequest) => {
+        open++;
+        router
+          .forward(req, deadline)
+          .then(
+            (res) => {
+              count(req.pool, "ForwardStream", null);
+              if (!call.cancelled) call.write(res);
+            },
+            (err) => {
+              count(req.pool, "ForwardStream", err);
+              if (!call.cancelled)
+                call.write({ requestId: req.requestId, hidden: undefined, stats: undefined, error: toRpcError(err) });
+            },
+          )
+          .finally(() => {
+            open--;
+            done();
+          });
+      });
+      call.on("end", () => {
+        ended = true;
+        done();
+      });
+      call.on("error", () => {
+        ended = true;
+      });
+    },
+  };
+}
+
+export interface StartedRouter {
+  port: number;
+  metricsPort: number | null;
+  health: HealthImplementation;
+  close(): Promise<void>;
+}
+
+export async function serveRouter(
+  router: Router,
+  o: { port: number; host?: string; metricsPort?: number | null },
+): Promise<StartedRouter> {
+  const server = new Server(SERVER_OPTIONS);
+  raiseServerWindow(server);
+  server.addService(RouterService, routerHandlers(router));
+  const health = new HealthImplementation({ "": "SERVING", "switchyard.v1.Router": "SERVING" });
+  health.addToServer(server);
+  const host = o.host ?? "0.0.0.0";
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${host}:${o.port}`, ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  let httpClose: () => Promise<void> = async () => {};
+  let metricsPort: number | null = null;
+  if (o.metricsPort !== undefined && o.metricsPort !== null) {
+    const app = express();
+    app.get("/metrics", async (_req, res) => {
+      for (const name of router.poolNames()) {
+        // gauges sampled at scrape time
+        router.metrics.loadSignalStale.set({ pool: name }, router.signalsStale(name) ? 1 : 0);
+      }
+      res.set("Content-Type", router.metrics.registry.contentType);
+      res.send(await router.metrics.registry.metrics());
+    });
+    app.get("/healthz", (_req, res) => void res.send("ok"));
+    app.get("/readyz", (_req, res) => {
+      const ready = router.poolNames().length > 0;
+      res.status(ready ? 200 : 503).send(ready ? "ready" : "no pools configured");
+    });
+    const srv = await new Promise<import("node:http").Server>((resolve) => {
+      const s = app.listen(o.metricsPort!, host, () => resolve(s));
+    });
+    metricsPort = (srv.address() as AddressInfo).port;
+    httpClose = () => new Promise((r) => srv.close(() => r()));
+  }
+  return {
+    port,
+    metricsPort,
+    health,
+    async close() {
+      health.setStatus("", "NOT_SERVING");
+      await new Promise<void>((r) => server.tryShutdown(() => r()));
+      await httpClose();
+    },
+  };
+}
+
+export { status };

@@ -1,0 +1,138 @@
+// Load signals from Prometheus: runs the RoutingPolicy's PromQL queries on an interval through the HTTP API
+// (GET /api/v1/query), keeps the last good per-worker values, and calls them stale once the last successful
+// round is older than stalenessMs. A slow Prometheus (no answer within timeoutMs) counts as down. While stale,
+// the router falls back to its own counters (tokens in flight per worker, dispatch latency EWMA).
+
+import type { LoadSignalsPolicy } from "@switchyard/moe";
+
+export interface PromSample {
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Parses an instant-query answer; throws with Prometheus's own error text when status is not success. */
+export function parseInstantQuery(body: unknown): PromSample[] {
+  const b = body as {
+    status?: string;
+    error?: string;
+    errorType?: string;
+    data?: { resultType?: string; result?: unknown };
+  };
+  if (!b || b.status !== "success") {
+    throw new Error(`prometheus: ${b?.errorType ?? "error"}: ${b?.error ?? JSON.stringify(body).slice(0, 200)}`);
+  }
+  const data = b.data;
+  if (!data) throw new Error("prometheus: answer without data");
+  if (data.resultType === "scalar") {
+    const v = data.result as [number, string];
+    return [{ labels: {}, value: Number(v[1]) }];
+  }
+  if (data.resultType !== "vector" || !Array.isArray(data.result)) {
+    throw new Error(`prometheus: expected an instant vector, got ${data.resultType}`);
+  }
+  return (data.result as { metric: Record<string, string>; value: [number, string] }[]).map((r) => ({
+    labels: r.metric ?? {},
+    value: Number(r.value?.[1]),
+  }));
+}
+
+export type FetchLike = (
+  url: string,
+  init: { signal: AbortSignal },
+) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>;
+
+export interface SignalSnapshot {
+  /** worker id -> queue depth (tokens or batches, as the query counts). */
+  queueDepth: Map<string, number>;
+  /** worker id -> latency in ms. */
+  latencyMs: Map<string, number>;
+  /** performance.now() of the last successful round; -Infinity = never. */
+  at: number;
+}
+
+export class PrometheusSignals {
+  private snapshot: SignalSnapshot = { queueDepth: new Map(), latencyMs: new Map(), at: Number.NEGATIVE_INFINITY };
+  private timer: NodeJS.Timeout | null = null;
+  private running = false;
+  lastError: string | null = null;
+  rounds = 0;
+  failures = 0;
+
+  constructor(
+    private policy: LoadSignalsPolicy,
+    private readonly pool: string,
+    private readonly fetchImpl: FetchLike = fetch as unknown as FetchLike,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  get enabled(): boolean {
+    return this.policy.prometheusUrl !== null;
+  }
+
+  /** True when signals are off, never arrived, or are older than stalenessMs. */
+  get stale(): boolean {
+    return !this.enabled || this.now() - this.snapshot.at > this.policy.stalenessMs;
+  }
+
+  /** The fresh snapshot, or null while stale (callers then use their own counters). */
+  fresh(): SignalSnapshot | null {
+    return this.stale ? null : this.snapshot;
+  }
+
+  setPolicy(policy: LoadSignalsPolicy): void {
+    const restart = this.timer !== null;
+    this.stop();
+    this.policy = policy;
+    if (restart) this.start();
+  }
+
+  start(): void {
+    if (!this.enabled || this.timer) return;
+    const tick = async () => {
+      if (!this.running) await this.refresh();
+      if (this.timer) this.timer = setTimeout(tick, this.policy.refreshMs);
+    };
+    this.timer = setTimeout(tick, 0);
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  /** One query round. Resolves (never rejects): a failure leaves the old snapshot to age into staleness. */
+  async refresh(): Promise<void> {
+    if (!this.enabled) return;
+    this.running = true;
+    this.rounds++;
+    try {
+      const q = this.policy.queries;
+      const [depth, lat] = await Promise.all([
+        q.queueDepth ? this.query(q.queueDepth) : Promise.resolve([]),
+        q.latencySeconds ? this.query(q.latencySeconds) : Promise.resolve([]),
+      ]);
+      const snap: SignalSnapshot = { queueDepth: new Map(), latencyMs: new Map(), at: this.now() };
+      for (const s of depth)
+        if (s.labels.worker && Number.isFinite(s.value)) snap.queueDepth.set(s.labels.worker, s.value);
+      for (const s of lat) {
+        if (s.labels.worker && Number.isFinite(s.value)) snap.latencyMs.set(s.labels.worker, s.value * 1000);
+      }
+      this.snapshot = snap;
+      this.lastError = null;
+    } catch (e) {
+      this.failures++;
+      this.lastError = e instanceof Error ? e.message : String(e);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async query(promql: string): Promise<PromSample[]> {
+    const base = this.policy.prometheusUrl!.replace(/\/+$/, "");
+    const url = `${base}/api/v1/query?query=${encodeURIComponent(promql.replaceAll("$pool", this.pool))}`;
+    const res = await this.fetchImpl(url, { signal: AbortSignal.timeout(this.policy.timeoutMs) });
+    const body = await res.json().catch(() => null);
+    if (!res.ok && !body) throw new Error(`prometheus: HTTP ${res.status}`);
+    return parseInstantQuery(body);
+  }
+}

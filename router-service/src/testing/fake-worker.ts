@@ -1,0 +1,123 @@
+// A minimal ExpertWorker server for router tests and the router benchmark: experts are plain functions (or the
+// identity, which echoes the rows' bytes untouched: the "no-op expert" the overhead benchmark needs). It can be
+// told to fail or stall, to exercise retries and deadlines. Not the real worker (expert-worker/).
+
+import {
+  Server,
+  ServerCredentials,
+  type ServerDuplexStream,
+  type ServerUnaryCall,
+  type sendUnaryData,
+} from "@grpc/grpc-js";
+import {
+  bytesToFloat32,
+  type ExpertBatch,
+  type ExpertResult,
+  ExpertWorkerService,
+  toRpcError,
+  unavailable,
+  valuesToBytes,
+  type WorkerStatus,
+} from "@switchyard/protocol";
+import { raiseServerWindow, SERVER_OPTIONS } from "../server.js";
+
+export type ExpertFn = (layer: number, expert: number, row: Float32Array) => Float32Array;
+
+export interface FakeWorkerOptions {
+  id: string;
+  /** null = identity (bytes echoed as they came). */
+  expert: ExpertFn | null;
+  port?: number;
+}
+
+export class FakeWorker {
+  /** "ok" | "fail" (every batch answers UNAVAILABLE) | "stall" (never answers) */
+  mode: "ok" | "fail" | "stall" = "ok";
+  batches = 0;
+  rows = 0;
+  readonly seen: { layer: number; experts: number[]; rows: number }[] = [];
+  port = 0;
+  private server = new Server(SERVER_OPTIONS);
+
+  constructor(readonly o: FakeWorkerOptions) {}
+
+  run(b: ExpertBatch): ExpertResult {
+    if (this.mode === "fail") throw unavailable(`fake worker ${this.o.id} failing on purpose`);
+    const t = b.tokens!;
+    const [n, d] = t.shape;
+    this.batches++;
+    this.rows += n;
+    this.seen.push({ layer: b.layer, experts: b.slices.map((s) => s.expert), rows: n });
+    if (this.o.expert === null) return { batchId: b.batchId, output: t, stats: undefined, error: undefined };
+    const x = bytesToFloat32(t.data, t.dtype, true);
+    const out = new Float32Array(n * d);
+    for (const s of b.slices) {
+      for (let r = s.offset; r < s.offset + s.count; r++) {
+        out.set(this.o.expert(b.layer, s.expert, x.subarray(r * d, (r + 1) * d)), r * d);
+      }
+    }
+    return {
+      batchId: b.batchId,
+      output: { dtype: t.dtype, shape: [n, d], data: valuesToBytes(out, t.dtype) },
+      stats: undefined,
+      error: undefined,
+    };
+  }
+
+  async start(): Promise<number> {
+    raiseServerWindow(this.server);
+    this.server.addService(ExpertWorkerService, {
+      runExperts: (call: ServerUnaryCall<ExpertBatch, ExpertResult>, cb: sendUnaryData<ExpertResult>) => {
+        if (this.mode === "stall") return;
+        try {
+          cb(null, this.run(call.request));
+        } catch (e) {
+          cb({ code: 14, details: (e as Error).message });
+        }
+      },
+      runExpertsStream: (call: ServerDuplexStream<ExpertBatch, ExpertResult>) => {
+        call.on("data", (b: ExpertBatch) => {
+          if (this.mode === "stall") return;
+          try {
+            call.write(this.run(b));
+          } catch (e) {
+            call.write({ batchId: b.batchId, output: undefined, stats: undefined, error: toRpcError(e) });
+          }
+        });
+        call.on("end", () => call.end());
+        call.on("error", () => {});
+      },
+      prefetch: (_c: unknown, cb: sendUnaryData<unknown>) => cb(null, { loaded: [], alreadyResident: [], evicted: [] }),
+      evict: (_c: unknown, cb: sendUnaryData<unknown>) => cb(null, { evicted: [] }),
+      status: (_c: unknown, cb: sendUnaryData<WorkerStatus>) =>
+        this.mode === "ok"
+          ? cb(null, {
+              workerId: this.o.id,
+              backend: "fake",
+              pool: "",
+              resident: [],
+              capacity: 0,
+              queueDepth: 0,
+              queueCapacity: 0,
+              cacheHits: 0n,
+              cacheMisses: 0n,
+              cacheEvictions: 0n,
+              served: [],
+              hiddenSize: 0,
+              layers: 0,
+              experts: 0,
+            })
+          : cb({ code: 14, details: "down" }),
+    });
+    this.port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(`127.0.0.1:${this.o.port ?? 0}`, ServerCredentials.createInsecure(), (e, p) =>
+        e ? reject(e) : resolve(p),
+      ),
+    );
+    return this.port;
+  }
+
+  stop(): void {
+    this.server.forceShutdown();
+  }
+}
