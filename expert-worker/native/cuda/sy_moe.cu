@@ -1,0 +1,844 @@
+// Switchyard grouped MoE kernels (bf16 in, fp32 accumulate). See sy_moe.h for the API and docs/ in this folder's
+// README.md for the design and the measurements behind the choices.
+//
+// Pipeline for one layer (all on one stream, no host synchronisation, graph-capturable):
+//   memset(counts) -> route (warp per token: softmax/sigmoid top-k, group-limited top-k; per-expert rank by atomic)
+//   -> scan (one block: offsets + device list of (expert, row range) token tiles) -> scatter (row maps)
+//   -> GEMM1 (A rows gathered straight from x by token index, [gate|up] tile, SwiGLU in the epilogue -> h)
+//   -> GEMM2 (h * Wd, routing weight in the epilogue) -> combine (deterministic, fixed order per token)
+//      or, for split-K decode, fp32 atomics straight into the output accumulator + convert.
+//
+// Why our own kernels rather than cuBLAS(Lt) grouped GEMM: cublasGemmGroupedBatchedEx takes per-group sizes on the
+// host (a device->host sync per layer, not graph friendly with dynamic routing); cuBLASLt grouped GEMM cannot fuse
+// SwiGLU, the gather or the routing weight, has no split-K, and is not in the CUDA 13.0 toolkit of the target
+// machine. The GEMMs here are tensor-core mma.sync kernels with a cp.async multi-stage pipeline, with the token
+// tile (BM) picked per call from the expected tokens per expert, so that in the memory-bound (decode) regime each
+// weight byte is read from HBM once and split-K fills the SMs when few experts are active.
+#include "sy_moe.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+thread_local std::string g_last_error;
+int g_tune_bm = 0, g_tune_split = 0, g_tune_wgmma = 0, g_skip_gemm = 0;
+
+int fail(int code, const std::string& msg) {
+  g_last_error = msg;
+  return code;
+}
+
+#define SY_CUDA(call)                                                                                   \
+  do {                                                                                                  \
+    cudaError_t err_ = (call);                                                                          \
+    if (err_ != cudaSuccess) return fail(SY_MOE_ERR_CUDA, std::string(#call) + ": " + cudaGetErrorString(err_)); \
+  } while (0)
+
+constexpr int kMaxExperts = 1024;
+constexpr int kMaxTopK = 16;
+
+// ------------------------------------------------------------------------------------------------------------------
+// Routing
+// ------------------------------------------------------------------------------------------------------------------
+struct RouteParams {
+  const float* logits;
+  const float* bias;
+  const int* expert_slot;
+  int T, E, k;
+  int score, renormalize, n_group, topk_group;
+  float scale;
+  int* ids;         // [T*k]
+  float* w;         // [T*k]
+  int* rank;        // [T*k] rank inside its expert, -1 = not resident (may be null: route only)
+  int* counts;      // [E]
+  int* ids_out;     // optional copies
+  float* w_out;
+};
+
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (ov > v || (ov == v && oi < i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+constexpr int kRouteWarps = 4;
+
+// One warp per token. Scores live in shared memory (E <= 1024), so any E works without register arrays indexed at
+// run time. Ties go to the lower expert id, as torch.topk does on CUDA for distinct values.
+__global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) {
+  extern __shared__ float sm_route[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t = blockIdx.x * kRouteWarps + warp;
+  if (t >= p.T) return;
+  float* sel = sm_route + warp * 2 * p.E;  // selection score (with bias), -inf once chosen or masked
+  float* raw = sel + p.E;                   // score used for the weight
+  const float* lg = p.logits + (size_t)t * p.E;
+  const float NEG = -INFINITY;
+  float mx = NEG;
+  for (int e = lane; e < p.E; e += 32) {
+    float l = lg[e];
+    if (p.score == SY_MOE_SCORE_SIGMOID) {
+      float s = 1.f / (1.f + __expf(-l));
+      raw[e] = s;
+      sel[e] = s + (p.bias ? p.bias[e] : 0.f);
+    } else {
+      raw[e] = l;
+      sel[e] = l;
+      mx = fmaxf(mx, l);
+    }
+  }
+  float denom = 1.f;
+  if (p.score == SY_MOE_SCORE_SOFTMAX) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float s = 0.f;
+    for (int e = lane; e < p.E; e += 32) s += __expf(raw[e] - mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    denom = s;
+  }
+  __syncwarp();
+  if (p.n_group > 1) {
+    // Group score = sum of the two best selection scores in the group (DeepSeek-V3); keep topk_group groups.
+    const int G = p.E / p.n_group;
+    float gs = NEG;
+    if (lane < p.n_group) {
+      float b1 = NEG, b2 = NEG;
+      for (int e = lane * G; e < (lane + 1) * G; ++e) {
+        float v = sel[e];
+        if (v > b1) {
+          b2 = b1;
+          b1 = v;
+        } else if (v > b2) {
+          b2 = v;
+        }
+      }
+      gs = b1 + (G > 1 ? b2 : 0.f);
+    }
+    unsigned keep = 0;
+    for (int r = 0; r < p.topk_group; ++r) {
+      float v = gs;
+      int i = lane < p.n_group ? lane : 1 << 30;
+      warp_argmax(v, i);
+      if (i < 32) keep |= 1u << i;
+      if (lane == i) gs = NEG;
+    }
+    for (int e = lane; e < p.E; e += 32)
+      if (!((keep >> (e / G)) & 1u)) sel[e] = NEG;
+    __syncwarp();
+  }
+  int my_id = -1;
+  float my_w = 0.f;
+  float wsum = 0.f;
+  for (int j = 0; j < p.k; ++j) {
+    float v = NEG;
+    int i = 1 << 30;
+    for (int e = lane; e < p.E; e += 32) {
+      float s = sel[e];
+      if (s > v || (s == v && e < i)) {
+        v = s;
+        i = e;
+      }
+    }
+    warp_argmax(v, i);
+    if (i >= p.E) i = 0;  // fewer finite candidates than k (all masked): fall back deterministically
+    float wj = p.score == SY_MOE_SCORE_SOFTMAX ? __expf(raw[i] - mx) / denom : raw[i];
+    wsum += wj;
+    if (lane == j) {
+      my_id = i;
+      my_w = wj;
+    }
+    __syncwarp();
+    if (lane == (i & 31)) sel[i] = NEG;
+    __syncwarp();
+  }
+  if (lane < p.k) {
+    float w = my_w;
+    if (p.renormalize) w = w / wsum;
+    w *= p.scale;
+    const size_t a = (size_t)t * p.k + lane;
+    p.ids[a] = my_id;
+    p.w[a] = w;
+    if (p.ids_out) p.ids_out[a] = my_id;
+    if (p.w_out) p.w_out[a] = w;
+    if (p.rank) {
+      const int slot = p.expert_slot ? p.expert_slot[my_id] : my_id;
+      p.rank[a] = slot >= 0 ? atomicAdd(&p.counts[my_id], 1) : -1;
+    }
+  }
+}
+
+// Pre-routed input: ids/weights come from the caller (the router already chose). Out-of-range ids are ignored.
+__global__ void preroute_kernel(const int* ids_in, const float* w_in, const int* expert_slot, int n, int E, int* ids,
+                                float* w, int* rank, int* counts) {
+  int a = blockIdx.x * blockDim.x + threadIdx.x;
+  if (a >= n) return;
+  int e = ids_in[a];
+  ids[a] = e;
+  w[a] = w_in[a];
+  int slot = (e >= 0 && e < E) ? (expert_slot ? expert_slot[e] : e) : -1;
+  rank[a] = slot >= 0 ? atomicAdd(&counts[e], 1) : -1;
+}
+
+// One block of 1024 threads: exclusive scans of counts and of token tiles per expert, then the tile list.
+__global__ void __launch_bounds__(1024) scan_kernel(const int* counts, int E, int BM, int* offsets, int4* tiles,
+                                                    int* num_tiles) {
+  __shared__ int s_c[32], s_m[32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int c = tid < E ? counts[tid] : 0;
+  const int mt = (c + BM - 1) / BM;
+  int ic = c, im = mt;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    int a = __shfl_up_sync(0xffffffffu, ic, o), b = __shfl_up_sync(0xffffffffu, im, o);
+    if (lane >= o) {
+      ic += a;
+      im += b;
+    }
+  }
+  if (lane == 31) {
+    s_c[warp] = ic;
+    s_m[warp] = im;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    int a = s_c[lane], b = s_m[lane];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      int x = __shfl_up_sync(0xffffffffu, a, o), y = __shfl_up_sync(0xffffffffu, b, o);
+      if (lane >= o) {
+        a += x;
+        b += y;
+      }
+    }
+    s_c[lane] = a;  // inclusive over warps
+    s_m[lane] = b;
+  }
+  __syncthreads();
+  const int base_c = warp ? s_c[warp - 1] : 0, base_m = warp ? s_m[warp - 1] : 0;
+  const int ex_c = base_c + ic - c, ex_m = base_m + im - mt;
+  if (tid < E) {
+    offsets[tid] = ex_c;
+    for (int i = 0; i < mt; ++i) tiles[ex_m + i] = make_int4(tid, ex_c + i * BM, ex_c + c, 0);
+  }
+  if (tid == 1023) *num_tiles = ex_m + mt;
+}
+
+__global__ void scatter_kernel(const int* ids, const float* w, const int* rank, const int* offsets, int n, int k,
+                               int* row_token, float* row_w, int* assign_row) {
+  int a = blockIdx.x * blockDim.x + threadIdx.x;
+  if (a >= n) return;
+  int r = rank[a];
+  if (r < 0) {
+    assign_row[a] = -1;
+    return;
+  }
+  int row = offsets[ids[a]] + r;
+  row_token[row] = a / k;
+  row_w[row] = w[a];
+  assign_row[a] = row;
+}
+
+// out[t] = sum_j y[assign_row[t, j]] in a fixed order (deterministic), fp32 accumulation, 16-byte accesses.
+__global__ void combine_kernel(const bf16* __restrict__ y, const int* __restrict__ assign_row, int k, int D,
+                               bf16* __restrict__ out) {
+  const int t = blockIdx.x;
+  __shared__ int rows[kMaxTopK];
+  if (threadIdx.x < k) rows[threadIdx.x] = assign_row[(size_t)t * k + threadIdx.x];
+  __syncthreads();
+  for (int c = threadIdx.x * 8; c < D; c += blockDim.x * 8) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int j = 0; j < k; ++j) {
+      int r = rows[j];
+      if (r < 0) continue;
+      uint4 v = *reinterpret_cast<const uint4*>(y + (size_t)r * D + c);
+      const bf16* pv = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) acc[q] += __bfloat162float(pv[q]);
+    }
+    uint4 o;
+    bf16* po = reinterpret_cast<bf16*>(&o);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) po[q] = __float2bfloat16(acc[q]);
+    *reinterpret_cast<uint4*>(out + (size_t)t * D + c) = o;
+  }
+}
+
+__global__ void convert_kernel(const float* __restrict__ in, bf16* __restrict__ out, size_t n8) {
+  size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  for (; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+    float4 a = reinterpret_cast<const float4*>(in)[2 * i], b = reinterpret_cast<const float4*>(in)[2 * i + 1];
+    uint4 o;
+    __nv_bfloat162* po = reinterpret_cast<__nv_bfloat162*>(&o);
+    po[0] = __floats2bfloat162_rn(a.x, a.y);
+    po[1] = __floats2bfloat162_rn(a.z, a.w);
+    po[2] = __floats2bfloat162_rn(b.x, b.y);
+    po[3] = __floats2bfloat162_rn(b.z, b.w);
+    reinterpret_cast<uint4*>(out)[i] = o;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Grouped GEMM (mma.sync m16n8k16 bf16, cp.async pipeline)
+// ------------------------------------------------------------------------------------------------------------------
+struct GemmParams {
+  const bf16* A;           // GEMM1: x [T, K] gathered through row_token; GEMM2: h [rows, K]
+  const int* row_token;    // permuted row -> token (GEMM1 gather; GEMM2 atomic epilogue)
+  const bf16* W;           // expert weights, slot-major
+  long long w_slot_stride; // elements per slot
+  const int* expert_slot;
+  const int4* tiles;       // (expert, row0, row_end, -)
+  const int* num_tiles;
+  int N;                   // output columns (GEMM1: d_ff, GEMM2: d_model)
+  int K;
+  int up_offset;           // GEMM1: row offset of up_proj inside w13 (= d_ff)
+  int n_tiles;
+  int split_k;
+  int k_per_split;         // multiple of BK
+  bf16* C;                 // store epilogue: [rows, N]
+  const float* row_w;      // GEMM2: routing weight per permuted row
+  float* out_acc;          // GEMM2 atomic epilogue: [T, N] fp32
+};
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+  int sz = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(sz));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Shared-memory tile layout: rows of BK bf16, 16-byte chunks XOR-swizzled so ldmatrix rows hit distinct banks.
+template <int BK>
+__device__ __forceinline__ int swz(int r, int ch) {
+  constexpr int C = BK / 8;
+  constexpr int SH = C == 8 ? 0 : 1;
+  return r * BK + ((ch ^ ((r >> SH) & (C - 1))) << 3);
+}
+
+constexpr int kGroupM = 8;  // raster: 8 token tiles share each weight tile while it is in L2
+
+template <int BM, int NB, int BK, int WARPS_M, int WARPS_N, int STAGES>
+struct GemmCfg {
+  static constexpr int kThreads = WARPS_M * WARPS_N * 32;
+  static constexpr int kWM = BM / WARPS_M, kWN = NB / WARPS_N;
+  static constexpr int kMI = kWM / 16, kNI = kWN / 8;
+  static constexpr int kStageElems = (BM + NB) * BK;
+  static constexpr int kSmem = STAGES * kStageElems * 2 + BM * 8;
+  static_assert(kNI % 4 == 0, "gate/up halves need pairs of n8 blocks");
+};
+
+// MODE 0: GEMM1 (gather A by token, [gate|up] tile, SwiGLU epilogue, store h)
+// MODE 1: GEMM2 store (y = w_row * acc, bf16)
+// MODE 2: GEMM2 atomic (out_acc[token] += w_row * acc, fp32; used with split-K)
+template <int BM, int NB, int BK, int WARPS_M, int WARPS_N, int STAGES, int MODE>
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
+    grouped_gemm_kernel(const GemmParams p) {
+  using Cfg = GemmCfg<BM, NB, BK, WARPS_M, WARPS_N, STAGES>;
+  constexpr int THREADS = Cfg::kThreads, MI = Cfg::kMI, NI = Cfg::kNI, WM = Cfg::kWM, WN = Cfg::kWN;
+  constexpr int CH = BK / 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
+  const bf16** arow = reinterpret_cast<const bf16**>(smem_raw + STAGES * Cfg::kStageElems * 2);
+
+  // ---- tile coordinates (grouped raster over the device-side tile list) ----
+  const int num_m = *p.num_tiles;
+  int pid = blockIdx.x;
+  const int ks = pid % p.split_k;
+  pid /= p.split_k;
+  const int width = kGroupM * p.n_tiles;
+  const int group = pid / width;
+  const int first_m = group * kGroupM;
+  if (first_m >= num_m) return;
+  const int gsize = min(num_m - first_m, kGroupM);
+  const int in_group = pid % width;
+  if (in_group >= gsize * p.n_tiles) return;
+  const int m_idx = first_m + in_group % gsize;
+  const int n_idx = in_group / gsize;
+  const int4 tile = p.tiles[m_idx];
+  const int expert = tile.x, row0 = tile.y, row_end = tile.z;
+  const int slot = p.expert_slot ? p.expert_slot[expert] : expert;
+  const bf16* Wslot = p.W + (long long)slot * p.w_slot_stride;
+  const int K = p.K;
+  const int kbeg = ks * p.k_per_split;
+  const int kend = min(K, kbeg + p.k_per_split);
+  if (kbeg >= kend) return;
+  const int ktiles = (kend - kbeg + BK - 1) / BK;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+
+  for (int r = tid; r < BM; r += THREADS) {
+    const int prow = row0 + r;
+    const bf16* src = nullptr;
+    if (prow < row_end) src = MODE == 0 ? p.A + (size_t)p.row_token[prow] * K : p.A + (size_t)prow * K;
+    arow[r] = src;
+  }
+  __syncthreads();
+
+  // weight row for tile row r (nullptr when past N)
+  auto brow_ptr = [&](int r) -> const bf16* {
+    if (MODE == 0) {
+      const int half = NB / 2;
+      const int n = n_idx * half + (r < half ? r : r - half);
+      if (n >= p.N) return nullptr;
+      return Wslot + (size_t)(r < half ? n : p.up_offset + n) * K;
+    } else {
+      const int n = n_idx * NB + r;
+      if (n >= p.N) return nullptr;
+      return Wslot + (size_t)n * K;
+    }
+  };
+
+  auto load_stage = [&](int stage, int kt) {
+    bf16* As = smem + stage * Cfg::kStageElems;
+    bf16* Bs = As + BM * BK;
+    const int k0 = kbeg + kt * BK;
+    for (int c = tid; c < BM * CH; c += THREADS) {
+      const int r = c / CH, ch = c % CH;
+      const int k = k0 + ch * 8;
+      const bf16* src = arow[r];
+      const bool ok = src != nullptr && k < kend;
+      cp_async16(smem_u32(As + swz<BK>(r, ch)), ok ? src + k : p.A, ok);
+    }
+    for (int c = tid; c < NB * CH; c += THREADS) {
+      const int r = c / CH, ch = c % CH;
+      const int k = k0 + ch * 8;
+      const bf16* src = brow_ptr(r);
+      const bool ok = src != nullptr && k < kend;
+      cp_async16(smem_u32(Bs + swz<BK>(r, ch)), ok ? src + k : p.W, ok);
+    }
+  };
+
+  float acc[MI][NI][4];
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.f;
+
+  // smem row of the first B row of n8 block j for this warp
+  auto brow_base = [&](int j) -> int {
+    if (MODE == 0) {
+      return j < NI / 2 ? wn * (WN / 2) + j * 8 : NB / 2 + wn * (WN / 2) + (j - NI / 2) * 8;
+    }
+    return wn * WN + j * 8;
+  };
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < ktiles) load_stage(s, s);
+    cp_async_commit();
+  }
+
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int nk = kt + STAGES - 1;
+      if (nk < ktiles) load_stage(nk % STAGES, nk);
+      cp_async_commit();
+    }
+    const bf16* As = smem + (kt % STAGES) * Cfg::kStageElems;
+    const bf16* Bs = As + BM * BK;
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      unsigned af[MI][4], bfr[NI][2];
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi) {
+        const int r = wm * WM + mi * 16 + (lane & 15);
+        const int ch = kk * 2 + (lane >> 4);
+        ldmatrix_x4(smem_u32(As + swz<BK>(r, ch)), af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
+      }
+#pragma unroll
+      for (int jp = 0; jp < NI / 2; ++jp) {
+        const int r = brow_base(2 * jp) + (lane & 7) + ((lane >> 4) << 3);
+        const int ch = kk * 2 + ((lane >> 3) & 1);
+        ldmatrix_x4(smem_u32(Bs + swz<BK>(r, ch)), bfr[2 * jp][0], bfr[2 * jp][1], bfr[2 * jp + 1][0],
+                    bfr[2 * jp + 1][1]);
+      }
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int j = 0; j < NI; ++j) mma16816(acc[mi][j], af[mi], bfr[j]);
+    }
+  }
+  cp_async_wait<0>();
+
+  // ---- epilogue ----
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int rl = wm * WM + mi * 16 + (lane >> 2) + hh * 8;
+      const int prow = row0 + rl;
+      if (prow >= row_end) continue;
+      if (MODE == 0) {
+#pragma unroll
+        for (int j = 0; j < NI / 2; ++j) {
+          const int col = n_idx * (NB / 2) + wn * (WN / 2) + j * 8 + 2 * (lane & 3);
+          if (col >= p.N) continue;
+          const float g0 = acc[mi][j][hh * 2], g1 = acc[mi][j][hh * 2 + 1];
+          const float u0 = acc[mi][j + NI / 2][hh * 2], u1 = acc[mi][j + NI / 2][hh * 2 + 1];
+          const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
+          *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
+        }
+      } else {
+        const float wr = p.row_w[prow];
+        const int tok = MODE == 2 ? p.row_token[prow] : 0;
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+          const int col = n_idx * NB + wn * WN + j * 8 + 2 * (lane & 3);
+          if (col >= p.N) continue;
+          const float v0 = acc[mi][j][hh * 2] * wr, v1 = acc[mi][j][hh * 2 + 1] * wr;
+          if (MODE == 1) {
+            *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(v0, v1);
+          } else {
+            float* dst = p.out_acc + (size_t)tok * p.N + col;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v0, v1));
+#else
+            atomicAdd(dst, v0);
+            atomicAdd(dst + 1, v1);
+#endif
+          }
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Host side
+// ------------------------------------------------------------------------------------------------------------------
+struct Layout {
+  size_t ids, w, rank, counts, offsets, num_tiles, tiles, row_token, row_w, assign_row, h, y, out_acc, total;
+};
+
+size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+int max_m_tiles(int T, int k, int E, int BM) {
+  long long n = (long long)T * k;
+  return (int)((n + BM - 1) / BM + (n < E ? n : E));
+}
+
+Layout make_layout(const sy_moe_config& c, int T) {
+  Layout L{};
+  const size_t n = (size_t)T * c.top_k;
+  size_t o = 0;
+  auto take = [&](size_t bytes) {
+    size_t at = o;
+    o = align_up(o + bytes, 256);
+    return at;
+  };
+  L.ids = take(n * 4);
+  L.w = take(n * 4);
+  L.rank = take(n * 4);
+  L.counts = take((size_t)c.num_experts * 4);
+  L.offsets = take((size_t)c.num_experts * 4);
+  L.num_tiles = take(16);
+  L.tiles = take((size_t)max_m_tiles(T, c.top_k, c.num_experts, 16) * 16);
+  L.row_token = take(n * 4);
+  L.row_w = take(n * 4);
+  L.assign_row = take(n * 4);
+  L.h = take(n * (size_t)c.d_ff * 2);
+  L.y = take(n * (size_t)c.d_model * 2);
+  L.out_acc = take((size_t)T * c.d_model * 4);
+  L.total = o;
+  return L;
+}
+
+int validate(const sy_moe_config* c) {
+  if (!c) return fail(SY_MOE_ERR_INVALID, "config: null");
+  if (c->num_experts < 1 || c->num_experts > kMaxExperts)
+    return fail(SY_MOE_ERR_INVALID, "config.num_experts: must be 1..1024, got " + std::to_string(c->num_experts));
+  if (c->top_k < 1 || c->top_k > kMaxTopK || c->top_k > c->num_experts)
+    return fail(SY_MOE_ERR_INVALID, "config.top_k: must be 1..min(16, num_experts), got " + std::to_string(c->top_k));
+  if (c->d_model < 8 || c->d_model % 8)
+    return fail(SY_MOE_ERR_INVALID, "config.d_model: must be a positive multiple of 8, got " + std::to_string(c->d_model));
+  if (c->d_ff < 8 || c->d_ff % 8)
+    return fail(SY_MOE_ERR_INVALID, "config.d_ff: must be a positive multiple of 8, got " + std::to_string(c->d_ff));
+  if (c->score != SY_MOE_SCORE_SOFTMAX && c->score != SY_MOE_SCORE_SIGMOID)
+    return fail(SY_MOE_ERR_INVALID, "config.score: must be 0 (softmax) or 1 (sigmoid)");
+  if (c->n_group > 1) {
+    if (c->n_group > 32 || c->num_experts % c->n_group)
+      return fail(SY_MOE_ERR_INVALID, "config.n_group: must be <= 32 and divide num_experts");
+    if (c->topk_group < 1 || c->topk_group > c->n_group)
+      return fail(SY_MOE_ERR_INVALID, "config.topk_group: must be 1..n_group");
+    if (c->topk_group * (c->num_experts / c->n_group) < c->top_k)
+      return fail(SY_MOE_ERR_INVALID, "config.topk_group: kept groups hold fewer experts than top_k");
+  }
+  return SY_MOE_OK;
+}
+
+template <int BM, int NB, int BK, int WM_, int WN_, int ST, int MODE>
+int launch_gemm(const GemmParams& p, int grid, cudaStream_t s) {
+  using Cfg = GemmCfg<BM, NB, BK, WM_, WN_, ST>;
+  auto kern = grouped_gemm_kernel<BM, NB, BK, WM_, WN_, ST, MODE>;
+  static bool attr_set = false;  // once per instantiation, before any graph capture of the caller
+  if (!attr_set) {
+    SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));
+    attr_set = true;
+  }
+  if (grid > 0) kern<<<grid, Cfg::kThreads, Cfg::kSmem, s>>>(p);
+  SY_CUDA(cudaGetLastError());
+  return SY_MOE_OK;
+}
+
+// Tile configurations, by token tile BM. NB = weight rows per CTA (GEMM1: half gate, half up).
+//   BM 16/32/64: decode and middle; 4 warps, BK 64, deep pipeline (>= 64 KB of weights in flight per SM).
+//   BM 128: prefill; 8 warps, 128 x 256 CTA tile.
+template <int MODE>
+int run_gemm(int BM, const GemmParams& p0, int max_m, cudaStream_t s) {
+  GemmParams p = p0;
+  auto grid_for = [&](int nb) {
+    const int out_cols_per_tile = MODE == 0 ? nb / 2 : nb;
+    p.n_tiles = (p.N + out_cols_per_tile - 1) / out_cols_per_tile;
+    const int groups = (max_m + kGroupM - 1) / kGroupM;
+    return groups * kGroupM * p.n_tiles * p.split_k;
+  };
+  switch (BM) {
+    case 16: return launch_gemm<16, 128, 64, 1, 4, 5, MODE>(p, grid_for(128), s);
+    case 32: return launch_gemm<32, 128, 64, 1, 4, 4, MODE>(p, grid_for(128), s);
+    case 64: return launch_gemm<64, 128, 64, 2, 2, 4, MODE>(p, grid_for(128), s);
+    default: return launch_gemm<128, 256, 32, 2, 4, 4, MODE>(p, grid_for(256), s);
+  }
+}
+
+int g_num_sms = 0;
+
+}  // namespace
+
+extern "C" {
+
+const char* sy_moe_last_error(void) { return g_last_error.c_str(); }
+
+void sy_moe_debug_skip_gemm(int32_t skip) { g_skip_gemm = skip; }
+
+void sy_moe_set_tuning(int32_t block_m, int32_t split_k, int32_t use_wgmma) {
+  g_tune_bm = block_m;
+  g_tune_split = split_k;
+  g_tune_wgmma = use_wgmma;
+}
+
+int sy_moe_workspace_size(const sy_moe_config* cfg, int32_t max_tokens, size_t* bytes) {
+  int rc = validate(cfg);
+  if (rc) return rc;
+  if (max_tokens < 0) return fail(SY_MOE_ERR_INVALID, "max_tokens: must be >= 0");
+  if (!bytes) return fail(SY_MOE_ERR_INVALID, "bytes: null");
+  *bytes = make_layout(*cfg, max_tokens).total;
+  return SY_MOE_OK;
+}
+
+static int launch_route(const sy_moe_config* cfg, int T, const float* logits, const float* bias, int* ids, float* w,
+                        int* rank, int* counts, const int* slot, int* ids_out, float* w_out, cudaStream_t s) {
+  RouteParams rp{};
+  rp.logits = logits;
+  rp.bias = bias;
+  rp.expert_slot = slot;
+  rp.T = T;
+  rp.E = cfg->num_experts;
+  rp.k = cfg->top_k;
+  rp.score = cfg->score;
+  rp.renormalize = cfg->renormalize;
+  rp.n_group = cfg->n_group > 1 ? cfg->n_group : 0;
+  rp.topk_group = cfg->topk_group;
+  rp.scale = cfg->routed_scale == 0.f ? 1.f : cfg->routed_scale;
+  rp.ids = ids;
+  rp.w = w;
+  rp.rank = rank;
+  rp.counts = counts;
+  rp.ids_out = ids_out;
+  rp.w_out = w_out;
+  const size_t smem = (size_t)kRouteWarps * 2 * cfg->num_experts * 4;
+  static bool attr = false;
+  if (!attr) {
+    SY_CUDA(cudaFuncSetAttribute(route_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 kRouteWarps * 2 * kMaxExperts * 4));
+    attr = true;
+  }
+  route_kernel<<<(T + kRouteWarps - 1) / kRouteWarps, kRouteWarps * 32, smem, s>>>(rp);
+  SY_CUDA(cudaGetLastError());
+  return SY_MOE_OK;
+}
+
+int sy_moe_route(const sy_moe_config* cfg, int32_t T, const float* logits, const float* bias, int32_t* ids,
+                 float* weights, void* stream) {
+  int rc = validate(cfg);
+  if (rc) return rc;
+  if (T < 0) return fail(SY_MOE_ERR_INVALID, "T: must be >= 0");
+  if (T == 0) return SY_MOE_OK;
+  if (!logits || !ids || !weights) return fail(SY_MOE_ERR_INVALID, "logits/ids/weights: null");
+  return launch_route(cfg, T, logits, bias, ids, weights, nullptr, nullptr, nullptr, nullptr, nullptr,
+                      (cudaStream_t)stream);
+}
+
+int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, void* workspace,
+                   size_t workspace_bytes, void* stream) {
+  int rc = validate(cfg);
+  if (rc) return rc;
+  if (T < 0) return fail(SY_MOE_ERR_INVALID, "T: must be >= 0, got " + std::to_string(T));
+  if (!a) return fail(SY_MOE_ERR_INVALID, "args: null");
+  if (T == 0) return SY_MOE_OK;
+  if (!a->x) return fail(SY_MOE_ERR_INVALID, "args.x: null");
+  if (!a->out) return fail(SY_MOE_ERR_INVALID, "args.out: null");
+  if (!a->w13 || !a->w2) return fail(SY_MOE_ERR_INVALID, "args.w13/args.w2: null");
+  if (!a->logits && (!a->topk_ids || !a->topk_weights))
+    return fail(SY_MOE_ERR_INVALID, "args.logits: null and no topk_ids/topk_weights given");
+  if (!workspace) return fail(SY_MOE_ERR_INVALID, "workspace: null");
+  const Layout L = make_layout(*cfg, T);
+  if (workspace_bytes < L.total)
+    return fail(SY_MOE_ERR_WORKSPACE, "workspace_bytes: need " + std::to_string(L.total) + " for T=" +
+                                          std::to_string(T) + ", got " + std::to_string(workspace_bytes));
+  if (((uintptr_t)a->x | (uintptr_t)a->out | (uintptr_t)a->w13 | (uintptr_t)a->w2) & 15)
+    return fail(SY_MOE_ERR_INVALID, "args.x/out/w13/w2: must be 16-byte aligned");
+  cudaStream_t s = (cudaStream_t)stream;
+  if (!g_num_sms) {
+    int dev = 0;
+    SY_CUDA(cudaGetDevice(&dev));
+    SY_CUDA(cudaDeviceGetAttribute(&g_num_sms, cudaDevAttrMultiProcessorCount, dev));
+  }
+  char* ws = static_cast<char*>(workspace);
+  int* ids = (int*)(ws + L.ids);
+  float* w = (float*)(ws + L.w);
+  int* rank = (int*)(ws + L.rank);
+  int* counts = (int*)(ws + L.counts);
+  int* offsets = (int*)(ws + L.offsets);
+  int* num_tiles = (int*)(ws + L.num_tiles);
+  int4* tiles = (int4*)(ws + L.tiles);
+  int* row_token = (int*)(ws + L.row_token);
+  float* row_w = (float*)(ws + L.row_w);
+  int* assign_row = (int*)(ws + L.assign_row);
+  bf16* h = (bf16*)(ws + L.h);
+  bf16* y = (bf16*)(ws + L.y);
+  float* out_acc = (float*)(ws + L.out_acc);
+
+  const int E = cfg->num_experts, k = cfg->top_k, D = cfg->d_model, F = cfg->d_ff;
+  const int n = T * k;
+
+  // Token tile: large enough that most experts fit in one tile (weights read once) in the memory-bound regime.
+  const int active = n < E ? n : E;
+  const int avg = (n + active - 1) / active;
+  int BM = avg * 3 / 2 + 4 <= 16 ? 16 : avg * 3 / 2 + 4 <= 32 ? 32 : avg * 3 / 2 + 4 <= 64 ? 64 : 128;
+  if (g_tune_bm) BM = g_tune_bm;
+  if (BM != 16 && BM != 32 && BM != 64 && BM != 128) return fail(SY_MOE_ERR_INVALID, "tuning.block_m: 16/32/64/128");
+  const int max_m = max_m_tiles(T, k, E, BM);
+
+  // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
+  int split = 1;
+  if (BM <= 64) {
+    const long long ctas = (long long)active * ((D + 127) / 128);
+    const int target = 2 * g_num_sms;
+    if (ctas < target) split = (int)((target + ctas - 1) / ctas);
+    const int max_split = F / 512 > 0 ? F / 512 : 1;
+    if (split > max_split) split = max_split;
+    if (split > 8) split = 8;
+  }
+  if (g_tune_split) split = g_tune_split;
+  if (split < 1) split = 1;
+
+  SY_CUDA(cudaMemsetAsync(counts, 0, (size_t)E * 4, s));
+  if (a->logits) {
+    rc = launch_route(cfg, T, a->logits, a->bias, ids, w, rank, counts, a->expert_slot, a->topk_ids_out,
+                      a->topk_weights_out, s);
+    if (rc) return rc;
+  } else {
+    preroute_kernel<<<(n + 255) / 256, 256, 0, s>>>(a->topk_ids, a->topk_weights, a->expert_slot, n, E, ids, w, rank,
+                                                    counts);
+    SY_CUDA(cudaGetLastError());
+  }
+  scan_kernel<<<1, 1024, 0, s>>>(counts, E, BM, offsets, tiles, num_tiles);
+  SY_CUDA(cudaGetLastError());
+  scatter_kernel<<<(n + 255) / 256, 256, 0, s>>>(ids, w, rank, offsets, n, k, row_token, row_w, assign_row);
+  SY_CUDA(cudaGetLastError());
+
+  GemmParams g1{};
+  g1.A = (const bf16*)a->x;
+  g1.row_token = row_token;
+  g1.W = (const bf16*)a->w13;
+  g1.w_slot_stride = (long long)2 * F * D;
+  g1.expert_slot = a->expert_slot;
+  g1.tiles = tiles;
+  g1.num_tiles = num_tiles;
+  g1.N = F;
+  g1.K = D;
+  g1.up_offset = F;
+  g1.split_k = 1;
+  g1.k_per_split = D;
+  g1.C = h;
+  rc = g_skip_gemm ? 0 : run_gemm<0>(BM, g1, max_m, s);
+  if (rc) return rc;
+
+  GemmParams g2{};
+  g2.A = h;
+  g2.row_token = row_token;
+  g2.W = (const bf16*)a->w2;
+  g2.w_slot_stride = (long long)D * F;
+  g2.expert_slot = a->expert_slot;
+  g2.tiles = tiles;
+  g2.num_tiles = num_tiles;
+  g2.N = D;
+  g2.K = F;
+  g2.split_k = split;
+  {
+    const int bk = 64;
+    int per = (F + split - 1) / split;
+    g2.k_per_split = (per + bk - 1) / bk * bk;
+  }
+  g2.C = y;
+  g2.row_w = row_w;
+  g2.out_acc = out_acc;
+  if (split > 1) {
+    SY_CUDA(cudaMemsetAsync(out_acc, 0, (size_t)T * D * 4, s));
+    rc = g_skip_gemm ? 0 : run_gemm<2>(BM, g2, max_m, s);
+    if (rc) return rc;
+    const size_t n8 = (size_t)T * D / 8;
+    int blocks = (int)((n8 + 255) / 256);
+    if (blocks > 4 * g_num_sms) blocks = 4 * g_num_sms;
+    convert_kernel<<<blocks, 256, 0, s>>>(out_acc, (bf16*)a->out, n8);
+    SY_CUDA(cudaGetLastError());
+  } else {
+    rc = g_skip_gemm ? 0 : run_gemm<1>(BM, g2, max_m, s);
+    if (rc) return rc;
+    int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
+    combine_kernel<<<T, threads, 0, s>>>(y, assign_row, k, D, (bf16*)a->out);
+    SY_CUDA(cudaGetLastError());
+  }
+  return SY_MOE_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,389 @@
+// Correctness test for sy_moe on a GPU: fresh random inputs every run (seed printed), outputs and workspace poisoned
+// before each run, CPU float64 reference (routing and expert FFN), awkward sizes, forced tile configs, pre-routed
+// input with non-resident experts, CUDA-graph capture, and bad-config errors. Exit code 0 only if every case passes.
+// Usage: test_moe [--quick] [--seed N]   (--quick: small cases only, for compute-sanitizer)
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sy_moe.h"
+
+typedef __nv_bfloat16 bf16;
+
+#define CK(call)                                                                                  \
+  do {                                                                                            \
+    cudaError_t e_ = (call);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(e_)); \
+      exit(2);                                                                                    \
+    }                                                                                             \
+  } while (0)
+
+static float bf2f(bf16 v) { return __bfloat162float(v); }
+
+struct Case {
+  std::string name;
+  int E, k, d, f, T;
+  int score, renorm, n_group, topk_group;
+  float scale;
+  bool bias, prerouted, missing_experts, graph;
+  int bm, split;
+};
+
+static int g_fail = 0, g_pass = 0;
+
+static void ref_route(const Case& c, const std::vector<float>& logits, const std::vector<float>& bias, int t,
+                      std::vector<int>& ids, std::vector<double>& w) {
+  const int E = c.E;
+  std::vector<double> sel(E), raw(E);
+  double mx = -1e300, denom = 0;
+  for (int e = 0; e < E; ++e) {
+    double l = logits[(size_t)t * E + e];
+    if (c.score == 1) {
+      raw[e] = 1.0 / (1.0 + std::exp(-l));
+      sel[e] = raw[e] + (c.bias ? bias[e] : 0.0);
+    } else {
+      raw[e] = l;
+      sel[e] = l;
+      mx = std::max(mx, l);
+    }
+  }
+  if (c.score == 0)
+    for (int e = 0; e < E; ++e) denom += std::exp(raw[e] - mx);
+  if (c.n_group > 1) {
+    int G = E / c.n_group;
+    std::vector<std::pair<double, int>> gs;
+    for (int g = 0; g < c.n_group; ++g) {
+      std::vector<double> v(sel.begin() + g * G, sel.begin() + (g + 1) * G);
+      std::sort(v.rbegin(), v.rend());
+      gs.push_back({-(v[0] + (G > 1 ? v[1] : 0.0)), g});
+    }
+    std::sort(gs.begin(), gs.end());
+    std::vector<bool> keep(c.n_group, false);
+    for (int i = 0; i < c.topk_group; ++i) keep[gs[i].second] = true;
+    for (int e = 0; e < E; ++e)
+      if (!keep[e / G]) sel[e] = -INFINITY;
+  }
+  std::vector<std::pair<double, int>> order;
+  for (int e = 0; e < E; ++e) order.push_back({-sel[e], e});
+  std::stable_sort(order.begin(), order.end());
+  ids.assign(c.k, 0);
+  w.assign(c.k, 0);
+  double s = 0;
+  for (int j = 0; j < c.k; ++j) {
+    int e = order[j].second;
+    ids[j] = e;
+    w[j] = c.score == 0 ? std::exp(raw[e] - mx) / denom : raw[e];
+    s += w[j];
+  }
+  for (int j = 0; j < c.k; ++j) {
+    if (c.renorm) w[j] /= s;
+    w[j] *= (c.scale == 0 ? 1.0 : c.scale);
+  }
+}
+
+static void run_case(const Case& c, std::mt19937_64& rng) {
+  const int E = c.E, k = c.k, D = c.d, F = c.f, T = c.T;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<bf16> x((size_t)T * D), w13((size_t)E * 2 * F * D), w2((size_t)E * D * F);
+  for (auto& v : x) v = __float2bfloat16(nd(rng));
+  const float s1 = 1.f / std::sqrt((float)D), s2 = 1.f / std::sqrt((float)F);
+  for (auto& v : w13) v = __float2bfloat16(nd(rng) * s1 * 2.f);
+  for (auto& v : w2) v = __float2bfloat16(nd(rng) * s2);
+  std::vector<float> logits((size_t)T * E), bias(E);
+  for (auto& v : logits) v = nd(rng) * 2.f;
+  for (auto& v : bias) v = nd(rng) * 0.1f;
+
+  // Slot map: experts stored in a shuffled order; with missing_experts every third expert is not resident.
+  std::vector<int> slot(E);
+  for (int e = 0; e < E; ++e) slot[e] = e;
+  std::shuffle(slot.begin(), slot.end(), rng);
+  if (c.missing_experts)
+    for (int e = 0; e < E; e += 3) slot[e] = -1;
+  // weights laid out by slot
+  std::vector<bf16> w13s(w13.size()), w2s(w2.size());
+  for (int e = 0; e < E; ++e) {
+    int sidx = slot[e] >= 0 ? slot[e] : e;  // non-resident experts: fill the slot anyway (garbage must not be used)
+    if (slot[e] < 0) continue;
+    memcpy(&w13s[(size_t)sidx * 2 * F * D], &w13[(size_t)e * 2 * F * D], (size_t)2 * F * D * 2);
+    memcpy(&w2s[(size_t)sidx * D * F], &w2[(size_t)e * D * F], (size_t)D * F * 2);
+  }
+  sy_moe_config cfg{E, k, D, F, c.score, c.renorm, c.n_group, c.topk_group, c.scale};
+  // Pre-routed inputs: random distinct ids per token with random positive weights.
+  std::vector<int> pre_ids((size_t)T * k);
+  std::vector<float> pre_w((size_t)T * k);
+  if (c.prerouted) {
+    std::vector<int> perm(E);
+    for (int t = 0; t < T; ++t) {
+      for (int e = 0; e < E; ++e) perm[e] = e;
+      for (int j = 0; j < k; ++j) {
+        int r = j + (int)(rng() % (E - j));
+        std::swap(perm[j], perm[r]);
+        pre_ids[(size_t)t * k + j] = perm[j];
+        pre_w[(size_t)t * k + j] = 0.1f + (rng() % 1000) / 1000.f;
+      }
+    }
+  }
+
+  bf16 *dx, *dw13, *dw2, *dout;
+  float *dlog, *dbias, *dw_out, *dpre_w;
+  int *dslot, *dids_out, *dpre_ids;
+  CK(cudaMalloc(&dx, x.size() * 2 + 16));
+  CK(cudaMalloc(&dw13, w13s.size() * 2));
+  CK(cudaMalloc(&dw2, w2s.size() * 2));
+  CK(cudaMalloc(&dout, (size_t)T * D * 2 + 16));
+  CK(cudaMalloc(&dlog, logits.size() * 4 + 16));
+  CK(cudaMalloc(&dbias, E * 4));
+  CK(cudaMalloc(&dslot, E * 4));
+  CK(cudaMalloc(&dids_out, (size_t)T * k * 4 + 16));
+  CK(cudaMalloc(&dw_out, (size_t)T * k * 4 + 16));
+  CK(cudaMalloc(&dpre_ids, (size_t)T * k * 4 + 16));
+  CK(cudaMalloc(&dpre_w, (size_t)T * k * 4 + 16));
+  CK(cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dw13, w13s.data(), w13s.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dw2, w2s.data(), w2s.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dlog, logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dbias, bias.data(), E * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dslot, slot.data(), E * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dpre_ids, pre_ids.data(), pre_ids.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dpre_w, pre_w.data(), pre_w.size() * 4, cudaMemcpyHostToDevice));
+  size_t wsb = 0;
+  if (sy_moe_workspace_size(&cfg, T, &wsb)) {
+    printf("FAIL %s: workspace_size: %s\n", c.name.c_str(), sy_moe_last_error());
+    g_fail++;
+    return;
+  }
+  void* ws;
+  CK(cudaMalloc(&ws, wsb + 16));
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+  sy_moe_args a{};
+  a.x = dx;
+  a.logits = c.prerouted ? nullptr : dlog;
+  a.bias = c.bias ? dbias : nullptr;
+  a.topk_ids = dpre_ids;
+  a.topk_weights = dpre_w;
+  a.w13 = dw13;
+  a.w2 = dw2;
+  a.expert_slot = dslot;
+  a.out = dout;
+  a.topk_ids_out = c.prerouted ? nullptr : dids_out;
+  a.topk_weights_out = c.prerouted ? nullptr : dw_out;
+  sy_moe_set_tuning(c.bm, c.split, 0);
+
+  std::vector<bf16> out1((size_t)T * D), out2((size_t)T * D);
+  for (int rep = 0; rep < 2; ++rep) {
+    CK(cudaMemsetAsync(dout, 0xff, (size_t)T * D * 2, st));  // bf16 0xffff = NaN
+    CK(cudaMemsetAsync(ws, 0xff, wsb, st));
+    CK(cudaMemsetAsync(dids_out, 0xff, (size_t)T * k * 4, st));
+    int rc;
+    if (c.graph && rep == 1) {
+      cudaGraph_t g;
+      cudaGraphExec_t ge;
+      CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      rc = sy_moe_forward(&cfg, T, &a, ws, wsb, st);
+      CK(cudaStreamEndCapture(st, &g));
+      if (rc == 0) {
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaGraphExecDestroy(ge));
+      }
+      CK(cudaGraphDestroy(g));
+    } else {
+      rc = sy_moe_forward(&cfg, T, &a, ws, wsb, st);
+    }
+    if (rc) {
+      printf("FAIL %s: forward rc=%d: %s\n", c.name.c_str(), rc, sy_moe_last_error());
+      g_fail++;
+      return;
+    }
+    CK(cudaStreamSynchronize(st));
+    CK(cudaGetLastError());
+    CK(cudaMemcpy(rep == 0 ? out1.data() : out2.data(), dout, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
+  }
+  std::vector<int> gids((size_t)T * k);
+  std::vector<float> gw((size_t)T * k);
+  if (c.prerouted) {
+    gids = pre_ids;
+    gw = pre_w;
+  } else {
+    CK(cudaMemcpy(gids.data(), dids_out, gids.size() * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(gw.data(), dw_out, gw.size() * 4, cudaMemcpyDeviceToHost));
+  }
+
+  // --- routing check ---
+  int route_mismatch = 0;
+  double werr = 0;
+  if (!c.prerouted) {
+    for (int t = 0; t < T; ++t) {
+      std::vector<int> rid;
+      std::vector<double> rw;
+      ref_route(c, logits, bias, t, rid, rw);
+      for (int j = 0; j < k; ++j) {
+        if (rid[j] != gids[(size_t)t * k + j]) route_mismatch++;
+        else werr = std::max(werr, std::fabs(rw[j] - gw[(size_t)t * k + j]) / std::max(1e-6, std::fabs(rw[j])));
+      }
+    }
+  }
+  // --- FFN reference in float64, using the GPU's routing (so a near-tie flip cannot cascade) ---
+  std::vector<double> ref((size_t)T * D, 0.0);
+  auto worker = [&](int t0, int t1) {
+    std::vector<double> xv(D), hv(F);
+    for (int t = t0; t < t1; ++t) {
+      for (int i = 0; i < D; ++i) xv[i] = bf2f(x[(size_t)t * D + i]);
+      for (int j = 0; j < k; ++j) {
+        int e = gids[(size_t)t * k + j];
+        if (e < 0 || e >= E || slot[e] < 0) continue;
+        double wt = gw[(size_t)t * k + j];
+        const bf16* W1 = &w13[(size_t)e * 2 * F * D];
+        for (int n = 0; n < F; ++n) {
+          double g = 0, u = 0;
+          const bf16* gr = W1 + (size_t)n * D;
+          const bf16* ur = W1 + (size_t)(F + n) * D;
+          for (int i = 0; i < D; ++i) {
+            g += xv[i] * bf2f(gr[i]);
+            u += xv[i] * bf2f(ur[i]);
+          }
+          hv[n] = g / (1.0 + std::exp(-g)) * u;
+        }
+        const bf16* W2 = &w2[(size_t)e * D * F];
+        for (int o = 0; o < D; ++o) {
+          double s = 0;
+          const bf16* r = W2 + (size_t)o * F;
+          for (int n = 0; n < F; ++n) s += hv[n] * bf2f(r[n]);
+          ref[(size_t)t * D + o] += wt * s;
+        }
+      }
+    }
+  };
+  int nth = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> th;
+  for (int i = 0; i < nth; ++i) th.emplace_back(worker, (int)((long long)T * i / nth), (int)((long long)T * (i + 1) / nth));
+  for (auto& t : th) t.join();
+
+  double num = 0, den = 0;
+  long long nonfinite = 0, not_zero = 0;
+  bool same = true;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    double g = bf2f(out1[i]);
+    if (!std::isfinite(g)) {
+      nonfinite++;
+      continue;
+    }
+    num += (g - ref[i]) * (g - ref[i]);
+    den += ref[i] * ref[i];
+    if (ref[i] == 0.0 && g != 0.0) not_zero++;
+    if (memcmp(&out1[i], &out2[i], 2) != 0) same = false;
+  }
+  double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  // split-K uses fp32 atomics (order may vary); everything else must repeat bit for bit
+  bool deterministic_expected = c.split == 1;
+  bool ok = nonfinite == 0 && not_zero == 0 && rel < 1e-2 && route_mismatch == 0 && werr < 1e-4 &&
+            (same || !deterministic_expected);
+  printf("%s %-34s T=%-5d E=%-4d k=%d d=%-5d f=%-5d relerr=%.3e route_mismatch=%d w_relerr=%.1e nonfinite=%lld "
+         "repeat_identical=%d\n",
+         ok ? "PASS" : "FAIL", c.name.c_str(), T, E, k, D, F, rel, route_mismatch, werr, nonfinite, same ? 1 : 0);
+  ok ? g_pass++ : g_fail++;
+  cudaFree(dx);
+  cudaFree(dw13);
+  cudaFree(dw2);
+  cudaFree(dout);
+  cudaFree(dlog);
+  cudaFree(dbias);
+  cudaFree(dslot);
+  cudaFree(dids_out);
+  cudaFree(dw_out);
+  cudaFree(dpre_ids);
+  cudaFree(dpre_w);
+  cudaFree(ws);
+  cudaStreamDestroy(st);
+}
+
+static void check_error(const char* name, sy_moe_config cfg, const char* field) {
+  size_t b;
+  int rc = sy_moe_workspace_size(&cfg, 16, &b);
+  bool ok = rc == SY_MOE_ERR_INVALID && strstr(sy_moe_last_error(), field) != nullptr;
+  printf("%s bad-config %-22s -> \"%s\"\n", ok ? "PASS" : "FAIL", name, sy_moe_last_error());
+  ok ? g_pass++ : g_fail++;
+}
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  unsigned long long seed = std::chrono::high_resolution_clock::now().time_since_epoch().count();
+  for (int i = 1; i < argc; ++i) {
+    if (!strcmp(argv[i], "--quick")) quick = true;
+    if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 10);
+  }
+  printf("seed %llu\n", seed);
+  std::mt19937_64 rng(seed);
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  printf("device %s sm_%d%d\n", prop.name, prop.major, prop.minor);
+  //            name                          E    k  d     f     T    sc rn ng tg scale bias pre  miss graph bm split
+  std::vector<Case> cases = {
+      {"one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
+      {"non-tile-multiple", 8, 2, 256, 384, 37, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
+      {"257-experts", 257, 4, 128, 64, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
+      {"empty-experts", 16, 1, 136, 72, 5, 0, 0, 0, 0, 1.f, false, false, false, false, 0, 0},
+      {"dsv3-style-sigmoid-groups", 64, 6, 256, 128, 77, 1, 1, 8, 4, 2.5f, true, false, false, false, 0, 0},
+      {"prerouted-missing-experts", 24, 3, 192, 256, 50, 0, 0, 0, 0, 1.f, false, true, true, false, 0, 0},
+      {"graph-capture", 8, 2, 256, 256, 64, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0},
+      {"bm16", 8, 2, 512, 1024, 200, 0, 1, 0, 0, 1.f, false, false, false, false, 16, 1},
+      {"bm32", 8, 2, 512, 1024, 200, 0, 1, 0, 0, 1.f, false, false, false, false, 32, 1},
+      {"bm64", 8, 2, 512, 1024, 200, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1},
+      {"bm128", 8, 2, 512, 1024, 200, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1},
+      {"bm16-splitk3-atomic", 8, 2, 512, 1024, 3, 0, 1, 0, 0, 1.f, false, false, false, false, 16, 3},
+      {"bm64-splitk2-atomic", 8, 2, 512, 1024, 100, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 2},
+  };
+  if (!quick) {
+    cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
+    cases.push_back({"bm128-large", 8, 2, 1024, 768, 2000, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1});
+    cases.push_back({"dsv3-groups-257tok", 256, 8, 512, 256, 257, 1, 1, 8, 4, 2.5f, true, false, false, true, 0, 0});
+  }
+  for (auto& c : cases) run_case(c, rng);
+  sy_moe_set_tuning(0, 0, 0);
+
+  sy_moe_config good{8, 2, 256, 256, 0, 1, 0, 0, 1.f};
+  auto bad = good;
+  bad.num_experts = 0;
+  check_error("num_experts=0", bad, "num_experts");
+  bad = good;
+  bad.top_k = 9;
+  check_error("top_k>E", bad, "top_k");
+  bad = good;
+  bad.d_model = 100;
+  check_error("d_model%8", bad, "d_model");
+  bad = good;
+  bad.d_ff = 0;
+  check_error("d_ff=0", bad, "d_ff");
+  bad = good;
+  bad.n_group = 3;
+  check_error("n_group!|E", bad, "n_group");
+  bad = good;
+  bad.score = 7;
+  check_error("score=7", bad, "score");
+  {
+    sy_moe_args a{};
+    int rc = sy_moe_forward(&good, 0, &a, nullptr, 0, nullptr);
+    bool ok = rc == 0;
+    printf("%s T=0 is a no-op\n", ok ? "PASS" : "FAIL");
+    ok ? g_pass++ : g_fail++;
+    rc = sy_moe_forward(&good, 4, &a, nullptr, 0, nullptr);
+    ok = rc == SY_MOE_ERR_INVALID && strstr(sy_moe_last_error(), "args.x");
+    printf("%s missing x -> \"%s\"\n", ok ? "PASS" : "FAIL", sy_moe_last_error());
+    ok ? g_pass++ : g_fail++;
+  }
+  printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail ? 1 : 0;
+}

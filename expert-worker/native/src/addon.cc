@@ -1,0 +1,300 @@
+// N-API surface of the native CPU backend (see expert-worker/src/backend/native-cpu.ts for the typed wrapper).
+//
+//   prepareExpert(gate, up, down) -> Promise<External>   weights {dtype, rows, cols, data: Uint8Array}
+//   expertInfo(handle) -> {d, f, bytes}
+//   runExperts({dtype, tokens, rows, cols, slices: Uint32Array [expertIndex, offset, count]*, experts: External[],
+//               rowWeights?: Float32Array, cancel?: Int32Array}) -> Promise<{output: Uint8Array, tilesDone,
+//               tilesTotal}>; rejects with code "CANCELLED" when the cancel flag was raised mid-run
+//   stats() -> {tilesDone, runsStarted, runsCompleted, runsCancelled, threads, isa, cuda}
+//   measurePeak(threads, seconds) -> Promise<{gflops, perThread, threads, seconds}>
+// All heavy work runs on libuv worker threads (Napi::AsyncWorker) and the kernel's own pool: never on the event loop.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "expert_ffn.h"
+#include "fma_peak.h"
+#include "thread_pool.h"
+
+using namespace switchyard;
+
+namespace {
+
+struct ExpertHandle {
+  std::unique_ptr<PreparedExpert> e;
+};
+
+void FinalizeExpert(Napi::Env env, ExpertHandle* h) {
+  if (h->e) Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(h->e->bytes()));
+  delete h;
+}
+
+struct WeightArg {
+  WeightView view;
+  Napi::Reference<Napi::Uint8Array> keep;
+};
+
+WeightArg ReadWeight(Napi::Env env, Napi::Value v, const char* name) {
+  if (!v.IsObject()) throw Napi::TypeError::New(env, std::string(name) + ": expected a weight object");
+  Napi::Object o = v.As<Napi::Object>();
+  int dtype = o.Get("dtype").ToNumber().Int32Value();
+  if (!dtype_valid(dtype)) throw Napi::TypeError::New(env, std::string(name) + ".dtype: unsupported");
+  Napi::Value data = o.Get("data");
+  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, std::string(name) + ".data: expected Uint8Array");
+  auto arr = data.As<Napi::Uint8Array>();
+  int64_t rows = o.Get("rows").ToNumber().Int64Value(), cols = o.Get("cols").ToNumber().Int64Value();
+  if (rows <= 0 || cols <= 0) throw Napi::RangeError::New(env, std::string(name) + ": rows and cols must be > 0");
+  if (static_cast<int64_t>(arr.ByteLength()) != rows * cols * dtype_size(static_cast<DType>(dtype)))
+    throw Napi::RangeError::New(env, std::string(name) + ".data: byte length does not match rows*cols*dtype");
+  WeightArg w;
+  w.view = {static_cast<DType>(dtype), rows, cols, arr.Data()};
+  w.keep = Napi::Persistent(arr);
+  return w;
+}
+
+class PrepareWorker : public Napi::AsyncWorker {
+ public:
+  PrepareWorker(Napi::Env env, WeightArg g, WeightArg u, WeightArg d)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), g_(std::move(g)), u_(std::move(u)),
+        d_(std::move(d)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      e_ = prepare_expert(g_.view, u_.view, d_.view);
+    } catch (const std::exception& ex) {
+      SetError(ex.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(e_->bytes()));
+    auto* h = new ExpertHandle{std::move(e_)};
+    deferred_.Resolve(Napi::External<ExpertHandle>::New(env, h, FinalizeExpert));
+  }
+  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  WeightArg g_, u_, d_;
+  std::unique_ptr<PreparedExpert> e_;
+};
+
+Napi::Value PrepareExpert(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  WeightArg g = ReadWeight(env, info[0], "gate"), u = ReadWeight(env, info[1], "up"),
+            d = ReadWeight(env, info[2], "down");
+  if (u.view.rows != g.view.rows || u.view.cols != g.view.cols)
+    throw Napi::RangeError::New(env, "up: shape must equal gate's [f, d]");
+  if (d.view.rows != g.view.cols || d.view.cols != g.view.rows)
+    throw Napi::RangeError::New(env, "down: shape must be [d, f] of gate's [f, d]");
+  auto* w = new PrepareWorker(env, std::move(g), std::move(u), std::move(d));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+ExpertHandle* GetHandle(Napi::Env env, Napi::Value v, const std::string& name) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(env, name + ": expected a prepared expert handle");
+  return v.As<Napi::External<ExpertHandle>>().Data();
+}
+
+Napi::Value ExpertInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExpertHandle* h = GetHandle(env, info[0], "handle");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("d", h->e->d);
+  o.Set("f", h->e->f);
+  o.Set("bytes", static_cast<double>(h->e->bytes()));
+  return o;
+}
+
+class RunWorker : public Napi::AsyncWorker {
+ public:
+  explicit RunWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  RunRequest req;
+  std::vector<Napi::Reference<Napi::Value>> keep;  // inputs and expert handles stay alive until the run ends
+
+  void Execute() override {
+    try {
+      out_.assign(static_cast<size_t>(req.rows * req.cols), 0.f);
+      run_experts(req, out_.data(), &outcome_);
+    } catch (const std::exception& ex) {
+      SetError(ex.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (outcome_.cancelled) {
+      Napi::Error err = Napi::Error::New(env, "expert run cancelled");
+      err.Set("code", "CANCELLED");
+      err.Set("tilesDone", static_cast<double>(outcome_.tiles_done));
+      err.Set("tilesTotal", static_cast<double>(outcome_.tiles_total));
+      deferred_.Reject(err.Value());
+      return;
+    }
+    const size_t n = out_.size();
+    const int es = dtype_size(req.dtype);
+    auto buf = Napi::Uint8Array::New(env, n * es);
+    uint8_t* dst = buf.Data();
+    if (req.dtype == DType::F32) {
+      std::memcpy(dst, out_.data(), n * 4);
+    } else {
+      for (size_t i = 0; i < n; ++i) store_elem(req.dtype, dst, static_cast<int64_t>(i), out_[i]);
+    }
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("output", buf);
+    r.Set("tilesDone", static_cast<double>(outcome_.tiles_done));
+    r.Set("tilesTotal", static_cast<double>(outcome_.tiles_total));
+    deferred_.Resolve(r);
+  }
+  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::vector<float> out_;
+  RunOutcome outcome_;
+};
+
+Napi::Value RunExperts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throw Napi::TypeError::New(env, "runExperts: expected an options object");
+  Napi::Object o = info[0].As<Napi::Object>();
+  auto* w = new RunWorker(env);
+  std::unique_ptr<RunWorker> guard(w);  // deleted on a validation throw; released once queued
+  RunRequest& req = w->req;
+  int dtype = o.Get("dtype").ToNumber().Int32Value();
+  if (!dtype_valid(dtype)) throw Napi::TypeError::New(env, "dtype: unsupported");
+  req.dtype = static_cast<DType>(dtype);
+  req.rows = o.Get("rows").ToNumber().Int64Value();
+  req.cols = o.Get("cols").ToNumber().Int64Value();
+  if (req.rows < 0 || req.cols <= 0) throw Napi::RangeError::New(env, "rows/cols out of range");
+  Napi::Value tokens = o.Get("tokens");
+  if (!tokens.IsTypedArray() || tokens.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, "tokens: expected Uint8Array");
+  auto tok = tokens.As<Napi::Uint8Array>();
+  if (static_cast<int64_t>(tok.ByteLength()) != req.rows * req.cols * dtype_size(req.dtype))
+    throw Napi::RangeError::New(env, "tokens: byte length does not match rows*cols*dtype");
+  req.tokens = tok.Data();
+  w->keep.push_back(Napi::Persistent(tokens));
+
+  Napi::Value ex = o.Get("experts");
+  if (!ex.IsArray()) throw Napi::TypeError::New(env, "experts: expected an array of handles");
+  Napi::Array experts = ex.As<Napi::Array>();
+  for (uint32_t i = 0; i < experts.Length(); ++i) {
+    Napi::Value hv = experts.Get(i);
+    ExpertHandle* h = GetHandle(env, hv, "experts[" + std::to_string(i) + "]");
+    if (h->e->d != req.cols) throw Napi::RangeError::New(env, "experts[" + std::to_string(i) + "]: d != cols");
+    req.experts.push_back(h->e.get());
+    w->keep.push_back(Napi::Persistent(hv));
+  }
+
+  Napi::Value sv = o.Get("slices");
+  if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    throw Napi::TypeError::New(env, "slices: expected Uint32Array of [expertIndex, offset, count] triples");
+  auto sl = sv.As<Napi::Uint32Array>();
+  if (sl.ElementLength() % 3 != 0) throw Napi::RangeError::New(env, "slices: length must be a multiple of 3");
+  std::vector<uint8_t> used(static_cast<size_t>(req.rows), 0);
+  for (size_t i = 0; i < sl.ElementLength(); i += 3) {
+    ExpertSliceRef s{sl[i], sl[i + 1], sl[i + 2]};
+    if (s.expert >= req.experts.size()) throw Napi::RangeError::New(env, "slices: expert index out of range");
+    if (static_cast<int64_t>(s.offset) + s.count > req.rows) throw Napi::RangeError::New(env, "slices: out of range");
+    for (uint32_t r = s.offset; r < s.offset + s.count; ++r) {
+      if (used[r]) throw Napi::RangeError::New(env, "slices: overlapping rows");
+      used[r] = 1;
+    }
+    if (s.count > 0) req.slices.push_back(s);
+  }
+
+  Napi::Value rw = o.Get("rowWeights");
+  if (!rw.IsUndefined() && !rw.IsNull()) {
+    if (!rw.IsTypedArray() || rw.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(env, "rowWeights: expected Float32Array");
+    auto f = rw.As<Napi::Float32Array>();
+    if (static_cast<int64_t>(f.ElementLength()) != req.rows) throw Napi::RangeError::New(env, "rowWeights: length != rows");
+    req.row_weights = f.Data();
+    w->keep.push_back(Napi::Persistent(rw));
+  }
+  Napi::Value cv = o.Get("cancel");
+  if (!cv.IsUndefined() && !cv.IsNull()) {
+    if (!cv.IsTypedArray() || cv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+        cv.As<Napi::Int32Array>().ElementLength() < 1)
+      throw Napi::TypeError::New(env, "cancel: expected Int32Array(1)");
+    req.cancel_flag = cv.As<Napi::Int32Array>().Data();
+    w->keep.push_back(Napi::Persistent(cv));
+  }
+  Napi::Promise p = w->Promise();
+  guard.release()->Queue();
+  return p;
+}
+
+Napi::Value Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  KernelCounters& c = kernel_counters();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("tilesDone", static_cast<double>(c.tiles_done.load()));
+  o.Set("runsStarted", static_cast<double>(c.runs_started.load()));
+  o.Set("runsCompleted", static_cast<double>(c.runs_completed.load()));
+  o.Set("runsCancelled", static_cast<double>(c.runs_cancelled.load()));
+  o.Set("threads", ThreadPool::shared().threads());
+  o.Set("isa", kernel_isa());
+#ifdef SWITCHYARD_WITH_CUDA
+  o.Set("cuda", true);
+#else
+  o.Set("cuda", false);
+#endif
+  return o;
+}
+
+class PeakWorker : public Napi::AsyncWorker {
+ public:
+  PeakWorker(Napi::Env env, int threads, double seconds)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), threads_(threads), seconds_(seconds) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { r_ = measure_fma_peak(threads_, seconds_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("gflops", r_.gflops);
+    Napi::Array per = Napi::Array::New(env, r_.per_thread.size());
+    for (size_t i = 0; i < r_.per_thread.size(); ++i) per.Set(static_cast<uint32_t>(i), r_.per_thread[i]);
+    o.Set("perThread", per);
+    o.Set("threads", r_.threads);
+    o.Set("seconds", r_.seconds);
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int threads_;
+  double seconds_;
+  PeakResult r_{};
+};
+
+Napi::Value MeasurePeak(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int threads = info[0].IsNumber() ? info[0].ToNumber().Int32Value() : ThreadPool::shared().threads();
+  double seconds = info[1].IsNumber() ? info[1].ToNumber().DoubleValue() : 1.0;
+  auto* w = new PeakWorker(env, threads, seconds);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("prepareExpert", Napi::Function::New(env, PrepareExpert));
+  exports.Set("expertInfo", Napi::Function::New(env, ExpertInfo));
+  exports.Set("runExperts", Napi::Function::New(env, RunExperts));
+  exports.Set("stats", Napi::Function::New(env, Stats));
+  exports.Set("measurePeak", Napi::Function::New(env, MeasurePeak));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(switchyard_native, Init)
