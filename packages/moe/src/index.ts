@@ -1,3 +1,10 @@
 // Public surface of the pure MoE library.
-export * from "./policy/index.js";
+
+export * from "./checkpoint.js";
+export * from "./gating.js";
+export * from "./generate.js";
 export * from "./placement/index.js";
+export * from "./policy/index.js";
+export * from "./reference.js";
+export * from "./safetensors.js";
+export * from "./spec.js";

@@ -1,0 +1,217 @@
+// Seeded random checkpoint generator: config.json + safetensors (optionally sharded with
+// model.safetensors.index.json) in the Hugging Face layout of any supported family, at any size.
+//
+// Values are uniform with the std of a fan-in init (1/sqrt(fan_in)), so with O(1) hidden states the gate/up
+// projections, the SwiGLU activation and the expert outputs all stay O(1), and router logits are O(1) (routing is
+// neither uniform nor one-hot). Every tensor has its own PRNG stream seeded from (seed, key name): the same seed
+// gives the same tensors whatever the sharding, and a test can regenerate any one tensor without the others.
+
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { f32ToBf16, f32ToF16 } from "@switchyard/protocol";
+import { INDEX_FILE, SAFETENSORS_DTYPE, SINGLE_FILE } from "./checkpoint.js";
+import { dtypeBytes, type TensorToWrite, writeSafetensors } from "./safetensors.js";
+import {
+  correctionBiasKey,
+  defaultSpec,
+  expertKeys,
+  gateKey,
+  hfConfigFor,
+  type ModelFamily,
+  type ModelSpec,
+  moeLayers,
+  sharedExpertGateKey,
+  sharedExpertKeys,
+  type WeightDType,
+} from "./spec.js";
+
+export interface GenerateOptions extends Partial<Omit<ModelSpec, "family">> {
+  family: ModelFamily;
+  dir: string;
+  seed?: number;
+  /** Number of safetensors files; > 1 writes model-0000i-of-0000n.safetensors + model.safetensors.index.json. */
+  shards?: number;
+  /** Half-width of the uniform DeepSeek-V3 e_score_correction_bias (default 0.05). */
+  biasScale?: number;
+}
+
+export interface GeneratedCheckpoint {
+  dir: string;
+  spec: ModelSpec;
+  files: string[];
+  /** Bytes of tensor data written. */
+  totalBytes: number;
+}
+
+/** 32-bit FNV-1a of a string. */
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+function splitmix32(state: number): () => number {
+  let s = state >>> 0;
+  return () => {
+    s = (s + 0x9e3779b9) >>> 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+}
+
+/**
+ * `n` uniform values in [-a, a) from the stream for (seed, name), written as f32 into `out`.
+ * xorshift128: fast, and plenty for weights (not for cryptography).
+ */
+export function uniformTensor(
+  seed: number,
+  name: string,
+  n: number,
+  a: number,
+  out: Float32Array = new Float32Array(n),
+): Float32Array {
+  const init = splitmix32(fnv1a(name) ^ Math.imul(seed >>> 0, 0x9e3779b1));
+  let x = init() | 1;
+  let y = init();
+  let z = init();
+  let w = init();
+  const scale = (2 * a) / 4294967296;
+  for (let i = 0; i < n; i++) {
+    const t = x ^ (x << 11);
+    x = y;
+    y = z;
+    z = w;
+    w = (w ^ (w >>> 19) ^ (t ^ (t >>> 8))) >>> 0;
+    out[i] = w * scale - a;
+  }
+  return out;
+}
+
+/** Uniform half-width for a given std (uniform on [-a, a) has std a/sqrt(3)). */
+function halfWidthForStd(std: number): number {
+  return std * Math.sqrt(3);
+}
+
+function encode(values: Float32Array, dtype: WeightDType): Uint8Array {
+  if (dtype === "float32") return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  const h = dtype === "bfloat16" ? f32ToBf16(values) : f32ToF16(values);
+  return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
+}
+
+interface PlannedTensor {
+  name: string;
+  shape: number[];
+  /** std of the values, or a fixed half-width for the bias */
+  halfWidth: number;
+  dtype: WeightDType;
+}
+
+/** The tensors of a checkpoint, in file order (layer by layer). */
+export function plannedTensors(spec: ModelSpec, biasScale = 0.05): PlannedTensor[] {
+  const d = spec.hiddenSize;
+  const f = spec.intermediateSize;
+  const out: PlannedTensor[] = [];
+  const mat = (name: string, rows: number, cols: number) =>
+    out.push({ name, shape: [rows, cols], halfWidth: halfWidthForStd(1 / Math.sqrt(cols)), dtype: spec.dtype });
+  for (const l of moeLayers(spec)) {
+    mat(gateKey(spec, l), spec.experts, d);
+    const bias = correctionBiasKey(spec, l);
+    // HF DeepSeek-V3 checkpoints keep e_score_correction_bias in fp32.
+    if (bias) out.push({ name: bias, shape: [spec.experts], halfWidth: biasScale, dtype: "float32" });
+    for (let e = 0; e < spec.experts; e++) {
+      const k = expertKeys(spec, l, e);
+      mat(k.gate, f, d);
+      mat(k.up, f, d);
+      mat(k.down, d, f);
+    }
+    const sk = sharedExpertKeys(spec, l);
+    if (sk) {
+      const fs = spec.sharedIntermediateSize;
+      mat(sk.gate, fs, d);
+      mat(sk.up, fs, d);
+      mat(sk.down, d, fs);
+    }
+    const sg = sharedExpertGateKey(spec, l);
+    if (sg) mat(sg, 1, d);
+  }
+  return out;
+}
+
+/** Regenerate one tensor's fp32 values exactly as the generator wrote them (before rounding to the dtype). */
+export function generatedValues(spec: ModelSpec, seed: number, name: string, biasScale = 0.05): Float32Array {
+  const t = plannedTensors(spec, biasScale).find((p) => p.name === name);
+  if (!t) throw new Error(`generatedValues: ${name} is not a tensor of this spec`);
+  return uniformTensor(
+    seed,
+    name,
+    t.shape.reduce((a, b) => a * b, 1),
+    t.halfWidth,
+  );
+}
+
+function shardName(i: number, n: number): string {
+  const p = (x: number) => String(x).padStart(5, "0");
+  return `model-${p(i + 1)}-of-${p(n)}.safetensors`;
+}
+
+/** Write a random checkpoint. Sizes default to defaultSpec(family). */
+export async function generateCheckpoint(opts: GenerateOptions): Promise<GeneratedCheckpoint> {
+  const { family, dir, seed = 0, shards = 1, biasScale = 0.05, ...overrides } = opts;
+  const spec = defaultSpec(family, overrides);
+  if (!Number.isInteger(shards) || shards < 1) throw new Error(`shards: must be a positive integer, got ${shards}`);
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, "config.json"), `${JSON.stringify(hfConfigFor(spec), null, 2)}\n`);
+
+  const planned = plannedTensors(spec, biasScale);
+  const bytesOf = (t: PlannedTensor) => t.shape.reduce((a, b) => a * b, 1) * dtypeBytes(SAFETENSORS_DTYPE[t.dtype]);
+  const total = planned.reduce((a, t) => a + bytesOf(t), 0);
+  const nShards = Math.min(shards, planned.length);
+  // Contiguous split into shards of roughly equal bytes.
+  const groups: PlannedTensor[][] = [];
+  let cur: PlannedTensor[] = [];
+  let acc = 0;
+  for (const t of planned) {
+    cur.push(t);
+    acc += bytesOf(t);
+    const remainingShards = nShards - groups.length - 1;
+    if (remainingShards > 0 && acc >= (total * (groups.length + 1)) / nShards) {
+      groups.push(cur);
+      cur = [];
+    }
+  }
+  if (cur.length > 0 || groups.length === 0) groups.push(cur);
+
+  let scratch = new Float32Array(0);
+  const files: string[] = [];
+  const weightMap: Record<string, string> = {};
+  for (let i = 0; i < groups.length; i++) {
+    const name = groups.length === 1 && shards === 1 ? SINGLE_FILE : shardName(i, groups.length);
+    files.push(name);
+    const toWrite: TensorToWrite[] = groups[i].map((t) => ({
+      name: t.name,
+      dtype: SAFETENSORS_DTYPE[t.dtype],
+      shape: t.shape,
+      data: () => {
+        const n = t.shape.reduce((a, b) => a * b, 1);
+        if (scratch.length < n) scratch = new Float32Array(n);
+        const v = uniformTensor(seed, t.name, n, t.halfWidth, scratch.subarray(0, n));
+        // fp32 data aliases the scratch buffer, which is fine: it is written before the next tensor is made.
+        return encode(v, t.dtype);
+      },
+    }));
+    for (const t of groups[i]) weightMap[t.name] = name;
+    await writeSafetensors(join(dir, name), toWrite, { format: "pt" });
+  }
+  if (files.length > 1 || shards > 1) {
+    await writeFile(
+      join(dir, INDEX_FILE),
+      `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`,
+    );
+  }
+  return { dir, spec, files, totalBytes: total };
+}

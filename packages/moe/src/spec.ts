@@ -1,0 +1,478 @@
+// Model specs: the MoE-relevant shape of a model, parsed from / written to a Hugging Face config.json, and the
+// Hugging Face checkpoint key names of each family (as in transformers' modeling_{mixtral,qwen2_moe,qwen3_moe,
+// deepseek_v3}.py and the checkpoints published for them). Pure: no I/O.
+
+import { invalidArgument } from "@switchyard/protocol";
+
+export type ModelFamily = "mixtral" | "qwen2-moe" | "qwen3-moe" | "deepseek-v3" | "custom";
+export const MODEL_FAMILIES: readonly ModelFamily[] = ["mixtral", "qwen2-moe", "qwen3-moe", "deepseek-v3", "custom"];
+
+export type WeightDType = "bfloat16" | "float16" | "float32";
+export const WEIGHT_DTYPES: readonly WeightDType[] = ["bfloat16", "float16", "float32"];
+
+export type GateScoring = "softmax" | "sigmoid";
+
+export interface ModelSpec {
+  family: ModelFamily;
+  /** num_hidden_layers (dense layers included). */
+  layers: number;
+  /** Routed experts per MoE layer. */
+  experts: number;
+  hiddenSize: number;
+  /** Intermediate size of one routed expert (moe_intermediate_size for Qwen/DeepSeek). */
+  intermediateSize: number;
+  topK: number;
+  /** Renormalise the top-k weights to sum to 1 (Mixtral always; Qwen/DeepSeek per norm_topk_prob). */
+  normTopKProb: boolean;
+  scoring: GateScoring;
+  /** Expert groups for group-limited routing (DeepSeek-V3 n_group); 1 = no grouping. */
+  nGroup: number;
+  /** Groups kept per token (topk_group). */
+  topkGroup: number;
+  /** Multiplies the routed weights (DeepSeek-V3 routed_scaling_factor; 1 elsewhere). */
+  routedScalingFactor: number;
+  /** Shared experts per MoE layer (0 = none); they run as one MLP of sharedIntermediateSize. */
+  sharedExperts: number;
+  /** Intermediate size of the whole shared-expert MLP (DeepSeek: moe_intermediate_size × n_shared_experts). */
+  sharedIntermediateSize: number;
+  /** Qwen2-MoE: shared expert output is scaled by sigmoid(x · shared_expert_gate). */
+  sharedExpertGate: boolean;
+  /** dtype the checkpoint stores weights in. */
+  dtype: WeightDType;
+  /** DeepSeek first_k_dense_replace: layers [0, k) hold a dense MLP, no experts. */
+  firstDenseLayers: number;
+  /** Further dense layers (Qwen mlp_only_layers / decoder_sparse_step), sorted. */
+  denseLayers?: number[];
+}
+
+export function isMoeLayer(spec: ModelSpec, layer: number): boolean {
+  return (
+    Number.isInteger(layer) &&
+    layer >= spec.firstDenseLayers &&
+    layer < spec.layers &&
+    !(spec.denseLayers?.includes(layer) ?? false)
+  );
+}
+
+/** Indices of the layers that have experts. */
+export function moeLayers(spec: ModelSpec): number[] {
+  const out: number[] = [];
+  for (let l = 0; l < spec.layers; l++) if (isMoeLayer(spec, l)) out.push(l);
+  return out;
+}
+
+/** Family defaults; `overrides` win. Sizes default to a small model that is quick to generate. */
+export function defaultSpec(family: ModelFamily, overrides: Partial<ModelSpec> = {}): ModelSpec {
+  const base: ModelSpec = {
+    family,
+    layers: 2,
+    experts: 8,
+    hiddenSize: 1024,
+    intermediateSize: 3584,
+    topK: 2,
+    normTopKProb: true,
+    scoring: "softmax",
+    nGroup: 1,
+    topkGroup: 1,
+    routedScalingFactor: 1,
+    sharedExperts: 0,
+    sharedIntermediateSize: 0,
+    sharedExpertGate: false,
+    dtype: "bfloat16",
+    firstDenseLayers: 0,
+  };
+  switch (family) {
+    case "mixtral":
+    case "custom":
+      break;
+    case "qwen2-moe":
+      Object.assign(base, { normTopKProb: false, sharedExperts: 1, sharedExpertGate: true, topK: 4 });
+      break;
+    case "qwen3-moe":
+      Object.assign(base, { normTopKProb: true, topK: 4 });
+      break;
+    case "deepseek-v3":
+      Object.assign(base, {
+        experts: 16,
+        topK: 4,
+        scoring: "sigmoid",
+        nGroup: 4,
+        topkGroup: 2,
+        routedScalingFactor: 2.5,
+        sharedExperts: 1,
+        normTopKProb: true,
+      });
+      break;
+    default:
+      throw invalidArgument("family", `unknown model family ${String(family)}`);
+  }
+  const spec = { ...base, ...overrides, family };
+  if (spec.sharedExperts > 0 && spec.sharedIntermediateSize === 0 && overrides.sharedIntermediateSize === undefined) {
+    spec.sharedIntermediateSize =
+      family === "deepseek-v3" ? spec.intermediateSize * spec.sharedExperts : spec.intermediateSize;
+  }
+  return validateSpec(spec);
+}
+
+function posInt(v: unknown, field: string): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0)
+    throw invalidArgument(field, `must be a positive integer, got ${JSON.stringify(v)}`);
+  return v;
+}
+function nonNegInt(v: unknown, field: string): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 0)
+    throw invalidArgument(field, `must be a non-negative integer, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** Check internal consistency; returns the spec. Errors name the field ("spec.topK"). */
+export function validateSpec(spec: ModelSpec, prefix = "spec"): ModelSpec {
+  const f = (k: string) => `${prefix}.${k}`;
+  if (!MODEL_FAMILIES.includes(spec.family))
+    throw invalidArgument(f("family"), `unknown model family ${JSON.stringify(spec.family)}`);
+  posInt(spec.layers, f("layers"));
+  posInt(spec.experts, f("experts"));
+  posInt(spec.hiddenSize, f("hiddenSize"));
+  posInt(spec.intermediateSize, f("intermediateSize"));
+  posInt(spec.topK, f("topK"));
+  if (spec.topK > spec.experts) throw invalidArgument(f("topK"), `${spec.topK} exceeds experts (${spec.experts})`);
+  if (spec.scoring !== "softmax" && spec.scoring !== "sigmoid")
+    throw invalidArgument(f("scoring"), `must be softmax or sigmoid, got ${JSON.stringify(spec.scoring)}`);
+  posInt(spec.nGroup, f("nGroup"));
+  posInt(spec.topkGroup, f("topkGroup"));
+  if (spec.experts % spec.nGroup !== 0)
+    throw invalidArgument(f("nGroup"), `${spec.nGroup} does not divide experts (${spec.experts})`);
+  if (spec.topkGroup > spec.nGroup)
+    throw invalidArgument(f("topkGroup"), `${spec.topkGroup} exceeds nGroup (${spec.nGroup})`);
+  if (spec.nGroup > 1) {
+    const perGroup = spec.experts / spec.nGroup;
+    // transformers scores a group by the sum of its top-2 experts.
+    if (perGroup < 2) throw invalidArgument(f("nGroup"), `groups need at least 2 experts each, got ${perGroup}`);
+    if (spec.topK > spec.topkGroup * perGroup)
+      throw invalidArgument(
+        f("topK"),
+        `${spec.topK} exceeds the experts in topkGroup groups (${spec.topkGroup * perGroup})`,
+      );
+  }
+  if (
+    typeof spec.routedScalingFactor !== "number" ||
+    !Number.isFinite(spec.routedScalingFactor) ||
+    spec.routedScalingFactor <= 0
+  )
+    throw invalidArgument(
+      f("routedScalingFactor"),
+      `must be a positive number, got ${JSON.stringify(spec.routedScalingFactor)}`,
+    );
+  nonNegInt(spec.sharedExperts, f("sharedExperts"));
+  nonNegInt(spec.sharedIntermediateSize, f("sharedIntermediateSize"));
+  if (spec.sharedExperts > 0 && spec.sharedIntermediateSize === 0)
+    throw invalidArgument(f("sharedIntermediateSize"), "must be positive when sharedExperts > 0");
+  if (spec.sharedExpertGate && spec.sharedExperts === 0)
+    throw invalidArgument(f("sharedExpertGate"), "needs sharedExperts > 0");
+  if (!WEIGHT_DTYPES.includes(spec.dtype))
+    throw invalidArgument(f("dtype"), `must be bfloat16, float16 or float32, got ${JSON.stringify(spec.dtype)}`);
+  nonNegInt(spec.firstDenseLayers, f("firstDenseLayers"));
+  if (spec.firstDenseLayers >= spec.layers)
+    throw invalidArgument(f("firstDenseLayers"), `${spec.firstDenseLayers} leaves no MoE layer of ${spec.layers}`);
+  if (spec.denseLayers) {
+    for (const [i, l] of spec.denseLayers.entries()) {
+      if (!Number.isInteger(l) || l < 0 || l >= spec.layers)
+        throw invalidArgument(f(`denseLayers[${i}]`), `must be a layer index in [0, ${spec.layers}), got ${l}`);
+    }
+  }
+  return spec;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hugging Face config.json
+
+type HfConfig = Record<string, unknown>;
+
+const MODEL_TYPE: Record<ModelFamily, string> = {
+  mixtral: "mixtral",
+  "qwen2-moe": "qwen2_moe",
+  "qwen3-moe": "qwen3_moe",
+  "deepseek-v3": "deepseek_v3",
+  custom: "switchyard_moe",
+};
+const ARCHITECTURE: Record<ModelFamily, string> = {
+  mixtral: "MixtralForCausalLM",
+  "qwen2-moe": "Qwen2MoeForCausalLM",
+  "qwen3-moe": "Qwen3MoeForCausalLM",
+  "deepseek-v3": "DeepseekV3ForCausalLM",
+  custom: "SwitchyardMoeForCausalLM",
+};
+
+export function familyOfModelType(modelType: string): ModelFamily | undefined {
+  for (const fam of MODEL_FAMILIES) if (MODEL_TYPE[fam] === modelType) return fam;
+  return undefined;
+}
+
+/**
+ * Parse a Hugging Face config.json object. `source` names it in errors ("/ckpt/config.json").
+ * Reads exactly the fields transformers' MoE blocks use for each family.
+ */
+export function specFromHfConfig(config: unknown, source = "config.json"): ModelSpec {
+  if (typeof config !== "object" || config === null || Array.isArray(config))
+    throw invalidArgument(source, "must be a JSON object");
+  const c = config as HfConfig;
+  const fld = (k: string) => `${source}: ${k}`;
+  const get = (k: string) => c[k];
+  const req = (k: string) => posInt(get(k), fld(k));
+  const opt = <T>(k: string, dflt: T): T => (get(k) === undefined || get(k) === null ? dflt : (get(k) as T));
+  const bool = (k: string, dflt: boolean): boolean => {
+    const v = opt<unknown>(k, dflt);
+    if (typeof v !== "boolean") throw invalidArgument(fld(k), `must be a boolean, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const modelType = get("model_type");
+  if (typeof modelType !== "string")
+    throw invalidArgument(fld("model_type"), "required (mixtral, qwen2_moe, qwen3_moe, deepseek_v3 or switchyard_moe)");
+  const family = familyOfModelType(modelType);
+  if (!family)
+    throw invalidArgument(
+      fld("model_type"),
+      `unsupported model type ${JSON.stringify(modelType)} (mixtral, qwen2_moe, qwen3_moe, deepseek_v3 or switchyard_moe)`,
+    );
+  const dtypeRaw = opt<unknown>("torch_dtype", opt<unknown>("dtype", "float32"));
+  if (typeof dtypeRaw !== "string" || !WEIGHT_DTYPES.includes(dtypeRaw as WeightDType))
+    throw invalidArgument(fld("torch_dtype"), `must be bfloat16, float16 or float32, got ${JSON.stringify(dtypeRaw)}`);
+  const dtype = dtypeRaw as WeightDType;
+  const act = opt<unknown>("hidden_act", "silu");
+  if (act !== "silu" && act !== "swish")
+    throw invalidArgument(fld("hidden_act"), `only silu (SwiGLU experts) is supported, got ${JSON.stringify(act)}`);
+  const layers = req("num_hidden_layers");
+  const hiddenSize = req("hidden_size");
+  const base = {
+    family,
+    layers,
+    hiddenSize,
+    dtype,
+    scoring: "softmax" as GateScoring,
+    nGroup: 1,
+    topkGroup: 1,
+    routedScalingFactor: 1,
+    sharedExperts: 0,
+    sharedIntermediateSize: 0,
+    sharedExpertGate: false,
+    firstDenseLayers: 0,
+  };
+  let spec: ModelSpec;
+  switch (family) {
+    case "mixtral":
+      spec = {
+        ...base,
+        experts: req("num_local_experts"),
+        intermediateSize: req("intermediate_size"),
+        topK: req("num_experts_per_tok"),
+        normTopKProb: true, // MixtralSparseMoeBlock always renormalises the top-k
+      };
+      break;
+    case "qwen2-moe":
+    case "qwen3-moe": {
+      const shared =
+        family === "qwen2-moe"
+          ? nonNegInt(opt("shared_expert_intermediate_size", 0), fld("shared_expert_intermediate_size"))
+          : 0;
+      spec = {
+        ...base,
+        experts: req("num_experts"),
+        intermediateSize: req("moe_intermediate_size"),
+        topK: req("num_experts_per_tok"),
+        normTopKProb: bool("norm_topk_prob", false),
+        sharedExperts: shared > 0 ? 1 : 0,
+        sharedIntermediateSize: shared,
+        sharedExpertGate: shared > 0,
+      };
+      const dense = qwenDenseLayers(c, layers, fld);
+      if (dense.length > 0) spec.denseLayers = dense;
+      break;
+    }
+    case "deepseek-v3": {
+      const scoring = opt<unknown>("scoring_func", "sigmoid");
+      if (scoring !== "sigmoid")
+        throw invalidArgument(fld("scoring_func"), `DeepseekV3 routes with sigmoid, got ${JSON.stringify(scoring)}`);
+      const moeInter = req("moe_intermediate_size");
+      const nShared = nonNegInt(opt("n_shared_experts", 1), fld("n_shared_experts"));
+      spec = {
+        ...base,
+        experts: req("n_routed_experts"),
+        intermediateSize: moeInter,
+        topK: req("num_experts_per_tok"),
+        normTopKProb: bool("norm_topk_prob", true),
+        scoring: "sigmoid",
+        nGroup: posInt(opt("n_group", 1), fld("n_group")),
+        topkGroup: posInt(opt("topk_group", 1), fld("topk_group")),
+        routedScalingFactor: opt<number>("routed_scaling_factor", 1),
+        sharedExperts: nShared,
+        sharedIntermediateSize: moeInter * nShared,
+        firstDenseLayers: nonNegInt(opt("first_k_dense_replace", 0), fld("first_k_dense_replace")),
+      };
+      break;
+    }
+    case "custom": {
+      const scoring = opt<unknown>("scoring_func", "softmax");
+      const shared = nonNegInt(opt("shared_expert_intermediate_size", 0), fld("shared_expert_intermediate_size"));
+      spec = {
+        ...base,
+        experts: req("num_experts"),
+        intermediateSize: req("moe_intermediate_size"),
+        topK: req("num_experts_per_tok"),
+        normTopKProb: bool("norm_topk_prob", true),
+        scoring: scoring as GateScoring,
+        nGroup: posInt(opt("n_group", 1), fld("n_group")),
+        topkGroup: posInt(opt("topk_group", 1), fld("topk_group")),
+        routedScalingFactor: opt<number>("routed_scaling_factor", 1),
+        sharedExperts: nonNegInt(opt("n_shared_experts", shared > 0 ? 1 : 0), fld("n_shared_experts")),
+        sharedIntermediateSize: shared,
+        sharedExpertGate: bool("shared_expert_gate", false),
+        firstDenseLayers: nonNegInt(opt("first_k_dense_replace", 0), fld("first_k_dense_replace")),
+      };
+      break;
+    }
+  }
+  return validateSpec(spec, source);
+}
+
+// Qwen2/3-MoE: layer l is sparse iff l not in mlp_only_layers and (l + 1) % decoder_sparse_step == 0.
+function qwenDenseLayers(c: HfConfig, layers: number, fld: (k: string) => string): number[] {
+  const step = c["decoder_sparse_step"] ?? 1;
+  posInt(step, fld("decoder_sparse_step"));
+  const only = c["mlp_only_layers"] ?? [];
+  if (!Array.isArray(only)) throw invalidArgument(fld("mlp_only_layers"), "must be an array of layer indices");
+  const dense: number[] = [];
+  for (let l = 0; l < layers; l++) {
+    if (only.includes(l) || (l + 1) % (step as number) !== 0) dense.push(l);
+  }
+  return dense;
+}
+
+/**
+ * A config.json for `spec` that transformers 5.x loads for the family (MoE fields exact; attention fields are
+ * plausible small values so AutoConfig accepts it).
+ */
+export function hfConfigFor(spec: ModelSpec): Record<string, unknown> {
+  validateSpec(spec);
+  const common: Record<string, unknown> = {
+    architectures: [ARCHITECTURE[spec.family]],
+    model_type: MODEL_TYPE[spec.family],
+    hidden_size: spec.hiddenSize,
+    num_hidden_layers: spec.layers,
+    num_attention_heads: Math.max(1, Math.floor(spec.hiddenSize / 128)),
+    num_key_value_heads: Math.max(1, Math.floor(spec.hiddenSize / 512)),
+    hidden_act: "silu",
+    rms_norm_eps: 1e-6,
+    vocab_size: 32000,
+    max_position_embeddings: 4096,
+    rope_theta: 1000000,
+    tie_word_embeddings: false,
+    torch_dtype: spec.dtype,
+  };
+  switch (spec.family) {
+    case "mixtral":
+      return {
+        ...common,
+        intermediate_size: spec.intermediateSize,
+        num_local_experts: spec.experts,
+        num_experts_per_tok: spec.topK,
+        router_jitter_noise: 0,
+        output_router_logits: false,
+      };
+    case "qwen2-moe":
+    case "qwen3-moe": {
+      const out: Record<string, unknown> = {
+        ...common,
+        intermediate_size: spec.intermediateSize * 4,
+        moe_intermediate_size: spec.intermediateSize,
+        num_experts: spec.experts,
+        num_experts_per_tok: spec.topK,
+        norm_topk_prob: spec.normTopKProb,
+        decoder_sparse_step: 1,
+        mlp_only_layers: spec.denseLayers ?? [],
+        output_router_logits: false,
+      };
+      if (spec.family === "qwen2-moe") out["shared_expert_intermediate_size"] = spec.sharedIntermediateSize;
+      else out["head_dim"] = 128;
+      return out;
+    }
+    case "deepseek-v3":
+      return {
+        ...common,
+        intermediate_size: spec.intermediateSize * 4,
+        moe_intermediate_size: spec.intermediateSize,
+        n_routed_experts: spec.experts,
+        n_shared_experts: spec.sharedExperts,
+        num_experts_per_tok: spec.topK,
+        n_group: spec.nGroup,
+        topk_group: spec.topkGroup,
+        routed_scaling_factor: spec.routedScalingFactor,
+        norm_topk_prob: spec.normTopKProb,
+        first_k_dense_replace: spec.firstDenseLayers,
+        scoring_func: "sigmoid",
+        topk_method: "noaux_tc",
+        kv_lora_rank: 512,
+        q_lora_rank: 1536,
+        qk_rope_head_dim: 64,
+        qk_nope_head_dim: 128,
+        v_head_dim: 128,
+      };
+    case "custom":
+      return {
+        ...common,
+        moe_intermediate_size: spec.intermediateSize,
+        num_experts: spec.experts,
+        num_experts_per_tok: spec.topK,
+        norm_topk_prob: spec.normTopKProb,
+        scoring_func: spec.scoring,
+        n_group: spec.nGroup,
+        topk_group: spec.topkGroup,
+        routed_scaling_factor: spec.routedScalingFactor,
+        n_shared_experts: spec.sharedExperts,
+        shared_expert_intermediate_size: spec.sharedIntermediateSize,
+        shared_expert_gate: spec.sharedExpertGate,
+        first_k_dense_replace: spec.firstDenseLayers,
+      };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Checkpoint key names
+
+/** The three projections of a SwiGLU expert: y = down(silu(gate(x)) * up(x)). HF Linear weights are [out, in]. */
+export interface ExpertKeys {
+  gate: string;
+  up: string;
+  down: string;
+}
+
+function moePrefix(spec: ModelSpec, layer: number): string {
+  return spec.family === "mixtral" ? `model.layers.${layer}.block_sparse_moe` : `model.layers.${layer}.mlp`;
+}
+
+export function expertKeys(spec: ModelSpec, layer: number, expert: number): ExpertKeys {
+  const p = `${moePrefix(spec, layer)}.experts.${expert}`;
+  if (spec.family === "mixtral") return { gate: `${p}.w1.weight`, up: `${p}.w3.weight`, down: `${p}.w2.weight` };
+  return { gate: `${p}.gate_proj.weight`, up: `${p}.up_proj.weight`, down: `${p}.down_proj.weight` };
+}
+
+/** Router weight [experts, hidden]. */
+export function gateKey(spec: ModelSpec, layer: number): string {
+  return `${moePrefix(spec, layer)}.gate.weight`;
+}
+
+/** Shared expert MLP keys (Qwen2-MoE `shared_expert`, DeepSeek-V3 `shared_experts`), or undefined when none. */
+export function sharedExpertKeys(spec: ModelSpec, layer: number): ExpertKeys | undefined {
+  if (spec.sharedExperts === 0) return undefined;
+  const p = `${moePrefix(spec, layer)}.${spec.family === "deepseek-v3" ? "shared_experts" : "shared_expert"}`;
+  return { gate: `${p}.gate_proj.weight`, up: `${p}.up_proj.weight`, down: `${p}.down_proj.weight` };
+}
+
+/** Qwen2-MoE shared expert gate [1, hidden], or undefined when the family has none. */
+export function sharedExpertGateKey(spec: ModelSpec, layer: number): string | undefined {
+  return spec.sharedExpertGate ? `${moePrefix(spec, layer)}.shared_expert_gate.weight` : undefined;
+}
+
+/** DeepSeek-V3 e_score_correction_bias [experts] (selection only), or undefined for softmax families. */
+export function correctionBiasKey(spec: ModelSpec, layer: number): string | undefined {
+  return spec.scoring === "sigmoid" ? `${moePrefix(spec, layer)}.gate.e_score_correction_bias` : undefined;
+}
