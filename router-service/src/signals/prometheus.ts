@@ -18,7 +18,7 @@ export function parseInstantQuery(body: unknown): PromSample[] {
     errorType?: string;
     data?: { resultType?: string; result?: unknown };
   };
-  if (!b || b.status !== "success") {
+  if (b?.status !== "success") {
     throw new Error(`prometheus: ${b?.errorType ?? "error"}: ${b?.error ?? JSON.stringify(body).slice(0, 200)}`);
   }
   const data = b.data;
