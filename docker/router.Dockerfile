@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1.7
+# Switchyard router image. Build from the repository root:
+#   docker build -f docker/router.Dockerfile -t ghcr.io/switchyard-dev/switchyard-router:0.1.0 .
+# Runs `node router-service/dist/main.js` (flags come from the chart: --config, --port, --metrics-port).
+
+FROM node:20-bookworm AS build
+WORKDIR /src
+COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
+COPY packages/protocol/package.json packages/protocol/
+COPY packages/moe/package.json packages/moe/
+COPY expert-worker/package.json expert-worker/
+COPY router-service/package.json router-service/
+COPY operator/package.json operator/
+COPY test/package.json test/
+RUN npm ci --no-audit --no-fund --ignore-scripts
+COPY packages/ packages/
+COPY expert-worker/ expert-worker/
+COPY router-service/ router-service/
+# The router imports the worker package's TypeScript (types, local mode) but never its native addon.
+RUN npx tsc -b router-service \
+ && npm ci --no-audit --no-fund --ignore-scripts --omit=dev
+
+FROM node:20-bookworm-slim
+LABEL org.opencontainers.image.title="switchyard-router" \
+      org.opencontainers.image.description="Switchyard router: gating, expert-aware batching, dispatch and combine" \
+      org.opencontainers.image.source="https://github.com/switchyard-dev/switchyard" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /src/package.json ./
+COPY --from=build /src/node_modules/ node_modules/
+COPY --from=build /src/packages/protocol/package.json packages/protocol/
+COPY --from=build /src/packages/protocol/dist/ packages/protocol/dist/
+COPY --from=build /src/packages/moe/package.json packages/moe/
+COPY --from=build /src/packages/moe/dist/ packages/moe/dist/
+COPY --from=build /src/expert-worker/package.json expert-worker/
+COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
+COPY --from=build /src/router-service/package.json router-service/
+COPY --from=build /src/router-service/dist/ router-service/dist/
+USER 10001:10001
+EXPOSE 50051 9400
+ENTRYPOINT ["node", "router-service/dist/main.js"]

@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1.7
+# Switchyard expert worker, CUDA backend (grouped expert GEMM for Hopper, sm_90a). Build from the repository root:
+#   docker build -f docker/worker-cuda.Dockerfile -t ghcr.io/switchyard-dev/switchyard-worker:0.1.0-cuda .
+# Needs the NVIDIA container runtime on the node (the ExpertPool requests nvidia.com/gpu). Falls back to the
+# CPU backend with a log line when no GPU is visible (--backend auto).
+
+ARG CUDA_VERSION=12.8.1
+FROM node:20-bookworm-slim AS node
+
+FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ cmake make python3 libopenblas-dev ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+COPY --from=node /usr/local/lib/node_modules /usr/local/lib/node_modules
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+ && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx
+WORKDIR /src
+COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
+COPY packages/protocol/package.json packages/protocol/
+COPY packages/moe/package.json packages/moe/
+COPY expert-worker/package.json expert-worker/
+COPY router-service/package.json router-service/
+COPY operator/package.json operator/
+COPY test/package.json test/
+RUN npm ci --no-audit --no-fund --ignore-scripts
+COPY packages/ packages/
+COPY expert-worker/ expert-worker/
+# SWITCHYARD_CUDA=1 asks the native build for the CUDA backend; CUDA_ARCHS picks the target (H100/H200: 90a).
+ARG CUDA_ARCHS=90a
+ENV SWITCHYARD_CUDA=1 SWITCHYARD_CUDA_ARCHS=${CUDA_ARCHS}
+RUN npm run build --workspace @switchyard/expert-worker --if-present \
+ && npx tsc -b expert-worker \
+ && npm ci --no-audit --no-fund --ignore-scripts --omit=dev
+
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04
+LABEL org.opencontainers.image.title="switchyard-worker" \
+      org.opencontainers.image.description="Switchyard expert worker (CUDA backend)" \
+      org.opencontainers.image.source="https://github.com/switchyard-dev/switchyard" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libopenblas0-pthread \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+ENV NODE_ENV=production SWITCHYARD_BACKEND=auto
+WORKDIR /app
+COPY --from=build /src/package.json ./
+COPY --from=build /src/node_modules/ node_modules/
+COPY --from=build /src/packages/protocol/package.json packages/protocol/
+COPY --from=build /src/packages/protocol/dist/ packages/protocol/dist/
+COPY --from=build /src/packages/moe/package.json packages/moe/
+COPY --from=build /src/packages/moe/dist/ packages/moe/dist/
+COPY --from=build /src/expert-worker/package.json expert-worker/
+COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
+COPY --from=build /src/expert-worker/build/ expert-worker/build/
+USER 10001:10001
+EXPOSE 50061 9401
+ENTRYPOINT ["node", "expert-worker/dist/main.js"]

@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1.7
+# Switchyard expert worker, CPU backend (native C++ with OpenBLAS and threads). Build from the repository root:
+#   docker build -f docker/worker.Dockerfile -t ghcr.io/switchyard-dev/switchyard-worker:0.1.0 .
+# Runs `node expert-worker/dist/main.js` (flags from the operator: --checkpoint, --pool, --worker-id, ...).
+
+FROM node:20-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ cmake libopenblas-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
+COPY packages/protocol/package.json packages/protocol/
+COPY packages/moe/package.json packages/moe/
+COPY expert-worker/package.json expert-worker/
+COPY router-service/package.json router-service/
+COPY operator/package.json operator/
+COPY test/package.json test/
+RUN npm ci --no-audit --no-fund --ignore-scripts
+COPY packages/ packages/
+COPY expert-worker/ expert-worker/
+RUN npm run build --workspace @switchyard/expert-worker --if-present \
+ && npx tsc -b expert-worker \
+ && npm ci --no-audit --no-fund --ignore-scripts --omit=dev
+
+FROM node:20-bookworm-slim
+LABEL org.opencontainers.image.title="switchyard-worker" \
+      org.opencontainers.image.description="Switchyard expert worker (CPU backend)" \
+      org.opencontainers.image.source="https://github.com/switchyard-dev/switchyard" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libopenblas0-pthread \
+ && rm -rf /var/lib/apt/lists/*
+ENV NODE_ENV=production SWITCHYARD_BACKEND=cpu
+WORKDIR /app
+COPY --from=build /src/package.json ./
+COPY --from=build /src/node_modules/ node_modules/
+COPY --from=build /src/packages/protocol/package.json packages/protocol/
+COPY --from=build /src/packages/protocol/dist/ packages/protocol/dist/
+COPY --from=build /src/packages/moe/package.json packages/moe/
+COPY --from=build /src/packages/moe/dist/ packages/moe/dist/
+COPY --from=build /src/expert-worker/package.json expert-worker/
+COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
+COPY --from=build /src/expert-worker/build/ expert-worker/build/
+USER 10001:10001
+EXPOSE 50061 9401
+ENTRYPOINT ["node", "expert-worker/dist/main.js"]

@@ -1,0 +1,290 @@
+// The Helm chart rendered by the real helm binary: lint, golden files for the default and three other values files,
+// and the invariants every render must keep (hardened pods, least-privilege RBAC, labels, selectors that select).
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import {
+  CHART,
+  canonical,
+  exec,
+  findTool,
+  type K8sObject,
+  NAMESPACE,
+  parseDocs,
+  RELEASE,
+  REPO,
+  templateArgs,
+  VALUES_FILES,
+} from "./helm.js";
+
+const helm = findTool("helm", "SWITCHYARD_HELM");
+if (!helm)
+  console.warn("chart tests SKIPPED: no helm binary (run scripts/ci/build-test-assets.sh or set SWITCHYARD_HELM)");
+// biome-ignore lint/suspicious/noExplicitAny: rendered manifests are untyped YAML; the assertions check their shape.
+type Untyped = any;
+const GOLDEN = join(REPO, "test/src/chart/golden");
+const UPDATE = process.env.UPDATE_GOLDEN === "1";
+
+type Pod = {
+  metadata: { labels: Record<string, string> };
+  spec: {
+    securityContext: Record<string, unknown>;
+    containers: Array<{
+      name: string;
+      image: string;
+      args?: string[];
+      env?: Array<{ name: string }>;
+      ports?: Array<{ name: string; containerPort: number }>;
+      securityContext: Record<string, unknown> & { capabilities?: { drop?: string[] } };
+      resources?: { requests?: Record<string, string> };
+      livenessProbe?: unknown;
+      readinessProbe?: unknown;
+    }>;
+    serviceAccountName: string;
+    automountServiceAccountToken?: boolean;
+  };
+};
+
+const matches = (selector: Record<string, string>, labels: Record<string, string> = {}) =>
+  Object.entries(selector).every(([k, v]) => labels[k] === v);
+
+describe.skipIf(!helm)("helm chart charts/switchyard", () => {
+  const rendered = new Map<string, K8sObject[]>();
+
+  beforeAll(async () => {
+    // Render all values files concurrently: each helm run is a separate process and mostly waits on startup.
+    await Promise.all(
+      Object.entries(VALUES_FILES).map(async ([name, file]) => {
+        const r = await exec(helm!, templateArgs(file));
+        if (r.code !== 0) throw new Error(`helm template (${name}) failed: ${r.stderr}`);
+        rendered.set(name, parseDocs(r.stdout));
+      }),
+    );
+  });
+
+  it.each(Object.entries(VALUES_FILES))("helm lint --strict passes with %s values", async (_name, file) => {
+    const r = await exec(helm!, ["lint", "--strict", CHART, ...(file ? ["-f", file] : [])]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toContain("0 chart(s) failed");
+  });
+
+  it.each(Object.keys(VALUES_FILES))("helm template with %s values matches its golden file", (name) => {
+    const text = canonical(rendered.get(name)!);
+    const file = join(GOLDEN, `${name}.yaml`);
+    if (UPDATE) writeFileSync(file, text);
+    expect(text, `golden ${file} is stale: run UPDATE_GOLDEN=1 npx vitest run test/src/chart`).toBe(
+      readFileSync(file, "utf8"),
+    );
+  });
+
+  it("renders what the default install needs", () => {
+    const kinds = rendered.get("default")!.map((o) => `${o.kind}/${o.metadata.name}`);
+    for (const want of [
+      "Deployment/sy-switchyard-operator",
+      "Deployment/sy-switchyard-router",
+      "Service/sy-switchyard-router",
+      "Service/sy-switchyard-operator-metrics",
+      "ServiceAccount/sy-switchyard-operator",
+      "ServiceAccount/sy-switchyard-router",
+      "ClusterRole/sy-switchyard-operator",
+      "ClusterRoleBinding/sy-switchyard-operator",
+      "Role/sy-switchyard-operator-leader-election",
+      "PodDisruptionBudget/sy-switchyard-operator",
+      "PodDisruptionBudget/sy-switchyard-router",
+      "NetworkPolicy/sy-switchyard-router",
+      "NetworkPolicy/sy-switchyard-operator",
+      "NetworkPolicy/sy-switchyard-workers",
+      "ConfigMap/sy-switchyard-dashboard-switchyard-experts",
+    ]) {
+      expect(kinds).toContain(want);
+    }
+    // Monitoring objects need the Prometheus Operator CRDs: off by default so a bare cluster installs cleanly.
+    expect(kinds.filter((k) => /Monitor|PrometheusRule/.test(k))).toEqual([]);
+  });
+
+  it.each(Object.keys(VALUES_FILES))("every pod is hardened (%s values)", (name) => {
+    const deployments = rendered.get(name)!.filter((o) => o.kind === "Deployment");
+    expect(deployments.length).toBeGreaterThan(0);
+    for (const d of deployments) {
+      const pod = (d.spec as { template: Pod }).template;
+      const where = `${name}: ${d.metadata.name}`;
+      expect(pod.spec.securityContext, where).toMatchObject({
+        runAsNonRoot: true,
+        seccompProfile: { type: "RuntimeDefault" },
+      });
+      expect(pod.spec.securityContext.runAsUser, where).toBeGreaterThan(0);
+      for (const c of pod.spec.containers) {
+        expect(c.securityContext, `${where}/${c.name}`).toMatchObject({
+          allowPrivilegeEscalation: false,
+          readOnlyRootFilesystem: true,
+          runAsNonRoot: true,
+          seccompProfile: { type: "RuntimeDefault" },
+        });
+        expect(c.securityContext.capabilities?.drop, `${where}/${c.name}`).toEqual(["ALL"]);
+        expect(c.resources?.requests?.memory, `${where}/${c.name} memory request`).toBeTruthy();
+        expect(c.livenessProbe && c.readinessProbe, `${where}/${c.name} probes`).toBeTruthy();
+        expect(c.image, `${where}/${c.name} image`).toMatch(/^[^:@\s]+(:[\w.-]+|@sha256:[a-f0-9]{64})$/);
+      }
+    }
+  });
+
+  it.each(Object.keys(VALUES_FILES))("labels and selectors hold together (%s values)", (name) => {
+    const objs = rendered.get(name)!;
+    const pods = objs
+      .filter((o) => o.kind === "Deployment")
+      .map((d) => (d.spec as { template: Pod }).template.metadata.labels);
+    for (const o of objs) {
+      expect(o.metadata.labels?.["app.kubernetes.io/instance"], `${o.kind}/${o.metadata.name}`).toBe(RELEASE);
+      expect(o.metadata.labels?.["app.kubernetes.io/managed-by"], `${o.kind}/${o.metadata.name}`).toBe("Helm");
+      expect(o.metadata.labels?.["helm.sh/chart"], `${o.kind}/${o.metadata.name}`).toMatch(/^switchyard-\d/);
+      const spec = o.spec as Untyped;
+      // Every selector of a chart-owned workload selects exactly the pods it is meant for.
+      if (o.kind === "Deployment") expect(matches(spec.selector.matchLabels, spec.template.metadata.labels)).toBe(true);
+      if (o.kind === "Service" || o.kind === "PodDisruptionBudget") {
+        const sel = o.kind === "Service" ? spec.selector : spec.selector.matchLabels;
+        expect(
+          pods.filter((l) => matches(sel, l)),
+          `${o.kind}/${o.metadata.name}`,
+        ).toHaveLength(1);
+      }
+    }
+    // Deployment selectors must not use the mutable labels (version, chart), or upgrades would fail.
+    for (const d of objs.filter((o) => o.kind === "Deployment")) {
+      const keys = Object.keys((d.spec as Untyped).selector.matchLabels);
+      expect(keys.sort()).toEqual([
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/name",
+      ]);
+    }
+  });
+
+  it("runs the operator with leader election, a Lease-only Role and the contract's command line", () => {
+    const objs = rendered.get("default")!;
+    const op = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-operator"))!;
+    const c = (op.spec as { template: Pod }).template.spec.containers[0];
+    expect(c.args).toEqual(["--metrics-port=8080", "--health-port=8081", "--leader-elect"]);
+    expect(c.env?.map((e) => e.name)).toContain("POD_NAMESPACE");
+    expect(c.ports?.map((p) => p.name)).toEqual(["metrics", "health"]);
+    const lease = objs.find((o) => o.kind === "Role" && o.metadata.name.endsWith("leader-election")) as Untyped;
+    expect(lease.metadata.namespace).toBe(NAMESPACE);
+    expect(lease.rules).toEqual([
+      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["get", "create", "update"] },
+    ]);
+    const router = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"))!;
+    const rc = (router.spec as { template: Pod }).template.spec;
+    expect(rc.containers[0].args).toEqual([
+      "--config=/etc/switchyard/router/config.json",
+      "--port=50051",
+      "--metrics-port=9400",
+    ]);
+    expect(rc.automountServiceAccountToken).toBe(false);
+  });
+
+  it.each(Object.keys(VALUES_FILES))("RBAC is least privilege (%s values)", (name) => {
+    const roles = rendered.get(name)!.filter((o) => o.kind === "Role" || o.kind === "ClusterRole") as Untyped[];
+    expect(roles.length).toBeGreaterThan(0);
+    for (const role of roles) {
+      for (const rule of role.rules) {
+        const where = `${role.kind}/${role.metadata.name} ${JSON.stringify(rule)}`;
+        expect(rule.verbs, where).not.toContain("*");
+        expect(rule.resources, where).not.toContain("*");
+        expect(rule.apiGroups, where).not.toContain("*");
+        expect(rule.resources, where).not.toContain("secrets");
+        expect(rule.verbs, where).not.toContain("escalate");
+        expect(rule.verbs, where).not.toContain("impersonate");
+        if (
+          rule.resources.some(
+            (r: string) => r.startsWith("switchyard.dev") || ["expertpools", "routingpolicies"].includes(r),
+          )
+        )
+          expect(rule.verbs, where).not.toContain("delete");
+      }
+    }
+  });
+
+  it("watchNamespace turns the operator's ClusterRole into a Role in that namespace", () => {
+    const objs = rendered.get("namespaced")!;
+    expect(objs.filter((o) => o.kind.startsWith("Cluster"))).toEqual([]);
+    const role = objs.find((o) => o.kind === "Role" && o.metadata.name === "tenant-a-operator")!;
+    expect(role.metadata.namespace).toBe("tenant-a");
+    const op = objs.find((o) => o.kind === "Deployment" && o.metadata.name === "tenant-a-operator")!;
+    expect((op.spec as { template: Pod }).template.spec.containers[0].args).toContain("--namespace=tenant-a");
+    expect(objs.filter((o) => o.kind === "NetworkPolicy" || o.kind === "ConfigMap")).toEqual([]);
+    // One router replica: no PDB for it (it would block every drain).
+    expect(objs.filter((o) => o.kind === "PodDisruptionBudget").map((o) => o.metadata.name)).toEqual([
+      "tenant-a-operator",
+    ]);
+  });
+
+  it("monitoring objects carry kube-prometheus-stack's release label and select real ports", () => {
+    const objs = rendered.get("monitoring")!;
+    const mon = objs.filter((o) => ["ServiceMonitor", "PodMonitor", "PrometheusRule"].includes(o.kind));
+    expect(mon.map((o) => o.kind).sort()).toEqual(["PodMonitor", "PrometheusRule", "ServiceMonitor", "ServiceMonitor"]);
+    for (const o of mon) {
+      expect(o.metadata.labels?.release, `${o.kind}/${o.metadata.name}`).toBe("kube-prometheus-stack");
+      expect(o.metadata.labels?.team).toBe("ml-platform");
+      expect(o.metadata.namespace).toBe("monitoring");
+    }
+    const services = objs.filter((o) => o.kind === "Service") as Untyped[];
+    for (const sm of mon.filter((o) => o.kind === "ServiceMonitor") as Untyped[]) {
+      expect(sm.spec.namespaceSelector.matchNames).toEqual([NAMESPACE]);
+      const svc = services.filter((s) => matches(sm.spec.selector.matchLabels, s.metadata.labels));
+      expect(svc, sm.metadata.name).toHaveLength(1);
+      // ServiceMonitors refer to Service ports by name.
+      expect(svc[0].spec.ports.map((p: { name: string }) => p.name)).toContain(sm.spec.endpoints[0].port);
+    }
+    const rule = mon.find((o) => o.kind === "PrometheusRule") as Untyped;
+    const alerts = rule.spec.groups[0].rules.map((r: { alert: string }) => r.alert);
+    expect(alerts).not.toContain("SwitchyardCacheHitRatioLow"); // disabled in that values file
+    expect(alerts).toContain("SwitchyardRouterLoadSignalsStale"); // extraRules
+    const latency = rule.spec.groups[0].rules.find((r: { alert: string }) => r.alert === "SwitchyardRouterLatencyHigh");
+    expect(latency.expr).toContain("histogram_quantile(0.95,");
+    expect(latency.annotations.summary).toContain("Router p95 latency");
+  });
+
+  it.each(["default", "production"])("dashboards ship as ConfigMaps for the Grafana sidecar (%s values)", (name) => {
+    const files = readdirSync(join(CHART, "dashboards")).filter((f) => f.endsWith(".json"));
+    const cms = rendered.get(name)!.filter((o) => o.kind === "ConfigMap" && o.metadata.labels?.grafana_dashboard);
+    expect(cms).toHaveLength(files.length);
+    for (const cm of cms as Untyped[]) {
+      expect(cm.metadata.labels.grafana_dashboard).toBe("1");
+      expect(cm.metadata.annotations.grafana_folder).toBe("Switchyard");
+      const [[file, json]] = Object.entries(cm.data as Record<string, string>);
+      // Byte-for-byte the file in the repo: Grafana's own {{legend}} and ${variables} are not templated by helm.
+      expect(json).toBe(readFileSync(join(CHART, "dashboards", file), "utf8"));
+      expect(json.length).toBeLessThan(1024 * 1024);
+    }
+  });
+
+  it("image references in the default values point at the repository's Dockerfiles", () => {
+    const values = parse(readFileSync(join(CHART, "values.yaml"), "utf8"));
+    const titles = readdirSync(join(REPO, "docker"))
+      .filter((f) => f.endsWith(".Dockerfile"))
+      .map(
+        (f) => /org\.opencontainers\.image\.title="([^"]+)"/.exec(readFileSync(join(REPO, "docker", f), "utf8"))?.[1],
+      );
+    for (const repo of [
+      values.operator.image.repository,
+      values.router.image.repository,
+      values.workers.image.repository,
+    ]) {
+      expect(titles, repo).toContain(repo.split("/").pop());
+    }
+  });
+
+  it("helm install --dry-run renders NOTES.txt with the next steps and the release-label warning", async () => {
+    const plain = await exec(helm!, ["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"]);
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stdout).toContain("kubectl apply -f expertpool.yaml");
+    expect(plain.stdout).toContain("leader election on");
+    expect(plain.stdout).toContain("serviceMonitor.enabled=true");
+    const noRelease = await exec(helm!, [
+      ...["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"],
+      ...["--set", "serviceMonitor.enabled=true"],
+    ]);
+    expect(noRelease.code, noRelease.stderr).toBe(0);
+    expect(noRelease.stdout).toContain("WARNING: monitors are rendered without a `release` label");
+  });
+});

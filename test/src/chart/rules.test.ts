@@ -1,0 +1,90 @@
+// The chart's PrometheusRule, rendered by helm, checked and unit-tested by the real promtool:
+// `promtool check rules` on the rendered groups, `promtool test rules` with alerts.promtool.yaml.
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse, stringify } from "yaml";
+import { CHART, exec, findTool, parseDocs, REPO } from "./helm.js";
+
+const helm = findTool("helm", "SWITCHYARD_HELM");
+const promtool = findTool("promtool", "SWITCHYARD_PROMTOOL");
+if (!helm || !promtool)
+  console.warn(
+    `alert rule tests SKIPPED: missing ${helm ? "" : "helm "}${promtool ? "" : "promtool (Debian package prometheus)"}`,
+  );
+
+const TESTS = join(REPO, "test/src/chart/alerts.promtool.yaml");
+const ALERTS = [
+  "SwitchyardWorkerDown",
+  "SwitchyardExpertLoadImbalanceHigh",
+  "SwitchyardCacheHitRatioLow",
+  "SwitchyardRouterErrorRateHigh",
+  "SwitchyardRouterLatencyHigh",
+  "SwitchyardOperatorReconcileErrors",
+];
+
+describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
+  let dir: string;
+  let groups: Array<{ name: string; rules: Array<{ alert?: string; expr: string }> }>;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "switchyard-rules-"));
+    const r = await exec(helm!, [
+      ...["template", "sy", CHART, "--set", "prometheusRule.enabled=true"],
+      ...["--show-only", "templates/prometheusrule.yaml"],
+    ]);
+    if (r.code !== 0) throw new Error(r.stderr);
+    const [rule] = parseDocs(r.stdout);
+    groups = (rule.spec as { groups: typeof groups }).groups;
+    writeFileSync(join(dir, "switchyard.rules.yaml"), stringify({ groups }));
+    copyFileSync(TESTS, join(dir, "alerts.promtool.yaml"));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("renders exactly the six documented alerts", () => {
+    expect(groups.flatMap((g) => g.rules.map((r) => r.alert))).toEqual(ALERTS);
+  });
+
+  it("promtool check rules accepts the rendered rules", async () => {
+    const r = await exec(promtool!, ["check", "rules", join(dir, "switchyard.rules.yaml")]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toContain(`SUCCESS: ${ALERTS.length} rules found`);
+  });
+
+  it("every alert has a promtool case where it fires and one where it stays quiet", () => {
+    const tests = parse(readFileSync(TESTS, "utf8")).tests as Array<{
+      alert_rule_test: Array<{ alertname: string; exp_alerts: unknown[] }>;
+    }>;
+    for (const alert of ALERTS) {
+      const cases = tests.flatMap((t) => t.alert_rule_test).filter((c) => c.alertname === alert);
+      expect(
+        cases.some((c) => c.exp_alerts.length > 0),
+        `${alert} fires somewhere`,
+      ).toBe(true);
+      expect(
+        cases.some((c) => c.exp_alerts.length === 0),
+        `${alert} stays quiet somewhere`,
+      ).toBe(true);
+    }
+  });
+
+  it("promtool test rules passes", async () => {
+    const r = await exec(promtool!, ["test", "rules", join(dir, "alerts.promtool.yaml")]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toContain("SUCCESS");
+  });
+
+  it("promtool test rules fails when a threshold moves (the tests can fail)", async () => {
+    const r = await exec(helm!, [
+      ...["template", "sy", CHART, "--set", "prometheusRule.enabled=true"],
+      ...["--set-json", "prometheusRule.expertLoadImbalance.ratio=2.5", "--show-only", "templates/prometheusrule.yaml"],
+    ]);
+    const [rule] = parseDocs(r.stdout);
+    writeFileSync(join(dir, "switchyard.rules.yaml"), stringify({ groups: (rule.spec as { groups: unknown }).groups }));
+    const t = await exec(promtool!, ["test", "rules", join(dir, "alerts.promtool.yaml")]);
+    expect(t.code).not.toBe(0);
+    expect(t.stdout + t.stderr).toContain("SwitchyardExpertLoadImbalanceHigh");
+    writeFileSync(join(dir, "switchyard.rules.yaml"), stringify({ groups }));
+  });
+});

@@ -1,0 +1,50 @@
+// values.schema.json: bad values fail `helm template` (and so install/upgrade/lint) with a message that names the
+// offending value's path.
+import { describe, expect, it } from "vitest";
+import { CHART, exec, findTool } from "./helm.js";
+
+const helm = findTool("helm", "SWITCHYARD_HELM");
+if (!helm)
+  console.warn("schema tests SKIPPED: no helm binary (run scripts/ci/build-test-assets.sh or set SWITCHYARD_HELM)");
+
+// [--set or --set-string argument, text the error must contain]
+const BAD: Array<[string, string, string]> = [
+  ["--set", "router.replicas=-1", "/router/replicas"],
+  ["--set", "operator.image.pullPolicy=Sometimes", "/operator/image/pullPolicy"],
+  ["--set", "rooter.replicas=2", "rooter"],
+  ["--set-string", "router.grpcPort=abc", "/router/grpcPort"],
+  ["--set", "router.grpcPort=70000", "/router/grpcPort"],
+  ["--set", "prometheusRule.routerErrorRate.ratio=2", "/prometheusRule/routerErrorRate/ratio"],
+  ["--set", "prometheusRule.expertLoadImbalance.ratio=0.9", "/prometheusRule/expertLoadImbalance/ratio"],
+  ["--set", "prometheusRule.disabled={NoSuchAlert}", "/prometheusRule/disabled/0"],
+  ["--set", "monitoring.interval=5min", "/monitoring/interval"],
+  ["--set", "podSecurityContext.runAsNonRoot=false", "/podSecurityContext/runAsNonRoot"],
+  [
+    "--set",
+    "containerSecurityContext.allowPrivilegeEscalation=true",
+    "/containerSecurityContext/allowPrivilegeEscalation",
+  ],
+  ["--set", "operator.watchNamespace=Not_A_Namespace", "/operator/watchNamespace"],
+  ["--set", "operator.image.digest=latest", "/operator/image/digest"],
+  ["--set", "router.service.type=ExternalName", "/router/service/type"],
+  ["--set", "operator.leaderElection.enabled=maybe", "/operator/leaderElection/enabled"],
+];
+
+describe.skipIf(!helm)("values.schema.json", () => {
+  it.each(BAD)("rejects %s %s, naming the value", async (flag, value, path) => {
+    const r = await exec(helm!, ["template", "sy", CHART, flag, value]);
+    expect(r.code, r.stdout).not.toBe(0);
+    expect(r.stderr).toContain("values don't meet the specifications of the schema");
+    expect(r.stderr).toContain(path);
+  });
+
+  it("accepts the documented knobs", async () => {
+    const r = await exec(helm!, [
+      ...["template", "sy", CHART],
+      ...["--set", "router.replicas=0", "--set", "operator.watchNamespace=ml-team"],
+      ...["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.disabled={SwitchyardWorkerDown}"],
+      ...["--set", "monitoring.interval=1m30s", "--set", "router.pdb.minAvailable=50%"],
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+});

@@ -1,0 +1,683 @@
+// The Grafana dashboards shipped in charts/switchyard/dashboards/, built from one description so that every
+// panel carries the datasource variable, uids stay stable and the layout cannot overlap. `npm run gen:dashboards`
+// writes the JSON files; dashboards.test.ts fails when the committed files and this module disagree.
+// Queries use exactly the metric names of docs/CONTRACTS.md.
+
+/** Grafana's datasource reference for "whatever the `datasource` variable selects". */
+// biome-ignore lint/suspicious/noTemplateCurlyInString: Grafana variable syntax, not a JS template.
+export const DS = { type: "prometheus", uid: "${datasource}" } as const;
+
+export interface Target {
+  expr: string;
+  legendFormat?: string;
+  /** Instant query (tables); range otherwise. */
+  instant?: boolean;
+}
+
+export interface PanelSpec {
+  title: string;
+  description: string;
+  type: "timeseries" | "heatmap" | "table" | "stat";
+  targets: Target[];
+  unit?: string;
+  /** Grid width (of 24); height is fixed per row. */
+  width?: number;
+  height?: number;
+  min?: number;
+  max?: number;
+  /** Extra, panel-type specific settings merged into the panel. */
+  extra?: Record<string, unknown>;
+}
+
+export interface RowSpec {
+  title: string;
+  panels: PanelSpec[];
+}
+
+export interface DashboardSpec {
+  uid: string;
+  title: string;
+  description: string;
+  file: string;
+  tags: string[];
+  /** Metric whose `pool` label values fill the pool variable; null: no pool variable. */
+  poolFrom: string | null;
+  rows: RowSpec[];
+}
+
+// Rate windows: Grafana's $__rate_interval adapts to the scrape interval (at least 4 scrapes).
+const R = "$__rate_interval";
+const POOL = 'pool=~"$pool"';
+
+const q = (quantile: number, metric: string, by: string, sel = POOL) =>
+  `histogram_quantile(${quantile}, sum by (${by}, le) (rate(${metric}_bucket{${sel}}[${R}])))`;
+
+/** Per-worker token rate; the base of the balance panels. */
+const workerRate = `sum by (pool, worker) (rate(switchyard_worker_tokens_total{${POOL}}[${R}]))`;
+const hits = `sum by (pool, worker) (rate(switchyard_worker_cache_hits_total{${POOL}}[${R}]))`;
+const misses = `sum by (pool, worker) (rate(switchyard_worker_cache_misses_total{${POOL}}[${R}]))`;
+
+export const DASHBOARDS: DashboardSpec[] = [
+  {
+    uid: "switchyard-experts",
+    title: "Switchyard / Expert load",
+    description: "Expert heat (layer x expert), worker balance, expert cache and batching per expert call.",
+    file: "switchyard-experts.json",
+    tags: ["switchyard", "moe", "experts"],
+    poolFrom: "switchyard_router_expert_tokens_total",
+    rows: [
+      {
+        title: "Expert heat",
+        panels: [
+          {
+            title: "Expert heat map: tokens/s per layer x expert",
+            description:
+              "Tokens routed to each (layer, expert) per second, as the router counts them; one row per layer, one column per expert. Hot columns are the experts that need redundant replicas.",
+            type: "table",
+            width: 24,
+            height: 10,
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (layer, expert) (rate(switchyard_router_expert_tokens_total{${POOL}}[5m]))`,
+                instant: true,
+              },
+            ],
+            extra: {
+              transformations: [
+                { id: "groupingToMatrix", options: { rowField: "layer", columnField: "expert", valueField: "Value" } },
+                { id: "sortBy", options: { sort: [{ field: "layer\\expert" }] } },
+              ],
+              options: { showHeader: true, cellHeight: "sm" },
+              fieldConfigCustom: { cellOptions: { type: "color-background", mode: "gradient" }, align: "center" },
+              colorMode: "continuous-YlRd",
+            },
+          },
+          {
+            title: "Expert heat over time",
+            description: "Tokens/s per (layer, expert) over time; each row of the heat map is one layer/expert pair.",
+            type: "heatmap",
+            width: 24,
+            height: 10,
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (layer, expert) (rate(switchyard_router_expert_tokens_total{${POOL}}[${R}]))`,
+                legendFormat: "L{{layer}} E{{expert}}",
+              },
+            ],
+            extra: {
+              options: {
+                calculate: false,
+                cellGap: 1,
+                color: { mode: "scheme", scheme: "Oranges", steps: 64, exponent: 0.5 },
+                yAxis: { axisPlacement: "left" },
+                rowsFrame: { layout: "unknown" },
+                tooltip: { mode: "single", yHistogram: false },
+                legend: { show: true },
+              },
+            },
+          },
+        ],
+      },
+      {
+        title: "Worker balance",
+        panels: [
+          {
+            title: "Max / mean worker load",
+            description:
+              "Busiest worker's token rate divided by the pool mean (1.0 = perfectly balanced; the placement goal is about 1.1).",
+            type: "timeseries",
+            unit: "none",
+            min: 1,
+            targets: [
+              {
+                expr: `max by (pool) (${workerRate}) / avg by (pool) (${workerRate})`,
+                legendFormat: "{{pool}}",
+              },
+            ],
+          },
+          {
+            title: "Tokens/s per worker",
+            description: "Expert-token throughput of each worker.",
+            type: "timeseries",
+            unit: "short",
+            targets: [{ expr: workerRate, legendFormat: "{{pool}} / {{worker}}" }],
+          },
+          {
+            title: "Worker queue depth",
+            description: "Expert batches waiting in each worker's queue.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              { expr: `max by (pool, worker) (switchyard_worker_queue_depth{${POOL}})`, legendFormat: "{{worker}}" },
+            ],
+          },
+          {
+            title: "Worker expert run time p99",
+            description: "Time to run one expert batch on the worker (grouped FFN), 99th percentile.",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              {
+                expr: q(0.99, "switchyard_worker_run_duration_seconds", "pool, worker"),
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+        ],
+      },
+      {
+        title: "Expert cache",
+        panels: [
+          {
+            title: "Cache hit ratio per worker",
+            description: "Fraction of expert lookups served from the GPU-resident tier.",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            max: 1,
+            targets: [{ expr: `${hits} / (${hits} + ${misses})`, legendFormat: "{{pool}} / {{worker}}" }],
+          },
+          {
+            title: "Resident experts / capacity",
+            description: "Experts resident in each worker's cache against its capacity.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `max by (pool, worker) (switchyard_worker_cache_resident_experts{${POOL}})`,
+                legendFormat: "{{worker}} resident",
+              },
+              {
+                expr: `max by (pool, worker) (switchyard_worker_cache_capacity_experts{${POOL}})`,
+                legendFormat: "{{worker}} capacity",
+              },
+            ],
+          },
+          {
+            title: "Cache evictions/s and transfer bytes/s",
+            description: "Experts evicted per second, and bytes moved into the cache per second.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (pool, worker) (rate(switchyard_worker_cache_evictions_total{${POOL}}[${R}]))`,
+                legendFormat: "{{worker}} evictions/s",
+              },
+              {
+                expr: `sum by (pool, worker) (rate(switchyard_worker_cache_transfer_bytes_total{${POOL}}[${R}]))`,
+                legendFormat: "{{worker}} bytes/s",
+              },
+            ],
+            extra: {
+              overrides: [
+                {
+                  matcher: { id: "byRegexp", options: ".*bytes/s" },
+                  properties: [
+                    { id: "unit", value: "Bps" },
+                    { id: "custom.axisPlacement", value: "right" },
+                  ],
+                },
+              ],
+            },
+          },
+        ],
+      },
+      {
+        title: "Batching",
+        panels: [
+          {
+            title: "Tokens per expert call",
+            description:
+              "Tokens the router sends to one expert in one call (higher = better weight reuse on the GPU); mean and percentiles.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (pool) (rate(switchyard_router_tokens_per_expert_call_sum{${POOL}}[${R}])) / sum by (pool) (rate(switchyard_router_tokens_per_expert_call_count{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}} mean",
+              },
+              { expr: q(0.5, "switchyard_router_tokens_per_expert_call", "pool"), legendFormat: "{{pool}} p50" },
+              { expr: q(0.9, "switchyard_router_tokens_per_expert_call", "pool"), legendFormat: "{{pool}} p90" },
+            ],
+          },
+          {
+            title: "Experts touched per batch",
+            description: "Distinct experts in one router flush (mean).",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (pool) (rate(switchyard_router_experts_per_batch_sum{${POOL}}[${R}])) / sum by (pool) (rate(switchyard_router_experts_per_batch_count{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}}",
+              },
+            ],
+          },
+          {
+            title: "Worker batch size p50 / p99",
+            description: "Tokens per ExpertBatch as the workers receive them.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              { expr: q(0.5, "switchyard_worker_batch_tokens", "pool"), legendFormat: "{{pool}} p50" },
+              { expr: q(0.99, "switchyard_worker_batch_tokens", "pool"), legendFormat: "{{pool}} p99" },
+            ],
+          },
+        ],
+      },
+    ],
+  },
+  {
+    uid: "switchyard-router",
+    title: "Switchyard / Router",
+    description: "Router.Forward traffic, latency percentiles, queue wait, dispatch and drops.",
+    file: "switchyard-router.json",
+    tags: ["switchyard", "moe", "router"],
+    poolFrom: "switchyard_router_requests_total",
+    rows: [
+      {
+        title: "Traffic",
+        panels: [
+          {
+            title: "Requests/s by status",
+            description: "Router calls per second by gRPC status code.",
+            type: "timeseries",
+            unit: "reqps",
+            targets: [
+              {
+                expr: `sum by (pool, code) (rate(switchyard_router_requests_total{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}} {{code}}",
+              },
+            ],
+          },
+          {
+            title: "Error ratio",
+            description: "Fraction of router calls that did not end OK.",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            targets: [
+              {
+                expr: `1 - (sum by (pool) (rate(switchyard_router_requests_total{${POOL}, code="OK"}[${R}])) or sum by (pool) (rate(switchyard_router_requests_total{${POOL}}[${R}])) * 0) / sum by (pool) (rate(switchyard_router_requests_total{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}}",
+              },
+            ],
+          },
+          {
+            title: "Tokens/s",
+            description: "Tokens through the router per second.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (pool) (rate(switchyard_router_tokens_total{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}}",
+              },
+            ],
+          },
+          {
+            title: "Dropped expert assignments/s",
+            description: "Token-to-expert assignments dropped by the capacity factor (overflow: drop).",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (pool) (rate(switchyard_router_dropped_assignments_total{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}}",
+              },
+            ],
+          },
+        ],
+      },
+      {
+        title: "Latency",
+        panels: [
+          {
+            title: "Request latency p50 / p90 / p99",
+            description: "End-to-end Router.Forward latency (gate, batch wait, dispatch, combine).",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              { expr: q(0.5, "switchyard_router_request_duration_seconds", "pool"), legendFormat: "{{pool}} p50" },
+              { expr: q(0.9, "switchyard_router_request_duration_seconds", "pool"), legendFormat: "{{pool}} p90" },
+              { expr: q(0.99, "switchyard_router_request_duration_seconds", "pool"), legendFormat: "{{pool}} p99" },
+            ],
+          },
+          {
+            title: "Batching queue wait p50 / p99",
+            description: "Time tokens wait in the expert-aware batcher before their flush.",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              { expr: q(0.5, "switchyard_router_queue_wait_seconds", "pool"), legendFormat: "{{pool}} p50" },
+              { expr: q(0.99, "switchyard_router_queue_wait_seconds", "pool"), legendFormat: "{{pool}} p99" },
+            ],
+          },
+          {
+            title: "Dispatch latency p99 per worker",
+            description: "Round trip of one ExpertBatch from router to worker.",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              {
+                expr: q(0.99, "switchyard_router_dispatch_duration_seconds", "pool, worker"),
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+          {
+            title: "Router batch tokens p50 / p99",
+            description: "Tokens per router flush (all experts of one layer).",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              { expr: q(0.5, "switchyard_router_batch_tokens", "pool"), legendFormat: "{{pool}} p50" },
+              { expr: q(0.99, "switchyard_router_batch_tokens", "pool"), legendFormat: "{{pool}} p99" },
+            ],
+          },
+        ],
+      },
+      {
+        title: "Workers as the router sees them",
+        panels: [
+          {
+            title: "Dispatch errors/s per worker",
+            description: "Failed ExpertBatch calls per worker (zero for workers that never failed).",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                // The "or ... * 0" keeps a zero line for workers that have never failed (no error series yet).
+                expr: `sum by (pool, worker) (rate(switchyard_router_dispatch_errors_total{${POOL}}[${R}])) or sum by (pool, worker) (rate(switchyard_router_dispatch_duration_seconds_count{${POOL}}[${R}])) * 0`,
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+          {
+            title: "Outstanding tokens per worker",
+            description: "Tokens dispatched to each worker and not yet answered (the router's own load signal).",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (pool, worker) (switchyard_router_worker_outstanding_tokens{${POOL}})`,
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+          {
+            title: "Tokens/s sent per worker",
+            description: "Token rate the router sends to each worker.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `sum by (pool, worker) (rate(switchyard_router_worker_tokens_total{${POOL}}[${R}]))`,
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+          {
+            title: "Load signals stale / placement plan version",
+            description:
+              "1 while Prometheus load signals are stale (router falls back to its own counters); the plan version it serves.",
+            type: "stat",
+            unit: "none",
+            targets: [
+              { expr: `max by (pool) (switchyard_router_load_signal_stale{${POOL}})`, legendFormat: "{{pool}} stale" },
+              {
+                expr: `max by (pool) (switchyard_router_placement_plan_version{${POOL}})`,
+                legendFormat: "{{pool}} plan version",
+              },
+            ],
+          },
+        ],
+      },
+    ],
+  },
+  {
+    uid: "switchyard-operator",
+    title: "Switchyard / Operator",
+    description: "Operator reconciles, errors, durations and work queue (controller-runtime metric names).",
+    file: "switchyard-operator.json",
+    tags: ["switchyard", "operator"],
+    poolFrom: null,
+    rows: [
+      {
+        title: "Reconcile",
+        panels: [
+          {
+            title: "Reconciles/s by result",
+            description: "Reconcile passes per controller and result (success, error, requeue, requeue_after).",
+            type: "timeseries",
+            unit: "ops",
+            targets: [
+              {
+                expr: `sum by (controller, result) (rate(controller_runtime_reconcile_total[${R}]))`,
+                legendFormat: "{{controller}} {{result}}",
+              },
+            ],
+          },
+          {
+            title: "Reconcile errors/s",
+            description: "Failed reconcile passes per controller.",
+            type: "timeseries",
+            unit: "ops",
+            targets: [
+              {
+                expr: `sum by (controller) (rate(controller_runtime_reconcile_errors_total[${R}]))`,
+                legendFormat: "{{controller}}",
+              },
+            ],
+          },
+          {
+            title: "Reconcile duration p50 / p99",
+            description: "Time per reconcile pass.",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              {
+                expr: q(0.5, "controller_runtime_reconcile_time_seconds", "controller", ""),
+                legendFormat: "{{controller}} p50",
+              },
+              {
+                expr: q(0.99, "controller_runtime_reconcile_time_seconds", "controller", ""),
+                legendFormat: "{{controller}} p99",
+              },
+            ],
+          },
+          {
+            title: "ExpertPools by condition",
+            description: "Pools the operator counts in each condition.",
+            type: "timeseries",
+            unit: "short",
+            targets: [{ expr: "sum by (condition) (switchyard_operator_pools)", legendFormat: "{{condition}}" }],
+          },
+        ],
+      },
+      {
+        title: "Work queue",
+        panels: [
+          {
+            title: "Work queue depth",
+            description: "Keys waiting to be reconciled; growth means the operator cannot keep up.",
+            type: "timeseries",
+            unit: "short",
+            targets: [{ expr: "sum by (name) (workqueue_depth)", legendFormat: "{{name}}" }],
+          },
+          {
+            title: "Work queue adds/s and retries/s",
+            description: "Keys added to the queue, and rate-limited retries.",
+            type: "timeseries",
+            unit: "ops",
+            targets: [
+              { expr: `sum by (name) (rate(workqueue_adds_total[${R}]))`, legendFormat: "{{name}} adds" },
+              { expr: `sum by (name) (rate(workqueue_retries_total[${R}]))`, legendFormat: "{{name}} retries" },
+            ],
+          },
+          {
+            title: "Queue wait p99 / longest running",
+            description: "How long keys wait before a worker picks them up, and the longest reconcile in flight.",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              { expr: q(0.99, "workqueue_queue_duration_seconds", "name", ""), legendFormat: "{{name}} wait p99" },
+              {
+                expr: "max by (name) (workqueue_longest_running_processor_seconds)",
+                legendFormat: "{{name}} longest running",
+              },
+            ],
+          },
+        ],
+      },
+    ],
+  },
+];
+
+type Json = Record<string, unknown>;
+
+/** Grafana's own datasource-typed variables, plus the pool filter where the dashboard has one. */
+function templating(spec: DashboardSpec): Json {
+  const list: Json[] = [
+    {
+      name: "datasource",
+      label: "Data source",
+      type: "datasource",
+      query: "prometheus",
+      current: {},
+      hide: 0,
+      refresh: 1,
+      regex: "",
+      includeAll: false,
+      multi: false,
+      options: [],
+    },
+  ];
+  if (spec.poolFrom) {
+    list.push({
+      name: "pool",
+      label: "Pool",
+      type: "query",
+      datasource: DS,
+      definition: `label_values(${spec.poolFrom}, pool)`,
+      query: { query: `label_values(${spec.poolFrom}, pool)`, refId: "PrometheusVariableQueryEditor-VariableQuery" },
+      current: {},
+      hide: 0,
+      includeAll: true,
+      multi: true,
+      allValue: ".*",
+      refresh: 2,
+      sort: 1,
+      regex: "",
+      options: [],
+    });
+  }
+  return { list };
+}
+
+function panelJson(p: PanelSpec, id: number, gridPos: Json): Json {
+  const { fieldConfigCustom, colorMode, overrides, transformations, options, ...rest } = (p.extra ?? {}) as Json & {
+    fieldConfigCustom?: Json;
+    colorMode?: string;
+    overrides?: Json[];
+    transformations?: Json[];
+    options?: Json;
+  };
+  const defaults: Json = { unit: p.unit ?? "short" };
+  if (p.min !== undefined) defaults["min"] = p.min;
+  if (p.max !== undefined) defaults["max"] = p.max;
+  if (fieldConfigCustom) defaults["custom"] = fieldConfigCustom;
+  if (colorMode) defaults["color"] = { mode: colorMode };
+  const panel: Json = {
+    id,
+    type: p.type,
+    title: p.title,
+    description: p.description,
+    datasource: DS,
+    gridPos,
+    targets: p.targets.map((t, i) => ({
+      refId: String.fromCharCode(65 + i),
+      datasource: DS,
+      expr: t.expr,
+      legendFormat: t.legendFormat ?? "__auto",
+      range: !t.instant,
+      instant: !!t.instant,
+      ...(t.instant ? { format: "table" } : {}),
+    })),
+    fieldConfig: { defaults, overrides: overrides ?? [] },
+    options: options ?? defaultOptions(p.type),
+  };
+  if (transformations) panel["transformations"] = transformations;
+  return { ...panel, ...rest };
+}
+
+function defaultOptions(type: PanelSpec["type"]): Json {
+  if (type === "stat")
+    return { reduceOptions: { calcs: ["lastNotNull"], fields: "", values: false }, textMode: "auto" };
+  return { legend: { displayMode: "list", placement: "bottom", showLegend: true }, tooltip: { mode: "multi" } };
+}
+
+/** The dashboard JSON Grafana imports (schemaVersion 39, Grafana 10/11). */
+export function buildDashboard(spec: DashboardSpec): Json {
+  const panels: Json[] = [];
+  let id = 1;
+  let y = 0;
+  for (const row of spec.rows) {
+    panels.push({
+      id: id++,
+      type: "row",
+      title: row.title,
+      collapsed: false,
+      gridPos: { h: 1, w: 24, x: 0, y },
+      panels: [],
+    });
+    y += 1;
+    let x = 0;
+    let rowHeight = 0;
+    for (const p of row.panels) {
+      const w = p.width ?? 12;
+      const h = p.height ?? 8;
+      if (x + w > 24) {
+        x = 0;
+        y += rowHeight;
+        rowHeight = 0;
+      }
+      panels.push(panelJson(p, id++, { h, w, x, y }));
+      x += w;
+      rowHeight = Math.max(rowHeight, h);
+    }
+    y += rowHeight;
+  }
+  return {
+    uid: spec.uid,
+    title: spec.title,
+    description: spec.description,
+    tags: spec.tags,
+    editable: true,
+    graphTooltip: 1,
+    schemaVersion: 39,
+    version: 1,
+    time: { from: "now-1h", to: "now" },
+    refresh: "30s",
+    timezone: "",
+    annotations: { list: [] },
+    links: [
+      {
+        type: "dashboards",
+        tags: ["switchyard"],
+        asDropdown: true,
+        title: "Switchyard",
+        includeVars: true,
+        keepTime: true,
+      },
+    ],
+    templating: templating(spec),
+    panels,
+  };
+}
+
+/** file name -> pretty JSON text, exactly as committed. */
+export function renderDashboards(): Map<string, string> {
+  return new Map(DASHBOARDS.map((d) => [d.file, `${JSON.stringify(buildDashboard(d), null, 2)}\n`]));
+}
