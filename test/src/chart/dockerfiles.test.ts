@@ -1,0 +1,100 @@
+// No Docker here, so the Dockerfiles are checked statically against the chart and the contracts: the uid the chart
+// runs pods as, the command lines of docs/CONTRACTS.md, the ports of the default values, and COPY sources that exist.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import { CHART, REPO } from "./helm.js";
+
+interface Instr {
+  op: string;
+  args: string;
+}
+
+/** Dockerfile instructions with line continuations joined and comments dropped, split into stages. */
+export function parseDockerfile(text: string): Instr[][] {
+  const lines = text.replace(/\\\n/g, " ").split("\n");
+  const stages: Instr[][] = [];
+  for (const line of lines) {
+    const t = line.trim();
+    if (!t || t.startsWith("#")) continue;
+    const [op, ...rest] = t.split(/\s+/);
+    const instr = { op: op.toUpperCase(), args: rest.join(" ") };
+    if (instr.op === "FROM") stages.push([]);
+    if (stages.length) stages[stages.length - 1].push(instr);
+    else if (instr.op !== "ARG") throw new Error(`instruction before FROM: ${t}`);
+  }
+  return stages;
+}
+
+const values = parse(readFileSync(join(CHART, "values.yaml"), "utf8"));
+const contracts = readFileSync(join(REPO, "docs/CONTRACTS.md"), "utf8");
+
+const IMAGES = [
+  {
+    file: "operator.Dockerfile",
+    main: "operator/dist/main.js",
+    ports: [values.operator.metricsPort, values.operator.healthPort],
+  },
+  {
+    file: "router.Dockerfile",
+    main: "router-service/dist/main.js",
+    ports: [values.router.grpcPort, values.router.metricsPort],
+  },
+  {
+    file: "worker.Dockerfile",
+    main: "expert-worker/dist/main.js",
+    ports: [values.workers.grpcPort, values.workers.metricsPort],
+  },
+  {
+    file: "worker-cuda.Dockerfile",
+    main: "expert-worker/dist/main.js",
+    ports: [values.workers.grpcPort, values.workers.metricsPort],
+  },
+];
+
+describe("Dockerfiles", () => {
+  it.each(IMAGES)("$file runs the contract's command as the chart's non-root uid", ({ file, main, ports }) => {
+    const stages = parseDockerfile(readFileSync(join(REPO, "docker", file), "utf8"));
+    expect(stages.length, "multi-stage: build tools stay out of the runtime image").toBeGreaterThanOrEqual(2);
+    const final = stages[stages.length - 1];
+    const get = (op: string) => final.filter((i) => i.op === op).map((i) => i.args);
+    const sc = values.podSecurityContext;
+    expect(get("USER").at(-1)).toBe(`${sc.runAsUser}:${sc.runAsGroup}`);
+    expect(contracts).toContain(`node ${main}`);
+    expect(JSON.parse(get("ENTRYPOINT").at(-1)!)).toEqual(["node", main]);
+    expect(get("EXPOSE").join(" ").split(" ").map(Number).sort()).toEqual([...ports].sort());
+    expect(existsSync(join(REPO, "docker", `${file}.dockerignore`)), "a .dockerignore beside it").toBe(true);
+    for (const stage of stages) {
+      const from = stage[0].args.split(/\s+/)[0];
+      expect(from, `${file}: base image has an explicit tag`).toMatch(/^[\w./-]+:[\w.${}-]+$/);
+      expect(from).not.toMatch(/:latest$/);
+      for (const copy of stage.filter((i) => i.op === "COPY" && !i.args.includes("--from"))) {
+        // The last word is the destination; the others are sources relative to the repository root.
+        for (const src of copy.args.split(/\s+/).slice(0, -1)) {
+          expect(existsSync(join(REPO, src)), `${file}: COPY ${src} exists`).toBe(true);
+        }
+      }
+    }
+  });
+
+  it("the CUDA worker runs on a CUDA runtime base and the CPU one on plain Node", () => {
+    const last = (f: string) => parseDockerfile(readFileSync(join(REPO, "docker", f), "utf8")).at(-1)![0].args;
+    expect(last("worker-cuda.Dockerfile")).toMatch(/^nvidia\/cuda:\$\{CUDA_VERSION\}-runtime-/);
+    expect(last("worker.Dockerfile")).toMatch(/^node:20-/);
+  });
+
+  it("parses continuations and stages", () => {
+    const s = parseDockerfile("ARG X=1\nFROM a:1 AS b\nRUN x \\\n && y\nFROM c:2\nUSER 1:1\n");
+    expect(s).toEqual([
+      [
+        { op: "FROM", args: "a:1 AS b" },
+        { op: "RUN", args: "x && y" },
+      ],
+      [
+        { op: "FROM", args: "c:2" },
+        { op: "USER", args: "1:1" },
+      ],
+    ]);
+  });
+});
