@@ -1,20 +1,10 @@
 // Router config file (docs/CONTRACTS.md "Router config"): pools, each with a checkpoint, a placement plan (inline or
 // a watched file), worker endpoints and a RoutingPolicy. Parsing is pure; loading and watching are in main.ts.
 
-import { type RoutingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
+import { type PlacementPlan, type RoutingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
 import { invalidArgument } from "@switchyard/protocol";
 
-export type { RoutingPolicy };
-
-/** As in docs/CONTRACTS.md; the placement planner produces it. */
-export interface PlacementPlan {
-  version: number;
-  pool: string;
-  workers: string[];
-  endpoints?: Record<string, string>;
-  /** replicas[layer][expert] = indices into workers holding that expert. */
-  replicas: number[][][];
-}
+export type { PlacementPlan, RoutingPolicy };
 
 export interface PoolConfig {
   name: string;

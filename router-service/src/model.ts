@@ -7,16 +7,21 @@ import type { TokenRouting } from "./core/routing.js";
 export interface PoolModel {
   readonly family: string;
   readonly layers: number;
-  /** Routed experts per layer (E). Shared expert j travels to workers as expert id E + j. */
+  /** Routed experts per layer (E). */
   readonly experts: number;
   readonly hiddenSize: number;
-  readonly sharedExperts: number;
+  /** Whether `layer` has experts (DeepSeek's first layers and Qwen's mlp_only_layers are dense). */
+  isMoeLayer(layer: number): boolean;
   /** Router logits [tokens, E] from hidden states [tokens, d] (fp32), with the checkpoint's gate weights. */
   logits(layer: number, hidden: Float32Array, tokens: number): Float32Array;
   /** The family's gating over logits (softmax top-k, sigmoid + group-limited top-k, top-p ...). */
   route(layer: number, logits: Float32Array, tokens: number, gating: GatingPolicy): TokenRouting;
-  /** Per-token weights of the shared experts [tokens * sharedExperts] (1, or Qwen2-MoE's sigmoid gate); null if none. */
-  sharedWeights(layer: number, hidden: Float32Array, tokens: number): Float32Array | null;
-  /** Whether sharedWeights reads the hidden states (then the router decodes them even for explicit assignments). */
-  readonly sharedGateNeedsHidden: boolean;
+  /**
+   * The shared-expert contribution [tokens, d] (fp32), gate included (Qwen2-MoE's sigmoid gate), or null when
+   * the model has none. The router computes it in-process while the routed experts run on workers: every token
+   * needs it (no routing, no batching benefit), and it saves a second trip over the wire.
+   */
+  shared(layer: number, hidden: Float32Array, tokens: number): Float32Array | null;
+  /** Whether the model has shared experts (then the router decodes hidden even for explicit assignments). */
+  readonly hasShared: boolean;
 }

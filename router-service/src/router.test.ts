@@ -20,7 +20,7 @@ import { type StartedRouter, serveRouter } from "./server.js";
 import { FakeWorker } from "./testing/fake-worker.js";
 
 // A toy pool: linear gate, softmax top-2 renormalised, expert e of layer l maps x -> (e + 1) * x + l,
-// one shared expert (id E) with weight sigmoid(sum(x)) mapping x -> -x.
+// one shared expert (computed by the router) with weight sigmoid(sum(x)) mapping x -> -x.
 const L = 2;
 const E = 4;
 const D = 8;
@@ -41,8 +41,8 @@ const toy: PoolModel = {
   layers: L,
   experts: E,
   hiddenSize: D,
-  sharedExperts: 1,
-  sharedGateNeedsHidden: true,
+  hasShared: true,
+  isMoeLayer: () => true,
   logits(layer, h, T) {
     const out = new Float32Array(T * E);
     for (let t = 0; t < T; t++)
@@ -75,16 +75,26 @@ const toy: PoolModel = {
     }
     return { tokens: T, slots: k, experts, weights, ranking };
   },
-  sharedWeights(_layer, h, T) {
-    const w = new Float32Array(T);
+  shared(layer, h, T) {
+    const w = sharedW(h, T);
+    const out = new Float32Array(T * D);
     for (let t = 0; t < T; t++) {
-      let s = 0;
-      for (let j = 0; j < D; j++) s += h[t * D + j];
-      w[t] = 1 / (1 + Math.exp(-s));
+      const y = expertFn(layer, E, h.subarray(t * D, (t + 1) * D));
+      for (let j = 0; j < D; j++) out[t * D + j] = w[t] * y[j];
     }
-    return w;
+    return out;
   },
 };
+
+function sharedW(h: Float32Array, T: number): Float32Array {
+  const w = new Float32Array(T);
+  for (let t = 0; t < T; t++) {
+    let s = 0;
+    for (let j = 0; j < D; j++) s += h[t * D + j];
+    w[t] = 1 / (1 + Math.exp(-s));
+  }
+  return w;
+}
 
 const expertFn = (layer: number, e: number, x: Float32Array) =>
   e === E ? x.map((v) => -v) : x.map((v) => (e + 1) * v + layer);
@@ -101,7 +111,7 @@ function reference(
         return { slots: k, experts: Int32Array.from(routing.ids.flat()), weights: Float32Array.from(routing.w.flat()) };
       })()
     : toy.route(layer, toy.logits(layer, h, T), T, resolveRoutingPolicy({}).gating);
-  const sw = toy.sharedWeights(layer, h, T)!;
+  const sw = sharedW(h, T);
   const out = new Float32Array(T * D);
   for (let t = 0; t < T; t++) {
     const x = h.subarray(t * D, (t + 1) * D);

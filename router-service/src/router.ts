@@ -54,8 +54,10 @@ interface Item {
   dtype: DType;
   /** Raw hidden rows in the request dtype, [tokens, d]. */
   hidden: Uint8Array;
+  /** fp32 hidden for the shared expert (null when the model has none). */
+  sharedInput: Float32Array | null;
+  sharedOut: Float32Array | null;
   routing: TokenRouting;
-  /** Slots per token including shared experts. */
   slots: number;
   weights: Float32Array;
   locations: Int32Array;
@@ -174,13 +176,6 @@ export class Router {
     for (const c of old.values()) c.close();
     p.conns = conns;
     p.replicas = s.plan.replicas.map((l) => l.map((r) => r.slice()));
-    // Shared experts are held by every worker unless the plan lists them (layers' arrays longer than E).
-    const E = s.model.experts;
-    for (const layer of p.replicas) {
-      for (let j = 0; j < s.model.sharedExperts; j++) {
-        if (!layer[E + j] || layer[E + j].length === 0) layer[E + j] = conns.map((_c, i) => i);
-      }
-    }
     p.planVersion = s.plan.version;
     this.metrics.planVersion.set({ pool: s.name }, s.plan.version);
   }
@@ -221,6 +216,8 @@ export class Router {
       if (!Number.isInteger(req.layer) || req.layer < 0 || req.layer >= m.layers) {
         throw invalidArgument("layer", `must be in [0, ${m.layers}), got ${req.layer}`);
       }
+      if (!m.isMoeLayer(req.layer))
+        throw invalidArgument("layer", `layer ${req.layer} is dense (no experts) in pool ${p.name}`);
       const hiddenT = req.hidden;
       const h = hiddenT
         ? checkHidden(hiddenT, m.hiddenSize)
@@ -247,15 +244,9 @@ export class Router {
         return hiddenF32;
       };
       const routing = this.gate(p, req, T, hidden32);
-      const S = m.sharedExperts;
-      const slots = routing.slots + (routing.shared ? S : 0);
-      const weights = new Float32Array(T * slots);
-      for (let t = 0; t < T; t++) {
-        for (let s = 0; s < routing.slots; s++) weights[t * slots + s] = routing.weights[t * routing.slots + s];
-        if (routing.shared) {
-          for (let j = 0; j < S; j++) weights[t * slots + routing.slots + j] = routing.shared.weights[t * S + j];
-        }
-      }
+      const slots = routing.slots;
+      const weights = routing.weights;
+      const sharedInput = m.hasShared ? hidden32() : null;
       const now = Date.now();
       const dl = Number.isFinite(deadline) ? deadline : now + DEFAULT_DEADLINE_MS;
       p.pendingTokens += T;
@@ -267,6 +258,8 @@ export class Router {
           layer: req.layer,
           dtype: h.dtype,
           hidden: h.data,
+          sharedInput,
+          sharedOut: null,
           routing,
           slots,
           weights,
@@ -321,10 +314,6 @@ export class Router {
       }
       routing = m.route(req.layer, logits, T, p.policy.gating);
     }
-    if (m.sharedExperts > 0) {
-      const w = m.sharedWeights(req.layer, m.sharedGateNeedsHidden ? hidden32() : new Float32Array(0), T);
-      if (w) routing.shared = { count: m.sharedExperts, weights: w };
-    }
     return routing;
   }
 
@@ -363,11 +352,6 @@ export class Router {
       if (cap.dropped.length > 0) this.metrics.dropped.inc({ pool: name }, cap.dropped.length);
       // Spill may have moved an assignment to another expert: the combine weight stays with its slot.
       const rounds = cap.rounds;
-      const shared = sharedAssignments(items, m.experts, routed.length);
-      if (shared.length > 0) {
-        if (rounds.length === 0) rounds.push([]);
-        rounds[0] = rounds[0].concat(shared);
-      }
       const touched = new Set<number>();
       for (const r of rounds) for (const a of r) touched.add(a.expert);
       this.metrics.expertsPerBatch.observe({ pool: name }, touched.size);
@@ -375,10 +359,18 @@ export class Router {
       for (const r of rounds)
         for (const a of r) if (a.expert < m.experts) heat.set(a.expert, (heat.get(a.expert) ?? 0) + 1);
       for (const [e, n] of heat) this.metrics.heat(name, layer, e, n);
-      for (const round of rounds) {
-        await this.dispatchRound(p, layer, items, round);
+      for (let r = 0; r < rounds.length; r++) {
+        const sent = this.dispatchRound(p, layer, items, rounds[r]);
+        // The shared expert runs here while the first round's batches are on the workers.
+        if (r === 0)
+          for (const it of items)
+            if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens);
+        await sent;
         if (items.every((i) => i.done)) return;
       }
+      if (rounds.length === 0)
+        for (const it of items)
+          if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens);
       for (const it of items) {
         if (it.done) continue;
         const data = combine({
@@ -389,6 +381,7 @@ export class Router {
           weights: it.weights,
           locations: it.locations,
           results: it.results,
+          base: it.sharedOut,
         });
         this.finish(p, it, null, {
           requestId: 0n,
@@ -455,7 +448,7 @@ export class Router {
       const it = items[a.item];
       if (it.done) continue;
       const reps = (p.replicas[layer]?.[a.expert] ?? []).map((w) => p.conns[w]?.id ?? `#${w}`);
-      const what = a.expert >= p.model.experts ? `shared expert ${a.expert - p.model.experts}` : `expert ${a.expert}`;
+      const what = `expert ${a.expert}`;
       const why =
         reps.length === 0
           ? "no worker in the placement plan holds it"
@@ -536,30 +529,6 @@ function distinctExperts(it: Item): number {
     }
   }
   return s.size;
-}
-
-/** Shared experts: every token, slots after the routed ones, expert ids E + j; not subject to capacity. */
-function sharedAssignments(items: Item[], E: number, orderBase: number): Assignment[] {
-  const out: Assignment[] = [];
-  let order = orderBase;
-  for (let i = 0; i < items.length; i++) {
-    const it = items[i];
-    const sh = it.routing.shared;
-    if (!sh) continue;
-    for (let t = 0; t < it.tokens; t++) {
-      for (let j = 0; j < sh.count; j++) {
-        out.push({
-          item: i,
-          token: t,
-          slot: it.routing.slots + j,
-          expert: E + j,
-          weight: sh.weights[t * sh.count + j],
-          order: order++,
-        });
-      }
-    }
-  }
-  return out;
 }
 
 function emptyStats() {
@@ -646,7 +615,9 @@ function validatePlan(plan: PlacementPlan, m: PoolModel, pool: string): void {
   }
   for (let l = 0; l < plan.replicas.length; l++) {
     const layer = plan.replicas[l];
-    if (!Array.isArray(layer) || layer.length < m.experts || layer.length > m.experts + m.sharedExperts) {
+    if (!Array.isArray(layer)) throw invalidArgument(`${f}.replicas[${l}]`, "must be an array per expert");
+    if (layer.length === 0 && !m.isMoeLayer(l)) continue; // dense layer
+    if (layer.length !== m.experts) {
       throw invalidArgument(
         `${f}.replicas[${l}]`,
         `must have one entry per expert (${m.experts}), got ${layer?.length}`,

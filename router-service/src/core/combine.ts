@@ -32,12 +32,14 @@ export interface CombineInput {
   /** [tokens * slots * 2]: (result index, row) per slot; result index -1 = slot empty or dropped. */
   locations: Int32Array;
   results: readonly (Float32Array | Uint16Array)[];
+  /** Added to every token first (the shared-expert output), [tokens * d] fp32. */
+  base?: Float32Array | null;
 }
 
-/** Weighted sum in fp32; returns the fp32 accumulator [tokens * d]. */
+/** Weighted sum in fp32 (after `base`); returns the fp32 accumulator [tokens * d]. */
 export function combineF32(c: CombineInput): Float32Array {
   const { tokens, d, slots, weights, locations, results, dtype } = c;
-  const acc = new Float32Array(tokens * d);
+  const acc = c.base ? Float32Array.from(c.base) : new Float32Array(tokens * d);
   const tmp = dtype === DType.FLOAT16 ? new Float32Array(d) : null;
   const bits = new Uint32Array(1);
   const asF32 = new Float32Array(bits.buffer);

@@ -15,8 +15,6 @@ export interface TokenRouting {
    * scores (gate computed from weights, or logits input). The spill overflow policy walks it.
    */
   ranking?: Int32Array;
-  /** Shared experts (always-on): [tokens * sharedCount] weights; shared expert j is worker expert id `E + j`. */
-  shared?: { count: number; weights: Float32Array };
 }
 
 /** One (token, slot) → expert assignment inside a flush. `item` indexes the flush's requests. */

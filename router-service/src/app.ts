@@ -1,0 +1,122 @@
+// The router process: config file -> pools (checkpoint model, plan, endpoints, policy), reloaded without restart
+// when the config or a plan file changes (polling stat, which also sees Kubernetes' ConfigMap symlink swaps).
+// A bad reload keeps the running config and logs the error naming the field.
+
+import { unwatchFile, watchFile } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { validatePlan } from "@switchyard/moe";
+import { CheckpointModel } from "./checkpoint-model.js";
+import { type PlacementPlan, parsePlan, parseRouterConfig, type RouterConfig } from "./config.js";
+import { type PoolSetup, Router } from "./router.js";
+import { type StartedRouter, serveRouter } from "./server.js";
+
+export interface RouterAppOptions {
+  config: string;
+  port: number;
+  metricsPort: number | null;
+  host?: string;
+  /** stat polling interval for config and plan files */
+  watchIntervalMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RouterApp {
+  router: Router;
+  server: StartedRouter;
+  /** Re-reads config and plans now; resolves true when applied. */
+  reload(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+async function readJson(path: string, what: string): Promise<unknown> {
+  const text = await readFile(path, "utf8").catch((e: Error) => {
+    throw new Error(`${what} ${path}: cannot read (${e.message})`);
+  });
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${what} ${path}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
+  const log = o.log ?? ((l: string) => console.log(`[router] ${l}`));
+  const router = new Router();
+  const models = new Map<string, CheckpointModel>();
+  const watched = new Set<string>();
+  let current: RouterConfig | null = null;
+
+  const apply = async (): Promise<void> => {
+    const cfg = parseRouterConfig(await readJson(o.config, "config"));
+    // Build everything first, then swap: a failure leaves the running pools untouched.
+    const setups: PoolSetup[] = [];
+    for (const [i, p] of cfg.pools.entries()) {
+      let model = models.get(p.checkpoint);
+      if (!model) {
+        model = await CheckpointModel.open(p.checkpoint);
+        models.set(p.checkpoint, model);
+      }
+      let plan: PlacementPlan;
+      if (p.planFile) {
+        const raw = await readJson(p.planFile, `pools[${i}].planFile`);
+        plan = parsePlan(raw, `pools[${i}].planFile`);
+      } else plan = p.plan!;
+      try {
+        validatePlan(plan, { layers: model.layers, experts: model.experts });
+      } catch (e) {
+        throw new Error(`pools[${i}].plan: ${(e as Error).message}`);
+      }
+      setups.push({ name: p.name, model, plan, endpoints: p.endpoints, policy: p.policy });
+    }
+    for (const s of setups) router.setPool(s);
+    for (const name of router.poolNames()) if (!cfg.pools.some((p) => p.name === name)) router.removePool(name);
+    current = cfg;
+    for (const p of cfg.pools) if (p.planFile) watch(p.planFile);
+    log(
+      `config applied: ${cfg.pools.map((p) => `${p.name} (plan v${setups.find((s) => s.name === p.name)!.plan.version})`).join(", ")}`,
+    );
+  };
+
+  const reload = async (): Promise<boolean> => {
+    try {
+      await apply();
+      return true;
+    } catch (e) {
+      log(`config not applied, keeping the running one: ${(e as Error).message}`);
+      return false;
+    }
+  };
+
+  const interval = o.watchIntervalMs ?? 1000;
+  let pending: NodeJS.Timeout | null = null;
+  const onChange = () => {
+    if (pending) clearTimeout(pending);
+    pending = setTimeout(() => void reload(), 50); // coalesce the writes of one update
+  };
+  function watch(path: string) {
+    if (watched.has(path)) return;
+    watched.add(path);
+    watchFile(path, { interval, persistent: false }, (cur, prev) => {
+      if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size || cur.ino !== prev.ino) onChange();
+    });
+  }
+
+  await apply(); // the first load must succeed: a router without config has nothing to serve
+  watch(o.config);
+  const server = await serveRouter(router, { port: o.port, host: o.host, metricsPort: o.metricsPort });
+  log(
+    `serving ${router.poolNames().join(", ")} on :${server.port}${server.metricsPort ? `, metrics on :${server.metricsPort}` : ""}`,
+  );
+  void current;
+  return {
+    router,
+    server,
+    reload,
+    async close() {
+      if (pending) clearTimeout(pending);
+      for (const p of watched) unwatchFile(p);
+      await server.close();
+      router.close();
+    },
+  };
+}

@@ -1,0 +1,142 @@
+// PoolModel over a checkpoint: the router reads only what it needs per MoE layer (gate weight, DeepSeek's
+// correction bias, the shared expert and Qwen2-MoE's shared-expert gate), never the routed experts.
+
+import {
+  applyGate,
+  type Checkpoint,
+  type ExpertFFNWeights,
+  expertToFloat32,
+  type GatingPolicy,
+  gateConfigFromSpec,
+  isMoeLayer,
+  type ModelSpec,
+  openCheckpoint,
+  referenceExpertFFN,
+  routerLogits,
+  softmaxTopP,
+  toFloat32,
+} from "@switchyard/moe";
+import { invalidArgument } from "@switchyard/protocol";
+import type { TokenRouting } from "./core/routing.js";
+import type { PoolModel } from "./model.js";
+
+interface LayerWeights {
+  gate: Float32Array;
+  bias?: Float32Array;
+  shared?: ExpertFFNWeights;
+  sharedGate?: Float32Array;
+}
+
+export class CheckpointModel implements PoolModel {
+  readonly family: string;
+  readonly layers: number;
+  readonly experts: number;
+  readonly hiddenSize: number;
+  readonly hasShared: boolean;
+
+  private constructor(
+    readonly spec: ModelSpec,
+    private readonly weights: (LayerWeights | null)[],
+  ) {
+    this.family = spec.family;
+    this.layers = spec.layers;
+    this.experts = spec.experts;
+    this.hiddenSize = spec.hiddenSize;
+    this.hasShared = spec.sharedExperts > 0;
+  }
+
+  static async open(dir: string): Promise<CheckpointModel> {
+    const ckpt = await openCheckpoint(dir);
+    try {
+      return await CheckpointModel.fromCheckpoint(ckpt);
+    } finally {
+      await ckpt.close();
+    }
+  }
+
+  static async fromCheckpoint(ckpt: Checkpoint): Promise<CheckpointModel> {
+    const spec = ckpt.spec;
+    const weights: (LayerWeights | null)[] = [];
+    for (let l = 0; l < spec.layers; l++) {
+      if (!isMoeLayer(spec, l)) {
+        weights.push(null);
+        continue;
+      }
+      const lw: LayerWeights = { gate: Float32Array.from(toFloat32(await ckpt.readGate(l))) };
+      const bias = await ckpt.readCorrectionBias(l);
+      if (bias) lw.bias = Float32Array.from(toFloat32(bias));
+      const shared = await ckpt.readSharedExpert(l);
+      if (shared) lw.shared = expertToFloat32(shared);
+      const sg = await ckpt.readSharedExpertGate(l);
+      if (sg) lw.sharedGate = Float32Array.from(toFloat32(sg));
+      weights.push(lw);
+    }
+    return new CheckpointModel(spec, weights);
+  }
+
+  isMoeLayer(layer: number): boolean {
+    return isMoeLayer(this.spec, layer);
+  }
+
+  private layer(l: number): LayerWeights {
+    const w = this.weights[l];
+    if (!w) throw invalidArgument("layer", `layer ${l} has no experts`);
+    return w;
+  }
+
+  logits(layer: number, hidden: Float32Array, _tokens: number): Float32Array {
+    return routerLogits(hidden, this.layer(layer).gate, this.hiddenSize);
+  }
+
+  route(layer: number, logits: Float32Array, tokens: number, g: GatingPolicy): TokenRouting {
+    const E = this.experts;
+    const w = this.layer(layer);
+    const base = gateConfigFromSpec(this.spec);
+    const topK = g.topK ?? base.topK;
+    if (topK > E) throw invalidArgument("policy.gating.topK", `${topK} exceeds the pool's ${E} experts`);
+    let r: { k: number; ids: Int32Array; weights: Float32Array };
+    if (g.topP !== null) {
+      if (base.scoring !== "softmax") {
+        throw invalidArgument(
+          "policy.gating.topP",
+          `top-p routing needs a softmax gate; ${this.family} gates with ${base.scoring}`,
+        );
+      }
+      const maxK = Math.min(E, g.maxK ?? Math.max(topK, 2 * base.topK));
+      r = softmaxTopP(logits, E, { topP: g.topP, maxK, normalize: true });
+    } else {
+      r = applyGate(logits, E, { ...base, topK }, w.bias);
+    }
+    const routing: TokenRouting = { tokens, slots: r.k, experts: r.ids, weights: r.weights };
+    if (g.capacityFactor !== null && g.overflow === "spill") routing.ranking = rankExperts(logits, E, w.bias);
+    return routing;
+  }
+
+  shared(layer: number, hidden: Float32Array, tokens: number): Float32Array | null {
+    const w = this.layer(layer);
+    if (!w.shared) return null;
+    const d = this.hiddenSize;
+    const y = referenceExpertFFN(hidden, d, [{ expert: 0, offset: 0, count: tokens }], () => w.shared!);
+    if (w.sharedGate) {
+      const gl = routerLogits(hidden, w.sharedGate, d);
+      for (let t = 0; t < tokens; t++) {
+        const s = 1 / (1 + Math.exp(-gl[t]));
+        for (let j = 0; j < d; j++) y[t * d + j] *= s;
+      }
+    }
+    return y;
+  }
+}
+
+/** Per token, all experts by descending selection score (logits, plus DeepSeek's correction bias): spill order. */
+export function rankExperts(logits: Float32Array, E: number, bias?: Float32Array): Int32Array {
+  const T = logits.length / E;
+  const out = new Int32Array(T * E);
+  const idx = Array.from({ length: E }, (_, i) => i);
+  for (let t = 0; t < T; t++) {
+    const score = (e: number) => logits[t * E + e] + (bias ? bias[e] : 0);
+    const order = idx.slice().sort((a, b) => score(b) - score(a) || a - b);
+    out.set(order, t * E);
+  }
+  return out;
+}
