@@ -112,3 +112,7 @@ from:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{- define "switchyard.routerConfigMap" -}}
+{{- default (printf "%s-router" (include "switchyard.fullname" .)) .Values.router.configMapName }}
+{{- end }}

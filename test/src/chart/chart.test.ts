@@ -175,7 +175,7 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     const router = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"))!;
     const rc = (router.spec as { template: Pod }).template.spec;
     expect(rc.containers[0].args).toEqual([
-      "--config=/etc/switchyard/router/config.json",
+      "--config=/etc/switchyard/router/router.json",
       "--port=50051",
       "--metrics-port=9400",
     ]);

@@ -323,7 +323,8 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "short",
             targets: [
               {
-                expr: `sum by (pool) (rate(switchyard_router_dropped_assignments_total{${POOL}}[${R}]))`,
+                // Zero, not "no data", for pools that never dropped (no series until the first drop).
+                expr: `sum by (pool) (rate(switchyard_router_dropped_assignments_total{${POOL}}[${R}])) or sum by (pool) (rate(switchyard_router_tokens_total{${POOL}}[${R}])) * 0`,
                 legendFormat: "{{pool}}",
               },
             ],
@@ -466,7 +467,8 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "ops",
             targets: [
               {
-                expr: `sum by (controller) (rate(controller_runtime_reconcile_errors_total[${R}]))`,
+                // Zero for controllers that never failed, whether or not the operator pre-creates the series.
+                expr: `sum by (controller) (rate(controller_runtime_reconcile_errors_total[${R}])) or sum by (controller) (rate(controller_runtime_reconcile_total[${R}])) * 0`,
                 legendFormat: "{{controller}}",
               },
             ],
