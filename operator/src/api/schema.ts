@@ -151,6 +151,11 @@ export function quantity(description: string): Schema<string | number, false> {
   });
 }
 
+/** A free-form object the server keeps as is (x-kubernetes-preserve-unknown-fields). */
+export function freeform(description: string): Schema<Record<string, unknown>, false> {
+  return node({ description, type: "object", "x-kubernetes-preserve-unknown-fields": true });
+}
+
 export interface ArrOptions<T> extends Common<T[]> {
   minItems?: number;
   maxItems: number; // always bounded: CEL cost estimation needs it, and so do sane objects

@@ -1,6 +1,6 @@
 // switchyard.dev/v1alpha1: ExpertPool and RoutingPolicy. These definitions are the single source of truth:
 // crds/*.yaml are generated from them (`npm run gen:crds`) and the TypeScript types are inferred from them.
-import { arr, bool, enm, type Infer, int, type JsonSchema, map, num, obj, quantity, str } from "./schema.js";
+import { arr, bool, enm, freeform, type Infer, int, map, num, obj, quantity, str } from "./schema.js";
 
 export const GROUP = "switchyard.dev";
 export const VERSION = "v1alpha1";
@@ -448,13 +448,7 @@ export const routingPolicyStatusSchema = obj("Observed state of a RoutingPolicy.
   observedGeneration: int("metadata.generation this status describes.", { format: "int64" }),
   conditions,
   configMap: str("ConfigMap holding the resolved router config (key policy.json).", { maxLength: 253 }),
-  effective: {
-    json: {
-      description: "The resolved policy the router uses: spec with defaults and the pool's model filled in.",
-      type: "object",
-      "x-kubernetes-preserve-unknown-fields": true,
-    } satisfies JsonSchema,
-  } as { json: JsonSchema; __type?: Record<string, unknown> },
+  effective: freeform("The resolved policy the router uses: spec with defaults filled in."),
 });
 export type RoutingPolicyStatus = Infer<typeof routingPolicyStatusSchema>;
 

@@ -1,0 +1,79 @@
+// "Does the live object already say what we would apply?" Server-side apply is idempotent, but every apply is
+// still a request and a write to audit; after convergence the operator must go quiet. The API server fills in
+// defaults (probe timeouts, port protocols, fieldRef apiVersion, ...), so the test is containment: every field
+// we set must be present and equal in the live object; fields we do not set are the server's business.
+
+const SUFFIX: Record<string, number> = {
+  n: 1e-9,
+  u: 1e-6,
+  m: 1e-3,
+  "": 1,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  P: 1e15,
+  E: 1e18,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+  Pi: 2 ** 50,
+  Ei: 2 ** 60,
+};
+
+/** A Kubernetes quantity as a number ("500m" -> 0.5, "1Gi" -> 1073741824); undefined when not one. */
+export function parseQuantity(q: string | number): number | undefined {
+  if (typeof q === "number") return q;
+  const m = /^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$/.exec(q.trim());
+  if (!m) return undefined;
+  const base = Number(m[1] + (m[2] ?? ""));
+  return base * (SUFFIX[m[3] ?? ""] ?? 1);
+}
+
+function quantityEqual(a: unknown, b: unknown): boolean {
+  if ((typeof a !== "string" && typeof a !== "number") || (typeof b !== "string" && typeof b !== "number"))
+    return false;
+  const x = parseQuantity(a);
+  const y = parseQuantity(b);
+  return x !== undefined && y !== undefined && Math.abs(x - y) <= Math.abs(x) * 1e-12;
+}
+
+/**
+ * True when `desired` is contained in `live`: objects by key (extra live keys allowed), arrays element-wise
+ * with equal length, scalars equal. Values under a `resources.requests|limits` map compare as quantities,
+ * because the server canonicalises them ("0.5" is stored as "500m").
+ */
+export function contains(desired: unknown, live: unknown, path: string[] = []): boolean {
+  if (desired === undefined) return true;
+  if (Array.isArray(desired)) {
+    if (!Array.isArray(live) || live.length !== desired.length) return false;
+    return desired.every((d, i) => contains(d, live[i], [...path, String(i)]));
+  }
+  if (desired !== null && typeof desired === "object") {
+    if (live === null || typeof live !== "object" || Array.isArray(live)) return false;
+    const l = live as Record<string, unknown>;
+    return Object.entries(desired as Record<string, unknown>).every(([k, v]) => contains(v, l[k], [...path, k]));
+  }
+  const parent = path[path.length - 2];
+  if ((parent === "requests" || parent === "limits") && path[path.length - 3] === "resources") {
+    return quantityEqual(desired, live);
+  }
+  return desired === live;
+}
+
+interface Meta {
+  metadata?: { labels?: Record<string, string>; annotations?: Record<string, string>; ownerReferences?: unknown[] };
+  [k: string]: unknown;
+}
+
+/** Whether applying `desired` would change `live` (undefined live: it does not exist yet). */
+export function needsApply(desired: Meta, live: Meta | undefined): boolean {
+  if (!live) return true;
+  const { metadata: dm, apiVersion: _a, kind: _k, ...rest } = desired;
+  const want = {
+    metadata: { labels: dm?.labels, annotations: dm?.annotations, ownerReferences: dm?.ownerReferences },
+    ...rest,
+  };
+  return !contains(want, live);
+}

@@ -1,0 +1,241 @@
+// Desired children of an ExpertPool, computed from the pool alone (plus the previous plan, for stability).
+// Pure: no I/O. The reconciler compares these with what it observes and applies only the difference.
+import { createHash } from "node:crypto";
+import type { V1ConfigMap, V1Service, V1StatefulSet, V1Toleration } from "@kubernetes/client-node";
+import { PlacementError, type PlacementPlan, type PlanStats, planPlacement, validatePlan } from "@switchyard/moe";
+import type { ExpertPool } from "../api/v1alpha1.js";
+import {
+  CHECKPOINT_MOUNT,
+  childLabels,
+  MODEL_HASH_ANNOTATION,
+  ownerRef,
+  PLAN_KEY,
+  PLAN_MOUNT,
+  planConfigMapName,
+  selectorLabels,
+  serviceName,
+  statefulSetName,
+  WORKER_GRPC_PORT,
+  WORKER_METRICS_PORT,
+  workerAddress,
+  workerIds,
+} from "./names.js";
+
+export const GPU_RESOURCE = "nvidia.com/gpu";
+
+/** Slots each worker must hold when the user did not size the cache: its share of every copy, rounded up. */
+export function cacheCapacity(pool: ExpertPool): number {
+  const { spec } = pool;
+  if (spec.cache.residentExperts !== undefined) return spec.cache.residentExperts;
+  const slots = spec.model.layers * (spec.model.experts + spec.placement.redundantExperts);
+  return Math.max(1, Math.ceil(slots / Math.max(1, spec.replicas)));
+}
+
+/** Short hash of the model section: a change in it must roll the workers even when no flag changes. */
+export function modelHash(pool: ExpertPool): string {
+  return createHash("sha256").update(JSON.stringify(pool.spec.model)).digest("hex").slice(0, 16);
+}
+
+function checkpointVolume(pool: ExpertPool) {
+  const c = pool.spec.model.checkpoint;
+  if (c.pvc) return { name: "checkpoint", persistentVolumeClaim: { claimName: c.pvc.claimName, readOnly: true } };
+  if (c.hostPath) return { name: "checkpoint", hostPath: { path: c.hostPath.path, type: "Directory" } };
+  return { name: "checkpoint", emptyDir: {} }; // uri: the worker downloads into it
+}
+
+/** The worker command line of docs/CONTRACTS.md. The worker id comes from the pod name (downward API). */
+export function workerArgs(pool: ExpertPool): string[] {
+  const { spec } = pool;
+  const args = [
+    "expert-worker/dist/main.js",
+    "--checkpoint",
+    CHECKPOINT_MOUNT,
+    "--pool",
+    pool.metadata.name,
+    "--port",
+    String(WORKER_GRPC_PORT),
+    "--metrics-port",
+    String(WORKER_METRICS_PORT),
+    "--plan",
+    `${PLAN_MOUNT}/${PLAN_KEY}`,
+    "--cache-capacity",
+    String(cacheCapacity(pool)),
+    "--backend",
+    spec.worker.backend,
+    "--queue-capacity",
+    String(spec.worker.queueCapacity),
+  ];
+  return args;
+}
+
+export function desiredStatefulSet(pool: ExpertPool): V1StatefulSet {
+  const { spec } = pool;
+  const name = pool.metadata.name;
+  const gpus = spec.worker.gpusPerWorker;
+  const requests: Record<string, string> = {};
+  const limits: Record<string, string> = {};
+  for (const [k, v] of Object.entries(spec.worker.resources?.requests ?? {})) requests[k] = String(v);
+  for (const [k, v] of Object.entries(spec.worker.resources?.limits ?? {})) limits[k] = String(v);
+  if (gpus > 0) {
+    // Extended resources must have requests == limits; setting both says so explicitly.
+    requests[GPU_RESOURCE] = String(gpus);
+    limits[GPU_RESOURCE] = String(gpus);
+  }
+  const tolerations: V1Toleration[] = (spec.worker.tolerations ?? []).map((t) => ({ ...t }));
+  if (gpus > 0 && !tolerations.some((t) => t.key === GPU_RESOURCE)) {
+    // GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule (GKE, the NVIDIA operator).
+    tolerations.push({ key: GPU_RESOURCE, operator: "Exists", effect: "NoSchedule" });
+  }
+  const ckpt = spec.model.checkpoint;
+  const resources: Record<string, Record<string, string>> = {};
+  if (Object.keys(requests).length) resources.requests = requests;
+  if (Object.keys(limits).length) resources.limits = limits;
+  const grpcProbe = { grpc: { port: WORKER_GRPC_PORT } };
+  const env = [
+    { name: "SWITCHYARD_WORKER_ID", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
+    ...(ckpt.uri ? [{ name: "SWITCHYARD_CHECKPOINT_URI", value: ckpt.uri }] : []),
+  ];
+  return {
+    apiVersion: "apps/v1",
+    kind: "StatefulSet",
+    metadata: {
+      name: statefulSetName(name),
+      namespace: pool.metadata.namespace,
+      labels: childLabels(name),
+      ownerReferences: [ownerRef(pool)],
+    },
+    spec: {
+      replicas: spec.replicas,
+      serviceName: serviceName(name),
+      // Workers are independent (no ordinal start-up order); Parallel brings a pool up in one step.
+      podManagementPolicy: "Parallel",
+      updateStrategy: { type: "RollingUpdate" },
+      selector: { matchLabels: selectorLabels(name) },
+      template: {
+        metadata: { labels: childLabels(name), annotations: { [MODEL_HASH_ANNOTATION]: modelHash(pool) } },
+        spec: {
+          enableServiceLinks: false,
+          terminationGracePeriodSeconds: 30,
+          ...(spec.worker.priorityClassName ? { priorityClassName: spec.worker.priorityClassName } : {}),
+          ...(spec.worker.nodeSelector && Object.keys(spec.worker.nodeSelector).length
+            ? { nodeSelector: { ...spec.worker.nodeSelector } }
+            : {}),
+          ...(tolerations.length ? { tolerations } : {}),
+          topologySpreadConstraints: [
+            {
+              maxSkew: 1,
+              topologyKey: "kubernetes.io/hostname",
+              whenUnsatisfiable: "ScheduleAnyway",
+              labelSelector: { matchLabels: selectorLabels(name) },
+            },
+          ],
+          containers: [
+            {
+              name: "worker",
+              image: spec.worker.image,
+              imagePullPolicy: spec.worker.imagePullPolicy,
+              command: ["node"],
+              args: workerArgs(pool),
+              env,
+              ports: [
+                { name: "grpc", containerPort: WORKER_GRPC_PORT, protocol: "TCP" },
+                { name: "metrics", containerPort: WORKER_METRICS_PORT, protocol: "TCP" },
+              ],
+              // The worker serves grpc.health.v1 on its gRPC port: SERVING once its experts are loaded.
+              readinessProbe: { ...grpcProbe, periodSeconds: 5, failureThreshold: 3 },
+              livenessProbe: { ...grpcProbe, periodSeconds: 10, failureThreshold: 6 },
+              // Loading a checkpoint can take minutes; liveness waits for the first success.
+              startupProbe: { ...grpcProbe, periodSeconds: 10, failureThreshold: 90 },
+              ...(Object.keys(resources).length ? { resources } : {}),
+              volumeMounts: [
+                {
+                  name: "checkpoint",
+                  mountPath: CHECKPOINT_MOUNT,
+                  readOnly: true,
+                  ...(ckpt.pvc?.subPath ? { subPath: ckpt.pvc.subPath } : {}),
+                },
+                { name: "plan", mountPath: PLAN_MOUNT, readOnly: true },
+              ],
+            },
+          ],
+          volumes: [checkpointVolume(pool), { name: "plan", configMap: { name: planConfigMapName(name) } }],
+        },
+      },
+    },
+  } as V1StatefulSet;
+}
+
+export function desiredService(pool: ExpertPool): V1Service {
+  const name = pool.metadata.name;
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: {
+      name: serviceName(name),
+      namespace: pool.metadata.namespace,
+      labels: childLabels(name),
+      ownerReferences: [ownerRef(pool)],
+    },
+    spec: {
+      // Headless: the router dials each worker by its stable pod DNS name, never a load-balanced VIP.
+      clusterIP: "None",
+      selector: selectorLabels(name),
+      ports: [
+        { name: "grpc", port: WORKER_GRPC_PORT, targetPort: WORKER_GRPC_PORT, protocol: "TCP" },
+        { name: "metrics", port: WORKER_METRICS_PORT, targetPort: WORKER_METRICS_PORT, protocol: "TCP" },
+      ],
+    },
+  } as V1Service;
+}
+
+/** Reads the plan a ConfigMap holds; undefined when absent or unreadable (a fresh plan is made instead). */
+export function planFromConfigMap(cm: V1ConfigMap | undefined): PlacementPlan | undefined {
+  const text = cm?.data?.[PLAN_KEY];
+  if (!text) return undefined;
+  try {
+    return validatePlan(JSON.parse(text));
+  } catch {
+    return undefined;
+  }
+}
+
+export type PlanOutcome =
+  | { ok: true; plan: PlacementPlan; stats: PlanStats; configMap: V1ConfigMap }
+  | { ok: false; message: string };
+
+export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefined, load?: number[][]): PlanOutcome {
+  const { spec } = pool;
+  const name = pool.metadata.name;
+  const ns = pool.metadata.namespace ?? "default";
+  const workers = workerIds(name, spec.replicas);
+  try {
+    const { plan, stats } = planPlacement({
+      pool: name,
+      layers: spec.model.layers,
+      experts: spec.model.experts,
+      workers,
+      redundantExperts: spec.placement.redundantExperts,
+      capacityPerWorker: spec.cache.residentExperts,
+      capacityIsSoft: spec.cache.hostTier.enabled,
+      strategy: spec.placement.strategy,
+      load,
+      previous,
+      endpoints: Object.fromEntries(workers.map((w) => [w, workerAddress(name, ns, w)])),
+    });
+    const configMap: V1ConfigMap = {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: {
+        name: planConfigMapName(name),
+        namespace: pool.metadata.namespace,
+        labels: childLabels(name),
+        ownerReferences: [ownerRef(pool)],
+      },
+      data: { [PLAN_KEY]: JSON.stringify(plan) },
+    };
+    return { ok: true, plan, stats, configMap };
+  } catch (e) {
+    if (e instanceof PlacementError) return { ok: false, message: e.message };
+    throw e;
+  }
+}

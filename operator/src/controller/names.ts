@@ -1,0 +1,56 @@
+// Names and labels of everything the operator creates for a pool. Kept in one place because the router, the
+// chart and the tests all address these objects by name.
+import type { ExpertPool } from "../api/v1alpha1.js";
+
+export const FIELD_MANAGER = "switchyard-operator";
+export const STATUS_FIELD_MANAGER = "switchyard-operator-status";
+export const POOL_LABEL = "switchyard.dev/pool";
+export const COMPONENT_LABEL = "app.kubernetes.io/component";
+export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
+export const MANAGED_BY = "switchyard-operator";
+export const WORKER_COMPONENT = "expert-worker";
+export const WORKER_GRPC_PORT = 50061;
+export const WORKER_METRICS_PORT = 9401;
+export const PLAN_KEY = "plan.json";
+export const PLAN_MOUNT = "/etc/switchyard/plan";
+export const CHECKPOINT_MOUNT = "/checkpoint";
+export const MODEL_HASH_ANNOTATION = "switchyard.dev/model-hash";
+
+export const statefulSetName = (pool: string) => pool;
+export const serviceName = (pool: string) => `${pool}-workers`;
+export const planConfigMapName = (pool: string) => `${pool}-placement`;
+export const workerIds = (pool: string, replicas: number) =>
+  Array.from({ length: replicas }, (_, i) => `${statefulSetName(pool)}-${i}`);
+export const workerAddress = (pool: string, namespace: string, id: string) =>
+  `${id}.${serviceName(pool)}.${namespace}.svc:${WORKER_GRPC_PORT}`;
+
+export function selectorLabels(pool: string): Record<string, string> {
+  return { [COMPONENT_LABEL]: WORKER_COMPONENT, [POOL_LABEL]: pool };
+}
+
+/** The serialized selector the scale subresource and HPA read from status.selector. */
+export function selectorString(pool: string): string {
+  return Object.entries(selectorLabels(pool))
+    .map(([k, v]) => `${k}=${v}`)
+    .join(",");
+}
+
+export function childLabels(pool: string): Record<string, string> {
+  return {
+    "app.kubernetes.io/name": "switchyard",
+    "app.kubernetes.io/instance": pool,
+    [MANAGED_BY_LABEL]: MANAGED_BY,
+    ...selectorLabels(pool),
+  };
+}
+
+export function ownerRef(pool: ExpertPool) {
+  return {
+    apiVersion: pool.apiVersion,
+    kind: pool.kind,
+    name: pool.metadata.name,
+    uid: pool.metadata.uid ?? "",
+    controller: true,
+    blockOwnerDeletion: true,
+  };
+}
