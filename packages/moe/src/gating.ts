@@ -4,7 +4,9 @@
 //     to 1 when normTopKProb (Mixtral always, Qwen per norm_topk_prob).
 //   sigmoid group-limited top-k (DeepSeek-V3 DeepseekV3TopkRouter): s = sigmoid(logits); c = s + e_score_correction_bias
 //     (selection only); group score = sum of the top-2 c in each of nGroup groups; keep the topkGroup best groups;
-//     c of experts in other groups is set to 0.0 (transformers masks with 0.0, not -inf); top-k of that; weights are
+//     experts in other groups are masked out (-inf, as transformers 5.17 and DeepSeek's reference code do; some
+//     older transformers versions masked with 0.0, which differs only when corrected scores go negative);
+//     top-k of the rest; weights are
 //     the uncorrected s of the chosen experts, divided by (sum + 1e-20) when normTopKProb, times routedScalingFactor.
 //   top-p (dynamic k, "Harder tasks need more experts"): the smallest prefix of experts by descending softmax
 //     probability whose mass reaches p, at least minK and at most maxK experts; unused slots hold id -1, weight 0.
@@ -131,8 +133,8 @@ export function softmaxRows(
 }
 
 /**
- * Select the k largest of vals[off .. off+n) into idx/score (descending; lower index wins ties), using only
- * positions with mask[i] !== 0 when a mask is given. Returns how many were selected (< k only if n < k).
+ * Select the k largest of vals[off .. off+n) into idx/score (descending; lower index wins ties).
+ * Returns how many were selected (< k only if n < k).
  */
 function selectTopK(
   vals: ArrayLike<number>,
@@ -250,7 +252,7 @@ export function sigmoidGroupTopK(
       selectTopK(groupScore, 0, G, TG, gIdx, gSc);
       keep.fill(0);
       for (let j = 0; j < TG; j++) keep[gIdx[j]] = 1;
-      for (let e = 0; e < experts; e++) if (!keep[Math.floor(e / per)]) choice[e] = 0; // transformers: masked_fill(.., 0.0)
+      for (let e = 0; e < experts; e++) if (!keep[Math.floor(e / per)]) choice[e] = Number.NEGATIVE_INFINITY;
     }
     selectTopK(choice, 0, experts, k, idx, sc);
     let sum = 0;

@@ -16,7 +16,7 @@ import {
   defaultSpec,
   expertKeys,
   gateKey,
-  hfConfigFor,
+  hfConfigJson,
   type ModelFamily,
   type ModelSpec,
   moeLayers,
@@ -165,7 +165,7 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
   const spec = defaultSpec(family, overrides);
   if (!Number.isInteger(shards) || shards < 1) throw new Error(`shards: must be a positive integer, got ${shards}`);
   await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, "config.json"), `${JSON.stringify(hfConfigFor(spec), null, 2)}\n`);
+  await writeFile(join(dir, "config.json"), hfConfigJson(spec));
 
   const planned = plannedTensors(spec, biasScale);
   const bytesOf = (t: PlannedTensor) => t.shape.reduce((a, b) => a * b, 1) * dtypeBytes(SAFETENSORS_DTYPE[t.dtype]);

@@ -364,7 +364,6 @@ export function hfConfigFor(spec: ModelSpec): Record<string, unknown> {
     rms_norm_eps: 1e-6,
     vocab_size: 32000,
     max_position_embeddings: 4096,
-    rope_theta: 1000000,
     tie_word_embeddings: false,
     torch_dtype: spec.dtype,
   };
@@ -375,7 +374,6 @@ export function hfConfigFor(spec: ModelSpec): Record<string, unknown> {
         intermediate_size: spec.intermediateSize,
         num_local_experts: spec.experts,
         num_experts_per_tok: spec.topK,
-        router_jitter_noise: 0,
         output_router_logits: false,
       };
     case "qwen2-moe":
@@ -433,6 +431,20 @@ export function hfConfigFor(spec: ModelSpec): Record<string, unknown> {
         first_k_dense_replace: spec.firstDenseLayers,
       };
   }
+}
+
+// transformers 5.x validates config fields strictly: a float field given as 1 (an int in JSON) is rejected.
+const FLOAT_KEYS = new Set(["routed_scaling_factor", "rms_norm_eps", "router_jitter_noise", "rope_theta"]);
+
+/** config.json text for `spec`, with float fields written as floats ("2.0", not "2"). */
+export function hfConfigJson(spec: ModelSpec): string {
+  const MARK = "\u0000float:";
+  const text = JSON.stringify(
+    hfConfigFor(spec),
+    (k, v) => (FLOAT_KEYS.has(k) && typeof v === "number" && Number.isInteger(v) ? `${MARK}${v}` : v),
+    2,
+  );
+  return `${text.replace(/"\\u0000float:(-?\d+)"/g, "$1.0")}\n`;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,221 @@
+import { describe, expect, it } from "vitest";
+import {
+  correctionBiasKey,
+  defaultSpec,
+  expertKeys,
+  gateKey,
+  hfConfigFor,
+  MODEL_FAMILIES,
+  moeLayers,
+  sharedExpertGateKey,
+  sharedExpertKeys,
+  specFromHfConfig,
+  validateSpec,
+} from "./spec.js";
+
+function expectInvalid(fn: () => unknown, message: string | RegExp): void {
+  let err: unknown;
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, "expected an error").toBeDefined();
+  expect((err as { code?: string }).code).toBe("INVALID_ARGUMENT");
+  if (typeof message === "string") expect((err as Error).message).toBe(message);
+  else expect((err as Error).message).toMatch(message);
+}
+
+describe("HF key names", () => {
+  it("mixtral uses block_sparse_moe and w1/w3/w2", () => {
+    const s = defaultSpec("mixtral");
+    expect(expertKeys(s, 3, 7)).toEqual({
+      gate: "model.layers.3.block_sparse_moe.experts.7.w1.weight",
+      up: "model.layers.3.block_sparse_moe.experts.7.w3.weight",
+      down: "model.layers.3.block_sparse_moe.experts.7.w2.weight",
+    });
+    expect(gateKey(s, 3)).toBe("model.layers.3.block_sparse_moe.gate.weight");
+    expect(sharedExpertKeys(s, 3)).toBeUndefined();
+    expect(sharedExpertGateKey(s, 3)).toBeUndefined();
+    expect(correctionBiasKey(s, 3)).toBeUndefined();
+  });
+  it("qwen2-moe has mlp.experts, shared_expert and shared_expert_gate", () => {
+    const s = defaultSpec("qwen2-moe");
+    expect(expertKeys(s, 0, 59).down).toBe("model.layers.0.mlp.experts.59.down_proj.weight");
+    expect(gateKey(s, 0)).toBe("model.layers.0.mlp.gate.weight");
+    expect(sharedExpertKeys(s, 1)).toEqual({
+      gate: "model.layers.1.mlp.shared_expert.gate_proj.weight",
+      up: "model.layers.1.mlp.shared_expert.up_proj.weight",
+      down: "model.layers.1.mlp.shared_expert.down_proj.weight",
+    });
+    expect(sharedExpertGateKey(s, 1)).toBe("model.layers.1.mlp.shared_expert_gate.weight");
+  });
+  it("qwen3-moe has no shared expert", () => {
+    const s = defaultSpec("qwen3-moe");
+    expect(expertKeys(s, 2, 0).gate).toBe("model.layers.2.mlp.experts.0.gate_proj.weight");
+    expect(sharedExpertKeys(s, 2)).toBeUndefined();
+  });
+  it("deepseek-v3 has shared_experts and gate.e_score_correction_bias", () => {
+    const s = defaultSpec("deepseek-v3");
+    expect(expertKeys(s, 5, 255).up).toBe("model.layers.5.mlp.experts.255.up_proj.weight");
+    expect(sharedExpertKeys(s, 5)?.gate).toBe("model.layers.5.mlp.shared_experts.gate_proj.weight");
+    expect(correctionBiasKey(s, 5)).toBe("model.layers.5.mlp.gate.e_score_correction_bias");
+    expect(sharedExpertGateKey(s, 5)).toBeUndefined();
+  });
+});
+
+describe("config.json", () => {
+  it("round-trips every family through hfConfigFor/specFromHfConfig", () => {
+    for (const family of MODEL_FAMILIES) {
+      const s = defaultSpec(family, { layers: 3, dtype: "float16" });
+      expect(specFromHfConfig(hfConfigFor(s))).toEqual(s);
+    }
+  });
+  it("reads a real Mixtral-8x7B config", () => {
+    const s = specFromHfConfig({
+      architectures: ["MixtralForCausalLM"],
+      model_type: "mixtral",
+      hidden_size: 4096,
+      intermediate_size: 14336,
+      num_hidden_layers: 32,
+      num_local_experts: 8,
+      num_experts_per_tok: 2,
+      hidden_act: "silu",
+      torch_dtype: "bfloat16",
+    });
+    expect(s).toMatchObject({
+      family: "mixtral",
+      experts: 8,
+      topK: 2,
+      normTopKProb: true,
+      scoring: "softmax",
+      hiddenSize: 4096,
+      intermediateSize: 14336,
+    });
+  });
+  it("reads a DeepSeek-V3 config (groups, scaling, first dense layers, shared experts)", () => {
+    const s = specFromHfConfig({
+      model_type: "deepseek_v3",
+      hidden_size: 7168,
+      intermediate_size: 18432,
+      moe_intermediate_size: 2048,
+      num_hidden_layers: 61,
+      n_routed_experts: 256,
+      n_shared_experts: 1,
+      num_experts_per_tok: 8,
+      n_group: 8,
+      topk_group: 4,
+      routed_scaling_factor: 2.5,
+      norm_topk_prob: true,
+      first_k_dense_replace: 3,
+      scoring_func: "sigmoid",
+      torch_dtype: "bfloat16",
+    });
+    expect(s).toMatchObject({
+      experts: 256,
+      topK: 8,
+      nGroup: 8,
+      topkGroup: 4,
+      routedScalingFactor: 2.5,
+      sharedExperts: 1,
+      sharedIntermediateSize: 2048,
+      firstDenseLayers: 3,
+      scoring: "sigmoid",
+    });
+    expect(moeLayers(s)[0]).toBe(3);
+    expect(moeLayers(s).length).toBe(58);
+  });
+  it("reads a Qwen1.5-MoE config with norm_topk_prob default false and sparse-step dense layers", () => {
+    const s = specFromHfConfig({
+      model_type: "qwen2_moe",
+      hidden_size: 2048,
+      moe_intermediate_size: 1408,
+      shared_expert_intermediate_size: 5632,
+      num_hidden_layers: 4,
+      num_experts: 60,
+      num_experts_per_tok: 4,
+      decoder_sparse_step: 2,
+      mlp_only_layers: [3],
+    });
+    expect(s).toMatchObject({
+      normTopKProb: false,
+      sharedExperts: 1,
+      sharedIntermediateSize: 5632,
+      sharedExpertGate: true,
+      dtype: "float32",
+    });
+    expect(moeLayers(s)).toEqual([1]);
+  });
+  it("names the bad field", () => {
+    const good = hfConfigFor(defaultSpec("mixtral"));
+    expectInvalid(() => specFromHfConfig([], "/x/config.json"), "/x/config.json: must be a JSON object");
+    expectInvalid(
+      () => specFromHfConfig({ ...good, model_type: undefined }, "c.json"),
+      /^c\.json: model_type: required/,
+    );
+    expectInvalid(
+      () => specFromHfConfig({ ...good, model_type: "llama" }, "c.json"),
+      /^c\.json: model_type: unsupported model type "llama"/,
+    );
+    expectInvalid(
+      () => specFromHfConfig({ ...good, num_local_experts: 0 }, "c.json"),
+      "c.json: num_local_experts: must be a positive integer, got 0",
+    );
+    expectInvalid(
+      () => specFromHfConfig({ ...good, hidden_size: "4096" }, "c.json"),
+      'c.json: hidden_size: must be a positive integer, got "4096"',
+    );
+    expectInvalid(
+      () => specFromHfConfig({ ...good, torch_dtype: "int8" }, "c.json"),
+      'c.json: torch_dtype: must be bfloat16, float16 or float32, got "int8"',
+    );
+    expectInvalid(() => specFromHfConfig({ ...good, hidden_act: "gelu" }, "c.json"), /hidden_act: only silu/);
+    expectInvalid(
+      () => specFromHfConfig({ ...good, num_experts_per_tok: 9 }, "c.json"),
+      "c.json.topK: 9 exceeds experts (8)",
+    );
+    const ds = hfConfigFor(defaultSpec("deepseek-v3"));
+    expectInvalid(
+      () => specFromHfConfig({ ...ds, n_group: 3 }, "c.json"),
+      "c.json.nGroup: 3 does not divide experts (16)",
+    );
+    expectInvalid(() => specFromHfConfig({ ...ds, topk_group: 5 }, "c.json"), "c.json.topkGroup: 5 exceeds nGroup (4)");
+    expectInvalid(
+      () => specFromHfConfig({ ...ds, scoring_func: "softmax" }, "c.json"),
+      /scoring_func: DeepseekV3 routes with sigmoid/,
+    );
+    expectInvalid(
+      () => specFromHfConfig({ ...ds, norm_topk_prob: "yes" }, "c.json"),
+      'c.json: norm_topk_prob: must be a boolean, got "yes"',
+    );
+  });
+  it("validateSpec catches inconsistent specs", () => {
+    expectInvalid(
+      () => validateSpec({ ...defaultSpec("deepseek-v3"), topK: 9 }),
+      "spec.topK: 9 exceeds the experts in topkGroup groups (8)",
+    );
+    expectInvalid(
+      () => validateSpec({ ...defaultSpec("mixtral"), sharedExpertGate: true }),
+      "spec.sharedExpertGate: needs sharedExperts > 0",
+    );
+    expectInvalid(
+      () => validateSpec({ ...defaultSpec("mixtral"), firstDenseLayers: 2 }),
+      "spec.firstDenseLayers: 2 leaves no MoE layer of 2",
+    );
+    expectInvalid(
+      () => defaultSpec("mixtral", { experts: 8, nGroup: 8, topkGroup: 1, topK: 1 }),
+      "spec.nGroup: groups need at least 2 experts each, got 1",
+    );
+  });
+});
+
+describe("hfConfigJson", () => {
+  it("writes integral float fields as floats (transformers 5.x validates types strictly) and round-trips", async () => {
+    const { hfConfigJson } = await import("./spec.js");
+    const s = defaultSpec("deepseek-v3", { routedScalingFactor: 1 });
+    const text = hfConfigJson(s);
+    expect(text).toContain('"routed_scaling_factor": 1.0');
+    expect(text).not.toContain("float:");
+    expect(specFromHfConfig(JSON.parse(text))).toEqual(s);
+  });
+});
