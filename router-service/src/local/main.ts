@@ -1,0 +1,565 @@
+#!/usr/bin/env node
+// `npm start`: the whole system on one machine. Generates (or reuses, under .cache/) a checkpoint, plans a
+// placement, starts N expert workers and a router as local processes, drives engine-like load through the router
+// (concurrent sequences, Zipf-skewed tokens with locality, every MoE layer in turn), shows live progress, prints
+// a final table, and checks every answer against the in-process reference: exit 1 on any wrong answer.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
+import { credentials, Metadata } from "@grpc/grpc-js";
+import {
+  defaultSpec,
+  generateCheckpoint,
+  type ModelFamily,
+  type ModelSpec,
+  moeLayers,
+  openCheckpoint,
+  planPlacement,
+  type RoutingPolicy,
+  resolveRoutingPolicy,
+} from "@switchyard/moe";
+import {
+  bytesToFloat32,
+  DType,
+  ExpertWorkerClient,
+  encodeTensor,
+  type ForwardResponse,
+  fromRpcError,
+  RouterClient,
+  type WorkerStatus,
+} from "@switchyard/protocol";
+import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
+import { DEFAULT_TRAFFIC, parsePromText, quantile, Traffic } from "./loadgen.js";
+import type { VerifierInit, VerifyJob, VerifyResult } from "./verifier.js";
+
+const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+
+export const SIZES = {
+  tiny: { layers: 2, hiddenSize: 128, intermediateSize: 256, experts: 8 },
+  small: { layers: 4, hiddenSize: 256, intermediateSize: 512, experts: 16 },
+  medium: { layers: 4, hiddenSize: 1024, intermediateSize: 2048, experts: 32 },
+} as const;
+export type Size = keyof typeof SIZES;
+
+export interface LocalOptions {
+  family: ModelFamily;
+  size: Size;
+  workers: number;
+  concurrency: number;
+  durationS: number;
+  policy: RoutingPolicy;
+  dtype: "bf16" | "fp32";
+  seed: number;
+  prefill: number;
+  redundant: number | null;
+  cacheCapacity: number | null;
+  tolerance: number | null;
+  policyFile?: string;
+}
+
+const USAGE = `usage: npm start -- [flags]
+  --family mixtral|qwen2-moe|qwen3-moe|deepseek-v3   model family (default mixtral)
+  --size tiny|small|medium        model size (default tiny: 2 layers, d=128, 8 experts)
+  --workers N                     expert worker processes (default 2)
+  --concurrency N                 concurrent sequences (default 16)
+  --duration S                    seconds of load (default 20)
+  --policy FILE|JSON              RoutingPolicy (docs/CONTRACTS.md), e.g. '{"batching":{"enabled":false}}'
+  --dtype bf16|fp32               activation dtype on the wire (default bf16)
+  --prefill N                     tokens in each sequence's first step (default 8; then 1 per step)
+  --redundant N                   extra expert copies per layer in the placement (default experts/4)
+  --cache-capacity N              resident experts per worker (default: all it serves)
+  --seed N                        checkpoint and traffic seed (default 1)
+  --tolerance X                   max relative error per answer (default 1e-2 bf16, 1e-4 fp32)`;
+
+export function parseLocalArgs(argv: string[]): LocalOptions {
+  const o: LocalOptions = {
+    family: "mixtral",
+    size: "tiny",
+    workers: 2,
+    concurrency: 16,
+    durationS: 20,
+    policy: resolveRoutingPolicy({}),
+    dtype: "bf16",
+    seed: 1,
+    prefill: 8,
+    redundant: null,
+    cacheCapacity: null,
+    tolerance: null,
+  };
+  const int = (flag: string, v: string, min: number) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${flag}: must be an integer >= ${min}, got "${v}"`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--help" || a === "-h") throw new Error(USAGE);
+    if (!a.startsWith("--")) throw new Error(`unexpected argument "${a}"\n${USAGE}`);
+    const eq = a.indexOf("=");
+    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    const v = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (v === undefined) throw new Error(`--${name}: missing value`);
+    switch (name) {
+      case "family":
+        if (!["mixtral", "qwen2-moe", "qwen3-moe", "deepseek-v3"].includes(v)) {
+          throw new Error(`--family: one of mixtral, qwen2-moe, qwen3-moe, deepseek-v3, got "${v}"`);
+        }
+        o.family = v as ModelFamily;
+        break;
+      case "size":
+        if (!(v in SIZES)) throw new Error(`--size: one of ${Object.keys(SIZES).join(", ")}, got "${v}"`);
+        o.size = v as Size;
+        break;
+      case "workers":
+        o.workers = int(name, v, 1);
+        break;
+      case "concurrency":
+        o.concurrency = int(name, v, 1);
+        break;
+      case "duration": {
+        const n = Number(v.replace(/s$/, ""));
+        if (!(n > 0)) throw new Error(`--duration: seconds > 0, got "${v}"`);
+        o.durationS = n;
+        break;
+      }
+      case "policy": {
+        if (!v.trim().startsWith("{")) {
+          o.policyFile = v; // read by loadPolicyFile: parsing stays free of I/O
+          break;
+        }
+        let json: unknown;
+        try {
+          json = JSON.parse(v);
+        } catch (e) {
+          throw new Error(`--policy: not valid JSON (${(e as Error).message})`);
+        }
+        o.policy = resolveRoutingPolicy(json, "policy");
+        break;
+      }
+      case "dtype":
+        if (v !== "bf16" && v !== "fp32") throw new Error(`--dtype: bf16 or fp32, got "${v}"`);
+        o.dtype = v;
+        break;
+      case "seed":
+        o.seed = int(name, v, 0);
+        break;
+      case "prefill":
+        o.prefill = int(name, v, 1);
+        break;
+      case "redundant":
+        o.redundant = int(name, v, 0);
+        break;
+      case "cache-capacity":
+        o.cacheCapacity = int(name, v, 1);
+        break;
+      case "tolerance": {
+        const n = Number(v);
+        if (!(n > 0)) throw new Error(`--tolerance: a number > 0, got "${v}"`);
+        o.tolerance = n;
+        break;
+      }
+      default:
+        throw new Error(`unknown flag --${name}\n${USAGE}`);
+    }
+  }
+  return o;
+}
+
+/** --policy FILE: read and validated here (parseLocalArgs stays free of I/O). */
+async function loadPolicyFile(o: LocalOptions): Promise<void> {
+  if (!o.policyFile) return;
+  const text = await readFile(o.policyFile, "utf8").catch((e: Error) => {
+    throw new Error(`--policy ${o.policyFile}: cannot read (${e.message})`);
+  });
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`--policy ${o.policyFile}: not valid JSON (${(e as Error).message})`);
+  }
+  o.policy = resolveRoutingPolicy(json, "policy");
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.unref();
+    s.on("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => res(p));
+    });
+  });
+}
+
+function spawnProc(name: string, args: string[], children: ChildProcess[], quiet: () => boolean): ChildProcess {
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe", "ipc"] });
+  children.push(child);
+  const relay = (chunk: Buffer) => {
+    for (const line of chunk.toString().split("\n"))
+      if (line.trim() && !quiet()) process.stderr.write(`  [${name}] ${line}\n`);
+  };
+  child.stdout!.on("data", relay);
+  child.stderr!.on("data", (c: Buffer) => {
+    for (const line of c.toString().split("\n")) if (line.trim()) process.stderr.write(`  [${name}] ${line}\n`);
+  });
+  return child;
+}
+
+async function waitForWorker(address: string, child: ChildProcess, timeoutMs: number): Promise<ExpertWorkerClient> {
+  const client = new ExpertWorkerClient(address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`worker at ${address} exited with code ${child.exitCode}`);
+    const ok = await new Promise<boolean>((r) =>
+      client.status({}, new Metadata(), { deadline: Date.now() + 1000 }, (e) => r(!e)),
+    );
+    if (ok) return client;
+    if (Date.now() > end) throw new Error(`worker at ${address} not ready after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function statusOf(c: ExpertWorkerClient): Promise<WorkerStatus> {
+  return new Promise((res, rej) =>
+    c.status({}, new Metadata(), { deadline: Date.now() + 3000 }, (e, s) => (e ? rej(e) : res(s))),
+  );
+}
+
+function rmsNorm(x: Float32Array, d: number): void {
+  for (let t = 0; t < x.length / d; t++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += x[t * d + j] ** 2;
+    const k = 1 / Math.sqrt(s / d + 1e-6);
+    for (let j = 0; j < d; j++) x[t * d + j] *= k;
+  }
+}
+
+export async function runLocal(o: LocalOptions): Promise<number> {
+  const log = (s: string) => process.stderr.write(`${s}\n`);
+  const dims = SIZES[o.size];
+  const experts = o.family === "deepseek-v3" ? dims.experts * 2 : dims.experts;
+  const want: ModelSpec = defaultSpec(o.family, { ...dims, experts, intermediateSize: dims.intermediateSize });
+  const ckptDir = join(ROOT, ".cache", "checkpoints", `${o.family}-${o.size}-seed${o.seed}`);
+  if (!existsSync(join(ckptDir, "config.json"))) {
+    log(`generating ${o.family} ${o.size} checkpoint in ${ckptDir} ...`);
+    await generateCheckpoint({ family: o.family, dir: ckptDir, seed: o.seed, ...dims, experts });
+  } else log(`reusing checkpoint ${ckptDir}`);
+  const ckpt = await openCheckpoint(ckptDir);
+  const spec = ckpt.spec;
+  await ckpt.close();
+  if (spec.hiddenSize !== want.hiddenSize || spec.experts !== want.experts) {
+    throw new Error(
+      `${ckptDir} holds a different model (d=${spec.hiddenSize}, E=${spec.experts}); delete it to regenerate`,
+    );
+  }
+  const layers = moeLayers(spec);
+  const d = spec.hiddenSize;
+
+  const runDir = join(ROOT, ".cache", "local", `run-${process.pid}`);
+  await mkdir(runDir, { recursive: true });
+  const ids = Array.from({ length: o.workers }, (_, i) => `w${i}`);
+  const ports = await Promise.all(ids.map(() => freePort()));
+  const metricsPorts = await Promise.all(ids.map(() => freePort()));
+  const endpoints = Object.fromEntries(ids.map((id, i) => [id, `127.0.0.1:${ports[i]}`]));
+  const redundant = o.redundant ?? Math.floor(spec.experts / 4);
+  const { plan, stats } = planPlacement({
+    pool: "local",
+    layers: spec.layers,
+    experts: spec.experts,
+    workers: ids,
+    redundantExperts: o.workers > 1 ? redundant : 0,
+    endpoints,
+  });
+  const planFile = join(runDir, "plan.json");
+  await writeFile(planFile, JSON.stringify(plan));
+  log(
+    `placement v${plan.version}: ${o.workers} workers, ${stats.slotsPerWorker.join("/")} (layer, expert) copies each, ${stats.replicatedExperts} replicated`,
+  );
+
+  const children: ChildProcess[] = [];
+  let quiet = false;
+  const cleanup = () => {
+    for (const c of children) if (c.exitCode === null && c.pid) c.kill("SIGTERM");
+  };
+  process.on("exit", cleanup);
+  const onSignal = () => {
+    cleanup();
+    process.exit(130);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    log(`starting ${o.workers} workers and the router ...`);
+    const workerClients = await Promise.all(
+      ids.map((id, i) => {
+        const args = [
+          join(ROOT, "expert-worker/dist/main.js"),
+          "--checkpoint",
+          ckptDir,
+          "--pool",
+          "local",
+          "--worker-id",
+          id,
+          "--port",
+          String(ports[i]),
+          "--metrics-port",
+          String(metricsPorts[i]),
+          "--host",
+          "127.0.0.1",
+          "--plan",
+          planFile,
+        ];
+        if (o.cacheCapacity !== null) args.push("--cache-capacity", String(o.cacheCapacity));
+        const child = spawnProc(id, args, children, () => quiet);
+        return waitForWorker(endpoints[id], child, 60_000);
+      }),
+    );
+    const routerPort = await freePort();
+    const routerMetricsPort = await freePort();
+    const configFile = join(runDir, "router.json");
+    await writeFile(
+      configFile,
+      JSON.stringify(
+        { pools: [{ name: "local", checkpoint: ckptDir, planFile, endpoints, policy: o.policy }] },
+        null,
+        2,
+      ),
+    );
+    const routerChild = spawnProc(
+      "router",
+      [
+        join(ROOT, "router-service/dist/main.js"),
+        "--config",
+        configFile,
+        "--port",
+        String(routerPort),
+        "--metrics-port",
+        String(routerMetricsPort),
+        "--host",
+        "127.0.0.1",
+      ],
+      children,
+      () => quiet,
+    );
+    await new Promise<void>((res, rej) => {
+      const t = setTimeout(() => rej(new Error("router not ready after 60 s")), 60_000);
+      routerChild.on("message", () => {
+        clearTimeout(t);
+        res();
+      });
+      routerChild.on("exit", (code) => rej(new Error(`router exited with code ${code}`)));
+    });
+    quiet = true;
+
+    // Verification thread.
+    const init: VerifierInit = {
+      checkpoint: ckptDir,
+      topK: o.policy.gating.topK,
+      topP: o.policy.gating.topP,
+      maxK: o.policy.gating.maxK,
+    };
+    const verifier = new Worker(new URL("./verifier.js", import.meta.url), { workerData: init });
+    await new Promise<void>((res, rej) => {
+      verifier.once("message", () => res());
+      verifier.once("error", rej);
+    });
+    const tolerance = o.tolerance ?? (o.dtype === "bf16" ? 1e-2 : 1e-4);
+    let verified = 0;
+    let wrong = 0;
+    let unverifiable = 0;
+    let worstErr = 0;
+    let pendingVerify = 0;
+    const firstWrong: string[] = [];
+    verifier.on("message", (r: VerifyResult) => {
+      pendingVerify--;
+      verified++;
+      if (r.relErr > worstErr || Number.isNaN(r.relErr)) worstErr = Number.isNaN(r.relErr) ? Number.NaN : r.relErr;
+      if (!(r.relErr <= tolerance)) {
+        wrong++;
+        if (firstWrong.length < 5)
+          firstWrong.push(`answer #${r.id}: relative error ${r.relErr.toExponential(2)} > ${tolerance}`);
+      }
+    });
+
+    // Load.
+    const dtype = o.dtype === "bf16" ? DType.BFLOAT16 : DType.FLOAT32;
+    const traffic = new Traffic({ ...DEFAULT_TRAFFIC, hidden: d, seed: o.seed });
+    const client = new RouterClient(`127.0.0.1:${routerPort}`, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+    const latencies: number[] = [];
+    let tokensDone = 0;
+    let forwards = 0;
+    let errors = 0;
+    const errorSamples: string[] = [];
+    let jobId = 0;
+    const t0 = performance.now();
+    const endAt = t0 + o.durationS * 1000;
+    log(
+      `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})`,
+    );
+    const progress = setInterval(
+      () => {
+        const s = (performance.now() - t0) / 1000;
+        const line = `  ${s.toFixed(0).padStart(3)} s  ${(tokensDone / s).toFixed(0).padStart(6)} tok/s  ${forwards} forwards  p50 ${quantile(latencies.slice(-2000), 0.5).toFixed(2)} ms  verified ${verified}  wrong ${wrong}  errors ${errors}`;
+        if (process.stderr.isTTY) process.stderr.write(`\r${line}   `);
+        else process.stderr.write(`${line}\n`);
+      },
+      process.stderr.isTTY ? 500 : 5000,
+    );
+
+    const seqLoop = async (sid: number) => {
+      const stream = client.forwardStream();
+      const waiting = new Map<bigint, (r: ForwardResponse) => void>();
+      stream.on("data", (r: ForwardResponse) => {
+        const w = waiting.get(r.requestId);
+        waiting.delete(r.requestId);
+        w?.(r);
+      });
+      const failAll = (e: Error) => {
+        for (const w of waiting.values())
+          w({ requestId: 0n, hidden: undefined, stats: undefined, error: { code: 14, message: e.message } });
+        waiting.clear();
+      };
+      stream.on("error", failAll);
+      let rid = BigInt(sid) << 32n;
+      const seq = traffic.sequence(sid);
+      let first = true;
+      while (performance.now() < endAt) {
+        const n = first ? o.prefill : 1;
+        first = false;
+        const step = seq.next(n);
+        const h = step.hidden;
+        for (const layer of layers) {
+          const tensor = encodeTensor(h, [n, d], dtype);
+          const sent = bytesToFloat32(tensor.data, dtype, true); // what the router saw, for the reference
+          const id = ++rid;
+          const ts = performance.now();
+          const res = await new Promise<ForwardResponse>((r) => {
+            waiting.set(id, r);
+            stream.write({ pool: "local", layer, hidden: tensor, gate: undefined, requestId: id });
+          });
+          latencies.push(performance.now() - ts);
+          forwards++;
+          if (res.error || !res.hidden) {
+            errors++;
+            if (errorSamples.length < 5)
+              errorSamples.push(res.error ? fromRpcError(res.error).message : "empty answer");
+            return;
+          }
+          const out = bytesToFloat32(res.hidden.data, res.hidden.dtype, true);
+          if ((res.stats?.droppedAssignments ?? 0) > 0) unverifiable++;
+          else {
+            pendingVerify++;
+            const job: VerifyJob = { id: ++jobId, layer, hidden: sent, output: out };
+            verifier.postMessage(job);
+          }
+          // Next layer input: residual + norm, a stand-in for the rest of a transformer block.
+          const o2 = bytesToFloat32(res.hidden.data, res.hidden.dtype, true);
+          for (let i = 0; i < h.length; i++) h[i] += o2[i];
+          rmsNorm(h, d);
+        }
+        tokensDone += n;
+      }
+      stream.end();
+    };
+    await Promise.all(Array.from({ length: o.concurrency }, (_, i) => seqLoop(i)));
+    const wall = (performance.now() - t0) / 1000;
+    clearInterval(progress);
+    if (process.stderr.isTTY) process.stderr.write("\n");
+    log(`load done; verifying the remaining ${pendingVerify} answers ...`);
+    while (pendingVerify > 0) await new Promise((r) => setTimeout(r, 50));
+    verifier.postMessage("close");
+
+    // Counters from the router and the workers.
+    const metricsText = await (await fetch(`http://127.0.0.1:${routerMetricsPort}/metrics`)).text();
+    const rows = parsePromText(metricsText);
+    const sum = (name: string) => rows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
+    const perWorker = ids.map(
+      (id) =>
+        rows.find((r) => r.name === "switchyard_router_worker_tokens_total" && r.labels.worker === id)?.value ?? 0,
+    );
+    const meanLoad = perWorker.reduce((a, b) => a + b, 0) / perWorker.length;
+    const statuses = await Promise.all(workerClients.map(statusOf));
+    const hits = statuses.reduce((a, s) => a + Number(s.cacheHits), 0);
+    const misses = statuses.reduce((a, s) => a + Number(s.cacheMisses), 0);
+    const tpe =
+      sum("switchyard_router_tokens_per_expert_call_sum") /
+      Math.max(1, sum("switchyard_router_tokens_per_expert_call_count"));
+    const batchTok =
+      sum("switchyard_router_batch_tokens_sum") / Math.max(1, sum("switchyard_router_batch_tokens_count"));
+    const table: [string, string][] = [
+      [
+        "model",
+        `${o.family} ${o.size} (${spec.layers} layers, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK}${spec.sharedExperts ? ", shared expert" : ""})`,
+      ],
+      ["workers / concurrency", `${o.workers} / ${o.concurrency} sequences, ${o.dtype}`],
+      [
+        "batching",
+        o.policy.batching.enabled
+          ? `on (maxBatchTokens ${o.policy.batching.maxBatchTokens}, maxWait ${o.policy.batching.maxWaitMs} ms)`
+          : "off",
+      ],
+      [
+        "tokens/s",
+        `${(tokensDone / wall).toFixed(1)} (${tokensDone} tokens x ${layers.length} MoE layers in ${wall.toFixed(1)} s)`,
+      ],
+      ["forwards/s", (forwards / wall).toFixed(1)],
+      [
+        "latency per forward p50 / p99",
+        `${quantile(latencies, 0.5).toFixed(2)} ms / ${quantile(latencies, 0.99).toFixed(2)} ms`,
+      ],
+      ["tokens per flush (mean)", batchTok.toFixed(1)],
+      ["tokens per expert call (mean)", tpe.toFixed(2)],
+      [
+        "cache hit ratio",
+        hits + misses > 0 ? `${((100 * hits) / (hits + misses)).toFixed(1)}% (${hits} hits, ${misses} misses)` : "n/a",
+      ],
+      [
+        "worker load max/mean",
+        `${meanLoad > 0 ? (Math.max(...perWorker) / meanLoad).toFixed(3) : "n/a"} (rows ${perWorker.join(" / ")})`,
+      ],
+      ["dropped assignments", String(sum("switchyard_router_dropped_assignments_total"))],
+      ["errors", String(errors)],
+      [
+        "answers verified / wrong",
+        `${verified} / ${wrong} (worst relative error ${worstErr.toExponential(2)}, tolerance ${tolerance}${unverifiable ? `; ${unverifiable} with drops not compared` : ""})`,
+      ],
+    ];
+    const w0 = Math.max(...table.map((r) => r[0].length));
+    console.log("");
+    for (const [k, v] of table) console.log(`${k.padEnd(w0)}  ${v}`);
+    for (const s of errorSamples) log(`error: ${s}`);
+    for (const s of firstWrong) log(`WRONG ${s}`);
+    client.close();
+    for (const c of workerClients) c.close();
+    const ok = wrong === 0 && errors === 0 && verified > 0;
+    console.log(ok ? "\nOK: every answer matched the reference" : `\nFAILED: ${wrong} wrong answers, ${errors} errors`);
+    return ok ? 0 : 1;
+  } finally {
+    cleanup();
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const argv = process.argv.slice(2);
+  let opts: LocalOptions;
+  try {
+    opts = parseLocalArgs(argv.filter((a) => a !== "--"));
+    await loadPolicyFile(opts);
+  } catch (e) {
+    console.error((e as Error).message);
+    process.exit(2);
+  }
+  runLocal(opts).then(
+    (code) => process.exit(code),
+    (e) => {
+      console.error(`local: ${(e as Error).stack ?? e}`);
+      process.exit(1);
+    },
+  );
+}
