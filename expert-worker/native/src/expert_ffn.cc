@@ -287,10 +287,11 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
     run_phase(t1, true);
     if (!cancelled()) run_phase(t2, false);
     tiles_done += done.load();
-    stop = cancelled();
+    // Cancelled means work was skipped; a flag raised after the last tile leaves a complete result.
+    stop = done.load() < static_cast<int64_t>(t1.size() + t2.size());
     u0 = u1;
   }
-  if (stop || cancelled()) {
+  if (stop) {
     outcome->cancelled = true;
     counters.runs_cancelled.fetch_add(1);
   } else {

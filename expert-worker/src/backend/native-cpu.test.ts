@@ -1,0 +1,231 @@
+// Native CPU backend vs the TypeScript reference (fp32 oracle) vs a float64 computation, on fresh random inputs
+// with awkward sizes: 1 token, experts with no tokens, rows in no slice, d not a multiple of 8, 257 experts,
+// bf16 / fp16 / fp32 inputs. Also: cancelling a run really stops the kernel (tile counter).
+
+import { expertToFloat32, referenceExpertFFN64, type WeightDType } from "@switchyard/moe";
+import { bytesToFloat32, DType, dtypeName } from "@switchyard/protocol";
+import { describe, expect, it } from "vitest";
+import { PROTO_OF, randomExpert, rng, uniform } from "../testing.js";
+import { loadNativeAddon, NativeCpuBackend, nativeLoadError } from "./native-cpu.js";
+import { ReferenceBackend } from "./reference.js";
+import type { ExpertBackend, PreparedExpert } from "./types.js";
+
+const addon = loadNativeAddon();
+if (!addon) console.warn(`native-cpu tests SKIPPED: addon not loadable: ${nativeLoadError()}`);
+
+interface Case {
+  name: string;
+  d: number;
+  f: number;
+  weights: WeightDType;
+  tokens: DType;
+  /** expert per slice and its row count; slices are laid out back to back after `gap` leading free rows. */
+  counts: number[];
+  gap: number;
+  tail: number;
+  rowWeights: boolean;
+}
+
+const seed = (Date.now() ^ (Math.random() * 2 ** 31)) >>> 0;
+
+function cases(): Case[] {
+  const r = rng(seed);
+  const counts257 = Array.from({ length: 257 }, () => Math.floor(r() * 3)); // 0, 1 or 2 rows each
+  return [
+    {
+      name: "one token, d=37, fp32",
+      d: 37,
+      f: 53,
+      weights: "float32",
+      tokens: DType.FLOAT32,
+      counts: [1],
+      gap: 0,
+      tail: 0,
+      rowWeights: false,
+    },
+    {
+      name: "empty experts and free rows, d=45, bf16",
+      d: 45,
+      f: 70,
+      weights: "bfloat16",
+      tokens: DType.BFLOAT16,
+      counts: [5, 0, 13, 0, 1],
+      gap: 2,
+      tail: 3,
+      rowWeights: true,
+    },
+    {
+      name: "long slices (several row blocks), d=100, fp16",
+      d: 100,
+      f: 129,
+      weights: "float16",
+      tokens: DType.FLOAT16,
+      counts: [29, 40],
+      gap: 0,
+      tail: 1,
+      rowWeights: true,
+    },
+    {
+      name: "257 experts, d=20, bf16 weights, fp32 tokens",
+      d: 20,
+      f: 24,
+      weights: "bfloat16",
+      tokens: DType.FLOAT32,
+      counts: counts257,
+      gap: 1,
+      tail: 0,
+      rowWeights: true,
+    },
+  ];
+}
+
+async function runCase(
+  backend: ExpertBackend,
+  c: Case,
+  prepared: PreparedExpert[],
+  tokens: Uint8Array,
+  rowWeights?: Float32Array,
+) {
+  const slices = [];
+  let off = c.gap;
+  for (let e = 0; e < c.counts.length; e++) {
+    slices.push({ expert: prepared[e], offset: off, count: c.counts[e] });
+    off += c.counts[e];
+  }
+  const rows = off + c.tail;
+  const out = await backend.run({ dtype: c.tokens, tokens, rows, cols: c.d, slices, rowWeights });
+  return bytesToFloat32(out, c.tokens, true);
+}
+
+describe.skipIf(!addon)("native CPU backend", () => {
+  const native = addon ? new NativeCpuBackend(addon) : (undefined as unknown as NativeCpuBackend);
+  const reference = new ReferenceBackend();
+
+  it.each(cases().map((c) => [c.name, c] as const))(
+    `matches the reference and float64 (seed ${seed}): %s`,
+    async (_, c) => {
+      const r = rng(seed ^ c.d);
+      const experts = c.counts.map(() => randomExpert(c.d, c.f, c.weights, r));
+      const rows = c.gap + c.counts.reduce((a, b) => a + b, 0) + c.tail;
+      const x = uniform(rows * c.d, 1, r);
+      const { valuesToBytes } = await import("@switchyard/protocol");
+      const tokens = new Uint8Array(valuesToBytes(x, c.tokens));
+      const rowWeights = c.rowWeights ? uniform(rows, 1, r) : undefined;
+
+      const nat = await runCase(
+        native,
+        c,
+        await Promise.all(experts.map((w) => native.prepare(w))),
+        tokens,
+        rowWeights,
+      );
+      const ref = await runCase(
+        reference,
+        c,
+        await Promise.all(experts.map((w) => reference.prepare(w))),
+        tokens,
+        rowWeights,
+      );
+
+      // float64 over exactly the values the kernels saw (tokens and weights widened from their stored dtype).
+      const xs = bytesToFloat32(tokens, c.tokens, true);
+      const w32 = experts.map(expertToFloat32);
+      const slices = [];
+      let off = c.gap;
+      for (let e = 0; e < c.counts.length; e++) {
+        slices.push({ expert: e, offset: off, count: c.counts[e] });
+        off += c.counts[e];
+      }
+      const exact = referenceExpertFFN64(xs, c.d, slices, (e) => w32[e], rowWeights);
+
+      let maxAbs = 0;
+      for (const v of exact) maxAbs = Math.max(maxAbs, Math.abs(v));
+      // fp32 accumulation over d and f terms: a few 1e-6 relative to the output scale; a half-type output adds its
+      // own rounding (2^-8 for bf16, 2^-11 for fp16) relative to each value.
+      const half = c.tokens === DType.BFLOAT16 ? 2 ** -8 : c.tokens === DType.FLOAT16 ? 2 ** -11 : 0;
+      let worstNat = 0;
+      let worstRef = 0;
+      for (let i = 0; i < exact.length; i++) {
+        const tol = 2e-5 * maxAbs + 1.05 * half * Math.abs(exact[i]) + 1e-30;
+        worstNat = Math.max(worstNat, Math.abs(nat[i] - exact[i]) / tol);
+        worstRef = Math.max(worstRef, Math.abs(ref[i] - exact[i]) / tol);
+      }
+      // Rows in no slice (gap, tail, empty experts) are exactly zero.
+      for (let i = 0; i < c.gap * c.d; i++) expect(nat[i]).toBe(0);
+      for (let i = (rows - c.tail) * c.d; i < rows * c.d; i++) expect(nat[i]).toBe(0);
+      expect(maxAbs, "test data must produce non-trivial outputs").toBeGreaterThan(1e-3);
+      expect(worstRef, `reference vs float64 (${dtypeName(c.tokens)})`).toBeLessThanOrEqual(1);
+      expect(worstNat, `native vs float64 (${dtypeName(c.tokens)})`).toBeLessThanOrEqual(1);
+    },
+  );
+
+  it("a raised cancel flag stops the kernel between tiles", async () => {
+    const r = rng(seed);
+    const d = 512;
+    const f = 1024;
+    const experts = await Promise.all(
+      Array.from({ length: 4 }, () => native.prepare(randomExpert(d, f, "bfloat16", r))),
+    );
+    const rows = 4 * 96;
+    const tokens = new Uint8Array(new Float32Array(uniform(rows * d, 1, r)).buffer);
+    const slices = new Uint32Array([0, 0, 96, 1, 96, 96, 2, 192, 96, 3, 288, 96]);
+    const handles = experts.map((e) => (e as unknown as { handle: object }).handle);
+    const full = await native.addon.runExperts({
+      dtype: DType.FLOAT32,
+      tokens,
+      rows,
+      cols: d,
+      slices,
+      experts: handles,
+    });
+    expect(full.tilesDone).toBe(full.tilesTotal);
+
+    const cancel = new Int32Array(new SharedArrayBuffer(4));
+    const before = native.addon.stats();
+    const p = native.addon.runExperts({
+      dtype: DType.FLOAT32,
+      tokens,
+      rows,
+      cols: d,
+      slices,
+      experts: handles,
+      cancel,
+    });
+    // Raise the flag as soon as the kernel has started (the first tile is counted).
+    while (native.addon.stats().tilesDone === before.tilesDone) await new Promise((res) => setImmediate(res));
+    Atomics.store(cancel, 0, 1);
+    const err = (await p.then(
+      () => null,
+      (e) => e,
+    )) as { code: string; tilesDone: number } | null;
+    const after = native.addon.stats();
+    expect(err?.code).toBe("CANCELLED");
+    expect(after.runsCancelled).toBe(before.runsCancelled + 1);
+    expect(after.tilesDone - before.tilesDone).toBeLessThan(full.tilesTotal);
+    expect(err?.tilesDone).toBe(after.tilesDone - before.tilesDone);
+  });
+
+  it("an aborted signal rejects with the abort reason and never returns output", async () => {
+    const r = rng(seed + 1);
+    const e = await native.prepare(randomExpert(64, 64, "float32", r));
+    const ac = new AbortController();
+    ac.abort(new DOMException("deadline", "TimeoutError"));
+    await expect(
+      native.run({
+        dtype: DType.FLOAT32,
+        tokens: new Uint8Array(64 * 4),
+        rows: 1,
+        cols: 64,
+        slices: [{ expert: e, offset: 0, count: 1 }],
+        signal: ac.signal,
+      }),
+    ).rejects.toMatchObject({ code: "DEADLINE_EXCEEDED" });
+  });
+
+  it("describes itself and reports the FMA peak probe", async () => {
+    expect(native.describe()).toMatch(/cpu-native \((avx512|avx2|generic)/);
+    const peak = await native.addon.measurePeak(1, 0.05);
+    expect(peak.gflops).toBeGreaterThan(1);
+    expect(PROTO_OF.bfloat16).toBe(DType.BFLOAT16);
+  });
+});

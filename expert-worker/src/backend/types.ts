@@ -1,0 +1,76 @@
+// The one typed interface behind which every expert compute backend sits: the native CPU addon, the TypeScript
+// reference (fallback and test oracle) and, where built, CUDA.
+//
+// Computation, per slice {expert, offset, count} of a token matrix x [N, d]:
+//   y[r] = w[r] * (silu(x[r]·Wg^T) * (x[r]·Wu^T))·Wd^T      for r in [offset, offset + count)
+// with HF Linear layouts Wg, Wu: [f, d], Wd: [d, f]; rows outside every slice are zero; fp32 accumulation; output
+// in the dtype of the tokens.
+
+import { type ExpertWeights, weightBytesPerElement } from "@switchyard/moe";
+import type { DType } from "@switchyard/protocol";
+
+// Weights come as the checkpoint reader hands them out: raw bytes, HF layout, dtype as named in config.json.
+export type { ExpertWeights, WeightMatrix } from "@switchyard/moe";
+
+/** A backend's ready-to-run form of one expert (what the residency cache holds). Opaque to callers. */
+export interface PreparedExpert {
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  /** Memory the prepared form occupies (host or device). */
+  readonly bytes: number;
+}
+
+export interface PreparedSlice {
+  expert: PreparedExpert;
+  offset: number;
+  count: number;
+}
+
+export interface RunRequest {
+  /** FLOAT32 | BFLOAT16 | FLOAT16 */
+  dtype: DType;
+  /** [rows, cols] little-endian elements of dtype. */
+  tokens: Uint8Array;
+  rows: number;
+  cols: number;
+  /** Non-overlapping, within [0, rows); validated by the caller. */
+  slices: PreparedSlice[];
+  /** Optional [rows] per-row output scale. */
+  rowWeights?: Float32Array;
+  /** Aborting stops the run (between tiles for the native backends) and rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+export type BackendName = "cpu-native" | "cpu-reference" | "cuda";
+
+export interface ExpertBackend {
+  readonly name: BackendName;
+  /** What Status and switchyard_worker_backend_info report: cpu | cuda. */
+  readonly kind: "cpu" | "cuda";
+  /** One human-readable line for the start-up log (ISA, threads, library...). */
+  describe(): string;
+  prepare(weights: ExpertWeights): Promise<PreparedExpert>;
+  /** Output [rows, cols] in `dtype`. */
+  run(req: RunRequest): Promise<Uint8Array>;
+  close?(): Promise<void>;
+}
+
+/** Checks shared by every backend's prepare(): gate/up [f, d], down [d, f], byte lengths. */
+export function checkExpertWeights(w: ExpertWeights): { d: number; f: number } {
+  const f = w.gate.rows;
+  const d = w.gate.cols;
+  for (const [name, m, rows, cols] of [
+    ["gate", w.gate, f, d],
+    ["up", w.up, f, d],
+    ["down", w.down, d, f],
+  ] as const) {
+    if (m.rows !== rows || m.cols !== cols)
+      throw new Error(`${name}: expected shape [${rows}, ${cols}], got [${m.rows}, ${m.cols}]`);
+    if (m.dtype !== "bfloat16" && m.dtype !== "float16" && m.dtype !== "float32")
+      throw new Error(`${name}: unsupported dtype ${m.dtype}`);
+    const size = weightBytesPerElement(m.dtype);
+    if (m.data.byteLength !== rows * cols * size)
+      throw new Error(`${name}: expected ${rows * cols * size} bytes, got ${m.data.byteLength}`);
+  }
+  return { d, f };
+}

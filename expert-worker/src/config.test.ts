@@ -1,0 +1,52 @@
+import { describe, expect, it } from "vitest";
+import { parseExpertSpec, parseWorkerArgs, servedFromPlan } from "./config.js";
+
+describe("parseWorkerArgs", () => {
+  it("reads flags, env fallbacks and defaults", () => {
+    const f = parseWorkerArgs(["--checkpoint", "/ckpt", "--pool=p", "--port", "0", "--cache-capacity", "16"], {
+      SWITCHYARD_WORKER_ID: "w0",
+      SWITCHYARD_BACKEND: "cpu",
+      SWITCHYARD_POOL: "ignored-because-flag-wins",
+    });
+    expect(f).toMatchObject({
+      checkpoint: "/ckpt",
+      pool: "p",
+      workerId: "w0",
+      port: 0,
+      metricsPort: 9401,
+      cacheCapacity: 16,
+      backend: "cpu",
+      queueCapacity: 64,
+      maxMessageBytes: 256 * 1024 * 1024,
+    });
+  });
+
+  it("names the flag in errors", () => {
+    expect(() => parseWorkerArgs(["--pool", "p", "--worker-id", "w"], {})).toThrow(/--checkpoint is required/);
+    expect(() => parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--backend", "tpu"])).toThrow(
+      /--backend/,
+    );
+    expect(() =>
+      parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--queue-capacity", "-1"]),
+    ).toThrow(/--queue-capacity/);
+    expect(() => parseWorkerArgs(["--nope", "1"])).toThrow(/unknown flag --nope/);
+  });
+});
+
+describe("parseExpertSpec", () => {
+  it("expands ranges over every MoE layer or one layer", () => {
+    expect([...parseExpertSpec("0-1", [1, 2], 4)].sort()).toEqual(["1:0", "1:1", "2:0", "2:1"]);
+    expect([...parseExpertSpec("2:3,1:*", [1, 2], 4)].sort()).toEqual(["1:0", "1:1", "1:2", "1:3", "2:3"]);
+    expect(() => parseExpertSpec("0-9", [0], 4)).toThrow(/out of range/);
+    expect(() => parseExpertSpec("5:0", [0], 4)).toThrow(/not an MoE layer/);
+  });
+});
+
+describe("servedFromPlan", () => {
+  it("collects what the plan gives this worker id", () => {
+    const plan = { version: 1, pool: "p", workers: ["w0", "w1"], replicas: [[[0], [1], [0, 1]]] };
+    expect([...servedFromPlan(plan, "w1", "p")].sort()).toEqual(["0:1", "0:2"]);
+    expect(servedFromPlan(plan, "w9", "p").size).toBe(0);
+    expect(() => servedFromPlan(plan, "w0", "other")).toThrow(/pool/);
+  });
+});

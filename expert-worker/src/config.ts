@@ -1,0 +1,140 @@
+// Worker command line (docs/CONTRACTS.md): every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>; flags win.
+//   --checkpoint DIR --pool NAME --worker-id ID --port 50061 --metrics-port 9401
+//   [--experts SPEC] [--plan FILE] [--cache-capacity N] [--backend auto|cpu|cuda] [--queue-capacity N]
+//   [--cache-policy lru|lfu] [--max-message-bytes N] [--host ADDR]
+// Pure: parses argv + env into WorkerOptions or throws an Error naming the flag.
+
+import type { PlacementPlan } from "@switchyard/moe";
+import type { BackendChoice } from "./backend/select.js";
+
+export interface WorkerFlags {
+  checkpoint: string;
+  pool: string;
+  workerId: string;
+  port: number;
+  metricsPort: number;
+  host: string;
+  experts?: string;
+  plan?: string;
+  cacheCapacity?: number;
+  cachePolicy: string;
+  backend: BackendChoice;
+  queueCapacity: number;
+  maxMessageBytes: number;
+}
+
+const FLAGS = [
+  "checkpoint",
+  "pool",
+  "worker-id",
+  "port",
+  "metrics-port",
+  "host",
+  "experts",
+  "plan",
+  "cache-capacity",
+  "cache-policy",
+  "backend",
+  "queue-capacity",
+  "max-message-bytes",
+] as const;
+type Flag = (typeof FLAGS)[number];
+
+export const envName = (flag: string): string => `SWITCHYARD_${flag.replace(/-/g, "_").toUpperCase()}`;
+
+export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): WorkerFlags {
+  const raw = new Map<Flag, string>();
+  for (const f of FLAGS) {
+    const v = env[envName(f)];
+    if (v !== undefined && v !== "") raw.set(f, v);
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) throw new Error(`unexpected argument "${a}"`);
+    const eq = a.indexOf("=");
+    const name = (eq > 0 ? a.slice(2, eq) : a.slice(2)) as Flag;
+    if (!FLAGS.includes(name))
+      throw new Error(`unknown flag --${name} (known: ${FLAGS.map((f) => `--${f}`).join(" ")})`);
+    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (value === undefined) throw new Error(`--${name}: missing value`);
+    raw.set(name, value);
+  }
+  const str = (f: Flag, def?: string): string => {
+    const v = raw.get(f) ?? def;
+    if (v === undefined) throw new Error(`--${f} is required (or env ${envName(f)})`);
+    return v;
+  };
+  const int = (f: Flag, def: number | undefined, min: number): number | undefined => {
+    const v = raw.get(f);
+    if (v === undefined) return def;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${f}: expected an integer >= ${min}, got "${v}"`);
+    return n;
+  };
+  const backend = str("backend", "auto");
+  if (backend !== "auto" && backend !== "cpu" && backend !== "cuda")
+    throw new Error(`--backend: expected auto, cpu or cuda, got "${backend}"`);
+  const policy = str("cache-policy", "lru");
+  if (policy !== "lru" && policy !== "lfu") throw new Error(`--cache-policy: expected lru or lfu, got "${policy}"`);
+  return {
+    checkpoint: str("checkpoint"),
+    pool: str("pool"),
+    workerId: str("worker-id"),
+    port: int("port", 50061, 0) as number,
+    metricsPort: int("metrics-port", 9401, 0) as number,
+    host: str("host", "0.0.0.0"),
+    experts: raw.get("experts"),
+    plan: raw.get("plan"),
+    cacheCapacity: int("cache-capacity", undefined, 1),
+    cachePolicy: policy,
+    backend,
+    queueCapacity: int("queue-capacity", 64, 0) as number,
+    maxMessageBytes: int("max-message-bytes", 256 * 1024 * 1024, 1024) as number,
+  };
+}
+
+/**
+ * --experts SPEC: which experts this worker serves, as comma-separated items, each `E`, `A-B` (every MoE layer)
+ * or `L:E`, `L:A-B`, `L:*` (one layer). Returns keys "layer:expert".
+ */
+export function parseExpertSpec(spec: string, layers: number[], experts: number): Set<string> {
+  const out = new Set<string>();
+  const range = (s: string, what: string): [number, number] => {
+    if (s === "*") return [0, experts - 1];
+    const m = /^(\d+)(?:-(\d+))?$/.exec(s);
+    if (!m) throw new Error(`--experts: bad ${what} "${s}" in "${spec}"`);
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    if (a > b || b >= experts) throw new Error(`--experts: ${what} "${s}" out of range (experts 0-${experts - 1})`);
+    return [a, b];
+  };
+  for (const item of spec
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)) {
+    const colon = item.indexOf(":");
+    let ls = layers;
+    let er = item;
+    if (colon >= 0) {
+      const l = Number(item.slice(0, colon));
+      if (!Number.isInteger(l) || !layers.includes(l))
+        throw new Error(`--experts: "${item}": layer is not an MoE layer of the model`);
+      ls = [l];
+      er = item.slice(colon + 1);
+    }
+    const [a, b] = range(er, "expert range");
+    for (const l of ls) for (let e = a; e <= b; e++) out.add(`${l}:${e}`);
+  }
+  return out;
+}
+
+/** The keys a placement plan assigns to `workerId` (an unknown worker serves nothing). */
+export function servedFromPlan(plan: PlacementPlan, workerId: string, pool: string): Set<string> {
+  if (plan.pool !== pool) throw new Error(`--plan: plan is for pool "${plan.pool}", this worker serves "${pool}"`);
+  const idx = plan.workers.indexOf(workerId);
+  const out = new Set<string>();
+  if (idx < 0) return out;
+  for (let l = 0; l < plan.replicas.length; l++)
+    for (let e = 0; e < plan.replicas[l].length; e++) if (plan.replicas[l][e].includes(idx)) out.add(`${l}:${e}`);
+  return out;
+}

@@ -1,0 +1,204 @@
+// The worker's request logic, free of gRPC: validate a batch, queue it, fetch its experts from the residency
+// cache (loading misses from the checkpoint), run the backend, account metrics. server.ts wraps it in grpc-js.
+
+import {
+  type DType,
+  type ExpertBatch,
+  type ExpertKey,
+  type ExpertResult,
+  invalidArgument,
+  type WorkerStatus,
+} from "@switchyard/protocol";
+import type { ExpertBackend, ExpertWeights, PreparedExpert, PreparedSlice } from "./backend/types.js";
+import { type ExpertId, keyOf, type ResidencyCache } from "./cache.js";
+import type { WorkerMetrics } from "./metrics.js";
+import type { WorkQueue } from "./queue.js";
+import { type BatchContext, validateBatch } from "./validate.js";
+
+/** Where experts come from: a checkpoint reader (packages/moe) or anything with the same shape. */
+export interface ExpertSource {
+  layers: number;
+  experts: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  /** Layers that have routed experts (DeepSeek-V3's first layers are dense). */
+  isMoeLayer(layer: number): boolean;
+  /** Reads only this expert's three tensors. */
+  readExpert(layer: number, expert: number): Promise<ExpertWeights>;
+  close?(): Promise<void>;
+}
+
+export interface CoreOptions {
+  pool: string;
+  workerId: string;
+  source: ExpertSource;
+  backend: ExpertBackend;
+  cache: ResidencyCache;
+  queue: WorkQueue;
+  metrics: WorkerMetrics;
+  /** The experts this worker may load; undefined = all. */
+  served?: ReadonlySet<string>;
+  maxRows?: number;
+}
+
+export function weightBytes(w: ExpertWeights): number {
+  return w.gate.data.byteLength + w.up.data.byteLength + w.down.data.byteLength;
+}
+
+export class WorkerCore {
+  readonly ctx: BatchContext;
+
+  constructor(readonly o: CoreOptions) {
+    const { source } = o;
+    this.ctx = {
+      pool: o.pool,
+      layers: source.layers,
+      experts: source.experts,
+      hiddenSize: source.hiddenSize,
+      serves: (layer, expert) => this.serves(layer, expert),
+      maxRows: o.maxRows,
+    };
+  }
+
+  serves(layer: number, expert: number): boolean {
+    return this.o.source.isMoeLayer(layer) && (this.o.served === undefined || this.o.served.has(keyOf(layer, expert)));
+  }
+
+  /** Runs one batch; throws SwitchyardError (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ...). */
+  async runBatch(batch: ExpertBatch, signal?: AbortSignal): Promise<ExpertResult> {
+    const started = performance.now();
+    const { metrics, cache, backend, queue } = this.o;
+    const b = validateBatch(batch, this.ctx);
+    if (!this.o.source.isMoeLayer(b.layer))
+      throw invalidArgument("layer", `layer ${b.layer} is dense (no routed experts)`);
+    let hits = 0;
+    let misses = 0;
+    let computeMs = 0;
+    const live = b.slices.filter((s) => s.count > 0);
+    const distinct = [...new Set(live.map((s) => s.expert))];
+    const { value: output, queueWaitMs } = await queue.submit({
+      signal,
+      run: async (sig) => {
+        const protect = new Set(distinct.map((e) => keyOf(b.layer, e)));
+        const prepared = new Map<number, PreparedExpert>();
+        for (const e of distinct) {
+          const r = await cache.get(b.layer, e, protect);
+          if (r.hit) hits++;
+          else misses++;
+          prepared.set(e, r.expert);
+          if (sig?.aborted) break;
+        }
+        const slices: PreparedSlice[] = live.map((s) => ({
+          expert: prepared.get(s.expert) as PreparedExpert,
+          offset: s.offset,
+          count: s.count,
+        }));
+        const t0 = performance.now();
+        const out = await backend.run({
+          dtype: b.dtype,
+          tokens: b.tokens,
+          rows: b.rows,
+          cols: b.cols,
+          slices,
+          rowWeights: b.rowWeights,
+          signal: sig,
+        });
+        computeMs = performance.now() - t0;
+        return out;
+      },
+    });
+    let tokens = 0;
+    for (const s of live) {
+      tokens += s.count;
+      metrics.countExpertTokens(b.layer, s.expert, s.count);
+    }
+    metrics.tokens.inc(tokens);
+    metrics.batchTokens.observe(tokens);
+    metrics.runDuration.observe((performance.now() - started) / 1000);
+    return {
+      batchId: b.batchId,
+      output: {
+        dtype: b.dtype as DType,
+        shape: [b.rows, b.cols],
+        data: Buffer.from(output.buffer, output.byteOffset, output.byteLength),
+      },
+      stats: {
+        tokens,
+        experts: distinct.length,
+        cacheHits: hits,
+        cacheMisses: misses,
+        queueWaitMs,
+        computeMs,
+        backend: backend.name,
+      },
+      error: undefined,
+    };
+  }
+
+  private checkKeys(keys: ExpertKey[], field: string): ExpertId[] {
+    return keys.map((k, i) => {
+      if (k.layer >= this.o.source.layers)
+        throw invalidArgument(
+          `${field}[${i}].layer`,
+          `out of range: ${k.layer} (model has ${this.o.source.layers} layers)`,
+        );
+      if (k.expert >= this.o.source.experts)
+        throw invalidArgument(
+          `${field}[${i}].expert`,
+          `unknown expert ${k.expert} (layer has ${this.o.source.experts} experts)`,
+        );
+      if (!this.serves(k.layer, k.expert))
+        throw invalidArgument(
+          `${field}[${i}].expert`,
+          `expert ${k.expert} of layer ${k.layer} is not served by this worker`,
+        );
+      return { layer: k.layer, expert: k.expert };
+    });
+  }
+
+  async prefetch(pool: string, keys: ExpertKey[]) {
+    if (pool && pool !== this.o.pool)
+      throw invalidArgument("pool", `this worker serves pool "${this.o.pool}", got "${pool}"`);
+    const ids = this.checkKeys(keys, "experts");
+    if (ids.length > this.o.cache.capacity)
+      throw invalidArgument("experts", `${ids.length} experts exceed the cache capacity of ${this.o.cache.capacity}`);
+    return this.o.cache.prefetch(ids);
+  }
+
+  evict(pool: string, keys: ExpertKey[]): ExpertId[] {
+    if (pool && pool !== this.o.pool)
+      throw invalidArgument("pool", `this worker serves pool "${this.o.pool}", got "${pool}"`);
+    const ids = this.checkKeys(keys, "experts");
+    return this.o.cache.evict(ids);
+  }
+
+  status(): WorkerStatus {
+    const { cache, queue, source } = this.o;
+    const served: ExpertKey[] = [];
+    if (this.o.served) for (const k of this.o.served) served.push(parseId(k));
+    else
+      for (let l = 0; l < source.layers; l++)
+        if (source.isMoeLayer(l)) for (let e = 0; e < source.experts; e++) served.push({ layer: l, expert: e });
+    return {
+      workerId: this.o.workerId,
+      backend: this.o.backend.kind,
+      pool: this.o.pool,
+      resident: cache.resident(),
+      capacity: cache.capacity,
+      queueDepth: queue.depth,
+      queueCapacity: queue.capacity,
+      cacheHits: BigInt(cache.hits),
+      cacheMisses: BigInt(cache.misses),
+      cacheEvictions: BigInt(cache.evictions),
+      served,
+      hiddenSize: source.hiddenSize,
+      layers: source.layers,
+      experts: source.experts,
+    };
+  }
+}
+
+function parseId(k: string): ExpertKey {
+  const [l, e] = k.split(":");
+  return { layer: Number(l), expert: Number(e) };
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+// Expert worker process: `node expert-worker/dist/main.js --checkpoint DIR --pool NAME --worker-id ID ...`
+// (flags in config.ts and docs/CONTRACTS.md). Exits non-zero with one line naming the problem on bad flags.
+
+import { parseWorkerArgs } from "./config.js";
+import { startWorker } from "./worker.js";
+
+async function main(): Promise<void> {
+  let flags: ReturnType<typeof parseWorkerArgs>;
+  try {
+    flags = parseWorkerArgs(process.argv.slice(2), process.env);
+  } catch (err) {
+    console.error(`expert-worker: ${(err as Error).message}`);
+    process.exit(2);
+  }
+  const worker = await startWorker({
+    checkpoint: flags.checkpoint,
+    pool: flags.pool,
+    workerId: flags.workerId,
+    port: flags.port,
+    metricsPort: flags.metricsPort,
+    host: flags.host,
+    experts: flags.experts,
+    plan: flags.plan,
+    cacheCapacity: flags.cacheCapacity,
+    cachePolicy: flags.cachePolicy,
+    backend: flags.backend,
+    queueCapacity: flags.queueCapacity,
+    maxMessageBytes: flags.maxMessageBytes,
+  });
+  const stop = async (sig: string) => {
+    console.log(`[worker ${flags.workerId}] ${sig}: shutting down`);
+    await worker.close();
+    process.exit(0);
+  };
+  process.once("SIGTERM", () => void stop("SIGTERM"));
+  process.once("SIGINT", () => void stop("SIGINT"));
+}
+
+main().catch((err) => {
+  console.error(`expert-worker: ${(err as Error)?.stack ?? err}`);
+  process.exit(1);
+});

@@ -1,0 +1,110 @@
+// Prometheus metrics of one worker (names fixed by docs/CONTRACTS.md; the chart's rules and dashboards use them).
+// Each worker owns its Registry, so several workers can live in one process (local mode, tests).
+
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** At most this many (layer, expert) label pairs; later pairs are counted under expert="other". */
+export const MAX_EXPERT_SERIES = 4096;
+
+export class WorkerMetrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<"method" | "code">;
+  readonly tokens: Counter;
+  readonly expertTokens: Counter<"layer" | "expert">;
+  readonly batchTokens: Histogram;
+  readonly runDuration: Histogram;
+  readonly cacheHits: Counter;
+  readonly cacheMisses: Counter;
+  readonly cacheEvictions: Counter;
+  readonly cacheTransferBytes: Counter;
+  readonly cacheResident: Gauge;
+  readonly cacheCapacity: Gauge;
+  readonly queueDepth: Gauge;
+  readonly backendInfo: Gauge<"backend">;
+  private readonly expertSeries = new Set<string>();
+
+  constructor(labels: { pool: string; worker: string }) {
+    this.registry.setDefaultLabels(labels);
+    const registers = [this.registry];
+    this.requests = new Counter({
+      name: "switchyard_worker_requests_total",
+      help: "RPCs handled, by method and gRPC status code name (stream batches count one each).",
+      labelNames: ["method", "code"],
+      registers,
+    });
+    this.tokens = new Counter({
+      name: "switchyard_worker_tokens_total",
+      help: "Token rows computed (sum of slice counts).",
+      registers,
+    });
+    this.expertTokens = new Counter({
+      name: "switchyard_worker_expert_tokens_total",
+      help: `Token rows computed per (layer, expert); beyond ${MAX_EXPERT_SERIES} pairs counted as expert="other".`,
+      labelNames: ["layer", "expert"],
+      registers,
+    });
+    this.batchTokens = new Histogram({
+      name: "switchyard_worker_batch_tokens",
+      help: "Token rows per batch.",
+      buckets: [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+      registers,
+    });
+    this.runDuration = new Histogram({
+      name: "switchyard_worker_run_duration_seconds",
+      help: "Time from a batch's arrival to its result (queue wait, expert loads and compute).",
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.cacheHits = new Counter({
+      name: "switchyard_worker_cache_hits_total",
+      help: "Expert lookups served from the residency cache.",
+      registers,
+    });
+    this.cacheMisses = new Counter({
+      name: "switchyard_worker_cache_misses_total",
+      help: "Expert lookups that had to load from the checkpoint.",
+      registers,
+    });
+    this.cacheEvictions = new Counter({
+      name: "switchyard_worker_cache_evictions_total",
+      help: "Experts removed from the residency cache (capacity or Evict).",
+      registers,
+    });
+    this.cacheTransferBytes = new Counter({
+      name: "switchyard_worker_cache_transfer_bytes_total",
+      help: "Checkpoint bytes read to load experts.",
+      registers,
+    });
+    this.cacheResident = new Gauge({
+      name: "switchyard_worker_cache_resident_experts",
+      help: "Experts resident in the cache.",
+      registers,
+    });
+    this.cacheCapacity = new Gauge({
+      name: "switchyard_worker_cache_capacity_experts",
+      help: "Experts the cache holds at most.",
+      registers,
+    });
+    this.queueDepth = new Gauge({
+      name: "switchyard_worker_queue_depth",
+      help: "Batches waiting or running.",
+      registers,
+    });
+    this.backendInfo = new Gauge({
+      name: "switchyard_worker_backend_info",
+      help: "The compute backend in use (value 1).",
+      labelNames: ["backend"],
+      registers,
+    });
+  }
+
+  countExpertTokens(layer: number, expert: number, count: number): void {
+    const key = `${layer}:${expert}`;
+    if (!this.expertSeries.has(key) && this.expertSeries.size >= MAX_EXPERT_SERIES) {
+      this.expertTokens.inc({ layer: String(layer), expert: "other" }, count);
+      return;
+    }
+    this.expertSeries.add(key);
+    this.expertTokens.inc({ layer: String(layer), expert: String(expert) }, count);
+  }
+}

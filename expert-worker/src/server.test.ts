@@ -1,0 +1,377 @@
+// The worker through real gRPC on a generated checkpoint: results against the reference, every bad input answers
+// INVALID_ARGUMENT naming the field, the stream answers per batch, deadlines stop native work, a full queue answers
+// RESOURCE_EXHAUSTED, Prefetch/Evict/Status, health and /metrics.
+
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { credentials, Metadata, makeGenericClientConstructor, type ServiceError, status } from "@grpc/grpc-js";
+import { expertToFloat32, generateCheckpoint, openCheckpoint, referenceExpertFFN64 } from "@switchyard/moe";
+import {
+  bytesToFloat32,
+  DType,
+  ERROR_FIELD_METADATA_KEY,
+  type ExpertBatch,
+  type ExpertResult,
+  ExpertWorkerClient,
+  encodeTensor,
+  type Tensor,
+} from "@switchyard/protocol";
+import { service as healthService } from "grpc-health-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadNativeAddon } from "./backend/native-cpu.js";
+import { rng, uniform } from "./testing.js";
+import { startWorker, type WorkerHandle } from "./worker.js";
+
+const D = 40;
+const F = 56;
+let dir: string;
+let small: WorkerHandle;
+let client: ExpertWorkerClient;
+
+function call<Req, Res>(
+  fn: (
+    req: Req,
+    md: Metadata,
+    opts: { deadline?: number },
+    cb: (err: ServiceError | null, res: Res) => void,
+  ) => unknown,
+  req: Req,
+  deadlineMs?: number,
+): Promise<Res> {
+  return new Promise((resolve, reject) =>
+    fn(req, new Metadata(), deadlineMs ? { deadline: Date.now() + deadlineMs } : {}, (err, res) =>
+      err ? reject(err) : resolve(res),
+    ),
+  );
+}
+
+const tokensOf = (rows: number, seed: number, d = D): Tensor =>
+  encodeTensor(uniform(rows * d, 1, rng(seed)), [rows, d], DType.FLOAT32);
+
+function batch(over: Partial<ExpertBatch> = {}): ExpertBatch {
+  return {
+    pool: "p",
+    layer: 1,
+    tokens: tokensOf(6, 1),
+    slices: [
+      { expert: 0, offset: 0, count: 2 },
+      { expert: 1, offset: 2, count: 3 },
+    ],
+    rowWeights: encodeTensor(new Float32Array([1, 0.5, 2, 1, -1, 3]), [6], DType.FLOAT32),
+    batchId: 7n,
+    ...over,
+  };
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "sy-worker-"));
+  await generateCheckpoint({
+    family: "mixtral",
+    dir: join(dir, "small"),
+    layers: 2,
+    experts: 4,
+    hiddenSize: D,
+    intermediateSize: F,
+    seed: 3,
+  });
+  small = await startWorker({
+    checkpoint: join(dir, "small"),
+    pool: "p",
+    workerId: "w0",
+    port: 0,
+    metricsPort: 0,
+    host: "127.0.0.1",
+    experts: "0-2",
+    cacheCapacity: 2,
+    backend: "cpu",
+    log: () => {},
+  });
+  client = new ExpertWorkerClient(`127.0.0.1:${small.port}`, credentials.createInsecure());
+});
+
+afterAll(async () => {
+  client?.close();
+  await small?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("RunExperts", () => {
+  it("computes the batch like the float64 reference and reports stats", async () => {
+    const res = await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch());
+    expect(res.batchId).toBe(7n);
+    expect(res.output?.shape).toEqual([6, D]);
+    expect(res.stats).toMatchObject({ tokens: 5, experts: 2, cacheMisses: 2, cacheHits: 0 });
+    expect(res.stats?.backend).toBe(loadNativeAddon() ? "cpu-native" : "cpu-reference");
+    const ckpt = await openCheckpoint(join(dir, "small"));
+    const w = [expertToFloat32(await ckpt.readExpert(1, 0)), expertToFloat32(await ckpt.readExpert(1, 1))];
+    await ckpt.close();
+    const b = batch();
+    const exact = referenceExpertFFN64(
+      bytesToFloat32(b.tokens?.data as Uint8Array, DType.FLOAT32, true),
+      D,
+      b.slices,
+      (e) => w[e],
+      bytesToFloat32(b.rowWeights?.data as Uint8Array, DType.FLOAT32, true),
+    );
+    const got = bytesToFloat32(res.output?.data as Uint8Array, DType.FLOAT32, true);
+    const maxAbs = exact.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    expect(maxAbs).toBeGreaterThan(1e-3);
+    for (let i = 0; i < exact.length; i++) expect(Math.abs(got[i] - exact[i])).toBeLessThanOrEqual(2e-5 * maxAbs);
+    // Row 5 is in no slice.
+    expect(got.subarray(5 * D).every((v) => v === 0)).toBe(true);
+    const again = await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch());
+    expect(again.stats).toMatchObject({ cacheHits: 2, cacheMisses: 0 });
+  });
+
+  const bad: [string, Partial<ExpertBatch>][] = [
+    ["pool", { pool: "other" }],
+    ["layer", { layer: 2 }],
+    ["tokens", { tokens: undefined }],
+    ["tokens.dtype", { tokens: { ...tokensOf(6, 1), dtype: DType.INT32 } }],
+    ["tokens.dtype", { tokens: { ...tokensOf(6, 1), dtype: DType.DTYPE_UNSPECIFIED } }],
+    ["tokens.shape", { tokens: { ...tokensOf(6, 1), shape: [6 * D] } }],
+    ["tokens.shape[1]", { tokens: tokensOf(6, 1, D + 1) }],
+    ["tokens.data", { tokens: { ...tokensOf(6, 1), data: Buffer.alloc(6 * D * 4 - 2) } }],
+    [
+      "slices[1].count",
+      {
+        slices: [
+          { expert: 0, offset: 0, count: 2 },
+          { expert: 1, offset: 4, count: 3 },
+        ],
+      },
+    ],
+    ["slices[0].offset", { slices: [{ expert: 0, offset: 9, count: 0 }] }],
+    [
+      "slices[1]",
+      {
+        slices: [
+          { expert: 0, offset: 0, count: 3 },
+          { expert: 1, offset: 2, count: 2 },
+        ],
+      },
+    ],
+    ["slices[0].expert", { slices: [{ expert: 4, offset: 0, count: 1 }] }],
+    ["slices[0].expert", { slices: [{ expert: 3, offset: 0, count: 1 }] }], // exists, but this worker serves 0-2
+    ["row_weights.shape", { rowWeights: encodeTensor(new Float32Array(5), [5], DType.FLOAT32) }],
+    ["row_weights.dtype", { rowWeights: encodeTensor(new Float32Array(6), [6], DType.BFLOAT16) }],
+  ];
+  it.each(bad.map(([field, over], i) => [i, field, over] as const))(
+    "bad input #%i answers INVALID_ARGUMENT naming %s",
+    async (_, field, over) => {
+      const err = (await call(client.runExperts.bind(client), batch(over)).catch((e) => e)) as ServiceError;
+      expect(err.code).toBe(status.INVALID_ARGUMENT);
+      expect(err.metadata.get(ERROR_FIELD_METADATA_KEY)[0]).toBe(field);
+      expect(err.details.startsWith(`${field}: `)).toBe(true);
+    },
+  );
+});
+
+describe("RunExpertsStream", () => {
+  it("answers every batch by batch_id, errors per batch, and keeps the stream up", async () => {
+    const s = client.runExpertsStream();
+    const replies = new Map<bigint, ExpertResult>();
+    const done = new Promise<void>((resolve, reject) => {
+      s.on("data", (r: ExpertResult) => replies.set(r.batchId, r));
+      s.on("end", resolve);
+      s.on("error", reject);
+    });
+    s.write(batch({ batchId: 1n }));
+    s.write(batch({ batchId: 2n, layer: 9 }));
+    s.write(batch({ batchId: 3n, tokens: tokensOf(6, 5) }));
+    s.end();
+    await done;
+    expect([...replies.keys()].sort()).toEqual([1n, 2n, 3n]);
+    expect(replies.get(1n)?.output?.shape).toEqual([6, D]);
+    expect(replies.get(2n)?.error).toMatchObject({ code: status.INVALID_ARGUMENT });
+    expect(replies.get(2n)?.error?.message).toMatch(/^layer: /);
+    expect(replies.get(3n)?.error).toBeUndefined();
+  });
+});
+
+describe("Prefetch, Evict, Status, health, metrics", () => {
+  it("manages residency and reports it", async () => {
+    const pre = await call(client.prefetch.bind(client), { pool: "p", experts: [{ layer: 0, expert: 2 }] });
+    expect(pre.loaded).toEqual([{ layer: 0, expert: 2 }]);
+    const st = await call(client.status.bind(client), {});
+    expect(st).toMatchObject({
+      workerId: "w0",
+      pool: "p",
+      backend: "cpu",
+      capacity: 2,
+      hiddenSize: D,
+      layers: 2,
+      experts: 4,
+    });
+    expect(st.resident).toContainEqual({ layer: 0, expert: 2 });
+    expect(st.served).toHaveLength(2 * 3);
+    const ev = await call(client.evict.bind(client), { pool: "p", experts: [{ layer: 0, expert: 2 }] });
+    expect(ev.evicted).toEqual([{ layer: 0, expert: 2 }]);
+    const err = (await call(client.prefetch.bind(client), { pool: "p", experts: [{ layer: 0, expert: 3 }] }).catch(
+      (e) => e,
+    )) as ServiceError;
+    expect(err.code).toBe(status.INVALID_ARGUMENT);
+    expect(err.details).toMatch(/^experts\[0\]\.expert: /);
+  });
+
+  it("serves grpc.health.v1 and Prometheus metrics with the contract names", async () => {
+    const Health = makeGenericClientConstructor(healthService, "Health");
+    const h = new Health(`127.0.0.1:${small.port}`, credentials.createInsecure()) as unknown as {
+      check(req: { service: string }, cb: (e: Error | null, r: { status: string }) => void): void;
+      close(): void;
+    };
+    const r = await new Promise<{ status: string }>((res, rej) =>
+      h.check({ service: "" }, (e, x) => (e ? rej(e) : res(x))),
+    );
+    h.close();
+    expect(r.status).toBe("SERVING");
+    const text = await (await fetch(`http://127.0.0.1:${small.metricsPort}/metrics`)).text();
+    for (const name of [
+      'switchyard_worker_requests_total{method="RunExperts",code="OK",pool="p",worker="w0"}',
+      'switchyard_worker_requests_total{method="RunExperts",code="INVALID_ARGUMENT",pool="p",worker="w0"}',
+      "switchyard_worker_tokens_total",
+      'switchyard_worker_expert_tokens_total{layer="1",expert="0",pool="p",worker="w0"}',
+      "switchyard_worker_batch_tokens_bucket",
+      "switchyard_worker_run_duration_seconds_bucket",
+      "switchyard_worker_cache_hits_total",
+      "switchyard_worker_cache_misses_total",
+      "switchyard_worker_cache_evictions_total",
+      "switchyard_worker_cache_transfer_bytes_total",
+      'switchyard_worker_cache_resident_experts{pool="p",worker="w0"}',
+      'switchyard_worker_cache_capacity_experts{pool="p",worker="w0"} 2',
+      "switchyard_worker_queue_depth",
+      `switchyard_worker_backend_info{backend="cpu",pool="p",worker="w0"} 1`,
+    ])
+      expect(text).toContain(name);
+    expect((await fetch(`http://127.0.0.1:${small.metricsPort}/readyz`)).status).toBe(200);
+    expect((await fetch(`http://127.0.0.1:${small.metricsPort}/healthz`)).status).toBe(200);
+  });
+});
+
+describe.skipIf(!loadNativeAddon())("deadlines and the queue bound (native backend)", () => {
+  // Big enough that one batch takes tens of milliseconds: d=512, f=2048, 4 experts x 128 rows.
+  const d = 512;
+  let big: WorkerHandle;
+  let bigClient: ExpertWorkerClient;
+  const bigBatch = (id: bigint): ExpertBatch => ({
+    pool: "big",
+    layer: 0,
+    tokens: tokensOf(512, 9, d),
+    slices: [0, 1, 2, 3].map((e) => ({ expert: e, offset: e * 128, count: 128 })),
+    rowWeights: undefined,
+    batchId: id,
+  });
+  beforeAll(async () => {
+    await generateCheckpoint({
+      family: "mixtral",
+      dir: join(dir, "big"),
+      layers: 1,
+      experts: 4,
+      hiddenSize: d,
+      intermediateSize: 2048,
+      seed: 4,
+    });
+    big = await startWorker({
+      checkpoint: join(dir, "big"),
+      pool: "big",
+      workerId: "w1",
+      port: 0,
+      metricsPort: 0,
+      host: "127.0.0.1",
+      backend: "cpu",
+      queueCapacity: 0,
+      log: () => {},
+    });
+    bigClient = new ExpertWorkerClient(`127.0.0.1:${big.port}`, credentials.createInsecure());
+    await call(bigClient.prefetch.bind(bigClient), {
+      pool: "big",
+      experts: [0, 1, 2, 3].map((e) => ({ layer: 0, expert: e })),
+    });
+  });
+  afterAll(async () => {
+    bigClient?.close();
+    await big?.close();
+  });
+
+  const settledRuns = async (addon: NonNullable<ReturnType<typeof loadNativeAddon>>) => {
+    const settled = () => {
+      const s = addon.stats();
+      return s.runsStarted === s.runsCompleted + s.runsCancelled;
+    };
+    for (let i = 0; i < 400 && !settled(); i++) await new Promise((r) => setTimeout(r, 5));
+  };
+
+  it("a client cancel stops the native kernel mid-run", async () => {
+    const addon = loadNativeAddon();
+    if (!addon) throw new Error("unreachable");
+    const s0 = addon.stats().tilesDone;
+    await call<ExpertBatch, ExpertResult>(bigClient.runExperts.bind(bigClient), bigBatch(1n));
+    const completeRunTiles = addon.stats().tilesDone - s0;
+    const before = addon.stats();
+    let code: number | undefined;
+    const c = bigClient.runExperts(bigBatch(2n), (err) => {
+      code = err?.code;
+    });
+    // Cancel once the kernel is busy with this batch (the worker runs in this process: its counters are visible).
+    for (let i = 0; i < 2000 && addon.stats().tilesDone === before.tilesDone; i++)
+      await new Promise((r) => setImmediate(r));
+    c.cancel();
+    await settledRuns(addon);
+    const after = addon.stats();
+    expect(code).toBe(status.CANCELLED);
+    expect(after.runsCancelled - before.runsCancelled).toBe(1);
+    expect(after.tilesDone - before.tilesDone).toBeLessThan(completeRunTiles);
+  });
+
+  it("an exceeded deadline answers DEADLINE_EXCEEDED and stops the native kernel mid-run", async () => {
+    const addon = loadNativeAddon();
+    if (!addon) throw new Error("unreachable");
+    const s0 = addon.stats().tilesDone;
+    const t0 = performance.now();
+    await call<ExpertBatch, ExpertResult>(bigClient.runExperts.bind(bigClient), bigBatch(1n));
+    let deadlineMs = (performance.now() - t0) / 2;
+    const completeRunTiles = addon.stats().tilesDone - s0;
+    // The server's deadline (its receive time + the client's timeout) must pass after the batch reached the kernel
+    // and before the kernel finished. On a busy machine both ends move, so the deadline adapts: shorter when the
+    // run completed, longer when it never started. A worker that does not cancel never passes.
+    const outcomes: unknown[] = [];
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const before = addon.stats();
+      const err = (await call(bigClient.runExperts.bind(bigClient), bigBatch(2n), Math.max(2, deadlineMs)).catch(
+        (e) => e,
+      )) as ServiceError | undefined;
+      await settledRuns(addon);
+      await new Promise((r) => setTimeout(r, 20)); // a run still queued at the deadline would show up now
+      await settledRuns(addon);
+      const after = addon.stats();
+      const o = {
+        deadlineMs: Math.round(deadlineMs),
+        code: err?.code,
+        started: after.runsStarted - before.runsStarted,
+        cancelled: after.runsCancelled - before.runsCancelled,
+        tiles: after.tilesDone - before.tilesDone,
+      };
+      outcomes.push(o);
+      if (o.code === status.DEADLINE_EXCEEDED && o.cancelled === 1) {
+        expect(o.tiles).toBeLessThan(completeRunTiles);
+        return;
+      }
+      deadlineMs = o.started === 0 ? deadlineMs * 1.5 : deadlineMs * 0.6;
+    }
+    throw new Error(`no attempt cancelled a running kernel: ${JSON.stringify(outcomes)}`);
+  });
+
+  it("a full queue answers RESOURCE_EXHAUSTED", async () => {
+    const queue = big.core.o.queue;
+    const until = async (cond: () => boolean) => {
+      for (let i = 0; i < 1000 && !cond(); i++) await new Promise((r) => setTimeout(r, 2));
+    };
+    await until(() => queue.depth === 0); // the previous test's last run has fully left the queue
+    const first = call<ExpertBatch, ExpertResult>(bigClient.runExperts.bind(bigClient), bigBatch(4n));
+    await until(() => queue.depth === 1);
+    const err = (await call(bigClient.runExperts.bind(bigClient), bigBatch(5n)).catch((e) => e)) as ServiceError;
+    expect(err.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect((await first).batchId).toBe(4n);
+  });
+});

@@ -1,0 +1,165 @@
+// grpc-js shell around WorkerCore: ExpertWorker service (unary + bidi stream), grpc.health.v1, deadlines and
+// client cancellation turned into an AbortSignal that reaches the native kernel.
+
+import {
+  type handleBidiStreamingCall,
+  Server,
+  ServerCredentials,
+  type ServerUnaryCall,
+  type sendUnaryData,
+} from "@grpc/grpc-js";
+import {
+  cancelled,
+  deadlineExceeded,
+  type EvictRequest,
+  type EvictResponse,
+  type ExpertBatch,
+  type ExpertResult,
+  type ExpertWorkerServer,
+  ExpertWorkerService,
+  errorCodeOf,
+  type PrefetchRequest,
+  type PrefetchResponse,
+  type StatusRequest,
+  toGrpcStatus,
+  toRpcError,
+  type WorkerStatus,
+} from "@switchyard/protocol";
+import { HealthImplementation } from "grpc-health-check";
+import type { WorkerCore } from "./core.js";
+import type { WorkerMetrics } from "./metrics.js";
+
+export const DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
+
+/** What callSignal needs of any server call (unary or stream). */
+interface CallLike {
+  getDeadline(): Date | number;
+  on(event: "cancelled", listener: () => void): unknown;
+  removeListener(event: "cancelled", listener: () => void): unknown;
+}
+
+/** An AbortSignal that fires on client cancel (CANCELLED) or when the call's deadline passes (DEADLINE_EXCEEDED). */
+export function callSignal(call: CallLike): { signal: AbortSignal; dispose: () => void } {
+  const ac = new AbortController();
+  const onCancel = () => ac.abort(cancelled("client cancelled the call"));
+  call.on("cancelled", onCancel);
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = call.getDeadline();
+  const at = deadline instanceof Date ? deadline.getTime() : Number(deadline);
+  if (Number.isFinite(at)) {
+    const ms = at - Date.now();
+    if (ms <= 0) ac.abort(deadlineExceeded());
+    // grpc-js answers DEADLINE_EXCEEDED itself; this makes the work stop too.
+    else timer = setTimeout(() => ac.abort(deadlineExceeded()), ms);
+  }
+  return {
+    signal: ac.signal,
+    dispose: () => {
+      if (timer) clearTimeout(timer);
+      call.removeListener("cancelled", onCancel);
+    },
+  };
+}
+
+export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertWorkerServer {
+  const count = (method: string, err?: unknown) =>
+    metrics.requests.inc({ method, code: err === undefined ? "OK" : errorCodeOf(err) });
+
+  function unary<Req, Res>(method: string, fn: (req: Req, signal: AbortSignal) => Promise<Res> | Res) {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+      const { signal, dispose } = callSignal(call);
+      Promise.resolve()
+        .then(() => fn(call.request, signal))
+        .then(
+          (res) => {
+            count(method);
+            callback(null, res);
+          },
+          (err) => {
+            count(method, err);
+            callback(toGrpcStatus(err));
+          },
+        )
+        .finally(dispose);
+    };
+  }
+
+  const runExpertsStream: handleBidiStreamingCall<ExpertBatch, ExpertResult> = (call) => {
+    const { signal, dispose } = callSignal(call);
+    let inflight = 0;
+    let ended = false;
+    const maybeEnd = () => {
+      if (ended && inflight === 0) {
+        dispose();
+        call.end();
+      }
+    };
+    call.on("data", (batch: ExpertBatch) => {
+      inflight++;
+      core
+        .runBatch(batch, signal)
+        .then(
+          (res) => {
+            count("RunExpertsStream");
+            if (!signal.aborted) call.write(res);
+          },
+          (err) => {
+            count("RunExpertsStream", err);
+            // One bad batch answers in its own reply; the stream stays up.
+            if (!signal.aborted)
+              call.write({ batchId: batch.batchId, output: undefined, stats: undefined, error: toRpcError(err) });
+          },
+        )
+        .finally(() => {
+          inflight--;
+          maybeEnd();
+        });
+    });
+    call.on("end", () => {
+      ended = true;
+      maybeEnd();
+    });
+    call.on("error", () => dispose());
+  };
+
+  return {
+    runExperts: unary<ExpertBatch, ExpertResult>("RunExperts", (req, signal) => core.runBatch(req, signal)),
+    runExpertsStream,
+    prefetch: unary<PrefetchRequest, PrefetchResponse>("Prefetch", async (req) => {
+      const r = await core.prefetch(req.pool, req.experts);
+      return { loaded: r.loaded, alreadyResident: r.alreadyResident, evicted: r.evicted };
+    }),
+    evict: unary<EvictRequest, EvictResponse>("Evict", (req) => ({ evicted: core.evict(req.pool, req.experts) })),
+    status: unary<StatusRequest, WorkerStatus>("Status", () => core.status()),
+  };
+}
+
+export interface GrpcServerHandle {
+  server: Server;
+  port: number;
+  health: HealthImplementation;
+}
+
+export async function startGrpcServer(
+  core: WorkerCore,
+  metrics: WorkerMetrics,
+  o: { host?: string; port: number; maxMessageBytes?: number },
+): Promise<GrpcServerHandle> {
+  const max = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  const server = new Server({
+    "grpc.max_receive_message_length": max,
+    "grpc.max_send_message_length": max,
+  });
+  server.addService(ExpertWorkerService, buildHandlers(core, metrics));
+  const health = new HealthImplementation({
+    "": "NOT_SERVING",
+    [ExpertWorkerService.runExperts.path.split("/")[1]]: "NOT_SERVING",
+  });
+  health.addToServer(server);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${o.host ?? "0.0.0.0"}:${o.port}`, ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  return { server, port, health };
+}

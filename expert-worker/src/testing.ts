@@ -1,0 +1,39 @@
+// Helpers for tests and benchmarks: random experts and token matrices in any dtype (not used by the server).
+
+import type { ExpertWeights, WeightDType } from "@switchyard/moe";
+import { DType, valuesToBytes } from "@switchyard/protocol";
+
+/** Small seeded PRNG (mulberry32) so a failing case can be replayed from its printed seed. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function uniform(n: number, scale: number, next: () => number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (next() * 2 - 1) * scale;
+  return a;
+}
+
+export const PROTO_OF: Record<WeightDType, DType> = {
+  float32: DType.FLOAT32,
+  bfloat16: DType.BFLOAT16,
+  float16: DType.FLOAT16,
+};
+
+/** Random SwiGLU expert weights, HF layout, encoded as `dtype` (scaled like a real init: ~1/sqrt(fan_in)). */
+export function randomExpert(d: number, f: number, dtype: WeightDType, next: () => number): ExpertWeights {
+  const m = (rows: number, cols: number) => ({
+    dtype,
+    rows,
+    cols,
+    data: new Uint8Array(valuesToBytes(uniform(rows * cols, 1 / Math.sqrt(cols), next), PROTO_OF[dtype])),
+  });
+  return { gate: m(f, d), up: m(f, d), down: m(d, f) };
+}

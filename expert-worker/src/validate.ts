@@ -1,0 +1,114 @@
+// Pure validation of an ExpertBatch against what this worker serves. Every failure is INVALID_ARGUMENT naming
+// the offending field ("tokens.shape[1]", "slices[3].expert", ...). No decoding happens here: the token bytes go
+// to the backend as they came (the native kernels widen bf16/fp16 themselves).
+
+import {
+  bytesToFloat32,
+  DType,
+  dtypeName,
+  type ExpertBatch,
+  invalidArgument,
+  shapeElements,
+} from "@switchyard/protocol";
+
+export interface BatchContext {
+  pool: string;
+  layers: number;
+  experts: number;
+  hiddenSize: number;
+  /** Whether this worker may load (layer, expert): its share of the placement plan. */
+  serves: (layer: number, expert: number) => boolean;
+  /** Upper bound on rows per batch (protects memory); default unlimited. */
+  maxRows?: number;
+}
+
+export interface ValidSlice {
+  expert: number;
+  offset: number;
+  count: number;
+}
+
+export interface ValidBatch {
+  layer: number;
+  dtype: DType;
+  tokens: Uint8Array;
+  rows: number;
+  cols: number;
+  /** In request order, zero-count slices kept (they cost nothing). */
+  slices: ValidSlice[];
+  rowWeights?: Float32Array;
+  batchId: bigint;
+}
+
+const TOKEN_DTYPES = [DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16];
+
+export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
+  if (b.pool && b.pool !== ctx.pool)
+    throw invalidArgument("pool", `this worker serves pool "${ctx.pool}", got "${b.pool}"`);
+  if (!Number.isInteger(b.layer) || b.layer < 0 || b.layer >= ctx.layers)
+    throw invalidArgument("layer", `out of range: ${b.layer} (model has ${ctx.layers} layers)`);
+
+  const t = b.tokens;
+  if (!t) throw invalidArgument("tokens", "required");
+  if (!TOKEN_DTYPES.includes(t.dtype))
+    throw invalidArgument("tokens.dtype", `expected FLOAT32, BFLOAT16 or FLOAT16, got ${dtypeName(t.dtype)}`);
+  if (!Array.isArray(t.shape) || t.shape.length !== 2)
+    throw invalidArgument("tokens.shape", `expected rank 2 [N, d], got [${(t.shape ?? []).join(", ")}]`);
+  const n = shapeElements(t.shape, "tokens.shape");
+  const [rows, cols] = t.shape as [number, number];
+  if (cols !== ctx.hiddenSize)
+    throw invalidArgument("tokens.shape[1]", `expected hidden size ${ctx.hiddenSize}, got ${cols}`);
+  if (ctx.maxRows !== undefined && rows > ctx.maxRows)
+    throw invalidArgument("tokens.shape[0]", `${rows} rows exceed this worker's limit of ${ctx.maxRows}`);
+  const size = t.dtype === DType.FLOAT32 ? 4 : 2;
+  if (!(t.data instanceof Uint8Array) || t.data.byteLength !== n * size)
+    throw invalidArgument(
+      "tokens.data",
+      `expected ${n * size} bytes ([${rows}, ${cols}] × ${size} bytes ${dtypeName(t.dtype)}), got ${t.data?.byteLength ?? 0}`,
+    );
+
+  const slices: ValidSlice[] = [];
+  for (let i = 0; i < b.slices.length; i++) {
+    const s = b.slices[i];
+    const f = `slices[${i}]`;
+    if (s.expert >= ctx.experts)
+      throw invalidArgument(`${f}.expert`, `unknown expert ${s.expert} (layer has ${ctx.experts} experts)`);
+    if (s.offset > rows) throw invalidArgument(`${f}.offset`, `${s.offset} is past the ${rows} token rows`);
+    if (s.offset + s.count > rows)
+      throw invalidArgument(`${f}.count`, `rows [${s.offset}, ${s.offset + s.count}) exceed the ${rows} token rows`);
+    if (s.count > 0 && !ctx.serves(b.layer, s.expert))
+      throw invalidArgument(`${f}.expert`, `expert ${s.expert} of layer ${b.layer} is not served by this worker`);
+    slices.push({ expert: s.expert, offset: s.offset, count: s.count });
+  }
+  // Overlap: sort non-empty slices by offset and compare neighbours.
+  const order = slices
+    .map((s, i) => ({ s, i }))
+    .filter((x) => x.s.count > 0)
+    .sort((a, b2) => a.s.offset - b2.s.offset);
+  for (let k = 1; k < order.length; k++) {
+    const prev = order[k - 1];
+    const cur = order[k];
+    if (cur.s.offset < prev.s.offset + prev.s.count)
+      throw invalidArgument(
+        `slices[${cur.i}]`,
+        `rows [${cur.s.offset}, ${cur.s.offset + cur.s.count}) overlap slices[${prev.i}] rows [${prev.s.offset}, ${prev.s.offset + prev.s.count})`,
+      );
+  }
+
+  let rowWeights: Float32Array | undefined;
+  const w = b.rowWeights;
+  if (w) {
+    if (w.dtype !== DType.FLOAT32)
+      throw invalidArgument("row_weights.dtype", `expected FLOAT32, got ${dtypeName(w.dtype)}`);
+    if (!Array.isArray(w.shape) || w.shape.length !== 1 || w.shape[0] !== rows)
+      throw invalidArgument(
+        "row_weights.shape",
+        `expected [${rows}] (one weight per token row), got [${(w.shape ?? []).join(", ")}]`,
+      );
+    if (!(w.data instanceof Uint8Array) || w.data.byteLength !== rows * 4)
+      throw invalidArgument("row_weights.data", `expected ${rows * 4} bytes, got ${w.data?.byteLength ?? 0}`);
+    // Copy: the native kernel reads it on another thread while grpc-js may reuse the message buffer.
+    rowWeights = bytesToFloat32(w.data, DType.FLOAT32, true);
+  }
+  return { layer: b.layer, dtype: t.dtype, tokens: t.data, rows, cols, slices, rowWeights, batchId: b.batchId };
+}

@@ -1,0 +1,202 @@
+// startWorker: one expert worker (gRPC + metrics HTTP) in this process. main.ts calls it from the command line;
+// tests and the router's local mode call it directly.
+
+import { watch } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { type Checkpoint, isMoeLayer, openCheckpoint, validatePlan } from "@switchyard/moe";
+import { type BackendChoice, selectBackend } from "./backend/select.js";
+import type { ExpertBackend } from "./backend/types.js";
+import { makePolicy, ResidencyCache } from "./cache.js";
+import { parseExpertSpec, servedFromPlan } from "./config.js";
+import { type ExpertSource, WorkerCore, weightBytes } from "./core.js";
+import { startHttpServer } from "./http.js";
+import { WorkerMetrics } from "./metrics.js";
+import { WorkQueue } from "./queue.js";
+import { DEFAULT_MAX_MESSAGE_BYTES, startGrpcServer } from "./server.js";
+
+export interface WorkerOptions {
+  /** Checkpoint directory (config.json + safetensors), or an already open source. */
+  checkpoint: string | ExpertSource;
+  pool: string;
+  workerId: string;
+  /** 0 = any free port. */
+  port?: number;
+  metricsPort?: number;
+  host?: string;
+  /** --experts SPEC (see config.ts). */
+  experts?: string;
+  /** Placement plan file; this worker serves what the plan gives its worker id (reloaded on change). */
+  plan?: string;
+  /** Resident experts; default: every served expert. */
+  cacheCapacity?: number;
+  cachePolicy?: string;
+  backend?: BackendChoice | ExpertBackend;
+  queueCapacity?: number;
+  maxMessageBytes?: number;
+  /** Largest batch (rows) accepted. */
+  maxRows?: number;
+  log?: (line: string) => void;
+}
+
+export interface WorkerHandle {
+  port: number;
+  metricsPort: number;
+  backend: ExpertBackend;
+  core: WorkerCore;
+  metrics: WorkerMetrics;
+  close(): Promise<void>;
+}
+
+/** A checkpoint as an ExpertSource. */
+export function checkpointSource(ckpt: Checkpoint): ExpertSource {
+  const { spec } = ckpt;
+  return {
+    layers: spec.layers,
+    experts: spec.experts,
+    hiddenSize: spec.hiddenSize,
+    intermediateSize: spec.intermediateSize,
+    isMoeLayer: (l) => isMoeLayer(spec, l),
+    readExpert: (l, e) => ckpt.readExpert(l, e),
+    close: () => ckpt.close(),
+  };
+}
+
+function allMoeLayers(source: ExpertSource): number[] {
+  const out: number[] = [];
+  for (let l = 0; l < source.layers; l++) if (source.isMoeLayer(l)) out.push(l);
+  return out;
+}
+
+export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
+  const log = o.log ?? ((line: string) => console.log(`[worker ${o.workerId}] ${line}`));
+  let ownSource = false;
+  let source: ExpertSource;
+  if (typeof o.checkpoint === "string") {
+    source = checkpointSource(await openCheckpoint(o.checkpoint));
+    ownSource = true;
+  } else source = o.checkpoint;
+  const cleanup: (() => Promise<void> | void)[] = [];
+  try {
+    const layers = allMoeLayers(source);
+    let served: Set<string> | undefined;
+    if (o.plan)
+      served = servedFromPlan(validatePlan(JSON.parse(await readFile(o.plan, "utf8")), source), o.workerId, o.pool);
+    else if (o.experts) served = parseExpertSpec(o.experts, layers, source.experts);
+    const servedCount = served ? served.size : layers.length * source.experts;
+
+    let backend: ExpertBackend;
+    if (typeof o.backend === "object") {
+      backend = o.backend;
+      log(`backend: ${backend.describe()} (given)`);
+    } else {
+      const sel = await selectBackend(o.backend ?? "auto");
+      backend = sel.backend;
+      log(`backend: ${backend.name} — ${sel.reason}`);
+    }
+
+    const metrics = new WorkerMetrics({ pool: o.pool, worker: o.workerId });
+    metrics.backendInfo.set({ backend: backend.kind }, 1);
+    const capacity = o.cacheCapacity ?? Math.max(1, servedCount);
+    metrics.cacheCapacity.set(capacity);
+    metrics.cacheResident.set(0);
+    metrics.queueDepth.set(0);
+    const cache = new ResidencyCache({
+      capacity,
+      policy: makePolicy(o.cachePolicy ?? "lru"),
+      load: async ({ layer, expert }) => {
+        const w = await source.readExpert(layer, expert);
+        return { prepared: await backend.prepare(w), sourceBytes: weightBytes(w) };
+      },
+      events: {
+        hit: () => metrics.cacheHits.inc(),
+        miss: () => metrics.cacheMisses.inc(),
+        evict: () => metrics.cacheEvictions.inc(),
+        transfer: (b) => metrics.cacheTransferBytes.inc(b),
+        resident: (n) => metrics.cacheResident.set(n),
+      },
+    });
+    const queue = new WorkQueue(o.queueCapacity ?? 64, 1, (d) => metrics.queueDepth.set(d));
+    const core = new WorkerCore({
+      pool: o.pool,
+      workerId: o.workerId,
+      source,
+      backend,
+      cache,
+      queue,
+      metrics,
+      served,
+      maxRows: o.maxRows,
+    });
+
+    if (o.plan) {
+      // A mounted ConfigMap changes under us: re-read and swap the served set (bad plans are logged and ignored).
+      const planFile = o.plan;
+      let timer: NodeJS.Timeout | undefined;
+      const w = watch(planFile, () => {
+        clearTimeout(timer);
+        timer = setTimeout(async () => {
+          try {
+            const plan = validatePlan(JSON.parse(await readFile(planFile, "utf8")), source);
+            core.o.served = servedFromPlan(plan, o.workerId, o.pool);
+            log(`plan v${plan.version}: serving ${core.o.served.size} experts`);
+          } catch (err) {
+            log(`plan reload failed, keeping the previous one: ${(err as Error).message}`);
+          }
+        }, 100);
+      });
+      cleanup.push(() => {
+        clearTimeout(timer);
+        w.close();
+      });
+    }
+
+    const grpc = await startGrpcServer(core, metrics, {
+      host: o.host,
+      port: o.port ?? 50061,
+      maxMessageBytes: o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+    });
+    cleanup.push(
+      () =>
+        new Promise<void>((resolve) => {
+          grpc.server.tryShutdown(() => resolve());
+          // In-flight streams would hold a graceful shutdown open; cut them after a short grace period.
+          setTimeout(() => grpc.server.forceShutdown(), 2000).unref();
+        }),
+    );
+    let ready = false;
+    const http = await startHttpServer({
+      host: o.host,
+      port: o.metricsPort ?? 9401,
+      registry: metrics.registry,
+      ready: () => ready,
+    });
+    cleanup.push(() => new Promise<void>((resolve) => http.server.close(() => resolve())));
+    grpc.health.setStatus("", "SERVING");
+    grpc.health.setStatus("switchyard.v1.ExpertWorker", "SERVING");
+    ready = true;
+    log(
+      `serving pool ${o.pool} on :${grpc.port} (metrics :${http.port}); ${servedCount} experts served, cache ${capacity} (${cache.policy.name}), queue ${queue.capacity}`,
+    );
+    let closed = false;
+    return {
+      port: grpc.port,
+      metricsPort: http.port,
+      backend,
+      core,
+      metrics,
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        ready = false;
+        grpc.health.setStatus("", "NOT_SERVING");
+        for (const c of cleanup.reverse()) await c();
+        await backend.close?.();
+        if (ownSource) await source.close?.();
+      },
+    };
+  } catch (err) {
+    for (const c of cleanup.reverse()) await c();
+    if (ownSource) await source.close?.();
+    throw err;
+  }
+}
