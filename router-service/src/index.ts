@@ -1,1 +1,11 @@
-export {};
+// Public surface of the router service (tests, the benchmark and embedding applications use these).
+export { type RouterApp, type RouterAppOptions, startRouterApp } from "./app.js";
+export { CheckpointModel, rankExperts } from "./checkpoint-model.js";
+export { type PlacementPlan, type PoolConfig, parsePlan, parseRouterConfig, type RouterConfig } from "./config.js";
+export { CLIENT_CHANNEL_OPTIONS, WorkerConn } from "./dispatch/worker-conn.js";
+export { RouterMetrics } from "./metrics.js";
+export type { PoolModel } from "./model.js";
+export { DEFAULT_DEADLINE_MS, type PoolSetup, Router, type RouterOptions } from "./router.js";
+export { raiseServerWindow, routerHandlers, SERVER_OPTIONS, type StartedRouter, serveRouter } from "./server.js";
+export { PrometheusSignals, parseInstantQuery } from "./signals/prometheus.js";
+export { FakeWorker } from "./testing/fake-worker.js";
