@@ -266,20 +266,7 @@ describe("decodeTensor validation", () => {
 });
 
 describe("encode/decode round trips", () => {
-  const special = new Float32Array([
-    0,
-    -0,
-    1,
-    -1.5,
-    2.71,
-    1e-40,
-    -1e-45,
-    65504,
-    1e30,
-    Infinity,
-    -Infinity,
-    Number.NaN,
-  ]);
+  const special = new Float32Array([0, -0, 1, -1.5, 2.71, 1e-40, -1e-45, 65504, 1e30, Infinity, -Infinity, Number.NaN]);
   it("FLOAT32 round-trips bit-exactly through the protobuf wire", () => {
     const t = encodeTensor(special, [3, 4], DType.FLOAT32);
     const wire = Tensor.decode(Tensor.encode(t).finish());

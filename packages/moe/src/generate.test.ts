@@ -1,0 +1,133 @@
+import { execFile } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openCheckpoint, readLayerFloat32 } from "./checkpoint.js";
+import { routerLogits } from "./gating.js";
+import { generateCheckpoint, uniformTensor } from "./generate.js";
+import { referenceMoeBlock } from "./reference.js";
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "gen-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+const small = { layers: 2, hiddenSize: 32, intermediateSize: 48 } as const;
+
+describe("generateCheckpoint", () => {
+  it("is deterministic per seed, and sharding does not change the tensors", async () => {
+    const a = await generateCheckpoint({ family: "qwen2-moe", dir: join(root, "a"), seed: 5, ...small });
+    const b = await generateCheckpoint({ family: "qwen2-moe", dir: join(root, "b"), seed: 5, ...small });
+    const c = await generateCheckpoint({ family: "qwen2-moe", dir: join(root, "c"), seed: 6, ...small });
+    const s = await generateCheckpoint({ family: "qwen2-moe", dir: join(root, "s"), seed: 5, shards: 3, ...small });
+    expect(await readFile(join(a.dir, "model.safetensors"))).toEqual(await readFile(join(b.dir, "model.safetensors")));
+    expect(await readFile(join(a.dir, "model.safetensors"))).not.toEqual(
+      await readFile(join(c.dir, "model.safetensors")),
+    );
+    expect((await readdir(s.dir)).sort()).toEqual([
+      "config.json",
+      "model-00001-of-00003.safetensors",
+      "model-00002-of-00003.safetensors",
+      "model-00003-of-00003.safetensors",
+      "model.safetensors.index.json",
+    ]);
+    const index = JSON.parse(await readFile(join(s.dir, "model.safetensors.index.json"), "utf8"));
+    expect(index.metadata.total_size).toBe(s.totalBytes);
+    const ca = await openCheckpoint(a.dir);
+    const cs = await openCheckpoint(s.dir);
+    for (const l of [0, 1]) {
+      const [x, y] = [await ca.readExpert(l, 7), await cs.readExpert(l, 7)];
+      expect(x.down.data).toEqual(y.down.data);
+    }
+    await ca.close();
+    await cs.close();
+  });
+
+  it("has a realistic init scale: router logits and block outputs stay O(1) for O(1) inputs", async () => {
+    for (const family of ["mixtral", "qwen2-moe", "deepseek-v3"] as const) {
+      const g = await generateCheckpoint({
+        family,
+        dir: join(root, `scale-${family}`),
+        seed: 1,
+        layers: 1,
+        hiddenSize: 256,
+        intermediateSize: 512,
+      });
+      const ckpt = await openCheckpoint(g.dir);
+      const w = await readLayerFloat32(ckpt, 0);
+      const h = uniformTensor(9, "h", 16 * 256, Math.sqrt(3)); // std 1
+      const rms = (a: Float32Array) => Math.sqrt(a.reduce((s, v) => s + v * v, 0) / a.length);
+      const logits = routerLogits(h, w.gate, 256);
+      expect(rms(logits)).toBeGreaterThan(0.3);
+      expect(rms(logits)).toBeLessThan(3);
+      const y = referenceMoeBlock(ckpt.spec, w, h).output;
+      expect(rms(y)).toBeGreaterThan(0.05);
+      expect(rms(y)).toBeLessThan(5);
+      // routing spreads over experts (not all tokens on one)
+      const r = referenceMoeBlock(ckpt.spec, w, h).routing;
+      expect(new Set(r.ids).size).toBeGreaterThan(ckpt.spec.topK);
+      await ckpt.close();
+    }
+  });
+
+  it("uniformTensor has the requested range and std", () => {
+    const v = uniformTensor(1, "t", 100_000, 0.5);
+    let min = Infinity;
+    let max = -Infinity;
+    let ss = 0;
+    for (const x of v) {
+      min = Math.min(min, x);
+      max = Math.max(max, x);
+      ss += x * x;
+    }
+    expect(min).toBeGreaterThanOrEqual(-0.5);
+    expect(max).toBeLessThan(0.5);
+    expect(Math.sqrt(ss / v.length)).toBeCloseTo(0.5 / Math.sqrt(3), 2);
+    expect(Array.from(uniformTensor(1, "t", 8, 1))).not.toEqual(Array.from(uniformTensor(1, "u", 8, 1)));
+  });
+
+  it("rejects bad options", async () => {
+    await expect(generateCheckpoint({ family: "mixtral", dir: join(root, "bad"), topK: 9 })).rejects.toThrow(
+      "spec.topK: 9 exceeds experts (8)",
+    );
+    await expect(generateCheckpoint({ family: "mixtral", dir: join(root, "bad"), shards: 0 })).rejects.toThrow(
+      "shards: must be a positive integer, got 0",
+    );
+  });
+});
+
+describe("generate-checkpoint CLI", () => {
+  const run = promisify(execFile);
+  const cli = join(import.meta.dirname, "cli", "generate-checkpoint.ts");
+  const tsx = ["--import", "tsx", "--conditions=switchyard-source", cli];
+  it("writes a checkpoint and reports it; bad flags exit 2 with a message", async () => {
+    const dir = join(root, "cli");
+    const { stdout } = await run(process.execPath, [
+      ...tsx,
+      "--family",
+      "deepseek-v3",
+      "--dir",
+      dir,
+      "--hidden-size",
+      "16",
+      "--intermediate-size",
+      "8",
+      "--shards",
+      "2",
+      "--seed",
+      "3",
+    ]);
+    expect(stdout).toMatch(/wrote .*cli: deepseek-v3 layers=2 experts=16 d=16 f=8 top-k=4 bfloat16, 2 file\(s\)/);
+    const ckpt = await openCheckpoint(dir);
+    expect(ckpt.spec.hiddenSize).toBe(16);
+    await ckpt.close();
+    const err = await run(process.execPath, [...tsx, "--family", "llama", "--dir", dir]).catch((e) => e);
+    expect(err.code).toBe(2);
+    expect(err.stderr).toMatch(/--family: one of mixtral, qwen2-moe, qwen3-moe, deepseek-v3, custom/);
+  }, 60_000);
+});
