@@ -145,6 +145,14 @@ export class Router {
     return this.pools.get(pool)?.conns ?? [];
   }
 
+  /** Sets the gauges sampled at scrape time (signal staleness, outstanding rows per worker). */
+  sampleGauges(): void {
+    for (const [name, p] of this.pools) {
+      this.metrics.loadSignalStale.set({ pool: name }, p.signals.stale ? 1 : 0);
+      for (const c of p.conns) this.metrics.workerOutstanding.set({ pool: name, worker: c.id }, c.outstandingTokens);
+    }
+  }
+
   /** Whether a pool runs on its own counters (Prometheus off, down or stale). */
   signalsStale(pool: string): boolean {
     return this.pools.get(pool)?.signals.stale ?? true;

@@ -133,10 +133,7 @@ export async function serveRouter(
   if (o.metricsPort !== undefined && o.metricsPort !== null) {
     const app = express();
     app.get("/metrics", async (_req, res) => {
-      for (const name of router.poolNames()) {
-        // gauges sampled at scrape time
-        router.metrics.loadSignalStale.set({ pool: name }, router.signalsStale(name) ? 1 : 0);
-      }
+      router.sampleGauges();
       res.set("Content-Type", router.metrics.registry.contentType);
       res.send(await router.metrics.registry.metrics());
     });
