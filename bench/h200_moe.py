@@ -31,7 +31,7 @@ class Cfg(ctypes.Structure):
 class Args(ctypes.Structure):
     _fields_ = [(n, ctypes.c_void_p) for n in
                 ("x", "logits", "bias", "topk_ids", "topk_weights", "w13", "w2", "expert_slot", "out",
-                 "topk_ids_out", "topk_weights_out")]
+                 "topk_ids_out", "topk_weights_out")] + [("num_slots", ctypes.c_int32)]
 
 
 lib = ctypes.CDLL(sys.argv[1])
@@ -191,9 +191,9 @@ for name, s in SHAPES.items():
         t_gmm = timeit(gmm_layer)
         t_loop = timeit(loop_layer, target_ms=20, batches=3)
         tune = {}
-        for bm in (16, 32, 64, 128):
-            lib.sy_moe_set_tuning(bm, 0, 0)
-            tune[f"bm{bm}"] = round(timeit(ours, target_ms=15, batches=3), 4)
+        for eng, bm in (("mma", 16), ("mma", 32), ("mma", 64), ("wg", 64), ("wg", 128)):
+            lib.sy_moe_set_tuning(bm, 0, 1 if eng == "wg" else -1)
+            tune[f"{eng}{bm}"] = round(timeit(ours, target_ms=15, batches=3), 4)
         lib.sy_moe_set_tuning(0, 0, 0)
         route_ms = None
         if T <= 128:

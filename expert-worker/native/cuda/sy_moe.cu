@@ -17,6 +17,8 @@
 #include "sy_moe.h"
 
 #include <cuda_bf16.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -542,11 +544,26 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
   }
 }
 
+}  // namespace
+#include "sy_moe_wgmma.cuh"
+namespace {
+
+// x_perm[row] = x[token of row] (wgmma path only: TMA loads tiles of contiguous rows, it cannot gather).
+__global__ void permute_kernel(const bf16* __restrict__ x, const int* __restrict__ assign_row, int k, int D,
+                               bf16* __restrict__ xp) {
+  const int a = blockIdx.x;
+  const int row = assign_row[a];
+  if (row < 0) return;
+  const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)(a / k) * D);
+  uint4* dst = reinterpret_cast<uint4*>(xp + (size_t)row * D);
+  for (int c = threadIdx.x; c < D / 8; c += blockDim.x) dst[c] = src[c];
+}
+
 // ------------------------------------------------------------------------------------------------------------------
 // Host side
 // ------------------------------------------------------------------------------------------------------------------
 struct Layout {
-  size_t ids, w, rank, counts, offsets, num_tiles, tiles, row_token, row_w, assign_row, h, y, out_acc, total;
+  size_t ids, w, rank, counts, offsets, num_tiles, tiles, row_token, row_w, assign_row, x_perm, h, y, out_acc, total;
 };
 
 size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -575,6 +592,7 @@ Layout make_layout(const sy_moe_config& c, int T) {
   L.row_token = take(n * 4);
   L.row_w = take(n * 4);
   L.assign_row = take(n * 4);
+  L.x_perm = take(n * (size_t)c.d_model * 2);
   L.h = take(n * (size_t)c.d_ff * 2);
   L.y = take(n * (size_t)c.d_model * 2);
   L.out_acc = take((size_t)T * c.d_model * 4);
@@ -640,6 +658,48 @@ int run_gemm(int BM, const GemmParams& p0, int max_m, cudaStream_t s) {
 }
 
 int g_num_sms = 0;
+
+PFN_cuTensorMapEncodeTiled_v12000 g_encode = nullptr;
+
+int get_encoder() {
+  if (g_encode) return SY_MOE_OK;
+  cudaDriverEntryPointQueryResult q;
+  void* fn = nullptr;
+  SY_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+  if (q != cudaDriverEntryPointSuccess || !fn) return fail(SY_MOE_ERR_CUDA, "cuTensorMapEncodeTiled: not available");
+  g_encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  return SY_MOE_OK;
+}
+
+// 2-D bf16 row-major [rows, cols] map with a (box_rows x 64) box and 128-byte swizzle.
+int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint32_t box_rows) {
+  cuuint64_t dims[2] = {cols, rows};
+  cuuint64_t strides[1] = {cols * 2};
+  cuuint32_t box[2] = {64, box_rows};
+  cuuint32_t es[2] = {1, 1};
+  CUresult r = g_encode(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(ptr), dims, strides, box, es,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) return fail(SY_MOE_ERR_CUDA, "cuTensorMapEncodeTiled failed: " + std::to_string((int)r));
+  return SY_MOE_OK;
+}
+
+template <int WGS, int MODE>
+int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, cudaStream_t s) {
+  using C = wg::Cfg<WGS>;
+  auto kern = wg::wgmma_gemm_kernel<WGS, MODE>;
+  static bool attr_set = false;
+  if (!attr_set) {
+    SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
+    attr_set = true;
+  }
+  const int out_cols = MODE == 0 ? wg::kBN / 2 : wg::kBN;
+  p.n_tiles = (p.N + out_cols - 1) / out_cols;
+  const int grid = (max_m + kGroupM - 1) / kGroupM * kGroupM * p.n_tiles;
+  if (grid > 0) kern<<<grid, C::kThreads, C::kSmem, s>>>(a, b, p);
+  SY_CUDA(cudaGetLastError());
+  return SY_MOE_OK;
+}
 
 }  // namespace
 
@@ -753,9 +813,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // Token tile: large enough that most experts fit in one tile (weights read once) in the memory-bound regime.
   const int active = n < E ? n : E;
   const int avg = (n + active - 1) / active;
-  int BM = avg * 3 / 2 + 4 <= 16 ? 16 : avg * 3 / 2 + 4 <= 32 ? 32 : avg * 3 / 2 + 4 <= 64 ? 64 : 128;
+  // Engine: mma.sync with small token tiles streams weights once when experts see few tokens; the wgmma/TMA
+  // kernel (64 or 128 token rows per CTA) wins once the tile is mostly filled (measured: bench/results/).
+  // Measured on H200 (bench/results/h200-moe.json, tune_ms): the wgmma/TMA kernel beats the mma.sync kernels at
+  // every shape, decode included (TMA streams weights at ~3.9 TB/s vs ~3.1), so it is the default; 64-row tiles
+  // while experts average <= 36 tokens, 128-row tiles (two consumer warpgroups) above. mma.sync (with split-K)
+  // stays as the portable fallback and for tuning.
+  int BM = avg > 36 ? 128 : 64;
+  bool use_wg = true;
   if (g_tune_bm) BM = g_tune_bm;
+  if (g_tune_wgmma) use_wg = g_tune_wgmma > 0;
   if (BM != 16 && BM != 32 && BM != 64 && BM != 128) return fail(SY_MOE_ERR_INVALID, "tuning.block_m: 16/32/64/128");
+  if (use_wg && BM < 64) BM = 64;
   const int max_m = max_m_tiles(T, k, E, BM);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
@@ -785,6 +854,31 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   SY_CUDA(cudaGetLastError());
   scatter_kernel<<<(n + 255) / 256, 256, 0, s>>>(ids, w, rank, offsets, n, k, row_token, row_w, assign_row);
   SY_CUDA(cudaGetLastError());
+
+  if (use_wg) {
+    rc = get_encoder();
+    if (rc) return rc;
+    const int slots = a->num_slots > 0 ? a->num_slots : E;
+    bf16* xp = (bf16*)(ws + L.x_perm);
+    CUtensorMap mA1, mB1, mA2, mB2;
+    if ((rc = make_map(&mA1, xp, n, D, BM)) || (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, 128)) ||
+        (rc = make_map(&mA2, h, n, F, BM)) || (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, 128)))
+      return rc;
+    permute_kernel<<<n, D / 8 < 256 ? D / 8 : 256, 0, s>>>((const bf16*)a->x, assign_row, k, D, xp);
+    SY_CUDA(cudaGetLastError());
+    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr};
+    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w};
+    if (!g_skip_gemm) {
+      rc = BM == 64 ? launch_wgmma<1, 0>(mA1, mB1, p1, max_m, s) : launch_wgmma<2, 0>(mA1, mB1, p1, max_m, s);
+      if (rc) return rc;
+      rc = BM == 64 ? launch_wgmma<1, 1>(mA2, mB2, p2, max_m, s) : launch_wgmma<2, 1>(mA2, mB2, p2, max_m, s);
+      if (rc) return rc;
+    }
+    int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
+    combine_kernel<<<T, threads, 0, s>>>(y, assign_row, k, D, (bf16*)a->out);
+    SY_CUDA(cudaGetLastError());
+    return SY_MOE_OK;
+  }
 
   GemmParams g1{};
   g1.A = (const bf16*)a->x;

@@ -38,6 +38,7 @@ struct Case {
   float scale;
   bool bias, prerouted, missing_experts, graph;
   int bm, split;
+  int wg = 0;  // 1: force the wgmma/TMA engine, -1: force mma.sync, 0: automatic
 };
 
 static int g_fail = 0, g_pass = 0;
@@ -180,7 +181,7 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   a.out = dout;
   a.topk_ids_out = c.prerouted ? nullptr : dids_out;
   a.topk_weights_out = c.prerouted ? nullptr : dw_out;
-  sy_moe_set_tuning(c.bm, c.split, 0);
+  sy_moe_set_tuning(c.bm, c.split, c.wg != 0 ? c.wg : (c.bm ? -1 : 0));  // a forced tile without wg: mma.sync
 
   std::vector<bf16> out1((size_t)T * D), out2((size_t)T * D);
   for (int rep = 0; rep < 2; ++rep) {
@@ -345,11 +346,18 @@ int main(int argc, char** argv) {
       {"bm128", 8, 2, 512, 1024, 200, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1},
       {"bm16-splitk3-atomic", 8, 2, 512, 1024, 3, 0, 1, 0, 0, 1.f, false, false, false, false, 16, 3},
       {"bm64-splitk2-atomic", 8, 2, 512, 1024, 100, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 2},
+      {"wgmma-bm64", 8, 2, 512, 1024, 200, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
+      {"wgmma-bm128", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 1},
+      {"wgmma-one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 1},
+      {"wgmma-awkward-dims-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
+      {"wgmma-prerouted-missing-graph", 24, 3, 192, 256, 150, 0, 0, 0, 0, 1.f, false, true, true, true, 128, 1, 1},
   };
   if (!quick) {
     cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
     cases.push_back({"bm128-large", 8, 2, 1024, 768, 2000, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1});
     cases.push_back({"dsv3-groups-257tok", 256, 8, 512, 256, 257, 1, 1, 8, 4, 2.5f, true, false, false, true, 0, 0});
+    cases.push_back({"wgmma-large", 8, 2, 1024, 768, 3000, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 1});
+    cases.push_back({"wgmma-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 64, 1, 1});
   }
   for (auto& c : cases) run_case(c, rng);
   sy_moe_set_tuning(0, 0, 0);
