@@ -1,1 +1,9 @@
-export {};
+// Public surface of the operator package (used by the integration tests and the benchmark).
+
+export { applyDefaults } from "./api/schema.js";
+export * from "./api/v1alpha1.js";
+export * from "./controller/names.js";
+export { crdFiles, expertPoolCrd, routingPolicyCrd } from "./crd/crds.js";
+export { Manager, type ManagerOptions } from "./manager.js";
+export { parseOptions } from "./options.js";
+export { Kube, KubeError, paths } from "./runtime/kube.js";

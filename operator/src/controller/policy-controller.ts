@@ -1,0 +1,113 @@
+// RoutingPolicy reconciler (status: resolved or why not) and the router-config reconciler (one ConfigMap with
+// every pool's resolved config, docs/CONTRACTS.md "Router config"). Both re-read the caches on every pass.
+import { isDeepStrictEqual } from "node:util";
+import type { V1ConfigMap } from "@kubernetes/client-node";
+import { defaultRoutingPolicy, type PlacementPlan } from "@switchyard/moe";
+import { clean } from "../api/schema.js";
+import type { ExpertPool, RoutingPolicy } from "../api/v1alpha1.js";
+import type { EventRecorder } from "../runtime/events.js";
+import type { Informer } from "../runtime/informer.js";
+import { type Kube, type KubeObject, paths } from "../runtime/kube.js";
+import type { RecentWrites } from "../runtime/recent.js";
+import { needsApply } from "./compare.js";
+import { planFromConfigMap } from "./desired.js";
+import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, planConfigMapName, STATUS_FIELD_MANAGER } from "./names.js";
+import { splitKey } from "./pool-controller.js";
+import { buildPolicyStatus, buildRouterConfig, resolvePolicy } from "./routing.js";
+
+export const ROUTER_CONFIG_KEY = "router.json";
+
+export interface RouterTarget {
+  namespace: string;
+  name: string;
+}
+
+export interface PolicyDeps {
+  kube: Kube;
+  pools: Informer<ExpertPool>;
+  policies: Informer<RoutingPolicy>;
+  configMaps: Informer<V1ConfigMap>;
+  recent: RecentWrites;
+  events: EventRecorder;
+  router: RouterTarget;
+  now?: () => string;
+}
+
+export class PolicyReconciler {
+  constructor(private readonly d: PolicyDeps) {}
+
+  async reconcile(key: string): Promise<undefined> {
+    const [ns, name] = splitKey(key);
+    const { recent } = this.d;
+    const rp = recent.pick("RoutingPolicy", ns, name, this.d.policies.get(ns, name));
+    if (!rp || rp.metadata.deletionTimestamp) return undefined;
+    const pool = this.d.pools.get(ns, rp.spec.poolRef.name);
+    const res = resolvePolicy(rp, pool);
+    const { status, transitions } = buildPolicyStatus(
+      rp,
+      res,
+      `${this.d.router.namespace}/${this.d.router.name}`,
+      this.d.now?.() ?? new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    );
+    if (isDeepStrictEqual(clean(rp.status ?? {}), clean(status))) return undefined;
+    try {
+      const out = await this.d.kube.apply<RoutingPolicy>(
+        `${paths.routingPolicies(ns)}/${name}/status`,
+        { apiVersion: rp.apiVersion, kind: rp.kind, metadata: { name, namespace: ns }, status },
+        STATUS_FIELD_MANAGER,
+      );
+      recent.put("RoutingPolicy", ns, name, out as KubeObject);
+    } catch (e) {
+      if ((e as { code?: number }).code === 404) return undefined;
+      throw e;
+    }
+    for (const t of transitions) {
+      if (t.type !== "Ready") continue;
+      const involved = { apiVersion: rp.apiVersion, kind: rp.kind, name, namespace: ns, uid: rp.metadata.uid };
+      void this.d.events.emit(involved, t.to === "True" ? "Normal" : "Warning", t.reason, t.message);
+    }
+    return undefined;
+  }
+}
+
+export class RouterConfigReconciler {
+  constructor(private readonly d: PolicyDeps) {}
+
+  desired(): V1ConfigMap {
+    const pools = this.d.pools.list();
+    const plans = new Map<string, PlacementPlan>();
+    for (const p of pools) {
+      const ns = p.metadata.namespace ?? "default";
+      const cmName = planConfigMapName(p.metadata.name);
+      const plan = planFromConfigMap(this.d.recent.pick("ConfigMap", ns, cmName, this.d.configMaps.get(ns, cmName)));
+      if (plan) plans.set(`${ns}/${p.metadata.name}`, plan);
+    }
+    const config = buildRouterConfig({
+      pools: [...pools],
+      policies: [...this.d.policies.list()],
+      plans,
+      routerNamespace: this.d.router.namespace,
+      defaults: defaultRoutingPolicy(),
+    });
+    return {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: {
+        name: this.d.router.name,
+        namespace: this.d.router.namespace,
+        labels: { [MANAGED_BY_LABEL]: MANAGED_BY, "app.kubernetes.io/component": "router-config" },
+      },
+      data: { [ROUTER_CONFIG_KEY]: JSON.stringify(config) },
+    };
+  }
+
+  async reconcile(): Promise<undefined> {
+    const { namespace, name } = this.d.router;
+    const want = this.desired();
+    const live = this.d.recent.pick("ConfigMap", namespace, name, this.d.configMaps.get(namespace, name));
+    if (!needsApply(want as never, live as never)) return undefined;
+    const out = await this.d.kube.apply<V1ConfigMap>(`${paths.configMaps(namespace)}/${name}`, want, FIELD_MANAGER);
+    this.d.recent.put("ConfigMap", namespace, name, out as KubeObject);
+    return undefined;
+  }
+}

@@ -1,0 +1,179 @@
+// ExpertPool reconciler: the thin I/O shell around desired.ts and pool-status.ts. Level-triggered: every pass
+// re-reads the pool and its children from the informer caches, applies whatever differs (server-side apply,
+// one field manager), and rebuilds status from what it observes. Nothing is remembered between passes except
+// the objects our own writes returned (RecentWrites), used only while the cache has not caught up.
+import { isDeepStrictEqual } from "node:util";
+import type { V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
+import { clean } from "../api/schema.js";
+import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
+import type { EventRecorder } from "../runtime/events.js";
+import type { Informer } from "../runtime/informer.js";
+import { type Kube, type KubeObject, paths } from "../runtime/kube.js";
+import type { RecentWrites } from "../runtime/recent.js";
+import { needsApply } from "./compare.js";
+import { desiredPlan, desiredService, desiredStatefulSet, planFromConfigMap } from "./desired.js";
+import {
+  FIELD_MANAGER,
+  POOL_LABEL,
+  planConfigMapName,
+  STATUS_FIELD_MANAGER,
+  serviceName,
+  statefulSetName,
+} from "./names.js";
+import { buildPoolStatus } from "./pool-status.js";
+
+export const MOVED_ANNOTATION = "switchyard.dev/moved-experts";
+
+export interface PoolCaches {
+  pools: Informer<ExpertPool>;
+  statefulSets: Informer<V1StatefulSet>;
+  services: Informer<V1Service>;
+  configMaps: Informer<V1ConfigMap>;
+  pods: Informer<V1Pod>;
+}
+
+export interface PoolControllerDeps {
+  kube: Kube;
+  caches: PoolCaches;
+  recent: RecentWrites;
+  events: EventRecorder;
+  log: (m: string) => void;
+  now?: () => string;
+}
+
+export function splitKey(key: string): [string, string] {
+  const i = key.indexOf("/");
+  return [key.slice(0, i), key.slice(i + 1)];
+}
+
+export class PoolReconciler {
+  constructor(private readonly d: PoolControllerDeps) {}
+
+  private async applyIfChanged<T extends KubeObject>(
+    kind: string,
+    collection: string,
+    desired: T,
+    live: KubeObject | undefined,
+  ): Promise<T | undefined> {
+    if (!needsApply(desired as never, live as never)) return undefined;
+    const ns = desired.metadata?.namespace as string;
+    const name = desired.metadata?.name as string;
+    const out = await this.d.kube.apply<T>(`${collection}/${name}`, desired, FIELD_MANAGER);
+    this.d.recent.put(kind, ns, name, out);
+    return out;
+  }
+
+  async reconcile(key: string): Promise<undefined> {
+    const [ns, name] = splitKey(key);
+    const { caches, recent, kube } = this.d;
+    const pool = caches.pools.get(ns, name);
+    // Gone or going: owner references let the garbage collector remove the children.
+    if (!pool || pool.metadata.deletionTimestamp) return undefined;
+
+    // 1. Placement plan (stable against the plan already published).
+    const cmName = planConfigMapName(name);
+    const liveCm = recent.pick("ConfigMap", ns, cmName, caches.configMaps.get(ns, cmName));
+    const previous = planFromConfigMap(liveCm);
+    const plan = desiredPlan(pool, previous);
+    let planInfo:
+      | { plan: NonNullable<typeof previous>; stats: import("@switchyard/moe").PlanStats; moved: number }
+      | { error: string };
+    if (plan.ok) {
+      const changed = !previous || plan.plan.version !== previous.version;
+      // How many copies the last version change moved; kept on the ConfigMap so it survives restarts.
+      const moved = changed
+        ? plan.stats.moved
+        : Number((liveCm?.metadata?.annotations as Record<string, string> | undefined)?.[MOVED_ANNOTATION] ?? 0);
+      plan.configMap.metadata = { ...plan.configMap.metadata, annotations: { [MOVED_ANNOTATION]: String(moved) } };
+      await this.applyIfChanged("ConfigMap", paths.configMaps(ns), plan.configMap as KubeObject, liveCm);
+      if (changed && previous) {
+        void this.d.events.emit(
+          this.involved(pool),
+          "Normal",
+          "PlanPublished",
+          `placement plan version ${plan.plan.version}: ${moved} expert copies moved`,
+        );
+      }
+      planInfo = { plan: plan.plan, stats: plan.stats, moved };
+    } else {
+      planInfo = { error: plan.message };
+    }
+
+    // 2. Headless Service, then the worker StatefulSet (it mounts the plan ConfigMap written above).
+    const svc = desiredService(pool);
+    await this.applyIfChanged(
+      "Service",
+      paths.services(ns),
+      svc as KubeObject,
+      recent.pick("Service", ns, serviceName(name), caches.services.get(ns, serviceName(name))),
+    );
+    let sts = recent.pick("StatefulSet", ns, statefulSetName(name), caches.statefulSets.get(ns, statefulSetName(name)));
+    if (planInfo && !("error" in planInfo)) {
+      const wrote = await this.applyIfChanged(
+        "StatefulSet",
+        paths.statefulSets(ns),
+        desiredStatefulSet(pool) as KubeObject,
+        sts,
+      );
+      if (wrote) sts = wrote as typeof sts;
+    }
+
+    // 3. Status from observation.
+    const pods = caches.pods.list(ns).filter((p) => p.metadata?.labels?.[POOL_LABEL] === name);
+    const { status, transitions } = buildPoolStatus({
+      pool,
+      statefulSet: sts,
+      pods,
+      plan: planInfo,
+      now: this.d.now?.() ?? new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    });
+    const current = recent.pick("ExpertPool", ns, name, pool);
+    if (!statusEqual(current?.status, status)) {
+      try {
+        const out = await kube.apply<ExpertPool & KubeObject>(
+          `${paths.expertPools(ns)}/${name}/status`,
+          { apiVersion: pool.apiVersion, kind: pool.kind, metadata: { name, namespace: ns }, status },
+          STATUS_FIELD_MANAGER,
+        );
+        recent.put("ExpertPool", ns, name, out);
+      } catch (e) {
+        if ((e as { code?: number }).code === 404) return undefined; // deleted meanwhile
+        throw e;
+      }
+      for (const t of transitions) {
+        if (t.type === "Ready" && t.from !== undefined) {
+          void this.d.events.emit(
+            this.involved(pool),
+            t.to === "True" ? "Normal" : "Warning",
+            t.to === "True" ? "Ready" : t.reason,
+            t.message,
+          );
+        } else if (t.type === "Degraded" && t.to === "True") {
+          void this.d.events.emit(this.involved(pool), "Warning", t.reason, t.message);
+        } else if (
+          t.type === "Progressing" &&
+          t.to === "True" &&
+          (t.reason === "InsufficientGPU" || t.reason === "Unschedulable")
+        ) {
+          void this.d.events.emit(this.involved(pool), "Warning", t.reason, t.message);
+        }
+      }
+    }
+    return undefined;
+  }
+
+  private involved(pool: ExpertPool) {
+    return {
+      apiVersion: pool.apiVersion,
+      kind: pool.kind,
+      name: pool.metadata.name,
+      namespace: pool.metadata.namespace ?? "default",
+      uid: pool.metadata.uid,
+    };
+  }
+}
+
+/** Status equality as the server stores it (undefined fields dropped). */
+export function statusEqual(a: ExpertPoolStatus | Record<string, unknown> | undefined, b: unknown): boolean {
+  return isDeepStrictEqual(clean(a ?? {}), clean(b ?? {}));
+}

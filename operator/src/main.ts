@@ -1,0 +1,42 @@
+// Operator entry point: node operator/dist/main.js --metrics-port 8080 --health-port 8081 [--leader-elect] [--namespace NS]
+import { KubeConfig } from "@kubernetes/client-node";
+import { Manager } from "./manager.js";
+import { OptionsError, parseOptions, USAGE } from "./options.js";
+
+async function main(): Promise<void> {
+  let opts: ReturnType<typeof parseOptions>;
+  try {
+    opts = parseOptions(process.argv.slice(2), process.env);
+  } catch (e) {
+    console.error(`${(e as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (opts === "help") {
+    console.log(USAGE);
+    return;
+  }
+  const kc = new KubeConfig();
+  kc.loadFromDefault(); // $KUBECONFIG, ~/.kube/config, or the in-cluster service account
+  const manager = new Manager({ kubeConfig: kc, ...opts });
+  let stopping = false;
+  const shutdown = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`${new Date().toISOString()} ${sig}: shutting down`);
+    manager.stop().then(
+      () => process.exit(0),
+      (e) => {
+        console.error(e);
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => shutdown("SIGINT"));
+  await manager.start();
+}
+
+main().catch((e) => {
+  console.error(e instanceof OptionsError ? e.message : e);
+  process.exit(1);
+});

@@ -1,0 +1,271 @@
+// Wires informers, controllers, leader election, metrics and health endpoints. Caches start at once (a standby
+// keeps them warm); controllers run only while this replica holds the Lease (or always without --leader-elect).
+import type { Server } from "node:http";
+import { hostname } from "node:os";
+import type { KubeConfig, V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
+import express from "express";
+import type { ExpertPool, RoutingPolicy } from "./api/v1alpha1.js";
+import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, WORKER_COMPONENT } from "./controller/names.js";
+import { PolicyReconciler, RouterConfigReconciler } from "./controller/policy-controller.js";
+import { PoolReconciler } from "./controller/pool-controller.js";
+import { Controller } from "./runtime/controller.js";
+import { EventRecorder } from "./runtime/events.js";
+import { Informer, type InformerEvent } from "./runtime/informer.js";
+import { Kube, paths } from "./runtime/kube.js";
+import { LeaderElector } from "./runtime/leader.js";
+import { OperatorMetrics } from "./runtime/metrics.js";
+import { RecentWrites } from "./runtime/recent.js";
+
+export interface ManagerOptions {
+  kubeConfig: KubeConfig;
+  /** Watch one namespace; undefined = all namespaces. */
+  namespace?: string;
+  metricsPort?: number;
+  healthPort?: number;
+  leaderElect?: boolean;
+  leaseNamespace?: string;
+  leaseName?: string;
+  identity?: string;
+  routerConfigMap?: { namespace: string; name: string };
+  concurrency?: number;
+  resyncMs?: number;
+  /** Delay before the router config is rebuilt after a change, so bursts collapse into one write. */
+  routerDebounceMs?: number;
+  leaseDurationMs?: number;
+  renewDeadlineMs?: number;
+  retryPeriodMs?: number;
+  log?: (m: string) => void;
+  defaultMetrics?: boolean;
+}
+
+const ROUTER_KEY = "router";
+
+export class Manager {
+  readonly kube: Kube;
+  readonly metrics: OperatorMetrics;
+  readonly identity: string;
+  private readonly informers: Informer<never>[] = [];
+  private readonly controllers: Controller[] = [];
+  private readonly servers: Server[] = [];
+  private leader: LeaderElector | undefined;
+  private leading = false;
+  private started = false;
+  private readonly log: (m: string) => void;
+  readonly pools: Informer<ExpertPool>;
+  readonly policies: Informer<RoutingPolicy>;
+  private readonly poolCtl: Controller;
+  private readonly policyCtl: Controller;
+  private readonly routerCtl: Controller;
+
+  constructor(private readonly o: ManagerOptions) {
+    this.log = o.log ?? ((m) => console.log(`${new Date().toISOString()} ${m}`));
+    this.identity = o.identity ?? `${hostname()}_${process.pid}`;
+    this.kube = new Kube(o.kubeConfig);
+    this.metrics = new OperatorMetrics(o.defaultMetrics ?? true);
+    this.kube.onRequest((r) => {
+      const host = new URL(this.kube.server).host;
+      const method = {
+        get: "GET",
+        list: "GET",
+        watch: "GET",
+        create: "POST",
+        update: "PUT",
+        patch: "PATCH",
+        apply: "PATCH",
+        delete: "DELETE",
+      }[r.verb];
+      this.metrics.restRequests.inc({ code: String(r.code), method, host });
+    });
+    const ns = o.namespace;
+    const recent = new RecentWrites();
+    const events = new EventRecorder(this.kube, "switchyard-operator", this.identity, this.log);
+    const router = o.routerConfigMap ?? { namespace: ns ?? "default", name: "switchyard-router" };
+    const concurrency = o.concurrency ?? 4;
+
+    const poolKey = (obj: { metadata?: { namespace?: string; name?: string } }) =>
+      `${obj.metadata?.namespace ?? "default"}/${obj.metadata?.name}`;
+    const enqueueRouter = () => this.routerCtl.queue.addAfter(ROUTER_KEY, o.routerDebounceMs ?? 1000);
+    const managed = `${MANAGED_BY_LABEL}=${MANAGED_BY}`;
+    const mk = <T extends { metadata?: object }>(
+      name: string,
+      path: string,
+      onEvent: (ev: InformerEvent, obj: T) => void,
+      labelSelector?: string,
+    ) => {
+      const inf = new Informer<T>(this.kube, {
+        name,
+        path,
+        labelSelector,
+        onEvent,
+        log: this.log,
+        resyncMs: o.resyncMs ?? 10 * 60_000,
+      });
+      this.informers.push(inf as unknown as Informer<never>);
+      return inf;
+    };
+    // A child's event maps back to its pool through the pool label (set on every child we create).
+    const toPool = (ev: InformerEvent, obj: { metadata?: { namespace?: string; labels?: Record<string, string> } }) => {
+      const pool = obj.metadata?.labels?.[POOL_LABEL];
+      if (!pool) return;
+      const key = `${obj.metadata?.namespace ?? "default"}/${pool}`;
+      // Children change in bursts (a pod's phase, then its readiness); a short delay folds them into one pass.
+      if (ev === "resync") return;
+      this.poolCtl.queue.addAfter(key, 100);
+    };
+
+    this.pools = mk<ExpertPool>("expertpools", paths.expertPools(ns), (ev, p) => {
+      this.poolCtl.queue.add(poolKey(p));
+      // Policies for this pool resolve against it (topK vs experts), and the router config lists pools.
+      for (const rp of this.policies.list(p.metadata.namespace)) {
+        if (rp.spec.poolRef.name === p.metadata.name) this.policyCtl.queue.add(poolKey(rp));
+      }
+      if (ev !== "resync") enqueueRouter();
+    });
+    this.policies = mk<RoutingPolicy>("routingpolicies", paths.routingPolicies(ns), (ev, rp) => {
+      this.policyCtl.queue.add(poolKey(rp));
+      if (ev !== "resync") enqueueRouter();
+    });
+    const statefulSets = mk<V1StatefulSet>("statefulsets", paths.statefulSets(ns), toPool, managed);
+    const services = mk<V1Service>("services", paths.services(ns), toPool, managed);
+    const configMaps = mk<V1ConfigMap>(
+      "configmaps",
+      paths.configMaps(ns),
+      (ev, cm) => {
+        toPool(ev, cm);
+        if (ev !== "resync" && (cm.metadata?.labels?.[POOL_LABEL] || cm.metadata?.name === router.name))
+          enqueueRouter();
+      },
+      managed,
+    );
+    const pods = mk<V1Pod>("pods", paths.pods(ns), toPool, `${COMPONENT_LABEL}=${WORKER_COMPONENT}`);
+
+    const poolRec = new PoolReconciler({
+      kube: this.kube,
+      caches: { pools: this.pools, statefulSets, services, configMaps, pods },
+      recent,
+      events,
+      log: this.log,
+    });
+    const deps = { kube: this.kube, pools: this.pools, policies: this.policies, configMaps, recent, events, router };
+    const policyRec = new PolicyReconciler(deps);
+    const routerRec = new RouterConfigReconciler(deps);
+    this.poolCtl = new Controller("expertpool", (k) => poolRec.reconcile(k), this.metrics, concurrency, this.log);
+    this.policyCtl = new Controller(
+      "routingpolicy",
+      (k) => policyRec.reconcile(k),
+      this.metrics,
+      concurrency,
+      this.log,
+    );
+    this.routerCtl = new Controller("routerconfig", () => routerRec.reconcile(), this.metrics, 1, this.log);
+    this.controllers.push(this.poolCtl, this.policyCtl, this.routerCtl);
+
+    // Pools by Ready condition, counted from the cache at scrape time.
+    this.metrics.poolCounts = () => {
+      const counts: Record<string, number> = { True: 0, False: 0, Unknown: 0 };
+      for (const p of this.pools.list()) {
+        const s = p.status?.conditions?.find((c) => c.type === "Ready")?.status ?? "Unknown";
+        counts[s] = (counts[s] ?? 0) + 1;
+      }
+      return counts;
+    };
+  }
+
+  /** Whether every cache has listed once. */
+  synced(): boolean {
+    return this.informers.every((i) => i.hasSynced());
+  }
+
+  isLeader(): boolean {
+    return this.leading;
+  }
+
+  async start(): Promise<void> {
+    this.started = true;
+    await this.serveHttp();
+    await Promise.all(this.informers.map((i) => i.start()));
+    await Promise.all(this.informers.map((i) => i.waitSynced()));
+    this.log(`caches synced (${this.informers.map((i) => i.name).join(", ")})`);
+    if (this.o.leaderElect) {
+      this.metrics.leader.set({ name: this.o.leaseName ?? "switchyard-operator" }, 0);
+      this.leader = new LeaderElector(this.kube, {
+        namespace: this.o.leaseNamespace ?? this.o.namespace ?? "default",
+        name: this.o.leaseName ?? "switchyard-operator",
+        identity: this.identity,
+        leaseDurationMs: this.o.leaseDurationMs,
+        renewDeadlineMs: this.o.renewDeadlineMs,
+        retryPeriodMs: this.o.retryPeriodMs,
+        log: this.log,
+        onStartedLeading: () => {
+          this.metrics.leader.set({ name: this.o.leaseName ?? "switchyard-operator" }, 1);
+          this.startControllers();
+        },
+        onStoppedLeading: () => {
+          // Like controller-runtime: a replica that lost its lease exits, and its restart rejoins as a standby.
+          this.metrics.leader.set({ name: this.o.leaseName ?? "switchyard-operator" }, 0);
+          this.log("lost leadership; exiting");
+          void this.stop().then(() => process.exit(1));
+        },
+      });
+      this.leader.start();
+    } else {
+      this.startControllers();
+    }
+  }
+
+  private startControllers(): void {
+    if (this.leading) return;
+    this.leading = true;
+    for (const c of this.controllers) c.start();
+    // Level-triggered start: every known object gets one pass.
+    for (const p of this.pools.list()) this.poolCtl.queue.add(`${p.metadata.namespace}/${p.metadata.name}`);
+    for (const rp of this.policies.list()) this.policyCtl.queue.add(`${rp.metadata.namespace}/${rp.metadata.name}`);
+    this.routerCtl.queue.add(ROUTER_KEY);
+    this.log(`controllers started (${this.identity})`);
+  }
+
+  /** True when nothing is queued or running in any controller. */
+  idle(): boolean {
+    return this.controllers.every((c) => c.queue.isIdle());
+  }
+
+  private async serveHttp(): Promise<void> {
+    const listen = (app: express.Express, port: number) =>
+      new Promise<void>((resolve, reject) => {
+        const s = app.listen(port, () => resolve());
+        s.on("error", reject);
+        this.servers.push(s);
+      });
+    const health = (app: express.Express) => {
+      app.get("/healthz", (_q, r) => {
+        r.type("text/plain").send("ok");
+      });
+      app.get("/readyz", (_q, r) => {
+        const ok = this.started && this.synced();
+        r.status(ok ? 200 : 503)
+          .type("text/plain")
+          .send(ok ? "ok" : "caches not synced");
+      });
+    };
+    const metricsApp = express();
+    metricsApp.get("/metrics", async (_q, r) => {
+      r.type(this.metrics.registry.contentType).send(await this.metrics.registry.metrics());
+    });
+    health(metricsApp);
+    if (this.o.metricsPort !== undefined) await listen(metricsApp, this.o.metricsPort);
+    if (this.o.healthPort !== undefined && this.o.healthPort !== this.o.metricsPort) {
+      const h = express();
+      health(h);
+      await listen(h, this.o.healthPort);
+    }
+  }
+
+  /** Graceful shutdown: stop taking work, let reconciles in flight finish, release the Lease, close watches. */
+  async stop(timeoutMs = 10_000): Promise<void> {
+    await Promise.all(this.controllers.map((c) => c.stop(timeoutMs)));
+    await this.leader?.stop();
+    await Promise.all(this.informers.map((i) => i.stop()));
+    await Promise.all(this.servers.map((s) => new Promise((r) => s.close(() => r(undefined)))));
+    this.servers.length = 0;
+  }
+}

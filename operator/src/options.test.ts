@@ -1,0 +1,39 @@
+import { describe, expect, it } from "vitest";
+import { parseOptions } from "./options.js";
+
+describe("parseOptions", () => {
+  it("defaults", () => {
+    expect(parseOptions([], {})).toEqual({
+      metricsPort: 8080,
+      healthPort: 8081,
+      leaderElect: false,
+      namespace: undefined,
+      leaseNamespace: "default",
+      leaseName: "switchyard-operator",
+      routerConfigMap: { namespace: "default", name: "switchyard-router" },
+      concurrency: 4,
+      identity: undefined,
+    });
+  });
+  it("flags, env fallbacks and the pod's namespace", () => {
+    const o = parseOptions(["--leader-elect", "--metrics-port", "9000", "--router-configmap", "sys/rc"], {
+      SWITCHYARD_HEALTH_PORT: "9001",
+      POD_NAMESPACE: "ops",
+      POD_NAME: "op-0",
+    });
+    expect(o).toMatchObject({
+      metricsPort: 9000,
+      healthPort: 9001,
+      leaderElect: true,
+      leaseNamespace: "ops",
+      routerConfigMap: { namespace: "sys", name: "rc" },
+      identity: "op-0",
+    });
+  });
+  it("names the bad flag", () => {
+    expect(() => parseOptions(["--metrics-port", "http"], {})).toThrow(/--metrics-port: must be a port/);
+    expect(() => parseOptions(["--concurrency", "0"], {})).toThrow(/--concurrency/);
+    expect(() => parseOptions(["--router-configmap", "a/b/c"], {})).toThrow(/--router-configmap/);
+    expect(() => parseOptions(["--bogus"], {})).toThrow(/bogus/);
+  });
+});

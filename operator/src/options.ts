@@ -1,0 +1,84 @@
+// Command line of the operator (docs/CONTRACTS.md): node operator/dist/main.js --metrics-port 8080
+// --health-port 8081 [--leader-elect] [--namespace NS] ... Every flag also reads SWITCHYARD_<FLAG>. Pure.
+import { parseArgs } from "node:util";
+
+export interface CliOptions {
+  metricsPort: number;
+  healthPort: number;
+  leaderElect: boolean;
+  namespace?: string;
+  leaseNamespace: string;
+  leaseName: string;
+  routerConfigMap: { namespace: string; name: string };
+  concurrency: number;
+  identity?: string;
+}
+
+const FLAGS = {
+  "metrics-port": { type: "string" },
+  "health-port": { type: "string" },
+  "leader-elect": { type: "boolean" },
+  namespace: { type: "string" },
+  "lease-namespace": { type: "string" },
+  "lease-name": { type: "string" },
+  "router-configmap": { type: "string" },
+  concurrency: { type: "string" },
+  identity: { type: "string" },
+  help: { type: "boolean" },
+} as const;
+
+export const USAGE = `usage: node operator/dist/main.js [flags]
+  --metrics-port N        /metrics (and /healthz, /readyz) port (default 8080)
+  --health-port N         /healthz and /readyz port (default 8081)
+  --leader-elect          run controllers only while holding the Lease (for more than one replica)
+  --namespace NS          watch only NS (default: all namespaces)
+  --lease-namespace NS    namespace of the Lease (default: --namespace, POD_NAMESPACE, or default)
+  --lease-name NAME       Lease name (default switchyard-operator)
+  --router-configmap NS/NAME  where the router config is written (default <lease namespace>/switchyard-router)
+  --concurrency N         reconciles in parallel per controller (default 4)
+  --identity ID           leader election identity (default POD_NAME or hostname_pid)
+Every flag can also be given as env SWITCHYARD_<FLAG_UPPER_SNAKE>.`;
+
+export class OptionsError extends Error {}
+
+function port(v: string, flag: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new OptionsError(`--${flag}: must be a port 0-65535, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+export function parseOptions(argv: string[], env: Record<string, string | undefined>): CliOptions | "help" {
+  const { values } = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false });
+  const get = (k: keyof typeof FLAGS): string | boolean | undefined => {
+    const v = values[k];
+    if (v !== undefined) return v;
+    const e = env[`SWITCHYARD_${k.toUpperCase().replace(/-/g, "_")}`];
+    if (e === undefined) return undefined;
+    return FLAGS[k].type === "boolean" ? e === "true" || e === "1" : e;
+  };
+  if (get("help")) return "help";
+  const namespace = (get("namespace") as string | undefined) || undefined;
+  const leaseNamespace = (get("lease-namespace") as string | undefined) ?? namespace ?? env.POD_NAMESPACE ?? "default";
+  let routerConfigMap = { namespace: leaseNamespace, name: "switchyard-router" };
+  const rc = get("router-configmap") as string | undefined;
+  if (rc) {
+    const m = /^(?:([a-z0-9-]+)\/)?([a-z0-9.-]+)$/.exec(rc);
+    if (!m) throw new OptionsError(`--router-configmap: want NAMESPACE/NAME or NAME, got ${JSON.stringify(rc)}`);
+    routerConfigMap = { namespace: m[1] ?? leaseNamespace, name: m[2] };
+  }
+  const conc = Number(get("concurrency") ?? 4);
+  if (!Number.isInteger(conc) || conc < 1 || conc > 64)
+    throw new OptionsError(`--concurrency: must be 1-64, got ${conc}`);
+  return {
+    metricsPort: port(String(get("metrics-port") ?? "8080"), "metrics-port"),
+    healthPort: port(String(get("health-port") ?? "8081"), "health-port"),
+    leaderElect: Boolean(get("leader-elect")),
+    namespace,
+    leaseNamespace,
+    leaseName: (get("lease-name") as string | undefined) ?? "switchyard-operator",
+    routerConfigMap,
+    concurrency: conc,
+    identity: (get("identity") as string | undefined) ?? env.POD_NAME,
+  };
+}

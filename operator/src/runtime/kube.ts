@@ -1,0 +1,171 @@
+// A thin REST client over the kubeconfig's credentials. The typed clients of @kubernetes/client-node cover the
+// same calls, but the operator needs three things they make awkward: server-side apply on any kind with one
+// call, a count of every request it makes (the benchmark's requests per pool and "zero writes after
+// convergence" are measured here), and errors that keep the API server's Status (code, reason, message).
+import { HttpMethod, type KubeConfig, RequestContext } from "@kubernetes/client-node";
+import { fetch } from "undici";
+
+export class KubeError extends Error {
+  constructor(
+    readonly code: number,
+    readonly reason: string,
+    message: string,
+    readonly status?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = "KubeError";
+  }
+}
+
+export type Verb = "get" | "list" | "watch" | "create" | "update" | "patch" | "apply" | "delete";
+const WRITES: ReadonlySet<Verb> = new Set(["create", "update", "patch", "apply", "delete"]);
+
+export interface RequestRecord {
+  verb: Verb;
+  path: string;
+  code: number;
+}
+
+export interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata?: { name?: string; namespace?: string; resourceVersion?: string };
+}
+
+export interface KubeList<T> {
+  metadata?: { resourceVersion?: string; continue?: string };
+  items: T[];
+}
+
+export class Kube {
+  readonly server: string;
+  /** Requests by verb since start; writes are create/update/patch/apply/delete. */
+  readonly counts = new Map<Verb, number>();
+  private listeners: ((r: RequestRecord) => void)[] = [];
+
+  constructor(
+    readonly kc: KubeConfig,
+    private readonly userAgent = "switchyard-operator",
+  ) {
+    const cluster = kc.getCurrentCluster();
+    if (!cluster) throw new Error("kubeconfig: no current cluster");
+    this.server = cluster.server.replace(/\/$/, "");
+  }
+
+  onRequest(fn: (r: RequestRecord) => void): void {
+    this.listeners.push(fn);
+  }
+
+  total(): number {
+    let n = 0;
+    for (const v of this.counts.values()) n += v;
+    return n;
+  }
+
+  writes(): number {
+    let n = 0;
+    for (const [k, v] of this.counts) if (WRITES.has(k)) n += v;
+    return n;
+  }
+
+  record(verb: Verb, path: string, code: number): void {
+    this.counts.set(verb, (this.counts.get(verb) ?? 0) + 1);
+    for (const l of this.listeners) l({ verb, path, code });
+  }
+
+  /** Headers and dispatcher (TLS, auth) for a URL, as client-node would use them. */
+  async prepare(url: string, method: HttpMethod) {
+    const ctx = new RequestContext(url, method);
+    await this.kc.applySecurityAuthentication(ctx);
+    return { headers: ctx.getHeaders() as Record<string, string>, dispatcher: ctx.getDispatcher() };
+  }
+
+  async request<T>(
+    verb: Verb,
+    method: HttpMethod,
+    path: string,
+    opts: {
+      query?: Record<string, string | undefined>;
+      body?: unknown;
+      contentType?: string;
+      signal?: AbortSignal;
+    } = {},
+  ): Promise<T> {
+    const url = new URL(this.server + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined) url.searchParams.set(k, v);
+    const { headers, dispatcher } = await this.prepare(url.toString(), method);
+    headers["user-agent"] = this.userAgent;
+    headers.accept = "application/json";
+    if (opts.body !== undefined) headers["content-type"] = opts.contentType ?? "application/json";
+    let res: Awaited<ReturnType<typeof fetch>>;
+    try {
+      res = await fetch(url, {
+        method,
+        headers,
+        // biome-ignore lint/suspicious/noExplicitAny: client-node types its dispatcher against its own undici copy
+        dispatcher: dispatcher as any,
+        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+        signal: opts.signal ?? AbortSignal.timeout(30_000),
+      });
+    } catch (e) {
+      this.record(verb, path, 0);
+      throw new KubeError(0, "ConnectionFailed", `${method} ${path}: ${(e as Error).message}`);
+    }
+    this.record(verb, path, res.status);
+    const text = await res.text();
+    if (res.status >= 400) {
+      let status: Record<string, unknown> | undefined;
+      try {
+        status = JSON.parse(text);
+      } catch {
+        status = undefined;
+      }
+      const reason = typeof status?.reason === "string" ? status.reason : String(res.status);
+      const message = typeof status?.message === "string" ? status.message : text.slice(0, 500);
+      throw new KubeError(res.status, reason, `${method} ${path}: ${res.status} ${reason}: ${message}`, status);
+    }
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  async get<T>(path: string): Promise<T | undefined> {
+    try {
+      return await this.request<T>("get", HttpMethod.GET, path);
+    } catch (e) {
+      if (e instanceof KubeError && e.code === 404) return undefined;
+      throw e;
+    }
+  }
+
+  list<T>(path: string, query: Record<string, string | undefined> = {}): Promise<KubeList<T>> {
+    return this.request<KubeList<T>>("list", HttpMethod.GET, path, { query });
+  }
+
+  /** Server-side apply (PATCH application/apply-patch+yaml; JSON is valid YAML). force: we own these fields. */
+  apply<T>(path: string, body: unknown, fieldManager: string): Promise<T> {
+    return this.request<T>("apply", HttpMethod.PATCH, path, {
+      query: { fieldManager, force: "true" },
+      body,
+      contentType: "application/apply-patch+yaml",
+    });
+  }
+
+  create<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>("create", HttpMethod.POST, path, { body });
+  }
+
+  update<T>(path: string, body: unknown): Promise<T> {
+    return this.request<T>("update", HttpMethod.PUT, path, { body });
+  }
+}
+
+/** REST paths of the kinds the operator touches. */
+export const paths = {
+  expertPools: (ns?: string) => `/apis/switchyard.dev/v1alpha1${ns ? `/namespaces/${ns}` : ""}/expertpools`,
+  routingPolicies: (ns?: string) => `/apis/switchyard.dev/v1alpha1${ns ? `/namespaces/${ns}` : ""}/routingpolicies`,
+  statefulSets: (ns?: string) => `/apis/apps/v1${ns ? `/namespaces/${ns}` : ""}/statefulsets`,
+  services: (ns?: string) => `/api/v1${ns ? `/namespaces/${ns}` : ""}/services`,
+  configMaps: (ns?: string) => `/api/v1${ns ? `/namespaces/${ns}` : ""}/configmaps`,
+  pods: (ns?: string) => `/api/v1${ns ? `/namespaces/${ns}` : ""}/pods`,
+  events: (ns: string) => `/api/v1/namespaces/${ns}/events`,
+  leases: (ns: string) => `/apis/coordination.k8s.io/v1/namespaces/${ns}/leases`,
+};

@@ -1,0 +1,159 @@
+// Leader election on a coordination.k8s.io/v1 Lease, client-go style: acquire when the lease is free or
+// expired, renew every retryPeriod, give up leadership when a renewal has not succeeded within renewDeadline.
+// Optimistic concurrency (the read resourceVersion goes into the update) makes two candidates racing for an
+// expired lease safe: one update wins, the other gets 409 Conflict.
+import type { Kube } from "./kube.js";
+import { KubeError, paths } from "./kube.js";
+
+export interface LeaderOptions {
+  namespace: string;
+  name: string;
+  identity: string;
+  leaseDurationMs?: number;
+  renewDeadlineMs?: number;
+  retryPeriodMs?: number;
+  onStartedLeading: () => void;
+  onStoppedLeading: () => void;
+  log?: (msg: string) => void;
+}
+
+interface Lease {
+  apiVersion: "coordination.k8s.io/v1";
+  kind: "Lease";
+  metadata: { name: string; namespace: string; resourceVersion?: string };
+  spec: {
+    holderIdentity?: string;
+    leaseDurationSeconds?: number;
+    acquireTime?: string;
+    renewTime?: string;
+    leaseTransitions?: number;
+  };
+}
+
+/** MicroTime as the API expects it (RFC 3339 with microseconds). */
+const microTime = (ms: number) => new Date(ms).toISOString().replace("Z", "000Z");
+
+export class LeaderElector {
+  private leading = false;
+  private lastRenew = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  /** The lease as our last successful write left it: renewals skip the GET while we hold it. */
+  private cached: Lease | undefined;
+  private readonly leaseMs: number;
+  private readonly renewDeadlineMs: number;
+  private readonly retryMs: number;
+
+  constructor(
+    private readonly kube: Kube,
+    private readonly o: LeaderOptions,
+  ) {
+    this.leaseMs = o.leaseDurationMs ?? 15_000;
+    this.renewDeadlineMs = o.renewDeadlineMs ?? 10_000;
+    this.retryMs = o.retryPeriodMs ?? 2_000;
+  }
+
+  isLeader(): boolean {
+    return this.leading;
+  }
+
+  start(): void {
+    this.stopped = false;
+    void this.tick();
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => void this.tick(), this.retryMs);
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      const ok = await this.tryAcquireOrRenew();
+      if (ok) {
+        this.lastRenew = Date.now();
+        if (!this.leading) {
+          this.leading = true;
+          this.o.log?.(`leader election: ${this.o.identity} became leader of ${this.o.namespace}/${this.o.name}`);
+          this.o.onStartedLeading();
+        }
+      }
+    } catch (e) {
+      this.o.log?.(`leader election: ${(e as Error).message}`);
+    }
+    if (this.leading && Date.now() - this.lastRenew > this.renewDeadlineMs) {
+      this.leading = false;
+      this.o.log?.(`leader election: ${this.o.identity} lost the lease (no renewal within the deadline)`);
+      this.o.onStoppedLeading();
+    }
+    this.schedule();
+  }
+
+  private async tryAcquireOrRenew(): Promise<boolean> {
+    const base = paths.leases(this.o.namespace);
+    const now = Date.now();
+    const lease = this.cached ?? (await this.kube.get<Lease>(`${base}/${this.o.name}`));
+    this.cached = undefined;
+    const spec = {
+      holderIdentity: this.o.identity,
+      leaseDurationSeconds: Math.ceil(this.leaseMs / 1000),
+      renewTime: microTime(now),
+    };
+    if (!lease) {
+      try {
+        this.cached = await this.kube.create<Lease>(base, {
+          apiVersion: "coordination.k8s.io/v1",
+          kind: "Lease",
+          metadata: { name: this.o.name, namespace: this.o.namespace },
+          spec: { ...spec, acquireTime: microTime(now), leaseTransitions: 0 },
+        });
+        return true;
+      } catch (e) {
+        if (e instanceof KubeError && e.code === 409) return false;
+        throw e;
+      }
+    }
+    const held = lease.spec.holderIdentity;
+    const renewed = lease.spec.renewTime ? Date.parse(lease.spec.renewTime) : 0;
+    const duration = (lease.spec.leaseDurationSeconds ?? 15) * 1000;
+    const mine = held === this.o.identity;
+    // Another holder's lease counts as expired only by our own clock since we last saw it change; comparing
+    // against its renewTime assumes synchronized clocks, which is what client-go also does for simplicity.
+    if (!mine && held && now - renewed < duration) return false;
+    try {
+      this.cached = await this.kube.update<Lease>(`${base}/${this.o.name}`, {
+        ...lease,
+        spec: {
+          ...lease.spec,
+          ...spec,
+          acquireTime: mine ? lease.spec.acquireTime : microTime(now),
+          leaseTransitions: (lease.spec.leaseTransitions ?? 0) + (mine ? 0 : 1),
+        },
+      });
+      return true;
+    } catch (e) {
+      if (e instanceof KubeError && e.code === 409) return false;
+      throw e;
+    }
+  }
+
+  /** Stop campaigning; when leading, release the lease so a standby takes over without waiting for expiry. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (!this.leading) return;
+    this.leading = false;
+    try {
+      const path = `${paths.leases(this.o.namespace)}/${this.o.name}`;
+      const lease = await this.kube.get<Lease>(path);
+      if (lease?.spec.holderIdentity === this.o.identity) {
+        await this.kube.update(path, {
+          ...lease,
+          spec: { ...lease.spec, holderIdentity: "", renewTime: microTime(Date.now()), leaseDurationSeconds: 1 },
+        });
+      }
+    } catch (e) {
+      this.o.log?.(`leader election: release failed: ${(e as Error).message}`);
+    }
+  }
+}
