@@ -28,11 +28,11 @@ static inline v16 load_a(const float* p) { return *reinterpret_cast<const v16*>(
 static inline v16 load_u(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 static inline void store_u(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 
-AlignedFloats::AlignedFloats(size_t count) : n(count) {
+AlignedFloats::AlignedFloats(size_t count, bool zero) : n(count) {
   size_t bytes = ((count * sizeof(float)) + 63) / 64 * 64;
   ptr = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
   if (!ptr) throw std::bad_alloc();
-  std::memset(ptr, 0, bytes);
+  if (zero) std::memset(ptr, 0, bytes);
 }
 AlignedFloats::~AlignedFloats() { std::free(ptr); }
 
@@ -77,9 +77,25 @@ static inline v16 silu_mul(v16 g, v16 u) { return g / (splat(1.f) + vexp(-g)) * 
 constexpr int MR1 = 12;  // rows per phase-1 micro-kernel (24 accumulators + 2 B + 1 broadcast of 32 zmm)
 constexpr int MR2 = 14;  // rows per phase-2 micro-kernel (28 accumulators + 2 B + 1 broadcast)
 
+// Software prefetch of the weight panel the thread computes next: the current panel is re-read from L2 for every
+// row block, the next one streams in from memory meanwhile (one 64-byte line per 4 k-steps), so the kernel does
+// not stall on DRAM at the start of each panel.
+struct Prefetch {
+  const char* p = nullptr;
+  int64_t lines = 0;
+};
+
+static inline void prefetch_step(Prefetch& pf) {
+  if (pf.lines > 0) {
+    __builtin_prefetch(pf.p, 0, 2);
+    pf.p += 64;
+    --pf.lines;
+  }
+}
+
 // H[i, 0..16) = silu(A_i·G) * (A_i·U) for MR rows; B is one gu panel ([K][32]).
 template <int MR>
-static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, float* H, int64_t ldh) {
+static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, float* H, int64_t ldh, Prefetch pf) {
   v16 g[MR], u[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) g[i] = u[i] = splat(0.f);
@@ -91,6 +107,7 @@ static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, fl
       g[i] += a * bg;
       u[i] += a * bu;
     }
+    if ((k & 3) == 3) prefetch_step(pf);
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) store_u(H + i * ldh, silu_mul(g[i], u[i]));
@@ -99,7 +116,7 @@ static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, fl
 // Y[i, 0..ncols) = w_i * A_i·B for MR rows; B is one down panel ([K][32]); ncols <= 32 (clipped at d).
 template <int MR>
 static void down_kernel(const float* A, int64_t lda, const float* B, int64_t K, float* Y, int64_t ldy, int ncols,
-                        const float* w) {
+                        const float* w, Prefetch pf) {
   v16 c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = splat(0.f);
@@ -111,6 +128,7 @@ static void down_kernel(const float* A, int64_t lda, const float* B, int64_t K, 
       c0[i] += a * b0;
       c1[i] += a * b1;
     }
+    if ((k & 3) == 3) prefetch_step(pf);
   }
   for (int i = 0; i < MR; ++i) {
     v16 s = splat(w ? w[i] : 1.f);
@@ -129,14 +147,29 @@ static void down_kernel(const float* A, int64_t lda, const float* B, int64_t K, 
 }
 
 
+// The part of the next panel ([next, next + next_bytes)) that row block `blk` of `nblk` prefetches.
+static inline Prefetch share(const float* next, int64_t next_bytes, int64_t blk, int64_t nblk) {
+  Prefetch pf;
+  if (!next) return pf;
+  int64_t lines = (next_bytes + 63) / 64;
+  int64_t a = lines * blk / nblk, b = lines * (blk + 1) / nblk;
+  pf.p = reinterpret_cast<const char*>(next) + a * 64;
+  pf.lines = b - a;
+  return pf;
+}
+
 // Runs the MR-row kernel over `rows` rows, ending with the matching smaller instantiation.
-static void gu_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t K, float* H, int64_t ldh) {
-  int64_t r = 0;
-  for (; r + MR1 <= rows; r += MR1) gu_kernel<MR1>(A + r * lda, lda, B, K, H + r * ldh, ldh);
+static void gu_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t K, float* H, int64_t ldh,
+                    const float* next, int64_t next_bytes) {
+  const int64_t nblk = (rows + MR1 - 1) / MR1;
+  int64_t r = 0, blk = 0;
+  for (; r + MR1 <= rows; r += MR1, ++blk)
+    gu_kernel<MR1>(A + r * lda, lda, B, K, H + r * ldh, ldh, share(next, next_bytes, blk, nblk));
+  Prefetch pf = share(next, next_bytes, blk, nblk);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
-    gu_kernel<n>(A + r * lda, lda, B, K, H + r * ldh, ldh); \
+    gu_kernel<n>(A + r * lda, lda, B, K, H + r * ldh, ldh, pf); \
     break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11)
 #undef CASE
@@ -146,14 +179,17 @@ static void gu_rows(const float* A, int64_t lda, int64_t rows, const float* B, i
 }
 
 static void down_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t K, float* Y, int64_t ldy,
-                      int ncols, const float* w) {
-  int64_t r = 0;
-  for (; r + MR2 <= rows; r += MR2)
-    down_kernel<MR2>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr);
+                      int ncols, const float* w, const float* next, int64_t next_bytes) {
+  const int64_t nblk = (rows + MR2 - 1) / MR2;
+  int64_t r = 0, blk = 0;
+  for (; r + MR2 <= rows; r += MR2, ++blk)
+    down_kernel<MR2>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
+                     share(next, next_bytes, blk, nblk));
+  Prefetch pf = share(next, next_bytes, blk, nblk);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
-    down_kernel<n>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr); \
+    down_kernel<n>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr, pf); \
     break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12) CASE(13)
 #undef CASE
@@ -212,7 +248,7 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
   auto cancelled = [&] { return req.cancel_flag && __atomic_load_n(req.cancel_flag, __ATOMIC_RELAXED) != 0; };
 
   // Tokens to fp32 once (small next to the weights).
-  AlignedFloats xf(static_cast<size_t>(req.rows * d));
+  AlignedFloats xf(static_cast<size_t>(req.rows * d), /*zero=*/false);
   if (req.dtype == DType::F32) {
     std::memcpy(xf.ptr, req.tokens, static_cast<size_t>(req.rows * d) * 4);
   } else {
@@ -229,9 +265,8 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
       units.push_back({req.experts[s.expert], s.offset + r, std::min<int64_t>(max_rows, s.count - r), 0});
   }
 
-  // Tiles: one unit's rows x a run of column panels, sized to ~2M multiply-adds (well under a millisecond on one
-  // core) so the cancel flag is seen promptly and the dynamic schedule balances uneven experts.
-  constexpr int64_t kTileMacs = int64_t{2} << 20;
+  // Tiles: one unit's rows x a run of column panels, sized to ~8M multiply-adds (~0.1 ms on one core) so the cancel flag is seen promptly and the dynamic schedule balances uneven experts.
+  constexpr int64_t kTileMacs = int64_t{8} << 20;
   auto make_tiles = [&](size_t u0, size_t u1, bool phase1, std::vector<Tile>& tiles) {
     for (size_t u = u0; u < u1; ++u) {
       const PreparedExpert* e = units[u].e;
@@ -256,7 +291,7 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
       hrows += units[u1].rows;
       ++u1;
     }
-    AlignedFloats h(static_cast<size_t>(hrows * fp));
+    AlignedFloats h(static_cast<size_t>(hrows * fp), /*zero=*/false);  // every element is written in phase 1
     std::vector<Tile> t1, t2;
     make_tiles(u0, u1, true, t1);
     make_tiles(u0, u1, false, t2);
@@ -269,15 +304,23 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
         const Unit& un = units[t.unit];
         const PreparedExpert* e = un.e;
         if (phase1) {
-          for (int p = t.p0; p < t.p1; ++p)
-            gu_rows(xf.ptr + un.row0 * d, d, un.rows, e->gu.ptr + static_cast<int64_t>(p) * d * 32, d,
-                    h.ptr + un.h0 * fp + p * 16, fp);
+          const int64_t panel = d * 32;
+          const int panels = e->fp / 16;
+          for (int p = t.p0; p < t.p1; ++p) {
+            // Prefetch the next panel of this tile, or the one after the tile (likely the next tile's first).
+            const float* next = p + 1 < panels ? e->gu.ptr + (p + 1) * panel : nullptr;
+            gu_rows(xf.ptr + un.row0 * d, d, un.rows, e->gu.ptr + p * panel, d, h.ptr + un.h0 * fp + p * 16, fp, next,
+                    panel * 4);
+          }
         } else {
           const float* w = req.row_weights ? req.row_weights + un.row0 : nullptr;
+          const int64_t panel = static_cast<int64_t>(e->fp) * 32;
+          const int panels = e->dp / 32;
           for (int q = t.p0; q < t.p1; ++q) {
             int ncols = static_cast<int>(std::min<int64_t>(32, d - q * 32));
-            down_rows(h.ptr + un.h0 * fp, fp, un.rows, e->down.ptr + static_cast<int64_t>(q) * e->fp * 32, e->fp,
-                      out + un.row0 * d + q * 32, d, ncols, w);
+            const float* next = q + 1 < panels ? e->down.ptr + (q + 1) * panel : nullptr;
+            down_rows(h.ptr + un.h0 * fp, fp, un.rows, e->down.ptr + q * panel, e->fp, out + un.row0 * d + q * 32, d,
+                      ncols, w, next, panel * 4);
           }
         }
         done.fetch_add(1, std::memory_order_relaxed);

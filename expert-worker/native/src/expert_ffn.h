@@ -21,7 +21,7 @@ struct AlignedFloats {
   float* ptr = nullptr;
   size_t n = 0;
   AlignedFloats() = default;
-  explicit AlignedFloats(size_t count);
+  explicit AlignedFloats(size_t count, bool zero = true);
   ~AlignedFloats();
   AlignedFloats(const AlignedFloats&) = delete;
   AlignedFloats& operator=(const AlignedFloats&) = delete;
