@@ -212,10 +212,13 @@ export function obj<
 ): Schema<ObjectOf<P, R>, Defaulted<O>> {
   const props: Record<string, JsonSchema> = {};
   for (const [k, v] of Object.entries(properties)) props[k] = v.json;
+  // The API server checks a default against the object's CEL rules without first defaulting inside it, so
+  // `default: {}` is written out with its nested defaults filled in.
+  const dflt = o.default === undefined ? undefined : applyDefaults({ type: "object", properties: props }, o.default);
   return node({
     description,
     type: "object",
-    default: o.default,
+    default: dflt,
     properties: props,
     required: o.required && o.required.length > 0 ? [...o.required] : undefined,
     "x-kubernetes-validations": o.validations,

@@ -1,0 +1,95 @@
+// Helpers for the operator integration tests: run the operator in-process against a test cluster, read objects
+// through kubectl-free REST calls, build ExpertPool manifests.
+import { Kube, Manager, type ManagerOptions } from "@switchyard/operator";
+import type { TestCluster } from "../cluster/index.js";
+import { waitUntil } from "../cluster/index.js";
+
+export interface Obj {
+  metadata: {
+    name: string;
+    namespace?: string;
+    uid?: string;
+    generation?: number;
+    resourceVersion?: string;
+    labels?: Record<string, string>;
+    ownerReferences?: { uid: string; kind: string }[];
+  };
+  spec?: Record<string, unknown>;
+  status?: Record<string, unknown> & {
+    conditions?: { type: string; status: string; reason: string; message: string }[];
+  };
+  data?: Record<string, string>;
+}
+
+export function startOperator(cluster: TestCluster, o: Partial<ManagerOptions> = {}): Manager {
+  const logs: string[] = [];
+  const m = new Manager({
+    kubeConfig: cluster.kubeConfig,
+    log: (line) => {
+      logs.push(line);
+      if (process.env.SWITCHYARD_OPERATOR_LOG) console.log(`[operator] ${line}`);
+    },
+    defaultMetrics: false,
+    routerDebounceMs: 300,
+    ...o,
+  });
+  return m;
+}
+
+/** An admin REST client that is not the operator's (so the operator's counters see only its own requests). */
+export function adminClient(cluster: TestCluster): Kube {
+  return new Kube(cluster.kubeConfig, "switchyard-test");
+}
+
+export function pool(name: string, ns: string, spec: Record<string, unknown> = {}): Record<string, unknown> {
+  const { model, worker, ...rest } = spec as { model?: object; worker?: object };
+  return {
+    apiVersion: "switchyard.dev/v1alpha1",
+    kind: "ExpertPool",
+    metadata: { name, namespace: ns },
+    spec: {
+      model: {
+        architecture: "mixtral",
+        layers: 2,
+        experts: 8,
+        topK: 2,
+        hiddenSize: 64,
+        intermediateSize: 128,
+        checkpoint: { hostPath: { path: "/models/tiny" } },
+        ...model,
+      },
+      replicas: 2,
+      worker: { gpusPerWorker: 1, ...worker },
+      ...rest,
+    },
+  };
+}
+
+export const cond = (o: Obj | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+
+export async function getPool(kube: Kube, ns: string, name: string): Promise<Obj | undefined> {
+  return kube.get<Obj>(`/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools/${name}`);
+}
+
+export async function waitReady(kube: Kube, ns: string, name: string, timeoutMs = 60_000): Promise<Obj> {
+  let last: Obj | undefined;
+  await waitUntil(
+    async () => {
+      last = await getPool(kube, ns, name);
+      const r = cond(last, "Ready");
+      return r?.status === "True" && last?.status?.observedGeneration === last?.metadata.generation;
+    },
+    {
+      timeoutMs,
+      intervalMs: 250,
+      what: `ExpertPool ${ns}/${name} Ready (last conditions: ${JSON.stringify(last?.status?.conditions)})`,
+    },
+  );
+  return last as Obj;
+}
+
+export async function createNamespace(kube: Kube, name: string): Promise<void> {
+  await kube.create("/api/v1/namespaces", { apiVersion: "v1", kind: "Namespace", metadata: { name } });
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
