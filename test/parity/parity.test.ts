@@ -27,12 +27,12 @@ describe("referenceMoeBlock matches transformers 5.17 (fp32, CPU)", () => {
     await rm(dir, { recursive: true, force: true });
   });
   for (const c of CASES) {
-    it(c.family, async () => {
-      await generateCheckpoint({ ...c, dir: join(dir, c.family) });
-      const ckpt = await openCheckpoint(join(dir, c.family));
+    it(c.name, async () => {
+      await generateCheckpoint({ ...c, dir: join(dir, c.name) });
+      const ckpt = await openCheckpoint(join(dir, c.name));
       const ours = referenceMoeBlock(ckpt.spec, await readLayerFloat32(ckpt, 0), hiddenFor(c)).output;
       await ckpt.close();
-      const { info, data } = await theirs.read(c.family);
+      const { info, data } = await theirs.read(c.name);
       expect(info.shape).toEqual([TOKENS, c.hiddenSize]);
       const ref = new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
       let maxAbs = 0;

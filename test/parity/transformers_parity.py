@@ -27,11 +27,12 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
+# model_type -> (family, module, block class, key prefix under model.layers.{l})
 BLOCKS = {
-    "mixtral": ("transformers.models.mixtral.modeling_mixtral", "MixtralSparseMoeBlock", "block_sparse_moe"),
-    "qwen2-moe": ("transformers.models.qwen2_moe.modeling_qwen2_moe", "Qwen2MoeSparseMoeBlock", "mlp"),
-    "qwen3-moe": ("transformers.models.qwen3_moe.modeling_qwen3_moe", "Qwen3MoeSparseMoeBlock", "mlp"),
-    "deepseek-v3": ("transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3MoE", "mlp"),
+    "mixtral": ("mixtral", "transformers.models.mixtral.modeling_mixtral", "MixtralSparseMoeBlock", "block_sparse_moe"),
+    "qwen2_moe": ("qwen2-moe", "transformers.models.qwen2_moe.modeling_qwen2_moe", "Qwen2MoeSparseMoeBlock", "mlp"),
+    "qwen3_moe": ("qwen3-moe", "transformers.models.qwen3_moe.modeling_qwen3_moe", "Qwen3MoeSparseMoeBlock", "mlp"),
+    "deepseek_v3": ("deepseek-v3", "transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3MoE", "mlp"),
 }
 
 
@@ -97,10 +98,13 @@ def main():
         "dtype": "float32",
         "families": {},
     }
-    for family, (mod_name, cls_name, sub) in BLOCKS.items():
-        d = os.path.join(in_dir, family)
-        if not os.path.isdir(d):
+    for name in sorted(os.listdir(in_dir)):
+        d = os.path.join(in_dir, name)
+        if not os.path.isfile(os.path.join(d, "config.json")):
             continue
+        with open(os.path.join(d, "config.json")) as f:
+            model_type = json.load(f)["model_type"]
+        family, mod_name, cls_name, sub = BLOCKS[model_type]
         try:
             mod = __import__(mod_name, fromlist=[cls_name])
             cls = getattr(mod, cls_name)
@@ -114,31 +118,43 @@ def main():
             ckpt = load_checkpoint(d)
             n_exp = {"mixtral": "num_local_experts", "deepseek-v3": "n_routed_experts"}.get(family, "num_experts")
             layout = fill_block(block, family, ckpt, f"model.layers.0.{sub}", getattr(config, n_exp))
-            x = inputs[family].float()
+            x = inputs[name].float()
             with torch.no_grad():
                 y = block(x.unsqueeze(0))
             if isinstance(y, tuple):
                 y = y[0]
-            outputs[family] = y.reshape(x.shape).contiguous()
+            outputs[name] = y.reshape(x.shape).contiguous()
             fam = {"class": f"{mod_name}.{cls_name}", "weight_layout": layout, "tokens": x.shape[0], "hidden": x.shape[1]}
             src = inspect.getsource(mod)
             if family == "deepseek-v3":
                 m = re.search(r"masked_fill\(~score_mask\.bool\(\), (.+?)\)\n", src)
                 fam["group_mask_fill"] = m.group(1) if m else "unknown"
-            info["families"][family] = fam
-            print(family, cls_name, layout, "out", tuple(y.shape), "rms", float(y.pow(2).mean().sqrt()), flush=True)
+            info["families"][name] = fam
+            print(name, cls_name, layout, "out", tuple(y.shape), "rms", float(y.pow(2).mean().sqrt()), flush=True)
         except BaseException as e:  # keep going: one family's failure must not hide the others' results
             traceback.print_exc()
-            info["families"][family] = {"error": f"{type(e).__name__}: {e}"}
+            info["families"][name] = {"error": f"{type(e).__name__}: {e}"}
         # the block sources, for reading what this version computes
         try:
+            if os.path.exists(os.path.join(out_dir, f"src-{family}.py")):
+                continue
             with open(os.path.join(out_dir, f"src-{family}.py"), "w") as f:
                 f.write(inspect.getsource(cls))
-                for name in dir(mod):
-                    if name.endswith(("Router", "Experts", "Moe", "MoE", "MLP")) and name != cls_name:
-                        f.write("\n\n" + inspect.getsource(getattr(mod, name)))
+                for attr_name in dir(mod):
+                    if attr_name.endswith(("Router", "Experts", "Moe", "MoE", "MLP")) and attr_name != cls_name:
+                        f.write("\n\n" + inspect.getsource(getattr(mod, attr_name)))
         except Exception:
             pass
+    # How torch.topk orders equal values on the CPU (our gates let the lower expert id win).
+    v = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0, 2.0]])
+    info["torch_topk_ties"] = {
+        "values": v.tolist()[0],
+        "topk2_sorted": torch.topk(v, 2, dim=-1).indices.tolist()[0],
+        "topk3_unsorted": torch.topk(v, 3, dim=-1, sorted=False).indices.tolist()[0],
+        "topk2_softmax": torch.topk(torch.softmax(v, dim=-1), 2, dim=-1).indices.tolist()[0],
+        "topk2_of_64_equal": torch.topk(torch.zeros(1, 64), 2, dim=-1).indices.tolist()[0],
+    }
+    print("topk ties", info["torch_topk_ties"], flush=True)
     os.makedirs(out_dir, exist_ok=True)
     save_file(outputs, os.path.join(out_dir, "transformers-outputs.safetensors"))
     with open(os.path.join(out_dir, "transformers-info.json"), "w") as f:

@@ -11,8 +11,9 @@
 //   top-p (dynamic k, "Harder tasks need more experts"): the smallest prefix of experts by descending softmax
 //     probability whose mass reaches p, at least minK and at most maxK experts; unused slots hold id -1, weight 0.
 //
-// Ties: the lower expert id wins (a stable selection scan). torch.topk does not promise an order for ties; with
-// continuous inputs ties do not occur in practice. Rows come out sorted by descending selection score.
+// Ties: the lower expert id wins (a stable selection scan), so routing is deterministic. torch.topk has no such
+// rule: on the CPU (torch 2.11) topk of [1, 2, 2, 2, 0, 2] by 2 gives ids [3, 5] (bench/results/transformers-parity.json,
+// torch_topk_ties); results differ from transformers only at exact ties. Rows come out sorted by descending score.
 // Pure: no I/O. Inputs Float32Array [T, E] row-major; outputs ids Int32Array [T*k], weights Float32Array [T*k].
 
 import { invalidArgument } from "@switchyard/protocol";

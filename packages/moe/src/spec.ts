@@ -106,7 +106,12 @@ export function defaultSpec(family: ModelFamily, overrides: Partial<ModelSpec> =
     default:
       throw invalidArgument("family", `unknown model family ${String(family)}`);
   }
-  const spec = { ...base, ...overrides, family };
+  // Only ModelSpec fields are taken from overrides (callers pass wider option objects).
+  const picked: Partial<ModelSpec> = {};
+  for (const k of [...Object.keys(base), "denseLayers"] as (keyof ModelSpec)[]) {
+    if (overrides[k] !== undefined) (picked as Record<string, unknown>)[k] = overrides[k];
+  }
+  const spec = { ...base, ...picked, family };
   if (spec.sharedExperts > 0 && spec.sharedIntermediateSize === 0 && overrides.sharedIntermediateSize === undefined) {
     spec.sharedIntermediateSize =
       family === "deepseek-v3" ? spec.intermediateSize * spec.sharedExperts : spec.intermediateSize;
