@@ -93,14 +93,30 @@ static inline void prefetch_step(Prefetch& pf) {
   }
 }
 
-// H[i, 0..16) = silu(A_i·G) * (A_i·U) for MR rows; B is one gu panel ([K][32]).
-template <int MR>
+// 32 weights of step k of a panel as two 16-lane fp32 vectors (lo: gate or columns 0-15, hi: up or columns 16-31).
+// fp32 panels hold them as 32 floats; bf16 panels as 16 words (hi << 16 | lo): widening a bf16 is a shift, so
+// one 64-byte load, a shift and a mask replace two loads and halve the bytes streamed from memory.
+template <bool BF>
+static inline void load_pair(const float* B, int64_t k, v16& lo, v16& hi) {
+  if constexpr (BF) {
+    i16v w = *reinterpret_cast<const i16v*>(B + k * 16);
+    lo = reinterpret_cast<v16>(w << 16);
+    hi = reinterpret_cast<v16>(w & static_cast<int32_t>(0xffff0000u));
+  } else {
+    lo = load_a(B + k * 32);
+    hi = load_a(B + k * 32 + 16);
+  }
+}
+
+// H[i, 0..16) = silu(A_i·G) * (A_i·U) for MR rows; B is one gu panel ([K][32] fp32 or [K][16] bf16 pairs).
+template <int MR, bool BF>
 static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, float* H, int64_t ldh, Prefetch pf) {
   v16 g[MR], u[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) g[i] = u[i] = splat(0.f);
   for (int64_t k = 0; k < K; ++k) {
-    v16 bg = load_a(B + k * 32), bu = load_a(B + k * 32 + 16);
+    v16 bg, bu;
+    load_pair<BF>(B, k, bg, bu);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       v16 a = splat(A[i * lda + k]);
@@ -114,14 +130,15 @@ static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, fl
 }
 
 // Y[i, 0..ncols) = w_i * A_i·B for MR rows; B is one down panel ([K][32]); ncols <= 32 (clipped at d).
-template <int MR>
+template <int MR, bool BF>
 static void down_kernel(const float* A, int64_t lda, const float* B, int64_t K, float* Y, int64_t ldy, int ncols,
                         const float* w, Prefetch pf) {
   v16 c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = splat(0.f);
   for (int64_t k = 0; k < K; ++k) {
-    v16 b0 = load_a(B + k * 32), b1 = load_a(B + k * 32 + 16);
+    v16 b0, b1;
+    load_pair<BF>(B, k, b0, b1);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       v16 a = splat(A[i * lda + k]);
@@ -159,17 +176,18 @@ static inline Prefetch share(const float* next, int64_t next_bytes, int64_t blk,
 }
 
 // Runs the MR-row kernel over `rows` rows, ending with the matching smaller instantiation.
+template <bool BF>
 static void gu_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t K, float* H, int64_t ldh,
                     const float* next, int64_t next_bytes) {
   const int64_t nblk = (rows + MR1 - 1) / MR1;
   int64_t r = 0, blk = 0;
   for (; r + MR1 <= rows; r += MR1, ++blk)
-    gu_kernel<MR1>(A + r * lda, lda, B, K, H + r * ldh, ldh, share(next, next_bytes, blk, nblk));
+    gu_kernel<MR1, BF>(A + r * lda, lda, B, K, H + r * ldh, ldh, share(next, next_bytes, blk, nblk));
   Prefetch pf = share(next, next_bytes, blk, nblk);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
-    gu_kernel<n>(A + r * lda, lda, B, K, H + r * ldh, ldh, pf); \
+    gu_kernel<n, BF>(A + r * lda, lda, B, K, H + r * ldh, ldh, pf); \
     break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11)
 #undef CASE
@@ -178,18 +196,19 @@ static void gu_rows(const float* A, int64_t lda, int64_t rows, const float* B, i
   }
 }
 
+template <bool BF>
 static void down_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t K, float* Y, int64_t ldy,
                       int ncols, const float* w, const float* next, int64_t next_bytes) {
   const int64_t nblk = (rows + MR2 - 1) / MR2;
   int64_t r = 0, blk = 0;
   for (; r + MR2 <= rows; r += MR2, ++blk)
-    down_kernel<MR2>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
+    down_kernel<MR2, BF>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
                      share(next, next_bytes, blk, nblk));
   Prefetch pf = share(next, next_bytes, blk, nblk);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
-    down_kernel<n>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr, pf); \
+    down_kernel<n, BF>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr, pf); \
     break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12) CASE(13)
 #undef CASE
@@ -205,9 +224,31 @@ std::unique_ptr<PreparedExpert> prepare_expert(const WeightView& gate, const Wei
   e->f = static_cast<int>(f);
   e->fp = static_cast<int>((f + 15) / 16 * 16);
   e->dp = static_cast<int>((d + 31) / 32 * 32);
+  // bf16 checkpoints stay bf16 (exact, half the memory and bandwidth); fp16/fp32 become fp32 (exact).
+  e->bf16 = gate.dtype == DType::BF16 && up.dtype == DType::BF16 && down.dtype == DType::BF16;
   const int64_t fp = e->fp, dp = e->dp;
-  e->gu = AlignedFloats(static_cast<size_t>(fp / 16) * d * 32);
-  e->down = AlignedFloats(static_cast<size_t>(dp / 32) * fp * 32);
+  const int64_t per_k = e->bf16 ? 16 : 32;  // floats (or bf16 pair words) per k-step of a panel
+  e->gu = AlignedFloats(static_cast<size_t>(fp / 16) * d * per_k);
+  e->down = AlignedFloats(static_cast<size_t>(dp / 32) * fp * per_k);
+  if (e->bf16) {
+    auto bits = [](const WeightView& w, int64_t i) -> uint32_t {
+      uint16_t h;
+      std::memcpy(&h, w.data + i * 2, 2);
+      return h;
+    };
+    uint32_t* gu = reinterpret_cast<uint32_t*>(e->gu.ptr);
+    for (int64_t j = 0; j < f; ++j) {
+      uint32_t* panel = gu + (j / 16) * d * 16 + (j % 16);
+      for (int64_t k = 0; k < d; ++k) panel[k * 16] = bits(gate, j * d + k) | (bits(up, j * d + k) << 16);
+    }
+    uint32_t* dn = reinterpret_cast<uint32_t*>(e->down.ptr);
+    for (int64_t j = 0; j < d; ++j) {
+      uint32_t* panel = dn + (j / 32) * fp * 16 + (j % 16);
+      const int shift = (j % 32) < 16 ? 0 : 16;
+      for (int64_t k = 0; k < f; ++k) panel[k * 16] |= bits(down, j * f + k) << shift;
+    }
+    return e;
+  }
   // Walk the source row-major (sequential reads) and scatter into the panels.
   for (int64_t j = 0; j < f; ++j) {
     float* panel = e->gu.ptr + (j / 16) * d * 32 + (j % 16);
@@ -303,24 +344,27 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
         const Tile& t = tiles[ti];
         const Unit& un = units[t.unit];
         const PreparedExpert* e = un.e;
+        const int64_t per_k = e->bf16 ? 16 : 32;
         if (phase1) {
-          const int64_t panel = d * 32;
+          const int64_t panel = d * per_k;
           const int panels = e->fp / 16;
           for (int p = t.p0; p < t.p1; ++p) {
-            // Prefetch the next panel of this tile, or the one after the tile (likely the next tile's first).
+            // Prefetch the next panel (the tile's next, or the one after the tile: likely the next tile's first).
             const float* next = p + 1 < panels ? e->gu.ptr + (p + 1) * panel : nullptr;
-            gu_rows(xf.ptr + un.row0 * d, d, un.rows, e->gu.ptr + p * panel, d, h.ptr + un.h0 * fp + p * 16, fp, next,
-                    panel * 4);
+            auto* run = e->bf16 ? &gu_rows<true> : &gu_rows<false>;
+            run(xf.ptr + un.row0 * d, d, un.rows, e->gu.ptr + p * panel, d, h.ptr + un.h0 * fp + p * 16, fp, next,
+                panel * 4);
           }
         } else {
           const float* w = req.row_weights ? req.row_weights + un.row0 : nullptr;
-          const int64_t panel = static_cast<int64_t>(e->fp) * 32;
+          const int64_t panel = static_cast<int64_t>(e->fp) * per_k;
           const int panels = e->dp / 32;
           for (int q = t.p0; q < t.p1; ++q) {
             int ncols = static_cast<int>(std::min<int64_t>(32, d - q * 32));
             const float* next = q + 1 < panels ? e->down.ptr + (q + 1) * panel : nullptr;
-            down_rows(h.ptr + un.h0 * fp, fp, un.rows, e->down.ptr + q * panel, e->fp, out + un.row0 * d + q * 32, d,
-                      ncols, w, next, panel * 4);
+            auto* run = e->bf16 ? &down_rows<true> : &down_rows<false>;
+            run(h.ptr + un.h0 * fp, fp, un.rows, e->down.ptr + q * panel, e->fp, out + un.row0 * d + q * 32, d, ncols,
+                w, next, panel * 4);
           }
         }
         done.fetch_add(1, std::memory_order_relaxed);

@@ -38,8 +38,12 @@ struct AlignedFloats {
 //         gate weights Wg[p*16 + j][k] then the 16 up weights Wu[p*16 + j][k]. Padding columns are zero.
 //   down: d padded to dp (multiple of 32) in panels of 32 output columns; panel q is [fp][32] floats,
 //         Wd[q*32 + j][k] for k < f, zero beyond.
+//   bf16 = true (all three matrices bf16 in the checkpoint): the same panels with each pair of 16-lane halves
+//         stored as one 32-bit word per lane, hi << 16 | lo (lo = gate / columns 0-15, hi = up / columns 16-31):
+//         exact, half the memory, and widening is a shift.
 struct PreparedExpert {
   int d = 0, f = 0, fp = 0, dp = 0;
+  bool bf16 = false;
   AlignedFloats gu, down;
   size_t bytes() const { return (gu.n + down.n) * sizeof(float); }
 };
