@@ -65,9 +65,50 @@ function splitmix32(state: number): () => number {
 }
 
 /**
- * `n` uniform values in [-a, a) from the stream for (seed, name), written as f32 into `out`.
- * xorshift128: fast, and plenty for weights (not for cryptography).
+ * A stream of uniform values in [-a, a) for (seed, name). xorshift128: fast, and plenty for weights (not for
+ * cryptography). fill() continues where the last call stopped, so a tensor can be produced in cache-sized chunks.
  */
+export class UniformStream {
+  private x: number;
+  private y: number;
+  private z: number;
+  private w: number;
+  private readonly scale: number;
+
+  constructor(
+    seed: number,
+    name: string,
+    private readonly a: number,
+  ) {
+    const init = splitmix32(fnv1a(name) ^ Math.imul(seed >>> 0, 0x9e3779b1));
+    this.x = init() | 1;
+    this.y = init();
+    this.z = init();
+    this.w = init();
+    this.scale = (2 * a) / 4294967296;
+  }
+
+  fill(out: Float32Array): Float32Array {
+    let { x, y, z, w } = this;
+    const { scale, a } = this;
+    const n = out.length;
+    for (let i = 0; i < n; i++) {
+      const t = x ^ (x << 11);
+      x = y;
+      y = z;
+      z = w;
+      w = (w ^ (w >>> 19) ^ (t ^ (t >>> 8))) >>> 0;
+      out[i] = w * scale - a;
+    }
+    this.x = x;
+    this.y = y;
+    this.z = z;
+    this.w = w;
+    return out;
+  }
+}
+
+/** `n` uniform values in [-a, a) from the stream for (seed, name). */
 export function uniformTensor(
   seed: number,
   name: string,
@@ -75,21 +116,7 @@ export function uniformTensor(
   a: number,
   out: Float32Array = new Float32Array(n),
 ): Float32Array {
-  const init = splitmix32(fnv1a(name) ^ Math.imul(seed >>> 0, 0x9e3779b1));
-  let x = init() | 1;
-  let y = init();
-  let z = init();
-  let w = init();
-  const scale = (2 * a) / 4294967296;
-  for (let i = 0; i < n; i++) {
-    const t = x ^ (x << 11);
-    x = y;
-    y = z;
-    z = w;
-    w = (w ^ (w >>> 19) ^ (t ^ (t >>> 8))) >>> 0;
-    out[i] = w * scale - a;
-  }
-  return out;
+  return new UniformStream(seed, name, a).fill(out.length === n ? out : out.subarray(0, n));
 }
 
 /** Uniform half-width for a given std (uniform on [-a, a) has std a/sqrt(3)). */
@@ -97,10 +124,28 @@ function halfWidthForStd(std: number): number {
   return std * Math.sqrt(3);
 }
 
-function encode(values: Float32Array, dtype: WeightDType): Uint8Array {
-  if (dtype === "float32") return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  const h = dtype === "bfloat16" ? f32ToBf16(values) : f32ToF16(values);
-  return new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
+const CHUNK = 16384;
+
+/**
+ * The bytes of one generated tensor in `dtype`. Half types are produced in L1-sized f32 chunks and narrowed (RNE)
+ * straight into the output, so a large tensor is never held in f32.
+ */
+function generateBytes(seed: number, t: PlannedTensor): Uint8Array {
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  const stream = new UniformStream(seed, t.name, t.halfWidth);
+  if (t.dtype === "float32") {
+    const v = stream.fill(new Float32Array(n));
+    return new Uint8Array(v.buffer);
+  }
+  const out = new Uint16Array(n);
+  const scratch = new Float32Array(CHUNK);
+  const narrow = t.dtype === "bfloat16" ? f32ToBf16 : f32ToF16;
+  for (let i = 0; i < n; i += CHUNK) {
+    const m = Math.min(CHUNK, n - i);
+    const v = stream.fill(m === CHUNK ? scratch : scratch.subarray(0, m));
+    narrow(v, out.subarray(i, i + m));
+  }
+  return new Uint8Array(out.buffer);
 }
 
 interface PlannedTensor {
@@ -186,7 +231,6 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
   }
   if (cur.length > 0 || groups.length === 0) groups.push(cur);
 
-  let scratch = new Float32Array(0);
   const files: string[] = [];
   const weightMap: Record<string, string> = {};
   for (let i = 0; i < groups.length; i++) {
@@ -196,13 +240,7 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
       name: t.name,
       dtype: SAFETENSORS_DTYPE[t.dtype],
       shape: t.shape,
-      data: () => {
-        const n = t.shape.reduce((a, b) => a * b, 1);
-        if (scratch.length < n) scratch = new Float32Array(n);
-        const v = uniformTensor(seed, t.name, n, t.halfWidth, scratch.subarray(0, n));
-        // fp32 data aliases the scratch buffer, which is fine: it is written before the next tensor is made.
-        return encode(v, t.dtype);
-      },
+      data: () => generateBytes(seed, t),
     }));
     for (const t of groups[i]) weightMap[t.name] = name;
     await writeSafetensors(join(dir, name), toWrite, { format: "pt" });
