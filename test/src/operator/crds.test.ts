@@ -1,0 +1,160 @@
+// Must show (issue 5): the CRDs install with kubectl apply, `kubectl explain` reads the descriptions, and invalid
+// ExpertPools and RoutingPolicies are refused by the API server itself (schema and CEL), creating nothing.
+import { describeWithCluster } from "@switchyard/test/cluster/vitest";
+import { beforeAll, expect, it } from "vitest";
+import { waitUntil } from "../cluster/index.js";
+import { pool } from "./helpers.js";
+
+const NS = "default";
+
+function rp(spec: Record<string, unknown>, name = "rp") {
+  return { apiVersion: "switchyard.dev/v1alpha1", kind: "RoutingPolicy", metadata: { name, namespace: NS }, spec };
+}
+
+function withModel(model: Record<string, unknown>, rest: Record<string, unknown> = {}) {
+  return pool("bad", NS, { model, ...rest });
+}
+
+/** [what, manifest, text the API server's refusal must contain] */
+const INVALID: [string, unknown, string][] = [
+  ["topK above experts (CEL)", withModel({ topK: 9 }), "model.topK must be <= model.experts"],
+  [
+    "two checkpoint sources (CEL)",
+    withModel({ checkpoint: { hostPath: { path: "/m" }, uri: "hf://org/m" } }),
+    "exactly one of checkpoint.pvc, checkpoint.hostPath, checkpoint.uri must be set",
+  ],
+  ["no checkpoint source (CEL)", withModel({ checkpoint: {} }), "exactly one of checkpoint.pvc"],
+  [
+    "more redundant copies than replicas can hold (CEL)",
+    pool("bad", NS, { replicas: 2, placement: { redundantExperts: 9 } }),
+    "placement.redundantExperts must be <= model.experts * (replicas - 1)",
+  ],
+  [
+    "cache smaller than the workers' share (CEL)",
+    pool("bad", NS, { replicas: 2, cache: { residentExperts: 7 } }),
+    "cache.residentExperts * replicas must hold every expert slot",
+  ],
+  [
+    "cuda backend without GPUs (CEL)",
+    pool("bad", NS, { worker: { gpusPerWorker: 0, backend: "cuda" } }),
+    "worker.backend cuda needs worker.gpusPerWorker >= 1",
+  ],
+  ["unknown architecture (schema enum)", withModel({ architecture: "gpt" }), 'Unsupported value: "gpt"'],
+  ["zero layers (schema minimum)", withModel({ layers: 0 }), "should be greater than or equal to 1"],
+  [
+    "missing hiddenSize (schema required)",
+    withModel({ hiddenSize: undefined }),
+    "spec.model.hiddenSize: Required value",
+  ],
+  [
+    "name too long for pod names (CEL on metadata)",
+    { ...pool("bad", NS), metadata: { name: "x".repeat(53), namespace: NS } },
+    "ExpertPool name must be at most 52 characters",
+  ],
+  [
+    "bad checkpoint URI scheme (schema pattern)",
+    withModel({ checkpoint: { uri: "ftp://x" } }),
+    "spec.model.checkpoint.uri in body should match",
+  ],
+  ["RoutingPolicy without poolRef (schema required)", rp({}), "spec.poolRef: Required value"],
+  [
+    "RoutingPolicy maxK without topP (CEL)",
+    rp({ poolRef: { name: "p" }, gating: { maxK: 4 } }),
+    "gating.maxK only applies with gating.topP",
+  ],
+  [
+    "RoutingPolicy spill without capacityFactor (CEL)",
+    rp({ poolRef: { name: "p" }, gating: { overflow: "spill" } }),
+    "gating.overflow spill or queue needs gating.capacityFactor",
+  ],
+  [
+    "RoutingPolicy queue smaller than a batch (CEL)",
+    rp({ poolRef: { name: "p" }, batching: { maxBatchTokens: 1024, maxQueueTokens: 512 } }),
+    "batching.maxQueueTokens must be >= batching.maxBatchTokens",
+  ],
+  [
+    "RoutingPolicy staleness below refresh (CEL)",
+    rp({ poolRef: { name: "p" }, loadSignals: { refreshMs: 5000, stalenessMs: 1000 } }),
+    "loadSignals.stalenessMs must be >= loadSignals.refreshMs",
+  ],
+  [
+    "RoutingPolicy topP above 1 (schema maximum)",
+    rp({ poolRef: { name: "p" }, gating: { topP: 1.5 } }),
+    "should be less than or equal to 1",
+  ],
+];
+
+describeWithCluster(
+  "CRDs on a real API server",
+  { withKwok: false, withControllerManager: false, withScheduler: false },
+  (cluster) => {
+    beforeAll(async () => {
+      await cluster().kubectl(["apply", "-f", "crds/"]);
+      await cluster().kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/expertpools.switchyard.dev",
+        "crd/routingpolicies.switchyard.dev",
+      ]);
+    }, 60_000);
+
+    it("installs with kubectl apply; kubectl explain shows the descriptions", async () => {
+      // The OpenAPI document that explain reads is republished a few seconds after a CRD is established.
+      let explain = { code: 1, stdout: "", stderr: "" };
+      await waitUntil(
+        async () => {
+          explain = await cluster().kubectl(["explain", "expertpool.spec.model"], { check: false });
+          return explain.code === 0;
+        },
+        { timeoutMs: 60_000, intervalMs: 1000, what: `kubectl explain to know ExpertPool (${explain.stderr})` },
+      );
+      expect(explain.stdout).toContain("The MoE model whose routed experts this pool serves.");
+      expect(explain.stdout).toContain("Experts each token is routed to");
+      const field = await cluster().kubectl(["explain", "routingpolicy.spec.gating.overflow"]);
+      expect(field.stdout).toContain("Assignments over capacity");
+      const res = await cluster().kubectl(["api-resources", "--api-group=switchyard.dev", "-o", "wide"]);
+      expect(res.stdout).toMatch(/expertpools\s+xp,xpool\s+switchyard\.dev\/v1alpha1\s+true\s+ExpertPool/);
+      expect(res.stdout).toMatch(/routingpolicies\s+xrp,rpol/);
+    });
+
+    it("defaults a minimal ExpertPool and lists it by short name and category", async () => {
+      const c = cluster();
+      await c.kubectl(["apply", "-f", "-"], { input: JSON.stringify(pool("ok", NS)) });
+      const got = JSON.parse((await c.kubectl(["get", "xp", "ok", "-o", "json"])).stdout);
+      expect(got.spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0 });
+      expect(got.spec.worker).toMatchObject({ backend: "auto", image: "switchyard/expert-worker:0.1.0" });
+      expect((await c.kubectl(["get", "switchyard", "-o", "name"])).stdout).toContain("expertpool.switchyard.dev/ok");
+      const wide = await c.kubectl(["get", "xp", "-o", "wide"]);
+      expect(wide.stdout).toMatch(
+        /NAME\s+READY\s+REPLICAS\s+AVAILABLE\s+MODEL\s+EXPERTS\s+LAYERS\s+PLAN\s+REASON\s+AGE/,
+      );
+      await c.kubectl(["delete", "xp", "ok"]);
+    });
+
+    it(`refuses ${INVALID.length} invalid manifests with the schema or CEL message, creating nothing`, async () => {
+      const c = cluster();
+      expect(INVALID.length).toBeGreaterThanOrEqual(10);
+      for (const [what, manifest, message] of INVALID) {
+        const r = await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(manifest), check: false });
+        expect(r.code, `${what} was accepted`).not.toBe(0);
+        expect(r.stderr, what).toContain(message);
+      }
+      const left = await c.kubectl(["get", "expertpools,routingpolicies", "-A", "-o", "name"]);
+      expect(left.stdout.trim()).toBe("");
+    });
+
+    it("refuses changing a RoutingPolicy's poolRef (transition rule) and keeps the old one", async () => {
+      const c = cluster();
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(rp({ poolRef: { name: "a" } }, "fixed")) });
+      const r = await c.kubectl(["apply", "-f", "-"], {
+        input: JSON.stringify(rp({ poolRef: { name: "b" } }, "fixed")),
+        check: false,
+      });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("poolRef.name is immutable");
+      const got = JSON.parse((await c.kubectl(["get", "rpol", "fixed", "-o", "json"])).stdout);
+      expect(got.spec.poolRef.name).toBe("a");
+      await c.kubectl(["delete", "rpol", "fixed"]);
+    });
+  },
+);
