@@ -1,0 +1,74 @@
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildSafetensorsHeader, parseSafetensorsHeader, SafetensorsFile, writeSafetensors } from "./safetensors.js";
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "st-"));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe("safetensors", () => {
+  it("writes the documented layout: u64 LE header length, JSON padded to 8 bytes, data in order", async () => {
+    const path = join(root, "a.safetensors");
+    const a = new Float32Array([1, -2, 3.5]);
+    const b = new Uint16Array([0x3f80, 0xc000]);
+    await writeSafetensors(
+      path,
+      [
+        { name: "a", dtype: "F32", shape: [3], data: new Uint8Array(a.buffer) },
+        { name: "b", dtype: "BF16", shape: [1, 2], data: () => new Uint8Array(b.buffer) },
+      ],
+      { format: "pt" },
+    );
+    const bytes = await readFile(path);
+    const len = Number(bytes.readBigUInt64LE(0));
+    expect((8 + len) % 8).toBe(0);
+    const header = JSON.parse(bytes.subarray(8, 8 + len).toString());
+    expect(header).toEqual({
+      __metadata__: { format: "pt" },
+      a: { dtype: "F32", shape: [3], data_offsets: [0, 12] },
+      b: { dtype: "BF16", shape: [1, 2], data_offsets: [12, 16] },
+    });
+    expect(bytes.byteLength).toBe(8 + len + 16);
+    const f = await SafetensorsFile.open(path);
+    expect(f.header.metadata).toEqual({ format: "pt" });
+    const ra = await f.read("a");
+    expect(Array.from(new Float32Array(ra.data.buffer))).toEqual([1, -2, 3.5]);
+    expect(ra.info.begin).toBe(8 + len);
+    const rb = await f.read("b");
+    expect(Array.from(new Uint16Array(rb.data.buffer))).toEqual([0x3f80, 0xc000]);
+    await expect(f.read("c")).rejects.toThrow(`${path}: tensor c not found`);
+    await f.close();
+  });
+  it("refuses to write data that does not match the shape", async () => {
+    await expect(
+      writeSafetensors(join(root, "b.safetensors"), [{ name: "x", dtype: "F16", shape: [3], data: new Uint8Array(4) }]),
+    ).rejects.toThrow(/tensor x: 4 bytes, expected 6/);
+  });
+  it("parses headers strictly", () => {
+    const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+    const { header } = buildSafetensorsHeader([{ name: "w", dtype: "F32", shape: [2, 2] }]);
+    const json = header.subarray(8);
+    expect(parseSafetensorsHeader(json, "f", 8 + json.byteLength + 16).tensors.get("w")?.shape).toEqual([2, 2]);
+    expect(() => parseSafetensorsHeader(json, "f", 8 + json.byteLength + 15)).toThrow(
+      "f: truncated: tensor w ends at data byte 16 but the file has only 15 data bytes",
+    );
+    expect(() => parseSafetensorsHeader(enc([1]), "f", 100)).toThrow("f: bad safetensors header: not a JSON object");
+    expect(() =>
+      parseSafetensorsHeader(enc({ w: { dtype: "Q4", shape: [1], data_offsets: [0, 1] } }), "f", 100),
+    ).toThrow('f: bad safetensors header: tensor w: unknown dtype "Q4"');
+    expect(() =>
+      parseSafetensorsHeader(enc({ w: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }), "f", 100),
+    ).toThrow("tensor w: shape must be an array of non-negative integers");
+    expect(() =>
+      parseSafetensorsHeader(enc({ w: { dtype: "F32", shape: [1], data_offsets: [4, 0] } }), "f", 100),
+    ).toThrow("tensor w: data_offsets must be [begin, end] with 0 <= begin <= end");
+    expect(() => parseSafetensorsHeader(enc({ __metadata__: 3 }), "f", 100)).toThrow("__metadata__ must be an object");
+    expect(() => parseSafetensorsHeader(new Uint8Array([0xff, 0xfe]), "f", 100)).toThrow(/not valid JSON/);
+  });
+});
