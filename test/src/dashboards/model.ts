@@ -515,7 +515,11 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "ops",
             targets: [
               { expr: `sum by (name) (rate(workqueue_adds_total[${R}]))`, legendFormat: "{{name}} adds" },
-              { expr: `sum by (name) (rate(workqueue_retries_total[${R}]))`, legendFormat: "{{name}} retries" },
+              {
+                // Zero for queues that never retried (the series may appear only with the first retry).
+                expr: `sum by (name) (rate(workqueue_retries_total[${R}])) or sum by (name) (rate(workqueue_adds_total[${R}])) * 0`,
+                legendFormat: "{{name}} retries",
+              },
             ],
           },
           {
