@@ -5,6 +5,8 @@
 // projections, the SwiGLU activation and the expert outputs all stay O(1), and router logits are O(1) (routing is
 // neither uniform nor one-hot). Every tensor has its own PRNG stream seeded from (seed, key name): the same seed
 // gives the same tensors whatever the sharding, and a test can regenerate any one tensor without the others.
+// Only MoE tensors are written (router, experts, shared experts, correction bias, shared-expert gate): attention,
+// norms, embeddings and the dense MLPs of DeepSeek's first_k_dense_replace layers are not needed to serve experts.
 
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";

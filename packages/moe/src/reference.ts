@@ -25,7 +25,8 @@ function silu(v: number): number {
   return v / (1 + Math.exp(-v));
 }
 
-function checkSlices(n: number, slices: readonly ExpertSliceRef[], field = "slices"): void {
+/** Validates slices (inside [0, n), non-overlapping); returns which rows they cover. */
+function checkSlices(n: number, slices: readonly ExpertSliceRef[], field = "slices"): Uint8Array {
   const covered = new Uint8Array(n);
   slices.forEach((s, i) => {
     if (
@@ -41,6 +42,7 @@ function checkSlices(n: number, slices: readonly ExpertSliceRef[], field = "slic
       covered[r] = 1;
     }
   });
+  return covered;
 }
 
 function checkWeights(w: ExpertFFNWeights, d: number, field: string): void {
@@ -139,8 +141,9 @@ function runFFN<T extends FloatArray>(
   if (rowWeights && rowWeights.length !== n)
     throw invalidArgument("rowWeights", `length ${rowWeights.length}, expected ${n}`);
   if (out.length !== tokens.length) throw invalidArgument("out", `length ${out.length}, expected ${tokens.length}`);
-  checkSlices(n, slices);
-  out.fill(0);
+  const covered = checkSlices(n, slices);
+  // Covered rows are overwritten below; only the rest need zeroing (callers often pass one slice of a big matrix).
+  for (let r = 0; r < n; r++) if (!covered[r]) out.fill(0, r * hidden, (r + 1) * hidden);
   slices.forEach((s, i) => {
     if (s.count === 0) return;
     const w = weightsOf(s.expert);

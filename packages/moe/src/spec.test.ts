@@ -219,3 +219,11 @@ describe("hfConfigJson", () => {
     expect(specFromHfConfig(JSON.parse(text))).toEqual(s);
   });
 });
+
+describe("expertWeightBytes", () => {
+  it("is 3·d·f·sizeof(dtype)", async () => {
+    const { expertWeightBytes } = await import("./spec.js");
+    expect(expertWeightBytes(defaultSpec("mixtral"))).toBe(3 * 1024 * 3584 * 2);
+    expect(expertWeightBytes(defaultSpec("mixtral", { dtype: "float32" }))).toBe(3 * 1024 * 3584 * 4);
+  });
+});

@@ -61,6 +61,11 @@ export function moeLayers(spec: ModelSpec): number[] {
   return out;
 }
 
+/** Bytes of one routed expert's weights (gate + up + down) in the checkpoint dtype: a cache slot's size. */
+export function expertWeightBytes(spec: ModelSpec): number {
+  return 3 * spec.hiddenSize * spec.intermediateSize * (spec.dtype === "float32" ? 4 : 2);
+}
+
 /** Family defaults; `overrides` win. Sizes default to a small model that is quick to generate. */
 export function defaultSpec(family: ModelFamily, overrides: Partial<ModelSpec> = {}): ModelSpec {
   const base: ModelSpec = {
