@@ -1,0 +1,444 @@
+// N-API surface of the CUDA backend (typed wrapper: expert-worker/src/backend/cuda.ts). A separate module,
+// switchyard_cuda.node, so the CPU addon and CPU-only builds are untouched.
+//
+//   probe() -> {ok, error?, name, sms, totalMem, cc}
+//   createContext({d, f, slots, device?}) -> External   device slabs w13 [slots, 2f, d], w2 [slots, d, f] (bf16),
+//                                                       a compute stream and a copy stream, pinned staging buffers
+//   upload(ctx, slot, gate, up, down) -> Promise<number> weights {dtype, rows, cols, data}; converts to bf16 into a
+//                                                       pinned buffer and copies on the copy stream (so uploads
+//                                                       overlap compute on the compute stream); resolves with bytes
+//   run(ctx, {dtype, tokens, rows, cols, rowSlots: Int32Array, rowWeights?: Float32Array}) -> Promise<Uint8Array>
+//       y[r] = w[r] * SwiGLU-FFN of the expert in slot rowSlots[r] (-1: zero row), in the tokens' dtype
+//   stats(ctx) -> {runs, uploads, uploadBytes, deviceBytes, slots}
+// Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; one run at a time per
+// context (a mutex), uploads concurrently with it.
+#include <cuda_runtime.h>
+#include <napi.h>
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../src/half.h"
+#include "sy_moe.h"
+
+using switchyard::DType;
+
+namespace {
+
+std::string cuda_msg(const char* what, cudaError_t e) { return std::string(what) + ": " + cudaGetErrorString(e); }
+
+#define CK_THROW(call)                                                        \
+  do {                                                                        \
+    cudaError_t e_ = (call);                                                  \
+    if (e_ != cudaSuccess) throw std::runtime_error(cuda_msg(#call, e_));     \
+  } while (0)
+
+// Pinned host buffer that grows on demand.
+struct Pinned {
+  void* p = nullptr;
+  size_t n = 0;
+  void ensure(size_t bytes) {
+    if (bytes <= n) return;
+    if (p) cudaFreeHost(p);
+    p = nullptr;
+    n = 0;
+    CK_THROW(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
+    n = bytes;
+  }
+  ~Pinned() {
+    if (p) cudaFreeHost(p);
+  }
+};
+
+struct Ctx {
+  int device = 0, d = 0, f = 0, slots = 0;
+  void* w13 = nullptr;
+  void* w2 = nullptr;
+  cudaStream_t compute = nullptr, copy = nullptr;
+  std::mutex run_mu;       // one run at a time (workspace, io buffers)
+  Pinned in, out;          // run io
+  void* d_in = nullptr;    // device tokens (bf16)
+  void* d_out = nullptr;
+  int32_t* d_ids = nullptr;
+  float* d_w = nullptr;
+  size_t io_rows = 0;
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+  std::mutex staging_mu;   // pool of pinned upload staging buffers
+  std::vector<std::unique_ptr<Pinned>> staging;
+  std::atomic<double> runs{0}, uploads{0}, upload_bytes{0};
+  size_t device_bytes = 0;
+  ~Ctx() {
+    cudaSetDevice(device);
+    if (compute) cudaStreamSynchronize(compute);
+    if (copy) cudaStreamSynchronize(copy);
+    cudaFree(w13);
+    cudaFree(w2);
+    cudaFree(d_in);
+    cudaFree(d_out);
+    cudaFree(d_ids);
+    cudaFree(d_w);
+    cudaFree(ws);
+    if (compute) cudaStreamDestroy(compute);
+    if (copy) cudaStreamDestroy(copy);
+  }
+};
+
+struct CtxHandle {
+  std::shared_ptr<Ctx> ctx;
+};
+
+std::shared_ptr<Ctx> GetCtx(Napi::Env env, Napi::Value v) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(env, "ctx: expected a context from createContext()");
+  return v.As<Napi::External<CtxHandle>>().Data()->ctx;
+}
+
+Napi::Value Probe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    o.Set("ok", false);
+    o.Set("error", e != cudaSuccess ? cuda_msg("cudaGetDeviceCount", e) : std::string("no CUDA device"));
+    return o;
+  }
+  cudaDeviceProp p;
+  e = cudaGetDeviceProperties(&p, 0);
+  if (e != cudaSuccess) {
+    o.Set("ok", false);
+    o.Set("error", cuda_msg("cudaGetDeviceProperties", e));
+    return o;
+  }
+  const bool hopper = p.major == 9 && p.minor == 0;
+  o.Set("ok", hopper);
+  if (!hopper)
+    o.Set("error", std::string("device ") + p.name + " is sm_" + std::to_string(p.major) + std::to_string(p.minor) +
+                       "; the kernels are built for sm_90a (H100/H200)");
+  o.Set("name", std::string(p.name));
+  o.Set("sms", p.multiProcessorCount);
+  o.Set("totalMem", static_cast<double>(p.totalGlobalMem));
+  o.Set("cc", std::to_string(p.major) + "." + std::to_string(p.minor));
+  return o;
+}
+
+int32_t IntField(Napi::Env env, Napi::Object o, const char* name, int32_t lo, int32_t hi) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, std::string(name) + ": expected a number");
+  int64_t x = v.ToNumber().Int64Value();
+  if (x < lo || x > hi)
+    throw Napi::RangeError::New(env, std::string(name) + ": must be in [" + std::to_string(lo) + ", " +
+                                         std::to_string(hi) + "], got " + std::to_string(x));
+  return static_cast<int32_t>(x);
+}
+
+void FinalizeCtx(Napi::Env env, CtxHandle* h) {
+  Napi::MemoryManagement::AdjustExternalMemory(env, 0);
+  delete h;
+}
+
+Napi::Value CreateContext(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throw Napi::TypeError::New(env, "options: expected {d, f, slots}");
+  Napi::Object o = info[0].As<Napi::Object>();
+  auto c = std::make_shared<Ctx>();
+  c->d = IntField(env, o, "d", 8, 1 << 16);
+  c->f = IntField(env, o, "f", 8, 1 << 18);
+  c->slots = IntField(env, o, "slots", 1, 1024);
+  c->device = o.Has("device") ? IntField(env, o, "device", 0, 63) : 0;
+  if (c->d % 8 || c->f % 8) throw Napi::RangeError::New(env, "d, f: must be multiples of 8");
+  try {
+    CK_THROW(cudaSetDevice(c->device));
+    const size_t per = (size_t)3 * c->d * c->f * 2;
+    CK_THROW(cudaMalloc(&c->w13, (size_t)c->slots * 2 * c->f * c->d * 2));
+    CK_THROW(cudaMalloc(&c->w2, (size_t)c->slots * c->d * c->f * 2));
+    c->device_bytes = per * c->slots;
+    CK_THROW(cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking));
+    CK_THROW(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
+  } catch (const std::exception& ex) {
+    throw Napi::Error::New(env, std::string("createContext: ") + ex.what());
+  }
+  return Napi::External<CtxHandle>::New(env, new CtxHandle{c}, FinalizeCtx);
+}
+
+struct HostMatrix {
+  DType dtype;
+  int64_t rows, cols;
+  const uint8_t* data;
+  Napi::Reference<Napi::Uint8Array> keep;
+};
+
+HostMatrix ReadMatrix(Napi::Env env, Napi::Value v, const char* name, int64_t rows, int64_t cols) {
+  if (!v.IsObject()) throw Napi::TypeError::New(env, std::string(name) + ": expected a weight object");
+  Napi::Object o = v.As<Napi::Object>();
+  int dt = o.Get("dtype").ToNumber().Int32Value();
+  if (!switchyard::dtype_valid(dt)) throw Napi::TypeError::New(env, std::string(name) + ".dtype: unsupported");
+  Napi::Value data = o.Get("data");
+  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, std::string(name) + ".data: expected Uint8Array");
+  auto arr = data.As<Napi::Uint8Array>();
+  int64_t r = o.Get("rows").ToNumber().Int64Value(), c = o.Get("cols").ToNumber().Int64Value();
+  if (r != rows || c != cols)
+    throw Napi::RangeError::New(env, std::string(name) + ": expected shape [" + std::to_string(rows) + ", " +
+                                         std::to_string(cols) + "], got [" + std::to_string(r) + ", " +
+                                         std::to_string(c) + "]");
+  if ((int64_t)arr.ByteLength() != r * c * switchyard::dtype_size(static_cast<DType>(dt)))
+    throw Napi::RangeError::New(env, std::string(name) + ".data: byte length does not match rows*cols*dtype");
+  return HostMatrix{static_cast<DType>(dt), r, c, arr.Data(), Napi::Persistent(arr)};
+}
+
+void to_bf16(const HostMatrix& m, uint16_t* dst) {
+  const int64_t n = m.rows * m.cols;
+  if (m.dtype == DType::BF16) {
+    std::memcpy(dst, m.data, n * 2);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = switchyard::f32_to_bf16(switchyard::load_elem(m.dtype, m.data, i));
+}
+
+class UploadWorker : public Napi::AsyncWorker {
+ public:
+  UploadWorker(Napi::Env env, std::shared_ptr<Ctx> c, int slot, HostMatrix g, HostMatrix u, HostMatrix dn)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(std::move(c)), slot_(slot),
+        g_(std::move(g)), u_(std::move(u)), d_(std::move(dn)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    std::unique_ptr<Pinned> buf;
+    try {
+      {
+        std::lock_guard<std::mutex> lk(c_->staging_mu);
+        if (!c_->staging.empty()) {
+          buf = std::move(c_->staging.back());
+          c_->staging.pop_back();
+        }
+      }
+      if (!buf) buf = std::make_unique<Pinned>();
+      const size_t gu = (size_t)c_->f * c_->d, dn = (size_t)c_->d * c_->f;
+      CK_THROW(cudaSetDevice(c_->device));
+      buf->ensure((2 * gu + dn) * 2);
+      uint16_t* h = static_cast<uint16_t*>(buf->p);
+      to_bf16(g_, h);
+      to_bf16(u_, h + gu);
+      to_bf16(d_, h + 2 * gu);
+      // A private event-synchronised copy: several uploads can be in flight on the copy stream.
+      char* w13 = static_cast<char*>(c_->w13) + (size_t)slot_ * 2 * gu * 2;
+      char* w2 = static_cast<char*>(c_->w2) + (size_t)slot_ * dn * 2;
+      cudaEvent_t ev;
+      CK_THROW(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+      cudaError_t e = cudaMemcpyAsync(w13, h, 2 * gu * 2, cudaMemcpyHostToDevice, c_->copy);
+      if (e == cudaSuccess) e = cudaMemcpyAsync(w2, h + 2 * gu, dn * 2, cudaMemcpyHostToDevice, c_->copy);
+      if (e == cudaSuccess) e = cudaEventRecord(ev, c_->copy);
+      if (e == cudaSuccess) e = cudaEventSynchronize(ev);
+      cudaEventDestroy(ev);
+      if (e != cudaSuccess) throw std::runtime_error(cuda_msg("upload copy", e));
+      bytes_ = (double)(2 * gu + dn) * 2;
+      c_->uploads = c_->uploads + 1;
+      c_->upload_bytes = c_->upload_bytes + bytes_;
+    } catch (const std::exception& ex) {
+      SetError(ex.what());
+    }
+    if (buf) {
+      std::lock_guard<std::mutex> lk(c_->staging_mu);
+      if (c_->staging.size() < 4) c_->staging.push_back(std::move(buf));
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), bytes_)); }
+  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Ctx> c_;
+  int slot_;
+  HostMatrix g_, u_, d_;
+  double bytes_ = 0;
+};
+
+Napi::Value Upload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto c = GetCtx(env, info[0]);
+  if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "slot: expected a number");
+  int slot = info[1].ToNumber().Int32Value();
+  if (slot < 0 || slot >= c->slots)
+    throw Napi::RangeError::New(env, "slot: must be in [0, " + std::to_string(c->slots) + ")");
+  auto g = ReadMatrix(env, info[2], "gate", c->f, c->d);
+  auto u = ReadMatrix(env, info[3], "up", c->f, c->d);
+  auto dn = ReadMatrix(env, info[4], "down", c->d, c->f);
+  auto* w = new UploadWorker(env, c, slot, std::move(g), std::move(u), std::move(dn));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+class RunWorker : public Napi::AsyncWorker {
+ public:
+  RunWorker(Napi::Env env, std::shared_ptr<Ctx> c, DType dt, Napi::Uint8Array tokens, int rows, Napi::Int32Array slots,
+            const float* weights, Napi::Value keep_w)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(std::move(c)), dt_(dt),
+        tokens_(tokens.Data()), rows_(rows), slots_(slots.Data()), weights_(weights) {
+    keep_t_ = Napi::Persistent(tokens);
+    keep_s_ = Napi::Persistent(slots);
+    if (keep_w.IsObject()) keep_w_ = Napi::Persistent(keep_w.As<Napi::Object>());
+    out_.resize((size_t)rows * c_->d * switchyard::dtype_size(dt));
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      std::lock_guard<std::mutex> lk(c_->run_mu);
+      Ctx& c = *c_;
+      const int d = c.d, rows = rows_;
+      CK_THROW(cudaSetDevice(c.device));
+      sy_moe_config cfg{c.slots, 1, d, c.f, SY_MOE_SCORE_SOFTMAX, 0, 0, 0, 1.f};
+      if ((size_t)rows > c.io_rows) {
+        cudaFree(c.d_in);
+        cudaFree(c.d_out);
+        cudaFree(c.d_ids);
+        cudaFree(c.d_w);
+        c.d_in = c.d_out = nullptr;
+        c.d_ids = nullptr;
+        c.d_w = nullptr;
+        c.io_rows = 0;
+        CK_THROW(cudaMalloc(&c.d_in, (size_t)rows * d * 2));
+        CK_THROW(cudaMalloc(&c.d_out, (size_t)rows * d * 2));
+        CK_THROW(cudaMalloc(&c.d_ids, (size_t)rows * 4));
+        CK_THROW(cudaMalloc(&c.d_w, (size_t)rows * 4));
+        c.io_rows = rows;
+      }
+      size_t need = 0;
+      if (sy_moe_workspace_size(&cfg, rows, &need)) throw std::runtime_error(sy_moe_last_error());
+      if (need > c.ws_bytes) {
+        cudaFree(c.ws);
+        c.ws = nullptr;
+        c.ws_bytes = 0;
+        CK_THROW(cudaMalloc(&c.ws, need));
+        c.ws_bytes = need;
+      }
+      // pinned staging: tokens (bf16) | ids | weights ; output (bf16)
+      const size_t tok_b = (size_t)rows * d * 2, ids_b = (size_t)rows * 4;
+      c.in.ensure(tok_b + 2 * ids_b);
+      c.out.ensure(tok_b);
+      uint16_t* tin = static_cast<uint16_t*>(c.in.p);
+      if (dt_ == DType::BF16) {
+        std::memcpy(tin, tokens_, tok_b);
+      } else {
+        for (size_t i = 0; i < (size_t)rows * d; ++i)
+          tin[i] = switchyard::f32_to_bf16(switchyard::load_elem(dt_, tokens_, (int64_t)i));
+      }
+      int32_t* ids = reinterpret_cast<int32_t*>(static_cast<char*>(c.in.p) + tok_b);
+      float* w = reinterpret_cast<float*>(static_cast<char*>(c.in.p) + tok_b + ids_b);
+      std::memcpy(ids, slots_, ids_b);
+      for (int r = 0; r < rows; ++r) w[r] = weights_ ? weights_[r] : 1.f;
+      CK_THROW(cudaMemcpyAsync(c.d_in, tin, tok_b, cudaMemcpyHostToDevice, c.compute));
+      CK_THROW(cudaMemcpyAsync(c.d_ids, ids, ids_b, cudaMemcpyHostToDevice, c.compute));
+      CK_THROW(cudaMemcpyAsync(c.d_w, w, ids_b, cudaMemcpyHostToDevice, c.compute));
+      sy_moe_args a{};
+      a.x = c.d_in;
+      a.topk_ids = c.d_ids;
+      a.topk_weights = c.d_w;
+      a.w13 = c.w13;
+      a.w2 = c.w2;
+      a.out = c.d_out;
+      a.num_slots = c.slots;
+      if (sy_moe_forward(&cfg, rows, &a, c.ws, c.ws_bytes, c.compute))
+        throw std::runtime_error(std::string("sy_moe_forward: ") + sy_moe_last_error());
+      CK_THROW(cudaMemcpyAsync(c.out.p, c.d_out, tok_b, cudaMemcpyDeviceToHost, c.compute));
+      CK_THROW(cudaStreamSynchronize(c.compute));  // on this worker thread, not the event loop
+      const uint16_t* o = static_cast<const uint16_t*>(c.out.p);
+      if (dt_ == DType::BF16) {
+        std::memcpy(out_.data(), o, tok_b);
+      } else {
+        for (size_t i = 0; i < (size_t)rows * d; ++i)
+          switchyard::store_elem(dt_, out_.data(), (int64_t)i, switchyard::bf16_to_f32(o[i]));
+      }
+      c.runs = c.runs + 1;
+    } catch (const std::exception& ex) {
+      SetError(ex.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    auto arr = Napi::Uint8Array::New(env, out_.size());
+    if (!out_.empty()) std::memcpy(arr.Data(), out_.data(), out_.size());
+    deferred_.Resolve(arr);
+  }
+  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Ctx> c_;
+  DType dt_;
+  const uint8_t* tokens_;
+  int rows_;
+  const int32_t* slots_;
+  const float* weights_;
+  Napi::Reference<Napi::Uint8Array> keep_t_;
+  Napi::Reference<Napi::Int32Array> keep_s_;
+  Napi::ObjectReference keep_w_;
+  std::vector<uint8_t> out_;
+};
+
+Napi::Value Run(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto c = GetCtx(env, info[0]);
+  if (!info[1].IsObject()) throw Napi::TypeError::New(env, "options: expected an object");
+  Napi::Object o = info[1].As<Napi::Object>();
+  int dt = IntField(env, o, "dtype", 1, 3);
+  int rows = IntField(env, o, "rows", 0, 1 << 24);
+  int cols = IntField(env, o, "cols", 1, 1 << 16);
+  if (cols != c->d) throw Napi::RangeError::New(env, "cols: must equal the context's d=" + std::to_string(c->d));
+  Napi::Value tv = o.Get("tokens");
+  if (!tv.IsTypedArray() || tv.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, "tokens: expected Uint8Array");
+  auto tokens = tv.As<Napi::Uint8Array>();
+  if ((int64_t)tokens.ByteLength() != (int64_t)rows * cols * switchyard::dtype_size(static_cast<DType>(dt)))
+    throw Napi::RangeError::New(env, "tokens: byte length does not match rows*cols*dtype");
+  Napi::Value sv = o.Get("rowSlots");
+  if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw Napi::TypeError::New(env, "rowSlots: expected Int32Array");
+  auto slots = sv.As<Napi::Int32Array>();
+  if ((int64_t)slots.ElementLength() != rows) throw Napi::RangeError::New(env, "rowSlots: length must equal rows");
+  for (int r = 0; r < rows; ++r)
+    if (slots[r] < -1 || slots[r] >= c->slots)
+      throw Napi::RangeError::New(env, "rowSlots[" + std::to_string(r) + "]: out of range");
+  const float* weights = nullptr;
+  Napi::Value wv = o.Get("rowWeights");
+  if (!wv.IsUndefined() && !wv.IsNull()) {
+    if (!wv.IsTypedArray() || wv.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(env, "rowWeights: expected Float32Array");
+    auto wa = wv.As<Napi::Float32Array>();
+    if ((int64_t)wa.ElementLength() != rows) throw Napi::RangeError::New(env, "rowWeights: length must equal rows");
+    weights = wa.Data();
+  }
+  auto* w = new RunWorker(env, c, static_cast<DType>(dt), tokens, rows, slots, weights, wv);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto c = GetCtx(env, info[0]);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("runs", c->runs.load());
+  o.Set("uploads", c->uploads.load());
+  o.Set("uploadBytes", c->upload_bytes.load());
+  o.Set("deviceBytes", static_cast<double>(c->device_bytes));
+  o.Set("slots", c->slots);
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("probe", Napi::Function::New(env, Probe));
+  exports.Set("createContext", Napi::Function::New(env, CreateContext));
+  exports.Set("upload", Napi::Function::New(env, Upload));
+  exports.Set("run", Napi::Function::New(env, Run));
+  exports.Set("stats", Napi::Function::New(env, Stats));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(switchyard_cuda, Init)

@@ -1,0 +1,116 @@
+import { describe, expect, it } from "vitest";
+import { LruPolicy } from "../cache.js";
+import { GpuSlotCache } from "./cuda-cache.js";
+
+const ex = (k: string) => ({ cacheKey: k });
+
+function harness(capacity: number, opts: { fail?: Set<string>; delay?: boolean } = {}) {
+  const uploads: { slot: number; key: string }[] = [];
+  const gates: (() => void)[] = [];
+  const cache = new GpuSlotCache(capacity, new LruPolicy(), async (slot, e: { cacheKey: string }) => {
+    uploads.push({ slot, key: e.cacheKey });
+    if (opts.delay) await new Promise<void>((r) => gates.push(r));
+    if (opts.fail?.has(e.cacheKey)) throw new Error(`upload ${e.cacheKey} failed`);
+    return 100;
+  });
+  return {
+    cache,
+    uploads,
+    open: () => {
+      for (const g of gates.splice(0)) g();
+    },
+  };
+}
+
+describe("GpuSlotCache", () => {
+  it("uploads misses once, counts hits, and hands out distinct slots", async () => {
+    const { cache, uploads } = harness(4);
+    const [a, b] = [ex("a"), ex("b")];
+    const s1 = await cache.acquire([a, b, a]);
+    expect(s1[0]).toBe(s1[2]);
+    expect(s1[0]).not.toBe(s1[1]);
+    cache.release([a, b, a]);
+    const s2 = await cache.acquire([b]);
+    cache.release([b]);
+    expect(s2[0]).toBe(s1[1]);
+    expect(uploads).toHaveLength(2);
+    expect(cache.stats).toMatchObject({
+      hits: 1,
+      misses: 2,
+      evictions: 0,
+      transferBytes: 200,
+      resident: 2,
+      capacity: 4,
+    });
+  });
+
+  it("evicts the least recently used unpinned expert and reuses its slot", async () => {
+    const { cache, uploads } = harness(2);
+    const [a, b, c] = [ex("a"), ex("b"), ex("c")];
+    const [sa] = await cache.acquire([a]);
+    cache.release([a]);
+    await cache.acquire([b]);
+    cache.release([b]);
+    await cache.acquire([a]); // a becomes most recent; b is the LRU victim
+    cache.release([a]);
+    const [sc] = await cache.acquire([c]);
+    cache.release([c]);
+    expect(cache.slotOf(b)).toBeUndefined();
+    expect(cache.slotOf(a)).toBe(sa);
+    expect(sc).not.toBe(sa);
+    expect(cache.stats.evictions).toBe(1);
+    expect(uploads.map((u) => u.key)).toEqual(["a", "b", "c"]);
+  });
+
+  it("never evicts an expert pinned by a running batch", async () => {
+    const { cache } = harness(1);
+    await cache.acquire([ex("a")]);
+    await expect(cache.acquire([ex("b")])).rejects.toThrow(/in use by running batches/);
+    cache.release([ex("a")]);
+    await expect(cache.acquire([ex("b")])).resolves.toEqual([0]);
+  });
+
+  it("rejects a batch with more experts than slots, naming both numbers", async () => {
+    const { cache } = harness(2);
+    await expect(cache.acquire([ex("a"), ex("b"), ex("c")])).rejects.toThrow(
+      /needs 3 experts but the cache has 2 slots/,
+    );
+  });
+
+  it("concurrent batches share one upload of the same expert", async () => {
+    const { cache, uploads, open } = harness(2, { delay: true });
+    const p1 = cache.acquire([ex("a")]);
+    const p2 = cache.acquire([ex("a")]);
+    await Promise.resolve();
+    open();
+    const [[s1], [s2]] = await Promise.all([p1, p2]);
+    expect(s1).toBe(s2);
+    expect(uploads).toHaveLength(1);
+  });
+
+  it("a failed upload frees its slot and the next acquire retries", async () => {
+    const fail = new Set(["a"]);
+    const { cache, uploads } = harness(1, { fail });
+    await expect(cache.acquire([ex("a")])).rejects.toThrow(/upload a failed/);
+    expect(cache.stats.resident).toBe(0);
+    fail.clear();
+    await expect(cache.acquire([ex("a")])).resolves.toEqual([0]);
+    expect(uploads).toHaveLength(2);
+  });
+
+  it("prefetch loads ahead without pinning, and the later acquire is a hit", async () => {
+    const { cache } = harness(2);
+    await cache.prefetch([ex("a"), ex("b")]);
+    expect(cache.stats).toMatchObject({ misses: 0, hits: 0, resident: 2 });
+    await cache.acquire([ex("a")]);
+    expect(cache.stats.hits).toBe(1);
+    cache.release([ex("a")]);
+    // prefetched experts are not pinned: a new one can evict b
+    await cache.acquire([ex("c")]);
+    expect(cache.slotOf(ex("b"))).toBeUndefined();
+  });
+
+  it("validates capacity", () => {
+    expect(() => harness(0)).toThrow(/capacity: must be an integer >= 1/);
+  });
+});

@@ -1,0 +1,161 @@
+// GPU expert cache of the CUDA backend: a fixed pool of device slots (each holds one expert's bf16 weights) over
+// the host tier (the worker's ResidencyCache of prepared experts). Pure bookkeeping, no CUDA: the upload itself
+// is a callback, so this runs (and is tested) anywhere.
+//
+// - acquire(experts) pins the experts of one batch and resolves once all of them are on the device; missing ones
+//   are uploaded concurrently (the copy stream overlaps compute of other batches).
+// - prefetch(experts) starts uploads ahead of use and does not wait for them.
+// - eviction picks a victim through the same pluggable EvictionPolicy as the host cache (LRU by default) and never
+//   takes a slot that is pinned by a running batch or still loading.
+
+import type { EvictionPolicy } from "../cache.js";
+
+export interface GpuCacheStats {
+  hits: number;
+  misses: number;
+  evictions: number;
+  transferBytes: number;
+  resident: number;
+  capacity: number;
+}
+
+export interface SlotKeyed {
+  /** Stable identity of an expert across calls (one per prepared expert). */
+  readonly cacheKey: string;
+}
+
+export type SlotUploader<E extends SlotKeyed> = (slot: number, expert: E) => Promise<number>;
+
+interface Entry<E> {
+  expert: E;
+  slot: number;
+  pins: number;
+  loading?: Promise<void>;
+}
+
+export class GpuSlotCache<E extends SlotKeyed> {
+  private readonly entries = new Map<string, Entry<E>>();
+  private readonly free: number[] = [];
+  readonly stats: GpuCacheStats;
+
+  constructor(
+    readonly capacity: number,
+    readonly policy: EvictionPolicy,
+    private readonly upload: SlotUploader<E>,
+    private readonly onEvent?: (kind: "hit" | "miss" | "evict" | "transfer", bytes?: number) => void,
+  ) {
+    if (!Number.isInteger(capacity) || capacity < 1)
+      throw new Error(`capacity: must be an integer >= 1, got ${capacity}`);
+    for (let s = capacity - 1; s >= 0; --s) this.free.push(s);
+    this.stats = { hits: 0, misses: 0, evictions: 0, transferBytes: 0, resident: 0, capacity };
+  }
+
+  /** Slot of a resident (or loading) expert, else undefined. */
+  slotOf(expert: E): number | undefined {
+    return this.entries.get(expert.cacheKey)?.slot;
+  }
+
+  /** Pins the distinct experts and resolves with their slots, in order, once all are on the device. */
+  async acquire(experts: readonly E[]): Promise<number[]> {
+    const distinct = [...new Map(experts.map((e) => [e.cacheKey, e])).values()];
+    if (distinct.length > this.capacity)
+      throw new Error(
+        `GPU expert cache: a batch needs ${distinct.length} experts but the cache has ${this.capacity} slots`,
+      );
+    const pinned: Entry<E>[] = [];
+    try {
+      for (const e of distinct) pinned.push(this.pin(e, true));
+      await Promise.all(pinned.map((p) => p.loading));
+    } catch (err) {
+      for (const p of pinned) this.unpin(p.expert.cacheKey);
+      throw err;
+    }
+    return experts.map((e) => (this.entries.get(e.cacheKey) as Entry<E>).slot);
+  }
+
+  /** Undoes acquire() for the same experts. */
+  release(experts: readonly E[]): void {
+    for (const key of new Set(experts.map((e) => e.cacheKey))) this.unpin(key);
+  }
+
+  /** Starts uploads of experts not yet resident; resolves when they are loaded (errors are reported, not thrown). */
+  prefetch(experts: readonly E[]): Promise<void> {
+    const loads: Promise<void>[] = [];
+    for (const e of new Map(experts.map((x) => [x.cacheKey, x])).values()) {
+      if (this.entries.has(e.cacheKey)) continue;
+      let entry: Entry<E>;
+      try {
+        entry = this.pin(e, false);
+      } catch {
+        break; // every slot pinned: prefetch is best effort
+      }
+      loads.push(
+        (entry.loading ?? Promise.resolve()).then(
+          () => this.unpin(e.cacheKey),
+          () => undefined,
+        ),
+      );
+    }
+    return Promise.all(loads).then(() => undefined);
+  }
+
+  private pin(e: E, countAccess: boolean): Entry<E> {
+    const hit = this.entries.get(e.cacheKey);
+    if (hit) {
+      hit.pins++;
+      if (countAccess) {
+        this.stats.hits++;
+        this.onEvent?.("hit");
+        this.policy.onAccess(e.cacheKey);
+      }
+      return hit;
+    }
+    const slot = this.takeSlot();
+    if (countAccess) {
+      this.stats.misses++;
+      this.onEvent?.("miss");
+    }
+    const entry: Entry<E> = { expert: e, slot, pins: 1 };
+    this.entries.set(e.cacheKey, entry);
+    this.policy.onInsert(e.cacheKey);
+    this.stats.resident = this.entries.size;
+    entry.loading = this.upload(slot, e).then(
+      (bytes) => {
+        entry.loading = undefined;
+        this.stats.transferBytes += bytes;
+        this.onEvent?.("transfer", bytes);
+      },
+      (err) => {
+        // a failed upload leaves nothing behind: the slot returns to the pool
+        this.entries.delete(e.cacheKey);
+        this.policy.onRemove(e.cacheKey);
+        this.free.push(slot);
+        this.stats.resident = this.entries.size;
+        throw err;
+      },
+    );
+    return entry;
+  }
+
+  private unpin(key: string): void {
+    const e = this.entries.get(key);
+    if (e && e.pins > 0) e.pins--;
+  }
+
+  private takeSlot(): number {
+    const s = this.free.pop();
+    if (s !== undefined) return s;
+    const protect = new Set<string>();
+    for (const [k, e] of this.entries) if (e.pins > 0 || e.loading) protect.add(k);
+    const victim = this.policy.victim(protect);
+    const v = victim === undefined ? undefined : this.entries.get(victim);
+    if (!v || v.pins > 0 || v.loading)
+      throw new Error(`GPU expert cache: all ${this.capacity} slots are in use by running batches`);
+    this.entries.delete(v.expert.cacheKey);
+    this.policy.onRemove(v.expert.cacheKey);
+    this.stats.evictions++;
+    this.onEvent?.("evict");
+    this.stats.resident = this.entries.size;
+    return v.slot;
+  }
+}

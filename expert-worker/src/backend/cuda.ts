@@ -1,0 +1,198 @@
+// CUDA backend: the sy_moe kernels (expert-worker/native/cuda) through the switchyard_cuda N-API module.
+//
+// prepare() keeps the expert on the host (the worker's ResidencyCache is the host tier); run() makes the batch's
+// experts resident in the GPU expert cache (GpuSlotCache: device slots, LRU, uploads on a copy stream that overlap
+// compute), then runs the grouped FFN on the backend's compute stream. Every CUDA call happens on libuv worker
+// threads inside the addon: the event loop never waits on the GPU.
+//
+// Slots: SWITCHYARD_GPU_CACHE_SLOTS, else SWITCHYARD_CACHE_CAPACITY (the pool's cache setting), else as many
+// experts as fit in 80% of device memory; at most 1024.
+
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { protoDType } from "@switchyard/moe";
+import { makePolicy } from "../cache.js";
+import { abortError } from "../queue.js";
+import { type GpuCacheStats, GpuSlotCache } from "./cuda-cache.js";
+import type { NativeWeight } from "./native-cpu.js";
+import {
+  checkExpertWeights,
+  type ExpertBackend,
+  type ExpertWeights,
+  type PreparedExpert,
+  type RunRequest,
+  type WeightMatrix,
+} from "./types.js";
+
+export interface CudaProbeInfo {
+  ok: boolean;
+  error?: string;
+  name: string;
+  sms: number;
+  totalMem: number;
+  cc: string;
+}
+
+/** The addon's raw surface (native/cuda/addon_cuda.cc). */
+export interface CudaAddon {
+  probe(): CudaProbeInfo;
+  createContext(o: { d: number; f: number; slots: number; device?: number }): object;
+  upload(ctx: object, slot: number, gate: NativeWeight, up: NativeWeight, down: NativeWeight): Promise<number>;
+  run(
+    ctx: object,
+    o: {
+      dtype: number;
+      tokens: Uint8Array;
+      rows: number;
+      cols: number;
+      rowSlots: Int32Array;
+      rowWeights?: Float32Array;
+    },
+  ): Promise<Uint8Array>;
+  stats(ctx: object): { runs: number; uploads: number; uploadBytes: number; deviceBytes: number; slots: number };
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const CUDA_ADDON_PATH = resolve(here, "../../build/switchyard_cuda.node");
+
+export function loadCudaAddon(path = CUDA_ADDON_PATH): CudaAddon | { unavailable: string } {
+  if (!existsSync(path)) return { unavailable: `CUDA addon not built (${path}; needs nvcc at build time)` };
+  try {
+    return createRequire(import.meta.url)(path) as CudaAddon;
+  } catch (err) {
+    return { unavailable: `CUDA addon failed to load: ${err instanceof Error ? err.message : String(err)}` };
+  }
+}
+
+let nextKey = 0;
+
+export class CudaPrepared implements PreparedExpert {
+  readonly cacheKey = `cuda-expert-${nextKey++}`;
+  constructor(
+    readonly hiddenSize: number,
+    readonly intermediateSize: number,
+    /** Device bytes of one slot (bf16 gate, up, down). */
+    readonly bytes: number,
+    readonly gate: NativeWeight,
+    readonly up: NativeWeight,
+    readonly down: NativeWeight,
+  ) {}
+}
+
+/** Slot count from the environment, or what fits in 80% of device memory. */
+export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes: number): number {
+  for (const name of ["SWITCHYARD_GPU_CACHE_SLOTS", "SWITCHYARD_CACHE_CAPACITY"]) {
+    const v = env[name];
+    if (v === undefined || v === "") continue;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: expected an integer >= 1, got "${v}"`);
+    return Math.min(n, 1024);
+  }
+  return Math.max(1, Math.min(1024, Math.floor((0.8 * totalMem) / expertBytes)));
+}
+
+export class CudaBackend implements ExpertBackend {
+  readonly name = "cuda" as const;
+  readonly kind = "cuda" as const;
+  private ctx: object | undefined;
+  private dims: { d: number; f: number } | undefined;
+  private cache: GpuSlotCache<CudaPrepared> | undefined;
+
+  constructor(
+    readonly addon: CudaAddon,
+    readonly info: CudaProbeInfo,
+    readonly env: NodeJS.ProcessEnv = process.env,
+    readonly onCacheEvent?: (kind: "hit" | "miss" | "evict" | "transfer", bytes?: number) => void,
+  ) {}
+
+  describe(): string {
+    const slots = this.cache ? `, GPU expert cache ${this.cache.capacity} slots` : "";
+    return `cuda (${this.info.name}, ${this.info.sms} SMs, cc ${this.info.cc}, sy_moe wgmma/TMA kernels${slots})`;
+  }
+
+  /** GPU-tier cache counters (hits, misses, evictions, transfer bytes, resident, capacity). */
+  cacheStats(): GpuCacheStats | undefined {
+    return this.cache ? { ...this.cache.stats } : undefined;
+  }
+
+  async prepare(w: ExpertWeights): Promise<PreparedExpert> {
+    const { d, f } = checkExpertWeights(w);
+    if (!this.dims) {
+      const bytes = 3 * d * f * 2;
+      const slots = slotCount(this.env, this.info.totalMem, bytes);
+      this.ctx = this.addon.createContext({ d, f, slots });
+      this.dims = { d, f };
+      const ctx = this.ctx;
+      this.cache = new GpuSlotCache<CudaPrepared>(
+        slots,
+        makePolicy(this.env.SWITCHYARD_GPU_CACHE_POLICY ?? "lru"),
+        (slot, e) => this.addon.upload(ctx, slot, e.gate, e.up, e.down),
+        this.onCacheEvent,
+      );
+    } else if (this.dims.d !== d || this.dims.f !== f) {
+      throw new Error(
+        `cuda backend: expert shape d=${d} f=${f} differs from the first expert's d=${this.dims.d} f=${this.dims.f}`,
+      );
+    }
+    const nat = (m: WeightMatrix): NativeWeight => ({
+      dtype: protoDType(m.dtype),
+      rows: m.rows,
+      cols: m.cols,
+      data: m.data,
+    });
+    return new CudaPrepared(d, f, 3 * d * f * 2, nat(w.gate), nat(w.up), nat(w.down));
+  }
+
+  /** Starts moving experts to the GPU ahead of use (best effort; resolves when done). */
+  prefetch(experts: readonly PreparedExpert[]): Promise<void> {
+    if (!this.cache) return Promise.resolve();
+    return this.cache.prefetch(experts.filter((e): e is CudaPrepared => e instanceof CudaPrepared));
+  }
+
+  async run(req: RunRequest): Promise<Uint8Array> {
+    const { signal } = req;
+    if (signal?.aborted) throw abortError(signal);
+    if (!this.cache || !this.ctx || !this.dims) throw new Error("cuda backend: run() before any prepare()");
+    if (req.cols !== this.dims.d) throw new Error(`cols: expected ${this.dims.d}, got ${req.cols}`);
+    const experts = req.slices.map((s) => {
+      if (!(s.expert instanceof CudaPrepared)) throw new Error("slice expert was not prepared by cuda");
+      return s.expert;
+    });
+    const slots = await this.cache.acquire(experts);
+    try {
+      if (signal?.aborted) throw abortError(signal);
+      const rowSlots = new Int32Array(req.rows).fill(-1);
+      req.slices.forEach((s, i) => {
+        rowSlots.fill(slots[i] as number, s.offset, s.offset + s.count);
+      });
+      const out = await this.addon.run(this.ctx, {
+        dtype: req.dtype,
+        tokens: req.tokens,
+        rows: req.rows,
+        cols: req.cols,
+        rowSlots,
+        rowWeights: req.rowWeights,
+      });
+      if (signal?.aborted) throw abortError(signal);
+      return out;
+    } finally {
+      this.cache.release(experts);
+    }
+  }
+}
+
+/** select.ts calls this (dynamic import of ./cuda.js): a backend when the addon loads and a Hopper GPU answers. */
+export async function probeCudaBackend(): Promise<ExpertBackend | { unavailable: string }> {
+  const addon = loadCudaAddon();
+  if ("unavailable" in addon) return addon;
+  let info: CudaProbeInfo;
+  try {
+    info = addon.probe();
+  } catch (err) {
+    return { unavailable: `CUDA probe failed: ${err instanceof Error ? err.message : String(err)}` };
+  }
+  if (!info.ok) return { unavailable: info.error ?? "no usable CUDA device" };
+  return new CudaBackend(addon, info);
+}
