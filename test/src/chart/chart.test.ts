@@ -164,13 +164,26 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     const objs = rendered.get("default")!;
     const op = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-operator"))!;
     const c = (op.spec as { template: Pod }).template.spec.containers[0];
-    expect(c.args).toEqual(["--metrics-port=8080", "--health-port=8081", "--leader-elect"]);
+    expect(c.args).toEqual([
+      "--metrics-port=8080",
+      "--health-port=8081",
+      "--leader-elect",
+      `--lease-namespace=${NAMESPACE}`,
+      "--lease-name=sy-switchyard-operator",
+      `--router-configmap=${NAMESPACE}/sy-switchyard-router`,
+    ]);
     expect(c.env?.map((e) => e.name)).toContain("POD_NAMESPACE");
     expect(c.ports?.map((p) => p.name)).toEqual(["metrics", "health"]);
     const lease = objs.find((o) => o.kind === "Role" && o.metadata.name.endsWith("leader-election")) as Untyped;
     expect(lease.metadata.namespace).toBe(NAMESPACE);
     expect(lease.rules).toEqual([
-      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["get", "create", "update"] },
+      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["create"] },
+      {
+        apiGroups: ["coordination.k8s.io"],
+        resources: ["leases"],
+        resourceNames: ["sy-switchyard-operator"],
+        verbs: ["get", "update"],
+      },
     ]);
     const router = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"))!;
     const rc = (router.spec as { template: Pod }).template.spec;
@@ -210,7 +223,19 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     const role = objs.find((o) => o.kind === "Role" && o.metadata.name === "tenant-a-operator")!;
     expect(role.metadata.namespace).toBe("tenant-a");
     const op = objs.find((o) => o.kind === "Deployment" && o.metadata.name === "tenant-a-operator")!;
-    expect((op.spec as { template: Pod }).template.spec.containers[0].args).toContain("--namespace=tenant-a");
+    const args = (op.spec as { template: Pod }).template.spec.containers[0].args;
+    expect(args).toContain("--namespace=tenant-a");
+    expect(args).toContain(`--router-configmap=${NAMESPACE}/tenant-a-router-config`);
+    // Watching tenant-a, writing the router config in the release namespace: a Role there allows just that.
+    const home = objs.find(
+      (o) => o.kind === "Role" && o.metadata.name === "tenant-a-operator-leader-election",
+    ) as Untyped;
+    expect(home.metadata.namespace).toBe(NAMESPACE);
+    expect(home.rules.at(-1)).toEqual({
+      apiGroups: [""],
+      resources: ["configmaps"],
+      verbs: ["get", "list", "watch", "create", "patch"],
+    });
     expect(objs.filter((o) => o.kind === "NetworkPolicy" || o.kind === "ConfigMap")).toEqual([]);
     // One router replica: no PDB for it (it would block every drain).
     expect(objs.filter((o) => o.kind === "PodDisruptionBudget").map((o) => o.metadata.name)).toEqual([

@@ -83,7 +83,8 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     expect(await can("patch", "expertpools.switchyard.dev", "-n", "default")).toBe("no");
     expect(await can("patch", "statefulsets.apps", "-n", "default")).toBe("yes");
     expect(await can("create", "configmaps", "-n", "default")).toBe("yes");
-    expect(await can("update", "leases.coordination.k8s.io", "-n", NAMESPACE)).toBe("yes");
+    expect(await can("update", `leases.coordination.k8s.io/${FULL}-operator`, "-n", NAMESPACE)).toBe("yes");
+    expect(await can("update", "leases.coordination.k8s.io/another-release", "-n", NAMESPACE)).toBe("no");
     expect(await can("update", "leases.coordination.k8s.io", "-n", "default")).toBe("no");
     expect(await can("get", "secrets", "-n", NAMESPACE)).toBe("no");
     expect(await can("delete", "expertpools.switchyard.dev", "-n", "default")).toBe("no");
@@ -196,6 +197,23 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
           timeoutMs: 60_000,
           abortIf: () => (operator?.exited ? `${operator.describeExit()}\n${operator.tail()}` : undefined),
         },
+      );
+      // The router config lands in the ConfigMap the chart's router Deployment mounts.
+      const routerDeploy = JSON.parse(
+        (await cluster().kubectl(["get", "deployment", `${FULL}-router`, "-n", NAMESPACE, "-o", "json"])).stdout,
+      );
+      const mounted = routerDeploy.spec.template.spec.volumes.find((v: { name: string }) => v.name === "config")
+        .configMap.name;
+      await waitUntil(
+        async () => {
+          const r = await cluster().kubectl(["get", "configmap", mounted, "-n", NAMESPACE, "-o", "json"], {
+            check: false,
+          });
+          if (r.code !== 0) return false;
+          const doc = JSON.parse(JSON.parse(r.stdout).data?.["router.json"] ?? "{}");
+          return Array.isArray(doc.pools) && doc.pools.some((p: { name: string }) => p.name === "default/tiny");
+        },
+        { what: `router config for default/tiny in ConfigMap ${NAMESPACE}/${mounted}`, timeoutMs: 30_000 },
       );
       const metrics = await httpGet(`http://127.0.0.1:${metricsPort}/metrics`);
       expect(metrics.status).toBe(200);
