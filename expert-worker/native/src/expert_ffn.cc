@@ -108,9 +108,22 @@ static inline void load_pair(const float* B, int64_t k, v16& lo, v16& hi) {
   }
 }
 
-// H[i, 0..16) = silu(A_i·G) * (A_i·U) for MR rows; B is one gu panel ([K][32] fp32 or [K][16] bf16 pairs).
+// Packed A blocks: MR rows of the left operand stored k-major, [K][MR], so the micro-kernel broadcasts from one
+// pointer walking forward (no per-row pointers to keep in registers, one cache line feeds 16/MR k-steps).
+//
+// Phase 1 writes H straight into the packed layout phase 2 reads: a unit's rows are cut into blocks of MR2, block b
+// at hp + b*MR2*fp holding [fp][m] with m = rows in that block.
+struct HPacked {
+  float* base;     // the unit's packed H
+  int64_t fp;      // K of phase 2
+  int64_t rows;    // rows of the unit
+  int64_t row0;    // unit-relative first row of this micro-kernel call
+  int64_t col0;    // first column (panel * 16)
+};
+
+// H[i, col0..col0+16) = silu(A_i·G) * (A_i·U) for MR rows; B is one gu panel ([K][32] fp32 or [K][16] bf16 pairs).
 template <int MR, bool BF>
-static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, float* H, int64_t ldh, Prefetch pf) {
+static void gu_kernel(const float* Ap, const float* B, int64_t K, const HPacked& H, Prefetch pf) {
   v16 g[MR], u[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) g[i] = u[i] = splat(0.f);
@@ -119,20 +132,27 @@ static void gu_kernel(const float* A, int64_t lda, const float* B, int64_t K, fl
     load_pair<BF>(B, k, bg, bu);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      v16 a = splat(A[i * lda + k]);
+      v16 a = splat(Ap[k * MR + i]);
       g[i] += a * bg;
       u[i] += a * bu;
     }
     if ((k & 3) == 3) prefetch_step(pf);
   }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) store_u(H + i * ldh, silu_mul(g[i], u[i]));
+  for (int i = 0; i < MR; ++i) {
+    alignas(64) float h[16];
+    v16 v = silu_mul(g[i], u[i]);
+    std::memcpy(h, &v, 64);
+    const int64_t r = H.row0 + i, blk = r / MR2, lane = r % MR2;
+    const int64_t m = std::min<int64_t>(MR2, H.rows - blk * MR2);
+    float* dst = H.base + blk * MR2 * H.fp + H.col0 * m + lane;
+    for (int c = 0; c < 16; ++c) dst[c * m] = h[c];
+  }
 }
 
-// Y[i, 0..ncols) = w_i * A_i·B for MR rows; B is one down panel ([K][32]); ncols <= 32 (clipped at d).
+// Y[i, 0..ncols) = w_i * A_i·B for MR rows; Ap packed [K][MR]; B one down panel; ncols <= 32 (clipped at d).
 template <int MR, bool BF>
-static void down_kernel(const float* A, int64_t lda, const float* B, int64_t K, float* Y, int64_t ldy, int ncols,
-                        const float* w, Prefetch pf) {
+static void down_kernel(const float* Ap, const float* B, int64_t K, float* Y, int64_t ldy, int ncols, const float* w,
+                        Prefetch pf) {
   v16 c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = splat(0.f);
@@ -141,7 +161,7 @@ static void down_kernel(const float* A, int64_t lda, const float* B, int64_t K, 
     load_pair<BF>(B, k, b0, b1);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      v16 a = splat(A[i * lda + k]);
+      v16 a = splat(Ap[k * MR + i]);
       c0[i] += a * b0;
       c1[i] += a * b1;
     }
@@ -163,7 +183,6 @@ static void down_kernel(const float* A, int64_t lda, const float* B, int64_t K, 
   }
 }
 
-
 // The part of the next panel ([next, next + next_bytes)) that row block `blk` of `nblk` prefetches.
 static inline Prefetch share(const float* next, int64_t next_bytes, int64_t blk, int64_t nblk) {
   Prefetch pf;
@@ -175,19 +194,23 @@ static inline Prefetch share(const float* next, int64_t next_bytes, int64_t blk,
   return pf;
 }
 
-// Runs the MR-row kernel over `rows` rows, ending with the matching smaller instantiation.
+// Phase 1 over all rows of a unit for one panel: full MR1 blocks, then the matching smaller instantiation.
+// Xp: the unit's packed tokens, block b at Xp + b*MR1*K.
 template <bool BF>
-static void gu_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t K, float* H, int64_t ldh,
-                    const float* next, int64_t next_bytes) {
+static void gu_rows(const float* Xp, int64_t rows, const float* B, int64_t K, HPacked H, const float* next,
+                    int64_t next_bytes) {
   const int64_t nblk = (rows + MR1 - 1) / MR1;
   int64_t r = 0, blk = 0;
-  for (; r + MR1 <= rows; r += MR1, ++blk)
-    gu_kernel<MR1, BF>(A + r * lda, lda, B, K, H + r * ldh, ldh, share(next, next_bytes, blk, nblk));
+  for (; r + MR1 <= rows; r += MR1, ++blk) {
+    H.row0 = r;
+    gu_kernel<MR1, BF>(Xp + r * K, B, K, H, share(next, next_bytes, blk, nblk));
+  }
+  H.row0 = r;
   Prefetch pf = share(next, next_bytes, blk, nblk);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
-    gu_kernel<n, BF>(A + r * lda, lda, B, K, H + r * ldh, ldh, pf); \
+    gu_kernel<n, BF>(Xp + r * K, B, K, H, pf); \
     break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11)
 #undef CASE
@@ -196,19 +219,20 @@ static void gu_rows(const float* A, int64_t lda, int64_t rows, const float* B, i
   }
 }
 
+// Phase 2 over all rows of a unit for one panel. Hp: the unit's packed H, block b at Hp + b*MR2*K.
 template <bool BF>
-static void down_rows(const float* A, int64_t lda, int64_t rows, const float* B, int64_t K, float* Y, int64_t ldy,
-                      int ncols, const float* w, const float* next, int64_t next_bytes) {
+static void down_rows(const float* Hp, int64_t rows, const float* B, int64_t K, float* Y, int64_t ldy, int ncols,
+                      const float* w, const float* next, int64_t next_bytes) {
   const int64_t nblk = (rows + MR2 - 1) / MR2;
   int64_t r = 0, blk = 0;
   for (; r + MR2 <= rows; r += MR2, ++blk)
-    down_kernel<MR2, BF>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
-                     share(next, next_bytes, blk, nblk));
+    down_kernel<MR2, BF>(Hp + r * K, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
+                         share(next, next_bytes, blk, nblk));
   Prefetch pf = share(next, next_bytes, blk, nblk);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
-    down_kernel<n, BF>(A + r * lda, lda, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr, pf); \
+    down_kernel<n, BF>(Hp + r * K, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr, pf); \
     break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12) CASE(13)
 #undef CASE
@@ -269,7 +293,8 @@ namespace {
 struct Unit {  // one expert over a run of rows (a slice, or part of a long one)
   const PreparedExpert* e;
   int64_t row0, rows;
-  int64_t h0;  // first row of this unit in the H scratch
+  int64_t h0;  // first row of this unit in the H scratch (packed, see HPacked)
+  int64_t x0;  // first row of this unit in the packed tokens
 };
 
 struct Tile {
@@ -288,23 +313,32 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
   const int64_t d = req.cols;
   auto cancelled = [&] { return req.cancel_flag && __atomic_load_n(req.cancel_flag, __ATOMIC_RELAXED) != 0; };
 
-  // Tokens to fp32 once (small next to the weights).
-  AlignedFloats xf(static_cast<size_t>(req.rows * d), /*zero=*/false);
-  if (req.dtype == DType::F32) {
-    std::memcpy(xf.ptr, req.tokens, static_cast<size_t>(req.rows * d) * 4);
-  } else {
-    for (int64_t i = 0; i < req.rows * d; ++i) xf.ptr[i] = load_elem(req.dtype, req.tokens, i);
-  }
-
   // Long slices are cut so the H scratch of one phase stays bounded (~64 MiB).
   int fp = 16;
   for (auto* e : req.experts) fp = std::max(fp, e->fp);
   const int64_t max_rows = std::max<int64_t>(MR1 * MR2, (int64_t{64} << 20) / (fp * 4));
   std::vector<Unit> units;
+  int64_t xrows = 0;
   for (const auto& s : req.slices) {
-    for (int64_t r = 0; r < s.count; r += max_rows)
-      units.push_back({req.experts[s.expert], s.offset + r, std::min<int64_t>(max_rows, s.count - r), 0});
+    for (int64_t r = 0; r < s.count; r += max_rows) {
+      units.push_back({req.experts[s.expert], s.offset + r, std::min<int64_t>(max_rows, s.count - r), 0, xrows});
+      xrows += units.back().rows;
+    }
   }
+  // Tokens widened to fp32 and packed per unit into MR1-row blocks ([d][m] each), once per run (small next to
+  // the weights), in parallel over units.
+  AlignedFloats xp(static_cast<size_t>(std::max<int64_t>(xrows, 1) * d), /*zero=*/false);
+  pool.parallel_for(static_cast<int64_t>(units.size()), [&](int64_t ui) {
+    const Unit& un = units[ui];
+    for (int64_t b = 0; b < un.rows; b += MR1) {
+      const int64_t m = std::min<int64_t>(MR1, un.rows - b);
+      float* dst = xp.ptr + (un.x0 + b) * d;
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t src = (un.row0 + b + i) * d;
+        for (int64_t k = 0; k < d; ++k) dst[k * m + i] = load_elem(req.dtype, req.tokens, src + k);
+      }
+    }
+  });
 
   // Tiles: one unit's rows x a run of column panels, sized to ~8M multiply-adds (~0.1 ms on one core) so the cancel flag is seen promptly and the dynamic schedule balances uneven experts.
   constexpr int64_t kTileMacs = int64_t{8} << 20;
@@ -351,9 +385,9 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
           for (int p = t.p0; p < t.p1; ++p) {
             // Prefetch the next panel (the tile's next, or the one after the tile: likely the next tile's first).
             const float* next = p + 1 < panels ? e->gu.ptr + (p + 1) * panel : nullptr;
+            HPacked hp{h.ptr + un.h0 * fp, e->fp, un.rows, 0, static_cast<int64_t>(p) * 16};
             auto* run = e->bf16 ? &gu_rows<true> : &gu_rows<false>;
-            run(xf.ptr + un.row0 * d, d, un.rows, e->gu.ptr + p * panel, d, h.ptr + un.h0 * fp + p * 16, fp, next,
-                panel * 4);
+            run(xp.ptr + un.x0 * d, un.rows, e->gu.ptr + p * panel, d, hp, next, panel * 4);
           }
         } else {
           const float* w = req.row_weights ? req.row_weights + un.row0 : nullptr;
@@ -363,8 +397,8 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
             int ncols = static_cast<int>(std::min<int64_t>(32, d - q * 32));
             const float* next = q + 1 < panels ? e->down.ptr + (q + 1) * panel : nullptr;
             auto* run = e->bf16 ? &down_rows<true> : &down_rows<false>;
-            run(h.ptr + un.h0 * fp, fp, un.rows, e->down.ptr + q * panel, e->fp, out + un.row0 * d + q * 32, d, ncols,
-                w, next, panel * 4);
+            run(h.ptr + un.h0 * fp, un.rows, e->down.ptr + q * panel, e->fp, out + un.row0 * d + q * 32, d, ncols, w,
+                next, panel * 4);
           }
         }
         done.fetch_add(1, std::memory_order_relaxed);
