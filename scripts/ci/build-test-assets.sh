@@ -122,10 +122,11 @@ if fresh helm "$helm_stamp" helm; then log "helm up to date"; else
   log "helm done"
 fi
 
-# Prove every binary runs and report versions (cheap; catches a broken cache).
-"$bin/etcd" --version | head -1
+# Prove every binary runs and report versions (cheap; catches a broken cache). No `| head` here: with pipefail a
+# closed pipe (SIGPIPE) would fail the script.
+"$bin/etcd" --version
 "$bin/kube-apiserver" --version
-"$bin/kubectl" version --client 2>/dev/null | head -1
-"$bin/kwok" --version 2>/dev/null | head -1 || true
+"$bin/kubectl" version --client
+"$bin/kwok" --version
 "$bin/helm" version --short
 log "all test assets in $bin"

@@ -57,7 +57,7 @@ describeWithCluster(
         expect(n.spec?.taints ?? []).toEqual([]);
       }
       console.info("[test-cluster] start-up timings (ms):", cluster().timings);
-    });
+    }, 120_000);
 
     it("runs GPU StatefulSet pods on kwok nodes and leaves an oversized one Pending", async () => {
       await apply(gpuStatefulSet("fits", 2, 2));
@@ -102,7 +102,7 @@ describeWithCluster(
         },
       );
       expect(sts.metadata?.name).toBe("fits");
-    });
+    }, 120_000);
 
     it("garbage-collects children through ownerReferences", async () => {
       const owner = await core().createNamespacedConfigMap({
@@ -132,7 +132,7 @@ describeWithCluster(
         what: "'too-big' pods collected",
         timeoutMs: 30_000,
       });
-    });
+    }, 120_000);
 
     it("survives an API server restart: data kept, controllers and kwok carry on", async () => {
       const before = (await apps().readNamespacedStatefulSet({ name: "fits", namespace: "default" })).metadata?.uid;
@@ -149,7 +149,7 @@ describeWithCluster(
         timeoutMs: 90_000,
       });
       expect(cluster().crashed()).toEqual([]);
-    });
+    }, 120_000);
 
     it("kubectl and helm work against the cluster", async () => {
       const v = JSON.parse((await cluster().kubectl(["version", "-o", "json"])).stdout);
@@ -170,6 +170,6 @@ describeWithCluster(
       await cluster().helm(["uninstall", "smoke", "--wait"]);
       const left = (await core().listNamespacedConfigMap({ namespace: "default" })).items.map((c) => c.metadata?.name);
       expect(left).not.toContain("smoke-cm");
-    });
+    }, 120_000);
   },
 );
