@@ -1,0 +1,47 @@
+// The chart's operator permissions (charts/switchyard/files/operator-rules.yaml) and the operator's own
+// deploy/rbac.yaml (operator area) must grant the same verbs on the same resources: a drift either breaks the
+// operator under the chart (missing verb) or loosens least privilege (extra verb).
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import { CHART, parseDocs, REPO } from "./helm.js";
+
+interface Rule {
+  apiGroups: string[];
+  resources: string[];
+  verbs: string[];
+  resourceNames?: string[];
+}
+
+/** "group/resource verb" strings, so rules split or merged differently still compare equal. */
+export function grants(rules: Rule[]): string[] {
+  const out = new Set<string>();
+  for (const r of rules)
+    for (const g of r.apiGroups)
+      for (const res of r.resources) for (const v of r.verbs) out.add(`${g || "core"}/${res} ${v}`);
+  return [...out].sort();
+}
+
+const OPERATOR_RBAC = join(REPO, "operator/deploy/rbac.yaml");
+const present = existsSync(OPERATOR_RBAC);
+if (!present) console.warn("chart RBAC drift test SKIPPED: operator/deploy/rbac.yaml does not exist yet");
+
+describe("operator RBAC", () => {
+  it("grants() flattens rules", () => {
+    expect(grants([{ apiGroups: ["", "apps"], resources: ["pods"], verbs: ["get", "list"] }])).toEqual([
+      "apps/pods get",
+      "apps/pods list",
+      "core/pods get",
+      "core/pods list",
+    ]);
+  });
+
+  it.skipIf(!present)("the chart's ClusterRole rules equal operator/deploy/rbac.yaml's", () => {
+    const chart = parse(readFileSync(join(CHART, "files/operator-rules.yaml"), "utf8")) as Rule[];
+    const docs = parseDocs(readFileSync(OPERATOR_RBAC, "utf8"));
+    const role = docs.find((d) => d.kind === "ClusterRole") as unknown as { rules: Rule[] } | undefined;
+    expect(role, "operator/deploy/rbac.yaml holds a ClusterRole").toBeTruthy();
+    expect(grants(chart)).toEqual(grants(role!.rules));
+  });
+});
