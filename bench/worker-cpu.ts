@@ -69,7 +69,7 @@ async function timeRuns(backend: ExpertBackend, prepared: PreparedExpert[], n: n
     count: s.count,
   }));
   const times: number[] = [];
-  let output = new Uint8Array(0);
+  let output: Uint8Array = new Uint8Array(0);
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
     output = await backend.run({
@@ -144,23 +144,33 @@ async function main() {
     `correctness: native vs reference max rel error ${maxErr.toExponential(2)} (bf16 output), max |y| ${maxAbs.toFixed(3)}`,
   );
 
-  const peak1 = await addon?.measurePeak(undefined, 1.0);
+  const a1 = addon as NonNullable<typeof addon>;
+  const peak1 = await a1.measurePeak(undefined, 1.0);
   await timeRuns(native, nativePrepared, 2, args); // warm-up
   const nat = await timeRuns(native, nativePrepared, reps, args);
-  const peak2 = await addon?.measurePeak(undefined, 1.0);
+  const peak2 = await a1.measurePeak(undefined, 1.0);
+  // Interleaved rounds: a short peak probe right before each native run, so both see the same machine load;
+  // the per-round ratio is robust when other work shares the cores.
+  const rounds: { peak: number; native: number }[] = [];
+  for (let i = 0; i < 8; i++) {
+    const p = await a1.measurePeak(undefined, 0.25);
+    const t = await timeRuns(native, nativePrepared, 1, args);
+    rounds.push({ peak: p.gflops, native: flops / t.times[0] / 1e6 });
+  }
   const loadAfter = loadavg();
-  const peak = Math.max(peak1?.gflops ?? 0, peak2?.gflops ?? 0);
+  const peak = Math.max(peak1.gflops, peak2.gflops, ...rounds.map((r) => r.peak));
   const nativeMs = median(nat.times);
   const refMs = median(ref.times);
   const nativeGflops = flops / nativeMs / 1e6;
   const bestNativeGflops = flops / Math.min(...nat.times) / 1e6;
   const referenceGflops = flops / refMs / 1e6;
-  const stats = addon?.stats();
+  const roundRatio = median(rounds.map((r) => r.native / r.peak));
+  const stats = a1.stats();
   const result = {
     bench: "worker-cpu",
     date: new Date().toISOString(),
     command: "npm run bench:worker",
-    machine: { cpu: cpuModel(), cpus: cpus().length, isa: stats?.isa, kernel_threads: stats?.threads },
+    machine: { cpu: cpuModel(), cpus: cpus().length, isa: stats.isa, kernel_threads: stats.threads },
     load_average_before: loadBefore.map((l) => +l.toFixed(2)),
     load_average_after: loadAfter.map((l) => +l.toFixed(2)),
     shape: {
@@ -197,7 +207,7 @@ async function main() {
   };
   writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   log(
-    `native ${nativeGflops.toFixed(1)} GFLOP/s (median ${nativeMs.toFixed(1)} ms, best ${bestNativeGflops.toFixed(1)}), reference ${referenceGflops.toFixed(2)} GFLOP/s, peak ${peak.toFixed(1)} GFLOP/s -> ${(100 * result.native_fraction_of_peak).toFixed(1)}% of peak, ${result.native_vs_reference}x reference`,
+    `native ${nativeGflops.toFixed(1)} GFLOP/s (median ${nativeMs.toFixed(1)} ms, best ${bestNativeGflops.toFixed(1)}), reference ${referenceGflops.toFixed(2)} GFLOP/s, peak ${peak.toFixed(1)} GFLOP/s -> ${(100 * result.native_fraction_of_peak).toFixed(1)}% of peak (interleaved median ${(100 * roundRatio).toFixed(1)}%), ${result.native_vs_reference}x reference`,
   );
   log(`load average after: ${loadAfter.map((l) => l.toFixed(2)).join(" ")}; wrote ${out}`);
 }
