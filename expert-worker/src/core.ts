@@ -12,7 +12,7 @@ import {
 import type { ExpertBackend, ExpertWeights, PreparedExpert, PreparedSlice } from "./backend/types.js";
 import { type ExpertId, keyOf, type ResidencyCache } from "./cache.js";
 import type { WorkerMetrics } from "./metrics.js";
-import type { WorkQueue } from "./queue.js";
+import { abortError, type WorkQueue } from "./queue.js";
 import { type BatchContext, validateBatch } from "./validate.js";
 
 /** Where experts come from: a checkpoint reader (packages/moe) or anything with the same shape. */
@@ -86,7 +86,8 @@ export class WorkerCore {
           if (r.hit) hits++;
           else misses++;
           prepared.set(e, r.expert);
-          if (sig?.aborted) break;
+          // Loads can be slow (checkpoint read + packing): stop between them when the caller has gone.
+          if (sig?.aborted) throw abortError(sig);
         }
         const slices: PreparedSlice[] = live.map((s) => ({
           expert: prepared.get(s.expert) as PreparedExpert,
