@@ -109,6 +109,17 @@ export class RouterMetrics {
   });
 
   private readonly heatSeries = new Set<string>();
+  private readonly pools = new Map<string, PoolMetrics>();
+
+  /** Label-bound children for one pool (prom-client hashes label objects on every call; the hot path should not). */
+  forPool(pool: string): PoolMetrics {
+    let m = this.pools.get(pool);
+    if (!m) {
+      m = new PoolMetrics(this, pool);
+      this.pools.set(pool, m);
+    }
+    return m;
+  }
 
   /** Adds heat for (layer, expert), folding into expert="other" past MAX_HEAT_SERIES distinct series. */
   heat(pool: string, layer: number, expert: number, n: number): void {
@@ -120,4 +131,74 @@ export class RouterMetrics {
     }
     this.expertTokens.inc({ pool, layer: String(layer), expert: e }, n);
   }
+}
+
+export class PoolMetrics {
+  readonly tokens;
+  readonly requestDuration;
+  readonly queueWait;
+  readonly batchTokens;
+  readonly dropped;
+  readonly expertsPerBatch;
+  readonly tokensPerExpertCall;
+  private readonly workers = new Map<string, WorkerMetricsChildren>();
+  /** Heat accumulated per layer between scrapes (an increment per expert per flush would cost more than routing). */
+  private readonly heat = new Map<number, Float64Array>();
+
+  constructor(
+    private readonly m: RouterMetrics,
+    readonly pool: string,
+  ) {
+    const l = { pool };
+    this.tokens = m.tokens.labels(l);
+    this.requestDuration = m.requestDuration.labels(l);
+    this.queueWait = m.queueWait.labels(l);
+    this.batchTokens = m.batchTokens.labels(l);
+    this.dropped = m.dropped.labels(l);
+    this.expertsPerBatch = m.expertsPerBatch.labels(l);
+    this.tokensPerExpertCall = m.tokensPerExpertCall.labels(l);
+  }
+
+  worker(id: string): WorkerMetricsChildren {
+    let w = this.workers.get(id);
+    if (!w) {
+      const l = { pool: this.pool, worker: id };
+      w = {
+        tokens: this.m.workerTokens.labels(l),
+        dispatch: this.m.dispatchDuration.labels(l),
+        errors: this.m.dispatchErrors.labels(l),
+        outstanding: this.m.workerOutstanding.labels(l),
+      };
+      this.workers.set(id, w);
+    }
+    return w;
+  }
+
+  addHeat(layer: number, experts: number, expert: number, n: number): void {
+    let h = this.heat.get(layer);
+    if (!h) {
+      h = new Float64Array(experts);
+      this.heat.set(layer, h);
+    }
+    h[expert] += n;
+  }
+
+  /** Moves accumulated heat into the counter (called at scrape time). */
+  flushHeat(): void {
+    for (const [layer, h] of this.heat) {
+      for (let e = 0; e < h.length; e++) {
+        if (h[e] > 0) {
+          this.m.heat(this.pool, layer, e, h[e]);
+          h[e] = 0;
+        }
+      }
+    }
+  }
+}
+
+export interface WorkerMetricsChildren {
+  tokens: ReturnType<Counter["labels"]>;
+  dispatch: ReturnType<Histogram["labels"]>;
+  errors: ReturnType<Counter["labels"]>;
+  outstanding: ReturnType<Gauge["labels"]>;
 }

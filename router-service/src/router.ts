@@ -23,14 +23,15 @@ import {
 import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
-import { alignedRows, combine } from "./core/combine.js";
+import { alignedRows, combineInto } from "./core/combine.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
 import { type Assignment, collectAssignments, type TokenRouting } from "./core/routing.js";
 import { WorkerConn } from "./dispatch/worker-conn.js";
-import { RouterMetrics } from "./metrics.js";
+import { type PoolMetrics, RouterMetrics } from "./metrics.js";
 import type { PoolModel } from "./model.js";
 import { PrometheusSignals } from "./signals/prometheus.js";
+import { ENCODED, encodeExpertBatch, encodeForwardResponse } from "./wire/encode.js";
 
 /** Upper bound on tokens x hidden per request, protecting the router from huge allocations. */
 const MAX_REQUEST_ELEMENTS = 64 << 20;
@@ -70,6 +71,7 @@ interface Item {
   batchTokens: number;
   batchRequests: number;
   queueWaitMs: number;
+  requestId: bigint;
   resolve: (r: ForwardResponse) => void;
   reject: (e: unknown) => void;
 }
@@ -86,6 +88,7 @@ class Pool {
     readonly name: string,
     public model: PoolModel,
     public policy: RoutingPolicy,
+    readonly metrics: PoolMetrics,
     flush: (pool: Pool, items: Item[]) => void,
   ) {
     this.batcher = new Batcher<Item>(policy.batching, (_k, items) => flush(this, items));
@@ -149,7 +152,8 @@ export class Router {
   sampleGauges(): void {
     for (const [name, p] of this.pools) {
       this.metrics.loadSignalStale.set({ pool: name }, p.signals.stale ? 1 : 0);
-      for (const c of p.conns) this.metrics.workerOutstanding.set({ pool: name, worker: c.id }, c.outstandingTokens);
+      for (const c of p.conns) p.metrics.worker(c.id).outstanding.set(c.outstandingTokens);
+      p.metrics.flushHeat();
     }
   }
 
@@ -163,7 +167,13 @@ export class Router {
     validatePlan(s.plan, s.model, s.name);
     let p = this.pools.get(s.name);
     if (!p) {
-      p = new Pool(s.name, s.model, s.policy, (pool, items) => void this.flush(pool, items));
+      p = new Pool(
+        s.name,
+        s.model,
+        s.policy,
+        this.metrics.forPool(s.name),
+        (pool, items) => void this.flush(pool, items),
+      );
       this.pools.set(s.name, p);
     } else {
       p.model = s.model;
@@ -258,7 +268,7 @@ export class Router {
       const now = Date.now();
       const dl = Number.isFinite(deadline) ? deadline : now + DEFAULT_DEADLINE_MS;
       p.pendingTokens += T;
-      this.metrics.tokens.inc({ pool: p.name }, T);
+      p.metrics.tokens.inc(T);
       return new Promise<ForwardResponse>((resolve, reject) => {
         const item: Item = {
           tokens: T,
@@ -281,9 +291,9 @@ export class Router {
           batchTokens: 0,
           batchRequests: 0,
           queueWaitMs: 0,
+          requestId: req.requestId,
           resolve: (r) => {
-            this.metrics.requestDuration.observe({ pool: p.name }, (performance.now() - started) / 1000);
-            r.requestId = req.requestId;
+            p.metrics.requestDuration.observe((performance.now() - started) / 1000);
             resolve(r);
           },
           reject,
@@ -345,28 +355,25 @@ export class Router {
     for (const it of items) {
       it.queueWaitMs = flushStart - it.enqueuedAt;
       batchTokens += it.tokens;
-      this.metrics.queueWait.observe({ pool: name }, it.queueWaitMs / 1000);
+      p.metrics.queueWait.observe(it.queueWaitMs / 1000);
     }
     for (const it of items) {
       it.batchTokens = batchTokens;
       it.batchRequests = items.length;
     }
-    this.metrics.batchTokens.observe({ pool: name }, batchTokens);
+    p.metrics.batchTokens.observe(batchTokens);
     try {
       const routings = items.map((i) => i.routing);
       const routed = collectAssignments(routings);
       const cap = applyCapacity(routed, m.experts, p.policy.gating.capacityFactor, p.policy.gating.overflow, routings);
       for (const a of cap.dropped) items[a.item].dropped++;
-      if (cap.dropped.length > 0) this.metrics.dropped.inc({ pool: name }, cap.dropped.length);
+      if (cap.dropped.length > 0) p.metrics.dropped.inc(cap.dropped.length);
       // Spill may have moved an assignment to another expert: the combine weight stays with its slot.
       const rounds = cap.rounds;
       const touched = new Set<number>();
       for (const r of rounds) for (const a of r) touched.add(a.expert);
-      this.metrics.expertsPerBatch.observe({ pool: name }, touched.size);
-      const heat = new Map<number, number>();
-      for (const r of rounds)
-        for (const a of r) if (a.expert < m.experts) heat.set(a.expert, (heat.get(a.expert) ?? 0) + 1);
-      for (const [e, n] of heat) this.metrics.heat(name, layer, e, n);
+      p.metrics.expertsPerBatch.observe(touched.size);
+      for (const r of rounds) for (const a of r) p.metrics.addHeat(layer, m.experts, a.expert, 1);
       for (let r = 0; r < rounds.length; r++) {
         const sent = this.dispatchRound(p, layer, items, rounds[r]);
         // The shared expert runs here while the first round's batches are on the workers.
@@ -381,30 +388,52 @@ export class Router {
           if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens);
       for (const it of items) {
         if (it.done) continue;
-        const data = combine({
-          tokens: it.tokens,
-          d: m.hiddenSize,
-          dtype: it.dtype,
-          slots: it.slots,
-          weights: it.weights,
-          locations: it.locations,
-          results: it.results,
-          base: it.sharedOut,
-        });
-        this.finish(p, it, null, {
-          requestId: 0n,
-          hidden: { dtype: it.dtype, shape: [it.tokens, m.hiddenSize], data },
-          stats: {
-            expertsTouched: distinctExperts(it),
-            workersUsed: it.workers.size,
-            queueWaitMs: it.queueWaitMs,
-            totalMs: performance.now() - it.enqueuedAt,
-            droppedAssignments: it.dropped,
-            batchTokens: it.batchTokens,
-            batchRequests: it.batchRequests,
+        const stats = {
+          expertsTouched: distinctExperts(it),
+          workersUsed: it.workers.size,
+          queueWaitMs: it.queueWaitMs,
+          totalMs: performance.now() - it.enqueuedAt,
+          droppedAssignments: it.dropped,
+          batchTokens: it.batchTokens,
+          batchRequests: it.batchRequests,
+        };
+        // Encode the reply once, then write the combined rows straight into its data field.
+        const el = dtypeSize(it.dtype);
+        const shape = [it.tokens, m.hiddenSize];
+        const enc = encodeForwardResponse(
+          it.requestId,
+          it.dtype,
+          shape,
+          it.tokens * m.hiddenSize * el,
+          stats,
+          undefined,
+          el,
+        );
+        const dst =
+          it.dtype === DType.FLOAT32
+            ? new Float32Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 4)
+            : new Uint16Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 2);
+        combineInto(
+          {
+            tokens: it.tokens,
+            d: m.hiddenSize,
+            dtype: it.dtype,
+            slots: it.slots,
+            weights: it.weights,
+            locations: it.locations,
+            results: it.results,
+            base: it.sharedOut,
           },
+          dst,
+        );
+        const res: ForwardResponse = {
+          requestId: it.requestId,
+          hidden: { dtype: it.dtype, shape, data: enc.data },
+          stats,
           error: undefined,
-        });
+        };
+        (res as unknown as Record<symbol, Buffer>)[ENCODED] = enc.message;
+        this.finish(p, it, null, res);
       }
     } catch (e) {
       for (const it of items) this.finish(p, it, e);
@@ -433,7 +462,7 @@ export class Router {
           try {
             await this.send(p, layer, items, b);
           } catch (e) {
-            this.metrics.dispatchErrors.inc({ pool: p.name, worker: p.conns[b.worker].id });
+            p.metrics.worker(p.conns[b.worker].id).errors.inc();
             if (
               isRetryable(e) ||
               (e instanceof SwitchyardError && e.code === "DEADLINE_EXCEEDED" && !allExpired(items, b))
@@ -472,30 +501,31 @@ export class Router {
     const dtype = first.dtype;
     const rowBytes = d * dtypeSize(dtype);
     const n = b.rows.length;
-    const buf = Buffer.allocUnsafe(n * rowBytes);
-    for (let r = 0; r < n; r++) {
-      const a = b.rows[r];
-      const src = items[a.item].hidden;
-      buf.set(src.subarray(a.token * rowBytes, (a.token + 1) * rowBytes), r * rowBytes);
-    }
     let deadline = 0;
     for (const a of b.rows) deadline = Math.max(deadline, items[a.item].deadline);
     const timeout = Math.max(1, deadline - Date.now());
-    for (const s of b.slices) this.metrics.tokensPerExpertCall.observe({ pool: p.name }, s.count);
-    this.metrics.workerTokens.inc({ pool: p.name, worker: conn.id }, n);
-    this.metrics.workerOutstanding.set({ pool: p.name, worker: conn.id }, conn.outstandingTokens + n);
+    const wm = p.metrics.worker(conn.id);
+    for (const s of b.slices) p.metrics.tokensPerExpertCall.observe(s.count);
+    wm.tokens.inc(n);
     const t0 = performance.now();
-    let res: Awaited<ReturnType<WorkerConn["run"]>>;
-    try {
-      res = await conn.run(
-        { pool: p.name, layer, tokens: { dtype, shape: [n, d], data: buf }, slices: b.slices, rowWeights: undefined },
-        timeout,
-        n,
-      );
-    } finally {
-      this.metrics.workerOutstanding.set({ pool: p.name, worker: conn.id }, conn.outstandingTokens);
-    }
-    this.metrics.dispatchDuration.observe({ pool: p.name, worker: conn.id }, (performance.now() - t0) / 1000);
+    const res = await conn.run(
+      (batchId) =>
+        encodeExpertBatch(
+          { pool: p.name, layer, dtype, rows: n, hidden: d, rowBytes, slices: b.slices, batchId },
+          (dst, at) => {
+            for (let r = 0; r < n; r++) {
+              const a = b.rows[r];
+              const src = items[a.item].hidden;
+              dst.set(src.subarray(a.token * rowBytes, (a.token + 1) * rowBytes), at + r * rowBytes);
+            }
+          },
+        ),
+      layer,
+      b.slices.map((s) => s.expert),
+      timeout,
+      n,
+    );
+    wm.dispatch.observe((performance.now() - t0) / 1000);
     const out = res.output;
     if (!out || out.dtype !== dtype || out.data.byteLength !== n * rowBytes) {
       throw unavailable(

@@ -15,7 +15,7 @@ import {
 import {
   errorCodeOf,
   type ForwardRequest,
-  type ForwardResponse,
+  ForwardResponse,
   RouterService,
   toGrpcStatus,
   toRpcError,
@@ -23,6 +23,17 @@ import {
 import express from "express";
 import { HealthImplementation } from "grpc-health-check";
 import type { Router } from "./router.js";
+import { ENCODED } from "./wire/encode.js";
+
+const serializeResponse = (v: ForwardResponse): Buffer =>
+  (v as unknown as Record<symbol, Buffer | undefined>)[ENCODED] ?? Buffer.from(ForwardResponse.encode(v).finish());
+
+/** RouterService whose replies reuse the bytes the router already encoded (see wire/encode.ts). */
+export const ROUTER_SERVICE = {
+  ...RouterService,
+  forward: { ...RouterService.forward, responseSerialize: serializeResponse },
+  forwardStream: { ...RouterService.forwardStream, responseSerialize: serializeResponse },
+} as const;
 
 export const SERVER_OPTIONS: ServerOptions = {
   "grpc.max_receive_message_length": 512 << 20,
@@ -119,7 +130,7 @@ export async function serveRouter(
 ): Promise<StartedRouter> {
   const server = new Server(SERVER_OPTIONS);
   raiseServerWindow(server);
-  server.addService(RouterService, routerHandlers(router));
+  server.addService(ROUTER_SERVICE, routerHandlers(router));
   const health = new HealthImplementation({ "": "SERVING", "switchyard.v1.Router": "SERVING" });
   health.addToServer(server);
   const host = o.host ?? "0.0.0.0";

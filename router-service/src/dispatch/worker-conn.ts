@@ -10,12 +10,14 @@ import {
   credentials,
   status as grpcStatus,
   Metadata,
+  makeGenericClientConstructor,
 } from "@grpc/grpc-js";
 import {
   deadlineExceeded,
-  type ExpertBatch,
+  ExpertBatch,
   type ExpertResult,
-  ExpertWorkerClient,
+  type ExpertWorkerClient,
+  ExpertWorkerService,
   fromGrpcError,
   fromRpcError,
   type SwitchyardError,
@@ -34,6 +36,26 @@ export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = {
   "grpc.initial_reconnect_backoff_ms": 100,
   "grpc.max_reconnect_backoff_ms": 2_000,
 };
+
+/**
+ * The generated ExpertWorker client, except that RunExpertsStream also takes an ExpertBatch already encoded
+ * (wire/encode.ts writes token rows straight into the message; ts-proto would copy them four times).
+ */
+const FastWorkerClient = makeGenericClientConstructor(
+  {
+    ...ExpertWorkerService,
+    runExpertsStream: {
+      ...ExpertWorkerService.runExpertsStream,
+      requestSerialize: (v: ExpertBatch | Buffer): Buffer =>
+        Buffer.isBuffer(v) ? v : Buffer.from(ExpertBatch.encode(v).finish()),
+    },
+  },
+  "switchyard.v1.ExpertWorker",
+) as unknown as new (
+  address: string,
+  creds: ReturnType<typeof credentials.createInsecure>,
+  options: ChannelOptions,
+) => ExpertWorkerClient;
 
 interface Pending {
   resolve: (r: ExpertResult) => void;
@@ -56,7 +78,7 @@ export class WorkerConn {
   readonly id: string;
   readonly address: string;
   private client: ExpertWorkerClient;
-  private stream: ClientDuplexStream<ExpertBatch, ExpertResult> | null = null;
+  private stream: ClientDuplexStream<ExpertBatch | Buffer, ExpertResult> | null = null;
   private readonly pending = new Map<bigint, Pending>();
   private nextId = 1n;
   private downUntil = 0;
@@ -79,7 +101,7 @@ export class WorkerConn {
     this.id = o.id;
     this.address = o.address;
     this.downMs = o.downMs ?? 1000;
-    this.client = new ExpertWorkerClient(o.address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+    this.client = new FastWorkerClient(o.address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
     const interval = o.statusIntervalMs ?? 1000;
     if (interval > 0) {
       const poll = () => {
@@ -101,8 +123,18 @@ export class WorkerConn {
     return this.resident.has(layer * 65536 + expert);
   }
 
-  /** Sends one batch on the stream; resolves with the worker's result or rejects (UNAVAILABLE / DEADLINE_EXCEEDED / the worker's error). */
-  run(batch: Omit<ExpertBatch, "batchId">, timeoutMs: number, tokens: number): Promise<ExpertResult> {
+  /**
+   * Sends one batch on the stream: `encode(batchId)` returns the encoded ExpertBatch. Resolves with the worker's
+   * result or rejects (UNAVAILABLE / DEADLINE_EXCEEDED / the worker's error). `experts` of `layer` count as resident
+   * on this worker from now on (it loads what it runs).
+   */
+  run(
+    encode: (batchId: bigint) => Buffer,
+    layer: number,
+    experts: readonly number[],
+    timeoutMs: number,
+    tokens: number,
+  ): Promise<ExpertResult> {
     if (this.closed) return Promise.reject(unavailable(`worker ${this.id} (${this.address}): connection closed`));
     const stream = this.ensureStream();
     const batchId = this.nextId++;
@@ -118,14 +150,14 @@ export class WorkerConn {
       );
       this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now() });
       this.outstandingTokens += tokens;
-      for (const s of batch.slices) this.resident.add(batch.layer * 65536 + s.expert); // it loads what it runs
-      stream.write({ ...batch, batchId });
+      for (const e of experts) this.resident.add(layer * 65536 + e);
+      stream.write(encode(batchId));
     });
   }
 
-  private ensureStream(): ClientDuplexStream<ExpertBatch, ExpertResult> {
+  private ensureStream(): ClientDuplexStream<ExpertBatch | Buffer, ExpertResult> {
     if (this.stream) return this.stream;
-    const s = this.client.runExpertsStream();
+    const s = this.client.runExpertsStream() as unknown as ClientDuplexStream<ExpertBatch | Buffer, ExpertResult>;
     this.stream = s;
     s.on("data", (r: ExpertResult) => {
       const p = this.pending.get(r.batchId);

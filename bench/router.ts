@@ -1,0 +1,719 @@
+// npm run bench:router — the router against the transport it rides on, measured side by side in one run.
+// Writes bench/results/router.json.
+//
+//   overhead_ratio[T]  router throughput (no-op experts: a worker that echoes its rows) ÷ a two-hop grpc-js
+//                      forwarder moving the same bytes with the same transport settings the router uses (long-lived
+//                      bidi streams on both hops, 16 MiB client flow-control window, raised server window, same
+//                      message limits). d=4096 bf16, T = 1, 16, 256 tokens per request, explicit top-1 assignment so
+//                      every hop carries T×8 KiB each way. Router batching off: pure per-request cost, no merging.
+//   tcp_ratio[T]       router round trip ÷ round trip of a raw TCP two-hop echo (node:net pipe forwarder) of the
+//                      same bytes (≥ 1: how many times slower than bare TCP).
+//   batching_speedup   64 concurrent 1-token decode streams through the router to 2 real CPU expert workers
+//                      (native backend), tokens/s with expert-aware batching ÷ with batching off.
+//   batching_p99_ratio p99 latency with batching ÷ without.
+//   decision_fraction  DeepSeek-V3 routing (256 experts, sigmoid + group-limited top-8, 64 tokens, router logits
+//                      given): gating + capacity + replica planning time in the router ÷ the Forward round trip
+//                      (d=7168 bf16, 4 no-op workers).
+//
+// Processes: this one (client), the router, the workers / forwarder / echo servers each in their own process.
+// Env: BENCH_SECONDS (per measurement, default 3), BENCH_OUT (output path).
+
+import { type ChildProcess, fork } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { connect, createServer as createNetServer, type Socket } from "node:net";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  type ClientDuplexStream,
+  credentials,
+  makeGenericClientConstructor,
+  Server,
+  ServerCredentials,
+  type ServerDuplexStream,
+} from "@grpc/grpc-js";
+import { startWorker } from "@switchyard/expert-worker";
+import {
+  type GatingPolicy,
+  generateCheckpoint,
+  planPlacement,
+  resolveRoutingPolicy,
+  sigmoidGroupTopK,
+} from "@switchyard/moe";
+import {
+  DType,
+  encodeTensor,
+  ForwardRequest,
+  type ForwardResponse,
+  fromRpcError,
+  RouterService,
+} from "@switchyard/protocol";
+import {
+  CheckpointModel,
+  CLIENT_CHANNEL_OPTIONS,
+  FakeWorker,
+  type PoolModel,
+  Router,
+  raiseServerWindow,
+  SERVER_OPTIONS,
+  serveRouter,
+} from "@switchyard/router-service";
+import { applyCapacity } from "../router-service/src/core/capacity.js";
+import { layoutRound } from "../router-service/src/core/plan-flush.js";
+import { collectAssignments as collectRouted } from "../router-service/src/core/routing.js";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const D = 4096;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Models the router needs for the synthetic pools (the gate is all a router reads from a model).
+
+function noopModel(d: number, experts: number): PoolModel {
+  return {
+    family: "bench",
+    layers: 1,
+    experts,
+    hiddenSize: d,
+    hasShared: false,
+    isMoeLayer: () => true,
+    logits: (_l, _h, T) => new Float32Array(T * experts),
+    route: () => {
+      throw new Error("bench pools take explicit assignments");
+    },
+    shared: () => null,
+  };
+}
+
+/** DeepSeek-V3's gate over given logits: sigmoid + correction bias, 8 groups, 4 kept, top-8, scale 2.5. */
+function deepseekModel(d: number): PoolModel & { bias: Float32Array } {
+  const E = 256;
+  const bias = Float32Array.from({ length: E }, (_, i) => ((i * 37) % 101) / 1000 - 0.05);
+  return {
+    family: "deepseek-v3",
+    layers: 1,
+    experts: E,
+    hiddenSize: d,
+    hasShared: false,
+    bias,
+    isMoeLayer: () => true,
+    logits: () => {
+      throw new Error("decision bench passes router logits");
+    },
+    route: (_l, logits, T, g: GatingPolicy) => {
+      const r = sigmoidGroupTopK(logits, E, {
+        topK: g.topK ?? 8,
+        normTopKProb: true,
+        nGroup: 8,
+        topkGroup: 4,
+        routedScalingFactor: 2.5,
+        correctionBias: bias,
+      });
+      return { tokens: T, slots: r.k, experts: r.ids, weights: r.weights };
+    },
+    shared: () => null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Child roles.
+
+const ident = (b: Buffer) => b;
+const RAW = {
+  chat: {
+    path: "/bench.Echo/Chat",
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: ident,
+    requestDeserialize: ident,
+    responseSerialize: ident,
+    responseDeserialize: ident,
+  },
+} as const;
+const RawClient = makeGenericClientConstructor(RAW, "Echo");
+
+async function bindGrpc(server: Server): Promise<number> {
+  return new Promise((res, rej) =>
+    server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
+  );
+}
+
+async function roleEcho(): Promise<number> {
+  const s = new Server(SERVER_OPTIONS);
+  raiseServerWindow(s);
+  s.addService(RAW, {
+    chat: (call: ServerDuplexStream<Buffer, Buffer>) => {
+      call.on("data", (b: Buffer) => call.write(b));
+      call.on("end", () => call.end());
+    },
+  });
+  return bindGrpc(s);
+}
+
+/** Two-hop baseline: one long-lived upstream stream per downstream stream, replies in order (FIFO). */
+async function roleForwarder(upstream: string): Promise<number> {
+  const client = new RawClient(upstream, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+  const s = new Server(SERVER_OPTIONS);
+  raiseServerWindow(s);
+  s.addService(RAW, {
+    chat: (call: ServerDuplexStream<Buffer, Buffer>) => {
+      const up = (client as unknown as { chat(): ClientDuplexStream<Buffer, Buffer> }).chat();
+      up.on("data", (b: Buffer) => call.write(b));
+      up.on("end", () => call.end());
+      call.on("data", (b: Buffer) => up.write(b));
+      call.on("end", () => up.end());
+    },
+  });
+  return bindGrpc(s);
+}
+
+async function roleTcpEcho(): Promise<number> {
+  const srv = createNetServer((sock) => {
+    sock.setNoDelay(true);
+    sock.pipe(sock);
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  return (srv.address() as { port: number }).port;
+}
+
+async function roleTcpForwarder(port: number): Promise<number> {
+  const srv = createNetServer((down) => {
+    down.setNoDelay(true);
+    const up = connect(port, "127.0.0.1");
+    up.setNoDelay(true);
+    down.pipe(up);
+    up.pipe(down);
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  return (srv.address() as { port: number }).port;
+}
+
+async function roleFakeWorkers(n: number): Promise<number[]> {
+  const ports: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const w = new FakeWorker({ id: `w${i}`, expert: null });
+    ports.push(await w.start());
+  }
+  return ports;
+}
+
+interface RouterSpec {
+  model: "noop" | "deepseek" | { checkpoint: string };
+  d: number;
+  experts: number;
+  workers: string[];
+  endpoints: Record<string, string>;
+  replicas: number[][][];
+  policy: unknown;
+}
+
+async function roleRouter(spec: RouterSpec): Promise<number> {
+  const model =
+    spec.model === "noop"
+      ? noopModel(spec.d, spec.experts)
+      : spec.model === "deepseek"
+        ? deepseekModel(spec.d)
+        : await CheckpointModel.open(spec.model.checkpoint);
+  const router = new Router({ statusIntervalMs: 1000 });
+  router.setPool({
+    name: "bench",
+    model,
+    plan: { version: 1, pool: "bench", workers: spec.workers, replicas: spec.replicas },
+    endpoints: spec.endpoints,
+    policy: resolveRoutingPolicy(spec.policy),
+  });
+  const s = await serveRouter(router, { port: 0, host: "127.0.0.1", metricsPort: null });
+  return s.port;
+}
+
+async function roleWorker(a: { checkpoint: string; id: string; planFile: string }): Promise<number> {
+  const w = await startWorker({
+    checkpoint: a.checkpoint,
+    pool: "bench",
+    workerId: a.id,
+    port: 0,
+    metricsPort: 0,
+    host: "127.0.0.1",
+    plan: a.planFile,
+    queueCapacity: 4096,
+    log: () => {},
+  });
+  return w.port;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Client side.
+
+const children: ChildProcess[] = [];
+function start<T = number>(role: string, arg?: unknown): Promise<T> {
+  return new Promise((res, rej) => {
+    // BENCH_PROF=role: CPU profile of that child into /tmp (for finding the router's hot spots)
+    const prof = process.env.BENCH_PROF === role ? ["--cpu-prof", "--cpu-prof-dir=/tmp/prof"] : [];
+    const c = fork(
+      fileURLToPath(import.meta.url),
+      ["child", role, ...(arg === undefined ? [] : [JSON.stringify(arg)])],
+      {
+        stdio: ["ignore", "inherit", "inherit", "ipc"],
+        execArgv: [...process.execArgv, ...prof],
+      },
+    );
+    children.push(c);
+    c.once("message", (m: { port: T }) => res(m.port));
+    c.once("exit", (code) => rej(new Error(`${role} exited with ${code}`)));
+  });
+}
+
+function stopAll() {
+  for (const c of children.splice(0)) c.kill(process.env.BENCH_PROF ? "SIGINT" : "SIGKILL");
+}
+
+/** A pipelined request/reply channel: send(x) resolves with the reply, `window` requests in flight at most. */
+interface Channel {
+  call(): Promise<void>;
+  close(): void;
+}
+
+function rawChannel(address: string, payload: Buffer): Channel {
+  const client = new RawClient(address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+  const stream = (client as unknown as { chat(): ClientDuplexStream<Buffer, Buffer> }).chat();
+  const waiting: (() => void)[] = [];
+  stream.on("error", () => {}); // the peer is killed at the end of a section
+  stream.on("data", (b: Buffer) => {
+    if (b.length !== payload.length) throw new Error(`echo returned ${b.length} bytes, sent ${payload.length}`);
+    waiting.shift()!();
+  });
+  return {
+    call: () =>
+      new Promise<void>((r) => {
+        waiting.push(r);
+        stream.write(payload);
+      }),
+    close: () => {
+      stream.end();
+      client.close();
+    },
+  };
+}
+
+/**
+ * The client side of the router path. Like the raw baseline it sends one pre-encoded message (the request is the
+ * same every time; requestId 0) and takes replies in order, so neither side pays client-side protobuf encoding.
+ */
+const FastRouterClient = makeGenericClientConstructor(
+  {
+    ...RouterService,
+    forwardStream: {
+      ...RouterService.forwardStream,
+      requestSerialize: (v: Buffer | ForwardRequest) =>
+        Buffer.isBuffer(v) ? v : Buffer.from(ForwardRequest.encode(v).finish()),
+    },
+  },
+  "switchyard.v1.Router",
+);
+
+function routerChannel(address: string, req: ForwardRequest, expectBytes: number): Channel {
+  const client = new FastRouterClient(address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+  const stream = (
+    client as unknown as { forwardStream(): ClientDuplexStream<Buffer, ForwardResponse> }
+  ).forwardStream();
+  const encoded = Buffer.from(ForwardRequest.encode({ ...req, requestId: 0n }).finish());
+  const waiting: { res: () => void; rej: (e: Error) => void }[] = [];
+  stream.on("error", () => {}); // the router is killed at the end of a section
+  stream.on("data", (r: ForwardResponse) => {
+    const w = waiting.shift()!;
+    if (r.error) w.rej(fromRpcError(r.error));
+    else if (r.hidden!.data.length !== expectBytes) w.rej(new Error(`router returned ${r.hidden!.data.length} bytes`));
+    else w.res();
+  });
+  return {
+    call: () =>
+      new Promise<void>((res, rej) => {
+        waiting.push({ res, rej });
+        stream.write(encoded);
+      }),
+    close: () => {
+      stream.end();
+      client.close();
+    },
+  };
+}
+
+function tcpChannel(port: number, payload: Buffer): Promise<Channel> {
+  return new Promise((res) => {
+    const s: Socket = connect(port, "127.0.0.1", () => {
+      s.setNoDelay(true);
+      s.on("error", () => {});
+      let got = 0;
+      const waiting: (() => void)[] = [];
+      s.on("data", (d) => {
+        got += d.length;
+        while (got >= payload.length && waiting.length > 0) {
+          got -= payload.length;
+          waiting.shift()!();
+        }
+      });
+      res({
+        call: () =>
+          new Promise<void>((r) => {
+            waiting.push(r);
+            s.write(payload);
+          }),
+        close: () => s.destroy(),
+      });
+    });
+  });
+}
+
+interface Measure {
+  perSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  calls: number;
+}
+
+/** `conc` loops issuing calls back to back for `seconds`; returns calls/s and latency quantiles. */
+async function measure(ch: Channel, conc: number, seconds: number): Promise<Measure> {
+  const lat: number[] = [];
+  const end = performance.now() + seconds * 1000;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: conc }, async () => {
+      while (performance.now() < end) {
+        const t = performance.now();
+        await ch.call();
+        lat.push(performance.now() - t);
+      }
+    }),
+  );
+  const wall = (performance.now() - t0) / 1000;
+  lat.sort((a, b) => a - b);
+  const q = (p: number) => lat[Math.min(lat.length - 1, Math.max(0, Math.ceil(p * lat.length) - 1))];
+  return { perSecond: lat.length / wall, p50Ms: q(0.5), p99Ms: q(0.99), calls: lat.length };
+}
+
+function bf16Payload(T: number, d: number): Buffer {
+  const v = new Float32Array(T * d);
+  for (let i = 0; i < v.length; i++) v[i] = Math.sin(i * 0.37);
+  return encodeTensor(v, [T, d], DType.BFLOAT16).data;
+}
+
+function assignmentTop1(T: number, expert = 0): ForwardRequest["gate"] {
+  return {
+    $case: "assignment",
+    value: {
+      expertIds: encodeTensor(new Int32Array(T).fill(expert), [T, 1], DType.INT32),
+      weights: encodeTensor(new Float32Array(T).fill(1), [T, 1], DType.FLOAT32),
+    },
+  };
+}
+
+async function overhead() {
+  const [echoPort] = [await start("echo")];
+  const fwdPort = await start("forwarder", `127.0.0.1:${echoPort}`);
+  const tcpEcho = await start("tcpEcho");
+  const tcpFwd = await start("tcpForwarder", tcpEcho);
+  const [workerPort] = await start<number[]>("fakeWorkers", 1);
+  const routerPort = await start("router", {
+    model: "noop",
+    d: D,
+    experts: 8,
+    workers: ["w0"],
+    endpoints: { w0: `127.0.0.1:${workerPort}` },
+    replicas: [Array.from({ length: 8 }, () => [0])],
+    policy: { batching: { enabled: false } },
+  } satisfies RouterSpec);
+  const rows = [];
+  for (const T of [1, 16, 256]) {
+    const payload = bf16Payload(T, D);
+    const req: ForwardRequest = {
+      pool: "bench",
+      layer: 0,
+      hidden: { dtype: DType.BFLOAT16, shape: [T, D], data: payload },
+      gate: assignmentTop1(T),
+      requestId: 0n,
+    };
+    const fwd = rawChannel(`127.0.0.1:${fwdPort}`, payload);
+    const rtr = routerChannel(`127.0.0.1:${routerPort}`, req, payload.length);
+    const tcp = await tcpChannel(tcpFwd, payload);
+    const secs = T === 256 ? SECONDS : SECONDS * 0.7;
+    // warm up, then interleave router and baseline twice so drifts in machine load hit both
+    await measure(fwd, 4, 0.4);
+    await measure(rtr, 4, 0.4);
+    await measure(tcp, 1, 0.3);
+    const f1 = await measure(fwd, 4, secs / 2);
+    const r1 = await measure(rtr, 4, secs / 2);
+    const r2 = await measure(rtr, 4, secs / 2);
+    const f2 = await measure(fwd, 4, secs / 2);
+    // round trips: one request at a time
+    const rRt = await measure(rtr, 1, secs / 2);
+    const fRt = await measure(fwd, 1, secs / 2);
+    const tRt = await measure(tcp, 1, secs / 2);
+    fwd.close();
+    rtr.close();
+    tcp.close();
+    const fwdTput = (f1.perSecond + f2.perSecond) / 2;
+    const rtrTput = (r1.perSecond + r2.perSecond) / 2;
+    const row = {
+      T,
+      bytes_per_message: payload.length,
+      router_req_per_s: +rtrTput.toFixed(1),
+      forwarder_req_per_s: +fwdTput.toFixed(1),
+      router_MBps: +((rtrTput * payload.length) / 1e6).toFixed(1),
+      forwarder_MBps: +((fwdTput * payload.length) / 1e6).toFixed(1),
+      overhead_ratio: +(rtrTput / fwdTput).toFixed(3),
+      router_rtt_ms: +rRt.p50Ms.toFixed(3),
+      forwarder_rtt_ms: +fRt.p50Ms.toFixed(3),
+      tcp_two_hop_rtt_ms: +tRt.p50Ms.toFixed(3),
+      tcp_ratio: +(rRt.p50Ms / tRt.p50Ms).toFixed(2),
+      rtt_ratio_vs_forwarder: +(fRt.p50Ms / rRt.p50Ms).toFixed(3),
+    };
+    console.log(JSON.stringify(row));
+    rows.push(row);
+  }
+  stopAll();
+  return rows;
+}
+
+async function batching() {
+  const dir = await mkdtemp(join(tmpdir(), "sy-bench-router-"));
+  const d = 1024;
+  const f = 2816;
+  const E = 8;
+  console.log(`batching: generating a mixtral-like layer (d=${d}, f=${f}, ${E} experts, top-2, bf16) ...`);
+  await generateCheckpoint({
+    family: "mixtral",
+    dir,
+    seed: 5,
+    layers: 1,
+    hiddenSize: d,
+    intermediateSize: f,
+    experts: E,
+  });
+  const ids = ["w0", "w1"];
+  const { plan } = planPlacement({ pool: "bench", layers: 1, experts: E, workers: ids, redundantExperts: 0 });
+  const planFile = join(dir, "plan.json");
+  await writeFile(planFile, JSON.stringify(plan));
+  const ports = [];
+  for (const id of ids) ports.push(await start("worker", { checkpoint: dir, id, planFile }));
+  const endpoints = Object.fromEntries(ids.map((id, i) => [id, `127.0.0.1:${ports[i]}`]));
+  const streams = 64;
+  const out: Record<string, Measure & { tokensPerS: number; batchTokensMean?: number }> = {};
+  for (const mode of ["off", "on"] as const) {
+    const routerPort = await start("router", {
+      model: { checkpoint: dir },
+      d,
+      experts: E,
+      workers: ids,
+      endpoints,
+      replicas: plan.replicas,
+      policy: { batching: { enabled: mode === "on", maxWaitMs: 2, maxBatchTokens: 256 } },
+    } satisfies RouterSpec);
+    const channels = Array.from({ length: streams }, (_, i) => {
+      const h = new Float32Array(d);
+      for (let j = 0; j < d; j++) h[j] = Math.sin((i + 1) * (j + 3) * 0.013) * 2;
+      const req: ForwardRequest = {
+        pool: "bench",
+        layer: 0,
+        hidden: encodeTensor(h, [1, d], DType.BFLOAT16),
+        gate: undefined,
+        requestId: 0n,
+      };
+      return routerChannel(`127.0.0.1:${routerPort}`, req, d * 2);
+    });
+    // one decode loop per stream: send 1 token, wait, repeat
+    const lat: number[] = [];
+    const run = async (secs: number, record: boolean) => {
+      const end = performance.now() + secs * 1000;
+      const t0 = performance.now();
+      let n = 0;
+      await Promise.all(
+        channels.map(async (ch) => {
+          while (performance.now() < end) {
+            const t = performance.now();
+            await ch.call();
+            if (record) lat.push(performance.now() - t);
+            n++;
+          }
+        }),
+      );
+      return n / ((performance.now() - t0) / 1000);
+    };
+    await run(1, false);
+    const tps = await run(SECONDS * 1.5, true);
+    lat.sort((a, b) => a - b);
+    const q = (p: number) => lat[Math.min(lat.length - 1, Math.ceil(p * lat.length) - 1)];
+    out[mode] = { perSecond: tps, tokensPerS: tps, p50Ms: q(0.5), p99Ms: q(0.99), calls: lat.length };
+    console.log(
+      JSON.stringify({
+        batching: mode,
+        tokens_per_s: +tps.toFixed(1),
+        p50_ms: +q(0.5).toFixed(2),
+        p99_ms: +q(0.99).toFixed(2),
+      }),
+    );
+    for (const ch of channels) ch.close();
+    children.pop()!.kill("SIGKILL"); // this mode's router
+  }
+  stopAll();
+  return {
+    model: `mixtral-like 1 layer, d=${d}, f=${f}, ${E} experts top-2, bf16, 2 CPU workers (native backend)`,
+    streams,
+    policy_on: { maxWaitMs: 2, maxBatchTokens: 256 },
+    off: {
+      tokens_per_s: +out.off.tokensPerS.toFixed(1),
+      p50_ms: +out.off.p50Ms.toFixed(2),
+      p99_ms: +out.off.p99Ms.toFixed(2),
+    },
+    on: {
+      tokens_per_s: +out.on.tokensPerS.toFixed(1),
+      p50_ms: +out.on.p50Ms.toFixed(2),
+      p99_ms: +out.on.p99Ms.toFixed(2),
+    },
+    batching_speedup: +(out.on.tokensPerS / out.off.tokensPerS).toFixed(2),
+    batching_p99_ratio: +(out.on.p99Ms / out.off.p99Ms).toFixed(3),
+  };
+}
+
+async function decision() {
+  const d = 7168;
+  const T = 64;
+  const E = 256;
+  const W = 4;
+  const workerPorts = await start<number[]>("fakeWorkers", W);
+  const workers = workerPorts.map((_, i) => `w${i}`);
+  const replicas = [Array.from({ length: E }, (_, e) => [e % W])];
+  const policy = { batching: { enabled: false } };
+  const routerPort = await start("router", {
+    model: "deepseek",
+    d,
+    experts: E,
+    workers,
+    endpoints: Object.fromEntries(workers.map((w, i) => [w, `127.0.0.1:${workerPorts[i]}`])),
+    replicas,
+    policy,
+  } satisfies RouterSpec);
+  const logits = Float32Array.from({ length: T * E }, (_, i) => Math.sin(i * 1.618) * 3);
+  const req: ForwardRequest = {
+    pool: "bench",
+    layer: 0,
+    hidden: { dtype: DType.BFLOAT16, shape: [T, d], data: bf16Payload(T, d) },
+    gate: { $case: "routerLogits", value: encodeTensor(logits, [T, E], DType.FLOAT32) },
+    requestId: 0n,
+  };
+  const ch = routerChannel(`127.0.0.1:${routerPort}`, req, T * d * 2);
+  await measure(ch, 1, 0.5);
+  const rt = await measure(ch, 1, SECONDS);
+  ch.close();
+  stopAll();
+
+  // The same decision, in process, with the router's own modules: gate -> assignments -> capacity -> layout.
+  const model = deepseekModel(d);
+  const pol = resolveRoutingPolicy(policy);
+  const view = { outstanding: () => 0, latencyMs: () => 0, resident: () => true, healthy: () => true };
+  const decide = () => {
+    const r = model.route(0, logits, T, pol.gating);
+    const as = collectRouted([r]);
+    const cap = applyCapacity(as, E, pol.gating.capacityFactor, pol.gating.overflow, [r]);
+    return layoutRound(cap.rounds[0], {
+      layer: 0,
+      replicas: replicas[0],
+      workers: W,
+      chooser: { weights: pol.placement, loadScale: 64, view },
+      splitTokens: 64,
+    });
+  };
+  for (let i = 0; i < 200; i++) decide();
+  const N = 2000;
+  const t0 = performance.now();
+  let touched = 0;
+  for (let i = 0; i < N; i++) touched = decide().expertsTouched;
+  const decideMs = (performance.now() - t0) / N;
+  // What it would cost the router to compute the logits itself (gate GEMM 64 x 7168 x 256 in TypeScript).
+  const { routerLogits } = await import("@switchyard/moe");
+  const gw = Float32Array.from({ length: E * d }, (_, i) => Math.sin(i) * 0.01);
+  const hx = Float32Array.from({ length: T * d }, (_, i) => Math.cos(i));
+  const t1 = performance.now();
+  for (let i = 0; i < 3; i++) routerLogits(hx, gw, d);
+  const gemmMs = (performance.now() - t1) / 3;
+  return {
+    setup: `DeepSeek-V3 gate (256 experts, 8 groups / 4 kept, top-8, bias, scale 2.5), ${T} tokens, router logits given, d=${d} bf16, ${W} no-op workers`,
+    experts_touched: touched,
+    decision_ms: +decideMs.toFixed(4),
+    round_trip_ms: +rt.p50Ms.toFixed(3),
+    decision_fraction: +(decideMs / rt.p50Ms).toFixed(4),
+    logits_from_weights_ms: +gemmMs.toFixed(2),
+    note: "decision = gating + capacity + replica layout, timed in process with the router's modules; round trip = Forward p50 through the router process",
+  };
+}
+
+async function main() {
+  process.on("exit", stopAll);
+  const started = new Date().toISOString();
+  console.log(
+    `router bench: ${cpus().length} cpus (${cpus()[0]?.model}), load ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")}`,
+  );
+  // BENCH_ONLY=overhead|batching|decision runs one section (for iterating; the committed file comes from a full run)
+  const only = process.env.BENCH_ONLY;
+  const ov = !only || only === "overhead" ? await overhead() : [];
+  const bt = !only || only === "batching" ? await batching() : ({} as Awaited<ReturnType<typeof batching>>);
+  const dc = !only || only === "decision" ? await decision() : ({} as Awaited<ReturnType<typeof decision>>);
+  if (only) {
+    console.log(JSON.stringify({ ov, bt, dc }));
+    process.exit(0);
+  }
+  const result = {
+    bench: "router",
+    started,
+    machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg_at_start: loadavg(), node: process.version },
+    seconds_per_measure: SECONDS,
+    overhead: {
+      setup: `d=${D} bf16, explicit top-1 assignment, no-op (echo) worker, router batching off; baseline: two-hop grpc-js bidi forwarder of the same bytes, same channel options (flow_control_window 16 MiB, raised server window); 4 requests in flight on one stream for throughput, 1 for round trips`,
+      rows: ov,
+      overhead_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.overhead_ratio])),
+      tcp_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.tcp_ratio])),
+      goal: "overhead_ratio >= 0.8 at every T",
+    },
+    batching: { ...bt, goal: "batching_speedup >= 5, batching_p99_ratio <= 1" },
+    decision: { ...dc, goal: "decision_fraction <= 0.1" },
+  };
+  const outPath = process.env.BENCH_OUT ?? join(HERE, "results", "router.json");
+  mkdirSync(dirname(outPath), { recursive: true });
+  writeFileSync(outPath, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`wrote ${outPath}`);
+  console.log(
+    JSON.stringify({
+      overhead_ratio: result.overhead.overhead_ratio,
+      tcp_ratio: result.overhead.tcp_ratio,
+      batching_speedup: bt.batching_speedup,
+      batching_p99_ratio: bt.batching_p99_ratio,
+      decision_fraction: dc.decision_fraction,
+    }),
+  );
+  process.exit(0);
+}
+
+if (process.argv[2] === "child") {
+  const [role, arg] = [process.argv[3], process.argv[4] ? JSON.parse(process.argv[4]) : undefined];
+  const run: Record<string, () => Promise<unknown>> = {
+    echo: roleEcho,
+    forwarder: () => roleForwarder(arg),
+    tcpEcho: roleTcpEcho,
+    tcpForwarder: () => roleTcpForwarder(arg),
+    fakeWorkers: () => roleFakeWorkers(arg),
+    router: () => roleRouter(arg),
+    worker: () => roleWorker(arg),
+  };
+  process.on("SIGINT", () => process.exit(0)); // lets --cpu-prof write its profile
+  run[role]().then(
+    (port) => process.send!({ port }),
+    (e) => {
+      console.error(e);
+      process.exit(1);
+    },
+  );
+} else {
+  await main();
+}
