@@ -3,7 +3,7 @@
 // bf16 / fp16 / fp32 inputs. Also: cancelling a run really stops the kernel (tile counter).
 
 import { expertToFloat32, referenceExpertFFN64, type WeightDType } from "@switchyard/moe";
-import { bytesToFloat32, DType, dtypeName } from "@switchyard/protocol";
+import { bytesToFloat32, DType, dtypeName, valuesToBytes } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { PROTO_OF, randomExpert, rng, uniform } from "../testing.js";
 import { loadNativeAddon, NativeCpuBackend, nativeLoadError } from "./native-cpu.js";
@@ -108,7 +108,6 @@ describe.skipIf(!addon)("native CPU backend", () => {
       const experts = c.counts.map(() => randomExpert(c.d, c.f, c.weights, r));
       const rows = c.gap + c.counts.reduce((a, b) => a + b, 0) + c.tail;
       const x = uniform(rows * c.d, 1, r);
-      const { valuesToBytes } = await import("@switchyard/protocol");
       const tokens = new Uint8Array(valuesToBytes(x, c.tokens));
       const rowWeights = c.rowWeights ? uniform(rows, 1, r) : undefined;
 
