@@ -105,13 +105,6 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* A peer list for NetworkPolicy `from`; empty means "anyone". */}}
-{{- define "switchyard.peers" -}}
-{{- if . }}
-from:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end }}
 
 {{- define "switchyard.routerConfigMap" -}}
 {{- default (printf "%s-router" (include "switchyard.fullname" .)) .Values.router.configMapName }}
