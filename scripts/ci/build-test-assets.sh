@@ -31,6 +31,7 @@ bin=$assets/bin
 stamps=$assets/stamps
 mkdir -p "$bin" "$stamps"
 
+command -v go >/dev/null || { echo "build-test-assets: 'go' not found on PATH (Go >= 1.26 is needed to build the test cluster)" >&2; exit 1; }
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:-} -p=${GO_BUILD_PARALLELISM:-2} -buildvcs=false"
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
@@ -73,6 +74,17 @@ fi
 t0=$(date +%s)
 log() { echo "build-test-assets: $* (+$(( $(date +%s) - t0 ))s)"; }
 
+# Fetch modules first, with retries: a flaky proxy connection should not cost a CI run.
+download() { # download DIR
+  local i
+  for i in 1 2 3; do
+    (cd "$1" && go mod download) && return 0
+    echo "build-test-assets: go mod download in $1 failed (attempt $i), retrying" >&2
+    sleep $((i * 5))
+  done
+  return 1
+}
+
 # go build into a temp name, then rename, so an interrupted build never leaves a half-written binary behind.
 gobuild() { # gobuild DIR OUT LDFLAGS PKG
   local dir=$1 out=$2 ld=$3 pkg=$4
@@ -82,6 +94,7 @@ gobuild() { # gobuild DIR OUT LDFLAGS PKG
 
 if fresh etcd "$etcd_stamp" etcd; then log "etcd $ETCD_VERSION up to date"; else
   log "building etcd $ETCD_VERSION"
+  download tools/etcd
   gobuild tools/etcd etcd "" .
   echo "$etcd_stamp" > "$stamps/etcd"
   log "etcd done"
@@ -89,6 +102,7 @@ fi
 
 if fresh kwok "$kwok_stamp" kwok; then log "kwok $KWOK_VERSION up to date"; else
   log "building kwok $KWOK_VERSION"
+  download tools/kwok
   gobuild tools/kwok kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok
   echo "$kwok_stamp" > "$stamps/kwok"
   log "kwok done"
@@ -96,6 +110,7 @@ fi
 
 if fresh kube "$kube_stamp" "${kube_bins[@]}"; then log "kubernetes $K8S_VERSION up to date"; else
   log "building kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; one multi-call binary)"
+  download tools/kube
   minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   ld=""
   # Without these, --version prints v0.0.0-master and kubectl/kwok version-skew logic misbehaves.

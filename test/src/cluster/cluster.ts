@@ -1,5 +1,6 @@
 // A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok
 // (fake GPU nodes) on loopback with random ports, in a temp dir, torn down by stop(). See README.md beside this file.
+
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -19,7 +20,7 @@ import {
   tokenFileContent,
 } from "./config.js";
 import { KWOK_STAGES_YAML } from "./kwok-stages.js";
-import { ManagedProcess } from "./process.js";
+import { ManagedProcess, startWatchdog } from "./process.js";
 import { type CommandResult, freePorts, httpGet, type RunOptions, runCommand, waitUntil } from "./util.js";
 
 export interface ClusterOptions {
@@ -155,9 +156,12 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
   phase("prepare");
 
   const procs = new Map<string, ManagedProcess>();
+  const pgidFile = join(dir, "pgids");
+  const watchdog = startWatchdog(process.pid, pgidFile, dir);
   const launch = (name: string, args: string[]) => {
     const p = new ManagedProcess(name, bin[name as AssetName], args, join(logDir, `${name}.log`));
     procs.set(name, p);
+    writeFileSync(pgidFile, `${[...procs.values()].map((q) => q.pid ?? "").join("\n")}\n`);
     return p;
   };
   const crashed = () => [...procs.values()].filter((p) => p.crashed).map((p) => p.describeExit());
@@ -179,6 +183,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     await Promise.all(clients.map((p) => p.stop(2000)));
     await procs.get("kube-apiserver")?.stop(5000);
     await procs.get("etcd")?.stop(2000);
+    try {
+      process.kill(watchdog, "SIGKILL");
+    } catch {}
     const c = crashed();
     if (o.keepLogs || failed || c.length > 0) {
       rmSync(layout.etcdDataDir, { recursive: true, force: true });

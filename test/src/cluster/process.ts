@@ -119,3 +119,20 @@ export class ManagedProcess {
     return `${this.name} exited (${signal ? `signal ${signal}` : `code ${code}`})`;
   }
 }
+
+/** The 'exit' hook above cannot run when the test process is SIGKILLed or dies on a signal; this tiny shell
+ * loop can. When the Node process is gone it kills every component's process group and drops the etcd data, so a
+ * crashed test run never leaves an API server eating the shared CPU. stop() kills the watchdog first. */
+export function startWatchdog(parentPid: number, pgidFile: string, dir: string): number {
+  const script = `
+    while kill -0 "$1" 2>/dev/null; do sleep 1; done
+    for g in $(cat "$2" 2>/dev/null); do kill -9 "-$g" 2>/dev/null; done
+    rm -rf "$3/etcd"`;
+  const child = spawn("sh", ["-c", script, "test-cluster-watchdog", String(parentPid), pgidFile, dir], {
+    detached: true,
+    stdio: "ignore",
+  });
+  child.unref();
+  if (child.pid === undefined) throw new Error("could not start the test cluster watchdog (sh)");
+  return child.pid;
+}

@@ -1,9 +1,9 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ManagedProcess } from "./process.js";
+import { ManagedProcess, startWatchdog } from "./process.js";
 import { freePorts, httpGet, runCommand, waitUntil } from "./util.js";
 
 describe("harness helpers", () => {
@@ -90,4 +90,30 @@ describe("ManagedProcess", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe("startWatchdog", () => {
+  it("kills the component process groups and drops etcd data once the parent is gone", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "watchdog-test-"));
+    try {
+      mkdirSync(join(dir, "etcd"));
+      const parent = new ManagedProcess("parent", "sleep", ["300"], join(dir, "parent.log"));
+      const component = new ManagedProcess("component", "sh", ["-c", "sleep 300 & wait"], join(dir, "c.log"));
+      writeFileSync(join(dir, "pgids"), `${component.pid}\n`);
+      const watchdog = startWatchdog(parent.pid!, join(dir, "pgids"), dir);
+      expect(watchdog).toBeGreaterThan(0);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(component.exited).toBeUndefined(); // parent alive: nothing happens
+      parent.signal("SIGKILL");
+      const exit = await component.wait();
+      expect(exit.signal).toBe("SIGKILL");
+      await waitUntil(() => !existsSync(join(dir, "etcd")), {
+        what: "etcd data removed",
+        timeoutMs: 3000,
+        intervalMs: 50,
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 15_000);
 });
