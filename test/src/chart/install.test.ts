@@ -99,6 +99,31 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     ).toBe("no");
   });
 
+  it("the README's upgrade story works: server-side apply of crds/ over Helm's CRDs, then helm upgrade", async () => {
+    // Helm created the CRDs with its own field manager; the documented command must take them over cleanly.
+    const apply = await cluster().kubectl([
+      ...["apply", "--server-side", "--force-conflicts", "--field-manager=switchyard-crds"],
+      ...["-f", join(CHART, "crds")],
+    ]);
+    expect(apply.stdout).toContain("expertpools.switchyard.dev serverside-applied");
+    const upgrade = await cluster().helm([
+      ...["upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--wait", "--timeout", "60s"],
+      ...["--set", "router.replicas=3"],
+    ]);
+    expect(upgrade.stdout).toContain("STATUS: deployed");
+    expect(upgrade.stdout).toContain("REVISION: 2");
+    const r = await cluster().kubectl([
+      "get",
+      "deployment",
+      `${FULL}-router`,
+      "-n",
+      NAMESPACE,
+      "-o",
+      "jsonpath={.status.availableReplicas}",
+    ]);
+    expect(r.stdout).toBe("3");
+  }, 90_000);
+
   it.skipIf(!OPERATOR_SOURCE)(
     "the operator (local process, chart ServiceAccount token) comes up, leads and reconciles an ExpertPool",
     async () => {
