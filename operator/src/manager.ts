@@ -36,6 +36,8 @@ export interface ManagerOptions {
   retryPeriodMs?: number;
   log?: (m: string) => void;
   defaultMetrics?: boolean;
+  /** Called after leadership is lost and controllers stopped; default: exit(1) so the pod restarts as a standby. */
+  onLostLeadership?: () => void;
 }
 
 const ROUTER_KEY = "router";
@@ -203,8 +205,9 @@ export class Manager {
         onStoppedLeading: () => {
           // Like controller-runtime: a replica that lost its lease exits, and its restart rejoins as a standby.
           this.metrics.leader.set({ name: this.o.leaseName ?? "switchyard-operator" }, 0);
-          this.log("lost leadership; exiting");
-          void this.stop().then(() => process.exit(1));
+          this.log("lost leadership; stopping controllers");
+          const done = this.o.onLostLeadership ?? (() => process.exit(1));
+          void Promise.all(this.controllers.map((c) => c.stop(5_000))).then(done);
         },
       });
       this.leader.start();

@@ -52,6 +52,23 @@ describe("WorkQueue", () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(25);
   });
 
+  it("folds a burst of delayed adds of one key into one add", async () => {
+    let adds = 0;
+    const q = new WorkQueue("t", {
+      depth: () => {},
+      add: () => adds++,
+      retry: () => {},
+      queueDuration: () => {},
+      workDuration: () => {},
+    });
+    for (let i = 0; i < 10; i++) q.addAfter("r", 20);
+    q.addAfter("s", 20);
+    await new Promise((r) => setTimeout(r, 60));
+    expect(adds).toBe(2);
+    expect(q.length).toBe(2);
+    q.shutDown();
+  });
+
   it("reports metrics and wakes waiters on shutdown", async () => {
     const seen: string[] = [];
     const q = new WorkQueue("t", {

@@ -27,6 +27,7 @@ export class WorkQueue {
   private failures = new Map<string, number>();
   private waiters: ((key: string | undefined) => void)[] = [];
   private timers = new Set<NodeJS.Timeout>();
+  private delayed = new Map<string, { due: number; timer: NodeJS.Timeout }>();
   private shuttingDown = false;
 
   constructor(
@@ -65,12 +66,22 @@ export class WorkQueue {
       this.add(key);
       return;
     }
+    // One pending delayed add per key, the earliest: a burst of events becomes one pass, not one per event.
+    const due = this.now() + ms;
+    const pending = this.delayed.get(key);
+    if (pending && pending.due <= due) return;
+    if (pending) {
+      clearTimeout(pending.timer);
+      this.timers.delete(pending.timer);
+    }
     const t = setTimeout(() => {
       this.timers.delete(t);
+      this.delayed.delete(key);
       this.add(key);
     }, ms);
     t.unref();
     this.timers.add(t);
+    this.delayed.set(key, { due, timer: t });
   }
 
   /** Backoff for this key's next retry: base × 2^failures, capped. */
@@ -141,6 +152,7 @@ export class WorkQueue {
     this.shuttingDown = true;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
+    this.delayed.clear();
     for (const w of this.waiters) w(undefined);
     this.waiters = [];
   }

@@ -1,0 +1,340 @@
+// Must show (issue 5), against a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+// kwok fake GPU nodes): pools become Ready, GPU shortage is reported, scale/edit/delete work, and the operator
+// converges without duplicates through its own restart, an API server restart and a leader change, then goes quiet.
+import type { Manager } from "@switchyard/operator";
+import { describeWithCluster } from "@switchyard/test/cluster/vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { waitUntil } from "../cluster/index.js";
+import {
+  adminClient,
+  cond,
+  createNamespace,
+  getPool,
+  type Obj,
+  pool,
+  sleep,
+  startOperator,
+  waitReady,
+} from "./helpers.js";
+
+const XP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools`;
+const RP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/routingpolicies`;
+const WRITE_VERBS = new Set(["create", "update", "patch", "apply", "delete"]);
+
+/** Counts a manager's writes, leaving out its Lease renewals (leader election writes by design). */
+function countWrites(m: Manager): () => number {
+  let n = 0;
+  m.kube.onRequest((r) => {
+    if (WRITE_VERBS.has(r.verb) && !r.path.includes("/leases")) n++;
+  });
+  return () => n;
+}
+
+describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, (cluster) => {
+  let op: Manager | undefined;
+  const admin = () => adminClient(cluster());
+  const list = async (path: string, selector?: string) =>
+    (await admin().list<Obj>(path, { labelSelector: selector })).items;
+
+  beforeAll(async () => {
+    const c = cluster();
+    await c.kubectl(["apply", "-f", "crds/"]);
+    await c.kubectl([
+      "wait",
+      "--for=condition=Established",
+      "crd/expertpools.switchyard.dev",
+      "crd/routingpolicies.switchyard.dev",
+    ]);
+    for (const ns of ["life", "restart", "leader"]) await createNamespace(admin(), ns);
+    op = startOperator(c);
+    await op.start();
+  }, 60_000);
+
+  afterAll(async () => {
+    await op?.stop();
+  });
+
+  it("an ExpertPool becomes Ready once its worker pods run on fake GPU nodes; children are owned", async () => {
+    const k = admin();
+    const created = await k.create<Obj>(XP("life"), pool("a", "life"));
+    const p = await waitReady(k, "life", "a");
+    expect(p.status).toMatchObject({
+      replicas: 2,
+      readyReplicas: 2,
+      observedGeneration: p.metadata.generation,
+      selector: "app.kubernetes.io/component=expert-worker,switchyard.dev/pool=a",
+      placement: { version: 1, configMap: "a-placement", workers: 2, slotsPerWorker: [8, 8] },
+    });
+    const owned = (o: Obj | undefined) => o?.metadata.ownerReferences?.[0]?.uid === created.metadata.uid;
+    const sts = await k.get<
+      Obj & { spec: { template: { spec: { containers: { resources: { limits: Record<string, string> } }[] } } } }
+    >("/apis/apps/v1/namespaces/life/statefulsets/a");
+    expect(owned(sts)).toBe(true);
+    expect(sts?.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"]).toBe("1");
+    const svc = await k.get<Obj & { spec: { clusterIP: string } }>("/api/v1/namespaces/life/services/a-workers");
+    expect(owned(svc) && svc?.spec.clusterIP).toBe("None");
+    const cm = await k.get<Obj>("/api/v1/namespaces/life/configmaps/a-placement");
+    expect(owned(cm)).toBe(true);
+    const plan = JSON.parse(cm?.data?.["plan.json"] ?? "{}");
+    expect(plan).toMatchObject({ version: 1, pool: "a", workers: ["a-0", "a-1"] });
+    expect(plan.replicas).toHaveLength(2);
+    const pods = await list("/api/v1/namespaces/life/pods", "switchyard.dev/pool=a");
+    expect(pods).toHaveLength(2);
+    for (const pod of pods) expect((pod.spec as { nodeName?: string }).nodeName).toMatch(/^gpu-node-/);
+    // The router's config lists the pool with its plan and endpoints.
+    await waitUntil(
+      async () => {
+        const rc = await k.get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
+        const cfg = JSON.parse(rc?.data?.["router.json"] ?? "{}");
+        const entry = cfg.pools?.find((x: { name: string }) => x.name === "life/a");
+        return entry?.plan?.version === 1 && entry.endpoints["a-1"] === "a-1.a-workers.life.svc:50061";
+      },
+      { timeoutMs: 20_000, what: "router config listing life/a" },
+    );
+  });
+
+  it("a RoutingPolicy resolves into status and the router config; one with topK > experts is Degraded", async () => {
+    const k = admin();
+    await k.create(RP("life"), {
+      apiVersion: "switchyard.dev/v1alpha1",
+      kind: "RoutingPolicy",
+      metadata: { name: "a-policy", namespace: "life" },
+      spec: { poolRef: { name: "a" }, gating: { topK: 1 }, batching: { maxBatchTokens: 128 } },
+    });
+    await k.create(RP("life"), {
+      apiVersion: "switchyard.dev/v1alpha1",
+      kind: "RoutingPolicy",
+      metadata: { name: "too-wide", namespace: "life" },
+      spec: { poolRef: { name: "a" }, gating: { topK: 12 } },
+    });
+    await waitUntil(
+      async () => {
+        const good = await k.get<Obj>(`${RP("life")}/a-policy`);
+        const bad = await k.get<Obj>(`${RP("life")}/too-wide`);
+        return (
+          cond(good, "Ready")?.status === "True" &&
+          (good?.status?.effective as { gating: { topK: number } } | undefined)?.gating.topK === 1 &&
+          cond(bad, "Degraded")?.reason === "TopKExceedsExperts"
+        );
+      },
+      { timeoutMs: 20_000, what: "RoutingPolicy statuses" },
+    );
+    await waitUntil(
+      async () => {
+        const rc = await k.get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
+        const entry = JSON.parse(rc?.data?.["router.json"] ?? "{}").pools?.find(
+          (x: { name: string }) => x.name === "life/a",
+        );
+        return entry?.policy.gating.topK === 1 && entry.policy.batching.maxBatchTokens === 128;
+      },
+      { timeoutMs: 20_000, what: "router config with the policy" },
+    );
+  });
+
+  it("a pool asking for more GPUs than the cluster has stays Progressing with a reason that says so", async () => {
+    const k = admin();
+    // 3 workers × 8 GPUs on two 8-GPU nodes that already run pool a's workers: none fits.
+    await k.create(XP("life"), pool("big", "life", { replicas: 3, worker: { gpusPerWorker: 8 } }));
+    let last: Obj | undefined;
+    await waitUntil(
+      async () => {
+        last = await getPool(k, "life", "big");
+        return cond(last, "Progressing")?.reason === "InsufficientGPU";
+      },
+      { timeoutMs: 30_000, what: `big Progressing/InsufficientGPU (${JSON.stringify(last?.status?.conditions)})` },
+    );
+    await sleep(3000);
+    last = await getPool(k, "life", "big");
+    expect(cond(last, "Progressing")).toMatchObject({ status: "True", reason: "InsufficientGPU" });
+    expect(cond(last, "Progressing")?.message).toContain("Insufficient nvidia.com/gpu");
+    expect(cond(last, "Ready")).toMatchObject({ status: "False", reason: "InsufficientGPU" });
+    const events = await cluster().kubectl([
+      "get",
+      "events",
+      "-n",
+      "life",
+      "--field-selector",
+      "involvedObject.name=big",
+      "-o",
+      "json",
+    ]);
+    expect(JSON.parse(events.stdout).items.map((e: { reason: string }) => e.reason)).toContain("InsufficientGPU");
+    await cluster().kubectl(["delete", "xp", "big", "-n", "life"]);
+  });
+
+  it("kubectl scale expertpool/NAME --replicas=N works (scale subresource) and republishes the plan", async () => {
+    const c = cluster();
+    await c.kubectl(["scale", "-n", "life", "expertpool/a", "--replicas=3"]);
+    const p = await waitReady(admin(), "life", "a");
+    expect(p.status).toMatchObject({ replicas: 3, readyReplicas: 3, placement: { version: 2, workers: 3 } });
+    const scale = JSON.parse(
+      (await c.kubectl(["get", "--raw", "/apis/switchyard.dev/v1alpha1/namespaces/life/expertpools/a/scale"])).stdout,
+    );
+    expect(scale.spec.replicas).toBe(3);
+    expect(scale.status).toMatchObject({
+      replicas: 3,
+      selector: "app.kubernetes.io/component=expert-worker,switchyard.dev/pool=a",
+    });
+  });
+
+  it("editing the spec rolls the workers and bumps observedGeneration", async () => {
+    const k = admin();
+    const before = await getPool(k, "life", "a");
+    const oldPods = new Map(
+      (await list("/api/v1/namespaces/life/pods", "switchyard.dev/pool=a")).map((p) => [
+        p.metadata.name,
+        p.metadata.uid,
+      ]),
+    );
+    await cluster().kubectl([
+      "patch",
+      "-n",
+      "life",
+      "xp",
+      "a",
+      "--type=merge",
+      "-p",
+      '{"spec":{"worker":{"image":"switchyard/expert-worker:0.2.0"}}}',
+    ]);
+    const gen = (before?.metadata.generation ?? 0) + 1;
+    await waitUntil(
+      async () => {
+        const p = await getPool(k, "life", "a");
+        if (p?.status?.observedGeneration !== gen || cond(p, "Ready")?.status !== "True") return false;
+        const pods = await list("/api/v1/namespaces/life/pods", "switchyard.dev/pool=a");
+        return (
+          pods.length === 3 &&
+          pods.every(
+            (x) =>
+              x.metadata.uid !== oldPods.get(x.metadata.name) &&
+              (x.spec as { containers: { image: string }[] }).containers[0].image === "switchyard/expert-worker:0.2.0",
+          )
+        );
+      },
+      { timeoutMs: 90_000, intervalMs: 500, what: "rolled workers at the new image and observedGeneration bumped" },
+    );
+  });
+
+  it("deleting a pool garbage-collects its children", async () => {
+    const c = cluster();
+    await c.kubectl(["delete", "xp", "a", "-n", "life"]);
+    await waitUntil(
+      async () => {
+        const left = await Promise.all([
+          list("/apis/apps/v1/namespaces/life/statefulsets", "switchyard.dev/pool=a"),
+          list("/api/v1/namespaces/life/services", "switchyard.dev/pool=a"),
+          list("/api/v1/namespaces/life/configmaps", "switchyard.dev/pool=a"),
+        ]);
+        return left.every((l) => l.length === 0);
+      },
+      { timeoutMs: 60_000, what: "StatefulSet, Service and plan ConfigMap of a garbage-collected" },
+    );
+    await waitUntil(
+      async () => {
+        const rc = await admin().get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
+        return !JSON.parse(rc?.data?.["router.json"] ?? "{}").pools?.some((x: { name: string }) => x.name === "life/a");
+      },
+      { timeoutMs: 20_000, what: "life/a gone from the router config" },
+    );
+  });
+
+  /** Exactly one StatefulSet, Service and plan ConfigMap per pool, and `replicas` pods. */
+  async function expectNoDuplicates(ns: string, names: string[], replicas: number) {
+    for (const n of names) {
+      const sel = `switchyard.dev/pool=${n}`;
+      expect((await list(`/apis/apps/v1/namespaces/${ns}/statefulsets`, sel)).length, `${n} statefulsets`).toBe(1);
+      expect((await list(`/api/v1/namespaces/${ns}/services`, sel)).length, `${n} services`).toBe(1);
+      expect((await list(`/api/v1/namespaces/${ns}/configmaps`, sel)).length, `${n} configmaps`).toBe(1);
+      expect((await list(`/api/v1/namespaces/${ns}/pods`, sel)).length, `${n} pods`).toBe(replicas);
+    }
+  }
+
+  it("restarting the operator in the middle of reconciling converges without duplicates", async () => {
+    const k = admin();
+    const names = ["r1", "r2", "r3", "r4", "r5", "r6"];
+    const writesBefore = op?.kube.writes() ?? 0;
+    for (const n of names) await k.create(XP("restart"), pool(n, "restart", { replicas: 1 }));
+    await waitUntil(() => (op?.kube.writes() ?? 0) - writesBefore >= 4, {
+      timeoutMs: 20_000,
+      intervalMs: 20,
+      what: "first writes",
+    });
+    await op?.stop();
+    op = startOperator(cluster());
+    await op.start();
+    for (const n of names) await waitReady(k, "restart", n);
+    await expectNoDuplicates("restart", names, 1);
+  });
+
+  it("restarting the API server in the middle of reconciling converges without duplicates", async () => {
+    const k = admin();
+    const names = ["s1", "s2", "s3", "s4"];
+    for (const n of names) await k.create(XP("restart"), pool(n, "restart", { replicas: 1 }));
+    await cluster().restartApiServer();
+    for (const n of names) await waitReady(k, "restart", n, 120_000);
+    await expectNoDuplicates("restart", names, 1);
+  });
+
+  it("after convergence the operator makes zero writes in a 30-second quiet window", async () => {
+    const m = op as Manager;
+    await waitUntil(() => m.idle(), { timeoutMs: 30_000, what: "operator queues idle" });
+    await sleep(2000);
+    const rvs = async () => {
+      const objs = [
+        ...(await list(XP("restart"))),
+        ...(await list("/apis/apps/v1/namespaces/restart/statefulsets")),
+        ...(await list("/api/v1/namespaces/restart/services")),
+        ...(await list("/api/v1/namespaces/restart/configmaps", "app.kubernetes.io/managed-by=switchyard-operator")),
+        ...(await list("/api/v1/namespaces/default/configmaps", "app.kubernetes.io/managed-by=switchyard-operator")),
+      ];
+      return new Map(
+        objs.map((o) => [`${o.metadata.namespace}/${o.metadata.name}/${o.metadata.uid}`, o.metadata.resourceVersion]),
+      );
+    };
+    const before = await rvs();
+    const writes0 = m.kube.writes();
+    const total0 = m.kube.total();
+    await sleep(30_000);
+    const writes = m.kube.writes() - writes0;
+    console.log(
+      `[operator] quiet window: ${writes} writes, ${m.kube.total() - total0} requests in 30 s (${before.size} objects watched)`,
+    );
+    expect(writes).toBe(0);
+    expect(await rvs()).toEqual(before);
+  }, 60_000);
+
+  it("with two operator replicas only the leader writes; the standby takes over when the leader stops", async () => {
+    await op?.stop();
+    op = undefined;
+    const lease = {
+      leaderElect: true,
+      leaseNamespace: "default",
+      leaseDurationMs: 4000,
+      renewDeadlineMs: 3000,
+      retryPeriodMs: 500,
+      onLostLeadership: () => {},
+    };
+    const a = startOperator(cluster(), { ...lease, identity: "replica-a" });
+    const b = startOperator(cluster(), { ...lease, identity: "replica-b" });
+    const wa = countWrites(a);
+    const wb = countWrites(b);
+    await Promise.all([a.start(), b.start()]);
+    await waitUntil(() => a.isLeader() || b.isLeader(), { timeoutMs: 20_000, what: "a leader" });
+    const [leader, standby, wl, ws] = a.isLeader() ? [a, b, wa, wb] : [b, a, wb, wa];
+    expect(standby.isLeader()).toBe(false);
+    const k = admin();
+    await k.create(XP("leader"), pool("l1", "leader", { replicas: 1 }));
+    await waitReady(k, "leader", "l1");
+    expect(wl()).toBeGreaterThan(0);
+    expect(ws()).toBe(0);
+    const leaderWrites = wl();
+    await leader.stop(); // releases the Lease
+    await waitUntil(() => standby.isLeader(), { timeoutMs: 20_000, what: "standby to take over" });
+    await cluster().kubectl(["scale", "-n", "leader", "expertpool/l1", "--replicas=2"]);
+    const p = await waitReady(k, "leader", "l1");
+    expect(p.status?.readyReplicas).toBe(2);
+    expect(ws()).toBeGreaterThan(0);
+    expect(wl()).toBe(leaderWrites);
+    await standby.stop();
+  }, 90_000);
+});
