@@ -66,6 +66,13 @@ import { collectAssignments as collectRouted } from "../router-service/src/core/
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const D = 4096;
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
+
+function median(xs: number[]): number {
+  const s = xs.slice().sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Models the router needs for the synthetic pools (the gate is all a router reads from a model).
@@ -436,24 +443,39 @@ async function overhead() {
     const fwd = rawChannel(`127.0.0.1:${fwdPort}`, payload);
     const rtr = routerChannel(`127.0.0.1:${routerPort}`, req, payload.length);
     const tcp = await tcpChannel(tcpFwd, payload);
-    const secs = T === 256 ? SECONDS : SECONDS * 0.7;
-    // warm up, then interleave router and baseline twice so drifts in machine load hit both
-    await measure(fwd, 4, 0.4);
-    await measure(rtr, 4, 0.4);
-    await measure(tcp, 1, 0.3);
-    const f1 = await measure(fwd, 4, secs / 2);
-    const r1 = await measure(rtr, 4, secs / 2);
-    const r2 = await measure(rtr, 4, secs / 2);
-    const f2 = await measure(fwd, 4, secs / 2);
-    // round trips: one request at a time
-    const rRt = await measure(rtr, 1, secs / 2);
-    const fRt = await measure(fwd, 1, secs / 2);
-    const tRt = await measure(tcp, 1, secs / 2);
+    // Paired, interleaved windows: machine load on this shared box drifts by the second, so every round measures
+    // router and baseline back to back (order alternating) and the figure is the median of per-round ratios.
+    await measure(fwd, 4, 0.3);
+    await measure(rtr, 4, 0.3);
+    await measure(tcp, 1, 0.2);
+    const rounds = ROUNDS;
+    const win = (SECONDS * (T === 256 ? 1.5 : 1)) / rounds;
+    const tput: { r: number; f: number }[] = [];
+    const rtt: { r: number; f: number; t: number }[] = [];
+    for (let k = 0; k < rounds; k++) {
+      let r: Measure;
+      let f: Measure;
+      if (k % 2 === 0) {
+        r = await measure(rtr, 4, win);
+        f = await measure(fwd, 4, win);
+      } else {
+        f = await measure(fwd, 4, win);
+        r = await measure(rtr, 4, win);
+      }
+      tput.push({ r: r.perSecond, f: f.perSecond });
+      const rr = await measure(rtr, 1, win / 2);
+      const ff = await measure(fwd, 1, win / 2);
+      const tt = await measure(tcp, 1, win / 3);
+      rtt.push({ r: rr.p50Ms, f: ff.p50Ms, t: tt.p50Ms });
+    }
     fwd.close();
     rtr.close();
     tcp.close();
-    const fwdTput = (f1.perSecond + f2.perSecond) / 2;
-    const rtrTput = (r1.perSecond + r2.perSecond) / 2;
+    const fwdTput = median(tput.map((x) => x.f));
+    const rtrTput = median(tput.map((x) => x.r));
+    const rRt = { p50Ms: median(rtt.map((x) => x.r)) };
+    const fRt = { p50Ms: median(rtt.map((x) => x.f)) };
+    const tRt = { p50Ms: median(rtt.map((x) => x.t)) };
     const row = {
       T,
       bytes_per_message: payload.length,
@@ -461,12 +483,13 @@ async function overhead() {
       forwarder_req_per_s: +fwdTput.toFixed(1),
       router_MBps: +((rtrTput * payload.length) / 1e6).toFixed(1),
       forwarder_MBps: +((fwdTput * payload.length) / 1e6).toFixed(1),
-      overhead_ratio: +(rtrTput / fwdTput).toFixed(3),
+      overhead_ratio: +median(tput.map((x) => x.r / x.f)).toFixed(3),
+      overhead_ratio_per_round: tput.map((x) => +(x.r / x.f).toFixed(3)),
       router_rtt_ms: +rRt.p50Ms.toFixed(3),
       forwarder_rtt_ms: +fRt.p50Ms.toFixed(3),
       tcp_two_hop_rtt_ms: +tRt.p50Ms.toFixed(3),
-      tcp_ratio: +(rRt.p50Ms / tRt.p50Ms).toFixed(2),
-      rtt_ratio_vs_forwarder: +(fRt.p50Ms / rRt.p50Ms).toFixed(3),
+      tcp_ratio: +median(rtt.map((x) => x.r / x.t)).toFixed(2),
+      rtt_ratio_vs_forwarder: +median(rtt.map((x) => x.f / x.r)).toFixed(3),
     };
     console.log(JSON.stringify(row));
     rows.push(row);
@@ -477,9 +500,10 @@ async function overhead() {
 
 async function batching() {
   const dir = await mkdtemp(join(tmpdir(), "sy-bench-router-"));
-  const d = 1024;
-  const f = 2816;
-  const E = 8;
+  // Mixtral's shape scaled down (d 4096 -> 1024, f 14336 -> 3584, 8 experts, top-2); env overrides for exploring.
+  const d = Number(process.env.BENCH_BATCH_D ?? 1024);
+  const f = Number(process.env.BENCH_BATCH_F ?? 3584);
+  const E = Number(process.env.BENCH_BATCH_E ?? 8);
   console.log(`batching: generating a mixtral-like layer (d=${d}, f=${f}, ${E} experts, top-2, bf16) ...`);
   await generateCheckpoint({
     family: "mixtral",
@@ -498,9 +522,9 @@ async function batching() {
   for (const id of ids) ports.push(await start("worker", { checkpoint: dir, id, planFile }));
   const endpoints = Object.fromEntries(ids.map((id, i) => [id, `127.0.0.1:${ports[i]}`]));
   const streams = 64;
-  const out: Record<string, Measure & { tokensPerS: number; batchTokensMean?: number }> = {};
+  const routers: Record<"off" | "on", number> = { off: 0, on: 0 };
   for (const mode of ["off", "on"] as const) {
-    const routerPort = await start("router", {
+    routers[mode] = await start("router", {
       model: { checkpoint: dir },
       d,
       experts: E,
@@ -509,7 +533,9 @@ async function batching() {
       replicas: plan.replicas,
       policy: { batching: { enabled: mode === "on", maxWaitMs: 2, maxBatchTokens: 256 } },
     } satisfies RouterSpec);
-    const channels = Array.from({ length: streams }, (_, i) => {
+  }
+  const channelsOf = (port: number) =>
+    Array.from({ length: streams }, (_, i) => {
       const h = new Float32Array(d);
       for (let j = 0; j < d; j++) h[j] = Math.sin((i + 1) * (j + 3) * 0.013) * 2;
       const req: ForwardRequest = {
@@ -519,42 +545,55 @@ async function batching() {
         gate: undefined,
         requestId: 0n,
       };
-      return routerChannel(`127.0.0.1:${routerPort}`, req, d * 2);
+      return routerChannel(`127.0.0.1:${port}`, req, d * 2);
     });
-    // one decode loop per stream: send 1 token, wait, repeat
-    const lat: number[] = [];
-    const run = async (secs: number, record: boolean) => {
-      const end = performance.now() + secs * 1000;
-      const t0 = performance.now();
-      let n = 0;
-      await Promise.all(
-        channels.map(async (ch) => {
-          while (performance.now() < end) {
-            const t = performance.now();
-            await ch.call();
-            if (record) lat.push(performance.now() - t);
-            n++;
-          }
-        }),
-      );
-      return n / ((performance.now() - t0) / 1000);
-    };
-    await run(1, false);
-    const tps = await run(SECONDS * 1.5, true);
-    lat.sort((a, b) => a - b);
-    const q = (p: number) => lat[Math.min(lat.length - 1, Math.ceil(p * lat.length) - 1)];
-    out[mode] = { perSecond: tps, tokensPerS: tps, p50Ms: q(0.5), p99Ms: q(0.99), calls: lat.length };
-    console.log(
-      JSON.stringify({
-        batching: mode,
-        tokens_per_s: +tps.toFixed(1),
-        p50_ms: +q(0.5).toFixed(2),
-        p99_ms: +q(0.99).toFixed(2),
+  const channels = { off: channelsOf(routers.off), on: channelsOf(routers.on) };
+  const lat: Record<"off" | "on", number[]> = { off: [], on: [] };
+  // one decode loop per stream: send 1 token, wait for its answer, repeat
+  const run = async (mode: "off" | "on", secs: number, record: boolean) => {
+    const end = performance.now() + secs * 1000;
+    const t0 = performance.now();
+    let n = 0;
+    await Promise.all(
+      channels[mode].map(async (ch) => {
+        while (performance.now() < end) {
+          const t = performance.now();
+          await ch.call();
+          if (record) lat[mode].push(performance.now() - t);
+          n++;
+        }
       }),
     );
-    for (const ch of channels) ch.close();
-    children.pop()!.kill("SIGKILL"); // this mode's router
+    return n / ((performance.now() - t0) / 1000);
+  };
+  await run("off", 1, false);
+  await run("on", 1, false);
+  // Interleaved windows, order alternating, as for the overhead figure.
+  const rounds = Math.max(2, Math.round(ROUNDS / 2));
+  const tps: { off: number; on: number }[] = [];
+  for (let k = 0; k < rounds; k++) {
+    const win = (SECONDS * 1.5) / rounds;
+    if (k % 2 === 0) {
+      const off = await run("off", win, true);
+      tps.push({ off, on: await run("on", win, true) });
+    } else {
+      const on = await run("on", win, true);
+      tps.push({ on, off: await run("off", win, true) });
+    }
+    console.log(
+      JSON.stringify({ round: k, tokens_per_s_off: +tps[k].off.toFixed(1), tokens_per_s_on: +tps[k].on.toFixed(1) }),
+    );
   }
+  for (const m of ["off", "on"] as const) for (const ch of channels[m]) ch.close();
+  const q = (xs: number[], p: number) => {
+    const s2 = xs.slice().sort((a, b) => a - b);
+    return s2[Math.min(s2.length - 1, Math.ceil(p * s2.length) - 1)];
+  };
+  const out = {
+    off: { tokensPerS: median(tps.map((x) => x.off)), p50Ms: q(lat.off, 0.5), p99Ms: q(lat.off, 0.99) },
+    on: { tokensPerS: median(tps.map((x) => x.on)), p50Ms: q(lat.on, 0.5), p99Ms: q(lat.on, 0.99) },
+  };
+  const speedup = median(tps.map((x) => x.on / x.off));
   stopAll();
   return {
     model: `mixtral-like 1 layer, d=${d}, f=${f}, ${E} experts top-2, bf16, 2 CPU workers (native backend)`,
@@ -570,7 +609,8 @@ async function batching() {
       p50_ms: +out.on.p50Ms.toFixed(2),
       p99_ms: +out.on.p99Ms.toFixed(2),
     },
-    batching_speedup: +(out.on.tokensPerS / out.off.tokensPerS).toFixed(2),
+    batching_speedup: +speedup.toFixed(2),
+    speedup_per_round: tps.map((x) => +(x.on / x.off).toFixed(2)),
     batching_p99_ratio: +(out.on.p99Ms / out.off.p99Ms).toFixed(3),
   };
 }

@@ -348,7 +348,6 @@ export class Router {
     const items = all.filter((i) => !i.done);
     if (items.length === 0) return;
     const flushStart = performance.now();
-    const name = p.name;
     const m = p.model;
     const layer = items[0].layer;
     let batchTokens = 0;

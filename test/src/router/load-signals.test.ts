@@ -42,8 +42,6 @@ async function until<T>(what: string, f: () => Promise<T | null | undefined | fa
   }
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 // One layer, two experts, both on both workers: the choice between w0 and w1 is pure load.
 const model: PoolModel = {
   family: "toy",

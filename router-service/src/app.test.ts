@@ -1,0 +1,128 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { generateCheckpoint } from "@switchyard/moe";
+import { DType, encodeTensor } from "@switchyard/protocol";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type RouterApp, startRouterApp } from "./app.js";
+import { parseRouterArgs } from "./args.js";
+import { FakeWorker } from "./testing/fake-worker.js";
+
+async function until(f: () => Promise<boolean> | boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await f())) {
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("router process: config and plan reload without restart", () => {
+  let dir: string;
+  let app: RouterApp;
+  const workers = [new FakeWorker({ id: "w0", expert: null }), new FakeWorker({ id: "w1", expert: null })];
+  const logs: string[] = [];
+  const plan = (version: number, holder: number) => ({
+    version,
+    pool: "p",
+    workers: ["w0", "w1"],
+    replicas: [Array.from({ length: 4 }, () => [holder])],
+  });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-app-"));
+    await generateCheckpoint({
+      family: "mixtral",
+      dir: join(dir, "ckpt"),
+      layers: 1,
+      hiddenSize: 16,
+      intermediateSize: 8,
+      experts: 4,
+    });
+    for (const w of workers) await w.start();
+    await writeFile(join(dir, "plan.json"), JSON.stringify(plan(1, 0)));
+    await writeFile(
+      join(dir, "router.json"),
+      JSON.stringify({
+        pools: [
+          {
+            name: "p",
+            checkpoint: join(dir, "ckpt"),
+            planFile: join(dir, "plan.json"),
+            endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+          },
+        ],
+      }),
+    );
+    app = await startRouterApp({
+      config: join(dir, "router.json"),
+      port: 0,
+      metricsPort: null,
+      host: "127.0.0.1",
+      watchIntervalMs: 50,
+      log: (l) => logs.push(l),
+    });
+  });
+  afterAll(async () => {
+    await app?.close();
+    for (const w of workers) w.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const version = async () => {
+    const t = await app.router.metrics.registry.getSingleMetricAsString("switchyard_router_placement_plan_version");
+    return Number(/pool="p"} (\d+)/.exec(t)?.[1]);
+  };
+  const forward = () =>
+    app.router.forward({
+      pool: "p",
+      layer: 0,
+      hidden: encodeTensor(new Float32Array(16).fill(1), [1, 16], DType.FLOAT32),
+      gate: undefined,
+      requestId: 0n,
+    });
+
+  it("serves with plan v1, then follows a new plan file", async () => {
+    expect(await version()).toBe(1);
+    await forward();
+    expect(workers[0].rows).toBeGreaterThan(0);
+    expect(workers[1].rows).toBe(0);
+    await writeFile(join(dir, "plan.json"), JSON.stringify(plan(2, 1)));
+    await until(async () => (await version()) === 2);
+    await forward();
+    expect(workers[1].rows).toBeGreaterThan(0);
+  });
+
+  it("keeps the running config when a new one is bad, and says which field", async () => {
+    const cfgPath = join(dir, "router.json");
+    await writeFile(
+      cfgPath,
+      JSON.stringify({
+        pools: [
+          {
+            name: "p",
+            checkpoint: join(dir, "ckpt"),
+            planFile: join(dir, "plan.json"),
+            policy: { gating: { topP: 2 } },
+          },
+        ],
+      }),
+    );
+    await until(() => logs.some((l) => l.includes("pools[0].policy.gating.topP")));
+    expect(await app.reload()).toBe(false);
+    await forward(); // still serving
+  });
+
+  it("parses its command line, flags over env", () => {
+    expect(
+      parseRouterArgs(["--config", "/c.json", "--port=1"], { SWITCHYARD_PORT: "2", SWITCHYARD_METRICS_PORT: "3" }),
+    ).toEqual({
+      config: "/c.json",
+      port: 1,
+      metricsPort: 3,
+      host: "0.0.0.0",
+    });
+    expect(() => parseRouterArgs([], {})).toThrow(/--config: required/);
+    expect(() => parseRouterArgs(["--config", "x", "--port", "http"], {})).toThrow(/--port: must be a port number/);
+    expect(() => parseRouterArgs(["--cfg", "x"], {})).toThrow(/unknown flag --cfg/);
+  });
+});

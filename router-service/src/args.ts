@@ -1,0 +1,45 @@
+// Router command line (docs/CONTRACTS.md): --config FILE --port 50051 --metrics-port 9400 [--host ADDR];
+// every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>, flags win. Pure.
+
+const FLAGS = ["config", "port", "metrics-port", "host"] as const;
+
+export interface RouterArgs {
+  config: string;
+  port: number;
+  metricsPort: number;
+  host: string;
+}
+
+export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterArgs {
+  const raw = new Map<string, string>();
+  for (const f of FLAGS) {
+    const v = env[`SWITCHYARD_${f.replace(/-/g, "_").toUpperCase()}`];
+    if (v) raw.set(f, v);
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) throw new Error(`unexpected argument "${a}"`);
+    const eq = a.indexOf("=");
+    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    if (!(FLAGS as readonly string[]).includes(name))
+      throw new Error(`unknown flag --${name} (known: ${FLAGS.map((f) => `--${f}`).join(" ")})`);
+    const v = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (v === undefined) throw new Error(`--${name}: missing value`);
+    raw.set(name, v);
+  }
+  const config = raw.get("config");
+  if (!config) throw new Error("--config: required (router config JSON, see docs/CONTRACTS.md)");
+  const port = (f: string, d: number) => {
+    const s = raw.get(f);
+    if (s === undefined) return d;
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`--${f}: must be a port number, got "${s}"`);
+    return n;
+  };
+  return {
+    config,
+    port: port("port", 50051),
+    metricsPort: port("metrics-port", 9400),
+    host: raw.get("host") ?? "0.0.0.0",
+  };
+}
