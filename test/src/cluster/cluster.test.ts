@@ -39,7 +39,7 @@ function gpuStatefulSet(name: string, replicas: number, gpus: number) {
 
 describeWithCluster(
   "test cluster (real control plane, kwok GPU nodes)",
-  { nodes: NODES, gpusPerNode: GPUS },
+  { nodes: NODES, gpusPerNode: GPUS, auditLog: true },
   (cluster) => {
     const core = () => cluster().kubeConfig.makeApiClient(CoreV1Api);
     const apps = () => cluster().kubeConfig.makeApiClient(AppsV1Api);
@@ -170,6 +170,35 @@ describeWithCluster(
       await cluster().helm(["uninstall", "smoke", "--wait"]);
       const left = (await core().listNamespacedConfigMap({ namespace: "default" })).items.map((c) => c.metadata?.name);
       expect(left).not.toContain("smoke-cm");
+    }, 120_000);
+
+    it("gives ServiceAccount identities only their RBAC and attributes their writes in the audit log", async () => {
+      const kubeconfig = await cluster().serviceAccountKubeconfig("default", "limited");
+      const as = (args: string[]) => cluster().kubectl([`--kubeconfig=${kubeconfig}`, ...args], { check: false });
+      const denied = await as(["get", "configmaps"]);
+      expect(denied.code).not.toBe(0);
+      expect(denied.stderr).toContain("forbidden");
+      await cluster().kubectl(["create", "role", "cm-writer", "--verb=get,list,create", "--resource=configmaps"]);
+      await cluster().kubectl([
+        "create",
+        "rolebinding",
+        "cm-writer",
+        "--role=cm-writer",
+        "--serviceaccount=default:limited",
+      ]);
+      await waitUntil(async () => (await as(["get", "configmaps"])).code === 0, {
+        what: "RBAC grant",
+        timeoutMs: 10_000,
+      });
+      expect((await as(["create", "configmap", "sa-made", "--from-literal=a=1"])).code).toBe(0);
+      expect((await as(["delete", "configmap", "sa-made"])).stderr).toContain("forbidden");
+      const mine = cluster()
+        .auditEvents()
+        .filter((e) => e.user.username === "system:serviceaccount:default:limited");
+      expect(mine.map((e) => [e.verb, e.objectRef?.resource, e.objectRef?.name, e.responseStatus?.code])).toEqual([
+        ["create", "configmaps", "sa-made", 201],
+        ["delete", "configmaps", "sa-made", 403],
+      ]);
     }, 120_000);
   },
 );

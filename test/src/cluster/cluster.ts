@@ -2,12 +2,14 @@
 // (fake GPU nodes) on loopback with random ports, in a temp dir, torn down by stop(). See README.md beside this file.
 
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CoreV1Api, KubeConfig, type V1Node } from "@kubernetes/client-node";
 import { type AssetName, findAssets, missingAssetsMessage } from "./assets.js";
 import {
+  AUDIT_POLICY_YAML,
+  type AuditEvent,
   apiServerArgs,
   type ClusterLayout,
   controllerManagerArgs,
@@ -16,8 +18,10 @@ import {
   gpuNodeManifest,
   kubeconfigContent,
   kwokArgs,
+  parseAuditLog,
   schedulerArgs,
   tokenFileContent,
+  tokenKubeconfigContent,
 } from "./config.js";
 import { KWOK_STAGES_YAML } from "./kwok-stages.js";
 import { ManagedProcess, startWatchdog } from "./process.js";
@@ -38,6 +42,10 @@ export interface ClusterOptions {
   keepLogs?: boolean;
   /** Overall start-up limit. Default 120 s (a busy 2-core machine is slow). */
   startTimeoutMs?: number;
+  /** Record every write request (who, verb, resource) in an audit log; read it with auditEvents(). Default false. */
+  auditLog?: boolean;
+  /** Extra command-line flags per component, appended last (so they win), e.g. feature gates. */
+  extraArgs?: { apiServer?: string[]; controllerManager?: string[]; scheduler?: string[]; kwok?: string[] };
 }
 
 export interface TestCluster {
@@ -69,6 +77,12 @@ export interface TestCluster {
   crashed(): string[];
   /** Marks the run failed so stop() keeps the logs and says where. */
   markFailed(): void;
+  /** Completed write requests so far (needs `auditLog: true`). Filter by `user.username`, e.g.
+   * "system:serviceaccount:NS:NAME" for a process started with serviceAccountKubeconfig(). */
+  auditEvents(): AuditEvent[];
+  /** Creates (if needed) ServiceAccount NS/NAME, requests a token for it and writes a kubeconfig using it; returns
+   * the file path. Run a process with it to test its RBAC, or to tell its writes apart in auditEvents(). */
+  serviceAccountKubeconfig(namespace: string, name: string, opts?: { expirationSeconds?: number }): Promise<string>;
 }
 
 const requiredAssets = (o: Required<Pick<ClusterOptions, "withKwok" | "withControllerManager" | "withScheduler">>) => {
@@ -99,6 +113,8 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     withScheduler: opts.withScheduler ?? true,
     keepLogs: opts.keepLogs ?? process.env.SWITCHYARD_KEEP_CLUSTER_LOGS === "1",
     startTimeoutMs: opts.startTimeoutMs ?? 120_000,
+    auditLog: opts.auditLog ?? false,
+    extraArgs: opts.extraArgs ?? {},
   };
   if (!Number.isInteger(o.nodes) || o.nodes < 0)
     throw new Error(`nodes: must be a non-negative integer, got ${o.nodes}`);
@@ -138,7 +154,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     saPrivateKeyFile: join(dir, "sa.key"),
     kubeconfigPath: join(dir, "kubeconfig"),
     kwokConfigFile: join(dir, "kwok.yaml"),
+    ...(o.auditLog ? { auditPolicyFile: join(dir, "audit-policy.yaml"), auditLogFile: join(logDir, "audit.log") } : {}),
   };
+  if (layout.auditPolicyFile) writeFileSync(layout.auditPolicyFile, AUDIT_POLICY_YAML);
   const token = randomBytes(24).toString("hex");
   const server = `https://127.0.0.1:${apiServerPort}`;
   const sa = generateKeyPairSync("rsa", {
@@ -204,7 +222,10 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     });
   };
   const startApiServer = () =>
-    launch("kube-apiserver", apiServerArgs(layout, { serviceAccountAdmission: o.withControllerManager }));
+    launch("kube-apiserver", [
+      ...apiServerArgs(layout, { serviceAccountAdmission: o.withControllerManager }),
+      ...(o.extraArgs.apiServer ?? []),
+    ]);
 
   try {
     launch("etcd", etcdArgs(layout));
@@ -225,7 +246,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
 
     const waits: Promise<void>[] = [];
     if (o.withControllerManager) {
-      launch("kube-controller-manager", controllerManagerArgs(layout));
+      launch("kube-controller-manager", [...controllerManagerArgs(layout), ...(o.extraArgs.controllerManager ?? [])]);
       // /healthz answers before the controllers run; the default ServiceAccount proves they do.
       waits.push(
         waitUntil(
@@ -243,7 +264,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
       );
     }
     if (o.withScheduler) {
-      launch("kube-scheduler", schedulerArgs(layout));
+      launch("kube-scheduler", [...schedulerArgs(layout), ...(o.extraArgs.scheduler ?? [])]);
       waits.push(
         waitUntil(async () => (await httpGet(`https://127.0.0.1:${schedulerPort}/healthz`)).status === 200, {
           what: "kube-scheduler /healthz",
@@ -254,7 +275,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
       );
     }
     if (o.withKwok) {
-      launch("kwok", kwokArgs(layout));
+      launch("kwok", [...kwokArgs(layout), ...(o.extraArgs.kwok ?? [])]);
       waits.push(
         waitUntil(async () => (await httpGet(`http://127.0.0.1:${kwokPort}/healthz`)).status === 200, {
           what: "kwok /healthz",
@@ -348,6 +369,26 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
       crashed,
       markFailed() {
         failed = true;
+      },
+      auditEvents() {
+        if (!layout.auditLogFile) throw new Error("auditEvents: start the cluster with auditLog: true");
+        return existsSync(layout.auditLogFile) ? parseAuditLog(readFileSync(layout.auditLogFile, "utf8")) : [];
+      },
+      async serviceAccountKubeconfig(namespace, name, saOpts = {}) {
+        const exists = (await core.listNamespacedServiceAccount({ namespace })).items.some(
+          (a) => a.metadata?.name === name,
+        );
+        if (!exists) await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name } } });
+        const tr = await core.createNamespacedServiceAccountToken({
+          name,
+          namespace,
+          body: { spec: { audiences: [], expirationSeconds: saOpts.expirationSeconds ?? 24 * 3600 } },
+        });
+        const saToken = tr.status?.token;
+        if (!saToken) throw new Error(`serviceAccountKubeconfig: no token returned for ${namespace}/${name}`);
+        const path = join(dir, `kubeconfig-${namespace}-${name}`);
+        writeFileSync(path, tokenKubeconfigContent(server, saToken, `${namespace}-${name}`), { mode: 0o600 });
+        return path;
       },
     };
   } catch (err) {

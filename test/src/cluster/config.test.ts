@@ -8,8 +8,10 @@ import {
   KCM_CONTROLLERS,
   kubeconfigContent,
   kwokArgs,
+  parseAuditLog,
   schedulerArgs,
   tokenFileContent,
+  tokenKubeconfigContent,
 } from "./config.js";
 import { KWOK_STAGES_YAML } from "./kwok-stages.js";
 
@@ -126,5 +128,31 @@ describe("gpuNodeManifest", () => {
     expect(() => gpuNodeManifest("Bad_Name", { gpus: 1 })).toThrow(/node name/);
     expect(() => gpuNodeManifest("ok", { gpus: -1 })).toThrow(/gpus/);
     expect(() => gpuNodeManifest("ok", { gpus: 1.5 })).toThrow(/gpus/);
+  });
+});
+
+describe("audit log", () => {
+  it("turns on the apiserver audit flags only when asked", () => {
+    expect(flag(apiServerArgs(layout, { serviceAccountAdmission: true }), "audit-log-path")).toBeUndefined();
+    const a = apiServerArgs(
+      { ...layout, auditPolicyFile: "/t/audit-policy.yaml", auditLogFile: "/t/logs/audit.log" },
+      { serviceAccountAdmission: true },
+    );
+    expect(flag(a, "audit-policy-file")).toBe("/t/audit-policy.yaml");
+    expect(flag(a, "audit-log-path")).toBe("/t/logs/audit.log");
+    expect(flag(a, "audit-log-mode")).toBe("blocking");
+  });
+
+  it("keeps completed requests only", () => {
+    const ev = (stage: string, verb: string) =>
+      JSON.stringify({ stage, verb, user: { username: "u" }, requestReceivedTimestamp: "2026-01-01T00:00:00Z" });
+    const events = parseAuditLog(`${ev("ResponseStarted", "create")}\n${ev("ResponseComplete", "patch")}\n\n`);
+    expect(events.map((e) => e.verb)).toEqual(["patch"]);
+  });
+
+  it("builds a kubeconfig for another identity", () => {
+    const k = JSON.parse(tokenKubeconfigContent("https://127.0.0.1:9", "sa-token", "ns-op"));
+    expect(k.users).toEqual([{ name: "ns-op", user: { token: "sa-token" } }]);
+    expect(k.contexts[0].context.user).toBe("ns-op");
   });
 });

@@ -17,6 +17,9 @@ export interface ClusterLayout {
   saPrivateKeyFile: string;
   kubeconfigPath: string;
   kwokConfigFile: string;
+  /** Set when the audit log is on. */
+  auditPolicyFile?: string;
+  auditLogFile?: string;
 }
 
 /** Kubernetes' node-lifecycle controller would mark fake nodes NotReady (and evict their pods) after ~50 s without
@@ -67,6 +70,15 @@ export function apiServerArgs(l: ClusterLayout, opts: { serviceAccountAdmission:
     "--profiling=false",
     "--v=1",
   ];
+  if (l.auditPolicyFile && l.auditLogFile) {
+    // Synchronous JSON lines, never rotated: tests read the file right after the request returns.
+    args.push(
+      `--audit-policy-file=${l.auditPolicyFile}`,
+      `--audit-log-path=${l.auditLogFile}`,
+      "--audit-log-mode=blocking",
+    );
+    args.push("--audit-log-format=json", "--audit-log-maxsize=0");
+  }
   // TaintNodesByCondition puts node.kubernetes.io/not-ready:NoSchedule on every new Node, and only the node-lifecycle
   // controller (off, see KCM_CONTROLLERS) would take it away again.
   const disabled = ["TaintNodesByCondition"];
@@ -184,4 +196,44 @@ export function gpuNodeManifest(name: string, o: GpuNodeOptions) {
     spec: { taints: o.taints ?? [] },
     status: { capacity: { ...resources }, allocatable: { ...resources } },
   };
+}
+
+/** Audit policy: every write (create, update, patch, delete, deletecollection) at Metadata level, nothing else, so
+ * "who wrote what" can be counted cheaply (e.g. zero writes by the operator after convergence). */
+export const AUDIT_POLICY_YAML = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+`;
+
+/** One line of the audit log (the fields tests use). */
+export interface AuditEvent {
+  verb: string;
+  user: { username: string; groups?: string[] };
+  objectRef?: { resource?: string; subresource?: string; namespace?: string; name?: string; apiGroup?: string };
+  responseStatus?: { code?: number };
+  requestReceivedTimestamp: string;
+  stage: string;
+}
+
+/** Parses audit log text; only completed requests (stage ResponseComplete) count, so each write appears once. */
+export function parseAuditLog(text: string): AuditEvent[] {
+  const out: AuditEvent[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.trim()) continue;
+    const e = JSON.parse(line) as AuditEvent;
+    if (e.stage === "ResponseComplete") out.push(e);
+  }
+  return out;
+}
+
+/** Kubeconfig for a bearer token of some other identity (e.g. a ServiceAccount token). */
+export function tokenKubeconfigContent(server: string, token: string, user: string): string {
+  const k = JSON.parse(kubeconfigContent(server, token));
+  k.users[0].name = user;
+  k.contexts[0].context.user = user;
+  return `${JSON.stringify(k, null, 2)}\n`;
 }
