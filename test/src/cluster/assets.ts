@@ -75,7 +75,7 @@ export function findAssets(names: readonly AssetName[], env: NodeJS.ProcessEnv =
 export function missingAssetsMessage(lookup: AssetLookup): string {
   return (
     `test cluster binaries missing: ${lookup.missing.join(", ")} (looked in ${lookup.searched.join(", ")}). ` +
-    "Build them with `bash scripts/ci/build-test-assets.sh` (about 15 min cold on 2 cores, seconds when cached), " +
+    "Build them with `bash scripts/ci/build-test-assets.sh` (about 11 min cold on 2 cores, under a minute with warm Go caches), " +
     "or set KUBEBUILDER_ASSETS to a directory holding them."
   );
 }
