@@ -82,11 +82,11 @@ export class Manager {
     const recent = new RecentWrites();
     const events = new EventRecorder(this.kube, "switchyard-operator", this.identity, this.log);
     const router = o.routerConfigMap ?? { namespace: ns ?? "default", name: "switchyard-router" };
-    const concurrency = o.concurrency ?? 4;
+    const concurrency = o.concurrency ?? 16;
 
     const poolKey = (obj: { metadata?: { namespace?: string; name?: string } }) =>
       `${obj.metadata?.namespace ?? "default"}/${obj.metadata?.name}`;
-    const enqueueRouter = () => this.routerCtl.queue.addAfter(ROUTER_KEY, o.routerDebounceMs ?? 1000);
+    const enqueueRouter = () => this.routerCtl.queue.addAfter(ROUTER_KEY, o.routerDebounceMs ?? 5000);
     const managed = `${MANAGED_BY_LABEL}=${MANAGED_BY}`;
     const mk = <T extends { metadata?: object }>(
       name: string,

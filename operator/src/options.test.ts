@@ -11,7 +11,7 @@ describe("parseOptions", () => {
       leaseNamespace: "default",
       leaseName: "switchyard-operator",
       routerConfigMap: { namespace: "default", name: "switchyard-router" },
-      concurrency: 4,
+      concurrency: 16,
       identity: undefined,
     });
   });

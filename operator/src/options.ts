@@ -35,7 +35,7 @@ export const USAGE = `usage: node operator/dist/main.js [flags]
   --lease-namespace NS    namespace of the Lease (default: --namespace, POD_NAMESPACE, or default)
   --lease-name NAME       Lease name (default switchyard-operator)
   --router-configmap NS/NAME  where the router config is written (default <lease namespace>/switchyard-router)
-  --concurrency N         reconciles in parallel per controller (default 4)
+  --concurrency N         reconciles in parallel per controller (default 16)
   --identity ID           leader election identity (default POD_NAME or hostname_pid)
 Every flag can also be given as env SWITCHYARD_<FLAG_UPPER_SNAKE>.`;
 
@@ -67,7 +67,7 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     if (!m) throw new OptionsError(`--router-configmap: want NAMESPACE/NAME or NAME, got ${JSON.stringify(rc)}`);
     routerConfigMap = { namespace: m[1] ?? leaseNamespace, name: m[2] };
   }
-  const conc = Number(get("concurrency") ?? 4);
+  const conc = Number(get("concurrency") ?? 16);
   if (!Number.isInteger(conc) || conc < 1 || conc > 64)
     throw new OptionsError(`--concurrency: must be 1-64, got ${conc}`);
   return {

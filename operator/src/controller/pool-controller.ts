@@ -20,7 +20,7 @@ import {
   serviceName,
   statefulSetName,
 } from "./names.js";
-import { buildPoolStatus } from "./pool-status.js";
+import { buildPoolStatus, type PoolObservation } from "./pool-status.js";
 
 export const MOVED_ANNOTATION = "switchyard.dev/moved-experts";
 
@@ -75,9 +75,7 @@ export class PoolReconciler {
     const liveCm = recent.pick("ConfigMap", ns, cmName, caches.configMaps.get(ns, cmName));
     const previous = planFromConfigMap(liveCm);
     const plan = desiredPlan(pool, previous);
-    let planInfo:
-      | { plan: NonNullable<typeof previous>; stats: import("@switchyard/moe").PlanStats; moved: number }
-      | { error: string };
+    let planInfo: PoolObservation["plan"];
     if (plan.ok) {
       const changed = !previous || plan.plan.version !== previous.version;
       // How many copies the last version change moved; kept on the ConfigMap so it survives restarts.
@@ -108,7 +106,8 @@ export class PoolReconciler {
       recent.pick("Service", ns, serviceName(name), caches.services.get(ns, serviceName(name))),
     );
     let sts = recent.pick("StatefulSet", ns, statefulSetName(name), caches.statefulSets.get(ns, statefulSetName(name)));
-    if (planInfo && !("error" in planInfo)) {
+    if (!("error" in planInfo)) {
+      // No StatefulSet without a plan: workers would start with nothing to load.
       const wrote = await this.applyIfChanged(
         "StatefulSet",
         paths.statefulSets(ns),

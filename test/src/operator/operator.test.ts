@@ -1,6 +1,7 @@
 // Must show (issue 5), against a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 // kwok fake GPU nodes): pools become Ready, GPU shortage is reported, scale/edit/delete work, and the operator
 // converges without duplicates through its own restart, an API server restart and a leader change, then goes quiet.
+import { KubeConfig } from "@kubernetes/client-node";
 import type { Manager } from "@switchyard/operator";
 import { describeWithCluster } from "@switchyard/test/cluster/vitest";
 import { afterAll, beforeAll, expect, it } from "vitest";
@@ -336,5 +337,54 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     expect(ws()).toBeGreaterThan(0);
     expect(wl()).toBe(leaderWrites);
     await standby.stop();
+  }, 90_000);
+
+  it("runs with only the verbs in operator/deploy/rbac.yaml (ServiceAccount token)", async () => {
+    const c = cluster();
+    await createNamespace(admin(), "switchyard-system");
+    await createNamespace(admin(), "rbac");
+    await c.kubectl(["apply", "-f", "operator/deploy/rbac.yaml"]);
+    const token = (await c.kubectl(["create", "token", "switchyard-operator", "-n", "switchyard-system", "--duration=1h"])).stdout.trim();
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: "test", server: c.server, skipTLSVerify: true }],
+      users: [{ name: "operator", token }],
+      contexts: [{ name: "test", cluster: "test", user: "operator" }],
+      currentContext: "test",
+    });
+    const m = startOperator(c, {
+      kubeConfig: kc,
+      leaderElect: true,
+      leaseNamespace: "switchyard-system",
+      routerConfigMap: { namespace: "switchyard-system", name: "switchyard-router" },
+      onLostLeadership: () => {},
+    });
+    const codes: number[] = [];
+    m.kube.onRequest((r) => codes.push(r.code));
+    await m.start();
+    try {
+      const k = admin();
+      await k.create(XP("rbac"), pool("p", "rbac", { replicas: 1 }));
+      await k.create(RP("rbac"), {
+        apiVersion: "switchyard.dev/v1alpha1",
+        kind: "RoutingPolicy",
+        metadata: { name: "p", namespace: "rbac" },
+        spec: { poolRef: { name: "p" } },
+      });
+      await waitReady(k, "rbac", "p");
+      await waitUntil(async () => cond(await k.get<Obj>(`${RP("rbac")}/p`), "Ready")?.status === "True", {
+        timeoutMs: 20_000,
+        what: "RoutingPolicy Ready under the operator's RBAC",
+      });
+      await waitUntil(
+        async () =>
+          (await k.get<Obj>("/api/v1/namespaces/switchyard-system/configmaps/switchyard-router"))?.data?.["router.json"]?.includes('"name":"rbac/p"') ??
+          false,
+        { timeoutMs: 20_000, what: "router config written under the operator's RBAC" },
+      );
+      expect(codes.filter((x) => x === 403)).toEqual([]);
+    } finally {
+      await m.stop();
+    }
   }, 90_000);
 });
