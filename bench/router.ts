@@ -62,6 +62,7 @@ import {
 import { applyCapacity } from "../router-service/src/core/capacity.js";
 import { layoutRound } from "../router-service/src/core/plan-flush.js";
 import { collectAssignments as collectRouted } from "../router-service/src/core/routing.js";
+import { mulberry32 } from "../router-service/src/local/loadgen.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -536,8 +537,8 @@ async function batching() {
   }
   const channelsOf = (port: number) =>
     Array.from({ length: streams }, (_, i) => {
-      const h = new Float32Array(d);
-      for (let j = 0; j < d; j++) h[j] = Math.sin((i + 1) * (j + 3) * 0.013) * 2;
+      const rnd = mulberry32(1000 + i); // each stream its own token: routing spread over the experts
+      const h = Float32Array.from({ length: d }, () => (rnd() * 2 - 1) * 1.7);
       const req: ForwardRequest = {
         pool: "bench",
         layer: 0,
@@ -633,7 +634,9 @@ async function decision() {
     replicas,
     policy,
   } satisfies RouterSpec);
-  const logits = Float32Array.from({ length: T * E }, (_, i) => Math.sin(i * 1.618) * 3);
+  // Independent N(0,1)-ish logits per token and expert: routing spreads like a trained gate's (~220 experts touched).
+  const rnd = mulberry32(17);
+  const logits = Float32Array.from({ length: T * E }, () => (rnd() + rnd() + rnd() - 1.5) * 2);
   const req: ForwardRequest = {
     pool: "bench",
     layer: 0,
