@@ -4,7 +4,7 @@
 import { KubeConfig } from "@kubernetes/client-node";
 import type { Manager } from "@switchyard/operator";
 import { describeWithCluster } from "@switchyard/test/cluster/vitest";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it, vi } from "vitest";
 import { waitUntil } from "../cluster/index.js";
 import {
   adminClient,
@@ -17,6 +17,10 @@ import {
   startOperator,
   waitReady,
 } from "./helpers.js";
+
+// Garbage collection of a new kind waits for the collector's discovery resync (~30 s) and an API server restart
+// sends every client into reconnect backoff: these tests wait on real controllers, on a shared 2-core machine.
+vi.setConfig({ testTimeout: 180_000 });
 
 const XP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools`;
 const RP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/routingpolicies`;
@@ -344,7 +348,9 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await createNamespace(admin(), "switchyard-system");
     await createNamespace(admin(), "rbac");
     await c.kubectl(["apply", "-f", "operator/deploy/rbac.yaml"]);
-    const token = (await c.kubectl(["create", "token", "switchyard-operator", "-n", "switchyard-system", "--duration=1h"])).stdout.trim();
+    const token = (
+      await c.kubectl(["create", "token", "switchyard-operator", "-n", "switchyard-system", "--duration=1h"])
+    ).stdout.trim();
     const kc = new KubeConfig();
     kc.loadFromOptions({
       clusters: [{ name: "test", server: c.server, skipTLSVerify: true }],
@@ -378,8 +384,9 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       });
       await waitUntil(
         async () =>
-          (await k.get<Obj>("/api/v1/namespaces/switchyard-system/configmaps/switchyard-router"))?.data?.["router.json"]?.includes('"name":"rbac/p"') ??
-          false,
+          (await k.get<Obj>("/api/v1/namespaces/switchyard-system/configmaps/switchyard-router"))?.data?.[
+            "router.json"
+          ]?.includes('"name":"rbac/p"') ?? false,
         { timeoutMs: 20_000, what: "router config written under the operator's RBAC" },
       );
       expect(codes.filter((x) => x === 403)).toEqual([]);
