@@ -9,7 +9,7 @@ import { stringify } from "yaml";
 import { ManagedProcess } from "../cluster/process.js";
 import { freePorts, httpGet, waitUntil } from "../cluster/util.js";
 import { describeWithCluster } from "../cluster/vitest.js";
-import { CHART, NAMESPACE, parseDocs, RELEASE, REPO } from "./helm.js";
+import { CHART, NAMESPACE, parseDocs, RELEASE, REPO, templateArgs, VALUES_FILES } from "./helm.js";
 
 const OPERATOR_MAIN = join(REPO, "operator/dist/main.js");
 // The operator's entry point lands with the operator work; until its source exists that test is skipped, loudly.
@@ -73,6 +73,23 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     ]);
     expect(pods.stdout.split(" ")).toEqual(["RuntimeDefault", "RuntimeDefault", "RuntimeDefault"]);
   }, 150_000);
+
+  it("the API server accepts the other values files' manifests (server-side dry run)", async () => {
+    await cluster().kubectl(["create", "namespace", "tenant-a"]);
+    await cluster().kubectl(["create", "namespace", "monitoring"]);
+    for (const [name, file] of Object.entries(VALUES_FILES)) {
+      if (!file) continue;
+      const r = await cluster().helm(templateArgs(file));
+      // The Prometheus Operator's CRDs are not in the test cluster; everything else must validate.
+      const objs = parseDocs(r.stdout).filter((o) => !o.apiVersion.startsWith("monitoring.coreos.com/"));
+      const dry = await cluster().kubectl(["apply", "--dry-run=server", "-f", "-"], {
+        input: objs.map((o) => JSON.stringify(o)).join("\n"),
+        check: false,
+      });
+      expect(dry.code, `${name}: ${dry.stderr}`).toBe(0);
+      expect(dry.stdout.trim().split("\n"), name).toHaveLength(objs.length);
+    }
+  }, 60_000);
 
   it("the chart's ServiceAccount may do what the operator needs and no more", async () => {
     const sa = `system:serviceaccount:${NAMESPACE}:${FULL}-operator`;
