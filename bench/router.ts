@@ -52,6 +52,7 @@ import {
 import {
   CheckpointModel,
   CLIENT_CHANNEL_OPTIONS,
+  decodeForwardResponse,
   FakeWorker,
   type PoolModel,
   Router,
@@ -315,6 +316,7 @@ const FastRouterClient = makeGenericClientConstructor(
       ...RouterService.forwardStream,
       requestSerialize: (v: Buffer | ForwardRequest) =>
         Buffer.isBuffer(v) ? v : Buffer.from(ForwardRequest.encode(v).finish()),
+      responseDeserialize: decodeForwardResponse,
     },
   },
   "switchyard.v1.Router",

@@ -9,3 +9,5 @@ export { DEFAULT_DEADLINE_MS, type PoolSetup, Router, type RouterOptions } from 
 export { raiseServerWindow, routerHandlers, SERVER_OPTIONS, type StartedRouter, serveRouter } from "./server.js";
 export { PrometheusSignals, parseInstantQuery } from "./signals/prometheus.js";
 export { FakeWorker } from "./testing/fake-worker.js";
+export { decodeExpertBatch, decodeExpertResult, decodeForwardRequest, decodeForwardResponse } from "./wire/decode.js";
+export { encodeExpertBatch, encodeExpertResult, encodeForwardResponse } from "./wire/encode.js";

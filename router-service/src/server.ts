@@ -23,16 +23,24 @@ import {
 import express from "express";
 import { HealthImplementation } from "grpc-health-check";
 import type { Router } from "./router.js";
+import { decodeForwardRequest } from "./wire/decode.js";
 import { ENCODED } from "./wire/encode.js";
 
 const serializeResponse = (v: ForwardResponse): Buffer =>
   (v as unknown as Record<symbol, Buffer | undefined>)[ENCODED] ?? Buffer.from(ForwardResponse.encode(v).finish());
 
-/** RouterService whose replies reuse the bytes the router already encoded (see wire/encode.ts). */
+/**
+ * RouterService whose requests decode without copying activations (wire/decode.ts) and whose replies reuse the bytes
+ * the router already encoded (wire/encode.ts).
+ */
 export const ROUTER_SERVICE = {
   ...RouterService,
-  forward: { ...RouterService.forward, responseSerialize: serializeResponse },
-  forwardStream: { ...RouterService.forwardStream, responseSerialize: serializeResponse },
+  forward: { ...RouterService.forward, requestDeserialize: decodeForwardRequest, responseSerialize: serializeResponse },
+  forwardStream: {
+    ...RouterService.forwardStream,
+    requestDeserialize: decodeForwardRequest,
+    responseSerialize: serializeResponse,
+  },
 } as const;
 
 export const SERVER_OPTIONS: ServerOptions = {

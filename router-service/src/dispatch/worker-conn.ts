@@ -24,6 +24,7 @@ import {
   unavailable,
   type WorkerStatus,
 } from "@switchyard/protocol";
+import { decodeExpertResult } from "../wire/decode.js";
 
 /** Transport settings shared by the router's clients (and the benchmark's baseline forwarder). */
 export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = {
@@ -39,7 +40,8 @@ export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = {
 
 /**
  * The generated ExpertWorker client, except that RunExpertsStream also takes an ExpertBatch already encoded
- * (wire/encode.ts writes token rows straight into the message; ts-proto would copy them four times).
+ * (wire/encode.ts writes token rows straight into the message; ts-proto would copy them four times) and decodes
+ * results without copying their rows (wire/decode.ts).
  */
 const FastWorkerClient = makeGenericClientConstructor(
   {
@@ -48,6 +50,7 @@ const FastWorkerClient = makeGenericClientConstructor(
       ...ExpertWorkerService.runExpertsStream,
       requestSerialize: (v: ExpertBatch | Buffer): Buffer =>
         Buffer.isBuffer(v) ? v : Buffer.from(ExpertBatch.encode(v).finish()),
+      responseDeserialize: decodeExpertResult,
     },
   },
   "switchyard.v1.ExpertWorker",

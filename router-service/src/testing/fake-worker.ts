@@ -20,6 +20,7 @@ import {
   type WorkerStatus,
 } from "@switchyard/protocol";
 import { raiseServerWindow, SERVER_OPTIONS } from "../server.js";
+import { decodeExpertBatch } from "../wire/decode.js";
 import { encodeExpertResult } from "../wire/encode.js";
 
 // Identity results go out pre-encoded (one copy of the rows), so the no-op expert costs what a no-op should.
@@ -27,6 +28,7 @@ const FAST_SERVICE = {
   ...ExpertWorkerService,
   runExpertsStream: {
     ...ExpertWorkerService.runExpertsStream,
+    requestDeserialize: decodeExpertBatch,
     responseSerialize: (v: ExpertResult | Buffer): Buffer =>
       Buffer.isBuffer(v) ? v : Buffer.from(ExpertResult.encode(v).finish()),
   },

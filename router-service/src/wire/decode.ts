@@ -1,0 +1,223 @@
+// Hand-written protobuf decoders for the router's hot incoming messages. ts-proto's generated decode copies every
+// Tensor's bytes (`Buffer.from(reader.bytes())`); these return `data` as a view into the received message instead
+// (zero copies of activations). Small nested messages (stats, errors) go through the generated decoders. Unknown
+// fields are skipped, packed and unpacked repeated fields are both accepted, as protobuf requires.
+
+import {
+  type ExpertBatch,
+  type ExpertResult,
+  ExpertSlice,
+  ExpertStats,
+  type ForwardRequest,
+  type ForwardResponse,
+  ForwardStats,
+  RpcError,
+  type Tensor,
+} from "@switchyard/protocol";
+
+class Reader {
+  pos: number;
+  constructor(
+    readonly buf: Buffer,
+    start: number,
+    readonly end: number,
+  ) {
+    this.pos = start;
+  }
+
+  varint(): number {
+    let result = 0;
+    let mul = 1;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.end) throw new Error("protobuf: truncated varint");
+      const b = this.buf[this.pos++];
+      result += (b & 0x7f) * mul;
+      if (b < 0x80) return result;
+      mul *= 128;
+    }
+    throw new Error("protobuf: varint too long");
+  }
+
+  varint64(): bigint {
+    let result = 0n;
+    let shift = 0n;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.end) throw new Error("protobuf: truncated varint");
+      const b = this.buf[this.pos++];
+      result |= BigInt(b & 0x7f) << shift;
+      if (b < 0x80) return BigInt.asUintN(64, result);
+      shift += 7n;
+    }
+    throw new Error("protobuf: varint too long");
+  }
+
+  /** Length-delimited field: [start, end) of its bytes. */
+  span(): [number, number] {
+    const len = this.varint();
+    const start = this.pos;
+    const end = start + len;
+    if (end > this.end) throw new Error("protobuf: length past the end of the message");
+    this.pos = end;
+    return [start, end];
+  }
+
+  skip(wireType: number): void {
+    switch (wireType) {
+      case 0:
+        this.varint();
+        return;
+      case 1:
+        this.pos += 8;
+        break;
+      case 2:
+        this.span();
+        return;
+      case 5:
+        this.pos += 4;
+        break;
+      default:
+        throw new Error(`protobuf: unsupported wire type ${wireType}`);
+    }
+    if (this.pos > this.end) throw new Error("protobuf: truncated field");
+  }
+}
+
+/** A view (no copy) of buf[start, end) as a Buffer. */
+function view(buf: Buffer, start: number, end: number): Buffer {
+  return buf.subarray(start, end);
+}
+
+function decodeTensorAt(buf: Buffer, start: number, end: number): Tensor {
+  const r = new Reader(buf, start, end);
+  const t: Tensor = { dtype: 0, shape: [], data: Buffer.alloc(0) };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 1 && wt === 0) t.dtype = r.varint() | 0;
+    else if (field === 2 && wt === 2) {
+      const [s, e] = r.span();
+      const pr = new Reader(buf, s, e);
+      while (pr.pos < pr.end) t.shape.push(pr.varint());
+    } else if (field === 2 && wt === 0) t.shape.push(r.varint());
+    else if (field === 3 && wt === 2) {
+      const [s, e] = r.span();
+      t.data = view(buf, s, e);
+    } else r.skip(wt);
+  }
+  return t;
+}
+
+export function decodeForwardRequest(buf: Buffer): ForwardRequest {
+  const r = new Reader(buf, 0, buf.length);
+  const m: ForwardRequest = { pool: "", layer: 0, hidden: undefined, gate: undefined, requestId: 0n };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 1 && wt === 2) {
+      const [s, e] = r.span();
+      m.pool = buf.toString("utf8", s, e);
+    } else if (field === 2 && wt === 0) m.layer = r.varint();
+    else if (field === 3 && wt === 2) {
+      const [s, e] = r.span();
+      m.hidden = decodeTensorAt(buf, s, e);
+    } else if (field === 4 && wt === 2) {
+      const [s, e] = r.span();
+      m.gate = { $case: "routerLogits", value: decodeTensorAt(buf, s, e) };
+    } else if (field === 5 && wt === 2) {
+      const [s, e] = r.span();
+      const ar = new Reader(buf, s, e);
+      const a: { expertIds: Tensor | undefined; weights: Tensor | undefined } = {
+        expertIds: undefined,
+        weights: undefined,
+      };
+      while (ar.pos < ar.end) {
+        const t2 = ar.varint();
+        const f2 = Math.floor(t2 / 8);
+        const w2 = t2 & 7;
+        if (f2 === 1 && w2 === 2) {
+          const [s2, e2] = ar.span();
+          a.expertIds = decodeTensorAt(buf, s2, e2);
+        } else if (f2 === 2 && w2 === 2) {
+          const [s2, e2] = ar.span();
+          a.weights = decodeTensorAt(buf, s2, e2);
+        } else ar.skip(w2);
+      }
+      m.gate = { $case: "assignment", value: a };
+    } else if (field === 6 && wt === 0) m.requestId = r.varint64();
+    else r.skip(wt);
+  }
+  return m;
+}
+
+export function decodeExpertResult(buf: Buffer): ExpertResult {
+  const r = new Reader(buf, 0, buf.length);
+  const m: ExpertResult = { batchId: 0n, output: undefined, stats: undefined, error: undefined };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 1 && wt === 0) m.batchId = r.varint64();
+    else if (field === 2 && wt === 2) {
+      const [s, e] = r.span();
+      m.output = decodeTensorAt(buf, s, e);
+    } else if (field === 3 && wt === 2) {
+      const [s, e] = r.span();
+      m.stats = ExpertStats.decode(buf.subarray(s, e));
+    } else if (field === 4 && wt === 2) {
+      const [s, e] = r.span();
+      m.error = RpcError.decode(buf.subarray(s, e));
+    } else r.skip(wt);
+  }
+  return m;
+}
+
+export function decodeExpertBatch(buf: Buffer): ExpertBatch {
+  const r = new Reader(buf, 0, buf.length);
+  const m: ExpertBatch = { pool: "", layer: 0, tokens: undefined, slices: [], rowWeights: undefined, batchId: 0n };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 1 && wt === 2) {
+      const [s, e] = r.span();
+      m.pool = buf.toString("utf8", s, e);
+    } else if (field === 2 && wt === 0) m.layer = r.varint();
+    else if (field === 3 && wt === 2) {
+      const [s, e] = r.span();
+      m.tokens = decodeTensorAt(buf, s, e);
+    } else if (field === 4 && wt === 2) {
+      const [s, e] = r.span();
+      m.slices.push(ExpertSlice.decode(buf.subarray(s, e)));
+    } else if (field === 5 && wt === 2) {
+      const [s, e] = r.span();
+      m.rowWeights = decodeTensorAt(buf, s, e);
+    } else if (field === 6 && wt === 0) m.batchId = r.varint64();
+    else r.skip(wt);
+  }
+  return m;
+}
+
+/** ForwardResponse (engines and the benchmark's client): hidden.data is a view into the message. */
+export function decodeForwardResponse(buf: Buffer): ForwardResponse {
+  const r = new Reader(buf, 0, buf.length);
+  const m: ForwardResponse = { requestId: 0n, hidden: undefined, stats: undefined, error: undefined };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (field === 1 && wt === 0) m.requestId = r.varint64();
+    else if (field === 2 && wt === 2) {
+      const [s, e] = r.span();
+      m.hidden = decodeTensorAt(buf, s, e);
+    } else if (field === 3 && wt === 2) {
+      const [s, e] = r.span();
+      m.stats = ForwardStats.decode(buf.subarray(s, e));
+    } else if (field === 4 && wt === 2) {
+      const [s, e] = r.span();
+      m.error = RpcError.decode(buf.subarray(s, e));
+    } else r.skip(wt);
+  }
+  return m;
+}
