@@ -26,10 +26,11 @@ COPY test/package.json test/
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY packages/ packages/
 COPY expert-worker/ expert-worker/
-# SWITCHYARD_CUDA=1 asks the native build for the CUDA backend; CUDA_ARCHS picks the target (H100/H200: 90a).
-ARG CUDA_ARCHS=90a
-ENV SWITCHYARD_CUDA=1 SWITCHYARD_CUDA_ARCHS=${CUDA_ARCHS}
+# The native build compiles the CUDA backend (build/switchyard_cuda.node, sm_90a: H100/H200) whenever nvcc is
+# present, as it is in this stage. SWITCHYARD_NATIVE_ARCH=0: portable CPU code instead of -march=native.
+ENV SWITCHYARD_NATIVE_ARCH=0
 RUN npm run build --workspace @switchyard/expert-worker --if-present \
+ && test -f expert-worker/build/switchyard_cuda.node \
  && npx tsc -b expert-worker \
  && npm ci --no-audit --no-fund --ignore-scripts --omit=dev
 
@@ -52,7 +53,7 @@ COPY --from=build /src/packages/moe/package.json packages/moe/
 COPY --from=build /src/packages/moe/dist/ packages/moe/dist/
 COPY --from=build /src/expert-worker/package.json expert-worker/
 COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
-COPY --from=build /src/expert-worker/build/ expert-worker/build/
+COPY --from=build /src/expert-worker/build/switchyard_native.node /src/expert-worker/build/switchyard_cuda.node expert-worker/build/
 USER 10001:10001
 EXPOSE 50061 9401
 ENTRYPOINT ["node", "expert-worker/dist/main.js"]

@@ -18,6 +18,8 @@ COPY test/package.json test/
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY packages/ packages/
 COPY expert-worker/ expert-worker/
+# SWITCHYARD_NATIVE_ARCH=0: portable x86-64 code instead of -march=native of the build machine.
+ENV SWITCHYARD_NATIVE_ARCH=0
 RUN npm run build --workspace @switchyard/expert-worker --if-present \
  && npx tsc -b expert-worker \
  && npm ci --no-audit --no-fund --ignore-scripts --omit=dev
@@ -40,7 +42,7 @@ COPY --from=build /src/packages/moe/package.json packages/moe/
 COPY --from=build /src/packages/moe/dist/ packages/moe/dist/
 COPY --from=build /src/expert-worker/package.json expert-worker/
 COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
-COPY --from=build /src/expert-worker/build/ expert-worker/build/
+COPY --from=build /src/expert-worker/build/switchyard_native.node expert-worker/build/
 USER 10001:10001
 EXPOSE 50061 9401
 ENTRYPOINT ["node", "expert-worker/dist/main.js"]
