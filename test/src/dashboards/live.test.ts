@@ -16,7 +16,7 @@ import { freePorts, httpGet, waitUntil } from "../cluster/util.js";
 import { describeWithCluster } from "../cluster/vitest.js";
 import { DASHBOARDS } from "./model.js";
 import { startPrometheus, type TestPrometheus } from "./prometheus.js";
-import { allQueries, substituteVariables } from "./queries.js";
+import { allQueries, type PanelQuery, substituteVariables } from "./queries.js";
 
 const POOL = "tiny";
 const LAYERS = 2;
@@ -303,19 +303,19 @@ describeWithCluster(
     const dashboards = DASHBOARDS.map((d) =>
       JSON.parse(readFileSync(join(REPO, "charts/switchyard/dashboards", d.file), "utf8")),
     );
-    it.each(allQueries(dashboards).map((q) => [`${q.dashboard} / ${q.panel} / ${q.refId}`, q] as const))(
-      "%s returns data",
-      async (_name, q) => {
-        if (!withOperator && q.dashboard.includes("Operator"))
-          return void console.warn(`SKIPPED (no operator): ${_name}`);
-        // Grafana would pick $__rate_interval >= 4 scrape intervals; 10s at a 1s scrape interval.
-        const expr = substituteVariables(q.expr, { rateInterval: "10s", pool: ".*" });
-        const result = await prom.query(expr);
-        expect(result.length, `no series for ${expr}`).toBeGreaterThan(0);
-        const finite = result.filter((s) => Number.isFinite(Number(s.value[1])));
-        expect(finite.length, `only NaN/Inf for ${expr}: ${JSON.stringify(result.slice(0, 3))}`).toBeGreaterThan(0);
-      },
-    );
+    const cases = allQueries(dashboards).map((q) => [`${q.dashboard} / ${q.panel} / ${q.refId}`, q] as const);
+    const check = async (_name: string, q: PanelQuery) => {
+      // Grafana would pick $__rate_interval >= 4 scrape intervals; 10s at a 1s scrape interval.
+      const expr = substituteVariables(q.expr, { rateInterval: "10s", pool: ".*" });
+      const result = await prom.query(expr);
+      expect(result.length, `no series for ${expr}`).toBeGreaterThan(0);
+      const finite = result.filter((s) => Number.isFinite(Number(s.value[1])));
+      expect(finite.length, `only NaN/Inf for ${expr}: ${JSON.stringify(result.slice(0, 3))}`).toBeGreaterThan(0);
+    };
+    const isOperator = (q: PanelQuery) => q.dashboard.includes("Operator");
+    it.each(cases.filter(([, q]) => !isOperator(q)))("%s returns data", check);
+    // Skipped (reason printed at the top of this file) only while the operator has no entry point yet.
+    (withOperator ? it : it.skip).each(cases.filter(([, q]) => isOperator(q)))("%s returns data", check);
 
     it("the heat map query gives one cell per (layer, expert) that saw traffic", async () => {
       const heat = dashboards[0].panels.find((p: { title: string }) => /heat map/.test(p.title));
