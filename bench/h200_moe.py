@@ -40,6 +40,8 @@ lib.sy_moe_forward.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINT
                                ctypes.c_size_t, ctypes.c_void_p]
 lib.sy_moe_workspace_size.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)]
 QUICK = "--quick" in sys.argv
+ENGINE = int(os.environ.get("SY_MOE_ENGINE", "0"))  # default engine for the main timing (0 = library's choice)
+lib.sy_moe_set_tuning(0, 0, ENGINE)
 
 
 def timeit(fn, target_ms=30.0, batches=5):
@@ -191,10 +193,10 @@ for name, s in SHAPES.items():
         t_gmm = timeit(gmm_layer)
         t_loop = timeit(loop_layer, target_ms=20, batches=3)
         tune = {}
-        for eng, bm in (("mma", 16), ("mma", 32), ("mma", 64), ("wg", 64), ("wg", 128)):
-            lib.sy_moe_set_tuning(bm, 0, 1 if eng == "wg" else -1)
+        for eng, bm in (("mma", 16), ("wgpersist", 64), ("wgpersist", 128), ("wg1tile", 64), ("wg1tile", 128)):
+            lib.sy_moe_set_tuning(bm, 0, {"mma": -1, "wgpersist": 3, "wg1tile": 2}[eng])
             tune[f"{eng}{bm}"] = round(timeit(ours, target_ms=15, batches=3), 4)
-        lib.sy_moe_set_tuning(0, 0, 0)
+        lib.sy_moe_set_tuning(0, 0, ENGINE)
         route_ms = None
         if T <= 128:
             lib.sy_moe_debug_skip_gemm(1)

@@ -11,7 +11,9 @@ fi
 MODE=${1:-all}
 if [ "$MODE" = all ] || [ "$MODE" = test ]; then
   $B/test_moe 2>&1 | tee $OUT/test.log
+  rc=$?
   timeout 240 compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick 2>&1 | tail -25 | tee $OUT/memcheck.log
+  [ $rc -ne 0 ] && exit $rc
 fi
 if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   PYTHONUNBUFFERED=1 OUT=$OUT python3 bench/h200_moe.py $B/libsy_moe.so ${2:-} 2>&1 | tee $OUT/bench.log

@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -684,10 +685,12 @@ int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint
   return SY_MOE_OK;
 }
 
-template <int WGS, int MODE>
+template <int WGS, int MODE, bool PERSIST>
 int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, cudaStream_t s) {
   using C = wg::Cfg<WGS>;
-  auto kern = wg::wgmma_gemm_kernel<WGS, MODE>;
+  // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA (grouped raster
+  // with holes: the grid covers whole groups of kGroupM token tiles).
+  auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true> : wg::wgmma_tile_kernel<WGS, MODE>;
   static bool attr_set = false;
   if (!attr_set) {
     SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
@@ -695,10 +698,20 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   }
   const int out_cols = MODE == 0 ? wg::kBN / 2 : wg::kBN;
   p.n_tiles = (p.N + out_cols - 1) / out_cols;
-  const int grid = (max_m + kGroupM - 1) / kGroupM * kGroupM * p.n_tiles;
-  if (grid > 0) kern<<<grid, C::kThreads, C::kSmem, s>>>(a, b, p);
+  // upper bound; the real tile count is read on the device
+  long long grid = PERSIST ? (long long)max_m * p.n_tiles : (long long)(max_m + kGroupM - 1) / kGroupM * kGroupM * p.n_tiles;
+  if (PERSIST && grid > g_num_sms) grid = g_num_sms;
+  if (grid > 0) kern<<<(int)grid, C::kThreads, C::kSmem, s>>>(a, b, p);
   SY_CUDA(cudaGetLastError());
   return SY_MOE_OK;
+}
+
+template <int MODE>
+int run_wgmma(int BM, bool persist, const CUtensorMap& a, const CUtensorMap& b, const wg::Params& p, int max_m,
+              cudaStream_t s) {
+  if (BM == 64)
+    return persist ? launch_wgmma<1, MODE, true>(a, b, p, max_m, s) : launch_wgmma<1, MODE, false>(a, b, p, max_m, s);
+  return persist ? launch_wgmma<2, MODE, true>(a, b, p, max_m, s) : launch_wgmma<2, MODE, false>(a, b, p, max_m, s);
 }
 
 }  // namespace
@@ -822,9 +835,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   int BM = avg > 36 ? 128 : 64;
   bool use_wg = true;
   if (g_tune_bm) BM = g_tune_bm;
-  if (g_tune_wgmma) use_wg = g_tune_wgmma > 0;
+  // Engine override: tuning call, else env SY_MOE_ENGINE (1: wgmma, 2: wgmma one tile per CTA, 3: wgmma
+  // persistent, -1: mma.sync); an operator's escape hatch without a rebuild.
+  static const int env_engine = getenv("SY_MOE_ENGINE") ? atoi(getenv("SY_MOE_ENGINE")) : 0;
+  const int engine = g_tune_wgmma ? g_tune_wgmma : env_engine;
+  if (engine) use_wg = engine > 0;
   if (BM != 16 && BM != 32 && BM != 64 && BM != 128) return fail(SY_MOE_ERR_INVALID, "tuning.block_m: 16/32/64/128");
   if (use_wg && BM < 64) BM = 64;
+  // Persistent wgmma grid (one CTA per SM looping over tiles) unless tuning says otherwise (use_wgmma=2: one
+  // tile per CTA). Chosen by measurement: see bench/results/h200-moe.json tune_ms.
+  // Measured on H200 (bench/results/h200-moe.json tune_ms): persistent wins for 64-row tiles (decode: 1-5%),
+  // one tile per CTA wins for 128-row tiles (prefill: 3-9%).
+  const bool persist = engine == 2 ? false : engine == 3 ? true : BM == 64;
   const int max_m = max_m_tiles(T, k, E, BM);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
@@ -869,9 +891,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr};
     wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w};
     if (!g_skip_gemm) {
-      rc = BM == 64 ? launch_wgmma<1, 0>(mA1, mB1, p1, max_m, s) : launch_wgmma<2, 0>(mA1, mB1, p1, max_m, s);
+      rc = run_wgmma<0>(BM, persist, mA1, mB1, p1, max_m, s);
       if (rc) return rc;
-      rc = BM == 64 ? launch_wgmma<1, 1>(mA2, mB2, p2, max_m, s) : launch_wgmma<2, 1>(mA2, mB2, p2, max_m, s);
+      rc = run_wgmma<1>(BM, persist, mA2, mB2, p2, max_m, s);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;

@@ -80,10 +80,149 @@ struct Cfg {
   static constexpr int kSmem = kStages * kStageBytes + 1024 /*align*/ + 256 /*barriers*/;
 };
 
+// Dense tile index -> (token tile, weight tile), grouped raster: kGroupM consecutive token tiles (mostly of one
+// expert) sweep the weight tiles together, so a weight tile read from HBM is reused from L2.
+__device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int& m_idx, int& n_idx) {
+  const int width = kGroupM * n_tiles;
+  const int first_m = (t / width) * kGroupM;
+  const int gsize = min(num_m - first_m, kGroupM);
+  const int r = t - (t / width) * width;
+  m_idx = first_m + r % gsize;
+  n_idx = r / gsize;
+}
+
+// MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
+// PERSIST: one CTA per SM loops over tiles; the producer runs ahead into the next tile while the consumers do the
+// epilogue, and the barrier phases carry over (g counts k-tiles across tiles). Otherwise one tile per CTA.
+template <int WGS, int MODE, bool PERSIST>
+__global__ void __launch_bounds__((WGS + 1) * 128, 1)
+    wgmma_gemm_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
+                      const Params p) {
+  using C = Cfg<WGS>;
+  extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+  const uint32_t raw = smem_u32(wg_smem_raw);
+  const uint32_t base = (raw + 1023) & ~1023u;
+  const uint32_t bars = base + kStages * C::kStageBytes;  // full[s] at bars + 8s, empty[s] at bars + 64 + 8s
+  auto full = [&](int s) { return bars + 8 * s; };
+  auto empty = [&](int s) { return bars + 64 + 8 * s; };
+
+  const int num_m = *p.num_tiles;
+  const int total = num_m * p.n_tiles;
+  if ((int)blockIdx.x >= total) return;
+  const int step = PERSIST ? (int)gridDim.x : total;
+  const int ktiles = (p.K + kBK - 1) / kBK;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), WGS);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int wgi = threadIdx.x / 128;
+  if (wgi == 0) {
+    // ---------------- producer ----------------
+    if (WGS == 2) setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      int g = 0;
+      for (int t = blockIdx.x; t < total; t += step) {
+        int m_idx, n_idx;
+        tile_coords(t, num_m, p.n_tiles, m_idx, n_idx);
+        const int4 tile = p.tiles[m_idx];
+        const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
+        const int wrow = slot * p.rows_per_slot;
+        const int b0 = MODE == 0 ? wrow + n_idx * (kBN / 2) : wrow + n_idx * kBN;
+        const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (kBN / 2) : b0 + kBN / 2;
+        for (int kt = 0; kt < ktiles; ++kt, ++g) {
+          const int s = g % kStages;
+          if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
+          const uint32_t a_dst = base + s * C::kStageBytes;
+          const uint32_t b_dst = a_dst + C::kABytes;
+          mbar_expect_tx(full(s), C::kStageBytes);
+          tma_load_2d(a_dst, &tmA, full(s), kt * kBK, tile.y);
+          tma_load_2d(b_dst, &tmB, full(s), kt * kBK, b0);
+          tma_load_2d(b_dst + (kBN / 2) * kBK * 2, &tmB, full(s), kt * kBK, b1);
+        }
+      }
+    }
+  } else {
+    // ---------------- consumers ----------------
+    if (WGS == 2) setmaxnreg_inc<232>();
+    const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
+    const bool leader = (threadIdx.x & 127) == 0;
+    int g = 0;
+    for (int t = blockIdx.x; t < total; t += step) {
+      int m_idx, n_idx;
+      tile_coords(t, num_m, p.n_tiles, m_idx, n_idx);
+      const int4 tile = p.tiles[m_idx];
+      const int row0 = tile.y, row_end = tile.z;
+      // A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the
+      // MMAs but keeps the barrier protocol, so the other warpgroup gets the tensor cores to itself.
+      const bool live = row0 + cw * 64 < row_end;
+      float d[128];
+#pragma unroll
+      for (int i = 0; i < 128; ++i) d[i] = 0.f;
+      for (int kt = 0; kt < ktiles; ++kt, ++g) {
+        const int s = g % kStages;
+        mbar_wait(full(s), (g / kStages) & 1);
+        if (!live) {
+          if (leader) mbar_arrive(empty(s));
+          continue;
+        }
+        const uint32_t a_s = base + s * C::kStageBytes + cw * 64 * kBK * 2;
+        const uint32_t b_s = base + s * C::kStageBytes + C::kABytes;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk)
+          wgmma_m64n256k16(d, desc_sw128(a_s + kk * 32), desc_sw128(b_s + kk * 32), 1);
+        wg_commit();
+        wg_wait<1>();
+        if (kt > 0 && leader) mbar_arrive(empty((g - 1) % kStages));
+      }
+      if (!live) continue;
+      wg_wait<0>();
+      if (leader) mbar_arrive(empty((g - 1) % kStages));
+#pragma unroll
+      for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+
+      const int tt = threadIdx.x & 127, warp = tt >> 5, lane = tt & 31;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int prow = row0 + cw * 64 + warp * 16 + (lane >> 2) + hh * 8;
+        if (prow >= row_end) continue;
+        if (MODE == 0) {
+#pragma unroll
+          for (int j = 0; j < 16; ++j) {
+            const int col = n_idx * (kBN / 2) + j * 8 + 2 * (lane & 3);
+            if (col >= p.N) continue;
+            const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
+            const float u0 = d[(j + 16) * 4 + hh * 2], u1 = d[(j + 16) * 4 + hh * 2 + 1];
+            const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
+            *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
+          }
+        } else {
+          const float wr = p.row_w[prow];
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            const int col = n_idx * kBN + j * 8 + 2 * (lane & 3);
+            if (col >= p.N) continue;
+            *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) =
+                __floats2bfloat162_rn(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr);
+          }
+        }
+      }
+    }
+  }
+}
+
+// One tile per CTA (the variant measured fastest for 128-row tiles in the compute-bound regime: the next CTA's
+// prologue overlaps this one's epilogue, which the persistent kernel's single CTA per SM cannot do).
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
 template <int WGS, int MODE>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
-    wgmma_gemm_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
+    wgmma_tile_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
                       const Params p) {
   using C = Cfg<WGS>;
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];

@@ -38,7 +38,7 @@ struct Case {
   float scale;
   bool bias, prerouted, missing_experts, graph;
   int bm, split;
-  int wg = 0;  // 1: force the wgmma/TMA engine, -1: force mma.sync, 0: automatic
+  int wg = 0;  // 1: wgmma (auto variant), 2: wgmma one tile per CTA, 3: wgmma persistent, -1: mma.sync, 0: auto
 };
 
 static int g_fail = 0, g_pass = 0;
@@ -351,6 +351,10 @@ int main(int argc, char** argv) {
       {"wgmma-one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 1},
       {"wgmma-awkward-dims-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
       {"wgmma-prerouted-missing-graph", 24, 3, 192, 256, 150, 0, 0, 0, 0, 1.f, false, true, true, true, 128, 1, 1},
+      {"wgmma-one-tile-per-cta-bm128", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2},
+      {"wgmma-one-tile-per-cta-bm64", 16, 2, 256, 256, 200, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 2},
+      {"wgmma-persistent-bm128", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
+      {"wgmma-persistent-bm64", 64, 4, 256, 512, 500, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 3},
   };
   if (!quick) {
     cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
