@@ -332,8 +332,8 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await waitReady(k, "leader", "l1");
     expect(wl()).toBeGreaterThan(0);
     expect(ws()).toBe(0);
+    await leader.stop(); // finishes reconciles in flight, then releases the Lease
     const leaderWrites = wl();
-    await leader.stop(); // releases the Lease
     await waitUntil(() => standby.isLeader(), { timeoutMs: 20_000, what: "standby to take over" });
     await cluster().kubectl(["scale", "-n", "leader", "expertpool/l1", "--replicas=2"]);
     const p = await waitReady(k, "leader", "l1");
