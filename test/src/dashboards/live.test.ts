@@ -317,6 +317,18 @@ describeWithCluster(
     // Skipped (reason printed at the top of this file) only while the operator has no entry point yet.
     (withOperator ? it : it.skip).each(cases.filter(([, q]) => isOperator(q)))("%s returns data", check);
 
+    it("every pool variable lists the running pool", async () => {
+      for (const d of dashboards) {
+        const v = d.templating.list.find((x: { name: string }) => x.name === "pool");
+        if (!v) continue;
+        // label_values(METRIC, pool) is Grafana's wrapper for the label values API.
+        const metric = /^label_values\((\w+), pool\)$/.exec(v.definition)?.[1];
+        expect(metric, v.definition).toBeTruthy();
+        const r = await httpGet(`${prom.url}/api/v1/label/pool/values?match[]=${metric}`);
+        expect(JSON.parse(r.body).data, `${d.title}: ${v.definition}`).toEqual([POOL]);
+      }
+    });
+
     it("the heat map query gives one cell per (layer, expert) that saw traffic", async () => {
       const heat = dashboards[0].panels.find((p: { title: string }) => /heat map/.test(p.title));
       const result = await prom.query(substituteVariables(heat.targets[0].expr));
