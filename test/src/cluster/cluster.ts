@@ -44,6 +44,8 @@ export interface ClusterOptions {
   startTimeoutMs?: number;
   /** Record every write request (who, verb, resource) in an audit log; read it with auditEvents(). Default false. */
   auditLog?: boolean;
+  /** @internal Port picker (tests of the port-retry path). */
+  pickPorts?: (n: number) => Promise<number[]>;
   /** Extra command-line flags per component, appended last (so they win), e.g. feature gates. */
   extraArgs?: { apiServer?: string[]; controllerManager?: string[]; scheduler?: string[]; kwok?: string[] };
 }
@@ -105,6 +107,21 @@ export function clusterAssets(opts: ClusterOptions = {}) {
 }
 
 export async function startCluster(opts: ClusterOptions = {}): Promise<TestCluster> {
+  // The free ports are picked before the components bind them; in between, another process (often an outgoing
+  // connection's ephemeral port) can take one. That is rare and harmless to retry with new ports.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startClusterOnce(opts);
+    } catch (err) {
+      if (!(err instanceof PortTakenError) || attempt >= 3) throw err;
+      console.warn(`[test-cluster] a port was taken before use, retrying with new ports (attempt ${attempt + 1})`);
+    }
+  }
+}
+
+class PortTakenError extends Error {}
+
+async function startClusterOnce(opts: ClusterOptions): Promise<TestCluster> {
   const o = {
     nodes: opts.nodes ?? 0,
     gpusPerNode: opts.gpusPerNode ?? 8,
@@ -137,8 +154,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
   const dir = mkdtempSync(join(tmpdir(), "switchyard-cluster-"));
   const logDir = join(dir, "logs");
   mkdirSync(logDir);
-  const [etcdClientPort, etcdPeerPort, apiServerPort, controllerManagerPort, schedulerPort, kwokPort] =
-    await freePorts(6);
+  const [etcdClientPort, etcdPeerPort, apiServerPort, controllerManagerPort, schedulerPort, kwokPort] = await (
+    opts.pickPorts ?? freePorts
+  )(6);
   const layout: ClusterLayout = {
     dir,
     etcdDataDir: join(dir, "etcd"),
@@ -191,6 +209,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
     return c.length > 0 ? c.join("; ") : undefined;
   };
   let failed = false;
+  let discardLogs = false;
   let stopped = false;
 
   const stop = async () => {
@@ -205,7 +224,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
       process.kill(watchdog, "SIGKILL");
     } catch {}
     const c = crashed();
-    if (o.keepLogs || failed || c.length > 0) {
+    if (!discardLogs && (o.keepLogs || failed || c.length > 0)) {
       rmSync(layout.etcdDataDir, { recursive: true, force: true });
       console.error(`[test-cluster] logs kept in ${logDir}${c.length ? ` (${c.join("; ")})` : ""}`);
     } else {
@@ -392,9 +411,11 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<TestClust
       },
     };
   } catch (err) {
-    failed = true;
     const message = `test cluster failed to start: ${(err as Error).message}\n${logs(30)}`;
+    const portTaken = /address already in use/.test(logs(200));
+    failed = true;
+    discardLogs = portTaken; // it will be retried: these logs are noise
     await stop();
-    throw new Error(message, { cause: err });
+    throw portTaken ? new PortTakenError(message, { cause: err }) : new Error(message, { cause: err });
   }
 }

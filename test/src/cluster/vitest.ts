@@ -11,25 +11,38 @@ export function clusterUnavailableReason(opts: ClusterOptions = {}): string | un
 }
 
 /**
+ * describe() for tests that need the cluster binaries but start clusters themselves: skipped locally with the reason
+ * printed when binaries are missing; in CI every test of the block fails with that reason instead.
+ */
+export function describeWithClusterAssets(name: string, opts: ClusterOptions, fn: () => void) {
+  const reason = clusterUnavailableReason(opts);
+  if (reason && !isCI()) {
+    console.warn(`[test-cluster] SKIPPING "${name}": ${reason}`);
+    describe.skip(name, fn);
+    return;
+  }
+  describe(name, () => {
+    beforeAll(() => {
+      if (reason) throw new Error(reason);
+    });
+    fn();
+  });
+}
+
+/**
  * describe() with a fresh cluster started in beforeAll and stopped in afterAll. `fn` receives a getter (the cluster
- * exists only once beforeAll ran). On a failed test the component logs are printed and kept.
+ * exists only once beforeAll ran). On a failed test the component logs are printed and kept. Missing binaries: as
+ * describeWithClusterAssets.
  *
  *   describeWithCluster("operator", { nodes: 2 }, (cluster) => {
  *     it("reconciles", async () => { await cluster().kubectl(["get", "nodes"]); });
  *   });
  */
 export function describeWithCluster(name: string, opts: ClusterOptions, fn: (cluster: () => TestCluster) => void) {
-  const reason = clusterUnavailableReason(opts);
-  if (reason && !isCI()) {
-    console.warn(`[test-cluster] SKIPPING "${name}": ${reason}`);
-    describe.skip(name, () => fn(() => undefined as unknown as TestCluster));
-    return;
-  }
-  describe(name, () => {
+  describeWithClusterAssets(name, opts, () => {
     let cluster: TestCluster | undefined;
     beforeAll(
       async () => {
-        // In CI with missing binaries this throws missingAssetsMessage, failing every test of the block.
         cluster = await startCluster(opts);
         console.info(
           `[test-cluster] "${name}" started in ${(cluster.timings.total / 1000).toFixed(1)} s`,
