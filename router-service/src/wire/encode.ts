@@ -218,9 +218,10 @@ export function encodeForwardResponse(
   dataAt += 1 + varintSize(t.size);
   const probe = tensorBodySize(dtype, shape, 0).size + 1 + varintSize(dataBytes);
   dataAt += dataBytes > 0 ? probe : 0;
-  const ab = new ArrayBuffer(size + align);
-  const start = (align - (dataAt % align)) % align;
-  const buf = Buffer.from(ab, start, size);
+  // allocUnsafe (pooled for small sizes, no zero-fill); shift the start so the data lands aligned in memory.
+  const raw = Buffer.allocUnsafe(size + align);
+  const start = (align - ((raw.byteOffset + dataAt) % align)) % align;
+  const buf = raw.subarray(start, start + size);
   const w = new Writer(buf);
   if (requestId !== 0n) w.byte(8).varint(requestId);
   w.byte(18).varint(t.size);
