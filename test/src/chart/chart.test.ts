@@ -234,7 +234,7 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     expect(home.rules.at(-1)).toEqual({
       apiGroups: [""],
       resources: ["configmaps"],
-      verbs: ["get", "list", "watch", "create", "patch"],
+      verbs: ["list", "watch", "create", "patch"],
     });
     expect(objs.filter((o) => o.kind === "NetworkPolicy" || o.kind === "ConfigMap")).toEqual([]);
     // One router replica: no PDB for it (it would block every drain).

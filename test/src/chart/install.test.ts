@@ -96,6 +96,8 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     const can = async (...args: string[]) =>
       (await cluster().kubectl(["auth", "can-i", ...args, "--as", sa], { check: false })).stdout.trim();
     expect(await can("watch", "expertpools.switchyard.dev", "-A")).toBe("yes");
+    expect(await can("get", "statefulsets.apps", "-n", "default")).toBe("no");
+    expect(await can("delete", "statefulsets.apps", "-n", "default")).toBe("no");
     expect(await can("patch", "expertpools.switchyard.dev", "--subresource=status", "-n", "default")).toBe("yes");
     expect(await can("patch", "expertpools.switchyard.dev", "-n", "default")).toBe("no");
     expect(await can("patch", "statefulsets.apps", "-n", "default")).toBe("yes");
