@@ -1,8 +1,9 @@
 // H200 smoke of the worker's CUDA backend through the built addon and compiled dist (no vitest there):
 // probe, backend selection, parity against the TypeScript reference (with evictions), GPU cache counters.
 // Usage (repo root, after `npm run build` with nvcc available): node bench/h200_worker_smoke.mjs
-import { selectBackend } from "../expert-worker/dist/backend/select.js";
+
 import { cudaParity } from "../expert-worker/dist/backend/cuda-parity.js";
+import { selectBackend } from "../expert-worker/dist/backend/select.js";
 
 process.env.SWITCHYARD_GPU_CACHE_SLOTS = "5";
 const sel = await selectBackend("cuda");
