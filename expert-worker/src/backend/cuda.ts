@@ -183,6 +183,13 @@ export class CudaBackend implements ExpertBackend {
   }
 }
 
+export type GpuCacheEventSink = (kind: "hit" | "miss" | "evict" | "transfer", bytes?: number) => void;
+let gpuCacheSink: GpuCacheEventSink | undefined;
+/** Where GPU-tier cache events go (e.g. the worker's /metrics counters); set before the backend is probed. */
+export function setGpuCacheEventSink(sink: GpuCacheEventSink | undefined): void {
+  gpuCacheSink = sink;
+}
+
 /** select.ts calls this (dynamic import of ./cuda.js): a backend when the addon loads and a Hopper GPU answers. */
 export async function probeCudaBackend(): Promise<ExpertBackend | { unavailable: string }> {
   const addon = loadCudaAddon();
@@ -194,5 +201,5 @@ export async function probeCudaBackend(): Promise<ExpertBackend | { unavailable:
     return { unavailable: `CUDA probe failed: ${err instanceof Error ? err.message : String(err)}` };
   }
   if (!info.ok) return { unavailable: info.error ?? "no usable CUDA device" };
-  return new CudaBackend(addon, info);
+  return new CudaBackend(addon, info, process.env, (kind, bytes) => gpuCacheSink?.(kind, bytes));
 }

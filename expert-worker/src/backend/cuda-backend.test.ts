@@ -1,0 +1,119 @@
+// CudaBackend's host-side logic with a fake addon (no GPU): slot assignment per slice, rows outside slices,
+// GPU-cache bookkeeping across batches, shape checks, release of pins when a run fails.
+import { DType } from "@switchyard/protocol";
+import { describe, expect, it } from "vitest";
+import { randomExpert, rng } from "../testing.js";
+import { type CudaAddon, CudaBackend, type CudaProbeInfo } from "./cuda.js";
+
+const INFO: CudaProbeInfo = { ok: true, name: "fake", sms: 1, totalMem: 1e9, cc: "9.0" };
+
+function fakeAddon(opts: { failRun?: boolean } = {}) {
+  const calls = { uploads: [] as number[], runs: [] as Int32Array[], contexts: [] as object[] };
+  const addon: CudaAddon = {
+    probe: () => INFO,
+    createContext: (o) => {
+      calls.contexts.push(o);
+      return { ctx: true };
+    },
+    upload: async (_ctx, slot) => {
+      calls.uploads.push(slot);
+      return 1000;
+    },
+    run: async (_ctx, o) => {
+      calls.runs.push(o.rowSlots.slice());
+      if (opts.failRun) throw new Error("kernel failed");
+      // output row r = slot + 1 in every column (fp32), so the test can read the mapping back
+      const out = new Float32Array(o.rows * o.cols);
+      for (let r = 0; r < o.rows; r++) out.fill((o.rowSlots[r] as number) + 1, r * o.cols, (r + 1) * o.cols);
+      return new Uint8Array(out.buffer);
+    },
+    stats: () => ({ runs: 0, uploads: 0, uploadBytes: 0, deviceBytes: 0, slots: 0 }),
+  };
+  return { addon, calls };
+}
+
+describe("CudaBackend (fake addon)", () => {
+  const next = rng(7);
+  const d = 16;
+  const f = 24;
+
+  it("maps slices to device slots, leaves other rows at -1, and counts cache traffic", async () => {
+    const { addon, calls } = fakeAddon();
+    const events: string[] = [];
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" }, (k) => events.push(k));
+    const [e0, e1, e2] = await Promise.all([0, 1, 2].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+    expect(calls.contexts).toEqual([{ d, f, slots: 2 }]);
+    const tokens = new Uint8Array(6 * d * 4);
+    const out = new Float32Array(
+      (
+        await b.run({
+          dtype: DType.FLOAT32,
+          tokens,
+          rows: 6,
+          cols: d,
+          slices: [
+            { expert: e0 as never, offset: 0, count: 2 },
+            { expert: e1 as never, offset: 3, count: 2 },
+          ],
+        })
+      ).buffer,
+    );
+    const rowSlots = calls.runs[0] as Int32Array;
+    expect([...rowSlots.slice(0, 2)]).toEqual([rowSlots[0], rowSlots[0]]);
+    expect(rowSlots[2]).toBe(-1);
+    expect(rowSlots[5]).toBe(-1);
+    expect(rowSlots[3]).not.toBe(rowSlots[0]);
+    expect(out[2 * d]).toBe(0); // slot -1 -> the fake writes 0 for rows outside every slice
+    // a third expert evicts the least recently used one (e0)
+    await b.run({
+      dtype: DType.FLOAT32,
+      tokens,
+      rows: 6,
+      cols: d,
+      slices: [{ expert: e2 as never, offset: 0, count: 6 }],
+    });
+    expect(b.cacheStats()).toMatchObject({ misses: 3, evictions: 1, transferBytes: 3000, resident: 2, capacity: 2 });
+    expect(events.filter((e) => e === "miss")).toHaveLength(3);
+    expect(calls.uploads).toHaveLength(3);
+  });
+
+  it("rejects experts of another shape and wrong token widths, naming the numbers", async () => {
+    const { addon } = fakeAddon();
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+    await expect(b.prepare(randomExpert(8, f, "bfloat16", next))).rejects.toThrow(/d=8 f=24 differs/);
+    await expect(
+      b.run({
+        dtype: DType.FLOAT32,
+        tokens: new Uint8Array(32),
+        rows: 1,
+        cols: 8,
+        slices: [{ expert: e, offset: 0, count: 1 }],
+      }),
+    ).rejects.toThrow(/cols: expected 16, got 8/);
+  });
+
+  it("releases its pins when the kernel fails, so the slots can be reused", async () => {
+    const { addon } = fakeAddon({ failRun: true });
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "1" });
+    const [e0, e1] = await Promise.all([0, 1].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+    const req = (e: typeof e0) => ({
+      dtype: DType.FLOAT32,
+      tokens: new Uint8Array(d * 4),
+      rows: 1,
+      cols: d,
+      slices: [{ expert: e, offset: 0, count: 1 }],
+    });
+    await expect(b.run(req(e0))).rejects.toThrow(/kernel failed/);
+    // e0's pin is gone: e1 can take the only slot
+    await expect(b.run(req(e1))).rejects.toThrow(/kernel failed/);
+    expect(b.cacheStats()).toMatchObject({ evictions: 1 });
+  });
+
+  it("refuses run() before prepare()", async () => {
+    const b = new CudaBackend(fakeAddon().addon, INFO, {});
+    await expect(
+      b.run({ dtype: DType.FLOAT32, tokens: new Uint8Array(0), rows: 0, cols: d, slices: [] }),
+    ).rejects.toThrow(/before any prepare/);
+  });
+});
