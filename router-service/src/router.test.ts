@@ -387,7 +387,7 @@ describe("router end to end (fake workers)", () => {
       const t0 = Date.now();
       const e = await callErr({ hidden: encodeTensor(hidden(2, 4), [2, D], DType.FLOAT32) }, 300);
       expect(e.code).toBe("DEADLINE_EXCEEDED");
-      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(Date.now() - t0).toBeLessThan(5000); // far below the 30 s default: the deadline, not a fallback, ended it
     } finally {
       for (const w of workers) w.mode = "ok";
     }

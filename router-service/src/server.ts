@@ -71,8 +71,20 @@ function deadlineOf(call: { getDeadline(): Date | number }): number {
 
 export function routerHandlers(router: Router) {
   const m = router.metrics;
-  const count = (pool: string, method: string, err: unknown | null) =>
-    m.requests.inc({ pool, method, code: err ? errorCodeOf(err) : "OK" });
+  // Label-bound children, cached: prom-client would hash the label object on every request otherwise.
+  const children = new Map<string, { inc(): void }>();
+  const count = (pool: string, method: string, err: unknown | null) => {
+    const code = err ? errorCodeOf(err) : "OK";
+    const key = `${pool}\u0000${method}\u0000${code}`;
+    let c = children.get(key);
+    if (!c) {
+      // Unknown pool names come from callers: do not let them grow the cache (or the series) without bound.
+      if (!router.poolNames().includes(pool)) return void m.requests.inc({ pool: "unknown", method, code });
+      c = m.requests.labels({ pool, method, code });
+      children.set(key, c);
+    }
+    c.inc();
+  };
   return {
     forward(call: ServerUnaryCall<ForwardRequest, ForwardResponse>, cb: sendUnaryData<ForwardResponse>) {
       const req = call.request;

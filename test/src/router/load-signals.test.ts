@@ -112,10 +112,10 @@ describe.skipIf(!PROMETHEUS)("load signals from a real Prometheus", () => {
         const b = (await r.json()) as { data?: { result?: unknown[] } };
         return (b.data?.result?.length ?? 0) >= 2;
       },
-      30_000,
+      60_000,
     );
     for (const w of workers) await w.start();
-  }, 60_000);
+  }, 120_000);
 
   afterAll(async () => {
     if (prom && prom.exitCode === null) prom.kill("SIGKILL");
@@ -250,7 +250,7 @@ describe.skipIf(!PROMETHEUS)("load signals from a real Prometheus", () => {
       );
       const t0 = Date.now();
       await slow.refresh();
-      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(Date.now() - t0).toBeLessThan(4000); // timeoutMs 500: the query was abandoned, not awaited
       expect(slow.stale).toBe(true);
       expect(slow.lastError).toMatch(/timeout|aborted/i);
     } finally {
