@@ -6,7 +6,7 @@
 //               rowWeights?: Float32Array, cancel?: Int32Array}) -> Promise<{output: Uint8Array, tilesDone,
 //               tilesTotal}>; rejects with code "CANCELLED" when the cancel flag was raised mid-run
 //   stats() -> {tilesDone, runsStarted, runsCompleted, runsCancelled, threads, isa, cuda}
-//   measurePeak(threads, seconds) -> Promise<{gflops, perThread, threads, seconds}>
+//   measurePeak(threads, seconds) -> Promise<{gflops, perThread, perThreadCpu, threads, seconds}>
 // All heavy work runs on libuv worker threads (Napi::AsyncWorker) and the kernel's own pool: never on the event loop.
 #include <napi.h>
 
@@ -263,6 +263,9 @@ class PeakWorker : public Napi::AsyncWorker {
     Napi::Array per = Napi::Array::New(env, r_.per_thread.size());
     for (size_t i = 0; i < r_.per_thread.size(); ++i) per.Set(static_cast<uint32_t>(i), r_.per_thread[i]);
     o.Set("perThread", per);
+    Napi::Array perCpu = Napi::Array::New(env, r_.per_thread_cpu.size());
+    for (size_t i = 0; i < r_.per_thread_cpu.size(); ++i) perCpu.Set(static_cast<uint32_t>(i), r_.per_thread_cpu[i]);
+    o.Set("perThreadCpu", perCpu);
     o.Set("threads", r_.threads);
     o.Set("seconds", r_.seconds);
     deferred_.Resolve(o);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <thread>
+#include <time.h>
 
 namespace switchyard {
 
@@ -46,21 +47,27 @@ PeakResult measure_fma_peak(int threads, double seconds) {
     }
     iters *= 4;
   }
-  std::vector<double> rate(threads);
+  std::vector<double> rate(threads), cpu_rate(threads);
   std::vector<float> sinks(threads);
   std::vector<std::thread> pool;
   auto t0 = std::chrono::steady_clock::now();
   for (int t = 0; t < threads; ++t)
     pool.emplace_back([&, t] {
       auto s0 = std::chrono::steady_clock::now();
+      timespec c0, c1;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
       double flops = fma_loop(iters, &sinks[t]);
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
       rate[t] = flops / std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count() / 1e9;
+      double cpu = (c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) * 1e-9;
+      cpu_rate[t] = cpu > 0 ? flops / cpu / 1e9 : 0;
     });
   for (auto& th : pool) th.join();
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   PeakResult r;
   r.threads = threads;
   r.per_thread = rate;
+  r.per_thread_cpu = cpu_rate;
   r.seconds = wall;
   // Sum of the per-thread rates: the stricter figure (wall-clock based would count thread start-up as idle).
   r.gflops = 0;

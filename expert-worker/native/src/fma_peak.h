@@ -7,7 +7,10 @@ namespace switchyard {
 
 struct PeakResult {
   double gflops;                    // all threads together
-  std::vector<double> per_thread;   // each thread's own rate
+  std::vector<double> per_thread;   // each thread's own rate (flops / its wall time)
+  // flops / the thread's CPU time: the rate while it actually held a core, unaffected by time-slicing when other
+  // processes share the cores.
+  std::vector<double> per_thread_cpu;
   int threads;
   double seconds;
 };

@@ -35,7 +35,7 @@ export interface NativeAddon {
   measurePeak(
     threads?: number,
     seconds?: number,
-  ): Promise<{ gflops: number; perThread: number[]; threads: number; seconds: number }>;
+  ): Promise<{ gflops: number; perThread: number[]; perThreadCpu: number[]; threads: number; seconds: number }>;
 }
 
 export interface NativeWeight {
