@@ -31,6 +31,8 @@ bin=$assets/bin
 stamps=$assets/stamps
 mkdir -p "$bin" "$stamps"
 
+# Non-login shells may lack the Go toolchain's usual place on PATH.
+command -v go >/dev/null || { [ -x /usr/local/go/bin/go ] && export PATH="/usr/local/go/bin:$PATH"; }
 command -v go >/dev/null || { echo "build-test-assets: 'go' not found on PATH (Go >= 1.26 is needed to build the test cluster)" >&2; exit 1; }
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:-} -p=${GO_BUILD_PARALLELISM:-2} -buildvcs=false"
