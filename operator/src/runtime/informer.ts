@@ -11,6 +11,16 @@ import type { Kube } from "./kube.js";
 
 export type InformerEvent = "add" | "update" | "delete" | "resync";
 
+/**
+ * managedFields are often half of an object's bytes and the operator never reads them (client-go's informers
+ * drop them with a transform for the same reason).
+ */
+export function stripManagedFields<T>(obj: T): T {
+  const meta = (obj as { metadata?: { managedFields?: unknown } } | undefined)?.metadata;
+  if (meta && "managedFields" in meta) delete meta.managedFields;
+  return obj;
+}
+
 class CountingWatch extends Watch {
   constructor(private readonly kube: Kube) {
     super(kube.kc);
@@ -23,7 +33,8 @@ class CountingWatch extends Watch {
   ): Promise<AbortController> {
     // The server ends each watch after timeoutSeconds; a fresh one resumes from the last resourceVersion.
     // This bounds how long a half-open connection can leave the cache stale (client-node issue #364).
-    const ctl = await super.watch(path, { ...query, allowWatchBookmarks: true, timeoutSeconds: 300 }, cb, done);
+    const strip = (phase: string, obj: unknown, watchObj?: unknown) => cb(phase, stripManagedFields(obj), watchObj);
+    const ctl = await super.watch(path, { ...query, allowWatchBookmarks: true, timeoutSeconds: 300 }, strip, done);
     this.kube.record("watch", path, 200);
     return ctl;
   }
@@ -59,7 +70,7 @@ export class Informer<T extends Obj> {
       this.failures = 0;
       // ListWatch adds the items right after this promise resolves; mark synced once that has happened.
       setImmediate(() => this.markSynced());
-      return { apiVersion: "v1", kind: "List", metadata: l.metadata ?? {}, items: l.items };
+      return { apiVersion: "v1", kind: "List", metadata: l.metadata ?? {}, items: l.items.map(stripManagedFields) };
     };
     this.lw = new ListWatch<KubernetesObject>(o.path, new CountingWatch(kube), list as never, false, o.labelSelector);
     this.lw.on("add", (obj) => this.emit("add", obj as T));
