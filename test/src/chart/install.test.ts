@@ -11,6 +11,16 @@ import { freePorts, httpGet, waitUntil } from "../cluster/util.js";
 import { describeWithCluster } from "../cluster/vitest.js";
 import { CHART, NAMESPACE, parseDocs, RELEASE, REPO, templateArgs, VALUES_FILES } from "./helm.js";
 
+/** kind/name references grouped by namespace ([] for cluster-scoped objects), for one kubectl call each. */
+function byNamespace(objs: Array<{ kind: string; metadata: { name: string; namespace?: string } }>) {
+  const out = new Map<string, string[]>();
+  for (const o of objs) {
+    const key = o.metadata.namespace ?? "";
+    out.set(key, [...(out.get(key) ?? []), `${o.kind}/${o.metadata.name}`]);
+  }
+  return [...out].map(([ns, refs]) => [ns ? ["-n", ns] : [], refs] as const);
+}
+
 const OPERATOR_MAIN = join(REPO, "operator/dist/main.js");
 // The operator's entry point lands with the operator work; until its source exists that test is skipped, loudly.
 const OPERATOR_SOURCE = existsSync(join(REPO, "operator/src/main.ts"));
@@ -45,10 +55,11 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     }
     manifest = parseDocs((await cluster().helm(["get", "manifest", RELEASE, "-n", NAMESPACE])).stdout);
     expect(manifest.length).toBeGreaterThanOrEqual(15);
-    for (const o of manifest) {
-      const ns = o.metadata.namespace ? ["-n", o.metadata.namespace] : [];
-      const r = await cluster().kubectl(["get", o.kind, o.metadata.name, ...ns, "-o", "name"], { check: false });
-      expect(r.code, `${o.kind}/${o.metadata.name}: ${r.stderr}`).toBe(0);
+    // One kubectl call per namespace for every rendered object (a missing one fails the whole get).
+    for (const [ns, refs] of byNamespace(manifest)) {
+      const r = await cluster().kubectl(["get", ...refs, ...ns, "-o", "name"], { check: false });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.trim().split("\n"), refs.join(" ")).toHaveLength(refs.length);
     }
     for (const d of [`${FULL}-operator`, `${FULL}-router`]) {
       const r = await cluster().kubectl([
@@ -273,14 +284,16 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     await operator?.stop();
     operator = undefined;
     await cluster().helm(["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "60s"]);
-    for (const o of manifest) {
-      const ns = o.metadata.namespace ? ["-n", o.metadata.namespace] : [];
-      await waitUntil(
-        async () =>
-          (await cluster().kubectl(["get", o.kind, o.metadata.name, ...ns, "-o", "name"], { check: false })).code !== 0,
-        { what: `${o.kind}/${o.metadata.name} to be deleted`, timeoutMs: 30_000 },
-      );
-    }
+    await waitUntil(
+      async () => {
+        for (const [ns, refs] of byNamespace(manifest)) {
+          const r = await cluster().kubectl(["get", ...refs, ...ns, "-o", "name", "--ignore-not-found"]);
+          if (r.stdout.trim() !== "") return false;
+        }
+        return true;
+      },
+      { what: "every release object to be deleted", timeoutMs: 30_000 },
+    );
     const pods = await cluster().kubectl(["get", "pods", "-n", NAMESPACE, "-o", "name"]);
     expect(pods.stdout.trim()).toBe("");
     // Helm never deletes CRDs (that would delete every pool); the README documents removing them by hand.
