@@ -255,6 +255,23 @@ async function roleWorker(a: { checkpoint: string; id: string; planFile: string 
 // Client side.
 
 const children: ChildProcess[] = [];
+const procByPort = new Map<ChildProcess, string>();
+
+/** CPU microseconds a child has used so far (user + system). */
+function cpuOf(c: ChildProcess): Promise<number> {
+  return new Promise((res) => {
+    const on = (m: { cpuUs?: number; activeUs?: number }) => {
+      if (typeof m?.cpuUs === "number") {
+        c.off("message", on);
+        if (process.env.BENCH_ELU)
+          console.log(`cpu ${procByPort.get(c)} total ${m.cpuUs} main-thread-active ${m.activeUs}`);
+        res(m.cpuUs);
+      }
+    };
+    c.on("message", on);
+    c.send("cpu");
+  });
+}
 function start<T = number>(role: string, arg?: unknown): Promise<T> {
   return new Promise((res, rej) => {
     // BENCH_PROF=role: CPU profile of that child into /tmp (for finding the router's hot spots)
@@ -269,6 +286,7 @@ function start<T = number>(role: string, arg?: unknown): Promise<T> {
     );
     children.push(c);
     c.once("message", (m: { port: T }) => res(m.port));
+    procByPort.set(c, role);
     c.once("exit", (code) => rej(new Error(`${role} exited with ${code}`)));
   });
 }
@@ -420,10 +438,13 @@ function assignmentTop1(T: number, expert = 0): ForwardRequest["gate"] {
 
 async function overhead() {
   const [echoPort] = [await start("echo")];
+  const echoProc = children.at(-1)!;
   const fwdPort = await start("forwarder", `127.0.0.1:${echoPort}`);
+  const fwdProc = children.at(-1)!;
   const tcpEcho = await start("tcpEcho");
   const tcpFwd = await start("tcpForwarder", tcpEcho);
   const [workerPort] = await start<number[]>("fakeWorkers", 1);
+  const workerProc = children.at(-1)!;
   const routerPort = await start("router", {
     model: "noop",
     d: D,
@@ -433,6 +454,14 @@ async function overhead() {
     replicas: [Array.from({ length: 8 }, () => [0])],
     policy: { batching: { enabled: false } },
   } satisfies RouterSpec);
+  const routerProc = children.at(-1)!;
+  /** Runs a window and returns its Measure plus CPU µs per call of the middle hop and of the far end. */
+  const withCpu = async (ch: Channel, conc: number, secs: number, mid: ChildProcess, end: ChildProcess) => {
+    const [m0, e0] = await Promise.all([cpuOf(mid), cpuOf(end)]);
+    const r = await measure(ch, conc, secs);
+    const [m1, e1] = await Promise.all([cpuOf(mid), cpuOf(end)]);
+    return { ...r, midCpuUs: (m1 - m0) / r.calls, endCpuUs: (e1 - e0) / r.calls };
+  };
   const rows = [];
   for (const T of (process.env.BENCH_TS ?? "1,16,256").split(",").map(Number)) {
     const payload = bf16Payload(T, D);
@@ -455,17 +484,19 @@ async function overhead() {
     const win = (SECONDS * (T === 256 ? 1.5 : 1)) / rounds;
     const tput: { r: number; f: number }[] = [];
     const rtt: { r: number; f: number; t: number }[] = [];
+    const cpu: { router: number; worker: number; forwarder: number; echo: number }[] = [];
     for (let k = 0; k < rounds; k++) {
-      let r: Measure;
-      let f: Measure;
+      let r: Awaited<ReturnType<typeof withCpu>>;
+      let f: Awaited<ReturnType<typeof withCpu>>;
       if (k % 2 === 0) {
-        r = await measure(rtr, 4, win);
-        f = await measure(fwd, 4, win);
+        r = await withCpu(rtr, 4, win, routerProc, workerProc);
+        f = await withCpu(fwd, 4, win, fwdProc, echoProc);
       } else {
-        f = await measure(fwd, 4, win);
-        r = await measure(rtr, 4, win);
+        f = await withCpu(fwd, 4, win, fwdProc, echoProc);
+        r = await withCpu(rtr, 4, win, routerProc, workerProc);
       }
       tput.push({ r: r.perSecond, f: f.perSecond });
+      cpu.push({ router: r.midCpuUs, worker: r.endCpuUs, forwarder: f.midCpuUs, echo: f.endCpuUs });
       const rr = await measure(rtr, 1, win / 2);
       const ff = await measure(fwd, 1, win / 2);
       const tt = await measure(tcp, 1, win / 3);
@@ -488,6 +519,12 @@ async function overhead() {
       forwarder_MBps: +((fwdTput * payload.length) / 1e6).toFixed(1),
       overhead_ratio: +median(tput.map((x) => x.r / x.f)).toFixed(3),
       overhead_ratio_per_round: tput.map((x) => +(x.r / x.f).toFixed(3)),
+      // CPU per request, immune to the other load on the machine: what each hop costs, not how long it waited.
+      router_cpu_us_per_req: +median(cpu.map((x) => x.router)).toFixed(1),
+      forwarder_cpu_us_per_req: +median(cpu.map((x) => x.forwarder)).toFixed(1),
+      noop_worker_cpu_us_per_req: +median(cpu.map((x) => x.worker)).toFixed(1),
+      echo_cpu_us_per_req: +median(cpu.map((x) => x.echo)).toFixed(1),
+      cpu_ratio: +median(cpu.map((x) => x.forwarder / x.router)).toFixed(3),
       router_rtt_ms: +rRt.p50Ms.toFixed(3),
       forwarder_rtt_ms: +fRt.p50Ms.toFixed(3),
       tcp_two_hop_rtt_ms: +tRt.p50Ms.toFixed(3),
@@ -761,6 +798,14 @@ if (process.argv[2] === "child") {
     worker: () => roleWorker(arg),
   };
   process.on("SIGINT", () => process.exit(0)); // lets --cpu-prof write its profile
+  // CPU time used so far, on request: the overhead figure in CPU terms is immune to other load on the machine.
+  process.on("message", (m) => {
+    if (m === "cpu") {
+      const u = process.cpuUsage();
+      const elu = performance.eventLoopUtilization();
+      process.send!({ cpuUs: u.user + u.system, activeUs: elu.active * 1000 });
+    }
+  });
   run[role]().then(
     (port) => process.send!({ port }),
     (e) => {
