@@ -194,6 +194,23 @@ static inline Prefetch share(const float* next, int64_t next_bytes, int64_t blk,
   return pf;
 }
 
+// A bf16 panel widened once into fp32 (a thread's L2-resident scratch) when several row blocks will reuse it:
+// the micro-kernel then runs its fp32 form (no shift/mask per step), while memory still streams bf16.
+static void widen_panel(const float* bf, int64_t K, float* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    v16 lo, hi;
+    load_pair<true>(bf, k, lo, hi);
+    *reinterpret_cast<v16*>(out + k * 32) = lo;
+    *reinterpret_cast<v16*>(out + k * 32 + 16) = hi;
+  }
+}
+
+// Grow-only scratch, reused across runs (no page faults or zeroing per batch).
+static float* scratch(AlignedFloats& buf, size_t n) {
+  if (buf.n < n) buf = AlignedFloats(n + n / 4, /*zero=*/false);
+  return buf.ptr;
+}
+
 // Phase 1 over all rows of a unit for one panel: full MR1 blocks, then the matching smaller instantiation.
 // Xp: the unit's packed tokens, block b at Xp + b*MR1*K.
 template <bool BF>
@@ -327,12 +344,13 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
   }
   // Tokens widened to fp32 and packed per unit into MR1-row blocks ([d][m] each), once per run (small next to
   // the weights), in parallel over units.
-  AlignedFloats xp(static_cast<size_t>(std::max<int64_t>(xrows, 1) * d), /*zero=*/false);
+  static AlignedFloats xp_buf, h_buf;  // guarded by the pool's run mutex (one run at a time)
+  float* const xp = scratch(xp_buf, static_cast<size_t>(std::max<int64_t>(xrows, 1) * d));
   pool.parallel_for(static_cast<int64_t>(units.size()), [&](int64_t ui) {
     const Unit& un = units[ui];
     for (int64_t b = 0; b < un.rows; b += MR1) {
       const int64_t m = std::min<int64_t>(MR1, un.rows - b);
-      float* dst = xp.ptr + (un.x0 + b) * d;
+      float* dst = xp + (un.x0 + b) * d;
       for (int64_t i = 0; i < m; ++i) {
         const int64_t src = (un.row0 + b + i) * d;
         for (int64_t k = 0; k < d; ++k) dst[k * m + i] = load_elem(req.dtype, req.tokens, src + k);
@@ -366,7 +384,7 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
       hrows += units[u1].rows;
       ++u1;
     }
-    AlignedFloats h(static_cast<size_t>(hrows * fp), /*zero=*/false);  // every element is written in phase 1
+    float* const h = scratch(h_buf, static_cast<size_t>(hrows * fp));  // every element is written in phase 1
     std::vector<Tile> t1, t2;
     make_tiles(u0, u1, true, t1);
     make_tiles(u0, u1, false, t2);
@@ -385,9 +403,17 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
           for (int p = t.p0; p < t.p1; ++p) {
             // Prefetch the next panel (the tile's next, or the one after the tile: likely the next tile's first).
             const float* next = p + 1 < panels ? e->gu.ptr + (p + 1) * panel : nullptr;
-            HPacked hp{h.ptr + un.h0 * fp, e->fp, un.rows, 0, static_cast<int64_t>(p) * 16};
-            auto* run = e->bf16 ? &gu_rows<true> : &gu_rows<false>;
-            run(xp.ptr + un.x0 * d, un.rows, e->gu.ptr + p * panel, d, hp, next, panel * 4);
+            HPacked hp{h + un.h0 * fp, e->fp, un.rows, 0, static_cast<int64_t>(p) * 16};
+            const float* b = e->gu.ptr + p * panel;
+            if (e->bf16 && un.rows > MR1) {
+              thread_local AlignedFloats wide;
+              widen_panel(b, d, scratch(wide, static_cast<size_t>(d) * 32));
+              gu_rows<false>(xp + un.x0 * d, un.rows, wide.ptr, d, hp, next, panel * 4);
+            } else if (e->bf16) {
+              gu_rows<true>(xp + un.x0 * d, un.rows, b, d, hp, next, panel * 4);
+            } else {
+              gu_rows<false>(xp + un.x0 * d, un.rows, b, d, hp, next, panel * 4);
+            }
           }
         } else {
           const float* w = req.row_weights ? req.row_weights + un.row0 : nullptr;
@@ -396,9 +422,17 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
           for (int q = t.p0; q < t.p1; ++q) {
             int ncols = static_cast<int>(std::min<int64_t>(32, d - q * 32));
             const float* next = q + 1 < panels ? e->down.ptr + (q + 1) * panel : nullptr;
-            auto* run = e->bf16 ? &down_rows<true> : &down_rows<false>;
-            run(h.ptr + un.h0 * fp, un.rows, e->down.ptr + q * panel, e->fp, out + un.row0 * d + q * 32, d, ncols, w,
-                next, panel * 4);
+            const float* b = e->down.ptr + q * panel;
+            float* y = out + un.row0 * d + q * 32;
+            if (e->bf16 && un.rows > MR2) {
+              thread_local AlignedFloats wide;
+              widen_panel(b, e->fp, scratch(wide, static_cast<size_t>(e->fp) * 32));
+              down_rows<false>(h + un.h0 * fp, un.rows, wide.ptr, e->fp, y, d, ncols, w, next, panel * 4);
+            } else if (e->bf16) {
+              down_rows<true>(h + un.h0 * fp, un.rows, b, e->fp, y, d, ncols, w, next, panel * 4);
+            } else {
+              down_rows<false>(h + un.h0 * fp, un.rows, b, e->fp, y, d, ncols, w, next, panel * 4);
+            }
           }
         }
         done.fetch_add(1, std::memory_order_relaxed);

@@ -66,6 +66,17 @@ function cases(): Case[] {
       rowWeights: true,
     },
     {
+      name: "long slices, bf16 weights widened per panel, d=72",
+      d: 72,
+      f: 100,
+      weights: "bfloat16",
+      tokens: DType.FLOAT32,
+      counts: [15, 33, 3],
+      gap: 0,
+      tail: 0,
+      rowWeights: true,
+    },
+    {
       name: "257 experts, d=20, bf16 weights, fp32 tokens",
       d: 20,
       f: 24,
