@@ -69,6 +69,13 @@ describe("WorkQueue", () => {
     q.shutDown();
   });
 
+  it("stops handing out queued keys once shut down", async () => {
+    const q = new WorkQueue("t");
+    q.add("a");
+    q.shutDown();
+    expect(await q.get()).toBeUndefined();
+  });
+
   it("reports metrics and wakes waiters on shutdown", async () => {
     const seen: string[] = [];
     const q = new WorkQueue("t", {
@@ -85,5 +92,7 @@ describe("WorkQueue", () => {
     const pending = q.get();
     q.shutDown();
     expect(await pending).toBeUndefined();
+    q.add("y"); // ignored after shutdown
+    expect(await q.get()).toBeUndefined();
   });
 });

@@ -105,8 +105,9 @@ export class WorkQueue {
     return this.failures.get(key) ?? 0;
   }
 
-  /** Next key to process; undefined once shut down. */
+  /** Next key to process; undefined once shut down (queued keys are dropped: a new leader relists anyway). */
   get(): Promise<string | undefined> {
+    if (this.shuttingDown) return Promise.resolve(undefined);
     if (this.queue.length > 0) {
       const key = this.queue.shift() as string;
       this.dirty.delete(key);
@@ -117,7 +118,6 @@ export class WorkQueue {
       this.metrics?.depth(this.queue.length);
       return Promise.resolve(key);
     }
-    if (this.shuttingDown) return Promise.resolve(undefined);
     return new Promise((r) => this.waiters.push(r));
   }
 

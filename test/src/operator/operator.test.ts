@@ -1,6 +1,9 @@
 // Must show (issue 5), against a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 // kwok fake GPU nodes): pools become Ready, GPU shortage is reported, scale/edit/delete work, and the operator
 // converges without duplicates through its own restart, an API server restart and a leader change, then goes quiet.
+
+import type { AddressInfo } from "node:net";
+import { createServer } from "node:net";
 import { KubeConfig } from "@kubernetes/client-node";
 import type { Manager } from "@switchyard/operator";
 import { describeWithCluster } from "@switchyard/test/cluster/vitest";
@@ -24,6 +27,17 @@ vi.setConfig({ testTimeout: 180_000 });
 
 const XP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools`;
 const RP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/routingpolicies`;
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
+    srv.on("error", reject);
+  });
+}
+
 const WRITE_VERBS = new Set(["create", "update", "patch", "apply", "delete"]);
 
 /** Counts a manager's writes, leaving out its Lease renewals (leader election writes by design). */
@@ -37,6 +51,8 @@ function countWrites(m: Manager): () => number {
 
 describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, (cluster) => {
   let op: Manager | undefined;
+  let metricsPort = 0;
+  let healthPort = 0;
   const admin = () => adminClient(cluster());
   const list = async (path: string, selector?: string) =>
     (await admin().list<Obj>(path, { labelSelector: selector })).items;
@@ -51,7 +67,9 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       "crd/routingpolicies.switchyard.dev",
     ]);
     for (const ns of ["life", "restart", "leader"]) await createNamespace(admin(), ns);
-    op = startOperator(c);
+    metricsPort = await freePort();
+    healthPort = await freePort();
+    op = startOperator(c, { metricsPort, healthPort });
     await op.start();
   }, 60_000);
 
@@ -96,6 +114,30 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       },
       { timeoutMs: 20_000, what: "router config listing life/a" },
     );
+  });
+
+  it("serves /metrics under controller-runtime's names, /healthz and /readyz", async () => {
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    for (const series of [
+      'controller_runtime_reconcile_total{controller="expertpool",result="success"}',
+      "controller_runtime_reconcile_errors_total",
+      'controller_runtime_reconcile_time_seconds_bucket{le="0.005",controller="expertpool"}',
+      'workqueue_depth{name="expertpool",controller="expertpool"}',
+      'workqueue_adds_total{name="expertpool",controller="expertpool"}',
+      "workqueue_retries_total",
+      'workqueue_queue_duration_seconds_count{name="expertpool",controller="expertpool"}',
+      'workqueue_work_duration_seconds_count{name="expertpool",controller="expertpool"}',
+      "workqueue_unfinished_work_seconds",
+      "workqueue_longest_running_processor_seconds",
+      'switchyard_operator_pools{condition="True"} 1',
+      "rest_client_requests_total{",
+    ]) {
+      expect(text, series).toContain(series);
+    }
+    for (const port of [metricsPort, healthPort]) {
+      expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+      expect((await fetch(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
+    }
   });
 
   it("a RoutingPolicy resolves into status and the router config; one with topK > experts is Degraded", async () => {
@@ -220,29 +262,6 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     );
   });
 
-  it("deleting a pool garbage-collects its children", async () => {
-    const c = cluster();
-    await c.kubectl(["delete", "xp", "a", "-n", "life"]);
-    await waitUntil(
-      async () => {
-        const left = await Promise.all([
-          list("/apis/apps/v1/namespaces/life/statefulsets", "switchyard.dev/pool=a"),
-          list("/api/v1/namespaces/life/services", "switchyard.dev/pool=a"),
-          list("/api/v1/namespaces/life/configmaps", "switchyard.dev/pool=a"),
-        ]);
-        return left.every((l) => l.length === 0);
-      },
-      { timeoutMs: 60_000, what: "StatefulSet, Service and plan ConfigMap of a garbage-collected" },
-    );
-    await waitUntil(
-      async () => {
-        const rc = await admin().get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
-        return !JSON.parse(rc?.data?.["router.json"] ?? "{}").pools?.some((x: { name: string }) => x.name === "life/a");
-      },
-      { timeoutMs: 20_000, what: "life/a gone from the router config" },
-    );
-  });
-
   /** Exactly one StatefulSet, Service and plan ConfigMap per pool, and `replicas` pods. */
   async function expectNoDuplicates(ns: string, names: string[], replicas: number) {
     for (const n of names) {
@@ -278,6 +297,31 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await cluster().restartApiServer();
     for (const n of names) await waitReady(k, "restart", n, 120_000);
     await expectNoDuplicates("restart", names, 1);
+  });
+
+  // Runs after the restart tests on purpose: the garbage collector only learns a new kind at its next discovery
+  // resync (~30 s after the CRD appeared), and by now that has happened.
+  it("deleting a pool garbage-collects its children", async () => {
+    const c = cluster();
+    await c.kubectl(["delete", "xp", "a", "-n", "life"]);
+    await waitUntil(
+      async () => {
+        const left = await Promise.all([
+          list("/apis/apps/v1/namespaces/life/statefulsets", "switchyard.dev/pool=a"),
+          list("/api/v1/namespaces/life/services", "switchyard.dev/pool=a"),
+          list("/api/v1/namespaces/life/configmaps", "switchyard.dev/pool=a"),
+        ]);
+        return left.every((l) => l.length === 0);
+      },
+      { timeoutMs: 60_000, what: "StatefulSet, Service and plan ConfigMap of a garbage-collected" },
+    );
+    await waitUntil(
+      async () => {
+        const rc = await admin().get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
+        return !JSON.parse(rc?.data?.["router.json"] ?? "{}").pools?.some((x: { name: string }) => x.name === "life/a");
+      },
+      { timeoutMs: 20_000, what: "life/a gone from the router config" },
+    );
   });
 
   it("after convergence the operator makes zero writes in a 30-second quiet window", async () => {
