@@ -69,6 +69,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const D = 4096;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
+/** Batching window of the "on" router (the policy's maxWaitMs). */
+const MAX_WAIT_MS = Number(process.env.BENCH_MAX_WAIT_MS ?? 2);
 
 function median(xs: number[]): number {
   const s = xs.slice().sort((a, b) => a - b);
@@ -568,7 +570,7 @@ async function batching(cfg: { d: number; f: number; E: number }) {
       workers: ids,
       endpoints,
       replicas: plan.replicas,
-      policy: { batching: { enabled: mode === "on", maxWaitMs: 2, maxBatchTokens: 256 } },
+      policy: { batching: { enabled: mode === "on", maxWaitMs: MAX_WAIT_MS, maxBatchTokens: 256 } },
     } satisfies RouterSpec);
   }
   const channelsOf = (port: number) =>
@@ -635,7 +637,7 @@ async function batching(cfg: { d: number; f: number; E: number }) {
   return {
     model: `mixtral-like 1 layer, d=${d}, f=${f}, ${E} experts top-2, bf16, 2 CPU workers (native backend)`,
     streams,
-    policy_on: { maxWaitMs: 2, maxBatchTokens: 256 },
+    policy_on: { maxWaitMs: MAX_WAIT_MS, maxBatchTokens: 256 },
     off: {
       tokens_per_s: +out.off.tokensPerS.toFixed(1),
       p50_ms: +out.off.p50Ms.toFixed(2),

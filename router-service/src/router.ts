@@ -89,7 +89,7 @@ class Pool {
     public model: PoolModel,
     public policy: RoutingPolicy,
     readonly metrics: PoolMetrics,
-    flush: (pool: Pool, items: Item[]) => void,
+    flush: (pool: Pool, items: Item[]) => Promise<void>,
   ) {
     this.batcher = new Batcher<Item>(policy.batching, (_k, items) => flush(this, items));
     this.signals = new PrometheusSignals(policy.loadSignals, name);
@@ -167,13 +167,7 @@ export class Router {
     validatePlan(s.plan, s.model, s.name);
     let p = this.pools.get(s.name);
     if (!p) {
-      p = new Pool(
-        s.name,
-        s.model,
-        s.policy,
-        this.metrics.forPool(s.name),
-        (pool, items) => void this.flush(pool, items),
-      );
+      p = new Pool(s.name, s.model, s.policy, this.metrics.forPool(s.name), (pool, items) => this.flush(pool, items));
       this.pools.set(s.name, p);
     } else {
       p.model = s.model;

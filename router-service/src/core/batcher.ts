@@ -1,5 +1,9 @@
 // Expert-aware batching, the timing half: requests for the same key (pool, layer, dtype) queue up and leave
 // together when maxBatchTokens is reached or maxWaitMs after the first one arrived, whichever comes first.
+// While a flush of the same key is still running, new requests wait for it instead (continuous batching): the
+// workers are busy with that flush, so a second, smaller batch sent now would only queue behind it on the
+// workers; held here it grows, and it leaves the moment the running flush completes. A hold never outlasts
+// HOLD_CAP_MS, and every request still has its own deadline timer in the router.
 // The flush callback then regroups the merged tokens by expert (plan-flush.ts). With batching disabled every
 // request flushes alone, at once: the baseline the batching speedup is measured against.
 
@@ -19,14 +23,19 @@ interface Queue<T> {
   items: T[];
   tokens: number;
   timer: NodeJS.Timeout | NodeJS.Immediate | null;
+  /** Flushes of this key still running. */
+  running: number;
 }
+
+/** Longest a request is held behind a running flush of its key before it is sent anyway. */
+export const HOLD_CAP_MS = 250;
 
 export class Batcher<T extends Batchable> {
   private readonly queues = new Map<string, Queue<T>>();
 
   constructor(
     private options: BatcherOptions,
-    private readonly flush: (key: string, items: T[]) => void,
+    private readonly flush: (key: string, items: T[]) => void | Promise<void>,
   ) {}
 
   setOptions(options: BatcherOptions): void {
@@ -47,7 +56,7 @@ export class Batcher<T extends Batchable> {
     }
     let q = this.queues.get(key);
     if (!q) {
-      q = { items: [], tokens: 0, timer: null };
+      q = { items: [], tokens: 0, timer: null, running: 0 };
       this.queues.set(key, q);
     }
     // A request that would overflow the budget flushes what is queued first, so batches stay <= maxBatchTokens
@@ -60,11 +69,13 @@ export class Batcher<T extends Batchable> {
       return;
     }
     if (q.timer === null) {
+      const queue = q;
       const fire = () => {
-        q.timer = null;
+        queue.timer = null;
         this.flushKey(key);
       };
-      q.timer = this.options.maxWaitMs <= 0 ? setImmediate(fire) : setTimeout(fire, this.options.maxWaitMs);
+      if (q.running > 0) q.timer = setTimeout(fire, Math.max(HOLD_CAP_MS, this.options.maxWaitMs));
+      else q.timer = this.options.maxWaitMs <= 0 ? setImmediate(fire) : setTimeout(fire, this.options.maxWaitMs);
     }
   }
 
@@ -84,6 +95,14 @@ export class Batcher<T extends Batchable> {
     const items = q.items;
     q.items = [];
     q.tokens = 0;
-    this.flush(key, items);
+    const done = this.flush(key, items);
+    if (!done) return;
+    q.running++;
+    const queue = q;
+    void done.finally(() => {
+      queue.running--;
+      // What gathered behind this flush leaves now, as one batch.
+      if (queue.running === 0 && queue.items.length > 0) this.flushKey(key);
+    });
   }
 }

@@ -1,6 +1,6 @@
 import { DType, f32ToBf16 } from "@switchyard/protocol";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { Batcher } from "./batcher.js";
+import { Batcher, HOLD_CAP_MS } from "./batcher.js";
 import { applyCapacity, expertCapacity } from "./capacity.js";
 import { combineF32 } from "./combine.js";
 import { layoutRound } from "./plan-flush.js";
@@ -216,7 +216,9 @@ describe("Batcher", () => {
     const flushed: number[][] = [];
     const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
       { enabled: true, maxBatchTokens: 4, maxWaitMs: 5 },
-      (_k, items) => flushed.push(items.map((i) => i.id)),
+      (_k, items) => {
+        flushed.push(items.map((i) => i.id));
+      },
     );
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
@@ -235,11 +237,42 @@ describe("Batcher", () => {
     expect(flushed.at(-1)).toEqual([6]);
   });
 
+  it("holds requests behind a running flush of the same key, then sends them together", async () => {
+    vi.useFakeTimers();
+    const flushed: number[][] = [];
+    const finish: (() => void)[] = [];
+    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
+      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2 },
+      (_k, items) => {
+        flushed.push(items.map((i) => i.id));
+        return new Promise<void>((r) => {
+          finish.push(r);
+        });
+      },
+    );
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
+    vi.advanceTimersByTime(2);
+    expect(flushed).toEqual([[1]]); // idle pipeline: maxWait applies
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 3 });
+    b.add("other", { tokens: 1, enqueuedAt: 0, id: 9 });
+    vi.advanceTimersByTime(10);
+    expect(flushed).toEqual([[1], [9]]); // key k is busy: 2 and 3 wait; another key is not held
+    finish[0](); // the flush of [1] completes
+    await vi.advanceTimersByTimeAsync(0);
+    expect(flushed.at(-1)).toEqual([2, 3]); // left together the moment the running flush completed
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 4 });
+    await vi.advanceTimersByTimeAsync(HOLD_CAP_MS);
+    expect(flushed.at(-1)).toEqual([4]); // a stuck flush holds nobody past the cap
+  });
+
   it("flushes each request alone when disabled", () => {
     const flushed: number[][] = [];
     const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
       { enabled: false, maxBatchTokens: 4, maxWaitMs: 5 },
-      (_k, items) => flushed.push(items.map((i) => i.id)),
+      (_k, items) => {
+        flushed.push(items.map((i) => i.id));
+      },
     );
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
