@@ -7,6 +7,7 @@
 //               tilesTotal}>; rejects with code "CANCELLED" when the cancel flag was raised mid-run
 //   stats() -> {tilesDone, runsStarted, runsCompleted, runsCancelled, threads, isa, cuda}
 //   measurePeak(threads, seconds) -> Promise<{gflops, perThread, perThreadCpu, threads, seconds}>
+//   measureReadBandwidth(mib, threads) -> Promise<GB/s>   streaming-read bandwidth, best of 5 passes
 // All heavy work runs on libuv worker threads (Napi::AsyncWorker) and the kernel's own pool: never on the event loop.
 #include <napi.h>
 
@@ -289,7 +290,34 @@ Napi::Value MeasurePeak(const Napi::CallbackInfo& info) {
   return p;
 }
 
+class BandwidthWorker : public Napi::AsyncWorker {
+ public:
+  BandwidthWorker(Napi::Env env, double mib, int threads)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), mib_(mib), threads_(threads) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { gbs_ = measure_read_bandwidth(static_cast<size_t>(mib_ * 1024 * 1024), threads_, 5); }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), gbs_)); }
+  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  double mib_;
+  int threads_;
+  double gbs_ = 0;
+};
+
+Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  double mib = info[0].IsNumber() ? info[0].ToNumber().DoubleValue() : 256;
+  int threads = info[1].IsNumber() ? info[1].ToNumber().Int32Value() : ThreadPool::shared().threads();
+  auto* w = new BandwidthWorker(env, mib, threads);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("measureReadBandwidth", Napi::Function::New(env, MeasureBandwidth));
   exports.Set("prepareExpert", Napi::Function::New(env, PrepareExpert));
   exports.Set("expertInfo", Napi::Function::New(env, ExpertInfo));
   exports.Set("runExperts", Napi::Function::New(env, RunExperts));

@@ -75,10 +75,11 @@ static inline v16 vexp(v16 x) {
 static inline v16 silu_mul(v16 g, v16 u) { return g / (splat(1.f) + vexp(-g)) * u; }
 
 constexpr int MR1 = 12;  // rows per phase-1 micro-kernel (24 accumulators + 2 B + 1 broadcast of 32 zmm)
-constexpr int MR2 = 14;  // rows per phase-2 micro-kernel (28 accumulators + 2 B + 1 broadcast)
+constexpr int MR2 = 14;
+constexpr int64_t kKChunk = 512;  // phase-2 K chunk: 512 x 32 fp32 (64 KiB) of a panel, 512 x 14 of an H block  // rows per phase-2 micro-kernel (28 accumulators + 2 B + 1 broadcast)
 
 // Software prefetch of the weight panel the thread computes next: the current panel is re-read from L2 for every
-// row block, the next one streams in from memory meanwhile (one 64-byte line per 4 k-steps), so the kernel does
+// row block, the next one streams in from memory meanwhile (up to one 64-byte line per k-step), so the kernel does
 // not stall on DRAM at the start of each panel.
 struct Prefetch {
   const char* p = nullptr;
@@ -136,7 +137,7 @@ static void gu_kernel(const float* Ap, const float* B, int64_t K, const HPacked&
       g[i] += a * bg;
       u[i] += a * bu;
     }
-    if ((k & 3) == 3) prefetch_step(pf);
+    prefetch_step(pf);
   }
   for (int i = 0; i < MR; ++i) {
     alignas(64) float h[16];
@@ -149,7 +150,8 @@ static void gu_kernel(const float* Ap, const float* B, int64_t K, const HPacked&
   }
 }
 
-// Y[i, 0..ncols) = w_i * A_i·B for MR rows; Ap packed [K][MR]; B one down panel; ncols <= 32 (clipped at d).
+// Y[i, 0..ncols) += w_i * A_i·B for MR rows; Ap packed [K][MR] (one K chunk); B the matching chunk of a down
+// panel; ncols <= 32 (clipped at d).
 template <int MR, bool BF>
 static void down_kernel(const float* Ap, const float* B, int64_t K, float* Y, int64_t ldy, int ncols, const float* w,
                         Prefetch pf) {
@@ -165,19 +167,22 @@ static void down_kernel(const float* Ap, const float* B, int64_t K, float* Y, in
       c0[i] += a * b0;
       c1[i] += a * b1;
     }
-    if ((k & 3) == 3) prefetch_step(pf);
+    prefetch_step(pf);
   }
   for (int i = 0; i < MR; ++i) {
     v16 s = splat(w ? w[i] : 1.f);
     v16 y0 = c0[i] * s, y1 = c1[i] * s;
     float* out = Y + i * ldy;
+    // Accumulate: K is split into chunks (the output starts zeroed), w * sum_c = sum_c w * partial_c.
     if (ncols == 32) {
-      store_u(out, y0);
-      store_u(out + 16, y1);
+      store_u(out, load_u(out) + y0);
+      store_u(out + 16, load_u(out + 16) + y1);
     } else {
       alignas(64) float tmp[32];
-      std::memcpy(tmp, &y0, 64);
-      std::memcpy(tmp + 16, &y1, 64);
+      std::memcpy(tmp, out, ncols * sizeof(float));
+      v16 t0 = load_a(tmp) + y0, t1 = load_a(tmp + 16) + y1;
+      std::memcpy(tmp, &t0, 64);
+      std::memcpy(tmp + 16, &t1, 64);
       std::memcpy(out, tmp, ncols * sizeof(float));
     }
   }
@@ -236,20 +241,22 @@ static void gu_rows(const float* Xp, int64_t rows, const float* B, int64_t K, HP
   }
 }
 
-// Phase 2 over all rows of a unit for one panel. Hp: the unit's packed H, block b at Hp + b*MR2*K.
+// Phase 2 over all rows of a unit for one panel and one K chunk [k0, k0 + K). Hp: the unit's packed H, block b at
+// Hp + b*MR2*fp holding [fp][m]; the chunk of a block starts at + k0*m.
 template <bool BF>
-static void down_rows(const float* Hp, int64_t rows, const float* B, int64_t K, float* Y, int64_t ldy, int ncols,
-                      const float* w, const float* next, int64_t next_bytes) {
+static void down_rows(const float* Hp, int64_t fp, int64_t k0, int64_t rows, const float* B, int64_t K, float* Y,
+                      int64_t ldy, int ncols, const float* w, const float* next, int64_t next_bytes) {
   const int64_t nblk = (rows + MR2 - 1) / MR2;
   int64_t r = 0, blk = 0;
   for (; r + MR2 <= rows; r += MR2, ++blk)
-    down_kernel<MR2, BF>(Hp + r * K, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
+    down_kernel<MR2, BF>(Hp + r * fp + k0 * MR2, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
                          share(next, next_bytes, blk, nblk));
   Prefetch pf = share(next, next_bytes, blk, nblk);
+  const float* a = Hp + r * fp + k0 * (rows - r);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
-    down_kernel<n, BF>(Hp + r * K, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr, pf); \
+    down_kernel<n, BF>(a, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr, pf); \
     break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12) CASE(13)
 #undef CASE
@@ -390,53 +397,79 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
     make_tiles(u0, u1, false, t2);
     tiles_total += static_cast<int64_t>(t1.size() + t2.size());
     std::atomic<int64_t> done{0};
-    auto run_phase = [&](const std::vector<Tile>& tiles, bool phase1) {
-      pool.parallel_for(static_cast<int64_t>(tiles.size()), [&](int64_t ti) {
-        if (cancelled()) return;
-        const Tile& t = tiles[ti];
-        const Unit& un = units[t.unit];
-        const PreparedExpert* e = un.e;
-        const int64_t per_k = e->bf16 ? 16 : 32;
-        if (phase1) {
-          const int64_t panel = d * per_k;
-          const int panels = e->fp / 16;
-          for (int p = t.p0; p < t.p1; ++p) {
-            // Prefetch the next panel (the tile's next, or the one after the tile: likely the next tile's first).
-            const float* next = p + 1 < panels ? e->gu.ptr + (p + 1) * panel : nullptr;
-            HPacked hp{h + un.h0 * fp, e->fp, un.rows, 0, static_cast<int64_t>(p) * 16};
-            const float* b = e->gu.ptr + p * panel;
-            if (e->bf16 && un.rows > MR1) {
-              thread_local AlignedFloats wide;
-              widen_panel(b, d, scratch(wide, static_cast<size_t>(d) * 32));
-              gu_rows<false>(xp + un.x0 * d, un.rows, wide.ptr, d, hp, next, panel * 4);
-            } else if (e->bf16) {
-              gu_rows<true>(xp + un.x0 * d, un.rows, b, d, hp, next, panel * 4);
-            } else {
-              gu_rows<false>(xp + un.x0 * d, un.rows, b, d, hp, next, panel * 4);
-            }
+    // First weight panel of a tile (where a thread's prefetch should go before it starts that tile).
+    auto first_panel = [&](const Tile& t, bool phase1) -> const float* {
+      const PreparedExpert* e = units[t.unit].e;
+      const int64_t per_k = e->bf16 ? 16 : 32;
+      return phase1 ? e->gu.ptr + t.p0 * d * per_k : e->down.ptr + t.p0 * static_cast<int64_t>(e->fp) * per_k;
+    };
+    auto run_tile = [&](const Tile& t, const Tile* after, bool phase1) {
+      const Unit& un = units[t.unit];
+      const PreparedExpert* e = un.e;
+      const int64_t per_k = e->bf16 ? 16 : 32;
+      // The panel after the last one of this tile is the first of the tile this thread claimed next.
+      const float* after_first = after ? first_panel(*after, phase1) : nullptr;
+      if (phase1) {
+        const int64_t panel = d * per_k;
+        for (int p = t.p0; p < t.p1; ++p) {
+          const float* next = p + 1 < t.p1 ? e->gu.ptr + (p + 1) * panel : after_first;
+          HPacked hp{h + un.h0 * fp, e->fp, un.rows, 0, static_cast<int64_t>(p) * 16};
+          const float* b = e->gu.ptr + p * panel;
+          if (e->bf16 && un.rows > MR1) {
+            thread_local AlignedFloats wide;
+            widen_panel(b, d, scratch(wide, static_cast<size_t>(d) * 32));
+            gu_rows<false>(xp + un.x0 * d, un.rows, wide.ptr, d, hp, next, panel * 4);
+          } else if (e->bf16) {
+            gu_rows<true>(xp + un.x0 * d, un.rows, b, d, hp, next, panel * 4);
+          } else {
+            gu_rows<false>(xp + un.x0 * d, un.rows, b, d, hp, next, panel * 4);
           }
-        } else {
-          const float* w = req.row_weights ? req.row_weights + un.row0 : nullptr;
-          const int64_t panel = static_cast<int64_t>(e->fp) * per_k;
-          const int panels = e->dp / 32;
+        }
+      } else {
+        // K (= fp) in chunks so a chunk of the unit's H and of the panels stays in L2 across the tile's panels.
+        const float* w = req.row_weights ? req.row_weights + un.row0 : nullptr;
+        const int64_t panel = static_cast<int64_t>(e->fp) * per_k;
+        const int64_t K = e->fp;
+        for (int64_t k0 = 0; k0 < K; k0 += kKChunk) {
+          const int64_t kc = std::min<int64_t>(kKChunk, K - k0);
           for (int q = t.p0; q < t.p1; ++q) {
             int ncols = static_cast<int>(std::min<int64_t>(32, d - q * 32));
-            const float* next = q + 1 < panels ? e->down.ptr + (q + 1) * panel : nullptr;
-            const float* b = e->down.ptr + q * panel;
+            // Next: this chunk of the next panel, the next chunk of the first panel, or the next tile.
+            const float* next = q + 1 < t.p1                 ? e->down.ptr + (q + 1) * panel + k0 * per_k
+                                : k0 + kKChunk < K          ? e->down.ptr + t.p0 * panel + (k0 + kKChunk) * per_k
+                                                            : after_first;
+            const int64_t next_bytes = std::min<int64_t>(kKChunk, K) * per_k * 4;
+            const float* b = e->down.ptr + q * panel + k0 * per_k;
             float* y = out + un.row0 * d + q * 32;
+            const float* hp = h + un.h0 * fp;
             if (e->bf16 && un.rows > MR2) {
               thread_local AlignedFloats wide;
-              widen_panel(b, e->fp, scratch(wide, static_cast<size_t>(e->fp) * 32));
-              down_rows<false>(h + un.h0 * fp, un.rows, wide.ptr, e->fp, y, d, ncols, w, next, panel * 4);
+              widen_panel(b, kc, scratch(wide, static_cast<size_t>(kKChunk) * 32));
+              down_rows<false>(hp, e->fp, k0, un.rows, wide.ptr, kc, y, d, ncols, w, next, next_bytes);
             } else if (e->bf16) {
-              down_rows<true>(h + un.h0 * fp, un.rows, b, e->fp, y, d, ncols, w, next, panel * 4);
+              down_rows<true>(hp, e->fp, k0, un.rows, b, kc, y, d, ncols, w, next, next_bytes);
             } else {
-              down_rows<false>(h + un.h0 * fp, un.rows, b, e->fp, y, d, ncols, w, next, panel * 4);
+              down_rows<false>(hp, e->fp, k0, un.rows, b, kc, y, d, ncols, w, next, next_bytes);
             }
           }
         }
-        done.fetch_add(1, std::memory_order_relaxed);
-        counters.tiles_done.fetch_add(1, std::memory_order_relaxed);
+      }
+    };
+    // Each thread claims its next tile before computing the current one, so it knows which weights to prefetch
+    // (dynamic scheduling otherwise hides that; the bench shape is bound by weight streaming on small machines).
+    auto run_phase = [&](const std::vector<Tile>& tiles, bool phase1) {
+      const int64_t n = static_cast<int64_t>(tiles.size());
+      std::atomic<int64_t> claim{0};
+      pool.parallel_for(pool.threads(), [&](int64_t) {
+        int64_t cur = claim.fetch_add(1);
+        while (cur < n) {
+          const int64_t nxt = claim.fetch_add(1);
+          if (cancelled()) return;
+          run_tile(tiles[cur], nxt < n ? &tiles[nxt] : nullptr, phase1);
+          done.fetch_add(1, std::memory_order_relaxed);
+          counters.tiles_done.fetch_add(1, std::memory_order_relaxed);
+          cur = nxt;
+        }
       });
     };
     run_phase(t1, true);

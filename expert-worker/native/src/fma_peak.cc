@@ -3,7 +3,9 @@
 #include "fma_peak.h"
 
 #include <chrono>
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <thread>
 #include <time.h>
 
@@ -73,6 +75,42 @@ PeakResult measure_fma_peak(int threads, double seconds) {
   r.gflops = 0;
   for (double x : rate) r.gflops += x;
   return r;
+}
+
+static float read_sum(const float* p, size_t n) {
+  v16 s0 = splat(0.f), s1 = s0, s2 = s0, s3 = s0;
+  for (size_t i = 0; i + 64 <= n; i += 64) {
+    s0 += *reinterpret_cast<const v16*>(p + i);
+    s1 += *reinterpret_cast<const v16*>(p + i + 16);
+    s2 += *reinterpret_cast<const v16*>(p + i + 32);
+    s3 += *reinterpret_cast<const v16*>(p + i + 48);
+  }
+  v16 s = s0 + s1 + s2 + s3;
+  return s[0];
+}
+
+double measure_read_bandwidth(size_t bytes, int threads, int reps) {
+  if (threads < 1) threads = 1;
+  const size_t n = bytes / sizeof(float) / 64 * 64;
+  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+  if (!buf) return 0;
+  for (size_t i = 0; i < n; ++i) buf[i] = 1.f;
+  double best = 0;
+  std::vector<float> sinks(threads);
+  for (int r = 0; r < reps; ++r) {
+    std::vector<std::thread> pool;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        size_t a = n / threads / 64 * 64 * t, b = t + 1 == threads ? n : n / threads / 64 * 64 * (t + 1);
+        sinks[t] = read_sum(buf + a, b - a);
+      });
+    for (auto& th : pool) th.join();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, n * sizeof(float) / s / 1e9);
+  }
+  std::free(buf);
+  return best;
 }
 
 }  // namespace switchyard

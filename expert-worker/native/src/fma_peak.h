@@ -1,6 +1,7 @@
 // Measures this machine's fp32 FMA throughput: one thread per core runs independent 16-lane FMA chains.
 #pragma once
 
+#include <cstddef>
 #include <vector>
 
 namespace switchyard {
@@ -16,5 +17,9 @@ struct PeakResult {
 };
 
 PeakResult measure_fma_peak(int threads, double seconds);
+
+// Streaming-read bandwidth (GB/s) over a buffer of `bytes` (touched first), all threads reading disjoint shares,
+// `reps` back-to-back passes; returns the best pass. The roofline of a weight-streaming kernel.
+double measure_read_bandwidth(size_t bytes, int threads, int reps);
 
 }  // namespace switchyard

@@ -77,6 +77,17 @@ function cases(): Case[] {
       rowWeights: true,
     },
     {
+      name: "f=600 (several K chunks in the down projection), bf16, d=40",
+      d: 40,
+      f: 600,
+      weights: "bfloat16",
+      tokens: DType.BFLOAT16,
+      counts: [20, 1, 15],
+      gap: 0,
+      tail: 2,
+      rowWeights: true,
+    },
+    {
       name: "257 experts, d=20, bf16 weights, fp32 tokens",
       d: 20,
       f: 24,

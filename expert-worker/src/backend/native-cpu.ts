@@ -36,6 +36,8 @@ export interface NativeAddon {
     threads?: number,
     seconds?: number,
   ): Promise<{ gflops: number; perThread: number[]; perThreadCpu: number[]; threads: number; seconds: number }>;
+  /** Streaming-read bandwidth in GB/s over a buffer of `mib` MiB (best of 5 passes). */
+  measureReadBandwidth(mib?: number, threads?: number): Promise<number>;
 }
 
 export interface NativeWeight {
