@@ -76,45 +76,44 @@ export class PoolReconciler {
     const previous = planFromConfigMap(liveCm);
     const plan = desiredPlan(pool, previous);
     let planInfo: PoolObservation["plan"];
+    let planChanged = false;
     if (plan.ok) {
-      const changed = !previous || plan.plan.version !== previous.version;
+      planChanged = !previous || plan.plan.version !== previous.version;
       // How many copies the last version change moved; kept on the ConfigMap so it survives restarts.
-      const moved = changed
+      const moved = planChanged
         ? plan.stats.moved
         : Number((liveCm?.metadata?.annotations as Record<string, string> | undefined)?.[MOVED_ANNOTATION] ?? 0);
       plan.configMap.metadata = { ...plan.configMap.metadata, annotations: { [MOVED_ANNOTATION]: String(moved) } };
-      await this.applyIfChanged("ConfigMap", paths.configMaps(ns), plan.configMap as KubeObject, liveCm);
-      if (changed && previous) {
-        void this.d.events.emit(
-          this.involved(pool),
-          "Normal",
-          "PlanPublished",
-          `placement plan version ${plan.plan.version}: ${moved} expert copies moved`,
-        );
-      }
       planInfo = { plan: plan.plan, stats: plan.stats, moved };
     } else {
       planInfo = { error: plan.message };
     }
 
-    // 2. Headless Service, then the worker StatefulSet (it mounts the plan ConfigMap written above).
-    const svc = desiredService(pool);
-    await this.applyIfChanged(
-      "Service",
-      paths.services(ns),
-      svc as KubeObject,
-      recent.pick("Service", ns, serviceName(name), caches.services.get(ns, serviceName(name))),
-    );
+    // 2. The three children are independent objects: apply them concurrently (one round trip, not three).
+    // No StatefulSet without a plan: its workers would start with nothing to load.
     let sts = recent.pick("StatefulSet", ns, statefulSetName(name), caches.statefulSets.get(ns, statefulSetName(name)));
-    if (!("error" in planInfo)) {
-      // No StatefulSet without a plan: workers would start with nothing to load.
-      const wrote = await this.applyIfChanged(
-        "StatefulSet",
-        paths.statefulSets(ns),
-        desiredStatefulSet(pool) as KubeObject,
-        sts,
+    const [, , wroteSts] = await Promise.all([
+      plan.ok
+        ? this.applyIfChanged("ConfigMap", paths.configMaps(ns), plan.configMap as KubeObject, liveCm)
+        : undefined,
+      this.applyIfChanged(
+        "Service",
+        paths.services(ns),
+        desiredService(pool) as KubeObject,
+        recent.pick("Service", ns, serviceName(name), caches.services.get(ns, serviceName(name))),
+      ),
+      plan.ok
+        ? this.applyIfChanged("StatefulSet", paths.statefulSets(ns), desiredStatefulSet(pool) as KubeObject, sts)
+        : undefined,
+    ]);
+    if (wroteSts) sts = wroteSts as typeof sts;
+    if (plan.ok && planChanged && previous) {
+      void this.d.events.emit(
+        this.involved(pool),
+        "Normal",
+        "PlanPublished",
+        `placement plan version ${plan.plan.version}: ${plan.stats.moved} expert copies moved`,
       );
-      if (wrote) sts = wrote as typeof sts;
     }
 
     // 3. Status from observation.

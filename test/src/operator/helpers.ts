@@ -73,9 +73,18 @@ export async function getPool(kube: Kube, ns: string, name: string): Promise<Obj
 
 export async function waitReady(kube: Kube, ns: string, name: string, timeoutMs = 60_000): Promise<Obj> {
   let last: Obj | undefined;
+  const t0 = Date.now();
+  let said = t0;
   await waitUntil(
     async () => {
       last = await getPool(kube, ns, name);
+      if (Date.now() - said > 10_000) {
+        said = Date.now();
+        const r = cond(last, "Ready");
+        console.log(
+          `[operator] ${ns}/${name} not Ready after ${Math.round((said - t0) / 1000)} s: ${r?.reason}: ${r?.message}`,
+        );
+      }
       const r = cond(last, "Ready");
       return r?.status === "True" && last?.status?.observedGeneration === last?.metadata.generation;
     },

@@ -180,8 +180,9 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
 
   it("a pool asking for more GPUs than the cluster has stays Progressing with a reason that says so", async () => {
     const k = admin();
-    // 3 workers × 8 GPUs on two 8-GPU nodes that already run pool a's workers: none fits.
-    await k.create(XP("life"), pool("big", "life", { replicas: 3, worker: { gpusPerWorker: 8 } }));
+    // Workers of 9 GPUs on 8-GPU nodes: none can ever fit (so none lingers to block later tests while the
+    // garbage collector has not yet discovered the ExpertPool kind).
+    await k.create(XP("life"), pool("big", "life", { replicas: 3, worker: { gpusPerWorker: 9 } }));
     let last: Obj | undefined;
     await waitUntil(
       async () => {
@@ -283,10 +284,14 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       intervalMs: 20,
       what: "first writes",
     });
+    const t0 = Date.now();
     await op?.stop();
+    const t1 = Date.now();
     op = startOperator(cluster());
     await op.start();
+    const t2 = Date.now();
     for (const n of names) await waitReady(k, "restart", n);
+    console.log(`[operator] restart: stop ${t1 - t0} ms, start ${t2 - t1} ms, all Ready after ${Date.now() - t2} ms`);
     await expectNoDuplicates("restart", names, 1);
   });
 
