@@ -84,13 +84,18 @@ constexpr int64_t kKChunk = 512;  // phase-2 K chunk: 512 x 32 fp32 (64 KiB) of 
 struct Prefetch {
   const char* p = nullptr;
   int64_t lines = 0;
+  int32_t every = 1;  // k-steps between two prefetches: spread evenly over the call, not bursted at its start
+  int32_t count = 1;
 };
 
 static inline void prefetch_step(Prefetch& pf) {
-  if (pf.lines > 0) {
-    __builtin_prefetch(pf.p, 0, 2);
-    pf.p += 64;
-    --pf.lines;
+  if (--pf.count == 0) {
+    pf.count = pf.every;
+    if (pf.lines > 0) {
+      __builtin_prefetch(pf.p, 0, 2);
+      pf.p += 64;
+      --pf.lines;
+    }
   }
 }
 
@@ -188,14 +193,16 @@ static void down_kernel(const float* Ap, const float* B, int64_t K, float* Y, in
   }
 }
 
-// The part of the next panel ([next, next + next_bytes)) that row block `blk` of `nblk` prefetches.
-static inline Prefetch share(const float* next, int64_t next_bytes, int64_t blk, int64_t nblk) {
+// The part of the next panel ([next, next + next_bytes)) that row block `blk` of `nblk` prefetches while it runs
+// K k-steps.
+static inline Prefetch share(const float* next, int64_t next_bytes, int64_t blk, int64_t nblk, int64_t K) {
   Prefetch pf;
   if (!next) return pf;
   int64_t lines = (next_bytes + 63) / 64;
   int64_t a = lines * blk / nblk, b = lines * (blk + 1) / nblk;
   pf.p = reinterpret_cast<const char*>(next) + a * 64;
   pf.lines = b - a;
+  pf.every = pf.count = static_cast<int32_t>(std::max<int64_t>(1, K / std::max<int64_t>(pf.lines, 1)));
   return pf;
 }
 
@@ -225,10 +232,10 @@ static void gu_rows(const float* Xp, int64_t rows, const float* B, int64_t K, HP
   int64_t r = 0, blk = 0;
   for (; r + MR1 <= rows; r += MR1, ++blk) {
     H.row0 = r;
-    gu_kernel<MR1, BF>(Xp + r * K, B, K, H, share(next, next_bytes, blk, nblk));
+    gu_kernel<MR1, BF>(Xp + r * K, B, K, H, share(next, next_bytes, blk, nblk, K));
   }
   H.row0 = r;
-  Prefetch pf = share(next, next_bytes, blk, nblk);
+  Prefetch pf = share(next, next_bytes, blk, nblk, K);
   switch (rows - r) {
 #define CASE(n) \
   case n:       \
@@ -250,8 +257,8 @@ static void down_rows(const float* Hp, int64_t fp, int64_t k0, int64_t rows, con
   int64_t r = 0, blk = 0;
   for (; r + MR2 <= rows; r += MR2, ++blk)
     down_kernel<MR2, BF>(Hp + r * fp + k0 * MR2, B, K, Y + r * ldy, ldy, ncols, w ? w + r : nullptr,
-                         share(next, next_bytes, blk, nblk));
-  Prefetch pf = share(next, next_bytes, blk, nblk);
+                         share(next, next_bytes, blk, nblk, K));
+  Prefetch pf = share(next, next_bytes, blk, nblk, K);
   const float* a = Hp + r * fp + k0 * (rows - r);
   switch (rows - r) {
 #define CASE(n) \
