@@ -415,6 +415,37 @@ describe("router end to end (fake workers)", () => {
     }
   });
 
+  it("serves several pools side by side", async () => {
+    router.setPool({
+      name: "toy-b",
+      model: toy,
+      plan: {
+        version: 7,
+        pool: "toy-b",
+        workers: ["w2"],
+        replicas: Array.from({ length: L }, () => Array.from({ length: E }, () => [0])),
+      },
+      endpoints: { w2: `127.0.0.1:${workers[2].port}` },
+      policy: resolveRoutingPolicy({}),
+    });
+    try {
+      const h = hidden(4, 77);
+      const before = workers[2].rows;
+      const [a, b] = await Promise.all([
+        call({ hidden: encodeTensor(h, [4, D], DType.FLOAT32) }),
+        call({ pool: "toy-b", hidden: encodeTensor(h, [4, D], DType.FLOAT32) }),
+      ]);
+      for (const r of [a, b])
+        expect(maxRelErr(bytesToFloat32(r.hidden!.data, DType.FLOAT32, true), reference(0, h, 4))).toBeLessThanOrEqual(
+          1e-6,
+        );
+      expect(workers[2].rows - before).toBeGreaterThanOrEqual(8); // toy-b's 4 tokens x top-2 all went to its only worker
+      expect(router.poolNames().sort()).toEqual(["toy", "toy-b"]);
+    } finally {
+      router.removePool("toy-b");
+    }
+  });
+
   it("serves /metrics with the contract names", async () => {
     const text = await (await fetch(`http://127.0.0.1:${served.metricsPort}/metrics`)).text();
     for (const name of [

@@ -553,7 +553,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     await loadPolicyFile(opts);
   } catch (e) {
     console.error((e as Error).message);
-    process.exit(2);
+    process.exit(argv.includes("--help") || argv.includes("-h") ? 0 : 2);
   }
   runLocal(opts).then(
     (code) => process.exit(code),
