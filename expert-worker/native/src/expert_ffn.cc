@@ -344,10 +344,14 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
   const int64_t d = req.cols;
   auto cancelled = [&] { return req.cancel_flag && __atomic_load_n(req.cancel_flag, __ATOMIC_RELAXED) != 0; };
 
-  // Long slices are cut so the H scratch of one phase stays bounded (~64 MiB).
+  // Units are computed in groups whose H scratch stays bounded (~64 MiB).
   int fp = 16;
   for (auto* e : req.experts) fp = std::max(fp, e->fp);
-  const int64_t max_rows = std::max<int64_t>(MR1 * MR2, (int64_t{64} << 20) / (fp * 4));
+  // A unit's packed tokens are re-read for every weight panel, so they must stay in L2 (~768 KiB of it): long
+  // slices are cut into units of at most that many rows (a multiple of MR1, at least 4 blocks). Each unit streams
+  // the expert's weights once, so the cut only matters for batches that are compute-bound anyway.
+  const int64_t max_rows = std::max<int64_t>(4 * MR1, (int64_t{768} << 10) / (d * 4) / MR1 * MR1);
+  const int64_t h_budget_rows = std::max<int64_t>(max_rows, (int64_t{64} << 20) / (fp * 4));
   std::vector<Unit> units;
   int64_t xrows = 0;
   for (const auto& s : req.slices) {
@@ -387,7 +391,6 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
 
   int64_t tiles_total = 0, tiles_done = 0;
   bool stop = false;
-  const int64_t h_budget_rows = max_rows;
   size_t u0 = 0;
   while (u0 < units.size() && !stop) {
     // A group of units whose H rows fit the budget.

@@ -88,6 +88,17 @@ function cases(): Case[] {
       rowWeights: true,
     },
     {
+      name: "a slice longer than one L2 unit (200 rows at d=1000 split in two), bf16",
+      d: 1000,
+      f: 40,
+      weights: "bfloat16",
+      tokens: DType.FLOAT32,
+      counts: [200, 7],
+      gap: 0,
+      tail: 0,
+      rowWeights: false,
+    },
+    {
       name: "257 experts, d=20, bf16 weights, fp32 tokens",
       d: 20,
       f: 24,
