@@ -6,7 +6,7 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -542,6 +542,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     return ok ? 0 : 1;
   } finally {
     cleanup();
+    await rm(runDir, { recursive: true, force: true }); // this run's plan and router config
   }
 }
 
