@@ -1,0 +1,151 @@
+// Leader election against an in-memory Lease store behind a fake API server that enforces optimistic
+// concurrency (a PUT with a stale resourceVersion gets 409), as the real one does.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { KubeConfig } from "@kubernetes/client-node";
+import { afterEach, describe, expect, it } from "vitest";
+import { Kube } from "./kube.js";
+import { LeaderElector } from "./leader.js";
+
+interface Lease {
+  metadata: { name: string; namespace: string; resourceVersion: string };
+  spec: { holderIdentity?: string; renewTime?: string; leaseDurationSeconds?: number; leaseTransitions?: number };
+}
+
+let server: Server | undefined;
+let lease: Lease | undefined;
+let rv = 0;
+
+afterEach(async () => {
+  const s = server;
+  server = undefined;
+  lease = undefined;
+  if (s) {
+    const closed = new Promise((r) => s.close(r));
+    s.closeAllConnections();
+    await closed;
+  }
+});
+
+async function fakeLeaseApi(): Promise<KubeConfig> {
+  server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => {
+      body += d;
+    });
+    req.on("end", () => {
+      res.setHeader("content-type", "application/json");
+      const send = (code: number, obj: unknown) => {
+        res.statusCode = code;
+        res.end(JSON.stringify(obj));
+      };
+      if (req.method === "GET")
+        return lease ? send(200, lease) : send(404, { kind: "Status", code: 404, reason: "NotFound" });
+      const obj = JSON.parse(body) as Lease;
+      if (req.method === "POST") {
+        if (lease) return send(409, { kind: "Status", code: 409, reason: "AlreadyExists" });
+        lease = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(++rv) } };
+        return send(201, lease);
+      }
+      if (req.method === "PUT") {
+        if (!lease || obj.metadata.resourceVersion !== lease.metadata.resourceVersion)
+          return send(409, { kind: "Status", code: 409, reason: "Conflict" });
+        lease = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(++rv) } };
+        return send(200, lease);
+      }
+      send(405, {});
+    });
+  });
+  await new Promise<void>((r) => server?.listen(0, "127.0.0.1", r));
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [
+      { name: "c", server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
+    ],
+    users: [{ name: "u" }],
+    contexts: [{ name: "c", cluster: "c", user: "u" }],
+    currentContext: "c",
+  });
+  return kc;
+}
+
+const until = async (f: () => boolean, ms = 5000) => {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+
+function candidate(kc: KubeConfig, identity: string, events: string[]) {
+  return new LeaderElector(new Kube(kc), {
+    namespace: "ops",
+    name: "op",
+    identity,
+    leaseDurationMs: 1000,
+    renewDeadlineMs: 700,
+    retryPeriodMs: 100,
+    onStartedLeading: () => events.push(`${identity} leads`),
+    onStoppedLeading: () => events.push(`${identity} stopped`),
+  });
+}
+
+describe("LeaderElector", () => {
+  it("one of two candidates leads; the other waits; release hands over at once", async () => {
+    const kc = await fakeLeaseApi();
+    const events: string[] = [];
+    const a = candidate(kc, "a", events);
+    const b = candidate(kc, "b", events);
+    a.start();
+    await until(() => a.isLeader());
+    b.start();
+    await new Promise((r) => setTimeout(r, 400)); // several retry periods
+    expect(b.isLeader()).toBe(false);
+    expect(lease?.spec.holderIdentity).toBe("a");
+    const t0 = Date.now();
+    await a.stop(); // releases the lease
+    await until(() => b.isLeader());
+    expect(Date.now() - t0).toBeLessThan(800); // well before the 1 s lease would have expired
+    expect(lease?.spec.leaseTransitions).toBe(1);
+    expect(events).toEqual(["a leads", "b leads"]);
+    await b.stop();
+  });
+
+  it("takes over an expired lease of a holder that stopped renewing", async () => {
+    const kc = await fakeLeaseApi();
+    lease = {
+      metadata: { name: "op", namespace: "ops", resourceVersion: String(++rv) },
+      spec: { holderIdentity: "ghost", renewTime: new Date(Date.now()).toISOString(), leaseDurationSeconds: 1 },
+    };
+    const events: string[] = [];
+    const b = candidate(kc, "b", events);
+    const t0 = Date.now();
+    b.start();
+    await until(() => b.isLeader(), 5000);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    expect(lease?.spec.holderIdentity).toBe("b");
+    await b.stop();
+  });
+
+  it("a leader whose renewals fail past the deadline stops leading", async () => {
+    const kc = await fakeLeaseApi();
+    const events: string[] = [];
+    const a = candidate(kc, "a", events);
+    a.start();
+    await until(() => a.isLeader());
+    // Someone else grabs the lease behind our back (our cached resourceVersion is now stale: 409s).
+    lease = {
+      ...(lease as Lease),
+      metadata: { ...(lease as Lease).metadata, resourceVersion: String(++rv) },
+      spec: {
+        ...(lease as Lease).spec,
+        holderIdentity: "thief",
+        renewTime: new Date().toISOString(),
+        leaseDurationSeconds: 60,
+      },
+    };
+    await until(() => !a.isLeader(), 3000);
+    expect(events).toEqual(["a leads", "a stopped"]);
+    await a.stop();
+  });
+});
