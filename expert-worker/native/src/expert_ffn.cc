@@ -15,6 +15,8 @@
 #include <cstring>
 #include <mutex>
 
+#include <sys/mman.h>
+
 #include "thread_pool.h"
 
 namespace switchyard {
@@ -29,8 +31,17 @@ static inline v16 load_u(const float* p) { return *reinterpret_cast<const v16u*>
 static inline void store_u(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 
 AlignedFloats::AlignedFloats(size_t count, bool zero) : n(count) {
+  // Large buffers (prepared experts, scratch) go on 2 MiB transparent huge pages: the kernels stream hundreds of
+  // MiB of weights per batch, and with 4 KiB pages every 4 KiB of weights costs a TLB walk.
+  constexpr size_t kHuge = size_t{2} << 20;
   size_t bytes = ((count * sizeof(float)) + 63) / 64 * 64;
-  ptr = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
+  if (bytes >= kHuge) {
+    bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+    ptr = static_cast<float*>(std::aligned_alloc(kHuge, bytes));
+    if (ptr) madvise(ptr, bytes, MADV_HUGEPAGE);
+  } else {
+    ptr = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
+  }
   if (!ptr) throw std::bad_alloc();
   if (zero) std::memset(ptr, 0, bytes);
 }
