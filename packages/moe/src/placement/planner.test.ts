@@ -69,7 +69,7 @@ describe("planPlacement", () => {
     expect(stats.replicatedExperts).toBeLessThanOrEqual(18);
   });
 
-  it("Zipf(0.6), 256 experts + 32 redundant on 32 workers: max/mean load near EPLB's 1.08-1.10", () => {
+  it("Zipf(0.6), 256 experts + 32 redundant on 32 workers: max/mean load at or below EPLB's 1.08-1.10 (global policy, no node hierarchy)", () => {
     const layers = 8;
     const load = zipfLoad(layers, 256, 0.6, 7);
     const base = { pool: "p", layers, experts: 256, workers: ids(32), load };
