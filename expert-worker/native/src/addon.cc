@@ -122,8 +122,13 @@ class RunWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      out_.assign(static_cast<size_t>(req.rows * req.cols), 0.f);
-      run_experts(req, out_.data(), &outcome_);
+      const size_t n = static_cast<size_t>(req.rows * req.cols);
+      std::vector<float> acc(n, 0.f);
+      run_experts(req, acc.data(), &outcome_);
+      if (outcome_.cancelled) return;
+      // The result in the tokens' dtype, converted here (worker threads), handed to JS without a copy.
+      bytes_ = std::make_unique<std::vector<uint8_t>>(n * dtype_size(req.dtype));
+      convert_output(req.dtype, acc.data(), bytes_->data(), static_cast<int64_t>(n));
     } catch (const std::exception& ex) {
       SetError(ex.what());
     }
@@ -138,14 +143,16 @@ class RunWorker : public Napi::AsyncWorker {
       deferred_.Reject(err.Value());
       return;
     }
-    const size_t n = out_.size();
-    const int es = dtype_size(req.dtype);
-    auto buf = Napi::Uint8Array::New(env, n * es);
-    uint8_t* dst = buf.Data();
-    if (req.dtype == DType::F32) {
-      std::memcpy(dst, out_.data(), n * 4);
+    std::vector<uint8_t>* bytes = bytes_.release();
+    const size_t len = bytes->size();
+    Napi::Uint8Array buf;
+    if (len == 0) {
+      delete bytes;
+      buf = Napi::Uint8Array::New(env, 0);
     } else {
-      for (size_t i = 0; i < n; ++i) store_elem(req.dtype, dst, static_cast<int64_t>(i), out_[i]);
+      auto ab = Napi::ArrayBuffer::New(
+          env, bytes->data(), len, [](Napi::Env, void*, std::vector<uint8_t>* v) { delete v; }, bytes);
+      buf = Napi::Uint8Array::New(env, len, ab, 0);
     }
     Napi::Object r = Napi::Object::New(env);
     r.Set("output", buf);
@@ -157,7 +164,7 @@ class RunWorker : public Napi::AsyncWorker {
 
  private:
   Napi::Promise::Deferred deferred_;
-  std::vector<float> out_;
+  std::unique_ptr<std::vector<uint8_t>> bytes_;
   RunOutcome outcome_;
 };
 

@@ -346,6 +346,20 @@ struct Tile {
 
 }  // namespace
 
+void convert_output(DType dtype, const float* src, uint8_t* out, int64_t n) {
+  ThreadPool& pool = ThreadPool::shared();
+  std::lock_guard<std::mutex> serial(pool.run_mutex());
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  pool.parallel_for((n + kChunk - 1) / kChunk, [&](int64_t c) {
+    const int64_t a = c * kChunk, b = std::min(n, a + kChunk);
+    if (dtype == DType::F32) {
+      std::memcpy(out + a * 4, src + a, static_cast<size_t>(b - a) * 4);
+    } else {
+      for (int64_t i = a; i < b; ++i) store_elem(dtype, out, i, src[i]);
+    }
+  });
+}
+
 void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
   KernelCounters& counters = kernel_counters();
   counters.runs_started.fetch_add(1);

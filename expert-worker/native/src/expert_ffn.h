@@ -92,6 +92,9 @@ KernelCounters& kernel_counters();
 // Runs on the shared thread pool; one run at a time.
 void run_experts(const RunRequest& req, float* out_f32, RunOutcome* outcome);
 
+// out[i] = src[i] rounded to `dtype` (bf16/fp16 round to nearest even), in parallel on the shared pool.
+void convert_output(DType dtype, const float* src, uint8_t* out, int64_t n);
+
 const char* kernel_isa();
 
 }  // namespace switchyard
