@@ -1,4 +1,4 @@
-// fp32 FMA peak: each thread runs 12 independent accumulator chains of 16-lane a = a*m + c (one FMA each;
+// fp32 FMA peak: each thread runs 12 independent accumulator chains of vector a = a*m + c (one FMA each;
 // 12 chains cover 2 FMA ports x 4-cycle latency with room to spare) with no memory traffic.
 #include "fma_peak.h"
 
@@ -15,23 +15,39 @@ typedef float v16 __attribute__((vector_size(64)));
 
 static inline v16 splat(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
+// The FMA loop uses the widest vector register: 16 lanes (zmm) with AVX-512, else 8 (ymm), so the asm barrier
+// below can name one register per chain.
+#if defined(__AVX512F__)
+typedef float vreg __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+#else
+typedef float vreg __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+#endif
+
+static inline vreg vsplat(float x) {
+  vreg v;
+  for (int i = 0; i < kLanes; ++i) v[i] = x;
+  return v;
+}
+
 // Twelve named accumulators (an array gets spilled to the stack); the empty asm makes each chain opaque to the
 // optimizer without adding instructions.
 static double fma_loop(int64_t iters, float* sink) {
-  v16 a0 = splat(1.00f), a1 = splat(1.01f), a2 = splat(1.02f), a3 = splat(1.03f), a4 = splat(1.04f),
-      a5 = splat(1.05f), a6 = splat(1.06f), a7 = splat(1.07f), a8 = splat(1.08f), a9 = splat(1.09f),
-      a10 = splat(1.10f), a11 = splat(1.11f);
-  const v16 m = splat(0.999999f), c = splat(1e-6f);
+  vreg a0 = vsplat(1.00f), a1 = vsplat(1.01f), a2 = vsplat(1.02f), a3 = vsplat(1.03f), a4 = vsplat(1.04f),
+       a5 = vsplat(1.05f), a6 = vsplat(1.06f), a7 = vsplat(1.07f), a8 = vsplat(1.08f), a9 = vsplat(1.09f),
+       a10 = vsplat(1.10f), a11 = vsplat(1.11f);
+  const vreg m = vsplat(0.999999f), c = vsplat(1e-6f);
   for (int64_t it = 0; it < iters; ++it) {
     a0 = a0 * m + c; a1 = a1 * m + c; a2 = a2 * m + c; a3 = a3 * m + c;
     a4 = a4 * m + c; a5 = a5 * m + c; a6 = a6 * m + c; a7 = a7 * m + c;
     a8 = a8 * m + c; a9 = a9 * m + c; a10 = a10 * m + c; a11 = a11 * m + c;
-    __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5));
-    __asm__ volatile("" : "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
+    __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5));
+    __asm__ volatile("" : "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
   }
-  v16 s = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;
+  vreg s = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;
   *sink = s[0];
-  return static_cast<double>(iters) * 12 * 16 * 2;
+  return static_cast<double>(iters) * 12 * kLanes * 2;
 }
 
 PeakResult measure_fma_peak(int threads, double seconds) {
