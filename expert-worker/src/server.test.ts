@@ -60,6 +60,7 @@ function batch(over: Partial<ExpertBatch> = {}): ExpertBatch {
     ],
     rowWeights: encodeTensor(new Float32Array([1, 0.5, 2, 1, -1, 3]), [6], DType.FLOAT32),
     batchId: 7n,
+    timeoutMs: 0,
     ...over,
   };
 }
@@ -254,13 +255,14 @@ describe.skipIf(!loadNativeAddon())("deadlines and the queue bound (native backe
   const d = 512;
   let big: WorkerHandle;
   let bigClient: ExpertWorkerClient;
-  const bigBatch = (id: bigint): ExpertBatch => ({
+  const bigBatch = (id: bigint, timeoutMs = 0): ExpertBatch => ({
     pool: "big",
     layer: 0,
     tokens: tokensOf(512, 9, d),
     slices: [0, 1, 2, 3].map((e) => ({ expert: e, offset: e * 128, count: 128 })),
     rowWeights: undefined,
     batchId: id,
+    timeoutMs,
   });
   beforeAll(async () => {
     await generateCheckpoint({
@@ -360,6 +362,59 @@ describe.skipIf(!loadNativeAddon())("deadlines and the queue bound (native backe
       deadlineMs = o.started === 0 ? deadlineMs * 1.5 : deadlineMs * 0.6;
     }
     throw new Error(`no attempt cancelled a running kernel: ${JSON.stringify(outcomes)}`);
+  });
+
+  it("a stream batch whose timeout_ms passes answers DEADLINE_EXCEEDED and stops the native kernel mid-run", async () => {
+    const addon = loadNativeAddon();
+    if (!addon) throw new Error("unreachable");
+    const s0 = addon.stats().tilesDone;
+    const t0 = performance.now();
+    await call<ExpertBatch, ExpertResult>(bigClient.runExperts.bind(bigClient), bigBatch(1n));
+    let timeoutMs = (performance.now() - t0) / 2;
+    const completeRunTiles = addon.stats().tilesDone - s0;
+    // The stream itself has no deadline: only the batch's timeout_ms can stop it. Same adaptive search as above.
+    const stream = bigClient.runExpertsStream();
+    const replies = new Map<bigint, (r: ExpertResult) => void>();
+    stream.on("data", (r: ExpertResult) => replies.get(r.batchId)?.(r));
+    const outcomes: unknown[] = [];
+    try {
+      for (let attempt = 0; attempt < 8; attempt++) {
+        const id = BigInt(100 + attempt);
+        const before = addon.stats();
+        const reply = new Promise<ExpertResult>((resolve) => replies.set(id, resolve));
+        stream.write(bigBatch(id, Math.max(2, Math.round(timeoutMs))));
+        const r = await reply;
+        await settledRuns(addon);
+        await new Promise((res) => setTimeout(res, 20));
+        await settledRuns(addon);
+        const after = addon.stats();
+        const o = {
+          timeoutMs: Math.round(timeoutMs),
+          code: r.error?.code,
+          message: r.error?.message,
+          started: after.runsStarted - before.runsStarted,
+          cancelled: after.runsCancelled - before.runsCancelled,
+          tiles: after.tilesDone - before.tilesDone,
+        };
+        outcomes.push(o);
+        if (o.code === status.DEADLINE_EXCEEDED && o.cancelled === 1) {
+          expect(r.output).toBeUndefined();
+          expect(o.message).toMatch(/timeout_ms/);
+          expect(o.tiles).toBeLessThan(completeRunTiles);
+          // The stream stays up: a batch without a timeout still runs to completion on it.
+          const okReply = new Promise<ExpertResult>((resolve) => replies.set(999n, resolve));
+          stream.write(bigBatch(999n));
+          const ok = await okReply;
+          expect(ok.error).toBeUndefined();
+          expect(ok.output?.shape).toEqual([512, d]);
+          return;
+        }
+        timeoutMs = o.started === 0 ? timeoutMs * 1.5 : timeoutMs * 0.6;
+      }
+      throw new Error(`no attempt cancelled a running kernel: ${JSON.stringify(outcomes)}`);
+    } finally {
+      stream.end();
+    }
   });
 
   it("a full queue answers RESOURCE_EXHAUSTED", async () => {

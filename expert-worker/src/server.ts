@@ -61,6 +61,30 @@ export function callSignal(call: CallLike): { signal: AbortSignal; dispose: () =
   };
 }
 
+/**
+ * The signal one batch runs under: the call's (cancel, call deadline) plus ExpertBatch.timeout_ms, which is the
+ * only deadline a stream batch has (the stream outlives it). The clock starts on arrival, so queue wait counts.
+ * timeoutMs 0 = none: the call's signal as it is.
+ */
+export function batchSignal(parent: AbortSignal, timeoutMs: number): { signal: AbortSignal; dispose: () => void } {
+  if (!timeoutMs) return { signal: parent, dispose: () => {} };
+  const ac = new AbortController();
+  const onParent = () => ac.abort(parent.reason);
+  if (parent.aborted) onParent();
+  else parent.addEventListener("abort", onParent, { once: true });
+  const timer = setTimeout(
+    () => ac.abort(deadlineExceeded(`batch timeout of ${timeoutMs} ms (ExpertBatch.timeout_ms) passed`)),
+    timeoutMs,
+  );
+  return {
+    signal: ac.signal,
+    dispose: () => {
+      clearTimeout(timer);
+      parent.removeEventListener("abort", onParent);
+    },
+  };
+}
+
 export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertWorkerServer {
   const count = (method: string, err?: unknown) =>
     metrics.requests.inc({ method, code: err === undefined ? "OK" : errorCodeOf(err) });
@@ -96,8 +120,9 @@ export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertW
     };
     call.on("data", (batch: ExpertBatch) => {
       inflight++;
+      const bs = batchSignal(signal, batch.timeoutMs);
       core
-        .runBatch(batch, signal)
+        .runBatch(batch, bs.signal)
         .then(
           (res) => {
             count("RunExpertsStream");
@@ -111,6 +136,7 @@ export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertW
           },
         )
         .finally(() => {
+          bs.dispose();
           inflight--;
           maybeEnd();
         });
@@ -123,7 +149,15 @@ export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertW
   };
 
   return {
-    runExperts: unary<ExpertBatch, ExpertResult>("RunExperts", (req, signal) => core.runBatch(req, signal)),
+    runExperts: unary<ExpertBatch, ExpertResult>("RunExperts", async (req, signal) => {
+      // A unary call may carry both a gRPC deadline and timeout_ms: whichever passes first stops the batch.
+      const bs = batchSignal(signal, req.timeoutMs);
+      try {
+        return await core.runBatch(req, bs.signal);
+      } finally {
+        bs.dispose();
+      }
+    }),
     runExpertsStream,
     prefetch: unary<PrefetchRequest, PrefetchResponse>("Prefetch", async (req) => {
       const r = await core.prefetch(req.pool, req.experts);

@@ -504,7 +504,18 @@ export class Router {
     const res = await conn.run(
       (batchId) =>
         encodeExpertBatch(
-          { pool: p.name, layer, dtype, rows: n, hidden: d, rowBytes, slices: b.slices, batchId },
+          {
+            pool: p.name,
+            layer,
+            dtype,
+            rows: n,
+            hidden: d,
+            rowBytes,
+            slices: b.slices,
+            batchId,
+            // The flush's remaining deadline when the batch goes out: stream batches carry no gRPC deadline.
+            timeoutMs: Math.max(1, deadline - Date.now()),
+          },
           (dst, at) => {
             for (let r = 0; r < n; r++) {
               const a = b.rows[r];

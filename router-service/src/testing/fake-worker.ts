@@ -48,7 +48,7 @@ export class FakeWorker {
   mode: "ok" | "fail" | "stall" = "ok";
   batches = 0;
   rows = 0;
-  readonly seen: { layer: number; experts: number[]; rows: number }[] = [];
+  readonly seen: { layer: number; experts: number[]; rows: number; timeoutMs: number }[] = [];
   port = 0;
   private server = new Server(SERVER_OPTIONS);
 
@@ -95,7 +95,12 @@ export class FakeWorker {
             if (this.o.expert === null && this.mode === "ok") {
               this.batches++;
               this.rows += b.tokens!.shape[0];
-              this.seen.push({ layer: b.layer, experts: b.slices.map((s) => s.expert), rows: b.tokens!.shape[0] });
+              this.seen.push({
+      layer: b.layer,
+      experts: b.slices.map((s) => s.expert),
+      rows: b.tokens!.shape[0],
+      timeoutMs: b.timeoutMs,
+    });
               const t = b.tokens!;
               (call as unknown as { write(x: Buffer): void }).write(
                 encodeExpertResult(b.batchId, t.dtype, t.shape, t.data),

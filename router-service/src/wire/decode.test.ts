@@ -77,6 +77,7 @@ describe("zero-copy decoders agree with ts-proto", () => {
       ],
       rowWeights: t(DType.FLOAT32, [2], 8),
       batchId: 1n,
+      timeoutMs: 1500,
     };
     const fr: ForwardResponse = {
       requestId: 3n,

@@ -175,7 +175,15 @@ export function decodeExpertResult(buf: Buffer): ExpertResult {
 
 export function decodeExpertBatch(buf: Buffer): ExpertBatch {
   const r = new Reader(buf, 0, buf.length);
-  const m: ExpertBatch = { pool: "", layer: 0, tokens: undefined, slices: [], rowWeights: undefined, batchId: 0n };
+  const m: ExpertBatch = {
+    pool: "",
+    layer: 0,
+    tokens: undefined,
+    slices: [],
+    rowWeights: undefined,
+    batchId: 0n,
+    timeoutMs: 0,
+  };
   while (r.pos < r.end) {
     const tag = r.varint();
     const field = Math.floor(tag / 8);
@@ -194,6 +202,7 @@ export function decodeExpertBatch(buf: Buffer): ExpertBatch {
       const [s, e] = r.span();
       m.rowWeights = decodeTensorAt(buf, s, e);
     } else if (field === 6 && wt === 0) m.batchId = r.varint64();
+    else if (field === 7 && wt === 0) m.timeoutMs = r.varint();
     else r.skip(wt);
   }
   return m;

@@ -20,9 +20,14 @@ describe("hand-written protobuf encoders", () => {
       { expert: 300, offset: 2, count: 1 },
     ];
     for (const batchId of [0n, 1n, 2n ** 40n + 7n]) {
-      for (const layer of [0, 1, 200]) {
+      for (const [layer, timeoutMs] of [
+        [0, 0],
+        [1, 1],
+        [200, 30_000],
+        [3, 2 ** 32 - 1],
+      ]) {
         const mine = encodeExpertBatch(
-          { pool: "pöol", layer, dtype: DType.BFLOAT16, rows, hidden: d, rowBytes: d * 2, slices, batchId },
+          { pool: "pöol", layer, dtype: DType.BFLOAT16, rows, hidden: d, rowBytes: d * 2, slices, batchId, timeoutMs },
           (dst, at) => data.copy(dst, at),
         );
         const ref = Buffer.from(
@@ -33,6 +38,7 @@ describe("hand-written protobuf encoders", () => {
             slices,
             rowWeights: undefined,
             batchId,
+            timeoutMs,
           }).finish(),
         );
         expect(mine.equals(ref)).toBe(true);

@@ -122,6 +122,8 @@ export interface BatchSpec {
   rowBytes: number;
   slices: readonly SliceSpec[];
   batchId: bigint;
+  /** ExpertBatch.timeout_ms: what the caller still waits (the worker's deadline for this stream batch); 0 = none. */
+  timeoutMs?: number;
 }
 
 /**
@@ -141,6 +143,8 @@ export function encodeExpertBatch(b: BatchSpec, fill: (dst: Buffer, offset: numb
     size += 1 + varintSize(n) + n;
   }
   if (b.batchId !== 0n) size += 1 + varintSize(b.batchId);
+  const timeoutMs = b.timeoutMs ?? 0;
+  if (timeoutMs) size += 1 + varintSize(timeoutMs);
   const buf = Buffer.allocUnsafe(size);
   const w = new Writer(buf);
   if (poolBytes) w.byte(10).varint(poolBytes).string(b.pool, poolBytes);
@@ -154,6 +158,7 @@ export function encodeExpertBatch(b: BatchSpec, fill: (dst: Buffer, offset: numb
     if (s.count) w.byte(24).varint(s.count);
   }
   if (b.batchId !== 0n) w.byte(48).varint(b.batchId);
+  if (timeoutMs) w.byte(56).varint(timeoutMs);
   fill(buf, at);
   return buf;
 }

@@ -51,6 +51,12 @@ export interface ExpertBatch {
     | undefined;
   /** echoed in ExpertResult, correlates stream replies */
   batchId: bigint;
+  /**
+   * Milliseconds the caller still waits when it sends the batch; 0 = none. Stream batches carry no gRPC deadline
+   * of their own (the stream outlives them), so the worker turns this into the batch's deadline (queue wait
+   * included) and answers DEADLINE_EXCEEDED in ExpertResult.error when it passes.
+   */
+  timeoutMs: number;
 }
 
 export interface ExpertStats {
@@ -222,7 +228,7 @@ export const ExpertSlice: MessageFns<ExpertSlice> = {
 };
 
 function createBaseExpertBatch(): ExpertBatch {
-  return { pool: "", layer: 0, tokens: undefined, slices: [], rowWeights: undefined, batchId: 0n };
+  return { pool: "", layer: 0, tokens: undefined, slices: [], rowWeights: undefined, batchId: 0n, timeoutMs: 0 };
 }
 
 export const ExpertBatch: MessageFns<ExpertBatch> = {
@@ -247,6 +253,9 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
         throw new globalThis.Error("value provided for field message.batchId of type uint64 too large");
       }
       writer.uint32(48).uint64(message.batchId);
+    }
+    if (message.timeoutMs !== 0) {
+      writer.uint32(56).uint32(message.timeoutMs);
     }
     return writer;
   },
@@ -312,6 +321,14 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
             message.batchId = reader.uint64() as bigint;
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.timeoutMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -336,6 +353,11 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
         ? Tensor.fromJSON(object.row_weights)
         : undefined,
       batchId: isSet(object.batchId) ? BigInt(object.batchId) : isSet(object.batch_id) ? BigInt(object.batch_id) : 0n,
+      timeoutMs: isSet(object.timeoutMs)
+        ? globalThis.Number(object.timeoutMs)
+        : isSet(object.timeout_ms)
+        ? globalThis.Number(object.timeout_ms)
+        : 0,
     };
   },
 
@@ -359,6 +381,9 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
     if (message.batchId !== 0n) {
       obj.batchId = message.batchId.toString();
     }
+    if (message.timeoutMs !== 0) {
+      obj.timeoutMs = Math.round(message.timeoutMs);
+    }
     return obj;
   },
 
@@ -377,6 +402,7 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
       ? Tensor.fromPartial(object.rowWeights)
       : undefined;
     message.batchId = (object.batchId !== undefined && object.batchId !== null) ? BigInt(object.batchId) : 0n;
+    message.timeoutMs = object.timeoutMs ?? 0;
     return message;
   },
 };

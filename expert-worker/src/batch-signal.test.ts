@@ -1,0 +1,47 @@
+// batchSignal: ExpertBatch.timeout_ms as the batch's deadline, on top of the call's own signal.
+
+import { SwitchyardError } from "@switchyard/protocol";
+import { describe, expect, it } from "vitest";
+import { batchSignal } from "./server.js";
+
+const reasonCode = (s: AbortSignal) => (s.reason instanceof SwitchyardError ? s.reason.code : String(s.reason));
+
+describe("batchSignal", () => {
+  it("timeout 0 is no timeout: the call's signal itself", () => {
+    const parent = new AbortController();
+    const b = batchSignal(parent.signal, 0);
+    expect(b.signal).toBe(parent.signal);
+    b.dispose();
+  });
+
+  it("aborts with DEADLINE_EXCEEDED when timeout_ms passes", async () => {
+    const parent = new AbortController();
+    const t0 = performance.now();
+    const b = batchSignal(parent.signal, 15);
+    expect(b.signal.aborted).toBe(false);
+    await new Promise<void>((r) => b.signal.addEventListener("abort", () => r(), { once: true }));
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(14);
+    expect(reasonCode(b.signal)).toBe("DEADLINE_EXCEEDED");
+    expect(parent.signal.aborted).toBe(false); // one batch's timeout does not end the stream
+    b.dispose();
+  });
+
+  it("follows the call's signal (client cancel) with its reason, before or after creation", () => {
+    const parent = new AbortController();
+    const b = batchSignal(parent.signal, 10_000);
+    parent.abort(new Error("gone"));
+    expect(b.signal.aborted).toBe(true);
+    expect((b.signal.reason as Error).message).toBe("gone");
+    b.dispose();
+    const late = batchSignal(parent.signal, 10_000);
+    expect(late.signal.aborted).toBe(true);
+    late.dispose();
+  });
+
+  it("dispose stops the timer", async () => {
+    const b = batchSignal(new AbortController().signal, 5);
+    b.dispose();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(b.signal.aborted).toBe(false);
+  });
+});
