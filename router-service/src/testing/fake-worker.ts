@@ -60,7 +60,7 @@ export class FakeWorker {
     const [n, d] = t.shape;
     this.batches++;
     this.rows += n;
-    this.seen.push({ layer: b.layer, experts: b.slices.map((s) => s.expert), rows: n });
+    this.seen.push({ layer: b.layer, experts: b.slices.map((s) => s.expert), rows: n, timeoutMs: b.timeoutMs });
     if (this.o.expert === null) return { batchId: b.batchId, output: t, stats: undefined, error: undefined };
     const x = bytesToFloat32(t.data, t.dtype, true);
     const out = new Float32Array(n * d);
@@ -96,11 +96,11 @@ export class FakeWorker {
               this.batches++;
               this.rows += b.tokens!.shape[0];
               this.seen.push({
-      layer: b.layer,
-      experts: b.slices.map((s) => s.expert),
-      rows: b.tokens!.shape[0],
-      timeoutMs: b.timeoutMs,
-    });
+                layer: b.layer,
+                experts: b.slices.map((s) => s.expert),
+                rows: b.tokens!.shape[0],
+                timeoutMs: b.timeoutMs,
+              });
               const t = b.tokens!;
               (call as unknown as { write(x: Buffer): void }).write(
                 encodeExpertResult(b.batchId, t.dtype, t.shape, t.data),
