@@ -69,6 +69,13 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const D = 4096;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
+/**
+ * Compute threads per CPU worker process (the native pool's SWITCHYARD_CPU_THREADS), the same for batching on and
+ * off. Default 1: two worker processes on this 2-core machine, next to the router and the client, so one thread
+ * each fills the cores without workers' pools fighting each other and the router for them.
+ */
+const WORKER_THREADS = process.env.BENCH_WORKER_THREADS ?? "1";
+const WORKER_ENV: Record<string, string> = WORKER_THREADS === "auto" ? {} : { SWITCHYARD_CPU_THREADS: WORKER_THREADS };
 /** Batching window of the "on" router (the policy's maxWaitMs). */
 const MAX_WAIT_MS = Number(process.env.BENCH_MAX_WAIT_MS ?? 2);
 
@@ -284,6 +291,7 @@ function start<T = number>(role: string, arg?: unknown): Promise<T> {
       {
         stdio: ["ignore", "inherit", "inherit", "ipc"],
         execArgv: [...process.execArgv, ...prof],
+        env: role === "worker" ? { ...process.env, ...WORKER_ENV } : process.env,
       },
     );
     children.push(c);
@@ -750,7 +758,7 @@ async function main() {
       ? await batching({ d: 1024, f: 3584, E: 8 })
       : ({} as Awaited<ReturnType<typeof batching>>);
   const btSmall =
-    !only || only === "batching"
+    (!only || only === "batching") && process.env.BENCH_SMALL !== "0"
       ? await batching({ d: 256, f: 512, E: 8 })
       : ({} as Awaited<ReturnType<typeof batching>>);
   const dc = !only || only === "decision" ? await decision() : ({} as Awaited<ReturnType<typeof decision>>);

@@ -23,7 +23,7 @@ import {
 import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
-import { alignedRows, combineInto } from "./core/combine.js";
+import { combineInto, resultRows } from "./core/combine.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
 import { type Assignment, collectAssignments, type TokenRouting } from "./core/routing.js";
@@ -38,6 +38,8 @@ const MAX_REQUEST_ELEMENTS = 64 << 20;
 /** Default deadline for calls that carry none: no call waits forever. */
 export const DEFAULT_DEADLINE_MS = 30_000;
 const MAX_DISPATCH_ATTEMPTS = 3;
+/** Tags each reply with its pool's name (the server counts replies per pool without a closure per request). */
+export const POOL = Symbol.for("switchyard.router.pool");
 
 export interface PoolSetup {
   name: string;
@@ -62,7 +64,7 @@ interface Item {
   slots: number;
   weights: Float32Array;
   locations: Int32Array;
-  results: (Float32Array | Uint16Array)[];
+  results: (Float32Array | Uint16Array | Uint8Array)[];
   workers: Set<number>;
   dropped: number;
   deadline: number;
@@ -81,7 +83,7 @@ class Pool {
   replicas: number[][][] = [];
   planVersion = 0;
   pendingTokens = 0;
-  readonly batcher: Batcher<Item>;
+  readonly batcher: Batcher<Item, number>;
   readonly signals: PrometheusSignals;
 
   constructor(
@@ -91,7 +93,7 @@ class Pool {
     readonly metrics: PoolMetrics,
     flush: (pool: Pool, items: Item[]) => Promise<void>,
   ) {
-    this.batcher = new Batcher<Item>(policy.batching, (_k, items) => flush(this, items));
+    this.batcher = new Batcher<Item, number>(policy.batching, (_k, items) => flush(this, items));
     this.signals = new PrometheusSignals(policy.loadSignals, name);
     this.signals.start();
   }
@@ -238,12 +240,14 @@ export class Router {
           })();
       const T = h.tokens;
       if (T === 0) {
-        return Promise.resolve({
+        const empty: ForwardResponse = {
           requestId: req.requestId,
           hidden: { dtype: h.dtype, shape: [0, m.hiddenSize], data: Buffer.alloc(0) },
           stats: emptyStats(),
           error: undefined,
-        });
+        };
+        (empty as unknown as Record<symbol, string>)[POOL] = p.name;
+        return Promise.resolve(empty);
       }
       if (p.pendingTokens + T > p.policy.batching.maxQueueTokens) {
         throw resourceExhausted(
@@ -286,10 +290,7 @@ export class Router {
           batchRequests: 0,
           queueWaitMs: 0,
           requestId: req.requestId,
-          resolve: (r) => {
-            p.metrics.requestDuration.observe((performance.now() - started) / 1000);
-            resolve(r);
-          },
+          resolve,
           reject,
         };
         item.timer = setTimeout(
@@ -303,7 +304,8 @@ export class Router {
             ),
           Math.max(0, dl - now),
         );
-        p.batcher.add(`${req.layer}/${h.dtype}`, item);
+        // Numeric key (layer, dtype): no string building per request.
+        p.batcher.add(req.layer * 256 + h.dtype, item);
       });
     } catch (e) {
       return Promise.reject(e);
@@ -335,7 +337,11 @@ export class Router {
     if (item.timer) clearTimeout(item.timer);
     p.pendingTokens -= item.tokens;
     if (err) item.reject(err);
-    else item.resolve(res!);
+    else {
+      p.metrics.requestDuration.observe((performance.now() - item.enqueuedAt) / 1000);
+      (res as unknown as Record<symbol, string>)[POOL] = p.name;
+      item.resolve(res!);
+    }
   }
 
   private async flush(p: Pool, all: Item[]): Promise<void> {
@@ -536,7 +542,7 @@ export class Router {
         `worker ${conn.id}: malformed result (expected ${n}x${d} ${DType[dtype]}, got ${out ? `${out.shape.join("x")} ${DType[out.dtype]}, ${out.data.byteLength} bytes` : "no output"})`,
       );
     }
-    const rows = alignedRows({ data: out.data, dtype });
+    const rows = resultRows({ data: out.data, dtype });
     const perItem = new Map<number, number>();
     for (let r = 0; r < n; r++) {
       const a = b.rows[r];

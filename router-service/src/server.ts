@@ -22,7 +22,7 @@ import {
 } from "@switchyard/protocol";
 import express from "express";
 import { HealthImplementation } from "grpc-health-check";
-import type { Router } from "./router.js";
+import { POOL, type Router } from "./router.js";
 import { decodeForwardRequest } from "./wire/decode.js";
 import { ENCODED } from "./wire/encode.js";
 
@@ -63,6 +63,11 @@ export function raiseServerWindow(server: Server, bytes = 16 << 20): void {
   }
 }
 
+/** The pool a reply belongs to (the router tags its replies; see POOL in router.ts). */
+function poolOf(res: ForwardResponse): string {
+  return (res as unknown as Record<symbol, string | undefined>)[POOL] ?? "";
+}
+
 function deadlineOf(call: { getDeadline(): Date | number }): number {
   const d = call.getDeadline();
   const ms = d instanceof Date ? d.getTime() : d;
@@ -72,16 +77,26 @@ function deadlineOf(call: { getDeadline(): Date | number }): number {
 export function routerHandlers(router: Router) {
   const m = router.metrics;
   // Label-bound children, cached: prom-client would hash the label object on every request otherwise.
-  const children = new Map<string, { inc(): void }>();
+  const children = new Map<string, Map<string, Map<string, { inc(): void }>>>();
   const count = (pool: string, method: string, err: unknown | null) => {
     const code = err ? errorCodeOf(err) : "OK";
-    const key = `${pool}\u0000${method}\u0000${code}`;
-    let c = children.get(key);
+    // Nested maps, not a joined string key: no string building per request on the hot path.
+    let byPool = children.get(method);
+    if (!byPool) {
+      byPool = new Map();
+      children.set(method, byPool);
+    }
+    let byCode = byPool.get(pool);
+    let c = byCode?.get(code);
     if (!c) {
       // Unknown pool names come from callers: do not let them grow the cache (or the series) without bound.
       if (!router.poolNames().includes(pool)) return void m.requests.inc({ pool: "unknown", method, code });
+      if (!byCode) {
+        byCode = new Map();
+        byPool.set(pool, byCode);
+      }
       c = m.requests.labels({ pool, method, code });
-      children.set(key, c);
+      byCode.set(code, c);
     }
     c.inc();
   };
@@ -106,25 +121,22 @@ export function routerHandlers(router: Router) {
       const done = () => {
         if (ended && open === 0) call.end();
       };
+      // One settle callback pair per stream, not per request: no closures or promise chains per item.
+      const ok = (res: ForwardResponse) => {
+        open--;
+        count(poolOf(res), "ForwardStream", null);
+        if (!call.cancelled) call.write(res);
+        done();
+      };
       call.on("data", (req: ForwardRequest) => {
         open++;
-        router
-          .forward(req, deadline)
-          .then(
-            (res) => {
-              count(req.pool, "ForwardStream", null);
-              if (!call.cancelled) call.write(res);
-            },
-            (err) => {
-              count(req.pool, "ForwardStream", err);
-              if (!call.cancelled)
-                call.write({ requestId: req.requestId, hidden: undefined, stats: undefined, error: toRpcError(err) });
-            },
-          )
-          .finally(() => {
-            open--;
-            done();
-          });
+        router.forward(req, deadline).then(ok, (err) => {
+          open--;
+          count(req.pool, "ForwardStream", err);
+          if (!call.cancelled)
+            call.write({ requestId: req.requestId, hidden: undefined, stats: undefined, error: toRpcError(err) });
+          done();
+        });
       });
       call.on("end", () => {
         ended = true;

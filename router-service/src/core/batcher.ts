@@ -30,12 +30,12 @@ interface Queue<T> {
 /** Longest a request is held behind a running flush of its key before it is sent anyway. */
 export const HOLD_CAP_MS = 250;
 
-export class Batcher<T extends Batchable> {
-  private readonly queues = new Map<string, Queue<T>>();
+export class Batcher<T extends Batchable, K = string> {
+  private readonly queues = new Map<K, Queue<T>>();
 
   constructor(
     private options: BatcherOptions,
-    private readonly flush: (key: string, items: T[]) => void | Promise<void>,
+    private readonly flush: (key: K, items: T[]) => void | Promise<void>,
   ) {}
 
   setOptions(options: BatcherOptions): void {
@@ -49,7 +49,7 @@ export class Batcher<T extends Batchable> {
     return n;
   }
 
-  add(key: string, item: T): void {
+  add(key: K, item: T): void {
     if (!this.options.enabled) {
       this.flush(key, [item]);
       return;
@@ -84,7 +84,7 @@ export class Batcher<T extends Batchable> {
     for (const key of [...this.queues.keys()]) this.flushKey(key);
   }
 
-  private flushKey(key: string): void {
+  private flushKey(key: K): void {
     const q = this.queues.get(key);
     if (!q || q.items.length === 0) return;
     if (q.timer !== null) {

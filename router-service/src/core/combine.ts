@@ -2,7 +2,7 @@
 // then narrowed to the request's dtype (round to nearest even). Summing in slot order, not in reply order, makes
 // the answer bit-identical however the worker replies interleave.
 
-import { bf16ToF32, DType, f16ToF32, f32ToBf16, f32ToF16, valuesToBytes } from "@switchyard/protocol";
+import { DType, f16ToF32, f32ToF16, valuesToBytes } from "@switchyard/protocol";
 
 /** A worker's output rows as received: little-endian bytes of `dtype`, [rows, d]. */
 export interface ResultRows {
@@ -21,6 +21,15 @@ export function alignedRows(r: ResultRows): Float32Array | Uint16Array {
   return new Uint16Array(new Uint8Array(data).buffer);
 }
 
+/**
+ * Rows for combineInto without a copy: an element view when aligned; half-precision rows at an odd address (where
+ * grpc-js's framing put them) stay bytes, which the bf16 combine reads two at a time (a 2 MiB copy saved).
+ */
+export function resultRows(r: ResultRows): Float32Array | Uint16Array | Uint8Array {
+  if (r.dtype !== DType.FLOAT32 && r.data.byteOffset % 2 !== 0) return r.data;
+  return alignedRows(r);
+}
+
 export interface CombineInput {
   tokens: number;
   d: number;
@@ -31,7 +40,8 @@ export interface CombineInput {
   weights: Float32Array;
   /** [tokens * slots * 2]: (result index, row) per slot; result index -1 = slot empty or dropped. */
   locations: Int32Array;
-  results: readonly (Float32Array | Uint16Array)[];
+  /** Per result: elements of `dtype`, or (half dtypes, combineInto only) the raw little-endian bytes. */
+  results: readonly (Float32Array | Uint16Array | Uint8Array)[];
   /** Added to every token first (the shared-expert output), [tokens * d] fp32. */
   base?: Float32Array | null;
 }
@@ -75,15 +85,24 @@ export function combine(c: CombineInput): Buffer {
   return valuesToBytes(combineF32(c), c.dtype);
 }
 
-// Scratch rows reused across calls (the router is single-threaded); grown on demand.
+// Scratch rows reused across calls (the router is single-threaded); grown on demand. Each has an Int32 alias so
+// bf16 widening and narrowing are integer shifts on the same memory (no per-row views or temporaries). Int32, not
+// Uint32: bit patterns >= 2^31 would leave V8's small-integer range and turn every element into a double.
 let scratchAcc = new Float32Array(0);
+let scratchAccU = new Int32Array(0);
 let scratchTmp = new Float32Array(0);
-function scratch(d: number): [Float32Array, Float32Array] {
+let scratchTmpU = new Int32Array(0);
+let scratchRow = new Uint16Array(0);
+let scratchRow8 = new Uint8Array(0);
+function grow(d: number): void {
   if (scratchAcc.length < d) {
     scratchAcc = new Float32Array(d);
+    scratchAccU = new Int32Array(scratchAcc.buffer);
     scratchTmp = new Float32Array(d);
+    scratchTmpU = new Int32Array(scratchTmp.buffer);
+    scratchRow = new Uint16Array(d);
+    scratchRow8 = new Uint8Array(scratchRow.buffer);
   }
-  return [scratchAcc.subarray(0, d), scratchTmp.subarray(0, d)];
 }
 
 /**
@@ -92,34 +111,176 @@ function scratch(d: number): [Float32Array, Float32Array] {
  * monomorphic loop per dtype so V8 keeps each one optimised.
  */
 export function combineInto(c: CombineInput, dst: Float32Array | Uint16Array): void {
+  grow(c.d);
   if (c.dtype === DType.FLOAT32) combineF32Into(c, dst as Float32Array);
-  else combineHalfInto(c, dst as Uint16Array, c.dtype === DType.BFLOAT16);
+  else if (c.dtype === DType.BFLOAT16) combineBf16Into(c, dst as Uint16Array);
+  else combineF16Into(c, dst as Uint16Array);
 }
 
 function combineF32Into(c: CombineInput, dst: Float32Array): void {
   const { tokens, d, slots, weights, locations } = c;
   const results = c.results as readonly Float32Array[];
-  const [acc] = scratch(d);
+  const base = c.base ?? null;
+  const acc = scratchAcc;
   for (let t = 0; t < tokens; t++) {
-    if (c.base) acc.set(c.base.subarray(t * d, (t + 1) * d));
-    else acc.fill(0);
+    const o = t * d;
+    let first = base === null;
+    if (base !== null) for (let j = 0; j < d; j++) acc[j] = base[o + j];
     for (let s = 0; s < slots; s++) {
       const li = (t * slots + s) * 2;
       const ri = locations[li];
       if (ri < 0) continue;
       const w = weights[t * slots + s];
       const src = results[ri];
-      const base = locations[li + 1] * d;
-      for (let j = 0; j < d; j++) acc[j] += w * src[base + j];
+      const ro = locations[li + 1] * d;
+      // `0 +` keeps -0 -> +0 exactly as the zero-initialised sum in combineF32 does.
+      if (first) for (let j = 0; j < d; j++) acc[j] = 0 + w * src[ro + j];
+      else for (let j = 0; j < d; j++) acc[j] += w * src[ro + j];
+      first = false;
     }
-    dst.set(acc, t * d);
+    if (first) for (let j = 0; j < d; j++) dst[o + j] = 0;
+    else for (let j = 0; j < d; j++) dst[o + j] = acc[j];
   }
 }
 
-function combineHalfInto(c: CombineInput, dst: Uint16Array, bf16: boolean): void {
+/** bf16 bits of the fp32 whose bits are `u` (int32): round to nearest even, NaN kept quiet. */
+function bf16Bits(u: number): number {
+  // For non-NaN u, u + 0x7fff + lsb stays inside int32 (positive u is at most 0x7f800000; negative u only grows
+  // towards zero), and >>> 16 reads the top half as unsigned. NaN: set the quiet bit so it cannot become Inf.
+  return (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 0x0040 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+}
+
+// Row kernels, one small function per case: V8 compiles a short loop in its own function markedly better (about 2x
+// here) than the same loop nested inside the token/slot loops. acc/accI (and tmp/tmpI) alias one fp32 row.
+
+/** acc = w * widen(h[ho..]) (first contribution; `0 +` turns -0 into +0 like combineF32's zeroed sum). */
+function bfFirst(h: Uint16Array, ho: number, w: number, acc: Float32Array, accI: Int32Array, n: number): void {
+  for (let j = 0; j < n; j++) {
+    accI[j] = h[ho + j] << 16;
+    acc[j] = 0 + acc[j] * w;
+  }
+}
+
+/** bfFirst, then narrowed into dst[o..] in the same pass (a token with one contribution). */
+function bfOnly(
+  h: Uint16Array,
+  ho: number,
+  w: number,
+  acc: Float32Array,
+  accI: Int32Array,
+  dst: Uint16Array,
+  o: number,
+  n: number,
+): void {
+  for (let j = 0; j < n; j++) {
+    accI[j] = h[ho + j] << 16;
+    acc[j] = 0 + acc[j] * w;
+    dst[o + j] = bf16Bits(accI[j]);
+  }
+}
+
+/** acc += w * widen(h[ho..]). */
+function bfAdd(
+  h: Uint16Array,
+  ho: number,
+  w: number,
+  acc: Float32Array,
+  tmp: Float32Array,
+  tmpI: Int32Array,
+  n: number,
+): void {
+  for (let j = 0; j < n; j++) {
+    tmpI[j] = h[ho + j] << 16;
+    acc[j] += w * tmp[j];
+  }
+}
+
+/** bfAdd, then narrowed into dst[o..] in the same pass (the token's last contribution). */
+function bfAddLast(
+  h: Uint16Array,
+  ho: number,
+  w: number,
+  acc: Float32Array,
+  accI: Int32Array,
+  tmp: Float32Array,
+  tmpI: Int32Array,
+  dst: Uint16Array,
+  o: number,
+  n: number,
+): void {
+  for (let j = 0; j < n; j++) {
+    tmpI[j] = h[ho + j] << 16;
+    acc[j] += w * tmp[j];
+    dst[o + j] = bf16Bits(accI[j]);
+  }
+}
+
+/** acc = base[o..]; narrowed into dst too when `narrow` (a token whose slots are all empty). */
+function bfBase(
+  base: Float32Array,
+  acc: Float32Array,
+  accI: Int32Array,
+  dst: Uint16Array,
+  o: number,
+  n: number,
+  narrow: boolean,
+): void {
+  for (let j = 0; j < n; j++) acc[j] = base[o + j];
+  if (narrow) for (let j = 0; j < n; j++) dst[o + j] = bf16Bits(accI[j]);
+}
+
+/**
+ * bf16: widening is `bits << 16` through the Int32 alias of an fp32 row, the first contribution is written (not
+ * added to a zeroed row) and narrowing is fused into the pass of the last one, so a top-1 token is one pass.
+ */
+function combineBf16Into(c: CombineInput, dst: Uint16Array): void {
+  const { tokens, d, slots, weights, locations } = c;
+  const results = c.results as readonly (Uint16Array | Uint8Array)[];
+  const base = c.base ?? null;
+  const acc = scratchAcc;
+  const accI = scratchAccU;
+  const tmp = scratchTmp;
+  const tmpI = scratchTmpU;
+  for (let t = 0; t < tokens; t++) {
+    const o = t * d;
+    let last = -1;
+    for (let s = 0; s < slots; s++) if (locations[(t * slots + s) * 2] >= 0) last = s;
+    if (last < 0) {
+      if (base === null) dst.fill(0, o, o + d);
+      else bfBase(base, acc, accI, dst, o, d, true);
+      continue;
+    }
+    let first = base === null;
+    if (base !== null) bfBase(base, acc, accI, dst, o, d, false);
+    for (let s = 0; s <= last; s++) {
+      const li = (t * slots + s) * 2;
+      const ri = locations[li];
+      if (ri < 0) continue;
+      const w = weights[t * slots + s];
+      let h: Uint16Array;
+      let ro = locations[li + 1] * d;
+      const src = results[ri];
+      if (src.BYTES_PER_ELEMENT === 2) h = src as Uint16Array;
+      else {
+        // Rows at an odd address (grpc-js framing): one memcpy of the row into aligned scratch.
+        scratchRow8.set((src as Uint8Array).subarray(ro * 2, (ro + d) * 2));
+        h = scratchRow;
+        ro = 0;
+      }
+      if (first && s === last) bfOnly(h, ro, w, acc, accI, dst, o, d);
+      else if (first) bfFirst(h, ro, w, acc, accI, d);
+      else if (s === last) bfAddLast(h, ro, w, acc, accI, tmp, tmpI, dst, o, d);
+      else bfAdd(h, ro, w, acc, tmp, tmpI, d);
+      first = false;
+    }
+  }
+}
+
+function combineF16Into(c: CombineInput, dst: Uint16Array): void {
   const { tokens, d, slots, weights, locations } = c;
   const results = c.results as readonly Uint16Array[];
-  const [acc, tmp] = scratch(d);
+  const acc = scratchAcc.subarray(0, d);
+  const tmp = scratchTmp.subarray(0, d);
   for (let t = 0; t < tokens; t++) {
     if (c.base) acc.set(c.base.subarray(t * d, (t + 1) * d));
     else acc.fill(0);
@@ -129,13 +290,12 @@ function combineHalfInto(c: CombineInput, dst: Uint16Array, bf16: boolean): void
       if (ri < 0) continue;
       const w = weights[t * slots + s];
       const base = locations[li + 1] * d;
-      const row = results[ri].subarray(base, base + d);
-      if (bf16) bf16ToF32(row, tmp);
-      else f16ToF32(row, tmp);
+      let src = results[ri];
+      if (src.BYTES_PER_ELEMENT === 1) src = new Uint16Array(new Uint8Array(src.subarray(base * 2)).buffer, 0, d);
+      else src = (src as Uint16Array).subarray(base, base + d);
+      f16ToF32(src as Uint16Array, tmp);
       for (let j = 0; j < d; j++) acc[j] += w * tmp[j];
     }
-    const out = dst.subarray(t * d, (t + 1) * d);
-    if (bf16) f32ToBf16(acc, out);
-    else f32ToF16(acc, out);
+    f32ToF16(acc, dst.subarray(t * d, (t + 1) * d));
   }
 }

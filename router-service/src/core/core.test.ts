@@ -1,8 +1,8 @@
-import { DType, f32ToBf16 } from "@switchyard/protocol";
+import { DType, f32ToBf16, f32ToF16, valuesToBytes } from "@switchyard/protocol";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Batcher, HOLD_CAP_MS } from "./batcher.js";
 import { applyCapacity, expertCapacity } from "./capacity.js";
-import { combineF32 } from "./combine.js";
+import { combineF32, combineInto } from "./combine.js";
 import { layoutRound } from "./plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./replicas.js";
 import { collectAssignments, type TokenRouting } from "./routing.js";
@@ -205,6 +205,49 @@ describe("combineF32", () => {
     expect(Array.from(f)).toEqual([0.75 * 10 - 0.25, 0.75 * 20 + 0.125, 0.75 * 30 + 1, 1, 2, 3]);
     const b = combineF32({ ...input, dtype: DType.BFLOAT16, results: [f32ToBf16(resA), f32ToBf16(resB)] });
     expect(Array.from(b)).toEqual(Array.from(f)); // all inputs are exact in bf16
+  });
+});
+
+describe("combineInto", () => {
+  it("writes the same bits as combineF32 + rounding, for every dtype, with a base, empty tokens and NaN/-0", () => {
+    const d = 37; // odd width: no alignment assumptions
+    const tokens = 4;
+    const slots = 3;
+    const rnd = (i: number) => Math.sin(i * 12.9898) * 43758.5453 - Math.floor(Math.sin(i * 12.9898) * 43758.5453);
+    const resA = Float32Array.from({ length: 3 * d }, (_, i) => (rnd(i) - 0.5) * 8);
+    const resB = Float32Array.from({ length: 2 * d }, (_, i) => (rnd(i + 999) - 0.5) * 3);
+    resA[5] = Number.NaN;
+    resB[d + 2] = -0;
+    const weights = Float32Array.from({ length: tokens * slots }, (_, i) => 0.1 + rnd(i + 77));
+    // token 0: three slots; token 1: one slot (B row 1 only, holds -0); token 2: all empty; token 3: slot 1 and 2
+    const locations = Int32Array.from([
+      0, 0, 1, 0, 0, 2, /* t1 */ 1, 1, -1, 0, -1, 0, /* t2 */ -1, 0, -1, 0, -1, 0, /* t3 */ -1, 0, 0, 1, 1, 0,
+    ]);
+    for (const base of [null, Float32Array.from({ length: tokens * d }, (_, i) => rnd(i + 5000) - 0.5)]) {
+      for (const dtype of [DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16]) {
+        const conv = (x: Float32Array) =>
+          dtype === DType.FLOAT32 ? x : dtype === DType.BFLOAT16 ? f32ToBf16(x) : f32ToF16(x);
+        const input = { tokens, d, dtype, slots, weights, locations, results: [conv(resA), conv(resB)], base };
+        const want = valuesToBytes(combineF32(input), dtype);
+        const dst = dtype === DType.FLOAT32 ? new Float32Array(tokens * d) : new Uint16Array(tokens * d);
+        dst.fill(0x5555); // garbage: every element must be written
+        combineInto(input, dst);
+        expect(Buffer.from(dst.buffer).equals(Buffer.from(want)), `dtype ${DType[dtype]} base ${!!base}`).toBe(true);
+        if (dtype === DType.FLOAT32) continue;
+        // Half rows at an odd address (as grpc-js may hand them over) are read as bytes, same result.
+        const odd = (x: Float32Array | Uint16Array) => {
+          const bytes = new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+          const u = new Uint8Array(bytes.length + 1);
+          u.set(bytes, 1);
+          return u.subarray(1);
+        };
+        dst.fill(0x5555);
+        combineInto({ ...input, results: input.results.map(odd) }, dst);
+        expect(Buffer.from(dst.buffer).equals(Buffer.from(want)), `unaligned ${DType[dtype]} base ${!!base}`).toBe(
+          true,
+        );
+      }
+    }
   });
 });
 

@@ -21,18 +21,28 @@ import {
 } from "@switchyard/protocol";
 import { raiseServerWindow, SERVER_OPTIONS } from "../server.js";
 import { decodeExpertBatch } from "../wire/decode.js";
-import { encodeExpertResult } from "../wire/encode.js";
+import { encodeExpertResult, encodeExpertResultInPlace } from "../wire/encode.js";
 
 // Identity results go out pre-encoded (one copy of the rows), so the no-op expert costs what a no-op should.
+// The identity echo writes its reply header in place, over the already-parsed head of the received message (zero
+// copies of the rows, like the baseline's echo server), so `RAW` keeps the message each batch came in.
+const RAW = Symbol("raw message");
+type RawBatch = ExpertBatch & { [RAW]?: Buffer };
 const FAST_SERVICE = {
   ...ExpertWorkerService,
   runExpertsStream: {
     ...ExpertWorkerService.runExpertsStream,
-    requestDeserialize: decodeExpertBatch,
+    requestDeserialize: (buf: Buffer): ExpertBatch => {
+      const b: RawBatch = decodeExpertBatch(buf);
+      b[RAW] = buf;
+      return b;
+    },
     responseSerialize: (v: ExpertResult | Buffer): Buffer =>
       Buffer.isBuffer(v) ? v : Buffer.from(ExpertResult.encode(v).finish()),
   },
 };
+
+const SEEN_CAP = 1000;
 
 export type ExpertFn = (layer: number, expert: number, row: Float32Array) => Float32Array;
 
@@ -48,6 +58,7 @@ export class FakeWorker {
   mode: "ok" | "fail" | "stall" = "ok";
   batches = 0;
   rows = 0;
+  /** The last SEEN_CAP..2*SEEN_CAP batches (bounded: a benchmark sends millions). */
   readonly seen: { layer: number; experts: number[]; rows: number; timeoutMs: number }[] = [];
   port = 0;
   private server = new Server(SERVER_OPTIONS);
@@ -60,7 +71,7 @@ export class FakeWorker {
     const [n, d] = t.shape;
     this.batches++;
     this.rows += n;
-    this.seen.push({ layer: b.layer, experts: b.slices.map((s) => s.expert), rows: n, timeoutMs: b.timeoutMs });
+    this.record(b);
     if (this.o.expert === null) return { batchId: b.batchId, output: t, stats: undefined, error: undefined };
     const x = bytesToFloat32(t.data, t.dtype, true);
     const out = new Float32Array(n * d);
@@ -75,6 +86,16 @@ export class FakeWorker {
       stats: undefined,
       error: undefined,
     };
+  }
+
+  private record(b: ExpertBatch): void {
+    if (this.seen.length >= 2 * SEEN_CAP) this.seen.splice(0, SEEN_CAP); // amortised O(1)
+    this.seen.push({
+      layer: b.layer,
+      experts: b.slices.map((s) => s.expert),
+      rows: b.tokens!.shape[0],
+      timeoutMs: b.timeoutMs,
+    });
   }
 
   async start(): Promise<number> {
@@ -95,15 +116,14 @@ export class FakeWorker {
             if (this.o.expert === null && this.mode === "ok") {
               this.batches++;
               this.rows += b.tokens!.shape[0];
-              this.seen.push({
-                layer: b.layer,
-                experts: b.slices.map((s) => s.expert),
-                rows: b.tokens!.shape[0],
-                timeoutMs: b.timeoutMs,
-              });
+              this.record(b);
               const t = b.tokens!;
+              const raw = (b as RawBatch)[RAW];
+              const data = t.data as Buffer;
+              const room = raw && raw.buffer === data.buffer ? data.byteOffset - raw.byteOffset : 0;
               (call as unknown as { write(x: Buffer): void }).write(
-                encodeExpertResult(b.batchId, t.dtype, t.shape, t.data),
+                encodeExpertResultInPlace(b.batchId, t.dtype, t.shape, data, room) ??
+                  encodeExpertResult(b.batchId, t.dtype, t.shape, t.data),
               );
               return;
             }

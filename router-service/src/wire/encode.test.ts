@@ -1,6 +1,13 @@
 import { DType, ExpertBatch, ExpertResult, ForwardResponse } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
-import { encodeExpertBatch, encodeExpertResult, encodeForwardResponse, varintSize } from "./encode.js";
+import { decodeExpertBatch } from "./decode.js";
+import {
+  encodeExpertBatch,
+  encodeExpertResult,
+  encodeExpertResultInPlace,
+  encodeForwardResponse,
+  varintSize,
+} from "./encode.js";
 
 describe("hand-written protobuf encoders", () => {
   it("varint sizes", () => {
@@ -89,5 +96,27 @@ describe("hand-written protobuf encoders", () => {
     expect(r.batchId).toBe(77n);
     expect(r.output!.shape).toEqual([1, 2]);
     expect(Array.from(r.output!.data)).toEqual(Array.from(data));
+  });
+
+  it("ExpertResult in place: same bytes as the copying encoder, written over the batch's head; null without room", () => {
+    const rows = 2;
+    const d = 4;
+    const data = Buffer.from(Array.from({ length: rows * d * 2 }, (_, i) => (i * 7) % 251));
+    for (const batchId of [1n, 300n, 2n ** 40n]) {
+      const msg = encodeExpertBatch(
+        { pool: "bench", layer: 0, dtype: DType.BFLOAT16, rows, hidden: d, rowBytes: d * 2, slices: [], batchId },
+        (dst, at) => data.copy(dst, at),
+      );
+      const b = decodeExpertBatch(msg);
+      const t = b.tokens!;
+      const room = t.data.byteOffset - msg.byteOffset;
+      const want = encodeExpertResult(batchId, t.dtype, t.shape, t.data);
+      const got = encodeExpertResultInPlace(batchId, t.dtype, t.shape, t.data as Buffer, room);
+      expect(got).not.toBeNull();
+      expect(got!.equals(want)).toBe(true);
+      expect(got!.buffer).toBe(msg.buffer); // no copy
+      expect(ExpertResult.decode(got!).output!.data.equals(data)).toBe(true);
+      expect(encodeExpertResultInPlace(batchId, t.dtype, t.shape, t.data as Buffer, 3)).toBeNull();
+    }
   });
 });

@@ -258,5 +258,30 @@ export function encodeExpertResult(batchId: bigint, dtype: DType, shape: readonl
   return buf;
 }
 
+/**
+ * ExpertResult { batch_id, output } echoing `data` without copying it: the header is written into the `room` bytes
+ * just before `data` in its own buffer (the already-parsed head of the ExpertBatch it came in), and the result is
+ * a view from there to the end of the data. Returns null when the header does not fit (the caller copies instead).
+ * The no-op expert of the overhead benchmark uses this, so it costs what the baseline's echo costs.
+ */
+export function encodeExpertResultInPlace(
+  batchId: bigint,
+  dtype: DType,
+  shape: readonly number[],
+  data: Buffer,
+  room: number,
+): Buffer | null {
+  const t = tensorBodySize(dtype, shape, data.byteLength);
+  const head = (batchId !== 0n ? 1 + varintSize(batchId) : 0) + 1 + varintSize(t.size) + (t.size - data.byteLength);
+  if (head > room || data.byteLength === 0) return null;
+  const buf = Buffer.from(data.buffer, data.byteOffset - head, head + data.byteLength);
+  const w = new Writer(buf);
+  if (batchId !== 0n) w.byte(8).varint(batchId);
+  w.byte(18).varint(t.size);
+  const at = writeTensorHead(w, dtype, shape, t.shapeBytes, data.byteLength);
+  if (at !== head) throw new Error(`encodeExpertResultInPlace: header size ${at}, computed ${head}`);
+  return buf;
+}
+
 /** Marks a ForwardResponse object that already carries its encoded bytes (see routerServiceDefinition). */
 export const ENCODED = Symbol.for("switchyard.router.encoded");
