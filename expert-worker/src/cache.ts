@@ -140,6 +140,11 @@ export class ResidencyCache {
     return this.entries.has(keyOf(layer, expert));
   }
 
+  /** The prepared expert if resident, without counting a hit or touching the eviction order. */
+  peek(layer: number, expert: number): PreparedExpert | undefined {
+    return this.entries.get(keyOf(layer, expert));
+  }
+
   resident(): ExpertId[] {
     return [...this.entries.keys()].map(parseKey);
   }

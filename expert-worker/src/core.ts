@@ -76,6 +76,14 @@ export class WorkerCore {
     let computeMs = 0;
     const live = b.slices.filter((s) => s.count > 0);
     const distinct = [...new Set(live.map((s) => s.expert))];
+    if (backend.prefetch && queue.depth > 0) {
+      // Another batch is computing: start uploading this batch's host-resident experts to the device tier now, so
+      // the copies overlap that compute. When this batch is next (only the running one ahead, whose experts are
+      // pinned), making room is what its own run would do a moment later; behind other waiting batches it uses
+      // free slots only, so look-ahead never evicts what the batches ahead of it are about to use.
+      const ready = distinct.map((e) => cache.peek(b.layer, e)).filter((p): p is PreparedExpert => p !== undefined);
+      if (ready.length > 0) void backend.prefetch(ready, { evict: queue.depth === 1 });
+    }
     const { value: output, queueWaitMs } = await queue.submit({
       signal,
       run: async (sig) => {
@@ -163,7 +171,15 @@ export class WorkerCore {
     const ids = this.checkKeys(keys, "experts");
     if (ids.length > this.o.cache.capacity)
       throw invalidArgument("experts", `${ids.length} experts exceed the cache capacity of ${this.o.cache.capacity}`);
-    return this.o.cache.prefetch(ids);
+    const r = await this.o.cache.prefetch(ids);
+    const { backend, cache } = this.o;
+    if (backend.prefetch) {
+      // Loaded ahead on the host: move them to the device tier too (the copy stream overlaps running batches), so
+      // the batch that needs them finds them there. Answer once they are on the device.
+      const prepared = ids.map((i) => cache.peek(i.layer, i.expert)).filter((p) => p !== undefined);
+      await backend.prefetch(prepared);
+    }
+    return r;
   }
 
   evict(pool: string, keys: ExpertKey[]): ExpertId[] {

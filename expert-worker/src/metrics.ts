@@ -19,6 +19,14 @@ export class WorkerMetrics {
   readonly cacheTransferBytes: Counter;
   readonly cacheResident: Gauge;
   readonly cacheCapacity: Gauge;
+  readonly gpuCacheHits: Counter;
+  readonly gpuCacheMisses: Counter;
+  readonly gpuCacheEvictions: Counter;
+  readonly gpuCacheTransferBytes: Counter;
+  readonly gpuCacheResident: Gauge;
+  readonly gpuCacheCapacity: Gauge;
+  /** Where the GPU resident/capacity gauges read from at scrape time (the backend's device-tier counters). */
+  gpuCacheStats: () => { resident: number; capacity: number } | undefined = () => undefined;
   readonly queueDepth: Gauge;
   readonly backendInfo: Gauge<"backend">;
   private readonly expertSeries = new Set<string>();
@@ -85,6 +93,40 @@ export class WorkerMetrics {
       help: "Experts the cache holds at most.",
       registers,
     });
+    // The GPU tier (CUDA backend): device slots over the host cache above. Always exported (0 on CPU workers), so
+    // dashboards and rules need no per-backend variants.
+    this.gpuCacheHits = new Counter({
+      name: "switchyard_worker_gpu_cache_hits_total",
+      help: "Experts a batch found already on the GPU (CUDA backend).",
+      registers,
+    });
+    this.gpuCacheMisses = new Counter({
+      name: "switchyard_worker_gpu_cache_misses_total",
+      help: "Experts a batch had to upload to the GPU before running (CUDA backend).",
+      registers,
+    });
+    this.gpuCacheEvictions = new Counter({
+      name: "switchyard_worker_gpu_cache_evictions_total",
+      help: "Experts whose GPU slot was taken for another expert (CUDA backend).",
+      registers,
+    });
+    this.gpuCacheTransferBytes = new Counter({
+      name: "switchyard_worker_gpu_cache_transfer_bytes_total",
+      help: "Bytes uploaded host to GPU for expert weights, misses and prefetches (CUDA backend).",
+      registers,
+    });
+    this.gpuCacheResident = new Gauge({
+      name: "switchyard_worker_gpu_cache_resident_experts",
+      help: "Experts resident in GPU slots (CUDA backend; 0 elsewhere).",
+      registers,
+      collect: () => this.setGpuCacheGauges(this.gpuCacheStats()),
+    });
+    this.gpuCacheCapacity = new Gauge({
+      name: "switchyard_worker_gpu_cache_capacity_experts",
+      help: "GPU expert slots (CUDA backend; 0 until the first expert is prepared, and on CPU workers).",
+      registers,
+      collect: () => this.setGpuCacheGauges(this.gpuCacheStats()),
+    });
     this.queueDepth = new Gauge({
       name: "switchyard_worker_queue_depth",
       help: "Batches waiting or running.",
@@ -96,6 +138,20 @@ export class WorkerMetrics {
       labelNames: ["backend"],
       registers,
     });
+  }
+
+  /** Routes a backend's device-tier cache events (DeviceCacheSink) into the GPU series. */
+  gpuCacheEvent(kind: "hit" | "miss" | "evict" | "transfer", bytes?: number): void {
+    if (kind === "hit") this.gpuCacheHits.inc();
+    else if (kind === "miss") this.gpuCacheMisses.inc();
+    else if (kind === "evict") this.gpuCacheEvictions.inc();
+    else if (bytes) this.gpuCacheTransferBytes.inc(bytes);
+  }
+
+  /** Sets the GPU resident/capacity gauges from the backend's counters. */
+  setGpuCacheGauges(s: { resident: number; capacity: number } | undefined): void {
+    this.gpuCacheResident.set(s?.resident ?? 0);
+    this.gpuCacheCapacity.set(s?.capacity ?? 0);
   }
 
   countExpertTokens(layer: number, expert: number, count: number): void {

@@ -242,6 +242,8 @@ describe("Prefetch, Evict, Status, health, metrics", () => {
       'switchyard_worker_cache_resident_experts{pool="p",worker="w0"}',
       'switchyard_worker_cache_capacity_experts{pool="p",worker="w0"} 2',
       "switchyard_worker_queue_depth",
+      'switchyard_worker_gpu_cache_hits_total{pool="p",worker="w0"} 0', // GPU tier series exist on CPU too, at 0
+      'switchyard_worker_gpu_cache_capacity_experts{pool="p",worker="w0"} 0',
       `switchyard_worker_backend_info{backend="cpu",pool="p",worker="w0"} 1`,
     ])
       expect(text).toContain(name);

@@ -97,6 +97,15 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     const metrics = new WorkerMetrics({ pool: o.pool, worker: o.workerId });
     metrics.backendInfo.set({ backend: backend.kind }, 1);
     const capacity = o.cacheCapacity ?? Math.max(1, servedCount);
+    // The GPU tier (CUDA): --cache-capacity sizes its slots too (unset: the backend's own default, what fits on
+    // the device), and its events feed the switchyard_worker_gpu_cache_* series.
+    if (o.cacheCapacity !== undefined) backend.setDeviceCacheCapacity?.(o.cacheCapacity);
+    if (backend.addDeviceCacheSink)
+      cleanup.push(backend.addDeviceCacheSink((kind, bytes) => metrics.gpuCacheEvent(kind, bytes)));
+    if (backend.deviceCacheStats) {
+      const stats = backend.deviceCacheStats.bind(backend);
+      metrics.gpuCacheStats = stats;
+    }
     metrics.cacheCapacity.set(capacity);
     metrics.cacheResident.set(0);
     metrics.queueDepth.set(0);

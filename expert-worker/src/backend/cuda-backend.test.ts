@@ -110,6 +110,50 @@ describe("CudaBackend (fake addon)", () => {
     expect(b.cacheStats()).toMatchObject({ evictions: 1 });
   });
 
+  it("takes the worker's cache capacity as its slot count and reports events to every sink", async () => {
+    const { addon, calls } = fakeAddon();
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_CACHE_CAPACITY: "7" });
+    b.setDeviceCacheCapacity(3);
+    const seen: string[] = [];
+    const off = b.addDeviceCacheSink((k, bytes) => seen.push(bytes ? `${k}:${bytes}` : k));
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+    expect(calls.contexts).toEqual([{ d, f, slots: 3 }]);
+    expect(b.deviceCacheStats()).toMatchObject({ capacity: 3, resident: 0 });
+    expect(() => b.setDeviceCacheCapacity(4)).toThrow(/already allocated/);
+    const run = () =>
+      b.run({
+        dtype: DType.FLOAT32,
+        tokens: new Uint8Array(d * 4),
+        rows: 1,
+        cols: d,
+        slices: [{ expert: e, offset: 0, count: 1 }],
+      });
+    await run();
+    await run();
+    expect(seen).toEqual(["miss", "transfer:1000", "hit"]);
+    off();
+    await run();
+    expect(seen).toHaveLength(3);
+    expect(() => b.setDeviceCacheCapacity(0)).toThrow(/integer >= 1/);
+  });
+
+  it("prefetch uploads ahead, so the batch that needs the expert is a hit", async () => {
+    const { addon, calls } = fakeAddon();
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+    await b.prefetch([e]);
+    expect(calls.uploads).toHaveLength(1);
+    await b.run({
+      dtype: DType.FLOAT32,
+      tokens: new Uint8Array(d * 4),
+      rows: 1,
+      cols: d,
+      slices: [{ expert: e, offset: 0, count: 1 }],
+    });
+    expect(b.deviceCacheStats()).toMatchObject({ hits: 1, misses: 0 });
+    expect(calls.uploads).toHaveLength(1);
+  });
+
   it("refuses run() before prepare()", async () => {
     const b = new CudaBackend(fakeAddon().addon, INFO, {});
     await expect(

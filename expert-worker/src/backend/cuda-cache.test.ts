@@ -110,6 +110,20 @@ describe("GpuSlotCache", () => {
     expect(cache.slotOf(ex("b"))).toBeUndefined();
   });
 
+  it("prefetch with evict: false fills free slots only and never evicts", async () => {
+    const { cache, uploads } = harness(2);
+    await cache.acquire([ex("a")]);
+    cache.release([ex("a")]);
+    await cache.prefetch([ex("b"), ex("c")], { evict: false });
+    expect(uploads.map((u) => u.key)).toEqual(["a", "b"]); // c found no free slot
+    expect(cache.stats).toMatchObject({ evictions: 0, resident: 2 });
+    expect(cache.slotOf(ex("a"))).toBeDefined();
+    // the default (evict allowed) makes room
+    await cache.prefetch([ex("c")]);
+    expect(cache.stats.evictions).toBe(1);
+    expect(cache.slotOf(ex("c"))).toBeDefined();
+  });
+
   it("validates capacity", () => {
     expect(() => harness(0)).toThrow(/capacity: must be an integer >= 1/);
   });

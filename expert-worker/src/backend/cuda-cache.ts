@@ -9,15 +9,9 @@
 //   takes a slot that is pinned by a running batch or still loading.
 
 import type { EvictionPolicy } from "../cache.js";
+import type { DeviceCacheStats } from "./types.js";
 
-export interface GpuCacheStats {
-  hits: number;
-  misses: number;
-  evictions: number;
-  transferBytes: number;
-  resident: number;
-  capacity: number;
-}
+export type GpuCacheStats = DeviceCacheStats;
 
 export interface SlotKeyed {
   /** Stable identity of an expert across calls (one per prepared expert). */
@@ -78,11 +72,16 @@ export class GpuSlotCache<E extends SlotKeyed> {
     for (const key of new Set(experts.map((e) => e.cacheKey))) this.unpin(key);
   }
 
-  /** Starts uploads of experts not yet resident; resolves when they are loaded (errors are reported, not thrown). */
-  prefetch(experts: readonly E[]): Promise<void> {
+  /**
+   * Starts uploads of experts not yet resident; resolves when they are loaded (errors are reported, not thrown).
+   * `evict: false` uses free slots only and stops when none is left (look-ahead for queued batches must not push
+   * out experts that other queued batches are about to use).
+   */
+  prefetch(experts: readonly E[], o: { evict?: boolean } = {}): Promise<void> {
     const loads: Promise<void>[] = [];
     for (const e of new Map(experts.map((x) => [x.cacheKey, x])).values()) {
       if (this.entries.has(e.cacheKey)) continue;
+      if (o.evict === false && this.free.length === 0) break;
       let entry: Entry<E>;
       try {
         entry = this.pin(e, false);

@@ -8,6 +8,12 @@ describe("slotCount", () => {
     expect(slotCount({ SWITCHYARD_CACHE_CAPACITY: "3" }, 1e12, 1e6)).toBe(3);
     expect(slotCount({ SWITCHYARD_CACHE_CAPACITY: "5000" }, 1e12, 1e6)).toBe(1024);
   });
+  it("the worker's --cache-capacity comes after the GPU override and before the env capacity", () => {
+    expect(slotCount({ SWITCHYARD_CACHE_CAPACITY: "3" }, 1e12, 1e6, 6)).toBe(6);
+    expect(slotCount({ SWITCHYARD_GPU_CACHE_SLOTS: "8" }, 1e12, 1e6, 6)).toBe(8);
+    expect(slotCount({}, 100e9, 352e6, 12)).toBe(12);
+    expect(slotCount({}, 1e12, 1e6, 5000)).toBe(1024);
+  });
   it("otherwise fits 80% of device memory", () => {
     expect(slotCount({}, 100e9, 352e6)).toBe(227);
     expect(slotCount({}, 1e6, 1e9)).toBe(1);

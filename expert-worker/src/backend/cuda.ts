@@ -5,8 +5,10 @@
 // compute), then runs the grouped FFN on the backend's compute stream. Every CUDA call happens on libuv worker
 // threads inside the addon: the event loop never waits on the GPU.
 //
-// Slots: SWITCHYARD_GPU_CACHE_SLOTS, else SWITCHYARD_CACHE_CAPACITY (the pool's cache setting), else as many
-// experts as fit in 80% of device memory; at most 1024.
+// Slots: SWITCHYARD_GPU_CACHE_SLOTS, else the worker's --cache-capacity (setDeviceCacheCapacity), else env
+// SWITCHYARD_CACHE_CAPACITY (the pool's cache setting), else as many experts as fit in 80% of device memory; at
+// most 1024. Cache events go to the constructor's callback and to every addDeviceCacheSink() subscriber (the
+// worker's /metrics), and to the process-wide setGpuCacheEventSink() for backends made by probeCudaBackend().
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -19,6 +21,8 @@ import { type GpuCacheStats, GpuSlotCache } from "./cuda-cache.js";
 import type { NativeWeight } from "./native-cpu.js";
 import {
   checkExpertWeights,
+  type DeviceCacheEvent,
+  type DeviceCacheSink,
   type ExpertBackend,
   type ExpertWeights,
   type PreparedExpert,
@@ -81,15 +85,20 @@ export class CudaPrepared implements PreparedExpert {
   ) {}
 }
 
-/** Slot count from the environment, or what fits in 80% of device memory. */
-export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes: number): number {
-  for (const name of ["SWITCHYARD_GPU_CACHE_SLOTS", "SWITCHYARD_CACHE_CAPACITY"]) {
+/**
+ * Slot count: SWITCHYARD_GPU_CACHE_SLOTS (explicit GPU override), else `requested` (the worker's --cache-capacity),
+ * else SWITCHYARD_CACHE_CAPACITY, else what fits in 80% of device memory; at most 1024.
+ */
+export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes: number, requested?: number): number {
+  const fromEnv = (name: string): number | undefined => {
     const v = env[name];
-    if (v === undefined || v === "") continue;
+    if (v === undefined || v === "") return undefined;
     const n = Number(v);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: expected an integer >= 1, got "${v}"`);
-    return Math.min(n, 1024);
-  }
+    return n;
+  };
+  const n = fromEnv("SWITCHYARD_GPU_CACHE_SLOTS") ?? requested ?? fromEnv("SWITCHYARD_CACHE_CAPACITY");
+  if (n !== undefined) return Math.min(n, 1024);
   return Math.max(1, Math.min(1024, Math.floor((0.8 * totalMem) / expertBytes)));
 }
 
@@ -99,13 +108,37 @@ export class CudaBackend implements ExpertBackend {
   private ctx: object | undefined;
   private dims: { d: number; f: number } | undefined;
   private cache: GpuSlotCache<CudaPrepared> | undefined;
+  private requestedSlots: number | undefined;
+  private readonly sinks = new Set<DeviceCacheSink>();
 
   constructor(
     readonly addon: CudaAddon,
     readonly info: CudaProbeInfo,
     readonly env: NodeJS.ProcessEnv = process.env,
-    readonly onCacheEvent?: (kind: "hit" | "miss" | "evict" | "transfer", bytes?: number) => void,
+    readonly onCacheEvent?: DeviceCacheSink,
   ) {}
+
+  setDeviceCacheCapacity(experts: number): void {
+    if (!Number.isInteger(experts) || experts < 1)
+      throw new Error(`cache capacity: expected an integer >= 1, got ${experts}`);
+    // The slots are allocated with the context at the first prepare(); after that the size is fixed.
+    if (this.cache) throw new Error("cuda backend: the GPU expert cache is already allocated");
+    this.requestedSlots = experts;
+  }
+
+  addDeviceCacheSink(sink: DeviceCacheSink): () => void {
+    this.sinks.add(sink);
+    return () => this.sinks.delete(sink);
+  }
+
+  deviceCacheStats(): GpuCacheStats | undefined {
+    return this.cacheStats();
+  }
+
+  private emit(kind: DeviceCacheEvent, bytes?: number): void {
+    this.onCacheEvent?.(kind, bytes);
+    for (const s of this.sinks) s(kind, bytes);
+  }
 
   describe(): string {
     const slots = this.cache ? `, GPU expert cache ${this.cache.capacity} slots` : "";
@@ -121,7 +154,7 @@ export class CudaBackend implements ExpertBackend {
     const { d, f } = checkExpertWeights(w);
     if (!this.dims) {
       const bytes = 3 * d * f * 2;
-      const slots = slotCount(this.env, this.info.totalMem, bytes);
+      const slots = slotCount(this.env, this.info.totalMem, bytes, this.requestedSlots);
       this.ctx = this.addon.createContext({ d, f, slots });
       this.dims = { d, f };
       const ctx = this.ctx;
@@ -129,7 +162,7 @@ export class CudaBackend implements ExpertBackend {
         slots,
         makePolicy(this.env.SWITCHYARD_GPU_CACHE_POLICY ?? "lru"),
         (slot, e) => this.addon.upload(ctx, slot, e.gate, e.up, e.down),
-        this.onCacheEvent,
+        (kind, bytes) => this.emit(kind, bytes),
       );
     } else if (this.dims.d !== d || this.dims.f !== f) {
       throw new Error(
@@ -146,9 +179,12 @@ export class CudaBackend implements ExpertBackend {
   }
 
   /** Starts moving experts to the GPU ahead of use (best effort; resolves when done). */
-  prefetch(experts: readonly PreparedExpert[]): Promise<void> {
+  prefetch(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<void> {
     if (!this.cache) return Promise.resolve();
-    return this.cache.prefetch(experts.filter((e): e is CudaPrepared => e instanceof CudaPrepared));
+    return this.cache.prefetch(
+      experts.filter((e): e is CudaPrepared => e instanceof CudaPrepared),
+      o,
+    );
   }
 
   async run(req: RunRequest): Promise<Uint8Array> {
@@ -183,7 +219,7 @@ export class CudaBackend implements ExpertBackend {
   }
 }
 
-export type GpuCacheEventSink = (kind: "hit" | "miss" | "evict" | "transfer", bytes?: number) => void;
+export type GpuCacheEventSink = DeviceCacheSink;
 let gpuCacheSink: GpuCacheEventSink | undefined;
 /** Where GPU-tier cache events go (e.g. the worker's /metrics counters); set before the backend is probed. */
 export function setGpuCacheEventSink(sink: GpuCacheEventSink | undefined): void {

@@ -43,6 +43,19 @@ export interface RunRequest {
 
 export type BackendName = "cpu-native" | "cpu-reference" | "cuda";
 
+/** Events of a backend's own device tier of experts (the CUDA backend's GPU slots over the host cache). */
+export type DeviceCacheEvent = "hit" | "miss" | "evict" | "transfer";
+export type DeviceCacheSink = (kind: DeviceCacheEvent, bytes?: number) => void;
+
+export interface DeviceCacheStats {
+  hits: number;
+  misses: number;
+  evictions: number;
+  transferBytes: number;
+  resident: number;
+  capacity: number;
+}
+
 export interface ExpertBackend {
   readonly name: BackendName;
   /** What Status and switchyard_worker_backend_info report: cpu | cuda. */
@@ -53,6 +66,20 @@ export interface ExpertBackend {
   /** Output [rows, cols] in `dtype`. */
   run(req: RunRequest): Promise<Uint8Array>;
   close?(): Promise<void>;
+
+  // Backends with a device tier of experts (CUDA) implement these; CPU backends compute from the host cache.
+  /**
+   * Starts moving prepared experts to the device ahead of use (uploads overlap the compute of running batches);
+   * resolves when they are there. Best effort: never fails. `evict: false` only fills free slots (used for
+   * look-ahead, which must not push out experts other queued batches need).
+   */
+  prefetch?(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<void>;
+  /** Device slots to use (the pool's cache capacity, --cache-capacity); called before the first prepare(). */
+  setDeviceCacheCapacity?(experts: number): void;
+  /** Subscribes to device-tier cache events (the worker's /metrics); returns the unsubscribe. */
+  addDeviceCacheSink?(sink: DeviceCacheSink): () => void;
+  /** Device-tier counters, undefined until the tier exists (first prepare()). */
+  deviceCacheStats?(): DeviceCacheStats | undefined;
 }
 
 /** Checks shared by every backend's prepare(): gate/up [f, d], down [d, f], byte lengths. */

@@ -1,0 +1,206 @@
+// The worker with a device tier of experts (CudaBackend over a fake addon: no GPU needed): --cache-capacity sizes
+// the GPU slots, GPU cache events reach /metrics, the Prefetch RPC moves experts to the device, and a batch that
+// waits behind another has its host-resident experts uploaded while it waits.
+
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
+import { generateCheckpoint } from "@switchyard/moe";
+import { DType, type ExpertBatch, type ExpertResult, ExpertWorkerClient, encodeTensor } from "@switchyard/protocol";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type CudaAddon, CudaBackend } from "./backend/cuda.js";
+import { startWorker, type WorkerHandle } from "./worker.js";
+
+const D = 32;
+const F = 48;
+
+function fakeAddon() {
+  const calls = { contexts: [] as object[], uploads: [] as number[], runs: 0 };
+  let gate: Promise<void> | undefined;
+  const addon: CudaAddon = {
+    probe: () => ({ ok: true, name: "fake", sms: 1, totalMem: 1e9, cc: "9.0" }),
+    createContext: (o) => {
+      calls.contexts.push(o);
+      return {};
+    },
+    upload: async (_ctx, slot) => {
+      calls.uploads.push(slot);
+      return 3 * D * F * 2;
+    },
+    run: async (_ctx, o) => {
+      calls.runs++;
+      await gate;
+      return new Uint8Array(o.rows * o.cols * 4);
+    },
+    stats: () => ({ runs: 0, uploads: 0, uploadBytes: 0, deviceBytes: 0, slots: 0 }),
+  };
+  return {
+    addon,
+    calls,
+    /** Holds every run until the returned release is called. */
+    hold: () => {
+      let release = () => {};
+      gate = new Promise<void>((r) => {
+        release = r;
+      });
+      return () => {
+        gate = undefined;
+        release();
+      };
+    },
+  };
+}
+
+function call<Req, Res>(
+  fn: (req: Req, md: Metadata, opts: object, cb: (err: ServiceError | null, res: Res) => void) => unknown,
+  req: Req,
+): Promise<Res> {
+  return new Promise((resolve, reject) => fn(req, new Metadata(), {}, (e, r) => (e ? reject(e) : resolve(r))));
+}
+
+const batch = (experts: number[], id: bigint): ExpertBatch => ({
+  pool: "g",
+  layer: 0,
+  tokens: encodeTensor(new Float32Array(experts.length * D).fill(0.5), [experts.length, D], DType.FLOAT32),
+  slices: experts.map((e, i) => ({ expert: e, offset: i, count: 1 })),
+  rowWeights: undefined,
+  batchId: id,
+  timeoutMs: 0,
+});
+
+function metric(text: string, name: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{`));
+  if (!line) throw new Error(`metric ${name} missing`);
+  return Number(line.split(" ").pop());
+}
+
+describe("worker with a GPU expert tier (fake CUDA addon)", () => {
+  let dir: string;
+  let w: WorkerHandle;
+  let client: ExpertWorkerClient;
+  const fake = fakeAddon();
+  // SWITCHYARD_CACHE_CAPACITY in the backend's env loses to the worker's --cache-capacity.
+  const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_CACHE_CAPACITY: "9" });
+  const scrape = async () => (await fetch(`http://127.0.0.1:${w.metricsPort}/metrics`)).text();
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
+    await generateCheckpoint({
+      family: "mixtral",
+      dir,
+      layers: 1,
+      experts: 8,
+      hiddenSize: D,
+      intermediateSize: F,
+      seed: 5,
+    });
+    w = await startWorker({
+      checkpoint: dir,
+      pool: "g",
+      workerId: "w0",
+      port: 0,
+      metricsPort: 0,
+      host: "127.0.0.1",
+      backend,
+      cacheCapacity: 4,
+      log: () => {},
+    });
+    client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    client?.close();
+    await w?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("--cache-capacity sizes the GPU slots; misses, hits, evictions and bytes reach /metrics", async () => {
+    const before = await scrape();
+    expect(metric(before, "switchyard_worker_gpu_cache_capacity_experts")).toBe(0); // nothing prepared yet
+    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([0, 1], 1n));
+    expect(fake.calls.contexts).toEqual([{ d: D, f: F, slots: 4 }]);
+    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([0, 1], 2n));
+    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([2, 3, 4], 3n)); // 5 > 4 slots
+    const text = await scrape();
+    expect(metric(text, "switchyard_worker_gpu_cache_misses_total")).toBe(5);
+    expect(metric(text, "switchyard_worker_gpu_cache_hits_total")).toBe(2);
+    expect(metric(text, "switchyard_worker_gpu_cache_evictions_total")).toBe(1);
+    expect(metric(text, "switchyard_worker_gpu_cache_transfer_bytes_total")).toBe(5 * 3 * D * F * 2);
+    expect(metric(text, "switchyard_worker_gpu_cache_resident_experts")).toBe(4);
+    expect(metric(text, "switchyard_worker_gpu_cache_capacity_experts")).toBe(4);
+    expect(text).toContain('switchyard_worker_gpu_cache_hits_total{pool="g",worker="w0"}');
+  });
+
+  it("the Prefetch RPC puts the experts on the GPU: the next batch is all hits", async () => {
+    const up0 = fake.calls.uploads.length;
+    await call(client.prefetch.bind(client), { pool: "g", experts: [5, 6].map((e) => ({ layer: 0, expert: e })) });
+    expect(fake.calls.uploads.length - up0).toBe(2);
+    const res = await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([5, 6], 4n));
+    expect(res.stats?.cacheHits).toBe(2); // host tier
+    expect(fake.calls.uploads.length - up0).toBe(2); // no upload at run time: GPU hits
+    expect(backend.deviceCacheStats()?.hits).toBeGreaterThanOrEqual(2);
+  });
+});
+
+describe("worker with a GPU tier smaller than the host tier: look-ahead upload for the next batch", () => {
+  let dir: string;
+  let w: WorkerHandle;
+  let client: ExpertWorkerClient;
+  const fake = fakeAddon();
+  // 2 GPU slots (explicit override) under 4 host slots: experts can be on the host and not on the GPU.
+  const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
+    await generateCheckpoint({
+      family: "mixtral",
+      dir,
+      layers: 1,
+      experts: 8,
+      hiddenSize: D,
+      intermediateSize: F,
+      seed: 6,
+    });
+    w = await startWorker({
+      checkpoint: dir,
+      pool: "g",
+      workerId: "w0",
+      port: 0,
+      metricsPort: 0,
+      host: "127.0.0.1",
+      backend,
+      cacheCapacity: 4,
+      log: () => {},
+    });
+    client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    client?.close();
+    await w?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("the batch queued behind the running one has its experts uploaded while it waits", async () => {
+    await call(client.prefetch.bind(client), { pool: "g", experts: [0, 1, 2].map((e) => ({ layer: 0, expert: e })) });
+    expect([0, 1, 2].every((e) => w.core.o.cache.peek(0, e) !== undefined)).toBe(true); // all on the host
+    // 0 and 1 on the GPU; 2 found every slot still loading (prefetch is best effort) and stays on the host only.
+    expect(backend.deviceCacheStats()).toMatchObject({ resident: 2, evictions: 0 });
+    expect(fake.calls.uploads).toHaveLength(2);
+    const release = fake.hold();
+    const first = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([1], 1n));
+    for (let i = 0; i < 500 && fake.calls.runs === 0; i++) await new Promise((r) => setTimeout(r, 2));
+    expect(fake.calls.runs).toBe(1); // batch 1 is on the "GPU", held there
+    const uploads = fake.calls.uploads.length;
+    const second = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([2], 2n));
+    for (let i = 0; i < 500 && fake.calls.uploads.length === uploads; i++) await new Promise((r) => setTimeout(r, 2));
+    // Expert 2 went up while batch 1 still computes (its expert 1 is pinned, so 0 made room).
+    expect(fake.calls.uploads.length).toBe(uploads + 1);
+    expect(fake.calls.runs).toBe(1);
+    const misses = backend.deviceCacheStats()?.misses ?? 0;
+    release();
+    await Promise.all([first, second]);
+    expect(backend.deviceCacheStats()?.misses).toBe(misses); // batch 2 found expert 2 on the GPU
+    expect(backend.deviceCacheStats()?.evictions).toBe(1);
+    expect(fake.calls.uploads.length).toBe(uploads + 1);
+  });
+});
