@@ -1,6 +1,9 @@
+import { DType, valuesToBytes } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
-import { loadCudaAddon, probeCudaBackend, slotCount } from "./cuda.js";
+import { randomExpert, rng, uniform } from "../testing.js";
+import { type CudaBackend, loadCudaAddon, probeCudaBackend, slotCount } from "./cuda.js";
 import { cudaParity } from "./cuda-parity.js";
+import { ReferenceBackend } from "./reference.js";
 
 describe("slotCount", () => {
   it("takes SWITCHYARD_GPU_CACHE_SLOTS, then SWITCHYARD_CACHE_CAPACITY, capped at 1024", () => {
@@ -44,4 +47,61 @@ describe("cuda backend", () => {
     console.log(JSON.stringify(r));
     expect(r.ok).toBe(true);
   });
+
+  it.skipIf(!!why)(
+    `the worker's cache capacity sizes the GPU slots; prefetch uploads ahead, the run then hits${why ? ` (skipped: ${why})` : ""}`,
+    async () => {
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS; // the explicit override would win over the capacity
+      const b = (await probeCudaBackend()) as CudaBackend;
+      b.setDeviceCacheCapacity(3);
+      const events: string[] = [];
+      b.addDeviceCacheSink((k) => events.push(k));
+      const next = rng(Date.now() >>> 0);
+      const d = 128;
+      const f = 96;
+      const weights = [0, 1, 2, 3].map(() => randomExpert(d, f, "bfloat16", next));
+      const [e0, e1] = await Promise.all(weights.map((w) => b.prepare(w)));
+      expect(b.deviceCacheStats()?.capacity).toBe(3);
+      await b.prefetch([e0, e1] as never[]);
+      expect(b.deviceCacheStats()).toMatchObject({ resident: 2, transferBytes: 2 * 3 * d * f * 2, misses: 0 });
+      const rows = 10;
+      const tokens = new Uint8Array(valuesToBytes(uniform(rows * d, 1, next), DType.BFLOAT16));
+      const y = await b.run({
+        dtype: DType.BFLOAT16,
+        tokens,
+        rows,
+        cols: d,
+        slices: [
+          { expert: e0 as never, offset: 0, count: 4 },
+          { expert: e1 as never, offset: 4, count: 6 },
+        ],
+      });
+      expect(b.deviceCacheStats()).toMatchObject({ hits: 2, misses: 0 });
+      expect(events.filter((k) => k === "transfer")).toHaveLength(2);
+      const ref = new ReferenceBackend();
+      const [r0, r1] = await Promise.all(weights.slice(0, 2).map((w) => ref.prepare(w)));
+      const yr = await ref.run({
+        dtype: DType.BFLOAT16,
+        tokens,
+        rows,
+        cols: d,
+        slices: [
+          { expert: r0 as never, offset: 0, count: 4 },
+          { expert: r1 as never, offset: 4, count: 6 },
+        ],
+      });
+      const a16 = new Uint16Array(y.buffer, y.byteOffset, y.byteLength / 2);
+      const b16 = new Uint16Array(yr.buffer, yr.byteOffset, yr.byteLength / 2);
+      const f32 = (h: number) => new Float32Array(new Uint32Array([h << 16]).buffer)[0] as number;
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < b16.length; i++) {
+        const p = f32(a16[i] as number);
+        const q = f32(b16[i] as number);
+        num += (p - q) ** 2;
+        den += q * q;
+      }
+      expect(Math.sqrt(num / den)).toBeLessThan(1e-2);
+    },
+  );
 });
