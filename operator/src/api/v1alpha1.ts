@@ -120,7 +120,11 @@ export const modelSchema = obj(
 export const workerSchema = obj(
   "Template for the worker pods (one StatefulSet per pool).",
   {
-    image: str("Worker container image.", { default: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0", maxLength: 1024, minLength: 1 }),
+    image: str("Worker container image.", {
+      default: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
+      maxLength: 1024,
+      minLength: 1,
+    }),
     imagePullPolicy: enm("Image pull policy.", ["Always", "IfNotPresent", "Never"] as const, {
       default: "IfNotPresent",
     }),

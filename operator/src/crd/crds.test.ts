@@ -93,7 +93,11 @@ describe("applyDefaults mirrors structural defaulting", () => {
       },
     }) as Record<string, Record<string, unknown>>;
     expect(spec.replicas).toBe(2);
-    expect(spec.worker).toMatchObject({ gpusPerWorker: 1, backend: "auto", image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0" });
+    expect(spec.worker).toMatchObject({
+      gpusPerWorker: 1,
+      backend: "auto",
+      image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
+    });
     expect(spec.cache).toEqual({ hostTier: { enabled: false } });
     expect(spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0 });
     expect(spec.model).toMatchObject({ dtype: "bfloat16", sharedExperts: 0 });

@@ -122,7 +122,10 @@ describeWithCluster(
       await c.kubectl(["apply", "-f", "-"], { input: JSON.stringify(pool("ok", NS)) });
       const got = JSON.parse((await c.kubectl(["get", "xp", "ok", "-o", "json"])).stdout);
       expect(got.spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0 });
-      expect(got.spec.worker).toMatchObject({ backend: "auto", image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0" });
+      expect(got.spec.worker).toMatchObject({
+        backend: "auto",
+        image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
+      });
       expect((await c.kubectl(["get", "switchyard", "-o", "name"])).stdout).toContain("expertpool.switchyard.dev/ok");
       const wide = await c.kubectl(["get", "xp", "-o", "wide"]);
       expect(wide.stdout).toMatch(
