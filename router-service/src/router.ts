@@ -31,7 +31,8 @@ import { WorkerConn } from "./dispatch/worker-conn.js";
 import { type PoolMetrics, RouterMetrics } from "./metrics.js";
 import type { PoolModel } from "./model.js";
 import { PrometheusSignals } from "./signals/prometheus.js";
-import { ENCODED, encodeExpertBatch, encodeForwardResponse } from "./wire/encode.js";
+import { replyPool } from "./wire/buffer-pool.js";
+import { BACKING, ENCODED, encodeExpertBatch, encodeForwardResponse } from "./wire/encode.js";
 
 /** Upper bound on tokens x hidden per request, protecting the router from huge allocations. */
 const MAX_REQUEST_ELEMENTS = 64 << 20;
@@ -407,6 +408,7 @@ export class Router {
           stats,
           undefined,
           el,
+          takeReply,
         );
         const dst =
           it.dtype === DType.FLOAT32
@@ -432,6 +434,7 @@ export class Router {
           error: undefined,
         };
         (res as unknown as Record<symbol, Buffer>)[ENCODED] = enc.message;
+        (res as unknown as Record<symbol, Buffer>)[BACKING] = enc.backing;
         this.finish(p, it, null, res);
       }
     } catch (e) {
@@ -561,6 +564,8 @@ export class Router {
     }
   }
 }
+
+const takeReply = (bytes: number) => replyPool.take(bytes);
 
 function allExpired(items: Item[], b: WorkerBatchLayout): boolean {
   const now = Date.now();

@@ -23,8 +23,9 @@ import {
 import express from "express";
 import { HealthImplementation } from "grpc-health-check";
 import { POOL, type Router } from "./router.js";
+import { replyPool } from "./wire/buffer-pool.js";
 import { decodeForwardRequest } from "./wire/decode.js";
-import { ENCODED } from "./wire/encode.js";
+import { BACKING, ENCODED } from "./wire/encode.js";
 
 const serializeResponse = (v: ForwardResponse): Buffer =>
   (v as unknown as Record<symbol, Buffer | undefined>)[ENCODED] ?? Buffer.from(ForwardResponse.encode(v).finish());
@@ -125,7 +126,12 @@ export function routerHandlers(router: Router) {
       const ok = (res: ForwardResponse) => {
         open--;
         count(poolOf(res), "ForwardStream", null);
-        if (!call.cancelled) call.write(res);
+        if (!call.cancelled) {
+          // A pooled reply buffer goes back once grpc-js has copied it into its frame (the write's callback).
+          const back = (res as unknown as Record<symbol, Buffer | undefined>)[BACKING];
+          if (back) call.write(res, () => replyPool.give(back));
+          else call.write(res);
+        }
         done();
       };
       call.on("data", (req: ForwardRequest) => {

@@ -36,6 +36,10 @@ export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = {
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.initial_reconnect_backoff_ms": 100,
   "grpc.max_reconnect_backoff_ms": 2_000,
+  // No transparent retries inside grpc-js: with them on, every message on a stream is first recorded in a per-call
+  // retry buffer (and its write callback deferred a tick) in case the call must be replayed. The router re-lays a
+  // failed worker's rows on another replica itself, so the buffering only costs CPU per message.
+  "grpc.enable_retries": 0,
 };
 
 /**

@@ -190,6 +190,8 @@ export interface EncodedResponse {
   message: Buffer;
   /** Its hidden.data, a view into `message`, aligned to the element size (the caller writes the output here). */
   data: Buffer;
+  /** The whole allocation `message` lives in (what goes back to the pool it came from). */
+  backing: Buffer;
 }
 
 /**
@@ -204,6 +206,7 @@ export function encodeForwardResponse(
   stats: ForwardStats | undefined,
   error: RpcError | undefined,
   align = 4,
+  alloc?: (bytes: number) => Buffer,
 ): EncodedResponse {
   const t = tensorBodySize(dtype, shape, dataBytes);
   let size = 0;
@@ -223,8 +226,8 @@ export function encodeForwardResponse(
   dataAt += 1 + varintSize(t.size);
   const probe = tensorBodySize(dtype, shape, 0).size + 1 + varintSize(dataBytes);
   dataAt += dataBytes > 0 ? probe : 0;
-  // allocUnsafe (pooled for small sizes, no zero-fill); shift the start so the data lands aligned in memory.
-  const raw = Buffer.allocUnsafe(size + align);
+  // No zero-fill; large ones from `alloc` (the reply pool); shift the start so the data lands aligned in memory.
+  const raw = alloc ? alloc(size + align) : Buffer.allocUnsafe(size + align);
   const start = (align - ((raw.byteOffset + dataAt) % align)) % align;
   const buf = raw.subarray(start, start + size);
   const w = new Writer(buf);
@@ -240,7 +243,7 @@ export function encodeForwardResponse(
     if (error.code) w.byte(8).varint(error.code);
     if (msgBytes) w.byte(18).varint(msgBytes).string(error.message, msgBytes);
   }
-  return { message: buf, data: buf.subarray(at, at + dataBytes) };
+  return { message: buf, data: buf.subarray(at, at + dataBytes), backing: raw };
 }
 
 /** ExpertResult { batch_id, output } whose output data the caller fills (the fake worker's echo). */
@@ -282,6 +285,9 @@ export function encodeExpertResultInPlace(
   if (at !== head) throw new Error(`encodeExpertResultInPlace: header size ${at}, computed ${head}`);
   return buf;
 }
+
+/** A reply's pooled allocation: the server gives it back to the reply pool once the write has completed. */
+export const BACKING = Symbol.for("switchyard.router.backing");
 
 /** Marks a ForwardResponse object that already carries its encoded bytes (see routerServiceDefinition). */
 export const ENCODED = Symbol.for("switchyard.router.encoded");

@@ -1,0 +1,23 @@
+import { describe, expect, it } from "vitest";
+import { BufferPool, POOL_MIN_BYTES } from "./buffer-pool.js";
+
+describe("BufferPool", () => {
+  it("reuses a returned large buffer for the same size class, never small or foreign ones", () => {
+    const pool = new BufferPool();
+    const a = pool.take(POOL_MIN_BYTES + 10);
+    expect(a.length).toBe(POOL_MIN_BYTES + 10);
+    a[0] = 42;
+    pool.give(a.subarray(3, 9)); // a view of a pooled buffer returns the whole allocation
+    expect(pool.held).toBe(1);
+    const b = pool.take(POOL_MIN_BYTES + 1000); // same power-of-two class
+    expect(b.buffer).toBe(a.buffer);
+    expect(b.length).toBe(POOL_MIN_BYTES + 1000);
+    expect(pool.held).toBe(0);
+    const c = pool.take(POOL_MIN_BYTES + 10); // pool empty: a fresh one
+    expect(c.buffer).not.toBe(a.buffer);
+    pool.give(Buffer.allocUnsafe(100)); // small: not pooled
+    pool.give(Buffer.alloc(POOL_MIN_BYTES * 3)); // not a power-of-two backing: not ours
+    expect(pool.held).toBe(0);
+    expect(pool.take(100).length).toBe(100);
+  });
+});
