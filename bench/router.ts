@@ -16,7 +16,8 @@
 //                      (d=7168 bf16, 4 no-op workers).
 //
 // Processes: this one (client), the router, the workers / forwarder / echo servers each in their own process.
-// Env: BENCH_SECONDS (per measurement, default 3), BENCH_OUT (output path).
+// Env: BENCH_SECONDS (per measurement, default 3), BENCH_OUT (output path); for iterating: BENCH_ONLY, BENCH_TS,
+// BENCH_ROUNDS, BENCH_WARMUP_S, BENCH_PROF=router (CPU profile into /tmp/prof), BENCH_SMALL=0, BENCH_WORKER_THREADS.
 
 import { type ChildProcess, fork } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
