@@ -6,11 +6,11 @@
 import {
   type ExpertBatch,
   type ExpertResult,
-  ExpertSlice,
+  type ExpertSlice,
   ExpertStats,
   type ForwardRequest,
   type ForwardResponse,
-  ForwardStats,
+  type ForwardStats,
   RpcError,
   type Tensor,
 } from "@switchyard/protocol";
@@ -80,6 +80,56 @@ class Reader {
     }
     if (this.pos > this.end) throw new Error("protobuf: truncated field");
   }
+}
+
+/** ForwardStats (uint32 and double fields), decoded in place: ts-proto builds a reader object per nested message. */
+function decodeForwardStatsAt(buf: Buffer, start: number, end: number): ForwardStats {
+  const r = new Reader(buf, start, end);
+  const m: ForwardStats = {
+    expertsTouched: 0,
+    workersUsed: 0,
+    queueWaitMs: 0,
+    totalMs: 0,
+    droppedAssignments: 0,
+    batchTokens: 0,
+    batchRequests: 0,
+  };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (wt === 0 && field >= 1 && field <= 7 && field !== 3 && field !== 4) {
+      const v = r.varint() >>> 0;
+      if (field === 1) m.expertsTouched = v;
+      else if (field === 2) m.workersUsed = v;
+      else if (field === 5) m.droppedAssignments = v;
+      else if (field === 6) m.batchTokens = v;
+      else m.batchRequests = v;
+    } else if (wt === 1 && (field === 3 || field === 4)) {
+      if (r.pos + 8 > r.end) throw new Error("protobuf: truncated field");
+      const v = buf.readDoubleLE(r.pos);
+      r.pos += 8;
+      if (field === 3) m.queueWaitMs = v;
+      else m.totalMs = v;
+    } else r.skip(wt);
+  }
+  return m;
+}
+
+/** ExpertSlice { expert, offset, count } (uint32 each), decoded in place. */
+function decodeExpertSliceAt(buf: Buffer, start: number, end: number): ExpertSlice {
+  const r = new Reader(buf, start, end);
+  const m: ExpertSlice = { expert: 0, offset: 0, count: 0 };
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wt = tag & 7;
+    if (wt === 0 && field === 1) m.expert = r.varint() >>> 0;
+    else if (wt === 0 && field === 2) m.offset = r.varint() >>> 0;
+    else if (wt === 0 && field === 3) m.count = r.varint() >>> 0;
+    else r.skip(wt);
+  }
+  return m;
 }
 
 /** A view (no copy) of buf[start, end) as a Buffer. */
@@ -197,7 +247,7 @@ export function decodeExpertBatch(buf: Buffer): ExpertBatch {
       m.tokens = decodeTensorAt(buf, s, e);
     } else if (field === 4 && wt === 2) {
       const [s, e] = r.span();
-      m.slices.push(ExpertSlice.decode(buf.subarray(s, e)));
+      m.slices.push(decodeExpertSliceAt(buf, s, e));
     } else if (field === 5 && wt === 2) {
       const [s, e] = r.span();
       m.rowWeights = decodeTensorAt(buf, s, e);
@@ -222,7 +272,7 @@ export function decodeForwardResponse(buf: Buffer): ForwardResponse {
       m.hidden = decodeTensorAt(buf, s, e);
     } else if (field === 3 && wt === 2) {
       const [s, e] = r.span();
-      m.stats = ForwardStats.decode(buf.subarray(s, e));
+      m.stats = decodeForwardStatsAt(buf, s, e);
     } else if (field === 4 && wt === 2) {
       const [s, e] = r.span();
       m.error = RpcError.decode(buf.subarray(s, e));
