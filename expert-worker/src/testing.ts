@@ -3,17 +3,8 @@
 import type { ExpertWeights, WeightDType } from "@switchyard/moe";
 import { DType, valuesToBytes } from "@switchyard/protocol";
 
-/** Small seeded PRNG (mulberry32) so a failing case can be replayed from its printed seed. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG so a failing case can be replayed from its printed seed. */
+export { mulberry32 as rng } from "@switchyard/moe";
 
 export function uniform(n: number, scale: number, next: () => number): Float32Array {
   const a = new Float32Array(n);

@@ -5,6 +5,7 @@ export * from "./gating.js";
 export * from "./generate.js";
 export * from "./placement/index.js";
 export * from "./policy/index.js";
+export * from "./random.js";
 export * from "./reference.js";
 export * from "./safetensors.js";
 export * from "./spec.js";

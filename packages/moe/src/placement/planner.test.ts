@@ -1,18 +1,9 @@
 import { describe, expect, it } from "vitest";
+import { mulberry32 } from "../random.js";
 import { movedCopies, PlacementError, validatePlan } from "./plan.js";
 import { planPlacement, replicateExperts } from "./planner.js";
 
-/** Deterministic PRNG (mulberry32) so figures are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 /** Zipf(s) expert popularity, a different random expert order per layer (skew differs by layer). */
 function zipfLoad(layers: number, experts: number, s: number, seed: number): number[][] {
