@@ -3,16 +3,9 @@
 // routing to be decided mostly by token id, so this gives skewed, sticky expert popularity through the real
 // gate, as a served model would. Pure and seeded: same seed, same traffic.
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from "@switchyard/moe";
+
+export { mulberry32 };
 
 /** Samples 0..n-1 with P(i) ∝ 1/(i+1)^s (inverse CDF over a precomputed table). */
 export class Zipf {
