@@ -1,6 +1,7 @@
 // grpc-js shell around WorkerCore: ExpertWorker service (unary + bidi stream), grpc.health.v1, deadlines and
 // client cancellation turned into an AbortSignal that reaches the native kernel.
 
+import { setMaxListeners } from "node:events";
 import {
   type handleBidiStreamingCall,
   Server,
@@ -41,6 +42,9 @@ interface CallLike {
 /** An AbortSignal that fires on client cancel (CANCELLED) or when the call's deadline passes (DEADLINE_EXCEEDED). */
 export function callSignal(call: CallLike): { signal: AbortSignal; dispose: () => void } {
   const ac = new AbortController();
+  // A long-lived stream carries many batches at once and each in-flight batch listens on this signal until it ends
+  // (bounded by the queue capacity), so Node's default of 10 listeners would warn about a leak that is not one.
+  setMaxListeners(0, ac.signal);
   const onCancel = () => ac.abort(cancelled("client cancelled the call"));
   call.on("cancelled", onCancel);
   let timer: NodeJS.Timeout | undefined;
