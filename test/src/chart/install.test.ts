@@ -22,10 +22,6 @@ function byNamespace(objs: Array<{ kind: string; metadata: { name: string; names
 }
 
 const OPERATOR_MAIN = join(REPO, "operator/dist/main.js");
-// The operator's entry point lands with the operator work; until its source exists that test is skipped, loudly.
-const OPERATOR_SOURCE = existsSync(join(REPO, "operator/src/main.ts"));
-if (!OPERATOR_SOURCE)
-  console.warn("chart install test: operator/src/main.ts does not exist yet; the operator run is SKIPPED");
 const FULL = `${RELEASE}-switchyard`;
 
 describeWithCluster("helm install charts/switchyard into the test cluster", { nodes: 1, gpusPerNode: 8 }, (cluster) => {
@@ -154,130 +150,126 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     expect(r.stdout).toBe("3");
   }, 90_000);
 
-  it.skipIf(!OPERATOR_SOURCE)(
-    "the operator (local process, chart ServiceAccount token) comes up, leads and reconciles an ExpertPool",
-    async () => {
-      if (!existsSync(OPERATOR_MAIN)) throw new Error(`${OPERATOR_MAIN} is not built: run npm run build`);
-      // A kubeconfig carrying a token of the chart's ServiceAccount: the process gets exactly the chart's RBAC.
-      const token = (
-        await cluster().kubectl(["create", "token", `${FULL}-operator`, "-n", NAMESPACE, "--duration", "1h"])
-      ).stdout.trim();
-      const dir = join(cluster().dir, "chart-operator");
-      mkdirSync(dir, { recursive: true });
-      const kubeconfig = join(dir, "kubeconfig");
-      writeFileSync(
-        kubeconfig,
-        stringify({
-          apiVersion: "v1",
-          kind: "Config",
-          clusters: [{ name: "test", cluster: { server: cluster().server, "insecure-skip-tls-verify": true } }],
-          users: [{ name: "operator", user: { token } }],
-          contexts: [{ name: "test", context: { cluster: "test", user: "operator", namespace: NAMESPACE } }],
-          "current-context": "test",
-        }),
-      );
-      // The same flags and env the chart's Deployment gives the container.
-      const deploy = JSON.parse(
-        (await cluster().kubectl(["get", "deployment", `${FULL}-operator`, "-n", NAMESPACE, "-o", "json"])).stdout,
-      );
-      const container = deploy.spec.template.spec.containers[0];
-      const [metricsPort, healthPort] = await freePorts(2);
-      const args = (container.args as string[])
-        .map((a) => a.replace(/^--metrics-port=\d+$/, `--metrics-port=${metricsPort}`))
-        .map((a) => a.replace(/^--health-port=\d+$/, `--health-port=${healthPort}`));
-      expect(args).toContain("--leader-elect");
-      const env: NodeJS.ProcessEnv = {
-        ...process.env,
-        KUBECONFIG: kubeconfig,
-        POD_NAMESPACE: NAMESPACE,
-        POD_NAME: "operator-local-0",
-      };
-      for (const e of container.env as Array<{ name: string; value?: string }>)
-        if (e.value !== undefined) env[e.name] = e.value;
-      operator = new ManagedProcess(
-        "operator",
-        process.execPath,
-        [OPERATOR_MAIN, ...args],
-        join(dir, "operator.log"),
-        env,
-      );
+  it("the operator (local process, chart ServiceAccount token) comes up, leads and reconciles an ExpertPool", async () => {
+    if (!existsSync(OPERATOR_MAIN)) throw new Error(`${OPERATOR_MAIN} is not built: run npm run build`);
+    // A kubeconfig carrying a token of the chart's ServiceAccount: the process gets exactly the chart's RBAC.
+    const token = (
+      await cluster().kubectl(["create", "token", `${FULL}-operator`, "-n", NAMESPACE, "--duration", "1h"])
+    ).stdout.trim();
+    const dir = join(cluster().dir, "chart-operator");
+    mkdirSync(dir, { recursive: true });
+    const kubeconfig = join(dir, "kubeconfig");
+    writeFileSync(
+      kubeconfig,
+      stringify({
+        apiVersion: "v1",
+        kind: "Config",
+        clusters: [{ name: "test", cluster: { server: cluster().server, "insecure-skip-tls-verify": true } }],
+        users: [{ name: "operator", user: { token } }],
+        contexts: [{ name: "test", context: { cluster: "test", user: "operator", namespace: NAMESPACE } }],
+        "current-context": "test",
+      }),
+    );
+    // The same flags and env the chart's Deployment gives the container.
+    const deploy = JSON.parse(
+      (await cluster().kubectl(["get", "deployment", `${FULL}-operator`, "-n", NAMESPACE, "-o", "json"])).stdout,
+    );
+    const container = deploy.spec.template.spec.containers[0];
+    const [metricsPort, healthPort] = await freePorts(2);
+    const args = (container.args as string[])
+      .map((a) => a.replace(/^--metrics-port=\d+$/, `--metrics-port=${metricsPort}`))
+      .map((a) => a.replace(/^--health-port=\d+$/, `--health-port=${healthPort}`));
+    expect(args).toContain("--leader-elect");
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      KUBECONFIG: kubeconfig,
+      POD_NAMESPACE: NAMESPACE,
+      POD_NAME: "operator-local-0",
+    };
+    for (const e of container.env as Array<{ name: string; value?: string }>)
+      if (e.value !== undefined) env[e.name] = e.value;
+    operator = new ManagedProcess(
+      "operator",
+      process.execPath,
+      [OPERATOR_MAIN, ...args],
+      join(dir, "operator.log"),
+      env,
+    );
 
-      await waitUntil(async () => (await httpGet(`http://127.0.0.1:${healthPort}/readyz`)).status === 200, {
-        what: "operator /readyz",
+    await waitUntil(async () => (await httpGet(`http://127.0.0.1:${healthPort}/readyz`)).status === 200, {
+      what: "operator /readyz",
+      timeoutMs: 60_000,
+      abortIf: () => (operator?.exited ? `${operator.describeExit()}\n${operator.tail()}` : undefined),
+    });
+    expect((await httpGet(`http://127.0.0.1:${healthPort}/healthz`)).status).toBe(200);
+    await waitUntil(
+      async () => {
+        const r = await cluster().kubectl([
+          "get",
+          "leases",
+          "-n",
+          NAMESPACE,
+          "-o",
+          "jsonpath={.items[*].spec.holderIdentity}",
+        ]);
+        return r.stdout.includes("operator-local-0");
+      },
+      { what: "the operator to hold a Lease in the release namespace", timeoutMs: 60_000 },
+    );
+
+    await cluster().kubectl(["apply", "-f", "-"], {
+      input: stringify({
+        apiVersion: "switchyard.dev/v1alpha1",
+        kind: "ExpertPool",
+        metadata: { name: "tiny", namespace: "default" },
+        spec: {
+          model: {
+            architecture: "mixtral",
+            layers: 2,
+            experts: 4,
+            topK: 2,
+            hiddenSize: 64,
+            intermediateSize: 128,
+            checkpoint: { hostPath: { path: "/models/tiny" } },
+          },
+          replicas: 2,
+          worker: { image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0", gpusPerWorker: 1 },
+        },
+      }),
+    });
+    await waitUntil(
+      async () =>
+        (await cluster().kubectl(["get", "statefulset", "tiny", "-n", "default", "-o", "name"], { check: false }))
+          .code === 0,
+      {
+        what: "the operator to create the pool's StatefulSet",
         timeoutMs: 60_000,
         abortIf: () => (operator?.exited ? `${operator.describeExit()}\n${operator.tail()}` : undefined),
-      });
-      expect((await httpGet(`http://127.0.0.1:${healthPort}/healthz`)).status).toBe(200);
-      await waitUntil(
-        async () => {
-          const r = await cluster().kubectl([
-            "get",
-            "leases",
-            "-n",
-            NAMESPACE,
-            "-o",
-            "jsonpath={.items[*].spec.holderIdentity}",
-          ]);
-          return r.stdout.includes("operator-local-0");
-        },
-        { what: "the operator to hold a Lease in the release namespace", timeoutMs: 60_000 },
-      );
-
-      await cluster().kubectl(["apply", "-f", "-"], {
-        input: stringify({
-          apiVersion: "switchyard.dev/v1alpha1",
-          kind: "ExpertPool",
-          metadata: { name: "tiny", namespace: "default" },
-          spec: {
-            model: {
-              architecture: "mixtral",
-              layers: 2,
-              experts: 4,
-              topK: 2,
-              hiddenSize: 64,
-              intermediateSize: 128,
-              checkpoint: { hostPath: { path: "/models/tiny" } },
-            },
-            replicas: 2,
-            worker: { image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0", gpusPerWorker: 1 },
-          },
-        }),
-      });
-      await waitUntil(
-        async () =>
-          (await cluster().kubectl(["get", "statefulset", "tiny", "-n", "default", "-o", "name"], { check: false }))
-            .code === 0,
-        {
-          what: "the operator to create the pool's StatefulSet",
-          timeoutMs: 60_000,
-          abortIf: () => (operator?.exited ? `${operator.describeExit()}\n${operator.tail()}` : undefined),
-        },
-      );
-      // The router config lands in the ConfigMap the chart's router Deployment mounts.
-      const routerDeploy = JSON.parse(
-        (await cluster().kubectl(["get", "deployment", `${FULL}-router`, "-n", NAMESPACE, "-o", "json"])).stdout,
-      );
-      const mounted = routerDeploy.spec.template.spec.volumes.find((v: { name: string }) => v.name === "config")
-        .configMap.name;
-      await waitUntil(
-        async () => {
-          const r = await cluster().kubectl(["get", "configmap", mounted, "-n", NAMESPACE, "-o", "json"], {
-            check: false,
-          });
-          if (r.code !== 0) return false;
-          const doc = JSON.parse(JSON.parse(r.stdout).data?.["router.json"] ?? "{}");
-          return Array.isArray(doc.pools) && doc.pools.some((p: { name: string }) => p.name === "default/tiny");
-        },
-        { what: `router config for default/tiny in ConfigMap ${NAMESPACE}/${mounted}`, timeoutMs: 30_000 },
-      );
-      const metrics = await httpGet(`http://127.0.0.1:${metricsPort}/metrics`);
-      expect(metrics.status).toBe(200);
-      expect(metrics.body).toContain("controller_runtime_reconcile_total");
-      expect(metrics.body).toContain("workqueue_depth");
-      await cluster().kubectl(["delete", "expertpool", "tiny", "-n", "default", "--wait=false"]);
-    },
-    150_000,
-  );
+      },
+    );
+    // The router config lands in the ConfigMap the chart's router Deployment mounts.
+    const routerDeploy = JSON.parse(
+      (await cluster().kubectl(["get", "deployment", `${FULL}-router`, "-n", NAMESPACE, "-o", "json"])).stdout,
+    );
+    const mounted = routerDeploy.spec.template.spec.volumes.find((v: { name: string }) => v.name === "config").configMap
+      .name;
+    await waitUntil(
+      async () => {
+        const r = await cluster().kubectl(["get", "configmap", mounted, "-n", NAMESPACE, "-o", "json"], {
+          check: false,
+        });
+        if (r.code !== 0) return false;
+        const doc = JSON.parse(JSON.parse(r.stdout).data?.["router.json"] ?? "{}");
+        return Array.isArray(doc.pools) && doc.pools.some((p: { name: string }) => p.name === "default/tiny");
+      },
+      { what: `router config for default/tiny in ConfigMap ${NAMESPACE}/${mounted}`, timeoutMs: 30_000 },
+    );
+    const metrics = await httpGet(`http://127.0.0.1:${metricsPort}/metrics`);
+    expect(metrics.status).toBe(200);
+    expect(metrics.body).toContain("controller_runtime_reconcile_total");
+    expect(metrics.body).toContain("workqueue_depth");
+    await cluster().kubectl(["delete", "expertpool", "tiny", "-n", "default", "--wait=false"]);
+  }, 150_000);
 
   it("helm uninstall removes every release object and keeps the CRDs", async () => {
     if (manifest.length === 0) throw new Error("the install test did not run");
