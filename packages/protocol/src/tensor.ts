@@ -10,7 +10,7 @@
 // d=4096 × 256 tokens (1M elements) is the common size.
 
 import { invalidArgument } from "./errors.js";
-import { DType, type Tensor } from "./gen/switchyard/v1/tensor.js";
+import { DType, dTypeToJSON, type Tensor } from "./gen/switchyard/v1/tensor.js";
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -55,21 +55,10 @@ export function dtypeSize(dtype: DType): number {
   }
 }
 
+/** The proto enum name, for error messages; unknown numbers stay visible as DType(n). */
 export function dtypeName(dtype: DType): string {
-  switch (dtype) {
-    case DType.FLOAT32:
-      return "FLOAT32";
-    case DType.BFLOAT16:
-      return "BFLOAT16";
-    case DType.FLOAT16:
-      return "FLOAT16";
-    case DType.INT32:
-      return "INT32";
-    case DType.DTYPE_UNSPECIFIED:
-      return "DTYPE_UNSPECIFIED";
-    default:
-      return `DType(${dtype})`;
-  }
+  const name = dTypeToJSON(dtype);
+  return name === "UNRECOGNIZED" ? `DType(${dtype})` : name;
 }
 
 export function isFloatDType(dtype: DType): boolean {
