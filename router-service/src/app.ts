@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import { validatePlan } from "@switchyard/moe";
 import { CheckpointModel } from "./checkpoint-model.js";
 import { type PlacementPlan, parsePlan, parseRouterConfig, type RouterConfig } from "./config.js";
+import { nativeCombineStatus } from "./core/native-combine.js";
 import { type PoolSetup, Router } from "./router.js";
 import { type StartedRouter, serveRouter } from "./server.js";
 
@@ -42,6 +43,7 @@ async function readJson(path: string, what: string): Promise<unknown> {
 export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const log = o.log ?? ((l: string) => console.log(`[router] ${l}`));
   const router = new Router();
+  log(`combine: ${nativeCombineStatus()}`);
   const models = new Map<string, CheckpointModel>();
   const watched = new Set<string>();
   let current: RouterConfig | null = null;

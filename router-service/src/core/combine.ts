@@ -3,6 +3,7 @@
 // the answer bit-identical however the worker replies interleave.
 
 import { DType, f16ToF32, f32ToF16, valuesToBytes } from "@switchyard/protocol";
+import { routerAddon } from "./native-combine.js";
 
 /** A worker's output rows as received: little-endian bytes of `dtype`, [rows, d]. */
 export interface ResultRows {
@@ -111,6 +112,18 @@ function grow(d: number): void {
  * monomorphic loop per dtype so V8 keeps each one optimised.
  */
 export function combineInto(c: CombineInput, dst: Float32Array | Uint16Array): void {
+  const native = c.dtype === DType.FLOAT16 ? null : routerAddon();
+  if (native) {
+    // Same bits as the TypeScript loops below, 10-30x faster (native/src/combine.cc; NaN payloads may differ).
+    const type = c.dtype === DType.FLOAT32 ? 1 : 2;
+    native.combine(dst, type, c.tokens, c.d, c.slots, c.weights, c.locations, c.results, c.base ?? null);
+    return;
+  }
+  combineIntoTs(c, dst);
+}
+
+/** combineInto in TypeScript: the fallback without the addon, and the oracle the native combine is tested against. */
+export function combineIntoTs(c: CombineInput, dst: Float32Array | Uint16Array): void {
   grow(c.d);
   if (c.dtype === DType.FLOAT32) combineF32Into(c, dst as Float32Array);
   else if (c.dtype === DType.BFLOAT16) combineBf16Into(c, dst as Uint16Array);

@@ -2,7 +2,7 @@ import { DType, f32ToBf16, f32ToF16, valuesToBytes } from "@switchyard/protocol"
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Batcher, HOLD_CAP_MS } from "./batcher.js";
 import { applyCapacity, expertCapacity } from "./capacity.js";
-import { combineF32, combineInto } from "./combine.js";
+import { combineF32, combineInto, combineIntoTs } from "./combine.js";
 import { layoutRound } from "./plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./replicas.js";
 import { collectAssignments, type TokenRouting } from "./routing.js";
@@ -208,7 +208,11 @@ describe("combineF32", () => {
   });
 });
 
-describe("combineInto", () => {
+// combineInto runs the native addon when it is built (native-combine.test.ts compares the two at scale).
+describe.each([
+  ["combineInto", combineInto],
+  ["combineIntoTs", combineIntoTs],
+])("%s", (_name, combineInto) => {
   it("writes the same bits as combineF32 + rounding, for every dtype, with a base, empty tokens and NaN/-0", () => {
     const d = 37; // odd width: no alignment assumptions
     const tokens = 4;

@@ -1,0 +1,53 @@
+// The router's optional native addon (router-service/native, built by `npm run build`): the weighted combine in
+// C++, vectorised, giving the same bits as the TypeScript combine in combine.ts (which stays the fallback and the
+// oracle its tests compare against). SWITCHYARD_ROUTER_NATIVE=0 turns it off.
+
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface RouterAddon {
+  /** See native/src/combine_addon.cc. type: 1 = FLOAT32, 2 = BFLOAT16. */
+  combine(
+    dst: Uint8Array | Uint16Array | Float32Array,
+    type: 1 | 2,
+    tokens: number,
+    d: number,
+    slots: number,
+    weights: Float32Array,
+    locations: Int32Array,
+    results: readonly (Float32Array | Uint16Array | Uint8Array)[],
+    base: Float32Array | null,
+  ): void;
+  isa(): string;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** build/ sits next to src/ and dist/ (this file is src/core/ or dist/core/). */
+export const ROUTER_ADDON_PATH = resolve(here, "../../build/switchyard_router.node");
+
+let cached: RouterAddon | null | undefined;
+let why = "";
+
+/** The addon, or null (not built, failed to load, or turned off); nativeCombineStatus() says which. */
+export function routerAddon(): RouterAddon | null {
+  if (cached !== undefined) return cached;
+  cached = null;
+  if (process.env.SWITCHYARD_ROUTER_NATIVE === "0") why = "turned off (SWITCHYARD_ROUTER_NATIVE=0)";
+  else if (!existsSync(ROUTER_ADDON_PATH)) why = `not built: ${ROUTER_ADDON_PATH} (npm run build)`;
+  else {
+    try {
+      cached = createRequire(import.meta.url)(ROUTER_ADDON_PATH) as RouterAddon;
+    } catch (e) {
+      why = `failed to load: ${(e as Error).message}`;
+    }
+  }
+  return cached;
+}
+
+/** One line for the router's start-up log. */
+export function nativeCombineStatus(): string {
+  const a = routerAddon();
+  return a ? `native (${a.isa()})` : `TypeScript (${why})`;
+}
