@@ -4,7 +4,15 @@ cuBLAS loop, against a roofline floor from ceilings measured in the same run.
 Each timed variant goes from hidden states + router logits to the combined output (routing, histogram/offsets,
 gather, GEMM1 + SwiGLU, GEMM2 + routing weight, combine). Writes $OUT/h200-moe.json and $OUT/h200-moe.md.
 
-Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick]
+Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [--ts 16,1024] [--no-tune]
+         [--no-loop] [--variants "SY_MOE_PDL=0;SY_MOE_EPI=1"] [--profile]
+  --shapes/--ts   bench only these cells (iteration; the committed results are a full run)
+  --no-tune       skip the engine/tile sweep (tune_ms); --no-loop skips the per-expert loop baseline
+  --variants      also time ours with each library knob (environment variable) set, one at a time (variant_ms)
+  --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us). Slow (tens
+                  of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
+The routing share at T <= 128 is measured twice: back-to-back eager calls (includes host launch overhead when the
+GPU work is shorter than it) and CUDA-graph replays of the same call (GPU time only; the layer is graph-capturable).
 """
 
 import ctypes
@@ -40,6 +48,18 @@ lib.sy_moe_forward.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINT
                                ctypes.c_size_t, ctypes.c_void_p]
 lib.sy_moe_workspace_size.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)]
 QUICK = "--quick" in sys.argv
+
+
+def opt(name, default=None):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+ONLY_SHAPES = opt("--shapes")
+ONLY_TS = opt("--ts")
+NO_TUNE = "--no-tune" in sys.argv
+NO_LOOP = "--no-loop" in sys.argv
+VARIANTS = [v for v in (opt("--variants", "") or "").split(";") if v]
+PROFILE = "--profile" in sys.argv
 ENGINE = int(os.environ.get("SY_MOE_ENGINE", "0"))  # default engine for the main timing (0 = library's choice)
 lib.sy_moe_set_tuning(0, 0, ENGINE)
 
@@ -83,6 +103,45 @@ SHAPES = {
     "deepseek-v3": dict(d=7168, f=2048, E=256, k=8, score=1, ng=8, tg=4, scale=2.5),
 }
 TS = [16, 128] if QUICK else [16, 128, 1024, 8192]
+if ONLY_TS:
+    TS = [int(t) for t in ONLY_TS.split(",")]
+if ONLY_SHAPES:
+    SHAPES = {k: v for k, v in SHAPES.items() if k in ONLY_SHAPES.split(",")}
+
+
+def graph_of(fn):
+    """Captures fn (which launches on the current stream) into a CUDA graph; returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    torch.cuda.synchronize()
+    return g
+
+
+def kernel_profile(fn, calls=5):
+    """Per-kernel GPU time (us per call) of fn, from CUPTI through torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None)
+        if t is None:
+            t = getattr(ev, "cuda_time_total", 0)
+        if t > 0:
+            name = ev.key.replace("(anonymous namespace)::", "").split("(")[0][-48:]
+            out[name] = round(t / calls, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def torch_route(logits, bias, s):
@@ -106,6 +165,41 @@ def torch_route(logits, bias, s):
 
 
 rows = []
+T0 = time.time()
+
+
+def write_results(final):
+    """Writes $OUT/h200-moe.json and .md (after every cell too, so a run cut short still leaves its cells)."""
+    if not rows:
+        return
+    sp = [r["speedup_vs_gmm"] for r in rows]
+    summary = dict(median_speedup_vs_gmm=statistics.median(sp), min_speedup_vs_gmm=min(sp),
+                   cells_slower_than_gmm=sum(1 for v in sp if v < 1.0), complete=final)
+    res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, peak_tflops=PEAK, bw_tbs=BW,
+               date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), argv=sys.argv[2:], summary=summary, rows=rows)
+    with open(os.path.join(OUT, "h200-moe.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    lines = [f"# sy_moe whole-layer benchmark on {res['device']} ({res['date']})", "",
+             f"Ceilings measured in the same run: bf16 GEMM {PEAK:.0f} TFLOP/s, copy {BW:.2f} TB/s. torch {torch.__version__}.",
+             "", "| shape | T | ours ms | torch._grouped_mm ms | loop ms | floor ms | % of floor | speedup vs gmm | relerr "
+                 "| routing+combine ms (share), eager | same, CUDA graph |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rc = f"{r['route_combine_ms']:.4f} ({100 * r['route_share_eager']:.1f}%)" if r["route_combine_ms"] else "-"
+        rg = (f"{r['route_combine_graph_ms']:.4f} of {r['layer_graph_ms']:.4f} ({100 * r['route_share_graph']:.1f}%)"
+              if r["route_combine_graph_ms"] else "-")
+        lp = f"{r['loop_ms']:.4f}" if r["loop_ms"] is not None else "-"
+        lines.append(f"| {r['shape']} | {r['T']} | {r['ms']:.4f} | {r['torch_grouped_mm_ms']:.4f} | {lp} | "
+                     f"{r['floor_ms']:.4f} | {100 * r['pct_floor']:.1f}% | {r['speedup_vs_gmm']:.2f}x | "
+                     f"{r['relerr']:.2e} | {rc} | {rg} |")
+    lines += ["", f"Median speedup vs torch._grouped_mm pipeline: {summary['median_speedup_vs_gmm']:.2f}x; "
+                  f"min {summary['min_speedup_vs_gmm']:.2f}x; cells slower: {summary['cells_slower_than_gmm']}"
+                  + ("" if final else " (INCOMPLETE RUN)")]
+    with open(os.path.join(OUT, "h200-moe.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return lines
+
+
 for name, s in SHAPES.items():
     d, f, E, k = s["d"], s["f"], s["E"], s["k"]
     torch.manual_seed(1234)
@@ -128,10 +222,14 @@ for name, s in SHAPES.items():
                     w13.data_ptr(), w2.data_ptr(), None, out.data_ptr(), ids_out.data_ptr(), w_out.data_ptr())
         stream = torch.cuda.current_stream().cuda_stream
 
-        def ours():
-            rc = lib.sy_moe_forward(ctypes.byref(cfg), T, ctypes.byref(args), ws.data_ptr(), wsb.value, stream)
+        def ours(st=None):
+            rc = lib.sy_moe_forward(ctypes.byref(cfg), T, ctypes.byref(args), ws.data_ptr(), wsb.value,
+                                    stream if st is None else st)
             if rc:
                 raise RuntimeError(lib.sy_moe_last_error().decode())
+
+        def ours_cur():
+            ours(torch.cuda.current_stream().cuda_stream)
 
         def gmm_layer():
             w, ids = torch_route(logits, bias, s)
@@ -191,45 +289,46 @@ for name, s in SHAPES.items():
 
         t_ours = timeit(ours)
         t_gmm = timeit(gmm_layer)
-        t_loop = timeit(loop_layer, target_ms=20, batches=3)
+        t_loop = None if NO_LOOP else timeit(loop_layer, target_ms=20, batches=3)
         tune = {}
-        for eng, bm in (("mma", 16), ("wgpersist", 64), ("wgpersist", 128), ("wg1tile", 64), ("wg1tile", 128)):
-            lib.sy_moe_set_tuning(bm, 0, {"mma": -1, "wgpersist": 3, "wg1tile": 2}[eng])
-            tune[f"{eng}{bm}"] = round(timeit(ours, target_ms=15, batches=3), 4)
-        lib.sy_moe_set_tuning(0, 0, ENGINE)
-        route_ms = None
+        if not NO_TUNE:
+            for eng, bm in (("mma", 16), ("wgpersist", 64), ("wgpersist", 128), ("wg1tile", 64), ("wg1tile", 128)):
+                lib.sy_moe_set_tuning(bm, 0, {"mma": -1, "wgpersist": 3, "wg1tile": 2}[eng])
+                tune[f"{eng}{bm}"] = round(timeit(ours, target_ms=15, batches=3), 4)
+            lib.sy_moe_set_tuning(0, 0, ENGINE)
+        variant_ms = {}
+        for v in VARIANTS:
+            k_, v_ = v.split("=")
+            old_v = os.environ.get(k_)
+            os.environ[k_] = v_
+            variant_ms[v] = round(timeit(ours, target_ms=15, batches=3), 4)
+            if old_v is None:
+                del os.environ[k_]
+            else:
+                os.environ[k_] = old_v
+        route_ms = route_graph_ms = layer_graph_ms = None
         if T <= 128:
+            layer_graph_ms = timeit(graph_of(ours_cur).replay)
             lib.sy_moe_debug_skip_gemm(1)
             route_ms = timeit(ours)
+            route_graph_ms = timeit(graph_of(ours_cur).replay)
             lib.sy_moe_debug_skip_gemm(0)
+        kernels = kernel_profile(ours) if PROFILE else None
         row = dict(shape=name, T=T, ms=t_ours, torch_grouped_mm_ms=t_gmm, loop_ms=t_loop, floor_ms=floor_ms,
                    relerr=relerr, torch_relerr=torch_relerr, route_agree=route_agree, active=active,
                    pct_floor=floor_ms / t_ours, speedup_vs_gmm=t_gmm / t_ours, route_combine_ms=route_ms,
+                   layer_graph_ms=layer_graph_ms, route_combine_graph_ms=route_graph_ms,
+                   route_share_graph=(route_graph_ms / layer_graph_ms) if route_graph_ms else None,
+                   route_share_eager=(route_ms / t_ours) if route_ms else None,
                    tflops=flops / (t_ours * 1e-3) / 1e12, weight_tbs=active * 3 * d * f * 2 / (t_ours * 1e-3) / 1e12,
-                   tune_ms=tune)
+                   tune_ms=tune, variant_ms=variant_ms, kernels_us=kernels)
+        row["wall_s"] = round(time.time() - T0, 1)
         rows.append(row)
         print(json.dumps({kk: (round(v, 5) if isinstance(v, float) else v) for kk, v in row.items()}), flush=True)
+        write_results(final=False)
         del ws
     del w13, w2, w13_kn, w2_kn
     torch.cuda.empty_cache()
 
-sp = [r["speedup_vs_gmm"] for r in rows]
-summary = dict(median_speedup_vs_gmm=statistics.median(sp), min_speedup_vs_gmm=min(sp),
-               cells_slower_than_gmm=sum(1 for v in sp if v < 1.0))
-res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, peak_tflops=PEAK, bw_tbs=BW,
-           date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), summary=summary, rows=rows)
-with open(os.path.join(OUT, "h200-moe.json"), "w") as fh:
-    json.dump(res, fh, indent=1)
-lines = [f"# sy_moe whole-layer benchmark on {res['device']} ({res['date']})", "",
-         f"Ceilings measured in the same run: bf16 GEMM {PEAK:.0f} TFLOP/s, copy {BW:.2f} TB/s. torch {torch.__version__}.",
-         "", "| shape | T | ours ms | torch._grouped_mm ms | loop ms | floor ms | % of floor | speedup vs gmm | relerr | routing+combine ms |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
-for r in rows:
-    rc = f"{r['route_combine_ms']:.4f}" if r["route_combine_ms"] is not None else "-"
-    lines.append(f"| {r['shape']} | {r['T']} | {r['ms']:.4f} | {r['torch_grouped_mm_ms']:.4f} | {r['loop_ms']:.4f} | "
-                 f"{r['floor_ms']:.4f} | {100 * r['pct_floor']:.1f}% | {r['speedup_vs_gmm']:.2f}x | {r['relerr']:.2e} | {rc} |")
-lines += ["", f"Median speedup vs torch._grouped_mm pipeline: {summary['median_speedup_vs_gmm']:.2f}x; "
-              f"min {summary['min_speedup_vs_gmm']:.2f}x; cells slower: {summary['cells_slower_than_gmm']}"]
-with open(os.path.join(OUT, "h200-moe.md"), "w") as fh:
-    fh.write("\n".join(lines) + "\n")
+lines = write_results(final=True)
 print("\n".join(lines))

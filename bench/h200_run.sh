@@ -16,5 +16,5 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
   [ $rc -ne 0 ] && exit $rc
 fi
 if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
-  PYTHONUNBUFFERED=1 OUT=$OUT python3 bench/h200_moe.py $B/libsy_moe.so ${2:-} 2>&1 | tee $OUT/bench.log
+  PYTHONUNBUFFERED=1 OUT=$OUT python3 bench/h200_moe.py $B/libsy_moe.so "${@:2}" 2>&1 | tee $OUT/bench.log
 fi

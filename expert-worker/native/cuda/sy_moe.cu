@@ -21,6 +21,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -46,6 +47,12 @@ int fail(int code, const std::string& msg) {
 
 constexpr int kMaxExperts = 1024;
 constexpr int kMaxTopK = 16;
+// Largest T routed by the one-block route_small_kernel (measured: bench/results/h200-moe.md).
+constexpr int kFusedRouteMaxT = 64;
+// 128-row GEMM epilogue through shared memory + bulk copies (1) or direct fragment stores (0).
+constexpr int kSmemEpilogueDefault = 0;
+// 128-row tiles use the persistent GEMM when K has at most this many 64-wide k-tiles (see sy_moe_forward).
+constexpr int kPersistMaxKtiles = 32;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -79,15 +86,32 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
 
 constexpr int kRouteWarps = 4;
 
-// One warp per token. Scores live in shared memory (E <= 1024), so any E works without register arrays indexed at
-// run time. Ties go to the lower expert id, as torch.topk does on CUDA for distinct values.
-__global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) {
-  extern __shared__ float sm_route[];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int t = blockIdx.x * kRouteWarps + warp;
-  if (t >= p.T) return;
-  float* sel = sm_route + warp * 2 * p.E;  // selection score (with bias), -inf once chosen or masked
-  float* raw = sel + p.E;                   // score used for the weight
+// Programmatic dependent launch (PDL). Every kernel after the first of a forward call is launched with the
+// programmatic-serialization attribute, so it is scheduled while the kernel before it is still running and its
+// prologue (block scheduling, barrier init, tensor-map fetch, and for the GEMMs the first weight tiles) overlaps that
+// kernel's tail. Rules that keep this correct, followed by every kernel launched that way:
+//   - each CTA executes pdl_wait() (returns once the previous kernel has completed and its writes are visible)
+//     before it reads anything the previous kernel wrote, writes anything, or exits;
+//   - pdl_trigger() (lets the next kernel be scheduled) comes only after that wait.
+// Hence, when kernel i starts running, kernels <= i-2 of the call have completed: kernel i may read their outputs
+// (the tile list, row maps) and the weights before its own wait, nothing else. The first kernel of a call is
+// launched without the attribute, so calls never overlap each other.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Routes token t with one warp; lanes 0..k-1 return their chosen expert and final weight. Scores live in shared
+// memory (E <= 1024; sel/raw: E floats each, private to the warp), so any E works without register arrays indexed
+// at run time. Ties go to the lower expert id, as torch.topk does on CUDA for distinct values.
+__device__ __forceinline__ void route_token(const RouteParams& p, int t, float* sel, float* raw, int lane, int& out_id,
+                                            float& out_w) {
   const float* lg = p.logits + (size_t)t * p.E;
   const float NEG = -INFINITY;
   float mx = NEG;
@@ -168,10 +192,24 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) 
     if (lane == (i & 31)) sel[i] = NEG;
     __syncwarp();
   }
+  float w = my_w;
+  if (p.renormalize) w = w / wsum;
+  out_w = w * p.scale;
+  out_id = my_id;
+}
+
+// One warp per token (the general path). The next kernel (scan) may be scheduled at once: it waits for this one.
+__global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) {
+  extern __shared__ float sm_route[];
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int t = blockIdx.x * kRouteWarps + warp;
+  if (t >= p.T) return;
+  float* sel = sm_route + warp * 2 * p.E;  // selection score (with bias), -inf once chosen or masked
+  int my_id;
+  float w;
+  route_token(p, t, sel, sel + p.E, lane, my_id, w);
   if (lane < p.k) {
-    float w = my_w;
-    if (p.renormalize) w = w / wsum;
-    w *= p.scale;
     const size_t a = (size_t)t * p.k + lane;
     p.ids[a] = my_id;
     p.w[a] = w;
@@ -187,6 +225,7 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) 
 // Pre-routed input: ids/weights come from the caller (the router already chose). Out-of-range ids are ignored.
 __global__ void preroute_kernel(const int* ids_in, const float* w_in, const int* expert_slot, int n, int E, int* ids,
                                 float* w, int* rank, int* counts) {
+  pdl_trigger();
   int a = blockIdx.x * blockDim.x + threadIdx.x;
   if (a >= n) return;
   int e = ids_in[a];
@@ -196,12 +235,11 @@ __global__ void preroute_kernel(const int* ids_in, const float* w_in, const int*
   rank[a] = slot >= 0 ? atomicAdd(&counts[e], 1) : -1;
 }
 
-// One block of 1024 threads: exclusive scans of counts and of token tiles per expert, then the tile list.
-__global__ void __launch_bounds__(1024) scan_kernel(const int* counts, int E, int BM, int* offsets, int4* tiles,
-                                                    int* num_tiles) {
+// Block of 1024 threads, thread e holding expert e's count c: exclusive scans of counts and of token tiles per
+// expert, then the tile list. Returns the expert's first row (its offset).
+__device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, int4* tiles, int* num_tiles) {
   __shared__ int s_c[32], s_m[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int c = tid < E ? counts[tid] : 0;
   const int mt = (c + BM - 1) / BM;
   int ic = c, im = mt;
 #pragma unroll
@@ -238,10 +276,100 @@ __global__ void __launch_bounds__(1024) scan_kernel(const int* counts, int E, in
     for (int i = 0; i < mt; ++i) tiles[ex_m + i] = make_int4(tid, ex_c + i * BM, ex_c + c, 0);
   }
   if (tid == 1023) *num_tiles = ex_m + mt;
+  return ex_c;
+}
+
+__global__ void __launch_bounds__(1024) scan_kernel(const int* counts, int E, int BM, int* offsets, int4* tiles,
+                                                    int* num_tiles) {
+  pdl_wait();
+  pdl_trigger();
+  scan_block(threadIdx.x < E ? counts[threadIdx.x] : 0, E, BM, offsets, tiles, num_tiles);
+}
+
+// Small-T routing in one block (T <= kFusedRouteMaxT): routing (or pre-routed ids), per-expert counts in shared
+// memory, the scan + tile list, and the row maps: one launch instead of memset + route + scan + scatter. At T = 16
+// these are launch-latency bound (a few microseconds of work each), so the separate kernels cost ~4 launch gaps
+// (bench/results/h200-moe.md, "routing share"). A rank inside an expert comes from a shared-memory atomic, so the
+// row order inside an expert can differ between runs, as on the general path; the output cannot (rows are
+// independent in both GEMMs and the combine sums each token's k rows in a fixed order).
+struct SmallRouteParams {
+  const int* ids_in;    // pre-routed (when p.logits is null)
+  const float* w_in;
+  int n, BM, route_warps;
+  int* offsets;
+  int4* tiles;
+  int* num_tiles;
+  int* row_token;
+  float* row_w;
+  int* assign_row;
+};
+
+constexpr int kFusedRouteScoreBytes = 96 * 1024;  // per-warp score buffers (2 E floats each)
+constexpr int kFusedRouteMaxN = 2048;             // assignments (T * k) held in shared memory
+
+__global__ void __launch_bounds__(1024) route_small_kernel(RouteParams p, SmallRouteParams q) {
+  extern __shared__ float sm_small[];
+  pdl_trigger();  // first kernel of the call (launched without PDL): the next may be scheduled, it waits for us
+  int* s_cnt = reinterpret_cast<int*>(sm_small);  // [E] counts, later the offsets
+  int* s_rank = s_cnt + p.E;                      // [n]
+  int* s_id = s_rank + q.n;                       // [n]
+  float* s_sc = reinterpret_cast<float*>(s_id + q.n);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  for (int e = tid; e < p.E; e += blockDim.x) s_cnt[e] = 0;
+  __syncthreads();
+  if (p.logits) {
+    if (warp < q.route_warps) {
+      float* sel = s_sc + warp * 2 * p.E;
+      for (int t = warp; t < p.T; t += q.route_warps) {
+        int my_id;
+        float w;
+        route_token(p, t, sel, sel + p.E, lane, my_id, w);
+        if (lane < p.k) {
+          const int a = t * p.k + lane;
+          p.ids[a] = my_id;
+          p.w[a] = w;
+          if (p.ids_out) p.ids_out[a] = my_id;
+          if (p.w_out) p.w_out[a] = w;
+          const int slot = p.expert_slot ? p.expert_slot[my_id] : my_id;
+          s_id[a] = my_id;
+          s_rank[a] = slot >= 0 ? atomicAdd(&s_cnt[my_id], 1) : -1;
+        }
+        __syncwarp();
+      }
+    }
+  } else {
+    for (int a = tid; a < q.n; a += blockDim.x) {
+      const int e = q.ids_in[a];
+      p.ids[a] = e;
+      p.w[a] = q.w_in[a];
+      const int slot = (e >= 0 && e < p.E) ? (p.expert_slot ? p.expert_slot[e] : e) : -1;
+      s_id[a] = e;
+      s_rank[a] = slot >= 0 ? atomicAdd(&s_cnt[e], 1) : -1;
+    }
+  }
+  __syncthreads();
+  const int c = tid < p.E ? s_cnt[tid] : 0;
+  __syncthreads();  // every count read before s_cnt is reused for the offsets
+  const int off = scan_block(c, p.E, q.BM, q.offsets, q.tiles, q.num_tiles);
+  if (tid < p.E) s_cnt[tid] = off;
+  __syncthreads();
+  for (int a = tid; a < q.n; a += blockDim.x) {
+    const int r = s_rank[a];
+    if (r < 0) {
+      q.assign_row[a] = -1;
+      continue;
+    }
+    const int row = s_cnt[s_id[a]] + r;
+    q.row_token[row] = a / p.k;
+    q.row_w[row] = p.w[a];
+    q.assign_row[a] = row;
+  }
 }
 
 __global__ void scatter_kernel(const int* ids, const float* w, const int* rank, const int* offsets, int n, int k,
                                int* row_token, float* row_w, int* assign_row) {
+  pdl_wait();
+  pdl_trigger();
   int a = blockIdx.x * blockDim.x + threadIdx.x;
   if (a >= n) return;
   int r = rank[a];
@@ -258,6 +386,8 @@ __global__ void scatter_kernel(const int* ids, const float* w, const int* rank, 
 // out[t] = sum_j y[assign_row[t, j]] in a fixed order (deterministic), fp32 accumulation, 16-byte accesses.
 __global__ void combine_kernel(const bf16* __restrict__ y, const int* __restrict__ assign_row, int k, int D,
                                bf16* __restrict__ out) {
+  pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.x;
   __shared__ int rows[kMaxTopK];
   if (threadIdx.x < k) rows[threadIdx.x] = assign_row[(size_t)t * k + threadIdx.x];
@@ -552,6 +682,8 @@ namespace {
 // x_perm[row] = x[token of row] (wgmma path only: TMA loads tiles of contiguous rows, it cannot gather).
 __global__ void permute_kernel(const bf16* __restrict__ x, const int* __restrict__ assign_row, int k, int D,
                                bf16* __restrict__ xp) {
+  pdl_wait();
+  pdl_trigger();
   const int a = blockIdx.x;
   const int row = assign_row[a];
   if (row < 0) return;
@@ -658,6 +790,31 @@ int run_gemm(int BM, const GemmParams& p0, int max_m, cudaStream_t s) {
   }
 }
 
+// Kernel launch, with the programmatic-serialization attribute when pdl (see the PDL rules above: only kernels
+// that follow them may be launched that way).
+template <typename... KArgs, typename... Args>
+int launch_k(bool pdl, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+             const Args&... args) {
+  cudaLaunchConfig_t lc{};
+  lc.gridDim = grid;
+  lc.blockDim = block;
+  lc.dynamicSmemBytes = smem;
+  lc.stream = s;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  lc.attrs = at;
+  lc.numAttrs = pdl ? 1 : 0;
+  SY_CUDA(cudaLaunchKernelEx(&lc, kern, args...));
+  return SY_MOE_OK;
+}
+
+// Integer knob from the environment, read on every call (benchmarks flip them between calls; ~100 ns).
+int env_int(const char* name, int dflt) {
+  const char* v = getenv(name);
+  return v && *v ? atoi(v) : dflt;
+}
+
 int g_num_sms = 0;
 
 PFN_cuTensorMapEncodeTiled_v12000 g_encode = nullptr;
@@ -685,12 +842,12 @@ int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint
   return SY_MOE_OK;
 }
 
-template <int WGS, int MODE, bool PERSIST>
-int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, cudaStream_t s) {
+template <int WGS, int MODE, bool PERSIST, bool EPI>
+int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, bool pdl, cudaStream_t s) {
   using C = wg::Cfg<WGS>;
   // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA (grouped raster
   // with holes: the grid covers whole groups of kGroupM token tiles).
-  auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true> : wg::wgmma_tile_kernel<WGS, MODE>;
+  auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true> : wg::wgmma_tile_kernel<WGS, MODE, EPI>;
   static bool attr_set = false;
   if (!attr_set) {
     SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
@@ -701,17 +858,21 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   // upper bound; the real tile count is read on the device
   long long grid = PERSIST ? (long long)max_m * p.n_tiles : (long long)(max_m + kGroupM - 1) / kGroupM * kGroupM * p.n_tiles;
   if (PERSIST && grid > g_num_sms) grid = g_num_sms;
-  if (grid > 0) kern<<<(int)grid, C::kThreads, C::kSmem, s>>>(a, b, p);
-  SY_CUDA(cudaGetLastError());
+  if (grid > 0) return launch_k(pdl, kern, dim3((unsigned)grid), dim3(C::kThreads), C::kSmem, s, a, b, p);
   return SY_MOE_OK;
 }
 
 template <int MODE>
-int run_wgmma(int BM, bool persist, const CUtensorMap& a, const CUtensorMap& b, const wg::Params& p, int max_m,
-              cudaStream_t s) {
+int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtensorMap& b, const wg::Params& p,
+              int max_m, bool pdl, cudaStream_t s) {
+  if (persist)
+    return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, p, max_m, pdl, s)
+                    : launch_wgmma<2, MODE, true, false>(a, b, p, max_m, pdl, s);
   if (BM == 64)
-    return persist ? launch_wgmma<1, MODE, true>(a, b, p, max_m, s) : launch_wgmma<1, MODE, false>(a, b, p, max_m, s);
-  return persist ? launch_wgmma<2, MODE, true>(a, b, p, max_m, s) : launch_wgmma<2, MODE, false>(a, b, p, max_m, s);
+    return epi ? launch_wgmma<1, MODE, false, true>(a, b, p, max_m, pdl, s)
+               : launch_wgmma<1, MODE, false, false>(a, b, p, max_m, pdl, s);
+  return epi ? launch_wgmma<2, MODE, false, true>(a, b, p, max_m, pdl, s)
+             : launch_wgmma<2, MODE, false, false>(a, b, p, max_m, pdl, s);
 }
 
 }  // namespace
@@ -737,8 +898,9 @@ int sy_moe_workspace_size(const sy_moe_config* cfg, int32_t max_tokens, size_t* 
   return SY_MOE_OK;
 }
 
-static int launch_route(const sy_moe_config* cfg, int T, const float* logits, const float* bias, int* ids, float* w,
-                        int* rank, int* counts, const int* slot, int* ids_out, float* w_out, cudaStream_t s) {
+static RouteParams make_route_params(const sy_moe_config* cfg, int T, const float* logits, const float* bias,
+                                     int* ids, float* w, int* rank, int* counts, const int* slot, int* ids_out,
+                                     float* w_out) {
   RouteParams rp{};
   rp.logits = logits;
   rp.bias = bias;
@@ -757,6 +919,12 @@ static int launch_route(const sy_moe_config* cfg, int T, const float* logits, co
   rp.counts = counts;
   rp.ids_out = ids_out;
   rp.w_out = w_out;
+  return rp;
+}
+
+static int launch_route(const sy_moe_config* cfg, int T, const float* logits, const float* bias, int* ids, float* w,
+                        int* rank, int* counts, const int* slot, int* ids_out, float* w_out, cudaStream_t s) {
+  const RouteParams rp = make_route_params(cfg, T, logits, bias, ids, w, rank, counts, slot, ids_out, w_out);
   const size_t smem = (size_t)kRouteWarps * 2 * cfg->num_experts * 4;
   static bool attr = false;
   if (!attr) {
@@ -837,7 +1005,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   if (g_tune_bm) BM = g_tune_bm;
   // Engine override: tuning call, else env SY_MOE_ENGINE (1: wgmma, 2: wgmma one tile per CTA, 3: wgmma
   // persistent, -1: mma.sync); an operator's escape hatch without a rebuild.
-  static const int env_engine = getenv("SY_MOE_ENGINE") ? atoi(getenv("SY_MOE_ENGINE")) : 0;
+  const int env_engine = env_int("SY_MOE_ENGINE", 0);
   const int engine = g_tune_wgmma ? g_tune_wgmma : env_engine;
   if (engine) use_wg = engine > 0;
   if (BM != 16 && BM != 32 && BM != 64 && BM != 128) return fail(SY_MOE_ERR_INVALID, "tuning.block_m: 16/32/64/128");
@@ -846,7 +1014,19 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // tile per CTA). Chosen by measurement: see bench/results/h200-moe.json tune_ms.
   // Measured on H200 (bench/results/h200-moe.json tune_ms): persistent wins for 64-row tiles (decode: 1-5%),
   // one tile per CTA wins for 128-row tiles (prefill: 3-9%).
-  const bool persist = engine == 2 ? false : engine == 3 ? true : BM == 64;
+  // 128-row tiles: persistent when the tile's K loop is short (<= kPersistMaxKtiles k-tiles of 64), where the
+  // epilogue (not overlapped by the one-tile kernel) is a large share of a tile, one tile per CTA otherwise, where
+  // the hardware's dynamic CTA scheduling balances tiles of uneven cost (experts' tail tiles) better than the
+  // persistent kernel's static round robin. Measured on H200 (bench/results/h200-moe.json variant_ms/tune_ms):
+  // Qwen3 T=1024 (K = 2048 / 768) 0.385 ms persistent vs 0.393 one tile; Mixtral T=8192 (K = 4096 / 14336)
+  // 10.24 vs 9.60. SY_MOE_PERSIST_KT overrides the threshold (0: never for 128-row tiles).
+  const int persist_kt = env_int("SY_MOE_PERSIST_KT", kPersistMaxKtiles);
+  auto persist_for = [&](int K) {
+    if (engine == 2) return false;
+    if (engine == 3) return true;
+    return BM == 64 || (K + 63) / 64 <= persist_kt;
+  };
+  const bool persist1 = persist_for(D), persist2 = persist_for(F);
   const int max_m = max_m_tiles(T, k, E, BM);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
@@ -862,20 +1042,45 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   if (g_tune_split) split = g_tune_split;
   if (split < 1) split = 1;
 
-  SY_CUDA(cudaMemsetAsync(counts, 0, (size_t)E * 4, s));
-  if (a->logits) {
-    rc = launch_route(cfg, T, a->logits, a->bias, ids, w, rank, counts, a->expert_slot, a->topk_ids_out,
-                      a->topk_weights_out, s);
-    if (rc) return rc;
+  // Knobs for benchmarks (read per call): SY_MOE_PDL=0 turns programmatic dependent launch off,
+  // SY_MOE_FUSED_ROUTE_T sets the largest T routed by the one-block kernel (0: never), SY_MOE_EPI=0/1 picks the
+  // 128-row GEMM epilogue (direct stores / smem + bulk copy).
+  const bool pdl = env_int("SY_MOE_PDL", 1) != 0;
+  const int fused_t = env_int("SY_MOE_FUSED_ROUTE_T", kFusedRouteMaxT);
+  const bool epi = env_int("SY_MOE_EPI", kSmemEpilogueDefault) != 0;
+  const int route_warps = std::min(32, kFusedRouteScoreBytes / (8 * E));
+  if (T <= fused_t && n <= kFusedRouteMaxN && route_warps >= 1) {
+    // One block: routing + counts + scan + tile list + row maps (no memset, three launches fewer).
+    RouteParams rp = make_route_params(cfg, T, a->logits, a->bias, ids, w, nullptr, nullptr, a->expert_slot,
+                                       a->topk_ids_out, a->topk_weights_out);
+    SmallRouteParams q{a->topk_ids, a->topk_weights, n, BM, route_warps, offsets, tiles, num_tiles,
+                       row_token, row_w, assign_row};
+    const size_t smem = (size_t)E * 4 + (size_t)n * 8 + (a->logits ? (size_t)route_warps * 8 * E : 0);
+    static bool attr = false;
+    if (!attr) {
+      SY_CUDA(cudaFuncSetAttribute(route_small_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   kMaxExperts * 4 + kFusedRouteMaxN * 8 + kFusedRouteScoreBytes));
+      attr = true;
+    }
+    if ((rc = launch_k(false, route_small_kernel, dim3(1), dim3(1024), smem, s, rp, q))) return rc;
   } else {
-    preroute_kernel<<<(n + 255) / 256, 256, 0, s>>>(a->topk_ids, a->topk_weights, a->expert_slot, n, E, ids, w, rank,
-                                                    counts);
-    SY_CUDA(cudaGetLastError());
+    SY_CUDA(cudaMemsetAsync(counts, 0, (size_t)E * 4, s));
+    if (a->logits) {
+      rc = launch_route(cfg, T, a->logits, a->bias, ids, w, rank, counts, a->expert_slot, a->topk_ids_out,
+                        a->topk_weights_out, s);
+      if (rc) return rc;
+    } else {
+      preroute_kernel<<<(n + 255) / 256, 256, 0, s>>>(a->topk_ids, a->topk_weights, a->expert_slot, n, E, ids, w,
+                                                      rank, counts);
+      SY_CUDA(cudaGetLastError());
+    }
+    if ((rc = launch_k(pdl, scan_kernel, dim3(1), dim3(1024), 0, s, (const int*)counts, E, BM, offsets, tiles,
+                       num_tiles)))
+      return rc;
+    if ((rc = launch_k(pdl, scatter_kernel, dim3((n + 255) / 256), dim3(256), 0, s, (const int*)ids,
+                       (const float*)w, (const int*)rank, (const int*)offsets, n, k, row_token, row_w, assign_row)))
+      return rc;
   }
-  scan_kernel<<<1, 1024, 0, s>>>(counts, E, BM, offsets, tiles, num_tiles);
-  SY_CUDA(cudaGetLastError());
-  scatter_kernel<<<(n + 255) / 256, 256, 0, s>>>(ids, w, rank, offsets, n, k, row_token, row_w, assign_row);
-  SY_CUDA(cudaGetLastError());
 
   if (use_wg) {
     rc = get_encoder();
@@ -886,20 +1091,20 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     if ((rc = make_map(&mA1, xp, n, D, BM)) || (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, 128)) ||
         (rc = make_map(&mA2, h, n, F, BM)) || (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, 128)))
       return rc;
-    permute_kernel<<<n, D / 8 < 256 ? D / 8 : 256, 0, s>>>((const bf16*)a->x, assign_row, k, D, xp);
-    SY_CUDA(cudaGetLastError());
+    if ((rc = launch_k(pdl, permute_kernel, dim3(n), dim3(D / 8 < 256 ? D / 8 : 256), 0, s, (const bf16*)a->x,
+                       (const int*)assign_row, k, D, xp)))
+      return rc;
     wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr};
     wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w};
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist, mA1, mB1, p1, max_m, s);
+      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, p1, max_m, pdl, s);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist, mA2, mB2, p2, max_m, s);
+      rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, p2, max_m, pdl, s);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
-    combine_kernel<<<T, threads, 0, s>>>(y, assign_row, k, D, (bf16*)a->out);
-    SY_CUDA(cudaGetLastError());
-    return SY_MOE_OK;
+    return launch_k(pdl, combine_kernel, dim3(T), dim3(threads), 0, s, (const bf16*)y, (const int*)assign_row, k, D,
+                    (bf16*)a->out);
   }
 
   GemmParams g1{};

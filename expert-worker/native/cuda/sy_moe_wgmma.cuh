@@ -62,6 +62,25 @@ template <int N>
 __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+__device__ __forceinline__ void named_bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Output row segment smem -> global through the bulk-copy engine (no tensor map: rows past the expert's last
+// token must not be written, and a 1-D copy per row stops exactly there).
+__device__ __forceinline__ void bulk_store(void* gdst, uint32_t ssrc, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gdst), "r"(ssrc), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit_wait_read() {
+  asm volatile("cp.async.bulk.commit_group;\ncp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float a, float b) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
 template <int R>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
@@ -79,6 +98,43 @@ struct Cfg {
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kSmem = kStages * kStageBytes + 1024 /*align*/ + 256 /*barriers*/;
 };
+
+// One consumer warpgroup's mainloop over one tile (k-tiles g0 .. g0+ktiles-1 of the CTA's barrier sequence). The
+// first MMA of the tile runs with scale-d = 0 instead of zeroing the accumulators first: non-wgmma writes to the
+// accumulator registers, and wgmma inside a branch that differs between tiles, made ptxas serialize the wgmma
+// pipeline (warnings C7515/C7518 in the persistent kernel; nvcc -Xptxas -v shows them).
+template <int WGS>
+__device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars, int cw, int ktiles, int g0,
+                                         bool leader) {
+  using C = Cfg<WGS>;
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int g = g0 + kt, s = g % kStages;
+    mbar_wait(bars + 8 * s, (g / kStages) & 1);
+    const uint32_t a_s = base + s * C::kStageBytes + cw * 64 * kBK * 2;
+    const uint32_t b_s = base + s * C::kStageBytes + C::kABytes;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk)
+      wgmma_m64n256k16(d, desc_sw128(a_s + kk * 32), desc_sw128(b_s + kk * 32), (kt | kk) != 0);
+    wg_commit();
+    wg_wait<1>();
+    if (kt > 0 && leader) mbar_arrive(bars + 64 + 8 * ((g - 1) % kStages));
+  }
+  wg_wait<0>();
+  if (leader) mbar_arrive(bars + 64 + 8 * ((g0 + ktiles - 1) % kStages));
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the MMAs but
+// keeps the barrier protocol, so the other warpgroup gets the tensor cores to itself.
+__device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, bool leader) {
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int g = g0 + kt, s = g % kStages;
+    mbar_wait(bars + 8 * s, (g / kStages) & 1);
+    if (leader) mbar_arrive(bars + 64 + 8 * s);
+  }
+}
 
 // Dense tile index -> (token tile, weight tile), grouped raster: kGroupM consecutive token tiles (mostly of one
 // expert) sweep the weight tiles together, so a weight tile read from HBM is reused from L2.
@@ -106,9 +162,12 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 64 + 8 * s; };
 
-  const int num_m = *p.num_tiles;
+  const int num_m = *p.num_tiles;  // written >= 2 launches back: complete when this kernel runs (PDL rules)
   const int total = num_m * p.n_tiles;
-  if ((int)blockIdx.x >= total) return;
+  if ((int)blockIdx.x >= total) {
+    pdl_wait();
+    return;
+  }
   const int step = PERSIST ? (int)gridDim.x : total;
   const int ktiles = (p.K + kBK - 1) / kBK;
 
@@ -127,6 +186,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     if (WGS == 2) setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
       int g = 0;
+      bool first = true;
       for (int t = blockIdx.x; t < total; t += step) {
         int m_idx, n_idx;
         tile_coords(t, num_m, p.n_tiles, m_idx, n_idx);
@@ -135,7 +195,25 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         const int wrow = slot * p.rows_per_slot;
         const int b0 = MODE == 0 ? wrow + n_idx * (kBN / 2) : wrow + n_idx * kBN;
         const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (kBN / 2) : b0 + kBN / 2;
-        for (int kt = 0; kt < ktiles; ++kt, ++g) {
+        int kt0 = 0;
+        if (first) {
+          // The first stages' weight tiles do not depend on the previous kernel: fetch them before the PDL wait,
+          // so weight streaming starts while the previous kernel drains (decode: the GEMMs are weight-bound).
+          const int pre = ktiles < kStages ? ktiles : kStages;
+          for (int kt = 0; kt < pre; ++kt) {
+            const uint32_t b_dst = base + kt * C::kStageBytes + C::kABytes;
+            mbar_expect_tx(full(kt), C::kStageBytes);
+            tma_load_2d(b_dst, &tmB, full(kt), kt * kBK, b0);
+            tma_load_2d(b_dst + (kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
+          }
+          pdl_wait();
+          pdl_trigger();
+          for (int kt = 0; kt < pre; ++kt) tma_load_2d(base + kt * C::kStageBytes, &tmA, full(kt), kt * kBK, tile.y);
+          kt0 = pre;
+          g = pre;
+          first = false;
+        }
+        for (int kt = kt0; kt < ktiles; ++kt, ++g) {
           const int s = g % kStages;
           if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
           const uint32_t a_dst = base + s * C::kStageBytes;
@@ -158,34 +236,15 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       tile_coords(t, num_m, p.n_tiles, m_idx, n_idx);
       const int4 tile = p.tiles[m_idx];
       const int row0 = tile.y, row_end = tile.z;
-      // A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the
-      // MMAs but keeps the barrier protocol, so the other warpgroup gets the tensor cores to itself.
       const bool live = row0 + cw * 64 < row_end;
-      float d[128];
-#pragma unroll
-      for (int i = 0; i < 128; ++i) d[i] = 0.f;
-      for (int kt = 0; kt < ktiles; ++kt, ++g) {
-        const int s = g % kStages;
-        mbar_wait(full(s), (g / kStages) & 1);
-        if (!live) {
-          if (leader) mbar_arrive(empty(s));
-          continue;
-        }
-        const uint32_t a_s = base + s * C::kStageBytes + cw * 64 * kBK * 2;
-        const uint32_t b_s = base + s * C::kStageBytes + C::kABytes;
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < kBK / 16; ++kk)
-          wgmma_m64n256k16(d, desc_sw128(a_s + kk * 32), desc_sw128(b_s + kk * 32), 1);
-        wg_commit();
-        wg_wait<1>();
-        if (kt > 0 && leader) mbar_arrive(empty((g - 1) % kStages));
+      if (!live) {
+        skip_tile(bars, ktiles, g, leader);
+        g += ktiles;
+        continue;
       }
-      if (!live) continue;
-      wg_wait<0>();
-      if (leader) mbar_arrive(empty((g - 1) % kStages));
-#pragma unroll
-      for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+      float d[128];
+      mma_tile<WGS>(d, base, bars, cw, ktiles, g, leader);
+      g += ktiles;
 
       const int tt = threadIdx.x & 127, warp = tt >> 5, lane = tt & 31;
 #pragma unroll
@@ -220,7 +279,9 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
 // One tile per CTA (the variant measured fastest for 128-row tiles in the compute-bound regime: the next CTA's
 // prologue overlaps this one's epilogue, which the persistent kernel's single CTA per SM cannot do).
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
-template <int WGS, int MODE>
+// SMEM_EPI: the epilogue goes through shared memory (the free stage buffers) and leaves by one bulk copy per
+// output row, instead of 4-byte stores from the MMA fragment layout (8 rows x 16 bytes per warp store).
+template <int WGS, int MODE, bool SMEM_EPI>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_tile_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
                       const Params p) {
@@ -233,14 +294,16 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   auto empty = [&](int s) { return bars + 64 + 8 * s; };
 
   // ---- tile coordinates: grouped raster over the device-side tile list (same as the mma.sync kernel) ----
-  const int num_m = *p.num_tiles;
+  const int num_m = *p.num_tiles;  // written >= 2 launches back: complete when this kernel runs (PDL rules)
   const int pid = blockIdx.x;
   const int width = kGroupM * p.n_tiles;
   const int first_m = (pid / width) * kGroupM;
-  if (first_m >= num_m) return;
   const int gsize = min(num_m - first_m, kGroupM);
   const int in_group = pid % width;
-  if (in_group >= gsize * p.n_tiles) return;
+  if (first_m >= num_m || in_group >= gsize * p.n_tiles) {
+    pdl_wait();
+    return;
+  }
   const int m_idx = first_m + in_group % gsize;
   const int n_idx = in_group / gsize;
   const int4 tile = p.tiles[m_idx];
@@ -265,7 +328,18 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       const int wrow = slot * p.rows_per_slot;
       const int b0 = MODE == 0 ? wrow + n_idx * (kBN / 2) : wrow + n_idx * kBN;
       const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (kBN / 2) : b0 + kBN / 2;
-      for (int kt = 0; kt < ktiles; ++kt) {
+      // Weights first, before the PDL wait (they do not depend on the previous kernel), then the activations.
+      const int pre = ktiles < kStages ? ktiles : kStages;
+      for (int kt = 0; kt < pre; ++kt) {
+        const uint32_t b_dst = base + kt * C::kStageBytes + C::kABytes;
+        mbar_expect_tx(full(kt), C::kStageBytes);
+        tma_load_2d(b_dst, &tmB, full(kt), kt * kBK, b0);
+        tma_load_2d(b_dst + (kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
+      }
+      pdl_wait();
+      pdl_trigger();
+      for (int kt = 0; kt < pre; ++kt) tma_load_2d(base + kt * C::kStageBytes, &tmA, full(kt), kt * kBK, row0);
+      for (int kt = pre; kt < ktiles; ++kt) {
         const int s = kt % kStages;
         if (kt >= kStages) mbar_wait(empty(s), ((kt / kStages) - 1) & 1);
         const uint32_t a_dst = base + s * C::kStageBytes;
@@ -280,34 +354,57 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     // ---------------- consumers ----------------
     if (WGS == 2) setmaxnreg_inc<232>();
     const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
-    float d[128];
-#pragma unroll
-    for (int i = 0; i < 128; ++i) d[i] = 0.f;
-    // A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the MMAs
-    // but keeps the barrier protocol, so the other warpgroup gets the tensor cores to itself.
+    const bool leader = (threadIdx.x & 127) == 0;
     const bool live = row0 + cw * 64 < row_end;
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int s = kt % kStages;
-      mbar_wait(full(s), (kt / kStages) & 1);
-      if (!live) {
-        if ((threadIdx.x & 127) == 0) mbar_arrive(empty(s));
-        continue;
+    float d[128];
+    if (live)
+      mma_tile<WGS>(d, base, bars, cw, ktiles, 0, leader);
+    else
+      skip_tile(bars, ktiles, 0, leader);
+    const int t = threadIdx.x & 127, warp = t >> 5, lane = t & 31;
+    if (SMEM_EPI) {
+      // Once both consumer warpgroups are past their last wgmma, every TMA load of this tile has landed and been
+      // read: the stage buffers are free to hold the output tile.
+      named_bar_sync(1, WGS * 128);
+      if (!live) return;
+      constexpr int OUTC = MODE == 0 ? kBN / 2 : kBN;  // output columns of the tile
+      constexpr int PITCH = OUTC * 2 + 16;             // +16 B: the 8 rows of a fragment store hit distinct banks
+      const uint32_t stg = base + cw * 64 * PITCH;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int r = warp * 16 + (lane >> 2) + hh * 8;
+        const int prow = row0 + cw * 64 + r;
+        const uint32_t srow = stg + r * PITCH + 4 * (lane & 3);
+        if (MODE == 0) {
+#pragma unroll
+          for (int j = 0; j < 16; ++j) {
+            const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
+            const float u0 = d[(j + 16) * 4 + hh * 2], u1 = d[(j + 16) * 4 + hh * 2 + 1];
+            st_shared_b32(srow + j * 16, pack_bf16x2(g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1));
+          }
+        } else {
+          const float wr = prow < row_end ? p.row_w[prow] : 0.f;
+#pragma unroll
+          for (int j = 0; j < 32; ++j)
+            st_shared_b32(srow + j * 16, pack_bf16x2(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr));
+        }
       }
-      const uint32_t a_s = base + s * C::kStageBytes + cw * 64 * kBK * 2;
-      const uint32_t b_s = base + s * C::kStageBytes + C::kABytes;
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) wgmma_m64n256k16(d, desc_sw128(a_s + kk * 32), desc_sw128(b_s + kk * 32), 1);
-      wg_commit();
-      wg_wait<1>();
-      if (kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty((kt - 1) % kStages));
+      // generic-proxy smem writes -> visible to the bulk-copy (async proxy) reads, then the warpgroup barrier
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      named_bar_sync(2 + cw, 128);
+      if (t < 64) {
+        const int prow = row0 + cw * 64 + t;
+        const int col0 = n_idx * OUTC;
+        const int cols = min(OUTC, p.N - col0);
+        if (prow < row_end && cols > 0) {
+          bulk_store(p.C + (size_t)prow * p.N + col0, stg + t * PITCH, (uint32_t)cols * 2);
+          bulk_commit_wait_read();  // the smem must outlive the copy's reads (the CTA exits next)
+        }
+      }
+      return;
     }
-    wg_wait<0>();
-#pragma unroll
-    for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
     if (!live) return;
 
-    const int t = threadIdx.x & 127, warp = t >> 5, lane = t & 31;
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const int prow = row0 + cw * 64 + warp * 16 + (lane >> 2) + hh * 8;

@@ -39,6 +39,7 @@ struct Case {
   bool bias, prerouted, missing_experts, graph;
   int bm, split;
   int wg = 0;  // 1: wgmma (auto variant), 2: wgmma one tile per CTA, 3: wgmma persistent, -1: mma.sync, 0: auto
+  const char* env = nullptr;  // "NAME=VALUE" set for this case only (library knobs: SY_MOE_PDL, SY_MOE_EPI, ...)
 };
 
 static int g_fail = 0, g_pass = 0;
@@ -93,7 +94,19 @@ static void ref_route(const Case& c, const std::vector<float>& logits, const std
   }
 }
 
+static void run_case_body(const Case& c, std::mt19937_64& rng);
 static void run_case(const Case& c, std::mt19937_64& rng) {
+  std::string name;
+  if (c.env) {
+    const std::string kv = c.env;
+    name = kv.substr(0, kv.find('='));
+    setenv(name.c_str(), kv.substr(kv.find('=') + 1).c_str(), 1);
+  }
+  run_case_body(c, rng);
+  if (c.env) unsetenv(name.c_str());
+}
+
+static void run_case_body(const Case& c, std::mt19937_64& rng) {
   const int E = c.E, k = c.k, D = c.d, F = c.f, T = c.T;
   std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<bf16> x((size_t)T * D), w13((size_t)E * 2 * F * D), w2((size_t)E * D * F);
@@ -355,6 +368,22 @@ int main(int argc, char** argv) {
       {"wgmma-one-tile-per-cta-bm64", 16, 2, 256, 256, 200, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 2},
       {"wgmma-persistent-bm128", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
       {"wgmma-persistent-bm64", 64, 4, 256, 512, 500, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 3},
+      // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
+      // pre-routed with missing experts, and the general path forced at small T
+      {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
+      {"fused-route-dsv3-groups-graph", 256, 8, 256, 128, 48, 1, 1, 8, 4, 2.5f, true, false, false, true, 0, 0},
+      {"fused-route-1024-experts-top16", 1024, 16, 64, 64, 24, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
+      {"fused-route-prerouted-missing", 24, 3, 192, 256, 61, 0, 0, 0, 0, 1.f, false, true, true, false, 128, 1, 1},
+      {"general-route-small-T", 64, 6, 256, 128, 30, 1, 1, 8, 4, 2.5f, true, false, false, true, 0, 0, 0,
+       "SY_MOE_FUSED_ROUTE_T=0"},
+      // the knobs' other settings: no PDL; the shared-memory + bulk-copy epilogue of the 128-row tile kernel
+      {"no-pdl", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 2, "SY_MOE_PDL=0"},
+      {"smem-epilogue-bm128-awkward", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
+       "SY_MOE_EPI=1"},
+      {"smem-epilogue-bm64-graph", 16, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 2,
+       "SY_MOE_EPI=1"},
+      {"direct-epilogue-bm128", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
+       "SY_MOE_EPI=0"},
   };
   if (!quick) {
     cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
