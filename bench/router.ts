@@ -17,7 +17,7 @@
 //
 // Processes: this one (client), the router, the workers / forwarder / echo servers each in their own process.
 // Env: BENCH_SECONDS (per measurement, default 3), BENCH_OUT (output path); for iterating: BENCH_ONLY, BENCH_TS,
-// BENCH_ROUNDS, BENCH_WARMUP_S, BENCH_PROF=router (CPU profile into /tmp/prof), BENCH_SMALL=0, BENCH_WORKER_THREADS.
+// BENCH_ROUNDS, BENCH_WARMUP_S, BENCH_PROF=router (CPU profile into /tmp/prof), BENCH_PERF=router, BENCH_SMALL=0, BENCH_WORKER_THREADS.
 
 import { type ChildProcess, fork } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -286,6 +286,8 @@ function start<T = number>(role: string, arg?: unknown): Promise<T> {
   return new Promise((res, rej) => {
     // BENCH_PROF=role: CPU profile of that child into /tmp (for finding the router's hot spots)
     const prof = process.env.BENCH_PROF === role ? ["--cpu-prof", "--cpu-prof-dir=/tmp/prof"] : [];
+    // BENCH_PERF=role: JIT symbol map for `perf record -p PID` (native, kernel and JavaScript frames in one profile)
+    if (process.env.BENCH_PERF === role) prof.push("--perf-basic-prof-only-functions");
     const c = fork(
       fileURLToPath(import.meta.url),
       ["child", role, ...(arg === undefined ? [] : [JSON.stringify(arg)])],

@@ -31,7 +31,7 @@ import { WorkerConn } from "./dispatch/worker-conn.js";
 import { type PoolMetrics, RouterMetrics } from "./metrics.js";
 import type { PoolModel } from "./model.js";
 import { PrometheusSignals } from "./signals/prometheus.js";
-import { replyPool } from "./wire/buffer-pool.js";
+import { batchPool, replyPool } from "./wire/buffer-pool.js";
 import { BACKING, ENCODED, encodeExpertBatch, encodeForwardResponse } from "./wire/encode.js";
 
 /** Upper bound on tokens x hidden per request, protecting the router from huge allocations. */
@@ -532,6 +532,7 @@ export class Router {
               dst.set(src.subarray(a.token * rowBytes, (a.token + 1) * rowBytes), at + r * rowBytes);
             }
           },
+          takeBatch,
         ),
       layer,
       b.slices.map((s) => s.expert),
@@ -566,6 +567,7 @@ export class Router {
 }
 
 const takeReply = (bytes: number) => replyPool.take(bytes);
+const takeBatch = (bytes: number) => batchPool.take(bytes);
 
 function allExpired(items: Item[], b: WorkerBatchLayout): boolean {
   const now = Date.now();

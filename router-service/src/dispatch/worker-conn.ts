@@ -24,6 +24,7 @@ import {
   unavailable,
   type WorkerStatus,
 } from "@switchyard/protocol";
+import { batchPool } from "../wire/buffer-pool.js";
 import { decodeExpertResult } from "../wire/decode.js";
 
 /** Transport settings shared by the router's clients (and the benchmark's baseline forwarder). */
@@ -158,7 +159,9 @@ export class WorkerConn {
       this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now() });
       this.outstandingTokens += tokens;
       for (const e of experts) this.resident.add(layer * 65536 + e);
-      stream.write(encode(batchId));
+      const msg = encode(batchId);
+      // A pooled batch buffer goes back once grpc-js has framed (copied) it: the write's callback.
+      stream.write(msg, () => batchPool.give(msg));
     });
   }
 

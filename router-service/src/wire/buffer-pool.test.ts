@@ -17,6 +17,8 @@ describe("BufferPool", () => {
     expect(c.buffer).not.toBe(a.buffer);
     pool.give(Buffer.allocUnsafe(100)); // small: not pooled
     pool.give(Buffer.alloc(POOL_MIN_BYTES * 3)); // not a power-of-two backing: not ours
+    pool.give(Buffer.allocUnsafeSlow(POOL_MIN_BYTES * 4)); // power-of-two size but not allocated here: not ours
+    pool.give(Buffer.allocUnsafe(16)); // Node's shared 8 KiB slab: never adopted
     expect(pool.held).toBe(0);
     expect(pool.take(100).length).toBe(100);
   });

@@ -130,7 +130,11 @@ export interface BatchSpec {
  * ExpertBatch with the token matrix [rows, hidden] filled by `fill(dst, offset)` (rows * rowBytes bytes at
  * dst[offset..]). No row_weights: the router applies gate weights itself, in fp32, at combine.
  */
-export function encodeExpertBatch(b: BatchSpec, fill: (dst: Buffer, offset: number) => void): Buffer {
+export function encodeExpertBatch(
+  b: BatchSpec,
+  fill: (dst: Buffer, offset: number) => void,
+  alloc: (bytes: number) => Buffer = Buffer.allocUnsafe,
+): Buffer {
   const poolBytes = Buffer.byteLength(b.pool);
   const dataBytes = b.rows * b.rowBytes;
   const t = tensorBodySize(b.dtype, [b.rows, b.hidden], dataBytes);
@@ -145,7 +149,7 @@ export function encodeExpertBatch(b: BatchSpec, fill: (dst: Buffer, offset: numb
   if (b.batchId !== 0n) size += 1 + varintSize(b.batchId);
   const timeoutMs = b.timeoutMs ?? 0;
   if (timeoutMs) size += 1 + varintSize(timeoutMs);
-  const buf = Buffer.allocUnsafe(size);
+  const buf = alloc(size);
   const w = new Writer(buf);
   if (poolBytes) w.byte(10).varint(poolBytes).string(b.pool, poolBytes);
   if (b.layer) w.byte(16).varint(b.layer);
