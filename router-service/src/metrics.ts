@@ -1,7 +1,8 @@
 // Router metrics, names as in docs/CONTRACTS.md (the chart's rules and dashboards use exactly these).
 // One Registry per Router instance, so tests and the local mode can run several routers in one process.
 
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Registry } from "prom-client";
+import { HotCounter, type HotCounterChild, HotHistogram, type HotHistogramChild } from "./hot-metrics.js";
 
 /** Heat series are bounded: at most this many layer x expert series, the rest fold into expert="other". */
 export const MAX_HEAT_SERIES = 4096;
@@ -11,72 +12,90 @@ const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
 export class RouterMetrics {
   readonly registry = new Registry();
-  readonly requests = new Counter({
-    name: "switchyard_router_requests_total",
-    help: "Forward requests by method and gRPC status code name.",
-    labelNames: ["pool", "method", "code"],
-    registers: [this.registry],
-  });
-  readonly tokens = new Counter({
-    name: "switchyard_router_tokens_total",
-    help: "Tokens forwarded.",
-    labelNames: ["pool"],
-    registers: [this.registry],
-  });
-  readonly requestDuration = new Histogram({
-    name: "switchyard_router_request_duration_seconds",
-    help: "End-to-end Forward latency inside the router.",
-    labelNames: ["pool"],
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly queueWait = new Histogram({
-    name: "switchyard_router_queue_wait_seconds",
-    help: "Time a request waited in the batcher before its flush.",
-    labelNames: ["pool"],
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly expertsPerBatch = new Histogram({
-    name: "switchyard_router_experts_per_batch",
-    help: "Distinct experts touched by one flush.",
-    labelNames: ["pool"],
-    buckets: COUNT_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly tokensPerExpertCall = new Histogram({
-    name: "switchyard_router_tokens_per_expert_call",
-    help: "Rows per expert slice sent to a worker.",
-    labelNames: ["pool"],
-    buckets: COUNT_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly batchTokens = new Histogram({
-    name: "switchyard_router_batch_tokens",
-    help: "Tokens in one flush (merged requests).",
-    labelNames: ["pool"],
-    buckets: COUNT_BUCKETS,
-    registers: [this.registry],
-  });
-  readonly dispatchDuration = new Histogram({
-    name: "switchyard_router_dispatch_duration_seconds",
-    help: "Round trip of one ExpertBatch to a worker.",
-    labelNames: ["pool", "worker"],
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly requests = new HotCounter(
+    {
+      name: "switchyard_router_requests_total",
+      help: "Forward requests by method and gRPC status code name.",
+      labelNames: ["pool", "method", "code"],
+    },
+    this.registry,
+  );
+  readonly tokens = new HotCounter(
+    {
+      name: "switchyard_router_tokens_total",
+      help: "Tokens forwarded.",
+      labelNames: ["pool"],
+    },
+    this.registry,
+  );
+  readonly requestDuration = new HotHistogram(
+    {
+      name: "switchyard_router_request_duration_seconds",
+      help: "End-to-end Forward latency inside the router.",
+      labelNames: ["pool"],
+      buckets: LATENCY_BUCKETS,
+    },
+    this.registry,
+  );
+  readonly queueWait = new HotHistogram(
+    {
+      name: "switchyard_router_queue_wait_seconds",
+      help: "Time a request waited in the batcher before its flush.",
+      labelNames: ["pool"],
+      buckets: LATENCY_BUCKETS,
+    },
+    this.registry,
+  );
+  readonly expertsPerBatch = new HotHistogram(
+    {
+      name: "switchyard_router_experts_per_batch",
+      help: "Distinct experts touched by one flush.",
+      labelNames: ["pool"],
+      buckets: COUNT_BUCKETS,
+    },
+    this.registry,
+  );
+  readonly tokensPerExpertCall = new HotHistogram(
+    {
+      name: "switchyard_router_tokens_per_expert_call",
+      help: "Rows per expert slice sent to a worker.",
+      labelNames: ["pool"],
+      buckets: COUNT_BUCKETS,
+    },
+    this.registry,
+  );
+  readonly batchTokens = new HotHistogram(
+    {
+      name: "switchyard_router_batch_tokens",
+      help: "Tokens in one flush (merged requests).",
+      labelNames: ["pool"],
+      buckets: COUNT_BUCKETS,
+    },
+    this.registry,
+  );
+  readonly dispatchDuration = new HotHistogram(
+    {
+      name: "switchyard_router_dispatch_duration_seconds",
+      help: "Round trip of one ExpertBatch to a worker.",
+      labelNames: ["pool", "worker"],
+      buckets: LATENCY_BUCKETS,
+    },
+    this.registry,
+  );
   readonly dispatchErrors = new Counter({
     name: "switchyard_router_dispatch_errors_total",
     help: "Failed ExpertBatch dispatches per worker.",
     labelNames: ["pool", "worker"],
     registers: [this.registry],
   });
-  readonly workerTokens = new Counter({
-    name: "switchyard_router_worker_tokens_total",
-    help: "Rows sent to each worker.",
-    labelNames: ["pool", "worker"],
-    registers: [this.registry],
-  });
+  readonly workerTokens = new HotCounter(
+    {
+      name: "switchyard_router_worker_tokens_total",
+      help: "Rows sent to each worker.",
+      labelNames: ["pool", "worker"],
+    },
+    this.registry,
+  );
   readonly workerOutstanding = new Gauge({
     name: "switchyard_router_worker_outstanding_tokens",
     help: "Rows sent to a worker and not yet answered.",
@@ -111,7 +130,7 @@ export class RouterMetrics {
   private readonly heatSeries = new Set<string>();
   private readonly pools = new Map<string, PoolMetrics>();
 
-  /** Label-bound children for one pool (prom-client hashes label objects on every call; the hot path should not). */
+  /** Label-bound children for one pool (the hot path never builds label keys). */
   forPool(pool: string): PoolMetrics {
     let m = this.pools.get(pool);
     if (!m) {
@@ -197,8 +216,8 @@ export class PoolMetrics {
 }
 
 export interface WorkerMetricsChildren {
-  tokens: ReturnType<Counter["labels"]>;
-  dispatch: ReturnType<Histogram["labels"]>;
+  tokens: HotCounterChild;
+  dispatch: HotHistogramChild;
   errors: ReturnType<Counter["labels"]>;
   outstanding: ReturnType<Gauge["labels"]>;
 }
