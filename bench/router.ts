@@ -56,6 +56,7 @@ import {
   decodeForwardResponse,
   FakeWorker,
   type PoolModel,
+  ROUTER_NODE_FLAGS,
   Router,
   raiseServerWindow,
   SERVER_OPTIONS,
@@ -288,6 +289,9 @@ function start<T = number>(role: string, arg?: unknown): Promise<T> {
     const prof = process.env.BENCH_PROF === role ? ["--cpu-prof", "--cpu-prof-dir=/tmp/prof"] : [];
     // BENCH_PERF=role: JIT symbol map for `perf record -p PID` (native, kernel and JavaScript frames in one profile)
     if (process.env.BENCH_PERF === role) prof.push("--perf-basic-prof-only-functions");
+    if (process.env.BENCH_TRACE_GC === role) prof.push("--trace-gc");
+    // The router runs with its production V8 flags (node-flags.ts); the baseline forwarder gets the same flags.
+    if (role === "router" || role === "forwarder") prof.push(...ROUTER_NODE_FLAGS);
     const c = fork(
       fileURLToPath(import.meta.url),
       ["child", role, ...(arg === undefined ? [] : [JSON.stringify(arg)])],

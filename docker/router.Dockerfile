@@ -4,6 +4,9 @@
 # Runs `node router-service/dist/main.js` (flags come from the chart: --config, --port, --metrics-port).
 
 FROM node:20-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ cmake \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
 COPY packages/protocol/package.json packages/protocol/
@@ -16,8 +19,12 @@ RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY packages/ packages/
 COPY expert-worker/ expert-worker/
 COPY router-service/ router-service/
-# The router imports the worker package's TypeScript (types, local mode) but never its native addon.
-RUN npx tsc -b router-service \
+COPY scripts/build-native.mjs scripts/
+# The router's own addon (the native combine, router-service/native); the worker's addon is never loaded here.
+# SWITCHYARD_NATIVE_ARCH=0: portable x86-64-v3 code instead of -march=native of the build machine.
+ENV SWITCHYARD_NATIVE_ARCH=0
+RUN npm run build --workspace @switchyard/router-service \
+ && npx tsc -b router-service \
  && npm ci --no-audit --no-fund --ignore-scripts --omit=dev
 
 FROM node:20-bookworm-slim
@@ -37,6 +44,8 @@ COPY --from=build /src/expert-worker/package.json expert-worker/
 COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
 COPY --from=build /src/router-service/package.json router-service/
 COPY --from=build /src/router-service/dist/ router-service/dist/
+COPY --from=build /src/router-service/build/switchyard_router.node router-service/build/
 USER 10001:10001
 EXPOSE 50051 9400
-ENTRYPOINT ["node", "router-service/dist/main.js"]
+# --initial-heap-size: see router-service/src/node-flags.ts (keep the two in step).
+ENTRYPOINT ["node", "--initial-heap-size=256", "router-service/dist/main.js"]

@@ -26,6 +26,8 @@ COPY test/package.json test/
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY packages/ packages/
 COPY expert-worker/ expert-worker/
+# The CMake driver shared by the worker and router addons.
+COPY scripts/build-native.mjs scripts/
 # The native build compiles the CUDA backend (build/switchyard_cuda.node, sm_90a: H100/H200) whenever nvcc is
 # present, as it is in this stage. SWITCHYARD_NATIVE_ARCH=0: portable CPU code instead of -march=native.
 ENV SWITCHYARD_NATIVE_ARCH=0

@@ -18,6 +18,8 @@ COPY test/package.json test/
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY packages/ packages/
 COPY expert-worker/ expert-worker/
+# The CMake driver shared by the worker and router addons.
+COPY scripts/build-native.mjs scripts/
 # SWITCHYARD_NATIVE_ARCH=0: portable x86-64 code instead of -march=native of the build machine.
 ENV SWITCHYARD_NATIVE_ARCH=0
 RUN npm run build --workspace @switchyard/expert-worker --if-present \

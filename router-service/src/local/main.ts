@@ -34,6 +34,7 @@ import {
   type WorkerStatus,
 } from "@switchyard/protocol";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
+import { ROUTER_NODE_FLAGS } from "../node-flags.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile, Traffic } from "./loadgen.js";
 import type { VerifierInit, VerifyJob, VerifyResult } from "./verifier.js";
 
@@ -334,6 +335,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const routerChild = spawnProc(
       "router",
       [
+        ...ROUTER_NODE_FLAGS,
         join(ROOT, "router-service/dist/main.js"),
         "--config",
         configFile,

@@ -2,6 +2,7 @@
 // runs pods as, the command lines of docs/CONTRACTS.md, the ports of the default values, and COPY sources that exist.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { ROUTER_NODE_FLAGS } from "@switchyard/router-service";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { CHART, REPO } from "./helm.js";
@@ -40,6 +41,7 @@ const IMAGES = [
     file: "router.Dockerfile",
     main: "router-service/dist/main.js",
     ports: [values.router.grpcPort, values.router.metricsPort],
+    flags: ROUTER_NODE_FLAGS,
   },
   {
     file: "worker.Dockerfile",
@@ -54,7 +56,7 @@ const IMAGES = [
 ];
 
 describe("Dockerfiles", () => {
-  it.each(IMAGES)("$file runs the contract's command as the chart's non-root uid", ({ file, main, ports }) => {
+  it.each(IMAGES)("$file runs the contract's command as the chart's non-root uid", ({ file, main, ports, ...o }) => {
     const stages = parseDockerfile(readFileSync(join(REPO, "docker", file), "utf8"));
     expect(stages.length, "multi-stage: build tools stay out of the runtime image").toBeGreaterThanOrEqual(2);
     const final = stages[stages.length - 1];
@@ -62,7 +64,9 @@ describe("Dockerfiles", () => {
     const sc = values.podSecurityContext;
     expect(get("USER").at(-1)).toBe(`${sc.runAsUser}:${sc.runAsGroup}`);
     expect(contracts).toContain(`node ${main}`);
-    expect(JSON.parse(get("ENTRYPOINT").at(-1)!)).toEqual(["node", main]);
+    // V8 flags a process runs with in every mode (router: node-flags.ts) are in the image's command line too.
+    const flags = "flags" in o ? (o.flags as readonly string[]) : [];
+    expect(JSON.parse(get("ENTRYPOINT").at(-1)!)).toEqual(["node", ...flags, main]);
     expect(get("EXPOSE").join(" ").split(" ").map(Number).sort()).toEqual([...ports].sort());
     expect(existsSync(join(REPO, "docker", `${file}.dockerignore`)), "a .dockerignore beside it").toBe(true);
     for (const stage of stages) {
