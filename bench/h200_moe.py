@@ -60,8 +60,15 @@ NO_TUNE = "--no-tune" in sys.argv
 NO_LOOP = "--no-loop" in sys.argv
 VARIANTS = [v for v in (opt("--variants", "") or "").split(";") if v]
 PROFILE = "--profile" in sys.argv
+TRACE = os.environ.get("BENCH_TRACE") == "1"
+
+
+def trace(msg):
+    if TRACE:
+        print(f"[{time.time() - T0:.1f}s] {msg}", flush=True)
 ENGINE = int(os.environ.get("SY_MOE_ENGINE", "0"))  # default engine for the main timing (0 = library's choice)
 lib.sy_moe_set_tuning(0, 0, ENGINE)
+T0 = time.time()
 
 
 def timeit(fn, target_ms=30.0, batches=5):
@@ -165,7 +172,6 @@ def torch_route(logits, bias, s):
 
 
 rows = []
-T0 = time.time()
 
 
 def write_results(final):
@@ -265,9 +271,11 @@ for name, s in SHAPES.items():
             return torch.zeros(T, d, device=dev, dtype=torch.float32).index_add_(0, tok, y.float()).to(torch.bfloat16)
 
         # correctness: poison, run, compare with an fp32 reference that uses our routing decisions
+        trace(f"{name} T={T}: first call")
         out.fill_(float("nan"))
         ours()
         torch.cuda.synchronize()
+        trace("first call done")
         ref = torch.zeros(T, d, device=dev, dtype=torch.float32)
         ids_l, w_l = ids_out.long(), w_out
         xf = x.float()
@@ -287,8 +295,11 @@ for name, s in SHAPES.items():
         bytes_ = active * 3 * d * f * 2 + T * d * 2 * 2 + T * E * 4
         floor_ms = max(flops / (PEAK * 1e12), bytes_ / (BW * 1e12)) * 1e3
 
+        trace("reference done")
         t_ours = timeit(ours)
+        trace("ours timed")
         t_gmm = timeit(gmm_layer)
+        trace("gmm timed")
         t_loop = None if NO_LOOP else timeit(loop_layer, target_ms=20, batches=3)
         tune = {}
         if not NO_TUNE:

@@ -51,8 +51,8 @@ constexpr int kMaxTopK = 16;
 constexpr int kFusedRouteMaxT = 64;
 // 128-row GEMM epilogue through shared memory + bulk copies (1) or direct fragment stores (0).
 constexpr int kSmemEpilogueDefault = 0;
-// 128-row tiles use the persistent GEMM when K has at most this many 64-wide k-tiles (see sy_moe_forward).
-constexpr int kPersistMaxKtiles = 32;
+// 128-row tiles use the persistent GEMM while experts average at most this many tokens (see sy_moe_forward).
+constexpr int kPersistMaxAvg = 128;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -679,17 +679,19 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
 #include "sy_moe_wgmma.cuh"
 namespace {
 
-// x_perm[row] = x[token of row] (wgmma path only: TMA loads tiles of contiguous rows, it cannot gather).
-__global__ void permute_kernel(const bf16* __restrict__ x, const int* __restrict__ assign_row, int k, int D,
+// x_perm[row] = x[token of row] (wgmma path only: TMA loads tiles of contiguous rows, it cannot gather). A capped
+// grid strides over the assignments (one CTA per assignment meant 65536 CTAs at T=8192 with top-8).
+__global__ void permute_kernel(const bf16* __restrict__ x, const int* __restrict__ assign_row, int n, int k, int D,
                                bf16* __restrict__ xp) {
   pdl_wait();
   pdl_trigger();
-  const int a = blockIdx.x;
-  const int row = assign_row[a];
-  if (row < 0) return;
-  const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)(a / k) * D);
-  uint4* dst = reinterpret_cast<uint4*>(xp + (size_t)row * D);
-  for (int c = threadIdx.x; c < D / 8; c += blockDim.x) dst[c] = src[c];
+  for (int a = blockIdx.x; a < n; a += gridDim.x) {
+    const int row = assign_row[a];
+    if (row < 0) continue;
+    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)(a / k) * D);
+    uint4* dst = reinterpret_cast<uint4*>(xp + (size_t)row * D);
+    for (int c = threadIdx.x; c < D / 8; c += blockDim.x) dst[c] = src[c];
+  }
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -1010,23 +1012,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   if (engine) use_wg = engine > 0;
   if (BM != 16 && BM != 32 && BM != 64 && BM != 128) return fail(SY_MOE_ERR_INVALID, "tuning.block_m: 16/32/64/128");
   if (use_wg && BM < 64) BM = 64;
-  // Persistent wgmma grid (one CTA per SM looping over tiles) unless tuning says otherwise (use_wgmma=2: one
-  // tile per CTA). Chosen by measurement: see bench/results/h200-moe.json tune_ms.
-  // Measured on H200 (bench/results/h200-moe.json tune_ms): persistent wins for 64-row tiles (decode: 1-5%),
-  // one tile per CTA wins for 128-row tiles (prefill: 3-9%).
-  // 128-row tiles: persistent when the tile's K loop is short (<= kPersistMaxKtiles k-tiles of 64), where the
-  // epilogue (not overlapped by the one-tile kernel) is a large share of a tile, one tile per CTA otherwise, where
-  // the hardware's dynamic CTA scheduling balances tiles of uneven cost (experts' tail tiles) better than the
-  // persistent kernel's static round robin. Measured on H200 (bench/results/h200-moe.json variant_ms/tune_ms):
-  // Qwen3 T=1024 (K = 2048 / 768) 0.385 ms persistent vs 0.393 one tile; Mixtral T=8192 (K = 4096 / 14336)
-  // 10.24 vs 9.60. SY_MOE_PERSIST_KT overrides the threshold (0: never for 128-row tiles).
-  const int persist_kt = env_int("SY_MOE_PERSIST_KT", kPersistMaxKtiles);
-  auto persist_for = [&](int K) {
-    if (engine == 2) return false;
-    if (engine == 3) return true;
-    return BM == 64 || (K + 63) / 64 <= persist_kt;
-  };
-  const bool persist1 = persist_for(D), persist2 = persist_for(F);
+  // Persistent wgmma grid (one CTA per SM looping over tiles) or one tile per CTA; tuning/SY_MOE_ENGINE force
+  // either (3 / 2). 64-row tiles (decode): persistent, measured 1-5% faster (bench/results/h200-moe.json tune_ms).
+  // 128-row tiles: persistent while experts average <= kPersistMaxAvg tokens, i.e. each expert's weights are read
+  // by one token tile: there is no weight reuse in L2 to lose, the GEMM streams weights, and the persistent
+  // kernel's producer loading the next tile during the epilogue wins. With several token tiles per expert, one tile
+  // per CTA wins: the hardware starts CTAs in tile order, so the token tiles sharing a weight tile (grouped raster)
+  // run together and read it once from HBM, while the persistent CTAs drift apart over their tile sequences.
+  // Measured on H200 (bench/results/h200-moe.json, variant_ms): Qwen3 T=1024 (64 tokens/expert) 0.385 ms
+  // persistent vs 0.393 one tile; Mixtral T=1024 / 8192 (256 / 2048 tokens/expert) 1.78 vs 1.60 and 10.24 vs 9.60.
+  // SY_MOE_PERSIST_AVG overrides the threshold (0: never for 128-row tiles).
+  const int persist_avg = env_int("SY_MOE_PERSIST_AVG", kPersistMaxAvg);
+  const bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg);
   const int max_m = max_m_tiles(T, k, E, BM);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
@@ -1091,15 +1088,15 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     if ((rc = make_map(&mA1, xp, n, D, BM)) || (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, 128)) ||
         (rc = make_map(&mA2, h, n, F, BM)) || (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, 128)))
       return rc;
-    if ((rc = launch_k(pdl, permute_kernel, dim3(n), dim3(D / 8 < 256 ? D / 8 : 256), 0, s, (const bf16*)a->x,
-                       (const int*)assign_row, k, D, xp)))
+    if ((rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
+                       (const bf16*)a->x, (const int*)assign_row, n, k, D, xp)))
       return rc;
     wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr};
     wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w};
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, p1, max_m, pdl, s);
+      rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, p2, max_m, pdl, s);
+      rc = run_wgmma<1>(BM, persist, epi, mA2, mB2, p2, max_m, pdl, s);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
