@@ -1019,8 +1019,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // kernel's producer loading the next tile during the epilogue wins. With several token tiles per expert, one tile
   // per CTA wins: the hardware starts CTAs in tile order, so the token tiles sharing a weight tile (grouped raster)
   // run together and read it once from HBM, while the persistent CTAs drift apart over their tile sequences.
-  // Measured on H200 (bench/results/h200-moe.json, variant_ms): Qwen3 T=1024 (64 tokens/expert) 0.385 ms
-  // persistent vs 0.393 one tile; Mixtral T=1024 / 8192 (256 / 2048 tokens/expert) 1.78 vs 1.60 and 10.24 vs 9.60.
+  // Measured on H200 (bench/results/h200-moe.tune-incomplete.json, tune_ms): Qwen3 T=1024 (64 tokens/expert)
+  // 0.385 ms persistent vs 0.398 one tile; Mixtral T=1024 / 8192 (256 / 2048 tokens/expert) 1.80 vs 1.69 and
+  // 10.24 vs 9.61.
   // SY_MOE_PERSIST_AVG overrides the threshold (0: never for 128-row tiles).
   const int persist_avg = env_int("SY_MOE_PERSIST_AVG", kPersistMaxAvg);
   const bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg);
