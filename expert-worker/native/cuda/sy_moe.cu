@@ -811,6 +811,12 @@ int launch_k(bool pdl, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t sme
   return SY_MOE_OK;
 }
 
+// PDL only after a kernel of fewer CTAs than this. The one stall of the default configuration seen on H200 came
+// from a PDL launch after a 65536-CTA grid (the permute at T=8192, top-8, before its grid was capped); the
+// benchmarked default paths stay below this, so the guard only turns PDL off (plain stream order, always
+// correct) for very large calls.
+constexpr long long kPdlMaxPrimaryGrid = 65535;
+
 // Integer knob from the environment, read on every call (benchmarks flip them between calls; ~100 ns).
 int env_int(const char* name, int dflt) {
   const char* v = getenv(name);
@@ -845,7 +851,8 @@ int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint
 }
 
 template <int WGS, int MODE, bool PERSIST, bool EPI>
-int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, bool pdl, cudaStream_t s) {
+int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, bool pdl, cudaStream_t s,
+                 long long* grid_out) {
   using C = wg::Cfg<WGS>;
   // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA (grouped raster
   // with holes: the grid covers whole groups of kGroupM token tiles).
@@ -860,21 +867,22 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   // upper bound; the real tile count is read on the device
   long long grid = PERSIST ? (long long)max_m * p.n_tiles : (long long)(max_m + kGroupM - 1) / kGroupM * kGroupM * p.n_tiles;
   if (PERSIST && grid > g_num_sms) grid = g_num_sms;
+  *grid_out = grid;
   if (grid > 0) return launch_k(pdl, kern, dim3((unsigned)grid), dim3(C::kThreads), C::kSmem, s, a, b, p);
   return SY_MOE_OK;
 }
 
 template <int MODE>
 int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtensorMap& b, const wg::Params& p,
-              int max_m, bool pdl, cudaStream_t s) {
+              int max_m, bool pdl, cudaStream_t s, long long* grid) {
   if (persist)
-    return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, p, max_m, pdl, s)
-                    : launch_wgmma<2, MODE, true, false>(a, b, p, max_m, pdl, s);
+    return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, p, max_m, pdl, s, grid)
+                    : launch_wgmma<2, MODE, true, false>(a, b, p, max_m, pdl, s, grid);
   if (BM == 64)
-    return epi ? launch_wgmma<1, MODE, false, true>(a, b, p, max_m, pdl, s)
-               : launch_wgmma<1, MODE, false, false>(a, b, p, max_m, pdl, s);
-  return epi ? launch_wgmma<2, MODE, false, true>(a, b, p, max_m, pdl, s)
-             : launch_wgmma<2, MODE, false, false>(a, b, p, max_m, pdl, s);
+    return epi ? launch_wgmma<1, MODE, false, true>(a, b, p, max_m, pdl, s, grid)
+               : launch_wgmma<1, MODE, false, false>(a, b, p, max_m, pdl, s, grid);
+  return epi ? launch_wgmma<2, MODE, false, true>(a, b, p, max_m, pdl, s, grid)
+             : launch_wgmma<2, MODE, false, false>(a, b, p, max_m, pdl, s, grid);
 }
 
 }  // namespace
@@ -1072,8 +1080,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
                                                       rank, counts);
       SY_CUDA(cudaGetLastError());
     }
-    if ((rc = launch_k(pdl, scan_kernel, dim3(1), dim3(1024), 0, s, (const int*)counts, E, BM, offsets, tiles,
-                       num_tiles)))
+    const long long route_grid = a->logits ? (T + kRouteWarps - 1) / kRouteWarps : (n + 255) / 256;
+    if ((rc = launch_k(pdl && route_grid <= kPdlMaxPrimaryGrid, scan_kernel, dim3(1), dim3(1024), 0, s,
+                       (const int*)counts, E, BM, offsets, tiles, num_tiles)))
       return rc;
     if ((rc = launch_k(pdl, scatter_kernel, dim3((n + 255) / 256), dim3(256), 0, s, (const int*)ids,
                        (const float*)w, (const int*)rank, (const int*)offsets, n, k, row_token, row_w, assign_row)))
@@ -1094,15 +1103,16 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
       return rc;
     wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr};
     wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w};
+    long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s);
+      rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist, epi, mA2, mB2, p2, max_m, pdl, s);
+      rc = run_wgmma<1>(BM, persist, epi, mA2, mB2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
-    return launch_k(pdl, combine_kernel, dim3(T), dim3(threads), 0, s, (const bf16*)y, (const int*)assign_row, k, D,
-                    (bf16*)a->out);
+    return launch_k(pdl && g2 <= kPdlMaxPrimaryGrid, combine_kernel, dim3(T), dim3(threads), 0, s, (const bf16*)y,
+                    (const int*)assign_row, k, D, (bf16*)a->out);
   }
 
   GemmParams g1{};
