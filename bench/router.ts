@@ -36,6 +36,7 @@ import {
 } from "@grpc/grpc-js";
 import { startWorker } from "@switchyard/expert-worker";
 import {
+  DATA_PATH_NODE_FLAGS,
   type GatingPolicy,
   generateCheckpoint,
   planPlacement,
@@ -56,7 +57,6 @@ import {
   decodeForwardResponse,
   FakeWorker,
   type PoolModel,
-  ROUTER_NODE_FLAGS,
   Router,
   raiseServerWindow,
   SERVER_OPTIONS,
@@ -283,6 +283,9 @@ function cpuOf(c: ChildProcess): Promise<number> {
     c.send("cpu");
   });
 }
+/** Child roles that carry activations (production: router, workers) and their baseline twins. */
+const DATA_PATH_ROLES = new Set(["router", "forwarder", "fakeWorkers", "worker", "echo"]);
+
 function start<T = number>(role: string, arg?: unknown): Promise<T> {
   return new Promise((res, rej) => {
     // BENCH_PROF=role: CPU profile of that child into /tmp (for finding the router's hot spots)
@@ -290,8 +293,9 @@ function start<T = number>(role: string, arg?: unknown): Promise<T> {
     // BENCH_PERF=role: JIT symbol map for `perf record -p PID` (native, kernel and JavaScript frames in one profile)
     if (process.env.BENCH_PERF === role) prof.push("--perf-basic-prof-only-functions");
     if (process.env.BENCH_TRACE_GC === role) prof.push("--trace-gc");
-    // The router runs with its production V8 flags (node-flags.ts); the baseline forwarder gets the same flags.
-    if (role === "router" || role === "forwarder") prof.push(...ROUTER_NODE_FLAGS);
+    // Router and workers run with their production V8 flags (@switchyard/moe node-flags.ts); the baseline's
+    // forwarder and echo server get the same flags.
+    if (DATA_PATH_ROLES.has(role)) prof.push(...DATA_PATH_NODE_FLAGS);
     const c = fork(
       fileURLToPath(import.meta.url),
       ["child", role, ...(arg === undefined ? [] : [JSON.stringify(arg)])],

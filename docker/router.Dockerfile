@@ -47,5 +47,5 @@ COPY --from=build /src/router-service/dist/ router-service/dist/
 COPY --from=build /src/router-service/build/switchyard_router.node router-service/build/
 USER 10001:10001
 EXPOSE 50051 9400
-# --initial-heap-size: see router-service/src/node-flags.ts (keep the two in step).
+# --initial-heap-size: the data-path V8 flags of packages/moe/src/node-flags.ts (keep them in step).
 ENTRYPOINT ["node", "--initial-heap-size=256", "router-service/dist/main.js"]

@@ -58,4 +58,5 @@ COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
 COPY --from=build /src/expert-worker/build/switchyard_native.node /src/expert-worker/build/switchyard_cuda.node expert-worker/build/
 USER 10001:10001
 EXPOSE 50061 9401
-ENTRYPOINT ["node", "expert-worker/dist/main.js"]
+# --initial-heap-size: the data-path V8 flags of packages/moe/src/node-flags.ts (keep them in step).
+ENTRYPOINT ["node", "--initial-heap-size=256", "expert-worker/dist/main.js"]

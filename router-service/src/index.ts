@@ -5,7 +5,6 @@ export { type PlacementPlan, type PoolConfig, parsePlan, parseRouterConfig, type
 export { CLIENT_CHANNEL_OPTIONS, WorkerConn } from "./dispatch/worker-conn.js";
 export { RouterMetrics } from "./metrics.js";
 export type { PoolModel } from "./model.js";
-export { ROUTER_NODE_FLAGS } from "./node-flags.js";
 export { DEFAULT_DEADLINE_MS, type PoolSetup, Router, type RouterOptions } from "./router.js";
 export { raiseServerWindow, routerHandlers, SERVER_OPTIONS, type StartedRouter, serveRouter } from "./server.js";
 export { PrometheusSignals, parseInstantQuery } from "./signals/prometheus.js";

@@ -26,6 +26,7 @@ describe("desiredStatefulSet", () => {
   it("runs the worker command line of CONTRACTS.md with gRPC health probes", () => {
     expect(c.command).toEqual(["node"]);
     expect(c.args).toEqual([
+      "--initial-heap-size=256",
       "expert-worker/dist/main.js",
       "--checkpoint",
       "/checkpoint",

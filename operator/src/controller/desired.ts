@@ -2,7 +2,14 @@
 // Pure: no I/O. The reconciler compares these with what it observes and applies only the difference.
 import { createHash } from "node:crypto";
 import type { V1ConfigMap, V1Service, V1StatefulSet, V1Toleration } from "@kubernetes/client-node";
-import { PlacementError, type PlacementPlan, type PlanStats, planPlacement, validatePlan } from "@switchyard/moe";
+import {
+  DATA_PATH_NODE_FLAGS,
+  PlacementError,
+  type PlacementPlan,
+  type PlanStats,
+  planPlacement,
+  validatePlan,
+} from "@switchyard/moe";
 import type { ExpertPool } from "../api/v1alpha1.js";
 import {
   CHECKPOINT_MOUNT,
@@ -43,10 +50,14 @@ function checkpointVolume(pool: ExpertPool) {
   return { name: "checkpoint", emptyDir: {} }; // uri: the worker downloads into it
 }
 
-/** The worker command line of docs/CONTRACTS.md. The worker id comes from the pod name (downward API). */
+/**
+ * The worker command line of docs/CONTRACTS.md, after `node` and the data-path V8 flags (DATA_PATH_NODE_FLAGS).
+ * The worker id comes from the pod name (downward API).
+ */
 export function workerArgs(pool: ExpertPool): string[] {
   const { spec } = pool;
   const args = [
+    ...DATA_PATH_NODE_FLAGS,
     "expert-worker/dist/main.js",
     "--checkpoint",
     CHECKPOINT_MOUNT,

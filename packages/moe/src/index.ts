@@ -3,6 +3,7 @@
 export * from "./checkpoint.js";
 export * from "./gating.js";
 export * from "./generate.js";
+export * from "./node-flags.js";
 export * from "./placement/index.js";
 export * from "./policy/index.js";
 export * from "./random.js";

@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import {
+  DATA_PATH_NODE_FLAGS,
   defaultSpec,
   generateCheckpoint,
   type ModelFamily,
@@ -34,7 +35,6 @@ import {
   type WorkerStatus,
 } from "@switchyard/protocol";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
-import { ROUTER_NODE_FLAGS } from "../node-flags.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile, Traffic } from "./loadgen.js";
 import type { VerifierInit, VerifyJob, VerifyResult } from "./verifier.js";
 
@@ -300,6 +300,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const workerClients = await Promise.all(
       ids.map((id, i) => {
         const args = [
+          ...DATA_PATH_NODE_FLAGS,
           join(ROOT, "expert-worker/dist/main.js"),
           "--checkpoint",
           ckptDir,
@@ -335,7 +336,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const routerChild = spawnProc(
       "router",
       [
-        ...ROUTER_NODE_FLAGS,
+        ...DATA_PATH_NODE_FLAGS,
         join(ROOT, "router-service/dist/main.js"),
         "--config",
         configFile,

@@ -2,7 +2,7 @@
 // runs pods as, the command lines of docs/CONTRACTS.md, the ports of the default values, and COPY sources that exist.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROUTER_NODE_FLAGS } from "@switchyard/router-service";
+import { DATA_PATH_NODE_FLAGS } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { CHART, REPO } from "./helm.js";
@@ -41,17 +41,19 @@ const IMAGES = [
     file: "router.Dockerfile",
     main: "router-service/dist/main.js",
     ports: [values.router.grpcPort, values.router.metricsPort],
-    flags: ROUTER_NODE_FLAGS,
+    flags: DATA_PATH_NODE_FLAGS,
   },
   {
     file: "worker.Dockerfile",
     main: "expert-worker/dist/main.js",
     ports: [values.workers.grpcPort, values.workers.metricsPort],
+    flags: DATA_PATH_NODE_FLAGS,
   },
   {
     file: "worker-cuda.Dockerfile",
     main: "expert-worker/dist/main.js",
     ports: [values.workers.grpcPort, values.workers.metricsPort],
+    flags: DATA_PATH_NODE_FLAGS,
   },
 ];
 
