@@ -53,6 +53,8 @@ constexpr int kFusedRouteMaxT = 64;
 constexpr int kSmemEpilogueDefault = 0;
 // 128-row tiles use the persistent GEMM while experts average at most this many tokens (see sy_moe_forward).
 constexpr int kPersistMaxAvg = 128;
+// Largest bound on token tiles ((T*k)/128 + active experts) the 128-row persistent kernel runs at (see run()).
+constexpr int kPersist128MaxTokenTiles = 192;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -1032,7 +1034,14 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // 10.24 vs 9.61.
   // SY_MOE_PERSIST_AVG overrides the threshold (0: never for 128-row tiles).
   const int persist_avg = env_int("SY_MOE_PERSIST_AVG", kPersistMaxAvg);
-  const bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg);
+  bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg);
+  // The 128-row persistent kernel hung on H200 when forced (SY_MOE_ENGINE=3) at Qwen3 T=8192, ~512 token tiles:
+  // the first call completed, the timed repeats never did (bench/results/logs/h200-engine-variants.log). Until that is
+  // understood it runs only up to the largest token-tile count it was verified at, forced or not: Qwen3 T=1024 by
+  // default, at most 8192/128 + 128 = 192 token tiles (test_moe and the benchmark). Beyond it the one-tile-per-CTA
+  // kernel runs, which is verified at every size. No benchmarked or tested default choice changes.
+  const int token_tiles_bound = (n + BM - 1) / BM + active;
+  if (persist && BM == 128 && token_tiles_bound > kPersist128MaxTokenTiles) persist = false;
   const int max_m = max_m_tiles(T, k, E, BM);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
