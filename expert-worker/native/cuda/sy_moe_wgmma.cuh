@@ -147,6 +147,39 @@ __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int& 
   n_idx = r / gsize;
 }
 
+// Epilogue with direct global stores, shared by both GEMM kernels: one consumer warpgroup's 64 token rows (from
+// `row0`) of the accumulator fragment `d` -> C. MODE 0: silu(gate) * up over the tile's kBN/2 output columns;
+// MODE 1: times the row's routing weight over kBN columns. Rows past `row_end` and columns past N are skipped.
+template <int MODE>
+__device__ __forceinline__ void store_tile_direct(const float* d, const Params& p, int row0, int row_end, int n_idx,
+                                                  int warp, int lane) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int prow = row0 + warp * 16 + (lane >> 2) + hh * 8;
+    if (prow >= row_end) continue;
+    if (MODE == 0) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int col = n_idx * (kBN / 2) + j * 8 + 2 * (lane & 3);
+        if (col >= p.N) continue;
+        const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
+        const float u0 = d[(j + 16) * 4 + hh * 2], u1 = d[(j + 16) * 4 + hh * 2 + 1];
+        const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
+        *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
+      }
+    } else {
+      const float wr = p.row_w[prow];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int col = n_idx * kBN + j * 8 + 2 * (lane & 3);
+        if (col >= p.N) continue;
+        *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) =
+            __floats2bfloat162_rn(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr);
+      }
+    }
+  }
+}
+
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
 // PERSIST: one CTA per SM loops over tiles; the producer runs ahead into the next tile while the consumers do the
 // epilogue, and the barrier phases carry over (g counts k-tiles across tiles). Otherwise one tile per CTA.
@@ -246,32 +279,8 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       mma_tile<WGS>(d, base, bars, cw, ktiles, g, leader);
       g += ktiles;
 
-      const int tt = threadIdx.x & 127, warp = tt >> 5, lane = tt & 31;
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int prow = row0 + cw * 64 + warp * 16 + (lane >> 2) + hh * 8;
-        if (prow >= row_end) continue;
-        if (MODE == 0) {
-#pragma unroll
-          for (int j = 0; j < 16; ++j) {
-            const int col = n_idx * (kBN / 2) + j * 8 + 2 * (lane & 3);
-            if (col >= p.N) continue;
-            const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
-            const float u0 = d[(j + 16) * 4 + hh * 2], u1 = d[(j + 16) * 4 + hh * 2 + 1];
-            const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
-            *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
-          }
-        } else {
-          const float wr = p.row_w[prow];
-#pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            const int col = n_idx * kBN + j * 8 + 2 * (lane & 3);
-            if (col >= p.N) continue;
-            *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) =
-                __floats2bfloat162_rn(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr);
-          }
-        }
-      }
+      const int tt = threadIdx.x & 127;
+      store_tile_direct<MODE>(d, p, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
     }
   }
 }
@@ -405,31 +414,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     }
     if (!live) return;
 
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int prow = row0 + cw * 64 + warp * 16 + (lane >> 2) + hh * 8;
-      if (prow >= row_end) continue;
-      if (MODE == 0) {
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const int col = n_idx * (kBN / 2) + j * 8 + 2 * (lane & 3);
-          if (col >= p.N) continue;
-          const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
-          const float u0 = d[(j + 16) * 4 + hh * 2], u1 = d[(j + 16) * 4 + hh * 2 + 1];
-          const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
-          *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
-        }
-      } else {
-        const float wr = p.row_w[prow];
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          const int col = n_idx * kBN + j * 8 + 2 * (lane & 3);
-          if (col >= p.N) continue;
-          *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) =
-              __floats2bfloat162_rn(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr);
-        }
-      }
-    }
+    store_tile_direct<MODE>(d, p, row0 + cw * 64, row_end, n_idx, warp, lane);
   }
 }
 
