@@ -24,10 +24,13 @@ export function alignedRows(r: ResultRows): Float32Array | Uint16Array {
 
 /**
  * Rows for combineInto without a copy: an element view when aligned; half-precision rows at an odd address (where
- * grpc-js's framing put them) stay bytes, which the bf16 combine reads two at a time (a 2 MiB copy saved).
+ * grpc-js's framing put them) stay bytes, which the bf16 combine reads two at a time (a 2 MiB copy saved), and so
+ * do unaligned fp32 rows when the native combine is loaded.
  */
 export function resultRows(r: ResultRows): Float32Array | Uint16Array | Uint8Array {
   if (r.dtype !== DType.FLOAT32 && r.data.byteOffset % 2 !== 0) return r.data;
+  // The native combine reads fp32 rows at any address: no aligning copy when it will run.
+  if (r.dtype === DType.FLOAT32 && r.data.byteOffset % 4 !== 0 && routerAddon()) return r.data;
   return alignedRows(r);
 }
 

@@ -2,7 +2,7 @@ import { DType, f32ToBf16, f32ToF16, valuesToBytes } from "@switchyard/protocol"
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Batcher, HOLD_CAP_MS } from "./batcher.js";
 import { applyCapacity, expertCapacity } from "./capacity.js";
-import { combineF32, combineInto, combineIntoTs } from "./combine.js";
+import { combineF32, combineInto, combineIntoTs, resultRows } from "./combine.js";
 import { layoutRound } from "./plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./replicas.js";
 import { collectAssignments, type TokenRouting } from "./routing.js";
@@ -212,7 +212,7 @@ describe("combineF32", () => {
 describe.each([
   ["combineInto", combineInto],
   ["combineIntoTs", combineIntoTs],
-])("%s", (_name, combineInto) => {
+])("%s", (name, combineInto) => {
   it("writes the same bits as combineF32 + rounding, for every dtype, with a base, empty tokens and NaN/-0", () => {
     const d = 37; // odd width: no alignment assumptions
     const tokens = 4;
@@ -237,7 +237,19 @@ describe.each([
         dst.fill(0x5555); // garbage: every element must be written
         combineInto(input, dst);
         expect(Buffer.from(dst.buffer).equals(Buffer.from(want)), `dtype ${DType[dtype]} base ${!!base}`).toBe(true);
-        if (dtype === DType.FLOAT32) continue;
+        if (dtype === DType.FLOAT32) {
+          if (name !== "combineInto") continue; // resultRows pairs with combineInto (native or not), not the TS one
+          // fp32 rows at an odd address go through resultRows (bytes for the native combine, aligned copy otherwise).
+          const oddRows = input.results.map((x) => {
+            const u = new Uint8Array(x.byteLength + 1);
+            u.set(new Uint8Array(x.buffer, x.byteOffset, x.byteLength), 1);
+            return resultRows({ data: u.subarray(1), dtype });
+          });
+          dst.fill(0x5555);
+          combineInto({ ...input, results: oddRows }, dst);
+          expect(Buffer.from(dst.buffer).equals(Buffer.from(want)), `unaligned fp32 base ${!!base}`).toBe(true);
+          continue;
+        }
         // Half rows at an odd address (as grpc-js may hand them over) are read as bytes, same result.
         const odd = (x: Float32Array | Uint16Array) => {
           const bytes = new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
