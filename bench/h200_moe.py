@@ -303,7 +303,8 @@ for name, s in SHAPES.items():
         t_loop = None if NO_LOOP else timeit(loop_layer, target_ms=20, batches=3)
         tune = {}
         if not NO_TUNE:
-            for eng, bm in (("mma", 16), ("wgpersist", 64), ("wgpersist", 128), ("wg1tile", 64), ("wg1tile", 128)):
+            for eng, bm in (("mma", 16), ("wgpersist", 64), ("wgpersist", 128), ("wg1tile", 64), ("wg1tile", 128),
+                            ("wg1tile", 256)):
                 lib.sy_moe_set_tuning(bm, 0, {"mma": -1, "wgpersist": 3, "wg1tile": 2}[eng])
                 tune[f"{eng}{bm}"] = round(timeit(ours, target_ms=15, batches=3), 4)
             lib.sy_moe_set_tuning(0, 0, ENGINE)

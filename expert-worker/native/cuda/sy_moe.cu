@@ -55,6 +55,8 @@ constexpr int kSmemEpilogueDefault = 0;
 constexpr int kPersistMaxAvg = 128;
 // Largest bound on token tiles ((T*k)/128 + active experts) the 128-row persistent kernel runs at (see run()).
 constexpr int kPersist128MaxTokenTiles = 192;
+// 256-row token tiles (wgmma, TALL) once experts average at least this many tokens (see sy_moe_forward).
+constexpr int kTallMinAvg = 192;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -852,22 +854,24 @@ int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint
   return SY_MOE_OK;
 }
 
-template <int WGS, int MODE, bool PERSIST, bool EPI>
+template <int WGS, int MODE, bool PERSIST, bool EPI, bool TALL = false>
 int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, bool pdl, cudaStream_t s,
                  long long* grid_out) {
-  using C = wg::Cfg<WGS>;
+  static_assert(!(PERSIST && TALL), "the 256-row tile runs one tile per CTA");
+  using C = wg::Cfg<WGS, TALL>;
   // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA (grouped raster
   // with holes: the grid covers whole groups of kGroupM token tiles).
-  auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true> : wg::wgmma_tile_kernel<WGS, MODE, EPI>;
+  auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true> : wg::wgmma_tile_kernel<WGS, MODE, EPI, TALL>;
   static bool attr_set = false;
   if (!attr_set) {
     SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
     attr_set = true;
   }
-  const int out_cols = MODE == 0 ? wg::kBN / 2 : wg::kBN;
+  const int out_cols = MODE == 0 ? C::kBN / 2 : C::kBN;
   p.n_tiles = (p.N + out_cols - 1) / out_cols;
   // upper bound; the real tile count is read on the device
-  long long grid = PERSIST ? (long long)max_m * p.n_tiles : (long long)(max_m + kGroupM - 1) / kGroupM * kGroupM * p.n_tiles;
+  long long grid = PERSIST ? (long long)max_m * p.n_tiles
+                           : (long long)(max_m + p.group_m - 1) / p.group_m * p.group_m * p.n_tiles;
   if (PERSIST && grid > g_num_sms) grid = g_num_sms;
   *grid_out = grid;
   if (grid > 0) return launch_k(pdl, kern, dim3((unsigned)grid), dim3(C::kThreads), C::kSmem, s, a, b, p);
@@ -877,6 +881,7 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
 template <int MODE>
 int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtensorMap& b, const wg::Params& p,
               int max_m, bool pdl, cudaStream_t s, long long* grid) {
+  if (BM == 256) return launch_wgmma<2, MODE, false, false, true>(a, b, p, max_m, pdl, s, grid);
   if (persist)
     return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, p, max_m, pdl, s, grid)
                     : launch_wgmma<2, MODE, true, false>(a, b, p, max_m, pdl, s, grid);
@@ -1020,8 +1025,15 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const int env_engine = env_int("SY_MOE_ENGINE", 0);
   const int engine = g_tune_wgmma ? g_tune_wgmma : env_engine;
   if (engine) use_wg = engine > 0;
-  if (BM != 16 && BM != 32 && BM != 64 && BM != 128) return fail(SY_MOE_ERR_INVALID, "tuning.block_m: 16/32/64/128");
+  // 256-row tiles (wgmma only) while experts average >= kTallMinAvg tokens: with 128-row tiles each expert's
+  // weight tiles are requested by 2-4 token tiles whose sharing through L2 is partial; the 256-row tile requests
+  // them half as often (sy_moe_wgmma.cuh, Cfg). SY_MOE_TALL_AVG overrides the threshold (0: never).
+  const int tall_avg = env_int("SY_MOE_TALL_AVG", kTallMinAvg);
+  if (!g_tune_bm && BM == 128 && tall_avg > 0 && avg >= tall_avg) BM = 256;
+  if (BM != 16 && BM != 32 && BM != 64 && BM != 128 && BM != 256)
+    return fail(SY_MOE_ERR_INVALID, "tuning.block_m: 16/32/64/128/256");
   if (use_wg && BM < 64) BM = 64;
+  if (!use_wg && BM == 256) BM = 128;  // the mma.sync kernels stop at 128 rows
   // Persistent wgmma grid (one CTA per SM looping over tiles) or one tile per CTA; tuning/SY_MOE_ENGINE force
   // either (3 / 2). 64-row tiles (decode): persistent, measured 1-5% faster (bench/results/h200-moe.json tune_ms).
   // 128-row tiles: persistent while experts average <= kPersistMaxAvg tokens, i.e. each expert's weights are read
@@ -1035,6 +1047,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // SY_MOE_PERSIST_AVG overrides the threshold (0: never for 128-row tiles).
   const int persist_avg = env_int("SY_MOE_PERSIST_AVG", kPersistMaxAvg);
   bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg);
+  if (BM == 256) persist = false;  // one tile per CTA only (no persistent 256-row kernel)
   // The 128-row persistent kernel hung on H200 when forced (SY_MOE_ENGINE=3) at Qwen3 T=8192, ~512 token tiles:
   // the first call completed, the timed repeats never did (bench/results/logs/h200-engine-variants.log). Until that is
   // understood it runs only up to the largest token-tile count it was verified at, forced or not: Qwen3 T=1024 by
@@ -1104,14 +1117,17 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     const int slots = a->num_slots > 0 ? a->num_slots : E;
     bf16* xp = (bf16*)(ws + L.x_perm);
     CUtensorMap mA1, mB1, mA2, mB2;
-    if ((rc = make_map(&mA1, xp, n, D, BM)) || (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, 128)) ||
-        (rc = make_map(&mA2, h, n, F, BM)) || (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, 128)))
+    const uint32_t box_b = BM == 256 ? 64 : 128;  // weight rows per TMA load: half the CTA's kBN (Cfg)
+    if ((rc = make_map(&mA1, xp, n, D, BM)) || (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, box_b)) ||
+        (rc = make_map(&mA2, h, n, F, BM)) || (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, box_b)))
       return rc;
     if ((rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
                        (const bf16*)a->x, (const int*)assign_row, n, k, D, xp)))
       return rc;
-    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr};
-    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w};
+    // SY_MOE_GROUP_M: token tiles per raster group of the wgmma GEMMs (benchmark knob; default kGroupM)
+    const int group_m = std::max(1, env_int("SY_MOE_GROUP_M", kGroupM));
+    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m};
+    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m};
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
       rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s, &g1);

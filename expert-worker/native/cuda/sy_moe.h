@@ -66,9 +66,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* args,
 int sy_moe_route(const sy_moe_config* cfg, int32_t T, const float* logits, const float* bias, int32_t* ids,
                  float* weights, void* stream);
 
-// Kernel-configuration override for benchmarks and tests: 0 = automatic; otherwise the token tile (16/32/64/128),
-// GEMM2 split-K (>=1, mma.sync path only) and the GEMM engine (1 = wgmma/TMA, -1 = mma.sync). Process-wide; not
-// thread-safe, meant for drivers.
+// Kernel-configuration override for benchmarks and tests: 0 = automatic; otherwise the token tile (16/32/64/128,
+// 256 with wgmma only), GEMM2 split-K (>=1, mma.sync path only) and the GEMM engine (1 = wgmma/TMA, -1 = mma.sync).
+// Process-wide; not thread-safe, meant for drivers.
 void sy_moe_set_tuning(int32_t block_m, int32_t split_k, int32_t use_wgmma);
 
 // Benchmark aid: 1 = skip both GEMMs (times routing + histogram + scatter + combine alone). Process-wide.

@@ -1,8 +1,11 @@
 // Hopper (sm_90a) grouped GEMM for the compute-bound and middle regimes: TMA loads into 128B-swizzled shared
 // memory completing on mbarriers, one producer warpgroup, one or two consumer warpgroups issuing wgmma
-// m64n256k16 (fp32 accumulators in registers), 4-stage ring. The CTA tile is (64 * consumer warpgroups) token rows
-// x 256 weight rows; for GEMM1 the 256 weight rows are 128 gate rows + the matching 128 up rows, so SwiGLU is done
-// in registers (column c pairs with c + 128 in the same thread). Included by sy_moe.cu only.
+// (fp32 accumulators in registers), 4-stage ring. Two CTA tile shapes (Cfg):
+//   wide (default): (64 * consumer warpgroups) token rows x 256 weight rows, m64n256k16 per warpgroup;
+//   TALL: 256 token rows x 128 weight rows, each consumer warpgroup 128 rows as two m64n128k16 halves.
+// Both hold 128 fp32 accumulators per consumer thread and 48 KB per stage. For GEMM1 the weight rows are half gate
+// rows + the matching up rows, so SwiGLU is done in registers (column c pairs with c + kBN/2 in the same thread).
+// Included by sy_moe.cu only.
 #pragma once
 #include <cuda.h>
 
@@ -11,7 +14,6 @@
 namespace wg {
 
 constexpr int kBK = 64;      // one 128-byte swizzle atom of bf16
-constexpr int kBN = 256;     // weight rows per CTA
 constexpr int kStages = 4;
 
 struct Params {
@@ -25,6 +27,7 @@ struct Params {
   int rows_per_slot;  // GEMM1: 2*d_ff; GEMM2: d_model
   bf16* C;            // [rows, N]
   const float* row_w; // GEMM2: routing weight per permuted row
+  int group_m;        // raster: token tiles per group (tile_coords); kGroupM unless SY_MOE_GROUP_M says otherwise
 };
 
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
@@ -90,9 +93,17 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
 }
 
-template <int WGS>
+// TALL exists for the compute-side regime where experts hold ~200-600 tokens (Mixtral T=1024, DeepSeek-V3 and Qwen3
+// at T=8192): a 128-row tile streams each expert's weight tile from memory once per 128 tokens and relies on L2 to
+// share it between an expert's 2-4 token tiles; the 256-row tile requests each weight tile half as often per
+// token (an expert of <= 256 tokens reads each weight byte once), and in the same 48 KB stage the weights, the
+// operand that comes from HBM, are 16 KB instead of 32 (the activations are re-read from L2).
+template <int WGS, bool TALL = false>
 struct Cfg {
-  static constexpr int kBM = 64 * WGS;
+  static_assert(!TALL || WGS == 2, "the 256-row tile has two consumer warpgroups");
+  static constexpr int kWgRows = TALL ? 128 : 64;  // token rows per consumer warpgroup
+  static constexpr int kBM = kWgRows * WGS;
+  static constexpr int kBN = TALL ? 128 : 256;     // weight rows per CTA
   static constexpr int kThreads = (WGS + 1) * 128;
   static constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
@@ -103,19 +114,31 @@ struct Cfg {
 // first MMA of the tile runs with scale-d = 0 instead of zeroing the accumulators first: non-wgmma writes to the
 // accumulator registers, and wgmma inside a branch that differs between tiles, made ptxas serialize the wgmma
 // pipeline (warnings C7515/C7518 in the persistent kernel; nvcc -Xptxas -v shows them).
-template <int WGS>
+// TALL: HALVES (1 or 2) of the warpgroup's two 64-row halves hold tokens; a half past the expert's last token
+// issues no MMAs (d[64..127] are then left unwritten). The half count is a template argument, not a run-time test
+// inside the loop, for the same ptxas reason as above.
+template <int WGS, bool TALL, int HALVES>
 __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars, int cw, int ktiles, int g0,
                                          bool leader) {
-  using C = Cfg<WGS>;
+  using C = Cfg<WGS, TALL>;
+  static_assert(HALVES == 1 || (TALL && HALVES == 2), "two halves only in the 256-row tile");
   for (int kt = 0; kt < ktiles; ++kt) {
     const int g = g0 + kt, s = g % kStages;
     mbar_wait(bars + 8 * s, (g / kStages) & 1);
-    const uint32_t a_s = base + s * C::kStageBytes + cw * 64 * kBK * 2;
+    const uint32_t a_s = base + s * C::kStageBytes + cw * C::kWgRows * kBK * 2;
     const uint32_t b_s = base + s * C::kStageBytes + C::kABytes;
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk)
-      wgmma_m64n256k16(d, desc_sw128(a_s + kk * 32), desc_sw128(b_s + kk * 32), (kt | kk) != 0);
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      if constexpr (TALL) {
+#pragma unroll
+        for (int h = 0; h < HALVES; ++h)
+          wgmma_m64n128k16(d + 64 * h, desc_sw128(a_s + h * 64 * kBK * 2 + kk * 32), desc_sw128(b_s + kk * 32),
+                           (kt | kk) != 0);
+      } else {
+        wgmma_m64n256k16(d, desc_sw128(a_s + kk * 32), desc_sw128(b_s + kk * 32), (kt | kk) != 0);
+      }
+    }
     wg_commit();
     wg_wait<1>();
     if (kt > 0 && leader) mbar_arrive(bars + 64 + 8 * ((g - 1) % kStages));
@@ -123,7 +146,7 @@ __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars,
   wg_wait<0>();
   if (leader) mbar_arrive(bars + 64 + 8 * ((g0 + ktiles - 1) % kStages));
 #pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < (TALL ? 64 * HALVES : 128); ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the MMAs but
@@ -136,21 +159,21 @@ __device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, boo
   }
 }
 
-// Dense tile index -> (token tile, weight tile), grouped raster: kGroupM consecutive token tiles (mostly of one
-// expert) sweep the weight tiles together, so a weight tile read from HBM is reused from L2.
-__device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int& m_idx, int& n_idx) {
-  const int width = kGroupM * n_tiles;
-  const int first_m = (t / width) * kGroupM;
-  const int gsize = min(num_m - first_m, kGroupM);
+// Dense tile index -> (token tile, weight tile), grouped raster: group_m (kGroupM) consecutive token tiles (mostly
+// of one expert) sweep the weight tiles together, so a weight tile read from HBM is reused from L2.
+__device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int group_m, int& m_idx, int& n_idx) {
+  const int width = group_m * n_tiles;
+  const int first_m = (t / width) * group_m;
+  const int gsize = min(num_m - first_m, group_m);
   const int r = t - (t / width) * width;
   m_idx = first_m + r % gsize;
   n_idx = r / gsize;
 }
 
-// Epilogue with direct global stores, shared by both GEMM kernels: one consumer warpgroup's 64 token rows (from
-// `row0`) of the accumulator fragment `d` -> C. MODE 0: silu(gate) * up over the tile's kBN/2 output columns;
-// MODE 1: times the row's routing weight over kBN columns. Rows past `row_end` and columns past N are skipped.
-template <int MODE>
+// Epilogue with direct global stores, shared by both GEMM kernels: 64 token rows (from `row0`) of an m64nBN
+// accumulator fragment `d` -> C. MODE 0: silu(gate) * up over the tile's BN/2 output columns; MODE 1: times the
+// row's routing weight over BN columns. Rows past `row_end` and columns past N are skipped.
+template <int MODE, int BN>
 __device__ __forceinline__ void store_tile_direct(const float* d, const Params& p, int row0, int row_end, int n_idx,
                                                   int warp, int lane) {
 #pragma unroll
@@ -159,19 +182,19 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
     if (prow >= row_end) continue;
     if (MODE == 0) {
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int col = n_idx * (kBN / 2) + j * 8 + 2 * (lane & 3);
+      for (int j = 0; j < BN / 16; ++j) {
+        const int col = n_idx * (BN / 2) + j * 8 + 2 * (lane & 3);
         if (col >= p.N) continue;
         const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
-        const float u0 = d[(j + 16) * 4 + hh * 2], u1 = d[(j + 16) * 4 + hh * 2 + 1];
+        const float u0 = d[(j + BN / 16) * 4 + hh * 2], u1 = d[(j + BN / 16) * 4 + hh * 2 + 1];
         const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
         *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
       }
     } else {
       const float wr = p.row_w[prow];
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        const int col = n_idx * kBN + j * 8 + 2 * (lane & 3);
+      for (int j = 0; j < BN / 8; ++j) {
+        const int col = n_idx * BN + j * 8 + 2 * (lane & 3);
         if (col >= p.N) continue;
         *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) =
             __floats2bfloat162_rn(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr);
@@ -222,12 +245,12 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       bool first = true;
       for (int t = blockIdx.x; t < total; t += step) {
         int m_idx, n_idx;
-        tile_coords(t, num_m, p.n_tiles, m_idx, n_idx);
+        tile_coords(t, num_m, p.n_tiles, p.group_m, m_idx, n_idx);
         const int4 tile = p.tiles[m_idx];
         const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
         const int wrow = slot * p.rows_per_slot;
-        const int b0 = MODE == 0 ? wrow + n_idx * (kBN / 2) : wrow + n_idx * kBN;
-        const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (kBN / 2) : b0 + kBN / 2;
+        const int b0 = MODE == 0 ? wrow + n_idx * (C::kBN / 2) : wrow + n_idx * C::kBN;
+        const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (C::kBN / 2) : b0 + C::kBN / 2;
         int kt0 = 0;
         if (first) {
           // The first stages' weight tiles do not depend on the previous kernel: fetch them before the PDL wait,
@@ -237,7 +260,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
             const uint32_t b_dst = base + kt * C::kStageBytes + C::kABytes;
             mbar_expect_tx(full(kt), C::kStageBytes);
             tma_load_2d(b_dst, &tmB, full(kt), kt * kBK, b0);
-            tma_load_2d(b_dst + (kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
+            tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
           }
           pdl_wait();
           pdl_trigger();
@@ -254,7 +277,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
           mbar_expect_tx(full(s), C::kStageBytes);
           tma_load_2d(a_dst, &tmA, full(s), kt * kBK, tile.y);
           tma_load_2d(b_dst, &tmB, full(s), kt * kBK, b0);
-          tma_load_2d(b_dst + (kBN / 2) * kBK * 2, &tmB, full(s), kt * kBK, b1);
+          tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(s), kt * kBK, b1);
         }
       }
     }
@@ -266,7 +289,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     int g = 0;
     for (int t = blockIdx.x; t < total; t += step) {
       int m_idx, n_idx;
-      tile_coords(t, num_m, p.n_tiles, m_idx, n_idx);
+      tile_coords(t, num_m, p.n_tiles, p.group_m, m_idx, n_idx);
       const int4 tile = p.tiles[m_idx];
       const int row0 = tile.y, row_end = tile.z;
       const bool live = row0 + cw * 64 < row_end;
@@ -276,11 +299,11 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         continue;
       }
       float d[128];
-      mma_tile<WGS>(d, base, bars, cw, ktiles, g, leader);
+      mma_tile<WGS, false, 1>(d, base, bars, cw, ktiles, g, leader);
       g += ktiles;
 
       const int tt = threadIdx.x & 127;
-      store_tile_direct<MODE>(d, p, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
+      store_tile_direct<MODE, C::kBN>(d, p, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
     }
   }
 }
@@ -290,11 +313,13 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
 // SMEM_EPI: the epilogue goes through shared memory (the free stage buffers) and leaves by one bulk copy per
 // output row, instead of 4-byte stores from the MMA fragment layout (8 rows x 16 bytes per warp store).
-template <int WGS, int MODE, bool SMEM_EPI>
+// TALL: the 256 x 128 tile (Cfg), direct-store epilogue only.
+template <int WGS, int MODE, bool SMEM_EPI, bool TALL = false>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_tile_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
                       const Params p) {
-  using C = Cfg<WGS>;
+  using C = Cfg<WGS, TALL>;
+  static_assert(!(SMEM_EPI && TALL), "the shared-memory epilogue is written for the 64-row warpgroup tile");
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
   const uint32_t raw = smem_u32(wg_smem_raw);
   const uint32_t base = (raw + 1023) & ~1023u;
@@ -305,9 +330,9 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   // ---- tile coordinates: grouped raster over the device-side tile list (same as the mma.sync kernel) ----
   const int num_m = *p.num_tiles;  // written >= 2 launches back: complete when this kernel runs (PDL rules)
   const int pid = blockIdx.x;
-  const int width = kGroupM * p.n_tiles;
-  const int first_m = (pid / width) * kGroupM;
-  const int gsize = min(num_m - first_m, kGroupM);
+  const int width = p.group_m * p.n_tiles;
+  const int first_m = (pid / width) * p.group_m;
+  const int gsize = min(num_m - first_m, p.group_m);
   const int in_group = pid % width;
   if (first_m >= num_m || in_group >= gsize * p.n_tiles) {
     pdl_wait();
@@ -335,15 +360,15 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     if (WGS == 2) setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
       const int wrow = slot * p.rows_per_slot;
-      const int b0 = MODE == 0 ? wrow + n_idx * (kBN / 2) : wrow + n_idx * kBN;
-      const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (kBN / 2) : b0 + kBN / 2;
+      const int b0 = MODE == 0 ? wrow + n_idx * (C::kBN / 2) : wrow + n_idx * C::kBN;
+      const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (C::kBN / 2) : b0 + C::kBN / 2;
       // Weights first, before the PDL wait (they do not depend on the previous kernel), then the activations.
       const int pre = ktiles < kStages ? ktiles : kStages;
       for (int kt = 0; kt < pre; ++kt) {
         const uint32_t b_dst = base + kt * C::kStageBytes + C::kABytes;
         mbar_expect_tx(full(kt), C::kStageBytes);
         tma_load_2d(b_dst, &tmB, full(kt), kt * kBK, b0);
-        tma_load_2d(b_dst + (kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
+        tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
       }
       pdl_wait();
       pdl_trigger();
@@ -356,27 +381,33 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         mbar_expect_tx(full(s), C::kStageBytes);
         tma_load_2d(a_dst, &tmA, full(s), kt * kBK, row0);
         tma_load_2d(b_dst, &tmB, full(s), kt * kBK, b0);
-        tma_load_2d(b_dst + (kBN / 2) * kBK * 2, &tmB, full(s), kt * kBK, b1);
+        tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(s), kt * kBK, b1);
       }
     }
   } else {
     // ---------------- consumers ----------------
     if (WGS == 2) setmaxnreg_inc<232>();
-    const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
+    const int cw = wgi - 1;  // consumer index: token rows cw*kWgRows .. +kWgRows-1 of the tile
     const bool leader = (threadIdx.x & 127) == 0;
-    const bool live = row0 + cw * 64 < row_end;
+    const int wrow0 = row0 + cw * C::kWgRows;
+    // 64-row halves of this warpgroup's rows that hold tokens: 0 (skip), 1, or (TALL) 2. With the 256-row tile an
+    // expert's last tile keeps the 64-row MMA granularity of the 128-row one.
+    const int halves = wrow0 >= row_end ? 0 : (TALL && wrow0 + 64 < row_end) ? 2 : 1;
+    const bool live = halves > 0;
     float d[128];
-    if (live)
-      mma_tile<WGS>(d, base, bars, cw, ktiles, 0, leader);
-    else
+    if (!live)
       skip_tile(bars, ktiles, 0, leader);
+    else if (TALL && halves == 2)
+      mma_tile<WGS, TALL, TALL ? 2 : 1>(d, base, bars, cw, ktiles, 0, leader);
+    else
+      mma_tile<WGS, TALL, 1>(d, base, bars, cw, ktiles, 0, leader);
     const int t = threadIdx.x & 127, warp = t >> 5, lane = t & 31;
     if (SMEM_EPI) {
       // Once both consumer warpgroups are past their last wgmma, every TMA load of this tile has landed and been
       // read: the stage buffers are free to hold the output tile.
       named_bar_sync(1, WGS * 128);
       if (!live) return;
-      constexpr int OUTC = MODE == 0 ? kBN / 2 : kBN;  // output columns of the tile
+      constexpr int OUTC = MODE == 0 ? C::kBN / 2 : C::kBN;  // output columns of the tile
       constexpr int PITCH = OUTC * 2 + 16;             // +16 B: the 8 rows of a fragment store hit distinct banks
       const uint32_t stg = base + cw * 64 * PITCH;
 #pragma unroll
@@ -414,7 +445,8 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     }
     if (!live) return;
 
-    store_tile_direct<MODE>(d, p, row0 + cw * 64, row_end, n_idx, warp, lane);
+    store_tile_direct<MODE, C::kBN>(d, p, wrow0, row_end, n_idx, warp, lane);
+    if (TALL && halves == 2) store_tile_direct<MODE, C::kBN>(d + 64, p, wrow0 + 64, row_end, n_idx, warp, lane);
   }
 }
 

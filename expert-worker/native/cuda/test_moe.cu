@@ -384,6 +384,18 @@ int main(int argc, char** argv) {
        "SY_MOE_EPI=1"},
       {"direct-epilogue-bm128", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
        "SY_MOE_EPI=0"},
+      // 256-row tiles (two 128-row consumer warpgroups, each two 64-row halves): experts of ~275 tokens (a full tile
+      // plus a remainder: both half counts and skipped warpgroups), 1 token, empty experts, 257 experts with d and f
+      // not multiples of the tile, pre-routed with missing experts under graph capture, the default choice at
+      // >= 192 tokens per expert, and the knob that turns it off
+      {"wgmma-bm256", 8, 2, 512, 1024, 1100, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1},
+      {"wgmma-bm256-one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1},
+      {"wgmma-bm256-empty-experts", 16, 1, 136, 72, 5, 0, 0, 0, 0, 1.f, false, false, false, false, 256, 1, 1},
+      {"wgmma-bm256-awkward-dims-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 256,
+       1, 2},
+      {"wgmma-bm256-prerouted-missing-graph", 24, 3, 192, 256, 700, 0, 0, 0, 0, 1.f, false, true, true, true, 256, 1, 1},
+      {"bm256-auto-choice", 4, 2, 256, 320, 600, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0},
+      {"bm256-off-knob", 4, 2, 256, 320, 600, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0, "SY_MOE_TALL_AVG=0"},
   };
   if (!quick) {
     cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
@@ -391,6 +403,8 @@ int main(int argc, char** argv) {
     cases.push_back({"dsv3-groups-257tok", 256, 8, 512, 256, 257, 1, 1, 8, 4, 2.5f, true, false, false, true, 0, 0});
     cases.push_back({"wgmma-large", 8, 2, 1024, 768, 3000, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 1});
     cases.push_back({"wgmma-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 64, 1, 1});
+    cases.push_back({"wgmma-bm256-large", 8, 2, 1024, 768, 3000, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1});
+    cases.push_back({"bm256-auto-dsv3-groups", 32, 8, 512, 256, 1000, 1, 1, 8, 4, 2.5f, true, false, false, false, 0, 0});
   }
   for (auto& c : cases) run_case(c, rng);
   sy_moe_set_tuning(0, 0, 0);
