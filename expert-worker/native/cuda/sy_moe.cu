@@ -55,8 +55,12 @@ constexpr int kSmemEpilogueDefault = 0;
 constexpr int kPersistMaxAvg = 128;
 // Largest bound on token tiles ((T*k)/128 + active experts) the 128-row persistent kernel runs at (see run()).
 constexpr int kPersist128MaxTokenTiles = 192;
-// 256-row token tiles (wgmma, TALL) once experts average at least this many tokens (see sy_moe_forward).
-constexpr int kTallMinAvg = 192;
+// 128-row token tiles (two consumer warpgroups) once experts average more than this many tokens, else 64 (see
+// sy_moe_forward).
+constexpr int kWide128MinAvg = 24;
+// 256-row token tiles (wgmma, TALL) once experts average at least this many tokens; 0 = never (measured slower
+// than the 128-row tile at every compute-side cell, see sy_moe_forward; SY_MOE_TALL_AVG sets it per call).
+constexpr int kTallMinAvg = 0;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -277,7 +281,9 @@ __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, in
   const int ex_c = base_c + ic - c, ex_m = base_m + im - mt;
   if (tid < E) {
     offsets[tid] = ex_c;
-    for (int i = 0; i < mt; ++i) tiles[ex_m + i] = make_int4(tid, ex_c + i * BM, ex_c + c, 0);
+    // (expert, first row, expert's row end, index of the tile inside its expert: the wgmma raster finds the
+    // expert's first tile and tile count from it)
+    for (int i = 0; i < mt; ++i) tiles[ex_m + i] = make_int4(tid, ex_c + i * BM, ex_c + c, i);
   }
   if (tid == 1023) *num_tiles = ex_m + mt;
   return ex_c;
@@ -387,9 +393,10 @@ __global__ void scatter_kernel(const int* ids, const float* w, const int* rank, 
   assign_row[a] = row;
 }
 
-// out[t] = sum_j y[assign_row[t, j]] in a fixed order (deterministic), fp32 accumulation, 16-byte accesses.
-__global__ void combine_kernel(const bf16* __restrict__ y, const int* __restrict__ assign_row, int k, int D,
-                               bf16* __restrict__ out) {
+// out[t] = sum_j y[assign_row[t, j]] (+ y2[...], the second K half of a split GEMM2, when y2 is not null) in a
+// fixed order (deterministic), fp32 accumulation, 16-byte accesses.
+__global__ void combine_kernel(const bf16* __restrict__ y, const bf16* __restrict__ y2,
+                               const int* __restrict__ assign_row, int k, int D, bf16* __restrict__ out) {
   pdl_wait();
   pdl_trigger();
   const int t = blockIdx.x;
@@ -405,6 +412,11 @@ __global__ void combine_kernel(const bf16* __restrict__ y, const int* __restrict
       const bf16* pv = reinterpret_cast<const bf16*>(&v);
 #pragma unroll
       for (int q = 0; q < 8; ++q) acc[q] += __bfloat162float(pv[q]);
+      if (y2) {
+        v = *reinterpret_cast<const uint4*>(y2 + (size_t)r * D + c);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) acc[q] += __bfloat162float(pv[q]);
+      }
     }
     uint4 o;
     bf16* po = reinterpret_cast<bf16*>(&o);
@@ -486,7 +498,7 @@ __device__ __forceinline__ int swz(int r, int ch) {
   return r * BK + ((ch ^ ((r >> SH) & (C - 1))) << 3);
 }
 
-constexpr int kGroupM = 8;  // raster: 8 token tiles share each weight tile while it is in L2
+constexpr int kGroupM = 8;  // raster: up to 8 token tiles share each weight tile while it is in L2 (wg::tile_coords)
 
 template <int BM, int NB, int BK, int WARPS_M, int WARPS_N, int STAGES>
 struct GemmCfg {
@@ -859,8 +871,7 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
                  long long* grid_out) {
   static_assert(!(PERSIST && TALL), "the 256-row tile runs one tile per CTA");
   using C = wg::Cfg<WGS, TALL>;
-  // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA (grouped raster
-  // with holes: the grid covers whole groups of kGroupM token tiles).
+  // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA.
   auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true> : wg::wgmma_tile_kernel<WGS, MODE, EPI, TALL>;
   static bool attr_set = false;
   if (!attr_set) {
@@ -870,11 +881,12 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   const int out_cols = MODE == 0 ? C::kBN / 2 : C::kBN;
   p.n_tiles = (p.N + out_cols - 1) / out_cols;
   // upper bound; the real tile count is read on the device
-  long long grid = PERSIST ? (long long)max_m * p.n_tiles
-                           : (long long)(max_m + p.group_m - 1) / p.group_m * p.group_m * p.n_tiles;
+  long long grid = (long long)max_m * p.n_tiles;  // tile_coords maps a dense index: no holes
   if (PERSIST && grid > g_num_sms) grid = g_num_sms;
-  *grid_out = grid;
-  if (grid > 0) return launch_k(pdl, kern, dim3((unsigned)grid), dim3(C::kThreads), C::kSmem, s, a, b, p);
+  const int splits = PERSIST ? 1 : std::max(1, p.k_splits);
+  *grid_out = grid * splits;
+  if (grid > 0)
+    return launch_k(pdl, kern, dim3((unsigned)grid, (unsigned)splits), dim3(C::kThreads), C::kSmem, s, a, b, p);
   return SY_MOE_OK;
 }
 
@@ -1015,9 +1027,12 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // kernel (64 or 128 token rows per CTA) wins once the tile is mostly filled (measured: bench/results/).
   // Measured on H200 (bench/results/h200-moe.json, tune_ms): the wgmma/TMA kernel beats the mma.sync kernels at
   // every shape, decode included (TMA streams weights at ~3.9 TB/s vs ~3.1), so it is the default; 64-row tiles
-  // while experts average <= 36 tokens, 128-row tiles (two consumer warpgroups) above. mma.sync (with split-K)
-  // stays as the portable fallback and for tuning.
-  int BM = avg > 36 ? 128 : 64;
+  // while experts average <= kWide128MinAvg (24) tokens, 128-row tiles (two consumer warpgroups) above. mma.sync
+  // (with split-K) stays as the portable fallback and for tuning. The limit was 36 until DeepSeek-V3 T=1024
+  // (average 32, but routing with bias leaves ~200 experts active and many above 64 tokens, i.e. two 64-row
+  // tiles) measured 4.73-4.84 ms with 128-row tiles vs 5.40-5.46 with 64 (bench/results/h200-moe-iter.json);
+  // Mixtral T=128 (average 32, all within 64) loses ~1% (0.7014 vs 0.6943 ms, h200-moe.tune-incomplete.json).
+  int BM = avg > kWide128MinAvg ? 128 : 64;
   bool use_wg = true;
   if (g_tune_bm) BM = g_tune_bm;
   // Engine override: tuning call, else env SY_MOE_ENGINE (1: wgmma, 2: wgmma one tile per CTA, 3: wgmma
@@ -1025,9 +1040,12 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const int env_engine = env_int("SY_MOE_ENGINE", 0);
   const int engine = g_tune_wgmma ? g_tune_wgmma : env_engine;
   if (engine) use_wg = engine > 0;
-  // 256-row tiles (wgmma only) while experts average >= kTallMinAvg tokens: with 128-row tiles each expert's
-  // weight tiles are requested by 2-4 token tiles whose sharing through L2 is partial; the 256-row tile requests
-  // them half as often (sy_moe_wgmma.cuh, Cfg). SY_MOE_TALL_AVG overrides the threshold (0: never).
+  // 256-row tiles (wgmma only) while experts average >= SY_MOE_TALL_AVG tokens (default kTallMinAvg = 0: never).
+  // Built on the idea that 128-row tiles lose weight reuse between an expert's 2-4 token tiles; measured on H200 it
+  // is slower at every compute-side cell (bench/results/h200-moe-iter.json, 256 vs 128 rows one tile per CTA:
+  // Mixtral T=1024 1.654 vs 1.585 ms, T=8192 9.86 vs 9.48, Qwen3 T=8192 1.613 vs 1.485, DeepSeek-V3 T=8192 14.23
+  // vs 13.10), so the grouped raster already shares the weight tiles through L2 and the two m64n128 MMAs per
+  // k-step cost more than one m64n256 (more shared-memory operand reads per flop). Kept as a knob and tested.
   const int tall_avg = env_int("SY_MOE_TALL_AVG", kTallMinAvg);
   if (!g_tune_bm && BM == 128 && tall_avg > 0 && avg >= tall_avg) BM = 256;
   if (BM != 16 && BM != 32 && BM != 64 && BM != 128 && BM != 256)
@@ -1124,10 +1142,26 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     if ((rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
                        (const bf16*)a->x, (const int*)assign_row, n, k, D, xp)))
       return rc;
-    // SY_MOE_GROUP_M: token tiles per raster group of the wgmma GEMMs (benchmark knob; default kGroupM)
-    const int group_m = std::max(1, env_int("SY_MOE_GROUP_M", kGroupM));
-    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m};
-    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m};
+    // SY_MOE_GROUP_M: token tiles per raster group of the wgmma GEMMs (benchmark knob; default kGroupM; negative:
+    // groups not aligned to experts, the raster before, see wg::tile_coords)
+    int group_m = env_int("SY_MOE_GROUP_M", kGroupM);
+    if (group_m == 0) group_m = kGroupM;
+    // GEMM2 split-K in two for the one-tile 128-row kernel when its grid is a few waves of long tiles: the last
+    // wave of a 2.4-wave grid (Mixtral T=1024: ~20 token tiles x 16 column tiles = 320 CTAs of 224 k-tiles on 132
+    // SMs) leaves most SMs idle; halves of K double the CTAs and halve their length (5 waves of 112 k-tiles instead
+    // of 3 of 224). The second half's partials go to x_perm, dead once GEMM1 is done (GEMM2 starts after GEMM1 has
+    // completed: PDL wait), and the combine adds them. Chosen from the expected grid (about half the active experts
+    // have a last, partial token tile), only where it shortens the schedule by >= 10% and each half keeps >= 32
+    // k-tiles (per-CTA fill and epilogue stay small). SY_MOE_WG_SPLIT=0 turns it off.
+    int wg_split = 1;
+    const int kt2 = (F + wg::kBK - 1) / wg::kBK;
+    if (!persist && BM == 128 && kt2 >= 64 && env_int("SY_MOE_WG_SPLIT", 1) != 0) {
+      const long long ctas = ((long long)(n + BM - 1) / BM + active / 2) * ((D + 255) / 256);
+      auto span = [&](long long sp) { return (ctas * sp + g_num_sms - 1) / g_num_sms * ((kt2 + sp - 1) / sp); };
+      if (span(2) * 10 <= span(1) * 9) wg_split = 2;
+    }
+    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr};
+    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp};
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
       rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
@@ -1137,7 +1171,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
     return launch_k(pdl && g2 <= kPdlMaxPrimaryGrid, combine_kernel, dim3(T), dim3(threads), 0, s, (const bf16*)y,
-                    (const int*)assign_row, k, D, (bf16*)a->out);
+                    (const bf16*)(wg_split > 1 ? xp : nullptr), (const int*)assign_row, k, D, (bf16*)a->out);
   }
 
   GemmParams g1{};
@@ -1189,7 +1223,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     rc = g_skip_gemm ? 0 : run_gemm<1>(BM, g2, max_m, s);
     if (rc) return rc;
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
-    combine_kernel<<<T, threads, 0, s>>>(y, assign_row, k, D, (bf16*)a->out);
+    combine_kernel<<<T, threads, 0, s>>>(y, nullptr, assign_row, k, D, (bf16*)a->out);
     SY_CUDA(cudaGetLastError());
   }
   return SY_MOE_OK;

@@ -28,6 +28,8 @@ struct Params {
   bf16* C;            // [rows, N]
   const float* row_w; // GEMM2: routing weight per permuted row
   int group_m;        // raster: token tiles per group (tile_coords); kGroupM unless SY_MOE_GROUP_M says otherwise
+  int k_splits;       // one-tile GEMM2 only: 1, or 2 = K in two halves (blockIdx.y), partial products to C and C2
+  bf16* C2;           // second half's output (same shape as C), summed with C by the combine
 };
 
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
@@ -159,12 +161,37 @@ __device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, boo
   }
 }
 
-// Dense tile index -> (token tile, weight tile), grouped raster: group_m (kGroupM) consecutive token tiles (mostly
-// of one expert) sweep the weight tiles together, so a weight tile read from HBM is reused from L2.
-__device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int group_m, int& m_idx, int& n_idx) {
-  const int width = group_m * n_tiles;
-  const int first_m = (t / width) * group_m;
-  const int gsize = min(num_m - first_m, group_m);
+// Dense tile index t in [0, num_m * n_tiles) -> (token tile, weight tile), grouped raster.
+// group_m > 0 (default kGroupM): groups aligned to experts. Expert e's token tiles [first, first + m_e) own the
+// indices [first * n_tiles, (first + m_e) * n_tiles), so tile t / n_tiles is one of e's and its .w (index inside
+// the expert) gives first and m_e. Its tiles, in chunks of up to group_m, sweep the weight tiles together: the
+// CTAs that share a weight tile are consecutive, so they run at the same time and the tile comes from HBM once,
+// and the chunk's activation rows stay in L2 during the sweep.
+// group_m < 0: groups of -group_m consecutive token tiles whatever their experts (the raster before). An expert
+// whose tiles straddle a group boundary has its weight tiles' sharers a whole group (about a wave) apart, so they
+// are read from HBM again (DeepSeek-V3 T=8192: ~2.5 token tiles per expert, 8 per group).
+// bm: the token tile rows the tile list was built with (the kernel's kBM).
+__device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int group_m, const int4* tiles, int bm,
+                                            int& m_idx, int& n_idx) {
+  if (group_m > 0) {
+    const int q = t / n_tiles;
+    const int4 tq = tiles[q];
+    const int first = q - tq.w;
+    const int ex_row0 = tq.y - tq.w * bm;
+    const int m_e = (tq.z - ex_row0 + bm - 1) / bm;
+    const int width = group_m * n_tiles;
+    const int local = t - first * n_tiles;
+    const int j = local / width;
+    const int gsize = min(group_m, m_e - j * group_m);
+    const int r = local - j * width;
+    m_idx = first + j * group_m + r % gsize;
+    n_idx = r / gsize;
+    return;
+  }
+  const int g = -group_m;
+  const int width = g * n_tiles;
+  const int first_m = (t / width) * g;
+  const int gsize = min(num_m - first_m, g);
   const int r = t - (t / width) * width;
   m_idx = first_m + r % gsize;
   n_idx = r / gsize;
@@ -174,8 +201,8 @@ __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int g
 // accumulator fragment `d` -> C. MODE 0: silu(gate) * up over the tile's BN/2 output columns; MODE 1: times the
 // row's routing weight over BN columns. Rows past `row_end` and columns past N are skipped.
 template <int MODE, int BN>
-__device__ __forceinline__ void store_tile_direct(const float* d, const Params& p, int row0, int row_end, int n_idx,
-                                                  int warp, int lane) {
+__device__ __forceinline__ void store_tile_direct(const float* d, const Params& p, bf16* Cout, int row0, int row_end,
+                                                  int n_idx, int warp, int lane) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     const int prow = row0 + warp * 16 + (lane >> 2) + hh * 8;
@@ -188,7 +215,7 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
         const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
         const float u0 = d[(j + BN / 16) * 4 + hh * 2], u1 = d[(j + BN / 16) * 4 + hh * 2 + 1];
         const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
-        *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
+        *reinterpret_cast<__nv_bfloat162*>(Cout + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
       }
     } else {
       const float wr = p.row_w[prow];
@@ -196,7 +223,7 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
       for (int j = 0; j < BN / 8; ++j) {
         const int col = n_idx * BN + j * 8 + 2 * (lane & 3);
         if (col >= p.N) continue;
-        *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) =
+        *reinterpret_cast<__nv_bfloat162*>(Cout + (size_t)prow * p.N + col) =
             __floats2bfloat162_rn(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr);
       }
     }
@@ -204,6 +231,7 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
 }
 
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
+// k_splits is not read here (the host splits K only for the one-tile kernel).
 // PERSIST: one CTA per SM loops over tiles; the producer runs ahead into the next tile while the consumers do the
 // epilogue, and the barrier phases carry over (g counts k-tiles across tiles). Otherwise one tile per CTA.
 template <int WGS, int MODE, bool PERSIST>
@@ -245,7 +273,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       bool first = true;
       for (int t = blockIdx.x; t < total; t += step) {
         int m_idx, n_idx;
-        tile_coords(t, num_m, p.n_tiles, p.group_m, m_idx, n_idx);
+        tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
         const int4 tile = p.tiles[m_idx];
         const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
         const int wrow = slot * p.rows_per_slot;
@@ -289,7 +317,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     int g = 0;
     for (int t = blockIdx.x; t < total; t += step) {
       int m_idx, n_idx;
-      tile_coords(t, num_m, p.n_tiles, p.group_m, m_idx, n_idx);
+      tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
       const int4 tile = p.tiles[m_idx];
       const int row0 = tile.y, row_end = tile.z;
       const bool live = row0 + cw * 64 < row_end;
@@ -303,7 +331,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       g += ktiles;
 
       const int tt = threadIdx.x & 127;
-      store_tile_direct<MODE, C::kBN>(d, p, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
+      store_tile_direct<MODE, C::kBN>(d, p, p.C, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
     }
   }
 }
@@ -314,6 +342,9 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
 // SMEM_EPI: the epilogue goes through shared memory (the free stage buffers) and leaves by one bulk copy per
 // output row, instead of 4-byte stores from the MMA fragment layout (8 rows x 16 bytes per warp store).
 // TALL: the 256 x 128 tile (Cfg), direct-store epilogue only.
+// GEMM2 with p.k_splits = 2: CTA (x, y) computes k-tiles of half y of K and writes its partial product (routing
+// weight applied: it is linear) to C (y = 0) or C2 (y = 1); the combine sums both. The host asks for it when the
+// grid is a few waves of long tiles (sy_moe_forward), where the last, partial wave leaves most SMs idle.
 template <int WGS, int MODE, bool SMEM_EPI, bool TALL = false>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_tile_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
@@ -327,23 +358,23 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 64 + 8 * s; };
 
-  // ---- tile coordinates: grouped raster over the device-side tile list (same as the mma.sync kernel) ----
+  // ---- tile coordinates: grouped raster over the device-side tile list (tile_coords) ----
   const int num_m = *p.num_tiles;  // written >= 2 launches back: complete when this kernel runs (PDL rules)
-  const int pid = blockIdx.x;
-  const int width = p.group_m * p.n_tiles;
-  const int first_m = (pid / width) * p.group_m;
-  const int gsize = min(num_m - first_m, p.group_m);
-  const int in_group = pid % width;
-  if (first_m >= num_m || in_group >= gsize * p.n_tiles) {
+  if ((int)blockIdx.x >= num_m * p.n_tiles) {
     pdl_wait();
     return;
   }
-  const int m_idx = first_m + in_group % gsize;
-  const int n_idx = in_group / gsize;
+  int m_idx, n_idx;
+  tile_coords(blockIdx.x, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
   const int4 tile = p.tiles[m_idx];
   const int row0 = tile.y, row_end = tile.z;
   const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
-  const int ktiles = (p.K + kBK - 1) / kBK;
+  const int kt_all = (p.K + kBK - 1) / kBK;
+  const int splits = MODE == 1 ? p.k_splits : 1;
+  const int kper = (kt_all + splits - 1) / splits;
+  const int kt0 = (int)blockIdx.y * kper;  // first k-tile of this CTA's part of K
+  const int ktiles = min(kper, kt_all - kt0);
+  bf16* const Cout = blockIdx.y ? p.C2 : p.C;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -367,21 +398,22 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       for (int kt = 0; kt < pre; ++kt) {
         const uint32_t b_dst = base + kt * C::kStageBytes + C::kABytes;
         mbar_expect_tx(full(kt), C::kStageBytes);
-        tma_load_2d(b_dst, &tmB, full(kt), kt * kBK, b0);
-        tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
+        tma_load_2d(b_dst, &tmB, full(kt), (kt0 + kt) * kBK, b0);
+        tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(kt), (kt0 + kt) * kBK, b1);
       }
       pdl_wait();
       pdl_trigger();
-      for (int kt = 0; kt < pre; ++kt) tma_load_2d(base + kt * C::kStageBytes, &tmA, full(kt), kt * kBK, row0);
+      for (int kt = 0; kt < pre; ++kt)
+        tma_load_2d(base + kt * C::kStageBytes, &tmA, full(kt), (kt0 + kt) * kBK, row0);
       for (int kt = pre; kt < ktiles; ++kt) {
         const int s = kt % kStages;
         if (kt >= kStages) mbar_wait(empty(s), ((kt / kStages) - 1) & 1);
         const uint32_t a_dst = base + s * C::kStageBytes;
         const uint32_t b_dst = a_dst + C::kABytes;
         mbar_expect_tx(full(s), C::kStageBytes);
-        tma_load_2d(a_dst, &tmA, full(s), kt * kBK, row0);
-        tma_load_2d(b_dst, &tmB, full(s), kt * kBK, b0);
-        tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(s), kt * kBK, b1);
+        tma_load_2d(a_dst, &tmA, full(s), (kt0 + kt) * kBK, row0);
+        tma_load_2d(b_dst, &tmB, full(s), (kt0 + kt) * kBK, b0);
+        tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(s), (kt0 + kt) * kBK, b1);
       }
     }
   } else {
@@ -437,7 +469,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         const int col0 = n_idx * OUTC;
         const int cols = min(OUTC, p.N - col0);
         if (prow < row_end && cols > 0) {
-          bulk_store(p.C + (size_t)prow * p.N + col0, stg + t * PITCH, (uint32_t)cols * 2);
+          bulk_store(Cout + (size_t)prow * p.N + col0, stg + t * PITCH, (uint32_t)cols * 2);
           bulk_commit_wait_read();  // the smem must outlive the copy's reads (the CTA exits next)
         }
       }
@@ -445,8 +477,9 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     }
     if (!live) return;
 
-    store_tile_direct<MODE, C::kBN>(d, p, wrow0, row_end, n_idx, warp, lane);
-    if (TALL && halves == 2) store_tile_direct<MODE, C::kBN>(d + 64, p, wrow0 + 64, row_end, n_idx, warp, lane);
+    store_tile_direct<MODE, C::kBN>(d, p, Cout, wrow0, row_end, n_idx, warp, lane);
+    if (TALL && halves == 2)
+      store_tile_direct<MODE, C::kBN>(d + 64, p, Cout, wrow0 + 64, row_end, n_idx, warp, lane);
   }
 }
 

@@ -386,16 +386,33 @@ int main(int argc, char** argv) {
        "SY_MOE_EPI=0"},
       // 256-row tiles (two 128-row consumer warpgroups, each two 64-row halves): experts of ~275 tokens (a full tile
       // plus a remainder: both half counts and skipped warpgroups), 1 token, empty experts, 257 experts with d and f
-      // not multiples of the tile, pre-routed with missing experts under graph capture, the default choice at
-      // >= 192 tokens per expert, and the knob that turns it off
+      // not multiples of the tile, pre-routed with missing experts under graph capture, chosen by the knob
+      // (SY_MOE_TALL_AVG; off by default), and the default choice at the same size
       {"wgmma-bm256", 8, 2, 512, 1024, 1100, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1},
       {"wgmma-bm256-one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1},
       {"wgmma-bm256-empty-experts", 16, 1, 136, 72, 5, 0, 0, 0, 0, 1.f, false, false, false, false, 256, 1, 1},
       {"wgmma-bm256-awkward-dims-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 256,
        1, 2},
       {"wgmma-bm256-prerouted-missing-graph", 24, 3, 192, 256, 700, 0, 0, 0, 0, 1.f, false, true, true, true, 256, 1, 1},
-      {"bm256-auto-choice", 4, 2, 256, 320, 600, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0},
-      {"bm256-off-knob", 4, 2, 256, 320, 600, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0, "SY_MOE_TALL_AVG=0"},
+      {"bm256-by-knob-graph", 4, 2, 256, 320, 600, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0, 0,
+       "SY_MOE_TALL_AVG=192"},
+      {"default-300-per-expert", 4, 2, 256, 320, 600, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
+      // GEMM2 split into two K halves (one-tile 128-row kernel, few waves of >= 64 k-tiles): partials summed by the
+      // combine; K not a multiple of 64 with 257 experts and d not a tile multiple, graph capture, the knob off
+      {"wgmma-gemm2-split2", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2},
+      {"wgmma-gemm2-split2-awkward-graph", 257, 4, 200, 4104, 333, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
+       2},
+      {"wgmma-gemm2-split-off", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
+       "SY_MOE_WG_SPLIT=0"},
+      // raster groups aligned to experts (wg::tile_coords): an expert of 12 token tiles (chunks of 8 and 4), groups
+      // of 3 in the persistent kernel and with 256-row tiles, and the unaligned raster (negative knob)
+      {"raster-12-tiles-per-expert", 2, 1, 256, 256, 3000, 0, 0, 0, 0, 1.f, false, false, false, false, 128, 1, 2},
+      {"raster-group3-persistent", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_GROUP_M=3"},
+      {"raster-group3-bm256", 8, 2, 256, 512, 1500, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1,
+       "SY_MOE_GROUP_M=3"},
+      {"raster-unaligned-groups", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
+       "SY_MOE_GROUP_M=-8"},
   };
   if (!quick) {
     cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
@@ -404,7 +421,10 @@ int main(int argc, char** argv) {
     cases.push_back({"wgmma-large", 8, 2, 1024, 768, 3000, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 1});
     cases.push_back({"wgmma-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 64, 1, 1});
     cases.push_back({"wgmma-bm256-large", 8, 2, 1024, 768, 3000, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1});
-    cases.push_back({"bm256-auto-dsv3-groups", 32, 8, 512, 256, 1000, 1, 1, 8, 4, 2.5f, true, false, false, false, 0, 0});
+    cases.push_back({"bm256-knob-dsv3-groups", 32, 8, 512, 256, 1000, 1, 1, 8, 4, 2.5f, true, false, false, false, 0, 0,
+                     0, "SY_MOE_TALL_AVG=192"});
+    cases.push_back({"default-gemm2-split2-mixtral-like", 8, 2, 512, 4096, 1024, 0, 1, 0, 0, 1.f, false, false, false,
+                     false, 0, 0});
   }
   for (auto& c : cases) run_case(c, rng);
   sy_moe_set_tuning(0, 0, 0);
