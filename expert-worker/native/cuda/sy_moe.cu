@@ -61,6 +61,9 @@ constexpr int kWide128MinAvg = 24;
 // 256-row token tiles (wgmma, TALL) once experts average at least this many tokens; 0 = never (measured slower
 // than the 128-row tile at every compute-side cell, see sy_moe_forward; SY_MOE_TALL_AVG sets it per call).
 constexpr int kTallMinAvg = 0;
+// Consecutive tiles per CTA of the persistent kernel where one tile per CTA would run; 1 = one tile per CTA (see
+// SY_MOE_TPC in sy_moe_forward).
+constexpr int kTilesPerCta = 1;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -882,7 +885,10 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   p.n_tiles = (p.N + out_cols - 1) / out_cols;
   // upper bound; the real tile count is read on the device
   long long grid = (long long)max_m * p.n_tiles;  // tile_coords maps a dense index: no holes
-  if (PERSIST && grid > g_num_sms) grid = g_num_sms;
+  if (PERSIST && p.tiles_per_cta > 0)
+    grid = (grid + p.tiles_per_cta - 1) / p.tiles_per_cta;
+  else if (PERSIST && grid > g_num_sms)
+    grid = g_num_sms;
   const int splits = PERSIST ? 1 : std::max(1, p.k_splits);
   *grid_out = grid * splits;
   if (grid > 0)
@@ -1032,7 +1038,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // (average 32, but routing with bias leaves ~200 experts active and many above 64 tokens, i.e. two 64-row
   // tiles) measured 4.73-4.84 ms with 128-row tiles vs 5.40-5.46 with 64 (bench/results/h200-moe-iter.json);
   // Mixtral T=128 (average 32, all within 64) loses ~1% (0.7014 vs 0.6943 ms, h200-moe.tune-incomplete.json).
-  int BM = avg > kWide128MinAvg ? 128 : 64;
+  int BM = avg > env_int("SY_MOE_WIDE_AVG", kWide128MinAvg) ? 128 : 64;  // SY_MOE_WIDE_AVG: benchmark knob
   bool use_wg = true;
   if (g_tune_bm) BM = g_tune_bm;
   // Engine override: tuning call, else env SY_MOE_ENGINE (1: wgmma, 2: wgmma one tile per CTA, 3: wgmma
@@ -1160,13 +1166,20 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
       auto span = [&](long long sp) { return (ctas * sp + g_num_sms - 1) / g_num_sms * ((kt2 + sp - 1) / sp); };
       if (span(2) * 10 <= span(1) * 9) wg_split = 2;
     }
-    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr};
-    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp};
+    // SY_MOE_TPC = N > 1: where one tile per CTA would run (BM 64/128, GEMM2 not split), the persistent kernel
+    // with N consecutive tiles per CTA instead (wgmma_gemm_kernel); default kTilesPerCta.
+    const int tpc = env_int("SY_MOE_TPC", kTilesPerCta);
+    const bool chunked = !persist && BM != 256 && tpc > 1;
+    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr,
+                  chunked ? tpc : 0};
+    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp,
+                  chunked && wg_split == 1 ? tpc : 0};
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
+      rc = run_wgmma<0>(BM, persist || chunked, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist, epi, mA2, mB2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
+      rc = run_wgmma<1>(BM, persist || (chunked && wg_split == 1), epi, mA2, mB2, p2, max_m,
+                        pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;

@@ -413,6 +413,14 @@ int main(int argc, char** argv) {
        "SY_MOE_GROUP_M=3"},
       {"raster-unaligned-groups", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
        "SY_MOE_GROUP_M=-8"},
+      // the persistent kernel over runs of consecutive tiles (SY_MOE_TPC) where one tile per CTA would run: 128 rows
+      // with a last run shorter than the rest, 64 rows under graph capture, and beside a split GEMM2
+      {"chunked-persistent-tpc3-bm128", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
+       "SY_MOE_TPC=3"},
+      {"chunked-persistent-tpc2-bm64-graph", 16, 2, 256, 256, 200, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 2,
+       "SY_MOE_TPC=2"},
+      {"chunked-persistent-tpc4-split-gemm2", 257, 4, 200, 4104, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
+       1, 2, "SY_MOE_TPC=4"},
   };
   if (!quick) {
     cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
