@@ -27,15 +27,31 @@ inline uint16_t Narrow(float f) {
   return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rne);
 }
 
-// acc = 0 + w * row   (the `0 +` turns -0 into +0, as the zero-initialised TypeScript sum does)
+// acc = 0 + w * row. A product of two fp32 values is exact in double, so rounding it once to fp32 (what the
+// TypeScript sum does after its double multiply) equals the fp32 multiply: this step runs in fp32, 16 lanes wide.
+// (The `0 +` turns -0 into +0, as the zero-initialised TypeScript sum does.)
 template <RowType T>
-void First(const uint8_t* row, double w, float* __restrict acc, int n) {
+void First(const uint8_t* row, float w, float* __restrict acc, int n) {
   if constexpr (T == RowType::BF16) {
     const u16u* h = reinterpret_cast<const u16u*>(row);
-    for (int j = 0; j < n; j++) acc[j] = static_cast<float>(0.0 + w * static_cast<double>(Widen(h[j])));
+    for (int j = 0; j < n; j++) acc[j] = 0.0f + w * Widen(h[j]);
   } else {
     const f32u* x = reinterpret_cast<const f32u*>(row);
-    for (int j = 0; j < n; j++) acc[j] = static_cast<float>(0.0 + w * static_cast<double>(x[j]));
+    for (int j = 0; j < n; j++) acc[j] = 0.0f + w * x[j];
+  }
+}
+
+// A token with one contribution and no base: the first step narrowed straight into the reply, no accumulator.
+template <RowType T>
+void Only(const uint8_t* row, float w, uint8_t* out, int n) {
+  if constexpr (T == RowType::BF16) {
+    const u16u* h = reinterpret_cast<const u16u*>(row);
+    u16u* o = reinterpret_cast<u16u*>(out);
+    for (int j = 0; j < n; j++) o[j] = Narrow(0.0f + w * Widen(h[j]));
+  } else {
+    const f32u* x = reinterpret_cast<const f32u*>(row);
+    f32u* o = reinterpret_cast<f32u*>(out);
+    for (int j = 0; j < n; j++) o[j] = 0.0f + w * x[j];
   }
 }
 
@@ -78,11 +94,29 @@ void CombineAs(const CombineArgs& a) {
                   static_cast<size_t>(d) * 4);
       first = false;
     }
+    // The one slot that contributes, when there is exactly one and no base (top-1, or top-k with empty slots).
+    int only = -1;
+    if (!a.base) {
+      for (int s = 0; s < a.slots; s++) {
+        if (a.locations[(static_cast<size_t>(t) * a.slots + s) * 2] < 0) continue;
+        if (only >= 0) {
+          only = -1;
+          break;
+        }
+        only = s;
+      }
+    }
+    if (only >= 0) {
+      const int32_t* loc = a.locations + (static_cast<size_t>(t) * a.slots + only) * 2;
+      const uint8_t* row = a.results[loc[0]] + static_cast<size_t>(loc[1]) * d * kEl;
+      Only<T>(row, a.weights[static_cast<size_t>(t) * a.slots + only], out, d);
+      continue;
+    }
     for (int s = 0; s < a.slots; s++) {
       const int32_t* loc = a.locations + (static_cast<size_t>(t) * a.slots + s) * 2;
       if (loc[0] < 0) continue;
       const uint8_t* row = a.results[loc[0]] + static_cast<size_t>(loc[1]) * d * kEl;
-      const double w = a.weights[static_cast<size_t>(t) * a.slots + s];
+      const float w = a.weights[static_cast<size_t>(t) * a.slots + s];
       if (first) First<T>(row, w, acc, d);
       else Add<T>(row, w, acc, d);
       first = false;

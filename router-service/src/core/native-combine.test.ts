@@ -1,7 +1,8 @@
 // The native combine (native/src/combine.cc) against the TypeScript combine it must match bit for bit: fresh random
 // inputs each run, bf16 rows drawn from all bit patterns (subnormals, Inf, values that round up to Inf), fp32 rows,
-// 1..9 slots, empty and dropped slots, a shared-expert base, odd widths, rows at odd addresses; and bad calls that
-// must throw instead of reading out of bounds.
+// 1..9 slots, empty and dropped slots, a shared-expert base, odd widths, rows at odd addresses, tokens with exactly one
+// contribution (the native one-pass path: top-1, or top-k with the other slots empty); and bad calls that must throw
+// instead of reading out of bounds.
 
 import { DType } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
@@ -76,15 +77,18 @@ describe.skipIf(!addon)(`native combine (${nativeCombineStatus()}, seed ${seed})
         for (let i = 0; i < results.length; i++)
           if (results[i] instanceof Uint8Array) results[i] = new Float32Array(results[i].slice().buffer);
       }
+      // Every third batch: one contributing slot per token and no base (what top-1 routing produces).
+      const single = iter % 3 === 0;
+      const keep = Array.from({ length: tokens }, () => Math.floor(r() * slots));
       const locations = new Int32Array(tokens * slots * 2);
       const weights = new Float32Array(tokens * slots);
       for (let i = 0; i < tokens * slots; i++) {
-        const empty = r() < 0.15;
+        const empty = single ? i % slots !== keep[Math.floor(i / slots)] : r() < 0.15;
         locations[2 * i] = empty ? -1 : Math.floor(r() * nres);
         locations[2 * i + 1] = Math.floor(r() * rowsPer);
         weights[i] = wild && r() < 0.05 ? -0 : (r() - 0.3) * 3;
       }
-      const base = r() < 0.3 ? Float32Array.from({ length: tokens * d }, () => (r() - 0.5) * 4) : null;
+      const base = !single && r() < 0.3 ? Float32Array.from({ length: tokens * d }, () => (r() - 0.5) * 4) : null;
       const input: CombineInput = { tokens, d, dtype, slots, weights, locations, results, base };
       const mk = () => (dtype === DType.FLOAT32 ? new Float32Array(tokens * d) : new Uint16Array(tokens * d));
       const got = mk().fill(0x5555);
@@ -92,7 +96,7 @@ describe.skipIf(!addon)(`native combine (${nativeCombineStatus()}, seed ${seed})
       addon!.combine(got, dtype === DType.FLOAT32 ? 1 : 2, tokens, d, slots, weights, locations, results, base);
       combineIntoTs(input, want);
       const diff = sameBits(got, want, dtype);
-      expect(diff, `iteration ${iter}: ${DType[dtype]} tokens ${tokens} d ${d} slots ${slots} wild ${wild}`).toBeNull();
+      expect(diff, `iteration ${iter}: ${DType[dtype]} tokens ${tokens} d ${d} slots ${slots} wild ${wild} single ${single}`).toBeNull();
     }
   });
 
