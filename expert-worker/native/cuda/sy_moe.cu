@@ -61,9 +61,6 @@ constexpr int kWide128MinAvg = 24;
 // 256-row token tiles (wgmma, TALL) once experts average at least this many tokens; 0 = never (measured slower
 // than the 128-row tile at every compute-side cell, see sy_moe_forward; SY_MOE_TALL_AVG sets it per call).
 constexpr int kTallMinAvg = 0;
-// Consecutive tiles per CTA of the persistent kernel where one tile per CTA would run; 1 = one tile per CTA (see
-// SY_MOE_TPC in sy_moe_forward).
-constexpr int kTilesPerCta = 1;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -885,10 +882,7 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   p.n_tiles = (p.N + out_cols - 1) / out_cols;
   // upper bound; the real tile count is read on the device
   long long grid = (long long)max_m * p.n_tiles;  // tile_coords maps a dense index: no holes
-  if (PERSIST && p.tiles_per_cta > 0)
-    grid = (grid + p.tiles_per_cta - 1) / p.tiles_per_cta;
-  else if (PERSIST && grid > g_num_sms)
-    grid = g_num_sms;
+  if (PERSIST && grid > g_num_sms) grid = g_num_sms;
   const int splits = PERSIST ? 1 : std::max(1, p.k_splits);
   *grid_out = grid * splits;
   if (grid > 0)
@@ -1166,20 +1160,13 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
       auto span = [&](long long sp) { return (ctas * sp + g_num_sms - 1) / g_num_sms * ((kt2 + sp - 1) / sp); };
       if (span(2) * 10 <= span(1) * 9) wg_split = 2;
     }
-    // SY_MOE_TPC = N > 1: where one tile per CTA would run (BM 64/128, GEMM2 not split), the persistent kernel
-    // with N consecutive tiles per CTA instead (wgmma_gemm_kernel); default kTilesPerCta.
-    const int tpc = env_int("SY_MOE_TPC", kTilesPerCta);
-    const bool chunked = !persist && BM != 256 && tpc > 1;
-    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr,
-                  chunked ? tpc : 0};
-    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp,
-                  chunked && wg_split == 1 ? tpc : 0};
+    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr};
+    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp};
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist || chunked, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
+      rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist || (chunked && wg_split == 1), epi, mA2, mB2, p2, max_m,
-                        pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
+      rc = run_wgmma<1>(BM, persist, epi, mA2, mB2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;

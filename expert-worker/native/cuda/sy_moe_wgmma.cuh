@@ -30,7 +30,6 @@ struct Params {
   int group_m;        // raster: token tiles per group (tile_coords); kGroupM unless SY_MOE_GROUP_M says otherwise
   int k_splits;       // one-tile GEMM2 only: 1, or 2 = K in two halves (blockIdx.y), partial products to C and C2
   bf16* C2;           // second half's output (same shape as C), summed with C by the combine
-  int tiles_per_cta;  // wgmma_gemm_kernel: 0 = stride over all tiles (grid = SMs); > 0 = this many consecutive tiles
 };
 
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
@@ -233,12 +232,12 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
 
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
 // k_splits is not read here (the host splits K only for the one-tile kernel).
-// PERSIST: a CTA loops over tiles; the producer runs ahead into the next tile while the consumers do the
-// epilogue, and the barrier phases carry over (g counts k-tiles across tiles). p.tiles_per_cta = 0: one CTA per SM
-// strides over all tiles; > 0: each CTA takes that many consecutive tiles of the raster (grid = tiles / that), so
-// CTAs still start in raster order (the sharers of a weight tile run together, as with one tile per CTA) while
-// the fill of each next tile overlaps the epilogue of the one before (short K: Qwen3 GEMM2 has 12 k-tiles).
-// Otherwise one tile per CTA.
+// PERSIST: one CTA per SM loops over tiles; the producer runs ahead into the next tile while the consumers do the
+// epilogue, and the barrier phases carry over (g counts k-tiles across tiles). Otherwise one tile per CTA.
+// Stalls, not understood, at Qwen3 T=8192 (~640 token tiles; the host caps it at kPersist128MaxTokenTiles): with
+// the grid of one CTA per SM and also (tried, removed) with runs of 2-4 consecutive tiles per CTA and a grid of
+// tiles / run (bench/results/logs/h200-iter3-tpc-stall.log; the runs also measured no faster where they finished:
+// bench/results/h200-moe-iter3-tpc-stalled.json).
 template <int WGS, int MODE, bool PERSIST>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_gemm_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
@@ -253,14 +252,11 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
 
   const int num_m = *p.num_tiles;  // written >= 2 launches back: complete when this kernel runs (PDL rules)
   const int total = num_m * p.n_tiles;
-  const int chunk = PERSIST ? p.tiles_per_cta : 0;
-  const int t_begin = chunk > 0 ? (int)blockIdx.x * chunk : (int)blockIdx.x;
-  const int t_end = chunk > 0 ? min(total, t_begin + chunk) : total;
-  if (t_begin >= total) {
+  if ((int)blockIdx.x >= total) {
     pdl_wait();
     return;
   }
-  const int step = chunk > 0 ? 1 : PERSIST ? (int)gridDim.x : total;
+  const int step = PERSIST ? (int)gridDim.x : total;
   const int ktiles = (p.K + kBK - 1) / kBK;
 
   if (threadIdx.x == 0) {
@@ -279,7 +275,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     if (threadIdx.x == 0) {
       int g = 0;
       bool first = true;
-      for (int t = t_begin; t < t_end; t += step) {
+      for (int t = blockIdx.x; t < total; t += step) {
         int m_idx, n_idx;
         tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
         const int4 tile = p.tiles[m_idx];
@@ -323,7 +319,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
     const bool leader = (threadIdx.x & 127) == 0;
     int g = 0;
-    for (int t = t_begin; t < t_end; t += step) {
+    for (int t = blockIdx.x; t < total; t += step) {
       int m_idx, n_idx;
       tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
       const int4 tile = p.tiles[m_idx];

@@ -399,10 +399,10 @@ int main(int argc, char** argv) {
       {"default-300-per-expert", 4, 2, 256, 320, 600, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
       // GEMM2 split into two K halves (one-tile 128-row kernel, few waves of >= 64 k-tiles): partials summed by the
       // combine; K not a multiple of 64 with 257 experts and d not a tile multiple, graph capture, the knob off
-      {"wgmma-gemm2-split2", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2},
+      {"wgmma-gemm2-split2", 8, 2, 256, 4096, 100, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2},
       {"wgmma-gemm2-split2-awkward-graph", 257, 4, 200, 4104, 333, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
        2},
-      {"wgmma-gemm2-split-off", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
+      {"wgmma-gemm2-split-off", 8, 2, 256, 4096, 100, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
        "SY_MOE_WG_SPLIT=0"},
       // raster groups aligned to experts (wg::tile_coords): an expert of 12 token tiles (chunks of 8 and 4), groups
       // of 3 in the persistent kernel and with 256-row tiles, and the unaligned raster (negative knob)
@@ -413,14 +413,6 @@ int main(int argc, char** argv) {
        "SY_MOE_GROUP_M=3"},
       {"raster-unaligned-groups", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
        "SY_MOE_GROUP_M=-8"},
-      // the persistent kernel over runs of consecutive tiles (SY_MOE_TPC) where one tile per CTA would run: 128 rows
-      // with a last run shorter than the rest, 64 rows under graph capture, and beside a split GEMM2
-      {"chunked-persistent-tpc3-bm128", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
-       "SY_MOE_TPC=3"},
-      {"chunked-persistent-tpc2-bm64-graph", 16, 2, 256, 256, 200, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 2,
-       "SY_MOE_TPC=2"},
-      {"chunked-persistent-tpc4-split-gemm2", 257, 4, 200, 4104, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
-       1, 2, "SY_MOE_TPC=4"},
   };
   if (!quick) {
     cases.push_back({"mid-size", 32, 4, 1024, 512, 1024, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0});
@@ -431,7 +423,7 @@ int main(int argc, char** argv) {
     cases.push_back({"wgmma-bm256-large", 8, 2, 1024, 768, 3000, 0, 1, 0, 0, 1.f, false, false, false, false, 256, 1, 1});
     cases.push_back({"bm256-knob-dsv3-groups", 32, 8, 512, 256, 1000, 1, 1, 8, 4, 2.5f, true, false, false, false, 0, 0,
                      0, "SY_MOE_TALL_AVG=192"});
-    cases.push_back({"default-gemm2-split2-mixtral-like", 8, 2, 512, 4096, 1024, 0, 1, 0, 0, 1.f, false, false, false,
+    cases.push_back({"default-gemm2-split2-mixtral-like", 8, 2, 256, 4096, 600, 0, 1, 0, 0, 1.f, false, false, false,
                      false, 0, 0});
   }
   for (auto& c : cases) run_case(c, rng);
