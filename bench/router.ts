@@ -6,6 +6,9 @@
 //                      bidi streams on both hops, 16 MiB client flow-control window, raised server window, same
 //                      message limits). d=4096 bf16, T = 1, 16, 256 tokens per request, explicit top-1 assignment so
 //                      every hop carries T×8 KiB each way. Router batching off: pure per-request cost, no merging.
+//   bare_ratio[T]      the same for a bare router (bench/bare-router.ts: decode, one ExpertBatch, combine, encode; no
+//                      gating, placement, batching or metrics) in the same rounds: how much of the gap to the forwarder
+//                      is protocol work any router of these messages does, and how much is the router's own logic.
 //   tcp_ratio[T]       router round trip ÷ round trip of a raw TCP two-hop echo (node:net pipe forwarder) of the
 //                      same bytes (≥ 1: how many times slower than bare TCP).
 //   batching_speedup   64 concurrent 1-token decode streams through the router to 2 real CPU expert workers
@@ -66,6 +69,7 @@ import { applyCapacity } from "../router-service/src/core/capacity.js";
 import { layoutRound } from "../router-service/src/core/plan-flush.js";
 import { collectAssignments as collectRouted } from "../router-service/src/core/routing.js";
 import { mulberry32 } from "../router-service/src/local/loadgen.js";
+import { serveBareRouter } from "./bare-router.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -284,7 +288,7 @@ function cpuOf(c: ChildProcess): Promise<number> {
   });
 }
 /** Child roles that carry activations (production: router, workers) and their baseline twins. */
-const DATA_PATH_ROLES = new Set(["router", "forwarder", "fakeWorkers", "worker", "echo"]);
+const DATA_PATH_ROLES = new Set(["router", "bareRouter", "forwarder", "fakeWorkers", "worker", "echo"]);
 
 function start<T = number>(role: string, arg?: unknown): Promise<T> {
   return new Promise((res, rej) => {
@@ -479,6 +483,8 @@ async function overhead() {
     policy: { batching: { enabled: false } },
   } satisfies RouterSpec);
   const routerProc = children.at(-1)!;
+  const barePort = await start("bareRouter", `127.0.0.1:${workerPort}`);
+  const bareProc = children.at(-1)!;
   /** Runs a window and returns its Measure plus CPU µs per call of the middle hop and of the far end. */
   const withCpu = async (ch: Channel, conc: number, secs: number, mid: ChildProcess, end: ChildProcess) => {
     const [m0, e0] = await Promise.all([cpuOf(mid), cpuOf(end)]);
@@ -498,6 +504,7 @@ async function overhead() {
     };
     const fwd = rawChannel(`127.0.0.1:${fwdPort}`, payload);
     const rtr = routerChannel(`127.0.0.1:${routerPort}`, req, payload.length);
+    const bare = routerChannel(`127.0.0.1:${barePort}`, req, payload.length);
     const tcp = await tcpChannel(tcpFwd, payload);
     // Paired, interleaved windows: machine load on this shared box drifts by the second, so every round measures
     // router and baseline back to back (order alternating) and the figure is the median of per-round ratios.
@@ -506,24 +513,29 @@ async function overhead() {
     const warm = Number(process.env.BENCH_WARMUP_S ?? 2);
     await measure(fwd, 4, warm);
     await measure(rtr, 4, warm);
+    await measure(bare, 4, warm);
     await measure(tcp, 1, 0.3);
     const rounds = ROUNDS;
     const win = (SECONDS * (T === 256 ? 1.5 : 1)) / rounds;
-    const tput: { r: number; f: number }[] = [];
+    const tput: { r: number; f: number; b: number }[] = [];
     const rtt: { r: number; f: number; t: number }[] = [];
-    const cpu: { router: number; worker: number; forwarder: number; echo: number }[] = [];
+    const cpu: { router: number; worker: number; forwarder: number; echo: number; bare: number }[] = [];
     for (let k = 0; k < rounds; k++) {
       let r: Awaited<ReturnType<typeof withCpu>>;
       let f: Awaited<ReturnType<typeof withCpu>>;
+      let b: Awaited<ReturnType<typeof withCpu>>;
+      // The bare router's window comes after the pair in even rounds and before it in odd ones.
       if (k % 2 === 0) {
         r = await withCpu(rtr, 4, win, routerProc, workerProc);
         f = await withCpu(fwd, 4, win, fwdProc, echoProc);
+        b = await withCpu(bare, 4, win, bareProc, workerProc);
       } else {
+        b = await withCpu(bare, 4, win, bareProc, workerProc);
         f = await withCpu(fwd, 4, win, fwdProc, echoProc);
         r = await withCpu(rtr, 4, win, routerProc, workerProc);
       }
-      tput.push({ r: r.perSecond, f: f.perSecond });
-      cpu.push({ router: r.midCpuUs, worker: r.endCpuUs, forwarder: f.midCpuUs, echo: f.endCpuUs });
+      tput.push({ r: r.perSecond, f: f.perSecond, b: b.perSecond });
+      cpu.push({ router: r.midCpuUs, worker: r.endCpuUs, forwarder: f.midCpuUs, echo: f.endCpuUs, bare: b.midCpuUs });
       const rr = await measure(rtr, 1, win / 2);
       const ff = await measure(fwd, 1, win / 2);
       const tt = await measure(tcp, 1, win / 3);
@@ -531,6 +543,7 @@ async function overhead() {
     }
     fwd.close();
     rtr.close();
+    bare.close();
     tcp.close();
     const fwdTput = median(tput.map((x) => x.f));
     const rtrTput = median(tput.map((x) => x.r));
@@ -546,11 +559,15 @@ async function overhead() {
       forwarder_MBps: +((fwdTput * payload.length) / 1e6).toFixed(1),
       overhead_ratio: +median(tput.map((x) => x.r / x.f)).toFixed(3),
       overhead_ratio_per_round: tput.map((x) => +(x.r / x.f).toFixed(3)),
+      bare_ratio: +median(tput.map((x) => x.b / x.f)).toFixed(3),
+      bare_ratio_per_round: tput.map((x) => +(x.b / x.f).toFixed(3)),
+      router_vs_bare: +median(tput.map((x) => x.r / x.b)).toFixed(3),
       router_req_per_s_per_round: tput.map((x) => +x.r.toFixed(0)),
       forwarder_req_per_s_per_round: tput.map((x) => +x.f.toFixed(0)),
       // CPU per request, immune to the other load on the machine: what each hop costs, not how long it waited.
       router_cpu_us_per_req: +median(cpu.map((x) => x.router)).toFixed(1),
       forwarder_cpu_us_per_req: +median(cpu.map((x) => x.forwarder)).toFixed(1),
+      bare_router_cpu_us_per_req: +median(cpu.map((x) => x.bare)).toFixed(1),
       noop_worker_cpu_us_per_req: +median(cpu.map((x) => x.worker)).toFixed(1),
       echo_cpu_us_per_req: +median(cpu.map((x) => x.echo)).toFixed(1),
       cpu_ratio: +median(cpu.map((x) => x.forwarder / x.router)).toFixed(3),
@@ -792,6 +809,7 @@ async function main() {
       rows: ov,
       overhead_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.overhead_ratio])),
       tcp_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.tcp_ratio])),
+      bare_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.bare_ratio])),
       goal: "overhead_ratio >= 0.8 at every T",
     },
     batching: { ...bt, goal: "batching_speedup >= 5, batching_p99_ratio <= 1" },
@@ -806,6 +824,7 @@ async function main() {
     JSON.stringify({
       overhead_ratio: result.overhead.overhead_ratio,
       tcp_ratio: result.overhead.tcp_ratio,
+      bare_ratio: result.overhead.bare_ratio,
       batching_speedup: bt.batching_speedup,
       batching_p99_ratio: bt.batching_p99_ratio,
       batching_speedup_small_experts: btSmall.batching_speedup,
@@ -824,6 +843,7 @@ if (process.argv[2] === "child") {
     tcpForwarder: () => roleTcpForwarder(arg),
     fakeWorkers: () => roleFakeWorkers(arg),
     router: () => roleRouter(arg),
+    bareRouter: () => serveBareRouter(arg, "bench"),
     worker: () => roleWorker(arg),
   };
   process.on("SIGINT", () => process.exit(0)); // lets --cpu-prof write its profile

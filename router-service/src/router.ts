@@ -636,8 +636,10 @@ function explicitRouting(
     throw invalidArgument("assignment.expert_ids.shape[0]", `expected ${T} tokens (hidden rows), got ${ids.shape[0]}`);
   const k = ids.shape[1];
   const w = decodeTensor(a.weights, "assignment.weights", { dtype: DType.FLOAT32, shape: [T, k] });
-  const experts = Int32Array.from(ids.values as Int32Array);
-  const weights = Float32Array.from(w.values as Float32Array);
+  // The decoded values as they are (a view of the request's bytes when aligned, else a copy): routing arrays are
+  // only read, and the request's bytes live as long as the request.
+  const experts = ids.values as Int32Array;
+  const weights = w.values as Float32Array;
   for (let i = 0; i < experts.length; i++) {
     const e = experts[i];
     if (e < -1 || e >= E) {
