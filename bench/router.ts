@@ -294,8 +294,8 @@ function start<T = number>(role: string, arg?: unknown): Promise<T> {
   return new Promise((res, rej) => {
     // BENCH_PROF=role: CPU profile of that child into /tmp (for finding the router's hot spots)
     const prof = process.env.BENCH_PROF === role ? ["--cpu-prof", "--cpu-prof-dir=/tmp/prof"] : [];
-    // BENCH_PERF=role: JIT symbol map for `perf record -p PID` (native, kernel and JavaScript frames in one profile)
-    if (process.env.BENCH_PERF === role) prof.push("--perf-basic-prof-only-functions");
+    // BENCH_PERF=role[,role]: JIT symbol map for `perf record -p PID` (native, kernel and JavaScript frames in one profile)
+    if (process.env.BENCH_PERF?.split(",").includes(role)) prof.push("--perf-basic-prof-only-functions");
     if (process.env.BENCH_TRACE_GC === role) prof.push("--trace-gc");
     // Router and workers run with their production V8 flags (@switchyard/moe node-flags.ts); the baseline's
     // forwarder and echo server get the same flags.
