@@ -53,7 +53,9 @@ constexpr int kFusedRouteMaxT = 64;
 constexpr int kSmemEpilogueDefault = 0;
 // 128-row tiles use the persistent GEMM while experts average at most this many tokens (see sy_moe_forward).
 constexpr int kPersistMaxAvg = 128;
-// Largest bound on token tiles ((T*k)/128 + active experts) the 128-row persistent kernel runs at (see run()).
+// Largest bound on token tiles ((T*k)/128 + active experts) at which the library CHOOSES the 128-row persistent
+// kernel (see sy_moe_forward; forcing it has no limit). It was a stall guard; the stall is fixed
+// (wg::kConsumerWarps), but the default choice stays what the committed benchmark measured until a run says more.
 constexpr int kPersist128MaxTokenTiles = 192;
 // 128-row token tiles (two consumer warpgroups) once experts average more than this many tokens, else 64 (see
 // sy_moe_forward).
@@ -1065,14 +1067,21 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // SY_MOE_PERSIST_AVG overrides the threshold (0: never for 128-row tiles).
   const int persist_avg = env_int("SY_MOE_PERSIST_AVG", kPersistMaxAvg);
   bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg);
-  if (BM == 256) persist = false;  // one tile per CTA only (no persistent 256-row kernel)
-  // The 128-row persistent kernel hung on H200 when forced (SY_MOE_ENGINE=3) at Qwen3 T=8192, ~512 token tiles:
-  // the first call completed, the timed repeats never did (bench/results/logs/h200-engine-variants.log). Until that is
-  // understood it runs only up to the largest token-tile count it was verified at, forced or not: Qwen3 T=1024 by
-  // default, at most 8192/128 + 128 = 192 token tiles (test_moe and the benchmark). Beyond it the one-tile-per-CTA
-  // kernel runs, which is verified at every size. No benchmarked or tested default choice changes.
+  // Default choice only: the 128-row persistent kernel up to kPersist128MaxTokenTiles token tiles (the sizes the
+  // committed benchmark measured it at; Qwen3 T=1024 is 192). Forced (SY_MOE_ENGINE=3, SY_MOE_PERSIST_MASK) it runs
+  // at any size: the stall it once had beyond (Qwen3 T=8192 forced, bench/results/logs/h200-engine-variants.log) was
+  // the skipped-tile stage release fixed in wg::skip_tile / kConsumerWarps, not a size limit.
   const int token_tiles_bound = (n + BM - 1) / BM + active;
-  if (persist && BM == 128 && token_tiles_bound > kPersist128MaxTokenTiles) persist = false;
+  if (persist && engine != 3 && BM == 128 && token_tiles_bound > kPersist128MaxTokenTiles) persist = false;
+  // SY_MOE_PERSIST_MASK (benchmark knob, unset = the choice above): which GEMMs run persistent, bit 0 GEMM1, bit 1
+  // GEMM2 (2: only the short-K GEMM2, whose per-tile fill and epilogue the persistent kernel overlaps).
+  bool persist1 = persist, persist2 = persist;
+  const int persist_mask = env_int("SY_MOE_PERSIST_MASK", -1);
+  if (persist_mask >= 0) {
+    persist1 = (persist_mask & 1) != 0;
+    persist2 = (persist_mask & 2) != 0;
+  }
+  if (BM == 256) persist1 = persist2 = false;  // one tile per CTA only (no persistent 256-row kernel)
   const int max_m = max_m_tiles(T, k, E, BM);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
@@ -1155,7 +1164,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // k-tiles (per-CTA fill and epilogue stay small). SY_MOE_WG_SPLIT=0 turns it off.
     int wg_split = 1;
     const int kt2 = (F + wg::kBK - 1) / wg::kBK;
-    if (!persist && BM == 128 && kt2 >= 64 && env_int("SY_MOE_WG_SPLIT", 1) != 0) {
+    if (!persist2 && BM == 128 && kt2 >= 64 && env_int("SY_MOE_WG_SPLIT", 1) != 0) {
       const long long ctas = ((long long)(n + BM - 1) / BM + active / 2) * ((D + 255) / 256);
       auto span = [&](long long sp) { return (ctas * sp + g_num_sms - 1) / g_num_sms * ((kt2 + sp - 1) / sp); };
       if (span(2) * 10 <= span(1) * 9) wg_split = 2;
@@ -1164,9 +1173,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp};
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
+      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist, epi, mA2, mB2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
+      rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;

@@ -112,6 +112,21 @@ struct Cfg {
   static constexpr int kSmem = kStages * kStageBytes + 1024 /*align*/ + 256 /*barriers*/;
 };
 
+// Stage release: every consumer WARP arrives on empty[s] (count kConsumerWarps), not one thread per warpgroup, so a
+// stage is refilled only after each warp that waits on full[s] has seen that phase. mbarrier waits are by phase
+// parity, so a warp that has not looked at full[s] by the time the stage has been refilled and has landed again
+// waits for the wrong phase. With one arrival per warpgroup that happened in the persistent kernel: a consumer
+// warpgroup's warps leave a tile's epilogue (direct global stores) at different times, and when its next tile is
+// one it skips (skip_tile: no wgmma ties its warps together) its lane-0 warp released the stages alone, the
+// producer refilled them, and a warp still storing the previous tile then waited on full[s] for a phase one ring
+// revolution later, which could only complete after that same warp joined the next wgmma: a deadlock. It needed a
+// lag of one ring revolution (~4 k-tiles, about a microsecond) between two warps of one warpgroup at a live ->
+// skipped tile transition, so it hit only where those are many and the memory system is busy (Qwen3 T=8192 forced
+// persistent: the first call completed, a few repeats later one CTA stalled), never the 64-row persistent kernel
+// (one consumer warpgroup, which never skips) nor the one-tile kernel (its warps enter skip_tile together, right
+// after __syncthreads, and nothing follows).
+constexpr int kConsumerWarps = 4;  // per consumer warpgroup; empty[s] expects kConsumerWarps * WGS arrivals
+
 // One consumer warpgroup's mainloop over one tile (k-tiles g0 .. g0+ktiles-1 of the CTA's barrier sequence). The
 // first MMA of the tile runs with scale-d = 0 instead of zeroing the accumulators first: non-wgmma writes to the
 // accumulator registers, and wgmma inside a branch that differs between tiles, made ptxas serialize the wgmma
@@ -121,7 +136,7 @@ struct Cfg {
 // inside the loop, for the same ptxas reason as above.
 template <int WGS, bool TALL, int HALVES>
 __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars, int cw, int ktiles, int g0,
-                                         bool leader) {
+                                         bool warp_leader) {
   using C = Cfg<WGS, TALL>;
   static_assert(HALVES == 1 || (TALL && HALVES == 2), "two halves only in the 256-row tile");
   for (int kt = 0; kt < ktiles; ++kt) {
@@ -143,21 +158,23 @@ __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars,
     }
     wg_commit();
     wg_wait<1>();
-    if (kt > 0 && leader) mbar_arrive(bars + 64 + 8 * ((g - 1) % kStages));
+    if (kt > 0 && warp_leader) mbar_arrive(bars + 64 + 8 * ((g - 1) % kStages));
   }
   wg_wait<0>();
-  if (leader) mbar_arrive(bars + 64 + 8 * ((g0 + ktiles - 1) % kStages));
+  if (warp_leader) mbar_arrive(bars + 64 + 8 * ((g0 + ktiles - 1) % kStages));
 #pragma unroll
   for (int i = 0; i < (TALL ? 64 * HALVES : 128); ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the MMAs but
-// keeps the barrier protocol, so the other warpgroup gets the tensor cores to itself.
-__device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, bool leader) {
+// keeps the barrier protocol, so the other warpgroup gets the tensor cores to itself. Each warp releases each stage
+// itself after its own wait (see kConsumerWarps: nothing else keeps the warps of a skipping warpgroup in step).
+__device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, bool warp_leader) {
   for (int kt = 0; kt < ktiles; ++kt) {
     const int g = g0 + kt, s = g % kStages;
     mbar_wait(bars + 8 * s, (g / kStages) & 1);
-    if (leader) mbar_arrive(bars + 64 + 8 * s);
+    __syncwarp();
+    if (warp_leader) mbar_arrive(bars + 64 + 8 * s);
   }
 }
 
@@ -234,10 +251,9 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
 // k_splits is not read here (the host splits K only for the one-tile kernel).
 // PERSIST: one CTA per SM loops over tiles; the producer runs ahead into the next tile while the consumers do the
 // epilogue, and the barrier phases carry over (g counts k-tiles across tiles). Otherwise one tile per CTA.
-// Stalls, not understood, at Qwen3 T=8192 (~640 token tiles; the host caps it at kPersist128MaxTokenTiles): with
-// the grid of one CTA per SM and also (tried, removed) with runs of 2-4 consecutive tiles per CTA and a grid of
-// tiles / run (bench/results/logs/h200-iter3-tpc-stall.log; the runs also measured no faster where they finished:
-// bench/results/h200-moe-iter3-tpc-stalled.json).
+// The 128-row variant used to stall at Qwen3 T=8192 (bench/results/logs/h200-engine-variants.log, and the removed
+// runs-of-tiles variant in h200-iter3-tpc-stall.log): a consumer warp lagging a skipped tile's stage releases by a
+// ring revolution waited for the wrong barrier phase (kConsumerWarps above); every consumer warp now releases.
 template <int WGS, int MODE, bool PERSIST>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_gemm_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
@@ -262,7 +278,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full(s), 1);
-      mbar_init(empty(s), WGS);
+      mbar_init(empty(s), WGS * kConsumerWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -317,7 +333,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     // ---------------- consumers ----------------
     if (WGS == 2) setmaxnreg_inc<232>();
     const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
-    const bool leader = (threadIdx.x & 127) == 0;
+    const bool leader = (threadIdx.x & 31) == 0;  // lane 0 of each warp: releases stages (kConsumerWarps)
     int g = 0;
     for (int t = blockIdx.x; t < total; t += step) {
       int m_idx, n_idx;
@@ -383,7 +399,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full(s), 1);
-      mbar_init(empty(s), WGS);
+      mbar_init(empty(s), WGS * kConsumerWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -424,7 +440,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     // ---------------- consumers ----------------
     if (WGS == 2) setmaxnreg_inc<232>();
     const int cw = wgi - 1;  // consumer index: token rows cw*kWgRows .. +kWgRows-1 of the tile
-    const bool leader = (threadIdx.x & 127) == 0;
+    const bool leader = (threadIdx.x & 31) == 0;  // lane 0 of each warp: releases stages (kConsumerWarps)
     const int wrow0 = row0 + cw * C::kWgRows;
     // 64-row halves of this warpgroup's rows that hold tokens: 0 (skip), 1, or (TALL) 2. With the 256-row tile an
     // expert's last tile keeps the 64-row MMA granularity of the 128-row one.

@@ -1,7 +1,9 @@
 // Correctness test for sy_moe on a GPU: fresh random inputs every run (seed printed), outputs and workspace poisoned
 // before each run, CPU float64 reference (routing and expert FFN), awkward sizes, forced tile configs, pre-routed
 // input with non-resident experts, CUDA-graph capture, and bad-config errors. Exit code 0 only if every case passes.
-// Usage: test_moe [--quick] [--seed N]   (--quick: small cases only, for compute-sanitizer)
+// Usage: test_moe [--quick] [--seed N] [--stress] [--stall-s S]
+//   --quick: small cases only, for compute-sanitizer; --stress: only the persistent-kernel stress cases (run_stress),
+//   each variant's back-to-back calls failing as a STALL (exit code 3) when not complete after S seconds (20)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -14,6 +16,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include "sy_moe.h"
@@ -324,6 +327,147 @@ static void run_case_body(const Case& c, std::mt19937_64& rng) {
   cudaStreamDestroy(st);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Persistent-kernel stress: the 128-row persistent GEMM at a size with hundreds of token tiles (thousands of tiles
+// per GEMM, ~30 per CTA), many back-to-back calls on one stream with PDL, as a benchmark's timing loop issues
+// them. It once stalled exactly there (Qwen3 T=8192 forced persistent: the first call completed, repeats did not;
+// see wg::kConsumerWarps in sy_moe_wgmma.cuh). A watchdog turns a stall into a FAIL line and exit code 3 instead of
+// a hung process. The output must equal, bit for bit, the one-tile-per-CTA kernel's (same MMAs in the same k order,
+// same epilogue), which the CPU-reference cases above check against float64.
+// ---------------------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float hash_unit(unsigned long long i, unsigned seed) {  // uniform in [-1, 1)
+  unsigned long long z = i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (2.f / 16777216.f) - 1.f;
+}
+__global__ void fill_bf16(bf16* p, size_t n, unsigned seed, float scale) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = __float2bfloat16(hash_unit(i, seed) * scale);
+}
+__global__ void fill_f32(float* p, size_t n, unsigned seed, float scale) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = hash_unit(i, seed) * scale;
+}
+
+// Waits for the stream at most limit_s seconds; on a stall prints FAIL and exits the process (a hung kernel cannot
+// be recovered in-process; process exit tears the context down).
+static void wait_or_die(cudaStream_t st, double limit_s, const char* what) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    cudaError_t e = cudaStreamQuery(st);
+    if (e == cudaSuccess) return;
+    if (e != cudaErrorNotReady) {
+      printf("FAIL %s: %s\n", what, cudaGetErrorString(e));
+      fflush(stdout);
+      _exit(2);
+    }
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > limit_s) {
+      printf("FAIL %s: STALL, not complete after %.0f s\n", what, limit_s);
+      fflush(stdout);
+      _exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+struct StressCase {
+  const char* name;
+  int E, k, d, f, T;
+  int calls;            // back-to-back forward calls per variant
+  const char* env;      // knob set for the persistent calls (nullptr: none)
+};
+
+static void run_stress(const StressCase& c, unsigned seed, double limit_s) {
+  const int E = c.E, k = c.k, D = c.d, F = c.f, T = c.T;
+  sy_moe_config cfg{E, k, D, F, 0, 1, 0, 0, 1.f};
+  bf16 *dx, *dw13, *dw2, *dout;
+  float* dlog;
+  const size_t nx = (size_t)T * D, n13 = (size_t)E * 2 * F * D, n2 = (size_t)E * D * F;
+  CK(cudaMalloc(&dx, nx * 2));
+  CK(cudaMalloc(&dw13, n13 * 2));
+  CK(cudaMalloc(&dw2, n2 * 2));
+  CK(cudaMalloc(&dout, nx * 2));
+  CK(cudaMalloc(&dlog, (size_t)T * E * 4));
+  fill_bf16<<<1024, 256>>>(dx, nx, seed, 1.f);
+  fill_bf16<<<1024, 256>>>(dw13, n13, seed + 1, 1.7f / std::sqrt((float)D));
+  fill_bf16<<<1024, 256>>>(dw2, n2, seed + 2, 1.7f / std::sqrt((float)F));
+  fill_f32<<<1024, 256>>>(dlog, (size_t)T * E, seed + 3, 4.f);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  size_t wsb = 0;
+  if (sy_moe_workspace_size(&cfg, T, &wsb)) {
+    printf("FAIL %s: workspace_size: %s\n", c.name, sy_moe_last_error());
+    g_fail++;
+    return;
+  }
+  void* ws;
+  CK(cudaMalloc(&ws, wsb));
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  sy_moe_args a{};
+  a.x = dx;
+  a.logits = dlog;
+  a.w13 = dw13;
+  a.w2 = dw2;
+  a.out = dout;
+  std::vector<bf16> ref(nx), got(nx);
+  auto forward = [&](const char* what) {
+    int rc = sy_moe_forward(&cfg, T, &a, ws, wsb, st);
+    if (rc) {
+      printf("FAIL %s (%s): forward rc=%d: %s\n", c.name, what, rc, sy_moe_last_error());
+      fflush(stdout);
+      _exit(2);
+    }
+  };
+  // reference: the one-tile-per-CTA kernel, one call
+  sy_moe_set_tuning(128, 1, 2);
+  CK(cudaMemsetAsync(dout, 0xff, nx * 2, st));
+  forward("one-tile");
+  wait_or_die(st, limit_s, c.name);
+  CK(cudaMemcpy(ref.data(), dout, nx * 2, cudaMemcpyDeviceToHost));
+  // persistent, forced, `calls` calls back to back (the knob, if any, set for them), then once more after a
+  // poisoned output so the compared output is this variant's
+  std::string knob;
+  if (c.env) {
+    const std::string kv = c.env;
+    knob = kv.substr(0, kv.find('='));
+    setenv(knob.c_str(), kv.substr(kv.find('=') + 1).c_str(), 1);
+  }
+  sy_moe_set_tuning(128, 1, c.env && !strncmp(c.env, "SY_MOE_PERSIST_MASK", 19) ? 1 : 3);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < c.calls; ++i) forward("persistent");
+  wait_or_die(st, limit_s, c.name);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  CK(cudaMemsetAsync(dout, 0xff, nx * 2, st));
+  forward("persistent");
+  wait_or_die(st, limit_s, c.name);
+  if (c.env) unsetenv(knob.c_str());
+  sy_moe_set_tuning(0, 0, 0);
+  CK(cudaMemcpy(got.data(), dout, nx * 2, cudaMemcpyDeviceToHost));
+  long long diff = 0, nonfinite = 0, zero = 0;
+  for (size_t i = 0; i < nx; ++i) {
+    const float g = bf2f(got[i]);
+    if (!std::isfinite(g)) nonfinite++;
+    if (g == 0.f) zero++;
+    if (memcmp(&got[i], &ref[i], 2) != 0) diff++;
+  }
+  const bool ok = diff == 0 && nonfinite == 0 && zero < (long long)(nx / 100);
+  printf("%s stress %-30s T=%-5d E=%-4d k=%d d=%-5d f=%-5d %d calls back to back in %.1f ms (%s), "
+         "differing from one-tile=%lld nonfinite=%lld zero=%lld\n",
+         ok ? "PASS" : "FAIL", c.name, T, E, k, D, F, c.calls + 1, ms, c.env ? c.env : "PDL on", diff, nonfinite,
+         zero);
+  ok ? g_pass++ : g_fail++;
+  cudaFree(dx);
+  cudaFree(dw13);
+  cudaFree(dw2);
+  cudaFree(dout);
+  cudaFree(dlog);
+  cudaFree(ws);
+  cudaStreamDestroy(st);
+}
+
 static void check_error(const char* name, sy_moe_config cfg, const char* field) {
   size_t b;
   int rc = sy_moe_workspace_size(&cfg, 16, &b);
@@ -333,10 +477,13 @@ static void check_error(const char* name, sy_moe_config cfg, const char* field) 
 }
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, stress_only = false;
+  double stall_s = 20;
   unsigned long long seed = std::chrono::high_resolution_clock::now().time_since_epoch().count();
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--quick")) quick = true;
+    if (!strcmp(argv[i], "--stress")) stress_only = true;  // only the persistent stress cases (a stall repro)
+    if (!strcmp(argv[i], "--stall-s") && i + 1 < argc) stall_s = atof(argv[++i]);
     if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 10);
   }
   printf("seed %llu\n", seed);
@@ -368,6 +515,12 @@ int main(int argc, char** argv) {
       {"wgmma-one-tile-per-cta-bm64", 16, 2, 256, 256, 200, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 2},
       {"wgmma-persistent-bm128", 8, 2, 512, 1024, 700, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
       {"wgmma-persistent-bm64", 64, 4, 256, 512, 500, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 3},
+      // 128-row persistent beyond the 192 token tiles it used to be capped at (256 here, ~20 tiles per CTA, tail
+      // tiles skipped by one consumer warpgroup between live ones), float64 reference; then under graph capture
+      {"wgmma-persistent-bm128-256-tiles", 64, 8, 256, 384, 3072, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1,
+       3},
+      {"wgmma-persistent-bm128-gemm2-only", 64, 8, 256, 384, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
+       1, "SY_MOE_PERSIST_MASK=2"},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
@@ -426,7 +579,22 @@ int main(int argc, char** argv) {
     cases.push_back({"default-gemm2-split2-mixtral-like", 8, 2, 256, 4096, 600, 0, 1, 0, 0, 1.f, false, false, false,
                      false, 0, 0});
   }
+  // persistent stress (full run and --stress): the Qwen3-30B-A3B layer at T=8192, the cell where the forced
+  // 128-row persistent kernel stalled, with PDL (default) and without, and with only GEMM2 persistent
+  std::vector<StressCase> stress = {
+      {"persistent-qwen3-T8192", 128, 8, 2048, 768, 8192, 40, nullptr},
+      {"persistent-qwen3-T8192-no-pdl", 128, 8, 2048, 768, 8192, 10, "SY_MOE_PDL=0"},
+      {"persistent-gemm2-qwen3-T8192", 128, 8, 2048, 768, 8192, 40, "SY_MOE_PERSIST_MASK=2"},
+      {"persistent-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 40, nullptr},
+  };
+  if (stress_only) {
+    for (auto& c : stress) run_stress(c, (unsigned)seed, stall_s);
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+  }
   for (auto& c : cases) run_case(c, rng);
+  if (!quick)
+    for (auto& c : stress) run_stress(c, (unsigned)seed, stall_s);
   sy_moe_set_tuning(0, 0, 0);
 
   sy_moe_config good{8, 2, 256, 256, 0, 1, 0, 0, 1.f};
