@@ -99,30 +99,34 @@ class Pool {
     this.signals.start();
   }
 
-  view(): WorkerLoadView {
-    const fresh = this.signals.fresh();
-    return {
-      outstanding: (i) => {
-        const c = this.conns[i];
-        const q = fresh?.queueDepth.get(c.id);
-        // Prometheus queue depth is what the worker has not yet run; add what the router put on the wire since.
-        return q !== undefined ? q + c.outstandingTokens : c.outstandingTokens;
-      },
-      latencyMs: (i) => {
-        const c = this.conns[i];
-        return fresh?.latencyMs.get(c.id) ?? c.latencyMs;
-      },
-      resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
-      healthy: (i) => this.conns[i].healthy,
-    };
-  }
+  /** Reads the live state on every call (connections, signals), so one view serves every flush. */
+  private readonly view: WorkerLoadView = {
+    outstanding: (i) => {
+      const c = this.conns[i];
+      const q = this.signals.fresh()?.queueDepth.get(c.id);
+      // Prometheus queue depth is what the worker has not yet run; add what the router put on the wire since.
+      return q !== undefined ? q + c.outstandingTokens : c.outstandingTokens;
+    },
+    latencyMs: (i) => {
+      const c = this.conns[i];
+      return this.signals.fresh()?.latencyMs.get(c.id) ?? c.latencyMs;
+    },
+    resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
+    healthy: (i) => this.conns[i].healthy,
+  };
+  private chooserOf: { policy: RoutingPolicy; chooser: ReplicaChooser } | null = null;
 
+  /** Replica choice for the current policy (rebuilt only when the policy object changes, not per flush). */
   chooser(): ReplicaChooser {
-    return {
-      weights: this.policy.placement,
-      loadScale: Math.max(1, this.policy.batching.maxBatchTokens / 4),
-      view: this.view(),
-    };
+    if (this.chooserOf?.policy !== this.policy) {
+      const chooser = {
+        weights: this.policy.placement,
+        loadScale: Math.max(1, this.policy.batching.maxBatchTokens / 4),
+        view: this.view,
+      };
+      this.chooserOf = { policy: this.policy, chooser };
+    }
+    return this.chooserOf.chooser;
   }
 }
 
@@ -346,7 +350,8 @@ export class Router {
   }
 
   private async flush(p: Pool, all: Item[]): Promise<void> {
-    const items = all.filter((i) => !i.done);
+    // Items can finish (deadline) while queued; usually none has.
+    const items = all.some((i) => i.done) ? all.filter((i) => !i.done) : all;
     if (items.length === 0) return;
     const flushStart = performance.now();
     const m = p.model;
@@ -371,9 +376,13 @@ export class Router {
       // Spill may have moved an assignment to another expert: the combine weight stays with its slot.
       const rounds = cap.rounds;
       const touched = new Set<number>();
-      for (const r of rounds) for (const a of r) touched.add(a.expert);
+      for (const r of rounds) {
+        for (const a of r) {
+          touched.add(a.expert);
+          p.metrics.addHeat(layer, m.experts, a.expert, 1);
+        }
+      }
       p.metrics.expertsPerBatch.observe(touched.size);
-      for (const r of rounds) for (const a of r) p.metrics.addHeat(layer, m.experts, a.expert, 1);
       for (let r = 0; r < rounds.length; r++) {
         const sent = this.dispatchRound(p, layer, items, rounds[r]);
         // The shared expert runs here while the first round's batches are on the workers.
@@ -445,7 +454,7 @@ export class Router {
   /** Dispatches one round; retries failed workers' rows on other replicas. */
   private async dispatchRound(p: Pool, layer: number, items: Item[], round: Assignment[]): Promise<void> {
     const exclude = new Set<number>();
-    let todo = round.filter((a) => !items[a.item].done);
+    let todo = items.some((i) => i.done) ? round.filter((a) => !items[a.item].done) : round;
     for (let attempt = 0; attempt < MAX_DISPATCH_ATTEMPTS && todo.length > 0; attempt++) {
       const lay = layoutRound(todo, {
         layer,
@@ -457,29 +466,36 @@ export class Router {
       });
       this.failUnplaced(p, layer, items, lay.unplaced, exclude);
       const retry: Assignment[] = [];
-      await Promise.all(
-        lay.batches.map(async (b) => {
-          const live = b.rows.some((a) => !items[a.item].done);
-          if (!live) return;
-          try {
-            await this.send(p, layer, items, b);
-          } catch (e) {
-            p.metrics.worker(p.conns[b.worker].id).errors.inc();
-            if (
-              isRetryable(e) ||
-              (e instanceof SwitchyardError && e.code === "DEADLINE_EXCEEDED" && !allExpired(items, b))
-            ) {
-              exclude.add(b.worker);
-              retry.push(...b.rows.filter((a) => !items[a.item].done));
-            } else {
-              for (const a of b.rows) this.finish(p, items[a.item], e);
-            }
-          }
-        }),
-      );
+      // One batch (one worker) is the common case at small T: no Promise.all around it.
+      if (lay.batches.length === 1) await this.sendOrRetry(p, layer, items, lay.batches[0], exclude, retry);
+      else await Promise.all(lay.batches.map((b) => this.sendOrRetry(p, layer, items, b, exclude, retry)));
       todo = retry;
     }
     if (todo.length > 0) this.failUnplaced(p, layer, items, todo, exclude);
+  }
+
+  /** send(), with a failed worker's still-live rows queued in `retry` (and the worker excluded) when retryable. */
+  private async sendOrRetry(
+    p: Pool,
+    layer: number,
+    items: Item[],
+    b: WorkerBatchLayout,
+    exclude: Set<number>,
+    retry: Assignment[],
+  ): Promise<void> {
+    const live = b.rows.some((a) => !items[a.item].done);
+    if (!live) return;
+    try {
+      await this.send(p, layer, items, b);
+    } catch (e) {
+      p.metrics.worker(p.conns[b.worker].id).errors.inc();
+      if (isRetryable(e) || (e instanceof SwitchyardError && e.code === "DEADLINE_EXCEEDED" && !allExpired(items, b))) {
+        exclude.add(b.worker);
+        retry.push(...b.rows.filter((a) => !items[a.item].done));
+      } else {
+        for (const a of b.rows) this.finish(p, items[a.item], e);
+      }
+    }
   }
 
   private failUnplaced(p: Pool, layer: number, items: Item[], unplaced: Assignment[], exclude: Set<number>): void {
@@ -547,17 +563,18 @@ export class Router {
       );
     }
     const rows = resultRows({ data: out.data, dtype });
-    const perItem = new Map<number, number>();
+    // Index of this result in each item's results (-1: not yet added); rows come grouped by expert, not by item.
+    const perItem = new Int32Array(items.length).fill(-1);
     for (let r = 0; r < n; r++) {
       const a = b.rows[r];
       const it = items[a.item];
       if (it.done) continue;
-      let ri = perItem.get(a.item);
-      if (ri === undefined) {
+      let ri = perItem[a.item];
+      if (ri < 0) {
         ri = it.results.length;
         it.results.push(rows);
         it.workers.add(b.worker);
-        perItem.set(a.item, ri);
+        perItem[a.item] = ri;
       }
       const li = (a.token * it.slots + a.slot) * 2;
       it.locations[li] = ri;

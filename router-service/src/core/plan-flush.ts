@@ -37,40 +37,35 @@ export interface LayoutOptions {
 }
 
 export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions): FlushLayout {
-  const groups = new Map<number, Assignment[]>();
-  for (const a of assignments) {
-    let g = groups.get(a.expert);
-    if (!g) {
-      g = [];
-      groups.set(a.expert, g);
-    }
-    g.push(a);
-  }
+  const groups = groupByExpert(assignments);
   // Biggest groups choose first: they move the load picture most (LPT order); ties by expert id.
-  const order = [...groups.keys()].sort((a, b) => groups.get(b)!.length - groups.get(a)!.length || a - b);
+  const order = [...groups.keys()];
+  if (order.length > 1) order.sort((a, b) => groups.get(b)!.length - groups.get(a)!.length || a - b);
   const assigned = new Float64Array(o.workers);
   const perWorker = new Map<number, { expert: number; rows: Assignment[] }[]>();
   const unplaced: Assignment[] = [];
   for (const e of order) {
     const rows = groups.get(e)!;
     const candidates = o.replicas[e] ?? [];
-    const healthy = candidates.filter((w) => !o.exclude?.has(w) && o.chooser.view.healthy(w));
-    const parts =
-      rows.length > o.splitTokens && healthy.length > 1
-        ? Math.min(healthy.length, Math.ceil(rows.length / o.splitTokens))
-        : 1;
-    const used = new Set<number>(o.exclude);
+    // Split only a group above splitTokens, and only across healthy replicas (counted only then).
+    let parts = 1;
+    if (rows.length > o.splitTokens && candidates.length > 1) {
+      let healthy = 0;
+      for (const w of candidates) if (!o.exclude?.has(w) && o.chooser.view.healthy(w)) healthy++;
+      if (healthy > 1) parts = Math.min(healthy, Math.ceil(rows.length / o.splitTokens));
+    }
+    const used = parts > 1 ? new Set<number>(o.exclude) : null;
     for (let p = 0; p < parts; p++) {
       const lo = Math.floor((p * rows.length) / parts);
       const hi = Math.floor(((p + 1) * rows.length) / parts);
-      const chunk = rows.slice(lo, hi);
+      const chunk = parts === 1 ? rows : rows.slice(lo, hi);
       // Within one group each part takes a different replica.
-      const w = chooseReplica(o.chooser, o.layer, e, candidates, assigned, parts > 1 ? used : o.exclude);
+      const w = chooseReplica(o.chooser, o.layer, e, candidates, assigned, used ?? o.exclude);
       if (w < 0) {
         unplaced.push(...chunk);
         continue;
       }
-      used.add(w);
+      used?.add(w);
       assigned[w] += chunk.length;
       let list = perWorker.get(w);
       if (!list) {
@@ -81,15 +76,32 @@ export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions
     }
   }
   const batches: WorkerBatchLayout[] = [];
-  for (const w of [...perWorker.keys()].sort((a, b) => a - b)) {
-    const groupsOfW = perWorker.get(w)!.sort((a, b) => a.expert - b.expert);
+  const workers = [...perWorker.keys()];
+  if (workers.length > 1) workers.sort((a, b) => a - b);
+  for (const w of workers) {
+    const groupsOfW = perWorker.get(w)!;
+    if (groupsOfW.length > 1) groupsOfW.sort((a, b) => a.expert - b.expert);
     const slices: SliceLayout[] = [];
-    const rows: Assignment[] = [];
+    // One group: its rows array as it is (no copy).
+    const rows: Assignment[] = groupsOfW.length === 1 ? groupsOfW[0].rows : [];
     for (const g of groupsOfW) {
-      slices.push({ expert: g.expert, offset: rows.length, count: g.rows.length });
-      rows.push(...g.rows);
+      slices.push({ expert: g.expert, offset: groupsOfW.length === 1 ? 0 : rows.length, count: g.rows.length });
+      if (groupsOfW.length > 1) rows.push(...g.rows);
     }
     batches.push({ worker: w, slices, rows });
   }
   return { batches, unplaced, expertsTouched: groups.size };
+}
+
+function groupByExpert(assignments: readonly Assignment[]): Map<number, Assignment[]> {
+  const groups = new Map<number, Assignment[]>();
+  for (const a of assignments) {
+    let g = groups.get(a.expert);
+    if (!g) {
+      g = [];
+      groups.set(a.expert, g);
+    }
+    g.push(a);
+  }
+  return groups;
 }
