@@ -96,7 +96,10 @@ describe.skipIf(!addon)(`native combine (${nativeCombineStatus()}, seed ${seed})
       addon!.combine(got, dtype === DType.FLOAT32 ? 1 : 2, tokens, d, slots, weights, locations, results, base);
       combineIntoTs(input, want);
       const diff = sameBits(got, want, dtype);
-      expect(diff, `iteration ${iter}: ${DType[dtype]} tokens ${tokens} d ${d} slots ${slots} wild ${wild} single ${single}`).toBeNull();
+      expect(
+        diff,
+        `iteration ${iter}: ${DType[dtype]} tokens ${tokens} d ${d} slots ${slots} wild ${wild} single ${single}`,
+      ).toBeNull();
     }
   });
 
