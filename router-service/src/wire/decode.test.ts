@@ -99,6 +99,32 @@ describe("zero-copy decoders agree with ts-proto", () => {
     expect(norm(decodeExpertBatch(bb))).toEqual(norm(ExpertBatch.decode(bb)));
   });
 
+  it("pool names decode right when consecutive messages name different pools (the decoder reuses the last one)", () => {
+    const names = [
+      "pa",
+      "pb",
+      "pa",
+      "pa",
+      "",
+      "mixtral-å",
+      "mixtral-a",
+      "mixtral-å",
+      "x".repeat(100),
+      "x".repeat(100),
+      "p",
+    ];
+    for (const pool of names) {
+      const req = Buffer.from(
+        ForwardRequest.encode({ pool, layer: 0, hidden: undefined, gate: undefined, requestId: 0n }).finish(),
+      );
+      expect(decodeForwardRequest(req).pool).toBe(pool);
+      const batch = Buffer.from(
+        ExpertBatch.encode({ pool, layer: 0, tokens: undefined, slices: [], batchId: 1n, timeoutMs: 0 }).finish(),
+      );
+      expect(decodeExpertBatch(batch).pool).toBe(pool);
+    }
+  });
+
   it("skips unknown fields and rejects truncated input", () => {
     const bytes = Buffer.from(
       ForwardRequest.encode({ pool: "p", layer: 1, hidden: undefined, gate: undefined, requestId: 1n }).finish(),

@@ -39,9 +39,20 @@ class Reader {
   }
 
   varint64(): bigint {
-    let result = 0n;
-    let shift = 0n;
-    for (let i = 0; i < 10; i++) {
+    // Ids are small: the first 7 bytes (49 bits) add up exactly in a double, and one BigInt is made at the end.
+    // BigInt arithmetic per byte allocated a new BigInt per step (~1 us per id).
+    let small = 0;
+    let mul = 1;
+    for (let i = 0; i < 7; i++) {
+      if (this.pos >= this.end) throw new Error("protobuf: truncated varint");
+      const b = this.buf[this.pos++];
+      small += (b & 0x7f) * mul;
+      if (b < 0x80) return BigInt(small);
+      mul *= 128;
+    }
+    let result = BigInt(small);
+    let shift = 49n;
+    for (let i = 7; i < 10; i++) {
       if (this.pos >= this.end) throw new Error("protobuf: truncated varint");
       const b = this.buf[this.pos++];
       result |= BigInt(b & 0x7f) << shift;
@@ -132,6 +143,28 @@ function decodeExpertSliceAt(buf: Buffer, start: number, end: number): ExpertSli
   return m;
 }
 
+// The pool name of the last message and its bytes: every message of a stream names the same pool, so the string
+// is reused when the bytes match instead of being decoded again (a UTF-8 decode and a string per message).
+let lastPoolBytes = Buffer.alloc(0);
+let lastPool = "";
+
+function poolName(buf: Buffer, start: number, end: number): string {
+  const n = end - start;
+  if (n === lastPoolBytes.length && n <= 64) {
+    let same = true;
+    for (let i = 0; i < n; i++) {
+      if (buf[start + i] !== lastPoolBytes[i]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return lastPool;
+  }
+  lastPool = buf.toString("utf8", start, end);
+  lastPoolBytes = Buffer.from(buf.subarray(start, end));
+  return lastPool;
+}
+
 /** A view (no copy) of buf[start, end) as a Buffer. */
 function view(buf: Buffer, start: number, end: number): Buffer {
   return buf.subarray(start, end);
@@ -171,7 +204,7 @@ export function decodeForwardRequest(buf: Buffer): ForwardRequest {
     const wt = tag & 7;
     if (field === 1 && wt === 2) {
       const [s, e] = r.span();
-      m.pool = buf.toString("utf8", s, e);
+      m.pool = poolName(buf, s, e);
     } else if (field === 2 && wt === 0) m.layer = r.varint();
     else if (field === 3 && wt === 2) {
       const [s, e] = r.span();
@@ -244,7 +277,7 @@ export function decodeExpertBatch(buf: Buffer): ExpertBatch {
     const wt = tag & 7;
     if (field === 1 && wt === 2) {
       const [s, e] = r.span();
-      m.pool = buf.toString("utf8", s, e);
+      m.pool = poolName(buf, s, e);
     } else if (field === 2 && wt === 0) m.layer = r.varint();
     else if (field === 3 && wt === 2) {
       const [s, e] = r.span();

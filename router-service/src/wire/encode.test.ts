@@ -1,6 +1,6 @@
 import { DType, ExpertBatch, ExpertResult, ForwardResponse } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
-import { decodeExpertBatch } from "./decode.js";
+import { decodeExpertBatch, decodeExpertResult } from "./decode.js";
 import {
   encodeExpertBatch,
   encodeExpertResult,
@@ -88,6 +88,28 @@ describe("hand-written protobuf encoders", () => {
     const back = ForwardResponse.decode(err.message);
     expect(back.error).toEqual({ code: 3, message: "layer: bad" });
     expect(back.requestId).toBe(9n);
+  });
+
+  it("uint64 ids at every varint length and at the 49-, 53- and 64-bit edges round-trip with ts-proto both ways", () => {
+    // Ids below 2^53 take the number path in encode and the double accumulator (first 7 bytes) in decode.
+    const ids = [0n, 1n, 127n, 128n, 16383n, 16384n];
+    for (let b = 21n; b <= 64n; b += 7n) ids.push(2n ** b - 1n, 2n ** b);
+    ids.push(2n ** 49n - 1n, 2n ** 49n, 2n ** 49n + 1n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 53n + 1n);
+    ids.push(2n ** 63n, 2n ** 64n - 2n, 2n ** 64n - 1n);
+    const data = Buffer.alloc(8);
+    for (const id of ids.filter((x) => x < 2n ** 64n)) {
+      const ours = encodeExpertResult(id, DType.FLOAT32, [1, 2], data);
+      const theirs = Buffer.from(
+        ExpertResult.encode({
+          batchId: id,
+          output: { dtype: DType.FLOAT32, shape: [1, 2], data },
+          stats: undefined,
+          error: undefined,
+        }).finish(),
+      );
+      expect(Array.from(ours), `encode ${id}`).toEqual(Array.from(theirs));
+      expect(decodeExpertResult(theirs).batchId, `decode ${id}`).toBe(id);
+    }
   });
 
   it("ExpertResult echo decodes", () => {

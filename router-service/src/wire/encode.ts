@@ -6,7 +6,11 @@
 
 import type { DType, ForwardStats, RpcError } from "@switchyard/protocol";
 
+/** Largest uint64 that a double holds exactly: below it a bigint takes the number path (no BigInt per step). */
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
 export function varintSize(v: number | bigint): number {
+  if (typeof v === "bigint" && v >= 0n && v <= MAX_SAFE) v = Number(v);
   if (typeof v === "bigint") {
     let n = 1;
     let x = BigInt.asUintN(64, v);
@@ -33,6 +37,7 @@ class Writer {
     this.pos = start;
   }
   varint(v: number | bigint): this {
+    if (typeof v === "bigint" && v >= 0n && v <= MAX_SAFE) v = Number(v);
     if (typeof v === "bigint") {
       let x = BigInt.asUintN(64, v);
       while (x >= 128n) {
