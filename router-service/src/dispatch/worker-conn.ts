@@ -87,8 +87,10 @@ export class WorkerConn {
   readonly address: string;
   private client: ExpertWorkerClient;
   private stream: ClientDuplexStream<ExpertBatch | Buffer, ExpertResult> | null = null;
-  private readonly pending = new Map<bigint, Pending>();
-  private nextId = 1n;
+  // Batch ids are numbers here (a Map keyed by BigInt hashes the BigInt, and BigInt++ allocates); the wire's uint64
+  // takes them as BigInt (2^53 batches per connection would take centuries).
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
   private downUntil = 0;
   private statusTimer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -159,7 +161,7 @@ export class WorkerConn {
       this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now() });
       this.outstandingTokens += tokens;
       for (const e of experts) this.resident.add(layer * 65536 + e);
-      const msg = encode(batchId);
+      const msg = encode(BigInt(batchId));
       // A pooled batch buffer goes back once grpc-js has framed (copied) it: the write's callback.
       stream.write(msg, () => batchPool.give(msg));
     });
@@ -170,9 +172,10 @@ export class WorkerConn {
     const s = this.client.runExpertsStream() as unknown as ClientDuplexStream<ExpertBatch | Buffer, ExpertResult>;
     this.stream = s;
     s.on("data", (r: ExpertResult) => {
-      const p = this.pending.get(r.batchId);
+      const id = Number(r.batchId);
+      const p = this.pending.get(id);
       if (!p) return; // timed out earlier; the late reply is dropped
-      this.pending.delete(r.batchId);
+      this.pending.delete(id);
       clearTimeout(p.timer);
       this.outstandingTokens -= p.tokens;
       const ms = performance.now() - p.sentAt;
