@@ -538,8 +538,9 @@ export class Router {
             rowBytes,
             slices: b.slices,
             batchId,
-            // The flush's remaining deadline when the batch goes out: stream batches carry no gRPC deadline.
-            timeoutMs: Math.max(1, deadline - Date.now()),
+            // The flush's remaining deadline when the batch goes out (encode runs inside run(), synchronously):
+            // stream batches carry no gRPC deadline.
+            timeoutMs: timeout,
           },
           (dst, at) => {
             for (let r = 0; r < n; r++) {
@@ -564,7 +565,7 @@ export class Router {
     }
     const rows = resultRows({ data: out.data, dtype });
     // Index of this result in each item's results (-1: not yet added); rows come grouped by expert, not by item.
-    const perItem = new Int32Array(items.length).fill(-1);
+    const perItem: number[] = new Array(items.length).fill(-1);
     for (let r = 0; r < n; r++) {
       const a = b.rows[r];
       const it = items[a.item];

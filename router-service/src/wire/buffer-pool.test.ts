@@ -21,5 +21,11 @@ describe("BufferPool", () => {
     pool.give(Buffer.allocUnsafe(16)); // Node's shared 8 KiB slab: never adopted
     expect(pool.held).toBe(0);
     expect(pool.take(100).length).toBe(100);
+    // Size classes at and just past a power of two.
+    const p8 = pool.take(8192);
+    expect(p8.buffer.byteLength).toBe(8192);
+    pool.give(p8);
+    expect(pool.take(8192).buffer).toBe(p8.buffer);
+    expect(pool.take(8193).buffer.byteLength).toBe(16384);
   });
 });
