@@ -3,7 +3,7 @@
 // holding everything.
 
 import type { OverflowPolicy } from "@switchyard/moe";
-import type { Assignment, TokenRouting } from "./routing.js";
+import { type Assignment, groupByExpert, type TokenRouting } from "./routing.js";
 
 export interface CapacityResult {
   /** Dispatch rounds, run one after another. Only `queue` produces more than one. */
@@ -103,17 +103,4 @@ export function applyCapacity(
   }
   kept.sort((a, b) => a.order - b.order);
   return { rounds: [kept], dropped, capacity };
-}
-
-export function groupByExpert(assignments: readonly Assignment[]): Map<number, Assignment[]> {
-  const m = new Map<number, Assignment[]>();
-  for (const a of assignments) {
-    let l = m.get(a.expert);
-    if (!l) {
-      l = [];
-      m.set(a.expert, l);
-    }
-    l.push(a);
-  }
-  return m;
 }

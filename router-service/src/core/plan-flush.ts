@@ -3,7 +3,7 @@
 // across its replicas, EPLB's equal-split assumption). Pure: the caller copies token bytes and sends.
 
 import { chooseReplica, type ReplicaChooser } from "./replicas.js";
-import type { Assignment } from "./routing.js";
+import { type Assignment, groupByExpert } from "./routing.js";
 
 export interface SliceLayout {
   expert: number;
@@ -91,17 +91,4 @@ export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions
     batches.push({ worker: w, slices, rows });
   }
   return { batches, unplaced, expertsTouched: groups.size };
-}
-
-function groupByExpert(assignments: readonly Assignment[]): Map<number, Assignment[]> {
-  const groups = new Map<number, Assignment[]>();
-  for (const a of assignments) {
-    let g = groups.get(a.expert);
-    if (!g) {
-      g = [];
-      groups.set(a.expert, g);
-    }
-    g.push(a);
-  }
-  return groups;
 }

@@ -44,3 +44,17 @@ export function collectAssignments(routings: readonly TokenRouting[]): Assignmen
   }
   return out;
 }
+
+/** Assignments by expert id, each list in the order given. */
+export function groupByExpert(assignments: readonly Assignment[]): Map<number, Assignment[]> {
+  const m = new Map<number, Assignment[]>();
+  for (const a of assignments) {
+    let l = m.get(a.expert);
+    if (!l) {
+      l = [];
+      m.set(a.expert, l);
+    }
+    l.push(a);
+  }
+  return m;
+}
