@@ -775,6 +775,7 @@ async function decision() {
 async function main() {
   process.on("exit", stopAll);
   const started = new Date().toISOString();
+  const loadAtStart = loadavg();
   console.log(
     `router bench: ${cpus().length} cpus (${cpus()[0]?.model}), load ${loadavg()
       .map((x) => x.toFixed(2))
@@ -796,13 +797,25 @@ async function main() {
       : ({} as Awaited<ReturnType<typeof batching>>);
   const dc = !only || only === "decision" ? await decision() : ({} as Awaited<ReturnType<typeof decision>>);
   if (only) {
+    // A single section never replaces the committed results file; BENCH_OUT keeps it where asked.
+    const section = {
+      bench: "router",
+      only,
+      started,
+      machine: { cpus: cpus().length, loadavg_at_start: loadAtStart },
+      ov,
+      bt,
+      btSmall,
+      dc,
+    };
+    if (process.env.BENCH_OUT) writeFileSync(process.env.BENCH_OUT, `${JSON.stringify(section, null, 2)}\n`);
     console.log(JSON.stringify({ ov, bt, btSmall, dc }));
     process.exit(0);
   }
   const result = {
     bench: "router",
     started,
-    machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg_at_start: loadavg(), node: process.version },
+    machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg_at_start: loadAtStart, node: process.version },
     seconds_per_measure: SECONDS,
     overhead: {
       setup: `d=${D} bf16, explicit top-1 assignment, no-op (echo) worker, router batching off; baseline: two-hop grpc-js bidi forwarder of the same bytes, same channel options (flow_control_window 16 MiB, raised server window); 4 requests in flight on one stream for throughput, 1 for round trips`,
