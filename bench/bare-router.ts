@@ -30,7 +30,9 @@ import {
 } from "@switchyard/router-service";
 
 export async function serveBareRouter(workerAddress: string, pool: string): Promise<number> {
+  // The router's own worker transport ("auto": the worker's TCP data path, learnt from one Status call).
   const conn = new WorkerConn({ id: "w0", address: workerAddress, statusIntervalMs: 0 });
+  await conn.refreshStatus();
   const server = new Server(SERVER_OPTIONS);
   raiseServerWindow(server);
   const forward = (req: ForwardRequest): Promise<ForwardResponse> => {

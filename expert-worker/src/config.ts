@@ -1,7 +1,7 @@
 // Worker command line (docs/CONTRACTS.md): every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>; flags win.
 //   --checkpoint DIR --pool NAME --worker-id ID --port 50061 --metrics-port 9401
 //   [--experts SPEC] [--plan FILE] [--cache-capacity N] [--backend auto|cpu|cuda] [--queue-capacity N]
-//   [--cache-policy lru|lfu] [--max-message-bytes N] [--host ADDR]
+//   [--cache-policy lru|lfu] [--max-message-bytes N] [--host ADDR] [--data-port N]
 // Pure: parses argv + env into WorkerOptions or throws an Error naming the flag.
 
 import type { PlacementPlan } from "@switchyard/moe";
@@ -13,6 +13,8 @@ export interface WorkerFlags {
   workerId: string;
   port: number;
   metricsPort: number;
+  /** TCP data path (packages/protocol/src/data-path.ts): 0 = any free port, -1 = off. */
+  dataPort: number;
   host: string;
   experts?: string;
   plan?: string;
@@ -29,6 +31,7 @@ const FLAGS = [
   "worker-id",
   "port",
   "metrics-port",
+  "data-port",
   "host",
   "experts",
   "plan",
@@ -82,6 +85,7 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     workerId: str("worker-id"),
     port: int("port", 50061, 0) as number,
     metricsPort: int("metrics-port", 9401, 0) as number,
+    dataPort: int("data-port", 0, -1) as number,
     host: str("host", "0.0.0.0"),
     experts: raw.get("experts"),
     plan: raw.get("plan"),

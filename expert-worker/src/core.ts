@@ -47,6 +47,8 @@ export function weightBytes(w: ExpertWeights): number {
 
 export class WorkerCore {
   readonly ctx: BatchContext;
+  /** The data-path port Status advertises (set by the shell that bound it); 0 = not offered. */
+  dataPort = 0;
 
   constructor(readonly o: CoreOptions) {
     const { source } = o;
@@ -211,6 +213,7 @@ export class WorkerCore {
       hiddenSize: source.hiddenSize,
       layers: source.layers,
       experts: source.experts,
+      dataPort: this.dataPort,
     };
   }
 }

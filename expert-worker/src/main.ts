@@ -19,6 +19,7 @@ async function main(): Promise<void> {
     workerId: flags.workerId,
     port: flags.port,
     metricsPort: flags.metricsPort,
+    dataPort: flags.dataPort,
     host: flags.host,
     experts: flags.experts,
     plan: flags.plan,

@@ -9,6 +9,7 @@ import type { ExpertBackend } from "./backend/types.js";
 import { makePolicy, ResidencyCache } from "./cache.js";
 import { parseExpertSpec, servedFromPlan } from "./config.js";
 import { type ExpertSource, WorkerCore, weightBytes } from "./core.js";
+import { startDataServer } from "./data-server.js";
 import { startHttpServer } from "./http.js";
 import { WorkerMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
@@ -22,6 +23,8 @@ export interface WorkerOptions {
   /** 0 = any free port. */
   port?: number;
   metricsPort?: number;
+  /** TCP data path beside gRPC (advertised in Status.data_port): 0 or absent = any free port, -1 = off. */
+  dataPort?: number;
   host?: string;
   /** --experts SPEC (see config.ts). */
   experts?: string;
@@ -40,6 +43,8 @@ export interface WorkerOptions {
 
 export interface WorkerHandle {
   port: number;
+  /** Bound data-path port; 0 = off. */
+  dataPort: number;
   metricsPort: number;
   backend: ExpertBackend;
   core: WorkerCore;
@@ -172,6 +177,18 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
           setTimeout(() => grpc.server.forceShutdown(), 2000).unref();
         }),
     );
+    let dataPort = 0;
+    if ((o.dataPort ?? 0) >= 0) {
+      const data = await startDataServer(core, metrics, {
+        host: o.host,
+        port: o.dataPort ?? 0,
+        maxMessageBytes: o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
+        log,
+      });
+      cleanup.push(() => data.close());
+      dataPort = data.port;
+      core.dataPort = dataPort;
+    }
     let ready = false;
     const http = await startHttpServer({
       host: o.host,
@@ -184,11 +201,12 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     grpc.health.setStatus("switchyard.v1.ExpertWorker", "SERVING");
     ready = true;
     log(
-      `serving pool ${o.pool} on :${grpc.port} (metrics :${http.port}); ${servedCount} experts served, cache ${capacity} (${cache.policy.name}), queue ${queue.capacity}`,
+      `serving pool ${o.pool} on :${grpc.port} (data path :${dataPort || "off"}, metrics :${http.port}); ${servedCount} experts served, cache ${capacity} (${cache.policy.name}), queue ${queue.capacity}`,
     );
     let closed = false;
     return {
       port: grpc.port,
+      dataPort,
       metricsPort: http.port,
       backend,
       core,

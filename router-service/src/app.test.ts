@@ -120,7 +120,12 @@ describe("router process: config and plan reload without restart", () => {
       port: 1,
       metricsPort: 3,
       host: "0.0.0.0",
+      workerTransport: "auto",
     });
+    expect(parseRouterArgs(["--config", "x", "--worker-transport", "grpc"], {}).workerTransport).toBe("grpc");
+    expect(() => parseRouterArgs(["--config", "x", "--worker-transport", "tcp"], {})).toThrow(
+      /--worker-transport: expected auto or grpc, got "tcp"/,
+    );
     expect(() => parseRouterArgs([], {})).toThrow(/--config: required/);
     expect(() => parseRouterArgs(["--config", "x", "--port", "http"], {})).toThrow(/--port: must be a port number/);
     expect(() => parseRouterArgs(["--cfg", "x"], {})).toThrow(/unknown flag --cfg/);

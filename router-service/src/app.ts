@@ -8,6 +8,7 @@ import { validatePlan } from "@switchyard/moe";
 import { CheckpointModel } from "./checkpoint-model.js";
 import { type PlacementPlan, parsePlan, parseRouterConfig, type RouterConfig } from "./config.js";
 import { nativeCombineStatus } from "./core/native-combine.js";
+import type { WorkerTransport } from "./dispatch/worker-conn.js";
 import { type PoolSetup, Router } from "./router.js";
 import { type StartedRouter, serveRouter } from "./server.js";
 
@@ -16,6 +17,7 @@ export interface RouterAppOptions {
   port: number;
   metricsPort: number | null;
   host?: string;
+  workerTransport?: WorkerTransport;
   /** stat polling interval for config and plan files */
   watchIntervalMs?: number;
   log?: (line: string) => void;
@@ -42,7 +44,7 @@ async function readJson(path: string, what: string): Promise<unknown> {
 
 export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const log = o.log ?? ((l: string) => console.log(`[router] ${l}`));
-  const router = new Router();
+  const router = new Router({ workerTransport: o.workerTransport });
   log(`combine: ${nativeCombineStatus()}`);
   const models = new Map<string, CheckpointModel>();
   const watched = new Set<string>();

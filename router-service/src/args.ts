@@ -1,13 +1,18 @@
-// Router command line (docs/CONTRACTS.md): --config FILE --port 50051 --metrics-port 9400 [--host ADDR];
+// Router command line (docs/CONTRACTS.md): --config FILE --port 50051 --metrics-port 9400 [--host ADDR]
+// [--worker-transport auto|grpc];
 // every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>, flags win. Pure.
 
-const FLAGS = ["config", "port", "metrics-port", "host"] as const;
+import type { WorkerTransport } from "./dispatch/worker-conn.js";
+
+const FLAGS = ["config", "port", "metrics-port", "host", "worker-transport"] as const;
 
 export interface RouterArgs {
   config: string;
   port: number;
   metricsPort: number;
   host: string;
+  /** auto: a worker's TCP data path where its Status offers one; grpc: the RunExpertsStream stream only. */
+  workerTransport: WorkerTransport;
 }
 
 export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterArgs {
@@ -36,8 +41,12 @@ export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterA
     if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`--${f}: must be a port number, got "${s}"`);
     return n;
   };
+  const transport = raw.get("worker-transport") ?? "auto";
+  if (transport !== "auto" && transport !== "grpc")
+    throw new Error(`--worker-transport: expected auto or grpc, got "${transport}"`);
   return {
     config,
+    workerTransport: transport,
     port: port("port", 50051),
     metricsPort: port("metrics-port", 9400),
     host: raw.get("host") ?? "0.0.0.0",

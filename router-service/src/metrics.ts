@@ -102,6 +102,12 @@ export class RouterMetrics {
     labelNames: ["pool", "worker"],
     registers: [this.registry],
   });
+  readonly workerDataPath = new Gauge({
+    name: "switchyard_router_worker_data_path",
+    help: "1 while batches to this worker go over its TCP data path, 0 while they take the gRPC stream.",
+    labelNames: ["pool", "worker"],
+    registers: [this.registry],
+  });
   readonly expertTokens = new Counter({
     name: "switchyard_router_expert_tokens_total",
     help: "Expert heat: (token, expert) assignments per layer and expert (bounded; overflow as expert=other).",
@@ -187,6 +193,7 @@ export class PoolMetrics {
         dispatch: this.m.dispatchDuration.labels(l),
         errors: this.m.dispatchErrors.labels(l),
         outstanding: this.m.workerOutstanding.labels(l),
+        dataPath: this.m.workerDataPath.labels(l),
       };
       this.workers.set(id, w);
     }
@@ -220,4 +227,5 @@ export interface WorkerMetricsChildren {
   dispatch: HotHistogramChild;
   errors: ReturnType<Counter["labels"]>;
   outstanding: ReturnType<Gauge["labels"]>;
+  dataPath: ReturnType<Gauge["labels"]>;
 }

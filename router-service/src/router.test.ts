@@ -465,5 +465,7 @@ describe("router end to end (fake workers)", () => {
       expect(text).toContain(name);
     }
     expect(text).toMatch(/switchyard_router_requests_total\{pool="toy",method="Forward",code="OK"\} \d+/);
+    // No Status polls in this test, so no worker's data port is known: every batch took the gRPC stream.
+    expect(text).toMatch(/switchyard_router_worker_data_path\{pool="toy",worker="[^"]+"\} 0/);
   });
 });

@@ -27,7 +27,7 @@ import { combineInto, resultRows } from "./core/combine.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
 import { type Assignment, collectAssignments, type TokenRouting } from "./core/routing.js";
-import { WorkerConn } from "./dispatch/worker-conn.js";
+import { WorkerConn, type WorkerTransport } from "./dispatch/worker-conn.js";
 import { type PoolMetrics, RouterMetrics } from "./metrics.js";
 import type { PoolModel } from "./model.js";
 import { PrometheusSignals } from "./signals/prometheus.js";
@@ -134,16 +134,25 @@ export interface RouterOptions {
   metrics?: RouterMetrics;
   /** Status poll interval for worker connections (ms); 0 disables (tests). */
   statusIntervalMs?: number;
+  /** How batches reach workers (default "auto": a worker's TCP data path where its Status offers one). */
+  workerTransport?: WorkerTransport;
 }
 
 export class Router {
   readonly metrics: RouterMetrics;
   private readonly pools = new Map<string, Pool>();
   private readonly statusIntervalMs: number;
+  private readonly workerTransport: WorkerTransport;
 
   constructor(o: RouterOptions = {}) {
     this.metrics = o.metrics ?? new RouterMetrics();
     this.statusIntervalMs = o.statusIntervalMs ?? 1000;
+    this.workerTransport = o.workerTransport ?? "auto";
+  }
+
+  /** One Status poll of every worker of `pool` now (tests and benchmarks that run without periodic polls). */
+  async refreshWorkers(pool: string): Promise<void> {
+    await Promise.all(this.workers(pool).map((c) => c.refreshStatus()));
   }
 
   poolNames(): string[] {
@@ -159,7 +168,11 @@ export class Router {
   sampleGauges(): void {
     for (const [name, p] of this.pools) {
       this.metrics.loadSignalStale.set({ pool: name }, p.signals.stale ? 1 : 0);
-      for (const c of p.conns) p.metrics.worker(c.id).outstanding.set(c.outstandingTokens);
+      for (const c of p.conns) {
+        const w = p.metrics.worker(c.id);
+        w.outstanding.set(c.outstandingTokens);
+        w.dataPath.set(c.usingDataPath ? 1 : 0);
+      }
       p.metrics.flushHeat();
     }
   }
@@ -188,7 +201,9 @@ export class Router {
       const address = s.endpoints?.[id] ?? s.plan.endpoints?.[id];
       if (!address) throw invalidArgument(`pools[${s.name}].endpoints.${id}`, "no endpoint for worker in plan");
       const key = `${id}@${address}`;
-      const c = old.get(key) ?? new WorkerConn({ id, address, statusIntervalMs: this.statusIntervalMs });
+      const c =
+        old.get(key) ??
+        new WorkerConn({ id, address, statusIntervalMs: this.statusIntervalMs, transport: this.workerTransport });
       old.delete(key);
       conns.push(c);
     }

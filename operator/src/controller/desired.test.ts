@@ -36,6 +36,8 @@ describe("desiredStatefulSet", () => {
       "50061",
       "--metrics-port",
       "9401",
+      "--data-port",
+      "50062",
       "--plan",
       "/etc/switchyard/plan/plan.json",
       "--cache-capacity",

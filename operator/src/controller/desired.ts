@@ -22,6 +22,7 @@ import {
   selectorLabels,
   serviceName,
   statefulSetName,
+  WORKER_DATA_PORT,
   WORKER_GRPC_PORT,
   WORKER_METRICS_PORT,
   workerAddress,
@@ -67,6 +68,8 @@ export function workerArgs(pool: ExpertPool): string[] {
     String(WORKER_GRPC_PORT),
     "--metrics-port",
     String(WORKER_METRICS_PORT),
+    "--data-port",
+    String(WORKER_DATA_PORT),
     "--plan",
     `${PLAN_MOUNT}/${PLAN_KEY}`,
     "--cache-capacity",
@@ -150,6 +153,7 @@ export function desiredStatefulSet(pool: ExpertPool): V1StatefulSet {
               env,
               ports: [
                 { name: "grpc", containerPort: WORKER_GRPC_PORT, protocol: "TCP" },
+                { name: "data", containerPort: WORKER_DATA_PORT, protocol: "TCP" },
                 { name: "metrics", containerPort: WORKER_METRICS_PORT, protocol: "TCP" },
               ],
               // The worker serves grpc.health.v1 on its gRPC port: SERVING once its experts are loaded.
@@ -193,6 +197,7 @@ export function desiredService(pool: ExpertPool): V1Service {
       selector: selectorLabels(name),
       ports: [
         { name: "grpc", port: WORKER_GRPC_PORT, targetPort: WORKER_GRPC_PORT, protocol: "TCP" },
+        { name: "data", port: WORKER_DATA_PORT, targetPort: WORKER_DATA_PORT, protocol: "TCP" },
         { name: "metrics", port: WORKER_METRICS_PORT, targetPort: WORKER_METRICS_PORT, protocol: "TCP" },
       ],
     },

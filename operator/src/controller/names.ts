@@ -10,6 +10,8 @@ export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
 export const MANAGED_BY = "switchyard-operator";
 export const WORKER_COMPONENT = "expert-worker";
 export const WORKER_GRPC_PORT = 50061;
+/** The worker's TCP data path (batches beside the gRPC stream; packages/protocol/src/data-path.ts). */
+export const WORKER_DATA_PORT = 50062;
 export const WORKER_METRICS_PORT = 9401;
 export const PLAN_KEY = "plan.json";
 export const PLAN_MOUNT = "/etc/switchyard/plan";

@@ -1,5 +1,6 @@
 // Wire protocol of Switchyard (package switchyard.v1): generated messages and services, plus the tensor codec.
 
+export * from "./data-path.js";
 export * from "./errors.js";
 export {
   Assignment,

@@ -1,8 +1,10 @@
-// One router -> worker connection: a long-lived RunExpertsStream (the fast path, ~3x cheaper per message than a
-// unary call on grpc-js; see shared/bench/TRANSPORT.md) with a raised client flow-control window, replies matched
-// by batch_id. Every send has a timeout, so no dispatch outlives its callers' deadlines. A broken stream fails
-// everything in flight with UNAVAILABLE (the flush then retries on another replica), marks the worker down, and
-// reconnects with backoff. Status polls keep residency, queue depth and liveness fresh.
+// One router -> worker connection. Batches go on a long-lived path that carries many at once, replies matched by
+// batch_id: the worker's TCP data path (packages/protocol/src/data-path.ts) when its Status offers one and this
+// connection may use it, else the RunExpertsStream gRPC stream (~3x cheaper per message than a unary call on
+// grpc-js; see shared/bench/TRANSPORT.md) with a raised client flow-control window. Every send has a timeout, so no
+// dispatch outlives its callers' deadlines. A broken path fails what is in flight on it with UNAVAILABLE (the flush
+// then retries on another replica) and marks the worker down; a broken data path also stays unused for a while
+// (batches take the gRPC stream meanwhile). Status polls keep residency, queue depth, liveness and the data port fresh.
 
 import {
   type ChannelOptions,
@@ -26,6 +28,7 @@ import {
 } from "@switchyard/protocol";
 import { batchPool } from "../wire/buffer-pool.js";
 import { decodeExpertResult } from "../wire/decode.js";
+import { DataConn } from "./data-conn.js";
 
 /** Transport settings shared by the router's clients (and the benchmark's baseline forwarder). */
 export const CLIENT_CHANNEL_OPTIONS: ChannelOptions = {
@@ -65,12 +68,39 @@ const FastWorkerClient = makeGenericClientConstructor(
   options: ChannelOptions,
 ) => ExpertWorkerClient;
 
+/** What WorkerConn needs of a path: a grpc-js duplex stream or a DataConn. */
+interface BatchPath {
+  write(msg: Buffer, done: () => void): unknown;
+  end(): unknown;
+}
+
 interface Pending {
   resolve: (r: ExpertResult) => void;
   reject: (e: SwitchyardError) => void;
   timer: NodeJS.Timeout;
   tokens: number;
   sentAt: number;
+  /** The path it went on: a broken path fails only its own batches. */
+  via: BatchPath;
+}
+
+/**
+ * "auto": the worker's TCP data path when its Status offers one (gRPC stream until the first Status, and for
+ * `dataRetryMs` after the data path breaks); "grpc": the gRPC stream only.
+ */
+export type WorkerTransport = "auto" | "grpc";
+
+/** The host part of a gRPC target ("h:p", "[v6]:p", "dns:///h:p"), or null where a TCP data path cannot follow it. */
+export function hostOf(address: string): string | null {
+  const a = address.replace(/^dns:(\/\/[^/]*)?\//, "");
+  if (a.startsWith("unix:") || a.includes("/")) return null;
+  if (a.startsWith("[")) {
+    const end = a.indexOf("]");
+    return end > 1 ? a.slice(1, end) : null;
+  }
+  const colon = a.lastIndexOf(":");
+  const host = colon >= 0 ? a.slice(0, colon) : a;
+  return host.length > 0 ? host : null;
 }
 
 export interface WorkerConnOptions {
@@ -80,6 +110,12 @@ export interface WorkerConnOptions {
   statusIntervalMs?: number;
   /** A worker that failed stays out of replica choice this long (unless a Status poll succeeds sooner). */
   downMs?: number;
+  /** Default "auto". */
+  transport?: WorkerTransport;
+  /** A data path that broke is left alone this long. Default 5000. */
+  dataRetryMs?: number;
+  /** Largest reply frame accepted on the data path (as the gRPC client's receive limit). */
+  maxMessageBytes?: number;
 }
 
 export class WorkerConn {
@@ -87,6 +123,14 @@ export class WorkerConn {
   readonly address: string;
   private client: ExpertWorkerClient;
   private stream: ClientDuplexStream<ExpertBatch | Buffer, ExpertResult> | null = null;
+  private data: DataConn | null = null;
+  /** The worker's data-path port from its last Status (0: none offered). */
+  private dataPort = 0;
+  private dataOffUntil = 0;
+  private readonly dataHost: string | null;
+  private readonly transport: WorkerTransport;
+  private readonly dataRetryMs: number;
+  private readonly maxMessageBytes: number;
   // Batch ids are numbers here (a Map keyed by BigInt hashes the BigInt, and BigInt++ allocates); the wire's uint64
   // takes them as BigInt (2^53 batches per connection would take centuries).
   private readonly pending = new Map<number, Pending>();
@@ -111,12 +155,16 @@ export class WorkerConn {
     this.id = o.id;
     this.address = o.address;
     this.downMs = o.downMs ?? 1000;
+    this.transport = o.transport ?? "auto";
+    this.dataRetryMs = o.dataRetryMs ?? 5000;
+    this.maxMessageBytes = o.maxMessageBytes ?? (CLIENT_CHANNEL_OPTIONS["grpc.max_receive_message_length"] as number);
+    this.dataHost = hostOf(o.address);
     this.client = new FastWorkerClient(o.address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
     const interval = o.statusIntervalMs ?? 1000;
     if (interval > 0) {
       const poll = () => {
         if (this.closed) return;
-        this.pollStatus(interval).finally(() => {
+        this.refreshStatus(interval).finally(() => {
           if (!this.closed) this.statusTimer = setTimeout(poll, interval);
         });
       };
@@ -146,7 +194,7 @@ export class WorkerConn {
     tokens: number,
   ): Promise<ExpertResult> {
     if (this.closed) return Promise.reject(unavailable(`worker ${this.id} (${this.address}): connection closed`));
-    const stream = this.ensureStream();
+    const via = this.path();
     const batchId = this.nextId++;
     return new Promise<ExpertResult>((resolve, reject) => {
       const timer = setTimeout(
@@ -158,46 +206,85 @@ export class WorkerConn {
         },
         Math.max(1, timeoutMs),
       );
-      this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now() });
+      this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now(), via });
       this.outstandingTokens += tokens;
       for (const e of experts) this.resident.add(layer * 65536 + e);
       const msg = encode(BigInt(batchId));
-      // A pooled batch buffer goes back once grpc-js has framed (copied) it: the write's callback.
-      stream.write(msg, () => batchPool.give(msg));
+      // A pooled batch buffer goes back once the path is done with it (grpc-js framed or the socket wrote it).
+      via.write(msg, () => batchPool.give(msg));
     });
+  }
+
+  /** The data path is "in use" from the send that opens it until it breaks: the path for this send. */
+  get usingDataPath(): boolean {
+    return this.data !== null;
+  }
+
+  private path(): BatchPath {
+    if (this.data) return this.data;
+    if (
+      this.transport === "auto" &&
+      this.dataPort > 0 &&
+      this.dataHost !== null &&
+      performance.now() >= this.dataOffUntil
+    ) {
+      const conn: DataConn = new DataConn(this.dataHost, this.dataPort, this.maxMessageBytes, {
+        onResult: this.onResult,
+        onClose: (err) => {
+          if (this.data === conn) this.data = null;
+          // Broken (an error, or closed under batches): gRPC carries the batches for a while.
+          if (this.failPath(conn, err, `data path :${this.dataPort}`) > 0 || err)
+            this.dataOffUntil = performance.now() + this.dataRetryMs;
+        },
+      });
+      this.data = conn;
+      return conn;
+    }
+    return this.ensureStream();
+  }
+
+  private readonly onResult = (r: ExpertResult): void => {
+    const id = Number(r.batchId);
+    const p = this.pending.get(id);
+    if (!p) return; // timed out earlier; the late reply is dropped
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    this.outstandingTokens -= p.tokens;
+    const ms = performance.now() - p.sentAt;
+    this.latencyMs = this.latencyMs === 0 ? ms : 0.8 * this.latencyMs + 0.2 * ms;
+    if (r.error && r.error.code !== grpcStatus.OK) p.reject(fromRpcError(r.error));
+    else p.resolve(r);
+  };
+
+  /** Fails what is in flight on `via` (only there): UNAVAILABLE naming the worker and the path. Returns how many. */
+  private failPath(via: BatchPath, err: unknown, what: string): number {
+    const cause = err ? fromGrpcError(err) : null;
+    const e = unavailable(
+      `worker ${this.id} (${this.address}): ${what} ${cause ? `failed: ${cause.message}` : "ended"}`,
+      cause ?? undefined,
+    );
+    let inFlight = 0;
+    for (const [id, p] of this.pending) {
+      if (p.via !== via) continue;
+      inFlight++;
+      clearTimeout(p.timer);
+      this.outstandingTokens -= p.tokens;
+      this.pending.delete(id);
+      p.reject(e);
+    }
+    if (inFlight > 0 || cause) this.markDown();
+    return inFlight;
   }
 
   private ensureStream(): ClientDuplexStream<ExpertBatch | Buffer, ExpertResult> {
     if (this.stream) return this.stream;
     const s = this.client.runExpertsStream() as unknown as ClientDuplexStream<ExpertBatch | Buffer, ExpertResult>;
     this.stream = s;
-    s.on("data", (r: ExpertResult) => {
-      const id = Number(r.batchId);
-      const p = this.pending.get(id);
-      if (!p) return; // timed out earlier; the late reply is dropped
-      this.pending.delete(id);
-      clearTimeout(p.timer);
-      this.outstandingTokens -= p.tokens;
-      const ms = performance.now() - p.sentAt;
-      this.latencyMs = this.latencyMs === 0 ? ms : 0.8 * this.latencyMs + 0.2 * ms;
-      if (r.error && r.error.code !== grpcStatus.OK) p.reject(fromRpcError(r.error));
-      else p.resolve(r);
-    });
+    s.on("data", this.onResult);
     const fail = (err: unknown) => {
       if (this.stream !== s) return;
       this.stream = null;
-      const cause = err ? fromGrpcError(err) : null;
-      const e = unavailable(
-        `worker ${this.id} (${this.address}): stream ${cause ? `failed: ${cause.message}` : "ended"}`,
-        cause ?? undefined,
-      );
-      if (this.pending.size > 0 || cause) this.markDown();
-      for (const [id, p] of this.pending) {
-        clearTimeout(p.timer);
-        this.outstandingTokens -= p.tokens;
-        this.pending.delete(id);
-        p.reject(e);
-      }
+      this.failPath(s, err, "stream");
     };
     s.on("error", fail);
     s.on("end", () => fail(null));
@@ -209,7 +296,8 @@ export class WorkerConn {
     this.downUntil = performance.now() + this.downMs;
   }
 
-  private pollStatus(timeoutMs: number): Promise<void> {
+  /** One Status poll now, applied (residency, queue depth, liveness, data port); never rejects. */
+  refreshStatus(timeoutMs = 2000): Promise<void> {
     return new Promise((resolve) => {
       this.client.status({}, new Metadata(), { deadline: Date.now() + Math.max(200, timeoutMs) }, (err, st) => {
         if (err || !st) {
@@ -220,6 +308,7 @@ export class WorkerConn {
           this.queueDepth = st.queueDepth;
           this.cacheHits = Number(st.cacheHits);
           this.cacheMisses = Number(st.cacheMisses);
+          this.dataPort = st.dataPort;
           this.resident.clear();
           for (const k of st.resident) this.resident.add(k.layer * 65536 + k.expert);
         }
@@ -248,6 +337,8 @@ export class WorkerConn {
     }
     this.stream?.end();
     this.stream = null;
+    this.data?.end();
+    this.data = null;
     this.client.close();
   }
 }

@@ -502,6 +502,10 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ],
       ["workers / concurrency", `${o.workers} / ${o.concurrency} sequences, ${o.dtype}`],
       [
+        "router -> worker transport",
+        `TCP data path to ${sum("switchyard_router_worker_data_path")} of ${ids.length} workers at the end, gRPC stream to the rest`,
+      ],
+      [
         "batching",
         o.policy.batching.enabled
           ? `on (maxBatchTokens ${o.policy.batching.maxBatchTokens}, maxWait ${o.policy.batching.maxWaitMs} ms)`

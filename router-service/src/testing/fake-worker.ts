@@ -1,7 +1,9 @@
 // A minimal ExpertWorker server for router tests and the router benchmark: experts are plain functions (or the
 // identity, which echoes the rows' bytes untouched: the "no-op expert" the overhead benchmark needs). It can be
-// told to fail or stall, to exercise retries and deadlines. Not the real worker (expert-worker/).
+// told to fail or stall, to exercise retries and deadlines. Like the real worker it offers the TCP data path beside
+// the gRPC stream (Status.data_port) unless told not to. Not the real worker (expert-worker/).
 
+import { createServer, type Server as NetServer, type Socket } from "node:net";
 import {
   Server,
   ServerCredentials,
@@ -14,10 +16,12 @@ import {
   type ExpertBatch,
   ExpertResult,
   ExpertWorkerService,
+  FrameReader,
   toRpcError,
   unavailable,
   valuesToBytes,
   type WorkerStatus,
+  writeFrame,
 } from "@switchyard/protocol";
 import { raiseServerWindow, SERVER_OPTIONS } from "../server.js";
 import { decodeExpertBatch } from "../wire/decode.js";
@@ -51,6 +55,8 @@ export interface FakeWorkerOptions {
   /** null = identity (bytes echoed as they came). */
   expert: ExpertFn | null;
   port?: number;
+  /** Offer the TCP data path (default true). */
+  dataPath?: boolean;
 }
 
 export class FakeWorker {
@@ -61,7 +67,11 @@ export class FakeWorker {
   /** The last SEEN_CAP..2*SEEN_CAP batches (bounded: a benchmark sends millions). */
   readonly seen: { layer: number; experts: number[]; rows: number; timeoutMs: number }[] = [];
   port = 0;
+  /** 0 = no data path. */
+  dataPort = 0;
   private server = new Server(SERVER_OPTIONS);
+  private dataServer: NetServer | null = null;
+  private readonly dataSockets = new Set<Socket>();
 
   constructor(readonly o: FakeWorkerOptions) {}
 
@@ -98,7 +108,66 @@ export class FakeWorker {
     });
   }
 
+  /**
+   * Answers one stream batch through `write` (either path). `raw` is the message the batch was decoded from: the
+   * identity echo writes its reply header in place over it and sends the rows untouched.
+   */
+  private answer(b: ExpertBatch, raw: Buffer | undefined, write: (reply: Buffer) => void): void {
+    if (this.mode === "stall") return;
+    try {
+      if (this.o.expert === null && this.mode === "ok") {
+        this.batches++;
+        this.rows += b.tokens!.shape[0];
+        this.record(b);
+        const t = b.tokens!;
+        const data = t.data as Buffer;
+        const room = raw && raw.buffer === data.buffer ? data.byteOffset - raw.byteOffset : 0;
+        write(
+          encodeExpertResultInPlace(b.batchId, t.dtype, t.shape, data, room) ??
+            encodeExpertResult(b.batchId, t.dtype, t.shape, t.data),
+        );
+        return;
+      }
+      write(Buffer.from(ExpertResult.encode(this.run(b)).finish()));
+    } catch (e) {
+      write(
+        Buffer.from(
+          ExpertResult.encode({
+            batchId: b.batchId,
+            output: undefined,
+            stats: undefined,
+            error: toRpcError(e),
+          }).finish(),
+        ),
+      );
+    }
+  }
+
+  private async startDataPath(): Promise<void> {
+    const server = createServer((s) => {
+      this.dataSockets.add(s);
+      s.setNoDelay(true);
+      const reply = (buf: Buffer) => writeFrame(s, buf);
+      const reader = new FrameReader(SERVER_OPTIONS["grpc.max_receive_message_length"] as number, true, (f) =>
+        this.answer(decodeExpertBatch(f), f, reply),
+      );
+      s.on("data", (c: Buffer) => {
+        try {
+          reader.push(c);
+        } catch {
+          s.destroy();
+        }
+      });
+      s.on("error", () => {});
+      s.on("close", () => this.dataSockets.delete(s));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    this.dataServer = server;
+    this.dataPort = (server.address() as { port: number }).port;
+  }
+
   async start(): Promise<number> {
+    if (this.o.dataPath !== false) await this.startDataPath();
     raiseServerWindow(this.server);
     this.server.addService(FAST_SERVICE, {
       runExperts: (call: ServerUnaryCall<ExpertBatch, ExpertResult>, cb: sendUnaryData<ExpertResult>) => {
@@ -110,28 +179,8 @@ export class FakeWorker {
         }
       },
       runExpertsStream: (call: ServerDuplexStream<ExpertBatch, ExpertResult>) => {
-        call.on("data", (b: ExpertBatch) => {
-          if (this.mode === "stall") return;
-          try {
-            if (this.o.expert === null && this.mode === "ok") {
-              this.batches++;
-              this.rows += b.tokens!.shape[0];
-              this.record(b);
-              const t = b.tokens!;
-              const raw = (b as RawBatch)[RAW];
-              const data = t.data as Buffer;
-              const room = raw && raw.buffer === data.buffer ? data.byteOffset - raw.byteOffset : 0;
-              (call as unknown as { write(x: Buffer): void }).write(
-                encodeExpertResultInPlace(b.batchId, t.dtype, t.shape, data, room) ??
-                  encodeExpertResult(b.batchId, t.dtype, t.shape, t.data),
-              );
-              return;
-            }
-            call.write(this.run(b));
-          } catch (e) {
-            call.write({ batchId: b.batchId, output: undefined, stats: undefined, error: toRpcError(e) });
-          }
-        });
+        const write = (reply: Buffer) => (call as unknown as { write(x: Buffer): void }).write(reply);
+        call.on("data", (b: ExpertBatch) => this.answer(b, (b as RawBatch)[RAW], write));
         call.on("end", () => call.end());
         call.on("error", () => {});
       },
@@ -154,6 +203,7 @@ export class FakeWorker {
               hiddenSize: 0,
               layers: 0,
               experts: 0,
+              dataPort: this.dataPort,
             })
           : cb({ code: 14, details: "down" }),
     });
@@ -165,7 +215,14 @@ export class FakeWorker {
     return this.port;
   }
 
+  /** Cuts every data-path connection (the gRPC server stays up): a data path broken under the router. */
+  dropDataConnections(): void {
+    for (const s of this.dataSockets) s.destroy();
+  }
+
   stop(): void {
     this.server.forceShutdown();
+    this.dataServer?.close();
+    for (const s of this.dataSockets) s.destroy();
   }
 }

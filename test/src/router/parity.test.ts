@@ -1,7 +1,8 @@
 // Parity: router + 2 real expert workers (separate gRPC servers, native CPU backend) answer the same as the
 // single-process fp32 reference of the whole MoE block (packages/moe referenceMoeBlock), for every family, with
 // the gate computed by the router, with router logits, and with explicit assignments; fp32 <= 1e-5 relative,
-// bf16 <= 1e-2.
+// bf16 <= 1e-2. Each family runs over both worker transports: the TCP data path (the default once a worker's
+// Status offers it) and the RunExpertsStream gRPC stream.
 
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -53,7 +54,9 @@ function rand(seed: number) {
 
 const FAMILIES: ModelFamily[] = ["mixtral", "qwen2-moe", "qwen3-moe", "deepseek-v3"];
 
-describe.each(FAMILIES)("router parity: %s, 2 workers", (family) => {
+const CASES = FAMILIES.flatMap((f) => (["data", "grpc"] as const).map((t) => [f, t] as const));
+
+describe.each(CASES)("router parity: %s, 2 workers, %s path", (family, transport) => {
   let dir: string;
   let workers: WorkerHandle[] = [];
   let router: Router;
@@ -98,7 +101,7 @@ describe.each(FAMILIES)("router parity: %s, 2 workers", (family) => {
         }),
       ),
     );
-    router = new Router({ statusIntervalMs: 0 });
+    router = new Router({ statusIntervalMs: 0, workerTransport: transport === "data" ? "auto" : "grpc" });
     router.setPool({
       name: "p",
       model: await CheckpointModel.open(dir),
@@ -106,6 +109,8 @@ describe.each(FAMILIES)("router parity: %s, 2 workers", (family) => {
       endpoints: Object.fromEntries(ids.map((id, i) => [id, `127.0.0.1:${workers[i].port}`])),
       policy: resolveRoutingPolicy({ batching: { maxWaitMs: 5 } }),
     });
+    // No periodic polls in tests: one Status now tells each connection its worker's data port.
+    await router.refreshWorkers("p");
     served = await serveRouter(router, { port: 0, host: "127.0.0.1" });
     client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
   });
@@ -222,5 +227,10 @@ describe.each(FAMILIES)("router parity: %s, 2 workers", (family) => {
       expect(relErr(bytesToFloat32(res.hidden!.data, DType.FLOAT32, true), ref.output)).toBeLessThanOrEqual(1e-5);
     }
     expect(merged).toBeGreaterThan(1);
+  });
+
+  it(`carried the batches over the ${transport} path`, () => {
+    const onData = transport === "data";
+    expect(router.workers("p").map((c) => c.usingDataPath)).toEqual([onData, onData]);
   });
 });

@@ -124,6 +124,11 @@ export interface WorkerStatus {
   hiddenSize: number;
   layers: number;
   experts: number;
+  /**
+   * TCP port of the worker's framed data path (docs/DATA-PATH.md): the same ExpertBatch/ExpertResult messages as
+   * RunExpertsStream, length-prefixed on a plain socket, on the host of this gRPC endpoint. 0 = not offered.
+   */
+  dataPort: number;
 }
 
 function createBaseExpertSlice(): ExpertSlice {
@@ -1126,6 +1131,7 @@ function createBaseWorkerStatus(): WorkerStatus {
     hiddenSize: 0,
     layers: 0,
     experts: 0,
+    dataPort: 0,
   };
 }
 
@@ -1181,6 +1187,9 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     }
     if (message.experts !== 0) {
       writer.uint32(112).uint32(message.experts);
+    }
+    if (message.dataPort !== 0) {
+      writer.uint32(120).uint32(message.dataPort);
     }
     return writer;
   },
@@ -1310,6 +1319,14 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
             message.experts = reader.uint32();
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.dataPort = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1370,6 +1387,11 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
         : 0,
       layers: isSet(object.layers) ? globalThis.Number(object.layers) : 0,
       experts: isSet(object.experts) ? globalThis.Number(object.experts) : 0,
+      dataPort: isSet(object.dataPort)
+        ? globalThis.Number(object.dataPort)
+        : isSet(object.data_port)
+        ? globalThis.Number(object.data_port)
+        : 0,
     };
   },
 
@@ -1417,6 +1439,9 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     if (message.experts !== 0) {
       obj.experts = Math.round(message.experts);
     }
+    if (message.dataPort !== 0) {
+      obj.dataPort = Math.round(message.dataPort);
+    }
     return obj;
   },
 
@@ -1443,6 +1468,7 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     message.hiddenSize = object.hiddenSize ?? 0;
     message.layers = object.layers ?? 0;
     message.experts = object.experts ?? 0;
+    message.dataPort = object.dataPort ?? 0;
     return message;
   },
 };

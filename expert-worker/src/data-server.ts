@@ -1,0 +1,111 @@
+// The worker's data path (protocol: packages/protocol/src/data-path.ts): RunExpertsStream's messages on a plain TCP
+// socket. Same core, same validation, same per-batch deadline (ExpertBatch.timeout_ms) and the same error replies
+// as the gRPC stream; closing the connection cancels what still runs on it, as cancelling the stream does.
+
+import { setMaxListeners } from "node:events";
+import { createServer, type Server, type Socket } from "node:net";
+import {
+  cancelled,
+  DataPathError,
+  ExpertBatch,
+  ExpertResult,
+  errorCodeOf,
+  FrameReader,
+  toRpcError,
+  writeFrame,
+} from "@switchyard/protocol";
+import type { WorkerCore } from "./core.js";
+import type { WorkerMetrics } from "./metrics.js";
+import { batchSignal } from "./server.js";
+
+export interface DataServerHandle {
+  server: Server;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Serves one accepted connection until it closes. `log` hears protocol violations (the connection is dropped). */
+export function serveDataConnection(
+  socket: Socket,
+  core: WorkerCore,
+  metrics: WorkerMetrics,
+  maxMessageBytes: number,
+  log: (line: string) => void,
+): void {
+  socket.setNoDelay(true);
+  const ac = new AbortController();
+  // Every in-flight batch listens on the connection's signal (bounded by the queue capacity).
+  setMaxListeners(0, ac.signal);
+  const count = (err?: unknown) =>
+    metrics.requests.inc({ method: "RunExpertsData", code: err === undefined ? "OK" : errorCodeOf(err) });
+  const reply = (res: ExpertResult) => {
+    if (!ac.signal.aborted) writeFrame(socket, ExpertResult.encode(res).finish());
+  };
+  const onBatch = (frame: Buffer) => {
+    let batch: ExpertBatch;
+    try {
+      batch = ExpertBatch.decode(frame);
+    } catch (err) {
+      // No batch id to answer under: the stream is unusable, as a malformed message fails a gRPC stream.
+      throw new DataPathError(`malformed ExpertBatch: ${(err as Error).message}`);
+    }
+    const bs = batchSignal(ac.signal, batch.timeoutMs);
+    core.runBatch(batch, bs.signal).then(
+      (res) => {
+        bs.dispose();
+        count();
+        reply(res);
+      },
+      (err) => {
+        bs.dispose();
+        count(err);
+        // One bad batch answers in its own reply; the connection stays up.
+        reply({ batchId: batch.batchId, output: undefined, stats: undefined, error: toRpcError(err) });
+      },
+    );
+  };
+  const reader = new FrameReader(maxMessageBytes, true, onBatch);
+  socket.on("data", (chunk: Buffer) => {
+    try {
+      reader.push(chunk);
+    } catch (err) {
+      log(
+        `data path: dropping connection from ${socket.remoteAddress}:${socket.remotePort}: ${(err as Error).message}`,
+      );
+      socket.destroy();
+    }
+  });
+  socket.on("error", () => {});
+  socket.on("close", () => ac.abort(cancelled("the router closed the data connection")));
+}
+
+/** Listens for data-path connections. port 0 = any free port (the bound one is advertised in Status). */
+export async function startDataServer(
+  core: WorkerCore,
+  metrics: WorkerMetrics,
+  o: { host?: string; port: number; maxMessageBytes: number; log: (line: string) => void },
+): Promise<DataServerHandle> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+    serveDataConnection(s, core, metrics, o.maxMessageBytes, o.log);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(o.port, o.host ?? "0.0.0.0", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as { port: number }).port;
+  return {
+    server,
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of sockets) s.destroy();
+      }),
+  };
+}

@@ -1,0 +1,123 @@
+// The worker data path: the messages of ExpertWorker.RunExpertsStream (ExpertBatch from the router, ExpertResult
+// back, matched by batch_id, replies in any order) on a plain TCP connection instead of an HTTP/2 stream.
+// shared/bench/TRANSPORT.md measured grpc-js at ~3x the cost of raw TCP per message on the build machine; the
+// router's per-layer hop to its workers is where that cost repeats, so workers offer this path beside gRPC (their
+// Status carries data_port) and the router uses it when it can reach it, falling back to the gRPC stream.
+//
+// Wire format (version 1):
+//   client -> worker, once:  "SYDP" + u32 little-endian version (1)
+//   then each message, both ways:  u32 little-endian length N, then N bytes of protobuf
+// A frame longer than the receiver's limit, or a wrong preface, closes the connection (everything in flight on it
+// fails UNAVAILABLE at the router, which re-lays those rows on another replica, as for a broken gRPC stream).
+// Closing the connection cancels every batch still running on it. Control calls (Status, Prefetch, Evict) and
+// health stay on gRPC.
+
+import type { Socket } from "node:net";
+
+export const DATA_PATH_VERSION = 1;
+export const DATA_PREFACE: Buffer = Buffer.from([0x53, 0x59, 0x44, 0x50, DATA_PATH_VERSION, 0, 0, 0]);
+const HEADER = 4;
+
+/** A protocol violation on the data path: the connection cannot continue. */
+export class DataPathError extends Error {
+  override name = "DataPathError";
+}
+
+/**
+ * Splits a byte stream into frames. Pure (no sockets): feed it chunks as they arrive; each complete frame is
+ * handed to `onFrame` as a view into the chunk when it lies inside one (no copy), or as one buffer assembled from
+ * the chunks it spans. Throws DataPathError on a bad preface or a frame over `maxFrameBytes`.
+ */
+export class FrameReader {
+  private prefaceLeft: number;
+  private head = Buffer.alloc(HEADER);
+  private headHave = 0;
+  private body: Buffer | null = null;
+  private bodyHave = 0;
+
+  constructor(
+    private readonly maxFrameBytes: number,
+    expectPreface: boolean,
+    private readonly onFrame: (frame: Buffer) => void,
+  ) {
+    this.prefaceLeft = expectPreface ? DATA_PREFACE.length : 0;
+  }
+
+  push(chunk: Buffer): void {
+    let pos = 0;
+    const n = chunk.length;
+    while (this.prefaceLeft > 0 && pos < n) {
+      const i = DATA_PREFACE.length - this.prefaceLeft;
+      if (chunk[pos] !== DATA_PREFACE[i])
+        throw new DataPathError(
+          i < 4
+            ? 'bad preface: not a Switchyard data-path client (expected "SYDP")'
+            : `unsupported data-path version (this side speaks ${DATA_PATH_VERSION})`,
+        );
+      pos++;
+      this.prefaceLeft--;
+    }
+    while (pos < n) {
+      if (this.body !== null) {
+        // Continuing a frame that spans chunks.
+        const take = Math.min(this.body.length - this.bodyHave, n - pos);
+        chunk.copy(this.body, this.bodyHave, pos, pos + take);
+        this.bodyHave += take;
+        pos += take;
+        if (this.bodyHave === this.body.length) {
+          const f = this.body;
+          this.body = null;
+          this.onFrame(f);
+        }
+        continue;
+      }
+      let len: number;
+      if (this.headHave === 0 && n - pos >= HEADER) {
+        len = chunk.readUInt32LE(pos);
+        pos += HEADER;
+      } else {
+        const take = Math.min(HEADER - this.headHave, n - pos);
+        chunk.copy(this.head, this.headHave, pos, pos + take);
+        this.headHave += take;
+        pos += take;
+        if (this.headHave < HEADER) return;
+        this.headHave = 0;
+        len = this.head.readUInt32LE(0);
+      }
+      if (len > this.maxFrameBytes)
+        throw new DataPathError(`frame of ${len} bytes is over the limit of ${this.maxFrameBytes} bytes`);
+      if (n - pos >= len) {
+        const f = chunk.subarray(pos, pos + len);
+        pos += len;
+        this.onFrame(f);
+      } else {
+        this.body = Buffer.allocUnsafe(len);
+        this.bodyHave = 0;
+        // A zero-length remainder is handled by the loop condition; the copy happens in the branch above.
+      }
+    }
+  }
+
+  /** True between frames (nothing partial buffered): a connection closing now lost no message. */
+  get idle(): boolean {
+    return this.body === null && this.headHave === 0;
+  }
+}
+
+/** The 4-byte length prefix of a frame of `len` bytes. */
+export function frameHeader(len: number): Buffer {
+  const h = Buffer.allocUnsafe(HEADER);
+  h.writeUInt32LE(len, 0);
+  return h;
+}
+
+/**
+ * Writes one frame: header and body leave in one writev (corked), the body is not copied. `done` runs once the
+ * socket is finished with `body` (the caller may reuse it then).
+ */
+export function writeFrame(socket: Socket, body: Uint8Array, done?: (err?: Error | null) => void): void {
+  socket.cork();
+  socket.write(frameHeader(body.byteLength));
+  socket.write(body, done);
+  socket.uncork();
+}

@@ -1,0 +1,50 @@
+// The router's end of a worker's TCP data path (packages/protocol/src/data-path.ts): writes encoded ExpertBatch
+// frames, hands each ExpertResult frame to `onResult` decoded without copying its rows, and reports the end of the
+// connection once. Shaped like the part of a grpc-js duplex stream WorkerConn uses (write with a callback, end), so
+// WorkerConn treats both paths alike.
+
+import { connect, type Socket } from "node:net";
+import { DATA_PREFACE, type ExpertResult, FrameReader, writeFrame } from "@switchyard/protocol";
+import { decodeExpertResult } from "../wire/decode.js";
+
+export interface DataConnHandlers {
+  onResult(r: ExpertResult): void;
+  /** Once: `err` null for an orderly close by the worker or by `end()`. */
+  onClose(err: Error | null): void;
+}
+
+export class DataConn {
+  private readonly socket: Socket;
+  private closed = false;
+
+  constructor(host: string, port: number, maxFrameBytes: number, h: DataConnHandlers) {
+    const s = connect({ host, port, noDelay: true });
+    this.socket = s;
+    // Written before the connection is up: net.Socket queues it and sends it first.
+    s.write(DATA_PREFACE);
+    const close = (err: Error | null) => {
+      if (this.closed) return;
+      this.closed = true;
+      s.destroy();
+      h.onClose(err);
+    };
+    const reader = new FrameReader(maxFrameBytes, false, (f) => h.onResult(decodeExpertResult(f)));
+    s.on("data", (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        close(err as Error);
+      }
+    });
+    s.on("error", (err) => close(err));
+    s.on("close", () => close(reader.idle ? null : new Error("connection closed in the middle of a reply")));
+  }
+
+  write(msg: Buffer, done: () => void): void {
+    writeFrame(this.socket, msg, done);
+  }
+
+  end(): void {
+    this.socket.end();
+  }
+}
