@@ -2,10 +2,16 @@
 // Writes bench/results/router.json.
 //
 //   overhead_ratio[T]  router throughput (no-op experts: a worker that echoes its rows) ÷ a two-hop grpc-js
-//                      forwarder moving the same bytes with the same transport settings the router uses (long-lived
+//                      forwarder moving the same bytes with the same gRPC settings the router uses (long-lived
 //                      bidi streams on both hops, 16 MiB client flow-control window, raised server window, same
 //                      message limits). d=4096 bf16, T = 1, 16, 256 tokens per request, explicit top-1 assignment so
 //                      every hop carries T×8 KiB each way. Router batching off: pure per-request cost, no merging.
+//                      The router reaches its worker over the worker's TCP data path (its default; the client hop
+//                      is gRPC), so two more figures in the same rounds say what that path is worth:
+//   grpc_hop_ratio[T]  the same router told to use the gRPC stream to the worker (--worker-transport grpc) ÷ the
+//                      same forwarder: the router on grpc-js for both hops.
+//   same_transport_ratio[T]  the router ÷ a forwarder on the router's own transports (gRPC client hop, data-path
+//                      frames to a framed echo): the router's own cost against the transports it rides on.
 //   bare_ratio[T]      the same for a bare router (bench/bare-router.ts: decode, one ExpertBatch, combine, encode; no
 //                      gating, placement, batching or metrics) in the same rounds: how much of the gap to the forwarder
 //                      is protocol work any router of these messages does, and how much is the router's own logic.
@@ -47,12 +53,15 @@ import {
   sigmoidGroupTopK,
 } from "@switchyard/moe";
 import {
+  DATA_PREFACE,
   DType,
   encodeTensor,
   ForwardRequest,
   type ForwardResponse,
+  FrameReader,
   fromRpcError,
   RouterService,
+  writeFrame,
 } from "@switchyard/protocol";
 import {
   CheckpointModel,
@@ -192,6 +201,35 @@ async function roleForwarder(upstream: string): Promise<number> {
   return bindGrpc(s);
 }
 
+/** The data path's framing (packages/protocol/src/data-path.ts) as an echo: each frame back as it came. */
+async function roleDataEcho(): Promise<number> {
+  const srv = createNetServer((sock) => {
+    sock.setNoDelay(true);
+    const r = new FrameReader(512 << 20, true, (f) => writeFrame(sock, f));
+    sock.on("data", (c: Buffer) => r.push(c));
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  return (srv.address() as { port: number }).port;
+}
+
+/** A forwarder on the router's own transports: gRPC bidi stream in, one data-path connection per stream out. */
+async function roleDataForwarder(port: number): Promise<number> {
+  const s = new Server(SERVER_OPTIONS);
+  raiseServerWindow(s);
+  s.addService(RAW, {
+    chat: (call: ServerDuplexStream<Buffer, Buffer>) => {
+      const up = connect({ port, host: "127.0.0.1", noDelay: true });
+      up.write(DATA_PREFACE);
+      const r = new FrameReader(512 << 20, false, (f) => call.write(f));
+      up.on("data", (c: Buffer) => r.push(c));
+      up.on("error", () => call.end());
+      call.on("data", (b: Buffer) => writeFrame(up, b));
+      call.on("end", () => up.end());
+    },
+  });
+  return bindGrpc(s);
+}
+
 async function roleTcpEcho(): Promise<number> {
   const srv = createNetServer((sock) => {
     sock.setNoDelay(true);
@@ -230,6 +268,8 @@ interface RouterSpec {
   endpoints: Record<string, string>;
   replicas: number[][][];
   policy: unknown;
+  /** The router's worker transport (default auto: the worker's data path). */
+  transport?: "auto" | "grpc";
 }
 
 async function roleRouter(spec: RouterSpec): Promise<number> {
@@ -239,7 +279,7 @@ async function roleRouter(spec: RouterSpec): Promise<number> {
       : spec.model === "deepseek"
         ? deepseekModel(spec.d)
         : await CheckpointModel.open(spec.model.checkpoint);
-  const router = new Router({ statusIntervalMs: 1000 });
+  const router = new Router({ statusIntervalMs: 1000, workerTransport: spec.transport });
   router.setPool({
     name: "bench",
     model,
@@ -247,6 +287,8 @@ async function roleRouter(spec: RouterSpec): Promise<number> {
     endpoints: spec.endpoints,
     policy: resolveRoutingPolicy(spec.policy),
   });
+  // As a served router is after its first Status polls: each connection knows its worker's data port.
+  await router.refreshWorkers("bench");
   const s = await serveRouter(router, { port: 0, host: "127.0.0.1", metricsPort: null });
   return s.port;
 }
@@ -288,7 +330,16 @@ function cpuOf(c: ChildProcess): Promise<number> {
   });
 }
 /** Child roles that carry activations (production: router, workers) and their baseline twins. */
-const DATA_PATH_ROLES = new Set(["router", "bareRouter", "forwarder", "fakeWorkers", "worker", "echo"]);
+const DATA_PATH_ROLES = new Set([
+  "router",
+  "bareRouter",
+  "forwarder",
+  "fakeWorkers",
+  "worker",
+  "echo",
+  "dataEcho",
+  "dataForwarder",
+]);
 
 function start<T = number>(role: string, arg?: unknown): Promise<T> {
   return new Promise((res, rej) => {
@@ -469,11 +520,15 @@ async function overhead() {
   const echoProc = children.at(-1)!;
   const fwdPort = await start("forwarder", `127.0.0.1:${echoPort}`);
   const fwdProc = children.at(-1)!;
+  const dataEchoPort = await start("dataEcho");
+  const dataEchoProc = children.at(-1)!;
+  const dfwdPort = await start("dataForwarder", dataEchoPort);
+  const dfwdProc = children.at(-1)!;
   const tcpEcho = await start("tcpEcho");
   const tcpFwd = await start("tcpForwarder", tcpEcho);
   const [workerPort] = await start<number[]>("fakeWorkers", 1);
   const workerProc = children.at(-1)!;
-  const routerPort = await start("router", {
+  const routerSpec = {
     model: "noop",
     d: D,
     experts: 8,
@@ -481,8 +536,11 @@ async function overhead() {
     endpoints: { w0: `127.0.0.1:${workerPort}` },
     replicas: [Array.from({ length: 8 }, () => [0])],
     policy: { batching: { enabled: false } },
-  } satisfies RouterSpec);
+  } satisfies RouterSpec;
+  const routerPort = await start("router", routerSpec);
   const routerProc = children.at(-1)!;
+  const routerGrpcPort = await start("router", { ...routerSpec, transport: "grpc" } satisfies RouterSpec);
+  const routerGrpcProc = children.at(-1)!;
   const barePort = await start("bareRouter", `127.0.0.1:${workerPort}`);
   const bareProc = children.at(-1)!;
   /** Runs a window and returns its Measure plus CPU µs per call of the middle hop and of the far end. */
@@ -503,7 +561,9 @@ async function overhead() {
       requestId: 0n,
     };
     const fwd = rawChannel(`127.0.0.1:${fwdPort}`, payload);
+    const dfwd = rawChannel(`127.0.0.1:${dfwdPort}`, payload);
     const rtr = routerChannel(`127.0.0.1:${routerPort}`, req, payload.length);
+    const rtrGrpc = routerChannel(`127.0.0.1:${routerGrpcPort}`, req, payload.length);
     const bare = routerChannel(`127.0.0.1:${barePort}`, req, payload.length);
     const tcp = await tcpChannel(tcpFwd, payload);
     // Paired, interleaved windows: machine load on this shared box drifts by the second, so every round measures
@@ -514,34 +574,60 @@ async function overhead() {
     await measure(fwd, 4, warm);
     await measure(rtr, 4, warm);
     await measure(bare, 4, warm);
+    await measure(rtrGrpc, 4, warm);
+    await measure(dfwd, 4, warm);
     await measure(tcp, 1, 0.3);
     const rounds = ROUNDS;
     const win = (SECONDS * (T === 256 ? 1.5 : 1)) / rounds;
-    const tput: { r: number; f: number; b: number }[] = [];
+    const tput: { r: number; f: number; b: number; g: number; df: number }[] = [];
     const rtt: { r: number; f: number; t: number }[] = [];
-    const cpu: { router: number; worker: number; forwarder: number; echo: number; bare: number }[] = [];
+    const cpu: {
+      router: number;
+      worker: number;
+      forwarder: number;
+      echo: number;
+      bare: number;
+      routerGrpc: number;
+      dataForwarder: number;
+    }[] = [];
     for (let k = 0; k < rounds; k++) {
       let r: Awaited<ReturnType<typeof withCpu>>;
       let f: Awaited<ReturnType<typeof withCpu>>;
       let b: Awaited<ReturnType<typeof withCpu>>;
-      // The bare router's window comes after the pair in even rounds and before it in odd ones.
+      let g: Awaited<ReturnType<typeof withCpu>>;
+      let df: Awaited<ReturnType<typeof withCpu>>;
+      // Router and forwarder back to back, the other three around them; the order reverses every round.
       if (k % 2 === 0) {
+        g = await withCpu(rtrGrpc, 4, win, routerGrpcProc, workerProc);
         r = await withCpu(rtr, 4, win, routerProc, workerProc);
         f = await withCpu(fwd, 4, win, fwdProc, echoProc);
         b = await withCpu(bare, 4, win, bareProc, workerProc);
+        df = await withCpu(dfwd, 4, win, dfwdProc, dataEchoProc);
       } else {
+        df = await withCpu(dfwd, 4, win, dfwdProc, dataEchoProc);
         b = await withCpu(bare, 4, win, bareProc, workerProc);
         f = await withCpu(fwd, 4, win, fwdProc, echoProc);
         r = await withCpu(rtr, 4, win, routerProc, workerProc);
+        g = await withCpu(rtrGrpc, 4, win, routerGrpcProc, workerProc);
       }
-      tput.push({ r: r.perSecond, f: f.perSecond, b: b.perSecond });
-      cpu.push({ router: r.midCpuUs, worker: r.endCpuUs, forwarder: f.midCpuUs, echo: f.endCpuUs, bare: b.midCpuUs });
+      tput.push({ r: r.perSecond, f: f.perSecond, b: b.perSecond, g: g.perSecond, df: df.perSecond });
+      cpu.push({
+        router: r.midCpuUs,
+        worker: r.endCpuUs,
+        forwarder: f.midCpuUs,
+        echo: f.endCpuUs,
+        bare: b.midCpuUs,
+        routerGrpc: g.midCpuUs,
+        dataForwarder: df.midCpuUs,
+      });
       const rr = await measure(rtr, 1, win / 2);
       const ff = await measure(fwd, 1, win / 2);
       const tt = await measure(tcp, 1, win / 3);
       rtt.push({ r: rr.p50Ms, f: ff.p50Ms, t: tt.p50Ms });
     }
     fwd.close();
+    dfwd.close();
+    rtrGrpc.close();
     rtr.close();
     bare.close();
     tcp.close();
@@ -559,6 +645,11 @@ async function overhead() {
       forwarder_MBps: +((fwdTput * payload.length) / 1e6).toFixed(1),
       overhead_ratio: +median(tput.map((x) => x.r / x.f)).toFixed(3),
       overhead_ratio_per_round: tput.map((x) => +(x.r / x.f).toFixed(3)),
+      grpc_hop_ratio: +median(tput.map((x) => x.g / x.f)).toFixed(3),
+      grpc_hop_ratio_per_round: tput.map((x) => +(x.g / x.f).toFixed(3)),
+      same_transport_ratio: +median(tput.map((x) => x.r / x.df)).toFixed(3),
+      same_transport_ratio_per_round: tput.map((x) => +(x.r / x.df).toFixed(3)),
+      data_path_speedup: +median(tput.map((x) => x.r / x.g)).toFixed(3),
       bare_ratio: +median(tput.map((x) => x.b / x.f)).toFixed(3),
       bare_ratio_per_round: tput.map((x) => +(x.b / x.f).toFixed(3)),
       router_vs_bare: +median(tput.map((x) => x.r / x.b)).toFixed(3),
@@ -568,6 +659,8 @@ async function overhead() {
       router_cpu_us_per_req: +median(cpu.map((x) => x.router)).toFixed(1),
       forwarder_cpu_us_per_req: +median(cpu.map((x) => x.forwarder)).toFixed(1),
       bare_router_cpu_us_per_req: +median(cpu.map((x) => x.bare)).toFixed(1),
+      router_grpc_hop_cpu_us_per_req: +median(cpu.map((x) => x.routerGrpc)).toFixed(1),
+      data_forwarder_cpu_us_per_req: +median(cpu.map((x) => x.dataForwarder)).toFixed(1),
       noop_worker_cpu_us_per_req: +median(cpu.map((x) => x.worker)).toFixed(1),
       echo_cpu_us_per_req: +median(cpu.map((x) => x.echo)).toFixed(1),
       cpu_ratio: +median(cpu.map((x) => x.forwarder / x.router)).toFixed(3),
@@ -818,10 +911,12 @@ async function main() {
     machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg_at_start: loadAtStart, node: process.version },
     seconds_per_measure: SECONDS,
     overhead: {
-      setup: `d=${D} bf16, explicit top-1 assignment, no-op (echo) worker, router batching off; baseline: two-hop grpc-js bidi forwarder of the same bytes, same channel options (flow_control_window 16 MiB, raised server window); 4 requests in flight on one stream for throughput, 1 for round trips`,
+      setup: `d=${D} bf16, explicit top-1 assignment, no-op (echo) worker, router batching off, router -> worker over the worker's TCP data path (the router's default; grpc_hop_ratio: over the gRPC stream); baseline: two-hop grpc-js bidi forwarder of the same bytes, same channel options (flow_control_window 16 MiB, raised server window); same_transport_ratio: against a forwarder with a gRPC client hop and a data-path second hop; 4 requests in flight on one stream for throughput, 1 for round trips`,
       rows: ov,
       overhead_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.overhead_ratio])),
       tcp_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.tcp_ratio])),
+      grpc_hop_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.grpc_hop_ratio])),
+      same_transport_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.same_transport_ratio])),
       bare_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.bare_ratio])),
       goal: "overhead_ratio >= 0.8 at every T",
     },
@@ -837,6 +932,8 @@ async function main() {
     JSON.stringify({
       overhead_ratio: result.overhead.overhead_ratio,
       tcp_ratio: result.overhead.tcp_ratio,
+      grpc_hop_ratio: result.overhead.grpc_hop_ratio,
+      same_transport_ratio: result.overhead.same_transport_ratio,
       bare_ratio: result.overhead.bare_ratio,
       batching_speedup: bt.batching_speedup,
       batching_p99_ratio: bt.batching_p99_ratio,
@@ -853,6 +950,8 @@ if (process.argv[2] === "child") {
     echo: roleEcho,
     forwarder: () => roleForwarder(arg),
     tcpEcho: roleTcpEcho,
+    dataEcho: roleDataEcho,
+    dataForwarder: () => roleDataForwarder(arg),
     tcpForwarder: () => roleTcpForwarder(arg),
     fakeWorkers: () => roleFakeWorkers(arg),
     router: () => roleRouter(arg),
