@@ -31,7 +31,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,tempe
 rm -rf $B
 make -C expert-worker/native/cuda -j16 > $OUT/make.log 2>&1 || { tail -30 $OUT/make.log; exit 1; }
 say built
-timeout 150 $B/test_moe > $OUT/test.log 2>&1
+timeout 240 $B/test_moe > $OUT/test.log 2>&1
 say "test rc=$? $(tail -1 $OUT/test.log)"
 grep -E "FAIL" $OUT/test.log
 mkdir -p /tmp/b1 /tmp/b2 /tmp/b3
@@ -51,7 +51,7 @@ if [ -n "$PSHAPES" ]; then
   say "profile rc=$?"
   grep -o '"kernels_us": {[^}]*}' $OUT/bench-profile.log
 fi
-timeout 150 compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick > /tmp/memcheck.log 2>&1
+timeout 150 compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick --stall-s 120 > /tmp/memcheck.log 2>&1
 say "memcheck rc=$?"
 tail -25 /tmp/memcheck.log > $OUT/memcheck.log
 tail -3 $OUT/memcheck.log

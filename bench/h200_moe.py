@@ -8,7 +8,8 @@ Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [
          [--no-loop] [--variants "SY_MOE_PDL=0;SY_MOE_EPI=1"] [--profile]
   --shapes/--ts   bench only these cells (iteration; the committed results are a full run)
   --no-tune       skip the engine/tile sweep (tune_ms); --no-loop skips the per-expert loop baseline
-  --variants      also time ours with each library knob (environment variable) set, one at a time (variant_ms)
+  --variants      also time ours with each library knob (environment variable) set, one at a time (variant_ms);
+                  a variant may set several knobs together, space-separated ("SY_MOE_DYN=1 SY_MOE_PERSIST_MASK=2")
   --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us). Slow (tens
                   of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
 The routing share at T <= 128 is measured twice: back-to-back eager calls (includes host launch overhead when the
@@ -310,14 +311,17 @@ for name, s in SHAPES.items():
             lib.sy_moe_set_tuning(0, 0, ENGINE)
         variant_ms = {}
         for v in VARIANTS:
-            k_, v_ = v.split("=")
-            old_v = os.environ.get(k_)
-            os.environ[k_] = v_
+            # one variant: one or more space-separated KNOB=VALUE settings, applied together
+            kvs = [kv.split("=", 1) for kv in v.split()]
+            old = {k_: os.environ.get(k_) for k_, _ in kvs}
+            for k_, v_ in kvs:
+                os.environ[k_] = v_
             variant_ms[v] = round(timeit(ours, target_ms=15, batches=3), 4)
-            if old_v is None:
-                del os.environ[k_]
-            else:
-                os.environ[k_] = old_v
+            for k_, old_v in old.items():
+                if old_v is None:
+                    del os.environ[k_]
+                else:
+                    os.environ[k_] = old_v
         route_ms = route_graph_ms = layer_graph_ms = None
         if T <= 128:
             layer_graph_ms = timeit(graph_of(ours_cur).replay)

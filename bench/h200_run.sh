@@ -12,7 +12,7 @@ MODE=${1:-all}
 if [ "$MODE" = all ] || [ "$MODE" = test ]; then
   $B/test_moe 2>&1 | tee $OUT/test.log
   rc=$?
-  timeout 240 compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick 2>&1 | tail -25 | tee $OUT/memcheck.log
+  timeout 240 compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick --stall-s 120 2>&1 | tail -25 | tee $OUT/memcheck.log
   [ $rc -ne 0 ] && exit $rc
 fi
 if [ "$MODE" = all ] || [ "$MODE" = bench ]; then

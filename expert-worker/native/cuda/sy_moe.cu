@@ -63,6 +63,10 @@ constexpr int kWide128MinAvg = 24;
 // 256-row token tiles (wgmma, TALL) once experts average at least this many tokens; 0 = never (measured slower
 // than the 128-row tile at every compute-side cell, see sy_moe_forward; SY_MOE_TALL_AVG sets it per call).
 constexpr int kTallMinAvg = 0;
+// Persistent wgmma kernels scheduled dynamically (a device counter hands out the raster's next work item), and then
+// the 128-row persistent kernel at every size (1), or statically round robin with the older size choice (0). See
+// wg::wgmma_gemm_kernel and sy_moe_forward; SY_MOE_DYN sets it per call.
+constexpr int kDynamicSchedule = 1;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -287,7 +291,14 @@ __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, in
     // expert's first tile and tile count from it)
     for (int i = 0; i < mt; ++i) tiles[ex_m + i] = make_int4(tid, ex_c + i * BM, ex_c + c, i);
   }
-  if (tid == 1023) *num_tiles = ex_m + mt;
+  if (tid == 1023) {
+    num_tiles[0] = ex_m + mt;
+    // the dynamic schedulers' tile counters of GEMM1 and GEMM2 (wg::Params::tile_counter): zeroed here, in the
+    // call's own stream order, >= 1 launch before the GEMMs, whose atomics come after their PDL wait (so no host
+    // work between calls, and a captured graph resets them on every replay)
+    num_tiles[1] = 0;
+    num_tiles[2] = 0;
+  }
   return ex_c;
 }
 
@@ -884,11 +895,13 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   p.n_tiles = (p.N + out_cols - 1) / out_cols;
   // upper bound; the real tile count is read on the device
   long long grid = (long long)max_m * p.n_tiles;  // tile_coords maps a dense index: no holes
-  if (PERSIST && grid > g_num_sms) grid = g_num_sms;
-  const int splits = PERSIST ? 1 : std::max(1, p.k_splits);
-  *grid_out = grid * splits;
+  const int splits = MODE == 1 ? std::max(1, p.k_splits) : 1;
+  // persistent: the K halves are work items of its loop (wg::work_item); one tile per CTA: blockIdx.y
+  if (PERSIST) grid = std::min<long long>(grid * splits, g_num_sms);
+  const int grid_y = PERSIST ? 1 : splits;
+  *grid_out = grid * grid_y;
   if (grid > 0)
-    return launch_k(pdl, kern, dim3((unsigned)grid, (unsigned)splits), dim3(C::kThreads), C::kSmem, s, a, b, p);
+    return launch_k(pdl, kern, dim3((unsigned)grid, (unsigned)grid_y), dim3(C::kThreads), C::kSmem, s, a, b, p);
   return SY_MOE_OK;
 }
 
@@ -1066,13 +1079,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // 10.24 vs 9.61.
   // SY_MOE_PERSIST_AVG overrides the threshold (0: never for 128-row tiles).
   const int persist_avg = env_int("SY_MOE_PERSIST_AVG", kPersistMaxAvg);
-  bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg);
+  // SY_MOE_DYN (default kDynamicSchedule): persistent kernels claim their next work item from a device counter
+  // (wg::wgmma_gemm_kernel), which keeps the items in flight consecutive in the raster order; with it the 128-row
+  // persistent kernel is chosen at every size (see kDynamicSchedule). SY_MOE_DYN=0: static round robin and the
+  // choice below, i.e. the behaviour before.
+  const bool dyn = env_int("SY_MOE_DYN", kDynamicSchedule) != 0;
+  bool persist = engine == 2 ? false : engine == 3 ? true : (BM == 64 || avg <= persist_avg || dyn);
   // Default choice only: the 128-row persistent kernel up to kPersist128MaxTokenTiles token tiles (the sizes the
   // committed benchmark measured it at; Qwen3 T=1024 is 192). Forced (SY_MOE_ENGINE=3, SY_MOE_PERSIST_MASK) it runs
   // at any size: the stall it once had beyond (Qwen3 T=8192 forced, bench/results/logs/h200-engine-variants.log) was
   // the skipped-tile stage release fixed in wg::skip_tile / kConsumerWarps, not a size limit.
   const int token_tiles_bound = (n + BM - 1) / BM + active;
-  if (persist && engine != 3 && BM == 128 && token_tiles_bound > kPersist128MaxTokenTiles) persist = false;
+  if (persist && engine != 3 && !dyn && BM == 128 && token_tiles_bound > kPersist128MaxTokenTiles) persist = false;
   // SY_MOE_PERSIST_MASK (benchmark knob, unset = the choice above): which GEMMs run persistent, bit 0 GEMM1, bit 1
   // GEMM2 (2: only the short-K GEMM2, whose per-tile fill and epilogue the persistent kernel overlaps).
   bool persist1 = persist, persist2 = persist;
@@ -1164,13 +1182,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // k-tiles (per-CTA fill and epilogue stay small). SY_MOE_WG_SPLIT=0 turns it off.
     int wg_split = 1;
     const int kt2 = (F + wg::kBK - 1) / wg::kBK;
-    if (!persist2 && BM == 128 && kt2 >= 64 && env_int("SY_MOE_WG_SPLIT", 1) != 0) {
+    // The persistent kernel splits too when dynamically scheduled (the halves are consecutive work items, and the
+    // same wave arithmetic holds for items claimed one by one); the statically scheduled one never did.
+    if ((!persist2 || dyn) && BM == 128 && kt2 >= 64 && env_int("SY_MOE_WG_SPLIT", 1) != 0) {
       const long long ctas = ((long long)(n + BM - 1) / BM + active / 2) * ((D + 255) / 256);
       auto span = [&](long long sp) { return (ctas * sp + g_num_sms - 1) / g_num_sms * ((kt2 + sp - 1) / sp); };
       if (span(2) * 10 <= span(1) * 9) wg_split = 2;
     }
-    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr};
-    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp};
+    // dynamic scheduling: GEMM1 and GEMM2 count their claimed items in num_tiles[1] / [2] (zeroed by scan_block)
+    int* ctr1 = dyn && persist1 ? num_tiles + 1 : nullptr;
+    int* ctr2 = dyn && persist2 ? num_tiles + 2 : nullptr;
+    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr, ctr1};
+    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp, ctr2};
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
       rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, p1, max_m, pdl, s, &g1);

@@ -28,8 +28,11 @@ struct Params {
   bf16* C;            // [rows, N]
   const float* row_w; // GEMM2: routing weight per permuted row
   int group_m;        // raster: token tiles per group (tile_coords); kGroupM unless SY_MOE_GROUP_M says otherwise
-  int k_splits;       // one-tile GEMM2 only: 1, or 2 = K in two halves (blockIdx.y), partial products to C and C2
+  int k_splits;       // GEMM2: 1, or 2 = K in two halves, partial products to C and C2 (one-tile kernel: blockIdx.y;
+                      // persistent kernel: the two halves of a tile are consecutive work items)
   bf16* C2;           // second half's output (same shape as C), summed with C by the combine
+  int* tile_counter;  // persistent kernel: null = static round robin; else dynamic scheduling (wgmma_gemm_kernel),
+                      // a device counter that the scan of the same call zeroes (scan_block)
 };
 
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
@@ -81,6 +84,16 @@ __device__ __forceinline__ void bulk_commit_wait_read() {
 }
 __device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ int ld_shared_s32(uint32_t addr) {
+  int v;
+  asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ int atomic_add_relaxed(int* p, int v) {
+  int old;
+  asm volatile("atom.relaxed.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
 }
 __device__ __forceinline__ uint32_t pack_bf16x2(float a, float b) {
   __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
@@ -247,10 +260,33 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
   }
 }
 
+// Work item w of the persistent kernel -> tile index t (tile_coords) and K half: the two K halves of a tile
+// (k_splits = 2, GEMM2) are consecutive items, so both run at about the same time and share the A rows in L2.
+// kt0 / ktiles: the item's k-tiles. The producer and the consumers compute the same values (same barrier sequence).
+__device__ __forceinline__ void work_item(int w, int splits, int kt_all, int& t, int& half, int& kt0, int& ktiles) {
+  t = w / splits;
+  half = w - t * splits;
+  const int kper = (kt_all + splits - 1) / splits;
+  kt0 = half * kper;
+  ktiles = min(kper, kt_all - kt0);
+}
+
+// Tile queue of the persistent kernel: the producer thread publishes each work item it will load (or -1: no more)
+// to the consumers through a small shared-memory ring guarded by its own full/empty mbarriers (arrive: release,
+// wait: acquire, so the value written before the arrive is what the consumers read). Every consumer warp releases
+// a slot (count WGS * kConsumerWarps), for the same parity reason as the stages (kConsumerWarps).
+constexpr int kTileQ = 4;
+
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
-// k_splits is not read here (the host splits K only for the one-tile kernel).
-// PERSIST: one CTA per SM loops over tiles; the producer runs ahead into the next tile while the consumers do the
-// epilogue, and the barrier phases carry over (g counts k-tiles across tiles). Otherwise one tile per CTA.
+// PERSIST: one CTA per SM loops over work items; the producer runs ahead into the next item while the consumers
+// do the epilogue, and the barrier phases carry over (g counts k-tiles across items). Otherwise one tile per CTA.
+// Scheduling: with p.tile_counter null, static round robin (CTA b takes items b, b + grid, ...); the CTAs drift
+// apart, so the token tiles that share a weight tile in the expert-aligned raster (tile_coords) run at different
+// times and read it from HBM again (h200-persist.md: DeepSeek-V3 T=8192 +36% against one tile per CTA). With a
+// counter, dynamic: CTA b starts with item b and then claims the next unclaimed item of the raster order by an
+// atomic add, so the ~grid items in flight stay consecutive (what the one-tile grid gets from the hardware's
+// in-order CTA launch) while the prologue and fill of each item overlap the previous one. The producer claims the
+// next item when it starts loading the current one, so the atomic's latency is hidden behind a whole item.
 // The 128-row variant used to stall at Qwen3 T=8192 (bench/results/logs/h200-engine-variants.log, and the removed
 // runs-of-tiles variant in h200-iter3-tpc-stall.log): a consumer warp lagging a skipped tile's stage releases by a
 // ring revolution waited for the wrong barrier phase (kConsumerWarps above); every consumer warp now releases.
@@ -262,23 +298,33 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
   const uint32_t raw = smem_u32(wg_smem_raw);
   const uint32_t base = (raw + 1023) & ~1023u;
-  const uint32_t bars = base + kStages * C::kStageBytes;  // full[s] at bars + 8s, empty[s] at bars + 64 + 8s
+  // barriers (256 bytes, Cfg::kSmem): full[s] at +8s, empty[s] at +64+8s, tile queue full[q] at +128+8q, empty[q]
+  // at +160+8q, its values at +192+4q
+  const uint32_t bars = base + kStages * C::kStageBytes;
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 64 + 8 * s; };
+  auto tq_full = [&](int q) { return bars + 128 + 8 * q; };
+  auto tq_empty = [&](int q) { return bars + 160 + 8 * q; };
+  auto tq_val = [&](int q) { return bars + 192 + 4 * q; };
 
   const int num_m = *p.num_tiles;  // written >= 2 launches back: complete when this kernel runs (PDL rules)
-  const int total = num_m * p.n_tiles;
+  const int splits = MODE == 1 ? p.k_splits : 1;
+  const int total = num_m * p.n_tiles * splits;  // work items
   if ((int)blockIdx.x >= total) {
     pdl_wait();
     return;
   }
   const int step = PERSIST ? (int)gridDim.x : total;
-  const int ktiles = (p.K + kBK - 1) / kBK;
+  const int kt_all = (p.K + kBK - 1) / kBK;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full(s), 1);
       mbar_init(empty(s), WGS * kConsumerWarps);
+    }
+    for (int q = 0; q < kTileQ; ++q) {
+      mbar_init(tq_full(q), 1);
+      mbar_init(tq_empty(q), WGS * kConsumerWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -291,7 +337,16 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     if (threadIdx.x == 0) {
       int g = 0;
       bool first = true;
-      for (int t = blockIdx.x; t < total; t += step) {
+      int w = blockIdx.x;
+      for (int j = 0;; ++j) {
+        // publish the item (or the end) to the consumers
+        const int q = j % kTileQ;
+        if (j >= kTileQ) mbar_wait(tq_empty(q), ((j / kTileQ) - 1) & 1);
+        st_shared_b32(tq_val(q), (uint32_t)(w < total ? w : -1));
+        mbar_arrive(tq_full(q));
+        if (w >= total) break;
+        int t, half, kt0, ktiles;
+        work_item(w, splits, kt_all, t, half, kt0, ktiles);
         int m_idx, n_idx;
         tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
         const int4 tile = p.tiles[m_idx];
@@ -299,34 +354,38 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         const int wrow = slot * p.rows_per_slot;
         const int b0 = MODE == 0 ? wrow + n_idx * (C::kBN / 2) : wrow + n_idx * C::kBN;
         const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (C::kBN / 2) : b0 + C::kBN / 2;
-        int kt0 = 0;
+        int kt = 0;
         if (first) {
           // The first stages' weight tiles do not depend on the previous kernel: fetch them before the PDL wait,
           // so weight streaming starts while the previous kernel drains (decode: the GEMMs are weight-bound).
           const int pre = ktiles < kStages ? ktiles : kStages;
-          for (int kt = 0; kt < pre; ++kt) {
-            const uint32_t b_dst = base + kt * C::kStageBytes + C::kABytes;
-            mbar_expect_tx(full(kt), C::kStageBytes);
-            tma_load_2d(b_dst, &tmB, full(kt), kt * kBK, b0);
-            tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(kt), kt * kBK, b1);
+          for (int i = 0; i < pre; ++i) {
+            const uint32_t b_dst = base + i * C::kStageBytes + C::kABytes;
+            mbar_expect_tx(full(i), C::kStageBytes);
+            tma_load_2d(b_dst, &tmB, full(i), (kt0 + i) * kBK, b0);
+            tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(i), (kt0 + i) * kBK, b1);
           }
           pdl_wait();
           pdl_trigger();
-          for (int kt = 0; kt < pre; ++kt) tma_load_2d(base + kt * C::kStageBytes, &tmA, full(kt), kt * kBK, tile.y);
-          kt0 = pre;
+          for (int i = 0; i < pre; ++i) tma_load_2d(base + i * C::kStageBytes, &tmA, full(i), (kt0 + i) * kBK, tile.y);
+          kt = pre;
           g = pre;
           first = false;
         }
-        for (int kt = kt0; kt < ktiles; ++kt, ++g) {
+        // Claim the next item now (after the PDL wait: the scan that zeroed the counter has completed); its value
+        // is first needed after this item's loads are issued.
+        const int w_next = p.tile_counter ? (int)gridDim.x + atomic_add_relaxed(p.tile_counter, 1) : w + step;
+        for (; kt < ktiles; ++kt, ++g) {
           const int s = g % kStages;
           if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
           const uint32_t a_dst = base + s * C::kStageBytes;
           const uint32_t b_dst = a_dst + C::kABytes;
           mbar_expect_tx(full(s), C::kStageBytes);
-          tma_load_2d(a_dst, &tmA, full(s), kt * kBK, tile.y);
-          tma_load_2d(b_dst, &tmB, full(s), kt * kBK, b0);
-          tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(s), kt * kBK, b1);
+          tma_load_2d(a_dst, &tmA, full(s), (kt0 + kt) * kBK, tile.y);
+          tma_load_2d(b_dst, &tmB, full(s), (kt0 + kt) * kBK, b0);
+          tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(s), (kt0 + kt) * kBK, b1);
         }
+        w = w_next;
       }
     }
   } else {
@@ -335,7 +394,15 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
     const bool leader = (threadIdx.x & 31) == 0;  // lane 0 of each warp: releases stages (kConsumerWarps)
     int g = 0;
-    for (int t = blockIdx.x; t < total; t += step) {
+    for (int j = 0;; ++j) {
+      const int q = j % kTileQ;
+      mbar_wait(tq_full(q), (j / kTileQ) & 1);
+      const int w = ld_shared_s32(tq_val(q));
+      __syncwarp();
+      if (leader) mbar_arrive(tq_empty(q));
+      if (w < 0) break;
+      int t, half, kt0, ktiles;
+      work_item(w, splits, kt_all, t, half, kt0, ktiles);
       int m_idx, n_idx;
       tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
       const int4 tile = p.tiles[m_idx];
@@ -351,7 +418,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       g += ktiles;
 
       const int tt = threadIdx.x & 127;
-      store_tile_direct<MODE, C::kBN>(d, p, p.C, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
+      store_tile_direct<MODE, C::kBN>(d, p, half ? p.C2 : p.C, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
     }
   }
 }

@@ -1,7 +1,7 @@
 // Correctness test for sy_moe on a GPU: fresh random inputs every run (seed printed), outputs and workspace poisoned
 // before each run, CPU float64 reference (routing and expert FFN), awkward sizes, forced tile configs, pre-routed
 // input with non-resident experts, CUDA-graph capture, and bad-config errors. Exit code 0 only if every case passes.
-// Usage: test_moe [--quick] [--seed N] [--stress] [--stall-s S]
+// Usage: test_moe [--quick] [--seed N] [--stress] [--stall-s S] [--case SUBSTR]
 //   --quick: small cases only, for compute-sanitizer; --stress: only the persistent-kernel stress cases (run_stress),
 //   each variant's back-to-back calls failing as a STALL (exit code 3) when not complete after S seconds (20)
 #include <cuda_bf16.h>
@@ -98,6 +98,13 @@ static void ref_route(const Case& c, const std::vector<float>& logits, const std
 }
 
 static void run_case_body(const Case& c, std::mt19937_64& rng);
+static void wait_or_die(cudaStream_t st, double limit_s, const char* what);
+static double g_stall_s = 20;  // --stall-s: a forward call not done after this long is reported as a STALL (exit 3)
+// TEST_TRACE=1: each step of a case on stderr (which host call a hang sits in)
+static void trace(const Case& c, int rep, const char* what) {
+  static const bool on = getenv("TEST_TRACE") != nullptr;
+  if (on) fprintf(stderr, "[trace] %s rep %d: %s\n", c.name.c_str(), rep, what);
+}
 static void run_case(const Case& c, std::mt19937_64& rng) {
   std::string name;
   if (c.env) {
@@ -205,27 +212,42 @@ static void run_case_body(const Case& c, std::mt19937_64& rng) {
     CK(cudaMemsetAsync(ws, 0xff, wsb, st));
     CK(cudaMemsetAsync(dids_out, 0xff, (size_t)T * k * 4, st));
     int rc;
+    trace(c, rep, "forward");
     if (c.graph && rep == 1) {
       cudaGraph_t g;
       cudaGraphExec_t ge;
       CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
       rc = sy_moe_forward(&cfg, T, &a, ws, wsb, st);
       CK(cudaStreamEndCapture(st, &g));
+      trace(c, rep, "captured");
       if (rc == 0) {
         CK(cudaGraphInstantiate(&ge, g, 0));
+        // two replays, the output poisoned between them: state a call leaves behind (the persistent kernels'
+        // tile counters) must be reset inside the graph, or the second replay would leave outputs unwritten
         CK(cudaGraphLaunch(ge, st));
+        trace(c, rep, "replay 1 launched");
+        if (!getenv("TEST_ONE_REPLAY")) {
+          wait_or_die(st, g_stall_s, c.name.c_str());
+          trace(c, rep, "replay 1 done");
+          CK(cudaMemsetAsync(dout, 0xff, (size_t)T * D * 2, st));
+          CK(cudaGraphLaunch(ge, st));
+          trace(c, rep, "replay 2 launched");
+        }
+        wait_or_die(st, g_stall_s, c.name.c_str());
         CK(cudaGraphExecDestroy(ge));
       }
       CK(cudaGraphDestroy(g));
     } else {
       rc = sy_moe_forward(&cfg, T, &a, ws, wsb, st);
     }
+    trace(c, rep, "launched");
     if (rc) {
       printf("FAIL %s: forward rc=%d: %s\n", c.name.c_str(), rc, sy_moe_last_error());
       g_fail++;
       return;
     }
-    CK(cudaStreamSynchronize(st));
+    wait_or_die(st, g_stall_s, c.name.c_str());  // a hung kernel names its case instead of hanging the test
+    trace(c, rep, "done");
     CK(cudaGetLastError());
     CK(cudaMemcpy(rep == 0 ? out1.data() : out2.data(), dout, (size_t)T * D * 2, cudaMemcpyDeviceToHost));
   }
@@ -239,6 +261,7 @@ static void run_case_body(const Case& c, std::mt19937_64& rng) {
     CK(cudaMemcpy(gw.data(), dw_out, gw.size() * 4, cudaMemcpyDeviceToHost));
   }
 
+  trace(c, 2, "reference");
   // --- routing check ---
   int route_mismatch = 0;
   double werr = 0;
@@ -477,14 +500,18 @@ static void check_error(const char* name, sy_moe_config cfg, const char* field) 
 }
 
 int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // a killed run keeps every finished case's line
   bool quick = false, stress_only = false;
   double stall_s = 20;
+  const char* only = nullptr;  // --case SUBSTR: only the cases (and stress cases) whose name contains SUBSTR;
+                               // --case '!SUBSTR': all but those
   unsigned long long seed = std::chrono::high_resolution_clock::now().time_since_epoch().count();
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--quick")) quick = true;
     if (!strcmp(argv[i], "--stress")) stress_only = true;  // only the persistent stress cases (a stall repro)
     if (!strcmp(argv[i], "--stall-s") && i + 1 < argc) stall_s = atof(argv[++i]);
     if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 10);
+    if (!strcmp(argv[i], "--case") && i + 1 < argc) only = argv[++i];
   }
   printf("seed %llu\n", seed);
   std::mt19937_64 rng(seed);
@@ -521,6 +548,17 @@ int main(int argc, char** argv) {
        3},
       {"wgmma-persistent-bm128-gemm2-only", 64, 8, 256, 384, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
        1, "SY_MOE_PERSIST_MASK=2"},
+      // persistent scheduling: dynamic (device counter, the default) is what the cases above run; the static round
+      // robin (SY_MOE_DYN=0) at the same size, and under graph capture (the counters are zeroed inside the call, so
+      // replays must not start past the end); the persistent GEMM2 with K in two halves (consecutive work items,
+      // partials in x_perm), K not a multiple of 64 with d not a tile multiple and 33 experts, graph (33, not 257:
+      // the host-side inputs of a 257-expert f=4104 case take ~25 s to generate)
+      {"persistent-static-bm128-256-tiles", 64, 8, 256, 384, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
+       3, "SY_MOE_DYN=0"},
+      {"persistent-dynamic-bm64-graph", 64, 4, 256, 512, 500, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 3},
+      {"persistent-gemm2-split2-graph", 8, 2, 256, 4096, 100, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
+      {"persistent-gemm2-split2-awkward-graph", 33, 4, 200, 4104, 333, 0, 1, 0, 0, 1.f, false, false, false, true, 128,
+       1, 3},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
@@ -586,7 +624,21 @@ int main(int argc, char** argv) {
       {"persistent-qwen3-T8192-no-pdl", 128, 8, 2048, 768, 8192, 10, "SY_MOE_PDL=0"},
       {"persistent-gemm2-qwen3-T8192", 128, 8, 2048, 768, 8192, 40, "SY_MOE_PERSIST_MASK=2"},
       {"persistent-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 40, nullptr},
+      // the statically scheduled persistent kernel (SY_MOE_DYN=0), and the dynamically scheduled one with GEMM2 in
+      // two K halves (E 8, f 4096: ~36 token tiles x 4 column tiles, split chosen)
+      {"persistent-static-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_DYN=0"},
+      {"persistent-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 40, nullptr},
   };
+  g_stall_s = stall_s;
+  if (only) {
+    const bool neg = only[0] == '!';
+    const char* sub = neg ? only + 1 : only;
+    auto drop = [&](const char* name) { return (strstr(name, sub) != nullptr) == neg; };
+    cases.erase(std::remove_if(cases.begin(), cases.end(), [&](const Case& c) { return drop(c.name.c_str()); }),
+                cases.end());
+    stress.erase(std::remove_if(stress.begin(), stress.end(), [&](const StressCase& c) { return drop(c.name); }),
+                 stress.end());
+  }
   if (stress_only) {
     for (auto& c : stress) run_stress(c, (unsigned)seed, stall_s);
     printf("%d passed, %d failed\n", g_pass, g_fail);
