@@ -21,6 +21,7 @@ const ALERTS = [
   "SwitchyardCacheHitRatioLow",
   "SwitchyardRouterErrorRateHigh",
   "SwitchyardRouterLatencyHigh",
+  "SwitchyardWorkerDataPathUnused",
   "SwitchyardOperatorReconcileErrors",
 ];
 

@@ -337,13 +337,21 @@ describeWithCluster(
       expect(result.length).toBeGreaterThanOrEqual(LAYERS * 2);
     });
 
+    it("the router process reaches both worker processes over their TCP data path", async () => {
+      const panel = dashboards
+        .flatMap((d: { panels: { title: string; targets: { expr: string }[] }[] }) => d.panels)
+        .find((p: { title: string }) => p.title === "Workers on the TCP data path");
+      const result = await prom.query(substituteVariables(panel!.targets[0].expr));
+      expect(Object.fromEntries(result.map((s) => [s.metric.worker, s.value[1]]))).toEqual({ w0: "1", w1: "1" });
+    });
+
     it("the chart's alert rules evaluate cleanly on live series, and a stopped worker makes SwitchyardWorkerDown pending", async () => {
       const rules = (
         JSON.parse((await httpGet(`${prom.url}/api/v1/rules`)).body) as {
           data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> };
         }
       ).data.groups.flatMap((g) => g.rules);
-      expect(rules.length).toBe(6);
+      expect(rules.length).toBe(7);
       await waitUntil(
         async () => {
           const r = JSON.parse((await httpGet(`${prom.url}/api/v1/rules`)).body).data.groups.flatMap(

@@ -408,6 +408,20 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
+            title: "Workers on the TCP data path",
+            description:
+              "Per worker, the router replicas whose batches go over its TCP data path (the rest use the gRPC stream: see SwitchyardWorkerDataPathUnused).",
+            type: "timeseries",
+            unit: "short",
+            min: 0,
+            targets: [
+              {
+                expr: `sum by (pool, worker) (switchyard_router_worker_data_path{${POOL}})`,
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+          {
             title: "Tokens/s sent per worker",
             description: "Token rate the router sends to each worker.",
             type: "timeseries",
