@@ -16,15 +16,32 @@ export interface DataConnHandlers {
 export class DataConn {
   private readonly socket: Socket;
   private closed = false;
+  /** True once the TCP connection is up; WorkerConn sends nothing here before that. */
+  connected = false;
 
-  constructor(host: string, port: number, maxFrameBytes: number, h: DataConnHandlers) {
+  /**
+   * Connects at once. A connection not up within `connectTimeoutMs` is abandoned (onClose with an error): a port
+   * that a firewall drops would otherwise leave the connect pending for minutes.
+   */
+  constructor(host: string, port: number, maxFrameBytes: number, connectTimeoutMs: number, h: DataConnHandlers) {
     const s = connect({ host, port, noDelay: true });
     this.socket = s;
+    const timer = setTimeout(
+      () => close(new Error(`connect to ${host}:${port} timed out after ${connectTimeoutMs} ms`)),
+      connectTimeoutMs,
+    );
+    timer.unref();
+    s.once("connect", () => {
+      clearTimeout(timer);
+      this.connected = true;
+    });
     // Written before the connection is up: net.Socket queues it and sends it first.
     s.write(DATA_PREFACE);
     const close = (err: Error | null) => {
       if (this.closed) return;
       this.closed = true;
+      this.connected = false;
+      clearTimeout(timer);
       s.destroy();
       h.onClose(err);
     };

@@ -3,8 +3,10 @@
 // connection may use it, else the RunExpertsStream gRPC stream (~3x cheaper per message than a unary call on
 // grpc-js; see shared/bench/TRANSPORT.md) with a raised client flow-control window. Every send has a timeout, so no
 // dispatch outlives its callers' deadlines. A broken path fails what is in flight on it with UNAVAILABLE (the flush
-// then retries on another replica) and marks the worker down; a broken data path also stays unused for a while
-// (batches take the gRPC stream meanwhile). Status polls keep residency, queue depth, liveness and the data port fresh.
+// then retries on another replica) and marks the worker down. The data path carries batches only once connected
+// (the gRPC stream takes them while it connects), and one that fails to connect or breaks is left alone for a
+// while, doubling per failure in a row (batches take the gRPC stream meanwhile), so a blocked data port costs no
+// stalls. Status polls keep residency, queue depth, liveness and the data port fresh.
 
 import {
   type ChannelOptions,
@@ -112,8 +114,10 @@ export interface WorkerConnOptions {
   downMs?: number;
   /** Default "auto". */
   transport?: WorkerTransport;
-  /** A data path that broke is left alone this long. Default 5000. */
+  /** A data path that broke is left alone this long, doubled per failure in a row up to 5 min. Default 5000. */
   dataRetryMs?: number;
+  /** A data-path connect not done by then counts as a failure. Default 3000. */
+  dataConnectTimeoutMs?: number;
   /** Largest reply frame accepted on the data path (as the gRPC client's receive limit). */
   maxMessageBytes?: number;
 }
@@ -127,6 +131,9 @@ export class WorkerConn {
   /** The worker's data-path port from its last Status (0: none offered). */
   private dataPort = 0;
   private dataOffUntil = 0;
+  /** Data-path failures since it last carried a reply (the backoff's exponent). */
+  private dataFailures = 0;
+  private readonly dataConnectTimeoutMs: number;
   private readonly dataHost: string | null;
   private readonly transport: WorkerTransport;
   private readonly dataRetryMs: number;
@@ -157,6 +164,7 @@ export class WorkerConn {
     this.downMs = o.downMs ?? 1000;
     this.transport = o.transport ?? "auto";
     this.dataRetryMs = o.dataRetryMs ?? 5000;
+    this.dataConnectTimeoutMs = o.dataConnectTimeoutMs ?? 3000;
     this.maxMessageBytes = o.maxMessageBytes ?? (CLIENT_CHANNEL_OPTIONS["grpc.max_receive_message_length"] as number);
     this.dataHost = hostOf(o.address);
     this.client = new FastWorkerClient(o.address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
@@ -215,32 +223,44 @@ export class WorkerConn {
     });
   }
 
-  /** The data path is "in use" from the send that opens it until it breaks: the path for this send. */
+  /** Whether batches go over the worker's data path now (connected; otherwise the gRPC stream). */
   get usingDataPath(): boolean {
-    return this.data !== null;
+    return this.data?.connected === true;
   }
 
   private path(): BatchPath {
-    if (this.data) return this.data;
+    const data = this.data;
+    if (data?.connected) return data;
     if (
+      data === null &&
       this.transport === "auto" &&
       this.dataPort > 0 &&
       this.dataHost !== null &&
       performance.now() >= this.dataOffUntil
-    ) {
-      const conn: DataConn = new DataConn(this.dataHost, this.dataPort, this.maxMessageBytes, {
-        onResult: this.onResult,
-        onClose: (err) => {
-          if (this.data === conn) this.data = null;
-          // Broken (an error, or closed under batches): gRPC carries the batches for a while.
-          if (this.failPath(conn, err, `data path :${this.dataPort}`) > 0 || err)
-            this.dataOffUntil = performance.now() + this.dataRetryMs;
-        },
-      });
-      this.data = conn;
-      return conn;
-    }
+    )
+      this.openData(this.dataHost, this.dataPort);
+    // Not connected yet (or not offered): this batch takes the gRPC stream.
     return this.ensureStream();
+  }
+
+  private openData(host: string, port: number): void {
+    const conn: DataConn = new DataConn(host, port, this.maxMessageBytes, this.dataConnectTimeoutMs, {
+      onResult: (r) => {
+        this.dataFailures = 0;
+        this.onResult(r);
+      },
+      onClose: (err) => {
+        if (this.data === conn) this.data = null;
+        const lost = this.failPath(conn, err, `data path ${host}:${port}`);
+        // Broken (an error, or closed under batches): gRPC carries the batches for a while.
+        if (lost > 0 || err) {
+          this.dataFailures++;
+          const backoff = Math.min(this.dataRetryMs * 2 ** (this.dataFailures - 1), 300_000);
+          this.dataOffUntil = performance.now() + backoff;
+        }
+      },
+    });
+    this.data = conn;
   }
 
   private readonly onResult = (r: ExpertResult): void => {
@@ -272,7 +292,9 @@ export class WorkerConn {
       this.pending.delete(id);
       p.reject(e);
     }
-    if (inFlight > 0 || cause) this.markDown();
+    // A data path that fails to connect says nothing about the worker (its gRPC stream may be fine); a path that
+    // broke under batches, or a broken gRPC stream, does.
+    if (inFlight > 0 || (cause && !(via instanceof DataConn))) this.markDown();
     return inFlight;
   }
 

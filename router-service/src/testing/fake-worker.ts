@@ -69,6 +69,8 @@ export class FakeWorker {
   port = 0;
   /** 0 = no data path. */
   dataPort = 0;
+  /** Batches that came over the data path. */
+  dataBatches = 0;
   private server = new Server(SERVER_OPTIONS);
   private dataServer: NetServer | null = null;
   private readonly dataSockets = new Set<Socket>();
@@ -148,9 +150,10 @@ export class FakeWorker {
       this.dataSockets.add(s);
       s.setNoDelay(true);
       const reply = (buf: Buffer) => writeFrame(s, buf);
-      const reader = new FrameReader(SERVER_OPTIONS["grpc.max_receive_message_length"] as number, true, (f) =>
-        this.answer(decodeExpertBatch(f), f, reply),
-      );
+      const reader = new FrameReader(SERVER_OPTIONS["grpc.max_receive_message_length"] as number, true, (f) => {
+        this.dataBatches++;
+        this.answer(decodeExpertBatch(f), f, reply);
+      });
       s.on("data", (c: Buffer) => {
         try {
           reader.push(c);
@@ -218,6 +221,12 @@ export class FakeWorker {
   /** Cuts every data-path connection (the gRPC server stays up): a data path broken under the router. */
   dropDataConnections(): void {
     for (const s of this.dataSockets) s.destroy();
+  }
+
+  /** Stops listening on the data port but keeps advertising it: connects to it are refused. */
+  closeDataPort(): Promise<void> {
+    this.dropDataConnections();
+    return new Promise((resolve) => (this.dataServer ? this.dataServer.close(() => resolve()) : resolve()));
   }
 
   stop(): void {
