@@ -2,20 +2,24 @@
 // INVALID_ARGUMENT naming the field, the stream answers per batch, deadlines stop native work, a full queue answers
 // RESOURCE_EXHAUSTED, Prefetch/Evict/Status, health and /metrics.
 
+import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { credentials, Metadata, makeGenericClientConstructor, type ServiceError, status } from "@grpc/grpc-js";
 import { expertToFloat32, generateCheckpoint, openCheckpoint, referenceExpertFFN64 } from "@switchyard/moe";
 import {
   bytesToFloat32,
+  DATA_PREFACE,
   DType,
   ERROR_FIELD_METADATA_KEY,
-  type ExpertBatch,
+  ExpertBatch,
   type ExpertResult,
   ExpertWorkerClient,
   encodeTensor,
   type Tensor,
+  writeFrame,
 } from "@switchyard/protocol";
 import { service as healthService } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -329,6 +333,30 @@ describe.skipIf(!nativeAddon)("deadlines and the queue bound (native backend)", 
     await settledRuns(addon);
     const after = addon.stats();
     expect(code).toBe(status.CANCELLED);
+    expect(after.runsCancelled - before.runsCancelled).toBe(1);
+    expect(after.tilesDone - before.tilesDone).toBeLessThan(completeRunTiles);
+  });
+
+  it("closing the data-path connection stops the native kernel mid-run", async () => {
+    const addon = loadNativeAddon();
+    if (!addon) throw new Error("unreachable");
+    const s0 = addon.stats().tilesDone;
+    await call<ExpertBatch, ExpertResult>(bigClient.runExperts.bind(bigClient), bigBatch(1n));
+    const completeRunTiles = addon.stats().tilesDone - s0;
+    await settledRuns(addon);
+    const before = addon.stats();
+    const sock = connect(big.dataPort, "127.0.0.1");
+    await once(sock, "connect");
+    sock.write(DATA_PREFACE);
+    let replies = 0;
+    sock.on("data", () => replies++);
+    writeFrame(sock, ExpertBatch.encode(bigBatch(3n)).finish());
+    for (let i = 0; i < 2000 && addon.stats().tilesDone === before.tilesDone; i++)
+      await new Promise((r) => setImmediate(r));
+    sock.destroy();
+    await settledRuns(addon);
+    const after = addon.stats();
+    expect(replies).toBe(0);
     expect(after.runsCancelled - before.runsCancelled).toBe(1);
     expect(after.tilesDone - before.tilesDone).toBeLessThan(completeRunTiles);
   });
