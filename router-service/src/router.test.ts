@@ -127,6 +127,14 @@ function reference(
   return out;
 }
 
+async function until(cond: () => boolean, what: string): Promise<void> {
+  const end = Date.now() + 5000;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 function hidden(T: number, seed: number): Float32Array {
   const g = rng(seed);
   return Float32Array.from({ length: T * D }, () => g() * 2);
@@ -148,7 +156,8 @@ function maxRelErr(a: Float32Array, b: Float32Array): number {
   return num / Math.max(den, 1e-30);
 }
 
-describe("router end to end (fake workers)", () => {
+// Both worker transports: the TCP data path (the default once a worker's Status offers it) and the gRPC stream.
+describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s path)", (transport) => {
   const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
   let router: Router;
   let served: StartedRouter;
@@ -165,8 +174,10 @@ describe("router end to end (fake workers)", () => {
 
   beforeAll(async () => {
     for (const w of workers) await w.start();
-    router = new Router({ statusIntervalMs: 0 });
+    router = new Router({ statusIntervalMs: 0, workerTransport: transport === "data" ? "auto" : "grpc" });
     setPool();
+    // No periodic polls in tests: one Status now tells each connection its worker's data port.
+    await router.refreshWorkers("toy");
     served = await serveRouter(router, { port: 0, host: "127.0.0.1", metricsPort: 0 });
     client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
   });
@@ -465,7 +476,43 @@ describe("router end to end (fake workers)", () => {
       expect(text).toContain(name);
     }
     expect(text).toMatch(/switchyard_router_requests_total\{pool="toy",method="Forward",code="OK"\} \d+/);
-    // No Status polls in this test, so no worker's data port is known: every batch took the gRPC stream.
-    expect(text).toMatch(/switchyard_router_worker_data_path\{pool="toy",worker="[^"]+"\} 0/);
+    expect(text).toMatch(
+      transport === "data"
+        ? /switchyard_router_worker_data_path\{pool="toy",worker="[^"]+"\} 1/
+        : /switchyard_router_worker_data_path\{pool="toy",worker="[^"]+"\} 0/,
+    );
   });
+
+  it(`carried the batches over the ${transport} path`, () => {
+    const viaData = workers.map((w) => w.dataBatches);
+    if (transport === "data") expect(viaData.every((n) => n > 0)).toBe(true);
+    else expect(viaData).toEqual([0, 0, 0]);
+  });
+
+  // Only the data path has a connection of its own to cut under a call.
+  if (transport === "data")
+    it("a data connection that drops under a call: its rows go to another replica", async () => {
+      // Every expert on w1 and w2: with both resident and idle the tie goes to the lower index, w1.
+      setPool(
+        {},
+        Array.from({ length: L }, () => Array.from({ length: E }, () => [1, 2])),
+      );
+      try {
+        await call({ hidden: encodeTensor(hidden(12, 41), [12, D], DType.FLOAT32) });
+        await until(() => router.workers("toy")[1].usingDataPath, "the data path to w1");
+        workers[1].mode = "stall";
+        const before = workers[1].dataBatches;
+        const h = hidden(12, 42);
+        const pending = call({ hidden: encodeTensor(h, [12, D], DType.FLOAT32) });
+        await until(() => workers[1].dataBatches > before, "w1 to receive a batch over its data path");
+        workers[1].dropDataConnections();
+        const res = await pending;
+        const got = bytesToFloat32(res.hidden!.data, DType.FLOAT32, true);
+        expect(maxRelErr(got, reference(0, h, 12))).toBeLessThanOrEqual(1e-6);
+      } finally {
+        workers[1].mode = "ok";
+        setPool();
+        await router.refreshWorkers("toy"); // w1 back in replica choice
+      }
+    });
 });
