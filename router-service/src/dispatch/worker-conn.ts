@@ -190,7 +190,8 @@ export class WorkerConn {
   }
 
   /**
-   * Sends one batch on the stream: `encode(batchId)` returns the encoded ExpertBatch. Resolves with the worker's
+   * Sends one batch on the worker's current path (data path or gRPC stream): `encode(batchId)` returns the encoded
+   * ExpertBatch. Resolves with the worker's
    * result or rejects (UNAVAILABLE / DEADLINE_EXCEEDED / the worker's error). `experts` of `layer` count as resident
    * on this worker from now on (it loads what it runs).
    */
