@@ -61,6 +61,7 @@ import {
   FrameReader,
   fromRpcError,
   RouterService,
+  serveFrames,
   writeFrame,
 } from "@switchyard/protocol";
 import {
@@ -203,11 +204,7 @@ async function roleForwarder(upstream: string): Promise<number> {
 
 /** The data path's framing (packages/protocol/src/data-path.ts) as an echo: each frame back as it came. */
 async function roleDataEcho(): Promise<number> {
-  const srv = createNetServer((sock) => {
-    sock.setNoDelay(true);
-    const r = new FrameReader(512 << 20, true, (f) => writeFrame(sock, f));
-    sock.on("data", (c: Buffer) => r.push(c));
-  });
+  const srv = createNetServer((sock) => serveFrames(sock, 512 << 20, (f) => writeFrame(sock, f)));
   await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
   return (srv.address() as { port: number }).port;
 }

@@ -10,7 +10,7 @@ import {
   ExpertBatch,
   ExpertResult,
   errorCodeOf,
-  FrameReader,
+  serveFrames,
   toRpcError,
   writeFrame,
 } from "@switchyard/protocol";
@@ -32,7 +32,6 @@ export function serveDataConnection(
   maxMessageBytes: number,
   log: (line: string) => void,
 ): void {
-  socket.setNoDelay(true);
   const ac = new AbortController();
   // Every in-flight batch listens on the connection's signal (bounded by the queue capacity).
   setMaxListeners(0, ac.signal);
@@ -64,18 +63,9 @@ export function serveDataConnection(
       },
     );
   };
-  const reader = new FrameReader(maxMessageBytes, true, onBatch);
-  socket.on("data", (chunk: Buffer) => {
-    try {
-      reader.push(chunk);
-    } catch (err) {
-      log(
-        `data path: dropping connection from ${socket.remoteAddress}:${socket.remotePort}: ${(err as Error).message}`,
-      );
-      socket.destroy();
-    }
-  });
-  socket.on("error", () => {});
+  serveFrames(socket, maxMessageBytes, onBatch, (err) =>
+    log(`data path: dropping connection from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`),
+  );
   socket.on("close", () => ac.abort(cancelled("the router closed the data connection")));
 }
 

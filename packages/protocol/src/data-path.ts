@@ -104,6 +104,30 @@ export class FrameReader {
   }
 }
 
+/**
+ * The accepting side of one data-path connection: no Nagle delay, the client's preface checked, each frame handed
+ * to `onFrame`. A protocol violation (bad preface, oversized frame, or an error `onFrame` throws as DataPathError)
+ * destroys the socket after `onViolation` heard it. Socket errors end the connection quietly ('close' follows).
+ */
+export function serveFrames(
+  socket: Socket,
+  maxFrameBytes: number,
+  onFrame: (frame: Buffer) => void,
+  onViolation?: (err: Error) => void,
+): void {
+  socket.setNoDelay(true);
+  const reader = new FrameReader(maxFrameBytes, true, onFrame);
+  socket.on("data", (chunk: Buffer) => {
+    try {
+      reader.push(chunk);
+    } catch (err) {
+      onViolation?.(err as Error);
+      socket.destroy();
+    }
+  });
+  socket.on("error", () => {});
+}
+
 /** The 4-byte length prefix of a frame of `len` bytes. */
 export function frameHeader(len: number): Buffer {
   const h = Buffer.allocUnsafe(HEADER);

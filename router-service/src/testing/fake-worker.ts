@@ -16,7 +16,7 @@ import {
   type ExpertBatch,
   ExpertResult,
   ExpertWorkerService,
-  FrameReader,
+  serveFrames,
   toRpcError,
   unavailable,
   valuesToBytes,
@@ -148,20 +148,11 @@ export class FakeWorker {
   private async startDataPath(): Promise<void> {
     const server = createServer((s) => {
       this.dataSockets.add(s);
-      s.setNoDelay(true);
       const reply = (buf: Buffer) => writeFrame(s, buf);
-      const reader = new FrameReader(SERVER_OPTIONS["grpc.max_receive_message_length"] as number, true, (f) => {
+      serveFrames(s, SERVER_OPTIONS["grpc.max_receive_message_length"] as number, (f) => {
         this.dataBatches++;
         this.answer(decodeExpertBatch(f), f, reply);
       });
-      s.on("data", (c: Buffer) => {
-        try {
-          reader.push(c);
-        } catch {
-          s.destroy();
-        }
-      });
-      s.on("error", () => {});
       s.on("close", () => this.dataSockets.delete(s));
     });
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
