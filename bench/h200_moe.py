@@ -26,28 +26,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sy_moe_abi import SHAPES as ABI_SHAPES, Args, Cfg, load
+
 OUT = os.environ.get("OUT", ".")
 dev = "cuda"
 torch.backends.cuda.matmul.allow_tf32 = False
 
 
-class Cfg(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int32) for n in
-                ("num_experts", "top_k", "d_model", "d_ff", "score", "renormalize", "n_group", "topk_group")] + [
-                   ("routed_scale", ctypes.c_float)]
-
-
-class Args(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_void_p) for n in
-                ("x", "logits", "bias", "topk_ids", "topk_weights", "w13", "w2", "expert_slot", "out",
-                 "topk_ids_out", "topk_weights_out")] + [("num_slots", ctypes.c_int32)]
-
-
-lib = ctypes.CDLL(sys.argv[1])
-lib.sy_moe_last_error.restype = ctypes.c_char_p
-lib.sy_moe_forward.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINTER(Args), ctypes.c_void_p,
-                               ctypes.c_size_t, ctypes.c_void_p]
-lib.sy_moe_workspace_size.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)]
+lib = load(sys.argv[1])
 QUICK = "--quick" in sys.argv
 
 
@@ -105,11 +91,7 @@ BW = 2 * xb.numel() / (timeit(lambda: yb.copy_(xb)) * 1e-3) / 1e12
 del a, b, xb, yb
 print(f"ceilings: bf16 GEMM {PEAK:.0f} TFLOP/s, copy {BW:.2f} TB/s", flush=True)
 
-SHAPES = {
-    "mixtral-8x7b": dict(d=4096, f=14336, E=8, k=2, score=0, ng=0, tg=0, scale=1.0),
-    "qwen3-30b-a3b": dict(d=2048, f=768, E=128, k=8, score=0, ng=0, tg=0, scale=1.0),
-    "deepseek-v3": dict(d=7168, f=2048, E=256, k=8, score=1, ng=8, tg=4, scale=2.5),
-}
+SHAPES = dict(ABI_SHAPES)
 TS = [16, 128] if QUICK else [16, 128, 1024, 8192]
 if ONLY_TS:
     TS = [int(t) for t in ONLY_TS.split(",")]

@@ -1,0 +1,36 @@
+"""The C ABI of libsy_moe.so (expert-worker/native/cuda/sy_moe.h) for the Python benchmarks, and the benchmark's
+model shapes: one definition for bench/h200_moe.py and bench/h200_ncu_driver.py. The structures must match
+sy_moe_config and sy_moe_args field for field."""
+
+import ctypes
+
+
+class Cfg(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in
+                ("num_experts", "top_k", "d_model", "d_ff", "score", "renormalize", "n_group", "topk_group")] + [
+                   ("routed_scale", ctypes.c_float)]
+
+
+class Args(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_void_p) for n in
+                ("x", "logits", "bias", "topk_ids", "topk_weights", "w13", "w2", "expert_slot", "out",
+                 "topk_ids_out", "topk_weights_out")] + [("num_slots", ctypes.c_int32)]
+
+
+def load(path):
+    """libsy_moe.so with the argument and result types of the calls the benchmarks make."""
+    lib = ctypes.CDLL(path)
+    lib.sy_moe_last_error.restype = ctypes.c_char_p
+    lib.sy_moe_forward.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINTER(Args), ctypes.c_void_p,
+                                   ctypes.c_size_t, ctypes.c_void_p]
+    lib.sy_moe_workspace_size.argtypes = [ctypes.POINTER(Cfg), ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)]
+    return lib
+
+
+# Hugging Face configs: hidden size, expert intermediate size, routed experts, top-k, score (0 softmax, 1 sigmoid),
+# expert groups / groups kept, routed scaling factor.
+SHAPES = {
+    "mixtral-8x7b": dict(d=4096, f=14336, E=8, k=2, score=0, ng=0, tg=0, scale=1.0),
+    "qwen3-30b-a3b": dict(d=2048, f=768, E=128, k=8, score=0, ng=0, tg=0, scale=1.0),
+    "deepseek-v3": dict(d=7168, f=2048, E=256, k=8, score=1, ng=8, tg=4, scale=2.5),
+}
