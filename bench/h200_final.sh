@@ -8,12 +8,11 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LIMIT=${LIMIT:-560}
-# variants, each timed the same way (variant_ms): the default again (SY_MOE_NOP: a knob nothing reads, so the
-# same-method repeat that shows the run's noise), then the knobs that undo one change each: the dynamically
-# scheduled persistent GEMMs (SY_MOE_DYN=0: static round robin and the older one-tile/persistent choice), the
-# split GEMM2, the raster aligned to experts, the 64/128-row limit (36 before). (The 256-row tile, SY_MOE_TALL_AVG,
-# was measured slower in every earlier run and is left out to keep the call inside its limit.)
-VARS=${VARS:-"SY_MOE_NOP=0;SY_MOE_DYN=0;SY_MOE_WG_SPLIT=0;SY_MOE_GROUP_M=-8;SY_MOE_WIDE_AVG=36"}
+# variants, timed with ours and the torch._grouped_mm pipeline in 3 interleaved rounds (medians; --rounds): the
+# default again (SY_MOE_NOP: a knob nothing reads, so the same-method repeat that shows the run's noise), then the
+# knobs that undo one of this session's changes each: GEMM1 gathering its activations (SY_MOE_GATHER=0: the permute
+# kernel), the 2-CTA clusters (SY_MOE_CLUSTER=0), the staged epilogue (SY_MOE_EPI_TMA=0: direct stores).
+VARS=${VARS:-"SY_MOE_NOP=0;SY_MOE_GATHER=0;SY_MOE_CLUSTER=0;SY_MOE_EPI_TMA=0"}
 B=expert-worker/native/cuda/build
 left() { echo $((LIMIT - SECONDS)); }
 tl() { local t=$((LIMIT - SECONDS - $1)); [ $t -lt 20 ] && t=20; echo $t; }  # time left minus a reserve
@@ -38,12 +37,12 @@ done
 [ "$GOOD" = none ] && { tail -5 /tmp/probe.log; exit 3; }
 say "using: $GOOD"
 
-env $GOOD PYTHONUNBUFFERED=1 OUT=$OUT timeout $(tl 250) python3 bench/h200_moe.py $B/libsy_moe.so --no-tune \
-  --variants "$VARS" > $OUT/bench.log 2>&1
+env $GOOD PYTHONUNBUFFERED=1 OUT=$OUT timeout $(tl 150) python3 bench/h200_moe.py $B/libsy_moe.so --no-tune \
+  --rounds 3 --variants "$VARS" > $OUT/bench.log 2>&1
 say "bench rc=$?"
 tail -20 $OUT/h200-moe.md
 
-t=$(tl 130); [ $t -gt 150 ] && t=150
+t=$(tl 50); [ $t -gt 150 ] && t=150
 timeout $t compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick --stall-s 120 > /tmp/memcheck.log 2>&1
 say "memcheck rc=$?"
 tail -25 /tmp/memcheck.log > $OUT/memcheck.log

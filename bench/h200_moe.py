@@ -10,6 +10,9 @@ Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [
   --no-tune       skip the engine/tile sweep (tune_ms); --no-loop skips the per-expert loop baseline
   --variants      also time ours with each library knob (environment variable) set, one at a time (variant_ms);
                   a variant may set several knobs together, space-separated ("SY_MOE_DYN=1 SY_MOE_PERSIST_MASK=2")
+  --rounds N      time ours, the torch._grouped_mm pipeline and the variants in N interleaved rounds and report
+                  each one's median (default 1). On the H200 the same setting measured up to ~14% apart depending on
+                  where in the sequence it ran (clocks settle under sustained load), so comparisons use N >= 3.
   --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us). Slow (tens
                   of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
 The routing share at T <= 128 is measured twice: back-to-back eager calls (includes host launch overhead when the
@@ -46,6 +49,7 @@ ONLY_TS = opt("--ts")
 NO_TUNE = "--no-tune" in sys.argv
 NO_LOOP = "--no-loop" in sys.argv
 VARIANTS = [v for v in (opt("--variants", "") or "").split(";") if v]
+ROUNDS = int(opt("--rounds", "1"))
 PROFILE = "--profile" in sys.argv
 TRACE = os.environ.get("BENCH_TRACE") == "1"
 
@@ -279,10 +283,31 @@ for name, s in SHAPES.items():
         floor_ms = max(flops / (PEAK * 1e12), bytes_ / (BW * 1e12)) * 1e3
 
         trace("reference done")
-        t_ours = timeit(ours)
-        trace("ours timed")
-        t_gmm = timeit(gmm_layer)
-        trace("gmm timed")
+
+        def with_knobs(v, fn):
+            # one variant: one or more space-separated KNOB=VALUE settings, applied together
+            kvs = [kv.split("=", 1) for kv in v.split()]
+            old = {k_: os.environ.get(k_) for k_, _ in kvs}
+            for k_, v_ in kvs:
+                os.environ[k_] = v_
+            try:
+                return fn()
+            finally:
+                for k_, old_v in old.items():
+                    if old_v is None:
+                        del os.environ[k_]
+                    else:
+                        os.environ[k_] = old_v
+
+        # ours, the grouped_mm pipeline and the variants, interleaved in ROUNDS rounds; medians
+        per = {"ours": [], "gmm": [], **{v: [] for v in VARIANTS}}
+        for _ in range(ROUNDS):
+            per["ours"].append(timeit(ours))
+            per["gmm"].append(timeit(gmm_layer))
+            for v in VARIANTS:
+                per[v].append(with_knobs(v, lambda: timeit(ours, target_ms=15, batches=3)))
+        t_ours, t_gmm = statistics.median(per["ours"]), statistics.median(per["gmm"])
+        trace("ours, gmm and variants timed")
         t_loop = None if NO_LOOP else timeit(loop_layer, target_ms=20, batches=3)
         tune = {}
         if not NO_TUNE:
@@ -291,19 +316,8 @@ for name, s in SHAPES.items():
                 lib.sy_moe_set_tuning(bm, 0, {"mma": -1, "wgpersist": 3, "wg1tile": 2}[eng])
                 tune[f"{eng}{bm}"] = round(timeit(ours, target_ms=15, batches=3), 4)
             lib.sy_moe_set_tuning(0, 0, ENGINE)
-        variant_ms = {}
-        for v in VARIANTS:
-            # one variant: one or more space-separated KNOB=VALUE settings, applied together
-            kvs = [kv.split("=", 1) for kv in v.split()]
-            old = {k_: os.environ.get(k_) for k_, _ in kvs}
-            for k_, v_ in kvs:
-                os.environ[k_] = v_
-            variant_ms[v] = round(timeit(ours, target_ms=15, batches=3), 4)
-            for k_, old_v in old.items():
-                if old_v is None:
-                    del os.environ[k_]
-                else:
-                    os.environ[k_] = old_v
+        variant_ms = {v: round(statistics.median(per[v]), 4) for v in VARIANTS}
+        rounds_ms = {kk: [round(t, 4) for t in ts] for kk, ts in per.items()} if ROUNDS > 1 else None
         route_ms = route_graph_ms = layer_graph_ms = None
         if T <= 128:
             layer_graph_ms = timeit(graph_of(ours_cur).replay)
@@ -319,7 +333,7 @@ for name, s in SHAPES.items():
                    route_share_graph=(route_graph_ms / layer_graph_ms) if route_graph_ms else None,
                    route_share_eager=(route_ms / t_ours) if route_ms else None,
                    tflops=flops / (t_ours * 1e-3) / 1e12, weight_tbs=active * 3 * d * f * 2 / (t_ours * 1e-3) / 1e12,
-                   tune_ms=tune, variant_ms=variant_ms, kernels_us=kernels)
+                   tune_ms=tune, variant_ms=variant_ms, rounds_ms=rounds_ms, kernels_us=kernels)
         row["wall_s"] = round(time.time() - T0, 1)
         rows.append(row)
         print(json.dumps({kk: (round(v, 5) if isinstance(v, float) else v) for kk, v in row.items()}), flush=True)

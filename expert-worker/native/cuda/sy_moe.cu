@@ -69,6 +69,27 @@ constexpr int kTallMinAvg = 0;
 // h200-moe.md, same run, default / default again vs 0): Qwen3 T=8192 1.380 / 1.329 vs 1.596 ms, T=1024 0.373 /
 // 0.371 vs 0.381; the other compute-side and all memory-bound cells within noise.
 constexpr int kDynamicSchedule = 1;
+// 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs (wg::wgmma_gemm_kernel CL; SY_MOE_CLUSTER
+// sets it per call: 0 off, 1 wg::kClusterN, 2 wg::kClusterM). Default 1: pairs of weight tiles sharing their
+// activation tile by multicast, for GEMM2 (GEMM1 gathers instead, kGatherDefault). Measured on H200 in 5 interleaved
+// rounds (bench/results/logs/h200-variants-cluster-gather.log, medians, with vs without): Qwen3 T=8192 1.188 vs
+// 1.344 ms, Mixtral T=1024 1.494 vs 1.572, T=8192 9.60 vs 9.84, DeepSeek-V3 T=1024 4.42 vs 4.52, T=8192 12.37 vs
+// 12.48, Qwen3 T=1024 0.347 vs 0.352. The first version lost 15-45% to a cluster-scope release on every consumer
+// warp's stage release (bench/results/logs/h200-cluster-multicast.patch; see wg::mbar_arrive_remote_stage).
+// kClusterM measured slower wherever an expert's last 256-row tile leaves the second CTA idle (DeepSeek-V3, Qwen3
+// T=1024: bench/results/logs/h200-cluster-m-bench.log).
+constexpr int kClusterDefault = 1;
+// Staged epilogue of the persistent wgmma kernels (wg::store_warp_staged: stmatrix + TMA store per warp), on:
+// measured on H200 against direct stores in one run (bench/results/logs/h200-variants-epi.log): Qwen3 T=8192 1.231 vs
+// 1.436 ms, DeepSeek-V3 T=8192 11.97 vs 12.46, Mixtral T=1024 1.338 vs 1.491, no compute-side cell slower.
+// SY_MOE_EPI_TMA=0 turns it off.
+constexpr int kStagedEpilogueDefault = 1;
+// GEMM1 gathering its activations instead of the permute kernel (wg::producer_gather), on: measured on H200 in 5
+// interleaved rounds against the permute kernel (bench/results/logs/h200-variants-gather.log, medians): Qwen3
+// T=8192 1.204 vs 1.429 ms, T=1024 0.349 vs 0.382, Mixtral T=1024 1.508 vs 1.599, T=8192 9.66 vs 10.24, DeepSeek-V3
+// T=1024 4.64 vs 4.93; DeepSeek-V3 T=8192 13.24 vs 12.84 within that cell's round-to-round spread (12.6-14.7).
+// SY_MOE_GATHER=0 turns it off.
+constexpr int kGatherDefault = 1;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -825,21 +846,38 @@ int run_gemm(int BM, const GemmParams& p0, int max_m, cudaStream_t s) {
 
 // Kernel launch, with the programmatic-serialization attribute when pdl (see the PDL rules above: only kernels
 // that follow them may be launched that way).
+// cluster > 1: thread-block clusters of that many CTAs along x (the grid must be a multiple).
 template <typename... KArgs, typename... Args>
-int launch_k(bool pdl, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-             const Args&... args) {
+int launch_kc(bool pdl, int cluster, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+              const Args&... args) {
   cudaLaunchConfig_t lc{};
   lc.gridDim = grid;
   lc.blockDim = block;
   lc.dynamicSmemBytes = smem;
   lc.stream = s;
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute at[2];
+  int n = 0;
+  if (pdl) {
+    at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (cluster > 1) {
+    at[n].id = cudaLaunchAttributeClusterDimension;
+    at[n].val.clusterDim.x = (unsigned)cluster;
+    at[n].val.clusterDim.y = 1;
+    at[n].val.clusterDim.z = 1;
+    ++n;
+  }
   lc.attrs = at;
-  lc.numAttrs = pdl ? 1 : 0;
+  lc.numAttrs = n;
   SY_CUDA(cudaLaunchKernelEx(&lc, kern, args...));
   return SY_MOE_OK;
+}
+template <typename... KArgs, typename... Args>
+int launch_k(bool pdl, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+             const Args&... args) {
+  return launch_kc(pdl, 1, kern, grid, block, smem, s, args...);
 }
 
 // PDL only after a kernel of fewer CTAs than this. The one stall of the default configuration seen on H200 came
@@ -881,16 +919,21 @@ int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint
   return SY_MOE_OK;
 }
 
-template <int WGS, int MODE, bool PERSIST, bool EPI, bool TALL = false>
-int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int max_m, bool pdl, cudaStream_t s,
-                 long long* grid_out) {
+// CL: the 2-CTA cluster variants of the persistent kernel (wg::wgmma_gemm_kernel). wg::kClusterN: `a` has 64-row
+// boxes and the weight tile count must be even; wg::kClusterM: max_m counts 256-row tiles (the tile list's).
+template <int WGS, int MODE, bool PERSIST, bool EPI, bool TALL = false, int CL = 0, bool GA = false>
+int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c, const CUtensorMap& c2,
+                 wg::Params p, int max_m, bool pdl, cudaStream_t s, long long* grid_out) {
   static_assert(!(PERSIST && TALL), "the 256-row tile runs one tile per CTA");
+  static_assert(!CL || PERSIST, "clusters only in the persistent kernel");
   using C = wg::Cfg<WGS, TALL>;
   // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA.
-  auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true> : wg::wgmma_tile_kernel<WGS, MODE, EPI, TALL>;
+  auto kern =
+      PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true, CL, GA> : wg::wgmma_tile_kernel<WGS, MODE, EPI, TALL>;
+  const int smem = PERSIST ? C::kSmemPersist : C::kSmem;
   static bool attr_set = false;
   if (!attr_set) {
-    SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
+    SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     attr_set = true;
   }
   const int out_cols = MODE == 0 ? C::kBN / 2 : C::kBN;
@@ -900,25 +943,41 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, wg::Params p, int m
   const int splits = MODE == 1 ? std::max(1, p.k_splits) : 1;
   // persistent: the K halves are work items of its loop (wg::work_item); one tile per CTA: blockIdx.y
   if (PERSIST) grid = std::min<long long>(grid * splits, g_num_sms);
+  // CL: one cluster of 2 CTAs per item; kClusterN: items are pairs of weight tiles
+  if (CL == wg::kClusterN) {
+    if (p.n_tiles % 2) return fail(SY_MOE_ERR_INVALID, "cluster GEMM: odd weight tile count");
+    grid = 2 * std::min<long long>((long long)max_m * (p.n_tiles / 2) * splits, g_num_sms / 2);
+  } else if (CL == wg::kClusterM) {
+    grid = 2 * std::min<long long>((long long)max_m * p.n_tiles * splits, g_num_sms / 2);
+  }
   const int grid_y = PERSIST ? 1 : splits;
   *grid_out = grid * grid_y;
   if (grid > 0)
-    return launch_k(pdl, kern, dim3((unsigned)grid, (unsigned)grid_y), dim3(C::kThreads), C::kSmem, s, a, b, p);
+    return launch_kc(pdl, CL ? 2 : 1, kern, dim3((unsigned)grid, (unsigned)grid_y), dim3(C::kThreads), smem, s, a, b, c,
+                     c2, p);
   return SY_MOE_OK;
 }
 
 template <int MODE>
-int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtensorMap& b, const wg::Params& p,
-              int max_m, bool pdl, cudaStream_t s, long long* grid) {
-  if (BM == 256) return launch_wgmma<2, MODE, false, false, true>(a, b, p, max_m, pdl, s, grid);
+int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c,
+              const CUtensorMap& c2, const wg::Params& p,
+              int max_m, bool pdl, cudaStream_t s, long long* grid, int cluster = 0, bool gather = false) {
+  if constexpr (MODE == 0)
+    if (gather && persist && cluster == 0 && BM == 128)
+      return launch_wgmma<2, 0, true, false, false, 0, true>(a, b, c, c2, p, max_m, pdl, s, grid);
+  if (BM == 256) return launch_wgmma<2, MODE, false, false, true>(a, b, c, c2, p, max_m, pdl, s, grid);
+  if (persist && cluster == wg::kClusterN && BM == 128)
+    return launch_wgmma<2, MODE, true, false, false, wg::kClusterN>(a, b, c, c2, p, max_m, pdl, s, grid);
+  if (persist && cluster == wg::kClusterM && BM == 128)
+    return launch_wgmma<2, MODE, true, false, false, wg::kClusterM>(a, b, c, c2, p, max_m, pdl, s, grid);
   if (persist)
-    return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, p, max_m, pdl, s, grid)
-                    : launch_wgmma<2, MODE, true, false>(a, b, p, max_m, pdl, s, grid);
+    return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, c, c2, p, max_m, pdl, s, grid)
+                    : launch_wgmma<2, MODE, true, false>(a, b, c, c2, p, max_m, pdl, s, grid);
   if (BM == 64)
-    return epi ? launch_wgmma<1, MODE, false, true>(a, b, p, max_m, pdl, s, grid)
-               : launch_wgmma<1, MODE, false, false>(a, b, p, max_m, pdl, s, grid);
-  return epi ? launch_wgmma<2, MODE, false, true>(a, b, p, max_m, pdl, s, grid)
-             : launch_wgmma<2, MODE, false, false>(a, b, p, max_m, pdl, s, grid);
+    return epi ? launch_wgmma<1, MODE, false, true>(a, b, c, c2, p, max_m, pdl, s, grid)
+               : launch_wgmma<1, MODE, false, false>(a, b, c, c2, p, max_m, pdl, s, grid);
+  return epi ? launch_wgmma<2, MODE, false, true>(a, b, c, c2, p, max_m, pdl, s, grid)
+             : launch_wgmma<2, MODE, false, false>(a, b, c, c2, p, max_m, pdl, s, grid);
 }
 
 }  // namespace
@@ -1102,7 +1161,14 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     persist2 = (persist_mask & 2) != 0;
   }
   if (BM == 256) persist1 = persist2 = false;  // one tile per CTA only (no persistent 256-row kernel)
-  const int max_m = max_m_tiles(T, k, E, BM);
+  // SY_MOE_CLUSTER (default kClusterDefault): 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs
+  // (wg::wgmma_gemm_kernel CL). 1 (wg::kClusterN): pairs of weight tiles share their activation tile, per GEMM where
+  // its weight tile count is even. 2 (wg::kClusterM): pairs of 128-row token tiles of one expert share their weight
+  // tile; both GEMMs, over a tile list of 256-row tiles (list_bm).
+  const int cl_mode = use_wg && dyn && BM == 128 ? env_int("SY_MOE_CLUSTER", kClusterDefault) : 0;
+  const bool clm = cl_mode == wg::kClusterM && persist1 && persist2;
+  const int list_bm = clm ? 256 : BM;  // rows per tile of the tile list (scan, route_small)
+  const int max_m = max_m_tiles(T, k, E, list_bm);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
   int split = 1;
@@ -1124,11 +1190,12 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const int fused_t = env_int("SY_MOE_FUSED_ROUTE_T", kFusedRouteMaxT);
   const bool epi = env_int("SY_MOE_EPI", kSmemEpilogueDefault) != 0;
   const int route_warps = std::min(32, kFusedRouteScoreBytes / (8 * E));
-  if (T <= fused_t && n <= kFusedRouteMaxN && route_warps >= 1) {
+  const bool fused_route = T <= fused_t && n <= kFusedRouteMaxN && route_warps >= 1;
+  if (fused_route) {
     // One block: routing + counts + scan + tile list + row maps (no memset, three launches fewer).
     RouteParams rp = make_route_params(cfg, T, a->logits, a->bias, ids, w, nullptr, nullptr, a->expert_slot,
                                        a->topk_ids_out, a->topk_weights_out);
-    SmallRouteParams q{a->topk_ids, a->topk_weights, n, BM, route_warps, offsets, tiles, num_tiles,
+    SmallRouteParams q{a->topk_ids, a->topk_weights, n, list_bm, route_warps, offsets, tiles, num_tiles,
                        row_token, row_w, assign_row};
     const size_t smem = (size_t)E * 4 + (size_t)n * 8 + (a->logits ? (size_t)route_warps * 8 * E : 0);
     static bool attr = false;
@@ -1151,7 +1218,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     }
     const long long route_grid = a->logits ? (T + kRouteWarps - 1) / kRouteWarps : (n + 255) / 256;
     if ((rc = launch_k(pdl && route_grid <= kPdlMaxPrimaryGrid, scan_kernel, dim3(1), dim3(1024), 0, s,
-                       (const int*)counts, E, BM, offsets, tiles, num_tiles)))
+                       (const int*)counts, E, list_bm, offsets, tiles, num_tiles)))
       return rc;
     if ((rc = launch_k(pdl, scatter_kernel, dim3((n + 255) / 256), dim3(256), 0, s, (const int*)ids,
                        (const float*)w, (const int*)rank, (const int*)offsets, n, k, row_token, row_w, assign_row)))
@@ -1163,12 +1230,29 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     if (rc) return rc;
     const int slots = a->num_slots > 0 ? a->num_slots : E;
     bf16* xp = (bf16*)(ws + L.x_perm);
-    CUtensorMap mA1, mB1, mA2, mB2;
+    // cluster kind per GEMM (cl_mode); with kClusterN the A maps load 64-row halves
+    const bool cln = cl_mode == wg::kClusterN;
+    // SY_MOE_GATHER (default kGatherDefault): the 128-row persistent GEMM1 gathers its activations by the row ->
+    // token map (wg::producer_gather) and the permute kernel does not run; it takes precedence over kClusterN for
+    // GEMM1 (GEMM2 keeps it). Not after the one-block routing: GEMM1 reads the tile count at its start, before its
+    // PDL wait, which needs that count written >= 2 launches back.
+    const bool gather =
+        env_int("SY_MOE_GATHER", kGatherDefault) != 0 && persist1 && !clm && BM == 128 && !fused_route;
+    const int cl1 =
+        clm ? wg::kClusterM : cln && !gather && persist1 && ((F + 127) / 128) % 2 == 0 ? wg::kClusterN : 0;
+    const int cl2 = clm ? wg::kClusterM : cln && persist2 && ((D + 255) / 256) % 2 == 0 ? wg::kClusterN : 0;
+    CUtensorMap mA1, mB1, mA2, mB2, mC1, mC2, mC2b;
     const uint32_t box_b = BM == 256 ? 64 : 128;  // weight rows per TMA load: half the CTA's kBN (Cfg)
-    if ((rc = make_map(&mA1, xp, n, D, BM)) || (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, box_b)) ||
-        (rc = make_map(&mA2, h, n, F, BM)) || (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, box_b)))
+    if ((rc = make_map(&mA1, xp, n, D, cl1 == wg::kClusterN ? 64 : BM)) ||
+        (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, box_b)) ||
+        (rc = make_map(&mA2, h, n, F, cl2 == wg::kClusterN ? 64 : BM)) ||
+        (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, box_b)) ||
+        // outputs, for the persistent kernels' staged epilogue (16-row boxes: one consumer warp's rows)
+        (rc = make_map(&mC1, h, n, F, 16)) || (rc = make_map(&mC2, y, n, D, 16)) ||
+        (rc = make_map(&mC2b, xp, n, D, 16)))
       return rc;
-    if ((rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
+    if (!gather &&
+        (rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
                        (const bf16*)a->x, (const int*)assign_row, n, k, D, xp)))
       return rc;
     // SY_MOE_GROUP_M: token tiles per raster group of the wgmma GEMMs (benchmark knob; default kGroupM; negative:
@@ -1194,13 +1278,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // dynamic scheduling: GEMM1 and GEMM2 count their claimed items in num_tiles[1] / [2] (zeroed by scan_block)
     int* ctr1 = dyn && persist1 ? num_tiles + 1 : nullptr;
     int* ctr2 = dyn && persist2 ? num_tiles + 2 : nullptr;
-    wg::Params p1{tiles, num_tiles, a->expert_slot, 0, F, D, F, 2 * F, h, nullptr, group_m, 1, nullptr, ctr1};
-    wg::Params p2{tiles, num_tiles, a->expert_slot, 0, D, F, 0, D, y, row_w, group_m, wg_split, xp, ctr2};
+    // SY_MOE_EPI_TMA (default kStagedEpilogueDefault): the persistent kernels' staged epilogue (wg::store_warp_staged)
+    const int epi_tma = env_int("SY_MOE_EPI_TMA", kStagedEpilogueDefault) != 0;
+    wg::Params p1{tiles,   num_tiles, a->expert_slot, 0,         F,    D, F, 2 * F, h, nullptr, group_m, 1, nullptr,
+                  epi_tma, (const bf16*)a->x, row_token, n, ctr1};
+    wg::Params p2{tiles,   num_tiles, a->expert_slot, 0,       D,    F, 0, D, y, row_w, group_m, wg_split, xp,
+                  epi_tma, nullptr,   nullptr,   0, ctr2};
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, p1, max_m, pdl, s, &g1);
+      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, p1, max_m, pdl, s, &g1, cl1, gather);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2);
+      rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, mC2, mC2b, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2,
+                        cl2);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;

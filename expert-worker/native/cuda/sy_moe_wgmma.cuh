@@ -31,6 +31,10 @@ struct Params {
   int k_splits;       // GEMM2: 1, or 2 = K in two halves, partial products to C and C2 (one-tile kernel: blockIdx.y;
                       // persistent kernel: the two halves of a tile are consecutive work items)
   bf16* C2;           // second half's output (same shape as C), summed with C by the combine
+  int epi_tma;        // persistent kernel: 1 = staged epilogue (store_warp_staged, tmC / tmC2), 0 = direct stores
+  const bf16* gather_x;   // GEMM1 gathering its activations (producer_gather): the hidden states [T, K] and the
+  const int* row_token;   // token of each permuted row; n_rows permuted rows
+  int n_rows;
   int* tile_counter;  // persistent kernel: null = static round robin; else dynamic scheduling (wgmma_gemm_kernel),
                       // a device counter that the scan of the same call zeroes (scan_block)
 };
@@ -79,11 +83,48 @@ __device__ __forceinline__ void bulk_store(void* gdst, uint32_t ssrc, uint32_t b
   asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gdst), "r"(ssrc), "r"(bytes)
                : "memory");
 }
+// 16-byte cp.async, zero-filled when !valid (src must still be a valid address)
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+// The mbarrier's arrival for this thread's earlier cp.async copies, once they have landed; not counted at issue
+// (.noinc), so the barrier's expected count includes the copying threads.
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 __device__ __forceinline__ void bulk_commit_wait_read() {
   asm volatile("cp.async.bulk.commit_group;\ncp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 __device__ __forceinline__ void st_shared_b32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_shared_v4(uint32_t addr, int4 v) {
+  asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ int4 ld_shared_v4(uint32_t addr) {
+  int4 v;
+  asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr)
+               : "memory");
+  return v;
 }
 __device__ __forceinline__ int ld_shared_s32(uint32_t addr) {
   int v;
@@ -99,6 +140,58 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float a, float b) {
   __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
   return *reinterpret_cast<uint32_t*>(&v);
 }
+// Thread-block clusters (the 2-CTA variant of the persistent kernel, CL below).
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+// The shared::cluster address of the same shared variable in CTA `rank` of the cluster.
+__device__ __forceinline__ uint32_t mapa_shared(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+// Stage release to the peer CTA: default semantics (.release at CTA scope), as CUTLASS's ClusterBarrier::arrive.
+// The consumer only read the stage through wgmma (complete at wg_wait) and publishes no data with this arrive; a
+// .release.cluster arrive adds a cluster-scope fence to every consumer warp's every k-step, in the path of its next
+// wgmma issue.
+__device__ __forceinline__ void mbar_arrive_remote_stage(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
+}
+// Arrive that publishes a preceding remote store (the item hand-over): release at cluster scope.
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
+}
+// Wait with cluster-scope acquire: for a phase completed by a remote arrive that published a remote store.
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, int parity) {
+  uint32_t ok = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, "
+        "p;\n}\n"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!ok);
+}
+__device__ __forceinline__ void st_cluster_b32(uint32_t cluster_addr, uint32_t v) {
+  asm volatile("st.shared::cluster.b32 [%0], %1;\n" ::"r"(cluster_addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// TMA load multicast to the CTAs in `mask`: the box lands at the same offset of each one's shared memory and
+// completes bytes on the mbarrier at the same offset in each.
+__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
+                                               uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
+      "%4}], [%2], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "h"(mask)
+      : "memory");
+}
+
 template <int R>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
@@ -122,7 +215,10 @@ struct Cfg {
   static constexpr int kThreads = (WGS + 1) * 128;
   static constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr int kSmem = kStages * kStageBytes + 1024 /*align*/ + 256 /*barriers*/;
+  static constexpr int kSmem = kStages * kStageBytes + 1024 /*align*/ + 512 /*barriers, tile queue*/;
+  // persistent kernel: + the staged epilogue's buffers (store_warp_staged), 1 KB-aligned after the barriers
+  static constexpr int kStagingBytes = WGS * 4 /*warps*/ * 2 * 2048;
+  static constexpr int kSmemPersist = kStages * kStageBytes + 1024 + 1024 + kStagingBytes;
 };
 
 // Stage release: every consumer WARP arrives on empty[s] (count kConsumerWarps), not one thread per warpgroup, so a
@@ -140,6 +236,15 @@ struct Cfg {
 // after __syncthreads, and nothing follows).
 constexpr int kConsumerWarps = 4;  // per consumer warpgroup; empty[s] expects kConsumerWarps * WGS arrivals
 
+// A consumer warp releases stage s: in the 2-CTA cluster variant (CL) on both CTAs' empty[s], since the peer's
+// producer multicasts its half of the next A tile into this CTA's stage too (empty[s] then expects both CTAs'
+// consumer warps). `peer`: the other CTA's rank.
+template <int CL>
+__device__ __forceinline__ void release_stage(uint32_t bars, int s, uint32_t peer) {
+  mbar_arrive(bars + 64 + 8 * s);
+  if constexpr (CL) mbar_arrive_remote_stage(mapa_shared(bars + 64 + 8 * s, peer));
+}
+
 // One consumer warpgroup's mainloop over one tile (k-tiles g0 .. g0+ktiles-1 of the CTA's barrier sequence). The
 // first MMA of the tile runs with scale-d = 0 instead of zeroing the accumulators first: non-wgmma writes to the
 // accumulator registers, and wgmma inside a branch that differs between tiles, made ptxas serialize the wgmma
@@ -147,14 +252,17 @@ constexpr int kConsumerWarps = 4;  // per consumer warpgroup; empty[s] expects k
 // TALL: HALVES (1 or 2) of the warpgroup's two 64-row halves hold tokens; a half past the expert's last token
 // issues no MMAs (d[64..127] are then left unwritten). The half count is a template argument, not a run-time test
 // inside the loop, for the same ptxas reason as above.
-template <int WGS, bool TALL, int HALVES>
+// GA: the stage's activations were written by cp.async (producer_gather), i.e. through the generic proxy, and
+// wgmma reads shared memory through the async proxy: a proxy fence after the wait orders the two.
+template <int WGS, bool TALL, int HALVES, int CL = 0, bool GA = false>
 __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars, int cw, int ktiles, int g0,
-                                         bool warp_leader) {
+                                         bool warp_leader, uint32_t peer = 0) {
   using C = Cfg<WGS, TALL>;
   static_assert(HALVES == 1 || (TALL && HALVES == 2), "two halves only in the 256-row tile");
   for (int kt = 0; kt < ktiles; ++kt) {
     const int g = g0 + kt, s = g % kStages;
     mbar_wait(bars + 8 * s, (g / kStages) & 1);
+    if constexpr (GA) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     const uint32_t a_s = base + s * C::kStageBytes + cw * C::kWgRows * kBK * 2;
     const uint32_t b_s = base + s * C::kStageBytes + C::kABytes;
     wg_fence();
@@ -171,10 +279,10 @@ __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars,
     }
     wg_commit();
     wg_wait<1>();
-    if (kt > 0 && warp_leader) mbar_arrive(bars + 64 + 8 * ((g - 1) % kStages));
+    if (kt > 0 && warp_leader) release_stage<CL>(bars, (g - 1) % kStages, peer);
   }
   wg_wait<0>();
-  if (warp_leader) mbar_arrive(bars + 64 + 8 * ((g0 + ktiles - 1) % kStages));
+  if (warp_leader) release_stage<CL>(bars, (g0 + ktiles - 1) % kStages, peer);
 #pragma unroll
   for (int i = 0; i < (TALL ? 64 * HALVES : 128); ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
@@ -182,12 +290,13 @@ __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars,
 // A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the MMAs but
 // keeps the barrier protocol, so the other warpgroup gets the tensor cores to itself. Each warp releases each stage
 // itself after its own wait (see kConsumerWarps: nothing else keeps the warps of a skipping warpgroup in step).
-__device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, bool warp_leader) {
+template <int CL = 0>
+__device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, bool warp_leader, uint32_t peer = 0) {
   for (int kt = 0; kt < ktiles; ++kt) {
     const int g = g0 + kt, s = g % kStages;
     mbar_wait(bars + 8 * s, (g / kStages) & 1);
     __syncwarp();
-    if (warp_leader) mbar_arrive(bars + 64 + 8 * s);
+    if (warp_leader) release_stage<CL>(bars, s, peer);
   }
 }
 
@@ -230,9 +339,20 @@ __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int g
 // Epilogue with direct global stores, shared by both GEMM kernels: 64 token rows (from `row0`) of an m64nBN
 // accumulator fragment `d` -> C. MODE 0: silu(gate) * up over the tile's BN/2 output columns; MODE 1: times the
 // row's routing weight over BN columns. Rows past `row_end` and columns past N are skipped.
+// The routing weights of the two rows a thread stores in MODE 1 (zero past row_end). The persistent kernel loads
+// them before the tile's mainloop: loaded in the epilogue, Nsight Compute put ~42% of GEMM2's warp stall samples on
+// this load (bench/results/logs/h200-ncu-*.log), a global-memory round trip between the last MMA and the stores.
+__device__ __forceinline__ void load_row_w(const Params& p, int row0, int row_end, int warp, int lane, float (&w)[2]) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int prow = row0 + warp * 16 + (lane >> 2) + hh * 8;
+    w[hh] = prow < row_end ? p.row_w[prow] : 0.f;
+  }
+}
+
 template <int MODE, int BN>
 __device__ __forceinline__ void store_tile_direct(const float* d, const Params& p, bf16* Cout, int row0, int row_end,
-                                                  int n_idx, int warp, int lane) {
+                                                  int n_idx, int warp, int lane, const float (&row_w)[2]) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     const int prow = row0 + warp * 16 + (lane >> 2) + hh * 8;
@@ -248,7 +368,7 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
         *reinterpret_cast<__nv_bfloat162*>(Cout + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
       }
     } else {
-      const float wr = p.row_w[prow];
+      const float wr = row_w[hh];
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j) {
         const int col = n_idx * BN + j * 8 + 2 * (lane & 3);
@@ -257,6 +377,65 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
             __floats2bfloat162_rn(d[j * 4 + hh * 2] * wr, d[j * 4 + hh * 2 + 1] * wr);
       }
     }
+  }
+}
+
+// Staged epilogue of one consumer warp (persistent kernel, p.epi_tma): its 16 rows of the warpgroup's 64 leave in
+// 64-column chunks, each written to a 2 KB shared buffer by stmatrix (4 per chunk, the MMA fragment layout is
+// stmatrix's) in the 128-byte swizzle of the C maps, then stored by one TMA store (box 16 rows x 64 columns) that
+// runs on while the warp goes on: two buffers per warp, a buffer rewritten once its store from two chunks back has
+// been read. Replaces 64 (GEMM2) or 32 (GEMM1) 4-byte global stores per thread, each a warp-wide store touching 8
+// rows, during which the warpgroup issues no MMA (GEMM2's short K made that ~20% of its time at Qwen3 T=8192).
+// Only for warps whose 16 rows all hold tokens (a TMA box cannot stop at the expert's last row, and the rows past
+// it belong to the next expert's tile): the caller sends the warp holding an expert's last row to store_tile_direct.
+// `chunk`: the warp's running chunk count (buffer parity and when to wait).
+template <int MODE, int BN>
+__device__ __forceinline__ void store_warp_staged(const float* d, const CUtensorMap* map, uint32_t bufs, int row0w,
+                                                  int n_idx, int lane, const float (&row_w)[2], int& chunk) {
+  constexpr int OUTC = MODE == 0 ? BN / 2 : BN;  // output columns of the tile
+  // stmatrix x4 address of this lane: matrix mi = lane / 8 (rows +8 for odd mi, 8 columns +8 for mi >= 2), row
+  // lane % 8 of it; 16-byte chunk index XOR row % 8 (SWIZZLE_128B, buffers 1 KB aligned)
+  const int mi = lane >> 3, r = (lane & 7) + 8 * (mi & 1), cb = mi >> 1;
+#pragma unroll
+  for (int c = 0; c < OUTC / 64; ++c) {
+    const uint32_t buf = bufs + (chunk & 1) * 2048;
+    if (chunk >= 2) {
+      if (lane == 0) bulk_wait_read<1>();
+      __syncwarp();
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int jo = c * 8 + 2 * q;  // first 8-column output block of this x4
+      uint32_t v[4];
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int j = jo + b;
+          float x0, x1;
+          if (MODE == 0) {
+            const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
+            const float u0 = d[(j + BN / 16) * 4 + hh * 2], u1 = d[(j + BN / 16) * 4 + hh * 2 + 1];
+            x0 = g0 / (1.f + __expf(-g0)) * u0;
+            x1 = g1 / (1.f + __expf(-g1)) * u1;
+          } else {
+            x0 = d[j * 4 + hh * 2] * row_w[hh];
+            x1 = d[j * 4 + hh * 2 + 1] * row_w[hh];
+          }
+          v[b * 2 + hh] = pack_bf16x2(x0, x1);
+        }
+      }
+      const int chunk16 = 2 * q + cb;
+      stmatrix_x4(buf + r * 128 + ((chunk16 ^ (r & 7)) << 4), v[0], v[1], v[2], v[3]);
+    }
+    // generic-proxy shared writes -> visible to the TMA (async proxy) read, then one lane stores
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncwarp();
+    if (lane == 0) {
+      tma_store_2d(map, buf, n_idx * OUTC + c * 64, row0w);
+      bulk_commit();
+    }
+    ++chunk;
   }
 }
 
@@ -274,7 +453,10 @@ __device__ __forceinline__ void work_item(int w, int splits, int kt_all, int& t,
 // Tile queue of the persistent kernel: the producer thread publishes each work item it will load (or -1: no more)
 // to the consumers through a small shared-memory ring guarded by its own full/empty mbarriers (arrive: release,
 // wait: acquire, so the value written before the arrive is what the consumers read). Every consumer warp releases
-// a slot (count WGS * kConsumerWarps), for the same parity reason as the stages (kConsumerWarps).
+// a slot (count WGS * kConsumerWarps), for the same parity reason as the stages (kConsumerWarps). A slot holds the
+// item resolved: {w, weight tile, first row, row end}. The consumers used to resolve w themselves (tile_coords and
+// the tile list: two dependent global loads) between their wait on the slot and their first MMA, every item; the
+// producer resolves it a few k-steps ahead.
 constexpr int kTileQ = 4;
 
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
@@ -290,136 +472,325 @@ constexpr int kTileQ = 4;
 // The 128-row variant used to stall at Qwen3 T=8192 (bench/results/logs/h200-engine-variants.log, and the removed
 // runs-of-tiles variant in h200-iter3-tpc-stall.log): a consumer warp lagging a skipped tile's stage releases by a
 // ring revolution waited for the wrong barrier phase (kConsumerWarps above); every consumer warp now releases.
-template <int WGS, int MODE, bool PERSIST>
+// Producer of GEMM1 gathering its activations (GA): x_perm is never written. The permute kernel used to copy each
+// token's hidden state to its k permuted rows (T*k*d*2 bytes written, then read back by GEMM1: ~90 us of 1.4 ms at
+// Qwen3 T=8192, ~0.3 ms at DeepSeek-V3 T=8192); here GEMM1 reads hidden-state rows by the row -> token map. TMA
+// cannot gather rows on sm_90, so all 128 producer threads load the 128 x 64 activation tile of each stage with
+// 16-byte cp.async (thread t: chunk t % 8 of rows t / 8 + 16 i), into the 128-byte swizzle TMA would have used, and
+// arrive on the stage's full barrier when their copies land (init count 1 + 128); thread 0 also loads the weights by
+// TMA (expected bytes: the weight tile), resolves and publishes the work items, and claims the next one. Every
+// producer thread follows the tile queue as the consumers do (its warps release the slots too).
+template <int WGS>
+__device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Params& p, uint32_t base, uint32_t bars,
+                                                int unit, int units, int total, int num_m, int kt_all) {
+  using C = Cfg<WGS>;
+  const int pt = threadIdx.x;                   // 0..127: the producer warpgroup
+  const int cc = pt & 7, rs = pt >> 3;          // 16-byte chunk of the row's 128-byte k-slice; first row
+  const uint32_t a_off = rs * 128 + ((cc ^ (rs & 7)) << 4);  // row rs + 16 i: + 2048 i (same row % 8)
+  auto full = [&](int s) { return bars + 8 * s; };
+  auto empty = [&](int s) { return bars + 64 + 8 * s; };
+  auto tq_full = [&](int q) { return bars + 128 + 8 * q; };
+  auto tq_empty = [&](int q) { return bars + 160 + 8 * q; };
+  auto tq_val = [&](int q) { return bars + 256 + 16 * q; };
+  int g = 0, w = unit, b0 = 0, b1 = 0;
+  bool first = true;
+  for (int j = 0;; ++j) {
+    const int q = j % kTileQ;
+    if (pt == 0) {
+      int n_idx = 0;
+      int4 tile = make_int4(0, 0, 0, 0);
+      if (w < total) {
+        int t, half, kt0, ktiles, m_idx;
+        work_item(w, 1, kt_all, t, half, kt0, ktiles);
+        tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
+        tile = p.tiles[m_idx];
+        const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
+        const int wrow = slot * p.rows_per_slot;
+        b0 = wrow + n_idx * (C::kBN / 2);
+        b1 = wrow + p.up_offset + n_idx * (C::kBN / 2);
+      }
+      if (j >= kTileQ) mbar_wait(tq_empty(q), ((j / kTileQ) - 1) & 1);
+      st_shared_v4(tq_val(q), make_int4(w < total ? w : -1, n_idx, tile.y, tile.z));
+      mbar_arrive(tq_full(q));
+    }
+    mbar_wait(tq_full(q), (j / kTileQ) & 1);
+    const int4 item = ld_shared_v4(tq_val(q));
+    __syncwarp();
+    if ((pt & 31) == 0) mbar_arrive(tq_empty(q));
+    if (item.x < 0) break;
+    int t, half, kt0, ktiles;
+    work_item(item.x, 1, kt_all, t, half, kt0, ktiles);
+    int b_done = 0;  // k-tiles whose weights are already loaded (the first item's, before the PDL wait)
+    if (first) {
+      b_done = ktiles < kStages ? ktiles : kStages;
+      if (pt == 0)
+        for (int i = 0; i < b_done; ++i) {
+          const uint32_t b_dst = base + i * C::kStageBytes + C::kABytes;
+          mbar_expect_tx(full(i), C::kBBytes);
+          tma_load_2d(b_dst, tmB, full(i), (kt0 + i) * kBK, b0);
+          tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, tmB, full(i), (kt0 + i) * kBK, b1);
+        }
+      pdl_wait();  // every thread: the row -> token map is the previous kernel's output
+      if (pt == 0) pdl_trigger();
+      first = false;
+    }
+    int tok[8];  // tokens of this thread's 8 rows; -1 past the last permuted row (zero-filled)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int row = item.z + rs + 16 * i;
+      tok[i] = row < p.n_rows ? p.row_token[row] : -1;
+    }
+    const int w_next = pt == 0 ? (p.tile_counter ? units + atomic_add_relaxed(p.tile_counter, 1) : w + units) : 0;
+    for (int kt = 0; kt < ktiles; ++kt, ++g) {
+      const int s = g % kStages;
+      if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
+      const uint32_t a_dst = base + s * C::kStageBytes;
+      if (pt == 0 && kt >= b_done) {
+        mbar_expect_tx(full(s), C::kBBytes);
+        tma_load_2d(a_dst + C::kABytes, tmB, full(s), (kt0 + kt) * kBK, b0);
+        tma_load_2d(a_dst + C::kABytes + (C::kBN / 2) * kBK * 2, tmB, full(s), (kt0 + kt) * kBK, b1);
+      }
+      const int kcol = (kt0 + kt) * kBK + cc * 8;
+      const bool kin = kcol < p.K;  // K is a multiple of 8: a chunk is all in or all out
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const bool ok = kin && tok[i] >= 0;
+        cp_async16_zfill(a_dst + a_off + i * 2048, ok ? p.gather_x + (size_t)tok[i] * p.K + kcol : p.gather_x, ok);
+      }
+      cp_async_arrive_noinc(full(s));
+    }
+    w = w_next;
+  }
+}
+
+// CL (2-CTA clusters, dynamic scheduling only): the two CTAs of a cluster share one operand tile by TMA multicast.
+// Nsight Compute put the GEMMs at 93-97% of L2 throughput at Mixtral T=1024 (bench/results/logs/h200-ncu-*.log):
+// each CTA pulled its whole 48 KB stage (16 KB of activations + 32 KB of weights) from L2 per k-step.
+//   kClusterN (1): the same token tile and two adjacent weight tiles (n = 2 * pair + rank); each CTA loads one
+//     64-row half of the activation tile and multicasts it to both: 40 KB per CTA per k-step. Needs an even n_tiles.
+//   kClusterM (2): the same weight tile and the two 128-row halves of a 256-row token tile of one expert (the tile
+//     list is built with 256-row tiles); each CTA loads one of the weight tile's two 128-row boxes and multicasts
+//     it to both: 32 KB per CTA per k-step. Where an expert's last 256-row tile has <= 128 rows, rank 1 has no
+//     tokens: it still loads and multicasts its weight box, and its consumers only release the stages.
+// Consequences: a stage is refilled only when both CTAs' consumers released it (release_stage); work items are
+// claimed by rank 0 and handed to rank 1 through a one-slot-per-item ring in rank 1's shared memory (cq_*: remote
+// store + remote arrive); the two CTAs leave together (cluster barrier), since either may still write into the
+// other's shared memory.
+constexpr int kClusterN = 1, kClusterM = 2;
+// GA: GEMM1 gathers its activations (producer_gather; 128-row tiles, no cluster, dynamic scheduling).
+template <int WGS, int MODE, bool PERSIST, int CL = 0, bool GA = false>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_gemm_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
+                      const __grid_constant__ CUtensorMap tmC, const __grid_constant__ CUtensorMap tmC2,
                       const Params p) {
+  static_assert(!CL || (PERSIST && WGS == 2), "the cluster variant is the 128-row persistent kernel");
+  constexpr bool CLN = CL == kClusterN, CLM = CL == kClusterM;
+  static_assert(!GA || (MODE == 0 && WGS == 2 && CL == 0), "the gathering producer is GEMM1's, 128-row, no cluster");
   using C = Cfg<WGS>;
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
   const uint32_t raw = smem_u32(wg_smem_raw);
   const uint32_t base = (raw + 1023) & ~1023u;
-  // barriers (256 bytes, Cfg::kSmem): full[s] at +8s, empty[s] at +64+8s, tile queue full[q] at +128+8q, empty[q]
-  // at +160+8q, its values at +192+4q
+  // barriers (512 bytes, Cfg::kSmem): full[s] at +8s, empty[s] at +64+8s, tile queue full[q] at +128+8q, empty[q]
+  // at +160+8q, its int4 values at +256+16q; CL: the item hand-over ring, full[q] at +32+8q (rank 1's), empty[q] at
+  // +96+8q (rank 0's), values at +208+4q (rank 1's)
   const uint32_t bars = base + kStages * C::kStageBytes;
   auto full = [&](int s) { return bars + 8 * s; };
   auto empty = [&](int s) { return bars + 64 + 8 * s; };
   auto tq_full = [&](int q) { return bars + 128 + 8 * q; };
   auto tq_empty = [&](int q) { return bars + 160 + 8 * q; };
-  auto tq_val = [&](int q) { return bars + 192 + 4 * q; };
+  auto tq_val = [&](int q) { return bars + 256 + 16 * q; };
+  auto cq_full = [&](int q) { return bars + 32 + 8 * q; };
+  auto cq_empty = [&](int q) { return bars + 96 + 8 * q; };
+  auto cq_val = [&](int q) { return bars + 208 + 4 * q; };
 
+  const uint32_t rank = CL ? cluster_ctarank() : 0;
+  const uint32_t peer = rank ^ 1;
   const int num_m = *p.num_tiles;  // written >= 2 launches back: complete when this kernel runs (PDL rules)
   const int splits = MODE == 1 ? p.k_splits : 1;
-  const int total = num_m * p.n_tiles * splits;  // work items
-  if ((int)blockIdx.x >= total) {
+  const int n_cols = CLN ? p.n_tiles / 2 : p.n_tiles;  // weight tiles per item row: pairs with kClusterN
+  const int list_bm = CLM ? 2 * C::kBM : C::kBM;        // rows per tile of the tile list
+  const int total = num_m * n_cols * splits;          // work items
+  const int unit = CL ? (int)blockIdx.x / 2 : (int)blockIdx.x;  // this CTA's (CL: cluster's) first item
+  const int units = CL ? (int)gridDim.x / 2 : (int)gridDim.x;
+  if (unit >= total) {  // both CTAs of a cluster leave here together (same unit)
     pdl_wait();
     return;
   }
-  const int step = PERSIST ? (int)gridDim.x : total;
+  const int step = PERSIST ? units : total;
   const int kt_all = (p.K + kBK - 1) / kBK;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(full(s), 1);
-      mbar_init(empty(s), WGS * kConsumerWarps);
+      mbar_init(full(s), GA ? 1 + 128 : 1);
+      mbar_init(empty(s), (CL ? 2 : 1) * WGS * kConsumerWarps);
     }
     for (int q = 0; q < kTileQ; ++q) {
       mbar_init(tq_full(q), 1);
-      mbar_init(tq_empty(q), WGS * kConsumerWarps);
+      mbar_init(tq_empty(q), (GA ? WGS + 1 : WGS) * kConsumerWarps);
+      if (CL) {
+        mbar_init(cq_full(q), 1);
+        mbar_init(cq_empty(q), 1);
+      }
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  // CL: the peer's barriers must be initialised before anything arrives on them or lands in its stages.
+  if constexpr (CL)
+    cluster_sync_all();
+  else
+    __syncthreads();
 
   const int wgi = threadIdx.x / 128;
   if (wgi == 0) {
     // ---------------- producer ----------------
-    if (WGS == 2) setmaxnreg_dec<40>();
-    if (threadIdx.x == 0) {
+    // GA: the gathering producer holds 8 row tokens and addresses per thread; 40 registers made ptxas spill them
+    if (WGS == 2) {
+      if constexpr (GA)
+        setmaxnreg_dec<56>();
+      else
+        setmaxnreg_dec<40>();
+    }
+    if constexpr (GA) {
+      producer_gather<WGS>(&tmB, p, base, bars, unit, units, total, num_m, kt_all);
+    } else if (threadIdx.x == 0) {
       int g = 0;
       bool first = true;
-      int w = blockIdx.x;
+      int w = unit;
       for (int j = 0;; ++j) {
-        // publish the item (or the end) to the consumers
+        if (CL && rank == 1 && j > 0) {
+          // hand-over h = j - 1 from rank 0 (its claim during item j - 1)
+          const int h = j - 1, hq = h % kTileQ;
+          mbar_wait_cluster(cq_full(hq), (h / kTileQ) & 1);
+          w = ld_shared_s32(cq_val(hq));
+          mbar_arrive_remote(mapa_shared(cq_empty(hq), 0));
+        }
+        // resolve the item and publish it (or the end) to the consumers
+        int t = 0, half, kt0 = 0, ktiles = 0, m_idx = 0, n_idx = 0;
+        int4 tile = make_int4(0, 0, 0, 0);
+        if (w < total) {
+          work_item(w, splits, kt_all, t, half, kt0, ktiles);
+          tile_coords(t, num_m, n_cols, p.group_m, p.tiles, list_bm, m_idx, n_idx);
+          if (CLN) n_idx = 2 * n_idx + (int)rank;
+          tile = p.tiles[m_idx];
+          if (CLM) tile.y += (int)rank * C::kBM;  // this CTA's 128 rows of the 256-row tile
+        }
         const int q = j % kTileQ;
         if (j >= kTileQ) mbar_wait(tq_empty(q), ((j / kTileQ) - 1) & 1);
-        st_shared_b32(tq_val(q), (uint32_t)(w < total ? w : -1));
+        st_shared_v4(tq_val(q), make_int4(w < total ? w : -1, n_idx, tile.y, tile.z));
         mbar_arrive(tq_full(q));
         if (w >= total) break;
-        int t, half, kt0, ktiles;
-        work_item(w, splits, kt_all, t, half, kt0, ktiles);
-        int m_idx, n_idx;
-        tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
-        const int4 tile = p.tiles[m_idx];
         const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
         const int wrow = slot * p.rows_per_slot;
         const int b0 = MODE == 0 ? wrow + n_idx * (C::kBN / 2) : wrow + n_idx * C::kBN;
         const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (C::kBN / 2) : b0 + C::kBN / 2;
+        // kClusterM: rank 1 of an expert's last 256-row tile may hold no tokens (no activation load)
+        const bool a_live = !CLM || tile.y < tile.z;
+        const uint32_t stage_tx = a_live ? C::kStageBytes : C::kBBytes;
+        // A: the whole tile, or (kClusterN) this CTA's 64-row half, multicast to both CTAs at the same offset
+        auto load_a = [&](uint32_t stage, uint32_t bar, int kcol) {
+          if constexpr (CLN)
+            tma_load_2d_mc(stage + rank * 64 * kBK * 2, &tmA, bar, kcol, tile.y + (int)rank * 64, (uint16_t)3);
+          else if (a_live)
+            tma_load_2d(stage, &tmA, bar, kcol, tile.y);
+        };
+        // B: both 128-row boxes, or (kClusterM) this CTA's box, multicast to both CTAs at the same offset
+        auto load_b = [&](uint32_t b_dst, uint32_t bar, int kcol) {
+          if constexpr (CLM) {
+            tma_load_2d_mc(b_dst + rank * (C::kBN / 2) * kBK * 2, &tmB, bar, kcol, rank ? b1 : b0, (uint16_t)3);
+          } else {
+            tma_load_2d(b_dst, &tmB, bar, kcol, b0);
+            tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, bar, kcol, b1);
+          }
+        };
         int kt = 0;
         if (first) {
           // The first stages' weight tiles do not depend on the previous kernel: fetch them before the PDL wait,
           // so weight streaming starts while the previous kernel drains (decode: the GEMMs are weight-bound).
           const int pre = ktiles < kStages ? ktiles : kStages;
           for (int i = 0; i < pre; ++i) {
-            const uint32_t b_dst = base + i * C::kStageBytes + C::kABytes;
-            mbar_expect_tx(full(i), C::kStageBytes);
-            tma_load_2d(b_dst, &tmB, full(i), (kt0 + i) * kBK, b0);
-            tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(i), (kt0 + i) * kBK, b1);
+            mbar_expect_tx(full(i), stage_tx);
+            load_b(base + i * C::kStageBytes + C::kABytes, full(i), (kt0 + i) * kBK);
           }
           pdl_wait();
           pdl_trigger();
-          for (int i = 0; i < pre; ++i) tma_load_2d(base + i * C::kStageBytes, &tmA, full(i), (kt0 + i) * kBK, tile.y);
+          for (int i = 0; i < pre; ++i) load_a(base + i * C::kStageBytes, full(i), (kt0 + i) * kBK);
           kt = pre;
           g = pre;
           first = false;
         }
         // Claim the next item now (after the PDL wait: the scan that zeroed the counter has completed); its value
-        // is first needed after this item's loads are issued.
-        const int w_next = p.tile_counter ? (int)gridDim.x + atomic_add_relaxed(p.tile_counter, 1) : w + step;
+        // is first needed after this item's loads are issued. CL: rank 0 claims for the cluster and hands it over.
+        int w_next = w + step;
+        if (p.tile_counter && (!CL || rank == 0)) w_next = units + atomic_add_relaxed(p.tile_counter, 1);
+        if (CL && rank == 0) {
+          const int h = j, hq = h % kTileQ;
+          if (h >= kTileQ) mbar_wait_cluster(cq_empty(hq), ((h / kTileQ) - 1) & 1);
+          st_cluster_b32(mapa_shared(cq_val(hq), 1), (uint32_t)w_next);
+          mbar_arrive_remote(mapa_shared(cq_full(hq), 1));
+        }
         for (; kt < ktiles; ++kt, ++g) {
           const int s = g % kStages;
           if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
           const uint32_t a_dst = base + s * C::kStageBytes;
-          const uint32_t b_dst = a_dst + C::kABytes;
-          mbar_expect_tx(full(s), C::kStageBytes);
-          tma_load_2d(a_dst, &tmA, full(s), (kt0 + kt) * kBK, tile.y);
-          tma_load_2d(b_dst, &tmB, full(s), (kt0 + kt) * kBK, b0);
-          tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, &tmB, full(s), (kt0 + kt) * kBK, b1);
+          mbar_expect_tx(full(s), stage_tx);
+          load_a(a_dst, full(s), (kt0 + kt) * kBK);
+          load_b(a_dst + C::kABytes, full(s), (kt0 + kt) * kBK);
         }
         w = w_next;
       }
     }
   } else {
     // ---------------- consumers ----------------
-    if (WGS == 2) setmaxnreg_inc<232>();
+    if (WGS == 2) {
+      if constexpr (GA)
+        setmaxnreg_inc<224>();  // 128 x 56 + 256 x 224 <= 64K registers
+      else
+        setmaxnreg_inc<232>();
+    }
     const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
     const bool leader = (threadIdx.x & 31) == 0;  // lane 0 of each warp: releases stages (kConsumerWarps)
+    // staged epilogue: this warp's two 2 KB buffers (1 KB aligned after the 512 bytes of barriers)
+    const uint32_t stg = bars + 1024 + (uint32_t)((cw * 4 + ((threadIdx.x & 127) >> 5)) * 4096);
+    int chunk = 0;
     int g = 0;
     for (int j = 0;; ++j) {
       const int q = j % kTileQ;
       mbar_wait(tq_full(q), (j / kTileQ) & 1);
-      const int w = ld_shared_s32(tq_val(q));
+      const int4 item = ld_shared_v4(tq_val(q));
       __syncwarp();
       if (leader) mbar_arrive(tq_empty(q));
+      const int w = item.x;
       if (w < 0) break;
       int t, half, kt0, ktiles;
       work_item(w, splits, kt_all, t, half, kt0, ktiles);
-      int m_idx, n_idx;
-      tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
-      const int4 tile = p.tiles[m_idx];
-      const int row0 = tile.y, row_end = tile.z;
+      const int n_idx = item.y, row0 = item.z, row_end = item.w;
       const bool live = row0 + cw * 64 < row_end;
       if (!live) {
-        skip_tile(bars, ktiles, g, leader);
+        skip_tile<CL>(bars, ktiles, g, leader, peer);
         g += ktiles;
         continue;
       }
+      const int tt = threadIdx.x & 127;
+      float row_w[2] = {0.f, 0.f};
+      if (MODE == 1) load_row_w(p, row0 + cw * 64, row_end, tt >> 5, tt & 31, row_w);
       float d[128];
-      mma_tile<WGS, false, 1>(d, base, bars, cw, ktiles, g, leader);
+      mma_tile<WGS, false, 1, CL, GA>(d, base, bars, cw, ktiles, g, leader, peer);
       g += ktiles;
 
-      const int tt = threadIdx.x & 127;
-      store_tile_direct<MODE, C::kBN>(d, p, half ? p.C2 : p.C, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31);
+      const int row0w = row0 + cw * 64 + (tt >> 5) * 16;  // this warp's first row
+      if (p.epi_tma && row0w + 16 <= row_end)
+        store_warp_staged<MODE, C::kBN>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w, chunk);
+      else
+        store_tile_direct<MODE, C::kBN>(d, p, half ? p.C2 : p.C, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31,
+                                        row_w);
     }
+    // the staged epilogue's last stores must have read their buffers before the CTA's shared memory goes
+    if (chunk > 0 && leader) bulk_wait_all();
+  }
+  // CL: neither CTA may exit while the other can still multicast into its stages or arrive on its barriers.
+  if constexpr (CL) {
+    __syncwarp();  // the producer warp's lane 0 ran the loop alone: converge before the aligned barrier
+    cluster_sync_all();
   }
 }
 
@@ -435,7 +806,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
 template <int WGS, int MODE, bool SMEM_EPI, bool TALL = false>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_tile_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
-                      const Params p) {
+                      const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, const Params p) {
   using C = Cfg<WGS, TALL>;
   static_assert(!(SMEM_EPI && TALL), "the shared-memory epilogue is written for the 64-row warpgroup tile");
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
@@ -564,9 +935,13 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     }
     if (!live) return;
 
-    store_tile_direct<MODE, C::kBN>(d, p, Cout, wrow0, row_end, n_idx, warp, lane);
-    if (TALL && halves == 2)
-      store_tile_direct<MODE, C::kBN>(d + 64, p, Cout, wrow0 + 64, row_end, n_idx, warp, lane);
+    float row_w[2] = {0.f, 0.f};
+    if (MODE == 1) load_row_w(p, wrow0, row_end, warp, lane, row_w);
+    store_tile_direct<MODE, C::kBN>(d, p, Cout, wrow0, row_end, n_idx, warp, lane, row_w);
+    if (TALL && halves == 2) {
+      if (MODE == 1) load_row_w(p, wrow0 + 64, row_end, warp, lane, row_w);
+      store_tile_direct<MODE, C::kBN>(d + 64, p, Cout, wrow0 + 64, row_end, n_idx, warp, lane, row_w);
+    }
   }
 }
 

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <unistd.h>
@@ -42,7 +43,7 @@ struct Case {
   bool bias, prerouted, missing_experts, graph;
   int bm, split;
   int wg = 0;  // 1: wgmma (auto variant), 2: wgmma one tile per CTA, 3: wgmma persistent, -1: mma.sync, 0: auto
-  const char* env = nullptr;  // "NAME=VALUE" set for this case only (library knobs: SY_MOE_PDL, SY_MOE_EPI, ...)
+  const char* env = nullptr;  // "NAME=VALUE ..." set for this case only (library knobs: SY_MOE_PDL, SY_MOE_EPI, ...)
 };
 
 static int g_fail = 0, g_pass = 0;
@@ -105,15 +106,23 @@ static void trace(const Case& c, int rep, const char* what) {
   static const bool on = getenv("TEST_TRACE") != nullptr;
   if (on) fprintf(stderr, "[trace] %s rep %d: %s\n", c.name.c_str(), rep, what);
 }
-static void run_case(const Case& c, std::mt19937_64& rng) {
-  std::string name;
-  if (c.env) {
-    const std::string kv = c.env;
-    name = kv.substr(0, kv.find('='));
-    setenv(name.c_str(), kv.substr(kv.find('=') + 1).c_str(), 1);
+// Sets a case's knobs ("NAME=VALUE", several space-separated; null: none); returns the names, for unset_knobs.
+static std::vector<std::string> set_knobs(const char* env) {
+  std::vector<std::string> names;
+  std::istringstream in(env ? env : "");
+  for (std::string kv; in >> kv;) {
+    names.push_back(kv.substr(0, kv.find('=')));
+    setenv(names.back().c_str(), kv.substr(kv.find('=') + 1).c_str(), 1);
   }
+  return names;
+}
+static void unset_knobs(const std::vector<std::string>& names) {
+  for (const auto& n : names) unsetenv(n.c_str());
+}
+static void run_case(const Case& c, std::mt19937_64& rng) {
+  const auto knobs = set_knobs(c.env);
   run_case_body(c, rng);
-  if (c.env) unsetenv(name.c_str());
+  unset_knobs(knobs);
 }
 
 static void run_case_body(const Case& c, std::mt19937_64& rng) {
@@ -452,12 +461,7 @@ static void run_stress(const StressCase& c, unsigned seed, double limit_s) {
   CK(cudaMemcpy(ref.data(), dout, nx * 2, cudaMemcpyDeviceToHost));
   // persistent, forced, `calls` calls back to back (the knob, if any, set for them), then once more after a
   // poisoned output so the compared output is this variant's
-  std::string knob;
-  if (c.env) {
-    const std::string kv = c.env;
-    knob = kv.substr(0, kv.find('='));
-    setenv(knob.c_str(), kv.substr(kv.find('=') + 1).c_str(), 1);
-  }
+  const auto knobs = set_knobs(c.env);
   sy_moe_set_tuning(128, 1, c.env && !strncmp(c.env, "SY_MOE_PERSIST_MASK", 19) ? 1 : 3);
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < c.calls; ++i) forward("persistent");
@@ -466,7 +470,7 @@ static void run_stress(const StressCase& c, unsigned seed, double limit_s) {
   CK(cudaMemsetAsync(dout, 0xff, nx * 2, st));
   forward("persistent");
   wait_or_die(st, limit_s, c.name);
-  if (c.env) unsetenv(knob.c_str());
+  unset_knobs(knobs);
   sy_moe_set_tuning(0, 0, 0);
   CK(cudaMemcpy(got.data(), dout, nx * 2, cudaMemcpyDeviceToHost));
   long long diff = 0, nonfinite = 0, zero = 0;
@@ -559,6 +563,60 @@ int main(int argc, char** argv) {
       {"persistent-gemm2-split2-graph", 8, 2, 256, 4096, 100, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
       {"persistent-gemm2-split2-awkward-graph", 33, 4, 200, 4104, 333, 0, 1, 0, 0, 1.f, false, false, false, true, 128,
        1, 3},
+      // 2-CTA clusters sharing the activation tile by multicast (SY_MOE_CLUSTER=1; the GEMMs whose weight tile count
+      // is even): tail tiles skipped by one warpgroup between live ones under graph capture, awkward sizes (K not
+      // a multiple of 64, a partial last weight tile, 257 experts; GEMM2's single weight tile falls back), the
+      // persistent GEMM2 in two K halves, and a DeepSeek-like routing with groups and bias
+      {"cluster-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_CLUSTER=1"},
+      {"cluster-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
+       "SY_MOE_CLUSTER=1"},
+      {"cluster-gemm2-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_CLUSTER=1"},
+      {"cluster-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
+       "SY_MOE_CLUSTER=1"},
+      // 2-CTA clusters sharing the weight tile (SY_MOE_CLUSTER=2, both GEMMs, 256-row tile list): the same four, so
+      // experts whose last 256-row tile leaves rank 1 without tokens (it only multicasts its weight box), odd weight
+      // tile counts (no pairing along N), experts of 1-2 tokens among 257
+      {"clusterm-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_CLUSTER=2"},
+      {"clusterm-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
+       "SY_MOE_CLUSTER=2"},
+      {"clusterm-gemm2-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_CLUSTER=2"},
+      {"clusterm-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
+       "SY_MOE_CLUSTER=2"},
+      // the persistent kernels' staged epilogue (SY_MOE_EPI_TMA=1: stmatrix + TMA store per warp, the warp holding
+      // an expert's last row storing directly): many tail tiles under graph capture, output widths that are not
+      // multiples of 64 (d 200, f 136: clipped chunks) among 257 experts, GEMM2's second K half into its own map,
+      // the 64-row kernel, and with both cluster kinds
+      {"staged-epi-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
+       3, "SY_MOE_EPI_TMA=1"},
+      {"staged-epi-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
+       "SY_MOE_EPI_TMA=1"},
+      {"staged-epi-gemm2-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_EPI_TMA=1"},
+      {"staged-epi-bm64", 64, 4, 256, 512, 500, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 3,
+       "SY_MOE_EPI_TMA=1"},
+      {"staged-epi-clusterm-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1,
+       3, "SY_MOE_CLUSTER=2 SY_MOE_EPI_TMA=1"},
+      {"staged-epi-cluster-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false,
+       128, 1, 3, "SY_MOE_CLUSTER=1 SY_MOE_EPI_TMA=1"},
+      // GEMM1 gathering its activations by the row -> token map (SY_MOE_GATHER=1, no permute kernel): many tail tiles
+      // under graph capture, K = d 200 (a last k-tile of 8 columns, zero-filled chunks) among 257 experts with rows
+      // past the last permuted row, pre-routed with missing experts, groups + bias, and with the direct epilogue
+      {"gather-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_GATHER=1"},
+      {"gather-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
+       "SY_MOE_GATHER=1"},
+      {"gather-prerouted-missing-graph", 24, 3, 192, 256, 150, 0, 0, 0, 0, 1.f, false, true, true, true, 128, 1, 3,
+       "SY_MOE_GATHER=1"},
+      {"gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
+       "SY_MOE_GATHER=1"},
+      {"gather-off-direct-epilogue-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false,
+       false, 128, 1, 3, "SY_MOE_GATHER=0 SY_MOE_EPI_TMA=0"},
+      {"gather-direct-epilogue-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
+       3, "SY_MOE_GATHER=1 SY_MOE_EPI_TMA=0"},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
@@ -628,6 +686,16 @@ int main(int argc, char** argv) {
       // two K halves (E 8, f 4096: ~36 token tiles x 4 column tiles, split chosen)
       {"persistent-static-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_DYN=0"},
       {"persistent-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 40, nullptr},
+      // the 2-CTA cluster variant at the same sizes
+      {"cluster-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_CLUSTER=1"},
+      {"cluster-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=1"},
+      {"clusterm-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_CLUSTER=2"},
+      {"clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=2"},
+      {"staged-epi-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_EPI_TMA=1"},
+      {"gather-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_GATHER=1"},
+      {"gather-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 20, "SY_MOE_GATHER=1"},
+      {"staged-epi-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20,
+       "SY_MOE_CLUSTER=2 SY_MOE_EPI_TMA=1"},
   };
   g_stall_s = stall_s;
   if (only) {
