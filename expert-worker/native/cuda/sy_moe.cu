@@ -66,7 +66,7 @@ constexpr int kTallMinAvg = 0;
 // Persistent wgmma kernels scheduled dynamically (a device counter hands out the raster's next work item), and then
 // the 128-row persistent kernel at every size (1), or statically round robin with the older size choice (0). See
 // wg::wgmma_gemm_kernel and sy_moe_forward; SY_MOE_DYN sets it per call. Measured on H200 (bench/results/
-// h200-moe.md, same run, default / default again vs 0): Qwen3 T=8192 1.380 / 1.329 vs 1.596 ms, T=1024 0.373 /
+// h200-moe.run8-23h55.md, same run, default / default again vs 0): Qwen3 T=8192 1.380 / 1.329 vs 1.596 ms, T=1024 0.373 /
 // 0.371 vs 0.381; the other compute-side and all memory-bound cells within noise.
 constexpr int kDynamicSchedule = 1;
 // 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs (wg::wgmma_gemm_kernel CL; SY_MOE_CLUSTER
@@ -1101,7 +1101,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const int avg = (n + active - 1) / active;
   // Engine: mma.sync with small token tiles streams weights once when experts see few tokens; the wgmma/TMA
   // kernel (64 or 128 token rows per CTA) wins once the tile is mostly filled (measured: bench/results/).
-  // Measured on H200 (bench/results/h200-moe.json, tune_ms): the wgmma/TMA kernel beats the mma.sync kernels at
+  // Measured on H200 (bench/results/h200-moe.run5-final-raw.json, tune_ms): the wgmma/TMA kernel beats the mma.sync kernels at
   // every shape, decode included (TMA streams weights at ~3.9 TB/s vs ~3.1), so it is the default; 64-row tiles
   // while experts average <= kWide128MinAvg (24) tokens, 128-row tiles (two consumer warpgroups) above. mma.sync
   // (with split-K) stays as the portable fallback and for tuning. The limit was 36 until DeepSeek-V3 T=1024
@@ -1129,7 +1129,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   if (use_wg && BM < 64) BM = 64;
   if (!use_wg && BM == 256) BM = 128;  // the mma.sync kernels stop at 128 rows
   // Persistent wgmma grid (one CTA per SM looping over tiles) or one tile per CTA; tuning/SY_MOE_ENGINE force
-  // either (3 / 2). 64-row tiles (decode): persistent, measured 1-5% faster (bench/results/h200-moe.json tune_ms).
+  // either (3 / 2). 64-row tiles (decode): persistent, measured 1-5% faster (h200-moe.run5-final-raw.json tune_ms).
   // 128-row tiles: persistent while experts average <= kPersistMaxAvg tokens, i.e. each expert's weights are read
   // by one token tile: there is no weight reuse in L2 to lose, the GEMM streams weights, and the persistent
   // kernel's producer loading the next tile during the epilogue wins. With several token tiles per expert, one tile
