@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sy_moe_abi import SHAPES as ABI_SHAPES, Args, Cfg, load
+from sy_moe_abi import SHAPES as ABI_SHAPES, Cfg, layer_call, load
 
 OUT = os.environ.get("OUT", ".")
 dev = "cuda"
@@ -203,16 +203,9 @@ for name, s in SHAPES.items():
     bias = (torch.randn(E, device=dev) * 0.1) if s["score"] == 1 else None
     cfg = Cfg(E, k, d, f, s["score"], 1, s["ng"], s["tg"], s["scale"])
     for T in TS:
-        x = torch.randn(T, d, device=dev, dtype=torch.bfloat16)
-        logits = torch.randn(T, E, device=dev, dtype=torch.float32)
-        out = torch.empty(T, d, device=dev, dtype=torch.bfloat16)
-        ids_out = torch.empty(T, k, device=dev, dtype=torch.int32)
-        w_out = torch.empty(T, k, device=dev, dtype=torch.float32)
-        wsb = ctypes.c_size_t()
-        assert lib.sy_moe_workspace_size(ctypes.byref(cfg), T, ctypes.byref(wsb)) == 0
-        ws = torch.empty(wsb.value, device=dev, dtype=torch.uint8)
-        args = Args(x.data_ptr(), logits.data_ptr(), bias.data_ptr() if bias is not None else None, None, None,
-                    w13.data_ptr(), w2.data_ptr(), None, out.data_ptr(), ids_out.data_ptr(), w_out.data_ptr())
+        c = layer_call(lib, cfg, T, w13, w2, bias, dev)
+        x, logits, out, ids_out, w_out, ws, wsb, args = (c.x, c.logits, c.out, c.ids_out, c.w_out, c.ws, c.wsb,
+                                                          c.args)
         stream = torch.cuda.current_stream().cuda_stream
 
         def ours(st=None):

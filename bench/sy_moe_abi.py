@@ -27,6 +27,28 @@ def load(path):
     return lib
 
 
+def layer_call(lib, cfg, T, w13, w2, bias, dev="cuda"):
+    """One cell's routing inputs, outputs, workspace and sy_moe_args, made in the order both benchmarks rely on for
+    the same random inputs under the same seed: hidden states x [T, d] then router logits [T, E]."""
+    import types
+
+    import torch
+
+    E, k, d = cfg.num_experts, cfg.top_k, cfg.d_model
+    c = types.SimpleNamespace()
+    c.x = torch.randn(T, d, device=dev, dtype=torch.bfloat16)
+    c.logits = torch.randn(T, E, device=dev, dtype=torch.float32)
+    c.out = torch.empty(T, d, device=dev, dtype=torch.bfloat16)
+    c.ids_out = torch.empty(T, k, device=dev, dtype=torch.int32)
+    c.w_out = torch.empty(T, k, device=dev, dtype=torch.float32)
+    c.wsb = ctypes.c_size_t()
+    assert lib.sy_moe_workspace_size(ctypes.byref(cfg), T, ctypes.byref(c.wsb)) == 0
+    c.ws = torch.empty(c.wsb.value, device=dev, dtype=torch.uint8)
+    c.args = Args(c.x.data_ptr(), c.logits.data_ptr(), bias.data_ptr() if bias is not None else None, None, None,
+                  w13.data_ptr(), w2.data_ptr(), None, c.out.data_ptr(), c.ids_out.data_ptr(), c.w_out.data_ptr())
+    return c
+
+
 # Hugging Face configs: hidden size, expert intermediate size, routed experts, top-k, score (0 softmax, 1 sigmoid),
 # expert groups / groups kept, routed scaling factor.
 SHAPES = {
