@@ -15,6 +15,11 @@ Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [
                   where in the sequence it ran (clocks settle under sustained load), so comparisons use N >= 3.
   --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us). Slow (tens
                   of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
+Each compute-side cell (T >= 1024) also times the GEMM ceiling (the same 8192^3 bf16 matmul as at the start) in each
+round, with the same windows as ours, and samples the SM clock and power while each window runs (NVML through
+torch.cuda, where available): `peak_rounds_tflops`, `clocks_mhz` and `power_w` per timed series, and
+`pct_floor_same_rounds`, the floor from the median of those ceilings. `floor_ms` / `pct_floor` stay as before (the
+ceiling measured once at the start), so the two can be told apart: the GPU runs at lower clocks under sustained load.
 The routing share at T <= 128 is measured twice: back-to-back eager calls (includes host launch overhead when the
 GPU work is shorter than it) and CUDA-graph replays of the same call (GPU time only; the layer is graph-capturable).
 """
@@ -62,6 +67,16 @@ lib.sy_moe_set_tuning(0, 0, ENGINE)
 T0 = time.time()
 
 
+SAMPLES = None  # when a list: timeit appends (SM clock MHz, power W) sampled while each window's calls run
+
+
+def sample_clock():
+    try:
+        return torch.cuda.clock_rate(), round(torch.cuda.power_draw() / 1000.0, 1)
+    except Exception:  # no NVML binding on this machine: no samples
+        return None
+
+
 def timeit(fn, target_ms=30.0, batches=5):
     """Median per-call time (ms) over batches of back-to-back calls between two events."""
     for _ in range(3):
@@ -80,6 +95,10 @@ def timeit(fn, target_ms=30.0, batches=5):
         for _ in range(n):
             fn()
         e.record()
+        if SAMPLES is not None:
+            cs = sample_clock()  # the calls are queued; the GPU is still running this window
+            if cs:
+                SAMPLES.append(cs)
         torch.cuda.synchronize()
         res.append(s.elapsed_time(e) / n)
     return statistics.median(res)
@@ -88,11 +107,15 @@ def timeit(fn, target_ms=30.0, batches=5):
 print("torch", torch.__version__, "gpu", torch.cuda.get_device_name(0), flush=True)
 a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
 b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-PEAK = 2 * 8192 ** 3 / (timeit(lambda: a @ b) * 1e-3) / 1e12
+def gemm_ceiling_tflops():
+    return 2 * 8192 ** 3 / (timeit(lambda: a @ b) * 1e-3) / 1e12
+
+
+PEAK = gemm_ceiling_tflops()
 xb = torch.empty(2 * 1024 ** 3, dtype=torch.uint8, device=dev)
 yb = torch.empty_like(xb)
 BW = 2 * xb.numel() / (timeit(lambda: yb.copy_(xb)) * 1e-3) / 1e12
-del a, b, xb, yb
+del xb, yb  # a, b stay: the compute-side cells time the GEMM ceiling again in each round
 print(f"ceilings: bf16 GEMM {PEAK:.0f} TFLOP/s, copy {BW:.2f} TB/s", flush=True)
 
 SHAPES = dict(ABI_SHAPES)
@@ -294,11 +317,26 @@ for name, s in SHAPES.items():
 
         # ours, the grouped_mm pipeline and the variants, interleaved in ROUNDS rounds; medians
         per = {"ours": [], "gmm": [], **{v: [] for v in VARIANTS}}
+        same_rounds = T >= 1024  # compute-side: the ceiling again in each round, and clock samples
+        peaks, clocks = [], {}
+
+        def sampled(key, fn):
+            global SAMPLES
+            SAMPLES = [] if same_rounds else None
+            try:
+                return fn()
+            finally:
+                if SAMPLES:
+                    clocks.setdefault(key, []).extend(SAMPLES)
+                SAMPLES = None
+
         for _ in range(ROUNDS):
-            per["ours"].append(timeit(ours))
-            per["gmm"].append(timeit(gmm_layer))
+            per["ours"].append(sampled("ours", lambda: timeit(ours)))
+            per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
+            if same_rounds:
+                peaks.append(sampled("ceiling", gemm_ceiling_tflops))
             for v in VARIANTS:
-                per[v].append(with_knobs(v, lambda: timeit(ours, target_ms=15, batches=3)))
+                per[v].append(sampled(v, lambda: with_knobs(v, lambda: timeit(ours, target_ms=15, batches=3))))
         t_ours, t_gmm = statistics.median(per["ours"]), statistics.median(per["gmm"])
         trace("ours, gmm and variants timed")
         t_loop = None if NO_LOOP else timeit(loop_layer, target_ms=20, batches=3)
@@ -327,6 +365,12 @@ for name, s in SHAPES.items():
                    route_share_eager=(route_ms / t_ours) if route_ms else None,
                    tflops=flops / (t_ours * 1e-3) / 1e12, weight_tbs=active * 3 * d * f * 2 / (t_ours * 1e-3) / 1e12,
                    tune_ms=tune, variant_ms=variant_ms, rounds_ms=rounds_ms, kernels_us=kernels)
+        if same_rounds:
+            peak_r = statistics.median(peaks)
+            floor_r = max(flops / (peak_r * 1e12), bytes_ / (BW * 1e12)) * 1e3
+            row.update(peak_rounds_tflops=[round(p_, 1) for p_ in peaks], pct_floor_same_rounds=floor_r / t_ours,
+                       clocks_mhz={kk: [c_[0] for c_ in v_] for kk, v_ in clocks.items()},
+                       power_w={kk: [c_[1] for c_ in v_] for kk, v_ in clocks.items()})
         row["wall_s"] = round(time.time() - T0, 1)
         rows.append(row)
         print(json.dumps({kk: (round(v, 5) if isinstance(v, float) else v) for kk, v in row.items()}), flush=True)

@@ -55,7 +55,13 @@ import json, sys
 for line in open(sys.argv[1]):
     if line.startswith("{") and '"variant_ms"' in line:
         r = json.loads(line)
-        print(r["shape"], r["T"], "default %.4f" % r["ms"], "floor %.4f" % r["floor_ms"], r["variant_ms"])
+        print(r["shape"], r["T"], "default %.4f" % r["ms"], "floor %.4f" % r["floor_ms"], r["variant_ms"],
+              r.get("rounds_ms"))
+        if "peak_rounds_tflops" in r:
+            med = lambda v: sorted(v)[len(v) // 2] if v else None
+            print("   ceiling per round", r["peak_rounds_tflops"], "pct_floor %.3f same-rounds %.3f"
+                  % (r["pct_floor"], r["pct_floor_same_rounds"]),
+                  "median MHz/W", {k: (med(v), med(r["power_w"][k])) for k, v in r["clocks_mhz"].items()})
 PY
   timeout $(left 5) compute-sanitizer --tool memcheck $B/test_moe --quick --case "$MEMCHECK" > $OUT/memcheck.log 2>&1
   say "memcheck rc=$? $(grep -E 'ERROR SUMMARY|passed' $OUT/memcheck.log | tr '\n' ' ')"
