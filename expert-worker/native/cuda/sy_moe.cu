@@ -82,7 +82,7 @@ constexpr int kClusterDefault = 1;
 // Staged epilogue of the persistent wgmma kernels (wg::store_warp_staged: stmatrix + TMA store per warp), on:
 // measured on H200 against direct stores, first one measurement each (bench/results/logs/h200-variants-epi.log):
 // Qwen3 T=8192 1.231 vs 1.436 ms, DeepSeek-V3 T=8192 11.97 vs 12.46, Mixtral T=1024 1.338 vs 1.491, no compute-side
-// cell slower; then in the committed run's 3 interleaved rounds (bench/results/h200-moe.md), 4-30% at every
+// cell slower; then in the 01:27 run's 3 interleaved rounds (bench/results/h200-moe.run9-01h27.md), 4-30% at every
 // compute-side cell. SY_MOE_EPI_TMA=0 turns it off.
 constexpr int kStagedEpilogueDefault = 1;
 // GEMM1 gathering its activations instead of the permute kernel (wg::producer_gather), on: measured on H200 in 5
