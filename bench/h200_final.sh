@@ -17,6 +17,10 @@ ROUNDS=${ROUNDS:-3}
 # BENCH_ONLY=1: build and benchmark only (no test suite, memcheck or vitest), for a re-measurement of kernel code
 # whose correctness run is already committed
 BENCH_ONLY=${BENCH_ONLY:-0}
+# MEMCHECK=0: no compute-sanitizer step (when the device time left is short); E2E=1: then the end-to-end run
+# (bench/h200_e2e.sh with NO_QUICK=1 E2E_SIZES=tiny; carry .carry/e2e.tgz from bench/h200_pack_e2e.sh as well)
+MEMCHECK=${MEMCHECK:-1}
+E2E=${E2E:-0}
 B=expert-worker/native/cuda/build
 left() { echo $((LIMIT - SECONDS)); }
 tl() { local t=$((LIMIT - SECONDS - $1)); [ $t -lt 20 ] && t=20; echo $t; }  # time left minus a reserve
@@ -49,14 +53,22 @@ say "bench rc=$?"
 tail -20 $OUT/h200-moe.md
 [ "$BENCH_ONLY" = 1 ] && exit 0
 
-t=$(tl 50); [ $t -gt 150 ] && t=150
-timeout $t compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick --stall-s 120 > /tmp/memcheck.log 2>&1
-say "memcheck rc=$?"
-tail -25 /tmp/memcheck.log > $OUT/memcheck.log
-tail -3 $OUT/memcheck.log
+if [ "$MEMCHECK" = 1 ]; then
+  t=$(tl 50); [ $t -gt 150 ] && t=150
+  timeout $t compute-sanitizer --tool memcheck --leak-check full $B/test_moe --quick --stall-s 120 > /tmp/memcheck.log 2>&1
+  say "memcheck rc=$?"
+  tail -25 /tmp/memcheck.log > $OUT/memcheck.log
+  tail -3 $OUT/memcheck.log
+fi
 
 OUT=$OUT timeout $(tl 10) bash bench/h200_cuda_test.sh > /tmp/cudatest.log 2>&1
 say "vitest rc=$?"
 grep -E "Test Files|Tests|FAIL|✗" $OUT/vitest.log | head
+if [ "$E2E" = 1 ]; then
+  NO_QUICK=1 E2E_SIZES=tiny E2E_SECONDS=${E2E_SECONDS:-10} OUT=$OUT timeout $(tl 5) bash bench/h200_e2e.sh \
+    > $OUT/e2e-run.log 2>&1
+  say "e2e rc=$?"
+  grep -E "e2e |backend:|tokens/s|answers verified|OK:|FAILED" $OUT/e2e-run.log | head -12
+fi
 
 exit 0

@@ -24,14 +24,14 @@ make -C expert-worker/native/cuda -j16 > $OUT/make.log 2>&1 || { tail -30 $OUT/m
 say built
 ok=1
 if [ "$QUICK" = 1 ]; then
-  timeout 90 $B/test_moe --quick --stall-s 10 > $OUT/quick-test.log 2>&1
+  timeout 200 $B/test_moe --quick --stall-s 10 > $OUT/quick-test.log 2>&1
   say "quick suite rc=$? $(tail -1 $OUT/quick-test.log)"
   grep -E "FAIL|STALL" $OUT/quick-test.log | head
   passed $OUT/quick-test.log || ok=0
 fi
 IFS=';' read -ra envs <<< "$TEST_ENVS"
 for i in "${!envs[@]}"; do
-  timeout 90 env ${envs[$i]} $B/test_moe --quick --stall-s 10 > $OUT/quick-test-env$i.log 2>&1
+  timeout 200 env ${envs[$i]} $B/test_moe --quick --stall-s 10 > $OUT/quick-test-env$i.log 2>&1
   say "quick suite with ${envs[$i]} rc=$? $(tail -1 $OUT/quick-test-env$i.log)"
   grep -E "FAIL|STALL" $OUT/quick-test-env$i.log | head
   passed $OUT/quick-test-env$i.log || ok=0

@@ -91,6 +91,12 @@ constexpr int kStagedEpilogueDefault = 1;
 // T=1024 4.64 vs 4.93; DeepSeek-V3 T=8192 13.24 vs 12.84 within that cell's round-to-round spread (12.6-14.7).
 // SY_MOE_GATHER=0 turns it off.
 constexpr int kGatherDefault = 1;
+// The persistent GEMMs skip loading activation rows past a tile's expert's last row (wg::Params::trim_a): the GEMMs
+// are bound by their bytes through L2 (Nsight Compute, bench/results/h200-moe.md), and an expert's last tile mostly
+// holds a few rows. Measured on H200 in 3 interleaved rounds against SY_MOE_TRIM=0 (bench/results/logs/
+// h200-trim-bench.log, medians): Mixtral T=1024 1.457 vs 1.576 ms, Qwen3 T=8192 1.309 vs 1.363, DeepSeek-V3 T=8192
+// 11.94 vs 12.15, T=1024 4.44 vs 4.52; Mixtral T=8192 and Qwen3 T=1024 within noise. SY_MOE_TRIM=0 turns it off.
+constexpr int kTrimDefault = 1;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -1285,6 +1291,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
                   epi_tma, (const bf16*)a->x, row_token, n, ctr1};
     wg::Params p2{tiles,   num_tiles, a->expert_slot, 0,       D,    F, 0, D, y, row_w, group_m, wg_split, xp,
                   epi_tma, nullptr,   nullptr,   0, ctr2};
+    // SY_MOE_TRIM (default kTrimDefault): the persistent GEMMs load no activation rows past a tile's last token
+    // (wg::Params::trim_a)
+    p1.trim_a = p2.trim_a = env_int("SY_MOE_TRIM", kTrimDefault) != 0;
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
       rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, p1, max_m, pdl, s, &g1, cl1, gather);

@@ -37,6 +37,8 @@ struct Params {
   int n_rows;
   int* tile_counter;  // persistent kernel: null = static round robin; else dynamic scheduling (wgmma_gemm_kernel),
                       // a device counter that the scan of the same call zeroes (scan_block)
+  int trim_a;         // persistent kernel: load no activation rows past the tile's expert's last row (gather:
+                      // zero-filled; kClusterN: a 64-row half with no tokens is not loaded); 0: load them
 };
 
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
@@ -534,11 +536,14 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
       if (pt == 0) pdl_trigger();
       first = false;
     }
-    int tok[8];  // tokens of this thread's 8 rows; -1 past the last permuted row (zero-filled)
+    // tokens of this thread's 8 rows; -1 (zero-filled, nothing read) past the last permuted row, or with p.trim_a
+  // past the expert's last row: those rows of a tail tile belong to the next expert and their products are never
+  // stored, and a tile is bound by its bytes through L2 (the tail tiles are ~20% of the tiles at Mixtral T=1024)
+  int tok[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int row = item.z + rs + 16 * i;
-      tok[i] = row < p.n_rows ? p.row_token[row] : -1;
+      tok[i] = row < (p.trim_a ? item.w : p.n_rows) ? p.row_token[row] : -1;
     }
     const int w_next = pt == 0 ? (p.tile_counter ? units + atomic_add_relaxed(p.tile_counter, 1) : w + units) : 0;
     for (int kt = 0; kt < ktiles; ++kt, ++g) {
@@ -685,12 +690,19 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         const int b1 = MODE == 0 ? wrow + p.up_offset + n_idx * (C::kBN / 2) : b0 + C::kBN / 2;
         // kClusterM: rank 1 of an expert's last 256-row tile may hold no tokens (no activation load)
         const bool a_live = !CLM || tile.y < tile.z;
-        const uint32_t stage_tx = a_live ? C::kStageBytes : C::kBBytes;
+        // kClusterN with p.trim_a: the second 64-row half of a tile with <= 64 rows holds no tokens (the next
+        // expert's rows; its consumer warpgroup skips the tile), so its CTA does not load it and both CTAs expect
+        // one half's bytes
+        const bool half1_live = !CLN || !p.trim_a || tile.y + 64 < tile.z;
+        const uint32_t stage_tx = !a_live                ? (uint32_t)C::kBBytes
+                                  : CLN && !half1_live ? (uint32_t)(C::kStageBytes - 64 * kBK * 2)
+                                                       : (uint32_t)C::kStageBytes;
         // A: the whole tile, or (kClusterN) this CTA's 64-row half, multicast to both CTAs at the same offset
         auto load_a = [&](uint32_t stage, uint32_t bar, int kcol) {
-          if constexpr (CLN)
-            tma_load_2d_mc(stage + rank * 64 * kBK * 2, &tmA, bar, kcol, tile.y + (int)rank * 64, (uint16_t)3);
-          else if (a_live)
+          if constexpr (CLN) {
+            if (rank == 0 || half1_live)
+              tma_load_2d_mc(stage + rank * 64 * kBK * 2, &tmA, bar, kcol, tile.y + (int)rank * 64, (uint16_t)3);
+          } else if (a_live)
             tma_load_2d(stage, &tmA, bar, kcol, tile.y);
         };
         // B: both 128-row boxes, or (kClusterM) this CTA's box, multicast to both CTAs at the same offset

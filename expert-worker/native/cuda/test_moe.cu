@@ -586,6 +586,12 @@ int main(int argc, char** argv) {
        "SY_MOE_CLUSTER=2"},
       {"clusterm-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
        "SY_MOE_CLUSTER=2"},
+      // activation rows past a tile's last token loaded as before (SY_MOE_TRIM=0; the default zero-fills them in the
+      // gather and skips an empty 64-row half in the kClusterN GEMM2): tail tiles under graph capture, 257 experts
+      {"untrimmed-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_TRIM=0"},
+      {"untrimmed-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
+       "SY_MOE_TRIM=0"},
       // the persistent kernels' staged epilogue (SY_MOE_EPI_TMA=1: stmatrix + TMA store per warp, the warp holding
       // an expert's last row storing directly): many tail tiles under graph capture, output widths that are not
       // multiples of 64 (d 200, f 136: clipped chunks) among 257 experts, GEMM2's second K half into its own map,
@@ -696,6 +702,7 @@ int main(int argc, char** argv) {
       {"gather-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 20, "SY_MOE_GATHER=1"},
       {"staged-epi-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20,
        "SY_MOE_CLUSTER=2 SY_MOE_EPI_TMA=1"},
+      {"untrimmed-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_TRIM=0"},
   };
   g_stall_s = stall_s;
   if (only) {
