@@ -537,9 +537,9 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
       first = false;
     }
     // tokens of this thread's 8 rows; -1 (zero-filled, nothing read) past the last permuted row, or with p.trim_a
-  // past the expert's last row: those rows of a tail tile belong to the next expert and their products are never
-  // stored, and a tile is bound by its bytes through L2 (the tail tiles are ~20% of the tiles at Mixtral T=1024)
-  int tok[8];
+    // past the expert's last row: those rows of a tail tile belong to the next expert and their products are never
+    // stored, and a tile is bound by its bytes through L2 (the tail tiles are ~20% of the tiles at Mixtral T=1024)
+    int tok[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int row = item.z + rs + 16 * i;
