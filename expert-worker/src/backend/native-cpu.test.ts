@@ -200,9 +200,12 @@ describe.skipIf(!addon)("native CPU backend", () => {
     const experts = await Promise.all(
       Array.from({ length: 4 }, () => native.prepare(randomExpert(d, f, "bfloat16", r))),
     );
-    const rows = 4 * 96;
+    // Each expert's slice is long (8 x 96 rows, many tiles) so that the run outlasts the event-loop polling below
+    // by far: with 96 rows each, a busy 2-core CI machine once saw the whole run finish before the flag was raised.
+    const per = 8 * 96;
+    const rows = 4 * per;
     const tokens = new Uint8Array(new Float32Array(uniform(rows * d, 1, r)).buffer);
-    const slices = new Uint32Array([0, 0, 96, 1, 96, 96, 2, 192, 96, 3, 288, 96]);
+    const slices = new Uint32Array([0, 0, per, 1, per, per, 2, 2 * per, per, 3, 3 * per, per]);
     const handles = experts.map((e) => (e as unknown as { handle: object }).handle);
     const full = await native.addon.runExperts({
       dtype: DType.FLOAT32,
