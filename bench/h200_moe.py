@@ -13,6 +13,8 @@ Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [
   --rounds N      time ours, the torch._grouped_mm pipeline and the variants in N interleaved rounds and report
                   each one's median (default 1). On the H200 the same setting measured up to ~14% apart depending on
                   where in the sequence it ran (clocks settle under sustained load), so comparisons use N >= 3.
+                  The variants' order rotates by one each round; a no-op knob ("SY_MOE_NOP=0") among them is the
+                  control that is timed the same way (ours is timed first with a longer window).
   --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us). Slow (tens
                   of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
 Each compute-side cell (T >= 1024) also times the GEMM ceiling (the same 8192^3 bf16 matmul as at the start) in each
@@ -340,7 +342,11 @@ for name, s in SHAPES.items():
             per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
             if same_rounds:
                 peaks.append(sampled("ceiling", gemm_ceiling_tflops))
-            for v in VARIANTS:
+            # the variants in an order rotated by one each round: a series timed right after a slow, low-power one
+            # runs at a higher clock (measured 2026-11-29: up to +600 MHz), so a fixed order biases the comparison
+            # between variants; rotated, each variant takes each place equally often over len(VARIANTS) rounds
+            r = len(per["ours"]) - 1
+            for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)] if VARIANTS else []:
                 per[v].append(sampled(v, lambda: with_knobs(v, lambda: timeit(ours, target_ms=15, batches=3))))
         t_ours, t_gmm = statistics.median(per["ours"]), statistics.median(per["gmm"])
         trace("ours, gmm and variants timed")

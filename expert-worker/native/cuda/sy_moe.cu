@@ -89,8 +89,18 @@ constexpr int kStagedEpilogueDefault = 1;
 // interleaved rounds against the permute kernel (bench/results/logs/h200-variants-gather.log, medians): Qwen3
 // T=8192 1.204 vs 1.429 ms, T=1024 0.349 vs 0.382, Mixtral T=1024 1.508 vs 1.599, T=8192 9.66 vs 10.24, DeepSeek-V3
 // T=1024 4.64 vs 4.93; DeepSeek-V3 T=8192 13.24 vs 12.84 within that cell's round-to-round spread (12.6-14.7).
-// SY_MOE_GATHER=0 turns it off.
+// SY_MOE_GATHER=0 turns it off, SY_MOE_GATHER=1 forces it past kGatherMaxWeightTiles.
 constexpr int kGatherDefault = 1;
+// ... while GEMM1 has fewer than this many weight tiles (2 * d_ff / 256). From there the permute kernel and
+// kClusterN for GEMM1 win: each token tile's activations are read once per weight tile, and the cluster multicasts
+// them (half the activation bytes per CTA from L2), which outweighs the permute's x_perm written and read back once
+// the weight tiles are many. Measured on H200 with the variants' order rotated each round (bench/results/logs/
+// h200-knobs-rotated-ab-bench.log, 10 rounds, and h200-gather0-rotated-mixtral-bench.log, 8 rounds; medians against
+// two no-op controls timed the same way): Mixtral (112 weight tiles) T=1024 1.553 vs 1.619 / 1.582 ms and 1.516 /
+// 1.524 vs 1.567 / 1.543, T=8192 9.41 vs 9.77 / 9.91 and 9.38 / 9.45 vs 9.63 / 9.65, T=128 within 0.3%; the gather
+// stays ahead at DeepSeek-V3 (16 weight tiles: T=8192 12.51 vs 12.27 / 12.44, T=1024 4.72 vs 4.59 / 4.62) and Qwen3
+// (6: T=8192 1.386 vs 1.356 / 1.353, T=1024 0.375 vs 0.362 / 0.357). The limit sits between 16 and 112.
+constexpr int kGatherMaxWeightTiles = 64;
 // The persistent GEMMs skip loading activation rows past a tile's expert's last row (wg::Params::trim_a): the GEMMs
 // are bound by their bytes through L2 (Nsight Compute, bench/results/h200-moe.md), and an expert's last tile mostly
 // holds a few rows. Measured on H200 in 3 interleaved rounds against SY_MOE_TRIM=0 (bench/results/logs/
@@ -1243,8 +1253,10 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // token map (wg::producer_gather) and the permute kernel does not run; it takes precedence over kClusterN for
     // GEMM1 (GEMM2 keeps it). Not after the one-block routing: GEMM1 reads the tile count at its start, before its
     // PDL wait, which needs that count written >= 2 launches back.
-    const bool gather =
-        env_int("SY_MOE_GATHER", kGatherDefault) != 0 && persist1 && !clm && BM == 128 && !fused_route;
+    const int gather_env = env_int("SY_MOE_GATHER", -1);  // unset: kGatherDefault below kGatherMaxWeightTiles
+    const bool gather_pref = gather_env >= 0 ? gather_env != 0
+                                             : kGatherDefault != 0 && (2 * F + 255) / 256 < kGatherMaxWeightTiles;
+    const bool gather = gather_pref && persist1 && !clm && BM == 128 && !fused_route;
     const int cl1 =
         clm ? wg::kClusterM : cln && !gather && persist1 && ((F + 127) / 128) % 2 == 0 ? wg::kClusterN : 0;
     const int cl2 = clm ? wg::kClusterM : cln && persist2 && ((D + 255) / 256) % 2 == 0 ? wg::kClusterN : 0;

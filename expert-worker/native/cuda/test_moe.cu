@@ -623,6 +623,9 @@ int main(int argc, char** argv) {
        false, 128, 1, 3, "SY_MOE_GATHER=0 SY_MOE_EPI_TMA=0"},
       {"gather-direct-epilogue-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
        3, "SY_MOE_GATHER=1 SY_MOE_EPI_TMA=0"},
+      // the default at 64 GEMM1 weight tiles (kGatherMaxWeightTiles): the permute kernel and kClusterN GEMM1
+      {"default-permute-cluster-64-weight-tiles-graph", 8, 2, 256, 8192, 300, 0, 1, 0, 0, 1.f, false, false, false,
+       true, 128, 1, 3},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
