@@ -71,11 +71,12 @@ constexpr int kTallMinAvg = 0;
 constexpr int kDynamicSchedule = 1;
 // 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs (wg::wgmma_gemm_kernel CL; SY_MOE_CLUSTER
 // sets it per call: 0 off, 1 wg::kClusterN, 2 wg::kClusterM). Default 1: pairs of weight tiles sharing their
-// activation tile by multicast, for GEMM2 (GEMM1 gathers instead, kGatherDefault). Measured on H200 in 5 interleaved
-// rounds (bench/results/logs/h200-variants-cluster-gather.log, medians, with vs without): Qwen3 T=8192 1.188 vs
-// 1.344 ms, Mixtral T=1024 1.494 vs 1.572, T=8192 9.60 vs 9.84, DeepSeek-V3 T=1024 4.42 vs 4.52, T=8192 12.37 vs
-// 12.48, Qwen3 T=1024 0.347 vs 0.352. The first version lost 15-45% to a cluster-scope release on every consumer
-// warp's stage release (bench/results/logs/h200-cluster-multicast.patch; see wg::mbar_arrive_remote_stage).
+// activation tile by multicast, for GEMM2, and for GEMM1 where it does not gather (kGatherMaxWeightTiles). Measured
+// on H200 in 5 interleaved rounds (bench/results/logs/h200-variants-cluster-gather.log, medians, with vs without):
+// Qwen3 T=8192 1.188 vs 1.344 ms, Mixtral T=1024 1.494 vs 1.572, T=8192 9.60 vs 9.84, DeepSeek-V3 T=1024 4.42 vs
+// 4.52, T=8192 12.37 vs 12.48, Qwen3 T=1024 0.347 vs 0.352. The first version lost 15-45% to a cluster-scope
+// release on every consumer warp's stage release (bench/results/logs/h200-cluster-multicast.patch; see
+// wg::mbar_arrive_remote_stage).
 // kClusterM measured slower wherever an expert's last 256-row tile leaves the second CTA idle (DeepSeek-V3, Qwen3
 // T=1024: bench/results/logs/h200-cluster-m-bench.log).
 constexpr int kClusterDefault = 1;
@@ -1249,10 +1250,11 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     bf16* xp = (bf16*)(ws + L.x_perm);
     // cluster kind per GEMM (cl_mode); with kClusterN the A maps load 64-row halves
     const bool cln = cl_mode == wg::kClusterN;
-    // SY_MOE_GATHER (default kGatherDefault): the 128-row persistent GEMM1 gathers its activations by the row ->
-    // token map (wg::producer_gather) and the permute kernel does not run; it takes precedence over kClusterN for
-    // GEMM1 (GEMM2 keeps it). Not after the one-block routing: GEMM1 reads the tile count at its start, before its
-    // PDL wait, which needs that count written >= 2 launches back.
+    // SY_MOE_GATHER (unset: kGatherDefault while GEMM1 has < kGatherMaxWeightTiles weight tiles; 0 never, 1 always):
+    // the 128-row persistent GEMM1 gathers its activations by the row -> token map (wg::producer_gather) and the
+    // permute kernel does not run; it takes precedence over kClusterN for GEMM1 (GEMM2 keeps it). Not after the
+    // one-block routing: GEMM1 reads the tile count at its start, before its PDL wait, which needs that count
+    // written >= 2 launches back.
     const int gather_env = env_int("SY_MOE_GATHER", -1);  // unset: kGatherDefault below kGatherMaxWeightTiles
     const bool gather_pref = gather_env >= 0 ? gather_env != 0
                                              : kGatherDefault != 0 && (2 * F + 255) / 256 < kGatherMaxWeightTiles;

@@ -1,0 +1,40 @@
+"""Adds the end-to-end run's figures (bench/h200_e2e.sh's e2e-<size>.log: router + one cuda worker serving a
+generated checkpoint) to the benchmark's results file, so h200-moe.json carries the tokens/s beside the kernel rows.
+Usage: python3 bench/h200_e2e_merge.py path/to/h200-moe.json path/to/e2e-tiny.log [log path to record]"""
+
+import json
+import re
+import sys
+
+
+def parse(text):
+    """The summary lines of bench/e2e output -> a dict; raises if the run did not finish with its OK line."""
+    def grab(pattern, cast=str):
+        m = re.search(pattern, text, re.M)
+        if not m:
+            raise ValueError(f"e2e log: no line matching {pattern!r}")
+        return cast(m.group(1))
+
+    if "OK: every answer matched the reference" not in text:
+        raise ValueError("e2e log: the run did not report every answer matching the reference")
+    return {
+        "model": grab(r"^model\s+(.+)$").strip(),
+        "backend": grab(r"backend: (cuda[^\n]*)").strip(),
+        "transport": grab(r"^router -> worker transport\s+(.+)$").strip(),
+        "tokens_per_s": grab(r"^tokens/s\s+([0-9.]+)", float),
+        "latency_p50_p99_ms": [float(v) for v in re.findall(r"([0-9.]+) ms", grab(r"^latency per forward p50 / p99\s+(.+)$"))],
+        "answers_verified": grab(r"^answers verified / wrong\s+(\d+)", int),
+        "answers_wrong": grab(r"^answers verified / wrong\s+\d+ / (\d+)", int),
+        "worst_relerr": grab(r"worst relative error ([0-9.e+-]+)", float),
+    }
+
+
+if __name__ == "__main__":
+    res_path, log_path = sys.argv[1], sys.argv[2]
+    e2e = parse(open(log_path).read())
+    e2e["log"] = sys.argv[3] if len(sys.argv) > 3 else log_path
+    res = json.load(open(res_path))
+    res["e2e"] = e2e
+    with open(res_path, "w") as f:
+        json.dump(res, f, indent=1)
+    print("e2e merged:", e2e["tokens_per_s"], "tokens/s,", e2e["answers_verified"], "verified,", e2e["answers_wrong"], "wrong")
