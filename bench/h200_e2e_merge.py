@@ -22,7 +22,9 @@ def parse(text):
         "backend": grab(r"backend: (cuda[^\n]*)").strip(),
         "transport": grab(r"^router -> worker transport\s+(.+)$").strip(),
         "tokens_per_s": grab(r"^tokens/s\s+([0-9.]+)", float),
-        "latency_p50_p99_ms": [float(v) for v in re.findall(r"([0-9.]+) ms", grab(r"^latency per forward p50 / p99\s+(.+)$"))],
+        "latency_p50_p99_ms": [
+            float(v) for v in re.findall(r"([0-9.]+) ms", grab(r"^latency per forward p50 / p99\s+(.+)$"))
+        ],
         "answers_verified": grab(r"^answers verified / wrong\s+(\d+)", int),
         "answers_wrong": grab(r"^answers verified / wrong\s+\d+ / (\d+)", int),
         "worst_relerr": grab(r"worst relative error ([0-9.e+-]+)", float),
@@ -37,4 +39,5 @@ if __name__ == "__main__":
     res["e2e"] = e2e
     with open(res_path, "w") as f:
         json.dump(res, f, indent=1)
-    print("e2e merged:", e2e["tokens_per_s"], "tokens/s,", e2e["answers_verified"], "verified,", e2e["answers_wrong"], "wrong")
+    print("e2e merged:", e2e["tokens_per_s"], "tokens/s,", e2e["answers_verified"], "verified,",
+          e2e["answers_wrong"], "wrong")

@@ -1255,12 +1255,12 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // permute kernel does not run; it takes precedence over kClusterN for GEMM1 (GEMM2 keeps it). Not after the
     // one-block routing: GEMM1 reads the tile count at its start, before its PDL wait, which needs that count
     // written >= 2 launches back.
+    const int w1_tiles = (F + 127) / 128;  // GEMM1's weight tiles: 128 gate + 128 up rows each
     const int gather_env = env_int("SY_MOE_GATHER", -1);  // unset: kGatherDefault below kGatherMaxWeightTiles
-    const bool gather_pref = gather_env >= 0 ? gather_env != 0
-                                             : kGatherDefault != 0 && (2 * F + 255) / 256 < kGatherMaxWeightTiles;
+    const bool gather_pref =
+        gather_env >= 0 ? gather_env != 0 : kGatherDefault != 0 && w1_tiles < kGatherMaxWeightTiles;
     const bool gather = gather_pref && persist1 && !clm && BM == 128 && !fused_route;
-    const int cl1 =
-        clm ? wg::kClusterM : cln && !gather && persist1 && ((F + 127) / 128) % 2 == 0 ? wg::kClusterN : 0;
+    const int cl1 = clm ? wg::kClusterM : cln && !gather && persist1 && w1_tiles % 2 == 0 ? wg::kClusterN : 0;
     const int cl2 = clm ? wg::kClusterM : cln && persist2 && ((D + 255) / 256) % 2 == 0 ? wg::kClusterN : 0;
     CUtensorMap mA1, mB1, mA2, mB2, mC1, mC2, mC2b;
     const uint32_t box_b = BM == 256 ? 64 : 128;  // weight rows per TMA load: half the CTA's kBN (Cfg)
