@@ -108,6 +108,18 @@ constexpr int kGatherMaxWeightTiles = 64;
 // h200-trim-bench.log, medians): Mixtral T=1024 1.457 vs 1.576 ms, Qwen3 T=8192 1.309 vs 1.363, DeepSeek-V3 T=8192
 // 11.94 vs 12.15, T=1024 4.44 vs 4.52; Mixtral T=8192 and Qwen3 T=1024 within noise. SY_MOE_TRIM=0 turns it off.
 constexpr int kTrimDefault = 1;
+// Absorbed tails (wg::Params::absorb, wgmma_gemm_kernel TL): an expert with 128 q + r tokens, q >= 1 and
+// r <= kAbsorbDefault, gets q token tiles, the last holding 128 + r rows, instead of q + 1 tiles, the last one with
+// r rows that loaded a whole weight tile through L2 for them. For the 128-row persistent GEMMs with dynamic scheduling
+// (both, or neither: the tile list is shared) and no kClusterM, where d_ff >= kAbsorbMinDff. SY_MOE_ABSORB=N sets
+// r's limit (at most wg::kTailRows) at any d_ff; 0 turns it off.
+// The TL kernels pay for the tail's stage region with a staged epilogue of 32-column chunks (wg::Cfg::kEpiCols),
+// twice the TMA stores, which costs where work items are short. Measured on H200 against SY_MOE_ABSORB=0 (6
+// rotated rounds, medians, bench/results/logs/h200-absorb-bench.log): Mixtral T=1024 (5 of 21 token tiles absorbed)
+// 1.439 vs 1.499 ms, T=8192 9.28 vs 9.35, DeepSeek-V3 T=1024 4.39 vs 4.48, T=8192 12.01 vs 11.99; but Qwen3 (d_ff
+// 768: GEMM2 items of 12 k-tiles) T=1024 0.368 vs 0.358 (no expert reaches 129 rows there) and T=8192 1.332 vs 1.309.
+constexpr int kAbsorbDefault = 32;  // = wg::kTailRows (static_assert in sy_moe_forward)
+constexpr int kAbsorbMinDff = 2048;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -290,12 +302,20 @@ __global__ void preroute_kernel(const int* ids_in, const float* w_in, const int*
   rank[a] = slot >= 0 ? atomicAdd(&counts[e], 1) : -1;
 }
 
+// Token tiles of an expert with c rows: ceil(c / bm), one fewer where an earlier full tile absorbs the last r = c %
+// bm <= absorb rows (kAbsorbDefault; wg::tile_coords recomputes it from the tile list, so both must agree).
+__host__ __device__ __forceinline__ int expert_tiles(int c, int bm, int absorb) {
+  const int r = c % bm;
+  return (c + bm - 1) / bm - (c > bm && r > 0 && r <= absorb ? 1 : 0);
+}
+
 // Block of 1024 threads, thread e holding expert e's count c: exclusive scans of counts and of token tiles per
-// expert, then the tile list. Returns the expert's first row (its offset).
-__device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, int4* tiles, int* num_tiles) {
+// expert, then the tile list. Returns the expert's first row (its offset). absorb: expert_tiles.
+__device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, int4* tiles, int* num_tiles,
+                                          int absorb = 0) {
   __shared__ int s_c[32], s_m[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int mt = (c + BM - 1) / BM;
+  const int mt = expert_tiles(c, BM, absorb);
   int ic = c, im = mt;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -344,10 +364,10 @@ __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, in
 }
 
 __global__ void __launch_bounds__(1024) scan_kernel(const int* counts, int E, int BM, int* offsets, int4* tiles,
-                                                    int* num_tiles) {
+                                                    int* num_tiles, int absorb) {
   pdl_wait();
   pdl_trigger();
-  scan_block(threadIdx.x < E ? counts[threadIdx.x] : 0, E, BM, offsets, tiles, num_tiles);
+  scan_block(threadIdx.x < E ? counts[threadIdx.x] : 0, E, BM, offsets, tiles, num_tiles, absorb);
 }
 
 // Small-T routing in one block (T <= kFusedRouteMaxT): routing (or pre-routed ids), per-expert counts in shared
@@ -924,30 +944,36 @@ int get_encoder() {
   return SY_MOE_OK;
 }
 
-// 2-D bf16 row-major [rows, cols] map with a (box_rows x 64) box and 128-byte swizzle.
-int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint32_t box_rows) {
+// 2-D bf16 row-major [rows, cols] map with a (box_rows x box_cols) box: 64 columns with the 128-byte swizzle, 32
+// (the TL kernels' staged epilogue, wg::Cfg::kEpiCols) with the 64-byte one.
+int make_map(CUtensorMap* m, const void* ptr, uint64_t rows, uint64_t cols, uint32_t box_rows,
+             uint32_t box_cols = 64) {
   cuuint64_t dims[2] = {cols, rows};
   cuuint64_t strides[1] = {cols * 2};
-  cuuint32_t box[2] = {64, box_rows};
+  cuuint32_t box[2] = {box_cols, box_rows};
   cuuint32_t es[2] = {1, 1};
   CUresult r = g_encode(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(ptr), dims, strides, box, es,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                        CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) return fail(SY_MOE_ERR_CUDA, "cuTensorMapEncodeTiled failed: " + std::to_string((int)r));
   return SY_MOE_OK;
 }
 
 // CL: the 2-CTA cluster variants of the persistent kernel (wg::wgmma_gemm_kernel). wg::kClusterN: `a` has 64-row
 // boxes and the weight tile count must be even; wg::kClusterM: max_m counts 256-row tiles (the tile list's).
-template <int WGS, int MODE, bool PERSIST, bool EPI, bool TALL = false, int CL = 0, bool GA = false>
+// TL: absorbed tails (wg::Params::absorb; `t` the 32-row map of the activations, unused with GA).
+template <int WGS, int MODE, bool PERSIST, bool EPI, bool TALL = false, int CL = 0, bool GA = false, bool TL = false>
 int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c, const CUtensorMap& c2,
-                 wg::Params p, int max_m, bool pdl, cudaStream_t s, long long* grid_out) {
+                 const CUtensorMap& t, wg::Params p, int max_m, bool pdl, cudaStream_t s, long long* grid_out) {
   static_assert(!(PERSIST && TALL), "the 256-row tile runs one tile per CTA");
   static_assert(!CL || PERSIST, "clusters only in the persistent kernel");
-  using C = wg::Cfg<WGS, TALL>;
+  static_assert(!TL || PERSIST, "absorbed tails only in the persistent kernel");
+  using C = wg::Cfg<WGS, TALL, TL>;
+  if (!TL) p.absorb = 0;
   // PERSIST: wgmma_gemm_kernel looping over tiles; else wgmma_tile_kernel, one tile per CTA.
-  auto kern =
-      PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true, CL, GA> : wg::wgmma_tile_kernel<WGS, MODE, EPI, TALL>;
+  auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true, CL, GA, TL>
+                      : wg::wgmma_tile_kernel<WGS, MODE, EPI, TALL>;
   const int smem = PERSIST ? C::kSmemPersist : C::kSmem;
   static bool attr_set = false;
   if (!attr_set) {
@@ -972,30 +998,38 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& 
   *grid_out = grid * grid_y;
   if (grid > 0)
     return launch_kc(pdl, CL ? 2 : 1, kern, dim3((unsigned)grid, (unsigned)grid_y), dim3(C::kThreads), smem, s, a, b, c,
-                     c2, p);
+                     c2, t, p);
   return SY_MOE_OK;
 }
 
 template <int MODE>
 int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c,
-              const CUtensorMap& c2, const wg::Params& p,
-              int max_m, bool pdl, cudaStream_t s, long long* grid, int cluster = 0, bool gather = false) {
+              const CUtensorMap& c2, const CUtensorMap& t, const wg::Params& p, int max_m, bool pdl, cudaStream_t s,
+              long long* grid, int cluster = 0, bool gather = false) {
+  // absorbed tails (p.absorb > 0): the caller asks for them only where this picks a TL kernel (128-row persistent,
+  // no kClusterM)
+  const bool tl = p.absorb > 0;
   if constexpr (MODE == 0)
     if (gather && persist && cluster == 0 && BM == 128)
-      return launch_wgmma<2, 0, true, false, false, 0, true>(a, b, c, c2, p, max_m, pdl, s, grid);
-  if (BM == 256) return launch_wgmma<2, MODE, false, false, true>(a, b, c, c2, p, max_m, pdl, s, grid);
+      return tl ? launch_wgmma<2, 0, true, false, false, 0, true, true>(a, b, c, c2, t, p, max_m, pdl, s, grid)
+                : launch_wgmma<2, 0, true, false, false, 0, true>(a, b, c, c2, t, p, max_m, pdl, s, grid);
+  if (BM == 256) return launch_wgmma<2, MODE, false, false, true>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (persist && cluster == wg::kClusterN && BM == 128)
-    return launch_wgmma<2, MODE, true, false, false, wg::kClusterN>(a, b, c, c2, p, max_m, pdl, s, grid);
+    return tl ? launch_wgmma<2, MODE, true, false, false, wg::kClusterN, false, true>(a, b, c, c2, t, p, max_m, pdl,
+                                                                                      s, grid)
+              : launch_wgmma<2, MODE, true, false, false, wg::kClusterN>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (persist && cluster == wg::kClusterM && BM == 128)
-    return launch_wgmma<2, MODE, true, false, false, wg::kClusterM>(a, b, c, c2, p, max_m, pdl, s, grid);
+    return launch_wgmma<2, MODE, true, false, false, wg::kClusterM>(a, b, c, c2, t, p, max_m, pdl, s, grid);
+  if (persist && BM == 128 && tl)
+    return launch_wgmma<2, MODE, true, false, false, 0, false, true>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (persist)
-    return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, c, c2, p, max_m, pdl, s, grid)
-                    : launch_wgmma<2, MODE, true, false>(a, b, c, c2, p, max_m, pdl, s, grid);
+    return BM == 64 ? launch_wgmma<1, MODE, true, false>(a, b, c, c2, t, p, max_m, pdl, s, grid)
+                    : launch_wgmma<2, MODE, true, false>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (BM == 64)
-    return epi ? launch_wgmma<1, MODE, false, true>(a, b, c, c2, p, max_m, pdl, s, grid)
-               : launch_wgmma<1, MODE, false, false>(a, b, c, c2, p, max_m, pdl, s, grid);
-  return epi ? launch_wgmma<2, MODE, false, true>(a, b, c, c2, p, max_m, pdl, s, grid)
-             : launch_wgmma<2, MODE, false, false>(a, b, c, c2, p, max_m, pdl, s, grid);
+    return epi ? launch_wgmma<1, MODE, false, true>(a, b, c, c2, t, p, max_m, pdl, s, grid)
+               : launch_wgmma<1, MODE, false, false>(a, b, c, c2, t, p, max_m, pdl, s, grid);
+  return epi ? launch_wgmma<2, MODE, false, true>(a, b, c, c2, t, p, max_m, pdl, s, grid)
+             : launch_wgmma<2, MODE, false, false>(a, b, c, c2, t, p, max_m, pdl, s, grid);
 }
 
 }  // namespace
@@ -1187,6 +1221,10 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const bool clm = cl_mode == wg::kClusterM && persist1 && persist2;
   const int list_bm = clm ? 256 : BM;  // rows per tile of the tile list (scan, route_small)
   const int max_m = max_m_tiles(T, k, E, list_bm);
+  // Absorbed tails (kAbsorbDefault): both GEMMs must run a TL kernel (the tile list is shared); not after the
+  // one-block routing (T <= 64: no expert reaches 129 rows there).
+  static_assert(kAbsorbDefault <= wg::kTailRows, "the tail region holds wg::kTailRows rows");
+  const int absorb_env = env_int("SY_MOE_ABSORB", F >= kAbsorbMinDff ? kAbsorbDefault : 0);
 
   // Split-K for GEMM2 when too few CTAs would run (few active experts x d_model/128 tiles).
   int split = 1;
@@ -1209,6 +1247,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const bool epi = env_int("SY_MOE_EPI", kSmemEpilogueDefault) != 0;
   const int route_warps = std::min(32, kFusedRouteScoreBytes / (8 * E));
   const bool fused_route = T <= fused_t && n <= kFusedRouteMaxN && route_warps >= 1;
+  const int absorb = use_wg && dyn && BM == 128 && persist1 && persist2 && !clm && !fused_route
+                         ? std::max(0, std::min(absorb_env, wg::kTailRows))
+                         : 0;
   if (fused_route) {
     // One block: routing + counts + scan + tile list + row maps (no memset, three launches fewer).
     RouteParams rp = make_route_params(cfg, T, a->logits, a->bias, ids, w, nullptr, nullptr, a->expert_slot,
@@ -1236,7 +1277,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     }
     const long long route_grid = a->logits ? (T + kRouteWarps - 1) / kRouteWarps : (n + 255) / 256;
     if ((rc = launch_k(pdl && route_grid <= kPdlMaxPrimaryGrid, scan_kernel, dim3(1), dim3(1024), 0, s,
-                       (const int*)counts, E, list_bm, offsets, tiles, num_tiles)))
+                       (const int*)counts, E, list_bm, offsets, tiles, num_tiles, absorb)))
       return rc;
     if ((rc = launch_k(pdl, scatter_kernel, dim3((n + 255) / 256), dim3(256), 0, s, (const int*)ids,
                        (const float*)w, (const int*)rank, (const int*)offsets, n, k, row_token, row_w, assign_row)))
@@ -1262,15 +1303,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     const bool gather = gather_pref && persist1 && !clm && BM == 128 && !fused_route;
     const int cl1 = clm ? wg::kClusterM : cln && !gather && persist1 && w1_tiles % 2 == 0 ? wg::kClusterN : 0;
     const int cl2 = clm ? wg::kClusterM : cln && persist2 && ((D + 255) / 256) % 2 == 0 ? wg::kClusterN : 0;
-    CUtensorMap mA1, mB1, mA2, mB2, mC1, mC2, mC2b;
+    CUtensorMap mA1, mB1, mA2, mB2, mC1, mC2, mC2b, mT1, mT2;
     const uint32_t box_b = BM == 256 ? 64 : 128;  // weight rows per TMA load: half the CTA's kBN (Cfg)
     if ((rc = make_map(&mA1, xp, n, D, cl1 == wg::kClusterN ? 64 : BM)) ||
         (rc = make_map(&mB1, a->w13, (uint64_t)slots * 2 * F, D, box_b)) ||
         (rc = make_map(&mA2, h, n, F, cl2 == wg::kClusterN ? 64 : BM)) ||
         (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, box_b)) ||
-        // outputs, for the persistent kernels' staged epilogue (16-row boxes: one consumer warp's rows)
-        (rc = make_map(&mC1, h, n, F, 16)) || (rc = make_map(&mC2, y, n, D, 16)) ||
-        (rc = make_map(&mC2b, xp, n, D, 16)))
+        // outputs, for the persistent kernels' staged epilogue (16-row boxes: one consumer warp's rows; 32 columns
+        // for the TL kernels, which run wherever absorb > 0)
+        (rc = make_map(&mC1, h, n, F, 16, absorb ? 32 : 64)) || (rc = make_map(&mC2, y, n, D, 16, absorb ? 32 : 64)) ||
+        (rc = make_map(&mC2b, xp, n, D, 16, absorb ? 32 : 64)) ||
+        // absorbed tails: 32-row boxes of the activations (wg::kTailRows)
+        (rc = make_map(&mT1, xp, n, D, wg::kTailRows)) || (rc = make_map(&mT2, h, n, F, wg::kTailRows)))
       return rc;
     if (!gather &&
         (rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
@@ -1308,12 +1352,13 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // SY_MOE_TRIM (default kTrimDefault): the persistent GEMMs load no activation rows past a tile's last token
     // (wg::Params::trim_a)
     p1.trim_a = p2.trim_a = env_int("SY_MOE_TRIM", kTrimDefault) != 0;
+    p1.absorb = p2.absorb = absorb;
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, p1, max_m, pdl, s, &g1, cl1, gather);
+      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, mT1, p1, max_m, pdl, s, &g1, cl1, gather);
       if (rc) return rc;
-      rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, mC2, mC2b, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s, &g2,
-                        cl2);
+      rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, mC2, mC2b, mT2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s,
+                        &g2, cl2);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;

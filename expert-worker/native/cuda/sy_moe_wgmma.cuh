@@ -15,6 +15,9 @@ namespace wg {
 
 constexpr int kBK = 64;      // one 128-byte swizzle atom of bf16
 constexpr int kStages = 4;
+// Absorbed tails (TL, Params::absorb): up to kTailRows rows past an expert's last full 128-row tile ride along with
+// it, in a stage region of their own, instead of costing a tile of their own.
+constexpr int kTailRows = 32;
 
 struct Params {
   const int4* tiles;
@@ -39,7 +42,17 @@ struct Params {
                       // a device counter that the scan of the same call zeroes (scan_block)
   int trim_a;         // persistent kernel: load no activation rows past the tile's expert's last row (gather:
                       // zero-filled; kClusterN: a 64-row half with no tokens is not loaded); 0: load them
+  int absorb;         // 0, or up to kTailRows: the tile list was built with expert_tiles(c, 128, absorb), so an
+                      // expert's last tile may hold 128 + r rows (tail_rows), r <= absorb (the TL kernels only)
 };
+
+// Rows past the first 128 of a tile of the list built with `absorb` (expert_tiles): 1..absorb for an expert's last
+// tile that absorbed its tail, else 0. Only that tile can have 128 < rows <= 128 + absorb: a tile before it has
+// 128 + (the last tile's rows) >= 128 + absorb + 1 (the last one absorbed, or holds more than absorb rows) rows.
+__device__ __forceinline__ int tail_rows(int row0, int row_end, int absorb) {
+  const int r = row_end - row0 - 128;
+  return r > 0 && r <= absorb ? r : 0;
+}
 
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
   return (uint64_t)((saddr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
@@ -208,7 +221,7 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 // share it between an expert's 2-4 token tiles; the 256-row tile requests each weight tile half as often per
 // token (an expert of <= 256 tokens reads each weight byte once), and in the same 48 KB stage the weights, the
 // operand that comes from HBM, are 16 KB instead of 32 (the activations are re-read from L2).
-template <int WGS, bool TALL = false>
+template <int WGS, bool TALL = false, bool TL = false>
 struct Cfg {
   static_assert(!TALL || WGS == 2, "the 256-row tile has two consumer warpgroups");
   static constexpr int kWgRows = TALL ? 128 : 64;  // token rows per consumer warpgroup
@@ -216,11 +229,19 @@ struct Cfg {
   static constexpr int kBN = TALL ? 128 : 256;     // weight rows per CTA
   static constexpr int kThreads = (WGS + 1) * 128;
   static constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;
-  static constexpr int kStageBytes = kABytes + kBBytes;
+  // TL: the absorbed tail rows' k-slice after the weights (4 KB): 4 stages of 52 KB + barriers + the staged
+  // epilogue's buffers still fit the 227 KB a block can have
+  static constexpr int kTBytes = TL ? kTailRows * kBK * 2 : 0;
+  static constexpr int kStageBytes = kABytes + kBBytes + kTBytes;
   static constexpr int kSmem = kStages * kStageBytes + 1024 /*align*/ + 512 /*barriers, tile queue*/;
-  // persistent kernel: + the staged epilogue's buffers (store_warp_staged), 1 KB-aligned after the barriers
-  static constexpr int kStagingBytes = WGS * 4 /*warps*/ * 2 * 2048;
+  // persistent kernel: + the staged epilogue's buffers (store_warp_staged), 1 KB-aligned after the barriers: two per
+  // consumer warp of 16 rows x kEpiCols columns. TL: 32-column chunks (1 KB buffers), so that 4 stages of 52 KB
+  // still fit (with 2 KB buffers they would need 242 KB)
+  static constexpr int kEpiCols = TL ? 32 : 64;
+  static constexpr int kStagingBuf = 16 * kEpiCols * 2;
+  static constexpr int kStagingBytes = WGS * 4 /*warps*/ * 2 * kStagingBuf;
   static constexpr int kSmemPersist = kStages * kStageBytes + 1024 + 1024 + kStagingBytes;
+  static_assert(kSmemPersist <= 232448, "over the 227 KB of dynamic shared memory a block can have on sm_90");
 };
 
 // Stage release: every consumer WARP arrives on empty[s] (count kConsumerWarps), not one thread per warpgroup, so a
@@ -256,10 +277,16 @@ __device__ __forceinline__ void release_stage(uint32_t bars, int s, uint32_t pee
 // inside the loop, for the same ptxas reason as above.
 // GA: the stage's activations were written by cp.async (producer_gather), i.e. through the generic proxy, and
 // wgmma reads shared memory through the async proxy: a proxy fence after the wait orders the two.
-template <int WGS, bool TALL, int HALVES, int CL = 0, bool GA = false>
+// TL: the stages have the absorbed tail region (Cfg). TAIL: this tile has absorbed tail rows; besides its m64n256
+// the warpgroup issues them swap-AB per k16 step: two m64n32k16 with 64 weight rows as A (rows cw*64 and
+// 128 + cw*64 of the weight tile: for GEMM1 a gate block and its up block, so silu(g)*u stays in one thread) and
+// the 32 tail rows as B, into dt[0..15] and dt[16..31] (weight rows x tail tokens). The weight tile's bytes come
+// through L2 once for 128 + r token rows, where a tile of its own for the r rows loaded them again.
+template <int WGS, bool TALL, int HALVES, int CL = 0, bool GA = false, bool TL = false, bool TAIL = false>
 __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars, int cw, int ktiles, int g0,
-                                         bool warp_leader, uint32_t peer = 0) {
-  using C = Cfg<WGS, TALL>;
+                                         bool warp_leader, uint32_t peer = 0, float* dt = nullptr) {
+  static_assert(!TAIL || (TL && !TALL), "the absorbed tail is the wide 128-row tile's");
+  using C = Cfg<WGS, TALL, TL>;
   static_assert(HALVES == 1 || (TALL && HALVES == 2), "two halves only in the 256-row tile");
   for (int kt = 0; kt < ktiles; ++kt) {
     const int g = g0 + kt, s = g % kStages;
@@ -277,6 +304,13 @@ __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars,
                            (kt | kk) != 0);
       } else {
         wgmma_m64n256k16(d, desc_sw128(a_s + kk * 32), desc_sw128(b_s + kk * 32), (kt | kk) != 0);
+        if constexpr (TAIL) {
+          const uint32_t t_s = b_s + C::kBBytes;
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+            wgmma_m64n32k16(dt + 16 * j, desc_sw128(b_s + (j * 128 + cw * 64) * kBK * 2 + kk * 32),
+                            desc_sw128(t_s + kk * 32), (kt | kk) != 0);
+        }
       }
     }
     wg_commit();
@@ -287,6 +321,10 @@ __device__ __forceinline__ void mma_tile(float* d, uint32_t base, uint32_t bars,
   if (warp_leader) release_stage<CL>(bars, (g0 + ktiles - 1) % kStages, peer);
 #pragma unroll
   for (int i = 0; i < (TALL ? 64 * HALVES : 128); ++i) asm volatile("" : "+f"(d[i])::"memory");
+  if constexpr (TAIL) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(dt[i])::"memory");
+  }
 }
 
 // A consumer whose 64 rows are all past the expert's last token (the tail tile of an expert) skips the MMAs but
@@ -311,15 +349,15 @@ __device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, boo
 // group_m < 0: groups of -group_m consecutive token tiles whatever their experts (the raster before). An expert
 // whose tiles straddle a group boundary has its weight tiles' sharers a whole group (about a wave) apart, so they
 // are read from HBM again (DeepSeek-V3 T=8192: ~2.5 token tiles per expert, 8 per group).
-// bm: the token tile rows the tile list was built with (the kernel's kBM).
+// bm: the token tile rows the tile list was built with (the kernel's kBM); absorb: its Params::absorb.
 __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int group_m, const int4* tiles, int bm,
-                                            int& m_idx, int& n_idx) {
+                                            int& m_idx, int& n_idx, int absorb = 0) {
   if (group_m > 0) {
     const int q = t / n_tiles;
     const int4 tq = tiles[q];
     const int first = q - tq.w;
     const int ex_row0 = tq.y - tq.w * bm;
-    const int m_e = (tq.z - ex_row0 + bm - 1) / bm;
+    const int m_e = expert_tiles(tq.z - ex_row0, bm, absorb);
     const int width = group_m * n_tiles;
     const int local = t - first * n_tiles;
     const int j = local / width;
@@ -382,32 +420,82 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
   }
 }
 
+// The routing weights of the absorbed tail tokens a thread stores (store_tail_direct; 0 past row_end): token
+// 8 nb + 2 (lane % 4) + e of the tail at tw[2 nb + e]. Loaded before the mainloop, as load_row_w.
+__device__ __forceinline__ void load_tail_w(const Params& p, int trow0, int row_end, int lane, float (&tw)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int prow = trow0 + 8 * (i >> 1) + 2 * (lane & 3) + (i & 1);
+    tw[i] = prow < row_end ? p.row_w[prow] : 0.f;
+  }
+}
+
+// Epilogue of the absorbed tail rows (mma_tile TAIL), direct stores: dt holds weight rows x tail tokens, the
+// m64n32 fragment of warp `warp`: weight row warp*16 + lane/4 + 8 hh of block j (weight rows j*128 + cw*64 ..),
+// tail token 8 nb + 2 (lane % 4) + e, at dt[16 j + 4 nb + 2 hh + e]. For one token the 8 lanes with the same
+// lane % 4 hold 8 consecutive output columns, so each warp store covers 16 contiguous bytes of 4 rows.
+// MODE 0: h[row, n_idx*128 + cw*64 + m] = silu(gate) * up (block 0 gate, block 1 up); MODE 1: y[row, n_idx*256 +
+// j*128 + cw*64 + m] = acc * the row's routing weight. Rows past row_end and columns past N are skipped.
+template <int MODE>
+__device__ __forceinline__ void store_tail_direct(const float* dt, const Params& p, bf16* Cout, int trow0,
+                                                  int row_end, int n_idx, int cw, int warp, int lane,
+                                                  const float (&tw)[8]) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int m = warp * 16 + (lane >> 2) + 8 * hh;
+#pragma unroll
+    for (int i2 = 0; i2 < 8; ++i2) {
+      const int nb = i2 >> 1, e = i2 & 1;
+      const int prow = trow0 + 8 * nb + 2 * (lane & 3) + e;
+      if (prow >= row_end) continue;
+      const int i = 4 * nb + 2 * hh + e;
+      if (MODE == 0) {
+        const int col = n_idx * 128 + cw * 64 + m;
+        if (col >= p.N) continue;
+        const float g = dt[i], u = dt[16 + i];
+        Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(g / (1.f + __expf(-g)) * u);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int col = n_idx * 256 + j * 128 + cw * 64 + m;
+          if (col < p.N) Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(dt[16 * j + i] * tw[i2]);
+        }
+      }
+    }
+  }
+}
+
 // Staged epilogue of one consumer warp (persistent kernel, p.epi_tma): its 16 rows of the warpgroup's 64 leave in
 // 64-column chunks, each written to a 2 KB shared buffer by stmatrix (4 per chunk, the MMA fragment layout is
 // stmatrix's) in the 128-byte swizzle of the C maps, then stored by one TMA store (box 16 rows x 64 columns) that
 // runs on while the warp goes on: two buffers per warp, a buffer rewritten once its store from two chunks back has
-// been read. Replaces 64 (GEMM2) or 32 (GEMM1) 4-byte global stores per thread, each a warp-wide store touching 8
+// been read. CW = 32 (the TL kernels, Cfg::kEpiCols): 32-column chunks in 1 KB buffers, 64-byte swizzle (16-byte
+// unit u of row r at u ^ ((r / 2) % 4)), C maps with 16 x 32 boxes. Replaces 64 (GEMM2) or 32 (GEMM1) 4-byte global stores per thread, each a warp-wide store touching 8
 // rows, during which the warpgroup issues no MMA (GEMM2's short K made that ~20% of its time at Qwen3 T=8192).
 // Only for warps whose 16 rows all hold tokens (a TMA box cannot stop at the expert's last row, and the rows past
 // it belong to the next expert's tile): the caller sends the warp holding an expert's last row to store_tile_direct.
 // `chunk`: the warp's running chunk count (buffer parity and when to wait).
-template <int MODE, int BN>
+template <int MODE, int BN, int CW = 64>
 __device__ __forceinline__ void store_warp_staged(const float* d, const CUtensorMap* map, uint32_t bufs, int row0w,
                                                   int n_idx, int lane, const float (&row_w)[2], int& chunk) {
+  static_assert(CW == 64 || CW == 32, "64- or 32-column chunks");
   constexpr int OUTC = MODE == 0 ? BN / 2 : BN;  // output columns of the tile
+  constexpr int PITCH = CW * 2, BUF = 16 * PITCH;
   // stmatrix x4 address of this lane: matrix mi = lane / 8 (rows +8 for odd mi, 8 columns +8 for mi >= 2), row
-  // lane % 8 of it; 16-byte chunk index XOR row % 8 (SWIZZLE_128B, buffers 1 KB aligned)
+  // lane % 8 of it; 16-byte chunk index XOR row % 8 (SWIZZLE_128B) or (row / 2) % 4 (SWIZZLE_64B), buffers 1 KB
+  // aligned
   const int mi = lane >> 3, r = (lane & 7) + 8 * (mi & 1), cb = mi >> 1;
+  const int swz = CW == 64 ? (r & 7) : ((r >> 1) & 3);
 #pragma unroll
-  for (int c = 0; c < OUTC / 64; ++c) {
-    const uint32_t buf = bufs + (chunk & 1) * 2048;
+  for (int c = 0; c < OUTC / CW; ++c) {
+    const uint32_t buf = bufs + (chunk & 1) * BUF;
     if (chunk >= 2) {
       if (lane == 0) bulk_wait_read<1>();
       __syncwarp();
     }
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int jo = c * 8 + 2 * q;  // first 8-column output block of this x4
+    for (int q = 0; q < CW / 16; ++q) {
+      const int jo = c * (CW / 8) + 2 * q;  // first 8-column output block of this x4
       uint32_t v[4];
 #pragma unroll
       for (int b = 0; b < 2; ++b) {
@@ -428,13 +516,13 @@ __device__ __forceinline__ void store_warp_staged(const float* d, const CUtensor
         }
       }
       const int chunk16 = 2 * q + cb;
-      stmatrix_x4(buf + r * 128 + ((chunk16 ^ (r & 7)) << 4), v[0], v[1], v[2], v[3]);
+      stmatrix_x4(buf + r * PITCH + ((chunk16 ^ swz) << 4), v[0], v[1], v[2], v[3]);
     }
     // generic-proxy shared writes -> visible to the TMA (async proxy) read, then one lane stores
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
     if (lane == 0) {
-      tma_store_2d(map, buf, n_idx * OUTC + c * 64, row0w);
+      tma_store_2d(map, buf, n_idx * OUTC + c * CW, row0w);
       bulk_commit();
     }
     ++chunk;
@@ -482,10 +570,12 @@ constexpr int kTileQ = 4;
 // arrive on the stage's full barrier when their copies land (init count 1 + 128); thread 0 also loads the weights by
 // TMA (expected bytes: the weight tile), resolves and publishes the work items, and claims the next one. Every
 // producer thread follows the tile queue as the consumers do (its warps release the slots too).
-template <int WGS>
+// TL: an item with absorbed tail rows also gathers them (thread t: rows 128 + t / 8 + 16 i, i < 2) into the stage's
+// tail region.
+template <int WGS, bool TL = false>
 __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Params& p, uint32_t base, uint32_t bars,
                                                 int unit, int units, int total, int num_m, int kt_all) {
-  using C = Cfg<WGS>;
+  using C = Cfg<WGS, false, TL>;
   const int pt = threadIdx.x;                   // 0..127: the producer warpgroup
   const int cc = pt & 7, rs = pt >> 3;          // 16-byte chunk of the row's 128-byte k-slice; first row
   const uint32_t a_off = rs * 128 + ((cc ^ (rs & 7)) << 4);  // row rs + 16 i: + 2048 i (same row % 8)
@@ -504,7 +594,7 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
       if (w < total) {
         int t, half, kt0, ktiles, m_idx;
         work_item(w, 1, kt_all, t, half, kt0, ktiles);
-        tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx);
+        tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx, p.absorb);
         tile = p.tiles[m_idx];
         const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
         const int wrow = slot * p.rows_per_slot;
@@ -545,6 +635,14 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
       const int row = item.z + rs + 16 * i;
       tok[i] = row < (p.trim_a ? item.w : p.n_rows) ? p.row_token[row] : -1;
     }
+    const bool tail = TL && tail_rows(item.z, item.w, p.absorb) > 0;
+    int tok_t[2] = {-1, -1};  // the absorbed tail rows' tokens (zero-filled past the expert's last row)
+    if (tail)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = item.z + 128 + rs + 16 * i;
+        tok_t[i] = row < item.w ? p.row_token[row] : -1;
+      }
     const int w_next = pt == 0 ? (p.tile_counter ? units + atomic_add_relaxed(p.tile_counter, 1) : w + units) : 0;
     for (int kt = 0; kt < ktiles; ++kt, ++g) {
       const int s = g % kStages;
@@ -562,6 +660,13 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
         const bool ok = kin && tok[i] >= 0;
         cp_async16_zfill(a_dst + a_off + i * 2048, ok ? p.gather_x + (size_t)tok[i] * p.K + kcol : p.gather_x, ok);
       }
+      if (tail)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const bool ok = kin && tok_t[i] >= 0;
+          cp_async16_zfill(a_dst + C::kABytes + C::kBBytes + a_off + i * 2048,
+                           ok ? p.gather_x + (size_t)tok_t[i] * p.K + kcol : p.gather_x, ok);
+        }
       cp_async_arrive_noinc(full(s));
     }
     w = w_next;
@@ -583,15 +688,21 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
 // other's shared memory.
 constexpr int kClusterN = 1, kClusterM = 2;
 // GA: GEMM1 gathers its activations (producer_gather; 128-row tiles, no cluster, dynamic scheduling).
-template <int WGS, int MODE, bool PERSIST, int CL = 0, bool GA = false>
+// TL: absorbed tails (Params::absorb, over a tile list built with it): an expert's last tile may hold 128 + r rows,
+// r <= kTailRows. The producer loads the r rows' k-slices into the stage's tail region (tmT: 32-row boxes; GA:
+// gathered), the consumers multiply them swap-AB (mma_tile TAIL) and store them directly (store_tail_direct).
+// Where an expert's count is 128 q + r, the r rows used to be a tile of their own, which loaded the whole weight tile
+// through L2 again for a handful of rows (5 of 21 token tiles at Mixtral T=1024, 57 of 576 at Qwen3 T=8192).
+template <int WGS, int MODE, bool PERSIST, int CL = 0, bool GA = false, bool TL = false>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_gemm_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
                       const __grid_constant__ CUtensorMap tmC, const __grid_constant__ CUtensorMap tmC2,
-                      const Params p) {
+                      const __grid_constant__ CUtensorMap tmT, const Params p) {
   static_assert(!CL || (PERSIST && WGS == 2), "the cluster variant is the 128-row persistent kernel");
   constexpr bool CLN = CL == kClusterN, CLM = CL == kClusterM;
   static_assert(!GA || (MODE == 0 && WGS == 2 && CL == 0), "the gathering producer is GEMM1's, 128-row, no cluster");
-  using C = Cfg<WGS>;
+  static_assert(!TL || (PERSIST && WGS == 2 && !CLM), "absorbed tails: the 128-row persistent kernel, no kClusterM");
+  using C = Cfg<WGS, false, TL>;
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
   const uint32_t raw = smem_u32(wg_smem_raw);
   const uint32_t base = (raw + 1023) & ~1023u;
@@ -649,14 +760,17 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   if (wgi == 0) {
     // ---------------- producer ----------------
     // GA: the gathering producer holds 8 row tokens and addresses per thread; 40 registers made ptxas spill them
+    // (with TL 2 tail tokens more: 56 spilled 16 bytes)
     if (WGS == 2) {
-      if constexpr (GA)
+      if constexpr (GA && TL)
+        setmaxnreg_dec<64>();
+      else if constexpr (GA)
         setmaxnreg_dec<56>();
       else
         setmaxnreg_dec<40>();
     }
     if constexpr (GA) {
-      producer_gather<WGS>(&tmB, p, base, bars, unit, units, total, num_m, kt_all);
+      producer_gather<WGS, TL>(&tmB, p, base, bars, unit, units, total, num_m, kt_all);
     } else if (threadIdx.x == 0) {
       int g = 0;
       bool first = true;
@@ -674,7 +788,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         int4 tile = make_int4(0, 0, 0, 0);
         if (w < total) {
           work_item(w, splits, kt_all, t, half, kt0, ktiles);
-          tile_coords(t, num_m, n_cols, p.group_m, p.tiles, list_bm, m_idx, n_idx);
+          tile_coords(t, num_m, n_cols, p.group_m, p.tiles, list_bm, m_idx, n_idx, p.absorb);
           if (CLN) n_idx = 2 * n_idx + (int)rank;
           tile = p.tiles[m_idx];
           if (CLM) tile.y += (int)rank * C::kBM;  // this CTA's 128 rows of the 256-row tile
@@ -694,9 +808,12 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         // expert's rows; its consumer warpgroup skips the tile), so its CTA does not load it and both CTAs expect
         // one half's bytes
         const bool half1_live = !CLN || !p.trim_a || tile.y + 64 < tile.z;
-        const uint32_t stage_tx = !a_live                ? (uint32_t)C::kBBytes
-                                  : CLN && !half1_live ? (uint32_t)(C::kStageBytes - 64 * kBK * 2)
-                                                       : (uint32_t)C::kStageBytes;
+        // TL: the absorbed tail rows, one 32-row box per CTA (kClusterN: each CTA its own, not multicast)
+        const bool tail = TL && tail_rows(tile.y, tile.z, p.absorb) > 0;
+        const uint32_t stage_tx = (!a_live                ? (uint32_t)C::kBBytes
+                                   : CLN && !half1_live ? (uint32_t)(C::kABytes / 2 + C::kBBytes)
+                                                        : (uint32_t)(C::kABytes + C::kBBytes)) +
+                                  (tail ? (uint32_t)C::kTBytes : 0u);
         // A: the whole tile, or (kClusterN) this CTA's 64-row half, multicast to both CTAs at the same offset
         auto load_a = [&](uint32_t stage, uint32_t bar, int kcol) {
           if constexpr (CLN) {
@@ -704,6 +821,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
               tma_load_2d_mc(stage + rank * 64 * kBK * 2, &tmA, bar, kcol, tile.y + (int)rank * 64, (uint16_t)3);
           } else if (a_live)
             tma_load_2d(stage, &tmA, bar, kcol, tile.y);
+          if (tail) tma_load_2d(stage + C::kABytes + C::kBBytes, &tmT, bar, kcol, tile.y + 128);
         };
         // B: both 128-row boxes, or (kClusterM) this CTA's box, multicast to both CTAs at the same offset
         auto load_b = [&](uint32_t b_dst, uint32_t bar, int kcol) {
@@ -754,15 +872,18 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   } else {
     // ---------------- consumers ----------------
     if (WGS == 2) {
-      if constexpr (GA)
-        setmaxnreg_inc<224>();  // 128 x 56 + 256 x 224 <= 64K registers
+      // the pool is the launch's 168 per thread x 384: 128 x 56 + 256 x 224 = 128 x 64 + 256 x 216 = 64512
+      if constexpr (GA && TL)
+        setmaxnreg_inc<216>();
+      else if constexpr (GA)
+        setmaxnreg_inc<224>();
       else
         setmaxnreg_inc<232>();
     }
     const int cw = wgi - 1;  // consumer index: token rows cw*64 .. cw*64+63
     const bool leader = (threadIdx.x & 31) == 0;  // lane 0 of each warp: releases stages (kConsumerWarps)
     // staged epilogue: this warp's two 2 KB buffers (1 KB aligned after the 512 bytes of barriers)
-    const uint32_t stg = bars + 1024 + (uint32_t)((cw * 4 + ((threadIdx.x & 127) >> 5)) * 4096);
+    const uint32_t stg = bars + 1024 + (uint32_t)((cw * 4 + ((threadIdx.x & 127) >> 5)) * 2 * C::kStagingBuf);
     int chunk = 0;
     int g = 0;
     for (int j = 0;; ++j) {
@@ -786,12 +907,23 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       float row_w[2] = {0.f, 0.f};
       if (MODE == 1) load_row_w(p, row0 + cw * 64, row_end, tt >> 5, tt & 31, row_w);
       float d[128];
-      mma_tile<WGS, false, 1, CL, GA>(d, base, bars, cw, ktiles, g, leader, peer);
+      bool done = false;
+      if constexpr (TL) {
+        if (tail_rows(row0, row_end, p.absorb) > 0) {
+          float dt[32], tw[8] = {};
+          if (MODE == 1) load_tail_w(p, row0 + 128, row_end, tt & 31, tw);
+          mma_tile<WGS, false, 1, CL, GA, TL, true>(d, base, bars, cw, ktiles, g, leader, peer, dt);
+          store_tail_direct<MODE>(dt, p, half ? p.C2 : p.C, row0 + 128, row_end, n_idx, cw, tt >> 5, tt & 31, tw);
+          done = true;
+        }
+      }
+      if (!done) mma_tile<WGS, false, 1, CL, GA, TL>(d, base, bars, cw, ktiles, g, leader, peer);
       g += ktiles;
 
       const int row0w = row0 + cw * 64 + (tt >> 5) * 16;  // this warp's first row
       if (p.epi_tma && row0w + 16 <= row_end)
-        store_warp_staged<MODE, C::kBN>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w, chunk);
+        store_warp_staged<MODE, C::kBN, C::kEpiCols>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w,
+                                                     chunk);
       else
         store_tile_direct<MODE, C::kBN>(d, p, half ? p.C2 : p.C, row0 + cw * 64, row_end, n_idx, tt >> 5, tt & 31,
                                         row_w);
@@ -818,7 +950,8 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
 template <int WGS, int MODE, bool SMEM_EPI, bool TALL = false>
 __global__ void __launch_bounds__((WGS + 1) * 128, 1)
     wgmma_tile_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmB,
-                      const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap, const Params p) {
+                      const __grid_constant__ CUtensorMap, const __grid_constant__ CUtensorMap,
+                      const __grid_constant__ CUtensorMap /*tmT: persistent TL only*/, const Params p) {
   using C = Cfg<WGS, TALL>;
   static_assert(!(SMEM_EPI && TALL), "the shared-memory epilogue is written for the 64-row warpgroup tile");
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];

@@ -48,8 +48,10 @@ struct Case {
 
 static int g_fail = 0, g_pass = 0;
 
+// Reference routing of token t. margin (optional): the smallest gap in float64 between a chosen and the best
+// unchosen score (group scores, then expert scores), lowered from its input value.
 static void ref_route(const Case& c, const std::vector<float>& logits, const std::vector<float>& bias, int t,
-                      std::vector<int>& ids, std::vector<double>& w) {
+                      std::vector<int>& ids, std::vector<double>& w, double* margin = nullptr) {
   const int E = c.E;
   std::vector<double> sel(E), raw(E);
   double mx = -1e300, denom = 0;
@@ -77,12 +79,16 @@ static void ref_route(const Case& c, const std::vector<float>& logits, const std
     std::sort(gs.begin(), gs.end());
     std::vector<bool> keep(c.n_group, false);
     for (int i = 0; i < c.topk_group; ++i) keep[gs[i].second] = true;
+    if (margin && c.topk_group < c.n_group)
+      *margin = std::min(*margin, gs[c.topk_group].first - gs[c.topk_group - 1].first);
     for (int e = 0; e < E; ++e)
       if (!keep[e / G]) sel[e] = -INFINITY;
   }
   std::vector<std::pair<double, int>> order;
   for (int e = 0; e < E; ++e) order.push_back({-sel[e], e});
   std::stable_sort(order.begin(), order.end());
+  if (margin && c.k < E && std::isfinite(order[c.k].first))
+    *margin = std::min(*margin, order[c.k].first - order[c.k - 1].first);
   ids.assign(c.k, 0);
   w.assign(c.k, 0);
   double s = 0;
@@ -272,13 +278,21 @@ static void run_case_body(const Case& c, std::mt19937_64& rng) {
 
   trace(c, 2, "reference");
   // --- routing check ---
-  int route_mismatch = 0;
+  int route_mismatch = 0, near_ties = 0;
+  constexpr double kNearTie = 1e-5;
   double werr = 0;
   if (!c.prerouted) {
     for (int t = 0; t < T; ++t) {
       std::vector<int> rid;
       std::vector<double> rw;
-      ref_route(c, logits, bias, t, rid, rw);
+      double margin = INFINITY;
+      ref_route(c, logits, bias, t, rid, rw, &margin);
+      // a near-tie (float64 gap < kNearTie) may go either way in the kernel's float32: not compared, but counted
+      // (seen once in 2026-11-29's runs: a DeepSeek-style group choice, 5 of the token's 8 experts "mismatched")
+      if (margin < kNearTie) {
+        near_ties++;
+        continue;
+      }
       for (int j = 0; j < k; ++j) {
         if (rid[j] != gids[(size_t)t * k + j]) route_mismatch++;
         else werr = std::max(werr, std::fabs(rw[j] - gw[(size_t)t * k + j]) / std::max(1e-6, std::fabs(rw[j])));
@@ -340,9 +354,10 @@ static void run_case_body(const Case& c, std::mt19937_64& rng) {
   bool deterministic_expected = c.split == 1;
   bool ok = nonfinite == 0 && not_zero == 0 && rel < 1e-2 && route_mismatch == 0 && werr < 1e-4 &&
             (same || !deterministic_expected);
-  printf("%s %-34s T=%-5d E=%-4d k=%d d=%-5d f=%-5d relerr=%.3e route_mismatch=%d w_relerr=%.1e nonfinite=%lld "
-         "repeat_identical=%d\n",
-         ok ? "PASS" : "FAIL", c.name.c_str(), T, E, k, D, F, rel, route_mismatch, werr, nonfinite, same ? 1 : 0);
+  printf("%s %-34s T=%-5d E=%-4d k=%d d=%-5d f=%-5d relerr=%.3e route_mismatch=%d near_ties=%d w_relerr=%.1e "
+         "nonfinite=%lld repeat_identical=%d\n",
+         ok ? "PASS" : "FAIL", c.name.c_str(), T, E, k, D, F, rel, route_mismatch, near_ties, werr, nonfinite,
+         same ? 1 : 0);
   ok ? g_pass++ : g_fail++;
   cudaFree(dx);
   cudaFree(dw13);
@@ -626,6 +641,27 @@ int main(int argc, char** argv) {
       // the default at 64 GEMM1 weight tiles (kGatherMaxWeightTiles): the permute kernel and kClusterN GEMM1
       {"default-permute-cluster-64-weight-tiles-graph", 8, 2, 256, 8192, 300, 0, 1, 0, 0, 1.f, false, false, false,
        true, 128, 1, 3},
+      // absorbed tails (on by default from d_ff 2048, else SY_MOE_ABSORB=32): with top-k = E every expert holds
+      // exactly T rows, so these hit 128 + 1, 128 + 32 (the limit), 256 + 32 and 128 + 33 (not absorbed) rows,
+      // through the gathering GEMM1 (d_ff under 64 weight tiles) and the permute + kClusterN one (SY_MOE_GATHER=0), a
+      // GEMM2 with one weight tile (no cluster) and with two (kClusterN), the split GEMM2 (the default at d_ff 4096),
+      // K = 200 with 136 / 200 output columns (the tail's column bounds), the direct epilogue, the untrimmed loads,
+      // and the knob off where the default is on
+      {"absorb-gather-129-rows", 2, 2, 256, 384, 129, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_ABSORB=32"},
+      {"absorb-gather-cluster-160-rows-graph", 2, 2, 512, 256, 160, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0, 0,
+       "SY_MOE_ABSORB=32"},
+      {"absorb-permute-cluster-288-rows", 2, 2, 512, 512, 288, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_GATHER=0 SY_MOE_ABSORB=32"},
+      {"absorb-161-rows-not-absorbed", 2, 2, 512, 256, 161, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_ABSORB=32"},
+      {"absorb-split2-280-rows-graph", 2, 2, 512, 4096, 280, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0},
+      {"absorb-awkward-dims-150-rows", 3, 3, 200, 136, 150, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_ABSORB=32"},
+      {"absorb-direct-epilogue-untrimmed-160-rows", 2, 2, 512, 512, 160, 0, 1, 0, 0, 1.f, false, false, false, false,
+       0, 0, 0, "SY_MOE_EPI_TMA=0 SY_MOE_TRIM=0 SY_MOE_ABSORB=32"},
+      {"absorb-off-160-rows", 2, 2, 512, 2048, 160, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_ABSORB=0"},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
@@ -706,6 +742,10 @@ int main(int argc, char** argv) {
       {"staged-epi-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20,
        "SY_MOE_CLUSTER=2 SY_MOE_EPI_TMA=1"},
       {"untrimmed-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_TRIM=0"},
+      // absorbed tails: on by default in the split2 Mixtral-like ones above (d_ff 4096), here with the kClusterN
+      // GEMM1 too, and forced at the Qwen3 shape (d_ff 768, off by default)
+      {"absorb-permute-cluster-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_GATHER=0"},
+      {"absorb-qwen3-T8192", 128, 8, 2048, 768, 8192, 10, "SY_MOE_ABSORB=32"},
   };
   g_stall_s = stall_s;
   if (only) {
