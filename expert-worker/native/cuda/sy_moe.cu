@@ -1005,10 +1005,9 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& 
 template <int MODE>
 int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& c,
               const CUtensorMap& c2, const CUtensorMap& t, const wg::Params& p, int max_m, bool pdl, cudaStream_t s,
-              long long* grid, int cluster = 0, bool gather = false) {
-  // absorbed tails (p.absorb > 0): the caller asks for them only where this picks a TL kernel (128-row persistent,
-  // no kClusterM)
-  const bool tl = p.absorb > 0;
+              long long* grid, int cluster = 0, bool gather = false, bool tl = false) {
+  // tl: the TL kernels (absorbed tails when p.absorb > 0); the caller asks for them only where this picks one
+  // (128-row persistent, no kClusterM)
   if constexpr (MODE == 0)
     if (gather && persist && cluster == 0 && BM == 128)
       return tl ? launch_wgmma<2, 0, true, false, false, 0, true, true>(a, b, c, c2, t, p, max_m, pdl, s, grid)
@@ -1247,9 +1246,13 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const bool epi = env_int("SY_MOE_EPI", kSmemEpilogueDefault) != 0;
   const int route_warps = std::min(32, kFusedRouteScoreBytes / (8 * E));
   const bool fused_route = T <= fused_t && n <= kFusedRouteMaxN && route_warps >= 1;
-  const int absorb = use_wg && dyn && BM == 128 && persist1 && persist2 && !clm && !fused_route
-                         ? std::max(0, std::min(absorb_env, wg::kTailRows))
-                         : 0;
+  const bool tl_ok = use_wg && dyn && BM == 128 && persist1 && persist2 && !clm && !fused_route;
+  const int absorb = tl_ok ? std::max(0, std::min(absorb_env, wg::kTailRows)) : 0;
+  // benchmark knobs of the TL kernels: SY_MOE_TL_ONLY=1 runs them without absorbing (what their 32-column
+  // epilogue costs by itself), SY_MOE_TL_EPI64=1 gives them one 64-column staging buffer per warp instead of two
+  // 32-column ones
+  const bool tl = absorb > 0 || (tl_ok && env_int("SY_MOE_TL_ONLY", 0) != 0);
+  const int tl_epi64 = tl && env_int("SY_MOE_TL_EPI64", 0) != 0;
   if (fused_route) {
     // One block: routing + counts + scan + tile list + row maps (no memset, three launches fewer).
     RouteParams rp = make_route_params(cfg, T, a->logits, a->bias, ids, w, nullptr, nullptr, a->expert_slot,
@@ -1311,8 +1314,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
         (rc = make_map(&mB2, a->w2, (uint64_t)slots * D, F, box_b)) ||
         // outputs, for the persistent kernels' staged epilogue (16-row boxes: one consumer warp's rows; 32 columns
         // for the TL kernels, which run wherever absorb > 0)
-        (rc = make_map(&mC1, h, n, F, 16, absorb ? 32 : 64)) || (rc = make_map(&mC2, y, n, D, 16, absorb ? 32 : 64)) ||
-        (rc = make_map(&mC2b, xp, n, D, 16, absorb ? 32 : 64)) ||
+        (rc = make_map(&mC1, h, n, F, 16, tl && !tl_epi64 ? 32 : 64)) ||
+        (rc = make_map(&mC2, y, n, D, 16, tl && !tl_epi64 ? 32 : 64)) ||
+        (rc = make_map(&mC2b, xp, n, D, 16, tl && !tl_epi64 ? 32 : 64)) ||
         // absorbed tails: 32-row boxes of the activations (wg::kTailRows)
         (rc = make_map(&mT1, xp, n, D, wg::kTailRows)) || (rc = make_map(&mT2, h, n, F, wg::kTailRows)))
       return rc;
@@ -1353,12 +1357,13 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // (wg::Params::trim_a)
     p1.trim_a = p2.trim_a = env_int("SY_MOE_TRIM", kTrimDefault) != 0;
     p1.absorb = p2.absorb = absorb;
+    p1.epi64 = p2.epi64 = tl_epi64;
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
-      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, mT1, p1, max_m, pdl, s, &g1, cl1, gather);
+      rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, mT1, p1, max_m, pdl, s, &g1, cl1, gather, tl);
       if (rc) return rc;
       rc = run_wgmma<1>(BM, persist2, epi, mA2, mB2, mC2, mC2b, mT2, p2, max_m, pdl && g1 <= kPdlMaxPrimaryGrid, s,
-                        &g2, cl2);
+                        &g2, cl2, false, tl);
       if (rc) return rc;
     }
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;

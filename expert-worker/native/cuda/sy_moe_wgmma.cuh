@@ -42,6 +42,8 @@ struct Params {
                       // a device counter that the scan of the same call zeroes (scan_block)
   int trim_a;         // persistent kernel: load no activation rows past the tile's expert's last row (gather:
                       // zero-filled; kClusterN: a 64-row half with no tokens is not loaded); 0: load them
+  int epi64;          // TL kernels' staged epilogue: 1 = one 64-column 2 KB buffer per warp (C maps with 16 x 64
+                      // boxes), 0 = two 32-column 1 KB buffers (Cfg::kEpiCols; 16 x 32 boxes)
   int absorb;         // 0, or up to kTailRows: the tile list was built with expert_tiles(c, 128, absorb), so an
                       // expert's last tile may hold 128 + r rows (tail_rows), r <= absorb (the TL kernels only)
 };
@@ -475,7 +477,9 @@ __device__ __forceinline__ void store_tail_direct(const float* dt, const Params&
 // Only for warps whose 16 rows all hold tokens (a TMA box cannot stop at the expert's last row, and the rows past
 // it belong to the next expert's tile): the caller sends the warp holding an expert's last row to store_tile_direct.
 // `chunk`: the warp's running chunk count (buffer parity and when to wait).
-template <int MODE, int BN, int CW = 64>
+// NBUF = 1 (the TL kernels with p.epi64): one 2 KB buffer per warp in the same 2 KB, 64-column chunks, each chunk's
+// stmatrix waiting until the store before it has read the buffer.
+template <int MODE, int BN, int CW = 64, int NBUF = 2>
 __device__ __forceinline__ void store_warp_staged(const float* d, const CUtensorMap* map, uint32_t bufs, int row0w,
                                                   int n_idx, int lane, const float (&row_w)[2], int& chunk) {
   static_assert(CW == 64 || CW == 32, "64- or 32-column chunks");
@@ -488,9 +492,9 @@ __device__ __forceinline__ void store_warp_staged(const float* d, const CUtensor
   const int swz = CW == 64 ? (r & 7) : ((r >> 1) & 3);
 #pragma unroll
   for (int c = 0; c < OUTC / CW; ++c) {
-    const uint32_t buf = bufs + (chunk & 1) * BUF;
-    if (chunk >= 2) {
-      if (lane == 0) bulk_wait_read<1>();
+    const uint32_t buf = bufs + (chunk % NBUF) * BUF;
+    if (chunk >= NBUF) {
+      if (lane == 0) bulk_wait_read<NBUF - 1>();
       __syncwarp();
     }
 #pragma unroll
@@ -921,7 +925,9 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       g += ktiles;
 
       const int row0w = row0 + cw * 64 + (tt >> 5) * 16;  // this warp's first row
-      if (p.epi_tma && row0w + 16 <= row_end)
+      if (TL && p.epi_tma && p.epi64 && row0w + 16 <= row_end)
+        store_warp_staged<MODE, C::kBN, 64, 1>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w, chunk);
+      else if (p.epi_tma && row0w + 16 <= row_end)
         store_warp_staged<MODE, C::kBN, C::kEpiCols>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w,
                                                      chunk);
       else

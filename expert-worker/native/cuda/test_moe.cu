@@ -662,6 +662,11 @@ int main(int argc, char** argv) {
        0, 0, 0, "SY_MOE_EPI_TMA=0 SY_MOE_TRIM=0 SY_MOE_ABSORB=32"},
       {"absorb-off-160-rows", 2, 2, 512, 2048, 160, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
        "SY_MOE_ABSORB=0"},
+      // the TL kernels' benchmark knobs: one 64-column staging buffer per warp, and the TL kernels without absorbing
+      {"absorb-epi64-288-rows-graph", 2, 2, 512, 2048, 288, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0, 0,
+       "SY_MOE_TL_EPI64=1"},
+      {"absorb-tl-only-160-rows", 2, 2, 512, 256, 160, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_ABSORB=0 SY_MOE_TL_ONLY=1"},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
