@@ -111,8 +111,9 @@ constexpr int kTrimDefault = 1;
 // Absorbed tails (wg::Params::absorb, wgmma_gemm_kernel TL): an expert with 128 q + r tokens, q >= 1 and
 // r <= kAbsorbDefault, gets q token tiles, the last holding 128 + r rows, instead of q + 1 tiles, the last one with
 // r rows that loaded a whole weight tile through L2 for them. For the 128-row persistent GEMMs with dynamic scheduling
-// (both, or neither: the tile list is shared) and no kClusterM, where d_ff >= kAbsorbMinDff. SY_MOE_ABSORB=N sets
-// r's limit (at most wg::kTailRows) at any d_ff; 0 turns it off.
+// (both, or neither: the tile list is shared), where d_ff >= kAbsorbMinDff; with kClusterM (SY_MOE_CLUSTER=2) over
+// its 256-row list, rank 1 of a 256 + r row tile holding 128 + r rows. SY_MOE_ABSORB=N sets r's limit (at most
+// wg::kTailRows) at any d_ff; 0 turns it off.
 // The TL kernels pay for the tail's stage region with a staged epilogue of 32-column chunks (wg::Cfg::kEpiCols),
 // twice the TMA stores, which costs where work items are short. Measured on H200 against SY_MOE_ABSORB=0 (6
 // rotated rounds, medians, bench/results/logs/h200-absorb-bench.log): Mixtral T=1024 (5 of 21 token tiles absorbed)
@@ -1007,7 +1008,7 @@ int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtens
               const CUtensorMap& c2, const CUtensorMap& t, const wg::Params& p, int max_m, bool pdl, cudaStream_t s,
               long long* grid, int cluster = 0, bool gather = false, bool tl = false) {
   // tl: the TL kernels (absorbed tails when p.absorb > 0); the caller asks for them only where this picks one
-  // (128-row persistent, no kClusterM)
+  // (128-row persistent)
   if constexpr (MODE == 0)
     if (gather && persist && cluster == 0 && BM == 128)
       return tl ? launch_wgmma<2, 0, true, false, false, 0, true, true>(a, b, c, c2, t, p, max_m, pdl, s, grid)
@@ -1018,7 +1019,9 @@ int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtens
                                                                                       s, grid)
               : launch_wgmma<2, MODE, true, false, false, wg::kClusterN>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (persist && cluster == wg::kClusterM && BM == 128)
-    return launch_wgmma<2, MODE, true, false, false, wg::kClusterM>(a, b, c, c2, t, p, max_m, pdl, s, grid);
+    return tl ? launch_wgmma<2, MODE, true, false, false, wg::kClusterM, false, true>(a, b, c, c2, t, p, max_m, pdl,
+                                                                                      s, grid)
+              : launch_wgmma<2, MODE, true, false, false, wg::kClusterM>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (persist && BM == 128 && tl)
     return launch_wgmma<2, MODE, true, false, false, 0, false, true>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (persist)
@@ -1246,7 +1249,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const bool epi = env_int("SY_MOE_EPI", kSmemEpilogueDefault) != 0;
   const int route_warps = std::min(32, kFusedRouteScoreBytes / (8 * E));
   const bool fused_route = T <= fused_t && n <= kFusedRouteMaxN && route_warps >= 1;
-  const bool tl_ok = use_wg && dyn && BM == 128 && persist1 && persist2 && !clm && !fused_route;
+  const bool tl_ok = use_wg && dyn && BM == 128 && persist1 && persist2 && !fused_route;
   const int absorb = tl_ok ? std::max(0, std::min(absorb_env, wg::kTailRows)) : 0;
   // benchmark knobs of the TL kernels: SY_MOE_TL_ONLY=1 runs them without absorbing (what their 32-column
   // epilogue costs by itself), SY_MOE_TL_EPI64=1 gives them one 64-column staging buffer per warp instead of two

@@ -705,7 +705,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   static_assert(!CL || (PERSIST && WGS == 2), "the cluster variant is the 128-row persistent kernel");
   constexpr bool CLN = CL == kClusterN, CLM = CL == kClusterM;
   static_assert(!GA || (MODE == 0 && WGS == 2 && CL == 0), "the gathering producer is GEMM1's, 128-row, no cluster");
-  static_assert(!TL || (PERSIST && WGS == 2 && !CLM), "absorbed tails: the 128-row persistent kernel, no kClusterM");
+  static_assert(!TL || (PERSIST && WGS == 2), "absorbed tails: the 128-row persistent kernel");
   using C = Cfg<WGS, false, TL>;
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
   const uint32_t raw = smem_u32(wg_smem_raw);
@@ -812,7 +812,8 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         // expert's rows; its consumer warpgroup skips the tile), so its CTA does not load it and both CTAs expect
         // one half's bytes
         const bool half1_live = !CLN || !p.trim_a || tile.y + 64 < tile.z;
-        // TL: the absorbed tail rows, one 32-row box per CTA (kClusterN: each CTA its own, not multicast)
+        // TL: the absorbed tail rows, one 32-row box per CTA (kClusterN: each CTA its own, not multicast; kClusterM:
+        // the list's 256 + r row tile, i.e. rank 1's 128 + r rows, tile.y being this CTA's first row)
         const bool tail = TL && tail_rows(tile.y, tile.z, p.absorb) > 0;
         const uint32_t stage_tx = (!a_live                ? (uint32_t)C::kBBytes
                                    : CLN && !half1_live ? (uint32_t)(C::kABytes / 2 + C::kBBytes)

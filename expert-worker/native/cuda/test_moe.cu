@@ -667,6 +667,16 @@ int main(int argc, char** argv) {
        "SY_MOE_TL_EPI64=1"},
       {"absorb-tl-only-160-rows", 2, 2, 512, 256, 160, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
        "SY_MOE_ABSORB=0 SY_MOE_TL_ONLY=1"},
+      // kClusterM over 256-row tiles: 256 + 32 rows (rank 1 holds 128 + 32), 256 + 33 (a second tile whose rank 1
+      // idles), 160 (one tile, rank 1 with 32 rows, nothing absorbed), and the split GEMM2
+      {"absorb-clusterm-288-rows-graph", 2, 2, 512, 2048, 288, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0, 0,
+       "SY_MOE_CLUSTER=2"},
+      {"absorb-clusterm-289-rows", 2, 2, 512, 2048, 289, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_CLUSTER=2"},
+      {"absorb-clusterm-160-rows", 2, 2, 512, 256, 160, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_CLUSTER=2 SY_MOE_ABSORB=32"},
+      {"absorb-clusterm-split2-280-rows", 2, 2, 512, 4096, 280, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_CLUSTER=2"},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
@@ -751,6 +761,7 @@ int main(int argc, char** argv) {
       // GEMM1 too, and forced at the Qwen3 shape (d_ff 768, off by default)
       {"absorb-permute-cluster-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_GATHER=0"},
       {"absorb-qwen3-T8192", 128, 8, 2048, 768, 8192, 10, "SY_MOE_ABSORB=32"},
+      {"absorb-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=2"},
   };
   g_stall_s = stall_s;
   if (only) {
