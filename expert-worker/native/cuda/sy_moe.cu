@@ -1319,10 +1319,12 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
         // for the TL kernels, which run wherever absorb > 0)
         (rc = make_map(&mC1, h, n, F, 16, tl && !tl_epi64 ? 32 : 64)) ||
         (rc = make_map(&mC2, y, n, D, 16, tl && !tl_epi64 ? 32 : 64)) ||
-        (rc = make_map(&mC2b, xp, n, D, 16, tl && !tl_epi64 ? 32 : 64)) ||
-        // absorbed tails: 32-row boxes of the activations (wg::kTailRows)
-        (rc = make_map(&mT1, xp, n, D, wg::kTailRows)) || (rc = make_map(&mT2, h, n, F, wg::kTailRows)))
+        (rc = make_map(&mC2b, xp, n, D, 16, tl && !tl_epi64 ? 32 : 64)))
       return rc;
+    // the TL kernels' tail rows: 32-row boxes of the activations (wg::kTailRows); other kernels ignore the map
+    if (tl && ((rc = make_map(&mT1, xp, n, D, wg::kTailRows)) || (rc = make_map(&mT2, h, n, F, wg::kTailRows))))
+      return rc;
+    if (!tl) mT1 = mA1, mT2 = mA2;
     if (!gather &&
         (rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
                        (const bf16*)a->x, (const int*)assign_row, n, k, D, xp)))
