@@ -290,6 +290,189 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) 
   }
 }
 
+// Register routing (route_reg_kernel): the same decisions as route_token, for E <= 32 * NPL, with lane l holding
+// experts l * NPL .. l * NPL + NPL - 1 in registers. route_token keeps its scores in shared memory and scans E / 32
+// of them per lane and selection round, with a __syncwarp around each shared store. Both are bound by instruction
+// issue (Nsight Compute: ~0.5 warp instructions per scheduler and cycle, bench/results/logs/h200-route-profile.log).
+// At T = 8192 on H200 (per-kernel times, PDL off, same log) this one takes 15 us against 25 at Qwen3 (E 128) and
+// 34 against 42 at DeepSeek-V3 (E 256 in groups), with 2 tokens per warp; 4 per warp were slower (19 / 42 us).
+// Group-limited routing needs each group to be whole lanes, a power of two of them (route_reg_ok); otherwise the
+// caller uses route_kernel.
+template <int NPL>
+__device__ __forceinline__ void route_token_reg(const RouteParams& p, int t, int lane, int& out_id, float& out_w) {
+  const float NEG = -INFINITY;
+  const float* lg = p.logits + (size_t)t * p.E;
+  const int e0 = lane * NPL;
+  float sel[NPL], raw[NPL];
+  float mx = NEG;
+#pragma unroll
+  for (int j = 0; j < NPL; ++j) {
+    const int e = e0 + j;
+    if (e < p.E) {
+      const float l = lg[e];
+      if (p.score == SY_MOE_SCORE_SIGMOID) {
+        const float s = 1.f / (1.f + __expf(-l));
+        raw[j] = s;
+        sel[j] = s + (p.bias ? p.bias[e] : 0.f);
+      } else {
+        raw[j] = l;
+        sel[j] = l;
+        mx = fmaxf(mx, l);
+      }
+    } else {
+      raw[j] = 0.f;
+      sel[j] = NEG;
+    }
+  }
+  float denom = 1.f;
+  if (p.score == SY_MOE_SCORE_SOFTMAX) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < NPL; ++j)
+      if (e0 + j < p.E) s += __expf(raw[j] - mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    denom = s;
+  }
+  if (p.n_group > 1) {
+    // Group score = sum of the two best selection scores in the group (DeepSeek-V3); keep topk_group groups. A
+    // group is lpg = G / NPL consecutive lanes: each lane's best two, then merged across the group's lanes.
+    const int lpg = p.E / p.n_group / NPL;
+    float b1 = NEG, b2 = NEG;
+#pragma unroll
+    for (int j = 0; j < NPL; ++j) {
+      const float v = sel[j];
+      if (v > b1) {
+        b2 = b1;
+        b1 = v;
+      } else if (v > b2) {
+        b2 = v;
+      }
+    }
+    for (int o = 1; o < lpg; o <<= 1) {
+      const float c1 = __shfl_xor_sync(0xffffffffu, b1, o), c2 = __shfl_xor_sync(0xffffffffu, b2, o);
+      const float hi = fmaxf(b1, c1), lo = fmaxf(fminf(b1, c1), fmaxf(b2, c2));
+      b1 = hi;
+      b2 = lo;
+    }
+    const int grp = lane / lpg;
+    const bool rep = lane % lpg == 0 && grp < p.n_group;  // the lane that offers its group's score
+    float gs = rep ? b1 + (p.E / p.n_group > 1 ? b2 : 0.f) : NEG;
+    unsigned keep = 0;
+    for (int r = 0; r < p.topk_group; ++r) {
+      float v = gs;
+      int i = rep ? grp : 1 << 30;
+      warp_argmax(v, i);
+      if (i < 32) keep |= 1u << i;
+      if (rep && i == grp) gs = NEG;
+    }
+    if (!((keep >> grp) & 1u))
+#pragma unroll
+      for (int j = 0; j < NPL; ++j) sel[j] = NEG;
+  }
+  int my_id = -1;
+  float my_w = 0.f, wsum = 0.f;
+  for (int j = 0; j < p.k; ++j) {
+    // this lane's best (lowest expert on ties), then the warp's; the owner lane knows the chosen expert's raw score
+    // (route_token's scan: the first expert that is >, or == while none is chosen, so an all -inf lane offers its
+    // lowest expert)
+    float v = NEG, rv = 0.f;
+    int i = 1 << 30;
+#pragma unroll
+    for (int q = 0; q < NPL; ++q)
+      if (e0 + q < p.E && (sel[q] > v || (sel[q] == v && i == 1 << 30))) {
+        v = sel[q];
+        i = e0 + q;
+        rv = raw[q];
+      }
+    warp_argmax(v, i);
+    const bool fallback = i >= p.E;  // no candidate compared (NaN scores): expert 0, as route_token
+    if (fallback) i = 0;
+    const int owner = i / NPL;
+    const float r = __shfl_sync(0xffffffffu, rv, owner), r0 = __shfl_sync(0xffffffffu, raw[0], 0);
+    const float raw_i = fallback ? r0 : r;
+    const float wj = p.score == SY_MOE_SCORE_SOFTMAX ? __expf(raw_i - mx) / denom : raw_i;
+    wsum += wj;
+    if (lane == j) {
+      my_id = i;
+      my_w = wj;
+    }
+    if (lane == owner)
+#pragma unroll
+      for (int q = 0; q < NPL; ++q)
+        if (e0 + q == i) sel[q] = NEG;
+  }
+  float w = my_w;
+  if (p.renormalize) w = w / wsum;
+  out_w = w * p.scale;
+  out_id = my_id;
+}
+
+// Whether route_token_reg<NPL> takes this config: E <= 32 NPL, and groups (if any) of a power-of-two number of
+// whole lanes.
+static bool route_reg_ok(const sy_moe_config* c, int npl) {
+  if (c->num_experts > 32 * npl) return false;
+  if (c->n_group <= 1) return true;
+  const int G = c->num_experts / c->n_group;
+  if (G % npl) return false;
+  const int lpg = G / npl;
+  return (lpg & (lpg - 1)) == 0;
+}
+
+// Register routing, kRouteRegWarps warps per block, each routing tpw tokens of the block's chunk. With rank (the
+// forward call), the per-expert counts are gathered in shared memory first: one global atomic per expert and
+// block instead of one per (token, choice), k * T of them onto E counters in a few cache lines.
+constexpr int kRouteRegWarps = 16;
+constexpr int kRouteRegMaxTpw = 2;
+template <int NPL>
+__global__ void __launch_bounds__(kRouteRegWarps * 32) route_reg_kernel(RouteParams p, int tpw) {
+  extern __shared__ int sm_counts[];  // [E] this block's counts, then [E] the block's base rank per expert
+  pdl_trigger();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bool ranked = p.rank != nullptr;
+  if (ranked) {
+    for (int e = threadIdx.x; e < p.E; e += blockDim.x) sm_counts[e] = 0;
+    __syncthreads();
+  }
+  const int t0 = blockIdx.x * kRouteRegWarps * tpw;
+  int ids[kRouteRegMaxTpw], local[kRouteRegMaxTpw];
+#pragma unroll
+  for (int j = 0; j < kRouteRegMaxTpw; ++j) {
+    ids[j] = -1;
+    local[j] = -1;
+    const int t = t0 + j * kRouteRegWarps + warp;
+    if (j >= tpw || t >= p.T) continue;
+    int my_id;
+    float w;
+    route_token_reg<NPL>(p, t, lane, my_id, w);
+    if (lane < p.k) {
+      const size_t a = (size_t)t * p.k + lane;
+      p.ids[a] = my_id;
+      p.w[a] = w;
+      if (p.ids_out) p.ids_out[a] = my_id;
+      if (p.w_out) p.w_out[a] = w;
+      if (ranked) {
+        const int slot = p.expert_slot ? p.expert_slot[my_id] : my_id;
+        ids[j] = my_id;
+        local[j] = slot >= 0 ? atomicAdd(&sm_counts[my_id], 1) : -1;
+      }
+    }
+  }
+  if (!ranked) return;
+  __syncthreads();
+  int* base = sm_counts + p.E;
+  for (int e = threadIdx.x; e < p.E; e += blockDim.x) base[e] = sm_counts[e] ? atomicAdd(&p.counts[e], sm_counts[e]) : 0;
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kRouteRegMaxTpw; ++j) {
+    const int t = t0 + j * kRouteRegWarps + warp;
+    if (j >= tpw || t >= p.T || lane >= p.k) continue;
+    p.rank[(size_t)t * p.k + lane] = local[j] >= 0 ? base[ids[j]] + local[j] : -1;
+  }
+}
+
 // Pre-routed input: ids/weights come from the caller (the router already chose). Out-of-range ids are ignored.
 __global__ void preroute_kernel(const int* ids_in, const float* w_in, const int* expert_slot, int n, int E, int* ids,
                                 float* w, int* rank, int* counts) {
@@ -1084,6 +1267,32 @@ static RouteParams make_route_params(const sy_moe_config* cfg, int T, const floa
 static int launch_route(const sy_moe_config* cfg, int T, const float* logits, const float* bias, int* ids, float* w,
                         int* rank, int* counts, const int* slot, int* ids_out, float* w_out, cudaStream_t s) {
   const RouteParams rp = make_route_params(cfg, T, logits, bias, ids, w, rank, counts, slot, ids_out, w_out);
+  // route_reg_kernel where the experts fit in registers (NPL per lane); SY_MOE_ROUTE_REG=0 (tests, benchmarks)
+  // keeps route_kernel
+  const int E = cfg->num_experts;
+  const int npl = E <= 32 ? 1 : E <= 64 ? 2 : E <= 128 ? 4 : 8;
+  if (env_int("SY_MOE_ROUTE_REG", 1) != 0 && route_reg_ok(cfg, npl)) {
+    if (!g_num_sms) {
+      int dev = 0;
+      SY_CUDA(cudaGetDevice(&dev));
+      SY_CUDA(cudaDeviceGetAttribute(&g_num_sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    // tokens per warp: up to kRouteRegMaxTpw while the grid still fills every SM (more tokens per block, fewer
+    // global atomics)
+    const int tpw_env = env_int("SY_MOE_ROUTE_TPW", 0);  // benchmark knob: tokens per warp
+    const int tpw = tpw_env > 0 ? std::min(kRouteRegMaxTpw, tpw_env)
+                                : std::max(1, std::min(kRouteRegMaxTpw, T / (kRouteRegWarps * g_num_sms)));
+    const int grid = (T + kRouteRegWarps * tpw - 1) / (kRouteRegWarps * tpw);
+    const size_t rsmem = rank ? (size_t)2 * E * 4 : 0;
+    switch (npl) {
+      case 1: route_reg_kernel<1><<<grid, kRouteRegWarps * 32, rsmem, s>>>(rp, tpw); break;
+      case 2: route_reg_kernel<2><<<grid, kRouteRegWarps * 32, rsmem, s>>>(rp, tpw); break;
+      case 4: route_reg_kernel<4><<<grid, kRouteRegWarps * 32, rsmem, s>>>(rp, tpw); break;
+      default: route_reg_kernel<8><<<grid, kRouteRegWarps * 32, rsmem, s>>>(rp, tpw); break;
+    }
+    SY_CUDA(cudaGetLastError());
+    return SY_MOE_OK;
+  }
   const size_t smem = (size_t)kRouteWarps * 2 * cfg->num_experts * 4;
   static bool attr = false;
   if (!attr) {

@@ -685,6 +685,17 @@ int main(int argc, char** argv) {
       {"fused-route-prerouted-missing", 24, 3, 192, 256, 61, 0, 0, 0, 0, 1.f, false, true, true, false, 128, 1, 1},
       {"general-route-small-T", 64, 6, 256, 128, 30, 1, 1, 8, 4, 2.5f, true, false, false, true, 0, 0, 0,
        "SY_MOE_FUSED_ROUTE_T=0"},
+      // register routing (route_reg_kernel, E <= 256): lanes past the last expert (E 160), groups of 8 lanes
+      // (E 96 in 3 groups), groups of one expert (E 16 in 16), no renormalization; groups that do not fill whole
+      // lanes (E 192 in 32 groups of 6) and the shared-memory kernel forced (SY_MOE_ROUTE_REG=0) take route_kernel
+      {"route-reg-160-experts", 160, 6, 256, 128, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
+      {"route-reg-96-experts-3-groups", 96, 8, 256, 128, 300, 1, 1, 3, 2, 1.5f, true, false, false, false, 0, 0},
+      {"route-reg-16-experts-16-groups", 16, 4, 256, 128, 300, 1, 1, 16, 8, 1.f, true, false, false, false, 0, 0},
+      {"route-reg-128-experts-no-renorm-graph", 128, 8, 256, 128, 300, 0, 0, 0, 0, 1.f, false, false, false, true, 0,
+       0},
+      {"route-smem-192-experts-32-groups", 192, 8, 256, 128, 300, 1, 1, 32, 8, 1.f, true, false, false, false, 0, 0},
+      {"route-smem-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 0, 0, 0,
+       "SY_MOE_ROUTE_REG=0"},
       // the knobs' other settings: no PDL; the shared-memory + bulk-copy epilogue of the 128-row tile kernel
       {"no-pdl", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 2, "SY_MOE_PDL=0"},
       {"smem-epilogue-bm128-awkward", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
