@@ -175,6 +175,30 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// Scores of expert e from its logit l: raw (what the weight is made of) and sel (what top-k compares: sigmoid +
+// correction bias, or the logit); mx keeps the softmax maximum. Shared by route_token and route_token_reg.
+__device__ __forceinline__ void score_expert(const RouteParams& p, int e, float l, float& raw, float& sel, float& mx) {
+  if (p.score == SY_MOE_SCORE_SIGMOID) {
+    const float s = 1.f / (1.f + __expf(-l));
+    raw = s;
+    sel = s + (p.bias ? p.bias[e] : 0.f);
+  } else {
+    raw = l;
+    sel = l;
+    mx = fmaxf(mx, l);
+  }
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Routes token t with one warp; lanes 0..k-1 return their chosen expert and final weight. Scores live in shared
 // memory (E <= 1024; sel/raw: E floats each, private to the warp), so any E works without register arrays indexed
 // at run time. Ties go to the lower expert id, as torch.topk does on CUDA for distinct values.
@@ -183,27 +207,13 @@ __device__ __forceinline__ void route_token(const RouteParams& p, int t, float* 
   const float* lg = p.logits + (size_t)t * p.E;
   const float NEG = -INFINITY;
   float mx = NEG;
-  for (int e = lane; e < p.E; e += 32) {
-    float l = lg[e];
-    if (p.score == SY_MOE_SCORE_SIGMOID) {
-      float s = 1.f / (1.f + __expf(-l));
-      raw[e] = s;
-      sel[e] = s + (p.bias ? p.bias[e] : 0.f);
-    } else {
-      raw[e] = l;
-      sel[e] = l;
-      mx = fmaxf(mx, l);
-    }
-  }
+  for (int e = lane; e < p.E; e += 32) score_expert(p, e, lg[e], raw[e], sel[e], mx);
   float denom = 1.f;
   if (p.score == SY_MOE_SCORE_SOFTMAX) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    mx = warp_max(mx);
     float s = 0.f;
     for (int e = lane; e < p.E; e += 32) s += __expf(raw[e] - mx);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    denom = s;
+    denom = warp_sum(s);
   }
   __syncwarp();
   if (p.n_group > 1) {
@@ -308,33 +318,18 @@ __device__ __forceinline__ void route_token_reg(const RouteParams& p, int t, int
 #pragma unroll
   for (int j = 0; j < NPL; ++j) {
     const int e = e0 + j;
-    if (e < p.E) {
-      const float l = lg[e];
-      if (p.score == SY_MOE_SCORE_SIGMOID) {
-        const float s = 1.f / (1.f + __expf(-l));
-        raw[j] = s;
-        sel[j] = s + (p.bias ? p.bias[e] : 0.f);
-      } else {
-        raw[j] = l;
-        sel[j] = l;
-        mx = fmaxf(mx, l);
-      }
-    } else {
-      raw[j] = 0.f;
-      sel[j] = NEG;
-    }
+    raw[j] = 0.f;
+    sel[j] = NEG;
+    if (e < p.E) score_expert(p, e, lg[e], raw[j], sel[j], mx);
   }
   float denom = 1.f;
   if (p.score == SY_MOE_SCORE_SOFTMAX) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    mx = warp_max(mx);
     float s = 0.f;
 #pragma unroll
     for (int j = 0; j < NPL; ++j)
       if (e0 + j < p.E) s += __expf(raw[j] - mx);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    denom = s;
+    denom = warp_sum(s);
   }
   if (p.n_group > 1) {
     // Group score = sum of the two best selection scores in the group (DeepSeek-V3); keep topk_group groups. A
