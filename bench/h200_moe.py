@@ -36,6 +36,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+import gpu_timing
+from gpu_timing import timeit
 from sy_moe_abi import SHAPES as ABI_SHAPES, Cfg, layer_call, load
 
 OUT = os.environ.get("OUT", ".")
@@ -67,43 +69,6 @@ def trace(msg):
 ENGINE = int(os.environ.get("SY_MOE_ENGINE", "0"))  # default engine for the main timing (0 = library's choice)
 lib.sy_moe_set_tuning(0, 0, ENGINE)
 T0 = time.time()
-
-
-SAMPLES = None  # when a list: timeit appends (SM clock MHz, power W) sampled while each window's calls run
-
-
-def sample_clock():
-    try:
-        return torch.cuda.clock_rate(), round(torch.cuda.power_draw() / 1000.0, 1)
-    except Exception:  # no NVML binding on this machine: no samples
-        return None
-
-
-def timeit(fn, target_ms=30.0, batches=5):
-    """Median per-call time (ms) over batches of back-to-back calls between two events."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    fn()
-    e.record()
-    torch.cuda.synchronize()
-    one = max(s.elapsed_time(e), 1e-3)
-    n = max(1, min(200, int(target_ms / one)))
-    res = []
-    for _ in range(batches):
-        s.record()
-        for _ in range(n):
-            fn()
-        e.record()
-        if SAMPLES is not None:
-            cs = sample_clock()  # the calls are queued; the GPU is still running this window
-            if cs:
-                SAMPLES.append(cs)
-        torch.cuda.synchronize()
-        res.append(s.elapsed_time(e) / n)
-    return statistics.median(res)
 
 
 print("torch", torch.__version__, "gpu", torch.cuda.get_device_name(0), flush=True)
@@ -328,14 +293,7 @@ for name, s in SHAPES.items():
         peaks, clocks = [], {}
 
         def sampled(key, fn):
-            global SAMPLES
-            SAMPLES = [] if same_rounds else None
-            try:
-                return fn()
-            finally:
-                if SAMPLES:
-                    clocks.setdefault(key, []).extend(SAMPLES)
-                SAMPLES = None
+            return gpu_timing.sampled(clocks, key, fn) if same_rounds else fn()
 
         for _ in range(ROUNDS):
             per["ours"].append(sampled("ours", lambda: timeit(ours)))
