@@ -15,6 +15,7 @@
 // tile (BM) picked per call from the expected tokens per expert, so that in the memory-bound (decode) regime each
 // weight byte is read from HBM once and split-K fills the SMs when few experts are active.
 #include "sy_moe.h"
+#include "swiglu.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda.h>
@@ -916,7 +917,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
           if (col >= p.N) continue;
           const float g0 = acc[mi][j][hh * 2], g1 = acc[mi][j][hh * 2 + 1];
           const float u0 = acc[mi][j + NI / 2][hh * 2], u1 = acc[mi][j + NI / 2][hh * 2 + 1];
-          const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
+          const float h0 = sy_silu_mul(g0, u0), h1 = sy_silu_mul(g1, u1);
           *reinterpret_cast<__nv_bfloat162*>(p.C + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
         }
       } else {

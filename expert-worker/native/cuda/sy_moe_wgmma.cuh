@@ -9,6 +9,7 @@
 #pragma once
 #include <cuda.h>
 
+#include "swiglu.cuh"
 #include "wgmma_gen.cuh"
 
 namespace wg {
@@ -407,7 +408,7 @@ __device__ __forceinline__ void store_tile_direct(const float* d, const Params& 
         if (col >= p.N) continue;
         const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
         const float u0 = d[(j + BN / 16) * 4 + hh * 2], u1 = d[(j + BN / 16) * 4 + hh * 2 + 1];
-        const float h0 = g0 / (1.f + __expf(-g0)) * u0, h1 = g1 / (1.f + __expf(-g1)) * u1;
+        const float h0 = sy_silu_mul(g0, u0), h1 = sy_silu_mul(g1, u1);
         *reinterpret_cast<__nv_bfloat162*>(Cout + (size_t)prow * p.N + col) = __floats2bfloat162_rn(h0, h1);
       }
     } else {
@@ -456,7 +457,7 @@ __device__ __forceinline__ void store_tail_direct(const float* dt, const Params&
         const int col = n_idx * 128 + cw * 64 + m;
         if (col >= p.N) continue;
         const float g = dt[i], u = dt[16 + i];
-        Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(g / (1.f + __expf(-g)) * u);
+        Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(sy_silu_mul(g, u));
       } else {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -511,8 +512,8 @@ __device__ __forceinline__ void store_warp_staged(const float* d, const CUtensor
           if (MODE == 0) {
             const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
             const float u0 = d[(j + BN / 16) * 4 + hh * 2], u1 = d[(j + BN / 16) * 4 + hh * 2 + 1];
-            x0 = g0 / (1.f + __expf(-g0)) * u0;
-            x1 = g1 / (1.f + __expf(-g1)) * u1;
+            x0 = sy_silu_mul(g0, u0);
+            x1 = sy_silu_mul(g1, u1);
           } else {
             x0 = d[j * 4 + hh * 2] * row_w[hh];
             x1 = d[j * 4 + hh * 2 + 1] * row_w[hh];
@@ -1063,7 +1064,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
           for (int j = 0; j < 16; ++j) {
             const float g0 = d[j * 4 + hh * 2], g1 = d[j * 4 + hh * 2 + 1];
             const float u0 = d[(j + 16) * 4 + hh * 2], u1 = d[(j + 16) * 4 + hh * 2 + 1];
-            st_shared_b32(srow + j * 16, pack_bf16x2(g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1));
+            st_shared_b32(srow + j * 16, pack_bf16x2(sy_silu_mul(g0, u0), sy_silu_mul(g1, u1)));
           }
         } else {
           const float wr = prow < row_end ? p.row_w[prow] : 0.f;
