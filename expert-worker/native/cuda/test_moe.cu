@@ -301,7 +301,7 @@ static void run_case_body(const Case& c, std::mt19937_64& rng) {
         continue;
       }
       // the chosen set is compared whatever the order (each expert's weight against its own); the order only where
-      // no two chosen experts are a near-tie apart (seen 2026-11-29 06:44 UTC: two chosen experts of a DeepSeek-style
+      // no two chosen experts are a near-tie apart (seen 2026-11-29 06:36 UTC: two chosen experts of a DeepSeek-style
       // case swapped places, same set and weights, counted as 2 mismatches before)
       const int* g = &gids[(size_t)t * k];
       const bool order_tie = order_margin < kNearTie;
