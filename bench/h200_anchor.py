@@ -7,14 +7,20 @@ The layer's GEMMs with every expert given the same T*k/E rows and no routing, pe
   ours  the whole layer (routing, GEMMs, combine) from the benchmark's random logits: its experts are not balanced
   ours-gemms  ours minus the same call with the GEMMs skipped (sy_moe_debug_skip_gemm): the GEMMs' share
   ceiling  the 8192^3 bf16 matmul of bench/h200_moe.py
+  ours+knobs  with --knobs "KNOB=V ...": ours with those library knobs set around each call (the library reads them
+        per call), timed the same way as ours in the same rounds: an A/B with long windows
   base  with --base other/libsy_moe.so: ours from another build of the library (e.g. before a change), on the same
         inputs, for an A/B in the same rounds
 Each series is timed in every round (order rotated by one each round, same windows), with the SM clock and power
 sampled while its windows run. Percentages: the layer's GEMM FLOPs (2 T k 3 d f) over the time, against the median
 ceiling of the same rounds. The cuBLAS / CUTLASS kernels the anchors ran are listed (torch.profiler).
 
+A cell "dense:8192" is one expert of d=8192, f=4096 with top-1 routing: GEMM1 is then the 8192^3 ceiling GEMM (plus
+SwiGLU), so it compares our GEMM kernels with cuBLAS where there are no tails, no imbalance and no weight re-reads.
+
 Writes $OUT/h200-anchor.json and .md. Usage: python3 bench/h200_anchor.py path/to/libsy_moe.so
   [--cells mixtral-8x7b:1024,qwen3-30b-a3b:8192,deepseek-v3:8192] [--rounds 3] [--base other/libsy_moe.so]
+  [--knobs "SY_MOE_CLUSTER=2"]
 """
 
 import ctypes
@@ -29,7 +35,9 @@ import torch.nn.functional as F
 
 import gpu_timing
 from gpu_timing import timeit
-from sy_moe_abi import SHAPES, Args, Cfg, layer_call, load
+from sy_moe_abi import SHAPES as MODEL_SHAPES, Args, Cfg, layer_call, load
+
+SHAPES = dict(MODEL_SHAPES, dense=dict(d=8192, f=4096, E=1, k=1, score=0, ng=0, tg=0, scale=1.0))
 
 OUT = os.environ.get("OUT", ".")
 dev = "cuda"
@@ -46,6 +54,22 @@ CELLS = [(c.split(":")[0], int(c.split(":")[1])) for c in
          opt("--cells", "mixtral-8x7b:1024,qwen3-30b-a3b:8192,deepseek-v3:8192,mixtral-8x7b:8192").split(",")]
 ROUNDS = int(opt("--rounds", "3"))
 BASE = opt("--base", None)
+KNOBS = [kv.split("=", 1) for kv in (opt("--knobs", "") or "").split()]
+
+
+def with_knobs(fn):
+    old = {k_: os.environ.get(k_) for k_, _ in KNOBS}
+    os.environ.update(dict(KNOBS))
+    try:
+        return fn()
+    finally:
+        for k_, v_ in old.items():
+            if v_ is None:
+                del os.environ[k_]
+            else:
+                os.environ[k_] = v_
+
+
 base_lib = None
 if BASE:
     base_lib = load(BASE)
@@ -124,6 +148,8 @@ for name, T in CELLS:
         "gmm1": lambda: timeit(lambda: torch._grouped_mm(xf, w13t, offs=offs)),
         "gmm2": lambda: timeit(lambda: torch._grouped_mm(hf, w2t, offs=offs)),
     }
+    if KNOBS:
+        series["ours+knobs"] = lambda: with_knobs(lambda: timeit(ours))
     if base_lib is not None:
         wsb = ctypes.c_size_t()
         assert base_lib.sy_moe_workspace_size(ctypes.byref(cfg), T, ctypes.byref(wsb)) == 0
@@ -146,7 +172,8 @@ for name, T in CELLS:
     flops = 2 * T * k * 3 * d * f
     peak = CEIL_FLOPS / (med["ceiling"] * 1e-3) / 1e12
     t = dict(ours=med["ours"], ours_gemms=med["ours"] - med["ours-no-gemm"], bmm=med["bmm1"] + med["bmm2"],
-             gmm=med["gmm1"] + med["gmm2"], **({"base": med["base"]} if "base" in med else {}))
+             gmm=med["gmm1"] + med["gmm2"], **({"base": med["base"]} if "base" in med else {}),
+             **({"ours_knobs": med["ours+knobs"]} if "ours+knobs" in med else {}))
     pct = {key: flops / (v * 1e-3) / 1e12 / peak for key, v in t.items()}
     row = dict(shape=name, T=T, rows_per_expert=M, ceiling_tflops=round(peak, 1),
                ms={key: round(v, 4) for key, v in med.items()}, rounds_ms={key: [round(x, 4) for x in v]
@@ -171,7 +198,8 @@ for name, T in CELLS:
     torch.cuda.empty_cache()
 
 res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
-           date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), argv=sys.argv[2:], rounds=ROUNDS, rows=rows)
+           date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), argv=sys.argv[2:], rounds=ROUNDS, knobs=KNOBS,
+           rows=rows)
 with open(os.path.join(OUT, "h200-anchor.json"), "w") as fh:
     json.dump(res, fh, indent=1)
 
@@ -186,7 +214,7 @@ lines = [f"# Balanced-expert anchors on {res['device']} ({res['date']}, {ROUNDS}
          "GEMMs with every expert given T*k/E rows (no routing, permute or combine); ours: the whole layer; ours "
          "GEMMs: ours minus ours with the GEMMs skipped. Clocks: median SM MHz while the series ran.", "",
          "| cell | rows/expert | ceiling TFLOP/s | ours ms (%) | ours GEMMs ms (%) | bmm ms (%) | grouped_mm ms (%) | "
-         "MHz ceiling / ours / bmm1 / gmm1 | base ms (%) |", "|---|---|---|---|---|---|---|---|---|"]
+         "MHz ceiling / ours / bmm1 / gmm1 | base ms (%) | ours+knobs ms (%) |", "|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     ms, p = r["ms"], r["pct_of_ceiling"]
     cells = [f"{v:.4f} ({p[key]:.1f}%)" for key, v in (
@@ -195,7 +223,8 @@ for r in rows:
     lines.append(f"| {r['shape']} T={r['T']} | {r['rows_per_expert']} | {r['ceiling_tflops']:.0f} | "
                  + " | ".join(cells) + f" | {clk(r, 'ceiling')} / {clk(r, 'ours')} / {clk(r, 'bmm1')} / "
                  f"{clk(r, 'gmm1')} | "
-                 + (f"{ms['base']:.4f} ({p['base']:.1f}%) |" if "base" in ms else "- |"))
+                 + (f"{ms['base']:.4f} ({p['base']:.1f}%) |" if "base" in ms else "- |")
+                 + (f" {ms['ours+knobs']:.4f} ({p['ours_knobs']:.1f}%) |" if "ours+knobs" in ms else " - |"))
 lines += ["", "Kernels (us per call):"]
 for r in rows:
     for key, ks in r["kernels"].items():
