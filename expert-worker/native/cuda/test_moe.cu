@@ -48,11 +48,10 @@ struct Case {
 
 static int g_fail = 0, g_pass = 0;
 
-// Reference routing of token t. margin (optional): the smallest gap in float64 between a chosen and the best
-// unchosen score (group scores, then expert scores), lowered from its input value.
-// margin: the smallest float64 gap at a decision that picks the SET of experts (the topk_group-th group against the
-// next, the k-th expert against the next); order_margin: the smallest gap between two chosen experts next to each
-// other in the descending order, which only decides their ORDER in the output.
+// Reference routing of token t. Both optional margins are lowered from their input values. margin: the smallest
+// float64 gap at a decision that picks the SET of experts (the topk_group-th group score against the next, the k-th
+// expert score against the next); order_margin: the smallest gap between two chosen experts next to each other in
+// the descending order, which only decides their ORDER in the output.
 static void ref_route(const Case& c, const std::vector<float>& logits, const std::vector<float>& bias, int t,
                       std::vector<int>& ids, std::vector<double>& w, double* margin = nullptr,
                       double* order_margin = nullptr) {
