@@ -1,0 +1,87 @@
+"""How many GEMM tiles the benchmark's routing makes, against the rows they hold (no GPU needed).
+
+The compute-side cells of bench/h200_moe.py route random logits: Mixtral and Qwen3 with softmax top-k, DeepSeek-V3
+with sigmoid + a random correction bias (randn * 0.1) + group-limited top-k. This draws the same distributions with
+numpy (not the same numbers: the benchmark uses torch's CUDA generator) and counts, per cell:
+
+- rows per expert (mean, spread, extremes, experts with any rows);
+- 128-row token tiles of the default tile list (an expert's last tile absorbs r <= 32 rows past a multiple of 128
+  where d_ff >= 2048, the library's kAbsorbMinDff), against the rows / 128 a perfectly packed list would need: each
+  tile streams its whole weight tile through L2, and the GEMMs are bound by L2 throughput at these cells, so this
+  ratio is roughly the traffic (and time) they pay for uneven experts;
+- the MMA rows issued (a last tile of <= 64 rows runs one consumer warpgroup; an absorbed tail adds 32 rows);
+- CTA tiles under kClusterM (256-row tiles, two CTAs each);
+- the tile ratio if the absorption limit were 0, 32, 64 or 96 rows.
+
+Usage: python3 bench/moe_tile_model.py [seed]   (prints a table; bench/results/moe-tile-model.txt is its output)
+"""
+
+import sys
+
+import numpy as np
+
+SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 1234
+CELLS = [  # name, T, E, k, score (0 softmax, 1 sigmoid + groups), n_group, topk_group, d_ff
+    ("mixtral-8x7b T=1024", 1024, 8, 2, 0, 0, 0, 14336),
+    ("mixtral-8x7b T=8192", 8192, 8, 2, 0, 0, 0, 14336),
+    ("qwen3-30b-a3b T=1024", 1024, 128, 8, 0, 0, 0, 768),
+    ("qwen3-30b-a3b T=8192", 8192, 128, 8, 0, 0, 0, 768),
+    ("deepseek-v3 T=1024", 1024, 256, 8, 1, 8, 4, 2048),
+    ("deepseek-v3 T=8192", 8192, 256, 8, 1, 8, 4, 2048),
+]
+ABSORB_MIN_DFF, ABSORB = 2048, 32
+
+
+def route_counts(rng, T, E, k, score, ng, tg):
+    """Rows per expert after routing T tokens of random logits (the benchmark's routing semantics)."""
+    logits = rng.standard_normal((T, E), dtype=np.float32)
+    if score == 0:
+        sel = logits  # softmax is monotone: top-k of the logits
+    else:
+        bias = rng.standard_normal(E).astype(np.float32) * 0.1
+        sel = 1 / (1 + np.exp(-logits)) + bias
+        G = E // ng
+        group = np.sort(sel.reshape(T, ng, G), axis=2)[:, :, -2:].sum(2)  # sum of each group's best two
+        keep = np.argsort(-group, axis=1)[:, :tg]
+        mask = np.zeros((T, ng), bool)
+        np.put_along_axis(mask, keep, True, 1)
+        sel = np.where(np.repeat(mask, G, axis=1), sel, -np.inf)
+    ids = np.argpartition(-sel, k - 1, axis=1)[:, :k]
+    return np.bincount(ids.ravel(), minlength=E)
+
+
+def tile_counts(counts, absorb):
+    """(128-row tiles, MMA rows issued, kClusterM CTA tiles) of a tile list with this absorption limit."""
+    tiles = mma = pair_ctas = 0
+    for c in (int(x) for x in counts if x > 0):
+        q, r = divmod(c, 128)
+        if absorb and q >= 1 and r <= absorb:
+            tiles += q
+            mma += q * 128 + (32 if r else 0)
+        else:
+            tiles += q + (1 if r else 0)
+            mma += q * 128 + (0 if r == 0 else 64 if r <= 64 else 128)
+        q2, r2 = divmod(c, 256)
+        pair_ctas += 2 * (q2 if absorb and q2 >= 1 and r2 <= absorb else q2 + (1 if r2 else 0))
+    return tiles, mma, pair_ctas
+
+
+def main():
+    rng = np.random.default_rng(SEED)
+    print(f"seed {SEED}; tiles and CTA tiles against rows / 128 (a perfectly packed list)")
+    print("| cell | rows/expert mean (sd) min..max | experts with rows | 128-row tiles | MMA rows / rows | "
+          "kClusterM CTA tiles | absorb 0 / 32 / 64 / 96 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, T, E, k, score, ng, tg, dff in CELLS:
+        c = route_counts(rng, T, E, k, score, ng, tg)
+        rows = int(c.sum())
+        packed = rows / 128
+        absorb = ABSORB if dff >= ABSORB_MIN_DFF else 0
+        tiles, mma, pairs = tile_counts(c, absorb)
+        sweep = " / ".join(f"{tile_counts(c, a)[0] / packed:.3f}" for a in (0, 32, 64, 96))
+        print(f"| {name} | {c.mean():.0f} ({c.std():.0f}) {c.min()}..{c.max()} | {np.count_nonzero(c)} of {E} | "
+              f"{tiles} ({tiles / packed:.3f}x) | {mma / rows:.3f} | {pairs} ({pairs / packed:.3f}x) | {sweep} |")
+
+
+if __name__ == "__main__":
+    main()
