@@ -31,11 +31,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import gpu_timing
 from gpu_timing import timeit
-from sy_moe_abi import SHAPES as MODEL_SHAPES, Args, Cfg, layer_call, load
+from sy_moe_abi import SHAPES as MODEL_SHAPES, Args, layer_call, load, model_weights, with_knobs
 
 SHAPES = dict(MODEL_SHAPES, dense=dict(d=8192, f=4096, E=1, k=1, score=0, ng=0, tg=0, scale=1.0))
 
@@ -54,22 +53,7 @@ CELLS = [(c.split(":")[0], int(c.split(":")[1])) for c in
          opt("--cells", "mixtral-8x7b:1024,qwen3-30b-a3b:8192,deepseek-v3:8192,mixtral-8x7b:8192").split(",")]
 ROUNDS = int(opt("--rounds", "3"))
 BASE = opt("--base", None)
-KNOBS = [kv.split("=", 1) for kv in (opt("--knobs", "") or "").split()]
-
-
-def with_knobs(fn):
-    old = {k_: os.environ.get(k_) for k_, _ in KNOBS}
-    os.environ.update(dict(KNOBS))
-    try:
-        return fn()
-    finally:
-        for k_, v_ in old.items():
-            if v_ is None:
-                del os.environ[k_]
-            else:
-                os.environ[k_] = v_
-
-
+KNOBS = opt("--knobs", "") or ""
 base_lib = None
 if BASE:
     base_lib = load(BASE)
@@ -109,12 +93,7 @@ print("torch", torch.__version__, "gpu", torch.cuda.get_device_name(0), flush=Tr
 for name, T in CELLS:
     s = SHAPES[name]
     d, f, E, k = s["d"], s["f"], s["E"], s["k"]
-    # the same weights and inputs as bench/h200_moe.py's cell under its seed
-    torch.manual_seed(1234)
-    w13 = torch.randn(E, 2 * f, d, device=dev, dtype=torch.bfloat16) * (d ** -0.5)
-    w2 = torch.randn(E, d, f, device=dev, dtype=torch.bfloat16) * (f ** -0.5)
-    bias = (torch.randn(E, device=dev) * 0.1) if s["score"] == 1 else None
-    cfg = Cfg(E, k, d, f, s["score"], 1, s["ng"], s["tg"], s["scale"])
+    w13, w2, bias, cfg = model_weights(s, dev)  # the same weights and inputs as bench/h200_moe.py's cell
     c = layer_call(lib, cfg, T, w13, w2, bias, dev)
     stream = torch.cuda.current_stream().cuda_stream
 
@@ -149,7 +128,7 @@ for name, T in CELLS:
         "gmm2": lambda: timeit(lambda: torch._grouped_mm(hf, w2t, offs=offs)),
     }
     if KNOBS:
-        series["ours+knobs"] = lambda: with_knobs(lambda: timeit(ours))
+        series["ours+knobs"] = lambda: with_knobs(KNOBS, lambda: timeit(ours))
     if base_lib is not None:
         wsb = ctypes.c_size_t()
         assert base_lib.sy_moe_workspace_size(ctypes.byref(cfg), T, ctypes.byref(wsb)) == 0

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import gpu_timing
 from gpu_timing import timeit
-from sy_moe_abi import SHAPES as ABI_SHAPES, Cfg, layer_call, load
+from sy_moe_abi import SHAPES as ABI_SHAPES, layer_call, load, model_weights, with_knobs
 
 OUT = os.environ.get("OUT", ".")
 dev = "cuda"
@@ -190,13 +190,9 @@ def write_results(final):
 
 for name, s in SHAPES.items():
     d, f, E, k = s["d"], s["f"], s["E"], s["k"]
-    torch.manual_seed(1234)
-    w13 = torch.randn(E, 2 * f, d, device=dev, dtype=torch.bfloat16) * (d ** -0.5)
-    w2 = torch.randn(E, d, f, device=dev, dtype=torch.bfloat16) * (f ** -0.5)
+    w13, w2, bias, cfg = model_weights(s, dev)
     w13_kn = w13.transpose(1, 2)  # [E, d, 2f] logical (K, N) view for torch._grouped_mm
     w2_kn = w2.transpose(1, 2)
-    bias = (torch.randn(E, device=dev) * 0.1) if s["score"] == 1 else None
-    cfg = Cfg(E, k, d, f, s["score"], 1, s["ng"], s["tg"], s["scale"])
     for T in TS:
         c = layer_call(lib, cfg, T, w13, w2, bias, dev)
         x, logits, out, ids_out, w_out, ws, wsb, args = (c.x, c.logits, c.out, c.ids_out, c.w_out, c.ws, c.wsb,
@@ -271,21 +267,6 @@ for name, s in SHAPES.items():
         floor_ms = max(flops / (PEAK * 1e12), bytes_ / (BW * 1e12)) * 1e3
 
         trace("reference done")
-
-        def with_knobs(v, fn):
-            # one variant: one or more space-separated KNOB=VALUE settings, applied together
-            kvs = [kv.split("=", 1) for kv in v.split()]
-            old = {k_: os.environ.get(k_) for k_, _ in kvs}
-            for k_, v_ in kvs:
-                os.environ[k_] = v_
-            try:
-                return fn()
-            finally:
-                for k_, old_v in old.items():
-                    if old_v is None:
-                        del os.environ[k_]
-                    else:
-                        os.environ[k_] = old_v
 
         # ours, the grouped_mm pipeline and the variants, interleaved in ROUNDS rounds; medians
         per = {"ours": [], "gmm": [], **{v: [] for v in VARIANTS}}

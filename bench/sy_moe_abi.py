@@ -27,6 +27,37 @@ def load(path):
     return lib
 
 
+def model_weights(s, dev="cuda"):
+    """A model shape's expert weights (w13 [E, 2f, d], w2 [E, d, f], bf16, ~N(0, 1/fan_in)), DeepSeek-V3's
+    correction bias (or None) and its Cfg, drawn in this order under seed 1234: the benchmarks' common inputs."""
+    import torch
+
+    d, f, E, k = s["d"], s["f"], s["E"], s["k"]
+    torch.manual_seed(1234)
+    w13 = torch.randn(E, 2 * f, d, device=dev, dtype=torch.bfloat16) * (d ** -0.5)
+    w2 = torch.randn(E, d, f, device=dev, dtype=torch.bfloat16) * (f ** -0.5)
+    bias = (torch.randn(E, device=dev) * 0.1) if s["score"] == 1 else None
+    return w13, w2, bias, Cfg(E, k, d, f, s["score"], 1, s["ng"], s["tg"], s["scale"])
+
+
+def with_knobs(spec, fn):
+    """fn() with the library knobs of spec ("KNOB=V ...", space-separated) set in the environment, then restored
+    (the library reads them per call)."""
+    import os
+
+    kvs = [kv.split("=", 1) for kv in spec.split()]
+    old = {k_: os.environ.get(k_) for k_, _ in kvs}
+    os.environ.update(dict(kvs))
+    try:
+        return fn()
+    finally:
+        for k_, v_ in old.items():
+            if v_ is None:
+                del os.environ[k_]
+            else:
+                os.environ[k_] = v_
+
+
 def layer_call(lib, cfg, T, w13, w2, bias, dev="cuda"):
     """One cell's routing inputs, outputs, workspace and sy_moe_args, made in the order both benchmarks rely on for
     the same random inputs under the same seed: hidden states x [T, d] then router logits [T, E]."""
