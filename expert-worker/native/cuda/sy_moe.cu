@@ -81,6 +81,22 @@ constexpr int kDynamicSchedule = 1;
 // kClusterM measured slower wherever an expert's last 256-row tile leaves the second CTA idle (DeepSeek-V3, Qwen3
 // T=1024: bench/results/logs/h200-cluster-m-bench.log).
 constexpr int kClusterDefault = 1;
+// ... except kClusterM (with paired singles, kPairSinglesDefault, and the TL kernels' 64-column staging) where GEMM1
+// does not gather (it has >= kGatherMaxWeightTiles weight tiles) and experts average >= kClusterMMinAvg rows:
+// Mixtral T=1024 / 8192. Measured on H200, same rounds, variants rotated (SY_MOE_CLUSTER=2 SY_MOE_TL_EPI64=1
+// against the defaults, medians): long windows, 5 rounds (bench/results/logs/h200-anchor-clusterm-ab-0657.log)
+// Mixtral T=1024 1.334 vs 1.430 ms, 4 of 5 rounds faster, T=8192 level; 6 rounds each in
+// bench/results/logs/h200-variants-clusterm-gather-0722.log and h200-variants-pair-singles-0727.log: T=1024 1.327 vs
+// 1.379 and 1.339 vs 1.351 (the same setting under another name 1.326 / 1.319), T=8192 8.95 vs 8.92 and 8.79 vs 8.80.
+// Where GEMM1 gathers (Qwen3, DeepSeek-V3) kClusterM stays slower even with paired singles: Qwen3 T=8192 1.326 vs
+// 1.179, DeepSeek-V3 T=8192 12.63 vs 11.64 (h200-variants-pair-singles-0727.log).
+constexpr int kClusterMMinAvg = 256;
+// Under kClusterM, singles (an expert's last 256-row tile with <= 128 rows) run two per cluster, one per CTA with its
+// own weight tile (wg::resolve_tile), on. Measured on H200 against SY_MOE_PAIR_SINGLES=0 (both with SY_MOE_CLUSTER=2
+// SY_MOE_TL_EPI64=1, 6 rotated rounds, medians, bench/results/logs/h200-variants-pair-singles-0727.log): Qwen3
+// T=1024 0.347 vs 0.450 ms, DeepSeek-V3 T=1024 4.53 vs 5.69, T=8192 12.63 vs 13.82, Qwen3 T=8192 1.326 vs 1.340,
+// Mixtral level. SY_MOE_PAIR_SINGLES=0 leaves rank 1 of a single idle (the behaviour before).
+constexpr int kPairSinglesDefault = 1;
 // Staged epilogue of the persistent wgmma kernels (wg::store_warp_staged: stmatrix + TMA store per warp), on:
 // measured on H200 against direct stores, first one measurement each (bench/results/logs/h200-variants-epi.log):
 // Qwen3 T=8192 1.231 vs 1.436 ms, DeepSeek-V3 T=8192 11.97 vs 12.46, Mixtral T=1024 1.338 vs 1.491, no compute-side
@@ -489,14 +505,29 @@ __host__ __device__ __forceinline__ int expert_tiles(int c, int bm, int absorb) 
   return (c + bm - 1) / bm - (c > bm && r > 0 && r <= absorb ? 1 : 0);
 }
 
+// kClusterM with paired singles (wg::Params::pair_singles): 1 where the expert's last tile of the list (BM = 256
+// rows) holds <= 128 rows, i.e. only rank 0 of a cluster would have tokens in it. Such a tile is a single: the tile
+// list puts the singles after every expert's pair tiles, and two singles run side by side on one cluster.
+__host__ __device__ __forceinline__ int expert_single(int c, int bm, int absorb) {
+  const int mt = expert_tiles(c, bm, absorb);
+  return mt > 0 && c - (mt - 1) * bm <= bm / 2 ? 1 : 0;
+}
+
 // Block of 1024 threads, thread e holding expert e's count c: exclusive scans of counts and of token tiles per
-// expert, then the tile list. Returns the expert's first row (its offset). absorb: expert_tiles.
+// expert, then the tile list. Returns the expert's first row (its offset). absorb: expert_tiles. singles
+// (expert_single): each expert's pair tiles first, in expert order, then the singles, one per expert at most;
+// num_tiles[3] = the pair tiles (all tiles without singles).
 __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, int4* tiles, int* num_tiles,
-                                          int absorb = 0) {
+                                          int absorb = 0, bool singles = false) {
   __shared__ int s_c[32], s_m[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int mt = expert_tiles(c, BM, absorb);
-  int ic = c, im = mt;
+  const int se = singles ? expert_single(c, BM, absorb) : 0;
+  // one scan for both counts: the pair tiles in bits 0..19 (a million 256-row tiles is far past any workspace),
+  // the singles (<= E <= kMaxExperts) above
+  constexpr int kSingleShift = 20;
+  const int mt_packed = singles ? (mt - se) + (se << kSingleShift) : mt;
+  int ic = c, im = mt_packed;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
     int a = __shfl_up_sync(0xffffffffu, ic, o), b = __shfl_up_sync(0xffffffffu, im, o);
@@ -525,15 +556,23 @@ __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, in
   }
   __syncthreads();
   const int base_c = warp ? s_c[warp - 1] : 0, base_m = warp ? s_m[warp - 1] : 0;
-  const int ex_c = base_c + ic - c, ex_m = base_m + im - mt;
+  const int ex_c = base_c + ic - c, ex_m = base_m + im - mt_packed;
+  // all of the list's pair tiles (the singles start there): the last thread's inclusive sum
+  __shared__ int s_pairs;
+  if (tid == 1023) s_pairs = singles ? (ex_m + mt_packed) & ((1 << kSingleShift) - 1) : ex_m + mt;
+  __syncthreads();
+  const int ex_p = singles ? ex_m & ((1 << kSingleShift) - 1) : ex_m;  // this expert's first pair tile
   if (tid < E) {
     offsets[tid] = ex_c;
     // (expert, first row, expert's row end, index of the tile inside its expert: the wgmma raster finds the
     // expert's first tile and tile count from it)
-    for (int i = 0; i < mt; ++i) tiles[ex_m + i] = make_int4(tid, ex_c + i * BM, ex_c + c, i);
+    for (int i = 0; i < mt - se; ++i) tiles[ex_p + i] = make_int4(tid, ex_c + i * BM, ex_c + c, i);
+    if (se) tiles[s_pairs + (ex_m >> kSingleShift)] = make_int4(tid, ex_c + (mt - 1) * BM, ex_c + c, mt - 1);
   }
   if (tid == 1023) {
-    num_tiles[0] = ex_m + mt;
+    const int n_singles = singles ? (ex_m + mt_packed) >> kSingleShift : 0;
+    num_tiles[0] = s_pairs + n_singles;
+    num_tiles[3] = s_pairs;
     // the dynamic schedulers' tile counters of GEMM1 and GEMM2 (wg::Params::tile_counter): zeroed here, in the
     // call's own stream order, >= 1 launch before the GEMMs, whose atomics come after their PDL wait (so no host
     // work between calls, and a captured graph resets them on every replay)
@@ -544,10 +583,10 @@ __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, in
 }
 
 __global__ void __launch_bounds__(1024) scan_kernel(const int* counts, int E, int BM, int* offsets, int4* tiles,
-                                                    int* num_tiles, int absorb) {
+                                                    int* num_tiles, int absorb, int singles) {
   pdl_wait();
   pdl_trigger();
-  scan_block(threadIdx.x < E ? counts[threadIdx.x] : 0, E, BM, offsets, tiles, num_tiles, absorb);
+  scan_block(threadIdx.x < E ? counts[threadIdx.x] : 0, E, BM, offsets, tiles, num_tiles, absorb, singles != 0);
 }
 
 // Small-T routing in one block (T <= kFusedRouteMaxT): routing (or pre-routed ids), per-expert counts in shared
@@ -1188,10 +1227,15 @@ int run_wgmma(int BM, bool persist, bool epi, const CUtensorMap& a, const CUtens
               long long* grid, int cluster = 0, bool gather = false, bool tl = false) {
   // tl: the TL kernels (absorbed tails when p.absorb > 0); the caller asks for them only where this picks one
   // (128-row persistent)
-  if constexpr (MODE == 0)
+  if constexpr (MODE == 0) {
     if (gather && persist && cluster == 0 && BM == 128)
       return tl ? launch_wgmma<2, 0, true, false, false, 0, true, true>(a, b, c, c2, t, p, max_m, pdl, s, grid)
                 : launch_wgmma<2, 0, true, false, false, 0, true>(a, b, c, c2, t, p, max_m, pdl, s, grid);
+    if (gather && persist && cluster == wg::kClusterM && BM == 128)
+      return tl ? launch_wgmma<2, 0, true, false, false, wg::kClusterM, true, true>(a, b, c, c2, t, p, max_m, pdl, s,
+                                                                                     grid)
+                : launch_wgmma<2, 0, true, false, false, wg::kClusterM, true>(a, b, c, c2, t, p, max_m, pdl, s, grid);
+  }
   if (BM == 256) return launch_wgmma<2, MODE, false, false, true>(a, b, c, c2, t, p, max_m, pdl, s, grid);
   if (persist && cluster == wg::kClusterN && BM == 128)
     return tl ? launch_wgmma<2, MODE, true, false, false, wg::kClusterN, false, true>(a, b, c, c2, t, p, max_m, pdl,
@@ -1420,11 +1464,14 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     persist2 = (persist_mask & 2) != 0;
   }
   if (BM == 256) persist1 = persist2 = false;  // one tile per CTA only (no persistent 256-row kernel)
-  // SY_MOE_CLUSTER (default kClusterDefault): 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs
+  // SY_MOE_CLUSTER (default: kClusterM where GEMM1 does not gather and experts average >= kClusterMMinAvg rows, else
+  // kClusterDefault): 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs
   // (wg::wgmma_gemm_kernel CL). 1 (wg::kClusterN): pairs of weight tiles share their activation tile, per GEMM where
   // its weight tile count is even. 2 (wg::kClusterM): pairs of 128-row token tiles of one expert share their weight
   // tile; both GEMMs, over a tile list of 256-row tiles (list_bm).
-  const int cl_mode = use_wg && dyn && BM == 128 ? env_int("SY_MOE_CLUSTER", kClusterDefault) : 0;
+  const int w1_tiles = (F + 127) / 128;  // GEMM1's weight tiles: 128 gate + 128 up rows each
+  const int cl_default = w1_tiles >= kGatherMaxWeightTiles && avg >= kClusterMMinAvg ? wg::kClusterM : kClusterDefault;
+  const int cl_mode = use_wg && dyn && BM == 128 ? env_int("SY_MOE_CLUSTER", cl_default) : 0;
   const bool clm = cl_mode == wg::kClusterM && persist1 && persist2;
   const int list_bm = clm ? 256 : BM;  // rows per tile of the tile list (scan, route_small)
   const int max_m = max_m_tiles(T, k, E, list_bm);
@@ -1455,12 +1502,17 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const int route_warps = std::min(32, kFusedRouteScoreBytes / (8 * E));
   const bool fused_route = T <= fused_t && n <= kFusedRouteMaxN && route_warps >= 1;
   const bool tl_ok = use_wg && dyn && BM == 128 && persist1 && persist2 && !fused_route;
+  // SY_MOE_PAIR_SINGLES (default kPairSinglesDefault): under kClusterM, an expert's last 256-row tile with <= 128
+  // rows runs beside another expert's on one cluster, each CTA with its own weight tile (wg::resolve_tile), instead
+  // of leaving rank 1 idle. Not after the one-block routing (its tile list has no singles section).
+  const bool pair_singles = clm && !fused_route && env_int("SY_MOE_PAIR_SINGLES", kPairSinglesDefault) != 0;
   const int absorb = tl_ok ? std::max(0, std::min(absorb_env, wg::kTailRows)) : 0;
   // benchmark knobs of the TL kernels: SY_MOE_TL_ONLY=1 runs them without absorbing (what their 32-column
   // epilogue costs by itself), SY_MOE_TL_EPI64=1 gives them one 64-column staging buffer per warp instead of two
   // 32-column ones
   const bool tl = absorb > 0 || (tl_ok && env_int("SY_MOE_TL_ONLY", 0) != 0);
-  const int tl_epi64 = tl && env_int("SY_MOE_TL_EPI64", 0) != 0;
+  // (on by default under kClusterM: see kClusterMMinAvg)
+  const int tl_epi64 = tl && env_int("SY_MOE_TL_EPI64", clm ? 1 : 0) != 0;
   if (fused_route) {
     // One block: routing + counts + scan + tile list + row maps (no memset, three launches fewer).
     RouteParams rp = make_route_params(cfg, T, a->logits, a->bias, ids, w, nullptr, nullptr, a->expert_slot,
@@ -1488,7 +1540,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     }
     const long long route_grid = a->logits ? (T + kRouteWarps - 1) / kRouteWarps : (n + 255) / 256;
     if ((rc = launch_k(pdl && route_grid <= kPdlMaxPrimaryGrid, scan_kernel, dim3(1), dim3(1024), 0, s,
-                       (const int*)counts, E, list_bm, offsets, tiles, num_tiles, absorb)))
+                       (const int*)counts, E, list_bm, offsets, tiles, num_tiles, absorb, pair_singles ? 1 : 0)))
       return rc;
     if ((rc = launch_k(pdl, scatter_kernel, dim3((n + 255) / 256), dim3(256), 0, s, (const int*)ids,
                        (const float*)w, (const int*)rank, (const int*)offsets, n, k, row_token, row_w, assign_row)))
@@ -1504,14 +1556,14 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     const bool cln = cl_mode == wg::kClusterN;
     // SY_MOE_GATHER (unset: kGatherDefault while GEMM1 has < kGatherMaxWeightTiles weight tiles; 0 never, 1 always):
     // the 128-row persistent GEMM1 gathers its activations by the row -> token map (wg::producer_gather) and the
-    // permute kernel does not run; it takes precedence over kClusterN for GEMM1 (GEMM2 keeps it). Not after the
+    // permute kernel does not run; it takes precedence over kClusterN for GEMM1 (GEMM2 keeps it), and runs inside the
+    // kClusterM pairs (wg::producer_gather CL: each CTA gathers its own 128 rows). Not after the
     // one-block routing: GEMM1 reads the tile count at its start, before its PDL wait, which needs that count
     // written >= 2 launches back.
-    const int w1_tiles = (F + 127) / 128;  // GEMM1's weight tiles: 128 gate + 128 up rows each
     const int gather_env = env_int("SY_MOE_GATHER", -1);  // unset: kGatherDefault below kGatherMaxWeightTiles
     const bool gather_pref =
         gather_env >= 0 ? gather_env != 0 : kGatherDefault != 0 && w1_tiles < kGatherMaxWeightTiles;
-    const bool gather = gather_pref && persist1 && !clm && BM == 128 && !fused_route;
+    const bool gather = gather_pref && persist1 && BM == 128 && !fused_route;
     const int cl1 = clm ? wg::kClusterM : cln && !gather && persist1 && w1_tiles % 2 == 0 ? wg::kClusterN : 0;
     const int cl2 = clm ? wg::kClusterM : cln && persist2 && ((D + 255) / 256) % 2 == 0 ? wg::kClusterN : 0;
     CUtensorMap mA1, mB1, mA2, mB2, mC1, mC2, mC2b, mT1, mT2;
@@ -1568,6 +1620,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     p1.trim_a = p2.trim_a = env_int("SY_MOE_TRIM", kTrimDefault) != 0;
     p1.absorb = p2.absorb = absorb;
     p1.epi64 = p2.epi64 = tl_epi64;
+    p1.pair_singles = p2.pair_singles = pair_singles;
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
       rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, mT1, p1, max_m, pdl, s, &g1, cl1, gather, tl);

@@ -47,6 +47,8 @@ struct Params {
                       // boxes), 0 = two 32-column 1 KB buffers (Cfg::kEpiCols; 16 x 32 boxes)
   int absorb;         // 0, or up to kTailRows: the tile list was built with expert_tiles(c, 128, absorb), so an
                       // expert's last tile may hold 128 + r rows (tail_rows), r <= absorb (the TL kernels only)
+  int pair_singles;   // kClusterM: the tile list holds the pair tiles, then the singles (expert_single; their count
+                      // past num_tiles[3]); two singles run side by side on a cluster (resolve_tile)
 };
 
 // Rows past the first 128 of a tile of the list built with `absorb` (expert_tiles): 1..absorb for an expert's last
@@ -355,13 +357,15 @@ __device__ __forceinline__ void skip_tile(uint32_t bars, int ktiles, int g0, boo
 // are read from HBM again (DeepSeek-V3 T=8192: ~2.5 token tiles per expert, 8 per group).
 // bm: the token tile rows the tile list was built with (the kernel's kBM); absorb: its Params::absorb.
 __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int group_m, const int4* tiles, int bm,
-                                            int& m_idx, int& n_idx, int absorb = 0) {
+                                            int& m_idx, int& n_idx, int absorb = 0, bool singles = false) {
   if (group_m > 0) {
     const int q = t / n_tiles;
     const int4 tq = tiles[q];
     const int first = q - tq.w;
     const int ex_row0 = tq.y - tq.w * bm;
-    const int m_e = expert_tiles(tq.z - ex_row0, bm, absorb);
+    // singles: the expert's single tile is not among its tiles here (the list's singles come after all pairs)
+    const int c = tq.z - ex_row0;
+    const int m_e = expert_tiles(c, bm, absorb) - (singles ? expert_single(c, bm, absorb) : 0);
     const int width = group_m * n_tiles;
     const int local = t - first * n_tiles;
     const int j = local / width;
@@ -378,6 +382,40 @@ __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int g
   const int r = t - (t / width) * width;
   m_idx = first_m + r % gsize;
   n_idx = r / gsize;
+}
+
+// The tile of work item t (its raster index) for this CTA, and its weight tile n_idx (of n_cols per item row).
+// kClusterM: this CTA's 128 rows (rank) of a 256-row pair tile; with p.pair_singles the items past the pair tiles'
+// (pairs * n_cols) are pairs of singles, sp = 0, 1, ..., whose single 2 sp + rank this CTA runs with its own weight
+// tile (the other CTA's single is another expert's). A single tile holds <= 128 rows, so the 256-row tile's rank 1
+// half would have been idle: this keeps the CTA count of the 128-row tile list while the pair tiles share their
+// weight tile. An odd last single leaves rank 1 an empty tile (row0 = row end) of the same expert. Returns true for
+// a single (no weight multicast).
+template <bool CLM>
+__device__ __forceinline__ bool resolve_tile(int t, int num_m, int pairs, int n_cols, const Params& p, int list_bm,
+                                             uint32_t rank, int4& tile, int& n_idx) {
+  if (CLM && p.pair_singles && t >= pairs * n_cols) {
+    const int u = t - pairs * n_cols, sp = u / n_cols;
+    n_idx = u - sp * n_cols;
+    const int sgl = 2 * sp + (int)rank;
+    tile = p.tiles[pairs + (sgl < num_m - pairs ? sgl : 2 * sp)];
+    if (sgl >= num_m - pairs) tile.y = tile.z;
+    return true;
+  }
+  int m_idx;
+  tile_coords(t, CLM && p.pair_singles ? pairs : num_m, n_cols, p.group_m, p.tiles, list_bm, m_idx, n_idx, p.absorb,
+              CLM && p.pair_singles);
+  tile = p.tiles[m_idx];
+  if (CLM) tile.y += (int)rank * (list_bm / 2);  // this CTA's 128 rows of the 256-row tile
+  return false;
+}
+
+// Work items of a persistent kernel's tile list: num_m tiles of n_cols items each, times splits; with
+// p.pair_singles (kClusterM) the singles past the pairs count half.
+template <bool CLM>
+__device__ __forceinline__ int total_items(int num_m, int pairs, int n_cols, int splits, const Params& p) {
+  const int rows = CLM && p.pair_singles ? pairs + (num_m - pairs + 1) / 2 : num_m;
+  return rows * n_cols * splits;
 }
 
 // Epilogue with direct global stores, shared by both GEMM kernels: 64 token rows (from `row0`) of an m64nBN
@@ -578,10 +616,17 @@ constexpr int kTileQ = 4;
 // producer thread follows the tile queue as the consumers do (its warps release the slots too).
 // TL: an item with absorbed tail rows also gathers them (thread t: rows 128 + t / 8 + 16 i, i < 2) into the stage's
 // tail region.
-template <int WGS, bool TL = false>
+// CL = kClusterM: the two CTAs of a cluster take the two 128-row halves of one 256-row tile (the tile list's) on the
+// same weight tile: each gathers its own rows and loads one of the weight tile's two 128-row boxes, multicast to
+// both; rank 0 claims the items and hands them to rank 1 (cq_*), as the TMA producer does.
+template <int WGS, bool TL = false, int CL = 0>
 __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Params& p, uint32_t base, uint32_t bars,
-                                                int unit, int units, int total, int num_m, int kt_all) {
+                                                int unit, int units, int total, int num_m, int pairs, int kt_all,
+                                                uint32_t rank = 0) {
+  static_assert(CL == 0 || CL == 2, "the gathering producer: no cluster, or kClusterM");
+  constexpr bool CLM = CL == 2;
   using C = Cfg<WGS, false, TL>;
+  const int list_bm = CLM ? 2 * C::kBM : C::kBM;  // rows per tile of the tile list
   const int pt = threadIdx.x;                   // 0..127: the producer warpgroup
   const int cc = pt & 7, rs = pt >> 3;          // 16-byte chunk of the row's 128-byte k-slice; first row
   const uint32_t a_off = rs * 128 + ((cc ^ (rs & 7)) << 4);  // row rs + 16 i: + 2048 i (same row % 8)
@@ -590,18 +635,27 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
   auto tq_full = [&](int q) { return bars + 128 + 8 * q; };
   auto tq_empty = [&](int q) { return bars + 160 + 8 * q; };
   auto tq_val = [&](int q) { return bars + 256 + 16 * q; };
+  auto cq_full = [&](int q) { return bars + 32 + 8 * q; };
+  auto cq_empty = [&](int q) { return bars + 96 + 8 * q; };
+  auto cq_val = [&](int q) { return bars + 208 + 4 * q; };
   int g = 0, w = unit, b0 = 0, b1 = 0;
-  bool first = true;
+  bool first = true, single = false;
   for (int j = 0;; ++j) {
     const int q = j % kTileQ;
     if (pt == 0) {
+      if (CLM && rank == 1 && j > 0) {
+        // hand-over h = j - 1 from rank 0 (its claim during item j - 1)
+        const int h = j - 1, hq = h % kTileQ;
+        mbar_wait_cluster(cq_full(hq), (h / kTileQ) & 1);
+        w = ld_shared_s32(cq_val(hq));
+        mbar_arrive_remote(mapa_shared(cq_empty(hq), 0));
+      }
       int n_idx = 0;
       int4 tile = make_int4(0, 0, 0, 0);
       if (w < total) {
-        int t, half, kt0, ktiles, m_idx;
+        int t, half, kt0, ktiles;
         work_item(w, 1, kt_all, t, half, kt0, ktiles);
-        tile_coords(t, num_m, p.n_tiles, p.group_m, p.tiles, C::kBM, m_idx, n_idx, p.absorb);
-        tile = p.tiles[m_idx];
+        single = resolve_tile<CLM>(t, num_m, pairs, p.n_tiles, p, list_bm, rank, tile, n_idx);
         const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
         const int wrow = slot * p.rows_per_slot;
         b0 = wrow + n_idx * (C::kBN / 2);
@@ -618,15 +672,24 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
     if (item.x < 0) break;
     int t, half, kt0, ktiles;
     work_item(item.x, 1, kt_all, t, half, kt0, ktiles);
+    // the weight tile: both 128-row boxes, or (CLM, a pair tile) this CTA's box, multicast to both CTAs at the same
+    // offset
+    auto load_b = [&](uint32_t b_dst, uint32_t bar, int kcol) {
+      if (CLM && !single) {
+        tma_load_2d_mc(b_dst + rank * (C::kBN / 2) * kBK * 2, tmB, bar, kcol, rank ? b1 : b0, (uint16_t)3);
+      } else {
+        tma_load_2d(b_dst, tmB, bar, kcol, b0);
+        tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, tmB, bar, kcol, b1);
+      }
+    };
     int b_done = 0;  // k-tiles whose weights are already loaded (the first item's, before the PDL wait)
     if (first) {
       b_done = ktiles < kStages ? ktiles : kStages;
       if (pt == 0)
         for (int i = 0; i < b_done; ++i) {
           const uint32_t b_dst = base + i * C::kStageBytes + C::kABytes;
-          mbar_expect_tx(full(i), C::kBBytes);
-          tma_load_2d(b_dst, tmB, full(i), (kt0 + i) * kBK, b0);
-          tma_load_2d(b_dst + (C::kBN / 2) * kBK * 2, tmB, full(i), (kt0 + i) * kBK, b1);
+          mbar_expect_tx(full(i), C::kBBytes);  // CLM: both boxes land here, one from each CTA
+          load_b(b_dst, full(i), (kt0 + i) * kBK);
         }
       pdl_wait();  // every thread: the row -> token map is the previous kernel's output
       if (pt == 0) pdl_trigger();
@@ -649,15 +712,26 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
         const int row = item.z + 128 + rs + 16 * i;
         tok_t[i] = row < item.w ? p.row_token[row] : -1;
       }
-    const int w_next = pt == 0 ? (p.tile_counter ? units + atomic_add_relaxed(p.tile_counter, 1) : w + units) : 0;
+    // the next item: claimed now, its latency hidden behind this item's loads; CLM: rank 0 claims for the cluster
+    // and hands it to rank 1 (which reads it at the top of its next iteration)
+    int w_next = 0;
+    if (pt == 0) {
+      w_next = w + units;
+      if (p.tile_counter && (!CLM || rank == 0)) w_next = units + atomic_add_relaxed(p.tile_counter, 1);
+      if (CLM && rank == 0) {
+        const int h = j, hq = h % kTileQ;
+        if (h >= kTileQ) mbar_wait_cluster(cq_empty(hq), ((h / kTileQ) - 1) & 1);
+        st_cluster_b32(mapa_shared(cq_val(hq), 1), (uint32_t)w_next);
+        mbar_arrive_remote(mapa_shared(cq_full(hq), 1));
+      }
+    }
     for (int kt = 0; kt < ktiles; ++kt, ++g) {
       const int s = g % kStages;
       if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
       const uint32_t a_dst = base + s * C::kStageBytes;
       if (pt == 0 && kt >= b_done) {
         mbar_expect_tx(full(s), C::kBBytes);
-        tma_load_2d(a_dst + C::kABytes, tmB, full(s), (kt0 + kt) * kBK, b0);
-        tma_load_2d(a_dst + C::kABytes + (C::kBN / 2) * kBK * 2, tmB, full(s), (kt0 + kt) * kBK, b1);
+        load_b(a_dst + C::kABytes, full(s), (kt0 + kt) * kBK);
       }
       const int kcol = (kt0 + kt) * kBK + cc * 8;
       const bool kin = kcol < p.K;  // K is a multiple of 8: a chunk is all in or all out
@@ -693,7 +767,7 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
 // store + remote arrive); the two CTAs leave together (cluster barrier), since either may still write into the
 // other's shared memory.
 constexpr int kClusterN = 1, kClusterM = 2;
-// GA: GEMM1 gathers its activations (producer_gather; 128-row tiles, no cluster, dynamic scheduling).
+// GA: GEMM1 gathers its activations (producer_gather; 128-row tiles, no cluster or kClusterM, dynamic scheduling).
 // TL: absorbed tails (Params::absorb, over a tile list built with it): an expert's last tile may hold 128 + r rows,
 // r <= kTailRows. The producer loads the r rows' k-slices into the stage's tail region (tmT: 32-row boxes; GA:
 // gathered), the consumers multiply them swap-AB (mma_tile TAIL) and store them directly (store_tail_direct).
@@ -706,7 +780,8 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
                       const __grid_constant__ CUtensorMap tmT, const Params p) {
   static_assert(!CL || (PERSIST && WGS == 2), "the cluster variant is the 128-row persistent kernel");
   constexpr bool CLN = CL == kClusterN, CLM = CL == kClusterM;
-  static_assert(!GA || (MODE == 0 && WGS == 2 && CL == 0), "the gathering producer is GEMM1's, 128-row, no cluster");
+  static_assert(!GA || (MODE == 0 && WGS == 2 && CL != kClusterN),
+                "the gathering producer is GEMM1's, 128-row, without clusters or in kClusterM pairs");
   static_assert(!TL || (PERSIST && WGS == 2), "absorbed tails: the 128-row persistent kernel");
   using C = Cfg<WGS, false, TL>;
   extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
@@ -731,7 +806,9 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   const int splits = MODE == 1 ? p.k_splits : 1;
   const int n_cols = CLN ? p.n_tiles / 2 : p.n_tiles;  // weight tiles per item row: pairs with kClusterN
   const int list_bm = CLM ? 2 * C::kBM : C::kBM;        // rows per tile of the tile list
-  const int total = num_m * n_cols * splits;          // work items
+  // kClusterM with paired singles: the pair tiles come first in the list (scan_block)
+  const int pairs = CLM && p.pair_singles ? p.num_tiles[3] : num_m;
+  const int total = total_items<CLM>(num_m, pairs, n_cols, splits, p);  // work items
   const int unit = CL ? (int)blockIdx.x / 2 : (int)blockIdx.x;  // this CTA's (CL: cluster's) first item
   const int units = CL ? (int)gridDim.x / 2 : (int)gridDim.x;
   if (unit >= total) {  // both CTAs of a cluster leave here together (same unit)
@@ -776,7 +853,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         setmaxnreg_dec<40>();
     }
     if constexpr (GA) {
-      producer_gather<WGS, TL>(&tmB, p, base, bars, unit, units, total, num_m, kt_all);
+      producer_gather<WGS, TL, CL>(&tmB, p, base, bars, unit, units, total, num_m, pairs, kt_all, rank);
     } else if (threadIdx.x == 0) {
       int g = 0;
       bool first = true;
@@ -790,14 +867,13 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
           mbar_arrive_remote(mapa_shared(cq_empty(hq), 0));
         }
         // resolve the item and publish it (or the end) to the consumers
-        int t = 0, half, kt0 = 0, ktiles = 0, m_idx = 0, n_idx = 0;
+        int t = 0, half, kt0 = 0, ktiles = 0, n_idx = 0;
         int4 tile = make_int4(0, 0, 0, 0);
+        bool single = false;  // kClusterM: a single (resolve_tile), this CTA loads its own weight tile
         if (w < total) {
           work_item(w, splits, kt_all, t, half, kt0, ktiles);
-          tile_coords(t, num_m, n_cols, p.group_m, p.tiles, list_bm, m_idx, n_idx, p.absorb);
+          single = resolve_tile<CLM>(t, num_m, pairs, n_cols, p, list_bm, rank, tile, n_idx);
           if (CLN) n_idx = 2 * n_idx + (int)rank;
-          tile = p.tiles[m_idx];
-          if (CLM) tile.y += (int)rank * C::kBM;  // this CTA's 128 rows of the 256-row tile
         }
         const int q = j % kTileQ;
         if (j >= kTileQ) mbar_wait(tq_empty(q), ((j / kTileQ) - 1) & 1);
@@ -830,9 +906,10 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
             tma_load_2d(stage, &tmA, bar, kcol, tile.y);
           if (tail) tma_load_2d(stage + C::kABytes + C::kBBytes, &tmT, bar, kcol, tile.y + 128);
         };
-        // B: both 128-row boxes, or (kClusterM) this CTA's box, multicast to both CTAs at the same offset
+        // B: both 128-row boxes, or (kClusterM, a pair tile) this CTA's box, multicast to both CTAs at the same
+        // offset
         auto load_b = [&](uint32_t b_dst, uint32_t bar, int kcol) {
-          if constexpr (CLM) {
+          if (CLM && !single) {
             tma_load_2d_mc(b_dst + rank * (C::kBN / 2) * kBK * 2, &tmB, bar, kcol, rank ? b1 : b0, (uint16_t)3);
           } else {
             tma_load_2d(b_dst, &tmB, bar, kcol, b0);

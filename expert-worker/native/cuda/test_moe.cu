@@ -704,6 +704,40 @@ int main(int argc, char** argv) {
        "SY_MOE_CLUSTER=2 SY_MOE_ABSORB=32"},
       {"absorb-clusterm-split2-280-rows", 2, 2, 512, 4096, 280, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
        "SY_MOE_CLUSTER=2"},
+      // GEMM1 gathering inside the kClusterM pairs (each CTA gathers its 128 rows, the weight boxes multicast): tail
+      // tiles under graph capture, 257 awkward experts (rank 1 often without tokens), groups + bias, absorbed tails
+      // (rank 1 with 128 + 32 rows; 256 + 33 rows: a second tile whose rank 1 idles), and the permute forced
+      {"clusterm-gather-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128,
+       1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
+      {"clusterm-gather-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
+       1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
+      {"clusterm-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
+       "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
+      {"absorb-clusterm-gather-288-rows-graph", 2, 2, 512, 2048, 288, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0,
+       0, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
+      {"absorb-clusterm-gather-289-rows", 2, 2, 512, 2048, 289, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
+       "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
+      {"clusterm-permute-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
+       "SY_MOE_CLUSTER=2 SY_MOE_GATHER=0"},
+      // kClusterM with the singles paired (default under SY_MOE_CLUSTER=2, so every clusterm case above runs it) and
+      // without (rank 1 of a single idle, SY_MOE_PAIR_SINGLES=0): an odd single count (rank 1 of the last pair of
+      // singles empty), all-singles (every expert <= 128 rows) under graph capture, absorbed tails (256 + 32 rows)
+      // beside singles, the split GEMM2
+      {"clusterm-singles-odd-3-experts", 3, 1, 256, 512, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
+       "SY_MOE_CLUSTER=2"},
+      {"clusterm-singles-all-graph", 64, 2, 512, 256, 1000, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_CLUSTER=2"},
+      {"clusterm-singles-absorb-gather-dsv3-groups", 64, 8, 256, 256, 2100, 1, 1, 8, 4, 2.5f, true, false, false,
+       false, 128, 1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1 SY_MOE_ABSORB=32"},
+      {"clusterm-singles-split2-graph", 8, 2, 512, 4096, 420, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
+       "SY_MOE_CLUSTER=2"},
+      // kClusterM by default: GEMM1 with >= 64 weight tiles (d_ff >= 8192, no gather) and experts averaging >= 256
+      // rows, under graph capture
+      {"clusterm-default-wide-ff-graph", 2, 1, 128, 8192, 600, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
+      {"clusterm-nosingles-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
+       1, 3, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"},
+      {"clusterm-nosingles-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false,
+       128, 1, 3, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0 SY_MOE_GATHER=1"},
       // one-block routing (T <= 64): awkward E, groups + bias under graph capture, E = 1024 with top-16,
       // pre-routed with missing experts, and the general path forced at small T
       {"fused-route-257-experts", 257, 4, 200, 136, 40, 0, 1, 0, 0, 1.f, false, false, false, false, 64, 1, 1},
@@ -789,6 +823,10 @@ int main(int argc, char** argv) {
       {"cluster-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=1"},
       {"clusterm-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_CLUSTER=2"},
       {"clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=2"},
+      {"clusterm-gather-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 20, "SY_MOE_CLUSTER=2"},
+      {"clusterm-default-mixtral-like-T2048", 8, 2, 1024, 8192, 2048, 10, nullptr},
+      {"clusterm-nosingles-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"},
+      {"clusterm-singles-absorb-dsv3-like-T4096", 256, 8, 1024, 2048, 4096, 10, "SY_MOE_CLUSTER=2 SY_MOE_ABSORB=32"},
       {"staged-epi-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_EPI_TMA=1"},
       {"gather-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_GATHER=1"},
       {"gather-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 20, "SY_MOE_GATHER=1"},
