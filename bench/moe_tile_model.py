@@ -10,7 +10,11 @@ numpy (not the same numbers: the benchmark uses torch's CUDA generator) and coun
   tile streams its whole weight tile through L2, and the GEMMs are bound by L2 throughput at these cells, so this
   ratio is roughly the traffic (and time) they pay for uneven experts;
 - the MMA rows issued (a last tile of <= 64 rows runs one consumer warpgroup; an absorbed tail adds 32 rows);
-- CTA tiles under kClusterM (256-row tiles, two CTAs each);
+- CTA tiles under kClusterM (256-row tiles, two CTAs each), and with its singles paired (the library's default under
+  kClusterM: an expert's last 256-row tile with <= 128 rows runs beside another expert's single on one cluster);
+- the L2 bytes one k-step of GEMM1 loads over all its CTA tiles under paired kClusterM, against 128-row tiles without
+  a cluster (48 KB each: 16 KB of activations, 32 KB of weights; a pair tile's CTA loads 16 + 16 KB, the weight half
+  multicast, a single's 48 KB);
 - the tile ratio if the absorption limit were 0, 32, 64 or 96 rows.
 
 Usage: python3 bench/moe_tile_model.py [seed]   (prints a table; bench/results/moe-tile-model.txt is its output)
@@ -66,12 +70,25 @@ def tile_counts(counts, absorb):
     return tiles, mma, pair_ctas
 
 
+def paired_singles(counts, absorb):
+    """(CTA tiles, GEMM1 L2 KB per k-step) under kClusterM with paired singles, the list built as the library's scan
+    does (expert_tiles / expert_single over 256-row tiles)."""
+    pair_tiles = singles = 0
+    for c in (int(x) for x in counts if x > 0):
+        q2, r2 = divmod(c, 256)
+        mt = q2 if absorb and q2 >= 1 and r2 <= absorb else q2 + (1 if r2 else 0)
+        single = 1 if c - (mt - 1) * 256 <= 128 else 0
+        pair_tiles += mt - single
+        singles += single
+    return 2 * pair_tiles + 2 * ((singles + 1) // 2), pair_tiles * 2 * 32 + singles * 48
+
+
 def main():
     rng = np.random.default_rng(SEED)
     print(f"seed {SEED}; tiles and CTA tiles against rows / 128 (a perfectly packed list)")
     print("| cell | rows/expert mean (sd) min..max | experts with rows | 128-row tiles | MMA rows / rows | "
-          "kClusterM CTA tiles | absorb 0 / 32 / 64 / 96 |")
-    print("|---|---|---|---|---|---|---|")
+          "kClusterM CTA tiles | paired singles: CTA tiles, GEMM1 L2 bytes | absorb 0 / 32 / 64 / 96 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, T, E, k, score, ng, tg, dff in CELLS:
         c = route_counts(rng, T, E, k, score, ng, tg)
         rows = int(c.sum())
@@ -79,8 +96,10 @@ def main():
         absorb = ABSORB if dff >= ABSORB_MIN_DFF else 0
         tiles, mma, pairs = tile_counts(c, absorb)
         sweep = " / ".join(f"{tile_counts(c, a)[0] / packed:.3f}" for a in (0, 32, 64, 96))
+        ps_ctas, ps_kb = paired_singles(c, absorb)
         print(f"| {name} | {c.mean():.0f} ({c.std():.0f}) {c.min()}..{c.max()} | {np.count_nonzero(c)} of {E} | "
-              f"{tiles} ({tiles / packed:.3f}x) | {mma / rows:.3f} | {pairs} ({pairs / packed:.3f}x) | {sweep} |")
+              f"{tiles} ({tiles / packed:.3f}x) | {mma / rows:.3f} | {pairs} ({pairs / packed:.3f}x) | "
+              f"{ps_ctas} ({ps_ctas / packed:.3f}x), {ps_kb / (48 * tiles):.3f}x | {sweep} |")
 
 
 if __name__ == "__main__":
