@@ -3,7 +3,7 @@
 # (QUICK=1) and, for each setting in TEST_ENVS, exported for every case; the cases and stresses whose names contain
 # CASES (a stall prints STALL and exits); the compute-side cells (SHAPES x TS) timed with each of VARIANTS in the same
 # run (variant_ms); compute-sanitizer memcheck of the quick cases matching MEMCHECK. Each step is cut at a time limit
-# so the call stays inside LIMIT seconds. Usage, from the repo root there:
+# so the call stays inside LIMIT seconds (the cases step inside CASE_S, default 60). Usage, from the repo root there:
 #   CASES=cluster VARIANTS="SY_MOE_CLUSTER=2;SY_MOE_CLUSTER=0" bash bench/h200_variants.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -36,7 +36,7 @@ for i in "${!envs[@]}"; do
   grep -E "FAIL|STALL" $OUT/quick-test-env$i.log | head
   passed $OUT/quick-test-env$i.log || ok=0
 done
-timeout 60 $B/test_moe --quick --case "$CASES" --stall-s 10 > $OUT/cases-test.log 2>&1
+timeout ${CASE_S:-60} $B/test_moe --quick --case "$CASES" --stall-s 10 > $OUT/cases-test.log 2>&1
 say "cases rc=$? $(tail -1 $OUT/cases-test.log)"
 grep -E "FAIL|STALL" $OUT/cases-test.log | head
 passed $OUT/cases-test.log || ok=0

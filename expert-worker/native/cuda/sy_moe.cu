@@ -506,19 +506,27 @@ __host__ __device__ __forceinline__ int expert_tiles(int c, int bm, int absorb) 
 }
 
 // kClusterM with paired singles (wg::Params::pair_singles): 1 where the expert's last tile of the list (BM = 256
-// rows) holds <= 128 rows, i.e. only rank 0 of a cluster would have tokens in it. Such a tile is a single: the tile
-// list puts the singles after every expert's pair tiles, and two singles run side by side on one cluster.
+// rows) holds <= 128 rows, i.e. only rank 0 of a cluster would have tokens in it. Such a tile is a single: two
+// singles run side by side on one cluster (scan_block, wg::resolve_tile).
 __host__ __device__ __forceinline__ int expert_single(int c, int bm, int absorb) {
   const int mt = expert_tiles(c, bm, absorb);
   return mt > 0 && c - (mt - 1) * bm <= bm / 2 ? 1 : 0;
 }
 
 // Block of 1024 threads, thread e holding expert e's count c: exclusive scans of counts and of token tiles per
-// expert, then the tile list. Returns the expert's first row (its offset). absorb: expert_tiles. singles
-// (expert_single): each expert's pair tiles first, in expert order, then the singles, one per expert at most;
-// num_tiles[3] = the pair tiles (all tiles without singles).
+// expert, then the tile list. Returns the expert's first row (its offset). absorb: expert_tiles.
+// singles_at >= 0 (kClusterM with paired singles): an expert's single (expert_single) is not among its tiles; the
+// singles, numbered in expert order, go to tiles[singles_at + i], and the list gets a row (-1, p, 0, 0) for each
+// pair p of them (singles 2p and 2p + 1; the last one alone when their count is odd), right after the pair tiles of
+// the expert whose single completes it. So a single runs soon after its expert's other tiles, while their weight
+// tiles may still be in L2. With all singles at the end of the list instead, kClusterM's GEMM1 at Qwen3 T=8192 had
+// a 52% L2 hit rate against the default's 70% (bench/results/logs/h200-ncu-clusterm-qwen3-0747.log); interleaved,
+// its layer time did not change (1.324 vs 1.326 ms, DeepSeek-V3 T=8192 12.56 vs 12.63: logs/h200-variants-
+// singles-interleaved-0752.log against h200-variants-pair-singles-0727.log), so that hit rate is not what costs
+// kClusterM there. num_tiles[3] = the singles.
 __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, int4* tiles, int* num_tiles,
-                                          int absorb = 0, bool singles = false) {
+                                          int absorb = 0, int singles_at = -1) {
+  const bool singles = singles_at >= 0;
   __shared__ int s_c[32], s_m[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int mt = expert_tiles(c, BM, absorb);
@@ -557,22 +565,29 @@ __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, in
   __syncthreads();
   const int base_c = warp ? s_c[warp - 1] : 0, base_m = warp ? s_m[warp - 1] : 0;
   const int ex_c = base_c + ic - c, ex_m = base_m + im - mt_packed;
-  // all of the list's pair tiles (the singles start there): the last thread's inclusive sum
-  __shared__ int s_pairs;
-  if (tid == 1023) s_pairs = singles ? (ex_m + mt_packed) & ((1 << kSingleShift) - 1) : ex_m + mt;
+  // singles: the totals (the last thread's inclusive sums), this expert's pair tiles and singles before it
+  __shared__ int s_tot;
+  if (tid == 1023) s_tot = ex_m + mt_packed;
   __syncthreads();
-  const int ex_p = singles ? ex_m & ((1 << kSingleShift) - 1) : ex_m;  // this expert's first pair tile
+  constexpr int kLow = (1 << kSingleShift) - 1;
+  const int n_pairs = singles ? s_tot & kLow : s_tot, n_singles = singles ? s_tot >> kSingleShift : 0;
+  const int ex_p = singles ? ex_m & kLow : ex_m, ex_s = singles ? ex_m >> kSingleShift : 0;
+  // this expert's first row: the pair tiles and pair-of-singles rows before it (after the last single, an odd
+  // count's last row too)
+  const int row0 = ex_p + (ex_s == n_singles ? ex_s + 1 : ex_s) / 2;
   if (tid < E) {
     offsets[tid] = ex_c;
     // (expert, first row, expert's row end, index of the tile inside its expert: the wgmma raster finds the
     // expert's first tile and tile count from it)
-    for (int i = 0; i < mt - se; ++i) tiles[ex_p + i] = make_int4(tid, ex_c + i * BM, ex_c + c, i);
-    if (se) tiles[s_pairs + (ex_m >> kSingleShift)] = make_int4(tid, ex_c + (mt - 1) * BM, ex_c + c, mt - 1);
+    for (int i = 0; i < mt - se; ++i) tiles[row0 + i] = make_int4(tid, ex_c + i * BM, ex_c + c, i);
+    if (se) {
+      tiles[singles_at + ex_s] = make_int4(tid, ex_c + (mt - 1) * BM, ex_c + c, mt - 1);
+      if (ex_s % 2 == 1 || ex_s == n_singles - 1) tiles[row0 + mt - 1] = make_int4(-1, ex_s / 2, 0, 0);
+    }
   }
   if (tid == 1023) {
-    const int n_singles = singles ? (ex_m + mt_packed) >> kSingleShift : 0;
-    num_tiles[0] = s_pairs + n_singles;
-    num_tiles[3] = s_pairs;
+    num_tiles[0] = n_pairs + (n_singles + 1) / 2;
+    num_tiles[3] = n_singles;
     // the dynamic schedulers' tile counters of GEMM1 and GEMM2 (wg::Params::tile_counter): zeroed here, in the
     // call's own stream order, >= 1 launch before the GEMMs, whose atomics come after their PDL wait (so no host
     // work between calls, and a captured graph resets them on every replay)
@@ -583,10 +598,10 @@ __device__ __forceinline__ int scan_block(int c, int E, int BM, int* offsets, in
 }
 
 __global__ void __launch_bounds__(1024) scan_kernel(const int* counts, int E, int BM, int* offsets, int4* tiles,
-                                                    int* num_tiles, int absorb, int singles) {
+                                                    int* num_tiles, int absorb, int singles_at) {
   pdl_wait();
   pdl_trigger();
-  scan_block(threadIdx.x < E ? counts[threadIdx.x] : 0, E, BM, offsets, tiles, num_tiles, absorb, singles != 0);
+  scan_block(threadIdx.x < E ? counts[threadIdx.x] : 0, E, BM, offsets, tiles, num_tiles, absorb, singles_at);
 }
 
 // Small-T routing in one block (T <= kFusedRouteMaxT): routing (or pre-routed ids), per-expert counts in shared
@@ -1032,7 +1047,8 @@ Layout make_layout(const sy_moe_config& c, int T) {
   L.counts = take((size_t)c.num_experts * 4);
   L.offsets = take((size_t)c.num_experts * 4);
   L.num_tiles = take(16);
-  L.tiles = take((size_t)max_m_tiles(T, c.top_k, c.num_experts, 16) * 16);
+  // (+ E: the singles of the paired kClusterM list, past its rows, scan_block)
+  L.tiles = take(((size_t)max_m_tiles(T, c.top_k, c.num_experts, 16) + c.num_experts) * 16);
   L.row_token = take(n * 4);
   L.row_w = take(n * 4);
   L.assign_row = take(n * 4);
@@ -1540,7 +1556,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     }
     const long long route_grid = a->logits ? (T + kRouteWarps - 1) / kRouteWarps : (n + 255) / 256;
     if ((rc = launch_k(pdl && route_grid <= kPdlMaxPrimaryGrid, scan_kernel, dim3(1), dim3(1024), 0, s,
-                       (const int*)counts, E, list_bm, offsets, tiles, num_tiles, absorb, pair_singles ? 1 : 0)))
+                       (const int*)counts, E, list_bm, offsets, tiles, num_tiles, absorb, pair_singles ? max_m : -1)))
       return rc;
     if ((rc = launch_k(pdl, scatter_kernel, dim3((n + 255) / 256), dim3(256), 0, s, (const int*)ids,
                        (const float*)w, (const int*)rank, (const int*)offsets, n, k, row_token, row_w, assign_row)))
@@ -1621,6 +1637,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     p1.absorb = p2.absorb = absorb;
     p1.epi64 = p2.epi64 = tl_epi64;
     p1.pair_singles = p2.pair_singles = pair_singles;
+    p1.singles_at = p2.singles_at = max_m;  // scan_block's singles_at
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
       rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, mT1, p1, max_m, pdl, s, &g1, cl1, gather, tl);

@@ -47,8 +47,10 @@ struct Params {
                       // boxes), 0 = two 32-column 1 KB buffers (Cfg::kEpiCols; 16 x 32 boxes)
   int absorb;         // 0, or up to kTailRows: the tile list was built with expert_tiles(c, 128, absorb), so an
                       // expert's last tile may hold 128 + r rows (tail_rows), r <= absorb (the TL kernels only)
-  int pair_singles;   // kClusterM: the tile list holds the pair tiles, then the singles (expert_single; their count
-                      // past num_tiles[3]); two singles run side by side on a cluster (resolve_tile)
+  int pair_singles;   // kClusterM: two singles (expert_single) run side by side on a cluster (resolve_tile): the
+                      // list's row (-1, q, 0, 0) stands for singles 2q and 2q + 1 of tiles[singles_at + i],
+                      // num_tiles[3] of them (scan_block)
+  int singles_at;
 };
 
 // Rows past the first 128 of a tile of the list built with `absorb` (expert_tiles): 1..absorb for an expert's last
@@ -361,6 +363,11 @@ __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int g
   if (group_m > 0) {
     const int q = t / n_tiles;
     const int4 tq = tiles[q];
+    if (singles && tq.x < 0) {  // a pair of singles: a row of its own
+      m_idx = q;
+      n_idx = t - q * n_tiles;
+      return;
+    }
     const int first = q - tq.w;
     const int ex_row0 = tq.y - tq.w * bm;
     // singles: the expert's single tile is not among its tiles here (the list's singles come after all pairs)
@@ -385,37 +392,26 @@ __device__ __forceinline__ void tile_coords(int t, int num_m, int n_tiles, int g
 }
 
 // The tile of work item t (its raster index) for this CTA, and its weight tile n_idx (of n_cols per item row).
-// kClusterM: this CTA's 128 rows (rank) of a 256-row pair tile; with p.pair_singles the items past the pair tiles'
-// (pairs * n_cols) are pairs of singles, sp = 0, 1, ..., whose single 2 sp + rank this CTA runs with its own weight
-// tile (the other CTA's single is another expert's). A single tile holds <= 128 rows, so the 256-row tile's rank 1
-// half would have been idle: this keeps the CTA count of the 128-row tile list while the pair tiles share their
-// weight tile. An odd last single leaves rank 1 an empty tile (row0 = row end) of the same expert. Returns true for
-// a single (no weight multicast).
+// kClusterM: this CTA's 128 rows (rank) of a 256-row pair tile, or, with p.pair_singles, on a pair-of-singles row
+// (-1, q, 0, 0), single 2 q + rank, which this CTA runs with its own weight tile (the other CTA's single is another
+// expert's). A single holds <= 128 rows, so the 256-row tile's rank 1 half would have been idle: this keeps the
+// CTA count of the 128-row tile list while the pair tiles share their weight tile. An odd last single leaves rank 1
+// an empty tile (first row = row end) of the same expert. Returns true for a single (no weight multicast).
 template <bool CLM>
-__device__ __forceinline__ bool resolve_tile(int t, int num_m, int pairs, int n_cols, const Params& p, int list_bm,
+__device__ __forceinline__ bool resolve_tile(int t, int num_m, int n_cols, const Params& p, int list_bm,
                                              uint32_t rank, int4& tile, int& n_idx) {
-  if (CLM && p.pair_singles && t >= pairs * n_cols) {
-    const int u = t - pairs * n_cols, sp = u / n_cols;
-    n_idx = u - sp * n_cols;
-    const int sgl = 2 * sp + (int)rank;
-    tile = p.tiles[pairs + (sgl < num_m - pairs ? sgl : 2 * sp)];
-    if (sgl >= num_m - pairs) tile.y = tile.z;
+  int m_idx;
+  tile_coords(t, num_m, n_cols, p.group_m, p.tiles, list_bm, m_idx, n_idx, p.absorb, CLM && p.pair_singles);
+  tile = p.tiles[m_idx];
+  if (CLM && p.pair_singles && tile.x < 0) {
+    const int sgl = 2 * tile.y + (int)rank;
+    const bool none = sgl >= p.num_tiles[3];  // the odd last single's partner
+    tile = p.tiles[p.singles_at + (none ? sgl - 1 : sgl)];
+    if (none) tile.y = tile.z;
     return true;
   }
-  int m_idx;
-  tile_coords(t, CLM && p.pair_singles ? pairs : num_m, n_cols, p.group_m, p.tiles, list_bm, m_idx, n_idx, p.absorb,
-              CLM && p.pair_singles);
-  tile = p.tiles[m_idx];
   if (CLM) tile.y += (int)rank * (list_bm / 2);  // this CTA's 128 rows of the 256-row tile
   return false;
-}
-
-// Work items of a persistent kernel's tile list: num_m tiles of n_cols items each, times splits; with
-// p.pair_singles (kClusterM) the singles past the pairs count half.
-template <bool CLM>
-__device__ __forceinline__ int total_items(int num_m, int pairs, int n_cols, int splits, const Params& p) {
-  const int rows = CLM && p.pair_singles ? pairs + (num_m - pairs + 1) / 2 : num_m;
-  return rows * n_cols * splits;
 }
 
 // Epilogue with direct global stores, shared by both GEMM kernels: 64 token rows (from `row0`) of an m64nBN
@@ -621,7 +617,7 @@ constexpr int kTileQ = 4;
 // both; rank 0 claims the items and hands them to rank 1 (cq_*), as the TMA producer does.
 template <int WGS, bool TL = false, int CL = 0>
 __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Params& p, uint32_t base, uint32_t bars,
-                                                int unit, int units, int total, int num_m, int pairs, int kt_all,
+                                                int unit, int units, int total, int num_m, int kt_all,
                                                 uint32_t rank = 0) {
   static_assert(CL == 0 || CL == 2, "the gathering producer: no cluster, or kClusterM");
   constexpr bool CLM = CL == 2;
@@ -655,7 +651,7 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
       if (w < total) {
         int t, half, kt0, ktiles;
         work_item(w, 1, kt_all, t, half, kt0, ktiles);
-        single = resolve_tile<CLM>(t, num_m, pairs, p.n_tiles, p, list_bm, rank, tile, n_idx);
+        single = resolve_tile<CLM>(t, num_m, p.n_tiles, p, list_bm, rank, tile, n_idx);
         const int slot = p.expert_slot ? p.expert_slot[tile.x] : tile.x;
         const int wrow = slot * p.rows_per_slot;
         b0 = wrow + n_idx * (C::kBN / 2);
@@ -806,9 +802,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   const int splits = MODE == 1 ? p.k_splits : 1;
   const int n_cols = CLN ? p.n_tiles / 2 : p.n_tiles;  // weight tiles per item row: pairs with kClusterN
   const int list_bm = CLM ? 2 * C::kBM : C::kBM;        // rows per tile of the tile list
-  // kClusterM with paired singles: the pair tiles come first in the list (scan_block)
-  const int pairs = CLM && p.pair_singles ? p.num_tiles[3] : num_m;
-  const int total = total_items<CLM>(num_m, pairs, n_cols, splits, p);  // work items
+  const int total = num_m * n_cols * splits;          // work items
   const int unit = CL ? (int)blockIdx.x / 2 : (int)blockIdx.x;  // this CTA's (CL: cluster's) first item
   const int units = CL ? (int)gridDim.x / 2 : (int)gridDim.x;
   if (unit >= total) {  // both CTAs of a cluster leave here together (same unit)
@@ -853,7 +847,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         setmaxnreg_dec<40>();
     }
     if constexpr (GA) {
-      producer_gather<WGS, TL, CL>(&tmB, p, base, bars, unit, units, total, num_m, pairs, kt_all, rank);
+      producer_gather<WGS, TL, CL>(&tmB, p, base, bars, unit, units, total, num_m, kt_all, rank);
     } else if (threadIdx.x == 0) {
       int g = 0;
       bool first = true;
@@ -872,7 +866,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         bool single = false;  // kClusterM: a single (resolve_tile), this CTA loads its own weight tile
         if (w < total) {
           work_item(w, splits, kt_all, t, half, kt0, ktiles);
-          single = resolve_tile<CLM>(t, num_m, pairs, n_cols, p, list_bm, rank, tile, n_idx);
+          single = resolve_tile<CLM>(t, num_m, n_cols, p, list_bm, rank, tile, n_idx);
           if (CLN) n_idx = 2 * n_idx + (int)rank;
         }
         const int q = j % kTileQ;

@@ -734,6 +734,8 @@ int main(int argc, char** argv) {
       // kClusterM by default: GEMM1 with >= 64 weight tiles (d_ff >= 8192, no gather) and experts averaging >= 256
       // rows, under graph capture
       {"clusterm-default-wide-ff-graph", 2, 1, 128, 8192, 600, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
+      {"clusterm-singles-unaligned-raster-257-experts", 257, 4, 200, 136, 700, 0, 1, 0, 0, 1.f, false, false, false,
+       false, 128, 1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GROUP_M=-4"},
       {"clusterm-nosingles-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
        1, 3, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"},
       {"clusterm-nosingles-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false,
