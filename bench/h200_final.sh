@@ -4,7 +4,8 @@
 # the full benchmark (all cells, baselines; the library's default choices, plus each knob that undoes one of this
 # evening's changes timed beside them: variant_ms), compute-sanitizer memcheck, and the worker's CUDA vitest suite
 # (needs carry .carry/node.xz .carry/test.tgz from bench/h200_pack_test.sh).
-# Stops each step within LIMIT seconds in all (SECONDS). Usage, from the repo root there: bash bench/h200_final.sh
+# Stops each step within LIMIT seconds in all (SECONDS); the whole test_moe within TEST_S (default 330: 160 cases
+# and stresses). Usage, from the repo root there: bash bench/h200_final.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LIMIT=${LIMIT:-560}
@@ -30,7 +31,7 @@ rm -rf $B
 make -C expert-worker/native/cuda -j16 > /tmp/make.log 2>&1 || { tail -30 /tmp/make.log; exit 1; }
 say built
 if [ "$BENCH_ONLY" != 1 ]; then
-  timeout 200 $B/test_moe > $OUT/test.log 2>&1
+  timeout ${TEST_S:-330} $B/test_moe > $OUT/test.log 2>&1
   say "test rc=$? $(tail -1 $OUT/test.log)"
   grep FAIL $OUT/test.log
 fi

@@ -33,7 +33,7 @@ typedef __nv_bfloat16 bf16;
 namespace {
 
 thread_local std::string g_last_error;
-int g_tune_bm = 0, g_tune_split = 0, g_tune_wgmma = 0, g_skip_gemm = 0;
+int g_tune_bm = 0, g_tune_split = 0, g_tune_wgmma = 0, g_skip_gemm = 0, g_last_combine = 0;
 
 int fail(int code, const std::string& msg) {
   g_last_error = msg;
@@ -138,6 +138,24 @@ constexpr int kTrimDefault = 1;
 // 768: GEMM2 items of 12 k-tiles) T=1024 0.368 vs 0.358 (no expert reaches 129 rows there) and T=8192 1.332 vs 1.309.
 constexpr int kAbsorbDefault = 32;  // = wg::kTailRows (static_assert in sy_moe_forward)
 constexpr int kAbsorbMinDff = 2048;
+// Combine fused into GEMM2's epilogue (wg::reduce_warp_staged, wg::Params::combine_out) for the persistent wgmma
+// GEMM2 with the staged epilogue: 0 = the combine kernel (fixed order per token, repeats bit for bit), 1 = bf16
+// vector reductions into out (zeroed first), 2 = fp32 reductions into out_acc, then a convert kernel. With 1 or 2
+// the order of a token's k adds varies between runs, so the output may differ in its last bits from run to run.
+// Default 1 with 128-row tiles where d_ff < kCombineFuseMaxDff, else 0; SY_MOE_COMBINE overrides.
+// The combine moves T * k * d_model * 2 bytes each way (GEMM2 writes the rows, the combine reads them back) against
+// GEMM2's 2 T k d_model d_ff flops, so it weighs most where d_ff is short: at Qwen3 (d_ff 768) T=8192 it took 76 of
+// 1.27 ms (bench/results/logs/h200-profile-clusterm-0537.log). Measured on H200 against the combine kernel (medians of
+// 4 and 6 rotated rounds, logs/h200-variants-combine-0826.log, h200-variants-two-ended-combine-0830.log):
+//   Qwen3 T=8192: 1.245 vs 1.306 ms, 1.239 vs 1.302; T=1024: 0.345 vs 0.359, 0.345 vs 0.351.
+//   At d_ff >= 2048 level or slower: Mixtral T=1024 1.449 vs 1.375, 1.433 vs 1.344 (and 1.436 vs 1.401 in
+//   logs/h200-variants-combine-diag-0835.log, where turning the GEMM2 split or the absorbed tails off did not change
+//   that), T=8192 9.01 vs 8.99, 8.81 vs 8.90; DeepSeek-V3 T=8192 12.50 vs 12.35, 12.28 vs 12.10, 12.19 vs 12.31.
+// fp32 (2) was slower than the combine kernel at Qwen3 T=8192 (1.406 ms): it zeroes and converts an fp32 output of
+// T * d_model * 4 bytes and sends twice the bytes to L2. bf16 (1) rounds each add: the layer's relative error against
+// float64 rose from ~2.9e-3 to ~3.5-4.4e-3 in test_moe's cases (k = 4..8), still under the torch._grouped_mm
+// pipeline's 4.9e-3 (bench/results/h200-moe.json, torch_relerr).
+constexpr int kCombineFuseMaxDff = 2048;
 
 // ------------------------------------------------------------------------------------------------------------------
 // Routing
@@ -1280,6 +1298,7 @@ extern "C" {
 const char* sy_moe_last_error(void) { return g_last_error.c_str(); }
 
 void sy_moe_debug_skip_gemm(int32_t skip) { g_skip_gemm = skip; }
+int32_t sy_moe_debug_last_combine(void) { return g_last_combine; }
 
 void sy_moe_set_tuning(int32_t block_m, int32_t split_k, int32_t use_wgmma) {
   g_tune_bm = block_m;
@@ -1522,6 +1541,18 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   // rows runs beside another expert's on one cluster, each CTA with its own weight tile (wg::resolve_tile), instead
   // of leaving rank 1 idle. Not after the one-block routing (its tile list has no singles section).
   const bool pair_singles = clm && !fused_route && env_int("SY_MOE_PAIR_SINGLES", kPairSinglesDefault) != 0;
+  // SY_MOE_COMBINE (default: kCombineFuseMaxDff): the combine fused into the persistent wgmma GEMM2's staged epilogue.
+  // Not where out overlaps x: out is zeroed before routing, while GEMM1 still has to read x.
+  const int epi_tma = env_int("SY_MOE_EPI_TMA", kStagedEpilogueDefault) != 0;
+  const char *xb = (const char*)a->x, *ob = (const char*)a->out;
+  const size_t xo_bytes = (size_t)T * D * 2;
+  const bool out_overlaps_x = ob < xb + xo_bytes && xb < ob + xo_bytes;
+  const int combine_env = env_int("SY_MOE_COMBINE", BM == 128 && F < kCombineFuseMaxDff ? 1 : 0);
+  const int fused_combine =
+      use_wg && persist2 && epi_tma && !out_overlaps_x && (combine_env == 1 || combine_env == 2) ? combine_env : 0;
+  g_last_combine = fused_combine;
+  if (fused_combine == 1) SY_CUDA(cudaMemsetAsync(a->out, 0, (size_t)T * D * 2, s));
+  if (fused_combine == 2) SY_CUDA(cudaMemsetAsync(out_acc, 0, (size_t)T * D * 4, s));
   const int absorb = tl_ok ? std::max(0, std::min(absorb_env, wg::kTailRows)) : 0;
   // benchmark knobs of the TL kernels: SY_MOE_TL_ONLY=1 runs them without absorbing (what their 32-column
   // epilogue costs by itself), SY_MOE_TL_EPI64=1 gives them one 64-column staging buffer per warp instead of two
@@ -1625,8 +1656,8 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     // dynamic scheduling: GEMM1 and GEMM2 count their claimed items in num_tiles[1] / [2] (zeroed by scan_block)
     int* ctr1 = dyn && persist1 ? num_tiles + 1 : nullptr;
     int* ctr2 = dyn && persist2 ? num_tiles + 2 : nullptr;
-    // SY_MOE_EPI_TMA (default kStagedEpilogueDefault): the persistent kernels' staged epilogue (wg::store_warp_staged)
-    const int epi_tma = env_int("SY_MOE_EPI_TMA", kStagedEpilogueDefault) != 0;
+    // (epi_tma, above: SY_MOE_EPI_TMA, default kStagedEpilogueDefault: the persistent kernels' staged epilogue,
+    // wg::store_warp_staged)
     wg::Params p1{tiles,   num_tiles, a->expert_slot, 0,         F,    D, F, 2 * F, h, nullptr, group_m, 1, nullptr,
                   epi_tma, (const bf16*)a->x, row_token, n, ctr1};
     wg::Params p2{tiles,   num_tiles, a->expert_slot, 0,       D,    F, 0, D, y, row_w, group_m, wg_split, xp,
@@ -1638,6 +1669,11 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     p1.epi64 = p2.epi64 = tl_epi64;
     p1.pair_singles = p2.pair_singles = pair_singles;
     p1.singles_at = p2.singles_at = max_m;  // scan_block's singles_at
+    if (fused_combine) {
+      p2.row_token = row_token;
+      p2.combine_out = fused_combine == 2 ? (void*)out_acc : a->out;
+      p2.combine_f32 = fused_combine == 2;
+    }
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
       rc = run_wgmma<0>(BM, persist1, epi, mA1, mB1, mC1, mC1, mT1, p1, max_m, pdl, s, &g1, cl1, gather, tl);
@@ -1646,6 +1682,13 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
                         &g2, cl2, false, tl);
       if (rc) return rc;
     }
+    if (fused_combine == 2) {
+      const size_t n8 = (size_t)T * D / 8;
+      const int blocks = (int)std::min<size_t>((n8 + 255) / 256, (size_t)4 * g_num_sms);
+      convert_kernel<<<blocks, 256, 0, s>>>(out_acc, (bf16*)a->out, n8);
+      SY_CUDA(cudaGetLastError());
+    }
+    if (fused_combine) return SY_MOE_OK;
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
     return launch_k(pdl && g2 <= kPdlMaxPrimaryGrid, combine_kernel, dim3(T), dim3(threads), 0, s, (const bf16*)y,
                     (const bf16*)(wg_split > 1 ? xp : nullptr), (const int*)assign_row, k, D, (bf16*)a->out);

@@ -74,6 +74,11 @@ void sy_moe_set_tuning(int32_t block_m, int32_t split_k, int32_t use_wgmma);
 // Benchmark aid: 1 = skip both GEMMs (times routing + histogram + scatter + combine alone). Process-wide.
 void sy_moe_debug_skip_gemm(int32_t skip);
 
+// Test aid: how the last sy_moe_forward combined the k rows of each token: 0 = the combine kernel (fixed order, repeats
+// bit for bit), 1 = bf16 reductions in GEMM2's epilogue, 2 = fp32 reductions + convert (the order of the adds varies
+// between runs). Process-wide.
+int32_t sy_moe_debug_last_combine(void);
+
 // Message for the last error on this thread (names the offending field).
 const char* sy_moe_last_error(void);
 

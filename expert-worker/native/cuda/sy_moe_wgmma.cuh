@@ -19,6 +19,7 @@ constexpr int kStages = 4;
 // Absorbed tails (TL, Params::absorb): up to kTailRows rows past an expert's last full 128-row tile ride along with
 // it, in a stage region of their own, instead of costing a tile of their own.
 constexpr int kTailRows = 32;
+constexpr int kTileQ = 4;  // slots of the persistent kernel's tile queue (below, before wgmma_gemm_kernel)
 
 struct Params {
   const int4* tiles;
@@ -51,6 +52,10 @@ struct Params {
                       // list's row (-1, q, 0, 0) stands for singles 2q and 2q + 1 of tiles[singles_at + i],
                       // num_tiles[3] of them (scan_block)
   int singles_at;
+  void* combine_out;  // GEMM2 with the combine fused (reduce_warp_staged): each row is added into this [T, N] output
+                      // at its token (row_token), bf16 (the layer's out) or, with combine_f32, fp32 (out_acc); null:
+                      // rows are stored to C / C2 and the combine kernel sums them
+  int combine_f32;
 };
 
 // Rows past the first 128 of a tile of the list built with `absorb` (expert_tiles): 1..absorb for an expert's last
@@ -203,6 +208,35 @@ __device__ __forceinline__ void st_cluster_b32(uint32_t cluster_addr, uint32_t v
 }
 __device__ __forceinline__ void cluster_sync_all() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The work-item hand-over ring of a 2-CTA cluster (CL), in the barrier block (wgmma_gemm_kernel's layout): full[q]
+// at +32+8q (rank 1's), empty[q] at +96+8q (rank 0's), the claimed item at +208+4q (rank 1's).
+__device__ __forceinline__ uint32_t cq_full_bar(uint32_t bars, int q) { return bars + 32 + 8 * q; }
+__device__ __forceinline__ uint32_t cq_empty_bar(uint32_t bars, int q) { return bars + 96 + 8 * q; }
+__device__ __forceinline__ uint32_t cq_val_addr(uint32_t bars, int q) { return bars + 208 + 4 * q; }
+// Rank 1 of a cluster: the item rank 0 claimed during its item h (claim_next_item), and the slot handed back.
+__device__ __forceinline__ int receive_item(uint32_t bars, int h) {
+  const int hq = h % kTileQ;
+  mbar_wait_cluster(cq_full_bar(bars, hq), (h / kTileQ) & 1);
+  const int w = ld_shared_s32(cq_val_addr(bars, hq));
+  mbar_arrive_remote(mapa_shared(cq_empty_bar(bars, hq), 0));
+  return w;
+}
+// The producer's next work item, claimed while it starts loading item h (w): from the device counter (dynamic
+// scheduling) or w + step. CL: rank 0 claims for the cluster and hands the item to rank 1 (which reads it with
+// receive_item at the top of its next item); rank 1's own value is not used.
+template <int CL>
+__device__ __forceinline__ int claim_next_item(int* counter, uint32_t bars, int h, int w, int step, int units,
+                                               uint32_t rank) {
+  int w_next = w + step;
+  if (counter && (!CL || rank == 0)) w_next = units + atomic_add_relaxed(counter, 1);
+  if (CL && rank == 0) {
+    const int hq = h % kTileQ;
+    if (h >= kTileQ) mbar_wait_cluster(cq_empty_bar(bars, hq), ((h / kTileQ) - 1) & 1);
+    st_cluster_b32(mapa_shared(cq_val_addr(bars, hq), 1), (uint32_t)w_next);
+    mbar_arrive_remote(mapa_shared(cq_full_bar(bars, hq), 1));
+  }
+  return w_next;
 }
 // TMA load multicast to the CTAs in `mask`: the box lands at the same offset of each one's shared memory and
 // completes bytes on the mbarrier at the same offset in each.
@@ -473,7 +507,8 @@ __device__ __forceinline__ void load_tail_w(const Params& p, int trow0, int row_
 // tail token 8 nb + 2 (lane % 4) + e, at dt[16 j + 4 nb + 2 hh + e]. For one token the 8 lanes with the same
 // lane % 4 hold 8 consecutive output columns, so each warp store covers 16 contiguous bytes of 4 rows.
 // MODE 0: h[row, n_idx*128 + cw*64 + m] = silu(gate) * up (block 0 gate, block 1 up); MODE 1: y[row, n_idx*256 +
-// j*128 + cw*64 + m] = acc * the row's routing weight. Rows past row_end and columns past N are skipped.
+// j*128 + cw*64 + m] = acc * the row's routing weight, or with the combine fused (p.combine_out) that added into the
+// output at the row's token. Rows past row_end and columns past N are skipped.
 template <int MODE>
 __device__ __forceinline__ void store_tail_direct(const float* dt, const Params& p, bf16* Cout, int trow0,
                                                   int row_end, int n_idx, int cw, int warp, int lane,
@@ -493,46 +528,36 @@ __device__ __forceinline__ void store_tail_direct(const float* dt, const Params&
         const float g = dt[i], u = dt[16 + i];
         Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(sy_silu_mul(g, u));
       } else {
+        const int tok = p.combine_out ? p.row_token[prow] : 0;
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int col = n_idx * 256 + j * 128 + cw * 64 + m;
-          if (col < p.N) Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(dt[16 * j + i] * tw[i2]);
+          if (col >= p.N) continue;
+          const float v = dt[16 * j + i] * tw[i2];
+          if (!p.combine_out)
+            Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(v);
+          else if (p.combine_f32)  // fused combine (reduce_warp_staged), one element at a time: the tail is short
+            atomicAdd(static_cast<float*>(p.combine_out) + (size_t)tok * p.N + col, v);
+          else
+            atomicAdd(static_cast<bf16*>(p.combine_out) + (size_t)tok * p.N + col, __float2bfloat16_rn(v));
         }
       }
     }
   }
 }
 
-// Staged epilogue of one consumer warp (persistent kernel, p.epi_tma): its 16 rows of the warpgroup's 64 leave in
-// 64-column chunks, each written to a 2 KB shared buffer by stmatrix (4 per chunk, the MMA fragment layout is
-// stmatrix's) in the 128-byte swizzle of the C maps, then stored by one TMA store (box 16 rows x 64 columns) that
-// runs on while the warp goes on: two buffers per warp, a buffer rewritten once its store from two chunks back has
-// been read. CW = 32 (the TL kernels, Cfg::kEpiCols): 32-column chunks in 1 KB buffers, 64-byte swizzle (16-byte
-// unit u of row r at u ^ ((r / 2) % 4)), C maps with 16 x 32 boxes. Replaces 64 (GEMM2) or 32 (GEMM1) 4-byte global stores per thread, each a warp-wide store touching 8
-// rows, during which the warpgroup issues no MMA (GEMM2's short K made that ~20% of its time at Qwen3 T=8192).
-// Only for warps whose 16 rows all hold tokens (a TMA box cannot stop at the expert's last row, and the rows past
-// it belong to the next expert's tile): the caller sends the warp holding an expert's last row to store_tile_direct.
-// `chunk`: the warp's running chunk count (buffer parity and when to wait).
-// NBUF = 1 (the TL kernels with p.epi64): one 2 KB buffer per warp in the same 2 KB, 64-column chunks, each chunk's
-// stmatrix waiting until the store before it has read the buffer.
-template <int MODE, int BN, int CW = 64, int NBUF = 2>
-__device__ __forceinline__ void store_warp_staged(const float* d, const CUtensorMap* map, uint32_t bufs, int row0w,
-                                                  int n_idx, int lane, const float (&row_w)[2], int& chunk) {
-  static_assert(CW == 64 || CW == 32, "64- or 32-column chunks");
-  constexpr int OUTC = MODE == 0 ? BN / 2 : BN;  // output columns of the tile
-  constexpr int PITCH = CW * 2, BUF = 16 * PITCH;
+// One warp's 16 output rows, columns c * CW .. c * CW + CW - 1 of the tile, to a shared buffer in bf16 (MODE 0:
+// SwiGLU of gate and up; MODE 1: times the row's routing weight), by stmatrix (4 per 64 columns, the MMA fragment
+// layout is stmatrix's): row r at r * 2 CW bytes, its 16-byte unit u at u ^ (r % 8) (CW = 64: the C maps'
+// SWIZZLE_128B) or u ^ ((r / 2) % 4) (CW = 32: SWIZZLE_64B). The swizzle also keeps the stmatrix rows off each
+// other's banks.
+template <int MODE, int BN, int CW>
+__device__ __forceinline__ void stage_chunk(const float* d, uint32_t buf, int lane, const float (&row_w)[2], int c) {
+  constexpr int PITCH = CW * 2;
   // stmatrix x4 address of this lane: matrix mi = lane / 8 (rows +8 for odd mi, 8 columns +8 for mi >= 2), row
-  // lane % 8 of it; 16-byte chunk index XOR row % 8 (SWIZZLE_128B) or (row / 2) % 4 (SWIZZLE_64B), buffers 1 KB
-  // aligned
+  // lane % 8 of it
   const int mi = lane >> 3, r = (lane & 7) + 8 * (mi & 1), cb = mi >> 1;
   const int swz = CW == 64 ? (r & 7) : ((r >> 1) & 3);
-#pragma unroll
-  for (int c = 0; c < OUTC / CW; ++c) {
-    const uint32_t buf = bufs + (chunk % NBUF) * BUF;
-    if (chunk >= NBUF) {
-      if (lane == 0) bulk_wait_read<NBUF - 1>();
-      __syncwarp();
-    }
 #pragma unroll
     for (int q = 0; q < CW / 16; ++q) {
       const int jo = c * (CW / 8) + 2 * q;  // first 8-column output block of this x4
@@ -558,6 +583,34 @@ __device__ __forceinline__ void store_warp_staged(const float* d, const CUtensor
       const int chunk16 = 2 * q + cb;
       stmatrix_x4(buf + r * PITCH + ((chunk16 ^ swz) << 4), v[0], v[1], v[2], v[3]);
     }
+}
+
+// Staged epilogue of one consumer warp (persistent kernel, p.epi_tma): its 16 rows of the warpgroup's 64 leave in
+// 64-column chunks, each written to a 2 KB shared buffer by stmatrix (4 per chunk, the MMA fragment layout is
+// stmatrix's) in the 128-byte swizzle of the C maps, then stored by one TMA store (box 16 rows x 64 columns) that
+// runs on while the warp goes on: two buffers per warp, a buffer rewritten once its store from two chunks back has
+// been read. CW = 32 (the TL kernels, Cfg::kEpiCols): 32-column chunks in 1 KB buffers, 64-byte swizzle (16-byte
+// unit u of row r at u ^ ((r / 2) % 4)), C maps with 16 x 32 boxes. Replaces 64 (GEMM2) or 32 (GEMM1) 4-byte global stores per thread, each a warp-wide store touching 8
+// rows, during which the warpgroup issues no MMA (GEMM2's short K made that ~20% of its time at Qwen3 T=8192).
+// Only for warps whose 16 rows all hold tokens (a TMA box cannot stop at the expert's last row, and the rows past
+// it belong to the next expert's tile): the caller sends the warp holding an expert's last row to store_tile_direct.
+// `chunk`: the warp's running chunk count (buffer parity and when to wait).
+// NBUF = 1 (the TL kernels with p.epi64): one 2 KB buffer per warp in the same 2 KB, 64-column chunks, each chunk's
+// stmatrix waiting until the store before it has read the buffer.
+template <int MODE, int BN, int CW = 64, int NBUF = 2>
+__device__ __forceinline__ void store_warp_staged(const float* d, const CUtensorMap* map, uint32_t bufs, int row0w,
+                                                  int n_idx, int lane, const float (&row_w)[2], int& chunk) {
+  static_assert(CW == 64 || CW == 32, "64- or 32-column chunks");
+  constexpr int OUTC = MODE == 0 ? BN / 2 : BN;  // output columns of the tile
+  constexpr int BUF = 16 * CW * 2;
+#pragma unroll
+  for (int c = 0; c < OUTC / CW; ++c) {
+    const uint32_t buf = bufs + (chunk % NBUF) * BUF;
+    if (chunk >= NBUF) {
+      if (lane == 0) bulk_wait_read<NBUF - 1>();
+      __syncwarp();
+    }
+    stage_chunk<MODE, BN, CW>(d, buf, lane, row_w, c);
     // generic-proxy shared writes -> visible to the TMA (async proxy) read, then one lane stores
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
@@ -566,6 +619,71 @@ __device__ __forceinline__ void store_warp_staged(const float* d, const CUtensor
       bulk_commit();
     }
     ++chunk;
+  }
+}
+
+__device__ __forceinline__ void red_add_bf16x8(bf16* dst, int4 v) {
+  asm volatile("red.global.add.noftz.v4.bf16x2 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void red_add_f32x4(float* dst, int4 v) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(__int_as_float(v.x)),
+               "f"(__int_as_float(v.y)), "f"(__int_as_float(v.z)), "f"(__int_as_float(v.w))
+               : "memory");
+}
+__device__ __forceinline__ void st_shared_v2f(uint32_t addr, float a, float b) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(a), "f"(b) : "memory");
+}
+
+// GEMM2's epilogue with the combine fused (p.combine_out): one consumer warp adds its 16 rows (times their routing
+// weights) into the layer's output at their tokens, out[token] += y[row], by vector reductions that L2 performs
+// (red.global.add, 16 bytes a lane). The combine kernel used to read back the T * k rows that GEMM2 had written
+// (Qwen3 T=8192: 268 MB each way, 76 us of 1.27 ms; bench/results/logs/h200-profile-clusterm-0537.log); here the
+// rows never reach memory, and the output (T rows) stays in L2 while the adds land. The order of the k adds of a
+// token varies from run to run: bf16 (the default) rounds after each add, combine_f32 adds in fp32 into out_acc
+// and a convert kernel rounds once.
+// Through the warp's 2 KB staging buffer, one chunk at a time: 64 columns in bf16 (stage_chunk, stmatrix) or 32 in
+// fp32 (8-byte stores of the fragment), 128 bytes a row with 16-byte unit u at u ^ (row % 8); then lane l adds
+// unit l % 8 of rows l / 8 + 4 i, so each instruction covers 4 rows of 128 contiguous bytes. tok_l: lane l < 16
+// holds the token of the warp's row l (-1 past the expert's last row: not added).
+template <int BN, bool F32>
+__device__ __forceinline__ void reduce_warp_staged(const float* d, const Params& p, uint32_t buf, int n_idx,
+                                                   int lane, const float (&row_w)[2], int tok_l) {
+  constexpr int CW = F32 ? 32 : 64;  // columns per chunk: 128 bytes a row
+  int tok[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) tok[i] = __shfl_sync(0xffffffffu, tok_l, (lane >> 3) + 4 * i);
+  const int u = lane & 7;
+#pragma unroll
+  for (int c = 0; c < BN / CW; ++c) {
+    if constexpr (F32) {
+      // thread: rows lane / 4 + 8 hh, columns 8 jj + 2 (lane % 4) + {0, 1} of the chunk: unit 2 jj + (lane % 4) / 2
+#pragma unroll
+      for (int jj = 0; jj < CW / 8; ++jj)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int j = c * (CW / 8) + jj, r = (lane >> 2) + 8 * hh, uu = 2 * jj + ((lane & 3) >> 1);
+          st_shared_v2f(buf + r * 128 + ((uu ^ (r & 7)) << 4) + (lane & 1) * 8, d[j * 4 + hh * 2] * row_w[hh],
+                        d[j * 4 + hh * 2 + 1] * row_w[hh]);
+        }
+    } else {
+      stage_chunk<1, BN, 64>(d, buf, lane, row_w, c);
+    }
+    __syncwarp();
+    const int col = n_idx * BN + c * CW + u * (F32 ? 4 : 8);  // N is a multiple of 8: a unit is all in or all out
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = (lane >> 3) + 4 * i;
+      const int4 v = ld_shared_v4(buf + r * 128 + ((u ^ (r & 7)) << 4));
+      if (tok[i] >= 0 && col < p.N) {
+        if constexpr (F32)
+          red_add_f32x4(static_cast<float*>(p.combine_out) + (size_t)tok[i] * p.N + col, v);
+        else
+          red_add_bf16x8(static_cast<bf16*>(p.combine_out) + (size_t)tok[i] * p.N + col, v);
+      }
+    }
+    __syncwarp();  // the next chunk rewrites the buffer
   }
 }
 
@@ -587,7 +705,6 @@ __device__ __forceinline__ void work_item(int w, int splits, int kt_all, int& t,
 // item resolved: {w, weight tile, first row, row end}. The consumers used to resolve w themselves (tile_coords and
 // the tile list: two dependent global loads) between their wait on the slot and their first MMA, every item; the
 // producer resolves it a few k-steps ahead.
-constexpr int kTileQ = 4;
 
 // MODE 0: GEMM1 (x_perm * [gate|up], SwiGLU -> h). MODE 1: GEMM2 (h * down, * routing weight -> y).
 // PERSIST: one CTA per SM loops over work items; the producer runs ahead into the next item while the consumers
@@ -631,21 +748,12 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
   auto tq_full = [&](int q) { return bars + 128 + 8 * q; };
   auto tq_empty = [&](int q) { return bars + 160 + 8 * q; };
   auto tq_val = [&](int q) { return bars + 256 + 16 * q; };
-  auto cq_full = [&](int q) { return bars + 32 + 8 * q; };
-  auto cq_empty = [&](int q) { return bars + 96 + 8 * q; };
-  auto cq_val = [&](int q) { return bars + 208 + 4 * q; };
   int g = 0, w = unit, b0 = 0, b1 = 0;
   bool first = true, single = false;
   for (int j = 0;; ++j) {
     const int q = j % kTileQ;
     if (pt == 0) {
-      if (CLM && rank == 1 && j > 0) {
-        // hand-over h = j - 1 from rank 0 (its claim during item j - 1)
-        const int h = j - 1, hq = h % kTileQ;
-        mbar_wait_cluster(cq_full(hq), (h / kTileQ) & 1);
-        w = ld_shared_s32(cq_val(hq));
-        mbar_arrive_remote(mapa_shared(cq_empty(hq), 0));
-      }
+      if (CLM && rank == 1 && j > 0) w = receive_item(bars, j - 1);  // rank 0's claim during item j - 1
       int n_idx = 0;
       int4 tile = make_int4(0, 0, 0, 0);
       if (w < total) {
@@ -710,17 +818,7 @@ __device__ __forceinline__ void producer_gather(const CUtensorMap* tmB, const Pa
       }
     // the next item: claimed now, its latency hidden behind this item's loads; CLM: rank 0 claims for the cluster
     // and hands it to rank 1 (which reads it at the top of its next iteration)
-    int w_next = 0;
-    if (pt == 0) {
-      w_next = w + units;
-      if (p.tile_counter && (!CLM || rank == 0)) w_next = units + atomic_add_relaxed(p.tile_counter, 1);
-      if (CLM && rank == 0) {
-        const int h = j, hq = h % kTileQ;
-        if (h >= kTileQ) mbar_wait_cluster(cq_empty(hq), ((h / kTileQ) - 1) & 1);
-        st_cluster_b32(mapa_shared(cq_val(hq), 1), (uint32_t)w_next);
-        mbar_arrive_remote(mapa_shared(cq_full(hq), 1));
-      }
-    }
+    const int w_next = pt == 0 ? claim_next_item<CL>(p.tile_counter, bars, j, w, units, units, rank) : 0;
     for (int kt = 0; kt < ktiles; ++kt, ++g) {
       const int s = g % kStages;
       if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
@@ -792,9 +890,6 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
   auto tq_full = [&](int q) { return bars + 128 + 8 * q; };
   auto tq_empty = [&](int q) { return bars + 160 + 8 * q; };
   auto tq_val = [&](int q) { return bars + 256 + 16 * q; };
-  auto cq_full = [&](int q) { return bars + 32 + 8 * q; };
-  auto cq_empty = [&](int q) { return bars + 96 + 8 * q; };
-  auto cq_val = [&](int q) { return bars + 208 + 4 * q; };
 
   const uint32_t rank = CL ? cluster_ctarank() : 0;
   const uint32_t peer = rank ^ 1;
@@ -821,8 +916,8 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       mbar_init(tq_full(q), 1);
       mbar_init(tq_empty(q), (GA ? WGS + 1 : WGS) * kConsumerWarps);
       if (CL) {
-        mbar_init(cq_full(q), 1);
-        mbar_init(cq_empty(q), 1);
+        mbar_init(cq_full_bar(bars, q), 1);
+        mbar_init(cq_empty_bar(bars, q), 1);
       }
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -853,13 +948,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       bool first = true;
       int w = unit;
       for (int j = 0;; ++j) {
-        if (CL && rank == 1 && j > 0) {
-          // hand-over h = j - 1 from rank 0 (its claim during item j - 1)
-          const int h = j - 1, hq = h % kTileQ;
-          mbar_wait_cluster(cq_full(hq), (h / kTileQ) & 1);
-          w = ld_shared_s32(cq_val(hq));
-          mbar_arrive_remote(mapa_shared(cq_empty(hq), 0));
-        }
+        if (CL && rank == 1 && j > 0) w = receive_item(bars, j - 1);  // rank 0's claim during item j - 1
         // resolve the item and publish it (or the end) to the consumers
         int t = 0, half, kt0 = 0, ktiles = 0, n_idx = 0;
         int4 tile = make_int4(0, 0, 0, 0);
@@ -928,14 +1017,7 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
         }
         // Claim the next item now (after the PDL wait: the scan that zeroed the counter has completed); its value
         // is first needed after this item's loads are issued. CL: rank 0 claims for the cluster and hands it over.
-        int w_next = w + step;
-        if (p.tile_counter && (!CL || rank == 0)) w_next = units + atomic_add_relaxed(p.tile_counter, 1);
-        if (CL && rank == 0) {
-          const int h = j, hq = h % kTileQ;
-          if (h >= kTileQ) mbar_wait_cluster(cq_empty(hq), ((h / kTileQ) - 1) & 1);
-          st_cluster_b32(mapa_shared(cq_val(hq), 1), (uint32_t)w_next);
-          mbar_arrive_remote(mapa_shared(cq_full(hq), 1));
-        }
+        const int w_next = claim_next_item<CL>(p.tile_counter, bars, j, w, step, units, rank);
         for (; kt < ktiles; ++kt, ++g) {
           const int s = g % kStages;
           if (g >= kStages) mbar_wait(empty(s), ((g / kStages) - 1) & 1);
@@ -984,6 +1066,11 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       const int tt = threadIdx.x & 127;
       float row_w[2] = {0.f, 0.f};
       if (MODE == 1) load_row_w(p, row0 + cw * 64, row_end, tt >> 5, tt & 31, row_w);
+      const int row0w = row0 + cw * 64 + (tt >> 5) * 16;  // this warp's first row
+      // fused combine: lane l < 16 holds the token of the warp's row l (loaded before the mainloop, as row_w)
+      const bool fused = MODE == 1 && p.combine_out != nullptr;
+      int tok_l = -1;
+      if (fused && row0w + (tt & 15) < row_end) tok_l = p.row_token[row0w + (tt & 15)];
       float d[128];
       bool done = false;
       if constexpr (TL) {
@@ -998,8 +1085,11 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       if (!done) mma_tile<WGS, false, 1, CL, GA, TL>(d, base, bars, cw, ktiles, g, leader, peer);
       g += ktiles;
 
-      const int row0w = row0 + cw * 64 + (tt >> 5) * 16;  // this warp's first row
-      if (TL && p.epi_tma && p.epi64 && row0w + 16 <= row_end)
+      if (fused && p.combine_f32)
+        reduce_warp_staged<C::kBN, true>(d, p, stg, n_idx, tt & 31, row_w, tok_l);
+      else if (fused)
+        reduce_warp_staged<C::kBN, false>(d, p, stg, n_idx, tt & 31, row_w, tok_l);
+      else if (TL && p.epi_tma && p.epi64 && row0w + 16 <= row_end)
         store_warp_staged<MODE, C::kBN, 64, 1>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w, chunk);
       else if (p.epi_tma && row0w + 16 <= row_end)
         store_warp_staged<MODE, C::kBN, C::kEpiCols>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w,
