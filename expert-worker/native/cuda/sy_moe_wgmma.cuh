@@ -444,7 +444,14 @@ __device__ __forceinline__ bool resolve_tile(int t, int num_m, int n_cols, const
     if (none) tile.y = tile.z;
     return true;
   }
-  if (CLM) tile.y += (int)rank * (list_bm / 2);  // this CTA's 128 rows of the 256-row tile
+  // this CTA's 128 rows of the 256-row tile; rank 0's end at its 128th row, so that a tile of 129..160 rows does
+  // not look to rank 0 like 128 rows plus an absorbed tail (tail_rows): those rows are rank 1's. (Before, rank 0
+  // computed them a second time; with stores to y that was only wasted work, with the fused combine it added them
+  // twice: test_moe absorb-clusterm-160-rows, relerr 0.47.)
+  if (CLM) {
+    tile.y += (int)rank * (list_bm / 2);
+    if (rank == 0) tile.z = min(tile.z, tile.y + list_bm / 2);
+  }
   return false;
 }
 
