@@ -141,7 +141,8 @@ constexpr int kAbsorbMinDff = 2048;
 // Combine fused into GEMM2's epilogue (wg::reduce_warp_staged, wg::Params::combine_out) for the persistent wgmma
 // GEMM2 with the staged epilogue: 0 = the combine kernel (fixed order per token, repeats bit for bit), 1 = bf16
 // vector reductions into out (zeroed first), 2 = fp32 reductions into out_acc, then a convert kernel. With 1 or 2
-// the order of a token's k adds varies between runs, so the output may differ in its last bits from run to run.
+// the order of a token's k adds varies between runs, so the output may differ in its last bits from run to run (not
+// with top_k = 1, the expert worker's calls: one add onto zero is exact, the combine kernel's result bit for bit).
 // Default 1 with 128-row tiles where d_ff < kCombineFuseMaxDff, else 0; SY_MOE_COMBINE overrides.
 // The combine moves T * k * d_model * 2 bytes each way (GEMM2 writes the rows, the combine reads them back) against
 // GEMM2's 2 T k d_model d_ff flops, so it weighs most where d_ff is short: at Qwen3 (d_ff 768) T=8192 it took 76 of
