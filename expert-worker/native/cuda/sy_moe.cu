@@ -1392,6 +1392,15 @@ int sy_moe_route(const sy_moe_config* cfg, int32_t T, const float* logits, const
                       (cudaStream_t)stream);
 }
 
+// fp32 accumulator -> bf16 output (n elements, a multiple of 8): the split-K mma.sync GEMM2 and the fp32 fused combine.
+static int launch_convert(const float* acc, bf16* out, size_t n, cudaStream_t s) {
+  const size_t n8 = n / 8;
+  const int blocks = (int)std::min<size_t>((n8 + 255) / 256, (size_t)4 * g_num_sms);
+  convert_kernel<<<blocks, 256, 0, s>>>(acc, out, n8);
+  SY_CUDA(cudaGetLastError());
+  return SY_MOE_OK;
+}
+
 int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, void* workspace,
                    size_t workspace_bytes, void* stream) {
   int rc = validate(cfg);
@@ -1683,12 +1692,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
                         &g2, cl2, false, tl);
       if (rc) return rc;
     }
-    if (fused_combine == 2) {
-      const size_t n8 = (size_t)T * D / 8;
-      const int blocks = (int)std::min<size_t>((n8 + 255) / 256, (size_t)4 * g_num_sms);
-      convert_kernel<<<blocks, 256, 0, s>>>(out_acc, (bf16*)a->out, n8);
-      SY_CUDA(cudaGetLastError());
-    }
+    if (fused_combine == 2 && (rc = launch_convert(out_acc, (bf16*)a->out, (size_t)T * D, s))) return rc;
     if (fused_combine) return SY_MOE_OK;
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
     return launch_k(pdl && g2 <= kPdlMaxPrimaryGrid, combine_kernel, dim3(T), dim3(threads), 0, s, (const bf16*)y,
@@ -1735,11 +1739,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     SY_CUDA(cudaMemsetAsync(out_acc, 0, (size_t)T * D * 4, s));
     rc = g_skip_gemm ? 0 : run_gemm<2>(BM, g2, max_m, s);
     if (rc) return rc;
-    const size_t n8 = (size_t)T * D / 8;
-    int blocks = (int)((n8 + 255) / 256);
-    if (blocks > 4 * g_num_sms) blocks = 4 * g_num_sms;
-    convert_kernel<<<blocks, 256, 0, s>>>(out_acc, (bf16*)a->out, n8);
-    SY_CUDA(cudaGetLastError());
+    if ((rc = launch_convert(out_acc, (bf16*)a->out, (size_t)T * D, s))) return rc;
   } else {
     rc = g_skip_gemm ? 0 : run_gemm<1>(BM, g2, max_m, s);
     if (rc) return rc;
