@@ -4,7 +4,8 @@
 # CASES (a stall prints STALL and exits); the compute-side cells (SHAPES x TS) timed with each of VARIANTS in the same
 # run (variant_ms); compute-sanitizer memcheck of the quick cases matching MEMCHECK. Each step is cut at a time limit
 # so the call stays inside LIMIT seconds (the cases step inside CASE_S, default 60; the quick suite inside QUICK_S,
-# default 300: 127 cases took > 200 s on 2026-11-29). Usage, from the repo root there:
+# default 300: 127 cases took > 200 s on 2026-11-29). FULL=1: first the whole test_moe (cases and stresses, within
+# TEST_S, default 330). Usage, from the repo root there:
 #   CASES=cluster VARIANTS="SY_MOE_CLUSTER=2;SY_MOE_CLUSTER=0" bash bench/h200_variants.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -24,6 +25,12 @@ rm -rf $B
 make -C expert-worker/native/cuda -j16 > $OUT/make.log 2>&1 || { tail -30 $OUT/make.log; exit 1; }
 say built
 ok=1
+if [ "${FULL:-0}" = 1 ]; then
+  timeout ${TEST_S:-330} $B/test_moe > $OUT/full-test.log 2>&1
+  say "whole test_moe rc=$? $(tail -1 $OUT/full-test.log)"
+  grep -E "FAIL|STALL" $OUT/full-test.log | head
+  passed $OUT/full-test.log || ok=0
+fi
 if [ "$QUICK" = 1 ]; then
   timeout ${QUICK_S:-300} $B/test_moe --quick --stall-s 10 > $OUT/quick-test.log 2>&1
   say "quick suite rc=$? $(tail -1 $OUT/quick-test.log)"

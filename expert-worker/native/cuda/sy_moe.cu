@@ -136,14 +136,19 @@ constexpr int kTrimDefault = 1;
 // rotated rounds, medians, bench/results/logs/h200-absorb-bench.log): Mixtral T=1024 (5 of 21 token tiles absorbed)
 // 1.439 vs 1.499 ms, T=8192 9.28 vs 9.35, DeepSeek-V3 T=1024 4.39 vs 4.48, T=8192 12.01 vs 11.99; but Qwen3 (d_ff
 // 768: GEMM2 items of 12 k-tiles) T=1024 0.368 vs 0.358 (no expert reaches 129 rows there) and T=8192 1.332 vs 1.309.
+// With GEMM2's epilogue the fused combine (which the TL kernels' 32-column staging does not touch) it is further
+// behind at Qwen3 T=8192: 1.394 ms, 1.338 with SY_MOE_TL_EPI64=1, against the default's 1.193 / 1.231 (6 rotated
+// rounds, medians, bench/results/logs/h200-variants-absorb-qwen3-0931.log). So the tail's swap-AB MMAs and element
+// adds cost more than the tiles they save (1.121x -> 1.016x of rows / 128, bench/moe_tile_model.py) at d_ff 768.
 constexpr int kAbsorbDefault = 32;  // = wg::kTailRows (static_assert in sy_moe_forward)
 constexpr int kAbsorbMinDff = 2048;
 // Combine fused into GEMM2's epilogue (wg::reduce_warp_staged, wg::Params::combine_out) for the persistent wgmma
 // GEMM2 with the staged epilogue: 0 = the combine kernel (fixed order per token, repeats bit for bit), 1 = bf16
-// vector reductions into out (zeroed first), 2 = fp32 reductions into out_acc, then a convert kernel. With 1 or 2
-// the order of a token's k adds varies between runs, so the output may differ in its last bits from run to run (not
-// with top_k = 1, the expert worker's calls: one add onto zero is exact, the combine kernel's result bit for bit).
-// Default 1 with 128-row tiles where d_ff < kCombineFuseMaxDff, else 0; SY_MOE_COMBINE overrides.
+// vector reductions into out (zeroed first). With 1 the order of a token's k adds varies between runs, so the output
+// may differ in its last bits from run to run (not with top_k = 1, the expert worker's calls: one add onto zero is
+// exact, the combine kernel's result bit for bit). Default 1 with 128-row tiles where d_ff < kCombineFuseMaxDff,
+// else 0; SY_MOE_COMBINE overrides. fp32 reductions into out_acc plus a convert kernel were tried and removed: slower
+// than both at every cell measured (Qwen3 T=8192 1.406 ms; logs/h200-variants-combine-0826.log).
 // The combine moves T * k * d_model * 2 bytes each way (GEMM2 writes the rows, the combine reads them back) against
 // GEMM2's 2 T k d_model d_ff flops, so it weighs most where d_ff is short: at Qwen3 (d_ff 768) T=8192 it took 76 of
 // 1.27 ms (bench/results/logs/h200-profile-clusterm-0537.log). Measured on H200 against the combine kernel (medians of
@@ -1392,7 +1397,7 @@ int sy_moe_route(const sy_moe_config* cfg, int32_t T, const float* logits, const
                       (cudaStream_t)stream);
 }
 
-// fp32 accumulator -> bf16 output (n elements, a multiple of 8): the split-K mma.sync GEMM2 and the fp32 fused combine.
+// fp32 accumulator -> bf16 output (n elements, a multiple of 8): the split-K mma.sync GEMM2.
 static int launch_convert(const float* acc, bf16* out, size_t n, cudaStream_t s) {
   const size_t n8 = n / 8;
   const int blocks = (int)std::min<size_t>((n8 + 255) / 256, (size_t)4 * g_num_sms);
@@ -1559,10 +1564,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const bool out_overlaps_x = ob < xb + xo_bytes && xb < ob + xo_bytes;
   const int combine_env = env_int("SY_MOE_COMBINE", BM == 128 && F < kCombineFuseMaxDff ? 1 : 0);
   const int fused_combine =
-      use_wg && persist2 && epi_tma && !out_overlaps_x && (combine_env == 1 || combine_env == 2) ? combine_env : 0;
+      use_wg && persist2 && epi_tma && !out_overlaps_x && combine_env == 1 ? 1 : 0;
   g_last_combine = fused_combine;
-  if (fused_combine == 1) SY_CUDA(cudaMemsetAsync(a->out, 0, (size_t)T * D * 2, s));
-  if (fused_combine == 2) SY_CUDA(cudaMemsetAsync(out_acc, 0, (size_t)T * D * 4, s));
+  if (fused_combine) SY_CUDA(cudaMemsetAsync(a->out, 0, (size_t)T * D * 2, s));
   const int absorb = tl_ok ? std::max(0, std::min(absorb_env, wg::kTailRows)) : 0;
   // benchmark knobs of the TL kernels: SY_MOE_TL_ONLY=1 runs them without absorbing (what their 32-column
   // epilogue costs by itself), SY_MOE_TL_EPI64=1 gives them one 64-column staging buffer per warp instead of two
@@ -1681,8 +1685,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     p1.singles_at = p2.singles_at = max_m;  // scan_block's singles_at
     if (fused_combine) {
       p2.row_token = row_token;
-      p2.combine_out = fused_combine == 2 ? (void*)out_acc : a->out;
-      p2.combine_f32 = fused_combine == 2;
+      p2.combine_out = (bf16*)a->out;
     }
     long long g1 = 0, g2 = 0;  // GEMM grids: PDL for the next kernel only below kPdlMaxPrimaryGrid
     if (!g_skip_gemm) {
@@ -1692,7 +1695,6 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
                         &g2, cl2, false, tl);
       if (rc) return rc;
     }
-    if (fused_combine == 2 && (rc = launch_convert(out_acc, (bf16*)a->out, (size_t)T * D, s))) return rc;
     if (fused_combine) return SY_MOE_OK;
     int threads = D / 8 < 256 ? ((D / 8 + 31) / 32) * 32 : 256;
     return launch_k(pdl && g2 <= kPdlMaxPrimaryGrid, combine_kernel, dim3(T), dim3(threads), 0, s, (const bf16*)y,

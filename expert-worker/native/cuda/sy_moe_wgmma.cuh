@@ -52,10 +52,9 @@ struct Params {
                       // list's row (-1, q, 0, 0) stands for singles 2q and 2q + 1 of tiles[singles_at + i],
                       // num_tiles[3] of them (scan_block)
   int singles_at;
-  void* combine_out;  // GEMM2 with the combine fused (reduce_warp_staged): each row is added into this [T, N] output
-                      // at its token (row_token), bf16 (the layer's out) or, with combine_f32, fp32 (out_acc); null:
-                      // rows are stored to C / C2 and the combine kernel sums them
-  int combine_f32;
+  bf16* combine_out;  // GEMM2 with the combine fused (reduce_warp_staged): each row is added into this [T, N] output
+                      // (the layer's out) at its token (row_token); null: rows are stored to C / C2 and the combine
+                      // kernel sums them
 };
 
 // Rows past the first 128 of a tile of the list built with `absorb` (expert_tiles): 1..absorb for an expert's last
@@ -543,10 +542,8 @@ __device__ __forceinline__ void store_tail_direct(const float* dt, const Params&
           const float v = dt[16 * j + i] * tw[i2];
           if (!p.combine_out)
             Cout[(size_t)prow * p.N + col] = __float2bfloat16_rn(v);
-          else if (p.combine_f32)  // fused combine (reduce_warp_staged), one element at a time: the tail is short
-            atomicAdd(static_cast<float*>(p.combine_out) + (size_t)tok * p.N + col, v);
-          else
-            atomicAdd(static_cast<bf16*>(p.combine_out) + (size_t)tok * p.N + col, __float2bfloat16_rn(v));
+          else  // fused combine (reduce_warp_staged), one element at a time: the tail is short
+            atomicAdd(p.combine_out + (size_t)tok * p.N + col, __float2bfloat16_rn(v));
         }
       }
     }
@@ -634,61 +631,34 @@ __device__ __forceinline__ void red_add_bf16x8(bf16* dst, int4 v) {
                "r"(v.w)
                : "memory");
 }
-__device__ __forceinline__ void red_add_f32x4(float* dst, int4 v) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(__int_as_float(v.x)),
-               "f"(__int_as_float(v.y)), "f"(__int_as_float(v.z)), "f"(__int_as_float(v.w))
-               : "memory");
-}
-__device__ __forceinline__ void st_shared_v2f(uint32_t addr, float a, float b) {
-  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(a), "f"(b) : "memory");
-}
 
 // GEMM2's epilogue with the combine fused (p.combine_out): one consumer warp adds its 16 rows (times their routing
 // weights) into the layer's output at their tokens, out[token] += y[row], by vector reductions that L2 performs
 // (red.global.add, 16 bytes a lane). The combine kernel used to read back the T * k rows that GEMM2 had written
 // (Qwen3 T=8192: 268 MB each way, 76 us of 1.27 ms; bench/results/logs/h200-profile-clusterm-0537.log); here the
 // rows never reach memory, and the output (T rows) stays in L2 while the adds land. The order of the k adds of a
-// token varies from run to run: bf16 (the default) rounds after each add, combine_f32 adds in fp32 into out_acc
-// and a convert kernel rounds once.
-// Through the warp's 2 KB staging buffer, one chunk at a time: 64 columns in bf16 (stage_chunk, stmatrix) or 32 in
-// fp32 (8-byte stores of the fragment), 128 bytes a row with 16-byte unit u at u ^ (row % 8); then lane l adds
-// unit l % 8 of rows l / 8 + 4 i, so each instruction covers 4 rows of 128 contiguous bytes. tok_l: lane l < 16
-// holds the token of the warp's row l (-1 past the expert's last row: not added).
-template <int BN, bool F32>
+// token varies from run to run, and each bf16 add rounds.
+// Through the warp's 2 KB staging buffer, 64 columns at a time (stage_chunk, stmatrix), 128 bytes a row with 16-byte
+// unit u at u ^ (row % 8); then lane l adds unit l % 8 of rows l / 8 + 4 i, so each instruction covers 4 rows of 128
+// contiguous bytes. tok_l: lane l < 16 holds the token of the warp's row l (-1 past the expert's last row: not added).
+template <int BN>
 __device__ __forceinline__ void reduce_warp_staged(const float* d, const Params& p, uint32_t buf, int n_idx,
                                                    int lane, const float (&row_w)[2], int tok_l) {
-  constexpr int CW = F32 ? 32 : 64;  // columns per chunk: 128 bytes a row
+  constexpr int CW = 64;  // columns per chunk: 128 bytes a row
   int tok[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) tok[i] = __shfl_sync(0xffffffffu, tok_l, (lane >> 3) + 4 * i);
   const int u = lane & 7;
 #pragma unroll
   for (int c = 0; c < BN / CW; ++c) {
-    if constexpr (F32) {
-      // thread: rows lane / 4 + 8 hh, columns 8 jj + 2 (lane % 4) + {0, 1} of the chunk: unit 2 jj + (lane % 4) / 2
-#pragma unroll
-      for (int jj = 0; jj < CW / 8; ++jj)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int j = c * (CW / 8) + jj, r = (lane >> 2) + 8 * hh, uu = 2 * jj + ((lane & 3) >> 1);
-          st_shared_v2f(buf + r * 128 + ((uu ^ (r & 7)) << 4) + (lane & 1) * 8, d[j * 4 + hh * 2] * row_w[hh],
-                        d[j * 4 + hh * 2 + 1] * row_w[hh]);
-        }
-    } else {
-      stage_chunk<1, BN, 64>(d, buf, lane, row_w, c);
-    }
+    stage_chunk<1, BN, CW>(d, buf, lane, row_w, c);
     __syncwarp();
-    const int col = n_idx * BN + c * CW + u * (F32 ? 4 : 8);  // N is a multiple of 8: a unit is all in or all out
+    const int col = n_idx * BN + c * CW + u * 8;  // N is a multiple of 8: a unit is all in or all out
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int r = (lane >> 3) + 4 * i;
       const int4 v = ld_shared_v4(buf + r * 128 + ((u ^ (r & 7)) << 4));
-      if (tok[i] >= 0 && col < p.N) {
-        if constexpr (F32)
-          red_add_f32x4(static_cast<float*>(p.combine_out) + (size_t)tok[i] * p.N + col, v);
-        else
-          red_add_bf16x8(static_cast<bf16*>(p.combine_out) + (size_t)tok[i] * p.N + col, v);
-      }
+      if (tok[i] >= 0 && col < p.N) red_add_bf16x8(p.combine_out + (size_t)tok[i] * p.N + col, v);
     }
     __syncwarp();  // the next chunk rewrites the buffer
   }
@@ -1092,10 +1062,8 @@ __global__ void __launch_bounds__((WGS + 1) * 128, 1)
       if (!done) mma_tile<WGS, false, 1, CL, GA, TL>(d, base, bars, cw, ktiles, g, leader, peer);
       g += ktiles;
 
-      if (fused && p.combine_f32)
-        reduce_warp_staged<C::kBN, true>(d, p, stg, n_idx, tt & 31, row_w, tok_l);
-      else if (fused)
-        reduce_warp_staged<C::kBN, false>(d, p, stg, n_idx, tt & 31, row_w, tok_l);
+      if (fused)
+        reduce_warp_staged<C::kBN>(d, p, stg, n_idx, tt & 31, row_w, tok_l);
       else if (TL && p.epi_tma && p.epi64 && row0w + 16 <= row_end)
         store_warp_staged<MODE, C::kBN, 64, 1>(d, half ? &tmC2 : &tmC, stg, row0w, n_idx, tt & 31, row_w, chunk);
       else if (p.epi_tma && row0w + 16 <= row_end)

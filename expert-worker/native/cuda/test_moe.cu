@@ -754,29 +754,23 @@ int main(int argc, char** argv) {
        1, 3, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"},
       {"clusterm-nosingles-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false,
        128, 1, 3, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0 SY_MOE_GATHER=1"},
-      // the combine fused into GEMM2's epilogue (SY_MOE_COMBINE 1: bf16 reductions into out, 2: fp32 into out_acc +
-      // convert): one token (64-row persistent tiles), 257 experts with d not a multiple of 64 (columns past N),
-      // pre-routed with missing experts (tokens with no rows stay 0) under graph capture, GEMM1 gathering with groups,
-      // absorbed tails under kClusterM (element-wise adds) with GEMM2 split in two K halves (both add), and the one-tile
-      // kernel, which keeps the combine kernel
+      // the combine fused into GEMM2's epilogue (SY_MOE_COMBINE=1: bf16 reductions into out): one token (64-row
+      // persistent tiles), 257 experts with d not a multiple of 64 (columns past N), pre-routed with missing experts
+      // (tokens with no rows stay 0) under graph capture, GEMM1 gathering with groups, absorbed tails under kClusterM
+      // (element-wise adds) with GEMM2 split in two K halves (both add), and the one-tile kernel, which keeps the
+      // combine kernel
       {"combine-bf16-one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
        "SY_MOE_COMBINE=1"},
       {"combine-bf16-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1,
        3, "SY_MOE_COMBINE=1"},
-      {"combine-f32-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1,
-       3, "SY_MOE_COMBINE=2"},
       {"combine-bf16-prerouted-missing-graph", 24, 3, 192, 256, 700, 0, 0, 0, 0, 1.f, false, true, true, true, 0, 0, 0,
        "SY_MOE_COMBINE=1"},
-      {"combine-f32-prerouted-missing-graph", 24, 3, 192, 256, 700, 0, 0, 0, 0, 1.f, false, true, true, true, 0, 0, 0,
-       "SY_MOE_COMBINE=2"},
       {"combine-bf16-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1,
        3, "SY_MOE_COMBINE=1"},
       {"combine-bf16-decode-dsv3-groups-graph", 256, 8, 512, 256, 100, 1, 1, 8, 4, 2.5f, true, false, false, true, 0,
        0, 0, "SY_MOE_COMBINE=1"},
       {"combine-bf16-absorb-clusterm-split2-280-rows", 2, 2, 512, 4096, 280, 0, 1, 0, 0, 1.f, false, false, false,
        false, 0, 0, 0, "SY_MOE_CLUSTER=2 SY_MOE_COMBINE=1"},
-      {"combine-f32-absorb-clusterm-split2-280-rows", 2, 2, 512, 4096, 280, 0, 1, 0, 0, 1.f, false, false, false,
-       false, 0, 0, 0, "SY_MOE_CLUSTER=2 SY_MOE_COMBINE=2"},
       {"combine-bf16-absorb-289-rows-graph", 2, 2, 512, 2048, 289, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0, 0,
        "SY_MOE_COMBINE=1"},
       {"combine-bf16-one-tile-kernel", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
@@ -887,8 +881,8 @@ int main(int argc, char** argv) {
       {"absorb-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=2"},
       // the fused combine (compared with the one-tile kernel's combine by relative error; the default at this shape)
       {"combine-bf16-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_COMBINE=1"},
-      {"combine-f32-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20,
-       "SY_MOE_CLUSTER=2 SY_MOE_COMBINE=2"},
+      {"combine-bf16-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20,
+       "SY_MOE_CLUSTER=2 SY_MOE_COMBINE=1"},
   };
   g_stall_s = stall_s;
   if (only) {
