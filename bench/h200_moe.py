@@ -15,7 +15,8 @@ Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [
                   where in the sequence it ran (clocks settle under sustained load), so comparisons use N >= 3.
                   The variants' order rotates by one each round; a no-op knob ("SY_MOE_NOP=0") among them is the
                   control that is timed the same way (ours is timed first with a longer window).
-  --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us). Slow (tens
+  --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us), and the
+                  timeline of the profiled calls (each GPU activity's start and end). Slow (tens
                   of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
 Each compute-side cell (T >= 1024) also times the GEMM ceiling (the same 8192^3 bf16 matmul as at the start) in each
 round, with the same windows as ours, and samples the SM clock and power while each window runs (NVML through
@@ -108,6 +109,24 @@ def graph_of(fn):
     return g
 
 
+def timeline(prof, calls):
+    """Prints the GPU activities of the profiled calls in start order (us from the first one's start): where the
+    layer's time goes between kernels. With PDL a kernel starts while the one before it runs, so the ends matter."""
+    evs = []
+    for ev in prof.events():
+        tr = getattr(ev, "time_range", None)
+        if tr is None or "cuda" not in str(getattr(ev, "device_type", "")).lower():
+            continue
+        evs.append((tr.start, tr.end, ev.name.replace("(anonymous namespace)::", "").split("(")[0][-40:]))
+    if not evs:
+        return
+    evs.sort()
+    t0 = evs[0][0]
+    print(f"timeline of {calls} calls: {len(evs)} activities, {evs[-1][1] - t0:.1f} us from first start to last end")
+    for a, b, n in evs:
+        print(f"   start {a - t0:9.1f}  end {b - t0:9.1f}  dur {b - a:8.1f}  {n}")
+
+
 def kernel_profile(fn, calls=5):
     """Per-kernel GPU time (us per call) of fn, from CUPTI through torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -117,6 +136,7 @@ def kernel_profile(fn, calls=5):
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
+    timeline(prof, calls)
     out = {}
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None)

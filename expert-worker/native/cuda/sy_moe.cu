@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -147,8 +148,7 @@ constexpr int kAbsorbMinDff = 2048;
 // vector reductions into out (zeroed first). With 1 the order of a token's k adds varies between runs, so the output
 // may differ in its last bits from run to run (not with top_k = 1, the expert worker's calls: one add onto zero is
 // exact, the combine kernel's result bit for bit). Default 1 with 128-row tiles where d_ff < kCombineFuseMaxDff,
-// else 0; SY_MOE_COMBINE overrides. fp32 reductions into out_acc plus a convert kernel were tried and removed: slower
-// than both at every cell measured (Qwen3 T=8192 1.406 ms; logs/h200-variants-combine-0826.log).
+// else 0; SY_MOE_COMBINE overrides.
 // The combine moves T * k * d_model * 2 bytes each way (GEMM2 writes the rows, the combine reads them back) against
 // GEMM2's 2 T k d_model d_ff flops, so it weighs most where d_ff is short: at Qwen3 (d_ff 768) T=8192 it took 76 of
 // 1.27 ms (bench/results/logs/h200-profile-clusterm-0537.log). Measured on H200 against the combine kernel (medians of
@@ -157,8 +157,9 @@ constexpr int kAbsorbMinDff = 2048;
 //   At d_ff >= 2048 level or slower: Mixtral T=1024 1.449 vs 1.375, 1.433 vs 1.344 (and 1.436 vs 1.401 in
 //   logs/h200-variants-combine-diag-0835.log, where turning the GEMM2 split or the absorbed tails off did not change
 //   that), T=8192 9.01 vs 8.99, 8.81 vs 8.90; DeepSeek-V3 T=8192 12.50 vs 12.35, 12.28 vs 12.10, 12.19 vs 12.31.
-// fp32 (2) was slower than the combine kernel at Qwen3 T=8192 (1.406 ms): it zeroes and converts an fp32 output of
-// T * d_model * 4 bytes and sends twice the bytes to L2. bf16 (1) rounds each add: the layer's relative error against
+// fp32 reductions into out_acc plus a convert kernel (SY_MOE_COMBINE=2 until ae4b6d8) were slower than the combine
+// kernel at Qwen3 T=8192 (1.406 ms): they zero and convert an fp32 output of T * d_model * 4 bytes and send twice
+// the bytes to L2; removed. bf16 (1) rounds each add: the layer's relative error against
 // float64 rose from ~2.9e-3 to ~3.5-4.4e-3 in test_moe's cases (k = 4..8), still under the torch._grouped_mm
 // pipeline's 4.9e-3 (bench/results/h200-moe.json, torch_relerr).
 constexpr int kCombineFuseMaxDff = 2048;
@@ -179,18 +180,23 @@ struct RouteParams {
   int* counts;      // [E]
   int* ids_out;     // optional copies
   float* w_out;
+  int4* zero_out;   // route_reg_kernel: zero these T rows of zero_units 16-byte units (the layer's output, for the
+  int zero_units;   // fused combine; null: nothing)
 };
 
+// Warp-wide (max v, lowest i among the lanes holding it), in every lane. Two redux.sync reductions on an
+// order-preserving integer key of v (NaN below every number, -0 as +0) instead of a five-step shuffle tree with
+// two shuffles and a compare-select per step: the routing kernels are bound by instruction issue (Nsight Compute,
+// bench/results/logs/h200-route-profile.log) and run this k times per token. DeepSeek-V3 T=8192's routing kernel
+// took 28.3-28.6 us with it against 31.1-35.3 (torch.profiler, bench/results/logs/h200-profile-timeline-0934.log,
+// -0942.log).
 __device__ __forceinline__ void warp_argmax(float& v, int& i) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    float ov = __shfl_xor_sync(0xffffffffu, v, o);
-    int oi = __shfl_xor_sync(0xffffffffu, i, o);
-    if (ov > v || (ov == v && oi < i)) {
-      v = ov;
-      i = oi;
-    }
-  }
+  unsigned u = __float_as_uint(v);
+  if (v == 0.f) u = 0u;
+  const unsigned key = v != v ? 0u : (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  const unsigned best = __reduce_max_sync(0xffffffffu, key);
+  i = __reduce_min_sync(0xffffffffu, key == best ? i : INT_MAX);
+  v = __uint_as_float((best & 0x80000000u) ? (best & 0x7fffffffu) : ~best);
 }
 
 constexpr int kRouteWarps = 4;
@@ -473,6 +479,17 @@ __global__ void __launch_bounds__(kRouteRegWarps * 32) route_reg_kernel(RoutePar
     __syncthreads();
   }
   const int t0 = blockIdx.x * kRouteRegWarps * tpw;
+  if (p.zero_out) {
+    // the output rows of this block's tokens, for the fused combine's adds. The stores go out first and drain while
+    // the routing below (bound by instruction issue) runs. At Qwen3 T=8192 on H200 (torch.profiler timelines, PDL
+    // on) a memset before the routing took 9 us, and the call's first 40 us went to memsets, routing, scan and
+    // scatter (bench/results/logs/h200-profile-timeline-0934.log); with the zeroing here 30 us, the routing kernel
+    // 21 us against 20 (h200-profile-timeline-0942.log). The benchmark's rounds do not resolve 1%: 1.239 ms against
+    // 1.222 with the memset (SY_MOE_ZERO_IN_ROUTE=0), rounds spread over 1.15-1.31 (h200-variants-zero-in-route-0942).
+    const int rows = min(kRouteRegWarps * tpw, p.T - t0);
+    int4* z = p.zero_out + (size_t)t0 * p.zero_units;
+    for (int i = threadIdx.x; i < rows * p.zero_units; i += blockDim.x) z[i] = make_int4(0, 0, 0, 0);
+  }
   int ids[kRouteRegMaxTpw], local[kRouteRegMaxTpw];
 #pragma unroll
   for (int j = 0; j < kRouteRegMaxTpw; ++j) {
@@ -1345,14 +1362,23 @@ static RouteParams make_route_params(const sy_moe_config* cfg, int T, const floa
   return rp;
 }
 
+// zero_out (may be null): T rows of D bf16 to zero before GEMM2 (the fused combine's output); route_reg_kernel zeroes
+// them beside its routing unless SY_MOE_ZERO_IN_ROUTE=0 (benchmark knob), otherwise a memset does.
 static int launch_route(const sy_moe_config* cfg, int T, const float* logits, const float* bias, int* ids, float* w,
-                        int* rank, int* counts, const int* slot, int* ids_out, float* w_out, cudaStream_t s) {
-  const RouteParams rp = make_route_params(cfg, T, logits, bias, ids, w, rank, counts, slot, ids_out, w_out);
+                        int* rank, int* counts, const int* slot, int* ids_out, float* w_out, cudaStream_t s,
+                        void* zero_out = nullptr, int D = 0) {
+  RouteParams rp = make_route_params(cfg, T, logits, bias, ids, w, rank, counts, slot, ids_out, w_out);
   // route_reg_kernel where the experts fit in registers (NPL per lane); SY_MOE_ROUTE_REG=0 (tests, benchmarks)
   // keeps route_kernel
   const int E = cfg->num_experts;
   const int npl = E <= 32 ? 1 : E <= 64 ? 2 : E <= 128 ? 4 : 8;
   if (env_int("SY_MOE_ROUTE_REG", 1) != 0 && route_reg_ok(cfg, npl)) {
+    if (zero_out && env_int("SY_MOE_ZERO_IN_ROUTE", 1) != 0) {
+      rp.zero_out = static_cast<int4*>(zero_out);
+      rp.zero_units = D / 8;
+    } else if (zero_out) {
+      SY_CUDA(cudaMemsetAsync(zero_out, 0, (size_t)T * D * 2, s));
+    }
     if (!g_num_sms) {
       int dev = 0;
       SY_CUDA(cudaGetDevice(&dev));
@@ -1374,6 +1400,7 @@ static int launch_route(const sy_moe_config* cfg, int T, const float* logits, co
     SY_CUDA(cudaGetLastError());
     return SY_MOE_OK;
   }
+  if (zero_out) SY_CUDA(cudaMemsetAsync(zero_out, 0, (size_t)T * D * 2, s));
   const size_t smem = (size_t)kRouteWarps * 2 * cfg->num_experts * 4;
   static bool attr = false;
   if (!attr) {
@@ -1566,7 +1593,8 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   const int fused_combine =
       use_wg && persist2 && epi_tma && !out_overlaps_x && combine_env == 1 ? 1 : 0;
   g_last_combine = fused_combine;
-  if (fused_combine) SY_CUDA(cudaMemsetAsync(a->out, 0, (size_t)T * D * 2, s));
+  // out is zeroed for the fused combine's adds by the routing kernel (launch_route) or by a memset before it
+  if (fused_combine && (fused_route || !a->logits)) SY_CUDA(cudaMemsetAsync(a->out, 0, (size_t)T * D * 2, s));
   const int absorb = tl_ok ? std::max(0, std::min(absorb_env, wg::kTailRows)) : 0;
   // benchmark knobs of the TL kernels: SY_MOE_TL_ONLY=1 runs them without absorbing (what their 32-column
   // epilogue costs by itself), SY_MOE_TL_EPI64=1 gives them one 64-column staging buffer per warp instead of two
@@ -1592,7 +1620,7 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     SY_CUDA(cudaMemsetAsync(counts, 0, (size_t)E * 4, s));
     if (a->logits) {
       rc = launch_route(cfg, T, a->logits, a->bias, ids, w, rank, counts, a->expert_slot, a->topk_ids_out,
-                        a->topk_weights_out, s);
+                        a->topk_weights_out, s, fused_combine ? a->out : nullptr, D);
       if (rc) return rc;
     } else {
       preroute_kernel<<<(n + 255) / 256, 256, 0, s>>>(a->topk_ids, a->topk_weights, a->expert_slot, n, E, ids, w,

@@ -775,6 +775,12 @@ int main(int argc, char** argv) {
        "SY_MOE_COMBINE=1"},
       {"combine-bf16-one-tile-kernel", 8, 2, 512, 1024, 300, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 2,
        "SY_MOE_COMBINE=1"},
+      // the output zeroed by the register routing kernel (T not a multiple of its 16-token blocks, rows of 25 16-byte
+      // units), and by a memset before it (SY_MOE_ZERO_IN_ROUTE=0)
+      {"combine-bf16-zero-in-route-T1001", 64, 4, 200, 256, 1001, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1,
+       3, "SY_MOE_COMBINE=1"},
+      {"combine-bf16-zero-by-memset-T1001", 64, 4, 200, 256, 1001, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
+       1, 3, "SY_MOE_COMBINE=1 SY_MOE_ZERO_IN_ROUTE=0"},
       // by default (128-row tiles, d_ff < 2048), under graph capture, and the combine kernel forced there
       {"combine-default-qwen3-like-graph", 16, 4, 256, 768, 2000, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0},
       {"combine-kernel-forced-qwen3-like", 16, 4, 256, 768, 2000, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
