@@ -323,6 +323,16 @@ __device__ __forceinline__ void route_token(const RouteParams& p, int t, float* 
   out_id = my_id;
 }
 
+// Lane j < k of token t's warp stores choice j at a = t * k + j: the expert and its weight, and their optional
+// copies. Returns whether the expert is resident (has a slot), i.e. whether the choice gets a rank in its expert.
+__device__ __forceinline__ bool store_choice(const RouteParams& p, size_t a, int id, float w) {
+  p.ids[a] = id;
+  p.w[a] = w;
+  if (p.ids_out) p.ids_out[a] = id;
+  if (p.w_out) p.w_out[a] = w;
+  return (p.expert_slot ? p.expert_slot[id] : id) >= 0;
+}
+
 // One warp per token (the general path). The next kernel (scan) may be scheduled at once: it waits for this one.
 __global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) {
   extern __shared__ float sm_route[];
@@ -336,14 +346,8 @@ __global__ void __launch_bounds__(kRouteWarps * 32) route_kernel(RouteParams p) 
   route_token(p, t, sel, sel + p.E, lane, my_id, w);
   if (lane < p.k) {
     const size_t a = (size_t)t * p.k + lane;
-    p.ids[a] = my_id;
-    p.w[a] = w;
-    if (p.ids_out) p.ids_out[a] = my_id;
-    if (p.w_out) p.w_out[a] = w;
-    if (p.rank) {
-      const int slot = p.expert_slot ? p.expert_slot[my_id] : my_id;
-      p.rank[a] = slot >= 0 ? atomicAdd(&p.counts[my_id], 1) : -1;
-    }
+    const bool resident = store_choice(p, a, my_id, w);
+    if (p.rank) p.rank[a] = resident ? atomicAdd(&p.counts[my_id], 1) : -1;
   }
 }
 
@@ -501,15 +505,10 @@ __global__ void __launch_bounds__(kRouteRegWarps * 32) route_reg_kernel(RoutePar
     float w;
     route_token_reg<NPL>(p, t, lane, my_id, w);
     if (lane < p.k) {
-      const size_t a = (size_t)t * p.k + lane;
-      p.ids[a] = my_id;
-      p.w[a] = w;
-      if (p.ids_out) p.ids_out[a] = my_id;
-      if (p.w_out) p.w_out[a] = w;
+      const bool resident = store_choice(p, (size_t)t * p.k + lane, my_id, w);
       if (ranked) {
-        const int slot = p.expert_slot ? p.expert_slot[my_id] : my_id;
         ids[j] = my_id;
-        local[j] = slot >= 0 ? atomicAdd(&sm_counts[my_id], 1) : -1;
+        local[j] = resident ? atomicAdd(&sm_counts[my_id], 1) : -1;
       }
     }
   }
@@ -685,13 +684,9 @@ __global__ void __launch_bounds__(1024) route_small_kernel(RouteParams p, SmallR
         route_token(p, t, sel, sel + p.E, lane, my_id, w);
         if (lane < p.k) {
           const int a = t * p.k + lane;
-          p.ids[a] = my_id;
-          p.w[a] = w;
-          if (p.ids_out) p.ids_out[a] = my_id;
-          if (p.w_out) p.w_out[a] = w;
-          const int slot = p.expert_slot ? p.expert_slot[my_id] : my_id;
+          const bool resident = store_choice(p, a, my_id, w);
           s_id[a] = my_id;
-          s_rank[a] = slot >= 0 ? atomicAdd(&s_cnt[my_id], 1) : -1;
+          s_rank[a] = resident ? atomicAdd(&s_cnt[my_id], 1) : -1;
         }
         __syncwarp();
       }
