@@ -4,13 +4,7 @@
 #   [CELLS=mixtral-8x7b:1024,...] [ROUNDS=3] [KNOBS="SY_MOE_CLUSTER=2"] bash bench/h200_anchor.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
-B=expert-worker/native/cuda/build
-say() { echo "[${SECONDS}s] $*"; }
-if [ "${NOBUILD:-0}" != 1 ]; then
-  rm -rf $B
-  make -C expert-worker/native/cuda -j16 build/libsy_moe.so > $OUT/make.log 2>&1 || { tail -30 $OUT/make.log; exit 1; }
-  say built
-fi
+source bench/h200_build_lib.sh
 PYTHONUNBUFFERED=1 OUT=$OUT timeout ${LIMIT:-420} python3 bench/h200_anchor.py $B/libsy_moe.so \
   --cells "${CELLS:-mixtral-8x7b:1024,qwen3-30b-a3b:8192,deepseek-v3:8192,mixtral-8x7b:8192}" --rounds "${ROUNDS:-3}" \
   ${KNOBS:+--knobs "$KNOBS"} > $OUT/anchor.log 2>&1

@@ -6,13 +6,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 RUNS=${RUNS:-"dyn|SY_MOE_NOP=0|qwen3-30b-a3b,deepseek-v3|8192;dyn-mixtral|SY_MOE_NOP=0|mixtral-8x7b|1024"}
-B=expert-worker/native/cuda/build
-say() { echo "[${SECONDS}s] $*"; }
-if [ "${NOBUILD:-0}" != 1 ]; then
-  rm -rf $B
-  make -C expert-worker/native/cuda -j16 build/libsy_moe.so > $OUT/make.log 2>&1 || { tail -30 $OUT/make.log; exit 1; }
-  say built
-fi
+source bench/h200_build_lib.sh
 run() {  # label, env, shapes, ts
   mkdir -p /tmp/p
   env SY_MOE_PDL=0 $2 PYTHONUNBUFFERED=1 OUT=/tmp/p timeout 100 python3 bench/h200_moe.py $B/libsy_moe.so \
