@@ -15,14 +15,23 @@ Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [
                   where in the sequence it ran (clocks settle under sustained load), so comparisons use N >= 3.
                   The variants' order rotates by one each round; a no-op knob ("SY_MOE_NOP=0") among them is the
                   control that is timed the same way (ours is timed first with a longer window).
+  --pair-order    alternate (default): at the compute-side cells, ours and the GEMM ceiling are timed back to back
+                  in each round, ours first in even rounds and the ceiling first in odd ones, then the grouped_mm
+                  pipeline. A series' clock depends on the series before it: in the first runs with this order a
+                  cell's share of the floor differed by up to ~4 points between the rounds with ours first and those
+                  with the ceiling first, so use an even --rounds (each goes first equally often). fixed: ours, the
+                  pipeline, then the ceiling (the order until 2026-11-29 10:13 UTC), where the ceiling always
+                  followed the pipeline, which draws less power, and ours the previous round's variants
+                  (bench/results/h200-moe.md, "The ceiling and ours timed next to each other").
   --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us), and the
                   timeline of the profiled calls (each GPU activity's start and end). Slow (tens
                   of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
 Each compute-side cell (T >= 1024) also times the GEMM ceiling (the same 8192^3 bf16 matmul as at the start) in each
-round, with the same windows as ours, and samples the SM clock and power while each window runs (NVML through
-torch.cuda, where available): `peak_rounds_tflops`, `clocks_mhz` and `power_w` per timed series, and
-`pct_floor_same_rounds`, the floor from the median of those ceilings. `floor_ms` / `pct_floor` stay as before (the
-ceiling measured once at the start), so the two can be told apart: the GPU runs at lower clocks under sustained load.
+round, with the same windows as ours and next to it (--pair-order), and samples the SM clock and power while each
+window runs (NVML through torch.cuda, where available): `peak_rounds_tflops`, `clocks_mhz` and `power_w` per timed
+series, and `pct_floor_same_rounds`, the floor from the median of those ceilings. `floor_ms` / `pct_floor` stay as
+before (the ceiling measured once at the start), so the two can be told apart: the GPU runs at lower clocks under
+sustained load.
 The routing share at T <= 128 is measured twice: back-to-back eager calls (includes host launch overhead when the
 GPU work is shorter than it) and CUDA-graph replays of the same call (GPU time only; the layer is graph-capturable).
 """
@@ -60,6 +69,9 @@ NO_TUNE = "--no-tune" in sys.argv
 NO_LOOP = "--no-loop" in sys.argv
 VARIANTS = [v for v in (opt("--variants", "") or "").split(";") if v]
 ROUNDS = int(opt("--rounds", "1"))
+PAIR_ORDER = opt("--pair-order", "alternate")
+if PAIR_ORDER not in ("alternate", "fixed"):
+    sys.exit(f"--pair-order: alternate or fixed, got {PAIR_ORDER}")
 PROFILE = "--profile" in sys.argv
 TRACE = os.environ.get("BENCH_TRACE") == "1"
 
@@ -179,7 +191,8 @@ def write_results(final):
     summary = dict(median_speedup_vs_gmm=statistics.median(sp), min_speedup_vs_gmm=min(sp),
                    cells_slower_than_gmm=sum(1 for v in sp if v < 1.0), complete=final)
     res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, peak_tflops=PEAK, bw_tbs=BW,
-               date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), argv=sys.argv[2:], summary=summary, rows=rows)
+               date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), argv=sys.argv[2:], pair_order=PAIR_ORDER,
+               summary=summary, rows=rows)
     with open(os.path.join(OUT, "h200-moe.json"), "w") as fh:
         json.dump(res, fh, indent=1)
     lines = [f"# sy_moe whole-layer benchmark on {res['device']} ({res['date']})", "",
@@ -198,8 +211,10 @@ def write_results(final):
                      f"{r['floor_ms']:.4f} | {100 * r['pct_floor']:.1f}% | {pr} | {r['speedup_vs_gmm']:.2f}x | "
                      f"{r['relerr']:.2e} | {rc} | {rg} |")
     lines += ["", "% of floor: the bf16 GEMM ceiling measured once at the start of the run. Ceiling per round "
-                  "(compute-side cells): the same GEMM timed again in each round beside ours, with the same windows, "
-                  "and the floor from the median of those ceilings.",
+                  "(compute-side cells): the same GEMM timed again in each round beside ours, with the same windows "
+                  + ("and right before or after ours, in turn (--pair-order alternate), "
+                     if PAIR_ORDER == "alternate" else "after the grouped_mm pipeline (--pair-order fixed), ")
+                  + "and the floor from the median of those ceilings.",
               "", f"Median speedup vs torch._grouped_mm pipeline: {summary['median_speedup_vs_gmm']:.2f}x; "
                   f"min {summary['min_speedup_vs_gmm']:.2f}x; cells slower: {summary['cells_slower_than_gmm']}"
                   + ("" if final else " (INCOMPLETE RUN)")]
@@ -296,11 +311,26 @@ for name, s in SHAPES.items():
         def sampled(key, fn):
             return gpu_timing.sampled(clocks, key, fn) if same_rounds else fn()
 
-        for _ in range(ROUNDS):
+        def time_ours():
             per["ours"].append(sampled("ours", lambda: timeit(ours)))
-            per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
-            if same_rounds:
-                peaks.append(sampled("ceiling", gemm_ceiling_tflops))
+
+        def time_ceiling():
+            peaks.append(sampled("ceiling", gemm_ceiling_tflops))
+
+        for r in range(ROUNDS):
+            if not same_rounds:
+                time_ours()
+                per["gmm"].append(timeit(gmm_layer))
+            elif PAIR_ORDER == "alternate":
+                # ours and the ceiling back to back, in turn first: each series' clock depends on what ran before it
+                # (see --pair-order), so the pair shares one state and neither always follows the same neighbour
+                for fn in (time_ours, time_ceiling) if r % 2 == 0 else (time_ceiling, time_ours):
+                    fn()
+                per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
+            else:
+                time_ours()
+                per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
+                time_ceiling()
             # the variants in an order rotated by one each round: a series timed right after a slow, low-power one
             # runs at a higher clock (measured 2026-11-29: up to +600 MHz), so a fixed order biases the comparison
             # between variants; rotated, each variant takes each place equally often over len(VARIANTS) rounds
