@@ -1,9 +1,10 @@
 // Correctness test for sy_moe on a GPU: fresh random inputs every run (seed printed), outputs and workspace poisoned
 // before each run, CPU float64 reference (routing and expert FFN), awkward sizes, forced tile configs, pre-routed
 // input with non-resident experts, CUDA-graph capture, and bad-config errors. Exit code 0 only if every case passes.
-// Usage: test_moe [--quick] [--seed N] [--stress] [--stall-s S] [--case SUBSTR]
+// Usage: test_moe [--quick] [--seed N] [--stress] [--stall-s S] [--case SUBSTR] [--list]
 //   --quick: small cases only, for compute-sanitizer; --stress: only the persistent-kernel stress cases (run_stress),
-//   each variant's back-to-back calls failing as a STALL (exit code 3) when not complete after S seconds (20)
+//   each variant's back-to-back calls failing as a STALL (exit code 3) when not complete after S seconds (20);
+//   --list: print the selected cases with all their parameters and exit, without touching a GPU
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -561,7 +562,7 @@ static void check_error(const char* name, sy_moe_config cfg, const char* field) 
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // a killed run keeps every finished case's line
-  bool quick = false, stress_only = false;
+  bool quick = false, stress_only = false, list = false;
   double stall_s = 20;
   const char* only = nullptr;  // --case SUBSTR: only the cases (and stress cases) whose name contains SUBSTR;
                                // --case '!SUBSTR': all but those
@@ -572,12 +573,22 @@ int main(int argc, char** argv) {
     if (!strcmp(argv[i], "--stall-s") && i + 1 < argc) stall_s = atof(argv[++i]);
     if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], nullptr, 10);
     if (!strcmp(argv[i], "--case") && i + 1 < argc) only = argv[++i];
+    if (!strcmp(argv[i], "--list")) list = true;
   }
-  printf("seed %llu\n", seed);
-  std::mt19937_64 rng(seed);
-  cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, 0));
-  printf("device %s sm_%d%d\n", prop.name, prop.major, prop.minor);
+  // Shapes that recur under several knobs, each with the 128-row persistent wgmma kernel forced (bm 128, split 1,
+  // wg 3): 257 experts with d 200 and f 136 (output widths that are not multiples of 64, experts of 1-2 tokens),
+  // DeepSeek-V3-style groups with bias, 256 token tiles (many experts' tail tiles) under graph capture, and GEMM2 in
+  // two K halves under graph capture. knobs(name, shape, env): that shape under the knobs env, as the case name.
+  //                          E    k  d    f     T     sc rn ng tg scale bias   pre    miss   graph  bm   split wg
+  const Case kAwkward257{"", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3};
+  const Case kDsv3Groups{"", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3};
+  const Case kTiles256Graph{"", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3};
+  const Case kSplit2Graph{"", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3};
+  auto knobs = [](const char* name, Case shape, const char* env) {
+    shape.name = name;
+    shape.env = env;
+    return shape;
+  };
   //            name                          E    k  d     f     T    sc rn ng tg scale bias pre  miss graph bm split
   std::vector<Case> cases = {
       {"one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0},
@@ -623,62 +634,42 @@ int main(int argc, char** argv) {
       // is even): tail tiles skipped by one warpgroup between live ones under graph capture, awkward sizes (K not
       // a multiple of 64, a partial last weight tile, 257 experts; GEMM2's single weight tile falls back), the
       // persistent GEMM2 in two K halves, and a DeepSeek-like routing with groups and bias
-      {"cluster-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
-       "SY_MOE_CLUSTER=1"},
-      {"cluster-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
-       "SY_MOE_CLUSTER=1"},
-      {"cluster-gemm2-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
-       "SY_MOE_CLUSTER=1"},
-      {"cluster-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
-       "SY_MOE_CLUSTER=1"},
+      knobs("cluster-bm128-256-tiles-graph", kTiles256Graph, "SY_MOE_CLUSTER=1"),
+      knobs("cluster-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=1"),
+      knobs("cluster-gemm2-split2-graph", kSplit2Graph, "SY_MOE_CLUSTER=1"),
+      knobs("cluster-dsv3-groups", kDsv3Groups, "SY_MOE_CLUSTER=1"),
       // 2-CTA clusters sharing the weight tile (SY_MOE_CLUSTER=2, both GEMMs, 256-row tile list): the same four, so
       // experts whose last 256-row tile leaves rank 1 without tokens (it only multicasts its weight box), odd weight
       // tile counts (no pairing along N), experts of 1-2 tokens among 257
-      {"clusterm-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
-       "SY_MOE_CLUSTER=2"},
-      {"clusterm-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
-       "SY_MOE_CLUSTER=2"},
-      {"clusterm-gemm2-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
-       "SY_MOE_CLUSTER=2"},
-      {"clusterm-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
-       "SY_MOE_CLUSTER=2"},
+      knobs("clusterm-bm128-256-tiles-graph", kTiles256Graph, "SY_MOE_CLUSTER=2"),
+      knobs("clusterm-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=2"),
+      knobs("clusterm-gemm2-split2-graph", kSplit2Graph, "SY_MOE_CLUSTER=2"),
+      knobs("clusterm-dsv3-groups", kDsv3Groups, "SY_MOE_CLUSTER=2"),
       // activation rows past a tile's last token loaded as before (SY_MOE_TRIM=0; the default zero-fills them in the
       // gather and skips an empty 64-row half in the kClusterN GEMM2): tail tiles under graph capture, 257 experts
-      {"untrimmed-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
-       "SY_MOE_TRIM=0"},
-      {"untrimmed-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
-       "SY_MOE_TRIM=0"},
+      knobs("untrimmed-bm128-256-tiles-graph", kTiles256Graph, "SY_MOE_TRIM=0"),
+      knobs("untrimmed-awkward-257-experts", kAwkward257, "SY_MOE_TRIM=0"),
       // the persistent kernels' staged epilogue (SY_MOE_EPI_TMA=1: stmatrix + TMA store per warp, the warp holding
       // an expert's last row storing directly): many tail tiles under graph capture, output widths that are not
       // multiples of 64 (d 200, f 136: clipped chunks) among 257 experts, GEMM2's second K half into its own map,
       // the 64-row kernel, and with both cluster kinds
-      {"staged-epi-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
-       3, "SY_MOE_EPI_TMA=1"},
-      {"staged-epi-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
-       "SY_MOE_EPI_TMA=1"},
-      {"staged-epi-gemm2-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
-       "SY_MOE_EPI_TMA=1"},
+      knobs("staged-epi-bm128-256-tiles-graph", kTiles256Graph, "SY_MOE_EPI_TMA=1"),
+      knobs("staged-epi-awkward-257-experts", kAwkward257, "SY_MOE_EPI_TMA=1"),
+      knobs("staged-epi-gemm2-split2-graph", kSplit2Graph, "SY_MOE_EPI_TMA=1"),
       {"staged-epi-bm64", 64, 4, 256, 512, 500, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 3,
        "SY_MOE_EPI_TMA=1"},
-      {"staged-epi-clusterm-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1,
-       3, "SY_MOE_CLUSTER=2 SY_MOE_EPI_TMA=1"},
-      {"staged-epi-cluster-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false,
-       128, 1, 3, "SY_MOE_CLUSTER=1 SY_MOE_EPI_TMA=1"},
+      knobs("staged-epi-clusterm-dsv3-groups", kDsv3Groups, "SY_MOE_CLUSTER=2 SY_MOE_EPI_TMA=1"),
+      knobs("staged-epi-cluster-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=1 SY_MOE_EPI_TMA=1"),
       // GEMM1 gathering its activations by the row -> token map (SY_MOE_GATHER=1, no permute kernel): many tail tiles
       // under graph capture, K = d 200 (a last k-tile of 8 columns, zero-filled chunks) among 257 experts with rows
       // past the last permuted row, pre-routed with missing experts, groups + bias, and with the direct epilogue
-      {"gather-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3,
-       "SY_MOE_GATHER=1"},
-      {"gather-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1, 3,
-       "SY_MOE_GATHER=1"},
+      knobs("gather-bm128-256-tiles-graph", kTiles256Graph, "SY_MOE_GATHER=1"),
+      knobs("gather-awkward-257-experts", kAwkward257, "SY_MOE_GATHER=1"),
       {"gather-prerouted-missing-graph", 24, 3, 192, 256, 150, 0, 0, 0, 0, 1.f, false, true, true, true, 128, 1, 3,
        "SY_MOE_GATHER=1"},
-      {"gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
-       "SY_MOE_GATHER=1"},
-      {"gather-off-direct-epilogue-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false,
-       false, 128, 1, 3, "SY_MOE_GATHER=0 SY_MOE_EPI_TMA=0"},
-      {"gather-direct-epilogue-split2-graph", 8, 2, 512, 4096, 300, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1,
-       3, "SY_MOE_GATHER=1 SY_MOE_EPI_TMA=0"},
+      knobs("gather-dsv3-groups", kDsv3Groups, "SY_MOE_GATHER=1"),
+      knobs("gather-off-direct-epilogue-awkward-257-experts", kAwkward257, "SY_MOE_GATHER=0 SY_MOE_EPI_TMA=0"),
+      knobs("gather-direct-epilogue-split2-graph", kSplit2Graph, "SY_MOE_GATHER=1 SY_MOE_EPI_TMA=0"),
       // the default at 64 GEMM1 weight tiles (kGatherMaxWeightTiles): the permute kernel and kClusterN GEMM1
       {"default-permute-cluster-64-weight-tiles-graph", 8, 2, 256, 8192, 300, 0, 1, 0, 0, 1.f, false, false, false,
        true, 128, 1, 3},
@@ -721,18 +712,14 @@ int main(int argc, char** argv) {
       // GEMM1 gathering inside the kClusterM pairs (each CTA gathers its 128 rows, the weight boxes multicast): tail
       // tiles under graph capture, 257 awkward experts (rank 1 often without tokens), groups + bias, absorbed tails
       // (rank 1 with 128 + 32 rows; 256 + 33 rows: a second tile whose rank 1 idles), and the permute forced
-      {"clusterm-gather-bm128-256-tiles-graph", 64, 8, 512, 512, 3072, 0, 1, 0, 0, 1.f, false, false, false, true, 128,
-       1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
-      {"clusterm-gather-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
-       1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
-      {"clusterm-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
-       "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
+      knobs("clusterm-gather-bm128-256-tiles-graph", kTiles256Graph, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"),
+      knobs("clusterm-gather-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"),
+      knobs("clusterm-gather-dsv3-groups", kDsv3Groups, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"),
       {"absorb-clusterm-gather-288-rows-graph", 2, 2, 512, 2048, 288, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0,
        0, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
       {"absorb-clusterm-gather-289-rows", 2, 2, 512, 2048, 289, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
        "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
-      {"clusterm-permute-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1, 3,
-       "SY_MOE_CLUSTER=2 SY_MOE_GATHER=0"},
+      knobs("clusterm-permute-dsv3-groups", kDsv3Groups, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=0"),
       // kClusterM with the singles paired (default under SY_MOE_CLUSTER=2, so every clusterm case above runs it) and
       // without (rank 1 of a single idle, SY_MOE_PAIR_SINGLES=0): an odd single count (rank 1 of the last pair of
       // singles empty), all-singles (every expert <= 128 rows) under graph capture, absorbed tails (256 + 32 rows)
@@ -750,10 +737,9 @@ int main(int argc, char** argv) {
       {"clusterm-default-wide-ff-graph", 2, 1, 128, 8192, 600, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
       {"clusterm-singles-unaligned-raster-257-experts", 257, 4, 200, 136, 700, 0, 1, 0, 0, 1.f, false, false, false,
        false, 128, 1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GROUP_M=-4"},
-      {"clusterm-nosingles-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128,
-       1, 3, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"},
-      {"clusterm-nosingles-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false,
-       128, 1, 3, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0 SY_MOE_GATHER=1"},
+      knobs("clusterm-nosingles-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"),
+      knobs("clusterm-nosingles-gather-dsv3-groups", kDsv3Groups,
+            "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0 SY_MOE_GATHER=1"),
       // the combine fused into GEMM2's epilogue (SY_MOE_COMBINE=1: bf16 reductions into out): one token (64-row
       // persistent tiles), 257 experts with d not a multiple of 64 (columns past N), pre-routed with missing experts
       // (tokens with no rows stay 0) under graph capture, GEMM1 gathering with groups, absorbed tails under kClusterM
@@ -761,12 +747,10 @@ int main(int argc, char** argv) {
       // combine kernel
       {"combine-bf16-one-token", 8, 2, 256, 384, 1, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
        "SY_MOE_COMBINE=1"},
-      {"combine-bf16-awkward-257-experts", 257, 4, 200, 136, 333, 0, 1, 0, 0, 1.f, false, false, false, false, 128, 1,
-       3, "SY_MOE_COMBINE=1"},
+      knobs("combine-bf16-awkward-257-experts", kAwkward257, "SY_MOE_COMBINE=1"),
       {"combine-bf16-prerouted-missing-graph", 24, 3, 192, 256, 700, 0, 0, 0, 0, 1.f, false, true, true, true, 0, 0, 0,
        "SY_MOE_COMBINE=1"},
-      {"combine-bf16-gather-dsv3-groups", 256, 8, 512, 256, 1500, 1, 1, 8, 4, 2.5f, true, false, false, false, 128, 1,
-       3, "SY_MOE_COMBINE=1"},
+      knobs("combine-bf16-gather-dsv3-groups", kDsv3Groups, "SY_MOE_COMBINE=1"),
       {"combine-bf16-decode-dsv3-groups-graph", 256, 8, 512, 256, 100, 1, 1, 8, 4, 2.5f, true, false, false, true, 0,
        0, 0, "SY_MOE_COMBINE=1"},
       {"combine-bf16-absorb-clusterm-split2-280-rows", 2, 2, 512, 4096, 280, 0, 1, 0, 0, 1.f, false, false, false,
@@ -900,6 +884,22 @@ int main(int argc, char** argv) {
     stress.erase(std::remove_if(stress.begin(), stress.end(), [&](const StressCase& c) { return drop(c.name); }),
                  stress.end());
   }
+  if (list) {
+    for (const auto& c : cases)
+      printf("case %s E=%d k=%d d=%d f=%d T=%d score=%d renorm=%d n_group=%d topk_group=%d scale=%g bias=%d "
+             "prerouted=%d missing=%d graph=%d bm=%d split=%d wg=%d env=%s\n",
+             c.name.c_str(), c.E, c.k, c.d, c.f, c.T, c.score, c.renorm, c.n_group, c.topk_group, c.scale, c.bias,
+             c.prerouted, c.missing_experts, c.graph, c.bm, c.split, c.wg, c.env ? c.env : "-");
+    for (const auto& c : stress)
+      printf("stress %s E=%d k=%d d=%d f=%d T=%d calls=%d env=%s\n", c.name, c.E, c.k, c.d, c.f, c.T, c.calls,
+             c.env ? c.env : "-");
+    return 0;
+  }
+  printf("seed %llu\n", seed);
+  std::mt19937_64 rng(seed);
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  printf("device %s sm_%d%d\n", prop.name, prop.major, prop.minor);
   if (stress_only) {
     for (auto& c : stress) run_stress(c, (unsigned)seed, stall_s);
     printf("%d passed, %d failed\n", g_pass, g_fail);
