@@ -71,11 +71,11 @@ NO_LOOP = "--no-loop" in sys.argv
 VARIANTS = [v for v in (opt("--variants", "") or "").split(";") if v]
 ROUNDS = int(opt("--rounds", "1"))
 PAIR_ORDER = opt("--pair-order", "alternate")
+if PAIR_ORDER not in ("alternate", "fixed"):
+    sys.exit(f"--pair-order: alternate or fixed, got {PAIR_ORDER}")
 # --long-variants: the variants in ours' windows (5 of 30 ms) instead of 3 of 15 ms. At the power limit a longer
 # window settles at a lower clock, and more so for a setting that draws more power.
 VARIANT_WINDOWS = dict(target_ms=30, batches=5) if "--long-variants" in sys.argv else dict(target_ms=15, batches=3)
-if PAIR_ORDER not in ("alternate", "fixed"):
-    sys.exit(f"--pair-order: alternate or fixed, got {PAIR_ORDER}")
 PROFILE = "--profile" in sys.argv
 TRACE = os.environ.get("BENCH_TRACE") == "1"
 
@@ -322,18 +322,15 @@ for name, s in SHAPES.items():
             peaks.append(sampled("ceiling", gemm_ceiling_tflops))
 
         for r in range(ROUNDS):
-            if not same_rounds:
-                time_ours()
-                per["gmm"].append(timeit(gmm_layer))
-            elif PAIR_ORDER == "alternate":
+            if same_rounds and PAIR_ORDER == "alternate":
                 # ours and the ceiling back to back, in turn first: each series' clock depends on what ran before it
                 # (see --pair-order), so the pair shares one state and neither always follows the same neighbour
                 for fn in (time_ours, time_ceiling) if r % 2 == 0 else (time_ceiling, time_ours):
                     fn()
-                per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
             else:
                 time_ours()
-                per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
+            per["gmm"].append(sampled("gmm", lambda: timeit(gmm_layer)))
+            if same_rounds and PAIR_ORDER == "fixed":
                 time_ceiling()
             # the variants in an order rotated by one each round: a series timed right after a slow, low-power one
             # runs at a higher clock (measured 2026-11-29: up to +600 MHz), so a fixed order biases the comparison
