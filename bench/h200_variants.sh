@@ -5,7 +5,8 @@
 # run (variant_ms); compute-sanitizer memcheck of the quick cases matching MEMCHECK. Each step is cut at a time limit
 # so the call stays inside LIMIT seconds (the cases step inside CASE_S, default 60; the quick suite inside QUICK_S,
 # default 300: 127 cases took > 200 s on 2026-11-29). FULL=1: first the whole test_moe (cases and stresses, within
-# TEST_S, default 330). Usage, from the repo root there:
+# TEST_S, default 330). BENCH_ARGS: more options for bench/h200_moe.py (e.g. --long-variants). Usage, from the repo
+# root there:
 #   CASES=cluster VARIANTS="SY_MOE_CLUSTER=2;SY_MOE_CLUSTER=0" bash bench/h200_variants.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -55,7 +56,7 @@ passed $OUT/cases-stress.log || ok=0
 if [ $ok = 1 ]; then
   mkdir -p /tmp/vb
   PYTHONUNBUFFERED=1 OUT=/tmp/vb timeout $(left 40) python3 bench/h200_moe.py $B/libsy_moe.so \
-    --shapes "$SHAPES" --ts "$TS" --no-tune --no-loop --rounds ${ROUNDS:-3} --variants "$VARIANTS" > $OUT/variants-bench.log 2>&1
+    --shapes "$SHAPES" --ts "$TS" --no-tune --no-loop --rounds ${ROUNDS:-3} ${BENCH_ARGS:-} --variants "$VARIANTS" > $OUT/variants-bench.log 2>&1
   say "bench rc=$?"
   cp /tmp/vb/h200-moe.json $OUT/variants-bench.json 2>/dev/null
   python3 - $OUT/variants-bench.log <<'PY'
