@@ -25,24 +25,28 @@ import sys
 import numpy as np
 
 SEED = int(sys.argv[1]) if len(sys.argv) > 1 else 1234
-CELLS = [  # name, T, E, k, score (0 softmax, 1 sigmoid + groups), n_group, topk_group, d_ff
+CELLS = [  # name, T, E, k, score (0 softmax, 1 sigmoid + groups), n_group, topk_group, d_ff[, bias scale]
     ("mixtral-8x7b T=1024", 1024, 8, 2, 0, 0, 0, 14336),
     ("mixtral-8x7b T=8192", 8192, 8, 2, 0, 0, 0, 14336),
     ("qwen3-30b-a3b T=1024", 1024, 128, 8, 0, 0, 0, 768),
     ("qwen3-30b-a3b T=8192", 8192, 128, 8, 0, 0, 0, 768),
     ("deepseek-v3 T=1024", 1024, 256, 8, 1, 8, 4, 2048),
     ("deepseek-v3 T=8192", 8192, 256, 8, 1, 8, 4, 2048),
+    # not goal cells: DeepSeek-V3 with no correction bias (h200_moe.py --bias-scale 0), the loads as even as the
+    # random logits make them, as a trained model's bias is meant to keep them
+    ("deepseek-v3 T=1024, bias 0", 1024, 256, 8, 1, 8, 4, 2048, 0.0),
+    ("deepseek-v3 T=8192, bias 0", 8192, 256, 8, 1, 8, 4, 2048, 0.0),
 ]
 ABSORB_MIN_DFF, ABSORB = 2048, 32
 
 
-def route_counts(rng, T, E, k, score, ng, tg):
+def route_counts(rng, T, E, k, score, ng, tg, bias_scale=0.1):
     """Rows per expert after routing T tokens of random logits (the benchmark's routing semantics)."""
     logits = rng.standard_normal((T, E), dtype=np.float32)
     if score == 0:
         sel = logits  # softmax is monotone: top-k of the logits
     else:
-        bias = rng.standard_normal(E).astype(np.float32) * 0.1
+        bias = rng.standard_normal(E).astype(np.float32) * bias_scale
         sel = 1 / (1 + np.exp(-logits)) + bias
         G = E // ng
         group = np.sort(sel.reshape(T, ng, G), axis=2)[:, :, -2:].sum(2)  # sum of each group's best two
@@ -89,8 +93,8 @@ def main():
     print("| cell | rows/expert mean (sd) min..max | experts with rows | 128-row tiles | MMA rows / rows | "
           "kClusterM CTA tiles | paired singles: CTA tiles, GEMM1 L2 bytes | absorb 0 / 32 / 64 / 96 |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, T, E, k, score, ng, tg, dff in CELLS:
-        c = route_counts(rng, T, E, k, score, ng, tg)
+    for name, T, E, k, score, ng, tg, dff, *bias_scale in CELLS:
+        c = route_counts(rng, T, E, k, score, ng, tg, *bias_scale)
         rows = int(c.sum())
         packed = rows / 128
         absorb = ABSORB if dff >= ABSORB_MIN_DFF else 0

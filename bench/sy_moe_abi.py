@@ -27,16 +27,19 @@ def load(path):
     return lib
 
 
-def model_weights(s, dev="cuda"):
+def model_weights(s, dev="cuda", bias_scale=0.1):
     """A model shape's expert weights (w13 [E, 2f, d], w2 [E, d, f], bf16, ~N(0, 1/fan_in)), DeepSeek-V3's
-    correction bias (or None) and its Cfg, drawn in this order under seed 1234: the benchmarks' common inputs."""
+    correction bias (or None) and its Cfg, drawn in this order under seed 1234: the benchmarks' common inputs.
+    The bias is randn * bias_scale; the default 0.1 (every committed run) skews the experts' loads hard (at T=8192
+    ~33 of 256 idle, the busiest ~10x the mean: bench/results/moe-tile-model.txt), 0 leaves them as even as the
+    random logits make them, closer to a trained model, whose bias is there to balance them."""
     import torch
 
     d, f, E, k = s["d"], s["f"], s["E"], s["k"]
     torch.manual_seed(1234)
     w13 = torch.randn(E, 2 * f, d, device=dev, dtype=torch.bfloat16) * (d ** -0.5)
     w2 = torch.randn(E, d, f, device=dev, dtype=torch.bfloat16) * (f ** -0.5)
-    bias = (torch.randn(E, device=dev) * 0.1) if s["score"] == 1 else None
+    bias = (torch.randn(E, device=dev) * bias_scale) if s["score"] == 1 else None
     return w13, w2, bias, Cfg(E, k, d, f, s["score"], 1, s["ng"], s["tg"], s["scale"])
 
 
