@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 import gpu_timing
 from gpu_timing import timeit
-from sy_moe_abi import SHAPES as ABI_SHAPES, layer_call, load, model_weights, with_knobs
+from sy_moe_abi import DEFAULT_BIAS_SCALE, SHAPES as ABI_SHAPES, layer_call, load, model_weights, with_knobs
 
 OUT = os.environ.get("OUT", ".")
 dev = "cuda"
@@ -80,7 +80,7 @@ if PAIR_ORDER not in ("alternate", "fixed"):
 # window settles at a lower clock, and more so for a setting that draws more power.
 VARIANT_WINDOWS = dict(target_ms=30, batches=5) if "--long-variants" in sys.argv else dict(target_ms=15, batches=3)
 PROFILE = "--profile" in sys.argv
-BIAS_SCALE = float(opt("--bias-scale", "0.1"))
+BIAS_SCALE = float(opt("--bias-scale", str(DEFAULT_BIAS_SCALE)))
 TRACE = os.environ.get("BENCH_TRACE") == "1"
 
 
@@ -205,8 +205,9 @@ def write_results(final):
         json.dump(res, fh, indent=1)
     lines = [f"# sy_moe whole-layer benchmark on {res['device']} ({res['date']})", "",
              f"Ceilings measured in the same run: bf16 GEMM {PEAK:.0f} TFLOP/s, copy {BW:.2f} TB/s. torch {torch.__version__}.",
-             *(["", f"DeepSeek-V3's correction bias drawn as randn * {BIAS_SCALE} (--bias-scale), not the default 0.1: "
-                    "a different workload from the goal cells."] if BIAS_SCALE != 0.1 else []),
+             *(["", f"DeepSeek-V3's correction bias drawn as randn * {BIAS_SCALE} (--bias-scale), not the default "
+                    f"{DEFAULT_BIAS_SCALE}: "
+                    "a different workload from the goal cells."] if BIAS_SCALE != DEFAULT_BIAS_SCALE else []),
              "", "| shape | T | ours ms | torch._grouped_mm ms | loop ms | floor ms | % of floor | % of floor, ceiling "
                  "per round | speedup vs gmm | relerr | routing+combine ms (share), eager | same, CUDA graph |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

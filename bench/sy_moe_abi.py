@@ -27,7 +27,11 @@ def load(path):
     return lib
 
 
-def model_weights(s, dev="cuda", bias_scale=0.1):
+# DeepSeek-V3's correction bias scale in every committed run (model_weights)
+DEFAULT_BIAS_SCALE = 0.1
+
+
+def model_weights(s, dev="cuda", bias_scale=DEFAULT_BIAS_SCALE):
     """A model shape's expert weights (w13 [E, 2f, d], w2 [E, d, f], bf16, ~N(0, 1/fan_in)), DeepSeek-V3's
     correction bias (or None) and its Cfg, drawn in this order under seed 1234: the benchmarks' common inputs.
     The bias is randn * bias_scale; the default 0.1 (every committed run) skews the experts' loads hard (at T=8192
