@@ -92,6 +92,14 @@ constexpr int kClusterDefault = 1;
 // Where GEMM1 gathers (Qwen3, DeepSeek-V3) kClusterM stays slower even with paired singles: Qwen3 T=8192 1.326 vs
 // 1.179, DeepSeek-V3 T=8192 12.63 vs 11.64 (h200-variants-pair-singles-0727.log).
 constexpr int kClusterMMinAvg = 256;
+// ... and kClusterM with the permute kernel also where GEMM1 would gather, if d_ff >= kClusterMPermuteMinDff
+// (DeepSeek-V3 at T >= 8192): by default GEMM1 never gathers inside the kClusterM pairs, where each CTA's gather waits
+// for both CTAs' consumers and loses more than the pair saves (bench/results/h200-moe.md, "Session of 12:14 UTC").
+// At DeepSeek-V3 T=8192 the pairs take 14% off GEMM1 under even expert loads and 5% under the benchmark's skewed
+// routing, against the permute kernel's cost, which grows with T * k * d where GEMM1's FLOPs grow with T * k * d *
+// d_ff: at Qwen3's d_ff 768 the pairs with the permute were 2-4% slower (h200-variants-clusterm-no-multicast-1235.log,
+// h200-variants-clusterm-gather-local-release-1241.log).
+constexpr int kClusterMPermuteMinDff = 2048;
 // Under kClusterM, singles (an expert's last 256-row tile with <= 128 rows) run two per cluster, one per CTA with its
 // own weight tile (wg::resolve_tile), on. Measured on H200 against SY_MOE_PAIR_SINGLES=0 (both with SY_MOE_CLUSTER=2
 // SY_MOE_TL_EPI64=1, 6 rotated rounds, medians, bench/results/logs/h200-variants-pair-singles-0727.log): Qwen3
@@ -1040,17 +1048,23 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
 namespace {
 
 // x_perm[row] = x[token of row] (wgmma path only: TMA loads tiles of contiguous rows, it cannot gather). A capped
-// grid strides over the assignments (one CTA per assignment meant 65536 CTAs at T=8192 with top-8).
-__global__ void permute_kernel(const bf16* __restrict__ x, const int* __restrict__ assign_row, int n, int k, int D,
+// grid strides over the tokens; each 16-byte piece of a token's row is read once and stored to its k rows. (One
+// block per assignment read each row k times, with one load in flight per thread between its stores: 311 us at
+// DeepSeek-V3 T=8192, 940 MB written, bench/results/logs/h200-profile-dsv3-clusterm-bias-1229.log.)
+__global__ void permute_kernel(const bf16* __restrict__ x, const int* __restrict__ assign_row, int T, int k, int D,
                                bf16* __restrict__ xp) {
   pdl_wait();
   pdl_trigger();
-  for (int a = blockIdx.x; a < n; a += gridDim.x) {
-    const int row = assign_row[a];
-    if (row < 0) continue;
-    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)(a / k) * D);
-    uint4* dst = reinterpret_cast<uint4*>(xp + (size_t)row * D);
-    for (int c = threadIdx.x; c < D / 8; c += blockDim.x) dst[c] = src[c];
+  for (int t = blockIdx.x; t < T; t += gridDim.x) {
+    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)t * D);
+    const int* rows = assign_row + (size_t)t * k;
+    for (int c = threadIdx.x; c < D / 8; c += blockDim.x) {
+      const uint4 v = src[c];
+      for (int j = 0; j < k; ++j) {
+        const int row = rows[j];
+        if (row >= 0) reinterpret_cast<uint4*>(xp + (size_t)row * D)[c] = v;
+      }
+    }
   }
 }
 
@@ -1536,13 +1550,15 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     persist2 = (persist_mask & 2) != 0;
   }
   if (BM == 256) persist1 = persist2 = false;  // one tile per CTA only (no persistent 256-row kernel)
-  // SY_MOE_CLUSTER (default: kClusterM where GEMM1 does not gather and experts average >= kClusterMMinAvg rows, else
-  // kClusterDefault): 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs
+  // SY_MOE_CLUSTER (default: kClusterM where experts average >= kClusterMMinAvg rows and GEMM1 does not gather or
+  // d_ff >= kClusterMPermuteMinDff, else kClusterDefault): 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs
   // (wg::wgmma_gemm_kernel CL). 1 (wg::kClusterN): pairs of weight tiles share their activation tile, per GEMM where
   // its weight tile count is even. 2 (wg::kClusterM): pairs of 128-row token tiles of one expert share their weight
   // tile; both GEMMs, over a tile list of 256-row tiles (list_bm).
   const int w1_tiles = (F + 127) / 128;  // GEMM1's weight tiles: 128 gate + 128 up rows each
-  const int cl_default = w1_tiles >= kGatherMaxWeightTiles && avg >= kClusterMMinAvg ? wg::kClusterM : kClusterDefault;
+  const int cl_default = (w1_tiles >= kGatherMaxWeightTiles || F >= kClusterMPermuteMinDff) && avg >= kClusterMMinAvg
+                             ? wg::kClusterM
+                             : kClusterDefault;
   const int cl_mode = use_wg && dyn && BM == 128 ? env_int("SY_MOE_CLUSTER", cl_default) : 0;
   const bool clm = cl_mode == wg::kClusterM && persist1 && persist2;
   const int list_bm = clm ? 256 : BM;  // rows per tile of the tile list (scan, route_small)
@@ -1638,15 +1654,16 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     bf16* xp = (bf16*)(ws + L.x_perm);
     // cluster kind per GEMM (cl_mode); with kClusterN the A maps load 64-row halves
     const bool cln = cl_mode == wg::kClusterN;
-    // SY_MOE_GATHER (unset: kGatherDefault while GEMM1 has < kGatherMaxWeightTiles weight tiles; 0 never, 1 always):
-    // the 128-row persistent GEMM1 gathers its activations by the row -> token map (wg::producer_gather) and the
-    // permute kernel does not run; it takes precedence over kClusterN for GEMM1 (GEMM2 keeps it), and runs inside the
-    // kClusterM pairs (wg::producer_gather CL: each CTA gathers its own 128 rows). Not after the
+    // SY_MOE_GATHER (unset: kGatherDefault while GEMM1 has < kGatherMaxWeightTiles weight tiles, outside kClusterM;
+    // 0 never, 1 always): the 128-row persistent GEMM1 gathers its activations by the row -> token map
+    // (wg::producer_gather) and the permute kernel does not run; it takes precedence over kClusterN for GEMM1 (GEMM2
+    // keeps it), and with SY_MOE_GATHER=1 runs inside the kClusterM pairs (wg::producer_gather CL: each CTA gathers
+    // its own 128 rows; slower than the permute kernel there, kClusterMPermuteMinDff). Not after the
     // one-block routing: GEMM1 reads the tile count at its start, before its PDL wait, which needs that count
     // written >= 2 launches back.
-    const int gather_env = env_int("SY_MOE_GATHER", -1);  // unset: kGatherDefault below kGatherMaxWeightTiles
+    const int gather_env = env_int("SY_MOE_GATHER", -1);  // unset: see above
     const bool gather_pref =
-        gather_env >= 0 ? gather_env != 0 : kGatherDefault != 0 && w1_tiles < kGatherMaxWeightTiles;
+        gather_env >= 0 ? gather_env != 0 : kGatherDefault != 0 && w1_tiles < kGatherMaxWeightTiles && !clm;
     const bool gather = gather_pref && persist1 && BM == 128 && !fused_route;
     const int cl1 = clm ? wg::kClusterM : cln && !gather && persist1 && w1_tiles % 2 == 0 ? wg::kClusterN : 0;
     const int cl2 = clm ? wg::kClusterM : cln && persist2 && ((D + 255) / 256) % 2 == 0 ? wg::kClusterN : 0;
@@ -1667,8 +1684,8 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
       return rc;
     if (!tl) mT1 = mA1, mT2 = mA2;
     if (!gather &&
-        (rc = launch_k(pdl, permute_kernel, dim3(std::min(n, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
-                       (const bf16*)a->x, (const int*)assign_row, n, k, D, xp)))
+        (rc = launch_k(pdl, permute_kernel, dim3(std::min(T, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
+                       (const bf16*)a->x, (const int*)assign_row, T, k, D, xp)))
       return rc;
     // SY_MOE_GROUP_M: token tiles per raster group of the wgmma GEMMs (benchmark knob; default kGroupM; negative:
     // groups not aligned to experts, the raster before, see wg::tile_coords)

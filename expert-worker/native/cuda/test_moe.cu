@@ -735,6 +735,12 @@ int main(int argc, char** argv) {
       // kClusterM by default: GEMM1 with >= 64 weight tiles (d_ff >= 8192, no gather) and experts averaging >= 256
       // rows, under graph capture
       {"clusterm-default-wide-ff-graph", 2, 1, 128, 8192, 600, 0, 1, 0, 0, 1.f, false, false, false, true, 128, 1, 3},
+      // ... and where d_ff >= 2048 (kClusterMPermuteMinDff), with the permute kernel instead of GEMM1's gather (absorbed
+      // tails too): under graph capture, and with DeepSeek-V3's groups and bias
+      {"clusterm-default-permute-dff2048-graph", 16, 2, 128, 2048, 2048, 0, 1, 0, 0, 1.f, false, false, false, true, 128,
+       1, 3},
+      {"clusterm-default-permute-dsv3-groups", 16, 4, 128, 2048, 1100, 1, 1, 4, 2, 2.5f, true, false, false, false,
+       128, 1, 3},
       {"clusterm-singles-unaligned-raster-257-experts", 257, 4, 200, 136, 700, 0, 1, 0, 0, 1.f, false, false, false,
        false, 128, 1, 3, "SY_MOE_CLUSTER=2 SY_MOE_GROUP_M=-4"},
       knobs("clusterm-nosingles-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"),
@@ -854,7 +860,10 @@ int main(int argc, char** argv) {
       {"cluster-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=1"},
       {"clusterm-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_CLUSTER=2"},
       {"clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=2"},
-      {"clusterm-gather-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 20, "SY_MOE_CLUSTER=2"},
+      {"clusterm-gather-dsv3-like-T4096", 256, 8, 1024, 512, 4096, 20, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
+      // kClusterM with the permute kernel by default where d_ff >= 2048 and experts average >= 256 rows
+      // (kClusterMPermuteMinDff: DeepSeek-V3 from T=8192), at DeepSeek-V3's d_ff
+      {"clusterm-default-permute-dsv3-like-T8192", 256, 8, 1024, 2048, 8192, 10, nullptr},
       {"clusterm-default-mixtral-like-T2048", 8, 2, 1024, 8192, 2048, 10, nullptr},
       {"clusterm-nosingles-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"},
       {"clusterm-singles-absorb-dsv3-like-T4096", 256, 8, 1024, 2048, 4096, 10, "SY_MOE_CLUSTER=2 SY_MOE_ABSORB=32"},
