@@ -1551,10 +1551,10 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
   }
   if (BM == 256) persist1 = persist2 = false;  // one tile per CTA only (no persistent 256-row kernel)
   // SY_MOE_CLUSTER (default: kClusterM where experts average >= kClusterMMinAvg rows and GEMM1 does not gather or
-  // d_ff >= kClusterMPermuteMinDff, else kClusterDefault): 2-CTA clusters for the dynamically scheduled 128-row persistent GEMMs
-  // (wg::wgmma_gemm_kernel CL). 1 (wg::kClusterN): pairs of weight tiles share their activation tile, per GEMM where
-  // its weight tile count is even. 2 (wg::kClusterM): pairs of 128-row token tiles of one expert share their weight
-  // tile; both GEMMs, over a tile list of 256-row tiles (list_bm).
+  // d_ff >= kClusterMPermuteMinDff, else kClusterDefault): 2-CTA clusters for the dynamically scheduled 128-row
+  // persistent GEMMs (wg::wgmma_gemm_kernel CL). 1 (wg::kClusterN): pairs of weight tiles share their activation
+  // tile, per GEMM where its weight tile count is even. 2 (wg::kClusterM): pairs of 128-row token tiles of one expert
+  // share their weight tile; both GEMMs, over a tile list of 256-row tiles (list_bm).
   const int w1_tiles = (F + 127) / 128;  // GEMM1's weight tiles: 128 gate + 128 up rows each
   const int cl_default = (w1_tiles >= kGatherMaxWeightTiles || F >= kClusterMPermuteMinDff) && avg >= kClusterMMinAvg
                              ? wg::kClusterM
