@@ -51,3 +51,18 @@ def sampled(clocks, key, fn):
     finally:
         clocks.setdefault(key, []).extend(SAMPLES)
         SAMPLES = None
+
+
+def graph_of(fn):
+    """Captures fn (which launches on the current stream) into a CUDA graph and returns the graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    torch.cuda.synchronize()
+    return g

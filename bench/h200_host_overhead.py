@@ -3,7 +3,8 @@ from back-to-back eager calls (bench/h200_moe.py's "routing+combine ms (share), 
 
 The routing part alone (GEMMs skipped: sy_moe_debug_skip_gemm) runs ~11 us on the GPU at Qwen3 T=16, less than the
 host takes to issue it, so its eager figure is the host's time per call. This prints, per cell and per setting of
-the library knobs given (default: the tensor-map cache on and off, SY_MOE_MAP_CACHE), side by side in rotated rounds:
+the library knobs given, side by side in rotated rounds (default: two no-op controls, SY_MOE_NOP=0 and =1, whose gap
+is the host's noise; logs/h200-map-cache.patch read SY_MOE_MAP_CACHE=1 against =0, the 13:23 log):
   host_us        wall time per call while the host issues them without waiting (the GPU's queue never fills: 100
                  calls), for the whole layer and for the routing part
   eager_ms       event-timed back-to-back calls (gpu_timing.timeit), the benchmark's method, and the share
@@ -11,7 +12,7 @@ the library knobs given (default: the tensor-map cache on and off, SY_MOE_MAP_CA
 and the cost of a trivial ctypes call into the library (the Python side of every call). Writes $OUT/host-overhead.json.
 
 Usage: python3 bench/h200_host_overhead.py path/to/libsy_moe.so [--shapes a,b] [--ts 16] [--rounds 6]
-         [--variants "SY_MOE_MAP_CACHE=1;SY_MOE_MAP_CACHE=0"]
+         [--variants "SY_MOE_NOP=0;SY_MOE_NOP=1"]
 """
 
 import ctypes
@@ -23,7 +24,7 @@ import time
 
 import torch
 
-from gpu_timing import timeit
+from gpu_timing import graph_of, timeit
 from sy_moe_abi import SHAPES, layer_call, load, model_weights, with_knobs
 
 
@@ -35,7 +36,7 @@ lib = load(sys.argv[1])
 SHAPE_NAMES = arg("--shapes", "qwen3-30b-a3b,deepseek-v3,mixtral-8x7b").split(",")
 TS = [int(t) for t in arg("--ts", "16").split(",")]
 ROUNDS = int(arg("--rounds", "6"))
-VARIANTS = arg("--variants", "SY_MOE_MAP_CACHE=1;SY_MOE_MAP_CACHE=0").split(";")
+VARIANTS = arg("--variants", "SY_MOE_NOP=0;SY_MOE_NOP=1").split(";")
 OUT = os.environ.get("OUT", ".")
 
 
@@ -48,18 +49,6 @@ def host_us(fn, calls=100):
     t1 = time.perf_counter()
     torch.cuda.synchronize()
     return (t1 - t0) / calls * 1e6
-
-
-def graph_ms(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()  # warm-up outside the capture (lazy attributes, encoder)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return timeit(g.replay)
 
 
 noop_us = statistics.median(host_us(lambda: lib.sy_moe_debug_skip_gemm(0), 2000) for _ in range(5))
@@ -93,10 +82,10 @@ for name in SHAPE_NAMES:
             med = {k: statistics.median(x) for k, x in per[v].items()}
 
             def graphs():
-                lg = graph_ms(ours)
+                lg = timeit(graph_of(ours).replay)
                 lib.sy_moe_debug_skip_gemm(1)
                 try:
-                    return lg, graph_ms(ours)
+                    return lg, timeit(graph_of(ours).replay)
                 finally:
                     lib.sy_moe_debug_skip_gemm(0)
             lg, rg = with_knobs(v, graphs)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 import gpu_timing
-from gpu_timing import timeit
+from gpu_timing import graph_of, timeit
 from sy_moe_abi import DEFAULT_BIAS_SCALE, SHAPES as ABI_SHAPES, layer_call, load, model_weights, with_knobs
 
 OUT = os.environ.get("OUT", ".")
@@ -112,21 +112,6 @@ if ONLY_TS:
     TS = [int(t) for t in ONLY_TS.split(",")]
 if ONLY_SHAPES:
     SHAPES = {k: v for k, v in SHAPES.items() if k in ONLY_SHAPES.split(",")}
-
-
-def graph_of(fn):
-    """Captures fn (which launches on the current stream) into a CUDA graph; returns its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    torch.cuda.synchronize()
-    return g
 
 
 def timeline(prof, calls):
