@@ -134,6 +134,17 @@ constexpr int kGatherMaxWeightTiles = 64;
 // h200-trim-bench.log, medians): Mixtral T=1024 1.457 vs 1.576 ms, Qwen3 T=8192 1.309 vs 1.363, DeepSeek-V3 T=8192
 // 11.94 vs 12.15, T=1024 4.44 vs 4.52; Mixtral T=8192 and Qwen3 T=1024 within noise. SY_MOE_TRIM=0 turns it off.
 constexpr int kTrimDefault = 1;
+// The persistent GEMMs' TMA activation tiles through per-expert maps (expert_maps_kernel, wg::Params::emaps): the
+// rows of a tile past its expert's last row arrive as zeros (out-of-bounds fill), neither read from L2 nor holding
+// the next expert's rows. Those rows' products are never stored; zeros cost the tensor cores less energy, and the
+// compute-side cells run at the power limit (with all-zero hidden states the layer ran 1.17-1.20x faster:
+// bench/h200_data_power.py, logs/h200-data-power-1408.log). Padding rows are ~11% of the MMA rows at DeepSeek-V3
+// T=8192 (bench/results/moe-tile-model.txt). On by default under kClusterM, where GEMM1 loads its activations by
+// TMA (the gathering GEMM1 zero-fills those rows already). Measured on H200, 6 rotated rounds, medians against two
+// no-op controls (logs/h200-variants-zpad-1413.log): DeepSeek-V3 T=8192 11.63 vs 11.91 / 11.93 ms (kClusterM),
+// Mixtral T=1024 1.339 vs 1.346 / 1.327 and T=8192 9.05 vs 9.01 / 9.13 (kClusterM, level); elsewhere it only adds
+// a launch: Qwen3 T=1024 0.334 vs 0.328 / 0.329, DeepSeek-V3 T=1024 level. SY_MOE_ZPAD=0/1 overrides.
+constexpr int kZeroPadUnderClusterM = 1;
 // Absorbed tails (wg::Params::absorb, wgmma_gemm_kernel TL): an expert with 128 q + r tokens, q >= 1 and
 // r <= kAbsorbDefault, gets q token tiles, the last holding 128 + r rows, instead of q + 1 tiles, the last one with
 // r rows that loaded a whole weight tile through L2 for them. For the 128-row persistent GEMMs with dynamic scheduling
@@ -1068,11 +1079,41 @@ __global__ void permute_kernel(const bf16* __restrict__ x, const int* __restrict
   }
 }
 
+// Per expert e, copies of the four activation maps (GEMM1's tile and tail boxes over x_perm, GEMM2's over h) whose
+// row bound is e's last row, for the persistent GEMMs (wg::Params::emaps): rows past the expert come back as zeros
+// from the TMA unit (out-of-bounds fill), not as the next expert's rows. Those padding rows' products are never
+// stored; what zeros save is energy, and the compute-side cells run at the power limit (kZeroPadUnderClusterM).
+__device__ __forceinline__ void expert_map(const CUtensorMap* tmpl, CUtensorMap* dst, int rows) {
+  const int4* src = reinterpret_cast<const int4*>(tmpl);
+  int4* d = reinterpret_cast<int4*>(dst);
+#pragma unroll
+  for (int i = 0; i < (int)(sizeof(CUtensorMap) / 16); ++i) d[i] = src[i];
+  asm volatile("tensormap.replace.tile.global_dim.global.b1024.b32 [%0], 1, %1;\n" ::"l"(
+                   reinterpret_cast<uint64_t>(dst)),
+               "r"(rows)
+               : "memory");
+}
+__global__ void expert_maps_kernel(const __grid_constant__ CUtensorMap a1, const __grid_constant__ CUtensorMap t1,
+                                   const __grid_constant__ CUtensorMap a2, const __grid_constant__ CUtensorMap t2,
+                                   const int* offsets, const int* counts, int E, CUtensorMap* maps) {
+  pdl_wait();
+  pdl_trigger();
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= E) return;
+  const int rows = max(offsets[e] + counts[e], 1);  // an expert with no rows has no tiles; the bound must be >= 1
+  expert_map(&a1, maps + 4 * e, rows);
+  expert_map(&t1, maps + 4 * e + 1, rows);
+  expert_map(&a2, maps + 4 * e + 2, rows);
+  expert_map(&t2, maps + 4 * e + 3, rows);
+  asm volatile("fence.proxy.tensormap::generic.release.gpu;\n" ::: "memory");
+}
+
 // ------------------------------------------------------------------------------------------------------------------
 // Host side
 // ------------------------------------------------------------------------------------------------------------------
 struct Layout {
-  size_t ids, w, rank, counts, offsets, num_tiles, tiles, row_token, row_w, assign_row, x_perm, h, y, out_acc, total;
+  size_t ids, w, rank, counts, offsets, num_tiles, tiles, row_token, row_w, assign_row, x_perm, h, y, out_acc, emaps,
+      total;
 };
 
 size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -1106,6 +1147,7 @@ Layout make_layout(const sy_moe_config& c, int T) {
   L.h = take(n * (size_t)c.d_ff * 2);
   L.y = take(n * (size_t)c.d_model * 2);
   L.out_acc = take((size_t)T * c.d_model * 4);
+  L.emaps = take((size_t)c.num_experts * 4 * sizeof(CUtensorMap));  // expert_maps_kernel (256-byte aligned)
   L.total = o;
   return L;
 }
@@ -1683,9 +1725,20 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     if (tl && ((rc = make_map(&mT1, xp, n, D, wg::kTailRows)) || (rc = make_map(&mT2, h, n, F, wg::kTailRows))))
       return rc;
     if (!tl) mT1 = mA1, mT2 = mA2;
-    if (!gather &&
-        (rc = launch_k(pdl, permute_kernel, dim3(std::min(T, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
-                       (const bf16*)a->x, (const int*)assign_row, T, k, D, xp)))
+    // SY_MOE_ZPAD (default kZeroPadUnderClusterM under kClusterM, else 0): the persistent GEMMs load their TMA
+    // activation tiles through per-expert maps (expert_maps_kernel), so that the rows past an expert's end are zeros
+    // (not after the one-block routing: it keeps the counts in shared memory)
+    const bool zpad = env_int("SY_MOE_ZPAD", clm ? kZeroPadUnderClusterM : 0) != 0 && (persist1 || persist2) &&
+                      !fused_route;
+    CUtensorMap* emaps = zpad ? (CUtensorMap*)(ws + L.emaps) : nullptr;
+    if (zpad && (rc = launch_k(pdl, expert_maps_kernel, dim3((E + 127) / 128), dim3(128), 0, s, mA1, mT1, mA2, mT2,
+                               (const int*)offsets, (const int*)counts, E, emaps)))
+      return rc;
+    // SY_MOE_PERMUTE_TPB / _BPS (benchmark knobs): the permute kernel's threads per block and blocks per SM
+    const int perm_tpb = std::max(32, std::min(1024, env_int("SY_MOE_PERMUTE_TPB", D / 8 < 256 ? D / 8 : 256)));
+    const int perm_bps = std::max(1, env_int("SY_MOE_PERMUTE_BPS", 16));
+    if (!gather && (rc = launch_k(pdl, permute_kernel, dim3(std::min(T, perm_bps * g_num_sms)), dim3(perm_tpb), 0, s,
+                                  (const bf16*)a->x, (const int*)assign_row, T, k, D, xp)))
       return rc;
     // SY_MOE_GROUP_M: token tiles per raster group of the wgmma GEMMs (benchmark knob; default kGroupM; negative:
     // groups not aligned to experts, the raster before, see wg::tile_coords)
@@ -1723,6 +1776,10 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     p1.epi64 = p2.epi64 = tl_epi64;
     p1.pair_singles = p2.pair_singles = pair_singles;
     p1.singles_at = p2.singles_at = max_m;  // scan_block's singles_at
+    p1.emaps = persist1 ? emaps : nullptr;
+    p2.emaps = persist2 ? emaps : nullptr;
+    p1.emap_at = 0;
+    p2.emap_at = 2;
     if (fused_combine) {
       p2.row_token = row_token;
       p2.combine_out = (bf16*)a->out;

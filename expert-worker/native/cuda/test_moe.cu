@@ -720,6 +720,24 @@ int main(int argc, char** argv) {
       {"absorb-clusterm-gather-289-rows", 2, 2, 512, 2048, 289, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0, 0,
        "SY_MOE_CLUSTER=2 SY_MOE_GATHER=1"},
       knobs("clusterm-permute-dsv3-groups", kDsv3Groups, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=0"),
+      // the TMA activation tiles through per-expert maps whose row bound zero-fills the rows past the expert
+      // (SY_MOE_ZPAD=1, expert_maps_kernel): kClusterM pairs and singles among 257 awkward experts, kClusterN (64-row
+      // halves multicast), the absorbed tails' boxes (256 + 32 rows under kClusterM, 288 rows with the permute and
+      // kClusterN), pre-routed with missing experts, many tail tiles and the split GEMM2 under graph capture,
+      // groups + bias, and the 64-row persistent kernel
+      knobs("zpad-clusterm-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=2 SY_MOE_ZPAD=1"),
+      knobs("zpad-cluster-awkward-257-experts", kAwkward257, "SY_MOE_CLUSTER=1 SY_MOE_GATHER=0 SY_MOE_ZPAD=1"),
+      {"zpad-absorb-clusterm-288-rows-graph", 2, 2, 512, 2048, 288, 0, 1, 0, 0, 1.f, false, false, false, true, 0, 0, 0,
+       "SY_MOE_CLUSTER=2 SY_MOE_ZPAD=1"},
+      {"zpad-absorb-permute-cluster-288-rows", 2, 2, 512, 512, 288, 0, 1, 0, 0, 1.f, false, false, false, false, 0, 0,
+       0, "SY_MOE_GATHER=0 SY_MOE_ABSORB=32 SY_MOE_ZPAD=1"},
+      {"zpad-prerouted-missing-graph", 24, 3, 192, 256, 150, 0, 0, 0, 0, 1.f, false, true, true, true, 128, 1, 3,
+       "SY_MOE_GATHER=0 SY_MOE_ZPAD=1"},
+      knobs("zpad-bm128-256-tiles-graph", kTiles256Graph, "SY_MOE_GATHER=0 SY_MOE_ZPAD=1"),
+      knobs("zpad-gemm2-split2-graph", kSplit2Graph, "SY_MOE_CLUSTER=2 SY_MOE_ZPAD=1"),
+      knobs("zpad-clusterm-default-permute-dsv3-groups", kDsv3Groups, "SY_MOE_CLUSTER=2 SY_MOE_GATHER=0 SY_MOE_ZPAD=1"),
+      {"zpad-bm64-persistent", 64, 4, 256, 512, 500, 0, 1, 0, 0, 1.f, false, false, false, true, 64, 1, 3,
+       "SY_MOE_ZPAD=1"},
       // kClusterM with the singles paired (default under SY_MOE_CLUSTER=2, so every clusterm case above runs it) and
       // without (rank 1 of a single idle, SY_MOE_PAIR_SINGLES=0): an odd single count (rank 1 of the last pair of
       // singles empty), all-singles (every expert <= 128 rows) under graph capture, absorbed tails (256 + 32 rows)
@@ -864,6 +882,8 @@ int main(int argc, char** argv) {
       // kClusterM with the permute kernel by default where d_ff >= 2048 and experts average >= 256 rows
       // (kClusterMPermuteMinDff: DeepSeek-V3 from T=8192), at DeepSeek-V3's d_ff
       {"clusterm-default-permute-dsv3-like-T8192", 256, 8, 1024, 2048, 8192, 10, nullptr},
+      {"zpad-clusterm-default-permute-dsv3-like-T8192", 256, 8, 1024, 2048, 8192, 10, "SY_MOE_ZPAD=1"},
+      {"zpad-clusterm-split2-mixtral-like-T2048", 8, 2, 1024, 4096, 2048, 20, "SY_MOE_CLUSTER=2 SY_MOE_ZPAD=1"},
       {"clusterm-default-mixtral-like-T2048", 8, 2, 1024, 8192, 2048, 10, nullptr},
       {"clusterm-nosingles-qwen3-T8192", 128, 8, 2048, 768, 8192, 20, "SY_MOE_CLUSTER=2 SY_MOE_PAIR_SINGLES=0"},
       {"clusterm-singles-absorb-dsv3-like-T4096", 256, 8, 1024, 2048, 4096, 10, "SY_MOE_CLUSTER=2 SY_MOE_ABSORB=32"},
