@@ -1734,11 +1734,9 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     if (zpad && (rc = launch_k(pdl, expert_maps_kernel, dim3((E + 127) / 128), dim3(128), 0, s, mA1, mT1, mA2, mT2,
                                (const int*)offsets, (const int*)counts, E, emaps)))
       return rc;
-    // SY_MOE_PERMUTE_TPB / _BPS (benchmark knobs): the permute kernel's threads per block and blocks per SM
-    const int perm_tpb = std::max(32, std::min(1024, env_int("SY_MOE_PERMUTE_TPB", D / 8 < 256 ? D / 8 : 256)));
-    const int perm_bps = std::max(1, env_int("SY_MOE_PERMUTE_BPS", 16));
-    if (!gather && (rc = launch_k(pdl, permute_kernel, dim3(std::min(T, perm_bps * g_num_sms)), dim3(perm_tpb), 0, s,
-                                  (const bf16*)a->x, (const int*)assign_row, T, k, D, xp)))
+    if (!gather &&
+        (rc = launch_k(pdl, permute_kernel, dim3(std::min(T, 16 * g_num_sms)), dim3(D / 8 < 256 ? D / 8 : 256), 0, s,
+                       (const bf16*)a->x, (const int*)assign_row, T, k, D, xp)))
       return rc;
     // SY_MOE_GROUP_M: token tiles per raster group of the wgmma GEMMs (benchmark knob; default kGroupM; negative:
     // groups not aligned to experts, the raster before, see wg::tile_coords)
