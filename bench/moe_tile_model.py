@@ -15,7 +15,12 @@ numpy (not the same numbers: the benchmark uses torch's CUDA generator) and coun
 - the L2 bytes one k-step of GEMM1 loads over all its CTA tiles under paired kClusterM, against 128-row tiles without
   a cluster (48 KB each: 16 KB of activations, 32 KB of weights; a pair tile's CTA loads 16 + 16 KB, the weight half
   multicast, a single's 48 KB);
-- the tile ratio if the absorption limit were 0, 32, 64 or 96 rows.
+- the tile ratio if the absorption limit were 0, 32, 64 or 96 rows;
+- under kClusterM, a balanced absorption not built yet: an expert of 256 P + r rows, 0 < r <= 64 P, spreads the r rows
+  over its P pair tiles (<= 32 more rows per CTA, in the tail region) instead of a single or another pair tile. The
+  CTA tiles that makes, and the singles whose expert also has pair tiles (such a single runs beside another expert's
+  single, away from its own expert's tiles, and reads the expert's weights from DRAM again: DeepSeek-V3 T=8192's
+  GEMM1 read ~1.3 GB less with the singles unpaired, h200-moe.md, session of 15:04 UTC), now and balanced.
 
 Usage: python3 bench/moe_tile_model.py [seed]   (prints a table; bench/results/moe-tile-model.txt is its output)
 """
@@ -87,12 +92,34 @@ def paired_singles(counts, absorb):
     return 2 * pair_tiles + 2 * ((singles + 1) // 2), pair_tiles * 2 * 32 + singles * 48
 
 
+def balanced_absorb(counts):
+    """kClusterM CTA tiles and singles-with-pair-tiles, (now, balanced): now as paired_singles (absorb 32 into the
+    last 256-row tile); balanced: P pair tiles take r <= 64 P remainder rows between them."""
+    out = []
+    for balanced in (False, True):
+        ctas = singles = with_pairs = 0
+        for c in (int(x) for x in counts if x > 0):
+            p, r = divmod(c, 256)
+            if balanced:
+                n_p, s = (p, 0) if r == 0 or (p >= 1 and r <= 64 * p) else (p, 1) if r <= 128 else (p + 1, 0)
+            else:
+                mt = p if p >= 1 and 0 < r <= ABSORB else p + (1 if r else 0)
+                s = 1 if c - (mt - 1) * 256 <= 128 else 0
+                n_p = mt - s
+            ctas += 2 * n_p
+            singles += s
+            with_pairs += 1 if s and n_p > 0 else 0
+        out.append((ctas + 2 * ((singles + 1) // 2), with_pairs))
+    return out
+
+
 def main():
     rng = np.random.default_rng(SEED)
     print(f"seed {SEED}; tiles and CTA tiles against rows / 128 (a perfectly packed list)")
     print("| cell | rows/expert mean (sd) min..max | experts with rows | 128-row tiles | MMA rows / rows | "
-          "kClusterM CTA tiles | paired singles: CTA tiles, GEMM1 L2 bytes | absorb 0 / 32 / 64 / 96 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "kClusterM CTA tiles | paired singles: CTA tiles, GEMM1 L2 bytes | absorb 0 / 32 / 64 / 96 | "
+          "kClusterM balanced absorb: CTA tiles, singles with pair tiles (now -> balanced) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, T, E, k, score, ng, tg, dff, *bias_scale in CELLS:
         c = route_counts(rng, T, E, k, score, ng, tg, *bias_scale)
         rows = int(c.sum())
@@ -101,9 +128,11 @@ def main():
         tiles, mma, pairs = tile_counts(c, absorb)
         sweep = " / ".join(f"{tile_counts(c, a)[0] / packed:.3f}" for a in (0, 32, 64, 96))
         ps_ctas, ps_kb = paired_singles(c, absorb)
+        bal = balanced_absorb(c)
         print(f"| {name} | {c.mean():.0f} ({c.std():.0f}) {c.min()}..{c.max()} | {np.count_nonzero(c)} of {E} | "
               f"{tiles} ({tiles / packed:.3f}x) | {mma / rows:.3f} | {pairs} ({pairs / packed:.3f}x) | "
-              f"{ps_ctas} ({ps_ctas / packed:.3f}x), {ps_kb / (48 * tiles):.3f}x | {sweep} |")
+              f"{ps_ctas} ({ps_ctas / packed:.3f}x), {ps_kb / (48 * tiles):.3f}x | {sweep} | "
+              f"{bal[0][0]} -> {bal[1][0]} ({bal[1][0] / packed:.3f}x), {bal[0][1]} -> {bal[1][1]} |")
 
 
 if __name__ == "__main__":
