@@ -30,6 +30,8 @@ Usage: python3 bench/h200_moe.py path/to/libsy_moe.so [--quick] [--shapes a,b] [
   --profile       per-kernel GPU times of ours (torch.profiler, CUPTI), printed per cell (kernels_us), and the
                   timeline of the profiled calls (each GPU activity's start and end). Slow (tens
                   of seconds a cell here), and with PDL a kernel's span includes its wait for the kernel before it.
+                  --profile-calls N: profile N calls (default 5; the timeline only up to 5); --profile-warm-ms M:
+                  about M ms of back-to-back calls first, so the profiled ones run at the sustained power limit.
 Each compute-side cell (T >= 1024) also times the GEMM ceiling (the same 8192^3 bf16 matmul as at the start) in each
 round, with the same windows as ours and next to it (--pair-order), and samples the SM clock and power while each
 window runs (NVML through torch.cuda, where available): `peak_rounds_tflops`, `clocks_mhz` and `power_w` per timed
@@ -80,6 +82,8 @@ if PAIR_ORDER not in ("alternate", "fixed"):
 # window settles at a lower clock, and more so for a setting that draws more power.
 VARIANT_WINDOWS = dict(target_ms=30, batches=5) if "--long-variants" in sys.argv else dict(target_ms=15, batches=3)
 PROFILE = "--profile" in sys.argv
+PROFILE_CALLS = int(opt("--profile-calls", "5"))  # calls profiled (the timeline is printed up to 5)
+PROFILE_WARM_MS = float(opt("--profile-warm-ms", "0"))  # back-to-back calls before them (kernel_profile)
 BIAS_SCALE = float(opt("--bias-scale", str(DEFAULT_BIAS_SCALE)))
 TRACE = os.environ.get("BENCH_TRACE") == "1"
 
@@ -132,16 +136,27 @@ def timeline(prof, calls):
         print(f"   start {a - t0:9.1f}  end {b - t0:9.1f}  dur {b - a:8.1f}  {n}")
 
 
-def kernel_profile(fn, calls=5):
-    """Per-kernel GPU time (us per call) of fn, from CUPTI through torch.profiler."""
+def kernel_profile(fn, calls=5, warm_ms=0.0):
+    """Per-kernel GPU time (us per call) of fn, from CUPTI through torch.profiler. warm_ms > 0: first about that
+    long of back-to-back calls, so that the profiled ones run in the sustained (power-limited) state the timed
+    windows see, not right after the GPU idled."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
+    if warm_ms > 0:
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        for _ in range(max(1, int(warm_ms / max(s.elapsed_time(e), 1e-3)))):
+            fn()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    timeline(prof, calls)
+    if calls <= 5:
+        timeline(prof, calls)
     out = {}
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None)
@@ -349,7 +364,7 @@ for name, s in SHAPES.items():
             route_ms = timeit(ours)
             route_graph_ms = timeit(graph_of(ours_cur).replay)
             lib.sy_moe_debug_skip_gemm(0)
-        kernels = kernel_profile(ours) if PROFILE else None
+        kernels = kernel_profile(ours, PROFILE_CALLS, PROFILE_WARM_MS) if PROFILE else None
         row = dict(shape=name, T=T, ms=t_ours, torch_grouped_mm_ms=t_gmm, loop_ms=t_loop, floor_ms=floor_ms,
                    relerr=relerr, torch_relerr=torch_relerr, route_agree=route_agree, active=active,
                    pct_floor=floor_ms / t_ours, speedup_vs_gmm=t_gmm / t_ours, route_combine_ms=route_ms,

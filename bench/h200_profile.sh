@@ -3,6 +3,7 @@
 # span is its own work (with PDL a kernel's span includes its wait for the one before it). RUNS: `;`-separated
 # "label|env|shapes|ts" (env: space-separated knobs, or SY_MOE_NOP=0 for the defaults). Usage, from the repo root
 # there: RUNS="dflt|SY_MOE_NOP=0|qwen3-30b-a3b|8192;clm|SY_MOE_CLUSTER=2|qwen3-30b-a3b|8192" bash bench/h200_profile.sh
+# BENCH_ARGS: more options for bench/h200_moe.py (e.g. "--rounds 1 --profile-calls 20 --profile-warm-ms 2000").
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 RUNS=${RUNS:-"dyn|SY_MOE_NOP=0|qwen3-30b-a3b,deepseek-v3|8192;dyn-mixtral|SY_MOE_NOP=0|mixtral-8x7b|1024"}
@@ -10,7 +11,7 @@ source bench/h200_build_lib.sh
 run() {  # label, env, shapes, ts
   mkdir -p /tmp/p
   env SY_MOE_PDL=0 $2 PYTHONUNBUFFERED=1 OUT=/tmp/p timeout 100 python3 bench/h200_moe.py $B/libsy_moe.so \
-    --shapes "$3" --ts "$4" --no-loop --no-tune --profile > $OUT/profile-$1.log 2>&1
+    --shapes "$3" --ts "$4" --no-loop --no-tune --profile ${BENCH_ARGS:-} > $OUT/profile-$1.log 2>&1
   say "$1 rc=$?"
   python3 - $OUT/profile-$1.log "$1" <<'PY'
 import json, sys
