@@ -74,6 +74,12 @@ describeWithCluster(
       const [opMetrics, opHealth, routerPort, routerMetrics, w0, w0m, w1, w1m] = await freePorts(8);
       if (withOperator) {
         await cluster().kubectl(["apply", "--server-side", "-f", join(REPO, "charts/switchyard/crds")]);
+        await cluster().kubectl([
+          "wait",
+          "--for=condition=Established",
+          "crd/expertpools.switchyard.dev",
+          "crd/routingpolicies.switchyard.dev",
+        ]);
         procs.push(
           new ManagedProcess(
             "operator",
@@ -83,26 +89,30 @@ describeWithCluster(
             { ...process.env, KUBECONFIG: cluster().kubeconfigPath, POD_NAMESPACE: "default", POD_NAME: "operator-0" },
           ),
         );
-        await cluster().kubectl(["apply", "-f", "-"], {
-          input: stringify({
-            apiVersion: "switchyard.dev/v1alpha1",
-            kind: "ExpertPool",
-            metadata: { name: POOL, namespace: "default" },
-            spec: {
-              model: {
-                architecture: "mixtral",
-                layers: LAYERS,
-                experts: EXPERTS,
-                topK: 2,
-                hiddenSize: HIDDEN,
-                intermediateSize: 128,
-                checkpoint: { hostPath: { path: "/models/tiny" } },
-              },
-              replicas: 2,
-              worker: { gpusPerWorker: 0 },
+        // Retried: kubectl's discovery can still answer "no matches for kind ExpertPool" for a moment after the CRD
+        // is Established (a CI run failed on that once).
+        const poolManifest = stringify({
+          apiVersion: "switchyard.dev/v1alpha1",
+          kind: "ExpertPool",
+          metadata: { name: POOL, namespace: "default" },
+          spec: {
+            model: {
+              architecture: "mixtral",
+              layers: LAYERS,
+              experts: EXPERTS,
+              topK: 2,
+              hiddenSize: HIDDEN,
+              intermediateSize: 128,
+              checkpoint: { hostPath: { path: "/models/tiny" } },
             },
-          }),
+            replicas: 2,
+            worker: { gpusPerWorker: 0 },
+          },
         });
+        await waitUntil(
+          async () => (await cluster().kubectl(["apply", "-f", "-"], { input: poolManifest })).code === 0,
+          { what: "the ExpertPool applied", timeoutMs: 30_000 },
+        );
       }
 
       // Workers and router on a generated checkpoint. Each worker holds half the experts (expert 0 on both) but
