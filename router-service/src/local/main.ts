@@ -7,7 +7,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
@@ -186,14 +185,30 @@ async function loadPolicyFile(o: LocalOptions): Promise<void> {
   o.policy = resolveRoutingPolicy(json, "policy");
 }
 
-function freePort(): Promise<number> {
+/**
+ * The ports a child (worker or router) reports on its IPC channel once it listens. Children bind port 0: a port
+ * picked here and handed over can be taken in between, e.g. as the source port of a connection to another child
+ * (npm start failed once that way, "listen EADDRINUSE" in a worker).
+ */
+function readyPorts(
+  child: ChildProcess,
+  name: string,
+  timeoutMs: number,
+): Promise<{ port: number; metricsPort: number }> {
   return new Promise((res, rej) => {
-    const s = createServer();
-    s.unref();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
+    const t = setTimeout(() => rej(new Error(`${name} not ready after ${timeoutMs / 1000} s`)), timeoutMs);
+    const onExit = (code: number | null) => {
+      clearTimeout(t);
+      rej(new Error(`${name} exited with code ${code}`));
+    };
+    child.once("exit", onExit);
+    child.once("message", (m: unknown) => {
+      clearTimeout(t);
+      child.off("exit", onExit);
+      const r = (m ?? {}) as { port?: unknown; metricsPort?: unknown };
+      if (typeof r.port === "number" && typeof r.metricsPort === "number")
+        res({ port: r.port, metricsPort: r.metricsPort });
+      else rej(new Error(`${name}: unexpected ready message ${JSON.stringify(m)}`));
     });
   });
 }
@@ -265,9 +280,9 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const runDir = join(ROOT, ".cache", "local", `run-${process.pid}`);
   await mkdir(runDir, { recursive: true });
   const ids = Array.from({ length: o.workers }, (_, i) => `w${i}`);
-  const ports = await Promise.all(ids.map(() => freePort()));
-  const metricsPorts = await Promise.all(ids.map(() => freePort()));
-  const endpoints = Object.fromEntries(ids.map((id, i) => [id, `127.0.0.1:${ports[i]}`]));
+  // worker id -> host:port, filled in as the workers report the ports they bound (readyPorts); the router's config
+  // carries them, the plan does not need them
+  const endpoints: Record<string, string> = {};
   const redundant = o.redundant ?? Math.floor(spec.experts / 4);
   const { plan, stats } = planPlacement({
     pool: "local",
@@ -275,7 +290,6 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     experts: spec.experts,
     workers: ids,
     redundantExperts: o.workers > 1 ? redundant : 0,
-    endpoints,
   });
   const planFile = join(runDir, "plan.json");
   await writeFile(planFile, JSON.stringify(plan));
@@ -298,7 +312,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   try {
     log(`starting ${o.workers} workers and the router ...`);
     const workerClients = await Promise.all(
-      ids.map((id, i) => {
+      ids.map(async (id) => {
         const args = [
           ...DATA_PATH_NODE_FLAGS,
           join(ROOT, "expert-worker/dist/main.js"),
@@ -309,9 +323,9 @@ export async function runLocal(o: LocalOptions): Promise<number> {
           "--worker-id",
           id,
           "--port",
-          String(ports[i]),
+          "0",
           "--metrics-port",
-          String(metricsPorts[i]),
+          "0",
           "--host",
           "127.0.0.1",
           "--plan",
@@ -319,11 +333,10 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         ];
         if (o.cacheCapacity !== null) args.push("--cache-capacity", String(o.cacheCapacity));
         const child = spawnProc(id, args, children, () => quiet);
+        endpoints[id] = `127.0.0.1:${(await readyPorts(child, `worker ${id}`, 60_000)).port}`;
         return waitForWorker(endpoints[id], child, 60_000);
       }),
     );
-    const routerPort = await freePort();
-    const routerMetricsPort = await freePort();
     const configFile = join(runDir, "router.json");
     await writeFile(
       configFile,
@@ -341,23 +354,16 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         "--config",
         configFile,
         "--port",
-        String(routerPort),
+        "0",
         "--metrics-port",
-        String(routerMetricsPort),
+        "0",
         "--host",
         "127.0.0.1",
       ],
       children,
       () => quiet,
     );
-    await new Promise<void>((res, rej) => {
-      const t = setTimeout(() => rej(new Error("router not ready after 60 s")), 60_000);
-      routerChild.on("message", () => {
-        clearTimeout(t);
-        res();
-      });
-      routerChild.on("exit", (code) => rej(new Error(`router exited with code ${code}`)));
-    });
+    const { port: routerPort, metricsPort: routerMetricsPort } = await readyPorts(routerChild, "router", 60_000);
     quiet = true;
 
     // Verification thread.
