@@ -28,16 +28,43 @@ export class ManagedProcess {
   private exitPromise: Promise<ExitInfo>;
   private stopping = false;
   private spawnError: Error | undefined;
+  private messagePromise: Promise<unknown>;
 
-  constructor(name: string, command: string, args: string[], logFile: string, env?: NodeJS.ProcessEnv) {
+  /**
+   * `ipc`: the child gets a Node IPC channel; firstMessage() resolves with the first message it sends (our workers and
+   * router send their bound ports once they listen, so they can start with --port 0).
+   */
+  constructor(
+    name: string,
+    command: string,
+    args: string[],
+    logFile: string,
+    env?: NodeJS.ProcessEnv,
+    opts: { ipc?: boolean } = {},
+  ) {
     this.name = name;
     this.logFile = logFile;
     const fd = openSync(logFile, "a");
     try {
-      this.child = spawn(command, args, { detached: true, stdio: ["ignore", fd, fd], env: env ?? process.env });
+      this.child = spawn(command, args, {
+        detached: true,
+        stdio: opts.ipc ? ["ignore", fd, fd, "ipc"] : ["ignore", fd, fd],
+        env: env ?? process.env,
+      });
     } finally {
       closeSync(fd); // the child holds its own copy
     }
+    this.messagePromise = new Promise((resolve, reject) => {
+      if (!opts.ipc) return;
+      const onExit = () => reject(new Error(`${name} exited before its first message:\n${this.tail(20)}`));
+      this.child.once("exit", onExit);
+      this.child.once("message", (m) => {
+        this.child.off("exit", onExit);
+        this.child.channel?.unref(); // the channel must not keep the test process alive
+        resolve(m);
+      });
+    });
+    this.messagePromise.catch(() => {}); // observed through firstMessage()
     this.exitPromise = new Promise((resolve) => {
       this.child.once("exit", (code, signal) => {
         this.exitInfo = { code, signal };
@@ -97,6 +124,23 @@ export class ManagedProcess {
 
   wait(): Promise<ExitInfo> {
     return this.exitPromise;
+  }
+
+  /** The first IPC message (opts.ipc), or a rejection if it exits first; `timeoutMs` bounds the wait. */
+  firstMessage(timeoutMs: number): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`${this.name}: no message after ${timeoutMs} ms`)), timeoutMs);
+      this.messagePromise.then(
+        (m) => {
+          clearTimeout(t);
+          resolve(m);
+        },
+        (e) => {
+          clearTimeout(t);
+          reject(e);
+        },
+      );
+    });
   }
 
   /** The last `lines` lines of its log. */

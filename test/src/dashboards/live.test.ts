@@ -35,6 +35,14 @@ if (!withOperator)
   console.warn("live dashboard test: operator/src/main.ts does not exist yet; operator panels SKIPPED");
 const prometheusBin = findTool("prometheus", "SWITCHYARD_PROMETHEUS");
 
+/** [port, metricsPort] a worker or router started with --port 0 reports over IPC once it listens. */
+async function boundPorts(p: ManagedProcess): Promise<[number, number]> {
+  const m = (await p.firstMessage(60_000)) as { port?: unknown; metricsPort?: unknown } | null;
+  if (typeof m?.port !== "number" || typeof m?.metricsPort !== "number")
+    throw new Error(`${p.name}: unexpected first message ${JSON.stringify(m)}`);
+  return [m.port, m.metricsPort];
+}
+
 describeWithCluster(
   "dashboards and alerts against a real Prometheus",
   { withKwok: false, withScheduler: false },
@@ -71,7 +79,8 @@ describeWithCluster(
       failed = true; // until beforeAll finishes: keep the logs of a failed start-up
 
       // Operator against the cluster, reconciling one pool (its pods stay Pending: no nodes, nothing to run them).
-      const [opMetrics, opHealth, routerPort, routerMetrics, w0, w0m, w1, w1m] = await freePorts(8);
+      // The operator takes the ports it is given; workers and router bind port 0 and report theirs (boundPorts).
+      const [opMetrics, opHealth] = await freePorts(2);
       if (withOperator) {
         await cluster().kubectl(["apply", "--server-side", "-f", join(REPO, "charts/switchyard/crds")]);
         await cluster().kubectl([
@@ -139,25 +148,25 @@ describeWithCluster(
         ),
       };
       writeFileSync(join(dir, "plan.json"), JSON.stringify(plan));
-      const workerPorts = [
-        [w0, w0m],
-        [w1, w1m],
-      ];
-      workers.forEach((id, i) => {
-        const [port, metrics] = workerPorts[i];
-        procs.push(
-          new ManagedProcess(
-            `worker-${id}`,
-            process.execPath,
-            [
-              ...[MAIN.worker, "--checkpoint", ckpt, "--pool", POOL, "--worker-id", id],
-              ...["--port", String(port), "--metrics-port", String(metrics), "--plan", join(dir, "plan.json")],
-              ...["--cache-capacity", "3", "--backend", "cpu"],
-            ],
-            join(dir, `worker-${id}.log`),
-          ),
+      const workerProcs = workers.map((id) => {
+        const p = new ManagedProcess(
+          `worker-${id}`,
+          process.execPath,
+          [
+            ...[MAIN.worker, "--checkpoint", ckpt, "--pool", POOL, "--worker-id", id],
+            ...["--port", "0", "--metrics-port", "0", "--plan", join(dir, "plan.json")],
+            ...["--cache-capacity", "3", "--backend", "cpu"],
+          ],
+          join(dir, `worker-${id}.log`),
+          undefined,
+          { ipc: true },
         );
+        procs.push(p);
+        return p;
       });
+      // [gRPC port, metrics port] per worker
+      const workerPorts = await Promise.all(workerProcs.map((p) => boundPorts(p)));
+      const [[w0, w0m], [w1, w1m]] = workerPorts;
       writeFileSync(
         join(dir, "router.json"),
         JSON.stringify({
@@ -172,22 +181,16 @@ describeWithCluster(
           ],
         }),
       );
-      procs.push(
-        new ManagedProcess(
-          "router",
-          process.execPath,
-          [
-            MAIN.router,
-            "--config",
-            join(dir, "router.json"),
-            "--port",
-            String(routerPort),
-            "--metrics-port",
-            String(routerMetrics),
-          ],
-          join(dir, "router.log"),
-        ),
+      const routerProc = new ManagedProcess(
+        "router",
+        process.execPath,
+        [MAIN.router, "--config", join(dir, "router.json"), "--port", "0", "--metrics-port", "0"],
+        join(dir, "router.log"),
+        undefined,
+        { ipc: true },
       );
+      procs.push(routerProc);
+      const [routerPort, routerMetrics] = await boundPorts(routerProc);
       for (const [port, what] of [
         ...(withOperator ? [[opMetrics, "operator metrics"] as const] : []),
         [w0m, "worker w0"],
