@@ -34,6 +34,8 @@ async function main(): Promise<void> {
   process.on("SIGTERM", () => shutdown("SIGTERM"));
   process.on("SIGINT", () => shutdown("SIGINT"));
   await manager.start();
+  // A parent with an IPC channel (tests) learns the bound ports here, so it can pass --metrics-port 0.
+  process.send?.({ ready: true, metricsPort: manager.ports.metrics, healthPort: manager.ports.health });
 }
 
 main().catch((e) => {

@@ -49,6 +49,8 @@ export class Manager {
   private readonly informers: Informer<never>[] = [];
   private readonly controllers: Controller[] = [];
   private readonly servers: Server[] = [];
+  /** The ports the metrics and health servers listen on once started (the options' ports, or the OS's pick for 0). */
+  readonly ports: { metrics?: number; health?: number } = {};
   private leader: LeaderElector | undefined;
   private leading = false;
   private started = false;
@@ -234,8 +236,11 @@ export class Manager {
 
   private async serveHttp(): Promise<void> {
     const listen = (app: express.Express, port: number) =>
-      new Promise<void>((resolve, reject) => {
-        const s = app.listen(port, () => resolve());
+      new Promise<number>((resolve, reject) => {
+        const s = app.listen(port, () => {
+          const a = s.address();
+          resolve(typeof a === "object" && a ? a.port : port);
+        });
         s.on("error", reject);
         this.servers.push(s);
       });
@@ -255,12 +260,13 @@ export class Manager {
       r.type(this.metrics.registry.contentType).send(await this.metrics.registry.metrics());
     });
     health(metricsApp);
-    if (this.o.metricsPort !== undefined) await listen(metricsApp, this.o.metricsPort);
-    if (this.o.healthPort !== undefined && this.o.healthPort !== this.o.metricsPort) {
+    if (this.o.metricsPort !== undefined) this.ports.metrics = await listen(metricsApp, this.o.metricsPort);
+    // one server when both name the same port; port 0 asks for two (any free ports)
+    if (this.o.healthPort !== undefined && (this.o.healthPort !== this.o.metricsPort || this.o.healthPort === 0)) {
       const h = express();
       health(h);
-      await listen(h, this.o.healthPort);
-    }
+      this.ports.health = await listen(h, this.o.healthPort);
+    } else if (this.o.healthPort !== undefined) this.ports.health = this.ports.metrics;
   }
 
   /** Graceful shutdown: stop taking work, let reconciles in flight finish, release the Lease, close watches. */

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, beforeEach, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { exec, findTool, parseDocs, REPO } from "../chart/helm.js";
 import { ManagedProcess } from "../cluster/process.js";
-import { freePorts, httpGet, waitUntil } from "../cluster/util.js";
+import { httpGet, waitUntil } from "../cluster/util.js";
 import { describeWithCluster } from "../cluster/vitest.js";
 import { DASHBOARDS } from "./model.js";
 import { startPrometheus, type TestPrometheus } from "./prometheus.js";
@@ -35,12 +35,12 @@ if (!withOperator)
   console.warn("live dashboard test: operator/src/main.ts does not exist yet; operator panels SKIPPED");
 const prometheusBin = findTool("prometheus", "SWITCHYARD_PROMETHEUS");
 
-/** [port, metricsPort] a worker or router started with --port 0 reports over IPC once it listens. */
-async function boundPorts(p: ManagedProcess): Promise<[number, number]> {
-  const m = (await p.firstMessage(60_000)) as { port?: unknown; metricsPort?: unknown } | null;
-  if (typeof m?.port !== "number" || typeof m?.metricsPort !== "number")
-    throw new Error(`${p.name}: unexpected first message ${JSON.stringify(m)}`);
-  return [m.port, m.metricsPort];
+/** The numbers a process started with --port 0 / --metrics-port 0 reports over IPC once it listens, by field. */
+async function reportedPorts(p: ManagedProcess, ...fields: string[]): Promise<number[]> {
+  const m = (await p.firstMessage(60_000)) as Record<string, unknown> | null;
+  const v = fields.map((f) => m?.[f]);
+  if (v.some((x) => typeof x !== "number")) throw new Error(`${p.name}: unexpected first message ${JSON.stringify(m)}`);
+  return v as number[];
 }
 
 describeWithCluster(
@@ -79,8 +79,9 @@ describeWithCluster(
       failed = true; // until beforeAll finishes: keep the logs of a failed start-up
 
       // Operator against the cluster, reconciling one pool (its pods stay Pending: no nodes, nothing to run them).
-      // The operator takes the ports it is given; workers and router bind port 0 and report theirs (boundPorts).
-      const [opMetrics, opHealth] = await freePorts(2);
+      // Operator, workers and router bind port 0 and report the ports they got over IPC (reportedPorts): a port picked
+      // here could be taken before they listen.
+      let opMetrics = 0;
       if (withOperator) {
         await cluster().kubectl(["apply", "--server-side", "-f", join(REPO, "charts/switchyard/crds")]);
         await cluster().kubectl([
@@ -89,15 +90,16 @@ describeWithCluster(
           "crd/expertpools.switchyard.dev",
           "crd/routingpolicies.switchyard.dev",
         ]);
-        procs.push(
-          new ManagedProcess(
-            "operator",
-            process.execPath,
-            [MAIN.operator, `--metrics-port=${opMetrics}`, `--health-port=${opHealth}`, "--leader-elect"],
-            join(dir, "operator.log"),
-            { ...process.env, KUBECONFIG: cluster().kubeconfigPath, POD_NAMESPACE: "default", POD_NAME: "operator-0" },
-          ),
+        const operator = new ManagedProcess(
+          "operator",
+          process.execPath,
+          [MAIN.operator, "--metrics-port=0", "--health-port=0", "--leader-elect"],
+          join(dir, "operator.log"),
+          { ...process.env, KUBECONFIG: cluster().kubeconfigPath, POD_NAMESPACE: "default", POD_NAME: "operator-0" },
+          { ipc: true },
         );
+        procs.push(operator);
+        [opMetrics] = await reportedPorts(operator, "metricsPort");
         // Retried: kubectl's discovery can still answer "no matches for kind ExpertPool" for a moment after the CRD
         // is Established (a CI run failed on that once).
         const poolManifest = stringify({
@@ -165,7 +167,7 @@ describeWithCluster(
         return p;
       });
       // [gRPC port, metrics port] per worker
-      const workerPorts = await Promise.all(workerProcs.map((p) => boundPorts(p)));
+      const workerPorts = await Promise.all(workerProcs.map((p) => reportedPorts(p, "port", "metricsPort")));
       const [[w0, w0m], [w1, w1m]] = workerPorts;
       writeFileSync(
         join(dir, "router.json"),
@@ -190,7 +192,7 @@ describeWithCluster(
         { ipc: true },
       );
       procs.push(routerProc);
-      const [routerPort, routerMetrics] = await boundPorts(routerProc);
+      const [routerPort, routerMetrics] = await reportedPorts(routerProc, "port", "metricsPort");
       for (const [port, what] of [
         ...(withOperator ? [[opMetrics, "operator metrics"] as const] : []),
         [w0m, "worker w0"],

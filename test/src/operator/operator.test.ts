@@ -2,8 +2,6 @@
 // kwok fake GPU nodes): pools become Ready, GPU shortage is reported, scale/edit/delete work, and the operator
 // converges without duplicates through its own restart, an API server restart and a leader change, then goes quiet.
 
-import type { AddressInfo } from "node:net";
-import { createServer } from "node:net";
 import { KubeConfig } from "@kubernetes/client-node";
 import type { Manager } from "@switchyard/operator";
 import { describeWithCluster } from "@switchyard/test/cluster/vitest";
@@ -27,17 +25,6 @@ vi.setConfig({ testTimeout: 180_000 });
 
 const XP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools`;
 const RP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/routingpolicies`;
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as AddressInfo;
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
-
 const WRITE_VERBS = new Set(["create", "update", "patch", "apply", "delete"]);
 
 /** Counts a manager's writes, leaving out its Lease renewals (leader election writes by design). */
@@ -67,10 +54,11 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       "crd/routingpolicies.switchyard.dev",
     ]);
     for (const ns of ["life", "restart", "leader"]) await createNamespace(admin(), ns);
-    metricsPort = await freePort();
-    healthPort = await freePort();
-    op = startOperator(c, { metricsPort, healthPort });
+    // port 0: the servers take any free ports (a port picked here could be taken before they listen)
+    op = startOperator(c, { metricsPort: 0, healthPort: 0 });
     await op.start();
+    metricsPort = op.ports.metrics ?? 0;
+    healthPort = op.ports.health ?? 0;
   }, 60_000);
 
   afterAll(async () => {
