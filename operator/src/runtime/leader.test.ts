@@ -15,11 +15,15 @@ interface Lease {
 let server: Server | undefined;
 let lease: Lease | undefined;
 let rv = 0;
+/** PUTs are answered this late (checked against the lease when answered, as a slow API server would). */
+let putDelayMs = 0;
+let putsInFlight = 0;
 
 afterEach(async () => {
   const s = server;
   server = undefined;
   lease = undefined;
+  putDelayMs = 0;
   if (s) {
     const closed = new Promise((r) => s.close(r));
     s.closeAllConnections();
@@ -48,10 +52,19 @@ async function fakeLeaseApi(): Promise<KubeConfig> {
         return send(201, lease);
       }
       if (req.method === "PUT") {
-        if (!lease || obj.metadata.resourceVersion !== lease.metadata.resourceVersion)
-          return send(409, { kind: "Status", code: 409, reason: "Conflict" });
-        lease = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(++rv) } };
-        return send(200, lease);
+        const answer = () => {
+          if (!lease || obj.metadata.resourceVersion !== lease.metadata.resourceVersion)
+            return send(409, { kind: "Status", code: 409, reason: "Conflict" });
+          lease = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(++rv) } };
+          return send(200, lease);
+        };
+        if (!putDelayMs) return answer();
+        putsInFlight++;
+        setTimeout(() => {
+          putsInFlight--;
+          answer();
+        }, putDelayMs);
+        return;
       }
       send(405, {});
     });
@@ -109,6 +122,23 @@ describe("LeaderElector", () => {
     expect(lease?.spec.leaseTransitions).toBe(1);
     expect(events).toEqual(["a leads", "b leads"]);
     await b.stop();
+  });
+
+  it("stop() while a renewal is out: no second start, and the lease is released after that renewal lands", async () => {
+    const kc = await fakeLeaseApi();
+    const events: string[] = [];
+    const a = candidate(kc, "a", events);
+    a.start();
+    await until(() => a.isLeader());
+    putDelayMs = 300;
+    await until(() => putsInFlight > 0); // a renewal is out
+    await a.stop();
+    expect(a.isLeader()).toBe(false);
+    expect(lease?.spec.holderIdentity).toBe(""); // released: a release sent before the renewal landed would 409
+    await new Promise((r) => setTimeout(r, 400)); // several retry periods: no round after stop()
+    expect(a.isLeader()).toBe(false);
+    expect(events).toEqual(["a leads"]);
+    expect(lease?.spec.holderIdentity).toBe("");
   });
 
   it("takes over an expired lease of a holder that stopped renewing", async () => {

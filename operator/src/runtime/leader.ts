@@ -38,6 +38,10 @@ export class LeaderElector {
   private lastRenew = 0;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The campaign round in flight (or the last one): rounds run one at a time, and stop() waits for it. */
+  private round: Promise<void> = Promise.resolve();
+  /** A round that was in flight when stop() was called wrote the lease: stop() must release it. */
+  private wroteWhileStopping = false;
   /** The lease as our last successful write left it: renewals skip the GET while we hold it. */
   private cached: Lease | undefined;
   private readonly leaseMs: number;
@@ -59,17 +63,34 @@ export class LeaderElector {
 
   start(): void {
     this.stopped = false;
-    void this.tick();
+    this.tick();
   }
 
   private schedule(): void {
     if (this.stopped) return;
-    this.timer = setTimeout(() => void this.tick(), this.retryMs);
+    this.timer = setTimeout(() => this.tick(), this.retryMs);
   }
 
-  private async tick(): Promise<void> {
+  private tick(): void {
+    this.round = this.round.then(() => this.campaign());
+  }
+
+  private async campaign(): Promise<void> {
+    if (this.stopped) return;
+    let ok = false;
     try {
-      const ok = await this.tryAcquireOrRenew();
+      ok = await this.tryAcquireOrRenew();
+    } catch (e) {
+      this.o.log?.(`leader election: ${(e as Error).message}`);
+    }
+    // stop() was called while the request was out: it waits for this round and then releases the lease, so the
+    // round neither starts leading nor schedules another. Otherwise a stopped candidate could lead again, and its
+    // renewal, landing after the release, take the lease back from the standby.
+    if (this.stopped) {
+      this.wroteWhileStopping = ok;
+      return;
+    }
+    try {
       if (ok) {
         this.lastRenew = Date.now();
         if (!this.leading) {
@@ -78,13 +99,13 @@ export class LeaderElector {
           this.o.onStartedLeading();
         }
       }
+      if (this.leading && Date.now() - this.lastRenew > this.renewDeadlineMs) {
+        this.leading = false;
+        this.o.log?.(`leader election: ${this.o.identity} lost the lease (no renewal within the deadline)`);
+        this.o.onStoppedLeading();
+      }
     } catch (e) {
-      this.o.log?.(`leader election: ${(e as Error).message}`);
-    }
-    if (this.leading && Date.now() - this.lastRenew > this.renewDeadlineMs) {
-      this.leading = false;
-      this.o.log?.(`leader election: ${this.o.identity} lost the lease (no renewal within the deadline)`);
-      this.o.onStoppedLeading();
+      this.o.log?.(`leader election: a callback failed: ${(e as Error).message}`);
     }
     this.schedule();
   }
@@ -141,7 +162,14 @@ export class LeaderElector {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    if (!this.leading) return;
+    // A renewal still out could otherwise land after the release. Not longer than the renew deadline: an API server
+    // that does not answer must not hold up the shutdown (the lease then expires on its own).
+    let bound: NodeJS.Timeout | undefined;
+    await Promise.race([this.round, new Promise((r) => (bound = setTimeout(r, this.renewDeadlineMs)))]);
+    clearTimeout(bound);
+    const holds = this.leading || this.wroteWhileStopping;
+    this.wroteWhileStopping = false;
+    if (!holds) return;
     this.leading = false;
     try {
       const path = `${paths.leases(this.o.namespace)}/${this.o.name}`;
