@@ -103,14 +103,20 @@ function candidate(kc: KubeConfig, identity: string, events: string[]) {
   });
 }
 
+/** Candidate "a" on a fresh fake API server, started and leading. */
+async function leadingA() {
+  const kc = await fakeLeaseApi();
+  const events: string[] = [];
+  const a = candidate(kc, "a", events);
+  a.start();
+  await until(() => a.isLeader());
+  return { kc, a, events };
+}
+
 describe("LeaderElector", () => {
   it("one of two candidates leads; the other waits; release hands over at once", async () => {
-    const kc = await fakeLeaseApi();
-    const events: string[] = [];
-    const a = candidate(kc, "a", events);
+    const { kc, a, events } = await leadingA();
     const b = candidate(kc, "b", events);
-    a.start();
-    await until(() => a.isLeader());
     b.start();
     await new Promise((r) => setTimeout(r, 400)); // several retry periods
     expect(b.isLeader()).toBe(false);
@@ -125,11 +131,7 @@ describe("LeaderElector", () => {
   });
 
   it("stop() while a renewal is out: no second start, and the lease is released after that renewal lands", async () => {
-    const kc = await fakeLeaseApi();
-    const events: string[] = [];
-    const a = candidate(kc, "a", events);
-    a.start();
-    await until(() => a.isLeader());
+    const { a, events } = await leadingA();
     putDelayMs = 300;
     await until(() => putsInFlight > 0); // a renewal is out
     await a.stop();
@@ -158,11 +160,7 @@ describe("LeaderElector", () => {
   });
 
   it("a leader whose renewals fail past the deadline stops leading", async () => {
-    const kc = await fakeLeaseApi();
-    const events: string[] = [];
-    const a = candidate(kc, "a", events);
-    a.start();
-    await until(() => a.isLeader());
+    const { a, events } = await leadingA();
     // Someone else grabs the lease behind our back (our cached resourceVersion is now stale: 409s).
     lease = {
       ...(lease as Lease),
