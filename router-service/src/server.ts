@@ -2,6 +2,8 @@
 // errors inside the reply so one bad request does not tear the stream down), health service, and the HTTP
 // side (/metrics, /healthz, /readyz).
 
+import type { EventEmitter } from "node:events";
+import type { Http2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import {
   Server,
@@ -52,16 +54,38 @@ export const SERVER_OPTIONS: ServerOptions = {
 };
 
 /**
- * grpc-js servers advertise the HTTP/2 default 64 KiB stream window, which stalls large client->server messages
- * (shared/bench/TRANSPORT.md). grpc-js has no option for it; its http2 server options object is where the
- * settings go, so we raise initialWindowSize there before bind. Used by the router, and by the benchmark's
- * baseline forwarder so both sides ride the same transport.
+ * grpc-js servers advertise the HTTP/2 default 64 KiB windows, which stall large client->server messages
+ * (shared/bench/TRANSPORT.md). grpc-js has no option for them, so:
+ * - the stream window: grpc-js passes its http2 server options object to http2.createServer, so we raise
+ *   settings.initialWindowSize there before bind;
+ * - the connection window, which no setting controls: each session must call setLocalWindowSize. Without it at most
+ *   64 KiB of requests are in flight on a client's connection, and the next ones wait for a WINDOW_UPDATE that Node
+ *   sends only once the server's event loop has read the data. With 128 streams of 8 KiB requests (Mixtral's
+ *   d=4096) on one connection that wait was most of a request's latency, and the router's throughput dropped to
+ *   60% (local mode, --concurrency 128). grpc-js creates its http2 servers in bindAsync and keeps them in a private
+ *   map, so bindAsync is wrapped to hook their sessions once bound.
+ * Used by the router, the fake worker, and by the benchmark's baseline forwarder so both sides ride the same
+ * transport.
  */
 export function raiseServerWindow(server: Server, bytes = 16 << 20): void {
-  const s = server as unknown as { commonServerOptions?: { settings?: Record<string, unknown> } };
+  const s = server as unknown as {
+    commonServerOptions?: { settings?: Record<string, unknown> };
+    http2Servers?: Map<EventEmitter, unknown>;
+  };
   if (s.commonServerOptions) {
     s.commonServerOptions.settings = { ...(s.commonServerOptions.settings ?? {}), initialWindowSize: bytes };
   }
+  const hooked = new WeakSet<EventEmitter>();
+  const bind = server.bindAsync.bind(server);
+  server.bindAsync = (port, creds, callback) =>
+    bind(port, creds, (err, boundPort) => {
+      for (const h of s.http2Servers?.keys() ?? []) {
+        if (hooked.has(h)) continue;
+        hooked.add(h);
+        h.on("session", (session: Http2Session) => session.setLocalWindowSize(bytes));
+      }
+      callback(err, boundPort);
+    });
 }
 
 /** The pool a reply belongs to (the router tags its replies; see POOL in router.ts). */
