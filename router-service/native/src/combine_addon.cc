@@ -6,6 +6,9 @@
 //     weights    Float32Array [tokens*slots]; locations Int32Array [tokens*slots*2] (result index or -1, row)
 //     results    Array of typed-array views of worker replies (any alignment)
 //     base       Float32Array [tokens*d] (shared-expert output) or null
+//   routerLogits(hidden, gateT, tokens, d, experts, out) -> undefined
+//     hidden     Float32Array [tokens*d]; gateT Float32Array [d*experts] (the gate transposed); out Float32Array
+//                [tokens*experts]. Same bits as packages/moe routerLogits (native/src/logits.h).
 //   isa() -> string
 // Runs on the event loop: it is a few microseconds per token, less than a hop to a thread would cost. Every index
 // is checked against the sizes it reads from, so a bad call throws RangeError instead of reading out of bounds.
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "combine.h"
+#include "logits.h"
 
 using namespace switchyard;
 
@@ -159,6 +163,46 @@ napi_value CombineJs(napi_env env, napi_callback_info info) {
   return nullptr;  // undefined
 }
 
+// A Float32Array argument of at least `n` floats, else nullptr (after throwing, naming the argument).
+const float* FloatsArg(napi_env env, napi_value v, size_t n, const char* name) {
+  bool is = false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, v, &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_float32_array) {
+    Fail(env, false, std::string(name) + ": expected a Float32Array");
+    return nullptr;
+  }
+  if (length < n) {
+    Fail(env, true, std::string(name) + ": shorter than " + std::to_string(n) + " floats");
+    return nullptr;
+  }
+  return static_cast<const float*>(data);
+}
+
+napi_value RouterLogitsJs(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
+  if (argc < 6) return Fail(env, false, "routerLogits: 6 arguments expected");
+  const int64_t tokens = IntArg(env, argv[2], 0, 1 << 30);
+  if (tokens < 0) return Fail(env, true, "tokens: out of range");
+  const int64_t d = IntArg(env, argv[3], 1, 1 << 24);
+  if (d < 0) return Fail(env, true, "d: out of range");
+  const int64_t experts = IntArg(env, argv[4], 1, 1 << 16);
+  if (experts < 0) return Fail(env, true, "experts: out of range");
+  const float* x = FloatsArg(env, argv[0], static_cast<size_t>(tokens) * d, "hidden");
+  if (!x) return nullptr;
+  const float* wt = FloatsArg(env, argv[1], static_cast<size_t>(d) * experts, "gateT");
+  if (!wt) return nullptr;
+  float* out = const_cast<float*>(FloatsArg(env, argv[5], static_cast<size_t>(tokens) * experts, "out"));
+  if (!out) return nullptr;
+  RouterLogits(x, static_cast<int>(tokens), static_cast<int>(d), wt, static_cast<int>(experts), out);
+  return nullptr;  // undefined
+}
+
 Napi::Value IsaJs(const Napi::CallbackInfo& info) {
 #if defined(__AVX512F__)
   return Napi::String::New(info.Env(), "avx512");
@@ -173,6 +217,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   napi_value fn;
   NAPI_THROW_IF_FAILED(env, napi_create_function(env, "combine", NAPI_AUTO_LENGTH, CombineJs, nullptr, &fn), exports);
   exports.Set("combine", Napi::Value(env, fn));
+  NAPI_THROW_IF_FAILED(env,
+                       napi_create_function(env, "routerLogits", NAPI_AUTO_LENGTH, RouterLogitsJs, nullptr, &fn),
+                       exports);
+  exports.Set("routerLogits", Napi::Value(env, fn));
   exports.Set("isa", Napi::Function::New(env, IsaJs, "isa"));
   return exports;
 }

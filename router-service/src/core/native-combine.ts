@@ -1,6 +1,7 @@
-// The router's optional native addon (router-service/native, built by `npm run build`): the weighted combine in
-// C++, vectorised, giving the same bits as the TypeScript combine in combine.ts (which stays the fallback and the
-// oracle its tests compare against). SWITCHYARD_ROUTER_NATIVE=0 turns it off.
+// The router's optional native addon (router-service/native, built by `npm run build`): the weighted combine and the
+// router logits in C++, vectorised, giving the same bits as the TypeScript combine in combine.ts and packages/moe
+// routerLogits (which stay the fallbacks and the oracles their tests compare against). SWITCHYARD_ROUTER_NATIVE=0
+// turns it off.
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -19,6 +20,15 @@ export interface RouterAddon {
     locations: Int32Array,
     results: readonly (Float32Array | Uint16Array | Uint8Array)[],
     base: Float32Array | null,
+  ): void;
+  /** out[t, e] = the gate's product, the same bits as packages/moe routerLogits; gateT is the gate transposed [d, E]. */
+  routerLogits(
+    hidden: Float32Array,
+    gateT: Float32Array,
+    tokens: number,
+    d: number,
+    experts: number,
+    out: Float32Array,
   ): void;
   isa(): string;
 }

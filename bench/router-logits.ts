@@ -1,0 +1,62 @@
+// npm run bench:router-logits — the router's gate products (router logits, for requests that come without them):
+// the native addon (router-service/native/src/logits.cc) against the TypeScript loop it replaced (packages/moe
+// routerLogits, still the fallback), side by side in one run, at the gates of the three model families, one token
+// per request (decode) and 64. Prints microseconds per token and writes bench/results/router-logits.json.
+
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { routerLogits } from "@switchyard/moe";
+import { transposeGate } from "../router-service/src/checkpoint-model.js";
+import { nativeCombineStatus, routerAddon } from "../router-service/src/core/native-combine.js";
+
+const addon = routerAddon();
+if (!addon) throw new Error(`the router addon is needed: ${nativeCombineStatus()}`);
+const shapes = [
+  { model: "mixtral-8x7b", d: 4096, E: 8 },
+  { model: "qwen3-30b-a3b", d: 2048, E: 128 },
+  { model: "deepseek-v3", d: 7168, E: 256 },
+];
+const ROUNDS = 5;
+
+/** Median over rounds of the time per token of `fn` run for ~100 ms each round. */
+function perToken(fn: () => void, tokens: number): number {
+  for (let i = 0; i < 20; i++) fn();
+  const rounds: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    let n = 0;
+    const t0 = performance.now();
+    while (performance.now() - t0 < 100) {
+      fn();
+      n++;
+    }
+    rounds.push(((performance.now() - t0) * 1000) / (n * tokens));
+  }
+  return rounds.sort((a, b) => a - b)[ROUNDS >> 1];
+}
+
+const rows = [];
+for (const { model, d, E } of shapes) {
+  const gate = Float32Array.from({ length: E * d }, () => Math.random() - 0.5);
+  const gateT = transposeGate(gate, E, d);
+  for (const T of [1, 64]) {
+    const x = Float32Array.from({ length: T * d }, () => Math.random() * 2 - 1);
+    const out = new Float32Array(T * E);
+    // interleaved: each implementation's rounds run between the other's
+    const ts = perToken(() => routerLogits(x, gate, d, out), T);
+    const nat = perToken(() => addon.routerLogits(x, gateT, T, d, E, out), T);
+    const row = { model, d, experts: E, tokens: T, ts_us_per_token: ts, native_us_per_token: nat, speedup: ts / nat };
+    rows.push(row);
+    console.log(
+      `${model.padEnd(14)} d=${String(d).padEnd(5)} E=${String(E).padEnd(4)} T=${String(T).padEnd(3)}  TypeScript ${ts.toFixed(1).padStart(7)} us/token  native ${nat.toFixed(2).padStart(6)} us/token  ${(ts / nat).toFixed(1)}x`,
+    );
+  }
+}
+const out = process.env.BENCH_OUT ?? join(dirname(fileURLToPath(import.meta.url)), "results", "router-logits.json");
+mkdirSync(dirname(out), { recursive: true });
+writeFileSync(
+  out,
+  `${JSON.stringify({ date: new Date().toISOString(), cpu: cpus()[0]?.model, isa: addon.isa(), node: process.version, rows }, null, 1)}\n`,
+);
+console.log(`wrote ${out}`);

@@ -1,0 +1,62 @@
+// The native router logits (native/src/logits.cc) against packages/moe routerLogits, which they must match bit for
+// bit (the same bits route tokens to the same experts as the reference does): fresh random inputs each run, the three
+// model families' gate shapes, odd widths, one expert, no tokens, values of mixed scale; bad calls must throw.
+
+import { routerLogits } from "@switchyard/moe";
+import { describe, expect, it } from "vitest";
+import { transposeGate } from "../checkpoint-model.js";
+import { nativeCombineStatus, routerAddon } from "./native-combine.js";
+
+const addon = routerAddon();
+if (!addon && process.env.CI === "true") throw new Error(`router addon not loadable in CI: ${nativeCombineStatus()}`);
+if (!addon) console.warn(`native router-logits tests SKIPPED: ${nativeCombineStatus()}`);
+
+const seed = (Date.now() ^ (process.pid << 8)) >>> 0;
+let s = seed | 0;
+function rand(): number {
+  s = (s + 0x6d2b79f5) | 0;
+  let t = Math.imul(s ^ (s >>> 15), 1 | s);
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+}
+/** Mixed scales, so that the sums round often and the order of the additions shows. */
+const value = () => (rand() * 2 - 1) * 2 ** Math.floor(rand() * 12 - 6);
+
+describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
+  const cases: [number, number, number][] = [
+    [3, 4096, 8], // Mixtral
+    [5, 2048, 128], // Qwen3-30B-A3B
+    [2, 7168, 256], // DeepSeek-V3
+    [4, 7, 3], // odd width
+    [1, 1, 1],
+    [6, 33, 1],
+    [0, 64, 16], // no tokens
+  ];
+  for (const [T, d, E] of cases) {
+    it(`T=${T} d=${d} E=${E}: the same bits as routerLogits`, () => {
+      const x = Float32Array.from({ length: T * d }, value);
+      const gate = Float32Array.from({ length: E * d }, value);
+      const want = routerLogits(x, gate, d);
+      const got = new Float32Array(T * E).fill(Number.NaN);
+      addon!.routerLogits(x, transposeGate(gate, E, d), T, d, E, got);
+      const a = new Uint32Array(got.buffer);
+      const b = new Uint32Array(want.buffer);
+      const bad = a.findIndex((v, i) => v !== b[i]);
+      expect(bad, bad >= 0 ? `element ${bad}: native ${got[bad]} vs TypeScript ${want[bad]}` : "").toBe(-1);
+    });
+  }
+
+  it("throws on bad calls instead of reading out of bounds", () => {
+    const x = new Float32Array(8);
+    const gt = new Float32Array(8 * 4);
+    const out = new Float32Array(4);
+    expect(() => addon!.routerLogits(x, gt, 2, 8, 4, out)).toThrow(/hidden: shorter/);
+    expect(() => addon!.routerLogits(x, gt.subarray(1), 1, 8, 4, out)).toThrow(/gateT: shorter/);
+    expect(() => addon!.routerLogits(x, gt, 1, 8, 4, new Float32Array(3))).toThrow(/out: shorter/);
+    expect(() => addon!.routerLogits(new Float64Array(8) as unknown as Float32Array, gt, 1, 8, 4, out)).toThrow(
+      /hidden: expected a Float32Array/,
+    );
+    expect(() => addon!.routerLogits(x, gt, 1, 0, 4, out)).toThrow(/d: out of range/);
+    expect(() => addon!.routerLogits(x, gt, 1, 8, 1.5, out)).toThrow(/experts: out of range/);
+  });
+});
