@@ -10,12 +10,22 @@ tar xzf .carry/e2e.tgz
 echo "node $(node --version), nvcc: $(nvcc --version | tail -1)"
 export CUDACXX=$(command -v nvcc)
 (time node expert-worker/scripts/build-native.mjs) > $OUT/build.log 2>&1; tail -6 $OUT/build.log
-ls -la expert-worker/build/*.node expert-worker/build/sy_moe_test
+# the router's combine addon (a deployment has it; without it the router combines in TypeScript)
+node scripts/build-native.mjs router-service >> $OUT/build.log 2>&1 || echo "router addon build failed (see build.log)"
+ls -la expert-worker/build/*.node expert-worker/build/sy_moe_test router-service/build/*.node
 # NO_QUICK=1 skips the library's quick test (over 90 s there; bench/h200_final.sh runs the full one)
 [ -n "${NO_QUICK:-}" ] || expert-worker/build/sy_moe_test --quick | tail -2
 node bench/h200_worker_smoke.mjs 2>&1 | tee $OUT/smoke.log
-for size in ${E2E_SIZES:-tiny medium}; do
-  SWITCHYARD_BACKEND=cuda timeout 150 node router-service/dist/local/main.js --family mixtral --size $size --workers 1 \
-    --duration ${E2E_SECONDS:-15} > $OUT/e2e-$size.log 2>&1
-  echo "e2e $size rc=$?"; grep -E "backend:|tokens/s|answers verified|cache hit|OK:|FAILED" $OUT/e2e-$size.log | head -8
+# E2E_RUNS: "family:size[:concurrency]" entries (default: Mixtral tiny and medium). --size full is the family's real
+# dimensions (Mixtral-8x7B: d=4096, f=14336, 5.6 GB for 2 layers), checked on a sample of the answers by 8 reference
+# threads. Logs: e2e-<size>.log for Mixtral, e2e-<family>-<size>[-c<concurrency>].log for the rest.
+for run in ${E2E_RUNS:-mixtral:tiny mixtral:medium}; do
+  IFS=: read -r family size conc <<< "$run"
+  log=e2e-$size.log; [ "$family" = mixtral ] || log=e2e-$family-$size.log
+  [ -n "$conc" ] && log=${log%.log}-c$conc.log
+  limit=150; [ "$size" = full ] && limit=${E2E_FULL_TIMEOUT:-300}
+  SWITCHYARD_BACKEND=cuda timeout $limit node router-service/dist/local/main.js --family $family --size $size --workers 1 \
+    --duration ${E2E_SECONDS:-15} ${conc:+--concurrency $conc} ${E2E_ARGS:-} > $OUT/$log 2>&1
+  echo "e2e $family $size ${conc:+concurrency $conc }rc=$?"
+  grep -E "backend:|combine:|generating|reference weights|tokens/s|latency|tokens per|in the router|worker batches|CPU during|cache hit|answers verified|OK:|FAILED" $OUT/$log | head -16
 done

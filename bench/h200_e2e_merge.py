@@ -1,6 +1,7 @@
 """Adds the end-to-end run's figures (bench/h200_e2e.sh's e2e-<size>.log: router + one cuda worker serving a
 generated checkpoint) to the benchmark's results file, so h200-moe.json carries the tokens/s beside the kernel rows.
-Usage: python3 bench/h200_e2e_merge.py path/to/h200-moe.json path/to/e2e-tiny.log [log path to record]"""
+Usage: python3 bench/h200_e2e_merge.py path/to/h200-moe.json path/to/e2e-tiny.log [log path to record] [--key KEY]
+(KEY: the results' key, default e2e; the full-size runs go under e2e_full as a list, one entry per run)."""
 
 import json
 import re
@@ -15,9 +16,10 @@ def parse(text):
             raise ValueError(f"e2e log: no line matching {pattern!r}")
         return cast(m.group(1))
 
-    if "OK: every answer matched the reference" not in text:
+    sampled = re.search(r"^OK: every checked answer matched the reference \((\d+) of (\d+) checked\)", text, re.M)
+    if "OK: every answer matched the reference" not in text and not sampled:
         raise ValueError("e2e log: the run did not report every answer matching the reference")
-    return {
+    out = {
         "model": grab(r"^model\s+(.+)$").strip(),
         "backend": grab(r"backend: (cuda[^\n]*)").strip(),
         "transport": grab(r"^router -> worker transport\s+(.+)$").strip(),
@@ -28,15 +30,29 @@ def parse(text):
         "answers_verified": grab(r"^answers verified / wrong\s+(\d+)", int),
         "answers_wrong": grab(r"^answers verified / wrong\s+\d+ / (\d+)", int),
         "worst_relerr": grab(r"worst relative error ([0-9.e+-]+)", float),
+        "tokens_per_expert_call": grab(r"^tokens per expert call \(mean\)\s+([0-9.]+)", float),
+        "cache_hit_ratio": grab(r"^cache hit ratio\s+(.+)$").strip(),
     }
+    if sampled:  # --verify sample: the answers the reference threads were free for, out of all answers
+        out["answers_total"] = int(sampled.group(2))
+    return out
 
 
 if __name__ == "__main__":
-    res_path, log_path = sys.argv[1], sys.argv[2]
+    args = sys.argv[1:]
+    key = "e2e"
+    if "--key" in args:
+        i = args.index("--key")
+        key = args[i + 1]
+        del args[i : i + 2]
+    res_path, log_path = args[0], args[1]
     e2e = parse(open(log_path).read())
-    e2e["log"] = sys.argv[3] if len(sys.argv) > 3 else log_path
+    e2e["log"] = args[2] if len(args) > 2 else log_path
     res = json.load(open(res_path))
-    res["e2e"] = e2e
+    if key == "e2e":
+        res[key] = e2e
+    else:
+        res[key] = [r for r in res.get(key, []) if r.get("log") != e2e["log"]] + [e2e]
     with open(res_path, "w") as f:
         json.dump(res, f, indent=1)
     print("e2e merged:", e2e["tokens_per_s"], "tokens/s,", e2e["answers_verified"], "verified,",

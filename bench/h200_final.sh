@@ -19,7 +19,7 @@ ROUNDS=${ROUNDS:-3}
 # whose correctness run is already committed
 BENCH_ONLY=${BENCH_ONLY:-0}
 # MEMCHECK=0: no compute-sanitizer step (when the device time left is short); E2E=1: then the end-to-end run
-# (bench/h200_e2e.sh with NO_QUICK=1 E2E_SIZES=tiny; carry .carry/e2e.tgz from bench/h200_pack_e2e.sh as well)
+# (bench/h200_e2e.sh with NO_QUICK=1 E2E_RUNS=mixtral:tiny; carry .carry/e2e.tgz from bench/h200_pack_e2e.sh as well)
 MEMCHECK=${MEMCHECK:-1}
 # TEST=0: no whole test_moe (it ran on the same device code in an earlier call, whose log is committed);
 # MEMCHECK_S: the memcheck step's own limit (default 150 s; the quick suite under memcheck took ~200 s on 2026-11-29)
@@ -73,7 +73,7 @@ OUT=$OUT timeout $(tl 10) bash bench/h200_cuda_test.sh > /tmp/cudatest.log 2>&1
 say "vitest rc=$?"
 grep -E "Test Files|Tests|FAIL|✗" $OUT/vitest.log | head
 if [ "$E2E" = 1 ]; then
-  NO_QUICK=1 E2E_SIZES=tiny E2E_SECONDS=${E2E_SECONDS:-10} OUT=$OUT timeout $(tl 5) bash bench/h200_e2e.sh \
+  NO_QUICK=1 E2E_RUNS=mixtral:tiny E2E_SECONDS=${E2E_SECONDS:-10} OUT=$OUT timeout $(tl 5) bash bench/h200_e2e.sh \
     > $OUT/e2e-run.log 2>&1
   say "e2e rc=$?"
   grep -E "e2e |backend:|tokens/s|answers verified|OK:|FAILED" $OUT/e2e-run.log | head -12

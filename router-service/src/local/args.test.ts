@@ -1,5 +1,6 @@
+import { defaultSpec } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
-import { parseLocalArgs } from "./main.js";
+import { localModel, parseLocalArgs } from "./main.js";
 
 describe("npm start flags", () => {
   it("defaults to a run that fits a 2-core machine", () => {
@@ -32,6 +33,31 @@ describe("npm start flags", () => {
     expect(o).toMatchObject({ family: "deepseek-v3", size: "small", workers: 3, concurrency: 4, durationS: 5 });
     expect(o.policy.batching.enabled).toBe(false);
     expect(parseLocalArgs(["--policy", "/etc/policy.json"]).policyFile).toBe("/etc/policy.json");
+  });
+
+  it("takes --size full and the verification flags", () => {
+    const o = parseLocalArgs(["--size", "full", "--verify", "sample", "--verify-threads", "3"]);
+    expect(o).toMatchObject({ size: "full", verify: "sample", verifyThreads: 3 });
+    expect(parseLocalArgs([])).toMatchObject({ verify: null, verifyThreads: null });
+    expect(() => parseLocalArgs(["--verify", "some"])).toThrow(/^--verify: all or sample/);
+    expect(() => parseLocalArgs(["--verify-threads", "0"])).toThrow(/^--verify-threads: /);
+    expect(() => parseLocalArgs(["--size", "huge"])).toThrow(/^--size: one of tiny, small, medium, full/);
+  });
+
+  it("--size full is each family's published MoE shape, with 2 MoE layers", () => {
+    const shape = (f: Parameters<typeof localModel>[0]) => {
+      const s = defaultSpec(f, localModel(f, "full"));
+      return [s.layers, s.hiddenSize, s.intermediateSize, s.experts, s.topK, s.sharedExperts, s.sharedIntermediateSize];
+    };
+    expect(shape("mixtral")).toEqual([2, 4096, 14336, 8, 2, 0, 0]); // Mixtral-8x7B
+    expect(shape("qwen2-moe")).toEqual([2, 2048, 1408, 60, 4, 1, 5632]); // Qwen1.5-MoE-A2.7B
+    expect(shape("qwen3-moe")).toEqual([2, 2048, 768, 128, 8, 0, 0]); // Qwen3-30B-A3B
+    expect(shape("deepseek-v3")).toEqual([2, 7168, 2048, 256, 8, 1, 2048]); // DeepSeek-V3
+    const ds = defaultSpec("deepseek-v3", localModel("deepseek-v3", "full"));
+    expect([ds.nGroup, ds.topkGroup, ds.scoring, ds.routedScalingFactor]).toEqual([8, 4, "sigmoid", 2.5]);
+    // the small sizes give DeepSeek-V3 twice the experts, so its groups hold several
+    expect(localModel("deepseek-v3", "tiny").experts).toBe(16);
+    expect(localModel("mixtral", "tiny").experts).toBe(8);
   });
 
   it("names the bad flag", () => {

@@ -1,13 +1,13 @@
-// Verification thread of the local mode: recomputes every answer with the in-process fp32 reference of the whole
-// MoE block (packages/moe referenceMoeBlock on the same checkpoint) off the driver's event loop, so checking does
-// not distort the latencies being measured.
+// Verification thread of the local mode: recomputes answers with the in-process fp32 reference of the whole MoE block
+// (packages/moe referenceMoeBlock on the same checkpoint) off the driver's event loop, so checking does not distort
+// the latencies being measured. The weights come in `workerData`, backed by SharedArrayBuffers that every thread of
+// the pool reads (verifier-pool.ts loads them once).
 
 import { parentPort, workerData } from "node:worker_threads";
 import {
   gateConfigFromSpec,
+  type ModelSpec,
   type MoeLayerWeights,
-  openCheckpoint,
-  readLayerFloat32,
   referenceMoeBlock,
   routerLogits,
   softmaxTopP,
@@ -27,11 +27,18 @@ export interface VerifyResult {
   relErr: number;
 }
 
+/** The routing the router was configured with (its RoutingPolicy's gating), which the reference must follow. */
 export interface VerifierInit {
-  checkpoint: string;
   topK: number | null;
   topP: number | null;
   maxK: number | null;
+}
+
+export interface VerifierData {
+  init: VerifierInit;
+  spec: ModelSpec;
+  /** MoE layer index -> its fp32 weights */
+  layers: Record<number, MoeLayerWeights>;
 }
 
 /** max |a - b| / max |b|: error relative to the answer's scale. */
@@ -47,39 +54,23 @@ export function relError(a: Float32Array, b: Float32Array): number {
   return num / Math.max(den, 1e-30);
 }
 
-async function run(init: VerifierInit): Promise<void> {
-  const ckpt = await openCheckpoint(init.checkpoint);
-  const spec = ckpt.spec;
-  const layers = new Map<number, MoeLayerWeights>();
-  const weightsOf = async (l: number) => {
-    let w = layers.get(l);
-    if (!w) {
-      w = await readLayerFloat32(ckpt, l);
-      layers.set(l, w);
-    }
-    return w;
-  };
+function run({ init, spec, layers }: VerifierData): void {
   const gate = { ...gateConfigFromSpec(spec), ...(init.topK !== null ? { topK: init.topK } : {}) };
-  let chain = Promise.resolve();
   parentPort!.on("message", (job: VerifyJob | "close") => {
-    if (job === "close") {
-      chain.then(() => ckpt.close()).then(() => process.exit(0));
-      return;
+    if (job === "close") process.exit(0);
+    const w = layers[job.layer];
+    if (!w) throw new Error(`verifier: no weights for layer ${job.layer}`);
+    let routing: ReturnType<typeof softmaxTopP> | undefined;
+    if (init.topP !== null) {
+      const logits = routerLogits(job.hidden, w.gate, spec.hiddenSize);
+      const maxK = Math.min(spec.experts, init.maxK ?? Math.max(gate.topK, 2 * spec.topK));
+      routing = softmaxTopP(logits, spec.experts, { topP: init.topP, maxK, normalize: true });
     }
-    chain = chain.then(async () => {
-      const w = await weightsOf(job.layer);
-      let routing: ReturnType<typeof softmaxTopP> | undefined;
-      if (init.topP !== null) {
-        const logits = routerLogits(job.hidden, w.gate, spec.hiddenSize);
-        const maxK = Math.min(spec.experts, init.maxK ?? Math.max(gate.topK, 2 * spec.topK));
-        routing = softmaxTopP(logits, spec.experts, { topP: init.topP, maxK, normalize: true });
-      }
-      const ref = referenceMoeBlock(spec, w, job.hidden, routing ? { routing } : { gate });
-      const res: VerifyResult = { id: job.id, relErr: relError(job.output, ref.output) };
-      parentPort!.postMessage(res);
-    });
+    const ref = referenceMoeBlock(spec, w, job.hidden, routing ? { routing } : { gate });
+    const res: VerifyResult = { id: job.id, relErr: relError(job.output, ref.output) };
+    parentPort!.postMessage(res);
   });
   parentPort!.postMessage("ready");
 }
 
-if (parentPort && workerData) void run(workerData as VerifierInit);
+if (parentPort && workerData) run(workerData as VerifierData);

@@ -1,0 +1,32 @@
+import { describe, expect, it } from "vitest";
+import { cpuSeconds, parseProcStatCpu } from "./proc-cpu.js";
+
+describe("process CPU time", () => {
+  it("reads utime + stime from a stat line whose command holds spaces and parentheses", () => {
+    const line =
+      "4242 (node (w 0) x) S 1 4242 4242 0 -1 4194560 1200 0 0 0 250 75 0 0 20 0 11 0 123456 1000000 5000 18446744073709551615";
+    expect(parseProcStatCpu(line)).toBeCloseTo(3.25, 10);
+  });
+
+  it("rejects a line it cannot read", () => {
+    expect(() => parseProcStatCpu("garbage")).toThrow(/unexpected \/proc stat line/);
+  });
+
+  it("measures this process and its main thread, and says null for a process that does not exist", async () => {
+    if (process.platform !== "linux") {
+      console.log("skipped: /proc is Linux only");
+      return;
+    }
+    const a = await cpuSeconds(process.pid);
+    const am = await cpuSeconds(process.pid, true);
+    const end = performance.now() + 300; // > 10 ms ticks, spun on this (the main) thread
+    let x = 0;
+    while (performance.now() < end) x += Math.sqrt(x + 1);
+    const b = await cpuSeconds(process.pid);
+    const bm = await cpuSeconds(process.pid, true);
+    expect(x).toBeGreaterThan(0);
+    expect(bm! - am!).toBeGreaterThan(0.1);
+    expect(b! - a!).toBeGreaterThanOrEqual(bm! - am! - 0.02);
+    expect(await cpuSeconds(2 ** 22 + 7)).toBeNull();
+  });
+});

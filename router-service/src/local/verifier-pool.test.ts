@@ -1,0 +1,83 @@
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { gateConfigFromSpec, generateCheckpoint, openCheckpoint, referenceMoeBlock } from "@switchyard/moe";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { VerifierData, VerifyJob, VerifyResult } from "./verifier.js";
+import { readSharedLayers, referenceBytes, VerifierPool } from "./verifier-pool.js";
+
+// The threads run the compiled verifier.js (worker threads do not load TypeScript); npm test builds it first.
+const SCRIPT = new URL("../../dist/local/verifier.js", import.meta.url);
+// and its imports resolve to the packages' dist, not (as vitest's --conditions flag would have it) their sources
+const THREAD = { script: SCRIPT, execArgv: [] };
+const built = existsSync(fileURLToPath(SCRIPT));
+if (!built && process.env.CI === "true") throw new Error(`${fileURLToPath(SCRIPT)} missing in CI (tsc -b runs first)`);
+if (!built) console.warn(`verifier pool tests SKIPPED: ${fileURLToPath(SCRIPT)} not built (npm run build)`);
+
+describe.skipIf(!built)("the local mode's reference threads", () => {
+  let dir: string;
+  let data: VerifierData;
+  const d = 32;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-verifier-"));
+    await generateCheckpoint({ family: "mixtral", dir, seed: 3, layers: 2, hiddenSize: d, intermediateSize: 48 });
+    const ckpt = await openCheckpoint(dir);
+    data = { init: { topK: null, topP: null, maxK: null }, spec: ckpt.spec, layers: await readSharedLayers(ckpt) };
+    expect(referenceBytes(ckpt.spec)).toBe(4 * 2 * 3 * d * 48 * ckpt.spec.experts);
+    await ckpt.close();
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  /** A job whose answer is the reference's, or that answer with one element moved by `off`. */
+  function job(id: number, layer: number, off = 0): VerifyJob {
+    const hidden = Float32Array.from({ length: 2 * d }, (_, i) => Math.sin(i * 0.7 + id));
+    const output = referenceMoeBlock(data.spec, data.layers[layer], hidden, {
+      gate: gateConfigFromSpec(data.spec),
+    }).output;
+    output[5] += off;
+    return { id, layer, hidden, output };
+  }
+
+  it("checks every answer in 'all' mode, on weights shared by the threads, and tells a wrong one", async () => {
+    const got: VerifyResult[] = [];
+    const pool = await VerifierPool.start(2, "all", data, (r) => got.push(r), THREAD);
+    expect(data.layers[0].experts[0].gate.buffer).toBeInstanceOf(SharedArrayBuffer);
+    for (let i = 1; i <= 6; i++) expect(pool.offer(job(i, i % 2, i === 4 ? 1 : 0))).toBe(true);
+    await pool.drain();
+    await pool.close();
+    expect(pool.checked).toBe(6);
+    got.sort((a, b) => a.id - b.id);
+    expect(got.map((r) => r.id)).toEqual([1, 2, 3, 4, 5, 6]);
+    for (const r of got) {
+      if (r.id === 4) expect(r.relErr).toBeGreaterThan(1e-2);
+      else expect(r.relErr).toBeLessThan(1e-6);
+    }
+  });
+
+  it("in 'sample' mode takes an answer only while a thread is idle", async () => {
+    let results = 0;
+    const pool = await VerifierPool.start(1, "sample", data, () => results++, THREAD);
+    expect(pool.accepting).toBe(true);
+    expect(pool.offer(job(1, 0))).toBe(true);
+    expect(pool.accepting).toBe(false);
+    expect(pool.offer(job(2, 0))).toBe(false);
+    await pool.drain();
+    expect(pool.accepting).toBe(true);
+    expect(pool.offer(job(3, 1))).toBe(true);
+    await pool.drain();
+    await pool.close();
+    expect({ results, offered: pool.offered, checked: pool.checked }).toEqual({ results: 2, offered: 2, checked: 2 });
+  });
+
+  it("a thread that fails does not leave the driver waiting: drain rejects naming the answer", async () => {
+    const pool = await VerifierPool.start(1, "all", data, () => {}, THREAD);
+    pool.offer(job(7, 0));
+    pool.offer({ ...job(8, 0), layer: 9 }); // no weights for layer 9: the thread throws
+    pool.offer(job(9, 1));
+    await expect(pool.drain()).rejects.toThrow(/answer #8.*no weights for layer 9/);
+    expect(pool.accepting).toBe(false);
+    await pool.close();
+  });
+});
