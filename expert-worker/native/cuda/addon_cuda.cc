@@ -9,13 +9,18 @@
 //                                                       overlap compute on the compute stream); resolves with bytes
 //   run(ctx, {dtype, tokens, rows, cols, rowSlots: Int32Array, rowWeights?: Float32Array}) -> Promise<Uint8Array>
 //       y[r] = w[r] * SwiGLU-FFN of the expert in slot rowSlots[r] (-1: zero row), in the tokens' dtype
-//   stats(ctx) -> {runs, uploads, uploadBytes, deviceBytes, slots}
+//   stats(ctx) -> {runs, uploads, uploadBytes, deviceBytes, slots, sync: "blocking" | "spin"}
 // Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; one run at a time per
 // context (a mutex), uploads concurrently with it.
+//
+// Those threads wait for the GPU on events made with cudaEventBlockingSync: the thread sleeps until the GPU is done,
+// where CUDA's default wait spins a CPU core for the whole of every run (a worker at Mixtral-8x7B's size used ~1
+// core of CPU for that alone, against a pod's CPU limit). SWITCHYARD_CUDA_SYNC=spin restores the spinning wait.
 #include <cuda_runtime.h>
 #include <napi.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -60,6 +65,8 @@ struct Ctx {
   void* w13 = nullptr;
   void* w2 = nullptr;
   cudaStream_t compute = nullptr, copy = nullptr;
+  unsigned event_flags = cudaEventDisableTiming;  // | cudaEventBlockingSync unless SWITCHYARD_CUDA_SYNC=spin
+  cudaEvent_t run_done = nullptr;
   std::mutex run_mu;       // one run at a time (workspace, io buffers)
   Pinned in, out;          // run io
   void* d_in = nullptr;    // device tokens (bf16)
@@ -84,6 +91,7 @@ struct Ctx {
     cudaFree(d_ids);
     cudaFree(d_w);
     cudaFree(ws);
+    if (run_done) cudaEventDestroy(run_done);
     if (compute) cudaStreamDestroy(compute);
     if (copy) cudaStreamDestroy(copy);
   }
@@ -160,6 +168,9 @@ Napi::Value CreateContext(const Napi::CallbackInfo& info) {
     c->device_bytes = per * c->slots;
     CK_THROW(cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking));
     CK_THROW(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
+    const char* sync = std::getenv("SWITCHYARD_CUDA_SYNC");
+    if (!(sync && std::string(sync) == "spin")) c->event_flags |= cudaEventBlockingSync;
+    CK_THROW(cudaEventCreateWithFlags(&c->run_done, c->event_flags));
   } catch (const std::exception& ex) {
     throw Napi::Error::New(env, std::string("createContext: ") + ex.what());
   }
@@ -229,7 +240,7 @@ class UploadWorker : public Napi::AsyncWorker {
       char* w13 = static_cast<char*>(c_->w13) + (size_t)slot_ * 2 * gu * 2;
       char* w2 = static_cast<char*>(c_->w2) + (size_t)slot_ * dn * 2;
       cudaEvent_t ev;
-      CK_THROW(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+      CK_THROW(cudaEventCreateWithFlags(&ev, c_->event_flags));
       cudaError_t e = cudaMemcpyAsync(w13, h, 2 * gu * 2, cudaMemcpyHostToDevice, c_->copy);
       if (e == cudaSuccess) e = cudaMemcpyAsync(w2, h + 2 * gu, dn * 2, cudaMemcpyHostToDevice, c_->copy);
       if (e == cudaSuccess) e = cudaEventRecord(ev, c_->copy);
@@ -346,7 +357,8 @@ class RunWorker : public Napi::AsyncWorker {
       if (sy_moe_forward(&cfg, rows, &a, c.ws, c.ws_bytes, c.compute))
         throw std::runtime_error(std::string("sy_moe_forward: ") + sy_moe_last_error());
       CK_THROW(cudaMemcpyAsync(c.out.p, c.d_out, tok_b, cudaMemcpyDeviceToHost, c.compute));
-      CK_THROW(cudaStreamSynchronize(c.compute));  // on this worker thread, not the event loop
+      CK_THROW(cudaEventRecord(c.run_done, c.compute));
+      CK_THROW(cudaEventSynchronize(c.run_done));  // on this worker thread, not the event loop
       const uint16_t* o = static_cast<const uint16_t*>(c.out.p);
       if (dt_ == DType::BF16) {
         std::memcpy(out_.data(), o, tok_b);
@@ -428,6 +440,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   o.Set("uploadBytes", c->upload_bytes.load());
   o.Set("deviceBytes", static_cast<double>(c->device_bytes));
   o.Set("slots", c->slots);
+  o.Set("sync", (c->event_flags & cudaEventBlockingSync) ? "blocking" : "spin");
   return o;
 }
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# On the H200 machine (carry .carry/node.xz and .carry/e2e.tgz from bench/h200_pack_e2e.sh): how the CUDA worker
+# waits for the GPU, asleep (cudaEventBlockingSync, the default) or spinning (SWITCHYARD_CUDA_SYNC=spin), timed in
+# turn in one call: the local mode with one cuda worker, 8 s per run, tokens/s, the worker's batches and each
+# process's CPU. Logs: $OUT/sync-<family>-<size>-<mode>-<n>.log. The answers are checked on a sample: checking all of
+# them at the tiny size takes ~30 s after each run (the first call, 20:13 UTC, ran out of time that way after three).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+OUT=$OUT E2E_RUNS=" " NO_QUICK=1 bash bench/h200_e2e.sh > $OUT/setup.log 2>&1
+grep -E "^real|OK:|FAIL" $OUT/setup.log | head -5
+export PATH=$PWD/.carry:$PATH
+run() {
+  SWITCHYARD_CUDA_SYNC=$3 SWITCHYARD_BACKEND=cuda timeout 90 node router-service/dist/local/main.js --family $1 \
+    --size $2 --workers 1 --duration ${SYNC_SECONDS:-8} --verify sample > $OUT/sync-$1-$2-$3-$4.log 2>&1
+  echo "$1 $2 sync=$3 #$4 rc=$?"
+  grep -E "^tokens/s|worker batches|CPU during|^OK|FAILED" $OUT/sync-$1-$2-$3-$4.log
+}
+run mixtral tiny blocking 1; run mixtral tiny spin 1; run mixtral tiny blocking 2; run mixtral tiny spin 2
+run qwen3-moe full blocking 1; run qwen3-moe full spin 1
