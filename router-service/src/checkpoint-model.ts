@@ -89,14 +89,24 @@ export class CheckpointModel implements PoolModel {
 
   /**
    * Router logits for requests that come without them. Natively where the router's addon is built: the TypeScript
-   * loop takes ~240 us a token at Qwen3-30B-A3B's gate (2048 x 128) and ~1.5 ms at DeepSeek-V3's (7168 x 256), which
-   * capped a router at a few hundred such tokens a second (bench/router-logits.ts has the figures side by side).
+   * loop takes ~33 us a token at Mixtral's gate, ~265 us at Qwen3-30B-A3B's (2048 x 128) and ~1.9 ms at
+   * DeepSeek-V3's (7168 x 256), which capped a router at a few hundred such tokens a second; the addon 2, 14 and
+   * ~110 us (bench/router-logits.ts has the figures side by side).
    */
   logits(layer: number, hidden: Float32Array, tokens: number): Float32Array {
+    return this.nativeLogits(layer, hidden, tokens) ?? routerLogits(hidden, this.layer(layer).gate, this.hiddenSize);
+  }
+
+  /** bf16 hidden states go to the addon as they came, without widening them first. */
+  logitsBf16(layer: number, hidden: Uint16Array, tokens: number): Float32Array | null {
+    return this.nativeLogits(layer, hidden, tokens);
+  }
+
+  private nativeLogits(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Float32Array | null {
     const w = this.layer(layer);
     const addon = routerAddon();
     const d = this.hiddenSize;
-    if (!addon || hidden.length !== tokens * d) return routerLogits(hidden, w.gate, d);
+    if (!addon || hidden.length !== tokens * d) return null;
     w.gateT ??= transposeGate(w.gate, this.experts, d);
     const out = new Float32Array(tokens * this.experts);
     addon.routerLogits(hidden, w.gateT, tokens, d, this.experts, out);

@@ -14,6 +14,11 @@ export interface PoolModel {
   isMoeLayer(layer: number): boolean;
   /** Router logits [tokens, E] from hidden states [tokens, d] (fp32), with the checkpoint's gate weights. */
   logits(layer: number, hidden: Float32Array, tokens: number): Float32Array;
+  /**
+   * The same from bf16 hidden states as they came (bits in a Uint16Array), with the same result as logits() over
+   * them widened; null when the model cannot (the caller then widens and calls logits()).
+   */
+  logitsBf16?(layer: number, hidden: Uint16Array, tokens: number): Float32Array | null;
   /** The family's gating over logits (softmax top-k, sigmoid + group-limited top-k, top-p ...). */
   route(layer: number, logits: Float32Array, tokens: number, gating: GatingPolicy): TokenRouting;
   /**

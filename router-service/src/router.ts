@@ -344,7 +344,13 @@ export class Router {
         logits = decodeTensor(g.value, "router_logits", { dtype: DType.FLOAT32, shape: [T, m.experts] })
           .values as Float32Array;
       } else {
-        logits = m.logits(req.layer, hidden32(), T);
+        // bf16 rows as they came where the model can take them (the native gate), else widened once
+        const raw = req.hidden?.data;
+        const bf16 =
+          req.hidden?.dtype === DType.BFLOAT16 && raw && raw.byteOffset % 2 === 0 && m.logitsBf16
+            ? m.logitsBf16(req.layer, new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2), T)
+            : null;
+        logits = bf16 ?? m.logits(req.layer, hidden32(), T);
       }
       routing = m.route(req.layer, logits, T, p.policy.gating);
     }

@@ -7,7 +7,8 @@
 //     results    Array of typed-array views of worker replies (any alignment)
 //     base       Float32Array [tokens*d] (shared-expert output) or null
 //   routerLogits(hidden, gateT, tokens, d, experts, out) -> undefined
-//     hidden     Float32Array [tokens*d]; gateT Float32Array [d*experts] (the gate transposed); out Float32Array
+//     hidden     Float32Array [tokens*d] or Uint16Array (bf16 bits); gateT Float32Array [d*experts] (the gate
+//                transposed); out Float32Array
 //                [tokens*experts]. Same bits as packages/moe routerLogits (native/src/logits.h).
 //   isa() -> string
 // Runs on the event loop: it is a few microseconds per token, less than a hop to a thread would cost. Every index
@@ -193,13 +194,27 @@ napi_value RouterLogitsJs(napi_env env, napi_callback_info info) {
   if (d < 0) return Fail(env, true, "d: out of range");
   const int64_t experts = IntArg(env, argv[4], 1, 1 << 16);
   if (experts < 0) return Fail(env, true, "experts: out of range");
-  const float* x = FloatsArg(env, argv[0], static_cast<size_t>(tokens) * d, "hidden");
-  if (!x) return nullptr;
+  // hidden: a Float32Array (fp32) or a Uint16Array (bf16 bits)
+  const size_t n = static_cast<size_t>(tokens) * d;
+  bool is = false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* x = nullptr;
+  if (napi_is_typedarray(env, argv[0], &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, argv[0], &type, &length, &x, nullptr, nullptr) != napi_ok ||
+      (type != napi_float32_array && type != napi_uint16_array))
+    return Fail(env, false, "hidden: expected a Float32Array (fp32) or a Uint16Array (bf16)");
+  if (length < n) return Fail(env, true, "hidden: shorter than tokens*d elements");
   const float* wt = FloatsArg(env, argv[1], static_cast<size_t>(d) * experts, "gateT");
   if (!wt) return nullptr;
   float* out = const_cast<float*>(FloatsArg(env, argv[5], static_cast<size_t>(tokens) * experts, "out"));
   if (!out) return nullptr;
-  RouterLogits(x, static_cast<int>(tokens), static_cast<int>(d), wt, static_cast<int>(experts), out);
+  if (type == napi_float32_array)
+    RouterLogits(static_cast<const float*>(x), static_cast<int>(tokens), static_cast<int>(d), wt,
+                 static_cast<int>(experts), out);
+  else
+    RouterLogitsBf16(static_cast<const uint16_t*>(x), static_cast<int>(tokens), static_cast<int>(d), wt,
+                     static_cast<int>(experts), out);
   return nullptr;  // undefined
 }
 

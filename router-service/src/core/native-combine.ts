@@ -21,9 +21,12 @@ export interface RouterAddon {
     results: readonly (Float32Array | Uint16Array | Uint8Array)[],
     base: Float32Array | null,
   ): void;
-  /** out[t, e] = the gate's product, the same bits as packages/moe routerLogits; gateT is the gate transposed [d, E]. */
+  /**
+   * out[t, e] = the gate's product, the same bits as packages/moe routerLogits over the fp32 hidden states; hidden is
+   * fp32 or bf16 bits (Uint16Array), gateT the gate transposed [d, E].
+   */
   routerLogits(
-    hidden: Float32Array,
+    hidden: Float32Array | Uint16Array,
     gateT: Float32Array,
     tokens: number,
     d: number,

@@ -1,6 +1,7 @@
 // The native router logits (native/src/logits.cc) against packages/moe routerLogits, which they must match bit for
 // bit (the same bits route tokens to the same experts as the reference does): fresh random inputs each run, the three
-// model families' gate shapes, odd widths, one expert, no tokens, values of mixed scale; bad calls must throw.
+// model families' gate shapes, odd widths, one expert, no tokens, every blocking path of the kernel, values of mixed
+// scale, fp32 and bf16 hidden states; bad calls must throw.
 
 import { routerLogits } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
@@ -31,6 +32,8 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
     [1, 1, 1],
     [6, 33, 1],
     [0, 64, 16], // no tokens
+    [3, 96, 72], // a wide block, a block of 8
+    [5, 50, 13], // a block of 8, then experts one by one
   ];
   for (const [T, d, E] of cases) {
     it(`T=${T} d=${d} E=${E}: the same bits as routerLogits`, () => {
@@ -44,6 +47,17 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
       const bad = a.findIndex((v, i) => v !== b[i]);
       expect(bad, bad >= 0 ? `element ${bad}: native ${got[bad]} vs TypeScript ${want[bad]}` : "").toBe(-1);
     });
+
+    it(`T=${T} d=${d} E=${E}: bf16 hidden states give the bits of routerLogits over them widened`, () => {
+      const bits = Uint16Array.from({ length: T * d }, () => Math.floor(rand() * 65536) & 0xbfff); // finite values
+      const widened = new Float32Array(new Uint32Array(Array.from(bits, (b) => b << 16)).buffer);
+      const gate = Float32Array.from({ length: E * d }, value);
+      const want = routerLogits(widened, gate, d);
+      const got = new Float32Array(T * E).fill(Number.NaN);
+      addon!.routerLogits(bits, transposeGate(gate, E, d), T, d, E, got);
+      const same = got.every((v, i) => Object.is(v, want[i]) || (Number.isNaN(v) && Number.isNaN(want[i])));
+      expect(same).toBe(true);
+    });
   }
 
   it("throws on bad calls instead of reading out of bounds", () => {
@@ -54,7 +68,7 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
     expect(() => addon!.routerLogits(x, gt.subarray(1), 1, 8, 4, out)).toThrow(/gateT: shorter/);
     expect(() => addon!.routerLogits(x, gt, 1, 8, 4, new Float32Array(3))).toThrow(/out: shorter/);
     expect(() => addon!.routerLogits(new Float64Array(8) as unknown as Float32Array, gt, 1, 8, 4, out)).toThrow(
-      /hidden: expected a Float32Array/,
+      /hidden: expected a Float32Array \(fp32\) or a Uint16Array \(bf16\)/,
     );
     expect(() => addon!.routerLogits(x, gt, 1, 0, 4, out)).toThrow(/d: out of range/);
     expect(() => addon!.routerLogits(x, gt, 1, 8, 1.5, out)).toThrow(/experts: out of range/);

@@ -1,0 +1,46 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { generateCheckpoint, openCheckpoint, routerLogits, toFloat32 } from "@switchyard/moe";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CheckpointModel, transposeGate } from "./checkpoint-model.js";
+import { routerAddon } from "./core/native-combine.js";
+
+describe("CheckpointModel router logits", () => {
+  let dir: string;
+  let model: CheckpointModel;
+  let gate: Float32Array;
+  const d = 40;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-ckmodel-"));
+    await generateCheckpoint({
+      family: "qwen3-moe",
+      dir,
+      seed: 5,
+      layers: 2,
+      hiddenSize: d,
+      intermediateSize: 16,
+      experts: 24,
+    });
+    model = await CheckpointModel.open(dir);
+    const ckpt = await openCheckpoint(dir);
+    gate = Float32Array.from(toFloat32(await ckpt.readGate(1)));
+    await ckpt.close();
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it("are the TypeScript routerLogits' bits, from fp32 and (with the addon) from bf16 hidden states", () => {
+    const T = 5;
+    const bits = Uint16Array.from({ length: T * d }, (_, i) => 0x3f80 + ((i * 37) % 200) - 100); // ~[0.6, 1.4]
+    const widened = new Float32Array(new Uint32Array(Array.from(bits, (b) => b << 16)).buffer);
+    const want = routerLogits(widened, gate, d);
+    expect(Array.from(model.logits(1, widened, T))).toEqual(Array.from(want));
+    const fromBf16 = model.logitsBf16(1, bits, T);
+    if (routerAddon()) expect(Array.from(fromBf16!)).toEqual(Array.from(want));
+    else expect(fromBf16).toBeNull(); // the router then widens and calls logits()
+  });
+
+  it("transposeGate: [E, d] -> [d, E]", () => {
+    expect(Array.from(transposeGate(Float32Array.from([1, 2, 3, 4, 5, 6]), 2, 3))).toEqual([1, 4, 2, 5, 3, 6]);
+  });
+});
