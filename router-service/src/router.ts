@@ -347,9 +347,7 @@ export class Router {
         // bf16 rows as they came where the model can take them (the native gate), else widened once
         const raw = req.hidden?.data;
         const bf16 =
-          req.hidden?.dtype === DType.BFLOAT16 && raw && raw.byteOffset % 2 === 0 && m.logitsBf16
-            ? m.logitsBf16(req.layer, new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2), T)
-            : null;
+          req.hidden?.dtype === DType.BFLOAT16 && raw && m.logitsBf16 ? m.logitsBf16(req.layer, u16(raw), T) : null;
         logits = bf16 ?? m.logits(req.layer, hidden32(), T);
       }
       routing = m.route(req.layer, logits, T, p.policy.gating);
@@ -635,6 +633,17 @@ function emptyStats() {
     batchTokens: 0,
     batchRequests: 0,
   };
+}
+
+/**
+ * A Uint16Array over bf16 bytes: a view where they sit at an even offset, else an aligned copy (a protobuf field's
+ * bytes often start at an odd one; a copy of the bits is still cheaper than widening them).
+ */
+function u16(b: Uint8Array): Uint16Array {
+  if (b.byteOffset % 2 === 0) return new Uint16Array(b.buffer, b.byteOffset, b.byteLength >> 1);
+  const c = new Uint8Array(b.byteLength);
+  c.set(b);
+  return new Uint16Array(c.buffer, 0, b.byteLength >> 1);
 }
 
 interface HiddenView {
