@@ -844,13 +844,26 @@ async function decision() {
   let touched = 0;
   for (let i = 0; i < N; i++) touched = decide().expertsTouched;
   const decideMs = (performance.now() - t0) / N;
-  // What it would cost the router to compute the logits itself (gate GEMM 64 x 7168 x 256 in TypeScript).
+  // What it would cost the router to compute the logits itself (gate GEMM 64 x 7168 x 256), in TypeScript.
   const { routerLogits } = await import("@switchyard/moe");
   const gw = Float32Array.from({ length: E * d }, (_, i) => Math.sin(i) * 0.01);
   const hx = Float32Array.from({ length: T * d }, (_, i) => Math.cos(i));
   const t1 = performance.now();
   for (let i = 0; i < 3; i++) routerLogits(hx, gw, d);
   const gemmMs = (performance.now() - t1) / 3;
+  // and with the router's addon, which is what the router uses when it is built (checkpoint-model.ts)
+  const { routerAddon } = await import("../router-service/src/core/native-combine.js");
+  const { transposeGate } = await import("../router-service/src/checkpoint-model.js");
+  const addon = routerAddon();
+  let nativeMs: number | null = null;
+  if (addon) {
+    const gt = transposeGate(gw, E, d);
+    const out = new Float32Array(T * E);
+    addon.routerLogits(hx, gt, T, d, E, out);
+    const t2 = performance.now();
+    for (let i = 0; i < 10; i++) addon.routerLogits(hx, gt, T, d, E, out);
+    nativeMs = (performance.now() - t2) / 10;
+  }
   return {
     setup: `DeepSeek-V3 gate (256 experts, 8 groups / 4 kept, top-8, bias, scale 2.5), ${T} tokens, router logits given, d=${d} bf16, ${W} no-op workers`,
     experts_touched: touched,
@@ -858,6 +871,7 @@ async function decision() {
     round_trip_ms: +rt.p50Ms.toFixed(3),
     decision_fraction: +(decideMs / rt.p50Ms).toFixed(4),
     logits_from_weights_ms: +gemmMs.toFixed(2),
+    logits_from_weights_native_ms: nativeMs === null ? null : +nativeMs.toFixed(2),
     note: "decision = gating + capacity + replica layout, timed in process with the router's modules; round trip = Forward p50 through the router process",
   };
 }
