@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { loadNativeAddon } from "@switchyard/expert-worker";
 import { generateCheckpoint, openCheckpoint, routerLogits, toFloat32 } from "@switchyard/moe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CheckpointModel, transposeGate } from "./checkpoint-model.js";
@@ -43,4 +44,38 @@ describe("CheckpointModel router logits", () => {
   it("transposeGate: [E, d] -> [d, E]", () => {
     expect(Array.from(transposeGate(Float32Array.from([1, 2, 3, 4, 5, 6]), 2, 3))).toEqual([1, 4, 2, 5, 3, 6]);
   });
+});
+
+describe("CheckpointModel shared expert", () => {
+  const dirs: string[] = [];
+  afterAll(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));
+
+  for (const family of ["qwen2-moe", "deepseek-v3"] as const) {
+    it(`${family}: the batched native run matches shared() (the TypeScript one) within 1e-3`, async () => {
+      const dir = await mkdtemp(join(tmpdir(), "sy-ckshared-"));
+      dirs.push(dir);
+      const d = 64;
+      await generateCheckpoint({ family, dir, seed: 9, layers: 2, hiddenSize: d, intermediateSize: 32, experts: 8 });
+      const model = await CheckpointModel.open(dir);
+      const T = 7;
+      const x = Float32Array.from({ length: T * d }, (_, i) => Math.sin(i * 0.37));
+      const layer = model.isMoeLayer(0) ? 0 : 1;
+      const want = model.shared(layer, x, T)!;
+      const run = model.sharedBatch(layer, x, T);
+      if (!loadNativeAddon()) {
+        expect(run).toBeNull(); // the router then runs shared() per request
+        return;
+      }
+      const got = await run!;
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < want.length; i++) {
+        num = Math.max(num, Math.abs(got[i] - want[i]));
+        den = Math.max(den, Math.abs(want[i]));
+      }
+      expect(got.length).toBe(T * d);
+      expect(den).toBeGreaterThan(0);
+      expect(num / den).toBeLessThan(1e-3);
+    });
+  }
 });

@@ -27,6 +27,11 @@ export interface PoolModel {
    * needs it (no routing, no batching benefit), and it saves a second trip over the wire.
    */
   shared(layer: number, hidden: Float32Array, tokens: number): Float32Array | null;
+  /**
+   * The same for the tokens of a whole flush at once, off the event loop (the native kernels); null when the model
+   * cannot (the router then calls shared() per request).
+   */
+  sharedBatch?(layer: number, hidden: Float32Array, tokens: number): Promise<Float32Array> | null;
   /** Whether the model has shared experts (then the router decodes hidden even for explicit assignments). */
   readonly hasShared: boolean;
 }

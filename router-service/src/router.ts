@@ -402,16 +402,20 @@ export class Router {
         }
       }
       p.metrics.expertsPerBatch.observe(touched.size);
+      // The shared expert of the whole flush, natively off the event loop where the model can (one read of its
+      // weights for every token of the flush), started before the rounds so that it overlaps them.
+      const sharedAll = m.hasShared && m.sharedBatch ? sharedForFlush(m, layer, items) : null;
       for (let r = 0; r < rounds.length; r++) {
         const sent = this.dispatchRound(p, layer, items, rounds[r]);
-        // The shared expert runs here while the first round's batches are on the workers.
-        if (r === 0)
+        // Else the shared expert runs here, in TypeScript, while the first round's batches are on the workers.
+        if (r === 0 && !sharedAll)
           for (const it of items)
             if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens);
         await sent;
         if (items.every((i) => i.done)) return;
       }
-      if (rounds.length === 0)
+      if (sharedAll) await sharedAll;
+      else if (rounds.length === 0)
         for (const it of items)
           if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens);
       for (const it of items) {
@@ -633,6 +637,38 @@ function emptyStats() {
     batchTokens: 0,
     batchRequests: 0,
   };
+}
+
+/**
+ * Starts the model's batched shared expert over every live item of a flush and, when it is done, gives each item its
+ * rows; null when the model cannot batch it (the caller runs shared() per item). The promise never rejects
+ * unobserved: a flush that returns early (every item done) drops it.
+ */
+function sharedForFlush(m: PoolModel, layer: number, items: Item[]): Promise<void> | null {
+  const need = items.filter((it) => it.sharedInput && !it.done);
+  if (need.length === 0) return null;
+  const d = m.hiddenSize;
+  let n = 0;
+  for (const it of need) n += it.tokens;
+  const all = need.length === 1 ? need[0].sharedInput! : new Float32Array(n * d);
+  if (need.length > 1) {
+    let off = 0;
+    for (const it of need) {
+      all.set(it.sharedInput!, off * d);
+      off += it.tokens;
+    }
+  }
+  const run = m.sharedBatch!(layer, all, n);
+  if (!run) return null;
+  const done = run.then((out) => {
+    let off = 0;
+    for (const it of need) {
+      it.sharedOut = out.subarray(off * d, (off + it.tokens) * d);
+      off += it.tokens;
+    }
+  });
+  done.catch(() => {}); // observed by the flush's await when it gets there
+  return done;
 }
 
 /**
