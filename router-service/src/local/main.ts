@@ -6,9 +6,9 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { availableParallelism } from "node:os";
-import { join, resolve } from "node:path";
+import { mkdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
+import { availableParallelism, totalmem } from "node:os";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import {
@@ -37,6 +37,7 @@ import {
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile, Traffic } from "./loadgen.js";
 import { cpuSeconds } from "./proc-cpu.js";
+import { checkRunFits, runFootprint, WontFitError } from "./resources.js";
 import type { VerifyResult } from "./verifier.js";
 import { readSharedLayers, referenceBytes, VerifierPool, type VerifyMode } from "./verifier-pool.js";
 
@@ -303,7 +304,15 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const model = localModel(o.family, o.size);
   const want: ModelSpec = defaultSpec(o.family, model);
   const ckptDir = join(ROOT, ".cache", "checkpoints", `${o.family}-${o.size}-seed${o.seed}`);
-  if (!existsSync(join(ckptDir, "config.json"))) {
+  const generating = !existsSync(join(ckptDir, "config.json"));
+  await mkdir(dirname(ckptDir), { recursive: true });
+  const disk = await statfs(dirname(ckptDir)).catch(() => null);
+  checkRunFits(
+    `${o.family} --size ${o.size}`,
+    runFootprint(want, o.workers > 1 ? (o.redundant ?? Math.floor(want.experts / 4)) : 0),
+    { totalMemory: totalmem(), freeDisk: disk ? disk.bavail * disk.bsize : null, generating },
+  );
+  if (generating) {
     const gb = (expertWeightBytes(want) * want.experts * moeLayers(want).length) / 1e9;
     log(`generating ${o.family} ${o.size} checkpoint (${gb.toFixed(gb < 1 ? 3 : 1)} GB of experts) in ${ckptDir} ...`);
     // shards of <= ~4 GB, as Hugging Face's are a few GB each
@@ -667,7 +676,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   runLocal(opts).then(
     (code) => process.exit(code),
     (e) => {
-      console.error(`local: ${(e as Error).stack ?? e}`);
+      console.error(e instanceof WontFitError ? `local: ${e.message}` : `local: ${(e as Error).stack ?? e}`);
       process.exit(1);
     },
   );

@@ -1,0 +1,43 @@
+import { defaultSpec } from "@switchyard/moe";
+import { describe, expect, it } from "vitest";
+import { localModel } from "./main.js";
+import { checkRunFits, runFootprint, WontFitError } from "./resources.js";
+
+const GB = 1e9;
+
+describe("what a local run needs", () => {
+  it("counts the experts, the redundant copies and the fp32 reference (Mixtral-8x7B, 2 layers)", () => {
+    const f = runFootprint(defaultSpec("mixtral", localModel("mixtral", "full")), 2);
+    const expert = 3 * 4096 * 14336 * 2;
+    expect(f.checkpoint).toBe(2 * 8 * expert);
+    expect(f.workers).toBe(2 * 10 * expert);
+    expect(f.reference).toBe(2 * 8 * expert * 2);
+  });
+
+  it("counts a shared expert in the checkpoint (DeepSeek-V3: 256 routed + 1 shared of the same width)", () => {
+    const f = runFootprint(defaultSpec("deepseek-v3", localModel("deepseek-v3", "full")), 64);
+    const expert = 3 * 7168 * 2048 * 2;
+    expect(f.checkpoint).toBe(2 * 257 * expert);
+    expect(f.reference).toBe(2 * 257 * expert * 2);
+  });
+
+  it("refuses DeepSeek-V3 at full size on a 128 GB machine, naming the figures; lets Mixtral run", () => {
+    const machine = { totalMemory: 128 * GB, freeDisk: 60 * GB, generating: true };
+    const ds = runFootprint(defaultSpec("deepseek-v3", localModel("deepseek-v3", "full")), 64);
+    expect(() => checkRunFits("--size full", ds, machine)).toThrow(
+      /^--size full: the workers' experts \(5\d\.\d GB\) and the reference's fp32 weights \(9\d\.\d GB\) need .* this machine has 128\.0 GB/,
+    );
+    expect(() => checkRunFits("--size full", ds, machine)).toThrow(WontFitError);
+    const mx = runFootprint(defaultSpec("mixtral", localModel("mixtral", "full")), 2);
+    expect(() => checkRunFits("--size full", mx, machine)).not.toThrow();
+  });
+
+  it("refuses to generate a checkpoint the disk cannot hold, and does not ask when it exists already", () => {
+    const mx = runFootprint(defaultSpec("mixtral", localModel("mixtral", "full")), 2);
+    const small = { totalMemory: 128 * GB, freeDisk: 4 * GB };
+    expect(() => checkRunFits("--size full", mx, { ...small, generating: true })).toThrow(
+      /the checkpoint needs 5\.6 GB of disk under \.cache\/checkpoints; 4\.0 GB is free/,
+    );
+    expect(() => checkRunFits("--size full", mx, { ...small, generating: false })).not.toThrow();
+  });
+});

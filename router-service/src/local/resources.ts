@@ -1,0 +1,56 @@
+// What a local run needs before it starts: the checkpoint on disk, and in memory the workers' experts and the
+// reference's fp32 weights. At --size full these are tens of gigabytes (DeepSeek-V3: 45 GB of experts, 90 GB of
+// reference), so a run that cannot fit says so up front, naming the figures, instead of being killed for memory
+// halfway through generating or loading. Pure: the caller passes the machine's sizes.
+
+import { expertWeightBytes, type ModelSpec, moeLayers, weightBytesPerElement } from "@switchyard/moe";
+import { referenceBytes } from "./verifier-pool.js";
+
+export interface RunFootprint {
+  /** bytes of expert tensors the checkpoint holds */
+  checkpoint: number;
+  /** bytes the workers hold: every (layer, expert) once, plus the redundant copies of the plan */
+  workers: number;
+  /** fp32 bytes the reference threads share */
+  reference: number;
+}
+
+export function runFootprint(spec: ModelSpec, redundantPerLayer: number): RunFootprint {
+  const layers = moeLayers(spec).length;
+  const expert = expertWeightBytes(spec);
+  // counted as referenceBytes counts it
+  const shared =
+    3 * spec.hiddenSize * spec.sharedIntermediateSize * spec.sharedExperts * weightBytesPerElement(spec.dtype);
+  return {
+    checkpoint: layers * (spec.experts * expert + shared),
+    workers: layers * (spec.experts + redundantPerLayer) * expert,
+    reference: referenceBytes(spec),
+  };
+}
+
+/** A run that cannot fit this machine: the message says why; no stack trace is needed. */
+export class WontFitError extends Error {}
+
+const gb = (b: number) => `${(b / 1e9).toFixed(1)} GB`;
+
+/**
+ * Throws a message naming the figures when the run cannot fit: memory for the workers' experts and the reference
+ * beyond 90% of the machine's, or (when the checkpoint is still to be generated) disk beyond what is free.
+ */
+export function checkRunFits(
+  what: string,
+  f: RunFootprint,
+  machine: { totalMemory: number; freeDisk: number | null; generating: boolean },
+): void {
+  const memory = f.workers + f.reference;
+  if (memory > 0.9 * machine.totalMemory) {
+    throw new WontFitError(
+      `${what}: the workers' experts (${gb(f.workers)}) and the reference's fp32 weights (${gb(f.reference)}) need ${gb(memory)} of memory; this machine has ${gb(machine.totalMemory)}. Pick a smaller --size or family.`,
+    );
+  }
+  if (machine.generating && machine.freeDisk !== null && f.checkpoint > machine.freeDisk) {
+    throw new WontFitError(
+      `${what}: the checkpoint needs ${gb(f.checkpoint)} of disk under .cache/checkpoints; ${gb(machine.freeDisk)} is free.`,
+    );
+  }
+}
