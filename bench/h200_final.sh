@@ -25,6 +25,9 @@ MEMCHECK=${MEMCHECK:-1}
 # MEMCHECK_S: the memcheck step's own limit (default 150 s; the quick suite under memcheck took ~200 s on 2026-11-29)
 TEST=${TEST:-1}
 E2E=${E2E:-0}
+# E2E_FULL: runs at the real models' sizes after the tiny one, merged into the results' e2e_full key (e.g.
+# "mixtral:full:128 qwen3-moe:full:64"; ~1.5 min each with the checkpoint's generation)
+E2E_FULL=${E2E_FULL:-}
 B=expert-worker/native/cuda/build
 left() { echo $((LIMIT - SECONDS)); }
 tl() { local t=$((LIMIT - SECONDS - $1)); [ $t -lt 20 ] && t=20; echo $t; }  # time left minus a reserve
@@ -73,12 +76,15 @@ OUT=$OUT timeout $(tl 10) bash bench/h200_cuda_test.sh > /tmp/cudatest.log 2>&1
 say "vitest rc=$?"
 grep -E "Test Files|Tests|FAIL|✗" $OUT/vitest.log | head
 if [ "$E2E" = 1 ]; then
-  NO_QUICK=1 E2E_RUNS=mixtral:tiny E2E_SECONDS=${E2E_SECONDS:-10} OUT=$OUT timeout $(tl 5) bash bench/h200_e2e.sh \
-    > $OUT/e2e-run.log 2>&1
+  NO_QUICK=1 E2E_RUNS="mixtral:tiny $E2E_FULL" E2E_SECONDS=${E2E_SECONDS:-10} OUT=$OUT timeout $(tl 5) \
+    bash bench/h200_e2e.sh > $OUT/e2e-run.log 2>&1
   say "e2e rc=$?"
   grep -E "e2e |backend:|tokens/s|answers verified|OK:|FAILED" $OUT/e2e-run.log | head -12
   # the end-to-end figures into the results file, beside the kernel rows (e2e key of h200-moe.json)
   python3 bench/h200_e2e_merge.py $OUT/h200-moe.json $OUT/e2e-tiny.log
+  for f in $OUT/e2e-*full*.log; do
+    [ -e "$f" ] && python3 bench/h200_e2e_merge.py $OUT/h200-moe.json $f $f --key e2e_full
+  done
 fi
 
 exit 0
