@@ -516,3 +516,91 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
       }
     });
 });
+
+// The shared expert computed once per flush (PoolModel.sharedBatch, CheckpointModel's native path) instead of per
+// request: same answers, fewer runs, and a failing run fails its requests instead of hanging them.
+describe("router: the shared expert batched per flush", () => {
+  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
+  let router: Router;
+  let served: StartedRouter;
+  let client: RouterClient;
+  let mode: "ok" | "fail" | "none" = "ok";
+  const runs: number[] = []; // tokens per sharedBatch run
+  const batched: PoolModel = {
+    ...toy,
+    sharedBatch(layer, h, T) {
+      if (mode === "none") return null;
+      runs.push(T);
+      return new Promise((res, rej) =>
+        setTimeout(() => (mode === "fail" ? rej(new Error("shared run failed")) : res(toy.shared(layer, h, T)!)), 5),
+      );
+    },
+  };
+
+  beforeAll(async () => {
+    for (const w of workers) await w.start();
+    router = new Router({ statusIntervalMs: 0 });
+    router.setPool({
+      name: "toy",
+      model: batched,
+      plan: plan(twoReplicas),
+      endpoints: Object.fromEntries(workers.map((w) => [w.o.id, `127.0.0.1:${w.port}`])),
+      // a long wait, so that concurrent requests share a flush
+      policy: resolveRoutingPolicy({ batching: { maxWaitMs: 30 } }),
+    });
+    await router.refreshWorkers("toy");
+    served = await serveRouter(router, { port: 0, host: "127.0.0.1" });
+    client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    client?.close();
+    await served?.close();
+    router?.close();
+    for (const w of workers) w.stop();
+  });
+
+  const call = (h: Float32Array, T: number) =>
+    new Promise<ForwardResponse>((resolve, reject) =>
+      client.forward(
+        { pool: "toy", layer: 1, hidden: encodeTensor(h, [T, D], DType.FLOAT32), gate: undefined, requestId: 0n },
+        new Metadata(),
+        { deadline: Date.now() + 5000 },
+        (e, r) => (e ? reject(fromGrpcError(e)) : resolve(r)),
+      ),
+    );
+
+  it("gives every request its rows of one run over the flush", async () => {
+    mode = "ok";
+    runs.length = 0;
+    const sizes = [1, 3, 2, 1, 4, 2];
+    const hs = sizes.map((T, i) => hidden(T, 40 + i));
+    const res = await Promise.all(hs.map((h, i) => call(h, sizes[i])));
+    res.forEach((r, i) =>
+      expect(
+        maxRelErr(bytesToFloat32(r.hidden!.data, DType.FLOAT32, true), reference(1, hs[i], sizes[i])),
+      ).toBeLessThanOrEqual(1e-6),
+    );
+    expect(runs.reduce((a, b) => a + b, 0)).toBe(13);
+    expect(runs.length).toBeLessThan(sizes.length);
+  });
+
+  it("fails the flush's requests when the run fails, without hanging them", async () => {
+    mode = "fail";
+    const out = await Promise.allSettled([call(hidden(2, 50), 2), call(hidden(1, 51), 1)]);
+    for (const o of out) {
+      expect(o.status).toBe("rejected");
+      expect(String((o as PromiseRejectedResult).reason?.message)).toMatch(/shared run failed/);
+    }
+  });
+
+  it("falls back to shared() per request when the model cannot batch", async () => {
+    mode = "none";
+    runs.length = 0;
+    const h = hidden(3, 52);
+    const r = await call(h, 3);
+    expect(maxRelErr(bytesToFloat32(r.hidden!.data, DType.FLOAT32, true), reference(1, h, 3))).toBeLessThanOrEqual(
+      1e-6,
+    );
+    expect(runs).toEqual([]);
+  });
+});
