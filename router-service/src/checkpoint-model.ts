@@ -190,7 +190,10 @@ export class CheckpointModel implements PoolModel {
     });
   }
 
-  /** Qwen2-MoE's sigmoid shared-expert gate per token (the native run's row scale), or null when it has none. */
+  /**
+   * Qwen2-MoE's sigmoid shared-expert gate per token (the native run's row scale), or null when it has none. shared()
+   * keeps its own copy of this loop: it scales by the gate in double, as it always has, where a row scale is fp32.
+   */
   private sharedGateOf(w: LayerWeights, hidden: Float32Array, tokens: number): Float32Array | null {
     if (!w.sharedGate) return null;
     const gl = routerLogits(hidden, w.sharedGate, this.hiddenSize);

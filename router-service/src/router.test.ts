@@ -156,37 +156,63 @@ function maxRelErr(a: Float32Array, b: Float32Array): number {
   return num / Math.max(den, 1e-30);
 }
 
-// Both worker transports: the TCP data path (the default once a worker's Status offers it) and the gRPC stream.
-describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s path)", (transport) => {
-  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
-  let router: Router;
-  let served: StartedRouter;
-  let client: RouterClient;
+/** A router serving the toy pool over three fake workers, and a client to it; setPool() swaps the policy or plan. */
+interface ToyRouter {
+  router: Router;
+  served: StartedRouter;
+  client: RouterClient;
+  setPool(policy?: unknown, replicas?: number[][][]): void;
+  close(): Promise<void>;
+}
 
-  const setPool = (policy: unknown = {}, replicas = twoReplicas) =>
+async function startToyRouter(
+  workers: FakeWorker[],
+  model: PoolModel,
+  o: { transport?: "data" | "grpc"; policy?: unknown } = {},
+): Promise<ToyRouter> {
+  for (const w of workers) await w.start();
+  const router = new Router({ statusIntervalMs: 0, workerTransport: o.transport === "grpc" ? "grpc" : "auto" });
+  const setPool = (policy: unknown = o.policy ?? {}, replicas = twoReplicas) =>
     router.setPool({
       name: "toy",
-      model: toy,
+      model,
       plan: plan(replicas),
       endpoints: Object.fromEntries(workers.map((w) => [w.o.id, `127.0.0.1:${w.port}`])),
       policy: resolveRoutingPolicy(policy),
     });
+  setPool();
+  // No periodic polls in tests: one Status now tells each connection its worker's data port.
+  await router.refreshWorkers("toy");
+  const served = await serveRouter(router, { port: 0, host: "127.0.0.1", metricsPort: 0 });
+  const client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
+  return {
+    router,
+    served,
+    client,
+    setPool,
+    async close() {
+      client.close();
+      await served.close();
+      router.close();
+      for (const w of workers) w.stop();
+    },
+  };
+}
+
+// Both worker transports: the TCP data path (the default once a worker's Status offers it) and the gRPC stream.
+describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s path)", (transport) => {
+  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
+  let t: ToyRouter;
+  let router: Router;
+  let served: StartedRouter;
+  let client: RouterClient;
+  const setPool = (policy?: unknown, replicas?: number[][][]) => t.setPool(policy, replicas);
 
   beforeAll(async () => {
-    for (const w of workers) await w.start();
-    router = new Router({ statusIntervalMs: 0, workerTransport: transport === "data" ? "auto" : "grpc" });
-    setPool();
-    // No periodic polls in tests: one Status now tells each connection its worker's data port.
-    await router.refreshWorkers("toy");
-    served = await serveRouter(router, { port: 0, host: "127.0.0.1", metricsPort: 0 });
-    client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
+    t = await startToyRouter(workers, toy, { transport });
+    ({ router, served, client } = t);
   });
-  afterAll(async () => {
-    client?.close();
-    await served?.close();
-    router?.close();
-    for (const w of workers) w.stop();
-  });
+  afterAll(() => t?.close());
 
   const call = (req: Partial<ForwardRequest>, deadlineMs = 5000) =>
     new Promise<ForwardResponse>((resolve, reject) =>
@@ -521,9 +547,7 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
 // request: same answers, fewer runs, and a failing run fails its requests instead of hanging them.
 describe("router: the shared expert batched per flush", () => {
   const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
-  let router: Router;
-  let served: StartedRouter;
-  let client: RouterClient;
+  let t: ToyRouter;
   let mode: "ok" | "fail" | "none" = "ok";
   const runs: number[] = []; // tokens per sharedBatch run
   const batched: PoolModel = {
@@ -538,30 +562,14 @@ describe("router: the shared expert batched per flush", () => {
   };
 
   beforeAll(async () => {
-    for (const w of workers) await w.start();
-    router = new Router({ statusIntervalMs: 0 });
-    router.setPool({
-      name: "toy",
-      model: batched,
-      plan: plan(twoReplicas),
-      endpoints: Object.fromEntries(workers.map((w) => [w.o.id, `127.0.0.1:${w.port}`])),
-      // a long wait, so that concurrent requests share a flush
-      policy: resolveRoutingPolicy({ batching: { maxWaitMs: 30 } }),
-    });
-    await router.refreshWorkers("toy");
-    served = await serveRouter(router, { port: 0, host: "127.0.0.1" });
-    client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
+    // a long wait, so that concurrent requests share a flush
+    t = await startToyRouter(workers, batched, { policy: { batching: { maxWaitMs: 30 } } });
   });
-  afterAll(async () => {
-    client?.close();
-    await served?.close();
-    router?.close();
-    for (const w of workers) w.stop();
-  });
+  afterAll(() => t?.close());
 
   const call = (h: Float32Array, T: number) =>
     new Promise<ForwardResponse>((resolve, reject) =>
-      client.forward(
+      t.client.forward(
         { pool: "toy", layer: 1, hidden: encodeTensor(h, [T, D], DType.FLOAT32), gate: undefined, requestId: 0n },
         new Metadata(),
         { deadline: Date.now() + 5000 },

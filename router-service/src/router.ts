@@ -650,8 +650,9 @@ function sharedForFlush(m: PoolModel, layer: number, items: Item[]): Promise<voi
   const d = m.hiddenSize;
   let n = 0;
   for (const it of need) n += it.tokens;
-  const all = need.length === 1 ? need[0].sharedInput! : new Float32Array(n * d);
+  let all = need[0].sharedInput!;
   if (need.length > 1) {
+    all = new Float32Array(n * d);
     let off = 0;
     for (const it of need) {
       all.set(it.sharedInput!, off * d);

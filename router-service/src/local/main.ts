@@ -14,7 +14,6 @@ import { credentials, Metadata } from "@grpc/grpc-js";
 import {
   DATA_PATH_NODE_FLAGS,
   defaultSpec,
-  expertWeightBytes,
   generateCheckpoint,
   type ModelFamily,
   type ModelSpec,
@@ -307,13 +306,15 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const generating = !existsSync(join(ckptDir, "config.json"));
   await mkdir(dirname(ckptDir), { recursive: true });
   const disk = await statfs(dirname(ckptDir)).catch(() => null);
-  checkRunFits(
-    `${o.family} --size ${o.size}`,
-    runFootprint(want, o.workers > 1 ? (o.redundant ?? Math.floor(want.experts / 4)) : 0),
-    { totalMemory: totalmem(), freeDisk: disk ? disk.bavail * disk.bsize : null, generating },
-  );
+  const redundant = o.redundant ?? Math.floor(want.experts / 4);
+  const footprint = runFootprint(want, o.workers > 1 ? redundant : 0);
+  checkRunFits(`${o.family} --size ${o.size}`, footprint, {
+    totalMemory: totalmem(),
+    freeDisk: disk ? disk.bavail * disk.bsize : null,
+    generating,
+  });
   if (generating) {
-    const gb = (expertWeightBytes(want) * want.experts * moeLayers(want).length) / 1e9;
+    const gb = footprint.checkpoint / 1e9;
     log(`generating ${o.family} ${o.size} checkpoint (${gb.toFixed(gb < 1 ? 3 : 1)} GB of experts) in ${ckptDir} ...`);
     // shards of <= ~4 GB, as Hugging Face's are a few GB each
     const shards = Math.max(1, Math.ceil(gb / 4));
@@ -338,7 +339,6 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const endpoints: Record<string, string> = {};
   const workerMetricsPorts: Record<string, number> = {};
   const workerPids: Record<string, number> = {};
-  const redundant = o.redundant ?? Math.floor(spec.experts / 4);
   const { plan, stats } = planPlacement({
     pool: "local",
     layers: spec.layers,
