@@ -164,9 +164,9 @@ export class CheckpointModel implements PoolModel {
 
   /**
    * The shared expert of a whole flush at once, on the expert worker's native CPU kernels (bf16 weights, the
-   * Qwen2-MoE gate as a row scale), off the event loop. The TypeScript shared() takes 54 ms a token at
-   * Qwen1.5-MoE-A2.7B's 2048 x 5632 shared expert and 66 ms at DeepSeek-V3's; a flush of decode tokens is bound by
-   * reading the expert's weights once. null when the native addon is not built (the router then calls shared()).
+   * Qwen2-MoE gate as a row scale), off the event loop. The TypeScript shared() takes 58.6 ms for a token
+   * at Qwen1.5-MoE-A2.7B's 2048 x 5632 shared expert and 76.6 ms at DeepSeek-V3's, this 1.71 and 1.93 ms
+   * (bench/results/router-shared.json); a flush of decode tokens is bound by reading the expert's weights once. null when the native addon is not built (the router then calls shared()).
    */
   sharedBatch(layer: number, hidden: Float32Array, tokens: number): Promise<Float32Array> | null {
     const w = this.layer(layer);
