@@ -13,9 +13,11 @@
 // Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; one run at a time per
 // context (a mutex), uploads concurrently with it.
 //
-// Those threads wait for the GPU on events made with cudaEventBlockingSync: the thread sleeps until the GPU is done,
-// where CUDA's default wait spins a CPU core for the whole of every run (a worker at Mixtral-8x7B's size used ~1
-// core of CPU for that alone, against a pod's CPU limit). SWITCHYARD_CUDA_SYNC=spin restores the spinning wait.
+// Those threads wait for the GPU with CUDA's default (spinning) wait. SWITCHYARD_CUDA_SYNC=blocking makes them sleep
+// on cudaEventBlockingSync events instead. Timed in turn on the H200 at Qwen3-30B-A3B's full size (bench/h200_sync_ab.sh,
+// bench/results/logs/h200-sync-ab-2125-summary.log), the sleeping wait saved no worker CPU (1.00 / 0.99 cores against
+// 1.01 / 0.96) and cost 3-5% of tokens/s (1152 / 1178 against 1187 / 1245; 0.15 ms more per batch), so spinning stays
+// the default.
 #include <cuda_runtime.h>
 #include <napi.h>
 
@@ -65,7 +67,7 @@ struct Ctx {
   void* w13 = nullptr;
   void* w2 = nullptr;
   cudaStream_t compute = nullptr, copy = nullptr;
-  unsigned event_flags = cudaEventDisableTiming;  // | cudaEventBlockingSync unless SWITCHYARD_CUDA_SYNC=spin
+  unsigned event_flags = cudaEventDisableTiming;  // | cudaEventBlockingSync with SWITCHYARD_CUDA_SYNC=blocking
   cudaEvent_t run_done = nullptr;
   std::mutex run_mu;       // one run at a time (workspace, io buffers)
   Pinned in, out;          // run io
@@ -169,7 +171,7 @@ Napi::Value CreateContext(const Napi::CallbackInfo& info) {
     CK_THROW(cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking));
     CK_THROW(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     const char* sync = std::getenv("SWITCHYARD_CUDA_SYNC");
-    if (!(sync && std::string(sync) == "spin")) c->event_flags |= cudaEventBlockingSync;
+    if (sync && std::string(sync) == "blocking") c->event_flags |= cudaEventBlockingSync;
     CK_THROW(cudaEventCreateWithFlags(&c->run_done, c->event_flags));
   } catch (const std::exception& ex) {
     throw Napi::Error::New(env, std::string("createContext: ") + ex.what());
