@@ -35,6 +35,15 @@ def parse(text):
     }
     if sampled:  # --verify sample: the answers the reference threads were free for, out of all answers
         out["answers_total"] = int(sampled.group(2))
+    conc = re.search(r"^workers / concurrency\s+\d+ / (\d+) sequences", text, re.M)
+    if conc:
+        out["concurrency"] = int(conc.group(1))
+    shared = re.search(r"^shared expert\s+(.+)$", text, re.M)  # where the shared expert ran (families with one)
+    if shared:
+        out["shared_expert"] = shared.group(1).strip()
+    cpu = re.search(r"^CPU during the load \(cores\)\s+(.+)$", text, re.M)
+    if cpu:
+        out["cpu_cores"] = {k.strip(): float(v) for k, v in re.findall(r"([A-Za-z0-9][^,(]*(?:\([^)]*\))?) ([0-9.]+)", cpu.group(1))}
     return out
 
 

@@ -13,12 +13,15 @@ import type { ExpertBackend, ExpertWeights, PreparedExpert, PreparedSlice } from
 import { type ExpertId, keyOf, type ResidencyCache } from "./cache.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { abortError, type WorkQueue } from "./queue.js";
-import { type BatchContext, validateBatch } from "./validate.js";
+import { type BatchContext, expertIdsText, validateBatch } from "./validate.js";
 
 /** Where experts come from: a checkpoint reader (packages/moe) or anything with the same shape. */
 export interface ExpertSource {
   layers: number;
+  /** Routed experts per layer. */
   experts: number;
+  /** The shared expert's slices (spec.ts sharedSlices), served as ids [experts, experts + sharedSlices); 0 = none. */
+  sharedSlices?: number;
   hiddenSize: number;
   intermediateSize: number;
   /** Layers that have routed experts (DeepSeek-V3's first layers are dense). */
@@ -41,6 +44,11 @@ export interface CoreOptions {
   maxRows?: number;
 }
 
+/** Expert ids a source serves per layer: its routed experts, then the shared expert's slices. */
+export function servableExperts(source: Pick<ExpertSource, "experts" | "sharedSlices">): number {
+  return source.experts + (source.sharedSlices ?? 0);
+}
+
 export function weightBytes(w: ExpertWeights): number {
   return w.gate.data.byteLength + w.up.data.byteLength + w.down.data.byteLength;
 }
@@ -56,6 +64,7 @@ export class WorkerCore {
       pool: o.pool,
       layers: source.layers,
       experts: source.experts,
+      sharedSlices: source.sharedSlices,
       hiddenSize: source.hiddenSize,
       serves: (layer, expert) => this.serves(layer, expert),
       maxRows: o.maxRows,
@@ -153,11 +162,8 @@ export class WorkerCore {
           `${field}[${i}].layer`,
           `out of range: ${k.layer} (model has ${this.o.source.layers} layers)`,
         );
-      if (k.expert >= this.o.source.experts)
-        throw invalidArgument(
-          `${field}[${i}].expert`,
-          `unknown expert ${k.expert} (layer has ${this.o.source.experts} experts)`,
-        );
+      if (k.expert >= servableExperts(this.o.source))
+        throw invalidArgument(`${field}[${i}].expert`, `unknown expert ${k.expert} (${expertIdsText(this.o.source)})`);
       if (!this.serves(k.layer, k.expert))
         throw invalidArgument(
           `${field}[${i}].expert`,
@@ -197,7 +203,8 @@ export class WorkerCore {
     if (this.o.served) for (const k of this.o.served) served.push(parseId(k));
     else
       for (let l = 0; l < source.layers; l++)
-        if (source.isMoeLayer(l)) for (let e = 0; e < source.experts; e++) served.push({ layer: l, expert: e });
+        if (source.isMoeLayer(l))
+          for (let e = 0; e < servableExperts(source); e++) served.push({ layer: l, expert: e });
     return {
       workerId: this.o.workerId,
       backend: this.o.backend.kind,

@@ -15,6 +15,8 @@ export interface BatchContext {
   pool: string;
   layers: number;
   experts: number;
+  /** The shared expert's slices, served as expert ids [experts, experts + sharedSlices) (0 = none). */
+  sharedSlices?: number;
   hiddenSize: number;
   /** Whether this worker may load (layer, expert): its share of the placement plan. */
   serves: (layer: number, expert: number) => boolean;
@@ -71,8 +73,8 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
   for (let i = 0; i < b.slices.length; i++) {
     const s = b.slices[i];
     const f = `slices[${i}]`;
-    if (s.expert >= ctx.experts)
-      throw invalidArgument(`${f}.expert`, `unknown expert ${s.expert} (layer has ${ctx.experts} experts)`);
+    if (s.expert >= ctx.experts + (ctx.sharedSlices ?? 0))
+      throw invalidArgument(`${f}.expert`, `unknown expert ${s.expert} (${expertIdsText(ctx)})`);
     if (s.offset > rows) throw invalidArgument(`${f}.offset`, `${s.offset} is past the ${rows} token rows`);
     if (s.offset + s.count > rows)
       throw invalidArgument(`${f}.count`, `rows [${s.offset}, ${s.offset + s.count}) exceed the ${rows} token rows`);
@@ -111,4 +113,12 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
     rowWeights = bytesToFloat32(w.data, DType.FLOAT32, true);
   }
   return { layer: b.layer, dtype: t.dtype, tokens: t.data, rows, cols, slices, rowWeights, batchId: b.batchId };
+}
+
+/** "layer has 60 experts" or "layer has 60 experts and 4 shared slices (ids 60-63)": the ids an error allows. */
+export function expertIdsText(shape: { experts: number; sharedSlices?: number }): string {
+  const m = shape.sharedSlices ?? 0;
+  return m > 0
+    ? `layer has ${shape.experts} experts and ${m} shared slices (ids ${shape.experts}-${shape.experts + m - 1})`
+    : `layer has ${shape.experts} experts`;
 }

@@ -3,12 +3,12 @@
 
 import { watch } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { type Checkpoint, isMoeLayer, openCheckpoint, validatePlan } from "@switchyard/moe";
+import { type Checkpoint, expertReader, isMoeLayer, openCheckpoint, sharedSlices, validatePlan } from "@switchyard/moe";
 import { type BackendChoice, selectBackend } from "./backend/select.js";
 import type { ExpertBackend } from "./backend/types.js";
 import { makePolicy, ResidencyCache } from "./cache.js";
 import { parseExpertSpec, servedFromPlan } from "./config.js";
-import { type ExpertSource, WorkerCore, weightBytes } from "./core.js";
+import { type ExpertSource, servableExperts, WorkerCore, weightBytes } from "./core.js";
 import { startDataServer } from "./data-server.js";
 import { startHttpServer } from "./http.js";
 import { WorkerMetrics } from "./metrics.js";
@@ -58,10 +58,11 @@ export function checkpointSource(ckpt: Checkpoint): ExpertSource {
   return {
     layers: spec.layers,
     experts: spec.experts,
+    sharedSlices: sharedSlices(spec),
     hiddenSize: spec.hiddenSize,
     intermediateSize: spec.intermediateSize,
     isMoeLayer: (l) => isMoeLayer(spec, l),
-    readExpert: (l, e) => ckpt.readExpert(l, e),
+    readExpert: expertReader(ckpt),
     close: () => ckpt.close(),
   };
 }
@@ -86,8 +87,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     let served: Set<string> | undefined;
     if (o.plan)
       served = servedFromPlan(validatePlan(JSON.parse(await readFile(o.plan, "utf8")), source), o.workerId, o.pool);
-    else if (o.experts) served = parseExpertSpec(o.experts, layers, source.experts);
-    const servedCount = served ? served.size : layers.length * source.experts;
+    else if (o.experts) served = parseExpertSpec(o.experts, layers, servableExperts(source));
+    const servedCount = served ? served.size : layers.length * servableExperts(source);
 
     let backend: ExpertBackend;
     if (typeof o.backend === "object") {

@@ -66,7 +66,7 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
         plan = parsePlan(raw, `pools[${i}].planFile`);
       } else plan = p.plan!;
       try {
-        validatePlan(plan, { layers: model.layers, experts: model.experts });
+        validatePlan(plan, { layers: model.layers, experts: model.experts, sharedSlices: model.sharedSlices });
       } catch (e) {
         throw new Error(`pools[${i}].plan: ${(e as Error).message}`);
       }

@@ -15,6 +15,7 @@ import {
   openCheckpoint,
   referenceExpertFFN,
   routerLogits,
+  sharedSlices,
   softmaxTopP,
   toFloat32,
 } from "@switchyard/moe";
@@ -43,6 +44,7 @@ export class CheckpointModel implements PoolModel {
   readonly experts: number;
   readonly hiddenSize: number;
   readonly hasShared: boolean;
+  readonly sharedSlices: number;
 
   private nativeBackend?: NativeCpuBackend;
 
@@ -55,6 +57,7 @@ export class CheckpointModel implements PoolModel {
     this.experts = spec.experts;
     this.hiddenSize = spec.hiddenSize;
     this.hasShared = spec.sharedExperts > 0;
+    this.sharedSlices = sharedSlices(spec);
   }
 
   static async open(dir: string): Promise<CheckpointModel> {
@@ -188,6 +191,10 @@ export class CheckpointModel implements PoolModel {
       });
       return new Float32Array(out.buffer, out.byteOffset, tokens * d);
     });
+  }
+
+  sharedScale(layer: number, hidden: Float32Array, tokens: number): Float32Array | null {
+    return this.sharedGateOf(this.layer(layer), hidden, tokens);
   }
 
   /**

@@ -34,4 +34,14 @@ export interface PoolModel {
   sharedBatch?(layer: number, hidden: Float32Array, tokens: number): Promise<Float32Array> | null;
   /** Whether the model has shared experts (then the router decodes hidden even for explicit assignments). */
   readonly hasShared: boolean;
+  /**
+   * The shared expert as routed-expert-shaped slices (packages/moe sharedSlices): a plan that places them has the
+   * workers run the shared expert as expert ids [experts, experts + sharedSlices); 0 or absent = it cannot.
+   */
+  readonly sharedSlices?: number;
+  /**
+   * The per-token weight of the shared expert's slices when the workers run them: Qwen2-MoE's sigmoid
+   * shared-expert gate [tokens], or null for weight 1 (DeepSeek-V3).
+   */
+  sharedScale?(layer: number, hidden: Float32Array, tokens: number): Float32Array | null;
 }

@@ -611,3 +611,138 @@ describe("router: the shared expert batched per flush", () => {
     expect(runs).toEqual([]);
   });
 });
+
+// The shared expert run by the workers as slices placed like experts (ids E, E+1): the router adds a slot per slice
+// to every token, weighted by the model's shared scale, and never computes the shared expert itself.
+describe("router: the shared expert on the workers, as slices", () => {
+  const SLICES = 2;
+  // slice j of the toy's shared expert (x -> -x) is x -> -x/2: the slices sum to the whole
+  const sliceFn = (layer: number, e: number, x: Float32Array) =>
+    e >= E ? x.map((v) => -v / SLICES) : expertFn(layer, e, x);
+  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: sliceFn }));
+  let t: ToyRouter;
+  let sharedCalls = 0;
+  const sliced: PoolModel = {
+    ...toy,
+    sharedSlices: SLICES,
+    sharedScale: (_layer, h, T) => sharedW(h, T),
+    shared(layer, h, T) {
+      sharedCalls++;
+      return toy.shared(layer, h, T);
+    },
+  };
+  // the routed experts as before, and each slice on two workers
+  const withSlices = twoReplicas.map((l) => [...l, [0, 1], [1, 2]]);
+  const sliceIds = (w: FakeWorker) => w.seen.flatMap((s) => s.experts).filter((e) => e >= E);
+
+  beforeAll(async () => {
+    t = await startToyRouter(workers, sliced);
+    t.setPool({}, withSlices);
+  });
+  afterAll(() => t?.close());
+
+  const call = (req: Partial<ForwardRequest>) =>
+    new Promise<ForwardResponse>((resolve, reject) =>
+      t.client.forward(
+        { pool: "toy", layer: 1, hidden: undefined, gate: undefined, requestId: 0n, ...req },
+        new Metadata(),
+        { deadline: Date.now() + 5000 },
+        (e, r) => (e ? reject(fromGrpcError(e)) : resolve(r)),
+      ),
+    );
+  const got = (r: ForwardResponse) => bytesToFloat32(r.hidden!.data, DType.FLOAT32, true);
+
+  it("sends every token to every slice and matches the reference, without computing it in the router", async () => {
+    sharedCalls = 0;
+    for (const w of workers) w.seen.length = 0;
+    for (const T of [1, 5]) {
+      const h = hidden(T, 60 + T);
+      const r = await call({ hidden: encodeTensor(h, [T, D], DType.FLOAT32) });
+      expect(maxRelErr(got(r), reference(1, h, T))).toBeLessThanOrEqual(1e-6);
+    }
+    const ids = workers.flatMap(sliceIds);
+    expect(ids.filter((e) => e === E).length).toBeGreaterThan(0);
+    expect(ids.filter((e) => e === E + 1).length).toBeGreaterThan(0);
+    expect(sharedCalls).toBe(0);
+  });
+
+  it("adds the slices to explicit assignments too", async () => {
+    const h = hidden(2, 70);
+    const ids = [
+      [1, 3],
+      [0, -1],
+    ];
+    const w = [
+      [0.6, 0.4],
+      [1, 0],
+    ];
+    const r = await call({
+      hidden: encodeTensor(h, [2, D], DType.FLOAT32),
+      gate: {
+        $case: "assignment",
+        value: {
+          expertIds: encodeTensor(Int32Array.from(ids.flat()), [2, 2], DType.INT32),
+          weights: encodeTensor(Float32Array.from(w.flat()), [2, 2], DType.FLOAT32),
+        },
+      },
+    });
+    expect(maxRelErr(got(r), reference(1, h, 2, { ids, w }))).toBeLessThanOrEqual(1e-6);
+    expect(sharedCalls).toBe(0);
+  });
+
+  it("never drops a slice under a capacity factor: only routed assignments count", async () => {
+    t.setPool({ gating: { capacityFactor: 0.5, overflow: "drop" } }, withSlices);
+    try {
+      for (const w of workers) w.seen.length = 0;
+      const T = 32;
+      const r = await call({ hidden: encodeTensor(hidden(T, 71), [T, D], DType.FLOAT32) });
+      expect(r.stats!.droppedAssignments).toBeGreaterThan(0);
+      // each slice still reached a worker (the answer itself lacks the dropped experts, so it is not compared)
+      expect(new Set(workers.flatMap(sliceIds))).toEqual(new Set([E, E + 1]));
+    } finally {
+      t.setPool({}, withSlices);
+    }
+  });
+
+  it("computes it in the router again under a plan without the slices", async () => {
+    t.setPool({}, twoReplicas);
+    try {
+      sharedCalls = 0;
+      for (const w of workers) w.seen.length = 0;
+      const h = hidden(3, 72);
+      const r = await call({ hidden: encodeTensor(h, [3, D], DType.FLOAT32) });
+      expect(maxRelErr(got(r), reference(1, h, 3))).toBeLessThanOrEqual(1e-6);
+      expect(sharedCalls).toBe(1);
+      expect(workers.flatMap(sliceIds)).toEqual([]);
+    } finally {
+      t.setPool({}, withSlices);
+    }
+  });
+
+  it("fails a request gated under the slices whose flush finds a plan without them, naming the expert", async () => {
+    t.setPool({ batching: { maxWaitMs: 50 } }, withSlices);
+    try {
+      const h = hidden(2, 73);
+      const pending = t.router.forward({
+        pool: "toy",
+        layer: 1,
+        hidden: encodeTensor(h, [2, D], DType.FLOAT32),
+        gate: undefined,
+        requestId: 0n,
+      });
+      t.setPool({ batching: { maxWaitMs: 50 } }, twoReplicas); // before the flush
+      await expect(pending).rejects.toThrow(/layer 1 expert 4: no worker in the placement plan holds it/);
+    } finally {
+      t.setPool({}, withSlices);
+    }
+  });
+
+  it("rejects a plan whose layers list neither the experts nor the experts and slices, naming the field", () => {
+    expect(() =>
+      t.setPool(
+        {},
+        twoReplicas.map((l) => [...l, [0]]),
+      ),
+    ).toThrow(/replicas\[0\].*one entry per expert \(4, or 6 with the shared expert's 2 slices\), got 5/);
+  });
+});

@@ -26,7 +26,7 @@ import { applyCapacity } from "./core/capacity.js";
 import { combineInto, resultRows } from "./core/combine.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
-import { type Assignment, collectAssignments, type TokenRouting } from "./core/routing.js";
+import { type Assignment, collectAssignments, type TokenRouting, withSharedSlices } from "./core/routing.js";
 import { WorkerConn, type WorkerTransport } from "./dispatch/worker-conn.js";
 import { type PoolMetrics, RouterMetrics } from "./metrics.js";
 import type { PoolModel } from "./model.js";
@@ -82,6 +82,8 @@ interface Item {
 class Pool {
   conns: WorkerConn[] = [];
   replicas: number[][][] = [];
+  /** The plan places the shared expert's slices: the workers run it, the router only adds its slots. */
+  sharedOnWorkers = false;
   planVersion = 0;
   pendingTokens = 0;
   readonly batcher: Batcher<Item, number>;
@@ -210,6 +212,7 @@ export class Router {
     for (const c of old.values()) c.close();
     p.conns = conns;
     p.replicas = s.plan.replicas.map((l) => l.map((r) => r.slice()));
+    p.sharedOnWorkers = s.plan.replicas.some((l) => l.length > s.model.experts);
     p.planVersion = s.plan.version;
     this.metrics.planVersion.set({ pool: s.name }, s.plan.version);
   }
@@ -279,10 +282,15 @@ export class Router {
         hiddenF32 ??= decodeTensor(hiddenT, "hidden").values as Float32Array;
         return hiddenF32;
       };
-      const routing = this.gate(p, req, T, hidden32);
+      const gated = this.gate(p, req, T, hidden32);
+      // The shared expert: as slots of its slices for the workers where the plan places them, else computed here.
+      const onWorkers = p.sharedOnWorkers && m.hasShared;
+      const routing = onWorkers
+        ? withSharedSlices(gated, m.experts, m.sharedSlices ?? 0, m.sharedScale?.(req.layer, hidden32(), T) ?? null)
+        : gated;
       const slots = routing.slots;
       const weights = routing.weights;
-      const sharedInput = m.hasShared ? hidden32() : null;
+      const sharedInput = m.hasShared && !onWorkers ? hidden32() : null;
       const now = Date.now();
       const dl = Number.isFinite(deadline) ? deadline : now + DEFAULT_DEADLINE_MS;
       p.pendingTokens += T;
@@ -388,7 +396,12 @@ export class Router {
     p.metrics.batchTokens.observe(batchTokens);
     try {
       const routings = items.map((i) => i.routing);
-      const routed = collectAssignments(routings);
+      const all = collectAssignments(routings);
+      // The shared expert's slices take every token: no capacity, no heat; they go with the first round. Split them
+      // off even when the plan no longer places them (it changed after these requests' gate): dispatch then fails
+      // them as unplaced, naming the expert, where capacity would have dropped them without a word.
+      const sharedSlots = (m.sharedSlices ?? 0) > 0 ? all.filter((a) => a.expert >= m.experts) : [];
+      const routed = sharedSlots.length > 0 ? all.filter((a) => a.expert < m.experts) : all;
       const cap = applyCapacity(routed, m.experts, p.policy.gating.capacityFactor, p.policy.gating.overflow, routings);
       for (const a of cap.dropped) items[a.item].dropped++;
       if (cap.dropped.length > 0) p.metrics.dropped.inc(cap.dropped.length);
@@ -401,6 +414,7 @@ export class Router {
           p.metrics.addHeat(layer, m.experts, a.expert, 1);
         }
       }
+      if (sharedSlots.length > 0) rounds[0] = rounds.length > 0 ? rounds[0].concat(sharedSlots) : sharedSlots;
       p.metrics.expertsPerBatch.observe(touched.size);
       // The shared expert of the whole flush, natively off the event loop where the model can (one read of its
       // weights for every token of the flush), started before the rounds so that it overlaps them.
@@ -759,10 +773,12 @@ function validatePlan(plan: PlacementPlan, m: PoolModel, pool: string): void {
     const layer = plan.replicas[l];
     if (!Array.isArray(layer)) throw invalidArgument(`${f}.replicas[${l}]`, "must be an array per expert");
     if (layer.length === 0 && !m.isMoeLayer(l)) continue; // dense layer
-    if (layer.length !== m.experts) {
+    // or one more per shared slice, which places the shared expert on the workers
+    const slices = m.sharedSlices ?? 0;
+    if (layer.length !== m.experts && (slices === 0 || layer.length !== m.experts + slices)) {
       throw invalidArgument(
         `${f}.replicas[${l}]`,
-        `must have one entry per expert (${m.experts}), got ${layer?.length}`,
+        `must have one entry per expert (${m.experts}${slices > 0 ? `, or ${m.experts + slices} with the shared expert's ${slices} slices` : ""}), got ${layer?.length}`,
       );
     }
     for (let e = 0; e < layer.length; e++) {

@@ -104,6 +104,10 @@ export const modelSchema = obj(
       maximum: 16,
       default: 0,
     }),
+    sharedIntermediateSize: int(
+      "Intermediate size of the whole shared-expert MLP (Qwen2-MoE's shared_expert_intermediate_size; DeepSeek-V3: moe_intermediate_size × n_shared_experts). Unset = sharedExperts × intermediateSize.",
+      { minimum: 1, maximum: 2097152 },
+    ),
     dtype: enm("Weight and activation dtype on the workers.", ["bfloat16", "float16", "float32"] as const, {
       default: "bfloat16",
     }),
@@ -197,9 +201,19 @@ export const placementSchema = obj(
       maximum: 4096,
       default: 0,
     }),
+    sharedExperts: enm(
+      "Where the shared expert runs. Workers: split into model.sharedIntermediateSize / model.intermediateSize slices of a routed expert's width, placed like experts (expert ids from model.experts on), since in the router its CPU is the bound (measured: 3.7 router cores at 1337 tokens/s for Qwen1.5-MoE on an H200). Router: in the router (the plan lists the routed experts only).",
+      ["Workers", "Router"] as const,
+      { default: "Workers" },
+    ),
   },
   { default: {} },
 );
+
+// Slices of the shared expert the workers serve (desired.ts sharedSlicesOf, in CEL): its width over a routed
+// expert's; unset sharedIntermediateSize means sharedExperts × intermediateSize, hence sharedExperts slices.
+const SHARED_SLICES_CEL =
+  "(self.placement.sharedExperts == 'Workers' && self.model.sharedExperts > 0 ? (has(self.model.sharedIntermediateSize) ? self.model.sharedIntermediateSize / self.model.intermediateSize : self.model.sharedExperts) : 0)";
 
 export const expertPoolSpecSchema = obj(
   "Desired state of an ExpertPool.",
@@ -224,9 +238,23 @@ export const expertPoolSpecSchema = obj(
         fieldPath: ".placement.redundantExperts",
       },
       {
-        rule: "self.replicas == 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= self.model.layers * (self.model.experts + self.placement.redundantExperts)",
+        rule: "self.placement.sharedExperts != 'Workers' || self.model.sharedExperts == 0 || !has(self.model.sharedIntermediateSize) || self.model.sharedIntermediateSize % self.model.intermediateSize == 0",
         message:
-          "cache.residentExperts * replicas must hold every expert slot, layers * (experts + placement.redundantExperts), unless cache.hostTier.enabled",
+          "model.sharedIntermediateSize must be a multiple of model.intermediateSize when placement.sharedExperts is Workers (the workers serve the shared expert as slices of a routed expert's width); set placement.sharedExperts to Router otherwise",
+        fieldPath: ".model.sharedIntermediateSize",
+      },
+      {
+        // Qwen2-MoE's shared expert is not sharedExperts x intermediateSize wide (Qwen1.5-MoE-A2.7B: 5632 vs 1408), so
+        // the default would plan 1 slice where the workers serve 4 and the router would refuse the plan.
+        rule: "self.model.architecture != 'qwen2-moe' || self.model.sharedExperts == 0 || self.placement.sharedExperts != 'Workers' || has(self.model.sharedIntermediateSize)",
+        message:
+          "model.sharedIntermediateSize is required for qwen2-moe with a shared expert on the workers (the checkpoint's shared_expert_intermediate_size)",
+        fieldPath: ".model.sharedIntermediateSize",
+      },
+      {
+        rule: `self.replicas == 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= self.model.layers * (self.model.experts + self.placement.redundantExperts + ${SHARED_SLICES_CEL})`,
+        message:
+          "cache.residentExperts * replicas must hold every expert slot, layers * (experts + placement.redundantExperts + shared slices), unless cache.hostTier.enabled; shared slices = model.sharedIntermediateSize / model.intermediateSize (model.sharedExperts when unset) if placement.sharedExperts is Workers and model.sharedExperts > 0, else 0",
         fieldPath: ".cache.residentExperts",
       },
       {
@@ -252,9 +280,15 @@ export const expertPoolStatusSchema = obj("Observed state of an ExpertPool, rebu
     version: int("Plan version; bumps on every change.", { format: "int64", minimum: 0 }),
     configMap: str("ConfigMap holding plan.json.", { maxLength: 253 }),
     workers: int("Workers in the plan.", { minimum: 0 }),
-    slotsPerWorker: arr("(layer, expert) copies assigned to each worker, in plan order.", int("Slots."), {
-      maxItems: 1024,
-    }),
+    slotsPerWorker: arr(
+      "(layer, expert) copies assigned to each worker, in plan order; the shared expert's slices count as experts.",
+      int("Slots."),
+      { maxItems: 1024 },
+    ),
+    sharedSlices: int(
+      "Slices of the shared expert per layer the plan places on the workers (expert ids from model.experts on); 0 = the router runs it, or the model has none.",
+      { minimum: 0 },
+    ),
     replicatedExperts: int("(layer, expert) pairs holding more than one copy.", { minimum: 0 }),
     loadImbalance: num("Expected max/mean worker load under the plan's load estimate (1 = perfect).", {
       minimum: 0,

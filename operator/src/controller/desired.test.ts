@@ -1,3 +1,4 @@
+import { placedSharedSlices, validatePlan } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
 import {
   cacheCapacity,
@@ -6,8 +7,23 @@ import {
   desiredStatefulSet,
   modelHash,
   planFromConfigMap,
+  sharedSlicesOf,
 } from "./desired.js";
 import { testPool } from "./fixtures.js";
+
+/** Qwen2-MoE-shaped: 8 routed experts of width 16 and a shared expert of width 64, i.e. 4 slices. */
+const qwen = (extra: Parameters<typeof testPool>[0] = {}) =>
+  testPool({
+    ...extra,
+    model: {
+      architecture: "qwen2-moe",
+      topK: 2,
+      intermediateSize: 16,
+      sharedExperts: 1,
+      sharedIntermediateSize: 64,
+      ...extra.model,
+    },
+  });
 
 describe("desiredStatefulSet", () => {
   const pool = testPool({ replicas: 3, worker: { gpusPerWorker: 2, nodeSelector: { gpu: "h200" } } });
@@ -140,5 +156,90 @@ describe("desiredPlan", () => {
   it("ignores an unreadable plan ConfigMap", () => {
     expect(planFromConfigMap({ data: { "plan.json": "{nope" } })).toBeUndefined();
     expect(planFromConfigMap(undefined)).toBeUndefined();
+  });
+});
+
+describe("the shared expert's slices", () => {
+  const slicesOf = (p: ReturnType<typeof testPool>) => sharedSlicesOf(p.spec.model, p.spec.placement);
+
+  it("sharedSlicesOf: shared width over routed width on Workers (the default), 0 on Router or without one", () => {
+    expect(qwen().spec.placement.sharedExperts).toBe("Workers");
+    expect(slicesOf(qwen())).toBe(4);
+    expect(slicesOf(qwen({ placement: { sharedExperts: "Router" } }))).toBe(0);
+    // DeepSeek-V3-shaped: no sharedIntermediateSize means sharedExperts × intermediateSize.
+    expect(slicesOf(testPool({ model: { architecture: "deepseek-v3", sharedExperts: 1 } }))).toBe(1);
+    expect(slicesOf(testPool({ model: { architecture: "deepseek-v3", sharedExperts: 2 } }))).toBe(2);
+    expect(slicesOf(testPool())).toBe(0);
+    expect(slicesOf(qwen({ model: { sharedExperts: 0 } }))).toBe(0);
+    expect(() => slicesOf(qwen({ model: { sharedIntermediateSize: 40 } }))).toThrow(
+      /^model\.sharedIntermediateSize: 40 is not a multiple of model\.intermediateSize 16/,
+    );
+  });
+
+  it("Workers: every layer lists experts + slices, the slices spread over the workers", () => {
+    const pool = qwen({ replicas: 4 });
+    const r = desiredPlan(pool, undefined);
+    if (!r.ok) throw new Error(r.message);
+    expect(r.plan.replicas).toHaveLength(4);
+    for (const layer of r.plan.replicas) {
+      expect(layer).toHaveLength(12);
+      // Each slice carries every token (4 expert-loads here), so balanced packing gives each its own worker.
+      const slices = layer.slice(8);
+      expect(slices.every((h) => h.length === 1)).toBe(true);
+      expect(new Set(slices.flat()).size).toBe(4);
+    }
+    expect(placedSharedSlices(r.plan, 8, 4)).toBe(4);
+    expect(() => validatePlan(r.plan, { layers: 4, experts: 8, sharedSlices: 4 })).not.toThrow();
+    expect(r.stats.slotsPerWorker).toEqual([12, 12, 12, 12]); // 4 layers × 12 ids over 4 workers
+    const back = planFromConfigMap(r.configMap);
+    expect(back).toEqual(r.plan);
+    const again = desiredPlan(pool, back);
+    expect(again.ok && again.plan.version).toBe(r.plan.version);
+  });
+
+  it("Router: the plan lists the routed experts only; switching to Workers bumps the version", () => {
+    const router = desiredPlan(qwen({ placement: { sharedExperts: "Router" } }), undefined);
+    if (!router.ok) throw new Error(router.message);
+    for (const layer of router.plan.replicas) expect(layer).toHaveLength(8);
+    expect(placedSharedSlices(router.plan, 8, 4)).toBe(0);
+    const workers = desiredPlan(qwen(), router.plan);
+    if (!workers.ok) throw new Error(workers.message);
+    expect(workers.plan.version).toBe(router.plan.version + 1);
+    expect(workers.plan.replicas[0]).toHaveLength(12);
+  });
+
+  it("DeepSeek-shaped sharedExperts 1 without a width: one slice", () => {
+    const r = desiredPlan(testPool({ model: { architecture: "deepseek-v3", sharedExperts: 1 } }), undefined);
+    if (!r.ok) throw new Error(r.message);
+    for (const layer of r.plan.replicas) expect(layer).toHaveLength(9);
+  });
+
+  it("takes the routed experts' heat (rows of model.experts entries) and loads the slices with every token", () => {
+    const heat = Array.from({ length: 4 }, () => [40, 0, 0, 0, 0, 0, 0, 0]); // 20 tokens a layer at topK 2
+    const r = desiredPlan(qwen({ replicas: 2, placement: { redundantExperts: 1 } }), undefined, heat);
+    if (!r.ok) throw new Error(r.message);
+    // The one redundant copy goes to the hot expert 0 (40 > each slice's 20), not to a slice.
+    for (const layer of r.plan.replicas) {
+      expect(layer[0]).toHaveLength(2);
+      expect(layer.slice(8).every((h) => h.length === 1)).toBe(true);
+    }
+    const withSlices = heat.map((row) => [...row, 20, 20, 20, 20]);
+    const bad = desiredPlan(qwen(), undefined, withSlices);
+    expect(!bad.ok && bad.message).toBe("load[0]: has 12 experts, want 8");
+    const short = desiredPlan(qwen(), undefined, heat.slice(1));
+    expect(!short.ok && short.message).toBe("load: has 3 layers, want 4");
+  });
+
+  it("the slices count against the cache: default capacity includes them, a too small one is reported", () => {
+    expect(cacheCapacity(qwen({ replicas: 3 }))).toBe(16); // 4 layers × (8 + 4) over 3 workers
+    expect(cacheCapacity(qwen({ replicas: 3, placement: { sharedExperts: "Router" } }))).toBe(11);
+    const r = desiredPlan(qwen({ replicas: 2, cache: { residentExperts: 16 } }), undefined);
+    expect(!r.ok && r.message).toMatch(/^capacityPerWorker: 16 slots per worker cannot hold 4 layers × 12 copies/);
+    expect(desiredPlan(qwen({ replicas: 2, cache: { residentExperts: 24 } }), undefined).ok).toBe(true);
+  });
+
+  it("a width that does not divide is a PlacementFailed message, not a throw", () => {
+    const r = desiredPlan(qwen({ model: { sharedIntermediateSize: 40 } }), undefined);
+    expect(!r.ok && r.message).toMatch(/^model\.sharedIntermediateSize: 40 is not a multiple/);
   });
 });

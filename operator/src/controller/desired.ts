@@ -4,13 +4,14 @@ import { createHash } from "node:crypto";
 import type { V1ConfigMap, V1Service, V1StatefulSet, V1Toleration } from "@kubernetes/client-node";
 import {
   DATA_PATH_NODE_FLAGS,
+  loadWithSharedSlices,
   PlacementError,
   type PlacementPlan,
   type PlanStats,
   planPlacement,
   validatePlan,
 } from "@switchyard/moe";
-import type { ExpertPool } from "../api/v1alpha1.js";
+import type { ExpertPool, ExpertPoolSpec } from "../api/v1alpha1.js";
 import {
   CHECKPOINT_MOUNT,
   childLabels,
@@ -31,11 +32,30 @@ import {
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
 
+/**
+ * Slices of a routed expert's width the workers serve the shared expert as (expert ids experts .. experts+m-1 in
+ * the plan; @switchyard/moe shared-slices.ts): 0 when it stays in the router or the model has none. The CRD's
+ * fields stand in for a ModelSpec here (unset sharedIntermediateSize = sharedExperts × intermediateSize), so this
+ * is spec.ts sharedSlices for an ExpertPool; the CRD's CEL rule keeps the width a multiple, checked again here.
+ */
+export function sharedSlicesOf(model: ExpertPoolSpec["model"], placement: ExpertPoolSpec["placement"]): number {
+  if (placement.sharedExperts !== "Workers" || model.sharedExperts === 0) return 0;
+  const width = model.sharedIntermediateSize ?? model.sharedExperts * model.intermediateSize;
+  if (width % model.intermediateSize !== 0)
+    throw new PlacementError(
+      "model.sharedIntermediateSize",
+      `${width} is not a multiple of model.intermediateSize ${model.intermediateSize}; set placement.sharedExperts to Router`,
+    );
+  return width / model.intermediateSize;
+}
+
 /** Slots each worker must hold when the user did not size the cache: its share of every copy, rounded up. */
 export function cacheCapacity(pool: ExpertPool): number {
   const { spec } = pool;
   if (spec.cache.residentExperts !== undefined) return spec.cache.residentExperts;
-  const slots = spec.model.layers * (spec.model.experts + spec.placement.redundantExperts);
+  // The shared slices are placed like experts, so each worker's share includes them.
+  const experts = spec.model.experts + sharedSlicesOf(spec.model, spec.placement);
+  const slots = spec.model.layers * (experts + spec.placement.redundantExperts);
   return Math.max(1, Math.ceil(slots / Math.max(1, spec.replicas)));
 }
 
@@ -219,22 +239,33 @@ export type PlanOutcome =
   | { ok: true; plan: PlacementPlan; stats: PlanStats; configMap: V1ConfigMap }
   | { ok: false; message: string };
 
+/**
+ * The placement plan for a pool. `load` is the routed experts' heat per [layer][expert] (`model.experts` entries a
+ * row), or undefined for uniform routing. When the workers serve the shared expert, its slices are appended to
+ * every layer as expert ids `experts + j` with the load of every token (loadWithSharedSlices), so balanced packing
+ * spreads them over workers like any heavy expert; the router sees the longer layers and sends every token to them.
+ */
 export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefined, load?: number[][]): PlanOutcome {
   const { spec } = pool;
   const name = pool.metadata.name;
   const ns = pool.metadata.namespace ?? "default";
   const workers = workerIds(name, spec.replicas);
   try {
+    const { layers, experts, topK } = spec.model;
+    const slices = sharedSlicesOf(spec.model, spec.placement);
+    // loadWithSharedSlices would read a missing layer as uniform; a short or long heat matrix is an error instead.
+    if (load && load.length !== layers) throw new PlacementError("load", `has ${load.length} layers, want ${layers}`);
     const { plan, stats } = planPlacement({
       pool: name,
-      layers: spec.model.layers,
-      experts: spec.model.experts,
+      layers,
+      experts: experts + slices,
       workers,
       redundantExperts: spec.placement.redundantExperts,
       capacityPerWorker: spec.cache.residentExperts,
       capacityIsSoft: spec.cache.hostTier.enabled,
       strategy: spec.placement.strategy,
-      load,
+      // loadWithSharedSlices checks each row has `experts` entries (PlacementError naming load[l]).
+      load: slices > 0 ? loadWithSharedSlices(load, layers, experts, slices, topK) : load,
       previous,
       endpoints: Object.fromEntries(workers.map((w) => [w, workerAddress(name, ns, w)])),
     });

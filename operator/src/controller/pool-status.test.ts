@@ -68,9 +68,25 @@ describe("buildPoolStatus", () => {
       configMap: "mix-placement",
       workers: 2,
       slotsPerWorker: [16, 16],
+      sharedSlices: 0,
     });
     expect(status.endpoints?.[0]).toEqual({ worker: "mix-0", address: "mix-0.mix-workers.ns.svc:50061" });
     expect(transitions.map((t) => t.type)).toEqual(["Ready", "Progressing", "Degraded"]);
+  });
+
+  it("counts the shared expert's slices the plan places on the workers, honestly per copy", () => {
+    const model = {
+      architecture: "qwen2-moe" as const,
+      intermediateSize: 16,
+      sharedExperts: 1,
+      sharedIntermediateSize: 64,
+    };
+    const onWorkers = testPool({ model });
+    const w = buildPoolStatus({ pool: onWorkers, statefulSet: undefined, pods: [], plan: planOf(onWorkers), now });
+    expect(w.status.placement).toMatchObject({ sharedSlices: 4, slotsPerWorker: [24, 24] }); // 4 layers × (8 + 4)
+    const inRouter = testPool({ model, placement: { sharedExperts: "Router" } });
+    const r = buildPoolStatus({ pool: inRouter, statefulSet: undefined, pods: [], plan: planOf(inRouter), now });
+    expect(r.status.placement).toMatchObject({ sharedSlices: 0, slotsPerWorker: [16, 16] });
   });
 
   it("a pod that cannot get GPUs: Progressing InsufficientGPU with the scheduler's message", () => {

@@ -155,6 +155,8 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
       configMap: planConfigMapName(name),
       workers: plan.workers.length,
       slotsPerWorker: stats.slotsPerWorker,
+      // Read off the plan itself: layers longer than the routed experts list the shared slices.
+      sharedSlices: Math.max(0, (plan.replicas[0]?.length ?? 0) - pool.spec.model.experts),
       replicatedExperts: stats.replicatedExperts,
       // Rounded: a status field that wobbles in the last digit would be a write per pass.
       loadImbalance: Math.round(stats.maxImbalance * 1000) / 1000,

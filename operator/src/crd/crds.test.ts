@@ -99,7 +99,7 @@ describe("applyDefaults mirrors structural defaulting", () => {
       image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
     });
     expect(spec.cache).toEqual({ hostTier: { enabled: false } });
-    expect(spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0 });
+    expect(spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0, sharedExperts: "Workers" });
     expect(spec.model).toMatchObject({ dtype: "bfloat16", sharedExperts: 0 });
   });
 

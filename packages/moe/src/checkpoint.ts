@@ -15,6 +15,7 @@ import {
   type ModelSpec,
   sharedExpertGateKey,
   sharedExpertKeys,
+  sharedSlices,
   specFromHfConfig,
   type WeightDType,
 } from "./spec.js";
@@ -249,6 +250,62 @@ function checkInfo(file: string, info: TensorInfo, expectShape?: readonly number
     throw failedPrecondition(
       `${file}: tensor ${info.name}: expected shape [${expectShape.join(", ")}], got [${info.shape.join(", ")}]`,
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The shared expert as routed-expert-shaped slices (see sharedSlices in spec.ts)
+
+/** Slice j of a shared MLP of width m·f: gate/up rows [j·f, (j+1)·f) and down columns [j·f, (j+1)·f). */
+export function sliceSharedExpert(w: ExpertWeights, j: number, f: number): ExpertWeights {
+  const inter = w.gate.rows;
+  if (!Number.isInteger(f) || f < 1 || inter % f !== 0)
+    throw invalidArgument("sliceWidth", `must divide the shared expert's width ${inter}, got ${f}`);
+  if (!Number.isInteger(j) || j < 0 || j >= inter / f)
+    throw invalidArgument("slice", `must be an integer in [0, ${inter / f}), got ${j}`);
+  const rowsOf = (m: WeightMatrix): WeightMatrix => {
+    const rowBytes = m.cols * weightBytesPerElement(m.dtype);
+    return { ...m, rows: f, data: m.data.slice(j * f * rowBytes, (j + 1) * f * rowBytes) };
+  };
+  const el = weightBytesPerElement(w.down.dtype);
+  const d = w.down.rows;
+  const down = new Uint8Array(d * f * el);
+  for (let r = 0; r < d; r++) {
+    const from = (r * inter + j * f) * el;
+    down.set(w.down.data.subarray(from, from + f * el), r * f * el);
+  }
+  return { gate: rowsOf(w.gate), up: rowsOf(w.up), down: { dtype: w.down.dtype, rows: d, cols: f, data: down } };
+}
+
+/**
+ * Reads expert ids the way a worker serves them: [0, experts) are routed experts, [experts, experts + m) the
+ * shared expert's slices. Slices asked for while the layer's shared expert is being read share that one read (a
+ * worker loads its experts concurrently at start); nothing is kept after it.
+ */
+export function expertReader(ckpt: Checkpoint): (layer: number, expert: number) => Promise<ExpertWeights> {
+  const { spec } = ckpt;
+  const m = sharedSlices(spec);
+  const pending = new Map<number, Promise<ExpertWeights>>();
+  return (layer, expert) => {
+    if (expert < spec.experts || m === 0) return ckpt.readExpert(layer, expert);
+    if (!Number.isInteger(expert) || expert >= spec.experts + m)
+      return Promise.reject(
+        invalidArgument(
+          "expert",
+          `must be an integer in [0, ${spec.experts + m}) (${spec.experts} experts and ${m} shared slices), got ${expert}`,
+        ),
+      );
+    let whole = pending.get(layer);
+    if (!whole) {
+      whole = ckpt.readSharedExpert(layer).then((w) => {
+        if (!w) throw failedPrecondition(`${ckpt.dir}: layer ${layer} has no shared expert`);
+        return w;
+      });
+      pending.set(layer, whole);
+      const forget = () => pending.delete(layer);
+      whole.then(forget, forget);
+    }
+    return whole.then((w) => sliceSharedExpert(w, expert - spec.experts, spec.intermediateSize));
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -66,6 +66,19 @@ export function expertWeightBytes(spec: ModelSpec): number {
   return 3 * spec.hiddenSize * spec.intermediateSize * (spec.dtype === "float32" ? 4 : 2);
 }
 
+/**
+ * How many routed-expert-shaped slices the shared expert splits into, so that GPU workers can serve it like any
+ * expert: SwiGLU is column-separable over its intermediate dimension, so an MLP of width m·f is exactly the sum of
+ * m MLPs of width f (gate/up rows [j·f, (j+1)·f), down columns the same), each applied to every token. Slice j is
+ * served under expert id `experts + j`. 0 when the model has no shared expert or its width is not a multiple of the
+ * routed experts' (that shared expert can only run in the router).
+ */
+export function sharedSlices(spec: ModelSpec): number {
+  if (spec.sharedExperts === 0 || spec.sharedIntermediateSize <= 0) return 0;
+  const m = spec.sharedIntermediateSize / spec.intermediateSize;
+  return Number.isInteger(m) ? m : 0;
+}
+
 /** Family defaults; `overrides` win. Sizes default to a small model that is quick to generate. */
 export function defaultSpec(family: ModelFamily, overrides: Partial<ModelSpec> = {}): ModelSpec {
   const base: ModelSpec = {

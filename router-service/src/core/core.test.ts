@@ -5,7 +5,7 @@ import { applyCapacity, expertCapacity } from "./capacity.js";
 import { combineF32, combineInto, combineIntoTs, resultRows } from "./combine.js";
 import { layoutRound } from "./plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./replicas.js";
-import { collectAssignments, type TokenRouting } from "./routing.js";
+import { collectAssignments, type TokenRouting, withSharedSlices } from "./routing.js";
 
 function routing(experts: number[][], weights: number[][], ranking?: number[][]): TokenRouting {
   const slots = experts[0].length;
@@ -336,5 +336,26 @@ describe("Batcher", () => {
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
     expect(flushed).toEqual([[1], [2]]);
+  });
+});
+
+describe("withSharedSlices", () => {
+  it("appends one slot per slice to every token, weighted 1 or by the per-token scale", () => {
+    const r: TokenRouting = {
+      tokens: 2,
+      slots: 2,
+      experts: Int32Array.from([3, 1, 0, -1]),
+      weights: Float32Array.from([0.6, 0.4, 1, 0]),
+      ranking: Int32Array.from([3, 1, 0, 2, 0, 1, 2, 3]),
+    };
+    const w = withSharedSlices(r, 4, 2, null);
+    expect(w.slots).toBe(4);
+    expect([...w.experts]).toEqual([3, 1, 4, 5, 0, -1, 4, 5]);
+    expect([...w.weights]).toEqual([0.6, 0.4, 1, 1, 1, 0, 1, 1].map(Math.fround));
+    expect(w.ranking).toBe(r.ranking); // spill still ranks the routed experts only
+    const scaled = withSharedSlices(r, 4, 1, Float32Array.from([0.25, 0.5]));
+    expect([...scaled.experts]).toEqual([3, 1, 4, 0, -1, 4]);
+    expect([...scaled.weights]).toEqual([0.6, 0.4, 0.25, 1, 0, 0.5].map(Math.fround));
+    expect([...r.experts]).toEqual([3, 1, 0, -1]); // the input is left as it was
   });
 });

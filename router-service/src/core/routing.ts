@@ -17,6 +17,34 @@ export interface TokenRouting {
   ranking?: Int32Array;
 }
 
+/**
+ * The routing with the shared expert's slices appended to every token: slots [slots, slots + slices) hold expert
+ * ids experts + j, weighted 1 or, per token, by `scale` (Qwen2-MoE's sigmoid shared-expert gate). The workers then
+ * run the shared expert like any routed expert, and the combine sums it with the rest.
+ */
+export function withSharedSlices(
+  r: TokenRouting,
+  experts: number,
+  slices: number,
+  scale: Float32Array | null,
+): TokenRouting {
+  const k = r.slots + slices;
+  const ids = new Int32Array(r.tokens * k);
+  const weights = new Float32Array(r.tokens * k);
+  for (let t = 0; t < r.tokens; t++) {
+    ids.set(r.experts.subarray(t * r.slots, (t + 1) * r.slots), t * k);
+    weights.set(r.weights.subarray(t * r.slots, (t + 1) * r.slots), t * k);
+    const w = scale ? scale[t] : 1;
+    for (let j = 0; j < slices; j++) {
+      ids[t * k + r.slots + j] = experts + j;
+      weights[t * k + r.slots + j] = w;
+    }
+  }
+  const out: TokenRouting = { tokens: r.tokens, slots: k, experts: ids, weights };
+  if (r.ranking) out.ranking = r.ranking;
+  return out;
+}
+
 /** One (token, slot) → expert assignment inside a flush. `item` indexes the flush's requests. */
 export interface Assignment {
   item: number;

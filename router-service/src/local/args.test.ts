@@ -16,6 +16,13 @@ describe("npm start flags", () => {
     expect(o.policy.batching.enabled).toBe(true);
   });
 
+  it("--shared-experts: workers or router, the default left to the run (workers where the model can)", () => {
+    expect(parseLocalArgs([]).sharedExperts).toBeNull();
+    expect(parseLocalArgs(["--shared-experts", "router"]).sharedExperts).toBe("router");
+    expect(parseLocalArgs(["--shared-experts=workers"]).sharedExperts).toBe("workers");
+    expect(() => parseLocalArgs(["--shared-experts", "gpu"])).toThrow(/--shared-experts: workers or router, got "gpu"/);
+  });
+
   it("takes family, size, workers, concurrency, duration and an inline policy", () => {
     const o = parseLocalArgs([
       "--family",

@@ -15,6 +15,7 @@ import {
   DATA_PATH_NODE_FLAGS,
   defaultSpec,
   generateCheckpoint,
+  loadWithSharedSlices,
   type ModelFamily,
   type ModelSpec,
   moeLayers,
@@ -22,6 +23,7 @@ import {
   planPlacement,
   type RoutingPolicy,
   resolveRoutingPolicy,
+  sharedSlices,
 } from "@switchyard/moe";
 import {
   bytesToFloat32,
@@ -88,6 +90,8 @@ export interface LocalOptions {
   verify: VerifyMode | null;
   /** reference threads; null: 1 when checking every answer, else up to 8 of the cores the processes leave */
   verifyThreads: number | null;
+  /** where the shared expert runs; null: on the workers where it splits into slices, else in the router */
+  sharedExperts: "workers" | "router" | null;
   policyFile?: string;
 }
 
@@ -107,7 +111,9 @@ const USAGE = `usage: npm start -- [flags]
   --tolerance X                   max relative error per answer (default 1e-2 bf16, 1e-4 fp32)
   --verify all|sample             check every answer against the reference, or only those that find a reference
                                   thread idle (default all; sample at --size full, where the reference is slow)
-  --verify-threads N              reference threads (default 1 for all, up to 8 for sample)`;
+  --verify-threads N              reference threads (default 1 for all, up to 8 for sample)
+  --shared-experts workers|router where Qwen2-MoE's and DeepSeek-V3's shared expert runs: on the workers, as slices
+                                  of the routed experts' width placed like experts (default), or in the router`;
 
 export function parseLocalArgs(argv: string[]): LocalOptions {
   const o: LocalOptions = {
@@ -125,6 +131,7 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
     tolerance: null,
     verify: null,
     verifyThreads: null,
+    sharedExperts: null,
   };
   const int = (flag: string, v: string, min: number) => {
     const n = Number(v);
@@ -204,6 +211,10 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
         break;
       case "verify-threads":
         o.verifyThreads = int(name, v, 1);
+        break;
+      case "shared-experts":
+        if (v !== "workers" && v !== "router") throw new Error(`--shared-experts: workers or router, got "${v}"`);
+        o.sharedExperts = v;
         break;
       default:
         throw new Error(`unknown flag --${name}\n${USAGE}`);
@@ -307,7 +318,14 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   await mkdir(dirname(ckptDir), { recursive: true });
   const disk = await statfs(dirname(ckptDir)).catch(() => null);
   const redundant = o.redundant ?? Math.floor(want.experts / 4);
-  const footprint = runFootprint(want, o.workers > 1 ? redundant : 0);
+  // The shared expert's slices are placed like experts, with the load of every token (shared-slices.ts).
+  const slices = sharedSlices(want);
+  if (o.sharedExperts === "workers" && slices === 0)
+    throw new Error(
+      `--shared-experts workers: ${o.family} has no shared expert of a multiple of the routed experts' width`,
+    );
+  const placeSlices = o.sharedExperts !== "router" ? slices : 0;
+  const footprint = runFootprint(want, o.workers > 1 ? redundant : 0, placeSlices > 0);
   checkRunFits(`${o.family} --size ${o.size}`, footprint, {
     totalMemory: totalmem(),
     freeDisk: disk ? disk.bavail * disk.bsize : null,
@@ -342,9 +360,11 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const { plan, stats } = planPlacement({
     pool: "local",
     layers: spec.layers,
-    experts: spec.experts,
+    experts: spec.experts + placeSlices,
     workers: ids,
     redundantExperts: o.workers > 1 ? redundant : 0,
+    load:
+      placeSlices > 0 ? loadWithSharedSlices(undefined, spec.layers, spec.experts, placeSlices, spec.topK) : undefined,
   });
   const planFile = join(runDir, "plan.json");
   await writeFile(planFile, JSON.stringify(plan));
@@ -597,6 +617,16 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         `${o.family} ${o.size} (${spec.layers} layers, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK}${spec.sharedExperts ? ", shared expert" : ""})`,
       ],
       ["workers / concurrency", `${o.workers} / ${o.concurrency} sequences, ${o.dtype}`],
+      ...(spec.sharedExperts > 0
+        ? ([
+            [
+              "shared expert",
+              placeSlices > 0
+                ? `on the workers: ${placeSlices} slice(s) of width ${spec.intermediateSize}, every token`
+                : "in the router",
+            ],
+          ] as [string, string][])
+        : []),
       [
         "router -> worker transport",
         `TCP data path to ${sum("switchyard_router_worker_data_path")} of ${ids.length} workers at the end, gRPC stream to the rest`,

@@ -19,6 +19,11 @@ describe("what a local run needs", () => {
     const expert = 3 * 7168 * 2048 * 2;
     expect(f.checkpoint).toBe(2 * 257 * expert);
     expect(f.reference).toBe(2 * 257 * expert * 2);
+    expect(f.workers).toBe(2 * 320 * expert);
+    // and in the workers' memory where they run it as slices
+    expect(runFootprint(defaultSpec("deepseek-v3", localModel("deepseek-v3", "full")), 64, true).workers).toBe(
+      2 * 321 * expert,
+    );
   });
 
   it("refuses DeepSeek-V3 at full size on a 128 GB machine, naming the figures; lets Mixtral run", () => {

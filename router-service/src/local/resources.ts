@@ -9,13 +9,14 @@ import { referenceBytes } from "./verifier-pool.js";
 export interface RunFootprint {
   /** bytes of expert tensors the checkpoint holds */
   checkpoint: number;
-  /** bytes the workers hold: every (layer, expert) once, plus the redundant copies of the plan */
+  /** bytes the workers hold: every (layer, expert) once, plus the redundant copies of the plan (and the shared
+   * expert's slices where the workers run it) */
   workers: number;
   /** fp32 bytes the reference threads share */
   reference: number;
 }
 
-export function runFootprint(spec: ModelSpec, redundantPerLayer: number): RunFootprint {
+export function runFootprint(spec: ModelSpec, redundantPerLayer: number, sharedOnWorkers = false): RunFootprint {
   const layers = moeLayers(spec).length;
   const expert = expertWeightBytes(spec);
   // counted as referenceBytes counts it
@@ -23,7 +24,7 @@ export function runFootprint(spec: ModelSpec, redundantPerLayer: number): RunFoo
     3 * spec.hiddenSize * spec.sharedIntermediateSize * spec.sharedExperts * weightBytesPerElement(spec.dtype);
   return {
     checkpoint: layers * (spec.experts * expert + shared),
-    workers: layers * (spec.experts + redundantPerLayer) * expert,
+    workers: layers * ((spec.experts + redundantPerLayer) * expert + (sharedOnWorkers ? shared : 0)),
     reference: referenceBytes(spec),
   };
 }

@@ -35,6 +35,25 @@ const INVALID: [string, unknown, string][] = [
     "cache.residentExperts * replicas must hold every expert slot",
   ],
   [
+    "shared expert width not a multiple of intermediateSize, placed on workers (CEL)",
+    withModel({ architecture: "qwen2-moe", sharedExperts: 1, sharedIntermediateSize: 200 }),
+    "model.sharedIntermediateSize must be a multiple of model.intermediateSize",
+  ],
+  [
+    "qwen2-moe shared expert on workers without its width (CEL)",
+    withModel({ architecture: "qwen2-moe", sharedExperts: 1 }),
+    "model.sharedIntermediateSize is required for qwen2-moe",
+  ],
+  [
+    "cache without room for the shared slices (CEL)",
+    pool("bad", NS, {
+      model: { architecture: "deepseek-v3", sharedExperts: 1 },
+      replicas: 2,
+      cache: { residentExperts: 8 },
+    }),
+    "cache.residentExperts * replicas must hold every expert slot",
+  ],
+  [
     "cuda backend without GPUs (CEL)",
     pool("bad", NS, { worker: { gpusPerWorker: 0, backend: "cuda" } }),
     "worker.backend cuda needs worker.gpusPerWorker >= 1",
@@ -121,7 +140,7 @@ describeWithCluster(
       const c = cluster();
       await c.kubectl(["apply", "-f", "-"], { input: JSON.stringify(pool("ok", NS)) });
       const got = JSON.parse((await c.kubectl(["get", "xp", "ok", "-o", "json"])).stdout);
-      expect(got.spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0 });
+      expect(got.spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0, sharedExperts: "Workers" });
       expect(got.spec.worker).toMatchObject({
         backend: "auto",
         image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
@@ -144,6 +163,29 @@ describeWithCluster(
       }
       const left = await c.kubectl(["get", "expertpools,routingpolicies", "-A", "-o", "name"]);
       expect(left.stdout.trim()).toBe("");
+    });
+
+    it("the shared expert: Workers by default, a width that does not divide is refused naming the field", async () => {
+      const c = cluster();
+      const qwen = { architecture: "qwen2-moe", sharedExperts: 1, sharedIntermediateSize: 512 };
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(pool("shared", NS, { model: qwen })) });
+      const got = JSON.parse((await c.kubectl(["get", "xp", "shared", "-o", "json"])).stdout);
+      expect(got.spec.placement.sharedExperts).toBe("Workers");
+      expect(got.spec.model.sharedIntermediateSize).toBe(512);
+
+      const odd = pool("odd", NS, { model: { ...qwen, sharedIntermediateSize: 200 } });
+      const r = await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(odd), check: false });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("spec.model.sharedIntermediateSize");
+      expect(r.stderr).toContain("must be a multiple of model.intermediateSize");
+      // In the router any width is fine; so is a cache sized for the routed experts only (2 × 8 = 2 layers × 8).
+      const inRouter = pool("odd", NS, {
+        model: { ...qwen, sharedIntermediateSize: 200 },
+        placement: { sharedExperts: "Router" },
+        cache: { residentExperts: 8 },
+      });
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(inRouter) });
+      await c.kubectl(["delete", "xp", "shared", "odd"]);
     });
 
     it("refuses changing a RoutingPolicy's poolRef (transition rule) and keeps the old one", async () => {

@@ -27,7 +27,10 @@ export class PlacementError extends Error {
  * Checks a plan read from a file or ConfigMap against the model's shape. Throws PlacementError naming the
  * first bad field, so a router given a broken plan says exactly what is wrong.
  */
-export function validatePlan(value: unknown, shape?: { layers: number; experts: number }): PlacementPlan {
+export function validatePlan(
+  value: unknown,
+  shape?: { layers: number; experts: number; sharedSlices?: number },
+): PlacementPlan {
   if (!value || typeof value !== "object") throw new PlacementError("plan", "must be a JSON object");
   const p = value as Record<string, unknown>;
   if (!Number.isInteger(p.version) || (p.version as number) < 0)
@@ -52,8 +55,13 @@ export function validatePlan(value: unknown, shape?: { layers: number; experts: 
     throw new PlacementError("plan.replicas", `has ${replicas.length} layers, the model has ${shape.layers}`);
   replicas.forEach((layer, l) => {
     if (!Array.isArray(layer)) throw new PlacementError(`plan.replicas[${l}]`, "must be an array");
-    if (shape && layer.length !== shape.experts)
-      throw new PlacementError(`plan.replicas[${l}]`, `has ${layer.length} experts, the model has ${shape.experts}`);
+    // a layer may also list the shared expert's slices after the routed experts (shared-slices.ts)
+    const slices = shape?.sharedSlices ?? 0;
+    if (shape && layer.length !== shape.experts && (slices === 0 || layer.length !== shape.experts + slices))
+      throw new PlacementError(
+        `plan.replicas[${l}]`,
+        `has ${layer.length} experts, the model has ${shape.experts}${slices > 0 ? ` (${shape.experts + slices} with its ${slices} shared slices)` : ""}`,
+      );
     layer.forEach((holders, e) => {
       const f = `plan.replicas[${l}][${e}]`;
       if (!Array.isArray(holders)) throw new PlacementError(f, "must be an array of worker indices");
