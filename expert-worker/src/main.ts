@@ -32,13 +32,18 @@ async function main(): Promise<void> {
   // A parent that spawned this worker with an IPC channel (the local launcher) learns the bound ports here, so it can
   // pass --port 0 rather than pick a free port and hand it over (another socket can take it in between).
   process.send?.({ ready: true, port: worker.port, dataPort: worker.dataPort, metricsPort: worker.metricsPort });
+  // A second signal during the shutdown is ignored rather than left to kill the process half way (the local
+  // launcher signals on its way out too; a CPU profile, --cpu-prof, is written only by a clean exit).
+  let stopping = false;
   const stop = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
     console.log(`[worker ${flags.workerId}] ${sig}: shutting down`);
     await worker.close();
     process.exit(0);
   };
-  process.once("SIGTERM", () => void stop("SIGTERM"));
-  process.once("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
 }
 
 main().catch((err) => {

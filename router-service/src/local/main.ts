@@ -37,7 +37,7 @@ import {
 } from "@switchyard/protocol";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile, Traffic } from "./loadgen.js";
-import { cpuSeconds } from "./proc-cpu.js";
+import { cpuByThreadName, cpuSeconds, threadCpuLine } from "./proc-cpu.js";
 import { checkRunFits, runFootprint, WontFitError } from "./resources.js";
 import type { VerifyResult } from "./verifier.js";
 import { readSharedLayers, referenceBytes, VerifierPool, type VerifyMode } from "./verifier-pool.js";
@@ -266,8 +266,20 @@ function readyPorts(
   });
 }
 
+/**
+ * SWITCHYARD_CPU_PROF_DIR=DIR: the router and the workers write V8 CPU profiles there (DIR/<name>.cpuprofile, on
+ * their SIGTERM exit), to see where a process's CPU goes; Node does not take --cpu-prof from NODE_OPTIONS.
+ */
+function profileFlags(name: string): string[] {
+  const dir = process.env.SWITCHYARD_CPU_PROF_DIR;
+  return dir ? ["--cpu-prof", `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
+}
+
 function spawnProc(name: string, args: string[], children: ChildProcess[], quiet: () => boolean): ChildProcess {
-  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe", "ipc"] });
+  const child = spawn(process.execPath, [...profileFlags(name), ...args], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe", "ipc"],
+  });
   children.push(child);
   const relay = (chunk: Buffer) => {
     for (const line of chunk.toString().split("\n"))
@@ -497,7 +509,13 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ...ids.map((id): [string, number, boolean] => [id, workerPids[id], false]),
     ];
     const cpuAt = () => Promise.all(cpuPids.map(([, pid, main]) => cpuSeconds(pid, main)));
-    const cpu0 = await cpuAt();
+    // and per thread name, for the router and the workers: their cores beyond the JavaScript thread
+    const threadPids: [string, number][] = [
+      ["router", routerChild.pid ?? -1],
+      ...ids.map((id): [string, number] => [id, workerPids[id]]),
+    ];
+    const threadsAt = () => Promise.all(threadPids.map(([, pid]) => cpuByThreadName(pid)));
+    const [cpu0, threads0] = await Promise.all([cpuAt(), threadsAt()]);
     const t0 = performance.now();
     const endAt = t0 + o.durationS * 1000;
     log(
@@ -570,7 +588,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     };
     await Promise.all(Array.from({ length: o.concurrency }, (_, i) => seqLoop(i)));
     const wall = (performance.now() - t0) / 1000;
-    const cpu1 = await cpuAt();
+    const [cpu1, threads1] = await Promise.all([cpuAt(), threadsAt()]);
     clearInterval(progress);
     if (process.stderr.isTTY) process.stderr.write("\n");
     log(`load done; verifying the remaining ${verifier.pending} answers ...`);
@@ -658,6 +676,10 @@ export async function runLocal(o: LocalOptions): Promise<number> {
           : "none",
       ],
       ["CPU during the load (cores)", cpuLine],
+      ...threadPids.map(([name], i): [string, string] => [
+        `  ${name} by thread`,
+        threadCpuLine(threads0[i], threads1[i], wall),
+      ]),
       ["tokens per expert call (mean)", tpe.toFixed(2)],
       [
         "cache hit ratio",

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cpuSeconds, parseProcStatCpu } from "./proc-cpu.js";
+import { cpuByThreadName, cpuSeconds, parseProcStatCpu, threadCpuLine } from "./proc-cpu.js";
 
 describe("process CPU time", () => {
   it("reads utime + stime from a stat line whose command holds spaces and parentheses", () => {
@@ -28,5 +28,37 @@ describe("process CPU time", () => {
     expect(bm! - am!).toBeGreaterThan(0.1);
     expect(b! - a!).toBeGreaterThanOrEqual(bm! - am! - 0.02);
     expect(await cpuSeconds(2 ** 22 + 7)).toBeNull();
+  });
+});
+
+describe("CPU per thread name", () => {
+  it("lists the busiest names between two readings, as cores", () => {
+    const a = new Map([
+      ["node", 1],
+      ["libuv-worker", 2],
+      ["cuda-EvtHandlr", 0],
+    ]);
+    const b = new Map([
+      ["node", 2],
+      ["libuv-worker", 6],
+      ["cuda-EvtHandlr", 0.01],
+      ["V8 Worker", 0.5],
+    ]);
+    expect(threadCpuLine(a, b, 4)).toBe("libuv-worker 1.00, node 0.25, V8 Worker 0.13");
+    expect(threadCpuLine(a, b, 4, 1)).toBe("libuv-worker 1.00");
+    expect(threadCpuLine(null, b, 4)).toBe("?");
+  });
+
+  it("reads this process's threads, the JavaScript one as main", async () => {
+    if (process.platform !== "linux") {
+      console.log("skipped: /proc is Linux only");
+      return;
+    }
+    const m = await cpuByThreadName(process.pid);
+    expect(m).not.toBeNull();
+    expect(m!.has("main")).toBe(true);
+    expect(m!.size).toBeGreaterThan(1); // and at least libuv's or V8's helpers
+    expect([...m!.values()].every((s) => s >= 0)).toBe(true);
+    expect(await cpuByThreadName(2 ** 22 + 7)).toBeNull();
   });
 });

@@ -1,7 +1,7 @@
 // CPU time of the local mode's processes (driver, router, workers) over the load, to show which one a run is bound
 // by. Linux /proc only; elsewhere the figures are reported as unknown.
 
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 
 /** Clock ticks per second of /proc/<pid>/stat's times (USER_HZ: 100 on every Linux architecture Node runs on). */
 const USER_HZ = 100;
@@ -26,4 +26,51 @@ export async function cpuSeconds(pid: number, mainThread = false): Promise<numbe
   } catch {
     return null;
   }
+}
+
+/**
+ * CPU seconds so far per thread name (/proc/<pid>/task/<tid>/comm: V8's, libuv's, the CUDA driver's ...), threads of
+ * one name summed, the JavaScript thread as "main" (Node 20's libuv pool threads keep the name "node", so "node" is
+ * them): where a process's cores go beyond its JavaScript thread. null when /proc cannot tell; threads that exit in
+ * between are missed.
+ */
+export async function cpuByThreadName(pid: number): Promise<Map<string, number> | null> {
+  try {
+    const tids = await readdir(`/proc/${pid}/task`);
+    const out = new Map<string, number>();
+    await Promise.all(
+      tids.map(async (tid) => {
+        try {
+          const [comm, stat] = await Promise.all([
+            readFile(`/proc/${pid}/task/${tid}/comm`, "utf8"),
+            readFile(`/proc/${pid}/task/${tid}/stat`, "utf8"),
+          ]);
+          const name = tid === String(pid) ? "main" : comm.trim();
+          out.set(name, (out.get(name) ?? 0) + parseProcStatCpu(stat));
+        } catch {
+          // the thread exited while we read
+        }
+      }),
+    );
+    return out;
+  } catch {
+    return null;
+  }
+}
+
+/** The busiest thread names between two cpuByThreadName readings, as cores over `seconds`: "libuv-worker 0.61, ...". */
+export function threadCpuLine(
+  before: Map<string, number> | null,
+  after: Map<string, number> | null,
+  seconds: number,
+  top = 4,
+): string {
+  if (!before || !after || seconds <= 0) return "?";
+  return [...after]
+    .map(([name, s]) => [name, (s - (before.get(name) ?? 0)) / seconds] as const)
+    .filter(([, cores]) => cores >= 0.005)
+    .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+    .slice(0, top)
+    .map(([name, cores]) => `${name} ${cores.toFixed(2)}`)
+    .join(", ");
 }
