@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../src/half.h"
+#include "../src/thread_name.h"
 #include "sy_moe.h"
 
 using switchyard::DType;
@@ -221,6 +222,7 @@ class UploadWorker : public Napi::AsyncWorker {
         g_(std::move(g)), u_(std::move(u)), d_(std::move(dn)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
+    switchyard::name_this_thread("sy-cuda-upload");
     std::unique_ptr<Pinned> buf;
     try {
       {
@@ -300,6 +302,7 @@ class RunWorker : public Napi::AsyncWorker {
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
+    switchyard::name_this_thread("sy-cuda-run");
     try {
       std::lock_guard<std::mutex> lk(c_->run_mu);
       Ctx& c = *c_;

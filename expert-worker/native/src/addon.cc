@@ -17,6 +17,7 @@
 
 #include "expert_ffn.h"
 #include "fma_peak.h"
+#include "thread_name.h"
 #include "thread_pool.h"
 
 using namespace switchyard;
@@ -63,6 +64,7 @@ class PrepareWorker : public Napi::AsyncWorker {
         d_(std::move(d)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
+    switchyard::name_this_thread("sy-cpu-prepare");
     try {
       e_ = prepare_expert(g_.view, u_.view, d_.view);
     } catch (const std::exception& ex) {
@@ -121,6 +123,7 @@ class RunWorker : public Napi::AsyncWorker {
   std::vector<Napi::Reference<Napi::Value>> keep;  // inputs and expert handles stay alive until the run ends
 
   void Execute() override {
+    switchyard::name_this_thread("sy-cpu-run");
     try {
       const size_t n = static_cast<size_t>(req.rows * req.cols);
       std::vector<float> acc(n, 0.f);

@@ -1,12 +1,18 @@
 #include "thread_pool.h"
 
+#include "thread_name.h"
+
 #include <cstdlib>
 
 namespace switchyard {
 
 ThreadPool::ThreadPool(int threads) {
   if (threads < 1) threads = 1;
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 1; i < threads; ++i)
+    workers_.emplace_back([this] {
+      name_this_thread("sy-cpu-pool");
+      worker_loop();
+    });
 }
 
 ThreadPool::~ThreadPool() {
