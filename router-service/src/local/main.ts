@@ -338,7 +338,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     );
   const placeSlices = o.sharedExperts !== "router" ? slices : 0;
   const footprint = runFootprint(want, o.workers > 1 ? redundant : 0, placeSlices > 0);
-  checkRunFits(`${o.family} --size ${o.size}`, footprint, {
+  const { packed: packedReference } = checkRunFits(`${o.family} --size ${o.size}`, footprint, {
     totalMemory: totalmem(),
     freeDisk: disk ? disk.bavail * disk.bsize : null,
     generating,
@@ -461,9 +461,9 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const threads =
       o.verifyThreads ?? (verifyMode === "all" ? 1 : Math.max(1, Math.min(8, availableParallelism() - 2 - o.workers)));
     log(
-      `loading the reference weights (${(referenceBytes(spec) / 1e9).toFixed(2)} GB in fp32) for ${threads} reference thread(s), checking ${verifyMode === "all" ? "every answer" : "a sample of the answers"} ...`,
+      `loading the reference weights (${(referenceBytes(spec, packedReference) / 1e9).toFixed(2)} GB ${packedReference ? "packed in 16 bits: fp32 would not fit beside the workers" : "in fp32"}) for ${threads} reference thread(s), checking ${verifyMode === "all" ? "every answer" : "a sample of the answers"} ...`,
     );
-    const refLayers = await readSharedLayers(ckpt);
+    const refLayers = await readSharedLayers(ckpt, packedReference);
     await ckpt.close();
     const tolerance = o.tolerance ?? (o.dtype === "bf16" ? 1e-2 : 1e-4);
     let wrong = 0;

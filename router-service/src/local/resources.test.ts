@@ -26,15 +26,20 @@ describe("what a local run needs", () => {
     );
   });
 
-  it("refuses DeepSeek-V3 at full size on a 128 GB machine, naming the figures; lets Mixtral run", () => {
+  it("keeps DeepSeek-V3's reference packed on a 128 GB machine, refuses it on 64 GB; Mixtral's stays fp32", () => {
     const machine = { totalMemory: 128 * GB, freeDisk: 60 * GB, generating: true };
     const ds = runFootprint(defaultSpec("deepseek-v3", localModel("deepseek-v3", "full")), 64);
-    expect(() => checkRunFits("--size full", ds, machine)).toThrow(
-      /^--size full: the workers' experts \(5\d\.\d GB\) and the reference's fp32 weights \(9\d\.\d GB\) need .* this machine has 128\.0 GB/,
+    expect(ds.referencePacked! * 2).toBe(ds.reference);
+    // 56 GB of experts (with the 64 redundant copies) + 90 GB in fp32 is over 90% of 128 GB; + 45 GB packed is not
+    expect(checkRunFits("--size full", ds, machine)).toEqual({ packed: true });
+    expect(() => checkRunFits("--size full", ds, { ...machine, totalMemory: 64 * GB })).toThrow(
+      /^--size full: the workers' experts \(5\d\.\d GB\) and the reference's weights \(4\d\.\d GB, packed in 16 bits\) need .* this machine has 64\.0 GB/,
     );
-    expect(() => checkRunFits("--size full", ds, machine)).toThrow(WontFitError);
+    expect(() => checkRunFits("--size full", ds, { ...machine, totalMemory: 64 * GB })).toThrow(WontFitError);
     const mx = runFootprint(defaultSpec("mixtral", localModel("mixtral", "full")), 2);
-    expect(() => checkRunFits("--size full", mx, machine)).not.toThrow();
+    expect(checkRunFits("--size full", mx, machine)).toEqual({ packed: false });
+    const fp32 = runFootprint(defaultSpec("mixtral", { ...localModel("mixtral", "full"), dtype: "float32" }), 2);
+    expect(fp32.referencePacked).toBeNull();
   });
 
   it("refuses to generate a checkpoint the disk cannot hold, and does not ask when it exists already", () => {

@@ -1,6 +1,6 @@
 // What a local run needs before it starts: the checkpoint on disk, and in memory the workers' experts and the
-// reference's fp32 weights. At --size full these are tens of gigabytes (DeepSeek-V3: 45 GB of experts, 90 GB of
-// reference), so a run that cannot fit says so up front, naming the figures, instead of being killed for memory
+// reference's weights. At --size full these are tens of gigabytes (DeepSeek-V3: 45 GB of experts, 90 GB of fp32
+// reference, 45 GB packed), so a run that cannot fit says so up front, naming the figures, instead of being killed for memory
 // halfway through generating or loading. Pure: the caller passes the machine's sizes.
 
 import { expertWeightBytes, type ModelSpec, moeLayers, weightBytesPerElement } from "@switchyard/moe";
@@ -14,6 +14,8 @@ export interface RunFootprint {
   workers: number;
   /** fp32 bytes the reference threads share */
   reference: number;
+  /** the same with the experts packed (kept 16-bit; verifier-pool.ts), or null for an fp32 checkpoint */
+  referencePacked: number | null;
 }
 
 export function runFootprint(spec: ModelSpec, redundantPerLayer: number, sharedOnWorkers = false): RunFootprint {
@@ -26,6 +28,7 @@ export function runFootprint(spec: ModelSpec, redundantPerLayer: number, sharedO
     checkpoint: layers * (spec.experts * expert + shared),
     workers: layers * ((spec.experts + redundantPerLayer) * expert + (sharedOnWorkers ? shared : 0)),
     reference: referenceBytes(spec),
+    referencePacked: spec.dtype === "float32" ? null : referenceBytes(spec, true),
   };
 }
 
@@ -36,17 +39,21 @@ const gb = (b: number) => `${(b / 1e9).toFixed(1)} GB`;
 
 /**
  * Throws a message naming the figures when the run cannot fit: memory for the workers' experts and the reference
- * beyond 90% of the machine's, or (when the checkpoint is still to be generated) disk beyond what is free.
+ * beyond 90% of the machine's, or (when the checkpoint is still to be generated) disk beyond what is free. Returns
+ * whether the reference must keep its experts packed to fit (it does only then: widening per expert costs time).
  */
 export function checkRunFits(
   what: string,
   f: RunFootprint,
   machine: { totalMemory: number; freeDisk: number | null; generating: boolean },
-): void {
-  const memory = f.workers + f.reference;
-  if (memory > 0.9 * machine.totalMemory) {
+): { packed: boolean } {
+  const limit = 0.9 * machine.totalMemory;
+  const packed = f.workers + f.reference > limit && f.referencePacked !== null;
+  const reference = packed ? (f.referencePacked as number) : f.reference;
+  const memory = f.workers + reference;
+  if (memory > limit) {
     throw new WontFitError(
-      `${what}: the workers' experts (${gb(f.workers)}) and the reference's fp32 weights (${gb(f.reference)}) need ${gb(memory)} of memory; this machine has ${gb(machine.totalMemory)}. Pick a smaller --size or family.`,
+      `${what}: the workers' experts (${gb(f.workers)}) and the reference's weights (${gb(reference)}${packed ? ", packed in 16 bits" : " in fp32"}) need ${gb(memory)} of memory; this machine has ${gb(machine.totalMemory)}. Pick a smaller --size or family.`,
     );
   }
   if (machine.generating && machine.freeDisk !== null && f.checkpoint > machine.freeDisk) {
@@ -54,4 +61,5 @@ export function checkRunFits(
       `${what}: the checkpoint needs ${gb(f.checkpoint)} of disk under .cache/checkpoints; ${gb(machine.freeDisk)} is free.`,
     );
   }
+  return { packed };
 }

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gateConfigFromSpec, generateCheckpoint, openCheckpoint, referenceMoeBlock } from "@switchyard/moe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { VerifierData, VerifyJob, VerifyResult } from "./verifier.js";
+import { type PackedExpert, unpackLayer, type VerifierData, type VerifyJob, type VerifyResult } from "./verifier.js";
 import { readSharedLayers, referenceBytes, VerifierPool } from "./verifier-pool.js";
 
 // The threads run the compiled verifier.js (worker threads do not load TypeScript); npm test builds it first.
@@ -33,7 +33,7 @@ describe.skipIf(!built)("the local mode's reference threads", () => {
   /** A job whose answer is the reference's, or that answer with one element moved by `off`. */
   function job(id: number, layer: number, off = 0): VerifyJob {
     const hidden = Float32Array.from({ length: 2 * d }, (_, i) => Math.sin(i * 0.7 + id));
-    const output = referenceMoeBlock(data.spec, data.layers[layer], hidden, {
+    const output = referenceMoeBlock(data.spec, unpackLayer(data.layers[layer]), hidden, {
       gate: gateConfigFromSpec(data.spec),
     }).output;
     output[5] += off;
@@ -43,7 +43,7 @@ describe.skipIf(!built)("the local mode's reference threads", () => {
   it("checks every answer in 'all' mode, on weights shared by the threads, and tells a wrong one", async () => {
     const got: VerifyResult[] = [];
     const pool = await VerifierPool.start(2, "all", data, (r) => got.push(r), THREAD);
-    expect(data.layers[0].experts[0].gate.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect((data.layers[0].experts[0].gate as Float32Array).buffer).toBeInstanceOf(SharedArrayBuffer);
     for (let i = 1; i <= 6; i++) expect(pool.offer(job(i, i % 2, i === 4 ? 1 : 0))).toBe(true);
     await pool.drain();
     await pool.close();
@@ -79,5 +79,60 @@ describe.skipIf(!built)("the local mode's reference threads", () => {
     await expect(pool.drain()).rejects.toThrow(/answer #8.*no weights for layer 9/);
     expect(pool.accepting).toBe(false);
     await pool.close();
+  });
+});
+
+// Packed: the experts kept as the checkpoint's bf16 bits (half the memory), widened per expert in each thread.
+describe.skipIf(!built)("the reference threads on packed (16-bit) experts", () => {
+  let dir: string;
+  let fp32: VerifierData;
+  let packed: VerifierData;
+  const d = 24;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-verifier-packed-"));
+    // Qwen2-MoE: routed experts and a gated shared expert, both packed
+    await generateCheckpoint({ family: "qwen2-moe", dir, seed: 5, layers: 2, hiddenSize: d, intermediateSize: 16 });
+    const ckpt = await openCheckpoint(dir);
+    const init = { topK: null, topP: null, maxK: null };
+    fp32 = { init, spec: ckpt.spec, layers: await readSharedLayers(ckpt) };
+    packed = { init, spec: ckpt.spec, layers: await readSharedLayers(ckpt, true) };
+    expect(referenceBytes(ckpt.spec, true) * 2).toBe(referenceBytes(ckpt.spec));
+    await ckpt.close();
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it("gives the fp32 reference's answers bit for bit, the shared expert included", () => {
+    const e0 = packed.layers[1].experts[0] as PackedExpert;
+    expect(e0.packed).toBe("bfloat16");
+    expect(e0.gate).toBeInstanceOf(Uint16Array);
+    expect(e0.gate.buffer).toBeInstanceOf(SharedArrayBuffer);
+    const hidden = Float32Array.from({ length: 3 * d }, (_, i) => Math.cos(i * 0.3));
+    const gate = { gate: gateConfigFromSpec(fp32.spec) };
+    for (const layer of [0, 1]) {
+      const want = referenceMoeBlock(fp32.spec, unpackLayer(fp32.layers[layer]), hidden, gate).output;
+      const got = referenceMoeBlock(packed.spec, unpackLayer(packed.layers[layer]), hidden, gate).output;
+      expect(got).toEqual(want);
+    }
+  });
+
+  it("checks answers in the threads and tells a wrong one", async () => {
+    const got: VerifyResult[] = [];
+    const pool = await VerifierPool.start(2, "all", packed, (r) => got.push(r), THREAD);
+    for (let i = 1; i <= 4; i++) {
+      const hidden = Float32Array.from({ length: 2 * d }, (_, j) => Math.sin(j * 0.5 + i));
+      const output = referenceMoeBlock(fp32.spec, unpackLayer(fp32.layers[i % 2]), hidden, {
+        gate: gateConfigFromSpec(fp32.spec),
+      }).output;
+      if (i === 3) output[2] += 1;
+      pool.offer({ id: i, layer: i % 2, hidden, output });
+    }
+    await pool.drain();
+    await pool.close();
+    got.sort((a, b) => a.id - b.id);
+    expect(got.map((r) => r.id)).toEqual([1, 2, 3, 4]);
+    for (const r of got) {
+      if (r.id === 3) expect(r.relErr).toBeGreaterThan(1e-2);
+      else expect(r.relErr).toBeLessThan(1e-6);
+    }
   });
 });

@@ -1,5 +1,8 @@
 // The local mode's reference threads. The layers' weights are widened to fp32 once, into SharedArrayBuffers that
-// every thread reads: a full-size Mixtral layer is 5.6 GB in fp32, too much to copy into each thread.
+// every thread reads: a full-size Mixtral layer is 5.6 GB in fp32, too much to copy into each thread. Where fp32 does
+// not fit beside the workers (DeepSeek-V3 at full size: 90 GB), the experts stay in the checkpoint's 16-bit form
+// ("packed") and each thread widens the one expert it is computing into its own scratch: the same fp32 values, so the
+// same answers, at half the memory and some time per expert.
 //
 // "all" checks every answer: jobs wait in a queue here for a free thread. "sample" takes an answer only when a thread
 // is idle and lets the rest go unchecked. At full size the JavaScript reference takes ~0.6 s per Mixtral token, far
@@ -10,12 +13,13 @@ import { Worker } from "node:worker_threads";
 import {
   type Checkpoint,
   type ExpertFFNWeights,
+  type ExpertWeights,
   expertToFloat32,
-  type MoeLayerWeights,
   moeLayers,
   toFloat32,
+  type WeightMatrix,
 } from "@switchyard/moe";
-import type { VerifierData, VerifyJob, VerifyResult } from "./verifier.js";
+import type { PackedExpert, ReferenceLayer, VerifierData, VerifyJob, VerifyResult } from "./verifier.js";
 
 export type VerifyMode = "all" | "sample";
 
@@ -29,16 +33,39 @@ function sharedExpert(w: ExpertFFNWeights): ExpertFFNWeights {
   return { ...w, gate: shared(w.gate), up: shared(w.up), down: shared(w.down) };
 }
 
-/** Every MoE layer in fp32 on SharedArrayBuffers, read expert by expert so that only one expert is held twice. */
-export async function readSharedLayers(ckpt: Checkpoint): Promise<Record<number, MoeLayerWeights>> {
-  const out: Record<number, MoeLayerWeights> = {};
+function sharedBits(m: WeightMatrix): Uint16Array {
+  const s = new Uint16Array(new SharedArrayBuffer(m.data.byteLength));
+  s.set(new Uint16Array(m.data.buffer, m.data.byteOffset, m.data.byteLength / 2));
+  return s;
+}
+
+/** An expert as the checkpoint stores it (bf16 or fp16 bits) on SharedArrayBuffers. */
+function packedExpert(w: ExpertWeights): PackedExpert {
+  const dtype = w.gate.dtype;
+  if (dtype === "float32") throw new Error("packed reference weights need a 16-bit checkpoint");
+  return {
+    packed: dtype,
+    hidden: w.gate.cols,
+    intermediate: w.gate.rows,
+    gate: sharedBits(w.gate),
+    up: sharedBits(w.up),
+    down: sharedBits(w.down),
+  };
+}
+
+/**
+ * Every MoE layer on SharedArrayBuffers, read expert by expert so that only one expert is held twice: in fp32, or
+ * with `packed` the experts in the checkpoint's 16-bit form (the routers and biases stay fp32; they are small).
+ */
+export async function readSharedLayers(ckpt: Checkpoint, packed = false): Promise<Record<number, ReferenceLayer>> {
+  const out: Record<number, ReferenceLayer> = {};
+  const expertOf = (w: ExpertWeights) => (packed ? packedExpert(w) : sharedExpert(expertToFloat32(w)));
   for (const l of moeLayers(ckpt.spec)) {
-    const experts: ExpertFFNWeights[] = [];
-    for (let e = 0; e < ckpt.spec.experts; e++)
-      experts.push(sharedExpert(expertToFloat32(await ckpt.readExpert(l, e))));
-    const w: MoeLayerWeights = { gate: shared(toFloat32(await ckpt.readGate(l))), experts };
+    const experts: (ExpertFFNWeights | PackedExpert)[] = [];
+    for (let e = 0; e < ckpt.spec.experts; e++) experts.push(expertOf(await ckpt.readExpert(l, e)));
+    const w: ReferenceLayer = { gate: shared(toFloat32(await ckpt.readGate(l))), experts };
     const sh = await ckpt.readSharedExpert(l);
-    if (sh) w.shared = sharedExpert(expertToFloat32(sh));
+    if (sh) w.shared = expertOf(sh);
     const sg = await ckpt.readSharedExpertGate(l);
     if (sg) w.sharedGate = shared(toFloat32(sg));
     const bias = await ckpt.readCorrectionBias(l);
@@ -48,11 +75,14 @@ export async function readSharedLayers(ckpt: Checkpoint): Promise<Record<number,
   return out;
 }
 
-/** fp32 bytes the reference holds for a checkpoint's MoE layers (routed and shared experts; the routers are small). */
-export function referenceBytes(spec: Checkpoint["spec"]): number {
+/**
+ * Bytes the reference holds for a checkpoint's MoE layers (routed and shared experts; the routers are small): fp32,
+ * or 2 bytes an element when packed.
+ */
+export function referenceBytes(spec: Checkpoint["spec"], packed = false): number {
   const perLayer =
     3 * spec.hiddenSize * (spec.experts * spec.intermediateSize + spec.sharedExperts * spec.sharedIntermediateSize);
-  return 4 * perLayer * moeLayers(spec).length;
+  return (packed ? 2 : 4) * perLayer * moeLayers(spec).length;
 }
 
 export class VerifierPool {

@@ -5,6 +5,7 @@
 
 import { parentPort, workerData } from "node:worker_threads";
 import {
+  type ExpertFFNWeights,
   gateConfigFromSpec,
   type ModelSpec,
   type MoeLayerWeights,
@@ -12,6 +13,7 @@ import {
   routerLogits,
   softmaxTopP,
 } from "@switchyard/moe";
+import { bf16ToF32, f16ToF32 } from "@switchyard/protocol";
 
 export interface VerifyJob {
   id: number;
@@ -34,11 +36,82 @@ export interface VerifierInit {
   maxK: number | null;
 }
 
+/** An expert in the checkpoint's 16-bit form (verifier-pool.ts "packed"): bf16 or fp16 bits, [rows, cols] as fp32. */
+export interface PackedExpert {
+  packed: "bfloat16" | "float16";
+  hidden: number;
+  intermediate: number;
+  gate: Uint16Array;
+  up: Uint16Array;
+  down: Uint16Array;
+}
+
+/** A MoE layer as the pool hands it over: MoeLayerWeights whose experts may be packed. */
+export interface ReferenceLayer extends Omit<MoeLayerWeights, "experts" | "shared"> {
+  experts: (ExpertFFNWeights | PackedExpert)[];
+  shared?: ExpertFFNWeights | PackedExpert;
+}
+
 export interface VerifierData {
   init: VerifierInit;
   spec: ModelSpec;
-  /** MoE layer index -> its fp32 weights */
-  layers: Record<number, MoeLayerWeights>;
+  /** MoE layer index -> its weights (fp32, or experts packed) */
+  layers: Record<number, ReferenceLayer>;
+}
+
+const isPacked = (w: ExpertFFNWeights | PackedExpert): w is PackedExpert => "packed" in w;
+
+/** 16-bit bits -> fp32 values, exactly. */
+const widenInto = (bits: Uint16Array, kind: PackedExpert["packed"], out: Float32Array): Float32Array =>
+  kind === "float16" ? f16ToF32(bits, out) : bf16ToF32(bits, out);
+
+/**
+ * The layer as referenceMoeBlock reads it. Packed experts become getters that widen the expert asked for into one
+ * scratch (routed experts) or another (the shared one): the reference reads one routed expert's weights at a time
+ * and is done with them before it asks for the next (referenceExpertFFN), so one scratch each is enough.
+ */
+export function unpackLayer(layer: ReferenceLayer): MoeLayerWeights {
+  let routed: ExpertFFNWeights | null = null;
+  let sharedScratch: ExpertFFNWeights | null = null;
+  const widen = (p: PackedExpert, scratch: ExpertFFNWeights | null): ExpertFFNWeights => {
+    const n = p.gate.length;
+    const s =
+      scratch && scratch.gate.length === n
+        ? scratch
+        : {
+            hidden: p.hidden,
+            intermediate: p.intermediate,
+            gate: new Float32Array(n),
+            up: new Float32Array(n),
+            down: new Float32Array(n),
+          };
+    widenInto(p.gate, p.packed, s.gate);
+    widenInto(p.up, p.packed, s.up);
+    widenInto(p.down, p.packed, s.down);
+    return s;
+  };
+  const experts: ExpertFFNWeights[] = new Array(layer.experts.length);
+  layer.experts.forEach((w, e) => {
+    if (!isPacked(w)) experts[e] = w;
+    else
+      Object.defineProperty(experts, e, {
+        get: () => {
+          routed = widen(w, routed);
+          return routed;
+        },
+      });
+  });
+  const out: MoeLayerWeights = { ...layer, experts, shared: undefined };
+  const sh = layer.shared;
+  if (sh && isPacked(sh))
+    Object.defineProperty(out, "shared", {
+      get: () => {
+        sharedScratch = widen(sh, sharedScratch);
+        return sharedScratch;
+      },
+    });
+  else out.shared = sh;
+  return out;
 }
 
 /** max |a - b| / max |b|: error relative to the answer's scale. */
@@ -54,8 +127,10 @@ export function relError(a: Float32Array, b: Float32Array): number {
   return num / Math.max(den, 1e-30);
 }
 
-function run({ init, spec, layers }: VerifierData): void {
+function run({ init, spec, layers: given }: VerifierData): void {
   const gate = { ...gateConfigFromSpec(spec), ...(init.topK !== null ? { topK: init.topK } : {}) };
+  const layers: Record<number, MoeLayerWeights> = {};
+  for (const [l, w] of Object.entries(given)) layers[Number(l)] = unpackLayer(w);
   parentPort!.on("message", (job: VerifyJob | "close") => {
     if (job === "close") process.exit(0);
     const w = layers[job.layer];
