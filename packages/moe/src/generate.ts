@@ -8,8 +8,11 @@
 // Only MoE tensors are written (router, experts, shared experts, correction bias, shared-expert gate): attention,
 // norms, embeddings and the dense MLPs of DeepSeek's first_k_dense_replace layers are not needed to serve experts.
 
+import { existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
 import { f32ToBf16, f32ToF16 } from "@switchyard/protocol";
 import { INDEX_FILE, SAFETENSORS_DTYPE, SINGLE_FILE } from "./checkpoint.js";
 import { dtypeBytes, type TensorToWrite, writeSafetensors } from "./safetensors.js";
@@ -35,6 +38,12 @@ export interface GenerateOptions extends Partial<Omit<ModelSpec, "family">> {
   shards?: number;
   /** Half-width of the uniform DeepSeek-V3 e_score_correction_bias (default 0.05). */
   biasScale?: number;
+  /**
+   * Shards written at once, each by a worker thread (default 1: in this thread). The bytes are the same either way
+   * (every tensor has its own stream); threads need the compiled generate-thread.js beside this module and fall back
+   * to one at a time without it (tests that run the TypeScript sources).
+   */
+  threads?: number;
 }
 
 export interface GeneratedCheckpoint {
@@ -201,6 +210,47 @@ export function generatedValues(spec: ModelSpec, seed: number, name: string, bia
   );
 }
 
+/** One safetensors file of a generated checkpoint: the tensors named, from (spec, seed, biasScale). */
+export interface ShardJob {
+  path: string;
+  spec: ModelSpec;
+  seed: number;
+  biasScale: number;
+  names: string[];
+}
+
+export async function writeShard(job: ShardJob): Promise<void> {
+  const wanted = new Set(job.names);
+  const toWrite: TensorToWrite[] = plannedTensors(job.spec, job.biasScale)
+    .filter((t) => wanted.has(t.name))
+    .map((t) => ({
+      name: t.name,
+      dtype: SAFETENSORS_DTYPE[t.dtype],
+      shape: t.shape,
+      data: () => generateBytes(job.seed, t),
+    }));
+  await writeSafetensors(job.path, toWrite, { format: "pt" });
+}
+
+/** Up to `threads` shards at a time, one worker thread each; rejects with the first shard that fails. */
+async function writeShardsInThreads(jobs: ShardJob[], threads: number, script: URL): Promise<void> {
+  let next = 0;
+  const runOne = (job: ShardJob) =>
+    new Promise<void>((resolve, reject) => {
+      // no inherited flags: a test runner's --conditions would point the thread's imports at TypeScript sources
+      const w = new Worker(script, { workerData: job, execArgv: [] });
+      w.once("message", () => resolve());
+      w.once("error", reject);
+      w.once("exit", (code) =>
+        code === 0 ? resolve() : reject(new Error(`${job.path}: generator thread exited with code ${code}`)),
+      );
+    });
+  const lane = async () => {
+    while (next < jobs.length) await runOne(jobs[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(threads, jobs.length) }, lane));
+}
+
 function shardName(i: number, n: number): string {
   const p = (x: number) => String(x).padStart(5, "0");
   return `model-${p(i + 1)}-of-${p(n)}.safetensors`;
@@ -208,7 +258,7 @@ function shardName(i: number, n: number): string {
 
 /** Write a random checkpoint. Sizes default to defaultSpec(family). */
 export async function generateCheckpoint(opts: GenerateOptions): Promise<GeneratedCheckpoint> {
-  const { family, dir, seed = 0, shards = 1, biasScale = 0.05, ...overrides } = opts;
+  const { family, dir, seed = 0, shards = 1, biasScale = 0.05, threads = 1, ...overrides } = opts;
   const spec = defaultSpec(family, overrides);
   if (!Number.isInteger(shards) || shards < 1) throw new Error(`shards: must be a positive integer, got ${shards}`);
   await mkdir(dir, { recursive: true });
@@ -235,18 +285,17 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
 
   const files: string[] = [];
   const weightMap: Record<string, string> = {};
+  const jobs: ShardJob[] = [];
   for (let i = 0; i < groups.length; i++) {
     const name = groups.length === 1 && shards === 1 ? SINGLE_FILE : shardName(i, groups.length);
     files.push(name);
-    const toWrite: TensorToWrite[] = groups[i].map((t) => ({
-      name: t.name,
-      dtype: SAFETENSORS_DTYPE[t.dtype],
-      shape: t.shape,
-      data: () => generateBytes(seed, t),
-    }));
     for (const t of groups[i]) weightMap[t.name] = name;
-    await writeSafetensors(join(dir, name), toWrite, { format: "pt" });
+    jobs.push({ path: join(dir, name), spec, seed, biasScale, names: groups[i].map((t) => t.name) });
   }
+  const script = new URL("./generate-thread.js", import.meta.url);
+  if (threads > 1 && jobs.length > 1 && existsSync(fileURLToPath(script)))
+    await writeShardsInThreads(jobs, threads, script);
+  else for (const job of jobs) await writeShard(job);
   if (files.length > 1 || shards > 1) {
     await writeFile(
       join(dir, INDEX_FILE),
