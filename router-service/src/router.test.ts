@@ -737,6 +737,23 @@ describe("router: the shared expert on the workers, as slices", () => {
     }
   });
 
+  it("leaves the shared expert out for routed_only requests (the engine computes it), under either plan", async () => {
+    const h = hidden(3, 74);
+    const all = reference(1, h, 3);
+    const shared = reference(1, h, 3, { ids: [[-1], [-1], [-1]], w: [[0], [0], [0]] }); // the shared expert alone
+    const routed = all.map((v, i) => v - shared[i]);
+    for (const replicas of [withSlices, twoReplicas]) {
+      t.setPool({}, replicas);
+      sharedCalls = 0;
+      for (const w of workers) w.seen.length = 0;
+      const r = await call({ hidden: encodeTensor(h, [3, D], DType.FLOAT32), routedOnly: true });
+      expect(maxRelErr(got(r), routed)).toBeLessThanOrEqual(1e-5);
+      expect(sharedCalls).toBe(0);
+      expect(workers.flatMap(sliceIds)).toEqual([]);
+    }
+    t.setPool({}, withSlices);
+  });
+
   it("rejects a plan whose layers list neither the experts nor the experts and slices, naming the field", () => {
     expect(() =>
       t.setPool(

@@ -283,14 +283,16 @@ export class Router {
         return hiddenF32;
       };
       const gated = this.gate(p, req, T, hidden32);
-      // The shared expert: as slots of its slices for the workers where the plan places them, else computed here.
-      const onWorkers = p.sharedOnWorkers && m.hasShared;
+      // The shared expert: as slots of its slices for the workers where the plan places them, else computed here;
+      // not at all when the engine computes it itself (routed_only).
+      const withShared = m.hasShared && req.routedOnly !== true;
+      const onWorkers = p.sharedOnWorkers && withShared;
       const routing = onWorkers
         ? withSharedSlices(gated, m.experts, m.sharedSlices ?? 0, m.sharedScale?.(req.layer, hidden32(), T) ?? null)
         : gated;
       const slots = routing.slots;
       const weights = routing.weights;
-      const sharedInput = m.hasShared && !onWorkers ? hidden32() : null;
+      const sharedInput = withShared && !onWorkers ? hidden32() : null;
       const now = Date.now();
       const dl = Number.isFinite(deadline) ? deadline : now + DEFAULT_DEADLINE_MS;
       p.pendingTokens += T;

@@ -30,6 +30,7 @@ describe("zero-copy decoders agree with ts-proto", () => {
         hidden: t(DType.FLOAT32, [1, 2], 8),
         gate: { $case: "routerLogits", value: t(DType.FLOAT32, [1, 3], 12) },
         requestId: 0n,
+        routedOnly: true,
       },
       {
         pool: "p",
@@ -40,6 +41,7 @@ describe("zero-copy decoders agree with ts-proto", () => {
           value: { expertIds: t(DType.INT32, [1, 2], 8), weights: t(DType.FLOAT32, [1, 2], 8) },
         },
         requestId: 7n,
+        routedOnly: false,
       },
     ];
     for (const c of cases) {

@@ -52,6 +52,11 @@ export interface ForwardRequest {
     | undefined;
   /** echoed in ForwardResponse, correlates stream replies */
   requestId: bigint;
+  /**
+   * The engine computes the model's shared experts itself (DeepSeek-V3 runs them beside attention): the reply is the
+   * routed experts' weighted sum only. Default false: the shared experts are included (on the workers or the router).
+   */
+  routedOnly?: boolean | undefined;
 }
 
 export interface ForwardStats {
@@ -172,7 +177,7 @@ export const Assignment: MessageFns<Assignment> = {
 };
 
 function createBaseForwardRequest(): ForwardRequest {
-  return { pool: "", layer: 0, hidden: undefined, gate: undefined, requestId: 0n };
+  return { pool: "", layer: 0, hidden: undefined, gate: undefined, requestId: 0n, routedOnly: undefined };
 }
 
 export const ForwardRequest: MessageFns<ForwardRequest> = {
@@ -199,6 +204,9 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
         throw new globalThis.Error("value provided for field message.requestId of type uint64 too large");
       }
       writer.uint32(48).uint64(message.requestId);
+    }
+    if (message.routedOnly !== undefined) {
+      writer.uint32(56).bool(message.routedOnly);
     }
     return writer;
   },
@@ -264,6 +272,14 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
             message.requestId = reader.uint64() as bigint;
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.routedOnly = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -293,6 +309,11 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
         : isSet(object.request_id)
         ? BigInt(object.request_id)
         : 0n,
+      routedOnly: isSet(object.routedOnly)
+        ? globalThis.Boolean(object.routedOnly)
+        : isSet(object.routed_only)
+        ? globalThis.Boolean(object.routed_only)
+        : undefined,
     };
   },
 
@@ -314,6 +335,9 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
     }
     if (message.requestId !== 0n) {
       obj.requestId = message.requestId.toString();
+    }
+    if (message.routedOnly !== undefined) {
+      obj.routedOnly = message.routedOnly;
     }
     return obj;
   },
@@ -343,6 +367,7 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
       }
     }
     message.requestId = (object.requestId !== undefined && object.requestId !== null) ? BigInt(object.requestId) : 0n;
+    message.routedOnly = object.routedOnly ?? undefined;
     return message;
   },
 };
