@@ -2,7 +2,8 @@
 // single-process fp32 reference of the whole MoE block (packages/moe referenceMoeBlock), for every family, with
 // the gate computed by the router, with router logits, and with explicit assignments; fp32 <= 1e-5 relative,
 // bf16 <= 1e-2. Each family runs over both worker transports: the TCP data path (the default once a worker's
-// Status offers it) and the RunExpertsStream gRPC stream.
+// Status offers it) and the RunExpertsStream gRPC stream. The families with a shared expert run it on the workers as
+// slices (placed like experts) on the data path, and in the router on the gRPC path.
 
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -11,6 +12,7 @@ import { credentials, Metadata } from "@grpc/grpc-js";
 import { startWorker, type WorkerHandle } from "@switchyard/expert-worker";
 import {
   generateCheckpoint,
+  loadWithSharedSlices,
   type ModelFamily,
   type MoeLayerWeights,
   moeLayers,
@@ -20,6 +22,7 @@ import {
   referenceMoeBlock,
   resolveRoutingPolicy,
   routerLogits,
+  sharedSlices,
 } from "@switchyard/moe";
 import {
   bytesToFloat32,
@@ -69,9 +72,22 @@ describe.each(CASES)("router parity: %s, 2 workers, %s path", (family, transport
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), `sy-parity-${family}-`));
     const experts = family === "deepseek-v3" ? 16 : 8;
-    await generateCheckpoint({ family, dir, seed: 11, layers: 2, hiddenSize: 64, intermediateSize: 96, experts });
+    // Qwen2-MoE's shared expert twice a routed expert's width: 2 slices; DeepSeek-V3's one shared expert: 1
+    const shared = family === "qwen2-moe" ? { sharedIntermediateSize: 192 } : {};
+    await generateCheckpoint({
+      family,
+      dir,
+      seed: 11,
+      layers: 2,
+      hiddenSize: 64,
+      intermediateSize: 96,
+      experts,
+      ...shared,
+    });
     const ckpt = await openCheckpoint(dir);
     spec = ckpt.spec;
+    const slices = transport === "data" ? sharedSlices(spec) : 0;
+    if (spec.sharedExperts > 0 && transport === "data") expect(slices).toBe(family === "qwen2-moe" ? 2 : 1);
     layers = moeLayers(spec);
     weights = new Map();
     for (const l of layers) weights.set(l, await readLayerFloat32(ckpt, l));
@@ -81,9 +97,10 @@ describe.each(CASES)("router parity: %s, 2 workers, %s path", (family, transport
     const { plan } = planPlacement({
       pool: "p",
       layers: spec.layers,
-      experts: spec.experts,
+      experts: spec.experts + slices,
       workers: ids,
       redundantExperts: experts / 4,
+      load: slices > 0 ? loadWithSharedSlices(undefined, spec.layers, spec.experts, slices, spec.topK) : undefined,
     });
     const planFile = join(dir, "plan.json");
     await writeFile(planFile, JSON.stringify(plan));
@@ -111,6 +128,9 @@ describe.each(CASES)("router parity: %s, 2 workers, %s path", (family, transport
     });
     // No periodic polls in tests: one Status now tells each connection its worker's data port.
     await router.refreshWorkers("p");
+    // the slices are served by the workers (ids from E on), so the router does not compute the shared expert
+    const servedIds = workers.flatMap((w) => w.core.status().served.map((k) => k.expert));
+    expect(servedIds.filter((e) => e >= spec.experts).length > 0).toBe(slices > 0);
     served = await serveRouter(router, { port: 0, host: "127.0.0.1" });
     client = new RouterClient(`127.0.0.1:${served.port}`, credentials.createInsecure());
   });
