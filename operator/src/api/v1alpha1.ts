@@ -188,6 +188,53 @@ export const cacheSchema = obj(
   { default: {} },
 );
 
+// A Prometheus duration as PromQL range selectors take it: one or more <integer><unit>, largest unit first ("1h30m").
+const PROM_DURATION = "^([0-9]+(ms|s|m|h|d|w|y))+$";
+
+export const rebalanceSchema = obj(
+  "Load-driven replanning from the expert heat the router exports (switchyard_router_expert_tokens_total): every intervalSeconds the operator asks Prometheus for each (layer, expert)'s token assignments over the last window and replans with them, publishing the new plan only when it is clearly better. On only while prometheusUrl is set.",
+  {
+    prometheusUrl: str(
+      "Base URL of the Prometheus HTTP API (the operator GETs <url>/api/v1/query); unset = off (uniform load).",
+      { maxLength: 2048, pattern: "^https?://[^\\s]+$" },
+    ),
+    window: str('Range of heat the plan is made from, a Prometheus duration ("10m", "1h30m").', {
+      default: "10m",
+      maxLength: 32,
+      pattern: PROM_DURATION,
+      validations: [
+        {
+          rule: "!self.matches('^(0+(ms|s|m|h|d|w|y))+$')",
+          message: "placement.rebalance.window must be longer than zero",
+        },
+      ],
+    }),
+    intervalSeconds: int("Seconds between heat queries (and replan decisions).", {
+      minimum: 30,
+      maximum: 86400,
+      default: 300,
+    }),
+    timeoutSeconds: int("Per-query HTTP timeout in seconds; a query that takes longer counts as failed.", {
+      minimum: 1,
+      maximum: 300,
+      default: 10,
+    }),
+    minImprovement: num(
+      "Publish a new plan only when its expected imbalance under the observed heat is at least this much lower, relative to the current plan's under the same heat (0.05 = 5%); imbalance is the mean over layers of max/mean worker load. Below it the plan, and the weights on the workers, stay as they are: noise moves nothing.",
+      { minimum: 0, maximum: 1, default: 0.05 },
+    ),
+  },
+  {
+    validations: [
+      {
+        rule: "self.timeoutSeconds < self.intervalSeconds",
+        message: "placement.rebalance.timeoutSeconds must be < placement.rebalance.intervalSeconds",
+        fieldPath: ".timeoutSeconds",
+      },
+    ],
+  },
+);
+
 export const placementSchema = obj(
   "How experts are placed on workers (the plan is published in ConfigMap <pool>-placement).",
   {
@@ -201,13 +248,25 @@ export const placementSchema = obj(
       maximum: 4096,
       default: 0,
     }),
+    rebalance: rebalanceSchema,
     sharedExperts: enm(
       "Where the shared expert runs. Workers: split into model.sharedIntermediateSize / model.intermediateSize slices of a routed expert's width, placed like experts (expert ids from model.experts on), since in the router its CPU is the bound (measured: 3.7 router cores at 1337 tokens/s for Qwen1.5-MoE on an H200). Router: in the router (the plan lists the routed experts only).",
       ["Workers", "Router"] as const,
       { default: "Workers" },
     ),
   },
-  { default: {} },
+  {
+    default: {},
+    validations: [
+      {
+        // A contiguous layout ignores load except for who gets the redundant copies: with none, heat changes nothing.
+        rule: "!has(self.rebalance) || !has(self.rebalance.prometheusUrl) || self.strategy == 'balanced' || self.redundantExperts > 0",
+        message:
+          "placement.rebalance has no effect with strategy contiguous and redundantExperts 0 (the layout does not depend on load); use strategy balanced or add redundantExperts",
+        fieldPath: ".rebalance",
+      },
+    ],
+  },
 );
 
 // Slices of the shared expert the workers serve (desired.ts sharedSlicesOf, in CEL): its width over a routed
@@ -294,6 +353,18 @@ export const expertPoolStatusSchema = obj("Observed state of an ExpertPool, rebu
       minimum: 0,
     }),
     movedExperts: int("Expert copies that changed worker in the last replan.", { minimum: 0 }),
+    rebalance: obj("Load-driven replanning (spec.placement.rebalance); absent while it is off.", {
+      loadSource: enm(
+        "prometheus: the plan was judged under the heat Prometheus last reported; uniform: no heat yet (no answer, or no traffic in the window), every expert counted as equally hot.",
+        ["prometheus", "uniform"] as const,
+      ),
+      lastQueryTime: str("Last time Prometheus answered the heat query (RFC 3339).", { format: "date-time" }),
+      observedImbalance: num(
+        "The published plan's mean over layers of max/mean worker load under the observed heat (1 = perfect); what minImprovement is judged on.",
+        { minimum: 0 },
+      ),
+      message: str("What the last decision was and why (kept, replanned, query failed).", { maxLength: 1024 }),
+    }),
   }),
   endpoints: arr(
     "Worker gRPC endpoints (StatefulSet pod DNS names through the headless Service).",

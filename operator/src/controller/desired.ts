@@ -235,6 +235,22 @@ export function planFromConfigMap(cm: V1ConfigMap | undefined): PlacementPlan | 
   }
 }
 
+/** The ConfigMap `<pool>-placement` publishing a plan (key plan.json), owned by the pool. */
+export function planConfigMap(pool: ExpertPool, plan: PlacementPlan): V1ConfigMap {
+  const name = pool.metadata.name;
+  return {
+    apiVersion: "v1",
+    kind: "ConfigMap",
+    metadata: {
+      name: planConfigMapName(name),
+      namespace: pool.metadata.namespace,
+      labels: childLabels(name),
+      ownerReferences: [ownerRef(pool)],
+    },
+    data: { [PLAN_KEY]: JSON.stringify(plan) },
+  };
+}
+
 export type PlanOutcome =
   | { ok: true; plan: PlacementPlan; stats: PlanStats; configMap: V1ConfigMap }
   | { ok: false; message: string };
@@ -269,18 +285,7 @@ export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefine
       previous,
       endpoints: Object.fromEntries(workers.map((w) => [w, workerAddress(name, ns, w)])),
     });
-    const configMap: V1ConfigMap = {
-      apiVersion: "v1",
-      kind: "ConfigMap",
-      metadata: {
-        name: planConfigMapName(name),
-        namespace: pool.metadata.namespace,
-        labels: childLabels(name),
-        ownerReferences: [ownerRef(pool)],
-      },
-      data: { [PLAN_KEY]: JSON.stringify(plan) },
-    };
-    return { ok: true, plan, stats, configMap };
+    return { ok: true, plan, stats, configMap: planConfigMap(pool, plan) };
   } catch (e) {
     if (e instanceof PlacementError) return { ok: false, message: e.message };
     throw e;

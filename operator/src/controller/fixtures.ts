@@ -8,7 +8,7 @@ import {
   routingPolicySpecSchema,
 } from "../api/v1alpha1.js";
 
-type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
+type DeepPartial<T> = { [K in keyof T]?: NonNullable<T[K]> extends object ? DeepPartial<NonNullable<T[K]>> : T[K] };
 
 function merge(a: unknown, b: unknown): unknown {
   if (b === undefined) return a;

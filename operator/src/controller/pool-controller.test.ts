@@ -6,7 +6,7 @@ import type { Informer } from "../runtime/informer.js";
 import type { Kube } from "../runtime/kube.js";
 import { RecentWrites } from "../runtime/recent.js";
 import { testPool } from "./fixtures.js";
-import { type PoolCaches, PoolReconciler } from "./pool-controller.js";
+import { type PoolCaches, type PoolControllerDeps, PoolReconciler } from "./pool-controller.js";
 
 type Obj = {
   metadata?: { name?: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string> };
@@ -25,7 +25,7 @@ class FakeCache<T extends Obj> {
   }
 }
 
-function harness(pool: ExpertPool) {
+function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
   let rv = 100;
   const caches = {
     pools: new FakeCache<ExpertPool>(),
@@ -66,10 +66,12 @@ function harness(pool: ExpertPool) {
     caches: caches as unknown as PoolCaches & Record<string, Informer<never>>,
     recent: new RecentWrites(),
     events: {
-      emit: async (_o: unknown, type: string, reason: string) => void events.push(`${type} ${reason}`),
+      emit: async (_o: unknown, type: string, reason: string, message: string) =>
+        void events.push(`${type} ${reason}`, message),
     } as never,
     log: () => {},
     now: () => "2026-01-01T00:00:00Z",
+    ...extra,
   });
   return { caches, applies, events, rec };
 }
@@ -119,5 +121,156 @@ describe("PoolReconciler", () => {
     h.caches.pools.put({ ...p, metadata: { ...p.metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } });
     await h.rec.reconcile("ns/mix");
     expect(h.applies).toEqual([]);
+  });
+});
+
+// ---------- placement.rebalance: the heat comes from a fake Prometheus ----------
+
+const HOT = [
+  [1000, 100, 100, 100, 100, 100, 100, 100],
+  [100, 100, 100, 800, 100, 100, 100, 100],
+];
+
+/** An instant-vector answer for load[layer][expert], plus the router's overflow series. */
+function heatAnswer(load: number[][] | undefined): string {
+  const result = (load ?? []).flatMap((row, l) =>
+    row.map((x, e) => ({ metric: { layer: String(l), expert: String(e) }, value: [0, String(x)] })),
+  );
+  if (load) result.push({ metric: { layer: "0", expert: "other" }, value: [0, "99999"] });
+  return JSON.stringify({ status: "success", data: { resultType: "vector", result } });
+}
+
+function fakePrometheus() {
+  const state = {
+    ms: 1_000_000,
+    asked: [] as string[],
+    reply: (): { status: number; body: string } => ({ status: 200, body: heatAnswer(undefined) }),
+  };
+  const fetch: PoolControllerDeps["fetch"] = async (url) => {
+    state.asked.push(url);
+    const r = state.reply();
+    return { ok: r.status < 300, status: r.status, text: async () => r.body };
+  };
+  return { state, deps: { fetch, clock: () => state.ms } };
+}
+
+const planOf = (h: ReturnType<typeof harness>) =>
+  JSON.parse((h.caches.configMaps.get("ns", "mix-placement") as { data: Record<string, string> }).data["plan.json"]);
+
+const rebalancing = () =>
+  testPool({
+    replicas: 4,
+    model: { layers: 2 },
+    placement: { redundantExperts: 4, rebalance: { prometheusUrl: "http://prom:9090/", intervalSeconds: 60 } },
+  });
+
+describe("PoolReconciler with placement.rebalance", () => {
+  it("plans under the heat Prometheus reports and comes back after intervalSeconds; passes in between reuse it", async () => {
+    const prom = fakePrometheus();
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
+    const h = harness(rebalancing(), prom.deps);
+    expect(await h.rec.reconcile("ns/mix")).toEqual({ requeueAfterMs: 60_000 });
+    expect(prom.state.asked).toEqual([
+      `http://prom:9090/api/v1/query?query=${encodeURIComponent(
+        'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="mix"}[10m]))',
+      )}`,
+    ]);
+    const plan = planOf(h);
+    expect(plan.version).toBe(1);
+    expect(plan.replicas[0][0]).toEqual([0, 1, 2, 3]); // the hot expert of layer 0 on every worker
+    expect(plan.replicas[1][3].length).toBeGreaterThan(1);
+    const st = h.caches.pools.get("ns", "mix")?.status?.placement;
+    expect(st?.rebalance).toMatchObject({
+      loadSource: "prometheus",
+      lastQueryTime: "2026-01-01T00:00:00Z",
+      observedImbalance: expect.any(Number),
+    });
+    expect(st?.rebalance?.observedImbalance).toBeLessThan(1.1);
+
+    // 20 s later: no query, nothing written; a spec edit rolls the workers but keeps the plan.
+    prom.state.ms += 20_000;
+    h.applies.length = 0;
+    expect(await h.rec.reconcile("ns/mix")).toEqual({ requeueAfterMs: 40_000 });
+    expect(h.applies).toEqual([]);
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({
+      ...p,
+      metadata: { ...p.metadata, generation: 2 },
+      spec: { ...p.spec, worker: { ...p.spec.worker, queueCapacity: 1024 } },
+    });
+    await h.rec.reconcile("ns/mix");
+    expect(prom.state.asked).toHaveLength(1);
+    expect(h.applies).not.toContain("/api/v1/namespaces/ns/configmaps/mix-placement");
+    expect(planOf(h).version).toBe(1);
+
+    // At the interval it asks again; the same heat moves nothing.
+    prom.state.ms += 40_000;
+    await h.rec.reconcile("ns/mix");
+    expect(prom.state.asked).toHaveLength(2);
+    expect(planOf(h).version).toBe(1);
+  });
+
+  it("starts uniform without traffic, then replans once heat appears (event PlanRebalanced)", async () => {
+    const prom = fakePrometheus();
+    const h = harness(rebalancing(), prom.deps);
+    await h.rec.reconcile("ns/mix");
+    expect(planOf(h).replicas[0][0]).toHaveLength(2); // uniform: the first four experts get the redundant slots
+    expect(h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance).toEqual({
+      loadSource: "uniform",
+      lastQueryTime: "2026-01-01T00:00:00Z",
+      message:
+        "no expert traffic for this pool in the last 10m. plan version 1 stays until there is heat to judge it by",
+    });
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
+    prom.state.ms += 60_000;
+    await h.rec.reconcile("ns/mix");
+    const plan = planOf(h);
+    expect(plan.version).toBe(2);
+    expect(plan.replicas[0][0]).toHaveLength(4);
+    const i = h.events.indexOf("Normal PlanRebalanced");
+    expect(i).toBeGreaterThanOrEqual(0);
+    expect(h.events[i + 1]).toMatch(
+      /^placement plan version 2 for the expert heat of the last 10m: imbalance 1\.\d{3} -> 1\.\d{3} \(\d+\.\d% lower\), \d+ expert copies moved$/,
+    );
+    expect(h.events).not.toContain("Normal PlanPublished");
+  });
+
+  it("a failing Prometheus keeps the plan, says why in status and once as an event, and never fails the pass", async () => {
+    const prom = fakePrometheus();
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
+    const h = harness(rebalancing(), prom.deps);
+    await h.rec.reconcile("ns/mix");
+    const before = planOf(h);
+    prom.state.reply = () => ({ status: 503, body: "upstream down" });
+    for (let k = 0; k < 2; k++) {
+      prom.state.ms += 60_000;
+      expect(await h.rec.reconcile("ns/mix")).toEqual({ requeueAfterMs: 60_000 });
+    }
+    expect(planOf(h)).toEqual(before);
+    const rb = h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance;
+    expect(rb?.loadSource).toBe("prometheus"); // the last heat it had
+    expect(rb?.message).toMatch(
+      /^heat query failed \(http:\/\/prom:9090\/: HTTP 503, not a Prometheus API answer: upstream down\); using the heat from 2026-01-01T00:00:00Z\. plan version 1 /,
+    );
+    expect(h.events.filter((e) => e === "Warning HeatQueryFailed")).toHaveLength(1);
+    const ready = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
+    expect(ready?.status).toBe("False");
+  });
+
+  it("turning rebalance off forgets the heat and plans as before (no query, no requeue)", async () => {
+    const prom = fakePrometheus();
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
+    const h = harness(rebalancing(), prom.deps);
+    await h.rec.reconcile("ns/mix");
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({
+      ...p,
+      metadata: { ...p.metadata, generation: 2 },
+      spec: { ...p.spec, placement: { ...p.spec.placement, rebalance: undefined } },
+    });
+    expect(await h.rec.reconcile("ns/mix")).toBeUndefined();
+    expect(prom.state.asked).toHaveLength(1);
+    expect(planOf(h).version).toBe(2); // back to the uniform plan
+    expect(h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance).toBeUndefined();
   });
 });

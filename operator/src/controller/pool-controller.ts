@@ -1,17 +1,22 @@
 // ExpertPool reconciler: the thin I/O shell around desired.ts and pool-status.ts. Level-triggered: every pass
 // re-reads the pool and its children from the informer caches, applies whatever differs (server-side apply,
 // one field manager), and rebuilds status from what it observes. Nothing is remembered between passes except
-// the objects our own writes returned (RecentWrites), used only while the cache has not caught up.
+// the objects our own writes returned (RecentWrites), used only while the cache has not caught up, and, for pools
+// with placement.rebalance on, the last expert heat Prometheus reported (rebalance.ts: a pass between two queries
+// judges the plan under that heat, not under uniform load), which also schedules the pool's next pass.
 import { isDeepStrictEqual } from "node:util";
 import type { V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
 import { clean } from "../api/schema.js";
 import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
+import type { Result } from "../runtime/controller.js";
 import type { EventRecorder } from "../runtime/events.js";
 import type { Informer } from "../runtime/informer.js";
 import { type Kube, type KubeObject, paths } from "../runtime/kube.js";
+import { type FetchLike, promInstantQuery } from "../runtime/prometheus.js";
 import type { RecentWrites } from "../runtime/recent.js";
 import { needsApply } from "./compare.js";
-import { desiredPlan, desiredService, desiredStatefulSet, planFromConfigMap } from "./desired.js";
+import { desiredPlan, desiredService, desiredStatefulSet, type PlanOutcome, planFromConfigMap } from "./desired.js";
+import { heatQuery, parseHeat } from "./heat.js";
 import {
   FIELD_MANAGER,
   POOL_LABEL,
@@ -21,6 +26,18 @@ import {
   statefulSetName,
 } from "./names.js";
 import { buildPoolStatus, type PoolObservation } from "./pool-status.js";
+import {
+  type HeatObservation,
+  heatKey,
+  msUntilQuery,
+  observe,
+  type RebalanceDecision,
+  type RebalanceSettings,
+  type RebalanceStatus,
+  rebalancedPlan,
+  rebalanceSettings,
+  rebalanceStatus,
+} from "./rebalance.js";
 
 export const MOVED_ANNOTATION = "switchyard.dev/moved-experts";
 
@@ -39,6 +56,10 @@ export interface PoolControllerDeps {
   events: EventRecorder;
   log: (m: string) => void;
   now?: () => string;
+  /** Milliseconds clock for the rebalance schedule (default Date.now). */
+  clock?: () => number;
+  /** HTTP client for Prometheus heat queries (default: global fetch). */
+  fetch?: FetchLike;
 }
 
 export function splitKey(key: string): [string, string] {
@@ -47,7 +68,48 @@ export function splitKey(key: string): [string, string] {
 }
 
 export class PoolReconciler {
+  /** Last heat query per pool key, for pools with rebalance on. */
+  private readonly heat = new Map<string, HeatObservation>();
+
   constructor(private readonly d: PoolControllerDeps) {}
+
+  private nowString(): string {
+    return this.d.now?.() ?? new Date().toISOString().replace(/\.\d+Z$/, "Z");
+  }
+
+  /**
+   * The pool's heat for this pass: asks Prometheus when the last query is older than intervalSeconds (or was for
+   * other settings), else the remembered answer. Never throws: a failed query keeps the last heat and its reason.
+   */
+  private async observeHeat(key: string, pool: ExpertPool, s: RebalanceSettings): Promise<HeatObservation> {
+    const clock = this.d.clock ?? Date.now;
+    const hk = heatKey(pool, s);
+    const prev = this.heat.get(key);
+    if (prev && msUntilQuery(prev, hk, s, clock()) > 0) return prev;
+    let result: { load: number[][] | undefined } | { error: string };
+    try {
+      const body = await promInstantQuery(s.prometheusUrl, heatQuery(pool.metadata.name, s.window), {
+        timeoutMs: s.timeoutMs,
+        fetch: this.d.fetch,
+      });
+      result = { load: parseHeat(body, pool.spec.model).load };
+    } catch (e) {
+      result = { error: (e as Error).message };
+    }
+    const obs = observe(prev, hk, clock(), this.nowString(), result);
+    this.heat.set(key, obs);
+    if (obs.error && obs.error !== prev?.error) {
+      // Once per new failure, not every interval; status.placement.rebalance.message says it meanwhile.
+      this.d.log(`expertpool ${key}: heat query failed: ${obs.error}`);
+      void this.d.events.emit(
+        this.involved(pool),
+        "Warning",
+        "HeatQueryFailed",
+        `heat query to ${s.prometheusUrl} failed: ${obs.error}; the placement plan stays as it is`,
+      );
+    }
+    return obs;
+  }
 
   private async applyIfChanged<T extends KubeObject>(
     kind: string,
@@ -63,18 +125,34 @@ export class PoolReconciler {
     return out;
   }
 
-  async reconcile(key: string): Promise<undefined> {
+  async reconcile(key: string): Promise<Result | undefined> {
     const [ns, name] = splitKey(key);
     const { caches, recent, kube } = this.d;
     const pool = caches.pools.get(ns, name);
     // Gone or going: owner references let the garbage collector remove the children.
-    if (!pool || pool.metadata.deletionTimestamp) return undefined;
+    if (!pool || pool.metadata.deletionTimestamp) {
+      this.heat.delete(key);
+      return undefined;
+    }
 
-    // 1. Placement plan (stable against the plan already published).
+    // 1. Placement plan (stable against the plan already published); with rebalance on, judged under the heat.
     const cmName = planConfigMapName(name);
     const liveCm = recent.pick("ConfigMap", ns, cmName, caches.configMaps.get(ns, cmName));
     const previous = planFromConfigMap(liveCm);
-    const plan = desiredPlan(pool, previous);
+    const rebalance = rebalanceSettings(pool);
+    let plan: PlanOutcome;
+    let decision: RebalanceDecision | undefined;
+    let heat: HeatObservation | undefined;
+    let result: Result | undefined;
+    if (rebalance) {
+      heat = await this.observeHeat(key, pool, rebalance);
+      ({ outcome: plan, decision } = rebalancedPlan(pool, previous, heat.load, rebalance.minImprovement));
+      const clock = this.d.clock ?? Date.now;
+      result = { requeueAfterMs: Math.max(1, msUntilQuery(heat, heat.key, rebalance, clock())) };
+    } else {
+      this.heat.delete(key);
+      plan = desiredPlan(pool, previous);
+    }
     let planInfo: PoolObservation["plan"];
     let planChanged = false;
     if (plan.ok) {
@@ -84,7 +162,9 @@ export class PoolReconciler {
         ? plan.stats.moved
         : Number((liveCm?.metadata?.annotations as Record<string, string> | undefined)?.[MOVED_ANNOTATION] ?? 0);
       plan.configMap.metadata = { ...plan.configMap.metadata, annotations: { [MOVED_ANNOTATION]: String(moved) } };
-      planInfo = { plan: plan.plan, stats: plan.stats, moved };
+      let rebalanceInfo: RebalanceStatus | undefined;
+      if (rebalance && decision) rebalanceInfo = rebalanceStatus(heat, decision, plan.plan, rebalance);
+      planInfo = { plan: plan.plan, stats: plan.stats, moved, rebalance: rebalanceInfo };
     } else {
       planInfo = { error: plan.message };
     }
@@ -108,12 +188,21 @@ export class PoolReconciler {
     ]);
     if (wroteSts) sts = wroteSts as typeof sts;
     if (plan.ok && planChanged && previous) {
-      void this.d.events.emit(
-        this.involved(pool),
-        "Normal",
-        "PlanPublished",
-        `placement plan version ${plan.plan.version}: ${plan.stats.moved} expert copies moved`,
-      );
+      if (decision?.kind === "replanned") {
+        void this.d.events.emit(
+          this.involved(pool),
+          "Normal",
+          "PlanRebalanced",
+          `placement plan version ${plan.plan.version} for the expert heat of the last ${rebalance?.window}: imbalance ${decision.before.toFixed(3)} -> ${decision.after.toFixed(3)} (${(decision.improvement * 100).toFixed(1)}% lower), ${plan.stats.moved} expert copies moved`,
+        );
+      } else {
+        void this.d.events.emit(
+          this.involved(pool),
+          "Normal",
+          "PlanPublished",
+          `placement plan version ${plan.plan.version}: ${plan.stats.moved} expert copies moved`,
+        );
+      }
     }
 
     // 3. Status from observation.
@@ -123,7 +212,7 @@ export class PoolReconciler {
       statefulSet: sts,
       pods,
       plan: planInfo,
-      now: this.d.now?.() ?? new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+      now: this.nowString(),
     });
     const current = recent.pick("ExpertPool", ns, name, pool);
     if (!statusEqual(current?.status, status)) {
@@ -135,7 +224,10 @@ export class PoolReconciler {
         );
         recent.put("ExpertPool", ns, name, out);
       } catch (e) {
-        if ((e as { code?: number }).code === 404) return undefined; // deleted meanwhile
+        if ((e as { code?: number }).code === 404) {
+          this.heat.delete(key);
+          return undefined; // deleted meanwhile
+        }
         throw e;
       }
       for (const t of transitions) {
@@ -157,7 +249,7 @@ export class PoolReconciler {
         }
       }
     }
-    return undefined;
+    return result;
   }
 
   private involved(pool: ExpertPool) {

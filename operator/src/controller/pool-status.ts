@@ -10,7 +10,15 @@ export interface PoolObservation {
   statefulSet: V1StatefulSet | undefined;
   pods: V1Pod[];
   /** The plan as published (or about to be), or why none could be made. */
-  plan: { plan: PlacementPlan; stats: PlanStats; moved: number } | { error: string };
+  plan:
+    | {
+        plan: PlacementPlan;
+        stats: PlanStats;
+        moved: number;
+        /** status.placement.rebalance (rebalance.ts rebalanceStatus) while spec.placement.rebalance is on. */
+        rebalance?: NonNullable<ExpertPoolStatus["placement"]>["rebalance"];
+      }
+    | { error: string };
   now: string;
 }
 
@@ -149,7 +157,7 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
     conditions,
   };
   if (!("error" in o.plan)) {
-    const { plan, stats, moved } = o.plan;
+    const { plan, stats, moved, rebalance } = o.plan;
     status.placement = {
       version: plan.version,
       configMap: planConfigMapName(name),
@@ -161,6 +169,7 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
       // Rounded: a status field that wobbles in the last digit would be a write per pass.
       loadImbalance: Math.round(stats.maxImbalance * 1000) / 1000,
       movedExperts: moved,
+      ...(rebalance ? { rebalance } : {}),
     };
     status.endpoints = plan.workers.map((w) => ({ worker: w, address: workerAddress(name, ns, w) }));
   } else if (pool.status?.placement) {

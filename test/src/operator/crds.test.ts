@@ -58,6 +58,41 @@ const INVALID: [string, unknown, string][] = [
     pool("bad", NS, { worker: { gpusPerWorker: 0, backend: "cuda" } }),
     "worker.backend cuda needs worker.gpusPerWorker >= 1",
   ],
+  [
+    "rebalance without http(s) Prometheus URL (schema pattern)",
+    pool("bad", NS, { placement: { rebalance: { prometheusUrl: "prometheus:9090" } } }),
+    "spec.placement.rebalance.prometheusUrl in body should match",
+  ],
+  [
+    "rebalance window that is not a Prometheus duration (schema pattern)",
+    pool("bad", NS, { placement: { rebalance: { prometheusUrl: "http://p:9090", window: "10 minutes" } } }),
+    "spec.placement.rebalance.window in body should match",
+  ],
+  [
+    "rebalance window of zero (CEL)",
+    pool("bad", NS, { placement: { rebalance: { prometheusUrl: "http://p:9090", window: "0m" } } }),
+    "placement.rebalance.window must be longer than zero",
+  ],
+  [
+    "rebalance interval below 30 s (schema minimum)",
+    pool("bad", NS, { placement: { rebalance: { prometheusUrl: "http://p:9090", intervalSeconds: 10 } } }),
+    "spec.placement.rebalance.intervalSeconds: Invalid value: 10: spec.placement.rebalance.intervalSeconds in body should be greater than or equal to 30",
+  ],
+  [
+    "rebalance query timeout not below the interval (CEL)",
+    pool("bad", NS, { placement: { rebalance: { intervalSeconds: 60, timeoutSeconds: 60 } } }),
+    "placement.rebalance.timeoutSeconds must be < placement.rebalance.intervalSeconds",
+  ],
+  [
+    "rebalance minImprovement above 1 (schema maximum)",
+    pool("bad", NS, { placement: { rebalance: { minImprovement: 1.5 } } }),
+    "spec.placement.rebalance.minImprovement in body should be less than or equal to 1",
+  ],
+  [
+    "rebalance of a contiguous layout without redundant slots (CEL)",
+    pool("bad", NS, { placement: { strategy: "contiguous", rebalance: { prometheusUrl: "http://p:9090" } } }),
+    "placement.rebalance has no effect with strategy contiguous and redundantExperts 0",
+  ],
   ["unknown architecture (schema enum)", withModel({ architecture: "gpt" }), 'Unsupported value: "gpt"'],
   ["zero layers (schema minimum)", withModel({ layers: 0 }), "should be greater than or equal to 1"],
   [
@@ -141,6 +176,18 @@ describeWithCluster(
       await c.kubectl(["apply", "-f", "-"], { input: JSON.stringify(pool("ok", NS)) });
       const got = JSON.parse((await c.kubectl(["get", "xp", "ok", "-o", "json"])).stdout);
       expect(got.spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0, sharedExperts: "Workers" });
+      // placement.rebalance is opt-in; once given, its defaults fill in.
+      const withRebalance = pool("rb", NS, { placement: { rebalance: { prometheusUrl: "http://prometheus:9090" } } });
+      await c.kubectl(["apply", "-f", "-"], { input: JSON.stringify(withRebalance) });
+      const rb = JSON.parse((await c.kubectl(["get", "xp", "rb", "-o", "json"])).stdout);
+      expect(rb.spec.placement.rebalance).toEqual({
+        prometheusUrl: "http://prometheus:9090",
+        window: "10m",
+        intervalSeconds: 300,
+        timeoutSeconds: 10,
+        minImprovement: 0.05,
+      });
+      await c.kubectl(["delete", "xp", "rb"]);
       expect(got.spec.worker).toMatchObject({
         backend: "auto",
         image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
