@@ -105,7 +105,7 @@ export const modelSchema = obj(
       default: 0,
     }),
     sharedIntermediateSize: int(
-      "Intermediate size of the whole shared-expert MLP (Qwen2-MoE's shared_expert_intermediate_size; DeepSeek-V3: moe_intermediate_size × n_shared_experts). Unset = sharedExperts × intermediateSize.",
+      "Intermediate size of the whole shared-expert MLP (Qwen2-MoE's shared_expert_intermediate_size; DeepSeek-V3: moe_intermediate_size × n_shared_experts). Unset: sharedExperts × intermediateSize for deepseek-v3; for other architectures the width is unknown and the router runs the shared expert.",
       { minimum: 1, maximum: 2097152 },
     ),
     dtype: enm("Weight and activation dtype on the workers.", ["bfloat16", "float16", "float32"] as const, {
@@ -270,9 +270,11 @@ export const placementSchema = obj(
 );
 
 // Slices of the shared expert the workers serve (desired.ts sharedSlicesOf, in CEL): its width over a routed
-// expert's; unset sharedIntermediateSize means sharedExperts × intermediateSize, hence sharedExperts slices.
+// expert's. Unset sharedIntermediateSize is known only for deepseek-v3 (sharedExperts × intermediateSize, hence
+// sharedExperts slices); elsewhere (Qwen2-MoE's is 4x at Qwen1.5-MoE-A2.7B) the router runs it: 0 slices. That also
+// keeps pools stored before these fields existed (where Workers is now the default) on their plan.
 const SHARED_SLICES_CEL =
-  "(self.placement.sharedExperts == 'Workers' && self.model.sharedExperts > 0 ? (has(self.model.sharedIntermediateSize) ? self.model.sharedIntermediateSize / self.model.intermediateSize : self.model.sharedExperts) : 0)";
+  "(self.placement.sharedExperts == 'Workers' && self.model.sharedExperts > 0 ? (has(self.model.sharedIntermediateSize) ? self.model.sharedIntermediateSize / self.model.intermediateSize : (self.model.architecture == 'deepseek-v3' ? self.model.sharedExperts : 0)) : 0)";
 
 export const expertPoolSpecSchema = obj(
   "Desired state of an ExpertPool.",
@@ -303,17 +305,9 @@ export const expertPoolSpecSchema = obj(
         fieldPath: ".model.sharedIntermediateSize",
       },
       {
-        // Qwen2-MoE's shared expert is not sharedExperts x intermediateSize wide (Qwen1.5-MoE-A2.7B: 5632 vs 1408), so
-        // the default would plan 1 slice where the workers serve 4 and the router would refuse the plan.
-        rule: "self.model.architecture != 'qwen2-moe' || self.model.sharedExperts == 0 || self.placement.sharedExperts != 'Workers' || has(self.model.sharedIntermediateSize)",
-        message:
-          "model.sharedIntermediateSize is required for qwen2-moe with a shared expert on the workers (the checkpoint's shared_expert_intermediate_size)",
-        fieldPath: ".model.sharedIntermediateSize",
-      },
-      {
         rule: `self.replicas == 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= self.model.layers * (self.model.experts + self.placement.redundantExperts + ${SHARED_SLICES_CEL})`,
         message:
-          "cache.residentExperts * replicas must hold every expert slot, layers * (experts + placement.redundantExperts + shared slices), unless cache.hostTier.enabled; shared slices = model.sharedIntermediateSize / model.intermediateSize (model.sharedExperts when unset) if placement.sharedExperts is Workers and model.sharedExperts > 0, else 0",
+          "cache.residentExperts * replicas must hold every expert slot, layers * (experts + placement.redundantExperts + shared slices), unless cache.hostTier.enabled; shared slices = model.sharedIntermediateSize / model.intermediateSize (unset: model.sharedExperts for deepseek-v3, else 0) if placement.sharedExperts is Workers and model.sharedExperts > 0, else 0",
         fieldPath: ".cache.residentExperts",
       },
       {

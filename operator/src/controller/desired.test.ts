@@ -170,6 +170,14 @@ describe("the shared expert's slices", () => {
     expect(slicesOf(testPool({ model: { architecture: "deepseek-v3", sharedExperts: 1 } }))).toBe(1);
     expect(slicesOf(testPool({ model: { architecture: "deepseek-v3", sharedExperts: 2 } }))).toBe(2);
     expect(slicesOf(testPool())).toBe(0);
+    // Qwen2-MoE without its width (a pool stored before the field existed): the router keeps it, no plan change
+    const old = qwen();
+    delete (old.spec.model as { sharedIntermediateSize?: number }).sharedIntermediateSize;
+    expect(slicesOf(old)).toBe(0);
+    expect(
+      desiredPlan(old, undefined).ok &&
+        (desiredPlan(old, undefined) as { plan: { replicas: number[][][] } }).plan.replicas[0].length,
+    ).toBe(old.spec.model.experts);
     expect(slicesOf(qwen({ model: { sharedExperts: 0 } }))).toBe(0);
     expect(() => slicesOf(qwen({ model: { sharedIntermediateSize: 40 } }))).toThrow(
       /^model\.sharedIntermediateSize: 40 is not a multiple of model\.intermediateSize 16/,

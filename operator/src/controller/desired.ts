@@ -40,7 +40,14 @@ export const GPU_RESOURCE = "nvidia.com/gpu";
  */
 export function sharedSlicesOf(model: ExpertPoolSpec["model"], placement: ExpertPoolSpec["placement"]): number {
   if (placement.sharedExperts !== "Workers" || model.sharedExperts === 0) return 0;
-  const width = model.sharedIntermediateSize ?? model.sharedExperts * model.intermediateSize;
+  // Without sharedIntermediateSize the width is known only for DeepSeek-V3 (n_shared_experts × moe_intermediate_size).
+  // A Qwen2-MoE pool without it (Qwen1.5-MoE-A2.7B: 5632, not 1408) keeps the shared expert in the router rather than
+  // publish a plan of the wrong length, which the routers and workers would refuse; pools stored before the field
+  // existed, where the API server now defaults placement.sharedExperts to Workers, keep their plan that way.
+  const width =
+    model.sharedIntermediateSize ??
+    (model.architecture === "deepseek-v3" ? model.sharedExperts * model.intermediateSize : undefined);
+  if (width === undefined) return 0;
   if (width % model.intermediateSize !== 0)
     throw new PlacementError(
       "model.sharedIntermediateSize",
