@@ -619,7 +619,11 @@ describe("router: the shared expert on the workers, as slices", () => {
   // slice j of the toy's shared expert (x -> -x) is x -> -x/2: the slices sum to the whole
   const sliceFn = (layer: number, e: number, x: Float32Array) =>
     e >= E ? x.map((v) => -v / SLICES) : expertFn(layer, e, x);
-  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: sliceFn }));
+  // every worker's Status lists every expert and slice as served (the router checks the slices' before it uses them)
+  const everything = Array.from({ length: L }, (_, layer) =>
+    Array.from({ length: E + SLICES }, (_, expert) => ({ layer, expert })),
+  ).flat();
+  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: sliceFn, served: everything }));
   let t: ToyRouter;
   let sharedCalls = 0;
   const sliced: PoolModel = {
@@ -752,6 +756,45 @@ describe("router: the shared expert on the workers, as slices", () => {
       expect(workers.flatMap(sliceIds)).toEqual([]);
     }
     t.setPool({}, withSlices);
+  });
+
+  it("computes the shared expert itself until the workers report serving the slices (a plan not loaded yet)", async () => {
+    const h = hidden(2, 75);
+    for (const w of workers) w.o.served = everything.filter((k) => k.expert < E);
+    await t.router.refreshWorkers("toy");
+    sharedCalls = 0;
+    for (const w of workers) w.seen.length = 0;
+    let r = await call({ hidden: encodeTensor(h, [2, D], DType.FLOAT32) });
+    expect(maxRelErr(got(r), reference(1, h, 2))).toBeLessThanOrEqual(1e-6);
+    expect(sharedCalls).toBe(1);
+    expect(workers.flatMap(sliceIds)).toEqual([]);
+    // one replica of each slice is enough
+    workers[1].o.served = everything;
+    await t.router.refreshWorkers("toy");
+    sharedCalls = 0;
+    r = await call({ hidden: encodeTensor(h, [2, D], DType.FLOAT32) });
+    expect(maxRelErr(got(r), reference(1, h, 2))).toBeLessThanOrEqual(1e-6);
+    expect(sharedCalls).toBe(0);
+    expect(new Set(workers.flatMap(sliceIds))).toEqual(new Set([E, E + 1]));
+    for (const w of workers) w.o.served = everything;
+    await t.router.refreshWorkers("toy");
+  });
+
+  it("places the slices per layer: a layer the plan gives none computes the shared expert in the router", async () => {
+    t.setPool({}, [withSlices[0], twoReplicas[1]]);
+    try {
+      for (const layer of [0, 1]) {
+        sharedCalls = 0;
+        for (const w of workers) w.seen.length = 0;
+        const h = hidden(2, 76 + layer);
+        const r = await call({ layer, hidden: encodeTensor(h, [2, D], DType.FLOAT32) });
+        expect(maxRelErr(got(r), reference(layer, h, 2))).toBeLessThanOrEqual(1e-6);
+        expect(sharedCalls).toBe(layer === 0 ? 0 : 1);
+        expect(workers.flatMap(sliceIds).length > 0).toBe(layer === 0);
+      }
+    } finally {
+      t.setPool({}, withSlices);
+    }
   });
 
   it("rejects a plan whose layers list neither the experts nor the experts and slices, naming the field", () => {

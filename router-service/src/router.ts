@@ -82,8 +82,8 @@ interface Item {
 class Pool {
   conns: WorkerConn[] = [];
   replicas: number[][][] = [];
-  /** The plan places the shared expert's slices: the workers run it, the router only adds its slots. */
-  sharedOnWorkers = false;
+  /** Layers whose plan places the shared expert's slices: the workers run it there, the router only adds its slots. */
+  sharedLayers = new Set<number>();
   planVersion = 0;
   pendingTokens = 0;
   readonly batcher: Batcher<Item, number>;
@@ -117,6 +117,23 @@ class Pool {
     healthy: (i) => this.conns[i].healthy,
   };
   private chooserOf: { policy: RoutingPolicy; chooser: ReplicaChooser } | null = null;
+
+  /**
+   * Whether every shared slice of `layer` has a replica whose worker serves it by its last Status (or has not
+   * reported yet). A new plan reaches the router and the workers at different moments: until the workers have
+   * loaded the slices, the router computes the shared expert itself instead of sending every token to a worker that
+   * would refuse them.
+   */
+  slicesServed(layer: number): boolean {
+    const E = this.model.experts;
+    const row = this.replicas[layer] ?? [];
+    for (let e = E; e < row.length; e++) {
+      const key = layer * 65536 + e;
+      if (!row[e].some((w) => this.conns[w] && (this.conns[w].served === null || this.conns[w].served!.has(key))))
+        return false;
+    }
+    return true;
+  }
 
   /** Replica choice for the current policy (rebuilt only when the policy object changes, not per flush). */
   chooser(): ReplicaChooser {
@@ -212,7 +229,7 @@ export class Router {
     for (const c of old.values()) c.close();
     p.conns = conns;
     p.replicas = s.plan.replicas.map((l) => l.map((r) => r.slice()));
-    p.sharedOnWorkers = s.plan.replicas.some((l) => l.length > s.model.experts);
+    p.sharedLayers = new Set(s.plan.replicas.flatMap((l, i) => (l.length > s.model.experts ? [i] : [])));
     p.planVersion = s.plan.version;
     this.metrics.planVersion.set({ pool: s.name }, s.plan.version);
   }
@@ -286,7 +303,7 @@ export class Router {
       // The shared expert: as slots of its slices for the workers where the plan places them, else computed here;
       // not at all when the engine computes it itself (routed_only).
       const withShared = m.hasShared && req.routedOnly !== true;
-      const onWorkers = p.sharedOnWorkers && withShared;
+      const onWorkers = withShared && p.sharedLayers.has(req.layer) && p.slicesServed(req.layer);
       const routing = onWorkers
         ? withSharedSlices(gated, m.experts, m.sharedSlices ?? 0, m.sharedScale?.(req.layer, hidden32(), T) ?? null)
         : gated;

@@ -152,6 +152,9 @@ export class WorkerConn {
   latencyMs = 0;
   /** Resident experts from the last Status, as layer*65536+expert; plus what the router sent since (optimistic). */
   readonly resident = new Set<number>();
+  /** Experts its last Status listed as served (its share of the plan it has loaded), as layer*65536+expert; null
+   * before the first Status. */
+  served: Set<number> | null = null;
   queueDepth = 0;
   cacheHits = 0;
   cacheMisses = 0;
@@ -334,6 +337,7 @@ export class WorkerConn {
           this.dataPort = st.dataPort;
           this.resident.clear();
           for (const k of st.resident) this.resident.add(k.layer * 65536 + k.expert);
+          this.served = new Set(st.served.map((k) => k.layer * 65536 + k.expert));
         }
         resolve();
       });

@@ -57,6 +57,8 @@ export interface FakeWorkerOptions {
   port?: number;
   /** Offer the TCP data path (default true). */
   dataPath?: boolean;
+  /** What Status lists as served (default none: a fake worker computes whatever it is sent). */
+  served?: { layer: number; expert: number }[];
 }
 
 export class FakeWorker {
@@ -193,7 +195,7 @@ export class FakeWorker {
               cacheHits: 0n,
               cacheMisses: 0n,
               cacheEvictions: 0n,
-              served: [],
+              served: this.o.served ?? [],
               hiddenSize: 0,
               layers: 0,
               experts: 0,
