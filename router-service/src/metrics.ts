@@ -4,8 +4,12 @@
 import { Counter, Gauge, Registry } from "prom-client";
 import { HotCounter, type HotCounterChild, HotHistogram, type HotHistogramChild } from "./hot-metrics.js";
 
-/** Heat series are bounded: at most this many layer x expert series, the rest fold into expert="other". */
-export const MAX_HEAT_SERIES = 4096;
+/**
+ * Heat series are bounded: at most this many layer x expert series, the rest fold into expert="other". Sized for
+ * whole models: the operator's rebalance reads every (layer, expert), and DeepSeek-V3 alone has 58 x 256 = 14,848
+ * (4096 left two thirds of its heat unlabelled, and the operator now refuses to judge a plan on folded heat).
+ */
+export const MAX_HEAT_SERIES = 32768;
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];

@@ -58,6 +58,7 @@ describe("parseHeat", () => {
       [0, 0, 0, 0],
     ]);
     expect(got.ignored).toBe(12);
+    expect(got.folded).toBe(1e6); // counted apart: the reconciler will not judge a plan on the rest
   });
 
   it("adds series that land on the same (layer, expert)", () => {
@@ -65,7 +66,7 @@ describe("parseHeat", () => {
   });
 
   it("is undefined when there is no traffic at all (the plan stays uniform)", () => {
-    expect(parseHeat(vector([]), shape)).toEqual({ load: undefined, total: 0, ignored: 0 });
+    expect(parseHeat(vector([]), shape)).toEqual({ load: undefined, total: 0, ignored: 0, folded: 0 });
     expect(parseHeat(vector([sample("0", "0", "0"), sample("0", "other", "7")]), shape).load).toBeUndefined();
   });
 

@@ -33,6 +33,11 @@ export interface ParsedHeat {
   total: number;
   /** Series left out: expert="other" (the router's overflow bucket), out of range, non-numeric, NaN, negative. */
   ignored: number;
+  /**
+   * Assignments the router folded into expert="other" past its series cap: heat that cannot be placed, so a plan
+   * judged without it would be judged on part of the traffic (whole layers reading as idle).
+   */
+  folded: number;
 }
 
 /** A non-negative integer label value ("07" and "1e1" are not what the router writes). */
@@ -61,11 +66,13 @@ export function parseHeat(body: unknown, shape: HeatShape): ParsedHeat {
   const load = Array.from({ length: shape.layers }, () => new Array<number>(shape.experts).fill(0));
   let total = 0;
   let ignored = 0;
+  let folded = 0;
   for (const r of b.data.result as { metric?: Record<string, string>; value?: [number, string] }[]) {
     const l = index(r?.metric?.layer, shape.layers);
     const e = index(r?.metric?.expert, shape.experts);
     // Prometheus writes sample values as strings ("NaN", "+Inf" included).
     const v = Number(r?.value?.[1]);
+    if (r?.metric?.expert === "other" && Number.isFinite(v) && v > 0) folded += v;
     if (l === undefined || e === undefined || !Number.isFinite(v) || v < 0) {
       ignored++;
       continue;
@@ -73,5 +80,5 @@ export function parseHeat(body: unknown, shape: HeatShape): ParsedHeat {
     load[l][e] += v;
     total += v;
   }
-  return { load: total > 0 ? load : undefined, total, ignored };
+  return { load: total > 0 ? load : undefined, total, ignored, folded };
 }

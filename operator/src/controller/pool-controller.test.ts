@@ -131,12 +131,12 @@ const HOT = [
   [100, 100, 100, 800, 100, 100, 100, 100],
 ];
 
-/** An instant-vector answer for load[layer][expert], plus the router's overflow series. */
-function heatAnswer(load: number[][] | undefined): string {
+/** An instant-vector answer for load[layer][expert], plus `other` in the router's overflow series when given. */
+function heatAnswer(load: number[][] | undefined, other = 0): string {
   const result = (load ?? []).flatMap((row, l) =>
     row.map((x, e) => ({ metric: { layer: String(l), expert: String(e) }, value: [0, String(x)] })),
   );
-  if (load) result.push({ metric: { layer: "0", expert: "other" }, value: [0, "99999"] });
+  if (other > 0) result.push({ metric: { layer: "0", expert: "other" }, value: [0, String(other)] });
   return JSON.stringify({ status: "success", data: { resultType: "vector", result } });
 }
 
@@ -255,6 +255,22 @@ describe("PoolReconciler with placement.rebalance", () => {
     expect(h.events.filter((e) => e === "Warning HeatQueryFailed")).toHaveLength(1);
     const ready = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
     expect(ready?.status).toBe("False");
+  });
+
+  it('does not judge a plan on heat the router folded into expert="other" (its series cap): the plan stays', async () => {
+    const prom = fakePrometheus();
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT, 5000) });
+    const h = harness(rebalancing(), prom.deps);
+    await h.rec.reconcile("ns/mix");
+    expect(planOf(h).version).toBe(1);
+    const rb = h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance;
+    expect(rb?.message).toMatch(/heat incomplete: the router folded 5000 of 8200 assignments into expert="other"/);
+    expect(h.events.filter((e) => e === "Warning HeatQueryFailed")).toHaveLength(1);
+    // complete heat next time: the plan follows it
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
+    prom.state.ms += 60_000;
+    await h.rec.reconcile("ns/mix");
+    expect(planOf(h).version).toBe(2);
   });
 
   it("turning rebalance off forgets the heat and plans as before (no query, no requeue)", async () => {

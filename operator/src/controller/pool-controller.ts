@@ -92,7 +92,14 @@ export class PoolReconciler {
         timeoutMs: s.timeoutMs,
         fetch: this.d.fetch,
       });
-      result = { load: parseHeat(body, pool.spec.model).load };
+      const h = parseHeat(body, pool.spec.model);
+      // Heat the router could not label by expert: judging a plan on the rest would misread whole layers as idle.
+      result =
+        h.folded > 0
+          ? {
+              error: `heat incomplete: the router folded ${Math.round(h.folded)} of ${Math.round(h.total + h.folded)} assignments into expert="other" (its series cap); the plan stays`,
+            }
+          : { load: h.load };
     } catch (e) {
       result = { error: (e as Error).message };
     }

@@ -78,8 +78,9 @@ class FakeRouter {
             lines.push(`switchyard_router_expert_tokens_total{pool="${pool}",layer="${l}",expert="${e}"} ${x}`);
           });
         });
-        // the router's overflow bucket: the operator must leave it out
-        lines.push(`switchyard_router_expert_tokens_total{pool="${pool}",layer="0",expert="other"} ${c[0][1] * 50}`);
+        // the router's overflow bucket, present and empty: the operator leaves it out (heat in it would stop the
+        // rebalance: pool-controller.test.ts covers that)
+        lines.push(`switchyard_router_expert_tokens_total{pool="${pool}",layer="0",expert="other"} 0`);
       }
       res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4" }).end(`${lines.join("\n")}\n`);
     });
