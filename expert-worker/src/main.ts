@@ -32,13 +32,20 @@ async function main(): Promise<void> {
   // A parent that spawned this worker with an IPC channel (the local launcher) learns the bound ports here, so it can
   // pass --port 0 rather than pick a free port and hand it over (another socket can take it in between).
   process.send?.({ ready: true, port: worker.port, dataPort: worker.dataPort, metricsPort: worker.metricsPort });
-  // A second signal during the shutdown is ignored rather than left to kill the process half way (the local
-  // launcher signals on its way out too; a CPU profile, --cpu-prof, is written only by a clean exit).
+  // A clean exit (a CPU profile, --cpu-prof, is written only by one) within 10 s; a second signal, or a close that
+  // hangs (a stream that never ends), exits at once instead, so a stuck worker is never left behind.
   let stopping = false;
   const stop = async (sig: string) => {
-    if (stopping) return;
+    if (stopping) {
+      console.log(`[worker ${flags.workerId}] ${sig} again: exiting now`);
+      process.exit(1);
+    }
     stopping = true;
     console.log(`[worker ${flags.workerId}] ${sig}: shutting down`);
+    setTimeout(() => {
+      console.log(`[worker ${flags.workerId}] shutdown took over 10 s: exiting now`);
+      process.exit(1);
+    }, 10_000).unref();
     await worker.close();
     process.exit(0);
   };

@@ -663,6 +663,7 @@ describe("router: the shared expert on the workers, as slices", () => {
       const h = hidden(T, 60 + T);
       const r = await call({ hidden: encodeTensor(h, [T, D], DType.FLOAT32) });
       expect(maxRelErr(got(r), reference(1, h, T))).toBeLessThanOrEqual(1e-6);
+      if (T === 1) expect(r.stats!.expertsTouched).toBe(K); // routed experts only, not the slices
     }
     const ids = workers.flatMap(sliceIds);
     expect(ids.filter((e) => e === E).length).toBeGreaterThan(0);

@@ -454,7 +454,7 @@ export class Router {
       for (const it of items) {
         if (it.done) continue;
         const stats = {
-          expertsTouched: distinctExperts(it),
+          expertsTouched: distinctExperts(it, m.experts),
           workersUsed: it.workers.size,
           queueWaitMs: it.queueWaitMs,
           totalMs: performance.now() - it.enqueuedAt,
@@ -648,13 +648,15 @@ function allExpired(items: Item[], b: WorkerBatchLayout): boolean {
   return b.rows.every((a) => items[a.item].deadline <= now);
 }
 
-function distinctExperts(it: Item): number {
+/** Routed experts the request reached (the shared expert's slices, ids from `experts` on, are not counted). */
+function distinctExperts(it: Item, experts: number): number {
   const s = new Set<number>();
   const r = it.routing;
   for (let t = 0; t < r.tokens; t++) {
     for (let k = 0; k < r.slots; k++) {
       const li = (t * it.slots + k) * 2;
-      if (it.locations[li] >= 0) s.add(r.experts[t * r.slots + k]);
+      const e = r.experts[t * r.slots + k];
+      if (it.locations[li] >= 0 && e < experts) s.add(e);
     }
   }
   return s.size;

@@ -37,5 +37,9 @@ describe.skipIf(!built)("the generator's threads", () => {
     await expect(generateCheckpoint({ ...opts, dir: bad, shards: 5, threads: 2 })).rejects.toThrow(
       new RegExp(a.files[2].replace(/\./g, "\\.")),
     );
+    // and no thread goes on writing after the call failed
+    const left = (await readdir(bad)).sort();
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await readdir(bad)).sort()).toEqual(left);
   });
 });

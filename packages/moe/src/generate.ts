@@ -232,23 +232,37 @@ export async function writeShard(job: ShardJob): Promise<void> {
   await writeSafetensors(job.path, toWrite, { format: "pt" });
 }
 
-/** Up to `threads` shards at a time, one worker thread each; rejects with the first shard that fails. */
+/**
+ * Up to `threads` shards at a time, one worker thread each; rejects with the first shard that fails, after stopping
+ * the others (no thread keeps writing into the directory once the call has failed).
+ */
 async function writeShardsInThreads(jobs: ShardJob[], threads: number, script: URL): Promise<void> {
   let next = 0;
+  let failed = false;
+  const live = new Set<Worker>();
   const runOne = (job: ShardJob) =>
     new Promise<void>((resolve, reject) => {
       // no inherited flags: a test runner's --conditions would point the thread's imports at TypeScript sources
       const w = new Worker(script, { workerData: job, execArgv: [] });
+      live.add(w);
       w.once("message", () => resolve());
       w.once("error", reject);
-      w.once("exit", (code) =>
-        code === 0 ? resolve() : reject(new Error(`${job.path}: generator thread exited with code ${code}`)),
-      );
+      w.once("exit", (code) => {
+        live.delete(w);
+        if (code === 0) resolve();
+        else reject(new Error(`${job.path}: generator thread exited with code ${code}`));
+      });
     });
   const lane = async () => {
-    while (next < jobs.length) await runOne(jobs[next++]);
+    while (next < jobs.length && !failed) await runOne(jobs[next++]);
   };
-  await Promise.all(Array.from({ length: Math.min(threads, jobs.length) }, lane));
+  try {
+    await Promise.all(Array.from({ length: Math.min(threads, jobs.length) }, lane));
+  } catch (e) {
+    failed = true;
+    await Promise.all([...live].map((w) => w.terminate()));
+    throw e;
+  }
 }
 
 function shardName(i: number, n: number): string {

@@ -37,7 +37,7 @@ import {
 } from "@switchyard/protocol";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile, Traffic } from "./loadgen.js";
-import { cpuByThreadName, cpuSeconds, threadCpuLine } from "./proc-cpu.js";
+import { cpuByThread, cpuSeconds, threadCpuLine } from "./proc-cpu.js";
 import { checkRunFits, runFootprint, WontFitError } from "./resources.js";
 import type { VerifyResult } from "./verifier.js";
 import { readSharedLayers, referenceBytes, VerifierPool, type VerifyMode } from "./verifier-pool.js";
@@ -388,8 +388,14 @@ export async function runLocal(o: LocalOptions): Promise<number> {
 
   const children: ChildProcess[] = [];
   let quiet = false;
+  // One SIGTERM per child (cleanup runs at the end and again on exit): a second one tells a worker to stop waiting.
+  const signalled = new Set<ChildProcess>();
   const cleanup = () => {
-    for (const c of children) if (c.exitCode === null && c.pid) c.kill("SIGTERM");
+    for (const c of children)
+      if (c.exitCode === null && c.pid && !signalled.has(c)) {
+        signalled.add(c);
+        c.kill("SIGTERM");
+      }
   };
   process.on("exit", cleanup);
   const onSignal = () => {
@@ -516,7 +522,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ["router", routerChild.pid ?? -1],
       ...ids.map((id): [string, number] => [id, workerPids[id]]),
     ];
-    const threadsAt = () => Promise.all(threadPids.map(([, pid]) => cpuByThreadName(pid)));
+    const threadsAt = () => Promise.all(threadPids.map(([, pid]) => cpuByThread(pid)));
     const [cpu0, threads0] = await Promise.all([cpuAt(), threadsAt()]);
     const t0 = performance.now();
     const endAt = t0 + o.durationS * 1000;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cpuByThreadName, cpuSeconds, parseProcStatCpu, threadCpuLine } from "./proc-cpu.js";
+import { cpuByThread, cpuSeconds, parseProcStatCpu, threadCpuLine } from "./proc-cpu.js";
 
 describe("process CPU time", () => {
   it("reads utime + stime from a stat line whose command holds spaces and parentheses", () => {
@@ -32,20 +32,21 @@ describe("process CPU time", () => {
 });
 
 describe("CPU per thread name", () => {
-  it("lists the busiest names between two readings, as cores", () => {
+  it("lists the busiest names between two readings, as cores, a renamed thread's CPU only from the window", () => {
+    const th = (name: string, seconds: number) => ({ name, seconds });
     const a = new Map([
-      ["node", 1],
-      ["libuv-worker", 2],
-      ["cuda-EvtHandlr", 0],
+      ["10", th("main", 1)],
+      ["11", th("node", 2)], // renamed sy-cuda-run in between: its 2 s from before are not the run's
+      ["12", th("cuda-EvtHandlr", 0)],
     ]);
     const b = new Map([
-      ["node", 2],
-      ["libuv-worker", 6],
-      ["cuda-EvtHandlr", 0.01],
-      ["V8 Worker", 0.5],
+      ["10", th("main", 2)],
+      ["11", th("sy-cuda-run", 6)],
+      ["12", th("cuda-EvtHandlr", 0.01)],
+      ["13", th("V8 Worker", 0.5)], // started in the window
     ]);
-    expect(threadCpuLine(a, b, 4)).toBe("libuv-worker 1.00, node 0.25, V8 Worker 0.13");
-    expect(threadCpuLine(a, b, 4, 1)).toBe("libuv-worker 1.00");
+    expect(threadCpuLine(a, b, 4)).toBe("sy-cuda-run 1.00, main 0.25, V8 Worker 0.13");
+    expect(threadCpuLine(a, b, 4, 1)).toBe("sy-cuda-run 1.00");
     expect(threadCpuLine(null, b, 4)).toBe("?");
   });
 
@@ -54,11 +55,11 @@ describe("CPU per thread name", () => {
       console.log("skipped: /proc is Linux only");
       return;
     }
-    const m = await cpuByThreadName(process.pid);
+    const m = await cpuByThread(process.pid);
     expect(m).not.toBeNull();
-    expect(m!.has("main")).toBe(true);
+    expect(m!.get(String(process.pid))?.name).toBe("main");
     expect(m!.size).toBeGreaterThan(1); // and at least libuv's or V8's helpers
-    expect([...m!.values()].every((s) => s >= 0)).toBe(true);
-    expect(await cpuByThreadName(2 ** 22 + 7)).toBeNull();
+    expect([...m!.values()].every((t) => t.seconds >= 0)).toBe(true);
+    expect(await cpuByThread(2 ** 22 + 7)).toBeNull();
   });
 });

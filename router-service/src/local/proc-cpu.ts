@@ -28,16 +28,22 @@ export async function cpuSeconds(pid: number, mainThread = false): Promise<numbe
   }
 }
 
+/** One thread's name and CPU seconds so far. */
+export interface ThreadCpu {
+  name: string;
+  seconds: number;
+}
+
 /**
- * CPU seconds so far per thread name (/proc/<pid>/task/<tid>/comm: V8's, libuv's, the CUDA driver's ...), threads of
- * one name summed, the JavaScript thread as "main" (Node 20's libuv pool threads keep the name "node", so "node" is
- * them): where a process's cores go beyond its JavaScript thread. null when /proc cannot tell; threads that exit in
- * between are missed.
+ * CPU seconds so far per thread id, with its name (/proc/<pid>/task/<tid>/comm: V8's, libuv's, the CUDA driver's,
+ * the addons' sy-*), the JavaScript thread named "main" (Node 20's libuv pool threads keep the name "node"): where a
+ * process's cores go beyond its JavaScript thread. null when /proc cannot tell; threads that exit in between are
+ * missed.
  */
-export async function cpuByThreadName(pid: number): Promise<Map<string, number> | null> {
+export async function cpuByThread(pid: number): Promise<Map<string, ThreadCpu> | null> {
   try {
     const tids = await readdir(`/proc/${pid}/task`);
-    const out = new Map<string, number>();
+    const out = new Map<string, ThreadCpu>();
     await Promise.all(
       tids.map(async (tid) => {
         try {
@@ -45,8 +51,7 @@ export async function cpuByThreadName(pid: number): Promise<Map<string, number> 
             readFile(`/proc/${pid}/task/${tid}/comm`, "utf8"),
             readFile(`/proc/${pid}/task/${tid}/stat`, "utf8"),
           ]);
-          const name = tid === String(pid) ? "main" : comm.trim();
-          out.set(name, (out.get(name) ?? 0) + parseProcStatCpu(stat));
+          out.set(tid, { name: tid === String(pid) ? "main" : comm.trim(), seconds: parseProcStatCpu(stat) });
         } catch {
           // the thread exited while we read
         }
@@ -58,16 +63,23 @@ export async function cpuByThreadName(pid: number): Promise<Map<string, number> 
   }
 }
 
-/** The busiest thread names between two cpuByThreadName readings, as cores over `seconds`: "libuv-worker 0.61, ...". */
+/**
+ * The busiest thread names between two cpuByThread readings, as cores over `seconds`: "sy-cuda-run 0.61, ...".
+ * Deltas are taken per thread id and summed under the thread's later name: the addons rename libuv's pool threads
+ * for the work they run, so a thread's CPU from before the window must not count under its new name.
+ */
 export function threadCpuLine(
-  before: Map<string, number> | null,
-  after: Map<string, number> | null,
+  before: Map<string, ThreadCpu> | null,
+  after: Map<string, ThreadCpu> | null,
   seconds: number,
   top = 4,
 ): string {
   if (!before || !after || seconds <= 0) return "?";
-  return [...after]
-    .map(([name, s]) => [name, (s - (before.get(name) ?? 0)) / seconds] as const)
+  const byName = new Map<string, number>();
+  for (const [tid, t] of after)
+    byName.set(t.name, (byName.get(t.name) ?? 0) + t.seconds - (before.get(tid)?.seconds ?? 0));
+  return [...byName]
+    .map(([name, s]) => [name, s / seconds] as const)
     .filter(([, cores]) => cores >= 0.005)
     .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
     .slice(0, top)

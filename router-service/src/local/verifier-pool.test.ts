@@ -5,7 +5,14 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gateConfigFromSpec, generateCheckpoint, openCheckpoint, referenceMoeBlock } from "@switchyard/moe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type PackedExpert, unpackLayer, type VerifierData, type VerifyJob, type VerifyResult } from "./verifier.js";
+import {
+  type PackedExpert,
+  unpackLayer,
+  type VerifierData,
+  type VerifyJob,
+  type VerifyResult,
+  WidenScratch,
+} from "./verifier.js";
 import { readSharedLayers, referenceBytes, VerifierPool } from "./verifier-pool.js";
 
 // The threads run the compiled verifier.js (worker threads do not load TypeScript); npm test builds it first.
@@ -113,6 +120,18 @@ describe.skipIf(!built)("the reference threads on packed (16-bit) experts", () =
       const got = referenceMoeBlock(packed.spec, unpackLayer(packed.layers[layer]), hidden, gate).output;
       expect(got).toEqual(want);
     }
+  });
+
+  it("widens an expert once while it stays in the scratch, into one buffer for all layers", () => {
+    const scratch = new WidenScratch();
+    const l0 = unpackLayer(packed.layers[0], scratch);
+    const l1 = unpackLayer(packed.layers[1], scratch);
+    const a = l0.experts[0];
+    expect(l0.experts[0]).toBe(a); // the same expert again: not widened again
+    const b = l1.experts[1];
+    expect(b.gate.buffer).toBe(a.gate.buffer); // another layer's expert reuses the buffer
+    expect(l1.shared).toBe(l1.shared); // and the shared expert has its own
+    expect(l1.shared!.gate.buffer).not.toBe(b.gate.buffer);
   });
 
   it("checks answers in the threads and tells a wrong one", async () => {

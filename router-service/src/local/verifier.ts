@@ -65,19 +65,21 @@ const isPacked = (w: ExpertFFNWeights | PackedExpert): w is PackedExpert => "pac
 const widenInto = (bits: Uint16Array, kind: PackedExpert["packed"], out: Float32Array): Float32Array =>
   kind === "float16" ? f16ToF32(bits, out) : bf16ToF32(bits, out);
 
-/**
- * The layer as referenceMoeBlock reads it. Packed experts become getters that widen the expert asked for into one
- * scratch (routed experts) or another (the shared one): the reference reads one routed expert's weights at a time
- * and is done with them before it asks for the next (referenceExpertFFN), so one scratch each is enough.
- */
-export function unpackLayer(layer: ReferenceLayer): MoeLayerWeights {
-  let routed: ExpertFFNWeights | null = null;
-  let sharedScratch: ExpertFFNWeights | null = null;
-  const widen = (p: PackedExpert, scratch: ExpertFFNWeights | null): ExpertFFNWeights => {
+/** Where packed experts are widened: one buffer for routed experts and one for the shared one, each remembering
+ * which expert it holds (the reference asks for the same expert again, e.g. `if (!w.shared)` then its use). */
+export class WidenScratch {
+  private readonly slots = {
+    routed: { owner: null as PackedExpert | null, w: null as ExpertFFNWeights | null },
+    shared: { owner: null as PackedExpert | null, w: null as ExpertFFNWeights | null },
+  };
+
+  widen(p: PackedExpert, kind: "routed" | "shared"): ExpertFFNWeights {
+    const slot = this.slots[kind];
+    if (slot.owner === p && slot.w) return slot.w;
     const n = p.gate.length;
-    const s =
-      scratch && scratch.gate.length === n
-        ? scratch
+    const w =
+      slot.w && slot.w.gate.length === n
+        ? { ...slot.w, hidden: p.hidden, intermediate: p.intermediate }
         : {
             hidden: p.hidden,
             intermediate: p.intermediate,
@@ -85,31 +87,32 @@ export function unpackLayer(layer: ReferenceLayer): MoeLayerWeights {
             up: new Float32Array(n),
             down: new Float32Array(n),
           };
-    widenInto(p.gate, p.packed, s.gate);
-    widenInto(p.up, p.packed, s.up);
-    widenInto(p.down, p.packed, s.down);
-    return s;
-  };
+    widenInto(p.gate, p.packed, w.gate);
+    widenInto(p.up, p.packed, w.up);
+    widenInto(p.down, p.packed, w.down);
+    slot.owner = p;
+    slot.w = w;
+    return w;
+  }
+}
+
+/** One scratch per thread (a module instance per worker thread), shared by all layers. */
+const threadScratch = new WidenScratch();
+
+/**
+ * The layer as referenceMoeBlock reads it. Packed experts become getters that widen the expert asked for into the
+ * thread's scratch: the reference reads one routed expert's weights at a time and is done with them before it asks
+ * for the next (referenceExpertFFN), so one buffer for routed experts and one for the shared expert are enough.
+ */
+export function unpackLayer(layer: ReferenceLayer, scratch: WidenScratch = threadScratch): MoeLayerWeights {
   const experts: ExpertFFNWeights[] = new Array(layer.experts.length);
   layer.experts.forEach((w, e) => {
     if (!isPacked(w)) experts[e] = w;
-    else
-      Object.defineProperty(experts, e, {
-        get: () => {
-          routed = widen(w, routed);
-          return routed;
-        },
-      });
+    else Object.defineProperty(experts, e, { get: () => scratch.widen(w, "routed") });
   });
   const out: MoeLayerWeights = { ...layer, experts, shared: undefined };
   const sh = layer.shared;
-  if (sh && isPacked(sh))
-    Object.defineProperty(out, "shared", {
-      get: () => {
-        sharedScratch = widen(sh, sharedScratch);
-        return sharedScratch;
-      },
-    });
+  if (sh && isPacked(sh)) Object.defineProperty(out, "shared", { get: () => scratch.widen(sh, "shared") });
   else out.shared = sh;
   return out;
 }
