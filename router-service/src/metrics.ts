@@ -114,7 +114,7 @@ export class RouterMetrics {
   });
   readonly expertTokens = new Counter({
     name: "switchyard_router_expert_tokens_total",
-    help: "Expert heat: (token, expert) assignments per layer and expert (bounded; overflow as expert=other).",
+    help: "Expert heat: (token, expert) assignments per layer and expert, the shared expert's slices as ids from the routed experts' count on where the workers run them (bounded; overflow as expert=other).",
     labelNames: ["pool", "layer", "expert"],
     registers: [this.registry],
   });

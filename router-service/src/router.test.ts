@@ -669,6 +669,11 @@ describe("router: the shared expert on the workers, as slices", () => {
     expect(ids.filter((e) => e === E).length).toBeGreaterThan(0);
     expect(ids.filter((e) => e === E + 1).length).toBeGreaterThan(0);
     expect(sharedCalls).toBe(0);
+    // the heat counts the slices' tokens under their ids (the operator's rebalance reads them): 1 + 5 tokens each
+    t.router.sampleGauges();
+    const heat = await t.router.metrics.registry.getSingleMetricAsString("switchyard_router_expert_tokens_total");
+    expect(heat).toMatch(/layer="1",expert="4"} 6\b/);
+    expect(heat).toMatch(/layer="1",expert="5"} 6\b/);
   });
 
   it("adds the slices to explicit assignments too", async () => {

@@ -427,12 +427,15 @@ export class Router {
       // Spill may have moved an assignment to another expert: the combine weight stays with its slot.
       const rounds = cap.rounds;
       const touched = new Set<number>();
+      // heat rows hold the slices too (ids E + j): the operator's rebalance reads the tokens they actually get
+      const heatWidth = m.experts + (m.sharedSlices ?? 0);
       for (const r of rounds) {
         for (const a of r) {
           touched.add(a.expert);
-          p.metrics.addHeat(layer, m.experts, a.expert, 1);
+          p.metrics.addHeat(layer, heatWidth, a.expert, 1);
         }
       }
+      for (const a of sharedSlots) p.metrics.addHeat(layer, heatWidth, a.expert, 1);
       if (sharedSlots.length > 0) rounds[0] = rounds.length > 0 ? rounds[0].concat(sharedSlots) : sharedSlots;
       p.metrics.expertsPerBatch.observe(touched.size);
       // The shared expert of the whole flush, natively off the event loop where the model can (one read of its

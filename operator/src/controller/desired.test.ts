@@ -7,6 +7,7 @@ import {
   desiredStatefulSet,
   modelHash,
   planFromConfigMap,
+  planLoad,
   sharedSlicesOf,
 } from "./desired.js";
 import { testPool } from "./fixtures.js";
@@ -231,9 +232,15 @@ describe("the shared expert's slices", () => {
       expect(layer[0]).toHaveLength(2);
       expect(layer.slice(8).every((h) => h.length === 1)).toBe(true);
     }
+    // heat that came with the slices' own series is used as it is
     const withSlices = heat.map((row) => [...row, 20, 20, 20, 20]);
-    const bad = desiredPlan(qwen(), undefined, withSlices);
-    expect(!bad.ok && bad.message).toBe("load[0]: has 12 experts, want 8");
+    expect(desiredPlan(qwen(), undefined, withSlices).ok).toBe(true);
+    const bad = desiredPlan(
+      qwen(),
+      undefined,
+      heat.map((row) => [...row, 20]),
+    );
+    expect(!bad.ok && bad.message).toBe("load[0]: has 9 entries, want 8 or 12");
     const short = desiredPlan(qwen(), undefined, heat.slice(1));
     expect(!short.ok && short.message).toBe("load: has 3 layers, want 4");
   });
@@ -249,5 +256,30 @@ describe("the shared expert's slices", () => {
   it("a width that does not divide is a PlacementFailed message, not a throw", () => {
     const r = desiredPlan(qwen({ model: { sharedIntermediateSize: 40 } }), undefined);
     expect(!r.ok && r.message).toMatch(/^model\.sharedIntermediateSize: 40 is not a multiple/);
+  });
+});
+
+describe("planLoad: the heat as the planner takes it", () => {
+  // Qwen2-MoE-shaped: 8 experts top-4 (the fixture's), a shared expert of 2 slices
+  const pool = testPool({
+    model: { architecture: "qwen2-moe", layers: 1, sharedExperts: 1, sharedIntermediateSize: 0 },
+  });
+  const m = { ...pool.spec.model, sharedIntermediateSize: 2 * pool.spec.model.intermediateSize };
+  const place = pool.spec.placement;
+
+  it("uses the slices' own heat when it came with them, else estimates it from the routed heat", () => {
+    const E = m.experts;
+    const routed = [Array.from({ length: E }, (_, e) => (e === 0 ? 40 : 8))];
+    const tokens = routed[0].reduce((a, b) => a + b, 0) / m.topK;
+    expect(planLoad(m, place, routed)).toEqual([[...routed[0], tokens, tokens]]);
+    const measured = [[...routed[0], 5, 5]]; // e.g. routed_only traffic never reached the slices
+    expect(planLoad(m, place, measured)).toEqual(measured);
+    expect(planLoad(m, place, undefined)?.[0]).toHaveLength(E + 2);
+  });
+
+  it("drops slice columns when the shared expert is in the router", () => {
+    const E = m.experts;
+    const measured = [[...new Array(E).fill(1), 9, 9]];
+    expect(planLoad(m, { ...place, sharedExperts: "Router" }, measured)).toEqual([new Array(E).fill(1)]);
   });
 });

@@ -56,6 +56,40 @@ export function sharedSlicesOf(model: ExpertPoolSpec["model"], placement: Expert
   return width / model.intermediateSize;
 }
 
+/**
+ * The heat as the planner takes it, rows of experts + slices. Heat that carries the slices' own series (the router
+ * counts the tokens it sends them, as expert ids experts + j) is used as it is; heat of the routed experts only gets
+ * the slices estimated from it (loadWithSharedSlices: each sees every token). Without slices, rows are the routed
+ * experts (a slice column from before the pool moved the shared expert to the router is dropped).
+ */
+export function planLoad(
+  model: ExpertPoolSpec["model"],
+  placement: ExpertPoolSpec["placement"],
+  load: number[][] | undefined,
+): number[][] | undefined {
+  const { layers, experts, topK } = model;
+  const slices = sharedSlicesOf(model, placement);
+  load?.forEach((row, l) => {
+    if (row.length === experts || (slices > 0 && row.length === experts + slices)) return;
+    if (slices === 0 && row.length > experts) return; // slice columns from before the shared expert moved back
+    throw new PlacementError(
+      `load[${l}]`,
+      slices > 0
+        ? `has ${row.length} entries, want ${experts} or ${experts + slices}`
+        : `has ${row.length} experts, want ${experts}`,
+    );
+  });
+  if (slices === 0) return load?.map((row) => (row.length > experts ? row.slice(0, experts) : row));
+  if (load?.length === layers && load.every((row) => row.length === experts + slices)) return load;
+  return loadWithSharedSlices(
+    load?.map((row) => row.slice(0, experts)),
+    layers,
+    experts,
+    slices,
+    topK,
+  );
+}
+
 /** Slots each worker must hold when the user did not size the cache: its share of every copy, rounded up. */
 export function cacheCapacity(pool: ExpertPool): number {
   const { spec } = pool;
@@ -274,7 +308,7 @@ export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefine
   const ns = pool.metadata.namespace ?? "default";
   const workers = workerIds(name, spec.replicas);
   try {
-    const { layers, experts, topK } = spec.model;
+    const { layers, experts } = spec.model;
     const slices = sharedSlicesOf(spec.model, spec.placement);
     // loadWithSharedSlices would read a missing layer as uniform; a short or long heat matrix is an error instead.
     if (load && load.length !== layers) throw new PlacementError("load", `has ${load.length} layers, want ${layers}`);
@@ -287,8 +321,8 @@ export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefine
       capacityPerWorker: spec.cache.residentExperts,
       capacityIsSoft: spec.cache.hostTier.enabled,
       strategy: spec.placement.strategy,
-      // loadWithSharedSlices checks each row has `experts` entries (PlacementError naming load[l]).
-      load: slices > 0 ? loadWithSharedSlices(load, layers, experts, slices, topK) : load,
+      // planLoad; the planner checks each row's length (PlacementError naming load[l]).
+      load: planLoad(spec.model, spec.placement, load),
       previous,
       endpoints: Object.fromEntries(workers.map((w) => [w, workerAddress(name, ns, w)])),
     });

@@ -81,3 +81,17 @@ describe("parseHeat", () => {
     expect(() => parseHeat(null, shape)).toThrow();
   });
 });
+
+describe("parseHeat with the shared expert's slices", () => {
+  const shape = { layers: 1, experts: 4, slices: 2 };
+
+  it("keeps the slices' columns when the router reported them (the tokens they actually got)", () => {
+    const got = parseHeat(vector([sample("0", "1", "30"), sample("0", "4", "100"), sample("0", "5", "100")]), shape);
+    expect(got.load).toEqual([[0, 30, 0, 0, 100, 100]]);
+  });
+
+  it("gives the routed columns only when no slice series came (desired.ts planLoad estimates them)", () => {
+    expect(parseHeat(vector([sample("0", "1", "30")]), shape).load).toEqual([[0, 30, 0, 0]]);
+    expect(parseHeat(vector([sample("0", "6", "5")]), shape).ignored).toBe(1); // past the slices
+  });
+});

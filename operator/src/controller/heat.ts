@@ -24,10 +24,16 @@ export function heatQuery(pool: string, window: string): string {
 export interface HeatShape {
   layers: number;
   experts: number;
+  /** The shared expert's slices the plan places (expert ids experts .. experts + slices - 1); default 0. */
+  slices?: number;
 }
 
 export interface ParsedHeat {
-  /** load[layer][expert]; undefined when no series carried any traffic (the plan then stays uniform). */
+  /**
+   * load[layer][expert]; undefined when no series carried any traffic (the plan then stays uniform). Rows hold the
+   * routed experts, and the slices too when the answer had any slice series (the router counts the tokens it sends
+   * them where the workers run them; without such series desired.ts planLoad estimates them).
+   */
   load: number[][] | undefined;
   /** Assignments counted. */
   total: number;
@@ -63,13 +69,16 @@ export function parseHeat(body: unknown, shape: HeatShape): ParsedHeat {
   if (b.status !== "success") throw new Error(`prometheus: ${b.errorType ?? "error"}: ${b.error ?? "no error text"}`);
   if (b.data?.resultType !== "vector" || !Array.isArray(b.data.result))
     throw new Error(`prometheus: expected an instant vector, got ${String(b.data?.resultType)}`);
-  const load = Array.from({ length: shape.layers }, () => new Array<number>(shape.experts).fill(0));
+  const width = shape.experts + (shape.slices ?? 0);
+  const load = Array.from({ length: shape.layers }, () => new Array<number>(width).fill(0));
   let total = 0;
   let ignored = 0;
   let folded = 0;
+  let sliceSeries = false;
   for (const r of b.data.result as { metric?: Record<string, string>; value?: [number, string] }[]) {
     const l = index(r?.metric?.layer, shape.layers);
-    const e = index(r?.metric?.expert, shape.experts);
+    const e = index(r?.metric?.expert, width);
+    if (e !== undefined && e >= shape.experts) sliceSeries = true;
     // Prometheus writes sample values as strings ("NaN", "+Inf" included).
     const v = Number(r?.value?.[1]);
     if (r?.metric?.expert === "other" && Number.isFinite(v) && v > 0) folded += v;
@@ -80,5 +89,6 @@ export function parseHeat(body: unknown, shape: HeatShape): ParsedHeat {
     load[l][e] += v;
     total += v;
   }
-  return { load: total > 0 ? load : undefined, total, ignored, folded };
+  const rows = sliceSeries ? load : load.map((row) => row.slice(0, shape.experts));
+  return { load: total > 0 ? rows : undefined, total, ignored, folded };
 }

@@ -15,7 +15,14 @@ import { type Kube, type KubeObject, paths } from "../runtime/kube.js";
 import { type FetchLike, promInstantQuery } from "../runtime/prometheus.js";
 import type { RecentWrites } from "../runtime/recent.js";
 import { needsApply } from "./compare.js";
-import { desiredPlan, desiredService, desiredStatefulSet, type PlanOutcome, planFromConfigMap } from "./desired.js";
+import {
+  desiredPlan,
+  desiredService,
+  desiredStatefulSet,
+  type PlanOutcome,
+  planFromConfigMap,
+  sharedSlicesOf,
+} from "./desired.js";
 import { heatQuery, parseHeat } from "./heat.js";
 import {
   FIELD_MANAGER,
@@ -92,7 +99,7 @@ export class PoolReconciler {
         timeoutMs: s.timeoutMs,
         fetch: this.d.fetch,
       });
-      const h = parseHeat(body, pool.spec.model);
+      const h = parseHeat(body, { ...pool.spec.model, slices: sharedSlicesOf(pool.spec.model, pool.spec.placement) });
       // Heat the router could not label by expert: judging a plan on the rest would misread whole layers as idle.
       result =
         h.folded > 0

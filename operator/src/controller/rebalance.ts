@@ -2,9 +2,9 @@
 // pool's expert heat (heat.ts) and hands it here: the planner makes a candidate under that heat, and the candidate
 // replaces the published plan only when it is clearly better under the SAME heat. Moving an expert copy means a
 // worker loads weights, so a plan that is only a little better (noise in the window) is not worth publishing.
-import { loadWithSharedSlices, type PlacementPlan, planStats } from "@switchyard/moe";
+import { type PlacementPlan, planStats } from "@switchyard/moe";
 import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
-import { cacheCapacity, desiredPlan, type PlanOutcome, planConfigMap, sharedSlicesOf } from "./desired.js";
+import { cacheCapacity, desiredPlan, type PlanOutcome, planConfigMap, planLoad, sharedSlicesOf } from "./desired.js";
 import { workerIds } from "./names.js";
 
 export interface RebalanceSettings {
@@ -187,9 +187,7 @@ export function rebalancedPlan(
 ): RebalancedPlan {
   const candidate = desiredPlan(pool, previous, heat);
   if (!candidate.ok) return { outcome: candidate, decision: { kind: "new" } };
-  const { layers, experts, topK } = pool.spec.model;
-  const slices = sharedSlicesOf(pool.spec.model, pool.spec.placement);
-  const load = heat && slices > 0 ? loadWithSharedSlices(heat, layers, experts, slices, topK) : heat;
+  const load = heat && planLoad(pool.spec.model, pool.spec.placement, heat);
   if (!previous || !planFitsPool(previous, pool)) {
     return {
       outcome: candidate,
