@@ -115,6 +115,10 @@ class Pool {
     },
     resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
     healthy: (i) => this.conns[i].healthy,
+    serves: (i, layer, expert) => {
+      const s = this.conns[i].served;
+      return s === null || s.has(layer * 65536 + expert);
+    },
   };
   private chooserOf: { policy: RoutingPolicy; chooser: ReplicaChooser } | null = null;
 

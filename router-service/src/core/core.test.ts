@@ -174,6 +174,32 @@ describe("layoutRound", () => {
     expect(lay.batches.every((b) => b.slices.some((s) => s.expert === 0 && s.count === 3))).toBe(true);
   });
 
+  it("takes a replica whose worker has the expert loaded first, and splits a hot group over those only", () => {
+    const r = routing(
+      Array.from({ length: 8 }, () => [0]),
+      Array.from({ length: 8 }, () => [1]),
+    );
+    // worker 0 is the better choice by load, but has not loaded expert 0 yet (a plan on its way)
+    const v = view({ outstanding: (w) => (w === 1 ? 100 : 0), serves: (w, _l, e) => !(w === 0 && e === 0) });
+    const lay = layoutRound(collectAssignments([r]), {
+      layer: 0,
+      replicas: [[0, 1]],
+      workers: 2,
+      chooser: chooser(v),
+      splitTokens: 4,
+    });
+    expect(lay.batches.map((b) => [b.worker, b.rows.length])).toEqual([[1, 8]]);
+    // when no replica has it loaded, the choice is made as before (the worker's answer then says what is wrong)
+    const none = layoutRound(collectAssignments([r]), {
+      layer: 0,
+      replicas: [[0, 1]],
+      workers: 2,
+      chooser: chooser(view({ outstanding: (w) => (w === 1 ? 100 : 0), serves: () => false })),
+      splitTokens: 64,
+    });
+    expect(none.batches.map((b) => b.worker)).toEqual([0]);
+  });
+
   it("reports assignments with no healthy replica as unplaced", () => {
     const r = routing([[0], [1]], [[1], [1]]);
     const lay = layoutRound(collectAssignments([r]), {

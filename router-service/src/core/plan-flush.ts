@@ -50,9 +50,17 @@ export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions
     // Split only a group above splitTokens, and only across healthy replicas (counted only then).
     let parts = 1;
     if (rows.length > o.splitTokens && candidates.length > 1) {
+      // over the replicas that have the expert loaded, when any has (chooseReplica takes those first)
+      const view = o.chooser.view;
       let healthy = 0;
-      for (const w of candidates) if (!o.exclude?.has(w) && o.chooser.view.healthy(w)) healthy++;
-      if (healthy > 1) parts = Math.min(healthy, Math.ceil(rows.length / o.splitTokens));
+      let serving = 0;
+      for (const w of candidates) {
+        if (o.exclude?.has(w) || !view.healthy(w)) continue;
+        healthy++;
+        if (!view.serves || view.serves(w, o.layer, e)) serving++;
+      }
+      const usable = serving > 0 ? serving : healthy;
+      if (usable > 1) parts = Math.min(usable, Math.ceil(rows.length / o.splitTokens));
     }
     const used = parts > 1 ? new Set<number>(o.exclude) : null;
     for (let p = 0; p < parts; p++) {

@@ -18,6 +18,12 @@ export interface WorkerLoadView {
   resident(i: number, layer: number, expert: number): boolean;
   /** Whether worker i can take work. */
   healthy(i: number): boolean;
+  /**
+   * Whether worker i has loaded (layer, expert) by its last Status (true while unknown). A new plan reaches the
+   * router and the workers at different moments: a replica the plan names but whose worker has not loaded it yet
+   * would refuse the rows, so one that has it goes first.
+   */
+  serves?(i: number, layer: number, expert: number): boolean;
 }
 
 export interface ReplicaChooser {
@@ -30,7 +36,8 @@ export interface ReplicaChooser {
 /**
  * Picks the best replica among `candidates` for `tokens` tokens of `expert`. `assigned` holds tokens already
  * given to each worker in this flush (updated by the caller), so successive groups water-fill across replicas.
- * Returns -1 when no candidate is healthy or none is excluded.
+ * Replicas whose worker reports the expert loaded go first; only when none does are the others tried (their
+ * answer then says what is wrong). Returns -1 when no candidate is healthy or none is excluded.
  */
 export function chooseReplica(
   c: ReplicaChooser,
@@ -40,6 +47,20 @@ export function chooseReplica(
   assigned: Float64Array,
   exclude?: ReadonlySet<number>,
 ): number {
+  const best = bestReplica(c, layer, expert, candidates, assigned, exclude, true);
+  return best >= 0 || !c.view.serves ? best : bestReplica(c, layer, expert, candidates, assigned, exclude, false);
+}
+
+function bestReplica(
+  c: ReplicaChooser,
+  layer: number,
+  expert: number,
+  candidates: readonly number[],
+  assigned: Float64Array,
+  exclude: ReadonlySet<number> | undefined,
+  servingOnly: boolean,
+): number {
+  const serves = servingOnly ? c.view.serves : undefined;
   let fastest = Number.POSITIVE_INFINITY;
   for (const w of candidates) {
     const l = c.view.latencyMs(w);
@@ -48,7 +69,7 @@ export function chooseReplica(
   let best = -1;
   let bestScore = Number.POSITIVE_INFINITY;
   for (const w of candidates) {
-    if (exclude?.has(w) || !c.view.healthy(w)) continue;
+    if (exclude?.has(w) || !c.view.healthy(w) || (serves && !serves.call(c.view, w, layer, expert))) continue;
     let s = 0;
     if (!c.view.resident(w, layer, expert)) s += c.weights.cacheAffinity;
     s += (c.weights.load * (c.view.outstanding(w) + assigned[w])) / c.loadScale;
