@@ -115,10 +115,7 @@ class Pool {
     },
     resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
     healthy: (i) => this.conns[i].healthy,
-    serves: (i, layer, expert) => {
-      const s = this.conns[i].served;
-      return s === null || s.has(layer * 65536 + expert);
-    },
+    serves: (i, layer, expert) => this.conns[i].serves(layer, expert),
   };
   private chooserOf: { policy: RoutingPolicy; chooser: ReplicaChooser } | null = null;
 
@@ -131,11 +128,7 @@ class Pool {
   slicesServed(layer: number): boolean {
     const E = this.model.experts;
     const row = this.replicas[layer] ?? [];
-    for (let e = E; e < row.length; e++) {
-      const key = layer * 65536 + e;
-      if (!row[e].some((w) => this.conns[w] && (this.conns[w].served === null || this.conns[w].served!.has(key))))
-        return false;
-    }
+    for (let e = E; e < row.length; e++) if (!row[e].some((w) => this.conns[w]?.serves(layer, e))) return false;
     return true;
   }
 

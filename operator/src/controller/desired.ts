@@ -1,7 +1,7 @@
 // Desired children of an ExpertPool, computed from the pool alone (plus the previous plan, for stability).
 // Pure: no I/O. The reconciler compares these with what it observes and applies only the difference.
 import { createHash } from "node:crypto";
-import type { V1ConfigMap, V1Service, V1StatefulSet, V1Toleration } from "@kubernetes/client-node";
+import type { V1ConfigMap, V1ObjectMeta, V1Service, V1StatefulSet, V1Toleration } from "@kubernetes/client-node";
 import {
   DATA_PATH_NODE_FLAGS,
   loadWithSharedSlices,
@@ -90,6 +90,16 @@ export function planLoad(
   );
 }
 
+/** Metadata of an object the pool owns: its namespace, the pool's labels, an owner reference to it. */
+function childMetadata(pool: ExpertPool, name: string): V1ObjectMeta {
+  return {
+    name,
+    namespace: pool.metadata.namespace,
+    labels: childLabels(pool.metadata.name),
+    ownerReferences: [ownerRef(pool)],
+  };
+}
+
 /** Slots each worker must hold when the user did not size the cache: its share of every copy, rounded up. */
 export function cacheCapacity(pool: ExpertPool): number {
   const { spec } = pool;
@@ -173,12 +183,7 @@ export function desiredStatefulSet(pool: ExpertPool): V1StatefulSet {
   return {
     apiVersion: "apps/v1",
     kind: "StatefulSet",
-    metadata: {
-      name: statefulSetName(name),
-      namespace: pool.metadata.namespace,
-      labels: childLabels(name),
-      ownerReferences: [ownerRef(pool)],
-    },
+    metadata: childMetadata(pool, statefulSetName(name)),
     spec: {
       replicas: spec.replicas,
       serviceName: serviceName(name),
@@ -246,12 +251,7 @@ export function desiredService(pool: ExpertPool): V1Service {
   return {
     apiVersion: "v1",
     kind: "Service",
-    metadata: {
-      name: serviceName(name),
-      namespace: pool.metadata.namespace,
-      labels: childLabels(name),
-      ownerReferences: [ownerRef(pool)],
-    },
+    metadata: childMetadata(pool, serviceName(name)),
     spec: {
       // Headless: the router dials each worker by its stable pod DNS name, never a load-balanced VIP.
       clusterIP: "None",
@@ -282,12 +282,7 @@ export function planConfigMap(pool: ExpertPool, plan: PlacementPlan): V1ConfigMa
   return {
     apiVersion: "v1",
     kind: "ConfigMap",
-    metadata: {
-      name: planConfigMapName(name),
-      namespace: pool.metadata.namespace,
-      labels: childLabels(name),
-      ownerReferences: [ownerRef(pool)],
-    },
+    metadata: childMetadata(pool, planConfigMapName(name)),
     data: { [PLAN_KEY]: JSON.stringify(plan) },
   };
 }

@@ -188,6 +188,11 @@ export class WorkerConn {
     return !this.closed && performance.now() >= this.downUntil;
   }
 
+  /** Whether its last Status lists (layer, expert) as served; true before the first Status (nothing known yet). */
+  serves(layer: number, expert: number): boolean {
+    return this.served === null || this.served.has(layer * 65536 + expert);
+  }
+
   isResident(layer: number, expert: number): boolean {
     return this.resident.has(layer * 65536 + expert);
   }
