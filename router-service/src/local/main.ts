@@ -347,7 +347,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const gb = footprint.checkpoint / 1e9;
     log(`generating ${o.family} ${o.size} checkpoint (${gb.toFixed(gb < 1 ? 3 : 1)} GB of experts) in ${ckptDir} ...`);
     // shards of <= ~2 GB (Hugging Face's are a few GB each), written by one thread each on the cores there are:
-    // one thread writes ~170 MB/s on this project's 2-core machine, minutes for DeepSeek-V3's 45 GB
+    // one thread alone would take minutes for DeepSeek-V3's 45 GB
     const shards = Math.max(1, Math.ceil(gb / 2));
     const threads = Math.max(1, Math.min(shards, availableParallelism() - 1));
     await generateCheckpoint({ family: o.family, dir: ckptDir, seed: o.seed, shards, threads, ...model });
