@@ -302,6 +302,7 @@ async function roleWorker(a: { checkpoint: string; id: string; planFile: string 
     queueCapacity: 4096,
     log: () => {},
   });
+  await w.warmed; // measured warm, as a deployed worker is once ready
   return w.port;
 }
 

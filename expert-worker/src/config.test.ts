@@ -18,7 +18,11 @@ describe("parseWorkerArgs", () => {
       backend: "cpu",
       queueCapacity: 64,
       maxMessageBytes: 256 * 1024 * 1024,
+      warm: true,
     });
+    const base = ["--checkpoint", "c", "--pool", "p", "--worker-id", "w"];
+    expect(parseWorkerArgs([...base, "--warm", "false"]).warm).toBe(false);
+    expect(parseWorkerArgs(base, { SWITCHYARD_WARM: "false" }).warm).toBe(false);
   });
 
   it("names the flag in errors", () => {
@@ -30,6 +34,9 @@ describe("parseWorkerArgs", () => {
       parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--queue-capacity", "-1"]),
     ).toThrow(/--queue-capacity/);
     expect(() => parseWorkerArgs(["--nope", "1"])).toThrow(/unknown flag --nope/);
+    expect(() => parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--warm", "yes"])).toThrow(
+      /--warm: expected true or false/,
+    );
   });
 });
 

@@ -1,7 +1,7 @@
 // Worker command line (docs/CONTRACTS.md): every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>; flags win.
 //   --checkpoint DIR --pool NAME --worker-id ID --port 50061 --metrics-port 9401
 //   [--experts SPEC] [--plan FILE] [--cache-capacity N] [--backend auto|cpu|cuda] [--queue-capacity N]
-//   [--cache-policy lru|lfu] [--max-message-bytes N] [--host ADDR] [--data-port N]
+//   [--cache-policy lru|lfu] [--max-message-bytes N] [--host ADDR] [--data-port N] [--warm true|false]
 // Pure: parses argv + env into WorkerOptions or throws an Error naming the flag.
 
 import type { PlacementPlan } from "@switchyard/moe";
@@ -23,6 +23,8 @@ export interface WorkerFlags {
   backend: BackendChoice;
   queueCapacity: number;
   maxMessageBytes: number;
+  /** Load the served experts before reporting ready (worker.ts). */
+  warm: boolean;
 }
 
 const FLAGS = [
@@ -40,6 +42,7 @@ const FLAGS = [
   "backend",
   "queue-capacity",
   "max-message-bytes",
+  "warm",
 ] as const;
 type Flag = (typeof FLAGS)[number];
 
@@ -79,6 +82,8 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     throw new Error(`--backend: expected auto, cpu or cuda, got "${backend}"`);
   const policy = str("cache-policy", "lru");
   if (policy !== "lru" && policy !== "lfu") throw new Error(`--cache-policy: expected lru or lfu, got "${policy}"`);
+  const warm = str("warm", "true");
+  if (warm !== "true" && warm !== "false") throw new Error(`--warm: expected true or false, got "${warm}"`);
   return {
     checkpoint: str("checkpoint"),
     pool: str("pool"),
@@ -94,6 +99,7 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     backend,
     queueCapacity: int("queue-capacity", 64, 0) as number,
     maxMessageBytes: int("max-message-bytes", 256 * 1024 * 1024, 1024) as number,
+    warm: warm === "true",
   };
 }
 

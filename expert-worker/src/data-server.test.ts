@@ -97,6 +97,7 @@ beforeAll(async () => {
     maxMessageBytes: 64 * 1024,
     log: () => {},
   });
+  await w.warmed;
   client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
 });
 

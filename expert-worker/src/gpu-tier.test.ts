@@ -104,6 +104,7 @@ describe("worker with a GPU expert tier (fake CUDA addon)", () => {
       host: "127.0.0.1",
       backend,
       cacheCapacity: 4,
+      warm: false, // the tests count the tiers' misses, uploads and evictions from cold
       log: () => {},
     });
     client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
@@ -170,6 +171,7 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
       host: "127.0.0.1",
       backend,
       cacheCapacity: 4,
+      warm: false, // the tests count the tiers' misses, uploads and evictions from cold
       log: () => {},
     });
     client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());

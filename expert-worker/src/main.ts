@@ -28,10 +28,20 @@ async function main(): Promise<void> {
     backend: flags.backend,
     queueCapacity: flags.queueCapacity,
     maxMessageBytes: flags.maxMessageBytes,
+    warm: flags.warm,
   });
   // A parent that spawned this worker with an IPC channel (the local launcher) learns the bound ports here, so it can
   // pass --port 0 rather than pick a free port and hand it over (another socket can take it in between).
   process.send?.({ ready: true, port: worker.port, dataPort: worker.dataPort, metricsPort: worker.metricsPort });
+  // Then, once its experts are loaded, `{ warmed: WarmResult | null }`. A served expert that cannot be loaded is a
+  // checkpoint this worker cannot serve: it exits non-zero naming the expert rather than stay up half-able.
+  worker.warmed.then(
+    (r) => process.send?.({ warmed: r }),
+    (err: Error) => {
+      console.error(`[worker ${flags.workerId}] ${err.message}`);
+      process.exit(1);
+    },
+  );
   // A clean exit (a CPU profile, --cpu-prof, is written only by one) within 10 s; a second signal, or a close that
   // hangs (a stream that never ends), exits at once instead, so a stuck worker is never left behind.
   let stopping = false;

@@ -90,6 +90,7 @@ beforeAll(async () => {
     experts: "0-2",
     cacheCapacity: 2,
     backend: "cpu",
+    warm: false, // these tests count the cache's misses and evictions from cold
     log: () => {},
   });
   client = new ExpertWorkerClient(`127.0.0.1:${small.port}`, credentials.createInsecure());
@@ -294,6 +295,7 @@ describe.skipIf(!nativeAddon)("deadlines and the queue bound (native backend)", 
       host: "127.0.0.1",
       backend: "cpu",
       queueCapacity: 0,
+      warm: false,
       log: () => {},
     });
     bigClient = new ExpertWorkerClient(`127.0.0.1:${big.port}`, credentials.createInsecure());

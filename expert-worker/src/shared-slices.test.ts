@@ -54,6 +54,7 @@ beforeAll(async () => {
     backend: "cpu",
     log: () => {},
   });
+  await worker.warmed;
   client = new ExpertWorkerClient(`127.0.0.1:${worker.port}`, credentials.createInsecure());
 });
 

@@ -6,7 +6,7 @@ import { readFile } from "node:fs/promises";
 import { type Checkpoint, expertReader, isMoeLayer, openCheckpoint, sharedSlices, validatePlan } from "@switchyard/moe";
 import { type BackendChoice, selectBackend } from "./backend/select.js";
 import type { ExpertBackend } from "./backend/types.js";
-import { makePolicy, ResidencyCache } from "./cache.js";
+import { type ExpertId, makePolicy, parseKey, ResidencyCache } from "./cache.js";
 import { parseExpertSpec, servedFromPlan } from "./config.js";
 import { type ExpertSource, servableExperts, WorkerCore, weightBytes } from "./core.js";
 import { startDataServer } from "./data-server.js";
@@ -14,6 +14,7 @@ import { startHttpServer } from "./http.js";
 import { WorkerMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
 import { DEFAULT_MAX_MESSAGE_BYTES, startGrpcServer } from "./server.js";
+import { type WarmResult, warmExperts, warmSummary } from "./warm.js";
 
 export interface WorkerOptions {
   /** Checkpoint directory (config.json + safetensors), or an already open source. */
@@ -38,6 +39,11 @@ export interface WorkerOptions {
   maxMessageBytes?: number;
   /** Largest batch (rows) accepted. */
   maxRows?: number;
+  /**
+   * Load the served experts (as many as the cache holds) before reporting ready; default true. Batches are answered
+   * meanwhile, loading what they need as usual. A plan change warms the newly served experts in the background.
+   */
+  warm?: boolean;
   log?: (line: string) => void;
 }
 
@@ -49,6 +55,11 @@ export interface WorkerHandle {
   backend: ExpertBackend;
   core: WorkerCore;
   metrics: WorkerMetrics;
+  /**
+   * Settles when the start-up warm-up is done (at once with warm: false, as `null`); the worker is ready from then
+   * on. Rejects, naming the expert, when a served expert cannot be loaded: the worker stays not ready.
+   */
+  warmed: Promise<WarmResult | null>;
   close(): Promise<void>;
 }
 
@@ -65,6 +76,17 @@ export function checkpointSource(ckpt: Checkpoint): ExpertSource {
     readExpert: expertReader(ckpt),
     close: () => ckpt.close(),
   };
+}
+
+/** The gRPC service name the readiness probe asks grpc.health.v1 about. */
+export const WORKER_SERVICE = "switchyard.v1.ExpertWorker";
+
+/** Every expert id a source serves (no plan, no --experts). */
+function allServable(source: ExpertSource): ExpertId[] {
+  const out: ExpertId[] = [];
+  for (const layer of allMoeLayers(source))
+    for (let expert = 0; expert < servableExperts(source); expert++) out.push({ layer, expert });
+  return out;
 }
 
 function allMoeLayers(source: ExpertSource): number[] {
@@ -154,6 +176,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
             const plan = validatePlan(JSON.parse(await readFile(planFile, "utf8")), source);
             core.o.served = servedFromPlan(plan, o.workerId, o.pool);
             log(`plan v${plan.version}: serving ${core.o.served.size} experts`);
+            if (o.warm !== false) void warm(core.o.served).catch((err) => log((err as Error).message));
           } catch (err) {
             log(`plan reload failed, keeping the previous one: ${(err as Error).message}`);
           }
@@ -191,6 +214,13 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       core.dataPort = dataPort;
     }
     let ready = false;
+    let closed = false;
+    const warm = async (keys: Iterable<string> | undefined) => {
+      const ids = keys ? [...keys].map(parseKey) : allServable(source);
+      const r = await warmExperts({ ids, cache, backend, stopped: () => closed });
+      log(warmSummary(r));
+      return r;
+    };
     const http = await startHttpServer({
       host: o.host,
       port: o.metricsPort ?? 9401,
@@ -198,13 +228,20 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       ready: () => ready,
     });
     cleanup.push(() => new Promise<void>((resolve) => http.server.close(() => resolve())));
+    // "" answers the liveness and start-up probes (the process is up and bound); the service's own name answers the
+    // readiness probe, SERVING once the served experts are loaded (Kubernetes publishes the pod's address then).
     grpc.health.setStatus("", "SERVING");
-    grpc.health.setStatus("switchyard.v1.ExpertWorker", "SERVING");
-    ready = true;
     log(
       `serving pool ${o.pool} on :${grpc.port} (data path :${dataPort || "off"}, metrics :${http.port}); ${servedCount} experts served, cache ${capacity} (${cache.policy.name}), queue ${queue.capacity}`,
     );
-    let closed = false;
+    const warmed = (o.warm === false ? Promise.resolve(null) : warm(served)).then((r) => {
+      if (!closed) {
+        ready = true;
+        grpc.health.setStatus(WORKER_SERVICE, "SERVING");
+      }
+      return r;
+    });
+    warmed.catch(() => {}); // the caller sees the rejection through `warmed`
     return {
       port: grpc.port,
       dataPort,
@@ -212,11 +249,13 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       backend,
       core,
       metrics,
+      warmed,
       close: async () => {
         if (closed) return;
         closed = true;
         ready = false;
         grpc.health.setStatus("", "NOT_SERVING");
+        grpc.health.setStatus(WORKER_SERVICE, "NOT_SERVING");
         for (const c of cleanup.reverse()) await c();
         await backend.close?.();
         if (ownSource) await source.close?.();

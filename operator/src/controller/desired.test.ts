@@ -68,8 +68,10 @@ describe("desiredStatefulSet", () => {
       name: "SWITCHYARD_WORKER_ID",
       valueFrom: { fieldRef: { fieldPath: "metadata.name" } },
     });
-    expect(c.readinessProbe?.grpc?.port).toBe(50061);
-    expect(c.startupProbe?.grpc?.port).toBe(50061);
+    expect(c.readinessProbe?.grpc).toEqual({ port: 50061, service: "switchyard.v1.ExpertWorker" });
+    // Liveness and start-up ask "": the process is up, whether or not its experts are loaded yet.
+    expect(c.livenessProbe?.grpc).toEqual({ port: 50061 });
+    expect(c.startupProbe?.grpc).toEqual({ port: 50061 });
   });
 
   it("is owned by the pool, selects by pool label, and serves through the headless service", () => {

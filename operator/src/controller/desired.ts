@@ -26,6 +26,7 @@ import {
   WORKER_DATA_PORT,
   WORKER_GRPC_PORT,
   WORKER_METRICS_PORT,
+  WORKER_READY_SERVICE,
   workerAddress,
   workerIds,
 } from "./names.js";
@@ -222,10 +223,16 @@ export function desiredStatefulSet(pool: ExpertPool): V1StatefulSet {
                 { name: "data", containerPort: WORKER_DATA_PORT, protocol: "TCP" },
                 { name: "metrics", containerPort: WORKER_METRICS_PORT, protocol: "TCP" },
               ],
-              // The worker serves grpc.health.v1 on its gRPC port: SERVING once its experts are loaded.
-              readinessProbe: { ...grpcProbe, periodSeconds: 5, failureThreshold: 3 },
+              // The worker serves grpc.health.v1 on its gRPC port: "" is SERVING once it listens (liveness, start-up);
+              // its service's own name once its served experts are loaded (readiness: the headless Service publishes
+              // the pod's DNS name only then, so the router reaches no worker that would load on the first batch).
+              readinessProbe: {
+                grpc: { port: WORKER_GRPC_PORT, service: WORKER_READY_SERVICE },
+                periodSeconds: 5,
+                failureThreshold: 3,
+              },
               livenessProbe: { ...grpcProbe, periodSeconds: 10, failureThreshold: 6 },
-              // Loading a checkpoint can take minutes; liveness waits for the first success.
+              // Opening a checkpoint can take a while; liveness waits for the first success.
               startupProbe: { ...grpcProbe, periodSeconds: 10, failureThreshold: 90 },
               ...(Object.keys(resources).length ? { resources } : {}),
               volumeMounts: [

@@ -10,6 +10,8 @@ export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
 export const MANAGED_BY = "switchyard-operator";
 export const WORKER_COMPONENT = "expert-worker";
 export const WORKER_GRPC_PORT = 50061;
+/** grpc.health.v1 service the worker reports SERVING once its experts are loaded (expert-worker/src/worker.ts). */
+export const WORKER_READY_SERVICE = "switchyard.v1.ExpertWorker";
 /** The worker's TCP data path (batches beside the gRPC stream; packages/protocol/src/data-path.ts). */
 export const WORKER_DATA_PORT = 50062;
 export const WORKER_METRICS_PORT = 9401;

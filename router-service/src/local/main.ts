@@ -266,6 +266,36 @@ function readyPorts(
   });
 }
 
+/** A full-size DeepSeek-V3 worker loads 45 GB before it is ready. */
+const WARM_TIMEOUT_MS = 20 * 60_000;
+
+/** The worker's second IPC message, `{ warmed }`: its served experts are loaded (expert-worker/src/main.ts). */
+function warmedMessage(child: ChildProcess, name: string, timeoutMs: number): Promise<void> {
+  return new Promise((res, rej) => {
+    const done = () => {
+      clearTimeout(t);
+      child.off("exit", onExit);
+      child.off("message", onMessage);
+    };
+    const t = setTimeout(() => {
+      done();
+      rej(new Error(`${name} still warming up after ${timeoutMs / 1000} s`));
+    }, timeoutMs);
+    const onExit = (code: number | null) => {
+      done();
+      rej(new Error(`${name} exited with code ${code} before it was ready (its log above says why)`));
+    };
+    const onMessage = (m: unknown) => {
+      if (m !== null && typeof m === "object" && "warmed" in m) {
+        done();
+        res();
+      }
+    };
+    child.on("exit", onExit);
+    child.on("message", onMessage);
+  });
+}
+
 /**
  * SWITCHYARD_CPU_PROF_DIR=DIR: the router and the workers write V8 CPU profiles there (DIR/<name>.cpuprofile, on
  * their SIGTERM exit), to see where a process's CPU goes; Node does not take --cpu-prof from NODE_OPTIONS.
@@ -428,7 +458,11 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         ];
         if (o.cacheCapacity !== null) args.push("--cache-capacity", String(o.cacheCapacity));
         const child = spawnProc(id, args, children, () => quiet);
+        // Listening before the first message arrives: both messages can come in one read of the IPC channel.
+        const warmed = warmedMessage(child, `worker ${id}`, WARM_TIMEOUT_MS);
+        warmed.catch(() => {}); // awaited below; readyPorts reports an early exit first
         const ports = await readyPorts(child, `worker ${id}`, 60_000);
+        await warmed;
         endpoints[id] = `127.0.0.1:${ports.port}`;
         workerMetricsPorts[id] = ports.metricsPort;
         workerPids[id] = child.pid ?? -1;

@@ -115,6 +115,9 @@ describe.each(CASES)("router parity: %s, 2 workers, %s path", (family, transport
           host: "127.0.0.1",
           plan: planFile,
           log: () => {},
+        }).then(async (w) => {
+          await w.warmed;
+          return w;
         }),
       ),
     );

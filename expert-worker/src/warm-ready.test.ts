@@ -1,0 +1,120 @@
+// A worker warms its served experts before it reports ready, over real gRPC and HTTP: while the checkpoint reads are
+// held back, the liveness service ("") answers SERVING and the readiness service (switchyard.v1.ExpertWorker) and
+// /readyz do not; once they finish, both do and Status lists every served expert resident. A checkpoint that cannot
+// give one of them keeps the worker not ready, with the expert named.
+
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { credentials, Metadata, makeGenericClientConstructor } from "@grpc/grpc-js";
+import { generateCheckpoint, openCheckpoint } from "@switchyard/moe";
+import { ExpertWorkerClient, type WorkerStatus } from "@switchyard/protocol";
+import { service as healthService } from "grpc-health-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ExpertSource } from "./core.js";
+import { checkpointSource, startWorker, WORKER_SERVICE, type WorkerHandle } from "./worker.js";
+
+let dir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "sy-worker-warm-"));
+  await generateCheckpoint({
+    family: "mixtral",
+    dir,
+    layers: 2,
+    experts: 4,
+    hiddenSize: 16,
+    intermediateSize: 24,
+    topK: 2,
+    dtype: "float32",
+    seed: 9,
+  });
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+type HealthClient = {
+  check(req: { service: string }, cb: (e: Error | null, r: { status: string }) => void): void;
+  close(): void;
+};
+
+async function health(port: number, service: string): Promise<string> {
+  const Health = makeGenericClientConstructor(healthService, "Health");
+  const h = new Health(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as HealthClient;
+  try {
+    return (await new Promise<{ status: string }>((res, rej) => h.check({ service }, (e, x) => (e ? rej(e) : res(x)))))
+      .status;
+  } finally {
+    h.close();
+  }
+}
+
+async function readyz(w: WorkerHandle): Promise<number> {
+  return (await fetch(`http://127.0.0.1:${w.metricsPort}/readyz`)).status;
+}
+
+/** The checkpoint as a source whose reads wait for `gate`, and fail for `broken` ("layer:expert"). */
+async function heldSource(gate: Promise<void>, broken?: string): Promise<ExpertSource> {
+  const src = checkpointSource(await openCheckpoint(dir));
+  return {
+    ...src,
+    readExpert: async (layer, expert) => {
+      await gate;
+      if (`${layer}:${expert}` === broken) throw new Error("shard model-00001.safetensors: unexpected end of file");
+      return src.readExpert(layer, expert);
+    },
+  };
+}
+
+function start(source: ExpertSource, workerId: string): Promise<WorkerHandle> {
+  return startWorker({
+    checkpoint: source,
+    pool: "p",
+    workerId,
+    port: 0,
+    metricsPort: 0,
+    host: "127.0.0.1",
+    backend: "cpu",
+    log: () => {},
+  });
+}
+
+describe("worker warm-up", () => {
+  it("is live at once and ready only once its experts are loaded", async () => {
+    let open!: () => void;
+    const w = await start(await heldSource(new Promise<void>((r) => (open = r))), "w0");
+    try {
+      expect(await health(w.port, "")).toBe("SERVING");
+      expect(await health(w.port, WORKER_SERVICE)).toBe("NOT_SERVING");
+      expect(await readyz(w)).toBe(503);
+      open();
+      const r = await w.warmed;
+      expect(r).toMatchObject({ loaded: 8, leftCold: 0 });
+      expect(r?.bytes).toBe(8 * 3 * 16 * 24 * 4);
+      expect(await health(w.port, WORKER_SERVICE)).toBe("SERVING");
+      expect(await readyz(w)).toBe(200);
+      const client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
+      const st = await new Promise<WorkerStatus>((res, rej) =>
+        client.status({}, new Metadata(), (e, s) => (e ? rej(e) : res(s))),
+      );
+      client.close();
+      expect(st.resident).toHaveLength(8);
+      // Warming is not traffic: the hit ratio starts clean.
+      expect([st.cacheHits, st.cacheMisses]).toEqual([0n, 0n]);
+    } finally {
+      await w.close();
+    }
+  });
+
+  it("stays not ready, naming the expert, when one cannot be loaded", async () => {
+    const w = await start(await heldSource(Promise.resolve(), "1:2"), "w1");
+    try {
+      await expect(w.warmed).rejects.toThrow(/warm-up: layer 1 expert 2: shard .* unexpected end of file/);
+      expect(await health(w.port, WORKER_SERVICE)).toBe("NOT_SERVING");
+      expect(await readyz(w)).toBe(503);
+    } finally {
+      await w.close();
+    }
+  });
+});

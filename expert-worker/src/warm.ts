@@ -1,0 +1,99 @@
+// Warm-up: load the experts a worker serves into its caches before it takes traffic. Without it the first batches
+// pay for every expert's checkpoint read and upload: on the H200, a full-size DeepSeek-V3 worker (514 experts, 45 GB)
+// answered its first batch after 18.6 s (bench/results/logs/h200-e2e-dsv3-2318-cold.log). The worker reports ready
+// (grpc.health "switchyard.v1.ExpertWorker", /readyz, the local launcher's `warmed` message) only once this is done.
+
+import type { ExpertBackend, PreparedExpert } from "./backend/types.js";
+import type { ExpertId, ResidencyCache } from "./cache.js";
+
+export interface WarmResult {
+  /** Experts loaded into the host tier by this warm-up. */
+  loaded: number;
+  /** Served experts left cold: more than the cache holds (the first ones in layer, expert order are warmed). */
+  leftCold: number;
+  /** Bytes read from the checkpoint. */
+  bytes: number;
+  seconds: number;
+  /** Experts on the device tier afterwards (CUDA; undefined for host-only backends). */
+  deviceResident?: number;
+  /** Set when close() stopped it early. */
+  stopped?: boolean;
+}
+
+export interface WarmOptions {
+  /** What to warm, in order of preference. */
+  ids: readonly ExpertId[];
+  cache: ResidencyCache;
+  backend: ExpertBackend;
+  /** Loads in flight at once (a checkpoint read overlaps the previous expert's packing and upload). Default 4. */
+  concurrency?: number;
+  /** Polled between loads: true stops the warm-up (the worker is closing). */
+  stopped?: () => boolean;
+}
+
+/** The experts to warm: `ids` not yet resident, in layer then expert order, as many as the cache has room for. */
+export function warmList(
+  ids: Iterable<ExpertId>,
+  cache: Pick<ResidencyCache, "has" | "capacity" | "size">,
+): { take: ExpertId[]; leftCold: number } {
+  const cold = [...ids]
+    .filter((i) => !cache.has(i.layer, i.expert))
+    .sort((a, b) => a.layer - b.layer || a.expert - b.expert);
+  // Free slots only: warming must never push out an expert that traffic already brought in.
+  const room = Math.max(0, cache.capacity - cache.size);
+  return { take: cold.slice(0, room), leftCold: Math.max(0, cold.length - room) };
+}
+
+/**
+ * Loads `ids` (see warmList) into the host cache, and moves each to the device tier into free slots as it arrives.
+ * A failed load rejects with the expert named: a checkpoint the worker cannot read is not one it can serve.
+ */
+export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
+  const t0 = performance.now();
+  const { take, leftCold } = warmList(o.ids, o.cache);
+  const bytes0 = o.cache.transferBytes;
+  const uploads: Promise<void>[] = [];
+  let next = 0;
+  let loaded = 0;
+  let stopped = false;
+  let failed = false;
+  const lane = async () => {
+    for (;;) {
+      if (failed) return;
+      if (o.stopped?.()) {
+        stopped = true;
+        return;
+      }
+      const id = take[next++];
+      if (id === undefined) return;
+      try {
+        await o.cache.prefetch([id]);
+      } catch (err) {
+        failed = true; // the other lanes stop at their next expert
+        throw new Error(`warm-up: layer ${id.layer} expert ${id.expert}: ${(err as Error).message}`);
+      }
+      loaded++;
+      const p: PreparedExpert | undefined = o.cache.peek(id.layer, id.expert);
+      // evict: false fills free device slots only (the host tier may hold more than the device does).
+      if (p && o.backend.prefetch) uploads.push(o.backend.prefetch([p], { evict: false }));
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 4) }, lane));
+  await Promise.all(uploads);
+  return {
+    loaded,
+    leftCold: leftCold + (take.length - loaded),
+    bytes: o.cache.transferBytes - bytes0,
+    seconds: (performance.now() - t0) / 1000,
+    deviceResident: o.backend.deviceCacheStats?.()?.resident,
+    ...(stopped ? { stopped } : {}),
+  };
+}
+
+/** One log line for a warm-up. */
+export function warmSummary(r: WarmResult): string {
+  const gb = (r.bytes / 1e9).toFixed(2);
+  const device = r.deviceResident === undefined ? "" : `; ${r.deviceResident} on the device`;
+  const cold = r.leftCold > 0 ? `; ${r.leftCold} left cold (more than the cache holds)` : "";
+  return `warm-up ${r.stopped ? "stopped" : "done"}: ${r.loaded} experts (${gb} GB) loaded in ${r.seconds.toFixed(1)} s${device}${cold}`;
+}
