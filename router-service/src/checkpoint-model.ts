@@ -210,10 +210,20 @@ export class CheckpointModel implements PoolModel {
   }
 }
 
-/** [E, d] -> [d, E]. */
+/** Experts per panel of the native gate's layout (router-service/native/src/logits.h kGatePanel). */
+export const GATE_PANEL = 32;
+
+/**
+ * [E, d] -> the native gate's layout: experts in panels of GATE_PANEL (the last one narrower), each panel a
+ * contiguous [d, width] block at offset e0 * d. One panel is one sequential read, reused by every token of a call.
+ */
 export function transposeGate(gate: Float32Array, experts: number, d: number): Float32Array {
   const t = new Float32Array(gate.length);
-  for (let e = 0; e < experts; e++) for (let i = 0; i < d; i++) t[i * experts + e] = gate[e * d + i];
+  for (let e0 = 0; e0 < experts; e0 += GATE_PANEL) {
+    const width = Math.min(GATE_PANEL, experts - e0);
+    const base = e0 * d;
+    for (let e = 0; e < width; e++) for (let i = 0; i < d; i++) t[base + i * width + e] = gate[(e0 + e) * d + i];
+  }
   return t;
 }
 

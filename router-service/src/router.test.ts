@@ -288,8 +288,15 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
     );
   });
 
-  it("merges concurrent stream requests into one flush, answers each correctly", async () => {
+  it("merges concurrent stream requests into one flush (one gate product for its tokens), answers each correctly", async () => {
     setPool({ batching: { maxWaitMs: 20, maxBatchTokens: 1024 } });
+    // The gate's calls: the flush gates every request that came with hidden states only, together.
+    const gateCalls: number[] = [];
+    const ownLogits = toy.logits;
+    toy.logits = (layer, h, T) => {
+      gateCalls.push(T);
+      return ownLogits.call(toy, layer, h, T);
+    };
     const stream = client.forwardStream();
     const N = 24;
     const hs = Array.from({ length: N }, (_, i) => hidden(1 + (i % 3), 100 + i));
@@ -311,7 +318,12 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
       });
     }
     await done;
+    toy.logits = ownLogits;
     stream.end();
+    const tokens = hs.reduce((n, h) => n + h.length / D, 0);
+    expect(gateCalls.reduce((a, b) => a + b, 0)).toBe(tokens);
+    expect(gateCalls.length).toBeLessThan(N);
+    expect(Math.max(...gateCalls)).toBeGreaterThan(3); // more tokens than any one request has
     let maxMerged = 0;
     hs.forEach((h, i) => {
       const r = got.get(BigInt(i + 1))!;

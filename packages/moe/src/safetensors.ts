@@ -114,7 +114,10 @@ export async function readExactly(
   file: string,
   what: string,
 ): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
+  // Not zero-filled: every byte is read over, or the read throws and `out` is dropped. Zero-filling cost a worker's
+  // warm-up 9.6 s of its JavaScript thread at DeepSeek-V3's 45 GB (bench/results/logs/h200-e2e-dsv3-2328-prof/
+  // w0-top.txt). Never pooled either (allocUnsafeSlow): callers view `out.buffer` from offset 0.
+  const out: Uint8Array = Buffer.allocUnsafeSlow(length);
   let done = 0;
   while (done < length) {
     const { bytesRead } = await fh.read(out, done, length - done, position + done);

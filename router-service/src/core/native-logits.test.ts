@@ -34,6 +34,8 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
     [0, 64, 16], // no tokens
     [3, 96, 72], // a wide block, a block of 8
     [5, 50, 13], // a block of 8, then experts one by one
+    [7, 40, 60], // Qwen2-MoE's 60 experts: a full panel, then a narrow one (3 blocks of 8, 4 singles); odd tokens
+    [17, 64, 256], // a flush of 17 tokens over 8 full panels
   ];
   for (const [T, d, E] of cases) {
     it(`T=${T} d=${d} E=${E}: the same bits as routerLogits`, () => {
