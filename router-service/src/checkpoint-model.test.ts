@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { loadNativeAddon } from "@switchyard/expert-worker";
 import { generateCheckpoint, openCheckpoint, routerLogits, toFloat32 } from "@switchyard/moe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CheckpointModel, transposeGate } from "./checkpoint-model.js";
+import { CheckpointModel, gateThreads, transposeGate } from "./checkpoint-model.js";
 import { routerAddon } from "./core/native-combine.js";
 
 describe("CheckpointModel router logits", () => {
@@ -41,8 +41,37 @@ describe("CheckpointModel router logits", () => {
     else expect(fromBf16).toBeNull(); // the router then widens and calls logits()
   });
 
-  it("transposeGate: [E, d] -> [d, E]", () => {
+  it("off the event loop: the same bits, for products worth a thread (else null: the caller gates synchronously)", async () => {
+    expect(model.logitsAsync(1, new Float32Array(5 * d), 5)).toBeNull();
+    const T = 1100; // 1100 x 40 x 24 multiply-adds, past ASYNC_GATE_MACS
+    const x = Float32Array.from({ length: T * d }, (_, i) => Math.sin(i * 0.11));
+    const job = model.logitsAsync(1, x, T);
+    if (!routerAddon()) {
+      expect(job).toBeNull();
+      return;
+    }
+    expect(Array.from(await job!)).toEqual(Array.from(routerLogits(x, gate, d)));
+  });
+
+  it("transposeGate: [E, d] -> panels of 32 experts, each [d, width]", () => {
     expect(Array.from(transposeGate(Float32Array.from([1, 2, 3, 4, 5, 6]), 2, 3))).toEqual([1, 4, 2, 5, 3, 6]);
+    // 34 experts, d = 2: a panel of 32 ([2, 32]), then one of 2 ([2, 2]) at offset 32 * 2
+    const E = 34;
+    const g = Float32Array.from({ length: E * 2 }, (_, i) => i); // W[e, i] = 2e + i
+    const t = transposeGate(g, E, 2);
+    expect(t[0 * 32 + 5]).toBe(2 * 5); // panel 0, row 0, expert 5
+    expect(t[1 * 32 + 31]).toBe(2 * 31 + 1); // panel 0, row 1, expert 31
+    expect(Array.from(t.subarray(64))).toEqual([64, 66, 65, 67]); // panel 1: rows 0 and 1 of experts 32, 33
+  });
+
+  it("gateThreads: SWITCHYARD_ROUTER_GATE_THREADS, else up to 4 leaving the event loop a core", () => {
+    expect(gateThreads(undefined, 16)).toBe(4);
+    expect(gateThreads(undefined, 2)).toBe(1);
+    expect(gateThreads("", 3)).toBe(2);
+    expect(gateThreads("6", 2)).toBe(6);
+    expect(() => gateThreads("0")).toThrow(
+      /SWITCHYARD_ROUTER_GATE_THREADS: expected an integer in \[1, 256\], got "0"/,
+    );
   });
 });
 

@@ -1,6 +1,7 @@
 // PoolModel over a checkpoint: the router reads only what it needs per MoE layer (gate weight, DeepSeek's
 // correction bias, the shared expert and Qwen2-MoE's shared-expert gate), never the routed experts.
 
+import { availableParallelism } from "node:os";
 import { loadNativeAddon, NativeCpuBackend, type PreparedExpert } from "@switchyard/expert-worker";
 import {
   applyGate,
@@ -114,6 +115,21 @@ export class CheckpointModel implements PoolModel {
     return this.nativeLogits(layer, hidden, tokens);
   }
 
+  /**
+   * The gate off the event loop, on up to GATE_THREADS threads (a range of the gate's panels each), for products of
+   * at least ASYNC_GATE_MACS multiply-adds: at DeepSeek-V3 a token is 1.8 M of them (~0.1-0.3 ms on one core), which
+   * the router's event loop paid per token in the synchronous call (bench/results/logs/h200-e2e-dsv3-2357-prof/router-top.txt).
+   */
+  logitsAsync(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Promise<Float32Array> | null {
+    const w = this.layer(layer);
+    const addon = routerAddon();
+    const d = this.hiddenSize;
+    if (!addon || hidden.length !== tokens * d || tokens * d * this.experts < ASYNC_GATE_MACS) return null;
+    w.gateT ??= transposeGate(w.gate, this.experts, d);
+    const out = new Float32Array(tokens * this.experts);
+    return addon.routerLogitsAsync(hidden, w.gateT, tokens, d, this.experts, out, GATE_THREADS).then(() => out);
+  }
+
   private nativeLogits(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Float32Array | null {
     const w = this.layer(layer);
     const addon = routerAddon();
@@ -208,6 +224,25 @@ export class CheckpointModel implements PoolModel {
     for (let t = 0; t < tokens; t++) g[t] = 1 / (1 + Math.exp(-gl[t]));
     return g;
   }
+}
+
+/** Below this many multiply-adds the synchronous gate costs less than a hop to a thread (tens of microseconds). */
+const ASYNC_GATE_MACS = 1 << 20;
+
+/**
+ * Threads the asynchronous gate may use: SWITCHYARD_ROUTER_GATE_THREADS, else up to 4 and one fewer than the cores
+ * (the event loop keeps one).
+ */
+export const GATE_THREADS = gateThreads(process.env.SWITCHYARD_ROUTER_GATE_THREADS);
+
+export function gateThreads(env: string | undefined, cores = availableParallelism()): number {
+  if (env !== undefined && env !== "") {
+    const n = Number(env);
+    if (!Number.isInteger(n) || n < 1 || n > 256)
+      throw new Error(`SWITCHYARD_ROUTER_GATE_THREADS: expected an integer in [1, 256], got "${env}"`);
+    return n;
+  }
+  return Math.max(1, Math.min(4, cores - 1));
 }
 
 /** Experts per panel of the native gate's layout (router-service/native/src/logits.h kGatePanel). */

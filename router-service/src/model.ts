@@ -19,6 +19,11 @@ export interface PoolModel {
    * them widened; null when the model cannot (the caller then widens and calls logits()).
    */
   logitsBf16?(layer: number, hidden: Uint16Array, tokens: number): Float32Array | null;
+  /**
+   * logits() / logitsBf16() off the event loop, the same bits; null where that does not pay (no native gate, or a
+   * product too small to be worth a hop to a thread): the caller then calls those.
+   */
+  logitsAsync?(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Promise<Float32Array> | null;
   /** The family's gating over logits (softmax top-k, sigmoid + group-limited top-k, top-p ...). */
   route(layer: number, logits: Float32Array, tokens: number, gating: GatingPolicy): TokenRouting;
   /**

@@ -337,6 +337,33 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
     setPool();
   });
 
+  it("takes the flush's gate off the event loop where the model offers it (logitsAsync), same answers", async () => {
+    setPool({ batching: { maxWaitMs: 20, maxBatchTokens: 1024 } });
+    const asyncCalls: number[] = [];
+    toy.logitsAsync = (layer, h, T) => {
+      asyncCalls.push(T);
+      // resolved on a later turn of the event loop, as the addon's thread pool does
+      return new Promise((res) => setImmediate(() => res(toy.logits(layer, h as Float32Array, T))));
+    };
+    try {
+      const hs = Array.from({ length: 6 }, (_, i) => hidden(2, 300 + i));
+      const replies = await Promise.all(
+        hs.map((h, i) => call({ layer: 1, hidden: encodeTensor(h, [2, D], DType.FLOAT32), requestId: BigInt(i + 1) })),
+      );
+      hs.forEach((h, i) => {
+        expect(replies[i].error).toBeUndefined();
+        expect(
+          maxRelErr(bytesToFloat32(replies[i].hidden!.data, DType.FLOAT32, true), reference(1, h, 2)),
+        ).toBeLessThanOrEqual(1e-6);
+      });
+      expect(asyncCalls.reduce((a, b) => a + b, 0)).toBe(12);
+      expect(asyncCalls.length).toBeLessThan(6);
+    } finally {
+      delete toy.logitsAsync;
+      setPool();
+    }
+  });
+
   it("reports per-item errors on the stream without closing it", async () => {
     const stream = client.forwardStream();
     const replies: ForwardResponse[] = [];

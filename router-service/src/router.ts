@@ -393,47 +393,29 @@ export class Router {
 
   /**
    * Gates the flush's requests that came with hidden states only, in one gate product over all their tokens: the
-   * native gate reads each block of the gate's weights once for every token of the call (router-service/native/
-   * src/logits.cc), so a flush of 20 decode tokens reads DeepSeek-V3's 7.3 MB gate once instead of 20 times. bf16
-   * rows go as they came where the model takes them, else widened. A request whose routing fails is rejected alone.
+   * native gate reads each panel of the gate's weights once for every token of the call (router-service/native/
+   * src/logits.cc), so a flush of 20 decode tokens reads DeepSeek-V3's 7.3 MB gate once instead of 20 times; off the
+   * event loop where the product is large enough (logitsAsync). bf16 rows go as they came where the model takes
+   * them, else widened. A request whose routing fails is rejected alone.
    */
-  private gateAtFlush(p: Pool, layer: number, items: Item[]): void {
+  private async gateAtFlush(p: Pool, layer: number, items: Item[]): Promise<void> {
     const m = p.model;
     const pending = items.filter((i) => i.pendingGate && !i.done);
     if (pending.length === 0) return;
     const d = m.hiddenSize;
     let T = 0;
     for (const it of pending) T += it.tokens;
-    let logits: Float32Array | null = null;
-    if (m.logitsBf16 && pending.every((i) => i.dtype === DType.BFLOAT16)) {
-      const x = pending.length === 1 ? u16(pending[0].hidden) : new Uint16Array(T * d);
-      if (pending.length > 1) {
-        let off = 0;
-        for (const it of pending) {
-          x.set(u16(it.hidden), off);
-          off += it.tokens * d;
-        }
-      }
-      logits = m.logitsBf16(layer, x, T);
-    }
-    if (!logits) {
-      let x: Float32Array;
-      if (pending.length === 1) x = hiddenAsF32(pending[0], d);
-      else {
-        x = new Float32Array(T * d);
-        let off = 0;
-        for (const it of pending) {
-          x.set(hiddenAsF32(it, d), off);
-          off += it.tokens * d;
-        }
-      }
-      logits = m.logits(layer, x, T);
-    }
+    const bf16 = m.logitsBf16 !== undefined && pending.every((i) => i.dtype === DType.BFLOAT16);
+    const x = bf16 ? concatBf16(pending, T, d) : concatF32(pending, T, d);
+    const job = m.logitsAsync?.(layer, x, T);
+    let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
+    logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
     const E = m.experts;
     let t0 = 0;
     for (const it of pending) {
       const own = logits.subarray(t0 * E, (t0 + it.tokens) * E);
       t0 += it.tokens;
+      if (it.done) continue; // its deadline passed while the gate ran
       const g = it.pendingGate as PendingGate;
       try {
         const gated = m.route(layer, own, it.tokens, p.policy.gating);
@@ -477,7 +459,7 @@ export class Router {
     }
     p.metrics.batchTokens.observe(batchTokens);
     try {
-      this.gateAtFlush(p, layer, items);
+      await this.gateAtFlush(p, layer, items);
       const routings = items.map((i) => i.routing);
       const all = collectAssignments(routings);
       // The shared expert's slices take every token: no capacity, no heat; they go with the first round. Split them
@@ -783,6 +765,30 @@ function u16(b: Uint8Array): Uint16Array {
   const c = new Uint8Array(b.byteLength);
   c.set(b);
   return new Uint16Array(c.buffer, 0, b.byteLength >> 1);
+}
+
+/** The items' bf16 rows one after another (a view of the only one's where it can be). */
+function concatBf16(items: Item[], T: number, d: number): Uint16Array {
+  if (items.length === 1) return u16(items[0].hidden);
+  const x = new Uint16Array(T * d);
+  let off = 0;
+  for (const it of items) {
+    x.set(u16(it.hidden), off);
+    off += it.tokens * d;
+  }
+  return x;
+}
+
+/** The items' rows as fp32, one after another (a view of the only one's where it came as aligned fp32). */
+function concatF32(items: Item[], T: number, d: number): Float32Array {
+  if (items.length === 1) return hiddenAsF32(items[0], d);
+  const x = new Float32Array(T * d);
+  let off = 0;
+  for (const it of items) {
+    x.set(hiddenAsF32(it, d), off);
+    off += it.tokens * d;
+  }
+  return x;
 }
 
 /** An item's hidden rows as fp32 (a view when they came as aligned fp32). */

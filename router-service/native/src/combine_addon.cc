@@ -10,12 +10,20 @@
 //     hidden     Float32Array [tokens*d] or Uint16Array (bf16 bits); gateT Float32Array [d*experts] (the gate
 //                transposed); out Float32Array
 //                [tokens*experts]. Same bits as packages/moe routerLogits (native/src/logits.h).
+//   routerLogitsAsync(hidden, gateT, tokens, d, experts, out, threads) -> Promise<undefined>
+//     the same off the event loop, on a libuv pool thread and up to threads - 1 more, each a range of the gate's
+//     panels: a flush of DeepSeek-V3 decode tokens costs the event loop ~0.1-0.3 ms a token in the synchronous call.
+//     The arrays are held until the promise settles; the caller must not touch `out` before then.
 //   isa() -> string
-// Runs on the event loop: it is a few microseconds per token, less than a hop to a thread would cost. Every index
-// is checked against the sizes it reads from, so a bad call throws RangeError instead of reading out of bounds.
+// combine and routerLogits run on the event loop: a few microseconds per token, less than a hop to a thread would
+// cost. Every index is checked against the sizes it reads from, so a bad call throws RangeError instead of reading
+// out of bounds.
 #include <napi.h>
 
+#include <algorithm>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "combine.h"
@@ -183,17 +191,30 @@ const float* FloatsArg(napi_env env, napi_value v, size_t n, const char* name) {
   return static_cast<const float*>(data);
 }
 
-napi_value RouterLogitsJs(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
-  if (argc < 6) return Fail(env, false, "routerLogits: 6 arguments expected");
+// A checked routerLogits call: the first six arguments of routerLogits / routerLogitsAsync.
+struct LogitsCall {
+  const void* x = nullptr;
+  bool bf16 = false;
+  int tokens = 0, d = 0, experts = 0;
+  const float* wt = nullptr;
+  float* out = nullptr;
+
+  void Run(int p0, int p1) const {
+    if (bf16)
+      RouterLogitsBf16(static_cast<const uint16_t*>(x), tokens, d, wt, experts, out, p0, p1);
+    else
+      RouterLogits(static_cast<const float*>(x), tokens, d, wt, experts, out, p0, p1);
+  }
+};
+
+// Reads and checks argv[0..5]; false after throwing, naming the argument.
+bool ReadLogitsCall(napi_env env, napi_value* argv, LogitsCall* c) {
   const int64_t tokens = IntArg(env, argv[2], 0, 1 << 30);
-  if (tokens < 0) return Fail(env, true, "tokens: out of range");
+  if (tokens < 0) return Fail(env, true, "tokens: out of range"), false;
   const int64_t d = IntArg(env, argv[3], 1, 1 << 24);
-  if (d < 0) return Fail(env, true, "d: out of range");
+  if (d < 0) return Fail(env, true, "d: out of range"), false;
   const int64_t experts = IntArg(env, argv[4], 1, 1 << 16);
-  if (experts < 0) return Fail(env, true, "experts: out of range");
+  if (experts < 0) return Fail(env, true, "experts: out of range"), false;
   // hidden: a Float32Array (fp32) or a Uint16Array (bf16 bits)
   const size_t n = static_cast<size_t>(tokens) * d;
   bool is = false;
@@ -203,19 +224,84 @@ napi_value RouterLogitsJs(napi_env env, napi_callback_info info) {
   if (napi_is_typedarray(env, argv[0], &is) != napi_ok || !is ||
       napi_get_typedarray_info(env, argv[0], &type, &length, &x, nullptr, nullptr) != napi_ok ||
       (type != napi_float32_array && type != napi_uint16_array))
-    return Fail(env, false, "hidden: expected a Float32Array (fp32) or a Uint16Array (bf16)");
-  if (length < n) return Fail(env, true, "hidden: shorter than tokens*d elements");
+    return Fail(env, false, "hidden: expected a Float32Array (fp32) or a Uint16Array (bf16)"), false;
+  if (length < n) return Fail(env, true, "hidden: shorter than tokens*d elements"), false;
   const float* wt = FloatsArg(env, argv[1], static_cast<size_t>(d) * experts, "gateT");
-  if (!wt) return nullptr;
+  if (!wt) return false;
   float* out = const_cast<float*>(FloatsArg(env, argv[5], static_cast<size_t>(tokens) * experts, "out"));
-  if (!out) return nullptr;
-  if (type == napi_float32_array)
-    RouterLogits(static_cast<const float*>(x), static_cast<int>(tokens), static_cast<int>(d), wt,
-                 static_cast<int>(experts), out);
-  else
-    RouterLogitsBf16(static_cast<const uint16_t*>(x), static_cast<int>(tokens), static_cast<int>(d), wt,
-                     static_cast<int>(experts), out);
+  if (!out) return false;
+  c->x = x;
+  c->bf16 = type == napi_uint16_array;
+  c->tokens = static_cast<int>(tokens);
+  c->d = static_cast<int>(d);
+  c->experts = static_cast<int>(experts);
+  c->wt = wt;
+  c->out = out;
+  return true;
+}
+
+napi_value RouterLogitsJs(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
+  if (argc < 6) return Fail(env, false, "routerLogits: 6 arguments expected");
+  LogitsCall c;
+  if (!ReadLogitsCall(env, argv, &c)) return nullptr;
+  c.Run(0, GatePanels(c.experts));
   return nullptr;  // undefined
+}
+
+// routerLogitsAsync: the pool thread takes the first range of panels, std::threads the others.
+class LogitsWorker : public Napi::AsyncWorker {
+ public:
+  LogitsWorker(Napi::Env env, const LogitsCall& c, int threads, napi_value* argv)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(c), threads_(threads) {
+    // hidden, gateT and out stay alive (not collected) until the promise settles.
+    keep_[0] = Napi::Persistent(Napi::Value(env, argv[0]));
+    keep_[1] = Napi::Persistent(Napi::Value(env, argv[1]));
+    keep_[2] = Napi::Persistent(Napi::Value(env, argv[5]));
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const int panels = GatePanels(c_.experts);
+    const int n = std::max(1, std::min(threads_, panels));
+    const auto lo = [&](int i) { return panels * i / n; };
+    std::vector<std::thread> others;
+    int started = 1;  // ranges 1 .. started - 1 run on threads of their own
+    for (; started < n; started++) {
+      try {
+        others.emplace_back([this, a = lo(started), b = lo(started + 1)] { c_.Run(a, b); });
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: the remaining ranges run here
+      }
+    }
+    c_.Run(lo(0), lo(1));
+    c_.Run(lo(started), panels);  // empty when every range got its thread
+    for (auto& t : others) t.join();
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  LogitsCall c_;
+  int threads_;
+  Napi::Reference<Napi::Value> keep_[3];
+};
+
+napi_value RouterLogitsAsyncJs(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
+  if (argc < 7) return Fail(env, false, "routerLogitsAsync: 7 arguments expected");
+  LogitsCall c;
+  if (!ReadLogitsCall(env, argv, &c)) return nullptr;
+  const int64_t threads = IntArg(env, argv[6], 1, 256);
+  if (threads < 0) return Fail(env, true, "threads: out of range");
+  auto* w = new LogitsWorker(Napi::Env(env), c, static_cast<int>(threads), argv);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value IsaJs(const Napi::CallbackInfo& info) {
@@ -236,6 +322,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                        napi_create_function(env, "routerLogits", NAPI_AUTO_LENGTH, RouterLogitsJs, nullptr, &fn),
                        exports);
   exports.Set("routerLogits", Napi::Value(env, fn));
+  NAPI_THROW_IF_FAILED(
+      env, napi_create_function(env, "routerLogitsAsync", NAPI_AUTO_LENGTH, RouterLogitsAsyncJs, nullptr, &fn),
+      exports);
+  exports.Set("routerLogitsAsync", Napi::Value(env, fn));
   exports.Set("isa", Napi::Function::New(env, IsaJs, "isa"));
   return exports;
 }

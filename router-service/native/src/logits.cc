@@ -68,10 +68,10 @@ void Single(const X* x, int d, const float* w, int ld, float* out) {
 // on the H200 host, with the reference threads beside it (bench/results/logs/h200-e2e-dsv3-2328-prof/router-top.txt). The router
 // now gates a whole flush in one call (router.ts gateAtFlush). Tokens go two at a time.
 template <typename X>
-void Logits(const X* x, int tokens, int d, const float* wt, int E, float* out) {
+void Logits(const X* x, int tokens, int d, const float* wt, int E, float* out, int p0, int p1) {
   const auto xt = [&](int t) { return x + static_cast<std::size_t>(t) * d; };
   const auto ot = [&](int t) { return out + static_cast<std::size_t>(t) * E; };
-  for (int e0 = 0; e0 < E; e0 += kGatePanel) {
+  for (int e0 = p0 * kGatePanel; e0 < E && e0 < p1 * kGatePanel; e0 += kGatePanel) {
     const int width = E - e0 < kGatePanel ? E - e0 : kGatePanel;
     const float* panel = wt + static_cast<std::size_t>(e0) * d;
     if (width == kGatePanel) {
@@ -93,12 +93,13 @@ void Logits(const X* x, int tokens, int d, const float* wt, int E, float* out) {
 
 }  // namespace
 
-void RouterLogits(const float* x, int tokens, int d, const float* wt, int experts, float* out) {
-  Logits(x, tokens, d, wt, experts, out);
+void RouterLogits(const float* x, int tokens, int d, const float* wt, int experts, float* out, int p0, int p1) {
+  Logits(x, tokens, d, wt, experts, out, p0, p1);
 }
 
-void RouterLogitsBf16(const uint16_t* x, int tokens, int d, const float* wt, int experts, float* out) {
-  Logits(x, tokens, d, wt, experts, out);
+void RouterLogitsBf16(const uint16_t* x, int tokens, int d, const float* wt, int experts, float* out, int p0,
+                      int p1) {
+  Logits(x, tokens, d, wt, experts, out, p0, p1);
 }
 
 }  // namespace switchyard

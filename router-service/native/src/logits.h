@@ -17,7 +17,12 @@ namespace switchyard {
 /** Experts per panel of the transposed gate (checkpoint-model.ts GATE_PANEL must say the same). */
 constexpr int kGatePanel = 32;
 
-void RouterLogits(const float* x, int tokens, int d, const float* wt, int experts, float* out);
-void RouterLogitsBf16(const uint16_t* x, int tokens, int d, const float* wt, int experts, float* out);
+inline int GatePanels(int experts) { return (experts + kGatePanel - 1) / kGatePanel; }
+
+// The logits of panels [p0, p1) (all of them: 0, GatePanels(experts)); panels write disjoint columns of `out`, so
+// threads may take a range each.
+void RouterLogits(const float* x, int tokens, int d, const float* wt, int experts, float* out, int p0, int p1);
+void RouterLogitsBf16(const uint16_t* x, int tokens, int d, const float* wt, int experts, float* out, int p0,
+                      int p1);
 
 }  // namespace switchyard

@@ -33,6 +33,16 @@ export interface RouterAddon {
     experts: number,
     out: Float32Array,
   ): void;
+  /** routerLogits on a libuv pool thread and up to threads - 1 more (ranges of the gate's panels). */
+  routerLogitsAsync(
+    hidden: Float32Array | Uint16Array,
+    gateT: Float32Array,
+    tokens: number,
+    d: number,
+    experts: number,
+    out: Float32Array,
+    threads: number,
+  ): Promise<void>;
   isa(): string;
 }
 

@@ -62,6 +62,38 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
     });
   }
 
+  for (const [T, d, E, threads] of [
+    [2, 7168, 256, 4], // DeepSeek-V3: 8 panels over 4 threads
+    [17, 64, 256, 3], // ranges of uneven length
+    [7, 40, 60, 8], // more threads than panels (2)
+    [5, 50, 13, 1], // one narrow panel on the pool thread alone
+    [0, 64, 16, 2],
+  ] as const) {
+    it(`routerLogitsAsync T=${T} d=${d} E=${E} on ${threads} thread(s): the same bits as routerLogits`, async () => {
+      const x = Float32Array.from({ length: T * d }, value);
+      const bits = Uint16Array.from({ length: T * d }, () => Math.floor(rand() * 65536) & 0xbfff);
+      const gt = transposeGate(Float32Array.from({ length: E * d }, value), E, d);
+      for (const hidden of [x, bits]) {
+        const want = new Float32Array(T * E);
+        addon!.routerLogits(hidden, gt, T, d, E, want);
+        const got = new Float32Array(T * E).fill(Number.NaN);
+        await addon!.routerLogitsAsync(hidden, gt, T, d, E, got, threads);
+        expect(Buffer.from(got.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+      }
+    });
+  }
+
+  it("routerLogitsAsync checks its arguments before it starts", () => {
+    const x = new Float32Array(8);
+    const gt = new Float32Array(8 * 4);
+    const out = new Float32Array(4);
+    expect(() => addon!.routerLogitsAsync(x, gt, 2, 8, 4, out, 2)).toThrow(/hidden: shorter/);
+    expect(() => addon!.routerLogitsAsync(x, gt, 1, 8, 4, out, 0)).toThrow(/threads: out of range/);
+    expect(() => (addon!.routerLogitsAsync as (...a: unknown[]) => unknown)(x, gt, 1, 8, 4, out)).toThrow(
+      /7 arguments expected/,
+    );
+  });
+
   it("throws on bad calls instead of reading out of bounds", () => {
     const x = new Float32Array(8);
     const gt = new Float32Array(8 * 4);
