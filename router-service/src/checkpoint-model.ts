@@ -118,7 +118,7 @@ export class CheckpointModel implements PoolModel {
   /**
    * The gate off the event loop, on up to GATE_THREADS threads (a range of the gate's panels each), for products of
    * at least ASYNC_GATE_MACS multiply-adds: at DeepSeek-V3 a token is 1.8 M of them (~0.1-0.3 ms on one core), which
-   * the router's event loop paid per token in the synchronous call (bench/results/logs/h200-e2e-dsv3-2357-prof/router-top.txt).
+   * the router's event loop paid per token in the synchronous call (bench/results/logs/h200-e2e-dsv3-2336-prof/router-top.txt).
    */
   logitsAsync(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Promise<Float32Array> | null {
     const w = this.layer(layer);
