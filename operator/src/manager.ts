@@ -145,6 +145,7 @@ export class Manager {
 
     const poolRec = new PoolReconciler({
       kube: this.kube,
+      routerNamespace: router.namespace,
       caches: { pools: this.pools, statefulSets, services, configMaps, pods },
       recent,
       events,

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { loadNativeAddon } from "@switchyard/expert-worker";
 import { generateCheckpoint, openCheckpoint, routerLogits, toFloat32 } from "@switchyard/moe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CheckpointModel, gateThreads, transposeGate } from "./checkpoint-model.js";
+import { CheckpointModel, gateAsyncMacs, gateThreads, transposeGate } from "./checkpoint-model.js";
 import { routerAddon } from "./core/native-combine.js";
 
 describe("CheckpointModel router logits", () => {
@@ -62,6 +62,13 @@ describe("CheckpointModel router logits", () => {
     expect(t[0 * 32 + 5]).toBe(2 * 5); // panel 0, row 0, expert 5
     expect(t[1 * 32 + 31]).toBe(2 * 31 + 1); // panel 0, row 1, expert 31
     expect(Array.from(t.subarray(64))).toEqual([64, 66, 65, 67]); // panel 1: rows 0 and 1 of experts 32, 33
+  });
+
+  it("gateAsyncMacs: SWITCHYARD_ROUTER_GATE_ASYNC_MACS, default 1M", () => {
+    expect(gateAsyncMacs(undefined)).toBe(1 << 20);
+    expect(gateAsyncMacs("0")).toBe(0);
+    expect(gateAsyncMacs("1000000000000")).toBe(1e12);
+    expect(() => gateAsyncMacs("-1")).toThrow(/SWITCHYARD_ROUTER_GATE_ASYNC_MACS: expected an integer >= 0, got "-1"/);
   });
 
   it("gateThreads: SWITCHYARD_ROUTER_GATE_THREADS, else up to 4 leaving the event loop a core", () => {

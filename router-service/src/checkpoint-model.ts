@@ -226,8 +226,20 @@ export class CheckpointModel implements PoolModel {
   }
 }
 
-/** Below this many multiply-adds the synchronous gate costs less than a hop to a thread (tens of microseconds). */
-const ASYNC_GATE_MACS = 1 << 20;
+/**
+ * Gate products of at least this many multiply-adds run off the event loop (below it the synchronous gate costs
+ * less than a hop to a thread, tens of microseconds): SWITCHYARD_ROUTER_GATE_ASYNC_MACS, default 1M (DeepSeek-V3:
+ * every flush; Qwen3-30B-A3B: flushes of 4 tokens and more; Mixtral: 32 and more).
+ */
+const ASYNC_GATE_MACS = gateAsyncMacs(process.env.SWITCHYARD_ROUTER_GATE_ASYNC_MACS);
+
+export function gateAsyncMacs(env: string | undefined): number {
+  if (env === undefined || env === "") return 1 << 20;
+  const n = Number(env);
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new Error(`SWITCHYARD_ROUTER_GATE_ASYNC_MACS: expected an integer >= 0, got "${env}"`);
+  return n;
+}
 
 /**
  * Threads the asynchronous gate may use: SWITCHYARD_ROUTER_GATE_THREADS, else up to 4 and one fewer than the cores

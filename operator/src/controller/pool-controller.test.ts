@@ -63,6 +63,7 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
   } as unknown as Kube;
   const rec = new PoolReconciler({
     kube,
+    routerNamespace: "ns",
     caches: caches as unknown as PoolCaches & Record<string, Informer<never>>,
     recent: new RecentWrites(),
     events: {
@@ -165,6 +166,18 @@ const rebalancing = () =>
   });
 
 describe("PoolReconciler with placement.rebalance", () => {
+  it("asks for the heat under the name the router serves the pool by: namespace/name outside its namespace", async () => {
+    const prom = fakePrometheus();
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
+    const h = harness(rebalancing(), { ...prom.deps, routerNamespace: "switchyard-system" });
+    await h.rec.reconcile("ns/mix");
+    expect(prom.state.asked).toEqual([
+      `http://prom:9090/api/v1/query?query=${encodeURIComponent(
+        'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="ns/mix"}[10m]))',
+      )}`,
+    ]);
+  });
+
   it("plans under the heat Prometheus reports and comes back after intervalSeconds; passes in between reuse it", async () => {
     const prom = fakePrometheus();
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });

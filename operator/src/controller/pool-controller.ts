@@ -45,6 +45,7 @@ import {
   rebalanceSettings,
   rebalanceStatus,
 } from "./rebalance.js";
+import { routerPoolName } from "./routing.js";
 
 export const MOVED_ANNOTATION = "switchyard.dev/moved-experts";
 
@@ -58,6 +59,8 @@ export interface PoolCaches {
 
 export interface PoolControllerDeps {
   kube: Kube;
+  /** The router's namespace: it serves (and labels the heat of) pools elsewhere as "namespace/name". */
+  routerNamespace: string;
   caches: PoolCaches;
   recent: RecentWrites;
   events: EventRecorder;
@@ -95,10 +98,14 @@ export class PoolReconciler {
     if (prev && msUntilQuery(prev, hk, s, clock()) > 0) return prev;
     let result: { load: number[][] | undefined } | { error: string };
     try {
-      const body = await promInstantQuery(s.prometheusUrl, heatQuery(pool.metadata.name, s.window), {
-        timeoutMs: s.timeoutMs,
-        fetch: this.d.fetch,
-      });
+      const body = await promInstantQuery(
+        s.prometheusUrl,
+        heatQuery(routerPoolName(pool, this.d.routerNamespace), s.window),
+        {
+          timeoutMs: s.timeoutMs,
+          fetch: this.d.fetch,
+        },
+      );
       const h = parseHeat(body, { ...pool.spec.model, slices: sharedSlicesOf(pool.spec.model, pool.spec.placement) });
       // Heat the router could not label by expert: judging a plan on the rest would misread whole layers as idle.
       result =

@@ -117,7 +117,9 @@ describe.skipIf(SKIP)("placement rebalance from a real Prometheus", () => {
     if (!PROMETHEUS)
       throw new Error("no prometheus binary: run scripts/ci/install-system-deps.sh (Debian `prometheus`)");
     dir = await mkdtemp(join(tmpdir(), "sy-rebalance-"));
-    router.on("warm"); // traffic from the start; pool "hot" gets it later
+    // The router serves a pool outside its own namespace (the operator's here: default) as "namespace/name" and labels
+    // its heat so (operator/src/controller/routing.ts routerPoolName): traffic from the start; "hot" gets it later.
+    router.on(`${NS}/warm`);
     await router.start();
     // A port picked free can be taken before Prometheus binds it (suites run side by side): try again on another.
     for (let attempt = 1; !prom; attempt++) {
@@ -131,7 +133,7 @@ describe.skipIf(SKIP)("placement rebalance from a real Prometheus", () => {
     }
     const p = prom;
     // increase() needs two samples of a series inside the window
-    await waitUntil(async () => (await p.query(heatQuery("warm", "1m"))).some((s) => Number(s.value[1]) > 0), {
+    await waitUntil(async () => (await p.query(heatQuery(`${NS}/warm`, "1m"))).some((s) => Number(s.value[1]) > 0), {
       what: "Prometheus to hold two scrapes of the fake router's heat",
       timeoutMs: 60_000,
       intervalMs: 500,
@@ -145,7 +147,7 @@ describe.skipIf(SKIP)("placement rebalance from a real Prometheus", () => {
   });
 
   it("the operator's query reads the router's heat per (layer, expert), leaving out expert=other", async () => {
-    const body = await promInstantQuery(prom?.url as string, heatQuery("warm", "1m"), { timeoutMs: 5000 });
+    const body = await promInstantQuery(prom?.url as string, heatQuery(`${NS}/warm`, "1m"), { timeoutMs: 5000 });
     const heat = parseHeat(body, { layers: LAYERS, experts: EXPERTS });
     expect(heat.ignored).toBe(1); // the overflow series
     const load = heat.load as number[][];
@@ -156,7 +158,7 @@ describe.skipIf(SKIP)("placement rebalance from a real Prometheus", () => {
       for (let e = 0; e < EXPERTS; e++) expect(load[l][e] / cold).toBeCloseTo(RATE[l][e] / 100, 0);
     }
     // A pool without traffic reads as no heat at all (the plan stays uniform).
-    const none = await promInstantQuery(prom?.url as string, heatQuery("idle", "1m"), { timeoutMs: 5000 });
+    const none = await promInstantQuery(prom?.url as string, heatQuery(`${NS}/idle`, "1m"), { timeoutMs: 5000 });
     expect(parseHeat(none, { layers: LAYERS, experts: EXPERTS }).load).toBeUndefined();
     // Under that heat a uniform 4-worker plan with 4 redundant slots is replanned, with a lower imbalance.
     const manifest = pool("warm", NS, {
@@ -232,7 +234,7 @@ describe.skipIf(SKIP)("placement rebalance from a real Prometheus", () => {
       expect(rebalanceOf(p).rebalance?.message).toContain("no expert traffic for this pool in the last 1m");
 
       // 2. Traffic: at the next query (intervalSeconds 30) the operator replans under the heat.
-      router.on("hot");
+      router.on(`${NS}/hot`);
       await waitUntil(async () => (await plan()).plan?.version === 2, {
         what: "plan version 2 of rebalance/hot after the heat appeared",
         timeoutMs: 90_000,
