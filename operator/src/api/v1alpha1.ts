@@ -145,6 +145,11 @@ export const workerSchema = obj(
       maximum: 16777216,
       default: 65536,
     }),
+    warmUp: bool(
+      "Load the served experts before the pod reports ready (its readiness probe), so the router never sends a cold " +
+        "worker its first batch; false: ready at once, experts load on first use.",
+      { default: true },
+    ),
     resources: obj("CPU and memory for the worker container.", {
       requests: resourceList("Requests"),
       limits: resourceList("Limits"),

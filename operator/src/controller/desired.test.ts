@@ -68,6 +68,9 @@ describe("desiredStatefulSet", () => {
       name: "SWITCHYARD_WORKER_ID",
       valueFrom: { fieldRef: { fieldPath: "metadata.name" } },
     });
+    expect(c.args).not.toContain("--warm"); // warm-up on (the default) leaves the command line as it was
+    const cold = desiredStatefulSet(testPool({ worker: { warmUp: false } })).spec!.template.spec!.containers[0];
+    expect(cold.args?.slice(-2)).toEqual(["--warm", "false"]);
     expect(c.readinessProbe?.grpc).toEqual({ port: 50061, service: "switchyard.v1.ExpertWorker" });
     // Liveness and start-up ask "": the process is up, whether or not its experts are loaded yet.
     expect(c.livenessProbe?.grpc).toEqual({ port: 50061 });

@@ -151,6 +151,8 @@ export function workerArgs(pool: ExpertPool): string[] {
     "--queue-capacity",
     String(spec.worker.queueCapacity),
   ];
+  // Only when off: the default leaves the pods' command line (and so their template) as it was before the field.
+  if (spec.worker.warmUp === false) args.push("--warm", "false");
   return args;
 }
 
