@@ -34,6 +34,7 @@ for (const s of shapes) {
     });
     const m = await CheckpointModel.open(dir);
     const layer = m.isMoeLayer(0) ? 0 : 1;
+    await m.loadShared(layer); // read on first need in the router; here before the timing
     for (const T of [1, 16]) {
       const x = Float32Array.from({ length: T * s.d }, (_, i) => Math.sin(i * 0.01));
       const time = async (fn: () => unknown, reps: number) => {

@@ -96,6 +96,9 @@ describe("CheckpointModel shared expert", () => {
       const T = 7;
       const x = Float32Array.from({ length: T * d }, (_, i) => Math.sin(i * 0.37));
       const layer = model.isMoeLayer(0) ? 0 : 1;
+      // Not read at open: a router whose workers run the shared expert never holds it.
+      expect(() => model.shared(layer, x, T)).toThrow(`the shared expert of layer ${layer} is not loaded`);
+      await Promise.all([model.loadShared(layer), model.loadShared(layer)]);
       const want = model.shared(layer, x, T)!;
       const run = model.sharedBatch(layer, x, T);
       if (!loadNativeAddon()) {

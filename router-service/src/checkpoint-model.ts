@@ -27,8 +27,12 @@ import type { PoolModel } from "./model.js";
 
 interface LayerWeights {
   gate: Float32Array;
-  /** the shared expert as the checkpoint holds it (bf16): for the native CPU kernels, and widened on demand */
+  /**
+   * the shared expert as the checkpoint holds it (bf16): for the native CPU kernels, and widened on demand; read on
+   * first need (loadShared), so a router whose workers run the shared expert never holds it
+   */
   sharedRaw?: ExpertWeights;
+  sharedLoading?: Promise<void>;
   /** its native prepared form, made on first use */
   sharedPrepared?: Promise<PreparedExpert>;
   /** the gate transposed [d, E], for the native router logits (made on first use) */
@@ -52,6 +56,8 @@ export class CheckpointModel implements PoolModel {
   private constructor(
     readonly spec: ModelSpec,
     private readonly weights: (LayerWeights | null)[],
+    /** The checkpoint's directory: loadShared() reads the shared expert from it on first need. */
+    private readonly dir: string,
   ) {
     this.family = spec.family;
     this.layers = spec.layers;
@@ -81,13 +87,41 @@ export class CheckpointModel implements PoolModel {
       const lw: LayerWeights = { gate: Float32Array.from(toFloat32(await ckpt.readGate(l))) };
       const bias = await ckpt.readCorrectionBias(l);
       if (bias) lw.bias = Float32Array.from(toFloat32(bias));
-      const shared = await ckpt.readSharedExpert(l);
-      if (shared) lw.sharedRaw = shared;
       const sg = await ckpt.readSharedExpertGate(l);
       if (sg) lw.sharedGate = Float32Array.from(toFloat32(sg));
       weights.push(lw);
     }
-    return new CheckpointModel(spec, weights);
+    return new CheckpointModel(spec, weights, ckpt.dir);
+  }
+
+  /**
+   * Reads the layer's shared expert (88 MB a layer at DeepSeek-V3, 5 GB over its 58 MoE layers) the first time the
+   * router itself must compute it: not at all while the plan has the workers run it as slices. shared() and
+   * sharedBatch() need it loaded.
+   */
+  loadShared(layer: number): Promise<void> {
+    const w = this.layer(layer);
+    if (!this.hasShared || w.sharedRaw) return Promise.resolve();
+    w.sharedLoading ??= (async () => {
+      const ckpt = await openCheckpoint(this.dir);
+      try {
+        const raw = await ckpt.readSharedExpert(layer);
+        if (!raw) throw new Error(`checkpoint ${this.dir}: layer ${layer} has no shared expert`);
+        w.sharedRaw = raw;
+      } finally {
+        await ckpt.close();
+      }
+    })().catch((e) => {
+      w.sharedLoading = undefined; // the next flush that needs it tries again
+      throw e;
+    });
+    return w.sharedLoading;
+  }
+
+  private sharedOf(layer: number, w: LayerWeights): ExpertWeights | null {
+    if (!this.hasShared) return null;
+    if (!w.sharedRaw) throw new Error(`the shared expert of layer ${layer} is not loaded (loadShared first)`);
+    return w.sharedRaw;
   }
 
   isMoeLayer(layer: number): boolean {
@@ -167,8 +201,9 @@ export class CheckpointModel implements PoolModel {
 
   shared(layer: number, hidden: Float32Array, tokens: number): Float32Array | null {
     const w = this.layer(layer);
-    if (!w.sharedRaw) return null;
-    w.shared ??= expertToFloat32(w.sharedRaw);
+    const raw = this.sharedOf(layer, w);
+    if (!raw) return null;
+    w.shared ??= expertToFloat32(raw);
     const d = this.hiddenSize;
     const y = referenceExpertFFN(hidden, d, [{ expert: 0, offset: 0, count: tokens }], () => w.shared!);
     if (w.sharedGate) {
@@ -190,10 +225,11 @@ export class CheckpointModel implements PoolModel {
   sharedBatch(layer: number, hidden: Float32Array, tokens: number): Promise<Float32Array> | null {
     const w = this.layer(layer);
     const addon = loadNativeAddon();
-    if (!w.sharedRaw || !addon) return null;
+    const raw = this.sharedOf(layer, w);
+    if (!raw || !addon) return null;
     this.nativeBackend ??= new NativeCpuBackend(addon);
     const backend = this.nativeBackend;
-    w.sharedPrepared ??= backend.prepare(w.sharedRaw);
+    w.sharedPrepared ??= backend.prepare(raw);
     const d = this.hiddenSize;
     const rowWeights = this.sharedGateOf(w, hidden, tokens) ?? undefined;
     return w.sharedPrepared.then(async (expert) => {

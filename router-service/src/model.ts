@@ -37,6 +37,11 @@ export interface PoolModel {
    * cannot (the router then calls shared() per request).
    */
   sharedBatch?(layer: number, hidden: Float32Array, tokens: number): Promise<Float32Array> | null;
+  /**
+   * Makes the layer's shared expert ready for shared() / sharedBatch() (a checkpoint read the first time); absent
+   * when the model holds it already. The router awaits it in a flush that computes the shared expert itself.
+   */
+  loadShared?(layer: number): Promise<void>;
   /** Whether the model has shared experts (then the router decodes hidden even for explicit assignments). */
   readonly hasShared: boolean;
   /**

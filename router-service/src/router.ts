@@ -460,6 +460,8 @@ export class Router {
     p.metrics.batchTokens.observe(batchTokens);
     try {
       await this.gateAtFlush(p, layer, items);
+      // The router computes the shared expert for these: read it from the checkpoint the first time.
+      if (m.loadShared && items.some((i) => i.sharedInput && !i.done)) await m.loadShared(layer);
       const routings = items.map((i) => i.routing);
       const all = collectAssignments(routings);
       // The shared expert's slices take every token: no capacity, no heat; they go with the first round. Split them
