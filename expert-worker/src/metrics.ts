@@ -29,6 +29,9 @@ export class WorkerMetrics {
   gpuCacheStats: () => { resident: number; capacity: number } | undefined = () => undefined;
   readonly queueDepth: Gauge;
   readonly backendInfo: Gauge<"backend">;
+  readonly ready: Gauge;
+  readonly warmupLoaded: Gauge;
+  readonly warmupTarget: Gauge;
   private readonly expertSeries = new Set<string>();
 
   constructor(labels: { pool: string; worker: string }) {
@@ -136,6 +139,22 @@ export class WorkerMetrics {
       name: "switchyard_worker_backend_info",
       help: "The compute backend in use (value 1).",
       labelNames: ["backend"],
+      registers,
+    });
+    // The warm-up (warm.ts): what the readiness probe waits for, visible while a large pool comes up.
+    this.ready = new Gauge({
+      name: "switchyard_worker_ready",
+      help: "1 once the worker has loaded its served experts (or was started with --warm false); 0 while it warms up, after a failed warm-up, and while it shuts down.",
+      registers,
+    });
+    this.warmupLoaded = new Gauge({
+      name: "switchyard_worker_warmup_loaded_experts",
+      help: "Experts the start-up warm-up has loaded so far.",
+      registers,
+    });
+    this.warmupTarget = new Gauge({
+      name: "switchyard_worker_warmup_target_experts",
+      help: "Experts the start-up warm-up loads (the served ones the cache has room for; 0 with --warm false).",
       registers,
     });
   }

@@ -54,6 +54,15 @@ async function readyz(w: WorkerHandle): Promise<number> {
   return (await fetch(`http://127.0.0.1:${w.metricsPort}/readyz`)).status;
 }
 
+/** The warm-up series of /metrics, by name. */
+async function warmSeries(w: WorkerHandle): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${w.metricsPort}/metrics`)).text();
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^(switchyard_worker_(?:ready|warmup_\w+))\{[^}]*\} (\S+)$/gm))
+    out[m[1]] = Number(m[2]);
+  return out;
+}
+
 /** The checkpoint as a source whose reads wait for `gate`, and fail for `broken` ("layer:expert"). */
 async function heldSource(gate: Promise<void>, broken?: string): Promise<ExpertSource> {
   const src = checkpointSource(await openCheckpoint(dir));
@@ -88,12 +97,22 @@ describe("worker warm-up", () => {
       expect(await health(w.port, "")).toBe("SERVING");
       expect(await health(w.port, WORKER_SERVICE)).toBe("NOT_SERVING");
       expect(await readyz(w)).toBe(503);
+      expect(await warmSeries(w)).toEqual({
+        switchyard_worker_ready: 0,
+        switchyard_worker_warmup_loaded_experts: 0,
+        switchyard_worker_warmup_target_experts: 8,
+      });
       open();
       const r = await w.warmed;
       expect(r).toMatchObject({ loaded: 8, leftCold: 0 });
       expect(r?.bytes).toBe(8 * 3 * 16 * 24 * 4);
       expect(await health(w.port, WORKER_SERVICE)).toBe("SERVING");
       expect(await readyz(w)).toBe(200);
+      expect(await warmSeries(w)).toEqual({
+        switchyard_worker_ready: 1,
+        switchyard_worker_warmup_loaded_experts: 8,
+        switchyard_worker_warmup_target_experts: 8,
+      });
       const client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
       const st = await new Promise<WorkerStatus>((res, rej) =>
         client.status({}, new Metadata(), (e, s) => (e ? rej(e) : res(s))),
@@ -113,6 +132,7 @@ describe("worker warm-up", () => {
       await expect(w.warmed).rejects.toThrow(/warm-up: layer 1 expert 2: shard .* unexpected end of file/);
       expect(await health(w.port, WORKER_SERVICE)).toBe("NOT_SERVING");
       expect(await readyz(w)).toBe(503);
+      expect((await warmSeries(w)).switchyard_worker_ready).toBe(0);
     } finally {
       await w.close();
     }

@@ -64,7 +64,15 @@ describe("warmExperts", () => {
   it("loads into the host cache, uploads each into free device slots only, and reports it", async () => {
     const { cache, loads, maxInFlight } = cacheOf(8);
     const { backend, uploaded, evictFlags } = deviceBackend();
-    const r = await warmExperts({ ids: ids("0:0", "0:1", "0:2", "1:0", "1:1"), cache, backend, concurrency: 2 });
+    const progress: string[] = [];
+    const r = await warmExperts({
+      ids: ids("0:0", "0:1", "0:2", "1:0", "1:1"),
+      cache,
+      backend,
+      concurrency: 2,
+      progress: (n, of) => progress.push(`${n}/${of}`),
+    });
+    expect(progress).toEqual(["0/5", "1/5", "2/5", "3/5", "4/5", "5/5"]);
     expect(loads.sort()).toEqual(["0:0", "0:1", "0:2", "1:0", "1:1"]);
     expect(maxInFlight()).toBe(2);
     expect(uploaded).toHaveLength(5);

@@ -29,6 +29,8 @@ export interface WarmOptions {
   concurrency?: number;
   /** Polled between loads: true stops the warm-up (the worker is closing). */
   stopped?: () => boolean;
+  /** Called with the count loaded so far and the count to load: once before the first load, then after each. */
+  progress?: (loaded: number, target: number) => void;
 }
 
 /** The experts to warm: `ids` not yet resident, in layer then expert order, as many as the cache has room for. */
@@ -57,6 +59,7 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
   let loaded = 0;
   let stopped = false;
   let failed = false;
+  o.progress?.(0, take.length);
   const lane = async () => {
     for (;;) {
       if (failed) return;
@@ -73,6 +76,7 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
         throw new Error(`warm-up: layer ${id.layer} expert ${id.expert}: ${(err as Error).message}`);
       }
       loaded++;
+      o.progress?.(loaded, take.length);
       const p: PreparedExpert | undefined = o.cache.peek(id.layer, id.expert);
       // evict: false fills free device slots only (the host tier may hold more than the device does).
       if (p && o.backend.prefetch) uploads.push(o.backend.prefetch([p], { evict: false }));

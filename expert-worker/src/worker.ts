@@ -176,7 +176,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
             const plan = validatePlan(JSON.parse(await readFile(planFile, "utf8")), source);
             core.o.served = servedFromPlan(plan, o.workerId, o.pool);
             log(`plan v${plan.version}: serving ${core.o.served.size} experts`);
-            if (o.warm !== false) void warm(core.o.served).catch((err) => log((err as Error).message));
+            if (o.warm !== false) void warm(core.o.served, false).catch((err) => log((err as Error).message));
           } catch (err) {
             log(`plan reload failed, keeping the previous one: ${(err as Error).message}`);
           }
@@ -215,9 +215,21 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     }
     let ready = false;
     let closed = false;
-    const warm = async (keys: Iterable<string> | undefined) => {
+    // startUp: the warm-up readiness waits for, whose progress /metrics shows (a plan change's is not tracked)
+    const warm = async (keys: Iterable<string> | undefined, startUp: boolean) => {
       const ids = keys ? [...keys].map(parseKey) : allServable(source);
-      const r = await warmExperts({ ids, cache, backend, stopped: () => closed });
+      const r = await warmExperts({
+        ids,
+        cache,
+        backend,
+        stopped: () => closed,
+        progress: startUp
+          ? (loaded, target) => {
+              metrics.warmupLoaded.set(loaded);
+              metrics.warmupTarget.set(target);
+            }
+          : undefined,
+      });
       log(warmSummary(r));
       return r;
     };
@@ -234,9 +246,13 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     log(
       `serving pool ${o.pool} on :${grpc.port} (data path :${dataPort || "off"}, metrics :${http.port}); ${servedCount} experts served, cache ${capacity} (${cache.policy.name}), queue ${queue.capacity}`,
     );
-    const warmed = (o.warm === false ? Promise.resolve(null) : warm(served)).then((r) => {
+    metrics.ready.set(0);
+    metrics.warmupLoaded.set(0);
+    metrics.warmupTarget.set(0);
+    const warmed = (o.warm === false ? Promise.resolve(null) : warm(served, true)).then((r) => {
       if (!closed) {
         ready = true;
+        metrics.ready.set(1);
         grpc.health.setStatus(WORKER_SERVICE, "SERVING");
       }
       return r;
@@ -254,6 +270,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         if (closed) return;
         closed = true;
         ready = false;
+        metrics.ready.set(0);
         grpc.health.setStatus("", "NOT_SERVING");
         grpc.health.setStatus(WORKER_SERVICE, "NOT_SERVING");
         for (const c of cleanup.reverse()) await c();

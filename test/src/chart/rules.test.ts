@@ -17,6 +17,7 @@ if (!helm || !promtool)
 const TESTS = join(REPO, "test/src/chart/alerts.promtool.yaml");
 const ALERTS = [
   "SwitchyardWorkerDown",
+  "SwitchyardWorkerNotReady",
   "SwitchyardExpertLoadImbalanceHigh",
   "SwitchyardCacheHitRatioLow",
   "SwitchyardRouterErrorRateHigh",
@@ -43,7 +44,7 @@ describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it("renders exactly the six documented alerts", () => {
+  it("renders exactly the documented alerts", () => {
     expect(groups.flatMap((g) => g.rules.map((r) => r.alert))).toEqual(ALERTS);
   });
 

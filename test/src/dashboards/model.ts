@@ -222,6 +222,23 @@ export const DASHBOARDS: DashboardSpec[] = [
               ],
             },
           },
+          {
+            title: "Warm-up: experts loaded / to load",
+            description:
+              "The start-up warm-up of each worker: experts loaded so far against those it loads before it reports ready (switchyard_worker_ready).",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `max by (pool, worker) (switchyard_worker_warmup_loaded_experts{${POOL}})`,
+                legendFormat: "{{worker}} loaded",
+              },
+              {
+                expr: `max by (pool, worker) (switchyard_worker_warmup_target_experts{${POOL}})`,
+                legendFormat: "{{worker}} to load",
+              },
+            ],
+          },
         ],
       },
       {
