@@ -3,7 +3,7 @@
 // /readyz do not; once they finish, both do and Status lists every served expert resident. A checkpoint that cannot
 // give one of them keeps the worker not ready, with the expert named.
 
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { credentials, Metadata, makeGenericClientConstructor } from "@grpc/grpc-js";
@@ -121,6 +121,46 @@ describe("worker warm-up", () => {
       expect(st.resident).toHaveLength(8);
       // Warming is not traffic: the hit ratio starts clean.
       expect([st.cacheHits, st.cacheMisses]).toEqual([0n, 0n]);
+    } finally {
+      await w.close();
+    }
+  });
+
+  it("a plan change frees the slots of the experts it took away and warms those it brought", async () => {
+    const planFile = join(dir, "plan.json");
+    // 2 layers x 4 experts over w0 and w1: w0 serves experts 0-1 first, then 2-3
+    const plan = (version: number, mine: number[]) => ({
+      version,
+      pool: "p",
+      workers: ["w0", "w1"],
+      replicas: [0, 1].map(() => [0, 1, 2, 3].map((e) => [mine.includes(e) ? 0 : 1])),
+    });
+    await writeFile(planFile, JSON.stringify(plan(1, [0, 1])));
+    const w = await startWorker({
+      checkpoint: dir,
+      pool: "p",
+      workerId: "w0",
+      port: 0,
+      metricsPort: 0,
+      host: "127.0.0.1",
+      backend: "cpu",
+      plan: planFile,
+      cacheCapacity: 4, // exactly what the plan gives w0: the start-up warm-up fills the cache
+      log: () => {},
+    });
+    const resident = () =>
+      w.core
+        .status()
+        .resident.map((k) => `${k.layer}:${k.expert}`)
+        .sort();
+    try {
+      await w.warmed;
+      expect(resident()).toEqual(["0:0", "0:1", "1:0", "1:1"]);
+      await writeFile(planFile, JSON.stringify(plan(2, [2, 3])));
+      const deadline = Date.now() + 10_000;
+      while (resident().join() !== "0:2,0:3,1:2,1:3" && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
+      expect(resident()).toEqual(["0:2", "0:3", "1:2", "1:3"]);
     } finally {
       await w.close();
     }

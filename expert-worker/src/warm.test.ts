@@ -99,6 +99,49 @@ describe("warmExperts", () => {
     ).rejects.toThrow(/warm-up: layer 1 expert 2: tensor .*up_proj.weight missing/);
   });
 
+  it("takes a read that fails because the worker closed as a stop, not a broken checkpoint", async () => {
+    let closing = false;
+    const cache = new ResidencyCache({
+      capacity: 8,
+      load: async () => {
+        closing = true; // close() runs while this read is out, and the read fails on the closed file
+        throw new Error("EBADF: file descriptor closed");
+      },
+    });
+    const r = await warmExperts({
+      ids: ids("0:0", "0:1"),
+      cache,
+      backend: {} as ExpertBackend,
+      concurrency: 1,
+      stopped: () => closing,
+    });
+    expect(r).toMatchObject({ loaded: 0, leftCold: 2, stopped: true });
+  });
+
+  it("never evicts: traffic that fills the cache meanwhile ends the warm-up at the last free slot", async () => {
+    const { cache, loads } = cacheOf(3);
+    let first = true;
+    const r = await warmExperts({
+      ids: ids("0:0", "0:1", "0:2"),
+      cache,
+      backend: {} as ExpertBackend,
+      concurrency: 1,
+      progress: () => {
+        if (first) {
+          first = false;
+          return;
+        }
+        // after the first load, a batch brings 1:0 in: two slots left, one for the warm-up
+        void cache.get(1, 0);
+      },
+    });
+    await new Promise((res) => setTimeout(res, 10));
+    expect(cache.evictions).toBe(0);
+    expect(loads).toContain("1:0");
+    expect(r.loaded + r.leftCold).toBe(3);
+    expect(r.leftCold).toBeGreaterThan(0);
+  });
+
   it("stops between loads when the worker closes", async () => {
     const { cache, loads } = cacheOf(8);
     let n = 0;

@@ -59,6 +59,7 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
   let loaded = 0;
   let stopped = false;
   let failed = false;
+  let inFlight = 0;
   o.progress?.(0, take.length);
   const lane = async () => {
     for (;;) {
@@ -67,13 +68,24 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
         stopped = true;
         return;
       }
-      const id = take[next++];
+      const id = take[next];
       if (id === undefined) return;
+      // Traffic may have taken slots since warmList counted them: never evict for the warm-up.
+      if (o.cache.size + inFlight >= o.cache.capacity && !o.cache.has(id.layer, id.expert)) return;
+      next++;
+      inFlight++;
       try {
         await o.cache.prefetch([id]);
       } catch (err) {
+        if (o.stopped?.()) {
+          // The worker closed its checkpoint under this read: a stop, not a broken checkpoint.
+          stopped = true;
+          return;
+        }
         failed = true; // the other lanes stop at their next expert
         throw new Error(`warm-up: layer ${id.layer} expert ${id.expert}: ${(err as Error).message}`);
+      } finally {
+        inFlight--;
       }
       loaded++;
       o.progress?.(loaded, take.length);

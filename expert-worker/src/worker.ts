@@ -6,7 +6,7 @@ import { readFile } from "node:fs/promises";
 import { type Checkpoint, expertReader, isMoeLayer, openCheckpoint, sharedSlices, validatePlan } from "@switchyard/moe";
 import { type BackendChoice, selectBackend } from "./backend/select.js";
 import type { ExpertBackend } from "./backend/types.js";
-import { type ExpertId, makePolicy, parseKey, ResidencyCache } from "./cache.js";
+import { type ExpertId, keyOf, makePolicy, parseKey, ResidencyCache } from "./cache.js";
 import { parseExpertSpec, servedFromPlan } from "./config.js";
 import { type ExpertSource, servableExperts, WorkerCore, weightBytes } from "./core.js";
 import { startDataServer } from "./data-server.js";
@@ -174,9 +174,15 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         timer = setTimeout(async () => {
           try {
             const plan = validatePlan(JSON.parse(await readFile(planFile, "utf8")), source);
-            core.o.served = servedFromPlan(plan, o.workerId, o.pool);
-            log(`plan v${plan.version}: serving ${core.o.served.size} experts`);
-            if (o.warm !== false) void warm(core.o.served, false).catch((err) => log((err as Error).message));
+            const served = servedFromPlan(plan, o.workerId, o.pool);
+            core.o.served = served;
+            // What the plan took away can no longer be asked for: its slots go to what the plan brought.
+            const gone = cache.resident().filter((id) => !served.has(keyOf(id.layer, id.expert)));
+            cache.evict(gone);
+            log(
+              `plan v${plan.version}: serving ${served.size} experts (${gone.length} no longer served left the cache)`,
+            );
+            if (o.warm !== false) void warm(served, false).catch((err) => log((err as Error).message));
           } catch (err) {
             log(`plan reload failed, keeping the previous one: ${(err as Error).message}`);
           }

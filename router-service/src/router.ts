@@ -461,7 +461,14 @@ export class Router {
     try {
       await this.gateAtFlush(p, layer, items);
       // The router computes the shared expert for these: read it from the checkpoint the first time.
-      if (m.loadShared && items.some((i) => i.sharedInput && !i.done)) await m.loadShared(layer);
+      if (m.loadShared && items.some((i) => i.sharedInput && !i.done)) {
+        try {
+          await m.loadShared(layer);
+        } catch (e) {
+          // Only the requests that need the router's shared expert fail; the next flush reads it again.
+          for (const it of items) if (it.sharedInput) this.finish(p, it, e);
+        }
+      }
       const routings = items.map((i) => i.routing);
       const all = collectAssignments(routings);
       // The shared expert's slices take every token: no capacity, no heat; they go with the first round. Split them

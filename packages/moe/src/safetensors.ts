@@ -116,8 +116,9 @@ export async function readExactly(
 ): Promise<Uint8Array> {
   // Not zero-filled: every byte is read over, or the read throws and `out` is dropped. Zero-filling cost a worker's
   // warm-up 9.6 s of its JavaScript thread at DeepSeek-V3's 45 GB (bench/results/logs/h200-e2e-dsv3-2328-prof/
-  // w0-top.txt). Never pooled either (allocUnsafeSlow): callers view `out.buffer` from offset 0.
-  const out: Uint8Array = Buffer.allocUnsafeSlow(length);
+  // w0-top.txt). Never pooled either (allocUnsafeSlow): callers view `out.buffer` from offset 0. A plain Uint8Array
+  // over it, not the Buffer: Buffer's slice() is a view where Uint8Array's copies (sliceSharedExpert relies on that).
+  const out = new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length);
   let done = 0;
   while (done < length) {
     const { bytesRead } = await fh.read(out, done, length - done, position + done);

@@ -82,6 +82,14 @@ describe("the shared expert as slices", () => {
     expect(routed.gate.data).toEqual((await ckpt.readExpert(0, 2)).gate.data);
   });
 
+  it("holds only its own rows: a slice's matrices are copies, not views of the whole shared expert", async () => {
+    const s = await expertReader(ckpt)(0, ckpt.spec.experts + 1);
+    for (const m of [s.gate, s.up, s.down]) {
+      expect(m.data.byteLength).toBe(f * d * 4);
+      expect(m.data.buffer.byteLength).toBe(m.data.byteLength);
+    }
+  });
+
   it("rejects ids past the slices and bad slice arguments, naming the field", async () => {
     const read = expertReader(ckpt);
     const E = ckpt.spec.experts;

@@ -14,6 +14,8 @@
 //     the same off the event loop, on a libuv pool thread and up to threads - 1 more, each a range of the gate's
 //     panels: a flush of DeepSeek-V3 decode tokens costs the event loop ~0.1-0.3 ms a token in the synchronous call.
 //     The arrays are held until the promise settles; the caller must not touch `out` before then.
+//   gateLayout() -> string
+//     the gateT layout the logits expect ("panel32": logits.h); the TypeScript side refuses an addon built before it
 //   isa() -> string
 // combine and routerLogits run on the event loop: a few microseconds per token, less than a hop to a thread would
 // cost. Every index is checked against the sizes it reads from, so a bad call throws RangeError instead of reading
@@ -267,6 +269,7 @@ class LogitsWorker : public Napi::AsyncWorker {
     const int n = std::max(1, std::min(threads_, panels));
     const auto lo = [&](int i) { return panels * i / n; };
     std::vector<std::thread> others;
+    others.reserve(n);  // no reallocation while threads run (a throw there would leave them joinable)
     int started = 1;  // ranges 1 .. started - 1 run on threads of their own
     for (; started < n; started++) {
       try {
@@ -327,6 +330,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       exports);
   exports.Set("routerLogitsAsync", Napi::Value(env, fn));
   exports.Set("isa", Napi::Function::New(env, IsaJs, "isa"));
+  exports.Set("gateLayout", Napi::Function::New(
+                                env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                  return Napi::String::New(info.Env(), "panel" + std::to_string(kGatePanel));
+                                },
+                                "gateLayout"));
   return exports;
 }
 

@@ -7,7 +7,7 @@
 import { DType } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { type CombineInput, combineIntoTs } from "./combine.js";
-import { nativeCombineStatus, routerAddon } from "./native-combine.js";
+import { GATE_LAYOUT, nativeCombineStatus, routerAddon, staleAddon } from "./native-combine.js";
 
 const addon = routerAddon();
 // CI builds the addon (npm test builds first): not loading there is a failure, not a skip.
@@ -118,5 +118,14 @@ describe.skipIf(!addon)(`native combine (${nativeCombineStatus()}, seed ${seed})
     expect(call([0, 0, 0, 1], { dst: new Uint16Array(7) })).toThrow(/dst/);
     expect(call([0, 0, 0, 1], { type: 3 })).toThrow(/type/);
     expect(call([0, 0, 0, 1], { type: 1 })).toThrow(/dst|out of range/); // fp32 rows need twice the bytes
+  });
+});
+
+describe("an addon built before the gate's panel layout", () => {
+  it("is refused (its logits would read the gate in the old layout), naming the layouts", () => {
+    expect(staleAddon({})).toBe(`gate layout "none", this source "${GATE_LAYOUT}"`);
+    expect(staleAddon({ gateLayout: () => "panel16" })).toMatch(/gate layout "panel16"/);
+    expect(staleAddon({ gateLayout: () => GATE_LAYOUT })).toBe("no routerLogitsAsync");
+    if (addon) expect(staleAddon(addon)).toBeNull(); // the one this checkout built
   });
 });

@@ -44,6 +44,22 @@ export interface RouterAddon {
     threads: number,
   ): Promise<void>;
   isa(): string;
+  /** The gateT layout routerLogits expects: GATE_LAYOUT. */
+  gateLayout(): string;
+}
+
+/**
+ * The gate layout of this source (checkpoint-model.ts transposeGate: 32-expert panels). An addon built from an older
+ * source reads the gate in another layout and would give wrong logits: routerAddon() refuses it.
+ */
+export const GATE_LAYOUT = "panel32";
+
+/** Why a loaded addon cannot serve this source (built before its gate layout), or null when it can. */
+export function staleAddon(addon: Partial<RouterAddon>): string | null {
+  const layout = typeof addon.gateLayout === "function" ? addon.gateLayout() : "none";
+  if (layout !== GATE_LAYOUT) return `gate layout "${layout}", this source "${GATE_LAYOUT}"`;
+  if (typeof addon.routerLogitsAsync !== "function") return "no routerLogitsAsync";
+  return null;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -61,7 +77,10 @@ export function routerAddon(): RouterAddon | null {
   else if (!existsSync(ROUTER_ADDON_PATH)) why = `not built: ${ROUTER_ADDON_PATH} (npm run build)`;
   else {
     try {
-      cached = createRequire(import.meta.url)(ROUTER_ADDON_PATH) as RouterAddon;
+      const addon = createRequire(import.meta.url)(ROUTER_ADDON_PATH) as Partial<RouterAddon>;
+      const stale = staleAddon(addon);
+      if (stale) why = `stale build: ${ROUTER_ADDON_PATH}: ${stale} (npm run build)`;
+      else cached = addon as RouterAddon;
     } catch (e) {
       why = `failed to load: ${(e as Error).message}`;
     }
