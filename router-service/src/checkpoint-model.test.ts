@@ -96,6 +96,17 @@ describe("CheckpointModel shared expert", () => {
       const T = 7;
       const x = Float32Array.from({ length: T * d }, (_, i) => Math.sin(i * 0.37));
       const layer = model.isMoeLayer(0) ? 0 : 1;
+      // The slices' per-token scale: Qwen2-MoE's sigmoid gate; DeepSeek-V3 has none and never widens the rows.
+      const scale = model.sharedScale(
+        layer,
+        () => {
+          if (family === "deepseek-v3") throw new Error("hidden states asked for");
+          return x;
+        },
+        T,
+      );
+      if (family === "deepseek-v3") expect(scale).toBeNull();
+      else expect(scale?.length).toBe(T);
       // Not read at open: a router whose workers run the shared expert never holds it.
       expect(() => model.shared(layer, x, T)).toThrow(`the shared expert of layer ${layer} is not loaded`);
       await Promise.all([model.loadShared(layer), model.loadShared(layer)]);

@@ -245,8 +245,9 @@ export class CheckpointModel implements PoolModel {
     });
   }
 
-  sharedScale(layer: number, hidden: Float32Array, tokens: number): Float32Array | null {
-    return this.sharedGateOf(this.layer(layer), hidden, tokens);
+  sharedScale(layer: number, hidden: () => Float32Array, tokens: number): Float32Array | null {
+    const w = this.layer(layer);
+    return w.sharedGate ? this.sharedGateOf(w, hidden(), tokens) : null;
   }
 
   /**

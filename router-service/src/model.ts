@@ -51,7 +51,8 @@ export interface PoolModel {
   readonly sharedSlices?: number;
   /**
    * The per-token weight of the shared expert's slices when the workers run them: Qwen2-MoE's sigmoid
-   * shared-expert gate [tokens], or null for weight 1 (DeepSeek-V3).
+   * shared-expert gate [tokens], or null for weight 1 (DeepSeek-V3). `hidden` is asked for only where a gate needs
+   * it: widening a request's bf16 rows cost DeepSeek-V3's router ~3% of its event loop for a scale it does not have.
    */
-  sharedScale?(layer: number, hidden: Float32Array, tokens: number): Float32Array | null;
+  sharedScale?(layer: number, hidden: () => Float32Array, tokens: number): Float32Array | null;
 }

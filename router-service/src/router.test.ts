@@ -668,7 +668,7 @@ describe("router: the shared expert on the workers, as slices", () => {
   const sliced: PoolModel = {
     ...toy,
     sharedSlices: SLICES,
-    sharedScale: (_layer, h, T) => sharedW(h, T),
+    sharedScale: (_layer, h, T) => sharedW(h(), T),
     shared(layer, h, T) {
       sharedCalls++;
       return toy.shared(layer, h, T);

@@ -322,7 +322,7 @@ export class Router {
       // not at all when the engine computes it itself (routed_only).
       const withShared = m.hasShared && req.routedOnly !== true;
       const onWorkers = withShared && p.sharedLayers.has(req.layer) && p.slicesServed(req.layer);
-      const sharedScale = onWorkers ? (m.sharedScale?.(req.layer, hidden32(), T) ?? null) : null;
+      const sharedScale = onWorkers ? (m.sharedScale?.(req.layer, hidden32, T) ?? null) : null;
       // A gate from the hidden states waits for the flush: one product for every token of it reads the gate's
       // weights once (7.3 MB at DeepSeek-V3), where one a request read them per token (gateAtFlush).
       const pendingGate: PendingGate | null = req.gate === undefined ? { slices: onWorkers, sharedScale } : null;
