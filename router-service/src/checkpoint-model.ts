@@ -21,7 +21,7 @@ import {
   toFloat32,
 } from "@switchyard/moe";
 import { DType, invalidArgument } from "@switchyard/protocol";
-import { routerAddon } from "./core/native-combine.js";
+import { type RouterAddon, routerAddon } from "./core/native-combine.js";
 import type { TokenRouting } from "./core/routing.js";
 import type { PoolModel } from "./model.js";
 
@@ -155,24 +155,32 @@ export class CheckpointModel implements PoolModel {
    * the router's event loop paid per token in the synchronous call (bench/results/logs/h200-e2e-dsv3-2336-prof/router-top.txt).
    */
   logitsAsync(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Promise<Float32Array> | null {
-    const w = this.layer(layer);
-    const addon = routerAddon();
-    const d = this.hiddenSize;
-    if (!addon || hidden.length !== tokens * d || tokens * d * this.experts < ASYNC_GATE_MACS) return null;
-    w.gateT ??= transposeGate(w.gate, this.experts, d);
-    const out = new Float32Array(tokens * this.experts);
-    return addon.routerLogitsAsync(hidden, w.gateT, tokens, d, this.experts, out, GATE_THREADS).then(() => out);
+    if (tokens * this.hiddenSize * this.experts < ASYNC_GATE_MACS) return null;
+    const g = this.nativeGate(layer, hidden, tokens);
+    if (!g) return null;
+    const { addon, gateT, out } = g;
+    return addon
+      .routerLogitsAsync(hidden, gateT, tokens, this.hiddenSize, this.experts, out, GATE_THREADS)
+      .then(() => out);
   }
 
   private nativeLogits(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Float32Array | null {
+    const g = this.nativeGate(layer, hidden, tokens);
+    g?.addon.routerLogits(hidden, g.gateT, tokens, this.hiddenSize, this.experts, g.out);
+    return g?.out ?? null;
+  }
+
+  /** What a native gate call takes (the panel-layout gate made on first use, the output), or null where none can run. */
+  private nativeGate(
+    layer: number,
+    hidden: Float32Array | Uint16Array,
+    tokens: number,
+  ): { addon: RouterAddon; gateT: Float32Array; out: Float32Array } | null {
     const w = this.layer(layer);
     const addon = routerAddon();
-    const d = this.hiddenSize;
-    if (!addon || hidden.length !== tokens * d) return null;
-    w.gateT ??= transposeGate(w.gate, this.experts, d);
-    const out = new Float32Array(tokens * this.experts);
-    addon.routerLogits(hidden, w.gateT, tokens, d, this.experts, out);
-    return out;
+    if (!addon || hidden.length !== tokens * this.hiddenSize) return null;
+    w.gateT ??= transposeGate(w.gate, this.experts, this.hiddenSize);
+    return { addon, gateT: w.gateT, out: new Float32Array(tokens * this.experts) };
   }
 
   route(layer: number, logits: Float32Array, tokens: number, g: GatingPolicy): TokenRouting {
