@@ -2,7 +2,8 @@
 // cache (loading misses from the checkpoint), run the backend, account metrics. server.ts wraps it in grpc-js.
 
 import {
-  type DType,
+  DType,
+  dtypeSize,
   type ExpertBatch,
   type ExpertKey,
   type ExpertResult,
@@ -13,6 +14,7 @@ import type { ExpertBackend, ExpertWeights, PreparedExpert, PreparedSlice } from
 import { type ExpertId, keyOf, type ResidencyCache } from "./cache.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { abortError, type WorkQueue } from "./queue.js";
+import { gatherRows, sumRowsByToken } from "./token-rows.js";
 import { type BatchContext, expertIdsText, validateBatch } from "./validate.js";
 
 /** Where experts come from: a checkpoint reader (packages/moe) or anything with the same shape. */
@@ -116,7 +118,8 @@ export class WorkerCore {
         const t0 = performance.now();
         const out = await backend.run({
           dtype: b.dtype,
-          tokens: b.tokens,
+          // a deduplicated batch's distinct tokens, one row per (token, expert) again for the backend
+          tokens: b.tokenRows ? gatherRows(b.tokens, b.tokenRows, b.cols * dtypeSize(b.dtype)) : b.tokens,
           rows: b.rows,
           cols: b.cols,
           slices,
@@ -127,6 +130,8 @@ export class WorkerCore {
         return out;
       },
     });
+    // combine: each distinct token's rows summed here (FLOAT32) instead of sent back one per expert
+    const combined = b.combine && b.tokenRows ? sumRowsByToken(output, b.dtype, b.tokenRows, b.distinct, b.cols) : null;
     let tokens = 0;
     for (const s of live) {
       tokens += s.count;
@@ -135,13 +140,21 @@ export class WorkerCore {
     metrics.tokens.inc(tokens);
     metrics.batchTokens.observe(tokens);
     metrics.runDuration.observe((performance.now() - started) / 1000);
+    metrics.queueWait.observe(queueWaitMs / 1000);
+    metrics.computeDuration.observe(computeMs / 1000);
     return {
       batchId: b.batchId,
-      output: {
-        dtype: b.dtype as DType,
-        shape: [b.rows, b.cols],
-        data: Buffer.from(output.buffer, output.byteOffset, output.byteLength),
-      },
+      output: combined
+        ? {
+            dtype: DType.FLOAT32,
+            shape: [b.distinct, b.cols],
+            data: Buffer.from(combined.buffer, combined.byteOffset, combined.byteLength),
+          }
+        : {
+            dtype: b.dtype as DType,
+            shape: [b.rows, b.cols],
+            data: Buffer.from(output.buffer, output.byteOffset, output.byteLength),
+          },
       stats: {
         tokens,
         experts: distinct.length,
@@ -221,6 +234,7 @@ export class WorkerCore {
       layers: source.layers,
       experts: source.experts,
       dataPort: this.dataPort,
+      combines: true,
     };
   }
 }

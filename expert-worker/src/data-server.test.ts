@@ -42,6 +42,8 @@ function batch(over: Partial<ExpertBatch> = {}): ExpertBatch {
     rowWeights: undefined,
     batchId: 1n,
     timeoutMs: 0,
+    tokenRows: [],
+    combine: false,
     ...over,
   };
 }

@@ -8,13 +8,14 @@ import {
   cancelled,
   DataPathError,
   ExpertBatch,
-  ExpertResult,
+  type ExpertResult,
   errorCodeOf,
   serveFrames,
   toRpcError,
   writeFrame,
 } from "@switchyard/protocol";
 import type { WorkerCore } from "./core.js";
+import { encodeResult } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { batchSignal } from "./server.js";
 
@@ -38,7 +39,7 @@ export function serveDataConnection(
   const count = (err?: unknown) =>
     metrics.requests.inc({ method: "RunExpertsData", code: err === undefined ? "OK" : errorCodeOf(err) });
   const reply = (res: ExpertResult) => {
-    if (!ac.signal.aborted) writeFrame(socket, ExpertResult.encode(res).finish());
+    if (!ac.signal.aborted) writeFrame(socket, encodeResult(res));
   };
   const onBatch = (frame: Buffer) => {
     let batch: ExpertBatch;

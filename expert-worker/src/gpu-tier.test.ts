@@ -67,6 +67,8 @@ const batch = (experts: number[], id: bigint): ExpertBatch => ({
   rowWeights: undefined,
   batchId: id,
   timeoutMs: 0,
+  tokenRows: [],
+  combine: false,
 });
 
 function metric(text: string, name: string): number {

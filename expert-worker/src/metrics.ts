@@ -13,6 +13,8 @@ export class WorkerMetrics {
   readonly expertTokens: Counter<"layer" | "expert">;
   readonly batchTokens: Histogram;
   readonly runDuration: Histogram;
+  readonly queueWait: Histogram;
+  readonly computeDuration: Histogram;
   readonly cacheHits: Counter;
   readonly cacheMisses: Counter;
   readonly cacheEvictions: Counter;
@@ -64,6 +66,20 @@ export class WorkerMetrics {
       name: "switchyard_worker_run_duration_seconds",
       help: "Time from a batch's arrival to its result (queue wait, expert loads and compute).",
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    // The two parts of run_duration a slow worker is told apart by: batches waiting for the one running ahead of
+    // them (the worker is saturated) or the backend's own time (the device or the cores are).
+    this.queueWait = new Histogram({
+      name: "switchyard_worker_queue_wait_seconds",
+      help: "Time a batch waited in the worker's queue for the batches ahead of it.",
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.computeDuration = new Histogram({
+      name: "switchyard_worker_compute_duration_seconds",
+      help: "Backend time of one batch: its experts' compute (on the GPU: transfers, kernels, the wait for them), expert loads excluded.",
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
     this.cacheHits = new Counter({

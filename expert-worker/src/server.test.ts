@@ -65,6 +65,8 @@ function batch(over: Partial<ExpertBatch> = {}): ExpertBatch {
     rowWeights: encodeTensor(new Float32Array([1, 0.5, 2, 1, -1, 3]), [6], DType.FLOAT32),
     batchId: 7n,
     timeoutMs: 0,
+    tokenRows: [],
+    combine: false,
     ...over,
   };
 }
@@ -162,6 +164,21 @@ describe("RunExperts", () => {
     ["slices[0].expert", { slices: [{ expert: 3, offset: 0, count: 1 }] }], // exists, but this worker serves 0-2
     ["row_weights.shape", { rowWeights: encodeTensor(new Float32Array(5), [5], DType.FLOAT32) }],
     ["row_weights.dtype", { rowWeights: encodeTensor(new Float32Array(6), [6], DType.BFLOAT16) }],
+    // deduplicated batches: 3 distinct tokens read by the 6 assignment rows
+    ["token_rows[4]", { tokens: tokensOf(3, 1), tokenRows: [0, 1, 2, 0, 3, 1] }],
+    ["combine", { combine: true }],
+    [
+      "row_weights.shape", // 6 weights for the 4 assignment rows
+      {
+        tokens: tokensOf(3, 1),
+        tokenRows: [0, 1, 2, 0],
+        combine: true,
+        slices: [
+          { expert: 0, offset: 0, count: 2 },
+          { expert: 1, offset: 2, count: 2 },
+        ],
+      },
+    ],
   ];
   it.each(bad.map(([field, over], i) => [i, field, over] as const))(
     "bad input #%i answers INVALID_ARGUMENT naming %s",
@@ -172,6 +189,62 @@ describe("RunExperts", () => {
       expect(err.details.startsWith(`${field}: `)).toBe(true);
     },
   );
+});
+
+describe("deduplicated batches (token_rows, combine)", () => {
+  // 3 distinct tokens; the 6 assignment rows read tokens 0 1 2 | 0 2 1 (experts 0 and 1), row weights as batch()'s
+  const distinct = tokensOf(3, 5);
+  const tokenRows = [0, 1, 2, 0, 2, 1];
+  const slices = [
+    { expert: 0, offset: 0, count: 3 },
+    { expert: 1, offset: 3, count: 3 },
+  ];
+  const expanded = (): Tensor => {
+    const x = bytesToFloat32(distinct.data, DType.FLOAT32, true);
+    const out = new Float32Array(6 * D);
+    tokenRows.forEach((u, r) => {
+      out.set(x.subarray(u * D, (u + 1) * D), r * D);
+    });
+    return encodeTensor(out, [6, D], DType.FLOAT32);
+  };
+
+  it("token_rows alone: the same rows as the batch with every row spelled out", async () => {
+    const full = await call<ExpertBatch, ExpertResult>(
+      client.runExperts.bind(client),
+      batch({ tokens: expanded(), slices }),
+    );
+    const dedup = await call<ExpertBatch, ExpertResult>(
+      client.runExperts.bind(client),
+      batch({ tokens: distinct, tokenRows, slices }),
+    );
+    expect(dedup.output?.shape).toEqual([6, D]);
+    expect(dedup.stats?.tokens).toBe(6);
+    expect(Buffer.from(dedup.output!.data).equals(Buffer.from(full.output!.data))).toBe(true);
+  });
+
+  it("combine: one FLOAT32 row per distinct token, the sum of its weighted rows", async () => {
+    for (const dtype of [DType.FLOAT32, DType.BFLOAT16]) {
+      const x = bytesToFloat32(distinct.data, DType.FLOAT32, true);
+      const full = await call<ExpertBatch, ExpertResult>(
+        client.runExperts.bind(client),
+        batch({ tokens: encodeTensor(bytesToFloat32(expanded().data, DType.FLOAT32, true), [6, D], dtype), slices }),
+      );
+      const sums = await call<ExpertBatch, ExpertResult>(
+        client.runExperts.bind(client),
+        batch({ tokens: encodeTensor(x, [3, D], dtype), tokenRows, slices, combine: true }),
+      );
+      expect(sums.output?.dtype).toBe(DType.FLOAT32);
+      expect(sums.output?.shape).toEqual([3, D]);
+      const rows = bytesToFloat32(full.output!.data, dtype, true); // already weighted by row_weights
+      const want = new Float32Array(3 * D);
+      tokenRows.forEach((u, r) => {
+        for (let j = 0; j < D; j++) want[u * D + j] += rows[r * D + j];
+      });
+      const got = bytesToFloat32(sums.output!.data, DType.FLOAT32, true);
+      expect([...got]).toEqual([...want]);
+      expect(want.some((v) => v !== 0)).toBe(true);
+    }
+  });
 });
 
 describe("RunExpertsStream", () => {
@@ -240,6 +313,8 @@ describe("Prefetch, Evict, Status, health, metrics", () => {
       'switchyard_worker_expert_tokens_total{layer="1",expert="0",pool="p",worker="w0"}',
       "switchyard_worker_batch_tokens_bucket",
       "switchyard_worker_run_duration_seconds_bucket",
+      "switchyard_worker_queue_wait_seconds_bucket",
+      "switchyard_worker_compute_duration_seconds_bucket",
       "switchyard_worker_cache_hits_total",
       "switchyard_worker_cache_misses_total",
       "switchyard_worker_cache_evictions_total",
@@ -270,6 +345,8 @@ describe.skipIf(!nativeAddon)("deadlines and the queue bound (native backend)", 
   let big: WorkerHandle;
   let bigClient: ExpertWorkerClient;
   const bigBatch = (id: bigint, timeoutMs = 0): ExpertBatch => ({
+    tokenRows: [],
+    combine: false,
     pool: "big",
     layer: 0,
     tokens: tokensOf(512, 9, d),

@@ -28,6 +28,7 @@ import {
 } from "@switchyard/protocol";
 import { HealthImplementation } from "grpc-health-check";
 import type { WorkerCore } from "./core.js";
+import { encodeResult } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
@@ -172,6 +173,13 @@ export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertW
   };
 }
 
+/** The service with results serialized by the one-copy encoder (encode-result.ts). */
+const WORKER_SERVICE = {
+  ...ExpertWorkerService,
+  runExperts: { ...ExpertWorkerService.runExperts, responseSerialize: encodeResult },
+  runExpertsStream: { ...ExpertWorkerService.runExpertsStream, responseSerialize: encodeResult },
+};
+
 export interface GrpcServerHandle {
   server: Server;
   port: number;
@@ -188,7 +196,7 @@ export async function startGrpcServer(
     "grpc.max_receive_message_length": max,
     "grpc.max_send_message_length": max,
   });
-  server.addService(ExpertWorkerService, buildHandlers(core, metrics));
+  server.addService(WORKER_SERVICE, buildHandlers(core, metrics));
   const health = new HealthImplementation({
     "": "NOT_SERVING",
     [ExpertWorkerService.runExperts.path.split("/")[1]]: "NOT_SERVING",

@@ -90,6 +90,8 @@ describe("the shared expert's slices on a worker", () => {
       rowWeights: undefined,
       batchId: 1n,
       timeoutMs: 0,
+      tokenRows: [],
+      combine: false,
     });
     const got = bytesToFloat32(res.output?.data as Uint8Array, DType.FLOAT32, true);
     const ckpt = await openCheckpoint(dir);
@@ -118,6 +120,8 @@ describe("the shared expert's slices on a worker", () => {
       rowWeights: undefined,
       batchId: 2n,
       timeoutMs: 0,
+      tokenRows: [],
+      combine: false,
     }).then(
       () => null,
       (e: ServiceError) => e,

@@ -40,6 +40,14 @@ export interface ValidBatch {
   slices: ValidSlice[];
   rowWeights?: Float32Array;
   batchId: bigint;
+  /**
+   * Deduplicated batches (ExpertBatch.token_rows): `tokens` holds `distinct` rows and assignment row i reads row
+   * tokenRows[i]; `rows` counts the assignment rows. Absent: `tokens` holds the `rows` rows.
+   */
+  tokenRows?: Uint32Array;
+  distinct: number;
+  /** Answer the distinct tokens' weighted sums, FLOAT32 [distinct, cols] (ExpertBatch.combine). */
+  combine: boolean;
 }
 
 const TOKEN_DTYPES = [DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16];
@@ -57,16 +65,34 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
   if (!Array.isArray(t.shape) || t.shape.length !== 2)
     throw invalidArgument("tokens.shape", `expected rank 2 [N, d], got [${(t.shape ?? []).join(", ")}]`);
   const n = shapeElements(t.shape, "tokens.shape");
-  const [rows, cols] = t.shape as [number, number];
+  const [distinct, cols] = t.shape as [number, number];
   if (cols !== ctx.hiddenSize)
     throw invalidArgument("tokens.shape[1]", `expected hidden size ${ctx.hiddenSize}, got ${cols}`);
+  const tr = b.tokenRows ?? [];
+  const deduped = tr.length > 0;
+  // The assignment rows the slices address: the token rows themselves, or one per token_rows entry.
+  const rows = deduped ? tr.length : distinct;
   if (ctx.maxRows !== undefined && rows > ctx.maxRows)
-    throw invalidArgument("tokens.shape[0]", `${rows} rows exceed this worker's limit of ${ctx.maxRows}`);
+    throw invalidArgument(
+      deduped ? "token_rows" : "tokens.shape[0]",
+      `${rows} rows exceed this worker's limit of ${ctx.maxRows}`,
+    );
+  let tokenRows: Uint32Array | undefined;
+  if (deduped) {
+    tokenRows = new Uint32Array(rows);
+    for (let i = 0; i < rows; i++) {
+      const r = tr[i];
+      if (!Number.isInteger(r) || r < 0 || r >= distinct)
+        throw invalidArgument(`token_rows[${i}]`, `${r} is past the ${distinct} token rows`);
+      tokenRows[i] = r;
+    }
+  }
+  if (b.combine && !deduped) throw invalidArgument("combine", "needs token_rows (the distinct tokens to sum into)");
   const size = t.dtype === DType.FLOAT32 ? 4 : 2;
   if (!(t.data instanceof Uint8Array) || t.data.byteLength !== n * size)
     throw invalidArgument(
       "tokens.data",
-      `expected ${n * size} bytes ([${rows}, ${cols}] × ${size} bytes ${dtypeName(t.dtype)}), got ${t.data?.byteLength ?? 0}`,
+      `expected ${n * size} bytes ([${distinct}, ${cols}] × ${size} bytes ${dtypeName(t.dtype)}), got ${t.data?.byteLength ?? 0}`,
     );
 
   const slices: ValidSlice[] = [];
@@ -112,7 +138,19 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
     // Copy: the native kernel reads it on another thread while grpc-js may reuse the message buffer.
     rowWeights = bytesToFloat32(w.data, DType.FLOAT32, true);
   }
-  return { layer: b.layer, dtype: t.dtype, tokens: t.data, rows, cols, slices, rowWeights, batchId: b.batchId };
+  return {
+    layer: b.layer,
+    dtype: t.dtype,
+    tokens: t.data,
+    rows,
+    cols,
+    slices,
+    rowWeights,
+    batchId: b.batchId,
+    tokenRows,
+    distinct,
+    combine: b.combine === true,
+  };
 }
 
 /** "layer has 60 experts" or "layer has 60 experts and 4 shared slices (ids 60-63)": the ids an error allows. */

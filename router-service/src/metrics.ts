@@ -50,6 +50,15 @@ export class RouterMetrics {
     },
     this.registry,
   );
+  readonly gateDuration = new HotHistogram(
+    {
+      name: "switchyard_router_gate_duration_seconds",
+      help: "Gating of one flush's hidden-state requests: the gate product over all their tokens and their top-k.",
+      labelNames: ["pool"],
+      buckets: LATENCY_BUCKETS,
+    },
+    this.registry,
+  );
   readonly expertsPerBatch = new HotHistogram(
     {
       name: "switchyard_router_experts_per_batch",
@@ -166,6 +175,7 @@ export class PoolMetrics {
   readonly tokens;
   readonly requestDuration;
   readonly queueWait;
+  readonly gateDuration;
   readonly batchTokens;
   readonly dropped;
   readonly expertsPerBatch;
@@ -182,6 +192,7 @@ export class PoolMetrics {
     this.tokens = m.tokens.labels(l);
     this.requestDuration = m.requestDuration.labels(l);
     this.queueWait = m.queueWait.labels(l);
+    this.gateDuration = m.gateDuration.labels(l);
     this.batchTokens = m.batchTokens.labels(l);
     this.dropped = m.dropped.labels(l);
     this.expertsPerBatch = m.expertsPerBatch.labels(l);

@@ -168,10 +168,16 @@ interface ToyRouter {
 async function startToyRouter(
   workers: FakeWorker[],
   model: PoolModel,
-  o: { transport?: "data" | "grpc"; policy?: unknown } = {},
+  o: { transport?: "data" | "grpc" | "dedup"; policy?: unknown } = {},
 ): Promise<ToyRouter> {
   for (const w of workers) await w.start();
-  const router = new Router({ statusIntervalMs: 0, workerTransport: o.transport === "grpc" ? "grpc" : "auto" });
+  const router = new Router({
+    statusIntervalMs: 0,
+    workerTransport: o.transport === "grpc" ? "grpc" : "auto",
+    // "dedup": the data path, every batch that repeats a token sent deduplicated (the toy rows are too small for
+    // the default threshold) and, where the sums are smaller, combined on the worker
+    dedupMinBytes: o.transport === "dedup" ? 0 : Number.POSITIVE_INFINITY,
+  });
   const setPool = (policy: unknown = o.policy ?? {}, replicas = twoReplicas) =>
     router.setPool({
       name: "toy",
@@ -199,8 +205,9 @@ async function startToyRouter(
   };
 }
 
-// Both worker transports: the TCP data path (the default once a worker's Status offers it) and the gRPC stream.
-describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s path)", (transport) => {
+// Both worker transports: the TCP data path (the default once a worker's Status offers it) and the gRPC stream; and
+// the data path with deduplicated, worker-combined batches (ExpertBatch.token_rows / combine).
+describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake workers, %s path)", (transport) => {
   const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
   let t: ToyRouter;
   let router: Router;
@@ -529,6 +536,7 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
       "switchyard_router_tokens_total",
       "switchyard_router_request_duration_seconds",
       "switchyard_router_queue_wait_seconds",
+      "switchyard_router_gate_duration_seconds",
       "switchyard_router_experts_per_batch",
       "switchyard_router_tokens_per_expert_call",
       "switchyard_router_batch_tokens",
@@ -542,7 +550,7 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
     }
     expect(text).toMatch(/switchyard_router_requests_total\{pool="toy",method="Forward",code="OK"\} \d+/);
     expect(text).toMatch(
-      transport === "data"
+      transport !== "grpc"
         ? /switchyard_router_worker_data_path\{pool="toy",worker="[^"]+"\} 1/
         : /switchyard_router_worker_data_path\{pool="toy",worker="[^"]+"\} 0/,
     );
@@ -550,12 +558,19 @@ describe.each(["data", "grpc"] as const)("router end to end (fake workers, %s pa
 
   it(`carried the batches over the ${transport} path`, () => {
     const viaData = workers.map((w) => w.dataBatches);
-    if (transport === "data") expect(viaData.every((n) => n > 0)).toBe(true);
+    if (transport !== "grpc") expect(viaData.every((n) => n > 0)).toBe(true);
     else expect(viaData).toEqual([0, 0, 0]);
   });
 
+  if (transport === "dedup")
+    it("sent deduplicated batches: fewer token rows than assignment rows, summed on the worker", () => {
+      const seen = workers.flatMap((w) => w.seen);
+      expect(seen.some((b) => b.combine && b.rows < b.assignments)).toBe(true);
+      expect(seen.every((b) => b.rows <= b.assignments)).toBe(true);
+    });
+
   // Only the data path has a connection of its own to cut under a call.
-  if (transport === "data")
+  if (transport !== "grpc")
     it("a data connection that drops under a call: its rows go to another replica", async () => {
       // Every expert on w1 and w2: with both resident and idle the tie goes to the lower index, w1.
       setPool(

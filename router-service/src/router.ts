@@ -23,7 +23,7 @@ import {
 import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
-import { combineInto, resultRows } from "./core/combine.js";
+import { alignedRows, combineInto, resultRows } from "./core/combine.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
 import { type Assignment, collectAssignments, type TokenRouting, withSharedSlices } from "./core/routing.js";
@@ -71,6 +71,8 @@ interface Item {
   weights: Float32Array;
   locations: Int32Array;
   results: (Float32Array | Uint16Array | Uint8Array)[];
+  /** Workers' sums of this item's tokens (combined batches): added to the shared expert's rows at the combine. */
+  partials: Partial[] | null;
   workers: Set<number>;
   dropped: number;
   deadline: number;
@@ -82,6 +84,39 @@ interface Item {
   requestId: bigint;
   resolve: (r: ForwardResponse) => void;
   reject: (e: unknown) => void;
+}
+
+/** One combined batch's sums for an item: token t's is row row[t] of `sums` (-1: none from this batch). */
+interface Partial {
+  sums: Float32Array;
+  row: Int32Array;
+  /** The token's lowest slot the sum covers: partials are added in this order. */
+  firstSlot: Int32Array;
+}
+
+/** A slot a worker's combined sum covers (locations[li] of it): no row of its own at the combine. */
+const COVERED = -2;
+
+/**
+ * The combine's base for an item: its shared-expert rows (or zeros) plus the workers' sums of its tokens, added per
+ * token in the order of the first slot each covers (the same answer however the replies interleaved).
+ */
+function baseWithPartials(it: Item, d: number): Float32Array | null {
+  const parts = it.partials;
+  if (!parts || parts.length === 0) return it.sharedOut;
+  const acc = it.sharedOut ? Float32Array.from(it.sharedOut) : new Float32Array(it.tokens * d);
+  const order = parts.length > 1 ? [...parts] : parts;
+  for (let t = 0; t < it.tokens; t++) {
+    if (order.length > 1) order.sort((x, y) => x.firstSlot[t] - y.firstSlot[t]);
+    const o = t * d;
+    for (const e of order) {
+      const r = e.row[t];
+      if (r < 0) continue;
+      const src = e.sums.subarray(r * d, (r + 1) * d);
+      for (let j = 0; j < d; j++) acc[o + j] += src[j];
+    }
+  }
+  return acc;
 }
 
 /** What forward() knew of a request whose gate runs at the flush. */
@@ -174,6 +209,11 @@ export interface RouterOptions {
   statusIntervalMs?: number;
   /** How batches reach workers (default "auto": a worker's TCP data path where its Status offers one). */
   workerTransport?: WorkerTransport;
+  /**
+   * Fewest bytes a batch must save to go deduplicated to a worker that offers it (ExpertBatch.token_rows); default
+   * SWITCHYARD_ROUTER_DEDUP_MIN_BYTES, else 64 KiB. Infinity: never.
+   */
+  dedupMinBytes?: number;
 }
 
 export class Router {
@@ -181,11 +221,13 @@ export class Router {
   private readonly pools = new Map<string, Pool>();
   private readonly statusIntervalMs: number;
   private readonly workerTransport: WorkerTransport;
+  private readonly dedupMinBytes: number;
 
   constructor(o: RouterOptions = {}) {
     this.metrics = o.metrics ?? new RouterMetrics();
     this.statusIntervalMs = o.statusIntervalMs ?? 1000;
     this.workerTransport = o.workerTransport ?? "auto";
+    this.dedupMinBytes = o.dedupMinBytes ?? dedupMinBytes(process.env.SWITCHYARD_ROUTER_DEDUP_MIN_BYTES);
   }
 
   /** One Status poll of every worker of `pool` now (tests and benchmarks that run without periodic polls). */
@@ -349,6 +391,7 @@ export class Router {
           weights: routing.weights,
           locations: new Int32Array(T * routing.slots * 2).fill(-1),
           results: [],
+          partials: null,
           workers: new Set(),
           dropped: 0,
           deadline: dl,
@@ -402,6 +445,7 @@ export class Router {
     const m = p.model;
     const pending = items.filter((i) => i.pendingGate && !i.done);
     if (pending.length === 0) return;
+    const started = performance.now();
     const d = m.hiddenSize;
     let T = 0;
     for (const it of pending) T += it.tokens;
@@ -425,6 +469,7 @@ export class Router {
         this.finish(p, it, e);
       }
     }
+    p.metrics.gateDuration.observe((performance.now() - started) / 1000);
   }
 
   private finish(p: Pool, item: Item, err: unknown | null, res?: ForwardResponse): void {
@@ -546,7 +591,7 @@ export class Router {
             weights: it.weights,
             locations: it.locations,
             results: it.results,
-            base: it.sharedOut,
+            base: baseWithPartials(it, m.hiddenSize),
           },
           dst,
         );
@@ -639,6 +684,13 @@ export class Router {
     const wm = p.metrics.worker(conn.id);
     for (const s of b.slices) p.metrics.tokensPerExpertCall.observe(s.count);
     wm.tokens.inc(n);
+    // A worker that takes them gets each distinct token once, and sums a token's rows itself where that answer is
+    // the smaller one (token-rows.ts in the worker).
+    const dedup =
+      conn.lastStatus?.combines === true
+        ? dedupRows(items, b.rows, rowBytes, this.dedupMinBytes, d * 4 < rowBytes * 2)
+        : null;
+    const sent = dedup ? dedup.pairs.length >> 1 : n;
     const t0 = performance.now();
     const res = await conn.run(
       (batchId) =>
@@ -647,7 +699,7 @@ export class Router {
             pool: p.name,
             layer,
             dtype,
-            rows: n,
+            rows: sent,
             hidden: d,
             rowBytes,
             slices: b.slices,
@@ -655,12 +707,16 @@ export class Router {
             // The flush's remaining deadline when the batch goes out (encode runs inside run(), synchronously):
             // stream batches carry no gRPC deadline.
             timeoutMs: timeout,
+            tokenRows: dedup?.tokenRows,
+            rowWeights: dedup?.weights,
+            combine: dedup?.weights !== undefined,
           },
           (dst, at) => {
-            for (let r = 0; r < n; r++) {
-              const a = b.rows[r];
-              const src = items[a.item].hidden;
-              dst.set(src.subarray(a.token * rowBytes, (a.token + 1) * rowBytes), at + r * rowBytes);
+            for (let r = 0; r < sent; r++) {
+              const item = dedup ? dedup.pairs[2 * r] : b.rows[r].item;
+              const token = dedup ? dedup.pairs[2 * r + 1] : b.rows[r].token;
+              const src = items[item].hidden;
+              dst.set(src.subarray(token * rowBytes, (token + 1) * rowBytes), at + r * rowBytes);
             }
           },
           takeBatch,
@@ -672,6 +728,14 @@ export class Router {
     );
     wm.dispatch.observe((performance.now() - t0) / 1000);
     const out = res.output;
+    if (dedup?.weights) {
+      if (!out || out.dtype !== DType.FLOAT32 || out.data.byteLength !== sent * d * 4)
+        throw unavailable(
+          `worker ${conn.id}: malformed combined result (expected ${sent}x${d} FLOAT32, got ${out ? `${out.shape.join("x")} ${DType[out.dtype]}, ${out.data.byteLength} bytes` : "no output"})`,
+        );
+      addPartials(items, b, dedup, alignedRows({ data: out.data, dtype: DType.FLOAT32 }) as Float32Array);
+      return;
+    }
     if (!out || out.dtype !== dtype || out.data.byteLength !== n * rowBytes) {
       throw unavailable(
         `worker ${conn.id}: malformed result (expected ${n}x${d} ${DType[dtype]}, got ${out ? `${out.shape.join("x")} ${DType[out.dtype]}, ${out.data.byteLength} bytes` : "no output"})`,
@@ -698,6 +762,103 @@ export class Router {
   }
 }
 
+/** A batch's distinct (item, token) pairs and what the worker needs to expand (and sum) them. */
+interface DedupRows {
+  /** item, token of each distinct row, flattened */
+  pairs: number[];
+  /** [rows]: the distinct row each assignment row reads */
+  tokenRows: Uint32Array;
+  /** [rows]: the gate weight of each assignment row, when the worker sums them (ExpertBatch.combine) */
+  weights?: Float32Array;
+}
+
+/**
+ * Distinct tokens of a worker batch, or null when every row is a different token (nothing to save). `sumWhenSmaller`:
+ * whether a token's FLOAT32 sum is smaller than two of its rows in the request dtype (true for bf16/fp16 rows); the
+ * worker then sums when its batch holds more rows than that many times its distinct tokens.
+ */
+function dedupRows(
+  items: Item[],
+  rows: readonly Assignment[],
+  rowBytes: number,
+  minBytes: number,
+  sumWhenSmaller: boolean,
+): DedupRows | null {
+  const n = rows.length;
+  const index = new Map<number, number>();
+  const pairs: number[] = [];
+  const tokenRows = new Uint32Array(n);
+  for (let r = 0; r < n; r++) {
+    const a = rows[r];
+    const key = a.item * TOKEN_KEY_STRIDE + a.token;
+    let u = index.get(key);
+    if (u === undefined) {
+      u = pairs.length >> 1;
+      index.set(key, u);
+      pairs.push(a.item, a.token);
+    }
+    tokenRows[r] = u;
+  }
+  const distinct = pairs.length >> 1;
+  if (distinct === n || (n - distinct) * rowBytes < minBytes) return null;
+  // Summed answers are FLOAT32: worth it where they are fewer bytes than the rows (bf16/fp16 rows: n >= 2 distinct).
+  const sum = sumWhenSmaller ? n >= 2 * distinct : n > distinct;
+  if (!sum) return { pairs, tokenRows };
+  const weights = new Float32Array(n);
+  for (let r = 0; r < n; r++) {
+    const a = rows[r];
+    const it = items[a.item];
+    weights[r] = it.weights[a.token * it.slots + a.slot];
+  }
+  return { pairs, tokenRows, weights };
+}
+
+/**
+ * Fewest bytes a batch must save before it goes deduplicated: below ~64 KiB the transfer saved is a few tens of
+ * microseconds on a loopback or a pod network, which the extra passes (here, and the worker's expand and sum) eat.
+ * From SWITCHYARD_ROUTER_DEDUP_MIN_BYTES ("off": never).
+ */
+export function dedupMinBytes(raw: string | undefined): number {
+  if (raw === undefined || raw === "") return 64 * 1024;
+  if (raw === "off") return Number.POSITIVE_INFINITY;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0)
+    throw new Error(`SWITCHYARD_ROUTER_DEDUP_MIN_BYTES: expected a byte count >= 0 or "off", got "${raw}"`);
+  return n;
+}
+
+/** Stride of an (item, token) key: tokens per request stay far below it. */
+const TOKEN_KEY_STRIDE = 2 ** 32;
+
+/**
+ * Files a combined result with its items: each token's FLOAT32 sum as a partial (added at the combine, in slot
+ * order of the first slot it covers, so answers do not depend on which worker replied first), and the slots it
+ * covers marked COVERED.
+ */
+function addPartials(items: Item[], b: WorkerBatchLayout, dedup: DedupRows, sums: Float32Array): void {
+  const { tokenRows } = dedup;
+  const entries = new Map<number, Partial>();
+  for (let r = 0; r < b.rows.length; r++) {
+    const a = b.rows[r];
+    const it = items[a.item];
+    if (it.done) continue;
+    let e = entries.get(a.item);
+    if (!e) {
+      e = { sums, row: new Int32Array(it.tokens).fill(-1), firstSlot: new Int32Array(it.tokens).fill(-1) };
+      entries.set(a.item, e);
+      if (it.partials) it.partials.push(e);
+      else it.partials = [e];
+      it.workers.add(b.worker);
+    }
+    const u = tokenRows[r];
+    e.row[a.token] = u;
+    if (e.firstSlot[a.token] < 0 || a.slot < e.firstSlot[a.token]) e.firstSlot[a.token] = a.slot;
+    const li = (a.token * it.slots + a.slot) * 2;
+    it.locations[li] = COVERED;
+    it.locations[li + 1] = 0;
+  }
+}
+
 const takeReply = (bytes: number) => replyPool.take(bytes);
 const takeBatch = (bytes: number) => batchPool.take(bytes);
 
@@ -714,7 +875,7 @@ function distinctExperts(it: Item, experts: number): number {
     for (let k = 0; k < r.slots; k++) {
       const li = (t * it.slots + k) * 2;
       const e = r.experts[t * r.slots + k];
-      if (it.locations[li] >= 0 && e < experts) s.add(e);
+      if (it.locations[li] !== -1 && e < experts) s.add(e);
     }
   }
   return s.size;

@@ -35,3 +35,4 @@ export {
   WorkerStatus,
 } from "./gen/switchyard/v1/worker.js";
 export * from "./tensor.js";
+export * from "./wire-writer.js";

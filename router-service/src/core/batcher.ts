@@ -11,6 +11,11 @@ export interface BatcherOptions {
   enabled: boolean;
   maxBatchTokens: number;
   maxWaitMs: number;
+  /**
+   * Flushes of one key that may run at once (default 1). With more, the next flush's gating and transfers overlap
+   * the running one's time on the workers; requests are held only while this many run.
+   */
+  flushesInFlight?: number;
 }
 
 export interface Batchable {
@@ -74,9 +79,13 @@ export class Batcher<T extends Batchable, K = string> {
         queue.timer = null;
         this.flushKey(key);
       };
-      if (q.running > 0) q.timer = setTimeout(fire, Math.max(HOLD_CAP_MS, this.options.maxWaitMs));
+      if (q.running >= this.inFlight) q.timer = setTimeout(fire, Math.max(HOLD_CAP_MS, this.options.maxWaitMs));
       else q.timer = this.options.maxWaitMs <= 0 ? setImmediate(fire) : setTimeout(fire, this.options.maxWaitMs);
     }
+  }
+
+  private get inFlight(): number {
+    return Math.max(1, this.options.flushesInFlight ?? 1);
   }
 
   /** Flushes everything now (shutdown, config change). */
@@ -102,7 +111,7 @@ export class Batcher<T extends Batchable, K = string> {
     void done.finally(() => {
       queue.running--;
       // What gathered behind this flush leaves now, as one batch.
-      if (queue.running === 0 && queue.items.length > 0) this.flushKey(key);
+      if (queue.running < this.inFlight && queue.items.length > 0) this.flushKey(key);
     });
   }
 }

@@ -351,6 +351,33 @@ describe("Batcher", () => {
     expect(flushed.at(-1)).toEqual([4]); // a stuck flush holds nobody past the cap
   });
 
+  it("flushesInFlight: that many flushes of a key run at once, the next one is held until one completes", async () => {
+    vi.useFakeTimers();
+    const flushed: number[][] = [];
+    const finish: (() => void)[] = [];
+    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
+      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2, flushesInFlight: 2 },
+      (_k, items) => {
+        flushed.push(items.map((i) => i.id));
+        return new Promise<void>((r) => {
+          finish.push(r);
+        });
+      },
+    );
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
+    vi.advanceTimersByTime(2);
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
+    vi.advanceTimersByTime(2);
+    expect(flushed).toEqual([[1], [2]]); // one running: the second still leaves after maxWait
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 3 });
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 4 });
+    vi.advanceTimersByTime(10);
+    expect(flushed).toHaveLength(2); // two running: 3 and 4 wait
+    finish[1](); // either running flush completing frees a place
+    await vi.advanceTimersByTimeAsync(0);
+    expect(flushed.at(-1)).toEqual([3, 4]);
+  });
+
   it("flushes each request alone when disabled", () => {
     const flushed: number[][] = [];
     const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(

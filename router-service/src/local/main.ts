@@ -656,6 +656,11 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       )
     ).flat();
     const wsum = (name: string) => workerRows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
+    /** A histogram's mean in milliseconds over every series of it ("-" before its first observation). */
+    const meanMs = (total: (name: string) => number, histogram: string) => {
+      const n = total(`${histogram}_count`);
+      return n > 0 ? ((1000 * total(`${histogram}_sum`)) / n).toFixed(2) : "-";
+    };
     const workerBatches = wsum("switchyard_worker_batch_tokens_count");
     const cpuLine = cpuPids
       .map(([name], i) => {
@@ -711,10 +716,15 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         `${quantile(routerMs, 0.5).toFixed(2)} ms / ${quantile(routerMs, 0.99).toFixed(2)} ms (arrival to reply)`,
       ],
       ["tokens per flush (mean)", batchTok.toFixed(1)],
+      // Where a forward's time in the router goes (means): what bounds a run shows here before any profile.
+      [
+        "router time (means)",
+        `${meanMs(sum, "switchyard_router_queue_wait_seconds")} ms queued for a flush, ${meanMs(sum, "switchyard_router_gate_duration_seconds")} ms gating a flush, ${meanMs(sum, "switchyard_router_dispatch_duration_seconds")} ms per worker batch round trip`,
+      ],
       [
         "worker batches",
         workerBatches > 0
-          ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${((1000 * wsum("switchyard_worker_run_duration_seconds_sum")) / workerBatches).toFixed(2)} ms from arrival to result (mean of ${workerBatches})`
+          ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${meanMs(wsum, "switchyard_worker_run_duration_seconds")} ms from arrival to result: ${meanMs(wsum, "switchyard_worker_queue_wait_seconds")} ms queued, ${meanMs(wsum, "switchyard_worker_compute_duration_seconds")} ms computing (means of ${workerBatches})`
           : "none",
       ],
       ["CPU during the load (cores)", cpuLine],

@@ -13,6 +13,7 @@ import {
 } from "@grpc/grpc-js";
 import {
   bytesToFloat32,
+  DType,
   type ExpertBatch,
   ExpertResult,
   ExpertWorkerService,
@@ -59,6 +60,8 @@ export interface FakeWorkerOptions {
   dataPath?: boolean;
   /** What Status lists as served (default none: a fake worker computes whatever it is sent). */
   served?: { layer: number; expert: number }[];
+  /** Status offers deduplicated, worker-combined batches (ExpertBatch.token_rows / combine), as real workers do. */
+  combines?: boolean;
 }
 
 export class FakeWorker {
@@ -67,7 +70,15 @@ export class FakeWorker {
   batches = 0;
   rows = 0;
   /** The last SEEN_CAP..2*SEEN_CAP batches (bounded: a benchmark sends millions). */
-  readonly seen: { layer: number; experts: number[]; rows: number; timeoutMs: number }[] = [];
+  /** rows: token rows sent; assignments: rows the slices address (more with token_rows) */
+  readonly seen: {
+    layer: number;
+    experts: number[];
+    rows: number;
+    assignments: number;
+    combine: boolean;
+    timeoutMs: number;
+  }[] = [];
   port = 0;
   /** 0 = no data path. */
   dataPort = 0;
@@ -82,17 +93,41 @@ export class FakeWorker {
   run(b: ExpertBatch): ExpertResult {
     if (this.mode === "fail") throw unavailable(`fake worker ${this.o.id} failing on purpose`);
     const t = b.tokens!;
-    const [n, d] = t.shape;
+    const [distinct, d] = t.shape;
+    const tr = b.tokenRows ?? [];
+    const n = tr.length > 0 ? tr.length : distinct;
     this.batches++;
     this.rows += n;
     this.record(b);
-    if (this.o.expert === null) return { batchId: b.batchId, output: t, stats: undefined, error: undefined };
+    if (this.o.expert === null && tr.length === 0)
+      return { batchId: b.batchId, output: t, stats: undefined, error: undefined };
     const x = bytesToFloat32(t.data, t.dtype, true);
+    const input = (r: number) => {
+      const u = tr.length > 0 ? tr[r] : r;
+      return x.subarray(u * d, (u + 1) * d);
+    };
     const out = new Float32Array(n * d);
     for (const s of b.slices) {
       for (let r = s.offset; r < s.offset + s.count; r++) {
-        out.set(this.o.expert(b.layer, s.expert, x.subarray(r * d, (r + 1) * d)), r * d);
+        out.set(this.o.expert ? this.o.expert(b.layer, s.expert, input(r)) : input(r), r * d);
       }
+    }
+    if (b.combine) {
+      // Like a real worker: each row in the request dtype, scaled by its weight, then summed per token in fp32.
+      const w = b.rowWeights ? bytesToFloat32(b.rowWeights.data, DType.FLOAT32, true) : null;
+      const rowsOut = bytesToFloat32(valuesToBytes(out, t.dtype), t.dtype, true);
+      const acc = new Float32Array(distinct * d);
+      for (let r = 0; r < n; r++) {
+        const a = tr[r] * d;
+        const wr = w ? w[r] : 1;
+        for (let j = 0; j < d; j++) acc[a + j] += wr * rowsOut[r * d + j];
+      }
+      return {
+        batchId: b.batchId,
+        output: { dtype: DType.FLOAT32, shape: [distinct, d], data: valuesToBytes(acc, DType.FLOAT32) },
+        stats: undefined,
+        error: undefined,
+      };
     }
     return {
       batchId: b.batchId,
@@ -108,6 +143,8 @@ export class FakeWorker {
       layer: b.layer,
       experts: b.slices.map((s) => s.expert),
       rows: b.tokens!.shape[0],
+      assignments: (b.tokenRows ?? []).length || b.tokens!.shape[0],
+      combine: b.combine === true,
       timeoutMs: b.timeoutMs,
     });
   }
@@ -119,7 +156,7 @@ export class FakeWorker {
   private answer(b: ExpertBatch, raw: Buffer | undefined, write: (reply: Buffer) => void): void {
     if (this.mode === "stall") return;
     try {
-      if (this.o.expert === null && this.mode === "ok") {
+      if (this.o.expert === null && this.mode === "ok" && (b.tokenRows ?? []).length === 0) {
         this.batches++;
         this.rows += b.tokens!.shape[0];
         this.record(b);
@@ -200,6 +237,7 @@ export class FakeWorker {
               layers: 0,
               experts: 0,
               dataPort: this.dataPort,
+              combines: this.o.combines !== false,
             })
           : cb({ code: 14, details: "down" }),
     });

@@ -80,6 +80,8 @@ describe("zero-copy decoders agree with ts-proto", () => {
       rowWeights: t(DType.FLOAT32, [2], 8),
       batchId: 1n,
       timeoutMs: 1500,
+      tokenRows: [],
+      combine: false,
     };
     const fr: ForwardResponse = {
       requestId: 3n,
@@ -121,7 +123,16 @@ describe("zero-copy decoders agree with ts-proto", () => {
       );
       expect(decodeForwardRequest(req).pool).toBe(pool);
       const batch = Buffer.from(
-        ExpertBatch.encode({ pool, layer: 0, tokens: undefined, slices: [], batchId: 1n, timeoutMs: 0 }).finish(),
+        ExpertBatch.encode({
+          pool,
+          layer: 0,
+          tokens: undefined,
+          slices: [],
+          batchId: 1n,
+          timeoutMs: 0,
+          tokenRows: [],
+          combine: false,
+        }).finish(),
       );
       expect(decodeExpertBatch(batch).pool).toBe(pool);
     }

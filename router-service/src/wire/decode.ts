@@ -264,6 +264,8 @@ export function decodeExpertBatch(buf: Buffer): ExpertBatch {
     rowWeights: undefined,
     batchId: 0n,
     timeoutMs: 0,
+    tokenRows: [],
+    combine: false,
   };
   while (r.pos < r.end) {
     const tag = r.varint();
@@ -284,6 +286,12 @@ export function decodeExpertBatch(buf: Buffer): ExpertBatch {
       m.rowWeights = decodeTensorAt(buf, s, e);
     } else if (field === 6 && wt === 0) m.batchId = r.varint64();
     else if (field === 7 && wt === 0) m.timeoutMs = r.varint();
+    else if (field === 8 && wt === 2) {
+      const [s, e] = r.span();
+      const p = new Reader(buf, s, e);
+      while (p.pos < p.end) m.tokenRows.push(p.varint());
+    } else if (field === 8 && wt === 0) m.tokenRows.push(r.varint());
+    else if (field === 9 && wt === 0) m.combine = r.varint() !== 0;
     else r.skip(wt);
   }
   return m;

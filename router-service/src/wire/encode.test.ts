@@ -46,6 +46,8 @@ describe("hand-written protobuf encoders", () => {
             rowWeights: undefined,
             batchId,
             timeoutMs,
+            tokenRows: [],
+            combine: false,
           }).finish(),
         );
         expect(mine.equals(ref)).toBe(true);

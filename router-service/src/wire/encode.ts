@@ -4,105 +4,17 @@
 // let the caller write token rows / combined outputs straight into place. The bytes are identical to ts-proto's
 // (same field order, proto3 zero-omission), which the tests check by decoding with the generated code.
 
-import type { DType, ForwardStats, RpcError } from "@switchyard/protocol";
+import {
+  DType,
+  type ForwardStats,
+  type RpcError,
+  tensorBodySize,
+  varintSize,
+  Writer,
+  writeTensorHead,
+} from "@switchyard/protocol";
 
-/** Largest uint64 that a double holds exactly: below it a bigint takes the number path (no BigInt per step). */
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-
-export function varintSize(v: number | bigint): number {
-  if (typeof v === "bigint" && v >= 0n && v <= MAX_SAFE) v = Number(v);
-  if (typeof v === "bigint") {
-    let n = 1;
-    let x = BigInt.asUintN(64, v);
-    while (x >= 128n) {
-      x >>= 7n;
-      n++;
-    }
-    return n;
-  }
-  let n = 1;
-  while (v >= 128) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
-
-class Writer {
-  pos: number;
-  constructor(
-    readonly buf: Buffer,
-    start = 0,
-  ) {
-    this.pos = start;
-  }
-  varint(v: number | bigint): this {
-    if (typeof v === "bigint" && v >= 0n && v <= MAX_SAFE) v = Number(v);
-    if (typeof v === "bigint") {
-      let x = BigInt.asUintN(64, v);
-      while (x >= 128n) {
-        this.buf[this.pos++] = Number(x & 127n) | 128;
-        x >>= 7n;
-      }
-      this.buf[this.pos++] = Number(x);
-      return this;
-    }
-    while (v >= 128) {
-      this.buf[this.pos++] = (v & 127) | 128;
-      v = Math.floor(v / 128);
-    }
-    this.buf[this.pos++] = v;
-    return this;
-  }
-  byte(b: number): this {
-    this.buf[this.pos++] = b;
-    return this;
-  }
-  double(v: number): this {
-    this.buf.writeDoubleLE(v, this.pos);
-    this.pos += 8;
-    return this;
-  }
-  string(s: string, bytes: number): this {
-    this.buf.write(s, this.pos, bytes, "utf8");
-    this.pos += bytes;
-    return this;
-  }
-}
-
-/** Size of a Tensor message body with `dataBytes` of data (dtype, packed shape, data). */
-function tensorBodySize(
-  dtype: DType,
-  shape: readonly number[],
-  dataBytes: number,
-): { size: number; shapeBytes: number } {
-  let size = 0;
-  if (dtype !== 0) size += 1 + varintSize(dtype);
-  let shapeBytes = 0;
-  for (const s of shape) shapeBytes += varintSize(s);
-  if (shape.length > 0) size += 1 + varintSize(shapeBytes) + shapeBytes;
-  if (dataBytes > 0) size += 1 + varintSize(dataBytes) + dataBytes;
-  return { size, shapeBytes };
-}
-
-/** Writes a Tensor body up to the data; returns the data's offset (the caller fills dataBytes there). */
-function writeTensorHead(
-  w: Writer,
-  dtype: DType,
-  shape: readonly number[],
-  shapeBytes: number,
-  dataBytes: number,
-): number {
-  if (dtype !== 0) w.byte(8).varint(dtype);
-  if (shape.length > 0) {
-    w.byte(18).varint(shapeBytes);
-    for (const s of shape) w.varint(s);
-  }
-  if (dataBytes > 0) w.byte(26).varint(dataBytes);
-  const at = w.pos;
-  w.pos += dataBytes;
-  return at;
-}
+export { encodeExpertResult, varintSize } from "@switchyard/protocol";
 
 export interface SliceSpec {
   expert: number;
@@ -129,11 +41,20 @@ export interface BatchSpec {
   batchId: bigint;
   /** ExpertBatch.timeout_ms: what the caller still waits (the worker's deadline for this stream batch); 0 = none. */
   timeoutMs?: number;
+  /**
+   * ExpertBatch.token_rows: `rows` is then the number of distinct token rows filled, and the slices address
+   * tokenRows.length assignment rows, row i reading token row tokenRows[i].
+   */
+  tokenRows?: Uint32Array;
+  /** ExpertBatch.row_weights [tokenRows.length or rows] FLOAT32 (with `combine`: the gate weights). */
+  rowWeights?: Float32Array;
+  /** ExpertBatch.combine: the worker answers each token's weighted sum, FLOAT32 [rows, hidden]. */
+  combine?: boolean;
 }
 
 /**
  * ExpertBatch with the token matrix [rows, hidden] filled by `fill(dst, offset)` (rows * rowBytes bytes at
- * dst[offset..]). No row_weights: the router applies gate weights itself, in fp32, at combine.
+ * dst[offset..]). Without `combine` the router applies the gate weights itself, in fp32, at combine.
  */
 export function encodeExpertBatch(
   b: BatchSpec,
@@ -151,9 +72,18 @@ export function encodeExpertBatch(
     const n = sliceSize(s);
     size += 1 + varintSize(n) + n;
   }
+  const wBytes = b.rowWeights ? b.rowWeights.length * 4 : 0;
+  const wt = b.rowWeights ? tensorBodySize(DType.FLOAT32, [b.rowWeights.length], wBytes) : null;
+  if (wt) size += 1 + varintSize(wt.size) + wt.size;
   if (b.batchId !== 0n) size += 1 + varintSize(b.batchId);
   const timeoutMs = b.timeoutMs ?? 0;
   if (timeoutMs) size += 1 + varintSize(timeoutMs);
+  let trBytes = 0;
+  if (b.tokenRows && b.tokenRows.length > 0) {
+    for (let i = 0; i < b.tokenRows.length; i++) trBytes += varintSize(b.tokenRows[i]);
+    size += 1 + varintSize(trBytes) + trBytes;
+  }
+  if (b.combine) size += 2;
   const buf = alloc(size);
   const w = new Writer(buf);
   if (poolBytes) w.byte(10).varint(poolBytes).string(b.pool, poolBytes);
@@ -166,8 +96,20 @@ export function encodeExpertBatch(
     if (s.offset) w.byte(16).varint(s.offset);
     if (s.count) w.byte(24).varint(s.count);
   }
+  if (b.rowWeights && wt) {
+    w.byte(42).varint(wt.size);
+    const wa = writeTensorHead(w, DType.FLOAT32, [b.rowWeights.length], wt.shapeBytes, wBytes);
+    const rw = b.rowWeights;
+    Buffer.from(rw.buffer, rw.byteOffset, wBytes).copy(buf, wa);
+  }
   if (b.batchId !== 0n) w.byte(48).varint(b.batchId);
   if (timeoutMs) w.byte(56).varint(timeoutMs);
+  if (trBytes > 0) {
+    const tr = b.tokenRows as Uint32Array;
+    w.byte(66).varint(trBytes); // field 8, packed
+    for (let i = 0; i < tr.length; i++) w.varint(tr[i]);
+  }
+  if (b.combine) w.byte(72).byte(1); // field 9, varint
   fill(buf, at);
   return buf;
 }
@@ -253,21 +195,6 @@ export function encodeForwardResponse(
     if (msgBytes) w.byte(18).varint(msgBytes).string(error.message, msgBytes);
   }
   return { message: buf, data: buf.subarray(at, at + dataBytes), backing: raw };
-}
-
-/** ExpertResult { batch_id, output } whose output data the caller fills (the fake worker's echo). */
-export function encodeExpertResult(batchId: bigint, dtype: DType, shape: readonly number[], data: Uint8Array): Buffer {
-  const t = tensorBodySize(dtype, shape, data.byteLength);
-  let size = 0;
-  if (batchId !== 0n) size += 1 + varintSize(batchId);
-  size += 1 + varintSize(t.size) + t.size;
-  const buf = Buffer.allocUnsafe(size);
-  const w = new Writer(buf);
-  if (batchId !== 0n) w.byte(8).varint(batchId);
-  w.byte(18).varint(t.size);
-  const at = writeTensorHead(w, dtype, shape, t.shapeBytes, data.byteLength);
-  buf.set(data, at);
-  return buf;
 }
 
 /**

@@ -122,6 +122,11 @@ const INVALID: [string, unknown, string][] = [
     "batching.maxQueueTokens must be >= batching.maxBatchTokens",
   ],
   [
+    "RoutingPolicy with no flush allowed in flight (schema minimum)",
+    rp({ poolRef: { name: "p" }, batching: { flushesInFlight: 0 } }),
+    "spec.batching.flushesInFlight in body should be greater than or equal to 1",
+  ],
+  [
     "RoutingPolicy staleness below refresh (CEL)",
     rp({ poolRef: { name: "p" }, loadSignals: { refreshMs: 5000, stalenessMs: 1000 } }),
     "loadSignals.stalenessMs must be >= loadSignals.refreshMs",

@@ -52,6 +52,8 @@ describe("resolveRoutingPolicy", () => {
     [{ batching: { maxWait: "1ms", maxWaitMs: 1 } }, "policy.batching.maxWait"],
     [{ batching: { maxBatchTokens: 512, maxQueueTokens: 100 } }, "policy.batching.maxQueueTokens"],
     [{ batching: { enabled: "yes" } }, "policy.batching.enabled"],
+    [{ batching: { flushesInFlight: 0 } }, "policy.batching.flushesInFlight"],
+    [{ batching: { flushesInFlight: 1.5 } }, "policy.batching.flushesInFlight"],
     [{ placement: { load: -1 } }, "policy.placement.load"],
     [{ loadSignals: { prometheusUrl: "ftp://x" } }, "policy.loadSignals.prometheusUrl"],
     [{ loadSignals: { prometheusUrl: "not a url" } }, "policy.loadSignals.prometheusUrl"],

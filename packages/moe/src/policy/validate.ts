@@ -127,7 +127,14 @@ export function resolveRoutingPolicy(input: unknown, path = "policy"): RoutingPo
     throw new PolicyError(`${gp}.maxK`, `must be >= topK (${gating.topK}), got ${gating.maxK}`);
   }
 
-  const b = section(input, "batching", path, ["enabled", "maxBatchTokens", "maxWaitMs", "maxWait", "maxQueueTokens"]);
+  const b = section(input, "batching", path, [
+    "enabled",
+    "maxBatchTokens",
+    "maxWaitMs",
+    "maxWait",
+    "maxQueueTokens",
+    "flushesInFlight",
+  ]);
   const bp = `${path}.batching`;
   const batching: BatchingPolicy = {
     enabled: bool(b.enabled, `${bp}.enabled`, d.batching.enabled),
@@ -139,6 +146,11 @@ export function resolveRoutingPolicy(input: unknown, path = "policy"): RoutingPo
     maxWaitMs: num(b.maxWaitMs, `${bp}.maxWaitMs`, d.batching.maxWaitMs, { min: 0, max: 10_000 }),
     maxQueueTokens: num(b.maxQueueTokens, `${bp}.maxQueueTokens`, d.batching.maxQueueTokens, {
       min: 1,
+      integer: true,
+    }),
+    flushesInFlight: num(b.flushesInFlight, `${bp}.flushesInFlight`, d.batching.flushesInFlight, {
+      min: 1,
+      max: 16,
       integer: true,
     }),
   };

@@ -57,6 +57,18 @@ export interface ExpertBatch {
    * included) and answers DEADLINE_EXCEEDED in ExpertResult.error when it passes.
    */
   timeoutMs: number;
+  /**
+   * Token-deduplicated batches (workers whose Status sets `combines`): `tokens` holds each distinct token row once,
+   * [U, d], and token_rows[i] is the row of `tokens` that assignment row i reads. The slices and row_weights then
+   * address the N = len(token_rows) assignment rows. A token routed to several of this worker's experts crosses
+   * the wire once instead of once per expert. Empty: `tokens` holds the N rows themselves.
+   */
+  tokenRows: number[];
+  /**
+   * With token_rows: answer each distinct token's rows summed, each scaled by its row weight (output [U, d],
+   * FLOAT32, rows outside every slice add nothing), instead of the N rows: the combine of this worker's share.
+   */
+  combine: boolean;
 }
 
 export interface ExpertStats {
@@ -70,7 +82,10 @@ export interface ExpertStats {
   backend: string;
 }
 
-/** Output rows in the same order as the batch's rows; rows outside every slice are zero. */
+/**
+ * Output rows in the same order as the batch's rows; rows outside every slice are zero. A batch with `combine` gets
+ * one FLOAT32 row per distinct token instead (ExpertBatch.combine).
+ */
 export interface ExpertResult {
   batchId: bigint;
   /** [N, d], same dtype as tokens */
@@ -129,6 +144,8 @@ export interface WorkerStatus {
    * RunExpertsStream, length-prefixed on a plain socket, on the host of this gRPC endpoint. 0 = not offered.
    */
   dataPort: number;
+  /** Accepts ExpertBatch.token_rows and ExpertBatch.combine (a router sends the deduplicated form only then). */
+  combines: boolean;
 }
 
 function createBaseExpertSlice(): ExpertSlice {
@@ -233,7 +250,17 @@ export const ExpertSlice: MessageFns<ExpertSlice> = {
 };
 
 function createBaseExpertBatch(): ExpertBatch {
-  return { pool: "", layer: 0, tokens: undefined, slices: [], rowWeights: undefined, batchId: 0n, timeoutMs: 0 };
+  return {
+    pool: "",
+    layer: 0,
+    tokens: undefined,
+    slices: [],
+    rowWeights: undefined,
+    batchId: 0n,
+    timeoutMs: 0,
+    tokenRows: [],
+    combine: false,
+  };
 }
 
 export const ExpertBatch: MessageFns<ExpertBatch> = {
@@ -261,6 +288,16 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
     }
     if (message.timeoutMs !== 0) {
       writer.uint32(56).uint32(message.timeoutMs);
+    }
+    if (message.tokenRows.length !== 0) {
+      writer.uint32(66).fork();
+      for (const v of message.tokenRows) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.combine !== false) {
+      writer.uint32(72).bool(message.combine);
     }
     return writer;
   },
@@ -334,6 +371,32 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
             message.timeoutMs = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag === 64) {
+              message.tokenRows.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 66) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.tokenRows.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.combine = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -363,6 +426,12 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
         : isSet(object.timeout_ms)
         ? globalThis.Number(object.timeout_ms)
         : 0,
+      tokenRows: globalThis.Array.isArray(object?.tokenRows)
+        ? object.tokenRows.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.token_rows)
+        ? object.token_rows.map((e: any) => globalThis.Number(e))
+        : [],
+      combine: isSet(object.combine) ? globalThis.Boolean(object.combine) : false,
     };
   },
 
@@ -389,6 +458,12 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
     if (message.timeoutMs !== 0) {
       obj.timeoutMs = Math.round(message.timeoutMs);
     }
+    if (message.tokenRows?.length) {
+      obj.tokenRows = message.tokenRows.map((e) => Math.round(e));
+    }
+    if (message.combine !== false) {
+      obj.combine = message.combine;
+    }
     return obj;
   },
 
@@ -408,6 +483,8 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
       : undefined;
     message.batchId = (object.batchId !== undefined && object.batchId !== null) ? BigInt(object.batchId) : 0n;
     message.timeoutMs = object.timeoutMs ?? 0;
+    message.tokenRows = object.tokenRows?.map((e) => e) || [];
+    message.combine = object.combine ?? false;
     return message;
   },
 };
@@ -1132,6 +1209,7 @@ function createBaseWorkerStatus(): WorkerStatus {
     layers: 0,
     experts: 0,
     dataPort: 0,
+    combines: false,
   };
 }
 
@@ -1190,6 +1268,9 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     }
     if (message.dataPort !== 0) {
       writer.uint32(120).uint32(message.dataPort);
+    }
+    if (message.combines !== false) {
+      writer.uint32(128).bool(message.combines);
     }
     return writer;
   },
@@ -1327,6 +1408,14 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
             message.dataPort = reader.uint32();
             continue;
           }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.combines = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1392,6 +1481,7 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
         : isSet(object.data_port)
         ? globalThis.Number(object.data_port)
         : 0,
+      combines: isSet(object.combines) ? globalThis.Boolean(object.combines) : false,
     };
   },
 
@@ -1442,6 +1532,9 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     if (message.dataPort !== 0) {
       obj.dataPort = Math.round(message.dataPort);
     }
+    if (message.combines !== false) {
+      obj.combines = message.combines;
+    }
     return obj;
   },
 
@@ -1469,6 +1562,7 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     message.layers = object.layers ?? 0;
     message.experts = object.experts ?? 0;
     message.dataPort = object.dataPort ?? 0;
+    message.combines = object.combines ?? false;
     return message;
   },
 };

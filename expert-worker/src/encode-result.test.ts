@@ -1,0 +1,40 @@
+import { DType, ExpertResult, encodeTensor } from "@switchyard/protocol";
+import { describe, expect, it } from "vitest";
+import { encodeResult } from "./encode-result.js";
+
+describe("encodeResult", () => {
+  it("writes the same bytes as ts-proto for results with an output and stats, and for errors", () => {
+    const results: ExpertResult[] = [
+      {
+        batchId: 300n,
+        output: encodeTensor(
+          Float32Array.from({ length: 24 }, (_, i) => i - 7.5),
+          [3, 8],
+          DType.FLOAT32,
+        ),
+        stats: {
+          tokens: 3,
+          experts: 2,
+          cacheHits: 1,
+          cacheMisses: 1,
+          queueWaitMs: 0.25,
+          computeMs: 1.5,
+          backend: "cuda",
+        },
+        error: undefined,
+      },
+      {
+        batchId: 0n,
+        output: encodeTensor(new Float32Array(4).fill(1), [2, 2], DType.BFLOAT16),
+        stats: undefined,
+        error: undefined,
+      },
+      { batchId: 9n, output: undefined, stats: undefined, error: { code: 3, message: "tokens: required" } },
+    ];
+    for (const r of results) {
+      const fast = encodeResult(r);
+      expect(Buffer.from(fast).equals(Buffer.from(ExpertResult.encode(r).finish()))).toBe(true);
+      expect(ExpertResult.decode(fast)).toEqual(ExpertResult.decode(ExpertResult.encode(r).finish()));
+    }
+  });
+});
