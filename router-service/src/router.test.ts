@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PlacementPlan } from "./config.js";
 import type { TokenRouting } from "./core/routing.js";
 import type { PoolModel } from "./model.js";
-import { Router } from "./router.js";
+import { dedupMinBytes, Router } from "./router.js";
 import { type StartedRouter, serveRouter } from "./server.js";
 import { FakeWorker } from "./testing/fake-worker.js";
 
@@ -563,10 +563,28 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
   });
 
   if (transport === "dedup")
-    it("sent deduplicated batches: fewer token rows than assignment rows, summed on the worker", () => {
+    it("sends deduplicated batches, summed on the worker where a token's experts are all there", async () => {
       const seen = workers.flatMap((w) => w.seen);
-      expect(seen.some((b) => b.combine && b.rows < b.assignments)).toBe(true);
+      expect(seen.some((b) => b.rows < b.assignments)).toBe(true);
       expect(seen.every((b) => b.rows <= b.assignments)).toBe(true);
+      // Every expert on w0: each token's top-2 rows go there, fp32 rows, so its sums are half their bytes.
+      setPool(
+        {},
+        Array.from({ length: L }, () => Array.from({ length: E }, () => [0])),
+      );
+      try {
+        const before = workers[0].batches;
+        const h = hidden(12, 77);
+        const res = await call({ hidden: encodeTensor(h, [12, D], DType.FLOAT32) });
+        expect(
+          maxRelErr(bytesToFloat32(res.hidden!.data, DType.FLOAT32, true), reference(0, h, 12)),
+        ).toBeLessThanOrEqual(1e-6);
+        const mine = workers[0].seen.slice(-(workers[0].batches - before));
+        expect(mine.some((b) => b.combine && b.rows === 12 && b.assignments >= 24)).toBe(true);
+      } finally {
+        setPool();
+        await router.refreshWorkers("toy");
+      }
     });
 
   // Only the data path has a connection of its own to cut under a call.
@@ -864,5 +882,16 @@ describe("router: the shared expert on the workers, as slices", () => {
         twoReplicas.map((l) => [...l, [0]]),
       ),
     ).toThrow(/replicas\[0\].*one entry per expert \(4, or 6 with the shared expert's 2 slices\), got 5/);
+  });
+});
+
+describe("dedupMinBytes (SWITCHYARD_ROUTER_DEDUP_MIN_BYTES)", () => {
+  it("defaults to 256 KiB, takes a byte count or off, and names the variable when it is neither", () => {
+    expect(dedupMinBytes(undefined)).toBe(256 * 1024);
+    expect(dedupMinBytes("")).toBe(256 * 1024);
+    expect(dedupMinBytes("0")).toBe(0);
+    expect(dedupMinBytes("off")).toBe(Number.POSITIVE_INFINITY);
+    expect(() => dedupMinBytes("-1")).toThrow(/SWITCHYARD_ROUTER_DEDUP_MIN_BYTES/);
+    expect(() => dedupMinBytes("lots")).toThrow(/SWITCHYARD_ROUTER_DEDUP_MIN_BYTES/);
   });
 });

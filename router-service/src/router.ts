@@ -211,7 +211,7 @@ export interface RouterOptions {
   workerTransport?: WorkerTransport;
   /**
    * Fewest bytes a batch must save to go deduplicated to a worker that offers it (ExpertBatch.token_rows); default
-   * SWITCHYARD_ROUTER_DEDUP_MIN_BYTES, else 64 KiB. Infinity: never.
+   * SWITCHYARD_ROUTER_DEDUP_MIN_BYTES, else 256 KiB. Infinity: never.
    */
   dedupMinBytes?: number;
 }
@@ -688,7 +688,7 @@ export class Router {
     // the smaller one (token-rows.ts in the worker).
     const dedup =
       conn.lastStatus?.combines === true
-        ? dedupRows(items, b.rows, rowBytes, this.dedupMinBytes, d * 4 < rowBytes * 2)
+        ? dedupRows(items, b.rows, rowBytes, this.dedupMinBytes, rowBytes < d * 4)
         : null;
     const sent = dedup ? dedup.pairs.length >> 1 : n;
     const t0 = performance.now();
@@ -773,16 +773,15 @@ interface DedupRows {
 }
 
 /**
- * Distinct tokens of a worker batch, or null when every row is a different token (nothing to save). `sumWhenSmaller`:
- * whether a token's FLOAT32 sum is smaller than two of its rows in the request dtype (true for bf16/fp16 rows); the
- * worker then sums when its batch holds more rows than that many times its distinct tokens.
+ * Distinct tokens of a worker batch, or null when that saves less than `minBytes`. `halfRows`: the rows are bf16 or
+ * fp16, half the bytes of a token's FLOAT32 sum.
  */
 function dedupRows(
   items: Item[],
   rows: readonly Assignment[],
   rowBytes: number,
   minBytes: number,
-  sumWhenSmaller: boolean,
+  halfRows: boolean,
 ): DedupRows | null {
   const n = rows.length;
   const index = new Map<number, number>();
@@ -801,8 +800,11 @@ function dedupRows(
   }
   const distinct = pairs.length >> 1;
   if (distinct === n || (n - distinct) * rowBytes < minBytes) return null;
-  // Summed answers are FLOAT32: worth it where they are fewer bytes than the rows (bf16/fp16 rows: n >= 2 distinct).
-  const sum = sumWhenSmaller ? n >= 2 * distinct : n > distinct;
+  // Summed answers are FLOAT32, and the router adds each token's sums itself: worth it where they are at most half
+  // the bytes of the rows (half-precision rows: n >= 4 distinct, a token's 4 or more experts on this worker; fp32
+  // rows: n >= 2 distinct). Mixtral's top-2 on one worker (bf16, n = 2 distinct: sums as large as the rows) ran 15%
+  // slower combined (bench/results/h200-moe.md).
+  const sum = halfRows ? n >= 4 * distinct : n >= 2 * distinct;
   if (!sum) return { pairs, tokenRows };
   const weights = new Float32Array(n);
   for (let r = 0; r < n; r++) {
@@ -814,12 +816,13 @@ function dedupRows(
 }
 
 /**
- * Fewest bytes a batch must save before it goes deduplicated: below ~64 KiB the transfer saved is a few tens of
- * microseconds on a loopback or a pod network, which the extra passes (here, and the worker's expand and sum) eat.
- * From SWITCHYARD_ROUTER_DEDUP_MIN_BYTES ("off": never).
+ * Fewest bytes a batch must save before it goes deduplicated. Measured on one H200 worker, 64 sequences
+ * (bench/results/h200-moe.md): DeepSeek-V3's batches save ~1.7 MB (+22% tokens/s), Qwen3-30B-A3B's ~360 KB (+12%);
+ * Mixtral-8x7B's top-2 saves ~67 KB and ran 5% slower deduplicated, where the dedup's own passes (here, the worker's
+ * expand) cost more than the transfer saved. From SWITCHYARD_ROUTER_DEDUP_MIN_BYTES ("off": never).
  */
 export function dedupMinBytes(raw: string | undefined): number {
-  if (raw === undefined || raw === "") return 64 * 1024;
+  if (raw === undefined || raw === "") return 256 * 1024;
   if (raw === "off") return Number.POSITIVE_INFINITY;
   const n = Number(raw);
   if (!Number.isInteger(n) || n < 0)

@@ -10,7 +10,13 @@ describe("resolvePolicy", () => {
     expect(r.ok).toBe(true);
     if (!r.ok) return;
     expect(r.policy.gating.topK).toBe(4);
-    expect(r.policy.batching).toEqual({ enabled: true, maxBatchTokens: 512, maxWaitMs: 2, maxQueueTokens: 65536, flushesInFlight: 1 });
+    expect(r.policy.batching).toEqual({
+      enabled: true,
+      maxBatchTokens: 512,
+      maxWaitMs: 2,
+      maxQueueTokens: 65536,
+      flushesInFlight: 1,
+    });
     // The router re-validates the same JSON on load; the resolved form must pass it unchanged.
     expect(resolveRoutingPolicy(JSON.parse(JSON.stringify(r.policy)))).toEqual(r.policy);
   });

@@ -108,7 +108,13 @@ describe("applyDefaults mirrors structural defaulting", () => {
       poolRef: { name: "p" },
       batching: { maxBatchTokens: 512 },
     }) as Record<string, Record<string, unknown>>;
-    expect(spec.batching).toEqual({ enabled: true, maxBatchTokens: 512, maxWaitMs: 2, maxQueueTokens: 65536, flushesInFlight: 1 });
+    expect(spec.batching).toEqual({
+      enabled: true,
+      maxBatchTokens: 512,
+      maxWaitMs: 2,
+      maxQueueTokens: 65536,
+      flushesInFlight: 1,
+    });
     expect(spec.gating).toEqual({ overflow: "drop" });
   });
 });
