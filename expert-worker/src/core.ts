@@ -123,7 +123,8 @@ export class WorkerCore {
           rows: b.rows,
           cols: b.cols,
           slices,
-          rowWeights: b.rowWeights,
+          // combine: the rows unscaled, the weights applied in fp32 by the sum (as the router's combine does)
+          rowWeights: b.combine ? undefined : b.rowWeights,
           signal: sig,
         });
         computeMs = performance.now() - t0;
@@ -131,7 +132,8 @@ export class WorkerCore {
       },
     });
     // combine: each distinct token's rows summed here (FLOAT32) instead of sent back one per expert
-    const combined = b.combine && b.tokenRows ? sumRowsByToken(output, b.dtype, b.tokenRows, b.distinct, b.cols) : null;
+    const combined =
+      b.combine && b.tokenRows ? sumRowsByToken(output, b.dtype, b.tokenRows, b.distinct, b.cols, b.rowWeights) : null;
     let tokens = 0;
     for (const s of live) {
       tokens += s.count;

@@ -8,14 +8,14 @@ const d = 24;
 const rows = new Uint32Array([2, 0, 1, 2, 2, 0]); // 6 assignment rows over 3 distinct tokens
 
 /** The sum spelled out: each row widened to fp32 and added into its token, in row order. */
-function expected(out: Uint8Array, dtype: DType, distinct: number): Float32Array {
+function expected(out: Uint8Array, dtype: DType, distinct: number, w?: Float32Array): Float32Array {
   const x =
     dtype === DType.BFLOAT16
       ? bf16ToF32(new Uint16Array(out.buffer, out.byteOffset, out.byteLength / 2))
       : new Float32Array(out.buffer, out.byteOffset, out.byteLength / 4);
   const acc = new Float32Array(distinct * d);
   rows.forEach((u, i) => {
-    for (let j = 0; j < d; j++) acc[u * d + j] += x[i * d + j];
+    for (let j = 0; j < d; j++) acc[u * d + j] += (w ? w[i] : 1) * x[i * d + j];
   });
   return acc;
 }
@@ -33,7 +33,15 @@ describe("token rows", () => {
     "sumRowsByToken (dtype %i): each token's rows added in row order",
     (dtype) => {
       const out = encodeTensor(uniform(6 * d, 1, rng(4)), [6, d], dtype).data;
-      expect([...sumRowsByToken(out, dtype, rows, 3, d)]).toEqual([...expected(out, dtype, 3)]);
+      const w = new Float32Array([0.5, -1, 2, 0.25, 1, 3]);
+      for (const weights of [undefined, w]) {
+        const want = expected(out, dtype, 3, weights);
+        const got = sumRowsByToken(out, dtype, rows, 3, d, weights);
+        // the native sum rounds each product in fp32 (or fuses it), this reference adds in double
+        const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        expect(scale).toBeGreaterThan(0);
+        for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i])).toBeLessThanOrEqual(1e-6 * scale);
+      }
     },
   );
 

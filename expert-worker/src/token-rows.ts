@@ -18,8 +18,10 @@ export function gatherRows(tokens: Uint8Array, rows: Uint32Array, rowBytes: numb
 }
 
 /**
- * Sums the backend's output rows (already scaled by their row weights) per distinct token: FLOAT32 [distinct, d],
- * row i added into token rows[i], in row order. Rows of no slice are zero in the backend's output and add nothing.
+ * Sums the backend's output rows per distinct token: FLOAT32 [distinct, d], weights[i] * row i added into token
+ * rows[i] in fp32, in row order: each term exactly as the router's own combine forms it (the row as the backend
+ * rounded it to the batch's dtype, then scaled in fp32). No weights: 1. Rows of no slice are zero in the backend's
+ * output and add nothing.
  */
 export function sumRowsByToken(
   out: Uint8Array,
@@ -27,11 +29,12 @@ export function sumRowsByToken(
   rows: Uint32Array,
   distinct: number,
   d: number,
+  weights?: Float32Array,
 ): Float32Array {
   const acc = new Float32Array(distinct * d);
   const native = loadNativeAddon();
   if (native?.sumRowsByToken && rows.length > 0) {
-    native.sumRowsByToken(out, dtype, rows, acc);
+    native.sumRowsByToken(out, dtype, rows, acc, weights);
     return acc;
   }
   const n = rows.length;
@@ -40,7 +43,8 @@ export function sumRowsByToken(
     for (let i = 0; i < n; i++) {
       const a = rows[i] * d;
       const s = i * d;
-      for (let j = 0; j < d; j++) acc[a + j] += src[s + j];
+      const w = weights ? weights[i] : 1;
+      for (let j = 0; j < d; j++) acc[a + j] += w * src[s + j];
     }
     return acc;
   }
@@ -51,7 +55,8 @@ export function sumRowsByToken(
     if (dtype === DType.BFLOAT16) bf16ToF32(row, wide);
     else f16ToF32(row, wide);
     const a = rows[i] * d;
-    for (let j = 0; j < d; j++) acc[a + j] += wide[j];
+    const w = weights ? weights[i] : 1;
+    for (let j = 0; j < d; j++) acc[a + j] += w * wide[j];
   }
   return acc;
 }

@@ -72,11 +72,10 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
   const deduped = tr.length > 0;
   // The assignment rows the slices address: the token rows themselves, or one per token_rows entry.
   const rows = deduped ? tr.length : distinct;
+  if (ctx.maxRows !== undefined && distinct > ctx.maxRows)
+    throw invalidArgument("tokens.shape[0]", `${distinct} rows exceed this worker's limit of ${ctx.maxRows}`);
   if (ctx.maxRows !== undefined && rows > ctx.maxRows)
-    throw invalidArgument(
-      deduped ? "token_rows" : "tokens.shape[0]",
-      `${rows} rows exceed this worker's limit of ${ctx.maxRows}`,
-    );
+    throw invalidArgument("token_rows", `${rows} rows exceed this worker's limit of ${ctx.maxRows}`);
   let tokenRows: Uint32Array | undefined;
   if (deduped) {
     tokenRows = new Uint32Array(rows);
@@ -101,9 +100,10 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
     const f = `slices[${i}]`;
     if (s.expert >= ctx.experts + (ctx.sharedSlices ?? 0))
       throw invalidArgument(`${f}.expert`, `unknown expert ${s.expert} (${expertIdsText(ctx)})`);
-    if (s.offset > rows) throw invalidArgument(`${f}.offset`, `${s.offset} is past the ${rows} token rows`);
+    const what = deduped ? "assignment rows (token_rows)" : "token rows";
+    if (s.offset > rows) throw invalidArgument(`${f}.offset`, `${s.offset} is past the ${rows} ${what}`);
     if (s.offset + s.count > rows)
-      throw invalidArgument(`${f}.count`, `rows [${s.offset}, ${s.offset + s.count}) exceed the ${rows} token rows`);
+      throw invalidArgument(`${f}.count`, `rows [${s.offset}, ${s.offset + s.count}) exceed the ${rows} ${what}`);
     if (s.count > 0 && !ctx.serves(b.layer, s.expert))
       throw invalidArgument(`${f}.expert`, `expert ${s.expert} of layer ${b.layer} is not served by this worker`);
     slices.push({ expert: s.expert, offset: s.offset, count: s.count });
@@ -131,7 +131,7 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
     if (!Array.isArray(w.shape) || w.shape.length !== 1 || w.shape[0] !== rows)
       throw invalidArgument(
         "row_weights.shape",
-        `expected [${rows}] (one weight per token row), got [${(w.shape ?? []).join(", ")}]`,
+        `expected [${rows}] (one weight per ${deduped ? "assignment row" : "token row"}), got [${(w.shape ?? []).join(", ")}]`,
       );
     if (!(w.data instanceof Uint8Array) || w.data.byteLength !== rows * 4)
       throw invalidArgument("row_weights.data", `expected ${rows * 4} bytes, got ${w.data?.byteLength ?? 0}`);

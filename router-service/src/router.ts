@@ -446,30 +446,33 @@ export class Router {
     const pending = items.filter((i) => i.pendingGate && !i.done);
     if (pending.length === 0) return;
     const started = performance.now();
-    const d = m.hiddenSize;
-    let T = 0;
-    for (const it of pending) T += it.tokens;
-    const bf16 = m.logitsBf16 !== undefined && pending.every((i) => i.dtype === DType.BFLOAT16);
-    const x = bf16 ? concatBf16(pending, T, d) : concatF32(pending, T, d);
-    const job = m.logitsAsync?.(layer, x, T);
-    let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
-    logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
-    const E = m.experts;
-    let t0 = 0;
-    for (const it of pending) {
-      const own = logits.subarray(t0 * E, (t0 + it.tokens) * E);
-      t0 += it.tokens;
-      if (it.done) continue; // its deadline passed while the gate ran
-      const g = it.pendingGate as PendingGate;
-      try {
-        const gated = m.route(layer, own, it.tokens, p.policy.gating);
-        setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
-        it.pendingGate = null;
-      } catch (e) {
-        this.finish(p, it, e);
+    try {
+      const d = m.hiddenSize;
+      let T = 0;
+      for (const it of pending) T += it.tokens;
+      const bf16 = m.logitsBf16 !== undefined && pending.every((i) => i.dtype === DType.BFLOAT16);
+      const x = bf16 ? concatBf16(pending, T, d) : concatF32(pending, T, d);
+      const job = m.logitsAsync?.(layer, x, T);
+      let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
+      logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
+      const E = m.experts;
+      let t0 = 0;
+      for (const it of pending) {
+        const own = logits.subarray(t0 * E, (t0 + it.tokens) * E);
+        t0 += it.tokens;
+        if (it.done) continue; // its deadline passed while the gate ran
+        const g = it.pendingGate as PendingGate;
+        try {
+          const gated = m.route(layer, own, it.tokens, p.policy.gating);
+          setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
+          it.pendingGate = null;
+        } catch (e) {
+          this.finish(p, it, e);
+        }
       }
+    } finally {
+      p.metrics.gateDuration.observe((performance.now() - started) / 1000);
     }
-    p.metrics.gateDuration.observe((performance.now() - started) / 1000);
   }
 
   private finish(p: Pool, item: Item, err: unknown | null, res?: ForwardResponse): void {
@@ -784,6 +787,7 @@ function dedupRows(
   halfRows: boolean,
 ): DedupRows | null {
   const n = rows.length;
+  if ((n - 1) * rowBytes < minBytes) return null; // even one distinct token would not save enough
   const index = new Map<number, number>();
   const pairs: number[] = [];
   const tokenRows = new Uint32Array(n);

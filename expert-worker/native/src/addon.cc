@@ -328,8 +328,8 @@ Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// sumRowsByToken(rows: Uint8Array [n, d] of dtype, dtype, tokenRows: Uint32Array [n], acc: Float32Array [u, d]):
-// acc[tokenRows[i]] += rows[i], in row order (deduplicated batches' combine, expert-worker/src/token-rows.ts). On
+// sumRowsByToken(rows: Uint8Array [n, d] of dtype, dtype, tokenRows: Uint32Array [n], acc: Float32Array [u, d],
+// weights?: Float32Array [n]): acc[tokenRows[i]] += weights[i] * rows[i] in fp32, in row order (deduplicated batches' combine, expert-worker/src/token-rows.ts). On
 // the calling thread: ~1 MB of adds per DeepSeek-V3 batch, a fraction of a millisecond, where the JavaScript loop
 // took several.
 Napi::Value SumRowsByToken(const Napi::CallbackInfo& info) {
@@ -356,28 +356,39 @@ Napi::Value SumRowsByToken(const Napi::CallbackInfo& info) {
   const uint8_t* src = static_cast<const uint8_t*>(rows.ArrayBuffer().Data()) + rows.ByteOffset();
   const uint32_t* idx = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(tr.ArrayBuffer().Data()) + tr.ByteOffset());
   float* out = reinterpret_cast<float*>(static_cast<uint8_t*>(acc.ArrayBuffer().Data()) + acc.ByteOffset());
+  const float* wts = nullptr;
+  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
+    if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(env, "weights: expected Float32Array");
+    auto w = info[4].As<Napi::TypedArray>();
+    if (w.ElementLength() != n) throw Napi::RangeError::New(env, "weights: expected one per row of tokenRows");
+    wts = reinterpret_cast<const float*>(static_cast<const uint8_t*>(w.ArrayBuffer().Data()) + w.ByteOffset());
+  }
   for (size_t i = 0; i < n; i++)
     if (idx[i] >= u) throw Napi::RangeError::New(env, "tokenRows: entry past the accumulator's rows");
   for (size_t i = 0; i < n; i++) {
     float* a = out + static_cast<size_t>(idx[i]) * d;
     const uint8_t* r = src + i * d * es;
+    // each step in double, rounded to fp32: what JavaScript's `acc[j] += w * x` does (the fallback in
+    // token-rows.ts, and the router's own combine), so the two agree bit for bit
+    const double w = wts ? wts[i] : 1.0;
     if (t == DType::BF16) {
       for (size_t j = 0; j < d; j++) {
         uint16_t h;
         std::memcpy(&h, r + 2 * j, 2);
-        a[j] += bf16_to_f32(h);
+        a[j] = static_cast<float>(a[j] + w * bf16_to_f32(h));
       }
     } else if (t == DType::F16) {
       for (size_t j = 0; j < d; j++) {
         uint16_t h;
         std::memcpy(&h, r + 2 * j, 2);
-        a[j] += f16_to_f32(h);
+        a[j] = static_cast<float>(a[j] + w * f16_to_f32(h));
       }
     } else {
       for (size_t j = 0; j < d; j++) {
         float f;
         std::memcpy(&f, r + 4 * j, 4);
-        a[j] += f;
+        a[j] = static_cast<float>(a[j] + w * f);
       }
     }
   }

@@ -38,8 +38,14 @@ export interface NativeAddon {
   ): Promise<{ gflops: number; perThread: number[]; perThreadCpu: number[]; threads: number; seconds: number }>;
   /** Streaming-read bandwidth in GB/s over a buffer of `mib` MiB (best of 5 passes). */
   measureReadBandwidth(mib?: number, threads?: number): Promise<number>;
-  /** acc[tokenRows[i]] += rows[i] (rows [n, d] of `dtype`, acc [u, d]), in row order; synchronous. */
-  sumRowsByToken(rows: Uint8Array, dtype: number, tokenRows: Uint32Array, acc: Float32Array): void;
+  /** acc[tokenRows[i]] += weights[i] * rows[i] in fp32 (rows [n, d] of `dtype`, acc [u, d]), in row order. */
+  sumRowsByToken(
+    rows: Uint8Array,
+    dtype: number,
+    tokenRows: Uint32Array,
+    acc: Float32Array,
+    weights?: Float32Array,
+  ): void;
 }
 
 export interface NativeWeight {

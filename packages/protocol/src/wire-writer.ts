@@ -120,15 +120,15 @@ export function encodeExpertResult(
   let size = 0;
   if (batchId !== 0n) size += 1 + varintSize(batchId);
   size += 1 + varintSize(t.size) + t.size;
-  if (stats && stats.byteLength > 0) size += 1 + varintSize(stats.byteLength) + stats.byteLength;
+  if (stats) size += 1 + varintSize(stats.byteLength) + stats.byteLength;
   const buf = Buffer.allocUnsafe(size);
   const w = new Writer(buf);
   if (batchId !== 0n) w.byte(8).varint(batchId);
   w.byte(18).varint(t.size);
   const at = writeTensorHead(w, dtype, shape, t.shapeBytes, data.byteLength);
   buf.set(data, at);
-  if (stats && stats.byteLength > 0) {
-    w.byte(26).varint(stats.byteLength);
+  if (stats) {
+    w.byte(26).varint(stats.byteLength); // an empty message is still written, as ts-proto does
     buf.set(stats, w.pos);
   }
   return buf;

@@ -1,9 +1,10 @@
 // Expert-aware batching, the timing half: requests for the same key (pool, layer, dtype) queue up and leave
 // together when maxBatchTokens is reached or maxWaitMs after the first one arrived, whichever comes first.
-// While a flush of the same key is still running, new requests wait for it instead (continuous batching): the
-// workers are busy with that flush, so a second, smaller batch sent now would only queue behind it on the
-// workers; held here it grows, and it leaves the moment the running flush completes. A hold never outlasts
-// HOLD_CAP_MS, and every request still has its own deadline timer in the router.
+// While flushesInFlight flushes of the same key (default 1) are still running, new requests wait instead
+// (continuous batching): the workers are busy with those flushes, so another, smaller batch sent now would only
+// queue behind them on the workers; held here it grows, and it leaves the moment one of them completes. A hold never
+// outlasts HOLD_CAP_MS, and every request still has its own deadline timer in the router. Below that limit the
+// usual maxWait applies.
 // The flush callback then regroups the merged tokens by expert (plan-flush.ts). With batching disabled every
 // request flushes alone, at once: the baseline the batching speedup is measured against.
 
@@ -30,6 +31,8 @@ interface Queue<T> {
   timer: NodeJS.Timeout | NodeJS.Immediate | null;
   /** Flushes of this key still running. */
   running: number;
+  /** The queued requests are held behind running flushes (their timer is the hold cap, not maxWait). */
+  held: boolean;
 }
 
 /** Longest a request is held behind a running flush of its key before it is sent anyway. */
@@ -45,6 +48,8 @@ export class Batcher<T extends Batchable, K = string> {
 
   setOptions(options: BatcherOptions): void {
     this.options = options;
+    // A raised flushesInFlight frees held queues now rather than at their hold cap.
+    for (const [key, q] of this.queues) if (q.held && q.running < this.inFlight) this.flushKey(key);
   }
 
   /** Tokens waiting (not yet flushed) across all keys. */
@@ -61,7 +66,7 @@ export class Batcher<T extends Batchable, K = string> {
     }
     let q = this.queues.get(key);
     if (!q) {
-      q = { items: [], tokens: 0, timer: null, running: 0 };
+      q = { items: [], tokens: 0, timer: null, running: 0, held: false };
       this.queues.set(key, q);
     }
     // A request that would overflow the budget flushes what is queued first, so batches stay <= maxBatchTokens
@@ -79,7 +84,8 @@ export class Batcher<T extends Batchable, K = string> {
         queue.timer = null;
         this.flushKey(key);
       };
-      if (q.running >= this.inFlight) q.timer = setTimeout(fire, Math.max(HOLD_CAP_MS, this.options.maxWaitMs));
+      q.held = q.running >= this.inFlight;
+      if (q.held) q.timer = setTimeout(fire, Math.max(HOLD_CAP_MS, this.options.maxWaitMs));
       else q.timer = this.options.maxWaitMs <= 0 ? setImmediate(fire) : setTimeout(fire, this.options.maxWaitMs);
     }
   }
@@ -104,14 +110,16 @@ export class Batcher<T extends Batchable, K = string> {
     const items = q.items;
     q.items = [];
     q.tokens = 0;
+    q.held = false;
     const done = this.flush(key, items);
     if (!done) return;
     q.running++;
     const queue = q;
     void done.finally(() => {
       queue.running--;
-      // What gathered behind this flush leaves now, as one batch.
-      if (queue.running < this.inFlight && queue.items.length > 0) this.flushKey(key);
+      // What was held behind the running flushes leaves now, as one batch; requests that came while fewer ran
+      // keep their maxWait.
+      if (queue.held && queue.running < this.inFlight && queue.items.length > 0) this.flushKey(key);
     });
   }
 }

@@ -1,6 +1,8 @@
 // Combine: out[t] = sum over the token's slots s (in slot order) of weight[t,s] * expertOut[t,s], in fp32,
 // then narrowed to the request's dtype (round to nearest even). Summing in slot order, not in reply order, makes
 // the answer bit-identical however the worker replies interleave.
+// A worker that summed some of a token's slots itself (deduplicated batches with `combine`) leaves those slots empty
+// here: its sums arrive in `base` (router.ts baseWithPartials).
 
 import { DType, f16ToF32, f32ToF16, valuesToBytes } from "@switchyard/protocol";
 import { routerAddon } from "./native-combine.js";

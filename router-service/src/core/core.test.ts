@@ -376,6 +376,14 @@ describe("Batcher", () => {
     finish[1](); // either running flush completing frees a place
     await vi.advanceTimersByTimeAsync(0);
     expect(flushed.at(-1)).toEqual([3, 4]);
+    finish[0](); // [1] done: [3, 4] runs alone
+    await vi.advanceTimersByTimeAsync(0);
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 5 }); // one running: not held, maxWait applies
+    finish[2](); // [3, 4] done: 5 was not held, so it does not leave early
+    await vi.advanceTimersByTimeAsync(1);
+    expect(flushed).toHaveLength(3);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(flushed.at(-1)).toEqual([5]);
   });
 
   it("flushes each request alone when disabled", () => {

@@ -55,6 +55,57 @@ describe("hand-written protobuf encoders", () => {
     }
   });
 
+  it("ExpertBatch with token_rows, row_weights and combine: byte-identical to ts-proto, and decoded back", () => {
+    const distinct = 2;
+    const d = 4;
+    const data = Buffer.from(Array.from({ length: distinct * d * 2 }, (_, i) => (i * 7) % 251));
+    const slices = [
+      { expert: 1, offset: 0, count: 2 },
+      { expert: 5, offset: 2, count: 2 },
+    ];
+    const tokenRows = new Uint32Array([0, 1, 1, 300]); // 300: a two-byte varint (the encoder does not check range)
+    const weights = new Float32Array([0.5, 1.25, -2, 3]);
+    for (const combine of [false, true]) {
+      const mine = encodeExpertBatch(
+        {
+          pool: "p",
+          layer: 1,
+          dtype: DType.BFLOAT16,
+          rows: distinct,
+          hidden: d,
+          rowBytes: d * 2,
+          slices,
+          batchId: 9n,
+          timeoutMs: 100,
+          tokenRows,
+          rowWeights: combine ? weights : undefined,
+          combine,
+        },
+        (dst, at) => data.copy(dst, at),
+      );
+      const msg = {
+        pool: "p",
+        layer: 1,
+        tokens: { dtype: DType.BFLOAT16, shape: [distinct, d], data },
+        slices,
+        rowWeights: combine
+          ? { dtype: DType.FLOAT32, shape: [4], data: Buffer.from(weights.buffer, weights.byteOffset, 16) }
+          : undefined,
+        batchId: 9n,
+        timeoutMs: 100,
+        tokenRows: [...tokenRows],
+        combine,
+      };
+      expect(mine.equals(Buffer.from(ExpertBatch.encode(msg).finish()))).toBe(true);
+      const back = decodeExpertBatch(mine);
+      expect(back.tokenRows).toEqual([...tokenRows]);
+      expect(back.combine).toBe(combine);
+    }
+    // unpacked token_rows (another encoder may send them so) decode too
+    const unpacked = Buffer.concat([Buffer.from([64, 3, 64, 0x81, 0x01]), Buffer.from([72, 1])]);
+    expect(decodeExpertBatch(unpacked)).toMatchObject({ tokenRows: [3, 129], combine: true });
+  });
+
   it("ForwardResponse: byte-identical to ts-proto, data aligned for typed views", () => {
     const stats = {
       expertsTouched: 3,

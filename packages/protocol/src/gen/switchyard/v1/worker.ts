@@ -39,13 +39,13 @@ export interface ExpertSlice {
 export interface ExpertBatch {
   pool: string;
   layer: number;
-  /** [N, d]; FLOAT32 | BFLOAT16 | FLOAT16 */
+  /** [N, d] (with token_rows: [U, d]); FLOAT32 | BFLOAT16 | FLOAT16 */
   tokens?:
     | Tensor
     | undefined;
   /** non-overlapping, within [0, N) */
   slices: ExpertSlice[];
-  /** optional [N] FLOAT32: each output row is scaled by its weight */
+  /** optional [N] FLOAT32: each output row is scaled by its weight (absent: 1) */
   rowWeights?:
     | Tensor
     | undefined;
@@ -65,8 +65,9 @@ export interface ExpertBatch {
    */
   tokenRows: number[];
   /**
-   * With token_rows: answer each distinct token's rows summed, each scaled by its row weight (output [U, d],
-   * FLOAT32, rows outside every slice add nothing), instead of the N rows: the combine of this worker's share.
+   * With token_rows: answer each distinct token's rows summed, each row computed unscaled in the batch's dtype and
+   * then multiplied by its row weight in fp32 (output [U, d], FLOAT32, rows outside every slice add nothing),
+   * instead of the N rows: the combine of this worker's share.
    */
   combine: boolean;
 }
