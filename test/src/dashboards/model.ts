@@ -52,6 +52,10 @@ const POOL = 'pool=~"$pool"';
 const q = (quantile: number, metric: string, by: string, sel = POOL) =>
   `histogram_quantile(${quantile}, sum by (${by}, le) (rate(${metric}_bucket{${sel}}[${R}])))`;
 
+/** A histogram's mean per worker over the rate window. */
+const meanOf = (metric: string) =>
+  `sum by (pool, worker) (rate(${metric}_sum{${POOL}}[${R}])) / sum by (pool, worker) (rate(${metric}_count{${POOL}}[${R}]))`;
+
 /** Per-worker token rate; the base of the balance panels. */
 const workerRate = `sum by (pool, worker) (rate(switchyard_worker_tokens_total{${POOL}}[${R}]))`;
 const hits = `sum by (pool, worker) (rate(switchyard_worker_cache_hits_total{${POOL}}[${R}]))`;
@@ -163,6 +167,18 @@ export const DASHBOARDS: DashboardSpec[] = [
                 expr: q(0.99, "switchyard_worker_run_duration_seconds", "pool, worker"),
                 legendFormat: "{{worker}}",
               },
+            ],
+          },
+          {
+            title: "Worker time per batch: queued / backend (mean)",
+            description:
+              "Where a batch's time on the worker goes: waiting for the batches ahead of it (the worker is saturated) or in the backend (device transfers, kernels, the wait for them). Arrival to result minus both is the worker's own work: validation, expert lookups, encoding.",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              { expr: meanOf("switchyard_worker_queue_wait_seconds"), legendFormat: "{{worker}} queued" },
+              { expr: meanOf("switchyard_worker_compute_duration_seconds"), legendFormat: "{{worker}} backend" },
+              { expr: meanOf("switchyard_worker_run_duration_seconds"), legendFormat: "{{worker}} arrival to result" },
             ],
           },
         ],
@@ -370,6 +386,17 @@ export const DASHBOARDS: DashboardSpec[] = [
             targets: [
               { expr: q(0.5, "switchyard_router_queue_wait_seconds", "pool"), legendFormat: "{{pool}} p50" },
               { expr: q(0.99, "switchyard_router_queue_wait_seconds", "pool"), legendFormat: "{{pool}} p99" },
+            ],
+          },
+          {
+            title: "Gate time per flush p50 / p99",
+            description:
+              "The router gating a flush's hidden-state requests: one gate product over their tokens, then top-k.",
+            type: "timeseries",
+            unit: "s",
+            targets: [
+              { expr: q(0.5, "switchyard_router_gate_duration_seconds", "pool"), legendFormat: "{{pool}} p50" },
+              { expr: q(0.99, "switchyard_router_gate_duration_seconds", "pool"), legendFormat: "{{pool}} p99" },
             ],
           },
           {
