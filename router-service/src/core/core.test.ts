@@ -386,6 +386,25 @@ describe("Batcher", () => {
     expect(flushed.at(-1)).toEqual([5]);
   });
 
+  it("raising flushesInFlight frees requests held behind a running flush at once", async () => {
+    vi.useFakeTimers();
+    const flushed: number[][] = [];
+    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
+      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2 },
+      (_k, items) => {
+        flushed.push(items.map((i) => i.id));
+        return new Promise<void>(() => {}); // never completes
+      },
+    );
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
+    vi.advanceTimersByTime(2);
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 }); // held behind [1]
+    vi.advanceTimersByTime(10);
+    expect(flushed).toEqual([[1]]);
+    b.setOptions({ enabled: true, maxBatchTokens: 100, maxWaitMs: 2, flushesInFlight: 2 });
+    expect(flushed).toEqual([[1], [2]]);
+  });
+
   it("flushes each request alone when disabled", () => {
     const flushed: number[][] = [];
     const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(

@@ -699,7 +699,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       [
         "batching",
         o.policy.batching.enabled
-          ? `on (maxBatchTokens ${o.policy.batching.maxBatchTokens}, maxWait ${o.policy.batching.maxWaitMs} ms)`
+          ? `on (maxBatchTokens ${o.policy.batching.maxBatchTokens}, maxWait ${o.policy.batching.maxWaitMs} ms, ${o.policy.batching.flushesInFlight} flush(es) in flight)`
           : "off",
       ],
       [
