@@ -322,12 +322,13 @@ describe("Batcher", () => {
     expect(flushed.at(-1)).toEqual([6]);
   });
 
-  it("holds requests behind a running flush of the same key, then sends them together", async () => {
+  /** A batcher (maxBatchTokens 100, maxWait 2 ms, fake timers) whose flushes run until the test calls finish[i](). */
+  function openFlushes(o: { flushesInFlight?: number }) {
     vi.useFakeTimers();
     const flushed: number[][] = [];
     const finish: (() => void)[] = [];
     const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
-      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2 },
+      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2, ...o },
       (_k, items) => {
         flushed.push(items.map((i) => i.id));
         return new Promise<void>((r) => {
@@ -335,6 +336,11 @@ describe("Batcher", () => {
         });
       },
     );
+    return { b, flushed, finish };
+  }
+
+  it("holds requests behind a running flush of the same key, then sends them together", async () => {
+    const { b, flushed, finish } = openFlushes({});
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
     vi.advanceTimersByTime(2);
     expect(flushed).toEqual([[1]]); // idle pipeline: maxWait applies
@@ -352,18 +358,7 @@ describe("Batcher", () => {
   });
 
   it("flushesInFlight: that many flushes of a key run at once, the next one is held until one completes", async () => {
-    vi.useFakeTimers();
-    const flushed: number[][] = [];
-    const finish: (() => void)[] = [];
-    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
-      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2, flushesInFlight: 2 },
-      (_k, items) => {
-        flushed.push(items.map((i) => i.id));
-        return new Promise<void>((r) => {
-          finish.push(r);
-        });
-      },
-    );
+    const { b, flushed, finish } = openFlushes({ flushesInFlight: 2 });
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
     vi.advanceTimersByTime(2);
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 });
@@ -387,15 +382,7 @@ describe("Batcher", () => {
   });
 
   it("raising flushesInFlight frees requests held behind a running flush at once", async () => {
-    vi.useFakeTimers();
-    const flushed: number[][] = [];
-    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
-      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2 },
-      (_k, items) => {
-        flushed.push(items.map((i) => i.id));
-        return new Promise<void>(() => {}); // never completes
-      },
-    );
+    const { b, flushed } = openFlushes({}); // no flush is finished here
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });
     vi.advanceTimersByTime(2);
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 }); // held behind [1]
