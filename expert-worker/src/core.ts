@@ -88,6 +88,7 @@ export class WorkerCore {
     let misses = 0;
     let computeMs = 0;
     const live = b.slices.filter((s) => s.count > 0);
+    const onDevice = b.tokenRows !== undefined && backend.takesTokenRows === true;
     const distinct = [...new Set(live.map((s) => s.expert))];
     if (backend.prefetch && queue.depth > 0) {
       // Another batch is computing: start uploading this batch's host-resident experts to the device tier now, so
@@ -118,22 +119,31 @@ export class WorkerCore {
         const t0 = performance.now();
         const out = await backend.run({
           dtype: b.dtype,
-          // a deduplicated batch's distinct tokens, one row per (token, expert) again for the backend
-          tokens: b.tokenRows ? gatherRows(b.tokens, b.tokenRows, b.cols * dtypeSize(b.dtype)) : b.tokens,
+          // a deduplicated batch's distinct tokens: as they came to a backend that expands them on its device, else
+          // one row per (token, expert) again here
+          tokens: b.tokenRows && !onDevice ? gatherRows(b.tokens, b.tokenRows, b.cols * dtypeSize(b.dtype)) : b.tokens,
+          tokenRows: onDevice ? b.tokenRows : undefined,
+          sumByToken: onDevice && b.combine,
           rows: b.rows,
           cols: b.cols,
           slices,
-          // combine: the rows unscaled, the weights applied in fp32 by the sum (as the router's combine does)
-          rowWeights: b.combine ? undefined : b.rowWeights,
+          // combine on the host: the rows unscaled, the weights applied in fp32 by the sum (as the router's combine
+          // does); the device sum takes them as the sum's weights
+          rowWeights: b.combine && !onDevice ? undefined : b.rowWeights,
           signal: sig,
         });
         computeMs = performance.now() - t0;
         return out;
       },
     });
-    // combine: each distinct token's rows summed here (FLOAT32) instead of sent back one per expert
-    const combined =
-      b.combine && b.tokenRows ? sumRowsByToken(output, b.dtype, b.tokenRows, b.distinct, b.cols, b.rowWeights) : null;
+    // combine: each distinct token's rows summed (FLOAT32) instead of sent back one per expert; here unless the
+    // backend summed them on its device
+    const sums = b.combine && b.tokenRows;
+    const combined = !sums
+      ? null
+      : onDevice
+        ? output
+        : sumRowsByToken(output, b.dtype, b.tokenRows as Uint32Array, b.distinct, b.cols, b.rowWeights);
     let tokens = 0;
     for (const s of live) {
       tokens += s.count;

@@ -16,7 +16,12 @@ const D = 32;
 const F = 48;
 
 function fakeAddon() {
-  const calls = { contexts: [] as object[], uploads: [] as number[], runs: 0 };
+  const calls = {
+    contexts: [] as object[],
+    uploads: [] as number[],
+    runs: 0,
+    last: undefined as RunOptions | undefined,
+  };
   let gate: Promise<void> | undefined;
   const addon: CudaAddon = {
     probe: () => ({ ok: true, name: "fake", sms: 1, totalMem: 1e9, cc: "9.0" }),
@@ -30,8 +35,14 @@ function fakeAddon() {
     },
     run: async (_ctx, o) => {
       calls.runs++;
+      calls.last = o;
       await gate;
-      return new Uint8Array(o.rows * o.cols * 4);
+      if (!o.sumByToken) return new Uint8Array(o.rows * o.cols * 4);
+      // the device's sums: token u's row is u + 1 in every column (fp32), so the test can read them back
+      const u = o.tokens.byteLength / (o.cols * 4);
+      const out = new Float32Array(u * o.cols);
+      for (let t = 0; t < u; t++) out.fill(t + 1, t * o.cols, (t + 1) * o.cols);
+      return new Uint8Array(out.buffer);
     },
     stats: () => ({ runs: 0, uploads: 0, uploadBytes: 0, deviceBytes: 0, slots: 0 }),
   };
@@ -51,6 +62,8 @@ function fakeAddon() {
     },
   };
 }
+
+type RunOptions = Parameters<CudaAddon["run"]>[1];
 
 function call<Req, Res>(
   fn: (req: Req, md: Metadata, opts: object, cb: (err: ServiceError | null, res: Res) => void) => unknown,
@@ -206,5 +219,39 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
     expect(backend.deviceCacheStats()?.misses).toBe(misses); // batch 2 found expert 2 on the GPU
     expect(backend.deviceCacheStats()?.evictions).toBe(1);
     expect(fake.calls.uploads.length).toBe(uploads + 1);
+  });
+  it("a deduplicated batch reaches the GPU as it came: the distinct tokens, their rows, the sum asked of the device", async () => {
+    const w8 = new Float32Array([0.25, 0.5, 0.75, 1, 2]);
+    const r = await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), {
+      ...batch([], 20n),
+      tokens: encodeTensor(new Float32Array(2 * D).fill(0.5), [2, D], DType.FLOAT32),
+      tokenRows: [0, 1, 0, 1, 0],
+      slices: [
+        { expert: 0, offset: 0, count: 2 },
+        { expert: 1, offset: 2, count: 3 },
+      ],
+      rowWeights: encodeTensor(w8, [5], DType.FLOAT32),
+      combine: true,
+    });
+    const o = fake.calls.last as RunOptions;
+    expect(o.tokens.byteLength).toBe(2 * D * 4); // not expanded to 5 rows on the host
+    expect([...(o.tokenRows ?? [])]).toEqual([0, 1, 0, 1, 0]);
+    expect(o.sumByToken).toBe(true);
+    expect([...(o.rowWeights ?? [])]).toEqual([...w8]); // the sum's weights; the rows run unscaled on the device
+    expect(r.output?.dtype).toBe(DType.FLOAT32);
+    expect(r.output?.shape).toEqual([2, D]);
+    const got = new Float32Array(new Uint8Array(r.output!.data).buffer);
+    expect([got[0], got[D]]).toEqual([1, 2]); // the device's sums, passed on as they are
+
+    // token rows without the sum: the rows, still gathered on the device
+    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), {
+      ...batch([], 21n),
+      tokens: encodeTensor(new Float32Array(2 * D).fill(0.5), [2, D], DType.FLOAT32),
+      tokenRows: [1, 0, 1],
+      slices: [{ expert: 0, offset: 0, count: 3 }],
+      rowWeights: encodeTensor(w8.subarray(0, 3), [3], DType.FLOAT32),
+    });
+    expect(fake.calls.last).toMatchObject({ rows: 3, sumByToken: false });
+    expect([...(fake.calls.last?.rowWeights ?? [])]).toEqual([...w8.subarray(0, 3)]);
   });
 });

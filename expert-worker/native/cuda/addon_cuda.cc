@@ -7,8 +7,13 @@
 //   upload(ctx, slot, gate, up, down) -> Promise<number> weights {dtype, rows, cols, data}; converts to bf16 into a
 //                                                       pinned buffer and copies on the copy stream (so uploads
 //                                                       overlap compute on the compute stream); resolves with bytes
-//   run(ctx, {dtype, tokens, rows, cols, rowSlots: Int32Array, rowWeights?: Float32Array}) -> Promise<Uint8Array>
-//       y[r] = w[r] * SwiGLU-FFN of the expert in slot rowSlots[r] (-1: zero row), in the tokens' dtype
+//   run(ctx, {dtype, tokens, rows, cols, rowSlots: Int32Array, rowWeights?: Float32Array, tokenRows?: Uint32Array,
+//             sumByToken?: boolean}) -> Promise<Uint8Array>
+//       y[r] = w[r] * SwiGLU-FFN of the expert in slot rowSlots[r] (-1: zero row), in the tokens' dtype.
+//       tokenRows (a deduplicated batch): tokens holds the distinct tokens, row r computes token tokenRows[r]; the
+//       gather runs on the GPU, so only the distinct tokens cross PCIe. sumByToken: instead of the rows, fp32
+//       [distinct, cols] with each token's rows (unscaled, rounded to dtype) weighted by w and summed in row order on
+//       the GPU (token_rows.h): the host sum's arithmetic, bit for bit.
 //   stats(ctx) -> {runs, uploads, uploadBytes, deviceBytes, slots, sync: "blocking" | "spin"}
 // Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; one run at a time per
 // context (a mutex), uploads concurrently with it.
@@ -21,6 +26,7 @@
 #include <cuda_runtime.h>
 #include <napi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +39,7 @@
 #include "../src/half.h"
 #include "../src/thread_name.h"
 #include "sy_moe.h"
+#include "token_rows.h"
 
 using switchyard::DType;
 
@@ -63,6 +70,23 @@ struct Pinned {
   }
 };
 
+// Device buffer that grows on demand.
+struct DeviceBuf {
+  void* p = nullptr;
+  size_t n = 0;
+  void ensure(size_t bytes) {
+    if (bytes <= n) return;
+    if (p) cudaFree(p);
+    p = nullptr;
+    n = 0;
+    CK_THROW(cudaMalloc(&p, bytes));
+    n = bytes;
+  }
+  ~DeviceBuf() {
+    if (p) cudaFree(p);
+  }
+};
+
 struct Ctx {
   int device = 0, d = 0, f = 0, slots = 0;
   void* w13 = nullptr;
@@ -70,16 +94,14 @@ struct Ctx {
   cudaStream_t compute = nullptr, copy = nullptr;
   unsigned event_flags = cudaEventDisableTiming;  // | cudaEventBlockingSync with SWITCHYARD_CUDA_SYNC=blocking
   cudaEvent_t run_done = nullptr;
-  std::mutex run_mu;       // one run at a time (workspace, io buffers)
-  Pinned in, out;          // run io
-  void* d_in = nullptr;    // device tokens (bf16)
-  void* d_out = nullptr;
-  int32_t* d_ids = nullptr;
-  float* d_w = nullptr;
-  size_t io_rows = 0;
-  void* ws = nullptr;
-  size_t ws_bytes = 0;
-  std::mutex staging_mu;   // pool of pinned upload staging buffers
+  std::mutex run_mu;  // one run at a time (workspace, io buffers)
+  Pinned in, out;     // run io
+  DeviceBuf d_stage;  // what a run copies up: tokens and metadata (RunWorker)
+  DeviceBuf d_in;     // a deduplicated batch's tokens expanded to rows
+  DeviceBuf d_out;    // the experts' rows (bf16)
+  DeviceBuf d_sum;    // their per-token sums (fp32)
+  DeviceBuf ws;       // sy_moe workspace
+  std::mutex staging_mu;  // pool of pinned upload staging buffers
   std::vector<std::unique_ptr<Pinned>> staging;
   std::atomic<double> runs{0}, uploads{0}, upload_bytes{0};
   size_t device_bytes = 0;
@@ -89,11 +111,6 @@ struct Ctx {
     if (copy) cudaStreamSynchronize(copy);
     cudaFree(w13);
     cudaFree(w2);
-    cudaFree(d_in);
-    cudaFree(d_out);
-    cudaFree(d_ids);
-    cudaFree(d_w);
-    cudaFree(ws);
     if (run_done) cudaEventDestroy(run_done);
     if (compute) cudaStreamDestroy(compute);
     if (copy) cudaStreamDestroy(copy);
@@ -289,87 +306,115 @@ Napi::Value Upload(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// Inputs of one run, read on the event loop (Run) and used on the worker thread.
+struct RunInput {
+  DType dt;
+  int rows = 0;      // rows the experts compute (one per (token, expert))
+  int distinct = 0;  // token rows sent: == rows, or the distinct tokens of a deduplicated batch
+  const uint8_t* tokens = nullptr;
+  const int32_t* slots = nullptr;
+  const float* weights = nullptr;     // [rows] or null
+  const uint32_t* token_rows = nullptr;  // [rows] or null: row r computes tokens' row token_rows[r]
+  bool sum = false;  // with token_rows: answer fp32 [distinct, d], each token's rows weighted and summed
+};
+
 class RunWorker : public Napi::AsyncWorker {
  public:
-  RunWorker(Napi::Env env, std::shared_ptr<Ctx> c, DType dt, Napi::Uint8Array tokens, int rows, Napi::Int32Array slots,
-            const float* weights, Napi::Value keep_w)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(std::move(c)), dt_(dt),
-        tokens_(tokens.Data()), rows_(rows), slots_(slots.Data()), weights_(weights) {
-    keep_t_ = Napi::Persistent(tokens);
-    keep_s_ = Napi::Persistent(slots);
-    if (keep_w.IsObject()) keep_w_ = Napi::Persistent(keep_w.As<Napi::Object>());
-    out_.resize((size_t)rows * c_->d * switchyard::dtype_size(dt));
+  RunWorker(Napi::Env env, std::shared_ptr<Ctx> c, RunInput in, Napi::Object keep)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(std::move(c)), in_(in) {
+    keep_ = Napi::Persistent(keep);  // the options object holds every typed array read below
+    out_bytes_ = in.sum ? (size_t)in.distinct * c_->d * 4 : (size_t)in.rows * c_->d * switchyard::dtype_size(in.dt);
   }
+  ~RunWorker() override { std::free(out_); }
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
     switchyard::name_this_thread("sy-cuda-run");
     try {
+      if (out_bytes_ && !(out_ = static_cast<uint8_t*>(std::malloc(out_bytes_)))) throw std::bad_alloc();
       std::lock_guard<std::mutex> lk(c_->run_mu);
       Ctx& c = *c_;
-      const int d = c.d, rows = rows_;
+      const int d = c.d, rows = in_.rows, u = in_.distinct;
       CK_THROW(cudaSetDevice(c.device));
       sy_moe_config cfg{c.slots, 1, d, c.f, SY_MOE_SCORE_SOFTMAX, 0, 0, 0, 1.f};
-      if ((size_t)rows > c.io_rows) {
-        cudaFree(c.d_in);
-        cudaFree(c.d_out);
-        cudaFree(c.d_ids);
-        cudaFree(c.d_w);
-        c.d_in = c.d_out = nullptr;
-        c.d_ids = nullptr;
-        c.d_w = nullptr;
-        c.io_rows = 0;
-        CK_THROW(cudaMalloc(&c.d_in, (size_t)rows * d * 2));
-        CK_THROW(cudaMalloc(&c.d_out, (size_t)rows * d * 2));
-        CK_THROW(cudaMalloc(&c.d_ids, (size_t)rows * 4));
-        CK_THROW(cudaMalloc(&c.d_w, (size_t)rows * 4));
-        c.io_rows = rows;
-      }
       size_t need = 0;
       if (sy_moe_workspace_size(&cfg, rows, &need)) throw std::runtime_error(sy_moe_last_error());
-      if (need > c.ws_bytes) {
-        cudaFree(c.ws);
-        c.ws = nullptr;
-        c.ws_bytes = 0;
-        CK_THROW(cudaMalloc(&c.ws, need));
-        c.ws_bytes = need;
-      }
-      // pinned staging: tokens (bf16) | ids | weights ; output (bf16)
-      const size_t tok_b = (size_t)rows * d * 2, ids_b = (size_t)rows * 4;
-      c.in.ensure(tok_b + 2 * ids_b);
-      c.out.ensure(tok_b);
-      uint16_t* tin = static_cast<uint16_t*>(c.in.p);
-      if (dt_ == DType::BF16) {
-        std::memcpy(tin, tokens_, tok_b);
+      c.ws.ensure(need);
+      // One pinned block and one copy up: tokens (bf16) | ids | kernel weights | token rows | per-token offsets |
+      // rows in token order | sum weights. Every part is a multiple of 4 bytes, the tokens of 16 (d % 8 == 0).
+      const bool dedup = in_.token_rows != nullptr;
+      const size_t tok_b = (size_t)u * d * 2, n4 = (size_t)rows * 4;
+      const size_t off_ids = tok_b, off_w = off_ids + n4, off_tr = off_w + n4, off_offs = off_tr + n4,
+                   off_order = off_offs + (size_t)(u + 1) * 4, off_sw = off_order + n4,
+                   in_b = dedup ? off_sw + n4 : off_tr;
+      c.in.ensure(in_b);
+      c.d_stage.ensure(in_b);
+      char* h = static_cast<char*>(c.in.p);
+      uint16_t* tin = reinterpret_cast<uint16_t*>(h);
+      if (in_.dt == DType::BF16) {
+        std::memcpy(tin, in_.tokens, tok_b);
       } else {
-        for (size_t i = 0; i < (size_t)rows * d; ++i)
-          tin[i] = switchyard::f32_to_bf16(switchyard::load_elem(dt_, tokens_, (int64_t)i));
+        for (size_t i = 0; i < (size_t)u * d; ++i)
+          tin[i] = switchyard::f32_to_bf16(switchyard::load_elem(in_.dt, in_.tokens, (int64_t)i));
       }
-      int32_t* ids = reinterpret_cast<int32_t*>(static_cast<char*>(c.in.p) + tok_b);
-      float* w = reinterpret_cast<float*>(static_cast<char*>(c.in.p) + tok_b + ids_b);
-      std::memcpy(ids, slots_, ids_b);
-      for (int r = 0; r < rows; ++r) w[r] = weights_ ? weights_[r] : 1.f;
-      CK_THROW(cudaMemcpyAsync(c.d_in, tin, tok_b, cudaMemcpyHostToDevice, c.compute));
-      CK_THROW(cudaMemcpyAsync(c.d_ids, ids, ids_b, cudaMemcpyHostToDevice, c.compute));
-      CK_THROW(cudaMemcpyAsync(c.d_w, w, ids_b, cudaMemcpyHostToDevice, c.compute));
+      std::memcpy(h + off_ids, in_.slots, n4);
+      float* kw = reinterpret_cast<float*>(h + off_w);
+      // combine: the experts run unscaled and the sum applies the weights in fp32, as the host sum does
+      for (int r = 0; r < rows; ++r) kw[r] = in_.weights && !in_.sum ? in_.weights[r] : 1.f;
+      if (dedup) {
+        std::memcpy(h + off_tr, in_.token_rows, n4);
+        // each token's rows in ascending order (a counting sort), so the device sum adds in the host's order
+        int32_t* offs = reinterpret_cast<int32_t*>(h + off_offs);
+        int32_t* order = reinterpret_cast<int32_t*>(h + off_order);
+        std::fill(offs, offs + u + 1, 0);
+        for (int r = 0; r < rows; ++r) offs[in_.token_rows[r] + 1]++;
+        for (int t = 0; t < u; ++t) offs[t + 1] += offs[t];
+        std::vector<int32_t> next(offs, offs + u);
+        for (int r = 0; r < rows; ++r) order[next[in_.token_rows[r]]++] = r;
+        float* sw = reinterpret_cast<float*>(h + off_sw);
+        for (int r = 0; r < rows; ++r) sw[r] = in_.weights ? in_.weights[r] : 1.f;
+      }
+      char* g = static_cast<char*>(c.d_stage.p);
+      CK_THROW(cudaMemcpyAsync(g, h, in_b, cudaMemcpyHostToDevice, c.compute));
+      const void* x = g;
+      if (dedup) {
+        c.d_in.ensure((size_t)rows * d * 2);
+        if (sy_gather_rows(g, reinterpret_cast<const int32_t*>(g + off_tr), rows, d * 2, c.d_in.p, c.compute))
+          throw std::runtime_error(sy_token_rows_last_error());
+        x = c.d_in.p;
+      }
+      c.d_out.ensure((size_t)rows * d * 2);
       sy_moe_args a{};
-      a.x = c.d_in;
-      a.topk_ids = c.d_ids;
-      a.topk_weights = c.d_w;
+      a.x = x;
+      a.topk_ids = reinterpret_cast<const int32_t*>(g + off_ids);
+      a.topk_weights = reinterpret_cast<const float*>(g + off_w);
       a.w13 = c.w13;
       a.w2 = c.w2;
-      a.out = c.d_out;
+      a.out = c.d_out.p;
       a.num_slots = c.slots;
-      if (sy_moe_forward(&cfg, rows, &a, c.ws, c.ws_bytes, c.compute))
+      if (sy_moe_forward(&cfg, rows, &a, c.ws.p, c.ws.n, c.compute))
         throw std::runtime_error(std::string("sy_moe_forward: ") + sy_moe_last_error());
-      CK_THROW(cudaMemcpyAsync(c.out.p, c.d_out, tok_b, cudaMemcpyDeviceToHost, c.compute));
+      const void* result = c.d_out.p;
+      size_t down_b = (size_t)rows * d * 2;
+      if (in_.sum) {
+        c.d_sum.ensure((size_t)u * d * 4);
+        if (sy_sum_rows_by_token(static_cast<const uint16_t*>(c.d_out.p), d, reinterpret_cast<const int32_t*>(g + off_offs),
+                                 reinterpret_cast<const int32_t*>(g + off_order),
+                                 in_.weights ? reinterpret_cast<const float*>(g + off_sw) : nullptr, u,
+                                 in_.dt == DType::F16 ? 1 : 0, static_cast<float*>(c.d_sum.p), c.compute))
+          throw std::runtime_error(sy_token_rows_last_error());
+        result = c.d_sum.p;
+        down_b = (size_t)u * d * 4;
+      }
+      c.out.ensure(down_b);
+      if (down_b) CK_THROW(cudaMemcpyAsync(c.out.p, result, down_b, cudaMemcpyDeviceToHost, c.compute));
       CK_THROW(cudaEventRecord(c.run_done, c.compute));
       CK_THROW(cudaEventSynchronize(c.run_done));  // on this worker thread, not the event loop
-      const uint16_t* o = static_cast<const uint16_t*>(c.out.p);
-      if (dt_ == DType::BF16) {
-        std::memcpy(out_.data(), o, tok_b);
+      if (in_.sum || in_.dt == DType::BF16) {
+        if (down_b) std::memcpy(out_, c.out.p, down_b);
       } else {
+        const uint16_t* o = static_cast<const uint16_t*>(c.out.p);
         for (size_t i = 0; i < (size_t)rows * d; ++i)
-          switchyard::store_elem(dt_, out_.data(), (int64_t)i, switchyard::bf16_to_f32(o[i]));
+          switchyard::store_elem(in_.dt, out_, (int64_t)i, switchyard::bf16_to_f32(o[i]));
       }
       c.runs = c.runs + 1;
     } catch (const std::exception& ex) {
@@ -378,59 +423,91 @@ class RunWorker : public Napi::AsyncWorker {
   }
   void OnOK() override {
     Napi::Env env = Env();
-    auto arr = Napi::Uint8Array::New(env, out_.size());
-    if (!out_.empty()) std::memcpy(arr.Data(), out_.data(), out_.size());
-    deferred_.Resolve(arr);
+    if (out_bytes_ == 0) {
+      deferred_.Resolve(Napi::Uint8Array::New(env, 0));
+      return;
+    }
+    // The result's memory goes to JavaScript as it is: no copy on the event loop.
+    uint8_t* p = out_;
+    out_ = nullptr;
+    auto ab = Napi::ArrayBuffer::New(env, p, out_bytes_, [](Napi::Env, void* q) { std::free(q); });
+    deferred_.Resolve(Napi::Uint8Array::New(env, out_bytes_, ab, 0));
   }
   void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
 
  private:
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Ctx> c_;
-  DType dt_;
-  const uint8_t* tokens_;
-  int rows_;
-  const int32_t* slots_;
-  const float* weights_;
-  Napi::Reference<Napi::Uint8Array> keep_t_;
-  Napi::Reference<Napi::Int32Array> keep_s_;
-  Napi::ObjectReference keep_w_;
-  std::vector<uint8_t> out_;
+  RunInput in_;
+  Napi::ObjectReference keep_;
+  size_t out_bytes_ = 0;
+  uint8_t* out_ = nullptr;
 };
+
+template <typename T>
+const T* TypedData(Napi::TypedArray a) {
+  return reinterpret_cast<const T*>(static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+}
+
+// An optional typed array field of `type` with `length` elements; null when absent.
+Napi::TypedArray OptionalArray(Napi::Env env, Napi::Object o, const char* name, napi_typedarray_type type,
+                               const char* type_name, int64_t length) {
+  Napi::Value v = o.Get(name);
+  if (v.IsUndefined() || v.IsNull()) return Napi::TypedArray();
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+    throw Napi::TypeError::New(env, std::string(name) + ": expected " + type_name);
+  auto a = v.As<Napi::TypedArray>();
+  if ((int64_t)a.ElementLength() != length)
+    throw Napi::RangeError::New(env, std::string(name) + ": length must equal rows (" + std::to_string(length) + ")");
+  return a;
+}
 
 Napi::Value Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto c = GetCtx(env, info[0]);
   if (!info[1].IsObject()) throw Napi::TypeError::New(env, "options: expected an object");
   Napi::Object o = info[1].As<Napi::Object>();
-  int dt = IntField(env, o, "dtype", 1, 3);
-  int rows = IntField(env, o, "rows", 0, 1 << 24);
+  RunInput in{};
+  in.dt = static_cast<DType>(IntField(env, o, "dtype", 1, 3));
+  in.rows = IntField(env, o, "rows", 0, 1 << 24);
   int cols = IntField(env, o, "cols", 1, 1 << 16);
   if (cols != c->d) throw Napi::RangeError::New(env, "cols: must equal the context's d=" + std::to_string(c->d));
   Napi::Value tv = o.Get("tokens");
   if (!tv.IsTypedArray() || tv.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw Napi::TypeError::New(env, "tokens: expected Uint8Array");
   auto tokens = tv.As<Napi::Uint8Array>();
-  if ((int64_t)tokens.ByteLength() != (int64_t)rows * cols * switchyard::dtype_size(static_cast<DType>(dt)))
-    throw Napi::RangeError::New(env, "tokens: byte length does not match rows*cols*dtype");
+  const int64_t row_b = (int64_t)cols * switchyard::dtype_size(in.dt);
+  in.tokens = tokens.Data();
   Napi::Value sv = o.Get("rowSlots");
   if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw Napi::TypeError::New(env, "rowSlots: expected Int32Array");
   auto slots = sv.As<Napi::Int32Array>();
-  if ((int64_t)slots.ElementLength() != rows) throw Napi::RangeError::New(env, "rowSlots: length must equal rows");
-  for (int r = 0; r < rows; ++r)
+  if ((int64_t)slots.ElementLength() != in.rows) throw Napi::RangeError::New(env, "rowSlots: length must equal rows");
+  for (int r = 0; r < in.rows; ++r)
     if (slots[r] < -1 || slots[r] >= c->slots)
       throw Napi::RangeError::New(env, "rowSlots[" + std::to_string(r) + "]: out of range");
-  const float* weights = nullptr;
-  Napi::Value wv = o.Get("rowWeights");
-  if (!wv.IsUndefined() && !wv.IsNull()) {
-    if (!wv.IsTypedArray() || wv.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-      throw Napi::TypeError::New(env, "rowWeights: expected Float32Array");
-    auto wa = wv.As<Napi::Float32Array>();
-    if ((int64_t)wa.ElementLength() != rows) throw Napi::RangeError::New(env, "rowWeights: length must equal rows");
-    weights = wa.Data();
+  in.slots = slots.Data();
+  auto wa = OptionalArray(env, o, "rowWeights", napi_float32_array, "Float32Array", in.rows);
+  if (!wa.IsEmpty()) in.weights = TypedData<float>(wa);
+  auto tr = OptionalArray(env, o, "tokenRows", napi_uint32_array, "Uint32Array", in.rows);
+  if (tr.IsEmpty()) {
+    if ((int64_t)tokens.ByteLength() != in.rows * row_b)
+      throw Napi::RangeError::New(env, "tokens: byte length does not match rows*cols*dtype");
+    in.distinct = in.rows;
+  } else {
+    if ((int64_t)tokens.ByteLength() % row_b || tokens.ByteLength() == 0)
+      throw Napi::RangeError::New(env, "tokens: byte length is not a whole number of rows of cols*dtype");
+    in.distinct = static_cast<int>((int64_t)tokens.ByteLength() / row_b);
+    in.token_rows = TypedData<uint32_t>(tr);
+    for (int r = 0; r < in.rows; ++r)
+      if (in.token_rows[r] >= (uint32_t)in.distinct)
+        throw Napi::RangeError::New(env, "tokenRows[" + std::to_string(r) + "]: " + std::to_string(in.token_rows[r]) +
+                                             " is past the " + std::to_string(in.distinct) + " tokens sent");
   }
-  auto* w = new RunWorker(env, c, static_cast<DType>(dt), tokens, rows, slots, weights, wv);
+  Napi::Value sum = o.Get("sumByToken");
+  in.sum = sum.IsBoolean() && sum.As<Napi::Boolean>().Value();
+  if (in.sum && tr.IsEmpty()) throw Napi::TypeError::New(env, "sumByToken: needs tokenRows");
+  auto* w = new RunWorker(env, c, in, o);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

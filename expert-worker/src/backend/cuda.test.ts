@@ -1,6 +1,7 @@
 import { DType, valuesToBytes } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { randomExpert, rng, uniform } from "../testing.js";
+import { gatherRows, sumRowsByToken } from "../token-rows.js";
 import { type CudaBackend, loadCudaAddon, probeCudaBackend, slotCount } from "./cuda.js";
 import { cudaParity } from "./cuda-parity.js";
 import { ReferenceBackend } from "./reference.js";
@@ -102,6 +103,43 @@ describe("cuda backend", () => {
         den += q * q;
       }
       expect(Math.sqrt(num / den)).toBeLessThan(1e-2);
+    },
+  );
+  it.skipIf(!!why)(
+    `a deduplicated batch on the device: the same rows and, summed, the host's sums bit for bit${why ? ` (skipped: ${why})` : ""}`,
+    async () => {
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS;
+      const b = (await probeCudaBackend()) as CudaBackend;
+      const next = rng(Date.now() >>> 0);
+      const d = 128;
+      const f = 96;
+      const [e0, e1, e2] = await Promise.all([0, 1, 2].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+      // 5 distinct tokens (token 4 is in no row), 11 rows; row 7 is in no slice (a zero row, which adds nothing)
+      const tokenRows = new Uint32Array([0, 1, 2, 3, 0, 2, 3, 1, 0, 1, 3]);
+      const rows = tokenRows.length;
+      const u = 5;
+      const slices = [
+        { expert: e0 as never, offset: 0, count: 4 },
+        { expert: e1 as never, offset: 4, count: 3 },
+        { expert: e2 as never, offset: 8, count: 3 },
+      ];
+      const weights = uniform(rows, 1, next);
+      for (const dtype of [DType.BFLOAT16, DType.FLOAT16, DType.FLOAT32]) {
+        const tokens = new Uint8Array(valuesToBytes(uniform(u * d, 2, next), dtype));
+        const expanded = gatherRows(tokens, tokenRows, tokens.byteLength / u);
+        const base = { dtype, rows, cols: d, slices };
+        const host = await b.run({ ...base, tokens: expanded, rowWeights: weights });
+        const dev = await b.run({ ...base, tokens, tokenRows, rowWeights: weights });
+        expect(Buffer.from(dev).equals(Buffer.from(host))).toBe(true);
+        const unscaled = await b.run({ ...base, tokens: expanded });
+        const want = sumRowsByToken(unscaled, dtype, tokenRows, u, d, weights);
+        const got = await b.run({ ...base, tokens, tokenRows, rowWeights: weights, sumByToken: true });
+        expect(got.byteLength).toBe(u * d * 4);
+        const g = new Float32Array(got.buffer, got.byteOffset, u * d);
+        expect(g.subarray(4 * d).every((v) => v === 0)).toBe(true); // the token in no row
+        expect(g.some((v) => v !== 0)).toBe(true);
+        expect(Buffer.from(got).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength))).toBe(true);
+      }
     },
   );
 });

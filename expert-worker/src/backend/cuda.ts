@@ -53,6 +53,8 @@ export interface CudaAddon {
       cols: number;
       rowSlots: Int32Array;
       rowWeights?: Float32Array;
+      tokenRows?: Uint32Array;
+      sumByToken?: boolean;
     },
   ): Promise<Uint8Array>;
   stats(ctx: object): { runs: number; uploads: number; uploadBytes: number; deviceBytes: number; slots: number };
@@ -105,6 +107,8 @@ export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes:
 export class CudaBackend implements ExpertBackend {
   readonly name = "cuda" as const;
   readonly kind = "cuda" as const;
+  /** Deduplicated batches gathered and summed on the GPU; SWITCHYARD_CUDA_TOKEN_ROWS=host does both on the host (A/B). */
+  readonly takesTokenRows: boolean;
   private ctx: object | undefined;
   private dims: { d: number; f: number } | undefined;
   private cache: GpuSlotCache<CudaPrepared> | undefined;
@@ -116,7 +120,12 @@ export class CudaBackend implements ExpertBackend {
     readonly info: CudaProbeInfo,
     readonly env: NodeJS.ProcessEnv = process.env,
     readonly onCacheEvent?: DeviceCacheSink,
-  ) {}
+  ) {
+    const where = env.SWITCHYARD_CUDA_TOKEN_ROWS ?? "device";
+    if (where !== "device" && where !== "host")
+      throw new Error(`SWITCHYARD_CUDA_TOKEN_ROWS: expected device or host, got "${where}"`);
+    this.takesTokenRows = where === "device";
+  }
 
   setDeviceCacheCapacity(experts: number): void {
     if (!Number.isInteger(experts) || experts < 1)
@@ -210,6 +219,8 @@ export class CudaBackend implements ExpertBackend {
         cols: req.cols,
         rowSlots,
         rowWeights: req.rowWeights,
+        tokenRows: req.tokenRows,
+        sumByToken: req.sumByToken,
       });
       if (signal?.aborted) throw abortError(signal);
       return out;

@@ -35,8 +35,19 @@ export interface RunRequest {
   cols: number;
   /** Non-overlapping, within [0, rows); validated by the caller. */
   slices: PreparedSlice[];
-  /** Optional [rows] per-row output scale. */
+  /** Optional [rows] per-row output scale (with `sumByToken`: the sum's weights, the rows stay unscaled). */
   rowWeights?: Float32Array;
+  /**
+   * A deduplicated batch, for backends with `takesTokenRows`: `tokens` holds the distinct tokens and row r computes
+   * token tokenRows[r] (each < the tokens sent). Others get the rows expanded by the caller.
+   */
+  tokenRows?: Uint32Array;
+  /**
+   * With tokenRows: answer FLOAT32 [distinct tokens, cols] instead of the rows: each token's rows, rounded to dtype
+   * and unscaled, weighted by rowWeights and added in row order, each step in double rounded to fp32
+   * (token-rows.ts sumRowsByToken, bit for bit).
+   */
+  sumByToken?: boolean;
   /** Aborting stops the run (between tiles for the native backends) and rejects with the signal's reason. */
   signal?: AbortSignal;
 }
@@ -63,8 +74,13 @@ export interface ExpertBackend {
   /** One human-readable line for the start-up log (ISA, threads, library...). */
   describe(): string;
   prepare(weights: ExpertWeights): Promise<PreparedExpert>;
-  /** Output [rows, cols] in `dtype`. */
+  /** Output [rows, cols] in `dtype` (FLOAT32 [distinct tokens, cols] with `sumByToken`). */
   run(req: RunRequest): Promise<Uint8Array>;
+  /**
+   * run() takes `tokenRows` / `sumByToken` itself (the CUDA backend: gather and sum on the device, so only the
+   * distinct tokens cross PCIe). Otherwise the worker expands and sums on the host.
+   */
+  readonly takesTokenRows?: boolean;
   close?(): Promise<void>;
 
   // Backends with a device tier of experts (CUDA) implement these; CPU backends compute from the host cache.
