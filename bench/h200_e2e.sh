@@ -27,11 +27,14 @@ for run in ${E2E_RUNS:-mixtral:tiny mixtral:medium}; do
   IFS=: read -r family size conc <<< "$run"
   log=e2e-$size.log; [ "$family" = mixtral ] || log=e2e-$family-$size.log
   [ -n "$conc" ] && log=${log%.log}-c$conc.log
+  # E2E_WORKERS: cuda workers (default 1; with E2E_ARGS="--gpus N" they spread over N GPUs)
+  workers=${E2E_WORKERS:-1}
+  [ "$workers" != 1 ] && log=${log%.log}-w$workers.log
   # E2E_TAG tells apart runs of one model with other E2E_ARGS in the same call
   [ -n "${E2E_TAG:-}" ] && log=${log%.log}-$E2E_TAG.log
   limit=150; [ "$size" = full ] && limit=${E2E_FULL_TIMEOUT:-300}
-  SWITCHYARD_BACKEND=cuda timeout $limit node router-service/dist/local/main.js --family $family --size $size --workers 1 \
+  SWITCHYARD_BACKEND=cuda timeout $limit node router-service/dist/local/main.js --family $family --size $size --workers $workers \
     --duration ${E2E_SECONDS:-15} ${conc:+--concurrency $conc} ${E2E_ARGS:-} > $OUT/$log 2>&1
-  echo "e2e $family $size ${conc:+concurrency $conc }rc=$?"
+  echo "e2e $family $size ${conc:+concurrency $conc }workers $workers rc=$?"
   grep -E "backend:|combine:|shared expert|generating|reference weights|tokens/s|latency|tokens per|in the router|worker batches|CPU during|cache hit|answers verified|OK:|FAILED" $OUT/$log | head -20
 done

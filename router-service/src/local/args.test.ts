@@ -1,6 +1,6 @@
 import { defaultSpec } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
-import { localModel, parseLocalArgs } from "./main.js";
+import { localModel, parseLocalArgs, workerEnv } from "./main.js";
 
 describe("npm start flags", () => {
   it("defaults to a run that fits a 2-core machine", () => {
@@ -72,5 +72,17 @@ describe("npm start flags", () => {
     expect(() => parseLocalArgs(["--workers", "0"])).toThrow(/^--workers: /);
     expect(() => parseLocalArgs(["--policy", '{"gating":{"topP":3}}'])).toThrow(/policy\.gating\.topP/);
     expect(() => parseLocalArgs(["--bogus", "1"])).toThrow(/unknown flag --bogus/);
+  });
+  it("--gpus spreads the workers over GPUs through CUDA_VISIBLE_DEVICES", () => {
+    expect(parseLocalArgs([]).gpus).toBeNull();
+    expect(parseLocalArgs(["--gpus", "2"]).gpus).toBe(2);
+    expect(() => parseLocalArgs(["--gpus", "0"])).toThrow(/--gpus/);
+    const env = { PATH: "/bin" };
+    expect(workerEnv(null, 3, env)).toBe(env);
+    expect([0, 1, 2, 3].map((i) => workerEnv(2, i, env).CUDA_VISIBLE_DEVICES)).toEqual(["0", "1", "0", "1"]);
+    expect(workerEnv(2, 1, env).PATH).toBe("/bin");
+    // counted within the GPUs this process was given
+    expect(workerEnv(2, 1, { CUDA_VISIBLE_DEVICES: "4, 6" }).CUDA_VISIBLE_DEVICES).toBe("6");
+    expect(() => workerEnv(3, 0, { CUDA_VISIBLE_DEVICES: "4,6" })).toThrow(/--gpus: 3 GPUs .* lists 2/);
   });
 });

@@ -85,6 +85,8 @@ export interface LocalOptions {
   prefill: number;
   redundant: number | null;
   cacheCapacity: number | null;
+  /** spread the workers over this many GPUs (worker i sees GPU i mod gpus); null: each sees what this process does */
+  gpus: number | null;
   tolerance: number | null;
   /** null: "all" up to medium, "sample" at full size */
   verify: VerifyMode | null;
@@ -107,6 +109,8 @@ const USAGE = `usage: npm start -- [flags]
   --prefill N                     tokens in each sequence's first step (default 8; then 1 per step)
   --redundant N                   extra expert copies per layer in the placement (default experts/4)
   --cache-capacity N              resident experts per worker (default: all it serves)
+  --gpus N                        spread the workers over N GPUs: worker i sees GPU i mod N (CUDA_VISIBLE_DEVICES;
+                                  default: every worker sees what this process sees)
   --seed N                        checkpoint and traffic seed (default 1)
   --tolerance X                   max relative error per answer (default 1e-2 bf16, 1e-4 fp32)
   --verify all|sample             check every answer against the reference, or only those that find a reference
@@ -128,6 +132,7 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
     prefill: 8,
     redundant: null,
     cacheCapacity: null,
+    gpus: null,
     tolerance: null,
     verify: null,
     verifyThreads: null,
@@ -198,6 +203,9 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
         break;
       case "cache-capacity":
         o.cacheCapacity = int(name, v, 1);
+        break;
+      case "gpus":
+        o.gpus = int(name, v, 1);
         break;
       case "tolerance": {
         const n = Number(v);
@@ -305,9 +313,16 @@ function profileFlags(name: string): string[] {
   return dir ? ["--cpu-prof", `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
 }
 
-function spawnProc(name: string, args: string[], children: ChildProcess[], quiet: () => boolean): ChildProcess {
+function spawnProc(
+  name: string,
+  args: string[],
+  children: ChildProcess[],
+  quiet: () => boolean,
+  env: NodeJS.ProcessEnv = process.env,
+): ChildProcess {
   const child = spawn(process.execPath, [...profileFlags(name), ...args], {
     cwd: ROOT,
+    env,
     stdio: ["ignore", "pipe", "pipe", "ipc"],
   });
   children.push(child);
@@ -320,6 +335,19 @@ function spawnProc(name: string, args: string[], children: ChildProcess[], quiet
     for (const line of c.toString().split("\n")) if (line.trim()) process.stderr.write(`  [${name}] ${line}\n`);
   });
   return child;
+}
+
+/**
+ * Worker i's environment: with --gpus N it sees only GPU i mod N (the CUDA backend uses its first visible GPU), counted
+ * within this process's CUDA_VISIBLE_DEVICES where that is set.
+ */
+export function workerEnv(gpus: number | null, i: number, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  if (gpus === null) return env;
+  const visible = (env.CUDA_VISIBLE_DEVICES ?? "").split(",").filter((v) => v.trim() !== "");
+  if (visible.length > 0 && gpus > visible.length)
+    throw new Error(`--gpus: ${gpus} GPUs asked for, CUDA_VISIBLE_DEVICES lists ${visible.length}`);
+  const k = i % gpus;
+  return { ...env, CUDA_VISIBLE_DEVICES: visible.length > 0 ? (visible[k] as string).trim() : String(k) };
 }
 
 async function waitForWorker(address: string, child: ChildProcess, timeoutMs: number): Promise<ExpertWorkerClient> {
@@ -457,7 +485,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
           planFile,
         ];
         if (o.cacheCapacity !== null) args.push("--cache-capacity", String(o.cacheCapacity));
-        const child = spawnProc(id, args, children, () => quiet);
+        const child = spawnProc(id, args, children, () => quiet, workerEnv(o.gpus, ids.indexOf(id)));
         // Listening before the first message arrives: both messages can come in one read of the IPC channel.
         const warmed = warmedMessage(child, `worker ${id}`, WARM_TIMEOUT_MS);
         warmed.catch(() => {}); // awaited below; readyPorts reports an early exit first
