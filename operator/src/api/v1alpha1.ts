@@ -463,7 +463,7 @@ export const batchingSchema = obj(
     }),
     flushesInFlight: int(
       "Flushes of one layer that may run at once: 1 holds new requests while one runs (largest batches); 2 overlaps the next flush's gating and transfers with the workers' time.",
-      { minimum: 1, maximum: 16, default: 1 },
+      { minimum: 1, maximum: 16, default: 2 },
     ),
   },
   {

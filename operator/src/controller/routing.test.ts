@@ -15,7 +15,7 @@ describe("resolvePolicy", () => {
       maxBatchTokens: 512,
       maxWaitMs: 2,
       maxQueueTokens: 65536,
-      flushesInFlight: 1,
+      flushesInFlight: 2,
     });
     // The router re-validates the same JSON on load; the resolved form must pass it unchanged.
     expect(resolveRoutingPolicy(JSON.parse(JSON.stringify(r.policy)))).toEqual(r.policy);

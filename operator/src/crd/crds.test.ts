@@ -113,7 +113,7 @@ describe("applyDefaults mirrors structural defaulting", () => {
       maxBatchTokens: 512,
       maxWaitMs: 2,
       maxQueueTokens: 65536,
-      flushesInFlight: 1,
+      flushesInFlight: 2,
     });
     expect(spec.gating).toEqual({ overflow: "drop" });
   });

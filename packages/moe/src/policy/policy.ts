@@ -88,7 +88,7 @@ export const DEFAULT_LATENCY_QUERY =
 export function defaultRoutingPolicy(): RoutingPolicy {
   return {
     gating: { topK: null, topP: null, maxK: null, capacityFactor: null, overflow: "drop" },
-    batching: { enabled: true, maxBatchTokens: 256, maxWaitMs: 2, maxQueueTokens: 65536, flushesInFlight: 1 },
+    batching: { enabled: true, maxBatchTokens: 256, maxWaitMs: 2, maxQueueTokens: 65536, flushesInFlight: 2 },
     placement: { cacheAffinity: 1, load: 1, latency: 0.5 },
     loadSignals: {
       prometheusUrl: null,
