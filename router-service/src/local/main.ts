@@ -25,18 +25,11 @@ import {
   resolveRoutingPolicy,
   sharedSlices,
 } from "@switchyard/moe";
-import {
-  bytesToFloat32,
-  DType,
-  ExpertWorkerClient,
-  encodeTensor,
-  type ForwardResponse,
-  fromRpcError,
-  RouterClient,
-  type WorkerStatus,
-} from "@switchyard/protocol";
+import { DType, ExpertWorkerClient, type WorkerStatus } from "@switchyard/protocol";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
-import { DEFAULT_TRAFFIC, parsePromText, quantile, Traffic } from "./loadgen.js";
+import { addStats, DriveStats } from "./drive.js";
+import { startDrivers } from "./drivers.js";
+import { DEFAULT_TRAFFIC, parsePromText, quantile } from "./loadgen.js";
 import { cpuByThread, cpuSeconds, threadCpuLine } from "./proc-cpu.js";
 import { checkRunFits, runFootprint, WontFitError } from "./resources.js";
 import type { VerifyResult } from "./verifier.js";
@@ -85,6 +78,8 @@ export interface LocalOptions {
   prefill: number;
   redundant: number | null;
   cacheCapacity: number | null;
+  /** load generators: 1 on the main thread, more as worker threads (the sequences dealt round-robin) */
+  drivers: number;
   /** spread the workers over this many GPUs (worker i sees GPU i mod gpus); null: each sees what this process does */
   gpus: number | null;
   tolerance: number | null;
@@ -109,6 +104,8 @@ const USAGE = `usage: npm start -- [flags]
   --prefill N                     tokens in each sequence's first step (default 8; then 1 per step)
   --redundant N                   extra expert copies per layer in the placement (default experts/4)
   --cache-capacity N              resident experts per worker (default: all it serves)
+  --drivers N                     threads generating the load (default 1; the sequences are dealt among them). One
+                                  JavaScript thread bounds a run near 4000 forwards/s at the full sizes
   --gpus N                        spread the workers over N GPUs: worker i sees GPU i mod N (CUDA_VISIBLE_DEVICES;
                                   default: every worker sees what this process sees)
   --seed N                        checkpoint and traffic seed (default 1)
@@ -133,6 +130,7 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
     redundant: null,
     cacheCapacity: null,
     gpus: null,
+    drivers: 1,
     tolerance: null,
     verify: null,
     verifyThreads: null,
@@ -203,6 +201,9 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
         break;
       case "cache-capacity":
         o.cacheCapacity = int(name, v, 1);
+        break;
+      case "drivers":
+        o.drivers = int(name, v, 1);
         break;
       case "gpus":
         o.gpus = int(name, v, 1);
@@ -370,15 +371,6 @@ function statusOf(c: ExpertWorkerClient): Promise<WorkerStatus> {
   );
 }
 
-function rmsNorm(x: Float32Array, d: number): void {
-  for (let t = 0; t < x.length / d; t++) {
-    let s = 0;
-    for (let j = 0; j < d; j++) s += x[t * d + j] ** 2;
-    const k = 1 / Math.sqrt(s / d + 1e-6);
-    for (let j = 0; j < d; j++) x[t * d + j] *= k;
-  }
-}
-
 export async function runLocal(o: LocalOptions): Promise<number> {
   const log = (s: string) => process.stderr.write(`${s}\n`);
   const model = localModel(o.family, o.size);
@@ -537,8 +529,6 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     await ckpt.close();
     const tolerance = o.tolerance ?? (o.dtype === "bf16" ? 1e-2 : 1e-4);
     let wrong = 0;
-    let unverifiable = 0;
-    let unchecked = 0;
     let worstErr = 0;
     const firstWrong: string[] = [];
     const verifier = await VerifierPool.start(
@@ -561,15 +551,6 @@ export async function runLocal(o: LocalOptions): Promise<number> {
 
     // Load.
     const dtype = o.dtype === "bf16" ? DType.BFLOAT16 : DType.FLOAT32;
-    const traffic = new Traffic({ ...DEFAULT_TRAFFIC, hidden: d, seed: o.seed });
-    const client = new RouterClient(`127.0.0.1:${routerPort}`, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
-    const latencies: number[] = [];
-    /** the router's own time per forward (arrival to reply, ForwardStats.totalMs): the rest of a latency is transport */
-    const routerMs: number[] = [];
-    let tokensDone = 0;
-    let forwards = 0;
-    let errors = 0;
-    const errorSamples: string[] = [];
     let jobId = 0;
     // CPU time of each process over the load: which one the run is bound by
     const cpuPids: [string, number, boolean][] = [
@@ -587,76 +568,38 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const threadsAt = () => Promise.all(threadPids.map(([, pid]) => cpuByThread(pid)));
     const [cpu0, threads0] = await Promise.all([cpuAt(), threadsAt()]);
     const t0 = performance.now();
-    const endAt = t0 + o.durationS * 1000;
     log(
-      `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})`,
+      `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})${o.drivers > 1 ? ` from ${o.drivers} driver threads` : ""}`,
+    );
+    const run = startDrivers(
+      o.drivers,
+      {
+        routerAddress: `127.0.0.1:${routerPort}`,
+        layers,
+        hidden: d,
+        dtype,
+        prefill: o.prefill,
+        traffic: { ...DEFAULT_TRAFFIC, hidden: d, seed: o.seed },
+        durationMs: o.durationS * 1000,
+      },
+      o.concurrency,
+      { accepting: () => verifier.accepting, offer: (job) => verifier.offer({ id: ++jobId, ...job }) },
     );
     const progress = setInterval(
       () => {
         const s = (performance.now() - t0) / 1000;
-        const line = `  ${s.toFixed(0).padStart(3)} s  ${(tokensDone / s).toFixed(0).padStart(6)} tok/s  ${forwards} forwards  p50 ${quantile(latencies.slice(-2000), 0.5).toFixed(2)} ms  verified ${verifier.checked}  wrong ${wrong}  errors ${errors}`;
+        const n = run.live();
+        const line = `  ${s.toFixed(0).padStart(3)} s  ${(n.tokensDone / s).toFixed(0).padStart(6)} tok/s  ${n.forwards} forwards  p50 ${quantile(n.recent, 0.5).toFixed(2)} ms  verified ${verifier.checked}  wrong ${wrong}  errors ${n.errors}`;
         if (process.stderr.isTTY) process.stderr.write(`\r${line}   `);
         else process.stderr.write(`${line}\n`);
       },
       process.stderr.isTTY ? 500 : 5000,
     );
 
-    const seqLoop = async (sid: number) => {
-      const stream = client.forwardStream();
-      const waiting = new Map<bigint, (r: ForwardResponse) => void>();
-      stream.on("data", (r: ForwardResponse) => {
-        const w = waiting.get(r.requestId);
-        waiting.delete(r.requestId);
-        w?.(r);
-      });
-      const failAll = (e: Error) => {
-        for (const w of waiting.values())
-          w({ requestId: 0n, hidden: undefined, stats: undefined, error: { code: 14, message: e.message } });
-        waiting.clear();
-      };
-      stream.on("error", failAll);
-      let rid = BigInt(sid) << 32n;
-      const seq = traffic.sequence(sid);
-      let first = true;
-      while (performance.now() < endAt) {
-        const n = first ? o.prefill : 1;
-        first = false;
-        const step = seq.next(n);
-        const h = step.hidden;
-        for (const layer of layers) {
-          const tensor = encodeTensor(h, [n, d], dtype);
-          const id = ++rid;
-          const ts = performance.now();
-          const res = await new Promise<ForwardResponse>((r) => {
-            waiting.set(id, r);
-            stream.write({ pool: "local", layer, hidden: tensor, gate: undefined, requestId: id });
-          });
-          latencies.push(performance.now() - ts);
-          if (res.stats) routerMs.push(res.stats.totalMs);
-          forwards++;
-          if (res.error || !res.hidden) {
-            errors++;
-            if (errorSamples.length < 5)
-              errorSamples.push(res.error ? fromRpcError(res.error).message : "empty answer");
-            return;
-          }
-          const out = bytesToFloat32(res.hidden.data, res.hidden.dtype, true);
-          if ((res.stats?.droppedAssignments ?? 0) > 0) unverifiable++;
-          else if (!verifier.accepting) unchecked++;
-          else {
-            // what the router saw (the request's bytes, not h), widened only for answers that will be checked
-            const sent = bytesToFloat32(tensor.data, dtype, true);
-            verifier.offer({ id: ++jobId, layer, hidden: sent, output: out });
-          }
-          // Next layer input: residual + norm, a stand-in for the rest of a transformer block (out is not written).
-          for (let i = 0; i < h.length; i++) h[i] += out[i];
-          rmsNorm(h, d);
-        }
-        tokensDone += n;
-      }
-      stream.end();
-    };
-    await Promise.all(Array.from({ length: o.concurrency }, (_, i) => seqLoop(i)));
+    const { tokensDone, forwards, errors, errorSamples, latencies, routerMs, unverifiable, unchecked } = addStats(
+      new DriveStats(),
+      ...(await run.done),
+    );
     const wall = (performance.now() - t0) / 1000;
     const [cpu1, threads1] = await Promise.all([cpuAt(), threadsAt()]);
     clearInterval(progress);
@@ -781,7 +724,6 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     for (const [k, v] of table) console.log(`${k.padEnd(w0)}  ${v}`);
     for (const s of errorSamples) log(`error: ${s}`);
     for (const s of firstWrong) log(`WRONG ${s}`);
-    client.close();
     for (const c of workerClients) c.close();
     const ok = wrong === 0 && errors === 0 && verified > 0;
     const okLine = unchecked

@@ -1,0 +1,152 @@
+// One driver's share of the local mode's load: sequences that each send every MoE layer in turn through the router's
+// ForwardStream, feed each answer back as the next layer's input, and hand answers to the reference check. It runs
+// on the main thread (--drivers 1) or in worker threads (drive-thread.ts): at the models' full sizes one JavaScript
+// thread of load generation was what bound the runs (0.95 of a core on the H200 hosts), not the router or the GPUs.
+
+import { credentials } from "@grpc/grpc-js";
+import {
+  bytesToFloat32,
+  type DType,
+  encodeTensor,
+  type ForwardResponse,
+  fromRpcError,
+  RouterClient,
+} from "@switchyard/protocol";
+import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
+import { Traffic, type TrafficOptions } from "./loadgen.js";
+
+export interface DriveOptions {
+  routerAddress: string;
+  /** The sequences this driver runs (ids into the seeded traffic: the same ids give the same tokens anywhere). */
+  sequences: number[];
+  layers: number[];
+  hidden: number;
+  dtype: DType;
+  prefill: number;
+  traffic: TrafficOptions;
+  /** Load for this long from the call's start. */
+  durationMs: number;
+}
+
+/** An answer to check against the reference: the bytes the router saw, widened, and its answer. */
+export interface CheckJob {
+  layer: number;
+  hidden: Float32Array;
+  output: Float32Array;
+}
+
+export interface DriveHooks {
+  /** Whether an answer would be checked now (a reference thread is free, or every answer is checked). */
+  wantsCheck(): boolean;
+  check(job: CheckJob): void;
+}
+
+export class DriveStats {
+  tokensDone = 0;
+  forwards = 0;
+  errors = 0;
+  /** Answers that lost assignments to a capacity limit: they differ from the dropless reference by design. */
+  unverifiable = 0;
+  /** Answers that came while no reference thread was free (sampled checking). */
+  unchecked = 0;
+  readonly errorSamples: string[] = [];
+  readonly latencies: number[] = [];
+  /** The router's own time per forward (arrival to reply, ForwardStats.totalMs): the rest of a latency is transport. */
+  readonly routerMs: number[] = [];
+}
+
+/** Runs the sequences until the duration is over; counts into `stats` as it goes (progress lines read them). */
+export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStats): Promise<void> {
+  const traffic = new Traffic(o.traffic);
+  const client = new RouterClient(o.routerAddress, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+  const endAt = performance.now() + o.durationMs;
+  const d = o.hidden;
+  const seqLoop = async (sid: number) => {
+    const stream = client.forwardStream();
+    const waiting = new Map<bigint, (r: ForwardResponse) => void>();
+    stream.on("data", (r: ForwardResponse) => {
+      const w = waiting.get(r.requestId);
+      waiting.delete(r.requestId);
+      w?.(r);
+    });
+    const failAll = (e: Error) => {
+      for (const w of waiting.values())
+        w({ requestId: 0n, hidden: undefined, stats: undefined, error: { code: 14, message: e.message } });
+      waiting.clear();
+    };
+    stream.on("error", failAll);
+    let rid = BigInt(sid) << 32n;
+    const seq = traffic.sequence(sid);
+    let first = true;
+    while (performance.now() < endAt) {
+      const n = first ? o.prefill : 1;
+      first = false;
+      const h = seq.next(n).hidden;
+      for (const layer of o.layers) {
+        const tensor = encodeTensor(h, [n, d], o.dtype);
+        const id = ++rid;
+        const ts = performance.now();
+        const res = await new Promise<ForwardResponse>((r) => {
+          waiting.set(id, r);
+          stream.write({ pool: "local", layer, hidden: tensor, gate: undefined, requestId: id });
+        });
+        stats.latencies.push(performance.now() - ts);
+        if (res.stats) stats.routerMs.push(res.stats.totalMs);
+        stats.forwards++;
+        if (res.error || !res.hidden) {
+          stats.errors++;
+          if (stats.errorSamples.length < 5)
+            stats.errorSamples.push(res.error ? fromRpcError(res.error).message : "empty answer");
+          stream.end();
+          return;
+        }
+        const out = bytesToFloat32(res.hidden.data, res.hidden.dtype, true);
+        if ((res.stats?.droppedAssignments ?? 0) > 0) stats.unverifiable++;
+        else if (!hooks.wantsCheck()) stats.unchecked++;
+        // what the router saw (the request's bytes, not h), widened only for answers that will be checked
+        else hooks.check({ layer, hidden: bytesToFloat32(tensor.data, o.dtype, true), output: out });
+        // Next layer input: residual + norm, a stand-in for the rest of a transformer block.
+        for (let i = 0; i < h.length; i++) h[i] += out[i];
+        rmsNorm(h, d);
+      }
+      stats.tokensDone += n;
+    }
+    stream.end();
+  };
+  try {
+    await Promise.all(o.sequences.map(seqLoop));
+  } finally {
+    client.close();
+  }
+}
+
+/** Sequence ids 0 .. concurrency-1 dealt round-robin to `drivers` drivers. */
+export function dealSequences(concurrency: number, drivers: number): number[][] {
+  const out: number[][] = Array.from({ length: Math.min(drivers, concurrency) }, () => []);
+  for (let s = 0; s < concurrency; s++) out[s % out.length].push(s);
+  return out;
+}
+
+export function rmsNorm(x: Float32Array, d: number): void {
+  for (let t = 0; t < x.length / d; t++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += x[t * d + j] ** 2;
+    const k = 1 / Math.sqrt(s / d + 1e-6);
+    for (let j = 0; j < d; j++) x[t * d + j] *= k;
+  }
+}
+
+/** Adds the drivers' stats into `into`. */
+export function addStats(into: DriveStats, ...from: DriveStats[]): DriveStats {
+  for (const s of from) {
+    into.tokensDone += s.tokensDone;
+    into.forwards += s.forwards;
+    into.errors += s.errors;
+    into.unverifiable += s.unverifiable;
+    into.unchecked += s.unchecked;
+    for (const e of s.errorSamples) if (into.errorSamples.length < 5) into.errorSamples.push(e);
+    for (const v of s.latencies) into.latencies.push(v);
+    for (const v of s.routerMs) into.routerMs.push(v);
+  }
+  return into;
+}

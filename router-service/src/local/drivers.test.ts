@@ -1,0 +1,147 @@
+// The local mode's load generators against a real router (over fake workers): one driver on this thread and several
+// in worker threads run every sequence, count every forward once and hand every answer to the check while it accepts.
+import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { generateCheckpoint } from "@switchyard/moe";
+import { DType } from "@switchyard/protocol";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type RouterApp, startRouterApp } from "../app.js";
+import { FakeWorker } from "../testing/fake-worker.js";
+import { addStats, type CheckJob, DriveStats, dealSequences } from "./drive.js";
+import { startDrivers } from "./drivers.js";
+import { DEFAULT_TRAFFIC } from "./loadgen.js";
+
+// The threads run the compiled drive-thread.js (worker threads do not load TypeScript); npm test builds it first.
+const SCRIPT = new URL("../../dist/local/drive-thread.js", import.meta.url);
+const THREAD = { script: SCRIPT, execArgv: [] };
+const built = existsSync(fileURLToPath(SCRIPT));
+if (!built && process.env.CI === "true") throw new Error(`${fileURLToPath(SCRIPT)} missing in CI (tsc -b runs first)`);
+if (!built) console.warn(`driver thread tests SKIPPED: ${fileURLToPath(SCRIPT)} not built (npm run build)`);
+
+describe("dealSequences, addStats", () => {
+  it("deals the sequences round-robin, never to more drivers than sequences", () => {
+    expect(dealSequences(5, 2)).toEqual([
+      [0, 2, 4],
+      [1, 3],
+    ]);
+    expect(dealSequences(2, 4)).toEqual([[0], [1]]);
+    expect(dealSequences(3, 1)).toEqual([[0, 1, 2]]);
+  });
+  it("adds counters, concatenates samples and keeps 5 error samples", () => {
+    const a = new DriveStats();
+    a.tokensDone = 3;
+    a.latencies.push(1, 2);
+    a.errorSamples.push("a", "b", "c");
+    const b = new DriveStats();
+    b.tokensDone = 4;
+    b.unchecked = 2;
+    b.routerMs.push(5);
+    b.errorSamples.push("d", "e", "f");
+    const s = addStats(new DriveStats(), a, b);
+    expect(s).toMatchObject({ tokensDone: 7, unchecked: 2, latencies: [1, 2], routerMs: [5] });
+    expect(s.errorSamples).toEqual(["a", "b", "c", "d", "e"]);
+  });
+});
+
+describe("the local mode's drivers, through a router", () => {
+  const D = 16;
+  let dir: string;
+  let app: RouterApp;
+  const worker = new FakeWorker({ id: "w0", expert: null });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-drivers-"));
+    await generateCheckpoint({
+      family: "mixtral",
+      dir: join(dir, "ckpt"),
+      layers: 2,
+      hiddenSize: D,
+      intermediateSize: 8,
+      experts: 4,
+    });
+    await worker.start();
+    const plan = { version: 1, pool: "local", workers: ["w0"], replicas: [0, 1].map(() => [[0], [0], [0], [0]]) };
+    await writeFile(join(dir, "plan.json"), JSON.stringify(plan));
+    await writeFile(
+      join(dir, "router.json"),
+      JSON.stringify({
+        pools: [
+          {
+            name: "local",
+            checkpoint: join(dir, "ckpt"),
+            planFile: join(dir, "plan.json"),
+            endpoints: { w0: `127.0.0.1:${worker.port}` },
+          },
+        ],
+      }),
+    );
+    app = await startRouterApp({
+      config: join(dir, "router.json"),
+      port: 0,
+      metricsPort: null,
+      host: "127.0.0.1",
+      log: () => {},
+    });
+  });
+  afterAll(async () => {
+    await app?.close();
+    worker.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const run = async (drivers: number, accepting: () => boolean) => {
+    const jobs: CheckJob[] = [];
+    const r = startDrivers(
+      drivers,
+      {
+        routerAddress: `127.0.0.1:${app.server.port}`,
+        layers: [0, 1],
+        hidden: D,
+        dtype: DType.BFLOAT16,
+        prefill: 3,
+        traffic: { ...DEFAULT_TRAFFIC, vocab: 64, hidden: D, seed: 1 },
+        durationMs: 300,
+      },
+      5,
+      {
+        accepting,
+        offer: (j) => {
+          jobs.push(j);
+          return true;
+        },
+      },
+      THREAD,
+    );
+    const stats = addStats(new DriveStats(), ...(await r.done));
+    return { stats, jobs, live: r.live() };
+  };
+
+  it.each([1, 2])("%i driver(s): every sequence runs, every answer is counted once and checked", async (drivers) => {
+    if (drivers > 1 && !built) return;
+    const { stats, jobs, live } = await run(drivers, () => true);
+    expect(stats.errors).toBe(0);
+    expect(stats.errorSamples).toEqual([]);
+    // each of the 5 sequences sent at least its prefill step through both layers
+    expect(stats.tokensDone).toBeGreaterThanOrEqual(5 * 3);
+    expect(stats.forwards).toBeGreaterThanOrEqual(5 * 2);
+    expect(stats.latencies).toHaveLength(stats.forwards);
+    expect(jobs).toHaveLength(stats.forwards);
+    expect(stats.unchecked).toBe(0);
+    for (const j of jobs) {
+      expect([0, 1]).toContain(j.layer);
+      expect(j.hidden.length % D).toBe(0);
+      expect(j.output.length).toBe(j.hidden.length);
+    }
+    expect(live.forwards).toBeLessThanOrEqual(stats.forwards);
+  });
+
+  it.skipIf(!built)("threads send nothing to check while the check does not accept, and count it", async () => {
+    const { stats, jobs } = await run(2, () => false);
+    expect(jobs).toHaveLength(0);
+    expect(stats.unchecked).toBe(stats.forwards);
+    expect(stats.forwards).toBeGreaterThan(0);
+  });
+});
