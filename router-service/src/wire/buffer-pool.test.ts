@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { BufferPool, POOL_MIN_BYTES } from "./buffer-pool.js";
+import { BufferPool, keepPerClass, POOL_MIN_BYTES } from "./buffer-pool.js";
 
 describe("BufferPool", () => {
   it("reuses a returned large buffer for the same size class, never small or foreign ones", () => {
@@ -27,5 +27,15 @@ describe("BufferPool", () => {
     pool.give(p8);
     expect(pool.take(8192).buffer).toBe(p8.buffer);
     expect(pool.take(8193).buffer.byteLength).toBe(16384);
+  });
+
+  it("keeps as many free buffers of a class as 32 MiB of it holds, between 8 and 256", () => {
+    expect(keepPerClass(8 << 10)).toBe(256);
+    expect(keepPerClass(1 << 20)).toBe(32);
+    expect(keepPerClass(16 << 20)).toBe(8);
+    const pool = new BufferPool();
+    const out = Array.from({ length: 300 }, () => pool.take(5000));
+    for (const b of out) pool.give(b);
+    expect(pool.held).toBe(256);
   });
 });
