@@ -17,7 +17,7 @@ step() { # workers tag args...
   E2E_WORKERS=$workers E2E_RUNS=$family:full:$conc E2E_TAG=$tag E2E_ARGS="--verify-threads 2 $*" bash bench/h200_e2e.sh
 }
 for family in ${MULTI_RUNS:-deepseek-v3 qwen3-moe}; do
-  step 2 fif1 --gpus 2
+  step 2 fif1 --gpus 2 --policy '{"batching":{"flushesInFlight":1}}'
   step 2 fif2 --gpus 2 --policy '{"batching":{"flushesInFlight":2}}'
-  step 1 fif1
+  step 1 fif1 --policy '{"batching":{"flushesInFlight":1}}'
 done

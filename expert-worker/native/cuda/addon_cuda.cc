@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -320,9 +321,10 @@ struct RunInput {
 
 class RunWorker : public Napi::AsyncWorker {
  public:
-  RunWorker(Napi::Env env, std::shared_ptr<Ctx> c, RunInput in, Napi::Object keep)
+  RunWorker(Napi::Env env, std::shared_ptr<Ctx> c, RunInput in, const std::vector<Napi::Object>& keep)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(std::move(c)), in_(in) {
-    keep_ = Napi::Persistent(keep);  // the options object holds every typed array read below
+    // the typed arrays whose memory the worker thread reads: alive until the run settles, whatever the caller does
+    for (const auto& o : keep) keep_.push_back(Napi::Persistent(o));
     out_bytes_ = in.sum ? (size_t)in.distinct * c_->d * 4 : (size_t)in.rows * c_->d * switchyard::dtype_size(in.dt);
   }
   ~RunWorker() override { std::free(out_); }
@@ -332,6 +334,15 @@ class RunWorker : public Napi::AsyncWorker {
     try {
       if (out_bytes_ && !(out_ = static_cast<uint8_t*>(std::malloc(out_bytes_)))) throw std::bad_alloc();
       std::lock_guard<std::mutex> lk(c_->run_mu);
+      // A failure after copies were queued: they may still read or write the io buffers, so they finish before the
+      // lock lets the next run reuse them (this guard unwinds before the lock).
+      struct SyncOnUnwind {
+        cudaStream_t s;
+        int n = std::uncaught_exceptions();
+        ~SyncOnUnwind() {
+          if (std::uncaught_exceptions() > n) cudaStreamSynchronize(s);
+        }
+      } sync_on_unwind{c_->compute};
       Ctx& c = *c_;
       const int d = c.d, rows = in_.rows, u = in_.distinct;
       CK_THROW(cudaSetDevice(c.device));
@@ -428,9 +439,15 @@ class RunWorker : public Napi::AsyncWorker {
       return;
     }
     // The result's memory goes to JavaScript as it is: no copy on the event loop.
-    uint8_t* p = out_;
-    out_ = nullptr;
-    auto ab = Napi::ArrayBuffer::New(env, p, out_bytes_, [](Napi::Env, void* q) { std::free(q); });
+    Napi::ArrayBuffer ab;
+    try {
+      ab = Napi::ArrayBuffer::New(env, out_, out_bytes_, [](Napi::Env, void* q) { std::free(q); });
+      out_ = nullptr;  // JavaScript owns it now
+    } catch (const Napi::Error&) {
+      // a runtime that refuses external memory: one copy (out_ is freed with this worker)
+      ab = Napi::ArrayBuffer::New(env, out_bytes_);
+      std::memcpy(ab.Data(), out_, out_bytes_);
+    }
     deferred_.Resolve(Napi::Uint8Array::New(env, out_bytes_, ab, 0));
   }
   void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
@@ -439,7 +456,7 @@ class RunWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Ctx> c_;
   RunInput in_;
-  Napi::ObjectReference keep_;
+  std::vector<Napi::ObjectReference> keep_;
   size_t out_bytes_ = 0;
   uint8_t* out_ = nullptr;
 };
@@ -507,7 +524,10 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   Napi::Value sum = o.Get("sumByToken");
   in.sum = sum.IsBoolean() && sum.As<Napi::Boolean>().Value();
   if (in.sum && tr.IsEmpty()) throw Napi::TypeError::New(env, "sumByToken: needs tokenRows");
-  auto* w = new RunWorker(env, c, in, o);
+  std::vector<Napi::Object> keep{tokens, slots};
+  if (!wa.IsEmpty()) keep.push_back(wa);
+  if (!tr.IsEmpty()) keep.push_back(tr);
+  auto* w = new RunWorker(env, c, in, keep);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

@@ -1,7 +1,7 @@
 // Expert-aware batching, the timing half: requests for the same key (pool, layer, dtype) queue up and leave
 // together when maxBatchTokens is reached or maxWaitMs after the first one arrived, whichever comes first.
-// While flushesInFlight flushes of the same key (default 1) are still running, new requests wait instead
-// (continuous batching): the workers are busy with those flushes, so another, smaller batch sent now would only
+// While flushesInFlight flushes of the same key (1 when unset here; the policy's default is 2) are still running,
+// new requests wait instead (continuous batching): the workers are busy with those flushes, so another, smaller batch sent now would only
 // queue behind them on the workers; held here it grows, and it leaves the moment one of them completes. A hold never
 // outlasts HOLD_CAP_MS, and every request still has its own deadline timer in the router. Below that limit the
 // usual maxWait applies.

@@ -24,8 +24,8 @@ export interface DriveOptions {
   dtype: DType;
   prefill: number;
   traffic: TrafficOptions;
-  /** Load for this long from the call's start. */
-  durationMs: number;
+  /** Load until this wall-clock time (Date.now() ms): every driver thread stops together, whenever it started. */
+  endAtEpochMs: number;
 }
 
 /** An answer to check against the reference: the bytes the router saw, widened, and its answer. */
@@ -59,7 +59,7 @@ export class DriveStats {
 export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStats): Promise<void> {
   const traffic = new Traffic(o.traffic);
   const client = new RouterClient(o.routerAddress, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
-  const endAt = performance.now() + o.durationMs;
+  const endAt = performance.now() + (o.endAtEpochMs - Date.now());
   const d = o.hidden;
   const seqLoop = async (sid: number) => {
     const stream = client.forwardStream();
@@ -69,12 +69,17 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
       waiting.delete(r.requestId);
       w?.(r);
     });
+    // A stream that failed or ended answers every wait, pending or later, with an error: none hangs.
+    let closed: string | null = null;
     const failAll = (e: Error) => {
+      closed ??= e.message;
       for (const w of waiting.values())
         w({ requestId: 0n, hidden: undefined, stats: undefined, error: { code: 14, message: e.message } });
       waiting.clear();
     };
     stream.on("error", failAll);
+    stream.on("end", () => failAll(new Error("the router ended the stream")));
+    stream.on("close", () => failAll(new Error("the stream to the router closed")));
     let rid = BigInt(sid) << 32n;
     const seq = traffic.sequence(sid);
     let first = true;
@@ -87,6 +92,10 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
         const id = ++rid;
         const ts = performance.now();
         const res = await new Promise<ForwardResponse>((r) => {
+          if (closed !== null) {
+            r({ requestId: id, hidden: undefined, stats: undefined, error: { code: 14, message: closed } });
+            return;
+          }
           waiting.set(id, r);
           stream.write({ pool: "local", layer, hidden: tensor, gate: undefined, requestId: id });
         });

@@ -103,7 +103,7 @@ describe("the local mode's drivers, through a router", () => {
         dtype: DType.BFLOAT16,
         prefill: 3,
         traffic: { ...DEFAULT_TRAFFIC, vocab: 64, hidden: D, seed: 1 },
-        durationMs: 300,
+        endAtEpochMs: Date.now() + 300,
       },
       5,
       {

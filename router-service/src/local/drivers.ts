@@ -58,9 +58,11 @@ export function startDrivers(
   const flagTimer = setInterval(sync, 1); // reference threads free up between the threads' answers
   const lost = new DriveStats(); // answers a thread sent that found every reference thread busy after all
   const progress = shares.map(() => ({ tokensDone: 0, forwards: 0, errors: 0, recent: [] as number[] }));
+  const workers: Worker[] = [];
   const threads = shares.map((sequences, i) => {
     const data: DriveThreadData = { options: { ...base, sequences }, accepting };
     const w = new Worker(script, { workerData: data, ...(thread.execArgv ? { execArgv: thread.execArgv } : {}) });
+    workers.push(w);
     return new Promise<DriveStats>((resolve, reject) => {
       w.on("message", (m: DriveThreadMessage) => {
         if (m.type === "check") {
@@ -79,6 +81,11 @@ export function startDrivers(
   return {
     done: Promise.all(threads)
       .then((all) => [...all, lost])
+      .catch((e: unknown) => {
+        // one failed: the others would drive on to the end of the run for nothing
+        for (const w of workers) void w.terminate();
+        throw e;
+      })
       .finally(() => clearInterval(flagTimer)),
     live: () => ({
       tokensDone: progress.reduce((a, p) => a + p.tokensDone, 0),

@@ -345,6 +345,8 @@ function spawnProc(
 export function workerEnv(gpus: number | null, i: number, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
   if (gpus === null) return env;
   const visible = (env.CUDA_VISIBLE_DEVICES ?? "").split(",").filter((v) => v.trim() !== "");
+  if (env.CUDA_VISIBLE_DEVICES !== undefined && visible.length === 0)
+    throw new Error("--gpus: CUDA_VISIBLE_DEVICES is set and lists no GPU");
   if (visible.length > 0 && gpus > visible.length)
     throw new Error(`--gpus: ${gpus} GPUs asked for, CUDA_VISIBLE_DEVICES lists ${visible.length}`);
   const k = i % gpus;
@@ -580,7 +582,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         dtype,
         prefill: o.prefill,
         traffic: { ...DEFAULT_TRAFFIC, hidden: d, seed: o.seed },
-        durationMs: o.durationS * 1000,
+        endAtEpochMs: Date.now() + o.durationS * 1000,
       },
       o.concurrency,
       { accepting: () => verifier.accepting, offer: (job) => verifier.offer({ id: ++jobId, ...job }) },
