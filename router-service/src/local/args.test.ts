@@ -76,6 +76,9 @@ describe("npm start flags", () => {
   it("--gpus spreads the workers over GPUs through CUDA_VISIBLE_DEVICES", () => {
     expect(parseLocalArgs([]).gpus).toBeNull();
     expect(parseLocalArgs(["--gpus", "2"]).gpus).toBe(2);
+    expect(parseLocalArgs([]).routers).toBe(1);
+    expect(parseLocalArgs(["--routers", "3", "--drivers", "2"])).toMatchObject({ routers: 3, drivers: 2 });
+    expect(() => parseLocalArgs(["--routers", "0"])).toThrow(/--routers/);
     expect(() => parseLocalArgs(["--gpus", "0"])).toThrow(/--gpus/);
     const env = { PATH: "/bin" };
     expect(workerEnv(null, 3, env)).toBe(env);

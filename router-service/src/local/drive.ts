@@ -16,7 +16,8 @@ import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
 import { Traffic, type TrafficOptions } from "./loadgen.js";
 
 export interface DriveOptions {
-  routerAddress: string;
+  /** Sequence s talks to routerAddresses[s % length] (one router, or replicas of it). */
+  routerAddresses: string[];
   /** The sequences this driver runs (ids into the seeded traffic: the same ids give the same tokens anywhere). */
   sequences: number[];
   layers: number[];
@@ -58,11 +59,13 @@ export class DriveStats {
 /** Runs the sequences until the duration is over; counts into `stats` as it goes (progress lines read them). */
 export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStats): Promise<void> {
   const traffic = new Traffic(o.traffic);
-  const client = new RouterClient(o.routerAddress, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
+  const clients = o.routerAddresses.map(
+    (a) => new RouterClient(a, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS),
+  );
   const endAt = performance.now() + (o.endAtEpochMs - Date.now());
   const d = o.hidden;
   const seqLoop = async (sid: number) => {
-    const stream = client.forwardStream();
+    const stream = (clients[sid % clients.length] as RouterClient).forwardStream();
     const waiting = new Map<bigint, (r: ForwardResponse) => void>();
     stream.on("data", (r: ForwardResponse) => {
       const w = waiting.get(r.requestId);
@@ -125,7 +128,7 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
   try {
     await Promise.all(o.sequences.map(seqLoop));
   } finally {
-    client.close();
+    for (const c of clients) c.close();
   }
 }
 

@@ -50,6 +50,7 @@ describe("the local mode's drivers, through a router", () => {
   const D = 16;
   let dir: string;
   let app: RouterApp;
+  let second: RouterApp; // a replica of the router over the same worker
   const worker = new FakeWorker({ id: "w0", expert: null });
 
   beforeAll(async () => {
@@ -78,26 +79,30 @@ describe("the local mode's drivers, through a router", () => {
         ],
       }),
     );
-    app = await startRouterApp({
-      config: join(dir, "router.json"),
-      port: 0,
-      metricsPort: null,
-      host: "127.0.0.1",
-      log: () => {},
-    });
+    const start = () =>
+      startRouterApp({
+        config: join(dir, "router.json"),
+        port: 0,
+        metricsPort: null,
+        host: "127.0.0.1",
+        log: () => {},
+      });
+    app = await start();
+    second = await start();
   });
   afterAll(async () => {
     await app?.close();
+    await second?.close();
     worker.stop();
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  const run = async (drivers: number, accepting: () => boolean) => {
+  const run = async (drivers: number, accepting: () => boolean, routers: RouterApp[] = [app]) => {
     const jobs: CheckJob[] = [];
     const r = startDrivers(
       drivers,
       {
-        routerAddress: `127.0.0.1:${app.server.port}`,
+        routerAddresses: routers.map((r) => `127.0.0.1:${r.server.port}`),
         layers: [0, 1],
         hidden: D,
         dtype: DType.BFLOAT16,
@@ -143,5 +148,23 @@ describe("the local mode's drivers, through a router", () => {
     expect(jobs).toHaveLength(0);
     expect(stats.unchecked).toBe(stats.forwards);
     expect(stats.forwards).toBeGreaterThan(0);
+  });
+
+  it("deals the sequences over router replicas", async () => {
+    const tokens = async (r: RouterApp) => {
+      const text = await r.router.metrics.registry.getSingleMetricAsString("switchyard_router_tokens_total");
+      return [...text.matchAll(/^switchyard_router_tokens_total\{[^}]*\} (\S+)$/gm)].reduce(
+        (a, m) => a + Number(m[1]),
+        0,
+      );
+    };
+    const before = [await tokens(app), await tokens(second)];
+    const { stats } = await run(1, () => true, [app, second]);
+    expect(stats.errors).toBe(0);
+    const gained = [(await tokens(app)) - before[0], (await tokens(second)) - before[1]];
+    // 5 sequences: 0, 2 and 4 on the first router, 1 and 3 on the second; every token of each crosses both layers
+    expect(gained[0]).toBeGreaterThan(0);
+    expect(gained[1]).toBeGreaterThan(0);
+    expect(gained[0] + gained[1]).toBe(2 * stats.tokensDone);
   });
 });

@@ -80,6 +80,8 @@ export interface LocalOptions {
   cacheCapacity: number | null;
   /** load generators: 1 on the main thread, more as worker threads (the sequences dealt round-robin) */
   drivers: number;
+  /** router processes over the same workers; the sequences are dealt among them */
+  routers: number;
   /** spread the workers over this many GPUs (worker i sees GPU i mod gpus); null: each sees what this process does */
   gpus: number | null;
   tolerance: number | null;
@@ -106,6 +108,8 @@ const USAGE = `usage: npm start -- [flags]
   --cache-capacity N              resident experts per worker (default: all it serves)
   --drivers N                     threads generating the load (default 1; the sequences are dealt among them). One
                                   JavaScript thread bounds a run near 4000 forwards/s at the full sizes
+  --routers N                     router processes over the same workers, the sequences dealt among them (as a
+                                  Service spreads engines over router replicas; default 1)
   --gpus N                        spread the workers over N GPUs: worker i sees GPU i mod N (CUDA_VISIBLE_DEVICES;
                                   default: every worker sees what this process sees)
   --seed N                        checkpoint and traffic seed (default 1)
@@ -131,6 +135,7 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
     cacheCapacity: null,
     gpus: null,
     drivers: 1,
+    routers: 1,
     tolerance: null,
     verify: null,
     verifyThreads: null,
@@ -201,6 +206,9 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
         break;
       case "cache-capacity":
         o.cacheCapacity = int(name, v, 1);
+        break;
+      case "routers":
+        o.routers = int(name, v, 1);
         break;
       case "drivers":
         o.drivers = int(name, v, 1);
@@ -500,24 +508,31 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         2,
       ),
     );
-    const routerChild = spawnProc(
-      "router",
-      [
-        ...DATA_PATH_NODE_FLAGS,
-        join(ROOT, "router-service/dist/main.js"),
-        "--config",
-        configFile,
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--host",
-        "127.0.0.1",
-      ],
-      children,
-      () => quiet,
+    // One router, or --routers N replicas of it over the same workers (each batches its own share of the sequences)
+    const routerNames = o.routers === 1 ? ["router"] : Array.from({ length: o.routers }, (_, i) => `router${i}`);
+    const routers = await Promise.all(
+      routerNames.map(async (name) => {
+        const child = spawnProc(
+          name,
+          [
+            ...DATA_PATH_NODE_FLAGS,
+            join(ROOT, "router-service/dist/main.js"),
+            "--config",
+            configFile,
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--host",
+            "127.0.0.1",
+          ],
+          children,
+          () => quiet,
+        );
+        const ports = await readyPorts(child, name, 60_000);
+        return { name, pid: child.pid ?? -1, ...ports };
+      }),
     );
-    const { port: routerPort, metricsPort: routerMetricsPort } = await readyPorts(routerChild, "router", 60_000);
     quiet = true;
 
     // Reference threads.
@@ -558,13 +573,13 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const cpuPids: [string, number, boolean][] = [
       ["driver (JavaScript thread)", process.pid, true],
       ["driver (all threads, incl. reference)", process.pid, false],
-      ["router", routerChild.pid ?? -1, false],
+      ...routers.map((r): [string, number, boolean] => [r.name, r.pid, false]),
       ...ids.map((id): [string, number, boolean] => [id, workerPids[id], false]),
     ];
     const cpuAt = () => Promise.all(cpuPids.map(([, pid, main]) => cpuSeconds(pid, main)));
     // and per thread name, for the router and the workers: their cores beyond the JavaScript thread
     const threadPids: [string, number][] = [
-      ["router", routerChild.pid ?? -1],
+      ...routers.map((r): [string, number] => [r.name, r.pid]),
       ...ids.map((id): [string, number] => [id, workerPids[id]]),
     ];
     const threadsAt = () => Promise.all(threadPids.map(([, pid]) => cpuByThread(pid)));
@@ -576,7 +591,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const run = startDrivers(
       o.drivers,
       {
-        routerAddress: `127.0.0.1:${routerPort}`,
+        routerAddresses: routers.map((r) => `127.0.0.1:${r.port}`),
         layers,
         hidden: d,
         dtype,
@@ -612,12 +627,18 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const verified = verifier.checked;
 
     // Counters from the router and the workers.
-    const metricsText = await (await fetch(`http://127.0.0.1:${routerMetricsPort}/metrics`)).text();
-    const rows = parsePromText(metricsText);
+    const rows = (
+      await Promise.all(
+        routers.map(async (r) =>
+          parsePromText(await (await fetch(`http://127.0.0.1:${r.metricsPort}/metrics`)).text()),
+        ),
+      )
+    ).flat();
     const sum = (name: string) => rows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
-    const perWorker = ids.map(
-      (id) =>
-        rows.find((r) => r.name === "switchyard_router_worker_tokens_total" && r.labels.worker === id)?.value ?? 0,
+    const perWorker = ids.map((id) =>
+      rows
+        .filter((r) => r.name === "switchyard_router_worker_tokens_total" && r.labels.worker === id)
+        .reduce((a, r) => a + r.value, 0),
     );
     const meanLoad = perWorker.reduce((a, b) => a + b, 0) / perWorker.length;
     const statuses = await Promise.all(workerClients.map(statusOf));
@@ -654,7 +675,10 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         "model",
         `${o.family} ${o.size} (${spec.layers} layers, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK}${spec.sharedExperts ? ", shared expert" : ""})`,
       ],
-      ["workers / concurrency", `${o.workers} / ${o.concurrency} sequences, ${o.dtype}`],
+      [
+        "workers / concurrency",
+        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}`,
+      ],
       ...(spec.sharedExperts > 0
         ? ([
             [
@@ -667,7 +691,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         : []),
       [
         "router -> worker transport",
-        `TCP data path to ${sum("switchyard_router_worker_data_path")} of ${ids.length} workers at the end, gRPC stream to the rest`,
+        `TCP data path to ${sum("switchyard_router_worker_data_path")} of ${ids.length * routers.length} ${routers.length > 1 ? "router-worker pairs" : "workers"} at the end, gRPC stream to the rest`,
       ],
       [
         "batching",
