@@ -346,6 +346,19 @@ function spawnProc(
   return child;
 }
 
+/** A process's /metrics text; a process that has gone says so by name instead of "fetch failed". */
+async function scrape(name: string, port: number): Promise<string> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    return await res.text();
+  } catch (e) {
+    throw new Error(
+      `${name}: its metrics at :${port} did not answer (${e instanceof Error ? e.message : String(e)}); did it exit?`,
+    );
+  }
+}
+
 /**
  * Worker i's environment: with --gpus N it sees only GPU i mod N (the CUDA backend uses its first visible GPU), counted
  * within this process's CUDA_VISIBLE_DEVICES where that is set.
@@ -628,11 +641,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
 
     // Counters from the router and the workers.
     const rows = (
-      await Promise.all(
-        routers.map(async (r) =>
-          parsePromText(await (await fetch(`http://127.0.0.1:${r.metricsPort}/metrics`)).text()),
-        ),
-      )
+      await Promise.all(routers.map(async (r) => parsePromText(await scrape(r.name, r.metricsPort))))
     ).flat();
     const sum = (name: string) => rows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
     const perWorker = ids.map((id) =>
@@ -643,11 +652,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const meanLoad = perWorker.reduce((a, b) => a + b, 0) / perWorker.length;
     const statuses = await Promise.all(workerClients.map(statusOf));
     const workerRows = (
-      await Promise.all(
-        ids.map(async (id) =>
-          parsePromText(await (await fetch(`http://127.0.0.1:${workerMetricsPorts[id]}/metrics`)).text()),
-        ),
-      )
+      await Promise.all(ids.map(async (id) => parsePromText(await scrape(id, workerMetricsPorts[id]))))
     ).flat();
     const wsum = (name: string) => workerRows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
     /** A histogram's mean in milliseconds over every series of it ("-" before its first observation). */
