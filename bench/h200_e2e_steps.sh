@@ -1,0 +1,14 @@
+# Sourced by the H200 end-to-end A/B scripts (h200_multi_gpu.sh, h200_drivers.sh, h200_routers.sh): the shared
+# environment, and `e2e_step WORKERS TAG ARGS...`, one run of $family at full size with $conc sequences through
+# bench/h200_e2e.sh (the first run builds the addons, the later ones reuse them). Logs in $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+export OUT NO_QUICK=1 E2E_SECONDS=${E2E_SECONDS:-15} E2E_FULL_TIMEOUT=${E2E_FULL_TIMEOUT:-400}
+nvidia-smi --query-gpu=index,name --format=csv,noheader
+e2e_first=1
+e2e_step() {
+  local workers=$1 tag=$2
+  shift 2
+  if [ $e2e_first = 1 ]; then unset E2E_NO_SETUP; e2e_first=0; else export E2E_NO_SETUP=1; fi
+  E2E_WORKERS=$workers E2E_RUNS=$family:full:$conc E2E_TAG=$tag E2E_ARGS="--verify-threads 2 $*" bash bench/h200_e2e.sh
+}
