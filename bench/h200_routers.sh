@@ -10,3 +10,8 @@ conc=${ROUTERS_CONC:-128}
 e2e_step 1 r1 --drivers 3
 e2e_step 1 r2 --drivers 3 --routers 2
 e2e_step 2 r2 --drivers 3 --routers 2 --gpus 2
+# ROUTERS_DSV3=1: then DeepSeek-V3 at full size, 64 sequences, one worker, three driver threads
+if [ -n "${ROUTERS_DSV3:-}" ]; then
+  family=deepseek-v3 conc=64
+  e2e_step 1 d3 --drivers 3
+fi

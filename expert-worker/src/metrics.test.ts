@@ -15,3 +15,21 @@ describe("WorkerMetrics", () => {
     expect(await m.registry.metrics()).toContain('pool="p",worker="w"');
   });
 });
+
+describe("the event loop's busy time", () => {
+  it("grows by the time the loop was kept busy between two scrapes", async () => {
+    const m = new WorkerMetrics({ pool: "p", worker: "w" });
+    const busy = async () =>
+      (await m.registry.getSingleMetric("switchyard_worker_event_loop_busy_seconds_total")?.get())?.values[0]?.value ??
+      -1;
+    const before = await busy();
+    const until = Date.now() + 80;
+    while (Date.now() < until) {} // 80 ms of a busy loop
+    const after = await busy();
+    expect(before).toBeGreaterThanOrEqual(0);
+    expect(after - before).toBeGreaterThanOrEqual(0.07);
+    expect(await m.registry.metrics()).toMatch(
+      /switchyard_worker_event_loop_busy_seconds_total\{pool="p",worker="w"\} /,
+    );
+  });
+});

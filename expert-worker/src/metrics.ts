@@ -1,6 +1,7 @@
 // Prometheus metrics of one worker (names fixed by docs/CONTRACTS.md; the chart's rules and dashboards use them).
 // Each worker owns its Registry, so several workers can live in one process (local mode, tests).
 
+import { eventLoopBusyCollector } from "@switchyard/moe";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 
 /** At most this many (layer, expert) label pairs; later pairs are counted under expert="other". */
@@ -34,6 +35,7 @@ export class WorkerMetrics {
   readonly ready: Gauge;
   readonly warmupLoaded: Gauge;
   readonly warmupTarget: Gauge;
+  readonly eventLoopBusy: Counter;
   private readonly expertSeries = new Set<string>();
 
   constructor(labels: { pool: string; worker: string }) {
@@ -172,6 +174,13 @@ export class WorkerMetrics {
       name: "switchyard_worker_warmup_target_experts",
       help: "Experts the start-up warm-up loads (the served ones the cache has room for; 0 with --warm false).",
       registers,
+    });
+    // the process's event loop (workers in one process each report the same loop)
+    this.eventLoopBusy = new Counter({
+      name: "switchyard_worker_event_loop_busy_seconds_total",
+      help: "Seconds the worker's JavaScript event loop was busy; its rate is the loop's utilization (1 = saturated).",
+      registers,
+      collect: eventLoopBusyCollector(),
     });
   }
 

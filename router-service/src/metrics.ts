@@ -1,6 +1,7 @@
 // Router metrics, names as in docs/CONTRACTS.md (the chart's rules and dashboards use exactly these).
 // One Registry per Router instance, so tests and the local mode can run several routers in one process.
 
+import { eventLoopBusyCollector } from "@switchyard/moe";
 import { Counter, Gauge, Registry } from "prom-client";
 import { HotCounter, type HotCounterChild, HotHistogram, type HotHistogramChild } from "./hot-metrics.js";
 
@@ -144,6 +145,14 @@ export class RouterMetrics {
     help: "Version of the placement plan in use.",
     labelNames: ["pool"],
     registers: [this.registry],
+  });
+
+  /** The process's event loop (one per router process: replicas in one process each report the same loop). */
+  readonly eventLoopBusy = new Counter({
+    name: "switchyard_router_event_loop_busy_seconds_total",
+    help: "Seconds the router's JavaScript event loop was busy; its rate is the loop's utilization, 1 = saturated (add router replicas).",
+    registers: [this.registry],
+    collect: eventLoopBusyCollector(),
   });
 
   private readonly heatSeries = new Set<string>();

@@ -283,6 +283,22 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     }
   });
 
+  it("a headless Service lists the router pods for per-call gRPC balancing, and router.service.headless=false drops it", async () => {
+    const objs = rendered.get("default")! as Untyped[];
+    const deploy = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"));
+    const headless = objs.find((o) => o.kind === "Service" && o.metadata.name.endsWith("-router-headless"));
+    expect(headless?.spec.clusterIP).toBe("None");
+    expect(matches(headless.spec.selector, deploy.spec.template.metadata.labels)).toBe(true);
+    expect(headless.spec.ports.map((p: { name: string }) => p.name)).toEqual(["grpc"]);
+    const r = await exec(helm!, templateArgs(null, ["--set", "router.service.headless=false"]));
+    expect(r.code, r.stderr).toBe(0);
+    expect(
+      parseDocs(r.stdout)
+        .filter((o) => o.kind === "Service")
+        .map((o) => o.metadata.name),
+    ).not.toContain(headless.metadata.name);
+  });
+
   it("image references in the default values point at the repository's Dockerfiles", () => {
     const values = parse(readFileSync(join(CHART, "values.yaml"), "utf8"));
     const titles = readdirSync(join(REPO, "docker"))

@@ -22,6 +22,7 @@ const ALERTS = [
   "SwitchyardCacheHitRatioLow",
   "SwitchyardRouterErrorRateHigh",
   "SwitchyardRouterLatencyHigh",
+  "SwitchyardRouterSaturated",
   "SwitchyardWorkerDataPathUnused",
   "SwitchyardOperatorReconcileErrors",
 ];

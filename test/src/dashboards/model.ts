@@ -181,6 +181,21 @@ export const DASHBOARDS: DashboardSpec[] = [
               { expr: meanOf("switchyard_worker_run_duration_seconds"), legendFormat: "{{worker}} arrival to result" },
             ],
           },
+          {
+            title: "Worker event loop busy",
+            description:
+              "Share of the time each worker's JavaScript event loop was busy (validation, decoding, encoding, the CPU backend's calls). Near 100% the loop, not the backend, bounds the worker: its queue grows while the GPU waits.",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            max: 1,
+            targets: [
+              {
+                expr: `max by (pool, worker) (rate(switchyard_worker_event_loop_busy_seconds_total{${POOL}}[${R}]))`,
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
         ],
       },
       {
@@ -397,6 +412,21 @@ export const DASHBOARDS: DashboardSpec[] = [
             targets: [
               { expr: q(0.5, "switchyard_router_gate_duration_seconds", "pool"), legendFormat: "{{pool}} p50" },
               { expr: q(0.99, "switchyard_router_gate_duration_seconds", "pool"), legendFormat: "{{pool}} p99" },
+            ],
+          },
+          {
+            title: "Router event loop busy per replica",
+            description:
+              "Share of the time each router process's JavaScript event loop was busy. Near 100% requests queue behind the loop whatever the batching settings: add router replicas (SwitchyardRouterSaturated).",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            max: 1,
+            targets: [
+              {
+                expr: `rate(switchyard_router_event_loop_busy_seconds_total[${R}])`,
+                legendFormat: "{{instance}}",
+              },
             ],
           },
           {
