@@ -90,13 +90,13 @@ export class WorkerCore {
     const live = b.slices.filter((s) => s.count > 0);
     const onDevice = b.tokenRows !== undefined && backend.takesTokenRows === true;
     const distinct = [...new Set(live.map((s) => s.expert))];
-    if (backend.prefetch && queue.depth > 0) {
-      // Another batch is computing: start uploading this batch's host-resident experts to the device tier now, so
-      // the copies overlap that compute. When this batch is next (only the running one ahead, whose experts are
-      // pinned), making room is what its own run would do a moment later; behind other waiting batches it uses
-      // free slots only, so look-ahead never evicts what the batches ahead of it are about to use.
+    if (backend.prefetch && queue.depth >= queue.concurrency) {
+      // Every run slot is busy: start uploading this batch's host-resident experts to the device tier now, so the
+      // copies overlap that compute. When this batch is next (only running ones ahead, whose experts are pinned),
+      // making room is what its own run would do a moment later; behind other waiting batches it uses free slots
+      // only, so look-ahead never evicts what the batches ahead of it are about to use.
       const ready = distinct.map((e) => cache.peek(b.layer, e)).filter((p): p is PreparedExpert => p !== undefined);
-      if (ready.length > 0) void backend.prefetch(ready, { evict: queue.depth === 1 });
+      if (ready.length > 0) void backend.prefetch(ready, { evict: queue.depth === queue.concurrency });
     }
     const { value: output, queueWaitMs } = await queue.submit({
       signal,

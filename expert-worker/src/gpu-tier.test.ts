@@ -134,7 +134,7 @@ describe("worker with a GPU expert tier (fake CUDA addon)", () => {
     const before = await scrape();
     expect(metric(before, "switchyard_worker_gpu_cache_capacity_experts")).toBe(0); // nothing prepared yet
     await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([0, 1], 1n));
-    expect(fake.calls.contexts).toEqual([{ d: D, f: F, slots: 4 }]);
+    expect(fake.calls.contexts).toEqual([{ d: D, f: F, slots: 4, runsInFlight: 2 }]);
     await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([0, 1], 2n));
     await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([2, 3, 4], 3n)); // 5 > 4 slots
     const text = await scrape();
@@ -163,8 +163,12 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
   let w: WorkerHandle;
   let client: ExpertWorkerClient;
   const fake = fakeAddon();
-  // 2 GPU slots (explicit override) under 4 host slots: experts can be on the host and not on the GPU.
-  const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+  // 2 GPU slots (explicit override) under 4 host slots: experts can be on the host and not on the GPU. One run in
+  // flight, so that a second batch waits in the queue behind the running one (the look-ahead's case).
+  const backend = new CudaBackend(fake.addon, fake.addon.probe(), {
+    SWITCHYARD_GPU_CACHE_SLOTS: "2",
+    SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "1",
+  });
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
@@ -253,5 +257,75 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
     });
     expect(fake.calls.last).toMatchObject({ rows: 3, sumByToken: false });
     expect([...(fake.calls.last?.rowWeights ?? [])]).toEqual([...w8.subarray(0, 3)]);
+  });
+});
+
+describe("worker with two runs in flight on the GPU (the CUDA backend's default)", () => {
+  let dir: string;
+  let w: WorkerHandle;
+  let client: ExpertWorkerClient;
+  const fake = fakeAddon();
+  // 2 GPU slots: two running batches can need more experts between them than there are slots
+  const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-gpu-runs-"));
+    await generateCheckpoint({
+      family: "mixtral",
+      dir,
+      layers: 1,
+      experts: 8,
+      hiddenSize: D,
+      intermediateSize: F,
+      seed: 7,
+    });
+    w = await startWorker({
+      checkpoint: dir,
+      pool: "g",
+      workerId: "w0",
+      port: 0,
+      metricsPort: 0,
+      host: "127.0.0.1",
+      backend,
+      cacheCapacity: 4,
+      warm: false,
+      log: () => {},
+    });
+    client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    client?.close();
+    await w?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const settled = async (n: () => boolean) => {
+    for (let i = 0; i < 500 && !n(); i++) await new Promise((r) => setTimeout(r, 2));
+  };
+
+  it("the next batch is handed to the GPU while the one before still computes", async () => {
+    expect(backend.runsInFlight).toBe(2);
+    const release = fake.hold();
+    const first = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([1], 1n));
+    const second = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([2], 2n));
+    await settled(() => fake.calls.runs === 2);
+    expect(fake.calls.runs).toBe(2); // both on the "GPU" at once, the first still held there
+    release();
+    const [a, b] = await Promise.all([first, second]);
+    expect([a.batchId, b.batchId]).toEqual([1n, 2n]);
+  });
+
+  it("a batch whose experts find both slots pinned by the running one waits for them, and then runs", async () => {
+    const runs = fake.calls.runs;
+    const release = fake.hold();
+    const first = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([3, 4], 3n));
+    await settled(() => fake.calls.runs === runs + 1);
+    const second = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([5], 4n));
+    await new Promise((r) => setTimeout(r, 30));
+    expect(fake.calls.runs).toBe(runs + 1); // expert 5 has no slot while 3 and 4 are pinned: not failed, waiting
+    release();
+    const [a, b] = await Promise.all([first, second]);
+    expect([a.batchId, b.batchId]).toEqual([3n, 4n]);
+    expect(fake.calls.runs).toBe(runs + 2);
   });
 });

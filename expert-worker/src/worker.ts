@@ -152,7 +152,9 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         resident: (n) => metrics.cacheResident.set(n),
       },
     });
-    const queue = new WorkQueue(o.queueCapacity ?? 64, 1, (d) => metrics.queueDepth.set(d));
+    // one batch at a time through a CPU backend (it uses every core); the CUDA backend overlaps the next batch's
+    // staging with the GPU's work on the one before (runsInFlight)
+    const queue = new WorkQueue(o.queueCapacity ?? 64, backend.runsInFlight ?? 1, (d) => metrics.queueDepth.set(d));
     const core = new WorkerCore({
       pool: o.pool,
       workerId: o.workerId,

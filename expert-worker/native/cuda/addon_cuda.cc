@@ -2,8 +2,9 @@
 // switchyard_cuda.node, so the CPU addon and CPU-only builds are untouched.
 //
 //   probe() -> {ok, error?, name, sms, totalMem, cc}
-//   createContext({d, f, slots, device?}) -> External   device slabs w13 [slots, 2f, d], w2 [slots, d, f] (bf16),
-//                                                       a compute stream and a copy stream, pinned staging buffers
+//   createContext({d, f, slots, device?, runsInFlight?}) -> External   device slabs w13 [slots, 2f, d], w2 [slots, d,
+//                                                       f] (bf16), a compute stream and a copy stream, pinned staging
+//                                                       buffers, runsInFlight (1-4, default 2) sets of run buffers
 //   upload(ctx, slot, gate, up, down) -> Promise<number> weights {dtype, rows, cols, data}; converts to bf16 into a
 //                                                       pinned buffer and copies on the copy stream (so uploads
 //                                                       overlap compute on the compute stream); resolves with bytes
@@ -15,8 +16,8 @@
 //       [distinct, cols] with each token's rows (unscaled, rounded to dtype) weighted by w and summed in row order on
 //       the GPU (token_rows.h): the host sum's arithmetic, bit for bit.
 //   stats(ctx) -> {runs, uploads, uploadBytes, deviceBytes, slots, sync: "blocking" | "spin"}
-// Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; one run at a time per
-// context (a mutex), uploads concurrently with it.
+// Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; up to runsInFlight runs
+// at a time per context (Ctx::io), their kernels in order on one stream, uploads concurrently with them.
 //
 // Those threads wait for the GPU with CUDA's default (spinning) wait. SWITCHYARD_CUDA_SYNC=blocking makes them sleep
 // on cudaEventBlockingSync events instead. Timed in turn on the H200 at Qwen3-30B-A3B's full size (bench/h200_sync_ab.sh,
@@ -32,6 +33,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <condition_variable>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -88,20 +90,31 @@ struct DeviceBuf {
   }
 };
 
-struct Ctx {
-  int device = 0, d = 0, f = 0, slots = 0;
-  void* w13 = nullptr;
-  void* w2 = nullptr;
-  cudaStream_t compute = nullptr, copy = nullptr;
-  unsigned event_flags = cudaEventDisableTiming;  // | cudaEventBlockingSync with SWITCHYARD_CUDA_SYNC=blocking
-  cudaEvent_t run_done = nullptr;
-  std::mutex run_mu;  // one run at a time (workspace, io buffers)
+// The buffers of one run in flight: a run owns one set from its staging copy to its result's copy out.
+struct IoSet {
   Pinned in, out;     // run io
   DeviceBuf d_stage;  // what a run copies up: tokens and metadata (RunWorker)
   DeviceBuf d_in;     // a deduplicated batch's tokens expanded to rows
   DeviceBuf d_out;    // the experts' rows (bf16)
   DeviceBuf d_sum;    // their per-token sums (fp32)
   DeviceBuf ws;       // sy_moe workspace
+  cudaEvent_t done = nullptr;
+};
+
+struct Ctx {
+  int device = 0, d = 0, f = 0, slots = 0;
+  void* w13 = nullptr;
+  void* w2 = nullptr;
+  cudaStream_t compute = nullptr, copy = nullptr;
+  unsigned event_flags = cudaEventDisableTiming;  // | cudaEventBlockingSync with SWITCHYARD_CUDA_SYNC=blocking
+  // Runs in flight (createContext's runsInFlight, one io set each): while the GPU computes one run, the next stages
+  // its tokens and queues its work behind it on the compute stream, and the one before copies its result out, so the
+  // GPU does not wait for the host between batches. The kernels still run one batch after another (one stream).
+  std::vector<std::unique_ptr<IoSet>> io;
+  std::vector<IoSet*> io_free;
+  std::mutex io_mu;
+  std::condition_variable io_cv;
+  std::mutex enqueue_mu;  // one run queues its copies and kernels at a time (sy_moe_forward's host side)
   std::mutex staging_mu;  // pool of pinned upload staging buffers
   std::vector<std::unique_ptr<Pinned>> staging;
   std::atomic<double> runs{0}, uploads{0}, upload_bytes{0};
@@ -112,11 +125,19 @@ struct Ctx {
     if (copy) cudaStreamSynchronize(copy);
     cudaFree(w13);
     cudaFree(w2);
-    if (run_done) cudaEventDestroy(run_done);
+    for (auto& set : io)
+      if (set->done) cudaEventDestroy(set->done);
     if (compute) cudaStreamDestroy(compute);
     if (copy) cudaStreamDestroy(copy);
   }
 };
+
+// counters that several worker threads bump at once (uploads, runs in flight)
+void Add(std::atomic<double>& a, double v) {
+  double cur = a.load();
+  while (!a.compare_exchange_weak(cur, cur + v)) {
+  }
+}
 
 struct CtxHandle {
   std::shared_ptr<Ctx> ctx;
@@ -180,6 +201,7 @@ Napi::Value CreateContext(const Napi::CallbackInfo& info) {
   c->f = IntField(env, o, "f", 8, 1 << 18);
   c->slots = IntField(env, o, "slots", 1, 1024);
   c->device = o.Has("device") ? IntField(env, o, "device", 0, 63) : 0;
+  const int runs_in_flight = o.Has("runsInFlight") ? IntField(env, o, "runsInFlight", 1, 4) : 2;
   if (c->d % 8 || c->f % 8) throw Napi::RangeError::New(env, "d, f: must be multiples of 8");
   try {
     CK_THROW(cudaSetDevice(c->device));
@@ -191,7 +213,11 @@ Napi::Value CreateContext(const Napi::CallbackInfo& info) {
     CK_THROW(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     const char* sync = std::getenv("SWITCHYARD_CUDA_SYNC");
     if (sync && std::string(sync) == "blocking") c->event_flags |= cudaEventBlockingSync;
-    CK_THROW(cudaEventCreateWithFlags(&c->run_done, c->event_flags));
+    for (int i = 0; i < runs_in_flight; ++i) {
+      c->io.push_back(std::make_unique<IoSet>());
+      CK_THROW(cudaEventCreateWithFlags(&c->io.back()->done, c->event_flags));
+      c->io_free.push_back(c->io.back().get());
+    }
   } catch (const std::exception& ex) {
     throw Napi::Error::New(env, std::string("createContext: ") + ex.what());
   }
@@ -270,8 +296,8 @@ class UploadWorker : public Napi::AsyncWorker {
       cudaEventDestroy(ev);
       if (e != cudaSuccess) throw std::runtime_error(cuda_msg("upload copy", e));
       bytes_ = (double)(2 * gu + dn) * 2;
-      c_->uploads = c_->uploads + 1;
-      c_->upload_bytes = c_->upload_bytes + bytes_;
+      Add(c_->uploads, 1);
+      Add(c_->upload_bytes, static_cast<double>(bytes_));
     } catch (const std::exception& ex) {
       SetError(ex.what());
     }
@@ -333,9 +359,26 @@ class RunWorker : public Napi::AsyncWorker {
     switchyard::name_this_thread("sy-cuda-run");
     try {
       if (out_bytes_ && !(out_ = static_cast<uint8_t*>(std::malloc(out_bytes_)))) throw std::bad_alloc();
-      std::lock_guard<std::mutex> lk(c_->run_mu);
-      // A failure after copies were queued: they may still read or write the io buffers, so they finish before the
-      // lock lets the next run reuse them (this guard unwinds before the lock).
+      // A free set of run buffers (the JavaScript side queues no more runs than there are sets, so this rarely waits)
+      struct IoLease {
+        Ctx& c;
+        IoSet* set;
+        explicit IoLease(Ctx& ctx) : c(ctx) {
+          std::unique_lock<std::mutex> lk(c.io_mu);
+          c.io_cv.wait(lk, [&] { return !c.io_free.empty(); });
+          set = c.io_free.back();
+          c.io_free.pop_back();
+        }
+        ~IoLease() {
+          {
+            std::lock_guard<std::mutex> lk(c.io_mu);
+            c.io_free.push_back(set);
+          }
+          c.io_cv.notify_one();
+        }
+      } lease(*c_);
+      // A failure after copies were queued: they may still read or write the set's buffers, so they finish before the
+      // lease lets the next run reuse them (this guard unwinds before the lease).
       struct SyncOnUnwind {
         cudaStream_t s;
         int n = std::uncaught_exceptions();
@@ -344,12 +387,13 @@ class RunWorker : public Napi::AsyncWorker {
         }
       } sync_on_unwind{c_->compute};
       Ctx& c = *c_;
+      IoSet& io = *lease.set;
       const int d = c.d, rows = in_.rows, u = in_.distinct;
       CK_THROW(cudaSetDevice(c.device));
       sy_moe_config cfg{c.slots, 1, d, c.f, SY_MOE_SCORE_SOFTMAX, 0, 0, 0, 1.f};
       size_t need = 0;
       if (sy_moe_workspace_size(&cfg, rows, &need)) throw std::runtime_error(sy_moe_last_error());
-      c.ws.ensure(need);
+      io.ws.ensure(need);
       // One pinned block and one copy up: tokens (bf16) | ids | kernel weights | token rows | per-token offsets |
       // rows in token order | sum weights. Every part is a multiple of 4 bytes, the tokens of 16 (d % 8 == 0).
       const bool dedup = in_.token_rows != nullptr;
@@ -357,9 +401,9 @@ class RunWorker : public Napi::AsyncWorker {
       const size_t off_ids = tok_b, off_w = off_ids + n4, off_tr = off_w + n4, off_offs = off_tr + n4,
                    off_order = off_offs + (size_t)(u + 1) * 4, off_sw = off_order + n4,
                    in_b = dedup ? off_sw + n4 : off_tr;
-      c.in.ensure(in_b);
-      c.d_stage.ensure(in_b);
-      char* h = static_cast<char*>(c.in.p);
+      io.in.ensure(in_b);
+      io.d_stage.ensure(in_b);
+      char* h = static_cast<char*>(io.in.p);
       uint16_t* tin = reinterpret_cast<uint16_t*>(h);
       if (in_.dt == DType::BF16) {
         std::memcpy(tin, in_.tokens, tok_b);
@@ -384,50 +428,53 @@ class RunWorker : public Napi::AsyncWorker {
         float* sw = reinterpret_cast<float*>(h + off_sw);
         for (int r = 0; r < rows; ++r) sw[r] = in_.weights ? in_.weights[r] : 1.f;
       }
-      char* g = static_cast<char*>(c.d_stage.p);
+      char* g = static_cast<char*>(io.d_stage.p);
+      // the copies and kernels go on the stream one run at a time; the wait for them below does not hold the lock
+      std::unique_lock<std::mutex> enqueue(c.enqueue_mu);
       CK_THROW(cudaMemcpyAsync(g, h, in_b, cudaMemcpyHostToDevice, c.compute));
       const void* x = g;
       if (dedup) {
-        c.d_in.ensure((size_t)rows * d * 2);
-        if (sy_gather_rows(g, reinterpret_cast<const int32_t*>(g + off_tr), rows, d * 2, c.d_in.p, c.compute))
+        io.d_in.ensure((size_t)rows * d * 2);
+        if (sy_gather_rows(g, reinterpret_cast<const int32_t*>(g + off_tr), rows, d * 2, io.d_in.p, c.compute))
           throw std::runtime_error(sy_token_rows_last_error());
-        x = c.d_in.p;
+        x = io.d_in.p;
       }
-      c.d_out.ensure((size_t)rows * d * 2);
+      io.d_out.ensure((size_t)rows * d * 2);
       sy_moe_args a{};
       a.x = x;
       a.topk_ids = reinterpret_cast<const int32_t*>(g + off_ids);
       a.topk_weights = reinterpret_cast<const float*>(g + off_w);
       a.w13 = c.w13;
       a.w2 = c.w2;
-      a.out = c.d_out.p;
+      a.out = io.d_out.p;
       a.num_slots = c.slots;
-      if (sy_moe_forward(&cfg, rows, &a, c.ws.p, c.ws.n, c.compute))
+      if (sy_moe_forward(&cfg, rows, &a, io.ws.p, io.ws.n, c.compute))
         throw std::runtime_error(std::string("sy_moe_forward: ") + sy_moe_last_error());
-      const void* result = c.d_out.p;
+      const void* result = io.d_out.p;
       size_t down_b = (size_t)rows * d * 2;
       if (in_.sum) {
-        c.d_sum.ensure((size_t)u * d * 4);
-        if (sy_sum_rows_by_token(static_cast<const uint16_t*>(c.d_out.p), d, reinterpret_cast<const int32_t*>(g + off_offs),
+        io.d_sum.ensure((size_t)u * d * 4);
+        if (sy_sum_rows_by_token(static_cast<const uint16_t*>(io.d_out.p), d, reinterpret_cast<const int32_t*>(g + off_offs),
                                  reinterpret_cast<const int32_t*>(g + off_order),
                                  in_.weights ? reinterpret_cast<const float*>(g + off_sw) : nullptr, u,
-                                 in_.dt == DType::F16 ? 1 : 0, static_cast<float*>(c.d_sum.p), c.compute))
+                                 in_.dt == DType::F16 ? 1 : 0, static_cast<float*>(io.d_sum.p), c.compute))
           throw std::runtime_error(sy_token_rows_last_error());
-        result = c.d_sum.p;
+        result = io.d_sum.p;
         down_b = (size_t)u * d * 4;
       }
-      c.out.ensure(down_b);
-      if (down_b) CK_THROW(cudaMemcpyAsync(c.out.p, result, down_b, cudaMemcpyDeviceToHost, c.compute));
-      CK_THROW(cudaEventRecord(c.run_done, c.compute));
-      CK_THROW(cudaEventSynchronize(c.run_done));  // on this worker thread, not the event loop
+      io.out.ensure(down_b);
+      if (down_b) CK_THROW(cudaMemcpyAsync(io.out.p, result, down_b, cudaMemcpyDeviceToHost, c.compute));
+      CK_THROW(cudaEventRecord(io.done, c.compute));
+      enqueue.unlock();
+      CK_THROW(cudaEventSynchronize(io.done));  // on this worker thread, not the event loop
       if (in_.sum || in_.dt == DType::BF16) {
-        if (down_b) std::memcpy(out_, c.out.p, down_b);
+        if (down_b) std::memcpy(out_, io.out.p, down_b);
       } else {
-        const uint16_t* o = static_cast<const uint16_t*>(c.out.p);
+        const uint16_t* o = static_cast<const uint16_t*>(io.out.p);
         for (size_t i = 0; i < (size_t)rows * d; ++i)
           switchyard::store_elem(in_.dt, out_, (int64_t)i, switchyard::bf16_to_f32(o[i]));
       }
-      c.runs = c.runs + 1;
+      Add(c.runs, 1);
     } catch (const std::exception& ex) {
       SetError(ex.what());
     }

@@ -62,12 +62,48 @@ describe("GpuSlotCache", () => {
     expect(uploads.map((u) => u.key)).toEqual(["a", "b", "c"]);
   });
 
-  it("never evicts an expert pinned by a running batch", async () => {
+  it("never evicts an expert pinned by a running batch: a batch that finds every slot pinned waits for a release", async () => {
     const { cache } = harness(1);
     await cache.acquire([ex("a")]);
-    await expect(cache.acquire([ex("b")])).rejects.toThrow(/in use by running batches/);
+    let got: number[] | undefined;
+    const b = cache.acquire([ex("b")]).then((s) => {
+      got = s;
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(got).toBeUndefined();
+    expect(cache.slotOf(ex("a"))).toBe(0);
     cache.release([ex("a")]);
-    await expect(cache.acquire([ex("b")])).resolves.toEqual([0]);
+    await b;
+    expect(got).toEqual([0]);
+    expect(cache.slotOf(ex("a"))).toBeUndefined();
+    expect(cache.stats).toMatchObject({ hits: 0, misses: 2, evictions: 1 });
+  });
+
+  it("two running batches whose experts together exceed the slots: the second waits, then evicts, counted once", async () => {
+    const { cache, uploads } = harness(3);
+    const first = await cache.acquire([ex("a"), ex("b")]);
+    // c takes the free slot; d finds a and b pinned and c pinned by this very batch: it lets go of c and waits
+    const second = cache.acquire([ex("c"), ex("d")]);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(uploads.map((u) => u.key)).toEqual(["a", "b", "c"]);
+    cache.release([ex("a"), ex("b")]);
+    const slots = await second;
+    expect(new Set([...first, ...slots]).size).toBe(3);
+    expect(uploads.map((u) => u.key)).toEqual(["a", "b", "c", "d"]);
+    expect(cache.stats).toMatchObject({ hits: 0, misses: 4, evictions: 1, resident: 3 });
+    cache.release([ex("c"), ex("d")]);
+  });
+
+  it("a batch waiting behind a loading prefetch gets the slot when that upload fails", async () => {
+    // the only slot is held by a prefetch still uploading; its upload fails and frees the slot
+    const { cache, open } = harness(1, { delay: true, fail: new Set(["p"]) });
+    void cache.prefetch([ex("p")]);
+    const b = cache.acquire([ex("b")]);
+    await new Promise((r) => setTimeout(r, 10));
+    open(); // p's upload fails and frees the slot
+    await new Promise((r) => setTimeout(r, 10));
+    open(); // b's own upload
+    await expect(b).resolves.toEqual([0]);
   });
 
   it("rejects a batch with more experts than slots, naming both numbers", async () => {

@@ -27,8 +27,16 @@ interface Entry<E> {
   loading?: Promise<void>;
 }
 
+/** Every slot is pinned by a running batch or still loading: a state that passes. */
+class SlotsBusy extends Error {
+  constructor(capacity: number) {
+    super(`GPU expert cache: all ${capacity} slots are in use by running batches`);
+  }
+}
+
 export class GpuSlotCache<E extends SlotKeyed> {
   private readonly entries = new Map<string, Entry<E>>();
+  private waiters: (() => void)[] = [];
   private readonly free: number[] = [];
   readonly stats: GpuCacheStats;
 
@@ -49,22 +57,50 @@ export class GpuSlotCache<E extends SlotKeyed> {
     return this.entries.get(expert.cacheKey)?.slot;
   }
 
-  /** Pins the distinct experts and resolves with their slots, in order, once all are on the device. */
+  /**
+   * Pins the distinct experts and resolves with their slots, in order, once all are on the device. With several
+   * batches running at once (the backend's runs in flight) their pins together may hold every slot: then this
+   * batch lets go of what it pinned and waits for a release, instead of failing a batch that fits the cache alone.
+   */
   async acquire(experts: readonly E[]): Promise<number[]> {
     const distinct = [...new Map(experts.map((e) => [e.cacheKey, e])).values()];
     if (distinct.length > this.capacity)
       throw new Error(
         `GPU expert cache: a batch needs ${distinct.length} experts but the cache has ${this.capacity} slots`,
       );
-    const pinned: Entry<E>[] = [];
-    try {
-      for (const e of distinct) pinned.push(this.pin(e, true));
-      await Promise.all(pinned.map((p) => p.loading));
-    } catch (err) {
-      for (const p of pinned) this.unpin(p.expert.cacheKey);
-      throw err;
+    const missed = new Set<string>(); // experts this batch found absent (one miss each, whatever the attempts)
+    for (;;) {
+      const pinned: Entry<E>[] = [];
+      try {
+        for (const e of distinct) {
+          const { entry, created } = this.pin(e);
+          pinned.push(entry);
+          if (created && !missed.has(e.cacheKey)) {
+            missed.add(e.cacheKey);
+            this.stats.misses++;
+            this.onEvent?.("miss");
+          }
+        }
+      } catch (err) {
+        for (const p of pinned) this.unpin(p.expert.cacheKey);
+        if (!(err instanceof SlotsBusy) || !this.anyHeld()) throw err;
+        await new Promise<void>((resolve) => this.waiters.push(resolve));
+        continue;
+      }
+      try {
+        await Promise.all(pinned.map((p) => p.loading));
+      } catch (err) {
+        for (const p of pinned) this.unpin(p.expert.cacheKey);
+        throw err;
+      }
+      for (const e of distinct) {
+        if (missed.has(e.cacheKey)) continue;
+        this.stats.hits++;
+        this.onEvent?.("hit");
+        this.policy.onAccess(e.cacheKey);
+      }
+      return experts.map((e) => (this.entries.get(e.cacheKey) as Entry<E>).slot);
     }
-    return experts.map((e) => (this.entries.get(e.cacheKey) as Entry<E>).slot);
   }
 
   /** Undoes acquire() for the same experts. */
@@ -84,7 +120,7 @@ export class GpuSlotCache<E extends SlotKeyed> {
       if (o.evict === false && this.free.length === 0) break;
       let entry: Entry<E>;
       try {
-        entry = this.pin(e, false);
+        entry = this.pin(e).entry;
       } catch {
         break; // every slot pinned: prefetch is best effort
       }
@@ -98,22 +134,14 @@ export class GpuSlotCache<E extends SlotKeyed> {
     return Promise.all(loads).then(() => undefined);
   }
 
-  private pin(e: E, countAccess: boolean): Entry<E> {
+  /** Pins a resident (or loading) expert, or takes a slot for it and starts its upload (created). */
+  private pin(e: E): { entry: Entry<E>; created: boolean } {
     const hit = this.entries.get(e.cacheKey);
     if (hit) {
       hit.pins++;
-      if (countAccess) {
-        this.stats.hits++;
-        this.onEvent?.("hit");
-        this.policy.onAccess(e.cacheKey);
-      }
-      return hit;
+      return { entry: hit, created: false };
     }
     const slot = this.takeSlot();
-    if (countAccess) {
-      this.stats.misses++;
-      this.onEvent?.("miss");
-    }
     const entry: Entry<E> = { expert: e, slot, pins: 1 };
     this.entries.set(e.cacheKey, entry);
     this.policy.onInsert(e.cacheKey);
@@ -123,6 +151,7 @@ export class GpuSlotCache<E extends SlotKeyed> {
         entry.loading = undefined;
         this.stats.transferBytes += bytes;
         this.onEvent?.("transfer", bytes);
+        if (entry.pins === 0) this.wake(); // evictable now
       },
       (err) => {
         // a failed upload leaves nothing behind: the slot returns to the pool
@@ -130,15 +159,29 @@ export class GpuSlotCache<E extends SlotKeyed> {
         this.policy.onRemove(e.cacheKey);
         this.free.push(slot);
         this.stats.resident = this.entries.size;
+        this.wake();
         throw err;
       },
     );
-    return entry;
+    return { entry, created: true };
   }
 
   private unpin(key: string): void {
     const e = this.entries.get(key);
-    if (e && e.pins > 0) e.pins--;
+    if (e && e.pins > 0 && --e.pins === 0) this.wake();
+  }
+
+  /** Whether a slot is pinned or loading: something a waiting acquire() can wait for. */
+  private anyHeld(): boolean {
+    for (const e of this.entries.values()) if (e.pins > 0 || e.loading) return true;
+    return false;
+  }
+
+  /** Lets every waiting acquire() try again (a slot may have come free). */
+  private wake(): void {
+    const waiting = this.waiters;
+    this.waiters = [];
+    for (const resolve of waiting) resolve();
   }
 
   private takeSlot(): number {
@@ -148,8 +191,7 @@ export class GpuSlotCache<E extends SlotKeyed> {
     for (const [k, e] of this.entries) if (e.pins > 0 || e.loading) protect.add(k);
     const victim = this.policy.victim(protect);
     const v = victim === undefined ? undefined : this.entries.get(victim);
-    if (!v || v.pins > 0 || v.loading)
-      throw new Error(`GPU expert cache: all ${this.capacity} slots are in use by running batches`);
+    if (!v || v.pins > 0 || v.loading) throw new SlotsBusy(this.capacity);
     this.entries.delete(v.expert.cacheKey);
     this.policy.onRemove(v.expert.cacheKey);
     this.stats.evictions++;

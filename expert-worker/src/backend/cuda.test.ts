@@ -2,7 +2,7 @@ import { DType, valuesToBytes } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { randomExpert, rng, uniform } from "../testing.js";
 import { gatherRows, sumRowsByToken } from "../token-rows.js";
-import { type CudaBackend, loadCudaAddon, probeCudaBackend, slotCount } from "./cuda.js";
+import { type CudaBackend, loadCudaAddon, probeCudaBackend, runsInFlight, slotCount } from "./cuda.js";
 import { cudaParity } from "./cuda-parity.js";
 import { ReferenceBackend } from "./reference.js";
 
@@ -24,6 +24,16 @@ describe("slotCount", () => {
   });
   it("names the variable on bad input", () => {
     expect(() => slotCount({ SWITCHYARD_CACHE_CAPACITY: "x" }, 1e9, 1e6)).toThrow(/SWITCHYARD_CACHE_CAPACITY/);
+  });
+});
+
+describe("runsInFlight", () => {
+  it("defaults to 2, takes SWITCHYARD_CUDA_RUNS_IN_FLIGHT in [1, 4], and names the variable on bad input", () => {
+    expect(runsInFlight({})).toBe(2);
+    expect(runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "1" })).toBe(1);
+    expect(runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "4" })).toBe(4);
+    for (const bad of ["0", "5", "1.5", "two"])
+      expect(() => runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: bad })).toThrow(/SWITCHYARD_CUDA_RUNS_IN_FLIGHT/);
   });
 });
 
@@ -140,6 +150,51 @@ describe("cuda backend", () => {
         expect(g.some((v) => v !== 0)).toBe(true);
         expect(Buffer.from(got).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength))).toBe(true);
       }
+    },
+  );
+
+  it.skipIf(!!why)(
+    `runs in flight: batches handed over all at once give the bytes they give one at a time${why ? ` (skipped: ${why})` : ""}`,
+    async () => {
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS;
+      const b = (await probeCudaBackend()) as CudaBackend;
+      expect(b.runsInFlight).toBe(2);
+      const next = rng(Date.now() >>> 0);
+      const d = 128;
+      const f = 96;
+      const experts = await Promise.all([0, 1, 2, 3].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+      // 12 batches of 1 to 300 rows over the 4 experts, every other one deduplicated and summed on the device: more
+      // than the addon's two sets of run buffers, so runs also wait for a set
+      const batches = Array.from({ length: 12 }, (_, i) => {
+        const rows = [1, 7, 64, 300, 129, 33][i % 6] as number;
+        const cut = Math.floor(rows / 2);
+        const slices = [
+          { expert: experts[i % 4] as never, offset: 0, count: cut },
+          { expert: experts[(i + 1) % 4] as never, offset: cut, count: rows - cut },
+        ];
+        const u = Math.max(1, Math.floor(rows / 3));
+        const dedup = i % 2 === 1;
+        const tokenRows = dedup ? Uint32Array.from({ length: rows }, (_, r) => (r * 7) % u) : undefined;
+        const tokens = new Uint8Array(valuesToBytes(uniform((dedup ? u : rows) * d, 2, next), DType.BFLOAT16));
+        return {
+          dtype: DType.BFLOAT16,
+          rows,
+          cols: d,
+          slices,
+          tokens,
+          tokenRows,
+          rowWeights: uniform(rows, 1, next),
+          sumByToken: dedup,
+        };
+      });
+      const oneAtATime: Uint8Array[] = [];
+      for (const req of batches) oneAtATime.push(await b.run(req));
+      const together = await Promise.all(batches.map((req) => b.run(req)));
+      for (let i = 0; i < batches.length; i++)
+        expect(
+          Buffer.from(together[i] as Uint8Array).equals(Buffer.from(oneAtATime[i] as Uint8Array)),
+          `batch ${i}`,
+        ).toBe(true);
     },
   );
 });

@@ -42,7 +42,7 @@ export interface CudaProbeInfo {
 /** The addon's raw surface (native/cuda/addon_cuda.cc). */
 export interface CudaAddon {
   probe(): CudaProbeInfo;
-  createContext(o: { d: number; f: number; slots: number; device?: number }): object;
+  createContext(o: { d: number; f: number; slots: number; device?: number; runsInFlight?: number }): object;
   upload(ctx: object, slot: number, gate: NativeWeight, up: NativeWeight, down: NativeWeight): Promise<number>;
   run(
     ctx: object,
@@ -104,11 +104,23 @@ export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes:
   return Math.max(1, Math.min(1024, Math.floor((0.8 * totalMem) / expertBytes)));
 }
 
+/** SWITCHYARD_CUDA_RUNS_IN_FLIGHT: 1 to 4, default 2 (1 runs one batch at a time, as before; for A/B). */
+export function runsInFlight(env: NodeJS.ProcessEnv): number {
+  const v = env.SWITCHYARD_CUDA_RUNS_IN_FLIGHT;
+  if (v === undefined || v === "") return 2;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 4)
+    throw new Error(`SWITCHYARD_CUDA_RUNS_IN_FLIGHT: expected an integer in [1, 4], got "${v}"`);
+  return n;
+}
+
 export class CudaBackend implements ExpertBackend {
   readonly name = "cuda" as const;
   readonly kind = "cuda" as const;
   /** Deduplicated batches gathered and summed on the GPU; SWITCHYARD_CUDA_TOKEN_ROWS=host does both on the host (A/B). */
   readonly takesTokenRows: boolean;
+  /** SWITCHYARD_CUDA_RUNS_IN_FLIGHT (1-4, default 2): batches staged and queued on the GPU at once. */
+  readonly runsInFlight: number;
   private ctx: object | undefined;
   private dims: { d: number; f: number } | undefined;
   private cache: GpuSlotCache<CudaPrepared> | undefined;
@@ -125,6 +137,7 @@ export class CudaBackend implements ExpertBackend {
     if (where !== "device" && where !== "host")
       throw new Error(`SWITCHYARD_CUDA_TOKEN_ROWS: expected device or host, got "${where}"`);
     this.takesTokenRows = where === "device";
+    this.runsInFlight = runsInFlight(env);
   }
 
   setDeviceCacheCapacity(experts: number): void {
@@ -164,7 +177,7 @@ export class CudaBackend implements ExpertBackend {
     if (!this.dims) {
       const bytes = 3 * d * f * 2;
       const slots = slotCount(this.env, this.info.totalMem, bytes, this.requestedSlots);
-      this.ctx = this.addon.createContext({ d, f, slots });
+      this.ctx = this.addon.createContext({ d, f, slots, runsInFlight: this.runsInFlight });
       this.dims = { d, f };
       const ctx = this.ctx;
       this.cache = new GpuSlotCache<CudaPrepared>(

@@ -81,6 +81,11 @@ export interface ExpertBackend {
    * distinct tokens cross PCIe). Otherwise the worker expands and sums on the host.
    */
   readonly takesTokenRows?: boolean;
+  /**
+   * Batches the worker may have in run() at once (default 1). The CUDA backend takes 2: the next batch stages and
+   * queues its work while the GPU computes the one before, so the GPU does not wait for the host between batches.
+   */
+  readonly runsInFlight?: number;
   close?(): Promise<void>;
 
   // Backends with a device tier of experts (CUDA) implement these; CPU backends compute from the host cache.
