@@ -283,6 +283,28 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     }
   });
 
+  it("router.autoscaling: a HorizontalPodAutoscaler on the router's CPU owns the replicas (production values)", async () => {
+    const objs = rendered.get("production")! as Untyped[];
+    const deploy = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"));
+    const hpa = objs.find((o) => o.kind === "HorizontalPodAutoscaler");
+    expect(deploy.spec.replicas).toBeUndefined(); // left to the HPA, or every helm upgrade would reset it
+    expect(hpa.apiVersion).toBe("autoscaling/v2");
+    expect(hpa.spec.scaleTargetRef).toEqual({ apiVersion: "apps/v1", kind: "Deployment", name: deploy.metadata.name });
+    expect(hpa.spec).toMatchObject({ minReplicas: 4, maxReplicas: 16 });
+    expect(hpa.spec.metrics).toEqual([
+      { type: "Resource", resource: { name: "cpu", target: { type: "Utilization", averageUtilization: 70 } } },
+    ]);
+    // the router PDB follows minReplicas
+    expect(objs.some((o) => o.kind === "PodDisruptionBudget" && o.metadata.name.endsWith("-router"))).toBe(true);
+    expect(rendered.get("default")!.some((o) => o.kind === "HorizontalPodAutoscaler")).toBe(false);
+    const bad = await exec(
+      helm!,
+      templateArgs(null, ["--set", "router.autoscaling.enabled=true", "--set", "router.autoscaling.minReplicas=9"]),
+    );
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("router.autoscaling: minReplicas (9) is above maxReplicas (8)");
+  });
+
   it("a headless Service lists the router pods for per-call gRPC balancing, and router.service.headless=false drops it", async () => {
     const objs = rendered.get("default")! as Untyped[];
     const deploy = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"));

@@ -28,6 +28,13 @@ const BAD: Array<[string, string, string]> = [
   ["--set", "operator.image.digest=latest", "/operator/image/digest"],
   ["--set", "router.service.type=ExternalName", "/router/service/type"],
   ["--set", "operator.leaderElection.enabled=maybe", "/operator/leaderElection/enabled"],
+  ["--set", "router.autoscaling.maxReplicas=0", "/router/autoscaling/maxReplicas"],
+  [
+    "--set",
+    "router.autoscaling.targetCPUUtilizationPercentage=120",
+    "/router/autoscaling/targetCPUUtilizationPercentage",
+  ],
+  ["--set", "prometheusRule.routerSaturated.utilization=0", "/prometheusRule/routerSaturated/utilization"],
 ];
 
 describe.skipIf(!helm)("values.schema.json", () => {
@@ -44,6 +51,7 @@ describe.skipIf(!helm)("values.schema.json", () => {
       ...["--set", "router.replicas=0", "--set", "operator.watchNamespace=ml-team"],
       ...["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.disabled={SwitchyardWorkerDown}"],
       ...["--set", "monitoring.interval=1m30s", "--set", "router.pdb.minAvailable=50%"],
+      ...["--set", "prometheusRule.disabled={SwitchyardRouterSaturated}", "--set", "router.service.headless=false"],
     ]);
     expect(r.code, r.stderr).toBe(0);
   });
