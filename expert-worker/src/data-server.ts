@@ -12,10 +12,10 @@ import {
   errorCodeOf,
   serveFrames,
   toRpcError,
-  writeFrame,
+  writeFrameParts,
 } from "@switchyard/protocol";
 import type { WorkerCore } from "./core.js";
-import { encodeResult } from "./encode-result.js";
+import { encodeResultParts } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { batchSignal } from "./server.js";
 
@@ -39,7 +39,8 @@ export function serveDataConnection(
   const count = (err?: unknown) =>
     metrics.requests.inc({ method: "RunExpertsData", code: err === undefined ? "OK" : errorCodeOf(err) });
   const reply = (res: ExpertResult) => {
-    if (!ac.signal.aborted) writeFrame(socket, encodeResult(res));
+    // the output's bytes go to the socket from the backend's result, not copied into one message first
+    if (!ac.signal.aborted) writeFrameParts(socket, encodeResultParts(res));
   };
   const onBatch = (frame: Buffer) => {
     let batch: ExpertBatch;

@@ -1,6 +1,6 @@
 import { DType, ExpertResult, encodeTensor } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
-import { encodeResult } from "./encode-result.js";
+import { encodeResult, encodeResultParts } from "./encode-result.js";
 
 describe("encodeResult", () => {
   it("writes the same bytes as ts-proto for results with an output and stats, and for errors", () => {
@@ -31,10 +31,22 @@ describe("encodeResult", () => {
       },
       { batchId: 9n, output: undefined, stats: undefined, error: { code: 3, message: "tokens: required" } },
     ];
+    // an empty output (zero rows) and stats of an empty message too
+    results.push({
+      batchId: 2n ** 40n,
+      output: encodeTensor(new Float32Array(0), [0, 8], DType.FLOAT32),
+      stats: { tokens: 0, experts: 0, cacheHits: 0, cacheMisses: 0, queueWaitMs: 0, computeMs: 0, backend: "" },
+      error: undefined,
+    });
     for (const r of results) {
+      const want = Buffer.from(ExpertResult.encode(r).finish());
       const fast = encodeResult(r);
-      expect(Buffer.from(fast).equals(Buffer.from(ExpertResult.encode(r).finish()))).toBe(true);
-      expect(ExpertResult.decode(fast)).toEqual(ExpertResult.decode(ExpertResult.encode(r).finish()));
+      expect(Buffer.from(fast).equals(want)).toBe(true);
+      expect(ExpertResult.decode(fast)).toEqual(ExpertResult.decode(want));
+      // the data path's parts: the same bytes, the output passed on as the very same memory
+      const parts = encodeResultParts(r);
+      expect(Buffer.concat(parts).equals(want)).toBe(true);
+      if (r.output && r.output.data.byteLength > 0) expect(parts.some((p) => p === r.output?.data)).toBe(true);
     }
   });
 });

@@ -145,8 +145,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         return { prepared: await backend.prepare(w), sourceBytes: weightBytes(w) };
       },
       events: {
-        hit: () => metrics.cacheHits.inc(),
-        miss: () => metrics.cacheMisses.inc(),
+        hit: () => metrics.cacheLookup(true),
+        miss: () => metrics.cacheLookup(false),
         evict: () => metrics.cacheEvictions.inc(),
         transfer: (b) => metrics.cacheTransferBytes.inc(b),
         resident: (n) => metrics.cacheResident.set(n),

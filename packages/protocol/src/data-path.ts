@@ -145,3 +145,17 @@ export function writeFrame(socket: Socket, body: Uint8Array, done?: (err?: Error
   socket.write(body, done);
   socket.uncork();
 }
+
+/**
+ * One frame whose body is the parts' concatenation, written without joining them (the socket sends them in one
+ * writev): a result's output goes to the kernel from the backend's own memory. The parts must not change until the
+ * write completes.
+ */
+export function writeFrameParts(socket: Socket, parts: readonly Uint8Array[]): void {
+  let n = 0;
+  for (const p of parts) n += p.byteLength;
+  socket.cork();
+  socket.write(frameHeader(n));
+  for (const p of parts) if (p.byteLength > 0) socket.write(p);
+  socket.uncork();
+}

@@ -104,10 +104,42 @@ export function writeTensorHead(
 }
 
 /**
- * ExpertResult { batch_id, output, stats } in one allocation, the output's bytes copied once: ts-proto's writer
- * copies a nested bytes field once per nesting level and again when it joins (4 copies, and the garbage of them, of
- * every output byte: the worker's largest JavaScript cost per batch before this). `stats` is the ExpertStats
- * message already encoded (small).
+ * ExpertResult { batch_id, output, stats } as three parts, [head, output, tail]: the output's bytes are not copied at
+ * all. A socket writes the parts in one writev (the worker's data path, writeFrameParts); the encoded message is
+ * their concatenation. `stats` is the ExpertStats message already encoded (small).
+ */
+export function encodeExpertResultParts(
+  batchId: bigint,
+  dtype: DType,
+  shape: readonly number[],
+  data: Uint8Array,
+  stats?: Uint8Array,
+): [Buffer, Uint8Array, Buffer] {
+  const t = tensorBodySize(dtype, shape, data.byteLength);
+  let headSize = 1 + varintSize(t.size) + (t.size - data.byteLength);
+  if (batchId !== 0n) headSize += 1 + varintSize(batchId);
+  const head = Buffer.allocUnsafe(headSize);
+  const w = new Writer(head);
+  if (batchId !== 0n) w.byte(8).varint(batchId);
+  w.byte(18).varint(t.size);
+  writeTensorHead(w, dtype, shape, t.shapeBytes, data.byteLength);
+  let tail = EMPTY;
+  if (stats) {
+    // an empty message is still written, as ts-proto does
+    tail = Buffer.allocUnsafe(1 + varintSize(stats.byteLength) + stats.byteLength);
+    const ws = new Writer(tail);
+    ws.byte(26).varint(stats.byteLength);
+    tail.set(stats, ws.pos);
+  }
+  return [head, data, tail];
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * ExpertResult in one allocation, the output's bytes copied once: ts-proto's writer copies a nested bytes field once
+ * per nesting level and again when it joins (4 copies, and the garbage of them, of every output byte: the worker's
+ * largest JavaScript cost per batch before this). For grpc-js, whose serializer wants one buffer.
  */
 export function encodeExpertResult(
   batchId: bigint,
@@ -116,20 +148,6 @@ export function encodeExpertResult(
   data: Uint8Array,
   stats?: Uint8Array,
 ): Buffer {
-  const t = tensorBodySize(dtype, shape, data.byteLength);
-  let size = 0;
-  if (batchId !== 0n) size += 1 + varintSize(batchId);
-  size += 1 + varintSize(t.size) + t.size;
-  if (stats) size += 1 + varintSize(stats.byteLength) + stats.byteLength;
-  const buf = Buffer.allocUnsafe(size);
-  const w = new Writer(buf);
-  if (batchId !== 0n) w.byte(8).varint(batchId);
-  w.byte(18).varint(t.size);
-  const at = writeTensorHead(w, dtype, shape, t.shapeBytes, data.byteLength);
-  buf.set(data, at);
-  if (stats) {
-    w.byte(26).varint(stats.byteLength); // an empty message is still written, as ts-proto does
-    buf.set(stats, w.pos);
-  }
-  return buf;
+  const parts = encodeExpertResultParts(batchId, dtype, shape, data, stats);
+  return Buffer.concat(parts, parts[0].byteLength + data.byteLength + parts[2].byteLength);
 }
