@@ -90,7 +90,7 @@ export class WorkerMetrics {
     });
     this.computeDuration = new Histogram({
       name: "switchyard_worker_compute_duration_seconds",
-      help: "Backend time of one batch: its experts' compute (on the GPU: transfers, kernels, the wait for them), expert loads excluded.",
+      help: "Backend time of one batch: its experts' compute (on the GPU: transfers, kernels, the wait for them, and with two runs in flight the time behind the batch ahead on the GPU), expert loads excluded.",
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });

@@ -94,6 +94,40 @@ describe("GpuSlotCache", () => {
     cache.release([ex("c"), ex("d")]);
   });
 
+  it("a waiting batch's abandoned upload that fails is no unhandled rejection, and the batch still gets its experts", async () => {
+    // x's first upload fails while the batch that started it waits for a slot for z (y is pinned by a running batch)
+    const failOnce = new Set(["x"]);
+    const gates: (() => void)[] = [];
+    const cache = new GpuSlotCache(2, new LruPolicy(), async (_slot, e: { cacheKey: string }) => {
+      if (e.cacheKey === "x") await new Promise<void>((r) => gates.push(r));
+      if (failOnce.delete(e.cacheKey)) throw new Error(`upload ${e.cacheKey} failed`);
+      return 100;
+    });
+    await cache.acquire([ex("y")]);
+    const waiting = cache.acquire([ex("x"), ex("z")]);
+    await new Promise((r) => setTimeout(r, 10));
+    for (const g of gates.splice(0)) g(); // x's upload fails now, pinned by nobody
+    await new Promise((r) => setTimeout(r, 10));
+    cache.release([ex("y")]);
+    await new Promise((r) => setTimeout(r, 10));
+    for (const g of gates.splice(0)) g(); // the retry's upload of x succeeds
+    await expect(waiting).resolves.toHaveLength(2);
+  });
+
+  it("a batch whose signal aborts while it waits for a slot leaves at once with the abort's error", async () => {
+    const { cache } = harness(1);
+    await cache.acquire([ex("a")]);
+    const ac = new AbortController();
+    const waiting = cache.acquire([ex("b")], ac.signal);
+    await new Promise((r) => setTimeout(r, 10));
+    ac.abort();
+    await expect(waiting).rejects.toMatchObject({ code: "CANCELLED" });
+    cache.release([ex("a")]);
+    expect(cache.slotOf(ex("a"))).toBe(0); // the aborted batch took nothing
+    expect(cache.slotOf(ex("b"))).toBeUndefined();
+    await expect(cache.acquire([ex("b")], AbortSignal.abort())).rejects.toMatchObject({ code: "CANCELLED" });
+  });
+
   it("a batch waiting behind a loading prefetch gets the slot when that upload fails", async () => {
     // the only slot is held by a prefetch still uploading; its upload fails and frees the slot
     const { cache, open } = harness(1, { delay: true, fail: new Set(["p"]) });

@@ -9,6 +9,7 @@
 //   takes a slot that is pinned by a running batch or still loading.
 
 import type { EvictionPolicy } from "../cache.js";
+import { abortError } from "../queue.js";
 import type { DeviceCacheStats } from "./types.js";
 
 export type GpuCacheStats = DeviceCacheStats;
@@ -61,8 +62,9 @@ export class GpuSlotCache<E extends SlotKeyed> {
    * Pins the distinct experts and resolves with their slots, in order, once all are on the device. With several
    * batches running at once (the backend's runs in flight) their pins together may hold every slot: then this
    * batch lets go of what it pinned and waits for a release, instead of failing a batch that fits the cache alone.
+   * A batch whose `signal` aborts while it waits leaves at once with the abort's error.
    */
-  async acquire(experts: readonly E[]): Promise<number[]> {
+  async acquire(experts: readonly E[], signal?: AbortSignal): Promise<number[]> {
     const distinct = [...new Map(experts.map((e) => [e.cacheKey, e])).values()];
     if (distinct.length > this.capacity)
       throw new Error(
@@ -70,6 +72,7 @@ export class GpuSlotCache<E extends SlotKeyed> {
       );
     const missed = new Set<string>(); // experts this batch found absent (one miss each, whatever the attempts)
     for (;;) {
+      if (signal?.aborted) throw abortError(signal);
       const pinned: Entry<E>[] = [];
       try {
         for (const e of distinct) {
@@ -84,7 +87,7 @@ export class GpuSlotCache<E extends SlotKeyed> {
       } catch (err) {
         for (const p of pinned) this.unpin(p.expert.cacheKey);
         if (!(err instanceof SlotsBusy) || !this.anyHeld()) throw err;
-        await new Promise<void>((resolve) => this.waiters.push(resolve));
+        await this.released(signal);
         continue;
       }
       try {
@@ -163,6 +166,9 @@ export class GpuSlotCache<E extends SlotKeyed> {
         throw err;
       },
     );
+    // Whoever pinned it may have let go (a batch that then waits for slots, a prefetch): the failure is handled above
+    // and reaches the batches awaiting it; it must not also surface as an unhandled rejection.
+    entry.loading.catch(() => {});
     return { entry, created: true };
   }
 
@@ -175,6 +181,23 @@ export class GpuSlotCache<E extends SlotKeyed> {
   private anyHeld(): boolean {
     for (const e of this.entries.values()) if (e.pins > 0 || e.loading) return true;
     return false;
+  }
+
+  /** Resolves at the next wake(); rejects with the abort's error if `signal` aborts first. */
+  private released(signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        const i = this.waiters.indexOf(wake);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(abortError(signal as AbortSignal));
+      };
+      const wake = () => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      this.waiters.push(wake);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
   }
 
   /** Lets every waiting acquire() try again (a slot may have come free). */

@@ -218,7 +218,7 @@ export class CudaBackend implements ExpertBackend {
       if (!(s.expert instanceof CudaPrepared)) throw new Error("slice expert was not prepared by cuda");
       return s.expert;
     });
-    const slots = await this.cache.acquire(experts);
+    const slots = await this.cache.acquire(experts, signal);
     try {
       if (signal?.aborted) throw abortError(signal);
       const rowSlots = new Int32Array(req.rows).fill(-1);

@@ -294,9 +294,15 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     expect(hpa.spec.metrics).toEqual([
       { type: "Resource", resource: { name: "cpu", target: { type: "Utilization", averageUtilization: 70 } } },
     ]);
-    // the router PDB follows minReplicas
-    expect(objs.some((o) => o.kind === "PodDisruptionBudget" && o.metadata.name.endsWith("-router"))).toBe(true);
     expect(rendered.get("default")!.some((o) => o.kind === "HorizontalPodAutoscaler")).toBe(false);
+    // the router PDB follows minReplicas, not router.replicas, under the HPA
+    const routerPdb = async (set: string[]) => {
+      const r = await exec(helm!, templateArgs(null, ["--set", "router.autoscaling.enabled=true", ...set]));
+      expect(r.code, r.stderr).toBe(0);
+      return parseDocs(r.stdout).some((o) => o.kind === "PodDisruptionBudget" && o.metadata.name.endsWith("-router"));
+    };
+    expect(await routerPdb(["--set", "router.autoscaling.minReplicas=1", "--set", "router.replicas=2"])).toBe(false);
+    expect(await routerPdb(["--set", "router.autoscaling.minReplicas=2", "--set", "router.replicas=1"])).toBe(true);
     const bad = await exec(
       helm!,
       templateArgs(null, ["--set", "router.autoscaling.enabled=true", "--set", "router.autoscaling.minReplicas=9"]),

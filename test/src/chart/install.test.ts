@@ -148,6 +148,27 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
       "jsonpath={.status.availableReplicas}",
     ]);
     expect(r.stdout).toBe("3");
+    // Turning the HPA on in the running release keeps the live replicas (the template looks them up): without it the
+    // upgrade's three-way merge would drop the field and the Deployment would fall to 1 replica until the HPA acts.
+    const hpa = await cluster().helm([
+      ...["upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values"],
+      ...["--set", "router.autoscaling.enabled=true", "--set", "router.autoscaling.minReplicas=2"],
+    ]);
+    expect(hpa.stdout).toContain("REVISION: 3");
+    const spec = await cluster().kubectl([
+      ...["get", "deployment", `${FULL}-router`, "-n", NAMESPACE, "-o", "jsonpath={.spec.replicas}"],
+    ]);
+    expect(spec.stdout).toBe("3");
+    const got = await cluster().kubectl([
+      "get",
+      "hpa",
+      `${FULL}-router`,
+      "-n",
+      NAMESPACE,
+      "-o",
+      "jsonpath={.spec.minReplicas}",
+    ]);
+    expect(got.stdout).toBe("2");
   }, 90_000);
 
   it("the operator (local process, chart ServiceAccount token) comes up, leads and reconciles an ExpertPool", async () => {

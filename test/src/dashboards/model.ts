@@ -172,7 +172,7 @@ export const DASHBOARDS: DashboardSpec[] = [
           {
             title: "Worker time per batch: queued / backend (mean)",
             description:
-              "Where a batch's time on the worker goes: waiting for the batches ahead of it (the worker is saturated) or in the backend (device transfers, kernels, the wait for them). Arrival to result minus both is the worker's own work: validation, expert lookups, encoding.",
+              "Where a batch's time on the worker goes: waiting for the batches ahead of it (the worker is saturated) or in the backend (device transfers, kernels, the wait for them; with the CUDA backend's two runs in flight also the time behind the batch ahead on the GPU). Arrival to result minus both is the worker's own work: validation, expert lookups, encoding.",
             type: "timeseries",
             unit: "s",
             targets: [
