@@ -28,11 +28,11 @@ describe("slotCount", () => {
 });
 
 describe("runsInFlight", () => {
-  it("defaults to 2, takes SWITCHYARD_CUDA_RUNS_IN_FLIGHT in [1, 4], and names the variable on bad input", () => {
+  it("defaults to 2, takes SWITCHYARD_CUDA_RUNS_IN_FLIGHT in [1, 3], and names the variable on bad input", () => {
     expect(runsInFlight({})).toBe(2);
     expect(runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "1" })).toBe(1);
-    expect(runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "4" })).toBe(4);
-    for (const bad of ["0", "5", "1.5", "two"])
+    expect(runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "3" })).toBe(3);
+    for (const bad of ["0", "4", "1.5", "two"])
       expect(() => runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: bad })).toThrow(/SWITCHYARD_CUDA_RUNS_IN_FLIGHT/);
   });
 });

@@ -104,13 +104,17 @@ export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes:
   return Math.max(1, Math.min(1024, Math.floor((0.8 * totalMem) / expertBytes)));
 }
 
-/** SWITCHYARD_CUDA_RUNS_IN_FLIGHT: 1 to 4, default 2 (1 runs one batch at a time, as before; for A/B). */
+/**
+ * SWITCHYARD_CUDA_RUNS_IN_FLIGHT: 1 to 3, default 2 (1 runs one batch at a time, as before; for A/B). Each run waits
+ * for the GPU on one of libuv's 4 pool threads; at least one must stay free for the expert uploads and checkpoint
+ * reads, or they would queue behind the runs they are meant to overlap.
+ */
 export function runsInFlight(env: NodeJS.ProcessEnv): number {
   const v = env.SWITCHYARD_CUDA_RUNS_IN_FLIGHT;
   if (v === undefined || v === "") return 2;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > 4)
-    throw new Error(`SWITCHYARD_CUDA_RUNS_IN_FLIGHT: expected an integer in [1, 4], got "${v}"`);
+  if (!Number.isInteger(n) || n < 1 || n > 3)
+    throw new Error(`SWITCHYARD_CUDA_RUNS_IN_FLIGHT: expected an integer in [1, 3], got "${v}"`);
   return n;
 }
 
@@ -119,7 +123,7 @@ export class CudaBackend implements ExpertBackend {
   readonly kind = "cuda" as const;
   /** Deduplicated batches gathered and summed on the GPU; SWITCHYARD_CUDA_TOKEN_ROWS=host does both on the host (A/B). */
   readonly takesTokenRows: boolean;
-  /** SWITCHYARD_CUDA_RUNS_IN_FLIGHT (1-4, default 2): batches staged and queued on the GPU at once. */
+  /** SWITCHYARD_CUDA_RUNS_IN_FLIGHT (1-3, default 2): batches staged and queued on the GPU at once. */
   readonly runsInFlight: number;
   private ctx: object | undefined;
   private dims: { d: number; f: number } | undefined;
