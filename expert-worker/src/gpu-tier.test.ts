@@ -65,6 +65,38 @@ function fakeAddon() {
 
 type RunOptions = Parameters<CudaAddon["run"]>[1];
 
+/**
+ * A worker over `backend` on a generated 8-expert checkpoint, for the describe block that calls this. Started cold
+ * (no warm-up): the tests count the tiers' misses, uploads and evictions from there.
+ */
+function workerOnFakeGpu(backend: CudaBackend, seed: number) {
+  const h = {} as { w: WorkerHandle; client: ExpertWorkerClient; dir: string };
+  beforeAll(async () => {
+    h.dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
+    const dims = { layers: 1, experts: 8, hiddenSize: D, intermediateSize: F, seed };
+    await generateCheckpoint({ family: "mixtral", dir: h.dir, ...dims });
+    h.w = await startWorker({
+      checkpoint: h.dir,
+      pool: "g",
+      workerId: "w0",
+      port: 0,
+      metricsPort: 0,
+      host: "127.0.0.1",
+      backend,
+      cacheCapacity: 4,
+      warm: false,
+      log: () => {},
+    });
+    h.client = new ExpertWorkerClient(`127.0.0.1:${h.w.port}`, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    h.client?.close();
+    await h.w?.close();
+    if (h.dir) await rm(h.dir, { recursive: true, force: true });
+  });
+  return h;
+}
+
 function call<Req, Res>(
   fn: (req: Req, md: Metadata, opts: object, cb: (err: ServiceError | null, res: Res) => void) => unknown,
   req: Req,
@@ -91,52 +123,20 @@ function metric(text: string, name: string): number {
 }
 
 describe("worker with a GPU expert tier (fake CUDA addon)", () => {
-  let dir: string;
-  let w: WorkerHandle;
-  let client: ExpertWorkerClient;
   const fake = fakeAddon();
   // SWITCHYARD_CACHE_CAPACITY in the backend's env loses to the worker's --cache-capacity.
   const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_CACHE_CAPACITY: "9" });
-  const scrape = async () => (await fetch(`http://127.0.0.1:${w.metricsPort}/metrics`)).text();
+  const scrape = async () => (await fetch(`http://127.0.0.1:${h.w.metricsPort}/metrics`)).text();
 
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
-    await generateCheckpoint({
-      family: "mixtral",
-      dir,
-      layers: 1,
-      experts: 8,
-      hiddenSize: D,
-      intermediateSize: F,
-      seed: 5,
-    });
-    w = await startWorker({
-      checkpoint: dir,
-      pool: "g",
-      workerId: "w0",
-      port: 0,
-      metricsPort: 0,
-      host: "127.0.0.1",
-      backend,
-      cacheCapacity: 4,
-      warm: false, // the tests count the tiers' misses, uploads and evictions from cold
-      log: () => {},
-    });
-    client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
-  });
-  afterAll(async () => {
-    client?.close();
-    await w?.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const h = workerOnFakeGpu(backend, 5);
 
   it("--cache-capacity sizes the GPU slots; misses, hits, evictions and bytes reach /metrics", async () => {
     const before = await scrape();
     expect(metric(before, "switchyard_worker_gpu_cache_capacity_experts")).toBe(0); // nothing prepared yet
-    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([0, 1], 1n));
+    await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([0, 1], 1n));
     expect(fake.calls.contexts).toEqual([{ d: D, f: F, slots: 4, runsInFlight: 2 }]);
-    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([0, 1], 2n));
-    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([2, 3, 4], 3n)); // 5 > 4 slots
+    await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([0, 1], 2n));
+    await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([2, 3, 4], 3n)); // 5 > 4 slots
     const text = await scrape();
     expect(metric(text, "switchyard_worker_gpu_cache_misses_total")).toBe(5);
     expect(metric(text, "switchyard_worker_gpu_cache_hits_total")).toBe(2);
@@ -149,9 +149,9 @@ describe("worker with a GPU expert tier (fake CUDA addon)", () => {
 
   it("the Prefetch RPC puts the experts on the GPU: the next batch is all hits", async () => {
     const up0 = fake.calls.uploads.length;
-    await call(client.prefetch.bind(client), { pool: "g", experts: [5, 6].map((e) => ({ layer: 0, expert: e })) });
+    await call(h.client.prefetch.bind(h.client), { pool: "g", experts: [5, 6].map((e) => ({ layer: 0, expert: e })) });
     expect(fake.calls.uploads.length - up0).toBe(2);
-    const res = await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([5, 6], 4n));
+    const res = await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([5, 6], 4n));
     expect(res.stats?.cacheHits).toBe(2); // host tier
     expect(fake.calls.uploads.length - up0).toBe(2); // no upload at run time: GPU hits
     expect(backend.deviceCacheStats()?.hits).toBeGreaterThanOrEqual(2);
@@ -159,9 +159,6 @@ describe("worker with a GPU expert tier (fake CUDA addon)", () => {
 });
 
 describe("worker with a GPU tier smaller than the host tier: look-ahead upload for the next batch", () => {
-  let dir: string;
-  let w: WorkerHandle;
-  let client: ExpertWorkerClient;
   const fake = fakeAddon();
   // 2 GPU slots (explicit override) under 4 host slots: experts can be on the host and not on the GPU. One run in
   // flight, so that a second batch waits in the queue behind the running one (the look-ahead's case).
@@ -170,49 +167,23 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
     SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "1",
   });
 
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
-    await generateCheckpoint({
-      family: "mixtral",
-      dir,
-      layers: 1,
-      experts: 8,
-      hiddenSize: D,
-      intermediateSize: F,
-      seed: 6,
-    });
-    w = await startWorker({
-      checkpoint: dir,
-      pool: "g",
-      workerId: "w0",
-      port: 0,
-      metricsPort: 0,
-      host: "127.0.0.1",
-      backend,
-      cacheCapacity: 4,
-      warm: false, // the tests count the tiers' misses, uploads and evictions from cold
-      log: () => {},
-    });
-    client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
-  });
-  afterAll(async () => {
-    client?.close();
-    await w?.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const h = workerOnFakeGpu(backend, 6);
 
   it("the batch queued behind the running one has its experts uploaded while it waits", async () => {
-    await call(client.prefetch.bind(client), { pool: "g", experts: [0, 1, 2].map((e) => ({ layer: 0, expert: e })) });
-    expect([0, 1, 2].every((e) => w.core.o.cache.peek(0, e) !== undefined)).toBe(true); // all on the host
+    await call(h.client.prefetch.bind(h.client), {
+      pool: "g",
+      experts: [0, 1, 2].map((e) => ({ layer: 0, expert: e })),
+    });
+    expect([0, 1, 2].every((e) => h.w.core.o.cache.peek(0, e) !== undefined)).toBe(true); // all on the host
     // 0 and 1 on the GPU; 2 found every slot still loading (prefetch is best effort) and stays on the host only.
     expect(backend.deviceCacheStats()).toMatchObject({ resident: 2, evictions: 0 });
     expect(fake.calls.uploads).toHaveLength(2);
     const release = fake.hold();
-    const first = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([1], 1n));
+    const first = call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([1], 1n));
     for (let i = 0; i < 500 && fake.calls.runs === 0; i++) await new Promise((r) => setTimeout(r, 2));
     expect(fake.calls.runs).toBe(1); // batch 1 is on the "GPU", held there
     const uploads = fake.calls.uploads.length;
-    const second = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([2], 2n));
+    const second = call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([2], 2n));
     for (let i = 0; i < 500 && fake.calls.uploads.length === uploads; i++) await new Promise((r) => setTimeout(r, 2));
     // Expert 2 went up while batch 1 still computes (its expert 1 is pinned, so 0 made room).
     expect(fake.calls.uploads.length).toBe(uploads + 1);
@@ -226,7 +197,7 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
   });
   it("a deduplicated batch reaches the GPU as it came: the distinct tokens, their rows, the sum asked of the device", async () => {
     const w8 = new Float32Array([0.25, 0.5, 0.75, 1, 2]);
-    const r = await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), {
+    const r = await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), {
       ...batch([], 20n),
       tokens: encodeTensor(new Float32Array(2 * D).fill(0.5), [2, D], DType.FLOAT32),
       tokenRows: [0, 1, 0, 1, 0],
@@ -248,7 +219,7 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
     expect([got[0], got[D]]).toEqual([1, 2]); // the device's sums, passed on as they are
 
     // token rows without the sum: the rows, still gathered on the device
-    await call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), {
+    await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), {
       ...batch([], 21n),
       tokens: encodeTensor(new Float32Array(2 * D).fill(0.5), [2, D], DType.FLOAT32),
       tokenRows: [1, 0, 1],
@@ -261,43 +232,11 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
 });
 
 describe("worker with two runs in flight on the GPU (the CUDA backend's default)", () => {
-  let dir: string;
-  let w: WorkerHandle;
-  let client: ExpertWorkerClient;
   const fake = fakeAddon();
   // 2 GPU slots: two running batches can need more experts between them than there are slots
   const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
 
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "sy-gpu-runs-"));
-    await generateCheckpoint({
-      family: "mixtral",
-      dir,
-      layers: 1,
-      experts: 8,
-      hiddenSize: D,
-      intermediateSize: F,
-      seed: 7,
-    });
-    w = await startWorker({
-      checkpoint: dir,
-      pool: "g",
-      workerId: "w0",
-      port: 0,
-      metricsPort: 0,
-      host: "127.0.0.1",
-      backend,
-      cacheCapacity: 4,
-      warm: false,
-      log: () => {},
-    });
-    client = new ExpertWorkerClient(`127.0.0.1:${w.port}`, credentials.createInsecure());
-  });
-  afterAll(async () => {
-    client?.close();
-    await w?.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const h = workerOnFakeGpu(backend, 7);
 
   const settled = async (n: () => boolean) => {
     for (let i = 0; i < 500 && !n(); i++) await new Promise((r) => setTimeout(r, 2));
@@ -306,8 +245,8 @@ describe("worker with two runs in flight on the GPU (the CUDA backend's default)
   it("the next batch is handed to the GPU while the one before still computes", async () => {
     expect(backend.runsInFlight).toBe(2);
     const release = fake.hold();
-    const first = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([1], 1n));
-    const second = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([2], 2n));
+    const first = call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([1], 1n));
+    const second = call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([2], 2n));
     await settled(() => fake.calls.runs === 2);
     expect(fake.calls.runs).toBe(2); // both on the "GPU" at once, the first still held there
     release();
@@ -318,9 +257,9 @@ describe("worker with two runs in flight on the GPU (the CUDA backend's default)
   it("a batch whose experts find both slots pinned by the running one waits for them, and then runs", async () => {
     const runs = fake.calls.runs;
     const release = fake.hold();
-    const first = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([3, 4], 3n));
+    const first = call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([3, 4], 3n));
     await settled(() => fake.calls.runs === runs + 1);
-    const second = call<ExpertBatch, ExpertResult>(client.runExperts.bind(client), batch([5], 4n));
+    const second = call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([5], 4n));
     await new Promise((r) => setTimeout(r, 30));
     expect(fake.calls.runs).toBe(runs + 1); // expert 5 has no slot while 3 and 4 are pinned: not failed, waiting
     release();
