@@ -7,12 +7,15 @@
 // replies and the combine pass through between two gates), so the "cold" rows cycle through copies of the gate
 // that together exceed the last-level cache (64 MB), at 1 token a call (a gate per decode request) and 16 (one
 // per flush of 16 decode requests, router.ts gateAtFlush).
+//
+// Then the gate's selection over the logits (softmax top-k, DeepSeek-V3's sigmoid group top-k): the native gate
+// (native/src/gate.h) against packages/moe applyGate in TypeScript, at 1 and 16 tokens a call, as the router calls it.
 
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { routerLogits } from "@switchyard/moe";
+import { applyGate, type GateConfig, routerLogits } from "@switchyard/moe";
 import { transposeGate } from "../router-service/src/checkpoint-model.js";
 import { nativeCombineStatus, routerAddon } from "../router-service/src/core/native-combine.js";
 
@@ -80,6 +83,46 @@ for (const { model, d, E } of shapes) {
   console.log(
     `${model.padEnd(14)} d=${String(d).padEnd(5)} E=${String(E).padEnd(4)} cold gate  native ${cold[1].toFixed(2).padStart(6)} us/token a token a call, ${cold[16].toFixed(2).padStart(6)} 16 a call: ${row.t16_speedup.toFixed(2)}x`,
   );
+}
+const gates: { model: string; E: number; cfg: GateConfig; bias?: Float32Array }[] = [
+  {
+    model: "mixtral-8x7b",
+    E: 8,
+    cfg: { scoring: "softmax", topK: 2, normTopKProb: true, nGroup: 1, topkGroup: 1, routedScalingFactor: 1 },
+  },
+  {
+    model: "qwen3-30b-a3b",
+    E: 128,
+    cfg: { scoring: "softmax", topK: 8, normTopKProb: true, nGroup: 1, topkGroup: 1, routedScalingFactor: 1 },
+  },
+  {
+    model: "deepseek-v3",
+    E: 256,
+    cfg: { scoring: "sigmoid", topK: 8, normTopKProb: true, nGroup: 8, topkGroup: 4, routedScalingFactor: 2.5 },
+    bias: Float32Array.from({ length: 256 }, () => (Math.random() - 0.5) * 0.2),
+  },
+];
+const kernel = addon.routerGate;
+if (!kernel) throw new Error("the router addon has no routerGate (npm run build)");
+for (const { model, E, cfg, bias } of gates) {
+  for (const T of [1, 16]) {
+    const logits = Float32Array.from({ length: T * E }, () => (Math.random() * 2 - 1) * 4);
+    const ts = perToken(() => applyGate(logits, E, cfg, bias), T);
+    const nat = perToken(() => applyGate(logits, E, cfg, bias, kernel), T);
+    rows.push({
+      model,
+      gate: cfg.scoring,
+      experts: E,
+      k: cfg.topK,
+      tokens: T,
+      ts_us_per_token: ts,
+      native_us_per_token: nat,
+      speedup: ts / nat,
+    });
+    console.log(
+      `${model.padEnd(14)} gate ${cfg.scoring.padEnd(7)} E=${String(E).padEnd(4)} k=${cfg.topK} T=${String(T).padEnd(3)}  TypeScript ${ts.toFixed(2).padStart(6)} us/token  native ${nat.toFixed(2).padStart(6)} us/token  ${(ts / nat).toFixed(1)}x`,
+    );
+  }
 }
 const out = process.env.BENCH_OUT ?? join(dirname(fileURLToPath(import.meta.url)), "results", "router-logits.json");
 mkdirSync(dirname(out), { recursive: true });

@@ -200,7 +200,9 @@ export class CheckpointModel implements PoolModel {
       const maxK = Math.min(E, g.maxK ?? Math.max(topK, 2 * base.topK));
       r = softmaxTopP(logits, E, { topP: g.topP, maxK, normalize: true });
     } else {
-      r = applyGate(logits, E, { ...base, topK }, w.bias);
+      // The native gate where the addon has it: the same ids and weights (native/src/gate.h), without the
+      // TypeScript softmax's ~9% of a router's busy time at Qwen3-30B-A3B (bench/results/logs/h200-x2-prof-0358-*).
+      r = applyGate(logits, E, { ...base, topK }, w.bias, NATIVE_GATE ? routerAddon()?.routerGate : undefined);
     }
     const routing: TokenRouting = { tokens, slots: r.k, experts: r.ids, weights: r.weights };
     if (g.capacityFactor !== null && g.overflow === "spill") routing.ranking = rankExperts(logits, E, w.bias);
@@ -270,6 +272,9 @@ export class CheckpointModel implements PoolModel {
     return g;
   }
 }
+
+/** SWITCHYARD_ROUTER_NATIVE_GATE=0 keeps the gate's selection in TypeScript (the native addon's other parts stay). */
+const NATIVE_GATE = process.env.SWITCHYARD_ROUTER_NATIVE_GATE !== "0";
 
 /**
  * Gate products of at least this many multiply-adds run off the event loop (below it the synchronous gate costs

@@ -8,6 +8,7 @@ import {
   type ForwardResponse,
   fromGrpcError,
   fromRpcError,
+  invalidArgument,
   RouterClient,
   type SwitchyardError,
 } from "@switchyard/protocol";
@@ -342,6 +343,45 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     });
     expect(maxMerged).toBeGreaterThan(1);
     setPool();
+  });
+
+  it("rejects alone a request of a flush whose hidden states gate to NaN, and answers the others", async () => {
+    setPool({ batching: { maxWaitMs: 20, maxBatchTokens: 1024 } });
+    // The toy gate checks its logits as the real one does (packages/moe gating: a NaN logit names its element).
+    const ownRoute = toy.route;
+    const routeCalls: number[] = [];
+    toy.route = (layer, logits, T, g) => {
+      routeCalls.push(T);
+      const bad = logits.findIndex((v) => Number.isNaN(v));
+      if (bad >= 0) throw invalidArgument(`logits[${Math.floor(bad / E)}, ${bad % E}]`, "must be finite");
+      return ownRoute.call(toy, layer, logits, T, g);
+    };
+    try {
+      const hs = Array.from({ length: 5 }, (_, i) => hidden(2, 400 + i));
+      hs[2][D + 3] = Number.NaN; // request 3's second token
+      const replies = await Promise.allSettled(
+        hs.map((h, i) => call({ layer: 0, hidden: encodeTensor(h, [2, D], DType.FLOAT32), requestId: BigInt(i + 1) })),
+      );
+      expect(Math.max(...routeCalls)).toBeGreaterThan(2); // a flush-wide gate call first
+      hs.forEach((h, i) => {
+        const r = replies[i];
+        if (i === 2) {
+          expect(r.status).toBe("rejected");
+          const e = (r as PromiseRejectedResult).reason as SwitchyardError;
+          expect(e.code).toBe("INVALID_ARGUMENT");
+          expect(e.message).toMatch(/^logits\[1, \d+\]: must be finite/);
+          return;
+        }
+        expect(r.status).toBe("fulfilled");
+        const res = (r as PromiseFulfilledResult<ForwardResponse>).value;
+        expect(
+          maxRelErr(bytesToFloat32(res.hidden!.data, DType.FLOAT32, true), reference(0, h, 2)),
+        ).toBeLessThanOrEqual(1e-6);
+      });
+    } finally {
+      toy.route = ownRoute;
+      setPool();
+    }
   });
 
   it("takes the flush's gate off the event loop where the model offers it (logitsAsync), same answers", async () => {

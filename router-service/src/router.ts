@@ -139,6 +139,18 @@ interface PendingGate {
 /** The routing of an item whose gate has not run yet (no slots: nothing to place or combine). */
 const UNGATED: TokenRouting = { tokens: 0, slots: 0, experts: new Int32Array(0), weights: new Float32Array(0) };
 
+/** Tokens [t0, t0 + tokens) of a routing, as views of its arrays. */
+function routingRows(r: TokenRouting, t0: number, tokens: number, experts: number): TokenRouting {
+  const k = r.slots;
+  return {
+    tokens,
+    slots: k,
+    experts: r.experts.subarray(t0 * k, (t0 + tokens) * k),
+    weights: r.weights.subarray(t0 * k, (t0 + tokens) * k),
+    ranking: r.ranking?.subarray(t0 * experts, (t0 + tokens) * experts),
+  };
+}
+
 function setRouting(it: Item, r: TokenRouting): void {
   it.routing = r;
   it.slots = r.slots;
@@ -466,14 +478,24 @@ export class Router {
       let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
       logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
       const E = m.experts;
+      // The whole flush in one gate call (a native gate's call costs ~1.5 us, a decode request's whole selection at
+      // Mixtral); each request takes its rows. If it fails (a NaN in some request's hidden states), each request is
+      // gated alone, so that only the bad one is rejected.
+      let all: TokenRouting | null = null;
+      try {
+        all = m.route(layer, logits, T, p.policy.gating);
+      } catch {
+        all = null;
+      }
       let t0 = 0;
       for (const it of pending) {
         const own = logits.subarray(t0 * E, (t0 + it.tokens) * E);
+        const rows = all ? routingRows(all, t0, it.tokens, E) : null;
         t0 += it.tokens;
         if (it.done) continue; // its deadline passed while the gate ran
         const g = it.pendingGate as PendingGate;
         try {
-          const gated = m.route(layer, own, it.tokens, p.policy.gating);
+          const gated = rows ?? m.route(layer, own, it.tokens, p.policy.gating);
           setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
           it.pendingGate = null;
         } catch (e) {

@@ -89,22 +89,51 @@ export function routerLogits(
   return o;
 }
 
-function checkLogits(logits: Float32Array, experts: number, field: string): number {
+/** The logits' shape against `experts`; returns the token count. */
+function checkLogitsShape(logits: Float32Array, experts: number, field: string): number {
   if (!Number.isInteger(experts) || experts <= 0)
     throw invalidArgument("experts", `must be a positive integer, got ${experts}`);
   if (logits.length % experts !== 0)
     throw invalidArgument(field, `length ${logits.length} is not a multiple of experts (${experts})`);
+  return logits.length / experts;
+}
+
+function invalidLogit(logits: Float32Array, experts: number, field: string, i: number): Error {
+  return invalidArgument(
+    `${field}[${Math.floor(i / experts)}, ${i % experts}]`,
+    `must be finite or -Infinity, got ${logits[i]}`,
+  );
+}
+
+function checkLogits(logits: Float32Array, experts: number, field: string): number {
+  const T = checkLogitsShape(logits, experts, field);
   for (let i = 0; i < logits.length; i++) {
     const v = logits[i];
     // -Inf is allowed (an expert masked out); NaN and +Inf make softmax/sigmoid undefined.
-    if (Number.isNaN(v) || v === Number.POSITIVE_INFINITY)
-      throw invalidArgument(
-        `${field}[${Math.floor(i / experts)}, ${i % experts}]`,
-        `must be finite or -Infinity, got ${v}`,
-      );
+    if (Number.isNaN(v) || v === Number.POSITIVE_INFINITY) throw invalidLogit(logits, experts, field, i);
   }
-  return logits.length / experts;
+  return T;
 }
+
+/**
+ * A native twin of softmaxTopK / sigmoidGroupTopK (the router's addon, router-service/native/src/gate.h): the same
+ * steps in the same IEEE order, so the same ids and weights. It checks the logits' values itself: returns -1, or the
+ * flat index of the first NaN / +Infinity logit. The TypeScript callers check everything else first.
+ */
+export type GateKernel = (
+  logits: Float32Array,
+  tokens: number,
+  experts: number,
+  k: number,
+  sigmoid: 0 | 1,
+  normTopK: 0 | 1,
+  scale: number,
+  nGroup: number,
+  topkGroup: number,
+  bias: Float32Array | null,
+  ids: Int32Array,
+  weights: Float32Array,
+) => number;
 
 /** Row softmax in fp32 semantics (max-subtracted; exp and sum in float64, stored as f32). */
 export function softmaxRows(
@@ -173,12 +202,21 @@ export function softmaxTopK(
   logits: Float32Array,
   experts: number,
   opts: { topK: number; normTopKProb: boolean; routedScalingFactor?: number; field?: string },
+  kernel?: GateKernel,
 ): Routing {
   const field = opts.field ?? "logits";
-  const T = checkLogits(logits, experts, field);
   const k = opts.topK;
-  checkK(k, experts, "topK");
   const scale = opts.routedScalingFactor ?? 1;
+  if (kernel) {
+    const T = checkLogitsShape(logits, experts, field);
+    checkK(k, experts, "topK");
+    const r: Routing = { tokens: T, k, ids: new Int32Array(T * k), weights: new Float32Array(T * k) };
+    const bad = kernel(logits, T, experts, k, 0, opts.normTopKProb ? 1 : 0, scale, 1, 1, null, r.ids, r.weights);
+    if (bad >= 0) throw invalidLogit(logits, experts, field, bad);
+    return r;
+  }
+  const T = checkLogits(logits, experts, field);
+  checkK(k, experts, "topK");
   const probs = softmaxRows(logits, experts);
   const ids = new Int32Array(T * k);
   const weights = new Float32Array(T * k);
@@ -210,9 +248,10 @@ export function sigmoidGroupTopK(
     correctionBias?: Float32Array;
     field?: string;
   },
+  kernel?: GateKernel,
 ): Routing {
   const field = opts.field ?? "logits";
-  const T = checkLogits(logits, experts, field);
+  const T = kernel ? checkLogitsShape(logits, experts, field) : checkLogits(logits, experts, field);
   const k = opts.topK;
   checkK(k, experts, "topK");
   const G = opts.nGroup;
@@ -226,6 +265,13 @@ export function sigmoidGroupTopK(
   const bias = opts.correctionBias;
   if (bias && bias.length !== experts)
     throw invalidArgument("correctionBias", `length ${bias.length}, expected ${experts}`);
+  if (kernel) {
+    const r: Routing = { tokens: T, k, ids: new Int32Array(T * k), weights: new Float32Array(T * k) };
+    const norm = opts.normTopKProb ? 1 : 0;
+    const bad = kernel(logits, T, experts, k, 1, norm, opts.routedScalingFactor, G, TG, bias ?? null, r.ids, r.weights);
+    if (bad >= 0) throw invalidLogit(logits, experts, field, bad);
+    return r;
+  }
 
   const ids = new Int32Array(T * k);
   const weights = new Float32Array(T * k);
@@ -313,15 +359,16 @@ export function softmaxTopP(logits: Float32Array, experts: number, opts: TopPOpt
   return { tokens: T, k: maxK, ids, weights };
 }
 
-/** The family's gate (softmax top-k, or sigmoid group top-k) from a GateConfig. */
+/** The family's gate (softmax top-k, or sigmoid group top-k) from a GateConfig; `kernel` runs it natively. */
 export function applyGate(
   logits: Float32Array,
   experts: number,
   cfg: GateConfig,
   correctionBias?: Float32Array,
+  kernel?: GateKernel,
 ): Routing {
-  if (cfg.scoring === "sigmoid") return sigmoidGroupTopK(logits, experts, { ...cfg, correctionBias });
-  return softmaxTopK(logits, experts, cfg);
+  if (cfg.scoring === "sigmoid") return sigmoidGroupTopK(logits, experts, { ...cfg, correctionBias }, kernel);
+  return softmaxTopK(logits, experts, cfg, kernel);
 }
 
 /** Tokens routed to each expert (ids of -1 skipped). */

@@ -14,6 +14,11 @@
 //     the same off the event loop, on a libuv pool thread and up to threads - 1 more, each a range of the gate's
 //     panels: a flush of DeepSeek-V3 decode tokens costs the event loop ~0.1-0.3 ms a token in the synchronous call.
 //     The arrays are held until the promise settles; the caller must not touch `out` before then.
+//   routerGate(logits, tokens, experts, k, sigmoid, normTopK, scale, nGroup, topkGroup, bias, ids, weights) -> number
+//     the gate's selection (native/src/gate.h; packages/moe softmaxTopK / sigmoidGroupTopK give the same ids and
+//     weights): logits Float32Array [tokens*experts]; sigmoid 0 = softmax top-k, 1 = sigmoid group-limited top-k;
+//     bias Float32Array [experts] or null; ids Int32Array and weights Float32Array [tokens*k], written. Returns -1, or
+//     the flat index of the first NaN / +Infinity logit (the caller names it in its error).
 //   gateLayout() -> string
 //     the gateT layout the logits expect ("panel32": logits.h); the TypeScript side refuses an addon built before it
 //   isa() -> string
@@ -29,6 +34,7 @@
 #include <vector>
 
 #include "combine.h"
+#include "gate.h"
 #include "logits.h"
 
 using namespace switchyard;
@@ -307,6 +313,68 @@ napi_value RouterLogitsAsyncJs(napi_env env, napi_callback_info info) {
   return p;
 }
 
+napi_value RouterGateJs(napi_env env, napi_callback_info info) {
+  size_t argc = 12;
+  napi_value argv[12];
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
+  if (argc < 12) return Fail(env, false, "routerGate: 12 arguments expected");
+  const int64_t tokens = IntArg(env, argv[1], 0, 1 << 30);
+  if (tokens < 0) return Fail(env, true, "tokens: out of range");
+  const int64_t experts = IntArg(env, argv[2], 1, 1 << 20);
+  if (experts < 0) return Fail(env, true, "experts: out of range");
+  const int64_t k = IntArg(env, argv[3], 1, experts);
+  if (k < 0) return Fail(env, true, "k: out of range [1, experts]");
+  const int64_t sigmoid = IntArg(env, argv[4], 0, 1);
+  if (sigmoid < 0) return Fail(env, true, "sigmoid: 0 or 1 expected");
+  const int64_t norm = IntArg(env, argv[5], 0, 1);
+  if (norm < 0) return Fail(env, true, "normTopK: 0 or 1 expected");
+  double scale = 0;
+  if (napi_get_value_double(env, argv[6], &scale) != napi_ok) return Fail(env, false, "scale: expected a number");
+  const int64_t nGroup = IntArg(env, argv[7], 1, experts);
+  if (nGroup < 0 || experts % nGroup != 0 || (nGroup > 1 && experts / nGroup < 2))
+    return Fail(env, true, "nGroup: must divide experts into groups of at least 2");
+  const int64_t topkGroup = IntArg(env, argv[8], 1, nGroup);
+  if (topkGroup < 0) return Fail(env, true, "topkGroup: out of range [1, nGroup]");
+  const size_t n = static_cast<size_t>(tokens);
+  const float* logits = FloatsArg(env, argv[0], n * experts, "logits");
+  if (!logits) return nullptr;
+  const float* bias = nullptr;
+  napi_valuetype bt;
+  if (napi_typeof(env, argv[9], &bt) != napi_ok) return nullptr;
+  if (bt != napi_null && bt != napi_undefined) {
+    bias = FloatsArg(env, argv[9], static_cast<size_t>(experts), "bias");
+    if (!bias) return nullptr;
+  }
+  Bytes ids;
+  bool isIds = false;
+  napi_typedarray_type idsType;
+  size_t idsLength = 0;
+  void* idsData = nullptr;
+  if (napi_is_typedarray(env, argv[10], &isIds) != napi_ok || !isIds ||
+      napi_get_typedarray_info(env, argv[10], &idsType, &idsLength, &idsData, nullptr, nullptr) != napi_ok ||
+      idsType != napi_int32_array)
+    return Fail(env, false, "ids: expected an Int32Array");
+  if (idsLength < n * k) return Fail(env, true, "ids: shorter than tokens*k");
+  ids.data = static_cast<uint8_t*>(idsData);
+  float* weights = const_cast<float*>(FloatsArg(env, argv[11], n * k, "weights"));
+  if (!weights) return nullptr;
+  GateArgs a{logits,
+             static_cast<int>(tokens),
+             static_cast<int>(experts),
+             static_cast<int>(k),
+             sigmoid == 1,
+             norm == 1,
+             scale,
+             static_cast<int>(nGroup),
+             static_cast<int>(topkGroup),
+             bias,
+             reinterpret_cast<int32_t*>(ids.data),
+             weights};
+  napi_value result;
+  if (napi_create_double(env, static_cast<double>(Gate(a)), &result) != napi_ok) return nullptr;
+  return result;
+}
+
 Napi::Value IsaJs(const Napi::CallbackInfo& info) {
 #if defined(__AVX512F__)
   return Napi::String::New(info.Env(), "avx512");
@@ -329,6 +397,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       env, napi_create_function(env, "routerLogitsAsync", NAPI_AUTO_LENGTH, RouterLogitsAsyncJs, nullptr, &fn),
       exports);
   exports.Set("routerLogitsAsync", Napi::Value(env, fn));
+  NAPI_THROW_IF_FAILED(env,
+                       napi_create_function(env, "routerGate", NAPI_AUTO_LENGTH, RouterGateJs, nullptr, &fn),
+                       exports);
+  exports.Set("routerGate", Napi::Value(env, fn));
   exports.Set("isa", Napi::Function::New(env, IsaJs, "isa"));
   exports.Set("gateLayout", Napi::Function::New(
                                 env, [](const Napi::CallbackInfo& info) -> Napi::Value {

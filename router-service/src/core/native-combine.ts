@@ -1,12 +1,13 @@
-// The router's optional native addon (router-service/native, built by `npm run build`): the weighted combine and the
-// router logits in C++, vectorised, giving the same bits as the TypeScript combine in combine.ts and packages/moe
-// routerLogits (which stay the fallbacks and the oracles their tests compare against). SWITCHYARD_ROUTER_NATIVE=0
-// turns it off.
+// The router's optional native addon (router-service/native, built by `npm run build`): the weighted combine, the
+// router logits and the gate's top-k in C++, giving the same bits as the TypeScript combine in combine.ts and
+// packages/moe routerLogits / softmaxTopK / sigmoidGroupTopK (which stay the fallbacks and the oracles their tests
+// compare against). SWITCHYARD_ROUTER_NATIVE=0 turns it off.
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { GateKernel } from "@switchyard/moe";
 
 export interface RouterAddon {
   /** See native/src/combine_addon.cc. type: 1 = FLOAT32, 2 = BFLOAT16. */
@@ -43,6 +44,12 @@ export interface RouterAddon {
     out: Float32Array,
     threads: number,
   ): Promise<void>;
+  /**
+   * The gate's selection over logits, the same ids and weights as packages/moe softmaxTopK / sigmoidGroupTopK
+   * (native/src/gate.h); returns -1 or the flat index of the first NaN / +Infinity logit. Absent from an addon built
+   * before it (the router then gates in TypeScript).
+   */
+  routerGate?: GateKernel;
   isa(): string;
   /** The gateT layout routerLogits expects: GATE_LAYOUT. */
   gateLayout(): string;
