@@ -87,6 +87,7 @@ export class WorkerCore {
     let hits = 0;
     let misses = 0;
     let computeMs = 0;
+    let deviceMs: number | undefined; // the backend's device clock for the run (CUDA), if it has one
     const live = b.slices.filter((s) => s.count > 0);
     const onDevice = b.tokenRows !== undefined && backend.takesTokenRows === true;
     const distinct = [...new Set(live.map((s) => s.expert))];
@@ -131,6 +132,9 @@ export class WorkerCore {
           // does); the device sum takes them as the sum's weights
           rowWeights: b.combine && !onDevice ? undefined : b.rowWeights,
           signal: sig,
+          onDeviceTime: (ms) => {
+            deviceMs = ms;
+          },
         });
         computeMs = performance.now() - t0;
         return out;
@@ -154,6 +158,7 @@ export class WorkerCore {
     metrics.runDuration.observe((performance.now() - started) / 1000);
     metrics.queueWait.observe(queueWaitMs / 1000);
     metrics.computeDuration.observe(computeMs / 1000);
+    if (deviceMs !== undefined) metrics.deviceComputeDuration.observe(deviceMs / 1000);
     return {
       batchId: b.batchId,
       output: combined

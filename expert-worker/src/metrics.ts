@@ -16,6 +16,7 @@ export class WorkerMetrics {
   readonly runDuration: Histogram;
   readonly queueWait: Histogram;
   readonly computeDuration: Histogram;
+  readonly deviceComputeDuration: Histogram;
   readonly cacheHits: Counter;
   readonly cacheMisses: Counter;
   readonly cacheEvictions: Counter;
@@ -88,10 +89,21 @@ export class WorkerMetrics {
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
+    const computeBuckets = [
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+    ];
     this.computeDuration = new Histogram({
       name: "switchyard_worker_compute_duration_seconds",
-      help: "Backend time of one batch: its experts' compute (on the GPU: transfers, kernels, the wait for them, and with two runs in flight the time behind the batch ahead on the GPU), expert loads excluded.",
-      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      help: "Backend time of one batch: its experts' compute (on the GPU: transfers, kernels, the wait for them, and with two runs in flight the time behind the batch ahead on the GPU; switchyard_worker_device_compute_duration_seconds is the GPU's own figure), expert loads excluded.",
+      buckets: computeBuckets,
+      registers,
+    });
+    // The GPU's clock for the same batches (CPU workers export it empty), so the time a batch spent queued behind
+    // another on the GPU shows as the gap between the two.
+    this.deviceComputeDuration = new Histogram({
+      name: "switchyard_worker_device_compute_duration_seconds",
+      help: "GPU time of a batch's transfers and kernels, from events on the compute stream; excludes the time queued behind another batch on the GPU. Only CUDA workers observe it.",
+      buckets: computeBuckets,
       registers,
     });
     const p = this.pending;

@@ -323,6 +323,8 @@ describe("Prefetch, Evict, Status, health, metrics", () => {
       "switchyard_worker_run_duration_seconds_bucket",
       "switchyard_worker_queue_wait_seconds_bucket",
       "switchyard_worker_compute_duration_seconds_bucket",
+      // the GPU's own clock: exported by CPU workers too, never observed there
+      'switchyard_worker_device_compute_duration_seconds_count{pool="p",worker="w0"} 0',
       "switchyard_worker_cache_hits_total",
       "switchyard_worker_cache_misses_total",
       "switchyard_worker_cache_evictions_total",

@@ -11,6 +11,11 @@
 //   run(ctx, {dtype, tokens, rows, cols, rowSlots: Int32Array, rowWeights?: Float32Array, tokenRows?: Uint32Array,
 //             sumByToken?: boolean}) -> Promise<Uint8Array>
 //       y[r] = w[r] * SwiGLU-FFN of the expert in slot rowSlots[r] (-1: zero row), in the tokens' dtype.
+//       The result carries deviceMs (a non-enumerable own property): the GPU's milliseconds for this run, from timing
+//       events on the compute stream before its copy up and after its copy down. Work of another run queued ahead of
+//       it on the stream is not counted, the host's staging and its wait for the GPU are not either. A pause while
+//       the host still queues the run's later work is (a run buffer's first allocation or growth: ~2 ms seen once on
+//       the H200, bench/results/logs/h200-vitest-devtime-0451.log).
 //       tokenRows (a deduplicated batch): tokens holds the distinct tokens, row r computes token tokenRows[r]; the
 //       gather runs on the GPU, so only the distinct tokens cross PCIe. sumByToken: instead of the rows, fp32
 //       [distinct, cols] with each token's rows (unscaled, rounded to dtype) weighted by w and summed in row order on
@@ -99,6 +104,16 @@ struct IoSet {
   DeviceBuf d_sum;    // their per-token sums (fp32)
   DeviceBuf ws;       // sy_moe workspace
   cudaEvent_t done = nullptr;
+  // Timing events (default flags: timing on), recorded on the compute stream before the run's copy up and after its
+  // copy down: their elapsed time is the run's device time, from when the stream reached its work to its end.
+  cudaEvent_t start = nullptr, end = nullptr;
+  IoSet() = default;
+  IoSet(const IoSet&) = delete;
+  IoSet& operator=(const IoSet&) = delete;
+  ~IoSet() {
+    for (cudaEvent_t e : {done, start, end})
+      if (e) cudaEventDestroy(e);
+  }
 };
 
 struct Ctx {
@@ -125,8 +140,7 @@ struct Ctx {
     if (copy) cudaStreamSynchronize(copy);
     cudaFree(w13);
     cudaFree(w2);
-    for (auto& set : io)
-      if (set->done) cudaEventDestroy(set->done);
+    io.clear();  // the run buffers and events (~IoSet)
     if (compute) cudaStreamDestroy(compute);
     if (copy) cudaStreamDestroy(copy);
   }
@@ -215,8 +229,11 @@ Napi::Value CreateContext(const Napi::CallbackInfo& info) {
     if (sync && std::string(sync) == "blocking") c->event_flags |= cudaEventBlockingSync;
     for (int i = 0; i < runs_in_flight; ++i) {
       c->io.push_back(std::make_unique<IoSet>());
-      CK_THROW(cudaEventCreateWithFlags(&c->io.back()->done, c->event_flags));
-      c->io_free.push_back(c->io.back().get());
+      IoSet& set = *c->io.back();
+      CK_THROW(cudaEventCreateWithFlags(&set.done, c->event_flags));
+      CK_THROW(cudaEventCreateWithFlags(&set.start, cudaEventDefault));
+      CK_THROW(cudaEventCreateWithFlags(&set.end, cudaEventDefault));
+      c->io_free.push_back(&set);
     }
   } catch (const std::exception& ex) {
     throw Napi::Error::New(env, std::string("createContext: ") + ex.what());
@@ -431,6 +448,8 @@ class RunWorker : public Napi::AsyncWorker {
       char* g = static_cast<char*>(io.d_stage.p);
       // the copies and kernels go on the stream one run at a time; the wait for them below does not hold the lock
       std::unique_lock<std::mutex> enqueue(c.enqueue_mu);
+      // queued behind the other run's work (the lock), so the stream reaches it when that work is done
+      CK_THROW(cudaEventRecord(io.start, c.compute));
       CK_THROW(cudaMemcpyAsync(g, h, in_b, cudaMemcpyHostToDevice, c.compute));
       const void* x = g;
       if (dedup) {
@@ -464,9 +483,13 @@ class RunWorker : public Napi::AsyncWorker {
       }
       io.out.ensure(down_b);
       if (down_b) CK_THROW(cudaMemcpyAsync(io.out.p, result, down_b, cudaMemcpyDeviceToHost, c.compute));
+      CK_THROW(cudaEventRecord(io.end, c.compute));
       CK_THROW(cudaEventRecord(io.done, c.compute));
       enqueue.unlock();
       CK_THROW(cudaEventSynchronize(io.done));  // on this worker thread, not the event loop
+      float ms = 0;  // io.end was recorded before io.done: complete
+      CK_THROW(cudaEventElapsedTime(&ms, io.start, io.end));
+      device_ms_ = ms;
       if (in_.sum || in_.dt == DType::BF16) {
         if (down_b) std::memcpy(out_, io.out.p, down_b);
       } else {
@@ -482,7 +505,7 @@ class RunWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     if (out_bytes_ == 0) {
-      deferred_.Resolve(Napi::Uint8Array::New(env, 0));
+      deferred_.Resolve(WithDeviceMs(Napi::Uint8Array::New(env, 0)));
       return;
     }
     // The result's memory goes to JavaScript as it is: no copy on the event loop.
@@ -495,17 +518,25 @@ class RunWorker : public Napi::AsyncWorker {
       ab = Napi::ArrayBuffer::New(env, out_bytes_);
       std::memcpy(ab.Data(), out_, out_bytes_);
     }
-    deferred_.Resolve(Napi::Uint8Array::New(env, out_bytes_, ab, 0));
+    deferred_.Resolve(WithDeviceMs(Napi::Uint8Array::New(env, out_bytes_, ab, 0)));
   }
   void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
 
  private:
+  // deviceMs on the result, read-only and non-enumerable: the value stays a plain Uint8Array to every other reader
+  // (equality checks, Buffer.from, spreading)
+  Napi::Uint8Array WithDeviceMs(Napi::Uint8Array a) {
+    a.DefineProperty(Napi::PropertyDescriptor::Value("deviceMs", Napi::Number::New(Env(), device_ms_), napi_default));
+    return a;
+  }
+
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Ctx> c_;
   RunInput in_;
   std::vector<Napi::ObjectReference> keep_;
   size_t out_bytes_ = 0;
   uint8_t* out_ = nullptr;
+  double device_ms_ = 0;  // cudaEventElapsedTime(io.start, io.end)
 };
 
 template <typename T>

@@ -7,7 +7,7 @@ import { type CudaAddon, CudaBackend, type CudaProbeInfo } from "./cuda.js";
 
 const INFO: CudaProbeInfo = { ok: true, name: "fake", sms: 1, totalMem: 1e9, cc: "9.0" };
 
-function fakeAddon(opts: { failRun?: boolean } = {}) {
+function fakeAddon(opts: { failRun?: boolean; deviceMs?: number } = {}) {
   const calls = { uploads: [] as number[], runs: [] as Int32Array[], contexts: [] as object[] };
   const addon: CudaAddon = {
     probe: () => INFO,
@@ -25,7 +25,10 @@ function fakeAddon(opts: { failRun?: boolean } = {}) {
       // output row r = slot + 1 in every column (fp32), so the test can read the mapping back
       const out = new Float32Array(o.rows * o.cols);
       for (let r = 0; r < o.rows; r++) out.fill((o.rowSlots[r] as number) + 1, r * o.cols, (r + 1) * o.cols);
-      return new Uint8Array(out.buffer);
+      const bytes = new Uint8Array(out.buffer);
+      // as the addon attaches its event timing: a non-enumerable own property of the result
+      if (opts.deviceMs !== undefined) Object.defineProperty(bytes, "deviceMs", { value: opts.deviceMs });
+      return bytes;
     },
     stats: () => ({ runs: 0, uploads: 0, uploadBytes: 0, deviceBytes: 0, slots: 0 }),
   };
@@ -152,6 +155,24 @@ describe("CudaBackend (fake addon)", () => {
     });
     expect(b.deviceCacheStats()).toMatchObject({ hits: 1, misses: 0 });
     expect(calls.uploads).toHaveLength(1);
+  });
+
+  it("hands the addon's device time of a run to onDeviceTime, and nothing when the addon gives none", async () => {
+    for (const deviceMs of [0.75, undefined]) {
+      const b = new CudaBackend(fakeAddon({ deviceMs }).addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "1" });
+      const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+      const seen: number[] = [];
+      const out = await b.run({
+        dtype: DType.FLOAT32,
+        tokens: new Uint8Array(d * 4),
+        rows: 1,
+        cols: d,
+        slices: [{ expert: e, offset: 0, count: 1 }],
+        onDeviceTime: (ms) => seen.push(ms),
+      });
+      expect(seen).toEqual(deviceMs === undefined ? [] : [deviceMs]);
+      expect(Object.keys(out)).toHaveLength(d * 4); // the bytes only: deviceMs stays out of enumeration
+    }
   });
 
   it("refuses run() before prepare()", async () => {

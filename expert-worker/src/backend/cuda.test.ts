@@ -197,4 +197,57 @@ describe("cuda backend", () => {
         ).toBe(true);
     },
   );
+
+  it.skipIf(!!why)(
+    `device time: each run reports the GPU's milliseconds, > 0 and at most its wall time, two runs in flight${why ? ` (skipped: ${why})` : ""}`,
+    async () => {
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS;
+      const b = (await probeCudaBackend()) as CudaBackend;
+      expect(b.runsInFlight).toBe(2);
+      const next = rng(Date.now() >>> 0);
+      const d = 1024;
+      const f = 768;
+      const experts = await Promise.all([0, 1, 2, 3].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+      await b.prefetch(experts); // on the device before the runs: they time copies and kernels, not uploads
+      const rows = 512;
+      const request = (i: number) => ({
+        dtype: DType.BFLOAT16,
+        rows,
+        cols: d,
+        slices: [
+          { expert: experts[i % 4] as never, offset: 0, count: rows / 2 },
+          { expert: experts[(i + 1) % 4] as never, offset: rows / 2, count: rows / 2 },
+        ],
+        tokens: new Uint8Array(valuesToBytes(uniform(rows * d, 2, next), DType.BFLOAT16)),
+        rowWeights: uniform(rows, 1, next),
+      });
+      // the wall clock around run() alone (the tokens are made before it starts)
+      const timed = async (req: ReturnType<typeof request>) => {
+        const seen: number[] = [];
+        const t0 = performance.now();
+        await b.run({ ...req, onDeviceTime: (ms) => seen.push(ms) });
+        return { wallMs: performance.now() - t0, seen };
+      };
+      // first use of the kernels and of both sets of run buffers (their first allocation falls inside the timing)
+      await Promise.all([timed(request(0)), timed(request(1))]);
+      // pairs handed over together: the second of each is queued on the compute stream behind the first
+      for (let k = 0; k < 4; k++) {
+        const reqs = [request(2 * k), request(2 * k + 1)] as const;
+        const t0 = performance.now();
+        const pair = await Promise.all([timed(reqs[0]), timed(reqs[1])]);
+        const pairWallMs = performance.now() - t0;
+        console.log(
+          `[cuda device time] pair ${k}: ${pair.map((r) => `device ${r.seen[0]?.toFixed(3)} ms / wall ${r.wallMs.toFixed(3)} ms`).join(", ")}; pair wall ${pairWallMs.toFixed(3)} ms`,
+        );
+        for (const r of pair) {
+          expect(r.seen).toHaveLength(1);
+          expect(r.seen[0]).toBeGreaterThan(0);
+          expect(r.seen[0]).toBeLessThanOrEqual(r.wallMs);
+        }
+        // one stream runs them one after the other: neither counts the other's time, so together they fit in the
+        // pair's wall time (a start event recorded before the other run's work would count it twice)
+        expect((pair[0]?.seen[0] as number) + (pair[1]?.seen[0] as number)).toBeLessThanOrEqual(pairWallMs);
+      }
+    },
+  );
 });

@@ -39,6 +39,13 @@ export interface CudaProbeInfo {
   cc: string;
 }
 
+/**
+ * A run's result as the addon resolves it: the output bytes, with `deviceMs` (non-enumerable) the GPU's milliseconds
+ * for the run, from timing events on the compute stream around its copy up, kernels and copy down. An addon built
+ * before the events has none.
+ */
+export type CudaRunResult = Uint8Array & { readonly deviceMs?: number };
+
 /** The addon's raw surface (native/cuda/addon_cuda.cc). */
 export interface CudaAddon {
   probe(): CudaProbeInfo;
@@ -56,7 +63,7 @@ export interface CudaAddon {
       tokenRows?: Uint32Array;
       sumByToken?: boolean;
     },
-  ): Promise<Uint8Array>;
+  ): Promise<CudaRunResult>;
   stats(ctx: object): { runs: number; uploads: number; uploadBytes: number; deviceBytes: number; slots: number };
 }
 
@@ -239,6 +246,7 @@ export class CudaBackend implements ExpertBackend {
         tokenRows: req.tokenRows,
         sumByToken: req.sumByToken,
       });
+      if (out.deviceMs !== undefined) req.onDeviceTime?.(out.deviceMs);
       if (signal?.aborted) throw abortError(signal);
       return out;
     } finally {

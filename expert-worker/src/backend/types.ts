@@ -50,6 +50,12 @@ export interface RunRequest {
   sumByToken?: boolean;
   /** Aborting stops the run (between tiles for the native backends) and rejects with the signal's reason. */
   signal?: AbortSignal;
+  /**
+   * Backends with a device clock (CUDA) call this once per completed run with the device's own milliseconds for it:
+   * its transfers and kernels, from events on the device's stream, so without the time it was queued there behind
+   * another run. CPU backends never call it.
+   */
+  onDeviceTime?: (ms: number) => void;
 }
 
 export type BackendName = "cpu-native" | "cpu-reference" | "cuda";

@@ -56,6 +56,12 @@ const q = (quantile: number, metric: string, by: string, sel = POOL) =>
 const meanOf = (metric: string) =>
   `sum by (pool, worker) (rate(${metric}_sum{${POOL}}[${R}])) / sum by (pool, worker) (rate(${metric}_count{${POOL}}[${R}]))`;
 
+/**
+ * Series only CUDA workers observe (CPU workers export them empty): their panels' queries give NaN on a CPU-only
+ * deployment, as in the live test, which checks that they return series but not that the values are finite.
+ */
+export const CUDA_ONLY_METRICS: readonly string[] = ["switchyard_worker_device_compute_duration_seconds"];
+
 /** Per-worker token rate; the base of the balance panels. */
 const workerRate = `sum by (pool, worker) (rate(switchyard_worker_tokens_total{${POOL}}[${R}]))`;
 const hits = `sum by (pool, worker) (rate(switchyard_worker_cache_hits_total{${POOL}}[${R}]))`;
@@ -170,14 +176,15 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
-            title: "Worker time per batch: queued / backend (mean)",
+            title: "Worker time per batch: queued / backend / GPU (mean)",
             description:
-              "Where a batch's time on the worker goes: waiting for the batches ahead of it (the worker is saturated) or in the backend (device transfers, kernels, the wait for them; with the CUDA backend's two runs in flight also the time behind the batch ahead on the GPU). Arrival to result minus both is the worker's own work: validation, expert lookups, encoding.",
+              "Where a batch's time on the worker goes: waiting for the batches ahead of it (the worker is saturated) or in the backend (device transfers, kernels, the wait for them; with the CUDA backend's two runs in flight also the time behind the batch ahead on the GPU). GPU (CUDA workers only) is the device's own time for the batch's transfers and kernels, from events on its compute stream: backend minus GPU is the time queued behind another batch on the GPU and the host's staging and wait. Arrival to result minus queued and backend is the worker's own work: validation, expert lookups, encoding.",
             type: "timeseries",
             unit: "s",
             targets: [
               { expr: meanOf("switchyard_worker_queue_wait_seconds"), legendFormat: "{{worker}} queued" },
               { expr: meanOf("switchyard_worker_compute_duration_seconds"), legendFormat: "{{worker}} backend" },
+              { expr: meanOf("switchyard_worker_device_compute_duration_seconds"), legendFormat: "{{worker}} GPU" },
               { expr: meanOf("switchyard_worker_run_duration_seconds"), legendFormat: "{{worker}} arrival to result" },
             ],
           },
