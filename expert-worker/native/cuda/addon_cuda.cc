@@ -13,9 +13,9 @@
 //       y[r] = w[r] * SwiGLU-FFN of the expert in slot rowSlots[r] (-1: zero row), in the tokens' dtype.
 //       The result carries deviceMs (a non-enumerable own property): the GPU's milliseconds for this run, from timing
 //       events on the compute stream before its copy up and after its copy down. Work of another run queued ahead of
-//       it on the stream is not counted, the host's staging and its wait for the GPU are not either. A pause while
-//       the host still queues the run's later work is (a run buffer's first allocation or growth: ~2 ms seen once on
-//       the H200, bench/results/logs/h200-vitest-devtime-0451.log).
+//       it on the stream is not counted, the host's staging and its wait for the GPU are not either. The run's
+//       buffers are sized before its first event, so their first allocation or growth is not counted either (before
+//       that change one read 2.13 ms, bench/results/logs/h200-vitest-devtime-0451.log).
 //       tokenRows (a deduplicated batch): tokens holds the distinct tokens, row r computes token tokenRows[r]; the
 //       gather runs on the GPU, so only the distinct tokens cross PCIe. sumByToken: instead of the rows, fp32
 //       [distinct, cols] with each token's rows (unscaled, rounded to dtype) weighted by w and summed in row order on
@@ -445,6 +445,14 @@ class RunWorker : public Napi::AsyncWorker {
         float* sw = reinterpret_cast<float*>(h + off_sw);
         for (int r = 0; r < rows; ++r) sw[r] = in_.weights ? in_.weights[r] : 1.f;
       }
+      // Every device and pinned buffer this run writes is sized here, before the lock: a buffer's first allocation
+      // or growth (cudaFree waits for the whole device) then neither holds the other run's enqueue nor falls between
+      // the timing events.
+      const size_t down_b = in_.sum ? (size_t)u * d * 4 : (size_t)rows * d * 2;
+      if (dedup) io.d_in.ensure((size_t)rows * d * 2);
+      io.d_out.ensure((size_t)rows * d * 2);
+      if (in_.sum) io.d_sum.ensure((size_t)u * d * 4);
+      io.out.ensure(down_b);
       char* g = static_cast<char*>(io.d_stage.p);
       // the copies and kernels go on the stream one run at a time; the wait for them below does not hold the lock
       std::unique_lock<std::mutex> enqueue(c.enqueue_mu);
@@ -453,12 +461,10 @@ class RunWorker : public Napi::AsyncWorker {
       CK_THROW(cudaMemcpyAsync(g, h, in_b, cudaMemcpyHostToDevice, c.compute));
       const void* x = g;
       if (dedup) {
-        io.d_in.ensure((size_t)rows * d * 2);
         if (sy_gather_rows(g, reinterpret_cast<const int32_t*>(g + off_tr), rows, d * 2, io.d_in.p, c.compute))
           throw std::runtime_error(sy_token_rows_last_error());
         x = io.d_in.p;
       }
-      io.d_out.ensure((size_t)rows * d * 2);
       sy_moe_args a{};
       a.x = x;
       a.topk_ids = reinterpret_cast<const int32_t*>(g + off_ids);
@@ -470,18 +476,14 @@ class RunWorker : public Napi::AsyncWorker {
       if (sy_moe_forward(&cfg, rows, &a, io.ws.p, io.ws.n, c.compute))
         throw std::runtime_error(std::string("sy_moe_forward: ") + sy_moe_last_error());
       const void* result = io.d_out.p;
-      size_t down_b = (size_t)rows * d * 2;
       if (in_.sum) {
-        io.d_sum.ensure((size_t)u * d * 4);
         if (sy_sum_rows_by_token(static_cast<const uint16_t*>(io.d_out.p), d, reinterpret_cast<const int32_t*>(g + off_offs),
                                  reinterpret_cast<const int32_t*>(g + off_order),
                                  in_.weights ? reinterpret_cast<const float*>(g + off_sw) : nullptr, u,
                                  in_.dt == DType::F16 ? 1 : 0, static_cast<float*>(io.d_sum.p), c.compute))
           throw std::runtime_error(sy_token_rows_last_error());
         result = io.d_sum.p;
-        down_b = (size_t)u * d * 4;
       }
-      io.out.ensure(down_b);
       if (down_b) CK_THROW(cudaMemcpyAsync(io.out.p, result, down_b, cudaMemcpyDeviceToHost, c.compute));
       CK_THROW(cudaEventRecord(io.end, c.compute));
       CK_THROW(cudaEventRecord(io.done, c.compute));
