@@ -661,6 +661,12 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       return n > 0 ? ((1000 * total(`${histogram}_sum`)) / n).toFixed(2) : "-";
     };
     const workerBatches = wsum("switchyard_worker_batch_tokens_count");
+    // CUDA workers time each batch on the GPU too (events on the compute stream): "computing" less that is the
+    // batch's wait behind another on the GPU and the host's part of the run.
+    const gpuPart =
+      wsum("switchyard_worker_device_compute_duration_seconds_count") > 0
+        ? `, ${meanMs(wsum, "switchyard_worker_device_compute_duration_seconds")} of it on the GPU`
+        : "";
     const cpuLine = cpuPids
       .map(([name], i) => {
         const a = cpu0[i];
@@ -726,7 +732,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       [
         "worker batches",
         workerBatches > 0
-          ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${meanMs(wsum, "switchyard_worker_run_duration_seconds")} ms from arrival to result: ${meanMs(wsum, "switchyard_worker_queue_wait_seconds")} ms queued, ${meanMs(wsum, "switchyard_worker_compute_duration_seconds")} ms computing (means of ${workerBatches})`
+          ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${meanMs(wsum, "switchyard_worker_run_duration_seconds")} ms from arrival to result: ${meanMs(wsum, "switchyard_worker_queue_wait_seconds")} ms queued, ${meanMs(wsum, "switchyard_worker_compute_duration_seconds")} ms computing${gpuPart} (means of ${workerBatches})`
           : "none",
       ],
       ["CPU during the load (cores)", cpuLine],
