@@ -1,5 +1,6 @@
 #include "logits.h"
 
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 
@@ -15,6 +16,15 @@ inline double Widen(uint16_t b) {
   return f;
 }
 
+// s + a * w, fused or not: the same bits either way, since the product of two fp32 values is exact in double (24 + 24
+// significant bits), so rounding it first changes nothing and both round the sum once. The TypeScript loop (a
+// multiply, then an add) stays the oracle.
+template <bool kFused>
+inline double Mac(double a, double w, double s) {
+  if constexpr (kFused) return std::fma(a, w, s);
+  return s + a * w;
+}
+
 // TB tokens x EB experts at a time, their 2 * TB * EB sums in registers (EB is a multiple of 8: one 512-bit vector
 // of doubles, or two 256-bit ones): independent chains of additions enough to hide their latency (the old loop over
 // all experts kept the sums in memory: 11 us a token at Mixtral's gate against 2), and each weight row is loaded
@@ -23,6 +33,9 @@ inline double Widen(uint16_t b) {
 // token's first logit of the block, `E` the logits' row stride.
 template <int TB, int EB, typename X>
 void Block(const X* x, int d, const float* w, int ld, float* out, int E) {
+  // Wide blocks are bound by the multiply-adds' throughput: fused, one instruction each. Narrow ones (8 experts) by
+  // the accumulators' latency, where a fused multiply-add's (4 cycles) is longer than an add's.
+  constexpr bool kFused = EB >= 16;
   double s0[TB][EB] = {}, s1[TB][EB] = {};
   int i = 0;
   for (; i + 1 < d; i += 2) {
@@ -32,8 +45,8 @@ void Block(const X* x, int d, const float* w, int ld, float* out, int E) {
       const double a = Widen(x[static_cast<std::size_t>(b) * d + i]);
       const double c = Widen(x[static_cast<std::size_t>(b) * d + i + 1]);
       for (int e = 0; e < EB; e++) {
-        s0[b][e] += a * static_cast<double>(w0[e]);
-        s1[b][e] += c * static_cast<double>(w1[e]);
+        s0[b][e] = Mac<kFused>(a, static_cast<double>(w0[e]), s0[b][e]);
+        s1[b][e] = Mac<kFused>(c, static_cast<double>(w1[e]), s1[b][e]);
       }
     }
   }
@@ -41,7 +54,7 @@ void Block(const X* x, int d, const float* w, int ld, float* out, int E) {
     const float* w0 = w + static_cast<std::size_t>(i) * ld;
     for (int b = 0; b < TB; b++) {
       const double a = Widen(x[static_cast<std::size_t>(b) * d + i]);
-      for (int e = 0; e < EB; e++) s0[b][e] += a * static_cast<double>(w0[e]);
+      for (int e = 0; e < EB; e++) s0[b][e] = Mac<kFused>(a, static_cast<double>(w0[e]), s0[b][e]);
     }
   }
   for (int b = 0; b < TB; b++)
