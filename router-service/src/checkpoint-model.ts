@@ -1,11 +1,11 @@
 // PoolModel over a checkpoint: the router reads only what it needs per MoE layer (gate weight, DeepSeek's
 // correction bias, the shared expert and Qwen2-MoE's shared-expert gate), never the routed experts.
 
-import { availableParallelism } from "node:os";
 import { loadNativeAddon, NativeCpuBackend, type PreparedExpert } from "@switchyard/expert-worker";
 import {
   applyGate,
   type Checkpoint,
+  cpuBudget,
   type ExpertFFNWeights,
   type ExpertWeights,
   expertToFloat32,
@@ -292,12 +292,12 @@ export function gateAsyncMacs(env: string | undefined): number {
 }
 
 /**
- * Threads the asynchronous gate may use: SWITCHYARD_ROUTER_GATE_THREADS, else up to 4 and one fewer than the cores
- * (the event loop keeps one).
+ * Threads the asynchronous gate may use: SWITCHYARD_ROUTER_GATE_THREADS, else up to 4 and one fewer than the CPUs
+ * the process may keep busy (the event loop keeps one; packages/moe cpuBudget: a pod's CPU limit caps the cores).
  */
 export const GATE_THREADS = gateThreads(process.env.SWITCHYARD_ROUTER_GATE_THREADS);
 
-export function gateThreads(env: string | undefined, cores = availableParallelism()): number {
+export function gateThreads(env: string | undefined, cores = cpuBudget()): number {
   if (env !== undefined && env !== "") {
     const n = Number(env);
     if (!Number.isInteger(n) || n < 1 || n > 256)

@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { protoDType } from "@switchyard/moe";
+import { cpuBudget, protoDType } from "@switchyard/moe";
 import { abortError } from "../queue.js";
 import {
   checkExpertWeights,
@@ -77,6 +77,10 @@ export function loadNativeAddon(): NativeAddon | null {
   if (cached !== undefined) return cached;
   try {
     if (!existsSync(NATIVE_ADDON_PATH)) throw new Error(`not built: ${NATIVE_ADDON_PATH} (npm run build)`);
+    // The addon's thread pool (native/src/thread_pool.cc) sizes itself from SWITCHYARD_CPU_THREADS, else from every
+    // core of the machine; it reads the variable once, at its first use. Unset, it gets the CPUs this process may
+    // keep busy (a pod's CPU limit, not the node's cores: packages/moe cpuBudget).
+    if (!process.env.SWITCHYARD_CPU_THREADS) process.env.SWITCHYARD_CPU_THREADS = String(cpuBudget());
     cached = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
   } catch (err) {
     loadError = err;

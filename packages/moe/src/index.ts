@@ -1,6 +1,7 @@
 // Public surface of the pure MoE library.
 
 export * from "./checkpoint.js";
+export * from "./cpu-budget.js";
 export * from "./event-loop-busy.js";
 export * from "./gating.js";
 export * from "./generate.js";
