@@ -189,6 +189,21 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
+            title: "GPU stream busy (CUDA workers)",
+            description:
+              "Share of the time each CUDA worker's compute stream was running batches: the rate of the GPU's own time per batch (events on the stream; a batch's time starts when the stream reaches it, so two batches in flight do not overlap). Low while batches queue (the panels above) means the GPU waits for the host or the router; near 100% the GPU bounds the worker.",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            max: 1,
+            targets: [
+              {
+                expr: `sum by (pool, worker) (rate(switchyard_worker_device_compute_duration_seconds_sum{${POOL}}[${R}]))`,
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+          {
             title: "Worker event loop busy",
             description:
               "Share of the time each worker's JavaScript event loop was busy (validation, decoding, encoding, the CPU backend's calls). Near 100% the loop, not the backend, bounds the worker: its queue grows while the GPU waits.",
