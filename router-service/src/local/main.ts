@@ -596,7 +596,13 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ...ids.map((id): [string, number] => [id, workerPids[id]]),
     ];
     const threadsAt = () => Promise.all(threadPids.map(([, pid]) => cpuByThread(pid)));
-    const [cpu0, threads0] = await Promise.all([cpuAt(), threadsAt()]);
+    // The workers' GPU time so far (warm-up), so the run's GPU busy share counts the load only.
+    const gpuSeconds = async () =>
+      (await Promise.all(ids.map(async (id) => parsePromText(await scrape(id, workerMetricsPorts[id])))))
+        .flat()
+        .filter((r) => r.name === "switchyard_worker_device_compute_duration_seconds_sum")
+        .reduce((a, r) => a + r.value, 0);
+    const [cpu0, threads0, gpu0] = await Promise.all([cpuAt(), threadsAt(), gpuSeconds()]);
     const t0 = performance.now();
     log(
       `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})${o.drivers > 1 ? ` from ${o.drivers} driver threads` : ""}`,
@@ -663,9 +669,12 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     const workerBatches = wsum("switchyard_worker_batch_tokens_count");
     // CUDA workers time each batch on the GPU too (events on the compute stream): "computing" less that is the
     // batch's wait behind another on the GPU and the host's part of the run.
+    // The GPU busy share: the batches' GPU time over the load's wall time, per worker (two batches in flight do not
+    // overlap in it: a batch's time starts when the stream reaches it).
+    const gpuBusy = (wsum("switchyard_worker_device_compute_duration_seconds_sum") - gpu0) / (wall * ids.length);
     const gpuPart =
       wsum("switchyard_worker_device_compute_duration_seconds_count") > 0
-        ? `, ${meanMs(wsum, "switchyard_worker_device_compute_duration_seconds")} of it on the GPU`
+        ? `, ${meanMs(wsum, "switchyard_worker_device_compute_duration_seconds")} of it on the GPU (GPU busy ${(100 * gpuBusy).toFixed(0)}% of the run)`
         : "";
     const cpuLine = cpuPids
       .map(([name], i) => {
