@@ -11,8 +11,9 @@
 //                transposed); out Float32Array
 //                [tokens*experts]. Same bits as packages/moe routerLogits (native/src/logits.h).
 //   routerLogitsAsync(hidden, gateT, tokens, d, experts, out, threads) -> Promise<undefined>
-//     the same off the event loop, on a libuv pool thread and up to threads - 1 more, each a range of the gate's
-//     panels: a flush of DeepSeek-V3 decode tokens costs the event loop ~0.1-0.3 ms a token in the synchronous call.
+//     the same off the event loop: a libuv pool thread and the process's threads - 1 gate workers (gate_pool.h,
+//     made at the first call) take the gate's panels, the calls in arrival order: a flush of DeepSeek-V3 decode
+//     tokens costs the event loop ~0.1-0.3 ms a token in the synchronous call.
 //     The arrays are held until the promise settles; the caller must not touch `out` before then.
 //   routerGate(logits, tokens, experts, k, sigmoid, normTopK, scale, nGroup, topkGroup, bias, ids, weights) -> number
 //     the gate's selection (native/src/gate.h; packages/moe softmaxTopK / sigmoidGroupTopK give the same ids and
@@ -29,12 +30,11 @@
 
 #include <algorithm>
 #include <string>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #include "combine.h"
 #include "gate.h"
+#include "gate_pool.h"
 #include "logits.h"
 
 using namespace switchyard;
@@ -259,7 +259,7 @@ napi_value RouterLogitsJs(napi_env env, napi_callback_info info) {
   return nullptr;  // undefined
 }
 
-// routerLogitsAsync: the pool thread takes the first range of panels, std::threads the others.
+// routerLogitsAsync: the gate's panels on the process's gate pool, this libuv thread among its threads.
 class LogitsWorker : public Napi::AsyncWorker {
  public:
   LogitsWorker(Napi::Env env, const LogitsCall& c, int threads, napi_value* argv)
@@ -271,22 +271,9 @@ class LogitsWorker : public Napi::AsyncWorker {
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
-    const int panels = GatePanels(c_.experts);
-    const int n = std::max(1, std::min(threads_, panels));
-    const auto lo = [&](int i) { return panels * i / n; };
-    std::vector<std::thread> others;
-    others.reserve(n);  // no reallocation while threads run (a throw there would leave them joinable)
-    int started = 1;  // ranges 1 .. started - 1 run on threads of their own
-    for (; started < n; started++) {
-      try {
-        others.emplace_back([this, a = lo(started), b = lo(started + 1)] { c_.Run(a, b); });
-      } catch (const std::system_error&) {
-        break;  // no thread to be had: the remaining ranges run here
-      }
-    }
-    c_.Run(lo(0), lo(1));
-    c_.Run(lo(started), panels);  // empty when every range got its thread
-    for (auto& t : others) t.join();
+    // The process's gate threads (gate_pool.h): threads - 1 workers, and this thread.
+    const LogitsCall& c = c_;
+    GatePool::Shared(threads_ - 1).Run(GatePanels(c.experts), [&c](int p) { c.Run(p, p + 1); });
   }
   void OnOK() override { deferred_.Resolve(Env().Undefined()); }
   void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }

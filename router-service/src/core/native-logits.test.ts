@@ -69,7 +69,7 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
     [5, 50, 13, 1], // one narrow panel on the pool thread alone
     [0, 64, 16, 2],
   ] as const) {
-    it(`routerLogitsAsync T=${T} d=${d} E=${E} on ${threads} thread(s): the same bits as routerLogits`, async () => {
+    it(`routerLogitsAsync T=${T} d=${d} E=${E} (threads ${threads}): the same bits as routerLogits`, async () => {
       const x = Float32Array.from({ length: T * d }, value);
       const bits = Uint16Array.from({ length: T * d }, () => Math.floor(rand() * 65536) & 0xbfff);
       const gt = transposeGate(Float32Array.from({ length: E * d }, value), E, d);
@@ -82,6 +82,26 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
       }
     });
   }
+
+  it("routerLogitsAsync: many calls at once on the shared gate pool, each the same bits as routerLogits", async () => {
+    // More calls than the libuv pool's threads, of different sizes, so that the pool's queue holds several calls'
+    // panels at once and a caller takes other calls' panels.
+    const calls = Array.from({ length: 24 }, (_, i) => {
+      const [T, d, E] = [
+        [3, 256, 256],
+        [1, 96, 72],
+        [9, 128, 33],
+        [0, 64, 16],
+      ][i % 4];
+      const hidden = Float32Array.from({ length: T * d }, value);
+      const gt = transposeGate(Float32Array.from({ length: E * d }, value), E, d);
+      const want = new Float32Array(T * E);
+      addon!.routerLogits(hidden, gt, T, d, E, want);
+      return { T, d, E, hidden, gt, want, got: new Float32Array(T * E).fill(Number.NaN) };
+    });
+    await Promise.all(calls.map((c) => addon!.routerLogitsAsync(c.hidden, c.gt, c.T, c.d, c.E, c.got, 4)));
+    for (const c of calls) expect(Buffer.from(c.got.buffer).equals(Buffer.from(c.want.buffer))).toBe(true);
+  });
 
   it("routerLogitsAsync checks its arguments before it starts", () => {
     const x = new Float32Array(8);
