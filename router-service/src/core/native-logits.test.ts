@@ -3,10 +3,11 @@
 // model families' gate shapes, odd widths, one expert, no tokens, every blocking path of the kernel, values of mixed
 // scale, fp32 and bf16 hidden states; bad calls must throw.
 
+import { spawnSync } from "node:child_process";
 import { routerLogits } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
 import { transposeGate } from "../checkpoint-model.js";
-import { nativeCombineStatus, routerAddon } from "./native-combine.js";
+import { nativeCombineStatus, ROUTER_ADDON_PATH, routerAddon } from "./native-combine.js";
 
 const addon = routerAddon();
 if (!addon && process.env.CI === "true") throw new Error(`router addon not loadable in CI: ${nativeCombineStatus()}`);
@@ -101,6 +102,26 @@ describe.skipIf(!addon)(`native router logits (seed ${seed})`, () => {
     });
     await Promise.all(calls.map((c) => addon!.routerLogitsAsync(c.hidden, c.gt, c.T, c.d, c.E, c.got, 4)));
     for (const c of calls) expect(Buffer.from(c.got.buffer).equals(Buffer.from(c.want.buffer))).toBe(true);
+  });
+
+  it("routerLogitsAsync with one gate thread (a 2-CPU pod: no pool workers, the callers run every panel)", () => {
+    // The pool is made once per process, at its first call: a process of its own, whose first call asks for 1 thread.
+    const script = `
+      const a = require(${JSON.stringify(ROUTER_ADDON_PATH)});
+      const d = 96, E = 72, T = 5;
+      const v = (i) => Math.sin(i * 12.9898) * 3;
+      const x = Float32Array.from({ length: T * d }, (_, i) => v(i));
+      const gt = Float32Array.from({ length: E * d }, (_, i) => v(i + 7));
+      const want = new Float32Array(T * E);
+      a.routerLogits(x, gt, T, d, E, want);
+      const outs = Array.from({ length: 8 }, () => new Float32Array(T * E));
+      Promise.all(outs.map((o) => a.routerLogitsAsync(x, gt, T, d, E, o, 1))).then(() => {
+        const ok = outs.every((o) => Buffer.from(o.buffer).equals(Buffer.from(want.buffer)));
+        process.stdout.write(ok ? "same" : "different");
+      });`;
+    const r = spawnSync(process.execPath, ["-e", script], { encoding: "utf8", timeout: 20_000 });
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toBe("same");
   });
 
   it("routerLogitsAsync checks its arguments before it starts", () => {
