@@ -23,6 +23,7 @@ const ALERTS = [
   "SwitchyardRouterErrorRateHigh",
   "SwitchyardRouterLatencyHigh",
   "SwitchyardRouterSaturated",
+  "SwitchyardWorkerGpuSaturated",
   "SwitchyardWorkerDataPathUnused",
   "SwitchyardOperatorReconcileErrors",
 ];
