@@ -1,4 +1,4 @@
-# Sourced by the H200 end-to-end A/B scripts (h200_multi_gpu.sh, h200_drivers.sh, h200_routers.sh): the shared
+# Sourced by the H200 end-to-end scripts (h200_multi_gpu.sh, h200_routers.sh, h200_final_check.sh, ...): the shared
 # environment, and `e2e_step WORKERS TAG ARGS...`, one run of $family at full size with $conc sequences through
 # bench/h200_e2e.sh (the first run builds the addons, the later ones reuse them). Logs in $OUT.
 set -uo pipefail
@@ -11,4 +11,16 @@ e2e_step() {
   shift 2
   if [ $e2e_first = 1 ]; then unset E2E_NO_SETUP; e2e_first=0; else export E2E_NO_SETUP=1; fi
   E2E_WORKERS=$workers E2E_RUNS=$family:full:$conc E2E_TAG=$tag E2E_ARGS="--verify-threads 2 $*" bash bench/h200_e2e.sh
+}
+# The end-to-end check (router + one cuda worker on the Mixtral-shaped tiny checkpoint, every answer against
+# the reference; the call's first run, so it builds the addons) and the CUDA backend's vitest, after the caller put
+# .carry on PATH. Logs: e2e-tiny-final.log and vitest.log in $OUT.
+tiny_check_and_vitest() {
+  E2E_RUNS=mixtral:tiny E2E_TAG=final bash bench/h200_e2e.sh
+  e2e_first=0
+  tar xzf .carry/test.tgz
+  node node_modules/vitest/vitest.mjs run expert-worker/src/backend expert-worker/src/gpu-tier.test.ts \
+    > $OUT/vitest.log 2>&1
+  echo "vitest rc=$?"
+  grep -E "Test Files|Tests |FAIL|✗|×" $OUT/vitest.log | head
 }

@@ -7,13 +7,7 @@
 # no more): the logs and the profiles' tops.
 source bench/h200_e2e_steps.sh
 export PATH=$PWD/.carry:$PATH
-E2E_RUNS=mixtral:tiny E2E_TAG=final bash bench/h200_e2e.sh
-e2e_first=0
-tar xzf .carry/test.tgz
-node node_modules/vitest/vitest.mjs run expert-worker/src/backend expert-worker/src/gpu-tier.test.ts \
-  > $OUT/vitest.log 2>&1
-echo "vitest rc=$?"
-grep -E "Test Files|Tests |FAIL|✗|×" $OUT/vitest.log | head
+tiny_check_and_vitest
 family=qwen3-moe
 conc=256
 mkdir -p /tmp/prof

@@ -8,13 +8,7 @@
 # then DeepSeek-V3 full (its sigmoid group gate) the same two ways. Logs in $OUT.
 source bench/h200_e2e_steps.sh
 export PATH=$PWD/.carry:$PATH
-E2E_RUNS=mixtral:tiny E2E_TAG=final bash bench/h200_e2e.sh
-e2e_first=0
-tar xzf .carry/test.tgz
-node node_modules/vitest/vitest.mjs run expert-worker/src/backend expert-worker/src/gpu-tier.test.ts \
-  > $OUT/vitest.log 2>&1
-echo "vitest rc=$?"
-grep -E "Test Files|Tests |FAIL|✗|×" $OUT/vitest.log | head
+tiny_check_and_vitest
 export E2E_SECONDS=${E2E_SECONDS:-12}
 family=qwen3-moe
 conc=256

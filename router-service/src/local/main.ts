@@ -596,13 +596,18 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ...ids.map((id): [string, number] => [id, workerPids[id]]),
     ];
     const threadsAt = () => Promise.all(threadPids.map(([, pid]) => cpuByThread(pid)));
+    /** Every worker's /metrics, parsed, as one list of samples. */
+    const workerSamples = async () =>
+      (await Promise.all(ids.map(async (id) => parsePromText(await scrape(id, workerMetricsPorts[id]))))).flat();
+    const total = (rows: { name: string; value: number }[], name: string) =>
+      rows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
+    const GPU_SECONDS = "switchyard_worker_device_compute_duration_seconds_sum";
     // The workers' GPU time so far (warm-up), so the run's GPU busy share counts the load only.
-    const gpuSeconds = async () =>
-      (await Promise.all(ids.map(async (id) => parsePromText(await scrape(id, workerMetricsPorts[id])))))
-        .flat()
-        .filter((r) => r.name === "switchyard_worker_device_compute_duration_seconds_sum")
-        .reduce((a, r) => a + r.value, 0);
-    const [cpu0, threads0, gpu0] = await Promise.all([cpuAt(), threadsAt(), gpuSeconds()]);
+    const [cpu0, threads0, gpu0] = await Promise.all([
+      cpuAt(),
+      threadsAt(),
+      workerSamples().then((rows) => total(rows, GPU_SECONDS)),
+    ]);
     const t0 = performance.now();
     log(
       `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})${o.drivers > 1 ? ` from ${o.drivers} driver threads` : ""}`,
@@ -657,10 +662,8 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     );
     const meanLoad = perWorker.reduce((a, b) => a + b, 0) / perWorker.length;
     const statuses = await Promise.all(workerClients.map(statusOf));
-    const workerRows = (
-      await Promise.all(ids.map(async (id) => parsePromText(await scrape(id, workerMetricsPorts[id]))))
-    ).flat();
-    const wsum = (name: string) => workerRows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
+    const workerRows = await workerSamples();
+    const wsum = (name: string) => total(workerRows, name);
     /** A histogram's mean in milliseconds over every series of it ("-" before its first observation). */
     const meanMs = (total: (name: string) => number, histogram: string) => {
       const n = total(`${histogram}_count`);
@@ -671,7 +674,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     // batch's wait behind another on the GPU and the host's part of the run.
     // The GPU busy share: the batches' GPU time over the load's wall time, per worker (two batches in flight do not
     // overlap in it: a batch's time starts when the stream reaches it).
-    const gpuBusy = (wsum("switchyard_worker_device_compute_duration_seconds_sum") - gpu0) / (wall * ids.length);
+    const gpuBusy = (wsum(GPU_SECONDS) - gpu0) / (wall * ids.length);
     const gpuPart =
       wsum("switchyard_worker_device_compute_duration_seconds_count") > 0
         ? `, ${meanMs(wsum, "switchyard_worker_device_compute_duration_seconds")} of it on the GPU (GPU busy ${(100 * gpuBusy).toFixed(0)}% of the run)`
