@@ -5,8 +5,9 @@
 // experts with the same weights. The one operation that is not the same code is exp: std::exp (libm) here, V8's own
 // Math.exp there. Both are within an ulp of the true double; they differ in the last bit of about 10% of doubles, and
 // every result goes through an fp32 store before it is compared or summed, which agreed on all of 20 M samples in
-// [-40, 20] (2026-11-30, glibc 2.36, Node 20). A difference would need the true value within one double ulp of an fp32
-// rounding midpoint. router-service/src/core/native-gate.test.ts compares the two over every family's gate.
+// [-40, 20] (glibc 2.36, Node 20: bench/exp-agreement/run.sh, bench/results/exp-agreement.json). A difference would
+// need the true value within one double ulp of an fp32 rounding midpoint. router-service/src/core/native-gate.test.ts
+// compares the two over every family's gate.
 #pragma once
 #include <cstdint>
 
