@@ -24,3 +24,16 @@ tiny_check_and_vitest() {
   echo "vitest rc=$?"
   grep -E "Test Files|Tests |FAIL|✗|×" $OUT/vitest.log | head
 }
+# `e2e_pack NAME GLOB`: prints each run's summary lines, then moves the runs' logs (GLOB under $OUT) into one tarball,
+# $OUT/NAME-logs.tgz (the device returns at most 8 files), with whatever $OUT/NAME/ holds already.
+e2e_pack() {
+  local name=$1 glob=$2 f
+  rm -f $OUT/smoke.log $OUT/build.log
+  for f in $OUT/$glob; do
+    echo "== $f"
+    grep -E "^tokens/s|^latency|router time|worker batches|CPU during|router by thread|^OK|FAILED" $f
+  done
+  mkdir -p $OUT/$name && mv $OUT/$glob $OUT/$name/
+  tar czf $OUT/$name-logs.tgz -C $OUT $name && rm -rf $OUT/$name
+  ls $OUT
+}

@@ -155,13 +155,17 @@ export class CheckpointModel implements PoolModel {
    * the router's event loop paid per token in the synchronous call (bench/results/logs/h200-e2e-dsv3-2336-prof/router-top.txt).
    */
   logitsAsync(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Promise<Float32Array> | null {
-    if (tokens * this.hiddenSize * this.experts < ASYNC_GATE_MACS) return null;
+    if (!this.gatesOffLoop(tokens)) return null;
     const g = this.nativeGate(layer, hidden, tokens);
     if (!g) return null;
     const { addon, gateT, out } = g;
     return addon
       .routerLogitsAsync(hidden, gateT, tokens, this.hiddenSize, this.experts, out, GATE_THREADS)
       .then(() => out);
+  }
+
+  gatesOffLoop(tokens: number): boolean {
+    return tokens * this.hiddenSize * this.experts >= ASYNC_GATE_MACS && routerAddon() !== null;
   }
 
   private nativeLogits(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Float32Array | null {

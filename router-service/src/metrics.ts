@@ -60,6 +60,12 @@ export class RouterMetrics {
     },
     this.registry,
   );
+  readonly gateAheadTokens = new Counter({
+    name: "switchyard_router_gate_ahead_tokens_total",
+    help: "Tokens whose gate product started while their request waited for its flush (the rest are gated at the flush).",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
   readonly expertsPerBatch = new HotHistogram(
     {
       name: "switchyard_router_experts_per_batch",
@@ -185,6 +191,7 @@ export class PoolMetrics {
   readonly requestDuration;
   readonly queueWait;
   readonly gateDuration;
+  readonly gateAheadTokens;
   readonly batchTokens;
   readonly dropped;
   readonly expertsPerBatch;
@@ -202,6 +209,7 @@ export class PoolMetrics {
     this.requestDuration = m.requestDuration.labels(l);
     this.queueWait = m.queueWait.labels(l);
     this.gateDuration = m.gateDuration.labels(l);
+    this.gateAheadTokens = m.gateAheadTokens.labels(l);
     this.batchTokens = m.batchTokens.labels(l);
     this.dropped = m.dropped.labels(l);
     this.expertsPerBatch = m.expertsPerBatch.labels(l);

@@ -24,6 +24,11 @@ export interface PoolModel {
    * product too small to be worth a hop to a thread): the caller then calls those.
    */
   logitsAsync?(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Promise<Float32Array> | null;
+  /**
+   * Whether logitsAsync() runs a product of `tokens` tokens off the event loop. The router starts the gate of
+   * requests held behind running flushes early only where it does: on the event loop it would only move the cost.
+   */
+  gatesOffLoop?(tokens: number): boolean;
   /** The family's gating over logits (softmax top-k, sigmoid + group-limited top-k, top-p ...). */
   route(layer: number, logits: Float32Array, tokens: number, gating: GatingPolicy): TokenRouting;
   /**

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PlacementPlan } from "./config.js";
 import type { TokenRouting } from "./core/routing.js";
 import type { PoolModel } from "./model.js";
-import { dedupMinBytes, Router } from "./router.js";
+import { dedupMinBytes, gateAhead, Router } from "./router.js";
 import { type StartedRouter, serveRouter } from "./server.js";
 import { FakeWorker } from "./testing/fake-worker.js";
 
@@ -169,7 +169,7 @@ interface ToyRouter {
 async function startToyRouter(
   workers: FakeWorker[],
   model: PoolModel,
-  o: { transport?: "data" | "grpc" | "dedup"; policy?: unknown } = {},
+  o: { transport?: "data" | "grpc" | "dedup"; policy?: unknown; gateAhead?: boolean } = {},
 ): Promise<ToyRouter> {
   for (const w of workers) await w.start();
   const router = new Router({
@@ -178,6 +178,7 @@ async function startToyRouter(
     // "dedup": the data path, every batch that repeats a token sent deduplicated (the toy rows are too small for
     // the default threshold) and, where the sums are smaller, combined on the worker
     dedupMinBytes: o.transport === "dedup" ? 0 : Number.POSITIVE_INFINITY,
+    ...(o.gateAhead !== undefined ? { gateAhead: o.gateAhead } : {}),
   });
   const setPool = (policy: unknown = o.policy ?? {}, replicas = twoReplicas) =>
     router.setPool({
@@ -935,5 +936,113 @@ describe("dedupMinBytes (SWITCHYARD_ROUTER_DEDUP_MIN_BYTES)", () => {
     expect(dedupMinBytes("off")).toBe(Number.POSITIVE_INFINITY);
     expect(() => dedupMinBytes("-1")).toThrow(/SWITCHYARD_ROUTER_DEDUP_MIN_BYTES/);
     expect(() => dedupMinBytes("lots")).toThrow(/SWITCHYARD_ROUTER_DEDUP_MIN_BYTES/);
+  });
+});
+
+// A gate product that takes GATE_MS (as DeepSeek-V3's does a flush on the H200 host, ~3 ms) keeps a flush running,
+// so the requests that come meanwhile are held behind it (flushesInFlight 1).
+const GATE_MS = 50;
+describe.each([true, false])("router: gates started while requests wait for their flush (gateAhead %s)", (ahead) => {
+  const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: expertFn }));
+  let t: ToyRouter;
+  const calls: { T: number; at: number }[] = [];
+  let failNext = false;
+  const slowGate: PoolModel = {
+    ...toy,
+    gatesOffLoop: () => true,
+    logitsAsync(layer, h, T) {
+      calls.push({ T, at: performance.now() });
+      const fail = failNext;
+      failNext = false;
+      return new Promise((res, rej) =>
+        setTimeout(
+          () => (fail ? rej(new Error("gate failed")) : res(toy.logits(layer, h as Float32Array, T))),
+          GATE_MS,
+        ),
+      );
+    },
+  };
+
+  beforeAll(async () => {
+    t = await startToyRouter(workers, slowGate, {
+      policy: { batching: { maxWaitMs: 1, maxBatchTokens: 1024, flushesInFlight: 1 } },
+      gateAhead: ahead,
+    });
+  });
+  afterAll(() => t?.close());
+
+  const call = (h: Float32Array, T: number) =>
+    new Promise<ForwardResponse>((resolve, reject) =>
+      t.client.forward(
+        { pool: "toy", layer: 0, hidden: encodeTensor(h, [T, D], DType.FLOAT32), gate: undefined, requestId: 0n },
+        new Metadata(),
+        { deadline: Date.now() + 5000 },
+        (e, r) => (e ? reject(fromGrpcError(e)) : resolve(r)),
+      ),
+    );
+  const firstGateStarted = async () => {
+    while (calls.length === 0) await new Promise((r) => setTimeout(r, 1));
+  };
+  const aheadTokens = async () => {
+    const text = await (await fetch(`http://127.0.0.1:${t.served.metricsPort}/metrics`)).text();
+    const m = text.match(/^switchyard_router_gate_ahead_tokens_total\{pool="toy"\} (\d+)/m);
+    return m ? Number(m[1]) : 0;
+  };
+
+  it(
+    !ahead
+      ? "gates queued requests at their flush, after the wait"
+      : "gates queued requests while they wait (held too), same answers",
+    async () => {
+      calls.length = 0;
+      const before = await aheadTokens();
+      const first = hidden(2, 900);
+      const firstReply = call(first, 2);
+      await firstGateStarted(); // the first flush is gating: what comes now is held
+      const sizes = [1, 3, 2];
+      const hs = sizes.map((T, i) => hidden(T, 910 + i));
+      const replies = await Promise.all(hs.map((h, i) => call(h, sizes[i])));
+      const r0 = await firstReply;
+      expect(
+        maxRelErr(bytesToFloat32(r0.hidden!.data, DType.FLOAT32, true), reference(0, first, 2)),
+      ).toBeLessThanOrEqual(1e-6);
+      for (const [i, r] of replies.entries()) {
+        expect(r.error).toBeUndefined();
+        expect(
+          maxRelErr(bytesToFloat32(r.hidden!.data, DType.FLOAT32, true), reference(0, hs[i], sizes[i])),
+        ).toBeLessThanOrEqual(1e-6);
+      }
+      // every token gated once: the first flush's 2, then the held 6 (ahead in one or more products, or at their flush)
+      expect(calls.reduce((n, c) => n + c.T, 0)).toBe(8);
+      // the first flush's gate resolves GATE_MS after it started: ahead, the held requests' gate starts before that
+      const startedDuringFirst = calls.slice(1).filter((c) => c.at < calls[0].at + GATE_MS);
+      const gatedAhead = (await aheadTokens()) - before;
+      // ahead: the first request's gate too, during its maxWait
+      expect(gatedAhead).toBe(ahead ? 8 : 0);
+      expect(startedDuringFirst.reduce((n, c) => n + c.T, 0)).toBe(ahead ? 6 : 0);
+    },
+  );
+
+  it("fails only the held requests whose gate failed, naming the cause, and answers the rest", async () => {
+    calls.length = 0;
+    const firstReply = call(hidden(1, 920), 1);
+    await firstGateStarted();
+    failNext = true; // the next gate product: ahead, the held request's; else the flush's of it
+    const held = await Promise.allSettled([call(hidden(2, 921), 2)]);
+    expect((await firstReply).error).toBeUndefined();
+    expect(held[0].status).toBe("rejected");
+    expect(String((held[0] as PromiseRejectedResult).reason)).toMatch(/gate failed/);
+    const after = await call(hidden(1, 922), 1); // the pool still serves
+    expect(after.error).toBeUndefined();
+  });
+});
+
+describe("gateAhead (SWITCHYARD_ROUTER_GATE_AHEAD)", () => {
+  it("is on by default, takes on or off, and names the variable otherwise", () => {
+    expect(gateAhead(undefined)).toBe(true);
+    expect(gateAhead("")).toBe(true);
+    expect(gateAhead("on")).toBe(true);
+    expect(gateAhead("off")).toBe(false);
+    expect(() => gateAhead("queued")).toThrow(/SWITCHYARD_ROUTER_GATE_AHEAD/);
   });
 });

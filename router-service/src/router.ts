@@ -66,6 +66,12 @@ interface Item {
    * tokens in one gate product (gateAtFlush), and `routing` / `slots` / `weights` / `locations` are filled in then.
    */
   pendingGate: PendingGate | null;
+  /**
+   * The gate product that covers this item once started: ahead of the flush while the request waits in the batcher
+   * (startGateAhead), else by the flush itself. The flush awaits it; one started ahead never rejects (it
+   * fails its own items).
+   */
+  gateJob: Promise<void> | null;
   routing: TokenRouting;
   slots: number;
   weights: Float32Array;
@@ -158,6 +164,12 @@ function setRouting(it: Item, r: TokenRouting): void {
   it.locations = new Int32Array(it.tokens * r.slots * 2).fill(-1);
 }
 
+/** Queued requests whose gate has not started yet, per batcher key (startGateAhead). */
+interface AheadQueue {
+  items: Item[];
+  timer: NodeJS.Immediate | null;
+}
+
 class Pool {
   conns: WorkerConn[] = [];
   replicas: number[][][] = [];
@@ -166,6 +178,7 @@ class Pool {
   planVersion = 0;
   pendingTokens = 0;
   readonly batcher: Batcher<Item, number>;
+  readonly ahead = new Map<number, AheadQueue>();
   readonly signals: PrometheusSignals;
 
   constructor(
@@ -174,8 +187,13 @@ class Pool {
     public policy: RoutingPolicy,
     readonly metrics: PoolMetrics,
     flush: (pool: Pool, items: Item[]) => Promise<void>,
+    queued: (pool: Pool, key: number, item: Item) => void,
   ) {
-    this.batcher = new Batcher<Item, number>(policy.batching, (_k, items) => flush(this, items));
+    this.batcher = new Batcher<Item, number>(
+      policy.batching,
+      (_k, items) => flush(this, items),
+      (k, item) => queued(this, k, item),
+    );
     this.signals = new PrometheusSignals(policy.loadSignals, name);
     this.signals.start();
   }
@@ -236,6 +254,11 @@ export interface RouterOptions {
    * SWITCHYARD_ROUTER_DEDUP_MIN_BYTES, else 256 KiB. Infinity: never.
    */
   dedupMinBytes?: number;
+  /**
+   * Whether a queued request that came with hidden states only has its gate started while it waits for its flush
+   * (startGateAhead), or at the flush. Default SWITCHYARD_ROUTER_GATE_AHEAD, else true.
+   */
+  gateAhead?: boolean;
 }
 
 export class Router {
@@ -244,12 +267,14 @@ export class Router {
   private readonly statusIntervalMs: number;
   private readonly workerTransport: WorkerTransport;
   private readonly dedupMinBytes: number;
+  private readonly gateAhead: boolean;
 
   constructor(o: RouterOptions = {}) {
     this.metrics = o.metrics ?? new RouterMetrics();
     this.statusIntervalMs = o.statusIntervalMs ?? 1000;
     this.workerTransport = o.workerTransport ?? "auto";
     this.dedupMinBytes = o.dedupMinBytes ?? dedupMinBytes(process.env.SWITCHYARD_ROUTER_DEDUP_MIN_BYTES);
+    this.gateAhead = o.gateAhead ?? gateAhead(process.env.SWITCHYARD_ROUTER_GATE_AHEAD);
   }
 
   /** One Status poll of every worker of `pool` now (tests and benchmarks that run without periodic polls). */
@@ -289,7 +314,16 @@ export class Router {
     validatePlan(s.plan, s.model, s.name);
     let p = this.pools.get(s.name);
     if (!p) {
-      p = new Pool(s.name, s.model, s.policy, this.metrics.forPool(s.name), (pool, items) => this.flush(pool, items));
+      p = new Pool(
+        s.name,
+        s.model,
+        s.policy,
+        this.metrics.forPool(s.name),
+        (pool, items) => this.flush(pool, items),
+        (pool, key, item) => {
+          if (this.gateAhead) this.startGateAhead(pool, key, item);
+        },
+      );
       this.pools.set(s.name, p);
     } else {
       p.model = s.model;
@@ -408,6 +442,7 @@ export class Router {
           sharedInput,
           sharedOut: null,
           pendingGate,
+          gateJob: null,
           routing,
           slots: routing.slots,
           weights: routing.weights,
@@ -459,51 +494,108 @@ export class Router {
   /**
    * Gates the flush's requests that came with hidden states only, in one gate product over all their tokens: the
    * native gate reads each panel of the gate's weights once for every token of the call (router-service/native/
-   * src/logits.cc), so a flush of 20 decode tokens reads DeepSeek-V3's 7.3 MB gate once instead of 20 times; off the
-   * event loop where the product is large enough (logitsAsync). bf16 rows go as they came where the model takes
-   * them, else widened. A request whose routing fails is rejected alone.
+   * src/logits.cc), so a flush of 20 decode tokens reads DeepSeek-V3's 7.3 MB gate once instead of 20 times. Requests
+   * whose gate started ahead of the flush (gateAhead) are awaited, not gated again.
    */
   private async gateAtFlush(p: Pool, layer: number, items: Item[]): Promise<void> {
-    const m = p.model;
-    const pending = items.filter((i) => i.pendingGate && !i.done);
-    if (pending.length === 0) return;
+    const own: Item[] = [];
+    const ahead: Promise<void>[] = [];
+    for (const it of items) {
+      if (!it.pendingGate || it.done) continue;
+      if (it.gateJob === null) own.push(it);
+      else if (!ahead.includes(it.gateJob)) ahead.push(it.gateJob);
+    }
+    if (own.length === 0 && ahead.length === 0) return;
     const started = performance.now();
     try {
-      const d = m.hiddenSize;
-      let T = 0;
-      for (const it of pending) T += it.tokens;
-      const bf16 = m.logitsBf16 !== undefined && pending.every((i) => i.dtype === DType.BFLOAT16);
-      const x = bf16 ? concatBf16(pending, T, d) : concatF32(pending, T, d);
-      const job = m.logitsAsync?.(layer, x, T);
-      let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
-      logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
-      const E = m.experts;
-      // The whole flush in one gate call (a native gate's call costs ~1.5 us, a decode request's whole selection at
-      // Mixtral); each request takes its rows. If it fails (a NaN in some request's hidden states), each request is
-      // gated alone, so that only the bad one is rejected.
-      let all: TokenRouting | null = null;
-      try {
-        all = m.route(layer, logits, T, p.policy.gating);
-      } catch {
-        all = null;
-      }
-      let t0 = 0;
-      for (const it of pending) {
-        const own = logits.subarray(t0 * E, (t0 + it.tokens) * E);
-        const rows = all ? routingRows(all, t0, it.tokens, E) : null;
-        t0 += it.tokens;
-        if (it.done) continue; // its deadline passed while the gate ran
-        const g = it.pendingGate as PendingGate;
-        try {
-          const gated = rows ?? m.route(layer, own, it.tokens, p.policy.gating);
-          setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
-          it.pendingGate = null;
-        } catch (e) {
-          this.finish(p, it, e);
-        }
-      }
+      const mine = own.length > 0 ? this.gateItems(p, layer, own) : null;
+      for (const it of own) it.gateJob = mine;
+      if (ahead.length === 0) await mine;
+      else await Promise.all(mine ? [mine, ...ahead] : ahead);
     } finally {
       p.metrics.gateDuration.observe((performance.now() - started) / 1000);
+    }
+  }
+
+  /**
+   * Starts the gate of a queued request (Batcher onQueued) with the others of its key queued in the same turn of the
+   * event loop: the product then runs on the gate's threads while the request waits (maxWait, or held behind running
+   * flushes), where at the flush it came after the wait. Only where the model takes the product off the event loop:
+   * there the loop pays nothing more than at the flush; requests too few for that are left to the flush. The price
+   * is smaller products (the gate's weights are read once per product, not once per flush): DeepSeek-V3 full on the
+   * H200, the router's CPU 2.56-2.62 cores against 2.30-2.38, for a flush's gate wait of 2.27-2.59 ms against
+   * 3.06-3.44 and a router p50 of 12.63-13.46 ms against 13.57-14.35 (bench/results/h200-moe.md). Gating only the
+   * requests held behind running flushes did not pay: the flush still gated the rest after the wait.
+   */
+  private startGateAhead(p: Pool, key: number, item: Item): void {
+    if (item.pendingGate === null || !p.model.gatesOffLoop) return;
+    let q = p.ahead.get(key);
+    if (!q) {
+      q = { items: [], timer: null };
+      p.ahead.set(key, q);
+    }
+    q.items.push(item);
+    if (q.timer !== null) return;
+    const queue = q;
+    const fire = () => {
+      queue.timer = null;
+      // The flush may have taken some already (it gates them itself), or their deadline passed.
+      const chunk = queue.items.filter((i) => i.pendingGate !== null && !i.done && i.gateJob === null);
+      let T = 0;
+      for (const i of chunk) T += i.tokens;
+      if (chunk.length === 0 || !p.model.gatesOffLoop?.(T)) {
+        queue.items = chunk; // too few tokens yet: the next queued request may make enough
+        return;
+      }
+      queue.items = [];
+      const job = this.gateItems(p, chunk[0].layer, chunk).catch((e) => {
+        for (const i of chunk) this.finish(p, i, e);
+      });
+      for (const i of chunk) i.gateJob = job;
+      p.metrics.gateAheadTokens.inc(T);
+    };
+    queue.timer = setImmediate(fire);
+  }
+
+  /**
+   * One gate product over the items' tokens (off the event loop where the product is large enough: logitsAsync),
+   * then their routing. bf16 rows go as they came where the model takes them, else widened. A request whose routing
+   * fails is rejected alone.
+   */
+  private async gateItems(p: Pool, layer: number, pending: Item[]): Promise<void> {
+    const m = p.model;
+    const d = m.hiddenSize;
+    let T = 0;
+    for (const it of pending) T += it.tokens;
+    const bf16 = m.logitsBf16 !== undefined && pending.every((i) => i.dtype === DType.BFLOAT16);
+    const x = bf16 ? concatBf16(pending, T, d) : concatF32(pending, T, d);
+    const job = m.logitsAsync?.(layer, x, T);
+    let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
+    logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
+    const E = m.experts;
+    // The whole call in one gate selection (a native gate's call costs ~1.5 us, a decode request's whole selection
+    // at Mixtral); each request takes its rows. If it fails (a NaN in some request's hidden states), each request is
+    // gated alone, so that only the bad one is rejected.
+    let all: TokenRouting | null = null;
+    try {
+      all = m.route(layer, logits, T, p.policy.gating);
+    } catch {
+      all = null;
+    }
+    let t0 = 0;
+    for (const it of pending) {
+      const own = logits.subarray(t0 * E, (t0 + it.tokens) * E);
+      const rows = all ? routingRows(all, t0, it.tokens, E) : null;
+      t0 += it.tokens;
+      if (it.done) continue; // its deadline passed while the gate ran
+      const g = it.pendingGate as PendingGate;
+      try {
+        const gated = rows ?? m.route(layer, own, it.tokens, p.policy.gating);
+        setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
+        it.pendingGate = null;
+      } catch (e) {
+        this.finish(p, it, e);
+      }
     }
   }
 
@@ -864,6 +956,13 @@ export function dedupMinBytes(raw: string | undefined): number {
   if (!Number.isInteger(n) || n < 0)
     throw new Error(`SWITCHYARD_ROUTER_DEDUP_MIN_BYTES: expected a byte count >= 0 or "off", got "${raw}"`);
   return n;
+}
+
+/** SWITCHYARD_ROUTER_GATE_AHEAD ("on", the default, or "off"): RouterOptions.gateAhead. */
+export function gateAhead(raw: string | undefined): boolean {
+  if (raw === undefined || raw === "" || raw === "on") return true;
+  if (raw === "off") return false;
+  throw new Error(`SWITCHYARD_ROUTER_GATE_AHEAD: expected "on" or "off", got "${raw}"`);
 }
 
 /** Stride of an (item, token) key: tokens per request stay far below it. */

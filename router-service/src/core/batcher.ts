@@ -5,6 +5,8 @@
 // queue behind them on the workers; held here it grows, and it leaves the moment one of them completes. A hold never
 // outlasts HOLD_CAP_MS, and every request still has its own deadline timer in the router. Below that limit the
 // usual maxWait applies.
+// Each request that stays queued is also reported (onQueued): the router starts its gate product then, so that the
+// gate overlaps the wait instead of following it.
 // The flush callback then regroups the merged tokens by expert (plan-flush.ts). With batching disabled every
 // request flushes alone, at once: the baseline the batching speedup is measured against.
 
@@ -44,6 +46,8 @@ export class Batcher<T extends Batchable, K = string> {
   constructor(
     private options: BatcherOptions,
     private readonly flush: (key: K, items: T[]) => void | Promise<void>,
+    /** Told of each request that stays queued (held, or waiting for maxWait or more tokens), not of one sent at once. */
+    private readonly onQueued?: (key: K, item: T) => void,
   ) {}
 
   setOptions(options: BatcherOptions): void {
@@ -88,6 +92,7 @@ export class Batcher<T extends Batchable, K = string> {
       if (q.held) q.timer = setTimeout(fire, Math.max(HOLD_CAP_MS, this.options.maxWaitMs));
       else q.timer = this.options.maxWaitMs <= 0 ? setImmediate(fire) : setTimeout(fire, this.options.maxWaitMs);
     }
+    this.onQueued?.(key, item);
   }
 
   private get inFlight(): number {

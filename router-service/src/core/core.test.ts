@@ -381,6 +381,32 @@ describe("Batcher", () => {
     expect(flushed.at(-1)).toEqual([5]);
   });
 
+  it("reports each request that stays queued (onQueued), held or not, and none that leaves at once", async () => {
+    vi.useFakeTimers();
+    const queued: number[] = [];
+    const finish: (() => void)[] = [];
+    const b = new Batcher<{ tokens: number; enqueuedAt: number; id: number }>(
+      { enabled: true, maxBatchTokens: 100, maxWaitMs: 2 },
+      () =>
+        new Promise<void>((r) => {
+          finish.push(r);
+        }),
+      (_k, item) => queued.push(item.id),
+    );
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 }); // idle: waits maxWait, not held
+    vi.advanceTimersByTime(2);
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 2 }); // [1] runs: held
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 3 }); // joins the held queue
+    b.add("other", { tokens: 1, enqueuedAt: 0, id: 9 }); // another key is not held
+    expect(queued).toEqual([1, 2, 3, 9]);
+    b.add("big", { tokens: 100, enqueuedAt: 0, id: 5 }); // flushes at once (maxBatchTokens): not reported
+    expect(queued).toEqual([1, 2, 3, 9]);
+    finish[0]();
+    await vi.advanceTimersByTimeAsync(0); // [2, 3] leave; one running again
+    b.add("k", { tokens: 1, enqueuedAt: 0, id: 4 });
+    expect(queued).toEqual([1, 2, 3, 9, 4]);
+  });
+
   it("raising flushesInFlight frees requests held behind a running flush at once", async () => {
     const { b, flushed } = openFlushes({}); // no flush is finished here
     b.add("k", { tokens: 1, enqueuedAt: 0, id: 1 });

@@ -669,6 +669,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       const n = total(`${histogram}_count`);
       return n > 0 ? ((1000 * total(`${histogram}_sum`)) / n).toFixed(2) : "-";
     };
+    const pct = (part: number, whole: number) => (whole > 0 ? `${((100 * part) / whole).toFixed(0)}%` : "-");
     const workerBatches = wsum("switchyard_worker_batch_tokens_count");
     // CUDA workers time each batch on the GPU too (events on the compute stream): "computing" less that is the
     // batch's wait behind another on the GPU and the host's part of the run.
@@ -739,7 +740,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       // Where a forward's time in the router goes (means): what bounds a run shows here before any profile.
       [
         "router time (means)",
-        `${meanMs(sum, "switchyard_router_queue_wait_seconds")} ms queued for a flush, ${meanMs(sum, "switchyard_router_gate_duration_seconds")} ms gating a flush, ${meanMs(sum, "switchyard_router_dispatch_duration_seconds")} ms per worker batch round trip`,
+        `${meanMs(sum, "switchyard_router_queue_wait_seconds")} ms queued for a flush, ${meanMs(sum, "switchyard_router_gate_duration_seconds")} ms gating a flush (${pct(sum("switchyard_router_gate_ahead_tokens_total"), sum("switchyard_router_tokens_total"))} of the tokens gated ahead, while queued), ${meanMs(sum, "switchyard_router_dispatch_duration_seconds")} ms per worker batch round trip`,
       ],
       [
         "worker batches",
