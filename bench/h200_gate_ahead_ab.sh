@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On one H200 (kind nvidia-h200), from the repo root, with .carry/node.xz and .carry/e2e.tgz (bench/h200_pack_e2e.sh):
 # the router's gate started while requests wait for their flush (SWITCHYARD_ROUTER_GATE_AHEAD=on, the default;
-# router.ts startGateAhead) against the gate at the flush (off), timed in turn: first the end-to-end check
+# router-service/src/flush-gate.ts FlushGate.startAhead) against the gate at the flush (off), timed in turn: first the end-to-end check
 # (router + one cuda worker on the tiny Mixtral-shaped checkpoint, every answer against the reference; SKIP_TINY=1
 # leaves it out), then DeepSeek-V3 full (FAMILY), 128 sequences (CONC), one router, one worker, six driver threads, in
 # the order on / off / off / on (GATE_AHEAD_RUNS to change it), E2E_SECONDS each. Logs: one tarball

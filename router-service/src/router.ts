@@ -28,6 +28,7 @@ import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
 import { type Assignment, collectAssignments, type TokenRouting, withSharedSlices } from "./core/routing.js";
 import { WorkerConn, type WorkerTransport } from "./dispatch/worker-conn.js";
+import { FlushGate, type GateItem, type PendingGate, UNGATED } from "./flush-gate.js";
 import { type PoolMetrics, RouterMetrics } from "./metrics.js";
 import type { PoolModel } from "./model.js";
 import { PrometheusSignals } from "./signals/prometheus.js";
@@ -51,31 +52,12 @@ export interface PoolSetup {
   policy: RoutingPolicy;
 }
 
-interface Item {
-  tokens: number;
+/** A queued request: what its gate fills in (GateItem), and what the flush, the dispatch and the combine need. */
+interface Item extends GateItem {
   enqueuedAt: number;
-  layer: number;
-  dtype: DType;
-  /** Raw hidden rows in the request dtype, [tokens, d]. */
-  hidden: Uint8Array;
   /** fp32 hidden for the shared expert (null when the model has none). */
   sharedInput: Float32Array | null;
   sharedOut: Float32Array | null;
-  /**
-   * Set while the gate is still to be computed from the hidden states: that happens at the flush, for all of its
-   * tokens in one gate product (gateAtFlush), and `routing` / `slots` / `weights` / `locations` are filled in then.
-   */
-  pendingGate: PendingGate | null;
-  /**
-   * The gate product that covers this item once started: ahead of the flush while the request waits in the batcher
-   * (startGateAhead), else by the flush itself. The flush awaits it; one started ahead never rejects (it
-   * fails its own items).
-   */
-  gateJob: Promise<void> | null;
-  routing: TokenRouting;
-  slots: number;
-  weights: Float32Array;
-  locations: Int32Array;
   results: (Float32Array | Uint16Array | Uint8Array)[];
   /** Workers' sums of this item's tokens (combined batches): added to the shared expert's rows at the combine. */
   partials: Partial[] | null;
@@ -135,41 +117,6 @@ function baseWithPartials(it: Item, d: number): Float32Array | null {
   return acc;
 }
 
-/** What forward() knew of a request whose gate runs at the flush. */
-interface PendingGate {
-  /** The shared expert's slices go on the workers (withSharedSlices), with this per-token scale (null: weight 1). */
-  slices: boolean;
-  sharedScale: Float32Array | null;
-}
-
-/** The routing of an item whose gate has not run yet (no slots: nothing to place or combine). */
-const UNGATED: TokenRouting = { tokens: 0, slots: 0, experts: new Int32Array(0), weights: new Float32Array(0) };
-
-/** Tokens [t0, t0 + tokens) of a routing, as views of its arrays. */
-function routingRows(r: TokenRouting, t0: number, tokens: number, experts: number): TokenRouting {
-  const k = r.slots;
-  return {
-    tokens,
-    slots: k,
-    experts: r.experts.subarray(t0 * k, (t0 + tokens) * k),
-    weights: r.weights.subarray(t0 * k, (t0 + tokens) * k),
-    ranking: r.ranking?.subarray(t0 * experts, (t0 + tokens) * experts),
-  };
-}
-
-function setRouting(it: Item, r: TokenRouting): void {
-  it.routing = r;
-  it.slots = r.slots;
-  it.weights = r.weights;
-  it.locations = new Int32Array(it.tokens * r.slots * 2).fill(-1);
-}
-
-/** Queued requests whose gate has not started yet, per batcher key (startGateAhead). */
-interface AheadQueue {
-  items: Item[];
-  timer: NodeJS.Immediate | null;
-}
-
 class Pool {
   conns: WorkerConn[] = [];
   replicas: number[][][] = [];
@@ -178,7 +125,7 @@ class Pool {
   planVersion = 0;
   pendingTokens = 0;
   readonly batcher: Batcher<Item, number>;
-  readonly ahead = new Map<number, AheadQueue>();
+  readonly gate: FlushGate<Item>;
   readonly signals: PrometheusSignals;
 
   constructor(
@@ -187,12 +134,20 @@ class Pool {
     public policy: RoutingPolicy,
     readonly metrics: PoolMetrics,
     flush: (pool: Pool, items: Item[]) => Promise<void>,
-    queued: (pool: Pool, key: number, item: Item) => void,
+    fail: (pool: Pool, item: Item, err: unknown) => void,
+    gateAhead: boolean,
   ) {
+    this.gate = new FlushGate<Item>({
+      model: () => this.model,
+      gating: () => this.policy.gating,
+      gateDuration: metrics.gateDuration,
+      gateAheadTokens: metrics.gateAheadTokens,
+      fail: (item, err) => fail(this, item, err),
+    });
     this.batcher = new Batcher<Item, number>(
       policy.batching,
       (_k, items) => flush(this, items),
-      (k, item) => queued(this, k, item),
+      gateAhead ? (k, item) => this.gate.startAhead(k, item) : undefined,
     );
     this.signals = new PrometheusSignals(policy.loadSignals, name);
     this.signals.start();
@@ -256,7 +211,7 @@ export interface RouterOptions {
   dedupMinBytes?: number;
   /**
    * Whether a queued request that came with hidden states only has its gate started while it waits for its flush
-   * (startGateAhead), or at the flush. Default SWITCHYARD_ROUTER_GATE_AHEAD, else true.
+   * (FlushGate.startAhead), or at the flush. Default SWITCHYARD_ROUTER_GATE_AHEAD, else true.
    */
   gateAhead?: boolean;
 }
@@ -320,9 +275,8 @@ export class Router {
         s.policy,
         this.metrics.forPool(s.name),
         (pool, items) => this.flush(pool, items),
-        (pool, key, item) => {
-          if (this.gateAhead) this.startGateAhead(pool, key, item);
-        },
+        (pool, item, err) => this.finish(pool, item, err),
+        this.gateAhead,
       );
       this.pools.set(s.name, p);
     } else {
@@ -422,7 +376,7 @@ export class Router {
       const onWorkers = withShared && p.sharedLayers.has(req.layer) && p.slicesServed(req.layer);
       const sharedScale = onWorkers ? (m.sharedScale?.(req.layer, hidden32, T) ?? null) : null;
       // A gate from the hidden states waits for the flush: one product for every token of it reads the gate's
-      // weights once (7.3 MB at DeepSeek-V3), where one a request read them per token (gateAtFlush).
+      // weights once (7.3 MB at DeepSeek-V3), where one a request read them per token (FlushGate.atFlush).
       const pendingGate: PendingGate | null = req.gate === undefined ? { slices: onWorkers, sharedScale } : null;
       const gated = pendingGate ? UNGATED : this.gate(p, req, T);
       const routing =
@@ -491,114 +445,6 @@ export class Router {
     return m.route(req.layer, logits, T, p.policy.gating);
   }
 
-  /**
-   * Gates the flush's requests that came with hidden states only, in one gate product over all their tokens: the
-   * native gate reads each panel of the gate's weights once for every token of the call (router-service/native/
-   * src/logits.cc), so a flush of 20 decode tokens reads DeepSeek-V3's 7.3 MB gate once instead of 20 times. Requests
-   * whose gate started ahead of the flush (gateAhead) are awaited, not gated again.
-   */
-  private async gateAtFlush(p: Pool, layer: number, items: Item[]): Promise<void> {
-    const own: Item[] = [];
-    const ahead: Promise<void>[] = [];
-    for (const it of items) {
-      if (!it.pendingGate || it.done) continue;
-      if (it.gateJob === null) own.push(it);
-      else if (!ahead.includes(it.gateJob)) ahead.push(it.gateJob);
-    }
-    if (own.length === 0 && ahead.length === 0) return;
-    const started = performance.now();
-    try {
-      const mine = own.length > 0 ? this.gateItems(p, layer, own) : null;
-      for (const it of own) it.gateJob = mine;
-      if (ahead.length === 0) await mine;
-      else await Promise.all(mine ? [mine, ...ahead] : ahead);
-    } finally {
-      p.metrics.gateDuration.observe((performance.now() - started) / 1000);
-    }
-  }
-
-  /**
-   * Starts the gate of a queued request (Batcher onQueued) with the others of its key queued in the same turn of the
-   * event loop: the product then runs on the gate's threads while the request waits (maxWait, or held behind running
-   * flushes), where at the flush it came after the wait. Only where the model takes the product off the event loop:
-   * there the loop pays nothing more than at the flush; requests too few for that are left to the flush. The price
-   * is smaller products (the gate's weights are read once per product, not once per flush): DeepSeek-V3 full on the
-   * H200, the router's CPU 2.56-2.62 cores against 2.30-2.38, for a flush's gate wait of 2.27-2.59 ms against
-   * 3.06-3.44 and a router p50 of 12.63-13.46 ms against 13.57-14.35 (bench/results/h200-moe.md). Gating only the
-   * requests held behind running flushes did not pay: the flush still gated the rest after the wait.
-   */
-  private startGateAhead(p: Pool, key: number, item: Item): void {
-    if (item.pendingGate === null || !p.model.gatesOffLoop) return;
-    let q = p.ahead.get(key);
-    if (!q) {
-      q = { items: [], timer: null };
-      p.ahead.set(key, q);
-    }
-    q.items.push(item);
-    if (q.timer !== null) return;
-    const queue = q;
-    const fire = () => {
-      queue.timer = null;
-      // The flush may have taken some already (it gates them itself), or their deadline passed.
-      const chunk = queue.items.filter((i) => i.pendingGate !== null && !i.done && i.gateJob === null);
-      let T = 0;
-      for (const i of chunk) T += i.tokens;
-      if (chunk.length === 0 || !p.model.gatesOffLoop?.(T)) {
-        queue.items = chunk; // too few tokens yet: the next queued request may make enough
-        return;
-      }
-      queue.items = [];
-      const job = this.gateItems(p, chunk[0].layer, chunk).catch((e) => {
-        for (const i of chunk) this.finish(p, i, e);
-      });
-      for (const i of chunk) i.gateJob = job;
-      p.metrics.gateAheadTokens.inc(T);
-    };
-    queue.timer = setImmediate(fire);
-  }
-
-  /**
-   * One gate product over the items' tokens (off the event loop where the product is large enough: logitsAsync),
-   * then their routing. bf16 rows go as they came where the model takes them, else widened. A request whose routing
-   * fails is rejected alone.
-   */
-  private async gateItems(p: Pool, layer: number, pending: Item[]): Promise<void> {
-    const m = p.model;
-    const d = m.hiddenSize;
-    let T = 0;
-    for (const it of pending) T += it.tokens;
-    const bf16 = m.logitsBf16 !== undefined && pending.every((i) => i.dtype === DType.BFLOAT16);
-    const x = bf16 ? concatBf16(pending, T, d) : concatF32(pending, T, d);
-    const job = m.logitsAsync?.(layer, x, T);
-    let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
-    logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
-    const E = m.experts;
-    // The whole call in one gate selection (a native gate's call costs ~1.5 us, a decode request's whole selection
-    // at Mixtral); each request takes its rows. If it fails (a NaN in some request's hidden states), each request is
-    // gated alone, so that only the bad one is rejected.
-    let all: TokenRouting | null = null;
-    try {
-      all = m.route(layer, logits, T, p.policy.gating);
-    } catch {
-      all = null;
-    }
-    let t0 = 0;
-    for (const it of pending) {
-      const own = logits.subarray(t0 * E, (t0 + it.tokens) * E);
-      const rows = all ? routingRows(all, t0, it.tokens, E) : null;
-      t0 += it.tokens;
-      if (it.done) continue; // its deadline passed while the gate ran
-      const g = it.pendingGate as PendingGate;
-      try {
-        const gated = rows ?? m.route(layer, own, it.tokens, p.policy.gating);
-        setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
-        it.pendingGate = null;
-      } catch (e) {
-        this.finish(p, it, e);
-      }
-    }
-  }
-
   private finish(p: Pool, item: Item, err: unknown | null, res?: ForwardResponse): void {
     if (item.done) return;
     item.done = true;
@@ -631,7 +477,7 @@ export class Router {
     }
     p.metrics.batchTokens.observe(batchTokens);
     try {
-      await this.gateAtFlush(p, layer, items);
+      await p.gate.atFlush(layer, items);
       // The router computes the shared expert for these: read it from the checkpoint the first time.
       if (m.loadShared && items.some((i) => i.sharedInput && !i.done)) {
         try {
@@ -1062,50 +908,6 @@ function sharedForFlush(m: PoolModel, layer: number, items: Item[]): Promise<voi
   });
   done.catch(() => {}); // observed by the flush's await when it gets there
   return done;
-}
-
-/**
- * A Uint16Array over bf16 bytes: a view where they sit at an even offset, else an aligned copy (a protobuf field's
- * bytes often start at an odd one; a copy of the bits is still cheaper than widening them).
- */
-function u16(b: Uint8Array): Uint16Array {
-  if (b.byteOffset % 2 === 0) return new Uint16Array(b.buffer, b.byteOffset, b.byteLength >> 1);
-  const c = new Uint8Array(b.byteLength);
-  c.set(b);
-  return new Uint16Array(c.buffer, 0, b.byteLength >> 1);
-}
-
-/** The items' bf16 rows one after another (a view of the only one's where it can be). */
-function concatBf16(items: Item[], T: number, d: number): Uint16Array {
-  if (items.length === 1) return u16(items[0].hidden);
-  const x = new Uint16Array(T * d);
-  // bytes to bytes: a request's rows often sit at an odd offset of its message, where a Uint16Array view would need
-  // a copy of its own first (292 ms of a 12 s Qwen3 load in the 02:54 profile)
-  const bytes = new Uint8Array(x.buffer);
-  let off = 0;
-  for (const it of items) {
-    bytes.set(it.hidden.subarray(0, it.tokens * d * 2), off);
-    off += it.tokens * d * 2;
-  }
-  return x;
-}
-
-/** The items' rows as fp32, one after another (a view of the only one's where it came as aligned fp32). */
-function concatF32(items: Item[], T: number, d: number): Float32Array {
-  if (items.length === 1) return hiddenAsF32(items[0], d);
-  const x = new Float32Array(T * d);
-  let off = 0;
-  for (const it of items) {
-    x.set(hiddenAsF32(it, d), off);
-    off += it.tokens * d;
-  }
-  return x;
-}
-
-/** An item's hidden rows as fp32 (a view when they came as aligned fp32). */
-function hiddenAsF32(it: Item, d: number): Float32Array {
-  const data = Buffer.from(it.hidden.buffer, it.hidden.byteOffset, it.hidden.byteLength); // a view, not a copy
-  return decodeTensor({ dtype: it.dtype, shape: [it.tokens, d], data }, "hidden").values as Float32Array;
 }
 
 interface HiddenView {
