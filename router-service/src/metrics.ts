@@ -210,6 +210,9 @@ export class PoolMetrics {
     this.queueWait = m.queueWait.labels(l);
     this.gateDuration = m.gateDuration.labels(l);
     this.gateAheadTokens = m.gateAheadTokens.labels(l);
+    // A series from the start (0 where the gate never runs ahead: small gates, or SWITCHYARD_ROUTER_GATE_AHEAD=off),
+    // so the dashboard's share reads 0 rather than no data.
+    this.gateAheadTokens.inc(0);
     this.batchTokens = m.batchTokens.labels(l);
     this.dropped = m.dropped.labels(l);
     this.expertsPerBatch = m.expertsPerBatch.labels(l);

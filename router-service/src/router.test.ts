@@ -578,6 +578,7 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
       "switchyard_router_request_duration_seconds",
       "switchyard_router_queue_wait_seconds",
       "switchyard_router_gate_duration_seconds",
+      "switchyard_router_gate_ahead_tokens_total",
       "switchyard_router_experts_per_batch",
       "switchyard_router_tokens_per_expert_call",
       "switchyard_router_batch_tokens",

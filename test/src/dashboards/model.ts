@@ -428,12 +428,27 @@ export const DASHBOARDS: DashboardSpec[] = [
           {
             title: "Gate time per flush p50 / p99",
             description:
-              "The router gating a flush's hidden-state requests: one gate product over their tokens, then top-k.",
+              "How long a flush waits for its hidden-state requests' gate (a gate product over their tokens, then top-k): the part not done while they waited in the batcher.",
             type: "timeseries",
             unit: "s",
             targets: [
               { expr: q(0.5, "switchyard_router_gate_duration_seconds", "pool"), legendFormat: "{{pool}} p50" },
               { expr: q(0.99, "switchyard_router_gate_duration_seconds", "pool"), legendFormat: "{{pool}} p99" },
+            ],
+          },
+          {
+            title: "Tokens gated while queued",
+            description:
+              "Share of the tokens whose gate product started while their request waited for its flush (SWITCHYARD_ROUTER_GATE_AHEAD); the rest are gated at the flush, or came with router logits or an assignment.",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            max: 1,
+            targets: [
+              {
+                expr: `sum by (pool) (rate(switchyard_router_gate_ahead_tokens_total{${POOL}}[${R}])) / sum by (pool) (rate(switchyard_router_tokens_total{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}}",
+              },
             ],
           },
           {
