@@ -375,8 +375,9 @@ export class Router {
       const withShared = m.hasShared && req.routedOnly !== true;
       const onWorkers = withShared && p.sharedLayers.has(req.layer) && p.slicesServed(req.layer);
       const sharedScale = onWorkers ? (m.sharedScale?.(req.layer, hidden32, T) ?? null) : null;
-      // A gate from the hidden states waits for the flush: one product for every token of it reads the gate's
-      // weights once (7.3 MB at DeepSeek-V3), where one a request read them per token (FlushGate.atFlush).
+      // A gate from the hidden states is one product for many requests' tokens (FlushGate: started while they wait
+      // in the batcher, or at their flush), which reads the gate's weights once (7.3 MB at DeepSeek-V3) where one a
+      // request read them per token.
       const pendingGate: PendingGate | null = req.gate === undefined ? { slices: onWorkers, sharedScale } : null;
       const gated = pendingGate ? UNGATED : this.gate(p, req, T);
       const routing =
