@@ -23,6 +23,12 @@ describe("npm start flags", () => {
     expect(() => parseLocalArgs(["--shared-experts", "gpu"])).toThrow(/--shared-experts: workers or router, got "gpu"/);
   });
 
+  it("--gate: the router computes the router logits unless the engine (the drivers) sends them", () => {
+    expect(parseLocalArgs([]).gate).toBe("router");
+    expect(parseLocalArgs(["--gate", "engine"]).gate).toBe("engine");
+    expect(() => parseLocalArgs(["--gate", "worker"])).toThrow(/--gate: router or engine, got "worker"/);
+  });
+
   it("takes family, size, workers, concurrency, duration and an inline policy", () => {
     const o = parseLocalArgs([
       "--family",

@@ -6,12 +6,15 @@
 import { credentials } from "@grpc/grpc-js";
 import {
   bytesToFloat32,
-  type DType,
+  DType,
   encodeTensor,
+  type ForwardRequest,
   type ForwardResponse,
   fromRpcError,
   RouterClient,
+  type Tensor,
 } from "@switchyard/protocol";
+import { CheckpointModel } from "../checkpoint-model.js";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
 import { Traffic, type TrafficOptions } from "./loadgen.js";
 
@@ -27,6 +30,12 @@ export interface DriveOptions {
   traffic: TrafficOptions;
   /** Load until this wall-clock time (Date.now() ms): every driver thread stops together, whenever it started. */
   endAtEpochMs: number;
+  /**
+   * The checkpoint whose gate the driver computes, playing the engine's part: each request then carries router_logits
+   * (the router's own native gate product over the request's bytes, so the same logits the router would compute).
+   * Absent: requests carry hidden states only and the router gates them.
+   */
+  engineGate?: string;
 }
 
 /** An answer to check against the reference: the bytes the router saw, widened, and its answer. */
@@ -64,6 +73,7 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
   );
   const endAt = performance.now() + (o.endAtEpochMs - Date.now());
   const d = o.hidden;
+  const engine = o.engineGate ? await CheckpointModel.open(o.engineGate) : null;
   const seqLoop = async (sid: number) => {
     const stream = (clients[sid % clients.length] as RouterClient).forwardStream();
     const waiting = new Map<bigint, (r: ForwardResponse) => void>();
@@ -92,6 +102,9 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
       const h = seq.next(n).hidden;
       for (const layer of o.layers) {
         const tensor = encodeTensor(h, [n, d], o.dtype);
+        const gate: ForwardRequest["gate"] = engine
+          ? { $case: "routerLogits", value: await engineLogits(engine, layer, tensor, n) }
+          : undefined;
         const id = ++rid;
         const ts = performance.now();
         const res = await new Promise<ForwardResponse>((r) => {
@@ -100,7 +113,7 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
             return;
           }
           waiting.set(id, r);
-          stream.write({ pool: "local", layer, hidden: tensor, gate: undefined, requestId: id });
+          stream.write({ pool: "local", layer, hidden: tensor, gate, requestId: id });
         });
         stats.latencies.push(performance.now() - ts);
         if (res.stats) stats.routerMs.push(res.stats.totalMs);
@@ -130,6 +143,24 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
   } finally {
     for (const c of clients) c.close();
   }
+}
+
+/**
+ * The router logits [n, E] of a request's hidden states as the engine would send them: the router's gate product over
+ * the request's own bytes (bf16 as they are, fp32 as they are), off this thread's event loop where it is large.
+ */
+async function engineLogits(m: CheckpointModel, layer: number, hidden: Tensor, n: number): Promise<Tensor> {
+  let x: Float32Array | Uint16Array;
+  if (hidden.dtype === DType.BFLOAT16) {
+    x = new Uint16Array(hidden.data.byteLength / 2); // an aligned copy of the bf16 bits
+    new Uint8Array(x.buffer).set(hidden.data);
+  } else x = bytesToFloat32(hidden.data, hidden.dtype, true);
+  const job = m.logitsAsync(layer, x, n);
+  const logits =
+    (job ? await job : null) ??
+    (x instanceof Uint16Array ? m.logitsBf16(layer, x, n) : null) ??
+    m.logits(layer, bytesToFloat32(hidden.data, hidden.dtype, true), n);
+  return encodeTensor(logits, [n, m.experts], DType.FLOAT32);
 }
 
 /** Sequence ids 0 .. concurrency-1 dealt round-robin to `drivers` drivers. */

@@ -97,7 +97,12 @@ describe("the local mode's drivers, through a router", () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  const run = async (drivers: number, accepting: () => boolean, routers: RouterApp[] = [app]) => {
+  const run = async (
+    drivers: number,
+    accepting: () => boolean,
+    routers: RouterApp[] = [app],
+    engineGate: string | undefined = undefined,
+  ) => {
     const jobs: CheckJob[] = [];
     const r = startDrivers(
       drivers,
@@ -109,6 +114,7 @@ describe("the local mode's drivers, through a router", () => {
         prefill: 3,
         traffic: { ...DEFAULT_TRAFFIC, vocab: 64, hidden: D, seed: 1 },
         endAtEpochMs: Date.now() + 300,
+        ...(engineGate ? { engineGate } : {}),
       },
       5,
       {
@@ -150,14 +156,33 @@ describe("the local mode's drivers, through a router", () => {
     expect(stats.forwards).toBeGreaterThan(0);
   });
 
+  /** A metric's value summed over its series (a histogram's `_count` by its full name). */
+  const metric = async (r: RouterApp, name: string, series = name) => {
+    const text = await r.router.metrics.registry.getSingleMetricAsString(name);
+    return [...text.matchAll(new RegExp(`^${series}\\{[^}]*\\} (\\S+)$`, "gm"))].reduce((a, m) => a + Number(m[1]), 0);
+  };
+  const tokens = (r: RouterApp) => metric(r, "switchyard_router_tokens_total");
+
+  it.each([1, 2])(
+    "%i driver(s) playing the engine send router logits: the router gates none itself",
+    async (drivers) => {
+      if (drivers > 1 && !built) return;
+      const gated = () =>
+        metric(app, "switchyard_router_gate_duration_seconds", "switchyard_router_gate_duration_seconds_count");
+      const [gates0, tokens0] = [await gated(), await tokens(app)];
+      const { stats, jobs } = await run(drivers, () => true, [app], join(dir, "ckpt"));
+      expect(stats.errors).toBe(0);
+      expect(stats.errorSamples).toEqual([]);
+      expect(jobs).toHaveLength(stats.forwards);
+      expect((await tokens(app)) - tokens0).toBe(2 * stats.tokensDone);
+      expect((await gated()) - gates0).toBe(0); // no flush gated hidden states
+      const own = await run(1, () => true); // the same run without: the router gates every flush
+      expect(own.stats.errors).toBe(0);
+      expect((await gated()) - gates0).toBeGreaterThan(0);
+    },
+  );
+
   it("deals the sequences over router replicas", async () => {
-    const tokens = async (r: RouterApp) => {
-      const text = await r.router.metrics.registry.getSingleMetricAsString("switchyard_router_tokens_total");
-      return [...text.matchAll(/^switchyard_router_tokens_total\{[^}]*\} (\S+)$/gm)].reduce(
-        (a, m) => a + Number(m[1]),
-        0,
-      );
-    };
     const before = [await tokens(app), await tokens(second)];
     const { stats } = await run(1, () => true, [app, second]);
     expect(stats.errors).toBe(0);

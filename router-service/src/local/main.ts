@@ -91,6 +91,12 @@ export interface LocalOptions {
   verifyThreads: number | null;
   /** where the shared expert runs; null: on the workers where it splits into slices, else in the router */
   sharedExperts: "workers" | "router" | null;
+  /**
+   * who computes the router logits from the hidden states: the router (requests carry hidden states only), or the
+   * engine (the drivers, standing in for it, send router_logits with each request, as an engine that runs the gate
+   * on its own GPU would)
+   */
+  gate: "router" | "engine";
   policyFile?: string;
 }
 
@@ -118,7 +124,9 @@ const USAGE = `usage: npm start -- [flags]
                                   thread idle (default all; sample at --size full, where the reference is slow)
   --verify-threads N              reference threads (default 1 for all, up to 8 for sample)
   --shared-experts workers|router where Qwen2-MoE's and DeepSeek-V3's shared expert runs: on the workers, as slices
-                                  of the routed experts' width placed like experts (default), or in the router`;
+                                  of the routed experts' width placed like experts (default), or in the router
+  --gate router|engine            who computes the router logits: the router from the hidden states (default), or
+                                  the engine, whose part the drivers play (each request then carries router_logits)`;
 
 export function parseLocalArgs(argv: string[]): LocalOptions {
   const o: LocalOptions = {
@@ -140,6 +148,7 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
     verify: null,
     verifyThreads: null,
     sharedExperts: null,
+    gate: "router",
   };
   const int = (flag: string, v: string, min: number) => {
     const n = Number(v);
@@ -228,6 +237,10 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
         break;
       case "verify-threads":
         o.verifyThreads = int(name, v, 1);
+        break;
+      case "gate":
+        if (v !== "router" && v !== "engine") throw new Error(`--gate: router or engine, got "${v}"`);
+        o.gate = v;
         break;
       case "shared-experts":
         if (v !== "workers" && v !== "router") throw new Error(`--shared-experts: workers or router, got "${v}"`);
@@ -622,6 +635,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         prefill: o.prefill,
         traffic: { ...DEFAULT_TRAFFIC, hidden: d, seed: o.seed },
         endAtEpochMs: Date.now() + o.durationS * 1000,
+        ...(o.gate === "engine" ? { engineGate: ckptDir } : {}),
       },
       o.concurrency,
       { accepting: () => verifier.accepting, offer: (job) => verifier.offer({ id: ++jobId, ...job }) },
@@ -713,6 +727,12 @@ export async function runLocal(o: LocalOptions): Promise<number> {
             ],
           ] as [string, string][])
         : []),
+      [
+        "router logits",
+        o.gate === "engine"
+          ? "from the engine: the drivers compute them and send router_logits"
+          : "computed by the router from the hidden states",
+      ],
       [
         "router -> worker transport",
         `TCP data path to ${sum("switchyard_router_worker_data_path")} of ${ids.length * routers.length} ${routers.length > 1 ? "router-worker pairs" : "workers"} at the end, gRPC stream to the rest`,
