@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# On one H200 (kind nvidia-h200), from the repo root, with .carry/node.xz and .carry/e2e.tgz (bench/h200_pack_e2e.sh):
+# what bounds DeepSeek-V3's end to end past 128 sequences, where the router's gate products held the rate at ~3000
+# tokens/s with the GPU busy 27-40% (bench/results/h200-moe.md, "Session of 2026-11-30 06:06 UTC"). One call, in turn,
+# CONC sequences (default 256), E2E_SECONDS each (default 12), one cuda worker, six driver threads:
+#   1. the default (the router gates, 4 gate threads);
+#   2. 8 gate threads (SWITCHYARD_ROUTER_GATE_THREADS; DeepSeek-V3's 8 panels split a call over at most 8);
+#   3. two router replicas (--routers 2: each its own gate threads);
+#   4. the engine's gate (--gate engine: the drivers send router_logits, the router gates nothing itself);
+#   5. the default again (drift).
+# RUNS picks and orders them ("default threads8 routers2 engine default"). Logs: $OUT/dsv3-bounds-logs.tgz and the
+# summary.
+source bench/h200_e2e_steps.sh
+export PATH=$PWD/.carry:$PATH
+export E2E_SECONDS=${E2E_SECONDS:-12}
+family=deepseek-v3
+conc=${CONC:-256}
+i=0
+for run in ${RUNS:-default threads8 routers2 engine default}; do
+  i=$((i + 1))
+  case $run in
+    default) e2e_step 1 b$i-default --drivers 6 > /dev/null ;;
+    threads8) SWITCHYARD_ROUTER_GATE_THREADS=8 e2e_step 1 b$i-threads8 --drivers 6 > /dev/null ;;
+    routers2) e2e_step 1 b$i-routers2 --drivers 6 --routers 2 > /dev/null ;;
+    engine) e2e_step 1 b$i-engine --drivers 6 --gate engine > /dev/null ;;
+    *) echo "unknown run $run" ;;
+  esac
+done
+e2e_pack dsv3-bounds "e2e-*deepseek*.log"
