@@ -18,6 +18,10 @@ e2e_step() {
 tiny_check_and_vitest() {
   E2E_RUNS=mixtral:tiny E2E_TAG=final bash bench/h200_e2e.sh
   e2e_first=0
+  cuda_vitest
+}
+# The CUDA backend's vitest (after the addons are built), from .carry/test.tgz: log $OUT/vitest.log, summary printed.
+cuda_vitest() {
   tar xzf .carry/test.tgz
   node node_modules/vitest/vitest.mjs run expert-worker/src/backend expert-worker/src/gpu-tier.test.ts \
     > $OUT/vitest.log 2>&1

@@ -10,6 +10,8 @@ OUT=${OUT:-/tmp/out}
 export PATH=$PWD/.carry:$PATH
 export OUT NO_QUICK=1 E2E_SECONDS=${E2E_SECONDS:-15} E2E_FULL_TIMEOUT=${E2E_FULL_TIMEOUT:-200}
 export E2E_ARGS=${E2E_ARGS:---verify-threads 2}
+# cuda_vitest (bench/h200_e2e_steps.sh prints the GPU list and exports the same OUT / E2E_* defaults it keeps)
+source bench/h200_e2e_steps.sh
 first=1
 for run in ${AB_RUNS:-deepseek-v3:full:64 qwen3-moe:full:64}; do
   for where in device host; do
@@ -17,11 +19,7 @@ for run in ${AB_RUNS:-deepseek-v3:full:64 qwen3-moe:full:64}; do
     SWITCHYARD_CUDA_TOKEN_ROWS=$where E2E_RUNS=$run E2E_TAG=rows-$where bash bench/h200_e2e.sh
     if [ $first = 1 ]; then
       first=0
-      tar xzf .carry/test.tgz
-      node node_modules/vitest/vitest.mjs run expert-worker/src/backend expert-worker/src/gpu-tier.test.ts \
-        > $OUT/vitest.log 2>&1
-      echo "vitest rc=$?"
-      grep -E "Test Files|Tests |FAIL|✗|×" $OUT/vitest.log | head
+      cuda_vitest
     fi
   done
 done
