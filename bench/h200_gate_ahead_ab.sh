@@ -9,8 +9,10 @@
 source bench/h200_e2e_steps.sh
 export PATH=$PWD/.carry:$PATH
 export E2E_SECONDS=${E2E_SECONDS:-12}
-E2E_RUNS=mixtral:tiny E2E_TAG=final bash bench/h200_e2e.sh
-e2e_first=0
+if [ "${SKIP_TINY:-0}" != 1 ]; then
+  E2E_RUNS=mixtral:tiny E2E_TAG=final bash bench/h200_e2e.sh
+  e2e_first=0
+fi
 family=${FAMILY:-deepseek-v3}
 conc=${CONC:-128}
 i=0

@@ -9,7 +9,8 @@ family=${PROF_FAMILY:-qwen3-moe}
 conc=${PROF_CONC:-256}
 mkdir -p $OUT/prof
 export SWITCHYARD_CPU_PROF_DIR=$OUT/prof
-e2e_step 2 prof --drivers 6 --routers 3 --gpus 2
+# PROF_WORKERS / PROF_ARGS: another layout (e.g. PROF_WORKERS=1 PROF_ARGS=--drivers\ 6 for one router over one worker)
+e2e_step ${PROF_WORKERS:-2} prof ${PROF_ARGS:---drivers 6 --routers 3 --gpus 2}
 unset SWITCHYARD_CPU_PROF_DIR
 for f in $OUT/prof/*.cpuprofile; do
   node bench/cpuprofile-top.mjs "$f" --top 40 > "${f%.cpuprofile}-top.txt"

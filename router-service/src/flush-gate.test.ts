@@ -132,20 +132,19 @@ describe("FlushGate", () => {
     expect([...late.routing.experts]).toEqual([2]);
   });
 
-  it("leaves requests too few for a product off the event loop to the flush, until enough are queued", async () => {
+  it("does nothing ahead where one token's product stays on the event loop (the flush gates them together)", async () => {
     const { model, products } = toyModel({ offLoopFrom: 3 });
     const { gate, aheadTokens } = gateOf(model);
     const a = item(1, 1, 0);
-    gate.startAhead(1, a);
-    await turn();
-    expect(products).toEqual([]); // 1 token: the gate would run on the event loop
     const b = item(2, 1, 0);
+    gate.startAhead(1, a);
     gate.startAhead(1, b);
     await turn();
-    expect(products).toEqual([3]); // with b there are 3
-    expect(aheadTokens()).toBe(3);
+    expect(products).toEqual([]); // 3 tokens would go off the loop, but each product ahead would cost it a callback
+    expect(aheadTokens()).toBe(0);
     await gate.atFlush(0, [a, b]);
     expect(products).toEqual([3]);
+    expect([...b.routing.experts]).toEqual([2, 2]);
   });
 
   it("does nothing ahead for a model that gates only on the event loop", async () => {

@@ -105,15 +105,18 @@ export class FlushGate<T extends GateItem> {
   /**
    * Starts the gate of a queued request (Batcher onQueued) with the others of its key queued in the same turn of the
    * event loop: the product then runs on the gate's threads while the request waits (maxWait, or held behind running
-   * flushes), where at the flush it came after the wait. Only where the model takes the product off the event loop:
-   * there the loop pays nothing more than at the flush; requests too few for that are left to the flush. The price
-   * is smaller products (the gate's weights are read once per product, not once per flush): DeepSeek-V3 full on the
-   * H200, the router's CPU 2.56-2.62 cores against 2.30-2.38, for a flush's gate wait of 2.27-2.59 ms against
-   * 3.06-3.44 and a router p50 of 12.63-13.46 ms against 13.57-14.35 (bench/results/h200-moe.md). Gating only the
-   * requests held behind running flushes did not pay: the flush still gated the rest after the wait.
+   * flushes), where at the flush it came after the wait. The price is smaller products (the gate's weights are read
+   * once per product, not once per flush) and a callback per product on the event loop. On the H200 host:
+   * - DeepSeek-V3 full, 128 sequences: a flush's gate wait of 2.27-2.59 ms against 3.06-3.44 and a router p50 of
+   *   12.63-13.46 ms against 13.57-14.35, for the router's CPU at 2.56-2.62 cores against 2.30-2.38;
+   * - Qwen3-30B-A3B full, 256 sequences, where the event loop is the bound: 5586-6186 tokens/s against 6344-6747.
+   * So only where a single token's product already goes off the event loop (DeepSeek-V3: 1.8 M multiply-adds a
+   * token; Qwen3-30B-A3B's 0.26 M take 4 tokens, Mixtral's 32 K take 32): there the products started ahead cost the
+   * loop nothing it would not pay at the flush (bench/results/h200-moe.md). Gating only the requests held behind
+   * running flushes did not pay: the flush still gated the rest after the wait.
    */
   startAhead(key: number, item: T): void {
-    if (item.pendingGate === null || !this.host.model().gatesOffLoop) return;
+    if (item.pendingGate === null || !this.host.model().gatesOffLoop?.(1)) return;
     let q = this.ahead.get(key);
     if (!q) {
       q = { items: [], timer: null };
@@ -132,13 +135,10 @@ export class FlushGate<T extends GateItem> {
   private startQueued(queue: AheadQueue<T>): void {
     // The flush may have taken some already (it gates them itself), or their deadline passed.
     const chunk = queue.items.filter((i) => i.pendingGate !== null && !i.done && i.gateJob === null);
+    queue.items = [];
+    if (chunk.length === 0) return;
     let T = 0;
     for (const i of chunk) T += i.tokens;
-    if (chunk.length === 0 || !this.host.model().gatesOffLoop?.(T)) {
-      queue.items = chunk; // too few tokens yet: the next queued request may make enough
-      return;
-    }
-    queue.items = [];
     const job = this.gate(chunk[0].layer, chunk).catch((e) => {
       for (const i of chunk) this.host.fail(i, e);
     });

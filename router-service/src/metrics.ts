@@ -210,7 +210,7 @@ export class PoolMetrics {
     this.queueWait = m.queueWait.labels(l);
     this.gateDuration = m.gateDuration.labels(l);
     this.gateAheadTokens = m.gateAheadTokens.labels(l);
-    // A series from the start (0 where the gate never runs ahead: small gates, or SWITCHYARD_ROUTER_GATE_AHEAD=off),
+    // A series from the start (0 where the gate never runs ahead: gates a token's product keeps on the event loop, or SWITCHYARD_ROUTER_GATE_AHEAD=off),
     // so the dashboard's share reads 0 rather than no data.
     this.gateAheadTokens.inc(0);
     this.batchTokens = m.batchTokens.labels(l);
