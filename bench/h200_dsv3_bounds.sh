@@ -8,7 +8,8 @@
 #   3. two router replicas (--routers 2: each its own gate threads);
 #   4. the engine's gate (--gate engine: the drivers send router_logits, the router gates nothing itself);
 #   5. the default again (drift).
-# Also flightsN (RoutingPolicy.batching.flushesInFlight N, default 2) and routers2-flightsN (the same, two replicas).
+# Also flightsN (RoutingPolicy.batching.flushesInFlight N, default 2), routers2-flightsN (the same, two replicas) and
+# batchN (N sequences a Forward, as an engine's step: --engine-batch).
 # RUNS picks and orders them ("default threads8 routers2 engine default"). Logs: $OUT/dsv3-bounds-logs.tgz and the
 # summary.
 source bench/h200_e2e_steps.sh
@@ -24,6 +25,8 @@ for run in ${RUNS:-default threads8 routers2 engine default}; do
     threads8) SWITCHYARD_ROUTER_GATE_THREADS=8 e2e_step 1 b$i-threads8 --drivers 6 > /dev/null ;;
     routers2) e2e_step 1 b$i-routers2 --drivers 6 --routers 2 > /dev/null ;;
     engine) e2e_step 1 b$i-engine --drivers 6 --gate engine > /dev/null ;;
+    # batchN: N sequences a Forward (--engine-batch, an engine's step over its batch); the default is 1
+    batch*) e2e_step 1 b$i-$run --drivers 6 --engine-batch ${run#batch} > /dev/null ;;
     # flightsN: RoutingPolicy.batching.flushesInFlight N (the default is 2); routers2-flightsN: the same on two replicas
     flights*) e2e_step 1 b$i-$run --drivers 6 --policy "{\"batching\":{\"flushesInFlight\":${run#flights}}}" > /dev/null ;;
     routers2-flights*)

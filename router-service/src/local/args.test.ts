@@ -23,6 +23,11 @@ describe("npm start flags", () => {
     expect(() => parseLocalArgs(["--shared-experts", "gpu"])).toThrow(/--shared-experts: workers or router, got "gpu"/);
   });
 
+  it("--engine-batch: sequences per Forward, 1 unless given", () => {
+    expect(parseLocalArgs([]).engineBatch).toBe(1);
+    expect(parseLocalArgs(["--engine-batch", "32"]).engineBatch).toBe(32);
+    expect(() => parseLocalArgs(["--engine-batch", "0"])).toThrow(/--engine-batch: must be an integer >= 1, got "0"/);
+  });
   it("--gate: the router computes the router logits unless the engine (the drivers) sends them", () => {
     expect(parseLocalArgs([]).gate).toBe("router");
     expect(parseLocalArgs(["--gate", "engine"]).gate).toBe("engine");

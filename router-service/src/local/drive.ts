@@ -1,5 +1,7 @@
 // One driver's share of the local mode's load: sequences that each send every MoE layer in turn through the router's
-// ForwardStream, feed each answer back as the next layer's input, and hand answers to the reference check. It runs
+// ForwardStream, feed each answer back as the next layer's input, and hand answers to the reference check. An engine
+// batches its sequences' step: with engineBatch N, groups of N sequences send one Forward per layer with all their
+// tokens, as an inference engine's step calls a MoE layer once for its whole batch. It runs
 // on the main thread (--drivers 1) or in worker threads (drive-thread.ts): at the models' full sizes one JavaScript
 // thread of load generation was what bound the runs (0.95 of a core on the H200 hosts), not the router or the GPUs.
 
@@ -16,7 +18,7 @@ import {
 } from "@switchyard/protocol";
 import { CheckpointModel } from "../checkpoint-model.js";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
-import { Traffic, type TrafficOptions } from "./loadgen.js";
+import { type Sequence, Traffic, type TrafficOptions } from "./loadgen.js";
 
 export interface DriveOptions {
   /** Sequence s talks to routerAddresses[s % length] (one router, or replicas of it). */
@@ -36,6 +38,8 @@ export interface DriveOptions {
    * Absent: requests carry hidden states only and the router gates them.
    */
   engineGate?: string;
+  /** Sequences per Forward (an engine's step over its batch; default 1: each sequence calls the router alone). */
+  engineBatch?: number;
 }
 
 /** An answer to check against the reference: the bytes the router saw, widened, and its answer. */
@@ -74,7 +78,9 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
   const endAt = performance.now() + (o.endAtEpochMs - Date.now());
   const d = o.hidden;
   const engine = o.engineGate ? await CheckpointModel.open(o.engineGate) : null;
-  const seqLoop = async (sid: number) => {
+  // A group of sequences stepping together: one Forward per layer carries every sequence's tokens of the step.
+  const groupLoop = async (sids: number[]) => {
+    const sid = sids[0] as number;
     const stream = (clients[sid % clients.length] as RouterClient).forwardStream();
     const waiting = new Map<bigint, (r: ForwardResponse) => void>();
     stream.on("data", (r: ForwardResponse) => {
@@ -94,12 +100,14 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
     stream.on("end", () => failAll(new Error("the router ended the stream")));
     stream.on("close", () => failAll(new Error("the stream to the router closed")));
     let rid = BigInt(sid) << 32n;
-    const seq = traffic.sequence(sid);
+    const seqs = sids.map((s) => traffic.sequence(s));
     let first = true;
     while (performance.now() < endAt) {
-      const n = first ? o.prefill : 1;
+      const per = first ? o.prefill : 1;
       first = false;
-      const h = seq.next(n).hidden;
+      const n = per * seqs.length;
+      const h = seqs.length === 1 ? (seqs[0] as Sequence).next(per).hidden : new Float32Array(n * d);
+      if (seqs.length > 1) seqs.forEach((q, i) => h.set(q.next(per).hidden, i * per * d));
       for (const layer of o.layers) {
         const tensor = encodeTensor(h, [n, d], o.dtype);
         const gate: ForwardRequest["gate"] = engine
@@ -138,8 +146,11 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
     }
     stream.end();
   };
+  const groups: number[][] = [];
+  const per = Math.max(1, o.engineBatch ?? 1);
+  for (let i = 0; i < o.sequences.length; i += per) groups.push(o.sequences.slice(i, i + per));
   try {
-    await Promise.all(o.sequences.map(seqLoop));
+    await Promise.all(groups.map(groupLoop));
   } finally {
     for (const c of clients) c.close();
   }

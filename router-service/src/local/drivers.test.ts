@@ -102,6 +102,7 @@ describe("the local mode's drivers, through a router", () => {
     accepting: () => boolean,
     routers: RouterApp[] = [app],
     engineGate: string | undefined = undefined,
+    engineBatch = 1,
   ) => {
     const jobs: CheckJob[] = [];
     const r = startDrivers(
@@ -115,6 +116,7 @@ describe("the local mode's drivers, through a router", () => {
         traffic: { ...DEFAULT_TRAFFIC, vocab: 64, hidden: D, seed: 1 },
         endAtEpochMs: Date.now() + 300,
         ...(engineGate ? { engineGate } : {}),
+        engineBatch,
       },
       5,
       {
@@ -179,6 +181,25 @@ describe("the local mode's drivers, through a router", () => {
       const own = await run(1, () => true); // the same run without: the router gates every flush
       expect(own.stats.errors).toBe(0);
       expect((await gated()) - gates0).toBeGreaterThan(0);
+    },
+  );
+
+  it.each([1, 2])(
+    "%i driver(s) batching like an engine: groups of sequences send one Forward per layer with every token of their step",
+    async (drivers) => {
+      if (drivers > 1 && !built) return;
+      const tokens0 = await tokens(app);
+      const { stats, jobs } = await run(drivers, () => true, [app], undefined, 2);
+      expect(stats.errors).toBe(0);
+      expect(jobs).toHaveLength(stats.forwards);
+      expect((await tokens(app)) - tokens0).toBe(2 * stats.tokensDone);
+      // 5 sequences: one driver groups [0, 1] [2, 3] [4]; two deal [0, 2, 4] and [1, 3], grouped [0, 2] [4] and [1, 3].
+      // A pair's prefill is 2 x 3 tokens in one Forward, its decode steps 2 tokens; the single sequence's 3, then 1.
+      const sizes = new Set(jobs.map((j) => j.hidden.length / D));
+      expect(sizes.has(6)).toBe(true);
+      for (const n of sizes) expect([6, 3, 2, 1]).toContain(n);
+      // every Forward of a pair counts its two sequences' tokens: more tokens than forwards per layer
+      expect(stats.tokensDone * 2).toBeGreaterThan(stats.forwards);
     },
   );
 

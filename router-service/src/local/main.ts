@@ -97,6 +97,8 @@ export interface LocalOptions {
    * on its own GPU would)
    */
   gate: "router" | "engine";
+  /** sequences per Forward: an engine's step over its batch (1: each sequence calls the router on its own) */
+  engineBatch: number;
   policyFile?: string;
 }
 
@@ -126,7 +128,10 @@ const USAGE = `usage: npm start -- [flags]
   --shared-experts workers|router where Qwen2-MoE's and DeepSeek-V3's shared expert runs: on the workers, as slices
                                   of the routed experts' width placed like experts (default), or in the router
   --gate router|engine            who computes the router logits: the router from the hidden states (default), or
-                                  the engine, whose part the drivers play (each request then carries router_logits)`;
+                                  the engine, whose part the drivers play (each request then carries router_logits)
+  --engine-batch N                sequences per Forward (default 1: every sequence calls the router on its own). N
+                                  sequences then step together, as an engine's step calls each MoE layer once with
+                                  its whole batch's tokens; fewer, larger calls`;
 
 export function parseLocalArgs(argv: string[]): LocalOptions {
   const o: LocalOptions = {
@@ -149,6 +154,7 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
     verifyThreads: null,
     sharedExperts: null,
     gate: "router",
+    engineBatch: 1,
   };
   const int = (flag: string, v: string, min: number) => {
     const n = Number(v);
@@ -241,6 +247,9 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
       case "gate":
         if (v !== "router" && v !== "engine") throw new Error(`--gate: router or engine, got "${v}"`);
         o.gate = v;
+        break;
+      case "engine-batch":
+        o.engineBatch = int(name, v, 1);
         break;
       case "shared-experts":
         if (v !== "workers" && v !== "router") throw new Error(`--shared-experts: workers or router, got "${v}"`);
@@ -623,7 +632,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     ]);
     const t0 = performance.now();
     log(
-      `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})${o.drivers > 1 ? ` from ${o.drivers} driver threads` : ""}`,
+      `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})${o.drivers > 1 ? ` from ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}`,
     );
     const run = startDrivers(
       o.drivers,
@@ -636,6 +645,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         traffic: { ...DEFAULT_TRAFFIC, hidden: d, seed: o.seed },
         endAtEpochMs: Date.now() + o.durationS * 1000,
         ...(o.gate === "engine" ? { engineGate: ckptDir } : {}),
+        engineBatch: o.engineBatch,
       },
       o.concurrency,
       { accepting: () => verifier.accepting, offer: (job) => verifier.offer({ id: ++jobId, ...job }) },
@@ -715,7 +725,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ],
       [
         "workers / concurrency",
-        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}`,
+        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}`,
       ],
       ...(spec.sharedExperts > 0
         ? ([
