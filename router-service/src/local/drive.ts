@@ -107,7 +107,7 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
       first = false;
       const n = per * seqs.length;
       const h = seqs.length === 1 ? (seqs[0] as Sequence).next(per).hidden : new Float32Array(n * d);
-      if (seqs.length > 1) seqs.forEach((q, i) => h.set(q.next(per).hidden, i * per * d));
+      if (seqs.length > 1) for (let i = 0; i < seqs.length; i++) h.set(seqs[i].next(per).hidden, i * per * d);
       for (const layer of o.layers) {
         const tensor = encodeTensor(h, [n, d], o.dtype);
         const gate: ForwardRequest["gate"] = engine
