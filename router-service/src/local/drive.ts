@@ -106,8 +106,12 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
       const per = first ? o.prefill : 1;
       first = false;
       const n = per * seqs.length;
-      const h = seqs.length === 1 ? (seqs[0] as Sequence).next(per).hidden : new Float32Array(n * d);
-      if (seqs.length > 1) for (let i = 0; i < seqs.length; i++) h.set(seqs[i].next(per).hidden, i * per * d);
+      let h: Float32Array;
+      if (seqs.length === 1) h = (seqs[0] as Sequence).next(per).hidden;
+      else {
+        h = new Float32Array(n * d);
+        for (let i = 0; i < seqs.length; i++) h.set((seqs[i] as Sequence).next(per).hidden, i * per * d);
+      }
       for (const layer of o.layers) {
         const tensor = encodeTensor(h, [n, d], o.dtype);
         const gate: ForwardRequest["gate"] = engine
@@ -147,8 +151,8 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
     stream.end();
   };
   const groups: number[][] = [];
-  const per = Math.max(1, o.engineBatch ?? 1);
-  for (let i = 0; i < o.sequences.length; i += per) groups.push(o.sequences.slice(i, i + per));
+  const groupSize = Math.max(1, o.engineBatch ?? 1);
+  for (let i = 0; i < o.sequences.length; i += groupSize) groups.push(o.sequences.slice(i, i + groupSize));
   try {
     await Promise.all(groups.map(groupLoop));
   } finally {
