@@ -8,14 +8,16 @@
 #   3. two router replicas (--routers 2: each its own gate threads);
 #   4. the engine's gate (--gate engine: the drivers send router_logits, the router gates nothing itself);
 #   5. the default again (drift).
-# Also flightsN (RoutingPolicy.batching.flushesInFlight N, default 2), routers2-flightsN (the same, two replicas) and
-# batchN (N sequences a Forward, as an engine's step: --engine-batch).
-# RUNS picks and orders them ("default threads8 routers2 engine default"). Logs: $OUT/dsv3-bounds-logs.tgz and the
+# Also flightsN (RoutingPolicy.batching.flushesInFlight N, default 2), routers2-flightsN (the same, two replicas),
+# batchN (N sequences a Forward, as an engine's step: --engine-batch), and grpc / routers2-grpc (the drivers reach
+# the router by gRPC ForwardStreams, --engine-transport grpc; since 2026-11-30 09:00 UTC every other run uses the
+# router's TCP data path, the local mode's default).
+# FAMILY (default deepseek-v3) runs another family at its full size. RUNS picks and orders them ("default threads8 routers2 engine default"). Logs: $OUT/dsv3-bounds-logs.tgz and the
 # summary.
 source bench/h200_e2e_steps.sh
 export PATH=$PWD/.carry:$PATH
 export E2E_SECONDS=${E2E_SECONDS:-12}
-family=deepseek-v3
+family=${FAMILY:-deepseek-v3}
 conc=${CONC:-256}
 i=0
 for run in ${RUNS:-default threads8 routers2 engine default}; do
@@ -25,6 +27,8 @@ for run in ${RUNS:-default threads8 routers2 engine default}; do
     threads8) SWITCHYARD_ROUTER_GATE_THREADS=8 e2e_step 1 b$i-threads8 --drivers 6 > /dev/null ;;
     routers2) e2e_step 1 b$i-routers2 --drivers 6 --routers 2 > /dev/null ;;
     engine) e2e_step 1 b$i-engine --drivers 6 --gate engine > /dev/null ;;
+    grpc) e2e_step 1 b$i-grpc --drivers 6 --engine-transport grpc > /dev/null ;;
+    routers2-grpc) e2e_step 1 b$i-routers2-grpc --drivers 6 --routers 2 --engine-transport grpc > /dev/null ;;
     # batchN: N sequences a Forward (--engine-batch, an engine's step over its batch); the default is 1
     batch*) e2e_step 1 b$i-$run --drivers 6 --engine-batch ${run#batch} > /dev/null ;;
     # flightsN: RoutingPolicy.batching.flushesInFlight N (the default is 2); routers2-flightsN: the same on two replicas
@@ -35,4 +39,4 @@ for run in ${RUNS:-default threads8 routers2 engine default}; do
     *) echo "unknown run $run" ;;
   esac
 done
-e2e_pack dsv3-bounds "e2e-*deepseek*.log"
+e2e_pack ${FAMILY:+$FAMILY-}dsv3-bounds "e2e-*$family*.log"

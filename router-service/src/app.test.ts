@@ -119,9 +119,15 @@ describe("router process: config and plan reload without restart", () => {
       config: "/c.json",
       port: 1,
       metricsPort: 3,
+      dataPort: 50052,
       host: "0.0.0.0",
       workerTransport: "auto",
     });
+    expect(parseRouterArgs(["--config", "x", "--data-port", "-1"], {}).dataPort).toBeNull();
+    expect(parseRouterArgs(["--config", "x"], { SWITCHYARD_DATA_PORT: "0" }).dataPort).toBe(0);
+    expect(() => parseRouterArgs(["--config", "x", "--data-port", "-2"], {})).toThrow(
+      /--data-port: must be a port number or -1 \(off\), got "-2"/,
+    );
     expect(parseRouterArgs(["--config", "x", "--worker-transport", "grpc"], {}).workerTransport).toBe("grpc");
     expect(() => parseRouterArgs(["--config", "x", "--worker-transport", "tcp"], {})).toThrow(
       /--worker-transport: expected auto or grpc, got "tcp"/,

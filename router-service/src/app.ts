@@ -16,6 +16,8 @@ export interface RouterAppOptions {
   config: string;
   port: number;
   metricsPort: number | null;
+  /** The engines' TCP data path: a port (0: any free one), null / absent: off. */
+  dataPort?: number | null;
   host?: string;
   workerTransport?: WorkerTransport;
   /** stat polling interval for config and plan files */
@@ -107,9 +109,15 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
 
   await apply(); // the first load must succeed: a router without config has nothing to serve
   watch(o.config);
-  const server = await serveRouter(router, { port: o.port, host: o.host, metricsPort: o.metricsPort });
+  const server = await serveRouter(router, {
+    port: o.port,
+    host: o.host,
+    metricsPort: o.metricsPort,
+    dataPort: o.dataPort,
+    log,
+  });
   log(
-    `serving ${router.poolNames().join(", ")} on :${server.port}${server.metricsPort ? `, metrics on :${server.metricsPort}` : ""}`,
+    `serving ${router.poolNames().join(", ")} on :${server.port}${server.dataPort !== null ? `, data path on :${server.dataPort}` : ""}${server.metricsPort ? `, metrics on :${server.metricsPort}` : ""}`,
   );
   void current;
   return {

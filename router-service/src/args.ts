@@ -1,15 +1,17 @@
 // Router command line (docs/CONTRACTS.md): --config FILE --port 50051 --metrics-port 9400 [--host ADDR]
-// [--worker-transport auto|grpc];
+// [--data-port 50052] [--worker-transport auto|grpc];
 // every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>, flags win. Pure.
 
 import type { WorkerTransport } from "./dispatch/worker-conn.js";
 
-const FLAGS = ["config", "port", "metrics-port", "host", "worker-transport"] as const;
+const FLAGS = ["config", "port", "metrics-port", "data-port", "host", "worker-transport"] as const;
 
 export interface RouterArgs {
   config: string;
   port: number;
   metricsPort: number;
+  /** The engines' TCP data path (data-server.ts); null: off (--data-port -1). */
+  dataPort: number | null;
   host: string;
   /** auto: a worker's TCP data path where its Status offers one; grpc: the RunExpertsStream stream only. */
   workerTransport: WorkerTransport;
@@ -34,13 +36,16 @@ export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterA
   }
   const config = raw.get("config");
   if (!config) throw new Error("--config: required (router config JSON, see docs/CONTRACTS.md)");
-  const port = (f: string, d: number) => {
+  const port = (f: string, d: number, off = false) => {
     const s = raw.get(f);
     if (s === undefined) return d;
     const n = Number(s);
-    if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`--${f}: must be a port number, got "${s}"`);
+    if (off && n === -1) return -1;
+    if (!Number.isInteger(n) || n < 0 || n > 65535)
+      throw new Error(`--${f}: must be a port number${off ? " or -1 (off)" : ""}, got "${s}"`);
     return n;
   };
+  const dataPort = port("data-port", 50052, true);
   const transport = raw.get("worker-transport") ?? "auto";
   if (transport !== "auto" && transport !== "grpc")
     throw new Error(`--worker-transport: expected auto or grpc, got "${transport}"`);
@@ -49,6 +54,7 @@ export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterA
     workerTransport: transport,
     port: port("port", 50051),
     metricsPort: port("metrics-port", 9400),
+    dataPort: dataPort === -1 ? null : dataPort,
     host: raw.get("host") ?? "0.0.0.0",
   };
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// node router-service/dist/main.js --config FILE --port 50051 --metrics-port 9400 [--host ADDR]
+// node router-service/dist/main.js --config FILE --port 50051 --metrics-port 9400 [--data-port 50052] [--host ADDR]
 // Every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>; flags win.
 
 import { startRouterApp } from "./app.js";
@@ -20,7 +20,12 @@ async function main() {
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
-  process.send?.({ ready: true, port: app.server.port, metricsPort: app.server.metricsPort });
+  process.send?.({
+    ready: true,
+    port: app.server.port,
+    metricsPort: app.server.metricsPort,
+    dataPort: app.server.dataPort,
+  });
 }
 
 main().catch((e) => {

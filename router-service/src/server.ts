@@ -15,22 +15,20 @@ import {
   status,
 } from "@grpc/grpc-js";
 import {
-  errorCodeOf,
   type ForwardRequest,
-  ForwardResponse,
+  type ForwardResponse,
   RouterService,
   toGrpcStatus,
   toRpcError,
 } from "@switchyard/protocol";
 import express from "express";
 import { HealthImplementation } from "grpc-health-check";
-import { POOL, type Router } from "./router.js";
+import { startRouterDataServer } from "./data-server.js";
+import { poolOf, type RequestCounter, requestCounter, serializeResponse } from "./reply.js";
+import type { Router } from "./router.js";
 import { replyPool } from "./wire/buffer-pool.js";
 import { decodeForwardRequest } from "./wire/decode.js";
-import { BACKING, ENCODED } from "./wire/encode.js";
-
-const serializeResponse = (v: ForwardResponse): Buffer =>
-  (v as unknown as Record<symbol, Buffer | undefined>)[ENCODED] ?? Buffer.from(ForwardResponse.encode(v).finish());
+import { BACKING } from "./wire/encode.js";
 
 /**
  * RouterService whose requests decode without copying activations (wire/decode.ts) and whose replies reuse the bytes
@@ -88,43 +86,13 @@ export function raiseServerWindow(server: Server, bytes = 16 << 20): void {
     });
 }
 
-/** The pool a reply belongs to (the router tags its replies; see POOL in router.ts). */
-function poolOf(res: ForwardResponse): string {
-  return (res as unknown as Record<symbol, string | undefined>)[POOL] ?? "";
-}
-
 function deadlineOf(call: { getDeadline(): Date | number }): number {
   const d = call.getDeadline();
   const ms = d instanceof Date ? d.getTime() : d;
   return Number.isFinite(ms) ? ms : Number.POSITIVE_INFINITY;
 }
 
-export function routerHandlers(router: Router) {
-  const m = router.metrics;
-  // Label-bound children, cached: prom-client would hash the label object on every request otherwise.
-  const children = new Map<string, Map<string, Map<string, { inc(): void }>>>();
-  const count = (pool: string, method: string, err: unknown | null) => {
-    const code = err ? errorCodeOf(err) : "OK";
-    // Nested maps, not a joined string key: no string building per request on the hot path.
-    let byPool = children.get(method);
-    if (!byPool) {
-      byPool = new Map();
-      children.set(method, byPool);
-    }
-    let byCode = byPool.get(pool);
-    let c = byCode?.get(code);
-    if (!c) {
-      // Unknown pool names come from callers: do not let them grow the cache (or the series) without bound.
-      if (!router.poolNames().includes(pool)) return void m.requests.inc({ pool: "unknown", method, code });
-      if (!byCode) {
-        byCode = new Map();
-        byPool.set(pool, byCode);
-      }
-      c = m.requests.labels({ pool, method, code });
-      byCode.set(code, c);
-    }
-    c.inc();
-  };
+export function routerHandlers(router: Router, count: RequestCounter = requestCounter(router)) {
   return {
     forward(call: ServerUnaryCall<ForwardRequest, ForwardResponse>, cb: sendUnaryData<ForwardResponse>) {
       const req = call.request;
@@ -182,17 +150,27 @@ export function routerHandlers(router: Router) {
 export interface StartedRouter {
   port: number;
   metricsPort: number | null;
+  /** The engines' data path (data-server.ts), or null where it is off. */
+  dataPort: number | null;
   health: HealthImplementation;
   close(): Promise<void>;
 }
 
 export async function serveRouter(
   router: Router,
-  o: { port: number; host?: string; metricsPort?: number | null },
+  o: {
+    port: number;
+    host?: string;
+    metricsPort?: number | null;
+    /** The engines' TCP data path: a port (0: any free one), or null / absent for none. */
+    dataPort?: number | null;
+    log?: (line: string) => void;
+  },
 ): Promise<StartedRouter> {
   const server = new Server(SERVER_OPTIONS);
   raiseServerWindow(server);
-  server.addService(ROUTER_SERVICE, routerHandlers(router));
+  const count = requestCounter(router);
+  server.addService(ROUTER_SERVICE, routerHandlers(router, count));
   const health = new HealthImplementation({ "": "SERVING", "switchyard.v1.Router": "SERVING" });
   health.addToServer(server);
   const host = o.host ?? "0.0.0.0";
@@ -201,6 +179,15 @@ export async function serveRouter(
       err ? reject(err) : resolve(p),
     ),
   );
+  const data =
+    o.dataPort === undefined || o.dataPort === null
+      ? null
+      : await startRouterDataServer(router, count, {
+          host,
+          port: o.dataPort,
+          maxMessageBytes: SERVER_OPTIONS["grpc.max_receive_message_length"] as number,
+          log: o.log ?? ((l) => console.log(`[router] ${l}`)),
+        });
   let httpClose: () => Promise<void> = async () => {};
   let metricsPort: number | null = null;
   if (o.metricsPort !== undefined && o.metricsPort !== null) {
@@ -224,9 +211,11 @@ export async function serveRouter(
   return {
     port,
     metricsPort,
+    dataPort: data?.port ?? null,
     health,
     async close() {
       health.setStatus("", "NOT_SERVING");
+      await data?.close();
       await new Promise<void>((r) => server.tryShutdown(() => r()));
       await httpClose();
     },

@@ -1,7 +1,7 @@
 import { once } from "node:events";
 import { connect, createServer, type Socket } from "node:net";
 import { describe, expect, it } from "vitest";
-import { DATA_PREFACE, DataPathError, FrameReader, frameHeader, writeFrame } from "./data-path.js";
+import { DATA_PREFACE, DataPathError, FrameReader, frameHeader, ROUTER_DATA_PREFACE, writeFrame } from "./data-path.js";
 
 /** A stream of frames as bytes, with the preface in front. */
 function stream(frames: Buffer[]): Buffer {
@@ -68,6 +68,18 @@ describe("FrameReader", () => {
     const v2 = Buffer.from(DATA_PREFACE);
     v2[4] = 2;
     expect(() => new FrameReader(1000, true, () => {}).push(v2)).toThrow(/unsupported data-path version/);
+  });
+
+  it("tells the router's data path from the worker's by the preface", () => {
+    const got: Buffer[] = [];
+    new FrameReader(1000, ROUTER_DATA_PREFACE, (f) => got.push(f)).push(
+      Buffer.concat([ROUTER_DATA_PREFACE, frameHeader(2), Buffer.from([1, 2])]),
+    );
+    expect(got).toEqual([Buffer.from([1, 2])]);
+    expect(() => new FrameReader(1000, ROUTER_DATA_PREFACE, () => {}).push(DATA_PREFACE)).toThrow(
+      /not a Switchyard data-path client of this service \(expected "SYRF"\)/,
+    );
+    expect(() => new FrameReader(1000, true, () => {}).push(ROUTER_DATA_PREFACE)).toThrow(/expected "SYDP"/);
   });
 
   it("reads frames without a preface on the worker -> router direction", () => {

@@ -1,21 +1,28 @@
-// The worker data path: the messages of ExpertWorker.RunExpertsStream (ExpertBatch from the router, ExpertResult
-// back, matched by batch_id, replies in any order) on a plain TCP connection instead of an HTTP/2 stream.
-// shared/bench/TRANSPORT.md measured grpc-js at ~3x the cost of raw TCP per message on the build machine; the
-// router's per-layer hop to its workers is where that cost repeats, so workers offer this path beside gRPC (their
-// Status carries data_port) and the router uses it when it can reach it, falling back to the gRPC stream.
+// The data paths: a service's stream messages on a plain TCP connection instead of an HTTP/2 stream.
+// shared/bench/TRANSPORT.md measured grpc-js at ~3x the cost of raw TCP per message on the build machine. Two hops
+// repeat that cost for every MoE layer, so both offer this path beside gRPC:
+// - the worker's (preface "SYDP"): ExpertWorker.RunExpertsStream's messages, ExpertBatch from the router and
+//   ExpertResult back, matched by batch_id, replies in any order. Workers advertise the port in Status (data_port)
+//   and the router uses it when it can reach it, falling back to the gRPC stream.
+// - the router's (preface "SYRF"): Router.ForwardStream's messages, ForwardRequest from an engine and
+//   ForwardResponse back, matched by request_id, replies in any order, a failed request answered in its reply's
+//   error. Engines reach it on the router's --data-port (default 50052).
 //
 // Wire format (version 1):
-//   client -> worker, once:  "SYDP" + u32 little-endian version (1)
+//   client -> server, once:  the 4-byte magic + u32 little-endian version (1)
 //   then each message, both ways:  u32 little-endian length N, then N bytes of protobuf
-// A frame longer than the receiver's limit, or a wrong preface, closes the connection (everything in flight on it
-// fails UNAVAILABLE at the router, which re-lays those rows on another replica, as for a broken gRPC stream).
-// Closing the connection cancels every batch still running on it. Control calls (Status, Prefetch, Evict) and
-// health stay on gRPC.
+// A frame longer than the receiver's limit, or a wrong preface, closes the connection. At the router everything in
+// flight on a worker connection then fails UNAVAILABLE and is re-laid on another replica, as for a broken gRPC
+// stream. Closing a worker connection cancels every batch still running on it. Control calls (Status, Prefetch,
+// Evict) and health stay on gRPC.
 
 import type { Socket } from "node:net";
 
 export const DATA_PATH_VERSION = 1;
+/** The worker data path's preface: "SYDP", version. */
 export const DATA_PREFACE: Buffer = Buffer.from([0x53, 0x59, 0x44, 0x50, DATA_PATH_VERSION, 0, 0, 0]);
+/** The router data path's preface: "SYRF", version. A client on the wrong port fails at once, naming both. */
+export const ROUTER_DATA_PREFACE: Buffer = Buffer.from([0x53, 0x59, 0x52, 0x46, DATA_PATH_VERSION, 0, 0, 0]);
 const HEADER = 4;
 
 /** A protocol violation on the data path: the connection cannot continue. */
@@ -35,23 +42,27 @@ export class FrameReader {
   private body: Buffer | null = null;
   private bodyHave = 0;
 
+  private readonly preface: Buffer;
+
+  /** `expectPreface`: true for the worker's (DATA_PREFACE), a buffer for another, false on the replies' side. */
   constructor(
     private readonly maxFrameBytes: number,
-    expectPreface: boolean,
+    expectPreface: boolean | Buffer,
     private readonly onFrame: (frame: Buffer) => void,
   ) {
-    this.prefaceLeft = expectPreface ? DATA_PREFACE.length : 0;
+    this.preface = expectPreface === true || expectPreface === false ? DATA_PREFACE : expectPreface;
+    this.prefaceLeft = expectPreface === false ? 0 : this.preface.length;
   }
 
   push(chunk: Buffer): void {
     let pos = 0;
     const n = chunk.length;
     while (this.prefaceLeft > 0 && pos < n) {
-      const i = DATA_PREFACE.length - this.prefaceLeft;
-      if (chunk[pos] !== DATA_PREFACE[i])
+      const i = this.preface.length - this.prefaceLeft;
+      if (chunk[pos] !== this.preface[i])
         throw new DataPathError(
           i < 4
-            ? 'bad preface: not a Switchyard data-path client (expected "SYDP")'
+            ? `bad preface: not a Switchyard data-path client of this service (expected "${this.preface.toString("latin1", 0, 4)}")`
             : `unsupported data-path version (this side speaks ${DATA_PATH_VERSION})`,
         );
       pos++;
@@ -114,9 +125,10 @@ export function serveFrames(
   maxFrameBytes: number,
   onFrame: (frame: Buffer) => void,
   onViolation?: (err: Error) => void,
+  preface: Buffer = DATA_PREFACE,
 ): void {
   socket.setNoDelay(true);
-  const reader = new FrameReader(maxFrameBytes, true, onFrame);
+  const reader = new FrameReader(maxFrameBytes, preface, onFrame);
   socket.on("data", (chunk: Buffer) => {
     try {
       reader.push(chunk);

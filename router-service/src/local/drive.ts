@@ -14,6 +14,7 @@ import {
   type ForwardResponse,
   fromRpcError,
   RouterClient,
+  RouterDataClient,
   type Tensor,
 } from "@switchyard/protocol";
 import { CheckpointModel } from "../checkpoint-model.js";
@@ -23,6 +24,12 @@ import { type Sequence, Traffic, type TrafficOptions } from "./loadgen.js";
 export interface DriveOptions {
   /** Sequence s talks to routerAddresses[s % length] (one router, or replicas of it). */
   routerAddresses: string[];
+  /**
+   * The same routers' TCP data paths (data-server.ts), in the same order. Given: requests go there, on one
+   * connection per router per driver, as an engine process would hold. Absent: each group of sequences opens its
+   * own gRPC ForwardStream.
+   */
+  routerDataAddresses?: string[];
   /** The sequences this driver runs (ids into the seeded traffic: the same ids give the same tokens anywhere). */
   sequences: number[];
   layers: number[];
@@ -72,33 +79,22 @@ export class DriveStats {
 /** Runs the sequences until the duration is over; counts into `stats` as it goes (progress lines read them). */
 export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStats): Promise<void> {
   const traffic = new Traffic(o.traffic);
-  const clients = o.routerAddresses.map(
-    (a) => new RouterClient(a, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS),
-  );
+  const grpcClients = o.routerDataAddresses
+    ? []
+    : o.routerAddresses.map((a) => new RouterClient(a, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS));
+  const dataClients = (o.routerDataAddresses ?? []).map((a) => {
+    const i = a.lastIndexOf(":");
+    return new RouterDataClient(a.slice(0, i), Number(a.slice(i + 1)));
+  });
   const endAt = performance.now() + (o.endAtEpochMs - Date.now());
   const d = o.hidden;
   const engine = o.engineGate ? await CheckpointModel.open(o.engineGate) : null;
   // A group of sequences stepping together: one Forward per layer carries every sequence's tokens of the step.
   const groupLoop = async (sids: number[]) => {
     const sid = sids[0] as number;
-    const stream = (clients[sid % clients.length] as RouterClient).forwardStream();
-    const waiting = new Map<bigint, (r: ForwardResponse) => void>();
-    stream.on("data", (r: ForwardResponse) => {
-      const w = waiting.get(r.requestId);
-      waiting.delete(r.requestId);
-      w?.(r);
-    });
-    // A stream that failed or ended answers every wait, pending or later, with an error: none hangs.
-    let closed: string | null = null;
-    const failAll = (e: Error) => {
-      closed ??= e.message;
-      for (const w of waiting.values())
-        w({ requestId: 0n, hidden: undefined, stats: undefined, error: { code: 14, message: e.message } });
-      waiting.clear();
-    };
-    stream.on("error", failAll);
-    stream.on("end", () => failAll(new Error("the router ended the stream")));
-    stream.on("close", () => failAll(new Error("the stream to the router closed")));
+    const channel = dataClients.length
+      ? dataChannel(dataClients[sid % dataClients.length] as RouterDataClient)
+      : streamChannel(grpcClients[sid % grpcClients.length] as RouterClient);
     let rid = BigInt(sid) << 32n;
     const seqs = sids.map((s) => traffic.sequence(s));
     let first = true;
@@ -119,14 +115,7 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
           : undefined;
         const id = ++rid;
         const ts = performance.now();
-        const res = await new Promise<ForwardResponse>((r) => {
-          if (closed !== null) {
-            r({ requestId: id, hidden: undefined, stats: undefined, error: { code: 14, message: closed } });
-            return;
-          }
-          waiting.set(id, r);
-          stream.write({ pool: "local", layer, hidden: tensor, gate, requestId: id });
-        });
+        const res = await channel.send({ pool: "local", layer, hidden: tensor, gate, requestId: id });
         stats.latencies.push(performance.now() - ts);
         if (res.stats) stats.routerMs.push(res.stats.totalMs);
         stats.forwards++;
@@ -134,7 +123,7 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
           stats.errors++;
           if (stats.errorSamples.length < 5)
             stats.errorSamples.push(res.error ? fromRpcError(res.error).message : "empty answer");
-          stream.end();
+          channel.end();
           return;
         }
         const out = bytesToFloat32(res.hidden.data, res.hidden.dtype, true);
@@ -148,7 +137,7 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
       }
       stats.tokensDone += n;
     }
-    stream.end();
+    channel.end();
   };
   const groups: number[][] = [];
   const groupSize = Math.max(1, o.engineBatch ?? 1);
@@ -156,8 +145,60 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
   try {
     await Promise.all(groups.map(groupLoop));
   } finally {
-    for (const c of clients) c.close();
+    for (const c of grpcClients) c.close();
+    for (const c of dataClients) c.close();
   }
+}
+
+/** How a group of sequences sends its requests: each answer, or an error answer, never a rejection or a hang. */
+interface Channel {
+  send(req: ForwardRequest): Promise<ForwardResponse>;
+  end(): void;
+}
+
+const failed = (requestId: bigint, message: string): ForwardResponse => ({
+  requestId,
+  hidden: undefined,
+  stats: undefined,
+  error: { code: 14, message },
+});
+
+/** A ForwardStream of the group's own. */
+function streamChannel(client: RouterClient): Channel {
+  const stream = client.forwardStream();
+  const waiting = new Map<bigint, (r: ForwardResponse) => void>();
+  stream.on("data", (r: ForwardResponse) => {
+    const w = waiting.get(r.requestId);
+    waiting.delete(r.requestId);
+    w?.(r);
+  });
+  // A stream that failed or ended answers every wait, pending or later, with an error: none hangs.
+  let closed: string | null = null;
+  const failAll = (e: Error) => {
+    closed ??= e.message;
+    for (const [id, w] of waiting) w(failed(id, e.message));
+    waiting.clear();
+  };
+  stream.on("error", failAll);
+  stream.on("end", () => failAll(new Error("the router ended the stream")));
+  stream.on("close", () => failAll(new Error("the stream to the router closed")));
+  return {
+    send: (req) =>
+      new Promise<ForwardResponse>((r) => {
+        if (closed !== null) return r(failed(req.requestId, closed));
+        waiting.set(req.requestId, r);
+        stream.write(req);
+      }),
+    end: () => stream.end(),
+  };
+}
+
+/** The driver's connection to the router's data path, shared by its groups. */
+function dataChannel(client: RouterDataClient): Channel {
+  return {
+    send: (req) => client.forward(req).catch((e: Error) => failed(req.requestId, e.message)),
+    end: () => {},
+  };
 }
 
 /**

@@ -84,6 +84,7 @@ describe("the local mode's drivers, through a router", () => {
         config: join(dir, "router.json"),
         port: 0,
         metricsPort: null,
+        dataPort: 0,
         host: "127.0.0.1",
         log: () => {},
       });
@@ -103,12 +104,14 @@ describe("the local mode's drivers, through a router", () => {
     routers: RouterApp[] = [app],
     engineGate: string | undefined = undefined,
     engineBatch = 1,
+    transport: "grpc" | "data" = "grpc",
   ) => {
     const jobs: CheckJob[] = [];
     const r = startDrivers(
       drivers,
       {
         routerAddresses: routers.map((r) => `127.0.0.1:${r.server.port}`),
+        ...(transport === "data" ? { routerDataAddresses: routers.map((r) => `127.0.0.1:${r.server.dataPort}`) } : {}),
         layers: [0, 1],
         hidden: D,
         dtype: DType.BFLOAT16,
@@ -203,9 +206,33 @@ describe("the local mode's drivers, through a router", () => {
     },
   );
 
-  it("deals the sequences over router replicas", async () => {
+  it.each([1, 2])(
+    "%i driver(s) on the router's TCP data path: every answer checked, the requests counted as ForwardData",
+    async (drivers) => {
+      if (drivers > 1 && !built) return;
+      /** Requests answered, all of them or those of one method. */
+      const requests = async (method = "") => {
+        const text = await app.router.metrics.registry.getSingleMetricAsString("switchyard_router_requests_total");
+        return [...text.matchAll(/^switchyard_router_requests_total\{([^}]*)\} (\S+)$/gm)]
+          .filter((m) => m[1]?.includes(method))
+          .reduce((a, m) => a + Number(m[2]), 0);
+      };
+      const [all0, data0] = [await requests(), await requests('method="ForwardData"')];
+      const tokens0 = await tokens(app);
+      const { stats, jobs } = await run(drivers, () => true, [app], undefined, 2, "data");
+      expect(stats.errors).toBe(0);
+      expect(stats.errorSamples).toEqual([]);
+      expect(jobs).toHaveLength(stats.forwards);
+      expect((await tokens(app)) - tokens0).toBe(2 * stats.tokensDone);
+      // every request of the run came by the data path, none by gRPC
+      expect((await requests('method="ForwardData"')) - data0).toBe(stats.forwards);
+      expect((await requests()) - all0).toBe(stats.forwards);
+    },
+  );
+
+  it.each(["grpc", "data"] as const)("deals the sequences over router replicas (%s)", async (transport) => {
     const before = [await tokens(app), await tokens(second)];
-    const { stats } = await run(1, () => true, [app, second]);
+    const { stats } = await run(1, () => true, [app, second], undefined, 1, transport);
     expect(stats.errors).toBe(0);
     const gained = [(await tokens(app)) - before[0], (await tokens(second)) - before[1]];
     // 5 sequences: 0, 2 and 4 on the first router, 1 and 3 on the second; every token of each crosses both layers

@@ -99,6 +99,8 @@ export interface LocalOptions {
   gate: "router" | "engine";
   /** sequences per Forward: an engine's step over its batch (1: each sequence calls the router on its own) */
   engineBatch: number;
+  /** how the drivers reach the router: its TCP data path (data-server.ts) or gRPC ForwardStreams */
+  engineTransport: "data" | "grpc";
   policyFile?: string;
 }
 
@@ -131,7 +133,10 @@ const USAGE = `usage: npm start -- [flags]
                                   the engine, whose part the drivers play (each request then carries router_logits)
   --engine-batch N                sequences per Forward (default 1: every sequence calls the router on its own). N
                                   sequences then step together, as an engine's step calls each MoE layer once with
-                                  its whole batch's tokens; fewer, larger calls`;
+                                  its whole batch's tokens; fewer, larger calls
+  --engine-transport data|grpc    how the drivers, standing in for engines, reach the router: its TCP data path
+                                  (default; one connection per router per driver thread) or gRPC ForwardStreams
+                                  (one per sequence)`;
 
 export function parseLocalArgs(argv: string[]): LocalOptions {
   const o: LocalOptions = {
@@ -155,6 +160,7 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
     sharedExperts: null,
     gate: "router",
     engineBatch: 1,
+    engineTransport: "data",
   };
   const int = (flag: string, v: string, min: number) => {
     const n = Number(v);
@@ -251,6 +257,10 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
       case "engine-batch":
         o.engineBatch = int(name, v, 1);
         break;
+      case "engine-transport":
+        if (v !== "data" && v !== "grpc") throw new Error(`--engine-transport: data or grpc, got "${v}"`);
+        o.engineTransport = v;
+        break;
       case "shared-experts":
         if (v !== "workers" && v !== "router") throw new Error(`--shared-experts: workers or router, got "${v}"`);
         o.sharedExperts = v;
@@ -286,7 +296,7 @@ function readyPorts(
   child: ChildProcess,
   name: string,
   timeoutMs: number,
-): Promise<{ port: number; metricsPort: number }> {
+): Promise<{ port: number; metricsPort: number; dataPort: number | null }> {
   return new Promise((res, rej) => {
     const t = setTimeout(() => rej(new Error(`${name} not ready after ${timeoutMs / 1000} s`)), timeoutMs);
     const onExit = (code: number | null) => {
@@ -297,9 +307,9 @@ function readyPorts(
     child.once("message", (m: unknown) => {
       clearTimeout(t);
       child.off("exit", onExit);
-      const r = (m ?? {}) as { port?: unknown; metricsPort?: unknown };
+      const r = (m ?? {}) as { port?: unknown; metricsPort?: unknown; dataPort?: unknown };
       if (typeof r.port === "number" && typeof r.metricsPort === "number")
-        res({ port: r.port, metricsPort: r.metricsPort });
+        res({ port: r.port, metricsPort: r.metricsPort, dataPort: typeof r.dataPort === "number" ? r.dataPort : null });
       else rej(new Error(`${name}: unexpected ready message ${JSON.stringify(m)}`));
     });
   });
@@ -558,6 +568,8 @@ export async function runLocal(o: LocalOptions): Promise<number> {
             "0",
             "--metrics-port",
             "0",
+            "--data-port",
+            o.engineTransport === "data" ? "0" : "-1",
             "--host",
             "127.0.0.1",
           ],
@@ -632,12 +644,13 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     ]);
     const t0 = performance.now();
     log(
-      `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})${o.drivers > 1 ? ` from ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}`,
+      `driving load: ${o.concurrency} sequences x ${layers.length} MoE layers, ${o.durationS} s, ${o.dtype} (${o.family} ${o.size}, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK})${o.drivers > 1 ? ` from ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}, to the router by ${o.engineTransport === "data" ? "its TCP data path" : "gRPC ForwardStreams"}`,
     );
     const run = startDrivers(
       o.drivers,
       {
         routerAddresses: routers.map((r) => `127.0.0.1:${r.port}`),
+        ...(o.engineTransport === "data" ? { routerDataAddresses: routers.map((r) => `127.0.0.1:${r.dataPort}`) } : {}),
         layers,
         hidden: d,
         dtype,
@@ -725,7 +738,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ],
       [
         "workers / concurrency",
-        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}`,
+        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}${o.engineTransport === "grpc" ? ", engines on gRPC" : ""}`,
       ],
       ...(spec.sharedExperts > 0
         ? ([

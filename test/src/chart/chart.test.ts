@@ -191,7 +191,9 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
       "--config=/etc/switchyard/router/router.json",
       "--port=50051",
       "--metrics-port=9400",
+      "--data-port=50052",
     ]);
+    expect(rc.containers[0].ports?.map((p) => p.name)).toEqual(["grpc", "data", "metrics"]);
     expect(rc.automountServiceAccountToken).toBe(false);
   });
 
@@ -317,7 +319,7 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     const headless = objs.find((o) => o.kind === "Service" && o.metadata.name.endsWith("-router-headless"));
     expect(headless?.spec.clusterIP).toBe("None");
     expect(matches(headless.spec.selector, deploy.spec.template.metadata.labels)).toBe(true);
-    expect(headless.spec.ports.map((p: { name: string }) => p.name)).toEqual(["grpc"]);
+    expect(headless.spec.ports.map((p: { name: string }) => p.name)).toEqual(["grpc", "data"]);
     const r = await exec(helm!, templateArgs(null, ["--set", "router.service.headless=false"]));
     expect(r.code, r.stderr).toBe(0);
     expect(
@@ -325,6 +327,23 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
         .filter((o) => o.kind === "Service")
         .map((o) => o.metadata.name),
     ).not.toContain(headless.metadata.name);
+  });
+
+  it("router.dataPort=0 turns the engines' data path off: no flag value, port, Service port or policy port", async () => {
+    const r = await exec(
+      helm!,
+      templateArgs(null, ["--set", "router.dataPort=0", "--set", "networkPolicy.enabled=true"]),
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const objs = parseDocs(r.stdout) as Untyped[];
+    const deploy = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"));
+    const c = deploy.spec.template.spec.containers[0];
+    expect(c.args).toContain("--data-port=-1");
+    expect(c.ports.map((p: { name: string }) => p.name)).toEqual(["grpc", "metrics"]);
+    for (const svc of objs.filter((o) => o.kind === "Service" && o.metadata.name.includes("-router")))
+      expect(svc.spec.ports.map((p: { name: string }) => p.name)).not.toContain("data");
+    const np = objs.find((o) => o.kind === "NetworkPolicy" && o.metadata.name.endsWith("-router"));
+    expect(JSON.stringify(np.spec.ingress)).not.toContain("50052");
   });
 
   it("image references in the default values point at the repository's Dockerfiles", () => {

@@ -1,0 +1,97 @@
+// An engine's end of the router's TCP data path (data-path.ts, preface "SYRF"): ForwardStream's messages without
+// HTTP/2. One connection carries any number of requests in flight; replies come in any order and are matched here
+// by request_id, so the caller's own ids need not be unique.
+
+import { connect, type Socket } from "node:net";
+import { DataPathError, FrameReader, ROUTER_DATA_PREFACE, writeFrame } from "./data-path.js";
+import { ForwardRequest, ForwardResponse } from "./gen/switchyard/v1/router.js";
+
+export interface RouterDataClientOptions {
+  /** Replies longer than this close the connection (default 512 MiB, the router's own limit). */
+  maxMessageBytes?: number;
+  /** A connection not up by then fails every request (default 10 s). */
+  connectTimeoutMs?: number;
+}
+
+/**
+ * forward() resolves with the router's reply, whose `error` is set where the router failed that request (as on the
+ * gRPC stream), and rejects only when the connection fails: every request in flight then rejects with its reason,
+ * and so does every later call.
+ */
+export class RouterDataClient {
+  private readonly socket: Socket;
+  private readonly waiting = new Map<
+    bigint,
+    { id: bigint; resolve(r: ForwardResponse): void; reject(e: Error): void }
+  >();
+  private nextId = 0n;
+  private failed: Error | null = null;
+
+  constructor(host: string, port: number, o: RouterDataClientOptions = {}) {
+    const s = connect({ host, port, noDelay: true });
+    this.socket = s;
+    const timeoutMs = o.connectTimeoutMs ?? 10_000;
+    const timer = setTimeout(
+      () => this.fail(new Error(`router data path ${host}:${port}: connect timed out after ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    timer.unref();
+    s.once("connect", () => clearTimeout(timer));
+    // Queued by the socket until it connects, then sent first.
+    s.write(ROUTER_DATA_PREFACE);
+    const reader = new FrameReader(o.maxMessageBytes ?? 512 << 20, false, (f) => this.onReply(f));
+    s.on("data", (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        this.fail(err as Error);
+      }
+    });
+    s.on("error", (err) => this.fail(new Error(`router data path ${host}:${port}: ${err.message}`)));
+    s.on("close", () => {
+      clearTimeout(timer);
+      this.fail(new Error(`router data path ${host}:${port}: connection closed`));
+    });
+  }
+
+  /** Requests sent and not yet answered. */
+  get inFlight(): number {
+    return this.waiting.size;
+  }
+
+  forward(req: ForwardRequest): Promise<ForwardResponse> {
+    if (this.failed) return Promise.reject(this.failed);
+    const wireId = ++this.nextId;
+    return new Promise<ForwardResponse>((resolve, reject) => {
+      this.waiting.set(wireId, { id: req.requestId, resolve, reject });
+      writeFrame(this.socket, ForwardRequest.encode({ ...req, requestId: wireId }).finish());
+    });
+  }
+
+  /** Closes the connection; requests still in flight reject. */
+  close(): void {
+    this.fail(new Error("router data path: closed by the client"));
+  }
+
+  private onReply(frame: Buffer): void {
+    let res: ForwardResponse;
+    try {
+      res = ForwardResponse.decode(frame);
+    } catch (err) {
+      throw new DataPathError(`malformed ForwardResponse: ${(err as Error).message}`);
+    }
+    const w = this.waiting.get(res.requestId);
+    if (!w) throw new DataPathError(`reply to request ${res.requestId}, which is not in flight`);
+    this.waiting.delete(res.requestId);
+    res.requestId = w.id;
+    w.resolve(res);
+  }
+
+  private fail(err: Error): void {
+    if (this.failed) return;
+    this.failed = err;
+    this.socket.destroy();
+    for (const w of this.waiting.values()) w.reject(err);
+    this.waiting.clear();
+  }
+}

@@ -1,0 +1,216 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { credentials, Metadata } from "@grpc/grpc-js";
+import { generateCheckpoint } from "@switchyard/moe";
+import {
+  DATA_PREFACE,
+  DType,
+  encodeTensor,
+  type ForwardRequest,
+  type ForwardResponse,
+  frameHeader,
+  fromGrpcError,
+  ROUTER_DATA_PREFACE,
+  RouterClient,
+  RouterDataClient,
+} from "@switchyard/protocol";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type RouterApp, startRouterApp } from "./app.js";
+import { startRouterDataServer } from "./data-server.js";
+import { requestCounter } from "./reply.js";
+import { FakeWorker } from "./testing/fake-worker.js";
+
+const D = 16;
+const expertFn = (layer: number, e: number, x: Float32Array) => x.map((v, j) => (e + 1) * v + layer + 0.01 * j);
+
+function hidden(T: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  return Float32Array.from({ length: T * D }, () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 31 - 1;
+  });
+}
+
+const request = (T: number, seed: number, requestId = 7n): ForwardRequest => ({
+  pool: "p",
+  layer: 0,
+  hidden: encodeTensor(hidden(T, seed), [T, D], DType.FLOAT32),
+  gate: undefined,
+  requestId,
+});
+
+/** Resolves once the server has closed the socket; the bytes it sent before, if any. */
+function closedBy(s: Socket): Promise<Buffer> {
+  const got: Buffer[] = [];
+  s.on("data", (b: Buffer) => got.push(b));
+  s.on("error", () => {});
+  return new Promise((r) => s.on("close", () => r(Buffer.concat(got))));
+}
+
+describe("router data path for engines (TCP, preface SYRF)", () => {
+  let dir: string;
+  let app: RouterApp;
+  let grpc: RouterClient;
+  const workers = [new FakeWorker({ id: "w0", expert: expertFn }), new FakeWorker({ id: "w1", expert: expertFn })];
+  const logs: string[] = [];
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-rdata-"));
+    await generateCheckpoint({
+      family: "mixtral",
+      dir: join(dir, "ckpt"),
+      layers: 1,
+      hiddenSize: D,
+      intermediateSize: 8,
+      experts: 4,
+    });
+    for (const w of workers) await w.start();
+    const plan = { version: 1, pool: "p", workers: ["w0", "w1"], replicas: [[[0], [1], [0], [1]]] };
+    await writeFile(join(dir, "plan.json"), JSON.stringify(plan));
+    await writeFile(
+      join(dir, "router.json"),
+      JSON.stringify({
+        pools: [
+          {
+            name: "p",
+            checkpoint: join(dir, "ckpt"),
+            planFile: join(dir, "plan.json"),
+            endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+          },
+        ],
+      }),
+    );
+    app = await startRouterApp({
+      config: join(dir, "router.json"),
+      port: 0,
+      metricsPort: null,
+      dataPort: 0,
+      host: "127.0.0.1",
+      log: (l) => logs.push(l),
+    });
+    grpc = new RouterClient(`127.0.0.1:${app.server.port}`, credentials.createInsecure());
+  });
+  afterAll(async () => {
+    grpc?.close();
+    await app?.close();
+    for (const w of workers) w.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const viaGrpc = (req: ForwardRequest) =>
+    new Promise<ForwardResponse>((resolve, reject) =>
+      grpc.forward(req, new Metadata(), { deadline: Date.now() + 5000 }, (e, r) =>
+        e ? reject(fromGrpcError(e)) : resolve(r),
+      ),
+    );
+  const client = () => new RouterDataClient("127.0.0.1", app.server.dataPort as number);
+
+  it("is on where a port is given, and says where", () => {
+    expect(app.server.dataPort).toBeGreaterThan(0);
+    expect(logs.some((l) => l.includes(`data path on :${app.server.dataPort}`))).toBe(true);
+  });
+
+  it("answers many requests in flight on one connection as gRPC does, matched to the callers' ids", async () => {
+    const c = client();
+    try {
+      // Every caller uses the same request id: the client matches replies by its own wire ids.
+      const reqs = Array.from({ length: 40 }, (_, i) => request(1 + (i % 9), i + 1, 7n));
+      const [viaData, viaRpc] = await Promise.all([
+        Promise.all(reqs.map((r) => c.forward(r))),
+        Promise.all(reqs.map((r) => viaGrpc(r))),
+      ]);
+      for (let i = 0; i < reqs.length; i++) {
+        const a = viaData[i] as ForwardResponse;
+        expect(a.error).toBeUndefined();
+        expect(a.requestId).toBe(7n);
+        expect(a.hidden?.shape).toEqual([1 + (i % 9), D]);
+        expect(Buffer.from(a.hidden?.data ?? [])).toEqual(Buffer.from(viaRpc[i]?.hidden?.data ?? [1]));
+      }
+      expect(c.inFlight).toBe(0);
+    } finally {
+      c.close();
+    }
+    const counted = await app.router.metrics.registry.getSingleMetricAsString("switchyard_router_requests_total");
+    expect(counted).toMatch(/method="ForwardData".*code="OK".* 40\b|code="OK".*method="ForwardData".* 40\b/);
+  });
+
+  it("answers a bad request with an error naming the field, and keeps the connection", async () => {
+    const c = client();
+    try {
+      const unknown = await c.forward({ ...request(2, 1), pool: "nope" });
+      expect(unknown.error?.message).toMatch(/unknown pool "nope"/);
+      const bad = request(2, 2);
+      bad.hidden = { ...(bad.hidden as NonNullable<ForwardRequest["hidden"]>), data: Buffer.alloc(5) };
+      const short = await c.forward(bad);
+      expect(short.error?.message).toMatch(/hidden/);
+      const good = await c.forward(request(3, 3));
+      expect(good.error).toBeUndefined();
+      expect(good.hidden?.shape).toEqual([3, D]);
+    } finally {
+      c.close();
+    }
+  });
+
+  it("drops a client of another protocol or a malformed message, and says why", async () => {
+    const port = app.server.dataPort as number;
+    const worker = connect({ host: "127.0.0.1", port });
+    const wDone = closedBy(worker);
+    worker.write(DATA_PREFACE); // the worker's data path, not the router's
+    expect((await wDone).length).toBe(0);
+    const junk = connect({ host: "127.0.0.1", port });
+    const jDone = closedBy(junk);
+    junk.write(Buffer.concat([ROUTER_DATA_PREFACE, frameHeader(3), Buffer.from([0xff, 0xff, 0xff])]));
+    await jDone;
+    expect(logs.some((l) => /dropping connection .*expected "SYRF"/.test(l))).toBe(true);
+    expect(logs.some((l) => /dropping connection .*malformed ForwardRequest/.test(l))).toBe(true);
+    // and the router still serves
+    const c = client();
+    expect((await c.forward(request(1, 9))).error).toBeUndefined();
+    c.close();
+  });
+
+  it("stops reading a connection at its in-flight cap and answers everything", async () => {
+    const capped = await startRouterDataServer(app.router, requestCounter(app.router), {
+      host: "127.0.0.1",
+      port: 0,
+      maxMessageBytes: 1 << 20,
+      maxInFlight: 2,
+      log: (l) => logs.push(l),
+    });
+    const c = new RouterDataClient("127.0.0.1", capped.port);
+    try {
+      const reqs = Array.from({ length: 30 }, (_, i) => request(2, 100 + i, BigInt(i)));
+      const got = await Promise.all(reqs.map((r) => c.forward(r)));
+      expect(got.map((r) => r.requestId)).toEqual(reqs.map((r) => r.requestId));
+      expect(got.every((r) => r.error === undefined && r.hidden?.shape[0] === 2)).toBe(true);
+    } finally {
+      c.close();
+      await capped.close();
+    }
+  });
+
+  it("fails the requests in flight when the router goes away, and every later one", async () => {
+    const other = await startRouterDataServer(app.router, requestCounter(app.router), {
+      host: "127.0.0.1",
+      port: 0,
+      maxMessageBytes: 1 << 20,
+      log: () => {},
+    });
+    const c = new RouterDataClient("127.0.0.1", other.port);
+    expect((await c.forward(request(1, 5))).error).toBeUndefined();
+    workers[0].mode = "stall";
+    workers[1].mode = "stall";
+    try {
+      const pending = c.forward(request(4, 6));
+      await new Promise((r) => setTimeout(r, 50));
+      await other.close();
+      await expect(pending).rejects.toThrow(/connection closed/);
+      await expect(c.forward(request(1, 7))).rejects.toThrow(/connection closed/);
+    } finally {
+      workers[0].mode = "ok";
+      workers[1].mode = "ok";
+    }
+  });
+});

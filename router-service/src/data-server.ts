@@ -1,0 +1,134 @@
+// The router's data path for engines (protocol: packages/protocol/src/data-path.ts, preface "SYRF"):
+// ForwardStream's messages on a plain TCP socket. The same Router.forward, the same validation and the same per-item
+// error replies as the gRPC stream, without HTTP/2's framing, flow control and per-stream bookkeeping on the
+// router's one JavaScript thread, which is what bounds a saturated router (bench/results/h200-moe.md, session of
+// 2026-11-30 07:55 UTC: grpc-js reading requests and writing replies were its two largest items after the flush).
+
+import { createServer, type Server, type Socket } from "node:net";
+import {
+  DataPathError,
+  type ForwardRequest,
+  ForwardResponse,
+  ROUTER_DATA_PREFACE,
+  serveFrames,
+  toRpcError,
+  writeFrame,
+} from "@switchyard/protocol";
+import { poolOf, type RequestCounter, serializeResponse } from "./reply.js";
+import type { Router } from "./router.js";
+import { replyPool } from "./wire/buffer-pool.js";
+import { decodeForwardRequest } from "./wire/decode.js";
+import { BACKING } from "./wire/encode.js";
+
+/**
+ * Requests one connection may have in flight before the router stops reading from it. A client that sends without
+ * reading its replies then fills its own socket, not the router's memory; one that reads gets its replies and the
+ * router resumes below half of it.
+ */
+export const MAX_IN_FLIGHT_PER_CONNECTION = 4096;
+
+export interface RouterDataServer {
+  server: Server;
+  port: number;
+  close(): Promise<void>;
+}
+
+export interface DataConnectionOptions {
+  maxMessageBytes: number;
+  /** Hears protocol violations (the connection is dropped). */
+  log: (line: string) => void;
+  maxInFlight?: number;
+}
+
+/** Serves one accepted engine connection until it closes. */
+export function serveRouterDataConnection(
+  socket: Socket,
+  router: Router,
+  count: RequestCounter,
+  o: DataConnectionOptions,
+): void {
+  const maxInFlight = o.maxInFlight ?? MAX_IN_FLIGHT_PER_CONNECTION;
+  let open = 0;
+  let paused = false;
+  let closed = false;
+  socket.on("close", () => {
+    closed = true;
+  });
+  const settle = () => {
+    open--;
+    if (paused && open <= maxInFlight >> 1) {
+      paused = false;
+      socket.resume();
+    }
+  };
+  // One settle pair per connection, not per request (as the gRPC stream's handlers).
+  const ok = (res: ForwardResponse) => {
+    settle();
+    count(poolOf(res), "ForwardData", null);
+    if (closed) return;
+    const body = serializeResponse(res);
+    const back = (res as unknown as Record<symbol, Buffer | undefined>)[BACKING];
+    // A pooled reply buffer goes back once the socket is done with it.
+    writeFrame(socket, body, back ? () => replyPool.give(back) : undefined);
+  };
+  const onRequest = (frame: Buffer) => {
+    let req: ForwardRequest;
+    try {
+      req = decodeForwardRequest(frame);
+    } catch (err) {
+      // No request id to answer under: the connection is unusable, as a malformed message fails a gRPC stream.
+      throw new DataPathError(`malformed ForwardRequest: ${(err as Error).message}`);
+    }
+    open++;
+    if (open >= maxInFlight && !paused) {
+      paused = true;
+      socket.pause();
+    }
+    router.forward(req).then(ok, (err) => {
+      settle();
+      count(req.pool, "ForwardData", err);
+      if (!closed) {
+        const res: ForwardResponse = { requestId: req.requestId, hidden: undefined, stats: undefined };
+        res.error = toRpcError(err);
+        writeFrame(socket, ForwardResponse.encode(res).finish());
+      }
+    });
+  };
+  serveFrames(
+    socket,
+    o.maxMessageBytes,
+    onRequest,
+    (err) => o.log(`data path: dropping connection from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`),
+    ROUTER_DATA_PREFACE,
+  );
+}
+
+/** Listens for engines' data-path connections. port 0 = any free port. */
+export async function startRouterDataServer(
+  router: Router,
+  count: RequestCounter,
+  o: DataConnectionOptions & { host: string; port: number },
+): Promise<RouterDataServer> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+    serveRouterDataConnection(s, router, count, o);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(o.port, o.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return {
+    server,
+    port: (server.address() as { port: number }).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of sockets) s.destroy();
+      }),
+  };
+}
