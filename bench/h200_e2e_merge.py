@@ -38,6 +38,11 @@ def parse(text):
     conc = re.search(r"^workers / concurrency\s+\d+ / (\d+) sequences", text, re.M)
     if conc:
         out["concurrency"] = int(conc.group(1))
+    # how the drivers (the engines) reached the router: its TCP data path or gRPC (logs since 2026-11-30 09:00 UTC;
+    # every run before used gRPC ForwardStreams)
+    engine = re.search(r"^driving load: .*, to the router by (its TCP data path|gRPC ForwardStreams)$", text, re.M)
+    if engine:
+        out["engine_transport"] = "data" if engine.group(1).startswith("its") else "grpc"
     shared = re.search(r"^shared expert\s+(.+)$", text, re.M)  # where the shared expert ran (families with one)
     if shared:
         out["shared_expert"] = shared.group(1).strip()
