@@ -15,6 +15,9 @@
 //   bare_ratio[T]      the same for a bare router (bench/bare-router.ts: decode, one ExpertBatch, combine, encode; no
 //                      gating, placement, batching or metrics) in the same rounds: how much of the gap to the forwarder
 //                      is protocol work any router of these messages does, and how much is the router's own logic.
+//   engine_data_speedup[T]  the same router process with its client on the engines' TCP data path (--data-port:
+//                      ForwardStream's messages length-prefixed, no HTTP/2) ÷ with its client on the gRPC stream, in
+//                      the same rounds: what that path is worth to an engine against a router doing the same work.
 //   tcp_ratio[T]       router round trip ÷ round trip of a raw TCP two-hop echo (node:net pipe forwarder) of the
 //                      same bytes (≥ 1: how many times slower than bare TCP).
 //   batching_speedup   64 concurrent 1-token decode streams through the router to 2 real CPU expert workers
@@ -60,6 +63,7 @@ import {
   type ForwardResponse,
   FrameReader,
   fromRpcError,
+  ROUTER_DATA_PREFACE,
   RouterService,
   serveFrames,
   writeFrame,
@@ -267,9 +271,11 @@ interface RouterSpec {
   policy: unknown;
   /** The router's worker transport (default auto: the worker's data path). */
   transport?: "auto" | "grpc";
+  /** Also serve the engines' TCP data path: the role then answers { port, dataPort }. */
+  engineDataPath?: boolean;
 }
 
-async function roleRouter(spec: RouterSpec): Promise<number> {
+async function roleRouter(spec: RouterSpec): Promise<number | { port: number; dataPort: number | null }> {
   const model =
     spec.model === "noop"
       ? noopModel(spec.d, spec.experts)
@@ -286,8 +292,13 @@ async function roleRouter(spec: RouterSpec): Promise<number> {
   });
   // As a served router is after its first Status polls: each connection knows its worker's data port.
   await router.refreshWorkers("bench");
-  const s = await serveRouter(router, { port: 0, host: "127.0.0.1", metricsPort: null });
-  return s.port;
+  const s = await serveRouter(router, {
+    port: 0,
+    host: "127.0.0.1",
+    metricsPort: null,
+    dataPort: spec.engineDataPath ? 0 : null,
+  });
+  return spec.engineDataPath ? { port: s.port, dataPort: s.dataPort } : s.port;
 }
 
 async function roleWorker(a: { checkpoint: string; id: string; planFile: string }): Promise<number> {
@@ -444,6 +455,35 @@ function routerChannel(address: string, req: ForwardRequest, expectBytes: number
   };
 }
 
+/**
+ * The same requests on the router's TCP data path for engines (preface SYRF, length-prefixed ForwardRequest frames,
+ * the request encoded once as for routerChannel). Replies may come in any order; each resolves the oldest call,
+ * which is all a throughput window needs, and each is checked for an error and its size.
+ */
+function routerDataChannel(port: number, req: ForwardRequest, expectBytes: number): Channel {
+  const s = connect({ port, host: "127.0.0.1", noDelay: true });
+  s.on("error", () => {}); // the router is killed at the end of a section
+  s.write(ROUTER_DATA_PREFACE);
+  const encoded = Buffer.from(ForwardRequest.encode({ ...req, requestId: 0n }).finish());
+  const waiting: { res: () => void; rej: (e: Error) => void }[] = [];
+  const reader = new FrameReader(512 << 20, false, (f) => {
+    const r = decodeForwardResponse(f);
+    const w = waiting.shift()!;
+    if (r.error) w.rej(fromRpcError(r.error));
+    else if (r.hidden!.data.length !== expectBytes) w.rej(new Error(`router returned ${r.hidden!.data.length} bytes`));
+    else w.res();
+  });
+  s.on("data", (chunk: Buffer) => reader.push(chunk));
+  return {
+    call: () =>
+      new Promise<void>((res, rej) => {
+        waiting.push({ res, rej });
+        writeFrame(s, encoded);
+      }),
+    close: () => s.destroy(),
+  };
+}
+
 function tcpChannel(port: number, payload: Buffer): Promise<Channel> {
   return new Promise((res) => {
     const s: Socket = connect(port, "127.0.0.1", () => {
@@ -535,7 +575,10 @@ async function overhead() {
     replicas: [Array.from({ length: 8 }, () => [0])],
     policy: { batching: { enabled: false } },
   } satisfies RouterSpec;
-  const routerPort = await start("router", routerSpec);
+  const { port: routerPort, dataPort: routerDataPort } = await start<{ port: number; dataPort: number }>("router", {
+    ...routerSpec,
+    engineDataPath: true,
+  } satisfies RouterSpec);
   const routerProc = children.at(-1)!;
   const routerGrpcPort = await start("router", { ...routerSpec, transport: "grpc" } satisfies RouterSpec);
   const routerGrpcProc = children.at(-1)!;
@@ -561,6 +604,7 @@ async function overhead() {
     const fwd = rawChannel(`127.0.0.1:${fwdPort}`, payload);
     const dfwd = rawChannel(`127.0.0.1:${dfwdPort}`, payload);
     const rtr = routerChannel(`127.0.0.1:${routerPort}`, req, payload.length);
+    const rtrData = routerDataChannel(routerDataPort, req, payload.length);
     const rtrGrpc = routerChannel(`127.0.0.1:${routerGrpcPort}`, req, payload.length);
     const bare = routerChannel(`127.0.0.1:${barePort}`, req, payload.length);
     const tcp = await tcpChannel(tcpFwd, payload);
@@ -571,13 +615,14 @@ async function overhead() {
     const warm = Number(process.env.BENCH_WARMUP_S ?? 2);
     await measure(fwd, 4, warm);
     await measure(rtr, 4, warm);
+    await measure(rtrData, 4, warm);
     await measure(bare, 4, warm);
     await measure(rtrGrpc, 4, warm);
     await measure(dfwd, 4, warm);
     await measure(tcp, 1, 0.3);
     const rounds = ROUNDS;
     const win = (SECONDS * (T === 256 ? 1.5 : 1)) / rounds;
-    const tput: { r: number; f: number; b: number; g: number; df: number }[] = [];
+    const tput: { r: number; f: number; b: number; g: number; df: number; rd: number }[] = [];
     const rtt: { r: number; f: number; t: number }[] = [];
     const cpu: {
       router: number;
@@ -587,6 +632,7 @@ async function overhead() {
       bare: number;
       routerGrpc: number;
       dataForwarder: number;
+      routerEngineData: number;
     }[] = [];
     for (let k = 0; k < rounds; k++) {
       let r: Awaited<ReturnType<typeof withCpu>>;
@@ -594,9 +640,12 @@ async function overhead() {
       let b: Awaited<ReturnType<typeof withCpu>>;
       let g: Awaited<ReturnType<typeof withCpu>>;
       let df: Awaited<ReturnType<typeof withCpu>>;
-      // Router and forwarder back to back, the other three around them; the order reverses every round.
+      let rd: Awaited<ReturnType<typeof withCpu>>;
+      // Router and forwarder back to back, the router on the engines' data path beside the router, the other three
+      // around them; the order reverses every round.
       if (k % 2 === 0) {
         g = await withCpu(rtrGrpc, 4, win, routerGrpcProc, workerProc);
+        rd = await withCpu(rtrData, 4, win, routerProc, workerProc);
         r = await withCpu(rtr, 4, win, routerProc, workerProc);
         f = await withCpu(fwd, 4, win, fwdProc, echoProc);
         b = await withCpu(bare, 4, win, bareProc, workerProc);
@@ -606,9 +655,17 @@ async function overhead() {
         b = await withCpu(bare, 4, win, bareProc, workerProc);
         f = await withCpu(fwd, 4, win, fwdProc, echoProc);
         r = await withCpu(rtr, 4, win, routerProc, workerProc);
+        rd = await withCpu(rtrData, 4, win, routerProc, workerProc);
         g = await withCpu(rtrGrpc, 4, win, routerGrpcProc, workerProc);
       }
-      tput.push({ r: r.perSecond, f: f.perSecond, b: b.perSecond, g: g.perSecond, df: df.perSecond });
+      tput.push({
+        r: r.perSecond,
+        f: f.perSecond,
+        b: b.perSecond,
+        g: g.perSecond,
+        df: df.perSecond,
+        rd: rd.perSecond,
+      });
       cpu.push({
         router: r.midCpuUs,
         worker: r.endCpuUs,
@@ -617,6 +674,7 @@ async function overhead() {
         bare: b.midCpuUs,
         routerGrpc: g.midCpuUs,
         dataForwarder: df.midCpuUs,
+        routerEngineData: rd.midCpuUs,
       });
       const rr = await measure(rtr, 1, win / 2);
       const ff = await measure(fwd, 1, win / 2);
@@ -627,6 +685,7 @@ async function overhead() {
     dfwd.close();
     rtrGrpc.close();
     rtr.close();
+    rtrData.close();
     bare.close();
     tcp.close();
     const fwdTput = median(tput.map((x) => x.f));
@@ -648,6 +707,8 @@ async function overhead() {
       same_transport_ratio: +median(tput.map((x) => x.r / x.df)).toFixed(3),
       same_transport_ratio_per_round: tput.map((x) => +(x.r / x.df).toFixed(3)),
       data_path_speedup: +median(tput.map((x) => x.r / x.g)).toFixed(3),
+      engine_data_speedup: +median(tput.map((x) => x.rd / x.r)).toFixed(3),
+      engine_data_speedup_per_round: tput.map((x) => +(x.rd / x.r).toFixed(3)),
       bare_ratio: +median(tput.map((x) => x.b / x.f)).toFixed(3),
       bare_ratio_per_round: tput.map((x) => +(x.b / x.f).toFixed(3)),
       router_vs_bare: +median(tput.map((x) => x.r / x.b)).toFixed(3),
@@ -658,6 +719,7 @@ async function overhead() {
       forwarder_cpu_us_per_req: +median(cpu.map((x) => x.forwarder)).toFixed(1),
       bare_router_cpu_us_per_req: +median(cpu.map((x) => x.bare)).toFixed(1),
       router_grpc_hop_cpu_us_per_req: +median(cpu.map((x) => x.routerGrpc)).toFixed(1),
+      router_engine_data_cpu_us_per_req: +median(cpu.map((x) => x.routerEngineData)).toFixed(1),
       data_forwarder_cpu_us_per_req: +median(cpu.map((x) => x.dataForwarder)).toFixed(1),
       noop_worker_cpu_us_per_req: +median(cpu.map((x) => x.worker)).toFixed(1),
       echo_cpu_us_per_req: +median(cpu.map((x) => x.echo)).toFixed(1),
@@ -930,6 +992,7 @@ async function main() {
       grpc_hop_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.grpc_hop_ratio])),
       same_transport_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.same_transport_ratio])),
       bare_ratio: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.bare_ratio])),
+      engine_data_speedup: Object.fromEntries(ov.map((r) => [`T${r.T}`, r.engine_data_speedup])),
       goal: "overhead_ratio >= 0.8 at every T",
     },
     batching: { ...bt, goal: "batching_speedup >= 5, batching_p99_ratio <= 1" },
@@ -947,6 +1010,7 @@ async function main() {
       grpc_hop_ratio: result.overhead.grpc_hop_ratio,
       same_transport_ratio: result.overhead.same_transport_ratio,
       bare_ratio: result.overhead.bare_ratio,
+      engine_data_speedup: result.overhead.engine_data_speedup,
       batching_speedup: bt.batching_speedup,
       batching_p99_ratio: bt.batching_p99_ratio,
       batching_speedup_small_experts: btSmall.batching_speedup,
