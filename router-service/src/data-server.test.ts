@@ -8,13 +8,15 @@ import {
   DATA_PREFACE,
   DType,
   encodeTensor,
-  type ForwardRequest,
-  type ForwardResponse,
+  ForwardRequest,
+  ForwardResponse,
+  FrameReader,
   frameHeader,
   fromGrpcError,
   ROUTER_DATA_PREFACE,
   RouterClient,
   RouterDataClient,
+  writeFrame,
 } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RouterApp, startRouterApp } from "./app.js";
@@ -78,6 +80,8 @@ describe("router data path for engines (TCP, preface SYRF)", () => {
             checkpoint: join(dir, "ckpt"),
             planFile: join(dir, "plan.json"),
             endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+            // room for the unread-replies test's 40 MiB of requests at once
+            policy: { batching: { maxQueueTokens: 1 << 20 } },
           },
         ],
       }),
@@ -189,6 +193,49 @@ describe("router data path for engines (TCP, preface SYRF)", () => {
       c.close();
       await capped.close();
     }
+  });
+
+  it("stops reading a client that does not read its replies, and serves it once it does", async () => {
+    const capped = await startRouterDataServer(app.router, requestCounter(app.router), {
+      host: "127.0.0.1",
+      port: 0,
+      maxMessageBytes: 64 << 20,
+      maxQueuedReplyBytes: 2 << 20,
+      log: (l) => logs.push(l),
+    });
+    const answered = async () => {
+      const text = await app.router.metrics.registry.getSingleMetricAsString("switchyard_router_requests_total");
+      return [...text.matchAll(/^switchyard_router_requests_total\{([^}]*)\} (\S+)$/gm)]
+        .filter((m) => m[1]?.includes('method="ForwardData"'))
+        .reduce((a, m) => a + Number(m[2]), 0);
+    };
+    // 40 requests of 1 MiB each, whose 1 MiB replies the client leaves unread: the kernel's socket buffers hold a
+    // few of them, the router's queue 2 MiB more, and then it must stop taking requests.
+    const N = 40;
+    const T = 16384;
+    const s = connect({ host: "127.0.0.1", port: capped.port });
+    s.on("error", () => {});
+    s.pause();
+    s.write(ROUTER_DATA_PREFACE);
+    const frame = Buffer.from(ForwardRequest.encode(request(T, 11, 1n)).finish());
+    const before = await answered();
+    for (let i = 0; i < N; i++) writeFrame(s, frame);
+    await new Promise((r) => setTimeout(r, 1500));
+    const whilePaused = (await answered()) - before;
+    expect(whilePaused).toBeGreaterThan(0);
+    expect(whilePaused).toBeLessThan(N);
+    // Reading now: every request is answered, its reply whole.
+    const replies: ForwardResponse[] = [];
+    const reader = new FrameReader(64 << 20, false, (f) => replies.push(ForwardResponse.decode(f)));
+    s.on("data", (c: Buffer) => reader.push(c));
+    s.resume();
+    const end = Date.now() + 20_000;
+    while (replies.length < N && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    expect(replies.map((r) => r.error?.message ?? r.hidden?.shape.join("x"))).toEqual(
+      Array.from({ length: N }, () => `${T}x${D}`),
+    );
+    s.destroy();
+    await capped.close();
   });
 
   it("fails the requests in flight when the router goes away, and every later one", async () => {

@@ -21,11 +21,15 @@ import { decodeForwardRequest } from "./wire/decode.js";
 import { BACKING } from "./wire/encode.js";
 
 /**
- * Requests one connection may have in flight before the router stops reading from it. A client that sends without
- * reading its replies then fills its own socket, not the router's memory; one that reads gets its replies and the
- * router resumes below half of it.
+ * Requests one connection may have in flight before the router stops reading from it; it resumes below half of it.
  */
 export const MAX_IN_FLIGHT_PER_CONNECTION = 4096;
+/**
+ * Reply bytes a connection may have queued in the router (written, not yet taken by the kernel) before the router
+ * stops reading its requests; it resumes once they have drained. With both limits a client that sends without
+ * reading its replies fills its own socket, not the router's memory (4096 DeepSeek-V3 prefill replies would be GBs).
+ */
+export const MAX_QUEUED_REPLY_BYTES = 64 << 20;
 
 export interface RouterDataServer {
   server: Server;
@@ -38,6 +42,7 @@ export interface DataConnectionOptions {
   /** Hears protocol violations (the connection is dropped). */
   log: (line: string) => void;
   maxInFlight?: number;
+  maxQueuedReplyBytes?: number;
 }
 
 /** Serves one accepted engine connection until it closes. */
@@ -48,28 +53,37 @@ export function serveRouterDataConnection(
   o: DataConnectionOptions,
 ): void {
   const maxInFlight = o.maxInFlight ?? MAX_IN_FLIGHT_PER_CONNECTION;
+  const maxQueued = o.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES;
   let open = 0;
   let paused = false;
   let closed = false;
+  // Idle engine connections live long; keepalive notices a peer that vanished without a FIN.
+  socket.setKeepAlive(true, 30_000);
   socket.on("close", () => {
     closed = true;
   });
-  const settle = () => {
-    open--;
-    if (paused && open <= maxInFlight >> 1) {
+  // Reading stops while either limit is reached and resumes once both are clear again.
+  const gate = () => {
+    const full = open >= maxInFlight || socket.writableLength > maxQueued;
+    if (full && !paused) {
+      paused = true;
+      socket.pause();
+    } else if (paused && open <= maxInFlight >> 1 && socket.writableLength <= maxQueued) {
       paused = false;
       socket.resume();
     }
   };
-  // One settle pair per connection, not per request (as the gRPC stream's handlers).
+  socket.on("drain", gate);
+  // One reply callback per connection, not a closure per request (as the gRPC stream's handlers).
   const ok = (res: ForwardResponse) => {
-    settle();
+    open--;
     count(poolOf(res), "ForwardData", null);
     if (closed) return;
     const body = serializeResponse(res);
     const back = (res as unknown as Record<symbol, Buffer | undefined>)[BACKING];
     // A pooled reply buffer goes back once the socket is done with it.
     writeFrame(socket, body, back ? () => replyPool.give(back) : undefined);
+    gate();
   };
   const onRequest = (frame: Buffer) => {
     let req: ForwardRequest;
@@ -80,18 +94,16 @@ export function serveRouterDataConnection(
       throw new DataPathError(`malformed ForwardRequest: ${(err as Error).message}`);
     }
     open++;
-    if (open >= maxInFlight && !paused) {
-      paused = true;
-      socket.pause();
-    }
+    gate();
     router.forward(req).then(ok, (err) => {
-      settle();
+      open--;
       count(req.pool, "ForwardData", err);
       if (!closed) {
         const res: ForwardResponse = { requestId: req.requestId, hidden: undefined, stats: undefined };
         res.error = toRpcError(err);
         writeFrame(socket, ForwardResponse.encode(res).finish());
       }
+      gate();
     });
   };
   serveFrames(

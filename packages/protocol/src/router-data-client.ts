@@ -28,7 +28,7 @@ export class RouterDataClient {
   private failed: Error | null = null;
 
   constructor(host: string, port: number, o: RouterDataClientOptions = {}) {
-    const s = connect({ host, port, noDelay: true });
+    const s = connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
     this.socket = s;
     const timeoutMs = o.connectTimeoutMs ?? 10_000;
     const timer = setTimeout(
