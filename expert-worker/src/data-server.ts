@@ -3,13 +3,15 @@
 // as the gRPC stream; closing the connection cancels what still runs on it, as cancelling the stream does.
 
 import { setMaxListeners } from "node:events";
-import { createServer, type Server, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import {
   cancelled,
   DataPathError,
+  type DataPathServer,
   ExpertBatch,
   type ExpertResult,
   errorCodeOf,
+  listenDataPath,
   serveFrames,
   toRpcError,
   writeFrameParts,
@@ -18,12 +20,6 @@ import type { WorkerCore } from "./core.js";
 import { encodeResultParts } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { batchSignal } from "./server.js";
-
-export interface DataServerHandle {
-  server: Server;
-  port: number;
-  close(): Promise<void>;
-}
 
 /** Serves one accepted connection until it closes. `log` hears protocol violations (the connection is dropped). */
 export function serveDataConnection(
@@ -72,32 +68,12 @@ export function serveDataConnection(
 }
 
 /** Listens for data-path connections. port 0 = any free port (the bound one is advertised in Status). */
-export async function startDataServer(
+export function startDataServer(
   core: WorkerCore,
   metrics: WorkerMetrics,
   o: { host?: string; port: number; maxMessageBytes: number; log: (line: string) => void },
-): Promise<DataServerHandle> {
-  const sockets = new Set<Socket>();
-  const server = createServer((s) => {
-    sockets.add(s);
-    s.on("close", () => sockets.delete(s));
-    serveDataConnection(s, core, metrics, o.maxMessageBytes, o.log);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(o.port, o.host ?? "0.0.0.0", () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as { port: number }).port;
-  return {
-    server,
-    port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      }),
-  };
+): Promise<DataPathServer> {
+  return listenDataPath(o.host ?? "0.0.0.0", o.port, (s) =>
+    serveDataConnection(s, core, metrics, o.maxMessageBytes, o.log),
+  );
 }

@@ -4,11 +4,13 @@
 // router's one JavaScript thread, which is what bounds a saturated router (bench/results/h200-moe.md, session of
 // 2026-11-30 07:55 UTC: grpc-js reading requests and writing replies were its two largest items after the flush).
 
-import { createServer, type Server, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import {
   DataPathError,
+  type DataPathServer,
   type ForwardRequest,
   ForwardResponse,
+  listenDataPath,
   ROUTER_DATA_PREFACE,
   serveFrames,
   toRpcError,
@@ -30,12 +32,6 @@ export const MAX_IN_FLIGHT_PER_CONNECTION = 4096;
  * reading its replies fills its own socket, not the router's memory (4096 DeepSeek-V3 prefill replies would be GBs).
  */
 export const MAX_QUEUED_REPLY_BYTES = 64 << 20;
-
-export interface RouterDataServer {
-  server: Server;
-  port: number;
-  close(): Promise<void>;
-}
 
 export interface DataConnectionOptions {
   maxMessageBytes: number;
@@ -116,31 +112,10 @@ export function serveRouterDataConnection(
 }
 
 /** Listens for engines' data-path connections. port 0 = any free port. */
-export async function startRouterDataServer(
+export function startRouterDataServer(
   router: Router,
   count: RequestCounter,
   o: DataConnectionOptions & { host: string; port: number },
-): Promise<RouterDataServer> {
-  const sockets = new Set<Socket>();
-  const server = createServer((s) => {
-    sockets.add(s);
-    s.on("close", () => sockets.delete(s));
-    serveRouterDataConnection(s, router, count, o);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(o.port, o.host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  return {
-    server,
-    port: (server.address() as { port: number }).port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      }),
-  };
+): Promise<DataPathServer> {
+  return listenDataPath(o.host, o.port, (s) => serveRouterDataConnection(s, router, count, o));
 }

@@ -16,7 +16,7 @@
 // stream. Closing a worker connection cancels every batch still running on it. Control calls (Status, Prefetch,
 // Evict) and health stay on gRPC.
 
-import type { Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
 
 export const DATA_PATH_VERSION = 1;
 /** The worker data path's preface: "SYDP", version. */
@@ -170,4 +170,41 @@ export function writeFrameParts(socket: Socket, parts: readonly Uint8Array[]): v
   socket.write(frameHeader(n));
   for (const p of parts) if (p.byteLength > 0) socket.write(p);
   socket.uncork();
+}
+
+/** A listening data path: its bound port, and close() (stops listening and drops the open connections). */
+export interface DataPathServer {
+  server: Server;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Listens on host:port (0: any free port) and hands each accepted connection to `onConnection`. */
+export async function listenDataPath(
+  host: string,
+  port: number,
+  onConnection: (socket: Socket) => void,
+): Promise<DataPathServer> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+    onConnection(s);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return {
+    server,
+    port: (server.address() as { port: number }).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of sockets) s.destroy();
+      }),
+  };
 }
