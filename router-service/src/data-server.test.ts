@@ -1,9 +1,5 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect, type Socket } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { credentials, Metadata } from "@grpc/grpc-js";
-import { generateCheckpoint } from "@switchyard/moe";
 import {
   DATA_PREFACE,
   DType,
@@ -19,10 +15,11 @@ import {
   writeFrame,
 } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type RouterApp, startRouterApp } from "./app.js";
+import type { RouterApp } from "./app.js";
 import { startRouterDataServer } from "./data-server.js";
 import { requestCounter } from "./reply.js";
-import { FakeWorker } from "./testing/fake-worker.js";
+import type { FakeWorker } from "./testing/fake-worker.js";
+import { startTestRouter, type TestRouter } from "./testing/test-router.js";
 
 const D = 16;
 const expertFn = (layer: number, e: number, x: Float32Array) => x.map((v, j) => (e + 1) * v + layer + 0.01 * j);
@@ -52,55 +49,26 @@ function closedBy(s: Socket): Promise<Buffer> {
 }
 
 describe("router data path for engines (TCP, preface SYRF)", () => {
-  let dir: string;
+  let t: TestRouter;
   let app: RouterApp;
   let grpc: RouterClient;
-  const workers = [new FakeWorker({ id: "w0", expert: expertFn }), new FakeWorker({ id: "w1", expert: expertFn })];
-  const logs: string[] = [];
+  let workers: FakeWorker[];
+  let logs: string[];
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "sy-rdata-"));
-    await generateCheckpoint({
-      family: "mixtral",
-      dir: join(dir, "ckpt"),
-      layers: 1,
-      hiddenSize: D,
-      intermediateSize: 8,
+    // room for the unread-replies test's 40 MiB of requests at once
+    t = await startTestRouter({
+      hidden: D,
       experts: 4,
+      expert: expertFn,
+      policy: { batching: { maxQueueTokens: 1 << 20 } },
     });
-    for (const w of workers) await w.start();
-    const plan = { version: 1, pool: "p", workers: ["w0", "w1"], replicas: [[[0], [1], [0], [1]]] };
-    await writeFile(join(dir, "plan.json"), JSON.stringify(plan));
-    await writeFile(
-      join(dir, "router.json"),
-      JSON.stringify({
-        pools: [
-          {
-            name: "p",
-            checkpoint: join(dir, "ckpt"),
-            planFile: join(dir, "plan.json"),
-            endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
-            // room for the unread-replies test's 40 MiB of requests at once
-            policy: { batching: { maxQueueTokens: 1 << 20 } },
-          },
-        ],
-      }),
-    );
-    app = await startRouterApp({
-      config: join(dir, "router.json"),
-      port: 0,
-      metricsPort: null,
-      dataPort: 0,
-      host: "127.0.0.1",
-      log: (l) => logs.push(l),
-    });
+    ({ app, workers, logs } = t);
     grpc = new RouterClient(`127.0.0.1:${app.server.port}`, credentials.createInsecure());
   });
   afterAll(async () => {
     grpc?.close();
-    await app?.close();
-    for (const w of workers) w.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await t?.close();
   });
 
   const viaGrpc = (req: ForwardRequest) =>

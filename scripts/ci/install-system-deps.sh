@@ -8,6 +8,9 @@ command -v promtool >/dev/null || need+=(prometheus)
 [ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -e /usr/include/cblas.h ] || need+=(libopenblas-dev)
 command -v g++ >/dev/null || need+=(g++)
 command -v cmake >/dev/null || need+=(cmake)
+# the Python client's test (router-service/src/data-server.python.test.ts) runs it with Debian's python3
+/usr/bin/python3 -c "import google.protobuf" 2>/dev/null || need+=(python3-protobuf)
+/usr/bin/python3 -c "import numpy" 2>/dev/null || need+=(python3-numpy)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   echo "install-system-deps: installing ${need[*]}"

@@ -1,0 +1,171 @@
+"""An engine's end of the router's TCP data path (packages/protocol/src/data-path.ts, preface "SYRF").
+
+Router.ForwardStream's messages without HTTP/2: after the 8-byte preface ("SYRF" + u32 version 1) each
+ForwardRequest goes as a u32 little-endian length and its protobuf bytes, and each ForwardResponse comes back the
+same way, in any order, matched by request_id. One connection carries any number of requests in flight: an engine
+can send every MoE layer's call of a step and collect the answers as they come. The router's port is its
+--data-port (default 50052; the Helm chart's router Service port "data").
+
+    with RouterDataClient("router.switchyard", 50052) as router:
+        out = router.forward("mixtral", layer, hidden)             # numpy [T, d] -> [T, d]
+        fut = router.forward_async("mixtral", layer, hidden, dtype="bf16")   # concurrent.futures.Future
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+import threading
+from concurrent.futures import Future
+from typing import Optional
+
+import numpy as np
+
+from switchyard.v1 import router_pb2
+
+from .tensor import from_tensor, to_tensor
+
+PREFACE = b"SYRF" + struct.pack("<I", 1)
+_LEN = struct.Struct("<I")
+
+# google.rpc.Code names for the codes the router answers with
+_CODES = {3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 8: "RESOURCE_EXHAUSTED", 13: "INTERNAL",
+          14: "UNAVAILABLE", 1: "CANCELLED"}
+
+
+class RouterError(Exception):
+    """The router failed this request (the connection stays usable): code is a gRPC status code, message names the
+    field at fault where the request was invalid."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"{_CODES.get(code, code)}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RouterDataClient:
+    """One connection to a router's data path; thread-safe. forward_async() returns a Future of the combined
+    hidden states; a failed connection fails every request in flight and every later call with ConnectionError."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float = 10.0, max_message_bytes: int = 512 << 20):
+        self._sock = socket.create_connection((host, port), timeout=connect_timeout)
+        self._sock.settimeout(None)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._max = max_message_bytes
+        self._lock = threading.Lock()  # writes, and the pending map
+        self._pending: dict[int, tuple[Future, bool]] = {}
+        self._ids = itertools.count(1)
+        self._failed: Optional[Exception] = None
+        self._where = f"{host}:{port}"
+        self._sock.sendall(PREFACE)
+        self._reader = threading.Thread(target=self._read_loop, name="switchyard-router-data", daemon=True)
+        self._reader.start()
+
+    def forward_async(self, pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "fp32",
+                      router_logits: Optional[np.ndarray] = None, expert_ids: Optional[np.ndarray] = None,
+                      weights: Optional[np.ndarray] = None, routed_only: Optional[bool] = None,
+                      bf16_bits: bool = False) -> "Future[np.ndarray]":
+        """One MoE layer for hidden [T, d] sent as `dtype` (fp32, fp16 or bf16). The gate input is one of: nothing
+        (the router gates from its checkpoint), router_logits [T, E] (float32), or an explicit top-k assignment
+        expert_ids [T, k] (int32, -1 = empty slot) with weights [T, k] (float32). The Future's result is [T, d] in
+        the request's dtype (bf16 widened to float32, or its bit patterns with bf16_bits=True); it raises
+        RouterError where the router failed the request."""
+        req = router_pb2.ForwardRequest(pool=pool, layer=layer, hidden=to_tensor(hidden, dtype))
+        if router_logits is not None:
+            req.router_logits.CopyFrom(to_tensor(router_logits, "fp32"))
+        elif expert_ids is not None or weights is not None:
+            if expert_ids is None or weights is None:
+                raise ValueError("assignment: expert_ids and weights go together")
+            req.assignment.expert_ids.CopyFrom(to_tensor(expert_ids, "int32"))
+            req.assignment.weights.CopyFrom(to_tensor(weights, "fp32"))
+        if routed_only is not None:
+            req.routed_only = routed_only
+        fut: Future = Future()
+        with self._lock:
+            if self._failed is not None:
+                raise ConnectionError(str(self._failed))
+            rid = next(self._ids)
+            req.request_id = rid
+            body = req.SerializeToString()
+            self._pending[rid] = (fut, bf16_bits)
+            try:
+                self._sock.sendall(_LEN.pack(len(body)) + body)
+            except OSError as e:
+                del self._pending[rid]
+                raise ConnectionError(f"router data path {self._where}: {e}") from e
+        return fut
+
+    def forward(self, pool: str, layer: int, hidden: np.ndarray, timeout: Optional[float] = None,
+                **kw) -> np.ndarray:
+        """forward_async(...).result(timeout)."""
+        return self.forward_async(pool, layer, hidden, **kw).result(timeout)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        """Closes the connection; requests still in flight fail with ConnectionError."""
+        self._fail(ConnectionError(f"router data path {self._where}: closed by the client"))
+        self._reader.join(timeout=5)
+
+    def __enter__(self) -> "RouterDataClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _read_exact(self, n: int) -> Optional[bytes]:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self._sock.recv_into(view[got:], n - got)
+            if k == 0:
+                return None
+            got += k
+        return bytes(buf)
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                head = self._read_exact(4)
+                if head is None:
+                    raise ConnectionError(f"router data path {self._where}: connection closed")
+                (n,) = _LEN.unpack(head)
+                if n > self._max:
+                    raise ConnectionError(f"router data path {self._where}: reply of {n} bytes over the limit")
+                body = self._read_exact(n)
+                if body is None:
+                    raise ConnectionError(f"router data path {self._where}: connection closed in a reply")
+                res = router_pb2.ForwardResponse.FromString(body)
+                with self._lock:
+                    entry = self._pending.pop(res.request_id, None)
+                if entry is None:
+                    raise ConnectionError(f"router data path {self._where}: reply to request {res.request_id}, "
+                                          "which is not in flight")
+                fut, bits = entry
+                if res.HasField("error") and res.error.code != 0:
+                    fut.set_exception(RouterError(res.error.code, res.error.message))
+                else:
+                    fut.set_result(from_tensor(res.hidden, bf16_bits=bits))
+        except Exception as e:  # noqa: BLE001 - whatever ended the connection fails what is in flight
+            self._fail(e if isinstance(e, ConnectionError) else ConnectionError(str(e)))
+
+    def _fail(self, err: Exception) -> None:
+        with self._lock:
+            if self._failed is not None:
+                return
+            self._failed = err
+            pending = list(self._pending.values())
+            self._pending.clear()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        for fut, _ in pending:
+            fut.set_exception(err)

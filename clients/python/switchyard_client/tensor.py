@@ -1,0 +1,66 @@
+"""numpy arrays <-> switchyard.v1.Tensor (row-major, little-endian).
+
+numpy has no bfloat16: a bf16 tensor travels as its 16-bit patterns. `to_tensor(x, "bf16")` rounds float32 to
+bf16 (round to nearest, ties to even, as the router and torch do); `from_tensor` widens bf16 back to float32.
+Arrays of dtype uint16 given with dtype "bf16" are taken as bf16 bit patterns already (e.g. a torch bf16 tensor's
+`.view(torch.int16).numpy().view(numpy.uint16)`), so nothing is rounded twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from switchyard.v1 import tensor_pb2
+
+_DTYPES = {
+    "fp32": (tensor_pb2.FLOAT32, np.dtype("<f4")),
+    "f32": (tensor_pb2.FLOAT32, np.dtype("<f4")),
+    "fp16": (tensor_pb2.FLOAT16, np.dtype("<f2")),
+    "f16": (tensor_pb2.FLOAT16, np.dtype("<f2")),
+    "bf16": (tensor_pb2.BFLOAT16, np.dtype("<u2")),
+    "int32": (tensor_pb2.INT32, np.dtype("<i4")),
+}
+
+
+def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns of float32 values: round to nearest, ties to even; NaN stays NaN (quiet)."""
+    u = np.ascontiguousarray(x, dtype="<f4").view("<u4")
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    out = rounded.astype("<u2")
+    out[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype("<u2")
+    return out
+
+
+def bf16_bits_to_float32(b: np.ndarray) -> np.ndarray:
+    return (np.ascontiguousarray(b, dtype="<u2").astype("<u4") << np.uint32(16)).view("<f4")
+
+
+def to_tensor(x: np.ndarray, dtype: str = "fp32") -> tensor_pb2.Tensor:
+    """A Tensor of `x` in `dtype` (fp32, fp16, bf16 or int32); float input is converted, bf16 rounded."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+    code, np_dtype = _DTYPES[dtype]
+    a = np.asarray(x)
+    if dtype == "bf16":
+        bits = a if a.dtype == np.uint16 else float32_to_bf16_bits(a.astype(np.float32, copy=False))
+        data = np.ascontiguousarray(bits, dtype="<u2").tobytes()
+    else:
+        data = np.ascontiguousarray(a, dtype=np_dtype).tobytes()
+    return tensor_pb2.Tensor(dtype=code, shape=list(a.shape), data=data)
+
+
+def from_tensor(t: tensor_pb2.Tensor, bf16_bits: bool = False) -> np.ndarray:
+    """The Tensor as a numpy array: fp32, fp16 and int32 as they are, bf16 widened to float32 (or its bit patterns
+    as uint16 with bf16_bits=True)."""
+    shape = tuple(t.shape)
+    if t.dtype == tensor_pb2.FLOAT32:
+        return np.frombuffer(t.data, dtype="<f4").reshape(shape)
+    if t.dtype == tensor_pb2.FLOAT16:
+        return np.frombuffer(t.data, dtype="<f2").reshape(shape)
+    if t.dtype == tensor_pb2.INT32:
+        return np.frombuffer(t.data, dtype="<i4").reshape(shape)
+    if t.dtype == tensor_pb2.BFLOAT16:
+        bits = np.frombuffer(t.data, dtype="<u2").reshape(shape)
+        return bits if bf16_bits else bf16_bits_to_float32(bits).reshape(shape)
+    raise ValueError(f"tensor dtype {t.dtype} is not one this client reads")

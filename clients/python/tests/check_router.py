@@ -1,0 +1,109 @@
+"""Drives a running router's data path with the Python client and prints what it saw, one JSON object, for the
+vitest beside it (test/src/python-client/python-client.test.ts) to replay through the Node client and compare byte
+for byte. Usage: python3 tests/check_router.py HOST PORT POOL D E."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from switchyard.v1 import router_pb2  # noqa: E402
+from switchyard_client import RouterDataClient, RouterError, float32_to_bf16_bits, to_tensor  # noqa: E402
+
+host, port, pool, D, E = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+rng = np.random.default_rng(1234)
+out: dict = {"cases": [], "errors": [], "checks": {}}
+
+
+def record(name: str, req: router_pb2.ForwardRequest, result: np.ndarray, bf16: bool = False) -> None:
+    req.request_id = 0
+    raw = float32_to_bf16_bits(result) if bf16 else result
+    out["cases"].append({
+        "name": name,
+        "request": base64.b64encode(req.SerializeToString()).decode(),
+        "hidden": base64.b64encode(np.ascontiguousarray(raw).tobytes()).decode(),
+        "shape": list(result.shape),
+    })
+
+
+def request(layer: int, hidden: np.ndarray, dtype: str, **gate) -> router_pb2.ForwardRequest:
+    r = router_pb2.ForwardRequest(pool=pool, layer=layer, hidden=to_tensor(hidden, dtype))
+    if "router_logits" in gate:
+        r.router_logits.CopyFrom(to_tensor(gate["router_logits"], "fp32"))
+    if "expert_ids" in gate:
+        r.assignment.expert_ids.CopyFrom(to_tensor(gate["expert_ids"], "int32"))
+        r.assignment.weights.CopyFrom(to_tensor(gate["weights"], "fp32"))
+    return r
+
+
+with RouterDataClient(host, port) as c:
+    for dtype, T in (("fp32", 3), ("bf16", 5), ("fp16", 2)):
+        h = rng.standard_normal((T, D), dtype=np.float32)
+        y = c.forward(pool, 0, h, dtype=dtype, timeout=10)
+        assert y.shape == (T, D), y.shape
+        record(f"hidden {dtype}", request(0, h, dtype), y, bf16=dtype == "bf16")
+    # bf16 given as bit patterns comes back as bit patterns: the same answer as from float32 input
+    h = rng.standard_normal((4, D), dtype=np.float32)
+    bits = c.forward(pool, 0, float32_to_bf16_bits(h), dtype="bf16", bf16_bits=True, timeout=10)
+    out["checks"]["bf16 bits round trip"] = bool(
+        np.array_equal(bits, float32_to_bf16_bits(c.forward(pool, 0, h, dtype="bf16", timeout=10))))
+    h = rng.standard_normal((4, D), dtype=np.float32)
+    logits = rng.standard_normal((4, E), dtype=np.float32)
+    record("router logits", request(0, h, "fp32", router_logits=logits),
+           c.forward(pool, 0, h, router_logits=logits, timeout=10))
+    h = rng.standard_normal((2, D), dtype=np.float32)
+    ids = np.array([[0, 2], [1, -1]], dtype=np.int32)
+    w = np.array([[0.75, 0.25], [1.0, 0.0]], dtype=np.float32)
+    record("assignment", request(0, h, "fp32", expert_ids=ids, weights=w),
+           c.forward(pool, 0, h, expert_ids=ids, weights=w, timeout=10))
+
+    # many in flight from several threads on the one connection
+    results: list = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        g = np.random.default_rng(seed)
+        futs = []
+        for i in range(16):
+            h = g.standard_normal((1 + i % 7, D), dtype=np.float32)
+            futs.append((h, c.forward_async(pool, 0, h)))
+        for h, f in futs:
+            y = f.result(10)
+            with lock:
+                results.append((h, y))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (h, y) in enumerate(results):
+        record(f"concurrent {i}", request(0, h, "fp32"), y)
+    out["checks"]["in flight after"] = c.in_flight
+
+    # bad requests: an error naming the field, the connection kept
+    for name, call in (
+        ("wrong hidden size", lambda: c.forward(pool, 0, np.zeros((2, D + 1), np.float32), timeout=10)),
+        ("unknown pool", lambda: c.forward("no-such-pool", 0, np.zeros((1, D), np.float32), timeout=10)),
+    ):
+        try:
+            call()
+            out["errors"].append({"name": name, "code": 0, "message": "no error"})
+        except RouterError as e:
+            out["errors"].append({"name": name, "code": e.code, "message": e.message})
+    out["checks"]["serves after errors"] = c.forward(pool, 0, np.ones((1, D), np.float32), timeout=10).shape == (1, D)
+
+try:
+    c.forward(pool, 0, np.ones((1, D), np.float32), timeout=10)
+    out["checks"]["closed client refuses"] = False
+except ConnectionError:
+    out["checks"]["closed client refuses"] = True
+
+print(json.dumps(out))
