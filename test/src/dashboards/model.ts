@@ -362,6 +362,19 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
+            title: "Requests/s by method",
+            description:
+              "Router calls per second by how engines reach the router: Forward and ForwardStream on gRPC, ForwardData on its TCP data path (--data-port).",
+            type: "timeseries",
+            unit: "reqps",
+            targets: [
+              {
+                expr: `sum by (pool, method) (rate(switchyard_router_requests_total{${POOL}}[${R}]))`,
+                legendFormat: "{{pool}} {{method}}",
+              },
+            ],
+          },
+          {
             title: "Error ratio",
             description: "Fraction of router calls that did not end OK.",
             type: "timeseries",
