@@ -368,6 +368,8 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     expect(plain.stdout).toContain("kubectl apply -f expertpool.yaml");
     expect(plain.stdout).toContain("leader election on");
     expect(plain.stdout).toContain("serviceMonitor.enabled=true");
+    expect(plain.stdout).toMatch(/engines' TCP data path: \S+-router\.\S+\.svc:50052/);
+    expect(plain.stdout).toMatch(/port-forward svc\/\S+-router 50051 50052/);
     const noRelease = await exec(helm!, [
       ...["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"],
       ...["--set", "serviceMonitor.enabled=true"],
