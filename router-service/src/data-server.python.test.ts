@@ -1,7 +1,7 @@
 // The Python client of the engines' data path (clients/python) against a real router: clients/python/tests/
 // check_router.py drives it (dtypes, router logits, an assignment, 64 requests in flight from 4 threads, bad
 // requests, a closed client) and prints what it sent and got; every answer is then sent again through the Node client
-// and must come back byte for byte the same.
+// and must come back byte for byte the same. Its gRPC client must answer as its data-path client does.
 
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
@@ -15,12 +15,13 @@ const CLIENT_DIR = fileURLToPath(new URL("../../clients/python", import.meta.url
 const D = 16;
 const E = 4;
 
-/** The first Python with the client's two dependencies (Debian: python3-protobuf, python3-numpy), or why none. */
+/** The first Python with the client's dependencies (Debian: python3-protobuf, python3-numpy, python3-grpcio), or why
+ * none. */
 async function findPython(): Promise<{ python: string } | { why: string }> {
   const tried: string[] = [];
   for (const py of [process.env.SWITCHYARD_PYTHON, "python3", "/usr/bin/python3"].filter(Boolean) as string[]) {
     try {
-      await run(py, ["-c", "import google.protobuf, numpy"]);
+      await run(py, ["-c", "import google.protobuf, numpy, grpc"]);
       return { python: py };
     } catch (e) {
       tried.push(`${py}: ${((e as { stderr?: string }).stderr ?? String(e)).trim().split("\n").at(-1)}`);
@@ -32,7 +33,7 @@ async function findPython(): Promise<{ python: string } | { why: string }> {
 const found = await findPython();
 if ("why" in found)
   console.warn(
-    `Python client test SKIPPED: no python3 with protobuf and numpy (apt-get install python3-protobuf python3-numpy): ${found.why}`,
+    `Python client test SKIPPED: no python3 with protobuf, numpy and grpcio (apt-get install python3-protobuf python3-numpy python3-grpcio): ${found.why}`,
   );
 
 describe.skipIf("why" in found)("the Python client of the router's data path", () => {
@@ -46,10 +47,18 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
   });
   afterAll(() => t?.close());
 
-  it("gets the answers the Node client gets, errors naming the field, and fails once closed", async () => {
+  it("gets the answers the Node client gets, errors naming the field, and fails once closed; gRPC agrees", async () => {
     const { stdout } = await run(
       (found as { python: string }).python,
-      ["tests/check_router.py", "127.0.0.1", String(t.app.server.dataPort), "p", String(D), String(E)],
+      [
+        "tests/check_router.py",
+        "127.0.0.1",
+        String(t.app.server.dataPort),
+        String(t.app.server.port),
+        "p",
+        String(D),
+        String(E),
+      ],
       { cwd: CLIENT_DIR, timeout: 60_000, maxBuffer: 64 << 20 },
     );
     const out = JSON.parse(stdout) as {
@@ -62,6 +71,11 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
       "in flight after": 0,
       "serves after errors": true,
       "closed client refuses": true,
+      "grpc answers as the data path": [true, true, true, true],
+      "grpc errors": [
+        [3, expect.stringMatching(/hidden/)],
+        [5, expect.stringMatching(/unknown pool "no-such-pool"/)],
+      ],
     });
     expect(out.errors).toEqual([
       { name: "wrong hidden size", code: 3, message: expect.stringMatching(/hidden/) },

@@ -11,6 +11,7 @@ command -v cmake >/dev/null || need+=(cmake)
 # the Python client's test (router-service/src/data-server.python.test.ts) runs it with Debian's python3
 /usr/bin/python3 -c "import google.protobuf" 2>/dev/null || need+=(python3-protobuf)
 /usr/bin/python3 -c "import numpy" 2>/dev/null || need+=(python3-numpy)
+/usr/bin/python3 -c "import grpc" 2>/dev/null || need+=(python3-grpcio)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   echo "install-system-deps: installing ${need[*]}"

@@ -24,25 +24,10 @@ import numpy as np
 
 from switchyard.v1 import router_pb2
 
-from .tensor import from_tensor, to_tensor
+from .request import RouterError, forward_request, reply_hidden
 
 PREFACE = b"SYRF" + struct.pack("<I", 1)
 _LEN = struct.Struct("<I")
-
-# google.rpc.Code names for the codes the router answers with
-_CODES = {3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 8: "RESOURCE_EXHAUSTED", 13: "INTERNAL",
-          14: "UNAVAILABLE", 1: "CANCELLED"}
-
-
-class RouterError(Exception):
-    """The router failed this request (the connection stays usable): code is a gRPC status code, message names the
-    field at fault where the request was invalid."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"{_CODES.get(code, code)}: {message}")
-        self.code = code
-        self.message = message
-
 
 class RouterDataClient:
     """One connection to a router's data path; thread-safe. forward_async() returns a Future of the combined
@@ -72,16 +57,8 @@ class RouterDataClient:
         expert_ids [T, k] (int32, -1 = empty slot) with weights [T, k] (float32). The Future's result is [T, d] in
         the request's dtype (bf16 widened to float32, or its bit patterns with bf16_bits=True); it raises
         RouterError where the router failed the request."""
-        req = router_pb2.ForwardRequest(pool=pool, layer=layer, hidden=to_tensor(hidden, dtype))
-        if router_logits is not None:
-            req.router_logits.CopyFrom(to_tensor(router_logits, "fp32"))
-        elif expert_ids is not None or weights is not None:
-            if expert_ids is None or weights is None:
-                raise ValueError("assignment: expert_ids and weights go together")
-            req.assignment.expert_ids.CopyFrom(to_tensor(expert_ids, "int32"))
-            req.assignment.weights.CopyFrom(to_tensor(weights, "fp32"))
-        if routed_only is not None:
-            req.routed_only = routed_only
+        req = forward_request(pool, layer, hidden, dtype=dtype, router_logits=router_logits,
+                              expert_ids=expert_ids, weights=weights, routed_only=routed_only)
         fut: Future = Future()
         with self._lock:
             if self._failed is not None:
@@ -148,10 +125,10 @@ class RouterDataClient:
                     raise ConnectionError(f"router data path {self._where}: reply to request {res.request_id}, "
                                           "which is not in flight")
                 fut, bits = entry
-                if res.HasField("error") and res.error.code != 0:
-                    fut.set_exception(RouterError(res.error.code, res.error.message))
-                else:
-                    fut.set_result(from_tensor(res.hidden, bf16_bits=bits))
+                try:
+                    fut.set_result(reply_hidden(res, bits))
+                except RouterError as e:
+                    fut.set_exception(e)
         except Exception as e:  # noqa: BLE001 - whatever ended the connection fails what is in flight
             self._fail(e if isinstance(e, ConnectionError) else ConnectionError(str(e)))
 

@@ -1,6 +1,6 @@
 """Drives a running router's data path with the Python client and prints what it saw, one JSON object, for the
 vitest beside it (test/src/python-client/python-client.test.ts) to replay through the Node client and compare byte
-for byte. Usage: python3 tests/check_router.py HOST PORT POOL D E."""
+for byte. Usage: python3 tests/check_router.py HOST DATA_PORT GRPC_PORT POOL D E."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from switchyard.v1 import router_pb2  # noqa: E402
 from switchyard_client import RouterDataClient, RouterError, float32_to_bf16_bits, to_tensor  # noqa: E402
+from switchyard_client.grpc_client import RouterGrpcClient  # noqa: E402
 
-host, port, pool, D, E = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+host, port, grpc_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pool, D, E = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 rng = np.random.default_rng(1234)
 out: dict = {"cases": [], "errors": [], "checks": {}}
 
@@ -99,6 +101,30 @@ with RouterDataClient(host, port) as c:
         except RouterError as e:
             out["errors"].append({"name": name, "code": e.code, "message": e.message})
     out["checks"]["serves after errors"] = c.forward(pool, 0, np.ones((1, D), np.float32), timeout=10).shape == (1, D)
+
+# The gRPC client: the same answers as the data path for the same inputs, the same errors.
+with RouterDataClient(host, port) as c, RouterGrpcClient(f"{host}:{grpc_port}") as g:
+    same = []
+    for dtype, T in (("fp32", 3), ("bf16", 6), ("fp16", 1)):
+        h = rng.standard_normal((T, D), dtype=np.float32)
+        a = g.forward(pool, 0, h, dtype=dtype, timeout=10, bf16_bits=dtype == "bf16")
+        b = c.forward(pool, 0, h, dtype=dtype, timeout=10, bf16_bits=dtype == "bf16")
+        same.append(a.dtype == b.dtype and a.shape == (T, D) and a.tobytes() == b.tobytes())
+    h = rng.standard_normal((2, D), dtype=np.float32)
+    ids = np.array([[3, 1], [2, 0]], dtype=np.int32)
+    w = np.array([[0.5, 0.5], [0.9, 0.1]], dtype=np.float32)
+    same.append(g.forward(pool, 0, h, expert_ids=ids, weights=w, timeout=10).tobytes()
+                == c.forward(pool, 0, h, expert_ids=ids, weights=w, timeout=10).tobytes())
+    out["checks"]["grpc answers as the data path"] = same
+    grpc_errors = []
+    for call in (lambda: g.forward(pool, 0, np.zeros((2, D + 1), np.float32), timeout=10),
+                 lambda: g.forward("no-such-pool", 0, np.zeros((1, D), np.float32), timeout=10)):
+        try:
+            call()
+            grpc_errors.append([0, "no error"])
+        except RouterError as e:
+            grpc_errors.append([e.code, e.message])
+    out["checks"]["grpc errors"] = grpc_errors
 
 try:
     c.forward(pool, 0, np.ones((1, D), np.float32), timeout=10)

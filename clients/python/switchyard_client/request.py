@@ -1,0 +1,54 @@
+"""The ForwardRequest of one MoE layer call and the reading of its reply, shared by the data-path and gRPC clients."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from switchyard.v1 import router_pb2
+
+from .tensor import from_tensor, to_tensor
+
+# google.rpc.Code names for the codes the router answers with
+_CODES = {1: "CANCELLED", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 8: "RESOURCE_EXHAUSTED",
+          13: "INTERNAL", 14: "UNAVAILABLE"}
+
+
+class RouterError(Exception):
+    """The router failed this request (the connection stays usable): code is a gRPC status code, message names the
+    field at fault where the request was invalid."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"{_CODES.get(code, code)}: {message}")
+        self.code = code
+        self.message = message
+
+
+def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "fp32",
+                    router_logits: Optional[np.ndarray] = None, expert_ids: Optional[np.ndarray] = None,
+                    weights: Optional[np.ndarray] = None,
+                    routed_only: Optional[bool] = None) -> router_pb2.ForwardRequest:
+    """hidden [T, d] sent as `dtype` (fp32, fp16 or bf16); the gate input is one of: nothing (the router gates from
+    its checkpoint), router_logits [T, E] (float32), or expert_ids [T, k] (int32, -1 = empty slot) with weights
+    [T, k] (float32)."""
+    req = router_pb2.ForwardRequest(pool=pool, layer=layer, hidden=to_tensor(hidden, dtype))
+    if router_logits is not None:
+        if expert_ids is not None or weights is not None:
+            raise ValueError("gate: router_logits or an assignment (expert_ids, weights), not both")
+        req.router_logits.CopyFrom(to_tensor(router_logits, "fp32"))
+    elif expert_ids is not None or weights is not None:
+        if expert_ids is None or weights is None:
+            raise ValueError("assignment: expert_ids and weights go together")
+        req.assignment.expert_ids.CopyFrom(to_tensor(expert_ids, "int32"))
+        req.assignment.weights.CopyFrom(to_tensor(weights, "fp32"))
+    if routed_only is not None:
+        req.routed_only = routed_only
+    return req
+
+
+def reply_hidden(res: router_pb2.ForwardResponse, bf16_bits: bool = False) -> np.ndarray:
+    """The reply's hidden states, or RouterError where the router answered with an error."""
+    if res.HasField("error") and res.error.code != 0:
+        raise RouterError(res.error.code, res.error.message)
+    return from_tensor(res.hidden, bf16_bits=bf16_bits)
