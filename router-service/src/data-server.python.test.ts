@@ -6,7 +6,7 @@
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { ForwardRequest, RouterDataClient } from "@switchyard/protocol";
+import { bf16ToF32, ForwardRequest, f32ToBf16, f32ToF16, RouterDataClient } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestRouter, type TestRouter } from "./testing/test-router.js";
 
@@ -35,6 +35,49 @@ if ("why" in found)
   console.warn(
     `Python client test SKIPPED: no python3 with protobuf, numpy and grpcio (apt-get install python3-protobuf python3-numpy python3-grpcio): ${found.why}`,
   );
+
+describe.skipIf("why" in found)("the Python client's tensor codec", () => {
+  it("rounds float32 to bf16 and fp16 and widens bf16 back bit for bit as the TypeScript codec does", async () => {
+    // ties (even and odd), the largest values that round up to Inf, subnormals, signed zeros, Inf, quiet and
+    // signalling NaNs with payloads, then random bit patterns
+    const edge = [
+      0x3f808000, 0x3f818000, 0x3f80c000, 0x7f7fffff, 0x7f7f8000, 0x477ff000, 0x477fe000, 0x00000001, 0x00008000,
+      0x00400000, 0x80000000, 0x00000000, 0x7f800000, 0xff800000, 0x7fc00001, 0x7f800001, 0xffbfffff, 0x38800000,
+      0x33800000, 0x33000001, 0xc7000000,
+    ];
+    let s = 12345;
+    const bits = Uint32Array.from([
+      ...edge,
+      ...Array.from({ length: 4000 }, () => {
+        s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+        return (s ^ (s >>> 7) ^ Math.imul(s, 2654435761)) >>> 0;
+      }),
+    ]);
+    const f = new Float32Array(bits.buffer);
+    const { stdout } = await new Promise<{ stdout: string }>((resolve, reject) => {
+      const child = execFile(
+        (found as { python: string }).python,
+        ["tests/check_tensor.py"],
+        { cwd: CLIENT_DIR, maxBuffer: 64 << 20 },
+        (err, stdout) => (err ? reject(err) : resolve({ stdout })),
+      );
+      child.stdin?.end([...bits].map((b) => b.toString(16)).join("\n"));
+    });
+    const py = JSON.parse(stdout) as { bf16: number[]; bf16_via_tensor: number[]; f16: number[]; widened: number[] };
+    const bf = f32ToBf16(f);
+    expect(py.bf16).toEqual([...bf]);
+    expect(py.bf16_via_tensor).toEqual([...bf]);
+    expect(py.widened).toEqual([...new Uint32Array(bf16ToF32(bf).buffer)]);
+    // fp16: numpy's own rounding; NaN payloads may differ between the two, so NaNs are compared as "a NaN"
+    const f16 = f32ToF16(f);
+    const isNan16 = (h: number) => (h & 0x7c00) === 0x7c00 && (h & 0x3ff) !== 0;
+    for (let i = 0; i < f.length; i++) {
+      const [a, b] = [py.f16[i] as number, f16[i] as number];
+      if (isNan16(b)) expect(isNan16(a), `value ${i} (0x${bits[i]?.toString(16)})`).toBe(true);
+      else expect(a, `value ${i} (0x${bits[i]?.toString(16)})`).toBe(b);
+    }
+  });
+});
 
 describe.skipIf("why" in found)("the Python client of the router's data path", () => {
   let t: TestRouter;
