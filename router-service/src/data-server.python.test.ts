@@ -137,4 +137,36 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
       node.close();
     }
   });
+  // After the test above: with every worker stalled from the start, the router would find them unavailable (their
+  // Status does not answer either) and fail fast with UNAVAILABLE instead of waiting for the deadline.
+  it("a Python timeout reaches the router as the request's deadline", async () => {
+    for (const w of t.workers) w.mode = "stall";
+    try {
+      const script = [
+        "import sys, time, numpy as np",
+        "sys.path.insert(0, '.')",
+        "from switchyard_client import RouterDataClient, RouterError, forward_request",
+        `assert forward_request('p', 0, np.zeros((1, ${D}), np.float32), timeout=1.2345).timeout_ms == 1235`,
+        `c = RouterDataClient('127.0.0.1', ${t.app.server.dataPort})`,
+        "t0 = time.monotonic()",
+        "try:",
+        `    c.forward('p', 0, np.ones((2, ${D}), np.float32), timeout=0.2)`,
+        "    print('no error')",
+        "except RouterError as e:",
+        "    print(e.code, round((time.monotonic() - t0) * 1000), e.message)",
+        "c.close()",
+      ].join("\n");
+      const { stdout } = await run((found as { python: string }).python, ["-c", script], {
+        cwd: CLIENT_DIR,
+        timeout: 30_000,
+      });
+      const [code, ms, ...message] = stdout.trim().split(" ");
+      expect(code).toBe("4"); // DEADLINE_EXCEEDED
+      expect(Number(ms)).toBeGreaterThanOrEqual(190);
+      expect(Number(ms)).toBeLessThan(5000); // the request's 0.2 s, not the router's default 30 s
+      expect(message.join(" ")).toMatch(/deadline exceeded|did not answer within/);
+    } finally {
+      for (const w of t.workers) w.mode = "ok";
+    }
+  });
 });

@@ -206,6 +206,25 @@ describe("router data path for engines (TCP, preface SYRF)", () => {
     await capped.close();
   });
 
+  it("fails a request past its own timeout_ms with DEADLINE_EXCEEDED, the data path's per-request deadline", async () => {
+    const c = client();
+    workers[0].mode = "stall";
+    workers[1].mode = "stall";
+    try {
+      const t0 = Date.now();
+      const res = await c.forward({ ...request(2, 21), timeoutMs: 150 });
+      const took = Date.now() - t0;
+      expect(res.error?.code).toBe(4); // DEADLINE_EXCEEDED
+      expect(res.error?.message).toMatch(/deadline exceeded|did not answer within/);
+      expect(took).toBeGreaterThanOrEqual(140);
+      expect(took).toBeLessThan(5000); // not the router's default 30 s
+    } finally {
+      workers[0].mode = "ok";
+      workers[1].mode = "ok";
+      c.close();
+    }
+  });
+
   it("fails the requests in flight when the router goes away, and every later one", async () => {
     const other = await startRouterDataServer(app.router, requestCounter(app.router), {
       host: "127.0.0.1",

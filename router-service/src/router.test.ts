@@ -517,6 +517,20 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     }
   });
 
+  it("a request's own timeout_ms ends it when earlier than the call's deadline", async () => {
+    for (const w of workers) w.mode = "stall";
+    try {
+      const t0 = Date.now();
+      const e = await callErr({ hidden: encodeTensor(hidden(2, 5), [2, D], DType.FLOAT32), timeoutMs: 200 }, 20_000);
+      expect(e.code).toBe("DEADLINE_EXCEEDED");
+      const took = Date.now() - t0;
+      expect(took).toBeGreaterThanOrEqual(190);
+      expect(took).toBeLessThan(5000); // the request's 200 ms, not the call's 20 s
+    } finally {
+      for (const w of workers) w.mode = "ok";
+    }
+  });
+
   it("answers RESOURCE_EXHAUSTED when the queue is full", async () => {
     setPool({ batching: { maxBatchTokens: 4, maxQueueTokens: 4 } });
     try {

@@ -319,7 +319,8 @@ export class Router {
   }
 
   /**
-   * One Forward. `deadline` is absolute (Date.now() ms); Infinity means DEFAULT_DEADLINE_MS from now.
+   * One Forward. `deadline` is absolute (Date.now() ms); the request's timeout_ms, if set and earlier, wins; with
+   * neither, DEFAULT_DEADLINE_MS from now.
    * Rejects with SwitchyardError (INVALID_ARGUMENT naming the field, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
    * DEADLINE_EXCEEDED).
    */
@@ -384,7 +385,10 @@ export class Router {
         onWorkers && !pendingGate ? withSharedSlices(gated, m.experts, m.sharedSlices ?? 0, sharedScale) : gated;
       const sharedInput = withShared && !onWorkers ? hidden32() : null;
       const now = Date.now();
-      const dl = Number.isFinite(deadline) ? deadline : now + DEFAULT_DEADLINE_MS;
+      // The request's own budget (ForwardRequest.timeout_ms: the data path's only deadline) and the call's, the
+      // earlier of the two; neither: the default.
+      const earliest = Math.min(deadline, req.timeoutMs ? now + req.timeoutMs : Number.POSITIVE_INFINITY);
+      const dl = Number.isFinite(earliest) ? earliest : now + DEFAULT_DEADLINE_MS;
       p.pendingTokens += T;
       p.metrics.tokens.inc(T);
       return new Promise<ForwardResponse>((resolve, reject) => {

@@ -51,14 +51,16 @@ class RouterDataClient:
     def forward_async(self, pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "fp32",
                       router_logits: Optional[np.ndarray] = None, expert_ids: Optional[np.ndarray] = None,
                       weights: Optional[np.ndarray] = None, routed_only: Optional[bool] = None,
-                      bf16_bits: bool = False) -> "Future[np.ndarray]":
+                      timeout: Optional[float] = None, bf16_bits: bool = False) -> "Future[np.ndarray]":
         """One MoE layer for hidden [T, d] sent as `dtype` (fp32, fp16 or bf16). The gate input is one of: nothing
         (the router gates from its checkpoint), router_logits [T, E] (float32), or an explicit top-k assignment
         expert_ids [T, k] (int32, -1 = empty slot) with weights [T, k] (float32). The Future's result is [T, d] in
         the request's dtype (bf16 widened to float32, or its bit patterns with bf16_bits=True); it raises
-        RouterError where the router failed the request."""
+        RouterError where the router failed the request. timeout (seconds) is the request's deadline at the router
+        (ForwardRequest.timeout_ms: past it the router answers DEADLINE_EXCEEDED); without one the router's
+        default of 30 s applies."""
         req = forward_request(pool, layer, hidden, dtype=dtype, router_logits=router_logits,
-                              expert_ids=expert_ids, weights=weights, routed_only=routed_only)
+                              expert_ids=expert_ids, weights=weights, routed_only=routed_only, timeout=timeout)
         fut: Future = Future()
         with self._lock:
             if self._failed is not None:
@@ -76,8 +78,10 @@ class RouterDataClient:
 
     def forward(self, pool: str, layer: int, hidden: np.ndarray, timeout: Optional[float] = None,
                 **kw) -> np.ndarray:
-        """forward_async(...).result(timeout)."""
-        return self.forward_async(pool, layer, hidden, **kw).result(timeout)
+        """forward_async(...).result(). The router answers by the timeout; the wait here allows 10 s more for the
+        transport before it gives up (concurrent.futures.TimeoutError)."""
+        fut = self.forward_async(pool, layer, hidden, timeout=timeout, **kw)
+        return fut.result(None if timeout is None else timeout + 10.0)
 
     @property
     def in_flight(self) -> int:

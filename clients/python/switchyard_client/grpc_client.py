@@ -39,6 +39,7 @@ class RouterGrpcClient:
     def forward_async(self, pool: str, layer: int, hidden: np.ndarray, *, timeout: Optional[float] = None,
                       bf16_bits: bool = False, **gate) -> "Future[np.ndarray]":
         """As RouterDataClient.forward_async (dtype, router_logits, expert_ids + weights, routed_only)."""
+        # the call's gRPC deadline; the router takes it as the request's (timeout_ms would say the same again)
         call = self._forward.future(forward_request(pool, layer, hidden, **gate), timeout=timeout)
         out: Future = Future()
 

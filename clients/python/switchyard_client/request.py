@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -27,11 +28,12 @@ class RouterError(Exception):
 
 def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "fp32",
                     router_logits: Optional[np.ndarray] = None, expert_ids: Optional[np.ndarray] = None,
-                    weights: Optional[np.ndarray] = None,
-                    routed_only: Optional[bool] = None) -> router_pb2.ForwardRequest:
+                    weights: Optional[np.ndarray] = None, routed_only: Optional[bool] = None,
+                    timeout: Optional[float] = None) -> router_pb2.ForwardRequest:
     """hidden [T, d] sent as `dtype` (fp32, fp16 or bf16); the gate input is one of: nothing (the router gates from
     its checkpoint), router_logits [T, E] (float32), or expert_ids [T, k] (int32, -1 = empty slot) with weights
-    [T, k] (float32)."""
+    [T, k] (float32). timeout (seconds) becomes the request's timeout_ms: past it the router answers
+    DEADLINE_EXCEEDED."""
     req = router_pb2.ForwardRequest(pool=pool, layer=layer, hidden=to_tensor(hidden, dtype))
     if router_logits is not None:
         if expert_ids is not None or weights is not None:
@@ -44,6 +46,10 @@ def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "
         req.assignment.weights.CopyFrom(to_tensor(weights, "fp32"))
     if routed_only is not None:
         req.routed_only = routed_only
+    if timeout is not None:
+        if not timeout > 0:
+            raise ValueError(f"timeout: seconds > 0, got {timeout!r}")
+        req.timeout_ms = max(1, math.ceil(timeout * 1000))
     return req
 
 

@@ -31,6 +31,7 @@ describe("zero-copy decoders agree with ts-proto", () => {
         gate: { $case: "routerLogits", value: t(DType.FLOAT32, [1, 3], 12) },
         requestId: 0n,
         routedOnly: true,
+        timeoutMs: 250,
       },
       {
         pool: "p",
@@ -42,6 +43,7 @@ describe("zero-copy decoders agree with ts-proto", () => {
         },
         requestId: 7n,
         routedOnly: false,
+        timeoutMs: 4_000_000_000,
       },
     ];
     for (const c of cases) {

@@ -227,6 +227,7 @@ export function decodeForwardRequest(buf: Buffer): ForwardRequest {
       m.gate = { $case: "assignment", value: a };
     } else if (field === 6 && wt === 0) m.requestId = r.varint64();
     else if (field === 7 && wt === 0) m.routedOnly = r.varint() !== 0;
+    else if (field === 8 && wt === 0) m.timeoutMs = r.varint();
     else r.skip(wt);
   }
   return m;

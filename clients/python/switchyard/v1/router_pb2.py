@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from switchyard.v1 import tensor_pb2 as switchyard_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\x1a\x1aswitchyard/v1/tensor.proto\"_\n\nAssignment\x12)\n\nexpert_ids\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.Tensor\x12&\n\x07weights\x18\x02 \x01(\x0b\x32\x15.switchyard.v1.Tensor\"\xfb\x01\n\x0e\x46orwardRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12%\n\x06hidden\x18\x03 \x01(\x0b\x32\x15.switchyard.v1.Tensor\x12.\n\rrouter_logits\x18\x04 \x01(\x0b\x32\x15.switchyard.v1.TensorH\x00\x12/\n\nassignment\x18\x05 \x01(\x0b\x32\x19.switchyard.v1.AssignmentH\x00\x12\x12\n\nrequest_id\x18\x06 \x01(\x04\x12\x18\n\x0brouted_only\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x06\n\x04gateB\x0e\n\x0c_routed_only\"\xb1\x01\n\x0c\x46orwardStats\x12\x17\n\x0f\x65xperts_touched\x18\x01 \x01(\r\x12\x14\n\x0cworkers_used\x18\x02 \x01(\r\x12\x15\n\rqueue_wait_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x1b\n\x13\x64ropped_assignments\x18\x05 \x01(\r\x12\x14\n\x0c\x62\x61tch_tokens\x18\x06 \x01(\r\x12\x16\n\x0e\x62\x61tch_requests\x18\x07 \x01(\r\"\xa0\x01\n\x0f\x46orwardResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12%\n\x06hidden\x18\x02 \x01(\x0b\x32\x15.switchyard.v1.Tensor\x12*\n\x05stats\x18\x03 \x01(\x0b\x32\x1b.switchyard.v1.ForwardStats\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.switchyard.v1.RpcError2\xa6\x01\n\x06Router\x12H\n\x07\x46orward\x12\x1d.switchyard.v1.ForwardRequest\x1a\x1e.switchyard.v1.ForwardResponse\x12R\n\rForwardStream\x12\x1d.switchyard.v1.ForwardRequest\x1a\x1e.switchyard.v1.ForwardResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswitchyard/v1/router.proto\x12\rswitchyard.v1\x1a\x1aswitchyard/v1/tensor.proto\"_\n\nAssignment\x12)\n\nexpert_ids\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.Tensor\x12&\n\x07weights\x18\x02 \x01(\x0b\x32\x15.switchyard.v1.Tensor\"\xa3\x02\n\x0e\x46orwardRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12%\n\x06hidden\x18\x03 \x01(\x0b\x32\x15.switchyard.v1.Tensor\x12.\n\rrouter_logits\x18\x04 \x01(\x0b\x32\x15.switchyard.v1.TensorH\x00\x12/\n\nassignment\x18\x05 \x01(\x0b\x32\x19.switchyard.v1.AssignmentH\x00\x12\x12\n\nrequest_id\x18\x06 \x01(\x04\x12\x18\n\x0brouted_only\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x17\n\ntimeout_ms\x18\x08 \x01(\rH\x02\x88\x01\x01\x42\x06\n\x04gateB\x0e\n\x0c_routed_onlyB\r\n\x0b_timeout_ms\"\xb1\x01\n\x0c\x46orwardStats\x12\x17\n\x0f\x65xperts_touched\x18\x01 \x01(\r\x12\x14\n\x0cworkers_used\x18\x02 \x01(\r\x12\x15\n\rqueue_wait_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x1b\n\x13\x64ropped_assignments\x18\x05 \x01(\r\x12\x14\n\x0c\x62\x61tch_tokens\x18\x06 \x01(\r\x12\x16\n\x0e\x62\x61tch_requests\x18\x07 \x01(\r\"\xa0\x01\n\x0f\x46orwardResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12%\n\x06hidden\x18\x02 \x01(\x0b\x32\x15.switchyard.v1.Tensor\x12*\n\x05stats\x18\x03 \x01(\x0b\x32\x1b.switchyard.v1.ForwardStats\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.switchyard.v1.RpcError2\xa6\x01\n\x06Router\x12H\n\x07\x46orward\x12\x1d.switchyard.v1.ForwardRequest\x1a\x1e.switchyard.v1.ForwardResponse\x12R\n\rForwardStream\x12\x1d.switchyard.v1.ForwardRequest\x1a\x1e.switchyard.v1.ForwardResponse(\x01\x30\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.router_pb2', globals())
@@ -24,11 +24,11 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _ASSIGNMENT._serialized_start=73
   _ASSIGNMENT._serialized_end=168
   _FORWARDREQUEST._serialized_start=171
-  _FORWARDREQUEST._serialized_end=422
-  _FORWARDSTATS._serialized_start=425
-  _FORWARDSTATS._serialized_end=602
-  _FORWARDRESPONSE._serialized_start=605
-  _FORWARDRESPONSE._serialized_end=765
-  _ROUTER._serialized_start=768
-  _ROUTER._serialized_end=934
+  _FORWARDREQUEST._serialized_end=462
+  _FORWARDSTATS._serialized_start=465
+  _FORWARDSTATS._serialized_end=642
+  _FORWARDRESPONSE._serialized_start=645
+  _FORWARDRESPONSE._serialized_end=805
+  _ROUTER._serialized_start=808
+  _ROUTER._serialized_end=974
 # @@protoc_insertion_point(module_scope)

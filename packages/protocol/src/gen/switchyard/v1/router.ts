@@ -56,7 +56,16 @@ export interface ForwardRequest {
    * The engine computes the model's shared experts itself (DeepSeek-V3 runs them beside attention): the reply is the
    * routed experts' weighted sum only. Default false: the shared experts are included (on the workers or the router).
    */
-  routedOnly?: boolean | undefined;
+  routedOnly?:
+    | boolean
+    | undefined;
+  /**
+   * The caller's budget for this request in milliseconds, from when the router reads it. Absent or 0: the call's
+   * deadline alone (gRPC), else the router's default of 30 s. On gRPC the earlier of the two applies; on the TCP data
+   * path, which carries no per-call deadline of its own, this is how an engine sets one. Past it the request fails
+   * DEADLINE_EXCEEDED, and the workers drop its rows once no other request of their batch waits for them.
+   */
+  timeoutMs?: number | undefined;
 }
 
 export interface ForwardStats {
@@ -177,7 +186,15 @@ export const Assignment: MessageFns<Assignment> = {
 };
 
 function createBaseForwardRequest(): ForwardRequest {
-  return { pool: "", layer: 0, hidden: undefined, gate: undefined, requestId: 0n, routedOnly: undefined };
+  return {
+    pool: "",
+    layer: 0,
+    hidden: undefined,
+    gate: undefined,
+    requestId: 0n,
+    routedOnly: undefined,
+    timeoutMs: undefined,
+  };
 }
 
 export const ForwardRequest: MessageFns<ForwardRequest> = {
@@ -207,6 +224,9 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
     }
     if (message.routedOnly !== undefined) {
       writer.uint32(56).bool(message.routedOnly);
+    }
+    if (message.timeoutMs !== undefined) {
+      writer.uint32(64).uint32(message.timeoutMs);
     }
     return writer;
   },
@@ -280,6 +300,14 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
             message.routedOnly = reader.bool();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.timeoutMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -314,6 +342,11 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
         : isSet(object.routed_only)
         ? globalThis.Boolean(object.routed_only)
         : undefined,
+      timeoutMs: isSet(object.timeoutMs)
+        ? globalThis.Number(object.timeoutMs)
+        : isSet(object.timeout_ms)
+        ? globalThis.Number(object.timeout_ms)
+        : undefined,
     };
   },
 
@@ -338,6 +371,9 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
     }
     if (message.routedOnly !== undefined) {
       obj.routedOnly = message.routedOnly;
+    }
+    if (message.timeoutMs !== undefined) {
+      obj.timeoutMs = Math.round(message.timeoutMs);
     }
     return obj;
   },
@@ -368,6 +404,7 @@ export const ForwardRequest: MessageFns<ForwardRequest> = {
     }
     message.requestId = (object.requestId !== undefined && object.requestId !== null) ? BigInt(object.requestId) : 0n;
     message.routedOnly = object.routedOnly ?? undefined;
+    message.timeoutMs = object.timeoutMs ?? undefined;
     return message;
   },
 };
