@@ -8,6 +8,8 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { bf16ToF32, ForwardRequest, f32ToBf16, f32ToF16, RouterDataClient } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startRouterDataServer } from "./data-server.js";
+import { requestCounter } from "./reply.js";
 import { startTestRouter, type TestRouter } from "./testing/test-router.js";
 
 const run = promisify(execFile);
@@ -86,6 +88,7 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
       hidden: D,
       experts: E,
       expert: (layer, e, x) => x.map((v, j) => (e + 1) * v + layer + 0.01 * j),
+      policy: { batching: { maxQueueTokens: 1 << 20 } }, // room for the 40 MiB of requests below
     });
   });
   afterAll(() => t?.close());
@@ -137,6 +140,41 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
       node.close();
     }
   });
+  it("keeps reading replies while a send waits on a router that stopped reading (no deadlock)", async () => {
+    // A router that stops reading at 1 MiB of queued replies, and 40 requests of 1 MiB sent back to back: the
+    // sends block while the client's reader thread must go on taking replies, or neither side moves again.
+    const capped = await startRouterDataServer(t.app.router, requestCounter(t.app.router), {
+      host: "127.0.0.1",
+      port: 0,
+      maxMessageBytes: 64 << 20,
+      maxQueuedReplyBytes: 1 << 20,
+      log: () => {},
+    });
+    try {
+      const script = [
+        "import sys, numpy as np",
+        "sys.path.insert(0, '.')",
+        "import time, switchyard_client.data_path as dp",
+        "from switchyard_client import RouterDataClient",
+        // an engine slow to take its answers, so that they pile up in the router and it stops reading
+        "fast = dp.reply_hidden",
+        "dp.reply_hidden = lambda res, bits=False: (time.sleep(0.02), fast(res, bits))[1]",
+        `c = RouterDataClient('127.0.0.1', ${capped.port})`,
+        `h = np.ones((16384, ${D}), np.float32)`,
+        "futs = [c.forward_async('p', 0, h) for _ in range(40)]",
+        "print(sum(f.result(60).shape[0] for f in futs))",
+        "c.close()",
+      ].join("\n");
+      const { stdout } = await run((found as { python: string }).python, ["-c", script], {
+        cwd: CLIENT_DIR,
+        timeout: 30_000,
+      });
+      expect(stdout.trim()).toBe(String(40 * 16384));
+    } finally {
+      await capped.close();
+    }
+  });
+
   // After the test above: with every worker stalled from the start, the router would find them unavailable (their
   // Status does not answer either) and fail fast with UNAVAILABLE instead of waiting for the deadline.
   it("a Python timeout reaches the router as the request's deadline", async () => {

@@ -39,7 +39,10 @@ class RouterDataClient:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._max = max_message_bytes
-        self._lock = threading.Lock()  # writes, and the pending map
+        # Two locks: the reader thread must be able to take a reply's future while a sender is blocked in sendall
+        # (the router stops reading a connection whose replies pile up, so one lock for both could deadlock).
+        self._state = threading.Lock()  # the pending map, the ids and _failed
+        self._send = threading.Lock()  # whole frames on the socket
         self._pending: dict[int, tuple[Future, bool]] = {}
         self._ids = itertools.count(1)
         self._failed: Optional[Exception] = None
@@ -62,18 +65,20 @@ class RouterDataClient:
         req = forward_request(pool, layer, hidden, dtype=dtype, router_logits=router_logits,
                               expert_ids=expert_ids, weights=weights, routed_only=routed_only, timeout=timeout)
         fut: Future = Future()
-        with self._lock:
+        with self._state:
             if self._failed is not None:
                 raise ConnectionError(str(self._failed))
             rid = next(self._ids)
-            req.request_id = rid
-            body = req.SerializeToString()
-            self._pending[rid] = (fut, bf16_bits)
-            try:
+            self._pending[rid] = (fut, bf16_bits)  # before the send: the reply may come before sendall returns
+        req.request_id = rid
+        body = req.SerializeToString()
+        try:
+            with self._send:
                 self._sock.sendall(_LEN.pack(len(body)) + body)
-            except OSError as e:
-                del self._pending[rid]
-                raise ConnectionError(f"router data path {self._where}: {e}") from e
+        except OSError as e:
+            with self._state:
+                self._pending.pop(rid, None)
+            raise ConnectionError(f"router data path {self._where}: {e}") from e
         return fut
 
     def forward(self, pool: str, layer: int, hidden: np.ndarray, timeout: Optional[float] = None,
@@ -85,7 +90,7 @@ class RouterDataClient:
 
     @property
     def in_flight(self) -> int:
-        with self._lock:
+        with self._state:
             return len(self._pending)
 
     def close(self) -> None:
@@ -123,7 +128,7 @@ class RouterDataClient:
                 if body is None:
                     raise ConnectionError(f"router data path {self._where}: connection closed in a reply")
                 res = router_pb2.ForwardResponse.FromString(body)
-                with self._lock:
+                with self._state:
                     entry = self._pending.pop(res.request_id, None)
                 if entry is None:
                     raise ConnectionError(f"router data path {self._where}: reply to request {res.request_id}, "
@@ -137,7 +142,7 @@ class RouterDataClient:
             self._fail(e if isinstance(e, ConnectionError) else ConnectionError(str(e)))
 
     def _fail(self, err: Exception) -> None:
-        with self._lock:
+        with self._state:
             if self._failed is not None:
                 return
             self._failed = err
