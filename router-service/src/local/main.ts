@@ -738,7 +738,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       ],
       [
         "workers / concurrency",
-        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}${o.engineTransport === "grpc" ? ", engines on gRPC" : ""}`,
+        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}`,
       ],
       ...(spec.sharedExperts > 0
         ? ([
@@ -755,6 +755,18 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         o.gate === "engine"
           ? "from the engine: the drivers compute them and send router_logits"
           : "computed by the router from the hidden states",
+      ],
+      [
+        "engine -> router transport",
+        (() => {
+          // what the routers counted, by method: ForwardData on the data path, ForwardStream on gRPC
+          const by = (m: string) =>
+            rows
+              .filter((r) => r.name === "switchyard_router_requests_total" && r.labels.method === m)
+              .reduce((a, r) => a + r.value, 0);
+          const [data, stream] = [by("ForwardData"), by("ForwardStream")];
+          return `${o.engineTransport === "data" ? "TCP data path" : "gRPC ForwardStreams"} (the routers counted ${data} requests on the data path, ${stream} on gRPC streams)`;
+        })(),
       ],
       [
         "router -> worker transport",
