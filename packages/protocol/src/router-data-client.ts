@@ -11,12 +11,17 @@ export interface RouterDataClientOptions {
   maxMessageBytes?: number;
   /** A connection not up by then fails every request (default 10 s). */
   connectTimeoutMs?: number;
+  /**
+   * Request bytes the client queues while the router is not reading (it stops when its replies pile up) before
+   * forward() waits for the queue to drain (default 64 MiB): the engine's memory stays bounded too.
+   */
+  maxQueuedBytes?: number;
 }
 
 /**
  * forward() resolves with the router's reply, whose `error` is set where the router failed that request (as on the
  * gRPC stream), and rejects only when the connection fails: every request in flight then rejects with its reason,
- * and so does every later call.
+ * and so does every later call. While more than maxQueuedBytes of requests wait to be sent, forward() waits first.
  */
 export class RouterDataClient {
   private readonly socket: Socket;
@@ -26,10 +31,13 @@ export class RouterDataClient {
   >();
   private nextId = 0n;
   private failed: Error | null = null;
+  private readonly maxQueued: number;
+  private drainWait: Promise<void> | null = null;
 
   constructor(host: string, port: number, o: RouterDataClientOptions = {}) {
     const s = connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
     this.socket = s;
+    this.maxQueued = o.maxQueuedBytes ?? 64 << 20;
     const timeoutMs = o.connectTimeoutMs ?? 10_000;
     const timer = setTimeout(
       () => this.fail(new Error(`router data path ${host}:${port}: connect timed out after ${timeoutMs} ms`)),
@@ -59,13 +67,34 @@ export class RouterDataClient {
     return this.waiting.size;
   }
 
-  forward(req: ForwardRequest): Promise<ForwardResponse> {
-    if (this.failed) return Promise.reject(this.failed);
+  /** Request bytes written and not yet taken by the kernel. */
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  async forward(req: ForwardRequest): Promise<ForwardResponse> {
+    while (!this.failed && this.socket.writableLength > this.maxQueued) await this.drained();
+    if (this.failed) throw this.failed;
     const wireId = ++this.nextId;
     return new Promise<ForwardResponse>((resolve, reject) => {
       this.waiting.set(wireId, { id: req.requestId, resolve, reject });
       writeFrame(this.socket, ForwardRequest.encode({ ...req, requestId: wireId }).finish());
     });
+  }
+
+  /** Resolves at the socket's next 'drain', or once it closes; one wait shared by every caller. */
+  private drained(): Promise<void> {
+    this.drainWait ??= new Promise<void>((resolve) => {
+      const done = () => {
+        this.socket.off("drain", done);
+        this.socket.off("close", done);
+        this.drainWait = null;
+        resolve();
+      };
+      this.socket.on("drain", done);
+      this.socket.on("close", done);
+    });
+    return this.drainWait;
   }
 
   /** Closes the connection; requests still in flight reject. */
