@@ -114,6 +114,7 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
     };
     expect(out.checks).toEqual({
       "bf16 bits round trip": true,
+      asyncio: true,
       "in flight after": 0,
       "serves after errors": true,
       "closed client refuses": true,

@@ -4,6 +4,7 @@ for byte. Usage: python3 tests/check_router.py HOST DATA_PORT GRPC_PORT POOL D E
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sys
@@ -89,6 +90,14 @@ with RouterDataClient(host, port) as c:
     for i, (h, y) in enumerate(results):
         record(f"concurrent {i}", request(0, h, "fp32"), y)
     out["checks"]["in flight after"] = c.in_flight
+
+    # asyncio, as an engine's event loop would await it (the README's use): 8 calls gathered, the same answers
+    async def gathered(hs):
+        return await asyncio.gather(*(asyncio.wrap_future(c.forward_async(pool, 0, x)) for x in hs))
+
+    hs = [rng.standard_normal((1 + i % 3, D), dtype=np.float32) for i in range(8)]
+    ys = asyncio.run(gathered(hs))
+    out["checks"]["asyncio"] = all(y.tobytes() == c.forward(pool, 0, x, timeout=10).tobytes() for x, y in zip(hs, ys))
 
     # bad requests: an error naming the field, the connection kept
     for name, call in (
