@@ -14,11 +14,11 @@ import { cpus, loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { findPython, PYTHON_CLIENT_DEPS, PYTHON_CLIENT_DIR } from "../router-service/src/testing/python-client.js";
 import { startTestRouter } from "../router-service/src/testing/test-router.js";
 
 const run = promisify(execFile);
 const HERE = dirname(fileURLToPath(import.meta.url));
-const CLIENT_DIR = join(HERE, "../clients/python");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
 const TS = (process.env.BENCH_TS ?? "1,16,256").split(",").map(Number);
@@ -31,19 +31,9 @@ const median = (xs: number[]) => {
     : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
 };
 
-async function python(): Promise<string> {
-  for (const py of [process.env.SWITCHYARD_PYTHON, "python3", "/usr/bin/python3"].filter(Boolean) as string[]) {
-    try {
-      await run(py, ["-c", "import google.protobuf, numpy, grpc"]);
-      return py;
-    } catch {}
-  }
-  throw new Error(
-    "no python3 with protobuf, numpy and grpcio (apt-get install python3-protobuf python3-numpy python3-grpcio)",
-  );
-}
-
-const py = await python();
+const found = await findPython();
+if ("why" in found) throw new Error(`no python3 with ${PYTHON_CLIENT_DEPS}: ${found.why}`);
+const py = found.python;
 const t = await startTestRouter({ hidden: D, experts: 8, expert: (_l, _e, x) => x });
 const started = new Date().toISOString();
 const load0 = loadavg();
@@ -64,7 +54,7 @@ try {
         String(SECONDS),
         String(ROUNDS),
       ],
-      { cwd: CLIENT_DIR, timeout: 600_000, maxBuffer: 16 << 20 },
+      { cwd: PYTHON_CLIENT_DIR, timeout: 600_000, maxBuffer: 16 << 20 },
     );
     const rounds = JSON.parse(stdout) as { data: number; grpc: number }[];
     const row = {

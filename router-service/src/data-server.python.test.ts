@@ -4,39 +4,20 @@
 // and must come back byte for byte the same. Its gRPC client must answer as its data-path client does.
 
 import { execFile } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { bf16ToF32, ForwardRequest, f32ToBf16, f32ToF16, RouterDataClient } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startRouterDataServer } from "./data-server.js";
 import { requestCounter } from "./reply.js";
+import { findPython, PYTHON_CLIENT_DEPS, PYTHON_CLIENT_DIR } from "./testing/python-client.js";
 import { startTestRouter, type TestRouter } from "./testing/test-router.js";
 
 const run = promisify(execFile);
-const CLIENT_DIR = fileURLToPath(new URL("../../clients/python", import.meta.url));
 const D = 16;
 const E = 4;
 
-/** The first Python with the client's dependencies (Debian: python3-protobuf, python3-numpy, python3-grpcio), or why
- * none. */
-async function findPython(): Promise<{ python: string } | { why: string }> {
-  const tried: string[] = [];
-  for (const py of [process.env.SWITCHYARD_PYTHON, "python3", "/usr/bin/python3"].filter(Boolean) as string[]) {
-    try {
-      await run(py, ["-c", "import google.protobuf, numpy, grpc"]);
-      return { python: py };
-    } catch (e) {
-      tried.push(`${py}: ${((e as { stderr?: string }).stderr ?? String(e)).trim().split("\n").at(-1)}`);
-    }
-  }
-  return { why: tried.join("; ") };
-}
-
 const found = await findPython();
-if ("why" in found)
-  console.warn(
-    `Python client test SKIPPED: no python3 with protobuf, numpy and grpcio (apt-get install python3-protobuf python3-numpy python3-grpcio): ${found.why}`,
-  );
+if ("why" in found) console.warn(`Python client test SKIPPED: no python3 with ${PYTHON_CLIENT_DEPS}: ${found.why}`);
 
 describe.skipIf("why" in found)("the Python client's tensor codec", () => {
   it("rounds float32 to bf16 and fp16 and widens bf16 back bit for bit as the TypeScript codec does", async () => {
@@ -60,7 +41,7 @@ describe.skipIf("why" in found)("the Python client's tensor codec", () => {
       const child = execFile(
         (found as { python: string }).python,
         ["tests/check_tensor.py"],
-        { cwd: CLIENT_DIR, maxBuffer: 64 << 20 },
+        { cwd: PYTHON_CLIENT_DIR, maxBuffer: 64 << 20 },
         (err, stdout) => (err ? reject(err) : resolve({ stdout })),
       );
       child.stdin?.end([...bits].map((b) => b.toString(16)).join("\n"));
@@ -105,7 +86,7 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
         String(D),
         String(E),
       ],
-      { cwd: CLIENT_DIR, timeout: 60_000, maxBuffer: 64 << 20 },
+      { cwd: PYTHON_CLIENT_DIR, timeout: 60_000, maxBuffer: 64 << 20 },
     );
     const out = JSON.parse(stdout) as {
       cases: { name: string; request: string; hidden: string; shape: number[] }[];
@@ -167,7 +148,7 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
         "c.close()",
       ].join("\n");
       const { stdout } = await run((found as { python: string }).python, ["-c", script], {
-        cwd: CLIENT_DIR,
+        cwd: PYTHON_CLIENT_DIR,
         timeout: 30_000,
       });
       expect(stdout.trim()).toBe(String(40 * 16384));
@@ -196,7 +177,7 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
         "c.close()",
       ].join("\n");
       const { stdout } = await run((found as { python: string }).python, ["-c", script], {
-        cwd: CLIENT_DIR,
+        cwd: PYTHON_CLIENT_DIR,
         timeout: 30_000,
       });
       const [code, ms, ...message] = stdout.trim().split(" ");
