@@ -4,6 +4,8 @@ experts, beside ours, in the same rounds: an anchor for the issue's 75%-of-floor
 The layer's GEMMs with every expert given the same T*k/E rows and no routing, permute or combine:
   bmm   torch.bmm (cuBLAS strided-batched): x_e [E, M, d] @ w13[e]^T, then h_e [E, M, f] @ w2[e]^T
   gmm   torch._grouped_mm (CUTLASS grouped GEMM on sm_90) on the same rows, equal offsets
+  gmm-skew  with --skew: torch._grouped_mm on the rows per expert that ours' routing gives the cell (its biased,
+        uneven loads), so that CUTLASS and ours' GEMMs are compared on the same tile list's shape
   ours  the whole layer (routing, GEMMs, combine) from the benchmark's random logits: its experts are not balanced
   ours-gemms  ours minus the same call with the GEMMs skipped (sy_moe_debug_skip_gemm): the GEMMs' share
   ceiling  the 8192^3 bf16 matmul of bench/h200_moe.py
@@ -20,7 +22,7 @@ SwiGLU), so it compares our GEMM kernels with cuBLAS where there are no tails, n
 
 Writes $OUT/h200-anchor.json and .md. Usage: python3 bench/h200_anchor.py path/to/libsy_moe.so
   [--cells mixtral-8x7b:1024,qwen3-30b-a3b:8192,deepseek-v3:8192] [--rounds 3] [--base other/libsy_moe.so]
-  [--knobs "SY_MOE_CLUSTER=2"]
+  [--knobs "SY_MOE_CLUSTER=2"] [--skew]
 """
 
 import ctypes
@@ -54,6 +56,7 @@ CELLS = [(c.split(":")[0], int(c.split(":")[1])) for c in
 ROUNDS = int(opt("--rounds", "3"))
 BASE = opt("--base", None)
 KNOBS = opt("--knobs", "") or ""
+SKEW = "--skew" in sys.argv
 base_lib = None
 if BASE:
     base_lib = load(BASE)
@@ -127,6 +130,15 @@ for name, T in CELLS:
         "gmm1": lambda: timeit(lambda: torch._grouped_mm(xf, w13t, offs=offs)),
         "gmm2": lambda: timeit(lambda: torch._grouped_mm(hf, w2t, offs=offs)),
     }
+    if SKEW:
+        ours()
+        counts = torch.bincount(c.ids_out.reshape(-1).long(), minlength=E)
+        offs_skew = torch.cumsum(counts, 0).to(torch.int32)
+        xs_skew = torch.randn(T * k, d, device=dev, dtype=torch.bfloat16)
+        hs_skew = torch.randn(T * k, f, device=dev, dtype=torch.bfloat16)
+        series["gmm1s"] = lambda: timeit(lambda: torch._grouped_mm(xs_skew, w13t, offs=offs_skew))
+        series["gmm2s"] = lambda: timeit(lambda: torch._grouped_mm(hs_skew, w2t, offs=offs_skew))
+        print(f"skew: rows per expert max {int(counts.max())}, idle {int((counts == 0).sum())}", flush=True)
     if KNOBS:
         series["ours+knobs"] = lambda: with_knobs(KNOBS, lambda: timeit(ours))
     if base_lib is not None:
@@ -152,7 +164,8 @@ for name, T in CELLS:
     peak = CEIL_FLOPS / (med["ceiling"] * 1e-3) / 1e12
     t = dict(ours=med["ours"], ours_gemms=med["ours"] - med["ours-no-gemm"], bmm=med["bmm1"] + med["bmm2"],
              gmm=med["gmm1"] + med["gmm2"], **({"base": med["base"]} if "base" in med else {}),
-             **({"ours_knobs": med["ours+knobs"]} if "ours+knobs" in med else {}))
+             **({"ours_knobs": med["ours+knobs"]} if "ours+knobs" in med else {}),
+             **({"gmm_skew": med["gmm1s"] + med["gmm2s"]} if "gmm1s" in med else {}))
     pct = {key: flops / (v * 1e-3) / 1e12 / peak for key, v in t.items()}
     row = dict(shape=name, T=T, rows_per_expert=M, ceiling_tflops=round(peak, 1),
                ms={key: round(v, 4) for key, v in med.items()}, rounds_ms={key: [round(x, 4) for x in v]
@@ -174,6 +187,8 @@ for name, T in CELLS:
     rows.append(row)
     print(json.dumps(row), flush=True)
     del w13, w2, w13t, w2t, xe, he, xf, hf, c
+    if SKEW:
+        del xs_skew, hs_skew
     torch.cuda.empty_cache()
 
 res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
@@ -193,7 +208,8 @@ lines = [f"# Balanced-expert anchors on {res['device']} ({res['date']}, {ROUNDS}
          "GEMMs with every expert given T*k/E rows (no routing, permute or combine); ours: the whole layer; ours "
          "GEMMs: ours minus ours with the GEMMs skipped. Clocks: median SM MHz while the series ran.", "",
          "| cell | rows/expert | ceiling TFLOP/s | ours ms (%) | ours GEMMs ms (%) | bmm ms (%) | grouped_mm ms (%) | "
-         "MHz ceiling / ours / bmm1 / gmm1 | base ms (%) | ours+knobs ms (%) |", "|---|---|---|---|---|---|---|---|---|---|"]
+         "MHz ceiling / ours / bmm1 / gmm1 | base ms (%) | ours+knobs ms (%) | grouped_mm, ours' loads ms (%) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
     ms, p = r["ms"], r["pct_of_ceiling"]
     cells = [f"{v:.4f} ({p[key]:.1f}%)" for key, v in (
@@ -203,7 +219,8 @@ for r in rows:
                  + " | ".join(cells) + f" | {clk(r, 'ceiling')} / {clk(r, 'ours')} / {clk(r, 'bmm1')} / "
                  f"{clk(r, 'gmm1')} | "
                  + (f"{ms['base']:.4f} ({p['base']:.1f}%) |" if "base" in ms else "- |")
-                 + (f" {ms['ours+knobs']:.4f} ({p['ours_knobs']:.1f}%) |" if "ours+knobs" in ms else " - |"))
+                 + (f" {ms['ours+knobs']:.4f} ({p['ours_knobs']:.1f}%) |" if "ours+knobs" in ms else " - |")
+                 + (f" {ms['gmm1s'] + ms['gmm2s']:.4f} ({p['gmm_skew']:.1f}%) |" if "gmm1s" in ms else " - |"))
 lines += ["", "Kernels (us per call):"]
 for r in rows:
     for key, ks in r["kernels"].items():

@@ -8,12 +8,16 @@
 //   -> GEMM2 (h * Wd, routing weight in the epilogue) -> combine (deterministic, fixed order per token)
 //      or, for split-K decode, fp32 atomics straight into the output accumulator + convert.
 //
-// Why our own kernels rather than cuBLAS(Lt) grouped GEMM: cublasGemmGroupedBatchedEx takes per-group sizes on the
-// host (a device->host sync per layer, not graph friendly with dynamic routing); cuBLASLt grouped GEMM cannot fuse
-// SwiGLU, the gather or the routing weight, has no split-K, and is not in the CUDA 13.0 toolkit of the target
-// machine. The GEMMs here are tensor-core mma.sync kernels with a cp.async multi-stage pipeline, with the token
-// tile (BM) picked per call from the expected tokens per expert, so that in the memory-bound (decode) regime each
-// weight byte is read from HBM once and split-K fills the SMs when few experts are active.
+// Why our own kernels rather than cuBLAS(Lt) or CUTLASS grouped GEMM: cublasGemmGroupedBatchedEx takes per-group
+// sizes on the host (a device->host sync per layer, not graph friendly with dynamic routing); cuBLASLt has no grouped
+// matmul (cublasLt.h of cuBLAS 13.1) and its epilogues cannot fuse SwiGLU, the gather or the routing weight.
+// CUTLASS's sm_90 grouped GEMM (device-side sizes, as torch._grouped_mm runs it: 128x256x64, 2x1 clusters) was timed
+// on the routing's real, uneven loads beside ours: at DeepSeek-V3 T=8192 13.69 ms for the two GEMMs against ours'
+// 11.03 (bench/h200_anchor.py --skew; bench/results/h200-moe.md, session of 2026-11-30 10:46 UTC).
+// The GEMMs here: wgmma kernels fed by TMA (sy_moe_wgmma.cuh) at every size by default, with the token tile (64 or
+// 128 rows) picked per call from the expected tokens per expert, so that in the memory-bound (decode) regime each
+// weight byte is read from HBM once; tensor-core mma.sync kernels with a cp.async pipeline and split-K stay as the
+// portable fallback (see sy_moe_forward).
 #include "sy_moe.h"
 #include "swiglu.cuh"
 
