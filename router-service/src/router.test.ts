@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PlacementPlan } from "./config.js";
 import type { TokenRouting } from "./core/routing.js";
 import type { PoolModel } from "./model.js";
-import { dedupMinBytes, gateAhead, Router } from "./router.js";
+import { dedupMinBytes, gateAhead, type PoolSummary, Router } from "./router.js";
 import { type StartedRouter, serveRouter } from "./server.js";
 import { FakeWorker } from "./testing/fake-worker.js";
 
@@ -582,6 +582,29 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     } finally {
       router.removePool("toy-b");
     }
+  });
+
+  it("serves /pools: each pool's dimensions, MoE layers, plan version and workers", async () => {
+    const res = await fetch(`http://127.0.0.1:${served.metricsPort}/pools`);
+    expect(res.headers.get("content-type")).toMatch(/application\/json/);
+    const { pools } = (await res.json()) as { pools: PoolSummary[] };
+    expect(pools).toEqual([
+      {
+        name: "toy",
+        family: toy.family,
+        layers: L,
+        moeLayers: Array.from({ length: L }, (_, l) => l),
+        experts: E,
+        hiddenSize: D,
+        planVersion: 1,
+        workers: workers.map((w) => ({
+          id: w.o.id,
+          address: `127.0.0.1:${w.port}`,
+          healthy: true,
+          dataPath: transport !== "grpc",
+        })),
+      },
+    ]);
   });
 
   it("serves /metrics with the contract names", async () => {

@@ -198,6 +198,20 @@ class Pool {
   }
 }
 
+/** What a pool serves and where, as the router's HTTP port shows it (GET /pools): operators and smoke checks. */
+export interface PoolSummary {
+  name: string;
+  family: string;
+  layers: number;
+  /** Layers with routed experts: Forward takes only these (the others are dense in the model). */
+  moeLayers: number[];
+  experts: number;
+  hiddenSize: number;
+  planVersion: number;
+  /** Each worker of the plan: its address, whether its last Status answered, and whether batches go by TCP. */
+  workers: { id: string; address: string; healthy: boolean; dataPath: boolean }[];
+}
+
 export interface RouterOptions {
   metrics?: RouterMetrics;
   /** Status poll interval for worker connections (ms); 0 disables (tests). */
@@ -239,6 +253,20 @@ export class Router {
 
   poolNames(): string[] {
     return [...this.pools.keys()];
+  }
+
+  /** Every pool's model dimensions, plan version and workers (the HTTP port's /pools). */
+  poolSummaries(): PoolSummary[] {
+    return [...this.pools.values()].map((p) => ({
+      name: p.name,
+      family: p.model.family,
+      layers: p.model.layers,
+      moeLayers: Array.from({ length: p.model.layers }, (_, l) => l).filter((l) => p.model.isMoeLayer(l)),
+      experts: p.model.experts,
+      hiddenSize: p.model.hiddenSize,
+      planVersion: p.planVersion,
+      workers: p.conns.map((c) => ({ id: c.id, address: c.address, healthy: c.healthy, dataPath: c.usingDataPath })),
+    }));
   }
 
   /** Worker connections of a pool (local mode and tests read counters from them). */

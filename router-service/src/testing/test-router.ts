@@ -25,6 +25,8 @@ export async function startTestRouter(o: {
   experts: number;
   expert: ExpertFn;
   policy?: unknown;
+  /** The HTTP port (/metrics, /readyz, /pools): 0 for a free one; default off. */
+  metricsPort?: number | null;
 }): Promise<TestRouter> {
   const dir = await mkdtemp(join(tmpdir(), "sy-test-router-"));
   const workers = [new FakeWorker({ id: "w0", expert: o.expert }), new FakeWorker({ id: "w1", expert: o.expert })];
@@ -62,7 +64,7 @@ export async function startTestRouter(o: {
   const app = await startRouterApp({
     config: join(dir, "router.json"),
     port: 0,
-    metricsPort: null,
+    metricsPort: o.metricsPort ?? null,
     dataPort: 0,
     host: "127.0.0.1",
     log: (l) => logs.push(l),

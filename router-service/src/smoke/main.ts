@@ -1,0 +1,17 @@
+#!/usr/bin/env node
+// `node router-service/dist/smoke/main.js --router HOST:PORT --http URL ...`: the router smoke check (smoke.ts).
+// Exit 0: every check passed; 1: one failed (each failure printed, naming what); 2: bad arguments.
+
+import { parseSmokeArgs, SMOKE_USAGE, type SmokeArgs } from "./checks.js";
+import { runSmoke } from "./smoke.js";
+
+let args: SmokeArgs;
+try {
+  args = parseSmokeArgs(process.argv.slice(2));
+} catch (e) {
+  console.error(`smoke: ${(e as Error).message}\n${SMOKE_USAGE}`);
+  process.exit(2);
+}
+const { ok, lines } = await runSmoke(args);
+for (const l of lines) console.log(l);
+process.exit(ok ? 0 : 1);
