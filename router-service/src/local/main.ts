@@ -27,6 +27,7 @@ import {
 } from "@switchyard/moe";
 import { DType, ExpertWorkerClient, type WorkerStatus } from "@switchyard/protocol";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
+import { runSmoke } from "../smoke/smoke.js";
 import { addStats, DriveStats } from "./drive.js";
 import { startDrivers } from "./drivers.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile } from "./loadgen.js";
@@ -830,11 +831,26 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     for (const s of errorSamples) log(`error: ${s}`);
     for (const s of firstWrong) log(`WRONG ${s}`);
     for (const c of workerClients) c.close();
-    const ok = wrong === 0 && errors === 0 && verified > 0;
+    // The check a deployment runs with `helm test` (smoke/), on this run's first router: it exercises that path on
+    // every `npm start`, the CUDA worker's on the H200 included.
+    const r0 = routers[0];
+    const smoke = await runSmoke({
+      router: `127.0.0.1:${r0.port}`,
+      http: `http://127.0.0.1:${r0.metricsPort}`,
+      dataPort: r0.dataPort ?? 0,
+      pools: [],
+      tokens: 4,
+      timeoutMs: 30_000,
+    });
+    console.log(`\nsmoke check (npm run smoke; helm test) on ${r0.name}:`);
+    for (const l of smoke.lines) console.log(`  ${l}`);
+    const ok = wrong === 0 && errors === 0 && verified > 0 && smoke.ok;
     const okLine = unchecked
       ? `\nOK: every checked answer matched the reference (${verified} of ${verified + unchecked} checked)`
       : "\nOK: every answer matched the reference";
-    console.log(ok ? okLine : `\nFAILED: ${wrong} wrong answers, ${errors} errors`);
+    console.log(
+      ok ? okLine : `\nFAILED: ${wrong} wrong answers, ${errors} errors${smoke.ok ? "" : ", the smoke check failed"}`,
+    );
     return ok ? 0 : 1;
   } finally {
     cleanup();
