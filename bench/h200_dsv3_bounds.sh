@@ -9,7 +9,8 @@
 #   4. the engine's gate (--gate engine: the drivers send router_logits, the router gates nothing itself);
 #   5. the default again (drift).
 # Also flightsN (RoutingPolicy.batching.flushesInFlight N, default 2), routers2-flightsN (the same, two replicas),
-# batchN (N sequences a Forward, as an engine's step: --engine-batch), and grpc / routers2-grpc (the drivers reach
+# batchN (N sequences a Forward, as an engine's step: --engine-batch), runsN / routers2-runsN (the worker's CUDA runs in
+# flight, SWITCHYARD_CUDA_RUNS_IN_FLIGHT), and grpc / routers2-grpc (the drivers reach
 # the router by gRPC ForwardStreams, --engine-transport grpc; since 2026-11-30 09:00 UTC every other run uses the
 # router's TCP data path, the local mode's default).
 # FAMILY (default deepseek-v3) runs another family at its full size. RUNS picks and orders them ("default threads8 routers2 engine default"). Logs: $OUT/dsv3-bounds-logs.tgz and the
@@ -33,6 +34,10 @@ for run in ${RUNS:-default threads8 routers2 engine default}; do
     batch*) e2e_step 1 b$i-$run --drivers 6 --engine-batch ${run#batch} > /dev/null ;;
     # flightsN: RoutingPolicy.batching.flushesInFlight N (the default is 2); routers2-flightsN: the same on two replicas
     flights*) e2e_step 1 b$i-$run --drivers 6 --policy "{\"batching\":{\"flushesInFlight\":${run#flights}}}" > /dev/null ;;
+    # runsN / routers2-runsN: SWITCHYARD_CUDA_RUNS_IN_FLIGHT N on the worker (batches staged and queued on the GPU at
+    # once, 1-3; the default is 2), one router or two
+    runs*) SWITCHYARD_CUDA_RUNS_IN_FLIGHT=${run#runs} e2e_step 1 b$i-$run --drivers 6 > /dev/null ;;
+    routers2-runs*) SWITCHYARD_CUDA_RUNS_IN_FLIGHT=${run#routers2-runs} e2e_step 1 b$i-$run --drivers 6 --routers 2 > /dev/null ;;
     routers2-flights*)
       e2e_step 1 b$i-$run --drivers 6 --routers 2 --policy "{\"batching\":{\"flushesInFlight\":${run#routers2-flights}}}" \
         > /dev/null ;;

@@ -35,7 +35,7 @@ e2e_pack() {
   rm -f $OUT/smoke.log $OUT/build.log
   for f in $OUT/$glob; do
     echo "== $f"
-    grep -E "^tokens/s|^latency|router time|worker batches|CPU during|router by thread|^OK|FAILED" $f
+    grep -E "^tokens/s|^latency|router time|worker batches|CPU during|router by thread|smoke: |^OK|FAILED" $f
   done
   mkdir -p $OUT/$name && mv $OUT/$glob $OUT/$name/
   tar czf $OUT/$name-logs.tgz -C $OUT $name && rm -rf $OUT/$name
