@@ -10,7 +10,8 @@
 #   5. the default again (drift).
 # Also flightsN (RoutingPolicy.batching.flushesInFlight N, default 2), routers2-flightsN (the same, two replicas),
 # batchN (N sequences a Forward, as an engine's step: --engine-batch), runsN / routers2-runsN (the worker's CUDA runs in
-# flight, SWITCHYARD_CUDA_RUNS_IN_FLIGHT), and grpc / routers2-grpc (the drivers reach
+# flight, SWITCHYARD_CUDA_RUNS_IN_FLIGHT), nomerge / routers2-nomerge (queued batches not merged into one run,
+# SWITCHYARD_CUDA_MERGE_BATCHES=off), and grpc / routers2-grpc (the drivers reach
 # the router by gRPC ForwardStreams, --engine-transport grpc; since 2026-11-30 09:00 UTC every other run uses the
 # router's TCP data path, the local mode's default).
 # FAMILY (default deepseek-v3) runs another family at its full size. RUNS picks and orders them ("default threads8 routers2 engine default"). Logs: $OUT/dsv3-bounds-logs.tgz and the
@@ -38,6 +39,10 @@ for run in ${RUNS:-default threads8 routers2 engine default}; do
     # once, 1-3; the default is 2), one router or two
     runs*) SWITCHYARD_CUDA_RUNS_IN_FLIGHT=${run#runs} e2e_step 1 b$i-$run --drivers 6 > /dev/null ;;
     routers2-runs*) SWITCHYARD_CUDA_RUNS_IN_FLIGHT=${run#routers2-runs} e2e_step 1 b$i-$run --drivers 6 --routers 2 > /dev/null ;;
+    # nomerge / routers2-nomerge: SWITCHYARD_CUDA_MERGE_BATCHES=off (each queued batch its own run, as before
+    # 2026-11-30 11:15 UTC)
+    nomerge) SWITCHYARD_CUDA_MERGE_BATCHES=off e2e_step 1 b$i-$run --drivers 6 > /dev/null ;;
+    routers2-nomerge) SWITCHYARD_CUDA_MERGE_BATCHES=off e2e_step 1 b$i-$run --drivers 6 --routers 2 > /dev/null ;;
     routers2-flights*)
       e2e_step 1 b$i-$run --drivers 6 --routers 2 --policy "{\"batching\":{\"flushesInFlight\":${run#routers2-flights}}}" \
         > /dev/null ;;

@@ -15,7 +15,7 @@ import { type ExpertId, keyOf, type ResidencyCache } from "./cache.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { abortError, type WorkQueue } from "./queue.js";
 import { gatherRows, sumRowsByToken } from "./token-rows.js";
-import { type BatchContext, expertIdsText, validateBatch } from "./validate.js";
+import { type BatchContext, expertIdsText, type ValidBatch, type ValidSlice, validateBatch } from "./validate.js";
 
 /** Where experts come from: a checkpoint reader (packages/moe) or anything with the same shape. */
 export interface ExpertSource {
@@ -33,6 +33,26 @@ export interface ExpertSource {
   close?(): Promise<void>;
 }
 
+/** One validated batch as its run needs it (core.runBatch -> WorkQueue.submitMergeable -> runParts). */
+interface BatchPart {
+  b: ValidBatch;
+  live: ValidSlice[];
+  distinct: number[];
+  /** Its deduplicated rows go to the backend as they came (the backend gathers and sums on its device). */
+  onDevice: boolean;
+}
+
+/** What a run answers each batch: its output and its part of the run's counts. */
+interface PartResult {
+  output: Uint8Array;
+  hits: number;
+  misses: number;
+  computeMs: number;
+}
+
+/** Rows a merged run may hold (WorkQueue.submitMergeable's limit), unless CoreOptions.maxMergeRows says otherwise. */
+export const DEFAULT_MAX_MERGE_ROWS = 4096;
+
 export interface CoreOptions {
   pool: string;
   workerId: string;
@@ -44,6 +64,8 @@ export interface CoreOptions {
   /** The experts this worker may load; undefined = all. */
   served?: ReadonlySet<string>;
   maxRows?: number;
+  /** Rows one backend run may merge from queued batches of a layer (backends with mergesBatches); default 4096. */
+  maxMergeRows?: number;
 }
 
 /** Expert ids a source serves per layer: its routed experts, then the shared expert's slices. */
@@ -84,10 +106,6 @@ export class WorkerCore {
     const b = validateBatch(batch, this.ctx);
     if (!this.o.source.isMoeLayer(b.layer))
       throw invalidArgument("layer", `layer ${b.layer} is dense (no routed experts)`);
-    let hits = 0;
-    let misses = 0;
-    let computeMs = 0;
-    let deviceMs: number | undefined; // the backend's device clock for the run (CUDA), if it has one
     const live = b.slices.filter((s) => s.count > 0);
     const onDevice = b.tokenRows !== undefined && backend.takesTokenRows === true;
     const distinct = [...new Set(live.map((s) => s.expert))];
@@ -99,47 +117,21 @@ export class WorkerCore {
       const ready = distinct.map((e) => cache.peek(b.layer, e)).filter((p): p is PreparedExpert => p !== undefined);
       if (ready.length > 0) void backend.prefetch(ready, { evict: queue.depth === queue.concurrency });
     }
-    const { value: output, queueWaitMs } = await queue.submit({
-      signal,
-      run: async (sig) => {
-        const protect = new Set(distinct.map((e) => keyOf(b.layer, e)));
-        const prepared = new Map<number, PreparedExpert>();
-        for (const e of distinct) {
-          const r = await cache.get(b.layer, e, protect);
-          if (r.hit) hits++;
-          else misses++;
-          prepared.set(e, r.expert);
-          // Loads can be slow (checkpoint read + packing): stop between them when the caller has gone.
-          if (sig?.aborted) throw abortError(sig);
-        }
-        const slices: PreparedSlice[] = live.map((s) => ({
-          expert: prepared.get(s.expert) as PreparedExpert,
-          offset: s.offset,
-          count: s.count,
-        }));
-        const t0 = performance.now();
-        const out = await backend.run({
-          dtype: b.dtype,
-          // a deduplicated batch's distinct tokens: as they came to a backend that expands them on its device, else
-          // one row per (token, expert) again here
-          tokens: b.tokenRows && !onDevice ? gatherRows(b.tokens, b.tokenRows, b.cols * dtypeSize(b.dtype)) : b.tokens,
-          tokenRows: onDevice ? b.tokenRows : undefined,
-          sumByToken: onDevice && b.combine,
-          rows: b.rows,
-          cols: b.cols,
-          slices,
-          // combine on the host: the rows unscaled, the weights applied in fp32 by the sum (as the router's combine
-          // does); the device sum takes them as the sum's weights
-          rowWeights: b.combine && !onDevice ? undefined : b.rowWeights,
-          signal: sig,
-          onDeviceTime: (ms) => {
-            deviceMs = ms;
-          },
-        });
-        computeMs = performance.now() - t0;
-        return out;
-      },
-    });
+    // A backend that reads each expert's weights once per run (CUDA) takes the batches of one layer that wait
+    // together as one run: in a burst from several routers that is fewer weight reads for the same rows. Batches
+    // merge only with their own kind (dtype; deduplicated or not; summed or not).
+    const mode = b.tokenRows === undefined ? "rows" : onDevice ? (b.combine ? "sum" : "token-rows") : undefined;
+    const key = backend.mergesBatches && mode ? `${b.layer}/${b.dtype}/${mode}` : undefined;
+    const {
+      value: { output, hits, misses, computeMs },
+      queueWaitMs,
+      merged,
+    } = await queue.submitMergeable<BatchPart, PartResult>(
+      { part: { b, live, distinct, onDevice }, key, weight: b.rows, signal },
+      (parts, sig) => this.runParts(parts, sig),
+      this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS,
+    );
+    if (merged > 1) metrics.mergedBatches.inc();
     // combine: each distinct token's rows summed (FLOAT32) instead of sent back one per expert; here unless the
     // backend summed them on its device
     const sums = b.combine && b.tokenRows;
@@ -158,7 +150,6 @@ export class WorkerCore {
     metrics.runDuration.observe((performance.now() - started) / 1000);
     metrics.queueWait.observe(queueWaitMs / 1000);
     metrics.computeDuration.observe(computeMs / 1000);
-    if (deviceMs !== undefined) metrics.deviceComputeDuration.observe(deviceMs / 1000);
     return {
       batchId: b.batchId,
       output: combined
@@ -183,6 +174,100 @@ export class WorkerCore {
       },
       error: undefined,
     };
+  }
+
+  /**
+   * One backend run for the parts (batches of one layer and kind, WorkQueue.submitMergeable), each part's answer cut
+   * from it: the experts fetched once for all of them, the rows (and, deduplicated, the distinct tokens) laid end to
+   * end, slices and token indices shifted to match. One part runs exactly as it came.
+   */
+  private async runParts(parts: BatchPart[], sig: AbortSignal | undefined): Promise<PartResult[]> {
+    const { cache, backend, metrics } = this.o;
+    const layer = parts[0].b.layer;
+    const experts = [...new Set(parts.flatMap((p) => p.distinct))];
+    const protect = new Set(experts.map((e) => keyOf(layer, e)));
+    const prepared = new Map<number, PreparedExpert>();
+    const hit = new Map<number, boolean>();
+    for (const e of experts) {
+      const r = await cache.get(layer, e, protect);
+      hit.set(e, r.hit);
+      prepared.set(e, r.expert);
+      // Loads can be slow (checkpoint read + packing): stop between them when the callers have gone.
+      if (sig?.aborted) throw abortError(sig);
+    }
+    const first = parts[0];
+    const { dtype, cols } = first.b;
+    const rowBytes = cols * dtypeSize(dtype);
+    const slices: PreparedSlice[] = [];
+    let rows = 0;
+    let tokenCount = 0; // distinct tokens before each part (deduplicated batches)
+    const rowBase: number[] = [];
+    const tokenBase: number[] = [];
+    for (const p of parts) {
+      rowBase.push(rows);
+      tokenBase.push(tokenCount);
+      for (const s of p.live)
+        slices.push({ expert: prepared.get(s.expert) as PreparedExpert, offset: rows + s.offset, count: s.count });
+      rows += p.b.rows;
+      tokenCount += p.b.distinct;
+    }
+    // a deduplicated batch's distinct tokens: as they came to a backend that expands them on its device, else one row
+    // per (token, expert) again here
+    const tokensOf = (p: BatchPart) =>
+      p.b.tokenRows && !p.onDevice ? gatherRows(p.b.tokens, p.b.tokenRows, rowBytes) : p.b.tokens;
+    // combine on the host: the rows unscaled, the weights applied in fp32 by the sum (as the router's combine does);
+    // the device sum takes them as the sum's weights
+    const weightsOf = (p: BatchPart) => (p.b.combine && !p.onDevice ? undefined : p.b.rowWeights);
+    let tokens: Uint8Array;
+    let tokenRows: Uint32Array | undefined;
+    let rowWeights: Float32Array | undefined;
+    if (parts.length === 1) {
+      tokens = tokensOf(first);
+      tokenRows = first.onDevice ? first.b.tokenRows : undefined;
+      rowWeights = weightsOf(first);
+    } else {
+      tokens = Buffer.concat(parts.map(tokensOf));
+      if (first.onDevice) {
+        tokenRows = new Uint32Array(rows);
+        parts.forEach((p, i) => {
+          const src = p.b.tokenRows as Uint32Array;
+          for (let r = 0; r < src.length; r++) tokenRows![rowBase[i] + r] = src[r] + tokenBase[i];
+        });
+      }
+      if (parts.some((p) => weightsOf(p))) {
+        rowWeights = new Float32Array(rows).fill(1);
+        parts.forEach((p, i) => {
+          const w = weightsOf(p);
+          if (w) rowWeights!.set(w, rowBase[i]);
+        });
+      }
+    }
+    const t0 = performance.now();
+    const out = await backend.run({
+      dtype,
+      tokens,
+      tokenRows,
+      sumByToken: first.onDevice && first.b.combine,
+      rows,
+      cols,
+      slices,
+      rowWeights,
+      signal: sig,
+      // the device's own time, once per run however many batches it answers (the GPU's busy share sums these)
+      onDeviceTime: (ms) => metrics.deviceComputeDuration.observe(ms / 1000),
+    });
+    const computeMs = performance.now() - t0;
+    // Each part's slice of the output: its rows, or its distinct tokens' fp32 sums.
+    const summed = first.onDevice && first.b.combine;
+    return parts.map((p, i) => {
+      const [from, n, bytes] = summed ? [tokenBase[i], p.b.distinct, cols * 4] : [rowBase[i], p.b.rows, rowBytes];
+      return {
+        output: parts.length === 1 ? out : out.subarray(from * bytes, (from + n) * bytes),
+        hits: p.distinct.filter((e) => hit.get(e)).length,
+        misses: p.distinct.filter((e) => !hit.get(e)).length,
+        computeMs,
+      };
+    });
   }
 
   private checkKeys(keys: ExpertKey[], field: string): ExpertId[] {

@@ -20,6 +20,7 @@ export class WorkerMetrics {
   readonly cacheHits: Counter;
   readonly cacheMisses: Counter;
   readonly cacheEvictions: Counter;
+  readonly mergedBatches: Counter;
   readonly cacheTransferBytes: Counter;
   readonly cacheResident: Gauge;
   readonly cacheCapacity: Gauge;
@@ -118,6 +119,11 @@ export class WorkerMetrics {
       help: "Expert lookups that had to load from the checkpoint.",
       registers,
       collect: takePending(p, "misses"),
+    });
+    this.mergedBatches = new Counter({
+      name: "switchyard_worker_merged_batches_total",
+      help: "Batches that ran in one backend run with other queued batches of their layer (backends that merge: CUDA).",
+      registers,
     });
     this.cacheEvictions = new Counter({
       name: "switchyard_worker_cache_evictions_total",

@@ -22,6 +22,28 @@ interface Waiting {
   abandon: (err: unknown) => void;
   signal?: AbortSignal;
   onAbort?: () => void;
+  /** A mergeable job's key, size and handle: a job of the same key that starts takes it into its run. */
+  merge?: { key: string; weight: number; member: Member };
+}
+
+/** One job of a merged run: its part, and how to answer it. */
+interface Member {
+  part: unknown;
+  signal?: AbortSignal;
+  submitted: number;
+  settled: boolean;
+  resolve(r: { value: unknown; queueWaitMs: number; merged: number }): void;
+  reject(err: unknown): void;
+}
+
+/** A job whose work can run in one go with other waiting jobs of the same key (submitMergeable). */
+export interface MergeableJob<P> {
+  part: P;
+  /** Jobs of one key may share a run; undefined: this job always runs alone. */
+  key?: string;
+  /** Its size against the run's limit (rows of a batch). */
+  weight: number;
+  signal?: AbortSignal;
 }
 
 export function abortError(signal: AbortSignal): SwitchyardError {
@@ -97,6 +119,135 @@ export class WorkQueue {
           if (i >= 0) {
             this.waiting.splice(i, 1);
             this.onDepthChange(this.depth);
+            reject(abortError(signal));
+          }
+        };
+        signal.addEventListener("abort", w.onAbort, { once: true });
+      }
+      this.waiting.push(w);
+      this.onDepthChange(this.depth);
+    });
+  }
+
+  /**
+   * Like submit(), for work that costs less run together than apart (the CUDA backend reads each expert's weights
+   * once per run, whatever its rows). When this job starts, every waiting job of its key joins it, oldest first,
+   * while their weights stay within `maxWeight`; `runAll` gets their parts in that order and answers each part, in
+   * one slot. A member whose signal aborts is answered at once with the abort; the run's signal aborts once every
+   * member's has. `merged` is how many jobs the run answered.
+   */
+  submitMergeable<P, R>(
+    job: MergeableJob<P>,
+    runAll: (parts: P[], signal: AbortSignal | undefined) => Promise<R[]>,
+    maxWeight: number,
+  ): Promise<{ value: R; merged: number } & JobTiming> {
+    const { signal } = job;
+    if (signal?.aborted) return Promise.reject(abortError(signal));
+    if (this.running >= this.concurrency && this.waiting.length >= this.capacity) {
+      return Promise.reject(
+        resourceExhausted(
+          `worker queue full (${this.running} running, ${this.waiting.length} waiting, capacity ${this.capacity})`,
+        ),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      const self: Member = {
+        part: job.part,
+        signal,
+        submitted: performance.now(),
+        settled: false,
+        resolve: resolve as Member["resolve"],
+        reject,
+      };
+      const start = () => {
+        const members = [self];
+        let weight = job.weight;
+        if (job.key !== undefined) {
+          for (let i = 0; i < this.waiting.length; ) {
+            const w = this.waiting[i];
+            if (w.merge?.key === job.key && weight + w.merge.weight <= maxWeight) {
+              this.waiting.splice(i, 1);
+              if (w.signal && w.onAbort) w.signal.removeEventListener("abort", w.onAbort);
+              members.push(w.merge.member);
+              weight += w.merge.weight;
+            } else i++;
+          }
+        }
+        this.running++;
+        this.onDepthChange(this.depth);
+        const started = performance.now();
+        // The run stops only when nobody waits for it any more; a member that gives up is answered now.
+        const all = new AbortController();
+        let waitingFor = members.length;
+        const leave: (() => void)[] = [];
+        for (const m of members) {
+          const s = m.signal;
+          if (!s) continue;
+          const onAbort = () => {
+            if (!m.settled) {
+              m.settled = true;
+              m.reject(abortError(s));
+            }
+            if (--waitingFor === 0) all.abort(s.reason);
+          };
+          if (s.aborted) onAbort();
+          else {
+            s.addEventListener("abort", onAbort, { once: true });
+            leave.push(() => s.removeEventListener("abort", onAbort));
+          }
+        }
+        const finish = () => {
+          for (const l of leave) l();
+          this.running--;
+          this.pump();
+        };
+        let p: Promise<R[]>;
+        try {
+          p = all.signal.aborted
+            ? Promise.reject(abortError(all.signal))
+            : runAll(
+                members.map((m) => m.part as P),
+                members.some((m) => m.signal) ? all.signal : undefined,
+              );
+        } catch (err) {
+          p = Promise.reject(err);
+        }
+        p.then(
+          (values) => {
+            finish();
+            members.forEach((m, i) => {
+              if (m.settled) return;
+              m.settled = true;
+              m.resolve({ value: values[i], queueWaitMs: started - m.submitted, merged: members.length });
+            });
+          },
+          (err) => {
+            finish();
+            for (const m of members) {
+              if (m.settled) continue;
+              m.settled = true;
+              m.reject(err);
+            }
+          },
+        );
+      };
+      if (this.running < this.concurrency) {
+        start();
+        return;
+      }
+      const w: Waiting = {
+        start,
+        abandon: reject,
+        signal,
+        merge: job.key !== undefined ? { key: job.key, weight: job.weight, member: self } : undefined,
+      };
+      if (signal) {
+        w.onAbort = () => {
+          const i = this.waiting.indexOf(w);
+          if (i >= 0) {
+            this.waiting.splice(i, 1);
+            this.onDepthChange(this.depth);
+            self.settled = true;
             reject(abortError(signal));
           }
         };

@@ -2,7 +2,7 @@ import { DType, valuesToBytes } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { randomExpert, rng, uniform } from "../testing.js";
 import { gatherRows, sumRowsByToken } from "../token-rows.js";
-import { type CudaBackend, loadCudaAddon, probeCudaBackend, runsInFlight, slotCount } from "./cuda.js";
+import { type CudaBackend, loadCudaAddon, mergeBatches, probeCudaBackend, runsInFlight, slotCount } from "./cuda.js";
 import { cudaParity } from "./cuda-parity.js";
 import { ReferenceBackend } from "./reference.js";
 
@@ -34,6 +34,15 @@ describe("runsInFlight", () => {
     expect(runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: "3" })).toBe(3);
     for (const bad of ["0", "4", "1.5", "two"])
       expect(() => runsInFlight({ SWITCHYARD_CUDA_RUNS_IN_FLIGHT: bad })).toThrow(/SWITCHYARD_CUDA_RUNS_IN_FLIGHT/);
+  });
+});
+
+describe("mergeBatches", () => {
+  it("is on by default, takes on or off, and names the variable otherwise", () => {
+    expect(mergeBatches({})).toBe(true);
+    expect(mergeBatches({ SWITCHYARD_CUDA_MERGE_BATCHES: "on" })).toBe(true);
+    expect(mergeBatches({ SWITCHYARD_CUDA_MERGE_BATCHES: "off" })).toBe(false);
+    expect(() => mergeBatches({ SWITCHYARD_CUDA_MERGE_BATCHES: "0" })).toThrow(/SWITCHYARD_CUDA_MERGE_BATCHES/);
   });
 });
 

@@ -125,6 +125,18 @@ export function runsInFlight(env: NodeJS.ProcessEnv): number {
   return n;
 }
 
+/**
+ * SWITCHYARD_CUDA_MERGE_BATCHES: on (default) or off. On, batches of one layer that wait together run as one: a run
+ * reads each of its experts' weights from HBM once, so at DeepSeek-V3's size (a batch's time is its experts' weights,
+ * bench/results/h200-moe.md) two batches cost far less together than apart. Off for A/B.
+ */
+export function mergeBatches(env: NodeJS.ProcessEnv): boolean {
+  const v = env.SWITCHYARD_CUDA_MERGE_BATCHES;
+  if (v === undefined || v === "" || v === "on") return true;
+  if (v === "off") return false;
+  throw new Error(`SWITCHYARD_CUDA_MERGE_BATCHES: expected on or off, got "${v}"`);
+}
+
 export class CudaBackend implements ExpertBackend {
   readonly name = "cuda" as const;
   readonly kind = "cuda" as const;
@@ -132,6 +144,8 @@ export class CudaBackend implements ExpertBackend {
   readonly takesTokenRows: boolean;
   /** SWITCHYARD_CUDA_RUNS_IN_FLIGHT (1-3, default 2): batches staged and queued on the GPU at once. */
   readonly runsInFlight: number;
+  /** SWITCHYARD_CUDA_MERGE_BATCHES (on by default): queued batches of a layer share a run. */
+  readonly mergesBatches: boolean;
   private ctx: object | undefined;
   private dims: { d: number; f: number } | undefined;
   private cache: GpuSlotCache<CudaPrepared> | undefined;
@@ -149,6 +163,7 @@ export class CudaBackend implements ExpertBackend {
       throw new Error(`SWITCHYARD_CUDA_TOKEN_ROWS: expected device or host, got "${where}"`);
     this.takesTokenRows = where === "device";
     this.runsInFlight = runsInFlight(env);
+    this.mergesBatches = mergeBatches(env);
   }
 
   setDeviceCacheCapacity(experts: number): void {

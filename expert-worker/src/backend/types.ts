@@ -92,6 +92,11 @@ export interface ExpertBackend {
    * queues its work while the GPU computes the one before, so the GPU does not wait for the host between batches.
    */
   readonly runsInFlight?: number;
+  /**
+   * Whether one run of several batches of a layer costs less than their runs apart (the CUDA backend: a run reads
+   * each of its experts' weights once, whatever its rows). The worker then lets queued batches of a layer share a run.
+   */
+  readonly mergesBatches?: boolean;
   close?(): Promise<void>;
 
   // Backends with a device tier of experts (CUDA) implement these; CPU backends compute from the host cache.

@@ -1,0 +1,190 @@
+// Queued batches of a layer merged into one backend run (backends with mergesBatches, the CUDA one): every batch
+// gets the bytes it gets when it runs alone, in each kind of batch (plain rows with and without row weights,
+// deduplicated rows, deduplicated rows summed per token), and batches of other layers or kinds never share a run.
+// The backend here is the TypeScript reference behind a device-like front: it takes token rows and sums itself, as
+// the CUDA backend does on its GPU.
+
+import { DType, dtypeSize, type ExpertBatch, type ExpertResult, encodeTensor } from "@switchyard/protocol";
+import { describe, expect, it } from "vitest";
+import { ReferenceBackend } from "./backend/reference.js";
+import type { ExpertBackend, RunRequest } from "./backend/types.js";
+import { ResidencyCache } from "./cache.js";
+import { type ExpertSource, WorkerCore } from "./core.js";
+import { WorkerMetrics } from "./metrics.js";
+import { WorkQueue } from "./queue.js";
+import { randomExpert, rng, uniform } from "./testing.js";
+import { gatherRows, sumRowsByToken } from "./token-rows.js";
+
+const D = 16;
+const F = 24;
+const E = 4;
+
+/** The reference behind a device-like front; hold() keeps every run waiting until open() (batches queue meanwhile). */
+class DeviceLike implements ExpertBackend {
+  readonly name = "cuda" as const;
+  readonly kind = "cuda" as const;
+  readonly takesTokenRows = true;
+  readonly runsInFlight = 1;
+  readonly ref = new ReferenceBackend();
+  /** Rows of each run, in order. */
+  readonly runs: number[] = [];
+  private gate: Promise<void> = Promise.resolve();
+  private openGate: () => void = () => {};
+  constructor(readonly mergesBatches: boolean) {}
+  describe = () => "device-like reference";
+  prepare = (w: Parameters<ExpertBackend["prepare"]>[0]) => this.ref.prepare(w);
+  hold(): void {
+    this.gate = new Promise((r) => {
+      this.openGate = r;
+    });
+  }
+  open(): void {
+    this.openGate();
+  }
+  async run(req: RunRequest): Promise<Uint8Array> {
+    this.runs.push(req.rows);
+    await this.gate;
+    const rowBytes = req.cols * dtypeSize(req.dtype);
+    const tokens = req.tokenRows ? gatherRows(req.tokens, req.tokenRows, rowBytes) : req.tokens;
+    const rows = await this.ref.run({
+      ...req,
+      tokens,
+      tokenRows: undefined,
+      sumByToken: undefined,
+      rowWeights: req.sumByToken ? undefined : req.rowWeights,
+    });
+    if (!req.sumByToken) return rows;
+    const sums = sumRowsByToken(
+      rows,
+      req.dtype,
+      req.tokenRows!,
+      req.tokens.byteLength / rowBytes,
+      req.cols,
+      req.rowWeights,
+    );
+    return new Uint8Array(sums.buffer, sums.byteOffset, sums.byteLength);
+  }
+}
+
+function coreOver(backend: ExpertBackend) {
+  const source: ExpertSource = {
+    layers: 2,
+    experts: E,
+    hiddenSize: D,
+    intermediateSize: F,
+    isMoeLayer: () => true,
+    // the same weights for a (layer, expert) in every core of the test
+    readExpert: async (layer, expert) => randomExpert(D, F, "float32", rng(100 + 10 * layer + expert)),
+  };
+  const metrics = new WorkerMetrics({ pool: "p", worker: "w" });
+  const cache = new ResidencyCache({
+    capacity: 2 * E,
+    load: async (id) => ({
+      prepared: await backend.prepare(await source.readExpert(id.layer, id.expert)),
+      sourceBytes: 1,
+    }),
+  });
+  const core = new WorkerCore({
+    pool: "p",
+    workerId: "w",
+    source,
+    backend,
+    cache,
+    queue: new WorkQueue(16, 1),
+    metrics,
+  });
+  return { core, metrics };
+}
+
+/** A batch of `rows` rows over the experts in turn; deduplicated over `distinct` tokens when given. */
+function batch(
+  id: number,
+  o: { layer?: number; rows: number; dtype?: DType; weights?: boolean; distinct?: number; combine?: boolean },
+): ExpertBatch {
+  const next = rng(id);
+  const dtype = o.dtype ?? DType.BFLOAT16;
+  const n = o.distinct ?? o.rows;
+  const per = Math.ceil(o.rows / E);
+  const slices = [];
+  for (let e = 0, off = 0; off < o.rows; e++, off += per)
+    slices.push({ expert: e, offset: off, count: Math.min(per, o.rows - off) });
+  return {
+    pool: "p",
+    layer: o.layer ?? 0,
+    tokens: encodeTensor(uniform(n * D, 1, next), [n, D], dtype),
+    slices,
+    rowWeights: o.weights ? encodeTensor(uniform(o.rows, 1, next), [o.rows], DType.FLOAT32) : undefined,
+    batchId: BigInt(id),
+    timeoutMs: 0,
+    tokenRows: o.distinct ? Array.from({ length: o.rows }, (_, r) => (r * 7 + id) % n) : [],
+    combine: o.combine ?? false,
+  };
+}
+
+const BATCHES = [
+  batch(1, { rows: 9, weights: true }),
+  batch(2, { rows: 5 }),
+  batch(3, { rows: 7, weights: true, layer: 1 }),
+  batch(4, { rows: 6, weights: true }),
+  batch(5, { rows: 10, distinct: 4, weights: true, combine: true }),
+  batch(6, { rows: 8, distinct: 3, combine: true }),
+  batch(7, { rows: 6, distinct: 5, weights: true }),
+  batch(8, { rows: 4, distinct: 2 }),
+  batch(9, { rows: 3, dtype: DType.FLOAT32 }),
+  batch(10, { rows: 12, distinct: 6, weights: true, combine: true }),
+];
+
+const answer = (r: ExpertResult) => ({
+  shape: r.output?.shape,
+  dtype: r.output?.dtype,
+  data: [...(r.output?.data ?? [])],
+});
+
+describe("WorkerCore: queued batches of a layer share a backend run", () => {
+  it("answers each batch as it runs alone, in one run per layer and kind", async () => {
+    const alone = new DeviceLike(false);
+    const { core: plain } = coreOver(alone);
+    const want = [];
+    for (const b of BATCHES) want.push(answer(await plain.runBatch(b)));
+    expect(alone.runs.length).toBe(BATCHES.length);
+
+    const merging = new DeviceLike(true);
+    const { core, metrics } = coreOver(merging);
+    merging.hold();
+    // the first batch takes the only run slot; the rest queue behind it
+    const results = BATCHES.map((b) => core.runBatch(b));
+    await new Promise((r) => setTimeout(r, 10));
+    merging.open();
+    const got = (await Promise.all(results)).map(answer);
+    for (let i = 0; i < BATCHES.length; i++) expect(got[i], `batch ${i + 1}`).toEqual(want[i]);
+    // batch 1 alone; then layer 0's plain bf16 rows (2, 4), layer 1 (3), the summed ones (5, 6, 10), the
+    // deduplicated ones (7, 8) and the fp32 one (9): six runs where there were ten
+    expect(merging.runs).toEqual([9, 5 + 6, 7, 10 + 8 + 12, 6 + 4, 3]);
+    expect(await metrics.registry.getSingleMetricAsString("switchyard_worker_merged_batches_total")).toMatch(
+      /merged_batches_total\{pool="p",worker="w"\} 7$/m,
+    );
+  });
+
+  it("answers a merged batch whose caller gave up at once, and the others as they run alone", async () => {
+    const merging = new DeviceLike(true);
+    const { core } = coreOver(merging);
+    merging.hold();
+    const first = core.runBatch(batch(1, { rows: 2 }));
+    const ac = new AbortController();
+    const gone = core.runBatch(batch(2, { rows: 3 }), ac.signal);
+    const kept = core.runBatch(batch(3, { rows: 4 }));
+    await new Promise((r) => setTimeout(r, 10));
+    merging.open();
+    await first;
+    // batches 2 and 3 run as one; 2's caller leaves while it runs
+    merging.hold();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(merging.runs).toEqual([2, 7]);
+    ac.abort();
+    await expect(gone).rejects.toMatchObject({ code: "CANCELLED" });
+    merging.open();
+    const alone = new DeviceLike(false);
+    const want = answer(await coreOver(alone).core.runBatch(batch(3, { rows: 4 })));
+    expect(answer(await kept)).toEqual(want);
+  });
+});
