@@ -801,7 +801,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       [
         "worker batches",
         workerBatches > 0
-          ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${meanMs(wsum, "switchyard_worker_run_duration_seconds")} ms from arrival to result: ${meanMs(wsum, "switchyard_worker_queue_wait_seconds")} ms queued, ${meanMs(wsum, "switchyard_worker_compute_duration_seconds")} ms computing${gpuPart} (means of ${workerBatches})`
+          ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${meanMs(wsum, "switchyard_worker_run_duration_seconds")} ms from arrival to result: ${meanMs(wsum, "switchyard_worker_queue_wait_seconds")} ms queued, ${meanMs(wsum, "switchyard_worker_compute_duration_seconds")} ms computing${gpuPart} (means of ${workerBatches}${wsum("switchyard_worker_merged_batches_total") > 0 ? `; ${pct(wsum("switchyard_worker_merged_batches_total"), workerBatches)} of them shared a GPU run with other queued batches` : ""})`
           : "none",
       ],
       ["CPU during the load (cores)", cpuLine],

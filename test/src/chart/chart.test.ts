@@ -33,6 +33,8 @@ type Pod = {
     containers: Array<{
       name: string;
       image: string;
+      imagePullPolicy?: string;
+      command?: string[];
       args?: string[];
       env?: Array<{ name: string }>;
       ports?: Array<{ name: string; containerPort: number }>;
@@ -43,11 +45,35 @@ type Pod = {
     }>;
     serviceAccountName: string;
     automountServiceAccountToken?: boolean;
+    restartPolicy?: string;
+    volumes?: unknown[];
+    imagePullSecrets?: Array<{ name: string }>;
   };
 };
 
 const matches = (selector: Record<string, string>, labels: Record<string, string> = {}) =>
   Object.entries(selector).every(([k, v]) => labels[k] === v);
+
+/** Every pod a render holds: the Deployments' templates (serving) and bare Pods (the `helm test` hook, which exits). */
+const podsOf = (objs: K8sObject[]) => [
+  ...objs
+    .filter((o) => o.kind === "Deployment")
+    .map((d) => ({ where: d.metadata.name, pod: (d.spec as { template: Pod }).template, serving: true })),
+  ...objs
+    .filter((o) => o.kind === "Pod")
+    .map((p) => ({ where: p.metadata.name, pod: p as unknown as Pod, serving: false })),
+];
+
+const smokePodOf = (objs: K8sObject[]) =>
+  objs.find((o) => o.kind === "Pod" && o.metadata.name.endsWith("-router-smoke")) as (K8sObject & Pod) | undefined;
+
+type Ingress = { ports: Array<{ port: number }>; from?: Array<Record<string, Untyped>> };
+/** Whether a NetworkPolicy ingress rule lets in a pod of the policy's own namespace with these labels. */
+const admits = (rule: Ingress, labels: Record<string, string>) =>
+  rule.from === undefined ||
+  rule.from.some(
+    (peer) => peer.podSelector && !peer.namespaceSelector && matches(peer.podSelector.matchLabels, labels),
+  );
 
 describe.skipIf(!helm)("helm chart charts/switchyard", () => {
   const rendered = new Map<string, K8sObject[]>();
@@ -104,11 +130,11 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
   });
 
   it.each(Object.keys(VALUES_FILES))("every pod is hardened (%s values)", (name) => {
-    const deployments = rendered.get(name)!.filter((o) => o.kind === "Deployment");
-    expect(deployments.length).toBeGreaterThan(0);
-    for (const d of deployments) {
-      const pod = (d.spec as { template: Pod }).template;
-      const where = `${name}: ${d.metadata.name}`;
+    const pods = podsOf(rendered.get(name)!);
+    expect(pods.filter((p) => p.serving).length).toBeGreaterThan(0);
+    expect(pods.filter((p) => !p.serving).length, "the helm test Pod is checked too").toBe(1);
+    for (const { pod, serving, ...p } of pods) {
+      const where = `${name}: ${p.where}`;
       expect(pod.spec.securityContext, where).toMatchObject({
         runAsNonRoot: true,
         seccompProfile: { type: "RuntimeDefault" },
@@ -123,7 +149,8 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
         });
         expect(c.securityContext.capabilities?.drop, `${where}/${c.name}`).toEqual(["ALL"]);
         expect(c.resources?.requests?.memory, `${where}/${c.name} memory request`).toBeTruthy();
-        expect(c.livenessProbe && c.readinessProbe, `${where}/${c.name} probes`).toBeTruthy();
+        // A test Pod runs to completion: probes would only restart or unready what is about to exit.
+        if (serving) expect(c.livenessProbe && c.readinessProbe, `${where}/${c.name} probes`).toBeTruthy();
         expect(c.image, `${where}/${c.name} image`).toMatch(/^[^:@\s]+(:[\w.-]+|@sha256:[a-f0-9]{64})$/);
       }
     }
@@ -370,11 +397,140 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     expect(plain.stdout).toContain("serviceMonitor.enabled=true");
     expect(plain.stdout).toMatch(/engines' TCP data path: \S+-router\.\S+\.svc:50052/);
     expect(plain.stdout).toMatch(/port-forward svc\/\S+-router 50051 50052/);
+    expect(plain.stdout).toContain(`helm test ${RELEASE} -n ${NAMESPACE}`);
     const noRelease = await exec(helm!, [
       ...["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"],
       ...["--set", "serviceMonitor.enabled=true"],
     ]);
     expect(noRelease.code, noRelease.stderr).toBe(0);
     expect(noRelease.stdout).toContain("WARNING: monitors are rendered without a `release` label");
+    const noTests = await exec(helm!, [
+      ...["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"],
+      ...["--set", "tests.enabled=false"],
+    ]);
+    expect(noTests.code, noTests.stderr).toBe(0);
+    expect(noTests.stdout.split("\nNOTES:\n")[1]).not.toContain("helm test");
+  });
+
+  describe("helm test hook (templates/tests/router-smoke.yaml)", () => {
+    const template = async (...set: string[]) => {
+      const r = await exec(helm!, templateArgs(null, set));
+      expect(r.code, r.stderr).toBe(0);
+      return parseDocs(r.stdout);
+    };
+
+    it("is a test-hook Pod running the router image's smoke check against the router Service", () => {
+      const objs = rendered.get("default")!;
+      const pod = smokePodOf(objs)!;
+      expect(pod?.metadata.name).toBe("sy-switchyard-router-smoke");
+      expect(pod.metadata.namespace).toBe(NAMESPACE);
+      expect(pod.metadata.annotations).toEqual({
+        "helm.sh/hook": "test",
+        "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
+      });
+      expect(pod.spec.restartPolicy).toBe("Never");
+      expect(pod.spec.automountServiceAccountToken).toBe(false);
+      expect(pod.spec.volumes).toBeUndefined();
+      const c = pod.spec.containers[0];
+      expect(pod.spec.containers).toHaveLength(1);
+      expect(c.command).toEqual(["node", "router-service/dist/smoke/main.js"]);
+      expect(c.args).toEqual([
+        ...["--router", "sy-switchyard-router:50051"],
+        ...["--http", "http://sy-switchyard-router:9400"],
+        ...["--data-port", "50052"],
+        ...["--tokens", "4"],
+        ...["--timeout-ms", "20000"],
+      ]);
+      // The ports it is sent to are the router Service's.
+      const svc = objs.find((o) => o.kind === "Service" && o.metadata.name === "sy-switchyard-router") as Untyped;
+      expect(svc.spec.ports.map((p: { name: string; port: number }) => `${p.name}:${p.port}`)).toEqual([
+        "grpc:50051",
+        "data:50052",
+        "metrics:9400",
+      ]);
+    });
+
+    it.each(Object.keys(VALUES_FILES))(
+      "runs the router Deployment's image, pull policy and pull secrets, and nothing selects it (%s values)",
+      (name) => {
+        const objs = rendered.get(name)!;
+        const pod = smokePodOf(objs)!;
+        const router = objs.find((o) => o.kind === "Deployment" && o.metadata.name.endsWith("-router"))!;
+        const tpl = (router.spec as { template: Pod }).template;
+        expect(pod.spec.containers[0].image).toBe(tpl.spec.containers[0].image);
+        expect(pod.spec.containers[0].imagePullPolicy).toBe(tpl.spec.containers[0].imagePullPolicy);
+        expect(pod.spec.imagePullSecrets).toEqual(tpl.spec.imagePullSecrets);
+        expect(pod.metadata.labels["app.kubernetes.io/component"]).toBe("router-smoke");
+        // Not a router: no Service would send it traffic, no PDB would count it, no policy would take it as its target.
+        for (const o of objs as Untyped[]) {
+          const selector =
+            o.kind === "Service"
+              ? o.spec.selector
+              : o.kind === "PodDisruptionBudget" || o.kind === "NetworkPolicy"
+                ? (o.spec.selector ?? o.spec.podSelector).matchLabels
+                : undefined;
+          if (selector) expect(matches(selector, pod.metadata.labels), `${o.kind}/${o.metadata.name}`).toBe(false);
+        }
+      },
+    );
+
+    it("takes its ports, pools, tokens and timeout from the values; router.dataPort=0 drops --data-port", async () => {
+      const pod = smokePodOf(
+        await template(
+          ...["--set", "router.dataPort=0", "--set", "router.grpcPort=7000", "--set", "router.metricsPort=7001"],
+          ...["--set", "tests.pools={default/tiny,team-b/big}", "--set", "tests.tokens=16"],
+          // A values file's numbers reach the template as floats: a million must not print as 1e+06.
+          ...["--set-json", "tests.timeoutMs=1000000"],
+        ),
+      )!;
+      expect(pod.spec.containers[0].args).toEqual([
+        ...["--router", "sy-switchyard-router:7000"],
+        ...["--http", "http://sy-switchyard-router:7001"],
+        ...["--pool", "default/tiny", "--pool", "team-b/big"],
+        ...["--tokens", "16"],
+        ...["--timeout-ms", "1000000"],
+      ]);
+    });
+
+    it.each([["tests.enabled=false"], ["router.enabled=false"]])("is not rendered with %s", async (set) => {
+      const objs = await template("--set", set);
+      expect(objs.length).toBeGreaterThan(0);
+      expect(objs.filter((o) => o.kind === "Pod")).toEqual([]);
+    });
+
+    it("restricted routerClientsFrom/metricsFrom admit it on the router's gRPC, data and metrics ports", async () => {
+      const restricted = [
+        ...["--set-json", 'networkPolicy.routerClientsFrom=[{"namespaceSelector":{"matchLabels":{"engines":"yes"}}}]'],
+        ...["--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"prom":"yes"}}}]'],
+      ];
+      const policies = (objs: K8sObject[]) =>
+        objs.filter((o) => o.kind === "NetworkPolicy") as Array<K8sObject & { spec: { ingress: Ingress[] } }>;
+      const routerPolicy = (objs: K8sObject[]) => policies(objs).find((o) => o.metadata.name.endsWith("-router"))!;
+      const labels = smokePodOf(rendered.get("default")!)!.metadata.labels;
+      const admitted = (policy: { spec: { ingress: Ingress[] } }) =>
+        policy.spec.ingress
+          .filter((r) => admits(r, labels))
+          .flatMap((r) => r.ports.map((p) => p.port))
+          .sort((a, b) => a - b);
+
+      // Default: empty lists, so rules without `from` that admit anyone, the smoke Pod included.
+      expect(admitted(routerPolicy(rendered.get("default")!))).toEqual([9400, 50051, 50052]);
+
+      const objs = await template(...restricted);
+      const policy = routerPolicy(objs);
+      expect(admitted(policy)).toEqual([9400, 50051, 50052]);
+      // The configured peers stay, first and as given.
+      expect(policy.spec.ingress.map((r) => r.from?.[0])).toEqual([
+        { namespaceSelector: { matchLabels: { engines: "yes" } } },
+        { namespaceSelector: { matchLabels: { prom: "yes" } } },
+      ]);
+      // Only the router's policy: the smoke Pod never talks to the operator or the workers.
+      for (const other of policies(objs).filter((o) => o !== policy))
+        expect(admitted(other), other.metadata.name).toEqual([]);
+
+      const without = routerPolicy(await template(...restricted, "--set", "tests.enabled=false"));
+      expect(admitted(without)).toEqual([]);
+      expect(without.spec.ingress.map((r) => r.from?.length)).toEqual([1, 1]);
+    });
   });
 });

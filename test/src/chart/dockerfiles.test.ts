@@ -84,6 +84,18 @@ describe("Dockerfiles", () => {
     }
   });
 
+  it("the router image holds the smoke check the chart's `helm test` Pod runs in it", () => {
+    const hook = readFileSync(join(CHART, "templates/tests/router-smoke.yaml"), "utf8");
+    const script = /command: \[node, (router-service\/dist\/[\w/.-]+\.js)\]/.exec(hook)?.[1];
+    expect(script, "the hook runs a script of the router's dist").toBe("router-service/dist/smoke/main.js");
+    // tsc builds it from the source beside it, and the image copies the whole dist
+    expect(existsSync(join(REPO, script!.replace("/dist/", "/src/").replace(/\.js$/, ".ts")))).toBe(true);
+    const final = parseDockerfile(readFileSync(join(REPO, "docker/router.Dockerfile"), "utf8")).at(-1)!;
+    expect(final.filter((i) => i.op === "COPY").map((i) => i.args)).toContain(
+      "--from=build /src/router-service/dist/ router-service/dist/",
+    );
+  });
+
   it("the CUDA worker runs on a CUDA runtime base and the CPU one on plain Node", () => {
     const last = (f: string) => parseDockerfile(readFileSync(join(REPO, "docker", f), "utf8")).at(-1)![0].args;
     expect(last("worker-cuda.Dockerfile")).toMatch(/^nvidia\/cuda:\$\{CUDA_VERSION\}-runtime-/);

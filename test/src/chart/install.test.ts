@@ -81,6 +81,74 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     expect(pods.stdout.split(" ")).toEqual(["RuntimeDefault", "RuntimeDefault", "RuntimeDefault"]);
   }, 150_000);
 
+  it("helm test creates the smoke Pod (never the install), keeps a failed one and deletes a passed one", async () => {
+    // kwok only plays Running: nothing runs the check here, so each run's outcome is written into the Pod's status,
+    // as a kubelet would once the container exits. What is under test is the hook: its Pod as the API server takes
+    // it, when Helm creates it and what its delete policy leaves behind.
+    const pod = `${FULL}-router-smoke`;
+    const get = () => cluster().kubectl(["get", "pod", pod, "-n", NAMESPACE, "-o", "json", "--ignore-not-found"]);
+    expect((await get()).stdout.trim(), "a test hook is not part of the install").toBe("");
+    const runOnce = async (exitCode: number) => {
+      const test = cluster().helm(["test", RELEASE, "-n", NAMESPACE, "--timeout", "60s"], {
+        check: false,
+        timeoutMs: 90_000,
+      });
+      let ended: string | undefined;
+      void test.then((r) => {
+        ended = `helm test ended (exit ${r.code}) before its Pod ran: ${r.stdout}${r.stderr}`;
+      });
+      let uid = "";
+      await waitUntil(
+        async () => {
+          const o = JSON.parse((await get()).stdout || "{}");
+          // A new Pod (the previous run's one, if any, deleted first by before-hook-creation), bound and Running.
+          if (o.status?.phase !== "Running") return false;
+          uid = o.metadata.uid;
+          return true;
+        },
+        { what: `helm test's Pod ${pod} to run`, timeoutMs: 30_000, abortIf: () => ended },
+      );
+      const spec = JSON.parse((await get()).stdout).spec;
+      const now = new Date().toISOString();
+      const terminated = { exitCode, reason: exitCode ? "Error" : "Completed", startedAt: now, finishedAt: now };
+      await cluster().kubectl([
+        ...["patch", "pod", pod, "-n", NAMESPACE, "--subresource=status", "--type=merge", "-p"],
+        JSON.stringify({
+          status: {
+            phase: exitCode ? "Failed" : "Succeeded",
+            containerStatuses: spec.containers.map((c: { name: string; image: string }) => ({
+              name: c.name,
+              image: c.image,
+              imageID: "",
+              ready: false,
+              restartCount: 0,
+              state: { terminated },
+            })),
+          },
+        }),
+      ]);
+      return { result: await test, uid, spec };
+    };
+
+    const failed = await runOnce(1);
+    expect(failed.result.code, failed.result.stdout).not.toBe(0);
+    expect(failed.result.stderr).toContain(pod);
+    expect(failed.spec.containers[0].command).toEqual(["node", "router-service/dist/smoke/main.js"]);
+    expect(failed.spec.automountServiceAccountToken).toBe(false);
+    const kept = (await get()).stdout.trim();
+    expect(kept, "a failed run's Pod stays for its logs").not.toBe("");
+    expect(JSON.parse(kept).metadata.uid).toBe(failed.uid);
+
+    const passed = await runOnce(0);
+    expect(passed.result.code, passed.result.stderr).toBe(0);
+    expect(passed.uid).not.toBe(failed.uid);
+    expect(passed.result.stdout).toMatch(new RegExp(`TEST SUITE:\\s+${pod}[\\s\\S]*Phase:\\s+Succeeded`));
+    await waitUntil(async () => (await get()).stdout.trim() === "", {
+      what: `the passed run's Pod ${pod} to be deleted (hook-succeeded)`,
+      timeoutMs: 30_000,
+    });
+  }, 150_000);
+
   it("the API server accepts the other values files' manifests (server-side dry run)", async () => {
     await cluster().kubectl(["create", "namespace", "tenant-a"]);
     await cluster().kubectl(["create", "namespace", "monitoring"]);

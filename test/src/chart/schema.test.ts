@@ -35,6 +35,10 @@ const BAD: Array<[string, string, string]> = [
     "/router/autoscaling/targetCPUUtilizationPercentage",
   ],
   ["--set", "prometheusRule.routerSaturated.utilization=0", "/prometheusRule/routerSaturated/utilization"],
+  ["--set", "tests.tokens=0", "/tests/tokens"],
+  ["--set-string", "tests.timeoutMs=20s", "/tests/timeoutMs"],
+  ["--set", "tests.pool=default/tiny", "pool"],
+  ["--set-string", "tests.pools[0]=default tiny", "/tests/pools/0"],
 ];
 
 describe.skipIf(!helm)("values.schema.json", () => {
@@ -52,6 +56,7 @@ describe.skipIf(!helm)("values.schema.json", () => {
       ...["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.disabled={SwitchyardWorkerDown}"],
       ...["--set", "monitoring.interval=1m30s", "--set", "router.pdb.minAvailable=50%"],
       ...["--set", "prometheusRule.disabled={SwitchyardRouterSaturated}", "--set", "router.service.headless=false"],
+      ...["--set", "tests.pools={default/tiny}", "--set", "tests.tokens=1", "--set", "tests.timeoutMs=60000"],
     ]);
     expect(r.code, r.stderr).toBe(0);
   });
