@@ -204,6 +204,21 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
+            title: "Batches sharing a GPU run (CUDA workers)",
+            description:
+              "Share of each worker's batches that ran in one GPU run with other queued batches of their layer (SWITCHYARD_CUDA_MERGE_BATCHES): a run reads each expert's weights once, so batches that wait together, as from several routers, cost less together. 0 while batches find a free run slot; CPU workers never merge.",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            max: 1,
+            targets: [
+              {
+                expr: `sum by (pool, worker) (rate(switchyard_worker_merged_batches_total{${POOL}}[${R}])) / sum by (pool, worker) (rate(switchyard_worker_batch_tokens_count{${POOL}}[${R}]))`,
+                legendFormat: "{{worker}}",
+              },
+            ],
+          },
+          {
             title: "Worker event loop busy",
             description:
               "Share of the time each worker's JavaScript event loop was busy (validation, decoding, encoding, the CPU backend's calls). Near 100% the loop, not the backend, bounds the worker: its queue grows while the GPU waits.",
