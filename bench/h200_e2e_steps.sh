@@ -24,6 +24,7 @@ tiny_check_and_vitest() {
 cuda_vitest() {
   tar xzf .carry/test.tgz
   node node_modules/vitest/vitest.mjs run expert-worker/src/backend expert-worker/src/gpu-tier.test.ts \
+    expert-worker/src/core-merge.test.ts \
     > $OUT/vitest.log 2>&1
   echo "vitest rc=$?"
   grep -E "Test Files|Tests |FAIL|✗|×" $OUT/vitest.log | head

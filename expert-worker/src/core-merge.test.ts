@@ -4,8 +4,16 @@
 // The backend here is the TypeScript reference behind a device-like front: it takes token rows and sums itself, as
 // the CUDA backend does on its GPU.
 
-import { DType, dtypeSize, type ExpertBatch, type ExpertResult, encodeTensor } from "@switchyard/protocol";
+import {
+  bytesToFloat32,
+  DType,
+  dtypeSize,
+  type ExpertBatch,
+  type ExpertResult,
+  encodeTensor,
+} from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
+import { probeCudaBackend } from "./backend/cuda.js";
 import { ReferenceBackend } from "./backend/reference.js";
 import type { ExpertBackend, RunRequest } from "./backend/types.js";
 import { ResidencyCache } from "./cache.js";
@@ -66,15 +74,15 @@ class DeviceLike implements ExpertBackend {
   }
 }
 
-function coreOver(backend: ExpertBackend) {
+function coreOver(backend: ExpertBackend, d = D, f = F, weights: "float32" | "bfloat16" = "float32") {
   const source: ExpertSource = {
     layers: 2,
     experts: E,
-    hiddenSize: D,
-    intermediateSize: F,
+    hiddenSize: d,
+    intermediateSize: f,
     isMoeLayer: () => true,
     // the same weights for a (layer, expert) in every core of the test
-    readExpert: async (layer, expert) => randomExpert(D, F, "float32", rng(100 + 10 * layer + expert)),
+    readExpert: async (layer, expert) => randomExpert(d, f, weights, rng(100 + 10 * layer + expert)),
   };
   const metrics = new WorkerMetrics({ pool: "p", worker: "w" });
   const cache = new ResidencyCache({
@@ -100,6 +108,7 @@ function coreOver(backend: ExpertBackend) {
 function batch(
   id: number,
   o: { layer?: number; rows: number; dtype?: DType; weights?: boolean; distinct?: number; combine?: boolean },
+  d = D,
 ): ExpertBatch {
   const next = rng(id);
   const dtype = o.dtype ?? DType.BFLOAT16;
@@ -111,7 +120,7 @@ function batch(
   return {
     pool: "p",
     layer: o.layer ?? 0,
-    tokens: encodeTensor(uniform(n * D, 1, next), [n, D], dtype),
+    tokens: encodeTensor(uniform(n * d, 1, next), [n, d], dtype),
     slices,
     rowWeights: o.weights ? encodeTensor(uniform(o.rows, 1, next), [o.rows], DType.FLOAT32) : undefined,
     batchId: BigInt(id),
@@ -186,5 +195,57 @@ describe("WorkerCore: queued batches of a layer share a backend run", () => {
     const alone = new DeviceLike(false);
     const want = answer(await coreOver(alone).core.runBatch(batch(3, { rows: 4 })));
     expect(answer(await kept)).toEqual(want);
+  });
+});
+
+// The same on the GPU: the CUDA backend as the worker runs it (two runs in flight, merging on), every batch of the
+// list at once so that those behind the first two merge, against each batch run alone on the same worker. The
+// kernels may tile a merged run differently, so this compares within bf16 rounding, not bit for bit.
+const cuda = await probeCudaBackend();
+const noGpu = "unavailable" in cuda ? cuda.unavailable : "";
+if (noGpu) console.log(`[core-merge] GPU test skipped: ${noGpu}`);
+
+describe.skipIf(!!noGpu)(`merged runs on the CUDA backend${noGpu ? ` (skipped: ${noGpu})` : ""}`, () => {
+  it("answers each merged batch as it answers it alone, within bf16 rounding", async () => {
+    const backend = cuda as ExpertBackend;
+    expect(backend.mergesBatches).toBe(true);
+    const d = 128;
+    const { core, metrics } = coreOver(backend, d, 96, "bfloat16");
+    const list = [
+      batch(11, { rows: 40, weights: true }, d),
+      batch(12, { rows: 33 }, d),
+      batch(13, { rows: 50, weights: true }, d),
+      batch(14, { rows: 64, distinct: 20, weights: true, combine: true }, d),
+      batch(15, { rows: 45, distinct: 17, combine: true }, d),
+      batch(16, { rows: 30, distinct: 11, weights: true }, d),
+      batch(17, { rows: 27, weights: true }, d),
+      batch(18, { rows: 70, distinct: 25, weights: true, combine: true }, d),
+      batch(19, { rows: 21, distinct: 9 }, d),
+      batch(20, { rows: 36, weights: true }, d),
+    ];
+    const alone: ExpertResult[] = [];
+    for (const b of list) alone.push(await core.runBatch(b));
+    const merged = await Promise.all(list.map((b) => core.runBatch(b)));
+    const count = await metrics.registry.getSingleMetricAsString("switchyard_worker_merged_batches_total");
+    const n = Number(/merged_batches_total\{[^}]*\} (\d+)/.exec(count)?.[1]);
+    console.log(`[core-merge] GPU: ${n} of ${list.length} batches shared a run`);
+    expect(n).toBeGreaterThan(0);
+    list.forEach((_, i) => {
+      const a = alone[i].output!;
+      const m = merged[i].output!;
+      expect(m.shape).toEqual(a.shape);
+      expect(m.dtype).toBe(a.dtype);
+      const x = bytesToFloat32(a.data, a.dtype, true);
+      const y = bytesToFloat32(m.data, m.dtype, true);
+      let num = 0;
+      let den = 0;
+      for (let j = 0; j < x.length; j++) {
+        num += (x[j] - y[j]) ** 2;
+        den += x[j] ** 2;
+      }
+      expect(den).toBeGreaterThan(0);
+      expect(Math.sqrt(num / den), `batch ${i}`).toBeLessThan(1e-2);
+    });
+    await backend.close?.();
   });
 });
