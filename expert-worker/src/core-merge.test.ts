@@ -74,7 +74,7 @@ class DeviceLike implements ExpertBackend {
   }
 }
 
-function coreOver(backend: ExpertBackend, d = D, f = F, weights: "float32" | "bfloat16" = "float32") {
+function coreOver(backend: ExpertBackend, d = D, f = F, weights: "float32" | "bfloat16" = "float32", maxRows?: number) {
   const source: ExpertSource = {
     layers: 2,
     experts: E,
@@ -100,6 +100,7 @@ function coreOver(backend: ExpertBackend, d = D, f = F, weights: "float32" | "bf
     cache,
     queue: new WorkQueue(16, 1),
     metrics,
+    maxRows,
   });
   return { core, metrics };
 }
@@ -172,6 +173,22 @@ describe("WorkerCore: queued batches of a layer share a backend run", () => {
     expect(await metrics.registry.getSingleMetricAsString("switchyard_worker_merged_batches_total")).toMatch(
       /merged_batches_total\{pool="p",worker="w"\} 7$/m,
     );
+  });
+
+  it("never merges past the worker's row limit (--max-rows)", async () => {
+    for (const [limit, runs] of [
+      [11, [9, 5 + 6]],
+      [10, [9, 5, 6]],
+    ] as const) {
+      const merging = new DeviceLike(true);
+      const { core } = coreOver(merging, D, F, "float32", limit);
+      merging.hold();
+      const done = [9, 5, 6].map((rows, i) => core.runBatch(batch(30 + i, { rows })));
+      await new Promise((r) => setTimeout(r, 10));
+      merging.open();
+      await Promise.all(done);
+      expect(merging.runs).toEqual(runs);
+    }
   });
 
   it("answers a merged batch whose caller gave up at once, and the others as they run alone", async () => {

@@ -64,7 +64,10 @@ export interface CoreOptions {
   /** The experts this worker may load; undefined = all. */
   served?: ReadonlySet<string>;
   maxRows?: number;
-  /** Rows one backend run may merge from queued batches of a layer (backends with mergesBatches); default 4096. */
+  /**
+   * Rows one backend run may merge from queued batches of a layer (backends with mergesBatches); default 4096, and
+   * never more than maxRows.
+   */
   maxMergeRows?: number;
 }
 
@@ -129,7 +132,8 @@ export class WorkerCore {
     } = await queue.submitMergeable<BatchPart, PartResult>(
       { part: { b, live, distinct, onDevice }, key, weight: b.rows, signal },
       (parts, sig) => this.runParts(parts, sig),
-      this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS,
+      // no run above what one batch may hold (--max-rows bounds a run's memory too)
+      Math.min(this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS, this.o.maxRows ?? Number.POSITIVE_INFINITY),
     );
     if (merged > 1) metrics.mergedBatches.inc();
     // combine: each distinct token's rows summed (FLOAT32) instead of sent back one per expert; here unless the
