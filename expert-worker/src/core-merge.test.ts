@@ -38,7 +38,15 @@ class DeviceLike implements ExpertBackend {
   readonly runs: number[] = [];
   private gate: Promise<void> = Promise.resolve();
   private openGate: () => void = () => {};
-  constructor(readonly mergesBatches: boolean) {}
+  constructor(
+    readonly mergesBatches: boolean,
+    /** Device expert slots, as the CUDA backend reports them (undefined: no device tier). */
+    readonly slots?: number,
+  ) {}
+  deviceCacheStats = () =>
+    this.slots === undefined
+      ? undefined
+      : { hits: 0, misses: 0, evictions: 0, transferBytes: 0, resident: 0, capacity: this.slots };
   describe = () => "device-like reference";
   prepare = (w: Parameters<ExpertBackend["prepare"]>[0]) => this.ref.prepare(w);
   hold(): void {
@@ -188,6 +196,34 @@ describe("WorkerCore: queued batches of a layer share a backend run", () => {
       merging.open();
       await Promise.all(done);
       expect(merging.runs).toEqual(runs);
+    }
+  });
+
+  it("runs no more batches together than the device's expert slots hold at once", async () => {
+    // batches over all 4 experts of layer 0 or over experts 0-1 only: a run holds them together while the slots
+    // hold the union of their experts
+    const few = (id: number, rows: number, experts: number) => {
+      const b = batch(id, { rows });
+      b.slices = b.slices.filter((s) => s.expert < experts);
+      return b;
+    };
+    for (const [slots, runs] of [
+      [undefined, [4, 2 + 3 + 4]],
+      [4, [4, 2 + 3 + 4]],
+      [3, [4, 2 + 3, 4]],
+    ] as const) {
+      const merging = new DeviceLike(true, slots);
+      const { core } = coreOver(merging);
+      merging.hold();
+      const list = [few(40, 4, 4), few(41, 2, 2), few(42, 3, 2), few(43, 4, 4)];
+      const done = list.map((b) => core.runBatch(b));
+      await new Promise((r) => setTimeout(r, 10));
+      merging.open();
+      const got = (await Promise.all(done)).map(answer);
+      expect(merging.runs, `slots ${slots}`).toEqual(runs);
+      const alone = new DeviceLike(false);
+      const { core: plain } = coreOver(alone);
+      for (let i = 0; i < list.length; i++) expect(got[i]).toEqual(answer(await plain.runBatch(list[i])));
     }
   });
 

@@ -181,12 +181,12 @@ export class WorkerCore {
   }
 
   /**
-   * One backend run for the parts (batches of one layer and kind, WorkQueue.submitMergeable), each part's answer cut
-   * from it: the experts fetched once for all of them, the rows (and, deduplicated, the distinct tokens) laid end to
-   * end, slices and token indices shifted to match. One part runs exactly as it came.
+   * The parts' runs (batches of one layer and kind, WorkQueue.submitMergeable): their experts fetched once for all
+   * of them, then one backend run for as many parts as the device's expert slots can hold at once (a run pins every
+   * expert it uses; batches that fit alone must not fail together), each part's answer cut from its run.
    */
   private async runParts(parts: BatchPart[], sig: AbortSignal | undefined): Promise<PartResult[]> {
-    const { cache, backend, metrics } = this.o;
+    const { cache, backend } = this.o;
     const layer = parts[0].b.layer;
     const experts = [...new Set(parts.flatMap((p) => p.distinct))];
     const protect = new Set(experts.map((e) => keyOf(layer, e)));
@@ -199,6 +199,46 @@ export class WorkerCore {
       // Loads can be slow (checkpoint read + packing): stop between them when the callers have gone.
       if (sig?.aborted) throw abortError(sig);
     }
+    const slots = backend.deviceCacheStats?.()?.capacity ?? Number.POSITIVE_INFINITY;
+    const groups: BatchPart[][] = [];
+    let group: BatchPart[] = [];
+    let used = new Set<number>();
+    for (const p of parts) {
+      const more = p.distinct.filter((e) => !used.has(e));
+      if (group.length > 0 && used.size + more.length > slots) {
+        groups.push(group);
+        group = [];
+        used = new Set();
+      }
+      group.push(p);
+      for (const e of p.distinct) used.add(e);
+    }
+    groups.push(group);
+    const out: PartResult[] = [];
+    for (const g of groups) {
+      const results = await this.runMerged(g, prepared, sig);
+      g.forEach((p, i) => {
+        out.push({
+          ...results[i],
+          hits: p.distinct.filter((e) => hit.get(e)).length,
+          misses: p.distinct.filter((e) => !hit.get(e)).length,
+        });
+      });
+    }
+    return out;
+  }
+
+  /**
+   * One backend run for the parts: the rows (and, deduplicated, the distinct tokens) laid end to end, slices and
+   * token indices shifted to match. One part runs exactly as it came.
+   */
+  private async runMerged(
+    parts: BatchPart[],
+    prepared: ReadonlyMap<number, PreparedExpert>,
+    sig: AbortSignal | undefined,
+  ): Promise<Omit<PartResult, "hits" | "misses">[]> {
+    const { backend, metrics } = this.o;
+    if (sig?.aborted) throw abortError(sig);
     const first = parts[0];
     const { dtype, cols } = first.b;
     const rowBytes = cols * dtypeSize(dtype);
@@ -265,12 +305,7 @@ export class WorkerCore {
     const summed = first.onDevice && first.b.combine;
     return parts.map((p, i) => {
       const [from, n, bytes] = summed ? [tokenBase[i], p.b.distinct, cols * 4] : [rowBase[i], p.b.rows, rowBytes];
-      return {
-        output: parts.length === 1 ? out : out.subarray(from * bytes, (from + n) * bytes),
-        hits: p.distinct.filter((e) => hit.get(e)).length,
-        misses: p.distinct.filter((e) => !hit.get(e)).length,
-        computeMs,
-      };
+      return { output: parts.length === 1 ? out : out.subarray(from * bytes, (from + n) * bytes), computeMs };
     });
   }
 
