@@ -73,14 +73,8 @@ export class WorkQueue {
 
   submit<T>(job: QueuedJob<T>): Promise<{ value: T } & JobTiming> {
     const { signal } = job;
-    if (signal?.aborted) return Promise.reject(abortError(signal));
-    if (this.running >= this.concurrency && this.waiting.length >= this.capacity) {
-      return Promise.reject(
-        resourceExhausted(
-          `worker queue full (${this.running} running, ${this.waiting.length} waiting, capacity ${this.capacity})`,
-        ),
-      );
-    }
+    const refused = this.refusal(signal);
+    if (refused) return Promise.reject(refused);
     const submitted = performance.now();
     return new Promise((resolve, reject) => {
       const start = () => {
@@ -142,14 +136,8 @@ export class WorkQueue {
     maxWeight: number,
   ): Promise<{ value: R; merged: number } & JobTiming> {
     const { signal } = job;
-    if (signal?.aborted) return Promise.reject(abortError(signal));
-    if (this.running >= this.concurrency && this.waiting.length >= this.capacity) {
-      return Promise.reject(
-        resourceExhausted(
-          `worker queue full (${this.running} running, ${this.waiting.length} waiting, capacity ${this.capacity})`,
-        ),
-      );
-    }
+    const refused = this.refusal(signal);
+    if (refused) return Promise.reject(refused);
     return new Promise((resolve, reject) => {
       const self: Member = {
         part: job.part,
@@ -256,6 +244,16 @@ export class WorkQueue {
       this.waiting.push(w);
       this.onDepthChange(this.depth);
     });
+  }
+
+  /** Why a job cannot even queue: its caller has gone, or every slot and waiting place is taken. */
+  private refusal(signal: AbortSignal | undefined): SwitchyardError | null {
+    if (signal?.aborted) return abortError(signal);
+    if (this.running >= this.concurrency && this.waiting.length >= this.capacity)
+      return resourceExhausted(
+        `worker queue full (${this.running} running, ${this.waiting.length} waiting, capacity ${this.capacity})`,
+      );
+    return null;
   }
 
   private pump(): void {

@@ -1,6 +1,7 @@
 // The router smoke check's pure parts: its arguments, the request it sends each pool, and what it requires of the
 // reply. The I/O (health, /pools, the calls) is in smoke.ts; the chart's `helm test` hook runs main.ts.
 
+import { mulberry32 } from "@switchyard/moe";
 import {
   DType,
   decodeTensor,
@@ -92,18 +93,6 @@ export function pickPools(served: readonly PoolSummary[], names: readonly string
   });
 }
 
-/** mulberry32: the same hidden states for the same seed, so a failure can be replayed. */
-function uniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * One request for `pool`: `tokens` rows of N(0, 1) hidden states in bf16 at its first MoE layer, no gate input (the
  * router computes the gate from the checkpoint, as for engines that send hidden states only), and a timeout.
@@ -111,7 +100,7 @@ function uniform(seed: number): () => number {
 export function smokeRequest(pool: PoolSummary, tokens: number, timeoutMs: number, seed = 1): ForwardRequest {
   const layer = pool.moeLayers[0];
   if (layer === undefined) throw new Error(`pool ${pool.name}: its model has no MoE layer`);
-  const rand = uniform(seed);
+  const rand = mulberry32(seed); // the same hidden states for the same seed: a failure can be replayed
   const h = new Float32Array(tokens * pool.hiddenSize);
   for (let i = 0; i < h.length; i += 2) {
     // Box-Muller: two normals per pair of uniforms (1 - u keeps the log finite)
