@@ -2,7 +2,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNativeAddon } from "@switchyard/expert-worker";
-import { generateCheckpoint, openCheckpoint, routerLogits, toFloat32 } from "@switchyard/moe";
+import { generateCheckpoint, openCheckpoint, resolveRoutingPolicy, routerLogits, toFloat32 } from "@switchyard/moe";
+import { SwitchyardError } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CheckpointModel, gateAsyncMacs, gateThreads, transposeGate } from "./checkpoint-model.js";
 import { routerAddon } from "./core/native-combine.js";
@@ -79,6 +80,43 @@ describe("CheckpointModel router logits", () => {
     expect(() => gateThreads("0")).toThrow(
       /SWITCHYARD_ROUTER_GATE_THREADS: expected an integer in \[1, 256\], got "0"/,
     );
+  });
+});
+
+describe("CheckpointModel route", () => {
+  it("refuses a policy topK past what a group-limited gate can reach, naming the field", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sy-ckroute-"));
+    try {
+      // 16 experts in 4 groups, 2 kept per token: 8 reachable
+      await generateCheckpoint({
+        family: "deepseek-v3",
+        dir,
+        seed: 3,
+        layers: 2,
+        hiddenSize: 32,
+        intermediateSize: 16,
+        experts: 16,
+        nGroup: 4,
+        topkGroup: 2,
+      });
+      const model = await CheckpointModel.open(dir);
+      const layer = model.isMoeLayer(0) ? 0 : 1;
+      const T = 3;
+      const logits = Float32Array.from({ length: T * 16 }, (_, i) => Math.sin(i));
+      const gating = (topK: number) => resolveRoutingPolicy({ gating: { topK } }).gating;
+      expect(model.route(layer, logits, T, gating(8)).slots).toBe(8);
+      let err: unknown;
+      try {
+        model.route(layer, logits, T, gating(9));
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(SwitchyardError);
+      expect((err as SwitchyardError).field).toBe("policy.gating.topK");
+      expect((err as Error).message).toMatch(/9 exceeds the 8 experts a token can reach/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

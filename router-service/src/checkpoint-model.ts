@@ -193,6 +193,13 @@ export class CheckpointModel implements PoolModel {
     const base = gateConfigFromSpec(this.spec);
     const topK = g.topK ?? base.topK;
     if (topK > E) throw invalidArgument("policy.gating.topK", `${topK} exceeds the pool's ${E} experts`);
+    // A group-limited gate (DeepSeek-V3) picks among the experts of the groups it keeps, not all E.
+    const kept = base.scoring === "sigmoid" ? base.topkGroup * (E / base.nGroup) : E;
+    if (topK > kept)
+      throw invalidArgument(
+        "policy.gating.topK",
+        `${topK} exceeds the ${kept} experts a token can reach: the gate keeps ${base.topkGroup} of ${base.nGroup} groups of ${E / base.nGroup}`,
+      );
     let r: { k: number; ids: Int32Array; weights: Float32Array };
     if (g.topP !== null) {
       if (base.scoring !== "softmax") {

@@ -253,6 +253,33 @@ describe("checkpoint errors name the file and tensor", () => {
     await expectRejects(ckpt.readGate(0), "FAILED_PRECONDITION", /gate\.weight: dtype I32 is not supported/);
     await ckpt.close();
   });
+  it("DeepSeek-V3's FP8 release: refused by its config, and its float8 tensors never read as weights", async () => {
+    const dir = join(root, "fp8");
+    const g = await generateCheckpoint({ family: "deepseek-v3", dir, layers: 1, hiddenSize: 4, intermediateSize: 6 });
+    const keys = expertKeys(g.spec, 0, 0);
+    const fp8 = [keys.gate, keys.up, keys.down].flatMap((k) => {
+      const shape = k === keys.down ? [4, 6] : [6, 4];
+      return [
+        { name: k, dtype: "F8_E4M3", shape },
+        { name: k.replace(/weight$/, "weight_scale_inv"), dtype: "F32", shape: [1, 1] },
+      ];
+    });
+    const { header, dataBytes } = buildSafetensorsHeader(fp8 as Parameters<typeof buildSafetensorsHeader>[0]);
+    await writeFile(join(dir, SINGLE_FILE), Buffer.concat([header, Buffer.alloc(dataBytes)]));
+    const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
+    config.quantization_config = { quant_method: "fp8", fmt: "e4m3", weight_block_size: [128, 128] };
+    await writeFile(join(dir, "config.json"), JSON.stringify(config));
+    await expectRejects(openCheckpoint(dir), "INVALID_ARGUMENT", /config\.json: quantization_config: fp8-quantized/);
+    delete config.quantization_config;
+    await writeFile(join(dir, "config.json"), JSON.stringify(config));
+    const ckpt = await openCheckpoint(dir);
+    await expectRejects(
+      ckpt.readExpert(0, 0),
+      "FAILED_PRECONDITION",
+      /experts\.0\.(gate|up|down)_proj\.weight: dtype F8_E4M3 is not supported/,
+    );
+    await ckpt.close();
+  });
   it("truncated file", async () => {
     const dir = join(root, "trunc");
     await generateCheckpoint({

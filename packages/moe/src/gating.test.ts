@@ -161,6 +161,13 @@ describe("DeepSeek-V3 sigmoid group-limited top-k", () => {
     });
     expect(Array.from(r.ids)).toEqual([0, 1]);
   });
+  it("refuses a topK larger than the experts of the kept groups (it would route into dropped groups)", () => {
+    // 8 experts in 4 groups of 2, 1 group kept: at most 2 experts can be chosen
+    const logits = new Float32Array([3, 2, 1, 0, -1, -2, -3, -4]);
+    expect(() =>
+      sigmoidGroupTopK(logits, 8, { topK: 3, normTopKProb: true, nGroup: 4, topkGroup: 1, routedScalingFactor: 1 }),
+    ).toThrow("topK: 3 exceeds the 2 experts of the topkGroup (1) groups kept per token");
+  });
   it("applyGate follows the spec", () => {
     const spec = defaultSpec("deepseek-v3");
     const logits = uniformTensor(8, "x", 3 * spec.experts, 2);

@@ -262,6 +262,12 @@ export function sigmoidGroupTopK(
   const TG = opts.topkGroup;
   if (!Number.isInteger(TG) || TG < 1 || TG > G)
     throw invalidArgument("topkGroup", `must be an integer in [1, ${G}], got ${TG}`);
+  // Beyond this the top-k would take masked experts of dropped groups (a RoutingPolicy topK can ask for it).
+  if (k > TG * per)
+    throw invalidArgument(
+      "topK",
+      `${k} exceeds the ${TG * per} experts of the topkGroup (${TG}) groups kept per token`,
+    );
   const bias = opts.correctionBias;
   if (bias && bias.length !== experts)
     throw invalidArgument("correctionBias", `length ${bias.length}, expected ${experts}`);

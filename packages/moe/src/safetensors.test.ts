@@ -71,4 +71,21 @@ describe("safetensors", () => {
     expect(() => parseSafetensorsHeader(enc({ __metadata__: 3 }), "f", 100)).toThrow("__metadata__ must be an object");
     expect(() => parseSafetensorsHeader(new Uint8Array([0xff, 0xfe]), "f", 100)).toThrow(/not valid JSON/);
   });
+  it("refuses tensors whose byte ranges overlap (they would read each other's bytes)", () => {
+    const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+    const json = enc({
+      a: { dtype: "F32", shape: [4], data_offsets: [0, 16] },
+      b: { dtype: "F32", shape: [2], data_offsets: [8, 16] },
+    });
+    expect(() => parseSafetensorsHeader(json, "f", 8 + json.byteLength + 16)).toThrow(
+      "f: bad safetensors header: tensor b: data_offsets [8, 16] overlap tensor a's [0, 16]",
+    );
+    // empty tensors take no bytes and overlap nothing; touching ranges are fine
+    const ok = enc({
+      a: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+      e: { dtype: "F32", shape: [0], data_offsets: [8, 8] },
+      b: { dtype: "F32", shape: [2], data_offsets: [8, 16] },
+    });
+    expect(parseSafetensorsHeader(ok, "f", 8 + ok.byteLength + 16).tensors.size).toBe(3);
+  });
 });

@@ -103,6 +103,16 @@ export function parseSafetensorsHeader(json: Uint8Array, file: string, fileSize:
       );
     tensors.set(name, { name, dtype, shape: shape as number[], begin: dataStart + b, end: dataStart + e });
   }
+  // Overlapping ranges would hand one tensor another's bytes: plausible-looking, silently wrong weights.
+  const byBegin = [...tensors.values()].filter((t) => t.end > t.begin).sort((x, y) => x.begin - y.begin);
+  for (let i = 1; i < byBegin.length; i++) {
+    const [p, t] = [byBegin[i - 1], byBegin[i]];
+    if (t.begin < p.end)
+      throw bad(
+        file,
+        `bad safetensors header: tensor ${t.name}: data_offsets [${t.begin - dataStart}, ${t.end - dataStart}] overlap tensor ${p.name}'s [${p.begin - dataStart}, ${p.end - dataStart}]`,
+      );
+  }
   return { file, dataStart, tensors, metadata };
 }
 

@@ -71,6 +71,18 @@ describe("config.json", () => {
       expect(specFromHfConfig(hfConfigFor(s))).toEqual(s);
     }
   });
+  it("hfConfigFor refuses what the family's config.json cannot say, instead of writing a different model", () => {
+    // Mixtral always renormalises, scales by 1 and has no shared expert: a generated checkpoint would ignore these
+    expectInvalid(
+      () => hfConfigFor(defaultSpec("mixtral", { normTopKProb: false })),
+      /^spec\.normTopKProb: a mixtral config\.json cannot express false/,
+    );
+    expectInvalid(() => hfConfigFor(defaultSpec("qwen3-moe", { sharedExperts: 1 })), /^spec\.sharedExperts: /);
+    expectInvalid(() => hfConfigFor(defaultSpec("mixtral", { routedScalingFactor: 2 })), /^spec\.routedScalingFactor/);
+    // leading dense layers are expressible for Qwen, as mlp_only_layers
+    const q = defaultSpec("qwen2-moe", { layers: 4, firstDenseLayers: 1, denseLayers: [3] });
+    expect(moeLayers(specFromHfConfig(hfConfigFor(q)))).toEqual([1, 2]);
+  });
   it("reads a real Mixtral-8x7B config", () => {
     const s = specFromHfConfig({
       architectures: ["MixtralForCausalLM"],
@@ -146,6 +158,42 @@ describe("config.json", () => {
     });
     expect(moeLayers(s)).toEqual([1]);
   });
+  it("fills fields a config leaves out with transformers' own defaults (DeepseekV3Config, Qwen2MoeConfig)", () => {
+    const ds = specFromHfConfig({
+      model_type: "deepseek_v3",
+      hidden_size: 7168,
+      moe_intermediate_size: 2048,
+      num_hidden_layers: 61,
+      n_routed_experts: 256,
+      num_experts_per_tok: 8,
+    });
+    expect(ds).toMatchObject({
+      nGroup: 8,
+      topkGroup: 4,
+      routedScalingFactor: 2.5,
+      firstDenseLayers: 3,
+      normTopKProb: true,
+      sharedExperts: 1,
+    });
+    const qw = specFromHfConfig({
+      model_type: "qwen2_moe",
+      hidden_size: 2048,
+      moe_intermediate_size: 1408,
+      num_hidden_layers: 24,
+      num_experts: 60,
+      num_experts_per_tok: 4,
+    });
+    // Qwen2MoeSparseMoeBlock always has a shared expert and its sigmoid gate
+    expect(qw).toMatchObject({ sharedExperts: 1, sharedIntermediateSize: 5632, sharedExpertGate: true });
+  });
+  it("refuses quantized checkpoints (DeepSeek-V3's FP8 release) instead of taking them for torch_dtype", () => {
+    const ds = {
+      ...hfConfigFor(defaultSpec("deepseek-v3")),
+      quantization_config: { quant_method: "fp8", fmt: "e4m3", weight_block_size: [128, 128] },
+    };
+    expectInvalid(() => specFromHfConfig(ds, "c.json"), /^c\.json: quantization_config: fp8-quantized weights/);
+    expect(specFromHfConfig({ ...ds, quantization_config: null }).family).toBe("deepseek-v3");
+  });
   it("names the bad field", () => {
     const good = hfConfigFor(defaultSpec("mixtral"));
     expectInvalid(() => specFromHfConfig([], "/x/config.json"), "/x/config.json: must be a JSON object");
@@ -201,6 +249,12 @@ describe("config.json", () => {
     expectInvalid(
       () => validateSpec({ ...defaultSpec("mixtral"), firstDenseLayers: 2 }),
       "spec.firstDenseLayers: 2 leaves no MoE layer of 2",
+    );
+    // Qwen: decoder_sparse_step beyond the last layer, like first_k_dense_replace >= layers, leaves nothing to serve
+    expectInvalid(
+      () =>
+        specFromHfConfig({ ...hfConfigFor(defaultSpec("qwen3-moe", { layers: 4 })), decoder_sparse_step: 5 }, "c.json"),
+      "c.json.denseLayers: [0, 1, 2, 3] leave no MoE layer of 4",
     );
     expectInvalid(
       () => defaultSpec("mixtral", { experts: 8, nGroup: 8, topkGroup: 1, topK: 1 }),

@@ -202,6 +202,8 @@ export function validateSpec(spec: ModelSpec, prefix = "spec"): ModelSpec {
       if (!Number.isInteger(l) || l < 0 || l >= spec.layers)
         throw invalidArgument(f(`denseLayers[${i}]`), `must be a layer index in [0, ${spec.layers}), got ${l}`);
     }
+    if (moeLayers(spec).length === 0)
+      throw invalidArgument(f("denseLayers"), `[${spec.denseLayers.join(", ")}] leave no MoE layer of ${spec.layers}`);
   }
   return spec;
 }
@@ -261,6 +263,16 @@ export function specFromHfConfig(config: unknown, source = "config.json"): Model
   if (typeof dtypeRaw !== "string" || !WEIGHT_DTYPES.includes(dtypeRaw as WeightDType))
     throw invalidArgument(fld("torch_dtype"), `must be bfloat16, float16 or float32, got ${JSON.stringify(dtypeRaw)}`);
   const dtype = dtypeRaw as WeightDType;
+  // torch_dtype names the compute dtype only: a quantized checkpoint (DeepSeek-V3's float8_e4m3fn release with
+  // weight_scale_inv block scales, GPTQ, AWQ, ...) stores other tensors that we must not read as plain weights.
+  const quant = opt<unknown>("quantization_config", undefined);
+  if (quant !== undefined) {
+    const method = (quant as { quant_method?: unknown }).quant_method;
+    throw invalidArgument(
+      fld("quantization_config"),
+      `${typeof method === "string" ? method : "quantized"}-quantized weights are not supported; dequantize the checkpoint to bfloat16 first`,
+    );
+  }
   const act = opt<unknown>("hidden_act", "silu");
   if (act !== "silu" && act !== "swish")
     throw invalidArgument(fld("hidden_act"), `only silu (SwiGLU experts) is supported, got ${JSON.stringify(act)}`);
@@ -293,9 +305,10 @@ export function specFromHfConfig(config: unknown, source = "config.json"): Model
       break;
     case "qwen2-moe":
     case "qwen3-moe": {
+      // Defaults where a config leaves a field out are transformers' own (Qwen2MoeConfig, DeepseekV3Config).
       const shared =
         family === "qwen2-moe"
-          ? nonNegInt(opt("shared_expert_intermediate_size", 0), fld("shared_expert_intermediate_size"))
+          ? nonNegInt(opt("shared_expert_intermediate_size", 5632), fld("shared_expert_intermediate_size"))
           : 0;
       spec = {
         ...base,
@@ -324,12 +337,12 @@ export function specFromHfConfig(config: unknown, source = "config.json"): Model
         topK: req("num_experts_per_tok"),
         normTopKProb: bool("norm_topk_prob", true),
         scoring: "sigmoid",
-        nGroup: posInt(opt("n_group", 1), fld("n_group")),
-        topkGroup: posInt(opt("topk_group", 1), fld("topk_group")),
-        routedScalingFactor: opt<number>("routed_scaling_factor", 1),
+        nGroup: posInt(opt("n_group", 8), fld("n_group")),
+        topkGroup: posInt(opt("topk_group", 4), fld("topk_group")),
+        routedScalingFactor: opt<number>("routed_scaling_factor", 2.5),
         sharedExperts: nShared,
         sharedIntermediateSize: moeInter * nShared,
-        firstDenseLayers: nonNegInt(opt("first_k_dense_replace", 0), fld("first_k_dense_replace")),
+        firstDenseLayers: nonNegInt(opt("first_k_dense_replace", 3), fld("first_k_dense_replace")),
       };
       break;
     }
@@ -376,6 +389,27 @@ function qwenDenseLayers(c: HfConfig, layers: number, fld: (k: string) => string
  */
 export function hfConfigFor(spec: ModelSpec): Record<string, unknown> {
   validateSpec(spec);
+  const config = configFor(spec);
+  // A spec field the family's config.json has no way to say would be dropped, and a checkpoint generated from
+  // the spec would then load as a different model than the one whose tensors (and reference outputs) it holds.
+  const back = specFromHfConfig(config);
+  for (const k of Object.keys(back) as (keyof ModelSpec)[]) {
+    if (k === "firstDenseLayers" || k === "denseLayers" || spec[k] === back[k]) continue;
+    throw invalidArgument(
+      `spec.${k}`,
+      `a ${spec.family} config.json cannot express ${JSON.stringify(spec[k])} (it reads back as ${JSON.stringify(back[k])})`,
+    );
+  }
+  const [want, got] = [moeLayers(spec), moeLayers(back)];
+  if (want.length !== got.length || want.some((l, i) => l !== got[i]))
+    throw invalidArgument(
+      spec.denseLayers?.length ? "spec.denseLayers" : "spec.firstDenseLayers",
+      `a ${spec.family} config.json cannot express MoE layers [${want.join(", ")}] (it reads back as [${got.join(", ")}])`,
+    );
+  return config;
+}
+
+function configFor(spec: ModelSpec): Record<string, unknown> {
   const common: Record<string, unknown> = {
     architectures: [ARCHITECTURE[spec.family]],
     model_type: MODEL_TYPE[spec.family],
@@ -409,7 +443,8 @@ export function hfConfigFor(spec: ModelSpec): Record<string, unknown> {
         num_experts_per_tok: spec.topK,
         norm_topk_prob: spec.normTopKProb,
         decoder_sparse_step: 1,
-        mlp_only_layers: spec.denseLayers ?? [],
+        // every dense layer, the leading ones (firstDenseLayers) included: Qwen has no first_k_dense_replace
+        mlp_only_layers: Array.from({ length: spec.layers }, (_, l) => l).filter((l) => !isMoeLayer(spec, l)),
         output_router_logits: false,
       };
       if (spec.family === "qwen2-moe") out["shared_expert_intermediate_size"] = spec.sharedIntermediateSize;

@@ -26,6 +26,14 @@ describe("what a local run needs", () => {
     );
   });
 
+  it("counts the shared experts once at their total width (sharedIntermediateSize), however many there are", () => {
+    const two = defaultSpec("deepseek-v3", { ...localModel("deepseek-v3", "full"), sharedExperts: 2 });
+    const expert = 3 * 7168 * 2048 * 2;
+    expect(two.sharedIntermediateSize).toBe(2 * 2048);
+    expect(runFootprint(two, 0).checkpoint).toBe(2 * 258 * expert);
+    expect(runFootprint(two, 0).reference).toBe(2 * 258 * expert * 2);
+  });
+
   it("keeps DeepSeek-V3's reference packed on a 128 GB machine, refuses it on 64 GB; Mixtral's stays fp32", () => {
     const machine = { totalMemory: 128 * GB, freeDisk: 60 * GB, generating: true };
     const ds = runFootprint(defaultSpec("deepseek-v3", localModel("deepseek-v3", "full")), 64);

@@ -21,9 +21,9 @@ export interface RunFootprint {
 export function runFootprint(spec: ModelSpec, redundantPerLayer: number, sharedOnWorkers = false): RunFootprint {
   const layers = moeLayers(spec).length;
   const expert = expertWeightBytes(spec);
-  // counted as referenceBytes counts it
+  // counted as referenceBytes counts it: the shared experts run as one MLP, sharedIntermediateSize wide in all
   const shared =
-    3 * spec.hiddenSize * spec.sharedIntermediateSize * spec.sharedExperts * weightBytesPerElement(spec.dtype);
+    spec.sharedExperts > 0 ? 3 * spec.hiddenSize * spec.sharedIntermediateSize * weightBytesPerElement(spec.dtype) : 0;
   return {
     checkpoint: layers * (spec.experts * expert + shared),
     workers: layers * ((spec.experts + redundantPerLayer) * expert + (sharedOnWorkers ? shared : 0)),

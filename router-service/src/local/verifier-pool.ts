@@ -81,7 +81,9 @@ export async function readSharedLayers(ckpt: Checkpoint, packed = false): Promis
  */
 export function referenceBytes(spec: Checkpoint["spec"], packed = false): number {
   const perLayer =
-    3 * spec.hiddenSize * (spec.experts * spec.intermediateSize + spec.sharedExperts * spec.sharedIntermediateSize);
+    3 *
+    spec.hiddenSize *
+    (spec.experts * spec.intermediateSize + (spec.sharedExperts > 0 ? spec.sharedIntermediateSize : 0));
   return (packed ? 2 : 4) * perLayer * moeLayers(spec).length;
 }
 
