@@ -206,6 +206,50 @@ describe("router data path for engines (TCP, preface SYRF)", () => {
     await capped.close();
   });
 
+  it("answers every request sent before the client shut down its sending side, then closes", async () => {
+    // As a gRPC client may end its ForwardStream and still read every reply: the requests were taken, so their
+    // replies must not be lost to the client's FIN.
+    const s = connect({ host: "127.0.0.1", port: app.server.dataPort as number });
+    const replies: ForwardResponse[] = [];
+    const reader = new FrameReader(1 << 20, false, (f) => replies.push(ForwardResponse.decode(f)));
+    s.on("data", (c: Buffer) => reader.push(c));
+    const closed = closedBy(s);
+    s.write(ROUTER_DATA_PREFACE);
+    for (let i = 1; i <= 5; i++) writeFrame(s, ForwardRequest.encode(request(2, 30 + i, BigInt(i))).finish());
+    s.end();
+    await closed;
+    expect(replies.map((r) => r.error?.message ?? r.requestId).sort()).toEqual([1n, 2n, 3n, 4n, 5n]);
+  });
+
+  it("ends a reset connection's requests at once (CANCELLED), not at their deadline", async () => {
+    const cancelledCount = async () => {
+      app.router.sampleGauges();
+      const text = await app.router.metrics.registry.metrics();
+      const m = /switchyard_router_requests_total\{pool="p",method="ForwardData",code="CANCELLED"\} (\d+)/.exec(text);
+      return m ? Number(m[1]) : 0;
+    };
+    const before = await cancelledCount();
+    workers[0].mode = "stall";
+    workers[1].mode = "stall";
+    try {
+      const s = connect({ host: "127.0.0.1", port: app.server.dataPort as number });
+      s.on("error", () => {});
+      s.write(ROUTER_DATA_PREFACE);
+      writeFrame(s, ForwardRequest.encode(request(2, 41, 1n)).finish());
+      await new Promise((r) => setTimeout(r, 150)); // taken and dispatched to the stalled workers
+      // A reset, not a FIN: a FIN may be a half-close, whose requests are still answered (test above); a client
+      // that is gone for good is noticed at the first reply written to it.
+      s.resetAndDestroy();
+      const t0 = Date.now();
+      while ((await cancelledCount()) === before && Date.now() - t0 < 3000) await new Promise((r) => setTimeout(r, 20));
+      // the request's deadline is the router's default 30 s: only the closed connection can have ended it
+      expect(await cancelledCount()).toBe(before + 1);
+    } finally {
+      workers[0].mode = "ok";
+      workers[1].mode = "ok";
+    }
+  });
+
   it("fails a request past its own timeout_ms with DEADLINE_EXCEEDED, the data path's per-request deadline", async () => {
     const c = client();
     workers[0].mode = "stall";

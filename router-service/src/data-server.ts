@@ -4,6 +4,7 @@
 // router's one JavaScript thread, which is what bounds a saturated router (bench/results/h200-moe.md, session of
 // 2026-11-30 07:55 UTC: grpc-js reading requests and writing replies were its two largest items after the flush).
 
+import { setMaxListeners } from "node:events";
 import type { Socket } from "node:net";
 import {
   DataPathError,
@@ -53,10 +54,24 @@ export function serveRouterDataConnection(
   let open = 0;
   let paused = false;
   let closed = false;
+  // The client shut down its sending side: what it sent is still answered (as after a gRPC stream's half-close),
+  // then the router ends its side.
+  let ended = false;
+  const endIfDone = () => {
+    if (ended && open === 0 && !closed) socket.end();
+  };
   // Idle engine connections live long; keepalive notices a peer that vanished without a FIN.
   socket.setKeepAlive(true, 30_000);
+  // A closed connection's requests end at once (CANCELLED) rather than wait in the queues for nobody.
+  const gone = new AbortController();
+  setMaxListeners(0, gone.signal);
   socket.on("close", () => {
     closed = true;
+    gone.abort();
+  });
+  socket.on("end", () => {
+    ended = true;
+    endIfDone();
   });
   // Reading stops while either limit is reached and resumes once both are clear again.
   const gate = () => {
@@ -80,6 +95,7 @@ export function serveRouterDataConnection(
     // A pooled reply buffer goes back once the socket is done with it.
     writeFrame(socket, body, back ? () => replyPool.give(back) : undefined);
     gate();
+    endIfDone();
   };
   const onRequest = (frame: Buffer) => {
     let req: ForwardRequest;
@@ -91,7 +107,7 @@ export function serveRouterDataConnection(
     }
     open++;
     gate();
-    router.forward(req).then(ok, (err) => {
+    router.forward(req, Number.POSITIVE_INFINITY, gone.signal).then(ok, (err) => {
       open--;
       count(req.pool, "ForwardData", err);
       if (!closed) {
@@ -100,6 +116,7 @@ export function serveRouterDataConnection(
         writeFrame(socket, ForwardResponse.encode(res).finish());
       }
       gate();
+      endIfDone();
     });
   };
   serveFrames(
@@ -117,5 +134,7 @@ export function startRouterDataServer(
   count: RequestCounter,
   o: DataConnectionOptions & { host: string; port: number },
 ): Promise<DataPathServer> {
-  return listenDataPath(o.host, o.port, (s) => serveRouterDataConnection(s, router, count, o));
+  return listenDataPath(o.host, o.port, (s) => serveRouterDataConnection(s, router, count, o), {
+    allowHalfOpen: true,
+  });
 }

@@ -531,6 +531,44 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     }
   });
 
+  it("a call the client cancels gives its place in the queue back at once", async () => {
+    setPool({ batching: { maxBatchTokens: 4, maxQueueTokens: 4 } });
+    for (const w of workers) w.mode = "stall";
+    try {
+      const req = {
+        pool: "toy",
+        layer: 0,
+        hidden: encodeTensor(hidden(4, 6), [4, D], DType.FLOAT32),
+        gate: undefined,
+        requestId: 0n,
+      };
+      const stuck = client.forward(req, new Metadata(), { deadline: Date.now() + 20_000 }, () => {});
+      await new Promise((r) => setTimeout(r, 150)); // taken and dispatched to the stalled workers: the queue is full
+      expect((await callErr({ hidden: encodeTensor(hidden(4, 7), [4, D], DType.FLOAT32) })).code).toBe(
+        "RESOURCE_EXHAUSTED",
+      );
+      stuck.cancel();
+      for (const w of workers) w.mode = "ok";
+      // Its 4 tokens are released when the cancel arrives, not at its 20 s deadline.
+      const t0 = Date.now();
+      let last: unknown;
+      while (Date.now() - t0 < 3000) {
+        try {
+          await call({ hidden: encodeTensor(hidden(4, 8), [4, D], DType.FLOAT32) });
+          last = undefined;
+          break;
+        } catch (e) {
+          last = e;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
+      expect(last).toBeUndefined();
+    } finally {
+      for (const w of workers) w.mode = "ok";
+      setPool();
+    }
+  });
+
   it("answers RESOURCE_EXHAUSTED when the queue is full", async () => {
     setPool({ batching: { maxBatchTokens: 4, maxQueueTokens: 4 } });
     try {

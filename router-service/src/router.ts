@@ -7,6 +7,7 @@
 // UNAVAILABLE naming the expert. Every request has a deadline timer, so none hangs whatever the workers do.
 
 import {
+  cancelled,
   DType,
   deadlineExceeded,
   decodeTensor,
@@ -39,6 +40,8 @@ import { BACKING, ENCODED, encodeExpertBatch, encodeForwardResponse } from "./wi
 const MAX_REQUEST_ELEMENTS = 64 << 20;
 /** Default deadline for calls that carry none: no call waits forever. */
 export const DEFAULT_DEADLINE_MS = 30_000;
+/** Node fires a timer of more than 2^31 - 1 ms at once, so a later deadline waits this long at most. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_DISPATCH_ATTEMPTS = 3;
 /** Tags each reply with its pool's name (the server counts replies per pool without a closure per request). */
 export const POOL = Symbol.for("switchyard.router.pool");
@@ -66,6 +69,8 @@ interface Item extends GateItem {
   deadline: number;
   done: boolean;
   timer: NodeJS.Timeout | null;
+  /** Stops listening to the caller's AbortSignal (forward's `signal`), once the item is finished. */
+  unlisten: (() => void) | null;
   batchTokens: number;
   batchRequests: number;
   queueWaitMs: number;
@@ -349,11 +354,14 @@ export class Router {
   /**
    * One Forward. `deadline` is absolute (Date.now() ms); the request's timeout_ms, if set and earlier, wins; with
    * neither, DEFAULT_DEADLINE_MS from now.
+   * `signal`: the caller went away (a cancelled call, a closed connection); the request ends CANCELLED at once and,
+   * if still queued, never reaches a worker.
    * Rejects with SwitchyardError (INVALID_ARGUMENT naming the field, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
-   * DEADLINE_EXCEEDED).
+   * DEADLINE_EXCEEDED, CANCELLED).
    */
-  forward(req: ForwardRequest, deadline = Number.POSITIVE_INFINITY): Promise<ForwardResponse> {
+  forward(req: ForwardRequest, deadline = Number.POSITIVE_INFINITY, signal?: AbortSignal): Promise<ForwardResponse> {
     const started = performance.now();
+    if (signal?.aborted) return Promise.reject(cancelled(`cancelled by the caller (pool ${req.pool})`));
     const p = this.pools.get(req.pool);
     if (!p) {
       return Promise.reject(
@@ -416,7 +424,7 @@ export class Router {
       // The request's own budget (ForwardRequest.timeout_ms: the data path's only deadline) and the call's, the
       // earlier of the two; neither: the default.
       const earliest = Math.min(deadline, req.timeoutMs ? now + req.timeoutMs : Number.POSITIVE_INFINITY);
-      const dl = Number.isFinite(earliest) ? earliest : now + DEFAULT_DEADLINE_MS;
+      const dl = Math.min(Number.isFinite(earliest) ? earliest : now + DEFAULT_DEADLINE_MS, now + MAX_TIMER_MS);
       p.pendingTokens += T;
       p.metrics.tokens.inc(T);
       return new Promise<ForwardResponse>((resolve, reject) => {
@@ -441,6 +449,7 @@ export class Router {
           deadline: dl,
           done: false,
           timer: null,
+          unlisten: null,
           batchTokens: 0,
           batchRequests: 0,
           queueWaitMs: 0,
@@ -459,6 +468,13 @@ export class Router {
             ),
           Math.max(0, dl - now),
         );
+        if (signal) {
+          // As a deadline does: a queued item is skipped by its flush, a dispatched one's results are dropped.
+          const onAbort = () =>
+            this.finish(p, item, cancelled(`cancelled by the caller (pool ${p.name}, layer ${req.layer})`));
+          signal.addEventListener("abort", onAbort, { once: true });
+          item.unlisten = () => signal.removeEventListener("abort", onAbort);
+        }
         // Numeric key (layer, dtype): no string building per request.
         p.batcher.add(req.layer * 256 + h.dtype, item);
       });
@@ -482,6 +498,7 @@ export class Router {
     if (item.done) return;
     item.done = true;
     if (item.timer) clearTimeout(item.timer);
+    item.unlisten?.();
     p.pendingTokens -= item.tokens;
     if (err) item.reject(err);
     else {

@@ -2,7 +2,7 @@
 // errors inside the reply so one bad request does not tear the stream down), health service, and the HTTP
 // side (/metrics, /healthz, /readyz).
 
-import type { EventEmitter } from "node:events";
+import { type EventEmitter, setMaxListeners } from "node:events";
 import type { Http2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import {
@@ -23,12 +23,12 @@ import {
 } from "@switchyard/protocol";
 import express from "express";
 import { HealthImplementation } from "grpc-health-check";
-import { startRouterDataServer } from "./data-server.js";
+import { MAX_IN_FLIGHT_PER_CONNECTION, MAX_QUEUED_REPLY_BYTES, startRouterDataServer } from "./data-server.js";
 import { poolOf, type RequestCounter, requestCounter, serializeResponse } from "./reply.js";
 import type { Router } from "./router.js";
 import { replyPool } from "./wire/buffer-pool.js";
 import { decodeForwardRequest } from "./wire/decode.js";
-import { BACKING } from "./wire/encode.js";
+import { BACKING, ENCODED } from "./wire/encode.js";
 
 /**
  * RouterService whose requests decode without copying activations (wire/decode.ts) and whose replies reuse the bytes
@@ -92,11 +92,33 @@ function deadlineOf(call: { getDeadline(): Date | number }): number {
   return Number.isFinite(ms) ? ms : Number.POSITIVE_INFINITY;
 }
 
-export function routerHandlers(router: Router, count: RequestCounter = requestCounter(router)) {
+/** A reply's bytes as grpc-js will send them (the router's replies are encoded already; others are small). */
+function replyBytes(res: ForwardResponse): number {
+  const encoded = (res as unknown as Record<symbol, Buffer | undefined>)[ENCODED];
+  return encoded?.byteLength ?? (res.hidden?.data.byteLength ?? 0) + (res.error?.message.length ?? 0) + 32;
+}
+
+export interface StreamLimits {
+  /** Requests a stream may have taken and not yet answered to grpc-js before the router stops reading it. */
+  maxInFlight?: number;
+  /** Reply bytes a stream may have queued in the router (flow control holds them) before it stops reading it. */
+  maxQueuedReplyBytes?: number;
+}
+
+export function routerHandlers(
+  router: Router,
+  count: RequestCounter = requestCounter(router),
+  limits: StreamLimits = {},
+) {
+  const maxInFlight = limits.maxInFlight ?? MAX_IN_FLIGHT_PER_CONNECTION;
+  const maxQueued = limits.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES;
   return {
     forward(call: ServerUnaryCall<ForwardRequest, ForwardResponse>, cb: sendUnaryData<ForwardResponse>) {
       const req = call.request;
-      router.forward(req, deadlineOf(call)).then(
+      // A call the client cancels (or whose connection drops) stops waiting in the router's queues.
+      const gone = new AbortController();
+      call.on("cancelled", () => gone.abort());
+      router.forward(req, deadlineOf(call), gone.signal).then(
         (res) => {
           count(req.pool, "Forward", null);
           cb(null, res);
@@ -109,30 +131,60 @@ export function routerHandlers(router: Router, count: RequestCounter = requestCo
     },
     forwardStream(call: ServerDuplexStream<ForwardRequest, ForwardResponse>) {
       const deadline = deadlineOf(call);
+      // Every request of the stream ends when it is cancelled: one listener per request in flight on this signal.
+      const gone = new AbortController();
+      setMaxListeners(0, gone.signal);
+      call.on("cancelled", () => gone.abort());
       let open = 0;
       let ended = false;
+      // Replies written and not yet taken by grpc-js: a client that does not read its replies holds them here
+      // (HTTP/2 flow control), so reading its requests stops at the limits, as on the data path (data-server.ts).
+      let queued = 0;
+      let queuedBytes = 0;
+      let paused = false;
+      const gate = () => {
+        const full = open + queued >= maxInFlight || queuedBytes > maxQueued;
+        if (full && !paused) {
+          paused = true;
+          call.pause();
+        } else if (paused && open + queued <= maxInFlight >> 1 && queuedBytes <= maxQueued) {
+          paused = false;
+          call.resume();
+        }
+      };
       const done = () => {
         if (ended && open === 0) call.end();
       };
-      // One settle callback pair per stream, not per request: no closures or promise chains per item.
+      const send = (res: ForwardResponse) => {
+        if (call.cancelled) return;
+        // A pooled reply buffer goes back once grpc-js has copied it into its frame (the write's callback).
+        const back = (res as unknown as Record<symbol, Buffer | undefined>)[BACKING];
+        const n = replyBytes(res);
+        queued++;
+        queuedBytes += n;
+        call.write(res, () => {
+          queued--;
+          queuedBytes -= n;
+          if (back) replyPool.give(back);
+          if (paused) gate();
+        });
+      };
+      // One settle callback pair per stream, not per request: no promise chains per item.
       const ok = (res: ForwardResponse) => {
         open--;
         count(poolOf(res), "ForwardStream", null);
-        if (!call.cancelled) {
-          // A pooled reply buffer goes back once grpc-js has copied it into its frame (the write's callback).
-          const back = (res as unknown as Record<symbol, Buffer | undefined>)[BACKING];
-          if (back) call.write(res, () => replyPool.give(back));
-          else call.write(res);
-        }
+        send(res);
+        gate();
         done();
       };
       call.on("data", (req: ForwardRequest) => {
         open++;
-        router.forward(req, deadline).then(ok, (err) => {
+        gate();
+        router.forward(req, deadline, gone.signal).then(ok, (err) => {
           open--;
           count(req.pool, "ForwardStream", err);
-          if (!call.cancelled)
-            call.write({ requestId: req.requestId, hidden: undefined, stats: undefined, error: toRpcError(err) });
+          send({ requestId: req.requestId, hidden: undefined, stats: undefined, error: toRpcError(err) });
+          gate();
           done();
         });
       });

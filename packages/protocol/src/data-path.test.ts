@@ -63,6 +63,16 @@ describe("FrameReader", () => {
     );
   });
 
+  it("holds what has arrived of a frame, not what its header claims", () => {
+    // A header is 4 bytes; a client that claims 256 MiB and sends nothing more must not cost 256 MiB (per connection).
+    const before = process.memoryUsage().arrayBuffers;
+    const readers = Array.from({ length: 4 }, () => new FrameReader(512 << 20, true, () => {}));
+    for (const r of readers) r.push(Buffer.concat([DATA_PREFACE, frameHeader(256 << 20), Buffer.alloc(100)]));
+    const grew = process.memoryUsage().arrayBuffers - before;
+    expect(readers.every((r) => !r.idle)).toBe(true);
+    expect(grew).toBeLessThan(16 << 20);
+  });
+
   it("rejects a client that is not speaking the data path, and another version", () => {
     expect(() => new FrameReader(1000, true, () => {}).push(Buffer.from("PRI * HTTP/2.0\r\n"))).toThrow(DataPathError);
     const v2 = Buffer.from(DATA_PREFACE);

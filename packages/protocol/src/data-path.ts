@@ -11,9 +11,10 @@
 // Wire format (version 1):
 //   client -> server, once:  the 4-byte magic + u32 little-endian version (1)
 //   then each message, both ways:  u32 little-endian length N, then N bytes of protobuf
-// A frame longer than the receiver's limit, or a wrong preface, closes the connection. At the router everything in
-// flight on a worker connection then fails UNAVAILABLE and is re-laid on another replica, as for a broken gRPC
-// stream. Closing a worker connection cancels every batch still running on it. Control calls (Status, Prefetch,
+// An engine may shut down its sending side when it has sent its last request: the router answers everything it
+// sent, then closes. A frame longer than the receiver's limit, or a wrong preface, closes the connection. At the
+// router everything in flight on a worker connection then fails UNAVAILABLE and is re-laid on another replica, as
+// for a broken gRPC stream. Closing a worker connection cancels every batch still running on it. Control calls (Status, Prefetch,
 // Evict) and health stay on gRPC.
 
 import { createServer, type Server, type Socket } from "node:net";
@@ -31,15 +32,19 @@ export class DataPathError extends Error {
 }
 
 /**
- * Splits a byte stream into frames. Pure (no sockets): feed it chunks as they arrive; each complete frame is
- * handed to `onFrame` as a view into the chunk when it lies inside one (no copy), or as one buffer assembled from
- * the chunks it spans. Throws DataPathError on a bad preface or a frame over `maxFrameBytes`.
+ * Splits a byte stream into frames. Pure (no sockets): feed it chunks as they arrive (not reused afterwards); each
+ * complete frame is handed to `onFrame` as a view into the chunk when it lies inside one (no copy), or as one
+ * buffer assembled from the chunks it spans. Throws DataPathError on a bad preface or a frame over `maxFrameBytes`.
  */
 export class FrameReader {
   private prefaceLeft: number;
   private head = Buffer.alloc(HEADER);
   private headHave = 0;
-  private body: Buffer | null = null;
+  // The pieces of a frame that spans chunks, kept until it is whole: memory follows the bytes that arrived, not the
+  // length the header claims (a 4-byte header must not reserve 512 MiB), as grpc-js's own message decoder does.
+  private parts: Buffer[] = [];
+  /** The length of the frame being assembled, -1 between frames. */
+  private bodyLen = -1;
   private bodyHave = 0;
 
   private readonly preface: Buffer;
@@ -69,15 +74,16 @@ export class FrameReader {
       this.prefaceLeft--;
     }
     while (pos < n) {
-      if (this.body !== null) {
+      if (this.bodyLen >= 0) {
         // Continuing a frame that spans chunks.
-        const take = Math.min(this.body.length - this.bodyHave, n - pos);
-        chunk.copy(this.body, this.bodyHave, pos, pos + take);
+        const take = Math.min(this.bodyLen - this.bodyHave, n - pos);
+        this.parts.push(chunk.subarray(pos, pos + take));
         this.bodyHave += take;
         pos += take;
-        if (this.bodyHave === this.body.length) {
-          const f = this.body;
-          this.body = null;
+        if (this.bodyHave === this.bodyLen) {
+          const f = this.parts.length === 1 ? (this.parts[0] as Buffer) : Buffer.concat(this.parts, this.bodyLen);
+          this.parts = [];
+          this.bodyLen = -1;
           this.onFrame(f);
         }
         continue;
@@ -102,16 +108,16 @@ export class FrameReader {
         pos += len;
         this.onFrame(f);
       } else {
-        this.body = Buffer.allocUnsafe(len);
+        this.bodyLen = len;
         this.bodyHave = 0;
-        // A zero-length remainder is handled by the loop condition; the copy happens in the branch above.
+        // The rest of this chunk, if any, is taken by the branch above.
       }
     }
   }
 
   /** True between frames (nothing partial buffered): a connection closing now lost no message. */
   get idle(): boolean {
-    return this.body === null && this.headHave === 0;
+    return this.bodyLen < 0 && this.headHave === 0;
   }
 }
 
@@ -179,14 +185,18 @@ export interface DataPathServer {
   close(): Promise<void>;
 }
 
-/** Listens on host:port (0: any free port) and hands each accepted connection to `onConnection`. */
+/**
+ * Listens on host:port (0: any free port) and hands each accepted connection to `onConnection`. `allowHalfOpen`:
+ * a client's FIN does not end the server's side; `onConnection` must end it (e.g. once its replies are written).
+ */
 export async function listenDataPath(
   host: string,
   port: number,
   onConnection: (socket: Socket) => void,
+  o: { allowHalfOpen?: boolean } = {},
 ): Promise<DataPathServer> {
   const sockets = new Set<Socket>();
-  const server = createServer((s) => {
+  const server = createServer({ allowHalfOpen: o.allowHalfOpen ?? false }, (s) => {
     sockets.add(s);
     s.on("close", () => sockets.delete(s));
     onConnection(s);

@@ -84,4 +84,21 @@ describe("RouterDataClient", () => {
     await expect(pending).rejects.toThrow(/connection closed|ECONNRESET/);
     await expect(c.forward(request(64))).rejects.toThrow(/router data path/);
   });
+
+  it("rejects a request it cannot encode without counting it in flight, and serves the next", async () => {
+    const stub = await stubRouter();
+    stub.read();
+    const c = new RouterDataClient("127.0.0.1", stub.port);
+    try {
+      const bad = request(64);
+      (bad.hidden as { data: unknown }).data = undefined;
+      await expect(c.forward(bad)).rejects.toThrow();
+      expect(c.inFlight).toBe(0);
+      expect((await c.forward(request(64, 9n))).requestId).toBe(9n);
+      expect(c.inFlight).toBe(0);
+    } finally {
+      c.close();
+      stub.close();
+    }
+  });
 });

@@ -76,9 +76,11 @@ export class RouterDataClient {
     while (!this.failed && this.socket.writableLength > this.maxQueued) await this.drained();
     if (this.failed) throw this.failed;
     const wireId = ++this.nextId;
+    // Encoded before it is registered: a request that cannot be encoded rejects without staying in flight.
+    const body = ForwardRequest.encode({ ...req, requestId: wireId }).finish();
     return new Promise<ForwardResponse>((resolve, reject) => {
       this.waiting.set(wireId, { id: req.requestId, resolve, reject });
-      writeFrame(this.socket, ForwardRequest.encode({ ...req, requestId: wireId }).finish());
+      writeFrame(this.socket, body);
     });
   }
 
