@@ -23,6 +23,8 @@ describe("parseWorkerArgs", () => {
     const base = ["--checkpoint", "c", "--pool", "p", "--worker-id", "w"];
     expect(parseWorkerArgs([...base, "--warm", "false"]).warm).toBe(false);
     expect(parseWorkerArgs(base, { SWITCHYARD_WARM: "false" }).warm).toBe(false);
+    expect(parseWorkerArgs(base).maxRows).toBeUndefined();
+    expect(parseWorkerArgs([...base, "--max-rows", "65536"]).maxRows).toBe(65536);
   });
 
   it("names the flag in errors", () => {
@@ -34,6 +36,9 @@ describe("parseWorkerArgs", () => {
       parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--queue-capacity", "-1"]),
     ).toThrow(/--queue-capacity/);
     expect(() => parseWorkerArgs(["--nope", "1"])).toThrow(/unknown flag --nope/);
+    expect(() => parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--max-rows", "0"])).toThrow(
+      /--max-rows: expected an integer >= 1/,
+    );
     expect(() => parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--warm", "yes"])).toThrow(
       /--warm: expected true or false/,
     );

@@ -1,7 +1,7 @@
 // Worker command line (docs/CONTRACTS.md): every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>; flags win.
 //   --checkpoint DIR --pool NAME --worker-id ID --port 50061 --metrics-port 9401
 //   [--experts SPEC] [--plan FILE] [--cache-capacity N] [--backend auto|cpu|cuda] [--queue-capacity N]
-//   [--cache-policy lru|lfu] [--max-message-bytes N] [--host ADDR] [--data-port N] [--warm true|false]
+//   [--cache-policy lru|lfu] [--max-message-bytes N] [--max-rows N] [--host ADDR] [--data-port N] [--warm true|false]
 // Pure: parses argv + env into WorkerOptions or throws an Error naming the flag.
 
 import type { PlacementPlan } from "@switchyard/moe";
@@ -23,6 +23,8 @@ export interface WorkerFlags {
   backend: BackendChoice;
   queueCapacity: number;
   maxMessageBytes: number;
+  /** Rows a batch may hold (its assignment rows, and its distinct tokens); unset = no limit beyond the message size. */
+  maxRows?: number;
   /** Load the served experts before reporting ready (worker.ts). */
   warm: boolean;
 }
@@ -42,6 +44,7 @@ const FLAGS = [
   "backend",
   "queue-capacity",
   "max-message-bytes",
+  "max-rows",
   "warm",
 ] as const;
 type Flag = (typeof FLAGS)[number];
@@ -99,6 +102,7 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     backend,
     queueCapacity: int("queue-capacity", 64, 0) as number,
     maxMessageBytes: int("max-message-bytes", 256 * 1024 * 1024, 1024) as number,
+    maxRows: int("max-rows", undefined, 1),
     warm: warm === "true",
   };
 }

@@ -82,7 +82,15 @@ class DeviceLike implements ExpertBackend {
   }
 }
 
-function coreOver(backend: ExpertBackend, d = D, f = F, weights: "float32" | "bfloat16" = "float32", maxRows?: number) {
+function coreOver(
+  backend: ExpertBackend,
+  d = D,
+  f = F,
+  weights: "float32" | "bfloat16" = "float32",
+  maxRows?: number,
+  /** Experts whose checkpoint read fails (a damaged checkpoint). */
+  unreadable: readonly number[] = [],
+) {
   const source: ExpertSource = {
     layers: 2,
     experts: E,
@@ -90,7 +98,10 @@ function coreOver(backend: ExpertBackend, d = D, f = F, weights: "float32" | "bf
     intermediateSize: f,
     isMoeLayer: () => true,
     // the same weights for a (layer, expert) in every core of the test
-    readExpert: async (layer, expert) => randomExpert(d, f, weights, rng(100 + 10 * layer + expert)),
+    readExpert: async (layer, expert) => {
+      if (unreadable.includes(expert)) throw new Error(`layer ${layer} expert ${expert}: checkpoint read failed`);
+      return randomExpert(d, f, weights, rng(100 + 10 * layer + expert));
+    },
   };
   const metrics = new WorkerMetrics({ pool: "p", worker: "w" });
   const cache = new ResidencyCache({
@@ -225,6 +236,50 @@ describe("WorkerCore: queued batches of a layer share a backend run", () => {
       const { core: plain } = coreOver(alone);
       for (let i = 0; i < list.length; i++) expect(got[i]).toEqual(answer(await plain.runBatch(list[i])));
     }
+  });
+
+  it("fails only the batches that need an expert that cannot be loaded, not those merged with them", async () => {
+    const merging = new DeviceLike(true);
+    const { core } = coreOver(merging, D, F, "float32", undefined, [3]);
+    const over = (id: number, experts: number[]) => {
+      const b = batch(id, { rows: 4 });
+      b.slices = experts.map((expert, i) => ({ expert, offset: i, count: 1 }));
+      return b;
+    };
+    merging.hold();
+    const first = core.runBatch(over(50, [0]));
+    const broken = core.runBatch(over(51, [0, 3]));
+    const fine = core.runBatch(over(52, [1, 2]));
+    await new Promise((r) => setTimeout(r, 10));
+    merging.open();
+    await first;
+    await expect(broken).rejects.toThrow("expert 3: checkpoint read failed");
+    const alone = new DeviceLike(false);
+    expect(answer(await fine)).toEqual(answer(await coreOver(alone).core.runBatch(over(52, [1, 2]))));
+  });
+
+  it("fails only a batch that needs more experts than the device's slots, not those merged with it", async () => {
+    // every GPU slot pinned at once still cannot hold batch 61's four experts: it fails alone (the CUDA backend
+    // refuses it), and so must not take batch 62 down with it
+    class Slotted extends DeviceLike {
+      override async run(req: RunRequest): Promise<Uint8Array> {
+        const n = new Set(req.slices.map((s) => s.expert)).size;
+        if (n > 2) throw new Error(`GPU expert cache: a batch needs ${n} experts but the cache has 2 slots`);
+        return super.run(req);
+      }
+    }
+    const merging = new Slotted(true, 2);
+    const { core } = coreOver(merging);
+    merging.hold();
+    const first = core.runBatch(batch(60, { rows: 2 }));
+    const big = core.runBatch(batch(61, { rows: 4 }));
+    const small = core.runBatch(batch(62, { rows: 2 }));
+    await new Promise((r) => setTimeout(r, 10));
+    merging.open();
+    await first;
+    await expect(big).rejects.toThrow("needs 4 experts");
+    const alone = new DeviceLike(false);
+    expect(answer(await small)).toEqual(answer(await coreOver(alone).core.runBatch(batch(62, { rows: 2 }))));
   });
 
   it("answers a merged batch whose caller gave up at once, and the others as they run alone", async () => {

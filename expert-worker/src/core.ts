@@ -50,6 +50,12 @@ interface PartResult {
   computeMs: number;
 }
 
+/**
+ * A merged run answers each batch on its own: a batch whose expert cannot be loaded, or whose own backend run fails,
+ * gets that error while the batches merged with it still get their results.
+ */
+type PartOutcome = PartResult | { error: unknown };
+
 /** Rows a merged run may hold (WorkQueue.submitMergeable's limit), unless CoreOptions.maxMergeRows says otherwise. */
 export const DEFAULT_MAX_MERGE_ROWS = 4096;
 
@@ -93,6 +99,7 @@ export class WorkerCore {
       experts: source.experts,
       sharedSlices: source.sharedSlices,
       hiddenSize: source.hiddenSize,
+      isMoeLayer: (layer) => source.isMoeLayer(layer),
       serves: (layer, expert) => this.serves(layer, expert),
       maxRows: o.maxRows,
     };
@@ -107,8 +114,6 @@ export class WorkerCore {
     const started = performance.now();
     const { metrics, cache, backend, queue } = this.o;
     const b = validateBatch(batch, this.ctx);
-    if (!this.o.source.isMoeLayer(b.layer))
-      throw invalidArgument("layer", `layer ${b.layer} is dense (no routed experts)`);
     const live = b.slices.filter((s) => s.count > 0);
     const onDevice = b.tokenRows !== undefined && backend.takesTokenRows === true;
     const distinct = [...new Set(live.map((s) => s.expert))];
@@ -126,16 +131,18 @@ export class WorkerCore {
     const mode = b.tokenRows === undefined ? "rows" : onDevice ? (b.combine ? "sum" : "token-rows") : undefined;
     const key = backend.mergesBatches && mode ? `${b.layer}/${b.dtype}/${mode}` : undefined;
     const {
-      value: { output, hits, misses, computeMs },
+      value: outcome,
       queueWaitMs,
       merged,
-    } = await queue.submitMergeable<BatchPart, PartResult>(
+    } = await queue.submitMergeable<BatchPart, PartOutcome>(
       { part: { b, live, distinct, onDevice }, key, weight: b.rows, signal },
       (parts, sig) => this.runParts(parts, sig),
       // no run above what one batch may hold (--max-rows bounds a run's memory too)
       Math.min(this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS, this.o.maxRows ?? Number.POSITIVE_INFINITY),
     );
+    if ("error" in outcome) throw outcome.error;
     if (merged > 1) metrics.mergedBatches.inc();
+    const { output, hits, misses, computeMs } = outcome;
     // combine: each distinct token's rows summed (FLOAT32) instead of sent back one per expert; here unless the
     // backend summed them on its device
     const sums = b.combine && b.tokenRows;
@@ -185,17 +192,24 @@ export class WorkerCore {
    * of them, then one backend run for as many parts as the device's expert slots can hold at once (a run pins every
    * expert it uses; batches that fit alone must not fail together), each part's answer cut from its run.
    */
-  private async runParts(parts: BatchPart[], sig: AbortSignal | undefined): Promise<PartResult[]> {
+  private async runParts(parts: BatchPart[], sig: AbortSignal | undefined): Promise<PartOutcome[]> {
     const { cache, backend } = this.o;
     const layer = parts[0].b.layer;
     const experts = [...new Set(parts.flatMap((p) => p.distinct))];
     const protect = new Set(experts.map((e) => keyOf(layer, e)));
     const prepared = new Map<number, PreparedExpert>();
     const hit = new Map<number, boolean>();
+    const failed = new Map<BatchPart, unknown>();
     for (const e of experts) {
-      const r = await cache.get(layer, e, protect);
-      hit.set(e, r.hit);
-      prepared.set(e, r.expert);
+      const need = parts.filter((p) => !failed.has(p) && p.distinct.includes(e));
+      if (need.length === 0) continue; // only batches that already failed wanted it
+      try {
+        const r = await cache.get(layer, e, protect);
+        hit.set(e, r.hit);
+        prepared.set(e, r.expert);
+      } catch (err) {
+        for (const p of need) failed.set(p, err);
+      }
       // Loads can be slow (checkpoint read + packing): stop between them when the callers have gone.
       if (sig?.aborted) throw abortError(sig);
     }
@@ -204,6 +218,7 @@ export class WorkerCore {
     let group: BatchPart[] = [];
     let used = new Set<number>();
     for (const p of parts) {
+      if (failed.has(p)) continue;
       const more = p.distinct.filter((e) => !used.has(e));
       if (group.length > 0 && used.size + more.length > slots) {
         groups.push(group);
@@ -213,19 +228,26 @@ export class WorkerCore {
       group.push(p);
       for (const e of p.distinct) used.add(e);
     }
-    groups.push(group);
-    const out: PartResult[] = [];
+    if (group.length > 0) groups.push(group);
+    const done = new Map<BatchPart, PartResult>();
     for (const g of groups) {
-      const results = await this.runMerged(g, prepared, sig);
+      let results: Omit<PartResult, "hits" | "misses">[];
+      try {
+        results = await this.runMerged(g, prepared, sig);
+      } catch (err) {
+        if (sig?.aborted) throw err;
+        for (const p of g) failed.set(p, err);
+        continue;
+      }
       g.forEach((p, i) => {
-        out.push({
+        done.set(p, {
           ...results[i],
           hits: p.distinct.filter((e) => hit.get(e)).length,
           misses: p.distinct.filter((e) => !hit.get(e)).length,
         });
       });
     }
-    return out;
+    return parts.map((p) => done.get(p) ?? { error: failed.get(p) });
   }
 
   /**
@@ -330,7 +352,8 @@ export class WorkerCore {
   async prefetch(pool: string, keys: ExpertKey[]) {
     if (pool && pool !== this.o.pool)
       throw invalidArgument("pool", `this worker serves pool "${this.o.pool}", got "${pool}"`);
-    const ids = this.checkKeys(keys, "experts");
+    // an expert named twice is one expert to load (and one slot), reported once
+    const ids = [...new Map(this.checkKeys(keys, "experts").map((i) => [keyOf(i.layer, i.expert), i])).values()];
     if (ids.length > this.o.cache.capacity)
       throw invalidArgument("experts", `${ids.length} experts exceed the cache capacity of ${this.o.cache.capacity}`);
     const r = await this.o.cache.prefetch(ids);

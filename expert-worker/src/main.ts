@@ -28,6 +28,7 @@ async function main(): Promise<void> {
     backend: flags.backend,
     queueCapacity: flags.queueCapacity,
     maxMessageBytes: flags.maxMessageBytes,
+    maxRows: flags.maxRows,
     warm: flags.warm,
   });
   // A parent that spawned this worker with an IPC channel (the local launcher) learns the bound ports here, so it can

@@ -164,6 +164,15 @@ describe("RunExperts", () => {
     ["slices[0].expert", { slices: [{ expert: 3, offset: 0, count: 1 }] }], // exists, but this worker serves 0-2
     ["row_weights.shape", { rowWeights: encodeTensor(new Float32Array(5), [5], DType.FLOAT32) }],
     ["row_weights.dtype", { rowWeights: encodeTensor(new Float32Array(6), [6], DType.BFLOAT16) }],
+    // a NaN weight would turn its row (and, summed, its token) into NaN that the router passes on silently
+    [
+      "row_weights.data",
+      { rowWeights: encodeTensor(new Float32Array([1, 1, Number.NaN, 1, 1, 1]), [6], DType.FLOAT32) },
+    ],
+    [
+      "row_weights.data",
+      { rowWeights: encodeTensor(new Float32Array([1, 1, 1, 1, 1, Number.NEGATIVE_INFINITY]), [6], DType.FLOAT32) },
+    ],
     // deduplicated batches: 3 distinct tokens read by the 6 assignment rows
     ["token_rows[4]", { tokens: tokensOf(3, 1), tokenRows: [0, 1, 2, 0, 3, 1] }],
     ["combine", { combine: true }],
@@ -300,6 +309,15 @@ describe("Prefetch, Evict, Status, health, metrics", () => {
     )) as ServiceError;
     expect(err.code).toBe(status.INVALID_ARGUMENT);
     expect(err.details).toMatch(/^experts\[0\]\.expert: /);
+    // an expert named twice is one expert: both fit the cache of 2, each reported once
+    const [a, b] = [
+      { layer: 1, expert: 1 },
+      { layer: 1, expert: 2 },
+    ];
+    await call(client.evict.bind(client), { pool: "p", experts: [a, b] });
+    const twice = await call(client.prefetch.bind(client), { pool: "p", experts: [a, b, a, b] });
+    expect(twice.loaded).toEqual([a, b]);
+    expect(twice.alreadyResident).toEqual([]);
   });
 
   it("serves grpc.health.v1 and Prometheus metrics with the contract names", async () => {

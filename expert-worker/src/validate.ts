@@ -18,6 +18,8 @@ export interface BatchContext {
   /** The shared expert's slices, served as expert ids [experts, experts + sharedSlices) (0 = none). */
   sharedSlices?: number;
   hiddenSize: number;
+  /** Layers that have routed experts (DeepSeek-V3's first layers are dense). */
+  isMoeLayer: (layer: number) => boolean;
   /** Whether this worker may load (layer, expert): its share of the placement plan. */
   serves: (layer: number, expert: number) => boolean;
   /** Upper bound on rows per batch (protects memory); default unlimited. */
@@ -57,6 +59,8 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
     throw invalidArgument("pool", `this worker serves pool "${ctx.pool}", got "${b.pool}"`);
   if (!Number.isInteger(b.layer) || b.layer < 0 || b.layer >= ctx.layers)
     throw invalidArgument("layer", `out of range: ${b.layer} (model has ${ctx.layers} layers)`);
+  // before the slices: their experts would otherwise be refused as "not served", hiding what is wrong
+  if (!ctx.isMoeLayer(b.layer)) throw invalidArgument("layer", `layer ${b.layer} is dense (no routed experts)`);
 
   const t = b.tokens;
   if (!t) throw invalidArgument("tokens", "required");
@@ -76,6 +80,14 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
     throw invalidArgument("tokens.shape[0]", `${distinct} rows exceed this worker's limit of ${ctx.maxRows}`);
   if (ctx.maxRows !== undefined && rows > ctx.maxRows)
     throw invalidArgument("token_rows", `${rows} rows exceed this worker's limit of ${ctx.maxRows}`);
+  // A token has at most one assignment row per expert, shared slices included. Past that, a small message (one
+  // token, millions of token_rows) would expand into gigabytes of gathered rows and output.
+  const perToken = ctx.experts + (ctx.sharedSlices ?? 0);
+  if (deduped && rows > distinct * perToken)
+    throw invalidArgument(
+      "token_rows",
+      `${rows} assignment rows for ${distinct} tokens: a token has at most ${perToken} (one per expert)`,
+    );
   let tokenRows: Uint32Array | undefined;
   if (deduped) {
     tokenRows = new Uint32Array(rows);
@@ -137,6 +149,11 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
       throw invalidArgument("row_weights.data", `expected ${rows * 4} bytes, got ${w.data?.byteLength ?? 0}`);
     // Copy: the native kernel reads it on another thread while grpc-js may reuse the message buffer.
     rowWeights = bytesToFloat32(w.data, DType.FLOAT32, true);
+    // A NaN or infinite weight makes its row NaN, and through combine's sum (which scales even rows in no slice)
+    // its whole token: refuse it here rather than hand the router poisoned hidden states.
+    for (let i = 0; i < rows; i++)
+      if (!Number.isFinite(rowWeights[i]))
+        throw invalidArgument("row_weights.data", `the weight of row ${i} must be finite, got ${rowWeights[i]}`);
   }
   return {
     layer: b.layer,

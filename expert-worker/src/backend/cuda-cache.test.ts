@@ -168,6 +168,40 @@ describe("GpuSlotCache", () => {
     expect(uploads).toHaveLength(2);
   });
 
+  it("a batch whose uploads failed lets go of its own pins only, not those of a batch that re-uploaded them", async () => {
+    // uploads settled by hand: A's two fail together, which frees the two slots B waits for
+    const pending = new Map<string, { resolve: (n: number) => void; reject: (e: Error) => void }>();
+    const cache = new GpuSlotCache(
+      3,
+      new LruPolicy(),
+      (_slot, e: { cacheKey: string }) =>
+        new Promise<number>((resolve, reject) => pending.set(e.cacheKey, { resolve, reject })),
+    );
+    const settle = (k: string, err?: Error) => (err ? pending.get(k)?.reject(err) : pending.get(k)?.resolve(100));
+    const [z, x, w, v, q] = ["z", "x", "w", "v", "q"].map(ex);
+    const d = cache.acquire([z]);
+    settle("z");
+    await d; // D keeps z pinned
+    const a = cache.acquire([x, w]);
+    const b = cache.acquire([x, v]); // x is A's (loading), v finds no slot: B waits
+    settle("x", new Error("upload x failed"));
+    settle("w", new Error("upload w failed"));
+    await expect(a).rejects.toThrow("upload x failed");
+    await new Promise((r) => setTimeout(r, 0));
+    settle("x"); // B's own upload of x, into a slot A's failure freed
+    settle("v");
+    const slots = await b;
+    // B holds x and v: a batch needing another expert finds every slot pinned and waits, evicting nothing
+    const c = cache.acquire([q]);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(pending.has("q")).toBe(false);
+    expect([cache.slotOf(x), cache.slotOf(v)]).toEqual(slots);
+    cache.release([x, v]);
+    await new Promise((r) => setTimeout(r, 0));
+    settle("q");
+    expect(await c).toHaveLength(1);
+  });
+
   it("prefetch loads ahead without pinning, and the later acquire is a hit", async () => {
     const { cache } = harness(2);
     await cache.prefetch([ex("a"), ex("b")]);

@@ -85,7 +85,7 @@ export class GpuSlotCache<E extends SlotKeyed> {
           }
         }
       } catch (err) {
-        for (const p of pinned) this.unpin(p.expert.cacheKey);
+        for (const p of pinned) this.unpinEntry(p);
         if (!(err instanceof SlotsBusy) || !this.anyHeld()) throw err;
         await this.released(signal);
         continue;
@@ -93,7 +93,9 @@ export class GpuSlotCache<E extends SlotKeyed> {
       try {
         await Promise.all(pinned.map((p) => p.loading));
       } catch (err) {
-        for (const p of pinned) this.unpin(p.expert.cacheKey);
+        // By entry, not key: a failed upload dropped its entry, and a batch woken by the freed slot may already
+        // have pinned a new one under the same key.
+        for (const p of pinned) this.unpinEntry(p);
         throw err;
       }
       for (const e of distinct) {
@@ -174,7 +176,11 @@ export class GpuSlotCache<E extends SlotKeyed> {
 
   private unpin(key: string): void {
     const e = this.entries.get(key);
-    if (e && e.pins > 0 && --e.pins === 0) this.wake();
+    if (e) this.unpinEntry(e);
+  }
+
+  private unpinEntry(e: Entry<E>): void {
+    if (e.pins > 0 && --e.pins === 0) this.wake();
   }
 
   /** Whether a slot is pinned or loading: something a waiting acquire() can wait for. */
