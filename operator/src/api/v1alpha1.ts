@@ -7,6 +7,13 @@ export const VERSION = "v1alpha1";
 export const API_VERSION = `${GROUP}/${VERSION}`;
 
 const DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+// Label keys and values as core/v1 validates them (a qualified name: optional DNS-subdomain prefix, then a name of
+// at most 63). The operator copies these into the worker pod template; a pool the API server would accept but
+// whose StatefulSet it would refuse would never get workers. No backslashes: the key pattern also goes into CEL.
+const QUALIFIED_NAME =
+  "([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?";
+const LABEL_VALUE = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 
 // ---------- shared pieces ----------
 
@@ -33,13 +40,42 @@ const conditions = arr("Observed conditions, keyed by type.", conditionSchema, {
   listMapKeys: ["type"],
 });
 
-const tolerationSchema = obj("A core/v1 Toleration copied onto worker pods.", {
-  key: str("Taint key the toleration applies to; empty matches all keys.", { maxLength: 316 }),
-  operator: enm("Exists or Equal (default Equal).", ["Exists", "Equal"] as const),
-  value: str("Taint value the toleration matches (operator Equal).", { maxLength: 63 }),
-  effect: enm("Taint effect to match; empty matches all.", ["NoSchedule", "PreferNoSchedule", "NoExecute"] as const),
-  tolerationSeconds: int("For NoExecute: how long the pod stays bound after the taint appears.", { format: "int64" }),
-});
+const tolerationSchema = obj(
+  "A core/v1 Toleration copied onto worker pods.",
+  {
+    key: str("Taint key the toleration applies to; empty matches all keys (operator Exists).", {
+      maxLength: 316,
+      pattern: `^(${QUALIFIED_NAME})?$`,
+    }),
+    operator: enm("Exists or Equal (default Equal).", ["Exists", "Equal"] as const),
+    value: str("Taint value the toleration matches (operator Equal; empty with Exists).", {
+      maxLength: 63,
+      pattern: LABEL_VALUE,
+    }),
+    effect: enm("Taint effect to match; empty matches all.", ["NoSchedule", "PreferNoSchedule", "NoExecute"] as const),
+    tolerationSeconds: int("For NoExecute: how long the pod stays bound after the taint appears.", { format: "int64" }),
+  },
+  {
+    // core/v1's own checks of a Toleration, which would otherwise surface only as a refused StatefulSet.
+    validations: [
+      {
+        rule: "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        message: "worker.tolerations: value must be empty when operator is Exists",
+        fieldPath: ".value",
+      },
+      {
+        rule: "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+        message: "worker.tolerations: operator must be Exists when key is empty (that matches every taint)",
+        fieldPath: ".operator",
+      },
+      {
+        rule: "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+        message: "worker.tolerations: tolerationSeconds needs effect NoExecute",
+        fieldPath: ".tolerationSeconds",
+      },
+    ],
+  },
+);
 export type Toleration = Infer<typeof tolerationSchema>;
 
 const resourceList = (what: string) =>
@@ -154,13 +190,23 @@ export const workerSchema = obj(
       requests: resourceList("Requests"),
       limits: resourceList("Limits"),
     }),
-    nodeSelector: map("Node labels the worker pods must match.", str("Label value.", { maxLength: 63 }), {
-      maxProperties: 32,
-    }),
+    nodeSelector: map(
+      "Node labels the worker pods must match.",
+      str("Label value.", { maxLength: 63, pattern: LABEL_VALUE }),
+      {
+        maxProperties: 32,
+        validations: [
+          {
+            rule: `self.all(k, k.size() <= 317 && k.matches('^${QUALIFIED_NAME}$'))`,
+            message: "worker.nodeSelector keys must be label keys ([prefix/]name, name at most 63 characters)",
+          },
+        ],
+      },
+    ),
     tolerations: arr("Tolerations added to the worker pods (GPU nodes are often tainted).", tolerationSchema, {
       maxItems: 32,
     }),
-    priorityClassName: str("PriorityClass of the worker pods.", { maxLength: 253 }),
+    priorityClassName: str("PriorityClass of the worker pods.", { maxLength: 253, pattern: DNS_SUBDOMAIN }),
   },
   {
     default: {},

@@ -133,6 +133,17 @@ describe("desiredStatefulSet", () => {
     expect(cacheCapacity(testPool({ replicas: 2, placement: { redundantExperts: 2 } }))).toBe(20);
     expect(cacheCapacity(testPool({ cache: { residentExperts: 7, hostTier: { enabled: true } } }))).toBe(7);
   });
+
+  it("default cache capacity holds the largest share of a contiguous layout, not the mean", () => {
+    for (const redundantExperts of [0, 2]) {
+      const pool = testPool({ replicas: 3, placement: { strategy: "contiguous", redundantExperts } });
+      const r = desiredPlan(pool, undefined);
+      if (!r.ok) throw new Error(r.message);
+      expect(cacheCapacity(pool)).toBeGreaterThanOrEqual(Math.max(...r.stats.slotsPerWorker));
+    }
+    // Without redundant copies the share does not depend on load: exactly the largest one (3 experts × 4 layers).
+    expect(cacheCapacity(testPool({ replicas: 3, placement: { strategy: "contiguous" } }))).toBe(12);
+  });
 });
 
 describe("desiredPlan", () => {
@@ -157,6 +168,20 @@ describe("desiredPlan", () => {
     const r = desiredPlan(pool, undefined);
     expect(r.ok).toBe(false);
     expect(!r.ok && r.message).toMatch(/^capacityPerWorker: 3 slots per worker cannot hold/);
+  });
+
+  it("reports a contiguous layout that puts more copies on a worker than its cache holds", () => {
+    // 4 layers x 8 experts on 3 workers: 11 slots each hold the 32 copies on average, but expert e mod 3 gives
+    // workers 0 and 1 three experts a layer (12 in all).
+    const pool = testPool({ replicas: 3, cache: { residentExperts: 11 }, placement: { strategy: "contiguous" } });
+    const r = desiredPlan(pool, undefined);
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.message).toMatch(/^cache\.residentExperts: .*mix-0.* 12 /);
+    // Room for the largest share: published.
+    expect(desiredPlan(testPool({ ...pool.spec, cache: { residentExperts: 12 } }), undefined).ok).toBe(true);
+    // A host tier holds the rest: the cache size is soft.
+    const soft = testPool({ ...pool.spec, cache: { residentExperts: 11, hostTier: { enabled: true } } });
+    expect(desiredPlan(soft, undefined).ok).toBe(true);
   });
 
   it("ignores an unreadable plan ConfigMap", () => {

@@ -107,8 +107,15 @@ export function cacheCapacity(pool: ExpertPool): number {
   if (spec.cache.residentExperts !== undefined) return spec.cache.residentExperts;
   // The shared slices are placed like experts, so each worker's share includes them.
   const experts = spec.model.experts + sharedSlicesOf(spec.model, spec.placement);
-  const slots = spec.model.layers * (experts + spec.placement.redundantExperts);
-  return Math.max(1, Math.ceil(slots / Math.max(1, spec.replicas)));
+  const replicas = Math.max(1, spec.replicas);
+  const redundant = spec.placement.redundantExperts;
+  if (spec.placement.strategy === "contiguous") {
+    // Expert e on worker e mod replicas: the first workers get ceil(experts / replicas) a layer, not the mean; a
+    // redundant copy adds at most one to a worker (which copies go where follows the load, so bound it).
+    return Math.max(1, spec.model.layers * Math.min(experts, Math.ceil(experts / replicas) + redundant));
+  }
+  const slots = spec.model.layers * (experts + redundant);
+  return Math.max(1, Math.ceil(slots / replicas));
 }
 
 /** Short hash of the model section: a change in it must roll the workers even when no flag changes. */
@@ -330,6 +337,19 @@ export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefine
       previous,
       endpoints: Object.fromEntries(workers.map((w) => [w, workerAddress(name, ns, w)])),
     });
+    // The planner checks the cache against the mean share only; the contiguous layout (expert e on worker
+    // e mod replicas) gives some workers more than that, and a worker whose share outgrows its cache would thrash.
+    const capacity = spec.cache.residentExperts;
+    if (capacity !== undefined && !spec.cache.hostTier.enabled) {
+      const most = Math.max(0, ...stats.slotsPerWorker);
+      if (most > capacity) {
+        const w = workers[stats.slotsPerWorker.indexOf(most)];
+        return {
+          ok: false,
+          message: `cache.residentExperts: worker ${w} is planned ${most} expert copies, more than its ${capacity} slots (strategy ${spec.placement.strategy}); raise cache.residentExperts or enable cache.hostTier`,
+        };
+      }
+    }
     return { ok: true, plan, stats, configMap: planConfigMap(pool, plan) };
   } catch (e) {
     if (e instanceof PlacementError) return { ok: false, message: e.message };

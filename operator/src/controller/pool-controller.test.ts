@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 import type { ExpertPool } from "../api/v1alpha1.js";
 import type { Informer } from "../runtime/informer.js";
-import type { Kube } from "../runtime/kube.js";
+import { type Kube, KubeError } from "../runtime/kube.js";
 import { RecentWrites } from "../runtime/recent.js";
 import { testPool } from "./fixtures.js";
 import { type PoolCaches, type PoolControllerDeps, PoolReconciler } from "./pool-controller.js";
@@ -37,19 +37,27 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
   caches.pools.put(pool);
   const applies: string[] = [];
   const events: string[] = [];
+  // What the "server" refuses (validation, admission): an error for that path, else undefined.
+  const server = {
+    refuse: (_path: string): Error | undefined => undefined,
+    // The pools' watch trails the status writes: the cache keeps the pool as it was.
+    statusLags: false,
+  };
   // The "server": an apply merges into the stored object (server defaults stand in as an extra field) and the
   // watch delivers it to the cache.
   const kube = {
     apply: async (path: string, body: Obj & { status?: unknown }) => {
       applies.push(path);
+      const refused = server.refuse(path);
+      if (refused) throw refused;
       const name = body.metadata?.name as string;
       const ns = body.metadata?.namespace as string;
       const meta = { ...body.metadata, resourceVersion: String(++rv) };
       if (path.endsWith("/status")) {
         const p = { ...(caches.pools.get(ns, name) as ExpertPool), status: body.status } as ExpertPool;
         p.metadata = { ...p.metadata, resourceVersion: meta.resourceVersion };
-        caches.pools.put(p);
-        return p;
+        if (!server.statusLags) caches.pools.put(p);
+        return structuredClone(p);
       }
       const cache = path.includes("statefulsets")
         ? caches.statefulSets
@@ -74,7 +82,7 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
     now: () => "2026-01-01T00:00:00Z",
     ...extra,
   });
-  return { caches, applies, events, rec };
+  return { caches, applies, events, rec, server };
 }
 
 describe("PoolReconciler", () => {
@@ -113,6 +121,64 @@ describe("PoolReconciler", () => {
     expect(plan.version).toBe(2);
     expect(plan.workers).toEqual(["mix-0", "mix-1", "mix-2"]);
     expect(h.events).toContain("Normal PlanPublished");
+  });
+
+  it("a child the API server refuses is reported as Degraded in status, and the pass still fails (retry)", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    const message =
+      'StatefulSet.apps "mix" is invalid: spec.template.spec.tolerations[0].operator: Invalid value: "Exists": value must be empty when `operator` is \'Exists\'';
+    h.server.refuse = (path) =>
+      path.includes("/statefulsets/")
+        ? new KubeError(422, "Invalid", `PATCH ${path}: 422 Invalid: ${message}`, { message })
+        : undefined;
+    await expect(h.rec.reconcile("ns/mix")).rejects.toThrow(/422 Invalid/);
+    const status = h.caches.pools.get("ns", "mix")?.status;
+    const degraded = status?.conditions?.find((c) => c.type === "Degraded");
+    expect(degraded).toMatchObject({ status: "True", reason: "ApplyFailed" });
+    expect(degraded?.message).toContain("StatefulSet mix: ");
+    expect(degraded?.message).toContain(message);
+    expect(status?.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "ApplyFailed",
+    });
+    expect(status?.observedGeneration).toBe(1);
+    expect(h.events).toContain("Warning ApplyFailed");
+    // The retry finds the same refusal: no second status write, no second event.
+    h.applies.length = 0;
+    await expect(h.rec.reconcile("ns/mix")).rejects.toThrow(/422 Invalid/);
+    expect(h.applies).toEqual(["/apis/apps/v1/namespaces/ns/statefulsets/mix"]);
+    expect(h.events.filter((e) => e === "Warning ApplyFailed")).toHaveLength(1);
+    // Once the server takes it (the spec was fixed), the pass succeeds and Degraded clears.
+    h.server.refuse = () => undefined;
+    await h.rec.reconcile("ns/mix");
+    const after = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
+    expect(after).toMatchObject({ status: "False", reason: "AsExpected" });
+  });
+
+  it("a pass before the cache has seen its last status write neither writes it again nor repeats its events", async () => {
+    let now = "2026-01-01T00:00:00Z";
+    const h = harness(testPool({ replicas: 2 }), { now: () => now });
+    await h.rec.reconcile("ns/mix");
+    // The workers come up; from here on the pools' watch trails our status writes.
+    const sts = h.caches.statefulSets.get("ns", "mix") as Obj & Record<string, unknown>;
+    const status = { replicas: 2, readyReplicas: 2, updatedReplicas: 2, observedGeneration: 1 };
+    h.caches.statefulSets.put({
+      ...sts,
+      metadata: { ...sts.metadata, generation: 1, resourceVersion: "900" },
+      status: { ...status, currentRevision: "a", updateRevision: "a" },
+    } as Obj);
+    h.server.statusLags = true;
+    now = "2026-01-01T00:00:10Z";
+    h.applies.length = 0;
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual(["/apis/switchyard.dev/v1alpha1/namespaces/ns/expertpools/mix/status"]);
+    expect(h.events).toContain("Normal Ready");
+    h.applies.length = 0;
+    h.events.length = 0;
+    now = "2026-01-01T00:00:15Z"; // a pod event 5 s later, the pool in the cache still without that status
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual([]);
+    expect(h.events).toEqual([]);
   });
 
   it("a pool that is gone or being deleted gets no writes", async () => {

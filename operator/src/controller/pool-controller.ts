@@ -11,7 +11,7 @@ import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
 import type { Result } from "../runtime/controller.js";
 import type { EventRecorder } from "../runtime/events.js";
 import type { Informer } from "../runtime/informer.js";
-import { type Kube, type KubeObject, paths } from "../runtime/kube.js";
+import { type Kube, KubeError, type KubeObject, paths } from "../runtime/kube.js";
 import { type FetchLike, promInstantQuery } from "../runtime/prometheus.js";
 import type { RecentWrites } from "../runtime/recent.js";
 import { needsApply } from "./compare.js";
@@ -192,19 +192,41 @@ export class PoolReconciler {
 
     // 2. The three children are independent objects: apply them concurrently (one round trip, not three).
     // No StatefulSet without a plan: its workers would start with nothing to load.
+    // A child the API server refuses (its validation of a pod template built from the spec, admission, quota) is
+    // written to status before the pass fails: otherwise the pool would sit there with no word of why.
+    const refusals: { error: KubeError; message: string }[] = [];
+    const refusable = <T>(kind: string, childName: string, p: Promise<T>) =>
+      p.catch((e: unknown) => {
+        if (!(e instanceof KubeError) || ![400, 403, 422].includes(e.code)) throw e;
+        const said = typeof e.status?.message === "string" ? e.status.message : e.message;
+        refusals.push({ error: e, message: `${kind} ${childName}: ${said}` });
+        return undefined;
+      });
     let sts = recent.pick("StatefulSet", ns, statefulSetName(name), caches.statefulSets.get(ns, statefulSetName(name)));
     const [, , wroteSts] = await Promise.all([
       plan.ok
-        ? this.applyIfChanged("ConfigMap", paths.configMaps(ns), plan.configMap as KubeObject, liveCm)
+        ? refusable(
+            "ConfigMap",
+            cmName,
+            this.applyIfChanged("ConfigMap", paths.configMaps(ns), plan.configMap as KubeObject, liveCm),
+          )
         : undefined,
-      this.applyIfChanged(
+      refusable(
         "Service",
-        paths.services(ns),
-        desiredService(pool) as KubeObject,
-        recent.pick("Service", ns, serviceName(name), caches.services.get(ns, serviceName(name))),
+        serviceName(name),
+        this.applyIfChanged(
+          "Service",
+          paths.services(ns),
+          desiredService(pool) as KubeObject,
+          recent.pick("Service", ns, serviceName(name), caches.services.get(ns, serviceName(name))),
+        ),
       ),
       plan.ok
-        ? this.applyIfChanged("StatefulSet", paths.statefulSets(ns), desiredStatefulSet(pool) as KubeObject, sts)
+        ? refusable(
+            "StatefulSet",
+            statefulSetName(name),
+            this.applyIfChanged("StatefulSet", paths.statefulSets(ns), desiredStatefulSet(pool) as KubeObject, sts),
+          )
         : undefined,
     ]);
     if (wroteSts) sts = wroteSts as typeof sts;
@@ -228,14 +250,17 @@ export class PoolReconciler {
 
     // 3. Status from observation.
     const pods = caches.pods.list(ns).filter((p) => p.metadata?.labels?.[POOL_LABEL] === name);
+    // The status to build on is the last one written, which the cache may not have yet: rebuilding from an older
+    // one would move lastTransitionTime, write again and repeat the transition's event.
+    const current = recent.pick("ExpertPool", ns, name, pool);
     const { status, transitions } = buildPoolStatus({
-      pool,
+      pool: { ...pool, status: current?.status },
       statefulSet: sts,
       pods,
       plan: planInfo,
+      refused: refusals.map((r) => r.message),
       now: this.nowString(),
     });
-    const current = recent.pick("ExpertPool", ns, name, pool);
     if (!statusEqual(current?.status, status)) {
       try {
         const out = await kube.apply<ExpertPool & KubeObject>(
@@ -270,6 +295,9 @@ export class PoolReconciler {
         }
       }
     }
+    // Retried with backoff: the refusal may not be the spec's fault (a webhook, a quota), and a spec edit comes
+    // through the watch anyway.
+    if (refusals.length > 0) throw refusals[0].error;
     return result;
   }
 

@@ -159,6 +159,39 @@ describe("buildPoolStatus", () => {
     expect(cond(b, "Ready")).toMatchObject({ status: "False", reason: "PlacementFailed" });
   });
 
+  it("a crash-looping worker stays Degraded between its restarts, not only while it waits in back-off", () => {
+    const pool = testPool();
+    const worker = (state: object, ready: boolean) =>
+      ({
+        metadata: { name: "mix-0" },
+        status: {
+          phase: "Running",
+          containerStatuses: [
+            {
+              name: "worker",
+              ready,
+              restartCount: 4,
+              state,
+              lastState: { terminated: { exitCode: 1, reason: "Error" } },
+            } as never,
+          ],
+        },
+      }) as V1Pod;
+    const waiting = worker({ waiting: { reason: "CrashLoopBackOff" } }, false);
+    const restarted = worker({ running: { startedAt: "2026-01-01T00:00:05Z" } }, false);
+    const first = buildPoolStatus({ pool, statefulSet: sts(2, 1), pods: [waiting], plan: planOf(pool), now });
+    expect(cond(first.status, "Degraded")).toMatchObject({ status: "True", reason: "WorkerFailing" });
+    pool.status = first.status;
+    const next = buildPoolStatus({ pool, statefulSet: sts(2, 1), pods: [restarted], plan: planOf(pool), now });
+    expect(cond(next.status, "Degraded")).toMatchObject({ status: "True", reason: "WorkerFailing" });
+    expect(cond(next.status, "Degraded")?.message).toContain("exit code 1 (Error)");
+    expect(next.transitions.filter((t) => t.type === "Degraded")).toEqual([]); // no new Warning event per restart
+    // Ready again after a restart: the old crash is history, not a failure.
+    const healed = worker({ running: { startedAt: "2026-01-01T00:00:05Z" } }, true);
+    const ok = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: [healed], plan: planOf(pool), now }).status;
+    expect(cond(ok, "Degraded")).toMatchObject({ status: "False" });
+  });
+
   it("rebuilding from the same observation gives an identical status (no write) and no transitions", () => {
     const pool = testPool();
     const first = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: [], plan: planOf(pool), now }).status;

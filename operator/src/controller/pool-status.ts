@@ -19,6 +19,8 @@ export interface PoolObservation {
         rebalance?: NonNullable<ExpertPoolStatus["placement"]>["rebalance"];
       }
     | { error: string };
+  /** Children the API server refused to take this pass ("Kind name: its message"). */
+  refused?: string[];
   now: string;
 }
 
@@ -55,6 +57,15 @@ export function podProblems(pods: V1Pod[]): { unschedulable?: Problem; failing?:
       ) {
         failing = { reason: "WorkerFailing", message: `pod ${name} container ${cs.name}: ${waiting}` };
       }
+      // Between back-offs a crash-looping container runs (not ready) until it dies again: still failing, or
+      // Degraded would flap (and warn) on every restart.
+      const last = cs.lastState?.terminated;
+      if (!failing && last && !cs.ready && (cs.restartCount ?? 0) > 0) {
+        failing = {
+          reason: "WorkerFailing",
+          message: `pod ${name} container ${cs.name}: not ready since it restarted after exit code ${last.exitCode}${last.reason ? ` (${last.reason})` : ""}`,
+        };
+      }
     }
     if (!failing && pod.status?.phase === "Failed") {
       failing = { reason: "WorkerFailing", message: `pod ${name} failed: ${pod.status.reason ?? "unknown"}` };
@@ -90,6 +101,8 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
 
   if (planError) {
     degraded = { type: "Degraded", status: "True", reason: "PlacementFailed", message: planError };
+  } else if (o.refused?.length) {
+    degraded = { type: "Degraded", status: "True", reason: "ApplyFailed", message: o.refused.join("; ") };
   } else if (problems.failing) {
     degraded = { type: "Degraded", status: "True", ...problems.failing };
   } else {

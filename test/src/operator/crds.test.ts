@@ -88,6 +88,43 @@ const INVALID: [string, unknown, string][] = [
     pool("bad", NS, { placement: { strategy: "contiguous", rebalance: { prometheusUrl: "http://p:9090" } } }),
     "placement.rebalance has no effect with strategy contiguous and redundantExperts 0",
   ],
+  // Pod-template fields the operator copies into the StatefulSet: the API server would refuse that StatefulSet,
+  // long after the pool was accepted, so the pool itself is refused.
+  [
+    "toleration Exists with a value (CEL)",
+    pool("bad", NS, { worker: { tolerations: [{ key: "gpu", operator: "Exists", value: "yes" }] } }),
+    "worker.tolerations: value must be empty when operator is Exists",
+  ],
+  [
+    "toleration without a key that is not Exists (CEL)",
+    pool("bad", NS, { worker: { tolerations: [{ operator: "Equal", value: "yes" }] } }),
+    "worker.tolerations: operator must be Exists when key is empty",
+  ],
+  [
+    "toleration with tolerationSeconds that is not NoExecute (CEL)",
+    pool("bad", NS, { worker: { tolerations: [{ key: "gpu", effect: "NoSchedule", tolerationSeconds: 60 }] } }),
+    "worker.tolerations: tolerationSeconds needs effect NoExecute",
+  ],
+  [
+    "toleration key that is not a label key (schema pattern)",
+    pool("bad", NS, { worker: { tolerations: [{ key: "no spaces", operator: "Exists" }] } }),
+    "spec.worker.tolerations[0].key in body should match",
+  ],
+  [
+    "nodeSelector value that is not a label value (schema pattern)",
+    pool("bad", NS, { worker: { nodeSelector: { "gpu.example.com/model": "H200 SXM" } } }),
+    "spec.worker.nodeSelector.gpu.example.com/model in body should match",
+  ],
+  [
+    "nodeSelector key that is not a label key (CEL)",
+    pool("bad", NS, { worker: { nodeSelector: { "gpu model": "h200" } } }),
+    "worker.nodeSelector keys must be label keys",
+  ],
+  [
+    "priorityClassName that is not a DNS name (schema pattern)",
+    pool("bad", NS, { worker: { priorityClassName: "High_Priority" } }),
+    "spec.worker.priorityClassName in body should match",
+  ],
   ["unknown architecture (schema enum)", withModel({ architecture: "gpt" }), 'Unsupported value: "gpt"'],
   ["zero layers (schema minimum)", withModel({ layers: 0 }), "should be greater than or equal to 1"],
   [
@@ -210,6 +247,22 @@ describeWithCluster(
       }
       const left = await c.kubectl(["get", "expertpools,routingpolicies", "-A", "-o", "name"]);
       expect(left.stdout.trim()).toBe("");
+    });
+
+    it("accepts the tolerations, node selectors and priority classes core/v1 accepts", async () => {
+      const c = cluster();
+      const worker = {
+        tolerations: [
+          { operator: "Exists" },
+          { key: "nvidia.com/gpu", operator: "Exists", effect: "NoSchedule" },
+          { key: "dedicated", value: "moe", effect: "NoExecute", tolerationSeconds: 300 },
+          { key: "example.com/Pool_A.1", operator: "Equal", value: "" },
+        ],
+        nodeSelector: { "nvidia.com/gpu.product": "NVIDIA-H200", "kubernetes.io/hostname": "node_1.a", zone: "" },
+        priorityClassName: "system-node-critical",
+      };
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(pool("tolerant", NS, { worker })) });
+      await c.kubectl(["delete", "xp", "tolerant"]);
     });
 
     it("the shared expert: Workers by default, a width that does not divide is refused naming the field", async () => {

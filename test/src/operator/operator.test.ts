@@ -198,6 +198,27 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await cluster().kubectl(["delete", "xp", "big", "-n", "life"]);
   });
 
+  it("a worker template the API server refuses is reported as Degraded/ApplyFailed with the server's message", async () => {
+    const k = admin();
+    // Passes the CRD (quantities are not compared there), but core/v1 refuses requests above limits.
+    await k.create(
+      XP("life"),
+      pool("refused", "life", { worker: { resources: { requests: { cpu: "2" }, limits: { cpu: "1" } } } }),
+    );
+    let last: Obj | undefined;
+    await waitUntil(
+      async () => {
+        last = await getPool(k, "life", "refused");
+        return cond(last, "Degraded")?.reason === "ApplyFailed";
+      },
+      { timeoutMs: 30_000, what: `refused Degraded/ApplyFailed (${JSON.stringify(last?.status?.conditions)})` },
+    );
+    expect(cond(last, "Degraded")?.message).toMatch(/^StatefulSet refused: .*must be less than or equal to cpu limit/);
+    expect(cond(last, "Ready")).toMatchObject({ status: "False", reason: "ApplyFailed" });
+    expect(last?.status?.observedGeneration).toBe(last?.metadata.generation);
+    await cluster().kubectl(["delete", "xp", "refused", "-n", "life"]);
+  });
+
   it("kubectl scale expertpool/NAME --replicas=N works (scale subresource) and republishes the plan", async () => {
     const c = cluster();
     await c.kubectl(["scale", "-n", "life", "expertpool/a", "--replicas=3"]);
