@@ -4,7 +4,6 @@
 // router's one JavaScript thread, which is what bounds a saturated router (bench/results/h200-moe.md, session of
 // 2026-11-30 07:55 UTC: grpc-js reading requests and writing replies were its two largest items after the flush).
 
-import { setMaxListeners } from "node:events";
 import type { Socket } from "node:net";
 import {
   DataPathError,
@@ -17,6 +16,7 @@ import {
   toRpcError,
   writeFrame,
 } from "@switchyard/protocol";
+import { CallerScope } from "./caller-scope.js";
 import { poolOf, type RequestCounter, serializeResponse } from "./reply.js";
 import type { Router } from "./router.js";
 import { replyPool } from "./wire/buffer-pool.js";
@@ -63,11 +63,10 @@ export function serveRouterDataConnection(
   // Idle engine connections live long; keepalive notices a peer that vanished without a FIN.
   socket.setKeepAlive(true, 30_000);
   // A closed connection's requests end at once (CANCELLED) rather than wait in the queues for nobody.
-  const gone = new AbortController();
-  setMaxListeners(0, gone.signal);
+  const scope = new CallerScope();
   socket.on("close", () => {
     closed = true;
-    gone.abort();
+    scope.close();
   });
   socket.on("end", () => {
     ended = true;
@@ -107,7 +106,7 @@ export function serveRouterDataConnection(
     }
     open++;
     gate();
-    router.forward(req, Number.POSITIVE_INFINITY, gone.signal).then(ok, (err) => {
+    router.forward(req, Number.POSITIVE_INFINITY, scope).then(ok, (err) => {
       open--;
       count(req.pool, "ForwardData", err);
       if (!closed) {

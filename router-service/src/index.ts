@@ -1,5 +1,6 @@
 // Public surface of the router service (tests, the benchmark and embedding applications use these).
 export { type RouterApp, type RouterAppOptions, startRouterApp } from "./app.js";
+export { CallerScope } from "./caller-scope.js";
 export { CheckpointModel, rankExperts } from "./checkpoint-model.js";
 export { type PlacementPlan, type PoolConfig, parsePlan, parseRouterConfig, type RouterConfig } from "./config.js";
 export { combineInto, resultRows } from "./core/combine.js";

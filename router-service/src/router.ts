@@ -21,6 +21,7 @@ import {
   SwitchyardError,
   unavailable,
 } from "@switchyard/protocol";
+import type { CallerScope } from "./caller-scope.js";
 import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
@@ -69,7 +70,7 @@ interface Item extends GateItem {
   deadline: number;
   done: boolean;
   timer: NodeJS.Timeout | null;
-  /** Stops listening to the caller's AbortSignal (forward's `signal`), once the item is finished. */
+  /** Leaves the caller's scope (forward's `scope`) once the item is finished. */
   unlisten: (() => void) | null;
   batchTokens: number;
   batchRequests: number;
@@ -354,14 +355,14 @@ export class Router {
   /**
    * One Forward. `deadline` is absolute (Date.now() ms); the request's timeout_ms, if set and earlier, wins; with
    * neither, DEFAULT_DEADLINE_MS from now.
-   * `signal`: the caller went away (a cancelled call, a closed connection); the request ends CANCELLED at once and,
-   * if still queued, never reaches a worker.
+   * `scope`: the caller's (a gRPC call or stream, a data connection); when it closes, the request ends CANCELLED at
+   * once and, if still queued, never reaches a worker.
    * Rejects with SwitchyardError (INVALID_ARGUMENT naming the field, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE,
    * DEADLINE_EXCEEDED, CANCELLED).
    */
-  forward(req: ForwardRequest, deadline = Number.POSITIVE_INFINITY, signal?: AbortSignal): Promise<ForwardResponse> {
+  forward(req: ForwardRequest, deadline = Number.POSITIVE_INFINITY, scope?: CallerScope): Promise<ForwardResponse> {
     const started = performance.now();
-    if (signal?.aborted) return Promise.reject(cancelled(`cancelled by the caller (pool ${req.pool})`));
+    if (scope?.closed) return Promise.reject(cancelled(`cancelled by the caller (pool ${req.pool})`));
     const p = this.pools.get(req.pool);
     if (!p) {
       return Promise.reject(
@@ -468,12 +469,12 @@ export class Router {
             ),
           Math.max(0, dl - now),
         );
-        if (signal) {
+        if (scope) {
           // As a deadline does: a queued item is skipped by its flush, a dispatched one's results are dropped.
-          const onAbort = () =>
+          const onCancel = () =>
             this.finish(p, item, cancelled(`cancelled by the caller (pool ${p.name}, layer ${req.layer})`));
-          signal.addEventListener("abort", onAbort, { once: true });
-          item.unlisten = () => signal.removeEventListener("abort", onAbort);
+          scope.add(onCancel);
+          item.unlisten = () => scope.delete(onCancel);
         }
         // Numeric key (layer, dtype): no string building per request.
         p.batcher.add(req.layer * 256 + h.dtype, item);

@@ -2,7 +2,7 @@
 // errors inside the reply so one bad request does not tear the stream down), health service, and the HTTP
 // side (/metrics, /healthz, /readyz).
 
-import { type EventEmitter, setMaxListeners } from "node:events";
+import type { EventEmitter } from "node:events";
 import type { Http2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import {
@@ -23,6 +23,7 @@ import {
 } from "@switchyard/protocol";
 import express from "express";
 import { HealthImplementation } from "grpc-health-check";
+import { CallerScope } from "./caller-scope.js";
 import { MAX_IN_FLIGHT_PER_CONNECTION, MAX_QUEUED_REPLY_BYTES, startRouterDataServer } from "./data-server.js";
 import { poolOf, type RequestCounter, requestCounter, serializeResponse } from "./reply.js";
 import type { Router } from "./router.js";
@@ -116,9 +117,9 @@ export function routerHandlers(
     forward(call: ServerUnaryCall<ForwardRequest, ForwardResponse>, cb: sendUnaryData<ForwardResponse>) {
       const req = call.request;
       // A call the client cancels (or whose connection drops) stops waiting in the router's queues.
-      const gone = new AbortController();
-      call.on("cancelled", () => gone.abort());
-      router.forward(req, deadlineOf(call), gone.signal).then(
+      const scope = new CallerScope();
+      call.on("cancelled", () => scope.close());
+      router.forward(req, deadlineOf(call), scope).then(
         (res) => {
           count(req.pool, "Forward", null);
           cb(null, res);
@@ -131,10 +132,9 @@ export function routerHandlers(
     },
     forwardStream(call: ServerDuplexStream<ForwardRequest, ForwardResponse>) {
       const deadline = deadlineOf(call);
-      // Every request of the stream ends when it is cancelled: one listener per request in flight on this signal.
-      const gone = new AbortController();
-      setMaxListeners(0, gone.signal);
-      call.on("cancelled", () => gone.abort());
+      // Every request of the stream ends when it is cancelled.
+      const scope = new CallerScope();
+      call.on("cancelled", () => scope.close());
       let open = 0;
       let ended = false;
       // Replies written and not yet taken by grpc-js: a client that does not read its replies holds them here
@@ -180,7 +180,7 @@ export function routerHandlers(
       call.on("data", (req: ForwardRequest) => {
         open++;
         gate();
-        router.forward(req, deadline, gone.signal).then(ok, (err) => {
+        router.forward(req, deadline, scope).then(ok, (err) => {
           open--;
           count(req.pool, "ForwardStream", err);
           send({ requestId: req.requestId, hidden: undefined, stats: undefined, error: toRpcError(err) });
