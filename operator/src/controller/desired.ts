@@ -337,22 +337,17 @@ export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefine
       previous,
       endpoints: Object.fromEntries(workers.map((w) => [w, workerAddress(name, ns, w)])),
     });
-    // The planner checks the cache against the mean share only; the contiguous layout (expert e on worker
-    // e mod replicas) gives some workers more than that, and a worker whose share outgrows its cache would thrash.
-    const capacity = spec.cache.residentExperts;
-    if (capacity !== undefined && !spec.cache.hostTier.enabled) {
-      const most = Math.max(0, ...stats.slotsPerWorker);
-      if (most > capacity) {
-        const w = workers[stats.slotsPerWorker.indexOf(most)];
-        return {
-          ok: false,
-          message: `cache.residentExperts: worker ${w} is planned ${most} expert copies, more than its ${capacity} slots (strategy ${spec.placement.strategy}); raise cache.residentExperts or enable cache.hostTier`,
-        };
-      }
-    }
     return { ok: true, plan, stats, configMap: planConfigMap(pool, plan) };
   } catch (e) {
-    if (e instanceof PlacementError) return { ok: false, message: e.message };
+    if (e instanceof PlacementError) {
+      // The planner's cache limit is this spec's cache.residentExperts: say so in the pool's own terms.
+      if (e.field === "capacityPerWorker" && e.message.includes("is planned"))
+        return {
+          ok: false,
+          message: `cache.residentExperts: ${e.message.slice("capacityPerWorker: ".length)}; raise cache.residentExperts or enable cache.hostTier`,
+        };
+      return { ok: false, message: e.message };
+    }
     throw e;
   }
 }

@@ -137,6 +137,16 @@ describe("planPlacement", () => {
     const input = { pool: "p", layers: 4, experts: 16, workers: ids(2), capacityPerWorker: 31 };
     expect(() => planPlacement(input)).toThrow(PlacementError);
     expect(() => planPlacement(input)).toThrow(/capacityPerWorker: 31 slots per worker cannot hold/);
+    // The mean share fits, the contiguous layout's first workers do not: 4 layers x 8 experts on 3 workers, 11 slots
+    // each hold 32 copies on average, but expert e mod 3 gives w0 and w1 three experts a layer (12).
+    const contiguous = { pool: "p", layers: 4, experts: 8, workers: ids(3), capacityPerWorker: 11 };
+    expect(() => planPlacement({ ...contiguous, strategy: "contiguous" })).toThrow(
+      /capacityPerWorker: worker \S+ is planned 12 copies, more than its 11 slots \(strategy contiguous\)/,
+    );
+    expect(planPlacement({ ...contiguous, strategy: "balanced" }).stats.slotsPerWorker.every((n) => n <= 11)).toBe(
+      true,
+    );
+    expect(() => planPlacement({ ...contiguous, strategy: "contiguous", capacityIsSoft: true })).not.toThrow();
     expect(planPlacement({ ...input, capacityIsSoft: true }).stats.slotsPerWorker).toEqual([32, 32]);
     expect(() => planPlacement({ ...input, load: [[1]] })).toThrow(/^load: has 1 layers, want 4/);
   });

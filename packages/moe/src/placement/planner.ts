@@ -129,6 +129,19 @@ export function planPlacement(input: PlanInput): PlanResult {
     );
   }
 
+  // The mean share fits (checked above), but a layout need not spread it evenly: contiguous gives expert e to worker
+  // e mod W, so the first workers hold more. A worker whose copies outgrow its cache would thrash.
+  if (W > 0 && input.capacityPerWorker !== undefined && !input.capacityIsSoft) {
+    const held = new Array<number>(W).fill(0);
+    for (const layer of replicas) for (const hs of layer) for (const w of hs) held[w]++;
+    const most = Math.max(...held);
+    if (most > input.capacityPerWorker)
+      throw new PlacementError(
+        "capacityPerWorker",
+        `worker ${workers[held.indexOf(most)]} is planned ${most} copies, more than its ${input.capacityPerWorker} slots (strategy ${strategy})`,
+      );
+  }
+
   const plan: PlacementPlan = { version: 1, pool, workers: [...workers], replicas };
   if (input.endpoints) plan.endpoints = { ...input.endpoints };
   if (prev) {
