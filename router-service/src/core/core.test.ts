@@ -153,6 +153,29 @@ describe("layoutRound", () => {
     ).toBe(0);
   });
 
+  it("measures latency against the fastest replica it may choose, not one that is down, excluded or not serving", () => {
+    const r = routing([[0]], [[1]]);
+    const as = collectAssignments([r]);
+    // w1 and w2 are 10 and 13 ms, only w2 holds the expert: a 0.15 latency penalty against a cache miss of 1.
+    // w0 answered fast (1 ms, errors are fast too) but cannot take the rows: against it the 3 ms gap would cost
+    // 1.5 and outweigh the cache miss.
+    const latencyMs = (w: number) => [1, 10, 13][w];
+    const resident = (w: number) => w === 2;
+    const opts = (v: WorkerLoadView, exclude?: ReadonlySet<number>) => ({
+      layer: 0,
+      replicas: [[0, 1, 2]],
+      workers: 3,
+      chooser: chooser(v),
+      splitTokens: 64,
+      exclude,
+    });
+    const down = view({ latencyMs, resident, healthy: (w) => w !== 0 });
+    expect(layoutRound(as, opts(down)).batches[0].worker).toBe(2);
+    expect(layoutRound(as, opts(view({ latencyMs, resident }), new Set([0]))).batches[0].worker).toBe(2);
+    const notServing = view({ latencyMs, resident, serves: (w) => w !== 0 });
+    expect(layoutRound(as, opts(notServing)).batches[0].worker).toBe(2);
+  });
+
   it("water-fills groups across replicas and splits hot groups", () => {
     const r = routing(
       Array.from({ length: 8 }, (_, t) => [t < 6 ? 0 : 1]),

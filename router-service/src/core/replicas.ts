@@ -2,7 +2,7 @@
 //
 // score(w) = cacheAffinity * (expert not resident on w ? 1 : 0)
 //          + load          * (outstanding(w) + assigned in this flush(w)) / loadScale
-//          + latency       * (latency(w) / fastest candidate latency - 1)
+//          + latency       * (latency(w) / fastest eligible candidate's latency - 1)
 // lowest score wins; ties go to the lower worker index, so the choice is deterministic for a given state.
 // outstanding(w) comes from Prometheus (queue depth) while that signal is fresh, else from the router's own
 // count of tokens in flight to w; latency from Prometheus or the router's EWMA of dispatch round trips.
@@ -61,15 +61,20 @@ function bestReplica(
   servingOnly: boolean,
 ): number {
   const serves = servingOnly ? c.view.serves : undefined;
+  const eligible = (w: number) =>
+    !exclude?.has(w) && c.view.healthy(w) && (!serves || serves.call(c.view, w, layer, expert));
+  // Only replicas that may take the rows set the reference: one that is down, excluded or not serving (often one
+  // that answered errors fast) would otherwise inflate every latency term past the cache and load terms.
   let fastest = Number.POSITIVE_INFINITY;
   for (const w of candidates) {
+    if (!eligible(w)) continue;
     const l = c.view.latencyMs(w);
     if (l > 0 && l < fastest) fastest = l;
   }
   let best = -1;
   let bestScore = Number.POSITIVE_INFINITY;
   for (const w of candidates) {
-    if (exclude?.has(w) || !c.view.healthy(w) || (serves && !serves.call(c.view, w, layer, expert))) continue;
+    if (!eligible(w)) continue;
     let s = 0;
     if (!c.view.resident(w, layer, expert)) s += c.weights.cacheAffinity;
     s += (c.weights.load * (c.view.outstanding(w) + assigned[w])) / c.loadScale;

@@ -1,5 +1,5 @@
 import { resolveRoutingPolicy } from "@switchyard/moe";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { type FetchLike, PrometheusSignals, parseInstantQuery } from "./prometheus.js";
 
 describe("parseInstantQuery", () => {
@@ -60,6 +60,76 @@ describe("PrometheusSignals (fake clock and fetch)", () => {
     now = 1001;
     expect(s.stale).toBe(true);
     expect(s.fresh()).toBeNull();
+  });
+
+  it("keeps one refresh loop when the policy is set while a round is in flight, and stop() ends it", async () => {
+    vi.useFakeTimers();
+    try {
+      let calls = 0;
+      const held: (() => void)[] = [];
+      const fetchImpl: FetchLike = async () => {
+        calls++;
+        if (calls <= 2) await new Promise<void>((r) => held.push(r)); // round 1 hangs (a slow Prometheus)
+        return {
+          ok: true,
+          status: 200,
+          json: async () => ({ status: "success", data: { resultType: "vector", result: [] } }),
+        };
+      };
+      const s = new PrometheusSignals(policy, "p", fetchImpl);
+      s.start();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(held).toHaveLength(2);
+      s.setPolicy(policy); // a config reload sets the policy again (every plan change does)
+      await vi.advanceTimersByTimeAsync(0);
+      for (const r of held) r();
+      await vi.advanceTimersByTimeAsync(0);
+      const before = calls;
+      await vi.advanceTimersByTimeAsync(10 * policy.refreshMs);
+      // 10 refresh periods at 2 queries a round: one loop's worth, not two
+      expect(calls - before).toBeLessThanOrEqual(2 * 10);
+      expect(calls - before).toBeGreaterThanOrEqual(2 * 9);
+      s.stop();
+      const stopped = calls;
+      await vi.advanceTimersByTimeAsync(10 * policy.refreshMs);
+      expect(calls).toBe(stopped);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("starts querying when a reloaded policy turns the signals on, and stops when it turns them off", async () => {
+    vi.useFakeTimers();
+    try {
+      let calls = 0;
+      const fetchImpl: FetchLike = async () => {
+        calls++;
+        return {
+          ok: true,
+          status: 200,
+          json: async () => ({
+            status: "success",
+            data: { resultType: "vector", result: [{ metric: { worker: "w0" }, value: [0, "1"] }] },
+          }),
+        };
+      };
+      const s = new PrometheusSignals(resolveRoutingPolicy({}).loadSignals, "p", fetchImpl);
+      s.start(); // as a pool does when it is created, here without a Prometheus URL
+      await vi.advanceTimersByTimeAsync(10 * policy.refreshMs);
+      expect(calls).toBe(0);
+      s.setPolicy(policy); // the config file now names a Prometheus
+      await vi.advanceTimersByTimeAsync(0);
+      expect(calls).toBeGreaterThan(0);
+      expect(s.fresh()?.queueDepth.get("w0")).toBe(1);
+      s.setPolicy(resolveRoutingPolicy({}).loadSignals);
+      const off = calls;
+      await vi.advanceTimersByTimeAsync(10 * policy.refreshMs);
+      expect(calls).toBe(off);
+      expect(s.stale).toBe(true);
+      s.stop();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("is off (stale, no queries) without a URL", async () => {

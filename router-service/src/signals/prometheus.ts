@@ -54,6 +54,10 @@ export class PrometheusSignals {
   private snapshot: SignalSnapshot = { queueDepth: new Map(), latencyMs: new Map(), at: Number.NEGATIVE_INFINITY };
   private timer: NodeJS.Timeout | null = null;
   private running = false;
+  /** Bumped by stop(): the refresh loop a start() began runs only until then. */
+  private loop = 0;
+  /** start() was called and stop() not since. */
+  private started = false;
   lastError: string | null = null;
   rounds = 0;
   failures = 0;
@@ -80,24 +84,32 @@ export class PrometheusSignals {
   }
 
   setPolicy(policy: LoadSignalsPolicy): void {
-    const restart = this.timer !== null;
+    // Whether the owner started it, not whether a loop runs: a policy without a URL runs none, and a reload that
+    // adds one must start it.
+    const restart = this.started;
     this.stop();
     this.policy = policy;
     if (restart) this.start();
   }
 
   start(): void {
+    this.started = true;
     if (!this.enabled || this.timer) return;
+    const loop = this.loop;
     const tick = async () => {
       if (!this.running) await this.refresh();
-      if (this.timer) this.timer = setTimeout(tick, this.policy.refreshMs);
+      // A tick whose round outlived stop() (setPolicy restarts) must not reschedule: the loop started since
+      // would run beside it, and stop() could no longer reach it.
+      if (this.timer && this.loop === loop) this.timer = setTimeout(tick, this.policy.refreshMs);
     };
     this.timer = setTimeout(tick, 0);
   }
 
   stop(): void {
+    this.started = false;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.loop++;
   }
 
   /** One query round. Resolves (never rejects): a failure leaves the old snapshot to age into staleness. */
