@@ -18,50 +18,56 @@
 {{- end }}
 {{- end }}
 
+{{/*
+A Service's name, <fullname>-<suffix>: a DNS label of at most 63 characters, so the fullname is shortened to make
+room for the suffix (with a 53-character release name the fullname alone is 63). Names that fit are unchanged.
+*/}}
+{{- define "switchyard.serviceName" -}}
+{{- $suffix := printf "-%s" .suffix }}
+{{- printf "%s%s" (include "switchyard.fullname" .root | trunc (int (sub 63 (len $suffix))) | trimSuffix "-") $suffix }}
+{{- end }}
+
 {{- define "switchyard.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Selector labels: only the stable subset (name, instance) plus the component. */}}
+{{/* Selector labels: only the stable subset (name, instance) plus the component; as JSON (strings stay strings). */}}
+{{- define "switchyard.selectorLabelsJson" -}}
+{{- toJson (dict "app.kubernetes.io/name" (include "switchyard.name" .root) "app.kubernetes.io/instance" .root.Release.Name "app.kubernetes.io/component" .component) }}
+{{- end }}
+
 {{- define "switchyard.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "switchyard.name" .root }}
-app.kubernetes.io/instance: {{ .root.Release.Name }}
-app.kubernetes.io/component: {{ .component }}
+{{- toYaml (include "switchyard.selectorLabelsJson" . | fromJson) }}
 {{- end }}
 
+{{/*
+Labels are built as maps and printed once, so a key given twice (commonLabels and podLabels, say) is one label, not
+a YAML map with a duplicate key. Precedence, first wins: the selector labels, the narrower values (podLabels,
+monitoring.additionalLabels, the sidecar label), the chart's own labels, commonLabels.
+*/}}
+{{- define "switchyard.ownLabelsJson" -}}
+{{- toJson (dict
+  "helm.sh/chart" (include "switchyard.chart" .)
+  "app.kubernetes.io/name" (include "switchyard.name" .)
+  "app.kubernetes.io/instance" .Release.Name
+  "app.kubernetes.io/version" .Chart.AppVersion
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/part-of" "switchyard") }}
+{{- end }}
+
+{{/* A component's labels: .root, .component, and optionally .extra (pod labels). */}}
 {{- define "switchyard.labels" -}}
-helm.sh/chart: {{ include "switchyard.chart" .root }}
-{{ include "switchyard.selectorLabels" . }}
-app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .root.Release.Service }}
-app.kubernetes.io/part-of: switchyard
-{{- with .root.Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
-{{- end }}
-
-{{/* Labels for objects that belong to no single component (dashboards, rules). */}}
-{{- define "switchyard.commonLabels" -}}
-helm.sh/chart: {{ include "switchyard.chart" . }}
-app.kubernetes.io/name: {{ include "switchyard.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: switchyard
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- $sel := include "switchyard.selectorLabelsJson" . | fromJson }}
+{{- $own := include "switchyard.ownLabelsJson" .root | fromJson }}
+{{- toYaml (merge (dict) $sel (.extra | default dict) $own (.root.Values.commonLabels | default dict)) }}
 {{- end }}
 
 {{/* Labels for ServiceMonitor / PodMonitor / PrometheusRule: the `release` label kube-prometheus-stack selects on. */}}
 {{- define "switchyard.monitoringLabels" -}}
-{{ include "switchyard.commonLabels" . }}
-{{- with .Values.monitoring.prometheusRelease }}
-release: {{ . | quote }}
-{{- end }}
-{{- with .Values.monitoring.additionalLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- $own := include "switchyard.ownLabelsJson" . | fromJson }}
+{{- $release := dict }}
+{{- with .Values.monitoring.prometheusRelease }}{{ $_ := set $release "release" . }}{{ end }}
+{{- toYaml (merge (dict) $own (.Values.monitoring.additionalLabels | default dict) $release (.Values.commonLabels | default dict)) }}
 {{- end }}
 
 {{- define "switchyard.monitoringNamespace" -}}
@@ -108,4 +114,39 @@ imagePullSecrets:
 
 {{- define "switchyard.routerConfigMap" -}}
 {{- default (printf "%s-router" (include "switchyard.fullname" .)) .Values.router.configMapName }}
+{{- end }}
+
+{{/*
+Pod volume name of a checkpoint claim: ckpt-<claimName> where that is a DNS label (at most 63 characters, no dots),
+otherwise ckpt-<a hash of the claim name> (PVC names may be 253 characters long and contain dots).
+*/}}
+{{- define "switchyard.checkpointVolume" -}}
+{{- $name := printf "ckpt-%s" . }}
+{{- if and (le (len $name) 63) (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $name) }}
+{{- $name }}
+{{- else }}
+{{- printf "ckpt-%s" (sha256sum . | trunc 20) }}
+{{- end }}
+{{- end }}
+
+{{/* A Prometheus duration (1m30s, 500ms) in milliseconds. */}}
+{{- define "switchyard.durationMs" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 "w" 604800000 "y" 31536000000 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w|y)" . -1 }}
+{{- $unit := regexFind "(ms|s|m|h|d|w|y)$" . }}
+{{- $total = add $total (mul (int64 (trimSuffix $unit .)) (get $units $unit)) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/* scrapeTimeout for the monitors: monitoring.scrapeTimeout, at most monitoring.interval (as Prometheus does with
+its default timeout: a timeout above the interval is a config error, and the Prometheus Operator drops the monitor). */}}
+{{- define "switchyard.scrapeTimeout" -}}
+{{- $m := .Values.monitoring }}
+{{- if gt (int64 (include "switchyard.durationMs" $m.scrapeTimeout)) (int64 (include "switchyard.durationMs" $m.interval)) }}
+{{- $m.interval }}
+{{- else }}
+{{- $m.scrapeTimeout }}
+{{- end }}
 {{- end }}

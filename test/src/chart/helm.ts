@@ -115,3 +115,19 @@ export function canonical(objects: K8sObject[]): string {
     .map((o) => stringify(o, { sortMapEntries: true, lineWidth: 0 }))
     .join("---\n");
 }
+
+export interface Rule {
+  apiGroups: string[];
+  resources: string[];
+  verbs: string[];
+  resourceNames?: string[];
+}
+
+/** "group/resource verb" strings, so rules split or merged differently still compare equal. */
+export function grants(rules: Rule[]): string[] {
+  const out = new Set<string>();
+  for (const r of rules)
+    for (const g of r.apiGroups)
+      for (const res of r.resources) for (const v of r.verbs) out.add(`${g || "core"}/${res} ${v}`);
+  return [...out].sort();
+}

@@ -5,23 +5,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
-import { CHART, parseDocs, REPO } from "./helm.js";
-
-interface Rule {
-  apiGroups: string[];
-  resources: string[];
-  verbs: string[];
-  resourceNames?: string[];
-}
-
-/** "group/resource verb" strings, so rules split or merged differently still compare equal. */
-export function grants(rules: Rule[]): string[] {
-  const out = new Set<string>();
-  for (const r of rules)
-    for (const g of r.apiGroups)
-      for (const res of r.resources) for (const v of r.verbs) out.add(`${g || "core"}/${res} ${v}`);
-  return [...out].sort();
-}
+import { CHART, grants, parseDocs, REPO, type Rule } from "./helm.js";
 
 const OPERATOR_RBAC = join(REPO, "operator/deploy/rbac.yaml");
 

@@ -106,4 +106,44 @@ describe("Grafana dashboards", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it.skipIf(!promtool)(
+    "ExpertPools by condition counts each pool once with a standby operator replica (promtool)",
+    async () => {
+      // Every operator replica, the standby too, counts the pools of its informer cache: the same gauge twice.
+      const panel = load("switchyard-operator.json").panels.find(
+        (p: { title: string }) => p.title === "ExpertPools by condition",
+      );
+      const series = (pod: string) => [
+        { series: `switchyard_operator_pools{condition="True",pod="${pod}"}`, values: "3x5" },
+        { series: `switchyard_operator_pools{condition="False",pod="${pod}"}`, values: "1x5" },
+      ];
+      const tests = {
+        tests: [
+          {
+            interval: "1m",
+            input_series: [...series("sy-switchyard-operator-a"), ...series("sy-switchyard-operator-b")],
+            promql_expr_test: [
+              {
+                expr: substituteVariables(panel.targets[0].expr),
+                eval_time: "2m",
+                exp_samples: [
+                  { labels: '{condition="False"}', value: 1 },
+                  { labels: '{condition="True"}', value: 3 },
+                ],
+              },
+            ],
+          },
+        ],
+      };
+      const dir = mkdtempSync(join(tmpdir(), "switchyard-dash-"));
+      try {
+        writeFileSync(join(dir, "pools.test.yaml"), stringify(tests));
+        const r = await exec(promtool!, ["test", "rules", join(dir, "pools.test.yaml")]);
+        expect(r.code, r.stdout + r.stderr).toBe(0);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

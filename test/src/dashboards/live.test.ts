@@ -186,7 +186,8 @@ describeWithCluster(
       const routerProc = new ManagedProcess(
         "router",
         process.execPath,
-        [MAIN.router, "--config", join(dir, "router.json"), "--port", "0", "--metrics-port", "0"],
+        // every port picked free: a fixed one (the data path's default 50052) may be taken by a test beside this one
+        [MAIN.router, "--config", join(dir, "router.json"), "--port", "0", "--metrics-port", "0", "--data-port", "0"],
         join(dir, "router.log"),
         undefined,
         { ipc: true },

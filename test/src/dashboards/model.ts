@@ -644,10 +644,11 @@ export const DASHBOARDS: DashboardSpec[] = [
           },
           {
             title: "ExpertPools by condition",
-            description: "Pools the operator counts in each condition.",
+            description:
+              "Pools the operator counts in each condition (max over operator replicas: a standby counts the same pools).",
             type: "timeseries",
             unit: "short",
-            targets: [{ expr: "sum by (condition) (switchyard_operator_pools)", legendFormat: "{{condition}}" }],
+            targets: [{ expr: "max by (condition) (switchyard_operator_pools)", legendFormat: "{{condition}}" }],
           },
         ],
       },

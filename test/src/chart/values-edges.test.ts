@@ -1,0 +1,162 @@
+// Renders of value combinations the golden files do not cover, checked against the rules the API server (and the
+// Prometheus Operator) apply to what they are given: object and volume names, label maps, the operator's RBAC when
+// leader election is off, scrape timeouts.
+import { describe, expect, it } from "vitest";
+import { parseAllDocuments } from "yaml";
+import { CHART, exec, findTool, grants, type K8sObject, NAMESPACE, parseDocs } from "./helm.js";
+
+const helm = findTool("helm", "SWITCHYARD_HELM");
+// biome-ignore lint/suspicious/noExplicitAny: rendered manifests are untyped YAML; the assertions check their shape.
+type Untyped = any;
+
+async function render(release: string, set: string[]): Promise<K8sObject[]> {
+  const r = await exec(helm!, ["template", release, CHART, "--namespace", NAMESPACE, ...set]);
+  expect(r.code, r.stderr).toBe(0);
+  return parseDocs(r.stdout);
+}
+
+// apimachinery's validation: RFC 1123 subdomain (most names), RFC 1123 label (volume names), RFC 1035 label (Service
+// names), label values.
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+
+/** The pod spec of a Deployment or a bare Pod. */
+const podSpecOf = (o: Untyped) => (o.kind === "Deployment" ? o.spec.template.spec : o.kind === "Pod" ? o.spec : null);
+
+describe.skipIf(!helm)("chart renders for values the golden files do not cover", () => {
+  it("a 53-character release name (Helm's longest) renders names the API server accepts", async () => {
+    const release = "ml-platform-inference-moe-serving-production-euw1-a"; // no "switchyard": fullname gets the suffix
+    expect(release.length).toBeLessThanOrEqual(53);
+    const objs = (await render(release, [
+      ...["--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true"],
+      ...["--set", "prometheusRule.enabled=true", "--set", "router.autoscaling.enabled=true"],
+      ...["--set", "router.checkpointClaims[0].claimName=deepseek-v3.weights"],
+      ...["--set", `router.checkpointClaims[1].claimName=${"q".repeat(70)}`],
+    ])) as Untyped[];
+    for (const o of objs) {
+      const { name } = o.metadata;
+      const where = `${o.kind}/${name}`;
+      expect(name.length, where).toBeLessThanOrEqual(253);
+      expect(name, where).toMatch(DNS_SUBDOMAIN);
+      // Services: a DNS label, at most 63 characters (it becomes one in <svc>.<ns>.svc).
+      if (o.kind === "Service") {
+        expect(name.length, `${where}: Service names are at most 63 characters`).toBeLessThanOrEqual(63);
+        expect(name, where).toMatch(DNS_1035_LABEL);
+      }
+      for (const labels of [o.metadata.labels, o.spec?.template?.metadata?.labels])
+        for (const [k, v] of Object.entries((labels ?? {}) as Record<string, string>)) {
+          expect(v.length, `${where} label ${k}`).toBeLessThanOrEqual(63);
+          expect(v, `${where} label ${k}`).toMatch(LABEL_VALUE);
+        }
+      const pod = podSpecOf(o);
+      if (!pod) continue;
+      const volumes = (pod.volumes ?? []).map((v: { name: string }) => v.name);
+      expect(new Set(volumes).size, `${where} volume names are unique`).toBe(volumes.length);
+      for (const v of volumes) {
+        expect(v.length, `${where} volume ${v}`).toBeLessThanOrEqual(63);
+        expect(v, `${where} volume ${v}`).toMatch(DNS_LABEL);
+      }
+      for (const c of pod.containers)
+        for (const m of c.volumeMounts ?? []) expect(volumes, `${where}/${c.name} mount ${m.name}`).toContain(m.name);
+    }
+    // What refers to the router Service by name still does.
+    const svc = objs.find((o) => o.kind === "Service" && o.metadata.labels["app.kubernetes.io/component"] === "router");
+    const smoke = objs.find((o) => o.kind === "Pod");
+    expect(smoke.spec.containers[0].args).toContain(`${svc.metadata.name}:50051`);
+    // Each claim is still mounted where the operator's router config points: /checkpoints/<claimName>.
+    const router = objs.find(
+      (o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === "router",
+    );
+    const mounts = router.spec.template.spec.containers[0].volumeMounts.map((m: { mountPath: string }) => m.mountPath);
+    expect(mounts).toContain("/checkpoints/deepseek-v3.weights");
+    expect(mounts).toContain(`/checkpoints/${"q".repeat(70)}`);
+  });
+
+  it("leader election off, watching another namespace: the operator may still write the router config", async () => {
+    const objs = (await render("sy", [
+      ...["--set", "operator.leaderElection.enabled=false", "--set", "operator.watchNamespace=tenant-a"],
+    ])) as Untyped[];
+    const sa = "sy-switchyard-operator";
+    // The rules the operator's ServiceAccount holds in the release namespace, where the router's ConfigMap lives.
+    const bound = objs.filter(
+      (b) =>
+        (b.kind === "RoleBinding" && b.metadata.namespace === NAMESPACE) || b.kind === "ClusterRoleBinding" || false,
+    );
+    const rules = bound
+      .filter((b) =>
+        b.subjects.some((s: { name: string; namespace: string }) => s.name === sa && s.namespace === NAMESPACE),
+      )
+      .flatMap((b) => {
+        const role = objs.find(
+          (r) =>
+            r.kind === b.roleRef.kind &&
+            r.metadata.name === b.roleRef.name &&
+            (r.kind === "ClusterRole" || r.metadata.namespace === b.metadata.namespace),
+        );
+        return role?.rules ?? [];
+      });
+    const have = grants(rules);
+    // Server-side apply of the ConfigMap: create + patch (docs/CONTRACTS.md; the operator's RouterConfigReconciler).
+    expect(have).toContain("core/configmaps create");
+    expect(have).toContain("core/configmaps patch");
+    // And still no Lease rights: it does not elect.
+    expect(have.filter((g) => g.includes("leases"))).toEqual([]);
+  });
+
+  it("a scrape interval shorter than scrapeTimeout: no monitor asks for a timeout longer than its interval", async () => {
+    // Prometheus refuses scrape configs whose scrape_timeout exceeds scrape_interval, and the Prometheus Operator
+    // drops such monitors; the default scrapeTimeout (10s) must not break `--set monitoring.interval=5s`.
+    const ms = (d: string) =>
+      [...d.matchAll(/(\d+)(ms|s|m|h|d|w|y)/g)].reduce(
+        (sum, [, n, u]) =>
+          sum +
+          Number(n) * { ms: 1, s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 7 * 86400e3, y: 365 * 86400e3 }[u as "ms"],
+        0,
+      );
+    for (const [interval, timeout, want] of [
+      ["5s", "10s", "5s"],
+      ["1m30s", "2m", "1m30s"],
+      ["30s", "10s", "10s"],
+      ["500ms", "1s", "500ms"],
+    ]) {
+      const objs = (await render("sy", [
+        ...["--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true"],
+        ...["--set", `monitoring.interval=${interval}`, "--set", `monitoring.scrapeTimeout=${timeout}`],
+      ])) as Untyped[];
+      const endpoints = objs
+        .filter((o) => o.kind === "ServiceMonitor" || o.kind === "PodMonitor")
+        .flatMap((o) => o.spec.endpoints ?? o.spec.podMetricsEndpoints);
+      expect(endpoints).toHaveLength(3);
+      for (const e of endpoints) {
+        expect(e.interval).toBe(interval);
+        expect(ms(e.scrapeTimeout), `${interval}/${timeout}`).toBe(ms(want));
+      }
+    }
+  });
+
+  it("labels given twice (commonLabels and podLabels or monitoring.additionalLabels) render once, the narrower value", async () => {
+    const r = await exec(helm!, [
+      ...["template", "sy", CHART, "--namespace", NAMESPACE],
+      ...["--set", "commonLabels.team=ml", "--set", "router.podLabels.team=router-team"],
+      ...["--set", "operator.podLabels.team=operator-team"],
+      ...["--set", "serviceMonitor.enabled=true", "--set", "monitoring.additionalLabels.team=observability"],
+      ...["--set", "monitoring.prometheusRelease=kps", "--set", "monitoring.additionalLabels.release=kps"],
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    // A map with a key twice is not YAML (kustomize post-renderers and strict parsers refuse it).
+    const dup = parseAllDocuments(r.stdout).flatMap((d) => d.errors.map((e) => e.message.split("\n")[0]));
+    expect(dup).toEqual([]);
+    const objs = parseDocs(r.stdout) as Untyped[];
+    const deploy = (c: string) =>
+      objs.find((o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === c);
+    expect(deploy("router").metadata.labels.team).toBe("ml");
+    expect(deploy("router").spec.template.metadata.labels.team).toBe("router-team");
+    expect(deploy("operator").spec.template.metadata.labels.team).toBe("operator-team");
+    for (const sm of objs.filter((o) => o.kind === "ServiceMonitor")) {
+      expect(sm.metadata.labels.team).toBe("observability");
+      expect(sm.metadata.labels.release).toBe("kps");
+    }
+  });
+});
