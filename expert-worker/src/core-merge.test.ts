@@ -194,6 +194,24 @@ describe("WorkerCore: queued batches of a layer share a backend run", () => {
     );
   });
 
+  it("reports the rows it holds, waiting or running (the router's load signal), and none once answered", async () => {
+    const merging = new DeviceLike(true);
+    const { core, metrics } = coreOver(merging);
+    const rows = async () =>
+      Number(
+        /queued_rows\{pool="p",worker="w"\} (\d+)$/m.exec(
+          await metrics.registry.getSingleMetricAsString("switchyard_worker_queued_rows"),
+        )?.[1],
+      );
+    merging.hold();
+    const results = BATCHES.slice(0, 3).map((b) => core.runBatch(b));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(await rows()).toBe(9 + 5 + 7);
+    merging.open();
+    await Promise.all(results);
+    expect(await rows()).toBe(0);
+  });
+
   it("never merges past the worker's row limit (--max-rows)", async () => {
     for (const [limit, runs] of [
       [11, [9, 5 + 6]],

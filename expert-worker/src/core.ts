@@ -130,16 +130,19 @@ export class WorkerCore {
     // merge only with their own kind (dtype; deduplicated or not; summed or not).
     const mode = b.tokenRows === undefined ? "rows" : onDevice ? (b.combine ? "sum" : "token-rows") : undefined;
     const key = backend.mergesBatches && mode ? `${b.layer}/${b.dtype}/${mode}` : undefined;
+    metrics.queuedRows.inc(b.rows);
     const {
       value: outcome,
       queueWaitMs,
       merged,
-    } = await queue.submitMergeable<BatchPart, PartOutcome>(
-      { part: { b, live, distinct, onDevice }, key, weight: b.rows, signal },
-      (parts, sig) => this.runParts(parts, sig),
-      // no run above what one batch may hold (--max-rows bounds a run's memory too)
-      Math.min(this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS, this.o.maxRows ?? Number.POSITIVE_INFINITY),
-    );
+    } = await queue
+      .submitMergeable<BatchPart, PartOutcome>(
+        { part: { b, live, distinct, onDevice }, key, weight: b.rows, signal },
+        (parts, sig) => this.runParts(parts, sig),
+        // no run above what one batch may hold (--max-rows bounds a run's memory too)
+        Math.min(this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS, this.o.maxRows ?? Number.POSITIVE_INFINITY),
+      )
+      .finally(() => metrics.queuedRows.dec(b.rows));
     if ("error" in outcome) throw outcome.error;
     if (merged > 1) metrics.mergedBatches.inc();
     const { output, hits, misses, computeMs } = outcome;

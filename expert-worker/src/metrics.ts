@@ -33,6 +33,7 @@ export class WorkerMetrics {
   /** Where the GPU resident/capacity gauges read from at scrape time (the backend's device-tier counters). */
   gpuCacheStats: () => { resident: number; capacity: number } | undefined = () => undefined;
   readonly queueDepth: Gauge;
+  readonly queuedRows: Gauge;
   readonly backendInfo: Gauge<"backend">;
   readonly ready: Gauge;
   readonly warmupLoaded: Gauge;
@@ -186,6 +187,12 @@ export class WorkerMetrics {
     this.queueDepth = new Gauge({
       name: "switchyard_worker_queue_depth",
       help: "Batches waiting or running.",
+      registers,
+    });
+    // In the unit of the router's load score (rows it has sent and not had answered): its Prometheus load signal.
+    this.queuedRows = new Gauge({
+      name: "switchyard_worker_queued_rows",
+      help: "Rows (token-expert assignments) of the batches waiting or running.",
       registers,
     });
     this.backendInfo = new Gauge({

@@ -164,8 +164,10 @@ class Pool {
     outstanding: (i) => {
       const c = this.conns[i];
       const q = this.signals.fresh()?.queueDepth.get(c.id);
-      // Prometheus queue depth is what the worker has not yet run; add what the router put on the wire since.
-      return q !== undefined ? q + c.outstandingTokens : c.outstandingTokens;
+      // Prometheus: the rows the worker holds from every router (this one's included); ours in flight: what this
+      // router sent and has not had answered (on the wire, queued, running). Each counts the other's part of the
+      // load, so the larger of the two, not their sum, which would count this router's rows twice.
+      return q !== undefined ? Math.max(q, c.outstandingTokens) : c.outstandingTokens;
     },
     latencyMs: (i) => {
       const c = this.conns[i];

@@ -544,7 +544,9 @@ export const loadSignalsSchema = obj(
     queries: obj(
       "PromQL queries; `$pool` is replaced by the pool name. Unset = the chart's defaults.",
       {
-        queueDepth: str("One sample per worker (label worker): queued work.", { maxLength: 4096 }),
+        queueDepth: str("One sample per worker (label worker): queued work in rows (token-expert assignments).", {
+          maxLength: 4096,
+        }),
         latencySeconds: str("One sample per worker (label worker): recent run latency in seconds.", {
           maxLength: 4096,
         }),

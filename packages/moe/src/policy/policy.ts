@@ -55,7 +55,7 @@ export interface PlacementWeights {
 }
 
 export interface LoadSignalQueries {
-  /** PromQL returning one sample per worker (label `worker`): queued work, e.g. switchyard_worker_queue_depth. */
+  /** PromQL returning one sample per worker (label `worker`): queued work in rows, e.g. switchyard_worker_queued_rows. */
   queueDepth: string | null;
   /** PromQL returning one sample per worker (label `worker`): recent run latency in seconds. */
   latencySeconds: string | null;
@@ -81,7 +81,9 @@ export interface RoutingPolicy {
 }
 
 /** Queries the chart's Prometheus serves; `$pool` is replaced by the pool name. */
-export const DEFAULT_QUEUE_DEPTH_QUERY = 'sum by (worker) (switchyard_worker_queue_depth{pool="$pool"})';
+// Rows, as the router counts what it has in flight to a worker (its load score's unit); the batch count
+// (switchyard_worker_queue_depth) would weigh a 2000-row batch like a 1-row one.
+export const DEFAULT_QUEUE_DEPTH_QUERY = 'sum by (worker) (switchyard_worker_queued_rows{pool="$pool"})';
 export const DEFAULT_LATENCY_QUERY =
   'sum by (worker) (rate(switchyard_worker_run_duration_seconds_sum{pool="$pool"}[1m])) / sum by (worker) (rate(switchyard_worker_run_duration_seconds_count{pool="$pool"}[1m]))';
 
