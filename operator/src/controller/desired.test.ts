@@ -40,6 +40,11 @@ describe("desiredStatefulSet", () => {
     expect(pod.topologySpreadConstraints?.[0].topologyKey).toBe("kubernetes.io/hostname");
   });
 
+  it("meets the restricted Pod Security Standard (non-root, no privilege escalation, no capabilities, seccomp)", () => {
+    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: "RuntimeDefault" } });
+    expect(c.securityContext).toEqual({ allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } });
+  });
+
   it("runs the worker command line of CONTRACTS.md with gRPC health probes", () => {
     expect(c.command).toEqual(["node"]);
     expect(c.args).toEqual([
