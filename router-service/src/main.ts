@@ -14,12 +14,24 @@ async function main() {
     process.exit(2);
   }
   const app = await startRouterApp(args);
-  const stop = async () => {
+  // The gRPC server's shutdown waits for every call to end, and an engine's ForwardStream may never end: as the
+  // worker does, a clean exit within 10 s, and a second signal exits at once.
+  let stopping = false;
+  const stop = async (sig: string) => {
+    if (stopping) {
+      console.log(`[router] ${sig} again: exiting now`);
+      process.exit(1);
+    }
+    stopping = true;
+    setTimeout(() => {
+      console.log("[router] shutdown took over 10 s (calls still open): exiting now");
+      process.exit(1);
+    }, 10_000).unref();
     await app.close();
     process.exit(0);
   };
-  process.on("SIGTERM", stop);
-  process.on("SIGINT", stop);
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
   process.send?.({
     ready: true,
     port: app.server.port,

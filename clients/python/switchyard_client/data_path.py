@@ -24,7 +24,7 @@ import numpy as np
 
 from switchyard.v1 import router_pb2
 
-from .request import RouterError, forward_request, reply_hidden
+from .request import forward_request, reply_hidden
 
 PREFACE = b"SYRF" + struct.pack("<I", 1)
 _LEN = struct.Struct("<I")
@@ -134,9 +134,13 @@ class RouterDataClient:
                     raise ConnectionError(f"router data path {self._where}: reply to request {res.request_id}, "
                                           "which is not in flight")
                 fut, bits = entry
+                # False: the caller cancelled it (asyncio's wrap_future does when the awaiting task is cancelled);
+                # setting a result on it would raise here and end the connection for everyone else
+                if not fut.set_running_or_notify_cancel():
+                    continue
                 try:
                     fut.set_result(reply_hidden(res, bits))
-                except RouterError as e:
+                except Exception as e:  # noqa: BLE001 - RouterError, or a reply this client cannot read: its own
                     fut.set_exception(e)
         except Exception as e:  # noqa: BLE001 - whatever ended the connection fails what is in flight
             self._fail(e if isinstance(e, ConnectionError) else ConnectionError(str(e)))
@@ -154,4 +158,5 @@ class RouterDataClient:
             pass
         self._sock.close()
         for fut, _ in pending:
-            fut.set_exception(err)
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(err)

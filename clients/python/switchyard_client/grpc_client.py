@@ -48,7 +48,7 @@ class RouterGrpcClient:
                 out.set_result(reply_hidden(c.result(), bf16_bits))
             except grpc.RpcError as e:
                 out.set_exception(RouterError(e.code().value[0], e.details() or ""))
-            except RouterError as e:
+            except Exception as e:  # noqa: BLE001 - RouterError, or a reply this client cannot read: never left pending
                 out.set_exception(e)
 
         call.add_done_callback(done)

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
+import struct
 import sys
 import threading
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from switchyard.v1 import router_pb2  # noqa: E402
+from switchyard.v1 import router_pb2, tensor_pb2  # noqa: E402
 from switchyard_client import RouterDataClient, RouterError, float32_to_bf16_bits, to_tensor  # noqa: E402
 from switchyard_client.grpc_client import RouterGrpcClient  # noqa: E402
 
@@ -97,7 +101,19 @@ with RouterDataClient(host, port) as c:
 
     hs = [rng.standard_normal((1 + i % 3, D), dtype=np.float32) for i in range(8)]
     ys = asyncio.run(gathered(hs))
-    out["checks"]["asyncio"] = all(y.tobytes() == c.forward(pool, 0, x, timeout=10).tobytes() for x, y in zip(hs, ys))
+    same = all(y.tobytes() == c.forward(pool, 0, x, timeout=10).tobytes() for x, y in zip(hs, ys))
+
+    # a task that stops waiting (asyncio.wait_for's timeout, a cancelled request) cancels the Future that
+    # wrap_future wraps; its reply comes all the same and must not break the connection for the rest
+    async def abandoned(x):
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(c.forward_async(pool, 0, x)), timeout=0)
+        except asyncio.TimeoutError:
+            pass
+
+    for x in hs:
+        asyncio.run(abandoned(x))
+    out["checks"]["asyncio"] = same and c.forward(pool, 0, hs[0], timeout=10).tobytes() == ys[0].tobytes()
 
     # bad requests: an error naming the field, the connection kept
     for name, call in (
@@ -140,5 +156,41 @@ try:
     out["checks"]["closed client refuses"] = False
 except ConnectionError:
     out["checks"]["closed client refuses"] = True
+
+
+
+# A reply this client cannot read (here a tensor shorter than its shape; a dtype from a newer router would be the
+# same) fails its own request with the reason, at once: not a Future left pending forever.
+def malformed_router(srv: socket.socket) -> None:
+    s, _ = srv.accept()
+    f = s.makefile("rb")
+    f.read(8)  # the preface
+    req = router_pb2.ForwardRequest.FromString(f.read(struct.unpack("<I", f.read(4))[0]))
+    bad = tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[2, 3], data=bytes(4))
+    body = router_pb2.ForwardResponse(request_id=req.request_id, hidden=bad).SerializeToString()
+    s.sendall(struct.pack("<I", len(body)) + body)
+    f.read()  # until the client closes
+
+
+srv = socket.create_server(("127.0.0.1", 0))
+threading.Thread(target=malformed_router, args=(srv,), daemon=True).start()
+with RouterDataClient("127.0.0.1", srv.getsockname()[1]) as bad_router:
+    fut = bad_router.forward_async(pool, 0, np.zeros((2, 3), np.float32))
+    assert isinstance(fut.exception(5), ValueError), "the data-path client left a malformed reply's request pending"
+
+# the same reply over gRPC
+bad_grpc = grpc.server(futures.ThreadPoolExecutor(1))
+bad_grpc.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("switchyard.v1.Router", {
+    "Forward": grpc.unary_unary_rpc_method_handler(
+        lambda req, ctx: router_pb2.ForwardResponse(request_id=req.request_id, hidden=tensor_pb2.Tensor(
+            dtype=tensor_pb2.FLOAT32, shape=[2, 3], data=bytes(4))),
+        request_deserializer=router_pb2.ForwardRequest.FromString,
+        response_serializer=router_pb2.ForwardResponse.SerializeToString)}),))
+bad_port = bad_grpc.add_insecure_port("127.0.0.1:0")
+bad_grpc.start()
+with RouterGrpcClient(f"127.0.0.1:{bad_port}") as bad_router:
+    fut = bad_router.forward_async(pool, 0, np.zeros((2, 3), np.float32))
+    assert isinstance(fut.exception(5), ValueError), "the gRPC client left a malformed reply's request pending"
+bad_grpc.stop(0)
 
 print(json.dumps(out))

@@ -19,7 +19,7 @@ describe("npm start flags", () => {
   it("--shared-experts: workers or router, the default left to the run (workers where the model can)", () => {
     expect(parseLocalArgs([]).sharedExperts).toBeNull();
     expect(parseLocalArgs(["--shared-experts", "router"]).sharedExperts).toBe("router");
-    expect(parseLocalArgs(["--shared-experts=workers"]).sharedExperts).toBe("workers");
+    expect(parseLocalArgs(["--family=deepseek-v3", "--shared-experts=workers"]).sharedExperts).toBe("workers");
     expect(() => parseLocalArgs(["--shared-experts", "gpu"])).toThrow(/--shared-experts: workers or router, got "gpu"/);
   });
 
@@ -83,10 +83,24 @@ describe("npm start flags", () => {
     expect(() => parseLocalArgs(["--workers", "0"])).toThrow(/^--workers: /);
     expect(() => parseLocalArgs(["--policy", '{"gating":{"topP":3}}'])).toThrow(/policy\.gating\.topP/);
     expect(() => parseLocalArgs(["--bogus", "1"])).toThrow(/unknown flag --bogus/);
+    // an empty or non-decimal count is not 0 or a hex number in disguise
+    expect(() => parseLocalArgs(["--seed="])).toThrow(/^--seed: must be an integer >= 0, got ""/);
+    expect(() => parseLocalArgs(["--redundant", " "])).toThrow(/^--redundant: /);
+    expect(() => parseLocalArgs(["--workers", "0x10"])).toThrow(/^--workers: /);
+  });
+  it("refuses flags that contradict the model or the machine before anything starts", () => {
+    expect(() => parseLocalArgs(["--shared-experts", "workers"])).toThrow(
+      /^--shared-experts workers: mixtral has no shared expert/,
+    );
+    expect(parseLocalArgs(["--family", "qwen2-moe", "--shared-experts", "workers"]).sharedExperts).toBe("workers");
+    expect(() => parseLocalArgs(["--gpus", "2"], { CUDA_VISIBLE_DEVICES: "0" })).toThrow(
+      /^--gpus: 2 GPUs asked for, CUDA_VISIBLE_DEVICES lists 1/,
+    );
+    expect(parseLocalArgs(["--gpus", "2"], { CUDA_VISIBLE_DEVICES: "0,1" }).gpus).toBe(2);
   });
   it("--gpus spreads the workers over GPUs through CUDA_VISIBLE_DEVICES", () => {
     expect(parseLocalArgs([]).gpus).toBeNull();
-    expect(parseLocalArgs(["--gpus", "2"]).gpus).toBe(2);
+    expect(parseLocalArgs(["--gpus", "2"], {}).gpus).toBe(2);
     expect(parseLocalArgs([]).routers).toBe(1);
     expect(parseLocalArgs(["--routers", "3", "--drivers", "2"])).toMatchObject({ routers: 3, drivers: 2 });
     expect(() => parseLocalArgs(["--routers", "0"])).toThrow(/--routers/);

@@ -5,7 +5,7 @@
 // a final table, and checks every answer against the in-process reference: exit 1 on any wrong answer.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { mkdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
 import { availableParallelism, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -139,7 +139,7 @@ const USAGE = `usage: npm start -- [flags]
                                   (default; one connection per router per driver thread) or gRPC ForwardStreams
                                   (one per sequence)`;
 
-export function parseLocalArgs(argv: string[]): LocalOptions {
+export function parseLocalArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): LocalOptions {
   const o: LocalOptions = {
     family: "mixtral",
     size: "tiny",
@@ -165,7 +165,9 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
   };
   const int = (flag: string, v: string, min: number) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${flag}: must be an integer >= ${min}, got "${v}"`);
+    // Number() reads "" and " " as 0 and takes "0x10" and "1e3": only plain decimals are counts
+    if (!/^-?\d+$/.test(v) || !Number.isSafeInteger(n) || n < min)
+      throw new Error(`--${flag}: must be an integer >= ${min}, got "${v}"`);
     return n;
   };
   for (let i = 0; i < argv.length; i++) {
@@ -270,6 +272,13 @@ export function parseLocalArgs(argv: string[]): LocalOptions {
         throw new Error(`unknown flag --${name}\n${USAGE}`);
     }
   }
+  // Checks across flags, here rather than in runLocal: a flag error, before a checkpoint is generated or a worker
+  // started
+  if (o.sharedExperts === "workers" && sharedSlices(defaultSpec(o.family, localModel(o.family, o.size))) === 0)
+    throw new Error(
+      `--shared-experts workers: ${o.family} has no shared expert of a multiple of the routed experts' width`,
+    );
+  workerEnv(o.gpus, 0, env); // --gpus against CUDA_VISIBLE_DEVICES
   return o;
 }
 
@@ -355,19 +364,22 @@ function profileFlags(name: string): string[] {
   return dir ? ["--cpu-prof", `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
 }
 
+/** Preloaded into every child: it stops when this process's IPC channel to it closes (exit-with-parent.ts). */
+const EXIT_WITH_PARENT = new URL("./exit-with-parent.js", import.meta.url).href;
+
 function spawnProc(
   name: string,
   args: string[],
-  children: ChildProcess[],
+  children: Map<ChildProcess, string>,
   quiet: () => boolean,
   env: NodeJS.ProcessEnv = process.env,
 ): ChildProcess {
-  const child = spawn(process.execPath, [...profileFlags(name), ...args], {
+  const child = spawn(process.execPath, [...profileFlags(name), "--import", EXIT_WITH_PARENT, ...args], {
     cwd: ROOT,
     env,
     stdio: ["ignore", "pipe", "pipe", "ipc"],
   });
-  children.push(child);
+  children.set(child, name);
   const relay = (chunk: Buffer) => {
     for (const line of chunk.toString().split("\n"))
       if (line.trim() && !quiet()) process.stderr.write(`  [${name}] ${line}\n`);
@@ -438,10 +450,6 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const redundant = o.redundant ?? Math.floor(want.experts / 4);
   // The shared expert's slices are placed like experts, with the load of every token (shared-slices.ts).
   const slices = sharedSlices(want);
-  if (o.sharedExperts === "workers" && slices === 0)
-    throw new Error(
-      `--shared-experts workers: ${o.family} has no shared expert of a multiple of the routed experts' width`,
-    );
   const placeSlices = o.sharedExperts !== "router" ? slices : 0;
   const footprint = runFootprint(want, o.workers > 1 ? redundant : 0, placeSlices > 0);
   const { packed: packedReference } = checkRunFits(`${o.family} --size ${o.size}`, footprint, {
@@ -492,21 +500,22 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     `placement v${plan.version}: ${o.workers} workers, ${stats.slotsPerWorker.join("/")} (layer, expert) copies each, ${stats.replicatedExperts} replicated`,
   );
 
-  const children: ChildProcess[] = [];
+  const children = new Map<ChildProcess, string>();
   let quiet = false;
   // One SIGTERM per child (cleanup runs at the end and again on exit): a second one tells a worker to stop waiting.
   const signalled = new Set<ChildProcess>();
   const cleanup = () => {
-    for (const c of children)
+    for (const c of children.keys())
       if (c.exitCode === null && c.pid && !signalled.has(c)) {
         signalled.add(c);
         c.kill("SIGTERM");
       }
   };
   process.on("exit", cleanup);
-  const onSignal = () => {
+  const onSignal = (signal: NodeJS.Signals) => {
     cleanup();
-    process.exit(130);
+    rmSync(runDir, { recursive: true, force: true }); // the finally below does not run past process.exit
+    process.exit(signal === "SIGINT" ? 130 : 143);
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
@@ -582,6 +591,16 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       }),
     );
     quiet = true;
+    // A worker or router that exits from here on is named in the result: the drivers see only failed requests, and
+    // the counters scraped from it below would not answer.
+    const died: string[] = [];
+    for (const [c, name] of children)
+      c.once("exit", (code, signal) => {
+        if (signalled.has(c)) return;
+        const line = `${name} exited ${signal ? `on ${signal}` : `with code ${code}`} during the run`;
+        died.push(line);
+        log(line);
+      });
 
     // Reference threads.
     const verifyMode: VerifyMode = o.verify ?? (o.size === "full" ? "sample" : "all");
@@ -687,6 +706,13 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     await verifier.drain();
     await verifier.close();
     const verified = verifier.checked;
+    if (died.length > 0) {
+      for (const c of workerClients) c.close();
+      for (const s of errorSamples) log(`error: ${s}`);
+      for (const s of firstWrong) log(`WRONG ${s}`);
+      console.log(`\nFAILED: ${died.join("; ")}; ${errors} errors, ${wrong} wrong of ${verified} answers verified`);
+      return 1;
+    }
 
     // Counters from the router and the workers.
     const rows = (
@@ -871,7 +897,10 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   runLocal(opts).then(
     (code) => process.exit(code),
     (e) => {
-      console.error(e instanceof WontFitError ? `local: ${e.message}` : `local: ${(e as Error).stack ?? e}`);
+      // The launcher's own errors (and a child's, a gRPC call's) are sentences for the user; another kind, a
+      // TypeError say, is a bug, and its stack helps
+      const own = e instanceof WontFitError || (e instanceof Error && e.constructor === Error);
+      console.error(`local: ${own ? e.message : ((e as Error).stack ?? e)}`);
       process.exit(1);
     },
   );
