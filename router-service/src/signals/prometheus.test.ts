@@ -35,7 +35,7 @@ describe("PrometheusSignals (fake clock and fetch)", () => {
       urls.push(url);
       if (!up) throw new Error("connect ECONNREFUSED");
       const q = decodeURIComponent(new URL(url).searchParams.get("query")!);
-      const value = q.includes("queue_depth") ? "7" : "0.02";
+      const value = q.includes("queued_rows") ? "7" : "0.02";
       return {
         ok: true,
         status: 200,
