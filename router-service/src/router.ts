@@ -130,12 +130,18 @@ class Pool {
   sharedLayers = new Set<number>();
   planVersion = 0;
   pendingTokens = 0;
+  /**
+   * The name the pool's workers know it by (their --pool; the plan's `pool`). The router may serve it under another:
+   * the operator names a pool outside the router's namespace "namespace/name" (operator routerPoolName).
+   */
+  workerPool: string;
   readonly batcher: Batcher<Item, number>;
   readonly gate: FlushGate<Item>;
   readonly signals: PrometheusSignals;
 
   constructor(
     readonly name: string,
+    workerPool: string,
     public model: PoolModel,
     public policy: RoutingPolicy,
     readonly metrics: PoolMetrics,
@@ -155,7 +161,9 @@ class Pool {
       (_k, items) => flush(this, items),
       gateAhead ? (k, item) => this.gate.startAhead(k, item) : undefined,
     );
-    this.signals = new PrometheusSignals(policy.loadSignals, name);
+    this.workerPool = workerPool;
+    // the queries' $pool selects the workers' series, labelled with their own pool name
+    this.signals = new PrometheusSignals(policy.loadSignals, workerPool);
     this.signals.start();
   }
 
@@ -307,6 +315,7 @@ export class Router {
     if (!p) {
       p = new Pool(
         s.name,
+        s.plan.pool || s.name,
         s.model,
         s.policy,
         this.metrics.forPool(s.name),
@@ -316,6 +325,11 @@ export class Router {
       );
       this.pools.set(s.name, p);
     } else {
+      if ((s.plan.pool || s.name) !== p.workerPool)
+        throw invalidArgument(
+          `pools[${s.name}].plan.pool`,
+          `"${s.plan.pool}": the pool's workers are "${p.workerPool}"; a new name is a new pool (remove it first)`,
+        );
       p.model = s.model;
       p.policy = s.policy;
       p.batcher.setOptions(s.policy.batching);
@@ -722,7 +736,7 @@ export class Router {
       (batchId) =>
         encodeExpertBatch(
           {
-            pool: p.name,
+            pool: p.workerPool,
             layer,
             dtype,
             rows: sent,
