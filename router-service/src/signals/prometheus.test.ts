@@ -62,6 +62,25 @@ describe("PrometheusSignals (fake clock and fetch)", () => {
     expect(s.fresh()).toBeNull();
   });
 
+  it("takes an empty queue answer (a query whose labels match nothing) as a failure, not as no load", async () => {
+    const answer =
+      (result: unknown[]): FetchLike =>
+      async () => ({
+        ok: true,
+        status: 200,
+        json: async () => ({ status: "success", data: { resultType: "vector", result } }),
+      });
+    const empty = new PrometheusSignals(policy, "mix", answer([]), () => 0);
+    await empty.refresh();
+    expect(empty.stale).toBe(true);
+    expect(empty.lastError).toMatch(/queueDepth query returned no sample with a worker label \(pool mix\)/);
+    // idle workers: queue gauges at 0, no latency sample (0/0 rates): fresh
+    const idle = new PrometheusSignals(policy, "mix", answer([{ metric: { worker: "w0" }, value: [0, "0"] }]), () => 0);
+    await idle.refresh();
+    expect(idle.stale).toBe(false);
+    expect(idle.fresh()!.queueDepth.get("w0")).toBe(0);
+  });
+
   it("keeps one refresh loop when the policy is set while a round is in flight, and stop() ends it", async () => {
     vi.useFakeTimers();
     try {

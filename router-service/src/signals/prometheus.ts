@@ -129,6 +129,11 @@ export class PrometheusSignals {
       for (const s of lat) {
         if (s.labels.worker && Number.isFinite(s.value)) snap.latencyMs.set(s.labels.worker, s.value * 1000);
       }
+      // Every worker exports its queue gauge from the start, so no sample at all means the query selects nothing
+      // (a label or pool name that does not match): a failure to see, not a fresh answer of "no load". (The latency
+      // query has none for idle workers: 0/0 rates, filtered above.)
+      if (q.queueDepth && snap.queueDepth.size === 0)
+        throw new Error(`prometheus: the queueDepth query returned no sample with a worker label (pool ${this.pool})`);
       this.snapshot = snap;
       this.lastError = null;
     } catch (e) {
