@@ -5,6 +5,10 @@
 import { parseSmokeArgs, SMOKE_USAGE, type SmokeArgs } from "./checks.js";
 import { runSmoke } from "./smoke.js";
 
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  console.log(SMOKE_USAGE);
+  process.exit(0);
+}
 let args: SmokeArgs;
 try {
   args = parseSmokeArgs(process.argv.slice(2));

@@ -83,6 +83,8 @@ describe("router smoke check", () => {
     const bad = await run(process.execPath, [CLI, "--router", args.router]).catch((e) => e);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/^smoke: --http: required\nusage: smoke --router HOST:PORT/);
+    const help = await run(process.execPath, [CLI, "--help"]);
+    expect(help.stdout).toMatch(/^usage: smoke --router HOST:PORT/);
   });
 
   // Last: it stops a worker for good.
