@@ -89,6 +89,8 @@ export class Manager {
     const poolKey = (obj: { metadata?: { namespace?: string; name?: string } }) =>
       `${obj.metadata?.namespace ?? "default"}/${obj.metadata?.name}`;
     const enqueueRouter = () => this.routerCtl.queue.addAfter(ROUTER_KEY, o.routerDebounceMs ?? 5000);
+    // A standby keeps its caches warm but queues nothing: its queues would only fill (and its workqueue metrics
+    // count work no one does). startControllers enqueues every cached object when it takes the lead.
     const managed = `${MANAGED_BY_LABEL}=${MANAGED_BY}`;
     const mk = <T extends { metadata?: object }>(
       name: string,
@@ -110,7 +112,7 @@ export class Manager {
     // A child's event maps back to its pool through the pool label (set on every child we create).
     const toPool = (ev: InformerEvent, obj: { metadata?: { namespace?: string; labels?: Record<string, string> } }) => {
       const pool = obj.metadata?.labels?.[POOL_LABEL];
-      if (!pool) return;
+      if (!pool || !this.leading) return;
       const key = `${obj.metadata?.namespace ?? "default"}/${pool}`;
       // Children change in bursts (a pod's phase, then its readiness); a short delay folds them into one pass.
       if (ev === "resync") return;
@@ -118,6 +120,7 @@ export class Manager {
     };
 
     this.pools = mk<ExpertPool>("expertpools", paths.expertPools(ns), (ev, p) => {
+      if (!this.leading) return;
       this.poolCtl.queue.add(poolKey(p));
       // Policies for this pool resolve against it (topK vs experts), and the router config lists pools.
       for (const rp of this.policies.list(p.metadata.namespace)) {
@@ -126,6 +129,7 @@ export class Manager {
       if (ev !== "resync") enqueueRouter();
     });
     this.policies = mk<RoutingPolicy>("routingpolicies", paths.routingPolicies(ns), (ev, rp) => {
+      if (!this.leading) return;
       this.policyCtl.queue.add(poolKey(rp));
       if (ev !== "resync") enqueueRouter();
     });
@@ -136,7 +140,7 @@ export class Manager {
       paths.configMaps(ns),
       (ev, cm) => {
         toPool(ev, cm);
-        if (ev !== "resync" && (cm.metadata?.labels?.[POOL_LABEL] || cm.metadata?.name === router.name))
+        if (this.leading && ev !== "resync" && (cm.metadata?.labels?.[POOL_LABEL] || cm.metadata?.name === router.name))
           enqueueRouter();
       },
       managed,

@@ -390,6 +390,8 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await waitReady(k, "leader", "l1");
     expect(wl()).toBeGreaterThan(0);
     expect(ws()).toBe(0);
+    // the standby saw every event in its caches and queued none of them (its workqueue metrics stay at rest)
+    expect(standby.idle()).toBe(true);
     await leader.stop(); // finishes reconciles in flight, then releases the Lease
     const leaderWrites = wl();
     await waitUntil(() => standby.isLeader(), { timeoutMs: 20_000, what: "standby to take over" });
