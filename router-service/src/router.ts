@@ -26,6 +26,7 @@ import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
 import { alignedRows, combineInto, resultRows } from "./core/combine.js";
+import { latencyMs, outstandingRows } from "./core/load-view.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
 import { type Assignment, collectAssignments, type TokenRouting, withSharedSlices } from "./core/routing.js";
@@ -169,18 +170,14 @@ class Pool {
 
   /** Reads the live state on every call (connections, signals), so one view serves every flush. */
   private readonly view: WorkerLoadView = {
-    outstanding: (i) => {
-      const c = this.conns[i];
-      const q = this.signals.fresh()?.queueDepth.get(c.id);
-      // Prometheus: the rows the worker holds from every router (this one's included); ours in flight: what this
-      // router sent and has not had answered (on the wire, queued, running). Each counts the other's part of the
-      // load, so the larger of the two, not their sum, which would count this router's rows twice.
-      return q !== undefined ? Math.max(q, c.outstandingTokens) : c.outstandingTokens;
-    },
-    latencyMs: (i) => {
-      const c = this.conns[i];
-      return this.signals.fresh()?.latencyMs.get(c.id) ?? c.latencyMs;
-    },
+    outstanding: (i) => outstandingRows(this.signals.fresh(), this.conns[i].id, this.conns[i].outstandingTokens),
+    latencyMs: (i) =>
+      latencyMs(
+        this.signals.fresh(),
+        this.policy.loadSignals.queries.latencySeconds !== null,
+        this.conns[i].id,
+        this.conns[i].latencyMs,
+      ),
     resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
     healthy: (i) => this.conns[i].healthy,
     serves: (i, layer, expert) => this.conns[i].serves(layer, expert),
