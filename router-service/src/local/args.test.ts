@@ -58,6 +58,8 @@ describe("npm start flags", () => {
     expect(o).toMatchObject({ size: "full", verify: "sample", verifyThreads: 3 });
     expect(parseLocalArgs([])).toMatchObject({ verify: null, verifyThreads: null });
     expect(() => parseLocalArgs(["--verify", "some"])).toThrow(/^--verify: all or sample/);
+    for (const d of ["0", "-1", "Infinity", "x"])
+      expect(() => parseLocalArgs(["--duration", d])).toThrow(/^--duration: seconds > 0/);
     expect(() => parseLocalArgs(["--verify-threads", "0"])).toThrow(/^--verify-threads: /);
     expect(() => parseLocalArgs(["--size", "huge"])).toThrow(/^--size: one of tiny, small, medium, full/);
   });

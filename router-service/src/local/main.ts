@@ -197,7 +197,8 @@ export function parseLocalArgs(argv: string[], env: NodeJS.ProcessEnv = process.
         break;
       case "duration": {
         const n = Number(v.replace(/s$/, ""));
-        if (!(n > 0)) throw new Error(`--duration: seconds > 0, got "${v}"`);
+        // finite: a run that never ends never prints its table or checks its answers
+        if (!(n > 0) || !Number.isFinite(n)) throw new Error(`--duration: seconds > 0, got "${v}"`);
         o.durationS = n;
         break;
       }
