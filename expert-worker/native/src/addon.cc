@@ -40,6 +40,22 @@ struct WeightArg {
   Napi::Reference<Napi::Uint8Array> keep;
 };
 
+// Sizes: a matrix side at most 2^30 (the kernel keeps d and f as int, rounded up to whole panels), a batch at most
+// 2^31 - 1 rows (slices address rows with uint32): so rows * cols * 4 stays far inside int64. Without the bounds,
+// 2^32 x 2^32 fp32 (2^66 bytes) wrapped to 0 and matched an empty buffer.
+constexpr int64_t kMaxSide = int64_t{1} << 30;
+constexpr int64_t kMaxRows = (int64_t{1} << 31) - 1;
+
+// An integral number in [lo, hi], else a RangeError naming `name` (NaN, fractions and negatives included).
+int64_t SizeArg(Napi::Env env, Napi::Value v, int64_t lo, int64_t hi, const std::string& name) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, name + ": expected a number");
+  const double x = v.As<Napi::Number>().DoubleValue();
+  if (!(x >= static_cast<double>(lo) && x <= static_cast<double>(hi)) || x != static_cast<double>(static_cast<int64_t>(x)))
+    throw Napi::RangeError::New(env, name + ": expected an integer in [" + std::to_string(lo) + ", " +
+                                         std::to_string(hi) + "]");
+  return static_cast<int64_t>(x);
+}
+
 WeightArg ReadWeight(Napi::Env env, Napi::Value v, const char* name) {
   if (!v.IsObject()) throw Napi::TypeError::New(env, std::string(name) + ": expected a weight object");
   Napi::Object o = v.As<Napi::Object>();
@@ -49,8 +65,8 @@ WeightArg ReadWeight(Napi::Env env, Napi::Value v, const char* name) {
   if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw Napi::TypeError::New(env, std::string(name) + ".data: expected Uint8Array");
   auto arr = data.As<Napi::Uint8Array>();
-  int64_t rows = o.Get("rows").ToNumber().Int64Value(), cols = o.Get("cols").ToNumber().Int64Value();
-  if (rows <= 0 || cols <= 0) throw Napi::RangeError::New(env, std::string(name) + ": rows and cols must be > 0");
+  const int64_t rows = SizeArg(env, o.Get("rows"), 1, kMaxSide, std::string(name) + ".rows");
+  const int64_t cols = SizeArg(env, o.Get("cols"), 1, kMaxSide, std::string(name) + ".cols");
   if (static_cast<int64_t>(arr.ByteLength()) != rows * cols * dtype_size(static_cast<DType>(dtype)))
     throw Napi::RangeError::New(env, std::string(name) + ".data: byte length does not match rows*cols*dtype");
   WeightArg w;
@@ -183,9 +199,8 @@ Napi::Value RunExperts(const Napi::CallbackInfo& info) {
   int dtype = o.Get("dtype").ToNumber().Int32Value();
   if (!dtype_valid(dtype)) throw Napi::TypeError::New(env, "dtype: unsupported");
   req.dtype = static_cast<DType>(dtype);
-  req.rows = o.Get("rows").ToNumber().Int64Value();
-  req.cols = o.Get("cols").ToNumber().Int64Value();
-  if (req.rows < 0 || req.cols <= 0) throw Napi::RangeError::New(env, "rows/cols out of range");
+  req.rows = SizeArg(env, o.Get("rows"), 0, kMaxRows, "rows");
+  req.cols = SizeArg(env, o.Get("cols"), 1, kMaxSide, "cols");
   Napi::Value tokens = o.Get("tokens");
   if (!tokens.IsTypedArray() || tokens.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw Napi::TypeError::New(env, "tokens: expected Uint8Array");
@@ -268,7 +283,13 @@ class PeakWorker : public Napi::AsyncWorker {
   PeakWorker(Napi::Env env, int threads, double seconds)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), threads_(threads), seconds_(seconds) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { r_ = measure_fma_peak(threads_, seconds_); }
+  void Execute() override {
+    try {
+      r_ = measure_fma_peak(threads_, seconds_);
+    } catch (const std::exception& ex) {
+      SetError(ex.what());
+    }
+  }
   void OnOK() override {
     Napi::Env env = Env();
     Napi::Object o = Napi::Object::New(env);
@@ -292,10 +313,19 @@ class PeakWorker : public Napi::AsyncWorker {
   PeakResult r_{};
 };
 
+// The probes' thread counts: one std::thread each, started per call (a count in the billions hung, then aborted).
+constexpr int64_t kMaxProbeThreads = 1024;
+
 Napi::Value MeasurePeak(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int threads = info[0].IsNumber() ? info[0].ToNumber().Int32Value() : ThreadPool::shared().threads();
-  double seconds = info[1].IsNumber() ? info[1].ToNumber().DoubleValue() : 1.0;
+  const int threads = info[0].IsUndefined() ? ThreadPool::shared().threads()
+                                            : static_cast<int>(SizeArg(env, info[0], 1, kMaxProbeThreads, "threads"));
+  double seconds = 1.0;
+  if (!info[1].IsUndefined()) {
+    if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "seconds: expected a number");
+    seconds = info[1].As<Napi::Number>().DoubleValue();
+    if (!(seconds > 0 && seconds <= 600)) throw Napi::RangeError::New(env, "seconds: expected (0, 600]");
+  }
   auto* w = new PeakWorker(env, threads, seconds);
   Napi::Promise p = w->Promise();
   w->Queue();
@@ -307,7 +337,13 @@ class BandwidthWorker : public Napi::AsyncWorker {
   BandwidthWorker(Napi::Env env, double mib, int threads)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), mib_(mib), threads_(threads) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { gbs_ = measure_read_bandwidth(static_cast<size_t>(mib_ * 1024 * 1024), threads_, 5); }
+  void Execute() override {
+    try {
+      gbs_ = measure_read_bandwidth(static_cast<size_t>(mib_ * 1024 * 1024), threads_, 5);
+    } catch (const std::exception& ex) {
+      SetError(ex.what());
+    }
+  }
   void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), gbs_)); }
   void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
 
@@ -320,8 +356,14 @@ class BandwidthWorker : public Napi::AsyncWorker {
 
 Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  double mib = info[0].IsNumber() ? info[0].ToNumber().DoubleValue() : 256;
-  int threads = info[1].IsNumber() ? info[1].ToNumber().Int32Value() : ThreadPool::shared().threads();
+  double mib = 256;
+  if (!info[0].IsUndefined()) {
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "mib: expected a number");
+    mib = info[0].As<Napi::Number>().DoubleValue();
+    if (!(mib > 0 && mib <= 1 << 20)) throw Napi::RangeError::New(env, "mib: expected (0, 1048576]");
+  }
+  const int threads = info[1].IsUndefined() ? ThreadPool::shared().threads()
+                                            : static_cast<int>(SizeArg(env, info[1], 1, kMaxProbeThreads, "threads"));
   auto* w = new BandwidthWorker(env, mib, threads);
   Napi::Promise p = w->Promise();
   w->Queue();

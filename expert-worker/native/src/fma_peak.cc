@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
+#include <new>
 #include <thread>
 #include <time.h>
 
@@ -50,6 +52,21 @@ static double fma_loop(int64_t iters, float* sink) {
   return static_cast<double>(iters) * 12 * kLanes * 2;
 }
 
+// Runs body(t) on `threads` std::threads and joins them. A thread that cannot be started throws (std::system_error)
+// after the ones already running are joined: destroying a joinable std::thread calls std::terminate.
+template <typename F>
+static void run_threads(int threads, F body) {
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  try {
+    for (int t = 0; t < threads; ++t) pool.emplace_back(body, t);
+  } catch (...) {
+    for (auto& th : pool) th.join();
+    throw;
+  }
+  for (auto& th : pool) th.join();
+}
+
 PeakResult measure_fma_peak(int threads, double seconds) {
   if (threads < 1) threads = 1;
   // Calibrate on one thread so each thread's fixed iteration count runs about `seconds`.
@@ -67,20 +84,17 @@ PeakResult measure_fma_peak(int threads, double seconds) {
   }
   std::vector<double> rate(threads), cpu_rate(threads);
   std::vector<float> sinks(threads);
-  std::vector<std::thread> pool;
   auto t0 = std::chrono::steady_clock::now();
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      auto s0 = std::chrono::steady_clock::now();
-      timespec c0, c1;
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
-      double flops = fma_loop(iters, &sinks[t]);
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
-      rate[t] = flops / std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count() / 1e9;
-      double cpu = (c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) * 1e-9;
-      cpu_rate[t] = cpu > 0 ? flops / cpu / 1e9 : 0;
-    });
-  for (auto& th : pool) th.join();
+  run_threads(threads, [&](int t) {
+    auto s0 = std::chrono::steady_clock::now();
+    timespec c0, c1;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    double flops = fma_loop(iters, &sinks[t]);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    rate[t] = flops / std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count() / 1e9;
+    double cpu = (c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) * 1e-9;
+    cpu_rate[t] = cpu > 0 ? flops / cpu / 1e9 : 0;
+  });
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   PeakResult r;
   r.threads = threads;
@@ -108,24 +122,21 @@ static float read_sum(const float* p, size_t n) {
 double measure_read_bandwidth(size_t bytes, int threads, int reps) {
   if (threads < 1) threads = 1;
   const size_t n = bytes / sizeof(float) / 64 * 64;
-  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
-  if (!buf) return 0;
+  float* buf = static_cast<float*>(std::aligned_alloc(64, std::max<size_t>(n, 64) * sizeof(float)));
+  if (!buf) throw std::bad_alloc();
+  std::unique_ptr<float, decltype(&std::free)> own(buf, &std::free);
   for (size_t i = 0; i < n; ++i) buf[i] = 1.f;
   double best = 0;
   std::vector<float> sinks(threads);
   for (int r = 0; r < reps; ++r) {
-    std::vector<std::thread> pool;
     auto t0 = std::chrono::steady_clock::now();
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        size_t a = n / threads / 64 * 64 * t, b = t + 1 == threads ? n : n / threads / 64 * 64 * (t + 1);
-        sinks[t] = read_sum(buf + a, b - a);
-      });
-    for (auto& th : pool) th.join();
+    run_threads(threads, [&](int t) {
+      size_t a = n / threads / 64 * 64 * t, b = t + 1 == threads ? n : n / threads / 64 * 64 * (t + 1);
+      sinks[t] = read_sum(buf + a, b - a);
+    });
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, n * sizeof(float) / s / 1e9);
   }
-  std::free(buf);
   return best;
 }
 

@@ -2,11 +2,12 @@
 // with awkward sizes: 1 token, experts with no tokens, rows in no slice, d not a multiple of 8, 257 experts,
 // bf16 / fp16 / fp32 inputs. Also: cancelling a run really stops the kernel (tile counter).
 
+import { spawnSync } from "node:child_process";
 import { expertToFloat32, referenceExpertFFN64, type WeightDType } from "@switchyard/moe";
 import { bytesToFloat32, DType, dtypeName, valuesToBytes } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { PROTO_OF, randomExpert, rng, uniform } from "../testing.js";
-import { loadNativeAddon, NativeCpuBackend, nativeLoadError } from "./native-cpu.js";
+import { loadNativeAddon, NATIVE_ADDON_PATH, NativeCpuBackend, nativeLoadError } from "./native-cpu.js";
 import { ReferenceBackend } from "./reference.js";
 import type { ExpertBackend, PreparedExpert } from "./types.js";
 
@@ -264,5 +265,50 @@ describe.skipIf(!addon)("native CPU backend", () => {
     const peak = await native.addon.measurePeak(1, 0.05);
     expect(peak.gflops).toBeGreaterThan(1);
     expect(PROTO_OF.bfloat16).toBe(DType.BFLOAT16);
+  });
+});
+
+// Bad calls straight to the addon's exported functions (the wrapper validates first, but a crash would take the whole
+// worker down): each runs in a child process, so a segfault or abort shows as a signal or exit status, not as a dead
+// test worker.
+describe.skipIf(!addon)("native CPU addon: bad calls throw instead of crashing", () => {
+  /** Runs `body` (async, `a` = the addon) in a fresh node; its stdout is the thrown error's name and message. */
+  function probe(body: string): { status: number | null; signal: string | null; out: string } {
+    const code = `const a = require(${JSON.stringify(NATIVE_ADDON_PATH)});
+      (async () => { ${body} })().then(() => console.log("no error"), (e) => console.log(e.name + ": " + e.message));`;
+    const r = spawnSync(process.execPath, ["-e", code], {
+      encoding: "utf8",
+      timeout: 10_000,
+      env: { ...process.env, SWITCHYARD_CPU_THREADS: "2" },
+    });
+    return { status: r.status, signal: r.signal, out: `${r.stdout}${r.stderr}`.trim() };
+  }
+
+  it("prepareExpert: rows * cols * 4 wrapping past 2^64 to the empty buffer's length is refused", () => {
+    // 2^32 x 2^32 fp32 is 2^66 bytes, 0 modulo 2^64: an int64 product matched the empty Uint8Array.
+    const r = probe(`const w = { dtype: 1, rows: 2 ** 32, cols: 2 ** 32, data: new Uint8Array(0) };
+      await a.prepareExpert(w, w, w);`);
+    expect(r).toMatchObject({ status: 0, signal: null });
+    expect(r.out).toMatch(/^RangeError: gate\.rows/);
+  });
+
+  it("runExperts: rows * cols * 4 wrapping past 2^64 is refused (was an uncaught std::bad_alloc: abort)", () => {
+    const r = probe(`await a.runExperts({ dtype: 1, rows: 2 ** 40, cols: 2 ** 24, tokens: new Uint8Array(0),
+      experts: [], slices: new Uint32Array(0) });`);
+    expect(r).toMatchObject({ status: 0, signal: null });
+    expect(r.out).toMatch(/^RangeError: rows/);
+  });
+
+  it("measurePeak / measureReadBandwidth: absurd thread counts and sizes reject (were a hang and an abort)", () => {
+    for (const call of [
+      "await a.measurePeak(1e9, 0.01)",
+      "await a.measurePeak(1, NaN)",
+      "await a.measureReadBandwidth(1, 1e9)",
+      "await a.measureReadBandwidth(-1, 1)",
+    ]) {
+      const r = probe(call);
+      expect(r, call).toMatchObject({ status: 0, signal: null });
+      expect(r.out, call).toMatch(/^RangeError: (threads|seconds|mib)/);
+    }
   });
 });

@@ -4,7 +4,8 @@
 //     dst        Uint8Array/Uint16Array/Float32Array view of the reply's data field, tokens*d elements of `type`
 //     type       1 = FLOAT32 rows, 2 = BFLOAT16 rows
 //     weights    Float32Array [tokens*slots]; locations Int32Array [tokens*slots*2] (result index or -1, row)
-//     results    Array of typed-array views of worker replies (any alignment)
+//     results    Array of typed-array views of worker replies (any alignment), its elements read before any data
+//                pointer is taken (a getter could detach a buffer)
 //     base       Float32Array [tokens*d] (shared-expert output) or null
 //   routerLogits(hidden, gateT, tokens, d, experts, out) -> undefined
 //     hidden     Float32Array [tokens*d] or Uint16Array (bf16 bits); gateT Float32Array [d*experts] (the gate
@@ -78,17 +79,22 @@ napi_value Fail(napi_env env, bool range, const std::string& msg) {
   return nullptr;
 }
 
-bool ViewOf(napi_env env, napi_value v, Bytes* out) {
+// A typed array's bytes; with `want`, only a typed array of that element type.
+bool ViewOf(napi_env env, napi_value v, Bytes* out, const napi_typedarray_type* want = nullptr) {
   bool is = false;
   if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
   napi_typedarray_type type;
   size_t length = 0;
   void* data = nullptr;
   if (napi_get_typedarray_info(env, v, &type, &length, &data, nullptr, nullptr) != napi_ok) return false;
+  if (want && type != *want) return false;
   out->data = static_cast<uint8_t*>(data);
   out->length = length * ElementSize(type);
   return true;
 }
+
+constexpr napi_typedarray_type kFloat32 = napi_float32_array;
+constexpr napi_typedarray_type kInt32 = napi_int32_array;
 
 // An integral number in [lo, hi], else -1 (callers name the argument in the error).
 int64_t IntArg(napi_env env, napi_value v, int64_t lo, int64_t hi) {
@@ -115,37 +121,44 @@ napi_value CombineJs(napi_env env, napi_callback_info info) {
   const int64_t slots = IntArg(env, argv[4], 0, 1 << 16);
   if (slots < 0) return Fail(env, true, "slots: out of range");
   const size_t el = type == 2 ? 2 : 4;
-  Bytes dst, weights, locations;
-  if (!ViewOf(env, argv[0], &dst)) return Fail(env, false, "dst: expected a typed array");
-  if (!ViewOf(env, argv[5], &weights)) return Fail(env, false, "weights: expected a typed array");
-  if (!ViewOf(env, argv[6], &locations)) return Fail(env, false, "locations: expected a typed array");
-  const size_t n = static_cast<size_t>(tokens) * d;
-  const size_t ts = static_cast<size_t>(tokens) * slots;
-  if (dst.length < n * el) return Fail(env, true, "dst: shorter than tokens*d elements");
-  if (weights.length < ts * 4) return Fail(env, true, "weights: shorter than tokens*slots");
-  if (locations.length < ts * 8) return Fail(env, true, "locations: shorter than tokens*slots*2");
   bool isArray = false;
   if (napi_is_array(env, argv[7], &isArray) != napi_ok || !isArray)
     return Fail(env, false, "results: expected an array");
   uint32_t nres = 0;
   if (napi_get_array_length(env, argv[7], &nres) != napi_ok) return nullptr;
   // One request's results fit inline; a large batch spills to the heap.
+  napi_value inlineVals[kInlineResults];
   Bytes inlineRes[kInlineResults];
   const uint8_t* inlinePtrs[kInlineResults];
+  std::vector<napi_value> heapVals;
   std::vector<Bytes> heapRes;
   std::vector<const uint8_t*> heapPtrs;
+  napi_value* vals = inlineVals;
   Bytes* res = inlineRes;
   const uint8_t** ptrs = inlinePtrs;
   if (nres > kInlineResults) {
+    heapVals.resize(nres);
     heapRes.resize(nres);
     heapPtrs.resize(nres);
+    vals = heapVals.data();
     res = heapRes.data();
     ptrs = heapPtrs.data();
   }
+  // The elements first: reading one may run JavaScript (a getter) that detaches or shrinks any of the arguments'
+  // buffers, so no data pointer is taken before the last of them. Nothing below calls into JavaScript.
+  for (uint32_t i = 0; i < nres; i++)
+    if (napi_get_element(env, argv[7], i, &vals[i]) != napi_ok) return nullptr;
+  Bytes dst, weights, locations;
+  if (!ViewOf(env, argv[0], &dst)) return Fail(env, false, "dst: expected a typed array");
+  if (!ViewOf(env, argv[5], &weights, &kFloat32)) return Fail(env, false, "weights: expected a Float32Array");
+  if (!ViewOf(env, argv[6], &locations, &kInt32)) return Fail(env, false, "locations: expected an Int32Array");
+  const size_t n = static_cast<size_t>(tokens) * d;
+  const size_t ts = static_cast<size_t>(tokens) * slots;
+  if (dst.length < n * el) return Fail(env, true, "dst: shorter than tokens*d elements");
+  if (weights.length < ts * 4) return Fail(env, true, "weights: shorter than tokens*slots");
+  if (locations.length < ts * 8) return Fail(env, true, "locations: shorter than tokens*slots*2");
   for (uint32_t i = 0; i < nres; i++) {
-    napi_value e;
-    if (napi_get_element(env, argv[7], i, &e) != napi_ok) return nullptr;
-    if (!ViewOf(env, e, &res[i])) return Fail(env, false, "results[i]: expected a typed array");
+    if (!ViewOf(env, vals[i], &res[i])) return Fail(env, false, "results[i]: expected a typed array");
     ptrs[i] = res[i].data;
   }
   const float* base = nullptr;
@@ -153,7 +166,7 @@ napi_value CombineJs(napi_env env, napi_callback_info info) {
   if (napi_typeof(env, argv[8], &bt) != napi_ok) return nullptr;
   if (bt != napi_null && bt != napi_undefined) {
     Bytes b;
-    if (!ViewOf(env, argv[8], &b)) return Fail(env, false, "base: expected a typed array");
+    if (!ViewOf(env, argv[8], &b, &kFloat32)) return Fail(env, false, "base: expected a Float32Array");
     if (b.length < n * 4) return Fail(env, true, "base: shorter than tokens*d floats");
     base = reinterpret_cast<const float*>(b.data);
   }

@@ -4,10 +4,11 @@
 // contribution (the native one-pass path: top-1, or top-k with the other slots empty); and bad calls that must throw
 // instead of reading out of bounds.
 
+import { spawnSync } from "node:child_process";
 import { DType } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { type CombineInput, combineIntoTs } from "./combine.js";
-import { GATE_LAYOUT, nativeCombineStatus, routerAddon, staleAddon } from "./native-combine.js";
+import { GATE_LAYOUT, nativeCombineStatus, ROUTER_ADDON_PATH, routerAddon, staleAddon } from "./native-combine.js";
 
 const addon = routerAddon();
 // CI builds the addon (npm test builds first): not loading there is a failure, not a skip.
@@ -118,6 +119,43 @@ describe.skipIf(!addon)(`native combine (${nativeCombineStatus()}, seed ${seed})
     expect(call([0, 0, 0, 1], { dst: new Uint16Array(7) })).toThrow(/dst/);
     expect(call([0, 0, 0, 1], { type: 3 })).toThrow(/type/);
     expect(call([0, 0, 0, 1], { type: 1 })).toThrow(/dst|out of range/); // fp32 rows need twice the bytes
+  });
+
+  it("refuses weights, locations and base of another element type (their bytes were read as float / int32)", () => {
+    const rows = new Float32Array(8).fill(1);
+    const dst = new Float32Array(8);
+    const loc = Int32Array.from([0, 0, 0, 1]);
+    const c = addon!.combine as (...a: unknown[]) => void;
+    // Same byte lengths as the right types: a Float64Array of weights was summed as 2 floats per double.
+    expect(() => c(dst, 1, 2, 4, 1, new Float64Array(1).fill(0.5), loc, [rows], null)).toThrow(
+      /weights: expected a Float32Array/,
+    );
+    expect(() => c(dst, 1, 2, 4, 1, new Float32Array(2), new Uint32Array(4), [rows], null)).toThrow(
+      /locations: expected an Int32Array/,
+    );
+    expect(() => c(dst, 1, 2, 4, 1, new Float32Array(2), loc, [rows], new Float64Array(4))).toThrow(
+      /base: expected a Float32Array/,
+    );
+  });
+
+  it("a results getter that detaches dst cannot make the sum write freed memory", () => {
+    // The getter runs inside combine (napi_get_element): it detaches dst (structuredClone with transfer) and
+    // collects the clone, freeing dst's 64 MiB. The sum then wrote through the pointer taken before: SIGSEGV.
+    const code = `const a = require(${JSON.stringify(ROUTER_ADDON_PATH)});
+      const tokens = 1 << 22, d = 4;
+      const dst = new Float32Array(tokens * d);
+      const row = new Float32Array(d).fill(3);
+      const results = [row];
+      Object.defineProperty(results, 0, {
+        get() { structuredClone(dst.buffer, { transfer: [dst.buffer] }); gc(); gc(); return row; },
+      });
+      try {
+        a.combine(dst, 1, tokens, d, 1, new Float32Array(tokens).fill(1), new Int32Array(tokens * 2), results, null);
+        console.log("no error");
+      } catch (e) { console.log(e.name + ": " + e.message); }`;
+    const r = spawnSync(process.execPath, ["--expose-gc", "-e", code], { encoding: "utf8", timeout: 20_000 });
+    expect({ status: r.status, signal: r.signal }).toEqual({ status: 0, signal: null });
+    expect(r.stdout.trim()).toMatch(/^RangeError: dst: shorter/);
   });
 });
 
