@@ -2,8 +2,17 @@
 // same calls, but the operator needs three things they make awkward: server-side apply on any kind with one
 // call, a count of every request it makes (the benchmark's requests per pool and "zero writes after
 // convergence" are measured here), and errors that keep the API server's Status (code, reason, message).
+
+import { setTimeout as sleep } from "node:timers/promises";
 import { HttpMethod, type KubeConfig, RequestContext } from "@kubernetes/client-node";
 import { fetch } from "undici";
+
+const MAX_RETRIES = 10;
+
+/** Retry-After as whole seconds (the API server's form; client-go reads no other), or -1. */
+function retryAfterSeconds(h: string | null): number {
+  return h !== null && /^\d+$/.test(h.trim()) ? Number(h.trim()) : -1;
+}
 
 export class KubeError extends Error {
   constructor(
@@ -97,23 +106,32 @@ export class Kube {
     headers["user-agent"] = this.userAgent;
     headers.accept = "application/json";
     if (opts.body !== undefined) headers["content-type"] = opts.contentType ?? "application/json";
-    let res: Awaited<ReturnType<typeof fetch>>;
-    try {
-      res = await fetch(url, {
-        method,
-        headers,
-        // biome-ignore lint/suspicious/noExplicitAny: client-node types its dispatcher against its own undici copy
-        dispatcher: dispatcher as any,
-        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-        signal: opts.signal ?? AbortSignal.timeout(30_000),
-      });
-    } catch (e) {
-      this.record(verb, path, 0);
-      throw new KubeError(0, "ConnectionFailed", `${method} ${path}: ${(e as Error).message}`);
-    }
-    this.record(verb, path, res.status);
-    const text = await res.text();
-    if (res.status >= 400) {
+    const body = opts.body === undefined ? undefined : JSON.stringify(opts.body);
+    // One budget for the request and its retries: a throttled or hung API server fails it, it never hangs it.
+    const signal = opts.signal ?? AbortSignal.timeout(30_000);
+    for (let attempt = 0; ; attempt++) {
+      let res: Awaited<ReturnType<typeof fetch>>;
+      let text: string;
+      try {
+        res = await fetch(url, {
+          method,
+          headers,
+          // biome-ignore lint/suspicious/noExplicitAny: client-node types its dispatcher against its own undici copy
+          dispatcher: dispatcher as any,
+          body,
+          signal,
+        });
+      } catch (e) {
+        this.record(verb, path, 0);
+        throw new KubeError(0, "ConnectionFailed", `${method} ${path}: ${(e as Error).message}`);
+      }
+      this.record(verb, path, res.status);
+      try {
+        text = await res.text();
+      } catch (e) {
+        throw new KubeError(0, "ConnectionFailed", `${method} ${path}: ${res.status}, body: ${(e as Error).message}`);
+      }
+      if (res.status < 400) return (text ? JSON.parse(text) : undefined) as T;
       let status: Record<string, unknown> | undefined;
       try {
         status = JSON.parse(text);
@@ -122,14 +140,23 @@ export class Kube {
       }
       const reason = typeof status?.reason === "string" ? status.reason : String(res.status);
       const message = typeof status?.message === "string" ? status.message : text.slice(0, 500);
-      throw new KubeError(res.status, reason, `${method} ${path}: ${res.status} ${reason}: ${message}`, status);
+      const err = new KubeError(res.status, reason, `${method} ${path}: ${res.status} ${reason}: ${message}`, status);
+      // As client-go's rest client: 429 and 5xx answers with Retry-After (API priority and fairness, an apiserver
+      // shutting down) were not acted on and are sent again after the delay they ask for, at most 10 times.
+      const retryAfter =
+        res.status === 429 || res.status >= 500 ? retryAfterSeconds(res.headers.get("retry-after")) : -1;
+      if (retryAfter < 0 || attempt >= MAX_RETRIES) throw err;
+      try {
+        await sleep(retryAfter * 1000, undefined, { signal });
+      } catch {
+        throw err;
+      }
     }
-    return (text ? JSON.parse(text) : undefined) as T;
   }
 
-  async get<T>(path: string): Promise<T | undefined> {
+  async get<T>(path: string, opts: { signal?: AbortSignal } = {}): Promise<T | undefined> {
     try {
-      return await this.request<T>("get", HttpMethod.GET, path);
+      return await this.request<T>("get", HttpMethod.GET, path, opts);
     } catch (e) {
       if (e instanceof KubeError && e.code === 404) return undefined;
       throw e;
@@ -149,12 +176,12 @@ export class Kube {
     });
   }
 
-  create<T>(path: string, body: unknown): Promise<T> {
-    return this.request<T>("create", HttpMethod.POST, path, { body });
+  create<T>(path: string, body: unknown, opts: { signal?: AbortSignal } = {}): Promise<T> {
+    return this.request<T>("create", HttpMethod.POST, path, { ...opts, body });
   }
 
-  update<T>(path: string, body: unknown): Promise<T> {
-    return this.request<T>("update", HttpMethod.PUT, path, { body });
+  update<T>(path: string, body: unknown, opts: { signal?: AbortSignal } = {}): Promise<T> {
+    return this.request<T>("update", HttpMethod.PUT, path, { ...opts, body });
   }
 }
 

@@ -90,17 +90,34 @@ const until = async (f: () => boolean, ms = 5000) => {
   }
 };
 
-function candidate(kc: KubeConfig, identity: string, events: string[]) {
+function candidate(
+  kc: KubeConfig,
+  identity: string,
+  events: string[],
+  timing = { leaseDurationMs: 1000, renewDeadlineMs: 700 },
+) {
   return new LeaderElector(new Kube(kc), {
     namespace: "ops",
     name: "op",
     identity,
-    leaseDurationMs: 1000,
-    renewDeadlineMs: 700,
+    ...timing,
     retryPeriodMs: 100,
     onStartedLeading: () => events.push(`${identity} leads`),
     onStoppedLeading: () => events.push(`${identity} stopped`),
   });
+}
+
+/** Another holder's renewal as its own clock, `skewMs` off ours, stamps it. */
+function renewAs(holder: string, skewMs: number, leaseDurationSeconds = 1) {
+  lease = {
+    metadata: { name: "op", namespace: "ops", resourceVersion: String(++rv) },
+    spec: {
+      ...lease?.spec,
+      holderIdentity: holder,
+      renewTime: new Date(Date.now() + skewMs).toISOString(),
+      leaseDurationSeconds,
+    },
+  };
 }
 
 /** Candidate "a" on a fresh fake API server, started and leading. */
@@ -173,6 +190,55 @@ describe("LeaderElector", () => {
       },
     };
     await until(() => !a.isLeader(), 3000);
+    expect(events).toEqual(["a leads", "a stopped"]);
+    await a.stop();
+  });
+
+  it("takes over a dead holder's lease whose clock ran ahead of ours (expiry is judged by our own clock)", async () => {
+    const kc = await fakeLeaseApi();
+    renewAs("ghost", 3_600_000); // its last renewal, stamped an hour ahead; it never renews again
+    const events: string[] = [];
+    const b = candidate(kc, "b", events);
+    b.start();
+    await until(() => b.isLeader(), 3000);
+    expect(lease?.spec.holderIdentity).toBe("b");
+    await b.stop();
+  });
+
+  it("leaves a live holder's lease alone although its clock runs behind ours", async () => {
+    const kc = await fakeLeaseApi();
+    renewAs("live", -3_600_000);
+    const renewing = setInterval(() => renewAs("live", -3_600_000), 100);
+    try {
+      const events: string[] = [];
+      const b = candidate(kc, "b", events);
+      b.start();
+      await new Promise((r) => setTimeout(r, 600)); // several retry periods
+      expect(events).toEqual([]);
+      expect(lease?.spec.holderIdentity).toBe("live");
+      await b.stop();
+    } finally {
+      clearInterval(renewing);
+    }
+  });
+
+  it("a renewal that hangs past the renew deadline ends the leadership at the deadline", async () => {
+    const { a, events } = await leadingA();
+    putDelayMs = 3000; // the API server stops answering; the renewal would land long after the lease expired
+    await until(() => putsInFlight > 0);
+    await until(() => !a.isLeader(), 1500);
+    expect(events).toEqual(["a leads", "a stopped"]);
+    await a.stop();
+  });
+
+  it("a leader that reads the lease held by another stops leading at once, not at the renew deadline", async () => {
+    const kc = await fakeLeaseApi();
+    const events: string[] = [];
+    const a = candidate(kc, "a", events, { leaseDurationMs: 10_000, renewDeadlineMs: 8000 });
+    a.start();
+    await until(() => a.isLeader());
+    renewAs("thief", 0, 60); // taken behind our back: our next renewal 409s, the read after it shows the thief
+    await until(() => !a.isLeader(), 2000);
     expect(events).toEqual(["a leads", "a stopped"]);
     await a.stop();
   });

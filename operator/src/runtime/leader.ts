@@ -1,5 +1,7 @@
 // Leader election on a coordination.k8s.io/v1 Lease, client-go style: acquire when the lease is free or
-// expired, renew every retryPeriod, give up leadership when a renewal has not succeeded within renewDeadline.
+// expired, renew every retryPeriod, give up leadership when a renewal has not succeeded within renewDeadline
+// (a request still out at the deadline is aborted: landing later, it would renew a lease another may hold by
+// then) or as soon as a read shows the lease held by another.
 // Optimistic concurrency (the read resourceVersion goes into the update) makes two candidates racing for an
 // expired lease safe: one update wins, the other gets 409 Conflict.
 import type { Kube } from "./kube.js";
@@ -33,6 +35,9 @@ interface Lease {
 /** MicroTime as the API expects it (RFC 3339 with microseconds). */
 const microTime = (ms: number) => new Date(ms).toISOString().replace("Z", "000Z");
 
+/** Deadlines and expiry on a clock that wall-clock steps do not move. */
+const monotonic = () => performance.now();
+
 export class LeaderElector {
   private leading = false;
   private lastRenew = 0;
@@ -44,6 +49,10 @@ export class LeaderElector {
   private wroteWhileStopping = false;
   /** The lease as our last successful write left it: renewals skip the GET while we hold it. */
   private cached: Lease | undefined;
+  /** The lease's spec as last read, and when (our monotonic clock) it was first read so. */
+  private observed: { record: string; at: number } | undefined;
+  /** The last read showed the lease held, unexpired, by another. */
+  private heldByOther = false;
   private readonly leaseMs: number;
   private readonly renewDeadlineMs: number;
   private readonly retryMs: number;
@@ -78,8 +87,12 @@ export class LeaderElector {
   private async campaign(): Promise<void> {
     if (this.stopped) return;
     let ok = false;
+    const started = monotonic();
+    // A leader's round may run only until its renew deadline; a candidate's, one deadline's length.
+    const budget = this.leading ? this.lastRenew + this.renewDeadlineMs - started : this.renewDeadlineMs;
+    this.heldByOther = false;
     try {
-      ok = await this.tryAcquireOrRenew();
+      ok = await this.tryAcquireOrRenew(AbortSignal.timeout(Math.max(1, Math.ceil(budget))));
     } catch (e) {
       this.o.log?.(`leader election: ${(e as Error).message}`);
     }
@@ -92,16 +105,18 @@ export class LeaderElector {
     }
     try {
       if (ok) {
-        this.lastRenew = Date.now();
+        this.lastRenew = monotonic();
         if (!this.leading) {
           this.leading = true;
           this.o.log?.(`leader election: ${this.o.identity} became leader of ${this.o.namespace}/${this.o.name}`);
           this.o.onStartedLeading();
         }
       }
-      if (this.leading && Date.now() - this.lastRenew > this.renewDeadlineMs) {
+      if (this.leading && (this.heldByOther || monotonic() - this.lastRenew >= this.renewDeadlineMs)) {
         this.leading = false;
-        this.o.log?.(`leader election: ${this.o.identity} lost the lease (no renewal within the deadline)`);
+        this.o.log?.(
+          `leader election: ${this.o.identity} lost the lease (${this.heldByOther ? "held by another" : "no renewal within the deadline"})`,
+        );
         this.o.onStoppedLeading();
       }
     } catch (e) {
@@ -110,10 +125,10 @@ export class LeaderElector {
     this.schedule();
   }
 
-  private async tryAcquireOrRenew(): Promise<boolean> {
+  private async tryAcquireOrRenew(signal: AbortSignal): Promise<boolean> {
     const base = paths.leases(this.o.namespace);
     const now = Date.now();
-    const lease = this.cached ?? (await this.kube.get<Lease>(`${base}/${this.o.name}`));
+    const lease = this.cached ?? (await this.kube.get<Lease>(`${base}/${this.o.name}`, { signal }));
     this.cached = undefined;
     const spec = {
       holderIdentity: this.o.identity,
@@ -122,12 +137,16 @@ export class LeaderElector {
     };
     if (!lease) {
       try {
-        this.cached = await this.kube.create<Lease>(base, {
-          apiVersion: "coordination.k8s.io/v1",
-          kind: "Lease",
-          metadata: { name: this.o.name, namespace: this.o.namespace },
-          spec: { ...spec, acquireTime: microTime(now), leaseTransitions: 0 },
-        });
+        this.cached = await this.kube.create<Lease>(
+          base,
+          {
+            apiVersion: "coordination.k8s.io/v1",
+            kind: "Lease",
+            metadata: { name: this.o.name, namespace: this.o.namespace },
+            spec: { ...spec, acquireTime: microTime(now), leaseTransitions: 0 },
+          },
+          { signal },
+        );
         return true;
       } catch (e) {
         if (e instanceof KubeError && e.code === 409) return false;
@@ -135,22 +154,31 @@ export class LeaderElector {
       }
     }
     const held = lease.spec.holderIdentity;
-    const renewed = lease.spec.renewTime ? Date.parse(lease.spec.renewTime) : 0;
     const duration = (lease.spec.leaseDurationSeconds ?? 15) * 1000;
     const mine = held === this.o.identity;
-    // Another holder's lease counts as expired only by our own clock since we last saw it change; comparing
-    // against its renewTime assumes synchronized clocks, which is what client-go also does for simplicity.
-    if (!mine && held && now - renewed < duration) return false;
+    // Another holder's lease expires leaseDuration after we last saw its record change, by our own clock, as in
+    // client-go: its renewTime is stamped by the holder's clock, and any skew against ours would let us take a
+    // live lease or wait out a dead one for as long as the skew.
+    const record = JSON.stringify(lease.spec);
+    if (this.observed?.record !== record) this.observed = { record, at: monotonic() };
+    if (!mine && held && monotonic() - this.observed.at < duration) {
+      this.heldByOther = true;
+      return false;
+    }
     try {
-      this.cached = await this.kube.update<Lease>(`${base}/${this.o.name}`, {
-        ...lease,
-        spec: {
-          ...lease.spec,
-          ...spec,
-          acquireTime: mine ? lease.spec.acquireTime : microTime(now),
-          leaseTransitions: (lease.spec.leaseTransitions ?? 0) + (mine ? 0 : 1),
+      this.cached = await this.kube.update<Lease>(
+        `${base}/${this.o.name}`,
+        {
+          ...lease,
+          spec: {
+            ...lease.spec,
+            ...spec,
+            acquireTime: mine ? lease.spec.acquireTime : microTime(now),
+            leaseTransitions: (lease.spec.leaseTransitions ?? 0) + (mine ? 0 : 1),
+          },
         },
-      });
+        { signal },
+      );
       return true;
     } catch (e) {
       if (e instanceof KubeError && e.code === 409) return false;
@@ -173,12 +201,17 @@ export class LeaderElector {
     this.leading = false;
     try {
       const path = `${paths.leases(this.o.namespace)}/${this.o.name}`;
-      const lease = await this.kube.get<Lease>(path);
+      const signal = AbortSignal.timeout(this.renewDeadlineMs);
+      const lease = await this.kube.get<Lease>(path, { signal });
       if (lease?.spec.holderIdentity === this.o.identity) {
-        await this.kube.update(path, {
-          ...lease,
-          spec: { ...lease.spec, holderIdentity: "", renewTime: microTime(Date.now()), leaseDurationSeconds: 1 },
-        });
+        await this.kube.update(
+          path,
+          {
+            ...lease,
+            spec: { ...lease.spec, holderIdentity: "", renewTime: microTime(Date.now()), leaseDurationSeconds: 1 },
+          },
+          { signal },
+        );
       }
     } catch (e) {
       this.o.log?.(`leader election: release failed: ${(e as Error).message}`);

@@ -314,6 +314,22 @@ describe("encode/decode round trips", () => {
     Buffer.from(f32ToBf16(src).buffer).copy(h, 1);
     expect(Array.from(bytesToFloat32(h.subarray(1), DType.BFLOAT16))).toEqual([1, 2, 3, 4]);
   });
+  it("raw bytes that are not whole elements are refused, not truncated", () => {
+    for (const [dtype, bytes] of [
+      [DType.FLOAT32, 6],
+      [DType.BFLOAT16, 5],
+      [DType.FLOAT16, 3],
+    ] as const) {
+      const e = (() => {
+        try {
+          bytesToFloat32(new Uint8Array(bytes), dtype);
+        } catch (err) {
+          return err as SwitchyardError;
+        }
+      })();
+      expect(isSwitchyardError(e, "INVALID_ARGUMENT") && e.field).toBe("data");
+    }
+  });
   it("dtypeSize", () => {
     expect([DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16, DType.INT32].map(dtypeSize)).toEqual([4, 2, 2, 4]);
     expect(f32Bits(1)).toBe(0x3f800000);

@@ -143,6 +143,13 @@ export function bytesToValues(
   n = data.byteLength / dtypeSize(dtype),
   copy = false,
 ): TensorValues {
+  // A typed-array length rounds a fractional count down, which would drop trailing bytes without a word.
+  const size = dtypeSize(dtype);
+  if (!Number.isInteger(n) || n < 0 || n * size > data.byteLength)
+    throw invalidArgument(
+      "data",
+      `${data.byteLength} bytes do not hold ${Number.isInteger(n) ? n : "whole"} ${dtypeName(dtype)} elements of ${size} bytes`,
+    );
   switch (dtype) {
     case DType.FLOAT32: {
       const v = view32(data, n, copy);
