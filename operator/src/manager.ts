@@ -133,12 +133,38 @@ export class Manager {
       this.policyCtl.queue.add(poolKey(rp));
       if (ev !== "resync") enqueueRouter();
     });
-    const statefulSets = mk<V1StatefulSet>("statefulsets", paths.statefulSets(ns), toPool, managed);
-    const services = mk<V1Service>("services", paths.services(ns), toPool, managed);
+    // A delete outdates our last write of the object: RecentWrites would otherwise answer with that write for its
+    // 30 s, so the reconcile the delete triggers would see nothing to recreate (until the 10-minute resync).
+    const forgetOnDelete =
+      (kind: string) => (ev: InformerEvent, obj: { metadata?: { namespace?: string; name?: string } }) => {
+        if (ev === "delete") recent.forget(kind, obj.metadata?.namespace ?? "default", obj.metadata?.name ?? "");
+      };
+    const stsDeleted = forgetOnDelete("StatefulSet");
+    const svcDeleted = forgetOnDelete("Service");
+    const cmDeleted = forgetOnDelete("ConfigMap");
+    const statefulSets = mk<V1StatefulSet>(
+      "statefulsets",
+      paths.statefulSets(ns),
+      (ev, o) => {
+        stsDeleted(ev, o);
+        toPool(ev, o);
+      },
+      managed,
+    );
+    const services = mk<V1Service>(
+      "services",
+      paths.services(ns),
+      (ev, o) => {
+        svcDeleted(ev, o);
+        toPool(ev, o);
+      },
+      managed,
+    );
     const configMaps = mk<V1ConfigMap>(
       "configmaps",
       paths.configMaps(ns),
       (ev, cm) => {
+        cmDeleted(ev, cm);
         toPool(ev, cm);
         if (this.leading && ev !== "resync" && (cm.metadata?.labels?.[POOL_LABEL] || cm.metadata?.name === router.name))
           enqueueRouter();

@@ -3,7 +3,7 @@
 // converges without duplicates through its own restart, an API server restart and a leader change, then goes quiet.
 
 import { KubeConfig } from "@kubernetes/client-node";
-import type { Manager } from "@switchyard/operator";
+import { type Manager, paths } from "@switchyard/operator";
 import { describeWithCluster } from "@switchyard/test/cluster/vitest";
 import { afterAll, beforeAll, expect, it, vi } from "vitest";
 import { waitUntil } from "../cluster/index.js";
@@ -217,6 +217,32 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     expect(cond(last, "Ready")).toMatchObject({ status: "False", reason: "ApplyFailed" });
     expect(last?.status?.observedGeneration).toBe(last?.metadata.generation);
     await cluster().kubectl(["delete", "xp", "refused", "-n", "life"]);
+  });
+
+  it("recreates a child deleted right after the operator wrote it (its own recent write does not mask the delete)", async () => {
+    const k = admin();
+    const svcPath = `${paths.services("life")}/fresh-workers`;
+    await k.create(XP("life"), pool("fresh", "life", { replicas: 1 }));
+    // Delete the Service the moment it exists: before a reconcile has seen it in the cache, while the operator's
+    // record of its own write is all it has of it.
+    let first: { metadata: { uid: string } } | undefined;
+    await waitUntil(
+      async () => {
+        first = await k.get(svcPath);
+        return first !== undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 5, what: "the pool's Service" },
+    );
+    await k.request("delete", "DELETE", svcPath);
+    // within seconds, not at the 10-minute resync
+    await waitUntil(
+      async () => {
+        const now = await k.get<{ metadata: { uid: string } }>(svcPath);
+        return now !== undefined && now.metadata.uid !== first?.metadata.uid;
+      },
+      { timeoutMs: 20_000, what: "the Service recreated" },
+    );
+    await cluster().kubectl(["delete", "xp", "fresh", "-n", "life"]);
   });
 
   it("kubectl scale expertpool/NAME --replicas=N works (scale subresource) and republishes the plan", async () => {
