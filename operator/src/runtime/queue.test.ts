@@ -95,4 +95,31 @@ describe("WorkQueue", () => {
     q.add("y"); // ignored after shutdown
     expect(await q.get()).toBeUndefined();
   });
+
+  it("counts a key added while it is processed once, and times its wait from that add", async () => {
+    let now = 0;
+    const adds: number[] = [];
+    const waits: number[] = [];
+    const q = new WorkQueue(
+      "t",
+      {
+        depth: () => {},
+        add: () => adds.push(now),
+        retry: () => {},
+        queueDuration: (s) => waits.push(s),
+        workDuration: () => {},
+      },
+      undefined,
+      () => now,
+    );
+    q.add("x");
+    expect(await q.get()).toBe("x");
+    now = 1000;
+    q.add("x"); // an event while x is reconciled: x is dirty
+    now = 6000;
+    q.done("x"); // back in line, waiting since t=1000
+    expect(await q.get()).toBe("x");
+    expect(adds).toEqual([0, 1000]);
+    expect(waits).toEqual([0, 5]);
+  });
 });

@@ -47,12 +47,18 @@ export class WorkQueue {
     this.dirty.add(key);
     this.addedAt.set(key, this.now());
     if (this.processing.has(key)) return; // requeued by done()
+    this.enqueue(key);
+  }
+
+  /** Hands a dirty key to a waiting worker, or puts it in line; its wait is timed from its add. */
+  private enqueue(key: string): void {
     const w = this.waiters.shift();
     if (w) {
       this.dirty.delete(key);
       this.processing.set(key, this.now());
-      this.metrics?.queueDuration(0);
+      const at = this.addedAt.get(key);
       this.addedAt.delete(key);
+      this.metrics?.queueDuration(at !== undefined ? (this.now() - at) / 1000 : 0);
       w(key);
       return;
     }
@@ -125,11 +131,9 @@ export class WorkQueue {
     const started = this.processing.get(key);
     this.processing.delete(key);
     if (started !== undefined) this.metrics?.workDuration((this.now() - started) / 1000);
-    if (this.dirty.has(key)) {
-      // Added while it was being processed: hand it out again (to a waiting worker, or back in line).
-      this.dirty.delete(key);
-      this.add(key);
-    }
+    // Added while it was being processed: hand it out again (to a waiting worker, or back in line), as that add
+    // counted and timed it (client-go's Done): not a second add, nor a wait that starts only now.
+    if (this.dirty.has(key) && !this.shuttingDown) this.enqueue(key);
   }
 
   /** Seconds of work in progress, and the longest single run, for the unfinished-work gauges. */
