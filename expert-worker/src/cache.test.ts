@@ -82,6 +82,23 @@ describe("ResidencyCache", () => {
     expect(cache.size).toBe(1);
   });
 
+  it("an expert evicted while it loads is handed to its callers but not kept", async () => {
+    const { cache, loads } = fakeCache(4);
+    const got = cache.get(0, 0);
+    // the plan took it away (or an Evict RPC came) while its checkpoint read was out
+    expect(cache.evict([{ layer: 0, expert: 0 }])).toEqual([]);
+    expect((await got).hit).toBe(false);
+    expect(cache.has(0, 0)).toBe(false);
+    expect(cache.size).toBe(0);
+    // asked for again after the evict: kept, from the one load
+    const again = cache.get(0, 1);
+    cache.evict([{ layer: 0, expert: 1 }]);
+    const [a, b] = await Promise.all([again, cache.get(0, 1)]);
+    expect(a.expert).toBe(b.expert);
+    expect(cache.has(0, 1)).toBe(true);
+    expect(loads).toEqual(["0:0", "0:1"]);
+  });
+
   it("LFU keeps the frequently used expert", async () => {
     const { cache } = fakeCache(2, new LfuPolicy());
     await cache.get(0, 0);

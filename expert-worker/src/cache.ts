@@ -120,7 +120,8 @@ export class ResidencyCache {
   readonly capacity: number;
   readonly policy: EvictionPolicy;
   private readonly entries = new Map<string, PreparedExpert>();
-  private readonly loading = new Map<string, Promise<PreparedExpert>>();
+  /** Loads in flight; `keep` false: evicted while loading, so its callers get it but it does not become resident. */
+  private readonly loading = new Map<string, { p: Promise<PreparedExpert>; keep: boolean }>();
   private readonly load: CacheOptions["load"];
   private readonly events: CacheEvents;
   hits = 0;
@@ -194,10 +195,32 @@ export class ResidencyCache {
     return { loaded, alreadyResident, evicted };
   }
 
+  /**
+   * Loads the expert into a free slot, never evicting (warm-up). False, and not kept, when no slot is free by the
+   * time it has loaded (other loads took them meanwhile).
+   */
+  async fill(id: ExpertId): Promise<boolean> {
+    const key = keyOf(id.layer, id.expert);
+    if (this.entries.has(key)) return true;
+    await this.insert(key, id.layer, id.expert, new Set(), undefined, false);
+    return this.entries.has(key);
+  }
+
+  /** Removes the experts; one still loading is handed to whoever waits for it but not kept (it was let go). */
   evict(ids: ExpertId[]): ExpertId[] {
     const out: ExpertId[] = [];
-    for (const id of ids) if (this.remove(keyOf(id.layer, id.expert))) out.push(id);
+    for (const id of ids) {
+      const key = keyOf(id.layer, id.expert);
+      const l = this.loading.get(key);
+      if (l) l.keep = false;
+      if (this.remove(key)) out.push(id);
+    }
     return out;
+  }
+
+  /** Evicts every expert, resident or loading, that `keep` refuses (a new plan); returns the resident ones. */
+  retain(keep: (id: ExpertId) => boolean): ExpertId[] {
+    return this.evict([...this.entries.keys(), ...this.loading.keys()].map(parseKey).filter((id) => !keep(id)));
   }
 
   private remove(key: string): boolean {
@@ -215,20 +238,26 @@ export class ResidencyCache {
     expert: number,
     protect: ReadonlySet<string>,
     evicted?: ExpertId[],
+    evict = true,
   ): Promise<PreparedExpert> {
-    let p = this.loading.get(key);
-    if (!p) {
+    let l = this.loading.get(key);
+    // asked for again after an evict: wanted after all
+    if (l) l.keep = true;
+    else {
       // Concurrent misses on one expert share a single load.
-      p = this.load({ layer, expert }).then((l) => {
-        this.transferBytes += l.sourceBytes;
-        this.events.transfer?.(l.sourceBytes);
-        return l.prepared;
+      const p = this.load({ layer, expert }).then((r) => {
+        this.transferBytes += r.sourceBytes;
+        this.events.transfer?.(r.sourceBytes);
+        return r.prepared;
       });
-      this.loading.set(key, p);
+      l = { p, keep: true };
+      this.loading.set(key, l);
       p.finally(() => this.loading.delete(key)).catch(() => {});
     }
-    const prepared = await p;
+    const prepared = await l.p;
+    if (!l.keep) return prepared;
     if (!this.entries.has(key)) {
+      if (!evict && this.entries.size >= this.capacity) return prepared;
       while (this.entries.size >= this.capacity) {
         const v = this.policy.victim(protect) ?? this.policy.victim(new Set());
         if (v === undefined) break;

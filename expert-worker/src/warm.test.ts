@@ -142,6 +142,44 @@ describe("warmExperts", () => {
     expect(r.leftCold).toBeGreaterThan(0);
   });
 
+  it("never evicts: traffic that fills the cache while a warm-up read is out keeps its experts", async () => {
+    let release!: () => void;
+    const slow = new Promise<void>((r) => (release = r));
+    const cache = new ResidencyCache({
+      capacity: 2,
+      load: async ({ layer }) => {
+        if (layer === 0) await slow; // the warm-up's read
+        return { prepared: { hiddenSize: 4, intermediateSize: 8, bytes: 100 }, sourceBytes: 1000 };
+      },
+    });
+    const warming = warmExperts({ ids: ids("0:0"), cache, backend: {} as ExpertBackend, concurrency: 1 });
+    // batches bring 1:0 and 1:1 in meanwhile: the cache is full when the warm-up's expert arrives
+    await cache.get(1, 0);
+    await cache.get(1, 1);
+    release();
+    const r = await warming;
+    expect(cache.evictions).toBe(0);
+    expect(keys(cache.resident()).sort()).toEqual(["1:0", "1:1"]);
+    expect(r).toMatchObject({ loaded: 0, leftCold: 1 });
+  });
+
+  it("skips experts the worker stopped serving while it ran", async () => {
+    const { cache, loads } = cacheOf(8);
+    const served = new Set(["0:0", "0:1", "0:2"]);
+    const r = await warmExperts({
+      ids: ids("0:0", "0:1", "0:2"),
+      cache,
+      backend: {} as ExpertBackend,
+      concurrency: 1,
+      serves: (i) => served.has(`${i.layer}:${i.expert}`),
+      progress: (n) => {
+        if (n === 1) served.delete("0:1"); // a new plan took 0:1 away
+      },
+    });
+    expect(loads).toEqual(["0:0", "0:2"]);
+    expect(r).toMatchObject({ loaded: 2, leftCold: 0 });
+  });
+
   it("stops between loads when the worker closes", async () => {
     const { cache, loads } = cacheOf(8);
     let n = 0;

@@ -27,6 +27,8 @@ export interface WarmOptions {
   backend: ExpertBackend;
   /** Loads in flight at once (a checkpoint read overlaps the previous expert's packing and upload). Default 4. */
   concurrency?: number;
+  /** Whether the worker still serves an expert (a new plan may take some away meanwhile); default: all of `ids`. */
+  serves?: (id: ExpertId) => boolean;
   /** Polled between loads: true stops the warm-up (the worker is closing). */
   stopped?: () => boolean;
   /** Called with the count loaded so far and the count to load: once before the first load, then after each. */
@@ -57,6 +59,7 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
   const uploads: Promise<void>[] = [];
   let next = 0;
   let loaded = 0;
+  let dropped = 0; // no longer served: neither loaded nor cold
   let stopped = false;
   let failed = false;
   let inFlight = 0;
@@ -70,12 +73,18 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
       }
       const id = take[next];
       if (id === undefined) return;
+      if (o.serves?.(id) === false) {
+        next++;
+        dropped++;
+        continue;
+      }
       // Traffic may have taken slots since warmList counted them: never evict for the warm-up.
       if (o.cache.size + inFlight >= o.cache.capacity && !o.cache.has(id.layer, id.expert)) return;
       next++;
       inFlight++;
       try {
-        await o.cache.prefetch([id]);
+        // fill, not prefetch: loads that traffic started meanwhile may take the free slot while this one reads
+        if (!(await o.cache.fill(id))) return;
       } catch (err) {
         if (o.stopped?.()) {
           // The worker closed its checkpoint under this read: a stop, not a broken checkpoint.
@@ -98,7 +107,7 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
   await Promise.all(uploads);
   return {
     loaded,
-    leftCold: leftCold + (take.length - loaded),
+    leftCold: leftCold + (take.length - loaded - dropped),
     bytes: o.cache.transferBytes - bytes0,
     seconds: (performance.now() - t0) / 1000,
     deviceResident: o.backend.deviceCacheStats?.()?.resident,

@@ -1,7 +1,7 @@
 // startWorker: one expert worker (gRPC + metrics HTTP) in this process. main.ts calls it from the command line;
 // tests and the router's local mode call it directly.
 
-import { watch } from "node:fs";
+import { type Stats, unwatchFile, watchFile } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { type Checkpoint, expertReader, isMoeLayer, openCheckpoint, sharedSlices, validatePlan } from "@switchyard/moe";
 import { type BackendChoice, selectBackend } from "./backend/select.js";
@@ -77,6 +77,12 @@ export function checkpointSource(ckpt: Checkpoint): ExpertSource {
     close: () => ckpt.close(),
   };
 }
+
+/** How often the plan file is checked for a new version (a ConfigMap update takes the kubelet up to a minute anyway). */
+const PLAN_POLL_MS = 500;
+
+/** How long close() lets running batches and calls finish before it cuts them off. */
+const SHUTDOWN_GRACE_MS = 2000;
 
 /** The gRPC service name the readiness probe asks grpc.health.v1 about. */
 export const WORKER_SERVICE = "switchyard.v1.ExpertWorker";
@@ -167,11 +173,17 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       maxRows: o.maxRows,
     });
 
+    // While the start-up warm-up runs, a plan change is taken up by it (readiness waits for the new plan's experts)
+    // rather than by a second warm-up beside it.
+    let warmingUp = o.warm !== false;
     if (o.plan) {
       // A mounted ConfigMap changes under us: re-read and swap the served set (bad plans are logged and ignored).
+      // Polled by path, not fs.watch: a ConfigMap update swaps a symlink and an atomic write renames a new file over
+      // the old one, and an inotify watch stays on the replaced inode, so it would see the first change only.
       const planFile = o.plan;
       let timer: NodeJS.Timeout | undefined;
-      const w = watch(planFile, () => {
+      const onStat = (cur: Stats, prev: Stats) => {
+        if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size && cur.ino === prev.ino) return;
         clearTimeout(timer);
         timer = setTimeout(async () => {
           try {
@@ -179,20 +191,21 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
             const served = servedFromPlan(plan, o.workerId, o.pool);
             core.o.served = served;
             // What the plan took away can no longer be asked for: its slots go to what the plan brought.
-            const gone = cache.resident().filter((id) => !served.has(keyOf(id.layer, id.expert)));
-            cache.evict(gone);
+            // Loads still out for them are not kept either (a start-up warm-up's, a batch's from before the change).
+            const gone = cache.retain((id) => served.has(keyOf(id.layer, id.expert)));
             log(
               `plan v${plan.version}: serving ${served.size} experts (${gone.length} no longer served left the cache)`,
             );
-            if (o.warm !== false) void warm(served, false).catch((err) => log((err as Error).message));
+            if (o.warm !== false && !warmingUp) void warm(served, false).catch((err) => log((err as Error).message));
           } catch (err) {
             log(`plan reload failed, keeping the previous one: ${(err as Error).message}`);
           }
         }, 100);
-      });
+      };
+      watchFile(planFile, { interval: PLAN_POLL_MS, persistent: false }, onStat);
       cleanup.push(() => {
         clearTimeout(timer);
-        w.close();
+        unwatchFile(planFile, onStat);
       });
     }
 
@@ -206,7 +219,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         new Promise<void>((resolve) => {
           grpc.server.tryShutdown(() => resolve());
           // In-flight streams would hold a graceful shutdown open; cut them after a short grace period.
-          setTimeout(() => grpc.server.forceShutdown(), 2000).unref();
+          setTimeout(() => grpc.server.forceShutdown(), SHUTDOWN_GRACE_MS).unref();
         }),
     );
     let dataPort = 0;
@@ -230,6 +243,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         ids,
         cache,
         backend,
+        serves: (id) => core.serves(id.layer, id.expert),
         stopped: () => closed,
         progress: startUp
           ? (loaded, target) => {
@@ -257,7 +271,24 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     metrics.ready.set(0);
     metrics.warmupLoaded.set(0);
     metrics.warmupTarget.set(0);
-    const warmed = (o.warm === false ? Promise.resolve(null) : warm(served, true)).then((r) => {
+    const warmStartUp = async (): Promise<WarmResult> => {
+      const t0 = performance.now();
+      let loaded = 0;
+      let bytes = 0;
+      try {
+        for (;;) {
+          const set = core.o.served;
+          const r = await warm(set, true);
+          loaded += r.loaded;
+          bytes += r.bytes;
+          // a new plan came while it ran: ready once what that plan serves is loaded too
+          if (core.o.served === set || closed) return { ...r, loaded, bytes, seconds: (performance.now() - t0) / 1000 };
+        }
+      } finally {
+        warmingUp = false;
+      }
+    };
+    const warmed = (o.warm === false ? Promise.resolve(null) : warmStartUp()).then((r) => {
       if (!closed) {
         ready = true;
         metrics.ready.set(1);
@@ -281,6 +312,11 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         metrics.ready.set(0);
         grpc.health.setStatus("", "NOT_SERVING");
         grpc.health.setStatus(WORKER_SERVICE, "NOT_SERVING");
+        // The batches already taken finish first: closing the data server drops its connections, which cancels what
+        // runs on them (gRPC's tryShutdown below waits for its calls, with the same grace).
+        const until = Date.now() + SHUTDOWN_GRACE_MS;
+        while (queue.depth > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+        await new Promise((r) => setImmediate(r)); // their replies are written before the sockets go
         for (const c of cleanup.reverse()) await c();
         await backend.close?.();
         if (ownSource) await source.close?.();
