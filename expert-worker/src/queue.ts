@@ -106,20 +106,7 @@ export class WorkQueue {
         start();
         return;
       }
-      const w: Waiting = { start, abandon: reject, signal };
-      if (signal) {
-        w.onAbort = () => {
-          const i = this.waiting.indexOf(w);
-          if (i >= 0) {
-            this.waiting.splice(i, 1);
-            this.onDepthChange(this.depth);
-            reject(abortError(signal));
-          }
-        };
-        signal.addEventListener("abort", w.onAbort, { once: true });
-      }
-      this.waiting.push(w);
-      this.onDepthChange(this.depth);
+      this.wait({ start, abandon: reject, signal });
     });
   }
 
@@ -223,27 +210,34 @@ export class WorkQueue {
         start();
         return;
       }
-      const w: Waiting = {
+      this.wait({
         start,
-        abandon: reject,
+        abandon: (err) => {
+          self.settled = true;
+          reject(err);
+        },
         signal,
         merge: job.key !== undefined ? { key: job.key, weight: job.weight, member: self } : undefined,
-      };
-      if (signal) {
-        w.onAbort = () => {
-          const i = this.waiting.indexOf(w);
-          if (i >= 0) {
-            this.waiting.splice(i, 1);
-            this.onDepthChange(this.depth);
-            self.settled = true;
-            reject(abortError(signal));
-          }
-        };
-        signal.addEventListener("abort", w.onAbort, { once: true });
-      }
-      this.waiting.push(w);
-      this.onDepthChange(this.depth);
+      });
     });
+  }
+
+  /** Puts a job in line; an abort of its signal while it waits takes it out and answers it with the abort. */
+  private wait(w: Waiting): void {
+    const { signal } = w;
+    if (signal) {
+      w.onAbort = () => {
+        const i = this.waiting.indexOf(w);
+        if (i >= 0) {
+          this.waiting.splice(i, 1);
+          this.onDepthChange(this.depth);
+          w.abandon(abortError(signal));
+        }
+      };
+      signal.addEventListener("abort", w.onAbort, { once: true });
+    }
+    this.waiting.push(w);
+    this.onDepthChange(this.depth);
   }
 
   /** Why a job cannot even queue: its caller has gone, or every slot and waiting place is taken. */
