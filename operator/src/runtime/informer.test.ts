@@ -1,11 +1,10 @@
 // The informer against a scripted fake API server (plain HTTP): list, watch from the list's resourceVersion,
 // relist after 410 Gone, restart with backoff after a failed list, managedFields dropped.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
-import { KubeConfig } from "@kubernetes/client-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { Informer, type InformerEvent } from "./informer.js";
 import { Kube } from "./kube.js";
+import { kubeConfigFor, until } from "./testing.js";
 
 interface Obj {
   metadata: { name: string; namespace: string; resourceVersion: string; managedFields?: unknown[] };
@@ -29,25 +28,9 @@ afterEach(async () => {
 
 async function fakeApi(handler: Handler): Promise<Kube> {
   server = createServer((req, res) => handler(req, res, new URL(req.url ?? "/", "http://x")));
-  await new Promise<void>((r) => server?.listen(0, "127.0.0.1", r));
-  const port = (server.address() as AddressInfo).port;
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: "c", server: `http://127.0.0.1:${port}`, skipTLSVerify: true }], // client-node refuses plain HTTP otherwise
-    users: [{ name: "u" }],
-    contexts: [{ name: "c", cluster: "c", user: "u" }],
-    currentContext: "c",
-  });
+  const kc = await kubeConfigFor(server);
   return new Kube(kc);
 }
-
-const until = async (f: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 10));
-  }
-};
 
 describe("Informer", () => {
   it("lists, watches from the list's resourceVersion, and relists after 410 Gone", async () => {

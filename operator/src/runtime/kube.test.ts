@@ -1,10 +1,9 @@
 // The REST client against a scripted fake API server: throttling answers with Retry-After are retried, as
 // client-go's rest client does; other errors come back at once with the server's Status.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
-import { KubeConfig } from "@kubernetes/client-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { Kube, KubeError } from "./kube.js";
+import { kubeConfigFor } from "./testing.js";
 
 let server: Server | undefined;
 afterEach(async () => {
@@ -24,16 +23,7 @@ async function fakeApi(handler: (req: IncomingMessage, res: ServerResponse, body
     });
     req.on("end", () => handler(req, res, body));
   });
-  await new Promise<void>((r) => server?.listen(0, "127.0.0.1", r));
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [
-      { name: "c", server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
-    ],
-    users: [{ name: "u" }],
-    contexts: [{ name: "c", cluster: "c", user: "u" }],
-    currentContext: "c",
-  });
+  const kc = await kubeConfigFor(server);
   return new Kube(kc);
 }
 

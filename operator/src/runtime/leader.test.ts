@@ -1,11 +1,11 @@
 // Leader election against an in-memory Lease store behind a fake API server that enforces optimistic
 // concurrency (a PUT with a stale resourceVersion gets 409), as the real one does.
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { KubeConfig } from "@kubernetes/client-node";
+import type { KubeConfig } from "@kubernetes/client-node";
 import { afterEach, describe, expect, it } from "vitest";
 import { Kube } from "./kube.js";
 import { LeaderElector } from "./leader.js";
+import { kubeConfigFor, until } from "./testing.js";
 
 interface Lease {
   metadata: { name: string; namespace: string; resourceVersion: string };
@@ -69,26 +69,8 @@ async function fakeLeaseApi(): Promise<KubeConfig> {
       send(405, {});
     });
   });
-  await new Promise<void>((r) => server?.listen(0, "127.0.0.1", r));
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [
-      { name: "c", server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
-    ],
-    users: [{ name: "u" }],
-    contexts: [{ name: "c", cluster: "c", user: "u" }],
-    currentContext: "c",
-  });
-  return kc;
+  return kubeConfigFor(server);
 }
-
-const until = async (f: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 10));
-  }
-};
 
 function candidate(
   kc: KubeConfig,
