@@ -27,6 +27,15 @@ describe("parseWorkerArgs", () => {
     expect(parseWorkerArgs([...base, "--max-rows", "65536"]).maxRows).toBe(65536);
   });
 
+  it("labels the metrics with --metrics-pool, else with --pool", () => {
+    const base = ["--checkpoint", "c", "--pool", "mix", "--worker-id", "w"];
+    expect(parseWorkerArgs(base).metricsPool).toBe("mix");
+    const f = parseWorkerArgs([...base, "--metrics-pool", "team-a/mix"]);
+    expect(f).toMatchObject({ pool: "mix", metricsPool: "team-a/mix" });
+    expect(parseWorkerArgs(base, { SWITCHYARD_METRICS_POOL: "team-b/mix" }).metricsPool).toBe("team-b/mix");
+    expect(() => parseWorkerArgs([...base, "--metrics-pool", " team-a/mix"])).toThrow(/--metrics-pool/);
+  });
+
   it("names the flag in errors", () => {
     expect(() => parseWorkerArgs(["--pool", "p", "--worker-id", "w"], {})).toThrow(/--checkpoint is required/);
     expect(() => parseWorkerArgs(["--checkpoint", "c", "--pool", "p", "--worker-id", "w", "--backend", "tpu"])).toThrow(

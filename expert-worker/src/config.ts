@@ -1,6 +1,6 @@
 // Worker command line (docs/CONTRACTS.md): every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>; flags win.
 //   --checkpoint DIR --pool NAME --worker-id ID --port 50061 --metrics-port 9401
-//   [--experts SPEC] [--plan FILE] [--cache-capacity N] [--backend auto|cpu|cuda] [--queue-capacity N]
+//   [--metrics-pool NAME] [--experts SPEC] [--plan FILE] [--cache-capacity N] [--backend auto|cpu|cuda] [--queue-capacity N]
 //   [--cache-policy lru|lfu] [--max-message-bytes N] [--max-rows N] [--host ADDR] [--data-port N] [--warm true|false]
 // Pure: parses argv + env into WorkerOptions or throws an Error naming the flag.
 
@@ -10,6 +10,12 @@ import type { BackendChoice } from "./backend/select.js";
 export interface WorkerFlags {
   checkpoint: string;
   pool: string;
+  /**
+   * The `pool` label of this worker's metrics: the name the router serves the pool under, so that one label value
+   * selects a pool's router and worker series. The operator passes `namespace/name` for a pool outside the router's
+   * namespace (its router config key); unset = --pool.
+   */
+  metricsPool: string;
   workerId: string;
   port: number;
   metricsPort: number;
@@ -32,6 +38,7 @@ export interface WorkerFlags {
 const FLAGS = [
   "checkpoint",
   "pool",
+  "metrics-pool",
   "worker-id",
   "port",
   "metrics-port",
@@ -87,9 +94,16 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
   if (policy !== "lru" && policy !== "lfu") throw new Error(`--cache-policy: expected lru or lfu, got "${policy}"`);
   const warm = str("warm", "true");
   if (warm !== "true" && warm !== "false") throw new Error(`--warm: expected true or false, got "${warm}"`);
+  const pool = str("pool");
+  const metricsPool = str("metrics-pool", pool);
+  // Prometheus label values may hold any UTF-8; the check keeps a typo (an empty or padded name) from splitting a
+  // pool's series in two.
+  if (metricsPool.trim() !== metricsPool || metricsPool === "")
+    throw new Error(`--metrics-pool: expected a pool name without surrounding spaces, got "${metricsPool}"`);
   return {
     checkpoint: str("checkpoint"),
-    pool: str("pool"),
+    pool,
+    metricsPool,
     workerId: str("worker-id"),
     port: int("port", 50061, 0) as number,
     metricsPort: int("metrics-port", 9401, 0) as number,

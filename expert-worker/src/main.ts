@@ -16,6 +16,7 @@ async function main(): Promise<void> {
   const worker = await startWorker({
     checkpoint: flags.checkpoint,
     pool: flags.pool,
+    metricsPool: flags.metricsPool,
     workerId: flags.workerId,
     port: flags.port,
     metricsPort: flags.metricsPort,

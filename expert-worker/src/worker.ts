@@ -20,6 +20,8 @@ export interface WorkerOptions {
   /** Checkpoint directory (config.json + safetensors), or an already open source. */
   checkpoint: string | ExpertSource;
   pool: string;
+  /** The `pool` label of the metrics (config.ts, --metrics-pool); default: pool. */
+  metricsPool?: string;
   workerId: string;
   /** 0 = any free port. */
   port?: number;
@@ -128,7 +130,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       log(`backend: ${backend.name} — ${sel.reason}`);
     }
 
-    const metrics = new WorkerMetrics({ pool: o.pool, worker: o.workerId });
+    const metrics = new WorkerMetrics({ pool: o.metricsPool ?? o.pool, worker: o.workerId });
     metrics.backendInfo.set({ backend: backend.kind }, 1);
     const capacity = o.cacheCapacity ?? Math.max(1, servedCount);
     // The GPU tier (CUDA): --cache-capacity sizes its slots too (unset: the backend's own default, what fits on

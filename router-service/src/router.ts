@@ -163,8 +163,10 @@ class Pool {
       gateAhead ? (k, item) => this.gate.startAhead(k, item) : undefined,
     );
     this.workerPool = workerPool;
-    // the queries' $pool selects the workers' series, labelled with their own pool name
-    this.signals = new PrometheusSignals(policy.loadSignals, workerPool);
+    // The queries' $pool is the name the router serves the pool under: the workers label their metrics with it
+    // (--metrics-pool, which the operator sets to its routerPoolName), so it selects this pool's workers even where
+    // pools of one name run in two namespaces.
+    this.signals = new PrometheusSignals(policy.loadSignals, name);
     this.signals.start();
   }
 

@@ -542,7 +542,7 @@ export const loadSignalsSchema = obj(
       pattern: "^https?://",
     }),
     queries: obj(
-      "PromQL queries; `$pool` is replaced by the pool name. Unset = the chart's defaults.",
+      "PromQL queries; `$pool` is replaced by the name the router serves the pool under (namespace/name outside the router's namespace; the workers' metrics carry it as their pool label). Unset = the chart's defaults.",
       {
         queueDepth: str("One sample per worker (label worker): queued work in rows (token-expert assignments).", {
           maxLength: 4096,

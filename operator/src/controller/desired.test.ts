@@ -26,6 +26,20 @@ const qwen = (extra: Parameters<typeof testPool>[0] = {}) =>
     },
   });
 
+describe("desiredStatefulSet of a pool the router serves as namespace/name", () => {
+  it("labels the workers' metrics with that name: the flag, and the annotation the PodMonitor copies onto `up`", () => {
+    const sts = desiredStatefulSet(testPool({}), "team-a/mix");
+    const args = sts.spec!.template.spec!.containers[0].args!;
+    expect(args.slice(args.indexOf("--pool"), args.indexOf("--pool") + 4)).toEqual([
+      "--pool",
+      "mix",
+      "--metrics-pool",
+      "team-a/mix",
+    ]);
+    expect(sts.spec!.template.metadata!.annotations).toMatchObject({ "switchyard.dev/metrics-pool": "team-a/mix" });
+  });
+});
+
 describe("desiredStatefulSet", () => {
   const pool = testPool({ replicas: 3, worker: { gpusPerWorker: 2, nodeSelector: { gpu: "h200" } } });
   const sts = desiredStatefulSet(pool);
@@ -76,6 +90,9 @@ describe("desiredStatefulSet", () => {
     expect(c.args).not.toContain("--warm"); // warm-up on (the default) leaves the command line as it was
     const cold = desiredStatefulSet(testPool({ worker: { warmUp: false } })).spec!.template.spec!.containers[0];
     expect(cold.args?.slice(-2)).toEqual(["--warm", "false"]);
+    // the pods of a pool in the router's namespace carry no metrics-pool (its workers label metrics by --pool)
+    expect(c.args).not.toContain("--metrics-pool");
+    expect(sts.spec!.template.metadata!.annotations).not.toHaveProperty("switchyard.dev/metrics-pool");
     expect(c.readinessProbe?.grpc).toEqual({ port: 50061, service: "switchyard.v1.ExpertWorker" });
     // Liveness and start-up ask "": the process is up, whether or not its experts are loaded yet.
     expect(c.livenessProbe?.grpc).toEqual({ port: 50061 });

@@ -15,6 +15,7 @@ import type { ExpertPool, ExpertPoolSpec } from "../api/v1alpha1.js";
 import {
   CHECKPOINT_MOUNT,
   childLabels,
+  METRICS_POOL_ANNOTATION,
   MODEL_HASH_ANNOTATION,
   ownerRef,
   PLAN_KEY,
@@ -132,9 +133,11 @@ function checkpointVolume(pool: ExpertPool) {
 
 /**
  * The worker command line of docs/CONTRACTS.md, after `node` and the data-path V8 flags (DATA_PATH_NODE_FLAGS).
- * The worker id comes from the pod name (downward API).
+ * The worker id comes from the pod name (downward API). metricsPool: the name the router serves the pool under
+ * (routing.ts routerPoolName), the `pool` label of the worker's metrics, so that dashboards and the router's load
+ * queries find a pool's router and worker series under one name.
  */
-export function workerArgs(pool: ExpertPool): string[] {
+export function workerArgs(pool: ExpertPool, metricsPool = pool.metadata.name): string[] {
   const { spec } = pool;
   const args = [
     ...DATA_PATH_NODE_FLAGS,
@@ -143,6 +146,8 @@ export function workerArgs(pool: ExpertPool): string[] {
     CHECKPOINT_MOUNT,
     "--pool",
     pool.metadata.name,
+    // Only where the names differ: a pool in the router's namespace keeps the command line (and pods) it had.
+    ...(metricsPool !== pool.metadata.name ? ["--metrics-pool", metricsPool] : []),
     "--port",
     String(WORKER_GRPC_PORT),
     "--metrics-port",
@@ -163,7 +168,8 @@ export function workerArgs(pool: ExpertPool): string[] {
   return args;
 }
 
-export function desiredStatefulSet(pool: ExpertPool): V1StatefulSet {
+/** metricsPool: see workerArgs (the pool's name where the router serves it under that). */
+export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata.name): V1StatefulSet {
   const { spec } = pool;
   const name = pool.metadata.name;
   const gpus = spec.worker.gpusPerWorker;
@@ -202,7 +208,13 @@ export function desiredStatefulSet(pool: ExpertPool): V1StatefulSet {
       updateStrategy: { type: "RollingUpdate" },
       selector: { matchLabels: selectorLabels(name) },
       template: {
-        metadata: { labels: childLabels(name), annotations: { [MODEL_HASH_ANNOTATION]: modelHash(pool) } },
+        metadata: {
+          labels: childLabels(name),
+          annotations: {
+            [MODEL_HASH_ANNOTATION]: modelHash(pool),
+            ...(metricsPool !== name ? { [METRICS_POOL_ANNOTATION]: metricsPool } : {}),
+          },
+        },
         spec: {
           enableServiceLinks: false,
           terminationGracePeriodSeconds: 30,
@@ -235,7 +247,7 @@ export function desiredStatefulSet(pool: ExpertPool): V1StatefulSet {
               imagePullPolicy: spec.worker.imagePullPolicy,
               securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
               command: ["node"],
-              args: workerArgs(pool),
+              args: workerArgs(pool, metricsPool),
               env,
               ports: [
                 { name: "grpc", containerPort: WORKER_GRPC_PORT, protocol: "TCP" },

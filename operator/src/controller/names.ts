@@ -19,6 +19,12 @@ export const PLAN_KEY = "plan.json";
 export const PLAN_MOUNT = "/etc/switchyard/plan";
 export const CHECKPOINT_MOUNT = "/checkpoint";
 export const MODEL_HASH_ANNOTATION = "switchyard.dev/model-hash";
+/**
+ * On worker pods of a pool the router serves under another name (namespace/name, routing.ts routerPoolName): that
+ * name, which the worker puts in its metrics' `pool` label (--metrics-pool). The chart's PodMonitor copies it onto
+ * the scrape's own series (`up`), which a label could not carry ("/" is not allowed in label values).
+ */
+export const METRICS_POOL_ANNOTATION = "switchyard.dev/metrics-pool";
 
 export const statefulSetName = (pool: string) => pool;
 export const serviceName = (pool: string) => `${pool}-workers`;

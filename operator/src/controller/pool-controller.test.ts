@@ -1,5 +1,6 @@
 // The ExpertPool reconciler over in-memory caches and a recording client: what it writes on the first pass,
 // that a second pass over what the server returned writes nothing, and what a spec change rewrites.
+import type { V1StatefulSet } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import type { ExpertPool } from "../api/v1alpha1.js";
 import type { Informer } from "../runtime/informer.js";
@@ -101,6 +102,15 @@ describe("PoolReconciler", () => {
     await h.rec.reconcile("ns/mix");
     await h.rec.reconcile("ns/mix");
     expect(h.applies).toEqual([]);
+  });
+
+  it("the workers of a pool outside the router's namespace label their metrics namespace/name", async () => {
+    const h = harness(testPool({ replicas: 2 }), { routerNamespace: "switchyard-system" });
+    await h.rec.reconcile("ns/mix");
+    const sts = h.caches.statefulSets.get("ns", "mix") as unknown as V1StatefulSet;
+    const args = sts.spec?.template.spec?.containers[0].args ?? [];
+    expect(args[args.indexOf("--metrics-pool") + 1]).toBe("ns/mix");
+    expect(args[args.indexOf("--pool") + 1]).toBe("mix");
   });
 
   it("a replica change rewrites the StatefulSet, the plan (new version) and status, not the Service", async () => {

@@ -225,7 +225,12 @@ export class PoolReconciler {
         ? refusable(
             "StatefulSet",
             statefulSetName(name),
-            this.applyIfChanged("StatefulSet", paths.statefulSets(ns), desiredStatefulSet(pool) as KubeObject, sts),
+            this.applyIfChanged(
+              "StatefulSet",
+              paths.statefulSets(ns),
+              desiredStatefulSet(pool, routerPoolName(pool, this.d.routerNamespace)) as KubeObject,
+              sts,
+            ),
           )
         : undefined,
     ]);

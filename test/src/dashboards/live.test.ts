@@ -2,6 +2,10 @@
 // two expert workers and a router (their dist/main.js processes, on a generated checkpoint, under load) and the
 // operator (its dist/main.js against the real test cluster, reconciling an ExpertPool). The chart's alert rules are
 // loaded into the same Prometheus and must evaluate cleanly; stopping a worker puts SwitchyardWorkerDown in pending.
+// The pool is served the way the operator sets up a pool outside the router's namespace: the router serves it as
+// "namespace/name", its workers run with --pool name --metrics-pool namespace/name, and the workers' scrape takes
+// the chart's PodMonitor relabelings. Every panel is queried with $pool set to that one name, as Grafana would, so
+// a panel whose series carry another pool label comes back empty.
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +23,8 @@ import { startPrometheus, type TestPrometheus } from "./prometheus.js";
 import { allQueries, metricNamesIn, type PanelQuery, substituteVariables } from "./queries.js";
 
 const POOL = "tiny";
+/** The name the router serves POOL under, and the `pool` label of every series (operator routerPoolName). */
+const ROUTER_POOL = `team-a/${POOL}`;
 const LAYERS = 2;
 const EXPERTS = 8;
 const HIDDEN = 64;
@@ -155,7 +161,7 @@ describeWithCluster(
           `worker-${id}`,
           process.execPath,
           [
-            ...[MAIN.worker, "--checkpoint", ckpt, "--pool", POOL, "--worker-id", id],
+            ...[MAIN.worker, "--checkpoint", ckpt, "--pool", POOL, "--metrics-pool", ROUTER_POOL, "--worker-id", id],
             ...["--port", "0", "--metrics-port", "0", "--plan", join(dir, "plan.json")],
             ...["--cache-capacity", "3", "--backend", "cpu"],
           ],
@@ -174,7 +180,7 @@ describeWithCluster(
         JSON.stringify({
           pools: [
             {
-              name: POOL,
+              name: ROUTER_POOL,
               checkpoint: ckpt,
               plan,
               endpoints: { w0: `127.0.0.1:${w0}`, w1: `127.0.0.1:${w1}` },
@@ -211,7 +217,17 @@ describeWithCluster(
       ]);
       const [rule] = parseDocs(rendered.stdout);
       writeFileSync(join(dir, "rules.yaml"), stringify({ groups: (rule.spec as { groups: unknown }).groups }));
-      // Same target labels the chart's ServiceMonitors and PodMonitor add (component; pool/worker for workers).
+      // The chart's PodMonitor relabelings for the workers' targets, fed the pod metadata Kubernetes service discovery
+      // would give them (the operator's pod label and metrics-pool annotation, the pod name).
+      const podMonitor = parseDocs(
+        (
+          await exec(helm, [
+            ...["template", "sy", join(REPO, "charts/switchyard"), "--set", "podMonitor.enabled=true"],
+            ...["--show-only", "templates/podmonitor.yaml"],
+          ])
+        ).stdout,
+      )[0] as unknown as { spec: { podMetricsEndpoints: Array<{ relabelings: Array<Record<string, unknown>> }> } };
+      // Same target labels the chart's ServiceMonitors add (component) for the operator and the router.
       prom = await startPrometheus(
         prometheusBin,
         dir,
@@ -231,9 +247,14 @@ describeWithCluster(
           {
             job: "switchyard-workers",
             honorLabels: true,
+            relabelings: podMonitor.spec.podMetricsEndpoints[0].relabelings,
             targets: workers.map((id, i) => ({
               address: `127.0.0.1:${workerPorts[i][1]}`,
-              labels: { component: "worker", pool: POOL, worker: id },
+              labels: {
+                __meta_kubernetes_pod_label_switchyard_dev_pool: POOL,
+                __meta_kubernetes_pod_annotation_switchyard_dev_metrics_pool: ROUTER_POOL,
+                __meta_kubernetes_pod_name: id,
+              },
             })),
           },
         ],
@@ -260,7 +281,7 @@ describeWithCluster(
           const values = Float32Array.from({ length: 4 * HIDDEN }, (_, i) => Math.sin(seed * 131 + i * 0.7));
           client.forward(
             {
-              pool: POOL,
+              pool: ROUTER_POOL,
               layer,
               hidden: encodeTensor(values, [4, HIDDEN], DType.FLOAT32),
               gate: undefined,
@@ -314,6 +335,12 @@ describeWithCluster(
         "switchyard-workers:up",
         "switchyard-workers:up",
       ]);
+      // the PodMonitor's relabelings give `up` the pool and worker the workers' own series carry
+      const up = await prom.query('up{job="switchyard-workers"}');
+      expect(up.map((x) => `${x.metric.component} ${x.metric.pool} ${x.metric.worker}`).sort()).toEqual([
+        `worker ${ROUTER_POOL} w0`,
+        `worker ${ROUTER_POOL} w1`,
+      ]);
     });
 
     const dashboards = DASHBOARDS.map((d) =>
@@ -322,7 +349,8 @@ describeWithCluster(
     const cases = allQueries(dashboards).map((q) => [`${q.dashboard} / ${q.panel} / ${q.refId}`, q] as const);
     const check = async (_name: string, q: PanelQuery) => {
       // Grafana would pick $__rate_interval >= 4 scrape intervals; 10s at a 1s scrape interval.
-      const expr = substituteVariables(q.expr, { rateInterval: "10s", pool: ".*" });
+      // $pool as Grafana fills it when the pool variable's one value is picked
+      const expr = substituteVariables(q.expr, { rateInterval: "10s", pool: ROUTER_POOL });
       const result = await prom.query(expr);
       expect(result.length, `no series for ${expr}`).toBeGreaterThan(0);
       // the workers here are CPU workers: series that only CUDA workers observe are exported, but empty (NaN means)
@@ -343,7 +371,7 @@ describeWithCluster(
         const metric = /^label_values\((\w+), pool\)$/.exec(v.definition)?.[1];
         expect(metric, v.definition).toBeTruthy();
         const r = await httpGet(`${prom.url}/api/v1/label/pool/values?match[]=${metric}`);
-        expect(JSON.parse(r.body).data, `${d.title}: ${v.definition}`).toEqual([POOL]);
+        expect(JSON.parse(r.body).data, `${d.title}: ${v.definition}`).toEqual([ROUTER_POOL]);
       }
     });
 
@@ -389,7 +417,12 @@ describeWithCluster(
             labels: Record<string, string>;
             state: string;
           }>;
-          return alerts.some((a) => a.labels.alertname === "SwitchyardWorkerDown" && a.labels.worker === "w1");
+          return alerts.some(
+            (a) =>
+              a.labels.alertname === "SwitchyardWorkerDown" &&
+              a.labels.worker === "w1" &&
+              a.labels.pool === ROUTER_POOL,
+          );
         },
         { what: "SwitchyardWorkerDown for w1 (pending)", timeoutMs: 30_000 },
       );

@@ -12,6 +12,32 @@ export interface ScrapeJob {
   targets: Array<{ address: string; labels?: Record<string, string> }>;
   /** Keep the scraped series' own labels on conflict (the PodMonitor sets honorLabels for workers). */
   honorLabels?: boolean;
+  /**
+   * Target relabelings as a prometheus-operator monitor spells them (sourceLabels, targetLabel, regex, replacement,
+   * action, separator): the chart's own, applied to targets whose `__meta_*` labels stand in for service discovery.
+   */
+  relabelings?: Array<Record<string, unknown>>;
+}
+
+const RELABEL_KEYS: Record<string, string> = {
+  sourceLabels: "source_labels",
+  targetLabel: "target_label",
+  regex: "regex",
+  replacement: "replacement",
+  action: "action",
+  separator: "separator",
+  modulus: "modulus",
+};
+
+/** A monitor's relabeling (camelCase) as Prometheus' relabel_config; an unknown key is an error, not dropped. */
+function relabelConfig(r: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(r).map(([k, v]) => {
+      const key = RELABEL_KEYS[k];
+      if (!key) throw new Error(`relabeling: unknown key ${k}`);
+      return [key, v];
+    }),
+  );
 }
 
 export interface PromSample {
@@ -42,6 +68,7 @@ export function prometheusConfig(jobs: ScrapeJob[], ruleFiles: string[] = [], in
       job_name: j.job,
       honor_labels: j.honorLabels ?? false,
       static_configs: j.targets.map((t) => ({ targets: [t.address], labels: t.labels ?? {} })),
+      ...(j.relabelings ? { relabel_configs: j.relabelings.map(relabelConfig) } : {}),
     })),
   });
 }
