@@ -22,6 +22,7 @@ import {
   writeFrame,
 } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startDataServer } from "./data-server.js";
 import { rng, uniform } from "./testing.js";
 import { startWorker, type WorkerHandle } from "./worker.js";
 
@@ -64,6 +65,8 @@ async function dataClient(port: number, preface = DATA_PREFACE) {
   return {
     socket: s,
     closed,
+    /** The results not yet taken. */
+    results,
     send: (b: ExpertBatch) => writeFrame(s, ExpertBatch.encode(b).finish()),
     async take(n: number): Promise<ExpertResult[]> {
       while (results.length < n) await new Promise<void>((r) => waiters.push(r));
@@ -186,5 +189,61 @@ describe("worker data path", () => {
       c.close();
       await off.close();
     }
+  });
+
+  it("stops reading a peer that does not read its results, and serves it once it does", async () => {
+    const capped = await startDataServer(w.core, w.metrics, {
+      host: "127.0.0.1",
+      port: 0,
+      maxMessageBytes: 64 << 20,
+      maxQueuedResultBytes: 2 << 20,
+      log: () => {},
+    });
+    const answered = async () => {
+      const text = await w.metrics.registry.getSingleMetricAsString("switchyard_worker_requests_total");
+      return [...text.matchAll(/^switchyard_worker_requests_total\{([^}]*)\} (\S+)$/gm)]
+        .filter((m) => m[1]?.includes('method="RunExpertsData"'))
+        .reduce((a, m) => a + Number(m[2]), 0);
+    };
+    // 40 batches of 8192 rows whose 1 MiB results the peer leaves unread: the kernel's socket buffers hold a few,
+    // the worker's queue 2 MiB more, and then it must stop taking batches.
+    const N = 40;
+    const T = 8192;
+    const s = connect({ host: "127.0.0.1", port: capped.port });
+    s.on("error", () => {});
+    s.pause();
+    s.write(DATA_PREFACE);
+    const frame = ExpertBatch.encode(
+      batch({
+        tokens: encodeTensor(uniform(T * D, 1, rng(5)), [T, D], DType.FLOAT32),
+        slices: [{ expert: 1, offset: 0, count: T }],
+      }),
+    ).finish();
+    const before = await answered();
+    for (let i = 0; i < N; i++) writeFrame(s, frame);
+    await new Promise((r) => setTimeout(r, 1500));
+    const whilePaused = (await answered()) - before;
+    expect(whilePaused).toBeGreaterThan(0);
+    expect(whilePaused).toBeLessThan(N);
+    // Reading now: every batch is answered, its result whole.
+    const results: ExpertResult[] = [];
+    const reader = new FrameReader(64 << 20, false, (f) => results.push(ExpertResult.decode(f)));
+    s.on("data", (c: Buffer) => reader.push(c));
+    s.resume();
+    const end = Date.now() + 20_000;
+    while (results.length < N && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    expect(results.map((r) => r.error?.message ?? r.output?.shape.join("x"))).toEqual(
+      Array.from({ length: N }, () => `${T}x${D}`),
+    );
+    s.destroy();
+    await capped.close();
+  });
+
+  it("answers every batch sent before the peer shut down its sending side, then closes", async () => {
+    const c = await dataClient(w.dataPort);
+    for (let i = 1; i <= 5; i++) c.send(batch({ batchId: BigInt(40 + i) }));
+    c.socket.end();
+    await c.closed;
+    expect(c.results.map((r) => r.error?.message ?? r.batchId).sort()).toEqual([41n, 42n, 43n, 44n, 45n]);
   });
 });

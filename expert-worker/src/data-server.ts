@@ -1,6 +1,8 @@
 // The worker's data path (protocol: packages/protocol/src/data-path.ts): RunExpertsStream's messages on a plain TCP
 // socket. Same core, same validation, same per-batch deadline (ExpertBatch.timeout_ms) and the same error replies
 // as the gRPC stream; closing the connection cancels what still runs on it, as cancelling the stream does.
+// Like the router's engine data path it stops reading a connection whose peer does not take its results (ReadGate),
+// and answers what was sent before a half-close before it ends its own side.
 
 import { setMaxListeners } from "node:events";
 import type { Socket } from "node:net";
@@ -12,6 +14,7 @@ import {
   type ExpertResult,
   errorCodeOf,
   listenDataPath,
+  ReadGate,
   serveFrames,
   toRpcError,
   writeFrameParts,
@@ -21,15 +24,44 @@ import { encodeResultParts } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { batchSignal } from "./server.js";
 
-/** Serves one accepted connection until it closes. `log` hears protocol violations (the connection is dropped). */
+/** Batches one connection may have in flight before the worker stops reading from it; it resumes at half of it. */
+export const MAX_IN_FLIGHT_PER_CONNECTION = 4096;
+/**
+ * Result bytes a connection may have queued in the worker (written, not yet taken by the kernel) before the worker
+ * stops reading its batches; it resumes once they have drained. One DeepSeek-V3 prefill result is ~120 MB, so a
+ * peer that stops reading would otherwise grow the worker by that much per batch it keeps sending.
+ */
+export const MAX_QUEUED_RESULT_BYTES = 256 << 20;
+
+export interface DataConnectionOptions {
+  maxMessageBytes: number;
+  /** Hears protocol violations (the connection is dropped). */
+  log: (line: string) => void;
+  maxInFlight?: number;
+  maxQueuedResultBytes?: number;
+}
+
+/** Serves one accepted connection until it closes. */
 export function serveDataConnection(
   socket: Socket,
   core: WorkerCore,
   metrics: WorkerMetrics,
-  maxMessageBytes: number,
-  log: (line: string) => void,
+  o: DataConnectionOptions,
 ): void {
   const ac = new AbortController();
+  const gate = new ReadGate(socket, {
+    maxInFlight: o.maxInFlight ?? MAX_IN_FLIGHT_PER_CONNECTION,
+    maxQueuedBytes: o.maxQueuedResultBytes ?? MAX_QUEUED_RESULT_BYTES,
+  });
+  // The peer shut down its sending side: what it sent is still answered, then the worker ends its side.
+  let ended = false;
+  const endIfDone = () => {
+    if (ended && gate.inFlight === 0 && !ac.signal.aborted) socket.end();
+  };
+  socket.on("end", () => {
+    ended = true;
+    endIfDone();
+  });
   // Every in-flight batch listens on the connection's signal (bounded by the queue capacity).
   setMaxListeners(0, ac.signal);
   const count = (err?: unknown) =>
@@ -47,22 +79,27 @@ export function serveDataConnection(
       throw new DataPathError(`malformed ExpertBatch: ${(err as Error).message}`);
     }
     const bs = batchSignal(ac.signal, batch.timeoutMs);
+    gate.started();
     core.runBatch(batch, bs.signal).then(
       (res) => {
         bs.dispose();
         count();
         reply(res);
+        gate.answered();
+        endIfDone();
       },
       (err) => {
         bs.dispose();
         count(err);
         // One bad batch answers in its own reply; the connection stays up.
         reply({ batchId: batch.batchId, output: undefined, stats: undefined, error: toRpcError(err) });
+        gate.answered();
+        endIfDone();
       },
     );
   };
-  serveFrames(socket, maxMessageBytes, onBatch, (err) =>
-    log(`data path: dropping connection from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`),
+  serveFrames(socket, o.maxMessageBytes, onBatch, (err) =>
+    o.log(`data path: dropping connection from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`),
   );
   socket.on("close", () => ac.abort(cancelled("the router closed the data connection")));
 }
@@ -71,9 +108,9 @@ export function serveDataConnection(
 export function startDataServer(
   core: WorkerCore,
   metrics: WorkerMetrics,
-  o: { host?: string; port: number; maxMessageBytes: number; log: (line: string) => void },
+  o: DataConnectionOptions & { host?: string; port: number },
 ): Promise<DataPathServer> {
-  return listenDataPath(o.host ?? "0.0.0.0", o.port, (s) =>
-    serveDataConnection(s, core, metrics, o.maxMessageBytes, o.log),
-  );
+  return listenDataPath(o.host ?? "0.0.0.0", o.port, (s) => serveDataConnection(s, core, metrics, o), {
+    allowHalfOpen: true,
+  });
 }

@@ -11,6 +11,7 @@ import {
   type ForwardRequest,
   ForwardResponse,
   listenDataPath,
+  ReadGate,
   ROUTER_DATA_PREFACE,
   serveFrames,
   toRpcError,
@@ -49,16 +50,17 @@ export function serveRouterDataConnection(
   count: RequestCounter,
   o: DataConnectionOptions,
 ): void {
-  const maxInFlight = o.maxInFlight ?? MAX_IN_FLIGHT_PER_CONNECTION;
-  const maxQueued = o.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES;
-  let open = 0;
-  let paused = false;
+  // Reading stops while either limit is reached and resumes once both are clear again.
+  const gate = new ReadGate(socket, {
+    maxInFlight: o.maxInFlight ?? MAX_IN_FLIGHT_PER_CONNECTION,
+    maxQueuedBytes: o.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES,
+  });
   let closed = false;
   // The client shut down its sending side: what it sent is still answered (as after a gRPC stream's half-close),
   // then the router ends its side.
   let ended = false;
   const endIfDone = () => {
-    if (ended && open === 0 && !closed) socket.end();
+    if (ended && gate.inFlight === 0 && !closed) socket.end();
   };
   // Idle engine connections live long; keepalive notices a peer that vanished without a FIN.
   socket.setKeepAlive(true, 30_000);
@@ -72,28 +74,16 @@ export function serveRouterDataConnection(
     ended = true;
     endIfDone();
   });
-  // Reading stops while either limit is reached and resumes once both are clear again.
-  const gate = () => {
-    const full = open >= maxInFlight || socket.writableLength > maxQueued;
-    if (full && !paused) {
-      paused = true;
-      socket.pause();
-    } else if (paused && open <= maxInFlight >> 1 && socket.writableLength <= maxQueued) {
-      paused = false;
-      socket.resume();
-    }
-  };
-  socket.on("drain", gate);
   // One reply callback per connection, not a closure per request (as the gRPC stream's handlers).
   const ok = (res: ForwardResponse) => {
-    open--;
     count(poolOf(res), "ForwardData", null);
-    if (closed) return;
-    const body = serializeResponse(res);
-    const back = (res as unknown as Record<symbol, Buffer | undefined>)[BACKING];
-    // A pooled reply buffer goes back once the socket is done with it.
-    writeFrame(socket, body, back ? () => replyPool.give(back) : undefined);
-    gate();
+    if (!closed) {
+      const body = serializeResponse(res);
+      const back = (res as unknown as Record<symbol, Buffer | undefined>)[BACKING];
+      // A pooled reply buffer goes back once the socket is done with it.
+      writeFrame(socket, body, back ? () => replyPool.give(back) : undefined);
+    }
+    gate.answered();
     endIfDone();
   };
   const onRequest = (frame: Buffer) => {
@@ -104,17 +94,15 @@ export function serveRouterDataConnection(
       // No request id to answer under: the connection is unusable, as a malformed message fails a gRPC stream.
       throw new DataPathError(`malformed ForwardRequest: ${(err as Error).message}`);
     }
-    open++;
-    gate();
+    gate.started();
     router.forward(req, Number.POSITIVE_INFINITY, scope).then(ok, (err) => {
-      open--;
       count(req.pool, "ForwardData", err);
       if (!closed) {
         const res: ForwardResponse = { requestId: req.requestId, hidden: undefined, stats: undefined };
         res.error = toRpcError(err);
         writeFrame(socket, ForwardResponse.encode(res).finish());
       }
-      gate();
+      gate.answered();
       endIfDone();
     });
   };

@@ -34,6 +34,7 @@ export {
   StatusRequest,
   WorkerStatus,
 } from "./gen/switchyard/v1/worker.js";
+export * from "./read-gate.js";
 export * from "./router-data-client.js";
 export * from "./tensor.js";
 export * from "./wire-writer.js";
