@@ -97,7 +97,8 @@ export function makePolicy(name: string): EvictionPolicy {
 export interface CacheEvents {
   hit?(id: ExpertId): void;
   miss?(id: ExpertId): void;
-  evict?(id: ExpertId): void;
+  /** An expert left the cache; `prepared` is what it held (batches that took it may still be running it). */
+  evict?(id: ExpertId, prepared: PreparedExpert): void;
   /** Bytes read from the checkpoint for a load. */
   transfer?(bytes: number): void;
   resident?(count: number): void;
@@ -224,10 +225,12 @@ export class ResidencyCache {
   }
 
   private remove(key: string): boolean {
-    if (!this.entries.delete(key)) return false;
+    const prepared = this.entries.get(key);
+    if (!prepared) return false;
+    this.entries.delete(key);
     this.policy.onRemove(key);
     this.evictions++;
-    this.events.evict?.(parseKey(key));
+    this.events.evict?.(parseKey(key), prepared);
     this.events.resident?.(this.entries.size);
     return true;
   }

@@ -1,8 +1,9 @@
 // The worker's data path (protocol: packages/protocol/src/data-path.ts): RunExpertsStream's messages on a plain TCP
 // socket. Same core, same validation, same per-batch deadline (ExpertBatch.timeout_ms) and the same error replies
 // as the gRPC stream; closing the connection cancels what still runs on it, as cancelling the stream does.
-// Like the router's engine data path it stops reading a connection whose peer does not take its results (ReadGate),
-// and answers what was sent before a half-close before it ends its own side.
+// Like the router's engine data path it stops reading a connection whose peer does not take its results (ReadGate).
+// Unlike it, a FIN ends the connection (no half-open side): the router closes a worker connection only to give up
+// on it, and the GPU time of what still runs there is better spent on other batches.
 
 import { setMaxListeners } from "node:events";
 import type { Socket } from "node:net";
@@ -53,15 +54,7 @@ export function serveDataConnection(
     maxInFlight: o.maxInFlight ?? MAX_IN_FLIGHT_PER_CONNECTION,
     maxQueuedBytes: o.maxQueuedResultBytes ?? MAX_QUEUED_RESULT_BYTES,
   });
-  // The peer shut down its sending side: what it sent is still answered, then the worker ends its side.
-  let ended = false;
-  const endIfDone = () => {
-    if (ended && gate.inFlight === 0 && !ac.signal.aborted) socket.end();
-  };
-  socket.on("end", () => {
-    ended = true;
-    endIfDone();
-  });
+
   // Every in-flight batch listens on the connection's signal (bounded by the queue capacity).
   setMaxListeners(0, ac.signal);
   const count = (err?: unknown) =>
@@ -86,7 +79,6 @@ export function serveDataConnection(
         count();
         reply(res);
         gate.answered();
-        endIfDone();
       },
       (err) => {
         bs.dispose();
@@ -94,7 +86,6 @@ export function serveDataConnection(
         // One bad batch answers in its own reply; the connection stays up.
         reply({ batchId: batch.batchId, output: undefined, stats: undefined, error: toRpcError(err) });
         gate.answered();
-        endIfDone();
       },
     );
   };
@@ -110,7 +101,5 @@ export function startDataServer(
   metrics: WorkerMetrics,
   o: DataConnectionOptions & { host?: string; port: number },
 ): Promise<DataPathServer> {
-  return listenDataPath(o.host ?? "0.0.0.0", o.port, (s) => serveDataConnection(s, core, metrics, o), {
-    allowHalfOpen: true,
-  });
+  return listenDataPath(o.host ?? "0.0.0.0", o.port, (s) => serveDataConnection(s, core, metrics, o));
 }

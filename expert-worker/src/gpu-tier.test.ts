@@ -156,6 +156,24 @@ describe("worker with a GPU expert tier (fake CUDA addon)", () => {
     expect(fake.calls.uploads.length - up0).toBe(2); // no upload at run time: GPU hits
     expect(backend.deviceCacheStats()?.hits).toBeGreaterThanOrEqual(2);
   });
+
+  it("an expert the host tier lets go leaves the GPU too: its slot is free for the next warm-up or look-ahead", async () => {
+    const before = backend.deviceCacheStats()!;
+    expect(before.resident).toBe(4);
+    const r = await call<{ pool: string; experts: { layer: number; expert: number }[] }, { evicted: unknown[] }>(
+      h.client.evict.bind(h.client),
+      { pool: "g", experts: [5, 6].map((e) => ({ layer: 0, expert: e })) },
+    );
+    expect(r.evicted).toHaveLength(2);
+    expect(backend.deviceCacheStats()).toMatchObject({ resident: 2, evictions: before.evictions + 2 });
+    // a fill that never evicts (the warm-up's) now finds the two free slots
+    const up0 = fake.calls.uploads.length;
+    // experts 0 and 1, on the host only (the host tier let them go earlier): loaded again, not yet on the GPU
+    const prepared = await Promise.all([0, 1].map(async (e) => (await h.w.core.o.cache.get(0, e)).expert));
+    await backend.prefetch(prepared, { evict: false });
+    expect(fake.calls.uploads.length - up0).toBe(2);
+    expect(backend.deviceCacheStats()).toMatchObject({ resident: 4, evictions: before.evictions + 2 });
+  });
 });
 
 describe("worker with a GPU tier smaller than the host tier: look-ahead upload for the next batch", () => {

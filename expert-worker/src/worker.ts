@@ -155,7 +155,11 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       events: {
         hit: () => metrics.cacheLookup(true),
         miss: () => metrics.cacheLookup(false),
-        evict: () => metrics.cacheEvictions.inc(),
+        evict: (_id, prepared) => {
+          metrics.cacheEvictions.inc();
+          // its device slot (CUDA) would otherwise hold it, and the slot, until the GPU tier's policy chose it
+          backend.discard?.([prepared]);
+        },
         transfer: (b) => metrics.cacheTransferBytes.inc(b),
         resident: (n) => metrics.cacheResident.set(n),
       },

@@ -228,6 +228,43 @@ describe("GpuSlotCache", () => {
     expect(cache.slotOf(ex("c"))).toBeDefined();
   });
 
+  it("discard frees an idle expert's slot at once, for a fill that never evicts", async () => {
+    const { cache, uploads } = harness(2);
+    await cache.acquire([ex("a"), ex("b")]);
+    cache.release([ex("a"), ex("b")]);
+    cache.discard([ex("a"), ex("z")]); // z: never here, nothing to do
+    expect(cache.stats).toMatchObject({ resident: 1, evictions: 1 });
+    expect(cache.slotOf(ex("a"))).toBeUndefined();
+    await cache.prefetch([ex("c")], { evict: false });
+    expect(uploads.map((u) => u.key)).toEqual(["a", "b", "c"]);
+    expect(cache.slotOf(ex("b"))).toBeDefined(); // the free slot took c; b stayed
+  });
+
+  it("discard of an expert a running batch holds frees its slot when that batch lets go, not before", async () => {
+    const { cache } = harness(2);
+    const [slot] = await cache.acquire([ex("a")]);
+    cache.discard([ex("a")]);
+    expect(cache.slotOf(ex("a"))).toBe(slot);
+    // another batch that still has it (queued before the host let it go) gets it where it is
+    expect(await cache.acquire([ex("a")])).toEqual([slot]);
+    cache.release([ex("a")]);
+    expect(cache.slotOf(ex("a"))).toBe(slot);
+    cache.release([ex("a")]);
+    expect(cache.slotOf(ex("a"))).toBeUndefined();
+    expect(cache.stats).toMatchObject({ resident: 0, evictions: 1 });
+  });
+
+  it("discard of an expert still loading frees its slot once the upload is done", async () => {
+    const { cache, open } = harness(2, { delay: true });
+    const loading = cache.prefetch([ex("a")]);
+    cache.discard([ex("a")]);
+    expect(cache.slotOf(ex("a"))).toBeDefined();
+    open();
+    await loading;
+    expect(cache.slotOf(ex("a"))).toBeUndefined();
+    expect(cache.stats).toMatchObject({ resident: 0, evictions: 1, transferBytes: 100 });
+  });
+
   it("validates capacity", () => {
     expect(() => harness(0)).toThrow(/capacity: must be an integer >= 1/);
   });

@@ -7,6 +7,8 @@
 // - prefetch(experts) starts uploads ahead of use and does not wait for them.
 // - eviction picks a victim through the same pluggable EvictionPolicy as the host cache (LRU by default) and never
 //   takes a slot that is pinned by a running batch or still loading.
+// - discard(experts) frees the slots of experts the host tier let go (their prepared form is never used again, and
+//   the slot's entry would keep it alive): at once, or when the last batch using it lets go.
 
 import type { EvictionPolicy } from "../cache.js";
 import { abortError } from "../queue.js";
@@ -26,6 +28,8 @@ interface Entry<E> {
   slot: number;
   pins: number;
   loading?: Promise<void>;
+  /** discard() came while the entry was pinned or loading: it goes once neither holds. */
+  discarded?: boolean;
 }
 
 /** Every slot is pinned by a running batch or still loading: a state that passes. */
@@ -114,6 +118,21 @@ export class GpuSlotCache<E extends SlotKeyed> {
   }
 
   /**
+   * Frees the slots of experts that will not be asked for again (the host tier evicted their prepared form; a
+   * reload prepares a new one under a new key). Before this, such slots stayed until the policy chose them, so a
+   * warm-up or look-ahead, which only fill free slots, found none after a plan change. An expert pinned by a running
+   * batch, or still loading, goes when that ends; a batch that asks for it meanwhile still gets it.
+   */
+  discard(experts: readonly E[]): void {
+    for (const e of experts) {
+      const entry = this.entries.get(e.cacheKey);
+      if (!entry) continue;
+      entry.discarded = true;
+      this.dropIfDiscarded(entry);
+    }
+  }
+
+  /**
    * Starts uploads of experts not yet resident; resolves when they are loaded (errors are reported, not thrown).
    * `evict: false` uses free slots only and stops when none is left (look-ahead for queued batches must not push
    * out experts that other queued batches are about to use).
@@ -156,7 +175,10 @@ export class GpuSlotCache<E extends SlotKeyed> {
         entry.loading = undefined;
         this.stats.transferBytes += bytes;
         this.onEvent?.("transfer", bytes);
-        if (entry.pins === 0) this.wake(); // evictable now
+        if (entry.pins === 0) {
+          this.dropIfDiscarded(entry);
+          this.wake(); // evictable now
+        }
       },
       (err) => {
         // a failed upload leaves nothing behind: the slot returns to the pool
@@ -180,7 +202,22 @@ export class GpuSlotCache<E extends SlotKeyed> {
   }
 
   private unpinEntry(e: Entry<E>): void {
-    if (e.pins > 0 && --e.pins === 0) this.wake();
+    if (e.pins > 0 && --e.pins === 0) {
+      this.dropIfDiscarded(e);
+      this.wake();
+    }
+  }
+
+  /** Frees a discarded entry's slot once nothing holds it (counted as an eviction: the slot lost its expert). */
+  private dropIfDiscarded(e: Entry<E>): void {
+    if (!e.discarded || e.pins > 0 || e.loading || this.entries.get(e.expert.cacheKey) !== e) return;
+    this.entries.delete(e.expert.cacheKey);
+    this.policy.onRemove(e.expert.cacheKey);
+    this.free.push(e.slot);
+    this.stats.evictions++;
+    this.onEvent?.("evict");
+    this.stats.resident = this.entries.size;
+    this.wake();
   }
 
   /** Whether a slot is pinned or loading: something a waiting acquire() can wait for. */

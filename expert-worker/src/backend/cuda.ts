@@ -235,6 +235,11 @@ export class CudaBackend implements ExpertBackend {
     );
   }
 
+  /** The host tier let these go: their GPU slots are freed (at once, or when the batches using them finish). */
+  discard(experts: readonly PreparedExpert[]): void {
+    this.cache?.discard(experts.filter((e): e is CudaPrepared => e instanceof CudaPrepared));
+  }
+
   async run(req: RunRequest): Promise<Uint8Array> {
     const { signal } = req;
     if (signal?.aborted) throw abortError(signal);

@@ -106,6 +106,11 @@ export interface ExpertBackend {
    * look-ahead, which must not push out experts other queued batches need).
    */
   prefetch?(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<void>;
+  /**
+   * The host tier evicted these prepared experts: they will not be run again (a reload prepares new ones), so their
+   * device slots are freed, at once or when the batches using them finish.
+   */
+  discard?(experts: readonly PreparedExpert[]): void;
   /** Device slots to use (the pool's cache capacity, --cache-capacity); called before the first prepare(). */
   setDeviceCacheCapacity?(experts: number): void;
   /** Subscribes to device-tier cache events (the worker's /metrics); returns the unsubscribe. */
