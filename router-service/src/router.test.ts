@@ -591,6 +591,25 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     }
   });
 
+  it("spills over capacity to the next-best experts, and reports the experts that ran", async () => {
+    setPool({ gating: { capacityFactor: 0.5, overflow: "spill" } });
+    try {
+      // four equal tokens choose the same two experts; capacity 1 each (0.5 * 4 * 2 / 4): one token keeps them,
+      // one spills to the other two experts, two find no room
+      const row = hidden(1, 5);
+      const h = new Float32Array(4 * D);
+      for (let t = 0; t < 4; t++) h.set(row, t * D);
+      const seen = workers.map((w) => w.seen.length);
+      const res = await call({ hidden: encodeTensor(h, [4, D], DType.FLOAT32) });
+      const ran = new Set(workers.flatMap((w, i) => w.seen.slice(seen[i]).flatMap((b) => b.experts)));
+      expect(ran.size).toBe(4);
+      expect(res.stats!.expertsTouched).toBe(ran.size);
+      expect(res.stats!.droppedAssignments).toBe(4);
+    } finally {
+      setPool();
+    }
+  });
+
   it("serves several pools side by side", async () => {
     router.setPool({
       name: "toy-b",

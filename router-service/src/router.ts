@@ -563,8 +563,15 @@ export class Router {
       const cap = applyCapacity(routed, m.experts, p.policy.gating.capacityFactor, p.policy.gating.overflow, routings);
       for (const a of cap.dropped) items[a.item].dropped++;
       if (cap.dropped.length > 0) p.metrics.dropped.inc(cap.dropped.length);
-      // Spill may have moved an assignment to another expert: the combine weight stays with its slot.
+      // Spill may have moved an assignment to another expert: the combine weight stays with its slot, and the
+      // item's routing now names the expert that runs it (stats.experts_touched counts those).
       const rounds = cap.rounds;
+      if (p.policy.gating.overflow === "spill" && p.policy.gating.capacityFactor !== null)
+        for (const r of rounds)
+          for (const a of r) {
+            const rt = routings[a.item];
+            rt.experts[a.token * rt.slots + a.slot] = a.expert;
+          }
       const touched = new Set<number>();
       // heat rows hold the slices too (ids E + j): the operator's rebalance reads the tokens they actually get
       const heatWidth = m.experts + (m.sharedSlices ?? 0);
