@@ -226,6 +226,12 @@ describe("decodeTensor validation", () => {
       "x.shape[0]: must be a non-negative integer, got 2.5",
     );
   });
+  it("refuses to encode a dim the wire's uint32 cannot carry (it would go out as its low 32 bits)", () => {
+    expectInvalid(
+      () => encodeTensor(new Float32Array(0), [2 ** 32, 0], DType.FLOAT32),
+      "shape[0]: must be at most 4294967295 (uint32), got 4294967296",
+    );
+  });
   it("rejects a byte length that does not match the shape", () => {
     const t = good();
     expectInvalid(

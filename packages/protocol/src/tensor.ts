@@ -65,13 +65,17 @@ export function isFloatDType(dtype: DType): boolean {
   return dtype === DType.FLOAT32 || dtype === DType.BFLOAT16 || dtype === DType.FLOAT16;
 }
 
-/** Product of dims; throws INVALID_ARGUMENT (naming `field`) for a dim that is not a non-negative integer. */
+/**
+ * Product of dims; throws INVALID_ARGUMENT (naming `field`) for a dim that is not a non-negative integer or does not
+ * fit the wire's uint32 (protobuf would keep its low 32 bits: [2^32, 0] would go out as [0, 0]).
+ */
 export function shapeElements(shape: readonly number[], field = "shape"): number {
   let n = 1;
   for (let i = 0; i < shape.length; i++) {
     const d = shape[i];
     if (!Number.isInteger(d) || d < 0)
       throw invalidArgument(`${field}[${i}]`, `must be a non-negative integer, got ${d}`);
+    if (d > 0xffffffff) throw invalidArgument(`${field}[${i}]`, `must be at most 4294967295 (uint32), got ${d}`);
     n *= d;
   }
   if (!Number.isSafeInteger(n)) throw invalidArgument(field, `element count overflows: [${shape.join(", ")}]`);
