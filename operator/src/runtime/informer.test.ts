@@ -120,4 +120,31 @@ describe("Informer", () => {
     expect(logs[0]).toMatch(/informer cms: .*503 ServiceUnavailable: starting; restarting in \d+ ms/);
     await inf.stop();
   });
+
+  it("counts a refused watch under the server's status, not as a success", async () => {
+    let watches = 0;
+    const kube = await fakeApi((_req, res, url) => {
+      res.setHeader("content-type", "application/json");
+      if (url.searchParams.get("watch") === "true") {
+        if (++watches === 1) {
+          res.statusCode = 403;
+          res.end(JSON.stringify({ kind: "Status", code: 403, reason: "Forbidden" }));
+          return;
+        }
+        res.writeHead(200);
+        res.flushHeaders();
+        return;
+      }
+      res.end(JSON.stringify({ metadata: { resourceVersion: "5" }, items: [] }));
+    });
+    const codes: number[] = [];
+    kube.onRequest((r) => {
+      if (r.verb === "watch") codes.push(r.code);
+    });
+    const inf = new Informer<Obj>(kube, { name: "cms", path: "/api/v1/namespaces/ns/configmaps", onEvent: () => {} });
+    await inf.start();
+    await until(() => codes.length >= 2);
+    expect(codes.slice(0, 2)).toEqual([403, 200]);
+    await inf.stop();
+  });
 });

@@ -34,8 +34,20 @@ class CountingWatch extends Watch {
     // The server ends each watch after timeoutSeconds; a fresh one resumes from the last resourceVersion.
     // This bounds how long a half-open connection can leave the cache stale (client-node issue #364).
     const strip = (phase: string, obj: unknown, watchObj?: unknown) => cb(phase, stripManagedFields(obj), watchObj);
-    const ctl = await super.watch(path, { ...query, allowWatchBookmarks: true, timeoutSeconds: 300 }, strip, done);
-    this.kube.record("watch", path, 200);
+    // Watch.watch() does not throw: a refused request (403, 500...) or one that never connected reaches `done`
+    // before it returns, with the status in err.statusCode (none: no response, recorded as 0 like Kube.request).
+    let started = false;
+    let failed: number | undefined;
+    const onDone = (err: unknown) => {
+      if (!started && err) {
+        const code = (err as { statusCode?: unknown }).statusCode;
+        failed = typeof code === "number" ? code : 0;
+      }
+      done(err);
+    };
+    const ctl = await super.watch(path, { ...query, allowWatchBookmarks: true, timeoutSeconds: 300 }, strip, onDone);
+    started = true;
+    this.kube.record("watch", path, failed ?? 200);
     return ctl;
   }
 }
