@@ -46,6 +46,22 @@ describe("mergeBatches", () => {
   });
 });
 
+/** Relative L2 error of bf16 output `y` against the reference's `yr`. */
+function relErrBf16(y: Uint8Array, yr: Uint8Array): number {
+  const a16 = new Uint16Array(y.buffer, y.byteOffset, y.byteLength / 2);
+  const b16 = new Uint16Array(yr.buffer, yr.byteOffset, yr.byteLength / 2);
+  const f32 = (h: number) => new Float32Array(new Uint32Array([h << 16]).buffer)[0] as number;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b16.length; i++) {
+    const p = f32(a16[i] as number);
+    const q = f32(b16[i] as number);
+    num += (p - q) ** 2;
+    den += q * q;
+  }
+  return Math.sqrt(num / den);
+}
+
 // GPU tests: need the built switchyard_cuda.node and an sm_90 GPU. On CPU-only machines (CI) they skip and say why.
 const addon = loadCudaAddon();
 const probe = "unavailable" in addon ? addon.unavailable : addon.probe();
@@ -110,18 +126,43 @@ describe("cuda backend", () => {
           { expert: r1 as never, offset: 4, count: 6 },
         ],
       });
-      const a16 = new Uint16Array(y.buffer, y.byteOffset, y.byteLength / 2);
-      const b16 = new Uint16Array(yr.buffer, yr.byteOffset, yr.byteLength / 2);
-      const f32 = (h: number) => new Float32Array(new Uint32Array([h << 16]).buffer)[0] as number;
-      let num = 0;
-      let den = 0;
-      for (let i = 0; i < b16.length; i++) {
-        const p = f32(a16[i] as number);
-        const q = f32(b16[i] as number);
-        num += (p - q) ** 2;
-        den += q * q;
-      }
-      expect(Math.sqrt(num / den)).toBeLessThan(1e-2);
+      expect(relErrBf16(y, yr)).toBeLessThan(1e-2);
+    },
+  );
+
+  it.skipIf(!!why)(
+    `a slot the host tier let go (discard) takes another expert, which then computes its own answers${why ? ` (skipped: ${why})` : ""}`,
+    async () => {
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS;
+      const b = (await probeCudaBackend()) as CudaBackend;
+      b.setDeviceCacheCapacity(2);
+      const next = rng(Date.now() >>> 0);
+      const d = 128;
+      const f = 96;
+      const weights = [0, 1, 2].map(() => randomExpert(d, f, "bfloat16", next));
+      const [e0, e1, e2] = await Promise.all(weights.map((w) => b.prepare(w)));
+      const ref = new ReferenceBackend();
+      const [r0, r1, r2] = await Promise.all(weights.map((w) => ref.prepare(w)));
+      const rows = 12;
+      const tokens = new Uint8Array(valuesToBytes(uniform(rows * d, 1, next), DType.BFLOAT16));
+      // experts[i] on the GPU against refs[i] on the host, 6 rows each: the relative error
+      const run = async (experts: unknown[], refs: unknown[]) => {
+        const req = { dtype: DType.BFLOAT16, tokens, rows, cols: d };
+        const slices = (xs: unknown[]) => xs.map((x, i) => ({ expert: x as never, offset: i * 6, count: 6 }));
+        return relErrBf16(
+          await b.run({ ...req, slices: slices(experts) }),
+          await ref.run({ ...req, slices: slices(refs) }),
+        );
+      };
+      expect(await run([e0, e1], [r0, r1])).toBeLessThan(1e-2);
+      b.discard([e0]);
+      expect(b.deviceCacheStats()).toMatchObject({ resident: 1, evictions: 1 });
+      await b.prefetch([e2], { evict: false }); // only a free slot: e0's
+      expect(b.deviceCacheStats()).toMatchObject({ resident: 2, evictions: 1 });
+      expect(await run([e2, e1], [r2, r1])).toBeLessThan(1e-2);
+      // e0 again (a batch that still held it): uploaded again, over e1's slot (e2 is pinned by this run)
+      expect(await run([e2, e0], [r2, r0])).toBeLessThan(1e-2);
+      expect(b.deviceCacheStats()).toMatchObject({ resident: 2, evictions: 2 });
     },
   );
   it.skipIf(!!why)(
