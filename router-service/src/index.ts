@@ -18,6 +18,7 @@ export {
 } from "./server.js";
 export { PrometheusSignals, parseInstantQuery } from "./signals/prometheus.js";
 export { FakeWorker } from "./testing/fake-worker.js";
+export { startTestRouter, type TestRouter } from "./testing/test-router.js";
 export { batchPool, replyPool } from "./wire/buffer-pool.js";
 export { decodeExpertBatch, decodeExpertResult, decodeForwardRequest, decodeForwardResponse } from "./wire/decode.js";
 export { BACKING, ENCODED, encodeExpertBatch, encodeExpertResult, encodeForwardResponse } from "./wire/encode.js";
