@@ -72,14 +72,14 @@ describe("router process: config and plan reload without restart", () => {
     const t = await app.router.metrics.registry.getSingleMetricAsString("switchyard_router_placement_plan_version");
     return Number(/pool="p"} (\d+)/.exec(t)?.[1]);
   };
-  const forward = () =>
-    app.router.forward({
-      pool: "p",
-      layer: 0,
-      hidden: encodeTensor(new Float32Array(16).fill(1), [1, 16], DType.FLOAT32),
-      gate: undefined,
-      requestId: 0n,
-    });
+  const forwardRequest = () => ({
+    pool: "p",
+    layer: 0,
+    hidden: encodeTensor(new Float32Array(16).fill(1), [1, 16], DType.FLOAT32),
+    gate: undefined,
+    requestId: 0n,
+  });
+  const forward = () => app.router.forward(forwardRequest());
 
   it("serves with plan v1, then follows a new plan file", async () => {
     expect(await version()).toBe(1);
@@ -110,6 +110,56 @@ describe("router process: config and plan reload without restart", () => {
     await until(() => logs.some((l) => l.includes("pools[0].policy.gating.topP")));
     expect(await app.reload()).toBe(false);
     await forward(); // still serving
+  });
+
+  it("one pool it cannot load leaves the others served, says why, and recovers when the config is fixed", async () => {
+    const cfgPath = join(dir, "router.json");
+    const good = {
+      name: "p",
+      checkpoint: join(dir, "ckpt"),
+      planFile: join(dir, "plan.json"),
+      endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+    };
+    // The operator writes an ExpertPool's checkpoint.uri as-is: the router has no copy of such a checkpoint.
+    const remote = {
+      ...good,
+      name: "remote",
+      checkpoint: "s3://bucket/mixtral",
+      planFile: undefined,
+      plan: plan(1, 0),
+    };
+    await writeFile(join(dir, "plan.json"), JSON.stringify(plan(3, 0)));
+    await writeFile(cfgPath, JSON.stringify({ pools: [remote, good] }));
+    expect(await app.reload()).toBe(false);
+    expect(await version()).toBe(3); // the good pool's new plan applied all the same
+    await forward();
+    const err = await app.router.forward({ ...(await forwardRequest()), pool: "remote" }).then(
+      () => undefined,
+      (e: Error & { code?: string }) => e,
+    );
+    expect(err?.code).toBe("UNAVAILABLE");
+    expect(err?.message).toMatch(/pool "remote" is configured but could not be loaded: pools\[0\]\.checkpoint: /);
+    expect(app.router.unloadedPools().map((u) => u.name)).toEqual(["remote"]);
+    expect(logs.some((l) => l.startsWith("pool not loaded") && l.includes("remote: pools[0].checkpoint"))).toBe(true);
+
+    // A fresh router with that config starts and serves the good pool.
+    const fresh = await startRouterApp({
+      config: cfgPath,
+      port: 0,
+      metricsPort: null,
+      host: "127.0.0.1",
+      log: () => {},
+    });
+    try {
+      expect(fresh.router.poolNames()).toEqual(["p"]);
+      expect(fresh.router.unloadedPools()).toHaveLength(1);
+    } finally {
+      await fresh.close();
+    }
+
+    await writeFile(cfgPath, JSON.stringify({ pools: [good] }));
+    expect(await app.reload()).toBe(true);
+    expect(app.router.unloadedPools()).toEqual([]);
   });
 
   it("parses its command line, flags over env", () => {

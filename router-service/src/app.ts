@@ -50,43 +50,66 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   log(`combine: ${nativeCombineStatus()}`);
   const models = new Map<string, CheckpointModel>();
   const watched = new Set<string>();
-  let current: RouterConfig | null = null;
 
-  const apply = async (): Promise<void> => {
-    const cfg = parseRouterConfig(await readJson(o.config, "config"));
-    // Build everything first, then swap: a failure leaves the running pools untouched.
-    const setups: PoolSetup[] = [];
-    for (const [i, p] of cfg.pools.entries()) {
-      let model = models.get(p.checkpoint);
-      if (!model) {
-        model = await CheckpointModel.open(p.checkpoint);
-        models.set(p.checkpoint, model);
-      }
-      let plan: PlacementPlan;
-      if (p.planFile) {
-        const raw = await readJson(p.planFile, `pools[${i}].planFile`);
-        plan = parsePlan(raw, `pools[${i}].planFile`);
-      } else plan = p.plan!;
+  /** One pool of the config, ready for router.setPool; throws naming the field. */
+  const poolSetup = async (p: RouterConfig["pools"][number], i: number): Promise<PoolSetup> => {
+    let model = models.get(p.checkpoint);
+    if (!model) {
       try {
-        validatePlan(plan, { layers: model.layers, experts: model.experts, sharedSlices: model.sharedSlices });
+        model = await CheckpointModel.open(p.checkpoint);
       } catch (e) {
-        throw new Error(`pools[${i}].plan: ${(e as Error).message}`);
+        throw new Error(`pools[${i}].checkpoint: ${(e as Error).message}`);
       }
-      setups.push({ name: p.name, model, plan, endpoints: p.endpoints, policy: p.policy });
+      models.set(p.checkpoint, model);
     }
-    for (const s of setups) router.setPool(s);
-    for (const name of router.poolNames()) if (!cfg.pools.some((p) => p.name === name)) router.removePool(name);
-    current = cfg;
-    for (const p of cfg.pools) if (p.planFile) watch(p.planFile);
-    log(
-      `config applied: ${cfg.pools.map((p) => `${p.name} (plan v${setups.find((s) => s.name === p.name)!.plan.version})`).join(", ")}`,
-    );
+    let plan: PlacementPlan;
+    if (p.planFile) {
+      const raw = await readJson(p.planFile, `pools[${i}].planFile`);
+      plan = parsePlan(raw, `pools[${i}].planFile`);
+    } else plan = p.plan!;
+    try {
+      validatePlan(plan, { layers: model.layers, experts: model.experts, sharedSlices: model.sharedSlices });
+    } catch (e) {
+      throw new Error(`pools[${i}].plan: ${(e as Error).message}`);
+    }
+    return { name: p.name, model, plan, endpoints: p.endpoints, policy: p.policy };
   };
 
+  /**
+   * Applies the config file. A file that does not parse changes nothing (throws). Otherwise each pool stands alone:
+   * one the router cannot load (its checkpoint unreadable from here, a bad plan file, a policy its model refuses)
+   * keeps its running version if it has one, is listed in GET /pools as unloaded with the reason, and its requests
+   * are told that reason; the other pools are applied. Returns the pools that failed.
+   */
+  const apply = async (): Promise<string[]> => {
+    const cfg = parseRouterConfig(await readJson(o.config, "config"));
+    const failed: string[] = [];
+    const applied: string[] = [];
+    for (const [i, p] of cfg.pools.entries()) {
+      try {
+        const setup = await poolSetup(p, i);
+        router.setPool(setup);
+        router.setUnloaded(p.name, null);
+        applied.push(`${p.name} (plan v${setup.plan.version})`);
+      } catch (e) {
+        const why = (e as Error).message;
+        router.setUnloaded(p.name, why);
+        failed.push(`${p.name}: ${why}`);
+      }
+      if (p.planFile) watch(p.planFile);
+    }
+    for (const name of router.poolNames()) if (!cfg.pools.some((p) => p.name === name)) router.removePool(name);
+    for (const u of router.unloadedPools())
+      if (!cfg.pools.some((p) => p.name === u.name)) router.setUnloaded(u.name, null);
+    log(`config applied: ${applied.join(", ") || "no pools"}`);
+    for (const f of failed) log(`pool not loaded (a running version of it keeps serving): ${f}`);
+    return failed;
+  };
+
+  /** True when the config and every pool in it applied. */
   const reload = async (): Promise<boolean> => {
     try {
-      await apply();
-      return true;
+      return (await apply()).length === 0;
     } catch (e) {
       log(`config not applied, keeping the running one: ${(e as Error).message}`);
       return false;
@@ -107,7 +130,9 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
     });
   }
 
-  await apply(); // the first load must succeed: a router without config has nothing to serve
+  // The first load's file must parse (a router without config has nothing to serve); a pool that cannot be loaded
+  // does not keep the others from serving.
+  await apply();
   watch(o.config);
   const server = await serveRouter(router, {
     port: o.port,
@@ -119,7 +144,6 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   log(
     `serving ${router.poolNames().join(", ")} on :${server.port}${server.dataPort !== null ? `, data path on :${server.dataPort}` : ""}${server.metricsPort ? `, metrics on :${server.metricsPort}` : ""}`,
   );
-  void current;
   return {
     router,
     server,

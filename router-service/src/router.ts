@@ -245,9 +245,17 @@ export interface RouterOptions {
   gateAhead?: boolean;
 }
 
+/** A pool of the config the router could not load (GET /pools lists it; its requests are told why). */
+export interface UnloadedPool {
+  name: string;
+  error: string;
+}
+
 export class Router {
   readonly metrics: RouterMetrics;
   private readonly pools = new Map<string, Pool>();
+  /** Pools the config names that could not be loaded, and why (setUnloaded; a loaded one of the name keeps serving). */
+  private readonly unloaded = new Map<string, string>();
   private readonly statusIntervalMs: number;
   private readonly workerTransport: WorkerTransport;
   private readonly dedupMinBytes: number;
@@ -282,6 +290,20 @@ export class Router {
       planVersion: p.planVersion,
       workers: p.conns.map((c) => ({ id: c.id, address: c.address, healthy: c.healthy, dataPath: c.usingDataPath })),
     }));
+  }
+
+  /**
+   * Records that the config's pool `name` could not be loaded (`error`), or that it no longer fails (null). A pool of
+   * that name already running keeps serving as it was; otherwise its requests fail UNAVAILABLE with the reason.
+   */
+  setUnloaded(name: string, error: string | null): void {
+    if (error === null) this.unloaded.delete(name);
+    else this.unloaded.set(name, error);
+  }
+
+  /** The config's pools that could not be loaded (GET /pools). */
+  unloadedPools(): UnloadedPool[] {
+    return [...this.unloaded].map(([name, error]) => ({ name, error }));
   }
 
   /** Worker connections of a pool (local mode and tests read counters from them). */
@@ -380,13 +402,16 @@ export class Router {
     if (scope?.closed) return Promise.reject(cancelled(`cancelled by the caller (pool ${req.pool})`));
     const p = this.pools.get(req.pool);
     if (!p) {
+      const why = this.unloaded.get(req.pool);
       return Promise.reject(
-        req.pool
-          ? notFound(
-              `unknown pool ${JSON.stringify(req.pool)} (serving: ${this.poolNames().join(", ") || "none"})`,
-              "pool",
-            )
-          : invalidArgument("pool", "required"),
+        why !== undefined
+          ? unavailable(`pool ${JSON.stringify(req.pool)} is configured but could not be loaded: ${why}`)
+          : req.pool
+            ? notFound(
+                `unknown pool ${JSON.stringify(req.pool)} (serving: ${this.poolNames().join(", ") || "none"})`,
+                "pool",
+              )
+            : invalidArgument("pool", "required"),
       );
     }
     try {

@@ -252,7 +252,11 @@ export async function serveRouter(
     app.get("/healthz", (_req, res) => void res.send("ok"));
     // What each pool serves (dimensions, MoE layers, plan version, workers): for operators, and for the chart's
     // `helm test` smoke check, which needs a pool's hidden size and an MoE layer to build its requests.
-    app.get("/pools", (_req, res) => void res.json({ pools: router.poolSummaries() }));
+    // unloaded: pools of the config the router could not load, with the reason (their requests fail UNAVAILABLE)
+    app.get(
+      "/pools",
+      (_req, res) => void res.json({ pools: router.poolSummaries(), unloaded: router.unloadedPools() }),
+    );
     app.get("/readyz", (_req, res) => {
       const ready = router.poolNames().length > 0;
       res.status(ready ? 200 : 503).send(ready ? "ready" : "no pools configured");

@@ -1,7 +1,14 @@
 import { DType, encodeTensor, type ForwardResponse } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import type { PoolSummary } from "../router.js";
-import { parseSmokeArgs, pickPools, replyProblems, smokeRequest, unhealthyWorkers } from "./checks.js";
+import {
+  parseSmokeArgs,
+  pickPools,
+  replyProblems,
+  smokeRequest,
+  unhealthyWorkers,
+  unloadedProblems,
+} from "./checks.js";
 
 const pool: PoolSummary = {
   name: "dsv3",
@@ -83,6 +90,14 @@ describe("pickPools", () => {
     expect(pickPools([pool, other], ["mixtral"]).map((p) => p.name)).toEqual(["mixtral"]);
     expect(() => pickPools([pool, other], ["qwen"])).toThrow('pool "qwen" is not served (serving: dsv3, mixtral)');
     expect(() => pickPools([], [])).toThrow(/serves no pools/);
+    // a named pool the router could not load is reported by unloadedProblems, not as "not served"
+    const unloaded = [{ name: "qwen", error: "pools[2].checkpoint: no such file" }];
+    expect(pickPools([pool, other], ["qwen", "dsv3"], unloaded).map((p) => p.name)).toEqual(["dsv3"]);
+    expect(unloadedProblems(unloaded, ["qwen"])).toEqual([
+      "pool qwen: configured but not loaded by the router: pools[2].checkpoint: no such file",
+    ]);
+    expect(unloadedProblems(unloaded, [])).toHaveLength(1);
+    expect(unloadedProblems(unloaded, ["dsv3"])).toEqual([]);
   });
 });
 

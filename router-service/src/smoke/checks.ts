@@ -10,7 +10,7 @@ import {
   type ForwardRequest,
   type ForwardResponse,
 } from "@switchyard/protocol";
-import type { PoolSummary } from "../router.js";
+import type { PoolSummary, UnloadedPool } from "../router.js";
 
 export interface SmokeArgs {
   /** The router's gRPC address, host:port. */
@@ -80,17 +80,36 @@ export function parseSmokeArgs(argv: readonly string[]): SmokeArgs {
   return out;
 }
 
-/** The pools to check: the named ones (every one must be served) or all; throws naming what is missing. */
-export function pickPools(served: readonly PoolSummary[], names: readonly string[]): PoolSummary[] {
+/**
+ * The config's pools the router could not load (GET /pools `unloaded`) that this check covers: every one, or the
+ * named ones. One line each, with the router's reason.
+ */
+export function unloadedProblems(unloaded: readonly UnloadedPool[], names: readonly string[]): string[] {
+  return unloaded
+    .filter((u) => names.length === 0 || names.includes(u.name))
+    .map((u) => `pool ${u.name}: configured but not loaded by the router: ${u.error}`);
+}
+
+/**
+ * The pools to check: the named ones (every one must be served, except those in `unloaded`, which
+ * unloadedProblems reports) or all; throws naming what is missing.
+ */
+export function pickPools(
+  served: readonly PoolSummary[],
+  names: readonly string[],
+  unloaded: readonly UnloadedPool[] = [],
+): PoolSummary[] {
   if (served.length === 0)
     throw new Error("the router serves no pools (is an ExpertPool with a RoutingPolicy applied?)");
   if (names.length === 0) return [...served];
-  return names.map((n) => {
-    const p = served.find((s) => s.name === n);
-    if (!p)
-      throw new Error(`pool ${JSON.stringify(n)} is not served (serving: ${served.map((s) => s.name).join(", ")})`);
-    return p;
-  });
+  return names
+    .filter((n) => !unloaded.some((u) => u.name === n))
+    .map((n) => {
+      const p = served.find((s) => s.name === n);
+      if (!p)
+        throw new Error(`pool ${JSON.stringify(n)} is not served (serving: ${served.map((s) => s.name).join(", ")})`);
+      return p;
+    });
 }
 
 /**

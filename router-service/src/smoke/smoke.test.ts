@@ -46,6 +46,20 @@ describe("router smoke check", () => {
     expect(r.lines.join("\n")).toMatch(/ok {4}.*\/pools: p \(mixtral, d 16, 2 workers\)/);
   });
 
+  it("fails naming a pool of the router's config that it could not load, and still checks the others", async () => {
+    t.app.router.setUnloaded("remote", "pools[1].checkpoint: s3:/bucket/config.json: no such file");
+    try {
+      const r = await runSmoke(args);
+      expect(r.ok).toBe(false);
+      expect(r.lines).toContain(
+        "FAIL  pool remote: configured but not loaded by the router: pools[1].checkpoint: s3:/bucket/config.json: no such file",
+      );
+      expect(r.lines.join("\n")).toMatch(/ok {4}pool p: Forward over gRPC/);
+    } finally {
+      t.app.router.setUnloaded("remote", null);
+    }
+  });
+
   it("fails naming a pool the router does not serve", async () => {
     const r = await runSmoke({ ...args, pools: ["nope"] });
     expect(r.ok).toBe(false);

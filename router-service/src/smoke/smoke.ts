@@ -12,8 +12,15 @@ import {
   RouterDataClient,
 } from "@switchyard/protocol";
 import { service as healthService } from "grpc-health-check";
-import type { PoolSummary } from "../router.js";
-import { pickPools, replyProblems, type SmokeArgs, smokeRequest, unhealthyWorkers } from "./checks.js";
+import type { PoolSummary, UnloadedPool } from "../router.js";
+import {
+  pickPools,
+  replyProblems,
+  type SmokeArgs,
+  smokeRequest,
+  unhealthyWorkers,
+  unloadedProblems,
+} from "./checks.js";
 
 export interface SmokeResult {
   ok: boolean;
@@ -102,12 +109,16 @@ export async function runSmoke(a: SmokeArgs): Promise<SmokeResult> {
   health.close();
 
   let pools: PoolSummary[] = [];
+  let unloaded: UnloadedPool[] = [];
   await attempt(`${a.http}/pools`, async () => {
     const r = await httpGet(`${a.http}/pools`, a.timeoutMs);
     if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${r.body.trim()}`);
-    pools = pickPools((JSON.parse(r.body) as { pools: PoolSummary[] }).pools, a.pools);
+    const body = JSON.parse(r.body) as { pools: PoolSummary[]; unloaded?: UnloadedPool[] };
+    unloaded = body.unloaded ?? [];
+    pools = pickPools(body.pools, a.pools, unloaded);
     return pools.map((p) => `${p.name} (${p.family}, d ${p.hiddenSize}, ${p.workers.length} workers)`).join("; ");
   });
+  for (const l of unloadedProblems(unloaded, a.pools)) fail(l);
 
   const client = new RouterClient(a.router, credentials.createInsecure());
   const host = a.router.slice(0, a.router.lastIndexOf(":"));
