@@ -6,7 +6,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { INDEX_FILE, openCheckpoint, readLayerFloat32, SINGLE_FILE, toFloat32 } from "./checkpoint.js";
 import { generateCheckpoint, generatedValues } from "./generate.js";
 import { buildSafetensorsHeader, SafetensorsFile, writeSafetensors } from "./safetensors.js";
-import { defaultSpec, expertKeys, gateKey, hfConfigJson, type ModelSpec, sharedExpertKeys } from "./spec.js";
+import {
+  correctionBiasKey,
+  defaultSpec,
+  expertKeys,
+  gateKey,
+  hfConfigJson,
+  type ModelSpec,
+  sharedExpertKeys,
+} from "./spec.js";
 
 let root: string;
 beforeAll(async () => {
@@ -20,6 +28,10 @@ function rounded(values: Float32Array, dtype: ModelSpec["dtype"]): Float32Array 
   if (dtype === "bfloat16") return bf16ToF32(f32ToBf16(values));
   if (dtype === "float16") return f16ToF32(f32ToF16(values));
   return values;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 async function expectRejects(p: Promise<unknown>, code: string, message: RegExp): Promise<void> {
@@ -277,6 +289,28 @@ describe("checkpoint errors name the file and tensor", () => {
       ckpt.readExpert(0, 0),
       "FAILED_PRECONDITION",
       /experts\.0\.(gate|up|down)_proj\.weight: dtype F8_E4M3 is not supported/,
+    );
+    await ckpt.close();
+  });
+  it("a non-finite e_score_correction_bias", async () => {
+    const dir = join(root, "bias-nan");
+    const g = await generateCheckpoint({ family: "deepseek-v3", dir, layers: 1, hiddenSize: 4, intermediateSize: 6 });
+    const key = correctionBiasKey(g.spec, 0) as string;
+    const path = join(dir, SINGLE_FILE);
+    const st = await SafetensorsFile.open(path);
+    const info = st.info(key);
+    await st.close();
+    expect(info?.dtype).toBe("F32");
+    const bytes = await readFile(path);
+    bytes.writeFloatLE(Number.NaN, (info?.begin ?? 0) + 2 * 4);
+    await writeFile(path, bytes);
+    const ckpt = await openCheckpoint(dir);
+    const msg = `${path}: tensor ${key}[2]: must be finite, got NaN`;
+    await expectRejects(ckpt.readCorrectionBias(0), "FAILED_PRECONDITION", new RegExp(`^${escapeRegExp(msg)}$`));
+    await expectRejects(
+      readLayerFloat32(ckpt, 0),
+      "FAILED_PRECONDITION",
+      /e_score_correction_bias\[2\]: must be finite/,
     );
     await ckpt.close();
   });

@@ -224,7 +224,18 @@ class DirCheckpoint implements Checkpoint {
   async readCorrectionBias(layer: number): Promise<WeightMatrix | undefined> {
     this.checkLayer(layer);
     const key = correctionBiasKey(this.spec, layer);
-    return key ? this.readTensor(key, [this.spec.experts]) : undefined;
+    if (!key) return undefined;
+    const bias = await this.readTensor(key, [this.spec.experts]);
+    // A NaN or infinite bias silently changes which experts are chosen (sigmoidGroupTopK refuses it too); say
+    // here which file holds it, rather than failing later on a request.
+    const values = toFloat32(bias);
+    for (let e = 0; e < values.length; e++) {
+      if (!Number.isFinite(values[e]))
+        throw failedPrecondition(
+          `${join(this.dir, this.fileOf(key) ?? SINGLE_FILE)}: tensor ${key}[${e}]: must be finite, got ${values[e]}`,
+        );
+    }
+    return bias;
   }
 
   async readSharedExpertGate(layer: number): Promise<WeightMatrix | undefined> {

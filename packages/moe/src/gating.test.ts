@@ -168,6 +168,21 @@ describe("DeepSeek-V3 sigmoid group-limited top-k", () => {
       sigmoidGroupTopK(logits, 8, { topK: 3, normTopKProb: true, nGroup: 4, topkGroup: 1, routedScalingFactor: 1 }),
     ).toThrow("topK: 3 exceeds the 2 experts of the topkGroup (1) groups kept per token");
   });
+  it("refuses a non-finite correction bias, naming the element (NaN/Inf would silently change selection)", () => {
+    const logits = new Float32Array([0, 0.1, 0.2, 0.3]);
+    const opts = { topK: 1, normTopKProb: false, nGroup: 1, topkGroup: 1, routedScalingFactor: 1 };
+    for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+      const correctionBias = new Float32Array([0, 0, 0, bad]);
+      expect(() => sigmoidGroupTopK(logits, 4, { ...opts, correctionBias })).toThrow(
+        `correctionBias[3]: must be finite, got ${bad}`,
+      );
+      // the native kernel is never handed it either
+      const kernel = () => {
+        throw new Error("kernel called");
+      };
+      expect(() => sigmoidGroupTopK(logits, 4, { ...opts, correctionBias }, kernel)).toThrow(/^correctionBias\[3\]: /);
+    }
+  });
   it("applyGate follows the spec", () => {
     const spec = defaultSpec("deepseek-v3");
     const logits = uniformTensor(8, "x", 3 * spec.experts, 2);
@@ -206,8 +221,25 @@ describe("top-p", () => {
     peaked[3] = 10;
     expect(Array.from(softmaxTopP(peaked, E, { topP: 0.5, maxK: 16 }).ids).filter((i) => i >= 0)).toEqual([3]);
   });
+  it("multiplies the weights by routedScalingFactor, as top-k does", () => {
+    const E = 8;
+    const logits = uniformTensor(11, "topp-scale", 5 * E, 2);
+    const plain = softmaxTopP(logits, E, { topP: 0.6, maxK: 4 });
+    const scaled = softmaxTopP(logits, E, { topP: 0.6, maxK: 4, routedScalingFactor: 2.5 });
+    expect(Array.from(scaled.ids)).toEqual(Array.from(plain.ids));
+    for (let i = 0; i < plain.weights.length; i++) expect(scaled.weights[i]).toBeCloseTo(plain.weights[i] * 2.5, 5);
+    // exactly k experts (minK = maxK) gives top-k's weights, scale included
+    const topK = softmaxTopK(logits, E, { topK: 3, normTopKProb: true, routedScalingFactor: 2.5 });
+    const asTopP = softmaxTopP(logits, E, { topP: 1, maxK: 3, minK: 3, routedScalingFactor: 2.5 });
+    expect(Array.from(asTopP.ids)).toEqual(Array.from(topK.ids));
+    for (let i = 0; i < topK.weights.length; i++) expect(asTopP.weights[i]).toBeCloseTo(topK.weights[i], 5);
+  });
   it("rejects bad options", () => {
     expect(() => softmaxTopP(new Float32Array(4), 4, { topP: 0, maxK: 2 })).toThrow("topP: must be in (0, 1], got 0");
+    for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY])
+      expect(() => softmaxTopP(new Float32Array(4), 4, { topP: 0.5, maxK: 2, routedScalingFactor: bad })).toThrow(
+        `routedScalingFactor: must be a positive finite number, got ${bad}`,
+      );
     expect(() => softmaxTopP(new Float32Array(4), 4, { topP: 0.5, maxK: 2, minK: 3 })).toThrow(
       "minK: must be an integer in [1, 2], got 3",
     );

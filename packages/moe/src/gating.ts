@@ -9,7 +9,8 @@
 //     top-k of the rest; weights are
 //     the uncorrected s of the chosen experts, divided by (sum + 1e-20) when normTopKProb, times routedScalingFactor.
 //   top-p (dynamic k, "Harder tasks need more experts"): the smallest prefix of experts by descending softmax
-//     probability whose mass reaches p, at least minK and at most maxK experts; unused slots hold id -1, weight 0.
+//     probability whose mass reaches p, at least minK and at most maxK experts; unused slots hold id -1, weight 0;
+//     weights (renormalised by default) times routedScalingFactor, as in top-k.
 //
 // Ties: the lower expert id wins (a stable selection scan), so routing is deterministic. torch.topk has no such
 // rule: on the CPU (torch 2.11) topk of [1, 2, 2, 2, 0, 2] by 2 gives ids [3, 5] (bench/results/transformers-parity.json,
@@ -271,6 +272,12 @@ export function sigmoidGroupTopK(
   const bias = opts.correctionBias;
   if (bias && bias.length !== experts)
     throw invalidArgument("correctionBias", `length ${bias.length}, expected ${experts}`);
+  // A NaN bias never compares greater, so its expert is silently never chosen (+Inf: always chosen); the native
+  // kernel checks only the logits. A checkpoint's bias is checked on read; this guards every other caller.
+  if (bias) {
+    for (let e = 0; e < experts; e++)
+      if (!Number.isFinite(bias[e])) throw invalidArgument(`correctionBias[${e}]`, `must be finite, got ${bias[e]}`);
+  }
   if (kernel) {
     const r: Routing = { tokens: T, k, ids: new Int32Array(T * k), weights: new Float32Array(T * k) };
     const norm = opts.normTopKProb ? 1 : 0;
@@ -330,6 +337,8 @@ export interface TopPOptions {
   minK?: number;
   /** Renormalise the chosen weights to sum to 1 (default true). */
   normalize?: boolean;
+  /** Multiplies the final weights, after renormalising, as in top-k (the model's routed_scaling_factor; default 1). */
+  routedScalingFactor?: number;
   field?: string;
 }
 
@@ -344,6 +353,9 @@ export function softmaxTopP(logits: Float32Array, experts: number, opts: TopPOpt
   if (!Number.isInteger(minK) || minK < 1 || minK > maxK)
     throw invalidArgument("minK", `must be an integer in [1, ${maxK}], got ${minK}`);
   const normalize = opts.normalize ?? true;
+  const scale = opts.routedScalingFactor ?? 1;
+  if (!(Number.isFinite(scale) && scale > 0))
+    throw invalidArgument("routedScalingFactor", `must be a positive finite number, got ${scale}`);
   const probs = softmaxRows(logits, experts);
   const ids = new Int32Array(T * maxK).fill(-1);
   const weights = new Float32Array(T * maxK);
@@ -359,7 +371,7 @@ export function softmaxTopP(logits: Float32Array, experts: number, opts: TopPOpt
     }
     for (let j = 0; j < n; j++) {
       ids[t * maxK + j] = idx[j];
-      weights[t * maxK + j] = normalize ? sc[j] / mass : sc[j];
+      weights[t * maxK + j] = (normalize ? sc[j] / mass : sc[j]) * scale;
     }
   }
   return { tokens: T, k: maxK, ids, weights };

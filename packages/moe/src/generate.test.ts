@@ -99,6 +99,43 @@ describe("generateCheckpoint", () => {
       "shards: must be a positive integer, got 0",
     );
   });
+
+  it("refuses a seed outside [0, 2^32) or not an integer (2^32 would write seed 0's tensors, 1.7 seed 1's)", async () => {
+    for (const seed of [2 ** 32, 1.7, -1, Number.NaN]) {
+      const dir = join(root, `bad-seed-${seed}`);
+      await expect(generateCheckpoint({ family: "mixtral", dir, seed, ...small })).rejects.toThrow(
+        `seed: must be an integer in [0, 2^32), got ${seed}`,
+      );
+      await expect(readdir(dir), "nothing written").rejects.toThrow(/ENOENT/);
+    }
+    expect(() => uniformTensor(2 ** 32, "t", 4, 1)).toThrow(/^seed: /);
+    await expect(
+      generateCheckpoint({ family: "mixtral", dir: join(root, "max-seed"), seed: 2 ** 32 - 1, ...small }),
+    ).resolves.toMatchObject({ files: ["model.safetensors"] });
+  });
+
+  it("refuses a biasScale that is not a finite number >= 0", async () => {
+    for (const biasScale of [-0.1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      const dir = join(root, `bad-bias-${biasScale}`);
+      await expect(generateCheckpoint({ family: "deepseek-v3", dir, biasScale, ...small })).rejects.toThrow(
+        `biasScale: must be a finite number >= 0, got ${biasScale}`,
+      );
+      await expect(readdir(dir), "nothing written").rejects.toThrow(/ENOENT/);
+    }
+  });
+
+  it("--shared-experts 0 for a family with a gated shared expert turns the gate off too", async () => {
+    const g = await generateCheckpoint({
+      family: "qwen2-moe",
+      dir: join(root, "no-shared"),
+      sharedExperts: 0,
+      ...small,
+    });
+    expect(g.spec).toMatchObject({ sharedExperts: 0, sharedIntermediateSize: 0, sharedExpertGate: false });
+    const ckpt = await openCheckpoint(g.dir);
+    expect(ckpt.spec).toEqual(g.spec);
+    await ckpt.close();
+  });
 });
 
 describe("generate-checkpoint CLI", () => {
@@ -129,5 +166,23 @@ describe("generate-checkpoint CLI", () => {
     const err = await run(process.execPath, [...tsx, "--family", "llama", "--dir", dir]).catch((e) => e);
     expect(err.code).toBe(2);
     expect(err.stderr).toMatch(/--family: one of mixtral, qwen2-moe, qwen3-moe, deepseek-v3, custom/);
+    const noShared = join(root, "cli-no-shared");
+    const qwen = await run(process.execPath, [
+      ...tsx,
+      ...["--family", "qwen2-moe", "--dir", noShared, "--shared-experts", "0", "--hidden-size", "16"],
+      ...["--intermediate-size", "8"],
+    ]);
+    expect(qwen.stdout).toMatch(/wrote .*cli-no-shared: qwen2-moe /);
+    const seed = await run(process.execPath, [
+      ...tsx,
+      "--family",
+      "mixtral",
+      "--dir",
+      dir,
+      "--seed",
+      "4294967296",
+    ]).catch((e) => e);
+    expect(seed.code).toBe(2);
+    expect(seed.stderr).toMatch(/seed: must be an integer in \[0, 2\^32\), got 4294967296/);
   }, 60_000);
 });

@@ -13,7 +13,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
-import { f32ToBf16, f32ToF16 } from "@switchyard/protocol";
+import { f32ToBf16, f32ToF16, invalidArgument } from "@switchyard/protocol";
 import { INDEX_FILE, SAFETENSORS_DTYPE, SINGLE_FILE } from "./checkpoint.js";
 import { dtypeBytes, type TensorToWrite, writeSafetensors } from "./safetensors.js";
 import {
@@ -54,6 +54,20 @@ export interface GeneratedCheckpoint {
   totalBytes: number;
 }
 
+/**
+ * Seeds are 32-bit: the stream takes `seed >>> 0`, so 2^32 would silently give seed 0's tensors and 1.7 seed 1's
+ * (a checkpoint cached under its seed would then be another seed's).
+ */
+function checkSeed(seed: number): void {
+  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)
+    throw invalidArgument("seed", `must be an integer in [0, 2^32), got ${seed}`);
+}
+
+function checkBiasScale(biasScale: number): void {
+  if (!Number.isFinite(biasScale) || biasScale < 0)
+    throw invalidArgument("biasScale", `must be a finite number >= 0, got ${biasScale}`);
+}
+
 /** 32-bit FNV-1a of a string. */
 function fnv1a(s: string): number {
   let h = 0x811c9dc5;
@@ -91,6 +105,7 @@ export class UniformStream {
     name: string,
     private readonly a: number,
   ) {
+    checkSeed(seed);
     const init = splitmix32(fnv1a(name) ^ Math.imul(seed >>> 0, 0x9e3779b1));
     this.x = init() | 1;
     this.y = init();
@@ -169,6 +184,7 @@ interface PlannedTensor {
 
 /** The tensors of a checkpoint, in file order (layer by layer). */
 export function plannedTensors(spec: ModelSpec, biasScale = 0.05): PlannedTensor[] {
+  checkBiasScale(biasScale);
   const d = spec.hiddenSize;
   const f = spec.intermediateSize;
   const out: PlannedTensor[] = [];
@@ -275,6 +291,9 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
   const { family, dir, seed = 0, shards = 1, biasScale = 0.05, threads = 1, ...overrides } = opts;
   const spec = defaultSpec(family, overrides);
   if (!Number.isInteger(shards) || shards < 1) throw new Error(`shards: must be a positive integer, got ${shards}`);
+  // before anything is written
+  checkSeed(seed);
+  checkBiasScale(biasScale);
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, "config.json"), hfConfigJson(spec));
 

@@ -5,6 +5,7 @@ import {
   expertKeys,
   gateKey,
   hfConfigFor,
+  hfConfigKey,
   MODEL_FAMILIES,
   moeLayers,
   sharedExpertGateKey,
@@ -218,16 +219,7 @@ describe("config.json", () => {
       'c.json: torch_dtype: must be bfloat16, float16 or float32, got "int8"',
     );
     expectInvalid(() => specFromHfConfig({ ...good, hidden_act: "gelu" }, "c.json"), /hidden_act: only silu/);
-    expectInvalid(
-      () => specFromHfConfig({ ...good, num_experts_per_tok: 9 }, "c.json"),
-      "c.json.topK: 9 exceeds experts (8)",
-    );
     const ds = hfConfigFor(defaultSpec("deepseek-v3"));
-    expectInvalid(
-      () => specFromHfConfig({ ...ds, n_group: 3 }, "c.json"),
-      "c.json.nGroup: 3 does not divide experts (16)",
-    );
-    expectInvalid(() => specFromHfConfig({ ...ds, topk_group: 5 }, "c.json"), "c.json.topkGroup: 5 exceeds nGroup (4)");
     expectInvalid(
       () => specFromHfConfig({ ...ds, scoring_func: "softmax" }, "c.json"),
       /scoring_func: DeepseekV3 routes with sigmoid/,
@@ -235,6 +227,63 @@ describe("config.json", () => {
     expectInvalid(
       () => specFromHfConfig({ ...ds, norm_topk_prob: "yes" }, "c.json"),
       'c.json: norm_topk_prob: must be a boolean, got "yes"',
+    );
+  });
+  it("names the config.json keys the user wrote, not the spec's fields, in cross-field errors", () => {
+    const mixtral = hfConfigFor(defaultSpec("mixtral"));
+    const qwen2 = hfConfigFor(defaultSpec("qwen2-moe"));
+    const qwen3 = hfConfigFor(defaultSpec("qwen3-moe", { layers: 4 }));
+    const ds = hfConfigFor(defaultSpec("deepseek-v3"));
+    const custom = hfConfigFor(defaultSpec("custom"));
+    const cases: [Record<string, unknown>, string][] = [
+      [{ ...mixtral, num_experts_per_tok: 9 }, "num_experts_per_tok: 9 exceeds num_local_experts (8)"],
+      [{ ...qwen2, num_experts_per_tok: 9 }, "num_experts_per_tok: 9 exceeds num_experts (8)"],
+      [{ ...ds, num_experts_per_tok: 9 }, "num_experts_per_tok: 9 exceeds the experts in topk_group groups (8)"],
+      [{ ...ds, num_experts_per_tok: 17 }, "num_experts_per_tok: 17 exceeds n_routed_experts (16)"],
+      [{ ...ds, n_group: 3 }, "n_group: 3 does not divide n_routed_experts (16)"],
+      [{ ...ds, n_group: 16, topk_group: 4 }, "n_group: groups need at least 2 experts each, got 1"],
+      [{ ...ds, topk_group: 5 }, "topk_group: 5 exceeds n_group (4)"],
+      [{ ...ds, routed_scaling_factor: 0 }, "routed_scaling_factor: must be a positive number, got 0"],
+      [{ ...ds, first_k_dense_replace: 2 }, "first_k_dense_replace: 2 leaves no MoE layer of 2"],
+      [
+        { ...qwen3, decoder_sparse_step: 5 },
+        "mlp_only_layers/decoder_sparse_step: [0, 1, 2, 3] leave no MoE layer of 4",
+      ],
+      [{ ...custom, scoring_func: "relu" }, 'scoring_func: must be softmax or sigmoid, got "relu"'],
+      [{ ...custom, shared_expert_gate: true }, "shared_expert_gate: needs n_shared_experts > 0"],
+      [
+        { ...custom, n_shared_experts: 1 },
+        "shared_expert_intermediate_size: must be positive when n_shared_experts > 0",
+      ],
+    ];
+    for (const [config, message] of cases) {
+      expectInvalid(() => specFromHfConfig(config, "/ckpt/config.json"), `/ckpt/config.json: ${message}`);
+    }
+  });
+  it("hfConfigKey names keys the family's config.json really has", () => {
+    for (const family of MODEL_FAMILIES) {
+      const spec = defaultSpec(family);
+      const config = hfConfigFor(spec);
+      for (const field of Object.keys(spec) as (keyof typeof spec)[]) {
+        const key = hfConfigKey(family, field);
+        if (key === field) continue; // not in this family's config.json (fixed by the family)
+        for (const k of key.split("/")) expect(config, `${family} ${field} -> ${k}`).toHaveProperty(k);
+      }
+    }
+    expect(hfConfigKey("deepseek-v3", "experts")).toBe("n_routed_experts");
+    expect(hfConfigKey("mixtral", "experts")).toBe("num_local_experts");
+    expect(hfConfigKey("qwen3-moe", "denseLayers")).toBe("mlp_only_layers/decoder_sparse_step");
+  });
+  it("defaultSpec: sharedExperts 0 also drops the family's shared-expert gate (it has nothing to gate)", () => {
+    expect(defaultSpec("qwen2-moe", { sharedExperts: 0 })).toMatchObject({
+      sharedExperts: 0,
+      sharedIntermediateSize: 0,
+      sharedExpertGate: false,
+    });
+    // asked for explicitly, the contradiction is still an error
+    expectInvalid(
+      () => defaultSpec("qwen2-moe", { sharedExperts: 0, sharedExpertGate: true }),
+      "spec.sharedExpertGate: needs sharedExperts > 0",
     );
   });
   it("validateSpec catches inconsistent specs", () => {
@@ -254,7 +303,7 @@ describe("config.json", () => {
     expectInvalid(
       () =>
         specFromHfConfig({ ...hfConfigFor(defaultSpec("qwen3-moe", { layers: 4 })), decoder_sparse_step: 5 }, "c.json"),
-      "c.json.denseLayers: [0, 1, 2, 3] leave no MoE layer of 4",
+      "c.json: mlp_only_layers/decoder_sparse_step: [0, 1, 2, 3] leave no MoE layer of 4",
     );
     expectInvalid(
       () => defaultSpec("mixtral", { experts: 8, nGroup: 8, topkGroup: 1, topK: 1 }),

@@ -130,6 +130,9 @@ export function defaultSpec(family: ModelFamily, overrides: Partial<ModelSpec> =
     if (overrides[k] !== undefined) (picked as Record<string, unknown>)[k] = overrides[k];
   }
   const spec = { ...base, ...picked, family };
+  // Qwen2-MoE's default shared expert comes with its gate: asking for no shared expert (the generator's
+  // --shared-experts 0, which has no flag for the gate) means no gate either, unless the gate is asked for too.
+  if (picked.sharedExperts === 0 && picked.sharedExpertGate === undefined) spec.sharedExpertGate = false;
   if (spec.sharedExperts > 0 && spec.sharedIntermediateSize === 0 && overrides.sharedIntermediateSize === undefined) {
     spec.sharedIntermediateSize =
       family === "deepseek-v3" ? spec.intermediateSize * spec.sharedExperts : spec.intermediateSize;
@@ -150,7 +153,20 @@ function nonNegInt(v: unknown, field: string): number {
 
 /** Check internal consistency; returns the spec. Errors name the field ("spec.topK"). */
 export function validateSpec(spec: ModelSpec, prefix = "spec"): ModelSpec {
-  const f = (k: string) => `${prefix}.${k}`;
+  return checkSpec(
+    spec,
+    (k) => k,
+    (name) => `${prefix}.${name}`,
+  );
+}
+
+/**
+ * validateSpec's checks. `name` spells a spec field wherever a message mentions it (a config.json's own key, see
+ * hfConfigKey) and `path` turns a spelled name into the error's field.
+ */
+function checkSpec(spec: ModelSpec, name: (k: keyof ModelSpec) => string, path: (name: string) => string): ModelSpec {
+  const f = (k: keyof ModelSpec, suffix = "") => path(`${name(k)}${suffix}`);
+  const n = name;
   if (!MODEL_FAMILIES.includes(spec.family))
     throw invalidArgument(f("family"), `unknown model family ${JSON.stringify(spec.family)}`);
   posInt(spec.layers, f("layers"));
@@ -158,15 +174,16 @@ export function validateSpec(spec: ModelSpec, prefix = "spec"): ModelSpec {
   posInt(spec.hiddenSize, f("hiddenSize"));
   posInt(spec.intermediateSize, f("intermediateSize"));
   posInt(spec.topK, f("topK"));
-  if (spec.topK > spec.experts) throw invalidArgument(f("topK"), `${spec.topK} exceeds experts (${spec.experts})`);
+  if (spec.topK > spec.experts)
+    throw invalidArgument(f("topK"), `${spec.topK} exceeds ${n("experts")} (${spec.experts})`);
   if (spec.scoring !== "softmax" && spec.scoring !== "sigmoid")
     throw invalidArgument(f("scoring"), `must be softmax or sigmoid, got ${JSON.stringify(spec.scoring)}`);
   posInt(spec.nGroup, f("nGroup"));
   posInt(spec.topkGroup, f("topkGroup"));
   if (spec.experts % spec.nGroup !== 0)
-    throw invalidArgument(f("nGroup"), `${spec.nGroup} does not divide experts (${spec.experts})`);
+    throw invalidArgument(f("nGroup"), `${spec.nGroup} does not divide ${n("experts")} (${spec.experts})`);
   if (spec.topkGroup > spec.nGroup)
-    throw invalidArgument(f("topkGroup"), `${spec.topkGroup} exceeds nGroup (${spec.nGroup})`);
+    throw invalidArgument(f("topkGroup"), `${spec.topkGroup} exceeds ${n("nGroup")} (${spec.nGroup})`);
   if (spec.nGroup > 1) {
     const perGroup = spec.experts / spec.nGroup;
     // transformers scores a group by the sum of its top-2 experts.
@@ -174,7 +191,7 @@ export function validateSpec(spec: ModelSpec, prefix = "spec"): ModelSpec {
     if (spec.topK > spec.topkGroup * perGroup)
       throw invalidArgument(
         f("topK"),
-        `${spec.topK} exceeds the experts in topkGroup groups (${spec.topkGroup * perGroup})`,
+        `${spec.topK} exceeds the experts in ${n("topkGroup")} groups (${spec.topkGroup * perGroup})`,
       );
   }
   if (
@@ -189,9 +206,9 @@ export function validateSpec(spec: ModelSpec, prefix = "spec"): ModelSpec {
   nonNegInt(spec.sharedExperts, f("sharedExperts"));
   nonNegInt(spec.sharedIntermediateSize, f("sharedIntermediateSize"));
   if (spec.sharedExperts > 0 && spec.sharedIntermediateSize === 0)
-    throw invalidArgument(f("sharedIntermediateSize"), "must be positive when sharedExperts > 0");
+    throw invalidArgument(f("sharedIntermediateSize"), `must be positive when ${n("sharedExperts")} > 0`);
   if (spec.sharedExpertGate && spec.sharedExperts === 0)
-    throw invalidArgument(f("sharedExpertGate"), "needs sharedExperts > 0");
+    throw invalidArgument(f("sharedExpertGate"), `needs ${n("sharedExperts")} > 0`);
   if (!WEIGHT_DTYPES.includes(spec.dtype))
     throw invalidArgument(f("dtype"), `must be bfloat16, float16 or float32, got ${JSON.stringify(spec.dtype)}`);
   nonNegInt(spec.firstDenseLayers, f("firstDenseLayers"));
@@ -200,7 +217,7 @@ export function validateSpec(spec: ModelSpec, prefix = "spec"): ModelSpec {
   if (spec.denseLayers) {
     for (const [i, l] of spec.denseLayers.entries()) {
       if (!Number.isInteger(l) || l < 0 || l >= spec.layers)
-        throw invalidArgument(f(`denseLayers[${i}]`), `must be a layer index in [0, ${spec.layers}), got ${l}`);
+        throw invalidArgument(f("denseLayers", `[${i}]`), `must be a layer index in [0, ${spec.layers}), got ${l}`);
     }
     if (moeLayers(spec).length === 0)
       throw invalidArgument(f("denseLayers"), `[${spec.denseLayers.join(", ")}] leave no MoE layer of ${spec.layers}`);
@@ -227,6 +244,68 @@ const ARCHITECTURE: Record<ModelFamily, string> = {
   "deepseek-v3": "DeepseekV3ForCausalLM",
   custom: "SwitchyardMoeForCausalLM",
 };
+
+// The config.json key each spec field is read from, per family (exactly what specFromHfConfig reads), so that an
+// error about a config.json names the key its author wrote ("num_experts_per_tok"), not our field ("topK").
+const COMMON_KEYS: Partial<Record<keyof ModelSpec, string>> = {
+  family: "model_type",
+  layers: "num_hidden_layers",
+  hiddenSize: "hidden_size",
+  topK: "num_experts_per_tok",
+  dtype: "torch_dtype",
+};
+const QWEN_KEYS: Partial<Record<keyof ModelSpec, string>> = {
+  experts: "num_experts",
+  intermediateSize: "moe_intermediate_size",
+  normTopKProb: "norm_topk_prob",
+  // Qwen has no first_k_dense_replace: every dense layer comes from these two
+  firstDenseLayers: "mlp_only_layers/decoder_sparse_step",
+  denseLayers: "mlp_only_layers/decoder_sparse_step",
+};
+const GROUP_KEYS: Partial<Record<keyof ModelSpec, string>> = {
+  scoring: "scoring_func",
+  nGroup: "n_group",
+  topkGroup: "topk_group",
+  routedScalingFactor: "routed_scaling_factor",
+  firstDenseLayers: "first_k_dense_replace",
+};
+const HF_KEYS: Record<ModelFamily, Partial<Record<keyof ModelSpec, string>>> = {
+  mixtral: { experts: "num_local_experts", intermediateSize: "intermediate_size" },
+  "qwen2-moe": {
+    ...QWEN_KEYS,
+    // one shared expert, with its gate, exactly when shared_expert_intermediate_size > 0
+    sharedExperts: "shared_expert_intermediate_size",
+    sharedIntermediateSize: "shared_expert_intermediate_size",
+    sharedExpertGate: "shared_expert_intermediate_size",
+  },
+  "qwen3-moe": QWEN_KEYS,
+  "deepseek-v3": {
+    ...GROUP_KEYS,
+    experts: "n_routed_experts",
+    intermediateSize: "moe_intermediate_size",
+    normTopKProb: "norm_topk_prob",
+    sharedExperts: "n_shared_experts",
+    // moe_intermediate_size × n_shared_experts
+    sharedIntermediateSize: "n_shared_experts",
+  },
+  custom: {
+    ...GROUP_KEYS,
+    experts: "num_experts",
+    intermediateSize: "moe_intermediate_size",
+    normTopKProb: "norm_topk_prob",
+    sharedExperts: "n_shared_experts",
+    sharedIntermediateSize: "shared_expert_intermediate_size",
+    sharedExpertGate: "shared_expert_gate",
+  },
+};
+
+/**
+ * The config.json key(s) that `field` is read from in `family`'s config ("a/b" when two keys decide it); the
+ * field's own name when the family fixes it (Mixtral's normTopKProb).
+ */
+export function hfConfigKey(family: ModelFamily, field: keyof ModelSpec): string {
+  return HF_KEYS[family]?.[field] ?? COMMON_KEYS[field] ?? field;
+}
 
 export function familyOfModelType(modelType: string): ModelFamily | undefined {
   for (const fam of MODEL_FAMILIES) if (MODEL_TYPE[fam] === modelType) return fam;
@@ -367,7 +446,7 @@ export function specFromHfConfig(config: unknown, source = "config.json"): Model
       break;
     }
   }
-  return validateSpec(spec, source);
+  return checkSpec(spec, (k) => hfConfigKey(family, k), fld);
 }
 
 // Qwen2/3-MoE: layer l is sparse iff l not in mlp_only_layers and (l + 1) % decoder_sparse_step == 0.

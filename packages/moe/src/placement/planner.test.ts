@@ -151,6 +151,23 @@ describe("planPlacement", () => {
     expect(() => planPlacement({ ...input, load: [[1]] })).toThrow(/^load: has 1 layers, want 4/);
   });
 
+  it("refuses up front what its own validatePlan would refuse, or would silently ignore, naming the field", () => {
+    const input = { pool: "p", layers: 1, experts: 4, workers: ids(2) };
+    const bad: [Record<string, unknown>, string][] = [
+      [{ workers: ["w0", ""] }, 'workers[1]: must be a non-empty string, got ""'],
+      [{ strategy: "eplb" }, 'strategy: must be balanced or contiguous, got "eplb"'],
+      [{ keepTolerance: Number.NaN }, "keepTolerance: must be a finite number >= 0, got NaN"],
+      [{ keepTolerance: -0.5 }, "keepTolerance: must be a finite number >= 0, got -0.5"],
+      [{ keepTolerance: Number.POSITIVE_INFINITY }, "keepTolerance: must be a finite number >= 0, got Infinity"],
+    ];
+    for (const [change, message] of bad) {
+      const call = () => planPlacement({ ...input, ...change } as Parameters<typeof planPlacement>[0]);
+      expect(call).toThrow(PlacementError);
+      expect(call).toThrow(message);
+    }
+    expect(() => planPlacement({ ...input, keepTolerance: 0, strategy: "contiguous" })).not.toThrow();
+  });
+
   it("with no workers publishes an empty plan", () => {
     const { plan } = planPlacement({ pool: "p", layers: 2, experts: 4, workers: [] });
     expect(plan.replicas).toEqual([

@@ -12,6 +12,7 @@
 import { movedCopies, PlacementError, type PlacementPlan, sameAssignment } from "./plan.js";
 
 export type PlacementStrategy = "balanced" | "contiguous";
+const STRATEGIES: readonly PlacementStrategy[] = ["balanced", "contiguous"];
 
 export interface PlanInput {
   pool: string;
@@ -82,7 +83,20 @@ export function planPlacement(input: PlanInput): PlanResult {
   if (typeof pool !== "string" || pool === "") throw new PlacementError("pool", "must be a non-empty string");
   checkInt("layers", layers, 1);
   checkInt("experts", experts, 1);
+  // validatePlan refuses an empty id, so a plan made with one could never be published
+  workers.forEach((w, i) => {
+    if (typeof w !== "string" || w === "")
+      throw new PlacementError(`workers[${i}]`, `must be a non-empty string, got ${JSON.stringify(w)}`);
+  });
   if (new Set(workers).size !== workers.length) throw new PlacementError("workers", "has duplicate ids");
+  // An unknown strategy would silently plan as balanced; a NaN tolerance would silently lift the balance cap on
+  // kept copies (every comparison with NaN is false).
+  const strategy = input.strategy ?? "balanced";
+  if (!STRATEGIES.includes(strategy))
+    throw new PlacementError("strategy", `must be ${STRATEGIES.join(" or ")}, got ${JSON.stringify(strategy)}`);
+  const keepTolerance = input.keepTolerance ?? 0.1;
+  if (!Number.isFinite(keepTolerance) || keepTolerance < 0)
+    throw new PlacementError("keepTolerance", `must be a finite number >= 0, got ${keepTolerance}`);
   const W = workers.length;
   const redundantIn = input.redundantExperts ?? 0;
   checkInt("redundantExperts", redundantIn, 0);
@@ -108,7 +122,6 @@ export function planPlacement(input: PlanInput): PlanResult {
       );
   }
 
-  const strategy = input.strategy ?? "balanced";
   const prev = input.previous && input.previous.pool === pool ? input.previous : undefined;
   const replicas: number[][][] = [];
   for (let l = 0; l < layers; l++) {
@@ -125,7 +138,7 @@ export function planPlacement(input: PlanInput): PlanResult {
     replicas.push(
       strategy === "contiguous"
         ? packContiguous(counts, W)
-        : packBalanced(load, counts, cap, workers, prev, l, input.keepTolerance ?? 0.1),
+        : packBalanced(load, counts, cap, workers, prev, l, keepTolerance),
     );
   }
 

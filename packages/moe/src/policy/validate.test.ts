@@ -34,6 +34,22 @@ describe("resolveRoutingPolicy", () => {
     expect(p.placement.cacheAffinity).toBe(2);
   });
 
+  it("accepts load-signal durations up to setTimeout's limit, 2^31-1 ms", () => {
+    const max = 2_147_483_647;
+    const p = resolveRoutingPolicy({ loadSignals: { refreshMs: max, stalenessMs: max, timeoutMs: max } });
+    expect(p.loadSignals).toMatchObject({ refreshMs: max, stalenessMs: max, timeoutMs: max });
+    expect(() => resolveRoutingPolicy({ loadSignals: { refresh: "35791m", staleness: "35791m" } })).not.toThrow();
+  });
+
+  it("says which of two spellings to drop when both are set", () => {
+    expect(errorOf({ loadSignals: { refresh: "1s", refreshMs: 1000 } }).message).toBe(
+      "policy.loadSignals.refresh: set refresh or refreshMs, not both",
+    );
+    expect(errorOf({ batching: { maxWait: "1ms", maxWaitMs: 1 } }).message).toBe(
+      "policy.batching.maxWait: set maxWait or maxWaitMs, not both",
+    );
+  });
+
   it("treats capacityFactor 0 as dropless", () => {
     expect(resolveRoutingPolicy({ gating: { capacityFactor: 0 } }).gating.capacityFactor).toBeNull();
   });
@@ -59,6 +75,14 @@ describe("resolveRoutingPolicy", () => {
     [{ loadSignals: { prometheusUrl: "not a url" } }, "policy.loadSignals.prometheusUrl"],
     [{ loadSignals: { refreshMs: 5000, stalenessMs: 1000 } }, "policy.loadSignals.stalenessMs"],
     [{ loadSignals: { queries: { depth: "x" } } }, "policy.loadSignals.queries.depth"],
+    // above 2^31-1 ms setTimeout fires after 1 ms (and AbortSignal.timeout throws above 2^32-1)
+    [{ loadSignals: { refreshMs: 2 ** 31, stalenessMs: 2 ** 31 } }, "policy.loadSignals.refreshMs"],
+    [{ loadSignals: { stalenessMs: 2 ** 31 } }, "policy.loadSignals.stalenessMs"],
+    [{ loadSignals: { timeoutMs: 2 ** 32 } }, "policy.loadSignals.timeoutMs"],
+    [{ loadSignals: { refresh: "40000m", staleness: "40000m" } }, "policy.loadSignals.refresh"],
+    [{ loadSignals: { staleness: "2147484s" } }, "policy.loadSignals.staleness"],
+    [{ loadSignals: { refresh: "1s", refreshMs: 1000 } }, "policy.loadSignals.refresh"],
+    [{ loadSignals: { staleness: "10s", stalenessMs: 10000 } }, "policy.loadSignals.staleness"],
     [{ extra: 1 }, "policy.extra"],
     [[1], "policy"],
     [{ gating: 3 }, "policy.gating"],

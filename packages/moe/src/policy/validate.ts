@@ -76,6 +76,23 @@ function checkNum(v: unknown, field: string, rule: NumRule): number {
   return v;
 }
 
+/**
+ * Longest delay a timer can take: Node's setTimeout stores it as a signed 32-bit count of ms and fires after 1 ms
+ * above it (the router would then query Prometheus in a tight loop), and AbortSignal.timeout throws above 2^32-1.
+ */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * A duration that may be written as a number of milliseconds (`msKey`) or a duration string (`strKey`, "5ms",
+ * "2s"), as the CRD allows. Setting both is refused: one of them would win silently.
+ */
+function durationMs(sec: Obj, path: string, msKey: string, strKey: string, dflt: number, rule: NumRule): number {
+  if (sec[strKey] === undefined) return num(sec[msKey], `${path}.${msKey}`, dflt, rule);
+  const field = `${path}.${strKey}`;
+  if (sec[msKey] !== undefined) throw new PolicyError(field, `set ${strKey} or ${msKey}, not both`);
+  return checkNum(parseDurationMs(sec[strKey], field), field, rule);
+}
+
 function bool(v: unknown, field: string, dflt: boolean): boolean {
   if (v === undefined) return dflt;
   if (typeof v !== "boolean") throw new PolicyError(field, `must be true or false, got ${JSON.stringify(v)}`);
@@ -93,7 +110,8 @@ const OVERFLOW: readonly OverflowPolicy[] = ["drop", "spill", "queue"];
 
 /**
  * Validates a (possibly partial) RoutingPolicy and fills defaults. `path` prefixes field names in errors.
- * Accepts `maxWait` as a duration string ("5ms", "1s") as well as `maxWaitMs`, like the CRD does.
+ * Accepts `maxWait`, `refresh` and `staleness` as duration strings ("5ms", "1s") in place of `maxWaitMs`,
+ * `refreshMs` and `stalenessMs`, like the CRD does (one spelling per field, not both).
  */
 export function resolveRoutingPolicy(input: unknown, path = "policy"): RoutingPolicy {
   const d = defaultRoutingPolicy();
@@ -143,7 +161,7 @@ export function resolveRoutingPolicy(input: unknown, path = "policy"): RoutingPo
       max: 1 << 20,
       integer: true,
     }),
-    maxWaitMs: num(b.maxWaitMs, `${bp}.maxWaitMs`, d.batching.maxWaitMs, { min: 0, max: 10_000 }),
+    maxWaitMs: durationMs(b, bp, "maxWaitMs", "maxWait", d.batching.maxWaitMs, { min: 0, max: 10_000 }),
     maxQueueTokens: num(b.maxQueueTokens, `${bp}.maxQueueTokens`, d.batching.maxQueueTokens, {
       min: 1,
       integer: true,
@@ -154,13 +172,6 @@ export function resolveRoutingPolicy(input: unknown, path = "policy"): RoutingPo
       integer: true,
     }),
   };
-  if (b.maxWait !== undefined) {
-    if (b.maxWaitMs !== undefined) throw new PolicyError(`${bp}.maxWait`, "set maxWait or maxWaitMs, not both");
-    batching.maxWaitMs = checkNum(parseDurationMs(b.maxWait, `${bp}.maxWait`), `${bp}.maxWait`, {
-      min: 0,
-      max: 10_000,
-    });
-  }
   if (batching.maxQueueTokens < batching.maxBatchTokens) {
     throw new PolicyError(
       `${bp}.maxQueueTokens`,
@@ -197,18 +208,13 @@ export function resolveRoutingPolicy(input: unknown, path = "policy"): RoutingPo
         d.loadSignals.queries.latencySeconds,
       ),
     },
-    refreshMs: num(l.refreshMs, `${lp}.refreshMs`, d.loadSignals.refreshMs, { min: 10 }),
-    stalenessMs: num(l.stalenessMs, `${lp}.stalenessMs`, d.loadSignals.stalenessMs, { min: 10 }),
-    timeoutMs: num(l.timeoutMs, `${lp}.timeoutMs`, d.loadSignals.timeoutMs, { min: 1 }),
-  };
-  if (l.refresh !== undefined) {
-    loadSignals.refreshMs = checkNum(parseDurationMs(l.refresh, `${lp}.refresh`), `${lp}.refresh`, { min: 10 });
-  }
-  if (l.staleness !== undefined) {
-    loadSignals.stalenessMs = checkNum(parseDurationMs(l.staleness, `${lp}.staleness`), `${lp}.staleness`, {
+    refreshMs: durationMs(l, lp, "refreshMs", "refresh", d.loadSignals.refreshMs, { min: 10, max: MAX_TIMER_MS }),
+    stalenessMs: durationMs(l, lp, "stalenessMs", "staleness", d.loadSignals.stalenessMs, {
       min: 10,
-    });
-  }
+      max: MAX_TIMER_MS,
+    }),
+    timeoutMs: num(l.timeoutMs, `${lp}.timeoutMs`, d.loadSignals.timeoutMs, { min: 1, max: MAX_TIMER_MS }),
+  };
   if (loadSignals.prometheusUrl !== null) {
     let u: URL;
     try {
