@@ -2,11 +2,20 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNativeAddon } from "@switchyard/expert-worker";
-import { generateCheckpoint, openCheckpoint, resolveRoutingPolicy, routerLogits, toFloat32 } from "@switchyard/moe";
+import {
+  generateCheckpoint,
+  mulberry32,
+  openCheckpoint,
+  resolveRoutingPolicy,
+  routerLogits,
+  toFloat32,
+} from "@switchyard/moe";
 import { SwitchyardError } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CheckpointModel, gateAsyncMacs, gateThreads, transposeGate } from "./checkpoint-model.js";
+import { CheckpointModel, gateAsyncMacs, gateThreads, rankExperts, transposeGate } from "./checkpoint-model.js";
+import { applyCapacity } from "./core/capacity.js";
 import { routerAddon } from "./core/native-combine.js";
+import { collectAssignments } from "./core/routing.js";
 
 describe("CheckpointModel router logits", () => {
   let dir: string;
@@ -166,4 +175,159 @@ describe("CheckpointModel shared expert", () => {
       expect(num / den).toBeLessThan(1e-3);
     });
   }
+});
+
+/** Seeded N(0, 1) values (Box-Muller over mulberry32), so a failing case replays. */
+function normals(n: number, seed: number): Float32Array {
+  const u = mulberry32(seed);
+  return Float32Array.from({ length: n }, () => Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u()));
+}
+
+/** The experts of one ranking row, up to its -1 end. */
+function row(ranking: Int32Array, t: number, E: number): number[] {
+  const out: number[] = [];
+  for (const e of ranking.subarray(t * E, (t + 1) * E)) {
+    if (e < 0) break;
+    out.push(e);
+  }
+  return out;
+}
+
+describe("CheckpointModel spill ranking", () => {
+  const E = 16;
+  const groups = 4;
+  const per = E / groups;
+  let dir: string;
+  let model: CheckpointModel;
+  let layer: number;
+  let bias: Float32Array;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-ckrank-"));
+    // a wide correction bias, so that logit + bias and sigmoid(logit) + bias disagree often
+    await generateCheckpoint({
+      family: "deepseek-v3",
+      dir,
+      seed: 4,
+      layers: 2,
+      hiddenSize: 16,
+      intermediateSize: 16,
+      experts: E,
+      nGroup: groups,
+      topkGroup: 2,
+      biasScale: 0.5,
+    });
+    model = await CheckpointModel.open(dir);
+    layer = model.isMoeLayer(0) ? 0 : 1;
+    const ckpt = await openCheckpoint(dir);
+    const b = await ckpt.readCorrectionBias(layer);
+    if (!b) throw new Error("the generated deepseek-v3 checkpoint has no correction bias");
+    bias = Float32Array.from(toFloat32(b));
+    await ckpt.close();
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  const spill = resolveRoutingPolicy({ gating: { topK: 4, capacityFactor: 1, overflow: "spill" } }).gating;
+
+  /** The groups the gate keeps for token t: the 2 best by the sum of their top-2 sigmoid(logit) + bias. */
+  function keptGroups(logits: Float32Array, t: number): Set<number> {
+    const score = (e: number) => 1 / (1 + Math.exp(-logits[t * E + e])) + bias[e];
+    const gs = Array.from({ length: groups }, (_, g) => {
+      const s = Array.from({ length: per }, (_, i) => score(g * per + i)).sort((a, b) => b - a);
+      return [s[0] + s[1], g];
+    });
+    gs.sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+    return new Set([gs[0][1], gs[1][1]]);
+  }
+
+  it("ranks by the gate's own score: each token's ranking starts with the experts the gate chose, in its order", () => {
+    const T = 200;
+    const logits = normals(T * E, 1);
+    const r = model.route(layer, logits, T, spill);
+    const ranking = r.ranking as Int32Array;
+    for (let t = 0; t < T; t++)
+      expect(row(ranking, t, E).slice(0, r.slots)).toEqual([...r.experts.subarray(t * 4, t * 4 + 4)]);
+  });
+
+  it("never spills into a group the gate dropped for that token (the reviewer's repro: 200 tokens, cf 1)", () => {
+    const T = 200;
+    const logits = normals(T * E, 1);
+    const r = model.route(layer, logits, T, spill);
+    const ranking = r.ranking as Int32Array;
+    let spilled = 0;
+    let intoDropped = 0;
+    const cap = applyCapacity(collectAssignments([r]), E, 1, "spill", [r]);
+    for (const a of cap.rounds[0]) {
+      if (a.expert === r.experts[a.token * r.slots + a.slot]) continue;
+      spilled++;
+      if (!keptGroups(logits, a.token).has(Math.floor(a.expert / per))) intoDropped++;
+    }
+    expect(spilled).toBeGreaterThan(0);
+    expect(intoDropped).toBe(0);
+    // and the ranking itself holds only the kept groups' experts
+    for (let t = 0; t < T; t++) {
+      const kept = keptGroups(logits, t);
+      const experts = row(ranking, t, E);
+      expect(experts).toHaveLength(2 * per);
+      for (const e of experts) expect(kept.has(Math.floor(e / per))).toBe(true);
+    }
+  });
+
+  it("leaves out experts masked with -Infinity (sigmoid gate): they are never spill targets", () => {
+    const logits = normals(E, 2);
+    // mask all of group 0 but expert 0 and most of group 1: both groups still score, but only 0, 4 are usable there
+    for (const e of [1, 2, 3, 5, 6, 7]) logits[e] = Number.NEGATIVE_INFINITY;
+    const r = model.route(layer, logits, 1, spill);
+    for (const e of row(r.ranking as Int32Array, 0, E)) expect(logits[e]).toBeGreaterThan(Number.NEGATIVE_INFINITY);
+  });
+});
+
+describe("rankExperts (softmax gates)", () => {
+  it("orders by logit (ties: lower id first) and ends at -1 before the experts masked with -Infinity", () => {
+    const E = 5;
+    const ninf = Number.NEGATIVE_INFINITY;
+    const logits = Float32Array.from([0.5, ninf, 2, 0.5, -1, ninf, ninf, ninf, ninf, ninf]);
+    const ranking = rankExperts(logits, E, {
+      scoring: "softmax",
+      topK: 2,
+      normTopKProb: true,
+      nGroup: 1,
+      topkGroup: 1,
+      routedScalingFactor: 1,
+    });
+    expect([...ranking]).toEqual([2, 0, 3, 4, -1, -1, -1, -1, -1, -1]);
+  });
+
+  it("spill with such a ranking drops rather than move a token onto a masked expert", () => {
+    const E = 3;
+    const ninf = Number.NEGATIVE_INFINITY;
+    // both tokens top-1 on expert 0; token 1's only other choice is masked
+    const logits = Float32Array.from([1, 0, ninf, 1, ninf, ninf]);
+    const cfg = {
+      scoring: "softmax" as const,
+      topK: 1,
+      normTopKProb: true,
+      nGroup: 1,
+      topkGroup: 1,
+      routedScalingFactor: 1,
+    };
+    const ranking = rankExperts(logits, E, cfg);
+    const r = {
+      tokens: 2,
+      slots: 1,
+      experts: Int32Array.from([0, 0]),
+      weights: Float32Array.from([0.5, 0.9]),
+      ranking,
+    };
+    // 2 assignments, 3 experts, cf 1: capacity 1. Token 1 (weight 0.9) keeps expert 0; token 0 spills to 1.
+    const cap = applyCapacity(collectAssignments([r]), E, 1, "spill", [r]);
+    expect(cap.rounds[0].map((a) => [a.token, a.expert])).toEqual([
+      [0, 1],
+      [1, 0],
+    ]);
+    const r2 = { ...r, weights: Float32Array.from([0.9, 0.5]) };
+    // now token 1 overflows, and its ranking has nothing left but masked experts: dropped
+    const cap2 = applyCapacity(collectAssignments([r2]), E, 1, "spill", [r2]);
+    expect(cap2.dropped.map((a) => a.token)).toEqual([1]);
+    expect(cap2.rounds[0].map((a) => [a.token, a.expert])).toEqual([[0, 0]]);
+  });
 });

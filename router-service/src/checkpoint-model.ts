@@ -9,6 +9,7 @@ import {
   type ExpertFFNWeights,
   type ExpertWeights,
   expertToFloat32,
+  type GateConfig,
   type GatingPolicy,
   gateConfigFromSpec,
   isMoeLayer,
@@ -17,6 +18,8 @@ import {
   referenceExpertFFN,
   routerLogits,
   sharedSlices,
+  sigmoidGroupTopK,
+  softmaxTopK,
   softmaxTopP,
   toFloat32,
 } from "@switchyard/moe";
@@ -209,14 +212,19 @@ export class CheckpointModel implements PoolModel {
         );
       }
       const maxK = Math.min(E, g.maxK ?? Math.max(topK, 2 * base.topK));
-      r = softmaxTopP(logits, E, { topP: g.topP, maxK, normalize: true });
+      r = softmaxTopP(logits, E, {
+        topP: g.topP,
+        maxK,
+        normalize: true,
+        routedScalingFactor: base.routedScalingFactor,
+      });
     } else {
       // The native gate where the addon has it: the same ids and weights (native/src/gate.h), without the
       // TypeScript softmax's ~9% of a router's busy time at Qwen3-30B-A3B (bench/results/logs/h200-x2-prof-0358-*).
       r = applyGate(logits, E, { ...base, topK }, w.bias, NATIVE_GATE ? routerAddon()?.routerGate : undefined);
     }
     const routing: TokenRouting = { tokens, slots: r.k, experts: r.ids, weights: r.weights };
-    if (g.capacityFactor !== null && g.overflow === "spill") routing.ranking = rankExperts(logits, E, w.bias);
+    if (g.capacityFactor !== null && g.overflow === "spill") routing.ranking = rankExperts(logits, E, base, w.bias);
     return routing;
   }
 
@@ -335,15 +343,30 @@ export function transposeGate(gate: Float32Array, experts: number, d: number): F
   return t;
 }
 
-/** Per token, all experts by descending selection score (logits, plus DeepSeek's correction bias): spill order. */
-export function rankExperts(logits: Float32Array, E: number, bias?: Float32Array): Int32Array {
-  const T = logits.length / E;
-  const out = new Int32Array(T * E);
-  const idx = Array.from({ length: E }, (_, i) => i);
-  for (let t = 0; t < T; t++) {
-    const score = (e: number) => logits[t * E + e] + (bias ? bias[e] : 0);
-    const order = idx.slice().sort((a, b) => score(b) - score(a) || a - b);
-    out.set(order, t * E);
+/**
+ * Per token, the experts the gate could have chosen, best first, by the gate's own selection score: spill order.
+ * [T * E], each row ended by -1 where fewer than E are left. Ranked by the selection code itself (softmaxTopK,
+ * sigmoidGroupTopK asked for every expert they can reach) so that the two cannot drift apart: softmax gates order by
+ * probability (the logits' order), DeepSeek-V3's by sigmoid(logit) + e_score_correction_bias. Left out:
+ * - the experts of the groups a group-limited gate dropped for the token: it can never pick them, so spilling there
+ *   would route the token where the model never sends it;
+ * - experts masked with a -Infinity logit (probability, or sigmoid, 0): the caller ruled them out.
+ * The TypeScript selection, not the native gate: it is only run under the spill policy, and the same ids either way.
+ */
+export function rankExperts(logits: Float32Array, E: number, cfg: GateConfig, bias?: Float32Array): Int32Array {
+  const grouped = cfg.scoring === "sigmoid" && cfg.nGroup > 1 && cfg.topkGroup < cfg.nGroup;
+  const reach = grouped ? cfg.topkGroup * (E / cfg.nGroup) : E;
+  const r =
+    cfg.scoring === "sigmoid"
+      ? sigmoidGroupTopK(logits, E, { ...cfg, topK: reach, correctionBias: bias })
+      : softmaxTopK(logits, E, { topK: E, normTopKProb: false });
+  const out = new Int32Array(r.tokens * E).fill(-1);
+  for (let t = 0; t < r.tokens; t++) {
+    let n = t * E;
+    for (let j = 0; j < reach; j++) {
+      const e = r.ids[t * reach + j];
+      if (logits[t * E + e] !== Number.NEGATIVE_INFINITY) out[n++] = e;
+    }
   }
   return out;
 }

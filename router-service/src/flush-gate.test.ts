@@ -1,5 +1,5 @@
-import { type GatingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
-import { DType } from "@switchyard/protocol";
+import { type GatingPolicy, resolveRoutingPolicy, softmaxTopK } from "@switchyard/moe";
+import { DType, SwitchyardError } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import type { TokenRouting } from "./core/routing.js";
 import { FlushGate, type GateHost, type GateItem, UNGATED } from "./flush-gate.js";
@@ -170,6 +170,32 @@ describe("FlushGate", () => {
     expect(String(a.failed)).toMatch(/gate failed/);
     expect(b.done).toBe(false);
     expect([...b.routing.experts]).toEqual([2]);
+  });
+
+  it("names `hidden` for a request whose hidden states make its router logits NaN, failing that request alone", async () => {
+    const { model } = toyModel();
+    // the gate's real selection: it refuses NaN logits naming logits[t, e], a field these callers never sent
+    model.route = (_l, lg, T) => {
+      const r = softmaxTopK(lg, E, { topK: 1, normTopKProb: true });
+      return { tokens: T, slots: 1, experts: r.ids, weights: r.weights };
+    };
+    const { gate } = gateOf(model);
+    const a = item(1, 1, 0);
+    const b = item(2, 1, 0);
+    new Float32Array(b.hidden.buffer)[1 * D + 1] = Number.NaN; // token 1, value 1
+    const c = item(1, 1e38, -1e38); // finite, but its logits overflow to +Infinity
+    await gate.atFlush(0, [a, b, c]);
+    expect([...a.routing.experts]).toEqual([2]);
+    expect(a.done).toBe(false);
+    expect(b.failed).toBeInstanceOf(SwitchyardError);
+    const eb = b.failed as SwitchyardError;
+    expect(eb.code).toBe("INVALID_ARGUMENT");
+    expect(eb.field).toBe("hidden[1, 1]");
+    expect(eb.message).toMatch(/^hidden\[1, 1\]: must be finite, got NaN \(its router logits are NaN\)/);
+    const ec = c.failed as SwitchyardError;
+    expect(ec.field).toBe("hidden[0]");
+    expect(ec.message).toMatch(/router logits are Infinity/);
+    expect(ec.message).not.toMatch(/logits\[/);
   });
 
   it("skips requests finished while queued (their deadline passed)", async () => {

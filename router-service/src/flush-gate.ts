@@ -4,7 +4,7 @@
 // 20 times. The product runs at the flush, or is started while the requests wait for it (startAhead).
 
 import type { GatingPolicy } from "@switchyard/moe";
-import { DType, decodeTensor } from "@switchyard/protocol";
+import { DType, decodeTensor, invalidArgument } from "@switchyard/protocol";
 import { type TokenRouting, withSharedSlices } from "./core/routing.js";
 import type { PoolModel } from "./model.js";
 
@@ -180,6 +180,9 @@ export class FlushGate<T extends GateItem> {
       if (it.done) continue; // its deadline passed while the gate ran
       const g = it.pendingGate as PendingGate;
       try {
+        // The gate names the logits it refuses, but these were the router's own product: name the caller's hidden.
+        const bad = rows ? null : hiddenFault(it, own, E, d);
+        if (bad) throw bad;
         const gated = rows ?? m.route(layer, own, it.tokens, gating);
         setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
         it.pendingGate = null;
@@ -188,6 +191,23 @@ export class FlushGate<T extends GateItem> {
       }
     }
   }
+}
+
+/**
+ * Where a request's router logits are NaN or +Infinity (the gate refuses them), the error for the hidden state that
+ * made them: the first non-finite value of that token's row, else the row itself (finite values whose product
+ * overflows). null when the logits are all finite or -Infinity.
+ */
+function hiddenFault(it: GateItem, logits: Float32Array, experts: number, d: number): Error | null {
+  let i = 0;
+  while (i < logits.length && !(Number.isNaN(logits[i]) || logits[i] === Number.POSITIVE_INFINITY)) i++;
+  if (i === logits.length) return null;
+  const t = Math.floor(i / experts);
+  const why = `its router logits are ${logits[i]}`;
+  const row = hiddenAsF32(it, d).subarray(t * d, (t + 1) * d);
+  const j = row.findIndex((v) => !Number.isFinite(v));
+  if (j >= 0) return invalidArgument(`hidden[${t}, ${j}]`, `must be finite, got ${row[j]} (${why})`);
+  return invalidArgument(`hidden[${t}]`, `${why}: its values overflow the gate's product`);
 }
 
 /** Tokens [t0, t0 + tokens) of a routing, as views of its arrays. */

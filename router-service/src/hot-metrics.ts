@@ -61,10 +61,14 @@ abstract class HotMetric<C> {
 
   protected abstract make(labels: Labels): C;
 
+  private key(l: Labels): string {
+    return this.labelNames.map((n) => l[n]).join("\u0000");
+  }
+
   /** The child for these labels (cache it: this builds a key). */
   labels(l: Labels): C {
     for (const n of this.labelNames) if (typeof l[n] !== "string") throw new Error(`${this.name}: label ${n} missing`);
-    const key = this.labelNames.map((n) => l[n]).join("\u0000");
+    const key = this.key(l);
     let c = this.children.get(key);
     if (!c) {
       c = this.make({ ...l });
@@ -75,6 +79,11 @@ abstract class HotMetric<C> {
 
   protected all(): C[] {
     return [...this.children.values()];
+  }
+
+  /** Drops the series of these labels (a removed pool's); a child handed out before keeps counting, unexported. */
+  remove(l: Labels): void {
+    this.children.delete(this.key(l));
   }
 
   reset(): void {

@@ -6,9 +6,11 @@ import { Counter, Gauge, Registry } from "prom-client";
 import { HotCounter, type HotCounterChild, HotHistogram, type HotHistogramChild } from "./hot-metrics.js";
 
 /**
- * Heat series are bounded: at most this many layer x expert series, the rest fold into expert="other". Sized for
- * whole models: the operator's rebalance reads every (layer, expert), and DeepSeek-V3 alone has 58 x 256 = 14,848
- * (4096 left two thirds of its heat unlabelled, and the operator now refuses to judge a plan on folded heat).
+ * Heat series are bounded per pool: at most this many layer x expert series a pool, the rest fold into
+ * expert="other". Sized for whole models: the operator's rebalance reads every (layer, expert), and DeepSeek-V3 alone
+ * has 58 x 256 = 14,848 (4096 left two thirds of its heat unlabelled, and the operator now refuses to judge a plan on
+ * folded heat). Per pool, not shared: with one bound for all, two large pools used it up and every later pool's heat
+ * folded for good. forgetPool frees a removed pool's share.
  */
 export const MAX_HEAT_SERIES = 32768;
 
@@ -161,7 +163,8 @@ export class RouterMetrics {
     collect: eventLoopBusyCollector(),
   });
 
-  private readonly heatSeries = new Set<string>();
+  /** Per pool, the heat series it exports: labelled ones as "layer/expert", and the layers with an expert="other". */
+  private readonly heatSeries = new Map<string, { labelled: Set<string>; folded: Set<number> }>();
   private readonly pools = new Map<string, PoolMetrics>();
 
   /** Label-bound children for one pool (the hot path never builds label keys). */
@@ -174,15 +177,66 @@ export class RouterMetrics {
     return m;
   }
 
-  /** Adds heat for (layer, expert), folding into expert="other" past MAX_HEAT_SERIES distinct series. */
+  /** Adds heat for (layer, expert), folding into expert="other" past the pool's MAX_HEAT_SERIES distinct series. */
   heat(pool: string, layer: number, expert: number, n: number): void {
-    const key = `${pool}/${layer}/${expert}`;
+    let series = this.heatSeries.get(pool);
+    if (!series) {
+      series = { labelled: new Set(), folded: new Set() };
+      this.heatSeries.set(pool, series);
+    }
+    const key = `${layer}/${expert}`;
     let e = String(expert);
-    if (!this.heatSeries.has(key)) {
-      if (this.heatSeries.size >= MAX_HEAT_SERIES) e = "other";
-      else this.heatSeries.add(key);
+    if (!series.labelled.has(key)) {
+      if (series.labelled.size >= MAX_HEAT_SERIES) {
+        e = "other";
+        series.folded.add(layer);
+      } else series.labelled.add(key);
     }
     this.expertTokens.inc({ pool, layer: String(layer), expert: e }, n);
+  }
+
+  /**
+   * Forgets a removed pool: its heat series (and their share of the bound), its label-bound children and every
+   * series labelled with it, so that the pool stops exporting. A pool of that name added later starts afresh. The
+   * PoolMetrics handed out for it are detached: what a flush still in flight counts there is exported nowhere.
+   * Not switchyard_router_requests_total: reply.ts caches its children per pool, and a request's count is the
+   * caller's record of what it asked for (an unknown pool's requests count under pool="unknown" anyway).
+   */
+  forgetPool(pool: string): void {
+    const series = this.heatSeries.get(pool);
+    if (series) {
+      for (const key of series.labelled) {
+        const [layer, expert] = key.split("/");
+        this.expertTokens.remove({ pool, layer, expert });
+      }
+      for (const layer of series.folded) this.expertTokens.remove({ pool, layer: String(layer), expert: "other" });
+      this.heatSeries.delete(pool);
+    }
+    const p = this.pools.get(pool);
+    if (p) {
+      p.detach();
+      for (const w of p.workerIds()) {
+        const l = { pool, worker: w };
+        this.dispatchErrors.remove(l);
+        this.workerOutstanding.remove(l);
+        this.workerDataPath.remove(l);
+        this.workerTokens.remove(l);
+        this.dispatchDuration.remove(l);
+      }
+      this.pools.delete(pool);
+    }
+    const l = { pool };
+    for (const h of [
+      this.tokens,
+      this.requestDuration,
+      this.queueWait,
+      this.gateDuration,
+      this.batchTokens,
+      this.expertsPerBatch,
+      this.tokensPerExpertCall,
+    ])
+      h.remove(l);
+    for (const c of [this.gateAheadTokens, this.dropped, this.loadSignalStale, this.planVersion]) c.remove(l);
   }
 }
 
@@ -191,12 +245,15 @@ export class PoolMetrics {
   readonly requestDuration;
   readonly queueWait;
   readonly gateDuration;
-  readonly gateAheadTokens;
+  /** prom-client children (not hot ones): detach() swaps them for no-ops. */
+  gateAheadTokens: Counter.Internal;
   readonly batchTokens;
-  readonly dropped;
+  dropped: Counter.Internal;
   readonly expertsPerBatch;
   readonly tokensPerExpertCall;
   private readonly workers = new Map<string, WorkerMetricsChildren>();
+  /** Cleared by RouterMetrics.forgetPool: heat added after that goes nowhere. */
+  private live = true;
   /** Heat accumulated per layer between scrapes (an increment per expert per flush would cost more than routing). */
   private readonly heat = new Map<number, Float64Array>();
 
@@ -235,6 +292,24 @@ export class PoolMetrics {
     return w;
   }
 
+  /** The workers this pool has children for (forgetPool removes their series). */
+  workerIds(): string[] {
+    return [...this.workers.keys()];
+  }
+
+  /**
+   * Cut off from the registry (the pool was forgotten): prom-client's label-bound counters would put a series back on
+   * their next inc, so those become no-ops; flushHeat exports nothing.
+   */
+  detach(): void {
+    this.live = false;
+    const none = { inc: () => {} };
+    this.gateAheadTokens = none;
+    this.dropped = none;
+    for (const w of this.workers.values()) w.errors = none;
+    this.heat.clear();
+  }
+
   addHeat(layer: number, experts: number, expert: number, n: number): void {
     let h = this.heat.get(layer);
     if (!h) {
@@ -246,6 +321,7 @@ export class PoolMetrics {
 
   /** Moves accumulated heat into the counter (called at scrape time). */
   flushHeat(): void {
+    if (!this.live) return;
     for (const [layer, h] of this.heat) {
       for (let e = 0; e < h.length; e++) {
         if (h[e] > 0) {
@@ -260,7 +336,7 @@ export class PoolMetrics {
 export interface WorkerMetricsChildren {
   tokens: HotCounterChild;
   dispatch: HotHistogramChild;
-  errors: ReturnType<Counter["labels"]>;
+  errors: Counter.Internal;
   outstanding: ReturnType<Gauge["labels"]>;
   dataPath: ReturnType<Gauge["labels"]>;
 }

@@ -383,6 +383,8 @@ export class Router {
     p.signals.stop();
     for (const c of p.conns) c.close();
     this.pools.delete(name);
+    // its series go too: a removed pool would otherwise export its last values (and hold its heat series) for good
+    this.metrics.forgetPool(name);
   }
 
   close(): void {

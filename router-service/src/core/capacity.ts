@@ -13,9 +13,18 @@ export interface CapacityResult {
   capacity: number | null;
 }
 
+/**
+ * Relative slack under the ceiling: cf * assignments / experts often lands a few ulps above an integer it equals in
+ * decimal (1.1 * 100 / 10 = 11.000000000000002), and ceil would then give each expert one more slot than the
+ * policy says. 1e-9 is far above that rounding error (~1e-16 relative) and far below any real fractional part
+ * (assignments and experts are at most millions).
+ */
+const CAPACITY_EPSILON = 1e-9;
+
 export function expertCapacity(assignments: number, experts: number, capacityFactor: number | null): number | null {
   if (capacityFactor === null || capacityFactor <= 0) return null;
-  return Math.max(1, Math.ceil((capacityFactor * assignments) / experts));
+  const exact = (capacityFactor * assignments) / experts;
+  return Math.max(1, Math.ceil(exact - exact * CAPACITY_EPSILON));
 }
 
 /** Priority inside an over-full expert: higher gate weight first, then earlier in the flush. */
@@ -84,6 +93,7 @@ export function applyCapacity(
         const base = a.token * experts;
         for (let j = 0; j < experts; j++) {
           const e = ranking[base + j];
+          if (e < 0) break; // the ranking's end: the rest of the experts are not the token's to take
           if (e !== a.expert && !s.has(e) && load[e] < capacity) {
             target = e;
             break;

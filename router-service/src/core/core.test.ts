@@ -25,6 +25,20 @@ describe("capacity", () => {
     expect(expertCapacity(1, 64, 1)).toBe(1);
   });
 
+  it("is not pushed past an exact quotient by floating-point error", () => {
+    // 1.1 * 100 / 10 is 11.000000000000002 in doubles: ceil gave 12
+    expect(expertCapacity(100, 10, 1.1)).toBe(11);
+    expect(expertCapacity(100, 2, 1.1)).toBe(55); // 55.00000000000001
+    expect(expertCapacity(100, 4, 2.2)).toBe(55);
+    expect(expertCapacity(30, 10, 0.7)).toBe(3); // 2.1
+    // exact and just-over quotients keep their ceiling
+    expect(expertCapacity(100, 10, 1)).toBe(10);
+    expect(expertCapacity(101, 10, 1)).toBe(11);
+    expect(expertCapacity(99, 10, 1.1)).toBe(11); // 10.89
+    expect(expertCapacity(100, 10, 1.25)).toBe(13); // 12.5
+    expect(expertCapacity(8, 8, 2)).toBe(2);
+  });
+
   it("dropless keeps everything in one round", () => {
     const r = routing(
       [
@@ -63,6 +77,36 @@ describe("capacity", () => {
       [0, 0],
       [1, 1],
       [2, 2],
+    ]);
+  });
+
+  it("spill stops at a ranking's -1 end (experts past it are not candidates)", () => {
+    const r = routing(
+      [[0], [0]],
+      [[0.9], [0.8]],
+      [
+        [0, 1],
+        [0, -1],
+      ],
+    );
+    // 2 assignments, 2 experts, cf 1 -> capacity 1: token 1 overflows and its ranking ends after expert 0
+    const res = applyCapacity(collectAssignments([r]), 2, 1, "spill", [r]);
+    expect(res.dropped.map((a) => a.token)).toEqual([1]);
+    const r2 = routing(
+      [[0], [0], [0]],
+      [[0.9], [0.8], [0.7]],
+      [
+        [0, 1, 2],
+        [0, -1, 2],
+        [0, 1, 2],
+      ],
+    );
+    // capacity 1: token 1 may not reach expert 2 past its -1; token 2 takes 1
+    const res2 = applyCapacity(collectAssignments([r2]), 3, 1, "spill", [r2]);
+    expect(res2.dropped.map((a) => a.token)).toEqual([1]);
+    expect(res2.rounds[0].map((a) => [a.token, a.expert])).toEqual([
+      [0, 0],
+      [2, 1],
     ]);
   });
 

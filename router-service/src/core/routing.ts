@@ -11,8 +11,10 @@ export interface TokenRouting {
   /** [tokens * slots] combine weights (fp32). */
   weights: Float32Array;
   /**
-   * Optional per-token ranking of all experts, best first ([tokens * experts]); present when the router saw
-   * scores (gate computed from weights, or logits input). The spill overflow policy walks it.
+   * Optional per-token ranking of the experts the gate could pick, best first ([tokens * experts]; a row ends at
+   * its first -1 when experts are left out: masked with -Infinity, or in groups a group-limited gate dropped);
+   * present when the router saw scores (gate computed from weights, or logits input). The spill overflow policy
+   * walks it.
    */
   ranking?: Int32Array;
 }

@@ -142,7 +142,12 @@ function run({ init, spec, layers: given }: VerifierData): void {
     if (init.topP !== null) {
       const logits = routerLogits(job.hidden, w.gate, spec.hiddenSize);
       const maxK = Math.min(spec.experts, init.maxK ?? Math.max(gate.topK, 2 * spec.topK));
-      routing = softmaxTopP(logits, spec.experts, { topP: init.topP, maxK, normalize: true });
+      routing = softmaxTopP(logits, spec.experts, {
+        topP: init.topP,
+        maxK,
+        normalize: true,
+        routedScalingFactor: spec.routedScalingFactor,
+      });
     }
     const ref = referenceMoeBlock(spec, w, job.hidden, routing ? { routing } : { gate });
     const res: VerifyResult = { id: job.id, relErr: relError(job.output, ref.output) };
