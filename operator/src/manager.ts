@@ -5,8 +5,15 @@ import { hostname } from "node:os";
 import type { KubeConfig, V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
 import express from "express";
 import type { ExpertPool, RoutingPolicy } from "./api/v1alpha1.js";
-import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, WORKER_COMPONENT } from "./controller/names.js";
-import { PolicyReconciler, RouterConfigReconciler } from "./controller/policy-controller.js";
+import {
+  COMPONENT_LABEL,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  POOL_LABEL,
+  planConfigMapName,
+  WORKER_COMPONENT,
+} from "./controller/names.js";
+import { PolicyReconciler, policyKeysForPool, RouterConfigReconciler } from "./controller/policy-controller.js";
 import { PoolReconciler } from "./controller/pool-controller.js";
 import { Controller } from "./runtime/controller.js";
 import { EventRecorder } from "./runtime/events.js";
@@ -119,19 +126,26 @@ export class Manager {
       this.poolCtl.queue.addAfter(key, 100);
     };
 
+    // The policies pointing at one pool: their status depends on each other (which one the router uses), the pool
+    // and its published plan (whether the router serves it at all).
+    const enqueuePolicies = (namespace: string | undefined, pool: string) => {
+      for (const k of policyKeysForPool(this.policies.list(namespace), namespace ?? "default", pool))
+        this.policyCtl.queue.add(k);
+    };
     this.pools = mk<ExpertPool>("expertpools", paths.expertPools(ns), (ev, p) => {
       if (!this.leading) return;
       this.poolCtl.queue.add(poolKey(p));
       // Policies for this pool resolve against it (topK vs experts), and the router config lists pools.
-      for (const rp of this.policies.list(p.metadata.namespace)) {
-        if (rp.spec.poolRef.name === p.metadata.name) this.policyCtl.queue.add(poolKey(rp));
-      }
+      enqueuePolicies(p.metadata.namespace, p.metadata.name);
       if (ev !== "resync") enqueueRouter();
     });
     this.policies = mk<RoutingPolicy>("routingpolicies", paths.routingPolicies(ns), (ev, rp) => {
       if (!this.leading) return;
       this.policyCtl.queue.add(poolKey(rp));
-      if (ev !== "resync") enqueueRouter();
+      if (ev === "resync") return;
+      // Adding or deleting one changes which of its pool's policies wins (poolRef is immutable: no old pool).
+      enqueuePolicies(rp.metadata.namespace, rp.spec.poolRef.name);
+      enqueueRouter();
     });
     // A delete outdates our last write of the object: RecentWrites would otherwise answer with that write for its
     // 30 s, so the reconcile the delete triggers would see nothing to recreate (until the 10-minute resync).
@@ -166,8 +180,11 @@ export class Manager {
       (ev, cm) => {
         cmDeleted(ev, cm);
         toPool(ev, cm);
-        if (this.leading && ev !== "resync" && (cm.metadata?.labels?.[POOL_LABEL] || cm.metadata?.name === router.name))
-          enqueueRouter();
+        const pool = cm.metadata?.labels?.[POOL_LABEL];
+        if (this.leading && ev !== "resync" && (pool || cm.metadata?.name === router.name)) enqueueRouter();
+        // A plan appearing (or going) decides whether the router serves the pool: its policies' PoolNotServed.
+        if (this.leading && ev !== "resync" && pool && cm.metadata?.name === planConfigMapName(pool))
+          enqueuePolicies(cm.metadata?.namespace, pool);
       },
       managed,
     );

@@ -239,8 +239,10 @@ export const cacheSchema = obj(
   { default: {} },
 );
 
-// A Prometheus duration as PromQL range selectors take it: one or more <integer><unit>, largest unit first ("1h30m").
-const PROM_DURATION = "^([0-9]+(ms|s|m|h|d|w|y))+$";
+// A Prometheus duration as PromQL range selectors take it (prometheus/common model.ParseDuration): <integer><unit>
+// terms with units in decreasing order y, w, d, h, m, s, ms, each at most once ("1h30m"; not "30s1m" nor "5m5m",
+// which Prometheus refuses, so every heat query would fail). Every term is optional: minLength rules out "".
+const PROM_DURATION = "^([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$";
 
 export const rebalanceSchema = obj(
   "Load-driven replanning from the expert heat the router exports (switchyard_router_expert_tokens_total): every intervalSeconds the operator asks Prometheus for each (layer, expert)'s token assignments over the last window and replans with them, publishing the new plan only when it is clearly better. On only while prometheusUrl is set.",
@@ -249,17 +251,21 @@ export const rebalanceSchema = obj(
       "Base URL of the Prometheus HTTP API (the operator GETs <url>/api/v1/query); unset = off (uniform load).",
       { maxLength: 2048, pattern: "^https?://[^\\s]+$" },
     ),
-    window: str('Range of heat the plan is made from, a Prometheus duration ("10m", "1h30m").', {
-      default: "10m",
-      maxLength: 32,
-      pattern: PROM_DURATION,
-      validations: [
-        {
-          rule: "!self.matches('^(0+(ms|s|m|h|d|w|y))+$')",
-          message: "placement.rebalance.window must be longer than zero",
-        },
-      ],
-    }),
+    window: str(
+      'Range of heat the plan is made from, a Prometheus duration: units y, w, d, h, m, s, ms, largest first, each at most once ("10m", "1h30m").',
+      {
+        default: "10m",
+        minLength: 1,
+        maxLength: 32,
+        pattern: PROM_DURATION,
+        validations: [
+          {
+            rule: "!self.matches('^(0+(ms|s|m|h|d|w|y))+$')",
+            message: "placement.rebalance.window must be longer than zero",
+          },
+        ],
+      },
+    ),
     intervalSeconds: int("Seconds between heat queries (and replan decisions).", {
       minimum: 30,
       maximum: 86400,

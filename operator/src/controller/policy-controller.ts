@@ -13,7 +13,7 @@ import { needsApply } from "./compare.js";
 import { planFromConfigMap } from "./desired.js";
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, planConfigMapName, STATUS_FIELD_MANAGER } from "./names.js";
 import { splitKey } from "./pool-controller.js";
-import { buildPolicyStatus, buildRouterConfig, resolvePolicy } from "./routing.js";
+import { buildPolicyStatus, buildRouterConfig, policyOutcome } from "./routing.js";
 
 export const ROUTER_CONFIG_KEY = "router.json";
 
@@ -33,6 +33,23 @@ export interface PolicyDeps {
   now?: () => string;
 }
 
+/**
+ * Keys of the RoutingPolicies whose status depends on pool `ns/pool`: those pointing at it. Which of them wins, and
+ * whether the router serves the pool at all, changes with any of them, the pool, or its placement ConfigMap, so an
+ * event on one of those re-queues them all (a loser becomes the winner when the winner goes).
+ */
+export function policyKeysForPool(policies: readonly RoutingPolicy[], ns: string, pool: string): string[] {
+  return policies
+    .filter((rp) => (rp.metadata.namespace ?? "default") === ns && rp.spec.poolRef.name === pool)
+    .map((rp) => `${ns}/${rp.metadata.name}`);
+}
+
+/** The pool's published plan, from its placement ConfigMap (our last write of it while the cache trails). */
+function publishedPlan(d: PolicyDeps, ns: string, pool: string): PlacementPlan | undefined {
+  const cmName = planConfigMapName(pool);
+  return planFromConfigMap(d.recent.pick("ConfigMap", ns, cmName, d.configMaps.get(ns, cmName)));
+}
+
 export class PolicyReconciler {
   constructor(private readonly d: PolicyDeps) {}
 
@@ -41,8 +58,10 @@ export class PolicyReconciler {
     const { recent } = this.d;
     const rp = recent.pick("RoutingPolicy", ns, name, this.d.policies.get(ns, name));
     if (!rp || rp.metadata.deletionTimestamp) return undefined;
-    const pool = this.d.pools.get(ns, rp.spec.poolRef.name);
-    const res = resolvePolicy(rp, pool);
+    const poolName = rp.spec.poolRef.name;
+    const pool = this.d.pools.get(ns, poolName);
+    // Judged as buildRouterConfig judges it, from the same caches: Ready=True only for the policy the router uses.
+    const res = policyOutcome(rp, pool, this.d.policies.list(ns), publishedPlan(this.d, ns, poolName));
     const { status, transitions } = buildPolicyStatus(
       rp,
       res,
@@ -78,8 +97,7 @@ export class RouterConfigReconciler {
     const plans = new Map<string, PlacementPlan>();
     for (const p of pools) {
       const ns = p.metadata.namespace ?? "default";
-      const cmName = planConfigMapName(p.metadata.name);
-      const plan = planFromConfigMap(this.d.recent.pick("ConfigMap", ns, cmName, this.d.configMaps.get(ns, cmName)));
+      const plan = publishedPlan(this.d, ns, p.metadata.name);
       if (plan) plans.set(`${ns}/${p.metadata.name}`, plan);
     }
     const config = buildRouterConfig({

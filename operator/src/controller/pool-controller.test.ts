@@ -362,6 +362,37 @@ describe("PoolReconciler with placement.rebalance", () => {
     expect(planOf(h).version).toBe(2);
   });
 
+  it("a change of the shared expert's slices asks for heat of the new width at once, and plans", async () => {
+    // DeepSeek-V3 with 2 shared experts on the workers: 2 slice columns, then 3 after sharedIntermediateSize grows.
+    let slices = 2;
+    const prom = fakePrometheus();
+    prom.state.reply = () => ({
+      status: 200,
+      body: heatAnswer(HOT.map((row) => [...row, ...Array<number>(slices).fill(1000)])),
+    });
+    const pool = testPool({
+      replicas: 4,
+      model: { architecture: "deepseek-v3", layers: 2, sharedExperts: 2 },
+      placement: { redundantExperts: 4, rebalance: { prometheusUrl: "http://prom:9090/", intervalSeconds: 60 } },
+    });
+    const h = harness(pool, prom.deps);
+    await h.rec.reconcile("ns/mix");
+    expect(planOf(h).replicas[0]).toHaveLength(8 + 2);
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({
+      ...p,
+      metadata: { ...p.metadata, generation: 2 },
+      spec: { ...p.spec, model: { ...p.spec.model, sharedIntermediateSize: 3 * p.spec.model.intermediateSize } },
+    });
+    slices = 3;
+    prom.state.ms += 10_000; // well inside intervalSeconds: only a new key asks again
+    await h.rec.reconcile("ns/mix");
+    expect(prom.state.asked).toHaveLength(2);
+    expect(planOf(h).replicas[0]).toHaveLength(8 + 3);
+    const degraded = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
+    expect(degraded).toMatchObject({ status: "False" });
+  });
+
   it("turning rebalance off forgets the heat and plans as before (no query, no requeue)", async () => {
     const prom = fakePrometheus();
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });

@@ -197,6 +197,16 @@ describe("the heat memory", () => {
     expect(msUntilQuery(obs, other, settings, 2000)).toBe(0);
   });
 
+  it("a change of the shared expert's slice count is a new key: the remembered heat has the old width", () => {
+    const ds = (sharedIntermediateSize: number) =>
+      testPool({ model: { architecture: "deepseek-v3", sharedExperts: 2, sharedIntermediateSize } });
+    const two = heatKey(ds(2 * 128), settings);
+    expect(heatKey(ds(3 * 128), settings)).not.toBe(two);
+    expect(heatKey(ds(2 * 128), settings)).toBe(two);
+    // A width the CEL rule refuses gives a key too: the plan reports it, the pass must not throw here.
+    expect(() => heatKey(ds(200), settings)).not.toThrow();
+  });
+
   it("a failed query keeps the last heat and says why; an answer clears the error", () => {
     const ok = observe(undefined, key, 0, "2026-01-01T00:00:00Z", { load: HOT });
     const failed = observe(ok, key, 5, "2026-01-01T00:05:00Z", { error: "connection refused" });

@@ -2,7 +2,7 @@
 // pool's expert heat (heat.ts) and hands it here: the planner makes a candidate under that heat, and the candidate
 // replaces the published plan only when it is clearly better under the SAME heat. Moving an expert copy means a
 // worker loads weights, so a plan that is only a little better (noise in the window) is not worth publishing.
-import { type PlacementPlan, planStats } from "@switchyard/moe";
+import { PlacementError, type PlacementPlan, planStats } from "@switchyard/moe";
 import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
 import { cacheCapacity, desiredPlan, type PlanOutcome, planConfigMap, planLoad, sharedSlicesOf } from "./desired.js";
 import { workerIds } from "./names.js";
@@ -46,10 +46,22 @@ export interface HeatObservation {
   error?: string;
 }
 
-/** What a heat answer depends on: where it came from, over which window, and the matrix shape it was read into. */
+/**
+ * What a heat answer depends on: where it came from, over which window, and the matrix shape it was read into,
+ * shared-expert slice columns included (parseHeat reads experts + slices): heat of another width would make planLoad
+ * refuse the pool until the next interval.
+ */
 export function heatKey(pool: ExpertPool, s: RebalanceSettings): string {
   const { layers, experts } = pool.spec.model;
-  return JSON.stringify([s.prometheusUrl, s.window, pool.metadata.name, layers, experts]);
+  let slices: number | string;
+  try {
+    slices = sharedSlicesOf(pool.spec.model, pool.spec.placement);
+  } catch (e) {
+    // A width the CEL rule should have refused: the plan fails on it with its own message; the key must not throw.
+    if (!(e instanceof PlacementError)) throw e;
+    slices = e.message;
+  }
+  return JSON.stringify([s.prometheusUrl, s.window, pool.metadata.name, layers, experts, slices]);
 }
 
 /** Milliseconds until the next query is due (<= 0: ask now). */

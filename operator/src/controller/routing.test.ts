@@ -2,7 +2,14 @@ import { defaultRoutingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
 import { desiredPlan } from "./desired.js";
 import { testPolicy, testPool } from "./fixtures.js";
-import { buildPolicyStatus, buildRouterConfig, resolvePolicy } from "./routing.js";
+import {
+  buildPolicyStatus,
+  buildRouterConfig,
+  policyOutcome,
+  resolvePolicy,
+  whyNotServed,
+  winningPolicy,
+} from "./routing.js";
 
 describe("resolvePolicy", () => {
   it("fills defaults and keeps what the spec says", () => {
@@ -25,6 +32,15 @@ describe("resolvePolicy", () => {
     const big = resolvePolicy(testPolicy({ gating: { topK: 9 } }), testPool());
     expect(big).toMatchObject({ ok: false, reason: "TopKExceedsExperts" });
     expect(resolvePolicy(testPolicy(), undefined)).toMatchObject({ ok: false, reason: "PoolNotFound" });
+  });
+
+  it("refuses topP on a deepseek-v3 pool (sigmoid gate: the router refuses it per request), naming the field", () => {
+    const ds = testPool({ model: { architecture: "deepseek-v3" } });
+    const r = resolvePolicy(testPolicy({ gating: { topP: 0.9 } }), ds);
+    expect(r).toMatchObject({ ok: false, reason: "TopPNeedsSoftmaxGate" });
+    if (!r.ok) expect(r.message).toMatch(/^spec\.gating\.topP needs a softmax gate; ExpertPool mix is deepseek-v3/);
+    expect(resolvePolicy(testPolicy({ gating: { topK: 4 } }), ds).ok).toBe(true);
+    expect(resolvePolicy(testPolicy({ gating: { topP: 0.9 } }), testPool()).ok).toBe(true); // mixtral: softmax
   });
 
   it("status: Ready with the effective policy, or Degraded with the reason", () => {
@@ -62,5 +78,74 @@ describe("buildRouterConfig", () => {
     expect(cfg.pools[1].policy).toEqual(defaultRoutingPolicy()); // its policy does not resolve (topK 99 > 8)
     expect(cfg.pools[0].checkpoint).toBe("/models/mix");
     expect(cfg.pools[0].endpoints["a-0"]).toBe("a-0.a-workers.ns.svc:50061");
+  });
+});
+
+describe("which policy the router uses, and what the others say", () => {
+  const pool = testPool();
+  const plan = (() => {
+    const r = desiredPlan(pool, undefined);
+    if (!r.ok) throw new Error(r.message);
+    return r.plan;
+  })();
+  const aged = (topK: number, name: string, created: string) => {
+    const rp = testPolicy({ gating: { topK } }, name);
+    rp.metadata.creationTimestamp = created;
+    return rp;
+  };
+  const older = aged(1, "rp-new-name", "2026-01-01T00:00:00Z");
+  const newer = aged(4, "rp-a", "2026-02-01T00:00:00Z");
+
+  it("the oldest that resolves wins; the router config and every policy's status agree on it", () => {
+    expect(winningPolicy(pool, [newer, older])?.rp.metadata.name).toBe("rp-new-name");
+    const cfg = buildRouterConfig({
+      pools: [pool],
+      policies: [newer, older],
+      plans: new Map([["ns/mix", plan]]),
+      routerNamespace: "ns",
+      defaults: defaultRoutingPolicy(),
+    });
+    expect(cfg.pools[0].policy.gating.topK).toBe(1);
+    expect(policyOutcome(older, pool, [older, newer], plan)).toMatchObject({ ok: true });
+    const lost = policyOutcome(newer, pool, [older, newer], plan);
+    expect(lost).toMatchObject({ ok: false, reason: "Superseded" });
+    if (!lost.ok) expect(lost.message).toMatch(/^RoutingPolicy rp-new-name also targets ExpertPool mix/);
+    const st = buildPolicyStatus(newer, lost, "ns/switchyard-router", "t").status;
+    expect(st.conditions?.[0]).toMatchObject({ type: "Ready", status: "False", reason: "Superseded" });
+    expect(st.effective).toBeUndefined();
+    // The winner deleted: the other one takes over.
+    expect(policyOutcome(newer, pool, [newer], plan)).toMatchObject({ ok: true });
+    // One that does not resolve wins nothing: the next one is used, and it says so.
+    const broken = aged(99, "rp-broken", "2025-01-01T00:00:00Z");
+    expect(policyOutcome(older, pool, [broken, older, newer], plan)).toMatchObject({ ok: true });
+    expect(policyOutcome(broken, pool, [broken, older], plan)).toMatchObject({ reason: "TopKExceedsExperts" });
+    // Same creation second: the name decides.
+    const twin = aged(2, "rp-0", "2026-01-01T00:00:00Z");
+    expect(winningPolicy(pool, [older, twin])?.rp.metadata.name).toBe("rp-0");
+    // Policies of other pools or namespaces do not compete.
+    const elsewhere = aged(2, "rp-other", "2020-01-01T00:00:00Z");
+    elsewhere.metadata.namespace = "team";
+    expect(winningPolicy(pool, [elsewhere, testPolicy({}, "x", "other-pool"), older])?.rp).toBe(older);
+  });
+
+  it("Ready only while the router config has the pool: no published plan, or the pool going, is PoolNotServed", () => {
+    const rp = testPolicy();
+    const failed = testPool();
+    failed.status = {
+      conditions: [
+        { type: "Ready", status: "False", reason: "PlacementFailed", message: "m", lastTransitionTime: "t" },
+      ],
+    };
+    const none = policyOutcome(rp, failed, [rp], undefined);
+    expect(none).toMatchObject({ ok: false, reason: "PoolNotServed" });
+    if (!none.ok)
+      expect(none.message).toBe(
+        "ExpertPool mix has no published placement plan in ConfigMap mix-placement (its Ready condition: PlacementFailed); the router serves the pool once it has one",
+      );
+    const going = testPool();
+    going.metadata.deletionTimestamp = "2026-01-02T00:00:00Z";
+    expect(policyOutcome(rp, going, [rp], plan)).toMatchObject({ ok: false, reason: "PoolNotServed" });
+    expect(whyNotServed(going, plan)).toBe("ExpertPool mix is being deleted");
+    expect(policyOutcome(rp, pool, [rp], plan)).toMatchObject({ ok: true });
   });
 });

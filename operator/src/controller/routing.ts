@@ -30,6 +30,16 @@ export function resolvePolicy(rp: RoutingPolicy, pool: ExpertPool | undefined): 
     throw e;
   }
   const experts = pool.spec.model.experts;
+  // The router refuses top-p on a sigmoid gate for every request (checkpoint-model.ts route()): DeepSeek-V3's
+  // scores are independent sigmoids, not a distribution whose mass top-p could cut at. Its checkpoints always gate
+  // with sigmoid (spec.ts refuses another scoring_func); "custom" says so only in its config.json, unseen here.
+  if (policy.gating.topP !== null && pool.spec.model.architecture === "deepseek-v3") {
+    return {
+      ok: false,
+      reason: "TopPNeedsSoftmaxGate",
+      message: `spec.gating.topP needs a softmax gate; ExpertPool ${pool.metadata.name} is deepseek-v3, which gates with sigmoid (use spec.gating.topK)`,
+    };
+  }
   if (policy.gating.topK !== null && policy.gating.topK > experts) {
     return {
       ok: false,
@@ -98,8 +108,81 @@ export interface RouterInputs {
 }
 
 /**
- * One router config for every pool that has a published plan. A pool uses the oldest RoutingPolicy that
- * resolves for it (deterministic when several point at one pool); without one, the defaults.
+ * Which of several RoutingPolicies for one pool comes first: the oldest, then by name. Creation time is fixed for
+ * an object's life, so adding a policy never takes the pool from the one it has; the name breaks same-second ties.
+ */
+export function policyPrecedence(a: RoutingPolicy, b: RoutingPolicy): number {
+  return (
+    (a.metadata.creationTimestamp ?? "").localeCompare(b.metadata.creationTimestamp ?? "") ||
+    a.metadata.name.localeCompare(b.metadata.name)
+  );
+}
+
+/**
+ * The RoutingPolicy the router config uses for `pool`: of those in `policies` that point at it (others are
+ * skipped), the first by policyPrecedence that resolves against it; undefined: none does, the router uses the
+ * defaults. The router config and every policy's status both ask this, so they cannot disagree on the winner.
+ */
+export function winningPolicy(
+  pool: ExpertPool,
+  policies: readonly RoutingPolicy[],
+): { rp: RoutingPolicy; policy: ResolvedPolicy } | undefined {
+  const ns = pool.metadata.namespace ?? "default";
+  const candidates = policies
+    .filter((rp) => (rp.metadata.namespace ?? "default") === ns && rp.spec.poolRef.name === pool.metadata.name)
+    .sort(policyPrecedence);
+  for (const rp of candidates) {
+    const r = resolvePolicy(rp, pool);
+    if (r.ok) return { rp, policy: r.policy };
+  }
+  return undefined;
+}
+
+/**
+ * Why the router config has no entry for `pool` (undefined: it has one). `plan` is the pool's published plan.
+ * The same test decides both buildRouterConfig's pools and a policy's PoolNotServed.
+ */
+export function whyNotServed(pool: ExpertPool, plan: PlacementPlan | undefined): string | undefined {
+  const name = pool.metadata.name;
+  if (pool.metadata.deletionTimestamp) return `ExpertPool ${name} is being deleted`;
+  if (plan) return undefined;
+  // The pool's own Ready reason (PlacementFailed, ...) says where to look; its message stays there, as it changes
+  // more often than a policy's status should be rewritten.
+  const ready = pool.status?.conditions?.find((c) => c.type === "Ready");
+  const see = ready && ready.status !== "True" ? ` (its Ready condition: ${ready.reason})` : "";
+  return `ExpertPool ${name} has no published placement plan in ConfigMap ${planConfigMapName(name)}${see}; the router serves the pool once it has one`;
+}
+
+/**
+ * A policy's outcome as the router sees it: resolved against its pool, the policy the router config uses for the
+ * pool (`policies`: every cached policy), and the pool in the router config at all (`plan`: its published plan).
+ */
+export function policyOutcome(
+  rp: RoutingPolicy,
+  pool: ExpertPool | undefined,
+  policies: readonly RoutingPolicy[],
+  plan: PlacementPlan | undefined,
+): Resolution {
+  const res = resolvePolicy(rp, pool);
+  if (!res.ok || !pool) return res;
+  // The cache may hold an older copy of rp than the caller (our own status write): compare by name.
+  const others = policies.filter((p) => p.metadata.name !== rp.metadata.name);
+  const winner = winningPolicy(pool, [...others, rp]);
+  if (winner && winner.rp.metadata.name !== rp.metadata.name) {
+    return {
+      ok: false,
+      reason: "Superseded",
+      message: `RoutingPolicy ${winner.rp.metadata.name} also targets ExpertPool ${pool.metadata.name} and takes precedence (older, or same age and earlier name); the router uses it, not this one`,
+    };
+  }
+  const why = whyNotServed(pool, plan);
+  if (why) return { ok: false, reason: "PoolNotServed", message: why };
+  return res;
+}
+
+/**
+ * One router config for every pool that has a published plan. A pool uses its winningPolicy (the oldest that
+ * resolves for it: deterministic when several point at one pool); without one, the defaults.
  */
 export function buildRouterConfig(i: RouterInputs): { pools: RouterPoolConfig[] } {
   const byPool = new Map<string, RoutingPolicy[]>();
@@ -109,29 +192,15 @@ export function buildRouterConfig(i: RouterInputs): { pools: RouterPoolConfig[] 
   }
   const out: RouterPoolConfig[] = [];
   for (const pool of i.pools) {
-    if (pool.metadata.deletionTimestamp) continue;
     const key = `${pool.metadata.namespace ?? "default"}/${pool.metadata.name}`;
     const plan = i.plans.get(key);
-    if (!plan) continue;
-    const candidates = (byPool.get(key) ?? []).sort(
-      (a, b) =>
-        (a.metadata.creationTimestamp ?? "").localeCompare(b.metadata.creationTimestamp ?? "") ||
-        a.metadata.name.localeCompare(b.metadata.name),
-    );
-    let policy = i.defaults;
-    for (const rp of candidates) {
-      const r = resolvePolicy(rp, pool);
-      if (r.ok) {
-        policy = r.policy;
-        break;
-      }
-    }
+    if (!plan || whyNotServed(pool, plan)) continue;
     out.push({
       name: routerPoolName(pool, i.routerNamespace),
       checkpoint: routerCheckpointPath(pool),
       plan,
       endpoints: plan.endpoints ?? {},
-      policy,
+      policy: winningPolicy(pool, byPool.get(key) ?? [])?.policy ?? i.defaults,
     });
   }
   out.sort((a, b) => a.name.localeCompare(b.name));

@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 import { load } from "js-yaml";
 import { describe, expect, it } from "vitest";
 import { applyDefaults, type JsonSchema } from "../api/schema.js";
-import { expertPoolSpecSchema, routingPolicySpecSchema } from "../api/v1alpha1.js";
+import { expertPoolSpecSchema, rebalanceSchema, routingPolicySpecSchema } from "../api/v1alpha1.js";
 import { crdFiles, expertPoolCrd, routingPolicyCrd } from "./crds.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
@@ -116,5 +116,20 @@ describe("applyDefaults mirrors structural defaulting", () => {
       flushesInFlight: 2,
     });
     expect(spec.gating).toEqual({ overflow: "drop" });
+  });
+});
+
+describe("placement.rebalance.window takes what Prometheus' duration parser takes", () => {
+  // prometheus/common model.ParseDuration: units y, w, d, h, m, s, ms in that order, each at most once. The API
+  // server matches the pattern with Go's RE2; this pattern means the same in JavaScript.
+  const window = rebalanceSchema.json.properties?.window as JsonSchema;
+  const valid = (s: string) => s.length >= (window.minLength ?? 0) && new RegExp(window.pattern ?? "").test(s);
+
+  it.each(["10m", "1h30m", "90s", "1y2w3d4h5m6s7ms", "500ms", "1m500ms", "2d"])("accepts %s", (s) => {
+    expect(valid(s)).toBe(true);
+  });
+
+  it.each(["30s1m", "5m5m", "1m1h", "10ms1s", "", "10", "m", "10 minutes", "1.5h", "-5m", "10M"])("refuses %j", (s) => {
+    expect(valid(s)).toBe(false);
   });
 });

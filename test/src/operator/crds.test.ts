@@ -64,6 +64,16 @@ const INVALID: [string, unknown, string][] = [
     "spec.placement.rebalance.window in body should match",
   ],
   [
+    "rebalance window with units out of Prometheus' order (schema pattern)",
+    pool("bad", NS, { placement: { rebalance: { prometheusUrl: "http://p:9090", window: "30s1m" } } }),
+    "spec.placement.rebalance.window in body should match",
+  ],
+  [
+    "rebalance window with a unit twice (schema pattern)",
+    pool("bad", NS, { placement: { rebalance: { prometheusUrl: "http://p:9090", window: "5m5m" } } }),
+    "spec.placement.rebalance.window in body should match",
+  ],
+  [
     "rebalance window of zero (CEL)",
     pool("bad", NS, { placement: { rebalance: { prometheusUrl: "http://p:9090", window: "0m" } } }),
     "placement.rebalance.window must be longer than zero",
