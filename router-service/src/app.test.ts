@@ -1,4 +1,6 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateCheckpoint } from "@switchyard/moe";
@@ -160,6 +162,61 @@ describe("router process: config and plan reload without restart", () => {
     await writeFile(cfgPath, JSON.stringify({ pools: [good] }));
     expect(await app.reload()).toBe(true);
     expect(app.router.unloadedPools()).toEqual([]);
+  });
+
+  it("serves a pool whose checkpoint is a URL: downloads only the router's tensors, with range reads", async () => {
+    // a static file server with byte ranges, as a bucket's public https endpoint or the Hugging Face Hub answers
+    const ranges: string[] = [];
+    const files = createServer(async (req, res) => {
+      try {
+        const body = await readFile(
+          join(dir, "ckpt", decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname)),
+        );
+        const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? "");
+        if (!m) return void res.end(body);
+        ranges.push(req.headers.range as string);
+        res.writeHead(206, { "content-range": `bytes ${m[1]}-${m[2]}/${body.length}` });
+        res.end(body.subarray(Number(m[1]), Number(m[2]) + 1));
+      } catch {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((r) => files.listen(0, "127.0.0.1", r));
+    const cache = join(dir, "cache");
+    const url = `http://127.0.0.1:${(files.address() as AddressInfo).port}/`;
+    const cfgPath = join(dir, "router-url.json");
+    await writeFile(
+      cfgPath,
+      JSON.stringify({
+        pools: [
+          {
+            name: "p",
+            checkpoint: url,
+            planFile: join(dir, "plan.json"),
+            endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+          },
+        ],
+      }),
+    );
+    const lines: string[] = [];
+    const fromUrl = await startRouterApp({
+      config: cfgPath,
+      port: 0,
+      metricsPort: null,
+      host: "127.0.0.1",
+      checkpointCache: cache,
+      log: (l) => lines.push(l),
+    });
+    try {
+      expect(fromUrl.router.unloadedPools()).toEqual([]);
+      const res = await fromUrl.router.forward(forwardRequest());
+      expect(res.hidden?.shape).toEqual([1, 16]);
+      expect(ranges.length).toBeGreaterThan(0); // the gate's bytes came by range, not the whole file
+      expect(lines.some((l) => l.startsWith(`checkpoint ${url}: the router's 1 tensors in ${cache}/`))).toBe(true);
+    } finally {
+      await fromUrl.close();
+      await new Promise((r) => files.close(r));
+    }
   });
 
   it("parses its command line, flags over env", () => {

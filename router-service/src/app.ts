@@ -2,9 +2,12 @@
 // when the config or a plan file changes (polling stat, which also sees Kubernetes' ConfigMap symlink swaps).
 // A bad reload keeps the running config and logs the error naming the field.
 
+import { createHash } from "node:crypto";
 import { unwatchFile, watchFile } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { validatePlan } from "@switchyard/moe";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fetchCheckpointTensors, routerTensorNames, validatePlan } from "@switchyard/moe";
 import { CheckpointModel } from "./checkpoint-model.js";
 import { type PlacementPlan, parsePlan, parseRouterConfig, type RouterConfig } from "./config.js";
 import { nativeCombineStatus } from "./core/native-combine.js";
@@ -20,6 +23,11 @@ export interface RouterAppOptions {
   dataPort?: number | null;
   host?: string;
   workerTransport?: WorkerTransport;
+  /**
+   * Where a pool whose checkpoint is a URI (an ExpertPool's checkpoint.uri) gets the router's tensors downloaded,
+   * one directory per URI; default: the OS temp dir's switchyard-checkpoints.
+   */
+  checkpointCache?: string;
   /** stat polling interval for config and plan files */
   watchIntervalMs?: number;
   log?: (line: string) => void;
@@ -44,6 +52,9 @@ async function readJson(path: string, what: string): Promise<unknown> {
   }
 }
 
+/** A URL scheme (https://, hf://): a checkpoint to download rather than a directory. */
+const URI = /^[a-z][a-z0-9+.-]*:\/\//i;
+
 export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const log = o.log ?? ((l: string) => console.log(`[router] ${l}`));
   const router = new Router({ workerTransport: o.workerTransport });
@@ -51,12 +62,27 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const models = new Map<string, CheckpointModel>();
   const watched = new Set<string>();
 
+  /**
+   * The directory to open for a pool's checkpoint: the path itself, or for a URI the router's share of it (gate,
+   * correction bias, shared expert: fetchCheckpointTensors, HTTP range reads) downloaded once into the cache.
+   */
+  const localCheckpoint = async (checkpoint: string): Promise<string> => {
+    if (!URI.test(checkpoint)) return checkpoint;
+    const dir = join(
+      o.checkpointCache ?? join(tmpdir(), "switchyard-checkpoints"),
+      createHash("sha256").update(checkpoint).digest("hex").slice(0, 16),
+    );
+    const r = await fetchCheckpointTensors(checkpoint, dir, routerTensorNames, { log });
+    log(`checkpoint ${checkpoint}: the router's ${r.tensors} tensors in ${dir} (${r.bytes} bytes downloaded)`);
+    return dir;
+  };
+
   /** One pool of the config, ready for router.setPool; throws naming the field. */
   const poolSetup = async (p: RouterConfig["pools"][number], i: number): Promise<PoolSetup> => {
     let model = models.get(p.checkpoint);
     if (!model) {
       try {
-        model = await CheckpointModel.open(p.checkpoint);
+        model = await CheckpointModel.open(await localCheckpoint(p.checkpoint));
       } catch (e) {
         throw new Error(`pools[${i}].checkpoint: ${(e as Error).message}`);
       }

@@ -1,10 +1,10 @@
 // Router command line (docs/CONTRACTS.md): --config FILE --port 50051 --metrics-port 9400 [--host ADDR]
-// [--data-port 50052] [--worker-transport auto|grpc];
+// [--data-port 50052] [--worker-transport auto|grpc] [--checkpoint-cache DIR];
 // every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>, flags win. Pure.
 
 import type { WorkerTransport } from "./dispatch/worker-conn.js";
 
-const FLAGS = ["config", "port", "metrics-port", "data-port", "host", "worker-transport"] as const;
+const FLAGS = ["config", "port", "metrics-port", "data-port", "host", "worker-transport", "checkpoint-cache"] as const;
 
 export interface RouterArgs {
   config: string;
@@ -15,6 +15,8 @@ export interface RouterArgs {
   host: string;
   /** auto: a worker's TCP data path where its Status offers one; grpc: the RunExpertsStream stream only. */
   workerTransport: WorkerTransport;
+  /** Where pools whose checkpoint is a URI have the router's tensors downloaded (app.ts); unset: the OS temp dir. */
+  checkpointCache?: string;
 }
 
 export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterArgs {
@@ -56,5 +58,6 @@ export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterA
     metricsPort: port("metrics-port", 9400),
     dataPort: dataPort === -1 ? null : dataPort,
     host: raw.get("host") ?? "0.0.0.0",
+    checkpointCache: raw.get("checkpoint-cache"),
   };
 }

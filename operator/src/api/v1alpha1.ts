@@ -105,10 +105,13 @@ const checkpointSchema = obj(
       { path: str("Absolute path on the node.", { maxLength: 1024, pattern: "^/" }) },
       { required: ["path"] },
     ),
-    uri: str("A URI the worker downloads from at start (s3://, gs://, https://, hf://).", {
-      maxLength: 2048,
-      pattern: "^(s3|gs|https?|hf)://.+",
-    }),
+    uri: str(
+      "Where to download the checkpoint from: the https:// (or http://) URL of its directory (config.json, model.safetensors or model.safetensors.index.json and its shards), or hf://ORG/NAME[@REVISION] for the Hugging Face Hub. Workers download it at start, the router only its gate and shared-expert tensors. S3 or GCS: the public https URL of the directory, or a PVC (a presigned URL signs one object, not a directory).",
+      {
+        maxLength: 2048,
+        pattern: "^(https?://[^/].*|hf://[^/@]+/[^/@]+(@[^/@]+)?)$",
+      },
+    ),
   },
   {
     validations: [

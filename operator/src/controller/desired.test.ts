@@ -131,7 +131,17 @@ describe("desiredStatefulSet", () => {
     uri.spec.model.checkpoint = { uri: "hf://org/model" };
     const u = desiredStatefulSet(uri).spec!.template.spec!;
     expect(u.volumes?.[0]).toEqual({ name: "checkpoint", emptyDir: {} });
-    expect(u.containers[0].env).toContainEqual({ name: "SWITCHYARD_CHECKPOINT_URI", value: "hf://org/model" });
+    // downloaded by an init container of the worker image into that volume, before the worker (and its probes) start
+    expect(u.initContainers).toHaveLength(1);
+    expect(u.initContainers?.[0]).toMatchObject({
+      name: "fetch-checkpoint",
+      image: u.containers[0].image,
+      command: ["node"],
+      args: ["packages/moe/dist/fetch-main.js", "--uri", "hf://org/model", "--dir", "/checkpoint"],
+      volumeMounts: [{ name: "checkpoint", mountPath: "/checkpoint" }],
+      securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
+    });
+    expect(v.initContainers).toBeUndefined();
   });
 
   it("CPU workers request no GPU and get no GPU toleration", () => {

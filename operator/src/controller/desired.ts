@@ -192,10 +192,8 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
   if (Object.keys(requests).length) resources.requests = requests;
   if (Object.keys(limits).length) resources.limits = limits;
   const grpcProbe = { grpc: { port: WORKER_GRPC_PORT } };
-  const env = [
-    { name: "SWITCHYARD_WORKER_ID", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
-    ...(ckpt.uri ? [{ name: "SWITCHYARD_CHECKPOINT_URI", value: ckpt.uri }] : []),
-  ];
+  const env = [{ name: "SWITCHYARD_WORKER_ID", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } }];
+  const containerSecurity = { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } };
   return {
     apiVersion: "apps/v1",
     kind: "StatefulSet",
@@ -240,12 +238,13 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
               labelSelector: { matchLabels: selectorLabels(name) },
             },
           ],
+          ...(ckpt.uri ? { initContainers: [fetchCheckpointContainer(pool, containerSecurity)] } : {}),
           containers: [
             {
               name: "worker",
               image: spec.worker.image,
               imagePullPolicy: spec.worker.imagePullPolicy,
-              securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
+              securityContext: containerSecurity,
               command: ["node"],
               args: workerArgs(pool, metricsPool),
               env,
@@ -282,6 +281,31 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
       },
     },
   } as V1StatefulSet;
+}
+
+/**
+ * checkpoint.uri: an init container of the worker image downloads the checkpoint into the pod's checkpoint volume
+ * (an emptyDir) before the worker starts (packages/moe/src/fetch-main.ts). An init container, not the worker itself:
+ * probes do not run during it, so a download of hundreds of GB is not cut short by the start-up probe. A restarted
+ * container finds the finished files and skips them.
+ */
+function fetchCheckpointContainer(pool: ExpertPool, securityContext: object) {
+  const { worker } = pool.spec;
+  return {
+    name: "fetch-checkpoint",
+    image: worker.image,
+    imagePullPolicy: worker.imagePullPolicy,
+    securityContext,
+    command: ["node"],
+    args: [
+      "packages/moe/dist/fetch-main.js",
+      "--uri",
+      pool.spec.model.checkpoint.uri as string,
+      "--dir",
+      CHECKPOINT_MOUNT,
+    ],
+    volumeMounts: [{ name: "checkpoint", mountPath: CHECKPOINT_MOUNT }],
+  };
 }
 
 export function desiredService(pool: ExpertPool): V1Service {

@@ -3,6 +3,7 @@
 export * from "./checkpoint.js";
 export * from "./cpu-budget.js";
 export * from "./event-loop-busy.js";
+export * from "./fetch-checkpoint.js";
 export * from "./gating.js";
 export * from "./generate.js";
 export * from "./node-flags.js";

@@ -42,6 +42,7 @@ type Pod = {
       resources?: { requests?: Record<string, string> };
       livenessProbe?: unknown;
       readinessProbe?: unknown;
+      volumeMounts?: Array<{ name: string; mountPath: string; readOnly?: boolean }>;
     }>;
     serviceAccountName: string;
     automountServiceAccountToken?: boolean;
@@ -219,7 +220,13 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
       "--port=50051",
       "--metrics-port=9400",
       "--data-port=50052",
+      "--checkpoint-cache=/var/cache/switchyard",
     ]);
+    // the cache is a volume of its own: the root filesystem is read-only
+    expect(rc.containers[0].volumeMounts).toContainEqual({
+      name: "checkpoint-cache",
+      mountPath: "/var/cache/switchyard",
+    });
     expect(rc.containers[0].ports?.map((p) => p.name)).toEqual(["grpc", "data", "metrics"]);
     expect(rc.automountServiceAccountToken).toBe(false);
   });

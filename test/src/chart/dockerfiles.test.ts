@@ -96,6 +96,18 @@ describe("Dockerfiles", () => {
     );
   });
 
+  it.each(["worker.Dockerfile", "worker-cuda.Dockerfile"])(
+    "%s holds the checkpoint fetcher the operator's init container runs for checkpoint.uri",
+    (file) => {
+      // operator/src/controller/desired.ts fetchCheckpointContainer: node packages/moe/dist/fetch-main.js
+      expect(existsSync(join(REPO, "packages/moe/src/fetch-main.ts"))).toBe(true);
+      const final = parseDockerfile(readFileSync(join(REPO, "docker", file), "utf8")).at(-1)!;
+      expect(final.filter((i) => i.op === "COPY").map((i) => i.args)).toContain(
+        "--from=build /src/packages/moe/dist/ packages/moe/dist/",
+      );
+    },
+  );
+
   it("the CUDA worker runs on a CUDA runtime base and the CPU one on plain Node", () => {
     const last = (f: string) => parseDockerfile(readFileSync(join(REPO, "docker", f), "utf8")).at(-1)![0].args;
     expect(last("worker-cuda.Dockerfile")).toMatch(/^nvidia\/cuda:\$\{CUDA_VERSION\}-runtime-/);

@@ -152,6 +152,11 @@ const INVALID: [string, unknown, string][] = [
     withModel({ checkpoint: { uri: "ftp://x" } }),
     "spec.model.checkpoint.uri in body should match",
   ],
+  [
+    "checkpoint uri on S3 (not downloadable as is: a presigned https URL or a PVC)",
+    withModel({ checkpoint: { uri: "s3://bucket/mixtral" } }),
+    "spec.model.checkpoint.uri in body should match",
+  ],
   ["RoutingPolicy without poolRef (schema required)", rp({}), "spec.poolRef: Required value"],
   [
     "RoutingPolicy maxK without topP (CEL)",

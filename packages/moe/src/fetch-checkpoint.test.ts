@@ -1,0 +1,443 @@
+import { execFile } from "node:child_process";
+import { createReadStream } from "node:fs";
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { type Checkpoint, INDEX_FILE, openCheckpoint, SINGLE_FILE } from "./checkpoint.js";
+import { checkpointSource, fetchCheckpoint, fetchCheckpointTensors, routerTensorNames } from "./fetch-checkpoint.js";
+import { type GeneratedCheckpoint, generateCheckpoint } from "./generate.js";
+import { SafetensorsFile } from "./safetensors.js";
+import { moeLayers } from "./spec.js";
+
+// A real HTTP server over generated checkpoints. URLs are /MODE/CHECKPOINT/FILE, so each test picks the server's
+// behaviour in its uri:
+//   ok       files, with single-range Range support (206 + Content-Range)
+//   norange  ignores Range: always 200 and the whole file
+//   missing  404 for the file names in `missing`
+//   stallhdr never answers a shard request; stallbody sends a shard's headers and 100 bytes, then nothing
+// and /hfroot/acme/tiny/resolve/v1/FILE is the Hub's layout: it needs `Authorization: Bearer hf-secret` and
+// redirects (302, as the Hub does to its CDN) to /ok/single/FILE.
+
+interface Logged {
+  path: string;
+  range?: string;
+  auth?: string;
+  encoding?: string;
+}
+
+let root: string;
+let server: Server;
+let base: string;
+const sources: Record<string, GeneratedCheckpoint> = {};
+const requests: Logged[] = [];
+/** Body bytes sent, by checkpoint name. */
+const sent = new Map<string, number>();
+const missing = new Set<string>();
+
+const small = { hiddenSize: 64, intermediateSize: 64, seed: 7 };
+
+async function serveFile(req: IncomingMessage, res: ServerResponse, ckpt: string, file: string, mode: string) {
+  const src = sources[ckpt];
+  const path = src && join(src.dir, file);
+  const size = path
+    ? await stat(path).then(
+        (s) => s.size,
+        () => undefined,
+      )
+    : undefined;
+  if (size === undefined || (mode === "missing" && missing.has(file))) {
+    res.writeHead(404, { "content-type": "application/json" }).end(`{"error":"Entry not found: ${file}"}`);
+    return;
+  }
+  const shard = file.endsWith(".safetensors");
+  if (mode === "stallhdr" && shard) return; // never answers
+  if (mode === "stallbody" && shard) {
+    res.writeHead(200, { "content-length": size });
+    res.write((await readFile(path)).subarray(0, 100));
+    return; // and nothing more
+  }
+  let start = 0;
+  let end = size - 1;
+  const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
+  if (m && mode !== "norange") {
+    start = Number(m[1]);
+    end = m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1);
+    if (start >= size) {
+      res.writeHead(416, { "content-range": `bytes */${size}` }).end();
+      return;
+    }
+    res.writeHead(206, { "content-length": end - start + 1, "content-range": `bytes ${start}-${end}/${size}` });
+  } else {
+    res.writeHead(200, { "content-length": size });
+  }
+  sent.set(ckpt, (sent.get(ckpt) ?? 0) + (end - start + 1));
+  createReadStream(path, { start, end }).pipe(res);
+}
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), "fetch-ckpt-"));
+  sources.single = await generateCheckpoint({ family: "mixtral", dir: join(root, "src-single"), ...small });
+  sources.sharded = await generateCheckpoint({
+    family: "mixtral",
+    dir: join(root, "src-sharded"),
+    shards: 3,
+    ...small,
+  });
+  sources.ds = await generateCheckpoint({ family: "deepseek-v3", dir: join(root, "src-ds"), shards: 3, ...small });
+  sources.qwen = await generateCheckpoint({ family: "qwen2-moe", dir: join(root, "src-qwen"), ...small });
+  server = createServer((req, res) => {
+    const url = decodeURIComponent(req.url ?? "");
+    requests.push({
+      path: url,
+      range: req.headers.range,
+      auth: req.headers.authorization,
+      encoding: req.headers["accept-encoding"],
+    });
+    const hf = /^\/hfroot\/acme\/tiny\/resolve\/v1\/([^/]+)$/.exec(url);
+    if (hf) {
+      if (req.headers.authorization !== "Bearer hf-secret") res.writeHead(401).end('{"error":"Invalid token"}');
+      else res.writeHead(302, { location: `/ok/single/${encodeURIComponent(hf[1])}` }).end();
+      return;
+    }
+    const m = /^\/(ok|norange|missing|stallhdr|stallbody)\/([^/]+)\/([^/]+)$/.exec(url);
+    if (!m) {
+      res.writeHead(404).end();
+      return;
+    }
+    serveFile(req, res, m[2], m[3], m[1]).catch((e) => res.destroy(e));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}, 120_000);
+
+afterAll(async () => {
+  server?.closeAllConnections();
+  await new Promise((r) => server?.close(r));
+  await rm(root, { recursive: true, force: true });
+});
+
+beforeEach(() => {
+  requests.length = 0;
+  sent.clear();
+  missing.clear();
+});
+
+let n = 0;
+const freshDir = () => join(root, `out-${n++}`);
+
+async function sourceFiles(src: GeneratedCheckpoint): Promise<string[]> {
+  return (await readdir(src.dir)).sort();
+}
+
+async function expectSameFiles(src: GeneratedCheckpoint, dir: string): Promise<void> {
+  const files = await sourceFiles(src);
+  const got = (await readdir(dir)).filter((f) => !f.startsWith("."));
+  expect(got.sort()).toEqual(files);
+  for (const f of files) expect(Buffer.compare(await readFile(join(dir, f)), await readFile(join(src.dir, f)))).toBe(0);
+}
+
+async function totalSize(src: GeneratedCheckpoint): Promise<number> {
+  let s = 0;
+  for (const f of await sourceFiles(src)) s += (await stat(join(src.dir, f))).size;
+  return s;
+}
+
+async function rejection(p: Promise<unknown>): Promise<Error> {
+  try {
+    await p;
+  } catch (e) {
+    return e as Error;
+  }
+  throw new Error("expected a rejection");
+}
+
+describe("checkpointSource", () => {
+  it("takes http(s) directory URLs and maps hf:// to the Hub's resolve URLs", () => {
+    expect(checkpointSource("https://example.com/models/m", {})).toEqual({
+      base: "https://example.com/models/m/",
+      headers: {},
+    });
+    expect(checkpointSource("http://minio:9000/bucket/m/", {}).base).toBe("http://minio:9000/bucket/m/");
+    expect(checkpointSource("hf://Qwen/Qwen1.5-MoE-A2.7B", {})).toEqual({
+      base: "https://huggingface.co/Qwen/Qwen1.5-MoE-A2.7B/resolve/main/",
+      headers: {},
+    });
+    expect(
+      checkpointSource("hf://deepseek-ai/DeepSeek-V3@refs/pr/1", { HF_ENDPOINT: "http://mirror:8080/", HF_TOKEN: "t" }),
+    ).toEqual({
+      base: "http://mirror:8080/deepseek-ai/DeepSeek-V3/resolve/refs%2Fpr%2F1/",
+      headers: { authorization: "Bearer t" },
+    });
+  });
+
+  it("refuses anything else, saying what is supported", () => {
+    for (const uri of [
+      "s3://bucket/models/m",
+      "gs://bucket/m",
+      "/mnt/models/m",
+      "./m",
+      "file:///mnt/m",
+      "hf://just-a-name",
+      "hf://org/name@",
+      "https://bucket.s3.amazonaws.com/m/model.safetensors?X-Amz-Signature=abc",
+      "https://user:pw@example.com/m",
+      "",
+    ]) {
+      let err: Error | undefined;
+      try {
+        checkpointSource(uri, {});
+      } catch (e) {
+        err = e as Error;
+      }
+      expect(err?.message, uri).toMatch(/^checkpoint\.uri: /);
+      expect(err?.message).toMatch(
+        /https:\/\/.*http:\/\/.*hf:\/\/.*public https URL of the checkpoint's directory.*PVC/,
+      );
+    }
+  });
+});
+
+describe("fetchCheckpoint", () => {
+  for (const name of ["single", "sharded"]) {
+    it(`downloads a ${name} checkpoint byte for byte; a second call sends no request`, async () => {
+      const src = sources[name];
+      const dir = freshDir();
+      const lines: string[] = [];
+      const r = await fetchCheckpoint(`${base}/ok/${name}`, dir, { log: (l) => lines.push(l) });
+      await expectSameFiles(src, dir);
+      expect(r.fetched.sort()).toEqual(await sourceFiles(src));
+      expect(r.skipped).toEqual([]);
+      expect(r.bytes).toBe(await totalSize(src));
+      expect(lines.join("\n")).toMatch(/fetched config\.json/);
+      // identity encoding: the bytes written are the bytes served
+      expect(requests.every((q) => q.encoding === "identity")).toBe(true);
+      if (name === "single") expect(requests.map((q) => q.path)).toContain(`/ok/single/${INDEX_FILE}`); // its 404 meant: one file
+
+      const ckpt = await openCheckpoint(dir);
+      const orig = await openCheckpoint(src.dir);
+      try {
+        const [a, b] = await Promise.all([ckpt.readExpert(1, 3), orig.readExpert(1, 3)]);
+        expect(Buffer.compare(a.down.data, b.down.data)).toBe(0);
+      } finally {
+        await Promise.all([ckpt.close(), orig.close()]);
+      }
+
+      requests.length = 0;
+      const again = await fetchCheckpoint(`${base}/ok/${name}`, dir);
+      expect(requests).toEqual([]);
+      expect(again.fetched).toEqual([]);
+      expect(again.bytes).toBe(0);
+      expect(again.skipped.sort()).toEqual(await sourceFiles(src));
+    });
+  }
+
+  it("replaces a partial temporary file left by a killed pod and skips files already whole", async () => {
+    const src = sources.single;
+    const dir = freshDir();
+    await mkdir(dir, { recursive: true });
+    await copyFile(join(src.dir, "config.json"), join(dir, "config.json"));
+    // longer than the real file: it must be truncated, not written over
+    await writeFile(join(dir, `${SINGLE_FILE}.partial`), Buffer.alloc((await totalSize(src)) * 2, 0xab));
+    const r = await fetchCheckpoint(`${base}/ok/single`, dir);
+    expect(r.skipped).toEqual(["config.json"]);
+    expect(r.fetched).toEqual([SINGLE_FILE]);
+    await expectSameFiles(src, dir);
+    expect((await readdir(dir)).filter((f) => f.endsWith(".partial"))).toEqual([]);
+  });
+
+  it("names the URL and status of a missing shard, leaves no file under its name, and resumes", async () => {
+    const src = sources.sharded;
+    const dir = freshDir();
+    const shard = "model-00002-of-00003.safetensors";
+    missing.add(shard);
+    const uri = `${base}/missing/sharded/`;
+    const err = await rejection(fetchCheckpoint(uri, dir));
+    expect(err.message).toContain(`${base}/missing/sharded/${shard}`);
+    expect(err.message).toMatch(/HTTP 404 Not Found: \{"error":"Entry not found/);
+    const left = await readdir(dir);
+    expect(left).not.toContain(shard);
+    expect(left.filter((f) => f.endsWith(".partial"))).toEqual([]);
+
+    missing.clear();
+    const r = await fetchCheckpoint(uri, dir);
+    expect(r.skipped).toEqual(expect.arrayContaining(["config.json", INDEX_FILE]));
+    expect(r.fetched).toContain(shard);
+    await expectSameFiles(src, dir);
+  });
+
+  it("says when neither the index nor model.safetensors is there", async () => {
+    missing.add(SINGLE_FILE);
+    const err = await rejection(fetchCheckpoint(`${base}/missing/single`, freshDir()));
+    expect(err.message).toContain(`GET ${base}/missing/single/${SINGLE_FILE}: HTTP 404`);
+    expect(err.message).toContain(`${base}/missing/single/${INDEX_FILE} is not there either`);
+  });
+
+  it("times out a stalled body and a server that never answers; no partial file is left", async () => {
+    for (const mode of ["stallbody", "stallhdr"]) {
+      const dir = freshDir();
+      const t0 = performance.now();
+      const err = await rejection(fetchCheckpoint(`${base}/${mode}/single`, dir, { timeoutMs: 300 }));
+      expect(performance.now() - t0).toBeLessThan(10_000);
+      expect(err.message).toContain(`GET ${base}/${mode}/single/${SINGLE_FILE}`);
+      expect(err.message).toMatch(
+        mode === "stallbody"
+          ? /timed out, no data after 100 bytes within 300 ms/
+          : /timed out, no response within 300 ms/,
+      );
+      expect((await readdir(dir)).filter((f) => f === SINGLE_FILE || f.endsWith(".partial"))).toEqual([]);
+    }
+  });
+
+  it("refuses a directory that holds another checkpoint, and s3:// URIs", async () => {
+    const dir = freshDir();
+    await fetchCheckpoint(`${base}/ok/single`, dir);
+    const err = await rejection(fetchCheckpoint(`${base}/ok/sharded`, dir));
+    expect(err.message).toBe(
+      `${dir}: holds the checkpoint ${base}/ok/single, not ${base}/ok/sharded: use another directory or empty it`,
+    );
+    const s3 = await rejection(fetchCheckpoint("s3://bucket/model", freshDir()));
+    expect(s3.message).toMatch(/^checkpoint\.uri: "s3:\/\/bucket\/model": s3:\/\/ is not fetched directly/);
+  });
+
+  it("maps hf:// through HF_ENDPOINT with the HF_TOKEN bearer token, following the Hub's redirect", async () => {
+    const dir = freshDir();
+    const env = { HF_ENDPOINT: `${base}/hfroot`, HF_TOKEN: "hf-secret" };
+    await fetchCheckpoint("hf://acme/tiny@v1", dir, { env });
+    await expectSameFiles(sources.single, dir);
+    const hub = requests.filter((q) => q.path.startsWith("/hfroot/"));
+    expect(hub.map((q) => q.path)).toContain("/hfroot/acme/tiny/resolve/v1/config.json");
+    expect(hub.every((q) => q.auth === "Bearer hf-secret")).toBe(true);
+
+    const denied = await rejection(fetchCheckpoint("hf://acme/tiny@v1", freshDir(), { env: { ...env, HF_TOKEN: "" } }));
+    expect(denied.message).toBe(
+      `GET ${base}/hfroot/acme/tiny/resolve/v1/config.json: HTTP 401 Unauthorized: {"error":"Invalid token"}`,
+    );
+  });
+});
+
+describe("fetchCheckpointTensors", () => {
+  async function expectRouterShare(ckpt: Checkpoint, orig: Checkpoint): Promise<void> {
+    const same = (a: { data: Uint8Array } | undefined, b: { data: Uint8Array } | undefined) => {
+      expect(a === undefined).toBe(b === undefined);
+      if (a && b) expect(Buffer.compare(a.data, b.data)).toBe(0);
+    };
+    for (const l of moeLayers(orig.spec)) {
+      same(await ckpt.readGate(l), await orig.readGate(l));
+      same(await ckpt.readCorrectionBias(l), await orig.readCorrectionBias(l));
+      same(await ckpt.readSharedExpertGate(l), await orig.readSharedExpertGate(l));
+      const [a, b] = [await ckpt.readSharedExpert(l), await orig.readSharedExpert(l)];
+      expect(a).toBeDefined();
+      same(a?.gate, b?.gate);
+      same(a?.up, b?.up);
+      same(a?.down, b?.down);
+    }
+  }
+
+  for (const name of ["ds", "qwen"]) {
+    it(`${name}: reads only the router's tensors by Range; openCheckpoint serves them, not the experts`, async () => {
+      const src = sources[name];
+      const dir = freshDir();
+      const uri = `${base}/ok/${name}`;
+      const r = await fetchCheckpointTensors(uri, dir, routerTensorNames);
+      const want = routerTensorNames(src.spec);
+      expect(want.some((t) => t.includes("e_score_correction_bias"))).toBe(name === "ds");
+      expect(want.some((t) => t.includes("shared_expert_gate"))).toBe(name === "qwen");
+      expect(r.tensors).toBe(want.length);
+      expect((await readdir(dir)).filter((f) => !f.startsWith(".")).sort()).toEqual(["config.json", SINGLE_FILE]);
+      expect(await readFile(join(dir, "config.json"), "utf8")).toBe(
+        await readFile(join(src.dir, "config.json"), "utf8"),
+      );
+      const file = await SafetensorsFile.open(join(dir, SINGLE_FILE));
+      expect([...file.header.tensors.keys()].sort()).toEqual([...want].sort());
+      await file.close();
+
+      const ckpt = await openCheckpoint(dir);
+      const orig = await openCheckpoint(src.dir);
+      try {
+        await expectRouterShare(ckpt, orig);
+        await expect(ckpt.readExpert(moeLayers(src.spec)[0], 0)).rejects.toThrow(/not found/);
+      } finally {
+        await Promise.all([ckpt.close(), orig.close()]);
+      }
+      // Tensor files were read by Range only; what crossed the wire is a small part of the checkpoint.
+      const whole = await totalSize(src);
+      expect(requests.filter((q) => q.path.endsWith(".safetensors")).every((q) => q.range)).toBe(true);
+      expect(r.bytes).toBe(sent.get(name));
+      expect(r.bytes).toBeLessThan(whole / 4);
+
+      requests.length = 0;
+      expect(await fetchCheckpointTensors(uri, dir, routerTensorNames)).toEqual({ tensors: want.length, bytes: 0 });
+      expect(requests).toEqual([]);
+    });
+  }
+
+  it("works through hf:// (Range requests follow the redirect)", async () => {
+    const dir = freshDir();
+    const env = { HF_ENDPOINT: `${base}/hfroot`, HF_TOKEN: "hf-secret" };
+    const r = await fetchCheckpointTensors("hf://acme/tiny@v1", dir, routerTensorNames, { env });
+    expect(r.tensors).toBe(routerTensorNames(sources.single.spec).length);
+    const ckpt = await openCheckpoint(dir);
+    const orig = await openCheckpoint(sources.single.dir);
+    try {
+      expect(Buffer.compare((await ckpt.readGate(1)).data, (await orig.readGate(1)).data)).toBe(0);
+    } finally {
+      await Promise.all([ckpt.close(), orig.close()]);
+    }
+  });
+
+  it("names a server that ignores Range, and a tensor the checkpoint lacks", async () => {
+    const err = await rejection(fetchCheckpointTensors(`${base}/norange/ds`, freshDir(), routerTensorNames));
+    expect(err.message).toMatch(
+      new RegExp(
+        `GET ${base}/norange/ds/model-0000\\d-of-00003\\.safetensors \\(bytes 0-7\\): the server ignored the Range request \\(HTTP 200, not 206\\)`,
+      ),
+    );
+
+    const nope = "model.layers.0.mlp.nope.weight";
+    const sharded = await rejection(fetchCheckpointTensors(`${base}/ok/ds`, freshDir(), () => [nope]));
+    expect(sharded.message).toBe(`${base}/ok/ds/${INDEX_FILE}: tensor ${nope} is not in weight_map`);
+    const single = await rejection(fetchCheckpointTensors(`${base}/ok/qwen`, freshDir(), () => [nope]));
+    expect(single.message).toBe(`${base}/ok/qwen/${SINGLE_FILE}: tensor ${nope} not found in its safetensors header`);
+  });
+
+  it("times out a stalled range read and leaves no model.safetensors", async () => {
+    const dir = freshDir();
+    const err = await rejection(
+      fetchCheckpointTensors(`${base}/stallhdr/qwen`, dir, routerTensorNames, { timeoutMs: 300 }),
+    );
+    expect(err.message).toContain(
+      `GET ${base}/stallhdr/qwen/${SINGLE_FILE} (bytes 0-7): timed out, no response within 300 ms`,
+    );
+    expect((await readdir(dir)).filter((f) => !f.startsWith("."))).toEqual([]);
+  });
+});
+
+describe("fetch-checkpoint CLI", () => {
+  const run = promisify(execFile);
+  const cli = ["--conditions=switchyard-source", "--import", "tsx", join(import.meta.dirname, "fetch-main.ts")];
+  it("fetches (exit 0), fails with one line (exit 1), refuses bad flags (exit 2)", async () => {
+    const dir = freshDir();
+    const ok = await run(process.execPath, [...cli, "--uri", `${base}/ok/qwen`, "--dir", dir, "--router-tensors"]);
+    expect(ok.stdout).toMatch(/router tensors of .*: \d+ tensors/);
+    expect((await readdir(dir)).filter((f) => !f.startsWith(".")).sort()).toEqual(["config.json", SINGLE_FILE]);
+
+    const whole = await run(process.execPath, [...cli, "--uri", `${base}/ok/single`, "--dir", freshDir()]);
+    expect(whole.stdout).toMatch(/fetched model\.safetensors/);
+
+    const fail = await run(process.execPath, [...cli, "--uri", `${base}/ok/absent`, "--dir", freshDir()]).catch(
+      (e) => e,
+    );
+    expect(fail.code).toBe(1);
+    expect(fail.stderr).toBe(
+      `fetch-checkpoint: GET ${base}/ok/absent/config.json: HTTP 404 Not Found: {"error":"Entry not found: config.json"}\n`,
+    );
+
+    const bad = await run(process.execPath, [...cli, "--dir", freshDir()]).catch((e) => e);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^fetch-checkpoint: --uri: required\nusage: /);
+  }, 60_000);
+});
