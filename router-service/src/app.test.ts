@@ -208,7 +208,11 @@ describe("router process: config and plan reload without restart", () => {
       log: (l) => lines.push(l),
     });
     try {
-      expect(fromUrl.router.unloadedPools()).toEqual([]);
+      // the router serves at once; the pool loads once its download is done (a reload the download triggers)
+      expect(fromUrl.router.unloadedPools().map((u) => u.error)).toEqual([
+        expect.stringMatching(/^pools\[0\]\.checkpoint: downloading the router's tensors of http:/),
+      ]);
+      await until(() => fromUrl.router.unloadedPools().length === 0);
       const res = await fromUrl.router.forward(forwardRequest());
       expect(res.hidden?.shape).toEqual([1, 16]);
       expect(ranges.length).toBeGreaterThan(0); // the gate's bytes came by range, not the whole file
@@ -216,6 +220,38 @@ describe("router process: config and plan reload without restart", () => {
     } finally {
       await fromUrl.close();
       await new Promise((r) => files.close(r));
+    }
+  });
+
+  it("a URL checkpoint that cannot be downloaded leaves its pool unloaded with the reason, the others served", async () => {
+    const cfgPath = join(dir, "router-bad-url.json");
+    const good = {
+      name: "p",
+      checkpoint: join(dir, "ckpt"),
+      planFile: join(dir, "plan.json"),
+      endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+    };
+    // a port nothing listens on: the connection is refused
+    const gone = { ...good, name: "gone", checkpoint: "http://127.0.0.1:1/ckpt/" };
+    await writeFile(cfgPath, JSON.stringify({ pools: [good, gone] }));
+    const lines: string[] = [];
+    const app2 = await startRouterApp({
+      config: cfgPath,
+      port: 0,
+      metricsPort: null,
+      host: "127.0.0.1",
+      checkpointCache: join(dir, "cache-bad"),
+      log: (l) => lines.push(l),
+    });
+    try {
+      expect(app2.router.poolNames()).toEqual(["p"]);
+      await until(() => app2.router.unloadedPools()[0]?.error.includes("failed") ?? false);
+      expect(app2.router.unloadedPools()[0].error).toMatch(
+        /^pools\[1\]\.checkpoint: the download of the router's tensors of http:\/\/127\.0\.0\.1:1\/ckpt\/ failed \(retried in \d+ s\): /,
+      );
+      expect(lines.some((l) => l.includes("failed (retrying in 30 s)"))).toBe(true);
+    } finally {
+      await app2.close();
     }
   });
 

@@ -54,6 +54,16 @@ async function readJson(path: string, what: string): Promise<unknown> {
 
 /** A URL scheme (https://, hf://): a checkpoint to download rather than a directory. */
 const URI = /^[a-z][a-z0-9+.-]*:\/\//i;
+/** After a failed download of a URI checkpoint's router tensors, the next try. */
+const DOWNLOAD_RETRY_MS = 30_000;
+
+interface Download {
+  dir: string;
+  started: number;
+  state: "loading" | "done" | "failed";
+  error?: string;
+  retryAt?: number;
+}
 
 export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const log = o.log ?? ((l: string) => console.log(`[router] ${l}`));
@@ -62,19 +72,57 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const models = new Map<string, CheckpointModel>();
   const watched = new Set<string>();
 
-  /**
-   * The directory to open for a pool's checkpoint: the path itself, or for a URI the router's share of it (gate,
-   * correction bias, shared expert: fetchCheckpointTensors, HTTP range reads) downloaded once into the cache.
-   */
-  const localCheckpoint = async (checkpoint: string): Promise<string> => {
-    if (!URI.test(checkpoint)) return checkpoint;
+  // Downloads of URI checkpoints run beside the config, not inside an apply: a pool whose download is under way (or
+  // failed, until its retry) is unloaded with that reason, the other pools' changes apply meanwhile, and the router
+  // starts serving (/healthz) before a download of gigabytes is done. A finished download triggers a reload.
+  const downloads = new Map<string, Download>();
+  const stopDownloads = new AbortController();
+
+  const startDownload = (uri: string): Download => {
     const dir = join(
       o.checkpointCache ?? join(tmpdir(), "switchyard-checkpoints"),
-      createHash("sha256").update(checkpoint).digest("hex").slice(0, 16),
+      createHash("sha256").update(uri).digest("hex").slice(0, 16),
     );
-    const r = await fetchCheckpointTensors(checkpoint, dir, routerTensorNames, { log });
-    log(`checkpoint ${checkpoint}: the router's ${r.tensors} tensors in ${dir} (${r.bytes} bytes downloaded)`);
-    return dir;
+    const d: Download = { dir, started: Date.now(), state: "loading" };
+    downloads.set(uri, d);
+    fetchCheckpointTensors(uri, dir, routerTensorNames, { log, signal: stopDownloads.signal }).then(
+      (r) => {
+        d.state = "done";
+        log(`checkpoint ${uri}: the router's ${r.tensors} tensors in ${dir} (${r.bytes} bytes downloaded)`);
+        if (!stopDownloads.signal.aborted) void reload();
+      },
+      (e: Error) => {
+        if (stopDownloads.signal.aborted) return;
+        d.state = "failed";
+        d.error = e.message;
+        d.retryAt = Date.now() + DOWNLOAD_RETRY_MS;
+        log(
+          `checkpoint ${uri}: the download of the router's tensors failed (retrying in ${DOWNLOAD_RETRY_MS / 1000} s): ${e.message}`,
+        );
+        setTimeout(() => void reload(), DOWNLOAD_RETRY_MS).unref();
+        void reload(); // the pool's reason changes from "downloading" to the failure
+      },
+    );
+    return d;
+  };
+
+  /**
+   * The directory to open for a pool's checkpoint: the path itself, or for a URI the router's share of it (gate,
+   * correction bias, shared expert: fetchCheckpointTensors, HTTP range reads) once downloaded into the cache; until
+   * then throws why (the pool is unloaded with that reason).
+   */
+  const localCheckpoint = (checkpoint: string): string => {
+    if (!URI.test(checkpoint)) return checkpoint;
+    let d = downloads.get(checkpoint);
+    if (!d || (d.state === "failed" && Date.now() >= (d.retryAt ?? 0))) d = startDownload(checkpoint);
+    if (d.state === "done") return d.dir;
+    if (d.state === "failed")
+      throw new Error(
+        `the download of the router's tensors of ${checkpoint} failed (retried in ${Math.max(0, Math.round(((d.retryAt ?? 0) - Date.now()) / 1000))} s): ${d.error}`,
+      );
+    throw new Error(
+      `downloading the router's tensors of ${checkpoint} (for ${Math.round((Date.now() - d.started) / 1000)} s); the pool loads when it is done`,
+    );
   };
 
   /** One pool of the config, ready for router.setPool; throws naming the field. */
@@ -82,7 +130,7 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
     let model = models.get(p.checkpoint);
     if (!model) {
       try {
-        model = await CheckpointModel.open(await localCheckpoint(p.checkpoint));
+        model = await CheckpointModel.open(localCheckpoint(p.checkpoint));
       } catch (e) {
         throw new Error(`pools[${i}].checkpoint: ${(e as Error).message}`);
       }
@@ -133,13 +181,20 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   };
 
   /** True when the config and every pool in it applied. */
-  const reload = async (): Promise<boolean> => {
-    try {
-      return (await apply()).length === 0;
-    } catch (e) {
-      log(`config not applied, keeping the running one: ${(e as Error).message}`);
-      return false;
-    }
+  // Reloads run one at a time, in order: two applies at once could finish out of order (an older config's pool
+  // set applied over a newer one's).
+  let last: Promise<boolean> = Promise.resolve(true);
+  const reload = (): Promise<boolean> => {
+    const run = async () => {
+      try {
+        return (await apply()).length === 0;
+      } catch (e) {
+        log(`config not applied, keeping the running one: ${(e as Error).message}`);
+        return false;
+      }
+    };
+    last = last.then(run, run);
+    return last;
   };
 
   const interval = o.watchIntervalMs ?? 1000;
@@ -158,7 +213,13 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
 
   // The first load's file must parse (a router without config has nothing to serve); a pool that cannot be loaded
   // does not keep the others from serving.
-  await apply();
+  // In the reloads' line too: a download that finishes meanwhile reloads after it.
+  const first = apply();
+  last = first.then(
+    (failed) => failed.length === 0,
+    () => false,
+  );
+  await first;
   watch(o.config);
   const server = await serveRouter(router, {
     port: o.port,
@@ -175,6 +236,7 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
     server,
     reload,
     async close() {
+      stopDownloads.abort();
       if (pending) clearTimeout(pending);
       for (const p of watched) unwatchFile(p);
       await server.close();
