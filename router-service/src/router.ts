@@ -683,46 +683,53 @@ export class Router {
     }
   }
 
-  /** Dispatches one round; retries failed workers' rows on other replicas. */
+  /**
+   * Dispatches one round; retries failed workers' rows on other replicas. The workers that failed are remembered as
+   * connections, not plan indices: a plan that changes while a batch is out (setPool) can reorder or drop workers,
+   * and each attempt lays its rows out against the plan of that moment.
+   */
   private async dispatchRound(p: Pool, layer: number, items: Item[], round: Assignment[]): Promise<void> {
-    const exclude = new Set<number>();
+    const failed = new Set<WorkerConn>();
     let todo = items.some((i) => i.done) ? round.filter((a) => !items[a.item].done) : round;
     for (let attempt = 0; attempt < MAX_DISPATCH_ATTEMPTS && todo.length > 0; attempt++) {
+      const conns = p.conns;
       const lay = layoutRound(todo, {
         layer,
         replicas: p.replicas[layer] ?? [],
-        workers: p.conns.length,
+        workers: conns.length,
         chooser: p.chooser(),
-        splitTokens: Math.max(16, p.policy.batching.maxBatchTokens / Math.max(1, p.conns.length)),
-        exclude,
+        splitTokens: Math.max(16, p.policy.batching.maxBatchTokens / Math.max(1, conns.length)),
+        exclude: indicesOf(conns, failed),
       });
-      this.failUnplaced(p, layer, items, lay.unplaced, exclude);
+      this.failUnplaced(p, layer, items, lay.unplaced, failed.size > 0);
       const retry: Assignment[] = [];
       // One batch (one worker) is the common case at small T: no Promise.all around it.
-      if (lay.batches.length === 1) await this.sendOrRetry(p, layer, items, lay.batches[0], exclude, retry);
-      else await Promise.all(lay.batches.map((b) => this.sendOrRetry(p, layer, items, b, exclude, retry)));
+      if (lay.batches.length === 1) await this.sendOrRetry(p, layer, items, lay.batches[0], failed, retry);
+      else await Promise.all(lay.batches.map((b) => this.sendOrRetry(p, layer, items, b, failed, retry)));
       todo = retry;
     }
-    if (todo.length > 0) this.failUnplaced(p, layer, items, todo, exclude);
+    if (todo.length > 0) this.failUnplaced(p, layer, items, todo, failed.size > 0);
   }
 
-  /** send(), with a failed worker's still-live rows queued in `retry` (and the worker excluded) when retryable. */
+  /** send(), with a failed worker's still-live rows queued in `retry` (and the worker in `failed`) when retryable. */
   private async sendOrRetry(
     p: Pool,
     layer: number,
     items: Item[],
     b: WorkerBatchLayout,
-    exclude: Set<number>,
+    failed: Set<WorkerConn>,
     retry: Assignment[],
   ): Promise<void> {
     const live = b.rows.some((a) => !items[a.item].done);
     if (!live) return;
+    // the connection the batch goes to, before any await: p.conns may be another plan's when it answers
+    const conn = p.conns[b.worker];
     try {
-      await this.send(p, layer, items, b);
+      await this.send(p, layer, items, b, conn);
     } catch (e) {
-      p.metrics.worker(p.conns[b.worker].id).errors.inc();
+      p.metrics.worker(conn.id).errors.inc();
       if (isRetryable(e) || (e instanceof SwitchyardError && e.code === "DEADLINE_EXCEEDED" && !allExpired(items, b))) {
-        exclude.add(b.worker);
+        failed.add(conn);
         retry.push(...b.rows.filter((a) => !items[a.item].done));
       } else {
         for (const a of b.rows) this.finish(p, items[a.item], e);
@@ -730,7 +737,7 @@ export class Router {
     }
   }
 
-  private failUnplaced(p: Pool, layer: number, items: Item[], unplaced: Assignment[], exclude: Set<number>): void {
+  private failUnplaced(p: Pool, layer: number, items: Item[], unplaced: Assignment[], anyFailed: boolean): void {
     for (const a of unplaced) {
       const it = items[a.item];
       if (it.done) continue;
@@ -739,13 +746,18 @@ export class Router {
       const why =
         reps.length === 0
           ? "no worker in the placement plan holds it"
-          : `replicas ${reps.join(", ")} ${exclude.size > 0 ? "failed or are" : "are"} unavailable`;
+          : `replicas ${reps.join(", ")} ${anyFailed ? "failed or are" : "are"} unavailable`;
       this.finish(p, it, unavailable(`pool ${p.name} layer ${layer} ${what}: ${why}`));
     }
   }
 
-  private async send(p: Pool, layer: number, items: Item[], b: WorkerBatchLayout): Promise<void> {
-    const conn = p.conns[b.worker];
+  private async send(
+    p: Pool,
+    layer: number,
+    items: Item[],
+    b: WorkerBatchLayout,
+    conn: WorkerConn = p.conns[b.worker],
+  ): Promise<void> {
     const first = items[b.rows[0].item];
     const d = p.model.hiddenSize;
     const dtype = first.dtype;
@@ -952,6 +964,13 @@ function allExpired(items: Item[], b: WorkerBatchLayout): boolean {
 }
 
 /** Routed experts the request reached (the shared expert's slices, ids from `experts` on, are not counted). */
+/** The plan indices of `conns` that are in `set`. */
+function indicesOf(conns: readonly WorkerConn[], set: ReadonlySet<WorkerConn>): Set<number> {
+  const out = new Set<number>();
+  if (set.size > 0) conns.forEach((c, i) => set.has(c) && out.add(i));
+  return out;
+}
+
 function distinctExperts(it: Item, experts: number): number {
   const s = new Set<number>();
   const r = it.routing;
