@@ -109,8 +109,20 @@ const checkpointSchema = obj(
       "Where to download the checkpoint from: the https:// (or http://) URL of its directory (config.json, model.safetensors or model.safetensors.index.json and its shards), or hf://ORG/NAME[@REVISION] for the Hugging Face Hub. Workers download it at start, the router only its gate and shared-expert tensors. S3 or GCS: the public https URL of the directory, or a PVC (a presigned URL signs one object, not a directory).",
       {
         maxLength: 2048,
-        pattern: "^(https?://[^/].*|hf://[^/@]+/[^/@]+(@[^/@]+)?)$",
+        pattern: "^(https?://[^/].*|hf://[^/@]+/[^/@]+(@.+)?)$",
       },
+    ),
+    tokenSecret: obj(
+      "With uri: a Secret in the pool's namespace holding a Hugging Face access token, given to the workers' fetch-checkpoint init container as HF_TOKEN (gated or private hf:// repositories). The router reads its own HF_TOKEN (the chart's router.extraEnv).",
+      {
+        name: str("Name of the Secret.", {
+          maxLength: 253,
+          minLength: 1,
+          pattern: DNS_SUBDOMAIN,
+        }),
+        key: str("Key in the Secret (default HF_TOKEN).", { maxLength: 253, pattern: "^[-._a-zA-Z0-9]+$" }),
+      },
+      { required: ["name"] },
     ),
   },
   {
@@ -118,6 +130,10 @@ const checkpointSchema = obj(
       {
         rule: "[has(self.pvc), has(self.hostPath), has(self.uri)].filter(x, x).size() == 1",
         message: "exactly one of checkpoint.pvc, checkpoint.hostPath, checkpoint.uri must be set",
+      },
+      {
+        rule: "!has(self.tokenSecret) || has(self.uri)",
+        message: "checkpoint.tokenSecret goes with checkpoint.uri",
       },
     ],
   },

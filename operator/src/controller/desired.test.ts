@@ -142,6 +142,12 @@ describe("desiredStatefulSet", () => {
       securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
     });
     expect(v.initContainers).toBeUndefined();
+    expect(u.initContainers?.[0].env).toBeUndefined();
+    // a gated Hub repository: the token from the pool's Secret, as HF_TOKEN
+    uri.spec.model.checkpoint = { uri: "hf://org/model", tokenSecret: { name: "hf" } };
+    expect(desiredStatefulSet(uri).spec!.template.spec!.initContainers?.[0].env).toEqual([
+      { name: "HF_TOKEN", valueFrom: { secretKeyRef: { name: "hf", key: "HF_TOKEN" } } },
+    ]);
   });
 
   it("CPU workers request no GPU and get no GPU toleration", () => {

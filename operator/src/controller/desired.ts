@@ -291,6 +291,7 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
  */
 function fetchCheckpointContainer(pool: ExpertPool, securityContext: object) {
   const { worker } = pool.spec;
+  const token = pool.spec.model.checkpoint.tokenSecret;
   return {
     name: "fetch-checkpoint",
     image: worker.image,
@@ -305,6 +306,9 @@ function fetchCheckpointContainer(pool: ExpertPool, securityContext: object) {
       CHECKPOINT_MOUNT,
     ],
     volumeMounts: [{ name: "checkpoint", mountPath: CHECKPOINT_MOUNT }],
+    ...(token
+      ? { env: [{ name: "HF_TOKEN", valueFrom: { secretKeyRef: { name: token.name, key: token.key ?? "HF_TOKEN" } } }] }
+      : {}),
   };
 }
 

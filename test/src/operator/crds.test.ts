@@ -153,6 +153,11 @@ const INVALID: [string, unknown, string][] = [
     "spec.model.checkpoint.uri in body should match",
   ],
   [
+    "checkpoint tokenSecret without a uri (CEL)",
+    withModel({ checkpoint: { hostPath: { path: "/m" }, tokenSecret: { name: "hf" } } }),
+    "checkpoint.tokenSecret goes with checkpoint.uri",
+  ],
+  [
     "checkpoint uri on S3 (not downloadable as is: a presigned https URL or a PVC)",
     withModel({ checkpoint: { uri: "s3://bucket/mixtral" } }),
     "spec.model.checkpoint.uri in body should match",
