@@ -1,9 +1,10 @@
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -19,8 +20,14 @@ import { moeLayers } from "./spec.js";
 //   norange  ignores Range: always 200 and the whole file
 //   missing  404 for the file names in `missing`
 //   stallhdr never answers a shard request; stallbody sends a shard's headers and 100 bytes, then nothing
-// and /hfroot/acme/tiny/resolve/v1/FILE is the Hub's layout: it needs `Authorization: Bearer hf-secret` and
-// redirects (302, as the Hub does to its CDN) to /ok/single/FILE.
+//   trickle  sends a shard's body one byte every 50 ms
+//   plain    as missing, without ETag or Last-Modified
+// Files carry an ETag (a hash of their bytes) and Last-Modified, and If-None-Match is answered with a 304, except in
+// plain mode. CHECKPOINT may be an alias (`aliases`): a URL whose files are replaced behind it.
+// /hfroot/acme/tiny/resolve/REV/FILE is the Hub's layout: it needs `Authorization: Bearer hf-secret`, maps REV (a
+// ref in `hfRefs`, or a commit) to a commit, and redirects (302 with X-Repo-Commit, as the Hub does to its CDN) to
+// /missing/CHECKPOINT/FILE of that commit's checkpoint (`hfCommits`).
+// /evil/x/FILE serves single's config.json and an index whose weight_map names `evilName`.
 
 interface Logged {
   path: string;
@@ -37,11 +44,19 @@ const requests: Logged[] = [];
 /** Body bytes sent, by checkpoint name. */
 const sent = new Map<string, number>();
 const missing = new Set<string>();
+const aliases: Record<string, string> = {};
+const C1 = "1".repeat(40);
+const C2 = "2".repeat(40);
+const C3 = "3".repeat(40);
+const hfCommits: Record<string, string> = { [C1]: "single", [C2]: "sharded", [C3]: "ds" };
+const hfRefs: Record<string, string> = {};
+let evilName = "";
+const etags = new Map<string, string>();
 
 const small = { hiddenSize: 64, intermediateSize: 64, seed: 7 };
 
 async function serveFile(req: IncomingMessage, res: ServerResponse, ckpt: string, file: string, mode: string) {
-  const src = sources[ckpt];
+  const src = sources[aliases[ckpt] ?? ckpt];
   const path = src && join(src.dir, file);
   const size = path
     ? await stat(path).then(
@@ -49,7 +64,7 @@ async function serveFile(req: IncomingMessage, res: ServerResponse, ckpt: string
         () => undefined,
       )
     : undefined;
-  if (size === undefined || (mode === "missing" && missing.has(file))) {
+  if (size === undefined || ((mode === "missing" || mode === "plain") && missing.has(file))) {
     res.writeHead(404, { "content-type": "application/json" }).end(`{"error":"Entry not found: ${file}"}`);
     return;
   }
@@ -59,6 +74,30 @@ async function serveFile(req: IncomingMessage, res: ServerResponse, ckpt: string
     res.writeHead(200, { "content-length": size });
     res.write((await readFile(path)).subarray(0, 100));
     return; // and nothing more
+  }
+  if (mode === "trickle" && shard) {
+    res.writeHead(200, { "content-length": size });
+    const bytes = await readFile(path);
+    let i = 0;
+    const t = setInterval(() => res.write(bytes.subarray(i, ++i)), 50);
+    res.on("close", () => clearInterval(t));
+    return;
+  }
+  const validators: Record<string, string> = {};
+  if (mode !== "plain") {
+    if (!etags.has(path))
+      etags.set(
+        path,
+        `"${createHash("sha1")
+          .update(await readFile(path))
+          .digest("hex")}"`,
+      );
+    validators["etag"] = etags.get(path)!;
+    validators["last-modified"] = new Date(Math.floor((await stat(path)).mtimeMs / 1000) * 1000).toUTCString();
+    if (req.headers["if-none-match"] === validators["etag"]) {
+      res.writeHead(304, validators).end();
+      return;
+    }
   }
   let start = 0;
   let end = size - 1;
@@ -70,9 +109,13 @@ async function serveFile(req: IncomingMessage, res: ServerResponse, ckpt: string
       res.writeHead(416, { "content-range": `bytes */${size}` }).end();
       return;
     }
-    res.writeHead(206, { "content-length": end - start + 1, "content-range": `bytes ${start}-${end}/${size}` });
+    res.writeHead(206, {
+      ...validators,
+      "content-length": end - start + 1,
+      "content-range": `bytes ${start}-${end}/${size}`,
+    });
   } else {
-    res.writeHead(200, { "content-length": size });
+    res.writeHead(200, { ...validators, "content-length": size });
   }
   sent.set(ckpt, (sent.get(ckpt) ?? 0) + (end - start + 1));
   createReadStream(path, { start, end }).pipe(res);
@@ -97,13 +140,30 @@ beforeAll(async () => {
       auth: req.headers.authorization,
       encoding: req.headers["accept-encoding"],
     });
-    const hf = /^\/hfroot\/acme\/tiny\/resolve\/v1\/([^/]+)$/.exec(url);
+    const hf = /^\/hfroot\/acme\/tiny\/resolve\/([^/]+)\/([^/]+)$/.exec(url);
     if (hf) {
+      const commit = /^[0-9a-f]{40}$/.test(hf[1]) ? hf[1] : hfRefs[hf[1]];
       if (req.headers.authorization !== "Bearer hf-secret") res.writeHead(401).end('{"error":"Invalid token"}');
-      else res.writeHead(302, { location: `/ok/single/${encodeURIComponent(hf[1])}` }).end();
+      else if (!commit || !hfCommits[commit]) res.writeHead(404).end('{"error":"Revision Not Found"}');
+      else
+        res
+          .writeHead(302, {
+            location: `/missing/${hfCommits[commit]}/${encodeURIComponent(hf[2])}`,
+            "x-repo-commit": commit,
+          })
+          .end();
       return;
     }
-    const m = /^\/(ok|norange|missing|stallhdr|stallbody)\/([^/]+)\/([^/]+)$/.exec(url);
+    const evil = /^\/evil\/x\/([^/]+)$/.exec(url);
+    if (evil?.[1] === "config.json") {
+      createReadStream(join(sources.single.dir, "config.json")).pipe(res);
+      return;
+    }
+    if (evil?.[1] === INDEX_FILE) {
+      res.end(JSON.stringify({ weight_map: { "model.layers.0.mlp.gate.weight": evilName } }));
+      return;
+    }
+    const m = /^\/(ok|norange|missing|stallhdr|stallbody|trickle|plain)\/([^/]+)\/([^/]+)$/.exec(url);
     if (!m) {
       res.writeHead(404).end();
       return;
@@ -124,6 +184,9 @@ beforeEach(() => {
   requests.length = 0;
   sent.clear();
   missing.clear();
+  for (const k of Object.keys(aliases)) delete aliases[k];
+  for (const k of Object.keys(hfRefs)) delete hfRefs[k];
+  hfRefs.v1 = C1;
 });
 
 let n = 0;
@@ -145,6 +208,16 @@ async function totalSize(src: GeneratedCheckpoint): Promise<number> {
   for (const f of await sourceFiles(src)) s += (await stat(join(src.dir, f))).size;
   return s;
 }
+
+const MARKER = ".switchyard-checkpoint.json";
+const readMarker = async (dir: string) => JSON.parse(await readFile(join(dir, MARKER), "utf8"));
+const temporaries = async (dir: string) => (await readdir(dir)).filter((f) => f.includes(".partial"));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A Range request for tensor data (not a header's length or JSON). */
+const dataRange = (init?: RequestInit) => {
+  const r = (init?.headers as Record<string, string> | undefined)?.range;
+  return r !== undefined && !r.startsWith("bytes=0-") && !r.startsWith("bytes=8-");
+};
 
 async function rejection(p: Promise<unknown>): Promise<Error> {
   try {
@@ -235,18 +308,34 @@ describe("fetchCheckpoint", () => {
     });
   }
 
-  it("replaces a partial temporary file left by a killed pod and skips files already whole", async () => {
+  it("removes temporary files left by a killed pod; fetches again files present without a record of their version", async () => {
     const src = sources.single;
     const dir = freshDir();
     await mkdir(dir, { recursive: true });
+    // A file from a run that recorded nothing about it (no marker, or an earlier version's): its version is unknown.
     await copyFile(join(src.dir, "config.json"), join(dir, "config.json"));
-    // longer than the real file: it must be truncated, not written over
     await writeFile(join(dir, `${SINGLE_FILE}.partial`), Buffer.alloc((await totalSize(src)) * 2, 0xab));
-    const r = await fetchCheckpoint(`${base}/ok/single`, dir);
-    expect(r.skipped).toEqual(["config.json"]);
-    expect(r.fetched).toEqual([SINGLE_FILE]);
+    await writeFile(join(dir, `${SINGLE_FILE}.partial.4242.0badcafe`), Buffer.alloc(1000, 0xab));
+    const lines: string[] = [];
+    const r = await fetchCheckpoint(`${base}/ok/single`, dir, { log: (l) => lines.push(l) });
+    expect(r.skipped).toEqual([]);
+    expect(r.fetched.sort()).toEqual(["config.json", SINGLE_FILE]);
     await expectSameFiles(src, dir);
-    expect((await readdir(dir)).filter((f) => f.endsWith(".partial"))).toEqual([]);
+    expect(await temporaries(dir)).toEqual([]);
+    expect(lines.join("\n")).toMatch(/removed 2 temporary file\(s\) left by an interrupted run/);
+
+    // The same with a marker written before versions were recorded: nothing it lists is trusted.
+    const old = freshDir();
+    await mkdir(old);
+    await copyFile(join(src.dir, "config.json"), join(old, "config.json"));
+    await writeFile(join(old, SINGLE_FILE), "not it");
+    await writeFile(
+      join(old, MARKER),
+      JSON.stringify({ uri: `${base}/ok/single`, kind: "whole", complete: true, files: ["config.json", SINGLE_FILE] }),
+    );
+    const again = await fetchCheckpoint(`${base}/ok/single`, old);
+    expect(again.fetched.sort()).toEqual(["config.json", SINGLE_FILE]);
+    await expectSameFiles(src, old);
   });
 
   it("names the URL and status of a missing shard, leaves no file under its name, and resumes", async () => {
@@ -260,13 +349,155 @@ describe("fetchCheckpoint", () => {
     expect(err.message).toMatch(/HTTP 404 Not Found: \{"error":"Entry not found/);
     const left = await readdir(dir);
     expect(left).not.toContain(shard);
-    expect(left.filter((f) => f.endsWith(".partial"))).toEqual([]);
+    expect(left.filter((f) => f.includes(".partial"))).toEqual([]);
 
     missing.clear();
+    requests.length = 0;
     const r = await fetchCheckpoint(uri, dir);
     expect(r.skipped).toEqual(expect.arrayContaining(["config.json", INDEX_FILE]));
     expect(r.fetched).toContain(shard);
     await expectSameFiles(src, dir);
+    // what the first run fetched was asked for again conditionally (304): unchanged, so kept
+    expect(requests.filter((q) => q.path.endsWith("config.json")).length).toBe(1);
+  });
+
+  it("a resume after the files behind an https URL were replaced starts over instead of mixing them", async () => {
+    aliases.live = "sharded";
+    const uri = `${base}/missing/live`;
+    const dir = freshDir();
+    missing.add("model-00003-of-00003.safetensors");
+    await rejection(fetchCheckpoint(uri, dir));
+    expect(Object.keys((await readMarker(dir)).files)).toEqual(expect.arrayContaining(["config.json", INDEX_FILE]));
+
+    aliases.live = "ds"; // a new checkpoint uploaded under the same URL
+    missing.clear();
+    const lines: string[] = [];
+    const r = await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+    expect(lines.join("\n")).toMatch(
+      /changed \(ETag "[0-9a-f]+" -> "[0-9a-f]+"\) since the interrupted run: starting over/,
+    );
+    expect(r.skipped).toEqual([]);
+    await expectSameFiles(sources.ds, dir);
+    expect((await readMarker(dir)).complete).toBe(true);
+  });
+
+  it("without ETag or Last-Modified, a resume fetches every file again", async () => {
+    const uri = `${base}/plain/sharded`;
+    const dir = freshDir();
+    missing.add("model-00003-of-00003.safetensors");
+    await rejection(fetchCheckpoint(uri, dir));
+    missing.clear();
+    const lines: string[] = [];
+    const r = await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+    expect(lines.join("\n")).toMatch(/no ETag or Last-Modified .*: starting over/);
+    expect(r.skipped).toEqual([]);
+    expect(r.fetched.sort()).toEqual(await sourceFiles(sources.sharded));
+    await expectSameFiles(sources.sharded, dir);
+  });
+
+  it("two callers on one directory at once: the second waits, then finds it complete", async () => {
+    const dir = freshDir();
+    const uri = `${base}/ok/sharded`;
+    // slow bodies, so that the two overlap
+    const slow: typeof fetch = async (u, i) => {
+      await sleep(100);
+      return fetch(u, i);
+    };
+    const lines: string[] = [];
+    const [a, b] = await Promise.all([
+      fetchCheckpoint(uri, dir, { fetch: slow }),
+      sleep(30).then(() => fetchCheckpoint(uri, dir, { fetch: slow, log: (l) => lines.push(l) })),
+    ]);
+    expect(a.fetched.sort()).toEqual(await sourceFiles(sources.sharded));
+    expect(b).toEqual({ fetched: [], skipped: expect.any(Array), bytes: 0 });
+    expect(lines.join("\n")).toMatch(/waiting for another download into it/);
+    await expectSameFiles(sources.sharded, dir);
+    expect((await readdir(dir)).filter((f) => f.startsWith(".")).sort()).toEqual([MARKER]);
+  });
+
+  it("breaks a lock left by a killed caller: at once when its process is gone, else once it is not refreshed", async () => {
+    const dir = freshDir();
+    await mkdir(dir);
+    const lock = join(dir, ".switchyard-checkpoint.lock");
+    // a process of this host that has exited
+    const child = execFile(process.execPath, ["-e", ""]);
+    await new Promise((r) => child.on("exit", r));
+    await writeFile(lock, JSON.stringify({ host: hostname(), pid: child.pid, token: "x", since: "" }));
+    const lines: string[] = [];
+    const t0 = performance.now();
+    await fetchCheckpoint(`${base}/ok/single`, dir, { log: (l) => lines.push(l) });
+    expect(performance.now() - t0).toBeLessThan(5_000);
+    expect(lines.join("\n")).toMatch(
+      new RegExp(`breaking a stale lock \\(process ${child.pid} of this host is gone\\)`),
+    );
+    await expectSameFiles(sources.single, dir);
+
+    // another host's (a killed pod's): taken once it has not been refreshed for lockStaleMs
+    const other = freshDir();
+    await mkdir(other);
+    await writeFile(
+      join(other, ".switchyard-checkpoint.lock"),
+      JSON.stringify({ host: "pod-gone", pid: 1, token: "y", since: "" }),
+    );
+    lines.length = 0;
+    const t1 = performance.now();
+    await fetchCheckpoint(`${base}/ok/single`, other, { log: (l) => lines.push(l), lockStaleMs: 600 });
+    expect(performance.now() - t1).toBeGreaterThanOrEqual(500);
+    expect(lines.join("\n")).toMatch(/waiting for another download into it \(pod-gone process 1/);
+    expect(lines.join("\n")).toMatch(/breaking a stale lock \(not refreshed for /);
+    await expectSameFiles(sources.single, other);
+
+    // one refreshed in time is waited for
+    const held = freshDir();
+    await mkdir(held);
+    const heldLock = join(held, ".switchyard-checkpoint.lock");
+    await writeFile(heldLock, JSON.stringify({ host: "pod-alive", pid: 1, token: "z", since: "" }));
+    const ctrl = new AbortController();
+    const p = fetchCheckpoint(`${base}/ok/single`, held, { lockStaleMs: 600, signal: ctrl.signal });
+    for (let i = 0; i < 6; i++) {
+      await sleep(200);
+      const now = new Date();
+      await utimes(heldLock, now, now);
+    }
+    ctrl.abort(new Error("enough"));
+    expect((await rejection(p)).message).toMatch(/waiting for the lock.*aborted \(enough\)/);
+    expect(await readdir(held)).toEqual([".switchyard-checkpoint.lock"]);
+  });
+
+  it("fails a body that trickles in under minBytesPerSecond, naming the URL and the rate", async () => {
+    const dir = freshDir();
+    const t0 = performance.now();
+    const p = fetchCheckpoint(`${base}/trickle/single`, dir, {
+      timeoutMs: 300,
+      minBytesPerSecond: 1000,
+      throughputWindowMs: 500,
+    });
+    const err = await Promise.race([rejection(p), sleep(5_000).then(() => new Error("still running after 5 s"))]);
+    expect(err.message).toMatch(
+      new RegExp(
+        `^GET ${base}/trickle/single/${SINGLE_FILE}: too slow: \\d+\\.\\d B/s over the last 0\\.\\d s, under the minimum ` +
+          "1000 B/s \\(minBytesPerSecond\\)$",
+      ),
+    );
+    expect(performance.now() - t0).toBeLessThan(3_000);
+    expect(await temporaries(dir)).toEqual([]);
+  });
+
+  it("refuses an index whose weight_map names a file outside the directory", async () => {
+    for (const name of ["../x.safetensors", "sub/x.safetensors", "sub\\x.safetensors", "..x.safetensors"]) {
+      evilName = name;
+      const dir = freshDir();
+      const err = await rejection(fetchCheckpoint(`${base}/evil/x`, dir));
+      expect(err.message, name).toContain(`${base}/evil/x/${INDEX_FILE}: weight_map`);
+      expect(err.message, name).toContain(JSON.stringify(name));
+      expect(
+        requests.some((q) => q.path.includes("x.safetensors")),
+        name,
+      ).toBe(false);
+      const tensors = await rejection(fetchCheckpointTensors(`${base}/evil/x`, freshDir(), routerTensorNames));
+      expect(tensors.message, name).toContain(`${base}/evil/x/${INDEX_FILE}: weight_map`);
+      expect(tensors.message, name).toContain(JSON.stringify(name));
+    }
   });
 
   it("says when neither the index nor model.safetensors is there", async () => {
@@ -288,7 +519,7 @@ describe("fetchCheckpoint", () => {
           ? /timed out, no data after 100 bytes within 300 ms/
           : /timed out, no response within 300 ms/,
       );
-      expect((await readdir(dir)).filter((f) => f === SINGLE_FILE || f.endsWith(".partial"))).toEqual([]);
+      expect((await readdir(dir)).filter((f) => f === SINGLE_FILE || f.includes(".partial"))).toEqual([]);
     }
   });
 
@@ -309,13 +540,49 @@ describe("fetchCheckpoint", () => {
     await fetchCheckpoint("hf://acme/tiny@v1", dir, { env });
     await expectSameFiles(sources.single, dir);
     const hub = requests.filter((q) => q.path.startsWith("/hfroot/"));
-    expect(hub.map((q) => q.path)).toContain("/hfroot/acme/tiny/resolve/v1/config.json");
+    // config.json's answer names the commit; every other file comes from that commit
+    expect(hub.map((q) => q.path)).toEqual([
+      "/hfroot/acme/tiny/resolve/v1/config.json",
+      `/hfroot/acme/tiny/resolve/${C1}/${INDEX_FILE}`,
+      `/hfroot/acme/tiny/resolve/${C1}/${SINGLE_FILE}`,
+    ]);
     expect(hub.every((q) => q.auth === "Bearer hf-secret")).toBe(true);
+    expect((await readMarker(dir)).commit).toBe(C1);
 
     const denied = await rejection(fetchCheckpoint("hf://acme/tiny@v1", freshDir(), { env: { ...env, HF_TOKEN: "" } }));
     expect(denied.message).toBe(
       `GET ${base}/hfroot/acme/tiny/resolve/v1/config.json: HTTP 401 Unauthorized: {"error":"Invalid token"}`,
     );
+  });
+
+  it("hf://: a resume after the branch moved starts over from the new commit; one at the same commit resumes", async () => {
+    const env = { HF_ENDPOINT: `${base}/hfroot`, HF_TOKEN: "hf-secret" };
+    const dir = freshDir();
+    hfRefs.main = C2;
+    missing.add("model-00003-of-00003.safetensors");
+    await rejection(fetchCheckpoint("hf://acme/tiny", dir, { env }));
+    expect((await readMarker(dir)).commit).toBe(C2);
+
+    missing.clear();
+    hfRefs.main = C3; // a push to main while the pod restarts
+    const lines: string[] = [];
+    const r = await fetchCheckpoint("hf://acme/tiny", dir, { env, log: (l) => lines.push(l) });
+    expect(lines.join("\n")).toMatch(
+      new RegExp(`hf://acme/tiny: main is now commit ${C3}, not ${C2} as in the interrupted run: starting over`),
+    );
+    expect(r.skipped).toEqual([]);
+    await expectSameFiles(sources.ds, dir);
+    expect(await readMarker(dir)).toMatchObject({ complete: true, commit: C3 });
+
+    const same = freshDir();
+    hfRefs.main = C2;
+    missing.add("model-00003-of-00003.safetensors");
+    await rejection(fetchCheckpoint("hf://acme/tiny", same, { env }));
+    missing.clear();
+    const resumed = await fetchCheckpoint("hf://acme/tiny", same, { env });
+    expect(resumed.skipped).toEqual(["config.json", INDEX_FILE]);
+    expect(resumed.fetched).toContain("model-00003-of-00003.safetensors");
+    await expectSameFiles(sources.sharded, same);
   });
 });
 
@@ -375,11 +642,15 @@ describe("fetchCheckpointTensors", () => {
     });
   }
 
-  it("works through hf:// (Range requests follow the redirect)", async () => {
+  it("works through hf:// (Range requests follow the redirect), all from config.json's commit", async () => {
     const dir = freshDir();
     const env = { HF_ENDPOINT: `${base}/hfroot`, HF_TOKEN: "hf-secret" };
     const r = await fetchCheckpointTensors("hf://acme/tiny@v1", dir, routerTensorNames, { env });
     expect(r.tensors).toBe(routerTensorNames(sources.single.spec).length);
+    const hub = requests.filter((q) => q.path.startsWith("/hfroot/")).map((q) => q.path);
+    expect(hub[0]).toBe("/hfroot/acme/tiny/resolve/v1/config.json");
+    expect(hub.slice(1).every((p) => p.startsWith(`/hfroot/acme/tiny/resolve/${C1}/`))).toBe(true);
+    expect((await readMarker(dir)).commit).toBe(C1);
     const ckpt = await openCheckpoint(dir);
     const orig = await openCheckpoint(sources.single.dir);
     try {
@@ -387,6 +658,59 @@ describe("fetchCheckpointTensors", () => {
     } finally {
       await Promise.all([ckpt.close(), orig.close()]);
     }
+  });
+
+  it("two callers on one directory at once: each result is whole, never the other's half-written file", async () => {
+    const src = sources.ds;
+    const dir = freshDir();
+    const uri = `${base}/ok/ds`;
+    let startB!: () => void;
+    const bStarted = new Promise<void>((r) => {
+      startB = r;
+    });
+    let bTensorData!: () => void;
+    const bWrote = new Promise<void>((r) => {
+      bTensorData = r;
+    });
+    // A's first data range goes through and then B starts; A's other ranges wait until B is writing (or 1.5 s).
+    const gate = Promise.race([bWrote, sleep(1500)]);
+    let aRanges = 0;
+    const fetchA: typeof fetch = async (u, i) => {
+      if (!dataRange(i)) return fetch(u, i);
+      if (++aRanges === 1) {
+        const res = await fetch(u, i);
+        setTimeout(startB, 100);
+        return res;
+      }
+      await gate;
+      return fetch(u, i);
+    };
+    // B: slower, and its link drops
+    const fetchB: typeof fetch = async (u, i) => {
+      if (!dataRange(i)) return fetch(u, i);
+      bTensorData();
+      await sleep(300);
+      throw new Error("B: link dropped");
+    };
+    const a = fetchCheckpointTensors(uri, dir, routerTensorNames, { fetch: fetchA });
+    await bStarted;
+    const b = fetchCheckpointTensors(uri, dir, routerTensorNames, { fetch: fetchB }).catch((e: Error) => e);
+    await a;
+    expect(aRanges).toBeGreaterThan(1);
+    const check = async () => {
+      const ckpt = await openCheckpoint(dir);
+      const orig = await openCheckpoint(src.dir);
+      try {
+        await expectRouterShare(ckpt, orig);
+      } finally {
+        await Promise.all([ckpt.close(), orig.close()]);
+      }
+    };
+    await check(); // what the router opens when A returns
+    expect(await b).toEqual({ tensors: routerTensorNames(src.spec).length, bytes: 0 }); // B waited, found it done
+    await check();
+    expect((await readMarker(dir)).complete).toBe(true);
+    expect(await temporaries(dir)).toEqual([]);
   });
 
   it("names a server that ignores Range, and a tensor the checkpoint lacks", async () => {

@@ -1,10 +1,27 @@
 // Downloads a Hugging Face-layout safetensors checkpoint named by an ExpertPool's spec.model.checkpoint.uri: the
 // whole of it for a worker (fetchCheckpoint), or only the tensors the router reads, by HTTP Range requests
 // (fetchCheckpointTensors). Both run in a pod's initContainer, so they must survive being killed at any point: every
-// file is written under a temporary name and renamed when whole, and a marker file records the uri once the
-// directory holds everything, so a restarted pod resumes and a finished one returns without a request.
+// file is written under a temporary name of its own caller and renamed when whole, and a marker file records the uri
+// and the version of each file fetched (the commit of an hf:// revision, else each file's ETag or Last-Modified), so
+// a restarted pod resumes only from the same version and a finished one returns without a request. A lock file keeps
+// two callers (two pods on one volume, two reloads in the router) from working in one directory at once.
 
-import { access, type FileHandle, mkdir, open, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import {
+  access,
+  type FileHandle,
+  link,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { INDEX_FILE, parseIndex, SINGLE_FILE } from "./checkpoint.js";
 import {
@@ -49,6 +66,18 @@ const HF_URI = /^hf:\/\/([A-Za-z0-9][\w.-]*)\/([A-Za-z0-9][\w.-]*)(?:@([^\s?#@]+
  * "checkpoint.uri: " and says what is supported.
  */
 export function checkpointSource(uri: string, env: NodeJS.ProcessEnv = process.env): CheckpointSource {
+  const { base, headers } = source(uri, env);
+  return { base, headers };
+}
+
+interface Source extends CheckpointSource {
+  /** hf:// only: ENDPOINT/ORG/NAME/resolve/, to which a commit and "/" are appended once the revision is resolved */
+  hfResolve?: string;
+  /** hf:// only: the revision asked for */
+  revision?: string;
+}
+
+function source(uri: string, env: NodeJS.ProcessEnv = process.env): Source {
   if (typeof uri !== "string" || uri.trim() === "") throw badUri(String(uri), "empty");
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(uri)?.[1]?.toLowerCase();
   if (scheme === "hf") {
@@ -62,7 +91,8 @@ export function checkpointSource(uri: string, env: NodeJS.ProcessEnv = process.e
     const token = env.HF_TOKEN?.trim();
     if (token) headers["authorization"] = `Bearer ${token}`;
     // A revision may be a branch like "refs/pr/1": the Hub takes it URL-encoded as one path segment.
-    return { base: `${endpoint}/${org}/${name}/resolve/${encodeURIComponent(revision)}/`, headers };
+    const hfResolve = `${endpoint}/${org}/${name}/resolve/`;
+    return { base: `${hfResolve}${encodeURIComponent(revision)}/`, headers, hfResolve, revision };
   }
   if (scheme === "https" || scheme === "http") {
     let url: URL;
@@ -91,47 +121,110 @@ export interface FetchOptions {
   signal?: AbortSignal;
   /** per request, until headers and between body chunks; default 60_000 */
   timeoutMs?: number;
+  /**
+   * A response body slower than this, in bytes per second over throughputWindowMs (measured from timeoutMs after its
+   * headers), fails; 0: no minimum. Default 1 MiB/s.
+   */
+  minBytesPerSecond?: number;
+  /** the window minBytesPerSecond is measured over; default 60_000 */
+  throughputWindowMs?: number;
+  /**
+   * The directory's lock file, refreshed every lockStaleMs/4 by its holder, is taken as left by a killed caller when
+   * not refreshed for this long (or at once when it names a process of this host that is gone). Default 120_000.
+   */
+  lockStaleMs?: number;
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
+const DEFAULT_MIN_BYTES_PER_SECOND = 2 ** 20;
+const DEFAULT_THROUGHPUT_WINDOW_MS = 60_000;
+const DEFAULT_LOCK_STALE_MS = 120_000;
+const LOCK_POLL_MS = 100;
 /** Files (or tensor ranges) downloaded at once: one stream rarely fills a data-centre link, dozens would thrash. */
 const CONCURRENCY = 4;
+/** Temporary files: NAME.partial.PID.RANDOM, one per caller and file (NAME.partial: written by earlier versions). */
 const PARTIAL = ".partial";
+const TEMPORARY = /\.partial(\.\d+\.[0-9a-f]+)?$/;
 /** Records what the directory holds; written last, so its presence with complete=true means everything is there. */
 const MARKER = ".switchyard-checkpoint.json";
+const MARKER_VERSION = 2;
+/** Held (created exclusively) by the one caller working in the directory. */
+const LOCK = ".switchyard-checkpoint.lock";
 const MiB = 2 ** 20;
 const PROGRESS_EVERY_MS = 15_000;
 
+/** What a server said about the version of a file it sent. */
+interface Pin {
+  etag?: string;
+  lastModified?: string;
+}
+
 interface Marker {
+  /** MARKER_VERSION; a marker without it records no versions: its files are not trusted. */
+  version?: number;
   uri: string;
   kind: "whole" | "tensors";
   complete: boolean;
-  files?: string[];
+  /** hf:// revisions: the commit every file came from */
+  commit?: string;
+  /** whole: each file present and whole, with its version when it was fetched */
+  files?: Record<string, Pin>;
   tensors?: string[];
 }
 
 interface Ctx {
-  src: CheckpointSource;
+  src: Source;
   fetch: typeof globalThis.fetch;
   log: (line: string) => void;
   signal?: AbortSignal;
   timeoutMs: number;
+  minBytesPerSecond: number;
+  throughputWindowMs: number;
+  lockStaleMs: number;
   /** Bytes received over the network (bodies only). */
   bytes: number;
 }
 
 function context(uri: string, o: FetchOptions): Ctx {
-  const timeoutMs = o.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0 || timeoutMs > 2 ** 31 - 1)
-    throw new Error(`timeoutMs: must be in (0, 2^31-1] ms, got ${timeoutMs}`);
+  const ms = (name: string, v: number) => {
+    if (!Number.isFinite(v) || v <= 0 || v > 2 ** 31 - 1)
+      throw new Error(`${name}: must be in (0, 2^31-1] ms, got ${v}`);
+    return v;
+  };
+  const minBytesPerSecond = o.minBytesPerSecond ?? DEFAULT_MIN_BYTES_PER_SECOND;
+  if (!Number.isFinite(minBytesPerSecond) || minBytesPerSecond < 0)
+    throw new Error(`minBytesPerSecond: must be a number >= 0, got ${minBytesPerSecond}`);
   return {
-    src: checkpointSource(uri, o.env),
+    src: source(uri, o.env),
     fetch: o.fetch ?? globalThis.fetch,
     log: o.log ?? (() => {}),
     signal: o.signal,
-    timeoutMs,
+    timeoutMs: ms("timeoutMs", o.timeoutMs ?? DEFAULT_TIMEOUT_MS),
+    minBytesPerSecond,
+    throughputWindowMs: ms("throughputWindowMs", o.throughputWindowMs ?? DEFAULT_THROUGHPUT_WINDOW_MS),
+    lockStaleMs: ms("lockStaleMs", o.lockStaleMs ?? DEFAULT_LOCK_STALE_MS),
     bytes: 0,
   };
+}
+
+/** hf://: fetch every further file from `commit`, whatever the revision (a branch) points to meanwhile. */
+function pinCommit(ctx: Ctx, commit: string): void {
+  ctx.src = { ...ctx.src, base: `${ctx.src.hfResolve}${commit}/` };
+}
+
+/** The commit the Hub resolved a revision to (its resolve answers, 200 or 302, carry X-Repo-Commit). */
+function commitOf(res: Response): string | undefined {
+  const c = res.headers.get("x-repo-commit")?.trim();
+  return c && /^[0-9a-f]{40}([0-9a-f]{24})?$/i.test(c) ? c.toLowerCase() : undefined;
+}
+
+function pinOf(res: Response): Pin {
+  const pin: Pin = {};
+  const etag = res.headers.get("etag");
+  const lastModified = res.headers.get("last-modified");
+  if (etag) pin.etag = etag;
+  if (lastModified) pin.lastModified = lastModified;
+  return pin;
 }
 
 function urlOf(ctx: Ctx, name: string): string {
@@ -149,8 +242,27 @@ interface Got {
   cancel(): Promise<void>;
 }
 
-/** `outer` (default ctx.signal) cancels the request too: the caller's signal, or a sibling download's failure. */
-async function get(ctx: Ctx, url: string, range?: [number, number], outer = ctx.signal): Promise<Got> {
+interface GetOptions {
+  range?: [number, number];
+  /** cancels the request too (default ctx.signal): the caller's signal, or a sibling download's failure */
+  signal?: AbortSignal;
+  headers?: Record<string, string>;
+  /**
+   * Sees the first answer before a redirect is followed (the Hub's, whose X-Repo-Commit a CDN's answer lacks). The
+   * redirect is then followed here, without the Authorization header when it leads to another origin.
+   */
+  firstHop?: (res: Response) => void;
+}
+
+/** Body bytes per second, for messages. */
+function rate(bps: number): string {
+  if (bps < 1024) return `${bps.toFixed(1)} B/s`;
+  if (bps < MiB) return `${(bps / 1024).toFixed(1)} KiB/s`;
+  return `${(bps / MiB).toFixed(1)} MiB/s`;
+}
+
+async function get(ctx: Ctx, url: string, o: GetOptions = {}): Promise<Got> {
+  const { range, signal: outer = ctx.signal } = o;
   const what = range ? `GET ${url} (bytes ${range[0]}-${range[1] - 1})` : `GET ${url}`;
   if (outer?.aborted) throw aborted(what, outer);
   const ctrl = new AbortController();
@@ -180,10 +292,42 @@ async function get(ctx: Ctx, url: string, range?: [number, number], outer = ctx.
     });
   // identity: fetch would otherwise ask for gzip and inflate it, and Content-Length / Content-Range offsets would
   // then count other bytes than the ones we write.
-  const headers: Record<string, string> = { "accept-encoding": "identity", ...ctx.src.headers };
+  const headers: Record<string, string> = { "accept-encoding": "identity", ...ctx.src.headers, ...o.headers };
   if (range) headers["range"] = `bytes=${range[0]}-${range[1] - 1}`;
-  const res = await deadline(ctx.fetch(url, { headers, signal, redirect: "follow" }), "response");
+  const request = async (): Promise<Response> => {
+    if (!o.firstHop) return ctx.fetch(url, { headers, signal, redirect: "follow" });
+    const first = await ctx.fetch(url, { headers, signal, redirect: "manual" });
+    o.firstHop(first);
+    const location = first.headers.get("location");
+    if (first.status < 300 || first.status > 399 || !location) return first;
+    await first.body?.cancel().catch(() => {});
+    const next = new URL(location, url);
+    const h = { ...headers };
+    if (next.origin !== new URL(url).origin) delete h["authorization"];
+    return ctx.fetch(next.href, { headers: h, signal, redirect: "follow" });
+  };
+  const res = await deadline(request(), "response");
+  const t0 = performance.now();
   let received = 0;
+  // Throughput, from timeoutMs after the headers, over windows of throughputWindowMs: a body that trickles (a byte
+  // within every timeoutMs) would otherwise hold a download for days.
+  let span: { t: number; n: number } | undefined;
+  const checkRate = () => {
+    if (ctx.minBytesPerSecond === 0) return;
+    const now = performance.now();
+    if (now - t0 < ctx.timeoutMs) return;
+    if (!span) span = { t: now, n: received };
+    else if (now - span.t >= ctx.throughputWindowMs) {
+      const s = (now - span.t) / 1000;
+      const bps = (received - span.n) / s;
+      if (bps < ctx.minBytesPerSecond)
+        throw new Error(
+          `${what}: too slow: ${rate(bps)} over the last ${s.toFixed(1)} s, under the minimum ` +
+            `${ctx.minBytesPerSecond < 1024 ? `${ctx.minBytesPerSecond} B/s` : rate(ctx.minBytesPerSecond)} (minBytesPerSecond)`,
+        );
+      span = { t: now, n: received };
+    }
+  };
   return {
     res,
     async *chunks() {
@@ -195,6 +339,7 @@ async function get(ctx: Ctx, url: string, range?: [number, number], outer = ctx.
           if (done) return;
           received += value.byteLength;
           ctx.bytes += value.byteLength;
+          checkRate();
           yield value;
         }
       } finally {
@@ -234,11 +379,18 @@ async function httpError(got: Got, what: string): Promise<Error> {
   return new Error(`${what}: HTTP ${status}${statusText ? ` ${statusText}` : ""}${detail ? `: ${detail}` : ""}`);
 }
 
-/** A small file's bytes, or undefined when `absentOk` and the server says it is not there (404, or S3's 403). */
-async function getSmall(ctx: Ctx, name: string, absentOk = false): Promise<Uint8Array | undefined> {
+/**
+ * A small file's bytes and version, or undefined when `absentOk` and the server says it is not there (404, or S3's
+ * 403).
+ */
+async function getSmall(
+  ctx: Ctx,
+  name: string,
+  o: { absentOk?: boolean; firstHop?: (res: Response) => void } = {},
+): Promise<{ bytes: Uint8Array; pin: Pin } | undefined> {
   const url = urlOf(ctx, name);
-  const got = await get(ctx, url);
-  if (absentOk && (got.res.status === 404 || got.res.status === 403)) {
+  const got = await get(ctx, url, { firstHop: o.firstHop });
+  if (o.absentOk && (got.res.status === 404 || got.res.status === 403)) {
     await got.cancel();
     return undefined;
   }
@@ -254,7 +406,7 @@ async function getSmall(ctx: Ctx, name: string, absentOk = false): Promise<Uint8
     }
     parts.push(c);
   }
-  return Buffer.concat(parts);
+  return { bytes: Buffer.concat(parts), pin: pinOf(got.res) };
 }
 
 function parseJson(bytes: Uint8Array, url: string): unknown {
@@ -277,11 +429,198 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** A temporary name of this caller's own for `path`: two callers never write to one file. */
+function temporary(path: string): string {
+  return `${path}${PARTIAL}.${process.pid}.${randomBytes(4).toString("hex")}`;
+}
+
 /** Write a small file whole or not at all (temporary name, then rename). */
 async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = path + PARTIAL;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
+  const tmp = temporary(path);
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** Temporary files of callers that no longer hold the lock (killed): with the lock held, nobody writes them. */
+async function removeLeftovers(ctx: Ctx, dir: string): Promise<void> {
+  const left = (await readdir(dir)).filter((f) => TEMPORARY.test(f));
+  for (const f of left) await rm(join(dir, f), { force: true });
+  if (left.length > 0) ctx.log(`${dir}: removed ${left.length} temporary file(s) left by an interrupted run`);
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const done = () => {
+      signal?.removeEventListener("abort", stop);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    const stop = () => {
+      clearTimeout(t);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener("abort", stop, { once: true });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The directory's lock
+
+interface LockInfo {
+  host: string;
+  pid: number;
+  token: string;
+  since: string;
+}
+
+/** Tokens of the locks this process holds (another caller of this process waits for them; a leftover does not). */
+const heldTokens = new Set<string>();
+
+async function lockState(path: string): Promise<{ info?: LockInfo; mtimeMs: number } | undefined> {
+  try {
+    const [st, text] = await Promise.all([stat(path), readFile(path, "utf8")]);
+    let info: LockInfo | undefined;
+    try {
+      const j = JSON.parse(text) as LockInfo;
+      if (typeof j.token === "string" && typeof j.pid === "number" && typeof j.host === "string") info = j;
+    } catch {
+      // being written, or a caller killed between creating and writing it: its age tells
+    }
+    return { info, mtimeMs: st.mtimeMs };
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new Error(`${path}: cannot read (${(e as Error).message})`);
+  }
+}
+
+function processGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "ESRCH";
+  }
+}
+
+/** Why a lock is left by a caller that is gone, or undefined while its holder may still be working. */
+function staleness(ctx: Ctx, s: { info?: LockInfo; mtimeMs: number }): string | undefined {
+  const age = Date.now() - s.mtimeMs;
+  if (age > ctx.lockStaleMs) return `not refreshed for ${(age / 1000).toFixed(1)} s`;
+  const i = s.info;
+  if (i && i.host === hostname()) {
+    // A restarted container may well get the pid its predecessor had.
+    if (i.pid === process.pid && !heldTokens.has(i.token)) return `left by an earlier process ${i.pid} of this host`;
+    if (i.pid !== process.pid && processGone(i.pid)) return `process ${i.pid} of this host is gone`;
+  }
+  return undefined;
+}
+
+/** Remove a stale lock, unless another caller replaced it meanwhile (then put that one back). */
+async function breakLock(path: string, judged: { info?: LockInfo; mtimeMs: number }): Promise<void> {
+  const aside = `${path}.stale.${process.pid}.${randomBytes(4).toString("hex")}`;
+  try {
+    await rename(path, aside);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw e;
+  }
+  const moved = await lockState(aside);
+  if (moved && (moved.info?.token !== judged.info?.token || moved.mtimeMs !== judged.mtimeMs))
+    await link(aside, path).catch(() => {}); // fails when a newer one is there already: that one stands
+  await rm(aside, { force: true });
+}
+
+/**
+ * Take the directory's lock, waiting while another caller holds it. Returns the release function. While held, the
+ * lock is refreshed; should another caller take it over (judging it stale), ctx.signal aborts this caller's work.
+ */
+async function lockDir(ctx: Ctx, dir: string): Promise<() => Promise<void>> {
+  const path = join(dir, LOCK);
+  const me: LockInfo = {
+    host: hostname(),
+    pid: process.pid,
+    token: randomBytes(8).toString("hex"),
+    since: new Date().toISOString(),
+  };
+  heldTokens.add(me.token);
+  let saidAt: number | undefined;
+  try {
+    for (;;) {
+      if (ctx.signal?.aborted) throw aborted(`${path}: waiting for the lock`, ctx.signal);
+      try {
+        const fh = await open(path, "wx");
+        try {
+          await fh.writeFile(`${JSON.stringify(me)}\n`);
+        } finally {
+          await fh.close();
+        }
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST")
+          throw new Error(`${path}: cannot create (${(e as Error).message})`);
+      }
+      const other = await lockState(path);
+      if (!other) continue;
+      const why = staleness(ctx, other);
+      if (why) {
+        ctx.log(`${path}: breaking a stale lock (${why})`);
+        await breakLock(path, other);
+        continue;
+      }
+      if (saidAt === undefined || performance.now() - saidAt > PROGRESS_EVERY_MS) {
+        saidAt = performance.now();
+        const i = other.info;
+        ctx.log(
+          `${dir}: waiting for another download into it (${i ? `${i.host} process ${i.pid} since ${i.since}` : "starting"})`,
+        );
+      }
+      await sleep(LOCK_POLL_MS, ctx.signal).catch(() => {});
+    }
+  } catch (e) {
+    heldTokens.delete(me.token);
+    throw e;
+  }
+  const lost = new AbortController();
+  ctx.signal = ctx.signal ? AbortSignal.any([ctx.signal, lost.signal]) : lost.signal;
+  let beating = false;
+  const beat = setInterval(
+    () => {
+      if (beating) return;
+      beating = true;
+      lockState(path)
+        .then(async (s) => {
+          if (s?.info?.token === me.token) {
+            const now = new Date();
+            await utimes(path, now, now);
+          } else lost.abort(new Error(`${path}: the lock was taken over by another caller (judged stale): stopping`));
+        })
+        .catch(() => {}) // a failed refresh is retried; a lock that goes stale meanwhile is taken over and noticed
+        .finally(() => {
+          beating = false;
+        });
+    },
+    Math.max(ctx.lockStaleMs / 4, 10),
+  );
+  beat.unref();
+  return async () => {
+    clearInterval(beat);
+    try {
+      if ((await lockState(path))?.info?.token === me.token) await rm(path, { force: true });
+    } finally {
+      heldTokens.delete(me.token);
+    }
+  };
+}
+
+/** Before a commit point (a complete marker): this caller still holds the lock (and was not stopped). */
+function stillLocked(ctx: Ctx): void {
+  if (ctx.signal?.aborted) throw ctx.signal.reason;
 }
 
 async function readMarker(dir: string): Promise<Marker | undefined> {
@@ -295,7 +634,15 @@ async function readMarker(dir: string): Promise<Marker | undefined> {
   }
   try {
     const m = JSON.parse(text) as Marker;
-    if (typeof m.uri === "string" && (m.kind === "whole" || m.kind === "tensors")) return m;
+    if (typeof m.uri === "string" && (m.kind === "whole" || m.kind === "tensors")) {
+      if (
+        m.version === MARKER_VERSION &&
+        (m.files === undefined || (typeof m.files === "object" && !Array.isArray(m.files)))
+      )
+        return m;
+      // Written before versions were recorded: what it lists may mix revisions; only its uri still counts.
+      return { uri: m.uri, kind: m.kind, complete: false };
+    }
   } catch {
     // fall through
   }
@@ -303,7 +650,7 @@ async function readMarker(dir: string): Promise<Marker | undefined> {
 }
 
 function writeMarker(dir: string, m: Marker): Promise<void> {
-  return writeAtomic(join(dir, MARKER), `${JSON.stringify(m, null, 2)}\n`);
+  return writeAtomic(join(dir, MARKER), `${JSON.stringify({ ...m, version: MARKER_VERSION }, null, 2)}\n`);
 }
 
 /**
@@ -345,8 +692,10 @@ function mib(n: number): string {
 // Whole checkpoint
 
 /**
- * Stream one file to `name` + PARTIAL (truncating any earlier attempt's), check it (`check` gets the temporary path),
- * then rename it to `name`. On failure the temporary file is removed.
+ * Stream one file to a temporary name of this caller's own, check it (`check` gets the temporary path), then rename
+ * it to `name`: a file under its own name is always one caller's complete bytes. On failure the temporary file is
+ * removed. `given`: the file's answer when it was asked for already (hf:// config.json, which resolved the revision).
+ * Returns the file's version as the server gave it.
  */
 async function downloadFile(
   ctx: Ctx,
@@ -354,12 +703,13 @@ async function downloadFile(
   name: string,
   check: (path: string, url: string) => Promise<void>,
   abort: AbortSignal,
-): Promise<number> {
-  const url = urlOf(ctx, name);
+  given?: { got: Got; url: string },
+): Promise<Pin> {
+  const url = given?.url ?? urlOf(ctx, name);
   const final = join(dir, name);
-  const tmp = final + PARTIAL;
+  const tmp = temporary(final);
   const t0 = performance.now();
-  const got = await get(ctx, url, undefined, abort);
+  const got = given?.got ?? (await get(ctx, url, { signal: abort }));
   if (got.res.status !== 200) throw await httpError(got, `GET ${url}`);
   const lengthHeader = got.res.headers.get("content-length");
   const encoded = (got.res.headers.get("content-encoding") ?? "identity") !== "identity";
@@ -367,7 +717,7 @@ async function downloadFile(
   let n = 0;
   let lastLog = t0;
   try {
-    const fh = await open(tmp, "w");
+    const fh = await open(tmp, "wx");
     try {
       for await (const c of got.chunks()) {
         let done = 0;
@@ -395,7 +745,7 @@ async function downloadFile(
   }
   const s = (performance.now() - t0) / 1000;
   ctx.log(`fetched ${name}: ${mib(n)} in ${s.toFixed(1)} s (${(n / MiB / Math.max(s, 1e-3)).toFixed(1)} MiB/s)`);
-  return n;
+  return pinOf(got.res);
 }
 
 async function checkSafetensors(path: string, url: string): Promise<void> {
@@ -408,76 +758,200 @@ async function checkSafetensors(path: string, url: string): Promise<void> {
 }
 
 /**
+ * Why the files an interrupted run recorded (`pins`) are not of the version being fetched now, or undefined when
+ * they are. hf://: the commit the revision resolved to, then and now. Else each file is asked for again, conditionally
+ * (If-None-Match / If-Modified-Since): a 304, or the same ETag (else Last-Modified), means unchanged.
+ */
+async function changedSince(
+  ctx: Ctx,
+  marker: Marker,
+  commit: string | undefined,
+  pins: Record<string, Pin>,
+  signal: AbortSignal,
+): Promise<string | undefined> {
+  if (marker.commit !== undefined || commit !== undefined) {
+    if (marker.commit === commit) return undefined;
+    if (commit === undefined) return `the interrupted run fetched commit ${marker.commit}, and none is named now`;
+    return `${ctx.src.revision} is now commit ${commit}, not ${marker.commit ?? "(none recorded)"} as in the interrupted run`;
+  }
+  let why: string | undefined;
+  await pool(Object.entries(pins), CONCURRENCY, async ([name, pin]) => {
+    if (why) return;
+    const url = urlOf(ctx, name);
+    if (!pin.etag && !pin.lastModified) {
+      why = `${url} had no ETag or Last-Modified when fetched, so whether it changed since the interrupted run cannot be told`;
+      return;
+    }
+    const headers: Record<string, string> = pin.etag
+      ? { "if-none-match": pin.etag }
+      : { "if-modified-since": pin.lastModified! };
+    const got = await get(ctx, url, { signal, headers });
+    const { status } = got.res;
+    if (status !== 200 && status !== 304 && status !== 404 && status !== 403 && status !== 410)
+      throw await httpError(got, `GET ${url}`); // a server error says nothing about the file: fail, and retry later
+    await got.cancel();
+    if (status === 304) return;
+    if (status !== 200) {
+      why ??= `${url} is gone (HTTP ${status}) since the interrupted run`;
+      return;
+    }
+    const now = pinOf(got.res);
+    if (pin.etag && now.etag) {
+      if (pin.etag !== now.etag) why ??= `${url} changed (ETag ${pin.etag} -> ${now.etag}) since the interrupted run`;
+    } else if (pin.lastModified && now.lastModified) {
+      if (pin.lastModified !== now.lastModified)
+        why ??= `${url} changed (Last-Modified ${pin.lastModified} -> ${now.lastModified}) since the interrupted run`;
+    } else why ??= `${url} no longer has the ${pin.etag ? "ETag" : "Last-Modified"} it had in the interrupted run`;
+  });
+  return why;
+}
+
+type WholeResult = { fetched: string[]; skipped: string[]; bytes: number };
+
+/** A directory that holds this checkpoint already: no lock, no request (it may be mounted read-only). */
+function wholeDone(ctx: Ctx, dir: string, uri: string, marker: Marker | undefined): WholeResult | undefined {
+  checkMarker(dir, marker, uri, "whole");
+  if (!marker?.complete) return undefined;
+  ctx.log(`${dir}: already holds ${uri}${marker.commit ? ` (commit ${marker.commit})` : ""}`);
+  return { fetched: [], skipped: Object.keys(marker.files ?? {}), bytes: 0 };
+}
+
+/**
  * Downloads the whole checkpoint into dir: config.json, then the index (a 404 on it means single-file:
  * model.safetensors) and every shard in its weight_map. Each file goes to a temporary name and is renamed when
- * complete, so a file present under its own name is whole; files already present are skipped (a restarted pod
- * resumes). A marker file records the uri once everything is there: a second call with the same uri returns at once.
- * Errors name the URL and HTTP status. Returns the files fetched and skipped and the bytes downloaded.
+ * complete. An hf:// revision is resolved to a commit by config.json's answer and every other file is fetched from
+ * that commit. The marker records the commit (hf://) or each file's ETag / Last-Modified as it is fetched, so a
+ * restarted pod keeps the files of an interrupted run only when they are still the version being fetched (the same
+ * commit; a 304 to a conditional GET of each), and starts over (saying so in the log) when not; files without such a
+ * record are fetched again. Once everything is there the marker says so: a second call with the same uri returns at
+ * once. A lock file makes concurrent callers on one directory wait for each other. Errors name the URL and HTTP
+ * status. Returns the files fetched and skipped and the bytes downloaded.
  */
-export async function fetchCheckpoint(
-  uri: string,
-  dir: string,
-  o: FetchOptions = {},
-): Promise<{ fetched: string[]; skipped: string[]; bytes: number }> {
+export async function fetchCheckpoint(uri: string, dir: string, o: FetchOptions = {}): Promise<WholeResult> {
   const ctx = context(uri, o);
   await mkdir(dir, { recursive: true });
-  const marker = await readMarker(dir);
-  checkMarker(dir, marker, uri, "whole");
-  if (marker?.complete) {
-    ctx.log(`${dir}: already holds ${uri}`);
-    return { fetched: [], skipped: marker.files ?? [], bytes: 0 };
+  const done = wholeDone(ctx, dir, uri, await readMarker(dir));
+  if (done) return done;
+  const unlock = await lockDir(ctx, dir);
+  try {
+    // Another caller may have finished it while this one waited for the lock.
+    const marker = await readMarker(dir);
+    return wholeDone(ctx, dir, uri, marker) ?? (await fetchWhole(ctx, uri, dir, marker));
+  } finally {
+    await unlock();
   }
-  // Recorded before the first file, so that a restart with another uri is refused rather than mixing files.
-  if (!marker) await writeMarker(dir, { uri, kind: "whole", complete: false });
-  ctx.log(`fetching ${uri} from ${ctx.src.base} into ${dir}`);
+}
 
-  const fetched: string[] = [];
-  const skipped: string[] = [];
-  const files: string[] = [];
+async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | undefined): Promise<WholeResult> {
+  if (marker && marker.version !== MARKER_VERSION)
+    ctx.log(`${dir}: its marker records no file versions (an earlier version wrote it): fetching every file again`);
+  await removeLeftovers(ctx, dir);
   // One failed file stops the others: their partial files are removed and the error is the first one.
   const stop = new AbortController();
   const abort = ctx.signal ? AbortSignal.any([ctx.signal, stop.signal]) : stop.signal;
-  const one = async (name: string, check: (path: string, url: string) => Promise<void>) => {
+  let pins: Record<string, Pin> = { ...(marker?.files ?? {}) };
+
+  // hf://: config.json's answer names the commit the revision is at now; every other file comes from that commit.
+  let commit: string | undefined;
+  let config: { got: Got; url: string } | undefined;
+  if (ctx.src.hfResolve) {
+    const url = urlOf(ctx, "config.json");
+    const got = await get(ctx, url, {
+      signal: abort,
+      firstHop: (r) => {
+        commit = commitOf(r);
+      },
+    });
+    if (got.res.status !== 200) throw await httpError(got, `GET ${url}`);
+    config = { got, url };
+    if (commit) {
+      pinCommit(ctx, commit);
+      ctx.log(`${uri}: ${ctx.src.revision} is commit ${commit}`);
+    } else ctx.log(`${url}: no X-Repo-Commit header: each file is pinned by its ETag or Last-Modified instead`);
+  }
+  try {
+    // A resume keeps only files of the version fetched now: never a mix of two revisions.
+    if (marker && Object.keys(pins).length > 0) {
+      const why = await changedSince(ctx, marker, commit, pins, abort);
+      if (why) {
+        ctx.log(`${uri}: ${why}: starting over`);
+        await writeMarker(dir, { uri, kind: "whole", complete: false, commit });
+        for (const f of Object.keys(pins)) await rm(join(dir, f), { force: true });
+        pins = {};
+      } else ctx.log(`${uri}: resuming; the ${Object.keys(pins).length} file(s) fetched before are unchanged`);
+    }
+    // Recorded before the first file, so that a restart with another uri is refused rather than mixing files.
+    await writeMarker(dir, { uri, kind: "whole", complete: false, commit, files: pins });
+  } catch (e) {
+    await config?.got.cancel();
+    throw e;
+  }
+  ctx.log(`fetching ${uri} from ${ctx.src.base} into ${dir}`);
+
+  // Each file's version goes into the marker as soon as the file is in place; one write at a time.
+  let writing: Promise<void> = Promise.resolve();
+  const record = () => {
+    writing = writing
+      .catch(() => {})
+      .then(() => writeMarker(dir, { uri, kind: "whole", complete: false, commit, files: pins }));
+    return writing;
+  };
+  const fetched: string[] = [];
+  const skipped: string[] = [];
+  const files: string[] = [];
+  const one = async (
+    name: string,
+    check: (path: string, url: string) => Promise<void>,
+    given?: { got: Got; url: string },
+  ) => {
     files.push(name);
-    if (await exists(join(dir, name))) {
+    if (pins[name] && (await exists(join(dir, name)))) {
+      await given?.got.cancel();
       skipped.push(name);
       ctx.log(`skipped ${name}: already present`);
       return;
     }
     try {
-      await downloadFile(ctx, dir, name, check, abort);
+      pins[name] = await downloadFile(ctx, dir, name, check, abort, given);
+      fetched.push(name);
+      await record();
     } catch (e) {
       stop.abort(e);
       throw e;
     }
-    fetched.push(name);
   };
 
   // config.json first: a model we cannot serve fails here, not after the shards' gigabytes.
-  await one("config.json", async (path, url) => {
-    specFromHfConfig(parseJson(await readFile(path), url), url);
-  });
+  await one(
+    "config.json",
+    async (path, url) => {
+      specFromHfConfig(parseJson(await readFile(path), url), url);
+    },
+    config,
+  );
 
   let shards: string[];
   let noIndex = false;
   const indexPath = join(dir, INDEX_FILE);
-  if (await exists(indexPath)) {
+  if (pins[INDEX_FILE] && (await exists(indexPath))) {
     files.push(INDEX_FILE);
     skipped.push(INDEX_FILE);
     ctx.log(`skipped ${INDEX_FILE}: already present`);
     shards = shardNames(parseIndex(parseJson(await readFile(indexPath), indexPath), indexPath), indexPath);
   } else {
     const url = urlOf(ctx, INDEX_FILE);
-    const bytes = await getSmall(ctx, INDEX_FILE, true);
-    if (bytes === undefined) {
+    const index = await getSmall(ctx, INDEX_FILE, { absentOk: true });
+    if (index === undefined) {
       ctx.log(`${INDEX_FILE}: not there, single file ${SINGLE_FILE}`);
       shards = [SINGLE_FILE];
       noIndex = true;
     } else {
-      shards = shardNames(parseIndex(parseJson(bytes, url), url), url);
-      await writeAtomic(indexPath, bytes);
+      shards = shardNames(parseIndex(parseJson(index.bytes, url), url), url);
+      await writeAtomic(indexPath, index.bytes);
       files.push(INDEX_FILE);
       fetched.push(INDEX_FILE);
+      pins[INDEX_FILE] = index.pin;
+      await record();
       ctx.log(`fetched ${INDEX_FILE}: ${shards.length} shard(s)`);
     }
   }
@@ -486,17 +960,29 @@ export async function fetchCheckpoint(
       throw new Error(`${(e as Error).message} (and ${urlOf(ctx, INDEX_FILE)} is not there either)`);
     throw e;
   });
-  await writeMarker(dir, { uri, kind: "whole", complete: true, files });
+  await writing;
+  stillLocked(ctx);
+  const complete = Object.fromEntries(files.map((f) => [f, pins[f] ?? {}]));
+  await writeMarker(dir, { uri, kind: "whole", complete: true, commit, files: complete });
   ctx.log(`done: ${fetched.length} fetched, ${skipped.length} skipped, ${mib(ctx.bytes)} downloaded`);
   return { fetched, skipped, bytes: ctx.bytes };
+}
+
+/** A weight_map's file name: one in the checkpoint's directory (joined to the directory, and to the base URL). */
+function checkShardName(n: string, where: string): void {
+  if (/[/\\]/.test(n) || n.includes(".."))
+    throw new Error(
+      `${where}: weight_map names ${JSON.stringify(n)}, not a file name in the checkpoint's directory ` +
+        `(a name with "/", "\\" or ".." is refused)`,
+    );
+  if (!n.endsWith(".safetensors") || TEMPORARY.test(n))
+    throw new Error(`${where}: weight_map names ${JSON.stringify(n)}, expected a .safetensors file name`);
 }
 
 /** The distinct shard files of a weight_map; only .safetensors names (so an index cannot overwrite config.json). */
 function shardNames(weightMap: Map<string, string>, where: string): string[] {
   const names = [...new Set(weightMap.values())];
-  for (const n of names)
-    if (!n.endsWith(".safetensors") || n.endsWith(PARTIAL))
-      throw new Error(`${where}: weight_map names ${JSON.stringify(n)}, expected a .safetensors file name`);
+  for (const n of names) checkShardName(n, where);
   if (names.length === 0) throw new Error(`${where}: weight_map is empty`);
   return names;
 }
@@ -522,7 +1008,7 @@ async function getRange(
   end: number,
   signal?: AbortSignal,
 ): Promise<{ got: Got; total?: number }> {
-  const got = await get(ctx, url, [begin, end], signal);
+  const got = await get(ctx, url, { range: [begin, end], signal });
   const what = `GET ${url} (bytes ${begin}-${end - 1})`;
   if (got.res.status === 200) {
     await got.cancel();
@@ -546,7 +1032,7 @@ async function readRange(
   url: string,
   begin: number,
   end: number,
-): Promise<{ data: Uint8Array; total?: number }> {
+): Promise<{ data: Uint8Array; total?: number; etag?: string }> {
   const { got, total } = await getRange(ctx, url, begin, end);
   const data = new Uint8Array(end - begin);
   let n = 0;
@@ -560,24 +1046,33 @@ async function readRange(
   }
   if (n !== data.byteLength)
     throw new Error(`GET ${url} (bytes ${begin}-${end - 1}): got ${n} of ${data.byteLength} bytes`);
-  return { data, total };
+  return { data, total, etag: got.res.headers.get("etag") ?? undefined };
 }
 
-/** A remote safetensors header: the 8-byte length, then the JSON. */
-async function remoteHeader(ctx: Ctx, file: string): Promise<Map<string, TensorInfo>> {
+/** A file replaced between two range reads (an https URL; hf:// reads one commit) would mix two files' bytes. */
+function sameEtag(what: string, first: string | undefined, now: string | null): void {
+  if (first !== undefined && now !== null && now !== first)
+    throw new Error(`${what}: the file changed while being read (ETag ${first}, now ${now})`);
+}
+
+/** A remote safetensors header: the 8-byte length, then the JSON; and the file's ETag. */
+async function remoteHeader(ctx: Ctx, file: string): Promise<{ tensors: Map<string, TensorInfo>; etag?: string }> {
   const url = urlOf(ctx, file);
-  const { data: lenBytes, total } = await readRange(ctx, url, 0, 8);
+  const { data: lenBytes, total, etag } = await readRange(ctx, url, 0, 8);
   const len = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
   if (len === 0 || len > MAX_HEADER_BYTES)
     throw new Error(`${url}: bad safetensors header: header length ${len} out of range (1..${MAX_HEADER_BYTES})`);
-  const { data: json } = await readRange(ctx, url, 8, 8 + len);
+  const { data: json, etag: etag2 } = await readRange(ctx, url, 8, 8 + len);
+  sameEtag(`GET ${url} (bytes 8-${8 + len - 1})`, etag, etag2 ?? null);
   // Without a total size the truncation check cannot run here; a short tensor read still fails below.
-  return parseSafetensorsHeader(json, url, total ?? Number.MAX_SAFE_INTEGER).tensors;
+  return { tensors: parseSafetensorsHeader(json, url, total ?? Number.MAX_SAFE_INTEGER).tensors, etag };
 }
 
 /** One request: a run of contiguous source bytes and where each wanted tensor in it goes in the output file. */
 interface RangeJob {
   file: string;
+  /** the file's ETag when its header was read */
+  etag?: string;
   begin: number;
   end: number;
   parts: { begin: number; end: number; out: number }[];
@@ -587,9 +1082,12 @@ interface RangeJob {
  * The router's share of a checkpoint: config.json plus only the named tensors, read with HTTP Range requests (each
  * shard's 8-byte header length and JSON header, then each wanted tensor's bytes), written into dir as config.json +
  * one model.safetensors holding just those tensors (same names, dtypes, shapes). `names(spec)` gets the spec parsed
- * from config.json (specFromHfConfig). A server that ignores Range (200 instead of 206) is an error naming the URL.
- * A wanted tensor missing from the checkpoint is an error naming it. Skips everything when dir already holds the
- * result for this uri (marker).
+ * from config.json (specFromHfConfig). An hf:// revision is resolved to a commit by config.json's answer, and the
+ * rest is read from that commit; over https, a file whose ETag changes between its range reads is an error. A server
+ * that ignores Range (200 instead of 206) is an error naming the URL. A wanted tensor missing from the checkpoint is
+ * an error naming it. Skips everything when dir already holds the result for this uri (marker). A lock file makes
+ * concurrent callers on one directory wait for each other; the output is written under a temporary name of this
+ * caller's own and renamed when whole.
  */
 export async function fetchCheckpointTensors(
   uri: string,
@@ -599,32 +1097,74 @@ export async function fetchCheckpointTensors(
 ): Promise<{ tensors: number; bytes: number }> {
   const ctx = context(uri, o);
   await mkdir(dir, { recursive: true });
-  const marker = await readMarker(dir);
+  const done = await tensorsDone(ctx, dir, uri, names, await readMarker(dir));
+  if (done) return done;
+  const unlock = await lockDir(ctx, dir);
+  try {
+    // Another caller may have finished it while this one waited for the lock.
+    const marker = await readMarker(dir);
+    return (await tensorsDone(ctx, dir, uri, names, marker)) ?? (await fetchTensors(ctx, uri, dir, names, marker));
+  } finally {
+    await unlock();
+  }
+}
+
+async function tensorsDone(
+  ctx: Ctx,
+  dir: string,
+  uri: string,
+  names: (spec: ModelSpec) => string[],
+  marker: Marker | undefined,
+): Promise<{ tensors: number; bytes: number } | undefined> {
   checkMarker(dir, marker, uri, "tensors");
   const configPath = join(dir, "config.json");
-  if (marker?.complete && (await exists(configPath))) {
-    // The names depend on the spec: the local config.json gives them without a request.
-    const wanted = [...new Set(names(specFromHfConfig(parseJson(await readFile(configPath), configPath), configPath)))];
-    if (sameSet(wanted, marker.tensors ?? [])) {
-      ctx.log(`${dir}: already holds the ${wanted.length} router tensors of ${uri}`);
-      return { tensors: wanted.length, bytes: 0 };
-    }
-  }
+  if (!marker?.complete || !(await exists(configPath))) return undefined;
+  // The names depend on the spec: the local config.json gives them without a request.
+  const wanted = [...new Set(names(specFromHfConfig(parseJson(await readFile(configPath), configPath), configPath)))];
+  if (!sameSet(wanted, marker.tensors ?? [])) return undefined;
+  ctx.log(`${dir}: already holds the ${wanted.length} router tensors of ${uri}`);
+  return { tensors: wanted.length, bytes: 0 };
+}
+
+async function fetchTensors(
+  ctx: Ctx,
+  uri: string,
+  dir: string,
+  names: (spec: ModelSpec) => string[],
+  marker: Marker | undefined,
+): Promise<{ tensors: number; bytes: number }> {
+  const configPath = join(dir, "config.json");
   // A whole checkpoint's index would make openCheckpoint look past the model.safetensors written here.
   if (!marker && (await exists(join(dir, INDEX_FILE))))
     throw new Error(`${dir}: holds ${INDEX_FILE} (a whole checkpoint?): use an empty directory for router tensors`);
+  await removeLeftovers(ctx, dir);
   await writeMarker(dir, { uri, kind: "tensors", complete: false });
-  ctx.log(`fetching router tensors of ${uri} from ${ctx.src.base} into ${dir}`);
 
+  // hf://: config.json's answer names the commit the revision is at; the index and the tensors come from that commit.
   const configUrl = urlOf(ctx, "config.json");
-  const configBytes = (await getSmall(ctx, "config.json"))!;
+  let commit: string | undefined;
+  const { bytes: configBytes } = (await getSmall(ctx, "config.json", {
+    firstHop: ctx.src.hfResolve
+      ? (r) => {
+          commit = commitOf(r);
+        }
+      : undefined,
+  }))!;
+  if (ctx.src.hfResolve) {
+    if (commit) {
+      pinCommit(ctx, commit);
+      ctx.log(`${uri}: ${ctx.src.revision} is commit ${commit}`);
+    } else ctx.log(`${configUrl}: no X-Repo-Commit header: the revision cannot be pinned to a commit`);
+  }
+  ctx.log(`fetching router tensors of ${uri} from ${ctx.src.base} into ${dir}`);
   const spec = specFromHfConfig(parseJson(configBytes, configUrl), configUrl);
   const wanted = [...new Set(names(spec))];
 
   // Which file holds each tensor.
   const indexUrl = urlOf(ctx, INDEX_FILE);
-  const indexBytes = await getSmall(ctx, INDEX_FILE, true);
-  const weightMap = indexBytes && parseIndex(parseJson(indexBytes, indexUrl), indexUrl);
+  const index = await getSmall(ctx, INDEX_FILE, { absentOk: true });
+  const weightMap = index && parseIndex(parseJson(index.bytes, indexUrl), indexUrl);
+  if (weightMap) shardNames(weightMap, indexUrl);
   const byFile = new Map<string, string[]>();
   for (const name of wanted) {
     const file = weightMap ? weightMap.get(name) : SINGLE_FILE;
@@ -633,14 +1173,14 @@ export async function fetchCheckpointTensors(
   }
 
   // Every needed header first: the output header (names, dtypes, shapes, offsets) is known before any data.
-  const headers = new Map<string, Map<string, TensorInfo>>();
+  const headers = new Map<string, { tensors: Map<string, TensorInfo>; etag?: string }>();
   await pool([...byFile.keys()], CONCURRENCY, async (file) => {
     headers.set(file, await remoteHeader(ctx, file));
   });
   const infos: (TensorInfo & { file: string })[] = [];
   for (const [file, list] of byFile) {
     for (const name of list) {
-      const info = headers.get(file)!.get(name);
+      const info = headers.get(file)!.tensors.get(name);
       if (!info) throw new Error(`${urlOf(ctx, file)}: tensor ${name} not found in its safetensors header`);
       infos.push({ ...info, file });
     }
@@ -661,13 +1201,13 @@ export async function fetchCheckpointTensors(
     if (last && last.file === t.file && last.end === t.begin) {
       last.end = t.end;
       last.parts.push(part);
-    } else jobs.push({ file: t.file, begin: t.begin, end: t.end, parts: [part] });
+    } else jobs.push({ file: t.file, etag: headers.get(t.file)!.etag, begin: t.begin, end: t.end, parts: [part] });
   }
 
   const outPath = join(dir, SINGLE_FILE);
-  const tmp = outPath + PARTIAL;
-  const fh = await open(tmp, "w");
+  const tmp = temporary(outPath);
   try {
+    const fh = await open(tmp, "wx");
     try {
       await fh.write(header, 0, header.byteLength, 0);
       // Sizes the file up front: a tensor left unwritten by a bug would read as zeros, so each range is checked below.
@@ -688,13 +1228,14 @@ export async function fetchCheckpointTensors(
       await fh.close();
     }
     await checkSafetensors(tmp, tmp);
+    stillLocked(ctx);
     await writeAtomic(configPath, configBytes);
     await rename(tmp, outPath);
   } catch (e) {
     await rm(tmp, { force: true });
     throw e;
   }
-  await writeMarker(dir, { uri, kind: "tensors", complete: true, tensors: wanted });
+  await writeMarker(dir, { uri, kind: "tensors", complete: true, commit, tensors: wanted });
   ctx.log(
     `done: ${infos.length} tensors (${mib(dataBytes)}) from ${byFile.size} file(s) in ${jobs.length} range request(s), ` +
       `${mib(ctx.bytes)} downloaded`,
@@ -706,6 +1247,12 @@ export async function fetchCheckpointTensors(
 async function copyRange(ctx: Ctx, job: RangeJob, fh: FileHandle, signal: AbortSignal): Promise<void> {
   const url = urlOf(ctx, job.file);
   const { got } = await getRange(ctx, url, job.begin, job.end, signal);
+  try {
+    sameEtag(`GET ${url} (bytes ${job.begin}-${job.end - 1})`, job.etag, got.res.headers.get("etag"));
+  } catch (e) {
+    await got.cancel();
+    throw e;
+  }
   let at = job.begin; // source offset of the next byte
   for await (const c of got.chunks()) {
     const cEnd = at + c.byteLength;
