@@ -113,3 +113,14 @@ describe("a plan change while a batch is out on the data path", () => {
     expect(workers[1].batches).toBe(1); // the retry went to w1, which had taken no batch before
   });
 });
+
+describe("a plan with one worker id twice", () => {
+  const { start, setPool } = harness("grpc");
+
+  it("is refused naming the entry (connections are kept per id: the first would stay open for good)", async () => {
+    const r = await start(2);
+    expect(() => setPool(r, ["w0", "w1", "w0"], [[0], [1], [2], [2]], 1)).toThrow(
+      'pools[toy].plan.workers[2]: "w0" repeats pools[toy].plan.workers[0]',
+    );
+  });
+});

@@ -967,7 +967,7 @@ function allExpired(items: Item[], b: WorkerBatchLayout): boolean {
 /** The plan indices of `conns` that are in `set`. */
 function indicesOf(conns: readonly WorkerConn[], set: ReadonlySet<WorkerConn>): Set<number> {
   const out = new Set<number>();
-  if (set.size > 0) conns.forEach((c, i) => set.has(c) && out.add(i));
+  if (set.size > 0) for (let i = 0; i < conns.length; i++) if (set.has(conns[i])) out.add(i);
   return out;
 }
 
@@ -1098,6 +1098,14 @@ function validatePlan(plan: PlacementPlan, m: PoolModel, pool: string): void {
   const f = `pools[${pool}].plan`;
   if (!Array.isArray(plan.workers) || plan.workers.length === 0)
     throw invalidArgument(`${f}.workers`, "must list at least one worker");
+  // connections are kept per id: a second entry of one id would leave the first's connection open for good
+  const seen = new Map<string, number>();
+  for (let i = 0; i < plan.workers.length; i++) {
+    const j = seen.get(plan.workers[i]);
+    if (j !== undefined)
+      throw invalidArgument(`${f}.workers[${i}]`, `${JSON.stringify(plan.workers[i])} repeats ${f}.workers[${j}]`);
+    seen.set(plan.workers[i], i);
+  }
   if (!Array.isArray(plan.replicas) || plan.replicas.length !== m.layers) {
     throw invalidArgument(`${f}.replicas`, `must have one entry per layer (${m.layers}), got ${plan.replicas?.length}`);
   }

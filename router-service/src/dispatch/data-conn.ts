@@ -16,6 +16,7 @@ export interface DataConnHandlers {
 export class DataConn {
   private readonly socket: Socket;
   private closed = false;
+  private readonly close: (err: Error | null) => void;
   /** True once the TCP connection is up; WorkerConn sends nothing here before that. */
   connected = false;
 
@@ -26,6 +27,8 @@ export class DataConn {
   constructor(host: string, port: number, maxFrameBytes: number, connectTimeoutMs: number, h: DataConnHandlers) {
     const s = connect({ host, port, noDelay: true });
     this.socket = s;
+    // A NAT or conntrack entry that expires drops an idle path without a word; keepalive probes find that out.
+    s.setKeepAlive(true, 30_000);
     const timer = setTimeout(
       () => close(new Error(`connect to ${host}:${port} timed out after ${connectTimeoutMs} ms`)),
       connectTimeoutMs,
@@ -45,6 +48,7 @@ export class DataConn {
       s.destroy();
       h.onClose(err);
     };
+    this.close = close;
     const reader = new FrameReader(maxFrameBytes, false, (f) => h.onResult(decodeExpertResult(f)));
     s.on("data", (chunk: Buffer) => {
       try {
@@ -63,5 +67,10 @@ export class DataConn {
 
   end(): void {
     this.socket.end();
+  }
+
+  /** Drops the connection now, reporting `err` to onClose: a stalled path may never finish an orderly close. */
+  abort(err: Error): void {
+    this.close(err);
   }
 }

@@ -1,9 +1,13 @@
 // WorkerConn's two paths against a fake worker over real sockets: the data path once Status offers it and it is
 // connected, the gRPC stream before that and with transport "grpc", a broken data path failing only its own batches
 // (UNAVAILABLE naming the path) and the next batches taking the gRPC stream, a refused data port costing nothing.
+// Then its health: batch timeouts and retryable error replies take it out of replica choice until a batch succeeds
+// (a Status poll does not vouch for batches), a stalled data path is reset, a data port that closes before answering
+// backs off.
 
-import { DType, type ExpertResult, encodeTensor, isSwitchyardError } from "@switchyard/protocol";
-import { afterEach, describe, expect, it } from "vitest";
+import { createServer, Socket } from "node:net";
+import { DType, type ExpertResult, encodeTensor, isSwitchyardError, unavailable } from "@switchyard/protocol";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeWorker } from "../testing/fake-worker.js";
 import { encodeExpertBatch } from "../wire/encode.js";
 import { hostOf, WorkerConn, type WorkerTransport } from "./worker-conn.js";
@@ -15,14 +19,18 @@ const tokens = encodeTensor(rows, [2, D], DType.FLOAT32);
 let worker: FakeWorker | null = null;
 let conn: WorkerConn | null = null;
 afterEach(() => {
+  vi.restoreAllMocks();
   conn?.close();
   worker?.stop();
   conn = null;
   worker = null;
 });
 
-async function setup(transport: WorkerTransport = "auto") {
-  worker = new FakeWorker({ id: "w0", expert: null });
+async function setup(
+  transport: WorkerTransport = "auto",
+  expert: ConstructorParameters<typeof FakeWorker>[0]["expert"] = null,
+) {
+  worker = new FakeWorker({ id: "w0", expert });
   const port = await worker.start();
   conn = new WorkerConn({
     id: "w0",
@@ -140,6 +148,99 @@ describe("WorkerConn paths", () => {
     const err = await send(conn, 100).catch((e) => e);
     expect(isSwitchyardError(err, "DEADLINE_EXCEEDED")).toBe(true);
     expect(conn.usingDataPath).toBe(true);
+  });
+
+  it("turns TCP keepalive on for the data path (a NAT that drops it silently)", async () => {
+    const keepAlive = vi.spyOn(Socket.prototype, "setKeepAlive");
+    const { conn } = await setup();
+    await onDataPath(conn);
+    expect(keepAlive).toHaveBeenCalledWith(true, 30_000);
+  });
+});
+
+describe("WorkerConn health", () => {
+  it("a batch timeout is a latency sample of the time waited (a stalled worker looks slow), not a way out of choice", async () => {
+    const { worker, conn } = await setup("grpc");
+    await conn.refreshStatus();
+    expect(echoed(await send(conn))).toBe(true);
+    worker.mode = "stall";
+    const before = conn.latencyMs;
+    const err = await send(conn, 100).catch((e) => e);
+    expect(isSwitchyardError(err, "DEADLINE_EXCEEDED")).toBe(true);
+    expect(conn.outstandingTokens).toBe(0);
+    expect(conn.latencyMs).toBeGreaterThan(before + 10); // 0.2 of a ~100 ms sample
+    // still a candidate: with one replica, taking it out would fail every request meanwhile
+    expect(conn.healthy).toBe(true);
+  });
+
+  it("after two timeouts in a row the stalled data path is reset and the next batch takes the gRPC stream", async () => {
+    const { worker, conn } = await setup();
+    await onDataPath(conn);
+    worker.mode = "stall";
+    for (let i = 0; i < 2; i++) {
+      const err = await send(conn, 100).catch((e) => e);
+      expect(isSwitchyardError(err, "DEADLINE_EXCEEDED")).toBe(true);
+    }
+    expect(conn.usingDataPath).toBe(false);
+    worker.mode = "ok";
+    const dataBefore = worker.dataBatches;
+    expect(echoed(await send(conn))).toBe(true);
+    expect(worker.dataBatches).toBe(dataBefore); // the data path backs off: gRPC carried it
+    expect(conn.healthy).toBe(true);
+  });
+
+  it("a retryable error reply doubles the latency average (a fast error must not make it look fastest)", async () => {
+    let failing = false;
+    const { conn } = await setup("grpc", (_l, _e, x) => {
+      if (failing) throw unavailable("expert not loadable");
+      return x;
+    });
+    await conn.refreshStatus();
+    await send(conn);
+    const latency = conn.latencyMs;
+    expect(latency).toBeGreaterThan(0);
+    failing = true;
+    for (let i = 1; i <= 3; i++) {
+      const err = await send(conn).catch((e) => e);
+      expect(isSwitchyardError(err, "UNAVAILABLE")).toBe(true);
+      expect(conn.latencyMs).toBeCloseTo(Math.max(latency, 1) * 2 ** i, 6);
+    }
+    expect(conn.healthy).toBe(true);
+    failing = false;
+    await send(conn);
+    expect(conn.latencyMs).toBeLessThan(Math.max(latency, 1) * 8); // a success brings it back down
+  });
+
+  it("a data port that closes before its first reply backs off instead of reconnecting per batch", async () => {
+    let accepts = 0;
+    const bad = createServer((s) => {
+      accepts++;
+      s.end();
+    });
+    await new Promise<void>((r) => bad.listen(0, "127.0.0.1", r));
+    try {
+      const { worker, conn } = await setup();
+      worker.dataPort = (bad.address() as { port: number }).port;
+      await conn.refreshStatus();
+      for (let i = 0; i < 10; i++) {
+        expect(echoed(await send(conn))).toBe(true);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(accepts).toBe(1);
+    } finally {
+      bad.close();
+    }
+  });
+
+  it("its re-armed Status timer does not keep the process alive", async () => {
+    worker = new FakeWorker({ id: "w0", expert: null });
+    const port = await worker.start();
+    conn = new WorkerConn({ id: "w0", address: `127.0.0.1:${port}`, statusIntervalMs: 10 });
+    const c = conn;
+    await until(() => c.lastStatus !== null, "the first Status");
+    await new Promise((r) => setTimeout(r, 30)); // re-armed at least once
+    const timer = (c as unknown as { statusTimer: NodeJS.Timeout }).statusTimer;
+    expect(timer.hasRef()).toBe(false);
   });
 });
 

@@ -7,6 +7,15 @@
 // (the gRPC stream takes them while it connects), and one that fails to connect or breaks is left alone for a
 // while, doubling per failure in a row (batches take the gRPC stream meanwhile), so a blocked data port costs no
 // stalls. Status polls keep residency, queue depth, liveness and the data port fresh.
+//
+// Health: a failed Status or a broken path marks the worker down for `downMs` (out of replica choice), which the
+// next good Status clears. A worker that answers Status but fails batches (a hung backend, an expert it cannot load)
+// is not taken out: with one replica that would fail every request for the time out, and RESOURCE_EXHAUSTED is load,
+// not a fault. It is made to look slow instead, so that the load-aware choice prefers other replicas where there are
+// any: a timeout is a latency sample of the time it waited, a retryable error reply doubles the latency average (up
+// to 10 s) where a success would have sampled its time (a fast error must not make a failing worker look fastest),
+// and successes bring it back down. Two timeouts in a row on the data path reset that connection (a silently
+// dropped path), so the next batches reconnect or take the gRPC stream.
 
 import {
   type ChannelOptions,
@@ -24,6 +33,7 @@ import {
   ExpertWorkerService,
   fromGrpcError,
   fromRpcError,
+  isRetryable,
   type SwitchyardError,
   unavailable,
   type WorkerStatus,
@@ -70,6 +80,11 @@ const FastWorkerClient = makeGenericClientConstructor(
   options: ChannelOptions,
 ) => ExpertWorkerClient;
 
+/** Highest latency average a run of failed batches can give a worker (ms). */
+const FAILED_LATENCY_MAX_MS = 10_000;
+/** Timeouts in a row on one data-path connection that reset it. */
+const DATA_TIMEOUTS_TO_RESET = 2;
+
 /** What WorkerConn needs of a path: a grpc-js duplex stream or a DataConn. */
 interface BatchPath {
   write(msg: Buffer, done: () => void): unknown;
@@ -110,7 +125,7 @@ export interface WorkerConnOptions {
   address: string;
   /** Interval of Status polls (residency, queue depth, liveness). 0 = no polling. */
   statusIntervalMs?: number;
-  /** A worker that failed stays out of replica choice this long (unless a Status poll succeeds sooner). */
+  /** A worker whose path or Status failed stays out of replica choice this long (unless a Status poll succeeds sooner). */
   downMs?: number;
   /** Default "auto". */
   transport?: WorkerTransport;
@@ -133,6 +148,8 @@ export class WorkerConn {
   private dataOffUntil = 0;
   /** Data-path failures since it last carried a reply (the backoff's exponent). */
   private dataFailures = 0;
+  /** Batches on the current data-path connection that timed out since its last reply. */
+  private dataTimeouts = 0;
   private readonly dataConnectTimeoutMs: number;
   private readonly dataHost: string | null;
   private readonly transport: WorkerTransport;
@@ -176,7 +193,9 @@ export class WorkerConn {
       const poll = () => {
         if (this.closed) return;
         this.refreshStatus(interval).finally(() => {
-          if (!this.closed) this.statusTimer = setTimeout(poll, interval);
+          if (this.closed) return;
+          this.statusTimer = setTimeout(poll, interval);
+          this.statusTimer.unref?.(); // polling alone must not keep a process alive
         });
       };
       this.statusTimer = setTimeout(poll, 0);
@@ -216,10 +235,16 @@ export class WorkerConn {
     return new Promise<ExpertResult>((resolve, reject) => {
       const timer = setTimeout(
         () => {
-          if (this.pending.delete(batchId)) {
-            this.outstandingTokens -= tokens;
-            reject(deadlineExceeded(`worker ${this.id} did not answer within ${Math.round(timeoutMs)} ms`));
-          }
+          const p = this.pending.get(batchId);
+          if (!p) return;
+          this.pending.delete(batchId);
+          this.outstandingTokens -= tokens;
+          // It took at least this long: without the sample a worker that never answers keeps its old, fast average.
+          this.sampleLatency(performance.now() - p.sentAt);
+          reject(deadlineExceeded(`worker ${this.id} did not answer within ${Math.round(timeoutMs)} ms`));
+          const data = this.data;
+          if (p.via === data && ++this.dataTimeouts >= DATA_TIMEOUTS_TO_RESET)
+            data.abort(new Error(`${this.dataTimeouts} batches in a row unanswered`));
         },
         Math.max(1, timeoutMs),
       );
@@ -253,16 +278,22 @@ export class WorkerConn {
   }
 
   private openData(host: string, port: number): void {
+    let replied = false;
+    this.dataTimeouts = 0;
     const conn: DataConn = new DataConn(host, port, this.maxMessageBytes, this.dataConnectTimeoutMs, {
       onResult: (r) => {
+        replied = true;
         this.dataFailures = 0;
+        if (this.data === conn) this.dataTimeouts = 0;
         this.onResult(r);
       },
       onClose: (err) => {
         if (this.data === conn) this.data = null;
         const lost = this.failPath(conn, err, `data path ${host}:${port}`);
-        // Broken (an error, or closed under batches): gRPC carries the batches for a while.
-        if (lost > 0 || err) {
+        // Broken (an error, closed under batches, or closed before it ever answered: a worker that refuses the
+        // preface, as during a rolling upgrade, would otherwise be reconnected per batch): gRPC carries the
+        // batches for a while.
+        if (lost > 0 || err || !replied) {
           this.dataFailures++;
           const backoff = Math.min(this.dataRetryMs * 2 ** (this.dataFailures - 1), 300_000);
           this.dataOffUntil = performance.now() + backoff;
@@ -279,11 +310,22 @@ export class WorkerConn {
     this.pending.delete(id);
     clearTimeout(p.timer);
     this.outstandingTokens -= p.tokens;
-    const ms = performance.now() - p.sentAt;
-    this.latencyMs = this.latencyMs === 0 ? ms : 0.8 * this.latencyMs + 0.2 * ms;
-    if (r.error && r.error.code !== grpcStatus.OK) p.reject(fromRpcError(r.error));
-    else p.resolve(r);
+    if (r.error && r.error.code !== grpcStatus.OK) {
+      // No latency sample of a fast error: it would make a failing worker look fastest. A worker that could not
+      // take the batch looks slower instead; one that refuses the batch itself (say INVALID_ARGUMENT) is not at fault.
+      const e = fromRpcError(r.error);
+      if (isRetryable(e) || e.code === "DEADLINE_EXCEEDED")
+        this.latencyMs = Math.min(FAILED_LATENCY_MAX_MS, Math.max(this.latencyMs, 1) * 2);
+      p.reject(e);
+      return;
+    }
+    this.sampleLatency(performance.now() - p.sentAt);
+    p.resolve(r);
   };
+
+  private sampleLatency(ms: number): void {
+    this.latencyMs = this.latencyMs === 0 ? ms : 0.8 * this.latencyMs + 0.2 * ms;
+  }
 
   /** Fails what is in flight on `via` (only there): UNAVAILABLE naming the worker and the path. Returns how many. */
   private failPath(via: BatchPath, err: unknown, what: string): number {

@@ -39,7 +39,14 @@ export function validatePlan(
   if (!Array.isArray(p.workers) || !p.workers.every((w) => typeof w === "string" && w !== ""))
     throw new PlacementError("plan.workers", "must be an array of non-empty strings");
   const workers = p.workers as string[];
-  if (new Set(workers).size !== workers.length) throw new PlacementError("plan.workers", "has duplicate ids");
+  // The router keys a worker's connection by id: a repeated id would get two connections and close only one.
+  const first = new Map<string, number>();
+  workers.forEach((w, i) => {
+    const j = first.get(w);
+    if (j !== undefined)
+      throw new PlacementError(`plan.workers[${i}]`, `${JSON.stringify(w)} repeats plan.workers[${j}]`);
+    first.set(w, i);
+  });
   if (p.endpoints !== undefined) {
     if (!p.endpoints || typeof p.endpoints !== "object" || Array.isArray(p.endpoints))
       throw new PlacementError("plan.endpoints", "must be an object of worker id -> host:port");

@@ -184,7 +184,8 @@ describe("validatePlan", () => {
   });
   it.each([
     [{ ...good, version: -1 }, /plan.version/],
-    [{ ...good, workers: ["a", "a"] }, /plan.workers: has duplicate ids/],
+    // the router keys its connections by id: a repeated one would leak the first's connection
+    [{ ...good, workers: ["a", "b", "a"] }, /plan.workers\[2\]: "a" repeats plan.workers\[0\]/],
     [{ ...good, replicas: [[[0], [2]]] }, /plan.replicas\[0\]\[1\]: worker index 2 is outside/],
     [{ ...good, replicas: [[[0], []]] }, /plan.replicas\[0\]\[1\]: has no worker/],
     [{ ...good, replicas: [[[0, 0], [1]]] }, /appears twice/],
