@@ -112,6 +112,9 @@ const checkpointSchema = obj(
         pattern: "^(https?://[^/].*|hf://[^/@]+/[^/@]+(@.+)?)$",
       },
     ),
+    downloadSize: quantity(
+      "With uri: the disk the download needs on each worker's node (e.g. 100Gi): requested as the init container's ephemeral storage, so the scheduler places the pod where it fits, and the limit of the pod's checkpoint emptyDir. Unset: no request, no limit.",
+    ),
     tokenSecret: obj(
       "With uri: a Secret in the pool's namespace holding a Hugging Face access token, given to the workers' fetch-checkpoint init container as HF_TOKEN (gated or private hf:// repositories). The router reads its own HF_TOKEN (the chart's router.extraEnv).",
       {
@@ -134,6 +137,10 @@ const checkpointSchema = obj(
       {
         rule: "!has(self.tokenSecret) || has(self.uri)",
         message: "checkpoint.tokenSecret goes with checkpoint.uri",
+      },
+      {
+        rule: "!has(self.downloadSize) || has(self.uri)",
+        message: "checkpoint.downloadSize goes with checkpoint.uri",
       },
     ],
   },

@@ -143,6 +143,12 @@ describe("desiredStatefulSet", () => {
     });
     expect(v.initContainers).toBeUndefined();
     expect(u.initContainers?.[0].env).toBeUndefined();
+    expect(u.initContainers?.[0].resources).toBeUndefined();
+    // the disk the download needs: requested by the init container, the emptyDir's limit
+    uri.spec.model.checkpoint = { uri: "hf://org/model", downloadSize: "100Gi" };
+    const sized = desiredStatefulSet(uri).spec!.template.spec!;
+    expect(sized.initContainers?.[0].resources).toEqual({ requests: { "ephemeral-storage": "100Gi" } });
+    expect(sized.volumes?.[0]).toEqual({ name: "checkpoint", emptyDir: { sizeLimit: "100Gi" } });
     // a gated Hub repository: the token from the pool's Secret, as HF_TOKEN
     uri.spec.model.checkpoint = { uri: "hf://org/model", tokenSecret: { name: "hf" } };
     expect(desiredStatefulSet(uri).spec!.template.spec!.initContainers?.[0].env).toEqual([

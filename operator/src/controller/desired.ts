@@ -128,7 +128,8 @@ function checkpointVolume(pool: ExpertPool) {
   const c = pool.spec.model.checkpoint;
   if (c.pvc) return { name: "checkpoint", persistentVolumeClaim: { claimName: c.pvc.claimName, readOnly: true } };
   if (c.hostPath) return { name: "checkpoint", hostPath: { path: c.hostPath.path, type: "Directory" } };
-  return { name: "checkpoint", emptyDir: {} }; // uri: the worker downloads into it
+  // uri: the init container downloads into it; downloadSize bounds it (the node evicts a pod past its limit)
+  return { name: "checkpoint", emptyDir: c.downloadSize !== undefined ? { sizeLimit: String(c.downloadSize) } : {} };
 }
 
 /**
@@ -292,6 +293,7 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
 function fetchCheckpointContainer(pool: ExpertPool, securityContext: object) {
   const { worker } = pool.spec;
   const token = pool.spec.model.checkpoint.tokenSecret;
+  const size = pool.spec.model.checkpoint.downloadSize;
   return {
     name: "fetch-checkpoint",
     image: worker.image,
@@ -306,6 +308,8 @@ function fetchCheckpointContainer(pool: ExpertPool, securityContext: object) {
       CHECKPOINT_MOUNT,
     ],
     volumeMounts: [{ name: "checkpoint", mountPath: CHECKPOINT_MOUNT }],
+    // the scheduler then picks a node with the disk for it (an emptyDir lives on the node's ephemeral storage)
+    ...(size !== undefined ? { resources: { requests: { "ephemeral-storage": String(size) } } } : {}),
     ...(token
       ? { env: [{ name: "HF_TOKEN", valueFrom: { secretKeyRef: { name: token.name, key: token.key ?? "HF_TOKEN" } } }] }
       : {}),

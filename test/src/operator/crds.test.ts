@@ -153,6 +153,11 @@ const INVALID: [string, unknown, string][] = [
     "spec.model.checkpoint.uri in body should match",
   ],
   [
+    "checkpoint downloadSize without a uri (CEL)",
+    withModel({ checkpoint: { hostPath: { path: "/m" }, downloadSize: "10Gi" } }),
+    "checkpoint.downloadSize goes with checkpoint.uri",
+  ],
+  [
     "checkpoint tokenSecret without a uri (CEL)",
     withModel({ checkpoint: { hostPath: { path: "/m" }, tokenSecret: { name: "hf" } } }),
     "checkpoint.tokenSecret goes with checkpoint.uri",
