@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
@@ -9,21 +9,32 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { type Checkpoint, INDEX_FILE, openCheckpoint, SINGLE_FILE } from "./checkpoint.js";
-import { checkpointSource, fetchCheckpoint, fetchCheckpointTensors, routerTensorNames } from "./fetch-checkpoint.js";
+import {
+  checkpointSource,
+  type FetchOptions,
+  fetchCheckpoint,
+  fetchCheckpointTensors,
+  routerTensorNames,
+} from "./fetch-checkpoint.js";
 import { type GeneratedCheckpoint, generateCheckpoint } from "./generate.js";
 import { SafetensorsFile } from "./safetensors.js";
 import { moeLayers } from "./spec.js";
 
 // A real HTTP server over generated checkpoints. URLs are /MODE/CHECKPOINT/FILE, so each test picks the server's
 // behaviour in its uri:
-//   ok       files, with single-range Range support (206 + Content-Range)
+//   ok       files, with single-range Range support (206 + Content-Range) and If-Range
 //   norange  ignores Range: always 200 and the whole file
+//   noifrange as ok, but ignores If-Range: a Range is answered from the file as it is now
+//   badrange answers a Range request with a 206 from byte 0 (Content-Range "bytes 0-…"), whatever was asked for
+//   badtotal answers a Range request with the bytes asked for, but a Content-Range total one byte too many
 //   missing  404 for the file names in `missing`
 //   stallhdr never answers a shard request; stallbody sends a shard's headers and 100 bytes, then nothing
 //   trickle  sends a shard's body one byte every 50 ms
 //   plain    as missing, without ETag or Last-Modified
+//   slow     as ok, but sends a shard's body 4 KiB every 10 ms
 // Files carry an ETag (a hash of their bytes) and Last-Modified, and If-None-Match is answered with a 304, except in
-// plain mode. CHECKPOINT may be an alias (`aliases`): a URL whose files are replaced behind it.
+// plain mode. CHECKPOINT may be an alias (`aliases`): a URL whose files are replaced behind it. A file named in
+// `cuts` is cut off once, in any mode: its next answer stops (the connection closed) at that byte of the file.
 // /hfroot/acme/tiny/resolve/REV/FILE is the Hub's layout: it needs `Authorization: Bearer hf-secret`, maps REV (a
 // ref in `hfRefs`, or a commit) to a commit, and redirects (302 with X-Repo-Commit, as the Hub does to its CDN) to
 // /missing/CHECKPOINT/FILE of that commit's checkpoint (`hfCommits`).
@@ -32,6 +43,7 @@ import { moeLayers } from "./spec.js";
 interface Logged {
   path: string;
   range?: string;
+  ifRange?: string;
   auth?: string;
   encoding?: string;
 }
@@ -45,6 +57,7 @@ const requests: Logged[] = [];
 const sent = new Map<string, number>();
 const missing = new Set<string>();
 const aliases: Record<string, string> = {};
+const cuts = new Map<string, number>();
 const C1 = "1".repeat(40);
 const C2 = "2".repeat(40);
 const C3 = "3".repeat(40);
@@ -101,21 +114,41 @@ async function serveFile(req: IncomingMessage, res: ServerResponse, ckpt: string
   }
   let start = 0;
   let end = size - 1;
+  const headers: Record<string, string | number> = { ...validators };
   const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
-  if (m && mode !== "norange") {
+  // If-Range: the Range holds only while the file still has that ETag
+  const ifRange = req.headers["if-range"];
+  const changed = ifRange !== undefined && ifRange !== validators["etag"] && mode !== "noifrange";
+  if (m && mode !== "norange" && !changed) {
     start = Number(m[1]);
     end = m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1);
     if (start >= size) {
       res.writeHead(416, { "content-range": `bytes */${size}` }).end();
       return;
     }
-    res.writeHead(206, {
-      ...validators,
-      "content-length": end - start + 1,
-      "content-range": `bytes ${start}-${end}/${size}`,
-    });
-  } else {
-    res.writeHead(200, { ...validators, "content-length": size });
+    if (mode === "badrange") start = 0;
+    headers["content-range"] = `bytes ${start}-${end}/${mode === "badtotal" ? size + 1 : size}`;
+  }
+  headers["content-length"] = end - start + 1;
+  res.writeHead(headers["content-range"] ? 206 : 200, headers);
+  if (mode === "slow" && shard) {
+    const bytes = (await readFile(path)).subarray(start, end + 1);
+    let i = 0;
+    const t = setInterval(() => {
+      res.write(bytes.subarray(i, i + 4096));
+      i += 4096;
+      if (i >= bytes.byteLength) res.end();
+    }, 10);
+    res.on("close", () => clearInterval(t));
+    return;
+  }
+  const cut = cuts.get(file);
+  if (cut !== undefined) {
+    cuts.delete(file);
+    const part = (await readFile(path)).subarray(start, Math.max(start, cut));
+    sent.set(ckpt, (sent.get(ckpt) ?? 0) + part.byteLength);
+    res.write(part, () => res.destroy());
+    return;
   }
   sent.set(ckpt, (sent.get(ckpt) ?? 0) + (end - start + 1));
   createReadStream(path, { start, end }).pipe(res);
@@ -137,6 +170,7 @@ beforeAll(async () => {
     requests.push({
       path: url,
       range: req.headers.range,
+      ifRange: req.headers["if-range"] as string | undefined,
       auth: req.headers.authorization,
       encoding: req.headers["accept-encoding"],
     });
@@ -163,7 +197,10 @@ beforeAll(async () => {
       res.end(JSON.stringify({ weight_map: { "model.layers.0.mlp.gate.weight": evilName } }));
       return;
     }
-    const m = /^\/(ok|norange|missing|stallhdr|stallbody|trickle|plain)\/([^/]+)\/([^/]+)$/.exec(url);
+    const m =
+      /^\/(ok|norange|noifrange|badrange|badtotal|missing|stallhdr|stallbody|trickle|plain|slow)\/([^/]+)\/([^/]+)$/.exec(
+        url,
+      );
     if (!m) {
       res.writeHead(404).end();
       return;
@@ -184,6 +221,7 @@ beforeEach(() => {
   requests.length = 0;
   sent.clear();
   missing.clear();
+  cuts.clear();
   for (const k of Object.keys(aliases)) delete aliases[k];
   for (const k of Object.keys(hfRefs)) delete hfRefs[k];
   hfRefs.v1 = C1;
@@ -583,6 +621,288 @@ describe("fetchCheckpoint", () => {
     expect(resumed.skipped).toEqual(["config.json", INDEX_FILE]);
     expect(resumed.fetched).toContain("model-00003-of-00003.safetensors");
     await expectSameFiles(sources.sharded, same);
+  });
+});
+
+describe("fetchCheckpoint: a download cut off part-way", () => {
+  const resumables = async (dir: string) => (await readdir(dir)).filter((f) => f.includes(".resumable")).sort();
+  const recordOf = async (dir: string, file: string) =>
+    JSON.parse(await readFile(join(dir, `${file}.resumable.json`), "utf8"));
+  const etagOf = async (path: string) =>
+    `"${createHash("sha1")
+      .update(await readFile(path))
+      .digest("hex")}"`;
+  /** Askings for `file` (its Range headers), in order. */
+  const ranges = (file: string) => requests.filter((q) => q.path.endsWith(`/${file}`)).map((q) => q.range);
+
+  /** A first run whose answer for `file` stops half-way; what it kept to resume from. */
+  async function cutOff(uri: string, dir: string, file: string, src: GeneratedCheckpoint, o: FetchOptions = {}) {
+    const size = (await stat(join(src.dir, file))).size;
+    cuts.set(file, Math.floor(size / 2));
+    const err = await rejection(fetchCheckpoint(uri, dir, o));
+    expect(err.message).toContain(`/${file}`);
+    expect(await readdir(dir)).not.toContain(file);
+    const { durable } = await recordOf(dir, file);
+    expect(durable).toBeGreaterThan(0);
+    expect(durable).toBeLessThanOrEqual(size / 2);
+    expect((await stat(join(dir, `${file}.resumable`))).size).toBe(durable);
+    requests.length = 0;
+    sent.clear();
+    return { size, durable: durable as number };
+  }
+
+  it("resumes it by Range: only the rest crosses the wire, and the file is byte-identical", async () => {
+    const src = sources.single;
+    const dir = freshDir();
+    const uri = `${base}/ok/single`;
+    const { size, durable } = await cutOff(uri, dir, SINGLE_FILE, src);
+    const etag = await etagOf(join(src.dir, SINGLE_FILE));
+    expect(await recordOf(dir, SINGLE_FILE)).toEqual({ version: 1, url: `${uri}/${SINGLE_FILE}`, etag, size, durable });
+
+    const lines: string[] = [];
+    const r = await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+    expect(r.fetched).toEqual([SINGLE_FILE]);
+    expect(r.skipped).toEqual(["config.json"]);
+    expect(sent.get("single")).toBe(size - durable);
+    expect(r.bytes).toBe(size - durable);
+    expect(requests.filter((q) => q.path.endsWith(SINGLE_FILE))).toEqual([
+      expect.objectContaining({ range: `bytes=${durable}-`, ifRange: etag }),
+    ]);
+    expect(lines.join("\n")).toMatch(/model\.safetensors: resuming at \d+\.\d MiB of \d+\.\d MiB/);
+    await expectSameFiles(src, dir);
+    expect(await resumables(dir)).toEqual([]);
+    expect((await readMarker(dir)).files[SINGLE_FILE]).toMatchObject({ etag });
+  });
+
+  for (const mode of ["ok", "noifrange"]) {
+    it(`${mode}: a file whose ETag changed since its partial download is fetched from byte 0, never spliced`, async () => {
+      aliases.live = "single";
+      const uri = `${base}/${mode}/live`;
+      const dir = freshDir();
+      const { durable } = await cutOff(uri, dir, SINGLE_FILE, sources.single);
+      aliases.live = "qwen"; // a new checkpoint uploaded under the same URL
+      const lines: string[] = [];
+      const r = await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+      // ok: If-Range gets the whole new file (200); noifrange: the new file's tail (206) is dropped, then asked whole
+      expect(lines.join("\n")).toMatch(
+        new RegExp(
+          `${SINGLE_FILE}: changed since its partial download \\(ETag "[0-9a-f]+" -> "[0-9a-f]+"\\)` +
+            `${mode === "ok" ? "" : ", yet the server sent part of it \\(HTTP 206\\)"}: downloading it from byte 0`,
+        ),
+      );
+      expect(ranges(SINGLE_FILE)).toEqual(mode === "ok" ? [`bytes=${durable}-`] : [`bytes=${durable}-`, undefined]);
+      expect(r.bytes).toBe(await totalSize(sources.qwen));
+      await expectSameFiles(sources.qwen, dir);
+    });
+  }
+
+  it("a server that ignores Range sends the whole file again; the result is still byte-identical", async () => {
+    const uri = `${base}/norange/single`;
+    const dir = freshDir();
+    const { size, durable } = await cutOff(uri, dir, SINGLE_FILE, sources.single);
+    const lines: string[] = [];
+    const r = await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+    expect(lines).toContain(
+      `${SINGLE_FILE}: the server ignored the Range request (HTTP 200): downloading it from byte 0`,
+    );
+    expect(ranges(SINGLE_FILE)).toEqual([`bytes=${durable}-`]);
+    expect(r.bytes).toBe(size);
+    await expectSameFiles(sources.single, dir);
+    expect(await resumables(dir)).toEqual([]);
+  });
+
+  for (const mode of ["badrange", "badtotal"]) {
+    it(`${mode}: a 206 whose Content-Range is not the rest asked for is dropped, never spliced`, async () => {
+      const uri = `${base}/${mode}/single`;
+      const dir = freshDir();
+      const { size, durable } = await cutOff(uri, dir, SINGLE_FILE, sources.single);
+      const lines: string[] = [];
+      const r = await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+      const said = mode === "badrange" ? `bytes 0-${size - 1}/${size}` : `bytes ${durable}-${size - 1}/${size + 1}`;
+      expect(lines).toContain(
+        `${SINGLE_FILE}: HTTP 206 with Content-Range "${said}", not "bytes ${durable}-${size - 1}/${size}": ` +
+          "downloading it from byte 0",
+      );
+      expect(ranges(SINGLE_FILE)).toEqual([`bytes=${durable}-`, undefined]);
+      expect(r.bytes).toBe(size);
+      await expectSameFiles(sources.single, dir);
+    });
+  }
+
+  it("a partial left by a kill is trusted only as far as its record vouches for it", async () => {
+    const src = sources.single;
+    const uri = `${base}/ok/single`;
+    const url = `${uri}/${SINGLE_FILE}`;
+    const bytes = await readFile(join(src.dir, SINGLE_FILE));
+    const size = bytes.byteLength;
+    const configSize = (await stat(join(src.dir, "config.json"))).size;
+    const etag = await etagOf(join(src.dir, SINGLE_FILE));
+    const half = Math.floor(size / 2);
+    const junk = Buffer.alloc(1000, 0xab);
+    const record = (r: object) => JSON.stringify({ version: 1, url, etag, size, durable: half, ...r });
+    const cases: { name: string; data: Buffer; record?: string; range?: string; sent: number; says?: string }[] = [
+      {
+        // written past its last resume point: those bytes may never have reached the disk
+        name: "bytes past the resume point",
+        data: Buffer.concat([bytes.subarray(0, half), junk]),
+        record: record({}),
+        range: `bytes=${half}-`,
+        sent: size - half,
+        says: "resuming at",
+      },
+      {
+        // killed between its last write and its rename: its last byte, asked for again, shows it is the same file
+        name: "whole",
+        data: bytes,
+        record: record({ durable: size }),
+        range: `bytes=${size - 1}-`,
+        sent: 1,
+      },
+      {
+        name: "another ETag",
+        data: bytes.subarray(0, half),
+        record: record({ etag: '"0000"' }),
+        range: `bytes=${half}-`,
+        sent: size,
+        says: `changed since its partial download (ETag "0000" -> ${etag})`,
+      },
+      {
+        name: "no record",
+        data: bytes.subarray(0, half),
+        sent: size,
+        says: "no readable record of what its partial download was started against",
+      },
+      {
+        name: "a weak ETag",
+        data: bytes.subarray(0, half),
+        record: record({ etag: `W/${etag}` }),
+        sent: size,
+        says: "no readable record",
+      },
+      {
+        name: "another URL",
+        data: bytes.subarray(0, half),
+        record: record({ url: `${base}/ok/qwen/${SINGLE_FILE}` }),
+        sent: size,
+        says: `its partial download came from ${base}/ok/qwen/${SINGLE_FILE}, not ${url}`,
+      },
+      {
+        name: "nothing synced",
+        data: bytes.subarray(0, half),
+        record: record({ durable: 0 }),
+        sent: size,
+        says: "none of its partial download was recorded as on the disk",
+      },
+      {
+        name: "longer than the server's file",
+        data: Buffer.concat([bytes, junk]),
+        record: record({ size: size + junk.byteLength, durable: size + junk.byteLength }),
+        range: `bytes=${size + junk.byteLength - 1}-`,
+        sent: size,
+        says: `HTTP 416 for bytes ${size + junk.byteLength - 1}- (Content-Range "bytes */${size}")`,
+      },
+    ];
+    for (const c of cases) {
+      const dir = freshDir();
+      await mkdir(dir);
+      await writeFile(join(dir, `${SINGLE_FILE}.resumable`), c.data);
+      if (c.record) await writeFile(join(dir, `${SINGLE_FILE}.resumable.json`), c.record);
+      requests.length = 0;
+      sent.clear();
+      const lines: string[] = [];
+      await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+      expect(ranges(SINGLE_FILE)[0], c.name).toBe(c.range);
+      expect(sent.get("single")! - configSize, c.name).toBe(c.sent);
+      if (c.says) expect(lines.join("\n"), c.name).toContain(`${SINGLE_FILE}: ${c.says}`);
+      await expectSameFiles(src, dir);
+    }
+  });
+
+  it("removes the partial of a file the checkpoint no longer has", async () => {
+    aliases.live = "single";
+    const uri = `${base}/ok/live`;
+    const dir = freshDir();
+    await cutOff(uri, dir, SINGLE_FILE, sources.single);
+    aliases.live = "sharded";
+    const lines: string[] = [];
+    await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+    expect(lines).toContain(`${dir}: removed 2 partial download file(s) of files this checkpoint no longer has`);
+    await expectSameFiles(sources.sharded, dir);
+  });
+
+  it("a caller whose lock is taken over leaves its partial to the new holder", async () => {
+    const dir = freshDir();
+    const partial = join(dir, `${SINGLE_FILE}.resumable`);
+    const p = fetchCheckpoint(`${base}/slow/single`, dir, { lockStaleMs: 400 });
+    while (((await stat(partial).catch(() => undefined))?.size ?? 0) === 0) await sleep(10);
+    await writeFile(join(dir, ".switchyard-checkpoint.lock"), JSON.stringify({ host: "x", pid: 1, token: "new" }));
+    expect((await rejection(p)).message).toMatch(/aborted \(.*the lock was taken over by another caller/);
+    // not recorded as a resume point by the caller that lost the lock, nor removed
+    expect(await recordOf(dir, SINGLE_FILE)).toMatchObject({ durable: 0 });
+    expect((await stat(partial)).size).toBeGreaterThan(0);
+  });
+
+  it("a kill without warning (SIGKILL) costs only what came after the last resume point", async () => {
+    const dir = freshDir();
+    const uri = `${base}/slow/single`;
+    const size = (await stat(join(sources.single.dir, SINGLE_FILE))).size;
+    const module = JSON.stringify(join(import.meta.dirname, "fetch-checkpoint.ts"));
+    const script = `const { fetchCheckpoint } = await import(${module});
+await fetchCheckpoint(${JSON.stringify(uri)}, ${JSON.stringify(dir)}, { resumePointMs: 50 });`;
+    const child = spawn(
+      process.execPath,
+      ["--conditions=switchyard-source", "--import", "tsx", "--input-type=module", "-e", script],
+      { stdio: "ignore" },
+    );
+    const exited = new Promise((r) => child.on("exit", r));
+    const record = join(dir, `${SINGLE_FILE}.resumable.json`);
+    const t0 = performance.now();
+    while (!((await readFile(record, "utf8").then(JSON.parse, () => undefined))?.durable > size / 4)) {
+      expect(performance.now() - t0, "the child's first resume points").toBeLessThan(20_000);
+      await sleep(10);
+    }
+    child.kill("SIGKILL");
+    await exited;
+    const { durable } = await recordOf(dir, SINGLE_FILE);
+    expect(durable).toBeLessThan(size);
+    requests.length = 0;
+    sent.clear();
+    const lines: string[] = [];
+    const r = await fetchCheckpoint(uri, dir, { log: (l) => lines.push(l) });
+    expect(lines.join("\n")).toMatch(/breaking a stale lock \(process \d+ of this host is gone\)/);
+    expect(ranges(SINGLE_FILE)).toEqual([`bytes=${durable}-`]);
+    expect(r.bytes).toBe(size - durable);
+    await expectSameFiles(sources.single, dir);
+  });
+
+  it("hf://: resumes at the same commit through the Hub's redirect; drops a partial of another commit", async () => {
+    const env = { HF_ENDPOINT: `${base}/hfroot`, HF_TOKEN: "hf-secret" };
+    hfRefs.main = C1;
+    const dir = freshDir();
+    const { size, durable } = await cutOff("hf://acme/tiny", dir, SINGLE_FILE, sources.single, { env });
+    const url = `${base}/hfroot/acme/tiny/resolve/${C1}/${SINGLE_FILE}`;
+    expect(await recordOf(dir, SINGLE_FILE)).toMatchObject({ url, commit: C1, size, durable });
+    const r = await fetchCheckpoint("hf://acme/tiny", dir, { env });
+    expect(r.bytes).toBe(size - durable);
+    // the Range goes with the redirect, to the CDN
+    expect(requests.filter((q) => q.path.endsWith(SINGLE_FILE)).map((q) => [q.path, q.range])).toEqual([
+      [`/hfroot/acme/tiny/resolve/${C1}/${SINGLE_FILE}`, `bytes=${durable}-`],
+      [`/missing/single/${SINGLE_FILE}`, `bytes=${durable}-`],
+    ]);
+    await expectSameFiles(sources.single, dir);
+
+    const moved = freshDir();
+    const shard = "model-00002-of-00003.safetensors";
+    hfRefs.main = C2;
+    await cutOff("hf://acme/tiny", moved, shard, sources.sharded, { env });
+    hfRefs.main = C3; // a push to main while the pod restarts: the same file names, other bytes
+    const lines: string[] = [];
+    await fetchCheckpoint("hf://acme/tiny", moved, { env, log: (l) => lines.push(l) });
+    expect(lines).toContain(
+      `${shard}: its partial download is of commit ${C2}, this run fetches commit ${C3}: downloading it from byte 0`,
+    );
+    expect(ranges(shard)).toEqual([undefined, undefined]); // the Hub's resolve, then the CDN: no Range
+    await expectSameFiles(sources.ds, moved);
   });
 });
 

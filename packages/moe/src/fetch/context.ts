@@ -22,18 +22,31 @@ export interface FetchOptions {
    * not refreshed for this long (or at once when it names a process of this host that is gone). Default 120_000.
    */
   lockStaleMs?: number;
+  /**
+   * A download that can be resumed is synced and its record advanced this often: the most of it that a kill without
+   * warning (SIGKILL, a lost node) costs, whatever the link's speed. Default 10_000.
+   */
+  resumePointMs?: number;
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
 const DEFAULT_MIN_BYTES_PER_SECOND = 2 ** 20;
 const DEFAULT_THROUGHPUT_WINDOW_MS = 60_000;
 const DEFAULT_LOCK_STALE_MS = 120_000;
+const DEFAULT_RESUME_POINT_MS = 10_000;
 export const LOCK_POLL_MS = 100;
 /** Files (or tensor ranges) downloaded at once: one stream rarely fills a data-centre link, dozens would thrash. */
 export const CONCURRENCY = 4;
 /** Temporary files: NAME.partial.PID.RANDOM, one per caller and file (NAME.partial: written by earlier versions). */
 export const PARTIAL = ".partial";
 export const TEMPORARY = /\.partial(\.\d+\.[0-9a-f]+)?$/;
+/**
+ * A download a later run can continue by Range: NAME.resumable, and what it was started against in
+ * NAME.resumable.json. One name per file, not per caller, so that the next run finds it; only the lock's holder
+ * touches it.
+ */
+export const RESUMABLE = ".resumable";
+export const RESUMABLE_FILE = /\.resumable(\.json)?$/;
 /** Records what the directory holds; written last, so its presence with complete=true means everything is there. */
 export const MARKER = ".switchyard-checkpoint.json";
 export const MARKER_VERSION = 2;
@@ -70,6 +83,7 @@ export interface Ctx {
   minBytesPerSecond: number;
   throughputWindowMs: number;
   lockStaleMs: number;
+  resumePointMs: number;
   /** Bytes received over the network (bodies only). */
   bytes: number;
 }
@@ -92,6 +106,7 @@ export function context(uri: string, o: FetchOptions): Ctx {
     minBytesPerSecond,
     throughputWindowMs: ms("throughputWindowMs", o.throughputWindowMs ?? DEFAULT_THROUGHPUT_WINDOW_MS),
     lockStaleMs: ms("lockStaleMs", o.lockStaleMs ?? DEFAULT_LOCK_STALE_MS),
+    resumePointMs: ms("resumePointMs", o.resumePointMs ?? DEFAULT_RESUME_POINT_MS),
     bytes: 0,
   };
 }

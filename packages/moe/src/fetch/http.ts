@@ -13,7 +13,8 @@ export interface Got {
 }
 
 interface GetOptions {
-  range?: [number, number];
+  /** bytes [begin, end), or from begin to the end of the file */
+  range?: [begin: number, end?: number];
   /** cancels the request too (default ctx.signal): the caller's signal, or a sibling download's failure */
   signal?: AbortSignal;
   headers?: Record<string, string>;
@@ -33,7 +34,8 @@ function rate(bps: number): string {
 
 export async function get(ctx: Ctx, url: string, o: GetOptions = {}): Promise<Got> {
   const { range, signal: outer = ctx.signal } = o;
-  const what = range ? `GET ${url} (bytes ${range[0]}-${range[1] - 1})` : `GET ${url}`;
+  const bytes = range && `${range[0]}-${range[1] === undefined ? "" : range[1] - 1}`;
+  const what = range ? `GET ${url} (bytes ${bytes})` : `GET ${url}`;
   if (outer?.aborted) throw aborted(what, outer);
   const ctrl = new AbortController();
   const signal = outer ? AbortSignal.any([outer, ctrl.signal]) : ctrl.signal;
@@ -63,7 +65,7 @@ export async function get(ctx: Ctx, url: string, o: GetOptions = {}): Promise<Go
   // identity: fetch would otherwise ask for gzip and inflate it, and Content-Length / Content-Range offsets would
   // then count other bytes than the ones we write.
   const headers: Record<string, string> = { "accept-encoding": "identity", ...ctx.src.headers, ...o.headers };
-  if (range) headers["range"] = `bytes=${range[0]}-${range[1] - 1}`;
+  if (range) headers["range"] = `bytes=${bytes}`;
   const request = async (): Promise<Response> => {
     if (!o.firstHop) return ctx.fetch(url, { headers, signal, redirect: "follow" });
     const first = await ctx.fetch(url, { headers, signal, redirect: "manual" });
@@ -188,10 +190,10 @@ export function parseJson(bytes: Uint8Array, url: string): unknown {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Range requests (router tensors)
+// Range requests (router tensors; resume.ts reads Content-Range too)
 
 /** Parse "bytes FIRST-LAST/TOTAL" (TOTAL may be "*"). */
-function contentRange(v: string | null): { first: number; last: number; total?: number } | undefined {
+export function contentRange(v: string | null): { first: number; last: number; total?: number } | undefined {
   const m = v ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(v.trim()) : null;
   if (!m) return undefined;
   return { first: Number(m[1]), last: Number(m[2]), total: m[3] === "*" ? undefined : Number(m[3]) };

@@ -16,6 +16,9 @@ interface LockInfo {
   since: string;
 }
 
+/** Why a holder's work was stopped when another caller took its lock over. */
+class LockLost extends Error {}
+
 /** Tokens of the locks this process holds (another caller of this process waits for them; a leftover does not). */
 const heldTokens = new Set<string>();
 
@@ -135,7 +138,8 @@ export async function lockDir(ctx: Ctx, dir: string): Promise<() => Promise<void
           if (s?.info?.token === me.token) {
             const now = new Date();
             await utimes(path, now, now);
-          } else lost.abort(new Error(`${path}: the lock was taken over by another caller (judged stale): stopping`));
+          } else
+            lost.abort(new LockLost(`${path}: the lock was taken over by another caller (judged stale): stopping`));
         })
         .catch(() => {}) // a failed refresh is retried; a lock that goes stale meanwhile is taken over and noticed
         .finally(() => {
@@ -153,6 +157,14 @@ export async function lockDir(ctx: Ctx, dir: string): Promise<() => Promise<void
       heldTokens.delete(me.token);
     }
   };
+}
+
+/**
+ * This caller's lock was taken over: what it wrote under names shared across callers (a resumable partial) is the
+ * new holder's now, to keep or remove.
+ */
+export function lockLost(ctx: Ctx): boolean {
+  return ctx.signal?.reason instanceof LockLost;
 }
 
 /** Before a commit point (a complete marker): this caller still holds the lock (and was not stopped). */

@@ -1,7 +1,7 @@
 // Whole checkpoint (fetchCheckpoint): config.json, the index and every shard, for a worker.
 // Separate from the router's tensor-only fetch, which shares only the checks of shard names and safetensors files.
 
-import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { INDEX_FILE, parseIndex, SINGLE_FILE } from "../checkpoint.js";
 import { readSafetensorsHeader } from "../safetensors.js";
@@ -14,75 +14,18 @@ import {
   type FetchOptions,
   MARKER_VERSION,
   type Marker,
-  MiB,
   type Pin,
-  PROGRESS_EVERY_MS,
   pinCommit,
   pinOf,
   TEMPORARY,
   urlOf,
 } from "./context.js";
-import { exists, mib, pool, removeLeftovers, temporary, writeAtomic } from "./files.js";
+import { downloadFile } from "./download.js";
+import { exists, mib, pool, removeLeftovers, writeAtomic } from "./files.js";
 import { type Got, get, getSmall, httpError, parseJson } from "./http.js";
 import { lockDir, stillLocked } from "./lock.js";
 import { checkMarker, readMarker, writeMarker } from "./marker.js";
-
-/**
- * Stream one file to a temporary name of this caller's own, check it (`check` gets the temporary path), then rename
- * it to `name`: a file under its own name is always one caller's complete bytes. On failure the temporary file is
- * removed. `given`: the file's answer when it was asked for already (hf:// config.json, which resolved the revision).
- * Returns the file's version as the server gave it.
- */
-async function downloadFile(
-  ctx: Ctx,
-  dir: string,
-  name: string,
-  check: (path: string, url: string) => Promise<void>,
-  abort: AbortSignal,
-  given?: { got: Got; url: string },
-): Promise<Pin> {
-  const url = given?.url ?? urlOf(ctx, name);
-  const final = join(dir, name);
-  const tmp = temporary(final);
-  const t0 = performance.now();
-  const got = given?.got ?? (await get(ctx, url, { signal: abort }));
-  if (got.res.status !== 200) throw await httpError(got, `GET ${url}`);
-  const lengthHeader = got.res.headers.get("content-length");
-  const encoded = (got.res.headers.get("content-encoding") ?? "identity") !== "identity";
-  const expected = lengthHeader === null || encoded ? undefined : Number(lengthHeader);
-  let n = 0;
-  let lastLog = t0;
-  try {
-    const fh = await open(tmp, "wx");
-    try {
-      for await (const c of got.chunks()) {
-        let done = 0;
-        while (done < c.byteLength) done += (await fh.write(c, done, c.byteLength - done)).bytesWritten;
-        n += c.byteLength;
-        // A multi-gigabyte shard takes minutes: say it is moving, or the initContainer looks hung.
-        if (performance.now() - lastLog > PROGRESS_EVERY_MS) {
-          lastLog = performance.now();
-          ctx.log(`${name}: ${mib(n)}${expected === undefined ? "" : ` of ${mib(expected)}`}`);
-        }
-      }
-      // A pod killed after the rename must not find a file that is whole in name only (node crash, PVC).
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    if (expected !== undefined && Number.isFinite(expected) && n !== expected)
-      throw new Error(`GET ${url}: got ${n} bytes, Content-Length said ${expected}`);
-    await check(tmp, url);
-    await rename(tmp, final);
-  } catch (e) {
-    await got.cancel();
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  const s = (performance.now() - t0) / 1000;
-  ctx.log(`fetched ${name}: ${mib(n)} in ${s.toFixed(1)} s (${(n / MiB / Math.max(s, 1e-3)).toFixed(1)} MiB/s)`);
-  return pinOf(got.res);
-}
+import { removeStalePartials } from "./partial.js";
 
 export async function checkSafetensors(path: string, url: string): Promise<void> {
   const fh = await open(path, "r");
@@ -155,13 +98,14 @@ function wholeDone(ctx: Ctx, dir: string, uri: string, marker: Marker | undefine
 /**
  * Downloads the whole checkpoint into dir: config.json, then the index (a 404 on it means single-file:
  * model.safetensors) and every shard in its weight_map. Each file goes to a temporary name and is renamed when
- * complete. An hf:// revision is resolved to a commit by config.json's answer and every other file is fetched from
- * that commit. The marker records the commit (hf://) or each file's ETag / Last-Modified as it is fetched, so a
- * restarted pod keeps the files of an interrupted run only when they are still the version being fetched (the same
- * commit; a 304 to a conditional GET of each), and starts over (saying so in the log) when not; files without such a
- * record are fetched again. Once everything is there the marker says so: a second call with the same uri returns at
- * once. A lock file makes concurrent callers on one directory wait for each other. Errors name the URL and HTTP
- * status. Returns the files fetched and skipped and the bytes downloaded.
+ * complete; one cut off part-way is continued by Range from where it stopped when the server shows it is still the
+ * same file, else fetched from its start (download.ts). An hf:// revision is resolved to a commit by config.json's
+ * answer and every other file is fetched from that commit. The marker records the commit (hf://) or each file's
+ * ETag / Last-Modified as it is fetched, so a restarted pod keeps the files of an interrupted run only when they are
+ * still the version being fetched (the same commit; a 304 to a conditional GET of each), and starts over (saying so
+ * in the log) when not; files without such a record are fetched again. Once everything is there the marker says so:
+ * a second call with the same uri returns at once. A lock file makes concurrent callers on one directory wait for
+ * each other. Errors name the URL and HTTP status. Returns the files fetched and skipped and the bytes downloaded.
  */
 export async function fetchCheckpoint(uri: string, dir: string, o: FetchOptions = {}): Promise<WholeResult> {
   const ctx = context(uri, o);
@@ -248,7 +192,7 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
       return;
     }
     try {
-      pins[name] = await downloadFile(ctx, dir, name, check, abort, given);
+      pins[name] = await downloadFile(ctx, dir, name, check, abort, { commit, given });
       fetched.push(name);
       await record();
     } catch (e) {
@@ -291,6 +235,7 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
       ctx.log(`fetched ${INDEX_FILE}: ${shards.length} shard(s)`);
     }
   }
+  await removeStalePartials(ctx, dir, new Set(["config.json", ...shards]));
   await pool(shards, CONCURRENCY, (name) => one(name, checkSafetensors)).catch((e) => {
     if (noIndex && /HTTP 40[34]/.test((e as Error).message))
       throw new Error(`${(e as Error).message} (and ${urlOf(ctx, INDEX_FILE)} is not there either)`);
