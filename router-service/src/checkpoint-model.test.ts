@@ -6,11 +6,13 @@ import {
   generateCheckpoint,
   mulberry32,
   openCheckpoint,
+  readLayerFloat32,
+  referenceMoeBlock,
   resolveRoutingPolicy,
   routerLogits,
   toFloat32,
 } from "@switchyard/moe";
-import { SwitchyardError } from "@switchyard/protocol";
+import { bf16ToF32, DType, f32ToBf16, SwitchyardError } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CheckpointModel, gateAsyncMacs, gateThreads, rankExperts, transposeGate } from "./checkpoint-model.js";
 import { applyCapacity } from "./core/capacity.js";
@@ -329,5 +331,76 @@ describe("rankExperts (softmax gates)", () => {
     const cap2 = applyCapacity(collectAssignments([r2]), E, 1, "spill", [r2]);
     expect(cap2.dropped.map((a) => a.token)).toEqual([1]);
     expect(cap2.rounds[0].map((a) => [a.token, a.expert])).toEqual([[0, 0]]);
+  });
+});
+
+describe("CheckpointModel gate precision (bf16 hidden states: the gate computes as transformers' does)", () => {
+  let dir: string;
+  let qwen: CheckpointModel;
+  let dsv3: CheckpointModel;
+  const d = 64;
+  const T = 256;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-ckmodel-half-"));
+    await generateCheckpoint({
+      family: "qwen3-moe",
+      dir: join(dir, "q"),
+      seed: 8,
+      layers: 1,
+      hiddenSize: d,
+      intermediateSize: 8,
+      experts: 128,
+      topK: 8,
+    });
+    await generateCheckpoint({
+      family: "deepseek-v3",
+      dir: join(dir, "d"),
+      seed: 9,
+      layers: 1,
+      hiddenSize: d,
+      intermediateSize: 8,
+      experts: 32,
+      topK: 4,
+      nGroup: 4,
+      topkGroup: 2,
+      firstDenseLayers: 0,
+    });
+    qwen = await CheckpointModel.open(join(dir, "q"));
+    dsv3 = await CheckpointModel.open(join(dir, "d"));
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  const bf16Hidden = () =>
+    bf16ToF32(f32ToBf16(Float32Array.from({ length: T * d }, (_, i) => Math.sin(i * 0.37) * 1.7)));
+
+  it("Qwen from bf16 hidden states: bf16 logits and weights, the reference's experts for every token", async () => {
+    const hidden = bf16Hidden();
+    const logits = qwen.logits(0, hidden, T);
+    const fp32 = logits.slice();
+    expect(qwen.roundLogits(logits, DType.BFLOAT16)).toBe(DType.BFLOAT16);
+    expect(Array.from(logits)).toEqual(Array.from(bf16ToF32(f32ToBf16(fp32))));
+    const policy = resolveRoutingPolicy({}).gating;
+    const r = qwen.route(0, logits, T, policy, DType.BFLOAT16);
+    const ckpt = await openCheckpoint(join(dir, "q"));
+    const ref = referenceMoeBlock(ckpt.spec, await readLayerFloat32(ckpt, 0), hidden, { activations: "bfloat16" });
+    await ckpt.close();
+    expect(Array.from(r.experts)).toEqual(Array.from(ref.routing.ids));
+    expect(Array.from(r.weights)).toEqual(Array.from(ref.routing.weights));
+    expect(Array.from(r.weights)).toEqual(Array.from(bf16ToF32(f32ToBf16(r.weights)))); // Qwen's weights are bf16
+    // unrounded, some tokens take other experts (ties at the top-k boundary that fp32 breaks)
+    const unrounded = qwen.route(0, fp32, T, policy);
+    expect(Array.from(unrounded.experts)).not.toEqual(Array.from(r.experts));
+  });
+
+  it("fp32 hidden states and DeepSeek-V3's fp32 gate are left as they are", () => {
+    const hidden = bf16Hidden();
+    const q = qwen.logits(0, hidden, T);
+    const qBefore = q.slice();
+    expect(qwen.roundLogits(q, DType.FLOAT32)).toBe(DType.FLOAT32);
+    expect(q).toEqual(qBefore);
+    const l = dsv3.logits(0, hidden, T);
+    const before = l.slice();
+    expect(dsv3.roundLogits(l, DType.BFLOAT16)).toBe(DType.FLOAT32);
+    expect(l).toEqual(before);
   });
 });

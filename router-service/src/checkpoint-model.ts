@@ -12,16 +12,20 @@ import {
   type GateConfig,
   type GatingPolicy,
   gateConfigFromSpec,
+  gateLogitsDtype,
+  gateWeightsDtype,
   isMoeLayer,
   type ModelSpec,
   openCheckpoint,
   referenceExpertFFN,
+  roundToDtype,
   routerLogits,
   sharedSlices,
   sigmoidGroupTopK,
   softmaxTopK,
   softmaxTopP,
   toFloat32,
+  type WeightDType,
 } from "@switchyard/moe";
 import { DType, invalidArgument } from "@switchyard/protocol";
 import { type RouterAddon, routerAddon } from "./core/native-combine.js";
@@ -190,10 +194,30 @@ export class CheckpointModel implements PoolModel {
     return { addon, gateT: w.gateT, out: new Float32Array(tokens * this.experts) };
   }
 
-  route(layer: number, logits: Float32Array, tokens: number, g: GatingPolicy): TokenRouting {
+  /**
+   * Rounds the gate's product in place to the dtype the family's gate computes it in for hidden states of `hidden`
+   * (bf16 logits for Mixtral and Qwen from bf16 hidden states: packages/moe gating.ts says why); returns that dtype,
+   * which route() takes.
+   */
+  roundLogits(logits: Float32Array, hidden: DType): DType {
+    const dtype = gateLogitsDtype(this.spec, weightDType(hidden));
+    roundToDtype(logits, dtype);
+    return DTYPE_OF[dtype];
+  }
+
+  route(
+    layer: number,
+    logits: Float32Array,
+    tokens: number,
+    g: GatingPolicy,
+    logitsDtype: DType = DType.FLOAT32,
+  ): TokenRouting {
     const E = this.experts;
     const w = this.layer(layer);
-    const base = gateConfigFromSpec(this.spec);
+    const base = {
+      ...gateConfigFromSpec(this.spec),
+      weightsDtype: gateWeightsDtype(this.spec, weightDType(logitsDtype)),
+    };
     const topK = g.topK ?? base.topK;
     if (topK > E) throw invalidArgument("policy.gating.topK", `${topK} exceeds the pool's ${E} experts`);
     // A group-limited gate (DeepSeek-V3) picks among the experts of the groups it keeps, not all E.
@@ -217,6 +241,7 @@ export class CheckpointModel implements PoolModel {
         maxK,
         normalize: true,
         routedScalingFactor: base.routedScalingFactor,
+        weightsDtype: base.weightsDtype,
       });
     } else {
       // The native gate where the addon has it: the same ids and weights (native/src/gate.h), without the
@@ -369,4 +394,15 @@ export function rankExperts(logits: Float32Array, E: number, cfg: GateConfig, bi
     }
   }
   return out;
+}
+
+const DTYPE_OF: Record<WeightDType, DType> = {
+  float32: DType.FLOAT32,
+  bfloat16: DType.BFLOAT16,
+  float16: DType.FLOAT16,
+};
+
+/** A float tensor dtype as the moe library names it (anything else counts as float32: it is widened to it). */
+function weightDType(d: DType): WeightDType {
+  return d === DType.BFLOAT16 ? "bfloat16" : d === DType.FLOAT16 ? "float16" : "float32";
 }

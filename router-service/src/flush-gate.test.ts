@@ -1,5 +1,5 @@
 import { type GatingPolicy, resolveRoutingPolicy, softmaxTopK } from "@switchyard/moe";
-import { DType, SwitchyardError } from "@switchyard/protocol";
+import { DType, f32ToBf16, SwitchyardError } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import type { TokenRouting } from "./core/routing.js";
 import { FlushGate, type GateHost, type GateItem, UNGATED } from "./flush-gate.js";
@@ -170,6 +170,36 @@ describe("FlushGate", () => {
     expect(String(a.failed)).toMatch(/gate failed/);
     expect(b.done).toBe(false);
     expect([...b.routing.experts]).toEqual([2]);
+  });
+
+  it("has the model round the product for the requests' hidden dtype, and gates with the dtype it rounded to", async () => {
+    const { model } = toyModel();
+    const rounded: DType[] = [];
+    const gatedWith: (DType | undefined)[] = [];
+    model.roundLogits = (lg, hidden) => {
+      rounded.push(hidden);
+      for (let i = 0; i < lg.length; i++) lg[i] = Math.round(lg[i]); // a coarse "dtype": ties every logit within 0.5
+      return DType.BFLOAT16;
+    };
+    const route = model.route.bind(model);
+    model.route = (l, lg, T, g, dt) => {
+      gatedWith.push(dt);
+      return route(l, lg, T, g, dt);
+    };
+    const { gate } = gateOf(model);
+    // bf16 requests (the batcher keys a flush by dtype)
+    const bf16 = (x0: number, x1: number) => ({
+      ...item(1, x0, x1),
+      dtype: DType.BFLOAT16,
+      hidden: new Uint8Array(f32ToBf16(Float32Array.from([x0, x1])).buffer),
+    });
+    const a = bf16(1.25, 3); // logits -1.75, -0.5, 0.75 -> -2, -0, 1: expert 2
+    const b = bf16(0.25, 0.5); // logits -0.25, 0, 0.25 -> all 0: a tie, the first expert
+    await gate.atFlush(0, [a, b]);
+    expect(rounded).toEqual([DType.BFLOAT16]);
+    expect(gatedWith).toEqual([DType.BFLOAT16]);
+    expect([...a.routing.experts]).toEqual([2]);
+    expect([...b.routing.experts]).toEqual([0]); // unrounded it would be expert 2
   });
 
   it("names `hidden` for a request whose hidden states make its router logits NaN, failing that request alone", async () => {

@@ -161,6 +161,8 @@ export class FlushGate<T extends GateItem> {
     const job = m.logitsAsync?.(layer, x, T);
     let logits = job ? await job : x instanceof Uint16Array ? (m.logitsBf16?.(layer, x, T) ?? null) : null;
     logits ??= m.logits(layer, x instanceof Float32Array ? x : concatF32(pending, T, d), T);
+    // One dtype for all: the batcher keys a flush, and the requests gated ahead, by (layer, dtype).
+    const logitsDtype = m.roundLogits?.(logits, pending[0].dtype) ?? DType.FLOAT32;
     const E = m.experts;
     const gating = this.host.gating();
     // The whole call in one gate selection (a native gate's call costs ~1.5 us, a decode request's whole selection
@@ -168,7 +170,7 @@ export class FlushGate<T extends GateItem> {
     // gated alone, so that only the bad one is rejected.
     let all: TokenRouting | null = null;
     try {
-      all = m.route(layer, logits, T, gating);
+      all = m.route(layer, logits, T, gating, logitsDtype);
     } catch {
       all = null;
     }
@@ -183,7 +185,7 @@ export class FlushGate<T extends GateItem> {
         // The gate names the logits it refuses, but these were the router's own product: name the caller's hidden.
         const bad = rows ? null : hiddenFault(it, own, E, d);
         if (bad) throw bad;
-        const gated = rows ?? m.route(layer, own, it.tokens, gating);
+        const gated = rows ?? m.route(layer, own, it.tokens, gating, logitsDtype);
         setRouting(it, g.slices ? withSharedSlices(gated, E, m.sharedSlices ?? 0, g.sharedScale) : gated);
         it.pendingGate = null;
       } catch (e) {

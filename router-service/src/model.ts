@@ -2,6 +2,7 @@
 // the pure MoE library (checkpoint-model.ts); tests and benchmarks may supply their own.
 
 import type { GatingPolicy } from "@switchyard/moe";
+import type { DType } from "@switchyard/protocol";
 import type { TokenRouting } from "./core/routing.js";
 
 export interface PoolModel {
@@ -29,8 +30,17 @@ export interface PoolModel {
    * requests held behind running flushes early only where it does: on the event loop it would only move the cost.
    */
   gatesOffLoop?(tokens: number): boolean;
-  /** The family's gating over logits (softmax top-k, sigmoid + group-limited top-k, top-p ...). */
-  route(layer: number, logits: Float32Array, tokens: number, gating: GatingPolicy): TokenRouting;
+  /**
+   * Rounds logits() / logitsBf16() / logitsAsync()'s product in place to the dtype the family's gate computes in for
+   * hidden states of `hidden` (bf16 logits for Mixtral and Qwen from bf16 hidden states, as transformers' F.linear
+   * gives them); returns that dtype. Absent: the product is used as it is, as float32.
+   */
+  roundLogits?(logits: Float32Array, hidden: DType): DType;
+  /**
+   * The family's gating over logits (softmax top-k, sigmoid + group-limited top-k, top-p ...); `logitsDtype` (default
+   * FLOAT32) is what they were rounded to: Qwen rounds its routing weights to it.
+   */
+  route(layer: number, logits: Float32Array, tokens: number, gating: GatingPolicy, logitsDtype?: DType): TokenRouting;
   /**
    * The shared-expert contribution [tokens, d] (fp32), gate included (Qwen2-MoE's sigmoid gate), or null when
    * the model has none. The router computes it in-process while the routed experts run on workers: every token

@@ -1,11 +1,13 @@
 import { credentials, Metadata } from "@grpc/grpc-js";
 import { type GatingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
 import {
+  bf16ToF32,
   bytesToFloat32,
   DType,
   encodeTensor,
   type ForwardRequest,
   type ForwardResponse,
+  f32ToBf16,
   fromGrpcError,
   fromRpcError,
   invalidArgument,
@@ -295,6 +297,39 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     expect(maxRelErr(bytesToFloat32(res2.hidden!.data, DType.FLOAT32, true), reference(1, h, 3))).toBeLessThanOrEqual(
       1e-6,
     );
+    // bf16 router logits, as a bf16 engine's gate gives them: widened, and gated as bf16 (Qwen rounds its weights)
+    const route = toy.route;
+    const dtypes: (DType | undefined)[] = [];
+    toy.route = (l, lg, T, g, dt) => {
+      dtypes.push(dt);
+      return route.call(toy, l, lg, T, g, dt);
+    };
+    try {
+      const bf16Logits = bf16ToF32(f32ToBf16(logits));
+      const res3 = await call({
+        layer: 1,
+        hidden: encodeTensor(h, [3, D], DType.FLOAT32),
+        gate: { $case: "routerLogits", value: encodeTensor(bf16Logits, [3, E], DType.BFLOAT16) },
+      });
+      expect(res3.error).toBeUndefined();
+      expect(dtypes).toEqual([DType.BFLOAT16]);
+      const want = reference(
+        1,
+        h,
+        3,
+        (() => {
+          const r = route.call(toy, 1, bf16Logits, 3, resolveRoutingPolicy({}).gating);
+          const k = r.slots;
+          return {
+            ids: Array.from({ length: 3 }, (_, t) => Array.from(r.experts.subarray(t * k, (t + 1) * k))),
+            w: Array.from({ length: 3 }, (_, t) => Array.from(r.weights.subarray(t * k, (t + 1) * k))),
+          };
+        })(),
+      );
+      expect(maxRelErr(bytesToFloat32(res3.hidden!.data, DType.FLOAT32, true), want)).toBeLessThanOrEqual(1e-6);
+    } finally {
+      toy.route = route;
+    }
   });
 
   it("merges concurrent stream requests into one flush (one gate product for its tokens), answers each correctly", async () => {

@@ -532,9 +532,13 @@ export class Router {
     const g = req.gate;
     if (g?.$case === "assignment") return explicitRouting(g.value, T, m.experts);
     if (g?.$case !== "routerLogits") throw new Error("gate: no assignment or router_logits (the flush gates those)");
-    const logits = decodeTensor(g.value, "router_logits", { dtype: DType.FLOAT32, shape: [T, m.experts] })
-      .values as Float32Array;
-    return m.route(req.layer, logits, T, p.policy.gating);
+    // bf16 / fp16 as a half-precision engine's gate gives them (Qwen then rounds its weights to that dtype), widened
+    const dtype = g.value.dtype;
+    const logits = decodeTensor(g.value, "router_logits", {
+      dtype: [DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16],
+      shape: [T, m.experts],
+    }).values as Float32Array;
+    return m.route(req.layer, logits, T, p.policy.gating, dtype);
   }
 
   private finish(p: Pool, item: Item, err: unknown | null, res?: ForwardResponse): void {

@@ -1,9 +1,13 @@
+import { bf16BitsToF32, f32ToBf16Bits } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import {
   applyGate,
   expertCounts,
   gateConfigFromSpec,
+  gateLogitsDtype,
+  gateWeightsDtype,
   groupByExpert,
+  roundToDtype,
   routerLogits,
   sigmoidGroupTopK,
   softmaxTopK,
@@ -262,5 +266,72 @@ describe("grouping", () => {
     expect(() => groupByExpert({ ...r, ids: new Int32Array([5, 0, 0, 0, 0, 0]) }, 3)).toThrow(
       "ids[0, 0]: expert 5 out of range [0, 3)",
     );
+  });
+});
+
+describe("the gate's precision in a half-precision model (as transformers' blocks compute it)", () => {
+  it("Mixtral and Qwen gate in the activations' dtype, DeepSeek-V3 and custom models in fp32", () => {
+    for (const f of ["mixtral", "qwen2-moe", "qwen3-moe"] as const) {
+      expect(gateLogitsDtype(defaultSpec(f), "bfloat16")).toBe("bfloat16");
+      expect(gateLogitsDtype(defaultSpec(f), "float16")).toBe("float16");
+      expect(gateLogitsDtype(defaultSpec(f), "float32")).toBe("float32");
+    }
+    expect(gateLogitsDtype(defaultSpec("deepseek-v3"), "bfloat16")).toBe("float32");
+    expect(gateLogitsDtype(defaultSpec("custom"), "bfloat16")).toBe("float32");
+    // Qwen casts the routing weights to the logits' dtype; Mixtral keeps its fp32 softmax weights
+    expect(gateWeightsDtype(defaultSpec("qwen3-moe"), "bfloat16")).toBe("bfloat16");
+    expect(gateWeightsDtype(defaultSpec("qwen2-moe"), "float16")).toBe("float16");
+    expect(gateWeightsDtype(defaultSpec("mixtral"), "bfloat16")).toBe("float32");
+    expect(gateWeightsDtype(defaultSpec("deepseek-v3"), "bfloat16")).toBe("float32");
+  });
+
+  it("roundToDtype rounds in place to nearest-even, as torch's casts do", () => {
+    // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties to even (1); 1 + 3 * 2^-8 goes up to 1 + 2^-6
+    const v = new Float32Array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.7, Number.NEGATIVE_INFINITY, 1e-3]);
+    const same = roundToDtype(v, "bfloat16");
+    expect(same).toBe(v);
+    expect(Array.from(v)).toEqual([
+      1,
+      1 + 2 ** -6,
+      bf16BitsToF32(f32ToBf16Bits(-2.7)),
+      Number.NEGATIVE_INFINITY,
+      bf16BitsToF32(f32ToBf16Bits(1e-3)),
+    ]);
+    expect(v[2]).not.toBe(Math.fround(-2.7));
+    const h = new Float32Array([1 + 2 ** -11, 1 + 3 * 2 ** -11]); // f16: 10 mantissa bits
+    roundToDtype(h, "float16");
+    expect(Array.from(h)).toEqual([1, 1 + 2 ** -9]);
+    const f = new Float32Array([Math.fround(0.1)]);
+    roundToDtype(f, "float32");
+    expect(f[0]).toBe(Math.fround(0.1));
+  });
+
+  it("bf16 logits tie where fp32 ones do not: the lower id wins, as torch.topk on CUDA picks", () => {
+    // expert 3's fp32 logit is a hair above expert 1's; both round to the same bf16 value
+    const logits = new Float32Array([0, 1.001, -1, 1.0015, 0.5, -2, 0.2, 0.1]);
+    expect(softmaxTopK(logits.slice(), 8, { topK: 1, normTopKProb: true }).ids[0]).toBe(3);
+    const rounded = roundToDtype(logits.slice(), "bfloat16");
+    expect(rounded[1]).toBe(rounded[3]);
+    expect(softmaxTopK(rounded, 8, { topK: 1, normTopKProb: true }).ids[0]).toBe(1);
+  });
+
+  it("weightsDtype rounds the routing weights, top-k (TypeScript and kernel paths) and top-p", () => {
+    const logits = uniformTensor(3, "w", 4 * 16, 2);
+    const plain = softmaxTopK(logits, 16, { topK: 4, normTopKProb: false });
+    const bf = softmaxTopK(logits, 16, { topK: 4, normTopKProb: false, weightsDtype: "bfloat16" });
+    expect(bf.ids).toEqual(plain.ids);
+    expect(Array.from(bf.weights)).toEqual(Array.from(roundToDtype(plain.weights.slice(), "bfloat16")));
+    expect(Array.from(bf.weights)).not.toEqual(Array.from(plain.weights));
+    // a kernel's weights are rounded the same way
+    const kernel = (_l: Float32Array, _t: number, _e: number, _k: number, ...rest: unknown[]) => {
+      (rest[rest.length - 2] as Int32Array).set(plain.ids);
+      (rest[rest.length - 1] as Float32Array).set(plain.weights);
+      return -1;
+    };
+    const viaKernel = softmaxTopK(logits, 16, { topK: 4, normTopKProb: false, weightsDtype: "bfloat16" }, kernel);
+    expect(Array.from(viaKernel.weights)).toEqual(Array.from(bf.weights));
+    const p = softmaxTopP(logits, 16, { topP: 0.7, maxK: 6 });
+    const pb = softmaxTopP(logits, 16, { topP: 0.7, maxK: 6, weightsDtype: "bfloat16" });
+    expect(Array.from(pb.weights)).toEqual(Array.from(roundToDtype(p.weights.slice(), "bfloat16")));
   });
 });

@@ -12,13 +12,21 @@
 //     probability whose mass reaches p, at least minK and at most maxK experts; unused slots hold id -1, weight 0;
 //     weights (renormalised by default) times routedScalingFactor, as in top-k.
 //
+// Precision, in a bf16 (or fp16) model: Mixtral's and Qwen2/3-MoE's gates are F.linear in the activations' dtype, so
+// their logits are rounded to it before the fp32 softmax, and Qwen's routing weights are cast to the logits' dtype
+// afterwards; DeepSeek-V3's gate is fp32 throughout (gateLogitsDtype, gateWeightsDtype). Rounding matters
+// because bf16 logits tie: at Qwen3-30B-A3B's 128 experts 5.2% of tokens have equal k-th and (k+1)-th logits, and
+// unrounded fp32 logits picked other experts than transformers' bf16 block on 2.7% of tokens (Qwen1.5-MoE 1.6%,
+// Mixtral 0.1%); rounded, the same experts on every token as transformers on an H200
+// (bench/results/transformers-half-parity.json).
+//
 // Ties: the lower expert id wins (a stable selection scan), so routing is deterministic. torch.topk has no such
 // rule: on the CPU (torch 2.11) topk of [1, 2, 2, 2, 0, 2] by 2 gives ids [3, 5] (bench/results/transformers-parity.json,
 // torch_topk_ties); results differ from transformers only at exact ties. Rows come out sorted by descending score.
 // Pure: no I/O. Inputs Float32Array [T, E] row-major; outputs ids Int32Array [T*k], weights Float32Array [T*k].
 
-import { invalidArgument } from "@switchyard/protocol";
-import type { GateScoring, ModelSpec } from "./spec.js";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, invalidArgument } from "@switchyard/protocol";
+import type { GateScoring, ModelSpec, WeightDType } from "./spec.js";
 
 export interface Routing {
   tokens: number;
@@ -35,6 +43,26 @@ export interface GateConfig {
   nGroup: number;
   topkGroup: number;
   routedScalingFactor: number;
+  /** The dtype the routing weights are rounded to (absent: float32): gateWeightsDtype. */
+  weightsDtype?: WeightDType;
+}
+
+/** Families whose transformers gate is F.linear in the activations' dtype, and those that cast the weights to it. */
+const GATE_IN_ACTIVATION_DTYPE = new Set(["mixtral", "qwen2-moe", "qwen3-moe"]);
+const WEIGHTS_IN_LOGITS_DTYPE = new Set(["qwen2-moe", "qwen3-moe"]);
+
+/**
+ * The dtype the family's gate computes its logits in, for hidden states of `activations` (a model runs in the dtype
+ * of its activations): Mixtral's and Qwen's F.linear(hidden, weight) rounds the product to it, DeepSeek-V3's gate casts
+ * both to fp32 first. Custom models: fp32, as nothing says otherwise.
+ */
+export function gateLogitsDtype(spec: ModelSpec, activations: WeightDType): WeightDType {
+  return GATE_IN_ACTIVATION_DTYPE.has(spec.family) ? activations : "float32";
+}
+
+/** The dtype the family's routing weights are rounded to, for logits of `logits`: Qwen casts them to it. */
+export function gateWeightsDtype(spec: ModelSpec, logits: WeightDType): WeightDType {
+  return WEIGHTS_IN_LOGITS_DTYPE.has(spec.family) ? logits : "float32";
 }
 
 export function gateConfigFromSpec(spec: ModelSpec): GateConfig {
@@ -46,6 +74,16 @@ export function gateConfigFromSpec(spec: ModelSpec): GateConfig {
     topkGroup: spec.topkGroup,
     routedScalingFactor: spec.routedScalingFactor,
   };
+}
+
+/**
+ * Rounds values in place to the nearest `dtype` value (ties to even, as torch's casts), so that they hold what a tensor
+ * of that dtype would; float32 or absent leaves them as they are.
+ */
+export function roundToDtype(values: Float32Array, dtype: WeightDType | undefined): Float32Array {
+  if (dtype === "bfloat16") bf16ToF32(f32ToBf16(values), values);
+  else if (dtype === "float16") f16ToF32(f32ToF16(values), values);
+  return values;
 }
 
 /**
@@ -202,7 +240,13 @@ function checkK(k: number, experts: number, field: string): void {
 export function softmaxTopK(
   logits: Float32Array,
   experts: number,
-  opts: { topK: number; normTopKProb: boolean; routedScalingFactor?: number; field?: string },
+  opts: {
+    topK: number;
+    normTopKProb: boolean;
+    routedScalingFactor?: number;
+    field?: string;
+    weightsDtype?: WeightDType;
+  },
   kernel?: GateKernel,
 ): Routing {
   const field = opts.field ?? "logits";
@@ -214,6 +258,7 @@ export function softmaxTopK(
     const r: Routing = { tokens: T, k, ids: new Int32Array(T * k), weights: new Float32Array(T * k) };
     const bad = kernel(logits, T, experts, k, 0, opts.normTopKProb ? 1 : 0, scale, 1, 1, null, r.ids, r.weights);
     if (bad >= 0) throw invalidLogit(logits, experts, field, bad);
+    roundToDtype(r.weights, opts.weightsDtype);
     return r;
   }
   const T = checkLogits(logits, experts, field);
@@ -233,6 +278,7 @@ export function softmaxTopK(
       weights[t * k + j] = w * scale;
     }
   }
+  roundToDtype(weights, opts.weightsDtype);
   return { tokens: T, k, ids, weights };
 }
 
@@ -339,6 +385,8 @@ export interface TopPOptions {
   normalize?: boolean;
   /** Multiplies the final weights, after renormalising, as in top-k (the model's routed_scaling_factor; default 1). */
   routedScalingFactor?: number;
+  /** The dtype the final weights are rounded to, as in top-k (GateConfig.weightsDtype; default float32). */
+  weightsDtype?: WeightDType;
   field?: string;
 }
 
@@ -374,6 +422,7 @@ export function softmaxTopP(logits: Float32Array, experts: number, opts: TopPOpt
       weights[t * maxK + j] = (normalize ? sc[j] / mass : sc[j]) * scale;
     }
   }
+  roundToDtype(weights, opts.weightsDtype);
   return { tokens: T, k: maxK, ids, weights };
 }
 

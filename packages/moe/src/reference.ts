@@ -10,8 +10,18 @@
 
 import { invalidArgument } from "@switchyard/protocol";
 import type { ExpertFFNWeights, MoeLayerWeights } from "./checkpoint.js";
-import { applyGate, type GateConfig, gateConfigFromSpec, groupByExpert, type Routing, routerLogits } from "./gating.js";
-import type { ModelSpec } from "./spec.js";
+import {
+  applyGate,
+  type GateConfig,
+  gateConfigFromSpec,
+  gateLogitsDtype,
+  gateWeightsDtype,
+  groupByExpert,
+  type Routing,
+  roundToDtype,
+  routerLogits,
+} from "./gating.js";
+import type { ModelSpec, WeightDType } from "./spec.js";
 
 export interface ExpertSliceRef {
   expert: number;
@@ -205,6 +215,13 @@ export interface MoeBlockOptions {
   logits?: Float32Array;
   /** Override the spec's gate (top-k etc.). */
   gate?: GateConfig;
+  /**
+   * The dtype the hidden states came in (default float32): the gate computes in it where the family's does
+   * (gateLogitsDtype: bf16 logits for Mixtral and Qwen in a bf16 model).
+   */
+  activations?: WeightDType;
+  /** The dtype of given `logits` (default float32): Qwen rounds the routing weights to it. */
+  logitsDtype?: WeightDType;
 }
 
 /**
@@ -226,11 +243,17 @@ export function referenceMoeBlock(
   let logits: Float32Array | undefined;
   let routing = opts.routing;
   if (!routing) {
-    logits = opts.logits ?? routerLogits(hidden, w.gate, d);
+    // the model's gate rounds its own product to the dtype it computes in; given logits are used as they came
+    const logitsDtype = opts.logits
+      ? (opts.logitsDtype ?? "float32")
+      : gateLogitsDtype(spec, opts.activations ?? "float32");
+    logits = opts.logits ?? roundToDtype(routerLogits(hidden, w.gate, d), logitsDtype);
+    const base = opts.gate ?? gateConfigFromSpec(spec);
+    const gate = { ...base, weightsDtype: base.weightsDtype ?? gateWeightsDtype(spec, logitsDtype) };
     if (logits.length !== T * E) throw invalidArgument("logits", `length ${logits.length}, expected ${T}×${E}`);
     if (spec.scoring === "sigmoid" && !w.correctionBias && spec.family === "deepseek-v3")
       throw invalidArgument("weights.correctionBias", "required for deepseek-v3");
-    routing = applyGate(logits, E, opts.gate ?? gateConfigFromSpec(spec), w.correctionBias);
+    routing = applyGate(logits, E, gate, w.correctionBias);
   } else if (routing.tokens !== T) {
     throw invalidArgument("routing.tokens", `${routing.tokens}, expected ${T}`);
   }

@@ -6,6 +6,7 @@
 // thread of load generation was what bound the runs (0.95 of a core on the H200 hosts), not the router or the GPUs.
 
 import { credentials } from "@grpc/grpc-js";
+import type { WeightDType } from "@switchyard/moe";
 import {
   bytesToFloat32,
   DType,
@@ -53,6 +54,8 @@ export interface DriveOptions {
 export interface CheckJob {
   layer: number;
   hidden: Float32Array;
+  /** the dtype the request sent hidden in */
+  activations: WeightDType;
   output: Float32Array;
 }
 
@@ -130,7 +133,13 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
         if ((res.stats?.droppedAssignments ?? 0) > 0) stats.unverifiable++;
         else if (!hooks.wantsCheck()) stats.unchecked++;
         // what the router saw (the request's bytes, not h), widened only for answers that will be checked
-        else hooks.check({ layer, hidden: bytesToFloat32(tensor.data, o.dtype, true), output: out });
+        else
+          hooks.check({
+            layer,
+            hidden: bytesToFloat32(tensor.data, o.dtype, true),
+            activations: o.dtype === DType.BFLOAT16 ? "bfloat16" : o.dtype === DType.FLOAT16 ? "float16" : "float32",
+            output: out,
+          });
         // Next layer input: residual + norm, a stand-in for the rest of a transformer block.
         for (let i = 0; i < h.length; i++) h[i] += out[i];
         rmsNorm(h, d);
@@ -203,7 +212,8 @@ function dataChannel(client: RouterDataClient): Channel {
 
 /**
  * The router logits [n, E] of a request's hidden states as the engine would send them: the router's gate product over
- * the request's own bytes (bf16 as they are, fp32 as they are), off this thread's event loop where it is large.
+ * the request's own bytes (bf16 as they are, fp32 as they are), off this thread's event loop where it is large, in
+ * the dtype the model's gate computes them in.
  */
 async function engineLogits(m: CheckpointModel, layer: number, hidden: Tensor, n: number): Promise<Tensor> {
   let x: Float32Array | Uint16Array;
@@ -216,7 +226,8 @@ async function engineLogits(m: CheckpointModel, layer: number, hidden: Tensor, n
     (job ? await job : null) ??
     (x instanceof Uint16Array ? m.logitsBf16(layer, x, n) : null) ??
     m.logits(layer, bytesToFloat32(hidden.data, hidden.dtype, true), n);
-  return encodeTensor(logits, [n, m.experts], DType.FLOAT32);
+  // in the dtype the model's gate gives them for these hidden states (bf16 for Mixtral and Qwen from bf16), as sent
+  return encodeTensor(logits, [n, m.experts], m.roundLogits(logits, hidden.dtype));
 }
 
 /** Sequence ids 0 .. concurrency-1 dealt round-robin to `drivers` drivers. */

@@ -44,7 +44,7 @@ describe.skipIf(!built)("the local mode's reference threads", () => {
       gate: gateConfigFromSpec(data.spec),
     }).output;
     output[5] += off;
-    return { id, layer, hidden, output };
+    return { id, layer, hidden, activations: "float32", output };
   }
 
   it("checks every answer in 'all' mode, on weights shared by the threads, and tells a wrong one", async () => {
@@ -143,7 +143,7 @@ describe.skipIf(!built)("the reference threads on packed (16-bit) experts", () =
         gate: gateConfigFromSpec(fp32.spec),
       }).output;
       if (i === 3) output[2] += 1;
-      pool.offer({ id: i, layer: i % 2, hidden, output });
+      pool.offer({ id: i, layer: i % 2, hidden, activations: "float32", output });
     }
     await pool.drain();
     await pool.close();

@@ -7,11 +7,15 @@ import { parentPort, workerData } from "node:worker_threads";
 import {
   type ExpertFFNWeights,
   gateConfigFromSpec,
+  gateLogitsDtype,
+  gateWeightsDtype,
   type ModelSpec,
   type MoeLayerWeights,
   referenceMoeBlock,
+  roundToDtype,
   routerLogits,
   softmaxTopP,
+  type WeightDType,
 } from "@switchyard/moe";
 import { bf16ToF32, f16ToF32 } from "@switchyard/protocol";
 
@@ -20,6 +24,8 @@ export interface VerifyJob {
   layer: number;
   /** hidden as sent (already rounded to the request dtype), fp32 [T, d] */
   hidden: Float32Array;
+  /** the dtype the request sent hidden in: the gate computes in it where the family's does (gateLogitsDtype) */
+  activations: WeightDType;
   /** router's answer widened to fp32 */
   output: Float32Array;
 }
@@ -140,16 +146,18 @@ function run({ init, spec, layers: given }: VerifierData): void {
     if (!w) throw new Error(`verifier: no weights for layer ${job.layer}`);
     let routing: ReturnType<typeof softmaxTopP> | undefined;
     if (init.topP !== null) {
-      const logits = routerLogits(job.hidden, w.gate, spec.hiddenSize);
+      const logitsDtype = gateLogitsDtype(spec, job.activations);
+      const logits = roundToDtype(routerLogits(job.hidden, w.gate, spec.hiddenSize), logitsDtype);
       const maxK = Math.min(spec.experts, init.maxK ?? Math.max(gate.topK, 2 * spec.topK));
       routing = softmaxTopP(logits, spec.experts, {
         topP: init.topP,
         maxK,
         normalize: true,
         routedScalingFactor: spec.routedScalingFactor,
+        weightsDtype: gateWeightsDtype(spec, logitsDtype),
       });
     }
-    const ref = referenceMoeBlock(spec, w, job.hidden, routing ? { routing } : { gate });
+    const ref = referenceMoeBlock(spec, w, job.hidden, routing ? { routing } : { gate, activations: job.activations });
     const res: VerifyResult = { id: job.id, relErr: relError(job.output, ref.output) };
     parentPort!.postMessage(res);
   });
