@@ -43,10 +43,17 @@ export interface ForwardRequest {
   hidden?:
     | Tensor
     | undefined;
-  /** Gate input. Neither set: the router computes logits from the checkpoint's gate weights. */
+  /**
+   * Gate input. Neither set: the router computes logits from the checkpoint's gate weights, in the dtype the family's
+   * gate computes them in for `hidden`'s dtype (bf16 logits for Mixtral and Qwen from bf16 hidden states, as
+   * transformers' F.linear gives them; DeepSeek-V3 fp32).
+   */
   gate?:
     | //
-    /** [T, E] */
+    /**
+     * [T, E] FLOAT32, or BFLOAT16 / FLOAT16 as a half-precision gate gives them (Qwen then rounds its routing weights
+     * to that dtype, as transformers does)
+     */
     { $case: "routerLogits"; value: Tensor }
     | { $case: "assignment"; value: Assignment }
     | undefined;
