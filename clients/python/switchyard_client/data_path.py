@@ -17,7 +17,9 @@ import itertools
 import socket
 import struct
 import threading
+import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Optional
 
 import numpy as np
@@ -28,6 +30,13 @@ from .request import forward_request, reply_hidden
 
 PREFACE = b"SYRF" + struct.pack("<I", 1)
 _LEN = struct.Struct("<I")
+# Seconds past a request's timeout that the client waits for the router's own answer (DEADLINE_EXCEEDED at the
+# timeout) before it gives up on a router that does not answer at all; its late answer is then dropped.
+_GRACE = 10.0
+# TCP keepalive as the Node client and the router set it: a peer that vanished without a FIN or RST is noticed
+# within about a minute of silence, not after Linux's default 2 h 11 min.
+_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6))
+
 
 class RouterDataClient:
     """One connection to a router's data path; thread-safe. forward_async() returns a Future of the combined
@@ -38,14 +47,20 @@ class RouterDataClient:
         self._sock.settimeout(None)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _KEEPALIVE:
+            if hasattr(socket, name):  # Linux; elsewhere the OS's defaults
+                self._sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
         self._max = max_message_bytes
         # Two locks: the reader thread must be able to take a reply's future while a sender is blocked in sendall
         # (the router stops reading a connection whose replies pile up, so one lock for both could deadlock).
         self._state = threading.Lock()  # the pending map, the ids and _failed
         self._send = threading.Lock()  # whole frames on the socket
-        self._pending: dict[int, tuple[Future, bool]] = {}
+        self._pending: dict[int, tuple[Future, bool, Optional[float]]] = {}  # future, bf16_bits, give-up time
         self._ids = itertools.count(1)
         self._failed: Optional[Exception] = None
+        self._abandoned: set[int] = set()  # requests given up on (no answer by their timeout + _GRACE)
+        self._wake = threading.Condition(self._state)  # the watchdog's, woken when the client fails
+        self._watchdog: Optional[threading.Thread] = None  # started by the first request with a timeout
         self._where = f"{host}:{port}"
         self._sock.sendall(PREFACE)
         self._reader = threading.Thread(target=self._read_loop, name="switchyard-router-data", daemon=True)
@@ -61,15 +76,29 @@ class RouterDataClient:
         the request's dtype (bf16 widened to float32, or its bit patterns with bf16_bits=True); it raises
         RouterError where the router failed the request. timeout (seconds) is the request's deadline at the router
         (ForwardRequest.timeout_ms: past it the router answers DEADLINE_EXCEEDED); without one the router's
-        default of 30 s applies."""
+        default of 30 s applies. A router that does not answer at all (hung, or gone without closing the
+        connection) fails a request with a timeout with concurrent.futures.TimeoutError 10 s past its timeout.
+        A request over max_message_bytes raises ValueError here, unsent (the router would drop the connection)."""
         req = forward_request(pool, layer, hidden, dtype=dtype, router_logits=router_logits,
                               expert_ids=expert_ids, weights=weights, routed_only=routed_only, timeout=timeout)
+        req.request_id = (1 << 64) - 1  # the widest id: no request sent is larger than the size checked
+        size = req.ByteSize()
+        if size > self._max:
+            raise ValueError(f"hidden: the request of {size} bytes (hidden {list(req.hidden.shape)} "
+                             f"{dtype}) is over the data path's limit of {self._max} bytes (max_message_bytes; the "
+                             "router's is 512 MiB): send fewer tokens per call")
         fut: Future = Future()
+        give_up = None if timeout is None else time.monotonic() + timeout + _GRACE
         with self._state:
             if self._failed is not None:
                 raise ConnectionError(str(self._failed))
             rid = next(self._ids)
-            self._pending[rid] = (fut, bf16_bits)  # before the send: the reply may come before sendall returns
+            # before the send: the reply may come before sendall returns
+            self._pending[rid] = (fut, bf16_bits, give_up)
+            if give_up is not None and self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="switchyard-router-deadlines",
+                                                  daemon=True)
+                self._watchdog.start()
         req.request_id = rid
         body = req.SerializeToString()
         try:
@@ -83,10 +112,9 @@ class RouterDataClient:
 
     def forward(self, pool: str, layer: int, hidden: np.ndarray, timeout: Optional[float] = None,
                 **kw) -> np.ndarray:
-        """forward_async(...).result(). The router answers by the timeout; the wait here allows 10 s more for the
+        """forward_async(...).result(). The router answers by the timeout; the client allows 10 s more for the
         transport before it gives up (concurrent.futures.TimeoutError)."""
-        fut = self.forward_async(pool, layer, hidden, timeout=timeout, **kw)
-        return fut.result(None if timeout is None else timeout + 10.0)
+        return self.forward_async(pool, layer, hidden, timeout=timeout, **kw).result()
 
     @property
     def in_flight(self) -> int:
@@ -96,7 +124,8 @@ class RouterDataClient:
     def close(self) -> None:
         """Closes the connection; requests still in flight fail with ConnectionError."""
         self._fail(ConnectionError(f"router data path {self._where}: closed by the client"))
-        self._reader.join(timeout=5)
+        if threading.current_thread() is not self._reader:  # not from a Future's callback, which runs on it
+            self._reader.join(timeout=5)
 
     def __enter__(self) -> "RouterDataClient":
         return self
@@ -104,7 +133,7 @@ class RouterDataClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _read_exact(self, n: int) -> Optional[bytes]:
+    def _read_exact(self, n: int) -> Optional[bytearray]:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
@@ -113,7 +142,7 @@ class RouterDataClient:
             if k == 0:
                 return None
             got += k
-        return bytes(buf)
+        return buf
 
     def _read_loop(self) -> None:
         try:
@@ -130,10 +159,14 @@ class RouterDataClient:
                 res = router_pb2.ForwardResponse.FromString(body)
                 with self._state:
                     entry = self._pending.pop(res.request_id, None)
+                    late = entry is None and res.request_id in self._abandoned
+                    self._abandoned.discard(res.request_id)
+                if late:  # the answer to a request given up on: nobody waits for it
+                    continue
                 if entry is None:
                     raise ConnectionError(f"router data path {self._where}: reply to request {res.request_id}, "
                                           "which is not in flight")
-                fut, bits = entry
+                fut, bits, _ = entry
                 # False: the caller cancelled it (asyncio's wrap_future does when the awaiting task is cancelled);
                 # setting a result on it would raise here and end the connection for everyone else
                 if not fut.set_running_or_notify_cancel():
@@ -145,6 +178,25 @@ class RouterDataClient:
         except Exception as e:  # noqa: BLE001 - whatever ended the connection fails what is in flight
             self._fail(e if isinstance(e, ConnectionError) else ConnectionError(str(e)))
 
+    def _watch(self) -> None:
+        """Fails the requests whose router has not answered by their timeout + _GRACE (checked every 0.5 s)."""
+        while True:
+            with self._state:
+                if self._failed is not None:
+                    return
+                now = time.monotonic()
+                late = [rid for rid, (_, _, give_up) in self._pending.items() if give_up is not None and give_up <= now]
+                futs = [self._pending.pop(rid)[0] for rid in late]
+                self._abandoned.update(late)
+                if not futs:
+                    self._wake.wait(0.5)
+                    continue
+            for rid, fut in zip(late, futs):  # outside the lock: a callback may send the next request
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(FutureTimeoutError(
+                        f"router data path {self._where}: request {rid} not answered {_GRACE:g} s past its timeout "
+                        "(the router is stalled or unreachable)"))
+
     def _fail(self, err: Exception) -> None:
         with self._state:
             if self._failed is not None:
@@ -152,11 +204,12 @@ class RouterDataClient:
             self._failed = err
             pending = list(self._pending.values())
             self._pending.clear()
+            self._wake.notify_all()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._sock.close()
-        for fut, _ in pending:
+        for fut, _, _ in pending:
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(err)

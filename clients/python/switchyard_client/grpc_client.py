@@ -44,6 +44,10 @@ class RouterGrpcClient:
         out: Future = Future()
 
         def done(c: grpc.Future) -> None:
+            # False: the caller cancelled `out` (asyncio's wrap_future does when the awaiting task is cancelled), and
+            # with it the call; a result set on it would raise here
+            if not out.set_running_or_notify_cancel():
+                return
             try:
                 out.set_result(reply_hidden(c.result(), bf16_bits))
             except grpc.RpcError as e:
@@ -51,6 +55,8 @@ class RouterGrpcClient:
             except Exception as e:  # noqa: BLE001 - RouterError, or a reply this client cannot read: never left pending
                 out.set_exception(e)
 
+        # a cancelled Future cancels the call: the router stops working on it (CANCELLED at the router)
+        out.add_done_callback(lambda f: f.cancelled() and call.cancel())
         call.add_done_callback(done)
         return out
 

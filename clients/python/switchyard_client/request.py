@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional
 
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 from switchyard.v1 import router_pb2
 
 from .tensor import from_tensor, to_tensor
+
+_U32 = (1 << 32) - 1  # layer and timeout_ms are uint32 on the wire
 
 # google.rpc.Code names for the codes the router answers with
 _CODES = {1: "CANCELLED", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND", 8: "RESOURCE_EXHAUSTED",
@@ -33,28 +36,43 @@ def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "
     """hidden [T, d] sent as `dtype` (fp32, fp16 or bf16); the gate input is one of: nothing (the router gates from
     its checkpoint), router_logits [T, E] (float32), or expert_ids [T, k] (int32, -1 = empty slot) with weights
     [T, k] (float32). timeout (seconds) becomes the request's timeout_ms: past it the router answers
-    DEADLINE_EXCEEDED."""
-    req = router_pb2.ForwardRequest(pool=pool, layer=layer, hidden=to_tensor(hidden, dtype))
+    DEADLINE_EXCEEDED. A value that cannot be sent raises ValueError (or TypeError) naming the argument."""
+    try:
+        index = operator.index(layer)
+    except TypeError:
+        index = -1
+    if not 0 <= index <= _U32:
+        raise ValueError(f"layer: an integer in [0, {_U32}], got {layer!r}")
+    req = router_pb2.ForwardRequest(pool=pool, layer=index, hidden=_tensor("hidden", hidden, dtype))
     if router_logits is not None:
         if expert_ids is not None or weights is not None:
             raise ValueError("gate: router_logits or an assignment (expert_ids, weights), not both")
-        req.router_logits.CopyFrom(to_tensor(router_logits, "fp32"))
+        req.router_logits.CopyFrom(_tensor("router_logits", router_logits, "fp32"))
     elif expert_ids is not None or weights is not None:
         if expert_ids is None or weights is None:
             raise ValueError("assignment: expert_ids and weights go together")
-        req.assignment.expert_ids.CopyFrom(to_tensor(expert_ids, "int32"))
-        req.assignment.weights.CopyFrom(to_tensor(weights, "fp32"))
+        req.assignment.expert_ids.CopyFrom(_tensor("expert_ids", expert_ids, "int32"))
+        req.assignment.weights.CopyFrom(_tensor("weights", weights, "fp32"))
     if routed_only is not None:
         req.routed_only = routed_only
     if timeout is not None:
-        if not timeout > 0:
-            raise ValueError(f"timeout: seconds > 0, got {timeout!r}")
+        if not (timeout > 0 and timeout * 1000 <= _U32):
+            raise ValueError(f"timeout: seconds in (0, {_U32 // 1000}], got {timeout!r}")
         req.timeout_ms = max(1, math.ceil(timeout * 1000))
     return req
+
+
+def _tensor(name: str, x, dtype: str):
+    """to_tensor, with the argument's name on the error of a value numpy cannot convert (a string; a torch tensor on
+    the GPU, in bfloat16 or requiring grad)."""
+    try:
+        return to_tensor(x, dtype)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(f"{name}: {e}") from e
 
 
 def reply_hidden(res: router_pb2.ForwardResponse, bf16_bits: bool = False) -> np.ndarray:
     """The reply's hidden states, or RouterError where the router answered with an error."""
     if res.HasField("error") and res.error.code != 0:
         raise RouterError(res.error.code, res.error.message)
-    return from_tensor(res.hidden, bf16_bits=bf16_bits)
+    return from_tensor(res.hidden, bf16_bits=bf16_bits, name="hidden")

@@ -2,8 +2,9 @@
 
 numpy has no bfloat16: a bf16 tensor travels as its 16-bit patterns. `to_tensor(x, "bf16")` rounds float32 to
 bf16 (round to nearest, ties to even, as the router and torch do); `from_tensor` widens bf16 back to float32.
-Arrays of dtype uint16 given with dtype "bf16" are taken as bf16 bit patterns already (e.g. a torch bf16 tensor's
-`.view(torch.int16).numpy().view(numpy.uint16)`), so nothing is rounded twice.
+Arrays of a 16-bit integer type (uint16 or int16, either byte order) given with dtype "bf16" are taken as bf16 bit
+patterns already (e.g. a torch bf16 tensor's `.view(torch.int16).numpy()`), so nothing is rounded twice.
+Arrays read from a Tensor are the caller's own (writable; an engine may add its residual in place).
 """
 
 from __future__ import annotations
@@ -43,24 +44,34 @@ def to_tensor(x: np.ndarray, dtype: str = "fp32") -> tensor_pb2.Tensor:
     code, np_dtype = _DTYPES[dtype]
     a = np.asarray(x)
     if dtype == "bf16":
-        bits = a if a.dtype == np.uint16 else float32_to_bf16_bits(a.astype(np.float32, copy=False))
+        if a.dtype.kind in "iu" and a.dtype.itemsize == 2:
+            # bit patterns already, whatever their integer type and byte order: reinterpreted, never converted
+            bits = a.astype(a.dtype.newbyteorder("<"), copy=False).view("<u2")
+        else:
+            bits = float32_to_bf16_bits(a.astype(np.float32, copy=False))
         data = np.ascontiguousarray(bits, dtype="<u2").tobytes()
     else:
         data = np.ascontiguousarray(a, dtype=np_dtype).tobytes()
     return tensor_pb2.Tensor(dtype=code, shape=list(a.shape), data=data)
 
 
-def from_tensor(t: tensor_pb2.Tensor, bf16_bits: bool = False) -> np.ndarray:
-    """The Tensor as a numpy array: fp32, fp16 and int32 as they are, bf16 widened to float32 (or its bit patterns
-    as uint16 with bf16_bits=True)."""
+_ITEM = {tensor_pb2.FLOAT32: np.dtype("<f4"), tensor_pb2.FLOAT16: np.dtype("<f2"), tensor_pb2.INT32: np.dtype("<i4"),
+         tensor_pb2.BFLOAT16: np.dtype("<u2")}
+
+
+def from_tensor(t: tensor_pb2.Tensor, bf16_bits: bool = False, name: str = "tensor") -> np.ndarray:
+    """The Tensor as a numpy array of the caller's own (writable): fp32, fp16 and int32 as they are, bf16 widened to
+    float32 (or its bit patterns as uint16 with bf16_bits=True). A tensor this client cannot read raises ValueError
+    naming it (`name`), its shape and its bytes."""
     shape = tuple(t.shape)
-    if t.dtype == tensor_pb2.FLOAT32:
-        return np.frombuffer(t.data, dtype="<f4").reshape(shape)
-    if t.dtype == tensor_pb2.FLOAT16:
-        return np.frombuffer(t.data, dtype="<f2").reshape(shape)
-    if t.dtype == tensor_pb2.INT32:
-        return np.frombuffer(t.data, dtype="<i4").reshape(shape)
-    if t.dtype == tensor_pb2.BFLOAT16:
-        bits = np.frombuffer(t.data, dtype="<u2").reshape(shape)
-        return bits if bf16_bits else bf16_bits_to_float32(bits).reshape(shape)
-    raise ValueError(f"tensor dtype {t.dtype} is not one this client reads")
+    item = _ITEM.get(t.dtype)
+    if item is None:
+        raise ValueError(f"{name}: tensor dtype {t.dtype} is not one this client reads")
+    want = item.itemsize * int(np.prod(shape, dtype=np.int64))
+    if len(t.data) != want:
+        raise ValueError(f"{name}: shape {list(shape)} of {tensor_pb2.DType.Name(t.dtype)} needs {want} bytes, "
+                         f"got {len(t.data)} bytes")
+    a = np.frombuffer(t.data, dtype=item).reshape(shape)
+    if t.dtype == tensor_pb2.BFLOAT16 and not bf16_bits:
+        return bf16_bits_to_float32(a).reshape(shape)
+    return a.copy()  # frombuffer over the message's bytes is read-only

@@ -1,16 +1,21 @@
 """Drives a running router's data path with the Python client and prints what it saw, one JSON object, for the
-vitest beside it (test/src/python-client/python-client.test.ts) to replay through the Node client and compare byte
-for byte. Usage: python3 tests/check_router.py HOST DATA_PORT GRPC_PORT POOL D E."""
+vitest that runs it (router-service/src/data-server.python.test.ts) to replay through the Node client and compare
+byte for byte. Beside it, it asserts what the vitest does not see: requests refused before they are sent (the
+argument named), and against routers of its own that misbehave (a reply it cannot read, a router that stops
+answering, a gRPC call given up on) that no request is left waiting. Usage: python3 tests/check_router.py HOST
+DATA_PORT GRPC_PORT POOL D E."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import logging
 import socket
 import struct
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -20,7 +25,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from switchyard.v1 import router_pb2, tensor_pb2  # noqa: E402
-from switchyard_client import RouterDataClient, RouterError, float32_to_bf16_bits, to_tensor  # noqa: E402
+import switchyard_client.data_path as data_path  # noqa: E402
+from switchyard_client import (  # noqa: E402
+    RouterDataClient,
+    RouterError,
+    float32_to_bf16_bits,
+    forward_request,
+    to_tensor,
+)
 from switchyard_client.grpc_client import RouterGrpcClient  # noqa: E402
 
 host, port, grpc_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -50,7 +62,23 @@ def request(layer: int, hidden: np.ndarray, dtype: str, **gate) -> router_pb2.Fo
     return r
 
 
+# What the client refuses before sending: the error names the argument at fault (not protobuf's "Value out of
+# range: -1", numpy's "could not convert string to float").
+for args, kw, field in (((pool, -1), {}, "layer"), ((pool, 1 << 32), {}, "layer"),
+                        ((pool, 0), {"timeout": float("inf")}, "timeout"), ((pool, 0), {"timeout": 1e10}, "timeout"),
+                        ((pool, 0), {"router_logits": "x"}, "router_logits"),
+                        ((pool, 0), {"expert_ids": [["a"]], "weights": [[1.0]]}, "expert_ids")):
+    try:
+        forward_request(*args, np.zeros((1, D), np.float32), **kw)
+        raise AssertionError(f"forward_request accepted {args} {kw}")
+    except (ValueError, TypeError) as e:
+        assert str(e).startswith(f"{field}: "), f"{args} {kw}: the error does not name {field}: {e}"
+
 with RouterDataClient(host, port) as c:
+    # keepalive notices a router whose host vanished (no FIN, no RST) within a minute, as the Node client and the
+    # router do (30 s idle), not after Linux's default 2 h 11 min of waiting on requests that will never be answered
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        assert c._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) <= 30, "keepalive idle is the OS default"
     for dtype, T in (("fp32", 3), ("bf16", 5), ("fp16", 2)):
         h = rng.standard_normal((T, D), dtype=np.float32)
         y = c.forward(pool, 0, h, dtype=dtype, timeout=10)
@@ -127,6 +155,20 @@ with RouterDataClient(host, port) as c:
             out["errors"].append({"name": name, "code": e.code, "message": e.message})
     out["checks"]["serves after errors"] = c.forward(pool, 0, np.ones((1, D), np.float32), timeout=10).shape == (1, D)
 
+# A request over the data path's frame limit (the router's is 512 MiB: a big prefill in fp32) is refused before it
+# is sent, naming hidden: sent, the router (or here the client, on its reply) would drop the connection, failing
+# every other request in flight on it. Here the client's own limit is lowered to 64 KiB to stand for the router's.
+with RouterDataClient(host, port, max_message_bytes=1 << 16) as small:
+    try:
+        big = small.forward_async(pool, 0, np.ones((1024, D), np.float32))  # 64 KiB of hidden and its header
+    except ValueError as e:
+        big = e
+    others = [small.forward_async(pool, 0, np.ones((2, D), np.float32)) for _ in range(4)]
+    assert isinstance(big, ValueError) and str(big).startswith("hidden: ") and "65536" in str(big), \
+        f"a request over the frame limit was not refused before it was sent: {big!r}"
+    assert all(f.result(10).shape == (2, D) for f in others), "requests in flight failed with the big one"
+    assert small.forward(pool, 0, np.ones((1, D), np.float32), timeout=10).shape == (1, D)
+
 # The gRPC client: the same answers as the data path for the same inputs, the same errors.
 with RouterDataClient(host, port) as c, RouterGrpcClient(f"{host}:{grpc_port}") as g:
     same = []
@@ -177,6 +219,93 @@ threading.Thread(target=malformed_router, args=(srv,), daemon=True).start()
 with RouterDataClient("127.0.0.1", srv.getsockname()[1]) as bad_router:
     fut = bad_router.forward_async(pool, 0, np.zeros((2, 3), np.float32))
     assert isinstance(fut.exception(5), ValueError), "the data-path client left a malformed reply's request pending"
+
+# A router that stops answering (hung, or its host gone while the socket looks open) must not leave a request with a
+# timeout waiting forever: forward_async's Future (what an asyncio engine awaits) fails with TimeoutError once the
+# timeout plus the client's grace for the router's own answer has passed, and is no longer in flight. The router's
+# late answer to it is dropped: the connection goes on serving the next request.
+def stalled_router(srv: socket.socket) -> None:
+    s, _ = srv.accept()
+    f = s.makefile("rb")
+    f.read(8)
+    first = router_pb2.ForwardRequest.FromString(f.read(struct.unpack("<I", f.read(4))[0]))
+    second = router_pb2.ForwardRequest.FromString(f.read(struct.unpack("<I", f.read(4))[0]))
+    for req in (first, second):  # the first one's answer long after the client gave up on it
+        body = router_pb2.ForwardResponse(request_id=req.request_id, hidden=req.hidden).SerializeToString()
+        s.sendall(struct.pack("<I", len(body)) + body)
+    f.read()
+
+
+grace = data_path._GRACE
+data_path._GRACE = 0.3
+srv = socket.create_server(("127.0.0.1", 0))
+threading.Thread(target=stalled_router, args=(srv,), daemon=True).start()
+with RouterDataClient("127.0.0.1", srv.getsockname()[1]) as stalled:
+    t0 = time.monotonic()
+    fut = stalled.forward_async(pool, 0, np.zeros((2, 3), np.float32), timeout=0.1)
+    futures.wait([fut], timeout=10)
+    assert fut.done(), "a request with a timeout waits on a router that does not answer"
+    assert isinstance(fut.exception(), futures.TimeoutError), repr(fut.exception())
+    assert time.monotonic() - t0 < 5 and stalled.in_flight == 0
+    assert stalled.forward(pool, 0, np.ones((1, 3), np.float32), timeout=5).tolist() == [[1, 1, 1]]
+data_path._GRACE = grace
+
+# close() from a Future's callback (it runs on the client's reader thread): closes, without an error from the thread
+# joining itself
+errors: list = []
+
+
+class Keep(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        errors.append(record.getMessage() + (f" {record.exc_info[1]!r}" if record.exc_info else ""))
+
+
+logging.getLogger().addHandler(Keep(logging.ERROR))
+with RouterDataClient(host, port) as cb:
+    fut = cb.forward_async(pool, 0, np.ones((1, D), np.float32))
+    fut.add_done_callback(lambda f: cb.close())
+    fut.result(10)
+    time.sleep(0.2)
+    assert not errors, errors
+    try:
+        cb.forward(pool, 0, np.ones((1, D), np.float32), timeout=10)
+        raise AssertionError("closed in a callback, the client still sent")
+    except ConnectionError:
+        pass
+
+# A gRPC call whose Future the caller cancelled (asyncio.wait_for's timeout on wrap_future does) is cancelled at the
+# router, which stops working on it, and its answer coming back is not an error.
+cancelled_at_router = threading.Event()
+
+
+def slow_forward(req, ctx):  # layer 1 waits up to 3 s for its caller; layer 0 is answered at once
+    end = time.monotonic() + 3
+    while req.layer == 1 and ctx.is_active() and time.monotonic() < end:
+        time.sleep(0.01)
+    if not ctx.is_active():
+        cancelled_at_router.set()
+    return router_pb2.ForwardResponse(request_id=req.request_id, hidden=req.hidden)
+
+
+slow = grpc.server(futures.ThreadPoolExecutor(2))
+slow.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("switchyard.v1.Router", {
+    "Forward": grpc.unary_unary_rpc_method_handler(
+        slow_forward, request_deserializer=router_pb2.ForwardRequest.FromString,
+        response_serializer=router_pb2.ForwardResponse.SerializeToString)}),))
+slow_port = slow.add_insecure_port("127.0.0.1:0")
+slow.start()
+with RouterGrpcClient(f"127.0.0.1:{slow_port}") as g:
+    async def gave_up():
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(g.forward_async(pool, 1, np.ones((1, 3), np.float32))), 0.2)
+        except asyncio.TimeoutError:
+            pass
+
+    asyncio.run(gave_up())
+    assert cancelled_at_router.wait(2), "a cancelled gRPC call went on at the router"
+    assert g.forward(pool, 0, np.ones((1, 3), np.float32), timeout=5).tolist() == [[1, 1, 1]]
+slow.stop(0)
+assert not errors, errors
 
 # the same reply over gRPC
 bad_grpc = grpc.server(futures.ThreadPoolExecutor(1))
