@@ -10,7 +10,7 @@ const sel = await selectBackend("cuda");
 console.log(`backend: ${sel.backend.name} — ${sel.reason}`);
 const r = await cudaParity(sel.backend);
 console.log(JSON.stringify(r));
-console.log("gpu cache:", JSON.stringify(sel.backend.cacheStats()));
+console.log("gpu cache:", JSON.stringify(sel.backend.deviceCacheStats?.()));
 const auto = await selectBackend("auto");
 console.log(`auto selects: ${auto.backend.name}`);
 if (!r.ok) {

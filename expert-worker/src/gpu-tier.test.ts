@@ -10,6 +10,8 @@ import { generateCheckpoint } from "@switchyard/moe";
 import { DType, type ExpertBatch, type ExpertResult, ExpertWorkerClient, encodeTensor } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CudaAddon, CudaBackend } from "./backend/cuda.js";
+import { MultiDeviceBackend } from "./backend/multi-device.js";
+import type { ExpertBackend } from "./backend/types.js";
 import { startWorker, type WorkerHandle } from "./worker.js";
 
 const D = 32;
@@ -69,7 +71,7 @@ type RunOptions = Parameters<CudaAddon["run"]>[1];
  * A worker over `backend` on a generated 8-expert checkpoint, for the describe block that calls this. Started cold
  * (no warm-up): the tests count the tiers' misses, uploads and evictions from there.
  */
-function workerOnFakeGpu(backend: CudaBackend, seed: number) {
+function workerOnFakeGpu(backend: ExpertBackend, seed: number) {
   const h = {} as { w: WorkerHandle; client: ExpertWorkerClient; dir: string };
   beforeAll(async () => {
     h.dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
@@ -134,7 +136,7 @@ describe("worker with a GPU expert tier (fake CUDA addon)", () => {
     const before = await scrape();
     expect(metric(before, "switchyard_worker_gpu_cache_capacity_experts")).toBe(0); // nothing prepared yet
     await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([0, 1], 1n));
-    expect(fake.calls.contexts).toEqual([{ d: D, f: F, slots: 4, runsInFlight: 2 }]);
+    expect(fake.calls.contexts).toEqual([{ d: D, f: F, slots: 4, device: 0, runsInFlight: 2 }]);
     await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([0, 1], 2n));
     await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([2, 3, 4], 3n)); // 5 > 4 slots
     const text = await scrape();
@@ -284,5 +286,28 @@ describe("worker with two runs in flight on the GPU (the CUDA backend's default)
     const [a, b] = await Promise.all([first, second]);
     expect([a.batchId, b.batchId]).toEqual([3n, 4n]);
     expect(fake.calls.runs).toBe(runs + 2);
+  });
+});
+
+describe("worker over two GPUs (gpusPerWorker 2; fake CUDA addon)", () => {
+  const fake = fakeAddon();
+  const devices = [0, 1].map(
+    (i) => new CudaBackend(fake.addon, { ...fake.addon.probe(), devices: 2 }, {}, undefined, i),
+  );
+  const backend = new MultiDeviceBackend(devices);
+  const h = workerOnFakeGpu(backend, 9);
+
+  it("a context per device with half the cache capacity each; a batch's experts run on both; /metrics sums them", async () => {
+    const res = await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([0, 1, 2, 3], 1n));
+    expect(res.output?.shape).toEqual([4, D]);
+    expect(fake.calls.contexts).toEqual([
+      { d: D, f: F, slots: 2, device: 0, runsInFlight: 2 },
+      { d: D, f: F, slots: 2, device: 1, runsInFlight: 2 },
+    ]);
+    expect(fake.calls.runs).toBe(2); // one per device
+    expect(fake.calls.uploads).toHaveLength(4);
+    const text = await (await fetch(`http://127.0.0.1:${h.w.metricsPort}/metrics`)).text();
+    expect(metric(text, "switchyard_worker_gpu_cache_capacity_experts")).toBe(4);
+    expect(backend.describe()).toMatch(/^2 devices, experts split among them: \[0\] cuda \(device 0, fake/);
   });
 });

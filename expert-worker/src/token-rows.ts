@@ -31,7 +31,21 @@ export function sumRowsByToken(
   d: number,
   weights?: Float32Array,
 ): Float32Array {
-  const acc = new Float32Array(distinct * d);
+  return addRowsByToken(new Float32Array(distinct * d), out, dtype, rows, d, weights);
+}
+
+/**
+ * sumRowsByToken's sum into an accumulator the caller holds (FLOAT32 [distinct, d]), which keeps what it has: a
+ * worker over several GPUs adds each device's sums into one (multi-device.ts).
+ */
+export function addRowsByToken(
+  acc: Float32Array,
+  out: Uint8Array,
+  dtype: DType,
+  rows: Uint32Array,
+  d: number,
+  weights?: Float32Array,
+): Float32Array {
   const native = loadNativeAddon();
   if (native?.sumRowsByToken && rows.length > 0) {
     native.sumRowsByToken(out, dtype, rows, acc, weights);

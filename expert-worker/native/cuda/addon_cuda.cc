@@ -188,6 +188,9 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   o.Set("sms", p.multiProcessorCount);
   o.Set("totalMem", static_cast<double>(p.totalGlobalMem));
   o.Set("cc", std::to_string(p.major) + "." + std::to_string(p.minor));
+  // visible devices (a pod's GPUs): a worker runs its experts on all of them (multi-device.ts); the name and memory
+  // above are device 0's, and a pod's GPUs are one node's, of one kind
+  o.Set("devices", n);
   return o;
 }
 

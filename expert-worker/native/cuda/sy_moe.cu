@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -50,6 +51,21 @@ int fail(int code, const std::string& msg) {
     cudaError_t err_ = (call);                                                                          \
     if (err_ != cudaSuccess) return fail(SY_MOE_ERR_CUDA, std::string(#call) + ": " + cudaGetErrorString(err_)); \
   } while (0)
+
+// A kernel's dynamic shared memory limit is an attribute of the function on each device, so it is set once per device
+// this process launches on (a worker over several GPUs: backend/multi-device.ts), not once per process: a kernel
+// first launched on device 0 failed on device 1 with "invalid argument". `done` holds a bit per device (ids < 64).
+template <typename K>
+static cudaError_t smem_attr_once(K kern, int bytes, std::atomic<uint64_t>& done) {
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  const uint64_t bit = 1ull << (dev & 63);
+  if (done.load(std::memory_order_acquire) & bit) return cudaSuccess;
+  e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) done.fetch_or(bit, std::memory_order_acq_rel);
+  return e;
+}
 
 constexpr int kMaxExperts = 1024;
 constexpr int kMaxTopK = 16;
@@ -1183,11 +1199,8 @@ template <int BM, int NB, int BK, int WM_, int WN_, int ST, int MODE>
 int launch_gemm(const GemmParams& p, int grid, cudaStream_t s) {
   using Cfg = GemmCfg<BM, NB, BK, WM_, WN_, ST>;
   auto kern = grouped_gemm_kernel<BM, NB, BK, WM_, WN_, ST, MODE>;
-  static bool attr_set = false;  // once per instantiation, before any graph capture of the caller
-  if (!attr_set) {
-    SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set{0};  // once per instantiation and device, before any graph capture
+  SY_CUDA(smem_attr_once(kern, Cfg::kSmem, attr_set));
   if (grid > 0) kern<<<grid, Cfg::kThreads, Cfg::kSmem, s>>>(p);
   SY_CUDA(cudaGetLastError());
   return SY_MOE_OK;
@@ -1306,11 +1319,8 @@ int launch_wgmma(const CUtensorMap& a, const CUtensorMap& b, const CUtensorMap& 
   auto kern = PERSIST ? wg::wgmma_gemm_kernel<WGS, MODE, true, CL, GA, TL>
                       : wg::wgmma_tile_kernel<WGS, MODE, EPI, TALL>;
   const int smem = PERSIST ? C::kSmemPersist : C::kSmem;
-  static bool attr_set = false;
-  if (!attr_set) {
-    SY_CUDA(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    attr_set = true;
-  }
+  static std::atomic<uint64_t> attr_set{0};
+  SY_CUDA(smem_attr_once(kern, smem, attr_set));
   const int out_cols = MODE == 0 ? C::kBN / 2 : C::kBN;
   p.n_tiles = (p.N + out_cols - 1) / out_cols;
   // upper bound; the real tile count is read on the device
@@ -1457,12 +1467,8 @@ static int launch_route(const sy_moe_config* cfg, int T, const float* logits, co
   }
   if (zero_out) SY_CUDA(cudaMemsetAsync(zero_out, 0, (size_t)T * D * 2, s));
   const size_t smem = (size_t)kRouteWarps * 2 * cfg->num_experts * 4;
-  static bool attr = false;
-  if (!attr) {
-    SY_CUDA(cudaFuncSetAttribute(route_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 kRouteWarps * 2 * kMaxExperts * 4));
-    attr = true;
-  }
+  static std::atomic<uint64_t> attr{0};
+  SY_CUDA(smem_attr_once(route_kernel, kRouteWarps * 2 * kMaxExperts * 4, attr));
   route_kernel<<<(T + kRouteWarps - 1) / kRouteWarps, kRouteWarps * 32, smem, s>>>(rp);
   SY_CUDA(cudaGetLastError());
   return SY_MOE_OK;
@@ -1666,12 +1672,8 @@ int sy_moe_forward(const sy_moe_config* cfg, int32_t T, const sy_moe_args* a, vo
     SmallRouteParams q{a->topk_ids, a->topk_weights, n, list_bm, route_warps, offsets, tiles, num_tiles,
                        row_token, row_w, assign_row};
     const size_t smem = (size_t)E * 4 + (size_t)n * 8 + (a->logits ? (size_t)route_warps * 8 * E : 0);
-    static bool attr = false;
-    if (!attr) {
-      SY_CUDA(cudaFuncSetAttribute(route_small_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   kMaxExperts * 4 + kFusedRouteMaxN * 8 + kFusedRouteScoreBytes));
-      attr = true;
-    }
+    static std::atomic<uint64_t> attr{0};
+    SY_CUDA(smem_attr_once(route_small_kernel, kMaxExperts * 4 + kFusedRouteMaxN * 8 + kFusedRouteScoreBytes, attr));
     if ((rc = launch_k(false, route_small_kernel, dim3(1), dim3(1024), smem, s, rp, q))) return rc;
   } else {
     SY_CUDA(cudaMemsetAsync(counts, 0, (size_t)E * 4, s));

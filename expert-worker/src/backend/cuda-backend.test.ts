@@ -45,7 +45,7 @@ describe("CudaBackend (fake addon)", () => {
     const events: string[] = [];
     const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" }, (k) => events.push(k));
     const [e0, e1, e2] = await Promise.all([0, 1, 2].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
-    expect(calls.contexts).toEqual([{ d, f, slots: 2, runsInFlight: 2 }]);
+    expect(calls.contexts).toEqual([{ d, f, slots: 2, device: 0, runsInFlight: 2 }]);
     const tokens = new Uint8Array(6 * d * 4);
     const out = new Float32Array(
       (
@@ -120,7 +120,7 @@ describe("CudaBackend (fake addon)", () => {
     const seen: string[] = [];
     const off = b.addDeviceCacheSink((k, bytes) => seen.push(bytes ? `${k}:${bytes}` : k));
     const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
-    expect(calls.contexts).toEqual([{ d, f, slots: 3, runsInFlight: 2 }]);
+    expect(calls.contexts).toEqual([{ d, f, slots: 3, device: 0, runsInFlight: 2 }]);
     expect(b.deviceCacheStats()).toMatchObject({ capacity: 3, resident: 0 });
     expect(() => b.setDeviceCacheCapacity(4)).toThrow(/already allocated/);
     const run = () =>

@@ -2,8 +2,17 @@ import { DType, valuesToBytes } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
 import { randomExpert, rng, uniform } from "../testing.js";
 import { gatherRows, sumRowsByToken } from "../token-rows.js";
-import { type CudaBackend, loadCudaAddon, mergeBatches, probeCudaBackend, runsInFlight, slotCount } from "./cuda.js";
+import {
+  type CudaBackend,
+  cudaDevices,
+  loadCudaAddon,
+  mergeBatches,
+  probeCudaBackend,
+  runsInFlight,
+  slotCount,
+} from "./cuda.js";
 import { cudaParity } from "./cuda-parity.js";
+import { MultiDeviceBackend } from "./multi-device.js";
 import { ReferenceBackend } from "./reference.js";
 
 describe("slotCount", () => {
@@ -67,6 +76,21 @@ const addon = loadCudaAddon();
 const probe = "unavailable" in addon ? addon.unavailable : addon.probe();
 const why = typeof probe === "string" ? probe : probe.ok ? "" : (probe.error ?? "no usable CUDA device");
 if (why) console.log(`[cuda backend] GPU tests skipped: ${why}`);
+// The tests below but the multi-device one take one device's backend, whatever the machine has.
+process.env.SWITCHYARD_CUDA_DEVICES = "1";
+const devices = typeof probe === "string" || !probe.ok ? 0 : (probe.devices ?? 1);
+const whyMulti = why || (devices < 2 ? `${devices} visible device(s), the multi-device test needs 2` : "");
+if (!why && whyMulti) console.log(`[cuda backend] multi-device GPU test skipped: ${whyMulti}`);
+
+describe("cudaDevices", () => {
+  it("is every visible device, or SWITCHYARD_CUDA_DEVICES of them, naming the variable on bad input", () => {
+    expect(cudaDevices({}, 4)).toBe(4);
+    expect(cudaDevices({}, 0)).toBe(1);
+    expect(cudaDevices({ SWITCHYARD_CUDA_DEVICES: "1" }, 4)).toBe(1);
+    for (const bad of ["0", "5", "1.5", "all"])
+      expect(() => cudaDevices({ SWITCHYARD_CUDA_DEVICES: bad }, 4)).toThrow(/SWITCHYARD_CUDA_DEVICES/);
+  });
+});
 
 describe("cuda backend", () => {
   it("probe reports unavailability with a reason instead of throwing", async () => {
@@ -297,6 +321,75 @@ describe("cuda backend", () => {
         // one stream runs them one after the other: neither counts the other's time, so together they fit in the
         // pair's wall time (a start event recorded before the other run's work would count it twice)
         expect((pair[0]?.seen[0] as number) + (pair[1]?.seen[0] as number)).toBeLessThanOrEqual(pairWallMs);
+      }
+    },
+  );
+
+  it.skipIf(!!whyMulti)(
+    `a worker's experts split over two GPUs answer as the reference${whyMulti ? ` (skipped: ${whyMulti})` : ""}`,
+    async () => {
+      process.env.SWITCHYARD_CUDA_DEVICES = "2";
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS;
+      try {
+        const b = await probeCudaBackend();
+        expect(b).toBeInstanceOf(MultiDeviceBackend);
+        const m = b as MultiDeviceBackend;
+        m.setDeviceCacheCapacity(6);
+        const next = rng(Date.now() >>> 0);
+        const d = 256;
+        const f = 128;
+        const weights = [0, 1, 2, 3, 4, 5].map(() => randomExpert(d, f, "bfloat16", next));
+        const ps = await Promise.all(weights.map((w) => m.prepare(w)));
+        const ref = new ReferenceBackend();
+        const rs = await Promise.all(weights.map((w) => ref.prepare(w)));
+        const counts = [5, 1, 17, 0, 9, 3];
+        const rows = counts.reduce((a, c) => a + c, 0);
+        const tokens = new Uint8Array(valuesToBytes(uniform(rows * d, 1, next), DType.BFLOAT16));
+        const rowWeights = uniform(rows, 1, next);
+        const slices = (es: unknown[]) => {
+          let at = 0;
+          return [4, 0, 2, 5, 1, 3].map((e, i) => {
+            const s = { expert: es[e] as never, offset: at, count: counts[i] };
+            at += counts[i];
+            return s;
+          });
+        };
+        const base = { dtype: DType.BFLOAT16, tokens, rows, cols: d, rowWeights };
+        let deviceMs = 0;
+        const y = await m.run({ ...base, slices: slices(ps), onDeviceTime: (ms) => (deviceMs = ms) });
+        const yr = await ref.run({ ...base, slices: slices(rs) });
+        expect(relErrBf16(y, yr)).toBeLessThan(1e-2);
+        expect(deviceMs).toBeGreaterThan(0);
+        // a deduplicated batch (the router's distinct tokens): each GPU gathers its tokens and sums its rows
+        const distinct = 7;
+        const tokenRows = Uint32Array.from({ length: rows }, (_, i) => (i * 5) % distinct);
+        const uniq = new Uint8Array(valuesToBytes(uniform(distinct * d, 1, next), DType.BFLOAT16));
+        const dedup = { dtype: DType.BFLOAT16, tokens: uniq, rows, cols: d, rowWeights, tokenRows, sumByToken: true };
+        const ys = await m.run({ ...dedup, slices: slices(ps) });
+        const rowsRef = await ref.run({
+          dtype: DType.BFLOAT16,
+          tokens: gatherRows(uniq, tokenRows, d * 2),
+          rows,
+          cols: d,
+          slices: slices(rs),
+        });
+        const want = sumRowsByToken(rowsRef, DType.BFLOAT16, tokenRows, distinct, d, rowWeights);
+        const got = new Float32Array(ys.buffer, ys.byteOffset, ys.byteLength / 4);
+        let num = 0;
+        let den = 0;
+        for (let i = 0; i < want.length; i++) {
+          num += (got[i] - want[i]) ** 2;
+          den += want[i] ** 2;
+        }
+        expect(Math.sqrt(num / den)).toBeLessThan(1e-2);
+        // both devices ran, each with its half of the experts in its slots
+        const per = m.devices.map((x) => x.deviceCacheStats?.());
+        expect(per.map((s) => s?.capacity)).toEqual([3, 3]);
+        expect(per.map((s) => s?.resident)).toEqual([3, 3]);
+        expect(m.deviceCacheStats()).toMatchObject({ capacity: 6, resident: 6 });
+        expect(m.describe()).toMatch(/2 devices.*device 0.*device 1/);
+      } finally {
+        process.env.SWITCHYARD_CUDA_DEVICES = "1";
       }
     },
   );

@@ -18,6 +18,7 @@ import { protoDType } from "@switchyard/moe";
 import { makePolicy } from "../cache.js";
 import { abortError } from "../queue.js";
 import { type GpuCacheStats, GpuSlotCache } from "./cuda-cache.js";
+import { MultiDeviceBackend } from "./multi-device.js";
 import type { NativeWeight } from "./native-cpu.js";
 import {
   checkExpertWeights,
@@ -37,6 +38,8 @@ export interface CudaProbeInfo {
   sms: number;
   totalMem: number;
   cc: string;
+  /** Visible devices (an addon built before this field says nothing: one). */
+  devices?: number;
 }
 
 /**
@@ -157,6 +160,8 @@ export class CudaBackend implements ExpertBackend {
     readonly info: CudaProbeInfo,
     readonly env: NodeJS.ProcessEnv = process.env,
     readonly onCacheEvent?: DeviceCacheSink,
+    /** The CUDA device this backend's context, streams and slots live on. */
+    readonly device = 0,
   ) {
     const where = env.SWITCHYARD_CUDA_TOKEN_ROWS ?? "device";
     if (where !== "device" && where !== "host")
@@ -190,7 +195,8 @@ export class CudaBackend implements ExpertBackend {
 
   describe(): string {
     const slots = this.cache ? `, GPU expert cache ${this.cache.capacity} slots` : "";
-    return `cuda (${this.info.name}, ${this.info.sms} SMs, cc ${this.info.cc}, sy_moe wgmma/TMA kernels${slots})`;
+    const dev = this.device > 0 || (this.info.devices ?? 1) > 1 ? `device ${this.device}, ` : "";
+    return `cuda (${dev}${this.info.name}, ${this.info.sms} SMs, cc ${this.info.cc}, sy_moe wgmma/TMA kernels${slots})`;
   }
 
   /** GPU-tier cache counters (hits, misses, evictions, transfer bytes, resident, capacity). */
@@ -203,7 +209,7 @@ export class CudaBackend implements ExpertBackend {
     if (!this.dims) {
       const bytes = 3 * d * f * 2;
       const slots = slotCount(this.env, this.info.totalMem, bytes, this.requestedSlots);
-      this.ctx = this.addon.createContext({ d, f, slots, runsInFlight: this.runsInFlight });
+      this.ctx = this.addon.createContext({ d, f, slots, device: this.device, runsInFlight: this.runsInFlight });
       this.dims = { d, f };
       const ctx = this.ctx;
       this.cache = new GpuSlotCache<CudaPrepared>(
@@ -293,5 +299,25 @@ export async function probeCudaBackend(): Promise<ExpertBackend | { unavailable:
     return { unavailable: `CUDA probe failed: ${err instanceof Error ? err.message : String(err)}` };
   }
   if (!info.ok) return { unavailable: info.error ?? "no usable CUDA device" };
-  return new CudaBackend(addon, info, process.env, (kind, bytes) => gpuCacheSink?.(kind, bytes));
+  const sink: DeviceCacheSink = (kind, bytes) => gpuCacheSink?.(kind, bytes);
+  const n = cudaDevices(process.env, info.devices ?? 1);
+  if (n === 1) return new CudaBackend(addon, info, process.env, sink);
+  return new MultiDeviceBackend(
+    Array.from({ length: n }, (_, device) => new CudaBackend(addon, info, process.env, sink, device)),
+  );
+}
+
+/**
+ * Devices the worker runs on: every visible one (a pod's worker.gpusPerWorker GPUs), or SWITCHYARD_CUDA_DEVICES of
+ * them (1 keeps one device, as before multi-device workers; for A/B).
+ */
+export function cudaDevices(env: NodeJS.ProcessEnv, visible: number): number {
+  const v = env.SWITCHYARD_CUDA_DEVICES;
+  if (v === undefined || v === "") return Math.max(1, visible);
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > visible)
+    throw new Error(
+      `SWITCHYARD_CUDA_DEVICES: expected an integer in [1, ${visible}] (the visible devices), got "${v}"`,
+    );
+  return n;
 }

@@ -1,0 +1,211 @@
+// The multi-device composite over CPU "devices" (the TypeScript reference backend): its placement and its split of a
+// run are device-agnostic, so the same answers as one device prove the split; cuda.test.ts runs it on real GPUs.
+
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { generateCheckpoint, openCheckpoint } from "@switchyard/moe";
+import { DType, f32ToBf16 } from "@switchyard/protocol";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { gatherRows, sumRowsByToken } from "../token-rows.js";
+import { MultiDeviceBackend } from "./multi-device.js";
+import { ReferenceBackend } from "./reference.js";
+import type {
+  DeviceCacheSink,
+  DeviceCacheStats,
+  ExpertBackend,
+  ExpertWeights,
+  PreparedExpert,
+  RunRequest,
+} from "./types.js";
+
+const d = 32;
+const f = 16;
+const E = 6;
+
+/** A reference backend that records what reaches it, with a fake device tier. */
+class Device extends ReferenceBackend implements ExpertBackend {
+  readonly runs: RunRequest[] = [];
+  readonly prefetched: PreparedExpert[] = [];
+  readonly discarded: PreparedExpert[] = [];
+  capacity: number | undefined;
+  readonly sinks = new Set<DeviceCacheSink>();
+  constructor(readonly ms: number) {
+    super();
+  }
+  /** Takes deduplicated batches as the CUDA backend does: gathers the rows, sums them per token (token-rows.ts). */
+  readonly takesTokenRows = true;
+  override async run(req: RunRequest): Promise<Uint8Array> {
+    this.runs.push(req);
+    const rowBytes = req.cols * (req.dtype === DType.FLOAT32 ? 4 : 2);
+    const distinct = req.tokens.byteLength / rowBytes;
+    const tokens = req.tokenRows ? gatherRows(req.tokens, req.tokenRows, rowBytes) : req.tokens;
+    const { rowWeights, ...rest } = req;
+    const rows = await super.run({ ...rest, tokens, ...(req.sumByToken || !rowWeights ? {} : { rowWeights }) });
+    req.onDeviceTime?.(this.ms);
+    if (!req.sumByToken) return rows;
+    const sums = sumRowsByToken(rows, req.dtype, req.tokenRows!, distinct, req.cols, rowWeights);
+    return new Uint8Array(sums.buffer);
+  }
+  async prefetch(es: readonly PreparedExpert[]): Promise<void> {
+    this.prefetched.push(...es);
+  }
+  discard(es: readonly PreparedExpert[]): void {
+    this.discarded.push(...es);
+  }
+  setDeviceCacheCapacity(n: number): void {
+    this.capacity = n;
+  }
+  addDeviceCacheSink(s: DeviceCacheSink): () => void {
+    this.sinks.add(s);
+    return () => this.sinks.delete(s);
+  }
+  deviceCacheStats(): DeviceCacheStats {
+    return { hits: 1, misses: 2, evictions: 3, transferBytes: 4, resident: 5, capacity: this.capacity ?? 0 };
+  }
+}
+
+describe("MultiDeviceBackend", () => {
+  let dir: string;
+  const weights: ExpertWeights[] = [];
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-multi-"));
+    await generateCheckpoint({
+      family: "mixtral",
+      dir,
+      seed: 3,
+      layers: 1,
+      hiddenSize: d,
+      intermediateSize: f,
+      experts: E,
+    });
+    const ckpt = await openCheckpoint(dir);
+    for (let e = 0; e < E; e++) weights.push(await ckpt.readExpert(0, e));
+    await ckpt.close();
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it("places experts in equal shares, gives the places back on discard, and splits the cache capacity", async () => {
+    const devs = [new Device(1), new Device(2), new Device(3)];
+    const m = new MultiDeviceBackend(devs);
+    m.setDeviceCacheCapacity(7);
+    expect(devs.map((x) => x.capacity)).toEqual([3, 3, 3]);
+    const ps = [];
+    for (const w of weights) ps.push(await m.prepare(w));
+    // two each; then discarding two of device 0's sends the next two there
+    m.discard([ps[0], ps[3]]);
+    expect(devs[0].discarded).toHaveLength(2);
+    const again = [await m.prepare(weights[0]), await m.prepare(weights[3])];
+    await m.prefetch(again);
+    expect(devs[0].prefetched).toHaveLength(2);
+    expect(devs[1].prefetched).toHaveLength(0);
+    const stats = m.deviceCacheStats();
+    expect(stats).toEqual({ hits: 3, misses: 6, evictions: 9, transferBytes: 12, resident: 15, capacity: 9 });
+    const seen: string[] = [];
+    const off = m.addDeviceCacheSink((k) => seen.push(k));
+    for (const x of devs) for (const s of x.sinks) s("hit");
+    expect(seen).toEqual(["hit", "hit", "hit"]);
+    off();
+    expect(devs.every((x) => x.sinks.size === 0)).toBe(true);
+    expect(() => new MultiDeviceBackend([devs[0]])).toThrow(/2 or more devices/);
+  });
+
+  it("answers a run spread over the devices as one device does, rows in place, the device time the longest", async () => {
+    const one = new ReferenceBackend();
+    const devs = [new Device(1.5), new Device(4)];
+    const m = new MultiDeviceBackend(devs);
+    const single = [];
+    const multi = [];
+    for (const w of weights) {
+      single.push(await one.prepare(w));
+      multi.push(await m.prepare(w));
+    }
+    // slices of experts 5, 0, 3, 2 (devices 1, 0, 1, 0), with a gap of rows in no slice, and row weights
+    const order = [5, 0, 3, 2];
+    const counts = [3, 1, 4, 2];
+    const rows = 12;
+    const tokens = f32ToBf16(Float32Array.from({ length: rows * d }, (_, i) => Math.sin(i * 0.3)));
+    const rowWeights = Float32Array.from({ length: rows }, (_, i) => 0.5 + i / 10);
+    let at = 0;
+    const slices = (ps: PreparedExpert[]) =>
+      order.map((e, i) => {
+        const s = { expert: ps[e], offset: at, count: counts[i] };
+        at += counts[i] + (i === 1 ? 2 : 0); // rows 4, 5 are in no slice
+        return s;
+      });
+    const base = { dtype: DType.BFLOAT16, tokens: new Uint8Array(tokens.buffer), rows, cols: d, rowWeights };
+    at = 0;
+    const want = await one.run({ ...base, slices: slices(single) });
+    at = 0;
+    const times: number[] = [];
+    const got = await m.run({ ...base, slices: slices(multi), onDeviceTime: (ms) => times.push(ms) });
+    expect(Array.from(got)).toEqual(Array.from(want));
+    expect(times).toEqual([4]);
+    expect(devs[0].runs[0].rows).toBe(3); // experts 0 and 2: 1 + 2 rows
+    expect(devs[1].runs[0].rows).toBe(7);
+    // all on one device: its request as it came
+    const oneDev = await m.run({ ...base, slices: [{ expert: multi[0], offset: 2, count: 3 }] });
+    const oneWant = await one.run({ ...base, slices: [{ expert: single[0], offset: 2, count: 3 }] });
+    expect(Array.from(oneDev)).toEqual(Array.from(oneWant));
+    expect(devs[0].runs[1].rows).toBe(rows);
+  });
+
+  it("splits a deduplicated batch: each device gathers its tokens and sums its rows, the host adds the sums", async () => {
+    const one = new Device(1);
+    const m = new MultiDeviceBackend([new Device(1), new Device(2)]);
+    expect(m.takesTokenRows).toBe(true);
+    const single = [];
+    const multi = [];
+    for (const w of weights) {
+      single.push(await one.prepare(w));
+      multi.push(await m.prepare(w));
+    }
+    // 5 distinct tokens; 9 rows over experts 1 (device 1), 4 and 0 (device 0); tokens 0, 2 and 4 on both devices
+    const distinct = 5;
+    const tokenRows = Uint32Array.from([0, 2, 4, 2, 3, 1, 2, 0, 4]);
+    const slicesOf = (ps: PreparedExpert[]) => [
+      { expert: ps[1], offset: 0, count: 3 },
+      { expert: ps[4], offset: 3, count: 4 },
+      { expert: ps[0], offset: 7, count: 2 },
+    ];
+    const tokens = new Uint8Array(f32ToBf16(Float32Array.from({ length: distinct * d }, (_, i) => Math.cos(i))).buffer);
+    const rowWeights = Float32Array.from({ length: 9 }, (_, i) => 0.25 + i / 9);
+    const base = { dtype: DType.BFLOAT16, tokens, rows: 9, cols: d, rowWeights, tokenRows };
+    const want = new Float32Array((await one.run({ ...base, slices: slicesOf(single), sumByToken: true })).buffer);
+    const got = await m.run({ ...base, slices: slicesOf(multi), sumByToken: true });
+    const g = new Float32Array(got.buffer, got.byteOffset, got.byteLength / 4);
+    expect(g.length).toBe(distinct * d);
+    let worst = 0;
+    for (let i = 0; i < g.length; i++)
+      worst = Math.max(worst, Math.abs(g[i] - want[i]) / Math.max(Math.abs(want[i]), 1e-3));
+    expect(worst).toBeLessThan(1e-5); // the same sums, rounded once per device more
+    // device 1 got only the tokens its rows use: 0, 2, 4, as its rows 0, 1, 2
+    const d1 = (m.devices[1] as Device).runs[0];
+    expect(d1.tokens.byteLength / (d * 2)).toBe(3);
+    expect(Array.from(d1.tokenRows!)).toEqual([0, 1, 2]);
+    // rows, not sums: each row back in its place, as one device gives them
+    const rowsWant = await one.run({ ...base, slices: slicesOf(single) });
+    const rowsGot = await m.run({ ...base, slices: slicesOf(multi) });
+    expect(Array.from(rowsGot)).toEqual(Array.from(rowsWant));
+  });
+
+  it("refuses deduplicated batches where its devices take none, and experts of another backend; aborts", async () => {
+    const m = new MultiDeviceBackend([new ReferenceBackend(), new ReferenceBackend()]);
+    expect(m.takesTokenRows).toBe(false);
+    const p = await m.prepare(weights[0]);
+    const q = await m.prepare(weights[1]);
+    const base = { dtype: DType.FLOAT32, tokens: new Uint8Array(4 * d * 4), rows: 4, cols: d };
+    const two = [
+      { expert: p, offset: 0, count: 2 },
+      { expert: q, offset: 2, count: 2 },
+    ];
+    await expect(m.run({ ...base, slices: two, tokenRows: new Uint32Array(4) })).rejects.toThrow(/expands them/);
+    const foreign = await new ReferenceBackend().prepare(weights[1]);
+    await expect(m.run({ ...base, slices: [{ expert: foreign, offset: 0, count: 4 }] })).rejects.toThrow(
+      /not prepared by this multi-device backend/,
+    );
+    const ac = new AbortController();
+    ac.abort(new Error("gone"));
+    await expect(m.run({ ...base, slices: two, signal: ac.signal })).rejects.toThrow(/cancel/);
+  });
+});
