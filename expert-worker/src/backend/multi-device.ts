@@ -150,7 +150,8 @@ export class MultiDeviceBackend implements ExpertBackend {
             }
           }
           tokens = new Uint8Array(used.length * rowBytes);
-          used.forEach((u, j) => tokens.set(req.tokens.subarray(u * rowBytes, (u + 1) * rowBytes), j * rowBytes));
+          for (let j = 0; j < used.length; j++)
+            tokens.set(req.tokens.subarray(used[j] * rowBytes, (used[j] + 1) * rowBytes), j * rowBytes);
           local = { tokenRows: rowsHere, distinct: Uint32Array.from(used) };
         } else {
           tokens = new Uint8Array(rows * rowBytes);
