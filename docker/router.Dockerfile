@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # Switchyard router image. Build from the repository root:
 #   docker build -f docker/router.Dockerfile -t ghcr.io/switchyard-dev/switchyard-router:0.1.0 .
-# Runs `node router-service/dist/main.js` (flags come from the chart: --config, --port, --metrics-port).
+# Runs `node router-service/dist/main.js` (flags come from the chart: --config, --port, --metrics-port, --data-port).
 
 FROM node:20-bookworm AS build
 RUN apt-get update \
@@ -46,6 +46,7 @@ COPY --from=build /src/router-service/package.json router-service/
 COPY --from=build /src/router-service/dist/ router-service/dist/
 COPY --from=build /src/router-service/build/switchyard_router.node router-service/build/
 USER 10001:10001
-EXPOSE 50051 9400
+# gRPC, the engines' TCP data path (--data-port, default 50052), metrics (router-service/src/args.ts)
+EXPOSE 50051 50052 9400
 # --initial-heap-size: the data-path V8 flags of packages/moe/src/node-flags.ts (keep them in step).
 ENTRYPOINT ["node", "--initial-heap-size=256", "router-service/dist/main.js"]

@@ -57,6 +57,7 @@ COPY --from=build /src/expert-worker/package.json expert-worker/
 COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
 COPY --from=build /src/expert-worker/build/switchyard_native.node /src/expert-worker/build/switchyard_cuda.node expert-worker/build/
 USER 10001:10001
-EXPOSE 50061 9401
+# gRPC, the router's TCP data path (--data-port 50062 from the operator), metrics
+EXPOSE 50061 50062 9401
 # --initial-heap-size: the data-path V8 flags of packages/moe/src/node-flags.ts (keep them in step).
 ENTRYPOINT ["node", "--initial-heap-size=256", "expert-worker/dist/main.js"]

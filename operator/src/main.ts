@@ -1,7 +1,9 @@
 // Operator entry point: node operator/dist/main.js --metrics-port 8080 --health-port 8081 [--leader-elect] [--namespace NS]
+// [--log-level debug|info|warn|error]
 import { KubeConfig } from "@kubernetes/client-node";
 import { Manager } from "./manager.js";
 import { OptionsError, parseOptions, USAGE } from "./options.js";
+import { createLogger } from "./runtime/log.js";
 
 async function main(): Promise<void> {
   let opts: ReturnType<typeof parseOptions>;
@@ -17,16 +19,17 @@ async function main(): Promise<void> {
   }
   const kc = new KubeConfig();
   kc.loadFromDefault(); // $KUBECONFIG, ~/.kube/config, or the in-cluster service account
+  const log = createLogger(opts.logLevel);
   const manager = new Manager({ kubeConfig: kc, ...opts });
   let stopping = false;
   const shutdown = (sig: string) => {
     if (stopping) return;
     stopping = true;
-    console.log(`${new Date().toISOString()} ${sig}: shutting down`);
+    log.info(`${sig}: shutting down`);
     manager.stop().then(
       () => process.exit(0),
       (e) => {
-        console.error(e);
+        log.error(`shutdown failed: ${(e as Error)?.stack ?? String(e)}`);
         process.exit(1);
       },
     );

@@ -20,6 +20,7 @@ import { EventRecorder } from "./runtime/events.js";
 import { Informer, type InformerEvent } from "./runtime/informer.js";
 import { Kube, paths } from "./runtime/kube.js";
 import { LeaderElector } from "./runtime/leader.js";
+import { createLogger, type Logger, type LogLevel, writeLine } from "./runtime/log.js";
 import { OperatorMetrics } from "./runtime/metrics.js";
 import { RecentWrites } from "./runtime/recent.js";
 
@@ -41,7 +42,10 @@ export interface ManagerOptions {
   leaseDurationMs?: number;
   renewDeadlineMs?: number;
   retryPeriodMs?: number;
-  log?: (m: string) => void;
+  /** Messages below this level are dropped (--log-level; default info). */
+  logLevel?: LogLevel;
+  /** Where the messages at logLevel and above go; default: a line each, `<time> <level> <message>`, warn and error on stderr. */
+  log?: (message: string, level: LogLevel) => void;
   defaultMetrics?: boolean;
   /** Called after leadership is lost and controllers stopped; default: exit(1) so the pod restarts as a standby. */
   onLostLeadership?: () => void;
@@ -61,7 +65,7 @@ export class Manager {
   private leader: LeaderElector | undefined;
   private leading = false;
   private started = false;
-  private readonly log: (m: string) => void;
+  private readonly log: Logger;
   readonly pools: Informer<ExpertPool>;
   readonly policies: Informer<RoutingPolicy>;
   private readonly poolCtl: Controller;
@@ -69,7 +73,8 @@ export class Manager {
   private readonly routerCtl: Controller;
 
   constructor(private readonly o: ManagerOptions) {
-    this.log = o.log ?? ((m) => console.log(`${new Date().toISOString()} ${m}`));
+    const sink = o.log;
+    this.log = createLogger(o.logLevel ?? "info", sink ? (level, m) => sink(m, level) : writeLine);
     this.identity = o.identity ?? `${hostname()}_${process.pid}`;
     this.kube = new Kube(o.kubeConfig);
     this.metrics = new OperatorMetrics(o.defaultMetrics ?? true);
@@ -89,7 +94,7 @@ export class Manager {
     });
     const ns = o.namespace;
     const recent = new RecentWrites();
-    const events = new EventRecorder(this.kube, "switchyard-operator", this.identity, this.log);
+    const events = new EventRecorder(this.kube, "switchyard-operator", this.identity, this.log.warn);
     const router = o.routerConfigMap ?? { namespace: ns ?? "default", name: "switchyard-router" };
     const concurrency = o.concurrency ?? 16;
 
@@ -110,7 +115,7 @@ export class Manager {
         path,
         labelSelector,
         onEvent,
-        log: this.log,
+        log: this.log.warn,
         resyncMs: o.resyncMs ?? 10 * 60_000,
       });
       this.informers.push(inf as unknown as Informer<never>);
@@ -196,7 +201,7 @@ export class Manager {
       caches: { pools: this.pools, statefulSets, services, configMaps, pods },
       recent,
       events,
-      log: this.log,
+      log: this.log.warn,
     });
     const deps = { kube: this.kube, pools: this.pools, policies: this.policies, configMaps, recent, events, router };
     const policyRec = new PolicyReconciler(deps);
@@ -237,7 +242,7 @@ export class Manager {
     await this.serveHttp();
     await Promise.all(this.informers.map((i) => i.start()));
     await Promise.all(this.informers.map((i) => i.waitSynced()));
-    this.log(`caches synced (${this.informers.map((i) => i.name).join(", ")})`);
+    this.log.info(`caches synced (${this.informers.map((i) => i.name).join(", ")})`);
     if (this.o.leaderElect) {
       this.metrics.leader.set({ name: this.o.leaseName ?? "switchyard-operator" }, 0);
       this.leader = new LeaderElector(this.kube, {
@@ -255,7 +260,7 @@ export class Manager {
         onStoppedLeading: () => {
           // Like controller-runtime: a replica that lost its lease exits, and its restart rejoins as a standby.
           this.metrics.leader.set({ name: this.o.leaseName ?? "switchyard-operator" }, 0);
-          this.log("lost leadership; stopping controllers");
+          this.log.warn("lost leadership; stopping controllers");
           const done = this.o.onLostLeadership ?? (() => process.exit(1));
           void Promise.all(this.controllers.map((c) => c.stop(5_000))).then(done);
         },
@@ -274,7 +279,7 @@ export class Manager {
     for (const p of this.pools.list()) this.poolCtl.queue.add(`${p.metadata.namespace}/${p.metadata.name}`);
     for (const rp of this.policies.list()) this.policyCtl.queue.add(`${rp.metadata.namespace}/${rp.metadata.name}`);
     this.routerCtl.queue.add(ROUTER_KEY);
-    this.log(`controllers started (${this.identity})`);
+    this.log.info(`controllers started (${this.identity})`);
   }
 
   /** True when nothing is queued or running in any controller. */

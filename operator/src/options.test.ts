@@ -13,7 +13,17 @@ describe("parseOptions", () => {
       routerConfigMap: { namespace: "default", name: "switchyard-router" },
       concurrency: 16,
       identity: undefined,
+      logLevel: "info",
     });
+  });
+  it("--log-level, or SWITCHYARD_LOG_LEVEL as the chart's operator.logLevel sets it", () => {
+    expect(parseOptions([], { SWITCHYARD_LOG_LEVEL: "debug" })).toMatchObject({ logLevel: "debug" });
+    expect(parseOptions(["--log-level", "error"], { SWITCHYARD_LOG_LEVEL: "debug" })).toMatchObject({
+      logLevel: "error",
+    });
+    expect(parseOptions(["--log-level=WARN"], {})).toMatchObject({ logLevel: "warn" });
+    expect(() => parseOptions(["--log-level", "verbose"], {})).toThrow(/--log-level: .*debug, info, warn, error/);
+    expect(() => parseOptions([], { SWITCHYARD_LOG_LEVEL: "trace" })).toThrow(/--log-level/);
   });
   it("flags, env fallbacks and the pod's namespace", () => {
     const o = parseOptions(["--leader-elect", "--metrics-port", "9000", "--router-configmap", "sys/rc"], {

@@ -1,6 +1,7 @@
 // Command line of the operator (docs/CONTRACTS.md): node operator/dist/main.js --metrics-port 8080
 // --health-port 8081 [--leader-elect] [--namespace NS] ... Every flag also reads SWITCHYARD_<FLAG>. Pure.
 import { parseArgs } from "node:util";
+import { isLogLevel, LOG_LEVELS, type LogLevel } from "./runtime/log.js";
 
 export interface CliOptions {
   metricsPort: number;
@@ -12,6 +13,7 @@ export interface CliOptions {
   routerConfigMap: { namespace: string; name: string };
   concurrency: number;
   identity?: string;
+  logLevel: LogLevel;
 }
 
 const FLAGS = {
@@ -24,6 +26,7 @@ const FLAGS = {
   "router-configmap": { type: "string" },
   concurrency: { type: "string" },
   identity: { type: "string" },
+  "log-level": { type: "string" },
   help: { type: "boolean" },
 } as const;
 
@@ -37,6 +40,7 @@ export const USAGE = `usage: node operator/dist/main.js [flags]
   --router-configmap NS/NAME  where the router config is written (default <lease namespace>/switchyard-router)
   --concurrency N         reconciles in parallel per controller (default 16)
   --identity ID           leader election identity (default POD_NAME or hostname_pid)
+  --log-level LEVEL       debug, info, warn or error: messages below it are dropped (default info)
 Every flag can also be given as env SWITCHYARD_<FLAG_UPPER_SNAKE>.`;
 
 export class OptionsError extends Error {}
@@ -70,6 +74,10 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
   const conc = Number(get("concurrency") ?? 16);
   if (!Number.isInteger(conc) || conc < 1 || conc > 64)
     throw new OptionsError(`--concurrency: must be 1-64, got ${conc}`);
+  const level = String(get("log-level") ?? "info");
+  const logLevel = level.toLowerCase();
+  if (!isLogLevel(logLevel))
+    throw new OptionsError(`--log-level: must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(level)}`);
   return {
     metricsPort: port(String(get("metrics-port") ?? "8080"), "metrics-port"),
     healthPort: port(String(get("health-port") ?? "8081"), "health-port"),
@@ -80,5 +88,6 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     routerConfigMap,
     concurrency: conc,
     identity: (get("identity") as string | undefined) ?? env.POD_NAME,
+    logLevel,
   };
 }

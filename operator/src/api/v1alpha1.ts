@@ -89,7 +89,7 @@ const resourceList = (what: string) =>
 
 // ---------- ExpertPool ----------
 
-const checkpointSchema = obj(
+export const checkpointSchema = obj(
   "Where the safetensors checkpoint (Hugging Face key names) is read from. Exactly one source.",
   {
     pvc: obj(
@@ -114,6 +114,10 @@ const checkpointSchema = obj(
     ),
     downloadSize: quantity(
       "With uri: the disk the download needs on each worker's node (e.g. 100Gi): requested as the init container's ephemeral storage, so the scheduler places the pod where it fits, and the limit of the pod's checkpoint emptyDir. Unset: no request, no limit.",
+    ),
+    endpoint: str(
+      "With an hf:// uri: the Hugging Face Hub endpoint to download from instead of https://huggingface.co (a mirror or proxy of the Hub, e.g. https://hf-mirror.example.com), an http(s) URL, given to the workers' fetch-checkpoint init container as HF_ENDPOINT. The router reads its own HF_ENDPOINT (the chart's router.extraEnv).",
+      { maxLength: 2048, pattern: "^https?://[^\\s/][^\\s]*$" },
     ),
     tokenSecret: obj(
       "With uri: a Secret in the pool's namespace holding a Hugging Face access token, given to the workers' fetch-checkpoint init container as HF_TOKEN (gated or private hf:// repositories). The router reads its own HF_TOKEN (the chart's router.extraEnv).",
@@ -141,6 +145,11 @@ const checkpointSchema = obj(
       {
         rule: "!has(self.downloadSize) || has(self.uri)",
         message: "checkpoint.downloadSize goes with checkpoint.uri",
+      },
+      {
+        rule: "!has(self.endpoint) || (has(self.uri) && self.uri.startsWith('hf://'))",
+        message: "checkpoint.endpoint goes with an hf:// checkpoint.uri (it is the Hub's address)",
+        fieldPath: ".endpoint",
       },
     ],
   },
@@ -202,11 +211,14 @@ export const workerSchema = obj(
     backend: enm("Expert kernel backend; auto picks cuda when a GPU is visible.", ["auto", "cpu", "cuda"] as const, {
       default: "auto",
     }),
-    queueCapacity: int("Tokens a worker queues before answering RESOURCE_EXHAUSTED.", {
-      minimum: 1,
-      maximum: 16777216,
-      default: 65536,
-    }),
+    queueCapacity: int(
+      "Batches (the router's RunExperts calls) that may wait on a worker behind the ones it is running; a batch beyond them is refused with RESOURCE_EXHAUSTED (the router tries another replica). The worker's --queue-capacity, default 64 as the worker's own. It counts batches, not tokens: a pool stored with the former default 65536 keeps that value (still valid, in effect no limit).",
+      {
+        minimum: 1,
+        maximum: 16777216,
+        default: 64,
+      },
+    ),
     warmUp: bool(
       "Load the served experts before the pod reports ready (its readiness probe), so the router never sends a cold " +
         "worker its first batch; false: ready at once, experts load on first use.",
@@ -483,7 +495,10 @@ export const gatingSchema = obj(
       exclusiveMinimum: true,
       maximum: 1,
     }),
-    maxK: int("Cap on experts per token under topP; unset = 2 × topK.", { minimum: 1, maximum: 64 }),
+    maxK: int(
+      "Cap on experts per token under topP; unset = max(topK, 2 × the model's topK), where topK is gating.topK or, unset, the model's; at most the pool's experts.",
+      { minimum: 1, maximum: 64 },
+    ),
     capacityFactor: num(
       "Capacity per expert per flush = ceil(capacityFactor × assignments / experts); unset = dropless.",
       {
@@ -639,7 +654,10 @@ export type RoutingPolicySpec = Infer<typeof routingPolicySpecSchema>;
 export const routingPolicyStatusSchema = obj("Observed state of a RoutingPolicy.", {
   observedGeneration: int("metadata.generation this status describes.", { format: "int64" }),
   conditions,
-  configMap: str("ConfigMap holding the resolved router config (key policy.json).", { maxLength: 253 }),
+  configMap: str(
+    "The router's ConfigMap the resolved policy is published in, as <namespace>/<name> (the operator's --router-configmap); key router.json holds every pool's router config, this policy's under its pool.",
+    { maxLength: 253 },
+  ),
   effective: freeform("The resolved policy the router uses: spec with defaults filled in."),
 });
 export type RoutingPolicyStatus = Infer<typeof routingPolicyStatusSchema>;

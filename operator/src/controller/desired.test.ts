@@ -81,7 +81,7 @@ describe("desiredStatefulSet", () => {
       "--backend",
       "auto",
       "--queue-capacity",
-      "65536",
+      "64", // worker.queueCapacity's default: the worker's own (batches waiting behind the running ones)
     ]);
     expect(c.env?.[0]).toEqual({
       name: "SWITCHYARD_WORKER_ID",
@@ -153,6 +153,27 @@ describe("desiredStatefulSet", () => {
     uri.spec.model.checkpoint = { uri: "hf://org/model", tokenSecret: { name: "hf" } };
     expect(desiredStatefulSet(uri).spec!.template.spec!.initContainers?.[0].env).toEqual([
       { name: "HF_TOKEN", valueFrom: { secretKeyRef: { name: "hf", key: "HF_TOKEN" } } },
+    ]);
+  });
+
+  it("checkpoint.endpoint reaches the fetch-checkpoint init container as HF_ENDPOINT (a Hub mirror)", () => {
+    const uri = testPool();
+    uri.spec.model.checkpoint = { uri: "hf://org/model", endpoint: "https://hf-mirror.example.com/" };
+    const init = desiredStatefulSet(uri).spec!.template.spec!.initContainers?.[0];
+    expect(init?.env).toEqual([{ name: "HF_ENDPOINT", value: "https://hf-mirror.example.com/" }]);
+    // with a token too: both, the token first (as before the field), so token-only pools keep their template
+    uri.spec.model.checkpoint = {
+      uri: "hf://org/model",
+      tokenSecret: { name: "hf", key: "t" },
+      endpoint: "http://m:8080",
+    };
+    expect(desiredStatefulSet(uri).spec!.template.spec!.initContainers?.[0].env).toEqual([
+      { name: "HF_TOKEN", valueFrom: { secretKeyRef: { name: "hf", key: "t" } } },
+      { name: "HF_ENDPOINT", value: "http://m:8080" },
+    ]);
+    // only the init container downloads: the worker itself gets no HF_ENDPOINT
+    expect(desiredStatefulSet(uri).spec!.template.spec!.containers[0].env?.map((e) => e.name)).toEqual([
+      "SWITCHYARD_WORKER_ID",
     ]);
   });
 

@@ -1,7 +1,14 @@
 // Desired children of an ExpertPool, computed from the pool alone (plus the previous plan, for stability).
 // Pure: no I/O. The reconciler compares these with what it observes and applies only the difference.
 import { createHash } from "node:crypto";
-import type { V1ConfigMap, V1ObjectMeta, V1Service, V1StatefulSet, V1Toleration } from "@kubernetes/client-node";
+import type {
+  V1ConfigMap,
+  V1EnvVar,
+  V1ObjectMeta,
+  V1Service,
+  V1StatefulSet,
+  V1Toleration,
+} from "@kubernetes/client-node";
 import {
   DATA_PATH_NODE_FLAGS,
   loadWithSharedSlices,
@@ -288,12 +295,18 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
  * checkpoint.uri: an init container of the worker image downloads the checkpoint into the pod's checkpoint volume
  * (an emptyDir) before the worker starts (packages/moe/src/fetch-main.ts). An init container, not the worker itself:
  * probes do not run during it, so a download of hundreds of GB is not cut short by the start-up probe. A restarted
- * container finds the finished files and skips them.
+ * container finds the finished files and skips them. checkpoint.tokenSecret and checkpoint.endpoint reach it as
+ * HF_TOKEN and HF_ENDPOINT (a Hub mirror).
  */
 function fetchCheckpointContainer(pool: ExpertPool, securityContext: object) {
   const { worker } = pool.spec;
-  const token = pool.spec.model.checkpoint.tokenSecret;
-  const size = pool.spec.model.checkpoint.downloadSize;
+  const { tokenSecret: token, downloadSize: size, endpoint } = pool.spec.model.checkpoint;
+  // The fetcher reads both from its environment (packages/moe/src/fetch/uri.ts); the token first, as it was before
+  // checkpoint.endpoint existed, so that a token-only pool keeps its pod template (and its workers) as they are.
+  const env: V1EnvVar[] = [];
+  if (token)
+    env.push({ name: "HF_TOKEN", valueFrom: { secretKeyRef: { name: token.name, key: token.key ?? "HF_TOKEN" } } });
+  if (endpoint) env.push({ name: "HF_ENDPOINT", value: endpoint });
   return {
     name: "fetch-checkpoint",
     image: worker.image,
@@ -310,9 +323,7 @@ function fetchCheckpointContainer(pool: ExpertPool, securityContext: object) {
     volumeMounts: [{ name: "checkpoint", mountPath: CHECKPOINT_MOUNT }],
     // the scheduler then picks a node with the disk for it (an emptyDir lives on the node's ephemeral storage)
     ...(size !== undefined ? { resources: { requests: { "ephemeral-storage": String(size) } } } : {}),
-    ...(token
-      ? { env: [{ name: "HF_TOKEN", valueFrom: { secretKeyRef: { name: token.name, key: token.key ?? "HF_TOKEN" } } }] }
-      : {}),
+    ...(env.length ? { env } : {}),
   };
 }
 

@@ -4,7 +4,16 @@ import { fileURLToPath } from "node:url";
 import { load } from "js-yaml";
 import { describe, expect, it } from "vitest";
 import { applyDefaults, type JsonSchema } from "../api/schema.js";
-import { expertPoolSpecSchema, rebalanceSchema, routingPolicySpecSchema } from "../api/v1alpha1.js";
+import {
+  checkpointSchema,
+  expertPoolSpecSchema,
+  gatingSchema,
+  rebalanceSchema,
+  routingPolicySpecSchema,
+  routingPolicyStatusSchema,
+  workerSchema,
+} from "../api/v1alpha1.js";
+import { ROUTER_CONFIG_KEY } from "../controller/policy-controller.js";
 import { crdFiles, expertPoolCrd, routingPolicyCrd } from "./crds.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
@@ -131,5 +140,52 @@ describe("placement.rebalance.window takes what Prometheus' duration parser take
 
   it.each(["30s1m", "5m5m", "1m1h", "10ms1s", "", "10", "m", "10 minutes", "1.5h", "-5m", "10M"])("refuses %j", (s) => {
     expect(valid(s)).toBe(false);
+  });
+});
+
+describe("descriptions say what the code does", () => {
+  const prop = (s: JsonSchema, k: string) => s.properties?.[k] as JsonSchema;
+
+  it("worker.queueCapacity counts the worker's waiting batches (--queue-capacity), defaulting as the worker does", () => {
+    const q = prop(workerSchema.json, "queueCapacity");
+    // The worker's own default (expert-worker/src/config.ts: int("queue-capacity", 64, 0)); the operator passes
+    // this field as --queue-capacity (desired.ts workerArgs), so an unset field must mean what the worker means.
+    const worker = readFileSync(join(root, "expert-worker/src/config.ts"), "utf8");
+    const workerDefault = Number(/int\("queue-capacity", (\d+)/.exec(worker)?.[1]);
+    expect(workerDefault).toBeGreaterThan(0);
+    expect(q.default).toBe(workerDefault);
+    expect(q.description).toMatch(/^Batches .*--queue-capacity/);
+    expect(q.description).not.toMatch(/^Tokens/);
+    // pools stored with the old default (65536, filled in by the API server) stay valid
+    expect(q.minimum).toBeLessThanOrEqual(1);
+    expect(q.maximum).toBeGreaterThanOrEqual(65536);
+  });
+
+  it("RoutingPolicy status.configMap names the router ConfigMap as namespace/name and its real key", () => {
+    const d = prop(routingPolicyStatusSchema.json, "configMap").description ?? "";
+    expect(d).toContain(`key ${ROUTER_CONFIG_KEY}`);
+    expect(d).toContain("<namespace>/<name>");
+    expect(d).not.toContain("policy.json");
+  });
+
+  it("gating.maxK's unset value is the router's: max(topK, 2 × model topK), capped at the pool's experts", () => {
+    const d = prop(gatingSchema.json, "maxK").description ?? "";
+    expect(d).toContain("max(topK, 2 × the model's topK)");
+    expect(d).toMatch(/at most the pool's experts/);
+    expect(d).not.toContain("unset = 2 × topK");
+  });
+
+  it("checkpoint.endpoint: an http(s) URL, described as the init container's HF_ENDPOINT", () => {
+    const e = prop(checkpointSchema.json, "endpoint");
+    expect(e.description).toContain("HF_ENDPOINT");
+    expect(e.description).toContain("fetch-checkpoint");
+    const re = new RegExp(e.pattern ?? "^$");
+    for (const ok of ["https://hf-mirror.example.com", "http://mirror.svc:8080/hf", "https://m.example/"])
+      expect(re.test(ok), ok).toBe(true);
+    for (const bad of ["hf-mirror.example.com", "ftp://m", "https://", "https:// m", "hf://org/name"])
+      expect(re.test(bad), bad).toBe(false);
+    expect(checkpointSchema.json["x-kubernetes-validations"]?.map((v) => v.rule)).toContain(
+      "!has(self.endpoint) || (has(self.uri) && self.uri.startsWith('hf://'))",
+    );
   });
 });

@@ -1,5 +1,6 @@
 // Runs a reconcile function over a work queue with N concurrent workers, controller-runtime style: success
 // forgets the key's backoff (optionally requeueing after a delay), an error retries it with backoff.
+import { type Logger, silentLogger } from "./log.js";
 import type { OperatorMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
 
@@ -18,7 +19,7 @@ export class Controller {
     private readonly reconcile: Reconcile,
     private readonly metrics: OperatorMetrics,
     private readonly concurrency = 4,
-    private readonly log: (m: string) => void = () => {},
+    private readonly log: Logger = silentLogger,
   ) {
     this.queue = new WorkQueue(name, metrics.queueMetrics(name));
     metrics.trackQueue(this.queue);
@@ -37,9 +38,13 @@ export class Controller {
       const m = this.metrics;
       m.activeWorkers.inc({ controller: this.name });
       const end = m.reconcileTime.startTimer({ controller: this.name });
+      const t0 = performance.now();
       try {
         const r = await this.reconcile(key);
         this.queue.forget(key);
+        this.log.debug(
+          `${this.name} ${key}: reconciled in ${Math.round(performance.now() - t0)} ms${r?.requeueAfterMs ? `, again in ${r.requeueAfterMs} ms` : ""}`,
+        );
         if (r?.requeueAfterMs) {
           m.reconcileTotal.inc({ controller: this.name, result: "requeue_after" });
           this.queue.addAfter(key, r.requeueAfterMs);
@@ -49,7 +54,7 @@ export class Controller {
       } catch (e) {
         m.reconcileTotal.inc({ controller: this.name, result: "error" });
         m.reconcileErrors.inc({ controller: this.name });
-        this.log(`${this.name} ${key}: ${(e as Error).message} (retry ${this.queue.retries(key) + 1})`);
+        this.log.error(`${this.name} ${key}: ${(e as Error).message} (retry ${this.queue.retries(key) + 1})`);
         this.queue.addRateLimited(key);
       } finally {
         end();

@@ -6,6 +6,7 @@
 // expired lease safe: one update wins, the other gets 409 Conflict.
 import type { Kube } from "./kube.js";
 import { KubeError, paths } from "./kube.js";
+import type { Logger } from "./log.js";
 
 export interface LeaderOptions {
   namespace: string;
@@ -16,7 +17,7 @@ export interface LeaderOptions {
   retryPeriodMs?: number;
   onStartedLeading: () => void;
   onStoppedLeading: () => void;
-  log?: (msg: string) => void;
+  log?: Logger;
 }
 
 interface Lease {
@@ -94,7 +95,7 @@ export class LeaderElector {
     try {
       ok = await this.tryAcquireOrRenew(AbortSignal.timeout(Math.max(1, Math.ceil(budget))));
     } catch (e) {
-      this.o.log?.(`leader election: ${(e as Error).message}`);
+      this.o.log?.warn(`leader election: ${(e as Error).message}`);
     }
     // stop() was called while the request was out: it waits for this round and then releases the lease, so the
     // round neither starts leading nor schedules another. Otherwise a stopped candidate could lead again, and its
@@ -108,19 +109,19 @@ export class LeaderElector {
         this.lastRenew = monotonic();
         if (!this.leading) {
           this.leading = true;
-          this.o.log?.(`leader election: ${this.o.identity} became leader of ${this.o.namespace}/${this.o.name}`);
+          this.o.log?.info(`leader election: ${this.o.identity} became leader of ${this.o.namespace}/${this.o.name}`);
           this.o.onStartedLeading();
         }
       }
       if (this.leading && (this.heldByOther || monotonic() - this.lastRenew >= this.renewDeadlineMs)) {
         this.leading = false;
-        this.o.log?.(
+        this.o.log?.warn(
           `leader election: ${this.o.identity} lost the lease (${this.heldByOther ? "held by another" : "no renewal within the deadline"})`,
         );
         this.o.onStoppedLeading();
       }
     } catch (e) {
-      this.o.log?.(`leader election: a callback failed: ${(e as Error).message}`);
+      this.o.log?.error(`leader election: a callback failed: ${(e as Error).message}`);
     }
     this.schedule();
   }
@@ -214,7 +215,7 @@ export class LeaderElector {
         );
       }
     } catch (e) {
-      this.o.log?.(`leader election: release failed: ${(e as Error).message}`);
+      this.o.log?.warn(`leader election: release failed: ${(e as Error).message}`);
     }
   }
 }

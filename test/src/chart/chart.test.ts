@@ -2,6 +2,7 @@
 // and the invariants every render must keep (hardened pods, least-privilege RBAC, labels, selectors that select).
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { parseOptions } from "@switchyard/operator";
 import { beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import {
@@ -201,6 +202,15 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
       `--router-configmap=${NAMESPACE}/sy-switchyard-router`,
     ]);
     expect(c.env?.map((e) => e.name)).toContain("POD_NAMESPACE");
+    // operator.logLevel reaches the operator: its command line and env parse to that level
+    const env = Object.fromEntries(
+      (c.env as Array<{ name: string; value?: string }>).flatMap((e) =>
+        e.value !== undefined ? [[e.name, e.value]] : [],
+      ),
+    );
+    expect(env.SWITCHYARD_LOG_LEVEL).toBe("info");
+    expect(parseOptions(c.args!, env)).toMatchObject({ logLevel: "info" });
+    expect(parseOptions(c.args!, { ...env, SWITCHYARD_LOG_LEVEL: "debug" })).toMatchObject({ logLevel: "debug" });
     expect(c.ports?.map((p) => p.name)).toEqual(["metrics", "health"]);
     const lease = objs.find((o) => o.kind === "Role" && o.metadata.name.endsWith("leader-election")) as Untyped;
     expect(lease.metadata.namespace).toBe(NAMESPACE);

@@ -40,19 +40,20 @@ const IMAGES = [
   {
     file: "router.Dockerfile",
     main: "router-service/dist/main.js",
-    ports: [values.router.grpcPort, values.router.metricsPort],
+    // every port the router listens on by default (router-service/src/args.ts): gRPC, the engines' data path, metrics
+    ports: [values.router.grpcPort, values.router.dataPort, values.router.metricsPort],
     flags: DATA_PATH_NODE_FLAGS,
   },
   {
     file: "worker.Dockerfile",
     main: "expert-worker/dist/main.js",
-    ports: [values.workers.grpcPort, values.workers.metricsPort],
+    ports: [values.workers.grpcPort, values.workers.dataPort, values.workers.metricsPort],
     flags: DATA_PATH_NODE_FLAGS,
   },
   {
     file: "worker-cuda.Dockerfile",
     main: "expert-worker/dist/main.js",
-    ports: [values.workers.grpcPort, values.workers.metricsPort],
+    ports: [values.workers.grpcPort, values.workers.dataPort, values.workers.metricsPort],
     flags: DATA_PATH_NODE_FLAGS,
   },
 ];

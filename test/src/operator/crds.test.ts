@@ -163,6 +163,16 @@ const INVALID: [string, unknown, string][] = [
     "checkpoint.tokenSecret goes with checkpoint.uri",
   ],
   [
+    "checkpoint endpoint that is not an http(s) URL (schema pattern)",
+    withModel({ checkpoint: { uri: "hf://org/m", endpoint: "hf-mirror.example.com" } }),
+    "spec.model.checkpoint.endpoint in body should match",
+  ],
+  [
+    "checkpoint endpoint without an hf:// uri (CEL)",
+    withModel({ checkpoint: { uri: "https://models.example.com/m", endpoint: "https://hf-mirror.example.com" } }),
+    "checkpoint.endpoint goes with an hf:// checkpoint.uri",
+  ],
+  [
     "checkpoint uri on S3 (not downloadable as is: a presigned https URL or a PVC)",
     withModel({ checkpoint: { uri: "s3://bucket/mixtral" } }),
     "spec.model.checkpoint.uri in body should match",
@@ -253,7 +263,18 @@ describeWithCluster(
       expect(got.spec.worker).toMatchObject({
         backend: "auto",
         image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
+        queueCapacity: 64, // batches, the worker's own default
       });
+      // the former default stays valid for pools stored with it; a Hub mirror for an hf:// checkpoint is accepted
+      const old = pool("old", NS, {
+        model: { checkpoint: { uri: "hf://org/m", endpoint: "http://hf-mirror.mirrors.svc:8080/hf" } },
+        worker: { queueCapacity: 65536 },
+      });
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(old) });
+      const oldGot = JSON.parse((await c.kubectl(["get", "xp", "old", "-o", "json"])).stdout);
+      expect(oldGot.spec.worker.queueCapacity).toBe(65536);
+      expect(oldGot.spec.model.checkpoint.endpoint).toBe("http://hf-mirror.mirrors.svc:8080/hf");
+      await c.kubectl(["delete", "xp", "old"]);
       expect((await c.kubectl(["get", "switchyard", "-o", "name"])).stdout).toContain("expertpool.switchyard.dev/ok");
       const wide = await c.kubectl(["get", "xp", "-o", "wide"]);
       expect(wide.stdout).toMatch(
