@@ -177,6 +177,14 @@ describe("desiredStatefulSet", () => {
     ]);
   });
 
+  it("a worker over several GPUs gets libuv threads for two runs in flight per GPU, and two more", () => {
+    expect(c.env).toContainEqual({ name: "UV_THREADPOOL_SIZE", value: "6" }); // gpusPerWorker 2
+    const eight = desiredStatefulSet(testPool({ worker: { gpusPerWorker: 8 } })).spec!.template.spec!.containers[0];
+    expect(eight.env).toContainEqual({ name: "UV_THREADPOOL_SIZE", value: "18" });
+    const one = desiredStatefulSet(testPool({ worker: { gpusPerWorker: 1 } })).spec!.template.spec!.containers[0];
+    expect(one.env?.map((e) => e.name)).toEqual(["SWITCHYARD_WORKER_ID"]);
+  });
+
   it("CPU workers request no GPU and get no GPU toleration", () => {
     const cpu = desiredStatefulSet(testPool({ worker: { gpusPerWorker: 0 } })).spec!.template.spec!;
     expect(cpu.containers[0].resources).toBeUndefined();

@@ -200,7 +200,11 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
   if (Object.keys(requests).length) resources.requests = requests;
   if (Object.keys(limits).length) resources.limits = limits;
   const grpcProbe = { grpc: { port: WORKER_GRPC_PORT } };
-  const env = [{ name: "SWITCHYARD_WORKER_ID", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } }];
+  const env: V1EnvVar[] = [{ name: "SWITCHYARD_WORKER_ID", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } }];
+  // A worker over several GPUs (expert-worker/src/backend/multi-device.ts) keeps two runs in flight per device, each
+  // waiting for its GPU on one of libuv's threads (4 by default): two more per GPU, and two left for the expert
+  // uploads and checkpoint reads those runs overlap.
+  if (gpus > 1) env.push({ name: "UV_THREADPOOL_SIZE", value: String(2 * gpus + 2) });
   const containerSecurity = { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } };
   return {
     apiVersion: "apps/v1",
