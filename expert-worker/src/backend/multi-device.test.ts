@@ -35,14 +35,23 @@ class Device extends ReferenceBackend implements ExpertBackend {
   }
   /** Takes deduplicated batches as the CUDA backend does: gathers the rows, sums them per token (token-rows.ts). */
   readonly takesTokenRows = true;
+  fail: Error | undefined;
+  finished = 0;
   override async run(req: RunRequest): Promise<Uint8Array> {
     this.runs.push(req);
+    // as GpuSlotCache.acquire: a run needing more experts than the slots is refused
+    const experts = new Set(req.slices.map((s) => s.expert)).size;
+    if (this.capacity !== undefined && experts > this.capacity)
+      throw new Error(`a batch needs ${experts} experts but the cache has ${this.capacity} slots`);
+    if (this.fail) throw this.fail;
+    await new Promise((r) => setTimeout(r, 5));
     const rowBytes = req.cols * (req.dtype === DType.FLOAT32 ? 4 : 2);
     const distinct = req.tokens.byteLength / rowBytes;
     const tokens = req.tokenRows ? gatherRows(req.tokens, req.tokenRows, rowBytes) : req.tokens;
     const { rowWeights, ...rest } = req;
     const rows = await super.run({ ...rest, tokens, ...(req.sumByToken || !rowWeights ? {} : { rowWeights }) });
     req.onDeviceTime?.(this.ms);
+    this.finished++;
     if (!req.sumByToken) return rows;
     const sums = sumRowsByToken(rows, req.dtype, req.tokenRows!, distinct, req.cols, rowWeights);
     return new Uint8Array(sums.buffer);
@@ -187,6 +196,63 @@ describe("MultiDeviceBackend", () => {
     const rowsWant = await one.run({ ...base, slices: slicesOf(single) });
     const rowsGot = await m.run({ ...base, slices: slicesOf(multi) });
     expect(Array.from(rowsGot)).toEqual(Array.from(rowsWant));
+  });
+
+  it("runs a device's share in parts of at most its slots, one after another, when placement left it more", async () => {
+    const one = new Device(1);
+    const devs = [new Device(1), new Device(1)];
+    const m = new MultiDeviceBackend(devs);
+    m.setDeviceCacheCapacity(2); // 1 slot each
+    const single = [];
+    const multi = [];
+    for (const w of weights.slice(0, 4)) {
+      single.push(await one.prepare(w));
+      multi.push(await m.prepare(w));
+    }
+    // experts 0 and 2 live on device 0 (one slot): its share runs as two parts; 1 and 3 on device 1, likewise
+    const slicesOf = (ps: PreparedExpert[]) => [
+      { expert: ps[0], offset: 0, count: 2 },
+      { expert: ps[1], offset: 2, count: 1 },
+      { expert: ps[2], offset: 3, count: 3 },
+      { expert: ps[3], offset: 6, count: 0 }, // no rows: not run at all
+    ];
+    const tokens = new Uint8Array(f32ToBf16(Float32Array.from({ length: 6 * d }, (_, i) => Math.sin(i))).buffer);
+    const base = { dtype: DType.BFLOAT16, tokens, rows: 6, cols: d };
+    let ms = 0;
+    const got = await m.run({ ...base, slices: slicesOf(multi), onDeviceTime: (t) => (ms = t) });
+    const want = await one.run({ ...base, slices: slicesOf(single) });
+    expect(Array.from(got)).toEqual(Array.from(want));
+    expect(devs[0].runs.map((r) => r.rows)).toEqual([2, 3]);
+    expect(devs[1].runs.map((r) => r.rows)).toEqual([1]);
+    expect(ms).toBe(2); // device 0's two parts, one after another
+    // a deduplicated batch over the same parts: the parts' sums added in order
+    const tokenRows = Uint32Array.from([0, 1, 1, 2, 0, 2]);
+    const uniq = new Uint8Array(f32ToBf16(Float32Array.from({ length: 3 * d }, (_, i) => Math.cos(i))).buffer);
+    const dd = { dtype: DType.BFLOAT16, tokens: uniq, rows: 6, cols: d, tokenRows, sumByToken: true };
+    const gs = await m.run({ ...dd, slices: slicesOf(multi) });
+    const ws = await one.run({ ...dd, slices: slicesOf(single) });
+    const a = new Float32Array(gs.buffer, gs.byteOffset, gs.byteLength / 4);
+    const b = new Float32Array(ws.buffer, ws.byteOffset, ws.byteLength / 4);
+    for (let i = 0; i < b.length; i++)
+      expect(Math.abs(a[i] - b[i])).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(b[i])));
+  });
+
+  it("a device that fails fails the run only once every device is done with it", async () => {
+    const devs = [new Device(1), new Device(1)];
+    const m = new MultiDeviceBackend(devs);
+    const p0 = await m.prepare(weights[0]);
+    const p1 = await m.prepare(weights[1]);
+    devs[0].fail = new Error("device 0 lost");
+    const base = { dtype: DType.FLOAT32, tokens: new Uint8Array(2 * d * 4), rows: 2, cols: d };
+    const run = m.run({
+      ...base,
+      slices: [
+        { expert: p0, offset: 0, count: 1 },
+        { expert: p1, offset: 1, count: 1 },
+      ],
+    });
+    await expect(run).rejects.toThrow(/device 0 lost/);
+    expect(devs[1].finished).toBe(1); // not left running after the batch was answered
   });
 
   it("refuses deduplicated batches where its devices take none, and experts of another backend; aborts", async () => {

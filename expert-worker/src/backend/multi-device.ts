@@ -30,6 +30,8 @@ import type {
 
 /** An expert prepared on one of the devices. */
 class OnDevice implements PreparedExpert {
+  /** Whether the backend's live count of its device has let it go already (discard, or collected). */
+  readonly counted = { done: false };
   constructor(
     readonly device: number,
     readonly inner: PreparedExpert,
@@ -57,6 +59,7 @@ export function splitByDevice(slices: readonly PreparedSlice[]): Map<number, Dev
   const by = new Map<number, DeviceShare>();
   for (const s of slices) {
     if (!(s.expert instanceof OnDevice)) throw new Error("slice expert was not prepared by this multi-device backend");
+    if (s.count === 0) continue; // no rows: it would pin (and upload) its expert for nothing
     let g = by.get(s.expert.device);
     if (!g) {
       g = { slices: [], from: [], rows: 0 };
@@ -69,6 +72,32 @@ export function splitByDevice(slices: readonly PreparedSlice[]): Map<number, Dev
   return by;
 }
 
+/**
+ * A device's share cut into parts of at most `slots` distinct experts each, run one after another: its GPU cache
+ * refuses a run that needs more experts than it has slots. Placement keeps the shares equal, but not exactly: the
+ * host tier loads an expert before it evicts another, so a device can hold more than its part of the capacity.
+ */
+export function chunkBySlots(share: DeviceShare, slots: number | undefined): DeviceShare[] {
+  // no slots known yet (nothing prepared on the device), or room for all
+  if (slots === undefined || slots < 1 || new Set(share.slices.map((s) => s.expert)).size <= slots) return [share];
+  const out: DeviceShare[] = [];
+  let cur: DeviceShare = { slices: [], from: [], rows: 0 };
+  let experts = new Set<PreparedExpert>();
+  share.slices.forEach((s, i) => {
+    if (!experts.has(s.expert) && experts.size === slots) {
+      out.push(cur);
+      cur = { slices: [], from: [], rows: 0 };
+      experts = new Set();
+    }
+    experts.add(s.expert);
+    cur.slices.push({ expert: s.expert, offset: cur.rows, count: s.count });
+    cur.from.push(share.from[i]);
+    cur.rows += s.count;
+  });
+  out.push(cur);
+  return out;
+}
+
 export class MultiDeviceBackend implements ExpertBackend {
   readonly name: ExpertBackend["name"];
   readonly kind: ExpertBackend["kind"];
@@ -76,8 +105,15 @@ export class MultiDeviceBackend implements ExpertBackend {
   readonly takesTokenRows: boolean;
   readonly runsInFlight: number | undefined;
   readonly mergesBatches: boolean | undefined;
-  /** Live experts per device (prepared and not yet discarded): where the next one goes. */
+  /**
+   * Live experts per device: where the next one goes. Counted down on discard, or when the prepared expert is
+   * collected: the host tier drops some it loaded without keeping them (a warm-up finding no room, an expert let go
+   * while loading), and those are never discarded.
+   */
   private readonly live: number[];
+  private readonly gone = new FinalizationRegistry<{ device: number; counted: { done: boolean } }>((h) =>
+    this.release(h.device, h.counted),
+  );
 
   constructor(readonly devices: readonly ExpertBackend[]) {
     if (devices.length < 2) throw new Error(`multi-device backend: needs 2 or more devices, got ${devices.length}`);
@@ -97,12 +133,22 @@ export class MultiDeviceBackend implements ExpertBackend {
     let device = 0;
     for (let i = 1; i < this.live.length; i++) if (this.live[i] < this.live[device]) device = i;
     this.live[device]++;
+    let inner: PreparedExpert;
     try {
-      return new OnDevice(device, await this.devices[device].prepare(weights));
+      inner = await this.devices[device].prepare(weights);
     } catch (e) {
       this.live[device]--;
       throw e;
     }
+    const e = new OnDevice(device, inner);
+    this.gone.register(e, { device, counted: e.counted }, e);
+    return e;
+  }
+
+  private release(device: number, counted: { done: boolean }): void {
+    if (counted.done) return;
+    counted.done = true;
+    this.live[device] = Math.max(0, this.live[device] - 1);
   }
 
   async run(req: RunRequest): Promise<Uint8Array> {
@@ -110,94 +156,63 @@ export class MultiDeviceBackend implements ExpertBackend {
     if (signal?.aborted) throw abortError(signal);
     if ((req.tokenRows !== undefined || req.sumByToken) && !this.takesTokenRows)
       throw new Error("multi-device backend: its devices take no deduplicated batches (the worker expands them)");
+    if (req.sumByToken && req.tokenRows === undefined) throw new Error("sumByToken: needs tokenRows");
     const by = splitByDevice(req.slices);
-    if (by.size === 1) {
-      // every slice on one device: its request as it came, with that device's experts
-      const [[device, g]] = [...by];
+    const shares = [...by].map(([device, g]) => ({
+      device,
+      parts: chunkBySlots(g, this.devices[device].deviceCacheStats?.()?.capacity),
+    }));
+    if (shares.length === 1 && shares[0].parts.length === 1 && by.size === 1) {
+      // every slice with rows on one device, within its slots: the request as it came, with that device's experts
+      const device = shares[0].device;
+      const mine = req.slices.filter((s) => s.count > 0);
       return this.devices[device].run({
         ...req,
-        slices: req.slices.map((s, i) => ({ ...s, expert: g.slices[i].expert })),
+        slices: mine.map((s) => ({ ...s, expert: (s.expert as OnDevice).inner })),
       });
     }
     const rowBytes = req.cols * dtypeSize(req.dtype);
-    const tokenRows = req.tokenRows;
-    const distinct = tokenRows ? req.tokens.byteLength / rowBytes : req.rows;
+    const distinct = req.tokenRows ? req.tokens.byteLength / rowBytes : req.rows;
     // answers: FLOAT32 [distinct, cols] sums, or [rows, cols] in dtype (rows in no slice stay zero, as the contract says)
     const sums = req.sumByToken ? new Float32Array(distinct * req.cols) : undefined;
     const out = sums ? undefined : new Uint8Array(req.rows * rowBytes);
-    const parts: { device: number; got: Uint8Array; tokens: Uint32Array }[] = [];
+    const results: { device: number; part: number; got: Uint8Array; tokens?: Uint32Array }[] = [];
     let deviceMs = 0;
-    await Promise.all(
-      [...by].map(async ([device, g]) => {
-        const rows = g.rows;
-        const weights = req.rowWeights ? new Float32Array(rows) : undefined;
-        let tokens: Uint8Array;
-        let local: { tokenRows: Uint32Array; distinct: Uint32Array } | undefined;
-        if (tokenRows) {
-          // the distinct tokens this device's rows use, in order of first use, and its rows' indices into them
-          const index = new Int32Array(distinct).fill(-1);
-          const used: number[] = [];
-          const rowsHere = new Uint32Array(rows);
-          let r = 0;
-          for (const f of g.from) {
-            for (let i = f.offset; i < f.offset + f.count; i++, r++) {
-              const u = tokenRows[i];
-              if (index[u] < 0) {
-                index[u] = used.length;
-                used.push(u);
-              }
-              rowsHere[r] = index[u];
+    // The devices at once, each device's parts one after another. allSettled: a device that fails does not leave
+    // another's run behind, still running after the batch has been answered (its queue slot would be free again).
+    const settled = await Promise.allSettled(
+      shares.map(async ({ device, parts }) => {
+        let ms = 0;
+        for (const [part, g] of parts.entries()) {
+          const sub = subRequest(req, g, rowBytes, distinct);
+          const got = await this.devices[device].run({
+            ...sub.req,
+            ...(signal ? { signal } : {}),
+            onDeviceTime: (t) => {
+              ms += t;
+            },
+          });
+          results.push({ device, part, got, ...(sub.tokens ? { tokens: sub.tokens } : {}) });
+          if (!sums) {
+            let r = 0;
+            for (const f of g.from) {
+              out!.set(got.subarray(r * rowBytes, (r + f.count) * rowBytes), f.offset * rowBytes);
+              r += f.count;
             }
           }
-          tokens = new Uint8Array(used.length * rowBytes);
-          for (let j = 0; j < used.length; j++)
-            tokens.set(req.tokens.subarray(used[j] * rowBytes, (used[j] + 1) * rowBytes), j * rowBytes);
-          local = { tokenRows: rowsHere, distinct: Uint32Array.from(used) };
-        } else {
-          tokens = new Uint8Array(rows * rowBytes);
-          let r = 0;
-          for (const f of g.from) {
-            tokens.set(req.tokens.subarray(f.offset * rowBytes, (f.offset + f.count) * rowBytes), r * rowBytes);
-            r += f.count;
-          }
         }
-        let r = 0;
-        for (const f of g.from) {
-          weights?.set(req.rowWeights!.subarray(f.offset, f.offset + f.count), r);
-          r += f.count;
-        }
-        const got = await this.devices[device].run({
-          dtype: req.dtype,
-          tokens,
-          rows,
-          cols: req.cols,
-          slices: g.slices,
-          ...(weights ? { rowWeights: weights } : {}),
-          ...(local ? { tokenRows: local.tokenRows } : {}),
-          ...(req.sumByToken ? { sumByToken: true } : {}),
-          ...(signal ? { signal } : {}),
-          // the devices run side by side: the run's device time is the longest of theirs
-          onDeviceTime: (ms) => {
-            deviceMs = Math.max(deviceMs, ms);
-          },
-        });
-        if (sums && local) {
-          parts.push({ device, got, tokens: local.distinct }); // added below in device order
-          return;
-        }
-        r = 0;
-        for (const f of g.from) {
-          out!.set(got.subarray(r * rowBytes, (r + f.count) * rowBytes), f.offset * rowBytes);
-          r += f.count;
-        }
+        deviceMs = Math.max(deviceMs, ms); // the devices run side by side: the run's device time is the longest
       }),
     );
+    const failed = settled.find((x): x is PromiseRejectedResult => x.status === "rejected");
+    if (failed) throw failed.reason;
     if (deviceMs > 0) req.onDeviceTime?.(deviceMs);
     if (!sums) return out!;
-    // each device's sums [its tokens, cols] added into their tokens' rows, natively where the addon is built: a
-    // pass in JavaScript over DeepSeek-V3's rows cost the worker's event loop more than the second GPU saved
-    parts.sort((a, b) => a.device - b.device);
-    for (const p of parts) addRowsByToken(sums, p.got, DType.FLOAT32, p.tokens, req.cols);
+    // each part's sums [its tokens, cols] added into their tokens' rows in (device, part) order, natively where the
+    // addon is built: a pass in JavaScript over DeepSeek-V3's rows cost the worker's event loop more than the second
+    // GPU saved
+    results.sort((a, b) => a.device - b.device || a.part - b.part);
+    for (const p of results) addRowsByToken(sums, p.got, DType.FLOAT32, p.tokens!, req.cols);
     return new Uint8Array(sums.buffer);
   }
 
@@ -207,10 +222,12 @@ export class MultiDeviceBackend implements ExpertBackend {
   }
 
   discard(experts: readonly PreparedExpert[]): void {
-    for (const [d, es] of this.byDevice(experts)) {
-      this.live[d] = Math.max(0, this.live[d] - es.length);
-      this.devices[d].discard?.(es);
+    for (const e of experts) {
+      if (!(e instanceof OnDevice)) continue;
+      this.release(e.device, e.counted);
+      this.gone.unregister(e);
     }
+    for (const [d, es] of this.byDevice(experts)) this.devices[d].discard?.(es);
   }
 
   /** The pool's capacity is the worker's: each device holds its share (the placement keeps the shares equal). */
@@ -259,4 +276,60 @@ export class MultiDeviceBackend implements ExpertBackend {
     }
     return by;
   }
+}
+
+/**
+ * The request a device runs for its share `g` of `req`: its rows (or, for a deduplicated batch, the distinct tokens
+ * its rows use, in order of first use, and its rows' indices into them: `tokens`), its row weights.
+ */
+function subRequest(
+  req: RunRequest,
+  g: DeviceShare,
+  rowBytes: number,
+  distinct: number,
+): { req: RunRequest; tokens?: Uint32Array } {
+  const weights = req.rowWeights ? new Float32Array(g.rows) : undefined;
+  let r = 0;
+  for (const f of g.from) {
+    weights?.set(req.rowWeights!.subarray(f.offset, f.offset + f.count), r);
+    r += f.count;
+  }
+  const base = {
+    dtype: req.dtype,
+    rows: g.rows,
+    cols: req.cols,
+    slices: g.slices,
+    ...(weights ? { rowWeights: weights } : {}),
+  };
+  const tokenRows = req.tokenRows;
+  if (!tokenRows) {
+    const tokens = new Uint8Array(g.rows * rowBytes);
+    r = 0;
+    for (const f of g.from) {
+      tokens.set(req.tokens.subarray(f.offset * rowBytes, (f.offset + f.count) * rowBytes), r * rowBytes);
+      r += f.count;
+    }
+    return { req: { ...base, tokens } };
+  }
+  const index = new Int32Array(distinct).fill(-1);
+  const used: number[] = [];
+  const rowsHere = new Uint32Array(g.rows);
+  r = 0;
+  for (const f of g.from) {
+    for (let i = f.offset; i < f.offset + f.count; i++, r++) {
+      const u = tokenRows[i];
+      if (index[u] < 0) {
+        index[u] = used.length;
+        used.push(u);
+      }
+      rowsHere[r] = index[u];
+    }
+  }
+  const tokens = new Uint8Array(used.length * rowBytes);
+  for (let j = 0; j < used.length; j++)
+    tokens.set(req.tokens.subarray(used[j] * rowBytes, (used[j] + 1) * rowBytes), j * rowBytes);
+  return {
+    req: { ...base, tokens, tokenRows: rowsHere, ...(req.sumByToken ? { sumByToken: true } : {}) },
+    tokens: Uint32Array.from(used),
+  };
 }
