@@ -109,7 +109,7 @@ describe.skipIf("why" in found)("the Python client of the router's data path", (
       { name: "wrong hidden size", code: 3, message: expect.stringMatching(/hidden/) },
       { name: "unknown pool", code: 5, message: expect.stringMatching(/unknown pool "no-such-pool"/) },
     ]);
-    expect(out.cases.length).toBe(5 + 64);
+    expect(out.cases.length).toBe(6 + 64);
     const node = new RouterDataClient("127.0.0.1", t.app.server.dataPort as number);
     try {
       for (const c of out.cases) {

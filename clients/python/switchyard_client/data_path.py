@@ -69,9 +69,11 @@ class RouterDataClient:
     def forward_async(self, pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "fp32",
                       router_logits: Optional[np.ndarray] = None, expert_ids: Optional[np.ndarray] = None,
                       weights: Optional[np.ndarray] = None, routed_only: Optional[bool] = None,
-                      timeout: Optional[float] = None, bf16_bits: bool = False) -> "Future[np.ndarray]":
+                      timeout: Optional[float] = None, bf16_bits: bool = False,
+                      logits_dtype: str = "fp32") -> "Future[np.ndarray]":
         """One MoE layer for hidden [T, d] sent as `dtype` (fp32, fp16 or bf16). The gate input is one of: nothing
-        (the router gates from its checkpoint), router_logits [T, E] (float32), or an explicit top-k assignment
+        (the router gates from its checkpoint), router_logits [T, E] (sent as logits_dtype: fp32, or bf16 / fp16
+        as a half-precision gate gives them), or an explicit top-k assignment
         expert_ids [T, k] (int32, -1 = empty slot) with weights [T, k] (float32). The Future's result is [T, d] in
         the request's dtype (bf16 widened to float32, or its bit patterns with bf16_bits=True); it raises
         RouterError where the router failed the request. timeout (seconds) is the request's deadline at the router
@@ -80,7 +82,8 @@ class RouterDataClient:
         connection) fails a request with a timeout with concurrent.futures.TimeoutError 10 s past its timeout.
         A request over max_message_bytes raises ValueError here, unsent (the router would drop the connection)."""
         req = forward_request(pool, layer, hidden, dtype=dtype, router_logits=router_logits,
-                              expert_ids=expert_ids, weights=weights, routed_only=routed_only, timeout=timeout)
+                              expert_ids=expert_ids, weights=weights, routed_only=routed_only, timeout=timeout,
+                              logits_dtype=logits_dtype)
         req.request_id = (1 << 64) - 1  # the widest id: no request sent is larger than the size checked
         size = req.ByteSize()
         if size > self._max:

@@ -32,9 +32,11 @@ class RouterError(Exception):
 def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "fp32",
                     router_logits: Optional[np.ndarray] = None, expert_ids: Optional[np.ndarray] = None,
                     weights: Optional[np.ndarray] = None, routed_only: Optional[bool] = None,
-                    timeout: Optional[float] = None) -> router_pb2.ForwardRequest:
+                    timeout: Optional[float] = None, logits_dtype: str = "fp32") -> router_pb2.ForwardRequest:
     """hidden [T, d] sent as `dtype` (fp32, fp16 or bf16); the gate input is one of: nothing (the router gates from
-    its checkpoint), router_logits [T, E] (float32), or expert_ids [T, k] (int32, -1 = empty slot) with weights
+    its checkpoint), router_logits [T, E] sent as `logits_dtype` (fp32; bf16 or fp16 as a half-precision gate gives
+    them: the router then rounds Qwen's routing weights to that dtype, as transformers does), or expert_ids [T, k]
+    (int32, -1 = empty slot) with weights
     [T, k] (float32). timeout (seconds) becomes the request's timeout_ms: past it the router answers
     DEADLINE_EXCEEDED. A value that cannot be sent raises ValueError (or TypeError) naming the argument."""
     try:
@@ -47,7 +49,9 @@ def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "
     if router_logits is not None:
         if expert_ids is not None or weights is not None:
             raise ValueError("gate: router_logits or an assignment (expert_ids, weights), not both")
-        req.router_logits.CopyFrom(_tensor("router_logits", router_logits, "fp32"))
+        if logits_dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"logits_dtype: fp32, bf16 or fp16, got {logits_dtype!r}")
+        req.router_logits.CopyFrom(_tensor("router_logits", router_logits, logits_dtype))
     elif expert_ids is not None or weights is not None:
         if expert_ids is None or weights is None:
             raise ValueError("assignment: expert_ids and weights go together")

@@ -55,7 +55,7 @@ def record(name: str, req: router_pb2.ForwardRequest, result: np.ndarray, bf16: 
 def request(layer: int, hidden: np.ndarray, dtype: str, **gate) -> router_pb2.ForwardRequest:
     r = router_pb2.ForwardRequest(pool=pool, layer=layer, hidden=to_tensor(hidden, dtype))
     if "router_logits" in gate:
-        r.router_logits.CopyFrom(to_tensor(gate["router_logits"], "fp32"))
+        r.router_logits.CopyFrom(to_tensor(gate["router_logits"], gate.get("logits_dtype", "fp32")))
     if "expert_ids" in gate:
         r.assignment.expert_ids.CopyFrom(to_tensor(gate["expert_ids"], "int32"))
         r.assignment.weights.CopyFrom(to_tensor(gate["weights"], "fp32"))
@@ -67,6 +67,8 @@ def request(layer: int, hidden: np.ndarray, dtype: str, **gate) -> router_pb2.Fo
 for args, kw, field in (((pool, -1), {}, "layer"), ((pool, 1 << 32), {}, "layer"),
                         ((pool, 0), {"timeout": float("inf")}, "timeout"), ((pool, 0), {"timeout": 1e10}, "timeout"),
                         ((pool, 0), {"router_logits": "x"}, "router_logits"),
+                        ((pool, 0), {"router_logits": np.zeros((1, E), np.float32), "logits_dtype": "int32"},
+                         "logits_dtype"),
                         ((pool, 0), {"expert_ids": [["a"]], "weights": [[1.0]]}, "expert_ids")):
     try:
         forward_request(*args, np.zeros((1, D), np.float32), **kw)
@@ -93,6 +95,9 @@ with RouterDataClient(host, port) as c:
     logits = rng.standard_normal((4, E), dtype=np.float32)
     record("router logits", request(0, h, "fp32", router_logits=logits),
            c.forward(pool, 0, h, router_logits=logits, timeout=10))
+    # as a bf16 engine's gate gives them
+    record("router logits bf16", request(0, h, "fp32", router_logits=logits, logits_dtype="bf16"),
+           c.forward(pool, 0, h, router_logits=logits, logits_dtype="bf16", timeout=10))
     h = rng.standard_normal((2, D), dtype=np.float32)
     ids = np.array([[0, 2], [1, -1]], dtype=np.int32)
     w = np.array([[0.75, 0.25], [1.0, 0.0]], dtype=np.float32)
