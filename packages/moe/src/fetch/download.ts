@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { type Ctx, MiB, type Pin, PROGRESS_EVERY_MS, pinOf, urlOf } from "./context.js";
 import { mib, temporary } from "./files.js";
 import { type Got, get, httpError } from "./http.js";
-import { lockLost } from "./lock.js";
+import { confirmLock, lockLost } from "./lock.js";
 import { discardPartial, type PartialPaths, partialPaths, readPartial, writeRecord } from "./partial.js";
 import { judgeResume, type PartialRecord, planResume, recordFor } from "./resume.js";
 
@@ -132,6 +132,7 @@ export async function downloadFile(
       if (record && now - lastPoint > ctx.resumePointMs) {
         lastPoint = now;
         await fh.sync();
+        await confirmLock(ctx); // the record must not vouch for bytes a new holder of the lock has cut
         await writeRecord(paths, { ...record, durable: at });
       }
     }
@@ -141,7 +142,7 @@ export async function downloadFile(
     await got.cancel();
     if (!record || !fh || at === 0 || overrun) await drop();
     else if (!lockLost(ctx)) await keep(ctx, name, fh, paths, { ...record, durable: at });
-    throw e;
+    throw named(e, path);
   } finally {
     await fh?.close();
   }
@@ -152,6 +153,8 @@ export async function downloadFile(
           `expected ${size - from} (${from > 0 ? "Content-Range" : "Content-Length"})`,
       );
     await check(path, url);
+    // NAME.resumable is shared across callers: only the lock's holder renames it into place
+    if (record) await confirmLock(ctx);
     await rename(path, final);
   } catch (e) {
     await drop();
@@ -172,9 +175,20 @@ export async function downloadFile(
 async function keep(ctx: Ctx, name: string, fh: FileHandle, paths: PartialPaths, r: PartialRecord): Promise<void> {
   try {
     await fh.sync();
+    await confirmLock(ctx);
     await writeRecord(paths, r);
     ctx.log(`${name}: kept ${mib(r.durable)} of ${mib(r.size)} in ${paths.data}, for the next run to resume`);
-  } catch {
+  } catch (e) {
+    if (lockLost(ctx)) return; // the partial is the new holder's
+    ctx.log(`${name}: cannot keep its partial download (${(e as Error).message}): removing it`);
     await discardPartial(paths).catch(() => {});
   }
+}
+
+/** A file system error (ENOSPC, EIO ...) names the file it was about; HTTP errors name their URL already. */
+function named(e: unknown, path: string): unknown {
+  const x = e as NodeJS.ErrnoException;
+  return x instanceof Error && x.syscall !== undefined && !x.message.includes(path)
+    ? new Error(`${path}: ${x.message}`, { cause: e })
+    : e;
 }

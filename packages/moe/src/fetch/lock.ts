@@ -128,6 +128,7 @@ export async function lockDir(ctx: Ctx, dir: string): Promise<() => Promise<void
   }
   const lost = new AbortController();
   ctx.signal = ctx.signal ? AbortSignal.any([ctx.signal, lost.signal]) : lost.signal;
+  held.set(ctx, { path, token: me.token });
   let beating = false;
   const beat = setInterval(
     () => {
@@ -164,7 +165,31 @@ export async function lockDir(ctx: Ctx, dir: string): Promise<() => Promise<void
  * new holder's now, to keep or remove.
  */
 export function lockLost(ctx: Ctx): boolean {
-  return ctx.signal?.reason instanceof LockLost;
+  return ctx.signal?.reason instanceof LockLost || lostBy.has(ctx);
+}
+
+/** Contexts whose confirmLock found the lock another caller's (before the heartbeat's abort said so). */
+const lostBy = new WeakMap<Ctx, LockLost>();
+
+/** The lock each context holds (lockDir), for confirmLock's fresh look. */
+const held = new WeakMap<Ctx, { path: string; token: string }>();
+
+/**
+ * Right before it writes under a name shared across callers (a partial's record, the rename of a partial into place):
+ * this caller still holds the lock, by a fresh read of the lock file, not only by the last heartbeat's (up to
+ * lockStaleMs/4 old). A caller whose lock was judged stale while it still ran (clocks apart, a stalled event loop)
+ * would otherwise vouch, in the record, for bytes the new holder has truncated, or rename the new holder's
+ * unfinished file into place. Throws LockLost (and the caller then leaves those names alone).
+ */
+export async function confirmLock(ctx: Ctx): Promise<void> {
+  if (ctx.signal?.reason instanceof LockLost) throw ctx.signal.reason;
+  const h = held.get(ctx);
+  if (!h) return;
+  if ((await lockState(h.path))?.info?.token !== h.token) {
+    const lost = new LockLost(`${h.path}: the lock was taken over by another caller (judged stale): stopping`);
+    lostBy.set(ctx, lost);
+    throw lost;
+  }
 }
 
 /** Before a commit point (a complete marker): this caller still holds the lock (and was not stopped). */

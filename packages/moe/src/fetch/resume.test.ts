@@ -12,6 +12,8 @@ describe("recordFor / parseRecord", () => {
     expect(strongEtag(' "abc" ')).toBe(etag);
     expect(recordFor(url, undefined, etag, 1000)).toEqual({ version: 1, url, etag, size: 1000, durable: 0 });
     expect(recordFor(url, "c0ffee", null, 1000)).toEqual({ version: 1, url, commit: "c0ffee", size: 1000, durable: 0 });
+    // a pinned commit fixes the bytes: the CDN's ETag (which may differ between its edges) is not recorded
+    expect(recordFor(url, "c0ffee", etag, 1000)).toEqual({ version: 1, url, commit: "c0ffee", size: 1000, durable: 0 });
     expect(recordFor(url, undefined, 'W/"abc"', 1000)).toBeUndefined();
     expect(recordFor(url, undefined, null, 1000)).toBeUndefined();
     expect(recordFor(url, undefined, etag, undefined)).toBeUndefined();
@@ -78,7 +80,15 @@ describe("judgeResume", () => {
   const rest = "bytes 400-999/1000";
   it("appends only a 206 that is the rest of the same file", () => {
     expect(judgeResume(206, h({ "content-range": rest, etag }), record, 400)).toEqual({ take: "rest" });
-    expect(judgeResume(206, h({ "content-range": rest }), record, 400)).toEqual({ take: "rest" });
+    // only the ETag vouches for this https file: a 206 without one may be another file of the same size
+    expect(judgeResume(206, h({ "content-range": rest }), record, 400)).toEqual({
+      take: "restart",
+      why: "HTTP 206 without the ETag its partial download was started against",
+    });
+    // an hf:// partial is pinned by its commit (no ETag recorded): its 206 needs none
+    const pinned = { ...record, commit: "c1", etag: undefined };
+    expect(judgeResume(206, h({ "content-range": rest }), pinned, 400)).toEqual({ take: "rest" });
+    expect(judgeResume(206, h({ "content-range": rest, etag: '"cdn-edge-2"' }), pinned, 400)).toEqual({ take: "rest" });
     for (const cr of ["bytes 0-999/1000", "bytes 400-998/1000", "bytes 400-999/1001", "bytes 400-999/*", "x", ""])
       expect(judgeResume(206, h({ "content-range": cr, etag }), record, 400), cr).toEqual({
         take: "restart",

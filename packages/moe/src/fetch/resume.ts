@@ -38,7 +38,9 @@ export function recordFor(
   etag: string | null,
   size: number | undefined,
 ): PartialRecord | undefined {
-  const strong = strongEtag(etag);
+  // A pinned commit fixes the bytes; the ETag an hf:// answer carries is its CDN's (after the Hub's redirect), which
+  // may differ between edges and would then refuse every resume for nothing.
+  const strong = commit === undefined ? strongEtag(etag) : undefined;
   if (size === undefined || size <= 0 || (commit === undefined && strong === undefined)) return undefined;
   const r: PartialRecord = { version: RECORD_VERSION, url, size, durable: 0 };
   if (commit !== undefined) r.commit = commit;
@@ -114,6 +116,10 @@ export function judgeResume(status: number, headers: Headers, r: PartialRecord, 
   if (status === 206) {
     // A server that ignores If-Range sends the new file's tail.
     if (changed) return { take: "restart", why: `${changed}, yet the server sent part of it (HTTP 206)` };
+    // Only the ETag vouches for an https file: a 206 without it (a proxy that strips it and ignores If-Range) may be
+    // another file of the same size; RFC 9110 has a 206 carry the ETag a 200 would, so a server that does loses nothing.
+    if (r.commit === undefined && r.etag !== undefined && etag === null)
+      return { take: "restart", why: "HTTP 206 without the ETag its partial download was started against" };
     const raw = headers.get("content-range");
     const cr = contentRange(raw);
     const want = `bytes ${from}-${r.size - 1}/${r.size}`;
