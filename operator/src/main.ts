@@ -3,7 +3,7 @@
 import { KubeConfig } from "@kubernetes/client-node";
 import { Manager } from "./manager.js";
 import { OptionsError, parseOptions, USAGE } from "./options.js";
-import { createLogger } from "./runtime/log.js";
+import { createLogger, writeLine } from "./runtime/log.js";
 
 async function main(): Promise<void> {
   let opts: ReturnType<typeof parseOptions>;
@@ -29,7 +29,7 @@ async function main(): Promise<void> {
     manager.stop().then(
       () => process.exit(0),
       (e) => {
-        log.error(`shutdown failed: ${(e as Error)?.stack ?? String(e)}`);
+        log.error(`shutdown failed: ${(e as Error)?.message ?? String(e)}`);
         process.exit(1);
       },
     );
@@ -42,6 +42,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((e) => {
-  console.error(e instanceof OptionsError ? e.message : e);
+  // bad flags: the usage as it is (several lines, for a person); a failed start: one log line
+  if (e instanceof OptionsError) console.error(e.message);
+  else writeLine("error", `start failed: ${(e as Error)?.message ?? String(e)}`);
   process.exit(1);
 });

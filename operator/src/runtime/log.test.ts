@@ -45,4 +45,14 @@ describe("createLogger", () => {
     ]);
     expect(err.mock.calls.map((c) => c[0])).toEqual([expect.stringMatching(/^\S+Z error expertpool ns\/a: boom$/)]);
   });
+
+  it("keeps a message with line breaks (an API server's plain-text error body, a stack) on one line", () => {
+    const err = vi.spyOn(console, "error").mockImplementation(() => {});
+    createLogger("info").warn("watch expertpools: 404 page not found\n; restarting in 1000 ms\r\nat x");
+    expect(err.mock.calls).toHaveLength(1);
+    expect(err.mock.calls[0][0]).toMatch(
+      /warn watch expertpools: 404 page not found\\n; restarting in 1000 ms\\nat x$/,
+    );
+    expect(err.mock.calls[0][0]).not.toMatch(/[\r\n]/);
+  });
 });

@@ -16,11 +16,19 @@ export function isLogLevel(v: string): v is LogLevel {
   return (LOG_LEVELS as readonly string[]).includes(v);
 }
 
-/** A line on stdout (debug, info) or stderr (warn, error): `<RFC 3339 time> <level> <message>`. */
+/**
+ * A line on stdout (debug, info) or stderr (warn, error): `<RFC 3339 time> <level> <message>`. One line whatever the
+ * message holds (an API server's plain-text error body, a stack): its line breaks are written as `\n`, so that a log
+ * collector does not split one message into lines without a time or level.
+ */
 export function writeLine(level: LogLevel, message: string): void {
-  const line = `${new Date().toISOString()} ${level} ${message}`;
+  const line = `${new Date().toISOString()} ${level} ${oneLine(message)}`;
   if (level === "warn" || level === "error") console.error(line);
   else console.log(line);
+}
+
+export function oneLine(message: string): string {
+  return message.replace(/\r?\n/g, "\\n");
 }
 
 /** A logger that hands `write` the messages at `level` and above, and drops the others. */
