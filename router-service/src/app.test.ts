@@ -223,6 +223,66 @@ describe("router process: config and plan reload without restart", () => {
     }
   });
 
+  it("downloads an hf:// pool's tensors from the pool's own Hub mirror (hfEndpoint), not HF_ENDPOINT", async () => {
+    // a mirror of the Hub: /ORG/NAME/resolve/REV/FILE, the resolved commit in X-Repo-Commit
+    const asked: string[] = [];
+    const mirror = createServer(async (req, res) => {
+      const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
+      asked.push(path);
+      const m = /^\/org\/m\/resolve\/[^/]+\/(.+)$/.exec(path);
+      try {
+        if (!m) throw new Error("not a resolve path");
+        const body = await readFile(join(dir, "ckpt", m[1]));
+        const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? "");
+        const head = { "x-repo-commit": "0123456789abcdef0123456789abcdef01234567" };
+        if (!r) return void res.writeHead(200, head).end(body);
+        res.writeHead(206, { ...head, "content-range": `bytes ${r[1]}-${r[2]}/${body.length}` });
+        res.end(body.subarray(Number(r[1]), Number(r[2]) + 1));
+      } catch {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((r) => mirror.listen(0, "127.0.0.1", r));
+    const cfgPath = join(dir, "router-hf.json");
+    const pool = {
+      name: "p",
+      checkpoint: "hf://org/m",
+      hfEndpoint: `http://127.0.0.1:${(mirror.address() as AddressInfo).port}`,
+      planFile: join(dir, "plan.json"),
+      endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+    };
+    await writeFile(cfgPath, JSON.stringify({ pools: [pool] }));
+    const before = process.env.HF_ENDPOINT;
+    process.env.HF_ENDPOINT = "http://127.0.0.1:1"; // the router's own: nothing listens there
+    const hf = await startRouterApp({
+      config: cfgPath,
+      port: 0,
+      metricsPort: null,
+      host: "127.0.0.1",
+      checkpointCache: join(dir, "cache-hf"),
+      log: () => {},
+    });
+    try {
+      await until(() => hf.router.unloadedPools().length === 0 && hf.router.poolNames().includes("p"));
+      expect((await hf.router.forward(forwardRequest())).hidden?.shape).toEqual([1, 16]);
+      expect(asked.some((a) => a.startsWith("/org/m/resolve/"))).toBe(true);
+    } finally {
+      if (before === undefined) delete process.env.HF_ENDPOINT;
+      else process.env.HF_ENDPOINT = before;
+      await hf.close();
+      await new Promise((r) => mirror.close(r));
+    }
+    // bad values are refused naming the field
+    await writeFile(cfgPath, JSON.stringify({ pools: [{ ...pool, hfEndpoint: "mirror.example.com" }] }));
+    await expect(
+      startRouterApp({ config: cfgPath, port: 0, metricsPort: null, host: "127.0.0.1", log: () => {} }),
+    ).rejects.toThrow(/pools\[0\]\.hfEndpoint: must be an http\(s\) URL/);
+    await writeFile(cfgPath, JSON.stringify({ pools: [{ ...pool, checkpoint: join(dir, "ckpt") }] }));
+    await expect(
+      startRouterApp({ config: cfgPath, port: 0, metricsPort: null, host: "127.0.0.1", log: () => {} }),
+    ).rejects.toThrow(/pools\[0\]\.hfEndpoint: goes with an hf:\/\/ checkpoint/);
+  });
+
   it("a URL checkpoint that cannot be downloaded leaves its pool unloaded with the reason, the others served", async () => {
     const cfgPath = join(dir, "router-bad-url.json");
     const good = {

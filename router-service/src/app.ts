@@ -78,14 +78,16 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const downloads = new Map<string, Download>();
   const stopDownloads = new AbortController();
 
-  const startDownload = (uri: string): Download => {
+  const startDownload = (uri: string, hfEndpoint: string | null): Download => {
     const dir = join(
       o.checkpointCache ?? join(tmpdir(), "switchyard-checkpoints"),
       createHash("sha256").update(uri).digest("hex").slice(0, 16),
     );
     const d: Download = { dir, started: Date.now(), state: "loading" };
     downloads.set(uri, d);
-    fetchCheckpointTensors(uri, dir, routerTensorNames, { log, signal: stopDownloads.signal }).then(
+    // a pool's own Hub mirror (ExpertPool checkpoint.endpoint) over the router's HF_ENDPOINT
+    const env = hfEndpoint ? { ...process.env, HF_ENDPOINT: hfEndpoint } : process.env;
+    fetchCheckpointTensors(uri, dir, routerTensorNames, { log, signal: stopDownloads.signal, env }).then(
       (r) => {
         d.state = "done";
         log(`checkpoint ${uri}: the router's ${r.tensors} tensors in ${dir} (${r.bytes} bytes downloaded)`);
@@ -111,10 +113,10 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
    * correction bias, shared expert: fetchCheckpointTensors, HTTP range reads) once downloaded into the cache; until
    * then throws why (the pool is unloaded with that reason).
    */
-  const localCheckpoint = (checkpoint: string): string => {
+  const localCheckpoint = (checkpoint: string, hfEndpoint: string | null): string => {
     if (!URI.test(checkpoint)) return checkpoint;
     let d = downloads.get(checkpoint);
-    if (!d || (d.state === "failed" && Date.now() >= (d.retryAt ?? 0))) d = startDownload(checkpoint);
+    if (!d || (d.state === "failed" && Date.now() >= (d.retryAt ?? 0))) d = startDownload(checkpoint, hfEndpoint);
     if (d.state === "done") return d.dir;
     if (d.state === "failed")
       throw new Error(
@@ -130,7 +132,7 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
     let model = models.get(p.checkpoint);
     if (!model) {
       try {
-        model = await CheckpointModel.open(localCheckpoint(p.checkpoint));
+        model = await CheckpointModel.open(localCheckpoint(p.checkpoint, p.hfEndpoint));
       } catch (e) {
         throw new Error(`pools[${i}].checkpoint: ${(e as Error).message}`);
       }

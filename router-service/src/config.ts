@@ -9,6 +9,8 @@ export type { PlacementPlan, RoutingPolicy };
 export interface PoolConfig {
   name: string;
   checkpoint: string;
+  /** hf:// checkpoints: the Hub endpoint (a mirror) the router downloads its tensors from; null: HF_ENDPOINT or the Hub. */
+  hfEndpoint: string | null;
   planFile: string | null;
   plan: PlacementPlan | null;
   endpoints: Record<string, string>;
@@ -33,10 +35,10 @@ export function parseRouterConfig(json: unknown): RouterConfig {
     const f = `pools[${i}]`;
     if (!isObj(p)) throw invalidArgument(f, "must be an object");
     for (const k of Object.keys(p)) {
-      if (!["name", "checkpoint", "planFile", "plan", "endpoints", "policy"].includes(k)) {
+      if (!["name", "checkpoint", "hfEndpoint", "planFile", "plan", "endpoints", "policy"].includes(k)) {
         throw invalidArgument(
           `${f}.${k}`,
-          "unknown field (allowed: name, checkpoint, planFile, plan, endpoints, policy)",
+          "unknown field (allowed: name, checkpoint, hfEndpoint, planFile, plan, endpoints, policy)",
         );
       }
     }
@@ -45,6 +47,13 @@ export function parseRouterConfig(json: unknown): RouterConfig {
     names.add(p.name);
     if (typeof p.checkpoint !== "string" || p.checkpoint === "")
       throw invalidArgument(`${f}.checkpoint`, "required string (checkpoint directory)");
+    const hfEndpoint = p.hfEndpoint === undefined || p.hfEndpoint === null ? null : p.hfEndpoint;
+    if (hfEndpoint !== null) {
+      if (typeof hfEndpoint !== "string" || !/^https?:\/\/[^/\s]+\S*$/.test(hfEndpoint))
+        throw invalidArgument(`${f}.hfEndpoint`, `must be an http(s) URL, got ${JSON.stringify(hfEndpoint)}`);
+      if (!p.checkpoint.startsWith("hf://"))
+        throw invalidArgument(`${f}.hfEndpoint`, "goes with an hf:// checkpoint (it is the Hub's address)");
+    }
     const planFile = p.planFile === undefined || p.planFile === null ? null : p.planFile;
     if (planFile !== null && typeof planFile !== "string") throw invalidArgument(`${f}.planFile`, "must be a path");
     const plan = p.plan === undefined || p.plan === null ? null : parsePlan(p.plan, `${f}.plan`);
@@ -66,7 +75,7 @@ export function parseRouterConfig(json: unknown): RouterConfig {
       const pe = e as { field?: string; message: string };
       throw invalidArgument(pe.field ?? `${f}.policy`, pe.message.replace(/^[^:]*: /, ""));
     }
-    return { name: p.name, checkpoint: p.checkpoint, planFile, plan, endpoints, policy };
+    return { name: p.name, checkpoint: p.checkpoint, hfEndpoint, planFile, plan, endpoints, policy };
   });
   return { pools };
 }

@@ -116,7 +116,7 @@ export const checkpointSchema = obj(
       "With uri: the disk the download needs on each worker's node (e.g. 100Gi): requested as the init container's ephemeral storage, so the scheduler places the pod where it fits, and the limit of the pod's checkpoint emptyDir. Unset: no request, no limit.",
     ),
     endpoint: str(
-      "With an hf:// uri: the Hugging Face Hub endpoint to download from instead of https://huggingface.co (a mirror or proxy of the Hub, e.g. https://hf-mirror.example.com), an http(s) URL, given to the workers' fetch-checkpoint init container as HF_ENDPOINT; over http:// the tokenSecret's token travels unencrypted (an in-cluster mirror). The router reads its own HF_ENDPOINT (the chart's router.extraEnv).",
+      "With an hf:// uri: the Hugging Face Hub endpoint to download from instead of https://huggingface.co (a mirror or proxy of the Hub, e.g. https://hf-mirror.example.com), an http(s) URL, given to the workers' fetch-checkpoint init container as HF_ENDPOINT, and to the router (the pool's hfEndpoint in its config), which downloads the pool's gate tensors from it; over http:// the tokenSecret's token travels unencrypted (an in-cluster mirror).",
       { maxLength: 2048, pattern: "^https?://[^\\s/][^\\s]*$" },
     ),
     tokenSecret: obj(

@@ -78,6 +78,22 @@ describe("buildRouterConfig", () => {
     expect(cfg.pools[1].policy).toEqual(defaultRoutingPolicy()); // its policy does not resolve (topK 99 > 8)
     expect(cfg.pools[0].checkpoint).toBe("/models/mix");
     expect(cfg.pools[0].endpoints["a-0"]).toBe("a-0.a-workers.ns.svc:50061");
+    expect(cfg.pools[0]).not.toHaveProperty("hfEndpoint");
+  });
+
+  it("passes an hf:// pool's checkpoint.endpoint (its Hub mirror) to the router, which downloads its gate from it", () => {
+    const m = testPool({}, "m");
+    m.spec.model.checkpoint = { uri: "hf://org/m", endpoint: "https://hf-mirror.example.com" };
+    const r = desiredPlan(m, undefined);
+    if (!r.ok) throw new Error(r.message);
+    const cfg = buildRouterConfig({
+      pools: [m],
+      policies: [],
+      plans: new Map([["ns/m", r.plan]]),
+      routerNamespace: "ns",
+      defaults: defaultRoutingPolicy(),
+    });
+    expect(cfg.pools[0]).toMatchObject({ checkpoint: "hf://org/m", hfEndpoint: "https://hf-mirror.example.com" });
   });
 });
 

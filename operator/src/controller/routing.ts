@@ -79,6 +79,8 @@ export function buildPolicyStatus(
 export interface RouterPoolConfig {
   name: string;
   checkpoint: string;
+  /** checkpoint.endpoint: the Hub mirror the router downloads an hf:// checkpoint's gate tensors from */
+  hfEndpoint?: string;
   plan: PlacementPlan;
   endpoints: Record<string, string>;
   policy: ResolvedPolicy;
@@ -198,6 +200,7 @@ export function buildRouterConfig(i: RouterInputs): { pools: RouterPoolConfig[] 
     out.push({
       name: routerPoolName(pool, i.routerNamespace),
       checkpoint: routerCheckpointPath(pool),
+      ...(pool.spec.model.checkpoint.endpoint ? { hfEndpoint: pool.spec.model.checkpoint.endpoint } : {}),
       plan,
       endpoints: plan.endpoints ?? {},
       policy: winningPolicy(pool, byPool.get(key) ?? [])?.policy ?? i.defaults,
