@@ -308,6 +308,7 @@ describe("worker over two GPUs (gpusPerWorker 2; fake CUDA addon)", () => {
     expect(fake.calls.uploads).toHaveLength(4);
     const text = await (await fetch(`http://127.0.0.1:${h.w.metricsPort}/metrics`)).text();
     expect(metric(text, "switchyard_worker_gpu_cache_capacity_experts")).toBe(4);
+    expect(metric(text, "switchyard_worker_devices")).toBe(2);
     expect(backend.describe()).toMatch(/^2 devices, experts split among them: \[0\] cuda \(device 0, fake/);
   });
 });

@@ -35,6 +35,7 @@ export class WorkerMetrics {
   readonly queueDepth: Gauge;
   readonly queuedRows: Gauge;
   readonly backendInfo: Gauge<"backend">;
+  readonly devices: Gauge;
   readonly ready: Gauge;
   readonly warmupLoaded: Gauge;
   readonly warmupTarget: Gauge;
@@ -199,6 +200,11 @@ export class WorkerMetrics {
       name: "switchyard_worker_backend_info",
       help: "The compute backend in use (value 1).",
       labelNames: ["backend"],
+      registers,
+    });
+    this.devices = new Gauge({
+      name: "switchyard_worker_devices",
+      help: "GPUs the worker runs its experts on (worker.gpusPerWorker's; 0 on CPU).",
       registers,
     });
     // The warm-up (warm.ts): what the readiness probe waits for, visible while a large pool comes up.

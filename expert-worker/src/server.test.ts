@@ -353,6 +353,7 @@ describe("Prefetch, Evict, Status, health, metrics", () => {
       'switchyard_worker_gpu_cache_hits_total{pool="p",worker="w0"} 0', // GPU tier series exist on CPU too, at 0
       'switchyard_worker_gpu_cache_capacity_experts{pool="p",worker="w0"} 0',
       `switchyard_worker_backend_info{backend="cpu",pool="p",worker="w0"} 1`,
+      'switchyard_worker_devices{pool="p",worker="w0"} 0', // on CPU
       'switchyard_worker_ready{pool="p",worker="w0"} 1', // started with warm: false: ready at once
       'switchyard_worker_warmup_target_experts{pool="p",worker="w0"} 0',
     ])

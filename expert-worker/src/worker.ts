@@ -132,6 +132,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
     const metrics = new WorkerMetrics({ pool: o.metricsPool ?? o.pool, worker: o.workerId });
     metrics.backendInfo.set({ backend: backend.kind }, 1);
+    metrics.devices.set(backend.kind === "cuda" ? (backend.deviceCount ?? 1) : 0);
     const capacity = o.cacheCapacity ?? Math.max(1, servedCount);
     // The GPU tier (CUDA): --cache-capacity sizes its slots too (unset: the backend's own default, what fits on
     // the device), and its events feed the switchyard_worker_gpu_cache_* series.

@@ -143,6 +143,7 @@ export function mergeBatches(env: NodeJS.ProcessEnv): boolean {
 export class CudaBackend implements ExpertBackend {
   readonly name = "cuda" as const;
   readonly kind = "cuda" as const;
+  readonly deviceCount = 1;
   /** Deduplicated batches gathered and summed on the GPU; SWITCHYARD_CUDA_TOKEN_ROWS=host does both on the host (A/B). */
   readonly takesTokenRows: boolean;
   /** SWITCHYARD_CUDA_RUNS_IN_FLIGHT (1-3, default 2): batches staged and queued on the GPU at once. */

@@ -105,6 +105,9 @@ export class MultiDeviceBackend implements ExpertBackend {
   readonly takesTokenRows: boolean;
   readonly runsInFlight: number | undefined;
   readonly mergesBatches: boolean | undefined;
+  get deviceCount(): number {
+    return this.devices.length;
+  }
   /**
    * Live experts per device: where the next one goes. Counted down on discard, or when the prepared expert is
    * collected: the host tier drops some it loaded without keeping them (a warm-up finding no room, an expert let go

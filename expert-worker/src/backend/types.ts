@@ -77,6 +77,8 @@ export interface ExpertBackend {
   readonly name: BackendName;
   /** What Status and switchyard_worker_backend_info report: cpu | cuda. */
   readonly kind: "cpu" | "cuda";
+  /** GPUs it runs on (a multi-device backend: its devices; a CUDA backend 1); absent on CPU. */
+  readonly deviceCount?: number;
   /** One human-readable line for the start-up log (ISA, threads, library...). */
   describe(): string;
   prepare(weights: ExpertWeights): Promise<PreparedExpert>;
