@@ -233,6 +233,17 @@ export const DASHBOARDS: DashboardSpec[] = [
               },
             ],
           },
+          {
+            title: "GPUs per worker",
+            description:
+              "GPUs each worker runs its experts on: the pod's worker.gpusPerWorker, split among them (0 on CPU workers). With several, a batch's GPU time above is its busiest device's; one worker per GPU is the faster layout (expert-worker/README.md).",
+            type: "timeseries",
+            unit: "short",
+            min: 0,
+            targets: [
+              { expr: `max by (pool, worker) (switchyard_worker_devices{${POOL}})`, legendFormat: "{{worker}}" },
+            ],
+          },
         ],
       },
       {
