@@ -22,10 +22,9 @@ import sys
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from transformers_parity import BLOCKS, fill_block, load_checkpoint  # noqa: E402
+from transformers_parity import BLOCKS, build_block  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -49,16 +48,7 @@ def main():
         family, mod_name, cls_name, sub = BLOCKS[cfg["model_type"]]
         dtype = DTYPES[cfg.get("torch_dtype") or cfg.get("dtype")]
         mod = __import__(mod_name, fromlist=[cls_name])
-        config = AutoConfig.from_pretrained(d)
-        for attr in ("_experts_implementation", "experts_implementation"):
-            try:
-                setattr(config, attr, "eager")
-            except Exception:
-                pass
-        block = getattr(mod, cls_name)(config).float().eval()
-        ckpt = load_checkpoint(d)
-        n_exp = {"mixtral": "num_local_experts", "deepseek-v3": "n_routed_experts"}.get(family, "num_experts")
-        fill_block(block, family, ckpt, f"model.layers.0.{sub}", getattr(config, n_exp))
+        block, _, _ = build_block(d, mod, getattr(mod, cls_name), family, sub)
         bias = block.gate.e_score_correction_bias.detach().clone() if family == "deepseek-v3" else None
         block = block.to(device=device, dtype=dtype)
         if bias is not None:  # the fp32 values, not the bf16 ones .to() left (a widened bf16 bias picks other experts)

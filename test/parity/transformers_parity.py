@@ -84,6 +84,21 @@ def fill_block(block, family, ckpt, prefix, num_experts):
     return layout
 
 
+def build_block(d, mod, cls, family, sub):
+    """The family's block built from the checkpoint dir d's config.json in fp32 (eager experts), filled from its
+    safetensors; returns (block, config, weight layout found)."""
+    config = AutoConfig.from_pretrained(d)
+    for attr in ("_experts_implementation", "experts_implementation"):
+        try:
+            setattr(config, attr, "eager")
+        except Exception:
+            pass
+    block = cls(config).float().eval()
+    n_exp = {"mixtral": "num_local_experts", "deepseek-v3": "n_routed_experts"}.get(family, "num_experts")
+    layout = fill_block(block, family, load_checkpoint(d), f"model.layers.0.{sub}", getattr(config, n_exp))
+    return block, config, layout
+
+
 def main():
     in_dir, out_dir = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)
@@ -108,16 +123,7 @@ def main():
         try:
             mod = __import__(mod_name, fromlist=[cls_name])
             cls = getattr(mod, cls_name)
-            config = AutoConfig.from_pretrained(d)
-            for attr in ("_experts_implementation", "experts_implementation"):
-                try:
-                    setattr(config, attr, "eager")
-                except Exception:
-                    pass
-            block = cls(config).float().eval()
-            ckpt = load_checkpoint(d)
-            n_exp = {"mixtral": "num_local_experts", "deepseek-v3": "n_routed_experts"}.get(family, "num_experts")
-            layout = fill_block(block, family, ckpt, f"model.layers.0.{sub}", getattr(config, n_exp))
+            block, _, layout = build_block(d, mod, cls, family, sub)
             x = inputs[name].float()
             with torch.no_grad():
                 y = block(x.unsqueeze(0))

@@ -165,7 +165,7 @@ export class MultiDeviceBackend implements ExpertBackend {
       device,
       parts: chunkBySlots(g, this.devices[device].deviceCacheStats?.()?.capacity),
     }));
-    if (shares.length === 1 && shares[0].parts.length === 1 && by.size === 1) {
+    if (shares.length === 1 && shares[0].parts.length === 1) {
       // every slice with rows on one device, within its slots: the request as it came, with that device's experts
       const device = shares[0].device;
       const mine = req.slices.filter((s) => s.count > 0);
