@@ -9,7 +9,9 @@ import {
   readLayerFloat32,
   referenceMoeBlock,
   resolveRoutingPolicy,
+  roundToDtype,
   routerLogits,
+  sharedGateScale,
   toFloat32,
 } from "@switchyard/moe";
 import { bf16ToF32, DType, f32ToBf16, SwitchyardError } from "@switchyard/protocol";
@@ -177,6 +179,53 @@ describe("CheckpointModel shared expert", () => {
       expect(num / den).toBeLessThan(1e-3);
     });
   }
+});
+
+describe("CheckpointModel shared expert in a half-precision model", () => {
+  let dir: string;
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it("qwen2-moe: shared(), sharedScale() and sharedBatch() gate as the reference block does for the request's dtype", async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-ckshared-half-"));
+    const d = 64;
+    await generateCheckpoint({ family: "qwen2-moe", dir, seed: 11, layers: 1, hiddenSize: d, intermediateSize: 16 });
+    const model = await CheckpointModel.open(dir);
+    const ckpt = await openCheckpoint(dir);
+    const spec = ckpt.spec;
+    const w = await readLayerFloat32(ckpt, 0);
+    await ckpt.close();
+    await model.loadShared(0);
+    const T = 256;
+    const x = bf16ToF32(f32ToBf16(normals(T * d, 3))); // a bf16 request's rows, widened
+    // weight 0 on a routed expert: the reference block's output is its shared expert alone
+    const routing = { tokens: T, k: 1, ids: new Int32Array(T), weights: new Float32Array(T) };
+    const scales: Float32Array[] = [];
+    for (const [dtype, activations] of [
+      [DType.FLOAT32, "float32"],
+      [DType.BFLOAT16, "bfloat16"],
+    ] as const) {
+      const want = referenceMoeBlock(spec, w, x, { routing, activations }).output;
+      expect(Array.from(model.shared(0, x, T, dtype)!)).toEqual(Array.from(want));
+      const scale = model.sharedScale(0, () => x, T, dtype)!;
+      expect(Array.from(scale)).toEqual(Array.from(sharedGateScale(spec, x, w.sharedGate!, activations)));
+      scales.push(scale);
+      const run = model.sharedBatch(0, x, T, dtype);
+      if (!run) continue; // no native addon: the router runs shared()
+      const got = await run;
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < want.length; i++) {
+        num = Math.max(num, Math.abs(got[i] - want[i]));
+        den = Math.max(den, Math.abs(want[i]));
+      }
+      expect(num / den).toBeLessThan(1e-3);
+    }
+    const [fp32, bf16] = scales;
+    // bf16 values, which differ from the fp32 gate's on most tokens
+    expect(Array.from(roundToDtype(bf16.slice(), "bfloat16"))).toEqual(Array.from(bf16));
+    expect(bf16.filter((v, t) => v !== fp32[t]).length).toBeGreaterThan(T / 2);
+    expect(model.shared(0, x, T)).toEqual(model.shared(0, x, T, DType.FLOAT32)); // the default: fp32
+  });
 });
 
 /** Seeded N(0, 1) values (Box-Muller over mulberry32), so a failing case replays. */

@@ -20,6 +20,7 @@ import {
   referenceExpertFFN,
   roundToDtype,
   routerLogits,
+  sharedGateScale,
   sharedSlices,
   sigmoidGroupTopK,
   softmaxTopK,
@@ -253,20 +254,19 @@ export class CheckpointModel implements PoolModel {
     return routing;
   }
 
-  shared(layer: number, hidden: Float32Array, tokens: number): Float32Array | null {
+  shared(layer: number, hidden: Float32Array, tokens: number, dtype: DType = DType.FLOAT32): Float32Array | null {
     const w = this.layer(layer);
     const raw = this.sharedOf(layer, w);
     if (!raw) return null;
     w.shared ??= expertToFloat32(raw);
     const d = this.hiddenSize;
     const y = referenceExpertFFN(hidden, d, [{ expert: 0, offset: 0, count: tokens }], () => w.shared!);
-    if (w.sharedGate) {
-      const gl = routerLogits(hidden, w.sharedGate, d);
+    const scale = this.sharedGateOf(w, hidden, dtype);
+    if (scale)
       for (let t = 0; t < tokens; t++) {
-        const s = 1 / (1 + Math.exp(-gl[t]));
+        const s = scale[t];
         for (let j = 0; j < d; j++) y[t * d + j] *= s;
       }
-    }
     return y;
   }
 
@@ -276,7 +276,12 @@ export class CheckpointModel implements PoolModel {
    * at Qwen1.5-MoE-A2.7B's 2048 x 5632 shared expert and 76.6 ms at DeepSeek-V3's, this 1.71 and 1.93 ms
    * (bench/results/router-shared.json); a flush of decode tokens is bound by reading the expert's weights once. null when the native addon is not built (the router then calls shared()).
    */
-  sharedBatch(layer: number, hidden: Float32Array, tokens: number): Promise<Float32Array> | null {
+  sharedBatch(
+    layer: number,
+    hidden: Float32Array,
+    tokens: number,
+    dtype: DType = DType.FLOAT32,
+  ): Promise<Float32Array> | null {
     const w = this.layer(layer);
     const addon = loadNativeAddon();
     const raw = this.sharedOf(layer, w);
@@ -285,7 +290,7 @@ export class CheckpointModel implements PoolModel {
     const backend = this.nativeBackend;
     w.sharedPrepared ??= backend.prepare(raw);
     const d = this.hiddenSize;
-    const rowWeights = this.sharedGateOf(w, hidden, tokens) ?? undefined;
+    const rowWeights = this.sharedGateOf(w, hidden, dtype) ?? undefined;
     return w.sharedPrepared.then(async (expert) => {
       const out = await backend.run({
         dtype: DType.FLOAT32,
@@ -299,21 +304,23 @@ export class CheckpointModel implements PoolModel {
     });
   }
 
-  sharedScale(layer: number, hidden: () => Float32Array, tokens: number): Float32Array | null {
+  sharedScale(
+    layer: number,
+    hidden: () => Float32Array,
+    _tokens: number,
+    dtype: DType = DType.FLOAT32,
+  ): Float32Array | null {
     const w = this.layer(layer);
-    return w.sharedGate ? this.sharedGateOf(w, hidden(), tokens) : null;
+    return w.sharedGate ? this.sharedGateOf(w, hidden(), dtype) : null;
   }
 
   /**
-   * Qwen2-MoE's sigmoid shared-expert gate per token (the native run's row scale), or null when it has none. shared()
-   * keeps its own copy of this loop: it scales by the gate in double, as it always has, where a row scale is fp32.
+   * Qwen2-MoE's sigmoid shared-expert gate per token, or null when it has none: the reference block's own
+   * (sharedGateScale), so that shared(), the native run's row scale and the workers' slice weight all give what
+   * transformers does for hidden states of `dtype` (a bf16 scale from bf16 ones).
    */
-  private sharedGateOf(w: LayerWeights, hidden: Float32Array, tokens: number): Float32Array | null {
-    if (!w.sharedGate) return null;
-    const gl = routerLogits(hidden, w.sharedGate, this.hiddenSize);
-    const g = new Float32Array(tokens);
-    for (let t = 0; t < tokens; t++) g[t] = 1 / (1 + Math.exp(-gl[t]));
-    return g;
+  private sharedGateOf(w: LayerWeights, hidden: Float32Array, dtype: DType): Float32Array | null {
+    return w.sharedGate ? sharedGateScale(this.spec, hidden, w.sharedGate, weightDType(dtype)) : null;
   }
 }
 

@@ -44,14 +44,16 @@ export interface PoolModel {
   /**
    * The shared-expert contribution [tokens, d] (fp32), gate included (Qwen2-MoE's sigmoid gate), or null when
    * the model has none. The router computes it in-process while the routed experts run on workers: every token
-   * needs it (no routing, no batching benefit), and it saves a second trip over the wire.
+   * needs it (no routing, no batching benefit), and it saves a second trip over the wire. `dtype` (default FLOAT32)
+   * is the one the hidden states came in, widened: Qwen2-MoE's gate rounds its logit and its sigmoid to it, as
+   * transformers' does in a bf16 model.
    */
-  shared(layer: number, hidden: Float32Array, tokens: number): Float32Array | null;
+  shared(layer: number, hidden: Float32Array, tokens: number, dtype?: DType): Float32Array | null;
   /**
    * The same for the tokens of a whole flush at once, off the event loop (the native kernels); null when the model
    * cannot (the router then calls shared() per request).
    */
-  sharedBatch?(layer: number, hidden: Float32Array, tokens: number): Promise<Float32Array> | null;
+  sharedBatch?(layer: number, hidden: Float32Array, tokens: number, dtype?: DType): Promise<Float32Array> | null;
   /**
    * Makes the layer's shared expert ready for shared() / sharedBatch() (a checkpoint read the first time); absent
    * when the model holds it already. The router awaits it in a flush that computes the shared expert itself.
@@ -68,6 +70,7 @@ export interface PoolModel {
    * The per-token weight of the shared expert's slices when the workers run them: Qwen2-MoE's sigmoid
    * shared-expert gate [tokens], or null for weight 1 (DeepSeek-V3). `hidden` is asked for only where a gate needs
    * it: widening a request's bf16 rows cost DeepSeek-V3's router ~3% of its event loop for a scale it does not have.
+   * `dtype` as for shared().
    */
-  sharedScale?(layer: number, hidden: () => Float32Array, tokens: number): Float32Array | null;
+  sharedScale?(layer: number, hidden: () => Float32Array, tokens: number, dtype?: DType): Float32Array | null;
 }

@@ -677,9 +677,18 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
   });
 
   it("serves /pools: each pool's dimensions, MoE layers, plan version and workers", async () => {
-    const res = await fetch(`http://127.0.0.1:${served.metricsPort}/pools`);
-    expect(res.headers.get("content-type")).toMatch(/application\/json/);
-    const { pools } = (await res.json()) as { pools: PoolSummary[] };
+    // A worker's data path opens asynchronously, after the earlier tests' first batches to it: on a loaded machine
+    // the second one can still be connecting when this test starts (it failed so twice), so wait for both a while.
+    const get = async () => {
+      const res = await fetch(`http://127.0.0.1:${served.metricsPort}/pools`);
+      expect(res.headers.get("content-type")).toMatch(/application\/json/);
+      return ((await res.json()) as { pools: PoolSummary[] }).pools;
+    };
+    let pools = await get();
+    for (let i = 0; i < 50 && transport !== "grpc" && pools[0]?.workers.some((w) => !w.dataPath); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      pools = await get();
+    }
     expect(pools).toEqual([
       {
         name: "toy",
@@ -795,9 +804,15 @@ describe("router: the shared expert batched per flush", () => {
   let t: ToyRouter;
   let mode: "ok" | "fail" | "none" = "ok";
   const runs: number[] = []; // tokens per sharedBatch run
+  const dtypes: (DType | undefined)[] = []; // what sharedBatch and shared were told the hidden states came in
   const batched: PoolModel = {
     ...toy,
-    sharedBatch(layer, h, T) {
+    shared(layer, h, T, dtype) {
+      dtypes.push(dtype);
+      return toy.shared(layer, h, T);
+    },
+    sharedBatch(layer, h, T, dtype) {
+      dtypes.push(dtype);
       if (mode === "none") return null;
       runs.push(T);
       return new Promise((res, rej) =>
@@ -812,10 +827,10 @@ describe("router: the shared expert batched per flush", () => {
   });
   afterAll(() => t?.close());
 
-  const call = (h: Float32Array, T: number) =>
+  const call = (h: Float32Array, T: number, dtype = DType.FLOAT32) =>
     new Promise<ForwardResponse>((resolve, reject) =>
       t.client.forward(
-        { pool: "toy", layer: 1, hidden: encodeTensor(h, [T, D], DType.FLOAT32), gate: undefined, requestId: 0n },
+        { pool: "toy", layer: 1, hidden: encodeTensor(h, [T, D], dtype), gate: undefined, requestId: 0n },
         new Metadata(),
         { deadline: Date.now() + 5000 },
         (e, r) => (e ? reject(fromGrpcError(e)) : resolve(r)),
@@ -855,6 +870,19 @@ describe("router: the shared expert batched per flush", () => {
     );
     expect(runs).toEqual([]);
   });
+
+  it("tells the model the dtype the hidden states came in (Qwen2-MoE's shared gate rounds to it)", async () => {
+    for (const m of ["ok", "none"] as const) {
+      mode = m;
+      dtypes.length = 0;
+      await call(hidden(2, 53), 2, DType.BFLOAT16);
+      await call(hidden(2, 54), 2);
+      // batched: one sharedBatch call each; else the batch declines and shared() runs
+      expect(dtypes).toEqual(
+        m === "ok" ? [DType.BFLOAT16, DType.FLOAT32] : [DType.BFLOAT16, DType.BFLOAT16, DType.FLOAT32, DType.FLOAT32],
+      );
+    }
+  });
 });
 
 // The shared expert run by the workers as slices placed like experts (ids E, E+1): the router adds a slot per slice
@@ -871,10 +899,14 @@ describe("router: the shared expert on the workers, as slices", () => {
   const workers = [0, 1, 2].map((i) => new FakeWorker({ id: `w${i}`, expert: sliceFn, served: everything }));
   let t: ToyRouter;
   let sharedCalls = 0;
+  const scaleDtypes: (DType | undefined)[] = [];
   const sliced: PoolModel = {
     ...toy,
     sharedSlices: SLICES,
-    sharedScale: (_layer, h, T) => sharedW(h(), T),
+    sharedScale: (_layer, h, T, dtype) => {
+      scaleDtypes.push(dtype);
+      return sharedW(h(), T);
+    },
     shared(layer, h, T) {
       sharedCalls++;
       return toy.shared(layer, h, T);
@@ -919,6 +951,13 @@ describe("router: the shared expert on the workers, as slices", () => {
     const heat = await t.router.metrics.registry.getSingleMetricAsString("switchyard_router_expert_tokens_total");
     expect(heat).toMatch(/layer="1",expert="4"} 6\b/);
     expect(heat).toMatch(/layer="1",expert="5"} 6\b/);
+  });
+
+  it("tells the model's shared scale the dtype the hidden states came in", async () => {
+    scaleDtypes.length = 0;
+    await call({ hidden: encodeTensor(hidden(2, 72), [2, D], DType.BFLOAT16) });
+    await call({ hidden: encodeTensor(hidden(2, 73), [2, D], DType.FLOAT32) });
+    expect(scaleDtypes).toEqual([DType.BFLOAT16, DType.FLOAT32]);
   });
 
   it("adds the slices to explicit assignments too", async () => {

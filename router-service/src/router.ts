@@ -454,7 +454,7 @@ export class Router {
       // not at all when the engine computes it itself (routed_only).
       const withShared = m.hasShared && req.routedOnly !== true;
       const onWorkers = withShared && p.sharedLayers.has(req.layer) && p.slicesServed(req.layer);
-      const sharedScale = onWorkers ? (m.sharedScale?.(req.layer, hidden32, T) ?? null) : null;
+      const sharedScale = onWorkers ? (m.sharedScale?.(req.layer, hidden32, T, h.dtype) ?? null) : null;
       // A gate from the hidden states is one product for many requests' tokens (FlushGate: started while they wait
       // in the batcher, or at their flush), which reads the gate's weights once (7.3 MB at DeepSeek-V3) where one a
       // request read them per token.
@@ -623,14 +623,14 @@ export class Router {
         // Else the shared expert runs here, in TypeScript, while the first round's batches are on the workers.
         if (r === 0 && !sharedAll)
           for (const it of items)
-            if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens);
+            if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens, it.dtype);
         await sent;
         if (items.every((i) => i.done)) return;
       }
       if (sharedAll) await sharedAll;
       else if (rounds.length === 0)
         for (const it of items)
-          if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens);
+          if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens, it.dtype);
       for (const it of items) {
         if (it.done) continue;
         const stats = {
@@ -1020,7 +1020,8 @@ function sharedForFlush(m: PoolModel, layer: number, items: Item[]): Promise<voi
       off += it.tokens;
     }
   }
-  const run = m.sharedBatch!(layer, all, n);
+  // one dtype for all: the batcher keys a flush by (layer, dtype)
+  const run = m.sharedBatch!(layer, all, n, need[0].dtype);
   if (!run) return null;
   const done = run.then((out) => {
     let off = 0;

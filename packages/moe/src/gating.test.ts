@@ -9,6 +9,7 @@ import {
   groupByExpert,
   roundToDtype,
   routerLogits,
+  sharedGateScale,
   sigmoidGroupTopK,
   softmaxTopK,
   softmaxTopP,
@@ -313,6 +314,26 @@ describe("the gate's precision in a half-precision model (as transformers' block
     const rounded = roundToDtype(logits.slice(), "bfloat16");
     expect(rounded[1]).toBe(rounded[3]);
     expect(softmaxTopK(rounded, 8, { topK: 1, normTopKProb: true }).ids[0]).toBe(1);
+  });
+
+  it("Qwen2-MoE's shared-expert gate rounds its logit, then its sigmoid, to the activations' dtype", () => {
+    // x · w = 1 + 5 * 2^-10, exact in fp32 and fp16; bf16 (8 significant bits) rounds it up to 1 + 2^-7
+    const spec = defaultSpec("qwen2-moe", { hiddenSize: 2 });
+    const x = new Float32Array([1, 1, -1, -1]);
+    const w = new Float32Array([1, 5 * 2 ** -10]);
+    const l = 1 + 5 * 2 ** -10;
+    const fp32 = [1 / (1 + Math.exp(-l)), 1 / (1 + Math.exp(l))].map(Math.fround); // 0.732018, 0.267982
+    expect(Array.from(sharedGateScale(spec, x, w))).toEqual(fp32);
+    expect(Array.from(sharedGateScale(spec, x, w, "float32"))).toEqual(fp32);
+    // sigmoid(±(1 + 2^-7)) = 0.732586, 0.267414 -> bf16 188/256, 137/512; rounding only the fp32 sigmoid would give
+    // 187/256 and 137/512: the first token needs the logit rounded too
+    expect(Array.from(sharedGateScale(spec, x, w, "bfloat16"))).toEqual([188 / 256, 137 / 512]);
+    expect(Array.from(roundToDtype(Float32Array.from(fp32), "bfloat16"))).toEqual([187 / 256, 137 / 512]);
+    // fp16 keeps the logit; its sigmoid rounds to 11 significant bits (0.732018 * 2048 = 1499.17)
+    expect(Array.from(sharedGateScale(spec, x, w, "float16"))).toEqual([1499 / 2048, 549 / 2048]);
+    // a custom model's gate stays fp32, as its routed gate does (gateLogitsDtype)
+    const custom = defaultSpec("custom", { hiddenSize: 2, sharedExperts: 1, sharedExpertGate: true });
+    expect(Array.from(sharedGateScale(custom, x, w, "bfloat16"))).toEqual(fp32);
   });
 
   it("weightsDtype rounds the routing weights, top-k (TypeScript and kernel paths) and top-p", () => {

@@ -18,7 +18,8 @@
 // because bf16 logits tie: at Qwen3-30B-A3B's 128 experts 5.2% of tokens have equal k-th and (k+1)-th logits, and
 // unrounded fp32 logits picked other experts than transformers' bf16 block on 2.7% of tokens (Qwen1.5-MoE 1.6%,
 // Mixtral 0.1%); rounded, the same experts on every token as transformers on an H200
-// (bench/results/transformers-half-parity.json).
+// (bench/results/transformers-half-parity.json). Qwen2-MoE's sigmoid shared-expert gate rounds its logit and its
+// sigmoid to the activations' dtype too (sharedGateScale): fp32, it was off transformers' on every token.
 //
 // Ties: the lower expert id wins (a stable selection scan), so routing is deterministic. torch.topk has no such
 // rule: on the CPU (torch 2.11) topk of [1, 2, 2, 2, 0, 2] by 2 gives ids [3, 5] (bench/results/transformers-parity.json,
@@ -126,6 +127,26 @@ export function routerLogits(
     }
   }
   return o;
+}
+
+/**
+ * Qwen2-MoE's shared-expert gate, sigmoid(hidden · sharedGate) per token [T], as transformers computes it for hidden
+ * states of `activations`. shared_expert_gate is an nn.Linear like the routed gate, so its logit is rounded to the
+ * dtype gateLogitsDtype names (bf16 in a bf16 model), and F.sigmoid of that tensor computes in fp32 and rounds its
+ * result to the same dtype: the scale is itself a bf16 value there (on test/parity's Qwen1.5-MoE case, the fp32 one
+ * was off transformers' on every token, by up to 2.6e-3). The reference block and the router both scale the shared
+ * expert by this, so that the two cannot drift apart.
+ */
+export function sharedGateScale(
+  spec: ModelSpec,
+  hidden: Float32Array,
+  sharedGate: Float32Array,
+  activations: WeightDType = "float32",
+): Float32Array {
+  const dtype = gateLogitsDtype(spec, activations);
+  const s = roundToDtype(routerLogits(hidden, sharedGate, spec.hiddenSize), dtype);
+  for (let t = 0; t < s.length; t++) s[t] = 1 / (1 + Math.exp(-s[t]));
+  return roundToDtype(s, dtype);
 }
 
 /** The logits' shape against `experts`; returns the token count. */

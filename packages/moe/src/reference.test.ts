@@ -212,6 +212,39 @@ describe("referenceMoeBlock", () => {
       expect(Array.from(again.output)).toEqual(Array.from(r.output));
     });
   }
+  it("qwen2-moe in a bf16 model scales the shared expert by a bf16 sigmoid of a bf16 logit, as transformers does", () => {
+    // x · shared_expert_gate = 1 + 5 * 2^-10 (fp32 exact) rounds to bf16 1 + 2^-7; its sigmoid 0.732586 to 188/256
+    // (gating.test.ts: the fp32 gate's 0.732018 would round to 187/256). Routed experts with a zero down
+    // projection leave the shared expert alone in the output.
+    const d = 2;
+    const spec = defaultSpec("qwen2-moe", { hiddenSize: d, intermediateSize: 1, sharedIntermediateSize: 1 });
+    const zero = (): ExpertFFNWeights => ({ ...expertW(1, d, 1), down: new Float32Array(d) });
+    const shared: ExpertFFNWeights = {
+      hidden: d,
+      intermediate: 1,
+      gate: new Float32Array([1, 0]),
+      up: new Float32Array([1, 0]),
+      down: new Float32Array([1, 0]),
+    };
+    const w: MoeLayerWeights = {
+      gate: uniformTensor(1, "gate", spec.experts * d, 1),
+      experts: Array.from({ length: spec.experts }, zero),
+      shared,
+      sharedGate: new Float32Array([1, 5 * 2 ** -10]),
+    };
+    const x = new Float32Array([1, 1]);
+    const ffn = referenceExpertFFN(x, d, [{ expert: 0, offset: 0, count: 1 }], () => shared)[0]; // silu(1)
+    const bf16 = referenceMoeBlock(spec, w, x, { activations: "bfloat16" });
+    expect(Array.from(bf16.output)).toEqual([Math.fround((188 / 256) * ffn), 0]);
+    // with a given routing too (the router's explicit assignments; the local verifier's top-p)
+    const given = referenceMoeBlock(spec, w, x, { routing: bf16.routing, activations: "bfloat16" });
+    expect(Array.from(given.output)).toEqual(Array.from(bf16.output));
+    // fp32 activations keep the fp32 gate
+    const fp32 = referenceMoeBlock(spec, w, x);
+    const s = Math.fround(1 / (1 + Math.exp(-(1 + 5 * 2 ** -10))));
+    expect(Array.from(fp32.output)).toEqual([Math.fround(s * ffn), 0]);
+  });
+
   it("rejects missing weights", () => {
     const spec = defaultSpec("qwen2-moe", { hiddenSize: 4, intermediateSize: 2 });
     const w: MoeLayerWeights = {

@@ -20,6 +20,7 @@ import {
   type Routing,
   roundToDtype,
   routerLogits,
+  sharedGateScale,
 } from "./gating.js";
 import type { ModelSpec, WeightDType } from "./spec.js";
 
@@ -217,7 +218,8 @@ export interface MoeBlockOptions {
   gate?: GateConfig;
   /**
    * The dtype the hidden states came in (default float32): the gate computes in it where the family's does
-   * (gateLogitsDtype: bf16 logits for Mixtral and Qwen in a bf16 model).
+   * (gateLogitsDtype: bf16 logits for Mixtral and Qwen in a bf16 model), and so does Qwen2-MoE's shared-expert gate
+   * (sharedGateScale), with a given routing too.
    */
   activations?: WeightDType;
   /** The dtype of given `logits` (default float32): Qwen rounds the routing weights to it. */
@@ -291,9 +293,7 @@ export function referenceMoeBlock(
     if (spec.sharedExpertGate) {
       if (!w.sharedGate || w.sharedGate.length !== d)
         throw invalidArgument("weights.sharedGate", `required, length ${d}`);
-      const gl = routerLogits(hidden, w.sharedGate, d);
-      scale = new Float32Array(T);
-      for (let t = 0; t < T; t++) scale[t] = 1 / (1 + Math.exp(-gl[t]));
+      scale = sharedGateScale(spec, hidden, w.sharedGate, opts.activations);
     }
     for (let t = 0; t < T; t++) {
       const s = scale ? scale[t] : 1;

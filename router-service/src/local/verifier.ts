@@ -157,7 +157,10 @@ function run({ init, spec, layers: given }: VerifierData): void {
         weightsDtype: gateWeightsDtype(spec, logitsDtype),
       });
     }
-    const ref = referenceMoeBlock(spec, w, job.hidden, routing ? { routing } : { gate, activations: job.activations });
+    const ref = referenceMoeBlock(spec, w, job.hidden, {
+      ...(routing ? { routing } : { gate }),
+      activations: job.activations,
+    });
     const res: VerifyResult = { id: job.id, relErr: relError(job.output, ref.output) };
     parentPort!.postMessage(res);
   });
