@@ -6,6 +6,13 @@ export { desiredPlan } from "./controller/desired.js";
 export { HEAT_METRIC, heatQuery, parseHeat } from "./controller/heat.js";
 export * from "./controller/names.js";
 export { expectedImbalance, rebalancedPlan, rebalanceSettings } from "./controller/rebalance.js";
+export {
+  CONFIG_MAP_MAX_BYTES,
+  DEFAULT_CONFIG_LIMITS,
+  encodeRouterConfig,
+  ROUTER_CONFIG_GZ_KEY,
+  ROUTER_CONFIG_KEY,
+} from "./controller/router-config-fit.js";
 export { crdFiles, expertPoolCrd, routingPolicyCrd } from "./crd/crds.js";
 export { Manager, type ManagerOptions } from "./manager.js";
 export { parseOptions } from "./options.js";

@@ -13,8 +13,13 @@ import {
   planConfigMapName,
   WORKER_COMPONENT,
 } from "./controller/names.js";
-import { PolicyReconciler, policyKeysForPool, RouterConfigReconciler } from "./controller/policy-controller.js";
-import { PoolReconciler } from "./controller/pool-controller.js";
+import {
+  PolicyReconciler,
+  policyKeysForPool,
+  RouterConfigFit,
+  RouterConfigReconciler,
+} from "./controller/policy-controller.js";
+import { PoolReconciler, splitKey } from "./controller/pool-controller.js";
 import { Controller } from "./runtime/controller.js";
 import { EventRecorder } from "./runtime/events.js";
 import { Informer, type InformerEvent } from "./runtime/informer.js";
@@ -203,7 +208,25 @@ export class Manager {
       events,
       log: this.log.warn,
     });
-    const deps = { kube: this.kube, pools: this.pools, policies: this.policies, configMaps, recent, events, router };
+    const fit = new RouterConfigFit();
+    const deps = {
+      kube: this.kube,
+      pools: this.pools,
+      policies: this.policies,
+      configMaps,
+      recent,
+      events,
+      router,
+      fit,
+      // A pool that lost (or got back) its place in the router config: its policies' Ready says so.
+      onServedChanged: (keys: string[]) => {
+        for (const k of keys) {
+          const [namespace, pool] = splitKey(k);
+          enqueuePolicies(namespace, pool);
+        }
+      },
+    };
+    this.metrics.routerConfig = () => ({ bytes: fit.bytes, served: fit.served, leftOut: fit.leftOut.size });
     const policyRec = new PolicyReconciler(deps);
     const routerRec = new RouterConfigReconciler(deps);
     this.poolCtl = new Controller("expertpool", (k) => poolRec.reconcile(k), this.metrics, concurrency, this.log);

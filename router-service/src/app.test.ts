@@ -3,6 +3,7 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { gzipSync } from "node:zlib";
 import { generateCheckpoint } from "@switchyard/moe";
 import { DType, encodeTensor } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -313,6 +314,40 @@ describe("router process: config and plan reload without restart", () => {
     } finally {
       await app2.close();
     }
+  });
+
+  it("follows a config the operator wrote gzipped (router.json pointing at router.json.gz), and its changes", async () => {
+    const cfgPath = join(dir, "router.json");
+    const gzConfig = (v: number, holder: number) =>
+      gzipSync(
+        JSON.stringify({
+          pools: [
+            {
+              name: "p",
+              checkpoint: join(dir, "ckpt"),
+              plan: plan(v, holder),
+              endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+            },
+          ],
+        }),
+      );
+    await writeFile(join(dir, "router.json.gz"), gzConfig(10, 1));
+    await writeFile(cfgPath, JSON.stringify({ gzipFile: "router.json.gz" }));
+    // An earlier test started and closed another router on this same file: its close must leave this one's watch
+    // (unwatchFile(path) without the listener stopped every watch of the path).
+    await until(async () => (await version()) === 10);
+    // Only the gzipped document changes (the pointer stays): followed all the same.
+    await writeFile(join(dir, "router.json.gz"), gzConfig(11, 0));
+    await until(async () => (await version()) === 11);
+    const before = workers[0].rows;
+    await forward();
+    expect(workers[0].rows).toBeGreaterThan(before);
+
+    // A pointer to a file that is not gzip: the running config stays, the log names the file.
+    await writeFile(join(dir, "router.json.gz"), "not gzip");
+    await until(() => logs.some((l) => l.includes("config.gzipFile") && l.includes("not a gzip stream")));
+    expect(await version()).toBe(11);
+    await forward();
   });
 
   it("parses its command line, flags over env", () => {

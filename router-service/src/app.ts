@@ -3,13 +3,14 @@
 // A bad reload keeps the running config and logs the error naming the field.
 
 import { createHash } from "node:crypto";
-import { unwatchFile, watchFile } from "node:fs";
+import { type Stats, unwatchFile, watchFile } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fetchCheckpointTensors, routerTensorNames, validatePlan } from "@switchyard/moe";
 import { CheckpointModel } from "./checkpoint-model.js";
 import { type PlacementPlan, parsePlan, parseRouterConfig, type RouterConfig } from "./config.js";
+import { readConfigFile } from "./config-file.js";
 import { nativeCombineStatus } from "./core/native-combine.js";
 import type { WorkerTransport } from "./dispatch/worker-conn.js";
 import { type PoolSetup, Router } from "./router.js";
@@ -70,7 +71,8 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const router = new Router({ workerTransport: o.workerTransport });
   log(`combine: ${nativeCombineStatus()}`);
   const models = new Map<string, CheckpointModel>();
-  const watched = new Set<string>();
+  // Each path's own listener: unwatchFile(path) alone would also stop another app's watch of the same file.
+  const watched = new Map<string, (cur: Stats, prev: Stats) => void>();
 
   // Downloads of URI checkpoints run beside the config, not inside an apply: a pool whose download is under way (or
   // failed, until its retry) is unloaded with that reason, the other pools' changes apply meanwhile, and the router
@@ -158,7 +160,9 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
    * are told that reason; the other pools are applied. Returns the pools that failed.
    */
   const apply = async (): Promise<string[]> => {
-    const cfg = parseRouterConfig(await readJson(o.config, "config"));
+    const file = await readConfigFile(o.config);
+    for (const f of file.files) watch(f);
+    const cfg = parseRouterConfig(file.doc);
     const failed: string[] = [];
     const applied: string[] = [];
     for (const [i, p] of cfg.pools.entries()) {
@@ -207,10 +211,11 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   };
   function watch(path: string) {
     if (watched.has(path)) return;
-    watched.add(path);
-    watchFile(path, { interval, persistent: false }, (cur, prev) => {
+    const listener = (cur: Stats, prev: Stats) => {
       if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size || cur.ino !== prev.ino) onChange();
-    });
+    };
+    watched.set(path, listener);
+    watchFile(path, { interval, persistent: false }, listener);
   }
 
   // The first load's file must parse (a router without config has nothing to serve); a pool that cannot be loaded
@@ -240,7 +245,7 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
     async close() {
       stopDownloads.abort();
       if (pending) clearTimeout(pending);
-      for (const p of watched) unwatchFile(p);
+      for (const [p, listener] of watched) unwatchFile(p, listener);
       await server.close();
       router.close();
     },

@@ -654,7 +654,7 @@ export const routingPolicyStatusSchema = obj("Observed state of a RoutingPolicy.
   observedGeneration: int("metadata.generation this status describes.", { format: "int64" }),
   conditions,
   configMap: str(
-    "The router's ConfigMap the resolved policy is published in, as <namespace>/<name> (the operator's --router-configmap); key router.json holds every pool's router config, this policy's under its pool.",
+    "The router's ConfigMap the resolved policy is published in, as <namespace>/<name> (the operator's --router-configmap); key router.json holds every pool's router config, this policy's under its pool (past 256 KiB gzipped, as router.json.gz).",
     { maxLength: 253 },
   ),
   effective: freeform("The resolved policy the router uses: spec with defaults filled in."),

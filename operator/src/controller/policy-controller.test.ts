@@ -1,5 +1,6 @@
 // The RoutingPolicy reconciler over in-memory caches and a recording client: a policy is Ready only when the
 // router config uses it, and says why not otherwise (another policy wins, the pool has no plan).
+import { gunzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import type { ExpertPool, RoutingPolicy } from "../api/v1alpha1.js";
 import type { EventRecorder } from "../runtime/events.js";
@@ -8,7 +9,14 @@ import type { Kube } from "../runtime/kube.js";
 import { RecentWrites } from "../runtime/recent.js";
 import { desiredPlan } from "./desired.js";
 import { testPolicy, testPool } from "./fixtures.js";
-import { type PolicyDeps, PolicyReconciler, policyKeysForPool, RouterConfigReconciler } from "./policy-controller.js";
+import {
+  type PolicyDeps,
+  PolicyReconciler,
+  policyKeysForPool,
+  RouterConfigFit,
+  RouterConfigReconciler,
+} from "./policy-controller.js";
+import { type ConfigLimits, ROUTER_CONFIG_GZ_KEY, ROUTER_CONFIG_KEY } from "./router-config-fit.js";
 
 type Obj = { metadata?: { name?: string; namespace?: string; resourceVersion?: string } };
 
@@ -28,12 +36,13 @@ class FakeCache<T extends Obj> {
   }
 }
 
-function harness() {
+function harness(configLimits?: ConfigLimits) {
   let rv = 100;
   const pools = new FakeCache<ExpertPool>();
   const policies = new FakeCache<RoutingPolicy>();
   const configMaps = new FakeCache<Obj & { data?: Record<string, string> }>();
   const events: string[] = [];
+  const served: string[] = [];
   const kube = {
     apply: async (path: string, body: Obj & { status?: unknown }) => {
       const name = body.metadata?.name as string;
@@ -59,6 +68,9 @@ function harness() {
       emit: async (_o: unknown, type: string, reason: string) => void events.push(`${type} ${reason}`),
     } as unknown as EventRecorder,
     router: { namespace: "ns", name: "switchyard-router" },
+    fit: new RouterConfigFit(),
+    configLimits,
+    onServedChanged: (keys) => served.push(...keys),
     now: () => "2026-01-01T00:00:00Z",
   };
   const publishPlan = (pool: ExpertPool) => {
@@ -70,10 +82,12 @@ function harness() {
   const routerTopK = () =>
     JSON.parse(configMaps.get("ns", "switchyard-router")?.data?.["router.json"] ?? "{}").pools[0]?.policy.gating.topK;
   return {
+    deps,
     pools,
     policies,
     configMaps,
     events,
+    served,
     publishPlan,
     ready,
     routerTopK,
@@ -129,6 +143,93 @@ describe("PolicyReconciler", () => {
     h.publishPlan(pool);
     await h.policyRec.reconcile("ns/rp");
     expect(h.ready("rp")).toMatchObject({ status: "True", reason: "Resolved" });
+  });
+});
+
+describe("RouterConfigReconciler: a config past what a ConfigMap holds", () => {
+  // Pools of 24 layers x 64 experts on 8 workers, each created a day after the one before.
+  const bigPool = (name: string, day: number) => {
+    const p = testPool({ replicas: 8, model: { layers: 24, experts: 64 } }, name);
+    p.metadata.creationTimestamp = `2026-01-${String(day).padStart(2, "0")}T00:00:00Z`;
+    return p;
+  };
+
+  it("gzips it past the plain limit, and the router config decodes to every pool", async () => {
+    const h = harness({ plainMaxBytes: 4096, maxBytes: 1 << 20 });
+    for (const [i, n] of ["a", "b"].entries()) {
+      const p = bigPool(n, i + 1);
+      h.pools.put(p);
+      h.publishPlan(p);
+    }
+    await h.routerRec.reconcile();
+    const cm = h.configMaps.get("ns", "switchyard-router") as { data: Record<string, string> } & {
+      binaryData?: Record<string, string>;
+    };
+    expect(JSON.parse(cm.data[ROUTER_CONFIG_KEY])).toEqual({ gzipFile: ROUTER_CONFIG_GZ_KEY });
+    const doc = JSON.parse(gunzipSync(Buffer.from(cm.binaryData?.[ROUTER_CONFIG_GZ_KEY] ?? "", "base64")).toString());
+    expect(doc.pools.map((p: { name: string }) => p.name)).toEqual(["a", "b"]);
+    expect(h.deps.fit).toMatchObject({ compressed: true, served: 2 });
+    expect(h.deps.fit?.leftOut.size).toBe(0);
+  });
+
+  it("leaves the newest pools out with a Warning on each, and their policies say RouterConfigFull until room is made", async () => {
+    // Plans packed under random heat, 96 layers x 256 experts: irregular and large against the text every entry
+    // shares (its policy), so gzip finds little in common between pools, as between real ones.
+    let seed = 7;
+    const rand = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return (seed / 2 ** 31) * 1000;
+    };
+    const pools = ["a", "b", "c"].map((n, i) => bigPool(n, i + 1));
+    const plans = pools.map((p) => {
+      p.spec.model.layers = 96;
+      p.spec.model.experts = 256;
+      const r = desiredPlan(
+        p,
+        undefined,
+        Array.from({ length: 96 }, () => Array.from({ length: 256 }, rand)),
+      );
+      if (!r.ok) throw new Error(r.message);
+      return r.configMap;
+    });
+    const setUp = (limits: ConfigLimits, n = 3) => {
+      const h = harness(limits);
+      for (const [i, p] of pools.slice(0, n).entries()) {
+        h.pools.put(p);
+        h.configMaps.put({ ...plans[i], metadata: { ...plans[i].metadata, resourceVersion: "1" } } as never);
+      }
+      h.policies.put(testPolicy({}, "rp-c", "c"));
+      return h;
+    };
+    // What one pool takes gzipped (with the pointer), then room for two and a half of that.
+    const one = setUp({ plainMaxBytes: 0, maxBytes: 1 << 20 }, 1);
+    await one.routerRec.reconcile();
+    const bytes = one.deps.fit?.bytes ?? 0;
+    expect(bytes).toBeGreaterThan(8000);
+    const h = setUp({ plainMaxBytes: 0, maxBytes: Math.floor(bytes * 2.5) });
+    await h.routerRec.reconcile();
+    expect(h.deps.fit?.served).toBe(2);
+    expect([...(h.deps.fit?.leftOut.keys() ?? [])]).toEqual(["ns/c"]);
+    expect(h.events).toEqual(["Warning RouterConfigFull"]);
+    expect(h.served).toEqual(["ns/c"]);
+    await h.policyRec.reconcile("ns/rp-c");
+    expect(h.ready("rp-c")).toMatchObject({ status: "False", reason: "RouterConfigFull" });
+    expect(h.ready("rp-c")?.message).toMatch(
+      /^ExpertPool c is left out of the router config: ConfigMap ns\/switchyard-router holds at most/,
+    );
+    expect(h.events).toEqual(["Warning RouterConfigFull", "Warning RouterConfigFull"]); // the pool's, the policy's
+    // Unchanged caches: nothing new to say.
+    await h.routerRec.reconcile();
+    expect(h.events).toHaveLength(2);
+    expect(h.served).toEqual(["ns/c"]);
+
+    // "a" deleted: "c" fits, its policy is requeued and becomes Ready.
+    h.pools.del("ns", "a");
+    await h.routerRec.reconcile();
+    expect(h.deps.fit?.leftOut.size).toBe(0);
+    expect(h.served).toEqual(["ns/c", "ns/c"]);
+    await h.policyRec.reconcile("ns/rp-c");
+    expect(h.ready("rp-c")).toMatchObject({ status: "True", reason: "Resolved" });
   });
 });
 

@@ -1,5 +1,6 @@
 // RoutingPolicy reconciler (status: resolved or why not) and the router-config reconciler (one ConfigMap with
-// every pool's resolved config, docs/CONTRACTS.md "Router config"). Both re-read the caches on every pass.
+// every pool's resolved config that fits in it, docs/CONTRACTS.md "Router config"). Both re-read the caches on every
+// pass; the pools the last fit left out are shared between them (RouterConfigFit).
 import { isDeepStrictEqual } from "node:util";
 import type { V1ConfigMap } from "@kubernetes/client-node";
 import { defaultRoutingPolicy, type PlacementPlan } from "@switchyard/moe";
@@ -13,9 +14,21 @@ import { needsApply } from "./compare.js";
 import { planFromConfigMap } from "./desired.js";
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, planConfigMapName, STATUS_FIELD_MANAGER } from "./names.js";
 import { splitKey } from "./pool-controller.js";
-import { buildPolicyStatus, buildRouterConfig, policyOutcome } from "./routing.js";
+import { type ConfigLimits, fitRouterConfig, ROUTER_CONFIG_KEY } from "./router-config-fit.js";
+import { buildPolicyStatus, policyOutcome, routerConfigCandidates, routerConfigDocument } from "./routing.js";
 
-export const ROUTER_CONFIG_KEY = "router.json";
+export { ROUTER_CONFIG_KEY };
+
+/**
+ * What the last router-config pass wrote: the pools it had no room for ("namespace/pool" -> why), read by the
+ * policy reconciler for their policies' status, and the figures the operator's metrics show.
+ */
+export class RouterConfigFit {
+  leftOut = new Map<string, string>();
+  bytes = 0;
+  compressed = false;
+  served = 0;
+}
 
 export interface RouterTarget {
   namespace: string;
@@ -30,6 +43,12 @@ export interface PolicyDeps {
   recent: RecentWrites;
   events: EventRecorder;
   router: RouterTarget;
+  /** Shared by the two reconcilers of one manager; absent: every pool fits. */
+  fit?: RouterConfigFit;
+  /** What the router ConfigMap may hold; default: the API server's 1 MiB. */
+  configLimits?: ConfigLimits;
+  /** Called with the pools ("namespace/pool") whose place in the router config changed: their policies' status. */
+  onServedChanged?: (poolKeys: string[]) => void;
   now?: () => string;
 }
 
@@ -61,7 +80,8 @@ export class PolicyReconciler {
     const poolName = rp.spec.poolRef.name;
     const pool = this.d.pools.get(ns, poolName);
     // Judged as buildRouterConfig judges it, from the same caches: Ready=True only for the policy the router uses.
-    const res = policyOutcome(rp, pool, this.d.policies.list(ns), publishedPlan(this.d, ns, poolName));
+    const leftOut = this.d.fit?.leftOut.get(`${ns}/${poolName}`);
+    const res = policyOutcome(rp, pool, this.d.policies.list(ns), publishedPlan(this.d, ns, poolName), leftOut);
     const { status, transitions } = buildPolicyStatus(
       rp,
       res,
@@ -92,7 +112,13 @@ export class PolicyReconciler {
 export class RouterConfigReconciler {
   constructor(private readonly d: PolicyDeps) {}
 
-  desired(): V1ConfigMap {
+  desired(): {
+    configMap: V1ConfigMap;
+    leftOut: Map<string, string>;
+    bytes: number;
+    compressed: boolean;
+    served: number;
+  } {
     const pools = this.d.pools.list();
     const plans = new Map<string, PlacementPlan>();
     for (const p of pools) {
@@ -100,32 +126,66 @@ export class RouterConfigReconciler {
       const plan = publishedPlan(this.d, ns, p.metadata.name);
       if (plan) plans.set(`${ns}/${p.metadata.name}`, plan);
     }
-    const config = buildRouterConfig({
+    const candidates = routerConfigCandidates({
       pools: [...pools],
       policies: [...this.d.policies.list()],
       plans,
       routerNamespace: this.d.router.namespace,
       defaults: defaultRoutingPolicy(),
     });
-    return {
+    const { namespace, name } = this.d.router;
+    const fit = fitRouterConfig(candidates, routerConfigDocument, `${namespace}/${name}`, this.d.configLimits);
+    const configMap: V1ConfigMap = {
       apiVersion: "v1",
       kind: "ConfigMap",
       metadata: {
-        name: this.d.router.name,
-        namespace: this.d.router.namespace,
+        name,
+        namespace,
         labels: { [MANAGED_BY_LABEL]: MANAGED_BY, "app.kubernetes.io/component": "router-config" },
       },
-      data: { [ROUTER_CONFIG_KEY]: JSON.stringify(config) },
+      data: fit.data,
+      ...(fit.binaryData ? { binaryData: fit.binaryData } : {}),
     };
+    return { configMap, leftOut: fit.leftOut, bytes: fit.bytes, compressed: fit.compressed, served: fit.pools.length };
   }
 
   async reconcile(): Promise<undefined> {
     const { namespace, name } = this.d.router;
     const want = this.desired();
     const live = this.d.recent.pick("ConfigMap", namespace, name, this.d.configMaps.get(namespace, name));
-    if (!needsApply(want as never, live as never)) return undefined;
-    const out = await this.d.kube.apply<V1ConfigMap>(`${paths.configMaps(namespace)}/${name}`, want, FIELD_MANAGER);
-    this.d.recent.put("ConfigMap", namespace, name, out as KubeObject);
+    if (needsApply(want.configMap as never, live as never)) {
+      const out = await this.d.kube.apply<V1ConfigMap>(
+        `${paths.configMaps(namespace)}/${name}`,
+        want.configMap,
+        FIELD_MANAGER,
+      );
+      this.d.recent.put("ConfigMap", namespace, name, out as KubeObject);
+    }
+    this.published(want.leftOut, want);
     return undefined;
+  }
+
+  /** After a write (or none needed): the shared fit, a Warning on each pool newly left out, their policies requeued. */
+  private published(leftOut: Map<string, string>, figures: { bytes: number; compressed: boolean; served: number }) {
+    const fit = this.d.fit;
+    if (!fit) return;
+    const changed = [...new Set([...fit.leftOut.keys(), ...leftOut.keys()])].filter(
+      (k) => fit.leftOut.get(k) !== leftOut.get(k),
+    );
+    for (const k of changed) {
+      const why = leftOut.get(k);
+      if (!why || fit.leftOut.has(k)) continue;
+      const [ns, pool] = splitKey(k);
+      const p = this.d.pools.get(ns, pool);
+      if (p) {
+        const involved = { apiVersion: p.apiVersion, kind: p.kind, name: pool, namespace: ns, uid: p.metadata.uid };
+        void this.d.events.emit(involved, "Warning", "RouterConfigFull", `ExpertPool ${pool} is ${why}`);
+      }
+    }
+    fit.leftOut = leftOut;
+    fit.bytes = figures.bytes;
+    fit.compressed = figures.compressed;
+    fit.served = figures.served;
+    if (changed.length > 0) this.d.onServedChanged?.(changed);
   }
 }

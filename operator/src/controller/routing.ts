@@ -9,6 +9,7 @@ import {
 import type { ExpertPool, RoutingPolicy, RoutingPolicyStatus } from "../api/v1alpha1.js";
 import { mergeConditions, type Transition } from "./conditions.js";
 import { planConfigMapName } from "./names.js";
+import type { ConfigCandidate } from "./router-config-fit.js";
 
 export type Resolution = { ok: true; policy: ResolvedPolicy } | { ok: false; reason: string; message: string };
 
@@ -157,13 +158,15 @@ export function whyNotServed(pool: ExpertPool, plan: PlacementPlan | undefined):
 
 /**
  * A policy's outcome as the router sees it: resolved against its pool, the policy the router config uses for the
- * pool (`policies`: every cached policy), and the pool in the router config at all (`plan`: its published plan).
+ * pool (`policies`: every cached policy), and the pool in the router config at all (`plan`: its published plan;
+ * `leftOut`: why the router config had no room for the pool, from the last fit of it).
  */
 export function policyOutcome(
   rp: RoutingPolicy,
   pool: ExpertPool | undefined,
   policies: readonly RoutingPolicy[],
   plan: PlacementPlan | undefined,
+  leftOut?: string,
 ): Resolution {
   const res = resolvePolicy(rp, pool);
   if (!res.ok || !pool) return res;
@@ -179,35 +182,57 @@ export function policyOutcome(
   }
   const why = whyNotServed(pool, plan);
   if (why) return { ok: false, reason: "PoolNotServed", message: why };
+  if (leftOut)
+    return { ok: false, reason: "RouterConfigFull", message: `ExpertPool ${pool.metadata.name} is ${leftOut}` };
   return res;
 }
 
 /**
- * One router config for every pool that has a published plan. A pool uses its winningPolicy (the oldest that
- * resolves for it: deterministic when several point at one pool); without one, the defaults.
+ * The router config's entries, one for every pool that has a published plan, in the order they get room in the
+ * ConfigMap (router-config-fit.ts): the oldest pool first, then by namespace/name, so a new pool never takes an
+ * older one's place. A pool uses its winningPolicy (the oldest that resolves for it: deterministic when several
+ * point at one pool); without one, the defaults.
  */
-export function buildRouterConfig(i: RouterInputs): { pools: RouterPoolConfig[] } {
+export function routerConfigCandidates(i: RouterInputs): ConfigCandidate<RouterPoolConfig>[] {
   const byPool = new Map<string, RoutingPolicy[]>();
   for (const rp of i.policies) {
     const key = `${rp.metadata.namespace ?? "default"}/${rp.spec.poolRef.name}`;
     byPool.set(key, [...(byPool.get(key) ?? []), rp]);
   }
-  const out: RouterPoolConfig[] = [];
-  for (const pool of i.pools) {
-    const key = `${pool.metadata.namespace ?? "default"}/${pool.metadata.name}`;
+  const keyOf = (p: ExpertPool) => `${p.metadata.namespace ?? "default"}/${p.metadata.name}`;
+  const pools = [...i.pools].sort(
+    (a, b) =>
+      (a.metadata.creationTimestamp ?? "").localeCompare(b.metadata.creationTimestamp ?? "") ||
+      keyOf(a).localeCompare(keyOf(b)),
+  );
+  const out: ConfigCandidate<RouterPoolConfig>[] = [];
+  for (const pool of pools) {
+    const key = keyOf(pool);
     const plan = i.plans.get(key);
     if (!plan || whyNotServed(pool, plan)) continue;
     out.push({
-      name: routerPoolName(pool, i.routerNamespace),
-      checkpoint: routerCheckpointPath(pool),
-      ...(pool.spec.model.checkpoint.endpoint ? { hfEndpoint: pool.spec.model.checkpoint.endpoint } : {}),
-      plan,
-      endpoints: plan.endpoints ?? {},
-      policy: winningPolicy(pool, byPool.get(key) ?? [])?.policy ?? i.defaults,
+      key,
+      entry: {
+        name: routerPoolName(pool, i.routerNamespace),
+        checkpoint: routerCheckpointPath(pool),
+        ...(pool.spec.model.checkpoint.endpoint ? { hfEndpoint: pool.spec.model.checkpoint.endpoint } : {}),
+        plan,
+        endpoints: plan.endpoints ?? {},
+        policy: winningPolicy(pool, byPool.get(key) ?? [])?.policy ?? i.defaults,
+      },
     });
   }
-  out.sort((a, b) => a.name.localeCompare(b.name));
-  return { pools: out };
+  return out;
+}
+
+/** The router config document for these entries, sorted by name (the same pools write the same bytes). */
+export function routerConfigDocument(pools: readonly RouterPoolConfig[]): { pools: RouterPoolConfig[] } {
+  return { pools: [...pools].sort((a, b) => a.name.localeCompare(b.name)) };
+}
+
+/** One router config for every pool that has a published plan (before fitting it into a ConfigMap). */
+export function buildRouterConfig(i: RouterInputs): { pools: RouterPoolConfig[] } {
+  return routerConfigDocument(routerConfigCandidates(i).map((c) => c.entry));
 }
 
 export { planConfigMapName };

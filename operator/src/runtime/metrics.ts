@@ -28,9 +28,13 @@ export class OperatorMetrics {
   readonly restRequests: Counter<"code" | "method" | "host">;
   readonly leader: Gauge<"name">;
   readonly pools: Gauge<"condition">;
+  readonly routerConfigBytes: Gauge;
+  readonly routerConfigPools: Gauge<"state">;
   private queues: WorkQueue[] = [];
   /** Set by the manager: pools per Ready status, read at scrape time. */
   poolCounts: (() => Record<string, number>) | undefined;
+  /** Set by the manager: what the last router-config pass wrote, read at scrape time. */
+  routerConfig: (() => { bytes: number; served: number; leftOut: number }) | undefined;
 
   constructor(defaultMetrics = true) {
     const r = [this.registry];
@@ -130,6 +134,27 @@ export class OperatorMetrics {
       registers: r,
       collect: () => {
         for (const [k, v] of Object.entries(this.poolCounts?.() ?? {})) this.pools.set({ condition: k }, v);
+      },
+    });
+    this.routerConfigBytes = new Gauge({
+      name: "switchyard_operator_router_config_bytes",
+      help: "Size of the router config ConfigMap's values as the API server counts them (gzipped past 256 KiB); it refuses more than 1 MiB",
+      registers: r,
+      collect: () => {
+        const c = this.routerConfig?.();
+        if (c) this.routerConfigBytes.set(c.bytes);
+      },
+    });
+    this.routerConfigPools = new Gauge({
+      name: "switchyard_operator_router_config_pools",
+      help: "ExpertPools with a published plan by whether the router config holds them (served) or had no room (left_out)",
+      labelNames: ["state"],
+      registers: r,
+      collect: () => {
+        const c = this.routerConfig?.();
+        if (!c) return;
+        this.routerConfigPools.set({ state: "served" }, c.served);
+        this.routerConfigPools.set({ state: "left_out" }, c.leftOut);
       },
     });
     if (defaultMetrics) collectDefaultMetrics({ register: this.registry });

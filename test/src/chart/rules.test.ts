@@ -26,6 +26,7 @@ const ALERTS = [
   "SwitchyardWorkerGpuSaturated",
   "SwitchyardWorkerDataPathUnused",
   "SwitchyardOperatorReconcileErrors",
+  "SwitchyardRouterConfigFull",
 ];
 
 describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {

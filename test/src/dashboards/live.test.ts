@@ -397,7 +397,7 @@ describeWithCluster(
           data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> };
         }
       ).data.groups.flatMap((g) => g.rules);
-      expect(rules.length).toBe(10); // the chart's alerts (test/src/chart/rules.test.ts ALERTS)
+      expect(rules.length).toBe(11); // the chart's alerts (test/src/chart/rules.test.ts ALERTS)
       await waitUntil(
         async () => {
           const r = JSON.parse((await httpGet(`${prom.url}/api/v1/rules`)).body).data.groups.flatMap(

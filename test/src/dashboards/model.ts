@@ -661,6 +661,25 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "short",
             targets: [{ expr: "max by (condition) (switchyard_operator_pools)", legendFormat: "{{condition}}" }],
           },
+          {
+            title: "Router config size",
+            description:
+              "The router ConfigMap's values as the API server counts them (gzipped past 256 KiB) against the 1 MiB it refuses past. Max over operator replicas: only the leader writes it.",
+            type: "timeseries",
+            unit: "bytes",
+            targets: [
+              { expr: "max(switchyard_operator_router_config_bytes)", legendFormat: "router config" },
+              { expr: "vector(1048576)", legendFormat: "limit (1 MiB)" },
+            ],
+          },
+          {
+            title: "ExpertPools in the router config",
+            description:
+              "Pools with a published plan the router config holds, and those it had no room for: the routers do not serve them (Events RouterConfigFull name them; alert SwitchyardRouterConfigFull).",
+            type: "timeseries",
+            unit: "short",
+            targets: [{ expr: "max by (state) (switchyard_operator_router_config_pools)", legendFormat: "{{state}}" }],
+          },
         ],
       },
       {

@@ -2,8 +2,18 @@
 // kwok fake GPU nodes): pools become Ready, GPU shortage is reported, scale/edit/delete work, and the operator
 // converges without duplicates through its own restart, an API server restart and a leader change, then goes quiet.
 
+import { randomBytes } from "node:crypto";
 import { KubeConfig } from "@kubernetes/client-node";
-import { type Manager, paths } from "@switchyard/operator";
+import {
+  CONFIG_MAP_MAX_BYTES,
+  DEFAULT_CONFIG_LIMITS,
+  encodeRouterConfig,
+  type KubeError,
+  type Manager,
+  paths,
+  ROUTER_CONFIG_GZ_KEY,
+  ROUTER_CONFIG_KEY,
+} from "@switchyard/operator";
 import { describeWithCluster } from "@switchyard/test/cluster/vitest";
 import { afterAll, beforeAll, expect, it, vi } from "vitest";
 import { waitUntil } from "../cluster/index.js";
@@ -164,6 +174,50 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       },
       { timeoutMs: 20_000, what: "router config with the policy" },
     );
+  });
+
+  it("the router config's size as the API server counts it: gzipped up to the limit accepted, past 1 MiB refused", async () => {
+    // The operator decides from encodeRouterConfig's bytes whether a config fits (router-config-fit.ts); this checks
+    // that count and the 1 MiB limit against the API server itself, and that server-side apply drops the gzip when
+    // the config shrinks back to plain JSON.
+    const k = admin();
+    const path = "/api/v1/namespaces/life/configmaps/size-check";
+    const cm = (e: ReturnType<typeof encodeRouterConfig>) => ({
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { name: "size-check", namespace: "life" },
+      data: e.data,
+      ...(e.binaryData ? { binaryData: e.binaryData } : {}),
+    });
+    // Random hex gzips to ~55%: a document sized to land just under the limit, and one just over 1 MiB.
+    const sized = (target: number) => {
+      let n = Math.floor(target / 0.55);
+      for (let i = 0; i < 20; i++) {
+        const e = encodeRouterConfig({ pools: [{ name: "x", blob: randomBytes(Math.floor(n / 2)).toString("hex") }] });
+        if (e.bytes <= target && e.bytes > target - 4096) return e;
+        n = Math.floor((n * target) / e.bytes) - 64;
+      }
+      throw new Error(`no document of ${target} bytes gzipped`);
+    };
+    const full = sized(DEFAULT_CONFIG_LIMITS.maxBytes);
+    expect(full.compressed).toBe(true);
+    await k.apply(path, cm(full), "switchyard-test");
+    const stored = await k.get<Obj & { binaryData?: Record<string, string> }>(path);
+    expect(stored?.binaryData?.[ROUTER_CONFIG_GZ_KEY]).toBe(full.binaryData?.[ROUTER_CONFIG_GZ_KEY]);
+
+    const over = sized(CONFIG_MAP_MAX_BYTES + 4096);
+    const refused = await k.apply(path, cm(over), "switchyard-test").then(
+      () => undefined,
+      (e: KubeError) => e,
+    );
+    expect(refused?.code).toBe(422);
+    expect(refused?.message).toMatch(/1048576/);
+
+    const small = encodeRouterConfig({ pools: [] });
+    await k.apply(path, cm(small), "switchyard-test");
+    const back = await k.get<Obj & { binaryData?: Record<string, string> }>(path);
+    expect(back?.data?.[ROUTER_CONFIG_KEY]).toBe('{"pools":[]}');
+    expect(back?.binaryData).toBeUndefined();
   });
 
   it("a pool asking for more GPUs than the cluster has stays Progressing with a reason that says so", async () => {
