@@ -382,11 +382,12 @@ describe("cuda backend", () => {
           den += want[i] ** 2;
         }
         expect(Math.sqrt(num / den)).toBeLessThan(1e-2);
-        // both devices ran, each with its half of the experts in its slots
+        // both devices ran, each with its half of the experts in its slots; expert 5 (device 1, placed in turn) had
+        // no rows in either run, so it was never uploaded (an empty slice pins nothing)
         const per = m.devices.map((x) => x.deviceCacheStats?.());
         expect(per.map((s) => s?.capacity)).toEqual([3, 3]);
-        expect(per.map((s) => s?.resident)).toEqual([3, 3]);
-        expect(m.deviceCacheStats()).toMatchObject({ capacity: 6, resident: 6 });
+        expect(per.map((s) => s?.resident)).toEqual([3, 2]);
+        expect(m.deviceCacheStats()).toMatchObject({ capacity: 6, resident: 5 });
         expect(m.describe()).toMatch(/2 devices.*device 0.*device 1/);
       } finally {
         process.env.SWITCHYARD_CUDA_DEVICES = "1";

@@ -109,6 +109,13 @@ describe("npm start flags", () => {
     expect(() => parseLocalArgs(["--gpus", "0"])).toThrow(/--gpus/);
     const env = { PATH: "/bin" };
     expect(workerEnv(null, 3, env)).toBe(env);
+    // without --gpus a worker runs on every GPU it sees: libuv threads for two runs in flight on each
+    expect(workerEnv(null, 0, env, 1)).toBe(env);
+    expect(workerEnv(null, 0, env, 2).UV_THREADPOOL_SIZE).toBe("6");
+    expect(workerEnv(null, 1, env, 8).UV_THREADPOOL_SIZE).toBe("18");
+    expect(workerEnv(null, 0, { SWITCHYARD_CUDA_DEVICES: "1" }, 2).UV_THREADPOOL_SIZE).toBeUndefined();
+    expect(workerEnv(null, 0, { SWITCHYARD_CUDA_DEVICES: "2" }, 4).UV_THREADPOOL_SIZE).toBe("6");
+    expect(workerEnv(null, 0, { UV_THREADPOOL_SIZE: "9" }, 2).UV_THREADPOOL_SIZE).toBe("9"); // the user's stays
     expect([0, 1, 2, 3].map((i) => workerEnv(2, i, env).CUDA_VISIBLE_DEVICES)).toEqual(["0", "1", "0", "1"]);
     expect(workerEnv(2, 1, env).PATH).toBe("/bin");
     // counted within the GPUs this process was given

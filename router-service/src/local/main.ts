@@ -4,7 +4,7 @@
 // (concurrent sequences, Zipf-skewed tokens with locality, every MoE layer in turn), shows live progress, prints
 // a final table, and checks every answer against the in-process reference: exit 1 on any wrong answer.
 
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
 import { mkdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
 import { availableParallelism, totalmem } from "node:os";
@@ -406,11 +406,36 @@ async function scrape(name: string, port: number): Promise<string> {
 }
 
 /**
+ * The GPUs a worker started without --gpus sees: CUDA_VISIBLE_DEVICES's entries where that is set, else the lines of
+ * `nvidia-smi -L`; 0 without a GPU (or without nvidia-smi).
+ */
+function visibleGpuCount(env: NodeJS.ProcessEnv = process.env): number {
+  if (env.CUDA_VISIBLE_DEVICES !== undefined)
+    return env.CUDA_VISIBLE_DEVICES.split(",").filter((v) => v.trim() !== "").length;
+  const r = spawnSync("nvidia-smi", ["-L"], { encoding: "utf8", timeout: 10_000 });
+  if (r.status !== 0 || typeof r.stdout !== "string") return 0;
+  return r.stdout.split("\n").filter((l) => /^GPU \d+:/.test(l)).length;
+}
+
+/**
  * Worker i's environment: with --gpus N it sees only GPU i mod N (the CUDA backend uses its first visible GPU), counted
  * within this process's CUDA_VISIBLE_DEVICES where that is set.
  */
-export function workerEnv(gpus: number | null, i: number, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  if (gpus === null) return env;
+export function workerEnv(
+  gpus: number | null,
+  i: number,
+  env: NodeJS.ProcessEnv = process.env,
+  visibleGpus = 0,
+): NodeJS.ProcessEnv {
+  if (gpus === null) {
+    // Each worker runs on every GPU this process sees (expert-worker/src/backend/multi-device.ts): two runs in flight
+    // per GPU, each waiting for it on one of libuv's threads (4 by default), so with 2 GPUs the runs queued for a
+    // thread (DeepSeek-V3 full, 2 GPUs: 3374.7 tokens/s with 4 threads, bench/results/h200-moe.md). The operator
+    // gives such pods the same 2 x GPUs + 2; a value the user set stays.
+    const devices = Math.min(visibleGpus, Number(env.SWITCHYARD_CUDA_DEVICES) || visibleGpus);
+    if (devices < 2 || env.UV_THREADPOOL_SIZE !== undefined) return env;
+    return { ...env, UV_THREADPOOL_SIZE: String(2 * devices + 2) };
+  }
   const visible = (env.CUDA_VISIBLE_DEVICES ?? "").split(",").filter((v) => v.trim() !== "");
   if (env.CUDA_VISIBLE_DEVICES !== undefined && visible.length === 0)
     throw new Error("--gpus: CUDA_VISIBLE_DEVICES is set and lists no GPU");
@@ -481,6 +506,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const runDir = join(ROOT, ".cache", "local", `run-${process.pid}`);
   await mkdir(runDir, { recursive: true });
   const ids = Array.from({ length: o.workers }, (_, i) => `w${i}`);
+  const gpus = o.gpus === null ? visibleGpuCount() : 0;
   // worker id -> host:port, filled in as the workers report the ports they bound (readyPorts); the router's config
   // carries them, the plan does not need them
   const endpoints: Record<string, string> = {};
@@ -543,7 +569,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
           planFile,
         ];
         if (o.cacheCapacity !== null) args.push("--cache-capacity", String(o.cacheCapacity));
-        const child = spawnProc(id, args, children, () => quiet, workerEnv(o.gpus, ids.indexOf(id)));
+        const child = spawnProc(id, args, children, () => quiet, workerEnv(o.gpus, ids.indexOf(id), process.env, gpus));
         // Listening before the first message arrives: both messages can come in one read of the IPC channel.
         const warmed = warmedMessage(child, `worker ${id}`, WARM_TIMEOUT_MS);
         warmed.catch(() => {}); // awaited below; readyPorts reports an early exit first
