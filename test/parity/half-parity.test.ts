@@ -11,6 +11,7 @@ import {
   readLayerFloat32,
   referenceMoeBlock,
   SafetensorsFile,
+  sharedGateScale,
 } from "@switchyard/moe";
 import { bf16ToF32, bytesToFloat32, DType } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -64,6 +65,24 @@ describe("the gate matches transformers 5.17's bf16 blocks on CUDA", () => {
       // Qwen's weights are bf16 values on both sides: equal, or one bf16 ulp apart where the fp32 renormalisation
       // rounds across a bf16 boundary (2^-10 below 0.25); Mixtral's are fp32 (the softmax's and sum's rounding order)
       expect(maxWeightErr).toBeLessThanOrEqual(w.info.dtype === "BF16" ? 2 ** -10 : 1e-6);
+    });
+  }
+
+  // Qwen2-MoE scales its shared expert by sigmoid(shared_expert_gate(x)): a bf16 logit and a bf16 sigmoid there.
+  for (const c of CUDA_CASES.filter((c) => c.family === "qwen2-moe")) {
+    it(`${c.name}: the shared expert's gate equals transformers' for all ${HALF_TOKENS} tokens`, async () => {
+      await generateCheckpoint({ ...c, dir: join(dir, `${c.name}-shared`) });
+      const ckpt = await openCheckpoint(join(dir, `${c.name}-shared`));
+      const w = await readLayerFloat32(ckpt, 0);
+      await ckpt.close();
+      const hidden = bf16ToF32(halfHiddenFor(c));
+      const g = await theirs.read(`${c.name}.shared_gate`);
+      expect(g.info).toMatchObject({ dtype: "BF16", shape: [HALF_TOKENS, 1] });
+      const hf = bytesToFloat32(g.data, DType.BFLOAT16, true);
+      const differing = (ours: Float32Array) => [...hf.keys()].filter((t) => ours[t] !== hf[t]);
+      expect(differing(sharedGateScale(ckpt.spec, hidden, w.sharedGate!, "bfloat16"))).toEqual([]);
+      // the fp32 gate (before: the bf16 model's scale computed in fp32) is off on nearly every token
+      expect(differing(sharedGateScale(ckpt.spec, hidden, w.sharedGate!)).length).toBeGreaterThan(HALF_TOKENS / 2);
     });
   }
 });

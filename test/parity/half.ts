@@ -22,6 +22,7 @@ import {
   readLayerFloat32,
   referenceMoeBlock,
   type SafetensorsDType,
+  sharedGateScale,
   SafetensorsFile,
   writeSafetensors,
 } from "@switchyard/moe";
@@ -117,6 +118,9 @@ async function compare(dir: string, outs: string, jsonPath: string): Promise<voi
     const hfWeights = await readF32(theirs, `${c.name}.weights`);
     const hfLogits = await readF32(theirs, `${c.name}.logits`);
     const hfOut = await readF32(theirs, `${c.name}.output`);
+    const theirsSharedGate = theirs.info(`${c.name}.shared_gate`)
+      ? await readF32(theirs, `${c.name}.shared_gate`)
+      : undefined;
     await theirs.close();
     const hfVals = choiceValues(hfLogits, w.correctionBias, sigmoid);
 
@@ -186,6 +190,25 @@ async function compare(dir: string, outs: string, jsonPath: string): Promise<voi
       const row = Array.from(hfVals.subarray(t * E, (t + 1) * E)).sort((a, b) => b - a);
       if (row[k - 1] === row[k]) boundaryTies++;
     }
+    // Qwen2-MoE's shared-expert scale, sigmoid(x . shared_expert_gate): ours in bf16 as transformers' (now) and fp32
+    let sharedGate: Record<string, unknown> | undefined;
+    if (w.sharedGate && theirsSharedGate) {
+      const hf = theirsSharedGate;
+      const vs = (ours: Float32Array) => {
+        let differ = 0;
+        let maxAbs = 0;
+        for (let t = 0; t < T; t++) {
+          if (ours[t] !== hf[t]) differ++;
+          maxAbs = Math.max(maxAbs, Math.abs(ours[t] - hf[t]));
+        }
+        return { tokens_differing: differ, max_abs_err: maxAbs };
+      };
+      sharedGate = {
+        transformers_dtype: info.cases?.[c.name]?.shared_gate_dtype,
+        ours_now_in_activation_dtype: vs(sharedGateScale(spec, hidden, w.sharedGate, "bfloat16")),
+        ours_before_fp32: vs(sharedGateScale(spec, hidden, w.sharedGate)),
+      };
+    }
     cases[c.name] = {
       family: spec.family,
       experts: E,
@@ -198,6 +221,7 @@ async function compare(dir: string, outs: string, jsonPath: string): Promise<voi
       ours_now_gate_in_activation_dtype: against(now.routing, now.output),
       ours_before_fp32_logits: against(before.routing, before.output),
       ours_gate_on_transformers_logits: against(onTheirs),
+      ...(sharedGate ? { shared_expert_gate: sharedGate } : {}),
     };
     console.log(c.name, JSON.stringify(cases[c.name]));
   }
@@ -219,23 +243,41 @@ async function compare(dir: string, outs: string, jsonPath: string): Promise<voi
 }
 
 /**
- * Keeps what CI checks against (half-parity.test.ts, no torch there): transformers' ids and weights per case, from a
- * run's OUTS, in DEST/selection.safetensors, with its info json.
+ * Keeps what CI checks against (half-parity.test.ts, no torch there): transformers' ids and weights per case (and
+ * Qwen2-MoE's shared-expert gate), from a run's OUTS, in DEST/selection.safetensors, with its info json. Cases the run
+ * did not carry keep what DEST held for them (a run of one case replaces that case only).
  */
 async function keep(outs: string, dest: string): Promise<void> {
   const info = JSON.parse(await readFile(join(outs, "transformers-half-info.json"), "utf8"));
+  const ran = HALF_CASES.filter((c) => info.cases?.[c.name]);
   const tensors = [];
-  for (const c of HALF_CASES.filter((c) => info.cases?.[c.name])) {
+  const destFile = join(dest, "selection.safetensors");
+  const destInfo = join(dest, "transformers-half-info.json");
+  const old = await SafetensorsFile.open(destFile).catch(() => undefined);
+  if (old) {
+    for (const name of old.header.tensors.keys()) {
+      if (ran.some((c) => name.startsWith(`${c.name}.`))) continue;
+      const { info: ti, data } = await old.read(name);
+      tensors.push({ name, dtype: ti.dtype as SafetensorsDType, shape: ti.shape, data: new Uint8Array(data) });
+    }
+    await old.close();
+    const before = JSON.parse(await readFile(destInfo, "utf8"));
+    info.cases = { ...before.cases, ...info.cases };
+  }
+  for (const c of ran) {
     const f = await SafetensorsFile.open(join(outs, `transformers-half-${c.name}.safetensors`));
-    for (const part of ["ids", "weights"]) {
-      const { info: ti, data } = await f.read(`${c.name}.${part}`);
-      tensors.push({ name: `${c.name}.${part}`, dtype: ti.dtype as SafetensorsDType, shape: ti.shape, data });
+    for (const part of ["ids", "weights", "shared_gate"]) {
+      const name = `${c.name}.${part}`;
+      if (part === "shared_gate" && !f.info(name)) continue;
+      const { info: ti, data } = await f.read(name);
+      tensors.push({ name, dtype: ti.dtype as SafetensorsDType, shape: ti.shape, data });
     }
     await f.close();
   }
+  tensors.sort((a, b) => a.name.localeCompare(b.name));
   await mkdir(dest, { recursive: true });
-  await writeSafetensors(join(dest, "selection.safetensors"), tensors);
-  await writeFile(join(dest, "transformers-half-info.json"), `${JSON.stringify(info, null, 2)}\n`);
+  await writeSafetensors(destFile, tensors);
+  await writeFile(destInfo, `${JSON.stringify(info, null, 2)}\n`);
 }
 
 const [cmd, ...args] = process.argv.slice(2);

@@ -11,7 +11,8 @@ _keep_in_fp32_modules_strict). We call the block's own gate module for its (logi
 its output, and write OUT_DIR/transformers-half-<case>.safetensors (a file per case: each stays small enough to
 travel back from another machine) with:
   <case>.ids [T, k] I32, <case>.weights [T, k], <case>.logits [T, E] (the gate's values), <case>.output [T, d],
-  each in the dtype the block produced it in
+  and for Qwen2-MoE <case>.shared_gate [T, 1] (sigmoid(shared_expert_gate(x)), the shared expert's scale), each in
+  the dtype the block produced it in
 plus OUT_DIR/transformers-half-info.json (versions, device, dtypes the gate produced).
 """
 
@@ -65,6 +66,9 @@ def main():
         out[f"{name}.weights"] = weights.cpu().contiguous()
         out[f"{name}.logits"] = logits.cpu().contiguous()
         out[f"{name}.output"] = y.reshape(x.shape).cpu().contiguous()
+        if hasattr(block, "shared_expert_gate"):
+            with torch.no_grad():  # as Qwen2MoeSparseMoeBlock.forward scales its shared expert
+                out[f"{name}.shared_gate"] = torch.nn.functional.sigmoid(block.shared_expert_gate(x)).cpu().contiguous()
         info["cases"][name] = {
             "class": f"{mod_name}.{cls_name}",
             "model_dtype": str(dtype),
@@ -73,6 +77,8 @@ def main():
             "output_dtype": str(y.dtype),
             "tokens": x.shape[0],
         }
+        if f"{name}.shared_gate" in out:
+            info["cases"][name]["shared_gate_dtype"] = str(out[f"{name}.shared_gate"].dtype)
         save_file(out, os.path.join(out_dir, f"transformers-half-{name}.safetensors"))
         print(name, info["cases"][name], flush=True)
     with open(os.path.join(out_dir, "transformers-half-info.json"), "w") as f:
