@@ -9,6 +9,7 @@ export { expectedImbalance, rebalancedPlan, rebalanceSettings } from "./controll
 export {
   CONFIG_MAP_MAX_BYTES,
   DEFAULT_CONFIG_LIMITS,
+  type EncodedConfig,
   encodeRouterConfig,
   ROUTER_CONFIG_GZ_KEY,
   ROUTER_CONFIG_KEY,

@@ -22,8 +22,8 @@ import {
   readLayerFloat32,
   referenceMoeBlock,
   type SafetensorsDType,
-  sharedGateScale,
   SafetensorsFile,
+  sharedGateScale,
   writeSafetensors,
 } from "@switchyard/moe";
 import { bf16ToF32, bytesToFloat32, DType } from "@switchyard/protocol";

@@ -36,7 +36,8 @@ class FakeCache<T extends Obj> {
   }
 }
 
-function harness(configLimits?: ConfigLimits) {
+/** `synced`: the router config fitted once already (false: a manager that has just taken the lead). */
+function harness(configLimits?: ConfigLimits, synced = true) {
   let rv = 100;
   const pools = new FakeCache<ExpertPool>();
   const policies = new FakeCache<RoutingPolicy>();
@@ -68,7 +69,7 @@ function harness(configLimits?: ConfigLimits) {
       emit: async (_o: unknown, type: string, reason: string) => void events.push(`${type} ${reason}`),
     } as unknown as EventRecorder,
     router: { namespace: "ns", name: "switchyard-router" },
-    fit: new RouterConfigFit(),
+    fit: Object.assign(new RouterConfigFit(), { synced }),
     configLimits,
     onServedChanged: (keys) => served.push(...keys),
     now: () => "2026-01-01T00:00:00Z",
@@ -222,6 +223,18 @@ describe("RouterConfigReconciler: a config past what a ConfigMap holds", () => {
     await h.routerRec.reconcile();
     expect(h.events).toHaveLength(2);
     expect(h.served).toEqual(["ns/c"]);
+
+    // A new leader: its policy pass waits for its first router pass (else "c" would read Ready and flip back), and
+    // that pass requeues every pool's policies.
+    const fresh = setUp({ plainMaxBytes: 0, maxBytes: Math.floor(bytes * 2.5) });
+    fresh.deps.fit!.synced = false;
+    expect(await fresh.policyRec.reconcile("ns/rp-c")).toEqual({ requeueAfterMs: 1000 });
+    expect(fresh.ready("rp-c")).toBeUndefined();
+    await fresh.routerRec.reconcile();
+    expect(fresh.served.sort()).toEqual(["ns/a", "ns/b", "ns/c"]);
+    await fresh.policyRec.reconcile("ns/rp-c");
+    expect(fresh.ready("rp-c")).toMatchObject({ status: "False", reason: "RouterConfigFull" });
+    expect(fresh.events.filter((e) => e.includes("Resolved"))).toEqual([]);
 
     // "a" deleted: "c" fits, its policy is requeued and becomes Ready.
     h.pools.del("ns", "a");

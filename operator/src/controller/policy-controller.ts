@@ -14,8 +14,8 @@ import { needsApply } from "./compare.js";
 import { planFromConfigMap } from "./desired.js";
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, planConfigMapName, STATUS_FIELD_MANAGER } from "./names.js";
 import { splitKey } from "./pool-controller.js";
-import { type ConfigLimits, fitRouterConfig, ROUTER_CONFIG_KEY } from "./router-config-fit.js";
-import { buildPolicyStatus, policyOutcome, routerConfigCandidates, routerConfigDocument } from "./routing.js";
+import { type ConfigLimits, ROUTER_CONFIG_KEY, RouterConfigFitter } from "./router-config-fit.js";
+import { buildPolicyStatus, policyOutcome, type RouterPoolConfig, routerConfigCandidates } from "./routing.js";
 
 export { ROUTER_CONFIG_KEY };
 
@@ -24,6 +24,8 @@ export { ROUTER_CONFIG_KEY };
  * policy reconciler for their policies' status, and the figures the operator's metrics show.
  */
 export class RouterConfigFit {
+  /** Whether a router-config pass has published since this manager started leading (a new leader knows nothing). */
+  synced = false;
   leftOut = new Map<string, string>();
   bytes = 0;
   compressed = false;
@@ -72,7 +74,7 @@ function publishedPlan(d: PolicyDeps, ns: string, pool: string): PlacementPlan |
 export class PolicyReconciler {
   constructor(private readonly d: PolicyDeps) {}
 
-  async reconcile(key: string): Promise<undefined> {
+  async reconcile(key: string): Promise<{ requeueAfterMs: number } | undefined> {
     const [ns, name] = splitKey(key);
     const { recent } = this.d;
     const rp = recent.pick("RoutingPolicy", ns, name, this.d.policies.get(ns, name));
@@ -80,6 +82,9 @@ export class PolicyReconciler {
     const poolName = rp.spec.poolRef.name;
     const pool = this.d.pools.get(ns, poolName);
     // Judged as buildRouterConfig judges it, from the same caches: Ready=True only for the policy the router uses.
+    // A new leader has not fitted the router config yet: judged now, a pool left out would read Ready and flip back
+    // at the first pass. The first pass requeues every policy.
+    if (this.d.fit && !this.d.fit.synced) return { requeueAfterMs: 1000 };
     const leftOut = this.d.fit?.leftOut.get(`${ns}/${poolName}`);
     const res = policyOutcome(rp, pool, this.d.policies.list(ns), publishedPlan(this.d, ns, poolName), leftOut);
     const { status, transitions } = buildPolicyStatus(
@@ -110,15 +115,18 @@ export class PolicyReconciler {
 }
 
 export class RouterConfigReconciler {
-  constructor(private readonly d: PolicyDeps) {}
+  private readonly fitter: RouterConfigFitter<RouterPoolConfig>;
+  constructor(private readonly d: PolicyDeps) {
+    this.fitter = new RouterConfigFitter(d.configLimits);
+  }
 
-  desired(): {
+  async desired(): Promise<{
     configMap: V1ConfigMap;
     leftOut: Map<string, string>;
     bytes: number;
     compressed: boolean;
     served: number;
-  } {
+  }> {
     const pools = this.d.pools.list();
     const plans = new Map<string, PlacementPlan>();
     for (const p of pools) {
@@ -134,7 +142,7 @@ export class RouterConfigReconciler {
       defaults: defaultRoutingPolicy(),
     });
     const { namespace, name } = this.d.router;
-    const fit = fitRouterConfig(candidates, routerConfigDocument, `${namespace}/${name}`, this.d.configLimits);
+    const fit = await this.fitter.fit(candidates, `${namespace}/${name}`);
     const configMap: V1ConfigMap = {
       apiVersion: "v1",
       kind: "ConfigMap",
@@ -151,7 +159,7 @@ export class RouterConfigReconciler {
 
   async reconcile(): Promise<undefined> {
     const { namespace, name } = this.d.router;
-    const want = this.desired();
+    const want = await this.desired();
     const live = this.d.recent.pick("ConfigMap", namespace, name, this.d.configMaps.get(namespace, name));
     if (needsApply(want.configMap as never, live as never)) {
       const out = await this.d.kube.apply<V1ConfigMap>(
@@ -186,6 +194,11 @@ export class RouterConfigReconciler {
     fit.bytes = figures.bytes;
     fit.compressed = figures.compressed;
     fit.served = figures.served;
-    if (changed.length > 0) this.d.onServedChanged?.(changed);
+    if (!fit.synced) {
+      // the policies that waited for this first pass (PolicyReconciler), whatever their pools' place
+      fit.synced = true;
+      const all = this.d.pools.list().map((p) => `${p.metadata.namespace ?? "default"}/${p.metadata.name}`);
+      this.d.onServedChanged?.([...new Set([...all, ...changed])]);
+    } else if (changed.length > 0) this.d.onServedChanged?.(changed);
   }
 }

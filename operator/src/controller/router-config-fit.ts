@@ -3,8 +3,11 @@
 // a dozen such pools would have every router-config write refused: no pool's change would reach the routers.
 // Written as plain JSON while small (kubectl shows it), gzipped past that (uniform plans shrink ~80x, heat-packed
 // ones several times); when even that does not fit, the pools that fit, oldest first, and the others named with
-// why. Pure (node:zlib).
-import { gzipSync } from "node:zlib";
+// why. gzip runs on libuv's threads: a config near the limit can hold tens of MB of JSON.
+import { promisify } from "node:util";
+import { gzip } from "node:zlib";
+
+const gzipAsync = promisify(gzip);
 
 export const ROUTER_CONFIG_KEY = "router.json";
 /** binaryData key of the gzipped document; router.json then holds only {"gzipFile": ROUTER_CONFIG_GZ_KEY}. */
@@ -26,7 +29,10 @@ export const DEFAULT_CONFIG_LIMITS: ConfigLimits = {
   maxBytes: CONFIG_MAP_MAX_BYTES - 1024,
 };
 
-export interface ConfigCandidate<P> {
+/** Past this many pools left out, the rest are left out untried (each costs a few gzips of the whole config). */
+const MAX_LEFT_OUT_TRIED = 16;
+
+export interface ConfigCandidate<P extends { name: string }> {
   /** "namespace/pool", the key leftOut reports under. */
   key: string;
   entry: P;
@@ -41,20 +47,22 @@ export interface EncodedConfig {
 }
 
 export interface FittedConfig<P> extends EncodedConfig {
-  /** The entries written, in the candidates' order. */
+  /** The entries written, sorted by name (as in the document). */
   pools: P[];
   /** key -> why the pool is not in the config. */
   leftOut: Map<string, string>;
 }
 
-/** The document as ConfigMap values: plain JSON up to plainMaxBytes, else gzip behind a pointer in router.json. */
-export function encodeRouterConfig(doc: unknown, limits: ConfigLimits = DEFAULT_CONFIG_LIMITS): EncodedConfig {
-  const json = JSON.stringify(doc);
+/** A document's JSON as ConfigMap values: as is up to plainMaxBytes, else gzip behind a pointer in router.json. */
+export async function encodeRouterConfigJson(
+  json: string,
+  limits: ConfigLimits = DEFAULT_CONFIG_LIMITS,
+): Promise<EncodedConfig> {
   const plain = Buffer.byteLength(json);
   if (plain <= limits.plainMaxBytes) return { data: { [ROUTER_CONFIG_KEY]: json }, bytes: plain, compressed: false };
   // Node writes no timestamp into the gzip header, so the same document encodes to the same bytes and a converged
   // operator does not rewrite the ConfigMap.
-  const gz = gzipSync(json, { level: 9 });
+  const gz = await gzipAsync(json);
   const pointer = JSON.stringify({ gzipFile: ROUTER_CONFIG_GZ_KEY });
   return {
     data: { [ROUTER_CONFIG_KEY]: pointer },
@@ -64,42 +72,89 @@ export function encodeRouterConfig(doc: unknown, limits: ConfigLimits = DEFAULT_
   };
 }
 
+export function encodeRouterConfig(doc: unknown, limits: ConfigLimits = DEFAULT_CONFIG_LIMITS): Promise<EncodedConfig> {
+  return encodeRouterConfigJson(JSON.stringify(doc), limits);
+}
+
 const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
 
 /**
- * The candidates (in precedence order: the oldest pool first) that fit in one ConfigMap, encoded. All of them
- * when they fit. Otherwise each is kept if it still fits after those before it, judged by its own gzipped size
- * (gzip shares little across pools: its window is 32 KB), and the result checked as a whole; so a new pool never
- * pushes out an older one, and a small one may still fit after a big one did not. `where` names the ConfigMap.
+ * Fits router configs into one ConfigMap. It keeps the last answer: a pass whose entries did not change (most
+ * passes: a pool's status changed) costs one comparison of their JSON.
  */
-export function fitRouterConfig<P>(
-  candidates: readonly ConfigCandidate<P>[],
-  wrap: (pools: P[]) => unknown,
-  where: string,
-  limits: ConfigLimits = DEFAULT_CONFIG_LIMITS,
-): FittedConfig<P> {
-  const all = encodeRouterConfig(wrap(candidates.map((c) => c.entry)), limits);
-  if (all.bytes <= limits.maxBytes) return { ...all, pools: candidates.map((c) => c.entry), leftOut: new Map() };
+export class RouterConfigFitter<P extends { name: string }> {
+  private last: { all: string; where: string; fit: FittedConfig<P> } | undefined;
 
-  const leftOut = new Map<string, string>();
-  const kept: ConfigCandidate<P>[] = [];
-  const sizeOf = (c: ConfigCandidate<P>) => gzipSync(JSON.stringify(c.entry), { level: 9 }).length;
-  const why = (own: number, before: number) =>
-    `left out of the router config: ConfigMap ${where} holds at most ${kib(limits.maxBytes)}, and this pool's plan and policy take ${kib(own)} gzipped after the ${before} older pool(s) in it; the router serves pools oldest first (delete a pool, or give this one fewer layers, workers or redundant experts)`;
-  let used = encodeRouterConfig(wrap([]), { ...limits, plainMaxBytes: -1 }).bytes;
-  for (const c of candidates) {
-    const own = sizeOf(c);
-    if (used + own <= limits.maxBytes) {
-      kept.push(c);
-      used += own;
-    } else leftOut.set(c.key, why(own, kept.length));
+  constructor(private readonly limits: ConfigLimits = DEFAULT_CONFIG_LIMITS) {}
+
+  /**
+   * The candidates (in precedence order: the oldest pool first) that fit, as the document {"pools": [...]} sorted by
+   * name. All of them when they fit. Otherwise, in precedence order, each pool that still fits beside those kept
+   * before it is kept (each judged by encoding the whole document, runs of them by bisection): a new pool never
+   * pushes out an older one, and a small one may still fit after a big one did not. `where` names the ConfigMap.
+   */
+  async fit(candidates: readonly ConfigCandidate<P>[], where: string): Promise<FittedConfig<P>> {
+    const json = candidates.map((c) => JSON.stringify(c.entry));
+    const all = json.join("\n");
+    if (this.last && this.last.all === all && this.last.where === where) return this.last.fit;
+    const fit = await this.compute(candidates, json, where);
+    this.last = { all, where, fit };
+    return fit;
   }
-  for (;;) {
-    const enc = encodeRouterConfig(wrap(kept.map((c) => c.entry)), limits);
-    if (enc.bytes <= limits.maxBytes || kept.length === 0) {
-      return { ...enc, pools: kept.map((c) => c.entry), leftOut };
+
+  private async compute(
+    candidates: readonly ConfigCandidate<P>[],
+    json: readonly string[],
+    where: string,
+  ): Promise<FittedConfig<P>> {
+    const byName = candidates
+      .map((_, i) => i)
+      .sort((a, b) => candidates[a].entry.name.localeCompare(candidates[b].entry.name));
+    const rank = new Map(byName.map((i, r) => [i, r]));
+    const encode = (chosen: readonly number[]) => {
+      const sorted = [...chosen].sort((a, b) => (rank.get(a) ?? 0) - (rank.get(b) ?? 0));
+      return encodeRouterConfigJson(`{"pools":[${sorted.map((i) => json[i]).join(",")}]}`, this.limits);
+    };
+    const done = async (kept: number[], leftOut: Map<string, string>): Promise<FittedConfig<P>> => {
+      const enc = await encode(kept);
+      const pools = [...kept].sort((a, b) => (rank.get(a) ?? 0) - (rank.get(b) ?? 0)).map((i) => candidates[i].entry);
+      return { ...enc, pools, leftOut };
+    };
+    const n = candidates.length;
+    const everyone = Array.from({ length: n }, (_, i) => i);
+    const whole = await encode(everyone);
+    if (whole.bytes <= this.limits.maxBytes) return done(everyone, new Map());
+
+    const fits = async (chosen: number[]) => (await encode(chosen)).bytes <= this.limits.maxBytes;
+    const kept: number[] = [];
+    const leftOut = new Map<string, string>();
+    let i = 0;
+    while (i < n) {
+      if (leftOut.size >= MAX_LEFT_OUT_TRIED) {
+        for (; i < n; i++)
+          leftOut.set(
+            candidates[i].key,
+            `left out of the router config: ConfigMap ${where} holds at most ${kib(this.limits.maxBytes)} and is full; ${leftOut.size} newer pools were left out before this one was tried; the router serves pools oldest first (delete a pool, or give one fewer layers, workers or redundant experts)`,
+          );
+        break;
+      }
+      // The longest run i..j-1 that still fits beside `kept` (fits(kept) holds: lo = i).
+      let lo = i;
+      let hi = n;
+      while (lo < hi) {
+        const mid = Math.ceil((lo + hi) / 2);
+        if (await fits([...kept, ...everyone.slice(i, mid)])) lo = mid;
+        else hi = mid - 1;
+      }
+      kept.push(...everyone.slice(i, lo));
+      if (lo >= n) break;
+      const own = (await encodeRouterConfigJson(json[lo], { ...this.limits, plainMaxBytes: -1 })).bytes;
+      leftOut.set(
+        candidates[lo].key,
+        `left out of the router config: ConfigMap ${where} holds at most ${kib(this.limits.maxBytes)}, and this pool's plan and policy take ${kib(own)} gzipped on their own beside the ${kept.length} older pool(s) in it; the router serves pools oldest first (delete a pool, or give this one fewer layers, workers or redundant experts)`,
+      );
+      i = lo + 1;
     }
-    const last = kept.pop() as ConfigCandidate<P>;
-    leftOut.set(last.key, why(sizeOf(last), kept.length));
+    return done(kept, leftOut);
   }
 }

@@ -1,6 +1,7 @@
 // Helpers for the operator integration tests: run the operator in-process against a test cluster, read objects
 // through kubectl-free REST calls, build ExpertPool manifests.
-import { Kube, Manager, type ManagerOptions } from "@switchyard/operator";
+import { gunzipSync } from "node:zlib";
+import { Kube, Manager, type ManagerOptions, ROUTER_CONFIG_KEY } from "@switchyard/operator";
 import type { TestCluster } from "../cluster/index.js";
 import { waitUntil } from "../cluster/index.js";
 
@@ -37,6 +38,28 @@ export function startOperator(cluster: TestCluster, o: Partial<ManagerOptions> =
 }
 
 /** An admin REST client that is not the operator's (so the operator's counters see only its own requests). */
+/** The parts of a router config entry (docs/CONTRACTS.md "Router config") the tests look at. */
+export interface RouterConfigEntry {
+  name: string;
+  plan?: { version: number };
+  endpoints: Record<string, string>;
+  policy: { gating: { topK: number | null }; batching: { maxBatchTokens: number } };
+}
+
+/**
+ * The router config document a ConfigMap holds, plain (router.json) or gzipped (router.json.gz behind a pointer);
+ * {} when there is none, so a check of its pools fails rather than passing on a format it cannot read.
+ */
+export function routerConfigOf(
+  cm: { data?: Record<string, string>; binaryData?: Record<string, string> } | undefined,
+): { pools?: RouterConfigEntry[] } {
+  const plain = JSON.parse(cm?.data?.[ROUTER_CONFIG_KEY] ?? "{}");
+  if (!("gzipFile" in plain)) return plain;
+  const gz = cm?.binaryData?.[plain.gzipFile];
+  if (!gz) throw new Error(`router config: ${plain.gzipFile} is not in the ConfigMap's binaryData`);
+  return JSON.parse(gunzipSync(Buffer.from(gz, "base64")).toString("utf8"));
+}
+
 export function adminClient(cluster: TestCluster): Kube {
   return new Kube(cluster.kubeConfig, "switchyard-test");
 }

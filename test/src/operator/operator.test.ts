@@ -7,6 +7,7 @@ import { KubeConfig } from "@kubernetes/client-node";
 import {
   CONFIG_MAP_MAX_BYTES,
   DEFAULT_CONFIG_LIMITS,
+  type EncodedConfig,
   encodeRouterConfig,
   type KubeError,
   type Manager,
@@ -24,6 +25,7 @@ import {
   getPool,
   type Obj,
   pool,
+  routerConfigOf,
   sleep,
   startOperator,
   waitReady,
@@ -106,7 +108,7 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await waitUntil(
       async () => {
         const rc = await k.get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
-        const cfg = JSON.parse(rc?.data?.["router.json"] ?? "{}");
+        const cfg = routerConfigOf(rc);
         const entry = cfg.pools?.find((x: { name: string }) => x.name === "life/a");
         return entry?.plan?.version === 1 && entry.endpoints["a-1"] === "a-1.a-workers.life.svc:50061";
       },
@@ -167,9 +169,7 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await waitUntil(
       async () => {
         const rc = await k.get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
-        const entry = JSON.parse(rc?.data?.["router.json"] ?? "{}").pools?.find(
-          (x: { name: string }) => x.name === "life/a",
-        );
+        const entry = routerConfigOf(rc).pools?.find((x: { name: string }) => x.name === "life/a");
         return entry?.policy.gating.topK === 1 && entry.policy.batching.maxBatchTokens === 128;
       },
       { timeoutMs: 20_000, what: "router config with the policy" },
@@ -182,7 +182,7 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     // the config shrinks back to plain JSON.
     const k = admin();
     const path = "/api/v1/namespaces/life/configmaps/size-check";
-    const cm = (e: ReturnType<typeof encodeRouterConfig>) => ({
+    const cm = (e: EncodedConfig) => ({
       apiVersion: "v1",
       kind: "ConfigMap",
       metadata: { name: "size-check", namespace: "life" },
@@ -190,22 +190,24 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       ...(e.binaryData ? { binaryData: e.binaryData } : {}),
     });
     // Random hex gzips to ~55%: a document sized to land just under the limit, and one just over 1 MiB.
-    const sized = (target: number) => {
+    const sized = async (target: number) => {
       let n = Math.floor(target / 0.55);
       for (let i = 0; i < 20; i++) {
-        const e = encodeRouterConfig({ pools: [{ name: "x", blob: randomBytes(Math.floor(n / 2)).toString("hex") }] });
+        const e = await encodeRouterConfig({
+          pools: [{ name: "x", blob: randomBytes(Math.floor(n / 2)).toString("hex") }],
+        });
         if (e.bytes <= target && e.bytes > target - 4096) return e;
         n = Math.floor((n * target) / e.bytes) - 64;
       }
       throw new Error(`no document of ${target} bytes gzipped`);
     };
-    const full = sized(DEFAULT_CONFIG_LIMITS.maxBytes);
+    const full = await sized(DEFAULT_CONFIG_LIMITS.maxBytes);
     expect(full.compressed).toBe(true);
     await k.apply(path, cm(full), "switchyard-test");
     const stored = await k.get<Obj & { binaryData?: Record<string, string> }>(path);
     expect(stored?.binaryData?.[ROUTER_CONFIG_GZ_KEY]).toBe(full.binaryData?.[ROUTER_CONFIG_GZ_KEY]);
 
-    const over = sized(CONFIG_MAP_MAX_BYTES + 4096);
+    const over = await sized(CONFIG_MAP_MAX_BYTES + 4096);
     const refused = await k.apply(path, cm(over), "switchyard-test").then(
       () => undefined,
       (e: KubeError) => e,
@@ -213,7 +215,7 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     expect(refused?.code).toBe(422);
     expect(refused?.message).toMatch(/1048576/);
 
-    const small = encodeRouterConfig({ pools: [] });
+    const small = await encodeRouterConfig({ pools: [] });
     await k.apply(path, cm(small), "switchyard-test");
     const back = await k.get<Obj & { binaryData?: Record<string, string> }>(path);
     expect(back?.data?.[ROUTER_CONFIG_KEY]).toBe('{"pools":[]}');
@@ -412,7 +414,7 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await waitUntil(
       async () => {
         const rc = await admin().get<Obj>("/api/v1/namespaces/default/configmaps/switchyard-router");
-        return !JSON.parse(rc?.data?.["router.json"] ?? "{}").pools?.some((x: { name: string }) => x.name === "life/a");
+        return !routerConfigOf(rc).pools?.some((x: { name: string }) => x.name === "life/a");
       },
       { timeoutMs: 20_000, what: "life/a gone from the router config" },
     );
