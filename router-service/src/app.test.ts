@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -282,6 +282,86 @@ describe("router process: config and plan reload without restart", () => {
     await expect(
       startRouterApp({ config: cfgPath, port: 0, metricsPort: null, host: "127.0.0.1", log: () => {} }),
     ).rejects.toThrow(/pools\[0\]\.hfEndpoint: goes with an hf:\/\/ checkpoint/);
+  });
+
+  it("downloads an hf:// pool's tensors with the pool's own token (hfTokenFile), else the router's HF_TOKEN", async () => {
+    // a gated repository on a mirror of the Hub: only the pool's token is let in
+    const seen: string[] = [];
+    const mirror = createServer(async (req, res) => {
+      seen.push(req.headers.authorization ?? "none");
+      if (req.headers.authorization !== "Bearer pool-token") return void res.writeHead(401).end();
+      const m = /^\/org\/gated\/resolve\/[^/]+\/(.+)$/.exec(
+        decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname),
+      );
+      try {
+        if (!m) throw new Error("not a resolve path");
+        const body = await readFile(join(dir, "ckpt", m[1]));
+        const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? "");
+        const head = { "x-repo-commit": "89abcdef0123456789abcdef0123456789abcdef" };
+        if (!r) return void res.writeHead(200, head).end(body);
+        res.writeHead(206, { ...head, "content-range": `bytes ${r[1]}-${r[2]}/${body.length}` });
+        res.end(body.subarray(Number(r[1]), Number(r[2]) + 1));
+      } catch {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((r) => mirror.listen(0, "127.0.0.1", r));
+    const tokens = join(dir, "hf-tokens");
+    await mkdir(tokens, { recursive: true });
+    await writeFile(join(tokens, "team_p"), "pool-token\n");
+    const pool = {
+      name: "p",
+      checkpoint: "hf://org/gated",
+      hfEndpoint: `http://127.0.0.1:${(mirror.address() as AddressInfo).port}`,
+      hfTokenFile: join(tokens, "team_p"),
+      planFile: join(dir, "plan.json"),
+      endpoints: { w0: `127.0.0.1:${workers[0].port}`, w1: `127.0.0.1:${workers[1].port}` },
+    };
+    const cfgPath = join(dir, "router-token.json");
+    const before = process.env.HF_TOKEN;
+    process.env.HF_TOKEN = "router-token";
+    const start = (cache: string, lines: string[] = []) =>
+      startRouterApp({
+        config: cfgPath,
+        port: 0,
+        metricsPort: null,
+        host: "127.0.0.1",
+        checkpointCache: join(dir, cache),
+        log: (l) => lines.push(l),
+      });
+    try {
+      await writeFile(cfgPath, JSON.stringify({ pools: [pool] }));
+      const lines: string[] = [];
+      const withToken = await start("cache-token", lines);
+      try {
+        await until(() => withToken.router.unloadedPools().length === 0 && withToken.router.poolNames().includes("p"));
+        expect(seen.length).toBeGreaterThan(0);
+        expect(new Set(seen)).toEqual(new Set(["Bearer pool-token"]));
+        expect(lines.some((l) => l.includes(`with the pool's token (${join(tokens, "team_p")})`))).toBe(true);
+      } finally {
+        await withToken.close();
+      }
+      // no key for the pool in the router's Secret: the router's own token, which this repository refuses
+      seen.length = 0;
+      await writeFile(cfgPath, JSON.stringify({ pools: [{ ...pool, hfTokenFile: join(tokens, "team_other") }] }));
+      const without = await start("cache-no-token");
+      try {
+        await until(() => without.router.unloadedPools().some((u) => /401/.test(u.error ?? "")));
+        expect(new Set(seen)).toEqual(new Set(["Bearer router-token"]));
+      } finally {
+        await without.close();
+      }
+    } finally {
+      if (before === undefined) delete process.env.HF_TOKEN;
+      else process.env.HF_TOKEN = before;
+      await new Promise((r) => mirror.close(r));
+    }
+    // bad values are refused naming the field
+    await writeFile(cfgPath, JSON.stringify({ pools: [{ ...pool, hfTokenFile: "team_p" }] }));
+    await expect(start("x")).rejects.toThrow(/pools\[0\]\.hfTokenFile: must be an absolute path/);
+    const { hfEndpoint: _e, ...local } = pool;
+    await writeFile(cfgPath, JSON.stringify({ pools: [{ ...local, checkpoint: join(dir, "ckpt") }] }));
+    await expect(start("x")).rejects.toThrow(/pools\[0\]\.hfTokenFile: goes with an hf:\/\/ checkpoint/);
   });
 
   it("a URL checkpoint that cannot be downloaded leaves its pool unloaded with the reason, the others served", async () => {

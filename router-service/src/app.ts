@@ -53,6 +53,19 @@ async function readJson(path: string, what: string): Promise<unknown> {
   }
 }
 
+/**
+ * A pool's Hub token from its file (the router's optional Secret, one key per pool); undefined when there is no such
+ * file, so the router's own HF_TOKEN applies. Other read errors throw (the download fails with the reason).
+ */
+async function poolToken(path: string): Promise<string | undefined> {
+  try {
+    return (await readFile(path, "utf8")).trim() || undefined;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new Error(`hfTokenFile ${path}: cannot read (${(e as Error).message})`);
+  }
+}
+
 /** A URL scheme (https://, hf://): a checkpoint to download rather than a directory. */
 const URI = /^[a-z][a-z0-9+.-]*:\/\//i;
 /** After a failed download of a URI checkpoint's router tensors, the next try. */
@@ -80,16 +93,25 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const downloads = new Map<string, Download>();
   const stopDownloads = new AbortController();
 
-  const startDownload = (uri: string, hfEndpoint: string | null): Download => {
+  const startDownload = (uri: string, hfEndpoint: string | null, hfTokenFile: string | null): Download => {
     const dir = join(
       o.checkpointCache ?? join(tmpdir(), "switchyard-checkpoints"),
       createHash("sha256").update(uri).digest("hex").slice(0, 16),
     );
     const d: Download = { dir, started: Date.now(), state: "loading" };
     downloads.set(uri, d);
-    // a pool's own Hub mirror (ExpertPool checkpoint.endpoint) over the router's HF_ENDPOINT
-    const env = hfEndpoint ? { ...process.env, HF_ENDPOINT: hfEndpoint } : process.env;
-    fetchCheckpointTensors(uri, dir, routerTensorNames, { log, signal: stopDownloads.signal, env }).then(
+    // a pool's own Hub mirror (ExpertPool checkpoint.endpoint) over the router's HF_ENDPOINT, and its own token (read
+    // at each try: a key added to the router's Secret after a refused download is used by the retry)
+    const download = async () => {
+      const env: NodeJS.ProcessEnv = { ...process.env, ...(hfEndpoint ? { HF_ENDPOINT: hfEndpoint } : {}) };
+      const token = hfTokenFile ? await poolToken(hfTokenFile) : undefined;
+      if (token !== undefined) env.HF_TOKEN = token;
+      log(
+        `checkpoint ${uri}: downloading the router's tensors with ${token !== undefined ? `the pool's token (${hfTokenFile})` : env.HF_TOKEN ? "the router's HF_TOKEN" : "no token"}`,
+      );
+      return fetchCheckpointTensors(uri, dir, routerTensorNames, { log, signal: stopDownloads.signal, env });
+    };
+    download().then(
       (r) => {
         d.state = "done";
         log(`checkpoint ${uri}: the router's ${r.tensors} tensors in ${dir} (${r.bytes} bytes downloaded)`);
@@ -115,10 +137,11 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
    * correction bias, shared expert: fetchCheckpointTensors, HTTP range reads) once downloaded into the cache; until
    * then throws why (the pool is unloaded with that reason).
    */
-  const localCheckpoint = (checkpoint: string, hfEndpoint: string | null): string => {
+  const localCheckpoint = (checkpoint: string, hfEndpoint: string | null, hfTokenFile: string | null): string => {
     if (!URI.test(checkpoint)) return checkpoint;
     let d = downloads.get(checkpoint);
-    if (!d || (d.state === "failed" && Date.now() >= (d.retryAt ?? 0))) d = startDownload(checkpoint, hfEndpoint);
+    if (!d || (d.state === "failed" && Date.now() >= (d.retryAt ?? 0)))
+      d = startDownload(checkpoint, hfEndpoint, hfTokenFile);
     if (d.state === "done") return d.dir;
     if (d.state === "failed")
       throw new Error(
@@ -134,7 +157,7 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
     let model = models.get(p.checkpoint);
     if (!model) {
       try {
-        model = await CheckpointModel.open(localCheckpoint(p.checkpoint, p.hfEndpoint));
+        model = await CheckpointModel.open(localCheckpoint(p.checkpoint, p.hfEndpoint, p.hfTokenFile));
       } catch (e) {
         throw new Error(`pools[${i}].checkpoint: ${(e as Error).message}`);
       }

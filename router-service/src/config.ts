@@ -11,6 +11,11 @@ export interface PoolConfig {
   checkpoint: string;
   /** hf:// checkpoints: the Hub endpoint (a mirror) the router downloads its tensors from; null: HF_ENDPOINT or the Hub. */
   hfEndpoint: string | null;
+  /**
+   * hf:// checkpoints: a file holding the Hub token to download with (the operator's
+   * /etc/switchyard/hf-tokens/<namespace>_<pool>, from the router's optional Secret); null, or no such file: HF_TOKEN.
+   */
+  hfTokenFile: string | null;
   planFile: string | null;
   plan: PlacementPlan | null;
   endpoints: Record<string, string>;
@@ -35,10 +40,10 @@ export function parseRouterConfig(json: unknown): RouterConfig {
     const f = `pools[${i}]`;
     if (!isObj(p)) throw invalidArgument(f, "must be an object");
     for (const k of Object.keys(p)) {
-      if (!["name", "checkpoint", "hfEndpoint", "planFile", "plan", "endpoints", "policy"].includes(k)) {
+      if (!["name", "checkpoint", "hfEndpoint", "hfTokenFile", "planFile", "plan", "endpoints", "policy"].includes(k)) {
         throw invalidArgument(
           `${f}.${k}`,
-          "unknown field (allowed: name, checkpoint, hfEndpoint, planFile, plan, endpoints, policy)",
+          "unknown field (allowed: name, checkpoint, hfEndpoint, hfTokenFile, planFile, plan, endpoints, policy)",
         );
       }
     }
@@ -53,6 +58,13 @@ export function parseRouterConfig(json: unknown): RouterConfig {
         throw invalidArgument(`${f}.hfEndpoint`, `must be an http(s) URL, got ${JSON.stringify(hfEndpoint)}`);
       if (!p.checkpoint.startsWith("hf://"))
         throw invalidArgument(`${f}.hfEndpoint`, "goes with an hf:// checkpoint (it is the Hub's address)");
+    }
+    const hfTokenFile = p.hfTokenFile === undefined || p.hfTokenFile === null ? null : p.hfTokenFile;
+    if (hfTokenFile !== null) {
+      if (typeof hfTokenFile !== "string" || !hfTokenFile.startsWith("/"))
+        throw invalidArgument(`${f}.hfTokenFile`, `must be an absolute path, got ${JSON.stringify(hfTokenFile)}`);
+      if (!p.checkpoint.startsWith("hf://"))
+        throw invalidArgument(`${f}.hfTokenFile`, "goes with an hf:// checkpoint (a Hub token)");
     }
     const planFile = p.planFile === undefined || p.planFile === null ? null : p.planFile;
     if (planFile !== null && typeof planFile !== "string") throw invalidArgument(`${f}.planFile`, "must be a path");
@@ -75,7 +87,7 @@ export function parseRouterConfig(json: unknown): RouterConfig {
       const pe = e as { field?: string; message: string };
       throw invalidArgument(pe.field ?? `${f}.policy`, pe.message.replace(/^[^:]*: /, ""));
     }
-    return { name: p.name, checkpoint: p.checkpoint, hfEndpoint, planFile, plan, endpoints, policy };
+    return { name: p.name, checkpoint: p.checkpoint, hfEndpoint, hfTokenFile, planFile, plan, endpoints, policy };
   });
   return { pools };
 }

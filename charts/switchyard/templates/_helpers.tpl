@@ -116,6 +116,10 @@ imagePullSecrets:
 {{- default (printf "%s-router" (include "switchyard.fullname" .)) .Values.router.configMapName }}
 {{- end }}
 
+{{- define "switchyard.routerHfTokens" -}}
+{{- default (printf "%s-router-hf-tokens" (include "switchyard.fullname" .)) .Values.router.hfTokensSecret }}
+{{- end }}
+
 {{/*
 Pod volume name of a checkpoint claim: ckpt-<claimName> where that is a DNS label (at most 63 characters, no dots),
 otherwise ckpt-<a hash of the claim name> (PVC names may be 253 characters long and contain dots).

@@ -94,6 +94,29 @@ describe("buildRouterConfig", () => {
       defaults: defaultRoutingPolicy(),
     });
     expect(cfg.pools[0]).toMatchObject({ checkpoint: "hf://org/m", hfEndpoint: "https://hf-mirror.example.com" });
+    expect(cfg.pools[0]).not.toHaveProperty("hfTokenFile");
+  });
+
+  it("points the router at the pool's own Hub token for an hf:// pool with a tokenSecret (key namespace_pool)", () => {
+    const gated = testPool({}, "gated");
+    gated.spec.model.checkpoint = { uri: "hf://org/gated", tokenSecret: { name: "hf" } };
+    const https = testPool({}, "web");
+    https.spec.model.checkpoint = { uri: "https://example.com/m/", tokenSecret: { name: "hf" } };
+    const plans = new Map();
+    for (const p of [gated, https]) {
+      const r = desiredPlan(p, undefined);
+      if (r.ok) plans.set(`ns/${p.metadata.name}`, r.plan);
+    }
+    const cfg = buildRouterConfig({
+      pools: [gated, https],
+      policies: [],
+      plans,
+      routerNamespace: "ns",
+      defaults: defaultRoutingPolicy(),
+    });
+    expect(cfg.pools.find((p) => p.name === "gated")?.hfTokenFile).toBe("/etc/switchyard/hf-tokens/ns_gated");
+    // the token is for the Hub only (packages/moe/src/fetch/uri.ts sends it to hf:// sources)
+    expect(cfg.pools.find((p) => p.name === "web")).not.toHaveProperty("hfTokenFile");
   });
 });
 

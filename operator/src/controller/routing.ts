@@ -82,9 +82,25 @@ export interface RouterPoolConfig {
   checkpoint: string;
   /** checkpoint.endpoint: the Hub mirror the router downloads an hf:// checkpoint's gate tensors from */
   hfEndpoint?: string;
+  /** hf:// with checkpoint.tokenSecret: where the router looks for the pool's Hub token (routerTokenFile) */
+  hfTokenFile?: string;
   plan: PlacementPlan;
   endpoints: Record<string, string>;
   policy: ResolvedPolicy;
+}
+
+/**
+ * Where the chart mounts the router's optional Secret `<release>-router-hf-tokens` (docs/CONTRACTS.md "Router config").
+ * The operator does not read Secrets: a pool's checkpoint.tokenSecret reaches its workers; for the router, the same
+ * token goes into that Secret under the key `<namespace>_<pool>` (names have no "_", so keys cannot collide).
+ */
+export const ROUTER_HF_TOKEN_DIR = "/etc/switchyard/hf-tokens";
+
+/** The router's token file for an hf:// pool with a tokenSecret; undefined otherwise (the router's HF_TOKEN). */
+export function routerTokenFile(pool: ExpertPool): string | undefined {
+  const c = pool.spec.model.checkpoint;
+  if (!c.tokenSecret || !c.uri?.startsWith("hf://")) return undefined;
+  return `${ROUTER_HF_TOKEN_DIR}/${pool.metadata.namespace ?? "default"}_${pool.metadata.name}`;
 }
 
 /** Where the router finds a pool's checkpoint (gate weights). The chart mounts PVCs under /checkpoints. */
@@ -216,6 +232,7 @@ export function routerConfigCandidates(i: RouterInputs): ConfigCandidate<RouterP
         name: routerPoolName(pool, i.routerNamespace),
         checkpoint: routerCheckpointPath(pool),
         ...(pool.spec.model.checkpoint.endpoint ? { hfEndpoint: pool.spec.model.checkpoint.endpoint } : {}),
+        ...(routerTokenFile(pool) ? { hfTokenFile: routerTokenFile(pool) } : {}),
         plan,
         endpoints: plan.endpoints ?? {},
         policy: winningPolicy(pool, byPool.get(key) ?? [])?.policy ?? i.defaults,
