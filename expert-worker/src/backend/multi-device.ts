@@ -8,9 +8,9 @@
 // - run(): the batch's slices go to their experts' devices; each device gets its rows as a contiguous matrix, all
 //   devices run at once, and their rows are copied back into place. Each row is computed by exactly one device, as a
 //   single device would compute it.
-// - Deduplicated batches (tokenRows, the router's distinct tokens): each device gets the distinct tokens its rows
-//   use and gathers them itself; with sumByToken each sums its own rows per token (in row order) and the host adds
-//   the devices' sums in device order. So a token's sum is rounded to fp32 once per device more than on one GPU:
+// - Deduplicated batches (tokenRows, the router's distinct tokens): each device gets all the distinct tokens and
+//   its rows' indices into them, and gathers its rows itself; with sumByToken each sums its own rows per token (in
+//   row order, zero for a token it has no row of) and the host adds the devices' sums in device order. So a token's sum is rounded to fp32 once per device more than on one GPU:
 //   answers differ from one GPU's by fp32 rounding, not more. Expanding the rows on the host instead (the first
 //   version) took DeepSeek-V3's worker batches from 1.44 to 2.94 ms (bench/results/h200-moe.md).
 // - The device tier's stats are the devices' summed; cache events come from all of them.
@@ -175,11 +175,9 @@ export class MultiDeviceBackend implements ExpertBackend {
       });
     }
     const rowBytes = req.cols * dtypeSize(req.dtype);
-    const distinct = req.tokenRows ? req.tokens.byteLength / rowBytes : req.rows;
     // answers: FLOAT32 [distinct, cols] sums, or [rows, cols] in dtype (rows in no slice stay zero, as the contract says)
-    const sums = req.sumByToken ? new Float32Array(distinct * req.cols) : undefined;
-    const out = sums ? undefined : new Uint8Array(req.rows * rowBytes);
-    const results: { device: number; part: number; got: Uint8Array; tokens?: Uint32Array }[] = [];
+    const out = req.sumByToken ? undefined : new Uint8Array(req.rows * rowBytes);
+    const results: { device: number; part: number; got: Uint8Array }[] = [];
     let deviceMs = 0;
     // The devices at once, each device's parts one after another. allSettled: a device that fails does not leave
     // another's run behind, still running after the batch has been answered (its queue slot would be free again).
@@ -187,19 +185,18 @@ export class MultiDeviceBackend implements ExpertBackend {
       shares.map(async ({ device, parts }) => {
         let ms = 0;
         for (const [part, g] of parts.entries()) {
-          const sub = subRequest(req, g, rowBytes, distinct);
           const got = await this.devices[device].run({
-            ...sub.req,
+            ...subRequest(req, g, rowBytes),
             ...(signal ? { signal } : {}),
             onDeviceTime: (t) => {
               ms += t;
             },
           });
-          results.push({ device, part, got, ...(sub.tokens ? { tokens: sub.tokens } : {}) });
-          if (!sums) {
+          results.push({ device, part, got });
+          if (out) {
             let r = 0;
             for (const f of g.from) {
-              out!.set(got.subarray(r * rowBytes, (r + f.count) * rowBytes), f.offset * rowBytes);
+              out.set(got.subarray(r * rowBytes, (r + f.count) * rowBytes), f.offset * rowBytes);
               r += f.count;
             }
           }
@@ -210,13 +207,23 @@ export class MultiDeviceBackend implements ExpertBackend {
     const failed = settled.find((x): x is PromiseRejectedResult => x.status === "rejected");
     if (failed) throw failed.reason;
     if (deviceMs > 0) req.onDeviceTime?.(deviceMs);
-    if (!sums) return out!;
-    // each part's sums [its tokens, cols] added into their tokens' rows in (device, part) order, natively where the
-    // addon is built: a pass in JavaScript over DeepSeek-V3's rows cost the worker's event loop more than the second
-    // GPU saved
+    if (out) return out;
+    // Each part's sums cover every distinct token (zero where it has no row): added into the first in (device, part)
+    // order, natively where the addon is built (a pass in JavaScript over DeepSeek-V3's rows cost the worker's event
+    // loop more than the second GPU saved).
+    const distinct = req.tokens.byteLength / rowBytes;
     results.sort((a, b) => a.device - b.device || a.part - b.part);
-    for (const p of results) addRowsByToken(sums, p.got, DType.FLOAT32, p.tokens!, req.cols);
-    return new Uint8Array(sums.buffer);
+    const [first, ...rest] = results;
+    if (!first) return new Uint8Array(distinct * req.cols * 4);
+    const acc =
+      first.got.byteOffset % 4 === 0
+        ? new Float32Array(first.got.buffer, first.got.byteOffset, first.got.byteLength / 4)
+        : new Float32Array(first.got.slice().buffer);
+    if (acc.length !== distinct * req.cols)
+      throw new Error(`multi-device: device ${first.device} answered ${acc.length} sums, want ${distinct * req.cols}`);
+    const each = rest.length > 0 ? Uint32Array.from({ length: distinct }, (_, i) => i) : undefined;
+    for (const p of rest) addRowsByToken(acc, p.got, DType.FLOAT32, each!, req.cols);
+    return new Uint8Array(acc.buffer, acc.byteOffset, acc.byteLength);
   }
 
   prefetch(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<void> {
@@ -282,15 +289,10 @@ export class MultiDeviceBackend implements ExpertBackend {
 }
 
 /**
- * The request a device runs for its share `g` of `req`: its rows (or, for a deduplicated batch, the distinct tokens
- * its rows use, in order of first use, and its rows' indices into them: `tokens`), its row weights.
+ * The request a device runs for its share `g` of `req`: its rows (or, for a deduplicated batch, all the distinct
+ * tokens and its rows' indices into them), its row weights.
  */
-function subRequest(
-  req: RunRequest,
-  g: DeviceShare,
-  rowBytes: number,
-  distinct: number,
-): { req: RunRequest; tokens?: Uint32Array } {
+function subRequest(req: RunRequest, g: DeviceShare, rowBytes: number): RunRequest {
   const weights = req.rowWeights ? new Float32Array(g.rows) : undefined;
   let r = 0;
   for (const f of g.from) {
@@ -312,27 +314,17 @@ function subRequest(
       tokens.set(req.tokens.subarray(f.offset * rowBytes, (f.offset + f.count) * rowBytes), r * rowBytes);
       r += f.count;
     }
-    return { req: { ...base, tokens } };
+    return { ...base, tokens };
   }
-  const index = new Int32Array(distinct).fill(-1);
-  const used: number[] = [];
+  // Every device gets all the distinct tokens as they came (a few hundred KB at DeepSeek-V3) and its rows' indices
+  // into them: gathering each device's own tokens on the host cost the worker's event loop more than the copies up
+  // save (bench/results/h200-moe.md, session of 2026-11-30 18:27 UTC), and the sums come back over the same distinct
+  // tokens, zero where a device has no row, so they add as they are.
   const rowsHere = new Uint32Array(g.rows);
   r = 0;
   for (const f of g.from) {
-    for (let i = f.offset; i < f.offset + f.count; i++, r++) {
-      const u = tokenRows[i];
-      if (index[u] < 0) {
-        index[u] = used.length;
-        used.push(u);
-      }
-      rowsHere[r] = index[u];
-    }
+    rowsHere.set(tokenRows.subarray(f.offset, f.offset + f.count), r);
+    r += f.count;
   }
-  const tokens = new Uint8Array(used.length * rowBytes);
-  for (let j = 0; j < used.length; j++)
-    tokens.set(req.tokens.subarray(used[j] * rowBytes, (used[j] + 1) * rowBytes), j * rowBytes);
-  return {
-    req: { ...base, tokens, tokenRows: rowsHere, ...(req.sumByToken ? { sumByToken: true } : {}) },
-    tokens: Uint32Array.from(used),
-  };
+  return { ...base, tokens: req.tokens, tokenRows: rowsHere, ...(req.sumByToken ? { sumByToken: true } : {}) };
 }
