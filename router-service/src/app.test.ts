@@ -341,6 +341,23 @@ describe("router process: config and plan reload without restart", () => {
       } finally {
         await withToken.close();
       }
+      // Two pools on the repository, one with a key in the router's Secret and one without, in one router (the one
+      // without sorts first): each downloads with its own token, so the first's refused download does not keep the
+      // second unloaded.
+      seen.length = 0;
+      await writeFile(
+        cfgPath,
+        JSON.stringify({ pools: [{ ...pool, name: "a-open", hfTokenFile: join(tokens, "team_a-open") }, pool] }),
+      );
+      const both = await start("cache-both");
+      try {
+        await until(() => both.router.poolNames().includes("p"));
+        expect(both.router.poolNames()).toEqual(["p"]);
+        await until(() => both.router.unloadedPools().some((u) => u.name === "a-open" && /401/.test(u.error ?? "")));
+        expect(new Set(seen)).toEqual(new Set(["Bearer pool-token", "Bearer router-token"]));
+      } finally {
+        await both.close();
+      }
       // no key for the pool in the router's Secret: the router's own token, which this repository refuses
       seen.length = 0;
       await writeFile(cfgPath, JSON.stringify({ pools: [{ ...pool, hfTokenFile: join(tokens, "team_other") }] }));

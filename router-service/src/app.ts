@@ -66,6 +66,17 @@ async function poolToken(path: string): Promise<string | undefined> {
   }
 }
 
+/**
+ * What a pool's checkpoint is downloaded, cached and opened by: the URI with the pool's own Hub mirror and token file,
+ * so that two teams' pools on one repository do not share a download (one's refused token failing the other's pool)
+ * or tensors one of them could not fetch. A pool with neither keeps the URI alone (and its cache directory).
+ */
+function sourceKey(checkpoint: string, hfEndpoint: string | null, hfTokenFile: string | null): string {
+  return hfEndpoint === null && hfTokenFile === null
+    ? checkpoint
+    : JSON.stringify([checkpoint, hfEndpoint, hfTokenFile]);
+}
+
 /** A URL scheme (https://, hf://): a checkpoint to download rather than a directory. */
 const URI = /^[a-z][a-z0-9+.-]*:\/\//i;
 /** After a failed download of a URI checkpoint's router tensors, the next try. */
@@ -94,12 +105,13 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
   const stopDownloads = new AbortController();
 
   const startDownload = (uri: string, hfEndpoint: string | null, hfTokenFile: string | null): Download => {
+    const key = sourceKey(uri, hfEndpoint, hfTokenFile);
     const dir = join(
       o.checkpointCache ?? join(tmpdir(), "switchyard-checkpoints"),
-      createHash("sha256").update(uri).digest("hex").slice(0, 16),
+      createHash("sha256").update(key).digest("hex").slice(0, 16),
     );
     const d: Download = { dir, started: Date.now(), state: "loading" };
-    downloads.set(uri, d);
+    downloads.set(key, d);
     // a pool's own Hub mirror (ExpertPool checkpoint.endpoint) over the router's HF_ENDPOINT, and its own token (read
     // at each try: a key added to the router's Secret after a refused download is used by the retry)
     const download = async () => {
@@ -139,7 +151,7 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
    */
   const localCheckpoint = (checkpoint: string, hfEndpoint: string | null, hfTokenFile: string | null): string => {
     if (!URI.test(checkpoint)) return checkpoint;
-    let d = downloads.get(checkpoint);
+    let d = downloads.get(sourceKey(checkpoint, hfEndpoint, hfTokenFile));
     if (!d || (d.state === "failed" && Date.now() >= (d.retryAt ?? 0)))
       d = startDownload(checkpoint, hfEndpoint, hfTokenFile);
     if (d.state === "done") return d.dir;
@@ -154,14 +166,15 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
 
   /** One pool of the config, ready for router.setPool; throws naming the field. */
   const poolSetup = async (p: RouterConfig["pools"][number], i: number): Promise<PoolSetup> => {
-    let model = models.get(p.checkpoint);
+    const source = sourceKey(p.checkpoint, p.hfEndpoint, p.hfTokenFile);
+    let model = models.get(source);
     if (!model) {
       try {
         model = await CheckpointModel.open(localCheckpoint(p.checkpoint, p.hfEndpoint, p.hfTokenFile));
       } catch (e) {
         throw new Error(`pools[${i}].checkpoint: ${(e as Error).message}`);
       }
-      models.set(p.checkpoint, model);
+      models.set(source, model);
     }
     let plan: PlacementPlan;
     if (p.planFile) {

@@ -222,7 +222,11 @@ export class MultiDeviceBackend implements ExpertBackend {
     if (acc.length !== distinct * req.cols)
       throw new Error(`multi-device: device ${first.device} answered ${acc.length} sums, want ${distinct * req.cols}`);
     const each = rest.length > 0 ? Uint32Array.from({ length: distinct }, (_, i) => i) : undefined;
-    for (const p of rest) addRowsByToken(acc, p.got, DType.FLOAT32, each!, req.cols);
+    for (const p of rest) {
+      if (p.got.byteLength !== acc.byteLength)
+        throw new Error(`multi-device: device ${p.device} answered ${p.got.byteLength / 4} sums, want ${acc.length}`);
+      addRowsByToken(acc, p.got, DType.FLOAT32, each!, req.cols);
+    }
     return new Uint8Array(acc.buffer, acc.byteOffset, acc.byteLength);
   }
 

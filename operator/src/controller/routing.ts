@@ -90,7 +90,7 @@ export interface RouterPoolConfig {
 }
 
 /**
- * Where the chart mounts the router's optional Secret `<release>-router-hf-tokens` (docs/CONTRACTS.md "Router config").
+ * Where the chart mounts the router's optional Secret `<fullname>-router-hf-tokens` (docs/CONTRACTS.md "Router config").
  * The operator does not read Secrets: a pool's checkpoint.tokenSecret reaches its workers; for the router, the same
  * token goes into that Secret under the key `<namespace>_<pool>` (names have no "_", so keys cannot collide).
  */
