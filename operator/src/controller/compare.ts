@@ -3,6 +3,8 @@
 // defaults (probe timeouts, port protocols, fieldRef apiVersion, ...), so the test is containment: every field
 // we set must be present and equal in the live object; fields we do not set are the server's business.
 
+import { createHash } from "node:crypto";
+
 const SUFFIX: Record<string, number> = {
   n: 1e-9,
   u: 1e-6,
@@ -65,6 +67,25 @@ export function contains(desired: unknown, live: unknown, path: string[] = []): 
 interface Meta {
   metadata?: { labels?: Record<string, string>; annotations?: Record<string, string>; ownerReferences?: unknown[] };
   [k: string]: unknown;
+}
+
+/** Annotation on each child: a hash of what the operator last applied to it (stampApplied). */
+export const APPLIED_HASH_ANNOTATION = "switchyard.dev/applied-hash";
+
+/**
+ * `desired` with APPLIED_HASH_ANNOTATION set to a hash of the rest of it. needsApply's containment cannot see a field
+ * the operator stopped setting (a nodeSelector removed from the spec: the live object still has it, and contains
+ * every field still wanted), so the change of hash is what makes that apply happen; server-side apply then drops the
+ * fields this manager no longer sends. The children's builders are deterministic, so an unchanged spec keeps its hash.
+ */
+export function stampApplied<T extends Meta>(desired: T): T {
+  const { [APPLIED_HASH_ANNOTATION]: _old, ...annotations } = desired.metadata?.annotations ?? {};
+  const unstamped = { ...desired, metadata: { ...desired.metadata, annotations } };
+  const hash = createHash("sha256").update(JSON.stringify(unstamped)).digest("hex").slice(0, 16);
+  return {
+    ...desired,
+    metadata: { ...desired.metadata, annotations: { ...annotations, [APPLIED_HASH_ANNOTATION]: hash } },
+  };
 }
 
 /** Whether applying `desired` would change `live` (undefined live: it does not exist yet). */

@@ -104,6 +104,33 @@ describe("PoolReconciler", () => {
     expect(h.applies).toEqual([]);
   });
 
+  it("a setting removed from the spec is removed from the StatefulSet (containment alone never saw it gone)", async () => {
+    const pool = testPool({ replicas: 2, worker: { nodeSelector: { gpu: "h200", zone: "a" } } });
+    const h = harness(pool);
+    await h.rec.reconcile("ns/mix");
+    type Sts = V1StatefulSet & Obj;
+    const selector = () => (h.caches.statefulSets.get("ns", "mix") as Sts).spec?.template.spec?.nodeSelector;
+    expect(selector()).toEqual({ gpu: "h200", zone: "a" });
+    for (const [next, want] of [
+      [{ gpu: "h200" }, { gpu: "h200" }], // one key dropped
+      [undefined, undefined], // the field dropped
+    ] as const) {
+      const edited = structuredClone(h.caches.pools.get("ns", "mix") as ExpertPool);
+      edited.metadata.generation = (edited.metadata.generation ?? 1) + 1;
+      if (next) edited.spec.worker.nodeSelector = { ...next };
+      else delete edited.spec.worker.nodeSelector;
+      h.caches.pools.put(edited);
+      h.applies.length = 0;
+      await h.rec.reconcile("ns/mix");
+      expect(h.applies).toContain("/apis/apps/v1/namespaces/ns/statefulsets/mix");
+      expect(selector()).toEqual(want);
+    }
+    // and then quiet again
+    h.applies.length = 0;
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual([]);
+  });
+
   it("the workers of a pool outside the router's namespace label their metrics namespace/name", async () => {
     const h = harness(testPool({ replicas: 2 }), { routerNamespace: "switchyard-system" });
     await h.rec.reconcile("ns/mix");

@@ -14,7 +14,7 @@ import type { Informer } from "../runtime/informer.js";
 import { type Kube, KubeError, type KubeObject, paths } from "../runtime/kube.js";
 import { type FetchLike, promInstantQuery } from "../runtime/prometheus.js";
 import type { RecentWrites } from "../runtime/recent.js";
-import { needsApply } from "./compare.js";
+import { needsApply, stampApplied } from "./compare.js";
 import {
   desiredPlan,
   desiredService,
@@ -138,10 +138,11 @@ export class PoolReconciler {
     desired: T,
     live: KubeObject | undefined,
   ): Promise<T | undefined> {
-    if (!needsApply(desired as never, live as never)) return undefined;
+    const want = stampApplied(desired as never) as T;
+    if (!needsApply(want as never, live as never)) return undefined;
     const ns = desired.metadata?.namespace as string;
     const name = desired.metadata?.name as string;
-    const out = await this.d.kube.apply<T>(`${collection}/${name}`, desired, FIELD_MANAGER);
+    const out = await this.d.kube.apply<T>(`${collection}/${name}`, want, FIELD_MANAGER);
     this.d.recent.put(kind, ns, name, out);
     return out;
   }
