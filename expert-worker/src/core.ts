@@ -7,6 +7,7 @@ import {
   type ExpertBatch,
   type ExpertKey,
   type ExpertResult,
+  failedPrecondition,
   invalidArgument,
   type WorkerStatus,
 } from "@switchyard/protocol";
@@ -344,9 +345,9 @@ export class WorkerCore {
       if (k.expert >= servableExperts(this.o.source))
         throw invalidArgument(`${field}[${i}].expert`, `unknown expert ${k.expert} (${expertIdsText(this.o.source)})`);
       if (!this.serves(k.layer, k.expert))
-        throw invalidArgument(
-          `${field}[${i}].expert`,
+        throw failedPrecondition(
           `expert ${k.expert} of layer ${k.layer} is not served by this worker`,
+          `${field}[${i}].expert`,
         );
       return { layer: k.layer, expert: k.expert };
     });

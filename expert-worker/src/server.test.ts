@@ -161,7 +161,6 @@ describe("RunExperts", () => {
       },
     ],
     ["slices[0].expert", { slices: [{ expert: 4, offset: 0, count: 1 }] }],
-    ["slices[0].expert", { slices: [{ expert: 3, offset: 0, count: 1 }] }], // exists, but this worker serves 0-2
     ["row_weights.shape", { rowWeights: encodeTensor(new Float32Array(5), [5], DType.FLOAT32) }],
     ["row_weights.dtype", { rowWeights: encodeTensor(new Float32Array(6), [6], DType.BFLOAT16) }],
     // a NaN weight would turn its row (and, summed, its token) into NaN that the router passes on silently
@@ -189,6 +188,15 @@ describe("RunExperts", () => {
       },
     ],
   ];
+  it("an expert that exists but this worker does not serve answers FAILED_PRECONDITION naming the field", async () => {
+    // not the request's fault: a plan that reached the router before this worker (the router tries another replica)
+    const over = { slices: [{ expert: 3, offset: 0, count: 1 }] }; // this worker serves 0-2
+    const err = (await call(client.runExperts.bind(client), batch(over)).catch((e) => e)) as ServiceError;
+    expect(err.code).toBe(status.FAILED_PRECONDITION);
+    expect(err.metadata.get(ERROR_FIELD_METADATA_KEY)[0]).toBe("slices[0].expert");
+    expect(err.details).toMatch(/^slices\[0\]\.expert: expert 3 of layer \d+ is not served by this worker$/);
+  });
+
   it.each(bad.map(([field, over], i) => [i, field, over] as const))(
     "bad input #%i answers INVALID_ARGUMENT naming %s",
     async (_, field, over) => {
@@ -307,7 +315,7 @@ describe("Prefetch, Evict, Status, health, metrics", () => {
     const err = (await call(client.prefetch.bind(client), { pool: "p", experts: [{ layer: 0, expert: 3 }] }).catch(
       (e) => e,
     )) as ServiceError;
-    expect(err.code).toBe(status.INVALID_ARGUMENT);
+    expect(err.code).toBe(status.FAILED_PRECONDITION); // exists, but this worker does not serve it
     expect(err.details).toMatch(/^experts\[0\]\.expert: /);
     // an expert named twice is one expert: both fit the cache of 2, each reported once
     const [a, b] = [

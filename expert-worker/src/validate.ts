@@ -7,6 +7,7 @@ import {
   DType,
   dtypeName,
   type ExpertBatch,
+  failedPrecondition,
   invalidArgument,
   shapeElements,
 } from "@switchyard/protocol";
@@ -116,8 +117,10 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
     if (s.offset > rows) throw invalidArgument(`${f}.offset`, `${s.offset} is past the ${rows} ${what}`);
     if (s.offset + s.count > rows)
       throw invalidArgument(`${f}.count`, `rows [${s.offset}, ${s.offset + s.count}) exceed the ${rows} ${what}`);
+    // FAILED_PRECONDITION, not INVALID_ARGUMENT: a valid expert this worker's plan (a ConfigMap that reaches router and
+    // worker at different times) does not hold; the router sends the rows to another replica.
     if (s.count > 0 && !ctx.serves(b.layer, s.expert))
-      throw invalidArgument(`${f}.expert`, `expert ${s.expert} of layer ${b.layer} is not served by this worker`);
+      throw failedPrecondition(`expert ${s.expert} of layer ${b.layer} is not served by this worker`, `${f}.expert`);
     slices.push({ expert: s.expert, offset: s.offset, count: s.count });
   }
   // Overlap: sort non-empty slices by offset and compare neighbours.

@@ -93,6 +93,34 @@ describe.each(["auto", "grpc"] as const)("a plan change while a batch is out (%s
   });
 });
 
+describe.each(["auto", "grpc"] as const)(
+  "a worker whose plan no longer holds an expert (%s transport)",
+  (transport) => {
+    const { workers, start, setPool } = harness(transport);
+
+    it("its FAILED_PRECONDITION sends the rows to another replica; with none left, the request is told why", async () => {
+      // Plans reach router and workers at different times: w0 has already dropped expert 0, the router still lists it.
+      const r = await start(2);
+      setPool(r, ["w0", "w1"], [[0, 1], [0, 1], [1], [1]], 1);
+      await r.refreshWorkers("toy");
+      workers[0].notServed.add(0);
+      const answers = await Promise.allSettled(
+        Array.from({ length: 12 }, (_, i) => r.forward(req(i % 2), Date.now() + 5000)),
+      );
+      expect(answers.map((a) => a.status)).toEqual(answers.map(() => "fulfilled"));
+      expect(workers[0].refused).toBeGreaterThan(0); // some went to w0 first, and were answered by w1
+
+      // expert 0 on w0 alone: UNAVAILABLE (the caller may retry) with the worker's own reason
+      setPool(r, ["w0", "w1"], [[0], [0, 1], [1], [1]], 2);
+      const lone = (await r.forward(req(0), Date.now() + 5000).catch((e) => e)) as Error & { code?: string };
+      expect(lone.code).toBe("UNAVAILABLE");
+      expect(lone.message).toMatch(
+        /expert 0: replicas w0 failed or are unavailable \(w0: slices\[0\]\.expert: expert 0 of layer 0 is not served by this worker\)/,
+      );
+    });
+  },
+);
+
 describe("a plan change while a batch is out on the data path", () => {
   const { workers, start, setPool } = harness("auto");
 

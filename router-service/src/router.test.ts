@@ -534,6 +534,7 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
       });
       expect(e.code).toBe("UNAVAILABLE");
       expect(e.message).toMatch(/layer 0 expert 2/);
+      expect(e.message).toMatch(/\(w1: .*fake worker w1 failing on purpose\)/); // the worker's own reason
     } finally {
       workers[1].mode = "ok";
       setPool();

@@ -12,13 +12,13 @@ import {
   deadlineExceeded,
   decodeTensor,
   dtypeSize,
+  errorCodeOf,
   type ForwardRequest,
   type ForwardResponse,
   invalidArgument,
   isRetryable,
   notFound,
   resourceExhausted,
-  SwitchyardError,
   unavailable,
 } from "@switchyard/protocol";
 import type { CallerScope } from "./caller-scope.js";
@@ -693,7 +693,8 @@ export class Router {
    * and each attempt lays its rows out against the plan of that moment.
    */
   private async dispatchRound(p: Pool, layer: number, items: Item[], round: Assignment[]): Promise<void> {
-    const failed = new Set<WorkerConn>();
+    // the workers that failed in this round, each with its error: a request no replica is left for is told them
+    const failed = new Map<WorkerConn, unknown>();
     let todo = items.some((i) => i.done) ? round.filter((a) => !items[a.item].done) : round;
     for (let attempt = 0; attempt < MAX_DISPATCH_ATTEMPTS && todo.length > 0; attempt++) {
       const conns = p.conns;
@@ -705,23 +706,28 @@ export class Router {
         splitTokens: Math.max(16, p.policy.batching.maxBatchTokens / Math.max(1, conns.length)),
         exclude: indicesOf(conns, failed),
       });
-      this.failUnplaced(p, layer, items, lay.unplaced, failed.size > 0);
+      this.failUnplaced(p, layer, items, lay.unplaced, failed);
       const retry: Assignment[] = [];
       // One batch (one worker) is the common case at small T: no Promise.all around it.
       if (lay.batches.length === 1) await this.sendOrRetry(p, layer, items, lay.batches[0], failed, retry);
       else await Promise.all(lay.batches.map((b) => this.sendOrRetry(p, layer, items, b, failed, retry)));
       todo = retry;
     }
-    if (todo.length > 0) this.failUnplaced(p, layer, items, todo, failed.size > 0);
+    if (todo.length > 0) this.failUnplaced(p, layer, items, todo, failed);
   }
 
-  /** send(), with a failed worker's still-live rows queued in `retry` (and the worker in `failed`) when retryable. */
+  /**
+   * send(), with a failed worker's still-live rows queued in `retry` (and the worker in `failed`) when another replica
+   * may answer: the worker unavailable or full, a deadline not yet everyone's, or FAILED_PRECONDITION, the worker's own
+   * state (an expert its plan no longer holds: plans reach router and workers at different times; a checkpoint it
+   * cannot read). Other errors are the request's, and fail the batch's requests.
+   */
   private async sendOrRetry(
     p: Pool,
     layer: number,
     items: Item[],
     b: WorkerBatchLayout,
-    failed: Set<WorkerConn>,
+    failed: Map<WorkerConn, unknown>,
     retry: Assignment[],
   ): Promise<void> {
     const live = b.rows.some((a) => !items[a.item].done);
@@ -732,8 +738,9 @@ export class Router {
       await this.send(p, layer, items, b, conn);
     } catch (e) {
       p.metrics.worker(conn.id).errors.inc();
-      if (isRetryable(e) || (e instanceof SwitchyardError && e.code === "DEADLINE_EXCEEDED" && !allExpired(items, b))) {
-        failed.add(conn);
+      const code = errorCodeOf(e);
+      if (isRetryable(e) || code === "FAILED_PRECONDITION" || (code === "DEADLINE_EXCEEDED" && !allExpired(items, b))) {
+        failed.set(conn, e);
         retry.push(...b.rows.filter((a) => !items[a.item].done));
       } else {
         for (const a of b.rows) this.finish(p, items[a.item], e);
@@ -741,17 +748,27 @@ export class Router {
     }
   }
 
-  private failUnplaced(p: Pool, layer: number, items: Item[], unplaced: Assignment[], anyFailed: boolean): void {
+  private failUnplaced(
+    p: Pool,
+    layer: number,
+    items: Item[],
+    unplaced: Assignment[],
+    failed: ReadonlyMap<WorkerConn, unknown>,
+  ): void {
     for (const a of unplaced) {
       const it = items[a.item];
       if (it.done) continue;
-      const reps = (p.replicas[layer]?.[a.expert] ?? []).map((w) => p.conns[w]?.id ?? `#${w}`);
-      const what = `expert ${a.expert}`;
+      const conns = (p.replicas[layer]?.[a.expert] ?? []).map((w) => p.conns[w]);
+      const reps = conns.map((c, i) => c?.id ?? `#${p.replicas[layer]?.[a.expert]?.[i]}`);
+      // what each of its replicas that failed in this round answered (the worker's own words, naming the field)
+      const errors = conns
+        .filter((c): c is WorkerConn => c !== undefined && failed.has(c))
+        .map((c) => `${c.id}: ${(failed.get(c) as Error)?.message ?? String(failed.get(c))}`);
       const why =
         reps.length === 0
           ? "no worker in the placement plan holds it"
-          : `replicas ${reps.join(", ")} ${anyFailed ? "failed or are" : "are"} unavailable`;
-      this.finish(p, it, unavailable(`pool ${p.name} layer ${layer} ${what}: ${why}`));
+          : `replicas ${reps.join(", ")} ${failed.size > 0 ? "failed or are" : "are"} unavailable${errors.length ? ` (${errors.join("; ")})` : ""}`;
+      this.finish(p, it, unavailable(`pool ${p.name} layer ${layer} expert ${a.expert}: ${why}`));
     }
   }
 
@@ -969,7 +986,7 @@ function allExpired(items: Item[], b: WorkerBatchLayout): boolean {
 
 /** Routed experts the request reached (the shared expert's slices, ids from `experts` on, are not counted). */
 /** The plan indices of `conns` that are in `set`. */
-function indicesOf(conns: readonly WorkerConn[], set: ReadonlySet<WorkerConn>): Set<number> {
+function indicesOf(conns: readonly WorkerConn[], set: ReadonlyMap<WorkerConn, unknown>): Set<number> {
   const out = new Set<number>();
   if (set.size > 0) for (let i = 0; i < conns.length; i++) if (set.has(conns[i])) out.add(i);
   return out;

@@ -17,6 +17,7 @@ import {
   type ExpertBatch,
   ExpertResult,
   ExpertWorkerService,
+  failedPrecondition,
   serveFrames,
   toRpcError,
   unavailable,
@@ -67,6 +68,9 @@ export interface FakeWorkerOptions {
 export class FakeWorker {
   /** "ok" | "fail" (every batch answers UNAVAILABLE) | "stall" (never answers) */
   mode: "ok" | "fail" | "stall" = "ok";
+  /** Experts this worker's plan no longer holds: a batch with rows for one answers FAILED_PRECONDITION, as a real one. */
+  notServed = new Set<number>();
+  refused = 0;
   batches = 0;
   rows = 0;
   /** The last SEEN_CAP..2*SEEN_CAP batches (bounded: a benchmark sends millions). */
@@ -92,6 +96,14 @@ export class FakeWorker {
 
   run(b: ExpertBatch): ExpertResult {
     if (this.mode === "fail") throw unavailable(`fake worker ${this.o.id} failing on purpose`);
+    const gone = b.slices.findIndex((s) => s.count > 0 && this.notServed.has(s.expert));
+    if (gone >= 0) {
+      this.refused++;
+      throw failedPrecondition(
+        `expert ${b.slices[gone].expert} of layer ${b.layer} is not served by this worker`,
+        `slices[${gone}].expert`,
+      );
+    }
     const t = b.tokens!;
     const [distinct, d] = t.shape;
     const tr = b.tokenRows ?? [];
