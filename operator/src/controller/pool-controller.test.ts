@@ -160,6 +160,39 @@ describe("PoolReconciler", () => {
     expect(h.events).toContain("Normal PlanPublished");
   });
 
+  it("a refused plan ConfigMap holds the StatefulSet back: status keeps the published plan, no PlanPublished", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    await h.rec.reconcile("ns/mix");
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({ ...p, metadata: { ...p.metadata, generation: 2 }, spec: { ...p.spec, replicas: 3 } });
+    const message = 'configmaps "mix-placement" is forbidden: denied by a webhook';
+    h.server.refuse = (path) =>
+      path.includes("/configmaps/")
+        ? new KubeError(403, "Forbidden", `PATCH ${path}: 403 Forbidden: ${message}`, { message })
+        : undefined;
+    for (let i = 0; i < 3; i++) await h.rec.reconcile("ns/mix").catch(() => undefined);
+    const sts = h.caches.statefulSets.get("ns", "mix") as unknown as V1StatefulSet;
+    expect(sts.spec?.replicas).toBe(2); // no third worker the published plan does not list
+    const plan = JSON.parse(
+      (h.caches.configMaps.get("ns", "mix-placement") as { data: Record<string, string> }).data["plan.json"],
+    );
+    const status = h.caches.pools.get("ns", "mix")?.status;
+    expect(plan.version).toBe(1);
+    expect(status?.placement).toMatchObject({ version: 1, workers: 2 });
+    expect(status?.endpoints).toHaveLength(2);
+    expect(status?.conditions?.find((c) => c.type === "Degraded")).toMatchObject({
+      status: "True",
+      reason: "ApplyFailed",
+    });
+    expect(h.events).not.toContain("Normal PlanPublished");
+    // once the ConfigMap is taken, both follow
+    h.server.refuse = () => undefined;
+    await h.rec.reconcile("ns/mix");
+    expect((h.caches.statefulSets.get("ns", "mix") as unknown as V1StatefulSet).spec?.replicas).toBe(3);
+    expect(h.caches.pools.get("ns", "mix")?.status?.placement).toMatchObject({ version: 2, workers: 3 });
+    expect(h.events).toContain("Normal PlanPublished");
+  });
+
   it("a child the API server refuses is reported as Degraded in status, and the pass still fails (retry)", async () => {
     const h = harness(testPool({ replicas: 2 }));
     const message =

@@ -191,20 +191,20 @@ export class PoolReconciler {
       planInfo = { error: plan.message };
     }
 
-    // 2. The three children are independent objects: apply them concurrently (one round trip, not three).
-    // No StatefulSet without a plan: its workers would start with nothing to load.
+    // 2. The plan's ConfigMap and the Service at once, then the StatefulSet: no StatefulSet without a published plan
+    // (its workers would start with nothing to load, or scale to workers the published plan does not list).
     // A child the API server refuses (its validation of a pod template built from the spec, admission, quota) is
     // written to status before the pass fails: otherwise the pool would sit there with no word of why.
-    const refusals: { error: KubeError; message: string }[] = [];
+    const refusals: { kind: string; error: KubeError; message: string }[] = [];
     const refusable = <T>(kind: string, childName: string, p: Promise<T>) =>
       p.catch((e: unknown) => {
         if (!(e instanceof KubeError) || ![400, 403, 422].includes(e.code)) throw e;
         const said = typeof e.status?.message === "string" ? e.status.message : e.message;
-        refusals.push({ error: e, message: `${kind} ${childName}: ${said}` });
+        refusals.push({ kind, error: e, message: `${kind} ${childName}: ${said}` });
         return undefined;
       });
     let sts = recent.pick("StatefulSet", ns, statefulSetName(name), caches.statefulSets.get(ns, statefulSetName(name)));
-    const [, , wroteSts] = await Promise.all([
+    await Promise.all([
       plan.ok
         ? refusable(
             "ConfigMap",
@@ -222,21 +222,23 @@ export class PoolReconciler {
           recent.pick("Service", ns, serviceName(name), caches.services.get(ns, serviceName(name))),
         ),
       ),
-      plan.ok
-        ? refusable(
-            "StatefulSet",
-            statefulSetName(name),
-            this.applyIfChanged(
-              "StatefulSet",
-              paths.statefulSets(ns),
-              desiredStatefulSet(pool, routerPoolName(pool, this.d.routerNamespace)) as KubeObject,
-              sts,
-            ),
-          )
-        : undefined,
     ]);
+    // A refused plan ConfigMap leaves the published plan as it was: the workers, status and events stay with it.
+    const published = plan.ok && !refusals.some((r) => r.kind === "ConfigMap");
+    const wroteSts = published
+      ? await refusable(
+          "StatefulSet",
+          statefulSetName(name),
+          this.applyIfChanged(
+            "StatefulSet",
+            paths.statefulSets(ns),
+            desiredStatefulSet(pool, routerPoolName(pool, this.d.routerNamespace)) as KubeObject,
+            sts,
+          ),
+        )
+      : undefined;
     if (wroteSts) sts = wroteSts as typeof sts;
-    if (plan.ok && planChanged && previous) {
+    if (plan.ok && published && planChanged && previous) {
       if (decision?.kind === "replanned") {
         void this.d.events.emit(
           this.involved(pool),
@@ -264,6 +266,7 @@ export class PoolReconciler {
       statefulSet: sts,
       pods,
       plan: planInfo,
+      planPublished: published || !plan.ok,
       refused: refusals.map((r) => r.message),
       now: this.nowString(),
     });

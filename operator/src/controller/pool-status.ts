@@ -19,6 +19,11 @@ export interface PoolObservation {
         rebalance?: NonNullable<ExpertPoolStatus["placement"]>["rebalance"];
       }
     | { error: string };
+  /**
+   * false: the plan's ConfigMap was refused this pass, so status keeps describing the plan still published (default
+   * true).
+   */
+  planPublished?: boolean;
   /** Children the API server refused to take this pass ("Kind name: its message"). */
   refused?: string[];
   now: string;
@@ -169,7 +174,7 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
     selector: selectorString(name),
     conditions,
   };
-  if (!("error" in o.plan)) {
+  if (!("error" in o.plan) && o.planPublished !== false) {
     const { plan, stats, moved, rebalance } = o.plan;
     status.placement = {
       version: plan.version,
@@ -186,7 +191,9 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
     };
     status.endpoints = plan.workers.map((w) => ({ worker: w, address: workerAddress(name, ns, w) }));
   } else if (pool.status?.placement) {
-    status.placement = pool.status.placement; // keep describing the plan still published
+    // keep describing the plan still published, and the workers it lists
+    status.placement = pool.status.placement;
+    if (pool.status.endpoints) status.endpoints = pool.status.endpoints;
   }
   return { status, transitions };
 }
