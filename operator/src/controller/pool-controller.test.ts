@@ -415,6 +415,12 @@ describe("PoolReconciler with placement.rebalance", () => {
     const rb = h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance;
     expect(rb?.message).toMatch(/heat incomplete: the router folded 5000 of 8200 assignments into expert="other"/);
     expect(h.events.filter((e) => e === "Warning HeatQueryFailed")).toHaveLength(1);
+    // still folded, more of it: the same failure, no second warning
+    prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT, 7000) });
+    prom.state.ms += 60_000;
+    await h.rec.reconcile("ns/mix");
+    expect(h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance?.message).toMatch(/folded 7000 of/);
+    expect(h.events.filter((e) => e === "Warning HeatQueryFailed")).toHaveLength(1);
     // complete heat next time: the plan follows it
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
     prom.state.ms += 60_000;

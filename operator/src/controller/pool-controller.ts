@@ -119,7 +119,9 @@ export class PoolReconciler {
     }
     const obs = observe(prev, hk, clock(), this.nowString(), result);
     this.heat.set(key, obs);
-    if (obs.error && obs.error !== prev?.error) {
+    // The same failure with other figures (the folded counts grow each interval) is not a new one.
+    const kind = (e: string | undefined) => e?.replace(/\d+(\.\d+)?/g, "#");
+    if (obs.error && kind(obs.error) !== kind(prev?.error)) {
       // Once per new failure, not every interval; status.placement.rebalance.message says it meanwhile.
       this.d.log(`expertpool ${key}: heat query failed: ${obs.error}`);
       void this.d.events.emit(
