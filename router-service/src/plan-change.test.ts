@@ -121,6 +121,34 @@ describe.each(["auto", "grpc"] as const)(
   },
 );
 
+describe("a setup the router refuses", () => {
+  const { start, setPool } = harness("auto");
+
+  it("leaves no pool, or the running pool as it was (policy and plan), naming the missing endpoint", async () => {
+    const r = await start(1);
+    const refused =
+      (plan: { workers: string[]; version: number }, policy = {}) =>
+      () =>
+        r.setPool({
+          name: "toy",
+          model: toy,
+          plan: { ...plan, pool: "toy", replicas: [[[0], [0], [0], [0]]] },
+          endpoints: { w0: "127.0.0.1:1" },
+          policy: resolveRoutingPolicy(policy),
+        });
+    // a plan naming a worker with no endpoint, for a new pool: no half-registered pool
+    expect(refused({ workers: ["w0", "w9"], version: 1 })).toThrow(/pools\[toy\]\.endpoints\.w9: no endpoint/);
+    expect(r.poolNames()).toEqual([]);
+    // for a running pool: its plan, connections and policy stay
+    setPool(r, ["w0"], [[0], [0], [0], [0]], 1);
+    expect(refused({ workers: ["w0", "w9"], version: 2 }, { batching: { maxQueueTokens: 512 } })).toThrow(/w9/);
+    expect(r.poolSummaries().map((p) => p.planVersion)).toEqual([1]);
+    const running = (r as unknown as { pools: Map<string, { policy: { batching: { maxQueueTokens: number } } }> })
+      .pools;
+    expect(running.get("toy")?.policy.batching.maxQueueTokens).toBe(resolveRoutingPolicy({}).batching.maxQueueTokens);
+  });
+});
+
 describe("a plan change while a batch is out on the data path", () => {
   const { workers, start, setPool } = harness("auto");
 

@@ -332,7 +332,20 @@ export class Router {
   /** Adds or updates a pool: model, plan, endpoints and policy take effect for the next flush. */
   setPool(s: PoolSetup): void {
     validatePlan(s.plan, s.model, s.name);
-    let p = this.pools.get(s.name);
+    // Everything that can refuse the setup before anything changes: a refused one leaves the running pool as it was
+    // (or no pool), not a new policy over the old plan, or a registered pool without workers.
+    const addresses = s.plan.workers.map((id) => {
+      const address = s.endpoints?.[id] ?? s.plan.endpoints?.[id];
+      if (!address) throw invalidArgument(`pools[${s.name}].endpoints.${id}`, "no endpoint for worker in plan");
+      return address;
+    });
+    const running = this.pools.get(s.name);
+    if (running && (s.plan.pool || s.name) !== running.workerPool)
+      throw invalidArgument(
+        `pools[${s.name}].plan.pool`,
+        `"${s.plan.pool}": the pool's workers are "${running.workerPool}"; a new name is a new pool (remove it first)`,
+      );
+    let p = running;
     if (!p) {
       p = new Pool(
         s.name,
@@ -346,11 +359,6 @@ export class Router {
       );
       this.pools.set(s.name, p);
     } else {
-      if ((s.plan.pool || s.name) !== p.workerPool)
-        throw invalidArgument(
-          `pools[${s.name}].plan.pool`,
-          `"${s.plan.pool}": the pool's workers are "${p.workerPool}"; a new name is a new pool (remove it first)`,
-        );
       p.model = s.model;
       p.policy = s.policy;
       p.batcher.setOptions(s.policy.batching);
@@ -358,9 +366,8 @@ export class Router {
     }
     const old = new Map(p.conns.map((c) => [`${c.id}@${c.address}`, c]));
     const conns: WorkerConn[] = [];
-    for (const id of s.plan.workers) {
-      const address = s.endpoints?.[id] ?? s.plan.endpoints?.[id];
-      if (!address) throw invalidArgument(`pools[${s.name}].endpoints.${id}`, "no endpoint for worker in plan");
+    for (const [i, id] of s.plan.workers.entries()) {
+      const address = addresses[i];
       const key = `${id}@${address}`;
       const c =
         old.get(key) ??
