@@ -678,18 +678,9 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
   });
 
   it("serves /pools: each pool's dimensions, MoE layers, plan version and workers", async () => {
-    // A worker's data path opens asynchronously, after the earlier tests' first batches to it: on a loaded machine
-    // the second one can still be connecting when this test starts (it failed so twice), so wait for both a while.
-    const get = async () => {
-      const res = await fetch(`http://127.0.0.1:${served.metricsPort}/pools`);
-      expect(res.headers.get("content-type")).toMatch(/application\/json/);
-      return ((await res.json()) as { pools: PoolSummary[] }).pools;
-    };
-    let pools = await get();
-    for (let i = 0; i < 50 && transport !== "grpc" && pools[0]?.workers.some((w) => !w.dataPath); i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      pools = await get();
-    }
+    const res = await fetch(`http://127.0.0.1:${served.metricsPort}/pools`);
+    expect(res.headers.get("content-type")).toMatch(/application\/json/);
+    const { pools } = (await res.json()) as { pools: PoolSummary[] };
     expect(pools).toEqual([
       {
         name: "toy",
@@ -703,7 +694,10 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
           id: w.o.id,
           address: `127.0.0.1:${w.port}`,
           healthy: true,
-          dataPath: transport !== "grpc",
+          // Whether a worker's data path is open now depends on the earlier tests: they stall and fail workers on
+          // purpose, after which it stays off for its back-off (5 s, doubling), and which replicas served since.
+          // "carried the batches over the data path" checks that it carries them.
+          dataPath: transport === "grpc" ? false : expect.any(Boolean),
         })),
       },
     ]);
