@@ -1,5 +1,5 @@
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:http";
+import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,6 +17,35 @@ async function until(f: () => Promise<boolean> | boolean, ms = 5000): Promise<vo
     if (Date.now() > end) throw new Error("timed out");
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/**
+ * A mirror of the Hugging Face Hub serving `ckpt` as `repo`: /ORG/NAME/resolve/REV/FILE with byte ranges and the
+ * resolved commit in X-Repo-Commit. `admit` sees each request first; false answers 401 (a gated repository).
+ */
+async function hubMirror(
+  ckpt: string,
+  repo: string,
+  admit: (req: IncomingMessage) => boolean,
+): Promise<ReturnType<typeof createServer>> {
+  const server = createServer(async (req, res) => {
+    if (!admit(req)) return void res.writeHead(401).end();
+    const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
+    const m = path.startsWith(`/${repo}/resolve/`) ? /^\/[^/]+\/[^/]+\/resolve\/[^/]+\/(.+)$/.exec(path) : null;
+    try {
+      if (!m) throw new Error("not a resolve path");
+      const body = await readFile(join(ckpt, m[1]));
+      const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? "");
+      const head = { "x-repo-commit": "0123456789abcdef0123456789abcdef01234567" };
+      if (!r) return void res.writeHead(200, head).end(body);
+      res.writeHead(206, { ...head, "content-range": `bytes ${r[1]}-${r[2]}/${body.length}` });
+      res.end(body.subarray(Number(r[1]), Number(r[2]) + 1));
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return server;
 }
 
 describe("router process: config and plan reload without restart", () => {
@@ -227,23 +256,10 @@ describe("router process: config and plan reload without restart", () => {
   it("downloads an hf:// pool's tensors from the pool's own Hub mirror (hfEndpoint), not HF_ENDPOINT", async () => {
     // a mirror of the Hub: /ORG/NAME/resolve/REV/FILE, the resolved commit in X-Repo-Commit
     const asked: string[] = [];
-    const mirror = createServer(async (req, res) => {
-      const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
-      asked.push(path);
-      const m = /^\/org\/m\/resolve\/[^/]+\/(.+)$/.exec(path);
-      try {
-        if (!m) throw new Error("not a resolve path");
-        const body = await readFile(join(dir, "ckpt", m[1]));
-        const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? "");
-        const head = { "x-repo-commit": "0123456789abcdef0123456789abcdef01234567" };
-        if (!r) return void res.writeHead(200, head).end(body);
-        res.writeHead(206, { ...head, "content-range": `bytes ${r[1]}-${r[2]}/${body.length}` });
-        res.end(body.subarray(Number(r[1]), Number(r[2]) + 1));
-      } catch {
-        res.writeHead(404).end();
-      }
+    const mirror = await hubMirror(join(dir, "ckpt"), "org/m", (req) => {
+      asked.push(decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname));
+      return true;
     });
-    await new Promise<void>((r) => mirror.listen(0, "127.0.0.1", r));
     const cfgPath = join(dir, "router-hf.json");
     const pool = {
       name: "p",
@@ -287,25 +303,10 @@ describe("router process: config and plan reload without restart", () => {
   it("downloads an hf:// pool's tensors with the pool's own token (hfTokenFile), else the router's HF_TOKEN", async () => {
     // a gated repository on a mirror of the Hub: only the pool's token is let in
     const seen: string[] = [];
-    const mirror = createServer(async (req, res) => {
+    const mirror = await hubMirror(join(dir, "ckpt"), "org/gated", (req) => {
       seen.push(req.headers.authorization ?? "none");
-      if (req.headers.authorization !== "Bearer pool-token") return void res.writeHead(401).end();
-      const m = /^\/org\/gated\/resolve\/[^/]+\/(.+)$/.exec(
-        decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname),
-      );
-      try {
-        if (!m) throw new Error("not a resolve path");
-        const body = await readFile(join(dir, "ckpt", m[1]));
-        const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? "");
-        const head = { "x-repo-commit": "89abcdef0123456789abcdef0123456789abcdef" };
-        if (!r) return void res.writeHead(200, head).end(body);
-        res.writeHead(206, { ...head, "content-range": `bytes ${r[1]}-${r[2]}/${body.length}` });
-        res.end(body.subarray(Number(r[1]), Number(r[2]) + 1));
-      } catch {
-        res.writeHead(404).end();
-      }
+      return req.headers.authorization === "Bearer pool-token";
     });
-    await new Promise<void>((r) => mirror.listen(0, "127.0.0.1", r));
     const tokens = join(dir, "hf-tokens");
     await mkdir(tokens, { recursive: true });
     await writeFile(join(tokens, "team_p"), "pool-token\n");

@@ -226,13 +226,14 @@ export function routerConfigCandidates(i: RouterInputs): ConfigCandidate<RouterP
     const key = keyOf(pool);
     const plan = i.plans.get(key);
     if (!plan || whyNotServed(pool, plan)) continue;
+    const hfTokenFile = routerTokenFile(pool);
     out.push({
       key,
       entry: {
         name: routerPoolName(pool, i.routerNamespace),
         checkpoint: routerCheckpointPath(pool),
         ...(pool.spec.model.checkpoint.endpoint ? { hfEndpoint: pool.spec.model.checkpoint.endpoint } : {}),
-        ...(routerTokenFile(pool) ? { hfTokenFile: routerTokenFile(pool) } : {}),
+        ...(hfTokenFile ? { hfTokenFile } : {}),
         plan,
         endpoints: plan.endpoints ?? {},
         policy: winningPolicy(pool, byPool.get(key) ?? [])?.policy ?? i.defaults,
