@@ -121,6 +121,24 @@ describe.each(["auto", "grpc"] as const)(
   },
 );
 
+describe.each(["auto", "grpc"] as const)("a worker whose replies are malformed (%s transport)", (transport) => {
+  const { workers, start, setPool } = harness(transport);
+
+  it("its rows go to another replica, and it counts as failing (its latency average rises, no sample is taken)", async () => {
+    const r = await start(2);
+    setPool(r, ["w0", "w1"], [[0, 1], [0, 1], [1], [1]], 1);
+    await r.refreshWorkers("toy");
+    workers[0].mode = "short"; // answers one row short
+    const answers = await Promise.all(Array.from({ length: 12 }, (_, i) => r.forward(req(i % 2), Date.now() + 5000)));
+    for (const a of answers) expect(a.hidden?.shape).toEqual([1, D]);
+    expect(workers[0].batches).toBeGreaterThan(0); // some went to w0 first, and were answered by w1
+    const w0 = (r as unknown as { pools: Map<string, { conns: { id: string; latencyMs: number }[] }> }).pools
+      .get("toy")
+      ?.conns.find((c) => c.id === "w0");
+    expect(w0?.latencyMs).toBeGreaterThanOrEqual(2);
+  });
+});
+
 describe("a setup the router refuses", () => {
   const { start, setPool } = harness("auto");
 

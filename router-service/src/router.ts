@@ -838,21 +838,23 @@ export class Router {
       b.slices.map((s) => s.expert),
       timeout,
       n,
+      // a reply of the wrong size or dtype is the worker's fault (retried elsewhere), and counts against it
+      (r) => {
+        const o = r.output;
+        const [rowsWanted, dtypeWanted, bytes] = dedup?.weights
+          ? [sent, DType.FLOAT32, sent * d * 4]
+          : [n, dtype, n * rowBytes];
+        if (o && o.dtype === dtypeWanted && o.data.byteLength === bytes) return null;
+        return unavailable(
+          `worker ${conn.id}: malformed ${dedup?.weights ? "combined " : ""}result (expected ${rowsWanted}x${d} ${DType[dtypeWanted]}, got ${o ? `${o.shape.join("x")} ${DType[o.dtype]}, ${o.data.byteLength} bytes` : "no output"})`,
+        );
+      },
     );
     wm.dispatch.observe((performance.now() - t0) / 1000);
-    const out = res.output;
+    const out = res.output as NonNullable<typeof res.output>; // run() checked it
     if (dedup?.weights) {
-      if (!out || out.dtype !== DType.FLOAT32 || out.data.byteLength !== sent * d * 4)
-        throw unavailable(
-          `worker ${conn.id}: malformed combined result (expected ${sent}x${d} FLOAT32, got ${out ? `${out.shape.join("x")} ${DType[out.dtype]}, ${out.data.byteLength} bytes` : "no output"})`,
-        );
       addPartials(items, b, dedup, alignedRows({ data: out.data, dtype: DType.FLOAT32 }) as Float32Array);
       return;
-    }
-    if (!out || out.dtype !== dtype || out.data.byteLength !== n * rowBytes) {
-      throw unavailable(
-        `worker ${conn.id}: malformed result (expected ${n}x${d} ${DType[dtype]}, got ${out ? `${out.shape.join("x")} ${DType[out.dtype]}, ${out.data.byteLength} bytes` : "no output"})`,
-      );
     }
     const rows = resultRows({ data: out.data, dtype });
     // Index of this result in each item's results (-1: not yet added); rows come grouped by expert, not by item.

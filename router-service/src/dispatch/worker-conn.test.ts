@@ -211,6 +211,80 @@ describe("WorkerConn health", () => {
     expect(conn.latencyMs).toBeLessThan(Math.max(latency, 1) * 8); // a success brings it back down
   });
 
+  it("a reply the caller's check refuses rejects with its error and counts as a failed batch, not a latency sample", async () => {
+    const { conn } = await setup("grpc");
+    await conn.refreshStatus();
+    await send(conn);
+    const latency = conn.latencyMs;
+    const refused = unavailable("output: 1 row, expected 2");
+    const err = await conn
+      .run(
+        (batchId) =>
+          encodeExpertBatch(
+            {
+              pool: "p",
+              layer: 0,
+              dtype: DType.FLOAT32,
+              rows: 2,
+              hidden: D,
+              rowBytes: D * 4,
+              slices: [{ expert: 1, offset: 0, count: 2 }],
+              batchId,
+              timeoutMs: 5000,
+            },
+            (dst, at) => dst.set(tokens.data, at),
+          ),
+        0,
+        [1],
+        5000,
+        2,
+        () => refused,
+      )
+      .catch((e) => e);
+    expect(err).toBe(refused);
+    expect(conn.latencyMs).toBeCloseTo(Math.max(latency, 1) * 2, 6);
+    expect(conn.outstandingTokens).toBe(0);
+  });
+
+  it("three failed Status polls in a row give up the batches sent before the last one (a silently dead worker)", async () => {
+    const { worker, conn } = await setup();
+    await onDataPath(conn);
+    worker.mode = "stall"; // no answers to batches, Status refused
+    const early = send(conn, 60_000).catch((e) => e);
+    await conn.refreshStatus();
+    await conn.refreshStatus();
+    expect(conn.outstandingTokens).toBe(2); // two polls: still waiting
+    const third = conn.refreshStatus();
+    const late = send(conn, 60_000).catch((e) => e); // sent after the third poll began: not given up by it
+    await third;
+    const err = await early;
+    expect(isSwitchyardError(err, "UNAVAILABLE")).toBe(true);
+    expect(err.message).toMatch(/w0 .*answered no Status poll 3 times in a row/);
+    // the late batch went on the data path, which the give-up reset: it fails there, as a broken path's batches do
+    const lateErr = await late;
+    expect(isSwitchyardError(lateErr, "UNAVAILABLE")).toBe(true);
+    expect(conn.usingDataPath).toBe(false);
+    expect(conn.outstandingTokens).toBe(0);
+    expect(conn.healthy).toBe(false);
+  });
+
+  it("a Status poll that answers clears the count: two failures, an answer, two more give nothing up", async () => {
+    const { worker, conn } = await setup("grpc");
+    await conn.refreshStatus();
+    worker.mode = "stall";
+    const pending = send(conn, 60_000).catch((e) => e);
+    await conn.refreshStatus();
+    await conn.refreshStatus();
+    worker.mode = "ok"; // Status answers again (the stalled batch stays unanswered)
+    await conn.refreshStatus();
+    worker.mode = "stall";
+    await conn.refreshStatus();
+    await conn.refreshStatus();
+    expect(conn.outstandingTokens).toBe(2);
+    conn.close();
+    expect(isSwitchyardError(await pending, "UNAVAILABLE")).toBe(true);
+  });
+
   it("a data port that closes before its first reply backs off instead of reconnecting per batch", async () => {
     let accepts = 0;
     const bad = createServer((s) => {

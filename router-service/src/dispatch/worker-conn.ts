@@ -14,8 +14,13 @@
 // not a fault. It is made to look slow instead, so that the load-aware choice prefers other replicas where there are
 // any: a timeout is a latency sample of the time it waited, a retryable error reply doubles the latency average (up
 // to 10 s) where a success would have sampled its time (a fast error must not make a failing worker look fastest),
-// and successes bring it back down. Two timeouts in a row on the data path reset that connection (a silently
-// dropped path), so the next batches reconnect or take the gRPC stream.
+// and successes bring it back down; a reply the caller finds malformed counts as such an error. Two timeouts in a row
+// on the data path reset that connection (a silently dropped path), so the next batches reconnect or take the gRPC
+// stream. A worker that answers no Status poll three times in a row (a crashed node: no reset ever reaches us, and
+// gRPC's keepalive takes ~15 s to notice) has the batches sent before the last failed poll given up with
+// UNAVAILABLE, so they move to another replica instead of waiting for their callers' deadlines. A live worker answers
+// Status from its event loop while its backend computes (the backends never block it), so this costs a live but
+// busy worker nothing.
 
 import {
   type ChannelOptions,
@@ -84,6 +89,8 @@ const FastWorkerClient = makeGenericClientConstructor(
 const FAILED_LATENCY_MAX_MS = 10_000;
 /** Timeouts in a row on one data-path connection that reset it. */
 const DATA_TIMEOUTS_TO_RESET = 2;
+/** Status polls in a row that fail before the batches in flight are given up on. */
+const STATUS_FAILURES_TO_GIVE_UP = 3;
 
 /** What WorkerConn needs of a path: a grpc-js duplex stream or a DataConn. */
 interface BatchPath {
@@ -99,6 +106,8 @@ interface Pending {
   sentAt: number;
   /** The path it went on: a broken path fails only its own batches. */
   via: BatchPath;
+  /** The caller's check of a reply (null: well-formed), so that a malformed one counts as a failed batch. */
+  check?: (r: ExpertResult) => SwitchyardError | null;
 }
 
 /**
@@ -161,6 +170,8 @@ export class WorkerConn {
   private nextId = 1;
   private downUntil = 0;
   private statusTimer: NodeJS.Timeout | null = null;
+  /** Status polls that failed since the last one answered. */
+  private statusFailures = 0;
   private closed = false;
 
   /** Tokens sent and not yet answered. */
@@ -220,7 +231,8 @@ export class WorkerConn {
    * Sends one batch on the worker's current path (data path or gRPC stream): `encode(batchId)` returns the encoded
    * ExpertBatch. Resolves with the worker's
    * result or rejects (UNAVAILABLE / DEADLINE_EXCEEDED / the worker's error). `experts` of `layer` count as resident
-   * on this worker from now on (it loads what it runs).
+   * on this worker from now on (it loads what it runs). `check` judges a reply the worker sent without an error: one it
+   * refuses rejects with its error, and counts against the worker as a retryable error reply does.
    */
   run(
     encode: (batchId: bigint) => Buffer,
@@ -228,6 +240,7 @@ export class WorkerConn {
     experts: readonly number[],
     timeoutMs: number,
     tokens: number,
+    check?: (r: ExpertResult) => SwitchyardError | null,
   ): Promise<ExpertResult> {
     if (this.closed) return Promise.reject(unavailable(`worker ${this.id} (${this.address}): connection closed`));
     const via = this.path();
@@ -248,7 +261,7 @@ export class WorkerConn {
         },
         Math.max(1, timeoutMs),
       );
-      this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now(), via });
+      this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now(), via, check });
       this.outstandingTokens += tokens;
       for (const e of experts) this.resident.add(layer * 65536 + e);
       const msg = encode(BigInt(batchId));
@@ -314,14 +327,24 @@ export class WorkerConn {
       // No latency sample of a fast error: it would make a failing worker look fastest. A worker that could not
       // take the batch looks slower instead; one that refuses the batch itself (say INVALID_ARGUMENT) is not at fault.
       const e = fromRpcError(r.error);
-      if (isRetryable(e) || e.code === "DEADLINE_EXCEEDED")
-        this.latencyMs = Math.min(FAILED_LATENCY_MAX_MS, Math.max(this.latencyMs, 1) * 2);
+      if (isRetryable(e) || e.code === "DEADLINE_EXCEEDED") this.sampleFailure();
       p.reject(e);
+      return;
+    }
+    const bad = p.check?.(r) ?? null;
+    if (bad) {
+      this.sampleFailure();
+      p.reject(bad);
       return;
     }
     this.sampleLatency(performance.now() - p.sentAt);
     p.resolve(r);
   };
+
+  /** A failed batch: the latency average doubles (up to FAILED_LATENCY_MAX_MS) instead of taking a sample. */
+  private sampleFailure(): void {
+    this.latencyMs = Math.min(FAILED_LATENCY_MAX_MS, Math.max(this.latencyMs, 1) * 2);
+  }
 
   private sampleLatency(ms: number): void {
     this.latencyMs = this.latencyMs === 0 ? ms : 0.8 * this.latencyMs + 0.2 * ms;
@@ -371,11 +394,15 @@ export class WorkerConn {
 
   /** One Status poll now, applied (residency, queue depth, liveness, data port); never rejects. */
   refreshStatus(timeoutMs = 2000): Promise<void> {
+    const asked = performance.now();
     return new Promise((resolve) => {
       this.client.status({}, new Metadata(), { deadline: Date.now() + Math.max(200, timeoutMs) }, (err, st) => {
+        if (this.closed) return resolve();
         if (err || !st) {
           this.markDown();
+          if (++this.statusFailures >= STATUS_FAILURES_TO_GIVE_UP) this.giveUpInFlight(asked);
         } else {
+          this.statusFailures = 0;
           this.downUntil = 0;
           this.lastStatus = st;
           this.queueDepth = st.queueDepth;
@@ -389,6 +416,27 @@ export class WorkerConn {
         resolve();
       });
     });
+  }
+
+  /**
+   * Fails the batches sent before `before` (the start of the last failed Status poll) with UNAVAILABLE, so that the
+   * router lays them on another replica; the data path, most likely as dead as the worker, is reset.
+   */
+  private giveUpInFlight(before: number): void {
+    const e = unavailable(
+      `worker ${this.id} (${this.address}): answered no Status poll ${this.statusFailures} times in a row; a batch in flight was given up`,
+    );
+    let given = 0;
+    for (const [id, p] of this.pending) {
+      if (p.sentAt >= before) continue;
+      clearTimeout(p.timer);
+      this.outstandingTokens -= p.tokens;
+      this.pending.delete(id);
+      given++;
+      p.reject(e);
+    }
+    if (given > 0) this.sampleFailure();
+    this.data?.abort(new Error(`worker answered no Status poll ${this.statusFailures} times in a row`));
   }
 
   /** One Status call now (local mode and tests read cache counters). */

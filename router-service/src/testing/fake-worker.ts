@@ -66,8 +66,9 @@ export interface FakeWorkerOptions {
 }
 
 export class FakeWorker {
-  /** "ok" | "fail" (every batch answers UNAVAILABLE) | "stall" (never answers) */
-  mode: "ok" | "fail" | "stall" = "ok";
+  /** "ok" | "fail" (every batch answers UNAVAILABLE) | "stall" (never answers) | "short" (answers one row short: a
+   * malformed reply; Status still answers) */
+  mode: "ok" | "fail" | "stall" | "short" = "ok";
   /** Experts this worker's plan no longer holds: a batch with rows for one answers FAILED_PRECONDITION, as a real one. */
   notServed = new Set<number>();
   refused = 0;
@@ -181,7 +182,17 @@ export class FakeWorker {
         );
         return;
       }
-      write(Buffer.from(ExpertResult.encode(this.run(b)).finish()));
+      const r = this.run(b);
+      if (this.mode === "short" && r.output) {
+        const o = r.output;
+        const rowBytes = o.data.byteLength / o.shape[0];
+        r.output = {
+          ...o,
+          shape: [o.shape[0] - 1, o.shape[1]],
+          data: o.data.subarray(0, o.data.byteLength - rowBytes),
+        };
+      }
+      write(Buffer.from(ExpertResult.encode(r).finish()));
     } catch (e) {
       write(
         Buffer.from(
@@ -232,7 +243,7 @@ export class FakeWorker {
       prefetch: (_c: unknown, cb: sendUnaryData<unknown>) => cb(null, { loaded: [], alreadyResident: [], evicted: [] }),
       evict: (_c: unknown, cb: sendUnaryData<unknown>) => cb(null, { evicted: [] }),
       status: (_c: unknown, cb: sendUnaryData<WorkerStatus>) =>
-        this.mode === "ok"
+        this.mode === "ok" || this.mode === "short"
           ? cb(null, {
               workerId: this.o.id,
               backend: "fake",
