@@ -52,6 +52,16 @@ describe("parseWorkerArgs", () => {
       /--warm: expected true or false/,
     );
   });
+
+  it("refuses an empty, blank or non-decimal integer instead of reading it as 0", () => {
+    const base = ["--checkpoint", "c", "--pool", "p", "--worker-id", "w"];
+    expect(() => parseWorkerArgs([...base, "--port="])).toThrow(/--port: expected an integer >= 0, got ""/);
+    expect(() => parseWorkerArgs([...base, "--port", " "])).toThrow(/--port: expected an integer >= 0, got " "/);
+    expect(() => parseWorkerArgs([...base, "--queue-capacity="])).toThrow(/--queue-capacity: expected an integer/);
+    expect(() => parseWorkerArgs([...base, "--metrics-port=0x10"])).toThrow(/--metrics-port: expected an integer/);
+    expect(() => parseWorkerArgs([...base, "--max-rows=1e3"])).toThrow(/--max-rows: expected an integer/);
+    expect(parseWorkerArgs([...base, "--data-port=-1", "--port=0"])).toMatchObject({ dataPort: -1, port: 0 });
+  });
 });
 
 describe("parseExpertSpec", () => {
@@ -60,6 +70,9 @@ describe("parseExpertSpec", () => {
     expect([...parseExpertSpec("2:3,1:*", [1, 2], 4)].sort()).toEqual(["1:0", "1:1", "1:2", "1:3", "2:3"]);
     expect(() => parseExpertSpec("0-9", [0], 4)).toThrow(/out of range/);
     expect(() => parseExpertSpec("5:0", [0], 4)).toThrow(/not an MoE layer/);
+    // an empty layer is no layer (Number("") would read it as layer 0)
+    expect(() => parseExpertSpec(":3", [0, 1], 4)).toThrow(/":3": layer "" is not an MoE layer/);
+    expect(() => parseExpertSpec("0x1:3", [0, 1], 4)).toThrow(/not an MoE layer/);
   });
 });
 

@@ -83,8 +83,10 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
   const int = (f: Flag, def: number | undefined, min: number): number | undefined => {
     const v = raw.get(f);
     if (v === undefined) return def;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${f}: expected an integer >= ${min}, got "${v}"`);
+    // Digits only: Number() reads "" and " " as 0 (`--port=` would bind a random port, `--queue-capacity=` turn
+    // the queue off) and accepts "0x10" or "1e3".
+    const n = /^-?\d+$/.test(v) ? Number(v) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min) throw new Error(`--${f}: expected an integer >= ${min}, got "${v}"`);
     return n;
   };
   const backend = str("backend", "auto");
@@ -144,9 +146,11 @@ export function parseExpertSpec(spec: string, layers: number[], experts: number)
     let ls = layers;
     let er = item;
     if (colon >= 0) {
-      const l = Number(item.slice(0, colon));
-      if (!Number.isInteger(l) || !layers.includes(l))
-        throw new Error(`--experts: "${item}": layer is not an MoE layer of the model`);
+      const lt = item.slice(0, colon).trim();
+      // digits only: Number("") is 0, so ":3" would read as layer 0
+      const l = /^\d+$/.test(lt) ? Number(lt) : Number.NaN;
+      if (!layers.includes(l))
+        throw new Error(`--experts: "${item}": layer "${lt}" is not an MoE layer of the model`);
       ls = [l];
       er = item.slice(colon + 1);
     }
