@@ -207,6 +207,14 @@ export class WorkerCore {
     for (const e of experts) {
       const need = parts.filter((p) => !failed.has(p) && p.distinct.includes(e));
       if (need.length === 0) continue; // only batches that already failed wanted it
+      // Validated when the batch came; a plan change while it waited (or while the experts before this one loaded)
+      // took the expert away. Loading it now would put it back in the cache, in a slot the new plan's experts need
+      // (the warm-up fills free slots only), so those batches fail as validateBatch would have failed them; the
+      // router retries FAILED_PRECONDITION on another replica.
+      if (!this.serves(layer, e)) {
+        for (const p of need) failed.set(p, notServed(p.b, e));
+        continue;
+      }
       try {
         const r = await cache.get(layer, e, protect);
         hit.set(e, r.hit);
@@ -342,6 +350,9 @@ export class WorkerCore {
           `${field}[${i}].layer`,
           `out of range: ${k.layer} (model has ${this.o.source.layers} layers)`,
         );
+      // before the served check, as validateBatch does: a dense layer's experts are not "not served", they do not exist
+      if (!this.o.source.isMoeLayer(k.layer))
+        throw invalidArgument(`${field}[${i}].layer`, `layer ${k.layer} is dense (no routed experts)`);
       if (k.expert >= servableExperts(this.o.source))
         throw invalidArgument(`${field}[${i}].expert`, `unknown expert ${k.expert} (${expertIdsText(this.o.source)})`);
       if (!this.serves(k.layer, k.expert))
@@ -405,6 +416,15 @@ export class WorkerCore {
       combines: true,
     };
   }
+}
+
+/** validateBatch's FAILED_PRECONDITION for `expert`, naming the batch's first slice that asks for it. */
+function notServed(b: ValidBatch, expert: number): unknown {
+  const i = b.slices.findIndex((s) => s.expert === expert && s.count > 0);
+  return failedPrecondition(
+    `expert ${expert} of layer ${b.layer} is no longer served by this worker (its placement plan changed)`,
+    `slices[${i}].expert`,
+  );
 }
 
 function parseId(k: string): ExpertKey {
