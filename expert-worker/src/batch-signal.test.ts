@@ -1,8 +1,9 @@
-// batchSignal: ExpertBatch.timeout_ms as the batch's deadline, on top of the call's own signal.
+// batchSignal: ExpertBatch.timeout_ms as the batch's deadline, on top of the call's own signal; callSignal's gRPC
+// deadline; both past setTimeout's 2^31-1 ms limit.
 
 import { SwitchyardError } from "@switchyard/protocol";
-import { describe, expect, it } from "vitest";
-import { batchSignal } from "./server.js";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { batchSignal, callSignal, MAX_TIMER_MS } from "./server.js";
 
 const reasonCode = (s: AbortSignal) => (s.reason instanceof SwitchyardError ? s.reason.code : String(s.reason));
 
@@ -43,5 +44,42 @@ describe("batchSignal", () => {
     b.dispose();
     await new Promise((r) => setTimeout(r, 20));
     expect(b.signal.aborted).toBe(false);
+  });
+});
+
+describe("timeouts past setTimeout's limit (2^31-1 ms, which Node fires after 1 ms)", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const fakeCall = (deadline: Date) => ({ getDeadline: () => deadline, on() {}, removeListener() {} });
+
+  it("timeout_ms 0xFFFFFFFF and a gRPC deadline 30 days out do not fire at once", async () => {
+    const b = batchSignal(new AbortController().signal, 0xffffffff);
+    const c = callSignal(fakeCall(new Date(Date.now() + 30 * 24 * 3600 * 1000)));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(b.signal.aborted).toBe(false);
+    expect(c.signal.aborted).toBe(false);
+    b.dispose();
+    c.dispose();
+  });
+
+  it("they fire when due, after re-arming, and dispose stops them", () => {
+    vi.useFakeTimers();
+    const ms = MAX_TIMER_MS * 2 + 5;
+    const b = batchSignal(new AbortController().signal, ms);
+    const c = callSignal(fakeCall(new Date(Date.now() + ms)));
+    const d = batchSignal(new AbortController().signal, ms);
+    d.dispose();
+    vi.advanceTimersByTime(ms - 1);
+    expect(b.signal.aborted).toBe(false);
+    expect(c.signal.aborted).toBe(false);
+    vi.advanceTimersByTime(1);
+    expect(reasonCode(b.signal)).toBe("DEADLINE_EXCEEDED");
+    expect(reasonCode(c.signal)).toBe("DEADLINE_EXCEEDED");
+    expect(d.signal.aborted).toBe(false);
+    expect(vi.getTimerCount()).toBe(0);
+    b.dispose();
+    c.dispose();
   });
 });

@@ -33,6 +33,24 @@ import type { WorkerMetrics } from "./metrics.js";
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
+/** setTimeout's largest delay (2^31-1 ms, ~24.8 days); Node fires a longer one after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * setTimeout for any delay: past MAX_TIMER_MS it is re-armed until due. A gRPC deadline or an ExpertBatch.timeout_ms
+ * (uint32, up to ~49.7 days) past the limit would otherwise fail the call at once with DEADLINE_EXCEEDED.
+ * Returns its cancel.
+ */
+export function armTimer(fn: () => void, ms: number): () => void {
+  const due = Date.now() + ms;
+  let timer: NodeJS.Timeout;
+  const arm = (left: number) => {
+    timer = left > MAX_TIMER_MS ? setTimeout(() => arm(due - Date.now()), MAX_TIMER_MS) : setTimeout(fn, left);
+  };
+  arm(ms);
+  return () => clearTimeout(timer);
+}
+
 /** What callSignal needs of any server call (unary or stream). */
 interface CallLike {
   getDeadline(): Date | number;
@@ -48,19 +66,19 @@ export function callSignal(call: CallLike): { signal: AbortSignal; dispose: () =
   setMaxListeners(0, ac.signal);
   const onCancel = () => ac.abort(cancelled("client cancelled the call"));
   call.on("cancelled", onCancel);
-  let timer: NodeJS.Timeout | undefined;
+  let stopTimer: (() => void) | undefined;
   const deadline = call.getDeadline();
   const at = deadline instanceof Date ? deadline.getTime() : Number(deadline);
   if (Number.isFinite(at)) {
     const ms = at - Date.now();
     if (ms <= 0) ac.abort(deadlineExceeded());
     // grpc-js answers DEADLINE_EXCEEDED itself; this makes the work stop too.
-    else timer = setTimeout(() => ac.abort(deadlineExceeded()), ms);
+    else stopTimer = armTimer(() => ac.abort(deadlineExceeded()), ms);
   }
   return {
     signal: ac.signal,
     dispose: () => {
-      if (timer) clearTimeout(timer);
+      stopTimer?.();
       call.removeListener("cancelled", onCancel);
     },
   };
@@ -77,14 +95,14 @@ export function batchSignal(parent: AbortSignal, timeoutMs: number): { signal: A
   const onParent = () => ac.abort(parent.reason);
   if (parent.aborted) onParent();
   else parent.addEventListener("abort", onParent, { once: true });
-  const timer = setTimeout(
+  const stopTimer = armTimer(
     () => ac.abort(deadlineExceeded(`batch timeout of ${timeoutMs} ms (ExpertBatch.timeout_ms) passed`)),
     timeoutMs,
   );
   return {
     signal: ac.signal,
     dispose: () => {
-      clearTimeout(timer);
+      stopTimer();
       parent.removeEventListener("abort", onParent);
     },
   };
