@@ -127,6 +127,40 @@ describe("CheckpointModel route", () => {
       expect(err).toBeInstanceOf(SwitchyardError);
       expect((err as SwitchyardError).field).toBe("policy.gating.topK");
       expect((err as Error).message).toMatch(/9 exceeds the 8 experts a token can reach/);
+      // a bad logit names the request field it came in (the router passes "router_logits"), for every gate
+      logits[16 + 2] = Number.NaN;
+      const named = (g: ReturnType<typeof gating>) => {
+        try {
+          model.route(layer, logits, T, g, DType.FLOAT32, "router_logits");
+        } catch (e) {
+          return (e as SwitchyardError).field;
+        }
+        return "accepted";
+      };
+      expect(named(gating(8))).toBe("router_logits[1, 2]");
+      const mdir = join(dir, "mixtral");
+      await generateCheckpoint({
+        family: "mixtral",
+        dir: mdir,
+        seed: 4,
+        layers: 1,
+        hiddenSize: 32,
+        intermediateSize: 16,
+        experts: 4,
+      });
+      const mixtral = await CheckpointModel.open(mdir);
+      const ml = Float32Array.from({ length: 2 * mixtral.experts }, () => 0.5);
+      ml[mixtral.experts + 1] = Number.POSITIVE_INFINITY;
+      const mlayer = mixtral.isMoeLayer(0) ? 0 : 1;
+      for (const g of [gating(2), resolveRoutingPolicy({ gating: { topP: 0.5 } }).gating]) {
+        let field = "accepted";
+        try {
+          mixtral.route(mlayer, ml, 2, g, DType.FLOAT32, "router_logits");
+        } catch (e) {
+          field = (e as SwitchyardError).field ?? "none";
+        }
+        expect(field).toBe("router_logits[1, 1]");
+      }
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

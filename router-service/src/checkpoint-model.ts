@@ -212,6 +212,7 @@ export class CheckpointModel implements PoolModel {
     tokens: number,
     g: GatingPolicy,
     logitsDtype: DType = DType.FLOAT32,
+    field = "logits",
   ): TokenRouting {
     const E = this.experts;
     const w = this.layer(layer);
@@ -243,11 +244,12 @@ export class CheckpointModel implements PoolModel {
         normalize: true,
         routedScalingFactor: base.routedScalingFactor,
         weightsDtype: base.weightsDtype,
+        field,
       });
     } else {
       // The native gate where the addon has it: the same ids and weights (native/src/gate.h), without the
       // TypeScript softmax's ~9% of a router's busy time at Qwen3-30B-A3B (bench/results/logs/h200-x2-prof-0358-*).
-      r = applyGate(logits, E, { ...base, topK }, w.bias, NATIVE_GATE ? routerAddon()?.routerGate : undefined);
+      r = applyGate(logits, E, { ...base, topK, field }, w.bias, NATIVE_GATE ? routerAddon()?.routerGate : undefined);
     }
     const routing: TokenRouting = { tokens, slots: r.k, experts: r.ids, weights: r.weights };
     if (g.capacityFactor !== null && g.overflow === "spill") routing.ranking = rankExperts(logits, E, base, w.bias);

@@ -202,6 +202,23 @@ export class RouterMetrics {
    * Not switchyard_router_requests_total: reply.ts caches its children per pool, and a request's count is the
    * caller's record of what it asked for (an unknown pool's requests count under pool="unknown" anyway).
    */
+  /**
+   * Drops a worker's series when the pool's plan no longer names it: its gauges would otherwise export their last
+   * values for good (a ghost worker on the dashboards), and workers scaled up and down would add series without end.
+   */
+  forgetWorker(pool: string, worker: string): void {
+    if (this.pools.get(pool)?.forgetWorker(worker)) this.removeWorkerSeries(pool, worker);
+  }
+
+  private removeWorkerSeries(pool: string, worker: string): void {
+    const l = { pool, worker };
+    this.dispatchErrors.remove(l);
+    this.workerOutstanding.remove(l);
+    this.workerDataPath.remove(l);
+    this.workerTokens.remove(l);
+    this.dispatchDuration.remove(l);
+  }
+
   forgetPool(pool: string): void {
     const series = this.heatSeries.get(pool);
     if (series) {
@@ -215,14 +232,7 @@ export class RouterMetrics {
     const p = this.pools.get(pool);
     if (p) {
       p.detach();
-      for (const w of p.workerIds()) {
-        const l = { pool, worker: w };
-        this.dispatchErrors.remove(l);
-        this.workerOutstanding.remove(l);
-        this.workerDataPath.remove(l);
-        this.workerTokens.remove(l);
-        this.dispatchDuration.remove(l);
-      }
+      for (const w of p.workerIds()) this.removeWorkerSeries(pool, w);
       this.pools.delete(pool);
     }
     const l = { pool };
@@ -290,6 +300,11 @@ export class PoolMetrics {
       this.workers.set(id, w);
     }
     return w;
+  }
+
+  /** Forgets a worker's children (RouterMetrics.forgetWorker removes the series); whether it had any. */
+  forgetWorker(id: string): boolean {
+    return this.workers.delete(id);
   }
 
   /** The workers this pool has children for (forgetPool removes their series). */

@@ -40,7 +40,15 @@ export interface PoolModel {
    * The family's gating over logits (softmax top-k, sigmoid + group-limited top-k, top-p ...); `logitsDtype` (default
    * FLOAT32) is what they were rounded to: Qwen rounds its routing weights to it.
    */
-  route(layer: number, logits: Float32Array, tokens: number, gating: GatingPolicy, logitsDtype?: DType): TokenRouting;
+  /** `field`: the request field the logits came from, named in a bad-logit error (default "logits"). */
+  route(
+    layer: number,
+    logits: Float32Array,
+    tokens: number,
+    gating: GatingPolicy,
+    logitsDtype?: DType,
+    field?: string,
+  ): TokenRouting;
   /**
    * The shared-expert contribution [tokens, d] (fp32), gate included (Qwen2-MoE's sigmoid gate), or null when
    * the model has none. The router computes it in-process while the routed experts run on workers: every token

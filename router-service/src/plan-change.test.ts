@@ -139,6 +139,27 @@ describe.each(["auto", "grpc"] as const)("a worker whose replies are malformed (
   });
 });
 
+describe("a worker the plan drops", () => {
+  const { start, setPool } = harness("auto");
+
+  it("takes its series off /metrics (its gauges would read their last values for good); the others' stay", async () => {
+    const r = await start(2);
+    setPool(r, ["w0", "w1"], [[0], [1], [0], [1]], 1);
+    await r.refreshWorkers("toy");
+    await Promise.all([r.forward(req(0), Date.now() + 5000), r.forward(req(1), Date.now() + 5000)]);
+    r.sampleGauges();
+    const before = await r.metrics.registry.metrics();
+    expect(before).toMatch(/switchyard_router_worker_outstanding_tokens\{pool="toy",worker="w1"\}/);
+    setPool(r, ["w0"], [[0], [0], [0], [0]], 2);
+    await r.forward(req(1), Date.now() + 5000);
+    r.sampleGauges();
+    const after = await r.metrics.registry.metrics();
+    expect(after).not.toMatch(/worker="w1"/);
+    expect(after).toMatch(/switchyard_router_worker_outstanding_tokens\{pool="toy",worker="w0"\}/);
+    expect(after).toMatch(/switchyard_router_worker_tokens_total\{pool="toy",worker="w0"\} 2/); // one before the change, one after
+  });
+});
+
 describe("a setup the router refuses", () => {
   const { start, setPool } = harness("auto");
 

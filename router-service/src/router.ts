@@ -179,6 +179,7 @@ class Pool {
         this.policy.loadSignals.queries.latencySeconds !== null,
         this.conns[i].id,
         this.conns[i].latencyMs,
+        this.conns[i].failing,
       ),
     resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
     healthy: (i) => this.conns[i].healthy,
@@ -376,6 +377,8 @@ export class Router {
       conns.push(c);
     }
     for (const c of old.values()) c.close();
+    const named = new Set(s.plan.workers);
+    for (const c of old.values()) if (!named.has(c.id)) this.metrics.forgetWorker(s.name, c.id);
     p.conns = conns;
     p.replicas = s.plan.replicas.map((l) => l.map((r) => r.slice()));
     p.sharedLayers = new Set(s.plan.replicas.flatMap((l, i) => (l.length > s.model.experts ? [i] : [])));
@@ -545,7 +548,7 @@ export class Router {
       dtype: [DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16],
       shape: [T, m.experts],
     }).values as Float32Array;
-    return m.route(req.layer, logits, T, p.policy.gating, dtype);
+    return m.route(req.layer, logits, T, p.policy.gating, dtype, "router_logits");
   }
 
   private finish(p: Pool, item: Item, err: unknown | null, res?: ForwardResponse): void {
@@ -744,7 +747,8 @@ export class Router {
     try {
       await this.send(p, layer, items, b, conn);
     } catch (e) {
-      p.metrics.worker(conn.id).errors.inc();
+      // (not for a connection the plan dropped meanwhile: that would bring its forgotten series back)
+      if (!conn.isClosed) p.metrics.worker(conn.id).errors.inc();
       const code = errorCodeOf(e);
       if (isRetryable(e) || code === "FAILED_PRECONDITION" || (code === "DEADLINE_EXCEEDED" && !allExpired(items, b))) {
         failed.set(conn, e);

@@ -46,6 +46,8 @@ export interface GateConfig {
   routedScalingFactor: number;
   /** The dtype the routing weights are rounded to (absent: float32): gateWeightsDtype. */
   weightsDtype?: WeightDType;
+  /** The request field the logits came from, named in a bad-logit error (absent: "logits"). */
+  field?: string;
 }
 
 /** Families whose transformers gate is F.linear in the activations' dtype, and those that cast the weights to it. */

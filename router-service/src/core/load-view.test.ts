@@ -25,4 +25,11 @@ describe("the replica choice's view of a worker", () => {
     expect(latencyMs(s, false, "w1", 9)).toBe(9); // no latency query configured
     expect(latencyMs(null, true, "w1", 9)).toBe(9); // stale
   });
+
+  it("a worker whose batches fail keeps its failure penalty under Prometheus (it records no run time to read)", () => {
+    const s = snap([], [["w1", 2]]);
+    expect(latencyMs(s, true, "w0", 640, true)).toBe(640); // no sample, failing: not 0, the fastest
+    expect(latencyMs(s, true, "w1", 1, true)).toBe(2); // the larger of the two
+    expect(latencyMs(s, true, "w0", 640, false)).toBe(0); // answered its last batch: Prometheus' measure
+  });
 });

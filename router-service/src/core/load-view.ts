@@ -17,14 +17,20 @@ export function outstandingRows(fresh: SignalSnapshot | null, worker: string, ow
  * A worker's latency, one measure for every worker of a choice: while Prometheus answers a latency query, its run
  * time per batch, and 0 (unknown: no latency term) for a worker it has no sample for (idle for the query's rate
  * window); else the router's round-trip EWMA. Mixing the two would make an idle worker look slow: a round trip is
- * a run plus the transfers.
+ * a run plus the transfers. Except for a worker whose last batches from this router failed (`failing`): its EWMA
+ * carries the failure penalty (doubled per failure), which Prometheus cannot see (a worker that fails every batch
+ * records no run time, so it would read 0, the fastest), so it is the larger of the two.
  */
 export function latencyMs(
   fresh: SignalSnapshot | null,
   hasLatencyQuery: boolean,
   worker: string,
   roundTripMs: number,
+  failing = false,
 ): number {
-  if (fresh && hasLatencyQuery) return fresh.latencyMs.get(worker) ?? 0;
+  if (fresh && hasLatencyQuery) {
+    const run = fresh.latencyMs.get(worker) ?? 0;
+    return failing ? Math.max(run, roundTripMs) : run;
+  }
   return roundTripMs;
 }

@@ -285,6 +285,15 @@ describe("WorkerConn health", () => {
     expect(isSwitchyardError(await pending, "UNAVAILABLE")).toBe(true);
   });
 
+  it("a data port out of range is no data path: the batches take the gRPC stream, not a throw each", async () => {
+    const { worker, conn } = await setup();
+    worker.dataPort = 70_000;
+    await conn.refreshStatus();
+    for (let i = 0; i < 3; i++) expect(echoed(await send(conn))).toBe(true);
+    expect(worker.dataBatches).toBe(0);
+    expect(conn.healthy).toBe(true);
+  });
+
   it("a data port that closes before its first reply backs off instead of reconnecting per batch", async () => {
     let accepts = 0;
     const bad = createServer((s) => {

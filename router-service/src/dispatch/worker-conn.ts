@@ -176,8 +176,10 @@ export class WorkerConn {
 
   /** Tokens sent and not yet answered. */
   outstandingTokens = 0;
-  /** EWMA of dispatch round trip, ms (0 = no sample yet). */
+  /** EWMA of dispatch round trip, ms (0 = no sample yet); failed batches double it (see the header). */
   latencyMs = 0;
+  /** Whether its last batch from this router failed (an error reply, a malformed reply, a timeout, given up). */
+  failing = false;
   /** Resident experts from the last Status, as layer*65536+expert; plus what the router sent since (optimistic). */
   readonly resident = new Set<number>();
   /** Experts its last Status listed as served (its share of the plan it has loaded), as layer*65536+expert; null
@@ -212,6 +214,11 @@ export class WorkerConn {
       this.statusTimer = setTimeout(poll, 0);
       this.statusTimer.unref?.();
     }
+  }
+
+  /** Closed: the plan dropped it, or the router shut down. */
+  get isClosed(): boolean {
+    return this.closed;
   }
 
   get healthy(): boolean {
@@ -254,6 +261,7 @@ export class WorkerConn {
           this.outstandingTokens -= tokens;
           // It took at least this long: without the sample a worker that never answers keeps its old, fast average.
           this.sampleLatency(performance.now() - p.sentAt);
+          this.failing = true;
           reject(deadlineExceeded(`worker ${this.id} did not answer within ${Math.round(timeoutMs)} ms`));
           const data = this.data;
           if (p.via === data && ++this.dataTimeouts >= DATA_TIMEOUTS_TO_RESET)
@@ -284,8 +292,15 @@ export class WorkerConn {
       this.dataPort > 0 &&
       this.dataHost !== null &&
       performance.now() >= this.dataOffUntil
-    )
-      this.openData(this.dataHost, this.dataPort);
+    ) {
+      try {
+        this.openData(this.dataHost, this.dataPort);
+      } catch {
+        // net.connect throws at once on some bad addresses: a failed connect, backed off like one
+        this.data = null;
+        this.backOffData();
+      }
+    }
     // Not connected yet (or not offered): this batch takes the gRPC stream.
     return this.ensureStream();
   }
@@ -306,14 +321,16 @@ export class WorkerConn {
         // Broken (an error, closed under batches, or closed before it ever answered: a worker that refuses the
         // preface, as during a rolling upgrade, would otherwise be reconnected per batch): gRPC carries the
         // batches for a while.
-        if (lost > 0 || err || !replied) {
-          this.dataFailures++;
-          const backoff = Math.min(this.dataRetryMs * 2 ** (this.dataFailures - 1), 300_000);
-          this.dataOffUntil = performance.now() + backoff;
-        }
+        if (lost > 0 || err || !replied) this.backOffData();
       },
     });
     this.data = conn;
+  }
+
+  /** One more data-path failure in a row: batches take the gRPC stream for dataRetryMs, doubled per failure. */
+  private backOffData(): void {
+    this.dataFailures++;
+    this.dataOffUntil = performance.now() + Math.min(this.dataRetryMs * 2 ** (this.dataFailures - 1), 300_000);
   }
 
   private readonly onResult = (r: ExpertResult): void => {
@@ -338,11 +355,13 @@ export class WorkerConn {
       return;
     }
     this.sampleLatency(performance.now() - p.sentAt);
+    this.failing = false;
     p.resolve(r);
   };
 
   /** A failed batch: the latency average doubles (up to FAILED_LATENCY_MAX_MS) instead of taking a sample. */
   private sampleFailure(): void {
+    this.failing = true;
     this.latencyMs = Math.min(FAILED_LATENCY_MAX_MS, Math.max(this.latencyMs, 1) * 2);
   }
 
@@ -408,7 +427,8 @@ export class WorkerConn {
           this.queueDepth = st.queueDepth;
           this.cacheHits = Number(st.cacheHits);
           this.cacheMisses = Number(st.cacheMisses);
-          this.dataPort = st.dataPort;
+          // a port no socket can take (a bad worker build, a uint32 on the wire) is no data path, not a throw per batch
+          this.dataPort = Number.isInteger(st.dataPort) && st.dataPort > 0 && st.dataPort <= 65535 ? st.dataPort : 0;
           this.resident.clear();
           for (const k of st.resident) this.resident.add(k.layer * 65536 + k.expert);
           this.served = new Set(st.served.map((k) => k.layer * 65536 + k.expert));
