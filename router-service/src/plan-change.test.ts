@@ -160,6 +160,56 @@ describe("a worker the plan drops", () => {
   });
 });
 
+describe("a shared expert that fails", () => {
+  const { workers, start } = harness("auto");
+  const broken = new Error("shared expert weights unreadable");
+  const models: [string, PoolModel][] = [
+    [
+      "in TypeScript",
+      {
+        ...toy,
+        hasShared: true,
+        shared: () => {
+          throw broken;
+        },
+      } as PoolModel,
+    ],
+    [
+      "batched (native)",
+      { ...toy, hasShared: true, shared: () => null, sharedBatch: () => Promise.reject(broken) } as PoolModel,
+    ],
+    [
+      "batched, throwing",
+      {
+        ...toy,
+        hasShared: true,
+        shared: () => null,
+        sharedBatch: () => {
+          throw broken;
+        },
+      } as PoolModel,
+    ],
+  ];
+  for (const [how, model] of models)
+    it(`${how}: fails the requests that need it; a routed_only request of the same flush is answered`, async () => {
+      const r = await start(1);
+      r.setPool({
+        name: "toy",
+        model,
+        plan: { version: 1, pool: "toy", workers: ["w0"], replicas: [[[0], [0], [0], [0]]] },
+        endpoints: { w0: `127.0.0.1:${workers[0].port}` },
+        policy: resolveRoutingPolicy({}),
+      });
+      await r.refreshWorkers("toy");
+      const [withShared, routedOnly] = await Promise.allSettled([
+        r.forward(req(1), Date.now() + 5000),
+        r.forward({ ...req(1), routedOnly: true }, Date.now() + 5000),
+      ]);
+      expect(withShared.status === "rejected" && withShared.reason).toBe(broken);
+      expect(routedOnly.status).toBe("fulfilled");
+    });
+});
+
 describe("a setup the router refuses", () => {
   const { start, setPool } = harness("auto");
 

@@ -627,20 +627,28 @@ export class Router {
       p.metrics.expertsPerBatch.observe(touched.size);
       // The shared expert of the whole flush, natively off the event loop where the model can (one read of its
       // weights for every token of the flush), started before the rounds so that it overlaps them.
-      const sharedAll = m.hasShared && m.sharedBatch ? sharedForFlush(m, layer, items) : null;
+      // A shared expert that fails fails only the requests that need it (not routed_only ones, nor those whose
+      // shared expert runs on workers).
+      const failShared = (it: Item, e: unknown) => this.finish(p, it, e);
+      const sharedAll = m.hasShared && m.sharedBatch ? sharedForFlush(m, layer, items, failShared) : null;
+      const sharedHere = () => {
+        for (const it of items)
+          if (it.sharedInput && !it.done)
+            try {
+              it.sharedOut = m.shared(layer, it.sharedInput, it.tokens, it.dtype);
+            } catch (e) {
+              failShared(it, e);
+            }
+      };
       for (let r = 0; r < rounds.length; r++) {
         const sent = this.dispatchRound(p, layer, items, rounds[r]);
         // Else the shared expert runs here, in TypeScript, while the first round's batches are on the workers.
-        if (r === 0 && !sharedAll)
-          for (const it of items)
-            if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens, it.dtype);
+        if (r === 0 && !sharedAll) sharedHere();
         await sent;
         if (items.every((i) => i.done)) return;
       }
       if (sharedAll) await sharedAll;
-      else if (rounds.length === 0)
-        for (const it of items)
-          if (it.sharedInput && !it.done) it.sharedOut = m.shared(layer, it.sharedInput, it.tokens, it.dtype);
+      else if (rounds.length === 0) sharedHere();
       for (const it of items) {
         if (it.done) continue;
         const stats = {
@@ -1035,7 +1043,12 @@ function emptyStats() {
  * rows; null when the model cannot batch it (the caller runs shared() per item). The promise never rejects
  * unobserved: a flush that returns early (every item done) drops it.
  */
-function sharedForFlush(m: PoolModel, layer: number, items: Item[]): Promise<void> | null {
+function sharedForFlush(
+  m: PoolModel,
+  layer: number,
+  items: Item[],
+  fail: (it: Item, e: unknown) => void,
+): Promise<void> | null {
   const need = items.filter((it) => it.sharedInput && !it.done);
   if (need.length === 0) return null;
   const d = m.hiddenSize;
@@ -1051,17 +1064,27 @@ function sharedForFlush(m: PoolModel, layer: number, items: Item[]): Promise<voi
     }
   }
   // one dtype for all: the batcher keys a flush by (layer, dtype)
-  const run = m.sharedBatch!(layer, all, n, need[0].dtype);
+  let run: Promise<Float32Array> | null;
+  try {
+    run = m.sharedBatch!(layer, all, n, need[0].dtype);
+  } catch (e) {
+    for (const it of need) fail(it, e);
+    return Promise.resolve();
+  }
   if (!run) return null;
-  const done = run.then((out) => {
-    let off = 0;
-    for (const it of need) {
-      it.sharedOut = out.subarray(off * d, (off + it.tokens) * d);
-      off += it.tokens;
-    }
-  });
-  done.catch(() => {}); // observed by the flush's await when it gets there
-  return done;
+  // never rejects: a failure fails the requests that needed it, when it comes
+  return run.then(
+    (out) => {
+      let off = 0;
+      for (const it of need) {
+        it.sharedOut = out.subarray(off * d, (off + it.tokens) * d);
+        off += it.tokens;
+      }
+    },
+    (e) => {
+      for (const it of need) fail(it, e);
+    },
+  );
 }
 
 interface HiddenView {

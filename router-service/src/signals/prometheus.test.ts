@@ -151,6 +151,40 @@ describe("PrometheusSignals (fake clock and fetch)", () => {
     }
   });
 
+  it("a round in flight when the policy names another Prometheus is dropped, and the old answers with it", async () => {
+    const held: (() => void)[] = [];
+    const fetchImpl: FetchLike = async (url) => {
+      const depth = url.startsWith("http://old") ? "7" : "3";
+      if (url.startsWith("http://old") && held.length < 2) await new Promise<void>((r) => held.push(r));
+      return {
+        ok: true,
+        status: 200,
+        json: async () => ({
+          status: "success",
+          data: { resultType: "vector", result: [{ metric: { worker: "w0" }, value: [0, depth] }] },
+        }),
+      };
+    };
+    const s = new PrometheusSignals({ ...policy, prometheusUrl: "http://old:9090" }, "p", fetchImpl);
+    const slow = s.refresh(); // the old Prometheus, slow to answer
+    s.setPolicy({ ...policy, prometheusUrl: "http://new:9090" });
+    await s.refresh();
+    expect(s.fresh()?.queueDepth.get("w0")).toBe(3);
+    for (const r of held) r();
+    await slow;
+    expect(s.fresh()?.queueDepth.get("w0")).toBe(3); // not the old Prometheus' 7
+    // and a snapshot of the old source does not outlive the switch
+    const t = new PrometheusSignals({ ...policy, prometheusUrl: "http://new:9090" }, "p", fetchImpl);
+    await t.refresh();
+    expect(t.stale).toBe(false);
+    t.setPolicy({ ...policy, prometheusUrl: "http://other:9090" });
+    expect(t.stale).toBe(true);
+    t.setPolicy({ ...policy, prometheusUrl: "http://other:9090" });
+    await t.refresh();
+    t.setPolicy({ ...policy, prometheusUrl: "http://other:9090" }); // the same source set again keeps it
+    expect(t.stale).toBe(false);
+  });
+
   it("is off (stale, no queries) without a URL", async () => {
     const s = new PrometheusSignals(resolveRoutingPolicy({}).loadSignals, "p", async () => {
       throw new Error("must not be called");

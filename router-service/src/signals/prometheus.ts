@@ -88,6 +88,10 @@ export class PrometheusSignals {
     // adds one must start it.
     const restart = this.started;
     this.stop();
+    // Another Prometheus or other queries: the old answers say nothing about the new ones (every plan change sets
+    // the same policy again, which keeps them).
+    if (!sameSource(this.policy, policy))
+      this.snapshot = { queueDepth: new Map(), latencyMs: new Map(), at: Number.NEGATIVE_INFINITY };
     this.policy = policy;
     if (restart) this.start();
   }
@@ -117,12 +121,15 @@ export class PrometheusSignals {
     if (!this.enabled) return;
     this.running = true;
     this.rounds++;
+    const policy = this.policy;
     try {
-      const q = this.policy.queries;
+      const q = policy.queries;
       const [depth, lat] = await Promise.all([
-        q.queueDepth ? this.query(q.queueDepth) : Promise.resolve([]),
-        q.latencySeconds ? this.query(q.latencySeconds) : Promise.resolve([]),
+        q.queueDepth ? this.query(policy, q.queueDepth) : Promise.resolve([]),
+        q.latencySeconds ? this.query(policy, q.latencySeconds) : Promise.resolve([]),
       ]);
+      // a round of a policy replaced meanwhile by another source: its answers are not the new queries'
+      if (!sameSource(policy, this.policy)) return;
       const snap: SignalSnapshot = { queueDepth: new Map(), latencyMs: new Map(), at: this.now() };
       for (const s of depth)
         if (s.labels.worker && Number.isFinite(s.value)) snap.queueDepth.set(s.labels.worker, s.value);
@@ -144,12 +151,21 @@ export class PrometheusSignals {
     }
   }
 
-  private async query(promql: string): Promise<PromSample[]> {
-    const base = this.policy.prometheusUrl!.replace(/\/+$/, "");
+  private async query(policy: LoadSignalsPolicy, promql: string): Promise<PromSample[]> {
+    const base = policy.prometheusUrl!.replace(/\/+$/, "");
     const url = `${base}/api/v1/query?query=${encodeURIComponent(promql.replaceAll("$pool", this.pool))}`;
-    const res = await this.fetchImpl(url, { signal: AbortSignal.timeout(this.policy.timeoutMs) });
+    const res = await this.fetchImpl(url, { signal: AbortSignal.timeout(policy.timeoutMs) });
     const body = await res.json().catch(() => null);
     if (!res.ok && !body) throw new Error(`prometheus: HTTP ${res.status}`);
     return parseInstantQuery(body);
   }
+}
+
+/** Whether two policies ask the same Prometheus the same queries. */
+function sameSource(a: LoadSignalsPolicy, b: LoadSignalsPolicy): boolean {
+  return (
+    a.prometheusUrl === b.prometheusUrl &&
+    a.queries.queueDepth === b.queries.queueDepth &&
+    a.queries.latencySeconds === b.queries.latencySeconds
+  );
 }
