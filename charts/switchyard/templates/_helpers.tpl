@@ -154,3 +154,12 @@ its default timeout: a timeout above the interval is a config error, and the Pro
 {{- $m.scrapeTimeout }}
 {{- end }}
 {{- end }}
+
+{{/*
+The worker pods' ports. The operator creates the workers with these fixed ports (WORKER_GRPC_PORT, WORKER_DATA_PORT,
+WORKER_METRICS_PORT in operator/src/controller/names.ts), so they are not values: a value that differs would only
+point the NetworkPolicy and the alerts at a port no worker listens on. test/src/chart keeps them equal.
+*/}}
+{{- define "switchyard.workerGrpcPort" -}}50061{{- end }}
+{{- define "switchyard.workerDataPort" -}}50062{{- end }}
+{{- define "switchyard.workerMetricsPort" -}}9401{{- end }}

@@ -168,7 +168,10 @@ export const modelSchema = obj(
     layers: int("Number of MoE layers.", { minimum: 1, maximum: 512 }),
     experts: int("Routed experts per MoE layer.", { minimum: 1, maximum: 1024 }),
     topK: int("Experts each token is routed to (the model's num_experts_per_tok).", { minimum: 1, maximum: 64 }),
-    hiddenSize: int("Model hidden size d (rows of a token matrix).", { minimum: 1, maximum: 65536 }),
+    hiddenSize: int(
+      "Model hidden size d (columns of a token matrix), recorded for users and tools: the operator passes it to neither the workers nor the router, which read d from the checkpoint's config.json (hidden_size); a request whose hidden states are not d wide is refused there.",
+      { minimum: 1, maximum: 65536 },
+    ),
     intermediateSize: int("Per-expert FFN intermediate size.", { minimum: 1, maximum: 131072 }),
     sharedExperts: int("Shared (always-on) experts per layer, served beside the routed ones.", {
       minimum: 0,
@@ -179,9 +182,11 @@ export const modelSchema = obj(
       "Intermediate size of the whole shared-expert MLP (Qwen2-MoE's shared_expert_intermediate_size; DeepSeek-V3: moe_intermediate_size × n_shared_experts). Unset: sharedExperts × intermediateSize for deepseek-v3; for other architectures the width is unknown and the router runs the shared expert.",
       { minimum: 1, maximum: 2097152 },
     ),
-    dtype: enm("Weight and activation dtype on the workers.", ["bfloat16", "float16", "float32"] as const, {
-      default: "bfloat16",
-    }),
+    dtype: enm(
+      "The model's dtype, recorded for users and tools: the operator passes it to neither the workers nor the router. A worker keeps each expert's weights as the checkpoint stores them (bfloat16 stays bfloat16; float16 and float32 become float32), computes each batch in the dtype of the hidden states its request sends (FLOAT32, BFLOAT16 or FLOAT16, accumulating in float32) and answers in that dtype.",
+      ["bfloat16", "float16", "float32"] as const,
+      { default: "bfloat16" },
+    ),
     checkpoint: checkpointSchema,
   },
   {
@@ -195,11 +200,17 @@ export const modelSchema = obj(
 export const workerSchema = obj(
   "Template for the worker pods (one StatefulSet per pool).",
   {
-    image: str("Worker container image.", {
-      default: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
-      maxLength: 1024,
-      minLength: 1,
-    }),
+    // The CUDA image by default, because gpusPerWorker defaults to 1: a minimal pool requests a GPU and should use
+    // it. The CUDA image also runs CPU pools (--backend auto falls back to CPU when no GPU is visible); the smaller
+    // CPU-only image is the tag without -cuda. test/src/chart/crds.test.ts keeps this equal to the chart's values.
+    image: str(
+      "Worker container image. Default: the CUDA image (tag <version>-cuda), since gpusPerWorker defaults to 1; it also runs CPU workers (backend auto falls back to CPU when no GPU is visible). For gpusPerWorker 0 the CPU-only image, the same repository with tag <version>, is much smaller.",
+      {
+        default: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0-cuda",
+        maxLength: 1024,
+        minLength: 1,
+      },
+    ),
     imagePullPolicy: enm("Image pull policy.", ["Always", "IfNotPresent", "Never"] as const, {
       default: "IfNotPresent",
     }),
@@ -583,10 +594,13 @@ export const placementWeightsSchema = obj(
 export const loadSignalsSchema = obj(
   "Prometheus load signals the router reads.",
   {
-    prometheusUrl: str("Base URL of the Prometheus HTTP API; unset = the router's own counters only.", {
-      maxLength: 2048,
-      pattern: "^https?://",
-    }),
+    prometheusUrl: str(
+      "Base URL of the Prometheus HTTP API (http or https, with a host); unset = the router's own counters only.",
+      {
+        maxLength: 2048,
+        pattern: "^https?://[^/\\s]+",
+      },
+    ),
     queries: obj(
       "PromQL queries; `$pool` is replaced by the name the router serves the pool under (namespace/name outside the router's namespace; the workers' metrics carry it as their pool label). Unset = the chart's defaults.",
       {
@@ -605,7 +619,12 @@ export const loadSignalsSchema = obj(
       maximum: 86400000,
       default: 30000,
     }),
-    timeoutMs: int("Per-query HTTP timeout (ms).", { minimum: 10, maximum: 600000, default: 2000 }),
+    // No schema default: a default of 2000 would break the rule below for refreshMs < 2000 the user never paired
+    // with a timeout. Unset, the router takes min(2000, refreshMs) (packages/moe resolveRoutingPolicy).
+    timeoutMs: int("Per-query HTTP timeout (ms), at most refreshMs; unset = min(2000, refreshMs).", {
+      minimum: 10,
+      maximum: 600000,
+    }),
   },
   {
     default: {},
@@ -616,7 +635,7 @@ export const loadSignalsSchema = obj(
         fieldPath: ".stalenessMs",
       },
       {
-        rule: "self.timeoutMs <= self.refreshMs",
+        rule: "!has(self.timeoutMs) || self.timeoutMs <= self.refreshMs",
         message: "loadSignals.timeoutMs must be <= loadSignals.refreshMs",
         fieldPath: ".timeoutMs",
       },

@@ -8,6 +8,8 @@ import {
   checkpointSchema,
   expertPoolSpecSchema,
   gatingSchema,
+  loadSignalsSchema,
+  modelSchema,
   rebalanceSchema,
   routingPolicySpecSchema,
   routingPolicyStatusSchema,
@@ -105,7 +107,7 @@ describe("applyDefaults mirrors structural defaulting", () => {
     expect(spec.worker).toMatchObject({
       gpusPerWorker: 1,
       backend: "auto",
-      image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
+      image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0-cuda",
     });
     expect(spec.cache).toEqual({ hostTier: { enabled: false } });
     expect(spec.placement).toEqual({ strategy: "balanced", redundantExperts: 0, sharedExperts: "Workers" });
@@ -173,6 +175,48 @@ describe("descriptions say what the code does", () => {
     expect(d).toContain("max(topK, 2 × the model's topK)");
     expect(d).toMatch(/at most the pool's experts/);
     expect(d).not.toContain("unset = 2 × topK");
+  });
+
+  it("worker.image defaults to the CUDA image, since gpusPerWorker defaults to a GPU", () => {
+    const w = workerSchema.json.properties!;
+    expect(w.gpusPerWorker.default).toBeGreaterThanOrEqual(1);
+    expect(w.image.default).toMatch(/^ghcr\.io\/switchyard-dev\/switchyard-worker:[\w.]+-cuda$/);
+    expect(w.image.description).toContain("backend auto falls back to CPU");
+  });
+
+  it("model.dtype and model.hiddenSize say that nothing reads them (workers and router take the checkpoint's)", () => {
+    const m = modelSchema.json.properties!;
+    // Neither the operator's pod template nor the router config carries them (desired.ts, routing.ts).
+    for (const f of ["desired.ts", "routing.ts", "router-config-fit.ts"]) {
+      const src = readFileSync(join(root, "operator/src/controller", f), "utf8");
+      expect(src, f).not.toMatch(/model\.(dtype|hiddenSize)/);
+    }
+    expect(m.dtype.description).toContain("recorded for users and tools");
+    expect(m.dtype.description).toContain("in the dtype of the hidden states its request sends");
+    expect(m.hiddenSize.description).toContain("recorded for users and tools");
+    expect(m.hiddenSize.description).toContain("config.json");
+  });
+
+  it("loadSignals.timeoutMs has no default, so refreshMs < 2000 alone passes its CEL rule (router: min(2000, refreshMs))", () => {
+    const t = prop(loadSignalsSchema.json, "timeoutMs");
+    expect(t.default).toBeUndefined();
+    expect(t.description).toContain("min(2000, refreshMs)");
+    const rules = loadSignalsSchema.json["x-kubernetes-validations"]?.map((v) => v.rule);
+    expect(rules).toContain("!has(self.timeoutMs) || self.timeoutMs <= self.refreshMs");
+    expect(rules).not.toContain("self.timeoutMs <= self.refreshMs");
+    // and defaulting a policy that sets only refreshMs leaves timeoutMs unset for the router to fill in
+    const spec = applyDefaults(routingPolicySpecSchema.json, {
+      poolRef: { name: "p" },
+      loadSignals: { refreshMs: 1000 },
+    }) as { loadSignals: Record<string, unknown> };
+    expect(spec.loadSignals.timeoutMs).toBeUndefined();
+  });
+
+  it("loadSignals.prometheusUrl needs a host after the scheme", () => {
+    const re = new RegExp(prop(loadSignalsSchema.json, "prometheusUrl").pattern ?? "^$");
+    for (const ok of ["http://prometheus:9090", "https://prom.example.com/prometheus", "http://10.0.0.1"])
+      expect(re.test(ok), ok).toBe(true);
+    for (const bad of ["http://", "https:///api", "prometheus:9090", "ftp://p"]) expect(re.test(bad), bad).toBe(false);
   });
 
   it("checkpoint.endpoint: an http(s) URL, described as the init container's HF_ENDPOINT", () => {

@@ -420,7 +420,17 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
       ...["--set", "serviceMonitor.enabled=true"],
     ]);
     expect(noRelease.code, noRelease.stderr).toBe(0);
-    expect(noRelease.stdout).toContain("WARNING: monitors are rendered without a `release` label");
+    expect(noRelease.stdout).toContain("WARNING: monitors and rules are rendered without a `release` label");
+    // a PrometheusRule alone is ignored by kube-prometheus-stack the same way
+    const onlyRules = await exec(helm!, [
+      ...["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"],
+      ...["--set", "prometheusRule.enabled=true"],
+    ]);
+    expect(onlyRules.code, onlyRules.stderr).toBe(0);
+    expect(onlyRules.stdout).toContain("WARNING: monitors and rules are rendered without a `release` label");
+    expect(plain.stdout).not.toContain("WARNING");
+    // the worker image a minimal ExpertPool gets (the CRD default) is the CUDA one, and NOTES says so
+    expect(plain.stdout).toContain("switchyard-worker:0.1.0-cuda (CUDA; the default, as gpusPerWorker defaults to 1)");
     const noTests = await exec(helm!, [
       ...["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"],
       ...["--set", "tests.enabled=false"],

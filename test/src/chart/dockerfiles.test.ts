@@ -3,6 +3,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { DATA_PATH_NODE_FLAGS } from "@switchyard/moe";
+import { WORKER_DATA_PORT, WORKER_GRPC_PORT, WORKER_METRICS_PORT } from "@switchyard/operator";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { CHART, REPO } from "./helm.js";
@@ -31,6 +32,9 @@ export function parseDockerfile(text: string): Instr[][] {
 const values = parse(readFileSync(join(CHART, "values.yaml"), "utf8"));
 const contracts = readFileSync(join(REPO, "docs/CONTRACTS.md"), "utf8");
 
+// The operator starts every worker on these ports (operator/src/controller/names.ts); the chart has no value for them.
+const WORKER_PORTS = [WORKER_GRPC_PORT, WORKER_DATA_PORT, WORKER_METRICS_PORT];
+
 const IMAGES = [
   {
     file: "operator.Dockerfile",
@@ -47,13 +51,13 @@ const IMAGES = [
   {
     file: "worker.Dockerfile",
     main: "expert-worker/dist/main.js",
-    ports: [values.workers.grpcPort, values.workers.dataPort, values.workers.metricsPort],
+    ports: WORKER_PORTS,
     flags: DATA_PATH_NODE_FLAGS,
   },
   {
     file: "worker-cuda.Dockerfile",
     main: "expert-worker/dist/main.js",
-    ports: [values.workers.grpcPort, values.workers.dataPort, values.workers.metricsPort],
+    ports: WORKER_PORTS,
     flags: DATA_PATH_NODE_FLAGS,
   },
 ];

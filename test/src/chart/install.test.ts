@@ -322,7 +322,7 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
             checkpoint: { hostPath: { path: "/models/tiny" } },
           },
           replicas: 2,
-          worker: { image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0", gpusPerWorker: 1 },
+          worker: { image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0-cuda", gpusPerWorker: 1 },
         },
       }),
     });

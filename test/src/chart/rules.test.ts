@@ -51,6 +51,23 @@ describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
     expect(groups.flatMap((g) => g.rules.map((r) => r.alert))).toEqual(ALERTS);
   });
 
+  it("every rendered alert can be switched off by name in prometheusRule.disabled, and the schema knows no other", async () => {
+    const rendered = groups.flatMap((g) => g.rules.flatMap((r) => (r.alert ? [r.alert] : [])));
+    const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8"));
+    const allowed: string[] = schema.properties.prometheusRule.properties.disabled.items.enum;
+    expect([...allowed].sort()).toEqual([...rendered].sort());
+    // and helm takes all of them (the schema's enum) and leaves every one out
+    const r = await exec(helm!, [
+      ...["template", "sy", CHART, "--set", "prometheusRule.enabled=true"],
+      ...["--set-json", `prometheusRule.disabled=${JSON.stringify(rendered)}`],
+      ...["--show-only", "templates/prometheusrule.yaml"],
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const [rule] = parseDocs(r.stdout);
+    const left = (rule.spec as { groups: typeof groups }).groups.flatMap((g) => g.rules ?? []);
+    expect(left).toEqual([]);
+  });
+
   it("promtool check rules accepts the rendered rules", async () => {
     const r = await exec(promtool!, ["check", "rules", join(dir, "switchyard.rules.yaml")]);
     expect(r.code, r.stdout + r.stderr).toBe(0);

@@ -18,6 +18,18 @@ const BAD: Array<[string, string, string]> = [
   ["--set", "prometheusRule.expertLoadImbalance.ratio=0.9", "/prometheusRule/expertLoadImbalance/ratio"],
   ["--set", "prometheusRule.disabled={NoSuchAlert}", "/prometheusRule/disabled/0"],
   ["--set", "monitoring.interval=5min", "/monitoring/interval"],
+  // Prometheus durations: units largest first, each once (model.ParseDuration refuses the rest, and the Prometheus
+  // Operator then rejects the whole PrometheusRule or monitor)
+  ["--set", "prometheusRule.workerDown.for=30s1m", "/prometheusRule/workerDown/for"],
+  ["--set", "prometheusRule.routerConfigFull.for=5m5m", "/prometheusRule/routerConfigFull/for"],
+  ["--set", "prometheusRule.workerDown.startupGrace=1m1h", "/prometheusRule/workerDown/startupGrace"],
+  ["--set", "monitoring.scrapeTimeout=10s5s", "/monitoring/scrapeTimeout"],
+  ["--set-string", "monitoring.interval=", "/monitoring/interval"],
+  // the operator fixes the workers' ports (operator/src/controller/names.ts); another value would misdirect the
+  // workers' NetworkPolicy
+  ["--set", "workers.grpcPort=6000", "/workers/grpcPort"],
+  ["--set", "workers.dataPort=6001", "/workers/dataPort"],
+  ["--set", "workers.metricsPort=9999", "/workers/metricsPort"],
   ["--set", "podSecurityContext.runAsNonRoot=false", "/podSecurityContext/runAsNonRoot"],
   [
     "--set",
@@ -57,6 +69,10 @@ describe.skipIf(!helm)("values.schema.json", () => {
       ...["--set", "monitoring.interval=1m30s", "--set", "router.pdb.minAvailable=50%"],
       ...["--set", "prometheusRule.disabled={SwitchyardRouterSaturated}", "--set", "router.service.headless=false"],
       ...["--set", "tests.pools={default/tiny}", "--set", "tests.tokens=1", "--set", "tests.timeoutMs=60000"],
+      ...["--set", "prometheusRule.workerDown.for=1h30m", "--set", "prometheusRule.routerLatency.for=1m500ms"],
+      ...["--set", "prometheusRule.disabled={SwitchyardRouterConfigFull}"],
+      // values files written for charts that had these values still install, at the operator's ports
+      ...["--set", "workers.grpcPort=50061", "--set", "workers.dataPort=50062", "--set", "workers.metricsPort=9401"],
     ]);
     expect(r.code, r.stderr).toBe(0);
   });

@@ -1,6 +1,7 @@
 // Renders of value combinations the golden files do not cover, checked against the rules the API server (and the
 // Prometheus Operator) apply to what they are given: object and volume names, label maps, the operator's RBAC when
 // leader election is off, scrape timeouts.
+import { WORKER_DATA_PORT, WORKER_GRPC_PORT, WORKER_METRICS_PORT } from "@switchyard/operator";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { CHART, exec, findTool, grants, type K8sObject, NAMESPACE, parseDocs } from "./helm.js";
@@ -103,6 +104,56 @@ describe.skipIf(!helm)("chart renders for values the golden files do not cover",
     expect(have).toContain("core/configmaps patch");
     // And still no Lease rights: it does not elect.
     expect(have.filter((g) => g.includes("leases"))).toEqual([]);
+  });
+
+  it("operator.replicas > 1 needs leader election: refused naming both values; one replica without it rolls out by Recreate", async () => {
+    const bad = await exec(helm!, [
+      ...["template", "sy", CHART, "--namespace", NAMESPACE],
+      ...["--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"],
+    ]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("operator.replicas is 2 but operator.leaderElection.enabled is false");
+    // not an operator this release runs: nothing to refuse
+    const off = await exec(helm!, [
+      ...["template", "sy", CHART, "--namespace", NAMESPACE, "--set", "operator.enabled=false"],
+      ...["--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"],
+    ]);
+    expect(off.code, off.stderr).toBe(0);
+    const operator = (objs: Untyped[]) =>
+      objs.find((o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === "operator");
+    const elected = operator(await render("sy", ["--set", "operator.replicas=3"]));
+    expect(elected.spec.replicas).toBe(3);
+    expect(elected.spec.strategy).toBeUndefined(); // RollingUpdate: the Lease keeps one writer
+    const single = operator(await render("sy", ["--set", "operator.leaderElection.enabled=false"]));
+    expect(single.spec.replicas).toBe(1);
+    expect(single.spec.strategy).toEqual({ type: "Recreate" }); // never two writers during a rollout either
+  });
+
+  it("the PodMonitor drops Pending worker pods (a checkpoint download in the init container), not Running ones", async () => {
+    const objs = (await render("sy", ["--set", "podMonitor.enabled=true"])) as Untyped[];
+    const pm = objs.find((o) => o.kind === "PodMonitor");
+    const relabelings = pm.spec.podMetricsEndpoints[0].relabelings as Untyped[];
+    // Prometheus relabel semantics: the regex is anchored on both ends, the source labels joined by ";".
+    const dropped = (phase: string) =>
+      relabelings.some(
+        (r) =>
+          r.action === "drop" &&
+          r.sourceLabels?.join(";") === "__meta_kubernetes_pod_phase" &&
+          new RegExp(`^(?:${r.regex})$`).test(phase),
+      );
+    expect(dropped("Pending")).toBe(true);
+    // Running pods stay, and so do Unknown ones (a node that stopped reporting: its worker is down, say so)
+    expect(dropped("Running")).toBe(false);
+    expect(dropped("Unknown")).toBe(false);
+  });
+
+  it("the workers' NetworkPolicy admits the ports the operator gives worker pods (operator/src/controller/names.ts)", async () => {
+    const objs = (await render("sy", [])) as Untyped[];
+    const np = objs.find((o) => o.kind === "NetworkPolicy" && o.metadata.name.endsWith("-workers"));
+    const ports = np.spec.ingress.flatMap((r: { ports: Array<{ port: number }> }) => r.ports.map((p) => p.port));
+    expect(ports.sort()).toEqual([WORKER_GRPC_PORT, WORKER_DATA_PORT, WORKER_METRICS_PORT].sort());
+    // the router's ingress rule gets gRPC and the data path, nothing else
+    expect(np.spec.ingress[0].ports.map((p: { port: number }) => p.port)).toEqual([WORKER_GRPC_PORT, WORKER_DATA_PORT]);
   });
 
   it("a scrape interval shorter than scrapeTimeout: no monitor asks for a timeout longer than its interval", async () => {

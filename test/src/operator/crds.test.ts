@@ -204,6 +204,16 @@ const INVALID: [string, unknown, string][] = [
     "loadSignals.stalenessMs must be >= loadSignals.refreshMs",
   ],
   [
+    "RoutingPolicy timeout longer than a refresh round, both given (CEL)",
+    rp({ poolRef: { name: "p" }, loadSignals: { refreshMs: 1000, timeoutMs: 3000 } }),
+    "loadSignals.timeoutMs must be <= loadSignals.refreshMs",
+  ],
+  [
+    "RoutingPolicy Prometheus URL without a host (schema pattern)",
+    rp({ poolRef: { name: "p" }, loadSignals: { prometheusUrl: "http://" } }),
+    "spec.loadSignals.prometheusUrl in body should match",
+  ],
+  [
     "RoutingPolicy topP above 1 (schema maximum)",
     rp({ poolRef: { name: "p" }, gating: { topP: 1.5 } }),
     "should be less than or equal to 1",
@@ -262,7 +272,9 @@ describeWithCluster(
       await c.kubectl(["delete", "xp", "rb"]);
       expect(got.spec.worker).toMatchObject({
         backend: "auto",
-        image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0",
+        gpusPerWorker: 1,
+        // a minimal pool requests a GPU, so its default image is the CUDA one
+        image: "ghcr.io/switchyard-dev/switchyard-worker:0.1.0-cuda",
         queueCapacity: 64, // batches, the worker's own default
       });
       // the former default stays valid for pools stored with it; a Hub mirror for an hf:// checkpoint is accepted
@@ -332,6 +344,20 @@ describeWithCluster(
       });
       await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(inRouter) });
       await c.kubectl(["delete", "xp", "shared", "odd"]);
+    });
+
+    it("loadSignals.refreshMs below 2000 alone is accepted: timeoutMs has no default to break its rule", async () => {
+      // The router takes min(2000, refreshMs) for an unset timeoutMs (packages/moe resolveRoutingPolicy); before,
+      // the schema's default 2000 made `timeoutMs <= refreshMs` refuse a policy that never set a timeout.
+      const c = cluster();
+      const fast = rp({ poolRef: { name: "a" }, loadSignals: { refreshMs: 1000 } }, "fast");
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(fast) });
+      const got = JSON.parse((await c.kubectl(["get", "rpol", "fast", "-o", "json"])).stdout);
+      expect(got.spec.loadSignals).toMatchObject({ refreshMs: 1000, stalenessMs: 30000 });
+      expect(got.spec.loadSignals.timeoutMs).toBeUndefined();
+      const paired = rp({ poolRef: { name: "a" }, loadSignals: { refreshMs: 1000, timeoutMs: 500 } }, "paired");
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(paired) });
+      await c.kubectl(["delete", "rpol", "fast", "paired"]);
     });
 
     it("refuses changing a RoutingPolicy's poolRef (transition rule) and keeps the old one", async () => {

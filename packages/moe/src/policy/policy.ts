@@ -69,7 +69,7 @@ export interface LoadSignalsPolicy {
   refreshMs: number;
   /** Signals older than this are stale: the router falls back to its own counters. */
   stalenessMs: number;
-  /** Per-query HTTP timeout; a slow Prometheus counts as down. */
+  /** Per-query HTTP timeout; a slow Prometheus counts as down. Unset in the input: min(2000, refreshMs). */
   timeoutMs: number;
 }
 

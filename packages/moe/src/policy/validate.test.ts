@@ -34,6 +34,17 @@ describe("resolveRoutingPolicy", () => {
     expect(p.placement.cacheAffinity).toBe(2);
   });
 
+  it("an unset timeoutMs is 2000 ms, but never longer than refreshMs (the CRD accepts refreshMs 1000 alone)", () => {
+    expect(resolveRoutingPolicy({ loadSignals: { refreshMs: 1000 } }).loadSignals.timeoutMs).toBe(1000);
+    expect(resolveRoutingPolicy({ loadSignals: { refresh: "500ms" } }).loadSignals.timeoutMs).toBe(500);
+    expect(resolveRoutingPolicy({ loadSignals: { refreshMs: 10000 } }).loadSignals.timeoutMs).toBe(2000);
+    expect(resolveRoutingPolicy({}).loadSignals.timeoutMs).toBe(2000);
+    // a given one is kept as given
+    expect(resolveRoutingPolicy({ loadSignals: { refreshMs: 1000, timeoutMs: 3000 } }).loadSignals.timeoutMs).toBe(
+      3000,
+    );
+  });
+
   it("accepts load-signal durations up to setTimeout's limit, 2^31-1 ms", () => {
     const max = 2_147_483_647;
     const p = resolveRoutingPolicy({ loadSignals: { refreshMs: max, stalenessMs: max, timeoutMs: max } });

@@ -213,8 +213,16 @@ export function resolveRoutingPolicy(input: unknown, path = "policy"): RoutingPo
       min: 10,
       max: MAX_TIMER_MS,
     }),
-    timeoutMs: num(l.timeoutMs, `${lp}.timeoutMs`, d.loadSignals.timeoutMs, { min: 1, max: MAX_TIMER_MS }),
+    timeoutMs: 0, // below: its default depends on refreshMs
   };
+  // Unset: 2000 ms, but never longer than a round (the RoutingPolicy CRD leaves it unset rather than default it, so
+  // that refreshMs < 2000 alone is accepted there too).
+  loadSignals.timeoutMs = num(
+    l.timeoutMs,
+    `${lp}.timeoutMs`,
+    Math.min(d.loadSignals.timeoutMs, loadSignals.refreshMs),
+    { min: 1, max: MAX_TIMER_MS },
+  );
   if (loadSignals.prometheusUrl !== null) {
     let u: URL;
     try {
