@@ -149,8 +149,7 @@ export function parseExpertSpec(spec: string, layers: number[], experts: number)
       const lt = item.slice(0, colon).trim();
       // digits only: Number("") is 0, so ":3" would read as layer 0
       const l = /^\d+$/.test(lt) ? Number(lt) : Number.NaN;
-      if (!layers.includes(l))
-        throw new Error(`--experts: "${item}": layer "${lt}" is not an MoE layer of the model`);
+      if (!layers.includes(l)) throw new Error(`--experts: "${item}": layer "${lt}" is not an MoE layer of the model`);
       ls = [l];
       er = item.slice(colon + 1);
     }

@@ -110,11 +110,14 @@ export class WorkerCore {
     return this.o.source.isMoeLayer(layer) && (this.o.served === undefined || this.o.served.has(keyOf(layer, expert)));
   }
 
-  /** Runs one batch; throws SwitchyardError (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ...). */
-  async runBatch(batch: ExpertBatch, signal?: AbortSignal): Promise<ExpertResult> {
+  /**
+   * Runs one batch; throws SwitchyardError (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ...).
+   * `maxMessageBytes`: the largest message the transport answering it sends; a larger result is refused up front.
+   */
+  async runBatch(batch: ExpertBatch, signal?: AbortSignal, maxMessageBytes?: number): Promise<ExpertResult> {
     const started = performance.now();
     const { metrics, cache, backend, queue } = this.o;
-    const b = validateBatch(batch, this.ctx);
+    const b = validateBatch(batch, maxMessageBytes === undefined ? this.ctx : { ...this.ctx, maxMessageBytes });
     const live = b.slices.filter((s) => s.count > 0);
     const onDevice = b.tokenRows !== undefined && backend.takesTokenRows === true;
     const distinct = [...new Set(live.map((s) => s.expert))];

@@ -145,6 +145,27 @@ describe("worker data path", () => {
     c.socket.destroy();
   });
 
+  it("refuses on its own a batch whose result would pass the message limit (a router drops such a frame's connection)", async () => {
+    // 130 distinct tokens (a 16.6 KB request), each to the 4 experts: 520 rows × 32 × 4 = 66,560 result bytes > 64 KiB
+    const U = 130;
+    const c = await dataClient(w.dataPort);
+    c.send(
+      batch({
+        batchId: 41n,
+        tokens: encodeTensor(uniform(U * D, 1, rng(3)), [U, D], DType.FLOAT32),
+        tokenRows: Array.from({ length: 4 * U }, (_, i) => i % U),
+        slices: [0, 1, 2, 3].map((e) => ({ expert: e, offset: e * U, count: U })),
+      }),
+    );
+    c.send(batch({ batchId: 42n }));
+    const got = new Map((await c.take(2)).map((r) => [r.batchId, r]));
+    expect(got.get(41n)?.error?.code).toBe(status.INVALID_ARGUMENT);
+    expect(got.get(41n)?.error?.message).toMatch(/^token_rows: the result would be 66560 bytes .* limit of 65536/);
+    expect(got.get(42n)?.error).toBeUndefined();
+    expect(got.get(42n)?.output?.shape).toEqual([5, D]);
+    c.socket.destroy();
+  });
+
   it("drops a connection that breaks the protocol (preface, frame size, malformed message)", async () => {
     const wrong = await dataClient(w.dataPort, Buffer.from("PRI * HTTP/2.0\r\n"));
     await wrong.closed;
@@ -164,7 +185,8 @@ describe("worker data path", () => {
   it("counts its batches in /metrics under method RunExpertsData", async () => {
     const text = await w.metrics.registry.metrics();
     expect(text).toMatch(/switchyard_worker_requests_total\{method="RunExpertsData",code="OK",[^}]*\} [1-9]/);
-    expect(text).toMatch(/switchyard_worker_requests_total\{method="RunExpertsData",code="INVALID_ARGUMENT",[^}]*\} 1/);
+    // the unknown expert and the oversized result above
+    expect(text).toMatch(/switchyard_worker_requests_total\{method="RunExpertsData",code="INVALID_ARGUMENT",[^}]*\} 2/);
   });
 
   it("is off with dataPort -1 (Status says 0)", async () => {

@@ -24,15 +24,10 @@ import type { WorkerCore } from "./core.js";
 import { encodeResultParts } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { batchSignal } from "./server.js";
+import { MAX_IN_FLIGHT_PER_CONNECTION, MAX_QUEUED_RESULT_BYTES } from "./stream-gate.js";
 
-/** Batches one connection may have in flight before the worker stops reading from it; it resumes at half of it. */
-export const MAX_IN_FLIGHT_PER_CONNECTION = 4096;
-/**
- * Result bytes a connection may have queued in the worker (written, not yet taken by the kernel) before the worker
- * stops reading its batches; it resumes once they have drained. One DeepSeek-V3 prefill result is ~120 MB, so a
- * peer that stops reading would otherwise grow the worker by that much per batch it keeps sending.
- */
-export const MAX_QUEUED_RESULT_BYTES = 256 << 20;
+// The limits are the gRPC stream's too (stream-gate.ts).
+export { MAX_IN_FLIGHT_PER_CONNECTION, MAX_QUEUED_RESULT_BYTES } from "./stream-gate.js";
 
 export interface DataConnectionOptions {
   maxMessageBytes: number;
@@ -73,7 +68,8 @@ export function serveDataConnection(
     }
     const bs = batchSignal(ac.signal, batch.timeoutMs);
     gate.started();
-    core.runBatch(batch, bs.signal).then(
+    // a result over the limit is refused alone: the router drops a connection whose frame passes its own limit
+    core.runBatch(batch, bs.signal, o.maxMessageBytes).then(
       (res) => {
         bs.dispose();
         count();

@@ -30,6 +30,7 @@ import { HealthImplementation } from "grpc-health-check";
 import type { WorkerCore } from "./core.js";
 import { encodeResult } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
+import { StreamGate, type StreamGateLimits } from "./stream-gate.js";
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 
@@ -108,7 +109,25 @@ export function batchSignal(parent: AbortSignal, timeoutMs: number): { signal: A
   };
 }
 
-export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertWorkerServer {
+/** A result's bytes as grpc-js will hold them (its output; an error reply is small). */
+function resultBytes(res: ExpertResult): number {
+  return (res.output?.data.byteLength ?? 0) + (res.error?.message.length ?? 0) + 64;
+}
+
+export interface HandlerLimits {
+  /** The server's grpc.max_send_message_length: a batch whose result would pass it is refused alone. */
+  maxMessageBytes?: number;
+  /** When a RunExpertsStream call stops being read (stream-gate.ts). */
+  stream?: StreamGateLimits;
+}
+
+export function buildHandlers(
+  core: WorkerCore,
+  metrics: WorkerMetrics,
+  limits: HandlerLimits = {},
+): ExpertWorkerServer {
+  // grpc-js fails a call whose message passes its send limit, a stream with every batch still on it
+  const maxMessageBytes = limits.maxMessageBytes;
   const count = (method: string, err?: unknown) =>
     metrics.requests.inc({ method, code: err === undefined ? "OK" : errorCodeOf(err) });
 
@@ -133,34 +152,54 @@ export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertW
 
   const runExpertsStream: handleBidiStreamingCall<ExpertBatch, ExpertResult> = (call) => {
     const { signal, dispose } = callSignal(call);
+    // Reading stops while results wait to be sent (a router that does not read them), as on the data path.
+    const gate = new StreamGate(call, limits.stream);
+    const onDrain = () => gate.drained();
+    call.on("drain", onDrain);
+    let disposed = false;
+    const close = () => {
+      if (disposed) return;
+      disposed = true;
+      dispose();
+      call.removeListener("drain", onDrain);
+    };
     let inflight = 0;
     let ended = false;
     const maybeEnd = () => {
       if (ended && inflight === 0) {
-        dispose();
+        close();
         call.end();
       }
     };
+    const reply = (res: ExpertResult) => {
+      if (signal.aborted) return;
+      const n = resultBytes(res);
+      gate.wrote(
+        n,
+        call.write(res, () => gate.sent(n)),
+      );
+    };
     call.on("data", (batch: ExpertBatch) => {
       inflight++;
+      gate.started();
       const bs = batchSignal(signal, batch.timeoutMs);
       core
-        .runBatch(batch, bs.signal)
+        .runBatch(batch, bs.signal, maxMessageBytes)
         .then(
           (res) => {
             count("RunExpertsStream");
-            if (!signal.aborted) call.write(res);
+            reply(res);
           },
           (err) => {
             count("RunExpertsStream", err);
             // One bad batch answers in its own reply; the stream stays up.
-            if (!signal.aborted)
-              call.write({ batchId: batch.batchId, output: undefined, stats: undefined, error: toRpcError(err) });
+            reply({ batchId: batch.batchId, output: undefined, stats: undefined, error: toRpcError(err) });
           },
         )
         .finally(() => {
           bs.dispose();
           inflight--;
+          gate.answered();
           maybeEnd();
         });
     });
@@ -168,7 +207,10 @@ export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertW
       ended = true;
       maybeEnd();
     });
-    call.on("error", () => dispose());
+    call.on("error", close);
+    // A client that cancels (or whose connection drops) without half-closing sends neither 'end' nor 'error': without
+    // this the deadline timer and the listeners stayed until the deadline (if any) passed.
+    call.on("cancelled", close);
   };
 
   return {
@@ -176,7 +218,7 @@ export function buildHandlers(core: WorkerCore, metrics: WorkerMetrics): ExpertW
       // A unary call may carry both a gRPC deadline and timeout_ms: whichever passes first stops the batch.
       const bs = batchSignal(signal, req.timeoutMs);
       try {
-        return await core.runBatch(req, bs.signal);
+        return await core.runBatch(req, bs.signal, maxMessageBytes);
       } finally {
         bs.dispose();
       }
@@ -207,14 +249,14 @@ export interface GrpcServerHandle {
 export async function startGrpcServer(
   core: WorkerCore,
   metrics: WorkerMetrics,
-  o: { host?: string; port: number; maxMessageBytes?: number },
+  o: { host?: string; port: number; maxMessageBytes?: number; stream?: StreamGateLimits },
 ): Promise<GrpcServerHandle> {
   const max = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   const server = new Server({
     "grpc.max_receive_message_length": max,
     "grpc.max_send_message_length": max,
   });
-  server.addService(WORKER_SERVICE, buildHandlers(core, metrics));
+  server.addService(WORKER_SERVICE, buildHandlers(core, metrics, { maxMessageBytes: max, stream: o.stream }));
   const health = new HealthImplementation({
     "": "NOT_SERVING",
     [ExpertWorkerService.runExperts.path.split("/")[1]]: "NOT_SERVING",

@@ -25,7 +25,19 @@ export interface BatchContext {
   serves: (layer: number, expert: number) => boolean;
   /** Upper bound on rows per batch (protects memory); default unlimited. */
   maxRows?: number;
+  /**
+   * The largest message this worker sends (--max-message-bytes): a batch whose result would not fit is refused on
+   * its own. Unchecked, grpc-js ends the whole stream RESOURCE_EXHAUSTED (every other batch on it lost) and the
+   * router drops a data connection whose frame is over its limit. Default unlimited.
+   */
+  maxMessageBytes?: number;
 }
+
+/**
+ * Bytes an ExpertResult holds beside its output's data: batch id, dtype, shape, the stats (fixed-size numbers and
+ * the backend's short name) and their tags and lengths, a few hundred at most; rounded up.
+ */
+export const RESULT_ENVELOPE_BYTES = 1024;
 
 export interface ValidSlice {
   expert: number;
@@ -106,6 +118,19 @@ export function validateBatch(b: ExpertBatch, ctx: BatchContext): ValidBatch {
       "tokens.data",
       `expected ${n * size} bytes ([${distinct}, ${cols}] × ${size} bytes ${dtypeName(t.dtype)}), got ${t.data?.byteLength ?? 0}`,
     );
+  // The reply's size is known now: one row per assignment row in the tokens' dtype, or with combine one fp32 row
+  // per distinct token. A request within the limit can still ask for more (token_rows repeat each distinct token
+  // up to once per expert; combine widens bf16/fp16 to fp32).
+  if (ctx.maxMessageBytes !== undefined) {
+    const [outRows, outSize] = b.combine ? [distinct, 4] : [rows, size];
+    const outBytes = outRows * cols * outSize;
+    const room = ctx.maxMessageBytes - RESULT_ENVELOPE_BYTES;
+    if (outBytes > room)
+      throw invalidArgument(
+        b.combine ? "combine" : deduped ? "token_rows" : "tokens.shape[0]",
+        `the result would be ${outBytes} bytes ([${outRows}, ${cols}] × ${outSize} bytes ${b.combine ? "FLOAT32" : dtypeName(t.dtype)}), over this worker's message limit of ${ctx.maxMessageBytes} bytes (--max-message-bytes; ${RESULT_ENVELOPE_BYTES} of them kept for the reply's other fields): send fewer rows per batch`,
+      );
+  }
 
   const slices: ValidSlice[] = [];
   for (let i = 0; i < b.slices.length; i++) {
