@@ -102,7 +102,7 @@ describe("a worker that fails every batch, with fresh Prometheus signals", () =>
       },
       endpoints: Object.fromEntries(workers.map((w) => [w.o.id, `127.0.0.1:${w.port}`])),
       policy: resolveRoutingPolicy({
-        loadSignals: { prometheusUrl: `http://127.0.0.1:${port}`, refreshMs: 50, stalenessMs: 5000 },
+        loadSignals: { prometheusUrl: `http://127.0.0.1:${port}`, refreshMs: 50, stalenessMs: 5000, timeoutMs: 2000 },
       }),
     });
     await router.refreshWorkers("toy");

@@ -79,6 +79,7 @@ describe("a pool served under namespace/name", () => {
           loadSignals: {
             prometheusUrl: `http://127.0.0.1:${(prom.address() as AddressInfo).port}`,
             refreshMs: 50,
+            timeoutMs: 2000, // a loaded CI host may take longer than a 50 ms round to answer
             queries: { queueDepth: 'sum by (worker) (switchyard_worker_queued_rows{pool="$pool"})' },
           },
         }),
