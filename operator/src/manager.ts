@@ -114,11 +114,13 @@ export class Manager {
       path: string,
       onEvent: (ev: InformerEvent, obj: T) => void,
       labelSelector?: string,
+      fieldSelector?: string,
     ) => {
       const inf = new Informer<T>(this.kube, {
         name,
         path,
         labelSelector,
+        fieldSelector,
         onEvent,
         log: this.log.warn,
         resyncMs: o.resyncMs ?? 10 * 60_000,
@@ -166,6 +168,8 @@ export class Manager {
     const stsDeleted = forgetOnDelete("StatefulSet");
     const svcDeleted = forgetOnDelete("Service");
     const cmDeleted = forgetOnDelete("ConfigMap");
+    const isRouterConfigMap = (cm: V1ConfigMap) =>
+      cm.metadata?.namespace === router.namespace && cm.metadata?.name === router.name;
     const statefulSets = mk<V1StatefulSet>(
       "statefulsets",
       paths.statefulSets(ns),
@@ -191,13 +195,29 @@ export class Manager {
         cmDeleted(ev, cm);
         toPool(ev, cm);
         const pool = cm.metadata?.labels?.[POOL_LABEL];
-        if (this.leading && ev !== "resync" && (pool || cm.metadata?.name === router.name)) enqueueRouter();
+        if (this.leading && ev !== "resync" && (pool || isRouterConfigMap(cm))) enqueueRouter();
         // A plan appearing (or going) decides whether the router serves the pool: its policies' PoolNotServed.
         if (this.leading && ev !== "resync" && pool && cm.metadata?.name === planConfigMapName(pool))
           enqueuePolicies(cm.metadata?.namespace, pool);
       },
       managed,
     );
+    // The router ConfigMap outside the watched namespace (the chart's release namespace with watchNamespace set):
+    // a cache of that one ConfigMap, so a pass compares against it (quiet after convergence) and an edit or a
+    // delete of it is repaired at once. Inside: the ConfigMap cache above holds it (one cache, one event each).
+    const routerConfigMaps =
+      ns !== undefined && ns !== router.namespace
+        ? mk<V1ConfigMap>(
+            "router-configmap",
+            paths.configMaps(router.namespace),
+            (ev, cm) => {
+              cmDeleted(ev, cm);
+              if (this.leading && ev !== "resync") enqueueRouter();
+            },
+            undefined,
+            `metadata.name=${router.name}`,
+          )
+        : configMaps;
     const pods = mk<V1Pod>("pods", paths.pods(ns), toPool, `${COMPONENT_LABEL}=${WORKER_COMPONENT}`);
 
     const poolRec = new PoolReconciler({
@@ -214,6 +234,7 @@ export class Manager {
       pools: this.pools,
       policies: this.policies,
       configMaps,
+      routerConfigMaps,
       recent,
       events,
       router,

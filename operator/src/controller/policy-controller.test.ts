@@ -36,16 +36,23 @@ class FakeCache<T extends Obj> {
   }
 }
 
-/** `synced`: the router config fitted once already (false: a manager that has just taken the lead). */
-function harness(configLimits?: ConfigLimits, synced = true) {
+/**
+ * `synced`: the router config fitted once already (false: a manager that has just taken the lead). `elsewhere`: the
+ * router ConfigMap lives in namespace "release", outside the watched "ns", in a cache of its own (its writes land
+ * there); `recent`: the manager's memory of its writes.
+ */
+function harness(configLimits?: ConfigLimits, synced = true, elsewhere = false, recent = new RecentWrites()) {
   let rv = 100;
+  let writes = 0;
   const pools = new FakeCache<ExpertPool>();
   const policies = new FakeCache<RoutingPolicy>();
   const configMaps = new FakeCache<Obj & { data?: Record<string, string> }>();
+  const routerConfigMaps = elsewhere ? new FakeCache<Obj & { data?: Record<string, string> }>() : configMaps;
   const events: string[] = [];
   const served: string[] = [];
   const kube = {
     apply: async (path: string, body: Obj & { status?: unknown }) => {
+      writes++;
       const name = body.metadata?.name as string;
       const ns = body.metadata?.namespace as string;
       if (path.includes("routingpolicies")) {
@@ -55,7 +62,7 @@ function harness(configLimits?: ConfigLimits, synced = true) {
         return structuredClone(p);
       }
       const stored = { ...body, metadata: { ...body.metadata, resourceVersion: String(++rv) } };
-      configMaps.put(stored);
+      (ns === "release" ? routerConfigMaps : configMaps).put(stored);
       return stored;
     },
   } as unknown as Kube;
@@ -64,11 +71,12 @@ function harness(configLimits?: ConfigLimits, synced = true) {
     pools: pools as unknown as Informer<ExpertPool>,
     policies: policies as unknown as Informer<RoutingPolicy>,
     configMaps: configMaps as unknown as PolicyDeps["configMaps"],
-    recent: new RecentWrites(),
+    ...(elsewhere ? { routerConfigMaps: routerConfigMaps as unknown as PolicyDeps["configMaps"] } : {}),
+    recent,
     events: {
       emit: async (_o: unknown, type: string, reason: string) => void events.push(`${type} ${reason}`),
     } as unknown as EventRecorder,
-    router: { namespace: "ns", name: "switchyard-router" },
+    router: { namespace: elsewhere ? "release" : "ns", name: "switchyard-router" },
     fit: Object.assign(new RouterConfigFit(), { synced }),
     configLimits,
     onServedChanged: (keys) => served.push(...keys),
@@ -87,6 +95,8 @@ function harness(configLimits?: ConfigLimits, synced = true) {
     pools,
     policies,
     configMaps,
+    routerConfigMaps,
+    writes: () => writes,
     events,
     served,
     publishPlan,
@@ -144,6 +154,26 @@ describe("PolicyReconciler", () => {
     h.publishPlan(pool);
     await h.policyRec.reconcile("ns/rp");
     expect(h.ready("rp")).toMatchObject({ status: "True", reason: "Resolved" });
+  });
+});
+
+describe("RouterConfigReconciler: the router ConfigMap outside the watched namespace", () => {
+  it("is read from its own cache: no write once it holds what we wrote, one when it is gone", async () => {
+    // ttl -1: our own write is forgotten at once, as 30 s after it (the cache alone says what is there)
+    const h = harness(undefined, true, true, new RecentWrites(-1));
+    const pool = testPool();
+    h.pools.put(pool);
+    h.publishPlan(pool);
+    await h.routerRec.reconcile();
+    expect(h.writes()).toBe(1);
+    expect(h.routerConfigMaps.get("release", "switchyard-router")).toBeDefined();
+    expect(h.configMaps.get("release", "switchyard-router")).toBeUndefined();
+    await h.routerRec.reconcile();
+    expect(h.writes()).toBe(1);
+    h.routerConfigMaps.del("release", "switchyard-router");
+    await h.routerRec.reconcile();
+    expect(h.writes()).toBe(2);
+    expect(h.routerConfigMaps.get("release", "switchyard-router")).toBeDefined();
   });
 });
 

@@ -42,6 +42,8 @@ export interface PolicyDeps {
   pools: Informer<ExpertPool>;
   policies: Informer<RoutingPolicy>;
   configMaps: Informer<V1ConfigMap>;
+  /** The cache holding the router ConfigMap; default configMaps (the watched namespaces include the router's). */
+  routerConfigMaps?: Informer<V1ConfigMap>;
   recent: RecentWrites;
   events: EventRecorder;
   router: RouterTarget;
@@ -160,7 +162,8 @@ export class RouterConfigReconciler {
   async reconcile(): Promise<undefined> {
     const { namespace, name } = this.d.router;
     const want = await this.desired();
-    const live = this.d.recent.pick("ConfigMap", namespace, name, this.d.configMaps.get(namespace, name));
+    const cached = (this.d.routerConfigMaps ?? this.d.configMaps).get(namespace, name);
+    const live = this.d.recent.pick("ConfigMap", namespace, name, cached);
     if (needsApply(want.configMap as never, live as never)) {
       const out = await this.d.kube.apply<V1ConfigMap>(
         `${paths.configMaps(namespace)}/${name}`,

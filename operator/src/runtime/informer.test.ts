@@ -36,6 +36,7 @@ describe("Informer", () => {
   it("lists, watches from the list's resourceVersion, and relists after 410 Gone", async () => {
     const lists: string[] = [];
     const watches: string[] = [];
+    const watchQueries: string[] = [];
     const kube = await fakeApi((_req, res, url) => {
       res.setHeader("content-type", "application/json");
       if (url.searchParams.get("watch") !== "true") {
@@ -50,6 +51,7 @@ describe("Informer", () => {
         return;
       }
       watches.push(url.searchParams.get("resourceVersion") ?? "");
+      watchQueries.push(url.search);
       if (watches.length === 1) {
         // An update, then "too old": the client must forget its resourceVersion and list again.
         res.write(`${JSON.stringify({ type: "MODIFIED", object: cm("a", "11") })}\n`);
@@ -64,6 +66,7 @@ describe("Informer", () => {
       name: "cms",
       path: "/api/v1/namespaces/ns/configmaps",
       labelSelector: "a=b",
+      fieldSelector: "metadata.namespace=ns",
       onEvent: (ev, o) => events.push([ev, o.metadata.name]),
     });
     await inf.start();
@@ -72,7 +75,11 @@ describe("Informer", () => {
     await until(() => inf.get("ns", "b") !== undefined);
     expect(watches[0]).toBe("10");
     expect(watches[1]).toBe("20");
-    expect(lists[0]).toContain("labelSelector=a%3Db");
+    // both selectors narrow the list and the watch
+    for (const q of [lists[0], watchQueries[0]]) {
+      expect(q).toContain("labelSelector=a%3Db");
+      expect(q).toContain("fieldSelector=metadata.namespace%3Dns");
+    }
     expect(inf.get("ns", "a")).toBeUndefined(); // gone from the relist
     expect(inf.get("ns", "b")?.metadata.managedFields).toBeUndefined();
     expect(events).toEqual([

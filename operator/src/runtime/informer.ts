@@ -56,6 +56,8 @@ export interface InformerOptions<T> {
   name: string;
   path: string;
   labelSelector?: string;
+  /** A cache of some objects only, e.g. `metadata.name=NAME` for one object of a namespace. */
+  fieldSelector?: string;
   onEvent: (event: InformerEvent, obj: T) => void;
   log?: (msg: string) => void;
   resyncMs?: number;
@@ -78,13 +80,20 @@ export class Informer<T extends Obj> {
   ) {
     this.name = o.name;
     const list = async () => {
-      const l = await kube.list<T>(o.path, { labelSelector: o.labelSelector });
+      const l = await kube.list<T>(o.path, { labelSelector: o.labelSelector, fieldSelector: o.fieldSelector });
       this.failures = 0;
       // ListWatch adds the items right after this promise resolves; mark synced once that has happened.
       setImmediate(() => this.markSynced());
       return { apiVersion: "v1", kind: "List", metadata: l.metadata ?? {}, items: l.items.map(stripManagedFields) };
     };
-    this.lw = new ListWatch<KubernetesObject>(o.path, new CountingWatch(kube), list as never, false, o.labelSelector);
+    this.lw = new ListWatch<KubernetesObject>(
+      o.path,
+      new CountingWatch(kube),
+      list as never,
+      false,
+      o.labelSelector,
+      o.fieldSelector,
+    );
     this.lw.on("add", (obj) => this.emit("add", obj as T));
     this.lw.on("update", (obj) => this.emit("update", obj as T));
     this.lw.on("delete", (obj) => this.emit("delete", obj as T));

@@ -536,4 +536,75 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       await m.stop();
     }
   }, 90_000);
+
+  it("watching one namespace with the router ConfigMap in another: quiet past RecentWrites' 30 s, an edit or a delete of it repaired at once", async () => {
+    // The chart with watchNamespace set: --namespace watched, --router-configmap release/NAME.
+    await op?.stop();
+    op = undefined;
+    const k = admin();
+    for (const ns of ["watched", "release"]) await createNamespace(k, ns);
+    const cmPath = `${paths.configMaps("release")}/switchyard-router`;
+    const logs: string[] = [];
+    const m = startOperator(cluster(), {
+      namespace: "watched",
+      routerConfigMap: { namespace: "release", name: "switchyard-router" },
+      log: (line) => logs.push(line),
+    });
+    let cmWrites = 0;
+    let lastCmWrite = 0;
+    m.kube.onRequest((r) => {
+      if (!WRITE_VERBS.has(r.verb) || r.path !== cmPath) return;
+      cmWrites++;
+      lastCmWrite = Date.now();
+    });
+    const routerPasses = async () =>
+      (await m.metrics.reconcileTotal.get()).values
+        .filter((v) => v.labels.controller === "routerconfig")
+        .reduce((n, v) => n + v.value, 0);
+    const served = async () =>
+      routerConfigOf(await k.get<Obj>(cmPath)).pools?.some((x) => x.name === "watched/w" && x.plan) ?? false;
+    await m.start();
+    try {
+      expect(logs.find((l) => l.startsWith("caches synced"))).toContain("router-configmap");
+      await k.create(XP("watched"), pool("w", "watched", { replicas: 1 }));
+      await waitReady(k, "watched", "w");
+      await waitUntil(served, { timeoutMs: 20_000, what: "router config listing watched/w" });
+      await waitUntil(() => m.idle(), { timeoutMs: 30_000, what: "operator queues idle" });
+
+      // (a) Past the window in which the operator trusts its own last write over its cache, a router pass (a pool
+      // event triggers one) compares against the cached ConfigMap: nothing to write.
+      const waitMs = 31_000 - (Date.now() - lastCmWrite);
+      if (waitMs > 0) await sleep(waitMs);
+      const writes0 = cmWrites;
+      const passes0 = await routerPasses();
+      await cluster().kubectl(["annotate", "-n", "watched", "expertpool/w", "switchyard.dev/touched=1"]);
+      await waitUntil(async () => (await routerPasses()) > passes0 && m.idle(), {
+        timeoutMs: 20_000,
+        what: "a router pass after the pool event",
+      });
+      expect(cmWrites).toBe(writes0);
+
+      // (b) An edit by hand is undone by the ConfigMap's own event, not at the next pool event.
+      await cluster().kubectl([
+        "patch",
+        "configmap/switchyard-router",
+        "-n",
+        "release",
+        "--type=merge",
+        "-p",
+        JSON.stringify({ data: { [ROUTER_CONFIG_KEY]: "{}" } }),
+      ]);
+      await waitUntil(served, { timeoutMs: 10_000, what: "the edited router config repaired" });
+
+      // (c) A delete too: recreated at once (the router pods mount it and wait in ContainerCreating without it).
+      const uid = (await k.get<Obj>(cmPath))?.metadata.uid;
+      await k.request("delete", "DELETE", cmPath);
+      await waitUntil(async () => (await k.get<Obj>(cmPath))?.metadata.uid !== uid && (await served()), {
+        timeoutMs: 10_000,
+        what: "the deleted router config recreated",
+      });
+    } finally {
+      await m.stop();
+    }
+  }, 120_000);
 });
