@@ -4,7 +4,7 @@ import { type ExpertId, LfuPolicy, ResidencyCache } from "./cache.js";
 
 function fakeCache(capacity: number, policy?: LfuPolicy) {
   const loads: string[] = [];
-  const events = { hits: 0, misses: 0, evictions: 0, bytes: 0 };
+  const events = { hits: 0, misses: 0, evictions: 0, bytes: 0, unkept: [] as string[] };
   const cache = new ResidencyCache({
     capacity,
     policy,
@@ -18,6 +18,7 @@ function fakeCache(capacity: number, policy?: LfuPolicy) {
       hit: () => events.hits++,
       miss: () => events.misses++,
       evict: () => events.evictions++,
+      unkept: (id) => events.unkept.push(`${id.layer}:${id.expert}`),
       transfer: (b) => {
         events.bytes += b;
       },
@@ -41,7 +42,7 @@ describe("ResidencyCache", () => {
     ).toEqual(["0:1", "0:3"]);
     expect(loads).toEqual(["0:1", "0:2", "0:3"]);
     expect([cache.hits, cache.misses, cache.evictions, cache.transferBytes]).toEqual([1, 3, 1, 30]);
-    expect(events).toEqual({ hits: 1, misses: 3, evictions: 1, bytes: 30 });
+    expect(events).toEqual({ hits: 1, misses: 3, evictions: 1, bytes: 30, unkept: [] });
   });
 
   it("shares one load between concurrent misses of the same expert", async () => {
@@ -83,7 +84,7 @@ describe("ResidencyCache", () => {
   });
 
   it("an expert evicted while it loads is handed to its callers but not kept", async () => {
-    const { cache, loads } = fakeCache(4);
+    const { cache, loads, events } = fakeCache(4);
     const got = cache.get(0, 0);
     // the plan took it away (or an Evict RPC came) while its checkpoint read was out
     expect(cache.evict([{ layer: 0, expert: 0 }])).toEqual([]);
@@ -97,6 +98,20 @@ describe("ResidencyCache", () => {
     expect(a.expert).toBe(b.expert);
     expect(cache.has(0, 1)).toBe(true);
     expect(loads).toEqual(["0:0", "0:1"]);
+    // the one let go is reported (its device slot goes too), the one wanted again is not
+    expect(events.unkept).toEqual(["0:0"]);
+    expect(events.evictions).toBe(0);
+  });
+
+  it("prefetch does not report as loaded an expert evicted while it loaded", async () => {
+    const { cache } = fakeCache(4);
+    const r = cache.prefetch([
+      { layer: 0, expert: 0 },
+      { layer: 0, expert: 1 },
+    ]);
+    cache.evict([{ layer: 0, expert: 0 }]);
+    expect((await r).loaded).toEqual([{ layer: 0, expert: 1 }]);
+    expect(cache.resident()).toEqual([{ layer: 0, expert: 1 }]);
   });
 
   it("LFU keeps the frequently used expert", async () => {

@@ -25,6 +25,11 @@ export interface EvictionPolicy {
   onInsert(key: string): void;
   onAccess(key: string): void;
   onRemove(key: string): void;
+  /**
+   * The key will not be seen again (the GPU tier's keys are one per prepared expert): drop whatever history is kept
+   * for it past onRemove. Without it LFU's counts grew by one per expert ever prepared.
+   */
+  forget?(key: string): void;
   /** The key to evict next, never one in `protect`. */
   victim(protect: ReadonlySet<string>): string | undefined;
 }
@@ -66,6 +71,14 @@ export class LfuPolicy implements EvictionPolicy {
     this.last.delete(key);
     // Frequency is kept across evictions so a hot expert that was pushed out comes back with its history.
   }
+  forget(key: string): void {
+    this.last.delete(key);
+    this.counts.delete(key);
+  }
+  /** Keys with a frequency kept (resident or not). */
+  get tracked(): number {
+    return this.counts.size;
+  }
   victim(protect: ReadonlySet<string>): string | undefined {
     let best: string | undefined;
     let bestC = Number.POSITIVE_INFINITY;
@@ -99,6 +112,11 @@ export interface CacheEvents {
   miss?(id: ExpertId): void;
   /** An expert left the cache; `prepared` is what it held (batches that took it may still be running it). */
   evict?(id: ExpertId, prepared: PreparedExpert): void;
+  /**
+   * A load finished for an expert let go while it loaded (evict, a new plan): the batches that waited for it run
+   * it, but nothing keeps it. No `evict` (it was never resident); its device slot (CUDA) is to go as for one.
+   */
+  unkept?(id: ExpertId, prepared: PreparedExpert): void;
   /** Bytes read from the checkpoint for a load. */
   transfer?(bytes: number): void;
   resident?(count: number): void;
@@ -191,7 +209,8 @@ export class ResidencyCache {
         continue;
       }
       await this.insert(key, id.layer, id.expert, protect, evicted);
-      loaded.push(id);
+      // not when it was evicted while it loaded (a plan change, an Evict): it is not resident
+      if (this.entries.has(key)) loaded.push(id);
     }
     return { loaded, alreadyResident, evicted };
   }
@@ -253,9 +272,17 @@ export class ResidencyCache {
         this.events.transfer?.(r.sourceBytes);
         return r.prepared;
       });
-      l = { p, keep: true };
-      this.loading.set(key, l);
+      const entry = { p, keep: true };
+      l = entry;
+      this.loading.set(key, entry);
       p.finally(() => this.loading.delete(key)).catch(() => {});
+      // before the waiters below take it up: they see the same `keep`
+      p.then(
+        (prepared) => {
+          if (!entry.keep) this.events.unkept?.({ layer, expert }, prepared);
+        },
+        () => {},
+      );
     }
     const prepared = await l.p;
     if (!l.keep) return prepared;

@@ -161,6 +161,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
           // its device slot (CUDA) would otherwise hold it, and the slot, until the GPU tier's policy chose it
           backend.discard?.([prepared]);
         },
+        // the batches that waited for it still run it; its device slot goes when they are done
+        unkept: (_id, prepared) => backend.discard?.([prepared]),
         transfer: (b) => metrics.cacheTransferBytes.inc(b),
         resident: (n) => metrics.cacheResident.set(n),
       },

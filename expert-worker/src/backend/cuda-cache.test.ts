@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { LruPolicy } from "../cache.js";
+import { LfuPolicy, LruPolicy } from "../cache.js";
 import { GpuSlotCache } from "./cuda-cache.js";
 
 const ex = (k: string) => ({ cacheKey: k });
@@ -263,6 +263,36 @@ describe("GpuSlotCache", () => {
     await loading;
     expect(cache.slotOf(ex("a"))).toBeUndefined();
     expect(cache.stats).toMatchObject({ resident: 0, evictions: 1, transferBytes: 100 });
+  });
+
+  it("an expert discarded before any batch put it on the device leaves at the release of the batch that ran it", async () => {
+    const { cache, uploads } = harness(2);
+    const p1 = ex("p1");
+    cache.discard([p1]); // the host tier let it go; a batch that fetched it before runs now
+    const [slot] = await cache.acquire([p1]);
+    expect(cache.slotOf(p1)).toBe(slot);
+    cache.release([p1]);
+    expect(cache.slotOf(p1)).toBeUndefined();
+    expect(cache.stats).toMatchObject({ resident: 0, evictions: 1 });
+    // both slots are free for a warm-up, which never evicts; a prefetch of the discarded one uploads nothing
+    await cache.prefetch([p1, ex("a"), ex("b")], { evict: false });
+    expect(uploads.map((u) => u.key)).toEqual(["p1", "a", "b"]);
+    expect(cache.stats.resident).toBe(2);
+  });
+
+  it("LFU forgets the count of every prepared expert the host tier let go (one key each, never seen again)", async () => {
+    const policy = new LfuPolicy();
+    const cache = new GpuSlotCache(2, policy, async () => 10);
+    for (let i = 0; i < 1000; i++) {
+      const e = ex(`cuda-expert-${i}`);
+      await cache.acquire([e]);
+      cache.release([e]);
+      // half leave the host tier while on the device, half after the policy evicted them from it
+      if (i % 2 === 0) cache.discard([e]);
+      else if (i > 4) cache.discard([ex(`cuda-expert-${i - 4}`)]);
+    }
+    expect(policy.tracked).toBeLessThanOrEqual(4);
+    expect(cache.stats.resident).toBeLessThanOrEqual(2);
   });
 
   it("validates capacity", () => {

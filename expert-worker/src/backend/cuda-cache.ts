@@ -28,7 +28,7 @@ interface Entry<E> {
   slot: number;
   pins: number;
   loading?: Promise<void>;
-  /** discard() came while the entry was pinned or loading: it goes once neither holds. */
+  /** discard() came while the entry was pinned or loading, or before it was created: it goes once neither holds. */
   discarded?: boolean;
 }
 
@@ -41,6 +41,13 @@ class SlotsBusy extends Error {
 
 export class GpuSlotCache<E extends SlotKeyed> {
   private readonly entries = new Map<string, Entry<E>>();
+  /**
+   * Everything discard() was given, by identity: a batch that fetched an expert from the host tier before the host
+   * let it go may acquire it after the discard, when it has no entry yet (or no longer has one). Its entry is then
+   * discarded from the start and goes at that batch's release, rather than holding a slot until the policy evicts it.
+   * Weak: the prepared expert is garbage once the last batch is done with it.
+   */
+  private readonly discarded = new WeakSet<E>();
   private waiters: (() => void)[] = [];
   private readonly free: number[] = [];
   readonly stats: GpuCacheStats;
@@ -125,8 +132,13 @@ export class GpuSlotCache<E extends SlotKeyed> {
    */
   discard(experts: readonly E[]): void {
     for (const e of experts) {
+      this.discarded.add(e);
       const entry = this.entries.get(e.cacheKey);
-      if (!entry) continue;
+      if (!entry) {
+        // an expert the policy evicted earlier: its key will not come back, nor should its history stay (LFU)
+        this.policy.forget?.(e.cacheKey);
+        continue;
+      }
       entry.discarded = true;
       this.dropIfDiscarded(entry);
     }
@@ -140,7 +152,8 @@ export class GpuSlotCache<E extends SlotKeyed> {
   prefetch(experts: readonly E[], o: { evict?: boolean } = {}): Promise<void> {
     const loads: Promise<void>[] = [];
     for (const e of new Map(experts.map((x) => [x.cacheKey, x])).values()) {
-      if (this.entries.has(e.cacheKey)) continue;
+      // already there, or let go by the host tier (its slot would go again as soon as it had loaded)
+      if (this.entries.has(e.cacheKey) || this.discarded.has(e)) continue;
       if (o.evict === false && this.free.length === 0) break;
       let entry: Entry<E>;
       try {
@@ -167,6 +180,7 @@ export class GpuSlotCache<E extends SlotKeyed> {
     }
     const slot = this.takeSlot();
     const entry: Entry<E> = { expert: e, slot, pins: 1 };
+    if (this.discarded.has(e)) entry.discarded = true;
     this.entries.set(e.cacheKey, entry);
     this.policy.onInsert(e.cacheKey);
     this.stats.resident = this.entries.size;
@@ -213,6 +227,8 @@ export class GpuSlotCache<E extends SlotKeyed> {
     if (!e.discarded || e.pins > 0 || e.loading || this.entries.get(e.expert.cacheKey) !== e) return;
     this.entries.delete(e.expert.cacheKey);
     this.policy.onRemove(e.expert.cacheKey);
+    // each prepared expert has a key of its own, never asked for again once discarded: no history to keep (LFU)
+    this.policy.forget?.(e.expert.cacheKey);
     this.free.push(e.slot);
     this.stats.evictions++;
     this.onEvent?.("evict");

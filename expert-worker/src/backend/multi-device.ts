@@ -110,8 +110,8 @@ export class MultiDeviceBackend implements ExpertBackend {
   }
   /**
    * Live experts per device: where the next one goes. Counted down on discard, or when the prepared expert is
-   * collected: the host tier drops some it loaded without keeping them (a warm-up finding no room, an expert let go
-   * while loading), and those are never discarded.
+   * collected: the host tier drops some it loaded without keeping them (a warm-up finding no room), and those are
+   * never discarded.
    */
   private readonly live: number[];
   private readonly gone = new FinalizationRegistry<{ device: number; counted: { done: boolean } }>((h) =>
