@@ -225,6 +225,21 @@ describe("PoolReconciler", () => {
     expect(after).toMatchObject({ status: "False", reason: "AsExpected" });
   });
 
+  it("a problem that turns both Degraded and Ready's reason is told once (one Warning, not one per condition)", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    await h.rec.reconcile("ns/mix"); // Ready=False (workers not ready yet), Degraded=False
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({ ...p, metadata: { ...p.metadata, generation: 2 }, spec: { ...p.spec, replicas: 3 } });
+    h.server.refuse = (path) =>
+      path.includes("/statefulsets/")
+        ? new KubeError(422, "Invalid", `PATCH ${path}: 422 Invalid: refused`, { message: "refused" })
+        : undefined;
+    await expect(h.rec.reconcile("ns/mix")).rejects.toThrow(/422 Invalid/);
+    const conditions = h.caches.pools.get("ns", "mix")?.status?.conditions;
+    expect(conditions?.find((c) => c.type === "Ready")).toMatchObject({ status: "False", reason: "ApplyFailed" });
+    expect(h.events.filter((e) => e === "Warning ApplyFailed")).toHaveLength(1);
+  });
+
   it("a pass before the cache has seen its last status write neither writes it again nor repeats its events", async () => {
     let now = "2026-01-01T00:00:00Z";
     const h = harness(testPool({ replicas: 2 }), { now: () => now });

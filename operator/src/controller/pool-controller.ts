@@ -287,22 +287,26 @@ export class PoolReconciler {
         }
         throw e;
       }
+      // Ready=False takes its reason from Degraded or Progressing, so one problem can make two transitions in one
+      // pass: it is told once.
+      const told = new Set<string>();
+      const tell = (type: "Normal" | "Warning", reason: string, message: string) => {
+        const k = `${type}\0${reason}\0${message}`;
+        if (told.has(k)) return;
+        told.add(k);
+        void this.d.events.emit(this.involved(pool), type, reason, message);
+      };
       for (const t of transitions) {
         if (t.type === "Ready" && t.from !== undefined) {
-          void this.d.events.emit(
-            this.involved(pool),
-            t.to === "True" ? "Normal" : "Warning",
-            t.to === "True" ? "Ready" : t.reason,
-            t.message,
-          );
+          tell(t.to === "True" ? "Normal" : "Warning", t.to === "True" ? "Ready" : t.reason, t.message);
         } else if (t.type === "Degraded" && t.to === "True") {
-          void this.d.events.emit(this.involved(pool), "Warning", t.reason, t.message);
+          tell("Warning", t.reason, t.message);
         } else if (
           t.type === "Progressing" &&
           t.to === "True" &&
           (t.reason === "InsufficientGPU" || t.reason === "Unschedulable")
         ) {
-          void this.d.events.emit(this.involved(pool), "Warning", t.reason, t.message);
+          tell("Warning", t.reason, t.message);
         }
       }
     }
