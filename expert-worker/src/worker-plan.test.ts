@@ -1,13 +1,14 @@
 // Plan reload as Kubernetes and editors do it: the plan file is never rewritten in place but replaced (a new file
 // renamed over it; a mounted ConfigMap swaps its `..data` symlink to a new directory). Every replacement must reach
-// the worker, not just the first.
+// the worker, not just the first. A plan file that does not parse names --plan and the file; of two reloads that
+// overlap, the newer one's plan stays.
 
 import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateCheckpoint, openCheckpoint } from "@switchyard/moe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { checkpointSource, startWorker, type WorkerHandle, type WorkerOptions } from "./worker.js";
+import { checkpointSource, newestOnly, startWorker, type WorkerHandle, type WorkerOptions } from "./worker.js";
 
 let dir: string;
 
@@ -157,5 +158,33 @@ describe("plan reload", () => {
       await w.close();
       await src.close?.();
     }
+  });
+});
+
+describe("plan file errors and overlapping reloads", () => {
+  it("a --plan file that is not JSON fails the start naming --plan and the file", async () => {
+    const file = join(await mkdtemp(join(dir, "bad-")), "plan.json");
+    await writeFile(file, "{ not json");
+    await expect(start(file)).rejects.toThrow(new RegExp(`^--plan ${file.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}: `));
+  });
+
+  it("newestOnly: a read that settles after a newer one began is stale, whatever it read", async () => {
+    const pending: { resolve: (v: number) => void; reject: (e: Error) => void }[] = [];
+    const read = newestOnly(() => new Promise<number>((resolve, reject) => pending.push({ resolve, reject })));
+    const older = read();
+    const newer = read();
+    pending[1].resolve(2);
+    pending[0].resolve(1); // the older plan's read finishes last
+    expect(await newer).toEqual({ value: 2 });
+    expect(await older).toBe("stale");
+    const failedOld = read();
+    const latest = read();
+    pending[2].reject(new Error("gone"));
+    pending[3].resolve(3);
+    expect(await failedOld).toBe("stale");
+    expect(await latest).toEqual({ value: 3 });
+    const alone = read();
+    pending[4].reject(new Error("bad plan"));
+    await expect(alone).rejects.toThrow("bad plan");
   });
 });

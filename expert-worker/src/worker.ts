@@ -3,7 +3,15 @@
 
 import { type Stats, unwatchFile, watchFile } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { type Checkpoint, expertReader, isMoeLayer, openCheckpoint, sharedSlices, validatePlan } from "@switchyard/moe";
+import {
+  type Checkpoint,
+  expertReader,
+  isMoeLayer,
+  openCheckpoint,
+  type PlacementPlan,
+  sharedSlices,
+  validatePlan,
+} from "@switchyard/moe";
 import { type BackendChoice, selectBackend } from "./backend/select.js";
 import type { ExpertBackend } from "./backend/types.js";
 import { type ExpertId, keyOf, makePolicy, parseKey, ResidencyCache } from "./cache.js";
@@ -65,6 +73,35 @@ export interface WorkerHandle {
   close(): Promise<void>;
 }
 
+/** The placement plan in `file`, checked against the model; errors name --plan and the file. */
+async function readPlan(file: string, source: ExpertSource): Promise<PlacementPlan> {
+  try {
+    return validatePlan(JSON.parse(await readFile(file, "utf8")), source);
+  } catch (err) {
+    // JSON.parse's bare "Unexpected token ..." says neither what was read nor where
+    throw new Error(`--plan ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * `read` such that only the newest call counts: a call that settles after a newer one began answers "stale" (its
+ * error too). Plan reloads overlap when the file changes again while a read is out; the older read finishing last
+ * would otherwise install the older plan.
+ */
+export function newestOnly<T>(read: () => Promise<T>): () => Promise<{ value: T } | "stale"> {
+  let calls = 0;
+  return async () => {
+    const n = ++calls;
+    try {
+      const value = await read();
+      return n === calls ? { value } : "stale";
+    } catch (err) {
+      if (n !== calls) return "stale";
+      throw err;
+    }
+  };
+}
+
 /** A checkpoint as an ExpertSource. */
 export function checkpointSource(ckpt: Checkpoint): ExpertSource {
   const { spec } = ckpt;
@@ -115,8 +152,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   try {
     const layers = allMoeLayers(source);
     let served: Set<string> | undefined;
-    if (o.plan)
-      served = servedFromPlan(validatePlan(JSON.parse(await readFile(o.plan, "utf8")), source), o.workerId, o.pool);
+    if (o.plan) served = servedFromPlan(await readPlan(o.plan, source), o.workerId, o.pool);
     else if (o.experts) served = parseExpertSpec(o.experts, layers, servableExperts(source));
     const servedCount = served ? served.size : layers.length * servableExperts(source);
 
@@ -190,13 +226,17 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       // Polled by path, not fs.watch: a ConfigMap update swaps a symlink and an atomic write renames a new file over
       // the old one, and an inotify watch stays on the replaced inode, so it would see the first change only.
       const planFile = o.plan;
+      const reload = newestOnly(() => readPlan(planFile, source));
       let timer: NodeJS.Timeout | undefined;
       const onStat = (cur: Stats, prev: Stats) => {
         if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size && cur.ino === prev.ino) return;
         clearTimeout(timer);
         timer = setTimeout(async () => {
           try {
-            const plan = validatePlan(JSON.parse(await readFile(planFile, "utf8")), source);
+            const read = await reload();
+            // a newer change's read began meanwhile: it has the newer plan, whichever read finishes last
+            if (read === "stale") return;
+            const plan = read.value;
             const served = servedFromPlan(plan, o.workerId, o.pool);
             core.o.served = served;
             // What the plan took away can no longer be asked for: its slots go to what the plan brought.
