@@ -5,6 +5,7 @@ import { hostname } from "node:os";
 import type { KubeConfig, V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
 import express from "express";
 import type { ExpertPool, RoutingPolicy } from "./api/v1alpha1.js";
+import { HubTokenSync } from "./controller/hub-token-sync.js";
 import {
   COMPONENT_LABEL,
   MANAGED_BY,
@@ -40,6 +41,13 @@ export interface ManagerOptions {
   leaseName?: string;
   identity?: string;
   routerConfigMap?: { namespace: string; name: string };
+  /**
+   * Keep the router's Secret of Hub tokens (routerHfTokensSecret) in step with the hf:// pools' tokenSecrets
+   * (controller/hub-tokens.ts). Off (the default): the operator reads no Secrets at all.
+   */
+  syncHubTokens?: boolean;
+  /** Default: switchyard-router-hf-tokens in the router ConfigMap's namespace. */
+  routerHfTokensSecret?: { namespace: string; name: string };
   concurrency?: number;
   resyncMs?: number;
   /** Delay before the router config is rebuilt after a change, so bursts collapse into one write. */
@@ -102,6 +110,13 @@ export class Manager {
     const events = new EventRecorder(this.kube, "switchyard-operator", this.identity, this.log.warn);
     const router = o.routerConfigMap ?? { namespace: ns ?? "default", name: "switchyard-router" };
     const concurrency = o.concurrency ?? 16;
+    const hubTokens = o.syncHubTokens
+      ? new HubTokenSync({
+          kube: this.kube,
+          events,
+          router: o.routerHfTokensSecret ?? { namespace: router.namespace, name: "switchyard-router-hf-tokens" },
+        })
+      : undefined;
 
     const poolKey = (obj: { metadata?: { namespace?: string; name?: string } }) =>
       `${obj.metadata?.namespace ?? "default"}/${obj.metadata?.name}`;
@@ -149,7 +164,9 @@ export class Manager {
       this.poolCtl.queue.add(poolKey(p));
       // Policies for this pool resolve against it (topK vs experts), and the router config lists pools.
       enqueuePolicies(p.metadata.namespace, p.metadata.name);
-      if (ev !== "resync") enqueueRouter();
+      // Secrets are not watched: with the token sync on, the pools' periodic resync (resyncMs) also runs a router
+      // pass (the debounce folds the whole resync into one), so a rotated token reaches the router's Secret by then.
+      if (ev !== "resync" || hubTokens) enqueueRouter();
     });
     this.policies = mk<RoutingPolicy>("routingpolicies", paths.routingPolicies(ns), (ev, rp) => {
       if (!this.leading) return;
@@ -239,6 +256,7 @@ export class Manager {
       events,
       router,
       fit,
+      hubTokens,
       // A pool that lost (or got back) its place in the router config: its policies' Ready says so.
       onServedChanged: (keys: string[]) => {
         for (const k of keys) {

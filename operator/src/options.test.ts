@@ -11,6 +11,8 @@ describe("parseOptions", () => {
       leaseNamespace: "default",
       leaseName: "switchyard-operator",
       routerConfigMap: { namespace: "default", name: "switchyard-router" },
+      syncHubTokens: false,
+      routerHfTokensSecret: { namespace: "default", name: "switchyard-router-hf-tokens" },
       concurrency: 16,
       identity: undefined,
       logLevel: "info",
@@ -39,6 +41,19 @@ describe("parseOptions", () => {
       routerConfigMap: { namespace: "sys", name: "rc" },
       identity: "op-0",
     });
+  });
+  it("--sync-hub-tokens and the router's Secret, beside the router ConfigMap unless named", () => {
+    expect(parseOptions(["--router-configmap", "sys/rc"], {})).toMatchObject({
+      syncHubTokens: false,
+      routerHfTokensSecret: { namespace: "sys", name: "switchyard-router-hf-tokens" },
+    });
+    expect(
+      parseOptions(["--sync-hub-tokens", "--router-configmap", "sys/rc", "--router-hf-tokens-secret", "tok"], {}),
+    ).toMatchObject({ syncHubTokens: true, routerHfTokensSecret: { namespace: "sys", name: "tok" } });
+    expect(
+      parseOptions([], { SWITCHYARD_SYNC_HUB_TOKENS: "true", SWITCHYARD_ROUTER_HF_TOKENS_SECRET: "rel/sy-tokens" }),
+    ).toMatchObject({ syncHubTokens: true, routerHfTokensSecret: { namespace: "rel", name: "sy-tokens" } });
+    expect(() => parseOptions(["--router-hf-tokens-secret", "a/b/c"], {})).toThrow(/--router-hf-tokens-secret/);
   });
   it("names the bad flag", () => {
     expect(() => parseOptions(["--metrics-port", "http"], {})).toThrow(/--metrics-port: must be a port/);

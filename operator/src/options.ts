@@ -11,6 +11,9 @@ export interface CliOptions {
   leaseNamespace: string;
   leaseName: string;
   routerConfigMap: { namespace: string; name: string };
+  /** --sync-hub-tokens: copy each hf:// pool's checkpoint.tokenSecret into routerHfTokensSecret (hub-tokens.ts). */
+  syncHubTokens: boolean;
+  routerHfTokensSecret: { namespace: string; name: string };
   concurrency: number;
   identity?: string;
   logLevel: LogLevel;
@@ -24,6 +27,8 @@ const FLAGS = {
   "lease-namespace": { type: "string" },
   "lease-name": { type: "string" },
   "router-configmap": { type: "string" },
+  "sync-hub-tokens": { type: "boolean" },
+  "router-hf-tokens-secret": { type: "string" },
   concurrency: { type: "string" },
   identity: { type: "string" },
   "log-level": { type: "string" },
@@ -38,6 +43,9 @@ export const USAGE = `usage: node operator/dist/main.js [flags]
   --lease-namespace NS    namespace of the Lease (default: --namespace, POD_NAMESPACE, or default)
   --lease-name NAME       Lease name (default switchyard-operator)
   --router-configmap NS/NAME  where the router config is written (default <lease namespace>/switchyard-router)
+  --sync-hub-tokens       read each hf:// pool's checkpoint.tokenSecret and keep the router's Secret of Hub tokens
+                          (key <namespace>_<pool>) in step with them; off: the operator reads no Secrets
+  --router-hf-tokens-secret NS/NAME  that Secret (default <router config namespace>/switchyard-router-hf-tokens)
   --concurrency N         reconciles in parallel per controller (default 16)
   --identity ID           leader election identity (default POD_NAME or hostname_pid)
   --log-level LEVEL       debug, info, warn or error: messages below it are dropped (default info)
@@ -71,6 +79,14 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     if (!m) throw new OptionsError(`--router-configmap: want NAMESPACE/NAME or NAME, got ${JSON.stringify(rc)}`);
     routerConfigMap = { namespace: m[1] ?? leaseNamespace, name: m[2] };
   }
+  // The router's Secret lives beside its ConfigMap (the chart mounts both into the router pods).
+  let routerHfTokensSecret = { namespace: routerConfigMap.namespace, name: "switchyard-router-hf-tokens" };
+  const rs = get("router-hf-tokens-secret") as string | undefined;
+  if (rs) {
+    const m = /^(?:([a-z0-9-]+)\/)?([a-z0-9.-]+)$/.exec(rs);
+    if (!m) throw new OptionsError(`--router-hf-tokens-secret: want NAMESPACE/NAME or NAME, got ${JSON.stringify(rs)}`);
+    routerHfTokensSecret = { namespace: m[1] ?? routerConfigMap.namespace, name: m[2] };
+  }
   const conc = Number(get("concurrency") ?? 16);
   if (!Number.isInteger(conc) || conc < 1 || conc > 64)
     throw new OptionsError(`--concurrency: must be 1-64, got ${conc}`);
@@ -86,6 +102,8 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     leaseNamespace,
     leaseName: (get("lease-name") as string | undefined) ?? "switchyard-operator",
     routerConfigMap,
+    syncHubTokens: Boolean(get("sync-hub-tokens")),
+    routerHfTokensSecret,
     concurrency: conc,
     identity: (get("identity") as string | undefined) ?? env.POD_NAME,
     logLevel,

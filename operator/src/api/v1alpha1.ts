@@ -120,7 +120,7 @@ export const checkpointSchema = obj(
       { maxLength: 2048, pattern: "^https?://[^\\s/][^\\s]*$" },
     ),
     tokenSecret: obj(
-      "With uri: a Secret in the pool's namespace holding a Hugging Face access token, given to the workers' fetch-checkpoint init container as HF_TOKEN (gated or private hf:// repositories). The operator reads no Secrets: the router takes the same token from the key <namespace>_<pool> of its own optional Secret (the chart's router.hfTokensSecret), else its own HF_TOKEN.",
+      "With uri: a Secret in the pool's namespace holding a Hugging Face access token, given to the workers' fetch-checkpoint init container as HF_TOKEN (gated or private hf:// repositories). The router takes the same token from the key <namespace>_<pool> of its own optional Secret (the chart's router.hfTokensSecret), else its own HF_TOKEN; the operator copies it there only with --sync-hub-tokens (the chart's operator.syncHubTokens), and otherwise reads no Secrets.",
       {
         name: str("Name of the Secret.", {
           maxLength: 253,

@@ -12,6 +12,7 @@ import { type Kube, type KubeObject, paths } from "../runtime/kube.js";
 import type { RecentWrites } from "../runtime/recent.js";
 import { needsApply } from "./compare.js";
 import { planFromConfigMap } from "./desired.js";
+import type { HubTokenSync } from "./hub-token-sync.js";
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, planConfigMapName, STATUS_FIELD_MANAGER } from "./names.js";
 import { splitKey } from "./pool-controller.js";
 import { type ConfigLimits, ROUTER_CONFIG_KEY, RouterConfigFitter } from "./router-config-fit.js";
@@ -51,6 +52,8 @@ export interface PolicyDeps {
   fit?: RouterConfigFit;
   /** What the router ConfigMap may hold; default: the API server's 1 MiB. */
   configLimits?: ConfigLimits;
+  /** --sync-hub-tokens: the router's Secret of Hub tokens, synced at the end of every router config pass. */
+  hubTokens?: HubTokenSync;
   /** Called with the pools ("namespace/pool") whose place in the router config changed: their policies' status. */
   onServedChanged?: (poolKeys: string[]) => void;
   now?: () => string;
@@ -173,6 +176,10 @@ export class RouterConfigReconciler {
       this.d.recent.put("ConfigMap", namespace, name, out as KubeObject);
     }
     this.published(want.leftOut, want);
+    // After the ConfigMap: a Secret that cannot be read or written fails (and retries) this pass without holding
+    // back the other pools' config. The router reads a pool's token file at each download try, so the order of the
+    // two writes does not matter to it.
+    await this.d.hubTokens?.sync(this.d.pools.list());
     return undefined;
   }
 

@@ -91,16 +91,23 @@ export interface RouterPoolConfig {
 
 /**
  * Where the chart mounts the router's optional Secret `<fullname>-router-hf-tokens` (docs/CONTRACTS.md "Router config").
- * The operator does not read Secrets: a pool's checkpoint.tokenSecret reaches its workers; for the router, the same
- * token goes into that Secret under the key `<namespace>_<pool>` (names have no "_", so keys cannot collide).
+ * A pool's checkpoint.tokenSecret reaches its workers; for the router, the same token goes into that Secret under the
+ * key `<namespace>_<pool>` (names have no "_", so keys cannot collide): by hand, or by the operator with
+ * --sync-hub-tokens (hub-tokens.ts), which is the only time it reads Secrets.
  */
 export const ROUTER_HF_TOKEN_DIR = "/etc/switchyard/hf-tokens";
 
-/** The router's token file for an hf:// pool with a tokenSecret; undefined otherwise (the router's HF_TOKEN). */
-export function routerTokenFile(pool: ExpertPool): string | undefined {
+/** The router Secret's key for an hf:// pool with a tokenSecret; undefined otherwise (the router's HF_TOKEN). */
+export function routerTokenKey(pool: ExpertPool): string | undefined {
   const c = pool.spec.model.checkpoint;
   if (!c.tokenSecret || !c.uri?.startsWith("hf://")) return undefined;
-  return `${ROUTER_HF_TOKEN_DIR}/${pool.metadata.namespace ?? "default"}_${pool.metadata.name}`;
+  return `${pool.metadata.namespace ?? "default"}_${pool.metadata.name}`;
+}
+
+/** The router's token file for an hf:// pool with a tokenSecret; undefined otherwise (the router's HF_TOKEN). */
+export function routerTokenFile(pool: ExpertPool): string | undefined {
+  const key = routerTokenKey(pool);
+  return key === undefined ? undefined : `${ROUTER_HF_TOKEN_DIR}/${key}`;
 }
 
 /** Where the router finds a pool's checkpoint (gate weights). The chart mounts PVCs under /checkpoints. */

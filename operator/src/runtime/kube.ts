@@ -192,6 +192,8 @@ export const paths = {
   statefulSets: (ns?: string) => `/apis/apps/v1${ns ? `/namespaces/${ns}` : ""}/statefulsets`,
   services: (ns?: string) => `/api/v1${ns ? `/namespaces/${ns}` : ""}/services`,
   configMaps: (ns?: string) => `/api/v1${ns ? `/namespaces/${ns}` : ""}/configmaps`,
+  /** Only with --sync-hub-tokens: the pools' tokenSecrets and the router's Secret, each by name (never listed). */
+  secrets: (ns: string) => `/api/v1/namespaces/${ns}/secrets`,
   pods: (ns?: string) => `/api/v1${ns ? `/namespaces/${ns}` : ""}/pods`,
   events: (ns: string) => `/api/v1/namespaces/${ns}/events`,
   leases: (ns: string) => `/apis/coordination.k8s.io/v1/namespaces/${ns}/leases`,

@@ -607,4 +607,200 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       await m.stop();
     }
   }, 120_000);
+  /** A kubeconfig with the token of operator/deploy/rbac.yaml's ServiceAccount (which grants nothing on Secrets). */
+  async function operatorServiceAccount(): Promise<KubeConfig> {
+    const c = cluster();
+    await ensureNamespace("switchyard-system");
+    await c.kubectl(["apply", "-f", "operator/deploy/rbac.yaml"]);
+    const token = (
+      await c.kubectl(["create", "token", "switchyard-operator", "-n", "switchyard-system", "--duration=1h"])
+    ).stdout.trim();
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: "test", server: c.server, skipTLSVerify: true }],
+      users: [{ name: "operator", token }],
+      contexts: [{ name: "test", cluster: "test", user: "operator" }],
+      currentContext: "test",
+    });
+    return kc;
+  }
+
+  async function ensureNamespace(name: string) {
+    await createNamespace(admin(), name).catch((e: KubeError) => {
+      if (e.code !== 409) throw e;
+    });
+  }
+
+  const hubPool = (name: string, ns: string, tokenSecret: { name: string; key?: string }) =>
+    pool(name, ns, { replicas: 1, model: { checkpoint: { uri: `hf://org/${name}`, tokenSecret } } });
+  const b64 = (s: string) => Buffer.from(s).toString("base64");
+  /** The RBAC rules the chart renders with operator.syncHubTokens (operator-hub-tokens-rbac.yaml), as Roles. */
+  async function grantHubTokens(watched: string, release: string, routerSecret: string) {
+    const k = admin();
+    const rbac = (ns: string) => `/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}`;
+    const subjects = [{ kind: "ServiceAccount", name: "switchyard-operator", namespace: "switchyard-system" }];
+    const role = (ns: string, name: string, rule: Record<string, unknown>) =>
+      Promise.all([
+        k.create(`${rbac(ns)}/roles`, {
+          apiVersion: "rbac.authorization.k8s.io/v1",
+          kind: "Role",
+          metadata: { name, namespace: ns },
+          rules: [{ apiGroups: [""], resources: ["secrets"], ...rule }],
+        }),
+        k.create(`${rbac(ns)}/rolebindings`, {
+          apiVersion: "rbac.authorization.k8s.io/v1",
+          kind: "RoleBinding",
+          metadata: { name, namespace: ns },
+          roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name },
+          subjects,
+        }),
+      ]);
+    await role(watched, "operator-pool-secrets", { verbs: ["get"] });
+    await role(release, "operator-router-hf-tokens", {
+      resourceNames: [routerSecret],
+      verbs: ["get", "create", "patch"],
+    });
+  }
+
+  it("hub tokens: without --sync-hub-tokens the operator reads no Secret (none granted, no error) and names hfTokenFile", async () => {
+    await op?.stop();
+    op = undefined;
+    const ns = "hubtok-off";
+    await ensureNamespace(ns);
+    const k = admin();
+    await k.create(paths.secrets(ns), {
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: { name: "hf", namespace: ns },
+      data: { HF_TOKEN: b64("hf_off_secret") },
+    });
+    const m = startOperator(cluster(), {
+      kubeConfig: await operatorServiceAccount(),
+      routerConfigMap: { namespace: ns, name: "switchyard-router" },
+    });
+    const requests: { path: string; code: number }[] = [];
+    m.kube.onRequest((r) => requests.push(r));
+    await m.start();
+    try {
+      await k.create(XP(ns), hubPool("gated", ns, { name: "hf" }));
+      await waitUntil(
+        async () => {
+          const rc = await k.get<Obj>(`${paths.configMaps(ns)}/switchyard-router`);
+          const entry = routerConfigOf(rc).pools?.find((x) => x.name === "gated") as
+            | { hfTokenFile?: string }
+            | undefined;
+          return entry?.hfTokenFile === `/etc/switchyard/hf-tokens/${ns}_gated`;
+        },
+        { timeoutMs: 60_000, what: "router config naming the pool's hfTokenFile" },
+      );
+      await waitUntil(() => m.idle(), { timeoutMs: 30_000, what: "operator queues idle" });
+      expect(requests.filter((r) => r.path.includes("/secrets"))).toEqual([]);
+      expect(requests.filter((r) => r.code === 403)).toEqual([]);
+      expect(await k.get(`${paths.secrets(ns)}/switchyard-router-hf-tokens`)).toBeUndefined();
+    } finally {
+      await m.stop();
+    }
+  }, 120_000);
+
+  it("hub tokens: with --sync-hub-tokens the router Secret gets the pool's token, loses it with the pool, and a missing Secret is a Warning", async () => {
+    await op?.stop();
+    op = undefined;
+    const [ns, release, routerSecret] = ["hubtok", "hubtok-rel", "sy-router-hf-tokens"];
+    for (const n of [ns, release]) await ensureNamespace(n);
+    const k = admin();
+    const token = b64("hf_sync_secret");
+    await k.create(paths.secrets(ns), {
+      apiVersion: "v1",
+      kind: "Secret",
+      metadata: { name: "hf", namespace: ns },
+      data: { token },
+    });
+    // Exactly the chart's grant: get Secrets in the watched namespace, and only the router's Secret in the release one
+    // (created through server-side apply: the API server checks create against its name, so resourceNames holds).
+    await grantHubTokens(ns, release, routerSecret);
+    const logs: string[] = [];
+    const m = startOperator(cluster(), {
+      kubeConfig: await operatorServiceAccount(),
+      namespace: ns,
+      routerConfigMap: { namespace: release, name: "switchyard-router" },
+      syncHubTokens: true,
+      routerHfTokensSecret: { namespace: release, name: routerSecret },
+      log: (line) => logs.push(line),
+    });
+    const codes: number[] = [];
+    const secretPath = `${paths.secrets(release)}/${routerSecret}`;
+    let secretWrites = 0;
+    m.kube.onRequest((r) => {
+      codes.push(r.code);
+      if (WRITE_VERBS.has(r.verb) && r.path === secretPath) secretWrites++;
+    });
+    const routerPasses = async () =>
+      (await m.metrics.reconcileTotal.get()).values
+        .filter((v) => v.labels.controller === "routerconfig")
+        .reduce((n, v) => n + v.value, 0);
+    /** A router pass (a pool event triggers one) that finds the Secret as wanted, on the real API server's managedFields. */
+    const expectQuietPass = async () => {
+      await waitUntil(() => m.idle(), { timeoutMs: 30_000, what: "operator queues idle" });
+      const [writes0, passes0] = [secretWrites, await routerPasses()];
+      await cluster().kubectl(["annotate", "--overwrite", "-n", ns, "expertpool/nosecret", `touched=${passes0}`]);
+      await waitUntil(async () => (await routerPasses()) > passes0 && m.idle(), {
+        timeoutMs: 20_000,
+        what: "a router pass after the pool event",
+      });
+      expect(secretWrites).toBe(writes0);
+    };
+    const routerData = async () => (await k.get<Obj & { data?: Record<string, string> }>(secretPath))?.data ?? {};
+    await m.start();
+    try {
+      await k.create(XP(ns), hubPool("gated", ns, { name: "hf", key: "token" }));
+      await k.create(XP(ns), hubPool("nosecret", ns, { name: "absent" }));
+      await waitUntil(async () => (await routerData())[`${ns}_gated`] === token, {
+        timeoutMs: 60_000,
+        what: "the router Secret holding the pool's token",
+      });
+      expect(Object.keys(await routerData())).toEqual([`${ns}_gated`]);
+      await expectQuietPass();
+      let events: { reason: string; type: string; message: string }[] = [];
+      await waitUntil(
+        async () => {
+          const out = await cluster().kubectl([
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.name=nosecret",
+            "-o",
+            "json",
+          ]);
+          events = JSON.parse(out.stdout).items;
+          return events.some((e) => e.reason === "HubTokenMissing");
+        },
+        { timeoutMs: 20_000, what: "a HubTokenMissing event on the pool without its Secret" },
+      );
+      const warning = events.find((e) => e.reason === "HubTokenMissing");
+      expect(warning?.type).toBe("Warning");
+      expect(warning?.message).toContain("Secret absent not found");
+
+      // The pool gone: its key goes at the router pass its delete triggers.
+      await cluster().kubectl(["delete", "xp", "gated", "-n", ns]);
+      await waitUntil(async () => !(`${ns}_gated` in (await routerData())), {
+        timeoutMs: 30_000,
+        what: "the deleted pool's key gone from the router Secret",
+      });
+      await expectQuietPass();
+      await waitUntil(() => m.idle(), { timeoutMs: 30_000, what: "operator queues idle" });
+      expect(codes.filter((c) => c === 403)).toEqual([]);
+      // no value in what the operator logged or told
+      const told = JSON.stringify(
+        JSON.parse((await cluster().kubectl(["get", "events", "-n", ns, "-o", "json"])).stdout).items,
+      );
+      for (const text of [told, logs.join("\n")]) {
+        expect(text).not.toContain(token);
+        expect(text).not.toContain("hf_sync_secret");
+      }
+    } finally {
+      await m.stop();
+    }
+  }, 150_000);
 });
