@@ -282,7 +282,8 @@ describe("checkpointSource", () => {
     ).toEqual({
       base: "http://mirror:8080/deepseek-ai/DeepSeek-V3/resolve/refs%2Fpr%2F1/",
       headers: { authorization: "Bearer t" },
-    });
+    }); // a trailing slash after the revision is the directory's, not the revision's
+    expect(checkpointSource("hf://org/name@main/", {}).base).toBe("https://huggingface.co/org/name/resolve/main/");
   });
 
   it("refuses anything else, saying what is supported", () => {

@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -46,6 +46,28 @@ describe("generateCheckpoint", () => {
     }
     await ca.close();
     await cs.close();
+  });
+
+  it("regenerated into the same directory, serves the new weights: the old shards and index are gone", async () => {
+    const dir = join(root, "again");
+    await generateCheckpoint({ family: "mixtral", dir, seed: 1, shards: 2, ...small });
+    const fresh = await generateCheckpoint({ family: "mixtral", dir, seed: 2, ...small });
+    expect((await readdir(dir)).sort()).toEqual(["config.json", "model.safetensors"]);
+    const want = await generateCheckpoint({ family: "mixtral", dir: join(root, "again-ref"), seed: 2, ...small });
+    const [c, r] = [await openCheckpoint(fresh.dir), await openCheckpoint(want.dir)];
+    expect((await c.readExpert(1, 3)).down.data).toEqual((await r.readExpert(1, 3)).down.data);
+    await c.close();
+    await r.close();
+  });
+
+  it("writes config.json last, so that a run cut short leaves no directory that looks whole", async () => {
+    const dir = join(root, "cut");
+    // a shard path that cannot be written (a directory in its place) stands for a run killed half-way
+    await generateCheckpoint({ family: "mixtral", dir, seed: 1, shards: 2, ...small });
+    await rm(join(dir, "model-00002-of-00002.safetensors"));
+    await mkdir(join(dir, "model-00002-of-00002.safetensors", "x"), { recursive: true });
+    await expect(generateCheckpoint({ family: "mixtral", dir, seed: 1, shards: 2, ...small })).rejects.toThrow();
+    expect(await readdir(dir)).not.toContain("config.json");
   });
 
   it("has a realistic init scale: router logits and block outputs stay O(1) for O(1) inputs", async () => {

@@ -9,7 +9,7 @@
 // norms, embeddings and the dense MLPs of DeepSeek's first_k_dense_replace layers are not needed to serve experts.
 
 import { existsSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
@@ -295,7 +295,13 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
   checkSeed(seed);
   checkBiasScale(biasScale);
   await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, "config.json"), hfConfigJson(spec));
+  // config.json goes last: its presence says the checkpoint is whole (the local mode reuses a directory that has
+  // one), so an interrupted run leaves none. A checkpoint generated here before goes first: its index would win
+  // over a new single file, and serve the old weights without a word.
+  await rm(join(dir, "config.json"), { force: true });
+  for (const f of await readdir(dir))
+    if (f === INDEX_FILE || f === SINGLE_FILE || /^model-\d+-of-\d+\.safetensors$/.test(f))
+      await rm(join(dir, f), { force: true });
 
   const planned = plannedTensors(spec, biasScale);
   const bytesOf = (t: PlannedTensor) => t.shape.reduce((a, b) => a * b, 1) * dtypeBytes(SAFETENSORS_DTYPE[t.dtype]);
@@ -335,5 +341,7 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
       `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`,
     );
   }
+  await writeFile(join(dir, "config.json.tmp"), hfConfigJson(spec));
+  await rename(join(dir, "config.json.tmp"), join(dir, "config.json"));
   return { dir, spec, files, totalBytes: total };
 }

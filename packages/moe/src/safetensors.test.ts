@@ -62,6 +62,11 @@ describe("safetensors", () => {
     expect(() =>
       parseSafetensorsHeader(enc({ w: { dtype: "Q4", shape: [1], data_offsets: [0, 1] } }), "f", 100),
     ).toThrow('f: bad safetensors header: tensor w: unknown dtype "Q4"');
+    // names every object has (Object.prototype's) are no dtypes either
+    for (const dtype of ["toString", "__proto__", "constructor"])
+      expect(() => parseSafetensorsHeader(enc({ w: { dtype, shape: [1], data_offsets: [0, 1] } }), "f", 100)).toThrow(
+        `f: bad safetensors header: tensor w: unknown dtype "${dtype}"`,
+      );
     expect(() =>
       parseSafetensorsHeader(enc({ w: { dtype: "F32", shape: [-1], data_offsets: [0, 4] } }), "f", 100),
     ).toThrow("tensor w: shape must be an array of non-negative integers");

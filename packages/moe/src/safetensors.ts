@@ -78,7 +78,7 @@ export function parseSafetensorsHeader(json: Uint8Array, file: string, fileSize:
     if (typeof v !== "object" || v === null)
       throw bad(file, `bad safetensors header: ${where}: entry must be an object`);
     const { dtype, shape, data_offsets } = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof dtype !== "string" || !(dtype in DTYPE_SIZE))
+    if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_SIZE, dtype))
       throw bad(file, `bad safetensors header: ${where}: unknown dtype ${JSON.stringify(dtype)}`);
     if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0))
       throw bad(file, `bad safetensors header: ${where}: shape must be an array of non-negative integers`);
@@ -209,7 +209,7 @@ export interface TensorToWrite {
 }
 
 export function dtypeBytes(dtype: string): number {
-  const s = DTYPE_SIZE[dtype];
+  const s = Object.hasOwn(DTYPE_SIZE, dtype) ? DTYPE_SIZE[dtype] : undefined;
   if (s === undefined) throw failedPrecondition(`unknown safetensors dtype ${dtype}`);
   return s;
 }

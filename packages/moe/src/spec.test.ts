@@ -159,6 +159,19 @@ describe("config.json", () => {
     });
     expect(moeLayers(s)).toEqual([1]);
   });
+  it("refuses a config.json claiming more layers than any model has (it costs time and memory per layer)", () => {
+    expect(() =>
+      specFromHfConfig({
+        model_type: "qwen2_moe",
+        hidden_size: 8,
+        moe_intermediate_size: 8,
+        num_hidden_layers: 1_000_000,
+        num_experts: 4,
+        num_experts_per_tok: 2,
+        decoder_sparse_step: 2,
+      }),
+    ).toThrow(/num_hidden_layers: must be at most 4096, got 1000000/);
+  });
   it("fills fields a config leaves out with transformers' own defaults (DeepseekV3Config, Qwen2MoeConfig)", () => {
     const ds = specFromHfConfig({
       model_type: "deepseek_v3",

@@ -140,6 +140,9 @@ export function defaultSpec(family: ModelFamily, overrides: Partial<ModelSpec> =
   return validateSpec(spec);
 }
 
+/** The most layers a spec may have (the largest MoE models have ~100). */
+const MAX_LAYERS = 4096;
+
 function posInt(v: unknown, field: string): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v <= 0)
     throw invalidArgument(field, `must be a positive integer, got ${JSON.stringify(v)}`);
@@ -170,6 +173,8 @@ function checkSpec(spec: ModelSpec, name: (k: keyof ModelSpec) => string, path: 
   if (!MODEL_FAMILIES.includes(spec.family))
     throw invalidArgument(f("family"), `unknown model family ${JSON.stringify(spec.family)}`);
   posInt(spec.layers, f("layers"));
+  // no model has near this many; a config.json that claims more would cost time and memory per layer
+  if (spec.layers > MAX_LAYERS) throw invalidArgument(f("layers"), `must be at most ${MAX_LAYERS}, got ${spec.layers}`);
   posInt(spec.experts, f("experts"));
   posInt(spec.hiddenSize, f("hiddenSize"));
   posInt(spec.intermediateSize, f("intermediateSize"));
@@ -455,9 +460,10 @@ function qwenDenseLayers(c: HfConfig, layers: number, fld: (k: string) => string
   posInt(step, fld("decoder_sparse_step"));
   const only = c["mlp_only_layers"] ?? [];
   if (!Array.isArray(only)) throw invalidArgument(fld("mlp_only_layers"), "must be an array of layer indices");
+  const onlySet = new Set(only);
   const dense: number[] = [];
-  for (let l = 0; l < layers; l++) {
-    if (only.includes(l) || (l + 1) % (step as number) !== 0) dense.push(l);
+  for (let l = 0; l < Math.min(layers, MAX_LAYERS + 1); l++) {
+    if (onlySet.has(l) || (l + 1) % (step as number) !== 0) dense.push(l);
   }
   return dense;
 }

@@ -16,7 +16,7 @@ function badUri(uri: string, why: string): Error {
 }
 
 // Hub repo ids: letters, digits, "-", "_", "." (no leading "." or "-"); revisions are branch/tag names or commits.
-const HF_URI = /^hf:\/\/([A-Za-z0-9][\w.-]*)\/([A-Za-z0-9][\w.-]*)(?:@([^\s?#@]+))?\/?$/;
+const HF_URI = /^hf:\/\/([A-Za-z0-9][\w.-]*)\/([A-Za-z0-9][\w.-]*)(?:@([^\s?#@]+?))?\/?$/; // lazy: "@main/" is revision main
 
 /**
  * https:// or http:// URL of the checkpoint's directory; hf://ORG/NAME[@REVISION] ->
