@@ -1,8 +1,11 @@
+import { EventEmitter } from "node:events";
 import { connect } from "node:http2";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { DType, encodeTensor, ForwardRequest, ForwardResponse } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { CallerScope } from "./caller-scope.js";
 import { requestCounter } from "./reply.js";
+import type { Router } from "./router.js";
 import { ROUTER_SERVICE, raiseServerWindow, routerHandlers, SERVER_OPTIONS } from "./server.js";
 import { startTestRouter, type TestRouter } from "./testing/test-router.js";
 
@@ -110,4 +113,29 @@ describe("ForwardStream with a client that does not read its replies", () => {
       session.close();
     }
   }, 40_000);
+});
+
+describe("ForwardStream that fails", () => {
+  it("cancels its requests still in the router (nothing more can be answered on it)", () => {
+    const scopes: CallerScope[] = [];
+    const router = {
+      forward: (_req: ForwardRequest, _deadline: number, scope: CallerScope) => {
+        scopes.push(scope);
+        return new Promise<ForwardResponse>(() => {}); // still queued
+      },
+    } as unknown as Router;
+    const call = Object.assign(new EventEmitter(), {
+      cancelled: false,
+      getDeadline: () => Number.POSITIVE_INFINITY,
+      write: () => true,
+      end: () => {},
+      pause: () => {},
+      resume: () => {},
+    });
+    routerHandlers(router, () => {}).forwardStream(call as never);
+    call.emit("data", request(1, 1n));
+    expect(scopes[0]?.closed).toBe(false);
+    call.emit("error", new Error("Error deserializing request"));
+    expect(scopes[0]?.closed).toBe(true);
+  });
 });

@@ -192,8 +192,11 @@ export function routerHandlers(
         ended = true;
         done();
       });
+      // A stream that fails (a request grpc-js cannot decode ends it INTERNAL) answers nothing more: its requests
+      // still in the router's queues stop there, as on a cancel.
       call.on("error", () => {
         ended = true;
+        scope.close();
       });
     },
   };

@@ -43,6 +43,23 @@ async function stubRouter() {
 }
 
 describe("RouterDataClient", () => {
+  it("refuses a request over the message limit alone, naming hidden; the connection and the others carry on", async () => {
+    const stub = await stubRouter();
+    stub.read();
+    const c = new RouterDataClient("127.0.0.1", stub.port, { maxMessageBytes: 1 << 20 });
+    try {
+      const small = c.forward(request(64, 1n));
+      const big = await c.forward(request(2 << 20, 2n)).catch((e) => e);
+      expect(big.field).toBe("hidden");
+      expect(big.message).toMatch(/over the data path's 1048576-byte message limit/);
+      expect((await small).requestId).toBe(1n);
+      expect((await c.forward(request(64, 3n))).requestId).toBe(3n);
+    } finally {
+      c.close();
+      stub.close();
+    }
+  });
+
   it("keeps its queue of unsent requests bounded while the router does not read, and sends it all once it does", async () => {
     const stub = await stubRouter();
     const c = new RouterDataClient("127.0.0.1", stub.port, { maxQueuedBytes: 2 << 20 });

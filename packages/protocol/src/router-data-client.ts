@@ -4,10 +4,15 @@
 
 import { connect, type Socket } from "node:net";
 import { DataPathError, FrameReader, ROUTER_DATA_PREFACE, writeFrame } from "./data-path.js";
+import { invalidArgument } from "./errors.js";
 import { ForwardRequest, ForwardResponse } from "./gen/switchyard/v1/router.js";
 
 export interface RouterDataClientOptions {
-  /** Replies longer than this close the connection (default 512 MiB, the router's own limit). */
+  /**
+   * Replies longer than this close the connection, and a request longer than this is refused alone (default 512
+   * MiB, the router's own limit, both ways: a longer frame makes the router drop the connection and everything in
+   * flight on it).
+   */
   maxMessageBytes?: number;
   /** A connection not up by then fails every request (default 10 s). */
   connectTimeoutMs?: number;
@@ -32,12 +37,14 @@ export class RouterDataClient {
   private nextId = 0n;
   private failed: Error | null = null;
   private readonly maxQueued: number;
+  private readonly maxMessage: number;
   private drainWait: Promise<void> | null = null;
 
   constructor(host: string, port: number, o: RouterDataClientOptions = {}) {
     const s = connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
     this.socket = s;
     this.maxQueued = o.maxQueuedBytes ?? 64 << 20;
+    this.maxMessage = o.maxMessageBytes ?? 512 << 20;
     const timeoutMs = o.connectTimeoutMs ?? 10_000;
     const timer = setTimeout(
       () => this.fail(new Error(`router data path ${host}:${port}: connect timed out after ${timeoutMs} ms`)),
@@ -47,7 +54,7 @@ export class RouterDataClient {
     s.once("connect", () => clearTimeout(timer));
     // Queued by the socket until it connects, then sent first.
     s.write(ROUTER_DATA_PREFACE);
-    const reader = new FrameReader(o.maxMessageBytes ?? 512 << 20, false, (f) => this.onReply(f));
+    const reader = new FrameReader(this.maxMessage, false, (f) => this.onReply(f));
     s.on("data", (chunk: Buffer) => {
       try {
         reader.push(chunk);
@@ -78,6 +85,11 @@ export class RouterDataClient {
     const wireId = ++this.nextId;
     // Encoded before it is registered: a request that cannot be encoded rejects without staying in flight.
     const body = ForwardRequest.encode({ ...req, requestId: wireId }).finish();
+    if (body.byteLength > this.maxMessage)
+      throw invalidArgument(
+        "hidden",
+        `the request is ${body.byteLength} bytes, over the data path's ${this.maxMessage}-byte message limit: send fewer tokens per call`,
+      );
     return new Promise<ForwardResponse>((resolve, reject) => {
       this.waiting.set(wireId, { id: req.requestId, resolve, reject });
       writeFrame(this.socket, body);
