@@ -21,6 +21,7 @@ _DTYPES = {
     "bf16": (tensor_pb2.BFLOAT16, np.dtype("<u2")),
     "int32": (tensor_pb2.INT32, np.dtype("<i4")),
 }
+_I32 = np.iinfo(np.int32)
 
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -38,7 +39,8 @@ def bf16_bits_to_float32(b: np.ndarray) -> np.ndarray:
 
 
 def to_tensor(x: np.ndarray, dtype: str = "fp32") -> tensor_pb2.Tensor:
-    """A Tensor of `x` in `dtype` (fp32, fp16, bf16 or int32); float input is converted, bf16 rounded."""
+    """A Tensor of `x` in `dtype` (fp32, fp16, bf16 or int32); float input is converted, bf16 rounded. int32 takes
+    integer arrays only, with every value in int32's range (ValueError otherwise: nothing is cast)."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
     code, np_dtype = _DTYPES[dtype]
@@ -50,6 +52,14 @@ def to_tensor(x: np.ndarray, dtype: str = "fp32") -> tensor_pb2.Tensor:
         else:
             bits = float32_to_bf16_bits(a.astype(np.float32, copy=False))
         data = np.ascontiguousarray(bits, dtype="<u2").tobytes()
+    elif dtype == "int32":
+        # never cast: int64 2**32 + 3 would become 3 and -0.5 would become 0, silently another expert
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"expected an integer array (sent as int32), got {a.dtype}: nothing is cast")
+        if a.size and (a.min() < _I32.min or a.max() > _I32.max):
+            bad = a[(a < _I32.min) | (a > _I32.max)].flat[0]
+            raise ValueError(f"{bad} is out of int32's range [{_I32.min}, {_I32.max}]")
+        data = np.ascontiguousarray(a, dtype=np_dtype).tobytes()
     else:
         data = np.ascontiguousarray(a, dtype=np_dtype).tobytes()
     return tensor_pb2.Tensor(dtype=code, shape=list(a.shape), data=data)

@@ -2,8 +2,8 @@
 vitest that runs it (router-service/src/data-server.python.test.ts) to replay through the Node client and compare
 byte for byte. Beside it, it asserts what the vitest does not see: requests refused before they are sent (the
 argument named), and against routers of its own that misbehave (a reply it cannot read, a router that stops
-answering, a gRPC call given up on) that no request is left waiting. Usage: python3 tests/check_router.py HOST
-DATA_PORT GRPC_PORT POOL D E."""
+answering, a gRPC call given up on; and tests/check_data_path.py's) that no request is left waiting. Usage:
+python3 tests/check_router.py HOST DATA_PORT GRPC_PORT POOL D E."""
 
 from __future__ import annotations
 
@@ -254,6 +254,14 @@ with RouterDataClient("127.0.0.1", srv.getsockname()[1]) as stalled:
     assert time.monotonic() - t0 < 5 and stalled.in_flight == 0
     assert stalled.forward(pool, 0, np.ones((1, 3), np.float32), timeout=5).tolist() == [[1, 1, 1]]
 data_path._GRACE = grace
+
+# The rest of the data path's misbehaving routers (a send interrupted part way, a router that stops reading, a
+# callback sending while the writer is blocked, the queue's bound, a lying reply header, the ids given up on):
+# tests/check_data_path.py, which runs on its own as well
+import check_data_path  # noqa: E402
+
+failed_checks = check_data_path.run_all()
+assert not failed_checks, failed_checks
 
 # close() from a Future's callback (it runs on the client's reader thread): closes, without an error from the thread
 # joining itself

@@ -2,7 +2,8 @@
 float32_to_bf16_bits, the fp16 bits numpy rounds to, and the float32 bits of those bf16 bits widened again, for the
 vitest beside the router's data path to compare with the TypeScript codec (packages/protocol/src/tensor.ts).
 Before it prints, it asserts what needs no router: bf16 bit patterns taken as they are whatever their 16-bit integer
-type and byte order, answers an engine can write into, and unreadable tensors named in the error."""
+type and byte order, answers an engine can write into, int32 (expert_ids) never cast, and unreadable tensors named
+in the error."""
 
 import json
 import sys
@@ -13,7 +14,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from switchyard.v1 import tensor_pb2  # noqa: E402
-from switchyard_client import bf16_bits_to_float32, float32_to_bf16_bits, from_tensor, to_tensor  # noqa: E402
+from switchyard_client import (  # noqa: E402
+    bf16_bits_to_float32,
+    float32_to_bf16_bits,
+    forward_request,
+    from_tensor,
+    to_tensor,
+)
 
 u = np.array([int(line, 16) for line in sys.stdin.read().split()], dtype="<u4")
 f = u.view("<f4")
@@ -34,10 +41,25 @@ for name, given in (("uint16", bits), ("int16", bits.view(np.int16)), (">u2", bi
 
 # an answer is an array the engine may write into (y += residual), whatever its dtype: not a read-only view
 for dtype in ("fp32", "fp16", "int32"):
-    a = from_tensor(to_tensor(np.arange(6, dtype=np.float32).reshape(2, 3), dtype))
+    a = from_tensor(to_tensor(np.arange(6, dtype=np.float32 if dtype != "int32" else np.int64).reshape(2, 3), dtype))
     assert a.flags.writeable, f"from_tensor of {dtype} is read-only"
     a += 1
 assert from_tensor(to_tensor(np.ones((2, 3), np.float32), "bf16"), bf16_bits=True).flags.writeable
+
+# int32 (an assignment's expert_ids) is never cast: int64 2**32 + 3 is not expert 3, -0.5 is not expert 0. Values of
+# any integer type in int32's range go as they are; anything else is refused naming the argument
+for given in (np.array([[0, 3], [-1, 2**31 - 1]], np.int64), np.array([[0, 3], [-1, 2**31 - 1]], ">i8"),
+              np.array([[0, 3]], np.uint8), [[-2**31, 5]], np.array([[1, 2]], np.int32)[:, ::-1]):
+    want = np.asarray(given).astype(np.int64)
+    assert np.array_equal(from_tensor(to_tensor(given, "int32")), want), f"int32 of {given!r} changed"
+for given, why in ((np.array([[2**32 + 3]], np.int64), "4294967299"), (np.array([[-2**31 - 1]], np.int64), "range"),
+                   (np.array([[2**63]], np.uint64), "range"), (np.array([[-0.5, 1.0]]), "float64"),
+                   (np.array([[3.0]], np.float32), "float32"), ([[True]], "bool"), ([["a"]], "<U1")):
+    try:
+        forward_request("p", 0, np.zeros((1, 4), np.float32), expert_ids=given, weights=np.ones((1, 1), np.float32))
+        raise AssertionError(f"expert_ids {given!r} were sent")
+    except ValueError as e:
+        assert str(e).startswith("expert_ids: ") and why in str(e), str(e)
 
 # a tensor whose bytes do not match its shape: the error says which tensor, its shape and the bytes
 for data in (bytes(4), bytes(5), bytes(28)):
