@@ -215,7 +215,7 @@ export const workerSchema = obj(
       default: "IfNotPresent",
     }),
     gpusPerWorker: int(
-      "nvidia.com/gpu requested by each worker pod; 0 runs CPU workers. A worker runs its experts on all of its GPUs, in equal shares (cache.residentExperts is the worker's, split among them); a worker over 2 GPUs served DeepSeek-V3 1.42x as fast as over one (expert-worker/README.md).",
+      "nvidia.com/gpu requested by each worker pod; 0 runs CPU workers. A worker runs its experts on all of its GPUs, in equal shares (cache.residentExperts is the worker's, split among them); a worker over 2 GPUs served DeepSeek-V3 1.42x as fast as over one, and 1.14-1.43x as fast as two workers with one GPU each (expert-worker/README.md).",
       { minimum: 0, maximum: 16, default: 1 },
     ),
     backend: enm("Expert kernel backend; auto picks cuda when a GPU is visible.", ["auto", "cpu", "cuda"] as const, {

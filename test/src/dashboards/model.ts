@@ -236,7 +236,7 @@ export const DASHBOARDS: DashboardSpec[] = [
           {
             title: "GPUs per worker",
             description:
-              "GPUs each worker runs its experts on: the pod's worker.gpusPerWorker, split among them (0 on CPU workers). With several, a batch's GPU time above is its busiest device's; one worker per GPU is the faster layout (expert-worker/README.md).",
+              "GPUs each worker runs its experts on: the pod's worker.gpusPerWorker, split among them (0 on CPU workers). With several, a batch's GPU time above is its busiest device's; on the H200s one worker over 2 GPUs was 1.14-1.43x as fast as two with one GPU each (expert-worker/README.md).",
             type: "timeseries",
             unit: "short",
             min: 0,
