@@ -30,6 +30,17 @@ function heatUp(m: RouterMetrics, pool: string, layers: number, experts: number)
 }
 
 describe("RouterMetrics: expert heat", () => {
+  it("keeps a layer's heat when the pool's model grows more experts (a config reload)", async () => {
+    const m = new RouterMetrics();
+    const p = m.forPool("g");
+    p.addHeat(0, 4, 3, 1); // the first model: 4 experts
+    p.addHeat(0, 8, 7, 2); // the next: 8
+    p.flushHeat();
+    const lines = await linesOf(m, "g");
+    expect(lines).toContain('switchyard_router_expert_tokens_total{pool="g",layer="0",expert="7"} 2');
+    expect(lines).toContain('switchyard_router_expert_tokens_total{pool="g",layer="0",expert="3"} 1');
+  });
+
   it("bounds heat series per pool: a pool that fills its share leaves the next pool's heat labelled", async () => {
     const m = new RouterMetrics();
     const experts = 256;

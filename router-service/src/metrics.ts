@@ -327,8 +327,11 @@ export class PoolMetrics {
 
   addHeat(layer: number, experts: number, expert: number, n: number): void {
     let h = this.heat.get(layer);
-    if (!h) {
-      h = new Float64Array(experts);
+    if (!h || h.length < experts) {
+      // first use, or a model with more experts (a config reload): a typed array drops writes past its end
+      const grown = new Float64Array(experts);
+      if (h) grown.set(h);
+      h = grown;
       this.heat.set(layer, h);
     }
     h[expert] += n;

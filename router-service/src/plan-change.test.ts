@@ -210,6 +210,33 @@ describe("a shared expert that fails", () => {
     });
 });
 
+describe("a model change while requests wait", () => {
+  const { workers, start } = harness("auto");
+
+  it("tells the requests checked against the old model to come again; the new model's are served", async () => {
+    const r = await start(1);
+    const wide = { ...toy, hiddenSize: 2 * D } as PoolModel;
+    const set = (model: PoolModel, version: number) =>
+      r.setPool({
+        name: "toy",
+        model,
+        plan: { version, pool: "toy", workers: ["w0"], replicas: [[[0], [0], [0], [0]]] },
+        endpoints: { w0: `127.0.0.1:${workers[0].port}` },
+        policy: resolveRoutingPolicy({ batching: { maxWaitMs: 200 } }),
+      });
+    set(toy, 1);
+    await r.refreshWorkers("toy");
+    const old = r.forward(req(1), Date.now() + 5000).catch((e) => e);
+    set(wide, 2); // the checkpoint changed: hidden size 8 -> 16, while the request waits for its flush
+    const wideReq = { ...req(1), hidden: encodeTensor(new Float32Array(2 * D).fill(0.5), [1, 2 * D], DType.FLOAT32) };
+    const fresh = await r.forward(wideReq, Date.now() + 5000);
+    const err = await old;
+    expect(err.code).toBe("UNAVAILABLE");
+    expect(err.message).toMatch(/its model changed while the request waited \(hidden size 8 -> 16/);
+    expect(fresh.hidden?.shape).toEqual([1, 2 * D]);
+  });
+});
+
 describe("a setup the router refuses", () => {
   const { start, setPool } = harness("auto");
 

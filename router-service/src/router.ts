@@ -60,6 +60,8 @@ export interface PoolSetup {
 /** A queued request: what its gate fills in (GateItem), and what the flush, the dispatch and the combine need. */
 interface Item extends GateItem {
   enqueuedAt: number;
+  /** The model the request was checked against (its hidden size, layer, experts): a flush runs only its own model's. */
+  model: PoolModel;
   /** fp32 hidden for the shared expert (null when the model has none). */
   sharedInput: Float32Array | null;
   sharedOut: Float32Array | null;
@@ -484,6 +486,7 @@ export class Router {
         const item: Item = {
           tokens: T,
           enqueuedAt: started,
+          model: m,
           layer: req.layer,
           dtype: h.dtype,
           hidden: h.data,
@@ -566,11 +569,22 @@ export class Router {
   }
 
   private async flush(p: Pool, all: Item[]): Promise<void> {
+    const m = p.model;
+    // A request checked against a model the pool has since replaced (a config reload with another checkpoint) may
+    // not fit this one (hidden size, layers, experts): it is told to come again.
+    for (const it of all)
+      if (it.model !== m && !it.done)
+        this.finish(
+          p,
+          it,
+          unavailable(
+            `pool ${p.name}: its model changed while the request waited (hidden size ${it.model.hiddenSize} -> ${m.hiddenSize}, ${it.model.experts} -> ${m.experts} experts); send it again`,
+          ),
+        );
     // Items can finish (deadline) while queued; usually none has.
     const items = all.some((i) => i.done) ? all.filter((i) => !i.done) : all;
     if (items.length === 0) return;
     const flushStart = performance.now();
-    const m = p.model;
     const layer = items[0].layer;
     let batchTokens = 0;
     for (const it of items) {
@@ -799,7 +813,8 @@ export class Router {
     conn: WorkerConn = p.conns[b.worker],
   ): Promise<void> {
     const first = items[b.rows[0].item];
-    const d = p.model.hiddenSize;
+    // the flush's model (its items'): p.model may have changed since the flush began
+    const d = first.model.hiddenSize;
     const dtype = first.dtype;
     const rowBytes = d * dtypeSize(dtype);
     const n = b.rows.length;
