@@ -1,6 +1,7 @@
-// A worker that answers Status but fails every batch, beside a healthy replica, while the pool's Prometheus load
-// signals are fresh: Prometheus has no run time for it (it finishes no run), and the replica choice must still see
-// the router's failure penalty, or it sends every flush to the failing worker first (a lost round trip each).
+// Workers that fail the router's batches beside a healthy replica. One that answers Status but fails every batch,
+// while the pool's Prometheus load signals are fresh: Prometheus has no run time for it (it finishes no run), and the
+// replica choice must still see the router's failure penalty, or it sends every flush to it first (a lost round trip
+// each). One that refuses them as INVALID_ARGUMENT: the router built the batch, so it is the worker's state.
 import { createServer, type Server } from "node:http";
 import { resolveRoutingPolicy } from "@switchyard/moe";
 import {
@@ -9,6 +10,7 @@ import {
   type ExpertResult,
   encodeTensor,
   type ForwardRequest,
+  invalidArgument,
   unavailable,
 } from "@switchyard/protocol";
 import { afterEach, describe, expect, it } from "vitest";
@@ -119,5 +121,43 @@ describe("a worker that fails every batch, with fresh Prometheus signals", () =>
     expect(r.signalsStale("toy")).toBe(false);
     // before the fix: 20 of 20 flushes tried w0 first
     expect(failing.tried).toBeLessThanOrEqual(3);
+  });
+});
+
+describe("a worker that refuses the router's batches as INVALID_ARGUMENT (its checkpoint disagrees with the router's)", () => {
+  it("sends the rows to another replica; with none, the caller gets UNAVAILABLE with the worker's words", async () => {
+    class Refusing extends FakeWorker {
+      override run(_b: ExpertBatch): ExpertResult {
+        throw invalidArgument("tokens.shape[1]", "expected hidden size 16, got 8");
+      }
+    }
+    workers.push(
+      new Refusing({ id: "w0", expert: (_l, _e, x) => x }),
+      new FakeWorker({ id: "w1", expert: (_l, _e, x) => x }),
+    );
+    for (const w of workers) await w.start();
+    router = new Router({ statusIntervalMs: 0, dedupMinBytes: Number.POSITIVE_INFINITY, gateAhead: false });
+    const r = router;
+    const setPool = (replicas: number[][], version: number) =>
+      r.setPool({
+        name: "toy",
+        model: toy,
+        plan: { version, pool: "toy", workers: ["w0", "w1"], replicas: [replicas] },
+        endpoints: Object.fromEntries(workers.map((w) => [w.o.id, `127.0.0.1:${w.port}`])),
+        policy: resolveRoutingPolicy({}),
+      });
+    setPool(
+      [
+        [0, 1],
+        [0, 1],
+      ],
+      1,
+    );
+    await r.refreshWorkers("toy");
+    for (let i = 0; i < 6; i++) expect((await r.forward(req(i), Date.now() + 5000)).hidden?.shape).toEqual([1, D]);
+    setPool([[0], [0, 1]], 2); // expert 0 on w0 alone
+    const err = (await r.forward(req(9), Date.now() + 5000).catch((e) => e)) as Error & { code?: string };
+    expect(err.code).toBe("UNAVAILABLE");
+    expect(err.message).toMatch(/w0: .*expected hidden size 16, got 8/);
   });
 });

@@ -750,9 +750,9 @@ export class Router {
 
   /**
    * send(), with a failed worker's still-live rows queued in `retry` (and the worker in `failed`) when another replica
-   * may answer: the worker unavailable or full, a deadline not yet everyone's, or FAILED_PRECONDITION, the worker's own
-   * state (an expert its plan no longer holds: plans reach router and workers at different times; a checkpoint it
-   * cannot read). Other errors are the request's, and fail the batch's requests.
+   * may answer: the worker unavailable or full, a deadline not yet everyone's, or FAILED_PRECONDITION / INVALID_ARGUMENT,
+   * the worker's own state (an expert its plan no longer holds: plans reach router and workers at different times; a
+   * checkpoint it cannot read or that disagrees with the router's). Other errors fail the batch's requests.
    */
   private async sendOrRetry(
     p: Pool,
@@ -772,7 +772,16 @@ export class Router {
       // (not for a connection the plan dropped meanwhile: that would bring its forgotten series back)
       if (!conn.isClosed) p.metrics.worker(conn.id).errors.inc();
       const code = errorCodeOf(e);
-      if (isRetryable(e) || code === "FAILED_PRECONDITION" || (code === "DEADLINE_EXCEEDED" && !allExpired(items, b))) {
+      // A worker's INVALID_ARGUMENT is about the batch the router built (its pool, layer and shapes against the
+      // worker's checkpoint, its row limits: the router checked the request itself), so it is the worker's state,
+      // not the caller's fault: another replica may agree with the router (a rollout), and with none left the caller
+      // is told UNAVAILABLE with the worker's words, never INVALID_ARGUMENT about a request it sent right.
+      if (
+        isRetryable(e) ||
+        code === "FAILED_PRECONDITION" ||
+        code === "INVALID_ARGUMENT" ||
+        (code === "DEADLINE_EXCEEDED" && !allExpired(items, b))
+      ) {
         failed.set(conn, e);
         retry.push(...b.rows.filter((a) => !items[a.item].done));
       } else {
