@@ -237,6 +237,33 @@ describe("a model change while requests wait", () => {
   });
 });
 
+describe("a request that ends while its flush prepares", () => {
+  const { workers, start } = harness("auto");
+
+  it("takes no expert capacity from the requests still waiting (capacityFactor, drop)", async () => {
+    const r = await start(1);
+    // the shared expert's first read holds the flush a while: the first request's deadline passes meanwhile
+    const model = {
+      ...toy,
+      hasShared: true,
+      shared: () => new Float32Array(D),
+      loadShared: () => sleep(150),
+    } as unknown as PoolModel;
+    r.setPool({
+      name: "toy",
+      model,
+      plan: { version: 1, pool: "toy", workers: ["w0"], replicas: [[[0], [0], [0], [0]]] },
+      endpoints: { w0: `127.0.0.1:${workers[0].port}` },
+      policy: resolveRoutingPolicy({ gating: { capacityFactor: 1, overflow: "drop" } }),
+    });
+    await r.refreshWorkers("toy");
+    // both on expert 0, weight 1: one slot of capacity between the two (2 assignments, 4 experts), the first's by order
+    const [a, b] = await Promise.allSettled([r.forward(req(0), Date.now() + 60), r.forward(req(0), Date.now() + 5000)]);
+    expect(a.status === "rejected" && (a.reason as { code?: string }).code).toBe("DEADLINE_EXCEEDED");
+    expect(b.status === "fulfilled" && b.value.stats?.droppedAssignments).toBe(0);
+  });
+});
+
 describe("a setup the router refuses", () => {
   const { start, setPool } = harness("auto");
 

@@ -582,7 +582,7 @@ export class Router {
           ),
         );
     // Items can finish (deadline) while queued; usually none has.
-    const items = all.some((i) => i.done) ? all.filter((i) => !i.done) : all;
+    let items = all.some((i) => i.done) ? all.filter((i) => !i.done) : all;
     if (items.length === 0) return;
     const flushStart = performance.now();
     const layer = items[0].layer;
@@ -608,6 +608,10 @@ export class Router {
           for (const it of items) if (it.sharedInput) this.finish(p, it, e);
         }
       }
+      // Requests that ended while the gate ran (deadline, cancel, a bad gate product) take no capacity from the
+      // others, add no heat, and send no rows.
+      if (items.some((i) => i.done)) items = items.filter((i) => !i.done);
+      if (items.length === 0) return;
       const routings = items.map((i) => i.routing);
       const all = collectAssignments(routings);
       // The shared expert's slices take every token: no capacity, no heat; they go with the first round. Split them
