@@ -29,7 +29,7 @@ export class PlacementError extends Error {
  */
 export function validatePlan(
   value: unknown,
-  shape?: { layers: number; experts: number; sharedSlices?: number },
+  shape?: { layers: number; experts: number; sharedSlices?: number; isMoeLayer?: (layer: number) => boolean },
 ): PlacementPlan {
   if (!value || typeof value !== "object") throw new PlacementError("plan", "must be a JSON object");
   const p = value as Record<string, unknown>;
@@ -62,6 +62,10 @@ export function validatePlan(
     throw new PlacementError("plan.replicas", `has ${replicas.length} layers, the model has ${shape.layers}`);
   replicas.forEach((layer, l) => {
     if (!Array.isArray(layer)) throw new PlacementError(`plan.replicas[${l}]`, "must be an array");
+    // A dense layer (no routed experts: DeepSeek first_k_dense_replace, Qwen mlp_only_layers) has an empty row.
+    // Refused only where the shape says the layer has experts; a caller that cannot tell (the router's config
+    // loader) lets it through to the router's own check against its model, which can.
+    if (layer.length === 0 && !(shape?.isMoeLayer?.(l) ?? false)) return;
     // a layer may also list the shared expert's slices after the routed experts (shared-slices.ts)
     const slices = shape?.sharedSlices ?? 0;
     if (shape && layer.length !== shape.experts && (slices === 0 || layer.length !== shape.experts + slices))
