@@ -155,6 +155,11 @@ export const checkpointSchema = obj(
   },
 );
 
+// Layers with experts (desired.ts moeLayerCount, in CEL): layers less the leading dense ones and the listed dense
+// ones past them (the list is a set, so each counts once). `m` is the CEL path of spec.model.
+const MOE_LAYERS_CEL = (m: string) =>
+  `(${m}.layers - (has(${m}.firstDenseLayers) ? ${m}.firstDenseLayers : 0) - (has(${m}.denseLayers) ? ${m}.denseLayers.filter(l, l < ${m}.layers && l >= (has(${m}.firstDenseLayers) ? ${m}.firstDenseLayers : 0)).size() : 0))`;
+
 export const modelSchema = obj(
   "The MoE model whose routed experts this pool serves.",
   {
@@ -165,7 +170,19 @@ export const modelSchema = obj(
       "deepseek-v3",
       "custom",
     ] as const),
-    layers: int("Number of MoE layers.", { minimum: 1, maximum: 512 }),
+    layers: int(
+      "Decoder layers, dense ones included: the checkpoint config's num_hidden_layers (DeepSeek-V3: 61; Mixtral 8x7B: 32). The plan has one row per layer and the router and workers refuse one of another length; name the layers without experts in firstDenseLayers / denseLayers so that they get no expert copies.",
+      { minimum: 1, maximum: 512 },
+    ),
+    firstDenseLayers: int(
+      "Leading layers with a dense MLP instead of experts: DeepSeek-V3's first_k_dense_replace (3). Their plan rows are empty; they take no cache slots and no part in the imbalance figures. Unset: 0.",
+      { minimum: 0, maximum: 511 },
+    ),
+    denseLayers: arr(
+      "Further layer indices with a dense MLP instead of experts: Qwen2/Qwen3-MoE mlp_only_layers, or the layers decoder_sparse_step skips (layer l has experts iff (l + 1) % decoder_sparse_step == 0). Same effect as firstDenseLayers; the two may overlap.",
+      int("A layer index, 0 .. layers-1.", { minimum: 0, maximum: 511 }),
+      { maxItems: 512, listType: "set" },
+    ),
     experts: int("Routed experts per MoE layer.", { minimum: 1, maximum: 1024 }),
     topK: int("Experts each token is routed to (the model's num_experts_per_tok).", { minimum: 1, maximum: 64 }),
     hiddenSize: int(
@@ -193,6 +210,21 @@ export const modelSchema = obj(
     required: ["architecture", "layers", "experts", "topK", "hiddenSize", "intermediateSize", "checkpoint"],
     validations: [
       { rule: "self.topK <= self.experts", message: "model.topK must be <= model.experts", fieldPath: ".topK" },
+      {
+        rule: "!has(self.firstDenseLayers) || self.firstDenseLayers < self.layers",
+        message: "model.firstDenseLayers must be < model.layers: a pool needs a layer with experts",
+        fieldPath: ".firstDenseLayers",
+      },
+      {
+        rule: "!has(self.denseLayers) || self.denseLayers.all(l, l < self.layers)",
+        message: "model.denseLayers must be layer indices < model.layers",
+        fieldPath: ".denseLayers",
+      },
+      {
+        rule: `${MOE_LAYERS_CEL("self")} >= 1`,
+        message: "model.firstDenseLayers and model.denseLayers leave no layer with experts",
+        fieldPath: ".denseLayers",
+      },
     ],
   },
 );
@@ -410,9 +442,9 @@ export const expertPoolSpecSchema = obj(
         fieldPath: ".model.sharedIntermediateSize",
       },
       {
-        rule: `self.replicas == 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= self.model.layers * (self.model.experts + self.placement.redundantExperts + ${SHARED_SLICES_CEL})`,
+        rule: `self.replicas == 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= ${MOE_LAYERS_CEL("self.model")} * (self.model.experts + self.placement.redundantExperts + ${SHARED_SLICES_CEL})`,
         message:
-          "cache.residentExperts * replicas must hold every expert slot, layers * (experts + placement.redundantExperts + shared slices), unless cache.hostTier.enabled; shared slices = model.sharedIntermediateSize / model.intermediateSize (unset: model.sharedExperts for deepseek-v3, else 0) if placement.sharedExperts is Workers and model.sharedExperts > 0, else 0",
+          "cache.residentExperts * replicas must hold every expert slot, MoE layers (model.layers less firstDenseLayers and denseLayers) * (experts + placement.redundantExperts + shared slices), unless cache.hostTier.enabled; shared slices = model.sharedIntermediateSize / model.intermediateSize (unset: model.sharedExperts for deepseek-v3, else 0) if placement.sharedExperts is Workers and model.sharedExperts > 0, else 0",
         fieldPath: ".cache.residentExperts",
       },
       {

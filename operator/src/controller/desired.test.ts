@@ -2,6 +2,7 @@ import { placedSharedSlices, validatePlan } from "@switchyard/moe";
 import { describe, expect, it } from "vitest";
 import {
   cacheCapacity,
+  denseLayersOf,
   desiredPlan,
   desiredService,
   desiredStatefulSet,
@@ -9,6 +10,7 @@ import {
   planFromConfigMap,
   planLoad,
   sharedSlicesOf,
+  workerArgs,
 } from "./desired.js";
 import { testPool } from "./fixtures.js";
 
@@ -219,6 +221,41 @@ describe("desiredStatefulSet", () => {
   });
 });
 
+describe("dense layers (model.firstDenseLayers, model.denseLayers)", () => {
+  // DeepSeek-V3-shaped: num_hidden_layers counts the first_k_dense_replace dense layers. Before, `layers` said "MoE
+  // layers": set to 58 the plan had 58 rows and the router and the workers (num_hidden_layers 61) refused it; set to
+  // 61 the 3 dense layers got copies that took cache slots (--cache-capacity) and counted in the imbalance.
+  const ds = (model: Record<string, unknown>) =>
+    testPool({ replicas: 4, placement: { redundantExperts: 4 }, model: { layers: 6, ...model } });
+
+  it("gives them empty rows, no cache slots, and leaves them out of the imbalance", () => {
+    const pool = ds({ firstDenseLayers: 2, denseLayers: [1, 4] });
+    expect(denseLayersOf(pool.spec.model)).toEqual([0, 1, 4]);
+    const r = desiredPlan(pool, undefined);
+    if (!r.ok) throw new Error(r.message);
+    expect(r.plan.replicas).toHaveLength(6);
+    for (const l of [0, 1, 4]) expect(r.plan.replicas[l]).toEqual([]);
+    for (const l of [2, 3, 5]) expect(r.plan.replicas[l]).toHaveLength(8);
+    // 3 MoE layers × (8 + 4) copies over 4 workers
+    expect(r.stats.slotsPerWorker).toEqual([9, 9, 9, 9]);
+    expect(cacheCapacity(pool)).toBe(9);
+    expect(cacheCapacity(ds({}))).toBe(18);
+    expect(workerArgs(pool)).toContain("9");
+    expect(r.stats.maxImbalance).toBe(1);
+    // and planning again changes nothing
+    const again = desiredPlan(pool, r.plan);
+    expect(again.ok && again.plan.version).toBe(r.plan.version);
+  });
+
+  it("a pool that names its dense layers replaces a plan with copies there", () => {
+    const before = desiredPlan(ds({}), undefined);
+    if (!before.ok) throw new Error(before.message);
+    const after = desiredPlan(ds({ firstDenseLayers: 1 }), before.plan);
+    expect(after.ok && after.plan.version).toBe(before.plan.version + 1);
+    expect(after.ok && after.plan.replicas[0]).toEqual([]);
+  });
+});
+
 describe("desiredPlan", () => {
   it("publishes a valid plan with endpoints, stable on replan", () => {
     const pool = testPool({ replicas: 2 });
@@ -378,6 +415,23 @@ describe("planLoad: the heat as the planner takes it", () => {
     const measured = [[...routed[0], 5, 5]]; // e.g. routed_only traffic never reached the slices
     expect(planLoad(m, place, measured)).toEqual(measured);
     expect(planLoad(m, place, undefined)?.[0]).toHaveLength(E + 2);
+  });
+
+  it("estimates a layer's slices whose columns counted nothing (a stale series), per layer", () => {
+    // Before: a slice column at 0 was taken as measured, and the slices, which see every token, planned as idle.
+    const E = m.experts;
+    const two = { ...m, layers: 2 };
+    const routed = Array.from({ length: E }, () => 8);
+    const tokens = (8 * E) / m.topK;
+    const heat = [
+      [...routed, 0, 0],
+      [...routed, 50, 50],
+    ];
+    expect(planLoad(two, place, heat)).toEqual([
+      [...routed, tokens, tokens],
+      [...routed, 50, 50],
+    ]);
+    expect(planLoad(two, place, [[...routed, 0, 50], heat[1]])?.[0]).toEqual([...routed, tokens, tokens]);
   });
 
   it("drops slice columns when the shared expert is in the router", () => {

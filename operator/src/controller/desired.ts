@@ -66,10 +66,29 @@ export function sharedSlicesOf(model: ExpertPoolSpec["model"], placement: Expert
 }
 
 /**
- * The heat as the planner takes it, rows of experts + slices. Heat that carries the slices' own series (the router
- * counts the tokens it sends them, as expert ids experts + j) is used as it is; heat of the routed experts only gets
- * the slices estimated from it (loadWithSharedSlices: each sees every token). Without slices, rows are the routed
- * experts (a slice column from before the pool moved the shared expert to the router is dropped).
+ * Layers without routed experts, ascending: the first `model.firstDenseLayers` (DeepSeek first_k_dense_replace) and
+ * `model.denseLayers` (Qwen mlp_only_layers, or the layers decoder_sparse_step skips). Their plan rows are empty and
+ * they take no cache slots; `model.layers` counts them (num_hidden_layers), as the router and the workers do.
+ */
+export function denseLayersOf(model: ExpertPoolSpec["model"]): number[] {
+  const dense = new Set<number>();
+  for (let l = 0; l < Math.min(model.firstDenseLayers ?? 0, model.layers); l++) dense.add(l);
+  for (const l of model.denseLayers ?? []) if (Number.isInteger(l) && l >= 0 && l < model.layers) dense.add(l);
+  return [...dense].sort((a, b) => a - b);
+}
+
+/** Layers with routed experts: the ones the plan places copies in and the cache holds. */
+export function moeLayerCount(model: ExpertPoolSpec["model"]): number {
+  return model.layers - denseLayersOf(model).length;
+}
+
+/**
+ * The heat as the planner takes it, rows of experts + slices. A layer whose slice columns all counted tokens (the
+ * router counts the tokens it sends them, as expert ids experts + j) is used as it is; a layer without them, or with
+ * a slice column at 0 (a stale series: every token goes through the slices, so 0 means the count stopped, not that
+ * they idle), gets its slices estimated from its routed heat (loadWithSharedSlices: each sees every token). Without
+ * slices, rows are the routed experts (a slice column from before the pool moved the shared expert to the router is
+ * dropped).
  */
 export function planLoad(
   model: ExpertPoolSpec["model"],
@@ -89,14 +108,19 @@ export function planLoad(
     );
   });
   if (slices === 0) return load?.map((row) => (row.length > experts ? row.slice(0, experts) : row));
-  if (load?.length === layers && load.every((row) => row.length === experts + slices)) return load;
-  return loadWithSharedSlices(
+  const estimate = loadWithSharedSlices(
     load?.map((row) => row.slice(0, experts)),
     layers,
     experts,
     slices,
     topK,
   );
+  if (load?.length !== layers) return estimate;
+  return estimate.map((row, l) => {
+    const measured = load[l];
+    const counted = measured.length === experts + slices && measured.slice(experts).every((x) => x > 0);
+    return counted ? measured : row;
+  });
 }
 
 /** Metadata of an object the pool owns: its namespace, the pool's labels, an owner reference to it. */
@@ -120,9 +144,10 @@ export function cacheCapacity(pool: ExpertPool): number {
   if (spec.placement.strategy === "contiguous") {
     // Expert e on worker e mod replicas: the first workers get ceil(experts / replicas) a layer, not the mean; a
     // redundant copy adds at most one to a worker (which copies go where follows the load, so bound it).
-    return Math.max(1, spec.model.layers * Math.min(experts, Math.ceil(experts / replicas) + redundant));
+    return Math.max(1, moeLayerCount(spec.model) * Math.min(experts, Math.ceil(experts / replicas) + redundant));
   }
-  const slots = spec.model.layers * (experts + redundant);
+  // Dense layers hold no copies: counting them would size every worker's cache for experts it never gets.
+  const slots = moeLayerCount(spec.model) * (experts + redundant);
   return Math.max(1, Math.ceil(slots / replicas));
 }
 
@@ -401,9 +426,14 @@ export function desiredPlan(pool: ExpertPool, previous: PlacementPlan | undefine
       capacityPerWorker: spec.cache.residentExperts,
       capacityIsSoft: spec.cache.hostTier.enabled,
       strategy: spec.placement.strategy,
+      denseLayers: denseLayersOf(spec.model),
       // planLoad; the planner checks each row's length (PlacementError naming load[l]).
       load: planLoad(spec.model, spec.placement, load),
       previous,
+      // With rebalance on, a layer keeps its copies while within minImprovement of a fresh packing's balance, the
+      // same slack the published plan is judged with (rebalance.ts): no more balance is left on the table than the
+      // user said is not worth moving weights for. Off, the planner's default (10%).
+      keepTolerance: spec.placement.rebalance?.prometheusUrl ? spec.placement.rebalance.minImprovement : undefined,
       endpoints: Object.fromEntries(workers.map((w) => [w, workerAddress(name, ns, w)])),
     });
     return { ok: true, plan, stats, configMap: planConfigMap(pool, plan) };

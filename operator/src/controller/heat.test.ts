@@ -90,6 +90,13 @@ describe("parseHeat with the shared expert's slices", () => {
     expect(got.load).toEqual([[0, 30, 0, 0, 100, 100]]);
   });
 
+  it("gives the routed columns only when no slice series counted a token: a stale one (0, NaN) is no heat", () => {
+    // Before: the mere presence of a slice series kept the columns, and the shared expert's slices, which see every
+    // token, were planned as idle.
+    const stale = [sample("0", "1", "30"), sample("0", "4", "0"), sample("0", "5", "NaN")];
+    expect(parseHeat(vector(stale), shape).load).toEqual([[0, 30, 0, 0]]);
+  });
+
   it("gives the routed columns only when no slice series came (desired.ts planLoad estimates them)", () => {
     expect(parseHeat(vector([sample("0", "1", "30")]), shape).load).toEqual([[0, 30, 0, 0]]);
     expect(parseHeat(vector([sample("0", "6", "5")]), shape).ignored).toBe(1); // past the slices

@@ -31,8 +31,8 @@ export interface HeatShape {
 export interface ParsedHeat {
   /**
    * load[layer][expert]; undefined when no series carried any traffic (the plan then stays uniform). Rows hold the
-   * routed experts, and the slices too when the answer had any slice series (the router counts the tokens it sends
-   * them where the workers run them; without such series desired.ts planLoad estimates them).
+   * routed experts, and the slices too when some slice series counted tokens (the router counts the tokens it sends
+   * them where the workers run them; desired.ts planLoad estimates a layer's slices whose columns have none).
    */
   load: number[][] | undefined;
   /** Assignments counted. */
@@ -78,9 +78,11 @@ export function parseHeat(body: unknown, shape: HeatShape): ParsedHeat {
   for (const r of b.data.result as { metric?: Record<string, string>; value?: [number, string] }[]) {
     const l = index(r?.metric?.layer, shape.layers);
     const e = index(r?.metric?.expert, width);
-    if (e !== undefined && e >= shape.experts) sliceSeries = true;
     // Prometheus writes sample values as strings ("NaN", "+Inf" included).
     const v = Number(r?.value?.[1]);
+    // Only a slice series that counted tokens: a stale one (increase 0 after the router stopped sending the slices
+    // anything, or NaN) would read as slices that see no token, when every token goes through them.
+    if (l !== undefined && e !== undefined && e >= shape.experts && Number.isFinite(v) && v > 0) sliceSeries = true;
     if (r?.metric?.expert === "other" && Number.isFinite(v) && v > 0) folded += v;
     if (l === undefined || e === undefined || !Number.isFinite(v) || v < 0) {
       ignored++;

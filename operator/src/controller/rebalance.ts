@@ -4,7 +4,15 @@
 // worker loads weights, so a plan that is only a little better (noise in the window) is not worth publishing.
 import { PlacementError, type PlacementPlan, planStats } from "@switchyard/moe";
 import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
-import { cacheCapacity, desiredPlan, type PlanOutcome, planConfigMap, planLoad, sharedSlicesOf } from "./desired.js";
+import {
+  cacheCapacity,
+  denseLayersOf,
+  desiredPlan,
+  type PlanOutcome,
+  planConfigMap,
+  planLoad,
+  sharedSlicesOf,
+} from "./desired.js";
 import { workerIds } from "./names.js";
 
 export interface RebalanceSettings {
@@ -113,8 +121,14 @@ export function planFitsPool(plan: PlacementPlan, pool: ExpertPool): boolean {
   // planPlacement clamps the redundant slots the same way: no expert gets more copies than there are workers.
   const copies = W === 0 ? 0 : experts + Math.min(spec.placement.redundantExperts, experts * (W - 1));
   if (plan.replicas.length !== spec.model.layers) return false;
+  const dense = new Set(denseLayersOf(spec.model));
   const slots = new Array<number>(W).fill(0);
-  for (const layer of plan.replicas) {
+  for (const [l, layer] of plan.replicas.entries()) {
+    // a dense layer's row is empty; copies there (a plan from before model.denseLayers was set) take cache for nothing
+    if (dense.has(l)) {
+      if (layer.length !== 0) return false;
+      continue;
+    }
     if (layer.length !== experts) return false;
     let n = 0;
     for (let e = 0; e < layer.length; e++) {

@@ -49,6 +49,22 @@ const INVALID: [string, unknown, string][] = [
     "cache.residentExperts * replicas must hold every expert slot",
   ],
   [
+    "every layer dense by firstDenseLayers (CEL)",
+    withModel({ firstDenseLayers: 2 }),
+    "model.firstDenseLayers must be < model.layers",
+  ],
+  ["a dense layer past model.layers (CEL)", withModel({ denseLayers: [2] }), "model.denseLayers must be layer indices"],
+  [
+    "no layer with experts left (CEL)",
+    withModel({ firstDenseLayers: 1, denseLayers: [1] }),
+    "model.firstDenseLayers and model.denseLayers leave no layer with experts",
+  ],
+  [
+    "cache short of the MoE layers' slots, dense layers aside (CEL)",
+    pool("bad", NS, { model: { layers: 4, firstDenseLayers: 1, denseLayers: [0, 2] }, cache: { residentExperts: 7 } }),
+    "cache.residentExperts * replicas must hold every expert slot",
+  ],
+  [
     "cuda backend without GPUs (CEL)",
     pool("bad", NS, { worker: { gpusPerWorker: 0, backend: "cuda" } }),
     "worker.backend cuda needs worker.gpusPerWorker >= 1",
@@ -344,6 +360,24 @@ describeWithCluster(
       });
       await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(inRouter) });
       await c.kubectl(["delete", "xp", "shared", "odd"]);
+    });
+
+    it("dense layers take no cache: 61 layers with the first 3 dense need the 58 MoE layers' slots only", async () => {
+      const c = cluster();
+      // 2 workers × 232 = 464 = 58 layers × 8 experts; counting the 3 dense layers would want 488
+      const ds = pool("dense", NS, {
+        model: { layers: 61, firstDenseLayers: 3, denseLayers: [1, 2] },
+        cache: { residentExperts: 232 },
+      });
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(ds) });
+      const got = JSON.parse((await c.kubectl(["get", "xp", "dense", "-o", "json"])).stdout);
+      expect(got.spec.model.firstDenseLayers).toBe(3);
+      expect(got.spec.model.denseLayers).toEqual([1, 2]);
+      const short = pool("short", NS, { model: { layers: 61, firstDenseLayers: 3 }, cache: { residentExperts: 231 } });
+      const r = await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(short), check: false });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("cache.residentExperts * replicas must hold every expert slot");
+      await c.kubectl(["delete", "xp", "dense"]);
     });
 
     it("loadSignals.refreshMs below 2000 alone is accepted: timeoutMs has no default to break its rule", async () => {

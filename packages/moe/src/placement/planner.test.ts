@@ -235,6 +235,19 @@ describe("planPlacement", () => {
             }).plan;
       shapes.push({ pool: "p", layers, experts, workers: ids(W), redundantExperts: ri(0, 12), load, previous });
     }
+    // a previous plan with fewer or more experts a layer (the shared expert's slices came to the workers or left)
+    for (const [from, to] of [
+      [8, 10],
+      [10, 8],
+    ])
+      shapes.push({
+        pool: "p",
+        layers: 2,
+        experts: to,
+        workers: ids(4),
+        redundantExperts: 2,
+        previous: planPlacement({ pool: "p", layers: 2, experts: from, workers: ids(4), redundantExperts: 2 }).plan,
+      });
     for (const input of shapes) {
       const once = planPlacement(input).plan;
       const twice = planPlacement({ ...input, previous: once });

@@ -175,8 +175,12 @@ export function planPlacement(input: PlanInput): PlanResult {
       replicas.push(packContiguous(counts, W));
       continue;
     }
-    // The previous layer in this plan's worker indices; a holder that left is dropped.
-    const before = prev?.replicas[l]?.map((hs) => hs.map((h) => fromPrev?.[h] ?? -1).filter((w) => w >= 0));
+    // The previous layer in this plan's worker indices, one entry per expert of this layer (a previous plan may
+    // list fewer, before the shared expert's slices came to the workers, or more); a holder that left is dropped.
+    const row = prev?.replicas[l];
+    const before =
+      row &&
+      Array.from({ length: experts }, (_, e) => (row[e] ?? []).map((h) => fromPrev?.[h] ?? -1).filter((w) => w >= 0));
     replicas.push(placeLayer(load, counts, cap, before, keepTolerance));
   }
 
