@@ -182,7 +182,13 @@ export async function startRouterApp(o: RouterAppOptions): Promise<RouterApp> {
       plan = parsePlan(raw, `pools[${i}].planFile`);
     } else plan = p.plan!;
     try {
-      validatePlan(plan, { layers: model.layers, experts: model.experts, sharedSlices: model.sharedSlices });
+      validatePlan(plan, {
+        layers: model.layers,
+        experts: model.experts,
+        sharedSlices: model.sharedSlices,
+        // an empty row is right for a dense layer only (the operator gives those none)
+        isMoeLayer: (l) => model.isMoeLayer(l),
+      });
     } catch (e) {
       throw new Error(`pools[${i}].plan: ${(e as Error).message}`);
     }
