@@ -63,8 +63,8 @@ export function validatePlan(
   replicas.forEach((layer, l) => {
     if (!Array.isArray(layer)) throw new PlacementError(`plan.replicas[${l}]`, "must be an array");
     // A dense layer (no routed experts: DeepSeek first_k_dense_replace, Qwen mlp_only_layers) has an empty row.
-    // Refused only where the shape says the layer has experts; a caller that cannot tell (the router's config
-    // loader) lets it through to the router's own check against its model, which can.
+    // Refused only where the shape says the layer has experts (the worker and the router's config loader pass
+    // isMoeLayer from their checkpoints); a caller that cannot tell lets it through.
     if (layer.length === 0 && !(shape?.isMoeLayer?.(l) ?? false)) return;
     // a layer may also list the shared expert's slices after the routed experts (shared-slices.ts)
     const slices = shape?.sharedSlices ?? 0;
