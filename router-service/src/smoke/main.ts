@@ -16,6 +16,6 @@ try {
   console.error(`smoke: ${(e as Error).message}\n${SMOKE_USAGE}`);
   process.exit(2);
 }
-const { ok, lines } = await runSmoke(args);
-for (const l of lines) console.log(l);
+// each line as its check finishes: a check that waits out --timeout-ms shows which one it is while it waits no more
+const { ok } = await runSmoke(args, (l) => console.log(l));
 process.exit(ok ? 0 : 1);

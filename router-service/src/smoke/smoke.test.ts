@@ -1,8 +1,9 @@
 // The smoke check against a real router app (gRPC, data path and HTTP ports) over fake workers, in process and as
 // the CLI the chart's `helm test` hook runs.
 
-import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { execFile, spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -13,6 +14,25 @@ import { runSmoke } from "./smoke.js";
 const D = 16;
 const expertFn = (layer: number, e: number, x: Float32Array) => x.map((v, j) => (e + 1) * v + layer + 0.01 * j);
 const CLI = fileURLToPath(new URL("../../dist/smoke/main.js", import.meta.url));
+const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+
+/** A process's children from /proc: [pid, command line]. */
+function childrenOf(pid: number): [number, string][] {
+  const out: [number, string][] = [];
+  for (const task of readdirSync(`/proc/${pid}/task`))
+    for (const id of readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim().split(/\s+/).filter(Boolean))
+      out.push([Number(id), readFileSync(`/proc/${id}/cmdline`, "utf8").replace(/\0/g, " ")]);
+  return out;
+}
+
+/** Running, not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
 
 describe("router smoke check", () => {
   let t: TestRouter;
@@ -78,6 +98,75 @@ describe("router smoke check", () => {
     expect(r.lines.filter((l) => l.startsWith("FAIL")).length).toBe(3);
     expect(r.lines.at(-1)).toBe("smoke: 3 of 3 checks failed");
   });
+
+  it("a data port that accepts and never answers fails its check at --timeout-ms, each line printed as it comes", async () => {
+    // what a stopped or wedged router's data path looks like from outside: the kernel accepts, nothing answers
+    const sockets: Socket[] = [];
+    const silent = createServer((s) => sockets.push(s));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    try {
+      const port = (silent.address() as { port: number }).port;
+      const seen: [number, string][] = [];
+      const t0 = performance.now();
+      const r = await runSmoke({ ...args, dataPort: port, timeoutMs: 1500 }, (l) =>
+        seen.push([performance.now() - t0, l]),
+      );
+      expect(performance.now() - t0).toBeLessThan(6000);
+      expect(r.ok).toBe(false);
+      expect(r.lines.filter((l) => l.startsWith("FAIL"))).toEqual([
+        `FAIL  pool p: Forward over data path :${port}, layer 0, 4 tokens: no answer within 1500 ms (--timeout-ms) from 127.0.0.1:${port}`,
+      ]);
+      expect(r.lines.at(-1)).toBe("smoke: 1 of 6 checks failed");
+      // every line went out as its check finished: the ones before the silent check well before its timeout
+      expect(seen.map(([, l]) => l)).toEqual(r.lines);
+      expect(seen[0]?.[0]).toBeLessThan(1000);
+    } finally {
+      for (const s of sockets) s.destroy();
+      silent.close();
+    }
+  });
+
+  it("the CLI prints each line as its check finishes and stops on SIGTERM through npm run smoke", async () => {
+    expect(existsSync(CLI)).toBe(true);
+    const sockets: Socket[] = [];
+    const silent = createServer((s) => sockets.push(s));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const port = (silent.address() as { port: number }).port;
+    // npm runs the script through sh: `exec` makes node npm's child, which gets the SIGTERM npm passes on
+    const npm = spawn(
+      "npm",
+      [
+        "run",
+        "--silent",
+        "smoke",
+        "--",
+        ...["--router", args.router, "--http", args.http, "--data-port", String(port)],
+      ],
+      { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    npm.stdout?.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    try {
+      const deadline = Date.now() + 20_000;
+      // the checks before the silent one are out while it waits (the default --timeout-ms is 20 s)
+      while (!/Forward over gRPC/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      expect(out).toMatch(/^ok {4}http:.*\/readyz/);
+      expect(out).toMatch(/ok {4}pool p: Forward over gRPC/);
+      const node = childrenOf(npm.pid as number).find(([, cmd]) => cmd.includes("dist/smoke/main.js"));
+      expect(node, "node is npm's own child (exec), not a shell's").toBeDefined();
+      npm.kill("SIGTERM");
+      await new Promise((r) => npm.once("exit", r));
+      const end = Date.now() + 5000;
+      while (alive((node as [number, string])[0]) && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+      expect(alive((node as [number, string])[0])).toBe(false);
+    } finally {
+      if (npm.exitCode === null) npm.kill("SIGKILL");
+      for (const s of sockets) s.destroy();
+      silent.close();
+    }
+  }, 30_000);
 
   it("runs as the chart's hook runs it: exit 0 on a healthy router, 2 naming a bad flag", async () => {
     expect(existsSync(CLI), `${CLI} is built by npm run build (npm test builds first)`).toBe(true);

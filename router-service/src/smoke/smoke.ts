@@ -1,6 +1,7 @@
 // The router smoke check: is the router ready and healthy, and does every pool answer a Forward through its workers,
 // over gRPC and (when asked) the engines' TCP data path? What `helm test` runs (charts/switchyard/templates/tests),
-// and what an operator can run against any router. Each check prints one line; the result says whether all passed.
+// and what an operator can run against any router. Each check prints one line as it finishes, none waits longer than
+// --timeout-ms; the result says whether all passed.
 
 import { credentials, Metadata, makeGenericClientConstructor } from "@grpc/grpc-js";
 import {
@@ -69,24 +70,44 @@ function reason(e: unknown): string {
   return `${err.message}${err.cause?.message ? ` (${err.cause.message})` : ""}`;
 }
 
-export async function runSmoke(a: SmokeArgs): Promise<SmokeResult> {
+/**
+ * `p`, or a rejection naming `what` once `ms` have passed without it: no check waits on a silent peer for longer than
+ * --timeout-ms, whatever deadline its own client keeps (the data path's has none per request).
+ */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new Error(`no answer within ${ms} ms (--timeout-ms) from ${what}`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(t));
+}
+
+/**
+ * Runs every check; `onLine` gets each line as its check finishes (a check that waits out its timeout is not a
+ * silence of the whole run), and the result holds them all.
+ */
+export async function runSmoke(a: SmokeArgs, onLine: (line: string) => void = () => {}): Promise<SmokeResult> {
   const lines: string[] = [];
   let failed = 0;
-  const pass = (l: string) => lines.push(`ok    ${l}`);
+  const put = (l: string) => {
+    lines.push(l);
+    onLine(l);
+  };
+  const pass = (l: string) => put(`ok    ${l}`);
   const fail = (l: string) => {
     failed++;
-    lines.push(`FAIL  ${l}`);
+    put(`FAIL  ${l}`);
   };
-  // A check that throws fails with its message; the others still run.
-  const attempt = async (what: string, fn: () => Promise<string>): Promise<void> => {
+  // A check that throws, or takes longer than --timeout-ms, fails with its message; the others still run.
+  const attempt = async (what: string, peer: string, fn: () => Promise<string>): Promise<void> => {
     try {
-      pass(`${what}: ${await fn()}`);
+      pass(`${what}: ${await within(fn(), a.timeoutMs, peer)}`);
     } catch (e) {
       fail(`${what}: ${reason(e)}`);
     }
   };
 
-  await attempt(`${a.http}/readyz`, async () => {
+  await attempt(`${a.http}/readyz`, a.http, async () => {
     const r = await httpGet(`${a.http}/readyz`, a.timeoutMs);
     if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${r.body.trim()}`);
     return r.body.trim();
@@ -94,7 +115,7 @@ export async function runSmoke(a: SmokeArgs): Promise<SmokeResult> {
 
   const Health = makeGenericClientConstructor(healthService, "Health");
   const health = new Health(a.router, credentials.createInsecure()) as unknown as HealthClient;
-  await attempt(`${a.router} grpc.health.v1 switchyard.v1.Router`, async () => {
+  await attempt(`${a.router} grpc.health.v1 switchyard.v1.Router`, a.router, async () => {
     const r = await new Promise<{ status: number | string }>((resolve, reject) =>
       health.check(
         { service: "switchyard.v1.Router" },
@@ -110,7 +131,7 @@ export async function runSmoke(a: SmokeArgs): Promise<SmokeResult> {
 
   let pools: PoolSummary[] = [];
   let unloaded: UnloadedPool[] = [];
-  await attempt(`${a.http}/pools`, async () => {
+  await attempt(`${a.http}/pools`, a.http, async () => {
     const r = await httpGet(`${a.http}/pools`, a.timeoutMs);
     if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${r.body.trim()}`);
     const body = JSON.parse(r.body) as { pools: PoolSummary[]; unloaded?: UnloadedPool[] };
@@ -128,19 +149,23 @@ export async function runSmoke(a: SmokeArgs): Promise<SmokeResult> {
       const sick = unhealthyWorkers(p);
       if (sick.length) for (const l of sick) fail(`pool ${p.name}: ${l}`);
       else pass(`pool ${p.name}: ${p.workers.length} worker(s) answering, plan v${p.planVersion}`);
-      const paths: [string, (req: ForwardRequest) => Promise<ForwardResponse>][] = [
-        ["gRPC", (req) => forwardGrpc(client, req, a.timeoutMs)],
+      const paths: [string, string, (req: ForwardRequest) => Promise<ForwardResponse>][] = [
+        ["gRPC", a.router, (req) => forwardGrpc(client, req, a.timeoutMs)],
       ];
-      if (data) paths.push([`data path :${a.dataPort}`, (req) => data.forward(req)]);
-      for (const [j, [name, send]] of paths.entries()) {
+      if (data) paths.push([`data path :${a.dataPort}`, `${host}:${a.dataPort}`, (req) => data.forward(req)]);
+      for (const [j, [name, peer, send]] of paths.entries()) {
         const req = smokeRequest(p, a.tokens, a.timeoutMs, 1 + 2 * i + j);
-        await attempt(`pool ${p.name}: Forward over ${name}, layer ${req.layer}, ${a.tokens} tokens`, async () => {
-          const t0 = performance.now();
-          const res = await send(req);
-          const problems = replyProblems(p, req, res);
-          if (problems.length) throw new Error(problems.join("; "));
-          return describeReply(res, performance.now() - t0);
-        });
+        await attempt(
+          `pool ${p.name}: Forward over ${name}, layer ${req.layer}, ${a.tokens} tokens`,
+          peer,
+          async () => {
+            const t0 = performance.now();
+            const res = await send(req);
+            const problems = replyProblems(p, req, res);
+            if (problems.length) throw new Error(problems.join("; "));
+            return describeReply(res, performance.now() - t0);
+          },
+        );
       }
     }
   } finally {
@@ -148,6 +173,6 @@ export async function runSmoke(a: SmokeArgs): Promise<SmokeResult> {
     data?.close();
   }
   const total = lines.length;
-  lines.push(failed ? `smoke: ${failed} of ${total} checks failed` : `smoke: all ${total} checks passed`);
+  put(failed ? `smoke: ${failed} of ${total} checks failed` : `smoke: all ${total} checks passed`);
   return { ok: failed === 0, lines };
 }
