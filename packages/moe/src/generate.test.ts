@@ -1,12 +1,18 @@
-import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { execFile, spawnSync } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openCheckpoint, readLayerFloat32 } from "./checkpoint.js";
 import { routerLogits } from "./gating.js";
-import { generateCheckpoint, uniformTensor } from "./generate.js";
+import {
+  checkpointTempDir,
+  generateCheckpoint,
+  generateCheckpointAtomic,
+  removeStaleCheckpointTemps,
+  uniformTensor,
+} from "./generate.js";
 import { referenceMoeBlock } from "./reference.js";
 
 let root: string;
@@ -68,6 +74,62 @@ describe("generateCheckpoint", () => {
     await mkdir(join(dir, "model-00002-of-00002.safetensors", "x"), { recursive: true });
     await expect(generateCheckpoint({ family: "mixtral", dir, seed: 1, shards: 2, ...small })).rejects.toThrow();
     expect(await readdir(dir)).not.toContain("config.json");
+  });
+
+  it("atomically: two runs at once each write their own temp directory; the first renamed into place stays", async () => {
+    const parent = join(root, "atomic");
+    const dir = join(parent, "mixtral-seed1");
+    // interleaved on one event loop: each deletes and rewrites only its own files (in place, they clobbered each
+    // other's shards and config.json)
+    const [a, b] = await Promise.all([
+      generateCheckpointAtomic({ family: "mixtral", dir, seed: 1, shards: 2, ...small }),
+      generateCheckpointAtomic({ family: "mixtral", dir, seed: 1, shards: 2, ...small }),
+    ]);
+    expect([a.published, b.published].sort()).toEqual([false, true]);
+    expect(a.dir).toBe(dir);
+    expect(await readdir(parent)).toEqual(["mixtral-seed1"]); // the loser's temp directory is gone
+    expect((await readdir(dir)).sort()).toEqual([
+      "config.json",
+      "model-00001-of-00002.safetensors",
+      "model-00002-of-00002.safetensors",
+      "model.safetensors.index.json",
+    ]);
+    const ref = await generateCheckpoint({ family: "mixtral", dir: join(root, "atomic-ref"), seed: 1, ...small });
+    const [c, r] = [await openCheckpoint(dir), await openCheckpoint(ref.dir)];
+    expect((await c.readExpert(1, 5)).up.data).toEqual((await r.readExpert(1, 5)).up.data);
+    await c.close();
+    await r.close();
+  });
+
+  it("atomically: a directory left without config.json (cut short in place) is replaced; a failure leaves no temp", async () => {
+    const parent = join(root, "atomic2");
+    const dir = join(parent, "ck");
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, "model-00001-of-00002.safetensors"), "partial");
+    const g = await generateCheckpointAtomic({ family: "mixtral", dir, seed: 1, ...small });
+    expect(g.published).toBe(true);
+    expect((await readdir(dir)).sort()).toEqual(["config.json", "model.safetensors"]);
+    expect(await readdir(parent)).toEqual(["ck"]);
+    await expect(
+      generateCheckpointAtomic({ family: "mixtral", dir: join(parent, "bad"), seed: 2 ** 32, ...small }),
+    ).rejects.toThrow(/seed/);
+    expect(await readdir(parent)).toEqual(["ck"]);
+  });
+
+  it("removes the temp directories of processes that have gone, not a live one's", async () => {
+    const parent = join(root, "stale");
+    // a pid that has exited: a child that ran and was reaped
+    const dead = spawnSync(process.execPath, ["-e", "process.exit(0)"]).pid as number;
+    const stale = checkpointTempDir(join(parent, "mixtral-tiny-seed1"), dead);
+    const live = checkpointTempDir(join(parent, "mixtral-tiny-seed2"));
+    for (const d of [stale, live, join(parent, "mixtral-tiny-seed3")]) {
+      await mkdir(d, { recursive: true });
+      await writeFile(join(d, "model.safetensors"), Buffer.alloc(1000));
+    }
+    const r = await removeStaleCheckpointTemps(parent);
+    expect(r).toEqual({ removed: [stale.slice(parent.length + 1)], bytes: 1000 });
+    expect((await readdir(parent)).sort()).toEqual(["mixtral-tiny-seed3", live.slice(parent.length + 1)].sort());
+    expect(await removeStaleCheckpointTemps(join(root, "nowhere"))).toEqual({ removed: [], bytes: 0 });
   });
 
   it("has a realistic init scale: router logits and block outputs stay O(1) for O(1) inputs", async () => {

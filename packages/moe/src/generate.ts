@@ -8,9 +8,10 @@
 // Only MoE tensors are written (router, experts, shared experts, correction bias, shared-expert gate): attention,
 // norms, embeddings and the dense MLPs of DeepSeek's first_k_dense_replace layers are not needed to serve experts.
 
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import { f32ToBf16, f32ToF16, invalidArgument } from "@switchyard/protocol";
@@ -344,4 +345,92 @@ export async function generateCheckpoint(opts: GenerateOptions): Promise<Generat
   await writeFile(join(dir, "config.json.tmp"), hfConfigJson(spec));
   await rename(join(dir, "config.json.tmp"), join(dir, "config.json"));
   return { dir, spec, files, totalBytes: total };
+}
+
+/** `<dir>.tmp-<pid>-<random>`: where generateCheckpointAtomic writes `dir` first; the pid tells a stale one. */
+export function checkpointTempDir(dir: string, pid: number = process.pid): string {
+  return `${dir.replace(/\/+$/, "")}.tmp-${pid}-${randomBytes(4).toString("hex")}`;
+}
+
+const TEMP_DIR = /\.tmp-(\d+)-[0-9a-f]+$/;
+
+const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException).code;
+
+/**
+ * generateCheckpoint into `tmp`, a sibling of `opts.dir`, then renamed to `opts.dir` in one step: two runs that
+ * generate the same checkpoint at once each write their own directory, and a reader sees no checkpoint or a whole
+ * one, never another's shards half-written (writing in place, two runs deleted and rewrote each other's files).
+ * If `opts.dir` appeared meanwhile (the other run was first), it stays and ours is dropped: `published` false. A
+ * directory there without config.json (a generator that wrote in place, cut short) is moved aside and removed.
+ */
+export async function generateCheckpointAtomic(
+  opts: GenerateOptions,
+  tmp: string = checkpointTempDir(opts.dir),
+): Promise<GeneratedCheckpoint & { published: boolean }> {
+  const dir = opts.dir.replace(/\/+$/, "");
+  await mkdir(dirname(dir), { recursive: true });
+  let out: GeneratedCheckpoint;
+  try {
+    out = await generateCheckpoint({ ...opts, dir: tmp });
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await rename(tmp, dir); // replaces an empty directory too
+      return { ...out, dir, published: true };
+    } catch (e) {
+      const whole = existsSync(join(dir, "config.json"));
+      if ((errno(e) !== "ENOTEMPTY" && errno(e) !== "EEXIST") || whole || attempt >= 2) {
+        await rm(tmp, { recursive: true, force: true });
+        if (whole) return { ...out, dir, published: false };
+        throw e;
+      }
+      // a partial checkpoint: aside under a temp name of ours (one rename, so no other run sees it half removed)
+      const aside = checkpointTempDir(dir);
+      await rename(dir, aside).catch((err: unknown) => {
+        if (errno(err) !== "ENOENT") throw err;
+      });
+      await rm(aside, { recursive: true, force: true });
+    }
+  }
+}
+
+/** Whether a process of this id runs (EPERM: it does, as another user's). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return errno(e) === "EPERM";
+  }
+}
+
+/**
+ * Removes the temp directories of generateCheckpointAtomic under `parent` whose process has gone (a run stopped or
+ * killed while generating), so that the disk they hold counts as free again; a live process's are left alone.
+ * Returns the removed directories and the bytes their files held.
+ */
+export async function removeStaleCheckpointTemps(parent: string): Promise<{ removed: string[]; bytes: number }> {
+  const removed: string[] = [];
+  let bytes = 0;
+  const names = await readdir(parent).catch((e: unknown) => {
+    if (errno(e) === "ENOENT") return [] as string[];
+    throw e;
+  });
+  for (const name of names) {
+    const m = TEMP_DIR.exec(name);
+    if (!m || alive(Number(m[1]))) continue;
+    const path = join(parent, name);
+    // a checkpoint directory is flat (config.json, shards, an index): its files' sizes are its bytes
+    for (const f of await readdir(path).catch(() => [] as string[]))
+      bytes += await stat(join(path, f)).then(
+        (st) => st.size,
+        () => 0,
+      );
+    await rm(path, { recursive: true, force: true });
+    removed.push(basename(path));
+  }
+  return { removed, bytes };
 }

@@ -86,9 +86,41 @@ describe("npm start flags", () => {
     expect(() => parseLocalArgs(["--policy", '{"gating":{"topP":3}}'])).toThrow(/policy\.gating\.topP/);
     expect(() => parseLocalArgs(["--bogus", "1"])).toThrow(/unknown flag --bogus/);
     // an empty or non-decimal count is not 0 or a hex number in disguise
-    expect(() => parseLocalArgs(["--seed="])).toThrow(/^--seed: must be an integer >= 0, got ""/);
+    expect(() => parseLocalArgs(["--seed="])).toThrow(/^--seed: must be an integer in \[0, 4294967295\], got ""/);
     expect(() => parseLocalArgs(["--redundant", " "])).toThrow(/^--redundant: /);
     expect(() => parseLocalArgs(["--workers", "0x10"])).toThrow(/^--workers: /);
+  });
+  it("--seed is the generator's 32-bit seed: a larger one is a flag error, not a failure in the generator", () => {
+    expect(parseLocalArgs(["--seed", String(2 ** 32 - 1)]).seed).toBe(2 ** 32 - 1);
+    expect(() => parseLocalArgs(["--seed", "9999999999"])).toThrow(
+      /^--seed: must be an integer in \[0, 4294967295\], got "9999999999"/,
+    );
+  });
+  it("--tolerance is finite: Infinity (or 1e400, read as it) would pass every answer", () => {
+    expect(parseLocalArgs(["--tolerance", "0.05"]).tolerance).toBe(0.05);
+    for (const v of ["Infinity", "1e400", "NaN", "0", "-1"])
+      expect(() => parseLocalArgs(["--tolerance", v])).toThrow(/^--tolerance: a finite number > 0/);
+  });
+  it("--request-timeout: each request's deadline in seconds, 30 unless given", () => {
+    expect(parseLocalArgs([]).requestTimeoutS).toBe(30);
+    expect(parseLocalArgs(["--request-timeout", "2.5s"]).requestTimeoutS).toBe(2.5);
+    for (const v of ["0", "Infinity", "x", "1e10"])
+      expect(() => parseLocalArgs(["--request-timeout", v])).toThrow(/^--request-timeout: /);
+  });
+  it("refuses a policy the model cannot route before anything starts (the router would fail every request)", () => {
+    expect(() => parseLocalArgs(["--policy", '{"gating":{"topK":20}}'])).toThrow(
+      /^--policy: gating\.topK 20 exceeds the 8 experts of mixtral --size tiny/,
+    );
+    expect(parseLocalArgs(["--policy", '{"gating":{"topK":8}}']).policy.gating.topK).toBe(8);
+    // DeepSeek-V3 tiny: 16 experts in 8 groups, the gate keeps 4 groups: 8 experts a token can reach
+    expect(() => parseLocalArgs(["--family", "deepseek-v3", "--policy", '{"gating":{"topK":10}}'])).toThrow(
+      /^--policy: gating\.topK 10 exceeds the 8 experts a token of deepseek-v3/,
+    );
+    expect(() => parseLocalArgs(["--family", "deepseek-v3", "--policy", '{"gating":{"topP":0.9}}'])).toThrow(
+      /^--policy: gating\.topP needs a softmax gate; deepseek-v3 .* gates with sigmoid/,
+    );
+    // the model is the flags' whatever their order
+    expect(() => parseLocalArgs(["--policy", '{"gating":{"topK":20}}', "--size", "medium"])).not.toThrow();
   });
   it("refuses flags that contradict the model or the machine before anything starts", () => {
     expect(() => parseLocalArgs(["--shared-experts", "workers"])).toThrow(

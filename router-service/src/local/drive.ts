@@ -48,7 +48,23 @@ export interface DriveOptions {
   engineGate?: string;
   /** Sequences per Forward (an engine's step over its batch; default 1: each sequence calls the router alone). */
   engineBatch?: number;
+  /**
+   * Each request's deadline (ForwardRequest.timeout_ms; default REQUEST_TIMEOUT_MS). The router answers
+   * DEADLINE_EXCEEDED by then; one that does not answer at all (stopped, wedged) fails the request here a little
+   * later, naming the router, so that no sequence waits forever and the load ends with its duration plus this.
+   */
+  requestTimeoutMs?: number;
+  /** The routers' names for error messages, in routerAddresses' order (default "router at <address>"). */
+  routerNames?: string[];
 }
+
+/** The router's own default deadline (router README): a request the local mode sends takes no longer. */
+export const REQUEST_TIMEOUT_MS = 30_000;
+/**
+ * How long past its deadline a request waits for the router's own DEADLINE_EXCEEDED (which says where the time went)
+ * before the driver gives up on the router.
+ */
+export const CLIENT_GRACE_MS = 2_000;
 
 /** An answer to check against the reference: the bytes the router saw, widened, and its answer. */
 export interface CheckJob {
@@ -91,13 +107,21 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
   });
   const endAt = performance.now() + (o.endAtEpochMs - Date.now());
   const d = o.hidden;
+  const timeoutMs = o.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  const routerName = (i: number) => o.routerNames?.[i] ?? `router at ${o.routerAddresses[i]}`;
   const engine = o.engineGate ? await CheckpointModel.open(o.engineGate) : null;
   // A group of sequences stepping together: one Forward per layer carries every sequence's tokens of the step.
   const groupLoop = async (sids: number[]) => {
     const sid = sids[0] as number;
-    const channel = dataClients.length
-      ? dataChannel(dataClients[sid % dataClients.length] as RouterDataClient)
-      : streamChannel(grpcClients[sid % grpcClients.length] as RouterClient);
+    const r = sid % o.routerAddresses.length;
+    const name = `${routerName(r)} (${dataClients.length ? `data path ${o.routerDataAddresses?.[r]}` : `gRPC ${o.routerAddresses[r]}`})`;
+    const channel = withDeadline(
+      dataClients.length
+        ? dataChannel(dataClients[r] as RouterDataClient)
+        : streamChannel(grpcClients[r] as RouterClient),
+      timeoutMs + CLIENT_GRACE_MS,
+      name,
+    );
     let rid = BigInt(sid) << 32n;
     const seqs = sids.map((s) => traffic.sequence(s));
     let first = true;
@@ -118,14 +142,16 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
           : undefined;
         const id = ++rid;
         const ts = performance.now();
-        const res = await channel.send({ pool: "local", layer, hidden: tensor, gate, requestId: id });
+        const res = await channel.send({ pool: "local", layer, hidden: tensor, gate, requestId: id, timeoutMs });
         stats.latencies.push(performance.now() - ts);
         if (res.stats) stats.routerMs.push(res.stats.totalMs);
         stats.forwards++;
-        if (res.error || !res.hidden) {
+        // An answer of another shape cannot be checked, nor fed to the next layer: it is an error, not an answer
+        const problem = res.error ? fromRpcError(res.error).message : replyShapeProblem(res, n, d);
+        if (problem !== null || !res.hidden) {
           stats.errors++;
           if (stats.errorSamples.length < 5)
-            stats.errorSamples.push(res.error ? fromRpcError(res.error).message : "empty answer");
+            stats.errorSamples.push(problem?.startsWith(name) ? problem : `${name}: ${problem}`);
           channel.end();
           return;
         }
@@ -160,17 +186,52 @@ export async function drive(o: DriveOptions, hooks: DriveHooks, stats: DriveStat
 }
 
 /** How a group of sequences sends its requests: each answer, or an error answer, never a rejection or a hang. */
-interface Channel {
+export interface Channel {
   send(req: ForwardRequest): Promise<ForwardResponse>;
   end(): void;
 }
 
-const failed = (requestId: bigint, message: string): ForwardResponse => ({
+/** An error answer: UNAVAILABLE (14) by default, DEADLINE_EXCEEDED (4) for a router that did not answer in time. */
+const failed = (requestId: bigint, message: string, code = 14): ForwardResponse => ({
   requestId,
   hidden: undefined,
   stats: undefined,
-  error: { code: 14, message },
+  error: { code, message },
 });
+
+/**
+ * What is wrong with a reply's hidden states for a request of [n, d]: null when it is an [n, d] tensor whose bytes
+ * hold n * d values of its dtype. The reference check compares values one to one, so a shorter answer would pass it.
+ */
+export function replyShapeProblem(res: ForwardResponse, n: number, d: number): string | null {
+  const h = res.hidden;
+  if (!h) return `the router answered no hidden states for a request of [${n}, ${d}]`;
+  if (h.shape.length !== 2 || h.shape[0] !== n || h.shape[1] !== d)
+    return `the router answered hidden of shape [${h.shape.join(", ")}] for a request of [${n}, ${d}]`;
+  if (h.dtype !== DType.FLOAT32 && h.dtype !== DType.BFLOAT16 && h.dtype !== DType.FLOAT16)
+    return `the router answered hidden of dtype ${h.dtype}, not a float`;
+  const width = h.dtype === DType.FLOAT32 ? 4 : 2;
+  if (h.data.byteLength !== n * d * width)
+    return `the router answered hidden [${n}, ${d}] with ${h.data.byteLength} bytes of data, expected ${n * d * width}`;
+  return null;
+}
+
+/**
+ * A channel whose every send answers within `ms`: a router that takes no reply (stopped, wedged, its event loop
+ * stuck) fails the request, naming it, instead of holding its sequence, and with it the run, forever.
+ */
+export function withDeadline(ch: Channel, ms: number, router: string): Channel {
+  return {
+    send: (req) => {
+      let t: NodeJS.Timeout | undefined;
+      const late = new Promise<ForwardResponse>((r) => {
+        t = setTimeout(() => r(failed(req.requestId, `${router}: no reply within ${ms} ms; is it stuck?`, 4)), ms);
+      });
+      return Promise.race([ch.send(req), late]).finally(() => clearTimeout(t));
+    },
+    end: () => ch.end(),
+  };
+}
 
 /** A ForwardStream of the group's own. */
 function streamChannel(client: RouterClient): Channel {

@@ -148,6 +148,54 @@ describe.skipIf(process.platform !== "linux")("npm start, the launcher", () => {
     expect(existsSync(join(ROOT, ".cache/local", `run-${r.child.pid}`))).toBe(false);
   });
 
+  it("a router that stops answering (SIGSTOP) fails the run naming it, within the load and its deadlines", async () => {
+    const r = track(launch(["--duration", "3", "--concurrency", "2", "--request-timeout", "2"]));
+    await r.waitFor(/driving load/);
+    const k = kids(r);
+    const router = k.find(([, cmd]) => cmd.includes("router-service/dist/main.js"));
+    expect(router).toBeDefined();
+    await new Promise((res) => setTimeout(res, 1000));
+    process.kill((router as [number, string])[0], "SIGSTOP");
+    const t0 = Date.now();
+    // before: every sequence waited on the stopped router forever
+    expect(await r.exited).toEqual({ code: 1, signal: null });
+    expect(Date.now() - t0).toBeLessThan(40_000);
+    expect(r.output()).toMatch(/error: router \(data path 127\.0\.0\.1:\d+\): no reply within 4000 ms; is it stuck\?/);
+    expect(r.output()).toMatch(/FAILED: router: its metrics at :\d+ did not answer .*is it stuck\?; \d+ errors/);
+    expect(r.output()).not.toMatch(noStack);
+    // the stopped router was continued and stopped with the others
+    expect(
+      await gone(
+        k.map(([pid]) => pid),
+        15_000,
+      ),
+    ).toEqual([]);
+  }, 60_000);
+
+  it("SIGHUP (a closed terminal) stops the workers and the router too, exit 129", async () => {
+    const r = track(launch(["--duration", "30", "--concurrency", "2"]));
+    await r.waitFor(/driving load/);
+    const pids = kids(r).map(([pid]) => pid);
+    r.child.kill("SIGHUP");
+    expect(await r.exited).toEqual({ code: 129, signal: null });
+    expect(await gone(pids, 15_000)).toEqual([]);
+  });
+
+  it("npm start execs the launcher: npm's SIGTERM reaches it, not a shell that leaves it running", () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> };
+    expect(pkg.scripts.start).toMatch(/&& exec node router-service\/dist\/local\/main\.js$/);
+    expect(pkg.scripts.smoke).toMatch(/^exec node router-service\/dist\/smoke\/main\.js$/);
+  });
+
+  it("--seed past 32 bits and a policy the model cannot route are flag errors: exit 2, one line", async () => {
+    const seed = track(launch(["--seed", "9999999999"]));
+    expect(await seed.exited).toEqual({ code: 2, signal: null });
+    expect(seed.output().trim()).toMatch(/^--seed: must be an integer in \[0, 4294967295\], got "9999999999"$/);
+    const policy = track(launch(["--policy", '{"gating":{"topK":20}}']));
+    expect(await policy.exited).toEqual({ code: 2, signal: null });
+    expect(policy.output().trim()).toMatch(/^--policy: gating\.topK 20 exceeds the 8 experts of mixtral/);
+  });
+
   it("the workers and the router go with a launcher that is killed outright (SIGKILL)", async () => {
     const r = track(launch(["--duration", "30", "--concurrency", "2"]));
     await r.waitFor(/driving load/);

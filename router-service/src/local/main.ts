@@ -7,14 +7,16 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
 import { mkdir, readFile, rm, statfs, writeFile } from "node:fs/promises";
-import { availableParallelism, totalmem } from "node:os";
+import { availableParallelism, constants as osConstants, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { credentials, Metadata } from "@grpc/grpc-js";
 import {
+  checkpointTempDir,
   DATA_PATH_NODE_FLAGS,
   defaultSpec,
-  generateCheckpoint,
+  gateConfigFromSpec,
+  generateCheckpointAtomic,
   loadWithSharedSlices,
   type ModelFamily,
   type ModelSpec,
@@ -22,17 +24,19 @@ import {
   openCheckpoint,
   planPlacement,
   type RoutingPolicy,
+  removeStaleCheckpointTemps,
   resolveRoutingPolicy,
   sharedSlices,
 } from "@switchyard/moe";
 import { DType, ExpertWorkerClient, type WorkerStatus } from "@switchyard/protocol";
 import { CLIENT_CHANNEL_OPTIONS } from "../dispatch/worker-conn.js";
 import { runSmoke } from "../smoke/smoke.js";
-import { addStats, DriveStats } from "./drive.js";
+import { addStats, CLIENT_GRACE_MS, DriveStats, REQUEST_TIMEOUT_MS } from "./drive.js";
 import { startDrivers } from "./drivers.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile } from "./loadgen.js";
 import { cpuByThread, cpuSeconds, threadCpuLine } from "./proc-cpu.js";
 import { checkRunFits, runFootprint, WontFitError } from "./resources.js";
+import { verdict } from "./verdict.js";
 import type { VerifyResult } from "./verifier.js";
 import { readSharedLayers, referenceBytes, VerifierPool, type VerifyMode } from "./verifier-pool.js";
 
@@ -102,6 +106,8 @@ export interface LocalOptions {
   engineBatch: number;
   /** how the drivers reach the router: its TCP data path (data-server.ts) or gRPC ForwardStreams */
   engineTransport: "data" | "grpc";
+  /** each request's deadline: a router that answers none by then is named in the errors, and the run ends */
+  requestTimeoutS: number;
   policyFile?: string;
 }
 
@@ -137,7 +143,9 @@ const USAGE = `usage: npm start -- [flags]
                                   its whole batch's tokens; fewer, larger calls
   --engine-transport data|grpc    how the drivers, standing in for engines, reach the router: its TCP data path
                                   (default; one connection per router per driver thread) or gRPC ForwardStreams
-                                  (one per sequence)`;
+                                  (one per sequence)
+  --request-timeout S             each request's deadline (default 30, the router's own): a router that answers
+                                  nothing by then (stopped, stuck) fails the request naming it, and the run ends`;
 
 export function parseLocalArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): LocalOptions {
   const o: LocalOptions = {
@@ -162,12 +170,15 @@ export function parseLocalArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     gate: "router",
     engineBatch: 1,
     engineTransport: "data",
+    requestTimeoutS: REQUEST_TIMEOUT_MS / 1000,
   };
-  const int = (flag: string, v: string, min: number) => {
+  const int = (flag: string, v: string, min: number, max = Number.MAX_SAFE_INTEGER) => {
     const n = Number(v);
     // Number() reads "" and " " as 0 and takes "0x10" and "1e3": only plain decimals are counts
-    if (!/^-?\d+$/.test(v) || !Number.isSafeInteger(n) || n < min)
-      throw new Error(`--${flag}: must be an integer >= ${min}, got "${v}"`);
+    if (!/^-?\d+$/.test(v) || !Number.isSafeInteger(n) || n < min || n > max)
+      throw new Error(
+        `--${flag}: must be an integer ${max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`}, got "${v}"`,
+      );
     return n;
   };
   for (let i = 0; i < argv.length; i++) {
@@ -221,7 +232,8 @@ export function parseLocalArgs(argv: string[], env: NodeJS.ProcessEnv = process.
         o.dtype = v;
         break;
       case "seed":
-        o.seed = int(name, v, 0);
+        // the generator's seeds are 32-bit (generate.ts checkSeed): a larger one would fail there, after the checks
+        o.seed = int(name, v, 0, 2 ** 32 - 1);
         break;
       case "prefill":
         o.prefill = int(name, v, 1);
@@ -243,8 +255,16 @@ export function parseLocalArgs(argv: string[], env: NodeJS.ProcessEnv = process.
         break;
       case "tolerance": {
         const n = Number(v);
-        if (!(n > 0)) throw new Error(`--tolerance: a number > 0, got "${v}"`);
+        // finite: Infinity (or 1e400, which reads as it) would pass every answer, a NaN one included
+        if (!(n > 0) || !Number.isFinite(n)) throw new Error(`--tolerance: a finite number > 0, got "${v}"`);
         o.tolerance = n;
+        break;
+      }
+      case "request-timeout": {
+        const n = Number(v.replace(/s$/, ""));
+        if (!(n > 0) || !Number.isFinite(n) || n * 1000 > 2 ** 31 - 1)
+          throw new Error(`--request-timeout: seconds > 0 (at most 24 days), got "${v}"`);
+        o.requestTimeoutS = n;
         break;
       }
       case "verify":
@@ -280,7 +300,28 @@ export function parseLocalArgs(argv: string[], env: NodeJS.ProcessEnv = process.
       `--shared-experts workers: ${o.family} has no shared expert of a multiple of the routed experts' width`,
     );
   workerEnv(o.gpus, 0, env); // --gpus against CUDA_VISIBLE_DEVICES
+  checkPolicyForModel(o);
   return o;
+}
+
+/**
+ * The policy against the model it will route (--policy is read before the model exists): a topK over the experts a
+ * token can reach, or top-p on a gate that is not a softmax, fails every request in the router, so it fails here,
+ * before a checkpoint is generated or a process started. The same rules as CheckpointModel.route's.
+ */
+export function checkPolicyForModel(o: LocalOptions): void {
+  const spec = defaultSpec(o.family, localModel(o.family, o.size));
+  const g = o.policy.gating;
+  const gate = gateConfigFromSpec(spec);
+  const E = spec.experts;
+  const model = `${o.family} --size ${o.size} (${E} experts${gate.scoring === "sigmoid" ? `, top-${gate.topkGroup} of ${gate.nGroup} groups` : ""})`;
+  const topK = g.topK ?? gate.topK;
+  if (topK > E) throw new Error(`--policy: gating.topK ${topK} exceeds the ${E} experts of ${model}`);
+  const kept = gate.scoring === "sigmoid" ? gate.topkGroup * (E / gate.nGroup) : E;
+  if (topK > kept)
+    throw new Error(`--policy: gating.topK ${topK} exceeds the ${kept} experts a token of ${model} can reach`);
+  if (g.topP !== null && gate.scoring !== "softmax")
+    throw new Error(`--policy: gating.topP needs a softmax gate; ${model} gates with ${gate.scoring}`);
 }
 
 /** --policy FILE: read and validated here (parseLocalArgs stays free of I/O). */
@@ -296,6 +337,12 @@ async function loadPolicyFile(o: LocalOptions): Promise<void> {
     throw new Error(`--policy ${o.policyFile}: not valid JSON (${(e as Error).message})`);
   }
   o.policy = resolveRoutingPolicy(json, "policy");
+  checkPolicyForModel(o);
+}
+
+/** How a child exited, for a message: "with code 1", or "on SIGKILL" (a signal leaves no code). */
+export function exitHow(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal ? `on ${signal}` : `with code ${code}`;
 }
 
 /**
@@ -310,9 +357,9 @@ function readyPorts(
 ): Promise<{ port: number; metricsPort: number; dataPort: number | null }> {
   return new Promise((res, rej) => {
     const t = setTimeout(() => rej(new Error(`${name} not ready after ${timeoutMs / 1000} s`)), timeoutMs);
-    const onExit = (code: number | null) => {
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
       clearTimeout(t);
-      rej(new Error(`${name} exited with code ${code}`));
+      rej(new Error(`${name} exited ${exitHow(code, signal)}`));
     };
     child.once("exit", onExit);
     child.once("message", (m: unknown) => {
@@ -325,6 +372,9 @@ function readyPorts(
     });
   });
 }
+
+/** The signals that stop the launcher, and with it every process it started. */
+export const STOP_SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
 /** A full-size DeepSeek-V3 worker loads 45 GB before it is ready. */
 const WARM_TIMEOUT_MS = 20 * 60_000;
@@ -341,9 +391,9 @@ function warmedMessage(child: ChildProcess, name: string, timeoutMs: number): Pr
       done();
       rej(new Error(`${name} still warming up after ${timeoutMs / 1000} s`));
     }, timeoutMs);
-    const onExit = (code: number | null) => {
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
       done();
-      rej(new Error(`${name} exited with code ${code} before it was ready (its log above says why)`));
+      rej(new Error(`${name} exited ${exitHow(code, signal)} before it was ready (its log above says why)`));
     };
     const onMessage = (m: unknown) => {
       if (m !== null && typeof m === "object" && "warmed" in m) {
@@ -392,15 +442,18 @@ function spawnProc(
   return child;
 }
 
+const SCRAPE_TIMEOUT_MS = 10_000;
+
 /** A process's /metrics text; a process that has gone says so by name instead of "fetch failed". */
 async function scrape(name: string, port: number): Promise<string> {
   try {
-    const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+    // a deadline: a stopped process accepts the connection (the kernel does) and answers nothing, ever
+    const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(SCRAPE_TIMEOUT_MS) });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     return await res.text();
   } catch (e) {
     throw new Error(
-      `${name}: its metrics at :${port} did not answer (${e instanceof Error ? e.message : String(e)}); did it exit?`,
+      `${name}: its metrics at :${port} did not answer (${e instanceof Error ? e.message : String(e)}); did it exit, or is it stuck?`,
     );
   }
 }
@@ -449,7 +502,8 @@ async function waitForWorker(address: string, child: ChildProcess, timeoutMs: nu
   const client = new ExpertWorkerClient(address, credentials.createInsecure(), CLIENT_CHANNEL_OPTIONS);
   const end = Date.now() + timeoutMs;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`worker at ${address} exited with code ${child.exitCode}`);
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`worker at ${address} exited ${exitHow(child.exitCode, child.signalCode)}`);
     const ok = await new Promise<boolean>((r) =>
       client.status({}, new Metadata(), { deadline: Date.now() + 1000 }, (e) => r(!e)),
     );
@@ -459,9 +513,12 @@ async function waitForWorker(address: string, child: ChildProcess, timeoutMs: nu
   }
 }
 
-function statusOf(c: ExpertWorkerClient): Promise<WorkerStatus> {
+/** A worker's Status; one that does not answer is named (gRPC's own error says only "Deadline exceeded"). */
+function statusOf(id: string, c: ExpertWorkerClient): Promise<WorkerStatus> {
   return new Promise((res, rej) =>
-    c.status({}, new Metadata(), { deadline: Date.now() + 3000 }, (e, s) => (e ? rej(e) : res(s))),
+    c.status({}, new Metadata(), { deadline: Date.now() + 3000 }, (e, s) =>
+      e ? rej(new Error(`worker ${id}: its Status did not answer (${e.message}); is it stuck?`)) : res(s),
+    ),
   );
 }
 
@@ -472,6 +529,12 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const ckptDir = join(ROOT, ".cache", "checkpoints", `${o.family}-${o.size}-seed${o.seed}`);
   const generating = !existsSync(join(ckptDir, "config.json"));
   await mkdir(dirname(ckptDir), { recursive: true });
+  // Partial checkpoints of runs stopped while generating hold disk the check below would count as used
+  const stale = await removeStaleCheckpointTemps(dirname(ckptDir));
+  if (stale.removed.length > 0)
+    log(
+      `removed ${stale.removed.length} partial checkpoint(s) (${(stale.bytes / 1e9).toFixed(2)} GB) left in ${dirname(ckptDir)} by runs stopped while generating: ${stale.removed.join(", ")}`,
+    );
   const disk = await statfs(dirname(ckptDir)).catch(() => null);
   const redundant = o.redundant ?? Math.floor(want.experts / 4);
   // The shared expert's slices are placed like experts, with the load of every token (shared-slices.ts).
@@ -490,7 +553,23 @@ export async function runLocal(o: LocalOptions): Promise<number> {
     // one thread alone would take minutes for DeepSeek-V3's 45 GB
     const shards = Math.max(1, Math.ceil(gb / 2));
     const threads = Math.max(1, Math.min(shards, availableParallelism() - 1));
-    await generateCheckpoint({ family: o.family, dir: ckptDir, seed: o.seed, shards, threads, ...model });
+    // Written beside it and renamed into place whole: another `npm start` generating the same checkpoint at once
+    // writes its own (generate.ts generateCheckpointAtomic). Stopped meanwhile, this run removes its part.
+    const tmp = checkpointTempDir(ckptDir);
+    const onSignal = (signal: NodeJS.Signals) => {
+      rmSync(tmp, { recursive: true, force: true });
+      process.exit(128 + (osConstants.signals[signal] ?? 15));
+    };
+    for (const sig of STOP_SIGNALS) process.once(sig, onSignal);
+    try {
+      const r = await generateCheckpointAtomic(
+        { family: o.family, dir: ckptDir, seed: o.seed, shards, threads, ...model },
+        tmp,
+      );
+      if (!r.published) log(`another run generated ${ckptDir} meanwhile: using that one`);
+    } finally {
+      for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
+    }
   } else log(`reusing checkpoint ${ckptDir}`);
   const ckpt = await openCheckpoint(ckptDir);
   const spec = ckpt.spec;
@@ -533,19 +612,22 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const signalled = new Set<ChildProcess>();
   const cleanup = () => {
     for (const c of children.keys())
-      if (c.exitCode === null && c.pid && !signalled.has(c)) {
+      if (c.exitCode === null && c.signalCode === null && c.pid && !signalled.has(c)) {
         signalled.add(c);
         c.kill("SIGTERM");
+        // a stopped child (kill -STOP, a debugger) keeps a SIGTERM pending and would outlive the run, ports and all
+        c.kill("SIGCONT");
       }
   };
   process.on("exit", cleanup);
+  // Whatever stops the launcher stops its children: Ctrl-C, a SIGTERM (npm forwards its own: the script execs
+  // node, so no shell stands between), a closed terminal (SIGHUP). Past process.exit the finally below does not run.
   const onSignal = (signal: NodeJS.Signals) => {
     cleanup();
-    rmSync(runDir, { recursive: true, force: true }); // the finally below does not run past process.exit
-    process.exit(signal === "SIGINT" ? 130 : 143);
+    rmSync(runDir, { recursive: true, force: true });
+    process.exit(128 + (osConstants.signals[signal] ?? 15));
   };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  for (const sig of STOP_SIGNALS) process.once(sig, onSignal);
   try {
     log(`starting ${o.workers} workers and the router ...`);
     const workerClients = await Promise.all(
@@ -655,7 +737,9 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         if (!(r.relErr <= tolerance)) {
           wrong++;
           if (firstWrong.length < 5)
-            firstWrong.push(`answer #${r.id}: relative error ${r.relErr.toExponential(2)} > ${tolerance}`);
+            firstWrong.push(
+              `answer #${r.id}: ${r.detail ?? `relative error ${r.relErr.toExponential(2)} > ${tolerance}`}`,
+            );
         }
       },
     );
@@ -704,6 +788,8 @@ export async function runLocal(o: LocalOptions): Promise<number> {
         prefill: o.prefill,
         traffic: { ...DEFAULT_TRAFFIC, hidden: d, seed: o.seed },
         endAtEpochMs: Date.now() + o.durationS * 1000,
+        requestTimeoutMs: Math.round(o.requestTimeoutS * 1000),
+        routerNames: routers.map((r) => r.name),
         ...(o.gate === "engine" ? { engineGate: ckptDir } : {}),
         engineBatch: o.engineBatch,
       },
@@ -721,9 +807,27 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       process.stderr.isTTY ? 500 : 5000,
     );
 
+    // Every request has a deadline (drive.ts), so the drivers end by the load's end plus one of them; a driver that
+    // does not (a thread stuck) must not hold the run: past that and a grace, it ends, failed, with what it counted.
+    const graceMs = o.requestTimeoutS * 1000 + CLIENT_GRACE_MS + 10_000;
+    let watchdog: NodeJS.Timeout | undefined;
+    const stuck = new Promise<null>((res) => {
+      watchdog = setTimeout(() => res(null), o.durationS * 1000 + graceMs);
+    });
+    const driven = await Promise.race([run.done, stuck]).finally(() => clearTimeout(watchdog));
+    if (driven === null) {
+      clearInterval(progress);
+      const n = run.live();
+      console.log(
+        `\nFAILED: the load did not end within ${(graceMs / 1000).toFixed(0)} s of its end (a driver is stuck); ${n.forwards} forwards, ${n.errors} errors, ${wrong} wrong of ${verifier.checked} answers verified so far`,
+      );
+      void verifier.close().catch(() => {});
+      for (const c of workerClients) c.close();
+      return 1;
+    }
     const { tokensDone, forwards, errors, errorSamples, latencies, routerMs, unverifiable, unchecked } = addStats(
       new DriveStats(),
-      ...(await run.done),
+      ...driven,
     );
     const wall = (performance.now() - t0) / 1000;
     const [cpu1, threads1] = await Promise.all([cpuAt(), threadsAt()]);
@@ -741,175 +845,207 @@ export async function runLocal(o: LocalOptions): Promise<number> {
       return 1;
     }
 
-    // Counters from the router and the workers.
-    const rows = (
-      await Promise.all(routers.map(async (r) => parsePromText(await scrape(r.name, r.metricsPort))))
-    ).flat();
-    const sum = (name: string) => rows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
-    const perWorker = ids.map((id) =>
-      rows
-        .filter((r) => r.name === "switchyard_router_worker_tokens_total" && r.labels.worker === id)
-        .reduce((a, r) => a + r.value, 0),
-    );
-    const meanLoad = perWorker.reduce((a, b) => a + b, 0) / perWorker.length;
-    const statuses = await Promise.all(workerClients.map(statusOf));
-    const workerRows = await workerSamples();
-    const wsum = (name: string) => total(workerRows, name);
-    /** A histogram's mean in milliseconds over every series of it ("-" before its first observation). */
-    const meanMs = (total: (name: string) => number, histogram: string) => {
-      const n = total(`${histogram}_count`);
-      return n > 0 ? ((1000 * total(`${histogram}_sum`)) / n).toFixed(2) : "-";
-    };
-    const pct = (part: number, whole: number) => (whole > 0 ? `${((100 * part) / whole).toFixed(0)}%` : "-");
-    const workerBatches = wsum("switchyard_worker_batch_tokens_count");
-    // CUDA workers time each batch on the GPU too (events on the compute stream): "computing" less that is the
-    // batch's wait behind another on the GPU and the host's part of the run.
-    // The GPU busy share: the batches' GPU time over the load's wall time, per worker (two batches in flight do not
-    // overlap in it: a batch's time starts when the stream reaches it).
-    const gpuBusy = (wsum(GPU_SECONDS) - gpu0) / (wall * ids.length);
-    const gpuPart =
-      wsum("switchyard_worker_device_compute_duration_seconds_count") > 0
-        ? `, ${meanMs(wsum, "switchyard_worker_device_compute_duration_seconds")} of it on the GPU (GPU busy ${(100 * gpuBusy).toFixed(0)}% of the run)`
-        : "";
-    const cpuLine = cpuPids
-      .map(([name], i) => {
-        const a = cpu0[i];
-        const b = cpu1[i];
-        return `${name} ${a === null || b === null ? "?" : ((b - a) / wall).toFixed(2)}`;
-      })
-      .join(", ");
-    const hits = statuses.reduce((a, s) => a + Number(s.cacheHits), 0);
-    const misses = statuses.reduce((a, s) => a + Number(s.cacheMisses), 0);
-    const tpe =
-      sum("switchyard_router_tokens_per_expert_call_sum") /
-      Math.max(1, sum("switchyard_router_tokens_per_expert_call_count"));
-    const batchTok =
-      sum("switchyard_router_batch_tokens_sum") / Math.max(1, sum("switchyard_router_batch_tokens_count"));
-    const table: [string, string][] = [
-      [
-        "model",
-        `${o.family} ${o.size} (${spec.layers} layers, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK}${spec.sharedExperts ? ", shared expert" : ""})`,
-      ],
-      [
-        "workers / concurrency",
-        `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}`,
-      ],
-      ...(spec.sharedExperts > 0
-        ? ([
-            [
-              "shared expert",
-              placeSlices > 0
-                ? `on the workers: ${placeSlices} slice(s) of width ${spec.intermediateSize}, every token`
-                : "in the router",
-            ],
-          ] as [string, string][])
-        : []),
-      [
-        "router logits",
-        o.gate === "engine"
-          ? "from the engine: the drivers compute them and send router_logits"
-          : "computed by the router from the hidden states",
-      ],
-      [
-        "engine -> router transport",
-        (() => {
-          // what the routers counted, by method: ForwardData on the data path, ForwardStream on gRPC
-          const by = (m: string) =>
-            rows
-              .filter((r) => r.name === "switchyard_router_requests_total" && r.labels.method === m)
-              .reduce((a, r) => a + r.value, 0);
-          const [data, stream] = [by("ForwardData"), by("ForwardStream")];
-          return `${o.engineTransport === "data" ? "TCP data path" : "gRPC ForwardStreams"} (the routers counted ${data} requests on the data path, ${stream} on gRPC streams)`;
-        })(),
-      ],
-      [
-        "router -> worker transport",
-        `TCP data path to ${sum("switchyard_router_worker_data_path")} of ${ids.length * routers.length} ${routers.length > 1 ? "router-worker pairs" : "workers"} at the end, gRPC stream to the rest`,
-      ],
-      [
-        "batching",
-        o.policy.batching.enabled
-          ? `on (maxBatchTokens ${o.policy.batching.maxBatchTokens}, maxWait ${o.policy.batching.maxWaitMs} ms, ${o.policy.batching.flushesInFlight} flush(es) in flight)`
-          : "off",
-      ],
-      [
-        "tokens/s",
-        `${(tokensDone / wall).toFixed(1)} (${tokensDone} tokens x ${layers.length} MoE layers in ${wall.toFixed(1)} s)`,
-      ],
-      ["forwards/s", (forwards / wall).toFixed(1)],
-      [
-        "latency per forward p50 / p99",
-        `${quantile(latencies, 0.5).toFixed(2)} ms / ${quantile(latencies, 0.99).toFixed(2)} ms`,
-      ],
-      [
-        "of which in the router p50 / p99",
-        `${quantile(routerMs, 0.5).toFixed(2)} ms / ${quantile(routerMs, 0.99).toFixed(2)} ms (arrival to reply)`,
-      ],
-      ["tokens per flush (mean)", batchTok.toFixed(1)],
-      // Where a forward's time in the router goes (means): what bounds a run shows here before any profile.
-      [
-        "router time (means)",
-        `${meanMs(sum, "switchyard_router_queue_wait_seconds")} ms queued for a flush, ${meanMs(sum, "switchyard_router_gate_duration_seconds")} ms gating a flush (${pct(sum("switchyard_router_gate_ahead_tokens_total"), sum("switchyard_router_tokens_total"))} of the tokens gated ahead, while queued), ${meanMs(sum, "switchyard_router_dispatch_duration_seconds")} ms per worker batch round trip`,
-      ],
-      [
-        "worker batches",
-        workerBatches > 0
-          ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${meanMs(wsum, "switchyard_worker_run_duration_seconds")} ms from arrival to result: ${meanMs(wsum, "switchyard_worker_queue_wait_seconds")} ms queued, ${meanMs(wsum, "switchyard_worker_compute_duration_seconds")} ms computing${gpuPart} (means of ${workerBatches}${wsum("switchyard_worker_merged_batches_total") > 0 ? `; ${pct(wsum("switchyard_worker_merged_batches_total"), workerBatches)} of them shared a GPU run with other queued batches` : ""})`
-          : "none",
-      ],
-      ["CPU during the load (cores)", cpuLine],
-      ...threadPids.map(([name], i): [string, string] => [
-        `  ${name} by thread`,
-        threadCpuLine(threads0[i], threads1[i], wall),
-      ]),
-      ["tokens per expert call (mean)", tpe.toFixed(2)],
-      [
-        "cache hit ratio",
-        hits + misses > 0 ? `${((100 * hits) / (hits + misses)).toFixed(1)}% (${hits} hits, ${misses} misses)` : "n/a",
-      ],
-      [
-        "worker load max/mean",
-        `${meanLoad > 0 ? (Math.max(...perWorker) / meanLoad).toFixed(3) : "n/a"} (rows ${perWorker.join(" / ")})`,
-      ],
-      ["dropped assignments", String(sum("switchyard_router_dropped_assignments_total"))],
-      ["errors", String(errors)],
-      [
-        "answers verified / wrong",
-        `${verified} / ${wrong} (worst relative error ${worstErr.toExponential(2)}, tolerance ${tolerance}${unverifiable ? `; ${unverifiable} with drops not compared` : ""}${unchecked ? `; sampled: ${unchecked} answers came while all ${threads} reference threads were busy and were not checked` : ""})`,
-      ],
-    ];
-    const w0 = Math.max(...table.map((r) => r[0].length));
-    console.log("");
-    for (const [k, v] of table) console.log(`${k.padEnd(w0)}  ${v}`);
-    for (const s of errorSamples) log(`error: ${s}`);
-    for (const s of firstWrong) log(`WRONG ${s}`);
-    for (const c of workerClients) c.close();
-    // The check a deployment runs with `helm test` (smoke/), on this run's first router: it exercises that path on
-    // every `npm start`, the CUDA worker's on the H200 included.
-    const r0 = routers[0];
-    const smoke = await runSmoke({
-      router: `127.0.0.1:${r0.port}`,
-      http: `http://127.0.0.1:${r0.metricsPort}`,
-      dataPort: r0.dataPort ?? 0,
-      pools: [],
-      tokens: 4,
-      timeoutMs: 30_000,
-    });
-    console.log(`\nsmoke check (npm run smoke; helm test) on ${r0.name}:`);
-    for (const l of smoke.lines) console.log(`  ${l}`);
-    const ok = wrong === 0 && errors === 0 && verified > 0 && smoke.ok;
-    const okLine = unchecked
-      ? `\nOK: every checked answer matched the reference (${verified} of ${verified + unchecked} checked)`
-      : "\nOK: every answer matched the reference";
-    console.log(
-      ok ? okLine : `\nFAILED: ${wrong} wrong answers, ${errors} errors${smoke.ok ? "" : ", the smoke check failed"}`,
-    );
-    return ok ? 0 : 1;
+    // What follows asks the router and the workers for their counters: one that is stuck (the likely cause of the
+    // errors above) fails the run naming it, after the errors the load saw
+    try {
+      // Counters from the router and the workers.
+      const rows = (
+        await Promise.all(routers.map(async (r) => parsePromText(await scrape(r.name, r.metricsPort))))
+      ).flat();
+      const sum = (name: string) => rows.filter((r) => r.name === name).reduce((a, r) => a + r.value, 0);
+      const perWorker = ids.map((id) =>
+        rows
+          .filter((r) => r.name === "switchyard_router_worker_tokens_total" && r.labels.worker === id)
+          .reduce((a, r) => a + r.value, 0),
+      );
+      const meanLoad = perWorker.reduce((a, b) => a + b, 0) / perWorker.length;
+      const statuses = await Promise.all(workerClients.map((c, i) => statusOf(ids[i] as string, c)));
+      const workerRows = await workerSamples();
+      const wsum = (name: string) => total(workerRows, name);
+      /** A histogram's mean in milliseconds over every series of it ("-" before its first observation). */
+      const meanMs = (total: (name: string) => number, histogram: string) => {
+        const n = total(`${histogram}_count`);
+        return n > 0 ? ((1000 * total(`${histogram}_sum`)) / n).toFixed(2) : "-";
+      };
+      const pct = (part: number, whole: number) => (whole > 0 ? `${((100 * part) / whole).toFixed(0)}%` : "-");
+      const workerBatches = wsum("switchyard_worker_batch_tokens_count");
+      // CUDA workers time each batch on the GPU too (events on the compute stream): "computing" less that is the
+      // batch's wait behind another on the GPU and the host's part of the run.
+      // The GPU busy share: the batches' GPU time over the load's wall time, per worker (two batches in flight do not
+      // overlap in it: a batch's time starts when the stream reaches it).
+      const gpuBusy = (wsum(GPU_SECONDS) - gpu0) / (wall * ids.length);
+      const gpuPart =
+        wsum("switchyard_worker_device_compute_duration_seconds_count") > 0
+          ? `, ${meanMs(wsum, "switchyard_worker_device_compute_duration_seconds")} of it on the GPU (GPU busy ${(100 * gpuBusy).toFixed(0)}% of the run)`
+          : "";
+      const cpuLine = cpuPids
+        .map(([name], i) => {
+          const a = cpu0[i];
+          const b = cpu1[i];
+          return `${name} ${a === null || b === null ? "?" : ((b - a) / wall).toFixed(2)}`;
+        })
+        .join(", ");
+      const hits = statuses.reduce((a, s) => a + Number(s.cacheHits), 0);
+      const misses = statuses.reduce((a, s) => a + Number(s.cacheMisses), 0);
+      const tpe =
+        sum("switchyard_router_tokens_per_expert_call_sum") /
+        Math.max(1, sum("switchyard_router_tokens_per_expert_call_count"));
+      const batchTok =
+        sum("switchyard_router_batch_tokens_sum") / Math.max(1, sum("switchyard_router_batch_tokens_count"));
+      const table: [string, string][] = [
+        [
+          "model",
+          `${o.family} ${o.size} (${spec.layers} layers, d=${d}, ${spec.experts} experts, top-${o.policy.gating.topK ?? spec.topK}${spec.sharedExperts ? ", shared expert" : ""})`,
+        ],
+        [
+          "workers / concurrency",
+          `${o.workers} / ${o.concurrency} sequences, ${o.dtype}${o.routers > 1 ? `, ${o.routers} routers` : ""}${o.drivers > 1 ? `, ${o.drivers} driver threads` : ""}${o.engineBatch > 1 ? `, ${o.engineBatch} sequences a Forward` : ""}`,
+        ],
+        ...(spec.sharedExperts > 0
+          ? ([
+              [
+                "shared expert",
+                placeSlices > 0
+                  ? `on the workers: ${placeSlices} slice(s) of width ${spec.intermediateSize}, every token`
+                  : "in the router",
+              ],
+            ] as [string, string][])
+          : []),
+        [
+          "router logits",
+          o.gate === "engine"
+            ? "from the engine: the drivers compute them and send router_logits"
+            : "computed by the router from the hidden states",
+        ],
+        [
+          "engine -> router transport",
+          (() => {
+            // what the routers counted, by method: ForwardData on the data path, ForwardStream on gRPC
+            const by = (m: string) =>
+              rows
+                .filter((r) => r.name === "switchyard_router_requests_total" && r.labels.method === m)
+                .reduce((a, r) => a + r.value, 0);
+            const [data, stream] = [by("ForwardData"), by("ForwardStream")];
+            return `${o.engineTransport === "data" ? "TCP data path" : "gRPC ForwardStreams"} (the routers counted ${data} requests on the data path, ${stream} on gRPC streams)`;
+          })(),
+        ],
+        [
+          "router -> worker transport",
+          `TCP data path to ${sum("switchyard_router_worker_data_path")} of ${ids.length * routers.length} ${routers.length > 1 ? "router-worker pairs" : "workers"} at the end, gRPC stream to the rest`,
+        ],
+        [
+          "batching",
+          o.policy.batching.enabled
+            ? `on (maxBatchTokens ${o.policy.batching.maxBatchTokens}, maxWait ${o.policy.batching.maxWaitMs} ms, ${o.policy.batching.flushesInFlight} flush(es) in flight)`
+            : "off",
+        ],
+        [
+          "tokens/s",
+          `${(tokensDone / wall).toFixed(1)} (${tokensDone} tokens x ${layers.length} MoE layers in ${wall.toFixed(1)} s)`,
+        ],
+        ["forwards/s", (forwards / wall).toFixed(1)],
+        [
+          "latency per forward p50 / p99",
+          `${quantile(latencies, 0.5).toFixed(2)} ms / ${quantile(latencies, 0.99).toFixed(2)} ms`,
+        ],
+        [
+          "of which in the router p50 / p99",
+          `${quantile(routerMs, 0.5).toFixed(2)} ms / ${quantile(routerMs, 0.99).toFixed(2)} ms (arrival to reply)`,
+        ],
+        ["tokens per flush (mean)", batchTok.toFixed(1)],
+        // Where a forward's time in the router goes (means): what bounds a run shows here before any profile.
+        [
+          "router time (means)",
+          `${meanMs(sum, "switchyard_router_queue_wait_seconds")} ms queued for a flush, ${meanMs(sum, "switchyard_router_gate_duration_seconds")} ms gating a flush (${pct(sum("switchyard_router_gate_ahead_tokens_total"), sum("switchyard_router_tokens_total"))} of the tokens gated ahead, while queued), ${meanMs(sum, "switchyard_router_dispatch_duration_seconds")} ms per worker batch round trip`,
+        ],
+        [
+          "worker batches",
+          workerBatches > 0
+            ? `${(wsum("switchyard_worker_batch_tokens_sum") / workerBatches).toFixed(1)} rows each, ${meanMs(wsum, "switchyard_worker_run_duration_seconds")} ms from arrival to result: ${meanMs(wsum, "switchyard_worker_queue_wait_seconds")} ms queued, ${meanMs(wsum, "switchyard_worker_compute_duration_seconds")} ms computing${gpuPart} (means of ${workerBatches}${wsum("switchyard_worker_merged_batches_total") > 0 ? `; ${pct(wsum("switchyard_worker_merged_batches_total"), workerBatches)} of them shared a GPU run with other queued batches` : ""})`
+            : "none",
+        ],
+        ["CPU during the load (cores)", cpuLine],
+        ...threadPids.map(([name], i): [string, string] => [
+          `  ${name} by thread`,
+          threadCpuLine(threads0[i], threads1[i], wall),
+        ]),
+        ["tokens per expert call (mean)", tpe.toFixed(2)],
+        [
+          "cache hit ratio",
+          hits + misses > 0
+            ? `${((100 * hits) / (hits + misses)).toFixed(1)}% (${hits} hits, ${misses} misses)`
+            : "n/a",
+        ],
+        [
+          "worker load max/mean",
+          `${meanLoad > 0 ? (Math.max(...perWorker) / meanLoad).toFixed(3) : "n/a"} (rows ${perWorker.join(" / ")})`,
+        ],
+        ["dropped assignments", String(sum("switchyard_router_dropped_assignments_total"))],
+        ["errors", String(errors)],
+        [
+          "answers verified / wrong",
+          `${verified} / ${wrong} (worst relative error ${worstErr.toExponential(2)}, tolerance ${tolerance}${unverifiable ? `; ${unverifiable} with drops not compared` : ""}${unchecked ? `; sampled: ${unchecked} answers came while all ${threads} reference threads were busy and were not checked` : ""})`,
+        ],
+      ];
+      const w0 = Math.max(...table.map((r) => r[0].length));
+      console.log("");
+      for (const [k, v] of table) console.log(`${k.padEnd(w0)}  ${v}`);
+      for (const s of errorSamples) log(`error: ${s}`);
+      for (const s of firstWrong) log(`WRONG ${s}`);
+      for (const c of workerClients) c.close();
+      // The check a deployment runs with `helm test` (smoke/), on this run's first router: it exercises that path on
+      // every `npm start`, the CUDA worker's on the H200 included.
+      const r0 = routers[0];
+      console.log(`\nsmoke check (npm run smoke; helm test) on ${r0.name}:`);
+      const smoke = await runSmoke(
+        {
+          router: `127.0.0.1:${r0.port}`,
+          http: `http://127.0.0.1:${r0.metricsPort}`,
+          dataPort: r0.dataPort ?? 0,
+          pools: [],
+          tokens: 4,
+          timeoutMs: 30_000,
+        },
+        (l) => console.log(`  ${l}`),
+      );
+      const v = verdict({ forwards, verified, wrong, errors, unverifiable, unchecked, smokeOk: smoke.ok });
+      console.log(`\n${v.line}`);
+      const ok = v.ok;
+      return ok ? 0 : 1;
+    } catch (e) {
+      if (!(e instanceof Error) || e.constructor !== Error) throw e; // a bug: main prints its stack
+      for (const s of errorSamples) log(`error: ${s}`);
+      for (const s of firstWrong) log(`WRONG ${s}`);
+      for (const c of workerClients) c.close();
+      console.log(`\nFAILED: ${e.message}; ${errors} errors, ${wrong} wrong of ${verified} answers verified`);
+      return 1;
+    }
   } finally {
     cleanup();
+    // a child that ignores its SIGTERM (its event loop stuck) would outlive the launcher with its ports and memory
+    const left = [...children.keys()].filter((c) => c.exitCode === null && c.signalCode === null);
+    await Promise.all(
+      left.map(
+        (c) =>
+          new Promise<void>((res) => {
+            const t = setTimeout(() => {
+              log(`${children.get(c)} did not stop within ${CHILD_STOP_MS / 1000} s of its SIGTERM: killed`);
+              c.kill("SIGKILL");
+              res();
+            }, CHILD_STOP_MS);
+            c.once("exit", () => {
+              clearTimeout(t);
+              res();
+            });
+          }),
+      ),
+    );
     await rm(runDir, { recursive: true, force: true }); // this run's plan and router config
   }
 }
+
+/** How long the launcher waits for a child to stop on SIGTERM (a worker gives up on its batches after 10 s). */
+const CHILD_STOP_MS = 15_000;
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const argv = process.argv.slice(2);

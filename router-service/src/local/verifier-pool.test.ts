@@ -7,6 +7,7 @@ import { gateConfigFromSpec, generateCheckpoint, openCheckpoint, referenceMoeBlo
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   type PackedExpert,
+  relError,
   unpackLayer,
   type VerifierData,
   type VerifyJob,
@@ -22,6 +23,20 @@ const THREAD = { script: SCRIPT, execArgv: [] };
 const built = existsSync(fileURLToPath(SCRIPT));
 if (!built && process.env.CI === "true") throw new Error(`${fileURLToPath(SCRIPT)} missing in CI (tsc -b runs first)`);
 if (!built) console.warn(`verifier pool tests SKIPPED: ${fileURLToPath(SCRIPT)} not built (npm run build)`);
+
+describe("relError", () => {
+  it("is max |a - b| / max |b|, NaN where the answer holds one anywhere (not only last)", () => {
+    expect(relError(Float32Array.of(1, 2.5), Float32Array.of(1, 2))).toBeCloseTo(0.25);
+    expect(relError(Float32Array.of(Number.NaN, 2), Float32Array.of(1, 2))).toBeNaN();
+    expect(relError(Float32Array.of(1, Number.NaN), Float32Array.of(1, 2))).toBeNaN();
+  });
+  it("is infinite for an answer of another length: an empty or shortened answer does not pass", () => {
+    const ref = Float32Array.of(1, 2, 3, 4);
+    expect(relError(new Float32Array(0), ref)).toBe(Number.POSITIVE_INFINITY);
+    expect(relError(ref.subarray(0, 2), ref)).toBe(Number.POSITIVE_INFINITY);
+    expect(relError(Float32Array.of(1, 2, 3, 4, 5), ref)).toBe(Number.POSITIVE_INFINITY);
+  });
+});
 
 describe.skipIf(!built)("the local mode's reference threads", () => {
   let dir: string;

@@ -33,6 +33,8 @@ export interface VerifyJob {
 export interface VerifyResult {
   id: number;
   relErr: number;
+  /** why relErr is not a comparison of values (an answer of another length) */
+  detail?: string;
 }
 
 /** The routing the router was configured with (its RoutingPolicy's gating), which the reference must follow. */
@@ -123,13 +125,19 @@ export function unpackLayer(layer: ReferenceLayer, scratch: WidenScratch = threa
   return out;
 }
 
-/** max |a - b| / max |b|: error relative to the answer's scale. */
+/**
+ * max |a - b| / max |b|: error relative to the answer's scale. An answer of another length than the reference's is
+ * infinitely wrong: comparing the values it has would pass an empty or a shortened one.
+ */
 export function relError(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) return Number.POSITIVE_INFINITY;
   let num = 0;
   let den = 0;
   for (let i = 0; i < a.length; i++) {
     const e = Math.abs(a[i] - b[i]);
-    if (!(e <= num)) num = e; // NaN propagates
+    // a NaN anywhere is the answer's error: kept as num, a later value's `e <= NaN` (false) would overwrite it
+    if (Number.isNaN(e)) return Number.NaN;
+    if (e > num) num = e;
     const m = Math.abs(b[i]);
     if (m > den) den = m;
   }
@@ -162,6 +170,8 @@ function run({ init, spec, layers: given }: VerifierData): void {
       activations: job.activations,
     });
     const res: VerifyResult = { id: job.id, relErr: relError(job.output, ref.output) };
+    if (job.output.length !== ref.output.length)
+      res.detail = `the answer has ${job.output.length} values, the reference ${ref.output.length}`;
     parentPort!.postMessage(res);
   });
   parentPort!.postMessage("ready");
