@@ -17,12 +17,10 @@ import {
   defaultSpec,
   gateConfigFromSpec,
   generateCheckpointAtomic,
-  loadWithSharedSlices,
   type ModelFamily,
   type ModelSpec,
   moeLayers,
   openCheckpoint,
-  planPlacement,
   type RoutingPolicy,
   removeStaleCheckpointTemps,
   resolveRoutingPolicy,
@@ -34,6 +32,7 @@ import { runSmoke } from "../smoke/smoke.js";
 import { addStats, CLIENT_GRACE_MS, DriveStats, REQUEST_TIMEOUT_MS } from "./drive.js";
 import { startDrivers } from "./drivers.js";
 import { DEFAULT_TRAFFIC, parsePromText, quantile } from "./loadgen.js";
+import { localPlan } from "./local-plan.js";
 import { cpuByThread, cpuSeconds, threadCpuLine } from "./proc-cpu.js";
 import { checkRunFits, runFootprint, WontFitError } from "./resources.js";
 import { verdict } from "./verdict.js";
@@ -591,15 +590,7 @@ export async function runLocal(o: LocalOptions): Promise<number> {
   const endpoints: Record<string, string> = {};
   const workerMetricsPorts: Record<string, number> = {};
   const workerPids: Record<string, number> = {};
-  const { plan, stats } = planPlacement({
-    pool: "local",
-    layers: spec.layers,
-    experts: spec.experts + placeSlices,
-    workers: ids,
-    redundantExperts: o.workers > 1 ? redundant : 0,
-    load:
-      placeSlices > 0 ? loadWithSharedSlices(undefined, spec.layers, spec.experts, placeSlices, spec.topK) : undefined,
-  });
+  const { plan, stats } = localPlan(spec, ids, redundant, placeSlices);
   const planFile = join(runDir, "plan.json");
   await writeFile(planFile, JSON.stringify(plan));
   log(
