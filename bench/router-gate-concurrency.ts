@@ -42,7 +42,18 @@ for (let round = 0; round < 2; round++)
         await Promise.all(
           xs.slice(0, concurrent).map(async (x) => {
             const s = performance.now();
-            await a.routerLogitsAsync(x, gateT, T, d, E, new Float32Array(T * E), threads);
+            // an addon built before routerLogitsAsync allocated its output takes one as its 6th argument
+            if (typeof a.asyncLogitsOut === "function") await a.routerLogitsAsync(x, gateT, T, d, E, threads);
+            else
+              await (a.routerLogitsAsync as (...args: unknown[]) => Promise<void>)(
+                x,
+                gateT,
+                T,
+                d,
+                E,
+                new Float32Array(T * E),
+                threads,
+              );
             lat.push(performance.now() - s);
           }),
         );

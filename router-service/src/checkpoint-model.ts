@@ -29,7 +29,7 @@ import {
   type WeightDType,
 } from "@switchyard/moe";
 import { DType, invalidArgument } from "@switchyard/protocol";
-import { type RouterAddon, routerAddon } from "./core/native-combine.js";
+import { type RouterAddon, refuseResizable, routerAddon } from "./core/native-combine.js";
 import type { TokenRouting } from "./core/routing.js";
 import type { PoolModel } from "./model.js";
 
@@ -166,10 +166,10 @@ export class CheckpointModel implements PoolModel {
     if (!this.gatesOffLoop(tokens)) return null;
     const g = this.nativeGate(layer, hidden, tokens);
     if (!g) return null;
-    const { addon, gateT, out } = g;
-    return addon
-      .routerLogitsAsync(hidden, gateT, tokens, this.hiddenSize, this.experts, out, GATE_THREADS)
-      .then(() => out);
+    const { addon, gateT } = g;
+    // hidden and the gate are read in place on the gate threads; the logits come in a new array of the addon's
+    refuseResizable({ hidden, gateT });
+    return addon.routerLogitsAsync(hidden, gateT, tokens, this.hiddenSize, this.experts, GATE_THREADS);
   }
 
   gatesOffLoop(tokens: number): boolean {
@@ -178,21 +178,23 @@ export class CheckpointModel implements PoolModel {
 
   private nativeLogits(layer: number, hidden: Float32Array | Uint16Array, tokens: number): Float32Array | null {
     const g = this.nativeGate(layer, hidden, tokens);
-    g?.addon.routerLogits(hidden, g.gateT, tokens, this.hiddenSize, this.experts, g.out);
-    return g?.out ?? null;
+    if (!g) return null;
+    const out = new Float32Array(tokens * this.experts);
+    g.addon.routerLogits(hidden, g.gateT, tokens, this.hiddenSize, this.experts, out);
+    return out;
   }
 
-  /** What a native gate call takes (the panel-layout gate made on first use, the output), or null where none can run. */
+  /** What a native gate call takes (the panel-layout gate made on first use), or null where none can run. */
   private nativeGate(
     layer: number,
     hidden: Float32Array | Uint16Array,
     tokens: number,
-  ): { addon: RouterAddon; gateT: Float32Array; out: Float32Array } | null {
+  ): { addon: RouterAddon; gateT: Float32Array } | null {
     const w = this.layer(layer);
     const addon = routerAddon();
     if (!addon || hidden.length !== tokens * this.hiddenSize) return null;
     w.gateT ??= transposeGate(w.gate, this.experts, this.hiddenSize);
-    return { addon, gateT: w.gateT, out: new Float32Array(tokens * this.experts) };
+    return { addon, gateT: w.gateT };
   }
 
   /**

@@ -24,6 +24,13 @@
 // Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; up to runsInFlight runs
 // at a time per context (Ctx::io), their kernels in order on one stream, uploads concurrently with them.
 //
+// Memory the worker threads read: a persistent reference stops a collection, not a detach (a transfer) or a resizable
+// buffer's shrink. Every option is read (getters: JavaScript) before the first data pointer is taken; run() copies
+// rowSlots, rowWeights and tokenRows while it checks them (rows * 4 bytes each), so the worker uses the values that
+// were checked; tokens and the weights are read in place (MBs: a copy on the event loop would cost it as much as the
+// worker's own conversion), so a resizable or detached buffer is refused and the caller must not transfer them before
+// the promise settles. Contexts are type-tagged externals: another addon's external is refused, not misread.
+//
 // Those threads wait for the GPU with CUDA's default (spinning) wait. SWITCHYARD_CUDA_SYNC=blocking makes them sleep
 // on cudaEventBlockingSync events instead. Timed in turn on the H200 at Qwen3-30B-A3B's full size (bench/h200_sync_ab.sh,
 // bench/results/logs/h200-sync-ab-2125-summary.log), the sleeping wait saved no worker CPU (1.00 / 0.99 cores against
@@ -157,9 +164,35 @@ struct CtxHandle {
   std::shared_ptr<Ctx> ctx;
 };
 
+// The type tag of CtxHandle externals (napi_type_tag_object): an expert handle of the CPU addon is refused.
+constexpr napi_type_tag kCtxTag = {0x73795f637564615fULL, 0x636f6e746578745fULL};
+
 std::shared_ptr<Ctx> GetCtx(Napi::Env env, Napi::Value v) {
-  if (!v.IsExternal()) throw Napi::TypeError::New(env, "ctx: expected a context from createContext()");
+  if (!v.IsExternal() || !v.As<Napi::External<CtxHandle>>().CheckTypeTag(&kCtxTag))
+    throw Napi::TypeError::New(env, "ctx: expected a context from createContext()");
   return v.As<Napi::External<CtxHandle>>().Data()->ctx;
+}
+
+// Whether a typed array's buffer is a resizable ArrayBuffer (its `resizable` getter; false for a SharedArrayBuffer,
+// whose growable kind only grows). Runs JavaScript: call it before any data pointer is taken.
+bool Resizable(Napi::Env env, Napi::Value v) {
+  if (!v.IsTypedArray()) return false;
+  napi_value ab;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, nullptr, nullptr, nullptr, &ab, nullptr), false);
+  bool is_ab = false;
+  NAPI_THROW_IF_FAILED(env, napi_is_arraybuffer(env, ab, &is_ab), false);
+  if (!is_ab) return false;
+  Napi::Value r = Napi::Object(env, ab).Get("resizable");
+  return r.IsBoolean() && r.As<Napi::Boolean>().Value();
+}
+
+// Whether a typed array's buffer is detached (transferred). Runs no JavaScript.
+bool Detached(Napi::Env env, Napi::Value v) {
+  napi_value ab;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, nullptr, nullptr, nullptr, &ab, nullptr), false);
+  bool detached = false;
+  NAPI_THROW_IF_FAILED(env, napi_is_detached_arraybuffer(env, ab, &detached), false);
+  return detached;
 }
 
 Napi::Value Probe(const Napi::CallbackInfo& info) {
@@ -241,7 +274,9 @@ Napi::Value CreateContext(const Napi::CallbackInfo& info) {
   } catch (const std::exception& ex) {
     throw Napi::Error::New(env, std::string("createContext: ") + ex.what());
   }
-  return Napi::External<CtxHandle>::New(env, new CtxHandle{c}, FinalizeCtx);
+  Napi::External<CtxHandle> ext = Napi::External<CtxHandle>::New(env, new CtxHandle{c}, FinalizeCtx);
+  ext.TypeTag(&kCtxTag);
+  return ext;
 }
 
 struct HostMatrix {
@@ -251,23 +286,46 @@ struct HostMatrix {
   Napi::Reference<Napi::Uint8Array> keep;
 };
 
-HostMatrix ReadMatrix(Napi::Env env, Napi::Value v, const char* name, int64_t rows, int64_t cols) {
+// A weight object's fields, read before any data pointer is taken (getters and valueOf run JavaScript).
+struct MatrixFields {
+  const char* name;
+  int dtype;
+  Napi::Value data;
+  int64_t rows, cols;
+  bool resizable;
+};
+
+MatrixFields ReadMatrixFields(Napi::Env env, Napi::Value v, const char* name) {
   if (!v.IsObject()) throw Napi::TypeError::New(env, std::string(name) + ": expected a weight object");
   Napi::Object o = v.As<Napi::Object>();
-  int dt = o.Get("dtype").ToNumber().Int32Value();
-  if (!switchyard::dtype_valid(dt)) throw Napi::TypeError::New(env, std::string(name) + ".dtype: unsupported");
-  Napi::Value data = o.Get("data");
-  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    throw Napi::TypeError::New(env, std::string(name) + ".data: expected Uint8Array");
-  auto arr = data.As<Napi::Uint8Array>();
-  int64_t r = o.Get("rows").ToNumber().Int64Value(), c = o.Get("cols").ToNumber().Int64Value();
+  MatrixFields m{name, 0, Napi::Value(), 0, 0, false};
+  m.dtype = o.Get("dtype").ToNumber().Int32Value();
+  m.data = o.Get("data");
+  m.rows = o.Get("rows").ToNumber().Int64Value();
+  m.cols = o.Get("cols").ToNumber().Int64Value();
+  m.resizable = Resizable(env, m.data);
+  return m;
+}
+
+// Checks the fields and takes the data pointer: runs no JavaScript.
+HostMatrix CheckMatrix(Napi::Env env, const MatrixFields& m, int64_t rows, int64_t cols) {
+  const std::string name = m.name;
+  if (!switchyard::dtype_valid(m.dtype)) throw Napi::TypeError::New(env, name + ".dtype: unsupported");
+  if (!m.data.IsTypedArray() || m.data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, name + ".data: expected Uint8Array");
+  if (m.resizable)
+    throw Napi::TypeError::New(env, name + ".data: a resizable ArrayBuffer could shrink under the upload; pass a "
+                                           "fixed-length buffer");
+  if (Detached(env, m.data)) throw Napi::TypeError::New(env, name + ".data: its ArrayBuffer is detached (transferred)");
+  const int64_t r = m.rows, c = m.cols;
   if (r != rows || c != cols)
-    throw Napi::RangeError::New(env, std::string(name) + ": expected shape [" + std::to_string(rows) + ", " +
+    throw Napi::RangeError::New(env, name + ": expected shape [" + std::to_string(rows) + ", " +
                                          std::to_string(cols) + "], got [" + std::to_string(r) + ", " +
                                          std::to_string(c) + "]");
-  if ((int64_t)arr.ByteLength() != r * c * switchyard::dtype_size(static_cast<DType>(dt)))
-    throw Napi::RangeError::New(env, std::string(name) + ".data: byte length does not match rows*cols*dtype");
-  return HostMatrix{static_cast<DType>(dt), r, c, arr.Data(), Napi::Persistent(arr)};
+  auto arr = m.data.As<Napi::Uint8Array>();
+  if ((int64_t)arr.ByteLength() != r * c * switchyard::dtype_size(static_cast<DType>(m.dtype)))
+    throw Napi::RangeError::New(env, name + ".data: byte length does not match rows*cols*dtype");
+  return HostMatrix{static_cast<DType>(m.dtype), r, c, arr.Data(), Napi::Persistent(arr)};
 }
 
 void to_bf16(const HostMatrix& m, uint16_t* dst) {
@@ -344,34 +402,41 @@ Napi::Value Upload(const Napi::CallbackInfo& info) {
   int slot = info[1].ToNumber().Int32Value();
   if (slot < 0 || slot >= c->slots)
     throw Napi::RangeError::New(env, "slot: must be in [0, " + std::to_string(c->slots) + ")");
-  auto g = ReadMatrix(env, info[2], "gate", c->f, c->d);
-  auto u = ReadMatrix(env, info[3], "up", c->f, c->d);
-  auto dn = ReadMatrix(env, info[4], "down", c->d, c->f);
+  // all three objects' fields before the first data pointer: a later getter could detach an earlier one's buffer
+  const MatrixFields gf = ReadMatrixFields(env, info[2], "gate"), uf = ReadMatrixFields(env, info[3], "up"),
+                     df = ReadMatrixFields(env, info[4], "down");
+  auto g = CheckMatrix(env, gf, c->f, c->d);
+  auto u = CheckMatrix(env, uf, c->f, c->d);
+  auto dn = CheckMatrix(env, df, c->d, c->f);
   auto* w = new UploadWorker(env, c, slot, std::move(g), std::move(u), std::move(dn));
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
 }
 
-// Inputs of one run, read on the event loop (Run) and used on the worker thread.
+// Inputs of one run, read on the event loop (Run) and used on the worker thread. Everything but the tokens is a copy
+// made while it was checked: the caller's arrays may change (or go) once run() returns.
 struct RunInput {
   DType dt;
   int rows = 0;      // rows the experts compute (one per (token, expert))
   int distinct = 0;  // token rows sent: == rows, or the distinct tokens of a deduplicated batch
-  const uint8_t* tokens = nullptr;
-  const int32_t* slots = nullptr;
-  const float* weights = nullptr;     // [rows] or null
-  const uint32_t* token_rows = nullptr;  // [rows] or null: row r computes tokens' row token_rows[r]
+  const uint8_t* tokens = nullptr;  // the caller's (kept alive by RunWorker::keep_)
+  std::vector<int32_t> slots;       // [rows], each in [-1, slots)
+  bool has_weights = false;
+  std::vector<float> weights;       // [rows] with has_weights
+  bool dedup = false;
+  std::vector<uint32_t> token_rows;  // [rows] with dedup: row r computes tokens' row token_rows[r] (< distinct)
   bool sum = false;  // with token_rows: answer fp32 [distinct, d], each token's rows weighted and summed
 };
 
 class RunWorker : public Napi::AsyncWorker {
  public:
   RunWorker(Napi::Env env, std::shared_ptr<Ctx> c, RunInput in, const std::vector<Napi::Object>& keep)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(std::move(c)), in_(in) {
-    // the typed arrays whose memory the worker thread reads: alive until the run settles, whatever the caller does
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(std::move(c)), in_(std::move(in)) {
+    // the typed arrays whose memory the worker thread reads (the tokens): not collected until the run settles
     for (const auto& o : keep) keep_.push_back(Napi::Persistent(o));
-    out_bytes_ = in.sum ? (size_t)in.distinct * c_->d * 4 : (size_t)in.rows * c_->d * switchyard::dtype_size(in.dt);
+    out_bytes_ =
+        in_.sum ? (size_t)in_.distinct * c_->d * 4 : (size_t)in_.rows * c_->d * switchyard::dtype_size(in_.dt);
   }
   ~RunWorker() override { std::free(out_); }
   Napi::Promise Promise() { return deferred_.Promise(); }
@@ -416,7 +481,7 @@ class RunWorker : public Napi::AsyncWorker {
       io.ws.ensure(need);
       // One pinned block and one copy up: tokens (bf16) | ids | kernel weights | token rows | per-token offsets |
       // rows in token order | sum weights. Every part is a multiple of 4 bytes, the tokens of 16 (d % 8 == 0).
-      const bool dedup = in_.token_rows != nullptr;
+      const bool dedup = in_.dedup;
       const size_t tok_b = (size_t)u * d * 2, n4 = (size_t)rows * 4;
       const size_t off_ids = tok_b, off_w = off_ids + n4, off_tr = off_w + n4, off_offs = off_tr + n4,
                    off_order = off_offs + (size_t)(u + 1) * 4, off_sw = off_order + n4,
@@ -431,12 +496,12 @@ class RunWorker : public Napi::AsyncWorker {
         for (size_t i = 0; i < (size_t)u * d; ++i)
           tin[i] = switchyard::f32_to_bf16(switchyard::load_elem(in_.dt, in_.tokens, (int64_t)i));
       }
-      std::memcpy(h + off_ids, in_.slots, n4);
+      std::memcpy(h + off_ids, in_.slots.data(), n4);
       float* kw = reinterpret_cast<float*>(h + off_w);
       // combine: the experts run unscaled and the sum applies the weights in fp32, as the host sum does
-      for (int r = 0; r < rows; ++r) kw[r] = in_.weights && !in_.sum ? in_.weights[r] : 1.f;
+      for (int r = 0; r < rows; ++r) kw[r] = in_.has_weights && !in_.sum ? in_.weights[r] : 1.f;
       if (dedup) {
-        std::memcpy(h + off_tr, in_.token_rows, n4);
+        std::memcpy(h + off_tr, in_.token_rows.data(), n4);
         // each token's rows in ascending order (a counting sort), so the device sum adds in the host's order
         int32_t* offs = reinterpret_cast<int32_t*>(h + off_offs);
         int32_t* order = reinterpret_cast<int32_t*>(h + off_order);
@@ -446,7 +511,7 @@ class RunWorker : public Napi::AsyncWorker {
         std::vector<int32_t> next(offs, offs + u);
         for (int r = 0; r < rows; ++r) order[next[in_.token_rows[r]]++] = r;
         float* sw = reinterpret_cast<float*>(h + off_sw);
-        for (int r = 0; r < rows; ++r) sw[r] = in_.weights ? in_.weights[r] : 1.f;
+        for (int r = 0; r < rows; ++r) sw[r] = in_.has_weights ? in_.weights[r] : 1.f;
       }
       // Every device and pinned buffer this run writes is sized here, before the lock: a buffer's first allocation
       // or growth (cudaFree waits for the whole device) then neither holds the other run's enqueue nor falls between
@@ -482,7 +547,7 @@ class RunWorker : public Napi::AsyncWorker {
       if (in_.sum) {
         if (sy_sum_rows_by_token(static_cast<const uint16_t*>(io.d_out.p), d, reinterpret_cast<const int32_t*>(g + off_offs),
                                  reinterpret_cast<const int32_t*>(g + off_order),
-                                 in_.weights ? reinterpret_cast<const float*>(g + off_sw) : nullptr, u,
+                                 in_.has_weights ? reinterpret_cast<const float*>(g + off_sw) : nullptr, u,
                                  in_.dt == DType::F16 ? 1 : 0, static_cast<float*>(io.d_sum.p), c.compute))
           throw std::runtime_error(sy_token_rows_last_error());
         result = io.d_sum.p;
@@ -544,15 +609,10 @@ class RunWorker : public Napi::AsyncWorker {
   double device_ms_ = 0;  // cudaEventElapsedTime(io.start, io.end)
 };
 
-template <typename T>
-const T* TypedData(Napi::TypedArray a) {
-  return reinterpret_cast<const T*>(static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
-}
-
-// An optional typed array field of `type` with `length` elements; null when absent.
-Napi::TypedArray OptionalArray(Napi::Env env, Napi::Object o, const char* name, napi_typedarray_type type,
+// An optional typed array field's value, checked for `type` and `length` elements; empty when absent. Runs no
+// JavaScript (the value was read before).
+Napi::TypedArray OptionalArray(Napi::Env env, Napi::Value v, const char* name, napi_typedarray_type type,
                                const char* type_name, int64_t length) {
-  Napi::Value v = o.Get(name);
   if (v.IsUndefined() || v.IsNull()) return Napi::TypedArray();
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
     throw Napi::TypeError::New(env, std::string(name) + ": expected " + type_name);
@@ -562,34 +622,56 @@ Napi::TypedArray OptionalArray(Napi::Env env, Napi::Object o, const char* name, 
   return a;
 }
 
+// A typed array's elements (napi_get_typedarray_info: the view's offset applied, SharedArrayBuffer-backed too).
+template <typename T>
+const T* TypedData(Napi::Env env, Napi::TypedArray a) {
+  void* data = nullptr;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, a, nullptr, nullptr, &data, nullptr, nullptr), nullptr);
+  return static_cast<const T*>(data);
+}
+
 Napi::Value Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto c = GetCtx(env, info[0]);
   if (!info[1].IsObject()) throw Napi::TypeError::New(env, "options: expected an object");
   Napi::Object o = info[1].As<Napi::Object>();
+  // Every option first (getters run JavaScript, which could detach or shrink a buffer whose pointer was taken);
+  // nothing after this block calls into JavaScript.
   RunInput in{};
   in.dt = static_cast<DType>(IntField(env, o, "dtype", 1, 3));
   in.rows = IntField(env, o, "rows", 0, 1 << 24);
-  int cols = IntField(env, o, "cols", 1, 1 << 16);
+  const int cols = IntField(env, o, "cols", 1, 1 << 16);
+  const Napi::Value tv = o.Get("tokens"), sv = o.Get("rowSlots"), wv = o.Get("rowWeights"), trv = o.Get("tokenRows"),
+                    sum = o.Get("sumByToken");
+  const bool tokens_resizable = Resizable(env, tv);
+
   if (cols != c->d) throw Napi::RangeError::New(env, "cols: must equal the context's d=" + std::to_string(c->d));
-  Napi::Value tv = o.Get("tokens");
   if (!tv.IsTypedArray() || tv.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw Napi::TypeError::New(env, "tokens: expected Uint8Array");
+  if (tokens_resizable)
+    throw Napi::TypeError::New(env, "tokens: a resizable ArrayBuffer could shrink under the run; pass a fixed-length "
+                                    "buffer");
+  if (Detached(env, tv)) throw Napi::TypeError::New(env, "tokens: its ArrayBuffer is detached (transferred)");
   auto tokens = tv.As<Napi::Uint8Array>();
   const int64_t row_b = (int64_t)cols * switchyard::dtype_size(in.dt);
-  in.tokens = tokens.Data();
-  Napi::Value sv = o.Get("rowSlots");
+  in.sum = sum.IsBoolean() && sum.As<Napi::Boolean>().Value();
   if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw Napi::TypeError::New(env, "rowSlots: expected Int32Array");
   auto slots = sv.As<Napi::Int32Array>();
   if ((int64_t)slots.ElementLength() != in.rows) throw Napi::RangeError::New(env, "rowSlots: length must equal rows");
+  // copied, then checked: the worker copies in.slots up, the values checked here
+  const int32_t* sd = TypedData<int32_t>(env, slots);
+  in.slots.assign(sd, sd + in.rows);
   for (int r = 0; r < in.rows; ++r)
-    if (slots[r] < -1 || slots[r] >= c->slots)
+    if (in.slots[r] < -1 || in.slots[r] >= c->slots)
       throw Napi::RangeError::New(env, "rowSlots[" + std::to_string(r) + "]: out of range");
-  in.slots = slots.Data();
-  auto wa = OptionalArray(env, o, "rowWeights", napi_float32_array, "Float32Array", in.rows);
-  if (!wa.IsEmpty()) in.weights = TypedData<float>(wa);
-  auto tr = OptionalArray(env, o, "tokenRows", napi_uint32_array, "Uint32Array", in.rows);
+  auto wa = OptionalArray(env, wv, "rowWeights", napi_float32_array, "Float32Array", in.rows);
+  if (!wa.IsEmpty()) {
+    const float* wd = TypedData<float>(env, wa);
+    in.weights.assign(wd, wd + in.rows);
+    in.has_weights = true;
+  }
+  auto tr = OptionalArray(env, trv, "tokenRows", napi_uint32_array, "Uint32Array", in.rows);
   if (tr.IsEmpty()) {
     if ((int64_t)tokens.ByteLength() != in.rows * row_b)
       throw Napi::RangeError::New(env, "tokens: byte length does not match rows*cols*dtype");
@@ -598,19 +680,18 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
     if ((int64_t)tokens.ByteLength() % row_b || tokens.ByteLength() == 0)
       throw Napi::RangeError::New(env, "tokens: byte length is not a whole number of rows of cols*dtype");
     in.distinct = static_cast<int>((int64_t)tokens.ByteLength() / row_b);
-    in.token_rows = TypedData<uint32_t>(tr);
+    const uint32_t* td = TypedData<uint32_t>(env, tr);
+    in.token_rows.assign(td, td + in.rows);  // copied, then checked: the worker indexes with these
+    in.dedup = true;
     for (int r = 0; r < in.rows; ++r)
       if (in.token_rows[r] >= (uint32_t)in.distinct)
         throw Napi::RangeError::New(env, "tokenRows[" + std::to_string(r) + "]: " + std::to_string(in.token_rows[r]) +
                                              " is past the " + std::to_string(in.distinct) + " tokens sent");
   }
-  Napi::Value sum = o.Get("sumByToken");
-  in.sum = sum.IsBoolean() && sum.As<Napi::Boolean>().Value();
   if (in.sum && tr.IsEmpty()) throw Napi::TypeError::New(env, "sumByToken: needs tokenRows");
-  std::vector<Napi::Object> keep{tokens, slots};
-  if (!wa.IsEmpty()) keep.push_back(wa);
-  if (!tr.IsEmpty()) keep.push_back(tr);
-  auto* w = new RunWorker(env, c, in, keep);
+  in.tokens = tokens.Data();
+  std::vector<Napi::Object> keep{tokens};
+  auto* w = new RunWorker(env, c, std::move(in), keep);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

@@ -4,11 +4,25 @@
 //   expertInfo(handle) -> {d, f, bytes}
 //   runExperts({dtype, tokens, rows, cols, slices: Uint32Array [expertIndex, offset, count]*, experts: External[],
 //               rowWeights?: Float32Array, cancel?: Int32Array}) -> Promise<{output: Uint8Array, tilesDone,
-//               tilesTotal}>; rejects with code "CANCELLED" when the cancel flag was raised mid-run
+//               tilesTotal}>; rejects with code "CANCELLED" when the cancel flag was raised mid-run. cancel must be
+//               backed by a SharedArrayBuffer (the kernel reads it from its threads while the run is in flight)
 //   stats() -> {tilesDone, runsStarted, runsCompleted, runsCancelled, threads, isa, cuda}
 //   measurePeak(threads, seconds) -> Promise<{gflops, perThread, perThreadCpu, threads, seconds}>
 //   measureReadBandwidth(mib, threads) -> Promise<GB/s>   streaming-read bandwidth, best of 5 passes
 // All heavy work runs on libuv worker threads (Napi::AsyncWorker) and the kernel's own pool: never on the event loop.
+//
+// Memory the worker threads read. A persistent reference keeps a typed array from being collected, not its buffer
+// from being detached (a transfer: structuredClone, postMessage, ArrayBuffer.prototype.transfer) or a resizable
+// buffer from shrinking, and either can happen on the event loop while a run is in flight. So:
+//   - every option is read (getters, valueOf, array elements: JavaScript) before the first data pointer is taken,
+//     and nothing after that calls into JavaScript before the work is queued;
+//   - runExperts copies its per-run inputs (tokens, rowWeights, slices) into native memory on the event loop: the
+//     tokens are read once per run (the packing), and their copy costs ~0.3 ms for a DeepSeek-V3 batch of 256 bf16
+//     rows (3.7 MB), against ~96 ms for the run on 2 cores; the cancel flag must be a SharedArrayBuffer, which can be
+//     neither detached nor shrunk;
+//   - prepareExpert reads its weights (tens of MB an expert) in place: a resizable buffer is refused; a detached one
+//     is refused at the call, and the caller must not transfer the weights before the promise settles.
+// Expert handles are type-tagged externals: another addon's external (the CUDA context) is refused, not misread.
 #include <napi.h>
 
 #include <cstring>
@@ -29,6 +43,56 @@ namespace {
 struct ExpertHandle {
   std::unique_ptr<PreparedExpert> e;
 };
+
+// The type tag of ExpertHandle externals (napi_type_tag_object): GetHandle refuses any other external.
+constexpr napi_type_tag kExpertHandleTag = {0x73795f6370755f65ULL, 0x78706572745f6831ULL};
+
+// A typed array's element type, length, data (offset applied; SharedArrayBuffer-backed too), and whether its buffer is
+// a SharedArrayBuffer or detached. Runs no JavaScript.
+struct ArrayView {
+  napi_typedarray_type type = napi_int8_array;
+  size_t length = 0;  // elements
+  void* data = nullptr;
+  bool shared = false;
+  bool detached = false;
+};
+
+bool ViewOf(Napi::Env env, Napi::Value v, ArrayView* out) {
+  if (!v.IsTypedArray()) return false;
+  napi_value ab;
+  size_t offset = 0;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, &out->type, &out->length, &out->data, &ab, &offset),
+                       false);
+  bool is_ab = false;
+  NAPI_THROW_IF_FAILED(env, napi_is_arraybuffer(env, ab, &is_ab), false);
+  out->shared = !is_ab;  // the other buffer a typed array can have
+  out->detached = false;
+  if (is_ab) NAPI_THROW_IF_FAILED(env, napi_is_detached_arraybuffer(env, ab, &out->detached), false);
+  return true;
+}
+
+// A typed array of `type`, else a TypeError naming it and `expected`; a detached buffer is a TypeError too.
+ArrayView TypedArg(Napi::Env env, Napi::Value v, napi_typedarray_type type, const std::string& name,
+                   const char* expected) {
+  ArrayView a;
+  if (!ViewOf(env, v, &a) || a.type != type) throw Napi::TypeError::New(env, name + ": expected " + expected);
+  if (a.detached) throw Napi::TypeError::New(env, name + ": its ArrayBuffer is detached (transferred)");
+  return a;
+}
+
+// Whether a typed array's buffer is a resizable ArrayBuffer (its `resizable` getter; false for a SharedArrayBuffer,
+// whose growable kind only grows, and on runtimes without resizable buffers). Runs JavaScript: call it before any
+// data pointer is taken.
+bool Resizable(Napi::Env env, Napi::Value v) {
+  if (!v.IsTypedArray()) return false;
+  napi_value ab;
+  NAPI_THROW_IF_FAILED(env, napi_get_typedarray_info(env, v, nullptr, nullptr, nullptr, &ab, nullptr), false);
+  bool is_ab = false;
+  NAPI_THROW_IF_FAILED(env, napi_is_arraybuffer(env, ab, &is_ab), false);
+  if (!is_ab) return false;
+  Napi::Value r = Napi::Object(env, ab).Get("resizable");
+  return r.IsBoolean() && r.As<Napi::Boolean>().Value();
+}
 
 void FinalizeExpert(Napi::Env env, ExpertHandle* h) {
   if (h->e) Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(h->e->bytes()));
@@ -56,22 +120,42 @@ int64_t SizeArg(Napi::Env env, Napi::Value v, int64_t lo, int64_t hi, const std:
   return static_cast<int64_t>(x);
 }
 
-WeightArg ReadWeight(Napi::Env env, Napi::Value v, const char* name) {
+// A weight object's fields, read before any data pointer is taken (getters and valueOf run JavaScript).
+struct WeightFields {
+  std::string name;
+  int dtype = 0;
+  Napi::Value data, rows, cols;
+  bool resizable = false;
+};
+
+WeightFields ReadWeightFields(Napi::Env env, Napi::Value v, const char* name) {
   if (!v.IsObject()) throw Napi::TypeError::New(env, std::string(name) + ": expected a weight object");
   Napi::Object o = v.As<Napi::Object>();
-  int dtype = o.Get("dtype").ToNumber().Int32Value();
-  if (!dtype_valid(dtype)) throw Napi::TypeError::New(env, std::string(name) + ".dtype: unsupported");
-  Napi::Value data = o.Get("data");
-  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    throw Napi::TypeError::New(env, std::string(name) + ".data: expected Uint8Array");
-  auto arr = data.As<Napi::Uint8Array>();
-  const int64_t rows = SizeArg(env, o.Get("rows"), 1, kMaxSide, std::string(name) + ".rows");
-  const int64_t cols = SizeArg(env, o.Get("cols"), 1, kMaxSide, std::string(name) + ".cols");
-  if (static_cast<int64_t>(arr.ByteLength()) != rows * cols * dtype_size(static_cast<DType>(dtype)))
-    throw Napi::RangeError::New(env, std::string(name) + ".data: byte length does not match rows*cols*dtype");
+  WeightFields w;
+  w.name = name;
+  w.dtype = o.Get("dtype").ToNumber().Int32Value();
+  w.data = o.Get("data");
+  w.rows = o.Get("rows");
+  w.cols = o.Get("cols");
+  w.resizable = Resizable(env, w.data);
+  return w;
+}
+
+// Checks the fields and takes the data pointer: runs no JavaScript.
+WeightArg CheckWeight(Napi::Env env, const WeightFields& f) {
+  const std::string& name = f.name;
+  if (!dtype_valid(f.dtype)) throw Napi::TypeError::New(env, name + ".dtype: unsupported");
+  ArrayView a = TypedArg(env, f.data, napi_uint8_array, name + ".data", "Uint8Array");
+  if (f.resizable)
+    throw Napi::TypeError::New(env, name + ".data: a resizable ArrayBuffer could shrink under the prepare; pass a "
+                                           "fixed-length buffer");
+  const int64_t rows = SizeArg(env, f.rows, 1, kMaxSide, name + ".rows");
+  const int64_t cols = SizeArg(env, f.cols, 1, kMaxSide, name + ".cols");
+  if (static_cast<int64_t>(a.length) != rows * cols * dtype_size(static_cast<DType>(f.dtype)))
+    throw Napi::RangeError::New(env, name + ".data: byte length does not match rows*cols*dtype");
   WeightArg w;
-  w.view = {static_cast<DType>(dtype), rows, cols, arr.Data()};
-  w.keep = Napi::Persistent(arr);
+  w.view = {static_cast<DType>(f.dtype), rows, cols, static_cast<const uint8_t*>(a.data)};
+  w.keep = Napi::Persistent(f.data.As<Napi::Uint8Array>());
   return w;
 }
 
@@ -93,7 +177,9 @@ class PrepareWorker : public Napi::AsyncWorker {
     Napi::Env env = Env();
     Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(e_->bytes()));
     auto* h = new ExpertHandle{std::move(e_)};
-    deferred_.Resolve(Napi::External<ExpertHandle>::New(env, h, FinalizeExpert));
+    Napi::External<ExpertHandle> ext = Napi::External<ExpertHandle>::New(env, h, FinalizeExpert);
+    ext.TypeTag(&kExpertHandleTag);
+    deferred_.Resolve(ext);
   }
   void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
 
@@ -105,8 +191,10 @@ class PrepareWorker : public Napi::AsyncWorker {
 
 Napi::Value PrepareExpert(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  WeightArg g = ReadWeight(env, info[0], "gate"), u = ReadWeight(env, info[1], "up"),
-            d = ReadWeight(env, info[2], "down");
+  // all three objects' fields before the first data pointer: a later getter could detach an earlier one's buffer
+  const WeightFields gf = ReadWeightFields(env, info[0], "gate"), uf = ReadWeightFields(env, info[1], "up"),
+                     df = ReadWeightFields(env, info[2], "down");
+  WeightArg g = CheckWeight(env, gf), u = CheckWeight(env, uf), d = CheckWeight(env, df);
   if (u.view.rows != g.view.rows || u.view.cols != g.view.cols)
     throw Napi::RangeError::New(env, "up: shape must equal gate's [f, d]");
   if (d.view.rows != g.view.cols || d.view.cols != g.view.rows)
@@ -118,7 +206,9 @@ Napi::Value PrepareExpert(const Napi::CallbackInfo& info) {
 }
 
 ExpertHandle* GetHandle(Napi::Env env, Napi::Value v, const std::string& name) {
-  if (!v.IsExternal()) throw Napi::TypeError::New(env, name + ": expected a prepared expert handle");
+  // the tag: an external of another kind (a CUDA context, another addon's) is not read as an expert
+  if (!v.IsExternal() || !v.As<Napi::External<ExpertHandle>>().CheckTypeTag(&kExpertHandleTag))
+    throw Napi::TypeError::New(env, name + ": expected a prepared expert handle");
   return v.As<Napi::External<ExpertHandle>>().Data();
 }
 
@@ -138,7 +228,9 @@ class RunWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   RunRequest req;
-  std::vector<Napi::Reference<Napi::Value>> keep;  // inputs and expert handles stay alive until the run ends
+  std::vector<Napi::Reference<Napi::Value>> keep;  // the expert handles and the cancel flag, alive until the run ends
+  std::unique_ptr<uint8_t[]> tokens;               // req.tokens: the caller's tokens, copied
+  std::vector<float> row_weights;                  // req.row_weights: copied
 
   void Execute() override {
     switchyard::name_this_thread("sy-cpu-run");
@@ -193,42 +285,45 @@ Napi::Value RunExperts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) throw Napi::TypeError::New(env, "runExperts: expected an options object");
   Napi::Object o = info[0].As<Napi::Object>();
+  // Every option first: a getter, valueOf or an array element's getter runs JavaScript, which could detach or shrink
+  // a buffer whose pointer was already taken. Nothing after this block calls into JavaScript.
+  const int dtype = o.Get("dtype").ToNumber().Int32Value();
+  const Napi::Value rows_v = o.Get("rows"), cols_v = o.Get("cols"), tokens = o.Get("tokens"), ex = o.Get("experts"),
+                    sv = o.Get("slices"), rw = o.Get("rowWeights"), cv = o.Get("cancel");
+  if (!ex.IsArray()) throw Napi::TypeError::New(env, "experts: expected an array of handles");
+  Napi::Array experts = ex.As<Napi::Array>();
+  std::vector<Napi::Value> handles;
+  for (uint32_t i = 0, n = experts.Length(); i < n; ++i) {
+    handles.push_back(experts.Get(i));
+    GetHandle(env, handles.back(), "experts[" + std::to_string(i) + "]");  // a hole or a stranger stops the loop
+  }
+
   auto* w = new RunWorker(env);
   std::unique_ptr<RunWorker> guard(w);  // deleted on a validation throw; released once queued
   RunRequest& req = w->req;
-  int dtype = o.Get("dtype").ToNumber().Int32Value();
   if (!dtype_valid(dtype)) throw Napi::TypeError::New(env, "dtype: unsupported");
   req.dtype = static_cast<DType>(dtype);
-  req.rows = SizeArg(env, o.Get("rows"), 0, kMaxRows, "rows");
-  req.cols = SizeArg(env, o.Get("cols"), 1, kMaxSide, "cols");
-  Napi::Value tokens = o.Get("tokens");
-  if (!tokens.IsTypedArray() || tokens.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-    throw Napi::TypeError::New(env, "tokens: expected Uint8Array");
-  auto tok = tokens.As<Napi::Uint8Array>();
-  if (static_cast<int64_t>(tok.ByteLength()) != req.rows * req.cols * dtype_size(req.dtype))
+  req.rows = SizeArg(env, rows_v, 0, kMaxRows, "rows");
+  req.cols = SizeArg(env, cols_v, 1, kMaxSide, "cols");
+  const ArrayView tok = TypedArg(env, tokens, napi_uint8_array, "tokens", "Uint8Array");
+  if (static_cast<int64_t>(tok.length) != req.rows * req.cols * dtype_size(req.dtype))
     throw Napi::RangeError::New(env, "tokens: byte length does not match rows*cols*dtype");
-  req.tokens = tok.Data();
-  w->keep.push_back(Napi::Persistent(tokens));
 
-  Napi::Value ex = o.Get("experts");
-  if (!ex.IsArray()) throw Napi::TypeError::New(env, "experts: expected an array of handles");
-  Napi::Array experts = ex.As<Napi::Array>();
-  for (uint32_t i = 0; i < experts.Length(); ++i) {
-    Napi::Value hv = experts.Get(i);
-    ExpertHandle* h = GetHandle(env, hv, "experts[" + std::to_string(i) + "]");
-    if (h->e->d != req.cols) throw Napi::RangeError::New(env, "experts[" + std::to_string(i) + "]: d != cols");
+  for (size_t i = 0; i < handles.size(); ++i) {
+    ExpertHandle* h = GetHandle(env, handles[i], "experts[" + std::to_string(i) + "]");
+    if (h->e->d != req.cols)
+      throw Napi::RangeError::New(env, "cols: " + std::to_string(req.cols) + " does not match experts[" +
+                                           std::to_string(i) + "]'s hidden size d=" + std::to_string(h->e->d));
     req.experts.push_back(h->e.get());
-    w->keep.push_back(Napi::Persistent(hv));
   }
 
-  Napi::Value sv = o.Get("slices");
-  if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
-    throw Napi::TypeError::New(env, "slices: expected Uint32Array of [expertIndex, offset, count] triples");
-  auto sl = sv.As<Napi::Uint32Array>();
-  if (sl.ElementLength() % 3 != 0) throw Napi::RangeError::New(env, "slices: length must be a multiple of 3");
+  const ArrayView sl = TypedArg(env, sv, napi_uint32_array, "slices",
+                                "Uint32Array of [expertIndex, offset, count] triples");
+  if (sl.length % 3 != 0) throw Napi::RangeError::New(env, "slices: length must be a multiple of 3");
+  const uint32_t* sd = static_cast<const uint32_t*>(sl.data);
   std::vector<uint8_t> used(static_cast<size_t>(req.rows), 0);
-  for (size_t i = 0; i < sl.ElementLength(); i += 3) {
-    ExpertSliceRef s{sl[i], sl[i + 1], sl[i + 2]};
+  for (size_t i = 0; i < sl.length; i += 3) {
+    ExpertSliceRef s{sd[i], sd[i + 1], sd[i + 2]};  // copied, then checked: req.slices is what the run reads
     if (s.expert >= req.experts.size()) throw Napi::RangeError::New(env, "slices: expert index out of range");
     if (static_cast<int64_t>(s.offset) + s.count > req.rows) throw Napi::RangeError::New(env, "slices: out of range");
     for (uint32_t r = s.offset; r < s.offset + s.count; ++r) {
@@ -238,23 +333,33 @@ Napi::Value RunExperts(const Napi::CallbackInfo& info) {
     if (s.count > 0) req.slices.push_back(s);
   }
 
-  Napi::Value rw = o.Get("rowWeights");
+  const float* row_weights = nullptr;
   if (!rw.IsUndefined() && !rw.IsNull()) {
-    if (!rw.IsTypedArray() || rw.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-      throw Napi::TypeError::New(env, "rowWeights: expected Float32Array");
-    auto f = rw.As<Napi::Float32Array>();
-    if (static_cast<int64_t>(f.ElementLength()) != req.rows) throw Napi::RangeError::New(env, "rowWeights: length != rows");
-    req.row_weights = f.Data();
-    w->keep.push_back(Napi::Persistent(rw));
+    const ArrayView f = TypedArg(env, rw, napi_float32_array, "rowWeights", "Float32Array");
+    if (static_cast<int64_t>(f.length) != req.rows) throw Napi::RangeError::New(env, "rowWeights: length != rows");
+    row_weights = static_cast<const float*>(f.data);
   }
-  Napi::Value cv = o.Get("cancel");
   if (!cv.IsUndefined() && !cv.IsNull()) {
-    if (!cv.IsTypedArray() || cv.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-        cv.As<Napi::Int32Array>().ElementLength() < 1)
+    ArrayView c;
+    if (!ViewOf(env, cv, &c) || c.type != napi_int32_array || c.length < 1)
       throw Napi::TypeError::New(env, "cancel: expected Int32Array(1)");
-    req.cancel_flag = cv.As<Napi::Int32Array>().Data();
+    // the kernel's threads read it until the run ends: only a SharedArrayBuffer can be neither detached nor shrunk
+    if (!c.shared)
+      throw Napi::TypeError::New(env, "cancel: expected an Int32Array on a SharedArrayBuffer (the kernel's threads "
+                                      "read it while the run is in flight)");
+    req.cancel_flag = static_cast<const int32_t*>(c.data);
     w->keep.push_back(Napi::Persistent(cv));
   }
+  for (const Napi::Value& h : handles) w->keep.push_back(Napi::Persistent(h));
+  // The per-run inputs the worker threads read, copied last (after every check): the caller may detach, shrink or
+  // rewrite its arrays as soon as this returns.
+  if (row_weights) {
+    w->row_weights.assign(row_weights, row_weights + req.rows);
+    req.row_weights = w->row_weights.data();
+  }
+  w->tokens.reset(new uint8_t[tok.length > 0 ? tok.length : 1]);
+  if (tok.length > 0) std::memcpy(w->tokens.get(), tok.data, tok.length);
+  req.tokens = w->tokens.get();
   Napi::Promise p = w->Promise();
   guard.release()->Queue();
   return p;
@@ -379,33 +484,32 @@ Napi::Value SumRowsByToken(const Napi::CallbackInfo& info) {
   if (info.Length() < 4 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsTypedArray() ||
       !info[3].IsTypedArray())
     throw Napi::TypeError::New(env, "sumRowsByToken(rows, dtype, tokenRows, acc): bad arguments");
-  auto rows = info[0].As<Napi::TypedArray>();
-  int dtype = info[1].ToNumber().Int32Value();
-  auto tr = info[2].As<Napi::TypedArray>();
-  auto acc = info[3].As<Napi::TypedArray>();
-  if (rows.TypedArrayType() != napi_uint8_array) throw Napi::TypeError::New(env, "rows: expected Uint8Array");
+  // Synchronous, and nothing below runs JavaScript: the views stay as they are (SharedArrayBuffer-backed ones too).
+  const int dtype = info[1].As<Napi::Number>().Int32Value();
+  const ArrayView rows = TypedArg(env, info[0], napi_uint8_array, "rows", "Uint8Array");
   if (!dtype_valid(dtype)) throw Napi::TypeError::New(env, "dtype: unsupported");
-  if (tr.TypedArrayType() != napi_uint32_array) throw Napi::TypeError::New(env, "tokenRows: expected Uint32Array");
-  if (acc.TypedArrayType() != napi_float32_array) throw Napi::TypeError::New(env, "acc: expected Float32Array");
+  const ArrayView tr = TypedArg(env, info[2], napi_uint32_array, "tokenRows", "Uint32Array");
+  const ArrayView acc = TypedArg(env, info[3], napi_float32_array, "acc", "Float32Array");
   const auto t = static_cast<DType>(dtype);
-  const size_t n = tr.ElementLength();
-  const size_t bytes = rows.ByteLength();
+  const size_t n = tr.length;
+  const size_t bytes = rows.length;
   const size_t es = static_cast<size_t>(dtype_size(t));
   if (n == 0 || bytes % (n * es) != 0) throw Napi::RangeError::New(env, "rows: byte length is not n rows of dtype");
   const size_t d = bytes / (n * es);
-  const size_t u = acc.ElementLength() / (d == 0 ? 1 : d);
-  if (d == 0 || acc.ElementLength() != u * d) throw Napi::RangeError::New(env, "acc: length is not a multiple of d");
-  const uint8_t* src = static_cast<const uint8_t*>(rows.ArrayBuffer().Data()) + rows.ByteOffset();
-  const uint32_t* idx = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(tr.ArrayBuffer().Data()) + tr.ByteOffset());
-  float* out = reinterpret_cast<float*>(static_cast<uint8_t*>(acc.ArrayBuffer().Data()) + acc.ByteOffset());
+  const size_t u = acc.length / (d == 0 ? 1 : d);
+  if (d == 0 || acc.length != u * d) throw Napi::RangeError::New(env, "acc: length is not a multiple of d");
+  const uint8_t* src = static_cast<const uint8_t*>(rows.data);
+  float* out = static_cast<float*>(acc.data);
   const float* wts = nullptr;
   if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
-    if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-      throw Napi::TypeError::New(env, "weights: expected Float32Array");
-    auto w = info[4].As<Napi::TypedArray>();
-    if (w.ElementLength() != n) throw Napi::RangeError::New(env, "weights: expected one per row of tokenRows");
-    wts = reinterpret_cast<const float*>(static_cast<const uint8_t*>(w.ArrayBuffer().Data()) + w.ByteOffset());
+    const ArrayView w = TypedArg(env, info[4], napi_float32_array, "weights", "Float32Array");
+    if (w.length != n) throw Napi::RangeError::New(env, "weights: expected one per row of tokenRows");
+    wts = static_cast<const float*>(w.data);
   }
+  // The indices copied while checked: acc may overlap tokenRows (or another thread share it), and a sum written
+  // into it must not move a later row past the accumulator. n * 4 bytes against n * d adds.
+  std::vector<uint32_t> idx(n);
+  std::memcpy(idx.data(), tr.data, n * 4);
   for (size_t i = 0; i < n; i++)
     if (idx[i] >= u) throw Napi::RangeError::New(env, "tokenRows: entry past the accumulator's rows");
   for (size_t i = 0; i < n; i++) {

@@ -385,10 +385,18 @@ void run_experts(const RunRequest& req, float* out, RunOutcome* outcome) {
       xrows += units.back().rows;
     }
   }
+  // No rows to compute (no slices, or only empty ones): the output stays zero and no scratch is reserved (a run of
+  // zero rows with a huge cols grew the grow-only scratch to cols floats for the life of the process).
+  if (units.empty()) {
+    counters.runs_completed.fetch_add(1);
+    outcome->tiles_total = 0;
+    outcome->tiles_done = 0;
+    return;
+  }
   // Tokens widened to fp32 and packed per unit into MR1-row blocks ([d][m] each), once per run (small next to
   // the weights), in parallel over units.
   static AlignedFloats xp_buf, h_buf;  // guarded by the pool's run mutex (one run at a time)
-  float* const xp = scratch(xp_buf, static_cast<size_t>(std::max<int64_t>(xrows, 1) * d));
+  float* const xp = scratch(xp_buf, static_cast<size_t>(xrows * d));
   pool.parallel_for(static_cast<int64_t>(units.size()), [&](int64_t ui) {
     const Unit& un = units[ui];
     for (int64_t b = 0; b < un.rows; b += MR1) {

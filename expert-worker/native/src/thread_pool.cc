@@ -37,11 +37,21 @@ ThreadPool& ThreadPool::shared() {
   return *pool;
 }
 
+void ThreadPool::run_task(int64_t task) {
+  try {
+    (*fn_)(task);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!error_) error_ = std::current_exception();
+    next_.store(n_, std::memory_order_relaxed);  // no further tasks are handed out
+  }
+}
+
 void ThreadPool::drain() {
   for (;;) {
     int64_t task = next_.fetch_add(1, std::memory_order_relaxed);
     if (task >= n_) return;
-    (*fn_)(task);
+    run_task(task);
   }
 }
 
@@ -64,6 +74,12 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
   std::unique_lock<std::mutex> lock(mu_);
   done_.wait(lock, [this] { return active_ == 0; });
   fn_ = nullptr;
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    lock.unlock();
+    std::rethrow_exception(e);
+  }
 }
 
 void ThreadPool::worker_loop() {

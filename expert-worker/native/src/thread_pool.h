@@ -3,11 +3,15 @@
 // parallel_for(n, fn) runs fn(task) for task in [0, n) on the pool's workers plus the calling thread, handing out
 // tasks dynamically through one atomic counter, and returns when all tasks finished. One parallel_for runs at a
 // time (callers serialize on run_mutex()); the worker keeps one kernel run in flight, so this costs nothing.
+// A task that throws (a scratch allocation, say) stops the handing out of further tasks; parallel_for rethrows the
+// first exception on the calling thread once every thread has left the tasks (before, a worker's exception ended the
+// process and the caller's returned while the workers still ran fn, a reference to the caller's frame).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -32,6 +36,7 @@ class ThreadPool {
  private:
   void worker_loop();
   void drain();
+  void run_task(int64_t task);
 
   std::vector<std::thread> workers_;
   std::mutex mu_;
@@ -43,6 +48,7 @@ class ThreadPool {
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> next_{0};
+  std::exception_ptr error_;  // the first task exception of the current parallel_for (under mu_)
   std::mutex run_mutex_;
 };
 

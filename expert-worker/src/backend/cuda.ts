@@ -28,6 +28,7 @@ import {
   type ExpertWeights,
   type PreparedExpert,
   type RunRequest,
+  refuseResizable,
   type WeightMatrix,
 } from "./types.js";
 
@@ -207,6 +208,8 @@ export class CudaBackend implements ExpertBackend {
 
   async prepare(w: ExpertWeights): Promise<PreparedExpert> {
     const { d, f } = checkExpertWeights(w);
+    // held for the GPU tier's uploads, each read in place on a worker thread
+    refuseResizable({ "gate.data": w.gate.data, "up.data": w.up.data, "down.data": w.down.data });
     if (!this.dims) {
       const bytes = 3 * d * f * 2;
       const slots = slotCount(this.env, this.info.totalMem, bytes, this.requestedSlots);
@@ -252,6 +255,7 @@ export class CudaBackend implements ExpertBackend {
     if (signal?.aborted) throw abortError(signal);
     if (!this.cache || !this.ctx || !this.dims) throw new Error("cuda backend: run() before any prepare()");
     if (req.cols !== this.dims.d) throw new Error(`cols: expected ${this.dims.d}, got ${req.cols}`);
+    refuseResizable({ tokens: req.tokens }); // read in place on the run's worker thread (the rest is copied)
     const experts = req.slices.map((s) => {
       if (!(s.expert instanceof CudaPrepared)) throw new Error("slice expert was not prepared by cuda");
       return s.expert;

@@ -1,6 +1,6 @@
 // Native CPU backend: the N-API addon in expert-worker/native (AVX-512/AVX2 micro-kernels, own thread pool).
 // The addon runs every job on a libuv worker thread, so the event loop never blocks; cancellation is a shared
-// Int32 flag the kernel reads before each tile.
+// Int32 flag (a SharedArrayBuffer: the addon refuses any other) the kernel reads before each tile.
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -14,6 +14,7 @@ import {
   type ExpertWeights,
   type PreparedExpert,
   type RunRequest,
+  refuseResizable,
   type WeightMatrix,
 } from "./types.js";
 
@@ -115,6 +116,8 @@ export class NativeCpuBackend implements ExpertBackend {
 
   async prepare(w: ExpertWeights): Promise<PreparedExpert> {
     const { d, f } = checkExpertWeights(w);
+    // the prepare reads the weights in place on a worker thread (the run copies its tokens: no such check there)
+    refuseResizable({ "gate.data": w.gate.data, "up.data": w.up.data, "down.data": w.down.data });
     const nat = (m: WeightMatrix): NativeWeight => ({
       dtype: protoDType(m.dtype),
       rows: m.rows,

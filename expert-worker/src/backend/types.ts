@@ -140,3 +140,16 @@ export function checkExpertWeights(w: ExpertWeights): { d: number; f: number } {
   }
   return { d, f };
 }
+
+/**
+ * Throws unless every array can be read in place by a native backend's threads until its promise settles: a resizable
+ * ArrayBuffer could shrink under them (a read past its end: the process crashed). The addons refuse such buffers too;
+ * this names the caller's input. (The inputs a native run copies, the CPU run's tokens, need no such check.)
+ */
+export function refuseResizable(arrays: Record<string, ArrayBufferView>): void {
+  for (const [name, a] of Object.entries(arrays))
+    if ((a.buffer as { resizable?: boolean }).resizable === true)
+      throw new TypeError(
+        `${name}: backed by a resizable ArrayBuffer, which could shrink while native threads read it; pass a fixed-length copy`,
+      );
+}

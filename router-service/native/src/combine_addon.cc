@@ -11,11 +11,15 @@
 //     hidden     Float32Array [tokens*d] or Uint16Array (bf16 bits); gateT Float32Array [d*experts] (the gate
 //                transposed); out Float32Array
 //                [tokens*experts]. Same bits as packages/moe routerLogits (native/src/logits.h).
-//   routerLogitsAsync(hidden, gateT, tokens, d, experts, out, threads) -> Promise<undefined>
+//   routerLogitsAsync(hidden, gateT, tokens, d, experts, threads) -> Promise<Float32Array [tokens*experts]>
 //     the same off the event loop: a libuv pool thread and the process's threads - 1 gate workers (gate_pool.h,
 //     made at the first call) take the gate's panels, the calls in arrival order: a flush of DeepSeek-V3 decode
-//     tokens costs the event loop ~0.1-0.3 ms a token in the synchronous call.
-//     The arrays are held until the promise settles; the caller must not touch `out` before then.
+//     tokens costs the event loop ~0.1-0.3 ms a token in the synchronous call. The logits are written to memory of
+//     the addon's, handed to JavaScript when done (no copy), so no caller's buffer is written from another thread.
+//     hidden and gateT are read in place (a DeepSeek-V3 flush is MBs of each) and held until the promise settles: a
+//     resizable ArrayBuffer (which could shrink under the gate threads) and a detached one are refused, and the
+//     caller must not transfer them before the promise settles.
+//   asyncLogitsOut() -> true: routerLogitsAsync allocates its output (an older build took an `out` argument)
 //   routerGate(logits, tokens, experts, k, sigmoid, normTopK, scale, nGroup, topkGroup, bias, ids, weights) -> number
 //     the gate's selection (native/src/gate.h; packages/moe softmaxTopK / sigmoidGroupTopK give the same ids and
 //     weights): logits Float32Array [tokens*experts]; sigmoid 0 = softmax top-k, 1 = sigmoid group-limited top-k;
@@ -30,6 +34,8 @@
 #include <napi.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -170,8 +176,13 @@ napi_value CombineJs(napi_env env, napi_callback_info info) {
     if (b.length < n * 4) return Fail(env, true, "base: shorter than tokens*d floats");
     base = reinterpret_cast<const float*>(b.data);
   }
-  // Bounds of every (result, row) the sum will read.
-  const auto* loc = reinterpret_cast<const int32_t*>(locations.data);
+  // Bounds of every (result, row) the sum will read, checked on a copy that the sum then reads: dst may overlap
+  // locations (or another thread share its buffer), and a token's output must not move a later token's (result, row)
+  // after its check. ts * 8 bytes, against ts * d * el the sum reads.
+  thread_local std::vector<int32_t> locCopy;
+  if (locCopy.size() < 2 * ts) locCopy.resize(2 * ts);
+  int32_t* loc = locCopy.data();
+  if (ts > 0) std::memcpy(loc, locations.data, ts * 8);
   const size_t rowBytes = static_cast<size_t>(d) * el;
   for (size_t i = 0; i < ts; i++) {
     const int32_t r = loc[2 * i];
@@ -228,8 +239,8 @@ struct LogitsCall {
   }
 };
 
-// Reads and checks argv[0..5]; false after throwing, naming the argument.
-bool ReadLogitsCall(napi_env env, napi_value* argv, LogitsCall* c) {
+// Reads and checks argv[0..4] and, with_out, the output argv[5]; false after throwing, naming the argument.
+bool ReadLogitsCall(napi_env env, napi_value* argv, LogitsCall* c, bool with_out) {
   const int64_t tokens = IntArg(env, argv[2], 0, 1 << 30);
   if (tokens < 0) return Fail(env, true, "tokens: out of range"), false;
   const int64_t d = IntArg(env, argv[3], 1, 1 << 24);
@@ -249,8 +260,11 @@ bool ReadLogitsCall(napi_env env, napi_value* argv, LogitsCall* c) {
   if (length < n) return Fail(env, true, "hidden: shorter than tokens*d elements"), false;
   const float* wt = FloatsArg(env, argv[1], static_cast<size_t>(d) * experts, "gateT");
   if (!wt) return false;
-  float* out = const_cast<float*>(FloatsArg(env, argv[5], static_cast<size_t>(tokens) * experts, "out"));
-  if (!out) return false;
+  float* out = nullptr;
+  if (with_out) {
+    out = const_cast<float*>(FloatsArg(env, argv[5], static_cast<size_t>(tokens) * experts, "out"));
+    if (!out) return false;
+  }
   c->x = x;
   c->bf16 = type == napi_uint16_array;
   c->tokens = static_cast<int>(tokens);
@@ -267,7 +281,7 @@ napi_value RouterLogitsJs(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
   if (argc < 6) return Fail(env, false, "routerLogits: 6 arguments expected");
   LogitsCall c;
-  if (!ReadLogitsCall(env, argv, &c)) return nullptr;
+  if (!ReadLogitsCall(env, argv, &c, /*with_out=*/true)) return nullptr;
   c.Run(0, GatePanels(c.experts));
   return nullptr;  // undefined
 }
@@ -277,36 +291,87 @@ class LogitsWorker : public Napi::AsyncWorker {
  public:
   LogitsWorker(Napi::Env env, const LogitsCall& c, int threads, napi_value* argv)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), c_(c), threads_(threads) {
-    // hidden, gateT and out stay alive (not collected) until the promise settles.
+    // hidden and gateT stay alive (not collected) until the promise settles
     keep_[0] = Napi::Persistent(Napi::Value(env, argv[0]));
     keep_[1] = Napi::Persistent(Napi::Value(env, argv[1]));
-    keep_[2] = Napi::Persistent(Napi::Value(env, argv[5]));
+    out_bytes_ = static_cast<size_t>(c.tokens) * c.experts * 4;
   }
+  ~LogitsWorker() override { std::free(out_); }
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
-    // The process's gate threads (gate_pool.h): threads - 1 workers, and this thread.
-    const LogitsCall& c = c_;
+    if (out_bytes_ == 0) return;
+    out_ = static_cast<float*>(std::malloc(out_bytes_));
+    if (!out_) return SetError("routerLogitsAsync: out of memory for the logits");
+    // The process's gate threads (gate_pool.h): threads - 1 workers, and this thread; every element is written.
+    LogitsCall c = c_;
+    c.out = out_;
     GatePool::Shared(threads_ - 1).Run(GatePanels(c.experts), [&c](int p) { c.Run(p, p + 1); });
   }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    const size_t n = out_bytes_ / 4;
+    if (n == 0) return deferred_.Resolve(Napi::Float32Array::New(env, 0));
+    Napi::ArrayBuffer ab;
+    try {
+      ab = Napi::ArrayBuffer::New(env, out_, out_bytes_, [](Napi::Env, void* q) { std::free(q); });
+      out_ = nullptr;  // JavaScript owns it now
+    } catch (const Napi::Error&) {
+      // a runtime that refuses external memory: one copy (out_ is freed with this worker)
+      ab = Napi::ArrayBuffer::New(env, out_bytes_);
+      std::memcpy(ab.Data(), out_, out_bytes_);
+    }
+    deferred_.Resolve(Napi::Float32Array::New(env, n, ab, 0));
+  }
   void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
 
  private:
   Napi::Promise::Deferred deferred_;
   LogitsCall c_;
   int threads_;
-  Napi::Reference<Napi::Value> keep_[3];
+  Napi::Reference<Napi::Value> keep_[2];
+  size_t out_bytes_ = 0;
+  float* out_ = nullptr;
 };
 
+// Whether a typed array's buffer is a resizable ArrayBuffer (its `resizable` getter; false for a SharedArrayBuffer,
+// whose growable kind only grows), or detached. The getter runs JavaScript: call before any data pointer is taken.
+bool ResizableOrDetached(napi_env env, napi_value v, bool* detached) {
+  *detached = false;
+  bool is = false;
+  napi_value ab;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return false;
+  if (napi_get_typedarray_info(env, v, nullptr, nullptr, nullptr, &ab, nullptr) != napi_ok) return false;
+  if (napi_is_arraybuffer(env, ab, &is) != napi_ok || !is) return false;
+  if (napi_is_detached_arraybuffer(env, ab, detached) != napi_ok) return false;
+  napi_value r;
+  bool resizable = false;
+  if (napi_get_named_property(env, ab, "resizable", &r) != napi_ok) return false;
+  if (napi_get_value_bool(env, r, &resizable) != napi_ok) return false;  // no such getter: not resizable
+  return resizable;
+}
+
 napi_value RouterLogitsAsyncJs(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+  size_t argc = 6;
+  napi_value argv[6];
   if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok) return nullptr;
-  if (argc < 7) return Fail(env, false, "routerLogitsAsync: 7 arguments expected");
-  LogitsCall c;
-  if (!ReadLogitsCall(env, argv, &c)) return nullptr;
-  const int64_t threads = IntArg(env, argv[6], 1, 256);
+  if (argc < 6) return Fail(env, false, "routerLogitsAsync: 6 arguments expected (hidden, gateT, tokens, d, experts, threads)");
+  // The buffers the gate threads read in place: neither resizable (it could shrink under them) nor detached. These
+  // checks run the `resizable` getter, so they come before ReadLogitsCall takes the data pointers.
+  const char* names[2] = {"hidden", "gateT"};
+  for (int i = 0; i < 2; i++) {
+    bool detached = false;
+    const bool resizable = ResizableOrDetached(env, argv[i], &detached);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) != napi_ok || pending) return nullptr;
+    if (resizable)
+      return Fail(env, false, std::string(names[i]) + ": a resizable ArrayBuffer could shrink under the gate threads; "
+                                                      "pass a fixed-length buffer");
+    if (detached) return Fail(env, false, std::string(names[i]) + ": its ArrayBuffer is detached (transferred)");
+  }
+  const int64_t threads = IntArg(env, argv[5], 1, 256);
   if (threads < 0) return Fail(env, true, "threads: out of range");
+  LogitsCall c;
+  if (!ReadLogitsCall(env, argv, &c, /*with_out=*/false)) return nullptr;
   auto* w = new LogitsWorker(Napi::Env(env), c, static_cast<int>(threads), argv);
   Napi::Promise p = w->Promise();
   w->Queue();
@@ -402,6 +467,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                        exports);
   exports.Set("routerGate", Napi::Value(env, fn));
   exports.Set("isa", Napi::Function::New(env, IsaJs, "isa"));
+  exports.Set("asyncLogitsOut", Napi::Function::New(
+                                    env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                                      return Napi::Boolean::New(info.Env(), true);
+                                    },
+                                    "asyncLogitsOut"));
   exports.Set("gateLayout", Napi::Function::New(
                                 env, [](const Napi::CallbackInfo& info) -> Napi::Value {
                                   return Napi::String::New(info.Env(), "panel" + std::to_string(kGatePanel));

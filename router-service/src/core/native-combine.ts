@@ -34,16 +34,22 @@ export interface RouterAddon {
     experts: number,
     out: Float32Array,
   ): void;
-  /** routerLogits on a libuv pool thread and up to threads - 1 more (ranges of the gate's panels). */
+  /**
+   * routerLogits on a libuv pool thread and up to threads - 1 more (ranges of the gate's panels), into a new
+   * Float32Array [tokens * experts] of the addon's (no caller buffer is written from another thread). hidden and gateT
+   * are read in place until the promise settles: resizable or detached buffers are refused (asyncLogitsArgs), and the
+   * caller must not transfer them before then.
+   */
   routerLogitsAsync(
     hidden: Float32Array | Uint16Array,
     gateT: Float32Array,
     tokens: number,
     d: number,
     experts: number,
-    out: Float32Array,
     threads: number,
-  ): Promise<void>;
+  ): Promise<Float32Array>;
+  /** Present (true) where routerLogitsAsync allocates its output; an older build took an `out` argument. */
+  asyncLogitsOut(): boolean;
   /**
    * The gate's selection over logits, the same ids and weights as packages/moe softmaxTopK / sigmoidGroupTopK
    * (native/src/gate.h); returns -1 or the flat index of the first NaN / +Infinity logit. Absent from an addon built
@@ -66,7 +72,20 @@ export function staleAddon(addon: Partial<RouterAddon>): string | null {
   const layout = typeof addon.gateLayout === "function" ? addon.gateLayout() : "none";
   if (layout !== GATE_LAYOUT) return `gate layout "${layout}", this source "${GATE_LAYOUT}"`;
   if (typeof addon.routerLogitsAsync !== "function") return "no routerLogitsAsync";
+  if (typeof addon.asyncLogitsOut !== "function") return "routerLogitsAsync takes an out argument (an older build)";
   return null;
+}
+
+/**
+ * Throws unless every array can be read in place by the addon's threads until its promise settles: a resizable
+ * ArrayBuffer could shrink under them (the addon refuses it too; this says which input of the caller's it was).
+ */
+export function refuseResizable(arrays: Record<string, ArrayBufferView>): void {
+  for (const [name, a] of Object.entries(arrays))
+    if ((a.buffer as { resizable?: boolean }).resizable === true)
+      throw new TypeError(
+        `${name}: backed by a resizable ArrayBuffer, which could shrink while the native gate reads it; pass a fixed-length copy`,
+      );
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
