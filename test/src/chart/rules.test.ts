@@ -74,6 +74,25 @@ describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
     expect(r.stdout).toContain(`SUCCESS: ${ALERTS.length} rules found`);
   });
 
+  it("startupGrace 0 turns the worker-down grace off (a zero range or offset is a rule Prometheus refuses)", async () => {
+    for (const grace of ["0s", "0m"]) {
+      const r = await exec(helm!, [
+        ...["template", "sy", CHART, "--set", "prometheusRule.enabled=true"],
+        ...["--set", `prometheusRule.workerDown.startupGrace=${grace}`],
+        ...["--show-only", "templates/prometheusrule.yaml"],
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const [rule] = parseDocs(r.stdout);
+      const g = (rule.spec as { groups: typeof groups }).groups;
+      const down = g.flatMap((x) => x.rules).find((x) => x.alert === "SwitchyardWorkerDown");
+      expect(down?.expr.trim()).toBe('up{component="worker"} == 0');
+      const file = join(dir, `no-grace-${grace}.rules.yaml`);
+      writeFileSync(file, stringify({ groups: g }));
+      const check = await exec(promtool!, ["check", "rules", file]);
+      expect(check.code, check.stdout + check.stderr).toBe(0);
+    }
+  });
+
   it("every alert has a promtool case where it fires and one where it stays quiet", () => {
     const tests = parse(readFileSync(TESTS, "utf8")).tests as Array<{
       alert_rule_test: Array<{ alertname: string; exp_alerts: unknown[] }>;
