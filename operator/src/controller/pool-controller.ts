@@ -32,6 +32,7 @@ import {
   serviceName,
   statefulSetName,
 } from "./names.js";
+import { PlanMemo } from "./plan-memo.js";
 import { buildPoolStatus, type PoolObservation } from "./pool-status.js";
 import {
   type HeatObservation,
@@ -80,6 +81,8 @@ export function splitKey(key: string): [string, string] {
 export class PoolReconciler {
   /** Last heat query per pool key, for pools with rebalance on. */
   private readonly heat = new Map<string, HeatObservation>();
+  /** Each pool's last plan without rebalance: a pass with the same spec and its own plan published plans nothing. */
+  private readonly plans = new PlanMemo();
 
   constructor(private readonly d: PoolControllerDeps) {}
 
@@ -156,6 +159,7 @@ export class PoolReconciler {
     // Gone or going: owner references let the garbage collector remove the children.
     if (!pool || pool.metadata.deletionTimestamp) {
       this.heat.delete(key);
+      this.plans.forget(key);
       return undefined;
     }
 
@@ -175,7 +179,7 @@ export class PoolReconciler {
       result = { requeueAfterMs: Math.max(1, msUntilQuery(heat, heat.key, rebalance, clock())) };
     } else {
       this.heat.delete(key);
-      plan = desiredPlan(pool, previous);
+      plan = this.plans.plan(pool, previous, () => desiredPlan(pool, previous));
     }
     let planInfo: PoolObservation["plan"];
     let planChanged = false;
@@ -283,6 +287,7 @@ export class PoolReconciler {
       } catch (e) {
         if ((e as { code?: number }).code === 404) {
           this.heat.delete(key);
+          this.plans.forget(key);
           return undefined; // deleted meanwhile
         }
         throw e;

@@ -1,0 +1,37 @@
+// The last placement plan each pool got, so that a reconcile whose inputs have not changed does not plan again.
+// Planning packs every layer afresh (EPLB) before it keeps the published layout: ~0.1-0.3 s for a DeepSeek-V3 pool on
+// 64-512 workers, seconds at a thousand, and a pool reconciles on every event of its pods (a rollout is hundreds).
+// The planner is idempotent (planning again from its own output returns it), so when the spec is the same and the
+// published plan is the one it gave, the answer is the one it gave. Pure.
+
+import { type PlacementPlan, sameAssignment } from "@switchyard/moe";
+import type { ExpertPool } from "../api/v1alpha1.js";
+import type { PlanOutcome } from "./desired.js";
+
+export class PlanMemo {
+  private readonly last = new Map<string, { inputs: string; outcome: Extract<PlanOutcome, { ok: true }> }>();
+
+  /** The plan `plan()` gives for `pool` over `previous`, from memory where the inputs match its last answer. */
+  plan(pool: ExpertPool, previous: PlacementPlan | undefined, plan: () => PlanOutcome): PlanOutcome {
+    const key = `${pool.metadata.namespace ?? "default"}/${pool.metadata.name}`;
+    // what the plan and its ConfigMap are made of: the spec, and the pool's identity (the owner reference, labels)
+    const inputs = JSON.stringify([pool.metadata.uid, pool.metadata.labels ?? null, pool.spec]);
+    const hit = this.last.get(key);
+    if (
+      hit &&
+      hit.inputs === inputs &&
+      previous &&
+      previous.version === hit.outcome.plan.version &&
+      sameAssignment(previous, hit.outcome.plan)
+    )
+      return hit.outcome;
+    const outcome = plan();
+    if (outcome.ok) this.last.set(key, { inputs, outcome });
+    else this.last.delete(key);
+    return outcome;
+  }
+
+  forget(key: string): void {
+    this.last.delete(key);
+  }
+}
