@@ -5,8 +5,10 @@ import {
   CONFIG_MAP_MAX_BYTES,
   type ConfigCandidate,
   DEFAULT_CONFIG_LIMITS,
+  ENTRY_MARGIN,
   type EncodedConfig,
   encodeRouterConfig,
+  encodeRouterConfigJson,
   ROUTER_CONFIG_GZ_KEY,
   ROUTER_CONFIG_KEY,
   RouterConfigFitter,
@@ -95,6 +97,29 @@ describe("RouterConfigFitter", () => {
     const three = await new RouterConfigFitter<Entry>(tight).fit([a, b, noisy("c", 10)], "ns/router");
     expect(names(three.pools)).toEqual(["a", "b"]);
     expect([...three.leftOut.keys()]).toEqual(["ns/c"]);
+  });
+
+  it("a pool left out comes back only with room to spare: it does not go in and out as an older pool's size moves", async () => {
+    const edge = noisy("edge", 20);
+    const old = (kb: number) => noisy("old", kb); // the same pool, its plan of another size at each pass
+    const [small, big, tiny] = [old(40), old(60), old(10)];
+    const doc = (c: ConfigCandidate<Entry>[]) =>
+      `{"pools":[${[...c]
+        .sort((a, b) => a.entry.name.localeCompare(b.entry.name))
+        .map((x) => JSON.stringify(x.entry))
+        .join(",")}]}`;
+    const bytes = async (c: ConfigCandidate<Entry>[]) =>
+      (await encodeRouterConfigJson(doc(c), { plainMaxBytes: 0, maxBytes: 0 })).bytes;
+    // the limit exactly at the small pass's document: both fit, but with less than ENTRY_MARGIN to spare
+    const limit = { plainMaxBytes: 0, maxBytes: await bytes([small, edge]) };
+    expect(await bytes([tiny, edge])).toBeLessThan(limit.maxBytes * (1 - ENTRY_MARGIN));
+    const fitter = new RouterConfigFitter<Entry>(limit);
+    const kept = async (c: ConfigCandidate<Entry>[]) => names((await fitter.fit(c, "ns/router")).pools);
+    expect(await kept([small, edge])).toEqual(["edge", "old"]);
+    expect(await kept([big, edge])).toEqual(["old"]); // the older pool grew: edge out
+    expect(await kept([small, edge])).toEqual(["old"]); // back to the size it fitted at: edge stays out
+    expect(await kept([tiny, edge])).toEqual(["edge", "old"]); // room to spare: it comes back
+    expect(await kept([small, edge])).toEqual(["edge", "old"]); // and, in, keeps its place up to the limit
   });
 
   it("one pool too big for the ConfigMap alone is left out, and the config is written without it", async () => {

@@ -32,6 +32,13 @@ export const DEFAULT_CONFIG_LIMITS: ConfigLimits = {
 /** Past this many pools left out, the rest are left out untried (each costs a few gzips of the whole config). */
 const MAX_LEFT_OUT_TRIED = 16;
 
+/**
+ * A pool the last fit left out (or a new one) comes in only while the document stays this share under the limit: a
+ * pool near the line would otherwise go in and out as the other pools' plans change size under heat replans (each
+ * time its routers load and drop it). A pool already in keeps its place up to the limit itself.
+ */
+export const ENTRY_MARGIN = 0.03;
+
 export interface ConfigCandidate<P extends { name: string }> {
   /** "namespace/pool", the key leftOut reports under. */
   key: string;
@@ -83,7 +90,7 @@ const kib = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
  * passes: a pool's status changed) costs one comparison of their JSON.
  */
 export class RouterConfigFitter<P extends { name: string }> {
-  private last: { all: string; where: string; fit: FittedConfig<P> } | undefined;
+  private last: { all: string; where: string; fit: FittedConfig<P>; kept: Set<string> } | undefined;
 
   constructor(private readonly limits: ConfigLimits = DEFAULT_CONFIG_LIMITS) {}
 
@@ -97,8 +104,11 @@ export class RouterConfigFitter<P extends { name: string }> {
     const json = candidates.map((c) => JSON.stringify(c.entry));
     const all = json.join("\n");
     if (this.last && this.last.all === all && this.last.where === where) return this.last.fit;
-    const fit = await this.compute(candidates, json, where);
-    this.last = { all, where, fit };
+    // the pools in the last config written there (none known after a restart: every pool gets the whole limit)
+    const wasIn = this.last && this.last.where === where ? this.last.kept : null;
+    const fit = await this.compute(candidates, json, where, wasIn);
+    const kept = new Set(candidates.filter((c) => !fit.leftOut.has(c.key)).map((c) => c.key));
+    this.last = { all, where, fit, kept };
     return fit;
   }
 
@@ -106,6 +116,7 @@ export class RouterConfigFitter<P extends { name: string }> {
     candidates: readonly ConfigCandidate<P>[],
     json: readonly string[],
     where: string,
+    wasIn: ReadonlySet<string> | null,
   ): Promise<FittedConfig<P>> {
     const byName = candidates
       .map((_, i) => i)
@@ -122,10 +133,16 @@ export class RouterConfigFitter<P extends { name: string }> {
     };
     const n = candidates.length;
     const everyone = Array.from({ length: n }, (_, i) => i);
+    // The limit a set of pools is held to: the whole one while each was in the last config, less ENTRY_MARGIN once
+    // one comes in anew (monotone in the set, as the bisection below needs).
+    const limitFor = (chosen: readonly number[]) =>
+      wasIn === null || chosen.every((i) => wasIn.has(candidates[i].key))
+        ? this.limits.maxBytes
+        : Math.floor(this.limits.maxBytes * (1 - ENTRY_MARGIN));
     const whole = await encode(everyone);
-    if (whole.bytes <= this.limits.maxBytes) return done(everyone, new Map());
+    if (whole.bytes <= limitFor(everyone)) return done(everyone, new Map());
 
-    const fits = async (chosen: number[]) => (await encode(chosen)).bytes <= this.limits.maxBytes;
+    const fits = async (chosen: number[]) => (await encode(chosen)).bytes <= limitFor(chosen);
     const kept: number[] = [];
     const leftOut = new Map<string, string>();
     let i = 0;
