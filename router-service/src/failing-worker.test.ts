@@ -125,16 +125,16 @@ describe("a worker that fails every batch, with fresh Prometheus signals", () =>
 });
 
 describe("a worker that refuses the router's batches as INVALID_ARGUMENT (its checkpoint disagrees with the router's)", () => {
-  it("sends the rows to another replica; with none, the caller gets UNAVAILABLE with the worker's words", async () => {
+  it("sends the rows to another replica and counts against the worker; with none, FAILED_PRECONDITION with its words", async () => {
     class Refusing extends FakeWorker {
+      refusals = 0;
       override run(_b: ExpertBatch): ExpertResult {
+        this.refusals++;
         throw invalidArgument("tokens.shape[1]", "expected hidden size 16, got 8");
       }
     }
-    workers.push(
-      new Refusing({ id: "w0", expert: (_l, _e, x) => x }),
-      new FakeWorker({ id: "w1", expert: (_l, _e, x) => x }),
-    );
+    const refusing = new Refusing({ id: "w0", expert: (_l, _e, x) => x });
+    workers.push(refusing, new FakeWorker({ id: "w1", expert: (_l, _e, x) => x }));
     for (const w of workers) await w.start();
     router = new Router({ statusIntervalMs: 0, dedupMinBytes: Number.POSITIVE_INFINITY, gateAhead: false });
     const r = router;
@@ -154,10 +154,13 @@ describe("a worker that refuses the router's batches as INVALID_ARGUMENT (its ch
       1,
     );
     await r.refreshWorkers("toy");
-    for (let i = 0; i < 6; i++) expect((await r.forward(req(i), Date.now() + 5000)).hidden?.shape).toEqual([1, D]);
+    for (let i = 0; i < 20; i++) expect((await r.forward(req(i), Date.now() + 5000)).hidden?.shape).toEqual([1, D]);
+    // it counts against w0, so the choice does not send it every flush first (a lost round trip each)
+    expect(refusing.refusals).toBeLessThanOrEqual(3);
     setPool([[0], [0, 1]], 2); // expert 0 on w0 alone
-    const err = (await r.forward(req(9), Date.now() + 5000).catch((e) => e)) as Error & { code?: string };
-    expect(err.code).toBe("UNAVAILABLE");
+    const err = (await r.forward(req(99), Date.now() + 5000).catch((e) => e)) as Error & { code?: string };
+    // every replica refused the batch itself: not UNAVAILABLE, which would tell the caller to send it again
+    expect(err.code).toBe("FAILED_PRECONDITION");
     expect(err.message).toMatch(/w0: .*expected hidden size 16, got 8/);
   });
 });

@@ -226,6 +226,10 @@ describe("a model change while requests wait", () => {
       });
     set(toy, 1);
     await r.refreshWorkers("toy");
+    // the same checkpoint reopened (another object of the same shape, say for another Hub token file): served
+    const same = r.forward(req(1), Date.now() + 5000);
+    set({ ...toy } as PoolModel, 1);
+    expect((await same).hidden?.shape).toEqual([1, D]);
     const old = r.forward(req(1), Date.now() + 5000).catch((e) => e);
     set(wide, 2); // the checkpoint changed: hidden size 8 -> 16, while the request waits for its flush
     const wideReq = { ...req(1), hidden: encodeTensor(new Float32Array(2 * D).fill(0.5), [1, 2 * D], DType.FLOAT32) };

@@ -15,6 +15,7 @@ import {
   errorCodeOf,
   type ForwardRequest,
   type ForwardResponse,
+  failedPrecondition,
   invalidArgument,
   isRetryable,
   notFound,
@@ -570,10 +571,11 @@ export class Router {
 
   private async flush(p: Pool, all: Item[]): Promise<void> {
     const m = p.model;
-    // A request checked against a model the pool has since replaced (a config reload with another checkpoint) may
-    // not fit this one (hidden size, layers, experts): it is told to come again.
+    // A request checked against a model the pool has since replaced by one of another shape (a config reload with
+    // another checkpoint) may not fit it (hidden size, layers, experts): it is told to come again. (The same
+    // checkpoint reopened, say with another Hub token file, is another object of the same shape.)
     for (const it of all)
-      if (it.model !== m && !it.done)
+      if (it.model !== m && !it.done && !sameShape(it.model, m))
         this.finish(
           p,
           it,
@@ -814,7 +816,13 @@ export class Router {
         reps.length === 0
           ? "no worker in the placement plan holds it"
           : `replicas ${reps.join(", ")} ${failed.size > 0 ? "failed or are" : "are"} unavailable${errors.length ? ` (${errors.join("; ")})` : ""}`;
-      this.finish(p, it, unavailable(`pool ${p.name} layer ${layer} expert ${a.expert}: ${why}`));
+      const message = `pool ${p.name} layer ${layer} expert ${a.expert}: ${why}`;
+      // Every replica refused the batch itself (INVALID_ARGUMENT: a checkpoint that disagrees with the router's, a
+      // row limit): sending it again will not help, so the caller is not told to retry (UNAVAILABLE would be).
+      const refusedByAll =
+        conns.length > 0 &&
+        conns.every((c) => c !== undefined && failed.has(c) && errorCodeOf(failed.get(c)) === "INVALID_ARGUMENT");
+      this.finish(p, it, refusedByAll ? failedPrecondition(message) : unavailable(message));
     }
   }
 
@@ -1221,4 +1229,14 @@ function validatePlan(plan: PlacementPlan, m: PoolModel, pool: string): void {
       }
     }
   }
+}
+
+/** Whether a request checked against model `a` fits model `b`: the sizes its rows, layer and routing were checked by. */
+function sameShape(a: PoolModel, b: PoolModel): boolean {
+  return (
+    a.hiddenSize === b.hiddenSize &&
+    a.layers === b.layers &&
+    a.experts === b.experts &&
+    (a.sharedSlices ?? 0) === (b.sharedSlices ?? 0)
+  );
 }

@@ -6,7 +6,14 @@
 // backs off.
 
 import { createServer, Socket } from "node:net";
-import { DType, type ExpertResult, encodeTensor, isSwitchyardError, unavailable } from "@switchyard/protocol";
+import {
+  DType,
+  type ExpertResult,
+  encodeTensor,
+  invalidArgument,
+  isSwitchyardError,
+  unavailable,
+} from "@switchyard/protocol";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { FakeWorker } from "../testing/fake-worker.js";
 import { encodeExpertBatch } from "../wire/encode.js";
@@ -209,6 +216,28 @@ describe("WorkerConn health", () => {
     failing = false;
     await send(conn);
     expect(conn.latencyMs).toBeLessThan(Math.max(latency, 1) * 8); // a success brings it back down
+  });
+
+  it("failing: set by an error reply the router retries elsewhere, not by a caller's short deadline; cleared by a success", async () => {
+    let refuse = false;
+    const { worker, conn } = await setup("grpc", (_l, _e, x) => {
+      if (refuse) throw invalidArgument("tokens.shape[1]", "expected hidden size 16, got 8");
+      return x;
+    });
+    await conn.refreshStatus();
+    await send(conn);
+    expect(conn.failing).toBe(false);
+    worker.mode = "stall";
+    await send(conn, 50).catch(() => {}); // the caller's 50 ms passed: not the worker's failing
+    expect(conn.failing).toBe(false);
+    worker.mode = "ok";
+    refuse = true;
+    const err = await send(conn).catch((e) => e);
+    expect(isSwitchyardError(err, "INVALID_ARGUMENT")).toBe(true);
+    expect(conn.failing).toBe(true);
+    refuse = false;
+    await send(conn);
+    expect(conn.failing).toBe(false);
   });
 
   it("a reply the caller's check refuses rejects with its error and counts as a failed batch, not a latency sample", async () => {

@@ -12,15 +12,19 @@
 // next good Status clears. A worker that answers Status but fails batches (a hung backend, an expert it cannot load)
 // is not taken out: with one replica that would fail every request for the time out, and RESOURCE_EXHAUSTED is load,
 // not a fault. It is made to look slow instead, so that the load-aware choice prefers other replicas where there are
-// any: a timeout is a latency sample of the time it waited, a retryable error reply doubles the latency average (up
-// to 10 s) where a success would have sampled its time (a fast error must not make a failing worker look fastest),
-// and successes bring it back down; a reply the caller finds malformed counts as such an error. Two timeouts in a row
+// any: a timeout is a latency sample of the time it waited, an error reply the router retries elsewhere (retryable,
+// FAILED_PRECONDITION, INVALID_ARGUMENT: the router built the batch) doubles the latency average (up to 10 s) where a
+// success would have sampled its time (a fast error must not make a failing worker look fastest), and successes bring
+// it back down; a reply the caller finds malformed counts as such an error. Such a failure also marks it `failing`
+// for FAILING_MS (or until a batch succeeds): the replica choice then keeps the penalty even where it reads run times
+// from Prometheus, which has none for a worker that finishes no run (so does a batch unanswered for a second; a
+// caller's short deadline passing does not). Two timeouts in a row
 // on the data path reset that connection (a silently dropped path), so the next batches reconnect or take the gRPC
 // stream. A worker that answers no Status poll three times in a row (a crashed node: no reset ever reaches us, and
 // gRPC's keepalive takes ~15 s to notice) has the batches sent before the last failed poll given up with
 // UNAVAILABLE, so they move to another replica instead of waiting for their callers' deadlines. A live worker answers
-// Status from its event loop while its backend computes (the backends never block it), so this costs a live but
-// busy worker nothing.
+// Status from its event loop while its native backend computes on other threads, so this costs a live but busy
+// worker nothing (the TypeScript reference backend, used only where no addon is built, yields between slices).
 
 import {
   type ChannelOptions,
@@ -91,6 +95,10 @@ const FAILED_LATENCY_MAX_MS = 10_000;
 const DATA_TIMEOUTS_TO_RESET = 2;
 /** Status polls in a row that fail before the batches in flight are given up on. */
 const STATUS_FAILURES_TO_GIVE_UP = 3;
+/** How long a failed batch marks a worker `failing` (unless a batch succeeds first). */
+const FAILING_MS = 5000;
+/** A batch unanswered this long when its timeout fires marks the worker failing. */
+const STALLED_MS = 1000;
 
 /** What WorkerConn needs of a path: a grpc-js duplex stream or a DataConn. */
 interface BatchPath {
@@ -178,8 +186,9 @@ export class WorkerConn {
   outstandingTokens = 0;
   /** EWMA of dispatch round trip, ms (0 = no sample yet); failed batches double it (see the header). */
   latencyMs = 0;
-  /** Whether its last batch from this router failed (an error reply, a malformed reply, a timeout, given up). */
-  failing = false;
+  /** performance.now() of its last failed batch from this router (an error reply, a malformed reply, given up); 0
+   * after a success. */
+  private failedAt = 0;
   /** Resident experts from the last Status, as layer*65536+expert; plus what the router sent since (optimistic). */
   readonly resident = new Set<number>();
   /** Experts its last Status listed as served (its share of the plan it has loaded), as layer*65536+expert; null
@@ -214,6 +223,11 @@ export class WorkerConn {
       this.statusTimer = setTimeout(poll, 0);
       this.statusTimer.unref?.();
     }
+  }
+
+  /** A batch from this router failed within FAILING_MS and none has succeeded since. */
+  get failing(): boolean {
+    return this.failedAt > 0 && performance.now() - this.failedAt < FAILING_MS;
   }
 
   /** Closed: the plan dropped it, or the router shut down. */
@@ -260,8 +274,10 @@ export class WorkerConn {
           this.pending.delete(batchId);
           this.outstandingTokens -= tokens;
           // It took at least this long: without the sample a worker that never answers keeps its old, fast average.
-          this.sampleLatency(performance.now() - p.sentAt);
-          this.failing = true;
+          const waited = performance.now() - p.sentAt;
+          this.sampleLatency(waited);
+          // A second without a word is the worker's failing; a caller's short deadline passing is not.
+          if (waited >= STALLED_MS) this.failedAt = performance.now();
           reject(deadlineExceeded(`worker ${this.id} did not answer within ${Math.round(timeoutMs)} ms`));
           const data = this.data;
           if (p.via === data && ++this.dataTimeouts >= DATA_TIMEOUTS_TO_RESET)
@@ -341,10 +357,16 @@ export class WorkerConn {
     clearTimeout(p.timer);
     this.outstandingTokens -= p.tokens;
     if (r.error && r.error.code !== grpcStatus.OK) {
-      // No latency sample of a fast error: it would make a failing worker look fastest. A worker that could not
-      // take the batch looks slower instead; one that refuses the batch itself (say INVALID_ARGUMENT) is not at fault.
+      // No latency sample of a fast error: it would make a failing worker look fastest. A worker that could not take
+      // the batch, or refused it (the router built it: its plan or checkpoint disagrees), looks slower instead.
       const e = fromRpcError(r.error);
-      if (isRetryable(e) || e.code === "DEADLINE_EXCEEDED") this.sampleFailure();
+      if (
+        isRetryable(e) ||
+        e.code === "DEADLINE_EXCEEDED" ||
+        e.code === "FAILED_PRECONDITION" ||
+        e.code === "INVALID_ARGUMENT"
+      )
+        this.sampleFailure();
       p.reject(e);
       return;
     }
@@ -355,13 +377,13 @@ export class WorkerConn {
       return;
     }
     this.sampleLatency(performance.now() - p.sentAt);
-    this.failing = false;
+    this.failedAt = 0;
     p.resolve(r);
   };
 
   /** A failed batch: the latency average doubles (up to FAILED_LATENCY_MAX_MS) instead of taking a sample. */
   private sampleFailure(): void {
-    this.failing = true;
+    this.failedAt = performance.now();
     this.latencyMs = Math.min(FAILED_LATENCY_MAX_MS, Math.max(this.latencyMs, 1) * 2);
   }
 
