@@ -27,6 +27,7 @@ const ALERTS = [
   "SwitchyardWorkerDataPathUnused",
   "SwitchyardOperatorReconcileErrors",
   "SwitchyardRouterConfigFull",
+  "SwitchyardPoolNotReady",
 ];
 
 describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
