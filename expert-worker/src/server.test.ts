@@ -445,8 +445,7 @@ describe.skipIf(!nativeAddon)("deadlines and the queue bound (native backend)", 
       code = err?.code;
     });
     // Cancel once the kernel is busy with this batch (the worker runs in this process: its counters are visible).
-    for (let i = 0; i < 2000 && addon.stats().tilesDone === before.tilesDone; i++)
-      await new Promise((r) => setImmediate(r));
+    await kernelStarted(addon, before.tilesDone);
     c.cancel();
     await settledRuns(addon);
     const after = addon.stats();
@@ -469,8 +468,7 @@ describe.skipIf(!nativeAddon)("deadlines and the queue bound (native backend)", 
     let replies = 0;
     sock.on("data", () => replies++);
     writeFrame(sock, ExpertBatch.encode(bigBatch(3n)).finish());
-    for (let i = 0; i < 2000 && addon.stats().tilesDone === before.tilesDone; i++)
-      await new Promise((r) => setImmediate(r));
+    await kernelStarted(addon, before.tilesDone);
     sock.destroy();
     await settledRuns(addon);
     const after = addon.stats();
@@ -595,3 +593,15 @@ describe.skipIf(!nativeAddon)("deadlines and the queue bound (native backend)", 
     );
   });
 });
+
+/**
+ * Waits until the native kernel has done a tile past `tilesBefore` (the batch is running), by the clock rather than by
+ * a count of event-loop turns: a loaded CI host may take longer to start it. Fails naming the wait when it never does.
+ */
+async function kernelStarted(addon: { stats(): { tilesDone: number } }, tilesBefore: number): Promise<void> {
+  const end = Date.now() + 10_000;
+  while (addon.stats().tilesDone === tilesBefore) {
+    if (Date.now() > end) throw new Error("the native kernel did not start the batch within 10 s");
+    await new Promise((r) => setImmediate(r));
+  }
+}
