@@ -102,7 +102,8 @@ describe("RouterConfigFitter", () => {
   it("a pool left out comes back only with room to spare: it does not go in and out as an older pool's size moves", async () => {
     const edge = noisy("edge", 20);
     const old = (kb: number) => noisy("old", kb); // the same pool, its plan of another size at each pass
-    const [small, big, tiny] = [old(40), old(60), old(10)];
+    // big alone fits under the limit (50 < 40 + 20 KiB of hex), big with edge does not (70)
+    const [small, big, tiny] = [old(40), old(50), old(10)];
     const doc = (c: ConfigCandidate<Entry>[]) =>
       `{"pools":[${[...c]
         .sort((a, b) => a.entry.name.localeCompare(b.entry.name))
@@ -113,6 +114,8 @@ describe("RouterConfigFitter", () => {
     // the limit exactly at the small pass's document: both fit, but with less than ENTRY_MARGIN to spare
     const limit = { plainMaxBytes: 0, maxBytes: await bytes([small, edge]) };
     expect(await bytes([tiny, edge])).toBeLessThan(limit.maxBytes * (1 - ENTRY_MARGIN));
+    expect(await bytes([big])).toBeLessThan(limit.maxBytes);
+    expect(await bytes([big, edge])).toBeGreaterThan(limit.maxBytes);
     const fitter = new RouterConfigFitter<Entry>(limit);
     const kept = async (c: ConfigCandidate<Entry>[]) => names((await fitter.fit(c, "ns/router")).pools);
     expect(await kept([small, edge])).toEqual(["edge", "old"]);
