@@ -14,26 +14,12 @@ import {
   unavailable,
 } from "@switchyard/protocol";
 import { afterEach, describe, expect, it } from "vitest";
-import type { PoolModel } from "./model.js";
 import { Router } from "./router.js";
 import { FakeWorker } from "./testing/fake-worker.js";
+import { preRoutedToy } from "./testing/toy-model.js";
 
 const D = 8;
-const toy = {
-  family: "toy",
-  layers: 1,
-  experts: 2,
-  hiddenSize: D,
-  hasShared: false,
-  isMoeLayer: () => true,
-  logits: () => {
-    throw new Error("pre-routed only");
-  },
-  route: () => {
-    throw new Error("pre-routed only");
-  },
-  shared: () => null,
-} as unknown as PoolModel;
+const toy = preRoutedToy(2, D);
 
 class Failing extends FakeWorker {
   tried = 0;

@@ -6,24 +6,11 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { PoolModel } from "./model.js";
 import { Router } from "./router.js";
 import { FakeWorker } from "./testing/fake-worker.js";
+import { preRoutedToy } from "./testing/toy-model.js";
 
 const D = 8;
 // Pre-routed requests only (the gate is never asked).
-const toy = {
-  family: "toy",
-  layers: 1,
-  experts: 4,
-  hiddenSize: D,
-  hasShared: false,
-  isMoeLayer: () => true,
-  logits: () => {
-    throw new Error("pre-routed only");
-  },
-  route: () => {
-    throw new Error("pre-routed only");
-  },
-  shared: () => null,
-} as unknown as PoolModel;
+const toy = preRoutedToy(4, D);
 const expertFn = (_l: number, e: number, x: Float32Array) => x.map((v) => (e + 1) * v);
 
 /** One token routed to `expert` with weight 1. */

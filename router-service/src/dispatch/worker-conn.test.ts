@@ -49,7 +49,7 @@ async function setup(
   return { worker, conn };
 }
 
-const send = (c: WorkerConn, timeoutMs = 5000): Promise<ExpertResult> =>
+const send = (c: WorkerConn, timeoutMs = 5000, check?: Parameters<WorkerConn["run"]>[5]): Promise<ExpertResult> =>
   c.run(
     (batchId) =>
       encodeExpertBatch(
@@ -70,6 +70,7 @@ const send = (c: WorkerConn, timeoutMs = 5000): Promise<ExpertResult> =>
     [1],
     timeoutMs,
     2,
+    check,
   );
 
 const echoed = (r: ExpertResult) => Buffer.from(r.output!.data).equals(Buffer.from(tokens.data));
@@ -246,30 +247,7 @@ describe("WorkerConn health", () => {
     await send(conn);
     const latency = conn.latencyMs;
     const refused = unavailable("output: 1 row, expected 2");
-    const err = await conn
-      .run(
-        (batchId) =>
-          encodeExpertBatch(
-            {
-              pool: "p",
-              layer: 0,
-              dtype: DType.FLOAT32,
-              rows: 2,
-              hidden: D,
-              rowBytes: D * 4,
-              slices: [{ expert: 1, offset: 0, count: 2 }],
-              batchId,
-              timeoutMs: 5000,
-            },
-            (dst, at) => dst.set(tokens.data, at),
-          ),
-        0,
-        [1],
-        5000,
-        2,
-        () => refused,
-      )
-      .catch((e) => e);
+    const err = await send(conn, 5000, () => refused).catch((e) => e);
     expect(err).toBe(refused);
     expect(conn.latencyMs).toBeCloseTo(Math.max(latency, 1) * 2, 6);
     expect(conn.outstandingTokens).toBe(0);
