@@ -20,10 +20,15 @@ COPY packages/ packages/
 COPY expert-worker/ expert-worker/
 COPY router-service/ router-service/
 COPY scripts/build-native.mjs scripts/
-# The router's own addon (the native combine, router-service/native); the worker's addon is never loaded here.
+# Two addons: the router's own (router-service/native: the combine, the router logits and the gate's top-k) and the
+# expert worker's CPU kernels (expert-worker/native), which run a shared expert the router computes itself
+# (placement.sharedExperts: Router, or a width that does not split into slices; checkpoint-model.ts sharedBatch).
+# Without the latter that runs in TypeScript on the event loop: 58.6 ms a token for Qwen1.5-MoE's shared expert
+# against 1.7 (router-service/README.md). No nvcc here, so it is built for the CPU only; it needs only libstdc++.
 # SWITCHYARD_NATIVE_ARCH=0: portable x86-64-v3 code instead of -march=native of the build machine.
 ENV SWITCHYARD_NATIVE_ARCH=0
 RUN npm run build --workspace @switchyard/router-service \
+ && npm run build --workspace @switchyard/expert-worker \
  && npx tsc -b router-service \
  && npm ci --no-audit --no-fund --ignore-scripts --omit=dev
 
@@ -45,6 +50,7 @@ COPY --from=build /src/expert-worker/dist/ expert-worker/dist/
 COPY --from=build /src/router-service/package.json router-service/
 COPY --from=build /src/router-service/dist/ router-service/dist/
 COPY --from=build /src/router-service/build/switchyard_router.node router-service/build/
+COPY --from=build /src/expert-worker/build/switchyard_native.node expert-worker/build/
 USER 10001:10001
 # gRPC, the engines' TCP data path (--data-port, default 50052), metrics (router-service/src/args.ts)
 EXPOSE 50051 50052 9400

@@ -9,7 +9,7 @@ FROM node:20-bookworm-slim AS node
 
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ cmake make python3 libopenblas-dev ca-certificates \
+ && apt-get install -y --no-install-recommends g++ cmake make python3 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 COPY --from=node /usr/local/lib/node_modules /usr/local/lib/node_modules
@@ -41,9 +41,6 @@ LABEL org.opencontainers.image.title="switchyard-worker" \
       org.opencontainers.image.description="Switchyard expert worker (CUDA backend)" \
       org.opencontainers.image.source="https://github.com/switchyard-dev/switchyard" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libopenblas0-pthread \
- && rm -rf /var/lib/apt/lists/*
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 ENV NODE_ENV=production SWITCHYARD_BACKEND=auto
 WORKDIR /app

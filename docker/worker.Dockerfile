@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1.7
-# Switchyard expert worker, CPU backend (native C++ with OpenBLAS and threads). Build from the repository root:
+# Switchyard expert worker, CPU backend (native C++: its own SIMD kernels and threads, no BLAS). Build from the repository root:
 #   docker build -f docker/worker.Dockerfile -t ghcr.io/switchyard-dev/switchyard-worker:0.1.0 .
 # Runs `node expert-worker/dist/main.js` (flags from the operator: --checkpoint, --pool, --worker-id, ...).
 
 FROM node:20-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ cmake libopenblas-dev \
+ && apt-get install -y --no-install-recommends g++ cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
@@ -31,9 +31,6 @@ LABEL org.opencontainers.image.title="switchyard-worker" \
       org.opencontainers.image.description="Switchyard expert worker (CPU backend)" \
       org.opencontainers.image.source="https://github.com/switchyard-dev/switchyard" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libopenblas0-pthread \
- && rm -rf /var/lib/apt/lists/*
 ENV NODE_ENV=production SWITCHYARD_BACKEND=cpu
 WORKDIR /app
 COPY --from=build /src/package.json ./

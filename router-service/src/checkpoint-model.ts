@@ -328,6 +328,16 @@ export class CheckpointModel implements PoolModel {
   }
 }
 
+/**
+ * Why a shared expert the router computes itself for `model` runs in TypeScript on the event loop (shared(), tens of
+ * times slower) instead of on the expert worker's native CPU kernels (sharedBatch): that addon did not load. null
+ * when it loads, or the model has no shared expert or is not a checkpoint's. The router says so when it loads a pool.
+ */
+export function sharedExpertFallback(model: PoolModel): string | null {
+  if (!(model instanceof CheckpointModel) || !model.hasShared || loadNativeAddon()) return null;
+  return "the expert worker's native addon (expert-worker/build/switchyard_native.node) is not built or did not load";
+}
+
 /** SWITCHYARD_ROUTER_NATIVE_GATE=0 keeps the gate's selection in TypeScript (the native addon's other parts stay). */
 const NATIVE_GATE = process.env.SWITCHYARD_ROUTER_NATIVE_GATE !== "0";
 

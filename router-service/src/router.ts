@@ -23,6 +23,7 @@ import {
   unavailable,
 } from "@switchyard/protocol";
 import type { CallerScope } from "./caller-scope.js";
+import { sharedExpertFallback } from "./checkpoint-model.js";
 import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
@@ -132,6 +133,8 @@ class Pool {
   replicas: number[][][] = [];
   /** Layers whose plan places the shared expert's slices: the workers run it there, the router only adds its slots. */
   sharedLayers = new Set<number>();
+  /** Whether the router said that it computes this pool's shared expert in TypeScript (sayWhereSharedRuns). */
+  sharedFallbackSaid = false;
   planVersion = 0;
   pendingTokens = 0;
   /**
@@ -247,6 +250,8 @@ export interface RouterOptions {
    * (FlushGate.startAhead), or at the flush. Default SWITCHYARD_ROUTER_GATE_AHEAD, else true.
    */
   gateAhead?: boolean;
+  /** Where the router says what an operator should know about a pool it loads; default stdout, `[router] ` first. */
+  log?: (line: string) => void;
 }
 
 /** A pool of the config the router could not load (GET /pools lists it; its requests are told why). */
@@ -264,6 +269,7 @@ export class Router {
   private readonly workerTransport: WorkerTransport;
   private readonly dedupMinBytes: number;
   private readonly gateAhead: boolean;
+  private readonly log: (line: string) => void;
 
   constructor(o: RouterOptions = {}) {
     this.metrics = o.metrics ?? new RouterMetrics();
@@ -271,6 +277,7 @@ export class Router {
     this.workerTransport = o.workerTransport ?? "auto";
     this.dedupMinBytes = o.dedupMinBytes ?? dedupMinBytes(process.env.SWITCHYARD_ROUTER_DEDUP_MIN_BYTES);
     this.gateAhead = o.gateAhead ?? gateAhead(process.env.SWITCHYARD_ROUTER_GATE_AHEAD);
+    this.log = o.log ?? ((l) => console.log(`[router] ${l}`));
   }
 
   /** One Status poll of every worker of `pool` now (tests and benchmarks that run without periodic polls). */
@@ -385,8 +392,25 @@ export class Router {
     p.conns = conns;
     p.replicas = s.plan.replicas.map((l) => l.map((r) => r.slice()));
     p.sharedLayers = new Set(s.plan.replicas.flatMap((l, i) => (l.length > s.model.experts ? [i] : [])));
+    this.sayWhereSharedRuns(p);
     p.planVersion = s.plan.version;
     this.metrics.planVersion.set({ pool: s.name }, s.plan.version);
+  }
+
+  /**
+   * Says once, when a pool's plan leaves its shared expert to the router (no slices on the workers) and that runs in
+   * TypeScript on the event loop for want of the expert worker's native addon: a router image without it is slow.
+   */
+  private sayWhereSharedRuns(p: Pool): void {
+    const m = p.model;
+    const moe = m.hasShared ? Array.from({ length: m.layers }, (_, l) => l).filter((l) => m.isMoeLayer(l)) : [];
+    const here = moe.filter((l) => !p.sharedLayers.has(l)).length;
+    const why = here > 0 ? sharedExpertFallback(m) : null;
+    if (why && !p.sharedFallbackSaid)
+      this.log(
+        `pool ${p.name}: the router computes the shared expert itself (${here} of ${moe.length} MoE layers: the plan places no slices on the workers there) in TypeScript on the event loop, tens of times slower than on native kernels: ${why}`,
+      );
+    p.sharedFallbackSaid = why !== null;
   }
 
   removePool(name: string): void {

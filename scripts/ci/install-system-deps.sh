@@ -5,7 +5,6 @@ need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
-[ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -e /usr/include/cblas.h ] || need+=(libopenblas-dev)
 command -v g++ >/dev/null || need+=(g++)
 command -v cmake >/dev/null || need+=(cmake)
 # the Python client's test (router-service/src/data-server.python.test.ts) runs it with Debian's python3

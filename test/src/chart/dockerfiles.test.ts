@@ -1,7 +1,7 @@
 // No Docker here, so the Dockerfiles are checked statically against the chart and the contracts: the uid the chart
 // runs pods as, the command lines of docs/CONTRACTS.md, the ports of the default values, and COPY sources that exist.
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { DATA_PATH_NODE_FLAGS } from "@switchyard/moe";
 import { WORKER_DATA_PORT, WORKER_GRPC_PORT, WORKER_METRICS_PORT } from "@switchyard/operator";
 import { describe, expect, it } from "vitest";
@@ -101,6 +101,34 @@ describe("Dockerfiles", () => {
     );
   });
 
+  it("the router image builds and holds every native addon the router's code loads", () => {
+    const src = (f: string) => readFileSync(join(REPO, f), "utf8");
+    // Its own (combine, logits, gate), and the expert worker's CPU kernels, which run a shared expert the router
+    // computes itself (checkpoint-model.ts sharedBatch); without one the router falls back to TypeScript, silently slow.
+    expect(src("router-service/src/checkpoint-model.ts")).toMatch(
+      /import \{[^}]*\bloadNativeAddon\b[^}]*\} from "@switchyard\/expert-worker"/,
+    );
+    const stages = parseDockerfile(src("docker/router.Dockerfile"));
+    const runs = stages[0].filter((i) => i.op === "RUN").map((i) => i.args);
+    // scripts/build-native.mjs skips the build, with a warning only, where there is no cmake
+    expect(runs.join("\n")).toMatch(/apt-get install [^&]*\bcmake\b/);
+    const copies = stages
+      .at(-1)!
+      .filter((i) => i.op === "COPY")
+      .map((i) => i.args);
+    for (const [pkg, loader] of [
+      ["router-service", "src/core/native-combine.ts"],
+      ["expert-worker", "src/backend/native-cpu.ts"],
+    ]) {
+      const rel = /resolve\(here, "\.\.\/\.\.\/(build\/\w+\.node)"\)/.exec(src(`${pkg}/${loader}`))?.[1];
+      expect(rel, `${pkg}/${loader} loads its addon from ${pkg}/build`).toBeDefined();
+      const addon = `${pkg}/${rel}`;
+      const name = JSON.parse(src(`${pkg}/package.json`)).name as string;
+      expect(runs.join("\n"), `the build stage builds ${addon}`).toContain(`npm run build --workspace ${name}`);
+      expect(copies, `the runtime stage holds ${addon}`).toContain(`--from=build /src/${addon} ${dirname(addon)}/`);
+    }
+  });
+
   it.each(["worker.Dockerfile", "worker-cuda.Dockerfile"])(
     "%s holds the checkpoint fetcher the operator's init container runs for checkpoint.uri",
     (file) => {
@@ -117,6 +145,17 @@ describe("Dockerfiles", () => {
     const last = (f: string) => parseDockerfile(readFileSync(join(REPO, "docker", f), "utf8")).at(-1)![0].args;
     expect(last("worker-cuda.Dockerfile")).toMatch(/^nvidia\/cuda:\$\{CUDA_VERSION\}-runtime-/);
     expect(last("worker.Dockerfile")).toMatch(/^node:20-/);
+  });
+
+  it("no image installs a BLAS: the CPU addon has its own kernels and links none", () => {
+    // The worker images once installed OpenBLAS for a CPU backend that no longer uses it (CMakeLists.txt links only
+    // Threads): a dead package in every pull, and a false claim in the image's description.
+    const cmake = readFileSync(join(REPO, "expert-worker/native/CMakeLists.txt"), "utf8");
+    expect(cmake).not.toMatch(/find_package\(\s*BLAS|target_link_libraries\([^)]*blas/i);
+    for (const f of ["worker.Dockerfile", "worker-cuda.Dockerfile", "router.Dockerfile", "operator.Dockerfile"]) {
+      const text = readFileSync(join(REPO, "docker", f), "utf8");
+      expect(text, f).not.toMatch(/openblas|libblas|atlas/i);
+    }
   });
 
   it("parses continuations and stages", () => {
