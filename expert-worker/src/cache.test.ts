@@ -127,5 +127,23 @@ describe("ResidencyCache", () => {
 
   it("rejects a capacity below one", () => {
     expect(() => fakeCache(0)).toThrow(/capacity/);
+    expect(() => fakeCache(1).cache.resize(0)).toThrow(/capacity/);
+  });
+
+  it("resize: a larger capacity keeps more; a smaller one evicts the policy's victims down to it", async () => {
+    const { cache, loads, events } = fakeCache(2);
+    cache.resize(3);
+    for (const e of [0, 1, 2]) await cache.get(0, e);
+    expect([cache.capacity, cache.size, cache.evictions]).toEqual([3, 3, 0]);
+    await cache.get(0, 0); // 0:1 is now the least recent, then 0:2
+    expect(cache.resize(1)).toEqual([
+      { layer: 0, expert: 1 },
+      { layer: 0, expert: 2 },
+    ]);
+    expect(cache.resident()).toEqual([{ layer: 0, expert: 0 }]);
+    expect([cache.capacity, events.evictions]).toEqual([1, 2]);
+    await cache.get(0, 3); // at the new capacity: 0:0 makes room
+    expect(cache.resident()).toEqual([{ layer: 0, expert: 3 }]);
+    expect(loads).toEqual(["0:0", "0:1", "0:2", "0:3"]);
   });
 });

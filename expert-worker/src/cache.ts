@@ -136,7 +136,7 @@ export interface CacheOptions {
 }
 
 export class ResidencyCache {
-  readonly capacity: number;
+  private cap: number;
   readonly policy: EvictionPolicy;
   private readonly entries = new Map<string, PreparedExpert>();
   /** Loads in flight; `keep` false: evicted while loading, so its callers get it but it does not become resident. */
@@ -150,10 +150,32 @@ export class ResidencyCache {
 
   constructor(o: CacheOptions) {
     if (!Number.isInteger(o.capacity) || o.capacity < 1) throw new Error("cache capacity must be an integer >= 1");
-    this.capacity = o.capacity;
+    this.cap = o.capacity;
     this.policy = o.policy ?? new LruPolicy();
     this.load = o.load;
     this.events = o.events ?? {};
+  }
+
+  /** Experts it holds at most. */
+  get capacity(): number {
+    return this.cap;
+  }
+
+  /**
+   * Holds at most `capacity` from now on (the worker's share of a new plan); when fewer than are resident, the
+   * policy's victims leave (with `evict` events) until the rest fits. Returns them.
+   */
+  resize(capacity: number): ExpertId[] {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new Error("cache capacity must be an integer >= 1");
+    this.cap = capacity;
+    const out: ExpertId[] = [];
+    while (this.entries.size > this.cap) {
+      const v = this.policy.victim(new Set());
+      if (v === undefined) break;
+      this.remove(v);
+      out.push(parseKey(v));
+    }
+    return out;
   }
 
   has(layer: number, expert: number): boolean {

@@ -53,6 +53,24 @@ describe("parseWorkerArgs", () => {
     );
   });
 
+  it("--host-cache-capacity (env SWITCHYARD_HOST_CACHE_CAPACITY): the host tier, at least --cache-capacity", () => {
+    const base = ["--checkpoint", "c", "--pool", "p", "--worker-id", "w"];
+    expect(parseWorkerArgs(base).hostCacheCapacity).toBeUndefined();
+    expect(parseWorkerArgs([...base, "--cache-capacity", "4", "--host-cache-capacity", "64"])).toMatchObject({
+      cacheCapacity: 4,
+      hostCacheCapacity: 64,
+    });
+    expect(parseWorkerArgs(base, { SWITCHYARD_HOST_CACHE_CAPACITY: "32" }).hostCacheCapacity).toBe(32);
+    expect(parseWorkerArgs([...base, "--host-cache-capacity=4", "--cache-capacity=4"]).hostCacheCapacity).toBe(4);
+    expect(() => parseWorkerArgs([...base, "--cache-capacity", "8", "--host-cache-capacity", "4"])).toThrow(
+      /^--host-cache-capacity: 4 is less than --cache-capacity 8/,
+    );
+    expect(() => parseWorkerArgs([...base, "--host-cache-capacity", "0"])).toThrow(
+      /--host-cache-capacity: expected an integer >= 1, got "0"/,
+    );
+    expect(() => parseWorkerArgs([...base, "--host-cache-capacity", "1e3"])).toThrow(/--host-cache-capacity/);
+  });
+
   it("refuses an empty, blank or non-decimal integer instead of reading it as 0", () => {
     const base = ["--checkpoint", "c", "--pool", "p", "--worker-id", "w"];
     expect(() => parseWorkerArgs([...base, "--port="])).toThrow(/--port: expected an integer >= 0, got ""/);

@@ -1,7 +1,7 @@
 // Worker command line (docs/CONTRACTS.md): every flag also as env SWITCHYARD_<FLAG_UPPER_SNAKE>; flags win.
 //   --checkpoint DIR --pool NAME --worker-id ID --port 50061 --metrics-port 9401
-//   [--metrics-pool NAME] [--experts SPEC] [--plan FILE] [--cache-capacity N] [--backend auto|cpu|cuda] [--queue-capacity N]
-//   [--cache-policy lru|lfu] [--max-message-bytes N] [--max-rows N] [--host ADDR] [--data-port N] [--warm true|false]
+//   [--metrics-pool NAME] [--experts SPEC] [--plan FILE] [--cache-capacity N] [--host-cache-capacity N]
+//   [--backend auto|cpu|cuda] [--queue-capacity N] [--cache-policy lru|lfu] [--max-message-bytes N] [--max-rows N] [--host ADDR] [--data-port N] [--warm true|false]
 // Pure: parses argv + env into WorkerOptions or throws an Error naming the flag.
 
 import type { PlacementPlan } from "@switchyard/moe";
@@ -24,7 +24,10 @@ export interface WorkerFlags {
   host: string;
   experts?: string;
   plan?: string;
+  /** Experts the compute tier holds: the GPU slots on CUDA, the host cache on CPU (its only tier). See worker.ts cacheTiers. */
   cacheCapacity?: number;
+  /** Experts the host tier holds (>= cacheCapacity); unset = every served expert. See worker.ts cacheTiers. */
+  hostCacheCapacity?: number;
   cachePolicy: string;
   backend: BackendChoice;
   queueCapacity: number;
@@ -47,6 +50,7 @@ const FLAGS = [
   "experts",
   "plan",
   "cache-capacity",
+  "host-cache-capacity",
   "cache-policy",
   "backend",
   "queue-capacity",
@@ -102,6 +106,9 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
   // pool's series in two.
   if (metricsPool.trim() !== metricsPool || metricsPool === "")
     throw new Error(`--metrics-pool: expected a pool name without surrounding spaces, got "${metricsPool}"`);
+  const cacheCapacity = int("cache-capacity", undefined, 1);
+  const hostCacheCapacity = int("host-cache-capacity", undefined, 1);
+  checkCacheTiers(cacheCapacity, hostCacheCapacity);
   return {
     checkpoint: str("checkpoint"),
     pool,
@@ -113,7 +120,8 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     host: str("host", "0.0.0.0"),
     experts: raw.get("experts"),
     plan: raw.get("plan"),
-    cacheCapacity: int("cache-capacity", undefined, 1),
+    cacheCapacity,
+    hostCacheCapacity,
     cachePolicy: policy,
     backend,
     queueCapacity: int("queue-capacity", 64, 0) as number,
@@ -121,6 +129,14 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     maxRows: int("max-rows", undefined, 1),
     warm: warm === "true",
   };
+}
+
+/** The host tier sits behind the compute tier: it holds at least as many experts (else it would drop what runs). */
+export function checkCacheTiers(cacheCapacity: number | undefined, hostCacheCapacity: number | undefined): void {
+  if (cacheCapacity !== undefined && hostCacheCapacity !== undefined && hostCacheCapacity < cacheCapacity)
+    throw new Error(
+      `--host-cache-capacity: ${hostCacheCapacity} is less than --cache-capacity ${cacheCapacity}; the host tier holds at least the experts the GPU slots do`,
+    );
 }
 
 /**

@@ -1,5 +1,5 @@
 // The worker with a device tier of experts (CudaBackend over a fake addon: no GPU needed): --cache-capacity sizes
-// the GPU slots, GPU cache events reach /metrics, the Prefetch RPC moves experts to the device, and a batch that
+// the GPU slots and --host-cache-capacity the host tier behind them, GPU cache events reach /metrics, the Prefetch RPC moves experts to the device, and a batch that
 // waits behind another has its host-resident experts uploaded while it waits.
 
 import { mkdtemp, rm } from "node:fs/promises";
@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CudaAddon, CudaBackend } from "./backend/cuda.js";
 import { MultiDeviceBackend } from "./backend/multi-device.js";
 import type { ExpertBackend } from "./backend/types.js";
-import { startWorker, type WorkerHandle } from "./worker.js";
+import { cacheTiers, startWorker, type WorkerHandle, type WorkerOptions } from "./worker.js";
 
 const D = 32;
 const F = 48;
@@ -69,9 +69,14 @@ type RunOptions = Parameters<CudaAddon["run"]>[1];
 
 /**
  * A worker over `backend` on a generated 8-expert checkpoint, for the describe block that calls this. Started cold
- * (no warm-up): the tests count the tiers' misses, uploads and evictions from there.
+ * (no warm-up): the tests count the tiers' misses, uploads and evictions from there. `sizes`: the tiers' flags
+ * (default --cache-capacity 4 and no host flag: 4 GPU slots, and a host tier of all 8 experts).
  */
-function workerOnFakeGpu(backend: ExpertBackend, seed: number) {
+function workerOnFakeGpu(
+  backend: ExpertBackend,
+  seed: number,
+  sizes: Pick<WorkerOptions, "cacheCapacity" | "hostCacheCapacity"> = { cacheCapacity: 4 },
+) {
   const h = {} as { w: WorkerHandle; client: ExpertWorkerClient; dir: string };
   beforeAll(async () => {
     h.dir = await mkdtemp(join(tmpdir(), "sy-gpu-tier-"));
@@ -85,7 +90,7 @@ function workerOnFakeGpu(backend: ExpertBackend, seed: number) {
       metricsPort: 0,
       host: "127.0.0.1",
       backend,
-      cacheCapacity: 4,
+      ...sizes,
       warm: false,
       log: () => {},
     });
@@ -130,7 +135,8 @@ describe("worker with a GPU expert tier (fake CUDA addon)", () => {
   const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_CACHE_CAPACITY: "9" });
   const scrape = async () => (await fetch(`http://127.0.0.1:${h.w.metricsPort}/metrics`)).text();
 
-  const h = workerOnFakeGpu(backend, 5);
+  // host tier = GPU tier, as a pool without cache.hostTier runs
+  const h = workerOnFakeGpu(backend, 5, { cacheCapacity: 4, hostCacheCapacity: 4 });
 
   it("--cache-capacity sizes the GPU slots; misses, hits, evictions and bytes reach /metrics", async () => {
     const before = await scrape();
@@ -310,5 +316,57 @@ describe("worker over two GPUs (gpusPerWorker 2; fake CUDA addon)", () => {
     expect(metric(text, "switchyard_worker_gpu_cache_capacity_experts")).toBe(4);
     expect(metric(text, "switchyard_worker_devices")).toBe(2);
     expect(backend.describe()).toMatch(/^2 devices, experts split among them: \[0\] cuda \(device 0, fake/);
+  });
+});
+
+describe("--host-cache-capacity: a host tier larger than the GPU slots (cache.hostTier; fake CUDA addon)", () => {
+  const fake = fakeAddon();
+  const backend = new CudaBackend(fake.addon, fake.addon.probe(), {});
+  const h = workerOnFakeGpu(backend, 11, { cacheCapacity: 2, hostCacheCapacity: 6 });
+
+  it("2 GPU slots under 6 host slots: experts the GPU let go stay in host memory, read from the checkpoint once", async () => {
+    expect(h.w.core.status().capacity).toBe(6);
+    const metrics = await (await fetch(`http://127.0.0.1:${h.w.metricsPort}/metrics`)).text();
+    expect(metric(metrics, "switchyard_worker_cache_capacity_experts")).toBe(6);
+    for (const [i, es] of [
+      [0, 1],
+      [2, 3],
+      [4, 5],
+      [0, 1],
+    ].entries())
+      await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch(es, BigInt(i + 1)));
+    expect(fake.calls.contexts).toEqual([{ d: D, f: F, slots: 2, device: 0, runsInFlight: 2 }]);
+    // 0 and 1 came back from the host tier (hits there), uploaded again to the GPU (its misses)
+    expect(h.w.core.status()).toMatchObject({ cacheHits: 2n, cacheMisses: 6n, cacheEvictions: 0n });
+    expect(backend.deviceCacheStats()).toMatchObject({ capacity: 2, misses: 8, evictions: 6 });
+  });
+});
+
+describe("cacheTiers: the tiers' sizes from the flags and the served experts", () => {
+  it("CUDA: --cache-capacity is the GPU slots; the host tier is --host-cache-capacity, else every served expert", () => {
+    expect(cacheTiers({ cacheCapacity: 4, hostCacheCapacity: 10 }, 20, true)).toEqual({
+      host: 10,
+      device: 4,
+      followsServed: false,
+    });
+    expect(cacheTiers({ cacheCapacity: 4 }, 20, true)).toEqual({ host: 20, device: 4, followsServed: true });
+    // never fewer host slots than GPU slots asked for (a plan's share below them: a pool without hostTier)
+    expect(cacheTiers({ cacheCapacity: 4 }, 3, true)).toEqual({ host: 4, device: 4, followsServed: true });
+    // no --cache-capacity: the backend's own GPU default (what fits on the device)
+    expect(cacheTiers({}, 20, true)).toEqual({ host: 20, device: undefined, followsServed: true });
+    expect(cacheTiers({}, 0, true).host).toBe(1);
+  });
+  it("CPU: one tier, --cache-capacity, else --host-cache-capacity, else every served expert", () => {
+    expect(cacheTiers({ cacheCapacity: 4, hostCacheCapacity: 10 }, 20, false)).toEqual({
+      host: 4,
+      followsServed: false,
+    });
+    expect(cacheTiers({ hostCacheCapacity: 10 }, 20, false)).toEqual({ host: 10, followsServed: false });
+    expect(cacheTiers({}, 20, false)).toEqual({ host: 20, followsServed: true });
+  });
+  it("refuses a host tier smaller than the GPU slots, naming the flag", () => {
+    expect(() => cacheTiers({ cacheCapacity: 4, hostCacheCapacity: 3 }, 20, true)).toThrow(
+      /^--host-cache-capacity: 3 is less than --cache-capacity 4/,
+    );
   });
 });

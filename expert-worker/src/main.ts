@@ -25,6 +25,7 @@ async function main(): Promise<void> {
     experts: flags.experts,
     plan: flags.plan,
     cacheCapacity: flags.cacheCapacity,
+    hostCacheCapacity: flags.hostCacheCapacity,
     cachePolicy: flags.cachePolicy,
     backend: flags.backend,
     queueCapacity: flags.queueCapacity,

@@ -161,6 +161,73 @@ describe("plan reload", () => {
   });
 });
 
+describe("cache capacity from the plan's share (no --cache-capacity: what the operator passes a pool by default)", () => {
+  const startSized = (file: string, sizes: Pick<WorkerOptions, "cacheCapacity" | "hostCacheCapacity">) =>
+    startWorker({
+      checkpoint: dir,
+      pool: "p",
+      workerId: "w0",
+      port: 0,
+      metricsPort: 0,
+      dataPort: -1,
+      host: "127.0.0.1",
+      backend: "cpu",
+      plan: file,
+      ...sizes,
+      log: () => {},
+    });
+  const capacityMetric = async (w: WorkerHandle) => {
+    const text = await (await fetch(`http://127.0.0.1:${w.metricsPort}/metrics`)).text();
+    return Number(/^switchyard_worker_cache_capacity_experts\{[^}]*\} (\S+)$/m.exec(text)?.[1]);
+  };
+
+  it("follows the share: a scale-down's larger share is all kept, a scale-up's smaller one is shrunk to", async () => {
+    const d = await mkdtemp(join(dir, "share-"));
+    const file = join(d, "plan.json");
+    await writeFile(file, plan(1, [0]));
+    const w = await startSized(file, {});
+    try {
+      await w.warmed;
+      expect(w.core.status().capacity).toBe(1);
+      // the pool shrank: w0 now holds three experts, and keeps all three resident (the warm-up fills them)
+      await writeFile(join(d, "plan.json.tmp"), plan(2, [0, 1, 2]));
+      await rename(join(d, "plan.json.tmp"), file);
+      expect(await until(w, "0,1,2")).toBe("0,1,2");
+      expect(w.core.status().capacity).toBe(3);
+      expect(await capacityMetric(w)).toBe(3);
+      const deadline = Date.now() + 5_000;
+      while (w.core.status().resident.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      expect(w.core.status().resident).toHaveLength(3);
+      expect(w.core.status().cacheEvictions).toBe(0n);
+      // the pool grew again: two experts
+      await writeFile(join(d, "plan.json.tmp"), plan(3, [2, 3]));
+      await rename(join(d, "plan.json.tmp"), file);
+      expect(await until(w, "2,3")).toBe("2,3");
+      expect(w.core.status().capacity).toBe(2);
+      expect(await capacityMetric(w)).toBe(2);
+    } finally {
+      await w.close();
+    }
+  });
+
+  it("a capacity given by flag stays as given across plans", async () => {
+    for (const sizes of [{ cacheCapacity: 2 }, { hostCacheCapacity: 2 }]) {
+      const d = await mkdtemp(join(dir, "fixed-"));
+      const file = join(d, "plan.json");
+      await writeFile(file, plan(1, [0]));
+      const w = await startSized(file, sizes);
+      try {
+        await writeFile(join(d, "plan.json.tmp"), plan(2, [0, 1, 2]));
+        await rename(join(d, "plan.json.tmp"), file);
+        expect(await until(w, "0,1,2")).toBe("0,1,2");
+        expect(w.core.status().capacity).toBe(2);
+      } finally {
+        await w.close();
+      }
+    }
+  });
+});
+
 describe("plan file errors and overlapping reloads", () => {
   it("a --plan file that is not JSON fails the start naming --plan and the file", async () => {
     const file = join(await mkdtemp(join(dir, "bad-")), "plan.json");

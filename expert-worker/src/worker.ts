@@ -15,7 +15,7 @@ import {
 import { type BackendChoice, selectBackend } from "./backend/select.js";
 import type { ExpertBackend } from "./backend/types.js";
 import { type ExpertId, keyOf, makePolicy, parseKey, ResidencyCache } from "./cache.js";
-import { parseExpertSpec, servedFromPlan } from "./config.js";
+import { checkCacheTiers, parseExpertSpec, servedFromPlan } from "./config.js";
 import { type ExpertSource, servableExperts, WorkerCore, weightBytes } from "./core.js";
 import { startDataServer } from "./data-server.js";
 import { startHttpServer } from "./http.js";
@@ -41,8 +41,10 @@ export interface WorkerOptions {
   experts?: string;
   /** Placement plan file; this worker serves what the plan gives its worker id (reloaded on change). */
   plan?: string;
-  /** Resident experts; default: every served expert. */
+  /** --cache-capacity: experts the compute tier holds (cacheTiers). */
   cacheCapacity?: number;
+  /** --host-cache-capacity: experts the host tier holds, >= cacheCapacity (cacheTiers). */
+  hostCacheCapacity?: number;
   cachePolicy?: string;
   backend?: BackendChoice | ExpertBackend;
   queueCapacity?: number;
@@ -140,6 +142,42 @@ function allMoeLayers(source: ExpertSource): number[] {
   return out;
 }
 
+/** How many experts each cache tier holds (cacheTiers). */
+export interface CacheTiers {
+  /** The host cache (ResidencyCache): what was read from the checkpoint and prepared. */
+  host: number;
+  /** GPU slots to ask the backend for; undefined = its default (what fits on the device), or no device tier. */
+  device?: number;
+  /** `host` is the served count: a new plan's share re-sizes it. */
+  followsServed: boolean;
+}
+
+/**
+ * The cache tiers' sizes for a worker serving `served` experts (docs: README "Cache tiers").
+ * - With a device tier (CUDA): --cache-capacity is the GPU slots (unset: the backend's default, what fits on the
+ *   device); --host-cache-capacity the host tier behind them, unset: every served expert, and never fewer than the
+ *   GPU slots asked for (a host tier of 8 behind 16 slots would drop what the GPU runs).
+ * - Without (CPU): the kernels compute from the host cache, the one tier: --cache-capacity, else
+ *   --host-cache-capacity (a bound on host memory, which this tier is), else every served expert.
+ */
+export function cacheTiers(
+  o: Pick<WorkerOptions, "cacheCapacity" | "hostCacheCapacity">,
+  served: number,
+  deviceTier: boolean,
+): CacheTiers {
+  checkCacheTiers(o.cacheCapacity, o.hostCacheCapacity);
+  const all = Math.max(1, served);
+  if (deviceTier) {
+    return {
+      host: o.hostCacheCapacity ?? Math.max(o.cacheCapacity ?? 1, all),
+      device: o.cacheCapacity,
+      followsServed: o.hostCacheCapacity === undefined,
+    };
+  }
+  const host = o.cacheCapacity ?? o.hostCacheCapacity;
+  return { host: host ?? all, followsServed: host === undefined };
+}
+
 export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const log = o.log ?? ((line: string) => console.log(`[worker ${o.workerId}] ${line}`));
   let ownSource = false;
@@ -169,10 +207,16 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     const metrics = new WorkerMetrics({ pool: o.metricsPool ?? o.pool, worker: o.workerId });
     metrics.backendInfo.set({ backend: backend.kind }, 1);
     metrics.devices.set(backend.kind === "cuda" ? (backend.deviceCount ?? 1) : 0);
-    const capacity = o.cacheCapacity ?? Math.max(1, servedCount);
-    // The GPU tier (CUDA): --cache-capacity sizes its slots too (unset: the backend's own default, what fits on
-    // the device), and its events feed the switchyard_worker_gpu_cache_* series.
-    if (o.cacheCapacity !== undefined) backend.setDeviceCacheCapacity?.(o.cacheCapacity);
+    // The GPU tier (CUDA) and the host tier behind it, or on CPU the one host tier (cacheTiers). The GPU tier's events
+    // feed the switchyard_worker_gpu_cache_* series.
+    const deviceTier = backend.setDeviceCacheCapacity !== undefined;
+    const tiers = cacheTiers(o, servedCount, deviceTier);
+    const capacity = tiers.host;
+    if (tiers.device !== undefined) backend.setDeviceCacheCapacity?.(tiers.device);
+    if (!deviceTier && o.cacheCapacity !== undefined && o.hostCacheCapacity !== undefined)
+      log(
+        `--host-cache-capacity ${o.hostCacheCapacity}: no tier behind this backend's; --cache-capacity sizes its cache`,
+      );
     if (backend.addDeviceCacheSink)
       cleanup.push(backend.addDeviceCacheSink((kind, bytes) => metrics.gpuCacheEvent(kind, bytes)));
     if (backend.deviceCacheStats) {
@@ -242,8 +286,14 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
             // What the plan took away can no longer be asked for: its slots go to what the plan brought.
             // Loads still out for them are not kept either (a start-up warm-up's, a batch's from before the change).
             const gone = cache.retain((id) => served.has(keyOf(id.layer, id.expert)));
+            // A cache sized by the share follows it: a scale-down's larger share is all kept, a scale-up's smaller
+            // one frees the memory (the pods are not restarted for it: the operator keeps replicas off their template).
+            if (tiers.followsServed) {
+              gone.push(...cache.resize(cacheTiers(o, served.size, deviceTier).host));
+              metrics.cacheCapacity.set(cache.capacity);
+            }
             log(
-              `plan v${plan.version}: serving ${served.size} experts (${gone.length} no longer served left the cache)`,
+              `plan v${plan.version}: serving ${served.size} experts, cache ${cache.capacity} (${gone.length} no longer served left the cache)`,
             );
             if (o.warm !== false && !warmingUp) void warm(served, false).catch((err) => log((err as Error).message));
           } catch (err) {
@@ -315,7 +365,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     // readiness probe, SERVING once the served experts are loaded (Kubernetes publishes the pod's address then).
     grpc.health.setStatus("", "SERVING");
     log(
-      `serving pool ${o.pool} on :${grpc.port} (data path :${dataPort || "off"}, metrics :${http.port}); ${servedCount} experts served, cache ${capacity} (${cache.policy.name}), queue ${queue.capacity}`,
+      `serving pool ${o.pool} on :${grpc.port} (data path :${dataPort || "off"}, metrics :${http.port}); ${servedCount} experts served, cache ${capacity}${tiers.device !== undefined ? `, GPU slots ${tiers.device}` : ""} (${cache.policy.name}), queue ${queue.capacity}`,
     );
     metrics.ready.set(0);
     metrics.warmupLoaded.set(0);

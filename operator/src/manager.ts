@@ -21,13 +21,14 @@ import {
   RouterConfigReconciler,
 } from "./controller/policy-controller.js";
 import { PoolReconciler, splitKey } from "./controller/pool-controller.js";
+import type { EventLike } from "./controller/pool-status.js";
 import { Controller } from "./runtime/controller.js";
 import { EventRecorder } from "./runtime/events.js";
 import { Informer, type InformerEvent } from "./runtime/informer.js";
-import { Kube, paths } from "./runtime/kube.js";
+import { Kube, type KubeObject, paths } from "./runtime/kube.js";
 import { LeaderElector } from "./runtime/leader.js";
 import { createLogger, type Logger, type LogLevel, writeLine } from "./runtime/log.js";
-import { OperatorMetrics } from "./runtime/metrics.js";
+import { OperatorMetrics, poolReadiness } from "./runtime/metrics.js";
 import { RecentWrites } from "./runtime/recent.js";
 
 export interface ManagerOptions {
@@ -48,6 +49,12 @@ export interface ManagerOptions {
   syncHubTokens?: boolean;
   /** Default: switchyard-router-hf-tokens in the router ConfigMap's namespace. */
   routerHfTokensSecret?: { namespace: string; name: string };
+  /**
+   * The operator's own Deployment (--owner-deployment; the chart sets it): the router ConfigMap and the router's
+   * Secret of Hub tokens, when in its namespace, get an owner reference to it, so that deleting it (`helm uninstall`)
+   * has the garbage collector delete them too. Unset: they have no owner and outlive the operator.
+   */
+  ownerDeployment?: { namespace: string; name: string };
   concurrency?: number;
   resyncMs?: number;
   /** Delay before the router config is rebuilt after a change, so bursts collapse into one write. */
@@ -81,6 +88,8 @@ export class Manager {
   private readonly log: Logger;
   readonly pools: Informer<ExpertPool>;
   readonly policies: Informer<RoutingPolicy>;
+  /** The objects its own writes returned, while the caches trail them (runtime/recent.ts). */
+  readonly recent: RecentWrites;
   private readonly poolCtl: Controller;
   private readonly policyCtl: Controller;
   private readonly routerCtl: Controller;
@@ -107,14 +116,17 @@ export class Manager {
     });
     const ns = o.namespace;
     const recent = new RecentWrites();
+    this.recent = recent;
     const events = new EventRecorder(this.kube, "switchyard-operator", this.identity, this.log.warn);
     const router = o.routerConfigMap ?? { namespace: ns ?? "default", name: "switchyard-router" };
     const concurrency = o.concurrency ?? 16;
+    const owner = this.ownerOf(o.ownerDeployment);
     const hubTokens = o.syncHubTokens
       ? new HubTokenSync({
           kube: this.kube,
           events,
           router: o.routerHfTokensSecret ?? { namespace: router.namespace, name: "switchyard-router-hf-tokens" },
+          owner,
         })
       : undefined;
 
@@ -160,6 +172,8 @@ export class Manager {
         this.policyCtl.queue.add(k);
     };
     this.pools = mk<ExpertPool>("expertpools", paths.expertPools(ns), (ev, p) => {
+      // Our last status write of a pool gone is no longer news (and would sit there until the next write of that name).
+      if (ev === "delete") recent.forget("ExpertPool", p.metadata.namespace ?? "default", p.metadata.name);
       if (!this.leading) return;
       this.poolCtl.queue.add(poolKey(p));
       // Policies for this pool resolve against it (topK vs experts), and the router config lists pools.
@@ -169,6 +183,8 @@ export class Manager {
       if (ev !== "resync" || hubTokens) enqueueRouter();
     });
     this.policies = mk<RoutingPolicy>("routingpolicies", paths.routingPolicies(ns), (ev, rp) => {
+      // Else for 30 s the policy reconciler would take our last status write for a policy still there.
+      if (ev === "delete") recent.forget("RoutingPolicy", rp.metadata.namespace ?? "default", rp.metadata.name);
       if (!this.leading) return;
       this.policyCtl.queue.add(poolKey(rp));
       if (ev === "resync") return;
@@ -236,14 +252,31 @@ export class Manager {
           )
         : configMaps;
     const pods = mk<V1Pod>("pods", paths.pods(ns), toPool, `${COMPONENT_LABEL}=${WORKER_COMPONENT}`);
+    // The StatefulSet controller's Warning FailedCreate events: its only word on pods the API server refused
+    // (Pod Security, ResourceQuota, a missing PriorityClass, webhooks), which pool status reports as
+    // Degraded/PodCreateFailed. Only those (field selector): a cluster's events are many. An event has no pool
+    // label: it maps to its pool through the StatefulSet it is about.
+    const stsEvents = mk<EventLike & { metadata?: { name?: string; namespace?: string } }>(
+      "statefulset-events",
+      ns ? paths.events(ns) : "/api/v1/events",
+      (ev, e) => {
+        if (ev === "delete") return;
+        const sts = statefulSets.get(e.metadata?.namespace ?? "default", e.involvedObject?.name ?? "");
+        if (sts) toPool(ev, sts);
+      },
+      undefined,
+      "involvedObject.kind=StatefulSet,reason=FailedCreate,type=Warning",
+    );
 
     const poolRec = new PoolReconciler({
       kube: this.kube,
       routerNamespace: router.namespace,
-      caches: { pools: this.pools, statefulSets, services, configMaps, pods },
+      caches: { pools: this.pools, statefulSets, services, configMaps, pods, events: stsEvents },
       recent,
       events,
       log: this.log.warn,
+      // a heat query answered in the background (observeHeat) queues its pool, whose next pass replans with it
+      enqueue: (key: string) => this.poolCtl.queue.add(key),
     });
     const fit = new RouterConfigFit();
     const deps = {
@@ -257,6 +290,8 @@ export class Manager {
       router,
       fit,
       hubTokens,
+      owner,
+      log: this.log.warn,
       // A pool that lost (or got back) its place in the router config: its policies' Ready says so.
       onServedChanged: (keys: string[]) => {
         for (const k of keys) {
@@ -265,7 +300,7 @@ export class Manager {
         }
       },
     };
-    this.metrics.routerConfig = () => ({ bytes: fit.bytes, served: fit.served, leftOut: fit.leftOut.size });
+    this.metrics.routerConfig = () => ({ bytes: fit.bytes, served: fit.served, leftOut: [...fit.leftOut.keys()] });
     const policyRec = new PolicyReconciler(deps);
     const routerRec = new RouterConfigReconciler(deps);
     this.poolCtl = new Controller("expertpool", (k) => poolRec.reconcile(k), this.metrics, concurrency, this.log);
@@ -279,14 +314,36 @@ export class Manager {
     this.routerCtl = new Controller("routerconfig", () => routerRec.reconcile(), this.metrics, 1, this.log);
     this.controllers.push(this.poolCtl, this.policyCtl, this.routerCtl);
 
-    // Pools by Ready condition, counted from the cache at scrape time.
-    this.metrics.poolCounts = () => {
-      const counts: Record<string, number> = { True: 0, False: 0, Unknown: 0 };
-      for (const p of this.pools.list()) {
-        const s = p.status?.conditions?.find((c) => c.type === "Ready")?.status ?? "Unknown";
-        counts[s] = (counts[s] ?? 0) + 1;
+    // Each pool's Ready condition, from the cache at scrape time.
+    this.metrics.poolStates = () => this.pools.list().map(poolReadiness);
+  }
+
+  /**
+   * The owner reference of the operator's own Deployment for objects it makes in `namespace` (owner references do
+   * not cross namespaces: the garbage collector would take one to another namespace's object for a missing owner and
+   * delete the dependent), or undefined (none configured, another namespace, or not read yet). Its uid is read once
+   * (GET, needs get on that Deployment); a failed read is logged once and tried again at the next call.
+   */
+  private ownerOf(d: { namespace: string; name: string } | undefined) {
+    let ref: { apiVersion: string; kind: string; name: string; uid: string } | undefined;
+    let said = false;
+    return async (namespace: string) => {
+      if (!d || d.namespace !== namespace) return undefined;
+      if (ref) return ref;
+      try {
+        const got = await this.kube.get<KubeObject>(`/apis/apps/v1/namespaces/${d.namespace}/deployments/${d.name}`);
+        const uid = got?.metadata?.uid;
+        if (!uid) throw new Error("not found");
+        ref = { apiVersion: "apps/v1", kind: "Deployment", name: d.name, uid };
+      } catch (e) {
+        if (!said) {
+          said = true;
+          this.log.warn(
+            `owner Deployment ${d.namespace}/${d.name}: ${(e as Error).message}; the router ConfigMap and Hub-token Secret get no owner reference until it can be read`,
+          );
+        }
       }
-      return counts;
+      return ref;
     };
   }
 

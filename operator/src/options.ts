@@ -14,6 +14,8 @@ export interface CliOptions {
   /** --sync-hub-tokens: copy each hf:// pool's checkpoint.tokenSecret into routerHfTokensSecret (hub-tokens.ts). */
   syncHubTokens: boolean;
   routerHfTokensSecret: { namespace: string; name: string };
+  /** --owner-deployment: the operator's own Deployment, owner of the router ConfigMap and Secret (manager.ts). */
+  ownerDeployment?: { namespace: string; name: string };
   concurrency: number;
   identity?: string;
   logLevel: LogLevel;
@@ -29,6 +31,7 @@ const FLAGS = {
   "router-configmap": { type: "string" },
   "sync-hub-tokens": { type: "boolean" },
   "router-hf-tokens-secret": { type: "string" },
+  "owner-deployment": { type: "string" },
   concurrency: { type: "string" },
   identity: { type: "string" },
   "log-level": { type: "string" },
@@ -46,6 +49,8 @@ export const USAGE = `usage: node operator/dist/main.js [flags]
   --sync-hub-tokens       read each hf:// pool's checkpoint.tokenSecret and keep the router's Secret of Hub tokens
                           (key <namespace>_<pool>) in step with them; off: the operator reads no Secrets
   --router-hf-tokens-secret NS/NAME  that Secret (default <router config namespace>/switchyard-router-hf-tokens)
+  --owner-deployment NS/NAME  the operator's own Deployment (default namespace POD_NAMESPACE): the router ConfigMap and
+                          that Secret, where in its namespace, get it as owner and are deleted with it; unset: no owner
   --concurrency N         reconciles in parallel per controller (default 16)
   --identity ID           leader election identity (default POD_NAME or hostname_pid)
   --log-level LEVEL       debug, info, warn or error: messages below it are dropped (default info)
@@ -87,6 +92,13 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     if (!m) throw new OptionsError(`--router-hf-tokens-secret: want NAMESPACE/NAME or NAME, got ${JSON.stringify(rs)}`);
     routerHfTokensSecret = { namespace: m[1] ?? routerConfigMap.namespace, name: m[2] };
   }
+  let ownerDeployment: { namespace: string; name: string } | undefined;
+  const od = get("owner-deployment") as string | undefined;
+  if (od) {
+    const m = /^(?:([a-z0-9-]+)\/)?([a-z0-9.-]+)$/.exec(od);
+    if (!m) throw new OptionsError(`--owner-deployment: want NAMESPACE/NAME or NAME, got ${JSON.stringify(od)}`);
+    ownerDeployment = { namespace: m[1] ?? env.POD_NAMESPACE ?? leaseNamespace, name: m[2] };
+  }
   const conc = Number(get("concurrency") ?? 16);
   if (!Number.isInteger(conc) || conc < 1 || conc > 64)
     throw new OptionsError(`--concurrency: must be 1-64, got ${conc}`);
@@ -104,6 +116,7 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     routerConfigMap,
     syncHubTokens: Boolean(get("sync-hub-tokens")),
     routerHfTokensSecret,
+    ...(ownerDeployment ? { ownerDeployment } : {}),
     concurrency: conc,
     identity: (get("identity") as string | undefined) ?? env.POD_NAME,
     logLevel,

@@ -34,6 +34,14 @@ describe("operator/README.md lists every condition reason", () => {
     for (const r of reasons.filter((r) => r !== "AsExpected")) expect(text, r).toContain(`\`${r}\``);
   });
 
+  it("docs/CONTRACTS.md's RoutingPolicy section names every reason too", () => {
+    const contracts = readFileSync(join(here, "..", "..", "docs", "CONTRACTS.md"), "utf8");
+    const a = contracts.indexOf("## RoutingPolicy");
+    expect(a, "CONTRACTS has a RoutingPolicy section").toBeGreaterThanOrEqual(0);
+    const text = contracts.slice(a, contracts.indexOf("\n## ", a + 1));
+    for (const r of reasonsIn("controller/routing.ts")) expect(text, r).toContain(`\`${r}\``);
+  });
+
   it("ExpertPool: every reason of its Ready, Progressing and Degraded conditions", () => {
     const reasons = reasonsIn("controller/pool-status.ts");
     expect(reasons.length).toBeGreaterThan(8);

@@ -1,5 +1,6 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { MAX_HEAT_SERIES, RouterMetrics } from "./metrics.js";
+import { MAX_HEAT_SERIES, REQUEST_LATENCY_BUCKETS, RouterMetrics } from "./metrics.js";
 
 describe("RouterMetrics: the event loop's busy time", () => {
   it("grows by the time the loop was kept busy between two scrapes, unlabelled (one loop per process)", async () => {
@@ -106,5 +107,30 @@ describe("RouterMetrics: expert heat", () => {
   it("forgetPool of an unknown pool does nothing", () => {
     const m = new RouterMetrics();
     expect(() => m.forgetPool("nope")).not.toThrow();
+  });
+});
+
+describe("RouterMetrics: series a rate() can start from", () => {
+  it("a worker's dispatch errors are exported at 0 as soon as the router has children for it", async () => {
+    const m = new RouterMetrics();
+    m.forPool("a").worker("a-0");
+    expect(await linesOf(m, "a")).toContain('switchyard_router_dispatch_errors_total{pool="a",worker="a-0"} 0');
+  });
+});
+
+describe("RouterMetrics: request latency buckets", () => {
+  it("reach past every SwitchyardRouterLatencyHigh threshold the chart accepts (a quantile in +Inf reads as the top bucket)", async () => {
+    const schema = JSON.parse(
+      readFileSync(new URL("../../charts/switchyard/values.schema.json", import.meta.url), "utf8"),
+    );
+    const seconds = schema.properties.prometheusRule.properties.routerLatency.properties.seconds;
+    expect(seconds.exclusiveMaximum).toBeGreaterThan(5);
+    expect(Math.max(...REQUEST_LATENCY_BUCKETS)).toBeGreaterThanOrEqual(seconds.exclusiveMaximum);
+    // and the router's histogram is exported with them: a 20 s request lands in le="30", not le="10"
+    const m = new RouterMetrics();
+    m.forPool("a").requestDuration.observe(20);
+    const lines = await linesOf(m, "a");
+    expect(lines).toContain('switchyard_router_request_duration_seconds_bucket{le="10",pool="a"} 0');
+    expect(lines).toContain('switchyard_router_request_duration_seconds_bucket{le="30",pool="a"} 1');
   });
 });

@@ -15,6 +15,12 @@ import { HotCounter, type HotCounterChild, HotHistogram, type HotHistogramChild 
 export const MAX_HEAT_SERIES = 32768;
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+/**
+ * A request's latency goes on up to its deadline (DEFAULT_DEADLINE_MS, 30 s, where the caller sets none): with 5 s
+ * the top finite bucket, histogram_quantile could say no more than 5 s, and SwitchyardRouterLatencyHigh could never
+ * fire at a threshold of 5 s or more. The chart's schema keeps that threshold below the top bucket.
+ */
+export const REQUEST_LATENCY_BUCKETS = [...LATENCY_BUCKETS, 10, 30];
 const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
 export class RouterMetrics {
@@ -38,9 +44,9 @@ export class RouterMetrics {
   readonly requestDuration = new HotHistogram(
     {
       name: "switchyard_router_request_duration_seconds",
-      help: "End-to-end Forward latency inside the router.",
+      help: "End-to-end latency inside the router of the requests answered OK (Forward, ForwardStream, ForwardData).",
       labelNames: ["pool"],
-      buckets: LATENCY_BUCKETS,
+      buckets: REQUEST_LATENCY_BUCKETS,
     },
     this.registry,
   );
@@ -297,6 +303,9 @@ export class PoolMetrics {
         outstanding: this.m.workerOutstanding.labels(l),
         dataPath: this.m.workerDataPath.labels(l),
       };
+      // At 0 from the start: a counter first exported at 1 makes rate() miss that first failure (no earlier sample).
+      // (Not for a pool forgotten meanwhile: that would put a series back.)
+      if (this.live) w.errors.inc(0);
       this.workers.set(id, w);
     }
     return w;

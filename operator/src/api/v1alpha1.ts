@@ -120,7 +120,7 @@ export const checkpointSchema = obj(
       { maxLength: 2048, pattern: "^https?://[^\\s/][^\\s]*$" },
     ),
     tokenSecret: obj(
-      "With uri: a Secret in the pool's namespace holding a Hugging Face access token, given to the workers' fetch-checkpoint init container as HF_TOKEN (gated or private hf:// repositories). The router takes the same token from the key <namespace>_<pool> of its own optional Secret (the chart's router.hfTokensSecret), else its own HF_TOKEN; the operator copies it there only with --sync-hub-tokens (the chart's operator.syncHubTokens), and otherwise reads no Secrets.",
+      "With an hf:// uri only: a Secret in the pool's namespace holding a Hugging Face access token, given to the workers' fetch-checkpoint init container as HF_TOKEN (gated or private repositories); the token is sent to the Hub only, never to an https:// or http:// checkpoint URL, so the API server refuses it with one. The router takes the same token from the key <namespace>_<pool> of its own optional Secret (the chart's router.hfTokensSecret), else its own HF_TOKEN; the operator copies it there only with --sync-hub-tokens (the chart's operator.syncHubTokens), and otherwise reads no Secrets.",
       {
         name: str("Name of the Secret.", {
           maxLength: 253,
@@ -139,8 +139,12 @@ export const checkpointSchema = obj(
         message: "exactly one of checkpoint.pvc, checkpoint.hostPath, checkpoint.uri must be set",
       },
       {
-        rule: "!has(self.tokenSecret) || has(self.uri)",
-        message: "checkpoint.tokenSecret goes with checkpoint.uri",
+        // the fetcher sends the token only to the Hub (packages/moe fetch/uri.ts): with another URL it would go unused,
+        // and sending it there would hand a Hub credential to an arbitrary host
+        rule: "!has(self.tokenSecret) || (has(self.uri) && self.uri.startsWith('hf://'))",
+        message:
+          "checkpoint.tokenSecret goes with an hf:// checkpoint.uri (the token is for the Hugging Face Hub and is sent to it only)",
+        fieldPath: ".tokenSecret",
       },
       {
         rule: "!has(self.downloadSize) || has(self.uri)",
@@ -163,13 +167,10 @@ const MOE_LAYERS_CEL = (m: string) =>
 export const modelSchema = obj(
   "The MoE model whose routed experts this pool serves.",
   {
-    architecture: enm("Model family; selects expert key names and gate semantics.", [
-      "mixtral",
-      "qwen2-moe",
-      "qwen3-moe",
-      "deepseek-v3",
-      "custom",
-    ] as const),
+    architecture: enm(
+      "Model family, for the operator's own checks and defaults. The operator passes it to neither the workers nor the router: they take tensor key names and gate semantics from the checkpoint's config.json model_type (mixtral, qwen2_moe, qwen3_moe, deepseek_v3 or switchyard_moe), and a value that disagrees with it is not detected. The operator uses it to refuse a RoutingPolicy's gating.topP on deepseek-v3 (a sigmoid gate), and, with sharedIntermediateSize unset, to know deepseek-v3's shared-expert width (sharedExperts × intermediateSize) and place it on the workers; other families then keep it in the router. custom: a checkpoint of model_type switchyard_moe, a generic MoE whose config.json spells out its gate (scoring_func, n_group, topk_group, norm_topk_prob, n_shared_experts, shared_expert_intermediate_size); the operator assumes nothing of it.",
+      ["mixtral", "qwen2-moe", "qwen3-moe", "deepseek-v3", "custom"] as const,
+    ),
     layers: int(
       "Decoder layers, dense ones included: the checkpoint config's num_hidden_layers (DeepSeek-V3: 61; Mixtral 8x7B: 32). The plan has one row per layer and the router and workers refuse one of another length; name the layers without experts in firstDenseLayers / denseLayers so that they get no expert copies.",
       { minimum: 1, maximum: 512 },
@@ -301,17 +302,23 @@ export const workerSchema = obj(
 );
 
 export const cacheSchema = obj(
-  "Expert cache sizing on each worker.",
+  "Expert cache sizing on each worker, in (layer, expert) slots. A CUDA worker has two tiers: GPU slots, and behind them a host-memory tier of experts read from the checkpoint, so that a GPU miss is an upload from host memory rather than a checkpoint read. A CPU worker computes from host memory: one tier. Nothing here depends on replicas, so a scale rolls no worker.",
   {
     residentExperts: int(
-      "GPU-resident (layer, expert) slots per worker. Unset: exactly the worker's planned share, so every expert stays resident.",
+      "Slots per worker of the tier it computes from (the worker's --cache-capacity): GPU slots on a CUDA worker (split evenly among its GPUs), its one cache on a CPU worker. Without hostTier.enabled no worker is planned more copies than this. Unset: each worker sizes its cache from its own share of the placement plan, so every expert it serves stays resident, and re-sizes it when the plan changes (a scale); a CUDA worker's GPU slots are then as many as fit in 80% of device memory (at most 1024).",
       { minimum: 1, maximum: 1048576 },
     ),
     hostTier: obj(
-      "Host-memory tier behind the GPU tier (ExpertFlow-style offloading).",
+      "Host-memory tier behind the GPU slots of CUDA workers (ExpertFlow-style offloading). Off: a worker's host tier holds what its GPU slots do (residentExperts). A CPU worker has no tier behind its one cache: there hostTier only lets a worker's planned share exceed residentExperts, and capacity sizes the cache when residentExperts is unset.",
       {
-        enabled: bool("Keep non-resident experts in host memory and load them on demand.", { default: false }),
-        capacity: int("Host-tier slots per worker; unset = unbounded.", { minimum: 1, maximum: 1048576 }),
+        enabled: bool(
+          "Keep more experts in host memory than in the GPU slots (capacity; unset: the worker's whole planned share), and let a worker be planned more copies than residentExperts; the ones beyond it are uploaded from host memory on demand.",
+          { default: false },
+        ),
+        capacity: int(
+          "Host-tier slots per worker (the worker's --host-cache-capacity), at least residentExperts; used only while enabled. Unset: the worker's whole share of the plan, re-sized when the plan changes.",
+          { minimum: 1, maximum: 1048576 },
+        ),
       },
       { default: {} },
     ),
@@ -451,6 +458,16 @@ export const expertPoolSpecSchema = obj(
         rule: "!has(self.cache.residentExperts) || !has(self.cache.hostTier.capacity) || self.cache.hostTier.capacity >= self.cache.residentExperts",
         message: "cache.hostTier.capacity must be >= cache.residentExperts",
         fieldPath: ".cache.hostTier.capacity",
+      },
+      {
+        // The plan lists a worker per expert copy (~5-8 bytes each in its ConfigMap) and is made on the event loop.
+        // Measured with desiredPlan (desired.ts) at 32768 copies, 1024 workers, on a shared 2-core host: 209-245 KiB
+        // (32x1024, 58x(256+306), 512x64, 64x(256+256)) against the ConfigMap's 1 MiB, 0.2-0.65 s to plan; at 65536,
+        // 370-434 KiB and up to 0.75 s; at 131072, 684 KiB and 1.8 s; at 262144, 1.3 MiB (refused) and 3.5 s.
+        // DeepSeek-V3 (58 MoE layers x 256) keeps room for 306 redundant slots a layer, Qwen3-235B (94 x 128) for 220.
+        rule: `${MOE_LAYERS_CEL("self.model")} * (self.model.experts + self.placement.redundantExperts + ${SHARED_SLICES_CEL}) <= 32768`,
+        message:
+          "MoE layers (model.layers less firstDenseLayers and denseLayers) * (model.experts + placement.redundantExperts + shared slices) must be <= 32768 expert copies: the placement plan must fit its ConfigMap and plan quickly; lower placement.redundantExperts, or split the model's layers over several pools",
       },
     ],
   },
@@ -634,7 +651,7 @@ export const loadSignalsSchema = obj(
       },
     ),
     queries: obj(
-      "PromQL queries; `$pool` is replaced by the name the router serves the pool under (namespace/name outside the router's namespace; the workers' metrics carry it as their pool label). Unset = the chart's defaults.",
+      "PromQL queries; `$pool` is replaced by the name the router serves the pool under (namespace/name outside the router's namespace; the workers' metrics carry it as their pool label). A query left unset takes the built-in default (set by the operator and the router, not by the chart): queueDepth sum by (worker) (switchyard_worker_queued_rows{pool=\"$pool\"}), latencySeconds the 1m rate of switchyard_worker_run_duration_seconds_sum over that of _count, per worker. An empty string turns that signal off.",
       {
         queueDepth: str("One sample per worker (label worker): queued work in rows (token-expert assignments).", {
           maxLength: 4096,

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { contains, needsApply, parseQuantity } from "./compare.js";
+import { desiredStatefulSet } from "./desired.js";
+import { testPool } from "./fixtures.js";
 
 describe("parseQuantity", () => {
   it.each([
@@ -33,6 +35,32 @@ describe("contains", () => {
     expect(contains({ resources: { limits: { cpu: "1" } } }, { resources: { limits: { cpu: "2" } } })).toBe(false);
     // Only under resources: elsewhere strings compare exactly.
     expect(contains({ x: { requests: { cpu: "0.5" } } }, { x: { requests: { cpu: "500m" } } })).toBe(false);
+  });
+  it("compares an emptyDir's sizeLimit as a quantity (checkpoint.downloadSize, which the server canonicalises)", () => {
+    const vol = (sizeLimit: string | number) => ({
+      spec: { volumes: [{ name: "checkpoint", emptyDir: { sizeLimit } }] },
+    });
+    expect(contains(vol("1.5Gi"), vol("1536Mi"))).toBe(true);
+    expect(contains(vol("0.5Ti"), vol("512Gi"))).toBe(true);
+    expect(contains(vol("1e11"), vol("100G"))).toBe(true);
+    expect(contains(vol(1073741824), vol("1Gi"))).toBe(true);
+    expect(contains(vol("1Gi"), vol("2Gi"))).toBe(false);
+    expect(contains(vol("1Gi"), vol("1G"))).toBe(false);
+    // only there: another field named sizeLimit compares as it is
+    expect(contains({ x: { sizeLimit: "1.5Gi" } }, { x: { sizeLimit: "1536Mi" } })).toBe(false);
+  });
+
+  it("a StatefulSet with a downloadSize the server rewrote needs no apply", () => {
+    const pool = testPool({ model: { checkpoint: { uri: "hf://org/model", downloadSize: "1.5Gi" } } });
+    delete pool.spec.model.checkpoint.hostPath;
+    const want = desiredStatefulSet(pool);
+    const live = structuredClone(want);
+    const pod = live.spec!.template.spec!;
+    pod.volumes![0].emptyDir!.sizeLimit = "1536Mi";
+    pod.initContainers![0].resources!.requests!["ephemeral-storage"] = "1536Mi";
+    expect(needsApply(want as never, live as never)).toBe(false);
+    pod.volumes![0].emptyDir!.sizeLimit = "2Gi";
+    expect(needsApply(want as never, live as never)).toBe(true);
   });
 });
 

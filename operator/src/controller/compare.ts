@@ -42,9 +42,19 @@ function quantityEqual(a: unknown, b: unknown): boolean {
 }
 
 /**
+ * Whether the value at `path` is a quantity field the builders in desired.ts write: a `resources.requests|limits`
+ * entry, or an `emptyDir.sizeLimit` (checkpoint.downloadSize).
+ */
+function isQuantityPath(path: string[]): boolean {
+  const n = path.length;
+  if (n >= 3 && path[n - 3] === "resources" && (path[n - 2] === "requests" || path[n - 2] === "limits")) return true;
+  return n >= 2 && path[n - 2] === "emptyDir" && path[n - 1] === "sizeLimit";
+}
+
+/**
  * True when `desired` is contained in `live`: objects by key (extra live keys allowed), arrays element-wise
- * with equal length, scalars equal. Values under a `resources.requests|limits` map compare as quantities,
- * because the server canonicalises them ("0.5" is stored as "500m").
+ * with equal length, scalars equal. Quantity fields (isQuantityPath) compare as quantities, because the server
+ * canonicalises them ("0.5" is stored as "500m", "1.5Gi" as "1536Mi", "1e11" as "100G").
  */
 export function contains(desired: unknown, live: unknown, path: string[] = []): boolean {
   if (desired === undefined) return true;
@@ -57,10 +67,7 @@ export function contains(desired: unknown, live: unknown, path: string[] = []): 
     const l = live as Record<string, unknown>;
     return Object.entries(desired as Record<string, unknown>).every(([k, v]) => contains(v, l[k], [...path, k]));
   }
-  const parent = path[path.length - 2];
-  if ((parent === "requests" || parent === "limits") && path[path.length - 3] === "resources") {
-    return quantityEqual(desired, live);
-  }
+  if (isQuantityPath(path)) return quantityEqual(desired, live);
   return desired === live;
 }
 

@@ -78,8 +78,7 @@ describe("desiredStatefulSet", () => {
       "50062",
       "--plan",
       "/etc/switchyard/plan/plan.json",
-      "--cache-capacity",
-      "11", // 4 layers x 8 experts over 3 workers, rounded up
+      // no cache flags: cache.residentExperts unset, each worker sizes its cache from its share of the plan
       "--backend",
       "auto",
       "--queue-capacity",
@@ -193,15 +192,80 @@ describe("desiredStatefulSet", () => {
     expect(cpu.tolerations).toBeUndefined();
   });
 
-  it("a model edit changes the pod template (rolls workers); a replica change does not", () => {
+  const template = (p: ReturnType<typeof testPool>) => JSON.stringify(desiredStatefulSet(p).spec?.template);
+
+  it("a replica change leaves the pod template as it is, byte for byte: a scale adds or removes pods, rolls none", () => {
+    const specs: Parameters<typeof testPool>[0][] = [
+      {}, // cache.residentExperts unset: before, --cache-capacity was the share, 16, 11 and 8 for 2, 3 and 4 replicas
+      { placement: { strategy: "contiguous", redundantExperts: 1 } },
+      { placement: { redundantExperts: 2 }, cache: { hostTier: { enabled: true } } },
+      { cache: { residentExperts: 40 } },
+      { cache: { residentExperts: 4, hostTier: { enabled: true, capacity: 32 } } },
+    ];
+    for (const spec of specs) {
+      const [two, three, four] = [2, 3, 4].map((replicas) => template(testPool({ ...spec, replicas })));
+      expect(three).toBe(two);
+      expect(four).toBe(two);
+    }
+    const [two, four] = [2, 4].map((replicas) => template(qwen({ replicas }))); // shared-expert slices
+    expect(four).toBe(two);
+  });
+
+  it("rolls the workers for what reaches them (the checkpoint source), not for model fields only the plan or no one reads", () => {
     const a = testPool();
-    const b = testPool({ model: { hiddenSize: 128 } });
-    expect(modelHash(a)).not.toBe(modelHash(b));
-    const t = (p: ReturnType<typeof testPool>) => JSON.stringify(desiredStatefulSet(p).spec?.template);
-    expect(t(a)).not.toBe(t(b));
-    expect(t(testPool({ replicas: 2, cache: { residentExperts: 40 } }))).toBe(
-      t(testPool({ replicas: 4, cache: { residentExperts: 40 } })),
-    );
+    const t = template(a);
+    // read by neither the workers nor the router (the workers read d and the dtype from the checkpoint)
+    expect(template(testPool({ model: { hiddenSize: 128 } }))).toBe(t);
+    expect(template(testPool({ model: { dtype: "float32" } }))).toBe(t);
+    // the shape reaches running workers through the plan, which they reload
+    expect(template(testPool({ model: { topK: 4, intermediateSize: 256, sharedExperts: 1 } }))).toBe(t);
+    // a field a later CRD revision adds with a default: the API server writes it into every stored pool
+    const upgraded = testPool();
+    (upgraded.spec.model as Record<string, unknown>).someNewField = "its-default";
+    (upgraded.spec.model.checkpoint as Record<string, unknown>).someNewField = "its-default";
+    expect(modelHash(upgraded)).toBe(modelHash(a));
+    expect(template(upgraded)).toBe(t);
+    // the defaults written out: a key left unset hashes as the key it defaults to
+    const token = (key?: string) => {
+      const p = testPool();
+      p.spec.model.checkpoint = { uri: "hf://org/m", tokenSecret: key ? { name: "hf", key } : { name: "hf" } };
+      return p;
+    };
+    expect(modelHash(token())).toBe(modelHash(token("HF_TOKEN")));
+    expect(modelHash(token())).not.toBe(modelHash(token("other")));
+    // the checkpoint source does roll them
+    const other = testPool({ model: { checkpoint: { hostPath: { path: "/models/other" } } } });
+    expect(modelHash(other)).not.toBe(modelHash(a));
+    expect(template(other)).not.toBe(t);
+    const pvc = (subPath?: string) => {
+      const p = testPool();
+      p.spec.model.checkpoint = { pvc: { claimName: "w", ...(subPath ? { subPath } : {}) } };
+      return modelHash(p);
+    };
+    expect(pvc("m")).not.toBe(pvc());
+  });
+
+  it("cache flags: --cache-capacity is cache.residentExperts; --host-cache-capacity the host tier's capacity when on", () => {
+    const cacheFlags = (cache: NonNullable<Parameters<typeof testPool>[0]>["cache"]) =>
+      workerArgs(testPool({ cache })).filter(
+        (_, i, a) => /cache-capacity$/.test(a[i]) || /cache-capacity$/.test(a[i - 1] ?? ""),
+      );
+    expect(cacheFlags({})).toEqual([]);
+    expect(cacheFlags({ residentExperts: 16 })).toEqual(["--cache-capacity", "16"]);
+    // the host tier off: its capacity is not used (host = GPU = residentExperts)
+    expect(cacheFlags({ residentExperts: 16, hostTier: { enabled: false, capacity: 64 } })).toEqual([
+      "--cache-capacity",
+      "16",
+    ]);
+    // on without a capacity: the worker's host tier holds its whole share (the worker's default)
+    expect(cacheFlags({ residentExperts: 16, hostTier: { enabled: true } })).toEqual(["--cache-capacity", "16"]);
+    expect(cacheFlags({ residentExperts: 16, hostTier: { enabled: true, capacity: 64 } })).toEqual([
+      "--cache-capacity",
+      "16",
+      "--host-cache-capacity",
+      "64",
+    ]);
+    expect(cacheFlags({ hostTier: { enabled: true, capacity: 64 } })).toEqual(["--host-cache-capacity", "64"]);
   });
 
   it("cache capacity defaults to the worker's share of every copy", () => {
@@ -240,7 +304,6 @@ describe("dense layers (model.firstDenseLayers, model.denseLayers)", () => {
     expect(r.stats.slotsPerWorker).toEqual([9, 9, 9, 9]);
     expect(cacheCapacity(pool)).toBe(9);
     expect(cacheCapacity(ds({}))).toBe(18);
-    expect(workerArgs(pool)).toContain("9");
     expect(r.stats.maxImbalance).toBe(1);
     // and planning again changes nothing
     const again = desiredPlan(pool, r.plan);

@@ -133,7 +133,12 @@ function childMetadata(pool: ExpertPool, name: string): V1ObjectMeta {
   };
 }
 
-/** Slots each worker must hold when the user did not size the cache: its share of every copy, rounded up. */
+/**
+ * Slots a worker's share of the plan may take: cache.residentExperts, else the largest share of every copy the
+ * planner lays out (rounded up). Judges plans only (rebalance.ts planFitsPool): it is not passed to the workers when
+ * residentExperts is unset, since it depends on spec.replicas and the pod template must not (a `kubectl scale` would
+ * roll every worker); each worker sizes its cache from its own share of the plan instead (workerArgs).
+ */
 export function cacheCapacity(pool: ExpertPool): number {
   const { spec } = pool;
   if (spec.cache.residentExperts !== undefined) return spec.cache.residentExperts;
@@ -151,9 +156,24 @@ export function cacheCapacity(pool: ExpertPool): number {
   return Math.max(1, Math.ceil(slots / replicas));
 }
 
-/** Short hash of the model section: a change in it must roll the workers even when no flag changes. */
+/**
+ * Short hash of what of spec.model reaches the worker pods: the checkpoint source, each field named and its default
+ * written out. The workers read the model's shape from the checkpoint's config.json, not from the spec: hiddenSize
+ * and dtype reach no one, and layers, experts and the rest only the plan, which running workers reload. Naming the
+ * fields also keeps a field a later CRD revision adds under spec.model (the API server writes its default into every
+ * stored pool) from rolling the workers of every pool.
+ */
 export function modelHash(pool: ExpertPool): string {
-  return createHash("sha256").update(JSON.stringify(pool.spec.model)).digest("hex").slice(0, 16);
+  const c = pool.spec.model.checkpoint;
+  const source = {
+    pvc: c.pvc && { claimName: c.pvc.claimName, subPath: c.pvc.subPath ?? "" },
+    hostPath: c.hostPath && { path: c.hostPath.path },
+    uri: c.uri,
+    downloadSize: c.downloadSize === undefined ? undefined : String(c.downloadSize),
+    endpoint: c.endpoint,
+    tokenSecret: c.tokenSecret && { name: c.tokenSecret.name, key: c.tokenSecret.key ?? "HF_TOKEN" },
+  };
+  return createHash("sha256").update(JSON.stringify(source)).digest("hex").slice(0, 16);
 }
 
 function checkpointVolume(pool: ExpertPool) {
@@ -162,6 +182,22 @@ function checkpointVolume(pool: ExpertPool) {
   if (c.hostPath) return { name: "checkpoint", hostPath: { path: c.hostPath.path, type: "Directory" } };
   // uri: the init container downloads into it; downloadSize bounds it (the node evicts a pod past its limit)
   return { name: "checkpoint", emptyDir: c.downloadSize !== undefined ? { sizeLimit: String(c.downloadSize) } : {} };
+}
+
+/**
+ * The cache flags (expert-worker README "Cache tiers"), none of which depends on spec.replicas. --cache-capacity
+ * (the GPU slots; a CPU worker's one tier) only with cache.residentExperts: unset, the worker sizes its cache from
+ * its share of the plan, and re-sizes it when a scale changes the share. --host-cache-capacity (the host tier behind
+ * the GPU slots) only with cache.hostTier.enabled and its capacity: unset, the worker's host tier holds its whole
+ * share. With the host tier off the planner keeps every share within residentExperts, so host = GPU = residentExperts.
+ */
+function cacheArgs(pool: ExpertPool): string[] {
+  const { residentExperts, hostTier } = pool.spec.cache;
+  const args: string[] = [];
+  if (residentExperts !== undefined) args.push("--cache-capacity", String(residentExperts));
+  if (hostTier.enabled && hostTier.capacity !== undefined)
+    args.push("--host-cache-capacity", String(hostTier.capacity));
+  return args;
 }
 
 /**
@@ -189,8 +225,7 @@ export function workerArgs(pool: ExpertPool, metricsPool = pool.metadata.name): 
     String(WORKER_DATA_PORT),
     "--plan",
     `${PLAN_MOUNT}/${PLAN_KEY}`,
-    "--cache-capacity",
-    String(cacheCapacity(pool)),
+    ...cacheArgs(pool),
     "--backend",
     spec.worker.backend,
     "--queue-capacity",

@@ -12,6 +12,8 @@ import { type Kube, KubeError, paths } from "../runtime/kube.js";
 import {
   forbidden,
   newProblems,
+  type Owner,
+  ownsRouterSecret,
   type RouterSecretRef,
   routerSecretApply,
   routerSecretNeedsApply,
@@ -30,6 +32,8 @@ export interface HubTokenSyncDeps {
   events: EventRecorder;
   /** The router's Secret (--router-hf-tokens-secret; the chart's router.hfTokensSecret). */
   router: RouterSecretRef;
+  /** The operator's Deployment as owner for what it makes in a namespace (manager.ts ownerOf), if any. */
+  owner?: (namespace: string) => Promise<Owner | undefined>;
 }
 
 export interface HubTokenSyncResult {
@@ -88,10 +92,12 @@ export class HubTokenSync {
     } catch (e) {
       throw bare(e, `GET Secret ${router.namespace}/${router.name}`);
     }
-    const applied = routerSecretNeedsApply(tokens, live as never, FIELD_MANAGER);
+    const deployment = await this.d.owner?.(router.namespace);
+    const owner = deployment && ownsRouterSecret(live as never, FIELD_MANAGER, deployment) ? deployment : undefined;
+    const applied = routerSecretNeedsApply(tokens, live as never, FIELD_MANAGER, owner);
     if (applied) {
       try {
-        await kube.apply(path, routerSecretApply(router, tokens), FIELD_MANAGER);
+        await kube.apply(path, routerSecretApply(router, tokens, owner), FIELD_MANAGER);
       } catch (e) {
         throw bare(e, `apply Secret ${router.namespace}/${router.name}`);
       }

@@ -5,6 +5,7 @@ import {
   appliedDataKeys,
   forbidden,
   newProblems,
+  ownsRouterSecret,
   routerSecretApply,
   routerSecretNeedsApply,
   type TokenProblem,
@@ -140,6 +141,38 @@ describe("routerSecretNeedsApply", () => {
   it("the same value set by someone else (a restart finds the user's copy): take the key over once", () => {
     const live = { data: { ns_a: "YQ==" }, metadata: { managedFields: [applied(["ns_a"], "kubectl", "Update")] } };
     expect(routerSecretNeedsApply(want, live, M)).toBe(true);
+  });
+});
+
+describe("the router Secret's owner (the operator's Deployment: helm uninstall deletes the Secret with it)", () => {
+  const owner = { apiVersion: "apps/v1", kind: "Deployment", name: "sy-operator", uid: "dep-uid" };
+  const tokens = new Map([["ns_a", "dG9r"]]);
+
+  it("goes into the apply body, and an owned Secret without it is applied again", () => {
+    expect(routerSecretApply(ROUTER, tokens, owner).metadata).toEqual({ ...ROUTER, ownerReferences: [owner] });
+    const live = { data: { ns_a: "dG9r" }, metadata: { managedFields: [applied(["ns_a"])] } };
+    expect(routerSecretNeedsApply(tokens, live, M)).toBe(false);
+    expect(routerSecretNeedsApply(tokens, live, M, owner)).toBe(true);
+    const owned = { ...live, metadata: { ...live.metadata, ownerReferences: [{ uid: "dep-uid" }] } };
+    expect(routerSecretNeedsApply(tokens, owned, M, owner)).toBe(false);
+  });
+
+  it("only on a Secret the operator makes or holds alone: one with a user's key stays theirs", () => {
+    expect(ownsRouterSecret(undefined, M, owner)).toBe(true);
+    const ours = { data: { ns_a: "x" }, metadata: { managedFields: [applied(["ns_a"])] } };
+    expect(ownsRouterSecret(ours, M, owner)).toBe(true);
+    const shared = {
+      data: { ns_a: "x", mine: "y" },
+      metadata: { managedFields: [applied(["ns_a"]), applied(["mine"], "kubectl", "Update")] },
+    };
+    expect(ownsRouterSecret(shared, M, owner)).toBe(false);
+    expect(
+      ownsRouterSecret(
+        { ...shared, metadata: { ...shared.metadata, ownerReferences: [{ uid: "dep-uid" }] } },
+        M,
+        owner,
+      ),
+    ).toBe(true);
   });
 });
 

@@ -97,20 +97,51 @@ export function forbidden(src: TokenSource, router: RouterSecretRef): TokenProbl
   };
 }
 
+/** An owner reference: the operator's own Deployment, for the router Secret the operator made. */
+export interface Owner {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+}
+
 /**
  * The server-side apply body of the router Secret: exactly `tokens` (router key -> base64 value) as its data. With
  * one field manager, keys it applied before and not now are removed (a pool gone, its Secret gone); keys another
  * manager set (a user's `kubectl create secret`) stay theirs. No type: a Secret the user made keeps its own, and a
- * new one is Opaque. No labels either: the Secret may belong to a user's tooling.
+ * new one is Opaque. No labels either: the Secret may belong to a user's tooling. `owner` (ownsRouterSecret): the
+ * operator's Deployment, so `helm uninstall` has the garbage collector delete the Secret with it.
  */
-export function routerSecretApply(router: RouterSecretRef, tokens: ReadonlyMap<string, string>) {
+export function routerSecretApply(router: RouterSecretRef, tokens: ReadonlyMap<string, string>, owner?: Owner) {
   const keys = [...tokens.keys()].sort();
   return {
     apiVersion: "v1",
     kind: "Secret",
-    metadata: { name: router.name, namespace: router.namespace },
+    metadata: { name: router.name, namespace: router.namespace, ...(owner ? { ownerReferences: [owner] } : {}) },
     ...(keys.length ? { data: Object.fromEntries(keys.map((k) => [k, tokens.get(k) as string])) } : {}),
   };
+}
+
+/**
+ * Whether the router Secret is the operator's to give its Deployment as owner (and so to have deleted with it): one
+ * it is about to create (none live), one that has that owner already (an apply without it would drop it), or one
+ * whose every key is this manager's (made by an operator from before owners were set). A Secret holding a key of
+ * another manager (a user's) is theirs: it gets no owner and outlives the release, as they made it.
+ */
+export function ownsRouterSecret(
+  live:
+    | {
+        data?: Record<string, string>;
+        metadata?: { managedFields?: ManagedFieldsEntry[]; ownerReferences?: { uid?: string }[] };
+      }
+    | undefined,
+  manager: string,
+  owner: Owner,
+): boolean {
+  if (!live) return true;
+  if (live.metadata?.ownerReferences?.some((r) => r.uid === owner.uid)) return true;
+  const mine = appliedDataKeys(live, manager);
+  return Object.keys(live.data ?? {}).every((k) => mine.has(k));
 }
 
 interface ManagedFieldsEntry {
@@ -136,16 +167,23 @@ export function appliedDataKeys(
 
 /**
  * Whether the live router Secret (undefined: there is none) differs from `tokens`: a key missing or holding another
- * value, or a key this manager applied that should be gone. Read from the object itself, managedFields included, so
+ * value, a key this manager applied that should be gone, or `owner` (if given) missing from its owner references. Read from the object itself, managedFields included, so
  * a restarted or new leader that finds the Secret as wanted writes nothing, and a Secret deleted or edited by hand is
  * put back at the next pass. No Secret and nothing to hold: nothing to create.
  */
 export function routerSecretNeedsApply(
   tokens: ReadonlyMap<string, string>,
-  live: { data?: Record<string, string>; metadata?: { managedFields?: ManagedFieldsEntry[] } } | undefined,
+  live:
+    | {
+        data?: Record<string, string>;
+        metadata?: { managedFields?: ManagedFieldsEntry[]; ownerReferences?: { uid?: string }[] };
+      }
+    | undefined,
   manager: string,
+  owner?: Owner,
 ): boolean {
   if (!live) return tokens.size > 0;
+  if (owner && !live.metadata?.ownerReferences?.some((r) => r.uid === owner.uid)) return true;
   for (const [k, v] of tokens) if (live.data?.[k] !== v) return true;
   const owned = appliedDataKeys(live, manager);
   if (owned.size !== tokens.size) return true;

@@ -37,15 +37,38 @@ describe("PlanMemo", () => {
     expect(runs).toBe(5);
   });
 
-  it("does not remember a refusal (the next pass plans again)", () => {
+  it("remembers a failure for the same spec and published plan: a failing pass's retries do not plan again", () => {
     const memo = new PlanMemo();
     let runs = 0;
     const refuse = () => {
       runs++;
       return { ok: false, message: "no room" } as PlanOutcome;
     };
-    memo.plan(pool(2), plan(1, 0), refuse);
-    memo.plan(pool(2), plan(1, 0), refuse);
+    memo.plan(pool(2), undefined, refuse);
+    expect(memo.plan(pool(2), undefined, refuse)).toEqual({ ok: false, message: "no room" });
+    expect(runs).toBe(1);
+    memo.plan(pool(2), plan(1, 0), refuse); // another published plan: planned again
+    expect(runs).toBe(2);
+    memo.plan(pool(2), structuredClone(plan(1, 0)), refuse); // the same one, read anew
+    expect(runs).toBe(2);
+    memo.plan(pool(3), plan(1, 0), refuse); // the spec changed
+    expect(runs).toBe(3);
+  });
+
+  it("remembers a plan that was not published (its ConfigMap refused): the retry plans nothing", () => {
+    const memo = new PlanMemo();
+    let runs = 0;
+    const planner = (p: PlacementPlan) => () => {
+      runs++;
+      return outcome(p);
+    };
+    const v1 = plan(1, 0);
+    memo.plan(pool(2), v1, planner(v1));
+    const v2 = plan(2, 1);
+    expect(memo.plan(pool(3), structuredClone(v1), planner(v2))).toMatchObject({ plan: v2 }); // scaled: v2
+    expect(memo.plan(pool(3), structuredClone(v1), planner(v2))).toMatchObject({ plan: v2 }); // v1 still published
+    expect(runs).toBe(2);
+    expect(memo.plan(pool(3), structuredClone(v2), planner(v2))).toMatchObject({ plan: v2 }); // v2 published
     expect(runs).toBe(2);
   });
 });

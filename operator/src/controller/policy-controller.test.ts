@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import type { ExpertPool, RoutingPolicy } from "../api/v1alpha1.js";
 import type { EventRecorder } from "../runtime/events.js";
 import type { Informer } from "../runtime/informer.js";
-import type { Kube } from "../runtime/kube.js";
+import { type Kube, KubeError } from "../runtime/kube.js";
 import { RecentWrites } from "../runtime/recent.js";
 import { desiredPlan } from "./desired.js";
 import { testPolicy, testPool } from "./fixtures.js";
@@ -50,8 +50,12 @@ function harness(configLimits?: ConfigLimits, synced = true, elsewhere = false, 
   const routerConfigMaps = elsewhere ? new FakeCache<Obj & { data?: Record<string, string> }>() : configMaps;
   const events: string[] = [];
   const served: string[] = [];
+  const logs: string[] = [];
+  // An error for the router ConfigMap's writes (RBAC, admission), or undefined.
+  const server = { refuseRouter: undefined as Error | undefined };
   const kube = {
     apply: async (path: string, body: Obj & { status?: unknown }) => {
+      if (server.refuseRouter && path.endsWith("/configmaps/switchyard-router")) throw server.refuseRouter;
       writes++;
       const name = body.metadata?.name as string;
       const ns = body.metadata?.namespace as string;
@@ -80,6 +84,7 @@ function harness(configLimits?: ConfigLimits, synced = true, elsewhere = false, 
     fit: Object.assign(new RouterConfigFit(), { synced }),
     configLimits,
     onServedChanged: (keys) => served.push(...keys),
+    log: (m) => logs.push(m),
     now: () => "2026-01-01T00:00:00Z",
   };
   const publishPlan = (pool: ExpertPool) => {
@@ -99,6 +104,8 @@ function harness(configLimits?: ConfigLimits, synced = true, elsewhere = false, 
     writes: () => writes,
     events,
     served,
+    logs,
+    server,
     publishPlan,
     ready,
     routerTopK,
@@ -121,9 +128,9 @@ describe("PolicyReconciler", () => {
     h.publishPlan(pool);
     h.policies.put(aged(1, "rp-old", "2026-01-01T00:00:00Z"));
     h.policies.put(aged(4, "rp-new", "2026-02-01T00:00:00Z"));
+    await h.routerRec.reconcile();
     await h.policyRec.reconcile("ns/rp-old");
     await h.policyRec.reconcile("ns/rp-new");
-    await h.routerRec.reconcile();
     expect(h.routerTopK()).toBe(1);
     expect(h.ready("rp-old")).toMatchObject({ status: "True", reason: "Resolved" });
     expect(h.ready("rp-new")).toMatchObject({ status: "False", reason: "Superseded" });
@@ -131,11 +138,16 @@ describe("PolicyReconciler", () => {
     expect(h.policies.get("ns", "rp-new")?.status?.effective).toBeUndefined();
     expect(h.events).toEqual(["Normal Resolved", "Warning Superseded"]);
 
-    // Deleting the winner re-queues the policies of its pool (policyKeysForPool); the other one takes over.
+    // Deleting the winner re-queues the policies of its pool (policyKeysForPool); the other one takes over once the
+    // router config holds it (the router pass requeues them: the pool's entry changed).
     h.policies.del("ns", "rp-old");
     expect(policyKeysForPool(h.policies.list("ns"), "ns", "mix")).toEqual(["ns/rp-new"]);
     await h.policyRec.reconcile("ns/rp-new");
+    expect(h.ready("rp-new")).toMatchObject({ status: "False", reason: "Pending" });
+    h.served.length = 0;
     await h.routerRec.reconcile();
+    expect(h.served).toEqual(["ns/mix"]);
+    await h.policyRec.reconcile("ns/rp-new");
     expect(h.routerTopK()).toBe(4);
     expect(h.ready("rp-new")).toMatchObject({ status: "True", reason: "Resolved" });
   });
@@ -150,8 +162,106 @@ describe("PolicyReconciler", () => {
     expect(h.ready("rp")?.message).toMatch(
       /^ExpertPool mix has no published placement plan in ConfigMap mix-placement/,
     );
-    // The placement ConfigMap's event re-queues the pool's policies.
+    // The placement ConfigMap's event re-queues the pool's policies; Ready once the router config has the pool.
     h.publishPlan(pool);
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.ready("rp")).toMatchObject({ status: "False", reason: "Pending" });
+    await h.routerRec.reconcile();
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.ready("rp")).toMatchObject({ status: "True", reason: "Resolved" });
+  });
+
+  it("Ready follows what the router ConfigMap holds: Pending after an edit until the router pass writes it, False with the error while that write fails", async () => {
+    const h = harness();
+    const pool = testPool();
+    h.pools.put(pool);
+    h.publishPlan(pool);
+    h.policies.put(testPolicy({ gating: { topK: 1 } }, "rp"));
+    await h.routerRec.reconcile();
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.ready("rp")).toMatchObject({ status: "True", reason: "Resolved" });
+    expect(h.deps.fit?.written.get("ns/mix")).toEqual({ name: "rp", uid: "uid-rp", generation: 1 });
+
+    // The user edits topK: generation 2, not in the ConfigMap yet (the router pass is debounced).
+    const edit = (topK: number, generation: number) => {
+      const rp = h.policies.get("ns", "rp") as RoutingPolicy;
+      h.policies.put({
+        ...rp,
+        metadata: { ...rp.metadata, generation },
+        spec: { ...rp.spec, gating: { ...rp.spec.gating, topK } },
+      });
+    };
+    edit(2, 2);
+    h.events.length = 0;
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.ready("rp")).toMatchObject({ status: "False", reason: "Pending", observedGeneration: 2 });
+    expect(h.ready("rp")?.message).toMatch(/^generation 2 is resolved and not yet in ConfigMap ns\/switchyard-router/);
+    const degraded = () => h.policies.get("ns", "rp")?.status?.conditions?.find((c) => c.type === "Degraded");
+    expect(degraded()).toMatchObject({ status: "False", reason: "AsExpected" });
+    expect(h.events).toEqual([]); // routine: no Warning
+
+    // The router pass cannot write (403: RBAC taken away): the policy says so, with the API server's words.
+    h.server.refuseRouter = new KubeError(
+      403,
+      "Forbidden",
+      'PATCH configmaps: 403 Forbidden: configmaps "switchyard-router" is forbidden',
+    );
+    h.served.length = 0;
+    await expect(h.routerRec.reconcile()).rejects.toThrow(/403 Forbidden/);
+    expect(h.served).toEqual(["ns/mix"]); // its policies requeued, once per new error
+    await expect(h.routerRec.reconcile()).rejects.toThrow(/403 Forbidden/);
+    expect(h.served).toEqual(["ns/mix"]);
+    expect(h.routerTopK()).toBe(1);
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.ready("rp")).toMatchObject({ status: "False", reason: "RouterConfigWriteFailed" });
+    expect(h.ready("rp")?.message).toContain('configmaps "switchyard-router" is forbidden');
+    expect(degraded()).toMatchObject({ status: "True", reason: "RouterConfigWriteFailed" });
+    expect(h.events).toEqual(["Warning RouterConfigWriteFailed"]);
+
+    // The write goes through: Ready again.
+    h.server.refuseRouter = undefined;
+    h.served.length = 0;
+    await h.routerRec.reconcile();
+    expect(h.routerTopK()).toBe(2);
+    expect(h.served).toContain("ns/mix");
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.ready("rp")).toMatchObject({ status: "True", reason: "Resolved" });
+    expect(h.events).toEqual(["Warning RouterConfigWriteFailed", "Normal Resolved"]);
+
+    // Deleted and made again under the same name: generation 1 again, another uid; not what the ConfigMap holds.
+    const again = testPolicy({ gating: { topK: 1 } }, "rp");
+    again.metadata.uid = "uid-rp-2";
+    h.policies.del("ns", "rp");
+    h.deps.recent.forget("RoutingPolicy", "ns", "rp"); // as the manager does on the delete event
+    h.policies.put(again);
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.ready("rp")).toMatchObject({ status: "False", reason: "Pending" });
+  });
+
+  it("a new leader whose first router pass keeps failing: its policies say so (not requeued forever unseen), and it is logged once", async () => {
+    const h = harness(undefined, false);
+    const pool = testPool();
+    h.pools.put(pool);
+    h.publishPlan(pool);
+    h.policies.put(testPolicy({}, "rp"));
+    expect(await h.policyRec.reconcile("ns/rp")).toEqual({ requeueAfterMs: 1000 });
+    h.server.refuseRouter = new KubeError(
+      404,
+      "NotFound",
+      'PATCH configmaps: 404 NotFound: namespaces "gone" not found',
+    );
+    await expect(h.routerRec.reconcile()).rejects.toThrow(/404/);
+    expect(h.served).toEqual(["ns/mix"]);
+    expect(await h.policyRec.reconcile("ns/rp")).toBeUndefined();
+    expect(h.ready("rp")).toMatchObject({ status: "False", reason: "RouterConfigWriteFailed" });
+    await h.policyRec.reconcile("ns/rp");
+    expect(h.logs).toHaveLength(1);
+    expect(h.logs[0]).toMatch(
+      /has not been written since this operator took the lead \(.*namespaces "gone" not found\)/,
+    );
+    h.server.refuseRouter = undefined;
+    await h.routerRec.reconcile();
+    expect(h.deps.fit?.synced).toBe(true);
     await h.policyRec.reconcile("ns/rp");
     expect(h.ready("rp")).toMatchObject({ status: "True", reason: "Resolved" });
   });

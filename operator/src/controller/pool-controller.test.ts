@@ -6,8 +6,9 @@ import type { ExpertPool } from "../api/v1alpha1.js";
 import type { Informer } from "../runtime/informer.js";
 import { type Kube, KubeError } from "../runtime/kube.js";
 import { RecentWrites } from "../runtime/recent.js";
+import type { PlanOutcome } from "./desired.js";
 import { testPool } from "./fixtures.js";
-import { type PoolCaches, type PoolControllerDeps, PoolReconciler } from "./pool-controller.js";
+import { fitsConfigMap, type PoolCaches, type PoolControllerDeps, PoolReconciler } from "./pool-controller.js";
 
 type Obj = {
   metadata?: { name?: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string> };
@@ -36,39 +37,65 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
     pods: new FakeCache<Obj>(),
   };
   caches.pools.put(pool);
+  // Every write's path (a create's as collection/name), and each request as "VERB path".
   const applies: string[] = [];
+  const requests: string[] = [];
   const events: string[] = [];
   // What the "server" refuses (validation, admission): an error for that path, else undefined.
   const server = {
     refuse: (_path: string): Error | undefined => undefined,
     // The pools' watch trails the status writes: the cache keeps the pool as it was.
     statusLags: false,
+    // Objects on the server that the caches do not see (not labelled as ours), by path.
+    foreign: new Map<string, Obj>(),
+  };
+  const cacheOf = (path: string) =>
+    path.includes("statefulsets")
+      ? caches.statefulSets
+      : path.includes("services")
+        ? caches.services
+        : caches.configMaps;
+  const stored = (path: string): Obj | undefined => {
+    const m = /namespaces\/([^/]+)\/[^/]+\/([^/]+)$/.exec(path);
+    return server.foreign.get(path) ?? (m ? cacheOf(path).get(m[1], m[2]) : undefined);
   };
   // The "server": an apply merges into the stored object (server defaults stand in as an extra field) and the
   // watch delivers it to the cache.
+  const write = (path: string, body: Obj & { status?: unknown }) => {
+    applies.push(path);
+    const refused = server.refuse(path);
+    if (refused) throw refused;
+    const name = body.metadata?.name as string;
+    const ns = body.metadata?.namespace as string;
+    const meta = { ...body.metadata, resourceVersion: String(++rv) };
+    if (path.endsWith("/status")) {
+      const p = { ...(caches.pools.get(ns, name) as ExpertPool), status: body.status } as ExpertPool;
+      p.metadata = { ...p.metadata, resourceVersion: meta.resourceVersion };
+      if (!server.statusLags) caches.pools.put(p);
+      return structuredClone(p);
+    }
+    const obj = { ...body, metadata: meta, serverDefault: "x" } as Obj;
+    server.foreign.delete(path);
+    cacheOf(path).put(obj);
+    return obj;
+  };
   const kube = {
     apply: async (path: string, body: Obj & { status?: unknown }) => {
-      applies.push(path);
-      const refused = server.refuse(path);
-      if (refused) throw refused;
-      const name = body.metadata?.name as string;
-      const ns = body.metadata?.namespace as string;
-      const meta = { ...body.metadata, resourceVersion: String(++rv) };
-      if (path.endsWith("/status")) {
-        const p = { ...(caches.pools.get(ns, name) as ExpertPool), status: body.status } as ExpertPool;
-        p.metadata = { ...p.metadata, resourceVersion: meta.resourceVersion };
-        if (!server.statusLags) caches.pools.put(p);
-        return structuredClone(p);
-      }
-      const cache = path.includes("statefulsets")
-        ? caches.statefulSets
-        : path.includes("services")
-          ? caches.services
-          : caches.configMaps;
-      const stored = { ...body, metadata: meta, serverDefault: "x" } as Obj;
-      cache.put(stored);
-      return stored;
+      requests.push(`APPLY ${path}`);
+      return write(path, body);
     },
+    createForApply: async (collection: string, body: Obj) => {
+      const path = `${collection}/${body.metadata?.name}`;
+      requests.push(`POST ${collection}`);
+      if (stored(path))
+        throw new KubeError(409, "AlreadyExists", `POST ${collection}: 409 AlreadyExists: ${body.metadata?.name}`);
+      return write(path, body);
+    },
+    get: async (path: string) => {
+      requests.push(`GET ${path}`);
+      return structuredClone(stored(path));
+    },
+    settleFieldOwnership: async (_path: string, obj: Obj) => obj,
   } as unknown as Kube;
   const rec = new PoolReconciler({
     kube,
@@ -83,7 +110,7 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
     now: () => "2026-01-01T00:00:00Z",
     ...extra,
   });
-  return { caches, applies, events, rec, server };
+  return { caches, applies, requests, events, rec, server };
 }
 
 describe("PoolReconciler", () => {
@@ -225,6 +252,53 @@ describe("PoolReconciler", () => {
     expect(after).toMatchObject({ status: "False", reason: "AsExpected" });
   });
 
+  it("a request too large (413) is a refusal like a 422: status says so and the StatefulSet waits", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    const message = "the request body is too large";
+    h.server.refuse = (path) =>
+      path.includes("/configmaps/")
+        ? new KubeError(413, "RequestEntityTooLarge", `POST ${path}: 413 RequestEntityTooLarge: ${message}`, {
+            message,
+          })
+        : undefined;
+    await expect(h.rec.reconcile("ns/mix")).rejects.toThrow(/413 RequestEntityTooLarge/);
+    const degraded = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
+    expect(degraded).toMatchObject({ status: "True", reason: "ApplyFailed" });
+    expect(degraded?.message).toBe(`ConfigMap mix-placement: ${message}`);
+    expect(h.caches.statefulSets.get("ns", "mix")).toBeUndefined();
+  });
+
+  it("a plan over a ConfigMap's 1 MiB is not sent: PlacementFailed with its size, and the retry plans nothing new", async () => {
+    // 320 MoE layers x 1024 experts on 2 workers: ~1.3 MB of plan (the schema's CEL rule refuses such a spec)
+    const h = harness(testPool({ replicas: 2, model: { layers: 320, experts: 1024 } }));
+    await h.rec.reconcile("ns/mix");
+    const degraded = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
+    expect(degraded).toMatchObject({ status: "True", reason: "PlacementFailed" });
+    expect(degraded?.message).toMatch(
+      /^the placement plan is \d{7} bytes \(1\.\d\d MiB\), over the 1\.00 MiB a ConfigMap holds: lower placement\.redundantExperts/,
+    );
+    expect(h.applies.filter((p) => !p.endsWith("/status"))).toEqual(["/api/v1/namespaces/ns/services/mix-workers"]);
+    h.applies.length = 0;
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual([]);
+  });
+
+  it("fitsConfigMap passes a plan up to 1 MiB of data and fails one past it, naming its size", () => {
+    const out = (bytes: number): PlanOutcome => ({
+      ok: true,
+      plan: {} as never,
+      stats: {} as never,
+      configMap: { data: { "plan.json": "x".repeat(bytes - "plan.json".length) } },
+    });
+    expect(fitsConfigMap(out(1 << 20)).ok).toBe(true);
+    expect(fitsConfigMap(out((1 << 20) + 1))).toEqual({
+      ok: false,
+      message:
+        "the placement plan is 1048577 bytes (1.00 MiB), over the 1.00 MiB a ConfigMap holds: lower placement.redundantExperts or replicas, or split the model's layers over several pools",
+    });
+    expect(fitsConfigMap({ ok: false, message: "no room" })).toEqual({ ok: false, message: "no room" });
+  });
+
   it("a problem that turns both Degraded and Ready's reason is told once (one Warning, not one per condition)", async () => {
     const h = harness(testPool({ replicas: 2 }));
     await h.rec.reconcile("ns/mix"); // Ready=False (workers not ready yet), Degraded=False
@@ -252,6 +326,11 @@ describe("PoolReconciler", () => {
       metadata: { ...sts.metadata, generation: 1, resourceVersion: "900" },
       status: { ...status, currentRevision: "a", updateRevision: "a" },
     } as Obj);
+    for (const name of ["mix-0", "mix-1"])
+      h.caches.pods.put({
+        metadata: { name, namespace: "ns", labels: { "switchyard.dev/pool": "mix" } },
+        status: { conditions: [{ type: "Ready", status: "True" }] },
+      } as Obj);
     h.server.statusLags = true;
     now = "2026-01-01T00:00:10Z";
     h.applies.length = 0;
@@ -266,13 +345,115 @@ describe("PoolReconciler", () => {
     expect(h.events).toEqual([]);
   });
 
-  it("a pool that is gone or being deleted gets no writes", async () => {
+  it("a pool that is gone gets no writes; one being deleted, only its status saying so (once), no child", async () => {
     const h = harness(testPool());
     await h.rec.reconcile("ns/other");
-    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
-    h.caches.pools.put({ ...p, metadata: { ...p.metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } });
-    await h.rec.reconcile("ns/mix");
     expect(h.applies).toEqual([]);
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({
+      ...p,
+      metadata: { ...p.metadata, deletionTimestamp: "2026-01-01T00:00:00Z", finalizers: ["example.com/hold"] } as never,
+    });
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual(["/apis/switchyard.dev/v1alpha1/namespaces/ns/expertpools/mix/status"]);
+    expect(h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "Deleting",
+      message: "ExpertPool is being deleted (waiting for finalizers: example.com/hold); the router no longer serves it",
+    });
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toHaveLength(1);
+  });
+});
+
+// ---------- children whose names other objects hold ----------
+
+describe("PoolReconciler and objects it does not control", () => {
+  const CM = "/api/v1/namespaces/ns/configmaps/mix-placement";
+  const SVC = "/api/v1/namespaces/ns/services/mix-workers";
+  const STS = "/apis/apps/v1/namespaces/ns/statefulsets/mix";
+  const degraded = (h: ReturnType<typeof harness>) =>
+    h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
+
+  it("leaves a same-named ConfigMap it did not make as it is, holds the workers back, and says so (ChildConflict)", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    const theirs = {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { name: "mix-placement", namespace: "ns" },
+      data: { notes: "ours" },
+    };
+    h.server.foreign.set(CM, structuredClone(theirs));
+    await expect(h.rec.reconcile("ns/mix")).rejects.toThrow(
+      "ConfigMap mix-placement exists and is not owned by this ExpertPool (it has no controller)",
+    );
+    expect(h.server.foreign.get(CM)).toEqual(theirs); // no data of ours, no owner reference
+    expect(h.requests).toContain(`GET ${CM}`);
+    expect(h.requests.filter((r) => r.startsWith("APPLY") && !r.endsWith("/status"))).toEqual([]);
+    expect(h.caches.statefulSets.get("ns", "mix")).toBeUndefined(); // no workers without a plan of ours
+    expect(h.caches.services.get("ns", "mix-workers")).toBeDefined();
+    expect(degraded(h)).toMatchObject({ status: "True", reason: "ChildConflict" });
+    expect(degraded(h)?.message).toContain("ConfigMap mix-placement exists and is not owned by this ExpertPool");
+    expect(h.events).toContain("Warning ChildConflict");
+    // Once theirs is gone, the retry creates ours and the pool goes on.
+    h.server.foreign.delete(CM);
+    await h.rec.reconcile("ns/mix");
+    expect(h.caches.configMaps.get("ns", "mix-placement")).toMatchObject({ data: { "plan.json": expect.any(String) } });
+    expect(h.caches.statefulSets.get("ns", "mix")).toBeDefined();
+    expect(degraded(h)).toMatchObject({ status: "False" });
+  });
+
+  it("never writes a cached child (labelled as ours) whose controller is someone else, nor reads its plan", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    await h.rec.reconcile("ns/mix");
+    // The pool made anew under the same name (another uid) before the collector removed the old one's children.
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({ ...p, metadata: { ...p.metadata, uid: "uid-new" }, status: undefined });
+    h.applies.length = 0;
+    await expect(h.rec.reconcile("ns/mix")).rejects.toThrow(
+      /exists and is not owned by this ExpertPool \(its controller is ExpertPool mix\)/,
+    );
+    expect(h.applies).toEqual(["/apis/switchyard.dev/v1alpha1/namespaces/ns/expertpools/mix/status"]);
+    expect(degraded(h)?.message).toMatch(/^ConfigMap mix-placement exists .*; Service mix-workers exists /);
+    const status = h.caches.pools.get("ns", "mix")?.status;
+    expect(status?.placement).toBeUndefined(); // the old pool's plan is not this one's
+    expect(status?.replicas).toBe(0); // nor its StatefulSet
+  });
+
+  it("a Service name held by another object holds the StatefulSet back; the plan is still published", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    h.server.foreign.set(SVC, {
+      metadata: {
+        name: "mix-workers",
+        namespace: "ns",
+        ownerReferences: [{ kind: "Deployment", name: "vllm", uid: "u9", controller: true }],
+      } as Obj["metadata"],
+    });
+    await expect(h.rec.reconcile("ns/mix")).rejects.toThrow(
+      "Service mix-workers exists and is not owned by this ExpertPool (its controller is Deployment vllm)",
+    );
+    expect(h.caches.configMaps.get("ns", "mix-placement")).toBeDefined();
+    expect(h.applies).not.toContain(STS);
+    expect(h.applies).not.toContain(SVC);
+  });
+
+  it("takes up its own child that lost its labels (found by the create's 409, controlled by this pool)", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    // Its labels edited away: out of the label-selected cache, still on the server, still the pool's.
+    const ours = { kind: "ExpertPool", name: "mix", uid: "uid-mix", controller: true };
+    h.server.foreign.set(SVC, {
+      metadata: { name: "mix-workers", namespace: "ns", ownerReferences: [ours] } as Obj["metadata"],
+    });
+    await h.rec.reconcile("ns/mix");
+    expect(h.requests.filter((r) => r.includes("/services"))).toEqual([
+      "POST /api/v1/namespaces/ns/services",
+      `GET ${SVC}`,
+      `APPLY ${SVC}`,
+    ]);
+    expect(h.caches.services.get("ns", "mix-workers")?.metadata?.labels).toMatchObject({
+      "switchyard.dev/pool": "mix",
+    });
+    expect(degraded(h)).toMatchObject({ status: "False" });
   });
 });
 
@@ -292,18 +473,36 @@ function heatAnswer(load: number[][] | undefined, other = 0): string {
   return JSON.stringify({ status: "success", data: { resultType: "vector", result } });
 }
 
+type PromReply = { status: number; body: string };
+
 function fakePrometheus() {
   const state = {
     ms: 1_000_000,
     asked: [] as string[],
-    reply: (): { status: number; body: string } => ({ status: 200, body: heatAnswer(undefined) }),
+    reply: (): PromReply | Promise<PromReply> => ({ status: 200, body: heatAnswer(undefined) }),
+    /** The pool keys the heat answers queued (deps.enqueue). */
+    queued: [] as string[],
   };
   const fetch: PoolControllerDeps["fetch"] = async (url) => {
     state.asked.push(url);
-    const r = state.reply();
+    const r = await state.reply();
     return { ok: r.status < 300, status: r.status, text: async () => r.body };
   };
-  return { state, deps: { fetch, clock: () => state.ms } };
+  return { state, deps: { fetch, clock: () => state.ms, enqueue: (k: string) => void state.queued.push(k) } };
+}
+
+/** Lets the answers already given reach the reconciler (they settle in microtasks). */
+const flush = () => new Promise((r) => setImmediate(r));
+
+/** A pass, then each pass a heat answer queued, as the controller's queue would run them: the last pass's result. */
+async function pass(h: ReturnType<typeof harness>, prom: ReturnType<typeof fakePrometheus>) {
+  let r = await h.rec.reconcile("ns/mix");
+  for (;;) {
+    await flush();
+    if (prom.state.queued.length === 0) return r;
+    prom.state.queued.length = 0;
+    r = await h.rec.reconcile("ns/mix");
+  }
 }
 
 const planOf = (h: ReturnType<typeof harness>) =>
@@ -321,7 +520,7 @@ describe("PoolReconciler with placement.rebalance", () => {
     const prom = fakePrometheus();
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
     const h = harness(rebalancing(), { ...prom.deps, routerNamespace: "switchyard-system" });
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(prom.state.asked).toEqual([
       `http://prom:9090/api/v1/query?query=${encodeURIComponent(
         'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="ns/mix"}[10m]))',
@@ -329,18 +528,67 @@ describe("PoolReconciler with placement.rebalance", () => {
     ]);
   });
 
-  it("plans under the heat Prometheus reports and comes back after intervalSeconds; passes in between reuse it", async () => {
+  it("a pass never waits for Prometheus: the children come at once, and the answer queues the pass that uses it", async () => {
+    const prom = fakePrometheus();
+    let answer: (r: PromReply) => void = () => {};
+    prom.state.reply = () => new Promise<PromReply>((r) => (answer = r)); // a Prometheus that answers when told
+    const h = harness(rebalancing(), prom.deps);
+    expect(await h.rec.reconcile("ns/mix")).toBeUndefined(); // no requeue: the answer will queue the pool
+    expect(h.applies.sort()).toEqual([
+      "/api/v1/namespaces/ns/configmaps/mix-placement",
+      "/api/v1/namespaces/ns/services/mix-workers",
+      "/apis/apps/v1/namespaces/ns/statefulsets/mix",
+      "/apis/switchyard.dev/v1alpha1/namespaces/ns/expertpools/mix/status",
+    ]);
+    expect(planOf(h).version).toBe(1); // uniform meanwhile
+    expect(h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance?.loadSource).toBe("uniform");
+    // Another pass while the query is out sends no second one.
+    await h.rec.reconcile("ns/mix");
+    expect(prom.state.asked).toHaveLength(1);
+    expect(prom.state.queued).toEqual([]);
+    answer({ status: 200, body: heatAnswer(HOT) });
+    await flush();
+    expect(prom.state.queued).toEqual(["ns/mix"]);
+    expect(await pass(h, prom)).toEqual({ requeueAfterMs: 60_000 });
+    expect(planOf(h).version).toBe(2);
+    expect(planOf(h).replicas[0][0]).toEqual([0, 1, 2, 3]);
+    expect(h.events).toContain("Normal PlanRebalanced");
+  });
+
+  it("with no queue to put the pool in, a pass while the query is out comes back after the query's timeout", async () => {
+    const prom = fakePrometheus();
+    prom.state.reply = () => new Promise<PromReply>(() => {});
+    const { enqueue: _, ...deps } = prom.deps;
+    const h = harness(rebalancing(), deps);
+    expect(await h.rec.reconcile("ns/mix")).toEqual({ requeueAfterMs: 10_000 + 1000 }); // timeoutSeconds 10
+    expect(h.caches.statefulSets.get("ns", "mix")).toBeDefined();
+  });
+
+  it("an answer for a pool deleted meanwhile is dropped: nothing stored, nothing queued", async () => {
+    const prom = fakePrometheus();
+    let answer: (r: PromReply) => void = () => {};
+    prom.state.reply = () => new Promise<PromReply>((r) => (answer = r));
+    const h = harness(rebalancing(), prom.deps);
+    await h.rec.reconcile("ns/mix");
+    h.caches.pools.objs.clear();
+    await h.rec.reconcile("ns/mix");
+    answer({ status: 200, body: heatAnswer(HOT) });
+    await flush();
+    expect(prom.state.queued).toEqual([]);
+  });
+
+  it("replans under the heat as soon as Prometheus answers, asks again after intervalSeconds; passes in between reuse it", async () => {
     const prom = fakePrometheus();
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
     const h = harness(rebalancing(), prom.deps);
-    expect(await h.rec.reconcile("ns/mix")).toEqual({ requeueAfterMs: 60_000 });
+    expect(await pass(h, prom)).toEqual({ requeueAfterMs: 60_000 });
     expect(prom.state.asked).toEqual([
       `http://prom:9090/api/v1/query?query=${encodeURIComponent(
         'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="mix"}[10m]))',
       )}`,
     ]);
     const plan = planOf(h);
-    expect(plan.version).toBe(1);
+    expect(plan.version).toBe(2); // 1: uniform, at once; 2: under the heat, once it came
     expect(plan.replicas[0][0]).toEqual([0, 1, 2, 3]); // the hot expert of layer 0 on every worker
     expect(plan.replicas[1][3].length).toBeGreaterThan(1);
     const st = h.caches.pools.get("ns", "mix")?.status?.placement;
@@ -354,7 +602,7 @@ describe("PoolReconciler with placement.rebalance", () => {
     // 20 s later: no query, nothing written; a spec edit rolls the workers but keeps the plan.
     prom.state.ms += 20_000;
     h.applies.length = 0;
-    expect(await h.rec.reconcile("ns/mix")).toEqual({ requeueAfterMs: 40_000 });
+    expect(await pass(h, prom)).toEqual({ requeueAfterMs: 40_000 });
     expect(h.applies).toEqual([]);
     const p = h.caches.pools.get("ns", "mix") as ExpertPool;
     h.caches.pools.put({
@@ -362,22 +610,22 @@ describe("PoolReconciler with placement.rebalance", () => {
       metadata: { ...p.metadata, generation: 2 },
       spec: { ...p.spec, worker: { ...p.spec.worker, queueCapacity: 1024 } },
     });
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(prom.state.asked).toHaveLength(1);
     expect(h.applies).not.toContain("/api/v1/namespaces/ns/configmaps/mix-placement");
-    expect(planOf(h).version).toBe(1);
+    expect(planOf(h).version).toBe(2);
 
     // At the interval it asks again; the same heat moves nothing.
     prom.state.ms += 40_000;
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(prom.state.asked).toHaveLength(2);
-    expect(planOf(h).version).toBe(1);
+    expect(planOf(h).version).toBe(2);
   });
 
   it("starts uniform without traffic, then replans once heat appears (event PlanRebalanced)", async () => {
     const prom = fakePrometheus();
     const h = harness(rebalancing(), prom.deps);
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(planOf(h).replicas[0][0]).toHaveLength(2); // uniform: the first four experts get the redundant slots
     expect(h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance).toEqual({
       loadSource: "uniform",
@@ -387,7 +635,7 @@ describe("PoolReconciler with placement.rebalance", () => {
     });
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
     prom.state.ms += 60_000;
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     const plan = planOf(h);
     expect(plan.version).toBe(2);
     expect(plan.replicas[0][0]).toHaveLength(4);
@@ -403,18 +651,18 @@ describe("PoolReconciler with placement.rebalance", () => {
     const prom = fakePrometheus();
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
     const h = harness(rebalancing(), prom.deps);
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     const before = planOf(h);
     prom.state.reply = () => ({ status: 503, body: "upstream down" });
     for (let k = 0; k < 2; k++) {
       prom.state.ms += 60_000;
-      expect(await h.rec.reconcile("ns/mix")).toEqual({ requeueAfterMs: 60_000 });
+      expect(await pass(h, prom)).toEqual({ requeueAfterMs: 60_000 });
     }
     expect(planOf(h)).toEqual(before);
     const rb = h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance;
     expect(rb?.loadSource).toBe("prometheus"); // the last heat it had
     expect(rb?.message).toMatch(
-      /^heat query failed \(http:\/\/prom:9090\/: HTTP 503, not a Prometheus API answer: upstream down\); using the heat from 2026-01-01T00:00:00Z\. plan version 1 /,
+      /^heat query failed \(http:\/\/prom:9090\/: HTTP 503, not a Prometheus API answer: upstream down\); using the heat from 2026-01-01T00:00:00Z\. plan version 2 /,
     );
     expect(h.events.filter((e) => e === "Warning HeatQueryFailed")).toHaveLength(1);
     const ready = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
@@ -425,7 +673,7 @@ describe("PoolReconciler with placement.rebalance", () => {
     const prom = fakePrometheus();
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT, 5000) });
     const h = harness(rebalancing(), prom.deps);
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(planOf(h).version).toBe(1);
     const rb = h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance;
     expect(rb?.message).toMatch(/heat incomplete: the router folded 5000 of 8200 assignments into expert="other"/);
@@ -433,13 +681,13 @@ describe("PoolReconciler with placement.rebalance", () => {
     // still folded, more of it: the same failure, no second warning
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT, 7000) });
     prom.state.ms += 60_000;
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance?.message).toMatch(/folded 7000 of/);
     expect(h.events.filter((e) => e === "Warning HeatQueryFailed")).toHaveLength(1);
     // complete heat next time: the plan follows it
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
     prom.state.ms += 60_000;
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(planOf(h).version).toBe(2);
   });
 
@@ -457,7 +705,7 @@ describe("PoolReconciler with placement.rebalance", () => {
       placement: { redundantExperts: 4, rebalance: { prometheusUrl: "http://prom:9090/", intervalSeconds: 60 } },
     });
     const h = harness(pool, prom.deps);
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(planOf(h).replicas[0]).toHaveLength(8 + 2);
     const p = h.caches.pools.get("ns", "mix") as ExpertPool;
     h.caches.pools.put({
@@ -467,27 +715,46 @@ describe("PoolReconciler with placement.rebalance", () => {
     });
     slices = 3;
     prom.state.ms += 10_000; // well inside intervalSeconds: only a new key asks again
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     expect(prom.state.asked).toHaveLength(2);
     expect(planOf(h).replicas[0]).toHaveLength(8 + 3);
-    const degraded = h.caches.pools.get("ns", "mix")?.status?.conditions?.find((c) => c.type === "Degraded");
-    expect(degraded).toMatchObject({ status: "False" });
+    const status = h.caches.pools.get("ns", "mix")?.status;
+    expect(status?.placement?.rebalance?.loadSource).toBe("prometheus"); // judged under the heat of the new width
+    expect(status?.conditions?.find((c) => c.type === "Degraded")).toMatchObject({ status: "False" });
   });
 
   it("turning rebalance off forgets the heat and plans as before (no query, no requeue)", async () => {
     const prom = fakePrometheus();
     prom.state.reply = () => ({ status: 200, body: heatAnswer(HOT) });
     const h = harness(rebalancing(), prom.deps);
-    await h.rec.reconcile("ns/mix");
+    await pass(h, prom);
     const p = h.caches.pools.get("ns", "mix") as ExpertPool;
     h.caches.pools.put({
       ...p,
       metadata: { ...p.metadata, generation: 2 },
       spec: { ...p.spec, placement: { ...p.spec.placement, rebalance: undefined } },
     });
-    expect(await h.rec.reconcile("ns/mix")).toBeUndefined();
+    expect(await pass(h, prom)).toBeUndefined();
     expect(prom.state.asked).toHaveLength(1);
-    expect(planOf(h).version).toBe(2); // back to the uniform plan
+    expect(planOf(h).version).toBe(3); // back to the uniform plan
+    expect(planOf(h).replicas[0][0]).toHaveLength(2);
     expect(h.caches.pools.get("ns", "mix")?.status?.placement?.rebalance).toBeUndefined();
+  });
+});
+
+describe("PoolReconciler in a namespace being deleted", () => {
+  it("a 403 'being terminated' is no refusal: no Degraded/ApplyFailed, no Warning event, no retry", async () => {
+    const h = harness(testPool());
+    const said =
+      'configmaps "mix-placement" is forbidden: unable to create new content in namespace ns because it is being terminated';
+    h.server.refuse = (path) =>
+      new KubeError(403, "Forbidden", `POST ${path}: 403 Forbidden: ${said}`, {
+        message: said,
+        details: { causes: [{ type: "NamespaceTerminating", field: "metadata.namespace" }] },
+      });
+    expect(await h.rec.reconcile("ns/mix")).toBeUndefined();
+    expect(h.applies.filter((p) => p.endsWith("/status"))).toEqual([]);
+    expect(h.events).toEqual([]);
+    expect(h.caches.pools.get("ns", "mix")?.status).toBeUndefined();
   });
 });

@@ -3,7 +3,14 @@ import { describe, expect, it } from "vitest";
 import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
 import { desiredPlan } from "./desired.js";
 import { testPool } from "./fixtures.js";
-import { buildPoolStatus } from "./pool-status.js";
+import {
+  buildPoolStatus,
+  deletingStatus,
+  type EventLike,
+  podCreateFailure,
+  poolEvents,
+  unservedExperts,
+} from "./pool-status.js";
 
 function planOf(pool: ExpertPool) {
   const r = desiredPlan(pool, undefined);
@@ -46,6 +53,14 @@ const pendingGpuPod: V1Pod = {
 };
 
 const cond = (s: ExpertPoolStatus, t: string) => s.conditions?.find((c) => c.type === t);
+
+/** Worker pods of pool "mix" by name, Ready or not. */
+const workerPod = (name: string, ready = true, created = "2026-01-01T00:00:01Z"): V1Pod =>
+  ({
+    metadata: { name, creationTimestamp: created },
+    status: { phase: "Running", conditions: [{ type: "Ready", status: ready ? "True" : "False" }] },
+  }) as unknown as V1Pod;
+const readyPods = (n: number) => Array.from({ length: n }, (_, i) => workerPod(`mix-${i}`));
 
 describe("buildPoolStatus", () => {
   const now = "2026-01-01T00:00:10Z";
@@ -106,22 +121,23 @@ describe("buildPoolStatus", () => {
 
   it("all workers ready at the current revision: Ready, not Progressing", () => {
     const pool = testPool();
-    const { status } = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: [], plan: planOf(pool), now });
+    const { status } = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: readyPods(2), plan: planOf(pool), now });
     expect(cond(status, "Ready")).toMatchObject({ status: "True", reason: "WorkersReady" });
     expect(cond(status, "Progressing")).toMatchObject({ status: "False", reason: "RolloutComplete" });
     expect(status).toMatchObject({ replicas: 2, readyReplicas: 2, updatedReplicas: 2, observedGeneration: 1 });
   });
 
-  it("a StatefulSet whose controller has not seen the latest spec is not complete", () => {
+  it("a StatefulSet whose controller has not seen the latest spec is not rolled out, though its workers serve", () => {
     const pool = testPool();
     const { status } = buildPoolStatus({
       pool,
       statefulSet: sts(2, 2, { gen: 2, observed: 1 }),
-      pods: [],
+      pods: readyPods(2),
       plan: planOf(pool),
       now,
     });
-    expect(cond(status, "Ready")).toMatchObject({ status: "False" });
+    expect(cond(status, "Progressing")).toMatchObject({ status: "True" });
+    expect(cond(status, "Ready")).toMatchObject({ status: "True", reason: "ExpertsServed" });
   });
 
   it("rolling update in progress", () => {
@@ -205,6 +221,210 @@ describe("buildPoolStatus", () => {
     });
     expect(later.status).toEqual(first);
     expect(later.transitions).toEqual([]);
+  });
+
+  it("a rolling update or a scale that leaves every planned expert a ready worker stays Ready; Progressing carries it, in Normal events", () => {
+    const pool = testPool();
+    const before = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: readyPods(2), plan: planOf(pool), now });
+    expect(cond(before.status, "Ready")).toMatchObject({ status: "True", reason: "WorkersReady" });
+    pool.status = before.status;
+    // mix-1 restarted on the new revision and is ready again; mix-0 is next.
+    const mid = buildPoolStatus({
+      pool,
+      statefulSet: sts(2, 2, { updated: 1 }),
+      pods: readyPods(2),
+      plan: planOf(pool),
+      now,
+    });
+    expect(cond(mid.status, "Ready")).toMatchObject({ status: "True", reason: "ExpertsServed" });
+    expect(cond(mid.status, "Ready")?.message).toMatch(
+      /^every planned expert has a ready worker \(2\/2 workers ready\); Progressing RollingUpdate/,
+    );
+    expect(cond(mid.status, "Ready")?.lastTransitionTime).toBe(cond(before.status, "Ready")?.lastTransitionTime);
+    expect(cond(mid.status, "Progressing")).toMatchObject({ status: "True", reason: "RollingUpdate" });
+    expect(mid.events).toEqual([
+      { type: "Normal", reason: "RollingUpdate", message: "1/2 workers updated to the current revision" },
+    ]);
+    // With every expert on both workers, one worker down (restarting) still serves all of them.
+    const redundant = planOf(pool);
+    redundant.plan.replicas = redundant.plan.replicas.map((row) => row.map(() => [0, 1]));
+    const oneDown = buildPoolStatus({
+      pool,
+      statefulSet: sts(2, 1, { updated: 1 }),
+      pods: [workerPod("mix-0"), workerPod("mix-1", false)],
+      plan: redundant,
+      now,
+    });
+    expect(cond(oneDown.status, "Ready")).toMatchObject({ status: "True", reason: "ExpertsServed" });
+    expect(oneDown.events.map((e) => e.type)).not.toContain("Warning");
+    // A scale up: the workers there serve the plan they hold; the new one is not ready yet.
+    const big = testPool({ replicas: 3 });
+    big.status = before.status;
+    const plan3 = planOf(big);
+    plan3.plan.replicas = plan3.plan.replicas.map((row) => row.map((_, e) => [e % 2]));
+    const scaling = buildPoolStatus({ pool: big, statefulSet: sts(2, 2), pods: readyPods(2), plan: plan3, now });
+    expect(cond(scaling.status, "Ready")).toMatchObject({ status: "True" });
+    expect(cond(scaling.status, "Progressing")).toMatchObject({ status: "True", reason: "ScalingUp" });
+  });
+
+  it("Ready is False while a planned expert has no ready worker: Normal in a rollout, a Warning for a worker lost at rest", () => {
+    const pool = testPool();
+    pool.status = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: readyPods(2), plan: planOf(pool), now }).status;
+    const down = [workerPod("mix-0"), workerPod("mix-1", false)];
+    // mix-1 is restarting in a rollout and its experts have no other copy: not served, but nothing failed.
+    const rolling = buildPoolStatus({
+      pool,
+      statefulSet: sts(2, 1, { updated: 1 }),
+      pods: down,
+      plan: planOf(pool),
+      now,
+    });
+    expect(cond(rolling.status, "Ready")).toMatchObject({ status: "False", reason: "RollingUpdate" });
+    expect(cond(rolling.status, "Ready")?.message).toMatch(
+      /; 16 of 32 planned experts have no ready worker \(layer 0 expert \d+ on mix-1\)$/,
+    );
+    expect(rolling.events).toContainEqual(expect.objectContaining({ type: "Normal", reason: "RollingUpdate" }));
+    expect(rolling.events.map((e) => e.type)).not.toContain("Warning");
+    // The same at rest (no rollout, no scale): a worker was lost.
+    const lost = buildPoolStatus({ pool, statefulSet: sts(2, 1), pods: down, plan: planOf(pool), now });
+    expect(cond(lost.status, "Ready")).toMatchObject({ status: "False", reason: "WaitingForReady" });
+    expect(lost.events).toContainEqual(expect.objectContaining({ type: "Warning", reason: "WaitingForReady" }));
+  });
+
+  it("a Degraded pool that still serves is Ready (Degraded says what is wrong); one that does not takes Degraded's reason", () => {
+    const pool = testPool();
+    pool.status = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: readyPods(2), plan: planOf(pool), now }).status;
+    const refused = buildPoolStatus({
+      pool,
+      statefulSet: sts(2, 2),
+      pods: readyPods(2),
+      plan: planOf(pool),
+      refused: ["StatefulSet mix: admission webhook said no"],
+      now,
+    });
+    expect(cond(refused.status, "Ready")).toMatchObject({ status: "True" });
+    expect(cond(refused.status, "Degraded")).toMatchObject({ status: "True", reason: "ApplyFailed" });
+    expect(refused.events).toEqual([
+      { type: "Warning", reason: "ApplyFailed", message: "StatefulSet mix: admission webhook said no" },
+    ]);
+    // A replan that fails keeps the published plan, which the workers serve.
+    const failed = buildPoolStatus({
+      pool,
+      statefulSet: sts(2, 2),
+      pods: readyPods(2),
+      plan: { error: "capacityPerWorker: no" },
+      publishedPlan: planOf(pool).plan,
+      now,
+    });
+    expect(cond(failed.status, "Ready")).toMatchObject({ status: "True" });
+    expect(cond(failed.status, "Degraded")).toMatchObject({ status: "True", reason: "PlacementFailed" });
+  });
+
+  it("pods the API server refuses (admission): Degraded PodCreateFailed with its message, from the StatefulSet's FailedCreate event", () => {
+    const pool = testPool();
+    const refusing: V1StatefulSet = {
+      ...sts(2, 0),
+      metadata: { name: "mix", uid: "sts-uid", generation: 1 },
+      status: { replicas: 0, readyReplicas: 0, observedGeneration: 1, currentRevision: "b", updateRevision: "b" },
+    };
+    const msg =
+      'create Pod mix-0 in StatefulSet mix failed error: pods "mix-0" is forbidden: violates PodSecurity "baseline:latest": hostPath volumes (volume "checkpoint")';
+    const ev = (over: Partial<EventLike> = {}): EventLike => ({
+      type: "Warning",
+      reason: "FailedCreate",
+      message: msg,
+      involvedObject: { kind: "StatefulSet", name: "mix", uid: "sts-uid" },
+      lastTimestamp: "2026-01-01T00:00:05Z",
+      ...over,
+    });
+    const older = ev({ message: "older refusal", lastTimestamp: "2026-01-01T00:00:03Z" });
+    const first = buildPoolStatus({
+      pool,
+      statefulSet: refusing,
+      pods: [],
+      plan: planOf(pool),
+      statefulSetEvents: [older, ev(), ev({ reason: "SuccessfulCreate", type: "Normal" })],
+      now,
+    });
+    expect(cond(first.status, "Degraded")).toMatchObject({ status: "True", reason: "PodCreateFailed", message: msg });
+    expect(cond(first.status, "Ready")).toMatchObject({ status: "False", reason: "PodCreateFailed", message: msg });
+    expect(cond(first.status, "Progressing")).toMatchObject({ status: "True", reason: "ScalingUp" });
+    expect(first.events).toEqual([{ type: "Warning", reason: "PodCreateFailed", message: msg }]);
+    // Not while the StatefulSet has its pods, nor from another StatefulSet of that name, nor older than a pod made
+    // since, nor older than the pool's last Progressing flip (a refusal before the last settled rollout).
+    expect(podCreateFailure({ ...refusing, status: { replicas: 2 } }, [ev()], [])).toBeUndefined();
+    expect(
+      podCreateFailure(refusing, [ev({ involvedObject: { kind: "StatefulSet", name: "mix", uid: "x" } })], []),
+    ).toBeUndefined();
+    expect(podCreateFailure(refusing, [ev()], [workerPod("mix-0", false, "2026-01-01T00:00:06Z")])).toBeUndefined();
+    expect(podCreateFailure(refusing, [ev()], [], "2026-01-01T00:00:09Z")).toBeUndefined();
+    expect(podCreateFailure(refusing, [ev()], [workerPod("mix-0", false, "2026-01-01T00:00:05Z")])).toMatchObject({
+      reason: "PodCreateFailed",
+    });
+    // An events.k8s.io event seen through core/v1: its series' last sighting, no lastTimestamp.
+    expect(
+      podCreateFailure(
+        refusing,
+        [
+          older,
+          ev({
+            lastTimestamp: null,
+            eventTime: "2026-01-01T00:00:01Z",
+            series: { lastObservedTime: "2026-01-01T00:00:08Z" },
+            message: "series",
+          }),
+        ],
+        [],
+      )?.message,
+    ).toBe("series");
+  });
+
+  it("unservedExperts counts planned slots without a ready holder; dense layers' empty rows have none", () => {
+    const plan = { version: 1, pool: "p", workers: ["p-0", "p-1"], replicas: [[], [[0], [1], [0, 1]]] };
+    expect(unservedExperts(plan, new Set(["p-0", "p-1"]))).toEqual({ unserved: 0, planned: 3, example: undefined });
+    expect(unservedExperts(plan, new Set(["p-0"]))).toEqual({
+      unserved: 1,
+      planned: 3,
+      example: "layer 1 expert 1 on p-1",
+    });
+  });
+
+  it("poolEvents: Ready changing only its reason says nothing; one event per type and reason", () => {
+    const t = (type: string, from: "True" | "False" | undefined, to: "True" | "False", reason: string) => ({
+      type,
+      from,
+      to,
+      reason,
+      message: reason,
+    });
+    expect(poolEvents([t("Ready", "True", "True", "ExpertsServed")], { rollingOut: true, degraded: false })).toEqual(
+      [],
+    );
+    expect(
+      poolEvents([t("Degraded", "False", "True", "WorkerFailing"), t("Ready", "True", "False", "WorkerFailing")], {
+        rollingOut: true,
+        degraded: true,
+      }),
+    ).toEqual([{ type: "Warning", reason: "WorkerFailing", message: "WorkerFailing" }]);
+  });
+
+  it("a pool being deleted (a finalizer holds it): Ready False Deleting, told as Normal", () => {
+    const pool = testPool();
+    pool.status = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: readyPods(2), plan: planOf(pool), now }).status;
+    (pool.metadata as { finalizers?: string[] }).finalizers = ["foregroundDeletion"];
+    const { status, events } = deletingStatus(pool, "2026-01-01T00:01:00Z");
+    expect(cond(status, "Ready")).toMatchObject({
+      status: "False",
+      reason: "Deleting",
+      message:
+        "ExpertPool is being deleted (waiting for finalizers: foregroundDeletion); the router no longer serves it",
+    });
+    expect(cond(status, "Progressing")).toMatchObject({ status: "True", reason: "Deleting" });
+    expect(cond(status, "Degraded")).toMatchObject({ status: "False", reason: "AsExpected" });
+    expect(status.placement).toEqual(pool.status.placement);
+    expect(events.map((e) => `${e.type} ${e.reason}`)).toEqual(["Normal Deleting"]);
+    pool.status = status;
+    expect(deletingStatus(pool, "2026-01-01T00:02:00Z").status).toEqual(status);
   });
 
   it("scaled to zero is Ready", () => {

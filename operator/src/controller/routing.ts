@@ -7,7 +7,7 @@ import {
   resolveRoutingPolicy,
 } from "@switchyard/moe";
 import type { ExpertPool, RoutingPolicy, RoutingPolicyStatus } from "../api/v1alpha1.js";
-import { mergeConditions, type Transition } from "./conditions.js";
+import { type ConditionInput, mergeConditions, type Transition } from "./conditions.js";
 import { planConfigMapName } from "./names.js";
 import type { ConfigCandidate } from "./router-config-fit.js";
 
@@ -58,19 +58,75 @@ export function resolvePolicy(rp: RoutingPolicy, pool: ExpertPool | undefined): 
   return { ok: true, policy };
 }
 
+/** The RoutingPolicy whose generation the router ConfigMap holds for a pool (RouterConfigFit.written). */
+export interface WrittenPolicy {
+  name: string;
+  uid?: string;
+  generation: number;
+}
+
+/**
+ * Where the router config stands with a policy the router uses: its generation in the ConfigMap (`written`), not
+ * yet (`pending`: the router config is rebuilt a few seconds after a change, debounced), or the ConfigMap write
+ * failing (`failed`, with the API server's error).
+ */
+export type Publication = { state: "written" } | { state: "pending" } | { state: "failed"; error: string };
+
+/**
+ * The publication of `rp` from what the router config reconciler last wrote for its pool (`written`; undefined:
+ * nothing of a policy, or no pass yet) and its last write error (undefined: the last write went through). The same
+ * policy (name and uid: a policy deleted and made again starts at generation 1 too) at this generation or a later
+ * one (the cache can trail the router pass) is written.
+ */
+export function publicationOf(
+  rp: RoutingPolicy,
+  written: WrittenPolicy | undefined,
+  writeError: string | undefined,
+): Publication {
+  if (
+    written &&
+    written.name === rp.metadata.name &&
+    (written.uid ?? "") === (rp.metadata.uid ?? "") &&
+    written.generation >= (rp.metadata.generation ?? 0)
+  )
+    return { state: "written" };
+  return writeError === undefined ? { state: "pending" } : { state: "failed", error: writeError };
+}
+
+/**
+ * The policy's status. Ready is what the router holds: True only once the router ConfigMap has this generation
+ * (`publication`; default written, for callers that do not track it), Pending (Ready False, Degraded False) until
+ * then, RouterConfigWriteFailed (both) while writing it fails.
+ */
 export function buildPolicyStatus(
   rp: RoutingPolicy,
   res: Resolution,
   configMap: string,
   now: string,
+  publication: Publication = { state: "written" },
 ): { status: RoutingPolicyStatus; transitions: Transition[] } {
   const generation = rp.metadata.generation ?? 0;
-  const ready = res.ok
-    ? { type: "Ready", status: "True" as const, reason: "Resolved", message: `published in ConfigMap ${configMap}` }
-    : { type: "Ready", status: "False" as const, reason: res.reason, message: res.message };
-  const degraded = res.ok
-    ? { type: "Degraded", status: "False" as const, reason: "AsExpected", message: "policy resolved" }
-    : { type: "Degraded", status: "True" as const, reason: res.reason, message: res.message };
+  let ready: ConditionInput;
+  let degraded: ConditionInput;
+  if (!res.ok) {
+    ready = { type: "Ready", status: "False", reason: res.reason, message: res.message };
+    degraded = { type: "Degraded", status: "True", reason: res.reason, message: res.message };
+  } else if (publication.state === "written") {
+    ready = { type: "Ready", status: "True", reason: "Resolved", message: `published in ConfigMap ${configMap}` };
+    degraded = { type: "Degraded", status: "False", reason: "AsExpected", message: "policy resolved" };
+  } else if (publication.state === "pending") {
+    ready = {
+      type: "Ready",
+      status: "False",
+      reason: "Pending",
+      message: `generation ${generation} is resolved and not yet in ConfigMap ${configMap} (the router config is rewritten a few seconds after a change); the router uses what the ConfigMap holds`,
+    };
+    degraded = { type: "Degraded", status: "False", reason: "AsExpected", message: "policy resolved" };
+  } else {
+    const message = `generation ${generation} is resolved, but writing ConfigMap ${configMap} fails (retried with backoff): ${publication.error}; the router keeps what the ConfigMap last held`;
+    ready = { type: "Ready", status: "False", reason: "RouterConfigWriteFailed", message };
+    degraded = { type: "Degraded", status: "True", reason: "RouterConfigWriteFailed", message };
+  }
   const { conditions, transitions } = mergeConditions(rp.status?.conditions, [ready, degraded], generation, now);
   const status: RoutingPolicyStatus = { observedGeneration: generation, conditions, configMap };
   if (res.ok) status.effective = res.policy as unknown as Record<string, unknown>;

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkpointSource, DEFAULT_QUEUE_DEPTH_QUERY } from "@switchyard/moe";
 import { load } from "js-yaml";
 import { describe, expect, it } from "vitest";
 import { applyDefaults, type JsonSchema } from "../api/schema.js";
@@ -210,6 +211,33 @@ describe("descriptions say what the code does", () => {
       loadSignals: { refreshMs: 1000 },
     }) as { loadSignals: Record<string, unknown> };
     expect(spec.loadSignals.timeoutMs).toBeUndefined();
+  });
+
+  it("model.architecture: the operator's alone; the checkpoint's model_type picks key names and gate", () => {
+    const d = prop(modelSchema.json, "architecture").description ?? "";
+    expect(d).toContain("passes it to neither the workers nor the router");
+    expect(d).not.toContain("selects expert key names");
+    // custom is the model_type packages/moe reads as that family (spec.ts MODEL_TYPE)
+    const spec = readFileSync(join(root, "packages/moe/src/spec.ts"), "utf8");
+    const custom = /const MODEL_TYPE\b[^{]*\{[^}]*\bcustom: "(\w+)"/.exec(spec)?.[1];
+    expect(custom).toBeDefined();
+    expect(d).toContain(`custom: a checkpoint of model_type ${custom}`);
+  });
+
+  it("loadSignals.queries: an unset one is the built-in default, which the description gives (no chart value)", () => {
+    const d = prop(loadSignalsSchema.json, "queries").description ?? "";
+    expect(d).toContain(DEFAULT_QUEUE_DEPTH_QUERY);
+    expect(d).not.toContain("the chart's defaults");
+  });
+
+  it("checkpoint.tokenSecret only with an hf:// uri: the fetcher sends the token to the Hub and nowhere else", () => {
+    const env = { HF_TOKEN: "hf_x" };
+    expect(checkpointSource("hf://org/m", env).headers).toEqual({ authorization: "Bearer hf_x" });
+    expect(checkpointSource("https://models.example.com/m/", env).headers).toEqual({});
+    expect(checkpointSchema.json["x-kubernetes-validations"]?.map((v) => v.rule)).toContain(
+      "!has(self.tokenSecret) || (has(self.uri) && self.uri.startsWith('hf://'))",
+    );
+    expect(prop(checkpointSchema.json, "tokenSecret").description).toMatch(/^With an hf:\/\/ uri only/);
   });
 
   it("loadSignals.prometheusUrl needs a host after the scheme", () => {

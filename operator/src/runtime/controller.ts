@@ -23,8 +23,7 @@ export class Controller {
   ) {
     this.queue = new WorkQueue(name, metrics.queueMetrics(name));
     metrics.trackQueue(this.queue);
-    metrics.maxConcurrent.set({ controller: name }, concurrency);
-    metrics.activeWorkers.set({ controller: name }, 0);
+    metrics.initController(name, concurrency);
   }
 
   start(): void {

@@ -2,7 +2,7 @@
 // client-go's rest client does; other errors come back at once with the server's Status.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
-import { Kube, KubeError } from "./kube.js";
+import { applyOwnership, Kube, KubeError, type ManagedFieldsEntry } from "./kube.js";
 import { kubeConfigFor } from "./testing.js";
 
 let server: Server | undefined;
@@ -82,5 +82,127 @@ describe("Kube", () => {
     const err = await kube.get("/api/v1/namespaces/ns/configmaps/x").catch((e) => e);
     expect((err as KubeError).code).toBe(429);
     expect(calls).toBe(11); // client-go's 10 retries
+  });
+});
+
+describe("createForApply", () => {
+  const created = (rv: string, managedFields: ManagedFieldsEntry[]) => ({
+    metadata: { name: "x", namespace: "ns", resourceVersion: rv, managedFields },
+  });
+  const update: ManagedFieldsEntry = {
+    manager: "op",
+    operation: "Update",
+    apiVersion: "v1",
+    fieldsType: "FieldsV1",
+    fieldsV1: { "f:data": { "f:a": {} } },
+  };
+  const statusEntry: ManagedFieldsEntry = {
+    manager: "kcm",
+    operation: "Update",
+    apiVersion: "v1",
+    subresource: "status",
+  };
+
+  it("POSTs (no take-over), then moves the create's fields to the manager's Apply entry, guarded by resourceVersion", async () => {
+    const seen: string[] = [];
+    const kube = await fakeApi((req, res, body) => {
+      seen.push(`${req.method} ${req.url} ${req.headers["content-type"]}`);
+      res.writeHead(req.method === "POST" ? 201 : 200, { "content-type": "application/json" });
+      if (req.method === "POST") return res.end(JSON.stringify(created("5", [update])));
+      // the JSON patch: answer as the server would after applying it
+      const ops = JSON.parse(body) as { op: string; path: string; value: unknown }[];
+      expect(ops[0]).toEqual({ op: "test", path: "/metadata/resourceVersion", value: "5" });
+      res.end(JSON.stringify(created("6", ops[1].value as ManagedFieldsEntry[])));
+    });
+    const out = await kube.createForApply<ReturnType<typeof created>>(
+      "/api/v1/namespaces/ns/configmaps",
+      { metadata: { name: "x", namespace: "ns" } },
+      "op",
+    );
+    expect(seen).toEqual([
+      "POST /api/v1/namespaces/ns/configmaps?fieldManager=op application/json",
+      "PATCH /api/v1/namespaces/ns/configmaps/x application/json-patch+json",
+    ]);
+    expect(out.metadata.managedFields).toEqual([{ ...update, operation: "Apply" }]);
+  });
+
+  it("a create refused as AlreadyExists comes back as the 409, nothing else sent", async () => {
+    const seen: string[] = [];
+    const kube = await fakeApi((req, res) => {
+      seen.push(`${req.method}`);
+      status(res, 409, "AlreadyExists");
+    });
+    const err = await kube
+      .createForApply("/api/v1/namespaces/ns/configmaps", { metadata: { name: "x" } }, "op")
+      .catch((e) => e);
+    expect((err as KubeError).code).toBe(409);
+    expect(seen).toEqual(["POST"]);
+  });
+
+  it("reads the object again when another write came between (the test op fails) and patches that", async () => {
+    const seen: string[] = [];
+    const kube = await fakeApi((req, res, body) => {
+      seen.push(`${req.method}`);
+      if (req.method === "POST") {
+        res.writeHead(201, { "content-type": "application/json" });
+        return res.end(JSON.stringify(created("5", [update])));
+      }
+      if (req.method === "GET") {
+        res.writeHead(200, { "content-type": "application/json" });
+        return res.end(JSON.stringify(created("7", [update, statusEntry])));
+      }
+      const ops = JSON.parse(body) as { value: unknown }[];
+      if (ops[0].value !== "7") return status(res, 422, "Invalid");
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(created("8", ops[1].value as ManagedFieldsEntry[])));
+    });
+    const out = await kube.createForApply<ReturnType<typeof created>>(
+      "/api/v1/namespaces/ns/configmaps",
+      { metadata: { name: "x" } },
+      "op",
+    );
+    expect(seen).toEqual(["POST", "PATCH", "GET", "PATCH"]);
+    expect(out.metadata.managedFields).toEqual([statusEntry, { ...update, operation: "Apply" }]);
+  });
+});
+
+describe("applyOwnership", () => {
+  const e = (operation: string, fieldsV1: Record<string, unknown>, more: Partial<ManagedFieldsEntry> = {}) => ({
+    manager: "op",
+    operation,
+    apiVersion: "apps/v1",
+    fieldsType: "FieldsV1",
+    fieldsV1,
+    ...more,
+  });
+
+  it("is undefined without an Update entry of the manager (nothing to do)", () => {
+    expect(applyOwnership(undefined, "op")).toBeUndefined();
+    expect(applyOwnership([e("Apply", {}), e("Update", {}, { manager: "kubectl" })], "op")).toBeUndefined();
+    expect(applyOwnership([e("Update", {}, { subresource: "status" })], "op")).toBeUndefined();
+  });
+
+  it("turns a create's Update entry into the Apply entry, leaving other managers' entries", () => {
+    const other = e("Update", { "f:status": {} }, { manager: "kcm", subresource: "status" });
+    expect(applyOwnership([e("Update", { "f:spec": { "f:replicas": {} } }), other], "op")).toEqual([
+      other,
+      e("Apply", { "f:spec": { "f:replicas": {} } }),
+    ]);
+  });
+
+  it("folds it into the Apply entry the manager has: the union of both field sets; the input is not changed", () => {
+    const applied = e("Apply", { "f:metadata": { "f:labels": { "f:a": {} } }, "f:spec": { "f:replicas": {} } });
+    const before = structuredClone(applied);
+    const out = applyOwnership(
+      [applied, e("Update", { "f:metadata": { "f:labels": { ".": {}, "f:b": {} } }, "f:spec": { "f:template": {} } })],
+      "op",
+    );
+    expect(out).toEqual([
+      e("Apply", {
+        "f:metadata": { "f:labels": { "f:a": {}, ".": {}, "f:b": {} } },
+        "f:spec": { "f:replicas": {}, "f:template": {} },
+      }),
+    ]);
+    expect(applied).toEqual(before);
   });
 });

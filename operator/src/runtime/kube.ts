@@ -35,10 +35,34 @@ export interface RequestRecord {
   code: number;
 }
 
+export interface OwnerReference {
+  apiVersion?: string;
+  kind?: string;
+  name?: string;
+  uid?: string;
+  controller?: boolean;
+}
+
+export interface ManagedFieldsEntry {
+  manager?: string;
+  operation?: string;
+  apiVersion?: string;
+  time?: unknown;
+  fieldsType?: string;
+  fieldsV1?: Record<string, unknown>;
+  subresource?: string;
+}
+
 export interface KubeObject {
   apiVersion?: string;
   kind?: string;
-  metadata?: { name?: string; namespace?: string; resourceVersion?: string };
+  metadata?: {
+    name?: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    ownerReferences?: OwnerReference[];
+  };
 }
 
 export interface KubeList<T> {
@@ -180,9 +204,92 @@ export class Kube {
     return this.request<T>("create", HttpMethod.POST, path, { ...opts, body });
   }
 
+  /**
+   * Creates an object that `fieldManager` goes on to keep by server-side apply. A create, unlike an apply, fails (409
+   * AlreadyExists) where an object of that name exists, so nothing is taken over (controller-runtime creates its
+   * children the same way). The API server files a create's fields under an Update entry of the manager, which an
+   * apply does not own: a field later left out of the applied object would stay. They are moved to its Apply entry
+   * (settleFieldOwnership), as a server-side apply creating the object would have filed them.
+   */
+  async createForApply<T extends KubeObject>(collection: string, body: KubeObject, fieldManager: string): Promise<T> {
+    const created = await this.request<T>("create", HttpMethod.POST, collection, { query: { fieldManager }, body });
+    return this.settleFieldOwnership(
+      `${collection}/${created.metadata?.name ?? body.metadata?.name}`,
+      created,
+      fieldManager,
+    );
+  }
+
+  /**
+   * `obj` (as a write returned it) with `fieldManager`'s Update entry folded into its Apply entry (applyOwnership):
+   * one JSON patch guarded by the resourceVersion, read again and retried when another write came between; `obj` as
+   * it is when there is nothing to fold, or when three tries all raced another writer (the next apply folds it).
+   */
+  async settleFieldOwnership<T extends KubeObject>(path: string, obj: T, fieldManager: string): Promise<T> {
+    let cur: T | undefined = obj;
+    for (let attempt = 0; cur && attempt < 3; attempt++) {
+      const meta = cur.metadata as { managedFields?: ManagedFieldsEntry[] } | undefined;
+      const entries = applyOwnership(meta?.managedFields, fieldManager);
+      if (!entries) return cur;
+      try {
+        return await this.request<T>("patch", HttpMethod.PATCH, path, {
+          body: [
+            { op: "test", path: "/metadata/resourceVersion", value: cur.metadata?.resourceVersion },
+            { op: "replace", path: "/metadata/managedFields", value: entries },
+          ],
+          contentType: "application/json-patch+json",
+        });
+      } catch (e) {
+        // 409: the object changed under the patch; 422: its test op failed (the resourceVersion moved).
+        if (!(e instanceof KubeError) || (e.code !== 409 && e.code !== 422)) throw e;
+      }
+      cur = await this.get<T>(path);
+    }
+    return cur ?? obj;
+  }
+
   update<T>(path: string, body: unknown, opts: { signal?: AbortSignal } = {}): Promise<T> {
     return this.request<T>("update", HttpMethod.PUT, path, { ...opts, body });
   }
+}
+
+/**
+ * `manager`'s managed-fields entries with its Update entries (a create's, or any write other than an apply) folded
+ * into its Apply entry of the same apiVersion: the union of their field sets, under the Apply entry it has or the
+ * first Update entry turned into one. undefined: it has no such Update entry (nothing to do). Subresource entries
+ * (status) are left as they are. What client-go's csaupgrade does for kubectl's move to server-side apply.
+ */
+export function applyOwnership(
+  entries: ManagedFieldsEntry[] | undefined,
+  manager: string,
+): ManagedFieldsEntry[] | undefined {
+  if (!entries) return undefined;
+  const mine = (m: ManagedFieldsEntry, op: string) => m.manager === manager && m.operation === op && !m.subresource;
+  const updates = entries.filter((m) => mine(m, "Update"));
+  if (updates.length === 0) return undefined;
+  const others = entries.filter((m) => !mine(m, "Update") && !mine(m, "Apply"));
+  // by apiVersion: an entry's field set is in its apiVersion's terms
+  const applied = new Map<string | undefined, ManagedFieldsEntry>();
+  for (const m of entries) if (mine(m, "Apply")) applied.set(m.apiVersion, { ...m });
+  for (const m of updates) {
+    const a = applied.get(m.apiVersion);
+    if (a) a.fieldsV1 = unionFields(a.fieldsV1 ?? {}, m.fieldsV1 ?? {});
+    else applied.set(m.apiVersion, { ...m, operation: "Apply" });
+  }
+  return [...others, ...applied.values()];
+}
+
+/** The union of two FieldsV1 sets (nested objects, {} at the leaves). */
+function unionFields(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const x = out[k];
+    out[k] =
+      x && typeof x === "object" && v && typeof v === "object"
+        ? unionFields(x as Record<string, unknown>, v as Record<string, unknown>)
+        : v;
+  }
+  return out;
 }
 
 /** REST paths of the kinds the operator touches. */

@@ -10,6 +10,39 @@ const RECONCILE_BUCKETS = [
 ];
 // client-go workqueue buckets: 1e-8 .. 10 s, factor 10.
 const QUEUE_BUCKETS = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 10];
+/** The reconcile results Controller counts (controller-runtime also has "requeue", which nothing here returns). */
+const RESULTS = ["success", "error", "requeue_after"] as const;
+
+/** What the metrics read of one ExpertPool: its namespace and name, and its Ready condition. */
+export interface PoolReadiness {
+  namespace: string;
+  name: string;
+  /** The Ready condition's status: True, False, or Unknown (also where the pool has no Ready condition yet). */
+  status: string;
+  /** The Ready condition's reason; "" where it has none. */
+  reason: string;
+}
+
+/** The shape of an ExpertPool that poolReadiness reads (structural, so tests need no full object). */
+export interface PoolLike {
+  metadata: { namespace?: string; name?: string };
+  status?: { conditions?: ReadonlyArray<{ type: string; status: string; reason?: string }> };
+}
+
+export function poolReadiness(p: PoolLike): PoolReadiness {
+  const cond = (type: string) => p.status?.conditions?.find((c) => c.type === type);
+  const ready = cond("Ready");
+  // A pool that cannot serve says only ExpertsUnavailable in Ready; what to do about it is in Degraded (a failure:
+  // PodCreateFailed, InsufficientGPU, ...) or else Progressing (on its way: WaitingForReady, ScalingUp), so the
+  // alert's summary names that reason.
+  const why = [cond("Degraded"), cond("Progressing")].find((c) => c?.status === "True" && c.reason);
+  return {
+    namespace: p.metadata.namespace ?? "default",
+    name: p.metadata.name ?? "",
+    status: ready?.status ?? "Unknown",
+    reason: (ready?.status !== "True" ? why?.reason : undefined) ?? ready?.reason ?? "",
+  };
+}
 
 export class OperatorMetrics {
   readonly registry = new Registry();
@@ -28,13 +61,18 @@ export class OperatorMetrics {
   readonly restRequests: Counter<"code" | "method" | "host">;
   readonly leader: Gauge<"name">;
   readonly pools: Gauge<"condition">;
+  readonly poolReady: Gauge<"pool_namespace" | "pool" | "reason">;
   readonly routerConfigBytes: Gauge;
   readonly routerConfigPools: Gauge<"state">;
+  readonly routerConfigLeftOut: Gauge<"pool_namespace" | "pool">;
   private queues: WorkQueue[] = [];
-  /** Set by the manager: pools per Ready status, read at scrape time. */
-  poolCounts: (() => Record<string, number>) | undefined;
-  /** Set by the manager: what the last router-config pass wrote, read at scrape time. */
-  routerConfig: (() => { bytes: number; served: number; leftOut: number }) | undefined;
+  /** Set by the manager: every ExpertPool's Ready condition (poolReadiness of its cache), read at scrape time. */
+  poolStates: (() => PoolReadiness[]) | undefined;
+  /**
+   * Set by the manager: what the last router-config pass wrote, read at scrape time. leftOut: the pools ("namespace/
+   * name") it had no room for.
+   */
+  routerConfig: (() => { bytes: number; served: number; leftOut: readonly string[] }) | undefined;
 
   constructor(defaultMetrics = true) {
     const r = [this.registry];
@@ -133,7 +171,26 @@ export class OperatorMetrics {
       labelNames: ["condition"],
       registers: r,
       collect: () => {
-        for (const [k, v] of Object.entries(this.poolCounts?.() ?? {})) this.pools.set({ condition: k }, v);
+        const counts: Record<string, number> = { True: 0, False: 0, Unknown: 0 };
+        for (const p of this.poolStates?.() ?? []) counts[p.status] = (counts[p.status] ?? 0) + 1;
+        for (const [k, v] of Object.entries(counts)) this.pools.set({ condition: k }, v);
+      },
+    });
+    // One series per pool, rebuilt at every scrape, so a deleted pool's goes with it and a pool whose reason changed
+    // keeps one. `pool_namespace`, not `namespace`: the scrape's own target label `namespace` (the operator's) would
+    // win over it (exported_namespace) unless the monitor honoured labels.
+    this.poolReady = new Gauge({
+      name: "switchyard_operator_pool_ready",
+      help: "1 while an ExpertPool's Ready condition is True, else 0 (False, Unknown, none yet); reason is the condition's",
+      labelNames: ["pool_namespace", "pool", "reason"],
+      registers: r,
+      collect: () => {
+        this.poolReady.reset();
+        for (const p of this.poolStates?.() ?? [])
+          this.poolReady.set(
+            { pool_namespace: p.namespace, pool: p.name, reason: p.reason },
+            p.status === "True" ? 1 : 0,
+          );
       },
     });
     this.routerConfigBytes = new Gauge({
@@ -154,7 +211,21 @@ export class OperatorMetrics {
         const c = this.routerConfig?.();
         if (!c) return;
         this.routerConfigPools.set({ state: "served" }, c.served);
-        this.routerConfigPools.set({ state: "left_out" }, c.leftOut);
+        this.routerConfigPools.set({ state: "left_out" }, c.leftOut.length);
+      },
+    });
+    // Names the pools behind the count above, so an alert can say which (the standbys, which write no config, have none).
+    this.routerConfigLeftOut = new Gauge({
+      name: "switchyard_operator_router_config_left_out",
+      help: "1 for each ExpertPool the router config had no room for (its ConfigMap full); no series for the others",
+      labelNames: ["pool_namespace", "pool"],
+      registers: r,
+      collect: () => {
+        this.routerConfigLeftOut.reset();
+        for (const key of this.routerConfig?.().leftOut ?? []) {
+          const i = key.indexOf("/");
+          this.routerConfigLeftOut.set({ pool_namespace: key.slice(0, i), pool: key.slice(i + 1) }, 1);
+        }
       },
     });
     if (defaultMetrics) collectDefaultMetrics({ register: this.registry });
@@ -166,6 +237,19 @@ export class OperatorMetrics {
       this.unfinished.set({ name: q.name, controller: q.name }, unfinishedSeconds);
       this.longest.set({ name: q.name, controller: q.name }, longestSeconds);
     }
+  }
+
+  /**
+   * A controller's series from its start, as controller-runtime's initMetrics does: a counter first exported at 1
+   * makes rate() and increase() miss that first error (no earlier sample to count from), so a controller failing
+   * once after each restart would never show in SwitchyardOperatorReconcileErrors.
+   */
+  initController(name: string, concurrency: number): void {
+    const l = { controller: name };
+    this.maxConcurrent.set(l, concurrency);
+    this.activeWorkers.set(l, 0);
+    this.reconcileErrors.inc(l, 0);
+    for (const result of RESULTS) this.reconcileTotal.inc({ ...l, result }, 0);
   }
 
   queueMetrics(name: string): QueueMetrics {

@@ -200,6 +200,7 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
       `--lease-namespace=${NAMESPACE}`,
       "--lease-name=sy-switchyard-operator",
       `--router-configmap=${NAMESPACE}/sy-switchyard-router`,
+      `--owner-deployment=${NAMESPACE}/sy-switchyard-operator`,
     ]);
     expect(c.env?.map((e) => e.name)).toContain("POD_NAMESPACE");
     // operator.logLevel reaches the operator: its command line and env parse to that level

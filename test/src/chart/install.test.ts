@@ -1,7 +1,8 @@
 // `helm install` of charts/switchyard into the real test cluster (etcd, kube-apiserver, controllers, scheduler,
 // kwok): the release creates what it should and its pods become Ready on a fake node; the operator, run as a
 // local process with the token of the chart's own ServiceAccount (so the chart's RBAC is what it gets), comes up,
-// takes the Lease and reconciles an ExpertPool; `helm uninstall` removes everything but the CRDs.
+// takes the Lease and reconciles an ExpertPool; `helm uninstall` removes everything but the CRDs, also what the operator
+// made beside the release (the router ConfigMap, the Hub-token Secret: owned by its Deployment).
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, expect, it } from "vitest";
@@ -171,7 +172,9 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     const can = async (...args: string[]) =>
       (await cluster().kubectl(["auth", "can-i", ...args, "--as", sa], { check: false })).stdout.trim();
     expect(await can("watch", "expertpools.switchyard.dev", "-A")).toBe("yes");
-    expect(await can("get", "statefulsets.apps", "-n", "default")).toBe("no");
+    // get: a child whose create met an object of that name is read to see whose it is (ChildConflict).
+    expect(await can("get", "statefulsets.apps", "-n", "default")).toBe("yes");
+    expect(await can("update", "statefulsets.apps", "-n", "default")).toBe("no");
     expect(await can("delete", "statefulsets.apps", "-n", "default")).toBe("no");
     expect(await can("patch", "expertpools.switchyard.dev", "--subresource=status", "-n", "default")).toBe("yes");
     expect(await can("patch", "expertpools.switchyard.dev", "-n", "default")).toBe("no");
@@ -183,6 +186,11 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     expect(await can("get", "secrets", "-n", NAMESPACE)).toBe("no");
     expect(await can("delete", "expertpools.switchyard.dev", "-n", "default")).toBe("no");
     expect(await can("create", "pods", "-n", "default")).toBe("no");
+    // The StatefulSets' FailedCreate events (pods refused at admission), and its own Deployment (the owner it gives
+    // the router ConfigMap and Hub-token Secret), by name only.
+    expect(await can("watch", "events", "-A")).toBe("yes");
+    expect(await can("get", `deployments.apps/${FULL}-operator`, "-n", NAMESPACE)).toBe("yes");
+    expect(await can("get", `deployments.apps/${FULL}-router`, "-n", NAMESPACE)).toBe("no");
     const router = `system:serviceaccount:${NAMESPACE}:${FULL}-router`;
     expect(
       (
@@ -241,6 +249,11 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
 
   it("the operator (local process, chart ServiceAccount token) comes up, leads and reconciles an ExpertPool", async () => {
     if (!existsSync(OPERATOR_MAIN)) throw new Error(`${OPERATOR_MAIN} is not built: run npm run build`);
+    // With the Hub token sync on, so that the operator makes the router's Secret too (uninstall must take it away).
+    await cluster().helm([
+      ...["upgrade", RELEASE, CHART, "--namespace", NAMESPACE, "--reuse-values"],
+      ...["--set", "operator.syncHubTokens=true"],
+    ]);
     // A kubeconfig carrying a token of the chart's ServiceAccount: the process gets exactly the chart's RBAC.
     const token = (
       await cluster().kubectl(["create", "token", `${FULL}-operator`, "-n", NAMESPACE, "--duration", "1h"])
@@ -306,6 +319,27 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
       { what: "the operator to hold a Lease in the release namespace", timeoutMs: 60_000 },
     );
 
+    expect(args).toContain(`--owner-deployment=${NAMESPACE}/${FULL}-operator`);
+    await cluster().kubectl(["create", "secret", "generic", "hf", "-n", "default", "--from-literal=HF_TOKEN=hf_test"]);
+    await cluster().kubectl(["apply", "-f", "-"], {
+      input: stringify({
+        apiVersion: "switchyard.dev/v1alpha1",
+        kind: "ExpertPool",
+        metadata: { name: "hubby", namespace: "default" },
+        spec: {
+          model: {
+            architecture: "mixtral",
+            layers: 2,
+            experts: 4,
+            topK: 2,
+            hiddenSize: 64,
+            intermediateSize: 128,
+            checkpoint: { uri: "hf://org/tiny", tokenSecret: { name: "hf" } },
+          },
+          replicas: 0,
+        },
+      }),
+    });
     await cluster().kubectl(["apply", "-f", "-"], {
       input: stringify({
         apiVersion: "switchyard.dev/v1alpha1",
@@ -353,11 +387,24 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
       },
       { what: `router config for default/tiny in ConfigMap ${NAMESPACE}/${mounted}`, timeoutMs: 30_000 },
     );
+    // Both made by the operator beside the release, owned by its Deployment: the garbage collector deletes them with it.
+    const deployUid = deploy.metadata.uid as string;
+    for (const ref of [`configmap/${mounted}`, `secret/${FULL}-router-hf-tokens`]) {
+      await waitUntil(
+        async () => {
+          const r = await cluster().kubectl(["get", ref, "-n", NAMESPACE, "-o", "json"], { check: false });
+          if (r.code !== 0) return false;
+          const owners = (JSON.parse(r.stdout).metadata.ownerReferences ?? []) as Array<{ kind: string; uid: string }>;
+          return owners.some((o) => o.kind === "Deployment" && o.uid === deployUid);
+        },
+        { what: `${ref} owned by Deployment ${FULL}-operator`, timeoutMs: 30_000 },
+      );
+    }
     const metrics = await httpGet(`http://127.0.0.1:${metricsPort}/metrics`);
     expect(metrics.status).toBe(200);
     expect(metrics.body).toContain("controller_runtime_reconcile_total");
     expect(metrics.body).toContain("workqueue_depth");
-    await cluster().kubectl(["delete", "expertpool", "tiny", "-n", "default", "--wait=false"]);
+    await cluster().kubectl(["delete", "expertpool", "tiny", "hubby", "-n", "default", "--wait=false"]);
   }, 150_000);
 
   it("helm uninstall removes every release object and keeps the CRDs", async () => {
@@ -377,6 +424,16 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     );
     const pods = await cluster().kubectl(["get", "pods", "-n", NAMESPACE, "-o", "name"]);
     expect(pods.stdout.trim()).toBe("");
+    // Nor what the operator made beside the release: the router ConfigMap and the Hub-token Secret (owned by the
+    // operator's Deployment, so the garbage collector deletes them after it). What stays is the cluster's own
+    // (kube-root-ca.crt, the default ServiceAccount) and the operator's leader-election Lease.
+    await waitUntil(
+      async () => {
+        const r = await cluster().kubectl(["get", "configmaps,secrets", "-n", NAMESPACE, "-o", "name"]);
+        return r.stdout.trim() === "configmap/kube-root-ca.crt";
+      },
+      { what: `only kube-root-ca.crt among the ConfigMaps and Secrets of ${NAMESPACE}`, timeoutMs: 60_000 },
+    );
     // Helm never deletes CRDs (that would delete every pool); the README documents removing them by hand.
     const crds = await cluster().kubectl(["get", "crd", "-o", "name"]);
     expect(crds.stdout).toContain("expertpools.switchyard.dev");

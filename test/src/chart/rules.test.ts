@@ -17,10 +17,13 @@ if (!helm || !promtool)
 const TESTS = join(REPO, "test/src/chart/alerts.promtool.yaml");
 const ALERTS = [
   "SwitchyardWorkerDown",
+  "SwitchyardRouterDown",
+  "SwitchyardOperatorDown",
   "SwitchyardWorkerNotReady",
   "SwitchyardExpertLoadImbalanceHigh",
   "SwitchyardCacheHitRatioLow",
   "SwitchyardRouterErrorRateHigh",
+  "SwitchyardRouterUnknownPoolRequests",
   "SwitchyardRouterLatencyHigh",
   "SwitchyardRouterSaturated",
   "SwitchyardWorkerGpuSaturated",
@@ -69,6 +72,61 @@ describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
     expect(left).toEqual([]);
   });
 
+  it("every selector of every alert matches only this release's targets, by the label the chart's monitors add", async () => {
+    const args = ["template", "prod", CHART, "--namespace", "llm"];
+    const r = await exec(helm!, [...args, "--set", "prometheusRule.enabled=true"]);
+    expect(r.code, r.stderr).toBe(0);
+    const rules = (
+      parseDocs(r.stdout).find((d) => d.kind === "PrometheusRule")!.spec as { groups: typeof groups }
+    ).groups.flatMap((g) => g.rules);
+    const release = 'switchyard_release="llm/prod"';
+    // every metric the rules read (up, the three components' own, controller-runtime's), each with its matchers
+    const selector = /\b(up|switchyard_(?:router|worker|operator)_[a-z_]+|controller_runtime_[a-z_]+)\b(\{[^}]*\})?/g;
+    for (const rule of rules) {
+      const found = [...rule.expr.matchAll(selector)];
+      expect(found.length, rule.alert).toBeGreaterThan(0);
+      for (const [sel, , matchers] of found) expect(matchers ?? "", `${rule.alert}: ${sel}`).toContain(release);
+    }
+    // and the monitors put exactly that label on every target they scrape
+    const m = await exec(helm!, [...args, "--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true"]);
+    expect(m.code, m.stderr).toBe(0);
+    const monitors = parseDocs(m.stdout).filter((d) => d.kind === "ServiceMonitor" || d.kind === "PodMonitor");
+    expect(monitors.map((d) => d.kind).sort()).toEqual(["PodMonitor", "ServiceMonitor", "ServiceMonitor"]);
+    for (const mon of monitors) {
+      const spec = mon.spec as Record<string, Array<{ relabelings: Array<Record<string, unknown>> }>>;
+      for (const ep of spec.endpoints ?? spec.podMetricsEndpoints)
+        expect(ep.relabelings).toContainEqual({ targetLabel: "switchyard_release", replacement: "llm/prod" });
+    }
+  });
+
+  it("the down alerts come with their component: no router (or operator) run, no alert that it is missing", async () => {
+    for (const [component, alert] of [
+      ["router", "SwitchyardRouterDown"],
+      ["operator", "SwitchyardOperatorDown"],
+    ]) {
+      const r = await exec(helm!, [
+        ...["template", "sy", CHART, "--set", "prometheusRule.enabled=true", "--set", `${component}.enabled=false`],
+        ...["--show-only", "templates/prometheusrule.yaml"],
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const [rule] = parseDocs(r.stdout);
+      const names = (rule.spec as { groups: typeof groups }).groups.flatMap((g) => g.rules.map((x) => x.alert));
+      expect(names).toEqual(ALERTS.filter((a) => a !== alert));
+    }
+  });
+
+  it("routerLatency.seconds stays below the router's top latency bucket (30 s), where histogram_quantile stops", async () => {
+    const render = (seconds: number) =>
+      exec(helm!, [
+        ...["template", "sy", CHART, "--set", "prometheusRule.enabled=true"],
+        ...["--set", `prometheusRule.routerLatency.seconds=${seconds}`, "--show-only", "templates/prometheusrule.yaml"],
+      ]);
+    expect((await render(20)).code).toBe(0);
+    const refused = await render(30);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain("routerLatency");
+  });
+
   it("promtool check rules accepts the rendered rules", async () => {
     const r = await exec(promtool!, ["check", "rules", join(dir, "switchyard.rules.yaml")]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
@@ -86,7 +144,7 @@ describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
       const [rule] = parseDocs(r.stdout);
       const g = (rule.spec as { groups: typeof groups }).groups;
       const down = g.flatMap((x) => x.rules).find((x) => x.alert === "SwitchyardWorkerDown");
-      expect(down?.expr.trim()).toBe('up{component="worker"} == 0');
+      expect(down?.expr.trim()).toBe('up{component="worker", switchyard_release="default/sy"} == 0');
       const file = join(dir, `no-grace-${grace}.rules.yaml`);
       writeFileSync(file, stringify({ groups: g }));
       const check = await exec(promtool!, ["check", "rules", file]);

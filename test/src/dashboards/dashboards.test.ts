@@ -1,20 +1,141 @@
 // Static checks of the shipped Grafana dashboards: the committed JSON is what model.ts generates, uids are stable,
 // every panel and query goes through the datasource variable, panels do not overlap, every query is valid PromQL
-// (checked by the real promtool) and uses only metric names from docs/CONTRACTS.md.
+// (checked by the real promtool) and reads only the metrics and labels the code exports: the registries of
+// RouterMetrics, WorkerMetrics and the operator's metrics, instantiated here, are the reference.
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { KubeConfig } from "@kubernetes/client-node";
+import { WorkerMetrics } from "@switchyard/expert-worker";
+import { Manager } from "@switchyard/operator";
+import { RouterMetrics } from "@switchyard/router-service";
+import type { Registry } from "prom-client";
+import { beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { exec, findTool, REPO } from "../chart/helm.js";
-import { DASHBOARDS, DS, renderDashboards } from "./model.js";
-import { allQueries, contractMetricNames, metricNamesIn, substituteVariables } from "./queries.js";
+import { CUDA_ONLY_METRICS, DASHBOARDS, DS, renderDashboards } from "./model.js";
+import {
+  allQueries,
+  analyzeQuery,
+  legendLabels,
+  type MetricCatalog,
+  type MetricInfo,
+  type PanelQuery,
+  type QueryAnalysis,
+  substituteVariables,
+} from "./queries.js";
 
 const DIR = join(REPO, "charts/switchyard/dashboards");
 const load = (file: string) => JSON.parse(readFileSync(join(DIR, file), "utf8"));
 const promtool = findTool("promtool", "SWITCHYARD_PROMTOOL");
 
+type Component = "router" | "worker" | "operator";
+
+/** Labels the chart's PodMonitor or ServiceMonitor sets on its targets by relabeling (component, ...). */
+const relabeled = (monitor: "podmonitor.yaml" | "servicemonitor.yaml") =>
+  [...readFileSync(join(REPO, "charts/switchyard/templates", monitor), "utf8").matchAll(/targetLabel:\s*(\w+)/g)].map(
+    (m) => m[1],
+  );
+/**
+ * Labels a scrape adds to every series besides the exporter's own: job and instance (Prometheus), namespace, pod,
+ * container, service and endpoint (the Prometheus Operator's targets), and the chart's relabelings: the PodMonitor's
+ * for the workers, the ServiceMonitors' for the router and the operator.
+ */
+const SCRAPE_LABELS = ["job", "instance", "namespace", "pod", "container", "service", "endpoint"];
+const TARGET_LABELS: Record<Component, string[]> = {
+  worker: [...new Set([...SCRAPE_LABELS, ...relabeled("podmonitor.yaml")])],
+  router: [...new Set([...SCRAPE_LABELS, ...relabeled("servicemonitor.yaml")])],
+  operator: [...new Set([...SCRAPE_LABELS, ...relabeled("servicemonitor.yaml")])],
+};
+
+/** Every metric one registry exports, with its declared labels, the registry's default labels and the scrape's. */
+async function registryCatalog(registry: Registry, component: Component): Promise<Map<string, MetricInfo>> {
+  const declared = new Map(
+    registry.getMetricsAsArray().map((m) => [m.name, (m as unknown as { labelNames?: string[] }).labelNames ?? []]),
+  );
+  const json = await registry.getMetricsAsJSON();
+  // A registry's default labels (the worker's pool and worker) show only on exported values: every label there that
+  // the metric does not declare, and that is not a histogram's le or a summary's quantile.
+  const defaults = new Set<string>();
+  for (const m of json)
+    for (const v of m.values)
+      for (const l of Object.keys(v.labels))
+        if (l !== "le" && l !== "quantile" && !declared.get(m.name)?.includes(l)) defaults.add(l);
+  return new Map(
+    json.map((m) => [
+      m.name,
+      {
+        type: String(m.type) as MetricInfo["type"],
+        labels: new Set([...(declared.get(m.name) ?? []), ...defaults, ...TARGET_LABELS[component]]),
+        help: m.help,
+      },
+    ]),
+  );
+}
+
+/** The metrics of the router, a worker and the operator, each from a fresh instance of its metrics class. */
+async function codeCatalogs(): Promise<Record<Component, Map<string, MetricInfo>>> {
+  // The operator's metrics belong to its Manager, which connects to nothing until start().
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromOptions({
+    clusters: [{ name: "none", server: "https://127.0.0.1:1" }],
+    users: [{ name: "none" }],
+    contexts: [{ name: "none", cluster: "none", user: "none" }],
+    currentContext: "none",
+  });
+  const operator = new Manager({ kubeConfig, log: () => {} });
+  return {
+    router: await registryCatalog(new RouterMetrics().registry, "router"),
+    worker: await registryCatalog(new WorkerMetrics({ pool: "p", worker: "w" }).registry, "worker"),
+    operator: await registryCatalog(operator.metrics.registry, "operator"),
+  };
+}
+
+type PanelJson = {
+  type: string;
+  title: string;
+  description: string;
+  fieldConfig: { defaults: { unit?: string }; overrides: unknown[] };
+  targets: Array<{ refId: string; expr: string; legendFormat?: string; instant?: boolean }>;
+};
+const dashboards = DASHBOARDS.map((d) => load(d.file));
+const panelsOf = (d: { panels: PanelJson[] }) => d.panels.filter((p) => p.type !== "row");
+const allPanels = dashboards.flatMap((d) => panelsOf(d).map((p) => ({ dashboard: d.title as string, ...p })));
+
 describe("Grafana dashboards", () => {
+  let byComponent: Record<Component, Map<string, MetricInfo>>;
+  let catalog: MetricCatalog;
+  const analyses = new Map<string, QueryAnalysis>();
+  /** The analysis of one query (cached: the panel checks below ask for the same queries). */
+  const analyze = (expr: string) => {
+    let a = analyses.get(expr);
+    if (!a) {
+      a = analyzeQuery(expr, catalog);
+      analyses.set(expr, a);
+    }
+    return a;
+  };
+  /** A query's metrics by base name (a histogram's without _bucket/_sum/_count). */
+  const baseNames = (expr: string) =>
+    new Set(
+      analyze(expr).selectors.map((s) => (catalog.has(s.name) ? s.name : s.name.replace(/_(bucket|sum|count)$/, ""))),
+    );
+  const panelMetrics = (p: PanelJson) => new Set(p.targets.flatMap((t) => [...baseNames(t.expr)]));
+
+  beforeAll(async () => {
+    byComponent = await codeCatalogs();
+    const merged = new Map<string, MetricInfo>();
+    for (const [component, metrics] of Object.entries(byComponent))
+      for (const [name, info] of metrics) {
+        if (merged.has(name) && !name.startsWith("nodejs_") && !name.startsWith("process_"))
+          throw new Error(`${name} is exported by the ${component} and another component`);
+        merged.set(name, info);
+      }
+    // Prometheus' own series per target, with every target's labels.
+    merged.set("up", { type: "gauge", labels: new Set(Object.values(TARGET_LABELS).flat()) });
+    catalog = merged;
+  });
+
   it("committed JSON equals the generated dashboards (run npm run gen:dashboards)", () => {
     const generated = renderDashboards();
     expect(
@@ -62,15 +183,22 @@ describe("Grafana dashboards", () => {
   );
 
   it("cover what operators of an MoE deployment look for", () => {
-    const titles = DASHBOARDS.flatMap((d) => load(d.file).panels.map((p: { title: string }) => p.title)).join("\n");
+    const titles = allPanels.map((p) => p.title).join("\n");
     for (const want of [
       /heat map.*layer x expert/i,
       /max \/ mean worker load/i,
-      /cache hit ratio per worker/i,
+      /host cache hit ratio per worker/i,
+      /GPU cache hit ratio per worker/i,
+      /GPU resident experts \/ slots/i,
+      /host to GPU upload bytes\/s/i,
+      /GPU evictions\/s/i,
       /tokens per expert call/i,
       /latency p50 \/ p90 \/ p99/i,
       /queue wait/i,
       /dropped/i,
+      /worker RPC errors\/s by method and code/i,
+      /worker backend \(cpu \/ cuda\)/i,
+      /router outstanding \/ worker queued/i,
       /reconciles/i,
       /work queue depth/i,
     ])
@@ -82,17 +210,194 @@ describe("Grafana dashboards", () => {
     });
   });
 
-  it("query only metrics named in docs/CONTRACTS.md", () => {
-    const known = contractMetricNames(readFileSync(join(REPO, "docs/CONTRACTS.md"), "utf8"));
-    expect(known.size).toBeGreaterThan(30);
-    for (const q of allQueries(DASHBOARDS.map((d) => load(d.file)))) {
-      for (const m of metricNamesIn(q.expr)) expect(known, `${q.dashboard} / ${q.panel}: ${m}`).toContain(m);
+  it("the catalog holds every component's metrics, as exported", () => {
+    for (const labels of Object.values(TARGET_LABELS)) expect(labels).toContain("component");
+    expect(byComponent.router.get("switchyard_router_expert_tokens_total")?.labels).toContain("layer");
+    // the worker's pool and worker are default labels of its registry
+    expect(byComponent.worker.get("switchyard_worker_requests_total")?.labels).toEqual(
+      new Set(["method", "code", "pool", "worker", ...TARGET_LABELS.worker]),
+    );
+    expect(byComponent.worker.get("switchyard_worker_run_duration_seconds")?.type).toBe("histogram");
+    expect(byComponent.operator.get("controller_runtime_reconcile_total")?.labels).toContain("result");
+  });
+
+  it("every query reads only metrics and labels the code exports; _bucket/_sum/_count only on histograms", () => {
+    const bad: string[] = [];
+    for (const q of allQueries(dashboards))
+      for (const problem of analyze(q.expr).problems) bad.push(`${q.dashboard} / ${q.panel} / ${q.refId}: ${problem}`);
+    expect(bad).toEqual([]);
+  });
+
+  it("every legend names labels its query's series carry", () => {
+    const bad: string[] = [];
+    for (const q of allQueries(dashboards)) {
+      const labels = analyze(q.expr).labels;
+      for (const l of legendLabels(q.legendFormat))
+        if (!labels?.has(l))
+          bad.push(`${q.dashboard} / ${q.panel} / ${q.refId}: {{${l}}} (series carry ${[...(labels ?? [])]})`);
+    }
+    expect(bad).toEqual([]);
+  });
+
+  it("the query check fails a misnamed metric or label, and a histogram suffix on a counter", () => {
+    // Each query with one of its metric names broken: the check must say so, for every query of every panel.
+    const queries = allQueries(dashboards);
+    for (const q of queries)
+      for (const name of analyze(q.expr).selectors.map((s) => s.name)) {
+        const broken = q.expr.replaceAll(new RegExp(`\\b${name}\\b`, "g"), `${name}x`);
+        expect(analyzeQuery(broken, catalog).problems, `${q.panel}: ${broken}`).toContain(
+          `${name}x: no such metric in the code's registries`,
+        );
+      }
+    // and with each `by` label broken
+    let labelsBroken = 0;
+    for (const q of queries)
+      for (const m of q.expr.matchAll(/\bby \(([^)]*)\)/g))
+        for (const label of m[1].split(",").map((l) => l.trim())) {
+          const broken = q.expr.replace(m[0], m[0].replace(new RegExp(`\\b${label}\\b`), `${label}x`));
+          expect(analyzeQuery(broken, catalog).problems.join("\n"), `${q.panel}: ${broken}`).toContain(
+            `no label "${label}x"`,
+          );
+          labelsBroken++;
+        }
+    expect(labelsBroken).toBeGreaterThan(50);
+    for (const [expr, problem] of [
+      ["rate(switchyard_worker_tokens_total_sum[5m])", "switchyard_worker_tokens_total is a counter, not a histogram"],
+      ["sum by (pool, worker) (rate(switchyard_router_expert_tokens_total[5m]))", 'no label "worker"'],
+      ['rate(switchyard_router_tokens_total{worker="w"}[5m])', 'no label "worker"'],
+      ["rate(switchyard_worker_queued_rows[5m])", "switchyard_worker_queued_rows is not a counter"],
+      ["sum by (pool) (rate(switchyard_worker_run_duration_seconds[5m]))", "is a histogram"],
+    ])
+      expect(analyzeQuery(expr, catalog).problems.join("\n"), expr).toContain(problem);
+  });
+
+  it("every metric the router, workers and operator export is on a dashboard, or listed here with why not", () => {
+    const NOT_SHOWN: Record<string, string> = {
+      switchyard_worker_expert_tokens_total:
+        "the heat panels read the router's heat (switchyard_router_expert_tokens_total); a per-worker copy would double the dashboards' heaviest query",
+      switchyard_worker_ready:
+        "the readiness probe's answer: Kubernetes shows it as the pod's Ready; the warm-up panel shows its progress",
+      workqueue_work_duration_seconds:
+        "the same time as controller_runtime_reconcile_time_seconds (one reconcile per work item), shown as Reconcile duration",
+      switchyard_operator_pool_ready: "per-pool readiness, for the alerts; ExpertPools by condition counts it",
+      switchyard_operator_router_config_left_out:
+        "the pools the router config had no room for, for the alerts; ExpertPools in the router config counts them",
+    };
+    const shown = new Set(allQueries(dashboards).flatMap((q) => [...baseNames(q.expr)]));
+    // Node's process metrics (the operator's prom-client defaults) are for generic Node dashboards.
+    const exported = Object.values(byComponent).flatMap((c) =>
+      [...c.keys()].filter((n) => !n.startsWith("nodejs_") && !n.startsWith("process_")),
+    );
+    const missing = exported.filter((n) => !shown.has(n) && !(n in NOT_SHOWN));
+    expect(missing, "exported but on no dashboard: add a panel, or the metric to NOT_SHOWN with the reason").toEqual(
+      [],
+    );
+    // and NOT_SHOWN lists nothing that is gone or shown after all
+    for (const n of Object.keys(NOT_SHOWN)) {
+      expect(exported, n).toContain(n);
+      expect(shown.has(n), `${n} is shown: drop it from NOT_SHOWN`).toBe(false);
     }
   });
 
+  it("CUDA_ONLY_METRICS are worker series, the GPU tier's among them", () => {
+    for (const m of CUDA_ONLY_METRICS) expect([...byComponent.worker.keys()], m).toContain(m);
+    const gpuTier = [...byComponent.worker.keys()].filter((n) => n.startsWith("switchyard_worker_gpu_cache_"));
+    expect(gpuTier.length).toBe(6);
+    for (const m of gpuTier) expect(CUDA_ONLY_METRICS, m).toContain(m);
+  });
+
+  it("cache panels say which tier they show: host (checkpoint to host memory) or GPU (host to device)", () => {
+    for (const p of allPanels) {
+      const metrics = [...panelMetrics(p)];
+      const host = metrics.some((m) => m.startsWith("switchyard_worker_cache_"));
+      const gpu = metrics.some((m) => m.startsWith("switchyard_worker_gpu_cache_"));
+      expect(host && gpu, `${p.title} mixes the tiers`).toBe(false);
+      if (host) {
+        expect(p.title, p.title).toMatch(/\bhost\b/i);
+        expect(p.title, p.title).not.toMatch(/GPU/);
+      }
+      if (gpu) expect(p.title, p.title).toMatch(/\bGPU\b/);
+    }
+    const hostRatio = allPanels.find((p) => p.title === "Host cache hit ratio per worker")!;
+    // what a host cache miss is, from the code: a load from the checkpoint
+    expect(catalog.get("switchyard_worker_cache_misses_total")?.help).toMatch(/checkpoint/);
+    expect(hostRatio.description).toMatch(/miss loads the expert from the checkpoint/);
+  });
+
+  it("heat panels never add pools together: one pool, or pool in the aggregation", () => {
+    for (const d of dashboards) {
+      const v = d.templating.list.find((x: { name: string }) => x.name === "pool");
+      const onePool = !!v && !v.multi && !v.includeAll;
+      for (const p of panelsOf(d))
+        for (const t of p.targets) {
+          const a = analyze(t.expr);
+          for (const g of a.aggregations)
+            if (g.input?.has("pool") && !g.output?.has("pool"))
+              expect(onePool, `${d.title} / ${p.title}: ${g.op} drops pool, and $pool may hold several`).toBe(true);
+          // every series with a pool label goes through the pool variable
+          if (v)
+            for (const s of a.selectors)
+              if (analyzeQuery(s.name, catalog).labels?.has("pool"))
+                expect(
+                  s.matchers.some((m) => m.label === "pool" && m.value === "$pool"),
+                  `${d.title} / ${p.title}: ${s.name} without the $pool matcher`,
+                ).toBe(true);
+        }
+    }
+    const experts = load("switchyard-experts.json").templating.list.find((x: { name: string }) => x.name === "pool");
+    expect(experts).toMatchObject({ multi: false, includeAll: false });
+    expect(experts.allValue).toBeUndefined();
+  });
+
+  it("a panel's queries share one unit: bytes are never on a count or seconds axis", () => {
+    // The unit family of a query: what its metrics count. Each of bytes and seconds panels has only queries of it
+    // (or no metric at all, a constant); a bytes panel has a bytes unit.
+    const family = (q: { expr: string }) => {
+      const names = [...baseNames(q.expr)];
+      if (names.length === 0) return "constant";
+      const kinds = new Set(names.map((n) => (/_bytes(_total)?$/.test(n) ? "bytes" : "other")));
+      return kinds.size === 1 ? [...kinds][0] : "mixed";
+    };
+    const BYTE_UNITS = ["bytes", "decbytes", "Bps", "binBps", "KBs", "MBs", "GBs"];
+    for (const p of allPanels) {
+      const families = new Set(p.targets.map(family));
+      families.delete("constant");
+      expect(families.has("mixed"), `${p.title}: a query mixes bytes and other metrics`).toBe(false);
+      expect(families.size, `${p.title}: bytes and counts in one panel`).toBeLessThanOrEqual(1);
+      if (families.has("bytes")) expect(BYTE_UNITS, p.title).toContain(p.fieldConfig.defaults.unit);
+      expect(p.fieldConfig.overrides, `${p.title}: one unit per panel, no per-series unit overrides`).toEqual([]);
+    }
+  });
+
+  it("panel texts say what the metric measures (from the code)", () => {
+    const reading = (metric: string) => allPanels.filter((p) => panelMetrics(p).has(metric));
+    // The worker's run duration runs from arrival to result: queue wait and expert loads included.
+    expect(catalog.get("switchyard_worker_run_duration_seconds")?.help).toMatch(/arrival.*queue wait, expert loads/);
+    for (const p of reading("switchyard_worker_run_duration_seconds"))
+      if (panelMetrics(p).size === 1) {
+        expect(p.title, p.title).toMatch(/arrival to result/);
+        expect(p.description, p.title).toMatch(/queue wait, expert loads/);
+      }
+    // The queue depth counts batches waiting or running.
+    expect(catalog.get("switchyard_worker_queue_depth")?.help).toMatch(/waiting or running/);
+    for (const p of reading("switchyard_worker_queue_depth"))
+      expect(p.description, p.title).toMatch(/waiting or running/);
+    // The reconcile results: exactly those the controller counts.
+    const controller = readFileSync(join(REPO, "operator/src/runtime/controller.ts"), "utf8");
+    const results = new Set([...controller.matchAll(/result: "([a-z_]+)"/g)].map((m) => m[1]));
+    expect(results.size).toBeGreaterThan(1);
+    const byResult = reading("controller_runtime_reconcile_total").filter((p) =>
+      p.targets.some((t) => /by \([^)]*\bresult\b/.test(t.expr)),
+    );
+    expect(byResult.length).toBeGreaterThan(0);
+    for (const p of byResult)
+      for (const r of ["success", "error", "requeue", "requeue_after"])
+        expect(new RegExp(`\\b${r}\\b`).test(p.description), `${p.title} on result ${r}`).toBe(results.has(r));
+  });
+
   it.skipIf(!promtool)("every query is valid PromQL (promtool check rules on them as recording rules)", async () => {
-    const queries = allQueries(DASHBOARDS.map((d) => load(d.file)));
-    const rules = queries.map((q, i) => ({
+    const queries = allQueries(dashboards);
+    const rules = queries.map((q: PanelQuery, i: number) => ({
       record: `switchyard:dashboard_query_${i}`,
       expr: substituteVariables(q.expr),
     }));

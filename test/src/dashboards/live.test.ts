@@ -227,7 +227,21 @@ describeWithCluster(
           ])
         ).stdout,
       )[0] as unknown as { spec: { podMetricsEndpoints: Array<{ relabelings: Array<Record<string, unknown>> }> } };
-      // Same target labels the chart's ServiceMonitors add (component) for the operator and the router.
+      // The chart's ServiceMonitor relabelings for the operator's and the router's targets: the target labels the
+      // rules match (component, switchyard_release).
+      const serviceMonitors = parseDocs(
+        (
+          await exec(helm, [
+            ...["template", "sy", join(REPO, "charts/switchyard"), "--set", "serviceMonitor.enabled=true"],
+            ...["--show-only", "templates/servicemonitor.yaml"],
+          ])
+        ).stdout,
+      ) as unknown as Array<{
+        metadata: { name: string };
+        spec: { endpoints: Array<{ relabelings: Array<Record<string, unknown>> }> };
+      }>;
+      const relabelingsOf = (component: string) =>
+        serviceMonitors.find((m) => m.metadata.name.endsWith(`-${component}`))!.spec.endpoints[0].relabelings;
       prom = await startPrometheus(
         prometheusBin,
         dir,
@@ -236,13 +250,15 @@ describeWithCluster(
             ? [
                 {
                   job: "switchyard-operator",
-                  targets: [{ address: `127.0.0.1:${opMetrics}`, labels: { component: "operator" } }],
+                  relabelings: relabelingsOf("operator"),
+                  targets: [{ address: `127.0.0.1:${opMetrics}` }],
                 },
               ]
             : []),
           {
             job: "switchyard-router",
-            targets: [{ address: `127.0.0.1:${routerMetrics}`, labels: { component: "router" } }],
+            relabelings: relabelingsOf("router"),
+            targets: [{ address: `127.0.0.1:${routerMetrics}` }],
           },
           {
             job: "switchyard-workers",
@@ -413,6 +429,13 @@ describeWithCluster(
         },
         { what: "every rule evaluated with health ok", timeoutMs: 20_000 },
       );
+      // The rules see this release's router (and operator) by the monitors' labels: their absent() guards stay quiet.
+      const down = (
+        JSON.parse((await httpGet(`${prom.url}/api/v1/alerts`)).body).data.alerts as Array<{
+          labels: Record<string, string>;
+        }>
+      ).filter((a) => a.labels.alertname === "SwitchyardRouterDown" || a.labels.alertname === "SwitchyardOperatorDown");
+      expect(down.map((a) => a.labels.alertname)).toEqual(withOperator ? [] : ["SwitchyardOperatorDown"]);
       const w1 = procs.find((p) => p.name === "worker-w1")!;
       await w1.stop();
       await waitUntil(

@@ -1,7 +1,7 @@
 // The Grafana dashboards shipped in charts/switchyard/dashboards/, built from one description so that every
 // panel carries the datasource variable, uids stay stable and the layout cannot overlap. `npm run gen:dashboards`
-// writes the JSON files; dashboards.test.ts fails when the committed files and this module disagree.
-// Queries use exactly the metric names of docs/CONTRACTS.md.
+// writes the JSON files; dashboards.test.ts fails when the committed files and this module disagree, and checks
+// every query's metric names and labels against the registries of the router, worker and operator code.
 
 /** Grafana's datasource reference for "whatever the `datasource` variable selects". */
 // biome-ignore lint/suspicious/noTemplateCurlyInString: Grafana variable syntax, not a JS template.
@@ -40,8 +40,14 @@ export interface DashboardSpec {
   description: string;
   file: string;
   tags: string[];
-  /** Metric whose `pool` label values fill the pool variable; null: no pool variable. */
-  poolFrom: string | null;
+  /**
+   * The pool variable: `from` is the metric whose `pool` label values fill it; `multi` lets it take several pools and
+   * "All". A dashboard whose panels sum series across pools (the heat by layer and expert) must take one pool only:
+   * the experts of two models add up to nothing. null: no pool variable.
+   */
+  pool: { from: string; multi: boolean } | null;
+  /** Auto-refresh interval; default 30s. */
+  refresh?: string;
   rows: RowSpec[];
 }
 
@@ -57,24 +63,47 @@ const meanOf = (metric: string) =>
   `sum by (pool, worker) (rate(${metric}_sum{${POOL}}[${R}])) / sum by (pool, worker) (rate(${metric}_count{${POOL}}[${R}]))`;
 
 /**
- * Series only CUDA workers observe (CPU workers export them empty): their panels' queries give NaN on a CPU-only
- * deployment, as in the live test, which checks that they return series but not that the values are finite.
+ * Series only CUDA workers move (CPU workers export them empty, or at 0): their panels' queries may give NaN on a
+ * CPU-only deployment (a GPU hit ratio is 0/0 there), as in the live test, which checks that they return series but
+ * not that the values are finite.
  */
-export const CUDA_ONLY_METRICS: readonly string[] = ["switchyard_worker_device_compute_duration_seconds"];
+export const CUDA_ONLY_METRICS: readonly string[] = [
+  "switchyard_worker_device_compute_duration_seconds",
+  "switchyard_worker_gpu_cache_hits_total",
+  "switchyard_worker_gpu_cache_misses_total",
+  "switchyard_worker_gpu_cache_evictions_total",
+  "switchyard_worker_gpu_cache_transfer_bytes_total",
+  "switchyard_worker_gpu_cache_resident_experts",
+  "switchyard_worker_gpu_cache_capacity_experts",
+];
 
 /** Per-worker token rate; the base of the balance panels. */
 const workerRate = `sum by (pool, worker) (rate(switchyard_worker_tokens_total{${POOL}}[${R}]))`;
-const hits = `sum by (pool, worker) (rate(switchyard_worker_cache_hits_total{${POOL}}[${R}]))`;
-const misses = `sum by (pool, worker) (rate(switchyard_worker_cache_misses_total{${POOL}}[${R}]))`;
+/** A per-worker counter's rate. */
+const perWorker = (metric: string) => `sum by (pool, worker) (rate(${metric}{${POOL}}[${R}]))`;
+/** Hits / (hits + misses) of a worker's cache tier. */
+const hitRatio = (tier: "cache" | "gpu_cache") => {
+  const [hits, misses] = [
+    perWorker(`switchyard_worker_${tier}_hits_total`),
+    perWorker(`switchyard_worker_${tier}_misses_total`),
+  ];
+  return `${hits} / (${hits} + ${misses})`;
+};
+/** How many experts the heat map over time shows: the hottest, not every (layer, expert) of a large model. */
+const HEAT_TOP = 64;
 
 export const DASHBOARDS: DashboardSpec[] = [
   {
     uid: "switchyard-experts",
     title: "Switchyard / Expert load",
-    description: "Expert heat (layer x expert), worker balance, expert cache and batching per expert call.",
+    description:
+      "Expert heat (layer x expert), worker balance, the workers' expert caches (host and GPU tiers) and batching per expert call, for one pool at a time.",
     file: "switchyard-experts.json",
     tags: ["switchyard", "moe", "experts"],
-    poolFrom: "switchyard_router_expert_tokens_total",
+    // One pool: the heat panels add series by (layer, expert), which across pools would add different models'
+    // experts together. A minute's refresh: the heat reads every (layer, expert) series of the pool.
+    pool: { from: "switchyard_router_expert_tokens_total", multi: false },
+    refresh: "1m",
     rows: [
       {
         title: "Expert heat",
@@ -82,7 +111,7 @@ export const DASHBOARDS: DashboardSpec[] = [
           {
             title: "Expert heat map: tokens/s per layer x expert",
             description:
-              "Tokens routed to each (layer, expert) per second, as the router counts them; one row per layer, one column per expert. Hot columns are the experts that need redundant replicas.",
+              "Tokens routed to each (layer, expert) of the selected pool per second over the last 5 minutes, as the router replicas count them (summed over replicas); one row per layer, one column per expert. Hot columns are the experts that need redundant replicas.",
             type: "table",
             width: 24,
             height: 10,
@@ -94,6 +123,7 @@ export const DASHBOARDS: DashboardSpec[] = [
               },
             ],
             extra: {
+              interval: "1m",
               transformations: [
                 { id: "groupingToMatrix", options: { rowField: "layer", columnField: "expert", valueField: "Value" } },
                 { id: "sortBy", options: { sort: [{ field: "layer\\expert" }] } },
@@ -104,19 +134,20 @@ export const DASHBOARDS: DashboardSpec[] = [
             },
           },
           {
-            title: "Expert heat over time",
-            description: "Tokens/s per (layer, expert) over time; each row of the heat map is one layer/expert pair.",
+            title: `Expert heat over time (hottest ${HEAT_TOP})`,
+            description: `Tokens/s of the ${HEAT_TOP} hottest (layer, expert) pairs of the selected pool at each step, over time; each row is one layer/expert pair. The table above has every pair. One step a minute at least: the query reads every (layer, expert) series of the pool.`,
             type: "heatmap",
             width: 24,
             height: 10,
             unit: "short",
             targets: [
               {
-                expr: `sum by (layer, expert) (rate(switchyard_router_expert_tokens_total{${POOL}}[${R}]))`,
+                expr: `topk(${HEAT_TOP}, sum by (layer, expert) (rate(switchyard_router_expert_tokens_total{${POOL}}[${R}])))`,
                 legendFormat: "L{{layer}} E{{expert}}",
               },
             ],
             extra: {
+              interval: "1m",
               options: {
                 calculate: false,
                 cellGap: 1,
@@ -155,8 +186,9 @@ export const DASHBOARDS: DashboardSpec[] = [
             targets: [{ expr: workerRate, legendFormat: "{{pool}} / {{worker}}" }],
           },
           {
-            title: "Worker queue depth",
-            description: "Expert batches waiting in each worker's queue.",
+            title: "Worker queue depth (waiting or running)",
+            description:
+              "Expert batches in each worker's queue, waiting or running (a CUDA worker runs up to SWITCHYARD_CUDA_RUNS_IN_FLIGHT at once, default 2; a CPU worker one). Past --queue-capacity waiting (default 64) the worker refuses batches with RESOURCE_EXHAUSTED.",
             type: "timeseries",
             unit: "short",
             targets: [
@@ -164,8 +196,9 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
-            title: "Worker expert run time p99",
-            description: "Time to run one expert batch on the worker (grouped FFN), 99th percentile.",
+            title: "Worker batch time p99 (arrival to result)",
+            description:
+              "99th percentile of a batch's time on the worker from its arrival to its result: queue wait, expert loads (host cache misses) and compute together, not the compute alone. The panel beside splits it.",
             type: "timeseries",
             unit: "s",
             targets: [
@@ -244,23 +277,50 @@ export const DASHBOARDS: DashboardSpec[] = [
               { expr: `max by (pool, worker) (switchyard_worker_devices{${POOL}})`, legendFormat: "{{worker}}" },
             ],
           },
+          {
+            title: "Worker backend (cpu / cuda) and GPUs",
+            description:
+              "The compute backend each worker runs (switchyard_worker_backend_info) and its GPUs. A worker of a GPU pool on cpu fell back (--backend auto found no usable GPU: its log says why) and runs far slower.",
+            type: "table",
+            unit: "none",
+            targets: [
+              { expr: `max by (pool, worker, backend) (switchyard_worker_backend_info{${POOL}})`, instant: true },
+              { expr: `max by (pool, worker) (switchyard_worker_devices{${POOL}})`, instant: true },
+            ],
+            extra: {
+              transformations: [
+                { id: "merge", options: {} },
+                {
+                  id: "organize",
+                  options: {
+                    excludeByName: { Time: true, "Value #A": true },
+                    indexByName: { pool: 0, worker: 1, backend: 2, "Value #B": 3 },
+                    renameByName: { "Value #B": "GPUs" },
+                  },
+                },
+              ],
+              options: { showHeader: true, cellHeight: "sm" },
+            },
+          },
         ],
       },
       {
-        title: "Expert cache",
+        title: "Expert cache: host tier (checkpoint to host memory)",
         panels: [
           {
-            title: "Cache hit ratio per worker",
-            description: "Fraction of expert lookups served from the GPU-resident tier.",
+            title: "Host cache hit ratio per worker",
+            description:
+              "Fraction of expert lookups each worker served from its host residency cache (prepared experts in host memory: --host-cache-capacity of them on a CUDA worker, --cache-capacity on a CPU one; by default every expert the worker serves). A miss loads the expert from the checkpoint (disk or network). With the default capacity misses happen almost only while warming up. This is not the GPU: on CUDA workers the GPU tier's hit ratio is in the row below.",
             type: "timeseries",
             unit: "percentunit",
             min: 0,
             max: 1,
-            targets: [{ expr: `${hits} / (${hits} + ${misses})`, legendFormat: "{{pool}} / {{worker}}" }],
+            targets: [{ expr: hitRatio("cache"), legendFormat: "{{pool}} / {{worker}}" }],
           },
           {
-            title: "Resident experts / capacity",
-            description: "Experts resident in each worker's cache against its capacity.",
+            title: "Host cache resident experts / capacity",
+            description:
+              "Experts resident in each worker's host residency cache against its capacity (--host-cache-capacity on a CUDA worker, --cache-capacity on a CPU one; by default the worker's share of the plan, re-sized when the plan changes).",
             type: "timeseries",
             unit: "short",
             targets: [
@@ -275,31 +335,26 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
-            title: "Cache evictions/s and transfer bytes/s",
-            description: "Experts evicted per second, and bytes moved into the cache per second.",
+            title: "Host cache evictions/s",
+            description:
+              "Experts removed from each worker's host residency cache per second: for room (capacity), by an Evict call, or because a new plan no longer serves them. Looked up again, one is read from the checkpoint again.",
             type: "timeseries",
             unit: "short",
+            width: 8,
             targets: [
-              {
-                expr: `sum by (pool, worker) (rate(switchyard_worker_cache_evictions_total{${POOL}}[${R}]))`,
-                legendFormat: "{{worker}} evictions/s",
-              },
-              {
-                expr: `sum by (pool, worker) (rate(switchyard_worker_cache_transfer_bytes_total{${POOL}}[${R}]))`,
-                legendFormat: "{{worker}} bytes/s",
-              },
+              { expr: perWorker("switchyard_worker_cache_evictions_total"), legendFormat: "{{worker}} evictions/s" },
             ],
-            extra: {
-              overrides: [
-                {
-                  matcher: { id: "byRegexp", options: ".*bytes/s" },
-                  properties: [
-                    { id: "unit", value: "Bps" },
-                    { id: "custom.axisPlacement", value: "right" },
-                  ],
-                },
-              ],
-            },
+          },
+          {
+            title: "Host cache loads: checkpoint bytes read/s",
+            description:
+              "Checkpoint bytes each worker reads per second to load experts into its host cache: warm-up, Prefetch calls and host cache misses. High outside warm-up and plan changes: the host cache is too small for the experts the worker serves.",
+            type: "timeseries",
+            unit: "Bps",
+            width: 8,
+            targets: [
+              { expr: perWorker("switchyard_worker_cache_transfer_bytes_total"), legendFormat: "{{worker}} bytes/s" },
+            ],
           },
           {
             title: "Warm-up: experts loaded / to load",
@@ -307,6 +362,7 @@ export const DASHBOARDS: DashboardSpec[] = [
               "The start-up warm-up of each worker: experts loaded so far against those it loads before it reports ready (switchyard_worker_ready).",
             type: "timeseries",
             unit: "short",
+            width: 8,
             targets: [
               {
                 expr: `max by (pool, worker) (switchyard_worker_warmup_loaded_experts{${POOL}})`,
@@ -315,6 +371,65 @@ export const DASHBOARDS: DashboardSpec[] = [
               {
                 expr: `max by (pool, worker) (switchyard_worker_warmup_target_experts{${POOL}})`,
                 legendFormat: "{{worker}} to load",
+              },
+            ],
+          },
+        ],
+      },
+      {
+        // The CUDA backend's device slots over the host cache: where the capacity pressure of a GPU pool is.
+        title: "Expert cache: GPU tier (CUDA workers)",
+        panels: [
+          {
+            title: "GPU cache hit ratio per worker (CUDA workers)",
+            description:
+              "Fraction of the experts a batch needed that were already in one of the worker's GPU slots; a miss uploads the expert from the host cache to the GPU before the batch runs. The slots (SWITCHYARD_GPU_CACHE_SLOTS, else --cache-capacity, else what fits in 80% of device memory, at most 1024) are what limits a GPU pool. No value (0/0) on CPU workers.",
+            type: "timeseries",
+            unit: "percentunit",
+            min: 0,
+            max: 1,
+            targets: [{ expr: hitRatio("gpu_cache"), legendFormat: "{{pool}} / {{worker}}" }],
+          },
+          {
+            title: "GPU resident experts / slots (CUDA workers)",
+            description:
+              "Experts resident in each worker's GPU slots against its slots (all its GPUs together). Slots read 0 until the worker prepares its first expert, and on CPU workers.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: `max by (pool, worker) (switchyard_worker_gpu_cache_resident_experts{${POOL}})`,
+                legendFormat: "{{worker}} resident",
+              },
+              {
+                expr: `max by (pool, worker) (switchyard_worker_gpu_cache_capacity_experts{${POOL}})`,
+                legendFormat: "{{worker}} slots",
+              },
+            ],
+          },
+          {
+            title: "GPU evictions/s (CUDA workers)",
+            description:
+              "Experts per second whose GPU slot was taken for another expert. Steady evictions with a low GPU hit ratio: the pool's hot experts do not fit in the slots (more GPU memory per worker, gpusPerWorker, or more workers).",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: perWorker("switchyard_worker_gpu_cache_evictions_total"),
+                legendFormat: "{{worker}} evictions/s",
+              },
+            ],
+          },
+          {
+            title: "Host to GPU upload bytes/s (CUDA workers)",
+            description:
+              "Bytes of expert weights each worker uploads from host to GPU per second: the GPU tier's misses and prefetches. Near the host-to-device bandwidth the uploads bound the worker.",
+            type: "timeseries",
+            unit: "Bps",
+            targets: [
+              {
+                expr: perWorker("switchyard_worker_gpu_cache_transfer_bytes_total"),
+                legendFormat: "{{worker}} bytes/s",
               },
             ],
           },
@@ -367,10 +482,10 @@ export const DASHBOARDS: DashboardSpec[] = [
   {
     uid: "switchyard-router",
     title: "Switchyard / Router",
-    description: "Router.Forward traffic, latency percentiles, queue wait, dispatch and drops.",
+    description: "Router traffic, latency percentiles, queue wait, dispatch and drops, and the workers it sends to.",
     file: "switchyard-router.json",
     tags: ["switchyard", "moe", "router"],
-    poolFrom: "switchyard_router_requests_total",
+    pool: { from: "switchyard_router_requests_total", multi: true },
     rows: [
       {
         title: "Traffic",
@@ -445,7 +560,8 @@ export const DASHBOARDS: DashboardSpec[] = [
         panels: [
           {
             title: "Request latency p50 / p90 / p99",
-            description: "End-to-end Router.Forward latency (gate, batch wait, dispatch, combine).",
+            description:
+              "End-to-end latency inside the router of the requests it answered OK, every method (Forward, ForwardStream, ForwardData): gate, batch wait, dispatch, combine. Failed requests are not in it (Error ratio).",
             type: "timeseries",
             unit: "s",
             targets: [
@@ -530,11 +646,12 @@ export const DASHBOARDS: DashboardSpec[] = [
         ],
       },
       {
-        title: "Workers as the router sees them",
+        title: "Workers: the router's view and their own",
         panels: [
           {
             title: "Dispatch errors/s per worker",
-            description: "Failed ExpertBatch calls per worker (zero for workers that never failed).",
+            description:
+              "Failed ExpertBatch calls per worker, as the routers see them (zero for workers that never failed).",
             type: "timeseries",
             unit: "short",
             targets: [
@@ -546,14 +663,33 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
-            title: "Outstanding tokens per worker",
-            description: "Tokens dispatched to each worker and not yet answered (the router's own load signal).",
+            title: "Worker RPC errors/s by method and code",
+            description:
+              "RPCs each worker answered with an error, per second, by method (RunExperts, RunExpertsStream, RunExpertsData on the TCP data path, Prefetch, Evict, Status; a stream's batches count one each) and gRPC status code: RESOURCE_EXHAUSTED when its queue is full, for example. One zero line per worker until it fails.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                // The "or ... * 0" keeps a zero line per worker while no error series exists.
+                expr: `sum by (pool, worker, method, code) (rate(switchyard_worker_requests_total{${POOL}, code!="OK"}[${R}])) or sum by (pool, worker) (rate(switchyard_worker_requests_total{${POOL}}[${R}])) * 0`,
+                legendFormat: "{{worker}} {{method}} {{code}}",
+              },
+            ],
+          },
+          {
+            title: "Rows per worker: router outstanding / worker queued",
+            description:
+              "Rows (token-expert assignments) sent to each worker and not yet answered, summed over the router replicas (the router's own load signal), beside the rows of the batches waiting or running in the worker's queue (switchyard_worker_queued_rows, the load signal RoutingPolicy reads from Prometheus by default). Outstanding above queued is in transit: on the wire, or answered and not yet read.",
             type: "timeseries",
             unit: "short",
             targets: [
               {
                 expr: `sum by (pool, worker) (switchyard_router_worker_outstanding_tokens{${POOL}})`,
-                legendFormat: "{{worker}}",
+                legendFormat: "{{worker}} router outstanding",
+              },
+              {
+                expr: `max by (pool, worker) (switchyard_worker_queued_rows{${POOL}})`,
+                legendFormat: "{{worker}} worker queued",
               },
             ],
           },
@@ -604,17 +740,19 @@ export const DASHBOARDS: DashboardSpec[] = [
   {
     uid: "switchyard-operator",
     title: "Switchyard / Operator",
-    description: "Operator reconciles, errors, durations and work queue (controller-runtime metric names).",
+    description:
+      "Operator reconciles, errors, durations, work queue, API server requests and leadership (controller-runtime metric names).",
     file: "switchyard-operator.json",
     tags: ["switchyard", "operator"],
-    poolFrom: null,
+    pool: null,
     rows: [
       {
         title: "Reconcile",
         panels: [
           {
             title: "Reconciles/s by result",
-            description: "Reconcile passes per controller and result (success, error, requeue, requeue_after).",
+            description:
+              "Reconcile passes per controller and result: success, error, or requeue_after (done, and to be looked at again later).",
             type: "timeseries",
             unit: "ops",
             targets: [
@@ -707,8 +845,9 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
-            title: "Queue wait p99 / longest running",
-            description: "How long keys wait before a worker picks them up, and the longest reconcile in flight.",
+            title: "Queue wait p99 / longest running / unfinished work",
+            description:
+              "How long keys wait before a worker picks them up, the longest reconcile in flight, and the seconds of all reconciles in flight together (growing while reconciles hang).",
             type: "timeseries",
             unit: "s",
             targets: [
@@ -717,7 +856,55 @@ export const DASHBOARDS: DashboardSpec[] = [
                 expr: "max by (name) (workqueue_longest_running_processor_seconds)",
                 legendFormat: "{{name}} longest running",
               },
+              {
+                expr: "max by (name) (workqueue_unfinished_work_seconds)",
+                legendFormat: "{{name}} unfinished work",
+              },
             ],
+          },
+          {
+            title: "Reconciles in progress / allowed",
+            description:
+              "Reconciles running now per controller, against how many it runs at once (--concurrency). At the limit with a growing queue, the operator needs more concurrency or faster reconciles.",
+            type: "timeseries",
+            unit: "short",
+            targets: [
+              {
+                expr: "sum by (controller) (controller_runtime_active_workers)",
+                legendFormat: "{{controller}} running",
+              },
+              {
+                expr: "max by (controller) (controller_runtime_max_concurrent_reconciles)",
+                legendFormat: "{{controller}} allowed",
+              },
+            ],
+          },
+        ],
+      },
+      {
+        title: "API server and leadership",
+        panels: [
+          {
+            title: "API server requests/s by method and code",
+            description:
+              "Requests the operator makes to the Kubernetes API server per second, by HTTP method and status code. 409 (conflicts), 429 (throttled) and 5xx rising mean the operator's writes are not getting through.",
+            type: "timeseries",
+            unit: "reqps",
+            targets: [
+              {
+                expr: `sum by (method, code) (rate(rest_client_requests_total[${R}]))`,
+                legendFormat: "{{method}} {{code}}",
+              },
+            ],
+          },
+          {
+            title: "Operator replicas leading",
+            description:
+              "Operator replicas that hold the leader lease, by lease name: 1 is right. 0 means no replica reconciles (pools are left as they are); no data when leader election is off.",
+            type: "timeseries",
+            unit: "short",
+            min: 0,
+            targets: [{ expr: "sum by (name) (leader_election_master_status)", legendFormat: "{{name}}" }],
           },
         ],
       },
@@ -744,19 +931,20 @@ function templating(spec: DashboardSpec): Json {
       options: [],
     },
   ];
-  if (spec.poolFrom) {
+  if (spec.pool) {
+    const { from, multi } = spec.pool;
     list.push({
       name: "pool",
       label: "Pool",
       type: "query",
       datasource: DS,
-      definition: `label_values(${spec.poolFrom}, pool)`,
-      query: { query: `label_values(${spec.poolFrom}, pool)`, refId: "PrometheusVariableQueryEditor-VariableQuery" },
+      definition: `label_values(${from}, pool)`,
+      query: { query: `label_values(${from}, pool)`, refId: "PrometheusVariableQueryEditor-VariableQuery" },
       current: {},
       hide: 0,
-      includeAll: true,
-      multi: true,
-      allValue: ".*",
+      includeAll: multi,
+      multi,
+      ...(multi ? { allValue: ".*" } : {}),
       refresh: 2,
       sort: 1,
       regex: "",
@@ -849,7 +1037,7 @@ export function buildDashboard(spec: DashboardSpec): Json {
     schemaVersion: 39,
     version: 1,
     time: { from: "now-1h", to: "now" },
-    refresh: "30s",
+    refresh: spec.refresh ?? "30s",
     timezone: "",
     annotations: { list: [] },
     links: [

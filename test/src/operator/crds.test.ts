@@ -176,7 +176,13 @@ const INVALID: [string, unknown, string][] = [
   [
     "checkpoint tokenSecret without a uri (CEL)",
     withModel({ checkpoint: { hostPath: { path: "/m" }, tokenSecret: { name: "hf" } } }),
-    "checkpoint.tokenSecret goes with checkpoint.uri",
+    "checkpoint.tokenSecret goes with an hf:// checkpoint.uri",
+  ],
+  [
+    // the token is sent to the Hub only (packages/moe fetch/uri.ts): never handed to another host, nor silently unused
+    "checkpoint tokenSecret with an https:// uri (CEL)",
+    withModel({ checkpoint: { uri: "https://models.example.com/m/", tokenSecret: { name: "hf" } } }),
+    'spec.model.checkpoint.tokenSecret: Invalid value: "object": checkpoint.tokenSecret goes with an hf:// checkpoint.uri',
   ],
   [
     "checkpoint endpoint that is not an http(s) URL (schema pattern)",

@@ -108,13 +108,18 @@ export async function waitReady(kube: Kube, ns: string, name: string, timeoutMs 
           `[operator] ${ns}/${name} not Ready after ${Math.round((said - t0) / 1000)} s: ${r?.reason}: ${r?.message}`,
         );
       }
+      // Ready is "can serve" and holds through rollouts and scales: rolled out is Progressing=False.
       const r = cond(last, "Ready");
-      return r?.status === "True" && last?.status?.observedGeneration === last?.metadata.generation;
+      return (
+        r?.status === "True" &&
+        cond(last, "Progressing")?.status === "False" &&
+        last?.status?.observedGeneration === last?.metadata.generation
+      );
     },
     {
       timeoutMs,
       intervalMs: 250,
-      what: `ExpertPool ${ns}/${name} Ready (last conditions: ${JSON.stringify(last?.status?.conditions)})`,
+      what: `ExpertPool ${ns}/${name} Ready and rolled out (last conditions: ${JSON.stringify(last?.status?.conditions)})`,
     },
   );
   return last as Obj;

@@ -301,11 +301,37 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     await cluster().kubectl(["delete", "xp", "fresh", "-n", "life"]);
   });
 
-  it("kubectl scale expertpool/NAME --replicas=N works (scale subresource) and republishes the plan", async () => {
+  it("kubectl scale expertpool/NAME --replicas=N works (scale subresource), republishes the plan, and restarts no worker", async () => {
     const c = cluster();
+    type Sts = Obj & { spec: { template: unknown }; status: { updateRevision?: string; currentRevision?: string } };
+    const sts = async () => (await admin().get<Sts>("/apis/apps/v1/namespaces/life/statefulsets/a")) as Sts;
+    const podUids = async () =>
+      new Map(
+        (await list("/api/v1/namespaces/life/pods", "switchyard.dev/pool=a")).map((p) => [
+          p.metadata.name,
+          p.metadata.uid,
+        ]),
+      );
+    const before = await sts();
+    const pods0 = await podUids();
+    expect([...pods0.keys()].sort()).toEqual(["a-0", "a-1"]);
+    // Up to 4 and down to 3: the pods that stay are the same pods (before, --cache-capacity followed replicas, so every
+    // scale changed the pod template and rolled every worker), and the template is the one they were made from.
+    await c.kubectl(["scale", "-n", "life", "expertpool/a", "--replicas=4"]);
+    let p = await waitReady(admin(), "life", "a");
+    expect(p.status).toMatchObject({ replicas: 4, readyReplicas: 4, placement: { version: 2, workers: 4 } });
+    const pods4 = await podUids();
     await c.kubectl(["scale", "-n", "life", "expertpool/a", "--replicas=3"]);
-    const p = await waitReady(admin(), "life", "a");
-    expect(p.status).toMatchObject({ replicas: 3, readyReplicas: 3, placement: { version: 2, workers: 3 } });
+    p = await waitReady(admin(), "life", "a");
+    expect(p.status).toMatchObject({ replicas: 3, readyReplicas: 3, placement: { version: 3, workers: 3 } });
+    const pods3 = await podUids();
+    for (const name of ["a-0", "a-1"])
+      expect([pods4.get(name), pods3.get(name)]).toEqual([pods0.get(name), pods0.get(name)]);
+    expect(pods3.get("a-2")).toBe(pods4.get("a-2"));
+    const after = await sts();
+    expect(after.spec.template).toEqual(before.spec.template);
+    expect(after.status.updateRevision).toBe(before.status.updateRevision);
+    expect(after.status.currentRevision).toBe(before.status.updateRevision);
     const scale = JSON.parse(
       (await c.kubectl(["get", "--raw", "/apis/switchyard.dev/v1alpha1/namespaces/life/expertpools/a/scale"])).stdout,
     );
