@@ -309,13 +309,38 @@ function keepMost(fresh: number[][], load: number[], cap: number[], before: numb
     for (const h of hs) bins[h].push(e);
   });
   const toWorker = new Array<number>(W).fill(-1);
+  const index = new Int32Array(W).fill(-1); // worker -> its place in the slot class being assigned
   for (const size of new Set(cap)) {
     const members = cap.flatMap((c, w) => (c === size ? [w] : []));
-    const gain = members.map((b) => members.map((w) => bins[b].reduce((n, e) => n + had[w * E + e], 0)));
-    const pick = members.length <= HUNGARIAN_MAX ? assignHungarian(gain) : assignGreedy(gain);
+    members.forEach((w, i) => {
+      index[w] = i;
+    });
+    let pick: number[];
+    if (members.length <= HUNGARIAN_MAX) {
+      const gain = members.map((b) => members.map((w) => bins[b].reduce((n, e) => n + had[w * E + e], 0)));
+      pick = assignHungarian(gain);
+    } else {
+      // Large classes: only the (bin, worker) pairs that overlap at all, found from each bin's experts' previous
+      // holders. The dense members x members matrix cost O(W^2) per layer: 2.7 s of a heat replan at 1024 workers
+      // x 61 layers, long enough to stall the operator's event loop (and its leader lease).
+      const pairs = new Map<number, number>(); // i * n + j -> overlap
+      const n = members.length;
+      members.forEach((b, i) => {
+        for (const e of bins[b])
+          for (const h of before[e]) {
+            const j = index[h];
+            if (j >= 0) pairs.set(i * n + j, (pairs.get(i * n + j) ?? 0) + 1);
+          }
+      });
+      pick = assignGreedy(
+        n,
+        [...pairs].map(([k, g]) => [g, Math.floor(k / n), k % n]),
+      );
+    }
     pick.forEach((j, i) => {
       toWorker[members[i]] = members[j];
     });
+    for (const w of members) index[w] = -1;
   }
   const on: number[][] = Array.from({ length: W }, () => []); // experts on each worker
   const has = new Uint8Array(W * E);
@@ -374,11 +399,11 @@ function keepMost(fresh: number[][], load: number[], cap: number[], before: numb
 /** Slot classes up to this size get the optimal assignment (O(n³)); larger ones the greedy one. */
 const HUNGARIAN_MAX = 64;
 
-/** Row i -> column pick[i], a permutation maximising the summed gain: pairs by gain, largest first. */
-function assignGreedy(gain: number[][]): number[] {
-  const n = gain.length;
-  const pairs: [number, number, number][] = [];
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) if (gain[i][j] > 0) pairs.push([gain[i][j], i, j]);
+/**
+ * Row i -> column pick[i] of an n x n gain matrix given by its positive entries `pairs` ([gain, i, j]), a
+ * permutation that favours large gains: pairs by gain, largest first (ties by row, then column).
+ */
+function assignGreedy(n: number, pairs: [number, number, number][]): number[] {
   pairs.sort((x, y) => y[0] - x[0] || x[1] - y[1] || x[2] - y[2]);
   const pick = new Array<number>(n).fill(-1);
   const taken = new Array<boolean>(n).fill(false);
@@ -387,10 +412,13 @@ function assignGreedy(gain: number[][]): number[] {
     pick[i] = j;
     taken[j] = true;
   }
-  // rows with no overlap anywhere: the free columns in order (a bin on its own index when that is free)
+  // rows with no overlap anywhere: the free columns in order (a bin on its own index when that is free). Columns are
+  // only ever taken, so the first free one moves forward: one pass, not a scan per row.
+  let free = 0;
   for (let i = 0; i < n; i++) {
     if (pick[i] >= 0) continue;
-    const j = !taken[i] ? i : taken.indexOf(false);
+    while (taken[free]) free++;
+    const j = !taken[i] ? i : free;
     pick[i] = j;
     taken[j] = true;
   }
