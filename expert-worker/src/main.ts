@@ -33,6 +33,7 @@ async function main(): Promise<void> {
     maxRows: flags.maxRows,
     warm: flags.warm,
   });
+  worker.metrics.collectProcessMetrics();
   // A parent that spawned this worker with an IPC channel (the local launcher) learns the bound ports here, so it can
   // pass --port 0 rather than pick a free port and hand it over (another socket can take it in between).
   process.send?.({ ready: true, port: worker.port, dataPort: worker.dataPort, metricsPort: worker.metricsPort });

@@ -33,3 +33,15 @@ describe("the event loop's busy time", () => {
     );
   });
 });
+
+describe("WorkerMetrics.collectProcessMetrics", () => {
+  it("adds Node's process metrics once (main.ts), with the worker's labels; a plain instance has none", async () => {
+    const plain = new WorkerMetrics({ pool: "p", worker: "w0" });
+    expect(await plain.registry.metrics()).not.toMatch(/^process_resident_memory_bytes/m);
+    const m = new WorkerMetrics({ pool: "p", worker: "w0" });
+    m.collectProcessMetrics();
+    m.collectProcessMetrics(); // a second call would register every series twice and throw
+    const text = await m.registry.metrics();
+    expect(text).toMatch(/^process_resident_memory_bytes\{pool="p",worker="w0"\} \d/m);
+  });
+});

@@ -2,7 +2,7 @@
 // Each worker owns its Registry, so several workers can live in one process (local mode, tests).
 
 import { eventLoopBusyCollector } from "@switchyard/moe";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
 /** At most this many (layer, expert) label pairs; later pairs are counted under expert="other". */
 export const MAX_EXPERT_SERIES = 4096;
@@ -46,6 +46,18 @@ export class WorkerMetrics {
   // takes its share when it is collected, as the router's heat does.
   private readonly pending = { hits: 0, misses: 0, gpuHits: 0, gpuMisses: 0, gpuEvictions: 0, gpuBytes: 0 };
   private readonly pendingExpertTokens = new Map<string, { layer: string; expert: string; n: number }>();
+
+  private processMetricsOn = false;
+
+  /**
+   * Node's process metrics (process_* and nodejs_*: CPU, RSS, heap, GC, handles) in this registry, as the operator
+   * has them. Once per process: main.ts calls it; tests and the local mode's in-process workers do not.
+   */
+  collectProcessMetrics(): void {
+    if (this.processMetricsOn) return;
+    this.processMetricsOn = true;
+    collectDefaultMetrics({ register: this.registry });
+  }
 
   constructor(labels: { pool: string; worker: string }) {
     this.registry.setDefaultLabels(labels);

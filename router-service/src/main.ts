@@ -14,6 +14,7 @@ async function main() {
     process.exit(2);
   }
   const app = await startRouterApp(args);
+  app.router.metrics.collectProcessMetrics();
   // The gRPC server's shutdown waits for every call to end, and an engine's ForwardStream may never end: as the
   // worker does, a clean exit within 10 s, and a second signal exits at once.
   let stopping = false;

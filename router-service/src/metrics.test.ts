@@ -134,3 +134,16 @@ describe("RouterMetrics: request latency buckets", () => {
     expect(lines).toContain('switchyard_router_request_duration_seconds_bucket{le="30",pool="a"} 1');
   });
 });
+
+describe("RouterMetrics.collectProcessMetrics", () => {
+  it("adds Node's process metrics once (main.ts); a plain instance (tests, local mode) has none", async () => {
+    const plain = new RouterMetrics();
+    expect(await plain.registry.metrics()).not.toMatch(/^process_resident_memory_bytes /m);
+    const m = new RouterMetrics();
+    m.collectProcessMetrics();
+    m.collectProcessMetrics(); // a second call would register every series twice and throw
+    const text = await m.registry.metrics();
+    expect(text).toMatch(/^process_resident_memory_bytes \d/m);
+    expect(text).toMatch(/^nodejs_heap_size_used_bytes \d/m);
+  });
+});

@@ -2,7 +2,7 @@
 // One Registry per Router instance, so tests and the local mode can run several routers in one process.
 
 import { eventLoopBusyCollector } from "@switchyard/moe";
-import { Counter, Gauge, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import { HotCounter, type HotCounterChild, HotHistogram, type HotHistogramChild } from "./hot-metrics.js";
 
 /**
@@ -25,6 +25,18 @@ const COUNT_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
 export class RouterMetrics {
   readonly registry = new Registry();
+  private processMetricsOn = false;
+
+  /**
+   * Node's process metrics (process_* and nodejs_*: CPU, RSS, heap, GC, handles) in this registry, as the operator
+   * has them. Once per process: main.ts calls it; tests and the local mode, with several routers in one process, do not.
+   */
+  collectProcessMetrics(): void {
+    if (this.processMetricsOn) return;
+    this.processMetricsOn = true;
+    collectDefaultMetrics({ register: this.registry });
+  }
+
   readonly requests = new HotCounter(
     {
       name: "switchyard_router_requests_total",

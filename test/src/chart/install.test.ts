@@ -150,6 +150,32 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     });
   }, 150_000);
 
+  it("a second release's operator over the same pools is refused; one without an operator installs", async () => {
+    // The first release's operator is cluster-wide. Two operators would force-apply different worker templates
+    // (--metrics-pool) onto the same pools and roll them without end. --dry-run=server runs the chart's lookup.
+    const second = (...set: string[]) =>
+      cluster().helm(
+        [
+          ...["install", "second", CHART, "--namespace", "second", "--create-namespace", "--dry-run=server"],
+          ...set.flatMap((s) => ["--set", s]),
+        ],
+        { check: false },
+      );
+    for (const set of [[], ["operator.watchNamespace=tenant-b"]]) {
+      const r = await second(...set);
+      expect(r.code, `${set}: ${r.stdout}`).not.toBe(0);
+      expect(r.stderr, String(set)).toContain("another Switchyard operator already reconciles");
+      expect(r.stderr, String(set)).toContain(`ClusterRole ${FULL}-operator (release ${RELEASE})`);
+    }
+    const alone = await second("operator.enabled=false");
+    expect(alone.code, alone.stderr).toBe(0);
+    // and the first release's own upgrade finds only itself
+    const own = await cluster().helm(["upgrade", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=server"], {
+      check: false,
+    });
+    expect(own.code, own.stderr).toBe(0);
+  }, 60_000);
+
   it("the API server accepts the other values files' manifests (server-side dry run)", async () => {
     await cluster().kubectl(["create", "namespace", "tenant-a"]);
     await cluster().kubectl(["create", "namespace", "monitoring"]);
