@@ -4,14 +4,22 @@ import type { V1StatefulSet } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import type { ExpertPool } from "../api/v1alpha1.js";
 import type { Informer } from "../runtime/informer.js";
-import { type Kube, KubeError } from "../runtime/kube.js";
+import { applyOwnership, type Kube, KubeError, type ManagedFieldsEntry } from "../runtime/kube.js";
 import { RecentWrites } from "../runtime/recent.js";
 import type { PlanOutcome } from "./desired.js";
 import { testPool } from "./fixtures.js";
+import { FIELD_MANAGER } from "./names.js";
 import { fitsConfigMap, type PoolCaches, type PoolControllerDeps, PoolReconciler } from "./pool-controller.js";
 
 type Obj = {
-  metadata?: { name?: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string> };
+  metadata?: {
+    name?: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+    labels?: Record<string, string>;
+    managedFields?: ManagedFieldsEntry[];
+  };
 };
 
 class FakeCache<T extends Obj> {
@@ -48,7 +56,13 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
     statusLags: false,
     // Objects on the server that the caches do not see (not labelled as ours), by path.
     foreign: new Map<string, Obj>(),
+    // The children's managedFields by path, which the caches drop (as the informer does): a create files the fields
+    // under an Update entry of the manager, an apply under its Apply entry, leaving that Update entry as it is.
+    managed: new Map<string, ManagedFieldsEntry[]>(),
+    // The ownership move loses every race (three writes came between): the Update entry stays.
+    settleRaced: false,
   };
+  let uids = 0;
   const cacheOf = (path: string) =>
     path.includes("statefulsets")
       ? caches.statefulSets
@@ -61,7 +75,7 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
   };
   // The "server": an apply merges into the stored object (server defaults stand in as an extra field) and the
   // watch delivers it to the cache.
-  const write = (path: string, body: Obj & { status?: unknown }) => {
+  const write = (path: string, body: Obj & { status?: unknown }, operation: "Update" | "Apply" = "Apply") => {
     applies.push(path);
     const refused = server.refuse(path);
     if (refused) throw refused;
@@ -74,10 +88,19 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
       if (!server.statusLags) caches.pools.put(p);
       return structuredClone(p);
     }
-    const obj = { ...body, metadata: meta, serverDefault: "x" } as Obj;
+    const uid = (operation === "Apply" && stored(path)?.metadata?.uid) || `uid-child-${++uids}`;
+    const obj = { ...body, metadata: { ...meta, uid }, serverDefault: "x" } as Obj;
+    const mine = { manager: FIELD_MANAGER, operation, apiVersion: "v1", fieldsType: "FieldsV1", fieldsV1: {} };
+    const kept = operation === "Apply" ? (server.managed.get(path) ?? []) : [];
+    server.managed.set(path, [...kept.filter((m) => m.manager !== FIELD_MANAGER || m.operation !== operation), mine]);
     server.foreign.delete(path);
     cacheOf(path).put(obj);
-    return obj;
+    return withManaged(path, obj);
+  };
+  const withManaged = (path: string, o: Obj): Obj => {
+    const out = structuredClone(o);
+    out.metadata = { ...out.metadata, managedFields: structuredClone(server.managed.get(path) ?? []) };
+    return out;
   };
   const kube = {
     apply: async (path: string, body: Obj & { status?: unknown }) => {
@@ -89,15 +112,24 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
       requests.push(`POST ${collection}`);
       if (stored(path))
         throw new KubeError(409, "AlreadyExists", `POST ${collection}: 409 AlreadyExists: ${body.metadata?.name}`);
-      return write(path, body);
+      return write(path, body, "Update");
     },
     get: async (path: string) => {
       requests.push(`GET ${path}`);
-      return structuredClone(stored(path));
+      const o = stored(path);
+      return o && withManaged(path, o);
     },
-    settleFieldOwnership: async (_path: string, obj: Obj) => obj,
+    // As Kube.settleFieldOwnership: a request only where there is an Update entry of the manager to fold.
+    settleFieldOwnership: async (path: string, obj: Obj) => {
+      const entries = applyOwnership(obj.metadata?.managedFields, FIELD_MANAGER);
+      if (!entries) return obj;
+      requests.push(`SETTLE ${path}`);
+      if (server.settleRaced) return obj;
+      server.managed.set(path, entries);
+      return withManaged(path, obj);
+    },
   } as unknown as Kube;
-  const rec = new PoolReconciler({
+  const deps = (): PoolControllerDeps => ({
     kube,
     routerNamespace: "ns",
     caches: caches as unknown as PoolCaches & Record<string, Informer<never>>,
@@ -110,7 +142,19 @@ function harness(pool: ExpertPool, extra: Partial<PoolControllerDeps> = {}) {
     now: () => "2026-01-01T00:00:00Z",
     ...extra,
   });
-  return { caches, applies, requests, events, rec, server };
+  const h = {
+    caches,
+    applies,
+    requests,
+    events,
+    rec: new PoolReconciler(deps()),
+    server,
+    /** The operator started anew: nothing in memory, the same server and caches. */
+    restart: () => {
+      h.rec = new PoolReconciler(deps());
+    },
+  };
+  return h;
 }
 
 describe("PoolReconciler", () => {
@@ -454,6 +498,116 @@ describe("PoolReconciler and objects it does not control", () => {
       "switchyard.dev/pool": "mix",
     });
     expect(degraded(h)).toMatchObject({ status: "False" });
+  });
+});
+
+// ---------- field ownership of the children it creates ----------
+
+describe("PoolReconciler and the field ownership of a created child", () => {
+  const CMS = "/api/v1/namespaces/ns/configmaps";
+  const SVCS = "/api/v1/namespaces/ns/services";
+  const STSS = "/apis/apps/v1/namespaces/ns/statefulsets";
+  const CM = `${CMS}/mix-placement`;
+  const SVC = `${SVCS}/mix-workers`;
+  const STS = `${STSS}/mix`;
+  const children = (h: ReturnType<typeof harness>) => h.requests.filter((r) => !r.endsWith("/status"));
+  const ours = (h: ReturnType<typeof harness>, path: string) =>
+    (h.server.managed.get(path) ?? []).filter((m) => m.manager === FIELD_MANAGER).map((m) => m.operation);
+  const scale = (h: ReturnType<typeof harness>, replicas: number) => {
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    const generation = (p.metadata.generation ?? 1) + 1;
+    h.caches.pools.put({ ...p, metadata: { ...p.metadata, generation }, spec: { ...p.spec, replicas } });
+    h.requests.length = 0;
+    return h.rec.reconcile("ns/mix");
+  };
+
+  it("a create is one write per child (the POST); the first apply to each after it moves the create's fields first", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    await h.rec.reconcile("ns/mix");
+    const created = children(h);
+    expect([...created].sort()).toEqual([`POST ${CMS}`, `POST ${SVCS}`, `POST ${STSS}`]);
+    for (const path of [CM, SVC, STS]) expect(ours(h, path)).toEqual(["Update"]);
+    await h.rec.reconcile("ns/mix"); // converged: nothing read, nothing written
+    expect(children(h)).toEqual(created);
+
+    // A scale rewrites the plan and the StatefulSet: each read (the cache has no managedFields) and settled, then
+    // applied; the Service, not applied to, keeps its create's entry.
+    await scale(h, 3);
+    expect(children(h)).toEqual([
+      `GET ${CM}`,
+      `SETTLE ${CM}`,
+      `APPLY ${CM}`,
+      `GET ${STS}`,
+      `SETTLE ${STS}`,
+      `APPLY ${STS}`,
+    ]);
+    expect(ours(h, CM)).toEqual(["Apply"]);
+    expect(ours(h, STS)).toEqual(["Apply"]);
+    expect(ours(h, SVC)).toEqual(["Update"]);
+    // Settled once: the next apply is the apply alone.
+    await scale(h, 4);
+    expect(children(h)).toEqual([`APPLY ${CM}`, `APPLY ${STS}`]);
+  });
+
+  it("after a restart, the first apply to each child reads it and settles what a create left; nothing more", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    await h.rec.reconcile("ns/mix"); // created, then the operator stopped before any apply
+    h.restart();
+    await scale(h, 3);
+    expect(children(h)).toEqual([
+      `GET ${CM}`,
+      `SETTLE ${CM}`,
+      `APPLY ${CM}`,
+      `GET ${STS}`,
+      `SETTLE ${STS}`,
+      `APPLY ${STS}`,
+    ]);
+    // Children settled by an earlier process: one read each to see so, no patch.
+    h.restart();
+    await scale(h, 4);
+    expect(children(h)).toEqual([`GET ${CM}`, `APPLY ${CM}`, `GET ${STS}`, `APPLY ${STS}`]);
+    await scale(h, 5);
+    expect(children(h)).toEqual([`APPLY ${CM}`, `APPLY ${STS}`]);
+  });
+
+  it("applies nothing to a child whose ownership move lost to other writes; the retry settles it, then applies", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    await h.rec.reconcile("ns/mix");
+    h.server.settleRaced = true;
+    await expect(scale(h, 3)).rejects.toThrow(
+      "ConfigMap mix-placement: other writes raced the move of its field ownership three times; trying again",
+    );
+    expect(children(h).filter((r) => r.startsWith("APPLY"))).toEqual([]);
+    expect(ours(h, CM)).toEqual(["Update"]);
+    h.server.settleRaced = false;
+    h.requests.length = 0;
+    await h.rec.reconcile("ns/mix");
+    expect(children(h)).toEqual([
+      `GET ${CM}`,
+      `SETTLE ${CM}`,
+      `APPLY ${CM}`,
+      `GET ${STS}`,
+      `SETTLE ${STS}`,
+      `APPLY ${STS}`,
+    ]);
+    expect(ours(h, CM)).toEqual(["Apply"]);
+  });
+
+  it("a child that lost its labels, found by the create's 409, is settled from that read: no second one", async () => {
+    const h = harness(testPool({ replicas: 2 }));
+    const owner = { kind: "ExpertPool", name: "mix", uid: "uid-mix", controller: true };
+    h.server.foreign.set(SVC, {
+      metadata: { name: "mix-workers", namespace: "ns", uid: "u1", ownerReferences: [owner] } as Obj["metadata"],
+    });
+    h.server.managed.set(SVC, [{ manager: FIELD_MANAGER, operation: "Update", apiVersion: "v1", fieldsV1: {} }]);
+    await h.rec.reconcile("ns/mix");
+    expect(children(h).filter((r) => r.includes("/services"))).toEqual([
+      `POST ${SVCS}`,
+      `GET ${SVC}`,
+      `SETTLE ${SVC}`,
+      `APPLY ${SVC}`,
+    ]);
+    expect(ours(h, SVC)).toEqual(["Apply"]);
   });
 });
 

@@ -3,9 +3,10 @@
 // one field manager; a missing child is created, and an object of its name that the pool does not control is left
 // alone: ChildConflict), and rebuilds status from what it observes. Nothing is remembered between passes except
 // the objects our own writes returned (RecentWrites), used only while the cache has not caught up, the last plan
-// (PlanMemo), and, for pools with placement.rebalance on, the last expert heat Prometheus reported (rebalance.ts: a
-// pass between two queries judges the plan under that heat, not under uniform load), which also schedules the
-// pool's next pass. Heat queries run beside the passes, never inside one; an answer queues the pool.
+// (PlanMemo), which children need their field ownership settled before an apply (a create's), and, for pools with
+// placement.rebalance on, the last expert heat Prometheus reported (rebalance.ts: a pass between two queries judges
+// the plan under that heat, not under uniform load), which also schedules the pool's next pass. Heat queries run
+// beside the passes, never inside one; an answer queues the pool.
 import { isDeepStrictEqual } from "node:util";
 import type { V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
 import { clean } from "../api/schema.js";
@@ -13,7 +14,15 @@ import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
 import type { Result } from "../runtime/controller.js";
 import type { EventRecorder } from "../runtime/events.js";
 import type { Informer } from "../runtime/informer.js";
-import { type Kube, KubeError, type KubeObject, type OwnerReference, paths } from "../runtime/kube.js";
+import {
+  applyOwnership,
+  type Kube,
+  KubeError,
+  type KubeObject,
+  type ManagedFieldsEntry,
+  type OwnerReference,
+  paths,
+} from "../runtime/kube.js";
 import { type FetchLike, promInstantQuery } from "../runtime/prometheus.js";
 import type { RecentWrites } from "../runtime/recent.js";
 import { needsApply, stampApplied } from "./compare.js";
@@ -101,6 +110,12 @@ export class PoolReconciler {
   private readonly heatQueries = new Map<string, { key: string }>();
   /** Each pool's last plan without rebalance: a pass with the same spec and its own plan published plans nothing. */
   private readonly plans = new PlanMemo();
+  /**
+   * Children (by path) whose managedFields this process has seen without an Update entry of ours, with their uid:
+   * an apply to them needs no settling first (settleBefore). A child created since, or found after a restart, is
+   * not in it.
+   */
+  private readonly settled = new Map<string, string>();
 
   constructor(private readonly d: PoolControllerDeps) {}
 
@@ -189,6 +204,7 @@ export class PoolReconciler {
    * of that name; that one is read and written only if its controller is this pool (a label was edited away),
    * else left as it is: ChildConflictError. controller-runtime's CreateOrUpdate with SetControllerReference does
    * the same (AlreadyOwnedError), so the garbage collector never deletes with the pool what it did not make.
+   * A create is one request; the field ownership it leaves is settled before the child's first apply (settleBefore).
    */
   private async applyIfChanged<T extends KubeObject>(
     pool: ExpertPool,
@@ -204,6 +220,7 @@ export class PoolReconciler {
     if (!live) {
       try {
         const out = await this.d.kube.createForApply<T>(collection, want, FIELD_MANAGER);
+        this.settled.delete(path); // its fields sit in an Update entry of ours until its first apply
         this.d.recent.put(kind, ns, name, out);
         return out;
       } catch (e) {
@@ -215,11 +232,45 @@ export class PoolReconciler {
     }
     if (!controlledBy(live, pool)) throw new ChildConflictError(kind, name, controllerOf(live));
     if (!needsApply(want as never, live as never)) return undefined;
-    const applied = await this.d.kube.apply<T>(path, want, FIELD_MANAGER);
-    // A create whose fields were never moved to the apply's entry (the operator stopped in between): moved now.
-    const out = await this.d.kube.settleFieldOwnership(path, applied, FIELD_MANAGER);
+    await this.settleBefore(pool, kind, path, live);
+    const out = await this.d.kube.apply<T>(path, want, FIELD_MANAGER);
+    const uid = out.metadata?.uid;
+    if (uid && !applyOwnership(managedFieldsOf(out), FIELD_MANAGER)) this.settled.set(path, uid);
+    else this.settled.delete(path);
     this.d.recent.put(kind, ns, name, out);
     return out;
+  }
+
+  /**
+   * Before an apply to a child: the fields of our Update entry (a create's, filed so by the API server) moved to our
+   * Apply entry (Kube.settleFieldOwnership), else the apply would not own them and a field it leaves out would stay.
+   * Nothing to do for a child this process has seen settled (`settled`); any other, a child created since or one
+   * found after a restart, is read for its managedFields (the caches drop them), unless `live` came from a read or
+   * a write and has them. The move is guarded by the resourceVersion; where it cannot be made (three writes raced
+   * it, or the child is gone or no longer ours) nothing is applied and the pass fails, to be retried.
+   */
+  private async settleBefore(pool: ExpertPool, kind: string, path: string, live: KubeObject): Promise<void> {
+    const uid = live.metadata?.uid;
+    if (uid && this.settled.get(path) === uid) return;
+    const name = live.metadata?.name as string;
+    const full = managedFieldsOf(live) ? live : await this.d.kube.get<KubeObject>(path);
+    if (!full) throw new Error(`${kind} ${name}: in the cache, gone at the read before its apply; trying again`);
+    // Deleted and made anew by someone else since the cache saw it: not ours to write.
+    if (!controlledBy(full, pool)) throw new ChildConflictError(kind, name, controllerOf(full));
+    const out = await this.d.kube.settleFieldOwnership(path, full, FIELD_MANAGER);
+    if (!out) throw new Error(`${kind} ${name}: gone while its field ownership was moved; trying again`);
+    if (applyOwnership(managedFieldsOf(out), FIELD_MANAGER))
+      throw new Error(`${kind} ${name}: other writes raced the move of its field ownership three times; trying again`);
+  }
+
+  /** Forgets what the pool's passes left in memory. */
+  private forget(key: string): void {
+    this.forgetHeat(key);
+    this.plans.forget(key);
+    const [ns, name] = splitKey(key);
+    this.settled.delete(`${paths.configMaps(ns)}/${planConfigMapName(name)}`);
+    this.settled.delete(`${paths.services(ns)}/${serviceName(name)}`);
+    this.settled.delete(`${paths.statefulSets(ns)}/${statefulSetName(name)}`);
   }
 
   async reconcile(key: string): Promise<Result | undefined> {
@@ -228,8 +279,7 @@ export class PoolReconciler {
     const pool = caches.pools.get(ns, name);
     // Gone or going: owner references let the garbage collector remove the children.
     if (!pool || pool.metadata.deletionTimestamp) {
-      this.forgetHeat(key);
-      this.plans.forget(key);
+      this.forget(key);
       // Held by a finalizer (foreground deletion, another controller's): its status says so, not its last Ready.
       if (pool) {
         const last = recent.pick("ExpertPool", ns, name, pool) ?? pool;
@@ -419,8 +469,7 @@ export class PoolReconciler {
       this.d.recent.put("ExpertPool", ns, name, out);
     } catch (e) {
       if ((e as { code?: number }).code === 404) {
-        this.forgetHeat(key);
-        this.plans.forget(key);
+        this.forget(key);
         return false;
       }
       throw e;
@@ -465,6 +514,11 @@ export function namespaceTerminating(e: unknown): boolean {
   if (!(e instanceof KubeError) || e.code !== 403) return false;
   const causes = (e.status?.details as { causes?: { type?: string }[] } | undefined)?.causes ?? [];
   return causes.some((c) => c.type === "NamespaceTerminating") || /because it is being terminated/.test(e.message);
+}
+
+/** The managedFields of an object as a read or a write returned it; undefined for one from a cache (stripped). */
+function managedFieldsOf(obj: KubeObject | undefined): ManagedFieldsEntry[] | undefined {
+  return (obj?.metadata as { managedFields?: ManagedFieldsEntry[] } | undefined)?.managedFields;
 }
 
 /** The controller owner reference of `obj`, if any. */

@@ -85,7 +85,7 @@ describe("Kube", () => {
   });
 });
 
-describe("createForApply", () => {
+describe("createForApply and settleFieldOwnership", () => {
   const created = (rv: string, managedFields: ManagedFieldsEntry[]) => ({
     metadata: { name: "x", namespace: "ns", resourceVersion: rv, managedFields },
   });
@@ -102,28 +102,22 @@ describe("createForApply", () => {
     apiVersion: "v1",
     subresource: "status",
   };
+  const PATH = "/api/v1/namespaces/ns/configmaps/x";
 
-  it("POSTs (no take-over), then moves the create's fields to the manager's Apply entry, guarded by resourceVersion", async () => {
+  it("a create is one POST under the field manager (no take-over, no ownership move yet)", async () => {
     const seen: string[] = [];
-    const kube = await fakeApi((req, res, body) => {
+    const kube = await fakeApi((req, res) => {
       seen.push(`${req.method} ${req.url} ${req.headers["content-type"]}`);
-      res.writeHead(req.method === "POST" ? 201 : 200, { "content-type": "application/json" });
-      if (req.method === "POST") return res.end(JSON.stringify(created("5", [update])));
-      // the JSON patch: answer as the server would after applying it
-      const ops = JSON.parse(body) as { op: string; path: string; value: unknown }[];
-      expect(ops[0]).toEqual({ op: "test", path: "/metadata/resourceVersion", value: "5" });
-      res.end(JSON.stringify(created("6", ops[1].value as ManagedFieldsEntry[])));
+      res.writeHead(201, { "content-type": "application/json" });
+      res.end(JSON.stringify(created("5", [update])));
     });
     const out = await kube.createForApply<ReturnType<typeof created>>(
       "/api/v1/namespaces/ns/configmaps",
       { metadata: { name: "x", namespace: "ns" } },
       "op",
     );
-    expect(seen).toEqual([
-      "POST /api/v1/namespaces/ns/configmaps?fieldManager=op application/json",
-      "PATCH /api/v1/namespaces/ns/configmaps/x application/json-patch+json",
-    ]);
-    expect(out.metadata.managedFields).toEqual([{ ...update, operation: "Apply" }]);
+    expect(seen).toEqual(["POST /api/v1/namespaces/ns/configmaps?fieldManager=op application/json"]);
+    expect(out.metadata.managedFields).toEqual([update]);
   });
 
   it("a create refused as AlreadyExists comes back as the 409, nothing else sent", async () => {
@@ -139,14 +133,35 @@ describe("createForApply", () => {
     expect(seen).toEqual(["POST"]);
   });
 
+  it("moves the create's fields to the manager's Apply entry: one JSON patch guarded by resourceVersion", async () => {
+    const seen: string[] = [];
+    const kube = await fakeApi((req, res, body) => {
+      seen.push(`${req.method} ${req.url} ${req.headers["content-type"]}`);
+      const ops = JSON.parse(body) as { op: string; path: string; value: unknown }[];
+      expect(ops[0]).toEqual({ op: "test", path: "/metadata/resourceVersion", value: "5" });
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(created("6", ops[1].value as ManagedFieldsEntry[])));
+    });
+    const out = await kube.settleFieldOwnership(PATH, created("5", [update]), "op");
+    expect(seen).toEqual([`PATCH ${PATH} application/json-patch+json`]);
+    expect(out?.metadata.managedFields).toEqual([{ ...update, operation: "Apply" }]);
+  });
+
+  it("sends nothing when there is nothing to fold", async () => {
+    let calls = 0;
+    const kube = await fakeApi((_req, res) => {
+      calls++;
+      status(res, 500, "InternalError");
+    });
+    const settled = created("5", [statusEntry, { ...update, operation: "Apply" }]);
+    expect(await kube.settleFieldOwnership(PATH, settled, "op")).toBe(settled);
+    expect(calls).toBe(0);
+  });
+
   it("reads the object again when another write came between (the test op fails) and patches that", async () => {
     const seen: string[] = [];
     const kube = await fakeApi((req, res, body) => {
       seen.push(`${req.method}`);
-      if (req.method === "POST") {
-        res.writeHead(201, { "content-type": "application/json" });
-        return res.end(JSON.stringify(created("5", [update])));
-      }
       if (req.method === "GET") {
         res.writeHead(200, { "content-type": "application/json" });
         return res.end(JSON.stringify(created("7", [update, statusEntry])));
@@ -156,13 +171,26 @@ describe("createForApply", () => {
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify(created("8", ops[1].value as ManagedFieldsEntry[])));
     });
-    const out = await kube.createForApply<ReturnType<typeof created>>(
-      "/api/v1/namespaces/ns/configmaps",
-      { metadata: { name: "x" } },
-      "op",
-    );
-    expect(seen).toEqual(["POST", "PATCH", "GET", "PATCH"]);
-    expect(out.metadata.managedFields).toEqual([statusEntry, { ...update, operation: "Apply" }]);
+    const out = await kube.settleFieldOwnership(PATH, created("5", [update]), "op");
+    expect(seen).toEqual(["PATCH", "GET", "PATCH"]);
+    expect(out?.metadata.managedFields).toEqual([statusEntry, { ...update, operation: "Apply" }]);
+  });
+
+  it("after three lost races, the last object read (its Update entry still there); undefined once it is gone", async () => {
+    const seen: string[] = [];
+    let gone = false;
+    const kube = await fakeApi((req, res) => {
+      seen.push(`${req.method}`);
+      if (req.method === "PATCH") return status(res, 409, "Conflict");
+      if (gone) return status(res, 404, "NotFound");
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(created(String(seen.length), [update])));
+    });
+    const out = await kube.settleFieldOwnership(PATH, created("1", [update]), "op");
+    expect(seen).toEqual(["PATCH", "GET", "PATCH", "GET", "PATCH", "GET"]);
+    expect(out?.metadata.managedFields).toEqual([update]);
+    gone = true;
+    expect(await kube.settleFieldOwnership(PATH, created("1", [update]), "op")).toBeUndefined();
   });
 });
 

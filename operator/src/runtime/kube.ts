@@ -207,25 +207,23 @@ export class Kube {
   /**
    * Creates an object that `fieldManager` goes on to keep by server-side apply. A create, unlike an apply, fails (409
    * AlreadyExists) where an object of that name exists, so nothing is taken over (controller-runtime creates its
-   * children the same way). The API server files a create's fields under an Update entry of the manager, which an
-   * apply does not own: a field later left out of the applied object would stay. They are moved to its Apply entry
-   * (settleFieldOwnership), as a server-side apply creating the object would have filed them.
+   * children the same way). One request: the API server files a create's fields under an Update entry of the
+   * manager, which an apply does not own (a field later left out of the applied object would stay), and the caller
+   * moves them to its Apply entry (settleFieldOwnership) before its first apply to the object, not here: most
+   * objects are never applied to after their create, and a move costs a write.
    */
-  async createForApply<T extends KubeObject>(collection: string, body: KubeObject, fieldManager: string): Promise<T> {
-    const created = await this.request<T>("create", HttpMethod.POST, collection, { query: { fieldManager }, body });
-    return this.settleFieldOwnership(
-      `${collection}/${created.metadata?.name ?? body.metadata?.name}`,
-      created,
-      fieldManager,
-    );
+  createForApply<T extends KubeObject>(collection: string, body: KubeObject, fieldManager: string): Promise<T> {
+    return this.request<T>("create", HttpMethod.POST, collection, { query: { fieldManager }, body });
   }
 
   /**
-   * `obj` (as a write returned it) with `fieldManager`'s Update entry folded into its Apply entry (applyOwnership):
-   * one JSON patch guarded by the resourceVersion, read again and retried when another write came between; `obj` as
-   * it is when there is nothing to fold, or when three tries all raced another writer (the next apply folds it).
+   * `obj` (as a read or a write returned it, managedFields included) with `fieldManager`'s Update entry folded into
+   * its Apply entry (applyOwnership): one JSON patch guarded by the resourceVersion, read again and retried when
+   * another write came between; `obj` as it is, and no request, when there is nothing to fold. When three tries all
+   * raced another writer, the last object read, its Update entry still there (the caller checks: applyOwnership);
+   * undefined when the object is gone.
    */
-  async settleFieldOwnership<T extends KubeObject>(path: string, obj: T, fieldManager: string): Promise<T> {
+  async settleFieldOwnership<T extends KubeObject>(path: string, obj: T, fieldManager: string): Promise<T | undefined> {
     let cur: T | undefined = obj;
     for (let attempt = 0; cur && attempt < 3; attempt++) {
       const meta = cur.metadata as { managedFields?: ManagedFieldsEntry[] } | undefined;
@@ -245,7 +243,7 @@ export class Kube {
       }
       cur = await this.get<T>(path);
     }
-    return cur ?? obj;
+    return cur;
   }
 
   update<T>(path: string, body: unknown, opts: { signal?: AbortSignal } = {}): Promise<T> {

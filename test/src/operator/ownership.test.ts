@@ -4,8 +4,9 @@
 //    with the pool), no workers start, and the pool says why (Degraded/ChildConflict); once that object is gone, the
 //    operator creates its own. It runs with the token of operator/deploy/rbac.yaml's ServiceAccount, so the verbs
 //    this takes (create, then get on the 409) are checked against the RBAC shipped;
-//  - a child it created (POST) is its own under server-side apply: the create's fields sit in the operator's Apply
-//    entry, so a setting later taken out of the spec leaves the StatefulSet;
+//  - a child it created (POST) is its own under server-side apply: the create (one request) files its fields under
+//    the operator's Update entry, and before its first apply the operator moves them to its Apply entry, so a
+//    setting later taken out of the spec leaves the StatefulSet;
 //  - the schema's CEL bound on MoE layers × (experts + redundantExperts + shared slices), which keeps every
 //    placement plan small enough for its ConfigMap and quick to make.
 import { KubeConfig } from "@kubernetes/client-node";
@@ -126,18 +127,18 @@ describeWithCluster(
         { timeoutMs: 30_000, what: `Degraded=False and a StatefulSet for ${NS}/llama` },
       );
 
-      // Created by POST, kept by apply: the operator holds the fields under its Apply entry, no Update entry.
-      const sts = await k.get<ManagedObj & { spec: { template: { spec: { priorityClassName?: string } } } }>(
-        STS("llama"),
-      );
+      // Created by POST, nothing more: the API server filed the fields under the operator's Update entry ...
+      type Sts = ManagedObj & { spec: { template: { spec: { priorityClassName?: string } } } };
+      const sts = await k.get<Sts>(STS("llama"));
       const entries = (o: ManagedObj | undefined) =>
         (o?.metadata.managedFields ?? [])
           .filter((m) => m.manager === "switchyard-operator" && !m.subresource)
           .map((m) => m.operation);
-      expect(entries(sts)).toEqual(["Apply"]);
-      expect(entries(ours)).toEqual(["Apply"]);
+      expect(entries(sts)).toEqual(["Update"]);
+      expect(entries(ours)).toEqual(["Update"]);
       expect(sts?.spec.template.spec.priorityClassName).toBe("system-node-critical");
-      // ... so a setting taken out of the spec leaves the StatefulSet (a field the create's entry co-owned would stay).
+      // ... which the operator moves to its Apply entry before its first apply, so a setting taken out of the spec
+      // leaves the StatefulSet (a field the create's Update entry still co-owned would stay).
       await cluster().kubectl([
         "patch",
         "-n",
@@ -154,6 +155,7 @@ describeWithCluster(
         },
         { timeoutMs: 30_000, what: "priorityClassName gone from the StatefulSet after its removal from the spec" },
       );
+      expect(entries(await k.get<Sts>(STS("llama")))).toEqual(["Apply"]);
       expect(forbidden).toEqual([]); // create, get (on the 409) and patch are all in operator/deploy/rbac.yaml
     });
 
