@@ -22,6 +22,7 @@ const ALERTS = [
   "SwitchyardWorkerNotReady",
   "SwitchyardExpertLoadImbalanceHigh",
   "SwitchyardCacheHitRatioLow",
+  "SwitchyardGpuCacheHitRatioLow",
   "SwitchyardRouterErrorRateHigh",
   "SwitchyardRouterUnknownPoolRequests",
   "SwitchyardRouterLatencyHigh",
