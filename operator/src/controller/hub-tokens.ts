@@ -5,6 +5,7 @@
 // hub-token-sync.ts. Token values are base64 strings copied as the API server stores them, never decoded here, and
 // go nowhere but into the apply body: no message built here contains one.
 import type { ExpertPool } from "../api/v1alpha1.js";
+import type { ManagedFieldsEntry } from "../runtime/kube.js";
 import { routerTokenKey } from "./routing.js";
 
 /** One pool whose token the router Secret should hold. */
@@ -128,26 +129,17 @@ export function routerSecretApply(router: RouterSecretRef, tokens: ReadonlyMap<s
  * whose every key is this manager's (made by an operator from before owners were set). A Secret holding a key of
  * another manager (a user's) is theirs: it gets no owner and outlives the release, as they made it.
  */
-export function ownsRouterSecret(
-  live:
-    | {
-        data?: Record<string, string>;
-        metadata?: { managedFields?: ManagedFieldsEntry[]; ownerReferences?: { uid?: string }[] };
-      }
-    | undefined,
-  manager: string,
-  owner: Owner,
-): boolean {
+export function ownsRouterSecret(live: LiveSecret | undefined, manager: string, owner: Owner): boolean {
   if (!live) return true;
   if (live.metadata?.ownerReferences?.some((r) => r.uid === owner.uid)) return true;
   const mine = appliedDataKeys(live, manager);
   return Object.keys(live.data ?? {}).every((k) => mine.has(k));
 }
 
-interface ManagedFieldsEntry {
-  manager?: string;
-  operation?: string;
-  fieldsV1?: Record<string, unknown>;
+/** The router Secret as read from the API server: its data, and the metadata these checks read. */
+interface LiveSecret {
+  data?: Record<string, string>;
+  metadata?: { managedFields?: ManagedFieldsEntry[]; ownerReferences?: { uid?: string }[] };
 }
 
 /** The data keys `manager` owns by apply in a live object (its managedFields). */
@@ -173,12 +165,7 @@ export function appliedDataKeys(
  */
 export function routerSecretNeedsApply(
   tokens: ReadonlyMap<string, string>,
-  live:
-    | {
-        data?: Record<string, string>;
-        metadata?: { managedFields?: ManagedFieldsEntry[]; ownerReferences?: { uid?: string }[] };
-      }
-    | undefined,
+  live: LiveSecret | undefined,
   manager: string,
   owner?: Owner,
 ): boolean {

@@ -88,6 +88,10 @@ export function pool(name: string, ns: string, spec: Record<string, unknown> = {
   };
 }
 
+/** The ExpertPool and RoutingPolicy collections of a namespace. */
+export const XP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools`;
+export const RP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/routingpolicies`;
+
 export const cond = (o: Obj | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
 
 export async function getPool(kube: Kube, ns: string, name: string): Promise<Obj | undefined> {

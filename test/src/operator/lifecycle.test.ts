@@ -14,15 +14,15 @@ import {
   getPool,
   type Obj,
   pool,
+  RP,
   routerConfigOf,
   startOperator,
   waitReady,
+  XP,
 } from "./helpers.js";
 
 vi.setConfig({ testTimeout: 180_000 });
 
-const XP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools`;
-const RP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/routingpolicies`;
 const ROUTER_CM = "/api/v1/namespaces/default/configmaps/switchyard-router";
 
 interface Ev {

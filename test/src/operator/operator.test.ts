@@ -25,18 +25,18 @@ import {
   getPool,
   type Obj,
   pool,
+  RP,
   routerConfigOf,
   sleep,
   startOperator,
   waitReady,
+  XP,
 } from "./helpers.js";
 
 // Garbage collection of a new kind waits for the collector's discovery resync (~30 s) and an API server restart
 // sends every client into reconnect backoff: these tests wait on real controllers, on a shared 2-core machine.
 vi.setConfig({ testTimeout: 180_000 });
 
-const XP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/expertpools`;
-const RP = (ns: string) => `/apis/switchyard.dev/v1alpha1/namespaces/${ns}/routingpolicies`;
 const WRITE_VERBS = new Set(["create", "update", "patch", "apply", "delete"]);
 
 /** Counts a manager's writes, leaving out its Lease renewals (leader election writes by design). */
