@@ -66,9 +66,10 @@ export interface FakeWorkerOptions {
 }
 
 export class FakeWorker {
-  /** "ok" | "fail" (every batch answers UNAVAILABLE) | "stall" (never answers) | "short" (answers one row short: a
-   * malformed reply; Status still answers) */
-  mode: "ok" | "fail" | "stall" | "short" = "ok";
+  /** "ok" | "fail" (every batch answers UNAVAILABLE) | "stall" (never answers) | "hang" (batches never answer, Status
+   * does: alive but stuck, so only a deadline ends a batch) | "short" (answers one row short: a malformed reply; Status
+   * still answers) */
+  mode: "ok" | "fail" | "stall" | "hang" | "short" = "ok";
   /** Experts this worker's plan no longer holds: a batch with rows for one answers FAILED_PRECONDITION, as a real one. */
   notServed = new Set<number>();
   refused = 0;
@@ -167,7 +168,7 @@ export class FakeWorker {
    * identity echo writes its reply header in place over it and sends the rows untouched.
    */
   private answer(b: ExpertBatch, raw: Buffer | undefined, write: (reply: Buffer) => void): void {
-    if (this.mode === "stall") return;
+    if (this.mode === "stall" || this.mode === "hang") return;
     try {
       if (this.o.expert === null && this.mode === "ok" && (b.tokenRows ?? []).length === 0) {
         this.batches++;
@@ -227,7 +228,7 @@ export class FakeWorker {
     raiseServerWindow(this.server);
     this.server.addService(FAST_SERVICE, {
       runExperts: (call: ServerUnaryCall<ExpertBatch, ExpertResult>, cb: sendUnaryData<ExpertResult>) => {
-        if (this.mode === "stall") return;
+        if (this.mode === "stall" || this.mode === "hang") return;
         try {
           cb(null, this.run(call.request));
         } catch (e) {
@@ -243,7 +244,7 @@ export class FakeWorker {
       prefetch: (_c: unknown, cb: sendUnaryData<unknown>) => cb(null, { loaded: [], alreadyResident: [], evicted: [] }),
       evict: (_c: unknown, cb: sendUnaryData<unknown>) => cb(null, { evicted: [] }),
       status: (_c: unknown, cb: sendUnaryData<WorkerStatus>) =>
-        this.mode === "ok" || this.mode === "short"
+        this.mode === "ok" || this.mode === "short" || this.mode === "hang"
           ? cb(null, {
               workerId: this.o.id,
               backend: "fake",
