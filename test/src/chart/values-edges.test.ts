@@ -149,6 +149,19 @@ describe.skipIf(!helm)("chart renders for values the golden files do not cover",
     expect(dropped("Unknown")).toBe(false);
   });
 
+  it("the PodMonitor drops the workers' per-expert counter unless podMonitor.workerExpertSeries keeps it", async () => {
+    const drops = async (set: string[]) => {
+      const objs = (await render("sy", ["--set", "podMonitor.enabled=true", ...set])) as Untyped[];
+      const ep = objs.find((o) => o.kind === "PodMonitor").spec.podMetricsEndpoints[0];
+      return ((ep.metricRelabelings ?? []) as Untyped[])
+        .filter((r) => r.action === "drop" && r.sourceLabels?.join(";") === "__name__")
+        .map((r) => r.regex);
+    };
+    // (the live dashboards test runs these relabelings in a real Prometheus against real workers)
+    expect(await drops([])).toEqual(["switchyard_worker_expert_tokens_total"]);
+    expect(await drops(["--set", "podMonitor.workerExpertSeries=true"])).toEqual([]);
+  });
+
   it("the workers' NetworkPolicy admits the ports the operator gives worker pods (operator/src/controller/names.ts)", async () => {
     const objs = (await render("sy", [])) as Untyped[];
     const np = objs.find((o) => o.kind === "NetworkPolicy" && o.metadata.name.endsWith("-workers"));

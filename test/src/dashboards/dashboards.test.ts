@@ -274,7 +274,7 @@ describe("Grafana dashboards", () => {
   it("every metric the router, workers and operator export is on a dashboard, or listed here with why not", () => {
     const NOT_SHOWN: Record<string, string> = {
       switchyard_worker_expert_tokens_total:
-        "the heat panels read the router's heat (switchyard_router_expert_tokens_total); a per-worker copy would double the dashboards' heaviest query",
+        "the heat panels read the router's heat (switchyard_router_expert_tokens_total); a per-worker copy would double the dashboards' heaviest query, and the chart's PodMonitor drops it by default",
       switchyard_worker_ready:
         "the readiness probe's answer: Kubernetes shows it as the pod's Ready; the warm-up panel shows its progress",
       workqueue_work_duration_seconds:

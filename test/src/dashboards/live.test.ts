@@ -60,6 +60,7 @@ describeWithCluster(
     let dir = "";
     let failed = false;
     let loadErrors = 0;
+    let workerW0Metrics = ""; // worker w0's /metrics URL
     beforeEach((ctx) => {
       ctx.onTestFailed(() => {
         failed = true;
@@ -175,6 +176,7 @@ describeWithCluster(
       // [gRPC port, metrics port] per worker
       const workerPorts = await Promise.all(workerProcs.map((p) => reportedPorts(p, "port", "metricsPort")));
       const [[w0, w0m], [w1, w1m]] = workerPorts;
+      workerW0Metrics = `http://127.0.0.1:${w0m}/metrics`;
       writeFileSync(
         join(dir, "router.json"),
         JSON.stringify({
@@ -226,7 +228,14 @@ describeWithCluster(
             ...["--show-only", "templates/podmonitor.yaml"],
           ])
         ).stdout,
-      )[0] as unknown as { spec: { podMetricsEndpoints: Array<{ relabelings: Array<Record<string, unknown>> }> } };
+      )[0] as unknown as {
+        spec: {
+          podMetricsEndpoints: Array<{
+            relabelings: Array<Record<string, unknown>>;
+            metricRelabelings?: Array<Record<string, unknown>>;
+          }>;
+        };
+      };
       // The chart's ServiceMonitor relabelings for the operator's and the router's targets: the target labels the
       // rules match (component, switchyard_release).
       const serviceMonitors = parseDocs(
@@ -264,6 +273,7 @@ describeWithCluster(
             job: "switchyard-workers",
             honorLabels: true,
             relabelings: podMonitor.spec.podMetricsEndpoints[0].relabelings,
+            metricRelabelings: podMonitor.spec.podMetricsEndpoints[0].metricRelabelings,
             targets: workers.map((id, i) => ({
               address: `127.0.0.1:${workerPorts[i][1]}`,
               labels: {
@@ -357,6 +367,12 @@ describeWithCluster(
         `worker ${ROUTER_POOL} w0`,
         `worker ${ROUTER_POOL} w1`,
       ]);
+      // the PodMonitor's default metricRelabelings drop the workers' per-(layer, expert) counter, which the workers
+      // do export (their /metrics has it after the load), and nothing else of theirs
+      const exported = await (await fetch(workerW0Metrics)).text();
+      expect(exported).toMatch(/^switchyard_worker_expert_tokens_total\{/m);
+      expect(await prom.query("switchyard_worker_expert_tokens_total")).toEqual([]);
+      expect((await prom.query("switchyard_worker_tokens_total")).length).toBe(2);
     });
 
     const dashboards = DASHBOARDS.map((d) =>

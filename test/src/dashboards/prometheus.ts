@@ -17,6 +17,8 @@ export interface ScrapeJob {
    * action, separator): the chart's own, applied to targets whose `__meta_*` labels stand in for service discovery.
    */
   relabelings?: Array<Record<string, unknown>>;
+  /** The monitor's metricRelabelings, the same way: applied to each scraped series (e.g. the chart's drops). */
+  metricRelabelings?: Array<Record<string, unknown>>;
 }
 
 const RELABEL_KEYS: Record<string, string> = {
@@ -69,6 +71,7 @@ export function prometheusConfig(jobs: ScrapeJob[], ruleFiles: string[] = [], in
       honor_labels: j.honorLabels ?? false,
       static_configs: j.targets.map((t) => ({ targets: [t.address], labels: t.labels ?? {} })),
       ...(j.relabelings ? { relabel_configs: j.relabelings.map(relabelConfig) } : {}),
+      ...(j.metricRelabelings ? { metric_relabel_configs: j.metricRelabelings.map(relabelConfig) } : {}),
     })),
   });
 }
