@@ -62,6 +62,51 @@ describe("PrometheusSignals (fake clock and fetch)", () => {
     expect(s.fresh()).toBeNull();
   });
 
+  it("logs a failure when it starts or changes and when it ends, not every round; an unreadable body is this side's", async () => {
+    const lines: string[] = [];
+    let mode: "ok" | "refused" | "truncated" | "http503" = "refused";
+    const fetchImpl: FetchLike = async () => {
+      if (mode === "refused") throw new Error("connect ECONNREFUSED");
+      const ok = mode !== "http503";
+      return {
+        ok,
+        status: ok ? 200 : 503,
+        json: async () => {
+          if (mode !== "ok") throw new SyntaxError("Unexpected end of JSON input");
+          return {
+            status: "success",
+            data: { resultType: "vector", result: [{ metric: { worker: "w0" }, value: [0, "1"] }] },
+          };
+        },
+      };
+    };
+    const s = new PrometheusSignals(
+      policy,
+      "mix",
+      fetchImpl,
+      () => 0,
+      (l) => lines.push(l),
+    );
+    await s.refresh();
+    await s.refresh(); // the same failure again: no second line
+    mode = "truncated";
+    await s.refresh();
+    expect(s.lastError).toBe("prometheus: unreadable answer (HTTP 200): Unexpected end of JSON input");
+    mode = "http503";
+    await s.refresh();
+    expect(s.lastError).toBe("prometheus: HTTP 503");
+    mode = "ok";
+    await s.refresh();
+    await s.refresh();
+    expect(s.lastError).toBeNull();
+    expect(lines).toEqual([
+      "pool mix: Prometheus load signals failed (connect ECONNREFUSED); the router uses its own counters once the last answer is 1000 ms old",
+      "pool mix: Prometheus load signals failed (prometheus: unreadable answer (HTTP 200): Unexpected end of JSON input); the router uses its own counters once the last answer is 1000 ms old",
+      "pool mix: Prometheus load signals failed (prometheus: HTTP 503); the router uses its own counters once the last answer is 1000 ms old",
+      "pool mix: Prometheus load signals answer again",
+    ]);
+  });
+
   it("takes an empty queue answer (a query whose labels match nothing) as a failure, not as no load", async () => {
     const answer =
       (result: unknown[]): FetchLike =>

@@ -67,6 +67,9 @@ export class PrometheusSignals {
     private readonly pool: string,
     private readonly fetchImpl: FetchLike = fetch as unknown as FetchLike,
     private readonly now: () => number = () => performance.now(),
+    // Why a log line: a wrong URL or query otherwise shows only as switchyard_router_load_signal_stale 1, with the
+    // reason in no place an operator can read. One line when the failure starts or changes, one when it ends.
+    private readonly log: (line: string) => void = (l) => console.log(`[router] ${l}`),
   ) {}
 
   get enabled(): boolean {
@@ -142,10 +145,17 @@ export class PrometheusSignals {
       if (q.queueDepth && snap.queueDepth.size === 0)
         throw new Error(`prometheus: the queueDepth query returned no sample with a worker label (pool ${this.pool})`);
       this.snapshot = snap;
+      if (this.lastError !== null) this.log(`pool ${this.pool}: Prometheus load signals answer again`);
       this.lastError = null;
     } catch (e) {
       this.failures++;
-      this.lastError = e instanceof Error ? e.message : String(e);
+      const message = e instanceof Error ? e.message : String(e);
+      if (message !== this.lastError)
+        this.log(
+          `pool ${this.pool}: Prometheus load signals failed (${message}); the router uses its own counters ` +
+            `once the last answer is ${policy.stalenessMs} ms old`,
+        );
+      this.lastError = message;
     } finally {
       this.running = false;
     }
@@ -155,8 +165,15 @@ export class PrometheusSignals {
     const base = policy.prometheusUrl!.replace(/\/+$/, "");
     const url = `${base}/api/v1/query?query=${encodeURIComponent(promql.replaceAll("$pool", this.pool))}`;
     const res = await this.fetchImpl(url, { signal: AbortSignal.timeout(policy.timeoutMs) });
-    const body = await res.json().catch(() => null);
-    if (!res.ok && !body) throw new Error(`prometheus: HTTP ${res.status}`);
+    // The body is read under the same timeout: a body that times out or is cut short is this side's failure to
+    // read, not an error Prometheus answered (which parseInstantQuery reports with Prometheus's own text).
+    let body: unknown;
+    try {
+      body = await res.json();
+    } catch (e) {
+      if (!res.ok) throw new Error(`prometheus: HTTP ${res.status}`);
+      throw new Error(`prometheus: unreadable answer (HTTP ${res.status}): ${e instanceof Error ? e.message : e}`);
+    }
     return parseInstantQuery(body);
   }
 }
