@@ -167,6 +167,42 @@ describe("CheckpointModel route", () => {
   });
 });
 
+describe("CheckpointModel top-p weights follow the model's norm_topk_prob", () => {
+  it("qwen2-moe (norm_topk_prob false): top-p that picks the top-k experts gives the top-k weights; mixtral renormalises", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sy-cktopp-"));
+    try {
+      for (const family of ["qwen2-moe", "mixtral"] as const) {
+        const fdir = join(dir, family);
+        await generateCheckpoint({
+          family,
+          dir: fdir,
+          seed: 5,
+          layers: 2,
+          hiddenSize: 32,
+          intermediateSize: 16,
+          experts: 8,
+        });
+        const model = await CheckpointModel.open(fdir);
+        const layer = model.isMoeLayer(0) ? 0 : 1;
+        const k = model.spec.topK;
+        const T = 3;
+        const logits = Float32Array.from({ length: T * 8 }, (_, i) => Math.sin(i * 1.7) * 2);
+        const topK = model.route(layer, logits, T, resolveRoutingPolicy({ gating: { topK: k } }).gating);
+        // topP 1 with maxK = k: exactly the top-k experts, so the same weights whatever the convention
+        const topP = model.route(layer, logits, T, resolveRoutingPolicy({ gating: { topP: 1, maxK: k } }).gating);
+        expect([...topP.experts]).toEqual([...topK.experts]);
+        for (let i = 0; i < topK.weights.length; i++) expect(topP.weights[i]).toBeCloseTo(topK.weights[i], 6);
+        // and the convention is the model's: renormalised weights sum to 1 per token, Qwen1.5-MoE's do not
+        const sum0 = topP.weights.slice(0, k).reduce((a, b) => a + b, 0);
+        if (family === "mixtral") expect(sum0).toBeCloseTo(1, 6);
+        else expect(sum0).toBeLessThan(0.99);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("CheckpointModel shared expert", () => {
   const dirs: string[] = [];
   afterAll(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));

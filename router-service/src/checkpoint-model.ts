@@ -243,7 +243,9 @@ export class CheckpointModel implements PoolModel {
       r = softmaxTopP(logits, E, {
         topP: g.topP,
         maxK,
-        normalize: true,
+        // the model's own convention for its chosen experts' weights, as its top-k: Qwen1.5-MoE and Qwen2-57B
+        // (norm_topk_prob false) weight them by their softmax probabilities, not renormalised
+        normalize: base.normTopKProb,
         routedScalingFactor: base.routedScalingFactor,
         weightsDtype: base.weightsDtype,
         field,

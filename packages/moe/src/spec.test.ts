@@ -106,6 +106,36 @@ describe("config.json", () => {
       intermediateSize: 14336,
     });
   });
+  it("refuses a null gating key (transformers keeps None, which its MoE block reads unlike the default) and a missing size, naming the key", () => {
+    const dsv3 = {
+      model_type: "deepseek_v3",
+      hidden_size: 64,
+      moe_intermediate_size: 32,
+      num_hidden_layers: 4,
+      n_routed_experts: 16,
+      num_experts_per_tok: 4,
+    };
+    // without the key, transformers' default (true): the same spec as with it given
+    expect(specFromHfConfig(dsv3).normTopKProb).toBe(true);
+    const err = (config: Record<string, unknown>) => {
+      try {
+        specFromHfConfig(config, "/ckpt/config.json");
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return "accepted";
+    };
+    for (const key of ["norm_topk_prob", "n_group", "topk_group", "routed_scaling_factor", "first_k_dense_replace"])
+      expect(err({ ...dsv3, [key]: null })).toBe(
+        `/ckpt/config.json: ${key}: must not be null (leave the key out for transformers' default, or give a value)`,
+      );
+    const { n_routed_experts: _, ...missing } = dsv3;
+    expect(err(missing)).toBe(
+      "/ckpt/config.json: n_routed_experts: required: Switchyard does not assume transformers' config-class default for the model's sizes and expert counts",
+    );
+    // metadata keys a null leaves absent
+    expect(err({ ...dsv3, torch_dtype: null, quantization_config: null })).toBe("accepted");
+  });
   it("reads a DeepSeek-V3 config (groups, scaling, first dense layers, shared experts)", () => {
     const s = specFromHfConfig({
       model_type: "deepseek_v3",

@@ -327,8 +327,27 @@ export function specFromHfConfig(config: unknown, source = "config.json"): Model
   const c = config as HfConfig;
   const fld = (k: string) => `${source}: ${k}`;
   const get = (k: string) => c[k];
-  const req = (k: string) => posInt(get(k), fld(k));
-  const opt = <T>(k: string, dflt: T): T => (get(k) === undefined || get(k) === null ? dflt : (get(k) as T));
+  // The sizes and counts the checkpoint's tensors must agree with are required. transformers would fall back to its
+  // config class's defaults (MixtralConfig's 8 experts, ...), which a config that leaves them out is unlikely to
+  // mean; the error says so rather than guess.
+  const req = (k: string) => {
+    if (get(k) === undefined)
+      throw invalidArgument(
+        fld(k),
+        "required: Switchyard does not assume transformers' config-class default for the model's sizes and expert counts",
+      );
+    return posInt(get(k), fld(k));
+  };
+  // An optional key left out gets transformers' default. A null is refused: transformers keeps None, which its MoE
+  // blocks read differently from the default (norm_topk_prob None skips the renormalisation; None group counts fail).
+  const opt = <T>(k: string, dflt: T): T => {
+    const v = get(k);
+    if (v === null)
+      throw invalidArgument(fld(k), "must not be null (leave the key out for transformers' default, or give a value)");
+    return v === undefined ? dflt : (v as T);
+  };
+  // Keys where a null means absent (they name no model behaviour: the dtype metadata, a quantization block).
+  const optOrNull = <T>(k: string, dflt: T): T => (get(k) === undefined || get(k) === null ? dflt : (get(k) as T));
   const bool = (k: string, dflt: boolean): boolean => {
     const v = opt<unknown>(k, dflt);
     if (typeof v !== "boolean") throw invalidArgument(fld(k), `must be a boolean, got ${JSON.stringify(v)}`);
@@ -343,13 +362,13 @@ export function specFromHfConfig(config: unknown, source = "config.json"): Model
       fld("model_type"),
       `unsupported model type ${JSON.stringify(modelType)} (mixtral, qwen2_moe, qwen3_moe, deepseek_v3 or switchyard_moe)`,
     );
-  const dtypeRaw = opt<unknown>("torch_dtype", opt<unknown>("dtype", "float32"));
+  const dtypeRaw = optOrNull<unknown>("torch_dtype", optOrNull<unknown>("dtype", "float32"));
   if (typeof dtypeRaw !== "string" || !WEIGHT_DTYPES.includes(dtypeRaw as WeightDType))
     throw invalidArgument(fld("torch_dtype"), `must be bfloat16, float16 or float32, got ${JSON.stringify(dtypeRaw)}`);
   const dtype = dtypeRaw as WeightDType;
   // torch_dtype names the compute dtype only: a quantized checkpoint (DeepSeek-V3's float8_e4m3fn release with
   // weight_scale_inv block scales, GPTQ, AWQ, ...) stores other tensors that we must not read as plain weights.
-  const quant = opt<unknown>("quantization_config", undefined);
+  const quant = optOrNull<unknown>("quantization_config", undefined);
   if (quant !== undefined) {
     const method = (quant as { quant_method?: unknown }).quant_method;
     throw invalidArgument(

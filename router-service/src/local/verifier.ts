@@ -160,7 +160,7 @@ function run({ init, spec, layers: given }: VerifierData): void {
       routing = softmaxTopP(logits, spec.experts, {
         topP: init.topP,
         maxK,
-        normalize: true,
+        normalize: gate.normTopKProb, // as the router (checkpoint-model.ts): the model's norm_topk_prob
         routedScalingFactor: spec.routedScalingFactor,
         weightsDtype: gateWeightsDtype(spec, logitsDtype),
       });
