@@ -85,19 +85,49 @@ monitoring.additionalLabels, the sidecar label), the chart's own labels, commonL
 {{- end }}
 {{- end }}
 
-{{- define "switchyard.operatorServiceAccount" -}}
-{{- if .Values.operator.serviceAccount.create }}
-{{- default (printf "%s-operator" (include "switchyard.fullname" .)) .Values.operator.serviceAccount.name }}
+{{/*
+A component's ServiceAccount: .root, .component (operator, router). With serviceAccount.create=false the name is
+required: falling back to the namespace's `default` ServiceAccount would bind the operator's RBAC (cluster-wide by
+default, Secrets with syncHubTokens) to every pod in the namespace that names no ServiceAccount, the operator's worker
+pods included, which run a user-chosen image.
+*/}}
+{{- define "switchyard.serviceAccount" -}}
+{{- $sa := (index .root.Values .component).serviceAccount }}
+{{- if $sa.create }}
+{{- default (printf "%s-%s" (include "switchyard.fullname" .root) .component) $sa.name }}
+{{- else if $sa.name }}
+{{- $sa.name }}
 {{- else }}
-{{- default "default" .Values.operator.serviceAccount.name }}
+{{- $why := ternary "its RBAC would be bound to the ServiceAccount every pod without one of its own runs as, the operator's worker pods included" "that is the ServiceAccount every pod without one of its own runs as" (eq .component "operator") }}
+{{- fail (printf "%s.serviceAccount.create is false but %s.serviceAccount.name is empty: name the existing ServiceAccount the %s should run as, or set %s.serviceAccount.create=true. The chart does not fall back to the namespace's \"default\" ServiceAccount: %s." .component .component .component .component $why) }}
 {{- end }}
 {{- end }}
 
+{{- define "switchyard.operatorServiceAccount" -}}
+{{- include "switchyard.serviceAccount" (dict "root" . "component" "operator") }}
+{{- end }}
+
 {{- define "switchyard.routerServiceAccount" -}}
-{{- if .Values.router.serviceAccount.create }}
-{{- default (printf "%s-router" (include "switchyard.fullname" .)) .Values.router.serviceAccount.name }}
-{{- else }}
-{{- default "default" .Values.router.serviceAccount.name }}
+{{- include "switchyard.serviceAccount" (dict "root" . "component" "router") }}
+{{- end }}
+
+{{/*
+Refuses an upgrade that would change a live Deployment's selector: .root, .component (operator, router). The
+selector holds app.kubernetes.io/name, so nameOverride feeds it. Kubernetes refuses a new selector on a Deployment,
+but only after Helm has applied the Services, PDBs and NetworkPolicies with the new labels: the release ends failed
+with a router Service that selects no pod. Only this release's own Deployment (Helm's ownership annotations) is
+compared; lookup is empty under `helm template` and a client-side dry run, where nothing is checked.
+*/}}
+{{- define "switchyard.assertSelectorUnchanged" -}}
+{{- $name := printf "%s-%s" (include "switchyard.fullname" .root) .component }}
+{{- $live := lookup "apps/v1" "Deployment" .root.Release.Namespace $name }}
+{{- $ann := dig "metadata" "annotations" dict $live }}
+{{- if and $live (eq (get $ann "meta.helm.sh/release-name") .root.Release.Name) (eq (get $ann "meta.helm.sh/release-namespace") .root.Release.Namespace) }}
+{{- $want := include "switchyard.selectorLabelsJson" . }}
+{{- $have := toJson (dig "spec" "selector" "matchLabels" dict $live) }}
+{{- if ne $have $want }}
+{{- fail (printf "Deployment %s/%s selects pods by %s, and this upgrade would change that to %s. Kubernetes cannot change a Deployment's selector, and Helm would fail only after it has pointed the Services at the new labels, leaving the router Service with no endpoints. Keep nameOverride as installed (the live app.kubernetes.io/name is %q), or uninstall and install the release again." .root.Release.Namespace $name $have $want (dig "spec" "selector" "matchLabels" "app.kubernetes.io/name" "" $live)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 

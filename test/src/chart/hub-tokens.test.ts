@@ -123,7 +123,9 @@ describe.skipIf(!helm)("chart: operator.syncHubTokens", () => {
   it("never list or watch on Secrets, and nothing with the operator off", async () => {
     for (const { rule } of secretRules(await render("operator.syncHubTokens=true")))
       expect(rule.verbs.filter((v) => !["get", "create", "patch"].includes(v))).toEqual([]);
-    expect(secretRules(await render("operator.syncHubTokens=true", "operator.enabled=false"))).toEqual([]);
+    expect(
+      secretRules(await render("operator.syncHubTokens=true", "operator.enabled=false", "router.enabled=false")),
+    ).toEqual([]);
   });
 
   it("the schema takes a boolean only", async () => {

@@ -3,7 +3,7 @@
 // local process with the token of the chart's own ServiceAccount (so the chart's RBAC is what it gets), comes up,
 // takes the Lease and reconciles an ExpertPool; `helm uninstall` removes everything but the CRDs, also what the operator
 // made beside the release (the router ConfigMap, the Hub-token Secret: owned by its Deployment).
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, expect, it } from "vitest";
 import { stringify } from "yaml";
@@ -153,27 +153,103 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
   it("a second release's operator over the same pools is refused; one without an operator installs", async () => {
     // The first release's operator is cluster-wide. Two operators would force-apply different worker templates
     // (--metrics-pool) onto the same pools and roll them without end. --dry-run=server runs the chart's lookup.
-    const second = (...set: string[]) =>
+    const install = (release: string, namespace: string, ...set: string[]) =>
       cluster().helm(
         [
-          ...["install", "second", CHART, "--namespace", "second", "--create-namespace", "--dry-run=server"],
+          ...["install", release, CHART, "--namespace", namespace, "--create-namespace", "--dry-run=server"],
           ...set.flatMap((s) => ["--set", s]),
         ],
         { check: false },
       );
-    for (const set of [[], ["operator.watchNamespace=tenant-b"]]) {
-      const r = await second(...set);
-      expect(r.code, `${set}: ${r.stdout}`).not.toBe(0);
-      expect(r.stderr, String(set)).toContain("another Switchyard operator already reconciles");
-      expect(r.stderr, String(set)).toContain(`ClusterRole ${FULL}-operator (release ${RELEASE})`);
+    const second = (...set: string[]) => install("second", "second", ...set);
+    const refused = (r: { code: number; stdout: string; stderr: string }, what: string, theirs: string) => {
+      expect(r.code, `${what}: ${r.stdout}`).not.toBe(0);
+      expect(r.stderr, what).toContain("another Switchyard operator already reconciles");
+      expect(r.stderr, what).toContain(theirs);
+    };
+    const first = `ClusterRole ${FULL}-operator (release ${NAMESPACE}/${RELEASE})`;
+    for (const set of [[], ["operator.watchNamespace=tenant-b"]]) refused(await second(...set), String(set), first);
+    // The same release name in another namespace is another release (Helm's ownership annotations, not the
+    // app.kubernetes.io/instance label, say whose the ClusterRole is).
+    refused(await install(RELEASE, "elsewhere"), `${RELEASE} in namespace elsewhere`, first);
+
+    // An operator whose release set nameOverride (app.kubernetes.io/name: moe) and one applied without Helm
+    // (operator/deploy/rbac.yaml): their watch Roles as Helm and kubectl would leave them.
+    await cluster().kubectl(["create", "namespace", "tenant-c"]);
+    const rendered = parseDocs(
+      (
+        await cluster().helm([
+          ...["template", "third", CHART, "--namespace", "third", "--show-only", "templates/operator-rbac.yaml"],
+          ...["--set", "nameOverride=moe", "--set", "operator.watchNamespace=tenant-c"],
+        ])
+      ).stdout,
+    );
+    const role = rendered.find((o) => o.kind === "Role" && o.metadata.name === "third-moe-operator");
+    expect(role?.metadata.labels?.["app.kubernetes.io/name"]).toBe("moe");
+    role!.metadata.annotations = { "meta.helm.sh/release-name": "third", "meta.helm.sh/release-namespace": "third" };
+    const raw = parseDocs(readFileSync(join(REPO, "operator/deploy/rbac.yaml"), "utf8")).find(
+      (o) => o.kind === "ClusterRole",
+    )!;
+    await cluster().kubectl(["apply", "-f", "-"], { input: [role, raw].map((o) => JSON.stringify(o)).join("\n") });
+    try {
+      const r = await second("operator.watchNamespace=tenant-c");
+      refused(r, "nameOverride", "Role third-moe-operator (release third/third, watching namespace tenant-c)");
+      refused(r, "without Helm", `ClusterRole ${raw.metadata.name} (not installed by Helm)`);
+    } finally {
+      await cluster().kubectl(["delete", "role", "third-moe-operator", "-n", "tenant-c"]);
+      await cluster().kubectl(["delete", "clusterrole", raw.metadata.name]);
     }
-    const alone = await second("operator.enabled=false");
+
+    // Without an operator: more routers on the first release's router config, in its namespace; or none at all.
+    const noConfig = await install("extra", NAMESPACE, "operator.enabled=false");
+    expect(noConfig.code).not.toBe(0);
+    expect(noConfig.stderr).toContain("router.enabled is true but operator.enabled is false");
+    const routers = await install("extra", NAMESPACE, "operator.enabled=false", `router.configMapName=${FULL}-router`);
+    expect(routers.code, routers.stderr).toBe(0);
+    const alone = await second("operator.enabled=false", "router.enabled=false");
     expect(alone.code, alone.stderr).toBe(0);
-    // and the first release's own upgrade finds only itself
+    // and the first release's own upgrade finds only itself (its ClusterRole, and Deployments whose selectors stay)
     const own = await cluster().helm(["upgrade", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=server"], {
       check: false,
     });
     expect(own.code, own.stderr).toBe(0);
+  }, 60_000);
+
+  it("an upgrade that would change the Deployments' selectors (nameOverride) is refused before anything is applied", async () => {
+    const status = async () =>
+      JSON.parse((await cluster().helm(["status", RELEASE, "-n", NAMESPACE, "-o", "json"])).stdout) as {
+        version: number;
+        info: { status: string };
+      };
+    const before = await status();
+    // fullnameOverride keeps every name, so Helm would update the Deployments in place: the API server refuses their
+    // new selector only after the Services have been switched to it.
+    const r = await cluster().helm(
+      [
+        ...["upgrade", RELEASE, CHART, "-n", NAMESPACE, "--reuse-values"],
+        ...["--set", `fullnameOverride=${FULL}`, "--set", "nameOverride=moe"],
+      ],
+      { check: false },
+    );
+    expect(r.code, r.stdout).not.toBe(0);
+    expect(r.stderr).toContain(`Deployment ${NAMESPACE}/${FULL}-`);
+    expect(r.stderr).toContain('Keep nameOverride as installed (the live app.kubernetes.io/name is "switchyard")');
+    const after = await status();
+    expect(after.version).toBe(before.version);
+    expect(after.info.status).toBe("deployed");
+    const selector = await cluster().kubectl([
+      ...["get", "service", `${FULL}-router`, "-n", NAMESPACE, "-o", "jsonpath={.spec.selector}"],
+    ]);
+    expect(JSON.parse(selector.stdout)["app.kubernetes.io/name"]).toBe("switchyard");
+    // the same names and selectors pass
+    const same = await cluster().helm(
+      [
+        ...["upgrade", RELEASE, CHART, "-n", NAMESPACE, "--reuse-values", "--dry-run=server"],
+        ...["--set", `fullnameOverride=${FULL}`],
+      ],
+      { check: false },
+    );
+    expect(same.code, same.stderr).toBe(0);
   }, 60_000);
 
   it("the API server accepts the other values files' manifests (server-side dry run)", async () => {

@@ -107,6 +107,8 @@ describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
     ]) {
       const r = await exec(helm!, [
         ...["template", "sy", CHART, "--set", "prometheusRule.enabled=true", "--set", `${component}.enabled=false`],
+        // a router without an operator of its own reads another release's router config
+        ...["--set", "router.configMapName=other-switchyard-router"],
         ...["--show-only", "templates/prometheusrule.yaml"],
       ]);
       expect(r.code, r.stderr).toBe(0);

@@ -43,9 +43,17 @@ const BAD: Array<[string, string, string]> = [
   ["--set", "router.autoscaling.maxReplicas=0", "/router/autoscaling/maxReplicas"],
   [
     "--set",
-    "router.autoscaling.targetCPUUtilizationPercentage=120",
+    "router.autoscaling.targetCPUUtilizationPercentage=0",
     "/router/autoscaling/targetCPUUtilizationPercentage",
   ],
+  // object names and the app.kubernetes.io/name label: DNS labels, at most 63 characters (the fullname a 53-character
+  // release name gives); Service names start with a letter
+  ["--set", `fullnameOverride=${"f".repeat(64)}`, "/fullnameOverride"],
+  ["--set", "fullnameOverride=Edge", "/fullnameOverride"],
+  ["--set", "fullnameOverride=1edge", "/fullnameOverride"],
+  ["--set", "nameOverride=Switch", "/nameOverride"],
+  ["--set", "nameOverride=moe.v2", "/nameOverride"],
+  ["--set", "nameOverride=moe-", "/nameOverride"],
   ["--set", "prometheusRule.routerSaturated.utilization=0", "/prometheusRule/routerSaturated/utilization"],
   ["--set", "tests.tokens=0", "/tests/tokens"],
   ["--set-string", "tests.timeoutMs=20s", "/tests/timeoutMs"],
@@ -71,6 +79,9 @@ describe.skipIf(!helm)("values.schema.json", () => {
       ...["--set", "tests.pools={default/tiny}", "--set", "tests.tokens=1", "--set", "tests.timeoutMs=60000"],
       ...["--set", "prometheusRule.workerDown.for=1h30m", "--set", "prometheusRule.routerLatency.for=1m500ms"],
       ...["--set", "prometheusRule.disabled={SwitchyardRouterConfigFull}"],
+      // a share of the CPU request: the router has no CPU limit, so above 100% is a real target
+      ...["--set", "router.autoscaling.enabled=true", "--set", "router.autoscaling.targetCPUUtilizationPercentage=150"],
+      ...["--set", `fullnameOverride=${"f".repeat(63)}`, "--set", "nameOverride=moe"],
       // values files written for charts that had these values still install, at the operator's ports
       ...["--set", "workers.grpcPort=50061", "--set", "workers.dataPort=50062", "--set", "workers.metricsPort=9401"],
     ]);

@@ -27,10 +27,15 @@ const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
 const podSpecOf = (o: Untyped) => (o.kind === "Deployment" ? o.spec.template.spec : o.kind === "Pod" ? o.spec : null);
 
 describe.skipIf(!helm)("chart renders for values the golden files do not cover", () => {
-  it("a 53-character release name (Helm's longest) renders names the API server accepts", async () => {
-    const release = "ml-platform-inference-moe-serving-production-euw1-a"; // no "switchyard": fullname gets the suffix
+  it.each([
+    // no "switchyard": fullname gets the suffix, 63 characters
+    ["a 53-character release name (Helm's longest)", "ml-platform-inference-moe-serving-production-euw1-a", []],
+    // values.schema.json allows as much (it once stopped at 40)
+    ["a 63-character fullnameOverride (the schema's longest)", "sy", ["--set", `fullnameOverride=${"f".repeat(63)}`]],
+  ])("%s renders names the API server accepts", async (_, release, extra) => {
     expect(release.length).toBeLessThanOrEqual(53);
     const objs = (await render(release, [
+      ...extra,
       ...["--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true"],
       ...["--set", "prometheusRule.enabled=true", "--set", "router.autoscaling.enabled=true"],
       ...["--set", "router.checkpointClaims[0].claimName=deepseek-v3.weights"],
@@ -117,6 +122,7 @@ describe.skipIf(!helm)("chart renders for values the golden files do not cover",
     const off = await exec(helm!, [
       ...["template", "sy", CHART, "--namespace", NAMESPACE, "--set", "operator.enabled=false"],
       ...["--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"],
+      ...["--set", "router.configMapName=other-switchyard-router"],
     ]);
     expect(off.code, off.stderr).toBe(0);
     const operator = (objs: Untyped[]) =>
@@ -224,5 +230,157 @@ describe.skipIf(!helm)("chart renders for values the golden files do not cover",
       expect(sm.metadata.labels.team).toBe("observability");
       expect(sm.metadata.labels.release).toBe("kps");
     }
+  });
+  it("serviceAccount.create=false needs serviceAccount.name: never the namespace's default ServiceAccount", async () => {
+    for (const component of ["operator", "router"]) {
+      const bad = await exec(helm!, [
+        ...["template", "sy", CHART, "--namespace", NAMESPACE, "--set", `${component}.serviceAccount.create=false`],
+      ]);
+      expect(bad.code, component).not.toBe(0);
+      expect(bad.stderr).toContain(
+        `${component}.serviceAccount.create is false but ${component}.serviceAccount.name is empty`,
+      );
+    }
+    // a named existing ServiceAccount: the pods and every binding of the operator's RBAC use it, none is rendered
+    const objs = (await render("sy", [
+      ...["--set", "operator.serviceAccount.create=false", "--set", "operator.serviceAccount.name=ops"],
+      ...["--set", "router.serviceAccount.create=false", "--set", "router.serviceAccount.name=rt"],
+      "--set",
+      "operator.syncHubTokens=true",
+    ])) as Untyped[];
+    expect(objs.filter((o) => o.kind === "ServiceAccount")).toEqual([]);
+    const subjects = objs
+      .filter((o) => o.kind === "RoleBinding" || o.kind === "ClusterRoleBinding")
+      .flatMap((b) => b.subjects.map((s: { name: string }) => s.name));
+    expect(subjects.length).toBeGreaterThanOrEqual(4);
+    expect(new Set(subjects)).toEqual(new Set(["ops"]));
+    const deploy = (c: string) =>
+      objs.find((o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === c);
+    expect(deploy("operator").spec.template.spec.serviceAccountName).toBe("ops");
+    expect(deploy("router").spec.template.spec.serviceAccountName).toBe("rt");
+    // a component that is off needs no ServiceAccount
+    const routerOff = await exec(helm!, [
+      ...["template", "sy", CHART, "--namespace", NAMESPACE, "--set", "router.enabled=false"],
+      ...["--set", "router.serviceAccount.create=false"],
+    ]);
+    expect(routerOff.code, routerOff.stderr).toBe(0);
+  });
+
+  it("operator.enabled=false: the router needs another release's router ConfigMap; no PodMonitor, no workers' policy", async () => {
+    const bad = await exec(helm!, [
+      ...["template", "extra", CHART, "--namespace", NAMESPACE, "--set", "operator.enabled=false"],
+    ]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("router.enabled is true but operator.enabled is false");
+    expect(bad.stderr).toContain("router.configMapName");
+    // more routers beside the release that runs the operator, on its router config
+    const extra = (await render("extra", [
+      ...["--set", "operator.enabled=false", "--set", "router.configMapName=sy-switchyard-router"],
+      ...["--set", "podMonitor.enabled=true", "--set", "serviceMonitor.enabled=true"],
+    ])) as Untyped[];
+    const router = extra.find((o) => o.kind === "Deployment");
+    expect(router.metadata.labels["app.kubernetes.io/component"]).toBe("router");
+    const config = router.spec.template.spec.volumes.find((v: { name: string }) => v.name === "config");
+    expect(config.configMap.name).toBe("sy-switchyard-router");
+    // the workers are the operator's release's: scraped and fenced there, not a second time here
+    expect(extra.filter((o) => o.kind === "PodMonitor")).toEqual([]);
+    expect(extra.filter((o) => o.kind === "NetworkPolicy").map((o) => o.metadata.name)).toEqual([
+      "extra-switchyard-router",
+    ]);
+    expect(extra.filter((o) => o.kind === "ServiceMonitor").map((o) => o.metadata.name)).toEqual([
+      "extra-switchyard-router",
+    ]);
+    // and the operator's release's workers' NetworkPolicy lets these routers (as its own) reach the batch ports
+    const main = (await render("sy", ["--set", "podMonitor.enabled=true"])) as Untyped[];
+    expect(main.filter((o) => o.kind === "PodMonitor")).toHaveLength(1);
+    const workersPolicy = main.find((o) => o.kind === "NetworkPolicy" && o.metadata.name === "sy-switchyard-workers");
+    const batchPeers = workersPolicy.spec.ingress[0].from;
+    const admitted = (labels: Record<string, string>) =>
+      batchPeers.some(
+        (p: Untyped) =>
+          !p.namespaceSelector && Object.entries(p.podSelector.matchLabels).every(([k, v]) => labels[k] === v),
+      );
+    const routerPods = (objs: Untyped[]) =>
+      objs.filter((o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === "router");
+    expect(admitted(routerPods(main)[0].spec.template.metadata.labels)).toBe(true);
+    expect(admitted(router.spec.template.metadata.labels)).toBe(true);
+    // not the operator, not the smoke Pod
+    const operator = main.find(
+      (o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === "operator",
+    );
+    expect(admitted(operator.spec.template.metadata.labels)).toBe(false);
+    expect(admitted(main.find((o) => o.kind === "Pod").metadata.labels)).toBe(false);
+    // neither operator nor router: renders (dashboards only)
+    const bare = await exec(helm!, [
+      ...["template", "extra", CHART, "--namespace", NAMESPACE],
+      ...["--set", "operator.enabled=false", "--set", "router.enabled=false"],
+    ]);
+    expect(bare.code, bare.stderr).toBe(0);
+  });
+
+  it("router.pdb.minAvailable that keeps every router replica up is refused (no drain could evict one)", async () => {
+    const pdb = async (set: string[]) => {
+      const r = await exec(helm!, ["template", "sy", CHART, "--namespace", NAMESPACE, ...set]);
+      if (r.code !== 0) return { refused: r.stderr };
+      const o = parseDocs(r.stdout).find(
+        (x) => x.kind === "PodDisruptionBudget" && x.metadata.name.endsWith("-router"),
+      ) as Untyped;
+      return { minAvailable: o?.spec.minAvailable };
+    };
+    for (const set of [
+      ["--set", "router.pdb.minAvailable=2"], // 2 replicas by default
+      ["--set", "router.replicas=3", "--set", "router.pdb.minAvailable=4"],
+      ["--set-string", "router.pdb.minAvailable=100%"],
+      ["--set-string", "router.pdb.minAvailable=60%"], // rounded up: 2 of 2
+      // under the HPA, counted at minReplicas
+      ["--set", "router.autoscaling.enabled=true", "--set", "router.autoscaling.minReplicas=3"],
+    ].map((s) => (s.includes("router.autoscaling.enabled=true") ? [...s, "--set", "router.pdb.minAvailable=3"] : s))) {
+      const got = await pdb(set);
+      expect(got.refused, set.join(" ")).toContain("router.pdb.minAvailable");
+      expect(got.refused, set.join(" ")).toContain("every node drain would block");
+    }
+    expect(await pdb([])).toEqual({ minAvailable: 1 });
+    expect(await pdb(["--set", "router.replicas=3", "--set", "router.pdb.minAvailable=2"])).toEqual({
+      minAvailable: 2,
+    });
+    expect(await pdb(["--set-string", "router.pdb.minAvailable=50%"])).toEqual({ minAvailable: "50%" });
+    expect(
+      await pdb([
+        "--set",
+        "router.autoscaling.enabled=true",
+        "--set",
+        "router.autoscaling.minReplicas=3",
+        "--set",
+        "router.pdb.minAvailable=2",
+      ]),
+    ).toEqual({ minAvailable: 2 });
+    // one replica: no PDB at all, whatever minAvailable says
+    expect(await pdb(["--set", "router.replicas=1"])).toEqual({ minAvailable: undefined });
+  });
+
+  it("operator.extraEnv replaces the chart's variable of the same name instead of rendering it twice", async () => {
+    const env = async (set: string[]) => {
+      const objs = (await render("sy", set)) as Untyped[];
+      const d = objs.find(
+        (o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === "operator",
+      );
+      return d.spec.template.spec.containers[0].env as Array<{ name: string; value?: string }>;
+    };
+    const names = (e: Array<{ name: string }>) => e.map((v) => v.name);
+    expect(names(await env([]))).toEqual(["POD_NAMESPACE", "POD_NAME", "SWITCHYARD_LOG_LEVEL"]);
+    const got = await env([
+      ...["--set", "operator.extraEnv[0].name=SWITCHYARD_LOG_LEVEL", "--set", "operator.extraEnv[0].value=debug"],
+      ...[
+        "--set",
+        "operator.extraEnv[1].name=NODE_OPTIONS",
+        "--set",
+        "operator.extraEnv[1].value=--max-old-space-size=400",
+      ],
+    ]);
+    expect(names(got)).toEqual(["POD_NAMESPACE", "POD_NAME", "SWITCHYARD_LOG_LEVEL", "NODE_OPTIONS"]);
+    expect(got.find((v) => v.name === "SWITCHYARD_LOG_LEVEL")?.value).toBe("debug");
+    expect((await env(["--set", "operator.logLevel=warn"])).find((v) => v.name === "SWITCHYARD_LOG_LEVEL")?.value).toBe(
+      "warn",
+    );
   });
 });
