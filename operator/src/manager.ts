@@ -5,6 +5,7 @@ import { hostname } from "node:os";
 import type { KubeConfig, V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
 import express from "express";
 import type { ExpertPool, RoutingPolicy } from "./api/v1alpha1.js";
+import type { WorkerPodDefaults } from "./controller/desired.js";
 import { HubTokenSync } from "./controller/hub-token-sync.js";
 import {
   COMPONENT_LABEL,
@@ -55,6 +56,11 @@ export interface ManagerOptions {
    * has the garbage collector delete them too. Unset: they have no owner and outlive the operator.
    */
   ownerDeployment?: { namespace: string; name: string };
+  /**
+   * Worker pod defaults for every pool (--worker-image-pull-secret, --worker-pod-label; the chart's imagePullSecrets
+   * and commonLabels): pull secrets where a pool sets none, labels under a pool's own podLabels.
+   */
+  workerDefaults?: WorkerPodDefaults;
   concurrency?: number;
   resyncMs?: number;
   /** Delay before the router config is rebuilt after a change, so bursts collapse into one write. */
@@ -271,6 +277,7 @@ export class Manager {
     const poolRec = new PoolReconciler({
       kube: this.kube,
       routerNamespace: router.namespace,
+      workerDefaults: o.workerDefaults,
       caches: { pools: this.pools, statefulSets, services, configMaps, pods, events: stsEvents },
       recent,
       events,

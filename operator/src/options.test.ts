@@ -13,6 +13,7 @@ describe("parseOptions", () => {
       routerConfigMap: { namespace: "default", name: "switchyard-router" },
       syncHubTokens: false,
       routerHfTokensSecret: { namespace: "default", name: "switchyard-router-hf-tokens" },
+      workerDefaults: {},
       concurrency: 16,
       identity: undefined,
       logLevel: "info",
@@ -54,6 +55,49 @@ describe("parseOptions", () => {
       parseOptions([], { SWITCHYARD_SYNC_HUB_TOKENS: "true", SWITCHYARD_ROUTER_HF_TOKENS_SECRET: "rel/sy-tokens" }),
     ).toMatchObject({ syncHubTokens: true, routerHfTokensSecret: { namespace: "rel", name: "sy-tokens" } });
     expect(() => parseOptions(["--router-hf-tokens-secret", "a/b/c"], {})).toThrow(/--router-hf-tokens-secret/);
+  });
+  it("--worker-image-pull-secret and --worker-pod-label (repeatable), or their env as comma-separated lists", () => {
+    expect(
+      parseOptions(
+        [
+          "--worker-image-pull-secret",
+          "regcred",
+          "--worker-image-pull-secret=mirror.creds",
+          "--worker-pod-label",
+          "cost-center=inference",
+          "--worker-pod-label=sidecar.istio.io/inject=false",
+          "--worker-pod-label",
+          "empty=",
+        ],
+        {},
+      ),
+    ).toMatchObject({
+      workerDefaults: {
+        imagePullSecrets: ["regcred", "mirror.creds"],
+        podLabels: { "cost-center": "inference", "sidecar.istio.io/inject": "false", empty: "" },
+      },
+    });
+    expect(
+      parseOptions([], {
+        SWITCHYARD_WORKER_IMAGE_PULL_SECRET: "regcred, other",
+        SWITCHYARD_WORKER_POD_LABEL: "team=ml,tier=gpu",
+      }),
+    ).toMatchObject({
+      workerDefaults: { imagePullSecrets: ["regcred", "other"], podLabels: { team: "ml", tier: "gpu" } },
+    });
+    // the flag wins over the env, as for every other flag
+    expect(
+      parseOptions(["--worker-image-pull-secret", "a"], { SWITCHYARD_WORKER_IMAGE_PULL_SECRET: "b" }),
+    ).toMatchObject({ workerDefaults: { imagePullSecrets: ["a"] } });
+  });
+  it("refuses worker defaults the API server would refuse on a pod, and the operator's own labels", () => {
+    expect(() => parseOptions(["--worker-image-pull-secret", "Reg_Cred"], {})).toThrow(/--worker-image-pull-secret/);
+    expect(() => parseOptions(["--worker-pod-label", "nolabel"], {})).toThrow(/--worker-pod-label: want KEY=VALUE/);
+    expect(() => parseOptions(["--worker-pod-label", "a b=c"], {})).toThrow(/--worker-pod-label/);
+    expect(() => parseOptions(["--worker-pod-label", "k=bad value"], {})).toThrow(/--worker-pod-label/);
+    expect(() => parseOptions(["--worker-pod-label", `k=${"v".repeat(64)}`], {})).toThrow(/--worker-pod-label/);
+    for (const k of ["app.kubernetes.io/component", "app.kubernetes.io/managed-by", "switchyard.dev/pool"])
+      expect(() => parseOptions(["--worker-pod-label", `${k}=x`], {}), k).toThrow(/operator's own label/);
   });
   it("names the bad flag", () => {
     expect(() => parseOptions(["--metrics-port", "http"], {})).toThrow(/--metrics-port: must be a port/);

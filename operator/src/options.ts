@@ -1,6 +1,9 @@
 // Command line of the operator (docs/CONTRACTS.md): node operator/dist/main.js --metrics-port 8080
 // --health-port 8081 [--leader-elect] [--namespace NS] ... Every flag also reads SWITCHYARD_<FLAG>. Pure.
 import { parseArgs } from "node:util";
+import { DNS_SUBDOMAIN, LABEL_VALUE, QUALIFIED_NAME } from "./api/v1alpha1.js";
+import type { WorkerPodDefaults } from "./controller/desired.js";
+import { isReservedPodKey } from "./controller/names.js";
 import { isLogLevel, LOG_LEVELS, type LogLevel } from "./runtime/log.js";
 
 export interface CliOptions {
@@ -16,6 +19,8 @@ export interface CliOptions {
   routerHfTokensSecret: { namespace: string; name: string };
   /** --owner-deployment: the operator's own Deployment, owner of the router ConfigMap and Secret (manager.ts). */
   ownerDeployment?: { namespace: string; name: string };
+  /** --worker-image-pull-secret, --worker-pod-label: what every pool's worker pods get (desired.ts). */
+  workerDefaults: WorkerPodDefaults;
   concurrency: number;
   identity?: string;
   logLevel: LogLevel;
@@ -32,6 +37,8 @@ const FLAGS = {
   "sync-hub-tokens": { type: "boolean" },
   "router-hf-tokens-secret": { type: "string" },
   "owner-deployment": { type: "string" },
+  "worker-image-pull-secret": { type: "string", multiple: true },
+  "worker-pod-label": { type: "string", multiple: true },
   concurrency: { type: "string" },
   identity: { type: "string" },
   "log-level": { type: "string" },
@@ -51,6 +58,10 @@ export const USAGE = `usage: node operator/dist/main.js [flags]
   --router-hf-tokens-secret NS/NAME  that Secret (default <router config namespace>/switchyard-router-hf-tokens)
   --owner-deployment NS/NAME  the operator's own Deployment (default namespace POD_NAMESPACE): the router ConfigMap and
                           that Secret, where in its namespace, get it as owner and are deleted with it; unset: no owner
+  --worker-image-pull-secret NAME  a Secret (in each pool's namespace) for pulling worker images, for pools that set
+                          no worker.imagePullSecrets; repeatable (env: comma-separated)
+  --worker-pod-label KEY=VALUE  a label on every pool's worker pods, under the pool's own worker.podLabels;
+                          repeatable (env: comma-separated); not the operator's own labels
   --concurrency N         reconciles in parallel per controller (default 16)
   --identity ID           leader election identity (default POD_NAME or hostname_pid)
   --log-level LEVEL       debug, info, warn or error: messages below it are dropped (default info)
@@ -65,9 +76,48 @@ function port(v: string, flag: string): number {
   return n;
 }
 
+const SECRET_NAME = new RegExp(DNS_SUBDOMAIN);
+const LABEL_KEY = new RegExp(`^${QUALIFIED_NAME}$`);
+const LABEL_VAL = new RegExp(LABEL_VALUE);
+
+/**
+ * --worker-* values, checked as the CRD checks a pool's own: a default the API server would refuse on a pod would
+ * have every pool's StatefulSet refused, so the operator refuses to start with it instead.
+ */
+function workerDefaults(secrets: string[], labels: string[]): WorkerPodDefaults {
+  for (const s of secrets)
+    if (s.length > 253 || !SECRET_NAME.test(s))
+      throw new OptionsError(`--worker-image-pull-secret: want a Secret name, got ${JSON.stringify(s)}`);
+  const podLabels: Record<string, string> = {};
+  for (const l of labels) {
+    const i = l.indexOf("=");
+    const [k, v] = i < 0 ? [l, undefined] : [l.slice(0, i), l.slice(i + 1)];
+    if (v === undefined || k.length > 317 || !LABEL_KEY.test(k) || v.length > 63 || !LABEL_VAL.test(v))
+      throw new OptionsError(`--worker-pod-label: want KEY=VALUE, a label key and value, got ${JSON.stringify(l)}`);
+    // the operator's own labels select and own the worker pods (names.ts RESERVED_POD_LABEL_KEYS)
+    if (isReservedPodKey(k))
+      throw new OptionsError(`--worker-pod-label: ${k} is the operator's own label on worker pods; pick another key`);
+    podLabels[k] = v;
+  }
+  return {
+    ...(secrets.length ? { imagePullSecrets: [...new Set(secrets)] } : {}),
+    ...(labels.length ? { podLabels } : {}),
+  };
+}
+
 export function parseOptions(argv: string[], env: Record<string, string | undefined>): CliOptions | "help" {
   const { values } = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false });
-  const get = (k: keyof typeof FLAGS): string | boolean | undefined => {
+  /** A repeatable flag: its values, else its env var split at commas (neither names nor labels hold one). */
+  const list = (k: "worker-image-pull-secret" | "worker-pod-label"): string[] => {
+    const v = values[k];
+    if (v !== undefined) return v;
+    const e = env[`SWITCHYARD_${k.toUpperCase().replace(/-/g, "_")}`];
+    return (e ?? "")
+      .split(",")
+      .map((x) => x.trim())
+      .filter((x) => x !== "");
+  };
+  const get = (k: Exclude<keyof typeof FLAGS, "worker-image-pull-secret" | "worker-pod-label">) => {
     const v = values[k];
     if (v !== undefined) return v;
     const e = env[`SWITCHYARD_${k.toUpperCase().replace(/-/g, "_")}`];
@@ -117,6 +167,7 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     syncHubTokens: Boolean(get("sync-hub-tokens")),
     routerHfTokensSecret,
     ...(ownerDeployment ? { ownerDeployment } : {}),
+    workerDefaults: workerDefaults(list("worker-image-pull-secret"), list("worker-pod-label")),
     concurrency: conc,
     identity: (get("identity") as string | undefined) ?? env.POD_NAME,
     logLevel,

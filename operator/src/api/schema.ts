@@ -9,6 +9,8 @@
 export interface ValidationRule {
   rule: string;
   message: string;
+  /** Evaluated for the message when the rule fails (the message is the fallback if it errors). */
+  messageExpression?: string;
   fieldPath?: string;
   reason?: "FieldValueInvalid" | "FieldValueForbidden" | "FieldValueRequired" | "FieldValueDuplicate";
 }
@@ -140,14 +142,20 @@ export function enm<const V extends string, const O extends Common<V> = Common<V
   return node({ description, type: "string", enum: values, default: o.default });
 }
 
-/** A Kubernetes quantity ("1", "500m", "16Gi"): int-or-string, as core/v1 ResourceList values are. */
+/**
+ * A Kubernetes quantity ("1", "500m", "16Gi"): int-or-string, as core/v1 ResourceList values are. Never negative:
+ * every quantity this API takes is a resource amount or a size, and core/v1 refuses a negative one only when the
+ * operator's StatefulSet is applied, long after the pool was accepted. A leading "+" stays valid (core/v1 takes it).
+ */
 export function quantity(description: string): Schema<string | number, false> {
   return node({
     description,
     anyOf: [{ type: "integer" }, { type: "string" }],
     "x-kubernetes-int-or-string": true,
+    minimum: 0, // an integer quantity (the pattern checks strings only)
+    maxLength: 64, // bounds the cost of CEL rules that parse quantities (v1alpha1.ts worker.resources)
     pattern:
-      "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$",
+      "^\\+?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$",
   });
 }
 

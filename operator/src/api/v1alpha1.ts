@@ -1,19 +1,20 @@
 // switchyard.dev/v1alpha1: ExpertPool and RoutingPolicy. These definitions are the single source of truth:
 // crds/*.yaml are generated from them (`npm run gen:crds`) and the TypeScript types are inferred from them.
-import { arr, bool, enm, freeform, type Infer, int, map, num, obj, quantity, str } from "./schema.js";
+import { RESERVED_KEY_PREFIX, RESERVED_POD_LABEL_KEYS } from "../controller/names.js";
+import { arr, bool, enm, freeform, type Infer, int, type JsonSchema, map, num, obj, quantity, str } from "./schema.js";
 
 export const GROUP = "switchyard.dev";
 export const VERSION = "v1alpha1";
 export const API_VERSION = `${GROUP}/${VERSION}`;
 
 const DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-const DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+export const DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 // Label keys and values as core/v1 validates them (a qualified name: optional DNS-subdomain prefix, then a name of
 // at most 63). The operator copies these into the worker pod template; a pool the API server would accept but
 // whose StatefulSet it would refuse would never get workers. No backslashes: the key pattern also goes into CEL.
-const QUALIFIED_NAME =
+export const QUALIFIED_NAME =
   "([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?";
-const LABEL_VALUE = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+export const LABEL_VALUE = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 
 // ---------- shared pieces ----------
 
@@ -96,9 +97,23 @@ export const checkpointSchema = obj(
       "A PersistentVolumeClaim mounted read-only at /checkpoint.",
       {
         claimName: str("Name of the PVC in the pool's namespace.", { maxLength: 253, minLength: 1 }),
-        subPath: str("Directory inside the volume holding the checkpoint.", { maxLength: 1024 }),
+        subPath: str("Directory inside the volume holding the checkpoint, relative (no leading '/', no '..').", {
+          maxLength: 1024,
+        }),
       },
-      { required: ["claimName"] },
+      {
+        required: ["claimName"],
+        validations: [
+          {
+            // core/v1 refuses such a volumeMount subPath, but only when the StatefulSet is applied: the pool would
+            // be accepted and never get workers.
+            rule: "!has(self.subPath) || (!self.subPath.startsWith('/') && !self.subPath.matches('(^|/)[.][.](/|$)'))",
+            message:
+              "checkpoint.pvc.subPath must be a relative path inside the volume: no leading '/', no '..' element",
+            fieldPath: ".subPath",
+          },
+        ],
+      },
     ),
     hostPath: obj(
       "A directory on the node mounted read-only at /checkpoint (single-node and test setups).",
@@ -230,6 +245,9 @@ export const modelSchema = obj(
   },
 );
 
+// A pod label key the operator sets itself (names.ts isReservedPodKey), in CEL over the key `k`.
+const RESERVED_CEL = `(k.startsWith('${RESERVED_KEY_PREFIX}') || k in [${RESERVED_POD_LABEL_KEYS.map((k) => `'${k}'`).join(", ")}])`;
+
 export const workerSchema = obj(
   "Template for the worker pods (one StatefulSet per pool).",
   {
@@ -267,10 +285,25 @@ export const workerSchema = obj(
         "worker its first batch; false: ready at once, experts load on first use.",
       { default: true },
     ),
-    resources: obj("CPU and memory for the worker container.", {
-      requests: resourceList("Requests"),
-      limits: resourceList("Limits"),
-    }),
+    resources: obj(
+      "CPU and memory for the worker container.",
+      {
+        requests: resourceList("Requests"),
+        limits: resourceList("Limits"),
+      },
+      {
+        validations: [
+          {
+            // core/v1's own check, which would otherwise surface only as the StatefulSet's refusal (status
+            // ApplyFailed naming the pod template's path). string(): a value is int-or-string; isQuantity keeps a
+            // malformed one (refused by the pattern already) from failing the rule with an evaluation error.
+            rule: "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || !isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+            message: "worker.resources.requests must be <= worker.resources.limits for every resource given in both",
+            fieldPath: ".requests",
+          },
+        ],
+      },
+    ),
     nodeSelector: map(
       "Node labels the worker pods must match.",
       str("Label value.", { maxLength: 63, pattern: LABEL_VALUE }),
@@ -288,6 +321,54 @@ export const workerSchema = obj(
       maxItems: 32,
     }),
     priorityClassName: str("PriorityClass of the worker pods.", { maxLength: 253, pattern: DNS_SUBDOMAIN }),
+    imagePullSecrets: arr(
+      "Secrets in the pool's namespace for pulling the worker image (a private registry or mirror). Unset: the operator's --worker-image-pull-secret names (the chart's imagePullSecrets), if any; an empty list: none.",
+      obj(
+        "A Secret of type kubernetes.io/dockerconfigjson in the pool's namespace.",
+        { name: str("Name of the Secret.", { maxLength: 253, minLength: 1, pattern: DNS_SUBDOMAIN }) },
+        { required: ["name"] },
+      ),
+      { maxItems: 16, listMapKeys: ["name"] },
+    ),
+    serviceAccountName: str(
+      "ServiceAccount (in the pool's namespace) the worker pods run as. Unset: the namespace's default account, with no API token mounted (workers never call the Kubernetes API). Set: that account's own automountServiceAccountToken decides (the pool chose an identity, e.g. for workload identity to a private bucket or registry).",
+      { maxLength: 253, pattern: DNS_SUBDOMAIN },
+    ),
+    podLabels: map(
+      `Extra labels on the worker pods (cost attribution, sidecar.istio.io/inject, ...), over the operator's --worker-pod-label defaults. Not the operator's own: ${RESERVED_POD_LABEL_KEYS.join(", ")} or ${RESERVED_KEY_PREFIX}*. A change rolls the workers.`,
+      str("Label value.", { maxLength: 63, pattern: LABEL_VALUE }),
+      {
+        maxProperties: 32,
+        validations: [
+          {
+            rule: `self.all(k, k.size() <= 317 && k.matches('^${QUALIFIED_NAME}$'))`,
+            message: "worker.podLabels keys must be label keys ([prefix/]name, name at most 63 characters)",
+          },
+          {
+            rule: `!self.exists(k, ${RESERVED_CEL})`,
+            message: `worker.podLabels must not set the operator's own labels (${RESERVED_POD_LABEL_KEYS.join(", ")}, ${RESERVED_KEY_PREFIX}*): they select and own the worker pods`,
+          },
+        ],
+      },
+    ),
+    podAnnotations: map(
+      `Extra annotations on the worker pods (e.g. for a service mesh or a log shipper). Not under ${RESERVED_KEY_PREFIX} (the operator's own). A change rolls the workers.`,
+      // 32 × (4096 + 317) stays well inside the API server's 256 KiB for all of a pod's annotations.
+      str("Annotation value.", { maxLength: 4096 }),
+      {
+        maxProperties: 32,
+        validations: [
+          {
+            rule: `self.all(k, k.size() <= 317 && k.matches('^${QUALIFIED_NAME}$'))`,
+            message: "worker.podAnnotations keys must be qualified names ([prefix/]name, name at most 63 characters)",
+          },
+          {
+            rule: `!self.exists(k, k.startsWith('${RESERVED_KEY_PREFIX}'))`,
+            message: `worker.podAnnotations must not set ${RESERVED_KEY_PREFIX}* keys: the operator sets them on worker pods`,
+          },
+        ],
+      },
+    ),
   },
   {
     default: {},
@@ -529,16 +610,18 @@ export const expertPoolStatusSchema = obj("Observed state of an ExpertPool, rebu
 });
 export type ExpertPoolStatus = Infer<typeof expertPoolStatusSchema>;
 
-export const expertPoolRootValidations = [
-  {
-    rule: "self.metadata.name.size() <= 52",
-    message: "ExpertPool name must be at most 52 characters (it prefixes StatefulSet pod names and labels)",
+/**
+ * The ExpertPool's metadata.name, constrained in the root schema (the API server allows that for name and
+ * generateName), so a refusal names metadata.name; a CEL rule at the root would report its path as `<nil>`.
+ * At most 52 characters: it prefixes StatefulSet pod names and their controller-revision-hash label (63 at most);
+ * a DNS label, because it names the pool's headless Service.
+ */
+export const expertPoolMetadataSchema = {
+  type: "object",
+  properties: {
+    name: { type: "string", maxLength: 52, pattern: DNS_LABEL },
   },
-  {
-    rule: `self.metadata.name.matches('${DNS_LABEL}')`,
-    message: "ExpertPool name must be a DNS label (lower-case letters, digits, '-') because it names a Service",
-  },
-];
+} as const satisfies JsonSchema;
 
 // ---------- RoutingPolicy ----------
 

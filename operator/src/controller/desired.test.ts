@@ -122,6 +122,71 @@ describe("desiredStatefulSet", () => {
     expect(svc.metadata?.name).toBe("mix-workers");
   });
 
+  it("mounts no API token: workers never call the Kubernetes API, and the namespace's default account may hold RBAC", () => {
+    expect(pod.automountServiceAccountToken).toBe(false);
+    expect(pod.serviceAccountName).toBeUndefined();
+    expect(pod.imagePullSecrets).toBeUndefined();
+  });
+
+  it("worker.serviceAccountName: the pods run as it, and its own automountServiceAccountToken decides", () => {
+    const sa = desiredStatefulSet(testPool({ worker: { serviceAccountName: "moe-workers" } })).spec!.template.spec!;
+    expect(sa.serviceAccountName).toBe("moe-workers");
+    expect(sa).not.toHaveProperty("automountServiceAccountToken");
+  });
+
+  it("worker.imagePullSecrets, else the operator's default; an empty list means none", () => {
+    const defaults = { imagePullSecrets: ["regcred"] };
+    const secrets = (p: ReturnType<typeof testPool>) =>
+      desiredStatefulSet(p, p.metadata.name, defaults).spec!.template.spec!.imagePullSecrets;
+    expect(secrets(testPool({}))).toEqual([{ name: "regcred" }]);
+    expect(secrets(testPool({ worker: { imagePullSecrets: [{ name: "team-a" }, { name: "mirror" }] } }))).toEqual([
+      { name: "team-a" },
+      { name: "mirror" },
+    ]);
+    expect(secrets(testPool({ worker: { imagePullSecrets: [] } }))).toBeUndefined();
+    // the init container pulls the same image: the secrets are the pod's, so it gets them too
+    const uri = testPool();
+    uri.spec.model.checkpoint = { uri: "hf://org/m" };
+    const spec = desiredStatefulSet(uri, "mix", defaults).spec!.template.spec!;
+    expect(spec.initContainers?.[0].image).toBe(spec.containers[0].image);
+    expect(spec.imagePullSecrets).toEqual([{ name: "regcred" }]);
+  });
+
+  it("worker.podLabels and podAnnotations reach the pods over the operator's defaults, never over its own labels", () => {
+    const p = testPool({
+      worker: {
+        podLabels: { "cost-center": "team-a", tier: "gpu", "app.kubernetes.io/component": "mine" },
+        podAnnotations: { "sidecar.istio.io/inject": "false", "switchyard.dev/model-hash": "mine" },
+      },
+    });
+    const meta = desiredStatefulSet(p, "mix", { podLabels: { "cost-center": "inference", team: "ml" } }).spec!.template
+      .metadata!;
+    expect(meta.labels).toEqual({
+      "cost-center": "team-a", // the pool's own value over the operator's default
+      team: "ml",
+      tier: "gpu",
+      // the CRD refuses the operator's keys in podLabels; were one stored anyway, the operator's value stays
+      "app.kubernetes.io/component": "expert-worker",
+      "app.kubernetes.io/name": "switchyard",
+      "app.kubernetes.io/instance": "mix",
+      "app.kubernetes.io/managed-by": "switchyard-operator",
+      "switchyard.dev/pool": "mix",
+    });
+    expect(meta.annotations).toEqual({ "sidecar.istio.io/inject": "false", "switchyard.dev/model-hash": modelHash(p) });
+  });
+
+  it("a pool without the new fields and an operator without defaults keep the template's labels and annotations", () => {
+    const meta = sts.spec!.template.metadata!;
+    expect(Object.keys(meta.labels!).sort()).toEqual([
+      "app.kubernetes.io/component",
+      "app.kubernetes.io/instance",
+      "app.kubernetes.io/managed-by",
+      "app.kubernetes.io/name",
+      "switchyard.dev/pool",
+    ]);
+    expect(Object.keys(meta.annotations!)).toEqual(["switchyard.dev/model-hash"]);
+  });
+
   it("mounts each checkpoint source", () => {
     const onlyPvc = testPool();
     onlyPvc.spec.model.checkpoint = { pvc: { claimName: "w", subPath: "m" } };

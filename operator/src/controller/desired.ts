@@ -236,8 +236,45 @@ export function workerArgs(pool: ExpertPool, metricsPool = pool.metadata.name): 
   return args;
 }
 
-/** metricsPool: see workerArgs (the pool's name where the router serves it under that). */
-export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata.name): V1StatefulSet {
+/**
+ * Cluster-wide defaults for worker pods, from the operator's command line (options.ts: --worker-image-pull-secret,
+ * --worker-pod-label), so that a chart can give every pool's workers its pull secrets and common labels.
+ */
+export interface WorkerPodDefaults {
+  /** Secrets (each in the pool's namespace) for pools that set no worker.imagePullSecrets. */
+  imagePullSecrets?: string[];
+  /** Labels under every pool's worker.podLabels (a pool's own value wins). */
+  podLabels?: Record<string, string>;
+}
+
+/**
+ * The worker pods' identity and pull credentials. Workers never call the Kubernetes API, so a pool that names no
+ * ServiceAccount runs as the namespace's default one with no token mounted: that account may hold more than its
+ * name suggests (a chart installed with operator.serviceAccount.create=false binds the operator's RBAC to it), and
+ * a worker runs a user-chosen image that downloads from arbitrary URLs. A pool that names one chose an identity on
+ * purpose (workload identity for a private bucket, a registry credential on the account): the pod then leaves
+ * automountServiceAccountToken unset, so the account's own setting decides, as it would for any pod of it.
+ */
+function podIdentity(worker: ExpertPoolSpec["worker"], defaults: WorkerPodDefaults) {
+  // An empty list is the pool saying "none", not "unset": it overrides the operator's default.
+  const secrets = worker.imagePullSecrets?.map((s) => s.name) ?? defaults.imagePullSecrets ?? [];
+  return {
+    ...(worker.serviceAccountName
+      ? { serviceAccountName: worker.serviceAccountName }
+      : { automountServiceAccountToken: false }),
+    ...(secrets.length ? { imagePullSecrets: secrets.map((name) => ({ name })) } : {}),
+  };
+}
+
+/**
+ * metricsPool: see workerArgs (the pool's name where the router serves it under that). defaults: the operator's
+ * --worker-* flags (WorkerPodDefaults).
+ */
+export function desiredStatefulSet(
+  pool: ExpertPool,
+  metricsPool = pool.metadata.name,
+  defaults: WorkerPodDefaults = {},
+): V1StatefulSet {
   const { spec } = pool;
   const name = pool.metadata.name;
   const gpus = spec.worker.gpusPerWorker;
@@ -279,13 +316,17 @@ export function desiredStatefulSet(pool: ExpertPool, metricsPool = pool.metadata
       selector: { matchLabels: selectorLabels(name) },
       template: {
         metadata: {
-          labels: childLabels(name),
+          // The operator's own labels last: they select and own the pods (the CRD refuses those keys in
+          // podLabels, and the options parser in --worker-pod-label; this keeps them even for a pool it did not).
+          labels: { ...defaults.podLabels, ...spec.worker.podLabels, ...childLabels(name) },
           annotations: {
+            ...spec.worker.podAnnotations,
             [MODEL_HASH_ANNOTATION]: modelHash(pool),
             ...(metricsPool !== name ? { [METRICS_POOL_ANNOTATION]: metricsPool } : {}),
           },
         },
         spec: {
+          ...podIdentity(spec.worker, defaults),
           enableServiceLinks: false,
           terminationGracePeriodSeconds: 30,
           // Pod Security Standards "restricted", as the chart's router and operator: the worker images run as

@@ -54,6 +54,23 @@ export function childLabels(pool: string): Record<string, string> {
   };
 }
 
+/**
+ * Label and annotation keys a pool's worker.podLabels / podAnnotations (and the operator's --worker-pod-label) may
+ * not set on worker pods: the labels childLabels puts there (component and pool are the StatefulSet's selector,
+ * which the API server requires the template to match; component and managed-by are what the operator's pod
+ * informer and the chart's PodMonitor and worker NetworkPolicy select workers by; name and instance say which
+ * pool and app a pod is), and anything under the operator's own prefix, so that a key it adds later cannot collide
+ * with one a stored pool already uses. The operator's labels would win anyway (desired.ts puts them last); refusing
+ * them up front says so instead of silently dropping the user's value.
+ */
+export const RESERVED_POD_LABEL_KEYS = Object.keys(childLabels("p")).filter((k) => !k.startsWith("switchyard.dev/"));
+export const RESERVED_KEY_PREFIX = "switchyard.dev/";
+
+/** Whether a pod label or annotation key is the operator's own (RESERVED_POD_LABEL_KEYS, RESERVED_KEY_PREFIX). */
+export function isReservedPodKey(key: string, annotation = false): boolean {
+  return key.startsWith(RESERVED_KEY_PREFIX) || (!annotation && RESERVED_POD_LABEL_KEYS.includes(key));
+}
+
 export function ownerRef(pool: ExpertPool) {
   return {
     apiVersion: pool.apiVersion,

@@ -211,6 +211,17 @@ describe("PoolReconciler", () => {
     expect(args[args.indexOf("--pool") + 1]).toBe("mix");
   });
 
+  it("the operator's worker defaults (--worker-image-pull-secret, --worker-pod-label) reach the StatefulSet", async () => {
+    const h = harness(testPool({ replicas: 2 }), {
+      workerDefaults: { imagePullSecrets: ["regcred"], podLabels: { "cost-center": "inference" } },
+    });
+    await h.rec.reconcile("ns/mix");
+    const tpl = (h.caches.statefulSets.get("ns", "mix") as unknown as V1StatefulSet).spec?.template;
+    expect(tpl?.spec?.imagePullSecrets).toEqual([{ name: "regcred" }]);
+    expect(tpl?.metadata?.labels?.["cost-center"]).toBe("inference");
+    expect(tpl?.spec?.automountServiceAccountToken).toBe(false);
+  });
+
   it("a replica change rewrites the StatefulSet, the plan (new version) and status, not the Service", async () => {
     const h = harness(testPool({ replicas: 2 }));
     await h.rec.reconcile("ns/mix");

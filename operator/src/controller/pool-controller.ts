@@ -33,6 +33,7 @@ import {
   type PlanOutcome,
   planFromConfigMap,
   sharedSlicesOf,
+  type WorkerPodDefaults,
 } from "./desired.js";
 import { heatQuery, parseHeat } from "./heat.js";
 import {
@@ -82,6 +83,8 @@ export interface PoolControllerDeps {
   kube: Kube;
   /** The router's namespace: it serves (and labels the heat of) pools elsewhere as "namespace/name". */
   routerNamespace: string;
+  /** The operator's --worker-* flags: pull secrets and labels every pool's worker pods get (desired.ts). */
+  workerDefaults?: WorkerPodDefaults;
   caches: PoolCaches;
   recent: RecentWrites;
   events: EventRecorder;
@@ -394,7 +397,11 @@ export class PoolReconciler {
               pool,
               "StatefulSet",
               paths.statefulSets(ns),
-              desiredStatefulSet(pool, routerPoolName(pool, this.d.routerNamespace)) as KubeObject,
+              desiredStatefulSet(
+                pool,
+                routerPoolName(pool, this.d.routerNamespace),
+                this.d.workerDefaults,
+              ) as KubeObject,
               cachedSts,
             ),
           )

@@ -16,6 +16,7 @@ import {
   routingPolicyStatusSchema,
   workerSchema,
 } from "../api/v1alpha1.js";
+import { childLabels, isReservedPodKey } from "../controller/names.js";
 import { ROUTER_CONFIG_KEY } from "../controller/policy-controller.js";
 import { crdFiles, expertPoolCrd, routingPolicyCrd } from "./crds.js";
 
@@ -259,5 +260,47 @@ describe("descriptions say what the code does", () => {
     expect(checkpointSchema.json["x-kubernetes-validations"]?.map((v) => v.rule)).toContain(
       "!has(self.endpoint) || (has(self.uri) && self.uri.startsWith('hf://'))",
     );
+  });
+});
+
+describe("worker pod fields", () => {
+  const w = workerSchema.json.properties!;
+
+  it("podLabels refuses every label the operator puts on worker pods (selector, ownership), by the CEL rule", () => {
+    const rules = (w.podLabels["x-kubernetes-validations"] ?? []).map((v) => v.rule).join("\n");
+    for (const k of Object.keys(childLabels("p"))) {
+      expect(isReservedPodKey(k), k).toBe(true);
+      // each key either listed in the rule or under the prefix it refuses
+      expect(rules.includes(`'${k}'`) || rules.includes(`k.startsWith('${k.slice(0, k.indexOf("/") + 1)}')`), k).toBe(
+        true,
+      );
+    }
+    expect(isReservedPodKey("cost-center")).toBe(false);
+    expect(isReservedPodKey("app.kubernetes.io/part-of")).toBe(false);
+    // annotations: only the operator's prefix (model-hash, metrics-pool)
+    expect(isReservedPodKey("switchyard.dev/model-hash", true)).toBe(true);
+    expect(isReservedPodKey("app.kubernetes.io/name", true)).toBe(false);
+  });
+
+  it("quantities are never negative: the string pattern and an integer's minimum", () => {
+    const requests = w.resources.properties?.requests as JsonSchema;
+    const q = requests.additionalProperties as JsonSchema;
+    const re = new RegExp(q.pattern ?? "^$");
+    for (const ok of ["1", "500m", "16Gi", "+2", "1e3", "0.5", ".5", "1E-3"]) expect(re.test(ok), ok).toBe(true);
+    for (const bad of ["-1Gi", "-1", "-0.5", "1 Gi", "Gi"]) expect(re.test(bad), bad).toBe(false);
+    expect(q.minimum).toBe(0);
+    const size = checkpointSchema.json.properties?.downloadSize as JsonSchema;
+    expect(size.pattern).toBe(q.pattern);
+  });
+});
+
+describe("ExpertPool metadata.name", () => {
+  it("is constrained in the root schema, so a refusal names metadata.name (a root CEL rule reports <nil>)", () => {
+    const root = openApi(expertPoolCrd());
+    expect(root["x-kubernetes-validations"]).toBeUndefined();
+    expect(root.properties?.metadata).toEqual({
+      type: "object",
+      properties: { name: { type: "string", maxLength: 52, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" } },
+    });
   });
 });

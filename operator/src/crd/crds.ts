@@ -2,7 +2,7 @@
 import { dump } from "js-yaml";
 import { clean, type JsonSchema } from "../api/schema.js";
 import {
-  expertPoolRootValidations,
+  expertPoolMetadataSchema,
   expertPoolSpecSchema,
   expertPoolStatusSchema,
   GROUP,
@@ -29,7 +29,8 @@ interface CrdInput {
   description: string;
   spec: JsonSchema;
   status: JsonSchema;
-  rootValidations?: { rule: string; message: string }[];
+  /** Constraints on metadata.name (the only part of metadata a CRD may constrain, with generateName). */
+  metadata?: JsonSchema;
   columns: Column[];
   scale?: boolean;
 }
@@ -42,11 +43,10 @@ function crd(i: CrdInput): Record<string, unknown> {
     properties: {
       apiVersion: { type: "string", description: "APIVersion of this object: switchyard.dev/v1alpha1." },
       kind: { type: "string", description: `Kind of this object: ${i.kind}.` },
-      metadata: { type: "object" },
+      metadata: i.metadata ?? { type: "object" },
       spec: i.spec,
       status: i.status,
     },
-    "x-kubernetes-validations": i.rootValidations,
   };
   return clean({
     apiVersion: "apiextensions.k8s.io/v1",
@@ -101,7 +101,7 @@ export function expertPoolCrd(): Record<string, unknown> {
       "ExpertPool: one MoE model's routed experts served by a set of GPU workers (a StatefulSet, a headless Service and a placement plan).",
     spec: expertPoolSpecSchema.json,
     status: expertPoolStatusSchema.json,
-    rootValidations: expertPoolRootValidations,
+    metadata: expertPoolMetadataSchema,
     scale: true,
     columns: [
       { name: "Ready", type: "string", jsonPath: `${READY}.status`, description: "Ready condition." },

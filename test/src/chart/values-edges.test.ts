@@ -1,7 +1,7 @@
 // Renders of value combinations the golden files do not cover, checked against the rules the API server (and the
 // Prometheus Operator) apply to what they are given: object and volume names, label maps, the operator's RBAC when
 // leader election is off, scrape timeouts.
-import { WORKER_DATA_PORT, WORKER_GRPC_PORT, WORKER_METRICS_PORT } from "@switchyard/operator";
+import { parseOptions, WORKER_DATA_PORT, WORKER_GRPC_PORT, WORKER_METRICS_PORT } from "@switchyard/operator";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { CHART, exec, findTool, grants, type K8sObject, NAMESPACE, parseDocs } from "./helm.js";
@@ -166,6 +166,26 @@ describe.skipIf(!helm)("chart renders for values the golden files do not cover",
     // (the live dashboards test runs these relabelings in a real Prometheus against real workers)
     expect(await drops([])).toEqual(["switchyard_worker_expert_tokens_total"]);
     expect(await drops(["--set", "podMonitor.workerExpertSeries=true"])).toEqual([]);
+  });
+
+  it("the operator gets the release's pull secrets and common labels for worker pods, without its own label keys", async () => {
+    const objs = (await render("sy", [
+      ...["--set", "imagePullSecrets[0].name=regcred", "--set", "imagePullSecrets[1].name=mirror"],
+      ...["--set", "commonLabels.team=ml", "--set", "commonLabels.cost-center=cc-7"],
+      // keys the operator sets itself (it refuses to start with them): left out, not passed
+      ...["--set", "commonLabels.app\\.kubernetes\\.io/name=x", "--set", "commonLabels.switchyard\\.dev/pool=y"],
+    ])) as Untyped[];
+    const op = objs.find(
+      (o) => o.kind === "Deployment" && o.metadata.labels["app.kubernetes.io/component"] === "operator",
+    );
+    const args = op.spec.template.spec.containers[0].args as string[];
+    // the operator's own parser reads them (a flag it did not know would be an error here)
+    const parsed = parseOptions(args, {});
+    if (parsed === "help") throw new Error("help");
+    expect(parsed.workerDefaults).toEqual({
+      imagePullSecrets: ["regcred", "mirror"],
+      podLabels: { team: "ml", "cost-center": "cc-7" },
+    });
   });
 
   it("the workers' NetworkPolicy admits the ports the operator gives worker pods (operator/src/controller/names.ts)", async () => {

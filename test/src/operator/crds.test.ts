@@ -158,10 +158,99 @@ const INVALID: [string, unknown, string][] = [
     withModel({ hiddenSize: undefined }),
     "spec.model.hiddenSize: Required value",
   ],
+  // metadata.name is constrained in the root schema: the refusal names metadata.name, not `<nil>` as a root CEL
+  // rule's would.
   [
-    "name too long for pod names (CEL on metadata)",
+    "name too long for pod names (schema on metadata.name)",
     { ...pool("bad", NS), metadata: { name: "x".repeat(53), namespace: NS } },
-    "ExpertPool name must be at most 52 characters",
+    "metadata.name: Too long",
+  ],
+  [
+    "name that is not a DNS label (schema on metadata.name)",
+    { ...pool("bad", NS), metadata: { name: "dots.name", namespace: NS } },
+    'metadata.name: Invalid value: "dots.name": metadata.name in body should match',
+  ],
+  // Quantities and paths the StatefulSet would be refused for, long after the pool was accepted.
+  [
+    "negative memory request (schema pattern)",
+    pool("bad", NS, { worker: { resources: { requests: { memory: "-1Gi" } } } }),
+    'spec.worker.resources.requests.memory: Invalid value: "-1Gi"',
+  ],
+  [
+    "negative integer cpu limit (schema minimum)",
+    pool("bad", NS, { worker: { resources: { limits: { cpu: -1 } } } }),
+    "spec.worker.resources.limits.cpu in body should be greater than or equal to 0",
+  ],
+  [
+    "negative downloadSize (schema pattern)",
+    withModel({ checkpoint: { uri: "hf://org/m", downloadSize: "-100Gi" } }),
+    'spec.model.checkpoint.downloadSize: Invalid value: "-100Gi"',
+  ],
+  [
+    "cpu request above its limit (CEL, quantity library)",
+    pool("bad", NS, { worker: { resources: { requests: { cpu: 4 }, limits: { cpu: "2" } } } }),
+    'spec.worker.resources.requests: Invalid value: "object": worker.resources.requests must be <= worker.resources.limits',
+  ],
+  [
+    "memory request above its limit in other units (CEL, quantity library)",
+    pool("bad", NS, { worker: { resources: { requests: { memory: "5G" }, limits: { memory: "4Gi" } } } }),
+    "worker.resources.requests must be <= worker.resources.limits",
+  ],
+  [
+    "pvc subPath with a '..' element (CEL)",
+    withModel({ checkpoint: { pvc: { claimName: "w", subPath: "a/../../etc" } } }),
+    'spec.model.checkpoint.pvc.subPath: Invalid value: "object": checkpoint.pvc.subPath must be a relative path',
+  ],
+  [
+    "absolute pvc subPath (CEL)",
+    withModel({ checkpoint: { pvc: { claimName: "w", subPath: "/etc" } } }),
+    'spec.model.checkpoint.pvc.subPath: Invalid value: "object": checkpoint.pvc.subPath must be a relative path',
+  ],
+  // Worker pod identity and metadata.
+  [
+    "podLabels setting the StatefulSet's selector label (CEL)",
+    pool("bad", NS, { worker: { podLabels: { "app.kubernetes.io/component": "other" } } }),
+    'spec.worker.podLabels: Invalid value: "object": worker.podLabels must not set the operator\'s own labels',
+  ],
+  [
+    "podLabels setting the managed-by label the operator finds its pods by (CEL)",
+    pool("bad", NS, { worker: { podLabels: { "app.kubernetes.io/managed-by": "helm" } } }),
+    "worker.podLabels must not set the operator's own labels",
+  ],
+  [
+    "podLabels under the operator's prefix (CEL)",
+    pool("bad", NS, { worker: { podLabels: { "switchyard.dev/pool": "other" } } }),
+    "worker.podLabels must not set the operator's own labels",
+  ],
+  [
+    "podLabels key that is not a label key (CEL)",
+    pool("bad", NS, { worker: { podLabels: { "cost center": "a" } } }),
+    "worker.podLabels keys must be label keys",
+  ],
+  [
+    "podLabels value that is not a label value (schema pattern)",
+    pool("bad", NS, { worker: { podLabels: { team: "ML team" } } }),
+    "spec.worker.podLabels.team in body should match",
+  ],
+  [
+    "podAnnotations under the operator's prefix (CEL)",
+    pool("bad", NS, { worker: { podAnnotations: { "switchyard.dev/model-hash": "x" } } }),
+    'spec.worker.podAnnotations: Invalid value: "object": worker.podAnnotations must not set switchyard.dev/* keys',
+  ],
+  [
+    "podAnnotations key that is not a qualified name (CEL)",
+    pool("bad", NS, { worker: { podAnnotations: { "not/a/key": "x" } } }),
+    "worker.podAnnotations keys must be qualified names",
+  ],
+  [
+    "the same image pull secret twice (list map)",
+    pool("bad", NS, { worker: { imagePullSecrets: [{ name: "regcred" }, { name: "regcred" }] } }),
+    "spec.worker.imagePullSecrets[1]: Duplicate value",
+  ],
+  [
+    "serviceAccountName that is not a DNS name (schema pattern)",
+    pool("bad", NS, { worker: { serviceAccountName: "Workers_SA" } }),
+    "spec.worker.serviceAccountName in body should match",
   ],
   [
     "bad checkpoint URI scheme (schema pattern)",
@@ -343,6 +432,46 @@ describeWithCluster(
       };
       await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(pool("tolerant", NS, { worker })) });
       await c.kubectl(["delete", "xp", "tolerant"]);
+    });
+
+    it("accepts worker pod identity and metadata, quantities within their limits and relative subPaths", async () => {
+      const c = cluster();
+      const worker = {
+        imagePullSecrets: [{ name: "regcred" }, { name: "mirror.creds" }],
+        serviceAccountName: "moe-workers",
+        podLabels: { "cost-center": "inference", "sidecar.istio.io/inject": "false", "app.kubernetes.io/part-of": "" },
+        podAnnotations: {
+          "sidecar.istio.io/inject": "false",
+          "example.com/note": "a, b = c",
+          "kubectl.kubernetes.io/x": "",
+        },
+        // equal in other units, an integer against a string, and a request with no limit (or the reverse)
+        resources: {
+          requests: { cpu: "500m", memory: "1Gi", "ephemeral-storage": "10Gi" },
+          limits: { cpu: 1, memory: "1024Mi", "example.com/fpga": "+1" },
+        },
+      };
+      const ok = pool("podmeta", NS, {
+        worker,
+        model: { checkpoint: { pvc: { claimName: "w", subPath: "models/a..b/mixtral" } } },
+      });
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(ok) });
+      const got = JSON.parse((await c.kubectl(["get", "xp", "podmeta", "-o", "json"])).stdout);
+      expect(got.spec.worker).toMatchObject({
+        imagePullSecrets: worker.imagePullSecrets,
+        serviceAccountName: "moe-workers",
+        podLabels: worker.podLabels,
+        podAnnotations: worker.podAnnotations,
+      });
+      // an empty list (no pull secrets, not the operator's default) is kept as given
+      const none = pool("nosecrets", NS, { worker: { imagePullSecrets: [] } });
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(none) });
+      const n = JSON.parse((await c.kubectl(["get", "xp", "nosecrets", "-o", "json"])).stdout);
+      expect(n.spec.worker.imagePullSecrets).toEqual([]);
+      // a 52-character name is the longest accepted
+      const long = { ...pool("x", NS), metadata: { name: "x".repeat(52), namespace: NS } };
+      await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(long) });
+      await c.kubectl(["delete", "xp", "podmeta", "nosecrets", "x".repeat(52)]);
     });
 
     it("the shared expert: Workers by default, a width that does not divide is refused naming the field", async () => {

@@ -256,10 +256,11 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
 
   it("a worker template the API server refuses is reported as Degraded/ApplyFailed with the server's message", async () => {
     const k = admin();
-    // Passes the CRD (quantities are not compared there), but core/v1 refuses requests above limits.
+    // Passes the CRD (which refuses requests above limits, but does not know which resources are extended ones),
+    // but core/v1 refuses a GPU request without a limit: with gpusPerWorker 0 the operator sets neither itself.
     await k.create(
       XP("life"),
-      pool("refused", "life", { worker: { resources: { requests: { cpu: "2" }, limits: { cpu: "1" } } } }),
+      pool("refused", "life", { worker: { gpusPerWorker: 0, resources: { requests: { "nvidia.com/gpu": "1" } } } }),
     );
     let last: Obj | undefined;
     await waitUntil(
@@ -269,7 +270,9 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
       },
       { timeoutMs: 30_000, what: `refused Degraded/ApplyFailed (${JSON.stringify(last?.status?.conditions)})` },
     );
-    expect(cond(last, "Degraded")?.message).toMatch(/^StatefulSet refused: .*must be less than or equal to cpu limit/);
+    expect(cond(last, "Degraded")?.message).toMatch(
+      /^StatefulSet refused: .*Limit must be set for non overcommitable resources/,
+    );
     expect(cond(last, "Ready")).toMatchObject({ status: "False", reason: "ApplyFailed" });
     expect(last?.status?.observedGeneration).toBe(last?.metadata.generation);
     await cluster().kubectl(["delete", "xp", "refused", "-n", "life"]);
