@@ -1,7 +1,7 @@
 // A plan that changes (setPool) while a batch is out: the batch's failure and its retry must go by the worker it
 // was sent to, not by its index in a plan that has since dropped or reordered workers.
 import { resolveRoutingPolicy } from "@switchyard/moe";
-import { DType, encodeTensor, type ForwardRequest } from "@switchyard/protocol";
+import { bytesToFloat32, DType, encodeTensor, type ForwardRequest, type ForwardResponse } from "@switchyard/protocol";
 import { afterEach, describe, expect, it } from "vitest";
 import type { PoolModel } from "./model.js";
 import { Router } from "./router.js";
@@ -104,6 +104,29 @@ describe.each(["auto", "grpc"] as const)(
       expect(lone.message).toMatch(
         /expert 0: replicas w0 failed or are unavailable \(w0: slices\[0\]\.expert: expert 0 of layer 0 is not served by this worker\)/,
       );
+    });
+
+    it("refusing one expert of a batch fails only that expert's requests: the others' rows are sent again, to it", async () => {
+      // w0 holds experts 0 and 1 and has dropped 1; w1 holds 2. A (expert 0), B (1) and C (2) share a flush.
+      const r = await start(2);
+      setPool(r, ["w0", "w1"], [[0], [0], [1], [1]], 1);
+      await r.refreshWorkers("toy");
+      workers[0].notServed.add(1);
+      const [a, b, c] = await Promise.allSettled([0, 1, 2].map((e) => r.forward(req(e), Date.now() + 5000)));
+      // before the fix: A failed UNAVAILABLE with w0's words about B's expert, and w0 was left out for the round
+      expect(a.status).toBe("fulfilled");
+      expect(c.status).toBe("fulfilled");
+      expect(b.status).toBe("rejected");
+      const e = (b as PromiseRejectedResult).reason as Error & { code?: string };
+      expect(e.code).toBe("UNAVAILABLE");
+      expect(e.message).toMatch(
+        /expert 1: replicas w0 failed or are unavailable \(w0: slices\[1\]\.expert: expert 1 of layer 0 is not served by this worker\)/,
+      );
+      expect(workers[0].refused).toBe(1);
+      expect(workers[0].batches).toBe(1); // A's row, sent again alone and answered
+      const x = Float32Array.from({ length: D }, (_, i) => (i % 7) - 3);
+      const got = (a as PromiseFulfilledResult<ForwardResponse>).value.hidden!;
+      expect(bytesToFloat32(got.data, DType.FLOAT32, true)).toEqual(x); // expert 0: 1 * x
     });
   },
 );

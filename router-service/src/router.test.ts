@@ -8,9 +8,11 @@ import {
   type ForwardRequest,
   type ForwardResponse,
   f32ToBf16,
+  failedPrecondition,
   fromGrpcError,
   fromRpcError,
   invalidArgument,
+  isRetryable,
   RouterClient,
   type SwitchyardError,
 } from "@switchyard/protocol";
@@ -18,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PlacementPlan } from "./config.js";
 import type { TokenRouting } from "./core/routing.js";
 import type { PoolModel } from "./model.js";
-import { dedupMinBytes, gateAhead, type PoolSummary, Router } from "./router.js";
+import { dedupMinBytes, gateAhead, type PoolSummary, Router, refusedSlice } from "./router.js";
 import { type StartedRouter, serveRouter } from "./server.js";
 import { FakeWorker } from "./testing/fake-worker.js";
 
@@ -567,30 +569,30 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     }
   });
 
-  it("a call the client cancels gives its place in the queue back at once", async () => {
-    setPool({ batching: { maxBatchTokens: 4, maxQueueTokens: 4 } });
-    for (const w of workers) w.mode = "stall";
+  it("a call the client cancels while it is queued gives its place in the queue back at once", async () => {
+    // 6 of 8 tokens wait for the batch to fill (maxWait 2 s): the queue has no room for 4 more
+    setPool({ batching: { maxBatchTokens: 8, maxQueueTokens: 8, maxWaitMs: 2000 } });
     try {
       const req = {
         pool: "toy",
         layer: 0,
-        hidden: encodeTensor(hidden(4, 6), [4, D], DType.FLOAT32),
+        hidden: encodeTensor(hidden(6, 6), [6, D], DType.FLOAT32),
         gate: undefined,
         requestId: 0n,
       };
-      const stuck = client.forward(req, new Metadata(), { deadline: Date.now() + 20_000 }, () => {});
-      await new Promise((r) => setTimeout(r, 150)); // taken and dispatched to the stalled workers: the queue is full
+      const queued = client.forward(req, new Metadata(), { deadline: Date.now() + 20_000 }, () => {});
+      await new Promise((r) => setTimeout(r, 150)); // taken, and waiting in the batcher
       expect((await callErr({ hidden: encodeTensor(hidden(4, 7), [4, D], DType.FLOAT32) })).code).toBe(
         "RESOURCE_EXHAUSTED",
       );
-      stuck.cancel();
-      for (const w of workers) w.mode = "ok";
-      // Its 4 tokens are released when the cancel arrives, not at its 20 s deadline.
+      queued.cancel();
+      // Its 6 tokens are released when the cancel arrives, not at its 20 s deadline: 2 more fill the batch, which
+      // goes at once (a dispatched request's tokens stay counted until its batch settles: hung-worker.test.ts).
       const t0 = Date.now();
       let last: unknown;
       while (Date.now() - t0 < 3000) {
         try {
-          await call({ hidden: encodeTensor(hidden(4, 8), [4, D], DType.FLOAT32) });
+          await call({ hidden: encodeTensor(hidden(2, 8), [2, D], DType.FLOAT32) });
           last = undefined;
           break;
         } catch (e) {
@@ -599,18 +601,31 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
         }
       }
       expect(last).toBeUndefined();
+      expect(Date.now() - t0).toBeLessThan(1500);
     } finally {
-      for (const w of workers) w.mode = "ok";
       setPool();
     }
   });
 
-  it("answers RESOURCE_EXHAUSTED when the queue is full", async () => {
+  it("answers RESOURCE_EXHAUSTED when the queue is full, INVALID_ARGUMENT for a request that can never fit", async () => {
     setPool({ batching: { maxBatchTokens: 4, maxQueueTokens: 4 } });
+    for (const w of workers) w.mode = "stall";
     try {
-      const e = await callErr({ hidden: encodeTensor(hidden(5, 4), [5, D], DType.FLOAT32) });
-      expect(e.code).toBe("RESOURCE_EXHAUSTED");
+      // 4 tokens out on the stalled workers: the queue is full for now (retryable)
+      const stuck = call({ hidden: encodeTensor(hidden(4, 3), [4, D], DType.FLOAT32) }, 300).catch((e) => e);
+      await new Promise((r) => setTimeout(r, 100));
+      const full = await callErr({ hidden: encodeTensor(hidden(1, 4), [1, D], DType.FLOAT32) });
+      expect(full.code).toBe("RESOURCE_EXHAUSTED");
+      expect(isRetryable(full)).toBe(true);
+      await stuck;
+      // 5 tokens never fit under maxQueueTokens 4: not RESOURCE_EXHAUSTED, which a client would retry for good
+      const never = await callErr({ hidden: encodeTensor(hidden(5, 4), [5, D], DType.FLOAT32) });
+      expect(never.code).toBe("INVALID_ARGUMENT");
+      expect(isRetryable(never)).toBe(false);
+      expect(never.field).toBe("hidden.shape[0]");
+      expect(never.message).toMatch(/5 tokens exceed pool toy's maxQueueTokens 4 .*split the request/);
     } finally {
+      for (const w of workers) w.mode = "ok";
       setPool();
     }
   });
@@ -1089,6 +1104,16 @@ describe("router: the shared expert on the workers, as slices", () => {
         twoReplicas.map((l) => [...l, [0]]),
       ),
     ).toThrow(/replicas\[0\].*one entry per expert \(4, or 6 with the shared expert's 2 slices\), got 5/);
+  });
+});
+
+describe("refusedSlice: the slice a worker's refusal names", () => {
+  it("reads the field, or the message's start where only the message crossed the wire; null for none of the batch's", () => {
+    expect(refusedSlice(failedPrecondition("expert 1 of layer 0 is not served", "slices[1].expert"), 2)).toBe(1);
+    expect(refusedSlice(fromRpcError({ code: 9, message: "slices[0].expert: not served" }), 1)).toBe(0);
+    expect(refusedSlice(invalidArgument("slices[3]", "rows overlap"), 2)).toBeNull(); // not a slice it was sent
+    expect(refusedSlice(invalidArgument("tokens.shape[1]", "expected hidden size 16, got 8"), 2)).toBeNull();
+    expect(refusedSlice(new Error("boom"), 2)).toBeNull();
   });
 });
 

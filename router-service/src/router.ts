@@ -3,8 +3,10 @@
 // A request is gated when it arrives (the gate is per token), queued per (pool, layer, dtype), and merged with
 // concurrent requests at flush. A flush regroups all merged (token, expert) assignments by expert and sends each
 // worker one ExpertBatch per round on its long-lived stream. Rows whose worker fails are re-laid onto the other
-// replicas of their expert (the failed worker excluded); with no replica left the requests holding them fail
-// UNAVAILABLE naming the expert. Every request has a deadline timer, so none hangs whatever the workers do.
+// replicas of their expert (the failed worker excluded, or only for the expert it refused); with no replica left the
+// requests holding them fail UNAVAILABLE naming the expert. Each request is combined and answered as soon as its own
+// rows are in (core/flush-progress.ts). Every request has a deadline timer, so none hangs whatever the workers do;
+// its tokens count against admission until it ends and no batch of its rows is still out.
 
 import {
   cancelled,
@@ -12,6 +14,7 @@ import {
   deadlineExceeded,
   decodeTensor,
   dtypeSize,
+  type ExpertResult,
   errorCodeOf,
   type ForwardRequest,
   type ForwardResponse,
@@ -28,6 +31,7 @@ import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
 import { alignedRows, combineInto, resultRows } from "./core/combine.js";
+import { FlushProgress } from "./core/flush-progress.js";
 import { latencyMs, outstandingRows } from "./core/load-view.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
 import type { ReplicaChooser, WorkerLoadView } from "./core/replicas.js";
@@ -77,6 +81,13 @@ interface Item extends GateItem {
   timer: NodeJS.Timeout | null;
   /** Leaves the caller's scope (forward's `scope`) once the item is finished. */
   unlisten: (() => void) | null;
+  /** What its flush still waits for (null until the flush dispatches it), and its index there: told when it ends. */
+  progress: FlushProgress | null;
+  flushIndex: number;
+  /** Its rows out on workers in batches that have not settled (answered, failed, timed out, given up). */
+  rowsOut: number;
+  /** Whether its tokens still count against the pool's maxQueueTokens (release()). */
+  charged: boolean;
   batchTokens: number;
   batchRequests: number;
   queueWaitMs: number;
@@ -187,6 +198,7 @@ class Pool {
         this.conns[i].latencyMs,
         this.conns[i].failing,
       ),
+    latencyAgeMs: (i) => this.conns[i].latencyAgeMs,
     resident: (i, layer, expert) => this.conns[i].isResident(layer, expert),
     healthy: (i) => this.conns[i].healthy,
     serves: (i, layer, expert) => this.conns[i].serves(layer, expert),
@@ -477,9 +489,17 @@ export class Router {
         (empty as unknown as Record<symbol, string>)[POOL] = p.name;
         return Promise.resolve(empty);
       }
-      if (p.pendingTokens + T > p.policy.batching.maxQueueTokens) {
+      const maxQueue = p.policy.batching.maxQueueTokens;
+      // A request that can never fit is told so: RESOURCE_EXHAUSTED is retryable, and a client would back off and
+      // send it again for good.
+      if (T > maxQueue)
+        throw invalidArgument(
+          "hidden.shape[0]",
+          `${T} tokens exceed pool ${p.name}'s maxQueueTokens ${maxQueue} (tokens queued or in flight at once): split the request into parts of at most ${maxQueue} tokens`,
+        );
+      if (p.pendingTokens + T > maxQueue) {
         throw resourceExhausted(
-          `pool ${p.name}: ${p.pendingTokens} tokens queued or in flight, ${T} more exceed maxQueueTokens ${p.policy.batching.maxQueueTokens}`,
+          `pool ${p.name}: ${p.pendingTokens} tokens queued or in flight, ${T} more exceed maxQueueTokens ${maxQueue}`,
         );
       }
       let hiddenF32: Float32Array | null = null;
@@ -531,6 +551,10 @@ export class Router {
           done: false,
           timer: null,
           unlisten: null,
+          progress: null,
+          flushIndex: -1,
+          rowsOut: 0,
+          charged: true,
           batchTokens: 0,
           batchRequests: 0,
           queueWaitMs: 0,
@@ -584,7 +608,8 @@ export class Router {
     item.done = true;
     if (item.timer) clearTimeout(item.timer);
     item.unlisten?.();
-    p.pendingTokens -= item.tokens;
+    item.progress?.end(item.flushIndex);
+    this.release(p, item);
     if (err) item.reject(err);
     else {
       p.metrics.requestDuration.observe((performance.now() - item.enqueuedAt) / 1000);
@@ -593,7 +618,32 @@ export class Router {
     }
   }
 
-  private async flush(p: Pool, all: Item[]): Promise<void> {
+  /**
+   * Gives an ended request's tokens back to admission (maxQueueTokens) once none of its rows is out on a worker: at
+   * once for one still queued, else when its last batch settles. A worker batch's timeout is the latest deadline of
+   * its rows, and nothing tells the worker to drop it when its requests end: until it settles, the connection's
+   * pending entry holds the send (and so the requests' rows) and the worker still works on it. Released at the
+   * cancel, a client that cancels in a loop while a worker hangs would pin memory without bound.
+   */
+  private release(p: Pool, it: Item): void {
+    if (!it.charged || !it.done || it.rowsOut > 0) return;
+    it.charged = false;
+    p.pendingTokens -= it.tokens;
+  }
+
+  /**
+   * A flush as the batcher sees it: running, and so holding its key's later requests (flushesInFlight), until every
+   * request has ended or, from its first answer, as long again as that answer took (runFlush): not until a batch on
+   * a hung worker times out.
+   */
+  private flush(p: Pool, all: Item[]): Promise<void> {
+    return new Promise<void>((drained) => {
+      // (runFlush catches what its requests can fail with; anything else still surfaces, as before)
+      void this.runFlush(p, all, drained).finally(() => drained());
+    });
+  }
+
+  private async runFlush(p: Pool, all: Item[], drained: () => void): Promise<void> {
     const m = p.model;
     // A request checked against a model the pool has since replaced by one of another shape (a config reload with
     // another checkpoint) may not fit it (hidden size, layers, experts): it is told to come again. (The same
@@ -669,12 +719,33 @@ export class Router {
       for (const a of sharedSlots) p.metrics.addHeat(layer, heatWidth, a.expert, 1);
       if (sharedSlots.length > 0) rounds[0] = rounds.length > 0 ? rounds[0].concat(sharedSlots) : sharedSlots;
       p.metrics.expertsPerBatch.observe(touched.size);
+      // Each request is answered the moment its own rows (and shared expert) are in, not when the flush's slowest
+      // batch ends: that batch may wait on a hung worker until another request's later deadline.
+      const progress = new FlushProgress(items.length, (i) => this.answer(p, m, items[i]));
+      // The workers answer one flush's batches at about the same time: a batch still out when the rest of the flush
+      // has taken as long again as its first answer did is on a slow or hung worker, and requests of the key held
+      // behind it (the batcher's flushesInFlight) would only wait longer. The flush stops holding them then.
+      const sentAt = performance.now();
+      void progress.firstAnswer().then(() => {
+        if (!progress.allEnded) setTimeout(drained, performance.now() - sentAt);
+      });
+      for (let i = 0; i < items.length; i++) {
+        const it = items[i];
+        it.progress = progress;
+        it.flushIndex = i;
+        if (it.sharedInput) progress.expect(i); // the shared expert the router computes
+      }
+      for (const r of rounds) for (const a of r) progress.expect(a.item);
       // The shared expert of the whole flush, natively off the event loop where the model can (one read of its
       // weights for every token of the flush), started before the rounds so that it overlaps them.
       // A shared expert that fails fails only the requests that need it (not routed_only ones, nor those whose
       // shared expert runs on workers).
       const failShared = (it: Item, e: unknown) => this.finish(p, it, e);
+      const sharedIn = () => {
+        for (let i = 0; i < items.length; i++) if (items[i].sharedInput) progress.sharedIn(i);
+      };
       const sharedAll = m.hasShared && m.sharedBatch ? sharedForFlush(m, layer, items, failShared) : null;
+      void sharedAll?.then(sharedIn); // never rejects
       const sharedHere = () => {
         for (const it of items)
           if (it.sharedInput && !it.done)
@@ -683,169 +754,236 @@ export class Router {
             } catch (e) {
               failShared(it, e);
             }
+        sharedIn();
       };
-      for (let r = 0; r < rounds.length; r++) {
-        const sent = this.dispatchRound(p, layer, items, rounds[r]);
+      progress.readyNow(); // requests that wait for nothing (every slot dropped or empty)
+      for (let r = 0; r < rounds.length && !progress.allEnded; r++) {
+        const next = rounds[r + 1];
+        progress.startRound(next ? rowsOfExperts(rounds[r], next) : []);
+        const sent = this.dispatchRound(p, layer, items, rounds[r], progress);
         // Else the shared expert runs here, in TypeScript, while the first round's batches are on the workers.
         if (r === 0 && !sharedAll) sharedHere();
-        await sent;
-        if (items.every((i) => i.done)) return;
+        // The next round (overflow "queue") goes once this one has handed back its rows of the experts the next
+        // holds (or their requests ended), not when its slowest batch ends: that may be another expert's, on a hung
+        // worker, until the latest deadline of its rows.
+        if (next) await Promise.race([sent, progress.roundDone()]);
       }
-      if (sharedAll) await sharedAll;
-      else if (rounds.length === 0) sharedHere();
-      for (const it of items) {
-        if (it.done) continue;
-        const stats = {
-          expertsTouched: distinctExperts(it, m.experts),
-          workersUsed: it.workers.size,
-          queueWaitMs: it.queueWaitMs,
-          totalMs: performance.now() - it.enqueuedAt,
-          droppedAssignments: it.dropped,
-          batchTokens: it.batchTokens,
-          batchRequests: it.batchRequests,
-        };
-        // Encode the reply once, then write the combined rows straight into its data field.
-        const el = dtypeSize(it.dtype);
-        const shape = [it.tokens, m.hiddenSize];
-        const enc = encodeForwardResponse(
-          it.requestId,
-          it.dtype,
-          shape,
-          it.tokens * m.hiddenSize * el,
-          stats,
-          undefined,
-          el,
-          takeReply,
-        );
-        const dst =
-          it.dtype === DType.FLOAT32
-            ? new Float32Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 4)
-            : new Uint16Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 2);
-        combineInto(
-          {
-            tokens: it.tokens,
-            d: m.hiddenSize,
-            dtype: it.dtype,
-            slots: it.slots,
-            weights: it.weights,
-            locations: it.locations,
-            results: it.results,
-            base: baseWithPartials(it, m.hiddenSize),
-          },
-          dst,
-        );
-        const res: ForwardResponse = {
-          requestId: it.requestId,
-          hidden: { dtype: it.dtype, shape, data: enc.data },
-          stats,
-          error: undefined,
-        };
-        (res as unknown as Record<symbol, Buffer>)[ENCODED] = enc.message;
-        (res as unknown as Record<symbol, Buffer>)[BACKING] = enc.backing;
-        this.finish(p, it, null, res);
-      }
+      if (rounds.length === 0 && !sharedAll) sharedHere();
+      // Done once every request has ended (each has a deadline timer), however long a batch no live request waits
+      // for is still out.
+      await progress.allDone();
     } catch (e) {
       for (const it of items) this.finish(p, it, e);
+    }
+  }
+
+  /** Combines a request whose every part is in (worker rows and sums, its shared expert) and answers it. */
+  private answer(p: Pool, m: PoolModel, it: Item): void {
+    if (it.done) return;
+    try {
+      const stats = {
+        expertsTouched: distinctExperts(it, m.experts),
+        workersUsed: it.workers.size,
+        queueWaitMs: it.queueWaitMs,
+        totalMs: performance.now() - it.enqueuedAt,
+        droppedAssignments: it.dropped,
+        batchTokens: it.batchTokens,
+        batchRequests: it.batchRequests,
+      };
+      // Encode the reply once, then write the combined rows straight into its data field.
+      const el = dtypeSize(it.dtype);
+      const shape = [it.tokens, m.hiddenSize];
+      const enc = encodeForwardResponse(
+        it.requestId,
+        it.dtype,
+        shape,
+        it.tokens * m.hiddenSize * el,
+        stats,
+        undefined,
+        el,
+        takeReply,
+      );
+      const dst =
+        it.dtype === DType.FLOAT32
+          ? new Float32Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 4)
+          : new Uint16Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 2);
+      combineInto(
+        {
+          tokens: it.tokens,
+          d: m.hiddenSize,
+          dtype: it.dtype,
+          slots: it.slots,
+          weights: it.weights,
+          locations: it.locations,
+          results: it.results,
+          base: baseWithPartials(it, m.hiddenSize),
+        },
+        dst,
+      );
+      const res: ForwardResponse = {
+        requestId: it.requestId,
+        hidden: { dtype: it.dtype, shape, data: enc.data },
+        stats,
+        error: undefined,
+      };
+      (res as unknown as Record<symbol, Buffer>)[ENCODED] = enc.message;
+      (res as unknown as Record<symbol, Buffer>)[BACKING] = enc.backing;
+      this.finish(p, it, null, res);
+    } catch (e) {
+      this.finish(p, it, e);
     }
   }
 
   /**
    * Dispatches one round; retries failed workers' rows on other replicas. The workers that failed are remembered as
    * connections, not plan indices: a plan that changes while a batch is out (setPool) can reorder or drop workers,
-   * and each attempt lays its rows out against the plan of that moment.
+   * and each attempt lays its rows out against the plan of that moment. Never rejects.
    */
-  private async dispatchRound(p: Pool, layer: number, items: Item[], round: Assignment[]): Promise<void> {
+  private async dispatchRound(
+    p: Pool,
+    layer: number,
+    items: Item[],
+    round: Assignment[],
+    progress: FlushProgress,
+  ): Promise<void> {
     // the workers that failed in this round, each with its error: a request no replica is left for is told them
-    const failed = new Map<WorkerConn, unknown>();
-    let todo = items.some((i) => i.done) ? round.filter((a) => !items[a.item].done) : round;
-    for (let attempt = 0; attempt < MAX_DISPATCH_ATTEMPTS && todo.length > 0; attempt++) {
-      const conns = p.conns;
-      const lay = layoutRound(todo, {
-        layer,
-        replicas: p.replicas[layer] ?? [],
-        workers: conns.length,
-        chooser: p.chooser(),
-        splitTokens: Math.max(16, p.policy.batching.maxBatchTokens / Math.max(1, conns.length)),
-        exclude: indicesOf(conns, failed),
-      });
-      this.failUnplaced(p, layer, items, lay.unplaced, failed);
-      const retry: Assignment[] = [];
-      // One batch (one worker) is the common case at small T: no Promise.all around it.
-      if (lay.batches.length === 1) await this.sendOrRetry(p, layer, items, lay.batches[0], failed, retry);
-      else await Promise.all(lay.batches.map((b) => this.sendOrRetry(p, layer, items, b, failed, retry)));
-      todo = retry;
+    const failures = new RoundFailures();
+    const todo = items.some((i) => i.done) ? round.filter((a) => !items[a.item].done) : round;
+    try {
+      await this.dispatchRows(p, layer, items, todo, 0, failures, progress);
+    } catch (e) {
+      for (const a of round) this.finish(p, items[a.item], e);
     }
-    if (todo.length > 0) this.failUnplaced(p, layer, items, todo, failed);
   }
 
   /**
-   * send(), with a failed worker's still-live rows queued in `retry` (and the worker in `failed`) when another replica
-   * may answer: the worker unavailable or full, a deadline not yet everyone's, or FAILED_PRECONDITION / INVALID_ARGUMENT,
-   * the worker's own state (an expert its plan no longer holds: plans reach router and workers at different times; a
-   * checkpoint it cannot read or that disagrees with the router's). Other errors fail the batch's requests.
+   * Attempt `attempt` at `rows`: laid out against the plan of this moment, without the workers that failed them in
+   * this round. A batch's rows go again as soon as that batch fails, not when the attempt's slowest batch ends.
+   */
+  private async dispatchRows(
+    p: Pool,
+    layer: number,
+    items: Item[],
+    rows: Assignment[],
+    attempt: number,
+    failures: RoundFailures,
+    progress: FlushProgress,
+  ): Promise<void> {
+    if (rows.length === 0) return;
+    if (attempt >= MAX_DISPATCH_ATTEMPTS) {
+      this.failUnplaced(p, layer, items, rows, failures);
+      return;
+    }
+    const conns = p.conns;
+    const lay = layoutRound(rows, {
+      layer,
+      replicas: p.replicas[layer] ?? [],
+      workers: conns.length,
+      chooser: p.chooser(),
+      splitTokens: Math.max(16, p.policy.batching.maxBatchTokens / Math.max(1, conns.length)),
+      exclude: indicesOf(conns, failures.workers),
+      excludeFor: failures.perExpert(conns),
+    });
+    this.failUnplaced(p, layer, items, lay.unplaced, failures);
+    const one = async (b: WorkerBatchLayout): Promise<void> => {
+      const again = await this.sendOrRetry(p, layer, items, b, failures, progress);
+      if (again === null) return;
+      if (again.resend.length === 0) {
+        await this.dispatchRows(p, layer, items, again.retry, attempt + 1, failures, progress);
+        return;
+      }
+      await Promise.all([
+        this.dispatchRows(p, layer, items, again.retry, attempt + 1, failures, progress),
+        // The rows of the experts the worker did not refuse go again (to it, if the choice says so) without spending
+        // an attempt: each such resend follows a refusal that left one more (worker, expert) out, so it ends.
+        this.dispatchRows(p, layer, items, again.resend, attempt, failures, progress),
+      ]);
+    };
+    // One batch (one worker) is the common case at small T: no Promise.all around it.
+    if (lay.batches.length === 1) await one(lay.batches[0]);
+    else await Promise.all(lay.batches.map(one));
+  }
+
+  /**
+   * send(); when another replica may answer, returns the batch's still-live rows to send again (`retry`, with the
+   * worker left out for the rest of the round): the worker unavailable or full, a deadline not yet everyone's, or
+   * FAILED_PRECONDITION / INVALID_ARGUMENT, the worker's own state (an expert its plan no longer holds: plans reach
+   * router and workers at different times; a checkpoint it cannot read or that disagrees with the router's). A
+   * refusal that names one slice (`slices[i]...`) leaves the worker out for that slice's expert alone: `retry` holds
+   * that expert's rows, `resend` the others'. Other errors fail the batch's requests (null, as on success).
    */
   private async sendOrRetry(
     p: Pool,
     layer: number,
     items: Item[],
     b: WorkerBatchLayout,
-    failed: Map<WorkerConn, unknown>,
-    retry: Assignment[],
-  ): Promise<void> {
+    failures: RoundFailures,
+    progress: FlushProgress,
+  ): Promise<{ retry: Assignment[]; resend: Assignment[] } | null> {
     const live = b.rows.some((a) => !items[a.item].done);
-    if (!live) return;
+    if (!live) return null;
     // the connection the batch goes to, before any await: p.conns may be another plan's when it answers
     const conn = p.conns[b.worker];
     try {
-      await this.send(p, layer, items, b, conn);
+      await this.send(p, layer, items, b, conn, progress);
+      return null;
     } catch (e) {
       // (not for a connection the plan dropped meanwhile: that would bring its forgotten series back)
       if (!conn.isClosed) p.metrics.worker(conn.id).errors.inc();
       const code = errorCodeOf(e);
+      const rows = b.rows.filter((a) => !items[a.item].done);
       // A worker's INVALID_ARGUMENT is about the batch the router built (its pool, layer and shapes against the
       // worker's checkpoint, its row limits: the router checked the request itself), so it is the worker's state,
       // not the caller's fault: another replica may agree with the router (a rollout), and with none left the caller
       // is told UNAVAILABLE with the worker's words, never INVALID_ARGUMENT about a request it sent right.
+      if (code === "FAILED_PRECONDITION" || code === "INVALID_ARGUMENT") {
+        const slice = refusedSlice(e, b.slices.length);
+        if (slice !== null) {
+          // One expert refused (a plan rollout: the worker has dropped it, the router's plan still lists it): the
+          // requests of its other experts are not failed with it, nor sent away from a worker that serves them.
+          const expert = b.slices[slice].expert;
+          const fresh = failures.refuse(conn, expert, e);
+          if (!fresh) return { retry: rows, resend: [] };
+          return { retry: rows.filter((a) => a.expert === expert), resend: rows.filter((a) => a.expert !== expert) };
+        }
+      }
       if (
         isRetryable(e) ||
         code === "FAILED_PRECONDITION" ||
         code === "INVALID_ARGUMENT" ||
         (code === "DEADLINE_EXCEEDED" && !allExpired(items, b))
       ) {
-        failed.set(conn, e);
-        retry.push(...b.rows.filter((a) => !items[a.item].done));
-      } else {
-        for (const a of b.rows) this.finish(p, items[a.item], e);
+        failures.workers.set(conn, e);
+        return { retry: rows, resend: [] };
       }
+      for (const a of b.rows) this.finish(p, items[a.item], e);
+      return null;
     }
   }
 
-  private failUnplaced(
-    p: Pool,
-    layer: number,
-    items: Item[],
-    unplaced: Assignment[],
-    failed: ReadonlyMap<WorkerConn, unknown>,
-  ): void {
+  private failUnplaced(p: Pool, layer: number, items: Item[], unplaced: Assignment[], failures: RoundFailures): void {
     for (const a of unplaced) {
       const it = items[a.item];
       if (it.done) continue;
       const conns = (p.replicas[layer]?.[a.expert] ?? []).map((w) => p.conns[w]);
       const reps = conns.map((c, i) => c?.id ?? `#${p.replicas[layer]?.[a.expert]?.[i]}`);
-      // what each of its replicas that failed in this round answered (the worker's own words, naming the field)
-      const errors = conns
-        .filter((c): c is WorkerConn => c !== undefined && failed.has(c))
-        .map((c) => `${c.id}: ${(failed.get(c) as Error)?.message ?? String(failed.get(c))}`);
+      // what each of its replicas that failed it in this round answered (the worker's own words, naming the field)
+      const failedHere = conns.filter((c): c is WorkerConn => c !== undefined && failures.has(c, a.expert));
+      const errors = failedHere.map((c) => {
+        const e = failures.errorOf(c, a.expert);
+        return `${c.id}: ${(e as Error)?.message ?? String(e)}`;
+      });
       const why =
         reps.length === 0
           ? "no worker in the placement plan holds it"
-          : `replicas ${reps.join(", ")} ${failed.size > 0 ? "failed or are" : "are"} unavailable${errors.length ? ` (${errors.join("; ")})` : ""}`;
+          : `replicas ${reps.join(", ")} ${failures.any ? "failed or are" : "are"} unavailable${errors.length ? ` (${errors.join("; ")})` : ""}`;
       const message = `pool ${p.name} layer ${layer} expert ${a.expert}: ${why}`;
       // Every replica refused the batch itself (INVALID_ARGUMENT: a checkpoint that disagrees with the router's, a
       // row limit): sending it again will not help, so the caller is not told to retry (UNAVAILABLE would be).
       const refusedByAll =
         conns.length > 0 &&
-        conns.every((c) => c !== undefined && failed.has(c) && errorCodeOf(failed.get(c)) === "INVALID_ARGUMENT");
+        failedHere.length === conns.length &&
+        failedHere.every((c) => errorCodeOf(failures.errorOf(c, a.expert)) === "INVALID_ARGUMENT");
       this.finish(p, it, refusedByAll ? failedPrecondition(message) : unavailable(message));
     }
   }
@@ -855,7 +993,8 @@ export class Router {
     layer: number,
     items: Item[],
     b: WorkerBatchLayout,
-    conn: WorkerConn = p.conns[b.worker],
+    conn: WorkerConn,
+    progress: FlushProgress,
   ): Promise<void> {
     const first = items[b.rows[0].item];
     // the flush's model (its items'): p.model may have changed since the flush began
@@ -877,55 +1016,66 @@ export class Router {
         : null;
     const sent = dedup ? dedup.pairs.length >> 1 : n;
     const t0 = performance.now();
-    const res = await conn.run(
-      (batchId) =>
-        encodeExpertBatch(
-          {
-            pool: p.workerPool,
-            layer,
-            dtype,
-            rows: sent,
-            hidden: d,
-            rowBytes,
-            slices: b.slices,
-            batchId,
-            // The flush's remaining deadline when the batch goes out (encode runs inside run(), synchronously):
-            // stream batches carry no gRPC deadline.
-            timeoutMs: timeout,
-            tokenRows: dedup?.tokenRows,
-            rowWeights: dedup?.weights,
-            combine: dedup?.weights !== undefined,
-          },
-          (dst, at) => {
-            for (let r = 0; r < sent; r++) {
-              const item = dedup ? dedup.pairs[2 * r] : b.rows[r].item;
-              const token = dedup ? dedup.pairs[2 * r + 1] : b.rows[r].token;
-              const src = items[item].hidden;
-              dst.set(src.subarray(token * rowBytes, (token + 1) * rowBytes), at + r * rowBytes);
-            }
-          },
-          takeBatch,
-        ),
-      layer,
-      b.slices.map((s) => s.expert),
-      timeout,
-      n,
-      // a reply of the wrong size or dtype is the worker's fault (retried elsewhere), and counts against it
-      (r) => {
-        const o = r.output;
-        const [rowsWanted, dtypeWanted, bytes] = dedup?.weights
-          ? [sent, DType.FLOAT32, sent * d * 4]
-          : [n, dtype, n * rowBytes];
-        if (o && o.dtype === dtypeWanted && o.data.byteLength === bytes) return null;
-        return unavailable(
-          `worker ${conn.id}: malformed ${dedup?.weights ? "combined " : ""}result (expected ${rowsWanted}x${d} ${DType[dtypeWanted]}, got ${o ? `${o.shape.join("x")} ${DType[o.dtype]}, ${o.data.byteLength} bytes` : "no output"})`,
-        );
-      },
-    );
+    // Until the batch settles, its requests' tokens stay charged to admission, even those that end first (release()).
+    for (const a of b.rows) items[a.item].rowsOut++;
+    let res: ExpertResult;
+    try {
+      res = await conn.run(
+        (batchId) =>
+          encodeExpertBatch(
+            {
+              pool: p.workerPool,
+              layer,
+              dtype,
+              rows: sent,
+              hidden: d,
+              rowBytes,
+              slices: b.slices,
+              batchId,
+              // The flush's remaining deadline when the batch goes out (encode runs inside run(), synchronously):
+              // stream batches carry no gRPC deadline.
+              timeoutMs: timeout,
+              tokenRows: dedup?.tokenRows,
+              rowWeights: dedup?.weights,
+              combine: dedup?.weights !== undefined,
+            },
+            (dst, at) => {
+              for (let r = 0; r < sent; r++) {
+                const item = dedup ? dedup.pairs[2 * r] : b.rows[r].item;
+                const token = dedup ? dedup.pairs[2 * r + 1] : b.rows[r].token;
+                const src = items[item].hidden;
+                dst.set(src.subarray(token * rowBytes, (token + 1) * rowBytes), at + r * rowBytes);
+              }
+            },
+            takeBatch,
+          ),
+        layer,
+        b.slices.map((s) => s.expert),
+        timeout,
+        n,
+        // a reply of the wrong size or dtype is the worker's fault (retried elsewhere), and counts against it
+        (r) => {
+          const o = r.output;
+          const [rowsWanted, dtypeWanted, bytes] = dedup?.weights
+            ? [sent, DType.FLOAT32, sent * d * 4]
+            : [n, dtype, n * rowBytes];
+          if (o && o.dtype === dtypeWanted && o.data.byteLength === bytes) return null;
+          return unavailable(
+            `worker ${conn.id}: malformed ${dedup?.weights ? "combined " : ""}result (expected ${rowsWanted}x${d} ${DType[dtypeWanted]}, got ${o ? `${o.shape.join("x")} ${DType[o.dtype]}, ${o.data.byteLength} bytes` : "no output"})`,
+          );
+        },
+      );
+    } finally {
+      for (const a of b.rows) {
+        const it = items[a.item];
+        if (--it.rowsOut === 0) this.release(p, it);
+      }
+    }
     wm.dispatch.observe((performance.now() - t0) / 1000);
     const out = res.output as NonNullable<typeof res.output>; // run() checked it
     if (dedup?.weights) {
       addPartials(items, b, dedup, alignedRows({ data: out.data, dtype: DType.FLOAT32 }) as Float32Array);
+      progress.rowsIn(b.rows);
       return;
     }
     const rows = resultRows({ data: out.data, dtype });
@@ -946,6 +1096,71 @@ export class Router {
       it.locations[li] = ri;
       it.locations[li + 1] = r;
     }
+    progress.rowsIn(b.rows); // filed: the requests they complete are answered now
+  }
+}
+
+/** The rows of `round` whose experts `next` also holds: what the next overflow round waits for. */
+function rowsOfExperts(round: readonly Assignment[], next: readonly Assignment[]): Assignment[] {
+  const experts = new Set<number>();
+  for (const a of next) experts.add(a.expert);
+  return round.filter((a) => experts.has(a.expert));
+}
+
+/**
+ * The slice a worker's refusal names (`slices[i]...`, its field, or its message's start where the field did not
+ * cross the wire: stream replies carry the message only), or null when it names none of the batch's.
+ */
+export function refusedSlice(e: unknown, slices: number): number | null {
+  const field = (e as { field?: unknown })?.field;
+  const text = typeof field === "string" ? field : e instanceof Error ? e.message : "";
+  const m = /^slices\[(\d+)\]/.exec(text);
+  if (!m) return null;
+  const i = Number(m[1]);
+  return i < slices ? i : null;
+}
+
+/**
+ * The workers that failed in one dispatch round, each with its error: left out of the round's later attempts, and
+ * named to a request no replica is left for. Kept as connections, not plan indices (the plan may change meanwhile).
+ */
+class RoundFailures {
+  /** Workers that failed a whole batch (down, full, past a deadline, refused the batch itself). */
+  readonly workers = new Map<WorkerConn, unknown>();
+  /** Per expert, workers that refused that expert alone (a refusal naming its slice). */
+  private readonly experts = new Map<number, Map<WorkerConn, unknown>>();
+
+  /** Records that `conn` refused `expert`; false when it was already left out for it. */
+  refuse(conn: WorkerConn, expert: number, e: unknown): boolean {
+    let m = this.experts.get(expert);
+    if (!m) {
+      m = new Map();
+      this.experts.set(expert, m);
+    }
+    if (m.has(conn) || this.workers.has(conn)) return false;
+    m.set(conn, e);
+    return true;
+  }
+
+  has(conn: WorkerConn, expert: number): boolean {
+    return this.workers.has(conn) || this.experts.get(expert)?.has(conn) === true;
+  }
+
+  /** What `conn` answered when it failed `expert`'s rows in this round. */
+  errorOf(conn: WorkerConn, expert: number): unknown {
+    return this.workers.has(conn) ? this.workers.get(conn) : this.experts.get(expert)?.get(conn);
+  }
+
+  get any(): boolean {
+    return this.workers.size > 0 || this.experts.size > 0;
+  }
+
+  /** The per-expert exclusions as plan indices of `conns` (layoutRound's excludeFor). */
+  perExpert(conns: readonly WorkerConn[]): Map<number, Set<number>> | undefined {
+    if (this.experts.size === 0) return undefined;
+    const out = new Map<number, Set<number>>();
+    for (const [expert, m] of this.experts) out.set(expert, indicesOf(conns, m));
+    return out;
   }
 }
 

@@ -3,8 +3,9 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { Batcher, HOLD_CAP_MS } from "./batcher.js";
 import { applyCapacity, expertCapacity } from "./capacity.js";
 import { combineF32, combineInto, combineIntoTs, resultRows } from "./combine.js";
+import { type LatencyAverage, withSample } from "./latency-average.js";
 import { layoutRound } from "./plan-flush.js";
-import type { ReplicaChooser, WorkerLoadView } from "./replicas.js";
+import { chooseReplica, type ReplicaChooser, type WorkerLoadView } from "./replicas.js";
 import { collectAssignments, type TokenRouting, withSharedSlices } from "./routing.js";
 
 function routing(experts: number[][], weights: number[][], ranking?: number[][]): TokenRouting {
@@ -174,6 +175,37 @@ describe("layoutRound", () => {
       [1, 0],
     ]);
     expect(lay.batches[1].slices).toEqual([{ expert: 1, offset: 0, count: 2 }]);
+  });
+
+  it("leaves a worker out for one expert alone (excludeFor), the others' rows may still go to it", () => {
+    const as = collectAssignments([routing([[0, 1]], [[0.5, 0.5]])]);
+    const lay = layoutRound(as, {
+      layer: 0,
+      replicas: [
+        [0, 1],
+        [0, 1],
+      ],
+      workers: 2,
+      chooser: chooser(view()),
+      splitTokens: 64,
+      excludeFor: new Map([[1, new Set([0])]]), // worker 0 refused expert 1
+    });
+    expect(lay.batches.map((b) => [b.worker, b.slices.map((x) => x.expert)])).toEqual([
+      [0, [0]],
+      [1, [1]],
+    ]);
+    // both exclusions apply: worker 1 out for every expert, worker 0 for expert 1, which has no replica left
+    const both = layoutRound(as, {
+      layer: 0,
+      replicas: [[0, 1], [0]],
+      workers: 2,
+      chooser: chooser(view()),
+      splitTokens: 64,
+      exclude: new Set([1]),
+      excludeFor: new Map([[1, new Set([0])]]),
+    });
+    expect(both.batches.map((b) => b.worker)).toEqual([0]);
+    expect(both.unplaced.map((a) => a.expert)).toEqual([1]);
   });
 
   it("prefers a resident replica, then the less loaded one", () => {
@@ -517,5 +549,68 @@ describe("withSharedSlices", () => {
     expect([...scaled.experts]).toEqual([3, 1, 4, 0, -1, 4]);
     expect([...scaled.weights]).toEqual([0.6, 0.4, 0.25, 1, 0, 0.5].map(Math.fround));
     expect([...r.experts]).toEqual([3, 1, 0, -1]); // the input is left as it was
+  });
+});
+
+describe("chooseReplica and a latency reading that goes stale", () => {
+  const choose = (v: WorkerLoadView) => chooseReplica(chooser(v), 0, 0, [0, 1], new Float64Array(2));
+
+  it("fades a stale penalty towards the fastest reading, to nothing, so the copy wins ties again", () => {
+    const latencyMs = (w: number) => (w === 0 ? 5 : 1);
+    expect(choose(view({ latencyMs, latencyAgeMs: () => 0 }))).toBe(1);
+    // w0's 5 ms is 2 s old, w1's fresh: the stale penalty is gone, the tie goes to the lower index
+    expect(choose(view({ latencyMs, latencyAgeMs: (w) => (w === 0 ? 2000 : 0) }))).toBe(0);
+    // it fades to the fastest, not below it: a long-idle copy does not read fastest and draw every batch
+    const idle = view({
+      outstanding: (w) => w,
+      latencyMs: (w) => (w === 0 ? 1 : 5),
+      latencyAgeMs: (w) => (w === 1 ? 60_000 : 0),
+    });
+    expect(choose(idle)).toBe(0);
+  });
+
+  it("gives a tie to the copy heard from longest ago, then to the lower index (light load takes turns)", () => {
+    expect(choose(view({ latencyAgeMs: (w) => (w === 1 ? 30 : 2) }))).toBe(1);
+    expect(choose(view({ latencyAgeMs: () => 5 }))).toBe(0);
+    expect(choose(view({ outstanding: (w) => w, latencyAgeMs: (w) => (w === 1 ? 30 : 2) }))).toBe(0); // not a tie
+  });
+
+  it("costs nothing for a gap within round-trip noise (up to 1.5x), then the gap beyond it", () => {
+    const load = (w: number) => (w === 0 ? 1 : 0); // w0 has one row more (1/16 with loadScale 16)
+    expect(choose(view({ outstanding: load, latencyMs: (w) => (w === 1 ? 1.4 : 1) }))).toBe(1);
+    expect(choose(view({ outstanding: load, latencyMs: (w) => (w === 1 ? 1.8 : 1) }))).toBe(0);
+  });
+
+  it("gives a copy frozen out by one slow sample its even share back (simulated clock)", () => {
+    // Both copies answer a row in 2 ms. w0's average reads 10 ms from one slow batch (a cold start, a GC pause).
+    // Each ms one row is chosen; it stays outstanding until answered, when its worker's average takes the sample.
+    // Before the fade, w0 lost every choice for good: no batch, no sample, no correction.
+    const avg: LatencyAverage[] = [
+      { ms: 10, at: 0 },
+      { ms: 2, at: 0 },
+    ];
+    const inFlight: { w: number; until: number }[] = [];
+    let now = 0;
+    const v = view({
+      outstanding: (w) => inFlight.filter((f) => f.w === w).length,
+      latencyMs: (w) => avg[w].ms,
+      latencyAgeMs: (w) => now - avg[w].at,
+    });
+    const rows = [0, 0];
+    let firstBack = -1;
+    for (now = 1; now <= 8000; now++) {
+      while (inFlight.length > 0 && inFlight[0].until <= now) {
+        const f = inFlight.shift()!;
+        avg[f.w] = withSample(avg[f.w], 2, now);
+      }
+      const w = choose(v);
+      if (w === 0 && firstBack < 0) firstBack = now;
+      if (now > 4000) rows[w]++;
+      inFlight.push({ w, until: now + 2 });
+    }
+    expect(firstBack).toBeGreaterThan(0);
+    expect(firstBack).toBeLessThan(2000);
+    expect(avg[0].ms).toBeLessThan(3); // corrected by the samples it got
+    expect(rows[0] / (rows[0] + rows[1])).toBeCloseTo(0.5, 1); // the planner's even split, last 4 s
   });
 });

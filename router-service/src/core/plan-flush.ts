@@ -34,6 +34,19 @@ export interface LayoutOptions {
   /** Expert groups larger than this are split across replicas. */
   splitTokens: number;
   exclude?: ReadonlySet<number>;
+  /**
+   * Per expert, more workers left out for that expert alone: a worker that refused one expert of a batch (its plan
+   * no longer holds it) still takes the others.
+   */
+  excludeFor?: ReadonlyMap<number, ReadonlySet<number>>;
+}
+
+/** The workers left out for expert `e`: every expert's, and `e`'s own. */
+function excludedFor(o: LayoutOptions, e: number): ReadonlySet<number> | undefined {
+  const own = o.excludeFor?.get(e);
+  if (!own || own.size === 0) return o.exclude;
+  if (!o.exclude || o.exclude.size === 0) return own;
+  return new Set([...o.exclude, ...own]);
 }
 
 export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions): FlushLayout {
@@ -47,6 +60,7 @@ export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions
   for (const e of order) {
     const rows = groups.get(e)!;
     const candidates = o.replicas[e] ?? [];
+    const exclude = excludedFor(o, e);
     // Split only a group above splitTokens, and only across healthy replicas (counted only then).
     let parts = 1;
     if (rows.length > o.splitTokens && candidates.length > 1) {
@@ -55,20 +69,20 @@ export function layoutRound(assignments: readonly Assignment[], o: LayoutOptions
       let healthy = 0;
       let serving = 0;
       for (const w of candidates) {
-        if (o.exclude?.has(w) || !view.healthy(w)) continue;
+        if (exclude?.has(w) || !view.healthy(w)) continue;
         healthy++;
         if (!view.serves || view.serves(w, o.layer, e)) serving++;
       }
       const usable = serving > 0 ? serving : healthy;
       if (usable > 1) parts = Math.min(usable, Math.ceil(rows.length / o.splitTokens));
     }
-    const used = parts > 1 ? new Set<number>(o.exclude) : null;
+    const used = parts > 1 ? new Set<number>(exclude) : null;
     for (let p = 0; p < parts; p++) {
       const lo = Math.floor((p * rows.length) / parts);
       const hi = Math.floor(((p + 1) * rows.length) / parts);
       const chunk = parts === 1 ? rows : rows.slice(lo, hi);
       // Within one group each part takes a different replica.
-      const w = chooseReplica(o.chooser, o.layer, e, candidates, assigned, used ?? o.exclude);
+      const w = chooseReplica(o.chooser, o.layer, e, candidates, assigned, used ?? exclude);
       if (w < 0) {
         unplaced.push(...chunk);
         continue;

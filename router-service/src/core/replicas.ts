@@ -2,18 +2,35 @@
 //
 // score(w) = cacheAffinity * (expert not resident on w ? 1 : 0)
 //          + load          * (outstanding(w) + assigned in this flush(w)) / loadScale
-//          + latency       * (latency(w) / fastest eligible candidate's latency - 1)
-// lowest score wins; ties go to the lower worker index, so the choice is deterministic for a given state.
+//          + latency       * max(0, (latency(w) / fastest eligible candidate's latency - 1) * weight(w) - 0.5)
+// lowest score wins; ties go to the copy whose latency was sampled longest ago, then to the lower worker index, so
+// the choice is deterministic for a given state.
 // outstanding(w) comes from Prometheus (queue depth) while that signal is fresh, else from the router's own
 // count of tokens in flight to w; latency from Prometheus or the router's EWMA of dispatch round trips.
+// weight(w) halves for every LATENCY_HALF_LIFE_MS since the router last heard how fast w is (core/latency-average.ts):
+// only a worker that answers batches gets its latency sampled, so without it one slow sample would keep a copy
+// that reads slow out of the choice for good, with nothing ever to correct it. 0.5 is LATENCY_NOISE (below).
 
 import type { PlacementWeights } from "@switchyard/moe";
+import { LATENCY_HALF_LIFE_MS, latencyWeight } from "./latency-average.js";
+
+/**
+ * How much slower than the fastest candidate a replica may read before its latency costs anything (0.5: 1.5x).
+ * Round-trip averages of identical replicas differ by that much from noise alone (three local workers on one
+ * machine read 1.4 to 7.7 ms at the same moment), and a penalty for noise sends one copy more than its share, which
+ * the planner does not plan for. It also lets a stale penalty fade to exactly 0: a faded but positive one would still
+ * lose every tie at light load, so the copy would never get the batch that corrects it. A slower replica is still
+ * steered by the load term: its rows stay outstanding longer.
+ */
+const LATENCY_NOISE = 0.5;
 
 export interface WorkerLoadView {
   /** Tokens queued or in flight on worker i, in token units. */
   outstanding(i: number): number;
   /** Recent latency of worker i in ms (0 = unknown). */
   latencyMs(i: number): number;
+  /** How long ago worker i's latency was last sampled (or its last failure), in ms; absent: always fresh. */
+  latencyAgeMs?(i: number): number;
   /** Whether worker i holds expert e of layer resident right now. */
   resident(i: number, layer: number, expert: number): boolean;
   /** Whether worker i can take work. */
@@ -31,6 +48,8 @@ export interface ReplicaChooser {
   /** Normalises load: this many tokens of extra load cost as much as one cache miss (cacheAffinity = load = 1). */
   loadScale: number;
   view: WorkerLoadView;
+  /** Half-life of a latency reading's weight (ms); default LATENCY_HALF_LIFE_MS. */
+  latencyHalfLifeMs?: number;
 }
 
 /**
@@ -71,18 +90,28 @@ function bestReplica(
     const l = c.view.latencyMs(w);
     if (l > 0 && l < fastest) fastest = l;
   }
+  const ageOf = c.view.latencyAgeMs;
   let best = -1;
   let bestScore = Number.POSITIVE_INFINITY;
+  let bestAge = 0;
   for (const w of candidates) {
     if (!eligible(w)) continue;
     let s = 0;
     if (!c.view.resident(w, layer, expert)) s += c.weights.cacheAffinity;
     s += (c.weights.load * (c.view.outstanding(w) + assigned[w])) / c.loadScale;
     const l = c.view.latencyMs(w);
-    if (l > 0 && Number.isFinite(fastest)) s += c.weights.latency * (l / fastest - 1);
-    if (s < bestScore || (s === bestScore && w < best)) {
+    const age = ageOf ? ageOf.call(c.view, w) : 0;
+    if (l > fastest) {
+      // A stale reading fades towards the fastest, never past it: an idle worker must not draw every batch.
+      const weight = latencyWeight(age, c.latencyHalfLifeMs ?? LATENCY_HALF_LIFE_MS);
+      s += c.weights.latency * Math.max(0, (l / fastest - 1) * weight - LATENCY_NOISE);
+    }
+    // A tie goes to the copy heard from longest ago (its reading is the stalest, and at light load, when every
+    // score ties, this takes turns instead of sending everything to one copy), then to the lower index.
+    if (s < bestScore || (s === bestScore && (age > bestAge || (age === bestAge && w < best)))) {
       best = w;
       bestScore = s;
+      bestAge = age;
     }
   }
   return best;

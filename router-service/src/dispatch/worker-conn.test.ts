@@ -241,6 +241,19 @@ describe("WorkerConn health", () => {
     expect(conn.failing).toBe(false);
   });
 
+  it("tells the replica choice how old its latency average is: a sample or a failure makes it fresh", async () => {
+    const { conn } = await setup("grpc");
+    await conn.refreshStatus();
+    await send(conn);
+    await new Promise((r) => setTimeout(r, 60));
+    expect(conn.latencyAgeMs).toBeGreaterThanOrEqual(50);
+    await send(conn);
+    expect(conn.latencyAgeMs).toBeLessThan(50);
+    conn.latencyMs = 7; // staged as a sample now (tests, tools)
+    expect(conn.latencyMs).toBe(7);
+    expect(conn.latencyAgeMs).toBeLessThan(50);
+  });
+
   it("a reply the caller's check refuses rejects with its error and counts as a failed batch, not a latency sample", async () => {
     const { conn } = await setup("grpc");
     await conn.refreshStatus();

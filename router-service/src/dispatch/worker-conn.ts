@@ -15,7 +15,7 @@
 // any: a timeout is a latency sample of the time it waited, an error reply the router retries elsewhere (retryable,
 // FAILED_PRECONDITION, INVALID_ARGUMENT: the router built the batch) doubles the latency average (up to 10 s) where a
 // success would have sampled its time (a fast error must not make a failing worker look fastest), and successes bring
-// it back down; a reply the caller finds malformed counts as such an error. Such a failure also marks it `failing`
+// it back down (so does time: the replica choice believes an unsampled average less and less, core/latency-average.ts); a reply the caller finds malformed counts as such an error. Such a failure also marks it `failing`
 // for FAILING_MS (or until a batch succeeds): the replica choice then keeps the penalty even where it reads run times
 // from Prometheus, which has none for a worker that finishes no run (so does a batch unanswered for a second; a
 // caller's short deadline passing does not). Two timeouts in a row
@@ -47,6 +47,7 @@ import {
   unavailable,
   type WorkerStatus,
 } from "@switchyard/protocol";
+import { type LatencyAverage, NO_LATENCY, withFailure, withSample, withTimeout } from "../core/latency-average.js";
 import { batchPool } from "../wire/buffer-pool.js";
 import { decodeExpertResult } from "../wire/decode.js";
 import { DataConn } from "./data-conn.js";
@@ -184,8 +185,8 @@ export class WorkerConn {
 
   /** Tokens sent and not yet answered. */
   outstandingTokens = 0;
-  /** EWMA of dispatch round trip, ms (0 = no sample yet); failed batches double it (see the header). */
-  latencyMs = 0;
+  /** EWMA of dispatch round trips and when it was last sampled (see latencyMs, latencyAgeMs). */
+  private latency: LatencyAverage = NO_LATENCY;
   /** performance.now() of its last failed batch from this router (an error reply, a malformed reply, given up); 0
    * after a success. */
   private failedAt = 0;
@@ -223,6 +224,26 @@ export class WorkerConn {
       this.statusTimer = setTimeout(poll, 0);
       this.statusTimer.unref?.();
     }
+  }
+
+  /** EWMA of its dispatch round trips, ms (0 = no sample yet); failed batches double it (see the header). */
+  get latencyMs(): number {
+    return this.latency.ms;
+  }
+
+  /** Sets the average as if sampled now (tests and tools that stage a worker's reading). */
+  set latencyMs(ms: number) {
+    this.latency = { ms, at: performance.now() };
+  }
+
+  /**
+   * ms since its latency average was last sampled or failed: the replica choice believes it less the older it is
+   * (core/latency-average.ts), so one slow sample cannot keep it out of the choice for good, and gives a tie to the
+   * oldest. 0 before the first sample: there is nothing to fade (no reading, no latency term), and a copy never heard
+   * from takes no turn ahead of the others on a tie (its load decides, as before).
+   */
+  get latencyAgeMs(): number {
+    return this.latency.ms === 0 ? 0 : performance.now() - this.latency.at;
   }
 
   /** A batch from this router failed within FAILING_MS and none has succeeded since. */
@@ -275,7 +296,7 @@ export class WorkerConn {
           this.outstandingTokens -= tokens;
           // It took at least this long: without the sample a worker that never answers keeps its old, fast average.
           const waited = performance.now() - p.sentAt;
-          this.sampleLatency(waited);
+          this.latency = withTimeout(this.latency, waited, performance.now());
           // A second without a word is the worker's failing; a caller's short deadline passing is not.
           if (waited >= STALLED_MS) this.failedAt = performance.now();
           reject(deadlineExceeded(`worker ${this.id} did not answer within ${Math.round(timeoutMs)} ms`));
@@ -384,11 +405,11 @@ export class WorkerConn {
   /** A failed batch: the latency average doubles (up to FAILED_LATENCY_MAX_MS) instead of taking a sample. */
   private sampleFailure(): void {
     this.failedAt = performance.now();
-    this.latencyMs = Math.min(FAILED_LATENCY_MAX_MS, Math.max(this.latencyMs, 1) * 2);
+    this.latency = withFailure(this.latency, this.failedAt, FAILED_LATENCY_MAX_MS);
   }
 
   private sampleLatency(ms: number): void {
-    this.latencyMs = this.latencyMs === 0 ? ms : 0.8 * this.latencyMs + 0.2 * ms;
+    this.latency = withSample(this.latency, ms, performance.now());
   }
 
   /** Fails what is in flight on `via` (only there): UNAVAILABLE naming the worker and the path. Returns how many. */
