@@ -291,6 +291,28 @@ describe("buildPoolStatus", () => {
     expect(lost.events).toContainEqual(expect.objectContaining({ type: "Warning", reason: "WaitingForReady" }));
   });
 
+  it("a StatefulSet the API server refused to create: Progressing False (nothing is being created), not CreatingWorkers", () => {
+    const pool = testPool();
+    const refusedSts = buildPoolStatus({
+      pool,
+      pods: [],
+      plan: planOf(pool),
+      refused: ["StatefulSet mix: spec.template.spec.containers[0].resources.requests: Invalid value"],
+      now,
+    });
+    expect(cond(refusedSts.status, "Progressing")).toMatchObject({ status: "False", reason: "WorkersNotCreated" });
+    expect(cond(refusedSts.status, "Degraded")).toMatchObject({ status: "True", reason: "ApplyFailed" });
+    // another child refused (the plan's ConfigMap) while the StatefulSet is still to come: still creating
+    const cmOnly = buildPoolStatus({
+      pool,
+      pods: [],
+      plan: planOf(pool),
+      refused: ["ConfigMap mix-plan: too large"],
+      now,
+    });
+    expect(cond(cmOnly.status, "Progressing")).toMatchObject({ status: "True", reason: "CreatingWorkers" });
+  });
+
   it("a Degraded pool that still serves is Ready (Degraded says what is wrong); one that does not takes Degraded's reason", () => {
     const pool = testPool();
     pool.status = buildPoolStatus({ pool, statefulSet: sts(2, 2), pods: readyPods(2), plan: planOf(pool), now }).status;

@@ -327,6 +327,15 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
       reason: "RolloutComplete",
       message: `${ready}/${desired} workers ready at the current revision`,
     };
+  } else if (!sts && o.refused?.some((r) => r.startsWith("StatefulSet "))) {
+    // The API server refused the StatefulSet itself: nothing is being created, and nothing will be until the pool
+    // (or what refused it: a webhook, a quota) changes. "Progressing True, CreatingWorkers" would say otherwise.
+    progressing = {
+      type: "Progressing",
+      status: "False",
+      reason: "WorkersNotCreated",
+      message: "the API server refused the worker StatefulSet (Degraded ApplyFailed says why)",
+    };
   } else if (!sts) {
     progressing = {
       type: "Progressing",
