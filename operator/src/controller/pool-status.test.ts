@@ -295,6 +295,7 @@ describe("buildPoolStatus", () => {
     const pool = testPool();
     const refusedSts = buildPoolStatus({
       pool,
+      statefulSet: undefined,
       pods: [],
       plan: planOf(pool),
       refused: ["StatefulSet mix: spec.template.spec.containers[0].resources.requests: Invalid value"],
@@ -305,6 +306,7 @@ describe("buildPoolStatus", () => {
     // another child refused (the plan's ConfigMap) while the StatefulSet is still to come: still creating
     const cmOnly = buildPoolStatus({
       pool,
+      statefulSet: undefined,
       pods: [],
       plan: planOf(pool),
       refused: ["ConfigMap mix-plan: too large"],
