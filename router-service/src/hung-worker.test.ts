@@ -1,11 +1,13 @@
 // A worker that hangs (answers Status, never a batch) beside a healthy one. A worker batch's timeout is the latest
 // deadline among its rows, so a batch to it can outlive every request whose rows went elsewhere: those must be
-// answered as soon as their own rows are in, later requests must not be held behind it, and the requests that end
-// while their rows are still out on it must keep counting against admission until the batch settles.
+// answered as soon as their own rows are in, later requests must not be held behind it (not even when nothing of its
+// flush is answered), and the requests that end while their rows are still out on it keep counting against admission
+// until the batch settles, which it does at the router (abandoned) once none of its requests is live.
 import { resolveRoutingPolicy } from "@switchyard/moe";
 import { bytesToFloat32, DType, encodeTensor, type ForwardRequest } from "@switchyard/protocol";
 import { afterEach, describe, expect, it } from "vitest";
 import { CallerScope } from "./caller-scope.js";
+import { HOLD_CAP_MS } from "./core/batcher.js";
 import { Router } from "./router.js";
 import { FakeWorker } from "./testing/fake-worker.js";
 import { preRoutedToy } from "./testing/toy-model.js";
@@ -89,6 +91,44 @@ describe("a flush with a batch on a hung worker", () => {
     expect(await b).not.toBe("ok");
   });
 
+  it("holds no later request behind a flush with no answer at all (every row on the hung worker) past HOLD_CAP_MS", async () => {
+    const r = await start({ batching: { maxWaitMs: 2, flushesInFlight: 1 } });
+    await r.forward(req(1, 0, 1n), Date.now() + 1500); // connection set-up, out of the timings below
+    // B's flush: its one row on the hung w1, nothing of it ever answered
+    const b = codeOf(r.forward(req(1, 1, 2n), Date.now() + 60_000));
+    await sleep(HOLD_CAP_MS + 50);
+    const took: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const t = performance.now();
+      await r.forward(req(1, 0, BigInt(3 + i)), Date.now() + 1500);
+      took.push(performance.now() - t);
+    }
+    // before the fix: ~250 ms each (held HOLD_CAP_MS behind B's flush, for as long as B lives)
+    expect(Math.max(...took)).toBeLessThan(100);
+    r.close();
+    expect(await b).not.toBe("ok");
+  });
+
+  it("leaves no timer of its flush behind to keep the process alive", async () => {
+    const r = await start({ batching: { maxWaitMs: 5 } });
+    await r.forward(req(1, 0, 1n), Date.now() + 1500); // connection set-up
+    await sleep(HOLD_CAP_MS + 50); // (whatever its flush left has run)
+    const timers = () => process.getActiveResourcesInfo().filter((x) => x === "Timeout").length;
+    const before = timers();
+    // A is answered after ~100 ms (w0 slowed here), B's batch hangs until its deadline at 150 ms: the flush would
+    // stop holding its key at as long again as A took (~200 ms), after it has ended
+    const c0 = r.workers("toy")[0];
+    const run = c0.run.bind(c0);
+    c0.run = (...a: Parameters<typeof run>) => run(...a).then((x) => sleep(100).then(() => x));
+    const a = r.forward(req(1, 0, 2n), Date.now() + 2000);
+    const b = codeOf(r.forward(req(1, 1, 3n), Date.now() + 150));
+    await a;
+    expect(await b).toBe("DEADLINE_EXCEEDED");
+    await sleep(10);
+    // before the fix: one more, the flush's early-release timer, still pending ~40 ms after the flush ended
+    expect(timers()).toBeLessThanOrEqual(before);
+  });
+
   it("overflow 'queue': a request's later round goes once its earlier rows are in, and it is answered after its last", async () => {
     // capacity 1 a round per expert (ceil(0.5 * 3 / 2)): Q's two tokens for expert 0 go in rounds 0 and 1, B's row
     // (expert 1, on the hung w1) in round 0
@@ -107,41 +147,67 @@ describe("a flush with a batch on a hung worker", () => {
 });
 
 describe("admission while a worker hangs", () => {
-  it("a request cancelled with its rows out keeps its tokens counted until its batch settles: memory stays bounded", async () => {
+  it("a request cancelled with its rows out gives its tokens back at the cancel: its batch is abandoned, nothing held", async () => {
     const r = await start({ batching: { maxWaitMs: 0, maxBatchTokens: 4, maxQueueTokens: 4 } }, { oneWorker: true });
     const conn = r.workers("toy")[0];
+    const pending = (conn as unknown as { pending: Map<number, unknown> }).pending;
     const codes: string[] = [];
     // a client that cancels in a loop (an engine whose stream resets), each request with an hour's deadline
     for (let i = 0; i < 10; i++) {
       const scope = new CallerScope();
       const answer = codeOf(r.forward(req(4, 0, BigInt(i)), Date.now() + 3_600_000, scope));
       await sleep(20);
+      expect(pending.size).toBe(1); // its batch is out on the hung worker
       scope.close();
       codes.push(await answer);
     }
-    // before the fix: 10 CANCELLED, 40 tokens (10 batches and their requests' rows) out on the hung worker for an hour
-    expect(codes[0]).toBe("CANCELLED");
-    expect(codes.slice(1)).toEqual(Array(9).fill("RESOURCE_EXHAUSTED"));
-    expect(conn.outstandingTokens).toBe(4);
+    // before the fix: 1 CANCELLED, then 9 RESOURCE_EXHAUSTED: the first batch kept its 4 tokens for the hour
+    expect(codes).toEqual(Array(10).fill("CANCELLED"));
+    // memory stays bounded all the same: the router holds no batch of them (none pending, none outstanding)
+    expect(pending.size).toBe(0);
+    expect(conn.outstandingTokens).toBe(0);
+    expect(await admitted(r)).toBe(0);
   });
 
-  it("gives them back when that batch settles (here at its timeout)", async () => {
-    const r = await start({ batching: { maxWaitMs: 0, maxBatchTokens: 4, maxQueueTokens: 4 } }, { oneWorker: true });
-    const t0 = Date.now();
+  it("one cancelled request on a stuck worker does not lock the pool: a healthy worker's requests are admitted", async () => {
+    // w0 healthy (expert 0), w1 hung (expert 1); the pool admits 8 tokens
+    const r = await start({ batching: { maxWaitMs: 2, maxBatchTokens: 8, maxQueueTokens: 8 } });
     const scope = new CallerScope();
-    const a = codeOf(r.forward(req(4, 0, 1n), t0 + 600, scope)); // its batch times out at 600 ms
+    const a = codeOf(r.forward(req(8, 1, 1n), Date.now() + 3_600_000, scope));
     await sleep(50);
+    expect(await admitted(r)).toBe(8);
     scope.close();
     expect(await a).toBe("CANCELLED");
-    expect(await codeOf(r.forward(req(1, 0, 2n), Date.now() + 1000))).toBe("RESOURCE_EXHAUSTED");
+    // before the fix: RESOURCE_EXHAUSTED for the hour (A's batch held the pool's 8 tokens, w1 answering Status)
+    expect(await codeOf(r.forward(req(1, 0, 2n), Date.now() + 1000))).toBe("ok");
+    expect(await admitted(r)).toBe(0);
+  });
+
+  it("an ended request sharing a batch with a live one counts until that one ends too (its rows are still held)", async () => {
+    const r = await start({ batching: { maxWaitMs: 5, maxBatchTokens: 8, maxQueueTokens: 8 } }, { oneWorker: true });
+    const t0 = Date.now();
+    const scope = new CallerScope();
+    // one flush, one batch on the hung worker: A (1 token, an hour) and B (7 tokens, 300 ms)
+    const a = codeOf(r.forward(req(1, 0, 1n), t0 + 3_600_000, scope));
+    const b = codeOf(r.forward(req(7, 0, 2n), t0 + 300));
+    expect(await b).toBe("DEADLINE_EXCEEDED");
+    expect(await codeOf(r.forward(req(1, 0, 3n), Date.now() + 1000))).toBe("RESOURCE_EXHAUSTED");
+    expect(await admitted(r)).toBe(8);
+    scope.close(); // the batch's last live request: it is abandoned, and both give their tokens back
+    expect(await a).toBe("CANCELLED");
+    expect(await admitted(r)).toBe(0);
+    // before the fix: RESOURCE_EXHAUSTED until A's hour was up; now admitted (and ended by its own deadline)
+    expect(await codeOf(r.forward(req(1, 0, 4n), Date.now() + 100))).toBe("DEADLINE_EXCEEDED");
     workers[0].mode = "ok";
-    let code = "";
-    while (Date.now() - t0 < 3000) {
-      code = await codeOf(r.forward(req(1, 0, 3n), Date.now() + 1000));
-      if (code !== "RESOURCE_EXHAUSTED") break;
-      await sleep(20);
-    }
-    expect(code).toBe("ok");
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(550); // not before the batch timed out
+    expect(await codeOf(r.forward(req(1, 0, 5n), Date.now() + 1000))).toBe("ok");
   });
 });
+
+/** The pool's admitted tokens as its metric says (switchyard_router_admitted_tokens). */
+async function admitted(r: Router): Promise<number> {
+  r.sampleGauges();
+  const text = await r.metrics.registry.metrics();
+  const m = /^switchyard_router_admitted_tokens\{pool="toy"\} (\S+)$/m.exec(text);
+  if (!m) throw new Error("no switchyard_router_admitted_tokens series for pool toy");
+  return Number(m[1]);
+}

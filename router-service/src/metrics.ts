@@ -160,6 +160,12 @@ export class RouterMetrics {
     labelNames: ["pool"],
     registers: [this.registry],
   });
+  readonly admittedTokens = new Gauge({
+    name: "switchyard_router_admitted_tokens",
+    help: "Tokens counted against the pool's maxQueueTokens: requests queued or in flight, and ended ones whose rows are still out on a worker. At maxQueueTokens new requests get RESOURCE_EXHAUSTED.",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
   readonly loadSignalStale = new Gauge({
     name: "switchyard_router_load_signal_stale",
     help: "1 while Prometheus load signals are stale or off and the router uses its own counters.",
@@ -264,7 +270,8 @@ export class RouterMetrics {
       this.tokensPerExpertCall,
     ])
       h.remove(l);
-    for (const c of [this.gateAheadTokens, this.dropped, this.loadSignalStale, this.planVersion]) c.remove(l);
+    for (const c of [this.gateAheadTokens, this.dropped, this.admittedTokens, this.loadSignalStale, this.planVersion])
+      c.remove(l);
   }
 }
 

@@ -327,6 +327,24 @@ describe("a plan change while a batch is out on the data path", () => {
   });
 });
 
+describe("a plan that adds a copy of an expert", () => {
+  const { workers, start, setPool } = harness("grpc");
+
+  it("sends the new copy a batch at light load, where every score ties (it had lost every tie to the sampled one)", async () => {
+    const r = await start(2);
+    setPool(r, ["w0", "w1"], [[0], [1], [1], [1]], 1); // expert 0 on w0 alone
+    for (let i = 0; i < 3; i++) await r.forward(req(0), Date.now() + 2000); // w0's latency is sampled
+    setPool(r, ["w0", "w1"], [[0, 1], [1], [1], [1]], 2); // a copy on w1, loaded there (as its Status would say)
+    for (const c of r.workers("toy")) c.resident.add(0);
+    for (let i = 0; i < 10; i++) {
+      await r.forward(req(0), Date.now() + 2000);
+      await sleep(5);
+    }
+    // before the fix: 0 (w1 read latency age 0, w0 a few ms: w0 won every tie)
+    expect(workers[1].batches).toBeGreaterThan(0);
+  });
+});
+
 describe("a plan with one worker id twice", () => {
   const { start, setPool } = harness("grpc");
 

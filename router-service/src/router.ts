@@ -28,7 +28,7 @@ import {
 import type { CallerScope } from "./caller-scope.js";
 import { sharedExpertFallback } from "./checkpoint-model.js";
 import type { PlacementPlan, RoutingPolicy } from "./config.js";
-import { Batcher } from "./core/batcher.js";
+import { Batcher, HOLD_CAP_MS } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
 import { alignedRows, combineInto, resultRows } from "./core/combine.js";
 import { FlushProgress } from "./core/flush-progress.js";
@@ -84,8 +84,10 @@ interface Item extends GateItem {
   /** What its flush still waits for (null until the flush dispatches it), and its index there: told when it ends. */
   progress: FlushProgress | null;
   flushIndex: number;
-  /** Its rows out on workers in batches that have not settled (answered, failed, timed out, given up). */
+  /** Its rows out on workers in batches that have not settled (answered, failed, timed out, given up, abandoned). */
   rowsOut: number;
+  /** The batches its rows went out in (null: none yet): the last request of one to end abandons it (finish()). */
+  batches: OutBatch[] | null;
   /** Whether its tokens still count against the pool's maxQueueTokens (release()). */
   charged: boolean;
   batchTokens: number;
@@ -102,6 +104,21 @@ interface Partial {
   row: Int32Array;
   /** The token's lowest slot the sum covers: partials are added in this order. */
   firstSlot: Int32Array;
+}
+
+/**
+ * A batch out on a worker, as its requests see it. Once every request with rows in it has ended, nothing waits for
+ * it: the router abandons it (WorkerConn.abandon) rather than hold those requests' tokens and rows until the worker
+ * answers or the batch's timeout (the latest deadline of its rows) passes, which a hung worker can make hours.
+ */
+interface OutBatch {
+  conn: WorkerConn;
+  /** Its batch id on `conn` (0 until run() encodes it: ids start at 1). */
+  id: number;
+  /** Requests with rows in it that had not ended when it went out and have not since. */
+  live: number;
+  /** Answered, failed, timed out or abandoned: nothing left to abandon. */
+  settled: boolean;
 }
 
 /** A slot a worker's combined sum covers (locations[li] of it): no row of its own at the combine. */
@@ -334,10 +351,11 @@ export class Router {
     return this.pools.get(pool)?.conns ?? [];
   }
 
-  /** Sets the gauges sampled at scrape time (signal staleness, outstanding rows per worker). */
+  /** Sets the gauges sampled at scrape time (signal staleness, admitted tokens, outstanding rows per worker). */
   sampleGauges(): void {
     for (const [name, p] of this.pools) {
       this.metrics.loadSignalStale.set({ pool: name }, p.signals.stale ? 1 : 0);
+      this.metrics.admittedTokens.set({ pool: name }, p.pendingTokens);
       for (const c of p.conns) {
         const w = p.metrics.worker(c.id);
         w.outstanding.set(c.outstandingTokens);
@@ -554,6 +572,7 @@ export class Router {
           progress: null,
           flushIndex: -1,
           rowsOut: 0,
+          batches: null,
           charged: true,
           batchTokens: 0,
           batchRequests: 0,
@@ -609,6 +628,12 @@ export class Router {
     if (item.timer) clearTimeout(item.timer);
     item.unlisten?.();
     item.progress?.end(item.flushIndex);
+    const out = item.batches;
+    if (out) {
+      item.batches = null;
+      // The last live request of a batch ended: settle it here (its send() then gives its rows' tokens back).
+      for (const b of out) if (!b.settled && --b.live === 0) b.conn.abandon(b.id);
+    }
     this.release(p, item);
     if (err) item.reject(err);
     else {
@@ -620,10 +645,14 @@ export class Router {
 
   /**
    * Gives an ended request's tokens back to admission (maxQueueTokens) once none of its rows is out on a worker: at
-   * once for one still queued, else when its last batch settles. A worker batch's timeout is the latest deadline of
-   * its rows, and nothing tells the worker to drop it when its requests end: until it settles, the connection's
-   * pending entry holds the send (and so the requests' rows) and the worker still works on it. Released at the
-   * cancel, a client that cancels in a loop while a worker hangs would pin memory without bound.
+   * once for one still queued, else when its last batch settles. Until then the connection's pending entry holds the
+   * send (and so the requests' rows): released at the cancel, a client that cancels in a loop while a worker hangs
+   * would pin memory without bound. A batch settles when the worker answers, at its timeout (the latest deadline of
+   * its rows), or, once its last live request ends, when finish() abandons it: the router then holds none of its
+   * buffers (the pending entry is gone, the encoded batch went back to the pool once written), so the tokens come
+   * back with the memory, and a stuck worker plus one cancelled request cannot hold the pool's admission for the
+   * latest deadline in the batch. A request whose batch is shared with a live one keeps counting while that one waits
+   * on it: its rows are still held.
    */
   private release(p: Pool, it: Item): void {
     if (!it.charged || !it.done || it.rowsOut > 0) return;
@@ -633,8 +662,8 @@ export class Router {
 
   /**
    * A flush as the batcher sees it: running, and so holding its key's later requests (flushesInFlight), until every
-   * request has ended or, from its first answer, as long again as that answer took (runFlush): not until a batch on
-   * a hung worker times out.
+   * request has ended, or, from its first answer, as long again as that answer took, or HOLD_CAP_MS after its
+   * batches went out, whichever comes first (runFlush): not until a batch on a hung worker times out.
    */
   private flush(p: Pool, all: Item[]): Promise<void> {
     return new Promise<void>((drained) => {
@@ -645,6 +674,15 @@ export class Router {
 
   private async runFlush(p: Pool, all: Item[], drained: () => void): Promise<void> {
     const m = p.model;
+    // When the flush stops holding its key before it ends (below); cleared when it ends, so no timer outlives it.
+    let hold: NodeJS.Timeout | null = null;
+    let over = false;
+    const releaseIn = (ms: number) => {
+      if (over) return;
+      if (hold) clearTimeout(hold);
+      hold = setTimeout(drained, ms);
+      hold.unref(); // it only frees a batcher slot: it must not keep a process alive
+    };
     // A request checked against a model the pool has since replaced by one of another shape (a config reload with
     // another checkpoint) may not fit it (hidden size, layers, experts): it is told to come again. (The same
     // checkpoint reopened, say with another Hub token file, is another object of the same shape.)
@@ -724,10 +762,20 @@ export class Router {
       const progress = new FlushProgress(items.length, (i) => this.answer(p, m, items[i]));
       // The workers answer one flush's batches at about the same time: a batch still out when the rest of the flush
       // has taken as long again as its first answer did is on a slow or hung worker, and requests of the key held
-      // behind it (the batcher's flushesInFlight) would only wait longer. The flush stops holding them then.
+      // behind it (the batcher's flushesInFlight) would only wait longer. The flush stops holding them then, and in
+      // any case HOLD_CAP_MS after it went out: a flush whose every row went to a stuck worker has no first answer,
+      // and would hold each later request of its key for the batcher's hold cap until its requests' deadlines. Why
+      // HOLD_CAP_MS: it is what the batcher already judges holding a request to be worth (it sends one held that long
+      // anyway), so the stuck flush costs the requests that arrive in its first HOLD_CAP_MS no more than today, and
+      // later ones nothing; and it is far above the round trip of a batch the workers are answering (a few ms), so a
+      // healthy flush never reaches it. A flush really that slow (a huge prefill on a busy GPU) then overlaps one more
+      // flush of its key, which the workers' own queues bound (RESOURCE_EXHAUSTED past their queue capacity).
       const sentAt = performance.now();
+      releaseIn(HOLD_CAP_MS);
       void progress.firstAnswer().then(() => {
-        if (!progress.allEnded) setTimeout(drained, performance.now() - sentAt);
+        if (progress.allEnded) return;
+        const took = performance.now() - sentAt;
+        if (2 * took < HOLD_CAP_MS) releaseIn(took);
       });
       for (let i = 0; i < items.length; i++) {
         const it = items[i];
@@ -774,6 +822,9 @@ export class Router {
       await progress.allDone();
     } catch (e) {
       for (const it of items) this.finish(p, it, e);
+    } finally {
+      over = true;
+      if (hold) clearTimeout(hold);
     }
   }
 
@@ -928,6 +979,8 @@ export class Router {
       await this.send(p, layer, items, b, conn, progress);
       return null;
     } catch (e) {
+      // Abandoned here, its every request ended (finish()): nothing to retry, and not the worker's error.
+      if (errorCodeOf(e) === "CANCELLED" && !b.rows.some((a) => !items[a.item].done)) return null;
       // (not for a connection the plan dropped meanwhile: that would bring its forgotten series back)
       if (!conn.isClosed) p.metrics.worker(conn.id).errors.inc();
       const code = errorCodeOf(e);
@@ -1016,13 +1069,26 @@ export class Router {
         : null;
     const sent = dedup ? dedup.pairs.length >> 1 : n;
     const t0 = performance.now();
-    // Until the batch settles, its requests' tokens stay charged to admission, even those that end first (release()).
-    for (const a of b.rows) items[a.item].rowsOut++;
+    // Until the batch settles, its requests' tokens stay charged to admission, even those that end first (release());
+    // the last of its live requests to end abandons it (finish()).
+    const sentIn: OutBatch = { conn, id: 0, live: 0, settled: false };
+    for (const a of b.rows) {
+      const it = items[a.item];
+      it.rowsOut++;
+      if (it.done) continue;
+      // (an item's rows of one batch are not consecutive, but nothing else is pushed to its list meanwhile)
+      const bs = it.batches;
+      if (bs === null) it.batches = [sentIn];
+      else if (bs[bs.length - 1] !== sentIn) bs.push(sentIn);
+      else continue;
+      sentIn.live++;
+    }
     let res: ExpertResult;
     try {
       res = await conn.run(
-        (batchId) =>
-          encodeExpertBatch(
+        (batchId) => {
+          sentIn.id = Number(batchId); // (run() calls this synchronously, before it can settle)
+          return encodeExpertBatch(
             {
               pool: p.workerPool,
               layer,
@@ -1048,7 +1114,8 @@ export class Router {
               }
             },
             takeBatch,
-          ),
+          );
+        },
         layer,
         b.slices.map((s) => s.expert),
         timeout,
@@ -1066,6 +1133,7 @@ export class Router {
         },
       );
     } finally {
+      sentIn.settled = true;
       for (const a of b.rows) {
         const it = items[a.item];
         if (--it.rowsOut === 0) this.release(p, it);

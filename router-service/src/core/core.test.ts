@@ -575,6 +575,16 @@ describe("chooseReplica and a latency reading that goes stale", () => {
     expect(choose(view({ outstanding: (w) => w, latencyAgeMs: (w) => (w === 1 ? 30 : 2) }))).toBe(0); // not a tie
   });
 
+  it("counts a copy never sampled (age Infinity) as the oldest on a tie, and fades nothing of its reading", () => {
+    const never = Number.POSITIVE_INFINITY;
+    // a new copy beside one sampled long ago wins the tie: else it would get no batch at light load
+    expect(choose(view({ latencyAgeMs: (w) => (w === 1 ? never : 60_000) }))).toBe(1);
+    // among copies never sampled (a fresh router), the lower index: the first batches go to the first copy
+    expect(choose(view({ latencyAgeMs: () => never }))).toBe(0);
+    // a latency it reads all the same (Prometheus' run time) is not ours to fade: its penalty stays whole
+    expect(choose(view({ latencyMs: (w) => (w === 0 ? 10 : 1), latencyAgeMs: (w) => (w === 0 ? never : 0) }))).toBe(1);
+  });
+
   it("costs nothing for a gap within round-trip noise (up to 1.5x), then the gap beyond it", () => {
     const load = (w: number) => (w === 0 ? 1 : 0); // w0 has one row more (1/16 with loadScale 16)
     expect(choose(view({ outstanding: load, latencyMs: (w) => (w === 1 ? 1.4 : 1) }))).toBe(1);

@@ -3,8 +3,8 @@
 // score(w) = cacheAffinity * (expert not resident on w ? 1 : 0)
 //          + load          * (outstanding(w) + assigned in this flush(w)) / loadScale
 //          + latency       * max(0, (latency(w) / fastest eligible candidate's latency - 1) * weight(w) - 0.5)
-// lowest score wins; ties go to the copy whose latency was sampled longest ago, then to the lower worker index, so
-// the choice is deterministic for a given state.
+// lowest score wins; ties go to the copy whose latency was sampled longest ago (never: oldest), then to the lower
+// worker index, so the choice is deterministic for a given state.
 // outstanding(w) comes from Prometheus (queue depth) while that signal is fresh, else from the router's own
 // count of tokens in flight to w; latency from Prometheus or the router's EWMA of dispatch round trips.
 // weight(w) halves for every LATENCY_HALF_LIFE_MS since the router last heard how fast w is (core/latency-average.ts):
@@ -29,7 +29,10 @@ export interface WorkerLoadView {
   outstanding(i: number): number;
   /** Recent latency of worker i in ms (0 = unknown). */
   latencyMs(i: number): number;
-  /** How long ago worker i's latency was last sampled (or its last failure), in ms; absent: always fresh. */
+  /**
+   * How long ago worker i's latency was last sampled (or its last failure), in ms; Infinity: never (the oldest for a
+   * tie; nothing of ours to fade); absent: always fresh.
+   */
   latencyAgeMs?(i: number): number;
   /** Whether worker i holds expert e of layer resident right now. */
   resident(i: number, layer: number, expert: number): boolean;
@@ -103,11 +106,15 @@ function bestReplica(
     const age = ageOf ? ageOf.call(c.view, w) : 0;
     if (l > fastest) {
       // A stale reading fades towards the fastest, never past it: an idle worker must not draw every batch.
-      const weight = latencyWeight(age, c.latencyHalfLifeMs ?? LATENCY_HALF_LIFE_MS);
+      // (A copy never sampled here has no reading of ours to fade: a latency it has comes from Prometheus, in full.)
+      const weight =
+        age === Number.POSITIVE_INFINITY ? 1 : latencyWeight(age, c.latencyHalfLifeMs ?? LATENCY_HALF_LIFE_MS);
       s += c.weights.latency * Math.max(0, (l / fastest - 1) * weight - LATENCY_NOISE);
     }
     // A tie goes to the copy heard from longest ago (its reading is the stalest, and at light load, when every
-    // score ties, this takes turns instead of sending everything to one copy), then to the lower index.
+    // score ties, this takes turns instead of sending everything to one copy), a copy never heard from first (else a
+    // new one loses every tie to the copies already sampled), then to the lower index (among those never heard from
+    // too: a fresh router's first batches go to the first copy).
     if (s < bestScore || (s === bestScore && (age > bestAge || (age === bestAge && w < best)))) {
       best = w;
       bestScore = s;

@@ -244,6 +244,8 @@ describe("WorkerConn health", () => {
   it("tells the replica choice how old its latency average is: a sample or a failure makes it fresh", async () => {
     const { conn } = await setup("grpc");
     await conn.refreshStatus();
+    // never sampled: the oldest, so that a tie sends it a batch (it read 0 and lost every tie to sampled copies)
+    expect(conn.latencyAgeMs).toBe(Number.POSITIVE_INFINITY);
     await send(conn);
     await new Promise((r) => setTimeout(r, 60));
     expect(conn.latencyAgeMs).toBeGreaterThanOrEqual(50);
@@ -252,6 +254,51 @@ describe("WorkerConn health", () => {
     conn.latencyMs = 7; // staged as a sample now (tests, tools)
     expect(conn.latencyMs).toBe(7);
     expect(conn.latencyAgeMs).toBeLessThan(50);
+  });
+
+  it("abandon() settles a batch no request waits for: CANCELLED, its tokens and entry gone, a late reply dropped", async () => {
+    const { worker, conn } = await setup("grpc");
+    await conn.refreshStatus();
+    await send(conn);
+    const avg = conn.latencyMs;
+    worker.mode = "hang";
+    let id = 0;
+    const out = conn
+      .run(
+        (batchId) => {
+          id = Number(batchId);
+          return encodeExpertBatch(
+            {
+              pool: "p",
+              layer: 0,
+              dtype: DType.FLOAT32,
+              rows: 2,
+              hidden: D,
+              rowBytes: D * 4,
+              slices: [{ expert: 1, offset: 0, count: 2 }],
+              batchId,
+              timeoutMs: 3_600_000,
+            },
+            (dst, at) => dst.set(tokens.data, at),
+          );
+        },
+        0,
+        [1],
+        3_600_000,
+        2,
+      )
+      .catch((e) => e);
+    expect(conn.outstandingTokens).toBe(2);
+    conn.abandon(id);
+    expect(isSwitchyardError(await out, "CANCELLED")).toBe(true);
+    expect(conn.outstandingTokens).toBe(0);
+    expect((conn as unknown as { pending: Map<number, unknown> }).pending.size).toBe(0); // holds none of its rows
+    expect(conn.latencyMs).toBe(avg); // a wait shorter than the average says nothing about the worker
+    expect(conn.failing).toBe(false);
+    conn.abandon(id); // settled already: nothing happens
+    worker.mode = "ok";
+    await send(conn); // the connection is fine, the batch id space moves on
+    expect(conn.outstandingTokens).toBe(0);
   });
 
   it("a reply the caller's check refuses rejects with its error and counts as a failed batch, not a latency sample", async () => {

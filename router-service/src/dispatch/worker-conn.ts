@@ -35,6 +35,7 @@ import {
   makeGenericClientConstructor,
 } from "@grpc/grpc-js";
 import {
+  cancelled,
   deadlineExceeded,
   ExpertBatch,
   type ExpertResult,
@@ -239,11 +240,12 @@ export class WorkerConn {
   /**
    * ms since its latency average was last sampled or failed: the replica choice believes it less the older it is
    * (core/latency-average.ts), so one slow sample cannot keep it out of the choice for good, and gives a tie to the
-   * oldest. 0 before the first sample: there is nothing to fade (no reading, no latency term), and a copy never heard
-   * from takes no turn ahead of the others on a tie (its load decides, as before).
+   * oldest. Infinity before the first sample: a copy never heard from is the oldest, so it wins a tie and gets the
+   * batch that samples it (with 0 it lost every tie to a copy that had been sampled, and at light load, where every
+   * score ties, a new replica got no traffic at all). The choice fades nothing for it (there is no reading of ours).
    */
   get latencyAgeMs(): number {
-    return this.latency.ms === 0 ? 0 : performance.now() - this.latency.at;
+    return this.latency.ms === 0 ? Number.POSITIVE_INFINITY : performance.now() - this.latency.at;
   }
 
   /** A batch from this router failed within FAILING_MS and none has succeeded since. */
@@ -313,6 +315,31 @@ export class WorkerConn {
       // A pooled batch buffer goes back once the path is done with it (grpc-js framed or the socket wrote it).
       via.write(msg, () => batchPool.give(msg));
     });
+  }
+
+  /**
+   * Settles batch `batchId` here without its reply, because no request waits for it any more (every request with
+   * rows in it ended: cancelled, past its deadline, failed elsewhere): its run() rejects with CANCELLED, its tokens
+   * leave outstandingTokens, and the pending entry, which held the caller's batch (and so its requests' rows), is
+   * forgotten. A reply that comes later is dropped, as one after a timeout is. Nothing tells the worker (the protocol
+   * has no cancel); it still works on the batch. The wait counts as a timeout's would only where it says something:
+   * waited longer than the average, the worker is slower than it read (a hung worker whose callers all give up first
+   * must still look slow; with no average yet, only a wait of STALLED_MS); a shorter wait is no sample (the caller
+   * gave up, not the worker). No-op for a batch already settled.
+   */
+  abandon(batchId: bigint | number): void {
+    const id = Number(batchId);
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    this.outstandingTokens -= p.tokens;
+    const now = performance.now();
+    const waited = now - p.sentAt;
+    if (this.latency.ms > 0 ? waited > this.latency.ms : waited >= STALLED_MS)
+      this.latency = withTimeout(this.latency, waited, now);
+    if (waited >= STALLED_MS) this.failedAt = now;
+    p.reject(cancelled(`worker ${this.id}: batch ${id} abandoned: every request in it has ended`));
   }
 
   /** Whether batches go over the worker's data path now (connected; otherwise the gRPC stream). */

@@ -553,6 +553,20 @@ export const DASHBOARDS: DashboardSpec[] = [
               },
             ],
           },
+          {
+            title: "Admitted tokens per router replica (maxQueueTokens)",
+            description:
+              "Tokens each router replica counts against the pool's routing.batching.maxQueueTokens: requests queued or in flight, and ended ones whose rows are still out in a batch another live request waits for. At maxQueueTokens the replica answers new requests RESOURCE_EXHAUSTED.",
+            type: "timeseries",
+            unit: "short",
+            min: 0,
+            targets: [
+              {
+                expr: `max by (pool, instance) (switchyard_router_admitted_tokens{${POOL}})`,
+                legendFormat: "{{pool}} {{instance}}",
+              },
+            ],
+          },
         ],
       },
       {
