@@ -521,6 +521,8 @@ describe("PoolReconciler and the field ownership of a created child", () => {
   const CM = `${CMS}/mix-placement`;
   const SVC = `${SVCS}/mix-workers`;
   const STS = `${STSS}/mix`;
+  // The plan's and the StatefulSet's first apply after a create: read, ownership settled, applied.
+  const READ_SETTLE_APPLY = [`GET ${CM}`, `SETTLE ${CM}`, `APPLY ${CM}`, `GET ${STS}`, `SETTLE ${STS}`, `APPLY ${STS}`];
   const children = (h: ReturnType<typeof harness>) => h.requests.filter((r) => !r.endsWith("/status"));
   const ours = (h: ReturnType<typeof harness>, path: string) =>
     (h.server.managed.get(path) ?? []).filter((m) => m.manager === FIELD_MANAGER).map((m) => m.operation);
@@ -544,14 +546,7 @@ describe("PoolReconciler and the field ownership of a created child", () => {
     // A scale rewrites the plan and the StatefulSet: each read (the cache has no managedFields) and settled, then
     // applied; the Service, not applied to, keeps its create's entry.
     await scale(h, 3);
-    expect(children(h)).toEqual([
-      `GET ${CM}`,
-      `SETTLE ${CM}`,
-      `APPLY ${CM}`,
-      `GET ${STS}`,
-      `SETTLE ${STS}`,
-      `APPLY ${STS}`,
-    ]);
+    expect(children(h)).toEqual(READ_SETTLE_APPLY);
     expect(ours(h, CM)).toEqual(["Apply"]);
     expect(ours(h, STS)).toEqual(["Apply"]);
     expect(ours(h, SVC)).toEqual(["Update"]);
@@ -565,14 +560,7 @@ describe("PoolReconciler and the field ownership of a created child", () => {
     await h.rec.reconcile("ns/mix"); // created, then the operator stopped before any apply
     h.restart();
     await scale(h, 3);
-    expect(children(h)).toEqual([
-      `GET ${CM}`,
-      `SETTLE ${CM}`,
-      `APPLY ${CM}`,
-      `GET ${STS}`,
-      `SETTLE ${STS}`,
-      `APPLY ${STS}`,
-    ]);
+    expect(children(h)).toEqual(READ_SETTLE_APPLY);
     // Children settled by an earlier process: one read each to see so, no patch.
     h.restart();
     await scale(h, 4);
@@ -593,14 +581,7 @@ describe("PoolReconciler and the field ownership of a created child", () => {
     h.server.settleRaced = false;
     h.requests.length = 0;
     await h.rec.reconcile("ns/mix");
-    expect(children(h)).toEqual([
-      `GET ${CM}`,
-      `SETTLE ${CM}`,
-      `APPLY ${CM}`,
-      `GET ${STS}`,
-      `SETTLE ${STS}`,
-      `APPLY ${STS}`,
-    ]);
+    expect(children(h)).toEqual(READ_SETTLE_APPLY);
     expect(ours(h, CM)).toEqual(["Apply"]);
   });
 

@@ -49,9 +49,7 @@ export function withSample(
   now: number,
   halfLifeMs = LATENCY_HALF_LIFE_MS,
 ): LatencyAverage {
-  if (avg.ms === 0) return { ms: sampleMs, at: now };
-  const keep = (1 - SAMPLE_WEIGHT) * latencyWeight(now - avg.at, halfLifeMs);
-  return { ms: keep * avg.ms + (1 - keep) * Math.min(sampleMs, OUTLIER_CAP * avg.ms), at: now };
+  return blend(avg, avg.ms === 0 ? sampleMs : Math.min(sampleMs, OUTLIER_CAP * avg.ms), now, halfLifeMs);
 }
 
 /**
@@ -64,9 +62,14 @@ export function withTimeout(
   now: number,
   halfLifeMs = LATENCY_HALF_LIFE_MS,
 ): LatencyAverage {
-  if (avg.ms === 0) return { ms: waitedMs, at: now };
+  return blend(avg, waitedMs, now, halfLifeMs);
+}
+
+/** `valueMs` moved into the average: all of it into none, SAMPLE_WEIGHT of it into a fresh one, more as it ages. */
+function blend(avg: LatencyAverage, valueMs: number, now: number, halfLifeMs: number): LatencyAverage {
+  if (avg.ms === 0) return { ms: valueMs, at: now };
   const keep = (1 - SAMPLE_WEIGHT) * latencyWeight(now - avg.at, halfLifeMs);
-  return { ms: keep * avg.ms + (1 - keep) * waitedMs, at: now };
+  return { ms: keep * avg.ms + (1 - keep) * valueMs, at: now };
 }
 
 /**
