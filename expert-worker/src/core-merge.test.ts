@@ -147,6 +147,7 @@ function batch(
     timeoutMs: 0,
     tokenRows: o.distinct ? Array.from({ length: o.rows }, (_, r) => (r * 7 + id) % n) : [],
     combine: o.combine ?? false,
+    cancel: [],
   };
 }
 

@@ -71,6 +71,7 @@ const batch = (expert: number, id: bigint): ExpertBatch => ({
   timeoutMs: 0,
   tokenRows: [],
   combine: false,
+  cancel: [],
 });
 
 describe("a plan change while a batch waits in the queue", () => {

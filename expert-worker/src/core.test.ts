@@ -78,6 +78,7 @@ const batch = (id: bigint): ExpertBatch => ({
   timeoutMs: 0,
   tokenRows: [],
   combine: false,
+  cancel: [],
 });
 
 /** A histogram's {count, sum} as the registry exports it. */

@@ -417,6 +417,7 @@ export class WorkerCore {
       experts: source.experts,
       dataPort: this.dataPort,
       combines: true,
+      cancels: true,
     };
   }
 }

@@ -45,6 +45,7 @@ function batch(over: Partial<ExpertBatch> = {}): ExpertBatch {
     timeoutMs: 0,
     tokenRows: [],
     combine: false,
+    cancel: [],
     ...over,
   };
 }

@@ -1,5 +1,5 @@
 // The worker's data path (protocol: packages/protocol/src/data-path.ts): RunExpertsStream's messages on a plain TCP
-// socket. Same core, same validation, same per-batch deadline (ExpertBatch.timeout_ms) and the same error replies
+// socket. Same core, same validation, same per-batch deadline (ExpertBatch.timeout_ms) and cancel (ExpertBatch.cancel) and the same error replies
 // as the gRPC stream; closing the connection cancels what still runs on it, as cancelling the stream does.
 // Like the router's engine data path it stops reading a connection whose peer does not take its results (ReadGate).
 // Unlike it, a FIN ends the connection (no half-open side): the router closes a worker connection only to give up
@@ -20,6 +20,7 @@ import {
   toRpcError,
   writeFrameParts,
 } from "@switchyard/protocol";
+import { InFlightBatches, isCancelOnly } from "./batch-cancels.js";
 import type { WorkerCore } from "./core.js";
 import { encodeResultParts } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
@@ -58,6 +59,7 @@ export function serveDataConnection(
     // the output's bytes go to the socket from the backend's result, not copied into one message first
     if (!ac.signal.aborted) writeFrameParts(socket, encodeResultParts(res));
   };
+  const batches = new InFlightBatches();
   const onBatch = (frame: Buffer) => {
     let batch: ExpertBatch;
     try {
@@ -66,18 +68,25 @@ export function serveDataConnection(
       // No batch id to answer under: the stream is unusable, as a malformed message fails a gRPC stream.
       throw new DataPathError(`malformed ExpertBatch: ${(err as Error).message}`);
     }
-    const bs = batchSignal(ac.signal, batch.timeoutMs);
+    if (batch.cancel.length > 0) batches.cancel(batch.cancel);
+    if (isCancelOnly(batch)) return;
+    const own = batches.track(batch.batchId);
+    const bs = batchSignal(ac.signal, batch.timeoutMs, own.signal);
+    const done = () => {
+      bs.dispose();
+      own.release();
+    };
     gate.started();
     // a result over the limit is refused alone: the router drops a connection whose frame passes its own limit
     core.runBatch(batch, bs.signal, o.maxMessageBytes).then(
       (res) => {
-        bs.dispose();
+        done();
         count();
         reply(res);
         gate.answered();
       },
       (err) => {
-        bs.dispose();
+        done();
         count(err);
         // One bad batch answers in its own reply; the connection stays up.
         reply({ batchId: batch.batchId, output: undefined, stats: undefined, error: toRpcError(err) });

@@ -121,6 +121,7 @@ const batch = (experts: number[], id: bigint): ExpertBatch => ({
   timeoutMs: 0,
   tokenRows: [],
   combine: false,
+  cancel: [],
 });
 
 function metric(text: string, name: string): number {
@@ -233,6 +234,7 @@ describe("worker with a GPU tier smaller than the host tier: look-ahead upload f
       ],
       rowWeights: encodeTensor(w8, [5], DType.FLOAT32),
       combine: true,
+      cancel: [],
     });
     const o = fake.calls.last as RunOptions;
     expect(o.tokens.byteLength).toBe(2 * D * 4); // not expanded to 5 rows on the host

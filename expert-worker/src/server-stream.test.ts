@@ -1,15 +1,28 @@
 // RunExpertsStream through real grpc-js on the reference backend: a batch whose result would pass the message limit
 // is refused alone (grpc-js would end the stream, every other batch on it lost); a client that does not read its
 // results stops the worker reading its batches (and it reads on once the client does); a cancelled stream that
-// never half-closed lets go of its deadline timer and listeners.
+// never half-closed lets go of its deadline timer and listeners; ExpertBatch.cancel takes a waiting batch out of the
+// queue on the stream and on the data path.
 
-import { EventEmitter } from "node:events";
+import { EventEmitter, once } from "node:events";
+import { connect } from "node:net";
 import { credentials, status } from "@grpc/grpc-js";
-import { DType, type ExpertBatch, type ExpertResult, ExpertWorkerClient, encodeTensor } from "@switchyard/protocol";
+import {
+  DATA_PREFACE,
+  DType,
+  ExpertBatch,
+  ExpertResult,
+  ExpertWorkerClient,
+  encodeTensor,
+  FrameReader,
+  type WorkerStatus,
+  writeFrame,
+} from "@switchyard/protocol";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ReferenceBackend } from "./backend/reference.js";
 import { ResidencyCache } from "./cache.js";
 import { type ExpertSource, WorkerCore } from "./core.js";
+import { startDataServer } from "./data-server.js";
 import { WorkerMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
 import { buildHandlers, startGrpcServer } from "./server.js";
@@ -19,7 +32,8 @@ import { randomExpert, rng, uniform } from "./testing.js";
 const D = 64;
 const F = 16;
 
-/** A worker's core and gRPC server over random experts; `runs` counts the backend's runs (batches taken). */
+/** A worker's core and gRPC server over random experts; `runs` counts the backend's runs (batches taken), `rows`
+ * their rows. */
 async function serve(o: { maxMessageBytes?: number; stream?: StreamGateLimits; slowOneRow?: boolean }) {
   const next = rng(2);
   const source: ExpertSource = {
@@ -31,10 +45,11 @@ async function serve(o: { maxMessageBytes?: number; stream?: StreamGateLimits; s
     readExpert: async () => randomExpert(D, F, "float32", next),
   };
   const backend = new ReferenceBackend();
-  const counter = { runs: 0 };
+  const counter = { runs: 0, rows: 0 };
   const run = backend.run.bind(backend);
   backend.run = async (req) => {
     counter.runs++;
+    counter.rows += req.rows;
     // a one-row batch runs long enough for a larger one sent after it to be answered first
     if (o.slowOneRow && req.rows === 1) await new Promise((r) => setTimeout(r, 200));
     return run(req);
@@ -61,6 +76,8 @@ async function serve(o: { maxMessageBytes?: number; stream?: StreamGateLimits; s
   return {
     client,
     counter,
+    core,
+    metrics,
     close: () => {
       client.close();
       grpc.server.forceShutdown();
@@ -78,6 +95,7 @@ const batch = (rows: number, id: bigint, over: Partial<ExpertBatch> = {}): Exper
   timeoutMs: 0,
   tokenRows: [],
   combine: false,
+  cancel: [],
   ...over,
 });
 
@@ -204,5 +222,76 @@ describe("a cancelled stream", () => {
     call.emit("cancelled");
     expect(vi.getTimerCount()).toBe(0);
     expect(call.listenerCount("drain")).toBe(0);
+  });
+});
+
+describe("ExpertBatch.cancel", () => {
+  const cancelOnly = (ids: bigint[]) => ExpertBatch.fromPartial({ cancel: ids });
+
+  // Batch 1 (one row) runs 200 ms; 2 and 3 wait behind it. Cancelling 2 answers it CANCELLED without running it;
+  // the cancel-only messages get no reply of their own, and an id unknown on this connection changes nothing.
+  const expectCancelled = (got: Map<bigint, ExpertResult>, runs: { rows: number }) => {
+    expect([...got.keys()].sort()).toEqual([1n, 2n, 3n]);
+    expect(got.get(1n)?.output?.shape).toEqual([1, D]);
+    expect(got.get(2n)?.error?.code).toBe(status.CANCELLED);
+    expect(got.get(2n)?.error?.message).toMatch(/batch 2 cancelled by the router \(ExpertBatch.cancel\)/);
+    expect(got.get(3n)?.output?.shape).toEqual([3, D]);
+    expect(runs.rows).toBe(1 + 3); // batch 2's rows never reached the backend
+  };
+
+  it("on RunExpertsStream", async () => {
+    const w = await serve({ slowOneRow: true });
+    try {
+      expect(
+        (await new Promise<WorkerStatus>((res, rej) => w.client.status({}, (e, st) => (e ? rej(e) : res(st))))).cancels,
+      ).toBe(true);
+      const s = w.client.runExpertsStream();
+      const got = new Map<bigint, ExpertResult>();
+      const done = new Promise<void>((resolve, reject) => {
+        s.on("data", (r: ExpertResult) => got.set(r.batchId, r));
+        s.on("end", resolve);
+        s.on("error", reject);
+      });
+      s.write(batch(1, 1n));
+      s.write(batch(2, 2n));
+      s.write(batch(3, 3n));
+      s.write(cancelOnly([2n, 99n]));
+      s.end();
+      await done;
+      expectCancelled(got, w.counter);
+    } finally {
+      w.close();
+    }
+  });
+
+  it("on the data path", async () => {
+    const w = await serve({ slowOneRow: true });
+    const data = await startDataServer(w.core, w.metrics, {
+      host: "127.0.0.1",
+      port: 0,
+      maxMessageBytes: 64 << 20,
+      log: () => {},
+    });
+    const sock = connect({ host: "127.0.0.1", port: data.port });
+    try {
+      await once(sock, "connect");
+      const got = new Map<bigint, ExpertResult>();
+      const reader = new FrameReader(64 << 20, false, (f) => {
+        const r = ExpertResult.decode(f);
+        got.set(r.batchId, r);
+      });
+      sock.on("data", (c: Buffer) => reader.push(c));
+      sock.write(DATA_PREFACE);
+      for (const b of [batch(1, 1n), batch(2, 2n), batch(3, 3n), cancelOnly([2n, 99n])])
+        writeFrame(sock, ExpertBatch.encode(b).finish());
+      const end = Date.now() + 10_000;
+      while (got.size < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 50)); // a reply to the cancel-only message would come by now
+      expectCancelled(got, w.counter);
+    } finally {
+      sock.destroy();
+      await data.close();
+      w.close();
+    }
   });
 });

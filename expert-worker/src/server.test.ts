@@ -67,6 +67,7 @@ function batch(over: Partial<ExpertBatch> = {}): ExpertBatch {
     timeoutMs: 0,
     tokenRows: [],
     combine: false,
+    cancel: [],
     ...over,
   };
 }
@@ -181,6 +182,7 @@ describe("RunExperts", () => {
         tokens: tokensOf(3, 1),
         tokenRows: [0, 1, 2, 0],
         combine: true,
+        cancel: [],
         slices: [
           { expert: 0, offset: 0, count: 2 },
           { expert: 1, offset: 2, count: 2 },
@@ -384,6 +386,7 @@ describe.skipIf(!nativeAddon)("deadlines and the queue bound (native backend)", 
   const bigBatch = (id: bigint, timeoutMs = 0): ExpertBatch => ({
     tokenRows: [],
     combine: false,
+    cancel: [],
     pool: "big",
     layer: 0,
     tokens: tokensOf(512, 9, d),

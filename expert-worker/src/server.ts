@@ -27,6 +27,7 @@ import {
   type WorkerStatus,
 } from "@switchyard/protocol";
 import { HealthImplementation } from "grpc-health-check";
+import { InFlightBatches, isCancelOnly } from "./batch-cancels.js";
 import type { WorkerCore } from "./core.js";
 import { encodeResult } from "./encode-result.js";
 import type { WorkerMetrics } from "./metrics.js";
@@ -88,23 +89,34 @@ export function callSignal(call: CallLike): { signal: AbortSignal; dispose: () =
 /**
  * The signal one batch runs under: the call's (cancel, call deadline) plus ExpertBatch.timeout_ms, which is the
  * only deadline a stream batch has (the stream outlives it). The clock starts on arrival, so queue wait counts.
- * timeoutMs 0 = none: the call's signal as it is.
+ * timeoutMs 0 = none. `own`: the batch's own cancel (ExpertBatch.cancel, batch-cancels.ts), which ends it alone.
+ * With neither a timeout nor `own`, the call's signal as it is.
  */
-export function batchSignal(parent: AbortSignal, timeoutMs: number): { signal: AbortSignal; dispose: () => void } {
-  if (!timeoutMs) return { signal: parent, dispose: () => {} };
+export function batchSignal(
+  parent: AbortSignal,
+  timeoutMs: number,
+  own?: AbortSignal,
+): { signal: AbortSignal; dispose: () => void } {
+  if (!timeoutMs && !own) return { signal: parent, dispose: () => {} };
   const ac = new AbortController();
   const onParent = () => ac.abort(parent.reason);
+  const onOwn = () => ac.abort(own?.reason);
   if (parent.aborted) onParent();
   else parent.addEventListener("abort", onParent, { once: true });
-  const stopTimer = armTimer(
-    () => ac.abort(deadlineExceeded(`batch timeout of ${timeoutMs} ms (ExpertBatch.timeout_ms) passed`)),
-    timeoutMs,
-  );
+  if (own?.aborted) onOwn();
+  else own?.addEventListener("abort", onOwn, { once: true });
+  const stopTimer = timeoutMs
+    ? armTimer(
+        () => ac.abort(deadlineExceeded(`batch timeout of ${timeoutMs} ms (ExpertBatch.timeout_ms) passed`)),
+        timeoutMs,
+      )
+    : () => {};
   return {
     signal: ac.signal,
     dispose: () => {
       stopTimer();
       parent.removeEventListener("abort", onParent);
+      own?.removeEventListener("abort", onOwn);
     },
   };
 }
@@ -179,10 +191,14 @@ export function buildHandlers(
         call.write(res, () => gate.sent(n)),
       );
     };
+    const batches = new InFlightBatches();
     call.on("data", (batch: ExpertBatch) => {
+      if (batch.cancel.length > 0) batches.cancel(batch.cancel);
+      if (isCancelOnly(batch)) return;
       inflight++;
       gate.started();
-      const bs = batchSignal(signal, batch.timeoutMs);
+      const own = batches.track(batch.batchId);
+      const bs = batchSignal(signal, batch.timeoutMs, own.signal);
       core
         .runBatch(batch, bs.signal, maxMessageBytes)
         .then(
@@ -198,6 +214,7 @@ export function buildHandlers(
         )
         .finally(() => {
           bs.dispose();
+          own.release();
           inflight--;
           gate.answered();
           maybeEnd();

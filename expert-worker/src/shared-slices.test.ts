@@ -92,6 +92,7 @@ describe("the shared expert's slices on a worker", () => {
       timeoutMs: 0,
       tokenRows: [],
       combine: false,
+      cancel: [],
     });
     const got = bytesToFloat32(res.output?.data as Uint8Array, DType.FLOAT32, true);
     const ckpt = await openCheckpoint(dir);
@@ -122,6 +123,7 @@ describe("the shared expert's slices on a worker", () => {
       timeoutMs: 0,
       tokenRows: [],
       combine: false,
+      cancel: [],
     }).then(
       () => null,
       (e: ServiceError) => e,

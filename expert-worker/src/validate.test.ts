@@ -26,6 +26,7 @@ const batch = (over: Partial<ExpertBatch> = {}): ExpertBatch => ({
   timeoutMs: 0,
   tokenRows: [],
   combine: false,
+  cancel: [],
   ...over,
 });
 

@@ -83,6 +83,7 @@ describe("worker shutdown", () => {
       timeoutMs: 0,
       tokenRows: [],
       combine: false,
+      cancel: [],
     };
     writeFrame(s, ExpertBatch.encode(batch).finish());
     await running;

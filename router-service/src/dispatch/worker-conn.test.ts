@@ -36,8 +36,9 @@ afterEach(() => {
 async function setup(
   transport: WorkerTransport = "auto",
   expert: ConstructorParameters<typeof FakeWorker>[0]["expert"] = null,
+  cancels = false,
 ) {
-  worker = new FakeWorker({ id: "w0", expert });
+  worker = new FakeWorker({ id: "w0", expert, cancels });
   const port = await worker.start();
   conn = new WorkerConn({
     id: "w0",
@@ -49,10 +50,16 @@ async function setup(
   return { worker, conn };
 }
 
-const send = (c: WorkerConn, timeoutMs = 5000, check?: Parameters<WorkerConn["run"]>[5]): Promise<ExpertResult> =>
+const send = (
+  c: WorkerConn,
+  timeoutMs = 5000,
+  check?: Parameters<WorkerConn["run"]>[5],
+  onId?: (batchId: number) => void,
+): Promise<ExpertResult> =>
   c.run(
-    (batchId) =>
-      encodeExpertBatch(
+    (batchId) => {
+      onId?.(Number(batchId));
+      return encodeExpertBatch(
         {
           pool: "p",
           layer: 0,
@@ -65,7 +72,8 @@ const send = (c: WorkerConn, timeoutMs = 5000, check?: Parameters<WorkerConn["ru
           timeoutMs,
         },
         (dst, at) => dst.set(tokens.data, at),
-      ),
+      );
+    },
     0,
     [1],
     timeoutMs,
@@ -299,6 +307,42 @@ describe("WorkerConn health", () => {
     worker.mode = "ok";
     await send(conn); // the connection is fine, the batch id space moves on
     expect(conn.outstandingTokens).toBe(0);
+  });
+
+  for (const transport of ["grpc", "auto"] as const)
+    it(`abandon() tells a worker whose Status sets cancels, on the batch's own path (${transport}): the tick's ids in one message`, async () => {
+      const { worker, conn } = await setup(transport, null, true);
+      await conn.refreshStatus();
+      await send(conn); // the data path (auto) is up once a batch has gone
+      expect(conn.usingDataPath).toBe(transport === "auto");
+      worker.mode = "hang";
+      const dataBefore = worker.dataBatches;
+      const ids: number[] = [];
+      const outs = [0, 1].map(() => send(conn, 3_600_000, undefined, (id) => ids.push(id)).catch((e) => e));
+      await new Promise((r) => setTimeout(r, 50)); // both batches are at the worker
+      for (const id of ids) conn.abandon(id);
+      for (const o of outs) expect(isSwitchyardError(await o, "CANCELLED")).toBe(true);
+      const end = Date.now() + 5000;
+      while (worker.cancelled.length < 2 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      expect(worker.cancelled).toEqual(ids.map(BigInt));
+      expect(worker.cancelMessages).toBe(1);
+      // on the data path: the two batches and the cancel went there; on gRPC, none did
+      expect(worker.dataBatches - dataBefore).toBe(transport === "auto" ? 3 : 0);
+    });
+
+  it("abandon() sends no cancel to a worker whose Status does not offer it (an older worker)", async () => {
+    const { worker, conn } = await setup("grpc");
+    await conn.refreshStatus();
+    worker.mode = "hang";
+    let id = 0;
+    const out = send(conn, 3_600_000, undefined, (i) => {
+      id = i;
+    }).catch((e) => e);
+    await new Promise((r) => setTimeout(r, 50));
+    conn.abandon(id);
+    expect(isSwitchyardError(await out, "CANCELLED")).toBe(true);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(worker.cancelled).toEqual([]);
   });
 
   it("a reply the caller's check refuses rejects with its error and counts as a failed batch, not a latency sample", async () => {

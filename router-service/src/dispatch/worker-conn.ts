@@ -183,6 +183,8 @@ export class WorkerConn {
   /** Status polls that failed since the last one answered. */
   private statusFailures = 0;
   private closed = false;
+  /** Batch ids abandoned in this tick, by the path they went on: one cancel-only message per path (flushCancels). */
+  private readonly toCancel = new Map<BatchPath, bigint[]>();
 
   /** Tokens sent and not yet answered. */
   outstandingTokens = 0;
@@ -321,8 +323,9 @@ export class WorkerConn {
    * Settles batch `batchId` here without its reply, because no request waits for it any more (every request with
    * rows in it ended: cancelled, past its deadline, failed elsewhere): its run() rejects with CANCELLED, its tokens
    * leave outstandingTokens, and the pending entry, which held the caller's batch (and so its requests' rows), is
-   * forgotten. A reply that comes later is dropped, as one after a timeout is. Nothing tells the worker (the protocol
-   * has no cancel); it still works on the batch. The wait counts as a timeout's would only where it says something:
+   * forgotten. A reply that comes later is dropped, as one after a timeout is. A worker whose Status sets `cancels`
+   * is told (ExpertBatch.cancel on the batch's own path, the tick's ids in one message): it takes the batch out of its
+   * queue, or stops it where its backend can, instead of computing a result nobody reads. The wait counts as a timeout's would only where it says something:
    * waited longer than the average, the worker is slower than it read (a hung worker whose callers all give up first
    * must still look slow; with no average yet, only a wait of STALLED_MS); a shorter wait is no sample (the caller
    * gave up, not the worker). No-op for a batch already settled.
@@ -339,7 +342,26 @@ export class WorkerConn {
     if (this.latency.ms > 0 ? waited > this.latency.ms : waited >= STALLED_MS)
       this.latency = withTimeout(this.latency, waited, now);
     if (waited >= STALLED_MS) this.failedAt = now;
+    if (this.lastStatus?.cancels === true) this.cancelLater(p.via, id);
     p.reject(cancelled(`worker ${this.id}: batch ${id} abandoned: every request in it has ended`));
+  }
+
+  private cancelLater(via: BatchPath, id: number): void {
+    // A flush abandons its batches together: they leave as one message per path, after the tick's abandons.
+    if (this.toCancel.size === 0) queueMicrotask(() => this.flushCancels());
+    const ids = this.toCancel.get(via);
+    if (ids) ids.push(BigInt(id));
+    else this.toCancel.set(via, [BigInt(id)]);
+  }
+
+  private flushCancels(): void {
+    for (const [via, ids] of this.toCancel) {
+      // A path that has gone took its batches with it (the worker cancels what ran on a closed connection).
+      const live = via === this.stream || (via === this.data && this.data.connected);
+      if (!this.closed && live)
+        via.write(Buffer.from(ExpertBatch.encode(ExpertBatch.fromPartial({ cancel: ids })).finish()), () => {});
+    }
+    this.toCancel.clear();
   }
 
   /** Whether batches go over the worker's data path now (connected; otherwise the gRPC stream). */

@@ -63,6 +63,9 @@ export interface FakeWorkerOptions {
   served?: { layer: number; expert: number }[];
   /** Status offers deduplicated, worker-combined batches (ExpertBatch.token_rows / combine), as real workers do. */
   combines?: boolean;
+  /** Status sets `cancels` (default false, as a worker from before ExpertBatch.cancel): the ids it is sent land in
+   * `cancelled`, and a cancel-only message gets no reply, as on a real worker. */
+  cancels?: boolean;
 }
 
 export class FakeWorker {
@@ -90,6 +93,9 @@ export class FakeWorker {
   dataPort = 0;
   /** Batches that came over the data path. */
   dataBatches = 0;
+  /** Batch ids named by ExpertBatch.cancel, in arrival order, and the messages that carried them. */
+  readonly cancelled: bigint[] = [];
+  cancelMessages = 0;
   private server = new Server(SERVER_OPTIONS);
   private dataServer: NetServer | null = null;
   private readonly dataSockets = new Set<Socket>();
@@ -168,6 +174,11 @@ export class FakeWorker {
    * identity echo writes its reply header in place over it and sends the rows untouched.
    */
   private answer(b: ExpertBatch, raw: Buffer | undefined, write: (reply: Buffer) => void): void {
+    if (b.cancel.length > 0) {
+      this.cancelMessages++;
+      this.cancelled.push(...b.cancel);
+      if (b.tokens === undefined && b.slices.length === 0) return;
+    }
     if (this.mode === "stall" || this.mode === "hang") return;
     try {
       if (this.o.expert === null && this.mode === "ok" && (b.tokenRows ?? []).length === 0) {
@@ -262,6 +273,7 @@ export class FakeWorker {
               experts: 0,
               dataPort: this.dataPort,
               combines: this.o.combines !== false,
+              cancels: this.o.cancels === true,
             })
           : cb({ code: 14, details: "down" }),
     });

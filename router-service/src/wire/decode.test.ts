@@ -84,6 +84,7 @@ describe("zero-copy decoders agree with ts-proto", () => {
       timeoutMs: 1500,
       tokenRows: [],
       combine: false,
+      cancel: [],
     };
     const fr: ForwardResponse = {
       requestId: 3n,
@@ -134,10 +135,21 @@ describe("zero-copy decoders agree with ts-proto", () => {
           timeoutMs: 0,
           tokenRows: [],
           combine: false,
+          cancel: [],
         }).finish(),
       );
       expect(decodeExpertBatch(batch).pool).toBe(pool);
     }
+  });
+
+  it("reads ExpertBatch.cancel as ts-proto writes it (packed), and unpacked, ids past 2^53 kept", () => {
+    const ids = [1n, 2n ** 53n + 1n, 2n ** 64n - 1n];
+    const packed = Buffer.from(ExpertBatch.encode(ExpertBatch.fromPartial({ cancel: ids })).finish());
+    expect(decodeExpertBatch(packed)).toEqual(ExpertBatch.decode(packed));
+    expect(decodeExpertBatch(packed).cancel).toEqual(ids);
+    // field 10, varint (wire type 0), once per id: what a writer that does not pack may send
+    const unpacked = Buffer.from([0x50, 0x07, 0x50, 0x09]);
+    expect(decodeExpertBatch(unpacked).cancel).toEqual([7n, 9n]);
   });
 
   it("skips unknown fields and rejects truncated input", () => {

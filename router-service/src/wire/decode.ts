@@ -267,6 +267,7 @@ export function decodeExpertBatch(buf: Buffer): ExpertBatch {
     timeoutMs: 0,
     tokenRows: [],
     combine: false,
+    cancel: [],
   };
   while (r.pos < r.end) {
     const tag = r.varint();
@@ -293,6 +294,11 @@ export function decodeExpertBatch(buf: Buffer): ExpertBatch {
       while (p.pos < p.end) m.tokenRows.push(p.varint());
     } else if (field === 8 && wt === 0) m.tokenRows.push(r.varint());
     else if (field === 9 && wt === 0) m.combine = r.varint() !== 0;
+    else if (field === 10 && wt === 2) {
+      const [s, e] = r.span();
+      const p = new Reader(buf, s, e);
+      while (p.pos < p.end) m.cancel.push(p.varint64());
+    } else if (field === 10 && wt === 0) m.cancel.push(r.varint64());
     else r.skip(wt);
   }
   return m;

@@ -48,6 +48,7 @@ describe("hand-written protobuf encoders", () => {
             timeoutMs,
             tokenRows: [],
             combine: false,
+            cancel: [],
           }).finish(),
         );
         expect(mine.equals(ref)).toBe(true);
@@ -95,6 +96,7 @@ describe("hand-written protobuf encoders", () => {
         timeoutMs: 100,
         tokenRows: [...tokenRows],
         combine,
+        cancel: [],
       };
       expect(mine.equals(Buffer.from(ExpertBatch.encode(msg).finish()))).toBe(true);
       const back = decodeExpertBatch(mine);

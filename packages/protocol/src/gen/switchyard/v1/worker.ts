@@ -70,6 +70,14 @@ export interface ExpertBatch {
    * instead of the N rows: the combine of this worker's share.
    */
   combine: boolean;
+  /**
+   * Batches sent earlier on this same stream or data connection, by batch_id, that the caller no longer waits for
+   * (every request with rows in them ended). The worker drops each one still waiting in its queue, which then never
+   * reaches the backend, and stops a running one where its backend can; each still gets its one reply (error
+   * CANCELLED unless it was done), which the caller drops. A message that only cancels (no tokens, no slices) gets no
+   * reply of its own. Sent only to workers whose Status sets `cancels`; unknown or answered ids are ignored.
+   */
+  cancel: bigint[];
 }
 
 export interface ExpertStats {
@@ -147,6 +155,8 @@ export interface WorkerStatus {
   dataPort: number;
   /** Accepts ExpertBatch.token_rows and ExpertBatch.combine (a router sends the deduplicated form only then). */
   combines: boolean;
+  /** Honours ExpertBatch.cancel (a router sends cancel-only messages only then). */
+  cancels: boolean;
 }
 
 function createBaseExpertSlice(): ExpertSlice {
@@ -261,6 +271,7 @@ function createBaseExpertBatch(): ExpertBatch {
     timeoutMs: 0,
     tokenRows: [],
     combine: false,
+    cancel: [],
   };
 }
 
@@ -299,6 +310,16 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
     }
     if (message.combine !== false) {
       writer.uint32(72).bool(message.combine);
+    }
+    if (message.cancel.length !== 0) {
+      writer.uint32(82).fork();
+      for (const v of message.cancel) {
+        if (BigInt.asUintN(64, v) !== v) {
+          throw new globalThis.Error("a value provided in array field cancel of type uint64 is too large");
+        }
+        writer.uint64(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -398,6 +419,24 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
             message.combine = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag === 80) {
+              message.cancel.push(reader.uint64() as bigint);
+
+              continue;
+            }
+
+            if (tag === 82) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.cancel.push(reader.uint64() as bigint);
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -433,6 +472,7 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
         ? object.token_rows.map((e: any) => globalThis.Number(e))
         : [],
       combine: isSet(object.combine) ? globalThis.Boolean(object.combine) : false,
+      cancel: globalThis.Array.isArray(object?.cancel) ? object.cancel.map((e: any) => BigInt(e)) : [],
     };
   },
 
@@ -465,6 +505,9 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
     if (message.combine !== false) {
       obj.combine = message.combine;
     }
+    if (message.cancel?.length) {
+      obj.cancel = message.cancel.map((e) => e.toString());
+    }
     return obj;
   },
 
@@ -486,6 +529,7 @@ export const ExpertBatch: MessageFns<ExpertBatch> = {
     message.timeoutMs = object.timeoutMs ?? 0;
     message.tokenRows = object.tokenRows?.map((e) => e) || [];
     message.combine = object.combine ?? false;
+    message.cancel = object.cancel?.map((e) => BigInt(e)) || [];
     return message;
   },
 };
@@ -1211,6 +1255,7 @@ function createBaseWorkerStatus(): WorkerStatus {
     experts: 0,
     dataPort: 0,
     combines: false,
+    cancels: false,
   };
 }
 
@@ -1272,6 +1317,9 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     }
     if (message.combines !== false) {
       writer.uint32(128).bool(message.combines);
+    }
+    if (message.cancels !== false) {
+      writer.uint32(136).bool(message.cancels);
     }
     return writer;
   },
@@ -1417,6 +1465,14 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
             message.combines = reader.bool();
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.cancels = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1483,6 +1539,7 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
         ? globalThis.Number(object.data_port)
         : 0,
       combines: isSet(object.combines) ? globalThis.Boolean(object.combines) : false,
+      cancels: isSet(object.cancels) ? globalThis.Boolean(object.cancels) : false,
     };
   },
 
@@ -1536,6 +1593,9 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     if (message.combines !== false) {
       obj.combines = message.combines;
     }
+    if (message.cancels !== false) {
+      obj.cancels = message.cancels;
+    }
     return obj;
   },
 
@@ -1564,6 +1624,7 @@ export const WorkerStatus: MessageFns<WorkerStatus> = {
     message.experts = object.experts ?? 0;
     message.dataPort = object.dataPort ?? 0;
     message.combines = object.combines ?? false;
+    message.cancels = object.cancels ?? false;
     return message;
   },
 };
