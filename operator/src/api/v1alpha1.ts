@@ -81,7 +81,7 @@ export type Toleration = Infer<typeof tolerationSchema>;
 
 const resourceList = (what: string) =>
   map(
-    `${what}, by resource name (cpu, memory, ...); nvidia.com/gpu is set from gpusPerWorker.`,
+    `${what}, by resource name (cpu, memory, ...); not nvidia.com/gpu, which is set from gpusPerWorker.`,
     quantity("A quantity."),
     {
       maxProperties: 16,
@@ -299,6 +299,13 @@ export const workerSchema = obj(
             // malformed one (refused by the pattern already) from failing the rule with an evaluation error.
             rule: "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || !isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
             message: "worker.resources.requests must be <= worker.resources.limits for every resource given in both",
+            fieldPath: ".requests",
+          },
+          {
+            // The operator writes nvidia.com/gpu from gpusPerWorker: a value here was either overwritten without a
+            // word (gpusPerWorker > 0) or, with gpusPerWorker 0, a GPU request core/v1 refuses for want of a limit.
+            rule: "!(has(self.requests) && 'nvidia.com/gpu' in self.requests) && !(has(self.limits) && 'nvidia.com/gpu' in self.limits)",
+            message: "worker.resources must not set nvidia.com/gpu: the operator sets it from worker.gpusPerWorker",
             fieldPath: ".requests",
           },
         ],

@@ -197,6 +197,16 @@ const INVALID: [string, unknown, string][] = [
     "worker.resources.requests must be <= worker.resources.limits",
   ],
   [
+    "a GPU request in worker.resources with gpusPerWorker 0 (CEL; core/v1 would refuse it for want of a limit)",
+    pool("bad", NS, { worker: { gpusPerWorker: 0, resources: { requests: { "nvidia.com/gpu": "1" } } } }),
+    'spec.worker.resources.requests: Invalid value: "object": worker.resources must not set nvidia.com/gpu: the operator sets it from worker.gpusPerWorker',
+  ],
+  [
+    "a GPU limit in worker.resources (CEL; the operator would overwrite it from gpusPerWorker)",
+    pool("bad", NS, { worker: { gpusPerWorker: 2, resources: { limits: { "nvidia.com/gpu": "1" } } } }),
+    "worker.resources must not set nvidia.com/gpu",
+  ],
+  [
     "pvc subPath with a '..' element (CEL)",
     withModel({ checkpoint: { pvc: { claimName: "w", subPath: "a/../../etc" } } }),
     'spec.model.checkpoint.pvc.subPath: Invalid value: "object": checkpoint.pvc.subPath must be a relative path',

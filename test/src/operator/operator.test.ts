@@ -257,10 +257,10 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
   it("a worker template the API server refuses is reported as Degraded/ApplyFailed with the server's message", async () => {
     const k = admin();
     // Passes the CRD (which refuses requests above limits, but does not know which resources are extended ones),
-    // but core/v1 refuses a GPU request without a limit: with gpusPerWorker 0 the operator sets neither itself.
+    // but core/v1 refuses an extended resource's request without a limit.
     await k.create(
       XP("life"),
-      pool("refused", "life", { worker: { gpusPerWorker: 0, resources: { requests: { "nvidia.com/gpu": "1" } } } }),
+      pool("refused", "life", { worker: { gpusPerWorker: 0, resources: { requests: { "example.com/dongle": "1" } } } }),
     );
     let last: Obj | undefined;
     await waitUntil(
