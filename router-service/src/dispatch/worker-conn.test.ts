@@ -205,6 +205,23 @@ describe("WorkerConn health", () => {
     expect(conn.healthy).toBe(true);
   });
 
+  for (const transport of ["grpc", "auto"] as const)
+    it(`the first batch on a new path is no latency sample, the next one is (${transport})`, async () => {
+      const { conn } = await setup(transport);
+      await conn.refreshStatus();
+      await send(conn); // the gRPC stream's first (auto: the data path connects meanwhile)
+      expect(conn.latencyMs).toBe(0);
+      expect(conn.latencyAgeMs).toBe(Number.POSITIVE_INFINITY); // still the oldest: a tie sends it the next batch
+      if (transport === "auto") {
+        expect(conn.usingDataPath).toBe(true);
+        await send(conn); // the data path's first
+        expect(conn.latencyMs).toBe(0);
+      }
+      await send(conn);
+      expect(conn.latencyMs).toBeGreaterThan(0);
+      expect(conn.latencyAgeMs).toBeLessThan(1000);
+    });
+
   it("a retryable error reply doubles the latency average (a fast error must not make it look fastest)", async () => {
     let failing = false;
     const { conn } = await setup("grpc", (_l, _e, x) => {
@@ -212,6 +229,7 @@ describe("WorkerConn health", () => {
       return x;
     });
     await conn.refreshStatus();
+    await send(conn); // the path's first batch: no sample
     await send(conn);
     const latency = conn.latencyMs;
     expect(latency).toBeGreaterThan(0);

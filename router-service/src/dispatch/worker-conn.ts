@@ -118,6 +118,8 @@ interface Pending {
   via: BatchPath;
   /** The caller's check of a reply (null: well-formed), so that a malformed one counts as a failed batch. */
   check?: (r: ExpertResult) => SwitchyardError | null;
+  /** The first batch on its path: its round trip is no latency sample (see pathsUsed). */
+  first: boolean;
 }
 
 /**
@@ -183,6 +185,12 @@ export class WorkerConn {
   /** Status polls that failed since the last one answered. */
   private statusFailures = 0;
   private closed = false;
+  /**
+   * Paths that have carried a batch. The first batch on a new stream or data connection pays one-off costs (the
+   * stream's or socket's set-up, the worker's first pass through that path): tens of ms that would make a new replica
+   * read slow, and lose the even split, until its reading faded. Its round trip is not sampled; timeouts still are.
+   */
+  private readonly pathsUsed = new WeakSet<BatchPath>();
   /** Batch ids abandoned in this tick, by the path they went on: one cancel-only message per path (flushCancels). */
   private readonly toCancel = new Map<BatchPath, bigint[]>();
 
@@ -310,7 +318,9 @@ export class WorkerConn {
         },
         Math.max(1, timeoutMs),
       );
-      this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now(), via, check });
+      const first = !this.pathsUsed.has(via);
+      if (first) this.pathsUsed.add(via);
+      this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now(), via, check, first });
       this.outstandingTokens += tokens;
       for (const e of experts) this.resident.add(layer * 65536 + e);
       const msg = encode(BigInt(batchId));
@@ -446,7 +456,7 @@ export class WorkerConn {
       p.reject(bad);
       return;
     }
-    this.sampleLatency(performance.now() - p.sentAt);
+    if (!p.first) this.sampleLatency(performance.now() - p.sentAt);
     this.failedAt = 0;
     p.resolve(r);
   };
