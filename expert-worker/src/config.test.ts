@@ -1,5 +1,6 @@
+import { notFound } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
-import { parseExpertSpec, parseWorkerArgs, servedFromPlan } from "./config.js";
+import { parseExpertSpec, parseWorkerArgs, servedFromPlan, startFailure } from "./config.js";
 
 describe("parseWorkerArgs", () => {
   it("reads flags, env fallbacks and defaults", () => {
@@ -73,12 +74,54 @@ describe("parseWorkerArgs", () => {
 
   it("refuses an empty, blank or non-decimal integer instead of reading it as 0", () => {
     const base = ["--checkpoint", "c", "--pool", "p", "--worker-id", "w"];
-    expect(() => parseWorkerArgs([...base, "--port="])).toThrow(/--port: expected an integer >= 0, got ""/);
-    expect(() => parseWorkerArgs([...base, "--port", " "])).toThrow(/--port: expected an integer >= 0, got " "/);
+    expect(() => parseWorkerArgs([...base, "--port="])).toThrow(/--port: expected a port 0-65535, got ""/);
+    expect(() => parseWorkerArgs([...base, "--port", " "])).toThrow(/--port: expected a port 0-65535, got " "/);
     expect(() => parseWorkerArgs([...base, "--queue-capacity="])).toThrow(/--queue-capacity: expected an integer/);
-    expect(() => parseWorkerArgs([...base, "--metrics-port=0x10"])).toThrow(/--metrics-port: expected an integer/);
+    expect(() => parseWorkerArgs([...base, "--metrics-port=0x10"])).toThrow(/--metrics-port: expected a port/);
     expect(() => parseWorkerArgs([...base, "--max-rows=1e3"])).toThrow(/--max-rows: expected an integer/);
     expect(parseWorkerArgs([...base, "--data-port=-1", "--port=0"])).toMatchObject({ dataPort: -1, port: 0 });
+  });
+
+  it("refuses a port beyond 65535 naming the flag (-1 = off for --data-port only)", () => {
+    const base = ["--checkpoint", "c", "--pool", "p", "--worker-id", "w"];
+    expect(() => parseWorkerArgs([...base, "--port", "70000"])).toThrow(
+      /^--port: expected a port 0-65535, got "70000"$/,
+    );
+    expect(() => parseWorkerArgs([...base, "--port", "-1"])).toThrow(/^--port: expected a port 0-65535, got "-1"$/);
+    expect(() => parseWorkerArgs(base, { SWITCHYARD_METRICS_PORT: "65536" })).toThrow(/^--metrics-port: .* "65536"$/);
+    expect(() => parseWorkerArgs([...base, "--data-port=65536"])).toThrow(
+      /^--data-port: expected a port 0-65535 or -1 \(off\), got "65536"$/,
+    );
+    expect(() => parseWorkerArgs([...base, "--data-port=-2"])).toThrow(/^--data-port: .* got "-2"$/);
+    expect(parseWorkerArgs([...base, "--port=65535", "--metrics-port=65535", "--data-port=65535"])).toMatchObject({
+      port: 65535,
+      metricsPort: 65535,
+      dataPort: 65535,
+    });
+  });
+});
+
+describe("startFailure", () => {
+  it("a flag's error exits 2, other user errors 1, each as one line; anything else keeps its stack", () => {
+    expect(startFailure(new Error('--experts: expert range "0-9" out of range (experts 0-3)'))).toEqual({
+      line: '--experts: expert range "0-9" out of range (experts 0-3)',
+      status: 2,
+    });
+    expect(startFailure(new Error("--plan /p.json: plan.replicas: has 1 layers, the model has 2")).status).toBe(2);
+    expect(startFailure(new Error("--host-cache-capacity: 4 is less than --cache-capacity 8")).status).toBe(2);
+    expect(startFailure(notFound("/ckpt/config.json: no such file"))).toEqual({
+      line: "/ckpt/config.json: no such file",
+      status: 1,
+    });
+    const inUse = Object.assign(new Error("listen EADDRINUSE: address already in use 0.0.0.0:9401"), {
+      code: "EADDRINUSE",
+      syscall: "listen",
+    });
+    expect(startFailure(inUse)).toEqual({ line: inUse.message, status: 1 });
+    const bug = new TypeError("x is undefined");
+    expect(startFailure(bug)).toEqual({ line: bug.stack, status: 1 });
+    // an unknown flag's name is no flag
+    expect(startFailure(new Error("--nope: x")).line).toMatch(/\n\s+at /);
   });
 });
 

@@ -2,9 +2,11 @@
 //   --checkpoint DIR --pool NAME --worker-id ID --port 50061 --metrics-port 9401
 //   [--metrics-pool NAME] [--experts SPEC] [--plan FILE] [--cache-capacity N] [--host-cache-capacity N]
 //   [--backend auto|cpu|cuda] [--queue-capacity N] [--cache-policy lru|lfu] [--max-message-bytes N] [--max-rows N] [--host ADDR] [--data-port N] [--warm true|false]
-// Pure: parses argv + env into WorkerOptions or throws an Error naming the flag.
+// Pure: parses argv + env into WorkerOptions or throws an Error naming the flag; startFailure says how main.ts
+// reports an error that stops the worker starting.
 
 import type { PlacementPlan } from "@switchyard/moe";
+import { isSwitchyardError } from "@switchyard/protocol";
 import type { BackendChoice } from "./backend/select.js";
 
 export interface WorkerFlags {
@@ -60,6 +62,8 @@ const FLAGS = [
 ] as const;
 type Flag = (typeof FLAGS)[number];
 
+const MAX_PORT = 65535;
+
 export const envName = (flag: string): string => `SWITCHYARD_${flag.replace(/-/g, "_").toUpperCase()}`;
 
 export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): WorkerFlags {
@@ -84,13 +88,23 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     if (v === undefined) throw new Error(`--${f} is required (or env ${envName(f)})`);
     return v;
   };
+  // Digits only: Number() reads "" and " " as 0 (`--port=` would bind a random port, `--queue-capacity=` turn
+  // the queue off) and accepts "0x10" or "1e3".
+  const integer = (v: string): number => (/^-?\d+$/.test(v) ? Number(v) : Number.NaN);
   const int = (f: Flag, def: number | undefined, min: number): number | undefined => {
     const v = raw.get(f);
     if (v === undefined) return def;
-    // Digits only: Number() reads "" and " " as 0 (`--port=` would bind a random port, `--queue-capacity=` turn
-    // the queue off) and accepts "0x10" or "1e3".
-    const n = /^-?\d+$/.test(v) ? Number(v) : Number.NaN;
+    const n = integer(v);
     if (!Number.isSafeInteger(n) || n < min) throw new Error(`--${f}: expected an integer >= ${min}, got "${v}"`);
+    return n;
+  };
+  // Checked here: a port beyond 65535 would fail only at bind, with a RangeError's stack. `off` = -1 turns it off.
+  const port = (f: Flag, def: number, off = false): number => {
+    const v = raw.get(f);
+    if (v === undefined) return def;
+    const n = integer(v);
+    if (!Number.isSafeInteger(n) || n < (off ? -1 : 0) || n > MAX_PORT)
+      throw new Error(`--${f}: expected a port 0-${MAX_PORT}${off ? " or -1 (off)" : ""}, got "${v}"`);
     return n;
   };
   const backend = str("backend", "auto");
@@ -114,9 +128,9 @@ export function parseWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): Wo
     pool,
     metricsPool,
     workerId: str("worker-id"),
-    port: int("port", 50061, 0) as number,
-    metricsPort: int("metrics-port", 9401, 0) as number,
-    dataPort: int("data-port", 0, -1) as number,
+    port: port("port", 50061),
+    metricsPort: port("metrics-port", 9401),
+    dataPort: port("data-port", 0, true),
     host: str("host", "0.0.0.0"),
     experts: raw.get("experts"),
     plan: raw.get("plan"),
@@ -185,3 +199,22 @@ export function servedFromPlan(plan: PlacementPlan, workerId: string, pool: stri
     for (let e = 0; e < plan.replicas[l].length; e++) if (plan.replicas[l][e].includes(idx)) out.add(`${l}:${e}`);
   return out;
 }
+
+/**
+ * How main.ts reports an error that stops the worker starting: one line, and the exit status.
+ * - An error about a flag's value exits 2: its message begins with the flag (`--plan FILE: ...`), whether parsing
+ *   found it or starting did, once the checkpoint was open (--experts or --plan beyond the model, --backend cuda
+ *   with no device: worker.ts and backend/select.ts throw these too).
+ * - Other errors a user can act on exit 1 with their message: a SwitchyardError (a checkpoint that is missing or
+ *   malformed) or a system call's (the metrics or data port in use).
+ * - Anything else exits 1 with its stack (grpc-js's "No address added" for a gRPC port in use is one of these).
+ */
+export function startFailure(err: unknown): { line: string; status: 1 | 2 } {
+  if (!(err instanceof Error)) return { line: String(err), status: 1 };
+  if (NAMES_A_FLAG.test(err.message)) return { line: err.message, status: 2 };
+  if (isSwitchyardError(err) || typeof (err as NodeJS.ErrnoException).syscall === "string")
+    return { line: err.message, status: 1 };
+  return { line: err.stack ?? err.message, status: 1 };
+}
+
+const NAMES_A_FLAG = new RegExp(`^--(?:${FLAGS.join("|")})[ :]`);

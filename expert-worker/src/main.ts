@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // Expert worker process: `node expert-worker/dist/main.js --checkpoint DIR --pool NAME --worker-id ID ...`
-// (flags in config.ts and docs/CONTRACTS.md). Exits non-zero with one line naming the problem on bad flags.
+// (flags in config.ts and docs/CONTRACTS.md). An error that stops it starting is reported on stderr (startFailure):
+// a bad flag value exits 2 with one line naming the flag, whether parsing finds it (a port beyond 65535) or starting
+// does (--experts or --plan beyond the model); a SwitchyardError (a missing or malformed checkpoint) or a system
+// call's error (the metrics or data port in use) exits 1 with one line; anything else exits 1 with its stack.
 
-import { parseWorkerArgs } from "./config.js";
+import { parseWorkerArgs, startFailure } from "./config.js";
 import { startWorker } from "./worker.js";
 
 async function main(): Promise<void> {
@@ -68,6 +71,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err) => {
-  console.error(`expert-worker: ${(err as Error)?.stack ?? err}`);
-  process.exit(1);
+  const { line, status } = startFailure(err);
+  console.error(`expert-worker: ${line}`);
+  process.exit(status);
 });

@@ -99,6 +99,43 @@ describe("parseOptions", () => {
     for (const k of ["app.kubernetes.io/component", "app.kubernetes.io/managed-by", "switchyard.dev/pool"])
       expect(() => parseOptions(["--worker-pod-label", `${k}=x`], {}), k).toThrow(/operator's own label/);
   });
+  it("reads numbers as decimal digits only, and errors quote the text given", () => {
+    for (const v of ["", " ", "0x10", "1e3", "8080.0", "+8080"])
+      expect(() => parseOptions([`--metrics-port=${v}`], {}), v).toThrow(
+        `--metrics-port: must be a port 0-65535, got ${JSON.stringify(v)}`,
+      );
+    expect(() => parseOptions([], { SWITCHYARD_HEALTH_PORT: "" })).toThrow(
+      '--health-port: must be a port 0-65535, got ""',
+    );
+    expect(() => parseOptions(["--metrics-port", "65536"], {})).toThrow(/--metrics-port: must be a port 0-65535/);
+    expect(parseOptions(["--metrics-port=0", "--health-port", "65535"], {})).toMatchObject({
+      metricsPort: 0,
+      healthPort: 65535,
+    });
+    expect(() => parseOptions(["--concurrency", "abc"], {})).toThrow('--concurrency: must be 1-64, got "abc"');
+    expect(() => parseOptions(["--concurrency", "0x10"], {})).toThrow('--concurrency: must be 1-64, got "0x10"');
+    expect(() => parseOptions([], { SWITCHYARD_CONCURRENCY: "1e1" })).toThrow('--concurrency: must be 1-64, got "1e1"');
+    expect(parseOptions(["--concurrency", "64"], {})).toMatchObject({ concurrency: 64 });
+  });
+  it("a boolean flag's env var is true, false, 1 or 0; anything else is refused naming the variable", () => {
+    for (const [v, want] of [
+      ["true", true],
+      ["1", true],
+      ["false", false],
+      ["0", false],
+    ] as const) {
+      expect(parseOptions([], { SWITCHYARD_LEADER_ELECT: v }), v).toMatchObject({ leaderElect: want });
+      expect(parseOptions([], { SWITCHYARD_SYNC_HUB_TOKENS: v }), v).toMatchObject({ syncHubTokens: want });
+    }
+    for (const v of ["yes", "on", "TRUE", ""])
+      expect(() => parseOptions([], { SWITCHYARD_LEADER_ELECT: v }), v).toThrow(
+        `SWITCHYARD_LEADER_ELECT: want true, false, 1 or 0, got ${JSON.stringify(v)}`,
+      );
+    expect(() => parseOptions([], { SWITCHYARD_SYNC_HUB_TOKENS: "no" })).toThrow(/^SWITCHYARD_SYNC_HUB_TOKENS: /);
+    // the flag itself takes no value: present is true
+    expect(() => parseOptions(["--leader-elect=yes"], {})).toThrow(/--leader-elect/);
+    expect(parseOptions(["--leader-elect"], { SWITCHYARD_LEADER_ELECT: "false" })).toMatchObject({ leaderElect: true });
+  });
   it("names the bad flag", () => {
     expect(() => parseOptions(["--metrics-port", "http"], {})).toThrow(/--metrics-port: must be a port/);
     expect(() => parseOptions(["--concurrency", "0"], {})).toThrow(/--concurrency/);

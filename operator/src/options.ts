@@ -65,15 +65,30 @@ export const USAGE = `usage: node operator/dist/main.js [flags]
   --concurrency N         reconciles in parallel per controller (default 16)
   --identity ID           leader election identity (default POD_NAME or hostname_pid)
   --log-level LEVEL       debug, info, warn or error: messages below it are dropped (default info)
-Every flag can also be given as env SWITCHYARD_<FLAG_UPPER_SNAKE>.`;
+Every flag can also be given as env SWITCHYARD_<FLAG_UPPER_SNAKE> (a boolean one as true, false, 1 or 0).`;
 
 export class OptionsError extends Error {}
 
+/**
+ * A decimal integer, else NaN. Number() alone reads "" and " " as 0 (`--metrics-port=` would bind any free port)
+ * and accepts "0x10" and "1e3"; digits only, as the worker reads its flags (expert-worker/src/config.ts).
+ */
+function decimal(v: string): number {
+  return /^\d+$/.test(v) ? Number(v) : Number.NaN;
+}
+
 function port(v: string, flag: string): number {
-  const n = Number(v);
+  const n = decimal(v);
   if (!Number.isInteger(n) || n < 0 || n > 65535)
     throw new OptionsError(`--${flag}: must be a port 0-65535, got ${JSON.stringify(v)}`);
   return n;
+}
+
+/** A boolean flag's env var: true, false, 1 or 0; anything else (`yes`, `on`, "") is refused, not read as false. */
+function envBool(name: string, v: string): boolean {
+  if (v === "true" || v === "1") return true;
+  if (v === "false" || v === "0") return false;
+  throw new OptionsError(`${name}: want true, false, 1 or 0, got ${JSON.stringify(v)}`);
 }
 
 const SECRET_NAME = new RegExp(DNS_SUBDOMAIN);
@@ -120,9 +135,10 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
   const get = (k: Exclude<keyof typeof FLAGS, "worker-image-pull-secret" | "worker-pod-label">) => {
     const v = values[k];
     if (v !== undefined) return v;
-    const e = env[`SWITCHYARD_${k.toUpperCase().replace(/-/g, "_")}`];
+    const name = `SWITCHYARD_${k.toUpperCase().replace(/-/g, "_")}`;
+    const e = env[name];
     if (e === undefined) return undefined;
-    return FLAGS[k].type === "boolean" ? e === "true" || e === "1" : e;
+    return FLAGS[k].type === "boolean" ? envBool(name, e) : e;
   };
   if (get("help")) return "help";
   const namespace = (get("namespace") as string | undefined) || undefined;
@@ -149,9 +165,10 @@ export function parseOptions(argv: string[], env: Record<string, string | undefi
     if (!m) throw new OptionsError(`--owner-deployment: want NAMESPACE/NAME or NAME, got ${JSON.stringify(od)}`);
     ownerDeployment = { namespace: m[1] ?? env.POD_NAMESPACE ?? leaseNamespace, name: m[2] };
   }
-  const conc = Number(get("concurrency") ?? 16);
+  const concText = String(get("concurrency") ?? "16");
+  const conc = decimal(concText);
   if (!Number.isInteger(conc) || conc < 1 || conc > 64)
-    throw new OptionsError(`--concurrency: must be 1-64, got ${conc}`);
+    throw new OptionsError(`--concurrency: must be 1-64, got ${JSON.stringify(concText)}`);
   const level = String(get("log-level") ?? "info");
   const logLevel = level.toLowerCase();
   if (!isLogLevel(logLevel))

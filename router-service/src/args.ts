@@ -41,8 +41,10 @@ export function parseRouterArgs(argv: string[], env: NodeJS.ProcessEnv): RouterA
   const port = (f: string, d: number, off = false) => {
     const s = raw.get(f);
     if (s === undefined) return d;
-    const n = Number(s);
-    if (off && n === -1) return -1;
+    if (off && s === "-1") return -1;
+    // Digits only, as the worker reads its flags (expert-worker/src/config.ts): Number() reads "" and " " as 0
+    // (`--port=` would bind any free port) and accepts "0x10" and "1e3".
+    const n = /^\d+$/.test(s) ? Number(s) : Number.NaN;
     if (!Number.isInteger(n) || n < 0 || n > 65535)
       throw new Error(`--${f}: must be a port number${off ? " or -1 (off)" : ""}, got "${s}"`);
     return n;

@@ -1,5 +1,5 @@
 // Validation and defaulting of RoutingPolicy JSON. Every error names the offending field by its JSON path,
-// so a bad ConfigMap or CR reads as "policy.gating.topP: must be in (0, 1], got 1.5".
+// so a bad ConfigMap or CR reads as "policy.gating.topP: must be <= 1, got 1.5".
 
 import {
   type BatchingPolicy,
