@@ -58,6 +58,23 @@ describe("warmList", () => {
     expect(keys(r.take)).toEqual(["0:1", "0:2", "1:1"]);
     expect(r.leftCold).toBe(1);
   });
+
+  it("takes ids generated (layers × experts may be far more than the cache), in any order, keeping only its room", async () => {
+    const { cache } = cacheOf(3);
+    await cache.get(0, 1);
+    function* all(layers: number, experts: number) {
+      for (let layer = 0; layer < layers; layer++)
+        for (let expert = 0; expert < experts; expert++) yield { layer, expert };
+    }
+    const r = warmList(all(60, 20_000), cache);
+    expect(keys(r.take)).toEqual(["0:0", "0:2"]);
+    expect(r.leftCold).toBe(60 * 20_000 - 1 - 2);
+    const shuffled = ids("2:1", "0:5", "1:7", "0:3", "3:0", "0:4", "0:1");
+    expect(keys(warmList(shuffled, cache).take)).toEqual(["0:3", "0:4"]);
+    await cache.get(0, 2);
+    await cache.get(0, 3);
+    expect(warmList(shuffled, cache)).toEqual({ take: [], leftCold: 5 });
+  });
 });
 
 describe("warmExperts", () => {

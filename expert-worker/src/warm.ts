@@ -21,8 +21,8 @@ export interface WarmResult {
 }
 
 export interface WarmOptions {
-  /** What to warm, in order of preference. */
-  ids: readonly ExpertId[];
+  /** What to warm (warmList orders it). */
+  ids: Iterable<ExpertId>;
   cache: ResidencyCache;
   backend: ExpertBackend;
   /** Loads in flight at once (a checkpoint read overlaps the previous expert's packing and upload). Default 4. */
@@ -35,17 +35,34 @@ export interface WarmOptions {
   progress?: (loaded: number, target: number) => void;
 }
 
-/** The experts to warm: `ids` not yet resident, in layer then expert order, as many as the cache has room for. */
+/**
+ * The experts to warm: `ids` not yet resident, in layer then expert order, as many as the cache has room for. Only
+ * those are kept, not every id: a worker serving all experts passes them generated (layers × experts of them, which
+ * may be far more than its cache holds). Ids that come in order, as those do, cost one comparison each.
+ */
 export function warmList(
   ids: Iterable<ExpertId>,
   cache: Pick<ResidencyCache, "has" | "capacity" | "size">,
 ): { take: ExpertId[]; leftCold: number } {
-  const cold = [...ids]
-    .filter((i) => !cache.has(i.layer, i.expert))
-    .sort((a, b) => a.layer - b.layer || a.expert - b.expert);
   // Free slots only: warming must never push out an expert that traffic already brought in.
   const room = Math.max(0, cache.capacity - cache.size);
-  return { take: cold.slice(0, room), leftCold: Math.max(0, cold.length - room) };
+  const order = (a: ExpertId, b: ExpertId) => a.layer - b.layer || a.expert - b.expert;
+  const take: ExpertId[] = []; // sorted, at most `room` long
+  let cold = 0;
+  for (const id of ids) {
+    if (cache.has(id.layer, id.expert)) continue;
+    cold++;
+    if (take.length === room && (room === 0 || order(id, take[room - 1]) >= 0)) continue;
+    let [lo, hi] = [0, take.length];
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (order(take[mid], id) <= 0) lo = mid + 1;
+      else hi = mid;
+    }
+    take.splice(lo, 0, id);
+    if (take.length > room) take.pop();
+  }
+  return { take, leftCold: cold - take.length };
 }
 
 /**

@@ -5,6 +5,7 @@ import { type Stats, unwatchFile, watchFile } from "node:fs";
 import { readFile } from "node:fs/promises";
 import {
   type Checkpoint,
+  checkConfigAgainstTensors,
   expertReader,
   isMoeLayer,
   openCheckpoint,
@@ -128,12 +129,13 @@ const SHUTDOWN_GRACE_MS = 2000;
 /** The gRPC service name the readiness probe asks grpc.health.v1 about. */
 export const WORKER_SERVICE = "switchyard.v1.ExpertWorker";
 
-/** Every expert id a source serves (no plan, no --experts). */
-function allServable(source: ExpertSource): ExpertId[] {
-  const out: ExpertId[] = [];
-  for (const layer of allMoeLayers(source))
-    for (let expert = 0; expert < servableExperts(source); expert++) out.push({ layer, expert });
-  return out;
+/**
+ * Every expert id a source serves (no plan, no --experts), in layer then expert order; generated, not listed: the
+ * warm-up takes only what its cache has room for (warmList), and layers × experts may be far more than that.
+ */
+function* allServable(source: ExpertSource): Generator<ExpertId> {
+  const n = servableExperts(source);
+  for (const layer of allMoeLayers(source)) for (let expert = 0; expert < n; expert++) yield { layer, expert };
 }
 
 function allMoeLayers(source: ExpertSource): number[] {
@@ -183,7 +185,15 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   let ownSource = false;
   let source: ExpertSource;
   if (typeof o.checkpoint === "string") {
-    source = checkpointSource(await openCheckpoint(o.checkpoint));
+    const ckpt = await openCheckpoint(o.checkpoint);
+    try {
+      // before anything is sized by the config's layers × experts: a wrong expert count fails here, named
+      await checkConfigAgainstTensors(ckpt, { experts: true });
+    } catch (err) {
+      await ckpt.close();
+      throw err;
+    }
+    source = checkpointSource(ckpt);
     ownSource = true;
   } else source = o.checkpoint;
   const cleanup: (() => Promise<void> | void)[] = [];

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadNativeAddon } from "@switchyard/expert-worker";
@@ -521,5 +521,60 @@ describe("CheckpointModel gate precision (bf16 hidden states: the gate computes 
     const before = l.slice();
     expect(dsv3.roundLogits(l, DType.BFLOAT16)).toBe(DType.FLOAT32);
     expect(l).toEqual(before);
+  });
+});
+
+describe("CheckpointModel.open refuses a checkpoint it would route wrongly with, naming why", () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sy-ckmodel-bad-"));
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it("an expert count the gate does not have names the config.json key", async () => {
+    const ck = join(dir, "count");
+    await generateCheckpoint({
+      family: "mixtral",
+      dir: ck,
+      layers: 2,
+      hiddenSize: 16,
+      intermediateSize: 8,
+      experts: 4,
+    });
+    const config = JSON.parse(await readFile(join(ck, "config.json"), "utf8"));
+    await writeFile(join(ck, "config.json"), JSON.stringify({ ...config, num_local_experts: 8 }));
+    await expect(CheckpointModel.open(ck)).rejects.toMatchObject({
+      code: "FAILED_PRECONDITION",
+      message: expect.stringContaining(
+        "config.json: num_local_experts (8) and hidden_size (16) say tensor model.layers.0.block_sparse_moe.gate.weight is [8, 16]",
+      ),
+    });
+  });
+
+  it("a NaN gate weight, named at load rather than blamed on every request's logits", async () => {
+    const ck = join(dir, "nan");
+    await generateCheckpoint({
+      family: "mixtral",
+      dir: ck,
+      layers: 2,
+      hiddenSize: 16,
+      intermediateSize: 8,
+      experts: 4,
+    });
+    const key = "model.layers.1.block_sparse_moe.gate.weight";
+    const ckpt = await openCheckpoint(ck);
+    const info = await ckpt.tensorInfo(key);
+    await ckpt.close();
+    expect(info?.dtype).toBe("BF16");
+    const path = join(ck, "model.safetensors");
+    const bytes = await readFile(path);
+    const header = Number(bytes.readBigUInt64LE(0));
+    const { data_offsets } = JSON.parse(bytes.subarray(8, 8 + header).toString())[key];
+    bytes.writeUInt16LE(0x7fc0, 8 + header + data_offsets[0] + 2 * (3 * 16 + 9)); // row 3, column 9
+    await writeFile(path, bytes);
+    await expect(CheckpointModel.open(ck)).rejects.toMatchObject({
+      code: "FAILED_PRECONDITION",
+      message: `${path}: tensor ${key}[3, 9] (expert 3, column 9): must be finite, got NaN`,
+    });
   });
 });

@@ -5,6 +5,7 @@ import { loadNativeAddon, NativeCpuBackend, type PreparedExpert } from "@switchy
 import {
   applyGate,
   type Checkpoint,
+  checkConfigAgainstTensors,
   cpuBudget,
   type ExpertFFNWeights,
   type ExpertWeights,
@@ -86,6 +87,9 @@ export class CheckpointModel implements PoolModel {
 
   static async fromCheckpoint(ckpt: Checkpoint): Promise<CheckpointModel> {
     const spec = ckpt.spec;
+    // A wrong expert count fails naming its config.json key, not as the first gate's shape. No routed expert is
+    // asked for: the router's share of a checkpoint (fetchCheckpointTensors) holds none.
+    await checkConfigAgainstTensors(ckpt, { experts: false });
     const weights: (LayerWeights | null)[] = [];
     for (let l = 0; l < spec.layers; l++) {
       if (!isMoeLayer(spec, l)) {

@@ -3,7 +3,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { INDEX_FILE, openCheckpoint, readLayerFloat32, SINGLE_FILE, toFloat32 } from "./checkpoint.js";
+import {
+  checkConfigAgainstTensors,
+  firstNonFinite,
+  INDEX_FILE,
+  openCheckpoint,
+  readLayerFloat32,
+  SINGLE_FILE,
+  toFloat32,
+} from "./checkpoint.js";
 import { generateCheckpoint, generatedValues } from "./generate.js";
 import { buildSafetensorsHeader, SafetensorsFile, writeSafetensors } from "./safetensors.js";
 import {
@@ -390,5 +398,155 @@ describe("checkpoint errors name the file and tensor", () => {
     );
     await writeFile(join(dir, "config.json"), "{");
     await expectRejects(openCheckpoint(dir), "FAILED_PRECONDITION", /config\.json: not valid JSON/);
+  });
+});
+
+describe("checkpoint: review findings", () => {
+  it("a non-finite gate weight fails at load, naming the file, tensor, row and column", async () => {
+    for (const [dtype, st, write] of [
+      ["bfloat16", "BF16", (b: Buffer, at: number, i: number) => b.writeUInt16LE(0x7fc0, at + 2 * i)],
+      ["float16", "F16", (b: Buffer, at: number, i: number) => b.writeUInt16LE(0xfc00, at + 2 * i)],
+      ["float32", "F32", (b: Buffer, at: number, i: number) => b.writeFloatLE(Number.POSITIVE_INFINITY, at + 4 * i)],
+    ] as const) {
+      const dir = join(root, `gate-nan-${dtype}`);
+      const g = await generateCheckpoint({
+        family: "mixtral",
+        dir,
+        layers: 1,
+        hiddenSize: 8,
+        intermediateSize: 6,
+        dtype,
+      });
+      const key = gateKey(g.spec, 0);
+      const path = join(dir, SINGLE_FILE);
+      const file = await SafetensorsFile.open(path);
+      const info = file.info(key);
+      await file.close();
+      expect(info?.dtype).toBe(st);
+      const bytes = await readFile(path);
+      write(bytes, info?.begin ?? 0, 2 * 8 + 5); // row 2, column 5
+      await writeFile(path, bytes);
+      const ckpt = await openCheckpoint(dir);
+      const got = dtype === "float16" ? "-Infinity" : dtype === "float32" ? "Infinity" : "NaN";
+      const msg = `${path}: tensor ${key}[2, 5] (expert 2, column 5): must be finite, got ${got}`;
+      await expectRejects(ckpt.readGate(0), "FAILED_PRECONDITION", new RegExp(`^${escapeRegExp(msg)}$`));
+      await ckpt.close();
+    }
+    // the largest finite values and subnormals are finite
+    const m = (dtype: ModelSpec["dtype"], data: number[]) => ({
+      dtype,
+      rows: 1,
+      cols: data.length,
+      data: new Uint8Array(data),
+    });
+    expect(firstNonFinite(m("bfloat16", [0x7f, 0x7f, 0x01, 0x00, 0x80, 0xff]))).toBe(2);
+    expect(firstNonFinite(m("float16", [0xff, 0x7b, 0x01, 0x00]))).toBe(-1);
+    expect(firstNonFinite(m("float32", [0xff, 0xff, 0x7f, 0x7f, 0x00, 0x00, 0x80, 0xff]))).toBe(1);
+  });
+
+  it("a config.json larger than any real one is refused by its size, before it is read", async () => {
+    const dir = join(root, "huge-config");
+    await generateCheckpoint({ family: "mixtral", dir, layers: 1, hiddenSize: 8, intermediateSize: 6 });
+    const path = join(dir, "config.json");
+    await truncate(path, 17 * 2 ** 20); // a valid JSON object padded with NULs to 17 MiB
+    await expectRejects(
+      openCheckpoint(dir),
+      "FAILED_PRECONDITION",
+      new RegExp(`^${escapeRegExp(path)}: 17825792 bytes, more than the 16777216 a config\\.json may have$`),
+    );
+  });
+
+  describe("config.json against the tensors (checkConfigAgainstTensors)", () => {
+    async function withConfig(name: string, shards: number, edit: (c: Record<string, unknown>) => void) {
+      const dir = join(root, `cfg-${name}`);
+      await rm(dir, { recursive: true, force: true });
+      await generateCheckpoint({
+        family: "qwen2-moe",
+        dir,
+        layers: 3,
+        experts: 8,
+        hiddenSize: 8,
+        intermediateSize: 6,
+        shards,
+      });
+      const path = join(dir, "config.json");
+      const c = JSON.parse(await readFile(path, "utf8"));
+      edit(c);
+      await writeFile(path, JSON.stringify(c));
+      return dir;
+    }
+    async function check(dir: string, experts = true) {
+      const ckpt = await openCheckpoint(dir);
+      try {
+        await checkConfigAgainstTensors(ckpt, { experts });
+      } finally {
+        await ckpt.close();
+      }
+    }
+
+    it("passes a checkpoint as generated, sharded or not", async () => {
+      await check(await withConfig("ok1", 1, () => {}));
+      await check(await withConfig("ok3", 3, () => {}));
+    });
+
+    it("an expert count the gate does not have names the key and the gate", async () => {
+      for (const shards of [1, 3]) {
+        const dir = await withConfig(`e16-${shards}`, shards, (c) => {
+          c.num_experts = 16;
+        });
+        const gate = "model.layers.0.mlp.gate.weight";
+        const ckpt = await openCheckpoint(dir);
+        const file = join(dir, ckpt.fileOf(gate) ?? "");
+        await ckpt.close();
+        await expectRejects(
+          check(dir),
+          "FAILED_PRECONDITION",
+          new RegExp(
+            `^${escapeRegExp(`${join(dir, "config.json")}: num_experts (16) and hidden_size (8) say tensor ${gate} is [16, 8], but ${file} has it as [8, 8]`)}$`,
+          ),
+        );
+      }
+    });
+
+    it("a gate that agrees but a missing last expert, a wrong intermediate size, a missing last layer", async () => {
+      const expert7 = "model.layers.0.mlp.experts.7.gate_proj.weight";
+      // the gate and the config say 8 experts, the index has lost expert 7
+      const dir = await withConfig("no-e7", 3, () => {});
+      const index = JSON.parse(await readFile(join(dir, INDEX_FILE), "utf8"));
+      delete index.weight_map[expert7];
+      await writeFile(join(dir, INDEX_FILE), JSON.stringify(index));
+      await expectRejects(
+        check(dir),
+        "FAILED_PRECONDITION",
+        new RegExp(
+          `^${escapeRegExp(`${join(dir, "config.json")}: num_experts is 8, but tensor ${expert7} is not in the weight_map of ${join(dir, INDEX_FILE)}`)}$`,
+        ),
+      );
+      await check(dir, false); // the router's share has no routed experts to check
+
+      const inter = await withConfig("inter", 1, (c) => {
+        c.moe_intermediate_size = 12;
+        c.shared_expert_intermediate_size = 12;
+      });
+      await expectRejects(
+        check(inter),
+        "FAILED_PRECONDITION",
+        new RegExp(
+          `^${escapeRegExp(`${join(inter, "config.json")}: moe_intermediate_size (12) and hidden_size (8) say tensor ${expert7} is [12, 8], but ${join(inter, SINGLE_FILE)} has it as [6, 8]`)}$`,
+        ),
+      );
+
+      const layers = await withConfig("layers", 1, (c) => {
+        c.num_hidden_layers = 40;
+        c.mlp_only_layers = [];
+      });
+      await expectRejects(
+        check(layers, false),
+        "FAILED_PRECONDITION",
+        new RegExp(
+          `^${escapeRegExp(`${join(layers, "config.json")}: num_hidden_layers is 40: layer 39 is an MoE layer, but tensor model.layers.39.mlp.gate.weight is not in ${join(layers, SINGLE_FILE)}`)}$`,
+        ),
+      );
+    });
   });
 });

@@ -2,17 +2,19 @@
 // Hugging Face key names. Only the tensors asked for are read, by positioned reads; shard headers are read on first
 // use, so a worker serving a few experts touches only the shards that hold them.
 
-import { access, readFile } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { bytesToFloat32, DType, failedPrecondition, invalidArgument, notFound } from "@switchyard/protocol";
-import { SafetensorsFile, type TensorInfo } from "./safetensors.js";
+import { MAX_HEADER_BYTES, openRegularFile, readExactly, SafetensorsFile, type TensorInfo } from "./safetensors.js";
 import {
   correctionBiasKey,
   type ExpertKeys,
   expertKeys,
   gateKey,
+  hfConfigKey,
   isMoeLayer,
   type ModelSpec,
+  moeLayers,
   sharedExpertGateKey,
   sharedExpertKeys,
   sharedSlices,
@@ -76,6 +78,8 @@ export interface Checkpoint {
   readTensor(name: string, expectShape?: readonly number[]): Promise<WeightMatrix>;
   /** Which file holds a key (undefined when none). */
   fileOf(name: string): string | undefined;
+  /** A tensor's dtype and shape as its file's header gives them (no data read), or undefined when it is absent. */
+  tensorInfo(name: string): Promise<{ dtype: string; shape: number[]; file: string } | undefined>;
   /** Bytes read from disk so far (tests check that reads stay partial). */
   readonly bytesRead: number;
   close(): Promise<void>;
@@ -84,16 +88,27 @@ export interface Checkpoint {
 export const INDEX_FILE = "model.safetensors.index.json";
 export const SINGLE_FILE = "model.safetensors";
 
-async function readJson(path: string): Promise<unknown> {
-  let text: string;
+/** Largest config.json read or downloaded: a real one is a few KB; anything near this is not a config. */
+export const MAX_CONFIG_BYTES = 16 * 2 ** 20;
+/** Largest index read (DeepSeek-V3's is 9 MB), as a safetensors header. */
+export const MAX_INDEX_BYTES = MAX_HEADER_BYTES;
+
+/**
+ * A JSON file of the checkpoint, at most `maxBytes` long: its size is checked before it is read, so a wrong file
+ * (a shard under the name, a FIFO, a directory) fails naming it instead of filling memory or blocking.
+ */
+export async function readCheckpointJson(path: string, maxBytes: number): Promise<unknown> {
+  const { fh, size } = await openRegularFile(path);
+  let bytes: Uint8Array;
   try {
-    text = await readFile(path, "utf8");
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") throw notFound(`${path}: no such file`);
-    throw failedPrecondition(`${path}: cannot read (${(e as Error).message})`);
+    if (size > maxBytes)
+      throw failedPrecondition(`${path}: ${size} bytes, more than the ${maxBytes} a ${basename(path)} may have`);
+    bytes = await readExactly(fh, 0, size, path, "the file");
+  } finally {
+    await fh.close();
   }
   try {
-    return JSON.parse(text);
+    return JSON.parse(new TextDecoder().decode(bytes));
   } catch (e) {
     throw failedPrecondition(`${path}: not valid JSON (${(e as Error).message})`);
   }
@@ -128,15 +143,117 @@ export function parseIndex(raw: unknown, file: string): Map<string, string> {
 /** Open a checkpoint directory. Reads config.json and (if sharded) the index; no tensor data yet. */
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
   const configPath = join(dir, "config.json");
-  const spec = specFromHfConfig(await readJson(configPath), configPath);
+  const spec = specFromHfConfig(await readCheckpointJson(configPath, MAX_CONFIG_BYTES), configPath);
   const indexPath = join(dir, INDEX_FILE);
   let weightMap: Map<string, string> | undefined;
   if (await exists(indexPath)) {
-    weightMap = parseIndex(await readJson(indexPath), indexPath);
+    weightMap = parseIndex(await readCheckpointJson(indexPath, MAX_INDEX_BYTES), indexPath);
   } else if (!(await exists(join(dir, SINGLE_FILE)))) {
     throw notFound(`${dir}: neither ${SINGLE_FILE} nor ${INDEX_FILE} found`);
   }
   return new DirCheckpoint(dir, spec, weightMap);
+}
+
+/**
+ * Checks cheaply (file headers only, no tensor data) that config.json describes the checkpoint's tensors: the first
+ * MoE layer's gate is [experts, hidden_size]; with `experts` (a worker's checkpoint: the router's share holds no
+ * routed experts) that layer's last expert, experts - 1, is there with gate/up [intermediate, hidden] and down
+ * [hidden, intermediate]; and the last MoE layer's gate is there. A worker sizes its lists by the config (layers ×
+ * experts) before it reads an expert: a wrong count must fail here, naming the config.json key and the tensor, not
+ * in an out-of-memory or at the first request.
+ */
+export async function checkConfigAgainstTensors(ckpt: Checkpoint, o: { experts: boolean }): Promise<void> {
+  const { spec } = ckpt;
+  const config = join(ckpt.dir, "config.json");
+  const key = (f: keyof ModelSpec) => hfConfigKey(spec.family, f);
+  const where = (name: string) => {
+    const f = ckpt.fileOf(name);
+    return f === undefined ? `the weight_map of ${join(ckpt.dir, INDEX_FILE)}` : join(ckpt.dir, f);
+  };
+  const need = async (name: string, why: string) => {
+    const info = await ckpt.tensorInfo(name);
+    if (!info) throw failedPrecondition(`${config}: ${why}, but tensor ${name} is not in ${where(name)}`);
+    return info;
+  };
+  const shaped = (info: { shape: number[]; file: string }, name: string, want: number[], why: string) => {
+    if (info.shape.length !== want.length || info.shape.some((d, i) => d !== want[i]))
+      throw failedPrecondition(
+        `${config}: ${why} say tensor ${name} is [${want.join(", ")}], but ${info.file} has it as [${info.shape.join(", ")}]`,
+      );
+  };
+  const layers = moeLayers(spec);
+  const [first, last] = [layers[0], layers[layers.length - 1]];
+  const [e, d, f] = [spec.experts, spec.hiddenSize, spec.intermediateSize];
+  const dense = key("firstDenseLayers");
+  const firstWhy = `layer ${first} is the first MoE layer${dense === "firstDenseLayers" ? "" : ` (${dense})`}`;
+  const gate = gateKey(spec, first);
+  shaped(await need(gate, firstWhy), gate, [e, d], `${key("experts")} (${e}) and hidden_size (${d})`);
+  if (o.experts) {
+    const k = expertKeys(spec, first, e - 1);
+    const dims = `${key("intermediateSize")} (${f}) and hidden_size (${d})`;
+    for (const [name, want] of [
+      [k.gate, [f, d]],
+      [k.up, [f, d]],
+      [k.down, [d, f]],
+    ] as const)
+      shaped(await need(name, `${key("experts")} is ${e}`), name, [...want], dims);
+  }
+  if (last !== first)
+    await need(gateKey(spec, last), `${key("layers")} is ${spec.layers}: layer ${last} is an MoE layer`);
+}
+
+/** A router tensor the loader reads with a fixed shape, and the config.json keys that give it (for messages). */
+export interface ExpectedTensor {
+  name: string;
+  shape: number[];
+  keys: string;
+}
+
+/**
+ * One MoE layer's router tensors with the shapes the loader reads them with (readGate, readCorrectionBias,
+ * readSharedExpert, readSharedExpertGate): the gate [experts, hidden], DeepSeek-V3's correction bias [experts], the
+ * shared expert's gate/up [shared, hidden] and down [hidden, shared], Qwen2-MoE's shared_expert_gate [1, hidden].
+ */
+export function routerTensorShapes(spec: ModelSpec, layer: number): ExpectedTensor[] {
+  const key = (f: keyof ModelSpec) => hfConfigKey(spec.family, f);
+  const [e, d, s] = [spec.experts, spec.hiddenSize, spec.sharedIntermediateSize];
+  const out: ExpectedTensor[] = [{ name: gateKey(spec, layer), shape: [e, d], keys: `${key("experts")}, hidden_size` }];
+  const bias = correctionBiasKey(spec, layer);
+  if (bias) out.push({ name: bias, shape: [e], keys: key("experts") });
+  const sk = sharedExpertKeys(spec, layer);
+  if (sk) {
+    const width =
+      spec.family === "deepseek-v3"
+        ? `${key("intermediateSize")} × ${key("sharedIntermediateSize")}`
+        : key("sharedIntermediateSize");
+    out.push(
+      { name: sk.gate, shape: [s, d], keys: `${width}, hidden_size` },
+      { name: sk.up, shape: [s, d], keys: `${width}, hidden_size` },
+      { name: sk.down, shape: [d, s], keys: `hidden_size, ${width}` },
+    );
+  }
+  const sg = sharedExpertGateKey(spec, layer);
+  if (sg) out.push({ name: sg, shape: [1, d], keys: "hidden_size" });
+  return out;
+}
+
+/**
+ * Why a tensor's header entry is not what the loader reads for `want` (a dtype it cannot read, another shape), or
+ * undefined when it is. `config` names the config.json the expectation comes from.
+ */
+export function tensorMismatch(
+  info: { dtype: string; shape: readonly number[] },
+  want: ExpectedTensor,
+  config: string,
+): string | undefined {
+  if (!(info.dtype in FROM_SAFETENSORS))
+    return `tensor ${want.name}: dtype ${info.dtype} is not supported (BF16, F16 or F32)`;
+  if (info.shape.length !== want.shape.length || info.shape.some((d, i) => d !== want.shape[i]))
+    return (
+      `tensor ${want.name}: shape [${info.shape.join(", ")}], but ${config} (${want.keys}) says ` +
+      `[${want.shape.join(", ")}]`
+    );
+  return undefined;
 }
 
 class DirCheckpoint implements Checkpoint {
@@ -167,6 +284,15 @@ class DirCheckpoint implements Checkpoint {
       this.files.set(name, f);
     }
     return f;
+  }
+
+  async tensorInfo(name: string): Promise<{ dtype: string; shape: number[]; file: string } | undefined> {
+    if (this.closed) throw failedPrecondition(`${this.dir}: checkpoint is closed`);
+    const fileName = this.fileOf(name);
+    if (!fileName) return undefined;
+    const file = await this.file(fileName);
+    const info = file.info(name);
+    return info && { dtype: info.dtype, shape: info.shape, file: file.path };
   }
 
   async readTensor(name: string, expectShape?: readonly number[]): Promise<WeightMatrix> {
@@ -212,7 +338,20 @@ class DirCheckpoint implements Checkpoint {
 
   readGate(layer: number): Promise<WeightMatrix> {
     this.checkLayer(layer);
-    return this.readTensor(gateKey(this.spec, layer), [this.spec.experts, this.spec.hiddenSize]);
+    const key = gateKey(this.spec, layer);
+    return this.readTensor(key, [this.spec.experts, this.spec.hiddenSize]).then((gate) => {
+      // A NaN or infinite weight makes every token's logits non-finite, and each request would then fail as if its
+      // own logits were bad: say here which weight it is.
+      const at = firstNonFinite(gate);
+      if (at >= 0) {
+        const [r, c] = [Math.floor(at / gate.cols), at % gate.cols];
+        throw failedPrecondition(
+          `${join(this.dir, this.fileOf(key) ?? SINGLE_FILE)}: tensor ${key}[${r}, ${c}] (expert ${r}, column ${c}): ` +
+            `must be finite, got ${elementOf(gate, at)}`,
+        );
+      }
+      return gate;
+    });
   }
 
   async readSharedExpert(layer: number): Promise<ExpertWeights | undefined> {
@@ -250,6 +389,29 @@ class DirCheckpoint implements Checkpoint {
     this.files.clear();
     await Promise.all(files.map((f) => f.then((x) => x.close()).catch(() => undefined)));
   }
+}
+
+/**
+ * Index of the first NaN or infinity in a weight, or -1. By the exponent bits of the raw little-endian values: a
+ * DeepSeek-V3 gate is 1.8 M values a layer, which need no fp32 copy for this.
+ */
+export function firstNonFinite(m: WeightMatrix): number {
+  const d = m.data;
+  if (m.dtype === "float32") {
+    // exponent: bits 23-30 (byte 3 low 7 bits, byte 2 top bit)
+    for (let i = 0; i + 3 < d.length; i += 4) if ((d[i + 3] & 0x7f) === 0x7f && d[i + 2] & 0x80) return i / 4;
+  } else if (m.dtype === "bfloat16") {
+    for (let i = 0; i + 1 < d.length; i += 2) if ((d[i + 1] & 0x7f) === 0x7f && d[i] & 0x80) return i / 2;
+  } else {
+    // float16: exponent bits 10-14 (byte 1, bits 2-6)
+    for (let i = 0; i + 1 < d.length; i += 2) if ((d[i + 1] & 0x7c) === 0x7c) return i / 2;
+  }
+  return -1;
+}
+
+function elementOf(m: WeightMatrix, i: number): number {
+  const size = weightBytesPerElement(m.dtype);
+  return toFloat32({ ...m, rows: 1, cols: 1, data: m.data.slice(i * size, (i + 1) * size) })[0];
 }
 
 function checkInfo(file: string, info: TensorInfo, expectShape?: readonly number[]): void {

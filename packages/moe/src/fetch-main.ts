@@ -6,7 +6,7 @@
 // HF_TOKEN and HF_ENDPOINT are read from the environment for hf:// URIs.
 
 import { parseArgs } from "node:util";
-import { fetchCheckpoint, fetchCheckpointTensors, routerTensorNames } from "./fetch-checkpoint.js";
+import { checkpointSource, fetchCheckpoint, fetchCheckpointTensors, routerTensorNames } from "./fetch-checkpoint.js";
 
 const USAGE = "usage: fetch-checkpoint --uri URI --dir DIR [--router-tensors]";
 
@@ -19,6 +19,8 @@ function flags(argv: string[]): { uri: string; dir: string; routerTensors: boole
   });
   if (!values.uri) throw new Error("--uri: required");
   if (!values.dir) throw new Error("--dir: required");
+  // A URI no fetch can take is a bad flag (exit 2), like a missing one; its message says what is supported.
+  checkpointSource(values.uri);
   return { uri: values.uri, dir: values.dir, routerTensors: values["router-tensors"] ?? false };
 }
 

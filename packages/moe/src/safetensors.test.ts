@@ -1,8 +1,16 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { constants } from "node:fs";
+import { mkdir, mkdtemp, open, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildSafetensorsHeader, parseSafetensorsHeader, SafetensorsFile, writeSafetensors } from "./safetensors.js";
+import {
+  buildSafetensorsHeader,
+  parseSafetensorsHeader,
+  readExactly,
+  SafetensorsFile,
+  writeSafetensors,
+} from "./safetensors.js";
 
 let root: string;
 beforeAll(async () => {
@@ -92,5 +100,49 @@ describe("safetensors", () => {
       b: { dtype: "F32", shape: [2], data_offsets: [8, 16] },
     });
     expect(parseSafetensorsHeader(ok, "f", 8 + ok.byteLength + 16).tensors.size).toBe(3);
+  });
+
+  it("refuses what is not a regular file, naming it: a FIFO would block open(2) forever, a directory fail bare", async () => {
+    const fifo = join(root, "fifo.safetensors");
+    execFileSync("mkfifo", [fifo]);
+    const opened = SafetensorsFile.open(fifo).then(
+      async (f) => {
+        await f.close();
+        return "opened";
+      },
+      (e: unknown) => e,
+    );
+    let got: unknown;
+    try {
+      got = await Promise.race([opened, new Promise((r) => setTimeout(() => r("still blocked after 2 s"), 2000))]);
+    } finally {
+      // A writer ends an open(2) still blocked on the FIFO, so that a failure here cannot hang the test run.
+      const w = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => undefined);
+      await w?.close();
+    }
+    expect(got).toMatchObject({ code: "FAILED_PRECONDITION", message: `${fifo}: not a regular file` });
+
+    const dir = join(root, "dir.safetensors");
+    await mkdir(dir);
+    await expect(SafetensorsFile.open(dir)).rejects.toMatchObject({
+      code: "FAILED_PRECONDITION",
+      message: `${dir}: not a regular file`,
+    });
+    await expect(SafetensorsFile.open(join(root, "absent.safetensors"))).rejects.toMatchObject({
+      code: "NOT_FOUND",
+      message: `${join(root, "absent.safetensors")}: no such file`,
+    });
+    // A read's errno error (here EISDIR) names the file and what was read.
+    const fh = await open(dir, "r");
+    try {
+      await expect(readExactly(fh, 0, 8, dir, "header length")).rejects.toMatchObject({
+        code: "FAILED_PRECONDITION",
+        message: expect.stringMatching(
+          new RegExp(`^${dir}: cannot read header length \\(bytes \\[0, 8\\)\\) \\(.*EISDIR`),
+        ),
+      });
+    } finally {
+      await fh.close();
+    }
   });
 });

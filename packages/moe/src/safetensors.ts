@@ -3,6 +3,7 @@
 // section; offsets are relative to the start of the data section. We read the header and then only the byte
 // ranges of the tensors asked for (positioned reads), never the whole file.
 
+import { constants, type Stats } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { failedPrecondition, notFound, type SwitchyardError } from "@switchyard/protocol";
 
@@ -116,6 +117,40 @@ export function parseSafetensorsHeader(json: Uint8Array, file: string, fileSize:
   return { file, dataStart, tensors, metadata };
 }
 
+/** An errno error (EIO, EISDIR, ...) as a SwitchyardError naming the file and what was being done. */
+function fileError(file: string, doing: string, e: unknown): SwitchyardError {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return notFound(`${file}: no such file`);
+  return failedPrecondition(`${file}: cannot ${doing} (${(e as Error).message})`);
+}
+
+/**
+ * Open a file for reading, refusing anything but a regular file. O_NONBLOCK: a FIFO under a checkpoint's file name
+ * would otherwise block open(2) until a writer comes, in a libuv thread that not even process.exit() ends; opened
+ * this way it returns at once, and fstat tells what it is (a directory would only fail at its first read, EISDIR,
+ * without the file's name). The flag changes nothing for reads of a regular file.
+ */
+export async function openRegularFile(path: string): Promise<{ fh: FileHandle; size: number }> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+  } catch (e) {
+    throw fileError(path, "open", e);
+  }
+  let st: Stats;
+  try {
+    st = await fh.stat();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw fileError(path, "stat", e);
+  }
+  if (!st.isFile()) {
+    await fh.close().catch(() => {});
+    throw failedPrecondition(`${path}: not a regular file`);
+  }
+  return { fh, size: st.size };
+}
+
 /** Read exactly `length` bytes at `position`, or fail naming the file (short read = truncated file). */
 export async function readExactly(
   fh: FileHandle,
@@ -131,7 +166,12 @@ export async function readExactly(
   const out = new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length);
   let done = 0;
   while (done < length) {
-    const { bytesRead } = await fh.read(out, done, length - done, position + done);
+    let bytesRead: number;
+    try {
+      ({ bytesRead } = await fh.read(out, done, length - done, position + done));
+    } catch (e) {
+      throw fileError(file, `read ${what} (bytes [${position}, ${position + length}))`, e);
+    }
     if (bytesRead === 0)
       throw bad(
         file,
@@ -143,8 +183,19 @@ export async function readExactly(
 }
 
 /** Read and validate the header of an open file. */
-export async function readSafetensorsHeader(fh: FileHandle, file: string): Promise<SafetensorsHeader> {
-  const { size } = await fh.stat();
+export async function readSafetensorsHeader(
+  fh: FileHandle,
+  file: string,
+  knownSize?: number,
+): Promise<SafetensorsHeader> {
+  let size = knownSize;
+  if (size === undefined) {
+    try {
+      size = (await fh.stat()).size;
+    } catch (e) {
+      throw fileError(file, "stat", e);
+    }
+  }
   if (size < 8) throw bad(file, `truncated: ${size} bytes, a safetensors file starts with an 8-byte header length`);
   const lenBytes = await readExactly(fh, 0, 8, file, "header length");
   const len = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
@@ -164,16 +215,9 @@ export class SafetensorsFile {
   ) {}
 
   static async open(path: string): Promise<SafetensorsFile> {
-    let fh: FileHandle;
+    const { fh, size } = await openRegularFile(path);
     try {
-      fh = await open(path, "r");
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === "ENOENT") throw notFound(`${path}: no such file`);
-      throw failedPrecondition(`${path}: cannot open (${(e as Error).message})`);
-    }
-    try {
-      return new SafetensorsFile(path, fh, await readSafetensorsHeader(fh, path));
+      return new SafetensorsFile(path, fh, await readSafetensorsHeader(fh, path, size));
     } catch (e) {
       await fh.close();
       throw e;

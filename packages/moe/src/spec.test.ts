@@ -202,6 +202,27 @@ describe("config.json", () => {
       }),
     ).toThrow(/num_hidden_layers: must be at most 4096, got 1000000/);
   });
+  it("refuses a config.json claiming more experts than the router can key (a worker sizes its lists by it)", () => {
+    const mixtral = {
+      model_type: "mixtral",
+      hidden_size: 8,
+      intermediate_size: 8,
+      num_hidden_layers: 2,
+      num_experts_per_tok: 2,
+    };
+    expectInvalid(
+      () => specFromHfConfig({ ...mixtral, num_local_experts: 30_000_000 }, "/ckpt/config.json"),
+      "/ckpt/config.json: num_local_experts: must be at most 65536, got 30000000",
+    );
+    expect(specFromHfConfig({ ...mixtral, num_local_experts: 65536 }).experts).toBe(65536);
+    // the shared expert's slices take expert ids after the routed experts': 65535 + 1 fit, 65536 + 1 do not
+    const ds = { nGroup: 1, topkGroup: 1, intermediateSize: 8 };
+    expect(defaultSpec("deepseek-v3", { ...ds, experts: 65535 }).experts).toBe(65535);
+    expectInvalid(
+      () => defaultSpec("deepseek-v3", { ...ds, experts: 65536 }),
+      /^spec\.sharedIntermediateSize: experts \(65536\) plus the shared expert's 1 slices exceed 65536 expert ids$/,
+    );
+  });
   it("fills fields a config leaves out with transformers' own defaults (DeepseekV3Config, Qwen2MoeConfig)", () => {
     const ds = specFromHfConfig({
       model_type: "deepseek_v3",

@@ -143,6 +143,13 @@ export function defaultSpec(family: ModelFamily, overrides: Partial<ModelSpec> =
 /** The most layers a spec may have (the largest MoE models have ~100). */
 const MAX_LAYERS = 4096;
 
+/**
+ * The most expert ids an MoE layer may have, routed experts and shared-expert slices together (DeepSeek-V3 has 257):
+ * the router keys an expert as layer * 65536 + expert. A config.json that claims more is wrong, and a worker would
+ * size its lists by it before reading a tensor.
+ */
+export const MAX_EXPERTS = 65536;
+
 function posInt(v: unknown, field: string): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v <= 0)
     throw invalidArgument(field, `must be a positive integer, got ${JSON.stringify(v)}`);
@@ -176,6 +183,8 @@ function checkSpec(spec: ModelSpec, name: (k: keyof ModelSpec) => string, path: 
   // no model has near this many; a config.json that claims more would cost time and memory per layer
   if (spec.layers > MAX_LAYERS) throw invalidArgument(f("layers"), `must be at most ${MAX_LAYERS}, got ${spec.layers}`);
   posInt(spec.experts, f("experts"));
+  if (spec.experts > MAX_EXPERTS)
+    throw invalidArgument(f("experts"), `must be at most ${MAX_EXPERTS}, got ${spec.experts}`);
   posInt(spec.hiddenSize, f("hiddenSize"));
   posInt(spec.intermediateSize, f("intermediateSize"));
   posInt(spec.topK, f("topK"));
@@ -212,6 +221,12 @@ function checkSpec(spec: ModelSpec, name: (k: keyof ModelSpec) => string, path: 
   nonNegInt(spec.sharedIntermediateSize, f("sharedIntermediateSize"));
   if (spec.sharedExperts > 0 && spec.sharedIntermediateSize === 0)
     throw invalidArgument(f("sharedIntermediateSize"), `must be positive when ${n("sharedExperts")} > 0`);
+  // the shared expert's slices are served under expert ids experts, experts + 1, ... (sharedSlices)
+  if (spec.experts + sharedSlices(spec) > MAX_EXPERTS)
+    throw invalidArgument(
+      f("sharedIntermediateSize"),
+      `${n("experts")} (${spec.experts}) plus the shared expert's ${sharedSlices(spec)} slices exceed ${MAX_EXPERTS} expert ids`,
+    );
   if (spec.sharedExpertGate && spec.sharedExperts === 0)
     throw invalidArgument(f("sharedExpertGate"), `needs ${n("sharedExperts")} > 0`);
   if (!WEIGHT_DTYPES.includes(spec.dtype))

@@ -55,10 +55,12 @@ export const LOCK = ".switchyard-checkpoint.lock";
 export const MiB = 2 ** 20;
 export const PROGRESS_EVERY_MS = 15_000;
 
-/** What a server said about the version of a file it sent. */
+/** What a server said about the version of a file it sent, and the file's size once in place. */
 export interface Pin {
   etag?: string;
   lastModified?: string;
+  /** bytes on the disk when the file was put in place: a later call checks it without a request (verify.ts) */
+  size?: number;
 }
 
 export interface Marker {
@@ -69,7 +71,7 @@ export interface Marker {
   complete: boolean;
   /** hf:// revisions: the commit every file came from */
   commit?: string;
-  /** whole: each file present and whole, with its version when it was fetched */
+  /** each file present and whole, with its version (whole) and size when it was fetched */
   files?: Record<string, Pin>;
   tensors?: string[];
 }

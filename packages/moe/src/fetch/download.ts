@@ -5,6 +5,7 @@
 
 import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { failedPrecondition } from "@switchyard/protocol";
 import { type Ctx, MiB, type Pin, PROGRESS_EVERY_MS, pinOf, urlOf } from "./context.js";
 import { mib, temporary } from "./files.js";
 import { type Got, get, httpError } from "./http.js";
@@ -91,7 +92,7 @@ export async function downloadFile(
   name: string,
   check: (path: string, url: string) => Promise<void>,
   abort: AbortSignal,
-  o: { commit?: string; given?: { got: Got; url: string } } = {},
+  o: { commit?: string; given?: { got: Got; url: string }; maxBytes?: number } = {},
 ): Promise<Pin> {
   const url = o.given?.url ?? urlOf(ctx, name);
   const final = join(dir, name);
@@ -99,6 +100,13 @@ export async function downloadFile(
   const t0 = performance.now();
   const { got, from, record } = await begin(ctx, name, url, paths, abort, o.commit, o.given?.got);
   const size = record?.size ?? lengthOf(got.res);
+  // A file that can only be small (config.json): a huge answer is something else, refused before it fills the disk.
+  const tooBig = () => failedPrecondition(`GET ${url}: more than ${o.maxBytes} bytes, not a checkpoint's ${name}`);
+  if (o.maxBytes !== undefined && size !== undefined && size > o.maxBytes) {
+    await got.cancel();
+    if (record) await discardPartial(paths);
+    throw tooBig();
+  }
   const path = record ? paths.data : temporary(final);
   // A caller whose lock was taken over leaves the partial alone: it is the new holder's now.
   const drop = async () => {
@@ -119,6 +127,10 @@ export async function downloadFile(
       if (size !== undefined && at + c.byteLength > size) {
         overrun = true;
         throw new Error(`GET ${url}: more than the file's ${size} bytes`);
+      }
+      if (o.maxBytes !== undefined && at + c.byteLength > o.maxBytes) {
+        overrun = true;
+        throw tooBig();
       }
       let done = 0;
       while (done < c.byteLength) done += (await fh.write(c, done, c.byteLength - done, at + done)).bytesWritten;
@@ -168,7 +180,7 @@ export async function downloadFile(
       `(${(n / MiB / Math.max(s, 1e-3)).toFixed(1)} MiB/s)`,
   );
   // A 206 may carry no validator of its own: the one the partial was started against is the file's.
-  return { ...(record?.etag ? { etag: record.etag } : {}), ...pinOf(got.res) };
+  return { ...(record?.etag ? { etag: record.etag } : {}), ...pinOf(got.res), size: at };
 }
 
 /** Make the bytes so far a resume point for the next run; a partial that cannot be recorded is not kept. */

@@ -1,6 +1,7 @@
 // HTTP: one GET with a deadline on the response headers and on every body chunk (and a minimum throughput), the
 // small-file and Range reads built on it. Separate from what is fetched: nothing here writes to the disk.
 
+import { failedPrecondition } from "@switchyard/protocol";
 import { MAX_HEADER_BYTES } from "../safetensors.js";
 import { type Ctx, MiB, type Pin, pinOf, urlOf } from "./context.js";
 
@@ -158,7 +159,7 @@ export async function httpError(got: Got, what: string): Promise<Error> {
 export async function getSmall(
   ctx: Ctx,
   name: string,
-  o: { absentOk?: boolean; firstHop?: (res: Response) => void } = {},
+  o: { absentOk?: boolean; firstHop?: (res: Response) => void; maxBytes?: number } = {},
 ): Promise<{ bytes: Uint8Array; pin: Pin } | undefined> {
   const url = urlOf(ctx, name);
   const got = await get(ctx, url, { firstHop: o.firstHop });
@@ -167,14 +168,20 @@ export async function getSmall(
     return undefined;
   }
   if (got.res.status !== 200) throw await httpError(got, `GET ${url}`);
+  // config.json and the index are kilobytes to megabytes; a huge answer is something else (an HTML page, a wrong URL).
+  const max = o.maxBytes ?? MAX_HEADER_BYTES;
+  const tooBig = () => failedPrecondition(`GET ${url}: more than ${max} bytes, not a checkpoint's ${name}`);
+  if (Number(got.res.headers.get("content-length") ?? 0) > max) {
+    await got.cancel();
+    throw tooBig();
+  }
   const parts: Uint8Array[] = [];
   let n = 0;
   for await (const c of got.chunks()) {
     n += c.byteLength;
-    // config.json and the index are kilobytes; a huge answer is something else (an HTML page, a wrong URL).
-    if (n > MAX_HEADER_BYTES) {
+    if (n > max) {
       await got.cancel();
-      throw new Error(`GET ${url}: more than ${MAX_HEADER_BYTES} bytes, not a checkpoint's ${name}`);
+      throw tooBig();
     }
     parts.push(c);
   }
@@ -200,20 +207,74 @@ export function contentRange(v: string | null): { first: number; last: number; t
 }
 
 /**
+ * A file's version as its first range read showed it. Every later read of the file must show the same, or the
+ * output would mix two versions' bytes (a file replaced between range reads behind an https URL, a server that
+ * omits the ETag on 206 answers). Pinned by the ETag, else Last-Modified, and by the total size (Content-Range).
+ */
+export interface RangePin {
+  /** the first read's ETag, else its Last-Modified; undefined when it had neither (only the size then tells) */
+  validator?: { header: "ETag" | "Last-Modified"; value: string };
+  /** Content-Range's total; undefined for "*" */
+  total?: number;
+}
+
+export function rangePin(headers: Headers, total: number | undefined): RangePin {
+  const etag = headers.get("etag");
+  const lastModified = headers.get("last-modified");
+  const validator = etag
+    ? { header: "ETag" as const, value: etag }
+    : lastModified
+      ? { header: "Last-Modified" as const, value: lastModified }
+      : undefined;
+  return { ...(validator ? { validator } : {}), total };
+}
+
+/** Why an answer is not of the version `pin` recorded (a phrase for "the file ..."), or undefined when it is. */
+export function pinMismatch(pin: RangePin, headers: Headers, total: number | undefined): string | undefined {
+  const size = (n: number | undefined) => (n === undefined ? "*" : String(n));
+  if (pin.total !== total)
+    return `changed while being read (its size was ${size(pin.total)}, now ${size(total)} by Content-Range)`;
+  if (!pin.validator) return undefined;
+  const { header, value } = pin.validator;
+  const now = headers.get(header);
+  // A validator the first answer had and a later one lacks can vouch for nothing: the bytes may be another file's.
+  if (now === null)
+    return `sent no ${header} where its first read had ${value}: whether it changed while being read cannot be told`;
+  return now === value ? undefined : `changed while being read (${header} ${value}, now ${now})`;
+}
+
+/**
+ * If-Range for a pinned file: its strong ETag (RFC 9110 allows no weak one, and a Last-Modified date only under
+ * conditions a server's clock decides), so that a server whose file changed answers 200 rather than another file's
+ * bytes.
+ */
+function ifRange(pin: RangePin | undefined): Record<string, string> {
+  const v = pin?.validator;
+  return v?.header === "ETag" && /^"[^"]*"$/.test(v.value) ? { "if-range": v.value } : {};
+}
+
+/**
  * GET bytes [begin, end) of a file as a 206. A 200 means the server ignored Range and would send the whole file: an
- * error, not a silent full download.
+ * error, not a silent full download. With `pin` (the file's first read), an answer of another version of the file
+ * is an error naming the URL.
  */
 export async function getRange(
   ctx: Ctx,
   url: string,
   begin: number,
   end: number,
-  signal?: AbortSignal,
+  o: { signal?: AbortSignal; pin?: RangePin } = {},
 ): Promise<{ got: Got; total?: number }> {
-  const got = await get(ctx, url, { range: [begin, end], signal });
+  const got = await get(ctx, url, { range: [begin, end], signal: o.signal, headers: ifRange(o.pin) });
   const what = `GET ${url} (bytes ${begin}-${end - 1})`;
   if (got.res.status === 200) {
     await got.cancel();
+    const etag = got.res.headers.get("etag");
+    const sent = ifRange(o.pin)["if-range"];
+    if (sent !== undefined && etag !== sent)
+      throw failedPrecondition(
+        `${what}: the file changed while being read (If-Range ${sent} answered with the whole file, ETag ${etag ?? "none"})`,
+      );
     throw new Error(
       `${what}: the server ignored the Range request (HTTP 200, not 206); router tensors need a server with Range support`,
     );
@@ -226,16 +287,23 @@ export async function getRange(
       `${what}: Content-Range ${JSON.stringify(got.res.headers.get("content-range"))} is not the range asked for`,
     );
   }
+  const changed = o.pin && pinMismatch(o.pin, got.res.headers, cr.total);
+  if (changed) {
+    await got.cancel();
+    throw failedPrecondition(`${what}: the file ${changed}`);
+  }
   return { got, total: cr.total };
 }
 
+/** Bytes [begin, end) of a file, and its version as this answer showed it (for the file's first read). */
 export async function readRange(
   ctx: Ctx,
   url: string,
   begin: number,
   end: number,
-): Promise<{ data: Uint8Array; total?: number; etag?: string }> {
-  const { got, total } = await getRange(ctx, url, begin, end);
+  pin?: RangePin,
+): Promise<{ data: Uint8Array; total?: number; pin: RangePin }> {
+  const { got, total } = await getRange(ctx, url, begin, end, { pin });
   const data = new Uint8Array(end - begin);
   let n = 0;
   for await (const c of got.chunks()) {
@@ -248,11 +316,5 @@ export async function readRange(
   }
   if (n !== data.byteLength)
     throw new Error(`GET ${url} (bytes ${begin}-${end - 1}): got ${n} of ${data.byteLength} bytes`);
-  return { data, total, etag: got.res.headers.get("etag") ?? undefined };
-}
-
-/** A file replaced between two range reads (an https URL; hf:// reads one commit) would mix two files' bytes. */
-export function sameEtag(what: string, first: string | undefined, now: string | null): void {
-  if (first !== undefined && now !== null && now !== first)
-    throw new Error(`${what}: the file changed while being read (ETag ${first}, now ${now})`);
+  return { data, total, pin: rangePin(got.res.headers, total) };
 }

@@ -1,25 +1,28 @@
 // Only some tensors, by Range requests (fetchCheckpointTensors): the router's share of a checkpoint, and which
 // tensors that is (routerTensorNames). Separate from the whole-checkpoint fetch: other requests, one output file.
 
-import { type FileHandle, mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { type FileHandle, mkdir, open, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { INDEX_FILE, parseIndex, SINGLE_FILE } from "../checkpoint.js";
+import { failedPrecondition } from "@switchyard/protocol";
+import {
+  INDEX_FILE,
+  MAX_CONFIG_BYTES,
+  MAX_INDEX_BYTES,
+  parseIndex,
+  readCheckpointJson,
+  routerTensorShapes,
+  SINGLE_FILE,
+  tensorMismatch,
+} from "../checkpoint.js";
 import {
   buildSafetensorsHeader,
   MAX_HEADER_BYTES,
   parseSafetensorsHeader,
   type SafetensorsDType,
+  SafetensorsFile,
   type TensorInfo,
 } from "../safetensors.js";
-import {
-  correctionBiasKey,
-  gateKey,
-  type ModelSpec,
-  moeLayers,
-  sharedExpertGateKey,
-  sharedExpertKeys,
-  specFromHfConfig,
-} from "../spec.js";
+import { type ModelSpec, moeLayers, specFromHfConfig } from "../spec.js";
 import {
   CONCURRENCY,
   type Ctx,
@@ -31,29 +34,34 @@ import {
   urlOf,
 } from "./context.js";
 import { exists, mib, pool, removeLeftovers, temporary, writeAtomic } from "./files.js";
-import { getRange, getSmall, parseJson, readRange, sameEtag } from "./http.js";
+import { getRange, getSmall, parseJson, type RangePin, readRange } from "./http.js";
 import { lockDir, stillLocked } from "./lock.js";
 import { checkMarker, readMarker, writeMarker } from "./marker.js";
+import { damagedFiles } from "./verify.js";
 import { checkSafetensors, shardNames } from "./whole.js";
 
-/** A remote safetensors header: the 8-byte length, then the JSON; and the file's ETag. */
-async function remoteHeader(ctx: Ctx, file: string): Promise<{ tensors: Map<string, TensorInfo>; etag?: string }> {
+/**
+ * A remote safetensors header: the 8-byte length, then the JSON; and the file's version as that first read showed it
+ * (every later read of the file is held to it).
+ */
+async function remoteHeader(ctx: Ctx, file: string): Promise<{ tensors: Map<string, TensorInfo>; pin: RangePin }> {
   const url = urlOf(ctx, file);
-  const { data: lenBytes, total, etag } = await readRange(ctx, url, 0, 8);
+  const { data: lenBytes, total, pin } = await readRange(ctx, url, 0, 8);
+  if (!pin.validator)
+    ctx.log(`${url}: no ETag or Last-Modified: only its size tells whether it is replaced while being read`);
   const len = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
   if (len === 0 || len > MAX_HEADER_BYTES)
     throw new Error(`${url}: bad safetensors header: header length ${len} out of range (1..${MAX_HEADER_BYTES})`);
-  const { data: json, etag: etag2 } = await readRange(ctx, url, 8, 8 + len);
-  sameEtag(`GET ${url} (bytes 8-${8 + len - 1})`, etag, etag2 ?? null);
+  const { data: json } = await readRange(ctx, url, 8, 8 + len, pin);
   // Without a total size the truncation check cannot run here; a short tensor read still fails below.
-  return { tensors: parseSafetensorsHeader(json, url, total ?? Number.MAX_SAFE_INTEGER).tensors, etag };
+  return { tensors: parseSafetensorsHeader(json, url, total ?? Number.MAX_SAFE_INTEGER).tensors, pin };
 }
 
 /** One request: a run of contiguous source bytes and where each wanted tensor in it goes in the output file. */
 interface RangeJob {
   file: string;
-  /** the file's ETag when its header was read */
-  etag?: string;
+  /** the file's version when its header was read */
+  pin: RangePin;
   begin: number;
   end: number;
   parts: { begin: number; end: number; out: number }[];
@@ -64,9 +72,12 @@ interface RangeJob {
  * shard's 8-byte header length and JSON header, then each wanted tensor's bytes), written into dir as config.json +
  * one model.safetensors holding just those tensors (same names, dtypes, shapes). `names(spec)` gets the spec parsed
  * from config.json (specFromHfConfig). An hf:// revision is resolved to a commit by config.json's answer, and the
- * rest is read from that commit; over https, a file whose ETag changes between its range reads is an error. A server
+ * rest is read from that commit. Each file is pinned by its first range read (its ETag, else Last-Modified, and its
+ * size): a later read of another version, or one without the validator the first had, is an error. A server
  * that ignores Range (200 instead of 206) is an error naming the URL. A wanted tensor missing from the checkpoint is
- * an error naming it. Skips everything when dir already holds the result for this uri (marker). A lock file makes
+ * an error naming it, and one whose dtype or shape is not what config.json says an error naming the URL, tensor and
+ * config.json keys, before any tensor data is fetched. Skips everything when dir already holds the result for this
+ * uri (marker) and its files are still whole on the disk. A lock file makes
  * concurrent callers on one directory wait for each other; the output is written under a temporary name of this
  * caller's own and renamed when whole.
  */
@@ -98,13 +109,45 @@ async function tensorsDone(
   marker: Marker | undefined,
 ): Promise<{ tensors: number; bytes: number } | undefined> {
   checkMarker(dir, marker, uri, "tensors");
-  const configPath = join(dir, "config.json");
-  if (!marker?.complete || !(await exists(configPath))) return undefined;
+  if (!marker?.complete) return undefined;
+  let held: { tensors: number } | { damage?: string };
+  try {
+    held = await heldTensors(dir, names, marker);
+  } catch (e) {
+    held = { damage: (e as Error).message };
+  }
+  if (!("tensors" in held)) {
+    if (held.damage)
+      ctx.log(`${dir}: marked complete, but ${held.damage}: fetching the router tensors of ${uri} again`);
+    return undefined;
+  }
+  ctx.log(`${dir}: already holds the ${held.tensors} router tensors of ${uri}`);
+  return { tensors: held.tensors, bytes: 0 };
+}
+
+/**
+ * What a complete marker's directory holds, checked without a request: its files present, of the size written, the
+ * header whole and holding every tensor wanted now; else the damage found (a volume restored in part, a file removed
+ * or overwritten), or none when only other tensors are wanted now.
+ */
+async function heldTensors(
+  dir: string,
+  names: (spec: ModelSpec) => string[],
+  marker: Marker,
+): Promise<{ tensors: number } | { damage?: string }> {
+  // a marker of an earlier version records no sizes: the files are then checked by their contents only
+  const damaged = await damagedFiles(dir, marker.files ?? { "config.json": {}, [SINGLE_FILE]: {} });
+  if (damaged.size > 0) return { damage: [...damaged.values()].join("; ") };
   // The names depend on the spec: the local config.json gives them without a request.
-  const wanted = [...new Set(names(specFromHfConfig(parseJson(await readFile(configPath), configPath), configPath)))];
-  if (!sameSet(wanted, marker.tensors ?? [])) return undefined;
-  ctx.log(`${dir}: already holds the ${wanted.length} router tensors of ${uri}`);
-  return { tensors: wanted.length, bytes: 0 };
+  const configPath = join(dir, "config.json");
+  const wanted = [
+    ...new Set(names(specFromHfConfig(await readCheckpointJson(configPath, MAX_CONFIG_BYTES), configPath))),
+  ];
+  if (!sameSet(wanted, marker.tensors ?? [])) return {};
+  const file = await SafetensorsFile.open(join(dir, SINGLE_FILE));
+  await file.close();
+  const lost = wanted.find((t) => !file.header.tensors.has(t));
+  return lost === undefined ? { tensors: wanted.length } : { damage: `${file.path} lacks tensor ${lost}` };
 }
 
 async function fetchTensors(
@@ -125,6 +168,7 @@ async function fetchTensors(
   const configUrl = urlOf(ctx, "config.json");
   let commit: string | undefined;
   const { bytes: configBytes } = (await getSmall(ctx, "config.json", {
+    maxBytes: MAX_CONFIG_BYTES,
     firstHop: ctx.src.hfResolve
       ? (r) => {
           commit = commitOf(r);
@@ -143,7 +187,7 @@ async function fetchTensors(
 
   // Which file holds each tensor.
   const indexUrl = urlOf(ctx, INDEX_FILE);
-  const index = await getSmall(ctx, INDEX_FILE, { absentOk: true });
+  const index = await getSmall(ctx, INDEX_FILE, { absentOk: true, maxBytes: MAX_INDEX_BYTES });
   const weightMap = index && parseIndex(parseJson(index.bytes, indexUrl), indexUrl);
   if (weightMap) shardNames(weightMap, indexUrl);
   const byFile = new Map<string, string[]>();
@@ -154,15 +198,21 @@ async function fetchTensors(
   }
 
   // Every needed header first: the output header (names, dtypes, shapes, offsets) is known before any data.
-  const headers = new Map<string, { tensors: Map<string, TensorInfo>; etag?: string }>();
+  const headers = new Map<string, { tensors: Map<string, TensorInfo>; pin: RangePin }>();
   await pool([...byFile.keys()], CONCURRENCY, async (file) => {
     headers.set(file, await remoteHeader(ctx, file));
   });
+  // The router loads these with the shapes config.json gives (routerTensorShapes): a mismatch fails here, before any
+  // data is fetched and the directory marked done, not when the router opens it.
+  const expected = new Map(moeLayers(spec).flatMap((l) => routerTensorShapes(spec, l).map((t) => [t.name, t])));
   const infos: (TensorInfo & { file: string })[] = [];
   for (const [file, list] of byFile) {
     for (const name of list) {
       const info = headers.get(file)!.tensors.get(name);
       if (!info) throw new Error(`${urlOf(ctx, file)}: tensor ${name} not found in its safetensors header`);
+      const want = expected.get(name);
+      const wrong = want && tensorMismatch(info, want, configUrl);
+      if (wrong) throw failedPrecondition(`${urlOf(ctx, file)}: ${wrong}`);
       infos.push({ ...info, file });
     }
   }
@@ -182,7 +232,7 @@ async function fetchTensors(
     if (last && last.file === t.file && last.end === t.begin) {
       last.end = t.end;
       last.parts.push(part);
-    } else jobs.push({ file: t.file, etag: headers.get(t.file)!.etag, begin: t.begin, end: t.end, parts: [part] });
+    } else jobs.push({ file: t.file, pin: headers.get(t.file)!.pin, begin: t.begin, end: t.end, parts: [part] });
   }
 
   const outPath = join(dir, SINGLE_FILE);
@@ -216,7 +266,11 @@ async function fetchTensors(
     await rm(tmp, { force: true });
     throw e;
   }
-  await writeMarker(dir, { uri, kind: "tensors", complete: true, commit, tensors: wanted });
+  const files = {
+    "config.json": { size: configBytes.byteLength },
+    [SINGLE_FILE]: { size: (await stat(outPath)).size },
+  };
+  await writeMarker(dir, { uri, kind: "tensors", complete: true, commit, tensors: wanted, files });
   ctx.log(
     `done: ${infos.length} tensors (${mib(dataBytes)}) from ${byFile.size} file(s) in ${jobs.length} range request(s), ` +
       `${mib(ctx.bytes)} downloaded`,
@@ -227,13 +281,7 @@ async function fetchTensors(
 /** Stream one range into the output file, each wanted tensor's bytes to its place. */
 async function copyRange(ctx: Ctx, job: RangeJob, fh: FileHandle, signal: AbortSignal): Promise<void> {
   const url = urlOf(ctx, job.file);
-  const { got } = await getRange(ctx, url, job.begin, job.end, signal);
-  try {
-    sameEtag(`GET ${url} (bytes ${job.begin}-${job.end - 1})`, job.etag, got.res.headers.get("etag"));
-  } catch (e) {
-    await got.cancel();
-    throw e;
-  }
+  const { got } = await getRange(ctx, url, job.begin, job.end, { signal, pin: job.pin });
   let at = job.begin; // source offset of the next byte
   for await (const c of got.chunks()) {
     const cEnd = at + c.byteLength;
@@ -268,15 +316,6 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
  * them.
  */
 export function routerTensorNames(spec: ModelSpec): string[] {
-  const out: string[] = [];
-  for (const l of moeLayers(spec)) {
-    out.push(gateKey(spec, l));
-    const bias = correctionBiasKey(spec, l);
-    if (bias) out.push(bias);
-    const sk = sharedExpertKeys(spec, l);
-    if (sk) out.push(sk.gate, sk.up, sk.down);
-    const sg = sharedExpertGateKey(spec, l);
-    if (sg) out.push(sg);
-  }
-  return out;
+  // the loader's own list (with the shapes it reads them with), so that what is fetched is what it reads
+  return moeLayers(spec).flatMap((l) => routerTensorShapes(spec, l).map((t) => t.name));
 }

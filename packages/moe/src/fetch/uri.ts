@@ -43,6 +43,10 @@ export function source(uri: string, env: NodeJS.ProcessEnv = process.env): Sourc
     const m = HF_URI.exec(uri);
     if (!m) throw badUri(uri, "expected hf://ORG/NAME or hf://ORG/NAME@REVISION");
     const [, org, name, revision = "main"] = m;
+    // "." or ".." as the revision, or as a part of one, would lead the URL out of resolve/ (URL resolution
+    // removes dot segments): hf://org/name@.. would fetch org/name/config.json, not a revision's.
+    if (revision.split("/").some((seg) => seg === "." || seg === ".."))
+      throw badUri(uri, `revision ${JSON.stringify(revision)}: "." and ".." are not revisions`);
     const endpoint = (env.HF_ENDPOINT?.trim() || "https://huggingface.co").replace(/\/+$/, "");
     if (!/^https?:\/\/[^/]/i.test(endpoint))
       throw new Error(`HF_ENDPOINT: must be an http(s) URL, got ${JSON.stringify(env.HF_ENDPOINT)} (for ${uri})`);

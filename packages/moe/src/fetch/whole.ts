@@ -3,7 +3,7 @@
 
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { INDEX_FILE, parseIndex, SINGLE_FILE } from "../checkpoint.js";
+import { INDEX_FILE, MAX_CONFIG_BYTES, MAX_INDEX_BYTES, parseIndex, SINGLE_FILE } from "../checkpoint.js";
 import { readSafetensorsHeader } from "../safetensors.js";
 import { specFromHfConfig } from "../spec.js";
 import {
@@ -26,6 +26,7 @@ import { type Got, get, getSmall, httpError, parseJson } from "./http.js";
 import { lockDir, stillLocked } from "./lock.js";
 import { checkMarker, readMarker, writeMarker } from "./marker.js";
 import { removeStalePartials } from "./partial.js";
+import { damagedFiles } from "./verify.js";
 
 export async function checkSafetensors(path: string, url: string): Promise<void> {
   const fh = await open(path, "r");
@@ -87,10 +88,23 @@ async function changedSince(
 
 type WholeResult = { fetched: string[]; skipped: string[]; bytes: number };
 
-/** A directory that holds this checkpoint already: no lock, no request (it may be mounted read-only). */
-function wholeDone(ctx: Ctx, dir: string, uri: string, marker: Marker | undefined): WholeResult | undefined {
+/**
+ * A directory that holds this checkpoint already: no lock, no request (it may be mounted read-only). Its files are
+ * checked on the disk (verify.ts): one missing or damaged since the marker was written is fetched again.
+ */
+async function wholeDone(
+  ctx: Ctx,
+  dir: string,
+  uri: string,
+  marker: Marker | undefined,
+): Promise<WholeResult | undefined> {
   checkMarker(dir, marker, uri, "whole");
   if (!marker?.complete) return undefined;
+  const damaged = await damagedFiles(dir, marker.files ?? {});
+  if (damaged.size > 0) {
+    ctx.log(`${dir}: marked complete, but ${[...damaged.values()].join("; ")}: fetching again`);
+    return undefined;
+  }
   ctx.log(`${dir}: already holds ${uri}${marker.commit ? ` (commit ${marker.commit})` : ""}`);
   return { fetched: [], skipped: Object.keys(marker.files ?? {}), bytes: 0 };
 }
@@ -104,19 +118,20 @@ function wholeDone(ctx: Ctx, dir: string, uri: string, marker: Marker | undefine
  * ETag / Last-Modified as it is fetched, so a restarted pod keeps the files of an interrupted run only when they are
  * still the version being fetched (the same commit; a 304 to a conditional GET of each), and starts over (saying so
  * in the log) when not; files without such a record are fetched again. Once everything is there the marker says so:
- * a second call with the same uri returns at once. A lock file makes concurrent callers on one directory wait for
+ * a second call with the same uri returns at once, after checking on the disk that the files are still there, of the
+ * size recorded, with whole headers (one that is not is fetched again). A lock file makes concurrent callers on one directory wait for
  * each other. Errors name the URL and HTTP status. Returns the files fetched and skipped and the bytes downloaded.
  */
 export async function fetchCheckpoint(uri: string, dir: string, o: FetchOptions = {}): Promise<WholeResult> {
   const ctx = context(uri, o);
   await mkdir(dir, { recursive: true });
-  const done = wholeDone(ctx, dir, uri, await readMarker(dir));
+  const done = await wholeDone(ctx, dir, uri, await readMarker(dir));
   if (done) return done;
   const unlock = await lockDir(ctx, dir);
   try {
     // Another caller may have finished it while this one waited for the lock.
     const marker = await readMarker(dir);
-    return wholeDone(ctx, dir, uri, marker) ?? (await fetchWhole(ctx, uri, dir, marker));
+    return (await wholeDone(ctx, dir, uri, marker)) ?? (await fetchWhole(ctx, uri, dir, marker));
   } finally {
     await unlock();
   }
@@ -130,6 +145,12 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
   const stop = new AbortController();
   const abort = ctx.signal ? AbortSignal.any([ctx.signal, stop.signal]) : stop.signal;
   let pins: Record<string, Pin> = { ...(marker?.files ?? {}) };
+  // A file the marker records but the disk no longer holds whole is fetched again, not skipped as present.
+  for (const [name, why] of await damagedFiles(dir, pins)) {
+    if (await exists(join(dir, name))) ctx.log(`${why}: fetching ${name} again`);
+    delete pins[name];
+    await rm(join(dir, name), { force: true }).catch(() => {}); // a directory stays, and its download fails naming it
+  }
 
   // hf://: config.json's answer names the commit the revision is at now; every other file comes from that commit.
   let commit: string | undefined;
@@ -183,6 +204,7 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
     name: string,
     check: (path: string, url: string) => Promise<void>,
     given?: { got: Got; url: string },
+    maxBytes?: number,
   ) => {
     files.push(name);
     if (pins[name] && (await exists(join(dir, name)))) {
@@ -192,7 +214,7 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
       return;
     }
     try {
-      pins[name] = await downloadFile(ctx, dir, name, check, abort, { commit, given });
+      pins[name] = await downloadFile(ctx, dir, name, check, abort, { commit, given, maxBytes });
       fetched.push(name);
       await record();
     } catch (e) {
@@ -208,6 +230,7 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
       specFromHfConfig(parseJson(await readFile(path), url), url);
     },
     config,
+    MAX_CONFIG_BYTES,
   );
 
   let shards: string[];
@@ -220,7 +243,7 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
     shards = shardNames(parseIndex(parseJson(await readFile(indexPath), indexPath), indexPath), indexPath);
   } else {
     const url = urlOf(ctx, INDEX_FILE);
-    const index = await getSmall(ctx, INDEX_FILE, { absentOk: true });
+    const index = await getSmall(ctx, INDEX_FILE, { absentOk: true, maxBytes: MAX_INDEX_BYTES });
     if (index === undefined) {
       ctx.log(`${INDEX_FILE}: not there, single file ${SINGLE_FILE}`);
       shards = [SINGLE_FILE];
@@ -230,7 +253,7 @@ async function fetchWhole(ctx: Ctx, uri: string, dir: string, marker: Marker | u
       await writeAtomic(indexPath, index.bytes);
       files.push(INDEX_FILE);
       fetched.push(INDEX_FILE);
-      pins[INDEX_FILE] = index.pin;
+      pins[INDEX_FILE] = { ...index.pin, size: index.bytes.byteLength };
       await record();
       ctx.log(`fetched ${INDEX_FILE}: ${shards.length} shard(s)`);
     }
