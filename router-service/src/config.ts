@@ -3,6 +3,7 @@
 
 import { type PlacementPlan, type RoutingPolicy, resolveRoutingPolicy } from "@switchyard/moe";
 import { invalidArgument } from "@switchyard/protocol";
+import { UNKNOWN_POOL } from "./metrics.js";
 
 export type { PlacementPlan, RoutingPolicy };
 
@@ -48,6 +49,8 @@ export function parseRouterConfig(json: unknown): RouterConfig {
       }
     }
     if (typeof p.name !== "string" || p.name === "") throw invalidArgument(`${f}.name`, "required string");
+    if (p.name === UNKNOWN_POOL)
+      throw invalidArgument(`${f}.name`, `"${UNKNOWN_POOL}" is the metrics' label for requests to pools not served`);
     if (names.has(p.name)) throw invalidArgument(`${f}.name`, `duplicate pool ${JSON.stringify(p.name)}`);
     names.add(p.name);
     if (typeof p.checkpoint !== "string" || p.checkpoint === "")

@@ -71,6 +71,7 @@ describe("RouterMetrics: expert heat", () => {
       w.outstanding.set(1);
       w.dataPath.set(1);
       m.loadSignalStale.set({ pool }, 0);
+      m.loadSignalsEnabled.set({ pool }, 1);
       m.planVersion.set({ pool }, 2);
     }
     const experts = 256;

@@ -14,6 +14,13 @@ import { HotCounter, type HotCounterChild, HotHistogram, type HotHistogramChild 
  */
 export const MAX_HEAT_SERIES = 32768;
 
+/**
+ * The `pool` label of switchyard_router_requests_total for requests naming a pool the router does not serve. Not a
+ * Kubernetes object name (DNS-1123 has no "_"), so no ExpertPool can be served under it: a pool named "unknown" keeps
+ * its own series, and the chart's alerts tell the two apart.
+ */
+export const UNKNOWN_POOL = "_unknown";
+
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 /**
  * A request's latency goes on up to its deadline (DEFAULT_DEADLINE_MS, 30 s, where the caller sets none): with 5 s
@@ -172,6 +179,12 @@ export class RouterMetrics {
     labelNames: ["pool"],
     registers: [this.registry],
   });
+  readonly loadSignalsEnabled = new Gauge({
+    name: "switchyard_router_load_signals_enabled",
+    help: "1 where the pool's RoutingPolicy names a Prometheus for load signals (loadSignals.prometheusUrl), 0 where the router uses only its own counters by choice. Tells 'off' from 'stale' in switchyard_router_load_signal_stale.",
+    labelNames: ["pool"],
+    registers: [this.registry],
+  });
   readonly planVersion = new Gauge({
     name: "switchyard_router_placement_plan_version",
     help: "Version of the placement plan in use.",
@@ -224,7 +237,7 @@ export class RouterMetrics {
    * series labelled with it, so that the pool stops exporting. A pool of that name added later starts afresh. The
    * PoolMetrics handed out for it are detached: what a flush still in flight counts there is exported nowhere.
    * Not switchyard_router_requests_total: reply.ts caches its children per pool, and a request's count is the
-   * caller's record of what it asked for (an unknown pool's requests count under pool="unknown" anyway).
+   * caller's record of what it asked for (an unknown pool's requests count under pool="_unknown" anyway).
    */
   /**
    * Drops a worker's series when the pool's plan no longer names it: its gauges would otherwise export their last
@@ -270,7 +283,14 @@ export class RouterMetrics {
       this.tokensPerExpertCall,
     ])
       h.remove(l);
-    for (const c of [this.gateAheadTokens, this.dropped, this.admittedTokens, this.loadSignalStale, this.planVersion])
+    for (const c of [
+      this.gateAheadTokens,
+      this.dropped,
+      this.admittedTokens,
+      this.loadSignalStale,
+      this.loadSignalsEnabled,
+      this.planVersion,
+    ])
       c.remove(l);
   }
 }

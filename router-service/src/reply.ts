@@ -2,6 +2,7 @@
 // its reply's bytes, the pool it belongs to, and its count in switchyard_router_requests_total.
 
 import { errorCodeOf, ForwardResponse } from "@switchyard/protocol";
+import { UNKNOWN_POOL } from "./metrics.js";
 import { POOL, type Router } from "./router.js";
 import { ENCODED } from "./wire/encode.js";
 
@@ -33,8 +34,9 @@ export function requestCounter(router: Router): RequestCounter {
     let byCode = byPool.get(pool);
     let c = byCode?.get(code);
     if (!c) {
-      // Unknown pool names come from callers: do not let them grow the cache (or the series) without bound.
-      if (!router.poolNames().includes(pool)) return void m.requests.inc({ pool: "unknown", method, code });
+      // Unknown pool names come from callers: do not let them grow the cache (or the series) without bound. They count
+      // under one label value that no served pool can have (UNKNOWN_POOL).
+      if (!router.poolNames().includes(pool)) return void m.requests.inc({ pool: UNKNOWN_POOL, method, code });
       if (!byCode) {
         byCode = new Map();
         byPool.set(pool, byCode);

@@ -355,6 +355,7 @@ export class Router {
   sampleGauges(): void {
     for (const [name, p] of this.pools) {
       this.metrics.loadSignalStale.set({ pool: name }, p.signals.stale ? 1 : 0);
+      this.metrics.loadSignalsEnabled.set({ pool: name }, p.signals.enabled ? 1 : 0);
       this.metrics.admittedTokens.set({ pool: name }, p.pendingTokens);
       for (const c of p.conns) {
         const w = p.metrics.worker(c.id);

@@ -741,7 +741,7 @@ export const loadSignalsSchema = obj(
       },
     ),
     queries: obj(
-      "PromQL queries; `$pool` is replaced by the name the router serves the pool under (namespace/name outside the router's namespace; the workers' metrics carry it as their pool label). A query left unset takes the built-in default (set by the operator and the router, not by the chart): queueDepth sum by (worker) (switchyard_worker_queued_rows{pool=\"$pool\"}), latencySeconds the 1m rate of switchyard_worker_run_duration_seconds_sum over that of _count, per worker. An empty string turns that signal off.",
+      'PromQL queries; `$pool` is replaced by the name the router serves the pool under (namespace/name outside the router\'s namespace; the workers\' metrics carry it as their pool label); `$namespace` by the pool\'s namespace as a regex (`.*` where the router cannot tell). A query left unset takes the built-in default (set by the operator and the router, not by the chart): queueDepth sum by (worker) (switchyard_worker_queued_rows{pool="$pool", namespace=~"$namespace|"}), latencySeconds the 1m rate of switchyard_worker_run_duration_seconds_sum over that of _count, per worker. An empty string turns that signal off.',
       {
         queueDepth: str("One sample per worker (label worker): queued work in rows (token-expert assignments).", {
           maxLength: 4096,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { HEAT_METRIC, heatQuery, parseHeat, promString } from "./heat.js";
+import { HEAT_METRIC, heatQuery, parseHeat, promRegexLiteral, promString } from "./heat.js";
 
 const vector = (result: unknown[]) => ({ status: "success", data: { resultType: "vector", result } });
 const sample = (layer: string, expert: string, value: string) => ({
@@ -13,6 +13,16 @@ describe("heatQuery", () => {
     expect(heatQuery("mix", "10m")).toBe(
       'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="mix"}[10m]))',
     );
+  });
+
+  it("keeps to the routers of its own namespace, or to series without one: another install's same-named pool stays out", () => {
+    expect(heatQuery("mix", "10m", "prod")).toBe(
+      'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="mix", namespace=~"prod|"}[10m]))',
+    );
+    expect(heatQuery("team-a/mix", "5m", "switchyard")).toContain('{pool="team-a/mix", namespace=~"switchyard|"}[5m]');
+    // a regular expression of just the name, whatever it holds
+    expect(promRegexLiteral("a.b")).toBe("a\\\\.b");
+    expect(heatQuery("mix", "1m", 'x"|.*')).toContain('namespace=~"x\\"\\\\|\\\\.\\\\*|"');
   });
 
   it("escapes the pool name as a PromQL string literal", () => {

@@ -13,12 +13,23 @@ export function promString(value: string): string {
   );
 }
 
+/** A regular expression matching exactly `value` (its metacharacters escaped), as a PromQL string literal's body. */
+export function promRegexLiteral(value: string): string {
+  return promString(value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+}
+
 /**
  * Token assignments per (layer, expert) of one pool over the last `window`, summed over router replicas.
  * increase() copes with counter resets (a router restart) and extrapolates to the window's edges.
+ * `pool` is the name the router serves the pool under (routing.ts routerPoolName): a pool in the router's namespace
+ * goes by its bare name, so another install's router in the same Prometheus may serve a pool of that name too.
+ * `routerNamespace`, the router's namespace, keeps to this install's routers by the `namespace` the scrape puts on
+ * their series (the chart's ServiceMonitor: the router Service's); series without one (a scrape config that adds no
+ * namespace) are still read.
  */
-export function heatQuery(pool: string, window: string): string {
-  return `sum by (layer, expert) (increase(${HEAT_METRIC}{pool="${promString(pool)}"}[${window}]))`;
+export function heatQuery(pool: string, window: string, routerNamespace?: string): string {
+  const ns = routerNamespace === undefined ? "" : `, namespace=~"${promRegexLiteral(routerNamespace)}|"`;
+  return `sum by (layer, expert) (increase(${HEAT_METRIC}{pool="${promString(pool)}"${ns}}[${window}]))`;
 }
 
 export interface HeatShape {

@@ -669,7 +669,7 @@ describe("PoolReconciler with placement.rebalance", () => {
     await pass(h, prom);
     expect(prom.state.asked).toEqual([
       `http://prom:9090/api/v1/query?query=${encodeURIComponent(
-        'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="ns/mix"}[10m]))',
+        'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="ns/mix", namespace=~"switchyard-system|"}[10m]))',
       )}`,
     ]);
   });
@@ -730,7 +730,7 @@ describe("PoolReconciler with placement.rebalance", () => {
     expect(await pass(h, prom)).toEqual({ requeueAfterMs: 60_000 });
     expect(prom.state.asked).toEqual([
       `http://prom:9090/api/v1/query?query=${encodeURIComponent(
-        'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="mix"}[10m]))',
+        'sum by (layer, expert) (increase(switchyard_router_expert_tokens_total{pool="mix", namespace=~"ns|"}[10m]))',
       )}`,
     ]);
     const plan = planOf(h);

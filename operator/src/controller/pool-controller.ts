@@ -177,7 +177,7 @@ export class PoolReconciler {
     try {
       const body = await promInstantQuery(
         s.prometheusUrl,
-        heatQuery(routerPoolName(pool, this.d.routerNamespace), s.window),
+        heatQuery(routerPoolName(pool, this.d.routerNamespace), s.window, this.d.routerNamespace),
         {
           timeoutMs: s.timeoutMs,
           fetch: this.d.fetch,

@@ -1,6 +1,13 @@
-import { resolveRoutingPolicy } from "@switchyard/moe";
+import { DEFAULT_LATENCY_QUERY, DEFAULT_QUEUE_DEPTH_QUERY, resolveRoutingPolicy } from "@switchyard/moe";
 import { describe, expect, it, vi } from "vitest";
-import { type FetchLike, PrometheusSignals, parseInstantQuery } from "./prometheus.js";
+import {
+  expandQuery,
+  type FetchLike,
+  PrometheusSignals,
+  parseInstantQuery,
+  poolNamespace,
+  routerNamespaceFromEnv,
+} from "./prometheus.js";
 
 describe("parseInstantQuery", () => {
   it("reads vectors and scalars, and surfaces Prometheus errors", () => {
@@ -19,6 +26,41 @@ describe("parseInstantQuery", () => {
     expect(() => parseInstantQuery({ status: "success", data: { resultType: "matrix", result: [] } })).toThrow(
       /instant vector/,
     );
+  });
+});
+
+describe("query placeholders", () => {
+  it("a pool's namespace: that of a namespace/name pool, else the router's own (POD_NAMESPACE), else unknown", () => {
+    expect(poolNamespace("team-a/mix", "prod")).toBe("team-a");
+    expect(poolNamespace("mix", "prod")).toBe("prod");
+    expect(poolNamespace("mix", null)).toBeNull();
+    expect(poolNamespace("team-a/mix", null)).toBe("team-a");
+    // not a namespace name (so not a regular expression of just itself): unknown, not spliced into the query
+    expect(poolNamespace("mix", 'a"b')).toBeNull();
+    expect(poolNamespace("mix", "a.*")).toBeNull();
+    expect(routerNamespaceFromEnv({ POD_NAMESPACE: "prod" })).toBe("prod");
+    expect(routerNamespaceFromEnv({})).toBeNull();
+    expect(routerNamespaceFromEnv({ POD_NAMESPACE: "" })).toBeNull();
+  });
+
+  it("fills $pool and $namespace; an unknown namespace matches any", () => {
+    expect(expandQuery('x{pool="$pool", namespace=~"$namespace|"} / y{pool="$pool"}', "mix", "prod")).toBe(
+      'x{pool="mix", namespace=~"prod|"} / y{pool="mix"}',
+    );
+    expect(expandQuery('x{pool="$pool", namespace=~"$namespace|"}', "mix", null)).toBe(
+      'x{pool="mix", namespace=~".*|"}',
+    );
+    // a query without placeholders, or with only $pool, as written before $namespace existed
+    expect(expandQuery("sum by (worker) (q)", "mix", "prod")).toBe("sum by (worker) (q)");
+    expect(expandQuery('q{pool="$pool"}', "team-a/mix", "team-a")).toBe('q{pool="team-a/mix"}');
+  });
+
+  it("the default queries select the pool's workers by namespace too: same-named pools of two installs stay apart", () => {
+    for (const q of [DEFAULT_QUEUE_DEPTH_QUERY, DEFAULT_LATENCY_QUERY]) {
+      const selectors = [...q.matchAll(/switchyard_worker_\w+\{([^}]*)\}/g)].map((m) => m[1]);
+      expect(selectors.length, q).toBeGreaterThan(0);
+      for (const sel of selectors) expect(sel, q).toBe('pool="$pool", namespace=~"$namespace|"');
+    }
   });
 });
 
@@ -60,6 +102,42 @@ describe("PrometheusSignals (fake clock and fetch)", () => {
     now = 1001;
     expect(s.stale).toBe(true);
     expect(s.fresh()).toBeNull();
+  });
+
+  it("asks for the pool's own namespace: the router's for a bare name, the named one for namespace/name", async () => {
+    const queries: string[] = [];
+    const fetchImpl: FetchLike = async (url) => {
+      queries.push(new URL(url).searchParams.get("query")!);
+      return {
+        ok: true,
+        status: 200,
+        json: async () => ({
+          status: "success",
+          data: { resultType: "vector", result: [{ metric: { worker: "w0" }, value: [0, "1"] }] },
+        }),
+      };
+    };
+    const log = () => {};
+    const ask = async (pool: string, routerNamespace: string | null) => {
+      queries.length = 0;
+      const s = new PrometheusSignals(policy, pool, fetchImpl, () => 0, log, routerNamespace);
+      await s.refresh();
+      expect(s.lastError).toBeNull();
+      return { namespace: s.namespace, queries: [...queries] };
+    };
+    expect(await ask("mix", "prod")).toEqual({
+      namespace: "prod",
+      queries: [
+        'sum by (worker) (switchyard_worker_queued_rows{pool="mix", namespace=~"prod|"})',
+        'sum by (worker) (rate(switchyard_worker_run_duration_seconds_sum{pool="mix", namespace=~"prod|"}[1m])) / sum by (worker) (rate(switchyard_worker_run_duration_seconds_count{pool="mix", namespace=~"prod|"}[1m]))',
+      ],
+    });
+    expect((await ask("team-a/mix", "prod")).queries[0]).toBe(
+      'sum by (worker) (switchyard_worker_queued_rows{pool="team-a/mix", namespace=~"team-a|"})',
+    );
+    expect((await ask("mix", null)).queries[0]).toBe(
+      'sum by (worker) (switchyard_worker_queued_rows{pool="mix", namespace=~".*|"})',
+    );
   });
 
   it("logs a failure when it starts or changes and when it ends, not every round; an unreadable body is this side's", async () => {

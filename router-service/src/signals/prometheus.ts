@@ -1,7 +1,8 @@
 // Load signals from Prometheus: runs the RoutingPolicy's PromQL queries on an interval through the HTTP API
 // (GET /api/v1/query), keeps the last good per-worker values, and calls them stale once the last successful
 // round is older than stalenessMs. A slow Prometheus (no answer within timeoutMs) counts as down. While stale,
-// the router falls back to its own counters (tokens in flight per worker, dispatch latency EWMA).
+// the router falls back to its own counters (tokens in flight per worker, dispatch latency EWMA). The queries'
+// placeholders: `$pool` and `$namespace` (expandQuery).
 
 import type { LoadSignalsPolicy } from "@switchyard/moe";
 
@@ -36,6 +37,35 @@ export function parseInstantQuery(body: unknown): PromSample[] {
   }));
 }
 
+/** A Kubernetes namespace name (DNS-1123 label): also a regular expression that matches just itself. */
+const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/**
+ * The namespace of a pool's workers as the router can tell: that of a pool it serves as "namespace/name" (outside its
+ * own namespace: operator routing.ts routerPoolName), else its own (routerNamespace, the env POD_NAMESPACE); null
+ * where it cannot (no POD_NAMESPACE, or the router runs outside Kubernetes).
+ */
+export function poolNamespace(pool: string, routerNamespace: string | null): string | null {
+  const slash = pool.indexOf("/");
+  const ns = slash >= 0 ? pool.slice(0, slash) : routerNamespace;
+  return ns !== null && NAMESPACE_NAME.test(ns) ? ns : null;
+}
+
+/**
+ * A load-signal query with its placeholders filled in: `$pool` by the name the router serves the pool under (the
+ * workers' --metrics-pool: their series' `pool` label), `$namespace` by the pool's namespace (poolNamespace) as a
+ * regular expression, `.*` where the router cannot tell. Meant for a regex matcher, as the default queries use it:
+ * `namespace=~"$namespace|"` (the `|` also takes series without a namespace label).
+ */
+export function expandQuery(promql: string, pool: string, namespace: string | null): string {
+  return promql.replace(/\$(namespace|pool)/g, (_, name: string) => (name === "pool" ? pool : (namespace ?? ".*")));
+}
+
+/** The router's own namespace: env POD_NAMESPACE, as a pod gets it from the downward API; null without it. */
+export function routerNamespaceFromEnv(env: NodeJS.ProcessEnv = process.env): string | null {
+  return env.POD_NAMESPACE || null;
+}
+
 export type FetchLike = (
   url: string,
   init: { signal: AbortSignal },
@@ -59,6 +89,8 @@ export class PrometheusSignals {
   /** start() was called and stop() not since. */
   private started = false;
   lastError: string | null = null;
+  /** The pool's namespace, which the queries' `$namespace` selects (null: unknown, `$namespace` matches any). */
+  readonly namespace: string | null;
   rounds = 0;
   failures = 0;
 
@@ -70,7 +102,10 @@ export class PrometheusSignals {
     // Why a log line: a wrong URL or query otherwise shows only as switchyard_router_load_signal_stale 1, with the
     // reason in no place an operator can read. One line when the failure starts or changes, one when it ends.
     private readonly log: (line: string) => void = (l) => console.log(`[router] ${l}`),
-  ) {}
+    routerNamespace: string | null = routerNamespaceFromEnv(),
+  ) {
+    this.namespace = poolNamespace(pool, routerNamespace);
+  }
 
   get enabled(): boolean {
     return this.policy.prometheusUrl !== null;
@@ -143,7 +178,9 @@ export class PrometheusSignals {
       // (a label or pool name that does not match): a failure to see, not a fresh answer of "no load". (The latency
       // query has none for idle workers: 0/0 rates, filtered above.)
       if (q.queueDepth && snap.queueDepth.size === 0)
-        throw new Error(`prometheus: the queueDepth query returned no sample with a worker label (pool ${this.pool})`);
+        throw new Error(
+          `prometheus: the queueDepth query returned no sample with a worker label (pool ${this.pool}${this.namespace ? `, namespace ${this.namespace}` : ""})`,
+        );
       this.snapshot = snap;
       if (this.lastError !== null) this.log(`pool ${this.pool}: Prometheus load signals answer again`);
       this.lastError = null;
@@ -163,7 +200,7 @@ export class PrometheusSignals {
 
   private async query(policy: LoadSignalsPolicy, promql: string): Promise<PromSample[]> {
     const base = policy.prometheusUrl!.replace(/\/+$/, "");
-    const url = `${base}/api/v1/query?query=${encodeURIComponent(promql.replaceAll("$pool", this.pool))}`;
+    const url = `${base}/api/v1/query?query=${encodeURIComponent(expandQuery(promql, this.pool, this.namespace))}`;
     const res = await this.fetchImpl(url, { signal: AbortSignal.timeout(policy.timeoutMs) });
     // The body is read under the same timeout: a body that times out or is cut short is this side's failure to
     // read, not an error Prometheus answered (which parseInstantQuery reports with Prometheus's own text).

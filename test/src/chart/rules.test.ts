@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse, stringify } from "yaml";
-import { CHART, exec, findTool, parseDocs, REPO } from "./helm.js";
+import { CHART, exec, findTool, parseDocs, REPO, templateArgs, VALUES_FILES } from "./helm.js";
 
 const helm = findTool("helm", "SWITCHYARD_HELM");
 const promtool = findTool("promtool", "SWITCHYARD_PROMTOOL");
@@ -176,6 +176,64 @@ describe.skipIf(!helm || !promtool)("PrometheusRule alerts", () => {
     const r = await exec(promtool!, ["test", "rules", join(dir, "alerts.promtool.yaml")]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toContain("SUCCESS");
+  });
+
+  it("the monitoring example's load-signal rule: stale signals of this release, not a pool whose signals are off (promtool)", async () => {
+    const r = await exec(
+      helm!,
+      templateArgs(VALUES_FILES.monitoring, ["--show-only", "templates/prometheusrule.yaml"]),
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const [rule] = parseDocs(r.stdout);
+    const stale = (rule.spec as { groups: typeof groups }).groups
+      .flatMap((g) => g.rules)
+      .filter((x) => x.alert === "SwitchyardRouterLoadSignalsStale");
+    expect(stale).toHaveLength(1);
+    writeFileSync(join(dir, "example.rules.yaml"), stringify({ groups: [{ name: "example", rules: stale }] }));
+    const labels = (release: string, pool: string) =>
+      `{switchyard_release="${release}", namespace="switchyard-system", pool="${pool}", pod="sy-switchyard-router-a"}`;
+    // the stale gauge's samples, and the enabled gauge's (0: the pool's policy names no Prometheus)
+    const series = (release: string, pool: string, values: string, enabled = 1) => [
+      { series: `switchyard_router_load_signal_stale${labels(release, pool)}`, values },
+      { series: `switchyard_router_load_signals_enabled${labels(release, pool)}`, values: `${enabled}x60` },
+    ];
+    const tests = {
+      rule_files: ["example.rules.yaml"],
+      tests: [
+        {
+          interval: "1m",
+          input_series: [
+            // signals off (the default): 1 from the start, nothing to alert on
+            ...series("switchyard-system/sy", "off", "1x60", 0),
+            // signals on, fresh for 10 minutes, then stale
+            ...series("switchyard-system/sy", "on", "0x10 1x50"),
+            // on, but stale from the start (a wrong URL): alerts too
+            ...series("switchyard-system/sy", "never", "1x60"),
+            // fresh all along here; another release's pool of that name went stale
+            ...series("switchyard-system/sy", "fine", "0x60"),
+            ...series("other/sy", "fine", "0x10 1x50"),
+          ],
+          alert_rule_test: [
+            {
+              eval_time: "15m",
+              alertname: "SwitchyardRouterLoadSignalsStale",
+              exp_alerts: [{ exp_labels: { severity: "info", namespace: "switchyard-system", pool: "never" } }],
+            },
+            {
+              eval_time: "30m",
+              alertname: "SwitchyardRouterLoadSignalsStale",
+              exp_alerts: [
+                { exp_labels: { severity: "info", namespace: "switchyard-system", pool: "never" } },
+                { exp_labels: { severity: "info", namespace: "switchyard-system", pool: "on" } },
+              ],
+            },
+          ],
+        },
+      ],
+    };
+    writeFileSync(join(dir, "example.promtool.yaml"), stringify(tests));
+    const t = await exec(promtool!, ["test", "rules", join(dir, "example.promtool.yaml")]);
+    expect(t.code, t.stdout + t.stderr).toBe(0);
   });
 
   it("promtool test rules fails when a threshold moves (the tests can fail)", async () => {

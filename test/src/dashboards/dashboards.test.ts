@@ -11,7 +11,7 @@ import { Manager } from "@switchyard/operator";
 import { RouterMetrics } from "@switchyard/router-service";
 import type { Registry } from "prom-client";
 import { beforeAll, describe, expect, it } from "vitest";
-import { stringify } from "yaml";
+import { parse, stringify } from "yaml";
 import { exec, findTool, REPO } from "../chart/helm.js";
 import { CUDA_ONLY_METRICS, DASHBOARDS, DS, renderDashboards } from "./model.js";
 import {
@@ -349,6 +349,78 @@ describe("Grafana dashboards", () => {
     expect(experts.allValue).toBeUndefined();
   });
 
+  it("every series is the selected release's; the operator's by its component too (controller-runtime names are shared)", () => {
+    const bad: string[] = [];
+    for (const d of dashboards) {
+      const v = d.templating.list.find((x: { name: string }) => x.name === "release");
+      expect(v, d.title).toMatchObject({ type: "query", multi: false, includeAll: false });
+      expect(v.definition, d.title).toMatch(/^label_values\(.+, switchyard_release\)$/);
+      const operator = d.uid === "switchyard-operator";
+      if (operator) expect(v.definition).toContain('component="operator"');
+      for (const p of panelsOf(d))
+        for (const t of p.targets)
+          for (const sel of analyze(t.expr).selectors) {
+            const has = (label: string, op: string, value: string) =>
+              sel.matchers.some((m) => m.label === label && m.op === op && m.value === value);
+            if (!has("switchyard_release", "=~", "$release"))
+              bad.push(`${d.title} / ${p.title}: ${sel.name} without switchyard_release=~"$release"`);
+            if (operator && !has("component", "=", "operator"))
+              bad.push(`${d.title} / ${p.title}: ${sel.name} without component="operator"`);
+          }
+      // the pool picker lists the pools of the selected release only
+      const pool = d.templating.list.find((x: { name: string }) => x.name === "pool");
+      if (pool) expect(pool.definition, d.title).toContain('{switchyard_release=~"$release"}');
+    }
+    expect(bad).toEqual([]);
+  });
+
+  it("the pool pickers list every pool a router serves, idle or warming, and no removed one", async () => {
+    // switchyard_router_placement_plan_version: set when a pool loads, before any traffic, and removed with it
+    const pickers = dashboards.flatMap((d) => d.templating.list.filter((x: { name: string }) => x.name === "pool"));
+    expect(pickers.length).toBe(2);
+    for (const v of pickers)
+      expect(v.definition).toBe(
+        'label_values(switchyard_router_placement_plan_version{switchyard_release=~"$release"}, pool)',
+      );
+    const m = new RouterMetrics();
+    m.planVersion.set({ pool: "idle" }, 1);
+    m.forPool("gone");
+    m.planVersion.set({ pool: "gone" }, 3);
+    m.forgetPool("gone");
+    const text = await m.registry.getSingleMetricAsString("switchyard_router_placement_plan_version");
+    expect([...text.matchAll(/pool="([^"]+)"/g)].map((x) => x[1])).toEqual(["idle"]);
+  });
+
+  it("per router replica panels name the pod (the ServiceMonitor's label), not the scrape address", () => {
+    const bad = allQueries(dashboards).filter((q) => legendLabels(q.legendFormat).includes("instance"));
+    expect(bad.map((q) => `${q.dashboard} / ${q.panel}`)).toEqual([]);
+  });
+
+  it("the RoutingPolicy and ExpertPool fields panel texts name are fields of the CRDs", () => {
+    type Schema = { properties?: Record<string, Schema> };
+    const crd = (file: string) =>
+      (
+        parse(readFileSync(join(REPO, "crds", file), "utf8")) as {
+          spec: { versions: Array<{ schema: { openAPIV3Schema: Schema } }> };
+        }
+      ).spec.versions[0].schema.openAPIV3Schema;
+    const schemas: Record<string, Schema> = {
+      RoutingPolicy: crd("switchyard.dev_routingpolicies.yaml"),
+      ExpertPool: crd("switchyard.dev_expertpools.yaml"),
+    };
+    let named = 0;
+    for (const p of allPanels)
+      for (const m of p.description.matchAll(/\b(RoutingPolicy|ExpertPool) ((?:spec|status)(?:\.\w+)+)/g)) {
+        let node: Schema | undefined = schemas[m[1]];
+        for (const key of m[2].split(".")) node = node?.properties?.[key];
+        expect(node, `${p.title}: ${m[1]} ${m[2]}`).toBeDefined();
+        named++;
+      }
+    expect(named).toBeGreaterThan(0);
+    // the router's own config path is no user's setting
+    for (const p of allPanels) expect(p.description, p.title).not.toMatch(/\brouting\.batching\b/);
+  });
+
   it("a panel's queries share one unit: bytes are never on a count or seconds axis", () => {
     // The unit family of a query: what its metrics count. Each of bytes and seconds panels has only queries of it
     // (or no metric at all, a constant); a bytes panel has a bytes unit.
@@ -378,6 +450,14 @@ describe("Grafana dashboards", () => {
         expect(p.title, p.title).toMatch(/arrival to result/);
         expect(p.description, p.title).toMatch(/queue wait, expert loads/);
       }
+    // Load signals read 1 while stale or off (off: the default, no Prometheus URL): a panel must not call off stale.
+    expect(catalog.get("switchyard_router_load_signal_stale")?.help).toMatch(/stale or off/);
+    const signals = reading("switchyard_router_load_signal_stale");
+    expect(signals.length).toBeGreaterThan(0);
+    for (const p of signals) {
+      expect(p.title, p.title).toMatch(/stale or off/);
+      expect(p.description, p.title).toMatch(/stale or off/);
+    }
     // The queue depth counts batches waiting or running.
     expect(catalog.get("switchyard_worker_queue_depth")?.help).toMatch(/waiting or running/);
     for (const p of reading("switchyard_worker_queue_depth"))
@@ -413,24 +493,35 @@ describe("Grafana dashboards", () => {
   });
 
   it.skipIf(!promtool)(
-    "ExpertPools by condition counts each pool once with a standby operator replica (promtool)",
+    "ExpertPools by condition counts each pool once with a standby operator replica, and only the release's (promtool)",
     async () => {
       // Every operator replica, the standby too, counts the pools of its informer cache: the same gauge twice.
       const panel = load("switchyard-operator.json").panels.find(
         (p: { title: string }) => p.title === "ExpertPools by condition",
       );
-      const series = (pod: string) => [
-        { series: `switchyard_operator_pools{condition="True",pod="${pod}"}`, values: "3x5" },
-        { series: `switchyard_operator_pools{condition="False",pod="${pod}"}`, values: "1x5" },
+      const series = (pod: string, release = "default/sy", counts = ["3x5", "1x5"]) => [
+        {
+          series: `switchyard_operator_pools{component="operator",switchyard_release="${release}",condition="True",pod="${pod}"}`,
+          values: counts[0],
+        },
+        {
+          series: `switchyard_operator_pools{component="operator",switchyard_release="${release}",condition="False",pod="${pod}"}`,
+          values: counts[1],
+        },
       ];
       const tests = {
         tests: [
           {
             interval: "1m",
-            input_series: [...series("sy-switchyard-operator-a"), ...series("sy-switchyard-operator-b")],
+            input_series: [
+              ...series("sy-switchyard-operator-a"),
+              ...series("sy-switchyard-operator-b"),
+              // another install's operator, sharing the Prometheus: not in this release's counts
+              ...series("staging-switchyard-operator-a", "staging/sy", ["9x5", "7x5"]),
+            ],
             promql_expr_test: [
               {
-                expr: substituteVariables(panel.targets[0].expr),
+                expr: substituteVariables(panel.targets[0].expr, { release: "default/sy" }),
                 eval_time: "2m",
                 exp_samples: [
                   { labels: '{condition="False"}', value: 1 },

@@ -23,6 +23,8 @@ import { startPrometheus, type TestPrometheus } from "./prometheus.js";
 import { allQueries, metricNamesIn, type PanelQuery, substituteVariables } from "./queries.js";
 
 const POOL = "tiny";
+/** The chart's monitors' switchyard_release for `helm template sy` (namespace default), as the scrapes below relabel. */
+const RELEASE = "default/sy";
 /** The name the router serves POOL under, and the `pool` label of every series (operator routerPoolName). */
 const ROUTER_POOL = `team-a/${POOL}`;
 const LAYERS = 2;
@@ -381,8 +383,8 @@ describeWithCluster(
     const cases = allQueries(dashboards).map((q) => [`${q.dashboard} / ${q.panel} / ${q.refId}`, q] as const);
     const check = async (_name: string, q: PanelQuery) => {
       // Grafana would pick $__rate_interval >= 4 scrape intervals; 10s at a 1s scrape interval.
-      // $pool as Grafana fills it when the pool variable's one value is picked
-      const expr = substituteVariables(q.expr, { rateInterval: "10s", pool: ROUTER_POOL });
+      // $pool and $release as Grafana fills them when the variables' one value is picked
+      const expr = substituteVariables(q.expr, { rateInterval: "10s", pool: ROUTER_POOL, release: RELEASE });
       const result = await prom.query(expr);
       expect(result.length, `no series for ${expr}`).toBeGreaterThan(0);
       // the workers here are CPU workers: series that only CUDA workers observe are exported, but empty (NaN means)
@@ -395,21 +397,27 @@ describeWithCluster(
     // Skipped (reason printed at the top of this file) only while the operator has no entry point yet.
     (withOperator ? it : it.skip).each(cases.filter(([, q]) => isOperator(q)))("%s returns data", check);
 
-    it("every pool variable lists the running pool", async () => {
+    it("every release variable lists the release, and every pool variable the running pool", async () => {
+      const listed = async (definition: string) => {
+        // label_values(SELECTOR, LABEL) is Grafana's wrapper for the label values API.
+        const m = /^label_values\((.+), (\w+)\)$/.exec(definition);
+        expect(m, definition).toBeTruthy();
+        const selector = encodeURIComponent(substituteVariables(m![1], { release: RELEASE }));
+        const r = await httpGet(`${prom.url}/api/v1/label/${m![2]}/values?match[]=${selector}`);
+        return JSON.parse(r.body).data as string[];
+      };
       for (const d of dashboards) {
+        if (d.uid === "switchyard-operator" && !withOperator) continue;
+        const release = d.templating.list.find((x: { name: string }) => x.name === "release");
+        expect(await listed(release.definition), `${d.title}: ${release.definition}`).toEqual([RELEASE]);
         const v = d.templating.list.find((x: { name: string }) => x.name === "pool");
-        if (!v) continue;
-        // label_values(METRIC, pool) is Grafana's wrapper for the label values API.
-        const metric = /^label_values\((\w+), pool\)$/.exec(v.definition)?.[1];
-        expect(metric, v.definition).toBeTruthy();
-        const r = await httpGet(`${prom.url}/api/v1/label/pool/values?match[]=${metric}`);
-        expect(JSON.parse(r.body).data, `${d.title}: ${v.definition}`).toEqual([ROUTER_POOL]);
+        if (v) expect(await listed(v.definition), `${d.title}: ${v.definition}`).toEqual([ROUTER_POOL]);
       }
     });
 
     it("the heat map query gives one cell per (layer, expert) that saw traffic", async () => {
       const heat = dashboards[0].panels.find((p: { title: string }) => /heat map/.test(p.title));
-      const result = await prom.query(substituteVariables(heat.targets[0].expr));
+      const result = await prom.query(substituteVariables(heat.targets[0].expr, { release: RELEASE }));
       const layers = new Set(result.map((s) => s.metric.layer));
       expect([...layers].sort()).toEqual(["0", "1"]);
       expect(result.length).toBeGreaterThanOrEqual(LAYERS * 2);
@@ -419,7 +427,7 @@ describeWithCluster(
       const panel = dashboards
         .flatMap((d: { panels: { title: string; targets: { expr: string }[] }[] }) => d.panels)
         .find((p: { title: string }) => p.title === "Workers on the TCP data path");
-      const result = await prom.query(substituteVariables(panel!.targets[0].expr));
+      const result = await prom.query(substituteVariables(panel!.targets[0].expr, { release: RELEASE }));
       expect(Object.fromEntries(result.map((s) => [s.metric.worker, s.value[1]]))).toEqual({ w0: "1", w1: "1" });
     });
 

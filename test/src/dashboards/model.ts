@@ -41,9 +41,16 @@ export interface DashboardSpec {
   file: string;
   tags: string[];
   /**
-   * The pool variable: `from` is the metric whose `pool` label values fill it; `multi` lets it take several pools and
-   * "All". A dashboard whose panels sum series across pools (the heat by layer and expert) must take one pool only:
-   * the experts of two models add up to nothing. null: no pool variable.
+   * The release variable: the series selector whose `switchyard_release` label values (the chart's monitors put
+   * `<release namespace>/<release name>` on every target) fill it. One release at a time: two installs sharing a
+   * Prometheus may serve pools of one name, with workers of one name (pod names), and their operators share the
+   * controller-runtime metric names with every other controller Prometheus scrapes.
+   */
+  release: string;
+  /**
+   * The pool variable: `from` is the metric whose `pool` label values (of the selected release) fill it; `multi` lets
+   * it take several pools and "All". A dashboard whose panels sum series across pools (the heat by layer and expert)
+   * must take one pool only: the experts of two models add up to nothing. null: no pool variable.
    */
   pool: { from: string; multi: boolean } | null;
   /** Auto-refresh interval; default 30s. */
@@ -53,7 +60,21 @@ export interface DashboardSpec {
 
 // Rate windows: Grafana's $__rate_interval adapts to the scrape interval (at least 4 scrapes).
 const R = "$__rate_interval";
-const POOL = 'pool=~"$pool"';
+/** This release's targets (the chart's ServiceMonitors and PodMonitor add switchyard_release to every series). */
+const RELEASE = 'switchyard_release=~"$release"';
+/** The selected pools of the selected release. */
+const POOL = `${RELEASE}, pool=~"$pool"`;
+/**
+ * The operator's own series: controller_runtime_*, workqueue_*, rest_client_* and leader_election_* are also the
+ * names of kube-controller-manager's, cert-manager's and every other controller's metrics. The chart's operator
+ * ServiceMonitor sets component="operator" and switchyard_release (as SwitchyardOperatorReconcileErrors reads them).
+ */
+const OPERATOR = `component="operator", ${RELEASE}`;
+/**
+ * What the pool pickers list: the router's plan version of each pool it serves, set when the pool loads (before any
+ * traffic: a pool still warming up, or idle, is listed) and removed with the pool (RouterMetrics.forgetPool).
+ */
+const POOLS_FROM = "switchyard_router_placement_plan_version";
 
 const q = (quantile: number, metric: string, by: string, sel = POOL) =>
   `histogram_quantile(${quantile}, sum by (${by}, le) (rate(${metric}_bucket{${sel}}[${R}])))`;
@@ -102,7 +123,8 @@ export const DASHBOARDS: DashboardSpec[] = [
     tags: ["switchyard", "moe", "experts"],
     // One pool: the heat panels add series by (layer, expert), which across pools would add different models'
     // experts together. A minute's refresh: the heat reads every (layer, expert) series of the pool.
-    pool: { from: "switchyard_router_expert_tokens_total", multi: false },
+    release: POOLS_FROM,
+    pool: { from: POOLS_FROM, multi: false },
     refresh: "1m",
     rows: [
       {
@@ -485,7 +507,8 @@ export const DASHBOARDS: DashboardSpec[] = [
     description: "Router traffic, latency percentiles, queue wait, dispatch and drops, and the workers it sends to.",
     file: "switchyard-router.json",
     tags: ["switchyard", "moe", "router"],
-    pool: { from: "switchyard_router_requests_total", multi: true },
+    release: POOLS_FROM,
+    pool: { from: POOLS_FROM, multi: true },
     rows: [
       {
         title: "Traffic",
@@ -556,14 +579,14 @@ export const DASHBOARDS: DashboardSpec[] = [
           {
             title: "Admitted tokens per router replica (maxQueueTokens)",
             description:
-              "Tokens each router replica counts against the pool's routing.batching.maxQueueTokens: requests queued or in flight, and ended ones whose rows are still out in a batch another live request waits for. At maxQueueTokens the replica answers new requests RESOURCE_EXHAUSTED.",
+              "Tokens each router replica (pod) counts against the pool's maxQueueTokens (RoutingPolicy spec.batching.maxQueueTokens): requests queued or in flight, and ended ones whose rows are still out in a batch another live request waits for. At maxQueueTokens the replica answers new requests RESOURCE_EXHAUSTED.",
             type: "timeseries",
             unit: "short",
             min: 0,
             targets: [
               {
-                expr: `max by (pool, instance) (switchyard_router_admitted_tokens{${POOL}})`,
-                legendFormat: "{{pool}} {{instance}}",
+                expr: `max by (pool, pod) (switchyard_router_admitted_tokens{${POOL}})`,
+                legendFormat: "{{pool}} {{pod}}",
               },
             ],
           },
@@ -623,15 +646,15 @@ export const DASHBOARDS: DashboardSpec[] = [
           {
             title: "Router event loop busy per replica",
             description:
-              "Share of the time each router process's JavaScript event loop was busy. Near 100% requests queue behind the loop whatever the batching settings: add router replicas (SwitchyardRouterSaturated).",
+              "Share of the time each router pod's JavaScript event loop was busy. Near 100% requests queue behind the loop whatever the batching settings: add router replicas (SwitchyardRouterSaturated).",
             type: "timeseries",
             unit: "percentunit",
             min: 0,
             max: 1,
             targets: [
               {
-                expr: `rate(switchyard_router_event_loop_busy_seconds_total[${R}])`,
-                legendFormat: "{{instance}}",
+                expr: `rate(switchyard_router_event_loop_busy_seconds_total{${RELEASE}}[${R}])`,
+                legendFormat: "{{pod}}",
               },
             ],
           },
@@ -734,13 +757,20 @@ export const DASHBOARDS: DashboardSpec[] = [
             ],
           },
           {
-            title: "Load signals stale / placement plan version",
+            title: "Load signals stale or off / placement plan version",
             description:
-              "1 while Prometheus load signals are stale (router falls back to its own counters); the plan version it serves.",
+              "1 while the pool's Prometheus load signals are stale or off, and the router decides on its own counters (0: fresh). Off is the default: a RoutingPolicy without spec.loadSignals.prometheusUrl, so 1 alone is no fault; 'signals on' says which it is (1: the policy names a Prometheus, so stale is a fault, and the router's log says why: a wrong URL or query, Prometheus down). Beside them the placement plan version the router serves.",
             type: "stat",
             unit: "none",
             targets: [
-              { expr: `max by (pool) (switchyard_router_load_signal_stale{${POOL}})`, legendFormat: "{{pool}} stale" },
+              {
+                expr: `max by (pool) (switchyard_router_load_signal_stale{${POOL}})`,
+                legendFormat: "{{pool}} stale or off",
+              },
+              {
+                expr: `max by (pool) (switchyard_router_load_signals_enabled{${POOL}})`,
+                legendFormat: "{{pool}} signals on",
+              },
               {
                 expr: `max by (pool) (switchyard_router_placement_plan_version{${POOL}})`,
                 legendFormat: "{{pool}} plan version",
@@ -755,9 +785,10 @@ export const DASHBOARDS: DashboardSpec[] = [
     uid: "switchyard-operator",
     title: "Switchyard / Operator",
     description:
-      "Operator reconciles, errors, durations, work queue, API server requests and leadership (controller-runtime metric names).",
+      "Operator reconciles, errors, durations, work queue, API server requests and leadership (controller-runtime metric names), of the selected release's operator (component=\"operator\" and switchyard_release, as the chart's ServiceMonitor labels it).",
     file: "switchyard-operator.json",
     tags: ["switchyard", "operator"],
+    release: `controller_runtime_reconcile_total{component="operator"}`,
     pool: null,
     rows: [
       {
@@ -771,7 +802,7 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "ops",
             targets: [
               {
-                expr: `sum by (controller, result) (rate(controller_runtime_reconcile_total[${R}]))`,
+                expr: `sum by (controller, result) (rate(controller_runtime_reconcile_total{${OPERATOR}}[${R}]))`,
                 legendFormat: "{{controller}} {{result}}",
               },
             ],
@@ -784,7 +815,7 @@ export const DASHBOARDS: DashboardSpec[] = [
             targets: [
               {
                 // Zero for controllers that never failed, whether or not the operator pre-creates the series.
-                expr: `sum by (controller) (rate(controller_runtime_reconcile_errors_total[${R}])) or sum by (controller) (rate(controller_runtime_reconcile_total[${R}])) * 0`,
+                expr: `sum by (controller) (rate(controller_runtime_reconcile_errors_total{${OPERATOR}}[${R}])) or sum by (controller) (rate(controller_runtime_reconcile_total{${OPERATOR}}[${R}])) * 0`,
                 legendFormat: "{{controller}}",
               },
             ],
@@ -796,11 +827,11 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "s",
             targets: [
               {
-                expr: q(0.5, "controller_runtime_reconcile_time_seconds", "controller", ""),
+                expr: q(0.5, "controller_runtime_reconcile_time_seconds", "controller", OPERATOR),
                 legendFormat: "{{controller}} p50",
               },
               {
-                expr: q(0.99, "controller_runtime_reconcile_time_seconds", "controller", ""),
+                expr: q(0.99, "controller_runtime_reconcile_time_seconds", "controller", OPERATOR),
                 legendFormat: "{{controller}} p99",
               },
             ],
@@ -811,7 +842,9 @@ export const DASHBOARDS: DashboardSpec[] = [
               "Pools the operator counts in each condition (max over operator replicas: a standby counts the same pools).",
             type: "timeseries",
             unit: "short",
-            targets: [{ expr: "max by (condition) (switchyard_operator_pools)", legendFormat: "{{condition}}" }],
+            targets: [
+              { expr: `max by (condition) (switchyard_operator_pools{${OPERATOR}})`, legendFormat: "{{condition}}" },
+            ],
           },
           {
             title: "Router config size",
@@ -820,7 +853,7 @@ export const DASHBOARDS: DashboardSpec[] = [
             type: "timeseries",
             unit: "bytes",
             targets: [
-              { expr: "max(switchyard_operator_router_config_bytes)", legendFormat: "router config" },
+              { expr: `max(switchyard_operator_router_config_bytes{${OPERATOR}})`, legendFormat: "router config" },
               { expr: "vector(1048576)", legendFormat: "limit (1 MiB)" },
             ],
           },
@@ -830,7 +863,12 @@ export const DASHBOARDS: DashboardSpec[] = [
               "Pools with a published plan the router config holds, and those it had no room for: the routers do not serve them (Events RouterConfigFull name them; alert SwitchyardRouterConfigFull).",
             type: "timeseries",
             unit: "short",
-            targets: [{ expr: "max by (state) (switchyard_operator_router_config_pools)", legendFormat: "{{state}}" }],
+            targets: [
+              {
+                expr: `max by (state) (switchyard_operator_router_config_pools{${OPERATOR}})`,
+                legendFormat: "{{state}}",
+              },
+            ],
           },
         ],
       },
@@ -842,7 +880,7 @@ export const DASHBOARDS: DashboardSpec[] = [
             description: "Keys waiting to be reconciled; growth means the operator cannot keep up.",
             type: "timeseries",
             unit: "short",
-            targets: [{ expr: "sum by (name) (workqueue_depth)", legendFormat: "{{name}}" }],
+            targets: [{ expr: `sum by (name) (workqueue_depth{${OPERATOR}})`, legendFormat: "{{name}}" }],
           },
           {
             title: "Work queue adds/s and retries/s",
@@ -850,10 +888,10 @@ export const DASHBOARDS: DashboardSpec[] = [
             type: "timeseries",
             unit: "ops",
             targets: [
-              { expr: `sum by (name) (rate(workqueue_adds_total[${R}]))`, legendFormat: "{{name}} adds" },
+              { expr: `sum by (name) (rate(workqueue_adds_total{${OPERATOR}}[${R}]))`, legendFormat: "{{name}} adds" },
               {
                 // Zero for queues that never retried (the series may appear only with the first retry).
-                expr: `sum by (name) (rate(workqueue_retries_total[${R}])) or sum by (name) (rate(workqueue_adds_total[${R}])) * 0`,
+                expr: `sum by (name) (rate(workqueue_retries_total{${OPERATOR}}[${R}])) or sum by (name) (rate(workqueue_adds_total{${OPERATOR}}[${R}])) * 0`,
                 legendFormat: "{{name}} retries",
               },
             ],
@@ -865,13 +903,16 @@ export const DASHBOARDS: DashboardSpec[] = [
             type: "timeseries",
             unit: "s",
             targets: [
-              { expr: q(0.99, "workqueue_queue_duration_seconds", "name", ""), legendFormat: "{{name}} wait p99" },
               {
-                expr: "max by (name) (workqueue_longest_running_processor_seconds)",
+                expr: q(0.99, "workqueue_queue_duration_seconds", "name", OPERATOR),
+                legendFormat: "{{name}} wait p99",
+              },
+              {
+                expr: `max by (name) (workqueue_longest_running_processor_seconds{${OPERATOR}})`,
                 legendFormat: "{{name}} longest running",
               },
               {
-                expr: "max by (name) (workqueue_unfinished_work_seconds)",
+                expr: `max by (name) (workqueue_unfinished_work_seconds{${OPERATOR}})`,
                 legendFormat: "{{name}} unfinished work",
               },
             ],
@@ -884,11 +925,11 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "short",
             targets: [
               {
-                expr: "sum by (controller) (controller_runtime_active_workers)",
+                expr: `sum by (controller) (controller_runtime_active_workers{${OPERATOR}})`,
                 legendFormat: "{{controller}} running",
               },
               {
-                expr: "max by (controller) (controller_runtime_max_concurrent_reconciles)",
+                expr: `max by (controller) (controller_runtime_max_concurrent_reconciles{${OPERATOR}})`,
                 legendFormat: "{{controller}} allowed",
               },
             ],
@@ -906,7 +947,7 @@ export const DASHBOARDS: DashboardSpec[] = [
             unit: "reqps",
             targets: [
               {
-                expr: `sum by (method, code) (rate(rest_client_requests_total[${R}]))`,
+                expr: `sum by (method, code) (rate(rest_client_requests_total{${OPERATOR}}[${R}]))`,
                 legendFormat: "{{method}} {{code}}",
               },
             ],
@@ -918,7 +959,7 @@ export const DASHBOARDS: DashboardSpec[] = [
             type: "timeseries",
             unit: "short",
             min: 0,
-            targets: [{ expr: "sum by (name) (leader_election_master_status)", legendFormat: "{{name}}" }],
+            targets: [{ expr: `sum by (name) (leader_election_master_status{${OPERATOR}})`, legendFormat: "{{name}}" }],
           },
         ],
       },
@@ -928,7 +969,7 @@ export const DASHBOARDS: DashboardSpec[] = [
 
 type Json = Record<string, unknown>;
 
-/** Grafana's own datasource-typed variables, plus the pool filter where the dashboard has one. */
+/** Grafana's own datasource-typed variable, the release, and the pool filter where the dashboard has one. */
 function templating(spec: DashboardSpec): Json {
   const list: Json[] = [
     {
@@ -945,15 +986,35 @@ function templating(spec: DashboardSpec): Json {
       options: [],
     },
   ];
+  const release = `label_values(${spec.release}, switchyard_release)`;
+  list.push({
+    name: "release",
+    label: "Release",
+    description:
+      "The Switchyard install (release namespace/name, the chart's switchyard_release label) whose series the panels show.",
+    type: "query",
+    datasource: DS,
+    definition: release,
+    query: { query: release, refId: "PrometheusVariableQueryEditor-VariableQuery" },
+    current: {},
+    hide: 0,
+    includeAll: false,
+    multi: false,
+    refresh: 2,
+    sort: 1,
+    regex: "",
+    options: [],
+  });
   if (spec.pool) {
     const { from, multi } = spec.pool;
+    const pools = `label_values(${from}{${RELEASE}}, pool)`;
     list.push({
       name: "pool",
       label: "Pool",
       type: "query",
       datasource: DS,
-      definition: `label_values(${from}, pool)`,
-      query: { query: `label_values(${from}, pool)`, refId: "PrometheusVariableQueryEditor-VariableQuery" },
+      definition: pools,
+      query: { query: pools, refId: "PrometheusVariableQueryEditor-VariableQuery" },
       current: {},
       hide: 0,
       includeAll: multi,

@@ -12,6 +12,10 @@ describe("PromQL helpers", () => {
     expect(substituteVariables('rate(x{pool=~"$pool"}[$__rate_interval])', { rateInterval: "30s" })).toBe(
       'rate(x{pool=~".*"}[30s])',
     );
+    expect(
+      substituteVariables('x{switchyard_release=~"$release", pool=~"$pool"}', { release: "ns/sy", pool: "p" }),
+    ).toBe('x{switchyard_release=~"ns/sy", pool=~"p"}');
+    expect(substituteVariables('x{switchyard_release=~"$release"}')).toBe('x{switchyard_release=~".*"}');
   });
 
   it("reads the labels of a legend format", () => {

@@ -38,10 +38,13 @@ export function allQueries(dashboards: DashboardJson[]): PanelQuery[] {
 }
 
 /**
- * Replaces Grafana's variables the way Grafana would for "All pools" and a given rate window, so the query can go
- * to Prometheus directly.
+ * Replaces Grafana's variables the way Grafana would for "All pools" (any release unless one is given) and a given
+ * rate window, so the query can go to Prometheus directly.
  */
-export function substituteVariables(expr: string, opts: { rateInterval?: string; pool?: string } = {}): string {
+export function substituteVariables(
+  expr: string,
+  opts: { rateInterval?: string; pool?: string; release?: string } = {},
+): string {
   const rate = opts.rateInterval ?? "1m";
   return (
     expr
@@ -50,6 +53,7 @@ export function substituteVariables(expr: string, opts: { rateInterval?: string;
       .replaceAll("${__rate_interval}", rate)
       .replaceAll("$__interval", rate)
       .replaceAll("$pool", opts.pool ?? ".*")
+      .replaceAll("$release", opts.release ?? ".*")
   );
 }
 

@@ -68,6 +68,17 @@ const model: PoolModel = {
   shared: () => null,
 };
 
+/**
+ * Two installs' pools of one name, "p", in namespaces prod and staging, each with a worker pod w0 (worker ids are pod
+ * names): only the namespace (the scrape's target label in a cluster, the exporter's own label here) tells them apart.
+ */
+const SAME_NAMED = [
+  "# TYPE switchyard_worker_queued_rows gauge",
+  'switchyard_worker_queued_rows{pool="p",namespace="prod",worker="w0"} 500',
+  'switchyard_worker_queued_rows{pool="p",namespace="staging",worker="w0"} 9',
+  "",
+].join("\n");
+
 describe.skipIf(SKIP)("load signals from a real Prometheus", () => {
   let dir: string;
   let prom: ChildProcess | null = null;
@@ -85,7 +96,7 @@ describe.skipIf(SKIP)("load signals from a real Prometheus", () => {
       res.end(
         `# TYPE switchyard_worker_queue_depth gauge\n${Object.entries(depth)
           .map(([w, v]) => `switchyard_worker_queue_depth{pool="p",worker="${w}"} ${v}`)
-          .join("\n")}\n`,
+          .join("\n")}\n${SAME_NAMED}`,
       );
     });
     await new Promise<void>((r) => exporter.listen(0, "127.0.0.1", () => r()));
@@ -206,6 +217,24 @@ describe.skipIf(SKIP)("load signals from a real Prometheus", () => {
     } finally {
       router.close();
     }
+  });
+
+  it("the default queries read the pool's own namespace: same-named pools of two installs do not add up", async () => {
+    const url = `http://127.0.0.1:${promPort}`;
+    const defaults = resolveRoutingPolicy({ loadSignals: { prometheusUrl: url, refreshMs: 200, timeoutMs: 500 } });
+    const quiet = () => {};
+    // the router of the prod install, which serves its own namespace's pool as "p" (POD_NAMESPACE prod)
+    const prod = new PrometheusSignals(defaults.loadSignals, "p", undefined, undefined, quiet, "prod");
+    await prod.refresh();
+    expect(prod.lastError).toBeNull();
+    expect([...prod.fresh()!.queueDepth]).toEqual([["w0", 500]]);
+    const staging = new PrometheusSignals(defaults.loadSignals, "p", undefined, undefined, quiet, "staging");
+    await staging.refresh();
+    expect([...staging.fresh()!.queueDepth]).toEqual([["w0", 9]]);
+    // a router that cannot tell its namespace (no POD_NAMESPACE) reads both, as every router did before $namespace
+    const unknown = new PrometheusSignals(defaults.loadSignals, "p", undefined, undefined, quiet, null);
+    await unknown.refresh();
+    expect([...unknown.fresh()!.queueDepth]).toEqual([["w0", 509]]);
   });
 
   it("stale: once Prometheus stops answering, signals age out and the router falls back to its own counters", async () => {

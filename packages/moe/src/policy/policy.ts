@@ -80,12 +80,19 @@ export interface RoutingPolicy {
   loadSignals: LoadSignalsPolicy;
 }
 
-/** Queries the chart's Prometheus serves; `$pool` is replaced by the pool name. */
+/**
+ * Queries the chart's Prometheus serves. The router fills in `$pool`, the name it serves the pool under (the workers'
+ * `pool` label), and `$namespace`, the pool's namespace as a regular expression (`.*` where the router cannot tell:
+ * router-service signals/prometheus.ts expandQuery). Worker ids are pod names and a pool in the router's namespace
+ * goes by its bare name, so two installs with same-named pools in one Prometheus differ only in the namespace the
+ * scrape puts on the workers' series; `|` also takes series without one (a scrape config that adds no namespace).
+ */
 // Rows, as the router counts what it has in flight to a worker (its load score's unit); the batch count
 // (switchyard_worker_queue_depth) would weigh a 2000-row batch like a 1-row one.
-export const DEFAULT_QUEUE_DEPTH_QUERY = 'sum by (worker) (switchyard_worker_queued_rows{pool="$pool"})';
+export const DEFAULT_QUEUE_DEPTH_QUERY =
+  'sum by (worker) (switchyard_worker_queued_rows{pool="$pool", namespace=~"$namespace|"})';
 export const DEFAULT_LATENCY_QUERY =
-  'sum by (worker) (rate(switchyard_worker_run_duration_seconds_sum{pool="$pool"}[1m])) / sum by (worker) (rate(switchyard_worker_run_duration_seconds_count{pool="$pool"}[1m]))';
+  'sum by (worker) (rate(switchyard_worker_run_duration_seconds_sum{pool="$pool", namespace=~"$namespace|"}[1m])) / sum by (worker) (rate(switchyard_worker_run_duration_seconds_count{pool="$pool", namespace=~"$namespace|"}[1m]))';
 
 export function defaultRoutingPolicy(): RoutingPolicy {
   return {
