@@ -301,12 +301,18 @@ export const workerSchema = obj(
             message: "worker.resources.requests must be <= worker.resources.limits for every resource given in both",
             fieldPath: ".requests",
           },
+          // The operator writes nvidia.com/gpu from gpusPerWorker: a value here was either overwritten without a word
+          // (gpusPerWorker > 0) or, with gpusPerWorker 0, a GPU request core/v1 refuses for want of a limit. One rule
+          // per map, so that the refusal names the one that has it.
           {
-            // The operator writes nvidia.com/gpu from gpusPerWorker: a value here was either overwritten without a
-            // word (gpusPerWorker > 0) or, with gpusPerWorker 0, a GPU request core/v1 refuses for want of a limit.
-            rule: "!(has(self.requests) && 'nvidia.com/gpu' in self.requests) && !(has(self.limits) && 'nvidia.com/gpu' in self.limits)",
+            rule: "!has(self.requests) || !('nvidia.com/gpu' in self.requests)",
             message: "worker.resources must not set nvidia.com/gpu: the operator sets it from worker.gpusPerWorker",
             fieldPath: ".requests",
+          },
+          {
+            rule: "!has(self.limits) || !('nvidia.com/gpu' in self.limits)",
+            message: "worker.resources must not set nvidia.com/gpu: the operator sets it from worker.gpusPerWorker",
+            fieldPath: ".limits",
           },
         ],
       },

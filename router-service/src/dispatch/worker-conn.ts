@@ -118,7 +118,7 @@ interface Pending {
   via: BatchPath;
   /** The caller's check of a reply (null: well-formed), so that a malformed one counts as a failed batch. */
   check?: (r: ExpertResult) => SwitchyardError | null;
-  /** The first batch on its path: its round trip is no latency sample (see pathsUsed). */
+  /** Sent before its path's first reply: its round trip is no latency sample (see pathsAnswered). */
   first: boolean;
 }
 
@@ -186,11 +186,12 @@ export class WorkerConn {
   private statusFailures = 0;
   private closed = false;
   /**
-   * Paths that have carried a batch. The first batch on a new stream or data connection pays one-off costs (the
-   * stream's or socket's set-up, the worker's first pass through that path): tens of ms that would make a new replica
-   * read slow, and lose the even split, until its reading faded. Its round trip is not sampled; timeouts still are.
+   * Paths that have answered a batch. The batches sent on a new stream or data connection before its first reply pay
+   * its one-off costs (the stream's or socket's set-up, the worker's first pass through that path; under load a whole
+   * wave of flushes lands on a new replica at once): tens of ms that would make a new replica read slow, and lose the
+   * even split, until its reading faded. Their round trips are not sampled; timeouts still are.
    */
-  private readonly pathsUsed = new WeakSet<BatchPath>();
+  private readonly pathsAnswered = new WeakSet<BatchPath>();
   /** Batch ids abandoned in this tick, by the path they went on: one cancel-only message per path (flushCancels). */
   private readonly toCancel = new Map<BatchPath, bigint[]>();
 
@@ -318,8 +319,7 @@ export class WorkerConn {
         },
         Math.max(1, timeoutMs),
       );
-      const first = !this.pathsUsed.has(via);
-      if (first) this.pathsUsed.add(via);
+      const first = !this.pathsAnswered.has(via);
       this.pending.set(batchId, { resolve, reject, timer, tokens, sentAt: performance.now(), via, check, first });
       this.outstandingTokens += tokens;
       for (const e of experts) this.resident.add(layer * 65536 + e);
@@ -436,6 +436,7 @@ export class WorkerConn {
     this.pending.delete(id);
     clearTimeout(p.timer);
     this.outstandingTokens -= p.tokens;
+    this.pathsAnswered.add(p.via);
     if (r.error && r.error.code !== grpcStatus.OK) {
       // No latency sample of a fast error: it would make a failing worker look fastest. A worker that could not take
       // the batch, or refused it (the router built it: its plan or checkpoint disagrees), looks slower instead.

@@ -702,13 +702,13 @@ export const DASHBOARDS: DashboardSpec[] = [
           {
             title: "Worker RPC errors/s by method and code",
             description:
-              "RPCs each worker answered with an error, per second, by method (RunExperts, RunExpertsStream, RunExpertsData on the TCP data path, Prefetch, Evict, Status; a stream's batches count one each) and gRPC status code: RESOURCE_EXHAUSTED when its queue is full, for example. One zero line per worker until it fails.",
+              "RPCs each worker answered with an error, per second, by method (RunExperts, RunExpertsStream, RunExpertsData on the TCP data path, Prefetch, Evict, Status; a stream's batches count one each) and gRPC status code: RESOURCE_EXHAUSTED when its queue is full, for example. CANCELLED is left out: the router gave the batch up (ExpertBatch.cancel once every request in it had ended, or a closed stream), no fault of the worker's. One zero line per worker until it fails.",
             type: "timeseries",
             unit: "short",
             targets: [
               {
                 // The "or ... * 0" keeps a zero line per worker while no error series exists.
-                expr: `sum by (pool, worker, method, code) (rate(switchyard_worker_requests_total{${POOL}, code!="OK"}[${R}])) or sum by (pool, worker) (rate(switchyard_worker_requests_total{${POOL}}[${R}])) * 0`,
+                expr: `sum by (pool, worker, method, code) (rate(switchyard_worker_requests_total{${POOL}, code!~"OK|CANCELLED"}[${R}])) or sum by (pool, worker) (rate(switchyard_worker_requests_total{${POOL}}[${R}])) * 0`,
                 legendFormat: "{{worker}} {{method}} {{code}}",
               },
             ],

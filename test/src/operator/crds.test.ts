@@ -204,7 +204,7 @@ const INVALID: [string, unknown, string][] = [
   [
     "a GPU limit in worker.resources (CEL; the operator would overwrite it from gpusPerWorker)",
     pool("bad", NS, { worker: { gpusPerWorker: 2, resources: { limits: { "nvidia.com/gpu": "1" } } } }),
-    "worker.resources must not set nvidia.com/gpu",
+    'spec.worker.resources.limits: Invalid value: "object": worker.resources must not set nvidia.com/gpu',
   ],
   [
     "pvc subPath with a '..' element (CEL)",
