@@ -28,6 +28,10 @@ class RouterError(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self):
+        # pickled (a ProcessPoolExecutor's worker raising it) as its code and message: args holds the text only
+        return type(self), (self.code, self.message), self.__dict__
+
 
 def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "fp32",
                     router_logits: Optional[np.ndarray] = None, expert_ids: Optional[np.ndarray] = None,
@@ -39,6 +43,8 @@ def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "
     (int32, -1 = empty slot) with weights
     [T, k] (float32). timeout (seconds) becomes the request's timeout_ms: past it the router answers
     DEADLINE_EXCEEDED. A value that cannot be sent raises ValueError (or TypeError) naming the argument."""
+    if not isinstance(pool, str):
+        raise TypeError(f"pool: the pool's name, a str, got {type(pool).__name__} {pool!r}")
     try:
         index = operator.index(layer)
     except TypeError:
@@ -67,12 +73,15 @@ def forward_request(pool: str, layer: int, hidden: np.ndarray, *, dtype: str = "
 
 
 def _tensor(name: str, x, dtype: str):
-    """to_tensor, with the argument's name on the error of a value numpy cannot convert (a string; a torch tensor on
-    the GPU, in bfloat16 or requiring grad)."""
+    """to_tensor, with the argument's name on the error of a value it refuses (a string, an integer array for a
+    float dtype) or numpy cannot convert."""
     try:
         return to_tensor(x, dtype)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise (TypeError if isinstance(e, TypeError) else ValueError)(f"{name}: {e}") from e
+        msg = str(e)
+        if name == "router_logits":  # its dtype is the logits_dtype argument
+            msg = msg.replace("dtype='bf16'", "logits_dtype='bf16'")
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(f"{name}: {msg}") from e
 
 
 def reply_hidden(res: router_pb2.ForwardResponse, bf16_bits: bool = False) -> np.ndarray:

@@ -3,7 +3,10 @@
 numpy has no bfloat16: a bf16 tensor travels as its 16-bit patterns. `to_tensor(x, "bf16")` rounds float32 to
 bf16 (round to nearest, ties to even, as the router and torch do); `from_tensor` widens bf16 back to float32.
 Arrays of a 16-bit integer type (uint16 or int16, either byte order) given with dtype "bf16" are taken as bf16 bit
-patterns already (e.g. a torch bf16 tensor's `.view(torch.int16).numpy()`), so nothing is rounded twice.
+patterns already (e.g. a torch bf16 tensor's `.view(torch.int16).numpy()`), so nothing is rounded twice. A torch
+tensor is taken as it is (detached, copied to the CPU), a bfloat16 one as its bit patterns (widened to float32 for
+another dtype). Nothing else is cast: fp32, fp16 and bf16 take float arrays (numpy's, or ml_dtypes' bfloat16), and
+refuse integer, bool and complex ones rather than take bf16 bit patterns, or anything else, for values.
 Arrays read from a Tensor are the caller's own (writable; an engine may add its residual in place).
 """
 
@@ -38,15 +41,42 @@ def bf16_bits_to_float32(b: np.ndarray) -> np.ndarray:
     return (np.ascontiguousarray(b, dtype="<u2").astype("<u4") << np.uint32(16)).view("<f4")
 
 
+def _as_array(x, dtype: str) -> np.ndarray:
+    """x as a numpy array. A torch tensor (recognised by its type's module: torch is never imported for anything
+    else) is detached and copied to the CPU; a bfloat16 one, which numpy cannot hold, gives its bit patterns for bf16
+    and its values widened to float32 for another dtype."""
+    if isinstance(x, np.ndarray):
+        return x
+    if (type(x).__module__ or "").split(".")[0] == "torch" and hasattr(x, "dtype") and hasattr(x, "detach"):
+        import torch  # already imported: x is one of its tensors
+
+        t = x.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            bits = t.view(torch.int16).numpy().view("<u2")
+            return bits if dtype == "bf16" else bf16_bits_to_float32(bits)
+        return t.numpy()
+    return np.asarray(x)
+
+
 def to_tensor(x: np.ndarray, dtype: str = "fp32") -> tensor_pb2.Tensor:
-    """A Tensor of `x` in `dtype` (fp32, fp16, bf16 or int32); float input is converted, bf16 rounded. int32 takes
-    integer arrays only, with every value in int32's range (ValueError otherwise: nothing is cast)."""
+    """A Tensor of `x` in `dtype` (fp32, fp16, bf16 or int32); float input is converted, bf16 rounded. fp32, fp16
+    and bf16 take float arrays only (and, for bf16, 16-bit integer arrays as bf16 bit patterns); int32 takes integer
+    arrays only, with every value in int32's range (ValueError otherwise: nothing is cast)."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
     code, np_dtype = _DTYPES[dtype]
-    a = np.asarray(x)
+    a = _as_array(x, dtype)
+    # "f": numpy's floats; "V": ml_dtypes' (bfloat16...), converted by their own casts where they have one
+    if dtype != "int32" and a.dtype.kind not in "fV" and not (dtype == "bf16" and a.dtype.kind in "iu"
+                                                              and a.dtype.itemsize == 2):
+        what = "a float array or bf16 bit patterns (a 16-bit integer array)" if dtype == "bf16" else "a float array"
+        hint = ""
+        if a.dtype.kind in "iu":
+            hint = (" (integer values: convert them first, e.g. .astype(np.float32)" +
+                    ("; bf16 bit patterns: dtype='bf16')" if dtype != "bf16" else ")"))
+        raise ValueError(f"expected {what} for {dtype}, got {a.dtype}: nothing is cast{hint}")
     if dtype == "bf16":
-        if a.dtype.kind in "iu" and a.dtype.itemsize == 2:
+        if a.dtype.kind in "iu":
             # bit patterns already, whatever their integer type and byte order: reinterpreted, never converted
             bits = a.astype(a.dtype.newbyteorder("<"), copy=False).view("<u2")
         else:

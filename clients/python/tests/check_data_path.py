@@ -1,17 +1,25 @@
 """The data-path client against routers of its own that misbehave, over local sockets (no real router): a send
 interrupted part way, a router that stops reading, a Future's callback sending while the writer is blocked, the
-bound on frames queued, a reply header that lies about its length, and the ids of requests given up on. Run on its
-own (python3 tests/check_data_path.py, prints "N passed, 0 failed") and by check_router.py, which the router's vitest
-runs (router-service/src/data-server.python.test.ts)."""
+bound on frames queued, a reply header that lies about its length, the ids of requests given up on, a router that
+never answers a request sent without a timeout, a client inherited by a fork()ed child, forward() on the client's own
+thread, a client dropped without close(), and errors that name the router (a gRPC or HTTP port, a corrupt reply, a
+reset connection). Run on its own (python3 tests/check_data_path.py, prints "N passed, 0 failed") and by
+check_router.py, which the router's vitest runs (router-service/src/data-server.python.test.ts)."""
 
 from __future__ import annotations
 
+import gc
+import http.server
+import os
+import select
 import signal
 import socket
 import struct
 import sys
 import threading
 import time
+import warnings
+import weakref
 from concurrent import futures
 from pathlib import Path
 
@@ -117,7 +125,7 @@ def interrupted_send() -> None:
         y = c.forward("p", 0, h(1), timeout=5)
         assert np.array_equal(y, h(1)), "the answer after an interrupted send is not the request's"
         assert not any(isinstance(s, tuple) for s in r.seen), f"the router read a misframed request: {r.seen}"
-        assert c._failed is None, c._failed
+        assert c._conn._failed is None, c._conn._failed
         deadline = time.monotonic() + 5
         while c.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -152,7 +160,7 @@ def send_failing_half_way() -> None:
         deadline = time.monotonic() + 5
         while r.seen != [1] and time.monotonic() < deadline:
             time.sleep(0.01)
-        c._sock = HalfSend(c._sock)
+        c._conn._sock = HalfSend(c._conn._sock)
         try:
             second = c.forward_async("p", 0, h(64))
             futures.wait([first, second], timeout=5)
@@ -248,7 +256,7 @@ def queue_bounded() -> None:
         t0 = time.monotonic()
         futs = [c.forward_async("p", 0, h(1024 + k)) for k in range(3)]
         waited = time.monotonic() - t0
-        assert c._queued_bytes <= 4 * MiB + 17 * MiB, c._queued_bytes
+        assert c._conn._queued_bytes <= 4 * MiB + 17 * MiB, c._conn._queued_bytes
         assert waited > 0.5, f"3 requests of 16 MiB queued at once past a bound of 4 MiB ({waited:.2f} s)"
         for k, f in enumerate(futs):
             assert np.array_equal(f.result(10), h(1024 + k))
@@ -300,7 +308,7 @@ def abandoned_bounded() -> None:
         futs = [c.forward_async("p", 0, h(1, 8), timeout=0.05) for _ in range(10)]
         for f in futs:
             assert isinstance(f.exception(5), futures.TimeoutError), f.exception(0)
-        assert len(c._abandoned) <= 4, f"{len(c._abandoned)} ids given up on kept past the cap of 4"
+        assert len(c._conn._abandoned) <= 4, f"{len(c._conn._abandoned)} ids given up on kept past the cap of 4"
         r.answer = True
         r.release()  # all 10 answers, late
         assert np.array_equal(c.forward("p", 0, h(2, 8), timeout=5), h(2, 8)), "late answers broke the connection"
@@ -309,11 +317,231 @@ def abandoned_bounded() -> None:
         data_path._GRACE, data_path._MAX_ABANDONED = grace, cap
         c.close()
         r.close()
-    assert not c._abandoned, "a closed client still keeps ids given up on"
+    assert not c._conn._abandoned, "a closed client still keeps ids given up on"
+
+
+def no_timeout_gives_up() -> None:
+    """A request sent without a timeout to a router that never answers (hung with its connection open) fails with
+    TimeoutError the grace past the router's default deadline (both shortened here), forward() as forward_async:
+    not never."""
+    saved = getattr(data_path, "_DEFAULT_TIMEOUT", 30.0), data_path._GRACE
+    data_path._DEFAULT_TIMEOUT, data_path._GRACE = 0.2, 0.3
+    r = FakeRouter(answer=False)
+    c = RouterDataClient("127.0.0.1", r.port)
+    try:
+        got: dict = {}
+
+        def call() -> None:
+            try:
+                got["r"] = c.forward("p", 0, h(1))
+            except BaseException as e:  # noqa: BLE001
+                got["r"] = e
+
+        t = threading.Thread(target=call, daemon=True)
+        t0 = time.monotonic()
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "forward() without a timeout still waits on a router that never answers"
+        assert isinstance(got["r"], futures.TimeoutError) and "default" in str(got["r"]), got
+        assert 0.4 <= time.monotonic() - t0 < 3, time.monotonic() - t0
+        assert c.in_flight == 0, c.in_flight
+    finally:
+        data_path._DEFAULT_TIMEOUT, data_path._GRACE = saved
+        c.close()
+        r.close()
+
+
+def _in_child(c: RouterDataClient, action) -> str:
+    """Runs action(c) in a child made by fork() and returns what it printed (its outcome), or "hung" after 5 s."""
+    rd, wr = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a process with threads: what is tested
+        pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                out = f"ok {action(c)!r}"
+            except BaseException as e:  # noqa: BLE001
+                out = f"{type(e).__name__}: {e}"
+            os.write(wr, out.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(wr)
+    try:
+        if not select.select([rd], [], [], 5)[0]:
+            os.kill(pid, signal.SIGKILL)
+            return "hung"
+        return os.read(rd, 4096).decode()
+    finally:
+        os.close(rd)
+        os.waitpid(pid, 0)
+
+
+def forked_child() -> None:
+    """A client inherited by a child made by fork() (multiprocessing's default on Linux): the child's close() (a
+    `with` block unwinding, its garbage collection) leaves the parent's connection serving, and a call in the child
+    raises RuntimeError at once, naming the process, instead of waiting forever (the child has none of the client's
+    threads)."""
+    r = FakeRouter()
+    c = RouterDataClient("127.0.0.1", r.port)
+    try:
+        assert np.array_equal(c.forward("p", 0, h(1, 8), timeout=5), h(1, 8))
+        out = _in_child(c, lambda c: c.close())
+        assert out == "ok None", out
+        time.sleep(0.1)
+        assert np.array_equal(c.forward("p", 0, h(2, 8), timeout=5), h(2, 8)), "the child's close() ended it"
+        out = _in_child(c, lambda c: c.forward("p", 0, h(1, 8), timeout=1))
+        assert out.startswith(f"RuntimeError: RouterDataClient was created in process {os.getpid()}; create a "
+                              "client in the child"), out
+        out = _in_child(c, lambda c: c.forward_async("p", 0, h(1, 8)))
+        assert out.startswith("RuntimeError: RouterDataClient was created in process"), out
+        assert np.array_equal(c.forward("p", 0, h(3, 8), timeout=5), h(3, 8)), "the child's calls broke the parent's"
+    finally:
+        c.close()
+        r.close()
+
+
+def blocking_forward_in_callback() -> None:
+    """forward() in a Future's callback (the client's reader thread) would wait for a reply that the thread it
+    blocks must read: RuntimeError at once, and the connection goes on serving."""
+    grace, data_path._GRACE = data_path._GRACE, 0.3
+    r = FakeRouter(answer=False)
+    c = RouterDataClient("127.0.0.1", r.port)
+    try:
+        got: dict = {}
+
+        def on_done(_f) -> None:
+            try:
+                got["r"] = c.forward("p", 0, h(1, 8), timeout=0.5)
+            except BaseException as e:  # noqa: BLE001
+                got["r"] = e
+
+        fut = c.forward_async("p", 0, h(1, 8))
+        fut.add_done_callback(on_done)  # not done yet: it runs on the reader thread
+        deadline = time.monotonic() + 5
+        while not r.held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r.answer = True
+        r.release()
+        fut.result(5)
+        deadline = time.monotonic() + 5
+        while "r" not in got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert isinstance(got.get("r"), RuntimeError) and "use forward_async" in str(got["r"]), got
+        t0 = time.monotonic()
+        assert np.array_equal(c.forward("p", 0, h(2, 8), timeout=5), h(2, 8))
+        assert time.monotonic() - t0 < 0.5, "the reader thread was stalled"
+    finally:
+        data_path._GRACE = grace
+        c.close()
+        r.close()
+
+
+def dropped_client_collected() -> None:
+    """A client dropped without close() is collected (its threads hold its connection, not it) and closes its
+    connection: the router sees it closed, the threads end. One with a request in flight is not collected under
+    it; one whose last request is given up on is collected then, on the watchdog's thread (no deadlock there)."""
+    first, r, silent = FakeRouter(), FakeRouter(), FakeRouter(answer=False)
+    before = threading.active_count()
+    grace, data_path._GRACE = data_path._GRACE, 0.1
+    try:
+        fut = RouterDataClient("127.0.0.1", silent.port).forward_async("p", 0, h(1, 8), timeout=0.05)
+        assert isinstance(fut.exception(5), futures.TimeoutError), fut.exception(0)
+        silent.conn.settimeout(5)
+        assert silent.conn.recv(1 << 16) == b"", "the dropped client's connection is still open"
+        fut = RouterDataClient("127.0.0.1", first.port).forward_async("p", 0, h(1, 8))  # the client dropped at once
+        assert np.array_equal(fut.result(5), h(1, 8)), "a request in flight failed when its client was dropped"
+        del fut
+        gc.collect()
+        c = RouterDataClient("127.0.0.1", r.port)
+        c.forward("p", 0, h(1, 8), timeout=5)
+        ref = weakref.ref(c)
+        del c
+        gc.collect()
+        assert ref() is None, "a client dropped without close() is never collected"
+        deadline = time.monotonic() + 5
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threading.active_count() <= before, [t.name for t in threading.enumerate()]
+        r.conn.settimeout(5)
+        assert r.conn.recv(1) == b"", "the router's connection is still open"
+    finally:
+        data_path._GRACE = grace
+        first.close()
+        r.close()
+        silent.close()
+
+
+def _expect_connection_error(port: int, *wanted: str) -> None:
+    c = RouterDataClient("127.0.0.1", port)
+    try:
+        try:
+            err = c.forward_async("p", 0, h(2, 8), timeout=5).exception(10)
+        except ConnectionError as e:  # failed already (a server that speaks first)
+            err = e
+        assert isinstance(err, ConnectionError), repr(err)
+        for w in wanted:
+            assert w in str(err), f"{w!r} not in {str(err)!r}"
+    finally:
+        c.close()
+
+
+def not_a_router() -> None:
+    """Pointed at the router's gRPC port (HTTP/2), or at an HTTP server, the client says that it is not a router's
+    data port, not "connection closed in a reply" or "a reply of 1347703880 bytes"."""
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        _expect_connection_error(port, f"router data path 127.0.0.1:{port}: not a Switchyard router data port")
+    finally:
+        server.stop(0)
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.handle_request, daemon=True).start()
+    try:
+        _expect_connection_error(httpd.server_address[1], "not a Switchyard router data port", "text")
+    finally:
+        httpd.server_close()
+
+
+def reply_errors_named() -> None:
+    """A reply that is not a ForwardResponse, and a connection reset by the router, fail the requests with a
+    ConnectionError naming the router's data path (host:port) and what happened."""
+
+    def serve(srv: socket.socket, then) -> None:
+        s, _ = srv.accept()
+        f = s.makefile("rb")
+        f.read(8)
+        f.read(struct.unpack("<I", f.read(4))[0])
+        then(s)
+
+    def garbage(s: socket.socket) -> None:
+        s.sendall(struct.pack("<I", 5) + b"\xff" * 5)
+        time.sleep(2)
+
+    def reset(s: socket.socket) -> None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+
+    for then, wanted in ((garbage, "not a ForwardResponse"), (reset, "reset")):
+        srv = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=serve, args=(srv, then), daemon=True).start()
+        try:
+            _expect_connection_error(srv.getsockname()[1], f"router data path 127.0.0.1:{srv.getsockname()[1]}: ",
+                                     wanted)
+        finally:
+            srv.close()
 
 
 CHECKS = (interrupted_send, send_failing_half_way, router_not_reading, callback_sends_while_writer_blocked,
-          queue_bounded, lying_header, abandoned_bounded)
+          queue_bounded, lying_header, abandoned_bounded, no_timeout_gives_up, forked_child,
+          blocking_forward_in_callback, dropped_client_collected, not_a_router, reply_errors_named)
 
 
 def run_all(verbose: bool = False) -> list:

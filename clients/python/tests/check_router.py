@@ -2,7 +2,8 @@
 vitest that runs it (router-service/src/data-server.python.test.ts) to replay through the Node client and compare
 byte for byte. Beside it, it asserts what the vitest does not see: requests refused before they are sent (the
 argument named), and against routers of its own that misbehave (a reply it cannot read, a router that stops
-answering, a gRPC call given up on; and tests/check_data_path.py's) that no request is left waiting. Usage:
+answering, a gRPC call given up on; and tests/check_data_path.py's and tests/check_client.py's) that no request is
+left waiting. Usage:
 python3 tests/check_router.py HOST DATA_PORT GRPC_PORT POOL D E."""
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ with RouterDataClient(host, port) as c:
     # keepalive notices a router whose host vanished (no FIN, no RST) within a minute, as the Node client and the
     # router do (30 s idle), not after Linux's default 2 h 11 min of waiting on requests that will never be answered
     if hasattr(socket, "TCP_KEEPIDLE"):
-        assert c._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) <= 30, "keepalive idle is the OS default"
+        assert c._conn._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) <= 30, \
+            "keepalive idle is the OS default"
     for dtype, T in (("fp32", 3), ("bf16", 5), ("fp16", 2)):
         h = rng.standard_normal((T, D), dtype=np.float32)
         y = c.forward(pool, 0, h, dtype=dtype, timeout=10)
@@ -256,11 +258,13 @@ with RouterDataClient("127.0.0.1", srv.getsockname()[1]) as stalled:
 data_path._GRACE = grace
 
 # The rest of the data path's misbehaving routers (a send interrupted part way, a router that stops reading, a
-# callback sending while the writer is blocked, the queue's bound, a lying reply header, the ids given up on):
-# tests/check_data_path.py, which runs on its own as well
+# callback sending while the writer is blocked, the queue's bound, a lying reply header, the ids given up on, no
+# timeout, fork(), a dropped client, the gRPC port): tests/check_data_path.py; RouterError pickled and the gRPC
+# client's timeouts, default deadline and close(): tests/check_client.py. Both run on their own as well.
+import check_client  # noqa: E402
 import check_data_path  # noqa: E402
 
-failed_checks = check_data_path.run_all()
+failed_checks = check_data_path.run_all() + check_client.run_all()
 assert not failed_checks, failed_checks
 
 # close() from a Future's callback (it runs on the client's reader thread): closes, without an error from the thread
