@@ -35,6 +35,12 @@ async function main(): Promise<void> {
     maxMessageBytes: flags.maxMessageBytes,
     maxRows: flags.maxRows,
     warm: flags.warm,
+    // A broken GPU fails every batch from now on and cannot be repaired in this process: exit non-zero, so that
+    // Kubernetes (or the local launcher) restarts it. The batches in flight are answered first, within close()'s grace.
+    onFatal: () => {
+      setTimeout(() => process.exit(1), 10_000).unref();
+      void worker.close().finally(() => process.exit(1));
+    },
   });
   worker.metrics.collectProcessMetrics();
   // A parent that spawned this worker with an IPC channel (the local launcher) learns the bound ports here, so it can

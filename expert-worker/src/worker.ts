@@ -58,6 +58,11 @@ export interface WorkerOptions {
    */
   warm?: boolean;
   log?: (line: string) => void;
+  /**
+   * A fatal device error (ExpertBackend.onFatal): the worker has stopped serving (health NOT_SERVING, not ready) and
+   * the process should exit non-zero so that it restarts (main.ts does). Default: only that.
+   */
+  onFatal?: (why: string) => void;
 }
 
 export interface WorkerHandle {
@@ -215,6 +220,19 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     }
 
     const metrics = new WorkerMetrics({ pool: o.metricsPool ?? o.pool, worker: o.workerId });
+    // A broken device fails every batch from now on: stop serving at once, so that the readiness probe and the
+    // router's health checks take this worker out, and let the process restart (o.onFatal).
+    let fatal = false;
+    let stopServing: (() => void) | undefined; // set once the gRPC server is up
+    backend.onFatal?.((why) => {
+      if (fatal) return;
+      fatal = true;
+      log(`fatal device error, no longer serving: ${why}`);
+      ready = false;
+      metrics.ready.set(0);
+      stopServing?.();
+      o.onFatal?.(why);
+    });
     metrics.backendInfo.set({ backend: backend.kind }, 1);
     metrics.devices.set(backend.kind === "cuda" ? (backend.deviceCount ?? 1) : 0);
     // The GPU tier (CUDA) and the host tier behind it, or on CPU the one host tier (cacheTiers). The GPU tier's events
@@ -374,6 +392,11 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     // "" answers the liveness and start-up probes (the process is up and bound); the service's own name answers the
     // readiness probe, SERVING once the served experts are loaded (Kubernetes publishes the pod's address then).
     grpc.health.setStatus("", "SERVING");
+    stopServing = () => {
+      grpc.health.setStatus("", "NOT_SERVING");
+      grpc.health.setStatus(WORKER_SERVICE, "NOT_SERVING");
+    };
+    if (fatal) stopServing();
     log(
       `serving pool ${o.pool} on :${grpc.port} (data path :${dataPort || "off"}, metrics :${http.port}); ${servedCount} experts served, cache ${capacity}${tiers.device !== undefined ? `, GPU slots ${tiers.device}` : ""} (${cache.policy.name}), queue ${queue.capacity}`,
     );
@@ -398,7 +421,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       }
     };
     const warmed = (o.warm === false ? Promise.resolve(null) : warmStartUp()).then((r) => {
-      if (!closed) {
+      if (!closed && !fatal) {
         ready = true;
         metrics.ready.set(1);
         grpc.health.setStatus(WORKER_SERVICE, "SERVING");

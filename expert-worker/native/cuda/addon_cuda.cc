@@ -62,10 +62,42 @@ namespace {
 
 std::string cuda_msg(const char* what, cudaError_t e) { return std::string(what) + ": " + cudaGetErrorString(e); }
 
+// A failed CUDA call, with its code: the JavaScript side tells a full device (retry elsewhere) from a broken one.
+struct CudaFailure : std::runtime_error {
+  cudaError_t code;
+  CudaFailure(const std::string& m, cudaError_t c) : std::runtime_error(m), code(c) {}
+};
+
+// Errors after which the device's context is unusable for the rest of the process (the CUDA runtime's "sticky"
+// errors: every later call on the device fails with them). The worker cannot recover in-process; it must restart.
+bool IsFatal(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorContextIsDestroyed:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The failing call's code on the exception. The thread's last error is cleared (cudaGetLastError): a kernel launch
+// checks it, so an out-of-memory left there would fail the next, healthy run on this libuv thread with it.
 #define CK_THROW(call)                                                        \
   do {                                                                        \
     cudaError_t e_ = (call);                                                  \
-    if (e_ != cudaSuccess) throw std::runtime_error(cuda_msg(#call, e_));     \
+    if (e_ != cudaSuccess) {                                                  \
+      (void)cudaGetLastError();                                               \
+      throw CudaFailure(cuda_msg(#call, e_), e_);                             \
+    }                                                                         \
   } while (0)
 
 // Pinned host buffer that grows on demand.
@@ -141,6 +173,20 @@ struct Ctx {
   std::vector<std::unique_ptr<Pinned>> staging;
   std::atomic<double> runs{0}, uploads{0}, upload_bytes{0};
   size_t device_bytes = 0;
+  // Set by the first fatal error (IsFatal) on this device: every later run and upload fails at once with it.
+  std::atomic<bool> broken{false};
+  std::mutex broken_mu;
+  std::string broken_why;
+  void MarkBroken(const std::string& why) {
+    std::lock_guard<std::mutex> lk(broken_mu);
+    if (broken.load()) return;
+    broken_why = why;
+    broken.store(true);
+  }
+  std::string BrokenWhy() {
+    std::lock_guard<std::mutex> lk(broken_mu);
+    return broken_why;
+  }
   ~Ctx() {
     cudaSetDevice(device);
     if (compute) cudaStreamSynchronize(compute);
@@ -337,6 +383,41 @@ void to_bf16(const HostMatrix& m, uint16_t* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = switchyard::f32_to_bf16(switchyard::load_elem(m.dtype, m.data, i));
 }
 
+// How an async worker reports a failure to JavaScript: the message, and a code on the Error ("CUDA_FATAL": the
+// device is broken, restart the worker; "CUDA_OOM": out of device or pinned memory, another replica may take it).
+struct Failure {
+  std::string code;
+  // Classifies the exception `ex` caught while working on ctx `c`, after the run's own stream work has finished
+  // (synchronised on unwind): a fatal code on the failure, or a sticky error the stream reports now, breaks `c`.
+  void Classify(Ctx& c, cudaStream_t s, const std::exception& ex) {
+    const auto* cf = dynamic_cast<const CudaFailure*>(&ex);
+    cudaError_t e = cf ? cf->code : cudaSuccess;
+    if (!IsFatal(e) && s) {
+      const cudaError_t q = cudaStreamQuery(s);
+      if (IsFatal(q)) e = q;
+    }
+    (void)cudaGetLastError();
+    if (IsFatal(e)) {
+      c.MarkBroken(std::string(ex.what()) + (cf && cf->code == e ? "" : std::string(" (") + cudaGetErrorString(e) + ")"));
+      code = "CUDA_FATAL";
+    } else if (e == cudaErrorMemoryAllocation || dynamic_cast<const std::bad_alloc*>(&ex)) {
+      code = "CUDA_OOM";
+    }
+  }
+  // Refuses work on a context a fatal error broke.
+  void ThrowIfBroken(Ctx& c) {
+    if (!c.broken.load()) return;
+    code = "CUDA_FATAL";
+    throw std::runtime_error("CUDA device " + std::to_string(c.device) + " is broken by an earlier error (" +
+                             c.BrokenWhy() + "): restart the worker");
+  }
+  void Reject(Napi::Promise::Deferred& d, const Napi::Error& err) {
+    Napi::Error e = err;
+    if (!code.empty()) e.Set("code", Napi::String::New(e.Env(), code));
+    d.Reject(e.Value());
+  }
+};
+
 class UploadWorker : public Napi::AsyncWorker {
  public:
   UploadWorker(Napi::Env env, std::shared_ptr<Ctx> c, int slot, HostMatrix g, HostMatrix u, HostMatrix dn)
@@ -347,6 +428,7 @@ class UploadWorker : public Napi::AsyncWorker {
     switchyard::name_this_thread("sy-cuda-upload");
     std::unique_ptr<Pinned> buf;
     try {
+      failure_.ThrowIfBroken(*c_);
       {
         std::lock_guard<std::mutex> lk(c_->staging_mu);
         if (!c_->staging.empty()) {
@@ -357,6 +439,7 @@ class UploadWorker : public Napi::AsyncWorker {
       if (!buf) buf = std::make_unique<Pinned>();
       const size_t gu = (size_t)c_->f * c_->d, dn = (size_t)c_->d * c_->f;
       CK_THROW(cudaSetDevice(c_->device));
+      (void)cudaGetLastError();  // an error an earlier call on this thread left (see CK_THROW)
       buf->ensure((2 * gu + dn) * 2);
       uint16_t* h = static_cast<uint16_t*>(buf->p);
       to_bf16(g_, h);
@@ -372,12 +455,14 @@ class UploadWorker : public Napi::AsyncWorker {
       if (e == cudaSuccess) e = cudaEventRecord(ev, c_->copy);
       if (e == cudaSuccess) e = cudaEventSynchronize(ev);
       cudaEventDestroy(ev);
-      if (e != cudaSuccess) throw std::runtime_error(cuda_msg("upload copy", e));
+      if (e != cudaSuccess) throw CudaFailure(cuda_msg("upload copy", e), e);
       bytes_ = (double)(2 * gu + dn) * 2;
       Add(c_->uploads, 1);
       Add(c_->upload_bytes, static_cast<double>(bytes_));
     } catch (const std::exception& ex) {
-      SetError(ex.what());
+      if (failure_.code.empty()) failure_.Classify(*c_, c_->copy, ex);
+      SetError(std::string("slot ") + std::to_string(slot_) + " on CUDA device " + std::to_string(c_->device) +
+               ": " + ex.what());
     }
     if (buf) {
       std::lock_guard<std::mutex> lk(c_->staging_mu);
@@ -385,10 +470,11 @@ class UploadWorker : public Napi::AsyncWorker {
     }
   }
   void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), bytes_)); }
-  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+  void OnError(const Napi::Error& err) override { failure_.Reject(deferred_, err); }
 
  private:
   Napi::Promise::Deferred deferred_;
+  Failure failure_;
   std::shared_ptr<Ctx> c_;
   int slot_;
   HostMatrix g_, u_, d_;
@@ -443,6 +529,7 @@ class RunWorker : public Napi::AsyncWorker {
   void Execute() override {
     switchyard::name_this_thread("sy-cuda-run");
     try {
+      failure_.ThrowIfBroken(*c_);
       if (out_bytes_ && !(out_ = static_cast<uint8_t*>(std::malloc(out_bytes_)))) throw std::bad_alloc();
       // A free set of run buffers (the JavaScript side queues no more runs than there are sets, so this rarely waits)
       struct IoLease {
@@ -475,6 +562,7 @@ class RunWorker : public Napi::AsyncWorker {
       IoSet& io = *lease.set;
       const int d = c.d, rows = in_.rows, u = in_.distinct;
       CK_THROW(cudaSetDevice(c.device));
+      (void)cudaGetLastError();  // an error an earlier call on this thread left (see CK_THROW)
       sy_moe_config cfg{c.slots, 1, d, c.f, SY_MOE_SCORE_SOFTMAX, 0, 0, 0, 1.f};
       size_t need = 0;
       if (sy_moe_workspace_size(&cfg, rows, &need)) throw std::runtime_error(sy_moe_last_error());
@@ -569,6 +657,7 @@ class RunWorker : public Napi::AsyncWorker {
       }
       Add(c.runs, 1);
     } catch (const std::exception& ex) {
+      if (failure_.code.empty()) failure_.Classify(*c_, c_->compute, ex);
       SetError(ex.what());
     }
   }
@@ -590,7 +679,7 @@ class RunWorker : public Napi::AsyncWorker {
     }
     deferred_.Resolve(WithDeviceMs(Napi::Uint8Array::New(env, out_bytes_, ab, 0)));
   }
-  void OnError(const Napi::Error& err) override { deferred_.Reject(err.Value()); }
+  void OnError(const Napi::Error& err) override { failure_.Reject(deferred_, err); }
 
  private:
   // deviceMs on the result, read-only and non-enumerable: the value stays a plain Uint8Array to every other reader
@@ -601,6 +690,7 @@ class RunWorker : public Napi::AsyncWorker {
   }
 
   Napi::Promise::Deferred deferred_;
+  Failure failure_;
   std::shared_ptr<Ctx> c_;
   RunInput in_;
   std::vector<Napi::ObjectReference> keep_;
@@ -710,7 +800,19 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// For tests of the fatal-error path only: a kernel that writes through a bad address on the context's compute
+// stream, the device left with the sticky error a real fault leaves (cudaErrorIllegalAddress). Every later CUDA call
+// in this process on that device fails: run it in a process of its own. Returns the error the stream reported.
+Napi::Value FaultForTests(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto c = GetCtx(env, info[0]);
+  cudaSetDevice(c->device);
+  if (sy_fault_for_tests(c->compute)) return Napi::String::New(env, sy_token_rows_last_error());
+  return Napi::String::New(env, cudaGetErrorString(cudaStreamSynchronize(c->compute)));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("_faultForTests", Napi::Function::New(env, FaultForTests));
   exports.Set("probe", Napi::Function::New(env, Probe));
   exports.Set("createContext", Napi::Function::New(env, CreateContext));
   exports.Set("upload", Napi::Function::New(env, Upload));

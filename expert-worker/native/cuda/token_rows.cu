@@ -78,3 +78,13 @@ extern "C" int sy_sum_rows_by_token(const uint16_t* x, int32_t d, const int32_t*
 }
 
 extern "C" const char* sy_token_rows_last_error(void) { return g_err.c_str(); }
+
+namespace {
+__global__ void fault_kernel(int* p) { *p = 1; }  // p is a bad address: the write faults
+}  // namespace
+
+extern "C" int sy_fault_for_tests(void* stream) {
+  // An address no allocation can hold (the first page is never mapped on the device).
+  fault_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(reinterpret_cast<int*>(16));
+  return launched("sy_fault_for_tests");
+}

@@ -26,6 +26,10 @@ int sy_sum_rows_by_token(const uint16_t* x, int32_t d, const int32_t* offsets, c
 
 const char* sy_token_rows_last_error(void);
 
+// Tests only: launches a kernel that writes through a bad address on `stream` (the device then holds the sticky
+// cudaErrorIllegalAddress a real fault leaves). Returns nonzero if the launch itself failed.
+int sy_fault_for_tests(void* stream);
+
 #ifdef __cplusplus
 }
 #endif

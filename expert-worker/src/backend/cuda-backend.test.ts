@@ -7,7 +7,10 @@ import { type CudaAddon, CudaBackend, type CudaProbeInfo } from "./cuda.js";
 
 const INFO: CudaProbeInfo = { ok: true, name: "fake", sms: 1, totalMem: 1e9, cc: "9.0" };
 
-function fakeAddon(opts: { failRun?: boolean; deviceMs?: number } = {}) {
+/** An addon rejection as the real addon makes one: an Error with the failure's code. */
+const coded = (message: string, code: string) => Object.assign(new Error(message), { code });
+
+function fakeAddon(opts: { failRun?: boolean | Error; failUpload?: Error; deviceMs?: number } = {}) {
   const calls = { uploads: [] as number[], runs: [] as Int32Array[], contexts: [] as object[] };
   const addon: CudaAddon = {
     probe: () => INFO,
@@ -17,10 +20,12 @@ function fakeAddon(opts: { failRun?: boolean; deviceMs?: number } = {}) {
     },
     upload: async (_ctx, slot) => {
       calls.uploads.push(slot);
+      if (opts.failUpload) throw opts.failUpload;
       return 1000;
     },
     run: async (_ctx, o) => {
       calls.runs.push(o.rowSlots.slice());
+      if (opts.failRun instanceof Error) throw opts.failRun;
       if (opts.failRun) throw new Error("kernel failed");
       // output row r = slot + 1 in every column (fp32), so the test can read the mapping back
       const out = new Float32Array(o.rows * o.cols);
@@ -180,5 +185,74 @@ describe("CudaBackend (fake addon)", () => {
     await expect(
       b.run({ dtype: DType.FLOAT32, tokens: new Uint8Array(0), rows: 0, cols: d, slices: [] }),
     ).rejects.toThrow(/before any prepare/);
+  });
+
+  const oneRow = (e: unknown) => ({
+    dtype: DType.FLOAT32,
+    tokens: new Uint8Array(d * 4),
+    rows: 1,
+    cols: d,
+    slices: [{ expert: e as never, offset: 0, count: 1 }],
+  });
+
+  it("a run out of device memory is RESOURCE_EXHAUSTED naming the device (the router tries another replica)", async () => {
+    const { addon } = fakeAddon({ failRun: coded("cudaMalloc(&p, bytes): out of memory", "CUDA_OOM") });
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const fatal: string[] = [];
+    b.onFatal((why) => fatal.push(why));
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+    const err = await b.run(oneRow(e)).catch((x) => x);
+    expect(err.code).toBe("RESOURCE_EXHAUSTED");
+    expect(err.message).toBe("GPU run on CUDA device 0: cudaMalloc(&p, bytes): out of memory");
+    expect(fatal).toEqual([]);
+    expect(b.broken).toBeNull();
+  });
+
+  it("a fatal CUDA error is UNAVAILABLE, heard once by onFatal, and later runs are refused without the addon", async () => {
+    const { addon, calls } = fakeAddon({
+      failRun: coded("cudaEventSynchronize(io.done): an illegal memory access was encountered", "CUDA_FATAL"),
+    });
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const fatal: string[] = [];
+    b.onFatal((why) => fatal.push(why));
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+    const first = await b.run(oneRow(e)).catch((x) => x);
+    expect(first.code).toBe("UNAVAILABLE");
+    expect(first.message).toMatch(/^GPU run on CUDA device 0: .*illegal memory access/);
+    const second = await b.run(oneRow(e)).catch((x) => x);
+    expect(second.code).toBe("UNAVAILABLE");
+    expect(calls.runs).toHaveLength(1); // refused before the addon
+    expect(fatal).toEqual([first.message]);
+  });
+
+  it("a fatal error in an upload breaks the device too", async () => {
+    const { addon } = fakeAddon({
+      failUpload: coded("slot 0 on CUDA device 0: upload copy: unspecified launch failure", "CUDA_FATAL"),
+    });
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const fatal: string[] = [];
+    b.onFatal((why) => fatal.push(why));
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+    const err = await b.run(oneRow(e)).catch((x) => x);
+    expect(err.code).toBe("UNAVAILABLE");
+    expect(err.message).toMatch(/^GPU upload on CUDA device 0: slot 0/);
+    expect(fatal).toHaveLength(1);
+  });
+
+  it("an error without a code stays as it came (INTERNAL)", async () => {
+    const { addon } = fakeAddon({ failRun: true });
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", next));
+    const err = await b.run(oneRow(e)).catch((x) => x);
+    expect(err.message).toBe("kernel failed");
+    expect(err.code).toBeUndefined();
+  });
+
+  it("a bad SWITCHYARD_GPU_CACHE_POLICY is refused before the context takes the GPU's memory, every time", async () => {
+    const { addon, calls } = fakeAddon();
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2", SWITCHYARD_GPU_CACHE_POLICY: "fifo" });
+    for (let i = 0; i < 2; i++)
+      await expect(b.prepare(randomExpert(d, f, "bfloat16", next))).rejects.toThrow(/unknown cache policy "fifo"/);
+    expect(calls.contexts).toEqual([]);
   });
 });

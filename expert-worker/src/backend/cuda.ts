@@ -15,11 +15,12 @@ import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { protoDType } from "@switchyard/moe";
+import { resourceExhausted, type SwitchyardError, unavailable } from "@switchyard/protocol";
 import { makePolicy } from "../cache.js";
 import { abortError } from "../queue.js";
 import { type GpuCacheStats, GpuSlotCache } from "./cuda-cache.js";
 import { MultiDeviceBackend } from "./multi-device.js";
-import type { NativeWeight } from "./native-cpu.js";
+import { loadNativeAddon, type NativeWeight } from "./native-cpu.js";
 import {
   checkExpertWeights,
   type DeviceCacheEvent,
@@ -69,6 +70,22 @@ export interface CudaAddon {
     },
   ): Promise<CudaRunResult>;
   stats(ctx: object): { runs: number; uploads: number; uploadBytes: number; deviceBytes: number; slots: number };
+  /** Tests only: a real fault (illegal address) on the context's device; returns the stream's error. */
+  _faultForTests?(ctx: object): string;
+}
+
+/**
+ * An addon rejection as the worker answers it: `code` "CUDA_FATAL" (the device's context is broken for the rest of
+ * the process) is UNAVAILABLE, "CUDA_OOM" (device or pinned memory) RESOURCE_EXHAUSTED, so that the router sends the
+ * rows to another replica rather than fail the requests; anything else as it came (INTERNAL). `what` says which
+ * call on which device.
+ */
+export function cudaFailure(err: unknown, what: string): { error: unknown; fatal: boolean } {
+  const code = (err as { code?: unknown } | null)?.code;
+  const message = `${what}: ${err instanceof Error ? err.message : String(err)}`;
+  if (code === "CUDA_FATAL") return { error: unavailable(message), fatal: true };
+  if (code === "CUDA_OOM") return { error: resourceExhausted(message), fatal: false };
+  return { error: err, fatal: false };
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -156,6 +173,16 @@ export class CudaBackend implements ExpertBackend {
   private cache: GpuSlotCache<CudaPrepared> | undefined;
   private requestedSlots: number | undefined;
   private readonly sinks = new Set<DeviceCacheSink>();
+  private readonly fatalListeners = new Set<(why: string) => void>();
+  /** The first fatal CUDA error on this device (the context is unusable from then on), or null. */
+  broken: string | null = null;
+  private runs = 0;
+  /**
+   * Tests only (SWITCHYARD_CUDA_FAULT_AT_RUN=N): a real device fault (an illegal address, addon._faultForTests) right
+   * before this backend's Nth run, so that the whole fatal path (the run's error, the worker's health, its exit) can
+   * be tested on a GPU. 0: never.
+   */
+  private readonly faultAtRun: number;
 
   constructor(
     readonly addon: CudaAddon,
@@ -171,6 +198,10 @@ export class CudaBackend implements ExpertBackend {
     this.takesTokenRows = where === "device";
     this.runsInFlight = runsInFlight(env);
     this.mergesBatches = mergeBatches(env);
+    const fault = env.SWITCHYARD_CUDA_FAULT_AT_RUN;
+    this.faultAtRun = fault ? Number(fault) : 0;
+    if (!Number.isInteger(this.faultAtRun) || this.faultAtRun < 0)
+      throw new Error(`SWITCHYARD_CUDA_FAULT_AT_RUN: expected an integer >= 0 (tests only), got "${fault}"`);
   }
 
   setDeviceCacheCapacity(experts: number): void {
@@ -213,15 +244,20 @@ export class CudaBackend implements ExpertBackend {
     if (!this.dims) {
       const bytes = 3 * d * f * 2;
       const slots = slotCount(this.env, this.info.totalMem, bytes, this.requestedSlots);
-      this.ctx = this.addon.createContext({ d, f, slots, device: this.device, runsInFlight: this.runsInFlight });
-      this.dims = { d, f };
-      const ctx = this.ctx;
+      // Everything that can refuse a setting before the context takes its memory; ctx, dims and cache set together.
+      const policy = makePolicy(this.env.SWITCHYARD_GPU_CACHE_POLICY ?? "lru");
+      const ctx = this.addon.createContext({ d, f, slots, device: this.device, runsInFlight: this.runsInFlight });
       this.cache = new GpuSlotCache<CudaPrepared>(
         slots,
-        makePolicy(this.env.SWITCHYARD_GPU_CACHE_POLICY ?? "lru"),
-        (slot, e) => this.addon.upload(ctx, slot, e.gate, e.up, e.down),
+        policy,
+        (slot, e) =>
+          this.addon.upload(ctx, slot, e.gate, e.up, e.down).catch((err: unknown) => {
+            throw this.failed(err, "GPU upload");
+          }),
         (kind, bytes) => this.emit(kind, bytes),
       );
+      this.ctx = ctx;
+      this.dims = { d, f };
     } else if (this.dims.d !== d || this.dims.f !== f) {
       throw new Error(
         `cuda backend: expert shape d=${d} f=${f} differs from the first expert's d=${this.dims.d} f=${this.dims.f}`,
@@ -250,9 +286,25 @@ export class CudaBackend implements ExpertBackend {
     this.cache?.discard(experts.filter((e): e is CudaPrepared => e instanceof CudaPrepared));
   }
 
+  /** Hears the first fatal CUDA error on this device (once): the worker stops serving and restarts. */
+  onFatal(listener: (why: string) => void): void {
+    this.fatalListeners.add(listener);
+  }
+
+  /** An addon rejection as the worker answers it (cudaFailure); a fatal one marks this device broken, once. */
+  private failed(err: unknown, what: string): unknown {
+    const f = cudaFailure(err, `${what} on CUDA device ${this.device}`);
+    if (f.fatal && this.broken === null) {
+      this.broken = (f.error as SwitchyardError).message;
+      for (const l of this.fatalListeners) l(this.broken);
+    }
+    return f.error;
+  }
+
   async run(req: RunRequest): Promise<Uint8Array> {
     const { signal } = req;
     if (signal?.aborted) throw abortError(signal);
+    if (this.broken !== null) throw unavailable(this.broken);
     if (!this.cache || !this.ctx || !this.dims) throw new Error("cuda backend: run() before any prepare()");
     if (req.cols !== this.dims.d) throw new Error(`cols: expected ${this.dims.d}, got ${req.cols}`);
     refuseResizable({ tokens: req.tokens }); // read in place on the run's worker thread (the rest is copied)
@@ -263,20 +315,25 @@ export class CudaBackend implements ExpertBackend {
     const slots = await this.cache.acquire(experts, signal);
     try {
       if (signal?.aborted) throw abortError(signal);
+      if (++this.runs === this.faultAtRun) this.addon._faultForTests?.(this.ctx);
       const rowSlots = new Int32Array(req.rows).fill(-1);
       req.slices.forEach((s, i) => {
         rowSlots.fill(slots[i] as number, s.offset, s.offset + s.count);
       });
-      const out = await this.addon.run(this.ctx, {
-        dtype: req.dtype,
-        tokens: req.tokens,
-        rows: req.rows,
-        cols: req.cols,
-        rowSlots,
-        rowWeights: req.rowWeights,
-        tokenRows: req.tokenRows,
-        sumByToken: req.sumByToken,
-      });
+      const out = await this.addon
+        .run(this.ctx, {
+          dtype: req.dtype,
+          tokens: req.tokens,
+          rows: req.rows,
+          cols: req.cols,
+          rowSlots,
+          rowWeights: req.rowWeights,
+          tokenRows: req.tokenRows,
+          sumByToken: req.sumByToken,
+        })
+        .catch((err: unknown) => {
+          throw this.failed(err, "GPU run");
+        });
       if (out.deviceMs !== undefined) req.onDeviceTime?.(out.deviceMs);
       if (signal?.aborted) throw abortError(signal);
       return out;
@@ -306,6 +363,11 @@ export async function probeCudaBackend(): Promise<ExpertBackend | { unavailable:
   if (!info.ok) return { unavailable: info.error ?? "no usable CUDA device" };
   const sink: DeviceCacheSink = (kind, bytes) => gpuCacheSink?.(kind, bytes);
   const n = cudaDevices(process.env, info.devices ?? 1);
+  // The CPU addon (host sums: a multi-device batch's parts, SWITCHYARD_CUDA_TOKEN_ROWS=host) sets
+  // SWITCHYARD_CPU_THREADS when it loads: loaded lazily, that setenv could race the CUDA threads' getenv (sy_moe reads
+  // its tuning variables per call) and read freed memory. Loaded now, before any CUDA thread runs; a missing CPU
+  // addon is only reported where it is needed.
+  loadNativeAddon();
   if (n === 1) return new CudaBackend(addon, info, process.env, sink);
   return new MultiDeviceBackend(
     Array.from({ length: n }, (_, device) => new CudaBackend(addon, info, process.env, sink, device)),

@@ -128,6 +128,17 @@ export class MultiDeviceBackend implements ExpertBackend {
     this.live = devices.map(() => 0);
   }
 
+  /** Hears the first fatal error of any device: one broken GPU fails every batch with a row on it. */
+  onFatal(listener: (why: string) => void): void {
+    let heard = false;
+    for (const d of this.devices)
+      d.onFatal?.((why) => {
+        if (heard) return;
+        heard = true;
+        listener(why);
+      });
+  }
+
   describe(): string {
     return `${this.devices.length} devices, experts split among them: ${this.devices.map((d, i) => `[${i}] ${d.describe()}`).join("; ")}`;
   }

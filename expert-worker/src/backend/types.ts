@@ -100,6 +100,11 @@ export interface ExpertBackend {
    */
   readonly mergesBatches?: boolean;
   close?(): Promise<void>;
+  /**
+   * Hears the first fatal device error (the CUDA backend: a sticky error such as an illegal address, after which the
+   * device's context fails every call for the rest of the process). The worker stops serving and exits to restart.
+   */
+  onFatal?(listener: (why: string) => void): void;
 
   // Backends with a device tier of experts (CUDA) implement these; CPU backends compute from the host cache.
   /**
