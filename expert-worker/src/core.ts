@@ -8,7 +8,10 @@ import {
   type ExpertKey,
   type ExpertResult,
   failedPrecondition,
+  internal,
   invalidArgument,
+  isSwitchyardError,
+  SwitchyardError,
   type WorkerStatus,
 } from "@switchyard/protocol";
 import type { ExpertBackend, ExpertWeights, PreparedExpert, PreparedSlice } from "./backend/types.js";
@@ -380,7 +383,16 @@ export class WorkerCore {
       // Loaded ahead on the host: move them to the device tier too (the copy stream overlaps running batches), so
       // the batch that needs them finds them there. Answer once they are on the device.
       const prepared = ids.map((i) => cache.peek(i.layer, i.expert)).filter((p) => p !== undefined);
-      await backend.prefetch(prepared);
+      const failed = await backend.prefetch(prepared);
+      // Loaded on the host but not on the device: the answer must not say they are ready to run without a load.
+      if (failed.length > 0) {
+        const first = failed[0];
+        const why = first instanceof Error ? first.message : String(first);
+        const msg = `${failed.length} of ${prepared.length} experts failed to upload to the GPU: ${why}`;
+        throw isSwitchyardError(first) && first.code !== "INTERNAL"
+          ? new SwitchyardError(first.code, msg)
+          : internal(msg);
+      }
     }
     return r;
   }

@@ -23,6 +23,8 @@ function fakeAddon() {
     uploads: [] as number[],
     runs: 0,
     last: undefined as RunOptions | undefined,
+    /** Set: every upload fails with it (as the addon rejects: an Error with a code). */
+    uploadError: undefined as Error | undefined,
   };
   let gate: Promise<void> | undefined;
   const addon: CudaAddon = {
@@ -33,6 +35,7 @@ function fakeAddon() {
     },
     upload: async (_ctx, slot) => {
       calls.uploads.push(slot);
+      if (calls.uploadError) throw calls.uploadError;
       return 3 * D * F * 2;
     },
     run: async (_ctx, o) => {
@@ -370,5 +373,31 @@ describe("cacheTiers: the tiers' sizes from the flags and the served experts", (
     expect(() => cacheTiers({ cacheCapacity: 4, hostCacheCapacity: 3 }, 20, true)).toThrow(
       /^--host-cache-capacity: 3 is less than --cache-capacity 4/,
     );
+  });
+});
+
+describe("a Prefetch whose uploads fail (fake CUDA addon)", () => {
+  const failing = fakeAddon();
+  const hf = workerOnFakeGpu(new CudaBackend(failing.addon, failing.addon.probe(), {}), 11);
+
+  it("the Prefetch RPC fails, naming the upload's error, when experts did not reach the GPU", async () => {
+    failing.calls.uploadError = Object.assign(
+      new Error("cudaHostAlloc(&p, bytes, cudaHostAllocDefault): out of memory"),
+      {
+        code: "CUDA_OOM",
+      },
+    );
+    try {
+      const err = await call(hf.client.prefetch.bind(hf.client), {
+        pool: "g",
+        experts: [1, 2].map((e) => ({ layer: 0, expert: e })),
+      }).catch((e: ServiceError) => e);
+      expect((err as ServiceError).code).toBe(8); // RESOURCE_EXHAUSTED
+      expect((err as ServiceError).details).toMatch(
+        /^2 of 2 experts failed to upload to the GPU: GPU upload on CUDA device 0: .*out of memory/,
+      );
+    } finally {
+      failing.calls.uploadError = undefined;
+    }
   });
 });

@@ -37,6 +37,7 @@ function deviceBackend() {
     prefetch: async (xs: readonly PreparedExpert[], o?: { evict?: boolean }) => {
       uploaded.push(...xs);
       evictFlags.push(o?.evict);
+      return [];
     },
     deviceCacheStats: () => ({
       hits: 0,

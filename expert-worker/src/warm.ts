@@ -16,6 +16,8 @@ export interface WarmResult {
   seconds: number;
   /** Experts on the device tier afterwards (CUDA; undefined for host-only backends). */
   deviceResident?: number;
+  /** Uploads to the device tier that failed (absent: none), and the first one's error: those experts load on first use. */
+  deviceFailed?: { count: number; first: string };
   /** Set when close() stopped it early. */
   stopped?: boolean;
 }
@@ -73,7 +75,7 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
   const t0 = performance.now();
   const { take, leftCold } = warmList(o.ids, o.cache);
   const bytes0 = o.cache.transferBytes;
-  const uploads: Promise<void>[] = [];
+  const uploads: Promise<readonly unknown[]>[] = [];
   let next = 0;
   let loaded = 0;
   let dropped = 0; // no longer served: neither loaded nor cold
@@ -121,13 +123,22 @@ export async function warmExperts(o: WarmOptions): Promise<WarmResult> {
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 4) }, lane));
-  await Promise.all(uploads);
+  const uploadErrors = (await Promise.all(uploads)).flatMap((x) => x ?? []);
+  const firstUploadError = uploadErrors[0];
   return {
     loaded,
     leftCold: leftCold + (take.length - loaded - dropped),
     bytes: o.cache.transferBytes - bytes0,
     seconds: (performance.now() - t0) / 1000,
     deviceResident: o.backend.deviceCacheStats?.()?.resident,
+    ...(uploadErrors.length > 0
+      ? {
+          deviceFailed: {
+            count: uploadErrors.length,
+            first: firstUploadError instanceof Error ? firstUploadError.message : String(firstUploadError),
+          },
+        }
+      : {}),
     ...(stopped ? { stopped } : {}),
   };
 }
@@ -137,5 +148,8 @@ export function warmSummary(r: WarmResult): string {
   const gb = (r.bytes / 1e9).toFixed(2);
   const device = r.deviceResident === undefined ? "" : `; ${r.deviceResident} on the device`;
   const cold = r.leftCold > 0 ? `; ${r.leftCold} left cold (more than the cache holds)` : "";
-  return `warm-up ${r.stopped ? "stopped" : "done"}: ${r.loaded} experts (${gb} GB) loaded in ${r.seconds.toFixed(1)} s${device}${cold}`;
+  const failed = r.deviceFailed
+    ? `; ${r.deviceFailed.count} failed to upload to the device (${r.deviceFailed.first}): they load on first use`
+    : "";
+  return `warm-up ${r.stopped ? "stopped" : "done"}: ${r.loaded} experts (${gb} GB) loaded in ${r.seconds.toFixed(1)} s${device}${cold}${failed}`;
 }

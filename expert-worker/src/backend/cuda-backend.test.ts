@@ -255,4 +255,34 @@ describe("CudaBackend (fake addon)", () => {
       await expect(b.prepare(randomExpert(d, f, "bfloat16", next))).rejects.toThrow(/unknown cache policy "fifo"/);
     expect(calls.contexts).toEqual([]);
   });
+
+  it("a batch needing more experts than the GPU has slots runs in parts, each row from its own expert", async () => {
+    const { addon, calls } = fakeAddon();
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const es = await Promise.all([0, 1, 2].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+    const tokens = new Uint8Array(5 * d * 4);
+    const out = new Float32Array(
+      (
+        await b.run({
+          dtype: DType.FLOAT32,
+          tokens,
+          rows: 5,
+          cols: d,
+          slices: [
+            { expert: es[0] as never, offset: 0, count: 2 },
+            { expert: es[1] as never, offset: 2, count: 1 },
+            { expert: es[2] as never, offset: 4, count: 1 },
+          ],
+        })
+      ).buffer,
+    );
+    expect(calls.runs).toHaveLength(2); // experts 0 and 1, then 2
+    expect(calls.runs.map((r) => r.length)).toEqual([3, 1]);
+    // rows 0-1 from expert 0's slot, row 2 from expert 1's, row 3 in no slice (zero), row 4 from expert 2's
+    const slotOf = (row: number) => (out[row * d] as number) - 1; // the fake answers slot + 1 in every column
+    expect(slotOf(1)).toBe(slotOf(0));
+    expect(slotOf(2)).not.toBe(slotOf(0));
+    expect(out[3 * d]).toBe(0);
+    expect(calls.runs[1]?.[0]).toBe(slotOf(4));
+  });
 });

@@ -140,6 +140,16 @@ describe("GpuSlotCache", () => {
     await expect(b).resolves.toEqual([0]);
   });
 
+  it("prefetch resolves with the errors of the uploads that failed, and loads the rest", async () => {
+    const { cache } = harness(3, { fail: new Set(["b"]) });
+    const failed = await cache.prefetch([ex("a"), ex("b"), ex("c")]);
+    expect(failed).toHaveLength(1);
+    expect(String(failed[0])).toMatch(/b/);
+    expect(cache.slotOf(ex("a"))).toBeDefined();
+    expect(cache.slotOf(ex("b"))).toBeUndefined(); // its slot freed
+    expect(await cache.prefetch([ex("a")])).toEqual([]);
+  });
+
   it("rejects a batch with more experts than slots, naming both numbers", async () => {
     const { cache } = harness(2);
     await expect(cache.acquire([ex("a"), ex("b"), ex("c")])).rejects.toThrow(

@@ -145,12 +145,13 @@ export class GpuSlotCache<E extends SlotKeyed> {
   }
 
   /**
-   * Starts uploads of experts not yet resident; resolves when they are loaded (errors are reported, not thrown).
+   * Starts uploads of experts not yet resident; resolves when they are loaded, with the errors of those whose upload
+   * failed (reported, not thrown: a failed upload frees its slot, and the batch that needs the expert tries again).
    * `evict: false` uses free slots only and stops when none is left (look-ahead for queued batches must not push
    * out experts that other queued batches are about to use).
    */
-  prefetch(experts: readonly E[], o: { evict?: boolean } = {}): Promise<void> {
-    const loads: Promise<void>[] = [];
+  prefetch(experts: readonly E[], o: { evict?: boolean } = {}): Promise<unknown[]> {
+    const loads: Promise<unknown>[] = [];
     for (const e of new Map(experts.map((x) => [x.cacheKey, x])).values()) {
       // already there, or let go by the host tier (its slot would go again as soon as it had loaded)
       if (this.entries.has(e.cacheKey) || this.discarded.has(e)) continue;
@@ -163,12 +164,15 @@ export class GpuSlotCache<E extends SlotKeyed> {
       }
       loads.push(
         (entry.loading ?? Promise.resolve()).then(
-          () => this.unpin(e.cacheKey),
-          () => undefined,
+          () => {
+            this.unpin(e.cacheKey);
+            return undefined;
+          },
+          (err: unknown) => err ?? new Error("upload failed"),
         ),
       );
     }
-    return Promise.all(loads).then(() => undefined);
+    return Promise.all(loads).then((r) => r.filter((x) => x !== undefined));
   }
 
   /** Pins a resident (or loading) expert, or takes a slot for it and starts its upload (created). */

@@ -19,7 +19,7 @@ import { resourceExhausted, type SwitchyardError, unavailable } from "@switchyar
 import { makePolicy } from "../cache.js";
 import { abortError } from "../queue.js";
 import { type GpuCacheStats, GpuSlotCache } from "./cuda-cache.js";
-import { MultiDeviceBackend } from "./multi-device.js";
+import { chunkBySlots, type DeviceShare, MultiDeviceBackend, runShares } from "./multi-device.js";
 import { loadNativeAddon, type NativeWeight } from "./native-cpu.js";
 import {
   checkExpertWeights,
@@ -273,8 +273,8 @@ export class CudaBackend implements ExpertBackend {
   }
 
   /** Starts moving experts to the GPU ahead of use (best effort; resolves when done). */
-  prefetch(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<void> {
-    if (!this.cache) return Promise.resolve();
+  prefetch(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<unknown[]> {
+    if (!this.cache) return Promise.resolve([]);
     return this.cache.prefetch(
       experts.filter((e): e is CudaPrepared => e instanceof CudaPrepared),
       o,
@@ -305,6 +305,29 @@ export class CudaBackend implements ExpertBackend {
     const { signal } = req;
     if (signal?.aborted) throw abortError(signal);
     if (this.broken !== null) throw unavailable(this.broken);
+    if (!this.cache || !this.ctx || !this.dims) throw new Error("cuda backend: run() before any prepare()");
+    // A batch that needs more experts than the GPU has slots (cache.residentExperts below the experts one batch
+    // touches) runs in parts of at most that many experts, one after another, put back together as a multi-device
+    // run's parts are; the cache would refuse it whole.
+    const capacity = this.cache.capacity;
+    const live = req.slices.filter((s) => s.count > 0);
+    if (new Set(live.map((s) => s.expert)).size > capacity) {
+      const share: DeviceShare = { slices: [], from: [], rows: 0 };
+      for (const s of live) {
+        share.slices.push({ expert: s.expert, offset: share.rows, count: s.count });
+        share.from.push({ offset: s.offset, count: s.count });
+        share.rows += s.count;
+      }
+      return runShares(req, [{ device: this.device, parts: chunkBySlots(share, capacity) }], (_d, sub) =>
+        this.runWithinSlots(sub),
+      );
+    }
+    return this.runWithinSlots(req);
+  }
+
+  /** A run whose experts fit in the slots at once. */
+  private async runWithinSlots(req: RunRequest): Promise<Uint8Array> {
+    const { signal } = req;
     if (!this.cache || !this.ctx || !this.dims) throw new Error("cuda backend: run() before any prepare()");
     if (req.cols !== this.dims.d) throw new Error(`cols: expected ${this.dims.d}, got ${req.cols}`);
     refuseResizable({ tokens: req.tokens }); // read in place on the run's worker thread (the rest is copied)

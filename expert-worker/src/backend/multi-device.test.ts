@@ -56,8 +56,9 @@ class Device extends ReferenceBackend implements ExpertBackend {
     const sums = sumRowsByToken(rows, req.dtype, req.tokenRows!, distinct, req.cols, rowWeights);
     return new Uint8Array(sums.buffer);
   }
-  async prefetch(es: readonly PreparedExpert[]): Promise<void> {
+  async prefetch(es: readonly PreparedExpert[]): Promise<unknown[]> {
     this.prefetched.push(...es);
+    return [];
   }
   discard(es: readonly PreparedExpert[]): void {
     this.discarded.push(...es);

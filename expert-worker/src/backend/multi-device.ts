@@ -185,65 +185,14 @@ export class MultiDeviceBackend implements ExpertBackend {
         slices: mine.map((s) => ({ ...s, expert: (s.expert as OnDevice).inner })),
       });
     }
-    const rowBytes = req.cols * dtypeSize(req.dtype);
-    // answers: FLOAT32 [distinct, cols] sums, or [rows, cols] in dtype (rows in no slice stay zero, as the contract says)
-    const out = req.sumByToken ? undefined : new Uint8Array(req.rows * rowBytes);
-    const results: { device: number; part: number; got: Uint8Array }[] = [];
-    let deviceMs = 0;
-    // The devices at once, each device's parts one after another. allSettled: a device that fails does not leave
-    // another's run behind, still running after the batch has been answered (its queue slot would be free again).
-    const settled = await Promise.allSettled(
-      shares.map(async ({ device, parts }) => {
-        let ms = 0;
-        for (const [part, g] of parts.entries()) {
-          const got = await this.devices[device].run({
-            ...subRequest(req, g, rowBytes),
-            ...(signal ? { signal } : {}),
-            onDeviceTime: (t) => {
-              ms += t;
-            },
-          });
-          results.push({ device, part, got });
-          if (out) {
-            let r = 0;
-            for (const f of g.from) {
-              out.set(got.subarray(r * rowBytes, (r + f.count) * rowBytes), f.offset * rowBytes);
-              r += f.count;
-            }
-          }
-        }
-        deviceMs = Math.max(deviceMs, ms); // the devices run side by side: the run's device time is the longest
-      }),
-    );
-    const failed = settled.find((x): x is PromiseRejectedResult => x.status === "rejected");
-    if (failed) throw failed.reason;
-    if (deviceMs > 0) req.onDeviceTime?.(deviceMs);
-    if (out) return out;
-    // Each part's sums cover every distinct token (zero where it has no row): added into the first in (device, part)
-    // order, natively where the addon is built (a pass in JavaScript over DeepSeek-V3's rows cost the worker's event
-    // loop more than the second GPU saved).
-    const distinct = req.tokens.byteLength / rowBytes;
-    results.sort((a, b) => a.device - b.device || a.part - b.part);
-    const [first, ...rest] = results;
-    if (!first) return new Uint8Array(distinct * req.cols * 4);
-    const acc =
-      first.got.byteOffset % 4 === 0
-        ? new Float32Array(first.got.buffer, first.got.byteOffset, first.got.byteLength / 4)
-        : new Float32Array(first.got.slice().buffer);
-    if (acc.length !== distinct * req.cols)
-      throw new Error(`multi-device: device ${first.device} answered ${acc.length} sums, want ${distinct * req.cols}`);
-    const each = rest.length > 0 ? Uint32Array.from({ length: distinct }, (_, i) => i) : undefined;
-    for (const p of rest) {
-      if (p.got.byteLength !== acc.byteLength)
-        throw new Error(`multi-device: device ${p.device} answered ${p.got.byteLength / 4} sums, want ${acc.length}`);
-      addRowsByToken(acc, p.got, DType.FLOAT32, each!, req.cols);
-    }
-    return new Uint8Array(acc.buffer, acc.byteOffset, acc.byteLength);
+    return runShares(req, shares, (device, sub) => this.devices[device].run(sub));
   }
 
-  prefetch(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<void> {
+  prefetch(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<unknown[]> {
     const by = this.byDevice(experts);
-    return Promise.all([...by].map(([d, es]) => this.devices[d].prefetch?.(es, o))).then(() => undefined);
+    return Promise.all([...by].map(([d, es]) => this.devices[d].prefetch?.(es, o))).then((r) =>
+      r.flatMap((x) => x ?? []),
+    );
   }
 
   discard(experts: readonly PreparedExpert[]): void {
@@ -301,6 +250,74 @@ export class MultiDeviceBackend implements ExpertBackend {
     }
     return by;
   }
+}
+
+/**
+ * Runs a request as parts, each a DeviceShare of its rows on one device: the devices at once, each device's parts
+ * one after another (runOn runs one part on one device), and puts the answers back together: each part's rows into
+ * their places in the request's [rows, cols], or with sumByToken the parts' per-token sums added in (device, part)
+ * order. The multi-device backend's run, and a single device's batch that needs more experts than its slots.
+ */
+export async function runShares(
+  req: RunRequest,
+  shares: readonly { device: number; parts: readonly DeviceShare[] }[],
+  runOn: (device: number, sub: RunRequest) => Promise<Uint8Array>,
+): Promise<Uint8Array> {
+  const { signal } = req;
+  const rowBytes = req.cols * dtypeSize(req.dtype);
+  // answers: FLOAT32 [distinct, cols] sums, or [rows, cols] in dtype (rows in no slice stay zero, as the contract says)
+  const out = req.sumByToken ? undefined : new Uint8Array(req.rows * rowBytes);
+  const results: { device: number; part: number; got: Uint8Array }[] = [];
+  let deviceMs = 0;
+  // The devices at once, each device's parts one after another. allSettled: a device that fails does not leave
+  // another's run behind, still running after the batch has been answered (its queue slot would be free again).
+  const settled = await Promise.allSettled(
+    shares.map(async ({ device, parts }) => {
+      let ms = 0;
+      for (const [part, g] of parts.entries()) {
+        const got = await runOn(device, {
+          ...subRequest(req, g, rowBytes),
+          ...(signal ? { signal } : {}),
+          onDeviceTime: (t) => {
+            ms += t;
+          },
+        });
+        results.push({ device, part, got });
+        if (out) {
+          let r = 0;
+          for (const f of g.from) {
+            out.set(got.subarray(r * rowBytes, (r + f.count) * rowBytes), f.offset * rowBytes);
+            r += f.count;
+          }
+        }
+      }
+      deviceMs = Math.max(deviceMs, ms); // the devices run side by side: the run's device time is the longest
+    }),
+  );
+  const failed = settled.find((x): x is PromiseRejectedResult => x.status === "rejected");
+  if (failed) throw failed.reason;
+  if (deviceMs > 0) req.onDeviceTime?.(deviceMs);
+  if (out) return out;
+  // Each part's sums cover every distinct token (zero where it has no row): added into the first in (device, part)
+  // order, natively where the addon is built (a pass in JavaScript over DeepSeek-V3's rows cost the worker's event
+  // loop more than the second GPU saved).
+  const distinct = req.tokens.byteLength / rowBytes;
+  results.sort((a, b) => a.device - b.device || a.part - b.part);
+  const [first, ...rest] = results;
+  if (!first) return new Uint8Array(distinct * req.cols * 4);
+  const acc =
+    first.got.byteOffset % 4 === 0
+      ? new Float32Array(first.got.buffer, first.got.byteOffset, first.got.byteLength / 4)
+      : new Float32Array(first.got.slice().buffer);
+  if (acc.length !== distinct * req.cols)
+    throw new Error(`multi-device: device ${first.device} answered ${acc.length} sums, want ${distinct * req.cols}`);
+  const each = rest.length > 0 ? Uint32Array.from({ length: distinct }, (_, i) => i) : undefined;
+  for (const p of rest) {
+    if (p.got.byteLength !== acc.byteLength)
+      throw new Error(`multi-device: device ${p.device} answered ${p.got.byteLength / 4} sums, want ${acc.length}`);
+    addRowsByToken(acc, p.got, DType.FLOAT32, each!, req.cols);
+  }
+  return new Uint8Array(acc.buffer, acc.byteOffset, acc.byteLength);
 }
 
 /**

@@ -109,10 +109,11 @@ export interface ExpertBackend {
   // Backends with a device tier of experts (CUDA) implement these; CPU backends compute from the host cache.
   /**
    * Starts moving prepared experts to the device ahead of use (uploads overlap the compute of running batches);
-   * resolves when they are there. Best effort: never fails. `evict: false` only fills free slots (used for
-   * look-ahead, which must not push out experts other queued batches need).
+   * resolves when they are there, with the errors of the uploads that failed (empty: all there). Best effort: never
+   * rejects. `evict: false` only fills free slots (used for look-ahead, which must not push out experts other queued
+   * batches need).
    */
-  prefetch?(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<void>;
+  prefetch?(experts: readonly PreparedExpert[], o?: { evict?: boolean }): Promise<readonly unknown[]>;
   /**
    * The host tier evicted these prepared experts: they will not be run again (a reload prepares new ones), so their
    * device slots are freed, at once or when the batches using them finish.
