@@ -100,16 +100,33 @@ bool IsFatal(cudaError_t e) {
     }                                                                         \
   } while (0)
 
+// Run buffers grow to the largest batch seen and are kept for the next; one past this is given back after its run,
+// so that one outsized batch (a deduplicated batch's token_rows can ask for far more rows than its bytes) does not
+// hold device or pinned memory for the life of the process.
+constexpr size_t kKeepBufferBytes = size_t(8) << 30;
+
 // Pinned host buffer that grows on demand.
 struct Pinned {
   void* p = nullptr;
   size_t n = 0;
-  void ensure(size_t bytes) {
+  void trim(size_t keep) {
+    if (n <= keep) return;
+    cudaFreeHost(p);
+    p = nullptr;
+    n = 0;
+  }
+  // `what` names the buffer in an error: which one could not grow to how many bytes.
+  void ensure(size_t bytes, const char* what) {
     if (bytes <= n) return;
     if (p) cudaFreeHost(p);
     p = nullptr;
     n = 0;
-    CK_THROW(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
+    const cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      throw CudaFailure(cuda_msg((std::string("pinned host buffer ") + what + " of " + std::to_string(bytes) +
+                                  " bytes: cudaHostAlloc").c_str(), e), e);
+    }
     n = bytes;
   }
   ~Pinned() {
@@ -121,12 +138,26 @@ struct Pinned {
 struct DeviceBuf {
   void* p = nullptr;
   size_t n = 0;
-  void ensure(size_t bytes) {
+  void trim(size_t keep) {
+    if (n <= keep) return;
+    cudaFree(p);
+    p = nullptr;
+    n = 0;
+  }
+  // `what` names the buffer in an error: which one could not grow to how many bytes.
+  void ensure(size_t bytes, const char* what) {
     if (bytes <= n) return;
     if (p) cudaFree(p);
     p = nullptr;
     n = 0;
-    CK_THROW(cudaMalloc(&p, bytes));
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      throw CudaFailure(
+          cuda_msg((std::string("device buffer ") + what + " of " + std::to_string(bytes) + " bytes: cudaMalloc").c_str(),
+                   e),
+          e);
+    }
     n = bytes;
   }
   ~DeviceBuf() {
@@ -146,6 +177,11 @@ struct IoSet {
   // Timing events (default flags: timing on), recorded on the compute stream before the run's copy up and after its
   // copy down: their elapsed time is the run's device time, from when the stream reached its work to its end.
   cudaEvent_t start = nullptr, end = nullptr;
+  // After a run (its work done): the buffers past kKeepBufferBytes go back.
+  void trim() {
+    for (Pinned* b : {&in, &out}) b->trim(kKeepBufferBytes);
+    for (DeviceBuf* b : {&d_stage, &d_in, &d_out, &d_sum, &ws}) b->trim(kKeepBufferBytes);
+  }
   IoSet() = default;
   IoSet(const IoSet&) = delete;
   IoSet& operator=(const IoSet&) = delete;
@@ -266,6 +302,12 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   o.Set("name", std::string(p.name));
   o.Set("sms", p.multiProcessorCount);
   o.Set("totalMem", static_cast<double>(p.totalGlobalMem));
+  // what is free on device 0 now (other processes' allocations, another worker on the same GPU): the default slot
+  // count fits in it (cuda.ts slotCount)
+  size_t free_b = 0, total_b = 0;
+  if (cudaSetDevice(0) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+    o.Set("freeMem", static_cast<double>(free_b));
+  (void)cudaGetLastError();
   o.Set("cc", std::to_string(p.major) + "." + std::to_string(p.minor));
   // visible devices (a pod's GPUs): a worker runs its experts on all of them (multi-device.ts); the name and memory
   // above are device 0's, and a pod's GPUs are one node's, of one kind
@@ -440,7 +482,7 @@ class UploadWorker : public Napi::AsyncWorker {
       const size_t gu = (size_t)c_->f * c_->d, dn = (size_t)c_->d * c_->f;
       CK_THROW(cudaSetDevice(c_->device));
       (void)cudaGetLastError();  // an error an earlier call on this thread left (see CK_THROW)
-      buf->ensure((2 * gu + dn) * 2);
+      buf->ensure((2 * gu + dn) * 2, "upload staging");
       uint16_t* h = static_cast<uint16_t*>(buf->p);
       to_bf16(g_, h);
       to_bf16(u_, h + gu);
@@ -566,7 +608,7 @@ class RunWorker : public Napi::AsyncWorker {
       sy_moe_config cfg{c.slots, 1, d, c.f, SY_MOE_SCORE_SOFTMAX, 0, 0, 0, 1.f};
       size_t need = 0;
       if (sy_moe_workspace_size(&cfg, rows, &need)) throw std::runtime_error(sy_moe_last_error());
-      io.ws.ensure(need);
+      io.ws.ensure(need, "workspace");
       // One pinned block and one copy up: tokens (bf16) | ids | kernel weights | token rows | per-token offsets |
       // rows in token order | sum weights. Every part is a multiple of 4 bytes, the tokens of 16 (d % 8 == 0).
       const bool dedup = in_.dedup;
@@ -574,8 +616,8 @@ class RunWorker : public Napi::AsyncWorker {
       const size_t off_ids = tok_b, off_w = off_ids + n4, off_tr = off_w + n4, off_offs = off_tr + n4,
                    off_order = off_offs + (size_t)(u + 1) * 4, off_sw = off_order + n4,
                    in_b = dedup ? off_sw + n4 : off_tr;
-      io.in.ensure(in_b);
-      io.d_stage.ensure(in_b);
+      io.in.ensure(in_b, "tokens in");
+      io.d_stage.ensure(in_b, "tokens in");
       char* h = static_cast<char*>(io.in.p);
       uint16_t* tin = reinterpret_cast<uint16_t*>(h);
       if (in_.dt == DType::BF16) {
@@ -605,10 +647,10 @@ class RunWorker : public Napi::AsyncWorker {
       // or growth (cudaFree waits for the whole device) then neither holds the other run's enqueue nor falls between
       // the timing events.
       const size_t down_b = in_.sum ? (size_t)u * d * 4 : (size_t)rows * d * 2;
-      if (dedup) io.d_in.ensure((size_t)rows * d * 2);
-      io.d_out.ensure((size_t)rows * d * 2);
-      if (in_.sum) io.d_sum.ensure((size_t)u * d * 4);
-      io.out.ensure(down_b);
+      if (dedup) io.d_in.ensure((size_t)rows * d * 2, "rows in");
+      io.d_out.ensure((size_t)rows * d * 2, "rows out");
+      if (in_.sum) io.d_sum.ensure((size_t)u * d * 4, "sums out");
+      io.out.ensure(down_b, "result out");
       char* g = static_cast<char*>(io.d_stage.p);
       // the copies and kernels go on the stream one run at a time; the wait for them below does not hold the lock
       std::unique_lock<std::mutex> enqueue(c.enqueue_mu);
@@ -655,6 +697,7 @@ class RunWorker : public Napi::AsyncWorker {
         for (size_t i = 0; i < (size_t)rows * d; ++i)
           switchyard::store_elem(in_.dt, out_, (int64_t)i, switchyard::bf16_to_f32(o[i]));
       }
+      io.trim();  // its work is done (io.done): nothing on the device reads these any more
       Add(c.runs, 1);
     } catch (const std::exception& ex) {
       if (failure_.code.empty()) failure_.Classify(*c_, c_->compute, ex);

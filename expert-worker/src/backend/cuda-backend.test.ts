@@ -285,4 +285,15 @@ describe("CudaBackend (fake addon)", () => {
     expect(out[3 * d]).toBe(0);
     expect(calls.runs[1]?.[0]).toBe(slotOf(4));
   });
+
+  it("a GPU cache that does not fit names its slots, size and device, and what to change", async () => {
+    const { addon } = fakeAddon();
+    addon.createContext = () => {
+      throw new Error("createContext: cudaMalloc(&c->w13, bytes): out of memory");
+    };
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "3" });
+    await expect(b.prepare(randomExpert(d, f, "bfloat16", next))).rejects.toThrow(
+      /^GPU expert cache of 3 slots \(0\.0 GiB\) on CUDA device 0: createContext: .*out of memory; give the pool fewer resident experts \(cache\.residentExperts/,
+    );
+  });
 });

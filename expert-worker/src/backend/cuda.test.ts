@@ -31,6 +31,12 @@ describe("slotCount", () => {
     expect(slotCount({}, 100e9, 352e6)).toBe(227);
     expect(slotCount({}, 1e6, 1e9)).toBe(1);
   });
+  it("and what is free less 20% of it, where another process or worker has part of the GPU", () => {
+    expect(slotCount({}, 100e9, 352e6, undefined, 100e9)).toBe(227); // all free: 80% as before
+    expect(slotCount({}, 100e9, 352e6, undefined, 60e9)).toBe(113); // (60 - 20) GB
+    expect(slotCount({}, 100e9, 352e6, undefined, 10e9)).toBe(1); // nothing to spare: one slot, refused loudly if not
+    expect(slotCount({}, 100e9, 352e6, 12, 10e9)).toBe(12); // a size asked for is taken as asked
+  });
   it("names the variable on bad input", () => {
     expect(() => slotCount({ SWITCHYARD_CACHE_CAPACITY: "x" }, 1e9, 1e6)).toThrow(/SWITCHYARD_CACHE_CAPACITY/);
   });

@@ -39,6 +39,8 @@ export interface CudaProbeInfo {
   name: string;
   sms: number;
   totalMem: number;
+  /** Device 0's free memory at the probe (an addon built before this field says nothing). */
+  freeMem?: number;
   cc: string;
   /** Visible devices (an addon built before this field says nothing: one). */
   devices?: number;
@@ -117,9 +119,16 @@ export class CudaPrepared implements PreparedExpert {
 
 /**
  * Slot count: SWITCHYARD_GPU_CACHE_SLOTS (explicit GPU override), else `requested` (the worker's --cache-capacity),
- * else SWITCHYARD_CACHE_CAPACITY, else what fits in 80% of device memory; at most 1024.
+ * else SWITCHYARD_CACHE_CAPACITY, else what fits in 80% of device memory, and in what is free less the 20% the runs'
+ * buffers keep (`freeMem`: another process or worker on the GPU has the rest); at most 1024.
  */
-export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes: number, requested?: number): number {
+export function slotCount(
+  env: NodeJS.ProcessEnv,
+  totalMem: number,
+  expertBytes: number,
+  requested?: number,
+  freeMem?: number,
+): number {
   const fromEnv = (name: string): number | undefined => {
     const v = env[name];
     if (v === undefined || v === "") return undefined;
@@ -129,7 +138,8 @@ export function slotCount(env: NodeJS.ProcessEnv, totalMem: number, expertBytes:
   };
   const n = fromEnv("SWITCHYARD_GPU_CACHE_SLOTS") ?? requested ?? fromEnv("SWITCHYARD_CACHE_CAPACITY");
   if (n !== undefined) return Math.min(n, 1024);
-  return Math.max(1, Math.min(1024, Math.floor((0.8 * totalMem) / expertBytes)));
+  const budget = Math.min(0.8 * totalMem, freeMem === undefined ? Number.POSITIVE_INFINITY : freeMem - 0.2 * totalMem);
+  return Math.max(1, Math.min(1024, Math.floor(budget / expertBytes)));
 }
 
 /**
@@ -243,10 +253,20 @@ export class CudaBackend implements ExpertBackend {
     refuseResizable({ "gate.data": w.gate.data, "up.data": w.up.data, "down.data": w.down.data });
     if (!this.dims) {
       const bytes = 3 * d * f * 2;
-      const slots = slotCount(this.env, this.info.totalMem, bytes, this.requestedSlots);
+      const slots = slotCount(this.env, this.info.totalMem, bytes, this.requestedSlots, this.info.freeMem);
       // Everything that can refuse a setting before the context takes its memory; ctx, dims and cache set together.
       const policy = makePolicy(this.env.SWITCHYARD_GPU_CACHE_POLICY ?? "lru");
-      const ctx = this.addon.createContext({ d, f, slots, device: this.device, runsInFlight: this.runsInFlight });
+      let ctx: object;
+      try {
+        ctx = this.addon.createContext({ d, f, slots, device: this.device, runsInFlight: this.runsInFlight });
+      } catch (err) {
+        const gib = ((slots * bytes) / 2 ** 30).toFixed(1);
+        throw new Error(
+          `GPU expert cache of ${slots} slots (${gib} GiB) on CUDA device ${this.device}: ${(err as Error).message}; ` +
+            "give the pool fewer resident experts (cache.residentExperts, the worker's --cache-capacity) or " +
+            "SWITCHYARD_GPU_CACHE_SLOTS, or this worker a GPU of its own",
+        );
+      }
       this.cache = new GpuSlotCache<CudaPrepared>(
         slots,
         policy,
