@@ -36,7 +36,12 @@ class Device extends ReferenceBackend implements ExpertBackend {
   /** Takes deduplicated batches as the CUDA backend does: gathers the rows, sums them per token (token-rows.ts). */
   readonly takesTokenRows = true;
   fail: Error | undefined;
+  failPrepare: Error | undefined;
   finished = 0;
+  override async prepare(w: ExpertWeights): Promise<PreparedExpert> {
+    if (this.failPrepare) throw this.failPrepare;
+    return super.prepare(w);
+  }
   override async run(req: RunRequest): Promise<Uint8Array> {
     this.runs.push(req);
     // as GpuSlotCache.acquire: a run needing more experts than the slots is refused
@@ -118,6 +123,22 @@ describe("MultiDeviceBackend", () => {
     off();
     expect(devs.every((x) => x.sinks.size === 0)).toBe(true);
     expect(() => new MultiDeviceBackend([devs[0]])).toThrow(/2 or more devices/);
+  });
+
+  it("a device whose prepare fails is left out of placement while another can take experts", async () => {
+    const devs = [new Device(1), new Device(1)];
+    const m = new MultiDeviceBackend(devs);
+    devs[0].failPrepare = new Error("GPU expert cache of 9 slots on CUDA device 0: out of memory");
+    await expect(m.prepare(weights[0])).rejects.toThrow(/device 0: out of memory/);
+    // device 0 holds the fewest experts, but failed: the next experts go to device 1
+    const ps = [await m.prepare(weights[1]), await m.prepare(weights[2])];
+    expect(ps.map((p) => (p as unknown as { device: number }).device)).toEqual([1, 1]);
+    devs[1].failPrepare = new Error("device 1 broken too");
+    // every device failed: all are tried again; device 0 works now
+    devs[0].failPrepare = undefined;
+    await expect(m.prepare(weights[3])).rejects.toThrow(/device 1 broken/);
+    const back = await m.prepare(weights[4]);
+    expect((back as unknown as { device: number }).device).toBe(0);
   });
 
   it("answers a run spread over the devices as one device does, rows in place, the device time the longest", async () => {

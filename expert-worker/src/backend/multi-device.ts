@@ -114,6 +114,8 @@ export class MultiDeviceBackend implements ExpertBackend {
    * never discarded.
    */
   private readonly live: number[];
+  /** Devices whose last prepare failed: left out of placement while another device can take experts. */
+  private readonly failed = new Set<number>();
   private readonly gone = new FinalizationRegistry<{ device: number; counted: { done: boolean } }>((h) =>
     this.release(h.device, h.counted),
   );
@@ -144,16 +146,23 @@ export class MultiDeviceBackend implements ExpertBackend {
   }
 
   async prepare(weights: ExpertWeights): Promise<PreparedExpert> {
-    let device = 0;
-    for (let i = 1; i < this.live.length; i++) if (this.live[i] < this.live[device]) device = i;
+    // The device with the fewest live experts, among those whose prepare has not failed: one that cannot take an
+    // expert (its slots would not fit, a broken context) would otherwise stay the emptiest and be chosen every time.
+    // If every device has failed, all are tried again.
+    const usable = this.devices.map((_, i) => i).filter((i) => !this.failed.has(i));
+    const pool = usable.length > 0 ? usable : this.devices.map((_, i) => i);
+    let device = pool[0] as number;
+    for (const i of pool) if (this.live[i] < this.live[device]) device = i;
     this.live[device]++;
     let inner: PreparedExpert;
     try {
       inner = await this.devices[device].prepare(weights);
     } catch (e) {
       this.live[device]--;
+      this.failed.add(device);
       throw e;
     }
+    this.failed.delete(device);
     const e = new OnDevice(device, inner);
     this.gone.register(e, { device, counted: e.counted }, e);
     return e;
