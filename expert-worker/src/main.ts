@@ -16,6 +16,7 @@ async function main(): Promise<void> {
     console.error(`expert-worker: ${(err as Error).message}`);
     process.exit(2);
   }
+  let fatal = false;
   const worker = await startWorker({
     checkpoint: flags.checkpoint,
     pool: flags.pool,
@@ -36,8 +37,10 @@ async function main(): Promise<void> {
     maxRows: flags.maxRows,
     warm: flags.warm,
     // A broken GPU fails every batch from now on and cannot be repaired in this process: exit non-zero, so that
-    // Kubernetes (or the local launcher) restarts it. The batches in flight are answered first, within close()'s grace.
+    // Kubernetes restarts it (the local launcher reports it). The batches in flight are answered first, within
+    // close()'s grace; a signal meanwhile waits for the same close and keeps the exit status 1.
     onFatal: () => {
+      fatal = true;
       setTimeout(() => process.exit(1), 10_000).unref();
       void worker.close().finally(() => process.exit(1));
     },
@@ -70,7 +73,7 @@ async function main(): Promise<void> {
       process.exit(1);
     }, 10_000).unref();
     await worker.close();
-    process.exit(0);
+    process.exit(fatal ? 1 : 0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));

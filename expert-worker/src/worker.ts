@@ -220,8 +220,12 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     }
 
     const metrics = new WorkerMetrics({ pool: o.metricsPool ?? o.pool, worker: o.workerId });
-    // A broken device fails every batch from now on: stop serving at once, so that the readiness probe and the
-    // router's health checks take this worker out, and let the process restart (o.onFatal).
+    // A broken device fails every batch from now on: stop serving at once, so that the readiness probe takes this
+    // worker out of its Service (the router already fails its batches over: they answer UNAVAILABLE), and let the
+    // process exit to be restarted (o.onFatal).
+    let ready = false;
+    let closed = false;
+    let closing: Promise<void> | undefined;
     let fatal = false;
     let stopServing: (() => void) | undefined; // set once the gRPC server is up
     backend.onFatal?.((why) => {
@@ -361,8 +365,6 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       dataPort = data.port;
       core.dataPort = dataPort;
     }
-    let ready = false;
-    let closed = false;
     // startUp: the warm-up readiness waits for, whose progress /metrics shows (a plan change's is not tracked)
     const warm = async (keys: Iterable<string> | undefined, startUp: boolean) => {
       const ids = keys ? [...keys].map(parseKey) : allServable(source);
@@ -437,23 +439,27 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       core,
       metrics,
       warmed,
-      close: async () => {
-        if (closed) return;
-        closed = true;
-        ready = false;
-        metrics.ready.set(0);
-        grpc.health.setStatus("", "NOT_SERVING");
-        grpc.health.setStatus(WORKER_SERVICE, "NOT_SERVING");
-        // The batches already taken finish first: closing the data server drops its connections, which cancels what
-        // runs on them (gRPC's tryShutdown below waits for its calls, with the same grace).
-        const until = Date.now() + SHUTDOWN_GRACE_MS;
-        while (queue.depth > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
-        await new Promise((r) => setImmediate(r)); // their replies are written before the sockets go
-        for (const c of cleanup.reverse()) await c();
-        await backend.close?.();
-        if (ownSource) await source.close?.();
+      // One close, however many callers (a signal, a fatal error): each waits for the same drain.
+      close: () => {
+        closing ??= closeOnce();
+        return closing;
       },
     };
+    async function closeOnce(): Promise<void> {
+      closed = true;
+      ready = false;
+      metrics.ready.set(0);
+      grpc.health.setStatus("", "NOT_SERVING");
+      grpc.health.setStatus(WORKER_SERVICE, "NOT_SERVING");
+      // The batches already taken finish first: closing the data server drops its connections, which cancels what
+      // runs on them (gRPC's tryShutdown below waits for its calls, with the same grace).
+      const until = Date.now() + SHUTDOWN_GRACE_MS;
+      while (queue.depth > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setImmediate(r)); // their replies are written before the sockets go
+      for (const c of cleanup.reverse()) await c();
+      await backend.close?.();
+      if (ownSource) await source.close?.();
+    }
   } catch (err) {
     for (const c of cleanup.reverse()) await c();
     if (ownSource) await source.close?.();

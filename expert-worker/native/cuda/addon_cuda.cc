@@ -83,6 +83,10 @@ bool IsFatal(cudaError_t e) {
     case cudaErrorLaunchTimeout:
     case cudaErrorECCUncorrectable:
     case cudaErrorContextIsDestroyed:
+    case cudaErrorContained:  // Hopper: a contained uncorrectable memory error, a bad NVLink peer access
+    case cudaErrorTensorMemoryLeak:
+    case cudaErrorMpsClientTerminated:
+    case cudaErrorExternalDevice:
       return true;
     default:
       return false;
@@ -304,8 +308,9 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   o.Set("totalMem", static_cast<double>(p.totalGlobalMem));
   // what is free on device 0 now (other processes' allocations, another worker on the same GPU): the default slot
   // count fits in it (cuda.ts slotCount)
+  // (only where the worker will use the GPU: the query creates a context, which holds device memory)
   size_t free_b = 0, total_b = 0;
-  if (cudaSetDevice(0) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+  if (hopper && cudaSetDevice(0) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
     o.Set("freeMem", static_cast<double>(free_b));
   (void)cudaGetLastError();
   o.Set("cc", std::to_string(p.major) + "." + std::to_string(p.minor));
@@ -434,12 +439,20 @@ struct Failure {
   void Classify(Ctx& c, cudaStream_t s, const std::exception& ex) {
     const auto* cf = dynamic_cast<const CudaFailure*>(&ex);
     cudaError_t e = cf ? cf->code : cudaSuccess;
-    if (!IsFatal(e) && s) {
-      const cudaError_t q = cudaStreamQuery(s);
-      if (IsFatal(q)) e = q;
-    }
+    bool fatal = IsFatal(e);
     (void)cudaGetLastError();
-    if (IsFatal(e)) {
+    if (!fatal && s) {
+      // The stream's own state once this run's work has unwound (synchronised): an error it still reports after the
+      // thread's last error was cleared is the context's, sticky (a device off the bus often reads cudaErrorUnknown),
+      // not the failed call's. An out-of-memory leaves the stream clean.
+      const cudaError_t q = cudaStreamQuery(s);
+      (void)cudaGetLastError();
+      if (q != cudaSuccess && q != cudaErrorNotReady) {
+        fatal = true;
+        e = q;
+      }
+    }
+    if (fatal) {
       c.MarkBroken(std::string(ex.what()) + (cf && cf->code == e ? "" : std::string(" (") + cudaGetErrorString(e) + ")"));
       code = "CUDA_FATAL";
     } else if (e == cudaErrorMemoryAllocation || dynamic_cast<const std::bad_alloc*>(&ex)) {
@@ -503,8 +516,7 @@ class UploadWorker : public Napi::AsyncWorker {
       Add(c_->upload_bytes, static_cast<double>(bytes_));
     } catch (const std::exception& ex) {
       if (failure_.code.empty()) failure_.Classify(*c_, c_->copy, ex);
-      SetError(std::string("slot ") + std::to_string(slot_) + " on CUDA device " + std::to_string(c_->device) +
-               ": " + ex.what());
+      SetError(std::string("slot ") + std::to_string(slot_) + ": " + ex.what());
     }
     if (buf) {
       std::lock_guard<std::mutex> lk(c_->staging_mu);
@@ -591,6 +603,15 @@ class RunWorker : public Napi::AsyncWorker {
           c.io_cv.notify_one();
         }
       } lease(*c_);
+      // A failed run gives back what it grew past kKeepBufferBytes too (after the stream sync below, before the lease
+      // lets the next run take the set).
+      struct TrimOnUnwind {
+        IoSet* set;
+        int n = std::uncaught_exceptions();
+        ~TrimOnUnwind() {
+          if (std::uncaught_exceptions() > n) set->trim();
+        }
+      } trim_on_unwind{lease.set};
       // A failure after copies were queued: they may still read or write the set's buffers, so they finish before the
       // lease lets the next run reuse them (this guard unwinds before the lease).
       struct SyncOnUnwind {

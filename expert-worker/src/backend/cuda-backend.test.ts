@@ -11,7 +11,7 @@ const INFO: CudaProbeInfo = { ok: true, name: "fake", sms: 1, totalMem: 1e9, cc:
 const coded = (message: string, code: string) => Object.assign(new Error(message), { code });
 
 function fakeAddon(opts: { failRun?: boolean | Error; failUpload?: Error; deviceMs?: number } = {}) {
-  const calls = { uploads: [] as number[], runs: [] as Int32Array[], contexts: [] as object[] };
+  const calls = { uploads: [] as number[], runs: [] as Int32Array[], contexts: [] as object[], sums: [] as boolean[] };
   const addon: CudaAddon = {
     probe: () => INFO,
     createContext: (o) => {
@@ -25,6 +25,7 @@ function fakeAddon(opts: { failRun?: boolean | Error; failUpload?: Error; device
     },
     run: async (_ctx, o) => {
       calls.runs.push(o.rowSlots.slice());
+      calls.sums.push(o.sumByToken === true);
       if (opts.failRun instanceof Error) throw opts.failRun;
       if (opts.failRun) throw new Error("kernel failed");
       // output row r = slot + 1 in every column (fp32), so the test can read the mapping back
@@ -227,7 +228,7 @@ describe("CudaBackend (fake addon)", () => {
 
   it("a fatal error in an upload breaks the device too", async () => {
     const { addon } = fakeAddon({
-      failUpload: coded("slot 0 on CUDA device 0: upload copy: unspecified launch failure", "CUDA_FATAL"),
+      failUpload: coded("slot 0: upload copy: unspecified launch failure", "CUDA_FATAL"),
     });
     const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
     const fatal: string[] = [];
@@ -295,5 +296,40 @@ describe("CudaBackend (fake addon)", () => {
     await expect(b.prepare(randomExpert(d, f, "bfloat16", next))).rejects.toThrow(
       /^GPU expert cache of 3 slots \(0\.0 GiB\) on CUDA device 0: createContext: .*out of memory; give the pool fewer resident experts \(cache\.residentExperts/,
     );
+  });
+
+  it("a summed batch run in parts is summed once on the host, in row order with its weights: one run's answer", async () => {
+    const { addon, calls } = fakeAddon();
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2" });
+    const es = await Promise.all([0, 1, 2].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+    // 2 distinct tokens, 4 rows: token 0 -> experts 0, 2; token 1 -> experts 1, 2
+    const tokenRows = Uint32Array.from([0, 1, 0, 1]);
+    const w = Float32Array.from([0.3, 0.7, 0.6, 0.2]);
+    const got = new Float32Array(
+      (
+        await b.run({
+          dtype: DType.FLOAT32,
+          tokens: new Uint8Array(2 * d * 4),
+          rows: 4,
+          cols: d,
+          tokenRows,
+          sumByToken: true,
+          rowWeights: w,
+          slices: [
+            { expert: es[0] as never, offset: 0, count: 1 },
+            { expert: es[1] as never, offset: 1, count: 1 },
+            { expert: es[2] as never, offset: 2, count: 2 },
+          ],
+        })
+      ).buffer,
+    );
+    expect(calls.sums).toEqual([false, false]); // the parts answer rows; the sum is the host's
+    // the fake answers slot + 1 in every column; the slots each row ran with, in row order
+    const slotOfRow = [calls.runs[0]?.[0], calls.runs[0]?.[1], calls.runs[1]?.[0], calls.runs[1]?.[1]] as number[];
+    const sum = (rows: number[]) =>
+      rows.reduce((acc, r) => Math.fround(acc + Math.fround((w[r] as number) * ((slotOfRow[r] as number) + 1))), 0);
+    expect(got).toHaveLength(2 * d);
+    expect(got[0]).toBe(sum([0, 2]));
+    expect(got[d]).toBe(sum([1, 3]));
   });
 });

@@ -150,6 +150,20 @@ describe("GpuSlotCache", () => {
     expect(await cache.prefetch([ex("a")])).toEqual([]);
   });
 
+  it("an uploader that throws at once fails the batch and frees the slot (never a hit on a slot not uploaded)", async () => {
+    let calls = 0;
+    const cache = new GpuSlotCache(1, new LruPolicy(), (_slot, e: { cacheKey: string }) => {
+      calls++;
+      if (calls === 1) throw new Error(`upload ${e.cacheKey}: its ArrayBuffer is detached`);
+      return Promise.resolve(100);
+    });
+    await expect(cache.acquire([ex("a")])).rejects.toThrow(/detached/);
+    expect(cache.slotOf(ex("a"))).toBeUndefined();
+    await expect(cache.acquire([ex("a")])).resolves.toEqual([0]);
+    expect(calls).toBe(2); // uploaded for real the second time
+    expect(cache.stats.hits).toBe(0);
+  });
+
   it("rejects a batch with more experts than slots, naming both numbers", async () => {
     const { cache } = harness(2);
     await expect(cache.acquire([ex("a"), ex("b"), ex("c")])).rejects.toThrow(

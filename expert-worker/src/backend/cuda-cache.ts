@@ -4,7 +4,7 @@
 //
 // - acquire(experts) pins the experts of one batch and resolves once all of them are on the device; missing ones
 //   are uploaded concurrently (the copy stream overlaps compute of other batches).
-// - prefetch(experts) starts uploads ahead of use and does not wait for them.
+// - prefetch(experts) starts uploads ahead of use and resolves once they are done, with the errors of those that failed.
 // - eviction picks a victim through the same pluggable EvictionPolicy as the host cache (LRU by default) and never
 //   takes a slot that is pinned by a running batch or still loading.
 // - discard(experts) frees the slots of experts the host tier let go (their prepared form is never used again, and
@@ -188,7 +188,15 @@ export class GpuSlotCache<E extends SlotKeyed> {
     this.entries.set(e.cacheKey, entry);
     this.policy.onInsert(e.cacheKey);
     this.stats.resident = this.entries.size;
-    entry.loading = this.upload(slot, e).then(
+    // An uploader that throws at once (a detached buffer) fails like one that rejects: the slot must not stay pinned
+    // as if resident, never uploaded, where the next batch would compute with whatever weights it held.
+    let started: Promise<number>;
+    try {
+      started = this.upload(slot, e);
+    } catch (err) {
+      started = Promise.reject(err);
+    }
+    entry.loading = started.then(
       (bytes) => {
         entry.loading = undefined;
         this.stats.transferBytes += bytes;

@@ -15,9 +15,10 @@ import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { protoDType } from "@switchyard/moe";
-import { resourceExhausted, type SwitchyardError, unavailable } from "@switchyard/protocol";
+import { dtypeSize, resourceExhausted, type SwitchyardError, unavailable } from "@switchyard/protocol";
 import { makePolicy } from "../cache.js";
 import { abortError } from "../queue.js";
+import { sumRowsByToken } from "../token-rows.js";
 import { type GpuCacheStats, GpuSlotCache } from "./cuda-cache.js";
 import { chunkBySlots, type DeviceShare, MultiDeviceBackend, runShares } from "./multi-device.js";
 import { loadNativeAddon, type NativeWeight } from "./native-cpu.js";
@@ -316,7 +317,13 @@ export class CudaBackend implements ExpertBackend {
     const f = cudaFailure(err, `${what} on CUDA device ${this.device}`);
     if (f.fatal && this.broken === null) {
       this.broken = (f.error as SwitchyardError).message;
-      for (const l of this.fatalListeners) l(this.broken);
+      for (const l of this.fatalListeners) {
+        try {
+          l(this.broken);
+        } catch {
+          // a listener's own failure must not replace the run's error
+        }
+      }
     }
     return f.error;
   }
@@ -338,9 +345,24 @@ export class CudaBackend implements ExpertBackend {
         share.from.push({ offset: s.offset, count: s.count });
         share.rows += s.count;
       }
-      return runShares(req, [{ device: this.device, parts: chunkBySlots(share, capacity) }], (_d, sub) =>
+      const shares = [{ device: this.device, parts: chunkBySlots(share, capacity) }];
+      if (!req.sumByToken) return runShares(req, shares, (_d, sub) => this.runWithinSlots(sub));
+      // Each part's device sum would round a token's sum once more per part than one run's does. The parts answer
+      // their rows unscaled, and the host sums them once, in row order with the weights in fp32: the arithmetic of
+      // the device's sum (token_rows.cu), so the answer is bit for bit that of one run.
+      const rows = await runShares({ ...req, sumByToken: false, rowWeights: undefined }, shares, (_d, sub) =>
         this.runWithinSlots(sub),
       );
+      const rowBytes = req.cols * dtypeSize(req.dtype);
+      const sums = sumRowsByToken(
+        rows,
+        req.dtype,
+        req.tokenRows as Uint32Array,
+        req.tokens.byteLength / rowBytes,
+        req.cols,
+        req.rowWeights,
+      );
+      return new Uint8Array(sums.buffer, sums.byteOffset, sums.byteLength);
     }
     return this.runWithinSlots(req);
   }

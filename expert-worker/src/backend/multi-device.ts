@@ -4,7 +4,8 @@
 // splits a run by device.
 //
 // - Placement: prepare() puts a new expert on the device holding the fewest live experts (discard() gives them back),
-//   so the devices hold the host tier's experts in equal shares and each device's slot cache needs 1/N of them.
+//   so the devices hold the host tier's experts in equal shares and each device's slot cache needs 1/N of them. A
+//   device whose prepare failed is passed over for a while.
 // - run(): the batch's slices go to their experts' devices; each device gets its rows as a contiguous matrix, all
 //   devices run at once, and their rows are copied back into place. Each row is computed by exactly one device, as a
 //   single device would compute it.
@@ -27,6 +28,9 @@ import type {
   PreparedSlice,
   RunRequest,
 } from "./types.js";
+
+/** How long a device whose prepare failed is left out of placement before it is tried again. */
+const FAILED_DEVICE_RETRY_MS = 30_000;
 
 /** An expert prepared on one of the devices. */
 class OnDevice implements PreparedExpert {
@@ -114,8 +118,8 @@ export class MultiDeviceBackend implements ExpertBackend {
    * never discarded.
    */
   private readonly live: number[];
-  /** Devices whose last prepare failed: left out of placement while another device can take experts. */
-  private readonly failed = new Set<number>();
+  /** Devices whose last prepare failed, and when: left out of placement for a while (prepare). */
+  private readonly failed = new Map<number, number>();
   private readonly gone = new FinalizationRegistry<{ device: number; counted: { done: boolean } }>((h) =>
     this.release(h.device, h.counted),
   );
@@ -146,10 +150,14 @@ export class MultiDeviceBackend implements ExpertBackend {
   }
 
   async prepare(weights: ExpertWeights): Promise<PreparedExpert> {
-    // The device with the fewest live experts, among those whose prepare has not failed: one that cannot take an
-    // expert (its slots would not fit, a broken context) would otherwise stay the emptiest and be chosen every time.
-    // If every device has failed, all are tried again.
-    const usable = this.devices.map((_, i) => i).filter((i) => !this.failed.has(i));
+    // The device with the fewest live experts, among those whose prepare has not failed in the last
+    // FAILED_DEVICE_RETRY_MS: one that cannot take an expert (its GPU cache's context did not fit) would otherwise
+    // stay the emptiest and be chosen every time. It is tried again after that while, or at once if every device has
+    // failed (a transient shortage of memory ends; a broken context does not, and its runs say so).
+    const now = performance.now();
+    const usable = this.devices
+      .map((_, i) => i)
+      .filter((i) => (this.failed.get(i) ?? Number.NEGATIVE_INFINITY) + FAILED_DEVICE_RETRY_MS <= now);
     const pool = usable.length > 0 ? usable : this.devices.map((_, i) => i);
     let device = pool[0] as number;
     for (const i of pool) if (this.live[i] < this.live[device]) device = i;
@@ -159,7 +167,7 @@ export class MultiDeviceBackend implements ExpertBackend {
       inner = await this.devices[device].prepare(weights);
     } catch (e) {
       this.live[device]--;
-      this.failed.add(device);
+      this.failed.set(device, performance.now());
       throw e;
     }
     this.failed.delete(device);
