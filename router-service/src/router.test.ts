@@ -504,6 +504,34 @@ describe.each(["data", "grpc", "dedup"] as const)("router end to end (fake worke
     expect((await callErr({ pool: "nope", hidden: encodeTensor(h, [2, D], DType.FLOAT32) })).code).toBe("NOT_FOUND");
   });
 
+  it("refuses more assignment slots than experts, and finds a duplicate past any run of empty slots", async () => {
+    const h = hidden(1, 3);
+    const assign = (ids: number[]) => ({
+      hidden: encodeTensor(h, [1, D], DType.FLOAT32),
+      gate: {
+        $case: "assignment" as const,
+        value: {
+          expertIds: encodeTensor(Int32Array.from(ids), [1, ids.length], DType.INT32),
+          weights: encodeTensor(new Float32Array(ids.length).fill(0.1), [1, ids.length], DType.FLOAT32),
+        },
+      },
+    });
+    // one slot more than the pool's experts, all empty but the last: refused before any per-slot work
+    const many = await callErr(assign([...new Array(E).fill(-1), 0]));
+    expect(many.field).toBe("assignment.expert_ids.shape[1]");
+    expect(many.message).toMatch(new RegExp(`${E + 1} slots per token exceed the pool's ${E} experts`));
+    const dup = await callErr(assign([1, -1, -1, 1]));
+    expect(dup.field).toBe("assignment.expert_ids[0]");
+    expect(dup.message).toMatch(/expert 1 listed twice/);
+  });
+
+  it("clips a long unknown pool name in its NOT_FOUND (a 100 KB one hung the caller's gRPC connection)", async () => {
+    const e = await callErr({ pool: "x".repeat(100_000), hidden: encodeTensor(hidden(1, 1), [1, D], DType.FLOAT32) });
+    expect(e.code).toBe("NOT_FOUND");
+    expect(e.message).toMatch(/unknown pool "x{128}"\.\.\. \(100000 characters\)/);
+    expect(e.message.length).toBeLessThan(400);
+  });
+
   it("retries a failed worker's rows on another replica", async () => {
     workers[1].mode = "fail";
     try {

@@ -478,7 +478,7 @@ export class Router {
           ? unavailable(`pool ${JSON.stringify(req.pool)} is configured but could not be loaded: ${why}`)
           : req.pool
             ? notFound(
-                `unknown pool ${JSON.stringify(req.pool)} (serving: ${this.poolNames().join(", ") || "none"})`,
+                `unknown pool ${quoteClipped(req.pool)} (serving: ${this.poolNames().join(", ") || "none"})`,
                 "pool",
               )
             : invalidArgument("pool", "required"),
@@ -1458,6 +1458,14 @@ function checkHidden(t: NonNullable<ForwardRequest["hidden"]>, d: number): Hidde
   return { tokens: T, dtype: t.dtype, data: t.data };
 }
 
+/**
+ * A client's string quoted for an error message, clipped to 128 characters: a status message carries it back, and a
+ * 100 KB one in a gRPC trailer hung the caller's connection instead of answering NOT_FOUND.
+ */
+export function quoteClipped(s: string, max = 128): string {
+  return s.length <= max ? JSON.stringify(s) : `${JSON.stringify(s.slice(0, max))}... (${s.length} characters)`;
+}
+
 /** An explicit top-k assignment: expert ids INT32 [T, k] and weights FLOAT32 [T, k]. */
 function explicitRouting(
   a: { expertIds?: ForwardRequest["hidden"]; weights?: ForwardRequest["hidden"] },
@@ -1468,6 +1476,10 @@ function explicitRouting(
   if (ids.shape[0] !== T)
     throw invalidArgument("assignment.expert_ids.shape[0]", `expected ${T} tokens (hidden rows), got ${ids.shape[0]}`);
   const k = ids.shape[1];
+  // Each expert at most once per token: more slots than experts can only be empty ones, and a slot count without a
+  // bound let one request hold the router's thread for seconds (its checks and buffers scale with T x k).
+  if (k > E)
+    throw invalidArgument("assignment.expert_ids.shape[1]", `${k} slots per token exceed the pool's ${E} experts`);
   const w = decodeTensor(a.weights, "assignment.weights", { dtype: DType.FLOAT32, shape: [T, k] });
   // The decoded values as they are (a view of the request's bytes when aligned, else a copy): routing arrays are
   // only read, and the request's bytes live as long as the request.
@@ -1484,13 +1496,14 @@ function explicitRouting(
     if (!Number.isFinite(weights[i]))
       throw invalidArgument(`assignment.weights[${Math.floor(i / k)}][${i % k}]`, `must be finite, got ${weights[i]}`);
   }
+  // Duplicates in one pass: seen[e] holds the last token (+1) that listed expert e.
+  const seen = new Int32Array(E);
   for (let t = 0; t < T; t++) {
     for (let s = 0; s < k; s++) {
       const e = experts[t * k + s];
       if (e < 0) continue;
-      for (let s2 = 0; s2 < s; s2++) {
-        if (experts[t * k + s2] === e) throw invalidArgument(`assignment.expert_ids[${t}]`, `expert ${e} listed twice`);
-      }
+      if (seen[e] === t + 1) throw invalidArgument(`assignment.expert_ids[${t}]`, `expert ${e} listed twice`);
+      seen[e] = t + 1;
     }
   }
   return { tokens: T, slots: k, experts, weights };

@@ -1,7 +1,16 @@
 import { once } from "node:events";
 import { connect, createServer, type Socket } from "node:net";
 import { describe, expect, it } from "vitest";
-import { DATA_PREFACE, DataPathError, FrameReader, frameHeader, ROUTER_DATA_PREFACE, writeFrame } from "./data-path.js";
+import {
+  DATA_PREFACE,
+  DataPathError,
+  FrameReader,
+  frameHeader,
+  listenDataPath,
+  ROUTER_DATA_PREFACE,
+  serveFrames,
+  writeFrame,
+} from "./data-path.js";
 
 /** A stream of frames as bytes, with the preface in front. */
 function stream(frames: Buffer[]): Buffer {
@@ -128,5 +137,50 @@ describe("writeFrame over a real socket", () => {
     expect(got.map((g) => g.length)).toEqual(want.map((w) => w.length));
     for (const [i, g] of got.entries()) expect(g.equals(want[i])).toBe(true);
     expect(written).toEqual([0, 1, 2, 3]);
+  });
+});
+
+describe("serving connections (serveFrames, listenDataPath)", () => {
+  it("drops a connection whose preface is overdue, telling why, and keeps one that sent it", async () => {
+    const violations: string[] = [];
+    const server = await listenDataPath("127.0.0.1", 0, (s) =>
+      serveFrames(
+        s,
+        1 << 20,
+        () => {},
+        (e) => violations.push(e.message),
+        DATA_PREFACE,
+        50,
+      ),
+    );
+    try {
+      const silent = connect(server.port, "127.0.0.1");
+      const polite = connect(server.port, "127.0.0.1");
+      await Promise.all([once(silent, "connect"), once(polite, "connect")]);
+      polite.write(DATA_PREFACE);
+      await once(silent, "close");
+      expect(violations).toEqual(["no preface within 50 ms"]);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(polite.destroyed).toBe(false);
+      polite.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("refuses connections past maxConnections, so that they cannot take every file handle", async () => {
+    const server = await listenDataPath("127.0.0.1", 0, () => {}, { maxConnections: 2 });
+    try {
+      const open = [connect(server.port, "127.0.0.1"), connect(server.port, "127.0.0.1")];
+      await Promise.all(open.map((s) => once(s, "connect")));
+      await new Promise((r) => setTimeout(r, 50));
+      const third = connect(server.port, "127.0.0.1");
+      third.on("error", () => {});
+      await once(third, "close"); // Node closes it on accept
+      expect(open.every((s) => !s.destroyed)).toBe(true);
+      for (const s of open) s.destroy();
+    } finally {
+      await server.close();
+    }
   });
 });

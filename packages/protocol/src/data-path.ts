@@ -115,6 +115,11 @@ export class FrameReader {
     }
   }
 
+  /** True until the whole preface has arrived. */
+  get awaitingPreface(): boolean {
+    return this.prefaceLeft > 0;
+  }
+
   /** True between frames (nothing partial buffered): a connection closing now lost no message. */
   get idle(): boolean {
     return this.bodyLen < 0 && this.headHave === 0;
@@ -132,9 +137,19 @@ export function serveFrames(
   onFrame: (frame: Buffer) => void,
   onViolation?: (err: Error) => void,
   preface: Buffer = DATA_PREFACE,
+  prefaceTimeoutMs = PREFACE_TIMEOUT_MS,
 ): void {
   socket.setNoDelay(true);
   const reader = new FrameReader(maxFrameBytes, preface, onFrame);
+  // A connection that never says who it is holds a file handle for nothing (1,000 of them took every handle a router
+  // had): it is dropped once the preface is overdue.
+  const prefaceTimer = setTimeout(() => {
+    if (!reader.awaitingPreface) return;
+    onViolation?.(new DataPathError(`no preface within ${prefaceTimeoutMs} ms`));
+    socket.destroy();
+  }, prefaceTimeoutMs);
+  prefaceTimer.unref();
+  socket.on("close", () => clearTimeout(prefaceTimer));
   socket.on("data", (chunk: Buffer) => {
     try {
       reader.push(chunk);
@@ -145,6 +160,11 @@ export function serveFrames(
   });
   socket.on("error", () => {});
 }
+
+/** How long an accepted data-path connection may take to send its preface before it is dropped. */
+export const PREFACE_TIMEOUT_MS = 10_000;
+/** Open data-path connections a server accepts at once (engines and routers hold a few each). */
+export const MAX_DATA_CONNECTIONS = 1024;
 
 /** The 4-byte length prefix of a frame of `len` bytes. */
 export function frameHeader(len: number): Buffer {
@@ -193,7 +213,7 @@ export async function listenDataPath(
   host: string,
   port: number,
   onConnection: (socket: Socket) => void,
-  o: { allowHalfOpen?: boolean } = {},
+  o: { allowHalfOpen?: boolean; maxConnections?: number } = {},
 ): Promise<DataPathServer> {
   const sockets = new Set<Socket>();
   const server = createServer({ allowHalfOpen: o.allowHalfOpen ?? false }, (s) => {
@@ -201,6 +221,9 @@ export async function listenDataPath(
     s.on("close", () => sockets.delete(s));
     onConnection(s);
   });
+  // Past this many open connections new ones are refused at once (Node closes them), so that connections alone cannot
+  // take every file handle the process has: its worker connections, gRPC and /metrics need some too.
+  server.maxConnections = o.maxConnections ?? MAX_DATA_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {
