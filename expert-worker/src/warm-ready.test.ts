@@ -6,12 +6,12 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { credentials, Metadata, makeGenericClientConstructor } from "@grpc/grpc-js";
+import { credentials, Metadata } from "@grpc/grpc-js";
 import { generateCheckpoint, openCheckpoint } from "@switchyard/moe";
 import { ExpertWorkerClient, type WorkerStatus } from "@switchyard/protocol";
-import { service as healthService } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ExpertSource } from "./core.js";
+import { health } from "./testing.js";
 import { checkpointSource, startWorker, WORKER_SERVICE, type WorkerHandle } from "./worker.js";
 
 let dir: string;
@@ -33,22 +33,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
-
-type HealthClient = {
-  check(req: { service: string }, cb: (e: Error | null, r: { status: string }) => void): void;
-  close(): void;
-};
-
-async function health(port: number, service: string): Promise<string> {
-  const Health = makeGenericClientConstructor(healthService, "Health");
-  const h = new Health(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as HealthClient;
-  try {
-    return (await new Promise<{ status: string }>((res, rej) => h.check({ service }, (e, x) => (e ? rej(e) : res(x)))))
-      .status;
-  } finally {
-    h.close();
-  }
-}
 
 async function readyz(w: WorkerHandle): Promise<number> {
   return (await fetch(`http://127.0.0.1:${w.metricsPort}/readyz`)).status;

@@ -6,12 +6,11 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { credentials, makeGenericClientConstructor } from "@grpc/grpc-js";
 import { generateCheckpoint } from "@switchyard/moe";
-import { service as healthService } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ReferenceBackend } from "./backend/reference.js";
 import type { ExpertBackend, ExpertWeights, PreparedExpert } from "./backend/types.js";
+import { health } from "./testing.js";
 import { startWorker, WORKER_SERVICE } from "./worker.js";
 
 let dir: string;
@@ -37,21 +36,6 @@ class BreakableBackend extends ReferenceBackend implements ExpertBackend {
   override async prepare(w: ExpertWeights): Promise<PreparedExpert> {
     await this.gate; // the warm-up is still running when the device breaks
     return super.prepare(w);
-  }
-}
-
-type HealthClient = {
-  check(req: { service: string }, cb: (e: Error | null, r: { status: string }) => void): void;
-  close(): void;
-};
-async function health(port: number, service: string): Promise<string> {
-  const Health = makeGenericClientConstructor(healthService, "Health");
-  const h = new Health(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as HealthClient;
-  try {
-    return (await new Promise<{ status: string }>((res, rej) => h.check({ service }, (e, x) => (e ? rej(e) : res(x)))))
-      .status;
-  } finally {
-    h.close();
   }
 }
 

@@ -22,6 +22,8 @@ import switchyard_client.grpc_client as grpc_client  # noqa: E402
 from switchyard_client import RouterError  # noqa: E402
 from switchyard_client.grpc_client import RouterGrpcClient  # noqa: E402
 
+from check_data_path import run_checks  # noqa: E402  (this directory: the checks' shared runner)
+
 
 class FakeGrpcRouter:
     """Router.Forward that answers each request with its own hidden states, after `hold` seconds or once the call
@@ -123,18 +125,7 @@ CHECKS = (router_error_pickles, grpc_timeout_checked, grpc_default_deadline, grp
 
 
 def run_all(verbose: bool = False) -> list:
-    failed = []
-    for check in CHECKS:
-        t0 = time.monotonic()
-        try:
-            check()
-            if verbose:
-                print(f"ok   {check.__name__} ({time.monotonic() - t0:.1f} s)")
-        except Exception as e:  # noqa: BLE001
-            failed.append(f"{check.__name__}: {e!r}")
-            if verbose:
-                print(f"FAIL {check.__name__}: {e!r}")
-    return failed
+    return run_checks(CHECKS, verbose)
 
 
 if __name__ == "__main__":

@@ -290,31 +290,9 @@ describe("WorkerConn health", () => {
     const avg = conn.latencyMs;
     worker.mode = "hang";
     let id = 0;
-    const out = conn
-      .run(
-        (batchId) => {
-          id = Number(batchId);
-          return encodeExpertBatch(
-            {
-              pool: "p",
-              layer: 0,
-              dtype: DType.FLOAT32,
-              rows: 2,
-              hidden: D,
-              rowBytes: D * 4,
-              slices: [{ expert: 1, offset: 0, count: 2 }],
-              batchId,
-              timeoutMs: 3_600_000,
-            },
-            (dst, at) => dst.set(tokens.data, at),
-          );
-        },
-        0,
-        [1],
-        3_600_000,
-        2,
-      )
-      .catch((e) => e);
+    const out = send(conn, 3_600_000, undefined, (i) => {
+      id = i;
+    }).catch((e) => e);
     expect(conn.outstandingTokens).toBe(2);
     conn.abandon(id);
     expect(isSwitchyardError(await out, "CANCELLED")).toBe(true);
