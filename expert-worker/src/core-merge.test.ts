@@ -229,6 +229,19 @@ describe("WorkerCore: queued batches of a layer share a backend run", () => {
     }
   });
 
+  it("never merges past the rows the backend runs at once (the CUDA backend's maxRunRows)", async () => {
+    const merging = new DeviceLike(true);
+    const limited = Object.assign(merging, { maxRunRows: () => 11 });
+    const { core } = coreOver(limited);
+    merging.hold();
+    const done = [9, 5, 6, 4].map((rows, i) => core.runBatch(batch(40 + i, { rows })));
+    await new Promise((r) => setTimeout(r, 10));
+    merging.open();
+    await Promise.all(done);
+    // as with --max-rows 11: no run that the backend would cut into parts again
+    expect(merging.runs).toEqual([9, 5 + 6, 4]);
+  });
+
   it("runs no more batches together than the device's expert slots hold at once", async () => {
     // batches over all 4 experts of layer 0 or over experts 0-1 only: a run holds them together while the slots
     // hold the union of their experts

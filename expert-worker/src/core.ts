@@ -146,8 +146,13 @@ export class WorkerCore {
       .submitMergeable<BatchPart, PartOutcome>(
         { part: { b, live, distinct, onDevice }, key, weight: b.rows, signal },
         (parts, sig) => this.runParts(parts, sig),
-        // no run above what one batch may hold (--max-rows bounds a run's memory too)
-        Math.min(this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS, this.o.maxRows ?? Number.POSITIVE_INFINITY),
+        // no run above what one batch may hold (--max-rows bounds a run's memory too), nor above what the backend
+        // runs at once (CUDA: the rows its run buffers fit in; more would be run in parts again)
+        Math.min(
+          this.o.maxMergeRows ?? DEFAULT_MAX_MERGE_ROWS,
+          this.o.maxRows ?? Number.POSITIVE_INFINITY,
+          backend.maxRunRows?.() ?? Number.POSITIVE_INFINITY,
+        ),
       )
       .finally(() => metrics.queuedRows.dec(b.rows));
     if ("error" in outcome) throw outcome.error;

@@ -79,6 +79,7 @@ function workerOnFakeGpu(
   backend: ExpertBackend,
   seed: number,
   sizes: Pick<WorkerOptions, "cacheCapacity" | "hostCacheCapacity"> = { cacheCapacity: 4 },
+  more: Pick<WorkerOptions, "maxRows" | "log"> = {},
 ) {
   const h = {} as { w: WorkerHandle; client: ExpertWorkerClient; dir: string };
   beforeAll(async () => {
@@ -96,6 +97,7 @@ function workerOnFakeGpu(
       ...sizes,
       warm: false,
       log: () => {},
+      ...more,
     });
     h.client = new ExpertWorkerClient(`127.0.0.1:${h.w.port}`, credentials.createInsecure());
   });
@@ -399,5 +401,41 @@ describe("a Prefetch whose uploads fail (fake CUDA addon)", () => {
     } finally {
       failing.calls.uploadError = undefined;
     }
+  });
+});
+
+describe("the rows of a GPU run (fake CUDA addon)", () => {
+  const lines: string[] = [];
+  const log = (l: string) => lines.push(l);
+  // the override and --max-rows both below free memory's bound: the least of them, 3
+  const fake = fakeAddon();
+  fake.addon.memInfo = () => ({ free: 40 * 2 ** 30, total: 80 * 2 ** 30 });
+  const backend = new CudaBackend(fake.addon, fake.addon.probe(), { SWITCHYARD_GPU_MAX_ROWS: "3" });
+  const h = workerOnFakeGpu(backend, 13, { cacheCapacity: 4 }, { maxRows: 5, log });
+  const capped = fakeAddon();
+  capped.addon.memInfo = () => ({ free: 40 * 2 ** 30, total: 80 * 2 ** 30 });
+  const h2 = workerOnFakeGpu(new CudaBackend(capped.addon, capped.addon.probe(), {}), 14, {}, { maxRows: 5, log });
+  const scrape = async (w: WorkerHandle) => (await fetch(`http://127.0.0.1:${w.metricsPort}/metrics`)).text();
+
+  it("a batch with more rows than a run holds runs in parts; the limit is logged once and on /metrics", async () => {
+    expect(metric(await scrape(h.w), "switchyard_worker_gpu_max_run_rows")).toBe(0); // no context yet
+    const res = await call<ExpertBatch, ExpertResult>(h.client.runExperts.bind(h.client), batch([0, 1, 2, 0, 1], 1n));
+    expect(res.output?.shape).toEqual([5, D]);
+    expect(fake.calls.runs).toBe(2); // 3 rows, then 2
+    expect(metric(await scrape(h.w), "switchyard_worker_gpu_max_run_rows")).toBe(3);
+    expect(lines.filter((l) => l.includes("at most 3 rows each"))).toEqual([
+      expect.stringMatching(/^GPU runs on CUDA device 0: at most 3 rows each \(SWITCHYARD_GPU_MAX_ROWS=3 /),
+    ]);
+  });
+
+  it("free memory's bound, far above --max-rows, is capped by it", async () => {
+    await call<ExpertBatch, ExpertResult>(h2.client.runExperts.bind(h2.client), batch([0, 1, 2, 3, 4], 1n));
+    expect(capped.calls.runs).toBe(1);
+    expect(metric(await scrape(h2.w), "switchyard_worker_gpu_max_run_rows")).toBe(5);
+    expect(lines).toContainEqual(
+      expect.stringMatching(
+        /at most 5 rows each \(40\.0 GiB free after the expert slots, .* bytes per row .*; --max-rows 5\)/,
+      ),
+    );
   });
 });

@@ -45,3 +45,17 @@ describe("WorkerMetrics.collectProcessMetrics", () => {
     expect(text).toMatch(/^process_resident_memory_bytes\{pool="p",worker="w0"\} \d/m);
   });
 });
+
+describe("switchyard_worker_gpu_max_run_rows", () => {
+  it("reads the backend's rows per run at scrape time, 0 while it has none (CPU, or no context yet)", async () => {
+    const m = new WorkerMetrics({ pool: "p", worker: "w" });
+    const value = async () =>
+      (await m.registry.getSingleMetric("switchyard_worker_gpu_max_run_rows")?.get())?.values[0]?.value;
+    expect(await value()).toBe(0);
+    let rows: number | undefined;
+    m.gpuRunRowLimit = () => rows;
+    expect(await value()).toBe(0);
+    rows = 97885;
+    expect(await value()).toBe(97885);
+  });
+});

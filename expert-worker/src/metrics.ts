@@ -30,6 +30,9 @@ export class WorkerMetrics {
   readonly gpuCacheTransferBytes: Counter;
   readonly gpuCacheResident: Gauge;
   readonly gpuCacheCapacity: Gauge;
+  readonly gpuMaxRunRows: Gauge;
+  /** Where the GPU run row limit gauge reads from at scrape time (the backend's maxRunRows). */
+  gpuRunRowLimit: () => number | undefined = () => undefined;
   /** Where the GPU resident/capacity gauges read from at scrape time (the backend's device-tier counters). */
   gpuCacheStats: () => { resident: number; capacity: number } | undefined = () => undefined;
   readonly queueDepth: Gauge;
@@ -196,6 +199,12 @@ export class WorkerMetrics {
       help: "GPU expert slots (CUDA backend; 0 until the first expert is prepared, and on CPU workers).",
       registers,
       collect: () => this.setGpuCacheGauges(this.gpuCacheStats()),
+    });
+    this.gpuMaxRunRows = new Gauge({
+      name: "switchyard_worker_gpu_max_run_rows",
+      help: "Rows one GPU run holds at most, from the device memory left after the expert slots (or SWITCHYARD_GPU_MAX_ROWS), never above --max-rows; a batch with more runs in parts (CUDA backend; 0 until the first expert is prepared, and on CPU workers). Multi-GPU: the least of the devices'.",
+      registers,
+      collect: () => this.gpuMaxRunRows.set(this.gpuRunRowLimit() ?? 0),
     });
     this.queueDepth = new Gauge({
       name: "switchyard_worker_queue_depth",

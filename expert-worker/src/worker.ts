@@ -239,6 +239,11 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     });
     metrics.backendInfo.set({ backend: backend.kind }, 1);
     metrics.devices.set(backend.kind === "cuda" ? (backend.deviceCount ?? 1) : 0);
+    // The backend's own lines (CUDA: its rows per run, once its context is made) in the worker's log; its row limit
+    // never above --max-rows.
+    backend.setLog?.(log);
+    if (o.maxRows !== undefined) backend.setMaxRunRows?.(o.maxRows);
+    if (backend.maxRunRows) metrics.gpuRunRowLimit = backend.maxRunRows.bind(backend);
     // The GPU tier (CUDA) and the host tier behind it, or on CPU the one host tier (cacheTiers). The GPU tier's events
     // feed the switchyard_worker_gpu_cache_* series.
     const deviceTier = backend.setDeviceCacheCapacity !== undefined;

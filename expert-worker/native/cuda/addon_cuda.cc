@@ -20,7 +20,13 @@
 //       gather runs on the GPU, so only the distinct tokens cross PCIe. sumByToken: instead of the rows, fp32
 //       [distinct, cols] with each token's rows (unscaled, rounded to dtype) weighted by w and summed in row order on
 //       the GPU (token_rows.h): the host sum's arithmetic, bit for bit.
-//   stats(ctx) -> {runs, uploads, uploadBytes, deviceBytes, slots, sync: "blocking" | "spin"}
+//   stats(ctx) -> {runs, uploads, uploadBytes, deviceBytes, slots, sync: "blocking" | "spin", runBufferBytes}
+//                                                       runBufferBytes: the device bytes the run buffer sets not in
+//                                                       use by a run hold (what the runs' sizes left; tests check
+//                                                       cuda.ts's bytes-per-row bound against it)
+//   memInfo(ctx) -> {free, total}                      cudaMemGetInfo on the context's device: called once the slots
+//                                                       are allocated, it is what the run buffers have (cuda.ts sizes
+//                                                       its row limit from it: run-rows.ts)
 // Every CUDA call runs on a libuv worker thread (Napi::AsyncWorker), never on the event loop; up to runsInFlight runs
 // at a time per context (Ctx::io), their kernels in order on one stream, uploads concurrently with them.
 //
@@ -861,6 +867,33 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   o.Set("deviceBytes", static_cast<double>(c->device_bytes));
   o.Set("slots", c->slots);
   o.Set("sync", (c->event_flags & cudaEventBlockingSync) ? "blocking" : "spin");
+  // the sets a run holds are left out: their buffers may be growing on its worker thread
+  size_t run_bytes = 0;
+  {
+    std::lock_guard<std::mutex> lk(c->io_mu);
+    for (IoSet* set : c->io_free)
+      for (const DeviceBuf* b : {&set->d_stage, &set->d_in, &set->d_out, &set->d_sum, &set->ws}) run_bytes += b->n;
+  }
+  o.Set("runBufferBytes", static_cast<double>(run_bytes));
+  return o;
+}
+
+// What the context's device has free now, and its size (cudaMemGetInfo). On the calling thread (the event loop), as
+// createContext is: called once, after the slots are allocated. A failure throws (no code: the caller goes on
+// without the figure).
+Napi::Value MemInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto c = GetCtx(env, info[0]);
+  size_t free_b = 0, total_b = 0;
+  cudaError_t e = cudaSetDevice(c->device);
+  if (e == cudaSuccess) e = cudaMemGetInfo(&free_b, &total_b);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // not left for the next call on this thread (see CK_THROW)
+    throw Napi::Error::New(env, cuda_msg("memInfo: cudaMemGetInfo", e));
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("free", static_cast<double>(free_b));
+  o.Set("total", static_cast<double>(total_b));
   return o;
 }
 
@@ -882,6 +915,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("upload", Napi::Function::New(env, Upload));
   exports.Set("run", Napi::Function::New(env, Run));
   exports.Set("stats", Napi::Function::New(env, Stats));
+  exports.Set("memInfo", Napi::Function::New(env, MemInfo));
   return exports;
 }
 

@@ -2,8 +2,10 @@
 // GPU-cache bookkeeping across batches, shape checks, release of pins when a run fails.
 import { DType } from "@switchyard/protocol";
 import { describe, expect, it } from "vitest";
-import { randomExpert, rng } from "../testing.js";
+import { randomExpert, rng, uniform } from "../testing.js";
+import { sumRowsByToken } from "../token-rows.js";
 import { type CudaAddon, CudaBackend, type CudaProbeInfo } from "./cuda.js";
+import { MAX_ADDON_ROWS, runRowLimit } from "./run-rows.js";
 
 const INFO: CudaProbeInfo = { ok: true, name: "fake", sms: 1, totalMem: 1e9, cc: "9.0" };
 
@@ -331,5 +333,202 @@ describe("CudaBackend (fake addon)", () => {
     expect(got).toHaveLength(2 * d);
     expect(got[0]).toBe(sum([0, 2]));
     expect(got[d]).toBe(sum([1, 3]));
+  });
+});
+
+/**
+ * A fake addon that computes: fp32 tokens only, row r = (its token) x (its slot's expert's scale), weighted unless
+ * summed, summed per token as the device does (sumRowsByToken, the device sum's arithmetic). A row's answer depends
+ * on its token and expert alone, as each row of the real kernel does, so a run in parts must answer one run's bytes.
+ */
+function computingAddon(o: { free?: number } = {}) {
+  const scale: number[] = [];
+  const calls = {
+    order: [] as string[],
+    runs: [] as { rows: number; distinct: number; tokenRows: boolean; sum: boolean }[],
+  };
+  const addon: CudaAddon = {
+    probe: () => INFO,
+    createContext: () => {
+      calls.order.push("createContext");
+      return { ctx: true };
+    },
+    upload: async (_ctx, slot, gate) => {
+      scale[slot] = 1 + (gate.data[0] as number) / 256; // the expert's own number, whatever slot it lands in
+      return 1000;
+    },
+    run: async (_ctx, r) => {
+      const x = new Float32Array(r.tokens.slice().buffer);
+      const distinct = x.length / r.cols;
+      calls.runs.push({ rows: r.rows, distinct, tokenRows: r.tokenRows !== undefined, sum: r.sumByToken === true });
+      const out = new Float32Array(r.rows * r.cols);
+      for (let i = 0; i < r.rows; i++) {
+        const slot = r.rowSlots[i] as number;
+        if (slot < 0) continue;
+        const t = r.tokenRows ? (r.tokenRows[i] as number) : i;
+        const w = r.rowWeights && !r.sumByToken ? (r.rowWeights[i] as number) : 1;
+        for (let c = 0; c < r.cols; c++)
+          out[i * r.cols + c] = Math.fround(Math.fround((x[t * r.cols + c] as number) * (scale[slot] as number)) * w);
+      }
+      const rows = new Uint8Array(out.buffer);
+      if (!r.sumByToken) return rows;
+      const sums = sumRowsByToken(rows, DType.FLOAT32, r.tokenRows as Uint32Array, distinct, r.cols, r.rowWeights);
+      return new Uint8Array(sums.buffer);
+    },
+    stats: () => ({ runs: 0, uploads: 0, uploadBytes: 0, deviceBytes: 0, slots: 0 }),
+  };
+  if (o.free !== undefined)
+    addon.memInfo = () => {
+      calls.order.push("memInfo");
+      return { free: o.free as number, total: 2 * (o.free as number) };
+    };
+  return { addon, calls };
+}
+
+describe("CudaBackend: rows per run (fake addon)", () => {
+  const d = 16;
+  const f = 24;
+  const GIB = 2 ** 30;
+  const expertBytes = 3 * d * f * 2;
+
+  it("sizes its row limit from what the device has free once the slots are taken, and logs how", async () => {
+    const { addon, calls } = computingAddon({ free: 3 * GIB });
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "4" });
+    const lines: string[] = [];
+    b.setLog((l) => lines.push(l));
+    expect(b.maxRunRows()).toBeUndefined(); // no context yet
+    await b.prepare(randomExpert(d, f, "bfloat16", rng(1)));
+    expect(calls.order).toEqual(["createContext", "memInfo"]);
+    const want = runRowLimit({ d, f, slots: 4, runsInFlight: 2, freeBytes: 3 * GIB });
+    expect(b.maxRunRows()).toBe(want.rows);
+    expect(want.rows).toBeLessThan(MAX_ADDON_ROWS);
+    expect(lines).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^GPU runs on CUDA device 0: at most ${want.rows} rows each \\(3\\.0 GiB free after the expert slots, .* at ${want.bytesPerRow} bytes per row`,
+        ),
+      ),
+    ]);
+    expect(b.describe()).toMatch(new RegExp(`4 slots, at most ${want.rows} rows per run`));
+  });
+
+  it("from an addon without memInfo: device 0's free memory at the probe less the slots, else only the addon's bound", async () => {
+    const probed = new CudaBackend(
+      computingAddon().addon,
+      { ...INFO, freeMem: 5 * GIB },
+      { SWITCHYARD_GPU_CACHE_SLOTS: "4" },
+    );
+    await probed.prepare(randomExpert(d, f, "bfloat16", rng(1)));
+    expect(probed.maxRunRows()).toBe(
+      runRowLimit({ d, f, slots: 4, runsInFlight: 2, freeBytes: 5 * GIB - 4 * expertBytes }).rows,
+    );
+    const lines: string[] = [];
+    const blind = new CudaBackend(computingAddon().addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "4" });
+    blind.setLog((l) => lines.push(l));
+    await blind.prepare(randomExpert(d, f, "bfloat16", rng(1)));
+    expect(blind.maxRunRows()).toBe(MAX_ADDON_ROWS);
+    expect(lines[0]).toMatch(/free device memory unknown/);
+  });
+
+  it("is never above the worker's --max-rows, given before or after the context; SWITCHYARD_GPU_MAX_ROWS overrides", async () => {
+    const before = new CudaBackend(computingAddon({ free: 3 * GIB }).addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "4" });
+    before.setMaxRunRows(100);
+    await before.prepare(randomExpert(d, f, "bfloat16", rng(1)));
+    expect(before.maxRunRows()).toBe(100);
+    const after = new CudaBackend(computingAddon({ free: 3 * GIB }).addon, INFO, {
+      SWITCHYARD_GPU_CACHE_SLOTS: "4",
+      SWITCHYARD_GPU_MAX_ROWS: "500",
+    });
+    await after.prepare(randomExpert(d, f, "bfloat16", rng(1)));
+    expect(after.maxRunRows()).toBe(500); // in place of free memory's (far more at this size)
+    after.setMaxRunRows(200);
+    expect(after.maxRunRows()).toBe(200);
+    after.setMaxRunRows(1000);
+    expect(after.maxRunRows()).toBe(500);
+    expect(() => after.setMaxRunRows(0)).toThrow(/integer >= 1/);
+    expect(() => new CudaBackend(computingAddon().addon, INFO, { SWITCHYARD_GPU_MAX_ROWS: "many" })).toThrow(
+      /^SWITCHYARD_GPU_MAX_ROWS: expected an integer >= 1, got "many"/,
+    );
+  });
+
+  it("runs a batch with more rows than the limit in parts of at most that many, answering one run's bytes", async () => {
+    const next = rng(99);
+    const weights = [0, 1, 2].map(() => randomExpert(d, f, "bfloat16", next));
+    const whole = computingAddon();
+    const parts = computingAddon();
+    const one = new CudaBackend(whole.addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "3" });
+    const cut = new CudaBackend(parts.addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "3", SWITCHYARD_GPU_MAX_ROWS: "4" });
+    const e1 = await Promise.all(weights.map((w) => one.prepare(w)));
+    const e2 = await Promise.all(weights.map((w) => cut.prepare(w)));
+    // 13 rows: expert 0 rows 0-4, row 5 in no slice, expert 1 rows 6-7, expert 2 rows 8-12
+    const slices = (es: unknown[]) => [
+      { expert: es[0] as never, offset: 0, count: 5 },
+      { expert: es[1] as never, offset: 6, count: 2 },
+      { expert: es[2] as never, offset: 8, count: 5 },
+    ];
+    const rows = 13;
+    const rowWeights = uniform(rows, 1, next);
+    const fp32 = (a: Float32Array) => new Uint8Array(a.buffer);
+    const plain = fp32(uniform(rows * d, 2, next));
+    const u = 4; // distinct tokens, each in several rows: as many as a run holds
+    const tokenRows = Uint32Array.from({ length: rows }, (_, r) => (r * 3) % u);
+    const distinct = fp32(uniform(u * d, 2, next));
+    const many = 6; // more distinct tokens than a run holds (token 5 in no row)
+    const manyRows = Uint32Array.from({ length: rows }, (_, r) => r % 5);
+    const base = { dtype: DType.FLOAT32, rows, cols: d };
+    const cases = {
+      plain: { tokens: plain },
+      weighted: { tokens: plain, rowWeights },
+      deduplicated: { tokens: distinct, tokenRows, rowWeights },
+      summed: { tokens: distinct, tokenRows, rowWeights, sumByToken: true },
+      "summed, more tokens than a run holds": {
+        tokens: fp32(uniform(many * d, 2, next)),
+        tokenRows: manyRows,
+        rowWeights,
+        sumByToken: true,
+      },
+    };
+    for (const [name, c] of Object.entries(cases)) {
+      whole.calls.runs.length = 0;
+      parts.calls.runs.length = 0;
+      const want = await one.run({ ...base, ...c, slices: slices(e1) });
+      const got = await cut.run({ ...base, ...c, slices: slices(e2) });
+      expect(Buffer.from(got).equals(Buffer.from(want)), name).toBe(true);
+      expect(whole.calls.runs, name).toHaveLength(1);
+      // the 12 rows in slices, 4 at a time; row 5 goes nowhere
+      expect(
+        parts.calls.runs.map((r) => r.rows),
+        name,
+      ).toEqual([4, 4, 4]);
+      // the parts answer rows (the host sums them once); more distinct tokens than fit go up as rows
+      expect(
+        parts.calls.runs.every((r) => !r.sum),
+        name,
+      ).toBe(true);
+      const expanded = name === "summed, more tokens than a run holds";
+      expect(
+        parts.calls.runs.map((r) => r.tokenRows),
+        name,
+      ).toEqual(Array(3).fill("tokenRows" in c && !expanded));
+      for (const r of parts.calls.runs) expect(r.distinct, name).toBeLessThanOrEqual(4);
+    }
+    // the row in no slice stays zero
+    const split = new Float32Array((await cut.run({ ...base, tokens: plain, slices: slices(e2) })).buffer);
+    expect(split.subarray(5 * d, 6 * d).every((v) => v === 0)).toBe(true);
+    expect(split.subarray(4 * d, 5 * d).some((v) => v !== 0)).toBe(true);
+  });
+
+  it("runs a batch within the limit as it came, in one run", async () => {
+    const { addon, calls } = computingAddon();
+    const b = new CudaBackend(addon, INFO, { SWITCHYARD_GPU_CACHE_SLOTS: "2", SWITCHYARD_GPU_MAX_ROWS: "4" });
+    const e = await b.prepare(randomExpert(d, f, "bfloat16", rng(3)));
+    await b.run({
+      dtype: DType.FLOAT32,
+      tokens: new Uint8Array(4 * d * 4),
+      rows: 4,
+      cols: d,
+      slices: [{ expert: e, offset: 1, count: 2 }],
+    });
+    expect(calls.runs).toEqual([{ rows: 4, distinct: 4, tokenRows: false, sum: false }]);
   });
 });

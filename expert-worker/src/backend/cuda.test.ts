@@ -14,6 +14,7 @@ import {
 import { cudaParity } from "./cuda-parity.js";
 import { MultiDeviceBackend } from "./multi-device.js";
 import { ReferenceBackend } from "./reference.js";
+import { MAX_ADDON_ROWS, runDeviceBytes } from "./run-rows.js";
 
 describe("slotCount", () => {
   it("takes SWITCHYARD_GPU_CACHE_SLOTS, then SWITCHYARD_CACHE_CAPACITY, capped at 1024", () => {
@@ -328,6 +329,122 @@ describe("cuda backend", () => {
         // one stream runs them one after the other: neither counts the other's time, so together they fit in the
         // pair's wall time (a start event recorded before the other run's work would count it twice)
         expect((pair[0]?.seen[0] as number) + (pair[1]?.seen[0] as number)).toBeLessThanOrEqual(pairWallMs);
+      }
+    },
+  );
+
+  it.skipIf(!!why)(
+    `a batch over the row limit (SWITCHYARD_GPU_MAX_ROWS) runs in parts and answers one run's bytes${why ? ` (skipped: ${why})` : ""}`,
+    async () => {
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS;
+      const whole = (await probeCudaBackend()) as CudaBackend;
+      process.env.SWITCHYARD_GPU_MAX_ROWS = "37";
+      let cut: CudaBackend;
+      try {
+        cut = (await probeCudaBackend()) as CudaBackend;
+      } finally {
+        delete process.env.SWITCHYARD_GPU_MAX_ROWS;
+      }
+      const next = rng(Date.now() >>> 0);
+      // f < 4096: sy_moe never splits GEMM2's K here, which it decides from a run's rows (see the README), so each
+      // row's bits are the same in a part as in the whole run
+      const d = 256;
+      const f = 384;
+      const weights = [0, 1, 2, 3].map(() => randomExpert(d, f, "bfloat16", next));
+      const e1 = await Promise.all(weights.map((w) => whole.prepare(w)));
+      const e2 = await Promise.all(weights.map((w) => cut.prepare(w)));
+      expect(cut.maxRunRows()).toBe(37);
+      const rows = 300;
+      const counts = [90, 1, 150, 50]; // 291 rows in slices, 9 in none
+      const slices = (es: unknown[]) => {
+        let at = 0;
+        return counts.map((count, i) => {
+          const s = { expert: es[i] as never, offset: at, count };
+          at += count + (i === 1 ? 9 : 0);
+          return s;
+        });
+      };
+      const rowWeights = uniform(rows, 1, next);
+      const u = 30;
+      const tokenRows = Uint32Array.from({ length: rows }, (_, r) => (r * 7) % u);
+      const many = 64; // more distinct tokens than a run holds: gathered on the host
+      const manyRows = Uint32Array.from({ length: rows }, (_, r) => (r * 11) % many);
+      for (const dtype of [DType.BFLOAT16, DType.FLOAT16, DType.FLOAT32]) {
+        const plain = new Uint8Array(valuesToBytes(uniform(rows * d, 2, next), dtype));
+        const distinct = new Uint8Array(valuesToBytes(uniform(u * d, 2, next), dtype));
+        const wide = new Uint8Array(valuesToBytes(uniform(many * d, 2, next), dtype));
+        const cases = {
+          weighted: { tokens: plain, rowWeights },
+          deduplicated: { tokens: distinct, tokenRows, rowWeights },
+          summed: { tokens: distinct, tokenRows, rowWeights, sumByToken: true },
+          "summed, 64 tokens": { tokens: wide, tokenRows: manyRows, rowWeights, sumByToken: true },
+        };
+        for (const [name, c] of Object.entries(cases)) {
+          const base = { dtype, rows, cols: d, ...c };
+          const want = await whole.run({ ...base, slices: slices(e1) });
+          const got = await cut.run({ ...base, slices: slices(e2) });
+          expect(Buffer.from(got).equals(Buffer.from(want)), `${name}, dtype ${dtype}`).toBe(true);
+        }
+      }
+    },
+  );
+
+  it.skipIf(!!why)(
+    `the row limit comes from the free memory the device reports, and a run's buffers take what it assumed per row${why ? ` (skipped: ${why})` : ""}`,
+    async () => {
+      delete process.env.SWITCHYARD_GPU_CACHE_SLOTS;
+      process.env.SWITCHYARD_CUDA_RUNS_IN_FLIGHT = "1"; // one set of run buffers: the one the runs below grow
+      let b: CudaBackend;
+      try {
+        b = (await probeCudaBackend()) as CudaBackend;
+      } finally {
+        delete process.env.SWITCHYARD_CUDA_RUNS_IN_FLIGHT;
+      }
+      const lines: string[] = [];
+      b.setLog((l) => lines.push(l));
+      b.setDeviceCacheCapacity(4);
+      const next = rng(Date.now() >>> 0);
+      const d = 1024;
+      const f = 768;
+      const experts = await Promise.all([0, 1].map(() => b.prepare(randomExpert(d, f, "bfloat16", next))));
+      console.log(`[cuda row limit] ${lines.join(" | ")}`);
+      expect(lines[0]).toMatch(
+        /^GPU runs on CUDA device 0: at most \d+ rows each \([\d.]+ GiB free after the expert slots/,
+      );
+      const limit = b.maxRunRows() as number;
+      expect(limit).toBeGreaterThan(100_000); // GiBs free at d = 1024: far more rows than any batch here
+      expect(limit).toBeLessThanOrEqual(MAX_ADDON_ROWS);
+      const addon = loadCudaAddon() as Exclude<ReturnType<typeof loadCudaAddon>, { unavailable: string }>;
+      const ctx = (b as unknown as { ctx: object }).ctx;
+      const mem = (addon.memInfo as NonNullable<typeof addon.memInfo>)(ctx);
+      expect(mem.free).toBeLessThan(mem.total);
+      // deduplicated and summed on the device, a token per row: every buffer at its largest (runDeviceBytes)
+      const run = (rows: number) => {
+        const tokens = new Uint8Array(valuesToBytes(uniform(rows * d, 1, next), DType.BFLOAT16));
+        return b.run({
+          dtype: DType.BFLOAT16,
+          tokens,
+          rows,
+          cols: d,
+          tokenRows: Uint32Array.from({ length: rows }, (_, r) => r),
+          sumByToken: true,
+          slices: [
+            { expert: experts[0] as never, offset: 0, count: rows >> 1 },
+            { expert: experts[1] as never, offset: rows >> 1, count: rows - (rows >> 1) },
+          ],
+        });
+      };
+      // What the run's buffers hold afterwards, as the addon sized them (not cudaMemGetInfo: other test files' GPU
+      // processes allocate and free beside this one), against the bound: at most it, and less only by the cudaMalloc
+      // rounding (10 MiB) and the alignment slack the bound adds for safety (as run-rows.test.ts checks on the CPU)
+      const { perRow, fixed } = runDeviceBytes(d, f, 4);
+      for (const rows of [2, 16_384, 100_000]) {
+        await run(rows);
+        const held = addon.stats(ctx).runBufferBytes as number;
+        const bound = fixed + rows * perRow;
+        console.log(`[cuda row limit] ${rows} rows: run buffers ${held} bytes; bound ${bound}`);
+        expect(held).toBeLessThanOrEqual(bound);
+        expect(held).toBeGreaterThanOrEqual(bound - 10 * 2 ** 20 - (15 * 256 + 32 + 16 * Math.max(0, 4 - rows)));
       }
     },
   );

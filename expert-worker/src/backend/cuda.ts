@@ -9,6 +9,10 @@
 // SWITCHYARD_CACHE_CAPACITY (the pool's cache setting), else as many experts as fit in 80% of device memory; at
 // most 1024. Cache events go to the constructor's callback and to every addDeviceCacheSink() subscriber (the
 // worker's /metrics), and to the process-wide setGpuCacheEventSink() for backends made by probeCudaBackend().
+//
+// Rows: once the context has taken the slots, the memory left bounds the rows of a run (run-rows.ts: the run buffers
+// per row, the headroom, SWITCHYARD_GPU_MAX_ROWS, the worker's --max-rows); a batch with more rows runs in parts, as
+// one with more experts than slots does. One log line says the limit and how it was reached.
 
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -18,10 +22,11 @@ import { protoDType } from "@switchyard/moe";
 import { dtypeSize, resourceExhausted, type SwitchyardError, unavailable } from "@switchyard/protocol";
 import { makePolicy } from "../cache.js";
 import { abortError } from "../queue.js";
-import { sumRowsByToken } from "../token-rows.js";
+import { gatherRows, sumRowsByToken } from "../token-rows.js";
 import { type GpuCacheStats, GpuSlotCache } from "./cuda-cache.js";
-import { chunkBySlots, type DeviceShare, MultiDeviceBackend, runShares } from "./multi-device.js";
+import { chunkShare, type DeviceShare, MultiDeviceBackend, runShares } from "./multi-device.js";
 import { loadNativeAddon, type NativeWeight } from "./native-cpu.js";
+import { describeRowLimit, gpuMaxRows, type RunRowLimit, runRowLimit } from "./run-rows.js";
 import {
   checkExpertWeights,
   type DeviceCacheEvent,
@@ -72,7 +77,17 @@ export interface CudaAddon {
       sumByToken?: boolean;
     },
   ): Promise<CudaRunResult>;
-  stats(ctx: object): { runs: number; uploads: number; uploadBytes: number; deviceBytes: number; slots: number };
+  stats(ctx: object): {
+    runs: number;
+    uploads: number;
+    uploadBytes: number;
+    deviceBytes: number;
+    slots: number;
+    /** Device bytes of the run buffer sets no run holds now (an addon built before it has none). */
+    runBufferBytes?: number;
+  };
+  /** The context's device's free and total memory now (cudaMemGetInfo); an addon built before it has none. */
+  memInfo?(ctx: object): { free: number; total: number };
   /** Tests only: a real fault (illegal address) on the context's device; returns the stream's error. */
   _faultForTests?(ctx: object): string;
 }
@@ -183,6 +198,13 @@ export class CudaBackend implements ExpertBackend {
   private dims: { d: number; f: number } | undefined;
   private cache: GpuSlotCache<CudaPrepared> | undefined;
   private requestedSlots: number | undefined;
+  /** The worker's --max-rows (setMaxRunRows): no run holds more. */
+  private maxRows: number | undefined;
+  /** SWITCHYARD_GPU_MAX_ROWS: the row limit, in place of the one from free memory. */
+  private readonly rowsOverride: number | undefined;
+  /** Rows one run holds at most, set with the context (run-rows.ts). */
+  private rowLimit: RunRowLimit | undefined;
+  private log: ((line: string) => void) | undefined;
   private readonly sinks = new Set<DeviceCacheSink>();
   private readonly fatalListeners = new Set<(why: string) => void>();
   /** The first fatal CUDA error on this device (the context is unusable from then on), or null. */
@@ -209,6 +231,7 @@ export class CudaBackend implements ExpertBackend {
     this.takesTokenRows = where === "device";
     this.runsInFlight = runsInFlight(env);
     this.mergesBatches = mergeBatches(env);
+    this.rowsOverride = gpuMaxRows(env);
     const fault = env.SWITCHYARD_CUDA_FAULT_AT_RUN;
     this.faultAtRun = fault ? Number(fault) : 0;
     if (!Number.isInteger(this.faultAtRun) || this.faultAtRun < 0)
@@ -221,6 +244,36 @@ export class CudaBackend implements ExpertBackend {
     // The slots are allocated with the context at the first prepare(); after that the size is fixed.
     if (this.cache) throw new Error("cuda backend: the GPU expert cache is already allocated");
     this.requestedSlots = experts;
+  }
+
+  /** The worker's --max-rows: the row limit of a run is never above it (the effective limit is the least). */
+  setMaxRunRows(rows: number): void {
+    if (!Number.isInteger(rows) || rows < 1) throw new Error(`max rows: expected an integer >= 1, got ${rows}`);
+    this.maxRows = rows;
+    if (this.rowLimit) this.rowLimit = this.limitRows(this.rowLimit.freeBytes);
+  }
+
+  /** Rows one run holds at most (a batch with more runs in parts); undefined until the context exists. */
+  maxRunRows(): number | undefined {
+    return this.rowLimit?.rows;
+  }
+
+  /** The worker's log: the row limit's line when the context is made. */
+  setLog(log: (line: string) => void): void {
+    this.log = log;
+  }
+
+  private limitRows(freeBytes: number | undefined): RunRowLimit {
+    const { d, f } = this.dims as { d: number; f: number };
+    return runRowLimit({
+      d,
+      f,
+      slots: (this.cache as GpuSlotCache<CudaPrepared>).capacity,
+      runsInFlight: this.runsInFlight,
+      freeBytes,
+      override: this.rowsOverride,
+      maxRows: this.maxRows,
+    });
   }
 
   addDeviceCacheSink(sink: DeviceCacheSink): () => void {
@@ -238,7 +291,9 @@ export class CudaBackend implements ExpertBackend {
   }
 
   describe(): string {
-    const slots = this.cache ? `, GPU expert cache ${this.cache.capacity} slots` : "";
+    const slots = this.cache
+      ? `, GPU expert cache ${this.cache.capacity} slots, at most ${this.rowLimit?.rows} rows per run`
+      : "";
     const dev = this.device > 0 || (this.info.devices ?? 1) > 1 ? `device ${this.device}, ` : "";
     return `cuda (${dev}${this.info.name}, ${this.info.sms} SMs, cc ${this.info.cc}, sy_moe wgmma/TMA kernels${slots})`;
   }
@@ -279,6 +334,8 @@ export class CudaBackend implements ExpertBackend {
       );
       this.ctx = ctx;
       this.dims = { d, f };
+      this.rowLimit = this.limitRows(this.freeAfterSlots(ctx, slots * bytes));
+      this.log?.(describeRowLimit(this.rowLimit, this.device));
     } else if (this.dims.d !== d || this.dims.f !== f) {
       throw new Error(
         `cuda backend: expert shape d=${d} f=${f} differs from the first expert's d=${this.dims.d} f=${this.dims.f}`,
@@ -291,6 +348,21 @@ export class CudaBackend implements ExpertBackend {
       data: m.data,
     });
     return new CudaPrepared(d, f, 3 * d * f * 2, nat(w.gate), nat(w.up), nat(w.down));
+  }
+
+  /**
+   * What the device has free now that the context holds its slots: the addon's figure (cudaMemGetInfo), else, from
+   * an addon built before it, device 0's free memory at the probe less the slots, else unknown.
+   */
+  private freeAfterSlots(ctx: object, slotBytes: number): number | undefined {
+    try {
+      const m = this.addon.memInfo?.(ctx);
+      if (m) return m.free;
+    } catch {
+      // no figure: the estimate below, or none
+    }
+    if (this.device === 0 && this.info.freeMem !== undefined) return Math.max(0, this.info.freeMem - slotBytes);
+    return undefined;
   }
 
   /** Starts moving experts to the GPU ahead of use (best effort; resolves when done). */
@@ -334,37 +406,43 @@ export class CudaBackend implements ExpertBackend {
     if (this.broken !== null) throw unavailable(this.broken);
     if (!this.cache || !this.ctx || !this.dims) throw new Error("cuda backend: run() before any prepare()");
     // A batch that needs more experts than the GPU has slots (cache.residentExperts below the experts one batch
-    // touches) runs in parts of at most that many experts, one after another, put back together as a multi-device
-    // run's parts are; the cache would refuse it whole.
+    // touches), or more rows than its run buffers fit in (rowLimit), runs in parts of at most that many experts and
+    // rows, one after another, put back together as a multi-device run's parts are; the cache would refuse it
+    // whole, the device run out of memory. Parts hold the rows of slices only (rows in no slice stay zero).
     const capacity = this.cache.capacity;
+    const maxRows = this.rowLimit?.rows ?? Number.POSITIVE_INFINITY;
+    const rowBytes = req.cols * dtypeSize(req.dtype);
+    const distinctTokens = req.tokenRows ? req.tokens.byteLength / rowBytes : req.rows;
     const live = req.slices.filter((s) => s.count > 0);
-    if (new Set(live.map((s) => s.expert)).size > capacity) {
-      const share: DeviceShare = { slices: [], from: [], rows: 0 };
-      for (const s of live) {
-        share.slices.push({ expert: s.expert, offset: share.rows, count: s.count });
-        share.from.push({ offset: s.offset, count: s.count });
-        share.rows += s.count;
-      }
-      const shares = [{ device: this.device, parts: chunkBySlots(share, capacity) }];
-      if (!req.sumByToken) return runShares(req, shares, (_d, sub) => this.runWithinSlots(sub));
-      // Each part's device sum would round a token's sum once more per part than one run's does. The parts answer
-      // their rows unscaled, and the host sums them once, in row order with the weights in fp32: the arithmetic of
-      // the device's sum (token_rows.cu), so the answer is bit for bit that of one run.
-      const rows = await runShares({ ...req, sumByToken: false, rowWeights: undefined }, shares, (_d, sub) =>
-        this.runWithinSlots(sub),
-      );
-      const rowBytes = req.cols * dtypeSize(req.dtype);
-      const sums = sumRowsByToken(
-        rows,
-        req.dtype,
-        req.tokenRows as Uint32Array,
-        req.tokens.byteLength / rowBytes,
-        req.cols,
-        req.rowWeights,
-      );
-      return new Uint8Array(sums.buffer, sums.byteOffset, sums.byteLength);
+    if (new Set(live.map((s) => s.expert)).size <= capacity && req.rows <= maxRows && distinctTokens <= maxRows)
+      return this.runWithinSlots(req);
+    const share: DeviceShare = { slices: [], from: [], rows: 0 };
+    for (const s of live) {
+      share.slices.push({ expert: s.expert, offset: share.rows, count: s.count });
+      share.from.push({ offset: s.offset, count: s.count });
+      share.rows += s.count;
     }
-    return this.runWithinSlots(req);
+    const shares = [{ device: this.device, parts: chunkShare(share, { slots: capacity, rows: maxRows }) }];
+    // Each part's device sum would round a token's sum once more per part than one run's does. The parts answer
+    // their rows unscaled, and the host sums them once, in row order with the weights in fp32: the arithmetic of
+    // the device's sum (token_rows.cu), so the answer is that of one run, bit for bit where each row's bits are
+    // (see the README: sy_moe may pick another tiling for a part's fewer rows).
+    let sub: RunRequest = req.sumByToken ? { ...req, sumByToken: false, rowWeights: undefined } : req;
+    // Every part of a deduplicated batch takes all its distinct tokens up (subRequest): more of them than a run
+    // holds would not fit in any part, so such a batch's rows are gathered here and go up as plain rows.
+    if (req.tokenRows && distinctTokens > maxRows)
+      sub = { ...sub, tokens: gatherRows(req.tokens, req.tokenRows, rowBytes), tokenRows: undefined };
+    const rows = await runShares(sub, shares, (_d, part) => this.runWithinSlots(part));
+    if (!req.sumByToken) return rows;
+    const sums = sumRowsByToken(
+      rows,
+      req.dtype,
+      req.tokenRows as Uint32Array,
+      distinctTokens,
+      req.cols,
+      req.rowWeights,
+    );
+    return new Uint8Array(sums.buffer, sums.byteOffset, sums.byteLength);
   }
 
   /** A run whose experts fit in the slots at once. */

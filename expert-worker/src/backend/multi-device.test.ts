@@ -8,7 +8,7 @@ import { generateCheckpoint, openCheckpoint } from "@switchyard/moe";
 import { DType, f32ToBf16 } from "@switchyard/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { gatherRows, sumRowsByToken } from "../token-rows.js";
-import { MultiDeviceBackend } from "./multi-device.js";
+import { chunkShare, type DeviceShare, MultiDeviceBackend } from "./multi-device.js";
 import { ReferenceBackend } from "./reference.js";
 import type {
   DeviceCacheSink,
@@ -296,5 +296,121 @@ describe("MultiDeviceBackend", () => {
     const ac = new AbortController();
     ac.abort(new Error("gone"));
     await expect(m.run({ ...base, slices: two, signal: ac.signal })).rejects.toThrow(/cancel/);
+  });
+});
+
+describe("chunkShare", () => {
+  // experts as plain objects: chunkShare compares them by identity only
+  const [a, b, c] = [0, 1, 2].map((i) => ({ hiddenSize: i, intermediateSize: 0, bytes: 0 }));
+  /** A share of slices [expert, rows] laid end to end, from rows 100, 200, ... of the request. */
+  const share = (...slices: [typeof a, number][]): DeviceShare => {
+    const g: DeviceShare = { slices: [], from: [], rows: 0 };
+    slices.forEach(([expert, count], i) => {
+      g.slices.push({ expert, offset: g.rows, count });
+      g.from.push({ offset: 100 * (i + 1), count });
+      g.rows += count;
+    });
+    return g;
+  };
+  /** Each part as its slices' [expert index, offset, count] and where their rows come from. */
+  const view = (parts: DeviceShare[]) =>
+    parts.map((p) => ({
+      rows: p.rows,
+      slices: p.slices.map((s) => [s.expert.hiddenSize, s.offset, s.count]),
+      from: p.from.map((f) => [f.offset, f.count]),
+    }));
+
+  it("keeps a share that fits as it is", () => {
+    const g = share([a, 3], [b, 4]);
+    expect(chunkShare(g, { slots: 2, rows: 7 })).toEqual([g]);
+    expect(chunkShare(g, {})).toEqual([g]);
+  });
+
+  it("cuts a slice with more rows than a part has room for, its rows to consecutive parts in order", () => {
+    expect(view(chunkShare(share([a, 3], [b, 6], [c, 1]), { rows: 4 }))).toEqual([
+      {
+        rows: 4,
+        slices: [
+          [0, 0, 3],
+          [1, 3, 1],
+        ],
+        from: [
+          [100, 3],
+          [200, 1],
+        ],
+      },
+      { rows: 4, slices: [[1, 0, 4]], from: [[201, 4]] },
+      {
+        rows: 2,
+        slices: [
+          [1, 0, 1],
+          [2, 1, 1],
+        ],
+        from: [
+          [205, 1],
+          [300, 1],
+        ],
+      },
+    ]);
+  });
+
+  it("bounds experts and rows at once; one expert's rows over several parts take a slot in each", () => {
+    expect(view(chunkShare(share([a, 2], [b, 5], [c, 2]), { slots: 2, rows: 5 }))).toEqual([
+      {
+        rows: 5,
+        slices: [
+          [0, 0, 2],
+          [1, 2, 3],
+        ],
+        from: [
+          [100, 2],
+          [200, 3],
+        ],
+      },
+      {
+        rows: 4,
+        slices: [
+          [1, 0, 2],
+          [2, 2, 2],
+        ],
+        from: [
+          [203, 2],
+          [300, 2],
+        ],
+      },
+    ]);
+    expect(view(chunkShare(share([a, 2], [b, 1], [c, 1]), { slots: 1, rows: 100 }))).toEqual([
+      { rows: 2, slices: [[0, 0, 2]], from: [[100, 2]] },
+      { rows: 1, slices: [[1, 0, 1]], from: [[200, 1]] },
+      { rows: 1, slices: [[2, 0, 1]], from: [[300, 1]] },
+    ]);
+  });
+
+  it("every row lands in exactly one part, in order, with no part above its bounds", () => {
+    for (let seed = 1; seed <= 50; seed++) {
+      let x = seed;
+      const next = () => {
+        x = (x * 48271) % 2147483647;
+        return x / 2147483647;
+      };
+      const experts = [a, b, c];
+      const slices: [typeof a, number][] = Array.from({ length: 1 + Math.floor(next() * 8) }, () => [
+        experts[Math.floor(next() * 3)],
+        1 + Math.floor(next() * 20),
+      ]);
+      const g = share(...slices);
+      const limits = { slots: 1 + Math.floor(next() * 3), rows: 1 + Math.floor(next() * 25) };
+      const parts = chunkShare(g, limits);
+      const rows: number[] = [];
+      for (const p of parts) {
+        expect(p.rows).toBeLessThanOrEqual(limits.rows);
+        expect(new Set(p.slices.map((s) => s.expert)).size).toBeLessThanOrEqual(limits.slots);
+        expect(p.slices.reduce((n, s) => n + s.count, 0)).toBe(p.rows);
+        p.from.forEach((f) => {
+          for (let r = 0; r < f.count; r++) rows.push(f.offset + r);
+        });
+      }
+      expect(rows).toEqual(g.from.flatMap((f) => Array.from({ length: f.count }, (_, r) => f.offset + r)));
+    }
   });
 });

@@ -82,21 +82,39 @@ export function splitByDevice(slices: readonly PreparedSlice[]): Map<number, Dev
  * host tier loads an expert before it evicts another, so a device can hold more than its part of the capacity.
  */
 export function chunkBySlots(share: DeviceShare, slots: number | undefined): DeviceShare[] {
+  return chunkShare(share, { slots });
+}
+
+/**
+ * A share cut into parts of at most `slots` distinct experts and at most `rows` rows each (either undefined: no
+ * bound), in slice order; a slice with more rows than a part has room for is cut, its rows going to consecutive
+ * parts. The CUDA backend's runs: its slots, and the rows its run buffers fit in (run-rows.ts).
+ */
+export function chunkShare(share: DeviceShare, limits: { slots?: number; rows?: number }): DeviceShare[] {
+  const slots = limits.slots !== undefined && limits.slots >= 1 ? limits.slots : Number.POSITIVE_INFINITY;
+  const maxRows = limits.rows !== undefined && limits.rows >= 1 ? limits.rows : Number.POSITIVE_INFINITY;
   // no slots known yet (nothing prepared on the device), or room for all
-  if (slots === undefined || slots < 1 || new Set(share.slices.map((s) => s.expert)).size <= slots) return [share];
+  if (share.rows <= maxRows && new Set(share.slices.map((s) => s.expert)).size <= slots) return [share];
   const out: DeviceShare[] = [];
   let cur: DeviceShare = { slices: [], from: [], rows: 0 };
   let experts = new Set<PreparedExpert>();
   share.slices.forEach((s, i) => {
-    if (!experts.has(s.expert) && experts.size === slots) {
-      out.push(cur);
-      cur = { slices: [], from: [], rows: 0 };
-      experts = new Set();
-    }
-    experts.add(s.expert);
-    cur.slices.push({ expert: s.expert, offset: cur.rows, count: s.count });
-    cur.from.push(share.from[i]);
-    cur.rows += s.count;
+    const from = share.from[i];
+    let done = 0;
+    // a slice of no rows still takes its place (and its expert), as it came
+    do {
+      if (cur.rows === maxRows || (!experts.has(s.expert) && experts.size === slots)) {
+        out.push(cur);
+        cur = { slices: [], from: [], rows: 0 };
+        experts = new Set();
+      }
+      const take = Math.min(s.count - done, maxRows - cur.rows);
+      experts.add(s.expert);
+      cur.slices.push({ expert: s.expert, offset: cur.rows, count: take });
+      cur.from.push({ offset: from.offset + done, count: take });
+      cur.rows += take;
+      done += take;
+    } while (done < s.count);
   });
   out.push(cur);
   return out;
@@ -227,6 +245,23 @@ export class MultiDeviceBackend implements ExpertBackend {
       throw new Error(`cache capacity: expected an integer >= 1, got ${experts}`);
     const each = Math.ceil(experts / this.devices.length);
     for (const d of this.devices) d.setDeviceCacheCapacity?.(each);
+  }
+
+  setMaxRunRows(rows: number): void {
+    for (const d of this.devices) d.setMaxRunRows?.(rows);
+  }
+
+  /**
+   * The least of the devices' limits (those known): the rows a run is sure to take on any device without parts. Each
+   * device applies its own to its share of a run.
+   */
+  maxRunRows(): number | undefined {
+    const all = this.devices.map((d) => d.maxRunRows?.()).filter((n): n is number => n !== undefined);
+    return all.length > 0 ? Math.min(...all) : undefined;
+  }
+
+  setLog(log: (line: string) => void): void {
+    for (const d of this.devices) d.setLog?.(log);
   }
 
   addDeviceCacheSink(sink: DeviceCacheSink): () => void {

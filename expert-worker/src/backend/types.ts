@@ -125,6 +125,17 @@ export interface ExpertBackend {
   addDeviceCacheSink?(sink: DeviceCacheSink): () => void;
   /** Device-tier counters, undefined until the tier exists (first prepare()). */
   deviceCacheStats?(): DeviceCacheStats | undefined;
+
+  // Backends whose runs take device memory by their rows (CUDA: run-rows.ts) implement these.
+  /** The worker's --max-rows: no run holds more rows (the backend's own limit is the least of it and its own). */
+  setMaxRunRows?(rows: number): void;
+  /**
+   * Rows one run holds at most: run() runs a batch with more in parts, and the worker merges no more queued rows
+   * than this into one run. Undefined until known (CUDA: the first prepare(), which allocates the device's slots).
+   */
+  maxRunRows?(): number | undefined;
+  /** Where the backend writes the lines of the worker's log it has to say (CUDA: its row limit, once known). */
+  setLog?(log: (line: string) => void): void;
 }
 
 /** Checks shared by every backend's prepare(): gate/up [f, d], down [d, f], byte lengths. */
