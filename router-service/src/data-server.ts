@@ -41,6 +41,8 @@ export interface DataConnectionOptions {
   log: (line: string) => void;
   maxInFlight?: number;
   maxQueuedReplyBytes?: number;
+  /** Bytes of partially received requests held across all connections (default PARTIAL_FRAME_BUDGET_BYTES). */
+  partialFrameBudgetBytes?: number;
 }
 
 /** Serves one accepted engine connection until it closes. */
@@ -69,10 +71,6 @@ export function serveRouterDataConnection(
   socket.on("close", () => {
     closed = true;
     scope.close();
-  });
-  socket.on("end", () => {
-    ended = true;
-    endIfDone();
   });
   // One reply callback per connection, not a closure per request (as the gRPC stream's handlers).
   const ok = (res: ForwardResponse) => {
@@ -112,6 +110,15 @@ export function serveRouterDataConnection(
     onRequest,
     (err) => o.log(`data path: dropping connection from ${socket.remoteAddress}:${socket.remotePort}: ${err.message}`),
     ROUTER_DATA_PREFACE,
+    undefined,
+    {
+      // Not the socket's 'end': requests the reader still keeps (stopped by the gate or the partial-frame budget)
+      // come after it, and are answered too.
+      onEnd: () => {
+        ended = true;
+        endIfDone();
+      },
+    },
   );
 }
 
@@ -123,5 +130,6 @@ export function startRouterDataServer(
 ): Promise<DataPathServer> {
   return listenDataPath(o.host, o.port, (s) => serveRouterDataConnection(s, router, count, o), {
     allowHalfOpen: true,
+    partialFrameBudgetBytes: o.partialFrameBudgetBytes,
   });
 }

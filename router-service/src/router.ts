@@ -23,6 +23,7 @@ import {
   isRetryable,
   notFound,
   resourceExhausted,
+  type SwitchyardError,
   unavailable,
 } from "@switchyard/protocol";
 import type { CallerScope } from "./caller-scope.js";
@@ -30,7 +31,7 @@ import { sharedExpertFallback } from "./checkpoint-model.js";
 import type { PlacementPlan, RoutingPolicy } from "./config.js";
 import { Batcher, HOLD_CAP_MS } from "./core/batcher.js";
 import { applyCapacity } from "./core/capacity.js";
-import { alignedRows, combineInto, resultRows } from "./core/combine.js";
+import { alignedRows, combineInto, firstNonFinite, resultRows } from "./core/combine.js";
 import { FlushProgress } from "./core/flush-progress.js";
 import { latencyMs, outstandingRows } from "./core/load-view.js";
 import { layoutRound, type WorkerBatchLayout } from "./core/plan-flush.js";
@@ -81,6 +82,8 @@ interface Item extends GateItem {
   timer: NodeJS.Timeout | null;
   /** Leaves the caller's scope (forward's `scope`) once the item is finished. */
   unlisten: (() => void) | null;
+  /** It brought an explicit assignment: its weights are the engine's, bounded by nothing but being finite. */
+  explicit: boolean;
   /** What its flush still waits for (null until the flush dispatches it), and its index there: told when it ends. */
   progress: FlushProgress | null;
   flushIndex: number;
@@ -570,6 +573,7 @@ export class Router {
           done: false,
           timer: null,
           unlisten: null,
+          explicit: req.gate?.$case === "assignment",
           progress: null,
           flushIndex: -1,
           rowsOut: 0,
@@ -859,7 +863,7 @@ export class Router {
         it.dtype === DType.FLOAT32
           ? new Float32Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 4)
           : new Uint16Array(enc.data.buffer, enc.data.byteOffset, enc.data.byteLength / 2);
-      combineInto(
+      const nonFinite = combineInto(
         {
           tokens: it.tokens,
           d: m.hiddenSize,
@@ -872,6 +876,11 @@ export class Router {
         },
         dst,
       );
+      // Both transports (gRPC and the data path) answer from here: neither hands out an Inf or NaN the sum made.
+      if (nonFinite) {
+        replyPool.give(enc.backing);
+        throw nonFiniteOutput(it, dst, m.hiddenSize);
+      }
       const res: ForwardResponse = {
         requestId: it.requestId,
         hidden: { dtype: it.dtype, shape, data: enc.data },
@@ -1464,6 +1473,32 @@ function checkHidden(t: NonNullable<ForwardRequest["hidden"]>, d: number): Hidde
  */
 export function quoteClipped(s: string, max = 128): string {
   return s.length <= max ? JSON.stringify(s) : `${JSON.stringify(s.slice(0, max))}... (${s.length} characters)`;
+}
+
+/**
+ * INVALID_ARGUMENT for a request whose combined output holds an Inf or NaN, naming its first such token: under the
+ * assignment's weights when the engine gave them (finite, but e.g. 1e38 times an expert's output overflows fp32),
+ * else under its hidden states (the experts' outputs for them, or the request dtype's range, e.g. fp16's 65504).
+ */
+function nonFiniteOutput(it: Item, dst: Float32Array | Uint16Array, d: number): SwitchyardError {
+  const i = firstNonFinite(dst, it.dtype);
+  const [t, j] = [Math.floor(i / d), i % d];
+  const v = elementValue(dst, it.dtype, i);
+  const what = `token ${t}'s combined output is not finite (${v} at column ${j}):`;
+  return it.explicit
+    ? invalidArgument(
+        `assignment.weights[${t}]`,
+        `${what} these weights times the experts' outputs overflow ${DType[it.dtype]}`,
+      )
+    : invalidArgument(`hidden[${t}]`, `${what} the experts' outputs for it overflow ${DType[it.dtype]}`);
+}
+
+/** Element i of combined rows as a number (only non-finite ones are asked for: a half's exponent is all ones). */
+function elementValue(dst: Float32Array | Uint16Array, dtype: DType, i: number): number {
+  if (dtype === DType.FLOAT32) return dst[i];
+  const h = dst[i];
+  const nan = dtype === DType.BFLOAT16 ? (h & 0x7f) !== 0 : (h & 0x3ff) !== 0;
+  return nan ? Number.NaN : h & 0x8000 ? Number.NEGATIVE_INFINITY : Number.POSITIVE_INFINITY;
 }
 
 /** An explicit top-k assignment: expert ids INT32 [T, k] and weights FLOAT32 [T, k]. */

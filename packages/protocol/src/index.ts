@@ -2,6 +2,7 @@
 
 export * from "./data-path.js";
 export * from "./errors.js";
+export * from "./frame-budget.js";
 export {
   Assignment,
   ForwardRequest,

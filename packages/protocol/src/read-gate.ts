@@ -2,8 +2,11 @@
 // worker's router connections). TCP alone does not stop a peer that sends without reading its replies: the replies
 // pile up in this process's socket buffer. So reading stops while the connection has too many requests unanswered or
 // too many reply bytes not yet taken by the kernel, and the peer then fills its own buffers instead.
+// The limit on requests is exact: the frame reader stops handing out the frames of a chunk it is parsing as soon as
+// the gate closes (intake.ts), so a chunk carrying hundreds of small requests cannot overshoot it.
 
 import type { Socket } from "node:net";
+import { HOLD_GATE, Intake } from "./intake.js";
 
 export interface ReadGateLimits {
   /** Requests in flight at which reading stops; it resumes at half of it. */
@@ -15,11 +18,13 @@ export interface ReadGateLimits {
 export class ReadGate {
   private open = 0;
   private paused = false;
+  private readonly intake: Intake;
 
   constructor(
     private readonly socket: Socket,
     private readonly limits: ReadGateLimits,
   ) {
+    this.intake = Intake.of(socket);
     socket.on("drain", () => this.check());
   }
 
@@ -51,10 +56,11 @@ export class ReadGate {
     const { maxInFlight, maxQueuedBytes } = this.limits;
     if (!this.paused && (this.open >= maxInFlight || queued > maxQueuedBytes)) {
       this.paused = true;
-      this.socket.pause();
+      this.intake.hold(HOLD_GATE);
     } else if (this.paused && this.open <= maxInFlight >> 1 && queued <= maxQueuedBytes) {
       this.paused = false;
-      this.socket.resume();
+      // The frames the reader kept when the gate closed are handed out first, and may close it again.
+      this.intake.release(HOLD_GATE);
     }
   }
 }

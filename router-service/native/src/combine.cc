@@ -41,18 +41,46 @@ void First(const uint8_t* row, float w, float* __restrict acc, int n) {
   }
 }
 
+// Whether a stored element is Inf or NaN, as a flag the loops OR together without a branch (bit 31 of the OR), on the
+// fp32 value in its 32-bit lane (so the test runs as wide as the arithmetic):
+// - stored as fp32: an exponent field of all ones plus its lowest bit carries into bit 31 (0x7f800000 + 0x00800000);
+// - narrowed to bf16: the magnitude rounds to Inf or is NaN from 0x7f7f8000 up (halfway above bf16's largest finite
+//   0x7f7f, a tie that rounds to even 0x7f80), and 0x7f7f8000 + 0x00808000 carries into bit 31.
+inline uint32_t NonFiniteF32(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return (u & 0x7f800000u) + 0x00800000u;
+}
+inline uint32_t NonFiniteAsBf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return (u & 0x7fffffffu) + 0x00808000u;
+}
+constexpr uint32_t kNonFinite = 0x80000000u;
+
 // A token with one contribution and no base: the first step narrowed straight into the reply, no accumulator.
+// Returns whether it stored an Inf or NaN.
 template <RowType T>
-void Only(const uint8_t* row, float w, uint8_t* out, int n) {
+bool Only(const uint8_t* row, float w, uint8_t* out, int n) {
+  uint32_t flags = 0;
   if constexpr (T == RowType::BF16) {
     const u16u* h = reinterpret_cast<const u16u*>(row);
     u16u* o = reinterpret_cast<u16u*>(out);
-    for (int j = 0; j < n; j++) o[j] = Narrow(0.0f + w * Widen(h[j]));
+    for (int j = 0; j < n; j++) {
+      const float v = 0.0f + w * Widen(h[j]);
+      o[j] = Narrow(v);
+      flags |= NonFiniteAsBf16(v);
+    }
   } else {
     const f32u* x = reinterpret_cast<const f32u*>(row);
     f32u* o = reinterpret_cast<f32u*>(out);
-    for (int j = 0; j < n; j++) o[j] = 0.0f + w * x[j];
+    for (int j = 0; j < n; j++) {
+      const float v = 0.0f + w * x[j];
+      o[j] = v;
+      flags |= NonFiniteF32(v);
+    }
   }
+  return (flags & kNonFinite) != 0;
 }
 
 // acc += w * row
@@ -69,18 +97,31 @@ void Add(const uint8_t* row, double w, float* __restrict acc, int n) {
   }
 }
 
+// Narrows (bf16) or copies (fp32) the sum into the reply; returns whether it stored an Inf or NaN. The test rides
+// on the store's own pass over the row, so it costs the router next to nothing (the check in TypeScript read every
+// answer again: ~30-60% of the combine's time).
 template <RowType T>
-void Store(const float* __restrict acc, uint8_t* out, int n) {
+bool Store(const float* __restrict acc, uint8_t* out, int n) {
+  uint32_t flags = 0;
   if constexpr (T == RowType::BF16) {
     u16u* o = reinterpret_cast<u16u*>(out);
-    for (int j = 0; j < n; j++) o[j] = Narrow(acc[j]);
+    for (int j = 0; j < n; j++) {
+      o[j] = Narrow(acc[j]);
+      flags |= NonFiniteAsBf16(acc[j]);
+    }
   } else {
-    std::memcpy(out, acc, static_cast<size_t>(n) * 4);
+    f32u* o = reinterpret_cast<f32u*>(out);
+    for (int j = 0; j < n; j++) {
+      o[j] = acc[j];
+      flags |= NonFiniteF32(acc[j]);
+    }
   }
+  return (flags & kNonFinite) != 0;
 }
 
 template <RowType T>
-void CombineAs(const CombineArgs& a) {
+bool CombineAs(const CombineArgs& a) {
+  bool nonFinite = false;
   constexpr int kEl = T == RowType::BF16 ? 2 : 4;
   const int d = a.d;
   thread_local std::vector<float> scratch;
@@ -109,7 +150,7 @@ void CombineAs(const CombineArgs& a) {
     if (only >= 0) {
       const int32_t* loc = a.locations + (static_cast<size_t>(t) * a.slots + only) * 2;
       const uint8_t* row = a.results[loc[0]] + static_cast<size_t>(loc[1]) * d * kEl;
-      Only<T>(row, a.weights[static_cast<size_t>(t) * a.slots + only], out, d);
+      nonFinite |= Only<T>(row, a.weights[static_cast<size_t>(t) * a.slots + only], out, d);
       continue;
     }
     for (int s = 0; s < a.slots; s++) {
@@ -122,15 +163,16 @@ void CombineAs(const CombineArgs& a) {
       first = false;
     }
     if (first) std::memset(out, 0, static_cast<size_t>(d) * kEl);  // no base, no contribution: zeros
-    else Store<T>(acc, out, d);
+    else nonFinite |= Store<T>(acc, out, d);
   }
+  return nonFinite;
 }
 
 }  // namespace
 
-void Combine(const CombineArgs& a) {
-  if (a.type == RowType::BF16) CombineAs<RowType::BF16>(a);
-  else CombineAs<RowType::F32>(a);
+bool Combine(const CombineArgs& a) {
+  if (a.type == RowType::BF16) return CombineAs<RowType::BF16>(a);
+  return CombineAs<RowType::F32>(a);
 }
 
 }  // namespace switchyard

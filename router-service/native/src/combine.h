@@ -24,6 +24,7 @@ struct CombineArgs {
   uint8_t* dst;            // [tokens * d] of `type` (any alignment)
 };
 
-void Combine(const CombineArgs& a);
+// Returns whether any element it wrote is an Inf or NaN (finite weights and rows can still sum past the range).
+bool Combine(const CombineArgs& a);
 
 }  // namespace switchyard

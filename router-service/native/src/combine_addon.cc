@@ -1,6 +1,6 @@
 // N-API surface of the router's native combine (typed wrapper: router-service/src/core/native-combine.ts).
 //
-//   combine(dst, type, tokens, d, slots, weights, locations, results, base) -> undefined
+//   combine(dst, type, tokens, d, slots, weights, locations, results, base) -> whether it wrote an Inf or NaN
 //     dst        Uint8Array/Uint16Array/Float32Array view of the reply's data field, tokens*d elements of `type`
 //     type       1 = FLOAT32 rows, 2 = BFLOAT16 rows
 //     weights    Float32Array [tokens*slots]; locations Int32Array [tokens*slots*2] (result index or -1, row)
@@ -200,8 +200,10 @@ napi_value CombineJs(napi_env env, napi_callback_info info) {
                 ptrs,
                 base,
                 dst.data};
-  Combine(a);
-  return nullptr;  // undefined
+  const bool nonFinite = Combine(a);
+  napi_value out;
+  if (napi_get_boolean(env, nonFinite, &out) != napi_ok) return nullptr;
+  return out;  // whether the sum wrote an Inf or NaN
 }
 
 // A Float32Array argument of at least `n` floats, else nullptr (after throwing, naming the argument).

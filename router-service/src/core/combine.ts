@@ -114,17 +114,29 @@ function grow(d: number): void {
 /**
  * Same sum as combineF32, written row by row straight into `dst` (the response's data, already in the request
  * dtype: Float32Array for FLOAT32, Uint16Array of half bits otherwise). No [tokens, d] temporaries; one
- * monomorphic loop per dtype so V8 keeps each one optimised.
+ * monomorphic loop per dtype so V8 keeps each one optimised. Returns whether it wrote an Inf or NaN (hasNonFinite).
  */
-export function combineInto(c: CombineInput, dst: Float32Array | Uint16Array): void {
+export function combineInto(c: CombineInput, dst: Float32Array | Uint16Array): boolean {
   const native = c.dtype === DType.FLOAT16 ? null : routerAddon();
   if (native) {
-    // Same bits as the TypeScript loops below, 10-30x faster (native/src/combine.cc; NaN payloads may differ).
+    // Same bits as the TypeScript loops below, 10-30x faster (native/src/combine.cc; NaN payloads may differ). The
+    // addon tests for Inf/NaN in its own store loop, at next to no cost; one built before that returns undefined.
     const type = c.dtype === DType.FLOAT32 ? 1 : 2;
-    native.combine(dst, type, c.tokens, c.d, c.slots, c.weights, c.locations, c.results, c.base ?? null);
-    return;
+    const nonFinite = native.combine(
+      dst,
+      type,
+      c.tokens,
+      c.d,
+      c.slots,
+      c.weights,
+      c.locations,
+      c.results,
+      c.base ?? null,
+    );
+    return nonFinite ?? hasNonFinite(dst, c.dtype);
   }
   combineIntoTs(c, dst);
+  return hasNonFinite(dst, c.dtype);
 }
 
 /** combineInto in TypeScript: the fallback without the addon, and the oracle the native combine is tested against. */
@@ -316,4 +328,74 @@ function combineF16Into(c: CombineInput, dst: Uint16Array): void {
     }
     f32ToF16(acc, dst.subarray(t * d, (t + 1) * d));
   }
+}
+
+/**
+ * Whether combined rows (combineInto's `dst`: fp32, or half-precision bits) hold an Inf or NaN. Finite weights and
+ * finite expert outputs can still sum past the dtype's range (a weight of 1e38, activations near fp16's 65504): the
+ * router refuses such an answer rather than hand an engine Infs it would carry into every later layer.
+ * The router's thread is its bottleneck and this reads every element of every answer, so it is written for V8:
+ * integer tests of the exponent bits on the reply's own memory, no branch per element (a lane whose exponent bits
+ * are all ones carries into the bit above them), two 16-bit elements per load.
+ */
+export function hasNonFinite(dst: Float32Array | Uint16Array, dtype: DType): boolean {
+  if (dst.length === 0) return false;
+  if (dtype === DType.FLOAT32) return expAllOnes32(new Int32Array(dst.buffer, dst.byteOffset, dst.length));
+  const exp = dtype === DType.BFLOAT16 ? 0x7f80 : 0x7c00;
+  const h = dst as Uint16Array;
+  // The elements outside the 4-byte-aligned middle one by one, the middle as pairs.
+  const head = (h.byteOffset & 3) !== 0 ? 1 : 0;
+  const pairs = (h.length - head) >>> 1;
+  let a = 0;
+  if (head) a |= expCarry16(h[0], exp);
+  if (head + 2 * pairs < h.length) a |= expCarry16(h[h.length - 1], exp);
+  if ((a & 0x8000) !== 0) return true;
+  return expAllOnes16x2(new Int32Array(h.buffer, h.byteOffset + 2 * head, pairs), exp);
+}
+
+/** The index of the first Inf or NaN in combined rows, or -1 (for the error's message once hasNonFinite saw one). */
+export function firstNonFinite(dst: Float32Array | Uint16Array, dtype: DType): number {
+  const exp = dtype === DType.FLOAT32 ? 0x7f800000 : dtype === DType.BFLOAT16 ? 0x7f80 : 0x7c00;
+  const u = dtype === DType.FLOAT32 ? new Int32Array(dst.buffer, dst.byteOffset, dst.length) : dst;
+  for (let i = 0; i < u.length; i++) if ((u[i] & exp) === exp) return i;
+  return -1;
+}
+
+/** fp32: the exponent (8 bits) + 1 reaches bit 8 only when it is all ones. */
+function expAllOnes32(u: Int32Array): boolean {
+  let a = 0;
+  let b = 0;
+  const n = u.length;
+  let i = 0;
+  for (; i + 1 < n; i += 2) {
+    a |= ((u[i] >> 23) & 0xff) + 1;
+    b |= ((u[i + 1] >> 23) & 0xff) + 1;
+  }
+  if (i < n) a |= ((u[i] >> 23) & 0xff) + 1;
+  return ((a | b) & 0x100) !== 0;
+}
+
+/**
+ * bf16 / fp16 bits (`exp`: the exponent field): the field + its lowest bit reaches bit 15 only when the field is all
+ * ones (0x7f80 + 0x80, 0x7c00 + 0x400).
+ */
+function expCarry16(h: number, exp: number): number {
+  return (h & exp) + (exp & -exp);
+}
+
+/** expCarry16 over pairs of elements, one 32-bit load each. */
+function expAllOnes16x2(w: Int32Array, exp: number): boolean {
+  const one = exp & -exp;
+  let a = 0;
+  let b = 0;
+  const n = w.length;
+  let i = 0;
+  for (; i + 1 < n; i += 2) {
+    const x = w[i];
+    const y = w[i + 1];
+    a |= ((x & exp) + one) | (((x >>> 16) & exp) + one);
+    b |= ((y & exp) + one) | (((y >>> 16) & exp) + one);
+  }
+  if (i < n) a |= ((w[i] & exp) + one) | (((w[i] >>> 16) & exp) + one);
+  return ((a | b) & 0x8000) !== 0;
 }

@@ -2,7 +2,7 @@ import { DType, f32ToBf16, f32ToF16, valuesToBytes } from "@switchyard/protocol"
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Batcher, HOLD_CAP_MS } from "./batcher.js";
 import { applyCapacity, expertCapacity } from "./capacity.js";
-import { combineF32, combineInto, combineIntoTs, resultRows } from "./combine.js";
+import { combineF32, combineInto, combineIntoTs, firstNonFinite, hasNonFinite, resultRows } from "./combine.js";
 import { type LatencyAverage, withSample } from "./latency-average.js";
 import { layoutRound } from "./plan-flush.js";
 import { chooseReplica, type ReplicaChooser, type WorkerLoadView } from "./replicas.js";
@@ -330,6 +330,112 @@ describe("combineF32", () => {
     expect(Array.from(f)).toEqual([0.75 * 10 - 0.25, 0.75 * 20 + 0.125, 0.75 * 30 + 1, 1, 2, 3]);
     const b = combineF32({ ...input, dtype: DType.BFLOAT16, results: [f32ToBf16(resA), f32ToBf16(resB)] });
     expect(Array.from(b)).toEqual(Array.from(f)); // all inputs are exact in bf16
+  });
+});
+
+describe("hasNonFinite / firstNonFinite (combined rows)", () => {
+  it("find every Inf and NaN pattern at any place, in every dtype, at any alignment, and nothing in finite rows", () => {
+    let seed = 99;
+    const rnd = () => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return seed / 2 ** 32;
+    };
+    // all-ones exponents with every sign and a few mantissas; the largest finite values and their neighbours
+    const bad = {
+      [DType.FLOAT32]: [0x7f800000, 0xff800000, 0x7fc00000, 0x7f800001, 0xffffffff],
+      [DType.BFLOAT16]: [0x7f80, 0xff80, 0x7fc0, 0x7f81, 0xffff],
+      [DType.FLOAT16]: [0x7c00, 0xfc00, 0x7e00, 0x7c01, 0xffff],
+    };
+    const good = {
+      [DType.FLOAT32]: [0x7f7fffff, 0xff7fffff, 0, 0x80000000, 0x00000001, 0x3f800000],
+      [DType.BFLOAT16]: [0x7f7f, 0xff7f, 0, 0x8000, 0x0001, 0x3f80],
+      [DType.FLOAT16]: [0x7bff, 0xfbff, 0, 0x8000, 0x0001, 0x3c00],
+    };
+    for (const dtype of [DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16] as const) {
+      const el = dtype === DType.FLOAT32 ? 4 : 2;
+      for (const n of [0, 1, 2, 3, 4, 5, 7, 8, 37, 64, 1001]) {
+        for (const offset of [0, el, 2 * el, 3 * el]) {
+          const buf = new ArrayBuffer(offset + n * el + 8);
+          const dst = dtype === DType.FLOAT32 ? new Float32Array(buf, offset, n) : new Uint16Array(buf, offset, n);
+          const bits = dtype === DType.FLOAT32 ? new Uint32Array(buf, offset, n) : (dst as Uint16Array);
+          for (let i = 0; i < n; i++) bits[i] = good[dtype][Math.floor(rnd() * good[dtype].length)];
+          // bytes around the rows are not theirs: an Inf there must not count
+          new Uint8Array(buf).fill(0xff, 0, offset);
+          new Uint8Array(buf).fill(0xff, offset + n * el);
+          const where = `${DType[dtype]} n=${n} offset=${offset}`;
+          expect(hasNonFinite(dst, dtype), where).toBe(false);
+          expect(firstNonFinite(dst, dtype), where).toBe(-1);
+          for (const i of new Set([0, n - 1, Math.floor(n / 2), Math.floor(rnd() * n)])) {
+            if (i < 0 || i >= n) continue;
+            const keep = bits[i];
+            for (const b of bad[dtype]) {
+              bits[i] = b;
+              expect(hasNonFinite(dst, dtype), `${where} at ${i}: ${b.toString(16)}`).toBe(true);
+              expect(firstNonFinite(dst, dtype), `${where} at ${i}`).toBe(i);
+            }
+            bits[i] = keep;
+          }
+        }
+      }
+    }
+  });
+});
+
+// combineInto's answer (the native combine's store-loop test, or hasNonFinite after the TypeScript one): what the router
+// refuses a reply on.
+describe("combineInto says whether it wrote an Inf or NaN", () => {
+  it("for one slot and several, with and without a base, in every dtype, where the finite sum overflows", () => {
+    const d = 19;
+    const row = Float32Array.from({ length: 2 * d }, (_, i) => 1 + (i % 7) / 8);
+    for (const dtype of [DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16]) {
+      const conv = (x: Float32Array) =>
+        dtype === DType.FLOAT32 ? x : dtype === DType.BFLOAT16 ? f32ToBf16(x) : f32ToF16(x);
+      for (const slots of [1, 2]) {
+        for (const base of [null, new Float32Array(d)]) {
+          for (const [w, col, want] of [
+            [0.5, -1, false],
+            [3e38, -1, true], // every product of 3e38 and >= 1 overflows fp32
+            [1e38, 3, true], // only column 3's row value is huge: one element alone
+          ] as const) {
+            const results = Float32Array.from(row);
+            if (col >= 0) results[col] = 1e10;
+            const weights = new Float32Array(slots).fill(w);
+            const locations = Int32Array.from(slots === 1 ? [0, 0] : [0, 0, 0, 1]);
+            const input = { tokens: 1, d, dtype, slots, weights, locations, results: [conv(results)], base };
+            const dst = dtype === DType.FLOAT32 ? new Float32Array(d) : new Uint16Array(d);
+            const where = `${DType[dtype]} slots ${slots} base ${!!base} w ${w} col ${col}`;
+            // fp16 overflows at 65504: a weight of 0.5 times rows near 2 stays finite, the others do not.
+            expect(combineInto(input, dst), where).toBe(want);
+            expect(hasNonFinite(dst, dtype), where).toBe(want);
+          }
+        }
+      }
+    }
+  });
+  it("at bf16's rounding edge: a sum from 0x7f7f8000 up narrows to Inf, one just below to the largest finite", () => {
+    const d = 3;
+    const bits = (u: number) => new Float32Array(Uint32Array.of(u).buffer)[0];
+    for (const [u, want] of [
+      [0x7f7f7fff, false],
+      [0x7f7f8000, true],
+      [0xff7f8000, true], // -Inf
+      [0x7f800001, true], // NaN
+    ] as const) {
+      const base = Float32Array.of(1, bits(u), -2);
+      const input = {
+        tokens: 1,
+        d,
+        dtype: DType.BFLOAT16,
+        slots: 1,
+        weights: Float32Array.of(0),
+        locations: Int32Array.of(0, 0),
+        results: [f32ToBf16(Float32Array.of(1, 1, 1))],
+        base,
+      };
+      const dst = new Uint16Array(d);
+      expect(combineInto(input, dst), u.toString(16)).toBe(want);
+      expect(hasNonFinite(dst, DType.BFLOAT16), u.toString(16)).toBe(want);
+    }
   });
 });
 

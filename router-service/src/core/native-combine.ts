@@ -10,7 +10,10 @@ import { fileURLToPath } from "node:url";
 import type { GateKernel } from "@switchyard/moe";
 
 export interface RouterAddon {
-  /** See native/src/combine_addon.cc. type: 1 = FLOAT32, 2 = BFLOAT16. */
+  /**
+   * See native/src/combine_addon.cc. type: 1 = FLOAT32, 2 = BFLOAT16. Returns whether it wrote an Inf or NaN; an addon
+   * built before that returns undefined.
+   */
   combine(
     dst: Uint8Array | Uint16Array | Float32Array,
     type: 1 | 2,
@@ -21,7 +24,7 @@ export interface RouterAddon {
     locations: Int32Array,
     results: readonly (Float32Array | Uint16Array | Uint8Array)[],
     base: Float32Array | null,
-  ): void;
+  ): boolean | undefined;
   /**
    * out[t, e] = the gate's product, the same bits as packages/moe routerLogits over the fp32 hidden states; hidden is
    * fp32 or bf16 bits (Uint16Array), gateT the gate transposed [d, E].
