@@ -531,7 +531,9 @@ export const expertPoolSpecSchema = obj(
     required: ["model"],
     validations: [
       {
-        rule: "self.replicas == 0 || self.placement.redundantExperts <= self.model.experts * (self.replicas - 1)",
+        // replicas <= 0, not == 0: a negative count is refused by the schema's minimum already, and this rule would
+        // add a second, wrong refusal (-1 makes experts * (replicas - 1) negative).
+        rule: "self.replicas <= 0 || self.placement.redundantExperts <= self.model.experts * (self.replicas - 1)",
         message:
           "placement.redundantExperts must be <= model.experts * (replicas - 1): each redundant copy needs a worker that does not already hold that expert",
         fieldPath: ".placement.redundantExperts",
@@ -543,7 +545,7 @@ export const expertPoolSpecSchema = obj(
         fieldPath: ".model.sharedIntermediateSize",
       },
       {
-        rule: `self.replicas == 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= ${MOE_LAYERS_CEL("self.model")} * (self.model.experts + self.placement.redundantExperts + ${SHARED_SLICES_CEL})`,
+        rule: `self.replicas <= 0 || !has(self.cache.residentExperts) || self.cache.hostTier.enabled || self.cache.residentExperts * self.replicas >= ${MOE_LAYERS_CEL("self.model")} * (self.model.experts + self.placement.redundantExperts + ${SHARED_SLICES_CEL})`,
         message:
           "cache.residentExperts * replicas must hold every expert slot, MoE layers (model.layers less firstDenseLayers and denseLayers) * (experts + placement.redundantExperts + shared slices), unless cache.hostTier.enabled; shared slices = model.sharedIntermediateSize / model.intermediateSize (unset: model.sharedExperts for deepseek-v3, else 0) if placement.sharedExperts is Workers and model.sharedExperts > 0, else 0",
         fieldPath: ".cache.residentExperts",
@@ -690,6 +692,10 @@ export const gatingSchema = obj(
   },
 );
 
+// Defaults that a cross-field rule's message names (the rules see them filled in, set or not).
+const DEFAULT_MAX_QUEUE_TOKENS = 65536;
+const DEFAULT_STALENESS_MS = 30000;
+
 export const batchingSchema = obj(
   "Expert-aware batching in the router.",
   {
@@ -707,7 +713,7 @@ export const batchingSchema = obj(
     maxQueueTokens: int("Queued plus in-flight tokens per pool above which requests fail RESOURCE_EXHAUSTED.", {
       minimum: 1,
       maximum: 67108864,
-      default: 65536,
+      default: DEFAULT_MAX_QUEUE_TOKENS,
     }),
     flushesInFlight: int(
       "Flushes of one layer that may run at once: 1 holds new requests while one runs (largest batches); 2 overlaps the next flush's gating and transfers with the workers' time.",
@@ -718,8 +724,13 @@ export const batchingSchema = obj(
     default: {},
     validations: [
       {
+        // Schema defaults are filled in before the rule runs, so it cannot tell an unset maxQueueTokens from one set
+        // to the default: at the default value the message says it is one, for the user who raised maxBatchTokens
+        // alone and never wrote a maxQueueTokens.
         rule: "self.maxQueueTokens >= self.maxBatchTokens",
         message: "batching.maxQueueTokens must be >= batching.maxBatchTokens",
+        // A choice of two constants: string(int) in a message has no size bound the cost estimator could use.
+        messageExpression: `self.maxQueueTokens == ${DEFAULT_MAX_QUEUE_TOKENS} ? 'batching.maxQueueTokens must be >= batching.maxBatchTokens (maxQueueTokens defaults to ${DEFAULT_MAX_QUEUE_TOKENS} when unset; set it too)' : 'batching.maxQueueTokens must be >= batching.maxBatchTokens'`,
         fieldPath: ".maxQueueTokens",
       },
     ],
@@ -762,7 +773,7 @@ export const loadSignalsSchema = obj(
     stalenessMs: int("Signals older than this are stale and ignored (ms).", {
       minimum: 100,
       maximum: 86400000,
-      default: 30000,
+      default: DEFAULT_STALENESS_MS,
     }),
     // No schema default: a default of 2000 would break the rule below for refreshMs < 2000 the user never paired
     // with a timeout. Unset, the router takes min(2000, refreshMs) (packages/moe resolveRoutingPolicy).
@@ -775,8 +786,10 @@ export const loadSignalsSchema = obj(
     default: {},
     validations: [
       {
+        // As batching's rule: the default is filled in before the rule runs, so the message names it at its value.
         rule: "self.stalenessMs >= self.refreshMs",
         message: "loadSignals.stalenessMs must be >= loadSignals.refreshMs",
+        messageExpression: `self.stalenessMs == ${DEFAULT_STALENESS_MS} ? 'loadSignals.stalenessMs must be >= loadSignals.refreshMs (stalenessMs defaults to ${DEFAULT_STALENESS_MS} when unset; set it too)' : 'loadSignals.stalenessMs must be >= loadSignals.refreshMs'`,
         fieldPath: ".stalenessMs",
       },
       {
@@ -821,7 +834,9 @@ export const routingPolicyStatusSchema = obj("Observed state of a RoutingPolicy.
     "The router's ConfigMap the resolved policy is published in, as <namespace>/<name> (the operator's --router-configmap); key router.json holds every pool's router config, this policy's under its pool (past 256 KiB gzipped, as router.json.gz).",
     { maxLength: 253 },
   ),
-  effective: freeform("The resolved policy the router uses: spec with defaults filled in."),
+  effective: freeform(
+    "The resolved policy the router uses: spec with defaults filled in, and the gating figures that come from the pool's model: under top-k gating (no topP) gating.topK, unset = the model's topK; under top-p, gating.maxK, unset = max(topK, 2 × the model's topK), at most the pool's experts.",
+  ),
 });
 export type RoutingPolicyStatus = Infer<typeof routingPolicyStatusSchema>;
 

@@ -452,8 +452,8 @@ export function desiredService(pool: ExpertPool): V1Service {
 }
 
 /** Reads the plan a ConfigMap holds; undefined when absent or unreadable (a fresh plan is made instead). */
-export function planFromConfigMap(cm: V1ConfigMap | undefined): PlacementPlan | undefined {
-  const text = cm?.data?.[PLAN_KEY];
+export function planFromConfigMap(cm: V1ConfigMap | undefined, key = PLAN_KEY): PlacementPlan | undefined {
+  const text = cm?.data?.[key];
   if (!text) return undefined;
   try {
     return validatePlan(JSON.parse(text));
@@ -462,14 +462,29 @@ export function planFromConfigMap(cm: V1ConfigMap | undefined): PlacementPlan | 
   }
 }
 
-/** The ConfigMap `<pool>-placement` publishing a plan (key plan.json), owned by the pool. */
-export function planConfigMap(pool: ExpertPool, plan: PlacementPlan): V1ConfigMap {
+/**
+ * Key of the plan ConfigMap that, during a make-before-break transition (plan-transition.ts), holds the plan it moves
+ * to: kept there, not in memory, so that every pass (after a restart or a leader change too) moves to the same plan
+ * while the new workers warm up. Absent at rest. The routers and workers read only plan.json.
+ */
+export const TARGET_PLAN_KEY = "target-plan.json";
+
+/** The plan a transition in progress moves to, as its ConfigMap holds it; undefined when none (or unreadable). */
+export function targetPlanFromConfigMap(cm: V1ConfigMap | undefined): PlacementPlan | undefined {
+  return planFromConfigMap(cm, TARGET_PLAN_KEY);
+}
+
+/**
+ * The ConfigMap `<pool>-placement` publishing a plan (key plan.json), owned by the pool; with `target`, a transitional
+ * plan and the plan it moves to (TARGET_PLAN_KEY).
+ */
+export function planConfigMap(pool: ExpertPool, plan: PlacementPlan, target?: PlacementPlan): V1ConfigMap {
   const name = pool.metadata.name;
   return {
     apiVersion: "v1",
     kind: "ConfigMap",
     metadata: childMetadata(pool, planConfigMapName(name)),
-    data: { [PLAN_KEY]: JSON.stringify(plan) },
+    data: { [PLAN_KEY]: JSON.stringify(plan), ...(target ? { [TARGET_PLAN_KEY]: JSON.stringify(target) } : {}) },
   };
 }
 

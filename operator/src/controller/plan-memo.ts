@@ -4,7 +4,9 @@
 // The planner is a function of the spec and the published plan, and idempotent (planning again from its own output
 // returns it). So the answer is the one it gave when the spec is the same and the published plan is either the one
 // it planned from (its plan was refused or not yet published, or it failed: the retries of a failing pass plan
-// nothing) or the one it gave. Pure.
+// nothing) or the one it gave. It holds the plan a pool moves to, never a transitional plan published on the way
+// (plan-transition.ts): that one depends on which workers are Ready, and is made afresh each pass from this answer.
+// Pure.
 
 import { type PlacementPlan, sameAssignment } from "@switchyard/moe";
 import type { ExpertPool } from "../api/v1alpha1.js";

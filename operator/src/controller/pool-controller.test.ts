@@ -242,6 +242,70 @@ describe("PoolReconciler", () => {
     expect(h.events).toContain("Normal PlanPublished");
   });
 
+  it("a scale-up keeps every expert on the Ready workers until the new ones are Ready (make-before-break)", async () => {
+    const h = harness(testPool({ replicas: 2, model: { layers: 1 } }));
+    const podReady = (name: string, ready: boolean) =>
+      h.caches.pods.put({
+        metadata: { name, namespace: "ns", labels: { "switchyard.dev/pool": "mix" } },
+        status: { conditions: [{ type: "Ready", status: ready ? "True" : "False" }] },
+      } as Obj);
+    await h.rec.reconcile("ns/mix");
+    podReady("mix-0", true);
+    podReady("mix-1", true);
+    await h.rec.reconcile("ns/mix");
+    const cm = () => (h.caches.configMaps.get("ns", "mix-placement") as { data: Record<string, string> }).data;
+    const v1 = JSON.parse(cm()["plan.json"]);
+    const p = h.caches.pools.get("ns", "mix") as ExpertPool;
+    h.caches.pools.put({ ...p, metadata: { ...p.metadata, generation: 2 }, spec: { ...p.spec, replicas: 4 } });
+    await h.rec.reconcile("ns/mix");
+    const t = JSON.parse(cm()["plan.json"]);
+    const target = JSON.parse(cm()["target-plan.json"]);
+    expect(t).toMatchObject({ version: 2, workers: ["mix-0", "mix-1", "mix-2", "mix-3"] });
+    expect(target.version).toBe(3);
+    // mix-0 and mix-1 hold what they held; mix-2 and mix-3 what the target gives them
+    const share = (plan: typeof t, w: number) =>
+      plan.replicas[0].flatMap((hs: number[], e: number) => (hs.includes(w) ? [e] : []));
+    for (const w of [0, 1]) expect(share(t, w)).toEqual(share(v1, w));
+    for (const w of [2, 3]) expect(share(t, w)).toEqual(share(target, w));
+    const i = h.events.indexOf("Normal PlanTransition");
+    expect(h.events[i + 1]).toMatch(
+      /^placement plan version 2: transitional, keeping 4 copies on ready workers until 2 new workers are Ready \(mix-2, mix-3\); then version 3, 4 expert copies moved now$/,
+    );
+    expect(h.events).not.toContain("Normal PlanPublished");
+    let status = h.caches.pools.get("ns", "mix")?.status;
+    expect(status?.placement).toMatchObject({ version: 2, workers: 4, slotsPerWorker: [4, 4, 2, 2], movedExperts: 4 });
+    expect(status?.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "True",
+      reason: "ExpertsServed",
+    });
+    // Passes while the new workers warm up (one of them Ready) leave the plan as it is (status counts the workers).
+    podReady("mix-2", true);
+    podReady("mix-3", false);
+    h.applies.length = 0;
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual(["/apis/switchyard.dev/v1alpha1/namespaces/ns/expertpools/mix/status"]);
+    // An operator restart meanwhile moves to the same target.
+    h.restart();
+    h.applies.length = 0;
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual([]);
+    // Every new worker Ready: the target as announced, and the transition's key gone.
+    podReady("mix-3", true);
+    await h.rec.reconcile("ns/mix");
+    expect(JSON.parse(cm()["plan.json"])).toEqual(target);
+    expect(cm()["target-plan.json"]).toBeUndefined();
+    expect(h.events).toContain("Normal PlanPublished");
+    expect(h.events.at(-1)).toBe(
+      "placement plan version 3: 0 expert copies moved, completing the transition from version 2",
+    );
+    status = h.caches.pools.get("ns", "mix")?.status;
+    // the new workers loaded their copies with version 2; this one only drops the copies kept for the transition
+    expect(status?.placement).toMatchObject({ version: 3, slotsPerWorker: [2, 2, 2, 2], movedExperts: 0 });
+    h.applies.length = 0;
+    await h.rec.reconcile("ns/mix");
+    expect(h.applies).toEqual([]);
+  });
+
   it("a refused plan ConfigMap holds the StatefulSet back: status keeps the published plan, no PlanPublished", async () => {
     const h = harness(testPool({ replicas: 2 }));
     await h.rec.reconcile("ns/mix");

@@ -6,9 +6,11 @@
 // (PlanMemo), which children need their field ownership settled before an apply (a create's), and, for pools with
 // placement.rebalance on, the last expert heat Prometheus reported (rebalance.ts: a pass between two queries judges
 // the plan under that heat, not under uniform load), which also schedules the pool's next pass. Heat queries run
-// beside the passes, never inside one; an answer queues the pool.
+// beside the passes, never inside one; an answer queues the pool. A plan change that needs workers not yet Ready is
+// made before it breaks (plan-transition.ts): the plan it moves to is kept in the plan ConfigMap, not in memory.
 import { isDeepStrictEqual } from "node:util";
 import type { V1ConfigMap, V1Pod, V1Service, V1StatefulSet } from "@kubernetes/client-node";
+import { type PlacementPlan, planStats, sameAssignment } from "@switchyard/moe";
 import { clean } from "../api/schema.js";
 import type { ExpertPool, ExpertPoolStatus } from "../api/v1alpha1.js";
 import type { Result } from "../runtime/controller.js";
@@ -31,8 +33,10 @@ import {
   desiredService,
   desiredStatefulSet,
   type PlanOutcome,
+  planConfigMap,
   planFromConfigMap,
   sharedSlicesOf,
+  targetPlanFromConfigMap,
   type WorkerPodDefaults,
 } from "./desired.js";
 import { heatQuery, parseHeat } from "./heat.js";
@@ -45,18 +49,22 @@ import {
   statefulSetName,
 } from "./names.js";
 import { PlanMemo } from "./plan-memo.js";
+import { type PlanStep, planStep } from "./plan-transition.js";
 import {
   buildPoolStatus,
   deletingStatus,
   type EventLike,
   type PoolObservation,
   type PoolStatusResult,
+  readyWorkers,
 } from "./pool-status.js";
 import {
   type HeatObservation,
   heatKey,
+  heatLoad,
   msUntilQuery,
   observe,
+  planFitsPool,
   type RebalanceDecision,
   type RebalanceSettings,
   type RebalanceStatus,
@@ -297,6 +305,13 @@ export class PoolReconciler {
     // Another's ConfigMap of that name (with our labels) is no plan of ours to build on.
     const liveCm = controlledBy(cachedCm, pool) ? cachedCm : undefined;
     const previous = planFromConfigMap(liveCm);
+    // A make-before-break transition in progress (plan-transition.ts): the plan it moves to. While it still fits the
+    // spec it is what this pass plans from (the new workers keep warming up the same experts, and with rebalance on
+    // no heat replan moves copies meanwhile); after a spec change (another scale) the published plan is.
+    const stored = targetPlanFromConfigMap(liveCm);
+    const moving = stored && previous && !sameAssignment(stored, previous) ? stored : undefined;
+    const base = moving && planFitsPool(moving, pool) ? moving : previous;
+    const pods = caches.pods.list(ns).filter((p) => p.metadata?.labels?.[POOL_LABEL] === name);
     const rebalance = rebalanceSettings(pool);
     let plan: PlanOutcome;
     let decision: RebalanceDecision | undefined;
@@ -305,7 +320,9 @@ export class PoolReconciler {
     if (rebalance) {
       // The remembered heat: a query due now goes out in the background (heatFor), never holding this pass.
       heat = this.heatFor(key, pool, rebalance);
-      ({ outcome: plan, decision } = rebalancedPlan(pool, previous, heat?.load, rebalance.minImprovement));
+      ({ outcome: plan, decision } = rebalancedPlan(pool, base, heat?.load, rebalance.minImprovement, {
+        hold: !!moving && base === moving,
+      }));
       plan = fitsConfigMap(plan);
       const clock = this.d.clock ?? Date.now;
       // Next pass: its answer queues it while a query is out, else when the next query is due.
@@ -314,8 +331,19 @@ export class PoolReconciler {
       else if (!this.d.enqueue) result = { requeueAfterMs: rebalance.timeoutMs + 1000 };
     } else {
       this.forgetHeat(key);
-      plan = this.plans.plan(pool, previous, () => fitsConfigMap(desiredPlan(pool, previous)));
+      // The memo holds targets only: the step below is made afresh each pass, from the pods' readiness.
+      plan = this.plans.plan(pool, base, () => fitsConfigMap(desiredPlan(pool, base)));
     }
+    // What to publish on the way to that plan: it, or while workers it needs are not Ready, a transitional plan.
+    let step: PlanStep | undefined;
+    if (plan.ok)
+      ({ outcome: plan, step } = stepOutcome(
+        pool,
+        previous,
+        plan.plan,
+        readyWorkers(pods),
+        heatLoad(pool, heat?.load),
+      ));
     let planInfo: PoolObservation["plan"];
     let planChanged = false;
     if (plan.ok) {
@@ -414,7 +442,16 @@ export class PoolReconciler {
     let sts = controlledBy(cachedSts, pool) ? cachedSts : undefined;
     if (wroteSts) sts = wroteSts as typeof sts;
     if (plan.ok && published && planChanged && previous) {
-      if (decision?.kind === "replanned") {
+      if (step?.kind === "transitional") {
+        const waiting = step.waitingFor;
+        const names = `${waiting.slice(0, 5).join(", ")}${waiting.length > 5 ? `, and ${waiting.length - 5} more` : ""}`;
+        void this.d.events.emit(
+          this.involved(pool),
+          "Normal",
+          "PlanTransition",
+          `placement plan version ${plan.plan.version}: transitional, keeping ${step.kept} copies on ready workers until ${waiting.length} new workers are Ready (${names}); then version ${step.target.version}, ${plan.stats.moved} expert copies moved now`,
+        );
+      } else if (decision?.kind === "replanned") {
         void this.d.events.emit(
           this.involved(pool),
           "Normal",
@@ -426,13 +463,12 @@ export class PoolReconciler {
           this.involved(pool),
           "Normal",
           "PlanPublished",
-          `placement plan version ${plan.plan.version}: ${plan.stats.moved} expert copies moved`,
+          `placement plan version ${plan.plan.version}: ${plan.stats.moved} expert copies moved${moving ? `, completing the transition from version ${previous.version}` : ""}`,
         );
       }
     }
 
     // 3. Status from observation.
-    const pods = caches.pods.list(ns).filter((p) => p.metadata?.labels?.[POOL_LABEL] === name);
     // The status to build on is the last one written, which the cache may not have yet: rebuilding from an older
     // one would move lastTransitionTime, write again and repeat the transition's event.
     const current = recent.pick("ExpertPool", ns, name, pool);
@@ -494,6 +530,31 @@ export class PoolReconciler {
       uid: pool.metadata.uid,
     };
   }
+}
+
+/**
+ * The plan to publish on the way from `previous` to `target` (plan-transition.ts planStep) as an outcome: its stats
+ * (movedExperts: the copies this version moves) and ConfigMap, which during a transition also holds the target. A
+ * transition whose two plans would not fit one ConfigMap publishes the target at once, as before make-before-break.
+ */
+export function stepOutcome(
+  pool: ExpertPool,
+  previous: PlacementPlan | undefined,
+  target: PlacementPlan,
+  ready: ReadonlySet<string>,
+  load?: number[][],
+): { outcome: PlanOutcome; step: PlanStep } {
+  const outcomeOf = (s: PlanStep): PlanOutcome => ({
+    ok: true,
+    plan: s.plan,
+    stats: planStats(s.plan, load, previous),
+    configMap: planConfigMap(pool, s.plan, s.kind === "transitional" ? s.target : undefined),
+  });
+  const step = planStep(previous, target, ready);
+  const outcome = outcomeOf(step);
+  if (step.kind === "final" || fitsConfigMap(outcome).ok) return { outcome, step };
+  const final = planStep(previous, target, new Set(target.workers));
+  return { outcome: outcomeOf(final), step: final };
 }
 
 /**

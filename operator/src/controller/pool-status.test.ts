@@ -104,12 +104,63 @@ describe("buildPoolStatus", () => {
     expect(r.status.placement).toMatchObject({ sharedSlices: 0, slotsPerWorker: [16, 16] });
   });
 
+  it("sharedSlices counts the slices of a plan whose first layers are dense (DeepSeek-V3: rows [], [], [], 257...)", () => {
+    const model = { architecture: "deepseek-v3" as const, sharedExperts: 1 };
+    for (const dense of [{ firstDenseLayers: 3 }, { denseLayers: [0] }]) {
+      const pool = testPool({ model: { ...model, ...dense }, cache: {} });
+      const planned = planOf(pool);
+      expect(planned.plan.replicas[0]).toEqual([]);
+      const { status } = buildPoolStatus({ pool, statefulSet: undefined, pods: [], plan: planned, now });
+      expect(status.placement?.sharedSlices).toBe(1);
+    }
+  });
+
+  it("a first plan (version 1) moved nothing; a replan reports its moved copies", () => {
+    const pool = testPool();
+    const first = { ...planOf(pool), moved: 32 }; // the planner counts every copy of a first plan as new
+    expect(first.plan.version).toBe(1);
+    expect(
+      buildPoolStatus({ pool, statefulSet: undefined, pods: [], plan: first, now }).status.placement,
+    ).toMatchObject({ version: 1, movedExperts: 0 });
+    const later = { ...first, plan: { ...first.plan, version: 2 }, moved: 5 };
+    expect(
+      buildPoolStatus({ pool, statefulSet: undefined, pods: [], plan: later, now }).status.placement,
+    ).toMatchObject({ version: 2, movedExperts: 5 });
+  });
+
+  it("ready workers are counted from the pods, the same in readyReplicas, Ready and Progressing", () => {
+    const pool = testPool();
+    // The StatefulSet's status trails the pods: 0 ready by it, both Ready by their conditions.
+    const lagging = sts(2, 0, { gen: 2, observed: 1 });
+    const { status } = buildPoolStatus({ pool, statefulSet: lagging, pods: readyPods(2), plan: planOf(pool), now });
+    expect(status.readyReplicas).toBe(2);
+    expect(cond(status, "Ready")).toMatchObject({ status: "True", reason: "ExpertsServed" });
+    expect(cond(status, "Ready")?.message).toContain("(2/2 workers ready)");
+    expect(cond(status, "Progressing")).toMatchObject({ status: "True", message: "2/2 workers ready" });
+    for (const c of status.conditions ?? []) expect(c.message).not.toMatch(/\b[01]\/2 workers ready/);
+  });
+
+  it("no StatefulSet because no plan could be made: Progressing False PlanFailed, not CreatingWorkers forever", () => {
+    const pool = testPool();
+    const { status } = buildPoolStatus({
+      pool,
+      statefulSet: undefined,
+      pods: [],
+      plan: { error: "cache.residentExperts: worker mix-0 is planned 9 copies, more than its 8 slots" },
+      now,
+    });
+    expect(cond(status, "Progressing")).toMatchObject({ status: "False", reason: "PlanFailed" });
+    expect(cond(status, "Progressing")?.message).toContain("worker mix-0 is planned 9 copies");
+    expect(cond(status, "Degraded")).toMatchObject({ status: "True", reason: "PlacementFailed" });
+    expect(cond(status, "Ready")).toMatchObject({ status: "False", reason: "PlacementFailed" });
+  });
+
   it("a pod that cannot get GPUs: Progressing InsufficientGPU with the scheduler's message", () => {
     const pool = testPool();
     const { status } = buildPoolStatus({
       pool,
       statefulSet: sts(2, 1),
-      pods: [pendingGpuPod],
+      pods: [workerPod("mix-0"), pendingGpuPod],
       plan: planOf(pool),
       now,
     });

@@ -210,6 +210,16 @@ export function unservedExperts(
   return { unserved, planned, example };
 }
 
+/**
+ * The shared expert's slices a plan places, read off the plan itself (what the workers and the router hold): a MoE
+ * layer's row lists the routed experts, then the slices. Dense layers' rows are empty (DeepSeek-V3's first three),
+ * so the first non-empty row tells.
+ */
+export function sharedSlicesOfPlan(plan: PlacementPlan, experts: number): number {
+  const row = plan.replicas.find((r) => r.length > 0);
+  return Math.max(0, (row?.length ?? 0) - experts);
+}
+
 /** Progressing reasons that a pool's own failure causes, not the routine course of a rollout. */
 const FAILING_PROGRESS = new Set(["InsufficientGPU", "Unschedulable"]);
 
@@ -284,7 +294,12 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
   // A StatefulSet status describes its spec only once the StatefulSet controller has observed that generation.
   const stsCurrent = !!sts && (s?.observedGeneration ?? 0) >= (sts.metadata?.generation ?? 1);
   const replicas = s?.replicas ?? 0;
-  const ready = s?.readyReplicas ?? 0;
+  // Ready workers are counted from the pods' Ready conditions, the one source for every count this status gives
+  // (readyReplicas, Progressing's and Ready's messages, RolloutComplete): Ready judges per pod which experts have a
+  // worker, and the StatefulSet's readyReplicas trails the pods (its controller counts them on its own pass), so
+  // two sources would put "2/2 workers ready" beside "0/2 workers ready" in one status.
+  const readyPods = readyWorkers(o.pods);
+  const ready = readyPods.size;
   const updated = stsCurrent
     ? s?.updateRevision && s.updateRevision === s.currentRevision
       ? (s.replicas ?? 0)
@@ -336,6 +351,15 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
       reason: "WorkersNotCreated",
       message: "the API server refused the worker StatefulSet (Degraded ApplyFailed says why)",
     };
+  } else if (!sts && planError) {
+    // No plan, no StatefulSet (pool-controller.ts applies it only with a published plan): nothing is being created
+    // until the spec changes. "Progressing True, CreatingWorkers" would wait forever.
+    progressing = {
+      type: "Progressing",
+      status: "False",
+      reason: "PlanFailed",
+      message: `no worker StatefulSet is created without a placement plan, and none could be made: ${planError}`,
+    };
   } else if (!sts) {
     progressing = {
       type: "Progressing",
@@ -371,7 +395,6 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
   // holds is never Ready: its pods and endpoints may not be its own.
   const servingPlan =
     planError || o.planPublished === false ? o.publishedPlan : (o.plan as { plan: PlacementPlan }).plan;
-  const readyPods = readyWorkers(o.pods);
   const coverage = servingPlan ? unservedExperts(servingPlan, readyPods) : undefined;
   const serving = !!coverage && coverage.unserved === 0 && !o.conflicts?.length;
   if (serving && desired === 0) {
@@ -388,7 +411,7 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
       type: "Ready",
       status: "True",
       reason: "ExpertsServed",
-      message: `every planned expert has a ready worker (${readyPods.size}/${desired} workers ready); ${progressing.type} ${progressing.reason}: ${progressing.message}`,
+      message: `every planned expert has a ready worker (${ready}/${desired} workers ready); ${progressing.type} ${progressing.reason}: ${progressing.message}`,
     };
   } else if (degraded.status === "True") {
     readyCond = { type: "Ready", status: "False", reason: degraded.reason, message: degraded.message };
@@ -432,12 +455,13 @@ export function buildPoolStatus(o: PoolObservation): PoolStatusResult {
       configMap: planConfigMapName(name),
       workers: plan.workers.length,
       slotsPerWorker: stats.slotsPerWorker,
-      // Read off the plan itself: layers longer than the routed experts list the shared slices.
-      sharedSlices: Math.max(0, (plan.replicas[0]?.length ?? 0) - pool.spec.model.experts),
+      sharedSlices: sharedSlicesOfPlan(plan, pool.spec.model.experts),
       replicatedExperts: stats.replicatedExperts,
       // Rounded: a status field that wobbles in the last digit would be a write per pass.
       loadImbalance: Math.round(stats.maxImbalance * 1000) / 1000,
-      movedExperts: moved,
+      // A first plan (version 1: none was published before it) moved nothing; the planner counts its every copy as
+      // new, which is no replan's cost.
+      movedExperts: plan.version <= 1 ? 0 : moved,
       ...(rebalance ? { rebalance } : {}),
     };
     status.endpoints = plan.workers.map((w) => ({ worker: w, address: workerAddress(name, ns, w) }));

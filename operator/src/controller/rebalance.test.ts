@@ -125,6 +125,25 @@ describe("rebalancedPlan", () => {
     expect(r.outcome.ok && r.outcome.plan).toBe(hotPlan.plan);
   });
 
+  it("holds the plan a transition moves to whatever the heat; one that no longer fits the spec is replanned", () => {
+    const target = uniformPlan();
+    const r = rebalancedPlan(pool, target, HOT, 0.05, { hold: true });
+    expect(r.decision).toEqual({ kind: "held" });
+    expect(r.outcome.ok && r.outcome.plan).toBe(target);
+    const s = rebalanceStatus(
+      { key: "k", attemptedAtMs: 0, load: HOT, answeredAt: "2026-01-01T00:00:00Z" },
+      r.decision,
+      target,
+      settings,
+    );
+    expect(s.message).toBe(
+      "plan version 1 is part of a placement transition: heat is judged again once the workers it waits for are Ready",
+    );
+    // another scale meanwhile: the held plan does not fit, and the candidate is planned under the heat
+    const bigger = testPool({ replicas: 5, placement: { redundantExperts: 4 }, model: { layers: 2 } });
+    expect(rebalancedPlan(bigger, target, HOT, 0.05, { hold: true }).decision.kind).toBe("new");
+  });
+
   it("replaces a plan that no longer fits the spec whatever the gain (scale-up), under the heat", () => {
     const current = uniformPlan();
     const bigger = testPool({ replicas: 5, placement: { redundantExperts: 4 }, model: { layers: 2 } });

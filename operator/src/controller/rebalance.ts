@@ -189,6 +189,11 @@ export type RebalanceDecision =
   | { kind: "new"; imbalance?: number }
   /** No heat to judge by (no answer yet, or no traffic): the published plan stays. */
   | { kind: "no-heat" }
+  /**
+   * A make-before-break transition is in progress (plan-transition.ts): the plan it moves to stays whatever the
+   * heat, so no copy is moved onto workers still warming up; heat is judged again once it is published.
+   */
+  | { kind: "held" }
   /** The candidate is the published plan. */
   | { kind: "current"; imbalance: number }
   | ({ kind: "kept" } & ReplanJudgement)
@@ -214,7 +219,21 @@ export function rebalancedPlan(
   previous: PlacementPlan | undefined,
   heat: number[][] | undefined,
   minImprovement: number,
+  opts: { hold?: boolean } = {},
 ): RebalancedPlan {
+  // `previous` is then the plan a transition moves to: kept while it still fits the spec, without planning at all.
+  if (opts.hold && previous && planFitsPool(previous, pool)) {
+    const load = heatLoad(pool, heat);
+    return {
+      outcome: {
+        ok: true,
+        plan: previous,
+        stats: planStats(previous, load, previous),
+        configMap: planConfigMap(pool, previous),
+      },
+      decision: { kind: "held" },
+    };
+  }
   const candidate = desiredPlan(pool, previous, heat);
   if (!candidate.ok) return { outcome: candidate, decision: { kind: "new" } };
   const load = heat && planLoad(pool.spec.model, pool.spec.placement, heat);
@@ -238,6 +257,17 @@ export function rebalancedPlan(
   return j.replan
     ? { outcome: candidate, decision: { kind: "replanned", ...j } }
     : { outcome: keep(), decision: { kind: "kept", ...j } };
+}
+
+/** The heat as plans are judged under it (planLoad), or undefined where there is none or it does not fit the model. */
+export function heatLoad(pool: ExpertPool, heat: number[][] | undefined): number[][] | undefined {
+  if (!heat || heat.length !== pool.spec.model.layers) return undefined;
+  try {
+    return planLoad(pool.spec.model, pool.spec.placement, heat);
+  } catch (e) {
+    if (e instanceof PlacementError) return undefined;
+    throw e;
+  }
 }
 
 // ---------- status ----------
@@ -282,6 +312,9 @@ export function rebalanceStatus(
     }
     case "no-heat":
       says = `${v} stays until there is heat to judge it by`;
+      break;
+    case "held":
+      says = `${v} is part of a placement transition: heat is judged again once the workers it waits for are Ready`;
       break;
     case "kept":
       says =

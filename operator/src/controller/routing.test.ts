@@ -54,6 +54,36 @@ describe("resolvePolicy", () => {
   });
 });
 
+describe("status.effective: the gating figures the router takes from the pool, filled in", () => {
+  const pool = testPool(); // mixtral-shaped fixture: 8 experts, top-2
+  const effective = (spec: Parameters<typeof testPolicy>[0], p = pool) => {
+    const rp = testPolicy(spec);
+    return buildPolicyStatus(rp, resolvePolicy(rp, p), "switchyard-router", "t").status.effective as {
+      gating: { topK: number | null; topP: number | null; maxK: number | null };
+    };
+  };
+
+  it("top-k gating without gating.topK: the model's topK (the TopK column is never blank)", () => {
+    expect(effective({ batching: { maxBatchTokens: 512 } }).gating).toMatchObject({ topK: 2, topP: null, maxK: null });
+    expect(effective({ gating: { topK: 4 } }).gating).toMatchObject({ topK: 4, maxK: null });
+  });
+
+  it("top-p gating: maxK resolved as the router does (max(topK, 2 × model topK), at most the experts)", () => {
+    expect(effective({ gating: { topP: 0.9, maxK: 2 } }).gating).toEqual(
+      expect.objectContaining({ topK: null, topP: 0.9, maxK: 2 }),
+    );
+    expect(effective({ gating: { topP: 0.9 } }).gating).toMatchObject({ topK: null, maxK: 4 });
+    expect(effective({ gating: { topP: 0.9, topK: 3 } }).gating).toMatchObject({ topK: 3, maxK: 4 });
+    const narrow = testPool({ model: { experts: 3, topK: 2 } });
+    expect(effective({ gating: { topP: 0.9 } }, narrow).gating).toMatchObject({ maxK: 3 });
+  });
+
+  it("the router config keeps the policy as resolved (the router reads the model's figures from its checkpoint)", () => {
+    const r = resolvePolicy(testPolicy(), pool);
+    expect(r.ok && r.policy.gating.topK).toBeNull();
+  });
+});
+
 describe("buildRouterConfig", () => {
   it("lists every pool with a plan, using its policy or the defaults, sorted, namespace-qualified elsewhere", () => {
     const a = testPool({}, "a");

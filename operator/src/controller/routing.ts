@@ -11,7 +11,32 @@ import { type ConditionInput, mergeConditions, type Transition } from "./conditi
 import { planConfigMapName } from "./names.js";
 import type { ConfigCandidate } from "./router-config-fit.js";
 
-export type Resolution = { ok: true; policy: ResolvedPolicy } | { ok: false; reason: string; message: string };
+export type Resolution =
+  | {
+      ok: true;
+      /** What the router config holds (the router fills the model's own figures from the checkpoint). */
+      policy: ResolvedPolicy;
+      /** status.effective: `policy` with the figures that come from the pool filled in (effectivePolicy). */
+      effective: ResolvedPolicy;
+    }
+  | { ok: false; reason: string; message: string };
+
+/**
+ * The policy as the router applies it to `pool`, for status.effective ("spec with defaults filled in") and the
+ * printer columns: the gating figures the router takes from the model (router-service checkpoint-model.ts route())
+ * filled in from the pool's spec. Top-k gating (no topP): topK, unset = the model's topK. Top-p: maxK, unset =
+ * max(topK, 2 × the model's topK) at most the experts; topK stays as the policy says, as under top-p it only feeds
+ * that default. The router config keeps the nulls: the router reads the model's figures from its checkpoint.
+ */
+export function effectivePolicy(policy: ResolvedPolicy, pool: ExpertPool): ResolvedPolicy {
+  const { experts, topK: modelTopK } = pool.spec.model;
+  const g = policy.gating;
+  const gating =
+    g.topP === null
+      ? { ...g, topK: g.topK ?? modelTopK }
+      : { ...g, maxK: g.maxK ?? Math.min(experts, Math.max(g.topK ?? modelTopK, 2 * modelTopK)) };
+  return { ...policy, gating };
+}
 
 /** Resolves a RoutingPolicy against its pool: defaults filled, then cross-object checks CEL cannot do. */
 export function resolvePolicy(rp: RoutingPolicy, pool: ExpertPool | undefined): Resolution {
@@ -55,7 +80,7 @@ export function resolvePolicy(rp: RoutingPolicy, pool: ExpertPool | undefined): 
       message: `spec.gating.maxK ${policy.gating.maxK} exceeds the ${experts} experts of ExpertPool ${pool.metadata.name}`,
     };
   }
-  return { ok: true, policy };
+  return { ok: true, policy, effective: effectivePolicy(policy, pool) };
 }
 
 /** The RoutingPolicy whose generation the router ConfigMap holds for a pool (RouterConfigFit.written). */
@@ -129,7 +154,7 @@ export function buildPolicyStatus(
   }
   const { conditions, transitions } = mergeConditions(rp.status?.conditions, [ready, degraded], generation, now);
   const status: RoutingPolicyStatus = { observedGeneration: generation, conditions, configMap };
-  if (res.ok) status.effective = res.policy as unknown as Record<string, unknown>;
+  if (res.ok) status.effective = res.effective as unknown as Record<string, unknown>;
   return { status, transitions };
 }
 

@@ -57,6 +57,21 @@ describe("CRD YAML", () => {
     }
   });
 
+  it("printer columns say what they show: Layers counts dense layers too; TopK/TopP/MaxK read status.effective", () => {
+    // biome-ignore lint/suspicious/noExplicitAny: generated document
+    const columns = (crd: any) =>
+      crd.spec.versions[0].additionalPrinterColumns as { name: string; description: string; jsonPath: string }[];
+    const layers = columns(expertPoolCrd()).find((c) => c.name === "Layers");
+    expect(layers?.description).toMatch(/^Decoder layers, dense ones included/);
+    expect(modelSchema.json.properties?.layers.description).toMatch(/^Decoder layers, dense ones included/);
+    const rp = columns(routingPolicyCrd());
+    expect(rp.map((c) => c.name)).toEqual(["Pool", "Ready", "TopK", "TopP", "MaxK", "Reason", "Age"]);
+    for (const n of ["TopK", "TopP", "MaxK"])
+      expect(rp.find((c) => c.name === n)?.jsonPath).toBe(
+        `.status.effective.gating.${n[0].toLowerCase()}${n.slice(1)}`,
+      );
+  });
+
   it("declares status and scale subresources, category, short names that are not built in", () => {
     // biome-ignore lint/suspicious/noExplicitAny: generated document
     const xp = expertPoolCrd() as any;

@@ -115,7 +115,13 @@ export function expertPoolCrd(): Record<string, unknown> {
         description: "Routed experts per layer.",
         priority: 1,
       },
-      { name: "Layers", type: "integer", jsonPath: ".spec.model.layers", description: "MoE layers.", priority: 1 },
+      {
+        name: "Layers",
+        type: "integer",
+        jsonPath: ".spec.model.layers",
+        description: "Decoder layers, dense ones included (model.layers).",
+        priority: 1,
+      },
       {
         name: "Plan",
         type: "integer",
@@ -148,11 +154,27 @@ export function routingPolicyCrd(): Record<string, unknown> {
     columns: [
       { name: "Pool", type: "string", jsonPath: ".spec.poolRef.name", description: "Target ExpertPool." },
       { name: "Ready", type: "string", jsonPath: `${READY}.status`, description: "Ready condition." },
+      // status.effective fills in what comes from the pool's model (routing.ts effectivePolicy), so under top-k
+      // gating TopK is never blank; under top-p the experts per token vary, up to MaxK, and TopK shows only a topK
+      // the policy set (which then only feeds maxK's default).
       {
         name: "TopK",
         type: "integer",
         jsonPath: ".status.effective.gating.topK",
-        description: "Effective experts per token.",
+        description: "Experts per token under top-k gating: gating.topK, else the pool's model.topK.",
+      },
+      {
+        name: "TopP",
+        type: "number",
+        jsonPath: ".status.effective.gating.topP",
+        description: "Top-p threshold of dynamic routing; blank: top-k gating.",
+      },
+      {
+        name: "MaxK",
+        type: "integer",
+        jsonPath: ".status.effective.gating.maxK",
+        description:
+          "Under top-p, the most experts a token goes to (gating.maxK, else its default); blank: top-k gating.",
       },
       {
         name: "Reason",

@@ -411,6 +411,8 @@ describe.skipIf(!helm)("helm chart charts/switchyard", () => {
     const plain = await exec(helm!, ["install", RELEASE, CHART, "-n", NAMESPACE, "--dry-run=client"]);
     expect(plain.code, plain.stderr).toBe(0);
     expect(plain.stdout).toContain("kubectl apply -f expertpool.yaml");
+    // the manifests it names have complete examples in the repository (Chart.yaml home), checked against the CRDs
+    expect(plain.stdout).toContain("https://github.com/switchyard-dev/switchyard/tree/main/examples");
     expect(plain.stdout).toContain("leader election on");
     expect(plain.stdout).toContain("serviceMonitor.enabled=true");
     expect(plain.stdout).toMatch(/engines' TCP data path: \S+-router\.\S+\.svc:50052/);

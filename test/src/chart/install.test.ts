@@ -39,6 +39,7 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
     ]);
     expect(install.stdout).toContain("STATUS: deployed");
     expect(install.stdout).toContain("kubectl apply -f expertpool.yaml"); // NOTES.txt
+    expect(install.stdout).toContain("https://github.com/switchyard-dev/switchyard/tree/main/examples");
 
     for (const crd of ["expertpools.switchyard.dev", "routingpolicies.switchyard.dev"]) {
       const r = await cluster().kubectl([
@@ -536,6 +537,13 @@ describeWithCluster("helm install charts/switchyard into the test cluster", { no
       },
       { what: `only kube-root-ca.crt among the ConfigMaps and Secrets of ${NAMESPACE}`, timeoutMs: 60_000 },
     );
+    // The Lease the operator made at run time stays (no release object, no owner); the chart README's uninstall
+    // section says so and gives this command to remove it.
+    const lease = await cluster().kubectl(["-n", NAMESPACE, "get", "leases", "-o", "name"]);
+    expect(lease.stdout.trim()).toBe(`lease.coordination.k8s.io/${FULL}-operator`);
+    const readme = readFileSync(join(REPO, "charts/switchyard/README.md"), "utf8");
+    expect(readme).toContain("`kubectl -n <release namespace> delete lease <fullname>-operator`");
+    await cluster().kubectl(["-n", NAMESPACE, "delete", "lease", `${FULL}-operator`]);
     // Helm never deletes CRDs (that would delete every pool); the README documents removing them by hand.
     const crds = await cluster().kubectl(["get", "crd", "-o", "name"]);
     expect(crds.stdout).toContain("expertpools.switchyard.dev");

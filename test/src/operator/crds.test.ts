@@ -539,6 +539,35 @@ describeWithCluster(
       await c.kubectl(["delete", "rpol", "fast", "paired"]);
     });
 
+    it("a negative replicas is refused by the schema alone, with no spurious redundantExperts or cache error", async () => {
+      const c = cluster();
+      const neg = pool("neg", NS, { replicas: -1, cache: { residentExperts: 8 } });
+      const r = await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(neg), check: false });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("spec.replicas in body should be greater than or equal to 0");
+      expect(r.stderr).not.toContain("redundantExperts");
+      expect(r.stderr).not.toContain("cache.residentExperts");
+    });
+
+    it("a cross-field refusal names the other field's default when it is at its default (the user may not have set it)", async () => {
+      const c = cluster();
+      const refusal = async (spec: Record<string, unknown>) => {
+        const r = await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(rp(spec, "d")), check: false });
+        expect(r.code).not.toBe(0);
+        return r.stderr;
+      };
+      expect(await refusal({ poolRef: { name: "p" }, batching: { maxBatchTokens: 100000 } })).toContain(
+        "batching.maxQueueTokens must be >= batching.maxBatchTokens (maxQueueTokens defaults to 65536 when unset; set it too)",
+      );
+      expect(await refusal({ poolRef: { name: "p" }, loadSignals: { refreshMs: 60000 } })).toContain(
+        "loadSignals.stalenessMs must be >= loadSignals.refreshMs (stalenessMs defaults to 30000 when unset; set it too)",
+      );
+      // set, and not at the default: the plain message
+      const both = await refusal({ poolRef: { name: "p" }, batching: { maxBatchTokens: 1024, maxQueueTokens: 512 } });
+      expect(both).toContain("batching.maxQueueTokens must be >= batching.maxBatchTokens");
+      expect(both).not.toContain("defaults to");
+    });
+
     it("refuses changing a RoutingPolicy's poolRef (transition rule) and keeps the old one", async () => {
       const c = cluster();
       await c.kubectl(["create", "-f", "-"], { input: JSON.stringify(rp({ poolRef: { name: "a" } }, "fixed")) });

@@ -320,13 +320,26 @@ describeWithCluster("operator on a real cluster", { nodes: 2, gpusPerNode: 8 }, 
     expect([...pods0.keys()].sort()).toEqual(["a-0", "a-1"]);
     // Up to 4 and down to 3: the pods that stay are the same pods (before, --cache-capacity followed replicas, so every
     // scale changed the pod template and rolled every worker), and the template is the one they were made from.
+    // Ready and rolled out with plan `version` published (a scale-up publishes a transitional plan first, keeping
+    // every expert on the workers that are Ready, then its target once the new workers are: scale-transition.test.ts).
+    const settled = async (version: number) => {
+      let p: Obj | undefined;
+      await waitUntil(
+        async () => {
+          p = await waitReady(admin(), "life", "a");
+          return (p.status?.placement as { version?: number } | undefined)?.version === version;
+        },
+        { timeoutMs: 60_000, what: `life/a at plan version ${version} (${JSON.stringify(p?.status?.placement)})` },
+      );
+      return p as Obj;
+    };
     await c.kubectl(["scale", "-n", "life", "expertpool/a", "--replicas=4"]);
-    let p = await waitReady(admin(), "life", "a");
-    expect(p.status).toMatchObject({ replicas: 4, readyReplicas: 4, placement: { version: 2, workers: 4 } });
+    let p = await settled(3);
+    expect(p.status).toMatchObject({ replicas: 4, readyReplicas: 4, placement: { version: 3, workers: 4 } });
     const pods4 = await podUids();
     await c.kubectl(["scale", "-n", "life", "expertpool/a", "--replicas=3"]);
-    p = await waitReady(admin(), "life", "a");
-    expect(p.status).toMatchObject({ replicas: 3, readyReplicas: 3, placement: { version: 3, workers: 3 } });
+    p = await settled(4); // a scale-down waits for nothing
+    expect(p.status).toMatchObject({ replicas: 3, readyReplicas: 3, placement: { version: 4, workers: 3 } });
     const pods3 = await podUids();
     for (const name of ["a-0", "a-1"])
       expect([pods4.get(name), pods3.get(name)]).toEqual([pods0.get(name), pods0.get(name)]);
